@@ -6,4 +6,5 @@
 //! timers, tasks and the database.
 
 
+pub mod config;
 pub mod sip;

@@ -1,0 +1,771 @@
+//! Configuration: `sip-config/powerdial.toml` (SPEC §4), with `POWERDIAL_*`
+//! environment variables overriding file values, and embedded defaults so
+//! `powerdial serve` runs with no file at all.
+//!
+//! Errors name the file, the line and the key, because the person reading
+//! them is a phone-system admin editing a TOML file, not a Rust developer.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::sip::TransportKind;
+
+/// What went wrong while loading or validating a config.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        /// The path given.
+        file: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// TOML syntax or a value of the wrong type, located in the file.
+    #[error("{file}:{line}: {message}")]
+    Syntax {
+        /// The path given.
+        file: String,
+        /// 1-based line of the problem.
+        line: usize,
+        /// What the parser said, including the key.
+        message: String,
+    },
+    /// A value that is well-formed TOML but not acceptable.
+    #[error("{file}:{line}: `{key}`: {message}")]
+    Invalid {
+        /// The path given (or `environment` for an override).
+        file: String,
+        /// 1-based line of the key (0 when it came from the environment or a default).
+        line: usize,
+        /// The dotted key, e.g. `server.sip_listen`.
+        key: String,
+        /// Why it is refused and what is expected instead.
+        message: String,
+    },
+}
+
+/// A number of seconds, possibly fractional, so tests can shrink durations
+/// (`ring_timeout = 2`, `block = 0.5`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Seconds(pub Duration);
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = f64::deserialize(d)?;
+        if !v.is_finite() || v < 0.0 {
+            return Err(serde::de::Error::custom(format!(
+                "a duration in seconds must be a non-negative number, got {v}"
+            )));
+        }
+        Ok(Seconds(Duration::from_secs_f64(v)))
+    }
+}
+
+/// One SIP listening socket: `udp:127.0.0.1:5060` or `tcp:[::1]:5060`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenAddr {
+    /// UDP or TCP.
+    pub transport: TransportKind,
+    /// The local address to bind.
+    pub addr: SocketAddr,
+}
+
+impl ListenAddr {
+    /// Parses `udp:IP:PORT` / `tcp:IP:PORT`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (proto, rest) = s
+            .split_once(':')
+            .ok_or_else(|| format!("`{s}`: expected `udp:IP:PORT` or `tcp:IP:PORT`"))?;
+        let transport = match proto.to_ascii_lowercase().as_str() {
+            "udp" => TransportKind::Udp,
+            "tcp" => TransportKind::Tcp,
+            other => return Err(format!("`{s}`: unknown transport `{other}` (use udp or tcp)")),
+        };
+        let addr = rest
+            .parse()
+            .map_err(|_| format!("`{s}`: `{rest}` is not an IP:PORT socket address"))?;
+        Ok(ListenAddr { transport, addr })
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.transport, self.addr)
+    }
+}
+
+/// An inclusive range of UDP ports for RTP (`20000-29999`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    /// First port.
+    pub first: u16,
+    /// Last port, inclusive.
+    pub last: u16,
+}
+
+impl PortRange {
+    /// Parses `FIRST-LAST`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (a, b) = s
+            .split_once('-')
+            .ok_or_else(|| format!("`{s}`: expected FIRST-LAST, e.g. 20000-29999"))?;
+        let first: u16 = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{a}` is not a port number"))?;
+        let last: u16 = b
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{b}` is not a port number"))?;
+        if first == 0 || first > last {
+            return Err(format!("`{s}`: the range must be non-empty and start above 0"));
+        }
+        Ok(PortRange { first, last })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    sip_listen: Vec<String>,
+    http_listen: String,
+    domain: String,
+    media_ip: String,
+    rtp_ports: String,
+    data_dir: PathBuf,
+    max_message_size: usize,
+    tcp_idle_timeout: Seconds,
+    t1: Seconds,
+    t2: Seconds,
+    t4: Seconds,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            sip_listen: vec!["udp:127.0.0.1:5060".into(), "tcp:127.0.0.1:5060".into()],
+            http_listen: "127.0.0.1:8080".into(),
+            domain: "127.0.0.1".into(),
+            media_ip: "127.0.0.1".into(),
+            rtp_ports: "20000-29999".into(),
+            data_dir: PathBuf::from("data"),
+            max_message_size: 16 * 1024,
+            tcp_idle_timeout: Seconds(Duration::from_secs(300)),
+            t1: Seconds(Duration::from_millis(500)),
+            t2: Seconds(Duration::from_secs(4)),
+            t4: Seconds(Duration::from_secs(5)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDatabase {
+    url: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAdmin {
+    token: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLeads {
+    default_region: String,
+}
+
+impl Default for RawLeads {
+    fn default() -> Self {
+        RawLeads {
+            default_region: "US".into(),
+        }
+    }
+}
+
+/// A carrier trunk (`[[trunk]]`): where lead legs go.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrunkConfig {
+    /// A name for logs and the API.
+    pub name: String,
+    /// The trunk's SIP URI, e.g. `sip:127.0.0.1:5080` (`;transport=tcp` allowed).
+    pub uri: String,
+    /// The caller ID (E.164) put in From.
+    pub caller_id: String,
+    /// Digest username when the carrier challenges.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Digest password when the carrier challenges.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Regular expressions over E.164 numbers this trunk may dial; empty = any.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// A `P-Asserted-Identity` to send, when the carrier wants one.
+    #[serde(default)]
+    pub p_asserted_identity: Option<String>,
+}
+
+impl fmt::Debug for TrunkConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The password never reaches a log.
+        f.debug_struct("TrunkConfig")
+            .field("name", &self.name)
+            .field("uri", &self.uri)
+            .field("caller_id", &self.caller_id)
+            .field("username", &self.username)
+            .field("allow", &self.allow)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An agent (`[[agent]]`): a SIP phone user that registers with digest auth.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The SIP username (the user part of the AOR) and digest username.
+    pub username: String,
+    /// The digest password. Turned into HA1 at start-up; never logged.
+    pub password: String,
+    /// Shown in the console.
+    #[serde(default)]
+    pub display_name: Option<String>,
+}
+
+impl fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("username", &self.username)
+            .field("display_name", &self.display_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Dialer timings (SPEC §2); seconds, fractions allowed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DialerConfig {
+    /// R8: ring timeout from the INVITE to the trunk.
+    pub ring_timeout: Seconds,
+    /// R8: ring timeout with the session's "reduced ring time" on.
+    pub reduced_ring_timeout: Seconds,
+    /// R4: a lead is not called twice within this.
+    pub block: Seconds,
+    /// R6: the view is re-read at least this often.
+    pub refresh_interval: Seconds,
+    /// Wrap-up: move on after this long without typing heartbeats.
+    pub wrap_up_idle: Seconds,
+    /// A hard maximum length of one call.
+    pub max_call_length: Seconds,
+    /// A call whose RTP stops for this long is ended.
+    pub rtp_timeout: Seconds,
+}
+
+impl Default for DialerConfig {
+    fn default() -> Self {
+        DialerConfig {
+            ring_timeout: Seconds(Duration::from_secs(32)),
+            reduced_ring_timeout: Seconds(Duration::from_secs(20)),
+            block: Seconds(Duration::from_secs(3600)),
+            refresh_interval: Seconds(Duration::from_secs(300)),
+            wrap_up_idle: Seconds(Duration::from_secs(3)),
+            max_call_length: Seconds(Duration::from_secs(4 * 3600)),
+            rtp_timeout: Seconds(Duration::from_secs(60)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    server: RawServer,
+    database: RawDatabase,
+    admin: RawAdmin,
+    leads: RawLeads,
+    trunk: Vec<TrunkConfig>,
+    agent: Vec<AgentConfig>,
+    dialer: DialerConfig,
+}
+
+/// The validated configuration the server runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// SIP sockets to listen on.
+    pub sip_listen: Vec<ListenAddr>,
+    /// The admin HTTP API's address.
+    pub http_listen: SocketAddr,
+    /// SIP domain and digest realm of the agents.
+    pub domain: String,
+    /// The address written into SDP.
+    pub media_ip: IpAddr,
+    /// RTP port range.
+    pub rtp_ports: PortRange,
+    /// Where the embedded database and other state live.
+    pub data_dir: PathBuf,
+    /// Largest SIP message accepted (bytes); larger ones get 413 or are dropped.
+    pub max_message_size: usize,
+    /// A TCP connection idle this long is closed.
+    pub tcp_idle_timeout: Duration,
+    /// RFC 3261 timer values (T1, T2, T4).
+    pub sip_timers: SipTimers,
+    /// `sqlite://…` or `postgres://…`.
+    pub database_url: String,
+    /// Bearer token for the admin API; `None` means the API refuses every request.
+    pub admin_token: Option<String>,
+    /// Region for phone numbers written without `+country`.
+    pub default_region: String,
+    /// Carrier trunks.
+    pub trunks: Vec<TrunkConfig>,
+    /// Agents from the config file.
+    pub agents: Vec<AgentConfig>,
+    /// Dialer timings.
+    pub dialer: DialerConfig,
+}
+
+/// RFC 3261 §17 base timer values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SipTimers {
+    /// RTT estimate (500 ms).
+    pub t1: Duration,
+    /// Maximum retransmit interval for non-INVITE requests and INVITE responses (4 s).
+    pub t2: Duration,
+    /// Maximum duration a message remains in the network (5 s).
+    pub t4: Duration,
+}
+
+/// Keys whose values are always strings, so an override like
+/// `POWERDIAL_ADMIN_TOKEN=12345` is not read as a number.
+const STRING_KEYS: &[&str] = &[
+    "server.http_listen",
+    "server.domain",
+    "server.media_ip",
+    "server.rtp_ports",
+    "server.data_dir",
+    "database.url",
+    "admin.token",
+    "leads.default_region",
+];
+
+const SECTIONS: &[&str] = &["server", "database", "admin", "leads", "dialer"];
+
+impl Config {
+    /// The embedded defaults (no file), with environment overrides applied.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Self::from_toml_str("", "<defaults>", std::env::vars())
+    }
+
+    /// Loads a file, applies environment overrides and validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml_str(&text, &path.display().to_string(), std::env::vars())
+    }
+
+    /// Parses TOML text (named `file` in errors), applies the `POWERDIAL_*`
+    /// overrides found in `env`, and validates.
+    pub fn from_toml_str(
+        text: &str,
+        file: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(0);
+            ConfigError::Syntax {
+                file: file.to_string(),
+                line,
+                message: e.message().to_string(),
+            }
+        })?;
+        let overridden = apply_env(&mut table, env)?;
+        let raw: RawConfig = RawConfig::deserialize(toml::Value::Table(table)).map_err(|e| {
+            // serde's message names the key; find the line of the first key it names.
+            let message = e.message().to_string();
+            let line = e
+                .span()
+                .map(|s| line_of(text, s.start))
+                .or_else(|| guess_line(text, &message))
+                .unwrap_or(0);
+            ConfigError::Syntax {
+                file: file.to_string(),
+                line,
+                message,
+            }
+        })?;
+        let locate = |section: &str, key: &str| -> (String, usize) {
+            let dotted = format!("{section}.{key}");
+            if overridden.contains_key(&dotted) {
+                ("environment".to_string(), 0)
+            } else {
+                (file.to_string(), find_key_line(text, section, key).unwrap_or(0))
+            }
+        };
+        let invalid = |section: &str, key: &str, message: String| {
+            let (file, line) = locate(section, key);
+            ConfigError::Invalid {
+                file,
+                line,
+                key: format!("{section}.{key}"),
+                message,
+            }
+        };
+        Self::validate(raw, &invalid)
+    }
+
+    fn validate(
+        raw: RawConfig,
+        invalid: &dyn Fn(&str, &str, String) -> ConfigError,
+    ) -> Result<Config, ConfigError> {
+        let s = raw.server;
+        if s.sip_listen.is_empty() {
+            return Err(invalid(
+                "server",
+                "sip_listen",
+                "at least one `udp:IP:PORT` or `tcp:IP:PORT` is needed".into(),
+            ));
+        }
+        let sip_listen = s
+            .sip_listen
+            .iter()
+            .map(|l| ListenAddr::parse(l))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|m| invalid("server", "sip_listen", m))?;
+        let http_listen = s.http_listen.parse().map_err(|_| {
+            invalid(
+                "server",
+                "http_listen",
+                format!("`{}` is not an IP:PORT socket address", s.http_listen),
+            )
+        })?;
+        if s.domain.trim().is_empty() {
+            return Err(invalid("server", "domain", "must not be empty".into()));
+        }
+        let media_ip = s.media_ip.parse().map_err(|_| {
+            invalid(
+                "server",
+                "media_ip",
+                format!("`{}` is not an IP address", s.media_ip),
+            )
+        })?;
+        let rtp_ports =
+            PortRange::parse(&s.rtp_ports).map_err(|m| invalid("server", "rtp_ports", m))?;
+        if !(1024..=65535).contains(&s.max_message_size) {
+            return Err(invalid(
+                "server",
+                "max_message_size",
+                "must be between 1024 and 65535 bytes".into(),
+            ));
+        }
+        if s.t1.0.is_zero() || s.t2.0 < s.t1.0 {
+            return Err(invalid("server", "t2", "need 0 < t1 <= t2".into()));
+        }
+        let database_url = raw.database.url.unwrap_or_else(|| {
+            format!(
+                "sqlite://{}",
+                s.data_dir.join("powerdial.db").to_string_lossy()
+            )
+        });
+        if !(database_url.starts_with("sqlite:")
+            || database_url.starts_with("postgres://")
+            || database_url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "database",
+                "url",
+                "use sqlite://PATH or postgres://USER@HOST/DB".into(),
+            ));
+        }
+        let mut seen = BTreeMap::new();
+        for (i, a) in raw.agent.iter().enumerate() {
+            let ok = !a.username.is_empty()
+                && a.username
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.!~*'()&=+$,;?/".contains(c));
+            if !ok {
+                return Err(invalid(
+                    "agent",
+                    "username",
+                    format!("agent #{}: `{}` is not a valid SIP user name", i + 1, a.username),
+                ));
+            }
+            if a.password.is_empty() {
+                return Err(invalid(
+                    "agent",
+                    "password",
+                    format!("agent `{}` has an empty password", a.username),
+                ));
+            }
+            if seen.insert(a.username.clone(), i).is_some() {
+                return Err(invalid(
+                    "agent",
+                    "username",
+                    format!("agent `{}` is defined twice", a.username),
+                ));
+            }
+        }
+        for t in &raw.trunk {
+            if !t.uri.starts_with("sip:") {
+                return Err(invalid(
+                    "trunk",
+                    "uri",
+                    format!("trunk `{}`: `{}` is not a sip: URI", t.name, t.uri),
+                ));
+            }
+            if t.username.is_some() != t.password.is_some() {
+                return Err(invalid(
+                    "trunk",
+                    "password",
+                    format!("trunk `{}`: give both username and password, or neither", t.name),
+                ));
+            }
+        }
+        let d = &raw.dialer;
+        for (key, v) in [
+            ("ring_timeout", d.ring_timeout),
+            ("reduced_ring_timeout", d.reduced_ring_timeout),
+            ("refresh_interval", d.refresh_interval),
+            ("max_call_length", d.max_call_length),
+        ] {
+            if v.0.is_zero() {
+                return Err(invalid("dialer", key, "must be greater than 0".into()));
+            }
+        }
+        Ok(Config {
+            sip_listen,
+            http_listen,
+            domain: s.domain,
+            media_ip,
+            rtp_ports,
+            data_dir: s.data_dir,
+            max_message_size: s.max_message_size,
+            tcp_idle_timeout: s.tcp_idle_timeout.0,
+            sip_timers: SipTimers {
+                t1: s.t1.0,
+                t2: s.t2.0,
+                t4: s.t4.0,
+            },
+            database_url,
+            admin_token: raw.admin.token.filter(|t| !t.is_empty()),
+            default_region: raw.leads.default_region,
+            trunks: raw.trunk,
+            agents: raw.agent,
+            dialer: raw.dialer,
+        })
+    }
+}
+
+/// Applies `POWERDIAL_SECTION_KEY=value` overrides. Returns the dotted keys
+/// that were overridden (errors about them point at the environment).
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut done = BTreeMap::new();
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix("POWERDIAL_") else {
+            continue;
+        };
+        let rest = rest.to_ascii_lowercase();
+        let Some((section, key)) = SECTIONS.iter().find_map(|s| {
+            rest.strip_prefix(s)
+                .and_then(|k| k.strip_prefix('_'))
+                .map(|k| (*s, k.to_string()))
+        }) else {
+            continue; // e.g. POWERDIAL_TEST_DATABASE_URL: not a setting.
+        };
+        let dotted = format!("{section}.{key}");
+        let parsed = if STRING_KEYS.contains(&dotted.as_str()) {
+            toml::Value::String(value.clone())
+        } else {
+            // Numbers, booleans and arrays are written as TOML values;
+            // anything that is not valid TOML is taken as a string.
+            format!("v = {value}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(value.clone()))
+        };
+        let entry = table
+            .entry(section.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        match entry {
+            toml::Value::Table(t) => {
+                t.insert(key, parsed);
+            }
+            _ => {
+                return Err(ConfigError::Invalid {
+                    file: "environment".into(),
+                    line: 0,
+                    key: name,
+                    message: format!("`{section}` is not a table in the config file"),
+                })
+            }
+        }
+        done.insert(dotted, value);
+    }
+    Ok(done)
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset.min(text.len()))
+        .map(|s| s.matches('\n').count() + 1)
+        .unwrap_or(1)
+}
+
+/// Finds the line of `key = …` inside `[section]` or `[[section]]`.
+fn find_key_line(text: &str, section: &str, key: &str) -> Option<usize> {
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if l.starts_with('[') {
+            current = l.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+            continue;
+        }
+        if current == section {
+            if let Some((k, _)) = l.split_once('=') {
+                if k.trim() == key {
+                    return Some(i + 1);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// serde errors without a span (e.g. unknown fields) still name the key in
+/// backticks; point at the first line that defines it.
+fn guess_line(text: &str, message: &str) -> Option<usize> {
+    let key = message.split('`').nth(1)?;
+    text.lines().enumerate().find_map(|(i, l)| {
+        let l = l.trim();
+        let k = l.split('=').next()?.trim();
+        (k == key || l.trim_matches(|c| c == '[' || c == ']') == key).then_some(i + 1)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_toml_str(
+            text,
+            "t.toml",
+            env.iter().map(|(a, b)| (a.to_string(), b.to_string())),
+        )
+    }
+
+    #[test]
+    fn defaults_match_spec() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.sip_listen.len(), 2);
+        assert_eq!(c.sip_listen[0].to_string(), "udp:127.0.0.1:5060");
+        assert_eq!(c.sip_listen[1].to_string(), "tcp:127.0.0.1:5060");
+        assert_eq!(c.http_listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.database_url, "sqlite://data/powerdial.db");
+        assert_eq!(c.dialer.ring_timeout.0, Duration::from_secs(32));
+        assert_eq!(c.dialer.reduced_ring_timeout.0, Duration::from_secs(20));
+        assert_eq!(c.dialer.block.0, Duration::from_secs(3600));
+        assert_eq!(c.sip_timers.t1, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../sip-config/powerdial.toml");
+        let c = load(text, &[]).unwrap();
+        assert_eq!(c.agents[0].username, "alice");
+        assert_eq!(c.trunks[0].name, "carrier");
+    }
+
+    #[test]
+    fn fractional_durations_shrink_for_tests() {
+        let c = load("[dialer]\nring_timeout = 2\nblock = 0.25\n", &[]).unwrap();
+        assert_eq!(c.dialer.ring_timeout.0, Duration::from_secs(2));
+        assert_eq!(c.dialer.block.0, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let c = load(
+            "[database]\nurl = \"sqlite://x.db\"\n[dialer]\nblock = 10\n",
+            &[
+                ("POWERDIAL_DATABASE_URL", "postgres://postgres@127.0.0.1/test"),
+                ("POWERDIAL_DIALER_BLOCK", "7.5"),
+                ("POWERDIAL_ADMIN_TOKEN", "12345"),
+                ("POWERDIAL_SERVER_SIP_LISTEN", "[\"udp:127.0.0.1:0\"]"),
+                ("POWERDIAL_TEST_DATABASE_URL", "ignored"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.database_url, "postgres://postgres@127.0.0.1/test");
+        assert_eq!(c.dialer.block.0, Duration::from_millis(7500));
+        assert_eq!(c.admin_token.as_deref(), Some("12345"));
+        assert_eq!(c.sip_listen.len(), 1);
+    }
+
+    #[test]
+    fn syntax_error_names_line() {
+        let e = load("[server]\ndomain = \"x\"\nhttp_listen = \n", &[]).unwrap_err();
+        let s = e.to_string();
+        assert!(s.starts_with("t.toml:3:"), "{s}");
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let e = load("[server]\ndomain = \"x\"\nsip_lisen = []\n", &[]).unwrap_err();
+        let s = e.to_string();
+        assert!(s.starts_with("t.toml:3:"), "{s}");
+        assert!(s.contains("sip_lisen"), "{s}");
+    }
+
+    #[test]
+    fn wrong_type_names_line() {
+        let e = load("[dialer]\n\nring_timeout = \"long\"\n", &[]).unwrap_err();
+        assert!(e.to_string().starts_with("t.toml:3:"), "{e}");
+    }
+
+    #[test]
+    fn invalid_value_names_line_and_key() {
+        let e = load(
+            "[server]\nsip_listen = [\"sctp:127.0.0.1:5060\"]\n",
+            &[],
+        )
+        .unwrap_err();
+        let s = e.to_string();
+        assert!(s.starts_with("t.toml:2: `server.sip_listen`"), "{s}");
+        assert!(s.contains("sctp"), "{s}");
+        let e = load("[server]\n\n\nmedia_ip = \"nope\"\n", &[]).unwrap_err();
+        assert!(e.to_string().starts_with("t.toml:4: `server.media_ip`"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_agent_refused() {
+        let e = load(
+            "[[agent]]\nusername = \"a\"\npassword = \"x\"\n[[agent]]\nusername = \"a\"\npassword = \"y\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("defined twice"), "{e}");
+    }
+
+    #[test]
+    fn debug_never_prints_passwords() {
+        let c = load(
+            "[[agent]]\nusername = \"a\"\npassword = \"sekrit\"\n[[trunk]]\nname=\"t\"\nuri=\"sip:1.2.3.4\"\ncaller_id=\"+1\"\nusername=\"u\"\npassword=\"trunkpw\"\n",
+            &[],
+        )
+        .unwrap();
+        let d = format!("{c:?}");
+        assert!(!d.contains("sekrit") && !d.contains("trunkpw"), "{d}");
+    }
+}
