@@ -1,0 +1,234 @@
+//! Transport drivers (RFC 3261 §18): UDP sockets and TCP connections on the
+//! configured addresses. They own the sockets and nothing else: bytes in
+//! become [`Inbound`] values on one channel; [`TransportHandle::send`] puts
+//! bytes on the wire. Validation and everything above live in the sans-IO
+//! cores.
+
+mod tcp;
+mod udp;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use super::{Peer, TransportKind};
+use crate::config::ListenAddr;
+
+/// Receive buffer asked for on UDP sockets: at a few thousand calls/s the
+/// default (208 KB) drops datagrams before any code of ours sees them
+/// (DESIGN.md "Order and sharding").
+const UDP_RCVBUF: usize = 8 * 1024 * 1024;
+
+/// Bytes that arrived: one UDP datagram, or one complete message framed
+/// from a TCP stream.
+#[derive(Debug)]
+pub struct Inbound {
+    /// Who sent it and over what.
+    pub peer: Peer,
+    /// The local socket it arrived on.
+    pub local: SocketAddr,
+    /// The message bytes (not yet validated).
+    pub bytes: Bytes,
+}
+
+/// Errors of the transport drivers.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// A listening socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// What the config asked for.
+        addr: ListenAddr,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// No socket of that transport is configured.
+    #[error("no {0} socket is configured")]
+    NoSocket(TransportKind),
+    /// The send failed.
+    #[error("sending to {peer} failed: {source}")]
+    Send {
+        /// The destination.
+        peer: Peer,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The message is larger than the transport allows.
+    #[error("message of {0} bytes is too large for UDP")]
+    TooLarge(usize),
+}
+
+/// Limits the drivers enforce.
+#[derive(Debug, Clone, Copy)]
+pub struct TransportLimits {
+    /// Largest message accepted (RFC 3261 §18.1.1 sizes; 16 KiB by default).
+    pub max_message_size: usize,
+    /// A TCP connection with no traffic this long is closed.
+    pub tcp_idle_timeout: Duration,
+    /// At most this many TCP connections at once; more are refused.
+    pub max_tcp_connections: usize,
+}
+
+impl Default for TransportLimits {
+    fn default() -> Self {
+        TransportLimits {
+            max_message_size: 16 * 1024,
+            tcp_idle_timeout: Duration::from_secs(300),
+            max_tcp_connections: 4096,
+        }
+    }
+}
+
+/// Live TCP connections by remote address, for reusing a connection to send
+/// responses and requests (RFC 3261 §18.2.2, §18.1.1).
+type ConnectionMap = Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Bytes>>>>;
+
+/// A clonable handle to the bound sockets: sends, and tells the local
+/// addresses (for Via and Contact).
+#[derive(Clone)]
+pub struct TransportHandle {
+    udp: Option<(SocketAddr, Arc<UdpSocket>)>,
+    tcp_local: Option<SocketAddr>,
+    connections: ConnectionMap,
+    inbound: mpsc::Sender<Inbound>,
+    limits: TransportLimits,
+}
+
+impl TransportHandle {
+    /// Binds every configured socket and starts their receive tasks.
+    /// Returns the handle and the channel every inbound message arrives on.
+    pub async fn bind(
+        listen: &[ListenAddr],
+        limits: TransportLimits,
+    ) -> Result<(TransportHandle, mpsc::Receiver<Inbound>), TransportError> {
+        let (tx, rx) = mpsc::channel(16 * 1024);
+        let connections: ConnectionMap = Arc::default();
+        let mut udp = None;
+        let mut tcp_local = None;
+        for l in listen {
+            match l.transport {
+                TransportKind::Udp => {
+                    let socket = udp::bind(l.addr).map_err(|source| TransportError::Bind {
+                        addr: *l,
+                        source,
+                    })?;
+                    let local = socket.local_addr().map_err(|source| TransportError::Bind {
+                        addr: *l,
+                        source,
+                    })?;
+                    let socket = Arc::new(socket);
+                    tokio::spawn(udp::receive_loop(
+                        socket.clone(),
+                        local,
+                        tx.clone(),
+                        limits.max_message_size,
+                    ));
+                    tracing::info!(%local, "SIP listening on UDP");
+                    // The first UDP socket sends; several are allowed for listening.
+                    udp.get_or_insert((local, socket));
+                }
+                TransportKind::Tcp => {
+                    let listener = tokio::net::TcpListener::bind(l.addr).await.map_err(
+                        |source| TransportError::Bind {
+                            addr: *l,
+                            source,
+                        },
+                    )?;
+                    let local = listener.local_addr().map_err(|source| TransportError::Bind {
+                        addr: *l,
+                        source,
+                    })?;
+                    tracing::info!(%local, "SIP listening on TCP");
+                    tokio::spawn(tcp::accept_loop(
+                        listener,
+                        local,
+                        tx.clone(),
+                        connections.clone(),
+                        limits,
+                    ));
+                    tcp_local.get_or_insert(local);
+                }
+            }
+        }
+        Ok((
+            TransportHandle {
+                udp,
+                tcp_local,
+                connections,
+                inbound: tx,
+                limits,
+            },
+            rx,
+        ))
+    }
+
+    /// The local address of the sending socket of `kind`, if configured.
+    pub fn local_addr(&self, kind: TransportKind) -> Option<SocketAddr> {
+        match kind {
+            TransportKind::Udp => self.udp.as_ref().map(|(a, _)| *a),
+            TransportKind::Tcp => self.tcp_local,
+        }
+    }
+
+    /// Sends one message. UDP: one datagram. TCP: over the live connection to
+    /// that address, or a new one (whose responses then arrive as inbound).
+    pub async fn send(&self, peer: Peer, bytes: Bytes) -> Result<(), TransportError> {
+        match peer.transport {
+            TransportKind::Udp => {
+                let (_, socket) = self
+                    .udp
+                    .as_ref()
+                    .ok_or(TransportError::NoSocket(TransportKind::Udp))?;
+                if bytes.len() > 65_507 {
+                    return Err(TransportError::TooLarge(bytes.len()));
+                }
+                socket
+                    .send_to(&bytes, peer.addr)
+                    .await
+                    .map(|_| ())
+                    .map_err(|source| TransportError::Send { peer, source })
+            }
+            TransportKind::Tcp => {
+                let existing = self
+                    .connections
+                    .lock()
+                    .ok()
+                    .and_then(|m| m.get(&peer.addr).cloned());
+                let sender = match existing {
+                    Some(s) if !s.is_closed() => s,
+                    _ => {
+                        let local = self
+                            .tcp_local
+                            .ok_or(TransportError::NoSocket(TransportKind::Tcp))?;
+                        tcp::connect(
+                            peer.addr,
+                            local,
+                            self.inbound.clone(),
+                            self.connections.clone(),
+                            self.limits,
+                        )
+                        .await
+                        .map_err(|source| TransportError::Send { peer, source })?
+                    }
+                };
+                sender.send(bytes).await.map_err(|_| TransportError::Send {
+                    peer,
+                    source: io::Error::new(io::ErrorKind::BrokenPipe, "connection closed"),
+                })
+            }
+        }
+    }
+
+    /// Number of open TCP connections (for metrics and tests).
+    pub fn tcp_connection_count(&self) -> usize {
+        self.connections.lock().map(|m| m.len()).unwrap_or(0)
+    }
+}

@@ -1,0 +1,262 @@
+//! `spawn_app()`: a real `powerdial serve` process on ephemeral ports with a
+//! fresh SQLite file in a temp dir, killed when dropped.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running server and what tests need to reach it.
+pub struct App {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub sip: SocketAddr,
+    pub http: SocketAddr,
+    pub log: PathBuf,
+    pub token: String,
+}
+
+/// Agents every app has: (username, password).
+pub const AGENTS: &[(&str, &str)] = &[("alice", "alice-secret"), ("bob", "bob-secret")];
+
+/// A port free on 127.0.0.1 for both UDP and TCP at the time of the call.
+pub fn free_port() -> u16 {
+    for _ in 0..50 {
+        let udp = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+        let port = udp.local_addr().expect("addr").port();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port for UDP+TCP on 127.0.0.1");
+}
+
+/// Options for [`spawn_app_with`]: extra TOML appended to the config.
+#[derive(Default)]
+pub struct AppOptions {
+    pub extra_toml: String,
+    pub database_url: Option<String>,
+}
+
+pub fn spawn_app() -> App {
+    spawn_app_with(AppOptions::default())
+}
+
+pub fn spawn_app_with(opts: AppOptions) -> App {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sip_port = free_port();
+    let http_port = free_port();
+    let token = "test-token".to_string();
+    let db = opts
+        .database_url
+        .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("powerdial.db").display()));
+    let mut agents = String::new();
+    for (u, p) in AGENTS {
+        agents.push_str(&format!(
+            "[[agent]]\nusername = \"{u}\"\npassword = \"{p}\"\n\n"
+        ));
+    }
+    let config = format!(
+        r#"[server]
+sip_listen = ["udp:127.0.0.1:{sip_port}", "tcp:127.0.0.1:{sip_port}"]
+http_listen = "127.0.0.1:{http_port}"
+domain = "127.0.0.1"
+media_ip = "127.0.0.1"
+data_dir = "{data}"
+
+[database]
+url = "{db}"
+
+[admin]
+token = "{token}"
+
+{agents}
+{extra}
+"#,
+        data = dir.path().join("data").display(),
+        extra = opts.extra_toml,
+    );
+    let cfg_path = dir.path().join("powerdial.toml");
+    std::fs::write(&cfg_path, config).expect("write config");
+    let log = dir.path().join("powerdial.log");
+    let log_file = std::fs::File::create(&log).expect("log file");
+    let child = Command::new(env!("CARGO_BIN_EXE_powerdial"))
+        .args(["serve", "--config"])
+        .arg(&cfg_path)
+        .env("POWERDIAL_LOG", "debug")
+        .env_remove("POWERDIAL_DATABASE_URL")
+        .env_remove("POWERDIAL_ADMIN_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .expect("spawn powerdial");
+    let app = App {
+        child,
+        dir,
+        sip: SocketAddr::from(([127, 0, 0, 1], sip_port)),
+        http: SocketAddr::from(([127, 0, 0, 1], http_port)),
+        log,
+        token,
+    };
+    app.wait_ready();
+    app
+}
+
+impl App {
+    /// Waits until an OPTIONS over UDP gets a 200 (the server is up).
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(resp) = self.udp_exchange(&options_request(self.sip, "ready"), 200) {
+                if resp.starts_with("SIP/2.0 200") {
+                    return;
+                }
+            }
+        }
+        panic!("powerdial did not come up; log:\n{}", self.log_text());
+    }
+
+    /// The server's log so far (for assertion messages).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends one datagram from a fresh socket and returns the first
+    /// response (as text), or `None` after `wait_ms`.
+    pub fn udp_exchange(&self, msg: &[u8], wait_ms: u64) -> Option<String> {
+        let sock = UdpSocket::bind("127.0.0.1:0").ok()?;
+        sock.send_to(msg, self.sip).ok()?;
+        recv_final(&sock, wait_ms)
+    }
+
+    /// Whether the process is still running.
+    pub fn is_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// `GET path` on the HTTP API with the admin token; (status, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        http_request(self.http, "GET", path, Some(&self.token), None)
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- powerdial log ----\n{}", self.log_text());
+        }
+    }
+}
+
+/// Receives datagrams until a non-100 response arrives or `wait_ms` passes.
+pub fn recv_final(sock: &UdpSocket, wait_ms: u64) -> Option<String> {
+    let deadline = Instant::now() + Duration::from_millis(wait_ms);
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        if left.is_zero() {
+            return None;
+        }
+        sock.set_read_timeout(Some(left)).ok()?;
+        let (n, _) = sock.recv_from(&mut buf).ok()?;
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if text.starts_with("SIP/2.0 100 ") {
+            continue;
+        }
+        return Some(text);
+    }
+}
+
+/// A minimal valid OPTIONS to powerdial.
+pub fn options_request(to: SocketAddr, tag: &str) -> Vec<u8> {
+    format!(
+        "OPTIONS sip:{to} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bK-{tag}-{n}\r\n\
+         Max-Forwards: 70\r\n\
+         To: <sip:{to}>\r\n\
+         From: <sip:probe@127.0.0.1>;tag={tag}\r\n\
+         Call-ID: {tag}-{n}@probe\r\n\
+         CSeq: 1 OPTIONS\r\n\
+         Content-Length: 0\r\n\r\n",
+        n = std::process::id() as u64 * 1000 + rand_u16() as u64
+    )
+    .into_bytes()
+}
+
+fn rand_u16() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static N: AtomicU16 = AtomicU16::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A tiny blocking HTTP/1.1 client (Connection: close).
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect http");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let body = body.unwrap_or("");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).expect("write http");
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("").to_string();
+    (status, body)
+}
+
+/// Finds a program on PATH or fails with what to install.
+pub fn require_program(name: &str, package: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        let p = dir.join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!(
+        "`{name}` is not installed: `apt-get install -y {package}` (or run `bash .ci/run`, which installs every peer)"
+    );
+}
+
+/// The Python with pjsua2 (POWERDIAL_PYTHON, else the CI venv).
+pub fn pjsua_python() -> PathBuf {
+    let p = std::env::var_os("POWERDIAL_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/work/.cache/powerdial-venv/bin/python"));
+    let ok = Command::new(&p)
+        .args(["-c", "import pjsua2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "no Python with pjsua2 at {}: set POWERDIAL_PYTHON or run `bash .ci/run` (it creates the venv)",
+        p.display()
+    );
+    p
+}
+
+/// The repository root (fixtures, peer scripts).
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}

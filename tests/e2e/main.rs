@@ -1,0 +1,7 @@
+//! Whole-system tests: a real `powerdial serve` process, real sockets on
+//! 127.0.0.1, real third-party SIP stacks (SIPp, baresip, PJSIP).
+
+mod app;
+mod peers;
+mod register;
+mod torture;

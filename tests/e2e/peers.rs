@@ -1,0 +1,186 @@
+//! Drivers for the third-party SIP stacks the tests run against.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::app::{free_port, pjsua_python, repo, require_program, App};
+
+/// Runs a SIPp scenario from `fixtures/sipp/` once against the app as `user`.
+/// `transport` is `u1` (UDP) or `t1` (TCP).
+pub fn sipp(app: &App, scenario: &str, transport: &str, user: &str, password: &str) -> Output {
+    let sipp = require_program("sipp", "sip-tester");
+    let local_port = free_port();
+    let trace_dir = tempfile::tempdir().expect("tempdir");
+    Command::new(sipp)
+        .current_dir(trace_dir.path())
+        .arg("-sf")
+        .arg(repo().join("fixtures/sipp").join(scenario))
+        .args(["-s", user, "-au", user, "-ap", password])
+        .args(["-m", "1", "-t", transport, "-i", "127.0.0.1"])
+        .args(["-p", &local_port.to_string()])
+        .args(["-timeout", "15s", "-timeout_error", "-max_recv_loops", "100"])
+        .args(["-trace_err", "-trace_msg"])
+        .arg(app.sip.to_string())
+        .stdin(Stdio::null())
+        .output()
+        .map(|mut o| {
+            // Keep the message trace for failure reports.
+            for entry in std::fs::read_dir(trace_dir.path()).into_iter().flatten().flatten() {
+                if let Ok(t) = std::fs::read_to_string(entry.path()) {
+                    o.stderr.extend_from_slice(
+                        format!("\n== {}\n{t}", entry.path().display()).as_bytes(),
+                    );
+                }
+            }
+            o
+        })
+        .expect("run sipp")
+}
+
+/// Registers with PJSIP (pjsua2) and returns the status codes it reported.
+pub fn pjsip_register(app: &App, transport: &str, user: &str, password: &str) -> Vec<u16> {
+    let py = pjsua_python();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let result = dir.path().join("result.jsonl");
+    let status = Command::new(py)
+        .arg(repo().join("tests/peers/pj_register.py"))
+        .arg(app.sip.to_string())
+        .arg(transport)
+        .arg(user)
+        .arg(password)
+        .arg(&result)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run pj_register.py");
+    let text = std::fs::read_to_string(&result).unwrap_or_default();
+    assert!(
+        status.code() == Some(0) || !text.is_empty(),
+        "pj_register.py timed out with no registration state"
+    );
+    text.lines()
+        .filter_map(|l| {
+            let at = l.find("\"code\": ")? + 8;
+            l[at..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// A baresip instance controlled over its `ctrl_tcp` module.
+pub struct Baresip {
+    child: Child,
+    ctrl: TcpStream,
+    _dir: tempfile::TempDir,
+    pub sip_port: u16,
+    buf: Vec<u8>,
+}
+
+impl Baresip {
+    /// Starts baresip with a config of its own in a temp dir.
+    pub fn start() -> Baresip {
+        let bin = require_program("baresip", "baresip");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sip_port = free_port();
+        let ctrl_port = free_port();
+        let config = format!(
+            "poll_method epoll\n\
+             sip_listen 127.0.0.1:{sip_port}\n\
+             net_interface 127.0.0.1\n\
+             audio_player aubridge,sink\n\
+             audio_source aubridge,src\n\
+             module_path /usr/lib/baresip/modules\n\
+             module g711.so\n\
+             module aubridge.so\n\
+             module_app menu.so\n\
+             module_app ctrl_tcp.so\n\
+             ctrl_tcp_listen 127.0.0.1:{ctrl_port}\n"
+        );
+        std::fs::write(dir.path().join("config"), config).expect("write config");
+        std::fs::write(dir.path().join("accounts"), "").expect("write accounts");
+        let child = Command::new(bin)
+            .arg("-f")
+            .arg(dir.path())
+            .args(["-t", "60"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn baresip");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let ctrl = loop {
+            match TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], ctrl_port))) {
+                Ok(s) => break s,
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+                Err(e) => panic!("baresip control port never opened: {e}"),
+            }
+        };
+        Baresip {
+            child,
+            ctrl,
+            _dir: dir,
+            sip_port,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Sends a ctrl_tcp command (netstring-framed JSON).
+    pub fn command(&mut self, command: &str, params: &str) {
+        let json = format!(
+            "{{\"command\":\"{command}\",\"params\":\"{}\",\"token\":\"t\"}}",
+            params.replace('\\', "\\\\").replace('"', "\\\"")
+        );
+        let frame = format!("{}:{},", json.len(), json);
+        self.ctrl.write_all(frame.as_bytes()).expect("write ctrl");
+    }
+
+    /// Waits for an event whose `type` is one of `types`; returns the JSON.
+    pub fn wait_event(&mut self, types: &[&str], timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            while let Some(msg) = self.next_frame() {
+                if types
+                    .iter()
+                    .any(|t| msg.contains(&format!("\"type\":\"{t}\"")))
+                {
+                    return Some(msg);
+                }
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            self.ctrl
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .ok()?;
+            let mut chunk = [0u8; 4096];
+            match self.ctrl.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    fn next_frame(&mut self) -> Option<String> {
+        let colon = self.buf.iter().position(|b| *b == b':')?;
+        let len: usize = std::str::from_utf8(&self.buf[..colon]).ok()?.parse().ok()?;
+        if self.buf.len() < colon + 1 + len + 1 {
+            return None;
+        }
+        let msg = String::from_utf8_lossy(&self.buf[colon + 1..colon + 1 + len]).into_owned();
+        self.buf.drain(..colon + 1 + len + 1);
+        Some(msg)
+    }
+}
+
+impl Drop for Baresip {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
