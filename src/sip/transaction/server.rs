@@ -1,0 +1,465 @@
+//! Server transactions: INVITE (RFC 3261 §17.2.1) and non-INVITE (§17.2.2).
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::key::to_tag;
+use super::message::build_trying;
+use super::timer::{Timer, TimerConfig, TimerTable};
+use super::TransactionError;
+use crate::sip::syntax::{Method, Request, Response, SipMessage};
+use crate::sip::{Peer, Transmit};
+
+/// What a server transaction tells its TU (RFC 3261 §17.2). The request that
+/// created it reaches the TU through the table's `NewRequest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerEvent {
+    /// Timer H fired: the ACK for a 300-699 never came (§17.2.1).
+    Timeout,
+    /// The transport failed to send a response (§17.2.4).
+    TransportError,
+}
+
+/// The parts of a server transaction its states act on.
+#[derive(Debug)]
+struct ServerCore {
+    peer: Peer,
+    config: TimerConfig,
+    request: Request,
+    timers: TimerTable,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<ServerEvent>,
+}
+
+impl ServerCore {
+    fn new(peer: Peer, config: TimerConfig, request: Request) -> Self {
+        ServerCore {
+            peer,
+            config,
+            request,
+            timers: TimerTable::default(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    fn reliable(&self) -> bool {
+        self.peer.transport.is_reliable()
+    }
+
+    fn send(&mut self, response: &Response) {
+        self.transmits.push_back(Transmit {
+            peer: self.peer,
+            message: SipMessage::Response(response.clone()),
+        });
+    }
+}
+
+fn status(response: &Response) -> Result<u16, TransactionError> {
+    let code = response.status_code.code();
+    if (100..700).contains(&code) {
+        Ok(code)
+    } else {
+        Err(TransactionError::InvalidStatus(code))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// INVITE server transaction, RFC 3261 §17.2.1 (Figure 7).
+
+/// Proceeding: awaiting the TU's final response; a retransmitted INVITE gets
+/// the last provisional again.
+#[derive(Debug)]
+struct InviteProceeding {
+    last_provisional: Response,
+}
+
+/// Completed: a 300-699 was sent, awaiting the ACK (Timers G and H).
+#[derive(Debug)]
+struct InviteCompleted {
+    final_response: Response,
+    g_interval: Duration,
+}
+
+/// Confirmed: the ACK came; absorbing its retransmissions until Timer I.
+#[derive(Debug)]
+struct Confirmed;
+
+#[derive(Debug)]
+enum InviteServerState {
+    Proceeding(InviteProceeding),
+    Completed(InviteCompleted),
+    Confirmed(Confirmed),
+    Terminated,
+}
+
+/// An INVITE server transaction (RFC 3261 §17.2.1): answers 100 Trying at
+/// once, re-sends the last response to a retransmitted INVITE, retransmits a
+/// 300-699 on UDP (Timer G) until the ACK (absorbed) or Timer H, then waits
+/// out ACK retransmissions (Timer I). A 2xx ends it: the TU retransmits the
+/// 2xx itself (§13.3.1.4, [`super::Retransmit2xx`]).
+#[derive(Debug)]
+pub struct InviteServer {
+    core: ServerCore,
+    state: InviteServerState,
+    response_to_tag: Option<String>,
+}
+
+impl InviteServer {
+    /// Creates the transaction for a new INVITE and queues the 100 Trying
+    /// (§17.2.1: within 200 ms; we send it at once).
+    pub fn new(
+        _now: Instant,
+        peer: Peer,
+        request: Request,
+        config: TimerConfig,
+    ) -> Result<Self, TransactionError> {
+        if request.method != Method::Invite {
+            return Err(TransactionError::WrongMethod {
+                expected: Method::Invite,
+                got: request.method,
+            });
+        }
+        let trying = build_trying(&request)?;
+        let mut core = ServerCore::new(peer, config, request);
+        core.send(&trying);
+        Ok(InviteServer {
+            core,
+            state: InviteServerState::Proceeding(InviteProceeding {
+                last_provisional: trying,
+            }),
+            response_to_tag: None,
+        })
+    }
+
+    /// The INVITE that created the transaction.
+    pub fn request(&self) -> &Request {
+        &self.core.request
+    }
+
+    /// The To tag of the last response sent, which an RFC 2543 ACK must carry
+    /// to match (§17.2.3).
+    pub fn response_to_tag(&self) -> Option<&str> {
+        self.response_to_tag.as_deref()
+    }
+
+    /// Where the request came from, and responses go.
+    pub fn peer(&self) -> Peer {
+        self.core.peer
+    }
+
+    /// The state's RFC name, for logs and tests.
+    pub fn state_name(&self) -> &'static str {
+        match self.state {
+            InviteServerState::Proceeding(_) => "Proceeding",
+            InviteServerState::Completed(_) => "Completed",
+            InviteServerState::Confirmed(_) => "Confirmed",
+            InviteServerState::Terminated => "Terminated",
+        }
+    }
+
+    /// Whether the TU has not sent a final response yet, so a CANCEL still
+    /// applies (§9.2).
+    pub fn awaits_final(&self) -> bool {
+        matches!(self.state, InviteServerState::Proceeding(_))
+    }
+
+    /// Whether the transaction is over and can be dropped.
+    pub fn is_terminated(&self) -> bool {
+        matches!(self.state, InviteServerState::Terminated)
+    }
+
+    /// A retransmitted INVITE or an ACK matched to this transaction (§17.2.1).
+    pub fn handle_request(&mut self, now: Instant, request: Request) {
+        let is_ack = request.method == Method::Ack;
+        let state = std::mem::replace(&mut self.state, InviteServerState::Terminated);
+        self.state = match state {
+            InviteServerState::Proceeding(p) => {
+                if !is_ack {
+                    self.core.send(&p.last_provisional);
+                }
+                InviteServerState::Proceeding(p)
+            }
+            InviteServerState::Completed(_) if is_ack => {
+                self.core.timers.stop(Timer::G);
+                self.core.timers.stop(Timer::H);
+                let wait = self.core.config.timer_t4_or_zero(self.core.reliable());
+                if wait.is_zero() {
+                    InviteServerState::Terminated
+                } else {
+                    self.core.timers.set(Timer::I, now + wait);
+                    InviteServerState::Confirmed(Confirmed)
+                }
+            }
+            InviteServerState::Completed(c) => {
+                self.core.send(&c.final_response);
+                InviteServerState::Completed(c)
+            }
+            // Confirmed absorbs ACK and INVITE retransmissions alike.
+            state => state,
+        };
+    }
+
+    /// The TU's response (§17.2.1): 1xx is sent and remembered, 2xx is sent
+    /// and ends the transaction, 300-699 is sent and retransmitted until ACK.
+    pub fn send_response(
+        &mut self,
+        now: Instant,
+        response: Response,
+    ) -> Result<(), TransactionError> {
+        let code = status(&response)?;
+        let state = std::mem::replace(&mut self.state, InviteServerState::Terminated);
+        let proceeding = match state {
+            InviteServerState::Proceeding(p) => p,
+            other => {
+                self.state = other;
+                return Err(TransactionError::FinalAlreadySent);
+            }
+        };
+        self.response_to_tag = to_tag(&response).ok().flatten();
+        self.core.send(&response);
+        self.state = match code {
+            100..=199 => InviteServerState::Proceeding(InviteProceeding {
+                last_provisional: response,
+            }),
+            200..=299 => {
+                drop(proceeding);
+                InviteServerState::Terminated
+            }
+            _ => {
+                let config = self.core.config;
+                if !self.core.reliable() {
+                    self.core.timers.set(Timer::G, now + config.t1);
+                }
+                self.core.timers.set(Timer::H, now + config.timeout());
+                InviteServerState::Completed(InviteCompleted {
+                    final_response: response,
+                    g_interval: config.t1,
+                })
+            }
+        };
+        Ok(())
+    }
+
+    /// Fires every timer due at `now` (§17.2.1).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(timer) = self.core.timers.pop_expired(now) {
+            let state = std::mem::replace(&mut self.state, InviteServerState::Terminated);
+            self.state = match (state, timer) {
+                (InviteServerState::Completed(c), Timer::G) => {
+                    self.core.send(&c.final_response);
+                    let g_interval = self.core.config.backoff_capped(c.g_interval);
+                    self.core.timers.set(Timer::G, now + g_interval);
+                    InviteServerState::Completed(InviteCompleted {
+                        final_response: c.final_response,
+                        g_interval,
+                    })
+                }
+                (InviteServerState::Completed(_), Timer::H) => {
+                    self.core.timers.stop_all();
+                    self.core.events.push_back(ServerEvent::Timeout);
+                    InviteServerState::Terminated
+                }
+                (InviteServerState::Confirmed(_), Timer::I) => {
+                    self.core.timers.stop_all();
+                    InviteServerState::Terminated
+                }
+                (state, _) => state,
+            };
+        }
+    }
+
+    /// The transport failed to send a response (§17.2.4: inform the TU).
+    pub fn handle_transport_error(&mut self, _now: Instant) {
+        self.core.events.push_back(ServerEvent::TransportError);
+        self.core.timers.stop_all();
+        self.state = InviteServerState::Terminated;
+    }
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.core.transmits.pop_front()
+    }
+
+    /// The next event for the TU.
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        self.core.events.pop_front()
+    }
+
+    /// When `handle_timeout` is next due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.core.timers.next_deadline()
+    }
+
+    #[cfg(test)]
+    fn timer(&self, timer: Timer) -> Option<Instant> {
+        self.core.timers.get(timer)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Non-INVITE server transaction, RFC 3261 §17.2.2 (Figure 8).
+
+/// Trying: awaiting the TU's first response; retransmissions are discarded.
+#[derive(Debug)]
+struct Trying;
+
+/// Proceeding: a provisional was sent; retransmissions get it again.
+#[derive(Debug)]
+struct NonInviteProceeding {
+    last_provisional: Response,
+}
+
+/// Completed: the final was sent; retransmissions get it again until J.
+#[derive(Debug)]
+struct NonInviteCompleted {
+    final_response: Response,
+}
+
+#[derive(Debug)]
+enum NonInviteServerState {
+    Trying(Trying),
+    Proceeding(NonInviteProceeding),
+    Completed(NonInviteCompleted),
+    Terminated,
+}
+
+/// A non-INVITE server transaction (RFC 3261 §17.2.2): re-sends its last
+/// response to a retransmitted request and lingers in Completed for Timer J.
+#[derive(Debug)]
+pub struct NonInviteServer {
+    core: ServerCore,
+    state: NonInviteServerState,
+}
+
+impl NonInviteServer {
+    /// Creates the transaction for a new non-INVITE request (§17.2.2).
+    pub fn new(
+        _now: Instant,
+        peer: Peer,
+        request: Request,
+        config: TimerConfig,
+    ) -> Result<Self, TransactionError> {
+        match request.method {
+            Method::Invite => Err(TransactionError::WrongMethod {
+                expected: Method::Options,
+                got: Method::Invite,
+            }),
+            Method::Ack => Err(TransactionError::AckIsNotATransaction),
+            _ => Ok(NonInviteServer {
+                core: ServerCore::new(peer, config, request),
+                state: NonInviteServerState::Trying(Trying),
+            }),
+        }
+    }
+
+    /// The request that created the transaction.
+    pub fn request(&self) -> &Request {
+        &self.core.request
+    }
+
+    /// Where the request came from, and responses go.
+    pub fn peer(&self) -> Peer {
+        self.core.peer
+    }
+
+    /// The state's RFC name, for logs and tests.
+    pub fn state_name(&self) -> &'static str {
+        match self.state {
+            NonInviteServerState::Trying(_) => "Trying",
+            NonInviteServerState::Proceeding(_) => "Proceeding",
+            NonInviteServerState::Completed(_) => "Completed",
+            NonInviteServerState::Terminated => "Terminated",
+        }
+    }
+
+    /// Whether the transaction is over and can be dropped.
+    pub fn is_terminated(&self) -> bool {
+        matches!(self.state, NonInviteServerState::Terminated)
+    }
+
+    /// A retransmission of the request (§17.2.2).
+    pub fn handle_request(&mut self, _now: Instant, _request: Request) {
+        match &self.state {
+            NonInviteServerState::Proceeding(p) => {
+                let last = p.last_provisional.clone();
+                self.core.send(&last);
+            }
+            NonInviteServerState::Completed(c) => {
+                let last = c.final_response.clone();
+                self.core.send(&last);
+            }
+            NonInviteServerState::Trying(_) | NonInviteServerState::Terminated => {}
+        }
+    }
+
+    /// The TU's response (§17.2.2): 1xx moves to Proceeding, a final to
+    /// Completed (Timer J: 64*T1 on UDP, at once on TCP).
+    pub fn send_response(
+        &mut self,
+        now: Instant,
+        response: Response,
+    ) -> Result<(), TransactionError> {
+        let code = status(&response)?;
+        if !matches!(
+            self.state,
+            NonInviteServerState::Trying(_) | NonInviteServerState::Proceeding(_)
+        ) {
+            return Err(TransactionError::FinalAlreadySent);
+        }
+        self.core.send(&response);
+        self.state = if code < 200 {
+            NonInviteServerState::Proceeding(NonInviteProceeding {
+                last_provisional: response,
+            })
+        } else {
+            let wait = self.core.config.timer_j(self.core.reliable());
+            if wait.is_zero() {
+                NonInviteServerState::Terminated
+            } else {
+                self.core.timers.set(Timer::J, now + wait);
+                NonInviteServerState::Completed(NonInviteCompleted {
+                    final_response: response,
+                })
+            }
+        };
+        Ok(())
+    }
+
+    /// Fires every timer due at `now` (§17.2.2).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(timer) = self.core.timers.pop_expired(now) {
+            if timer == Timer::J && matches!(self.state, NonInviteServerState::Completed(_)) {
+                self.core.timers.stop_all();
+                self.state = NonInviteServerState::Terminated;
+            }
+        }
+    }
+
+    /// The transport failed to send a response (§17.2.4: inform the TU).
+    pub fn handle_transport_error(&mut self, _now: Instant) {
+        self.core.events.push_back(ServerEvent::TransportError);
+        self.core.timers.stop_all();
+        self.state = NonInviteServerState::Terminated;
+    }
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.core.transmits.pop_front()
+    }
+
+    /// The next event for the TU.
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        self.core.events.pop_front()
+    }
+
+    /// When `handle_timeout` is next due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.core.timers.next_deadline()
+    }
+
+    #[cfg(test)]
+    fn timer(&self, timer: Timer) -> Option<Instant> {
+        self.core.timers.get(timer)
+    }
+}
