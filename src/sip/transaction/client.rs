@@ -476,3 +476,316 @@ impl NonInviteClient {
         self.core.timers.get(timer)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_epoch;
+    use super::super::testmsg::{invite, non_invite, response_to};
+    use super::*;
+    use crate::sip::syntax::prelude::*;
+    use crate::sip::TransportKind;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn peer(transport: TransportKind) -> Peer {
+        Peer {
+            transport,
+            addr: "192.0.2.2:5060".parse().unwrap(),
+        }
+    }
+
+    fn sent_methods(tx: &mut InviteClient) -> Vec<String> {
+        std::iter::from_fn(|| tx.poll_transmit())
+            .map(|t| match t.message {
+                SipMessage::Request(r) => r.method.to_string(),
+                SipMessage::Response(r) => r.status_code.code().to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn invite_udp_calling_retransmits_on_timer_a_doubling() {
+        let t0 = test_epoch();
+        let mut tx = InviteClient::new(
+            t0,
+            peer(TransportKind::Udp),
+            invite("z9hG4bKa"),
+            TimerConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(tx.state_name(), "Calling");
+        assert_eq!(sent_methods(&mut tx), ["INVITE"]);
+        assert_eq!(tx.timer(Timer::A), Some(t0 + 500 * MS));
+        assert_eq!(tx.timer(Timer::B), Some(t0 + 32_000 * MS));
+        // A fires at 0.5, 1.5, 3.5, 7.5 s: intervals 0.5, 1, 2, 4 (no T2 cap).
+        let mut at = Vec::new();
+        while let Some(t) = tx.poll_timeout() {
+            if t >= t0 + 10_000 * MS {
+                break;
+            }
+            tx.handle_timeout(t);
+            assert_eq!(sent_methods(&mut tx), ["INVITE"]);
+            at.push((t - t0).as_millis());
+        }
+        assert_eq!(at, [500, 1500, 3500, 7500]);
+        assert_eq!(tx.timer(Timer::A), Some(t0 + 15_500 * MS));
+    }
+
+    #[test]
+    fn invite_timer_b_times_out_with_no_response() {
+        for kind in [TransportKind::Udp, TransportKind::Tcp] {
+            let t0 = test_epoch();
+            let mut tx =
+                InviteClient::new(t0, peer(kind), invite("z9hG4bKb"), TimerConfig::default())
+                    .unwrap();
+            let mut sends = 0;
+            while let Some(t) = tx.poll_timeout() {
+                tx.handle_timeout(t);
+                sends += std::iter::from_fn(|| tx.poll_transmit()).count();
+            }
+            assert_eq!(tx.poll_event(), Some(ClientEvent::Timeout));
+            assert!(tx.is_terminated());
+            // The INVITE, then on UDP Timer A at 0.5, 1.5, 3.5, 7.5, 15.5,
+            // 31.5 s; TCP never retransmits.
+            assert_eq!(sends, if kind == TransportKind::Udp { 7 } else { 1 });
+        }
+    }
+
+    #[test]
+    fn invite_tcp_sends_once_and_has_no_timer_a() {
+        let t0 = test_epoch();
+        let mut tx = InviteClient::new(
+            t0,
+            peer(TransportKind::Tcp),
+            invite("z9hG4bKt"),
+            TimerConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(sent_methods(&mut tx), ["INVITE"]);
+        assert_eq!(tx.timer(Timer::A), None);
+        assert_eq!(tx.poll_timeout(), Some(t0 + 32_000 * MS));
+    }
+
+    #[test]
+    fn invite_1xx_then_2xx_passes_up_and_terminates() {
+        let t0 = test_epoch();
+        let inv = invite("z9hG4bK12");
+        let mut tx = InviteClient::new(
+            t0,
+            peer(TransportKind::Udp),
+            inv.clone(),
+            TimerConfig::default(),
+        )
+        .unwrap();
+        sent_methods(&mut tx);
+        let ringing = response_to(&inv, 180);
+        tx.handle_response(t0 + 100 * MS, ringing.clone());
+        assert_eq!(tx.state_name(), "Proceeding");
+        assert!(tx.is_proceeding());
+        assert_eq!(tx.poll_event(), Some(ClientEvent::Provisional(ringing)));
+        // Proceeding: no retransmission, no Timer B.
+        assert_eq!(tx.poll_timeout(), None);
+        let ok = response_to(&inv, 200);
+        tx.handle_response(t0 + 5_000 * MS, ok.clone());
+        assert_eq!(tx.poll_event(), Some(ClientEvent::Final(ok)));
+        assert!(tx.is_terminated());
+        // The ACK for 2xx is the TU's.
+        assert!(sent_methods(&mut tx).is_empty());
+    }
+
+    #[test]
+    fn invite_486_acks_absorbs_retransmissions_and_waits_timer_d() {
+        let t0 = test_epoch();
+        let inv = invite("z9hG4bK486");
+        let mut tx = InviteClient::new(
+            t0,
+            peer(TransportKind::Udp),
+            inv.clone(),
+            TimerConfig::default(),
+        )
+        .unwrap();
+        sent_methods(&mut tx);
+        let busy = response_to(&inv, 486);
+        tx.handle_response(t0 + 100 * MS, busy.clone());
+        assert_eq!(tx.state_name(), "Completed");
+        assert_eq!(tx.poll_event(), Some(ClientEvent::Final(busy.clone())));
+        let ack = match tx.poll_transmit().map(|t| t.message) {
+            Some(SipMessage::Request(ack)) => ack,
+            other => panic!("expected ACK, got {other:?}"),
+        };
+        assert_eq!(ack.method, Method::Ack);
+        assert!(ack.top_via_header().unwrap().value().contains("z9hG4bK486"));
+        assert!(ack.to_header().unwrap().value().contains("tag=b1"));
+        assert_eq!(tx.timer(Timer::A), None);
+        assert_eq!(tx.timer(Timer::B), None);
+        assert_eq!(tx.timer(Timer::D), Some(t0 + 32_100 * MS));
+        // A retransmitted 486 gets the ACK again and is not passed up.
+        tx.handle_response(t0 + 600 * MS, busy);
+        assert_eq!(sent_methods(&mut tx), ["ACK"]);
+        assert_eq!(tx.poll_event(), None);
+        tx.handle_timeout(t0 + 32_099 * MS);
+        assert_eq!(tx.state_name(), "Completed");
+        tx.handle_timeout(t0 + 32_100 * MS);
+        assert!(tx.is_terminated());
+        assert_eq!(tx.poll_event(), None);
+    }
+
+    #[test]
+    fn invite_3xx_to_6xx_over_tcp_terminates_at_once() {
+        for code in [302, 404, 503, 603] {
+            let t0 = test_epoch();
+            let inv = invite("z9hG4bKtcp");
+            let mut tx = InviteClient::new(
+                t0,
+                peer(TransportKind::Tcp),
+                inv.clone(),
+                TimerConfig::default(),
+            )
+            .unwrap();
+            sent_methods(&mut tx);
+            tx.handle_response(t0, response_to(&inv, 183));
+            tx.handle_response(t0, response_to(&inv, code));
+            // Timer D is zero on TCP: ACK sent, straight to Terminated.
+            assert_eq!(sent_methods(&mut tx), ["ACK"]);
+            assert!(tx.is_terminated(), "{code}");
+            assert!(matches!(tx.poll_event(), Some(ClientEvent::Provisional(_))));
+            assert!(
+                matches!(tx.poll_event(), Some(ClientEvent::Final(r)) if r.status_code.code() == code)
+            );
+        }
+    }
+
+    #[test]
+    fn invite_transport_error_informs_the_tu() {
+        let t0 = test_epoch();
+        let mut tx = InviteClient::new(
+            t0,
+            peer(TransportKind::Tcp),
+            invite("z9hG4bKte"),
+            TimerConfig::default(),
+        )
+        .unwrap();
+        tx.handle_transport_error(t0);
+        assert_eq!(tx.poll_event(), Some(ClientEvent::TransportError));
+        assert!(tx.is_terminated());
+        assert_eq!(tx.poll_timeout(), None);
+    }
+
+    #[test]
+    fn non_invite_udp_timer_e_backs_off_to_t2_then_timer_f() {
+        let t0 = test_epoch();
+        let req = non_invite("OPTIONS", "z9hG4bKe");
+        let mut tx =
+            NonInviteClient::new(t0, peer(TransportKind::Udp), req, TimerConfig::default())
+                .unwrap();
+        assert_eq!(tx.state_name(), "Trying");
+        assert!(tx.poll_transmit().is_some());
+        assert_eq!(tx.timer(Timer::F), Some(t0 + 32_000 * MS));
+        let mut at = Vec::new();
+        while let Some(t) = tx.poll_timeout() {
+            tx.handle_timeout(t);
+            if tx.poll_transmit().is_some() {
+                at.push((t - t0).as_millis());
+            }
+        }
+        // 0.5, 1.5, 3.5, 7.5, then every T2 = 4 s until F at 32 s.
+        assert_eq!(
+            at,
+            [500, 1500, 3500, 7500, 11500, 15500, 19500, 23500, 27500, 31500]
+        );
+        assert_eq!(tx.poll_event(), Some(ClientEvent::Timeout));
+        assert!(tx.is_terminated());
+    }
+
+    #[test]
+    fn non_invite_proceeding_retransmits_at_t2() {
+        let t0 = test_epoch();
+        let req = non_invite("BYE", "z9hG4bKp");
+        let mut tx = NonInviteClient::new(
+            t0,
+            peer(TransportKind::Udp),
+            req.clone(),
+            TimerConfig::default(),
+        )
+        .unwrap();
+        tx.poll_transmit();
+        tx.handle_response(t0 + 100 * MS, response_to(&req, 100));
+        assert_eq!(tx.state_name(), "Proceeding");
+        assert!(matches!(tx.poll_event(), Some(ClientEvent::Provisional(_))));
+        tx.handle_timeout(t0 + 500 * MS);
+        assert!(tx.poll_transmit().is_some());
+        // In Proceeding, E resets to T2 rather than doubling.
+        assert_eq!(tx.timer(Timer::E), Some(t0 + 4_500 * MS));
+        assert_eq!(tx.timer(Timer::F), Some(t0 + 32_000 * MS));
+    }
+
+    #[test]
+    fn non_invite_final_then_timer_k_absorbing_retransmissions() {
+        let t0 = test_epoch();
+        let req = non_invite("BYE", "z9hG4bKk");
+        let mut tx = NonInviteClient::new(
+            t0,
+            peer(TransportKind::Udp),
+            req.clone(),
+            TimerConfig::default(),
+        )
+        .unwrap();
+        tx.poll_transmit();
+        let ok = response_to(&req, 200);
+        tx.handle_response(t0 + 100 * MS, ok.clone());
+        assert_eq!(tx.state_name(), "Completed");
+        assert_eq!(tx.poll_event(), Some(ClientEvent::Final(ok.clone())));
+        assert_eq!(tx.timer(Timer::E), None);
+        assert_eq!(tx.timer(Timer::F), None);
+        assert_eq!(tx.timer(Timer::K), Some(t0 + 5_100 * MS));
+        tx.handle_response(t0 + 200 * MS, ok);
+        assert_eq!(tx.poll_event(), None);
+        assert!(tx.poll_transmit().is_none());
+        tx.handle_timeout(t0 + 5_100 * MS);
+        assert!(tx.is_terminated());
+    }
+
+    #[test]
+    fn non_invite_tcp_no_timer_e_and_zero_timer_k() {
+        let t0 = test_epoch();
+        let req = non_invite("OPTIONS", "z9hG4bKtk");
+        let mut tx = NonInviteClient::new(
+            t0,
+            peer(TransportKind::Tcp),
+            req.clone(),
+            TimerConfig::default(),
+        )
+        .unwrap();
+        assert!(tx.poll_transmit().is_some());
+        assert_eq!(tx.timer(Timer::E), None);
+        assert_eq!(tx.poll_timeout(), Some(t0 + 32_000 * MS));
+        tx.handle_response(t0, response_to(&req, 200));
+        assert!(tx.is_terminated());
+        assert!(matches!(tx.poll_event(), Some(ClientEvent::Final(_))));
+        // Timer F on TCP still ends a silent transaction.
+        let mut tx = NonInviteClient::new(
+            t0,
+            peer(TransportKind::Tcp),
+            non_invite("OPTIONS", "z9hG4bKtf"),
+            TimerConfig::default(),
+        )
+        .unwrap();
+        tx.handle_timeout(t0 + 32_000 * MS);
+        assert_eq!(tx.poll_event(), Some(ClientEvent::Timeout));
+        tx.handle_transport_error(t0);
+        assert_eq!(tx.poll_event(), None);
+    }
+
+    #[test]
+    fn constructors_refuse_wrong_methods() {
+        let t0 = test_epoch();
+        let p = peer(TransportKind::Udp);
+        let c = TimerConfig::default();
+        assert!(InviteClient::new(t0, p, non_invite("BYE", "z9hG4bKw"), c).is_err());
+        assert!(NonInviteClient::new(t0, p, invite("z9hG4bKw"), c).is_err());
+        assert_eq!(
+            NonInviteClient::new(t0, p, non_invite("ACK", "z9hG4bKw"), c).err(),
+            Some(TransactionError::AckIsNotATransaction)
+        );
+    }
+}

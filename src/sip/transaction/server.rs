@@ -463,3 +463,264 @@ impl NonInviteServer {
         self.core.timers.get(timer)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_epoch;
+    use super::super::testmsg::{invite, non_invite, request, response_to};
+    use super::*;
+    use crate::sip::TransportKind;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn peer(transport: TransportKind) -> Peer {
+        Peer {
+            transport,
+            addr: "192.0.2.1:5060".parse().unwrap(),
+        }
+    }
+
+    fn codes(tx: &mut InviteServer) -> Vec<u16> {
+        std::iter::from_fn(|| tx.poll_transmit())
+            .map(|t| match t.message {
+                SipMessage::Response(r) => r.status_code.code(),
+                SipMessage::Request(r) => panic!("server sent a request {}", r.method),
+            })
+            .collect()
+    }
+
+    fn ack_for(inv: &Request) -> Request {
+        let text = String::from_utf8(inv.to_bytes()).unwrap();
+        request(
+            &text
+                .replacen("INVITE sip", "ACK sip", 1)
+                .replace("1 INVITE", "1 ACK")
+                .replace("To: <sip:bob@192.0.2.2>", "To: <sip:bob@192.0.2.2>;tag=b1"),
+        )
+    }
+
+    #[test]
+    fn invite_sends_100_at_once_and_repeats_last_provisional() {
+        let t0 = test_epoch();
+        let inv = invite("z9hG4bKs1");
+        let mut tx = InviteServer::new(
+            t0,
+            peer(TransportKind::Udp),
+            inv.clone(),
+            TimerConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(tx.state_name(), "Proceeding");
+        assert_eq!(codes(&mut tx), [100]);
+        tx.handle_request(t0 + 500 * MS, inv.clone());
+        assert_eq!(codes(&mut tx), [100]);
+        tx.send_response(t0 + 600 * MS, response_to(&inv, 180))
+            .unwrap();
+        assert_eq!(codes(&mut tx), [180]);
+        tx.handle_request(t0 + 1_500 * MS, inv.clone());
+        assert_eq!(codes(&mut tx), [180]);
+        // Proceeding has no timers: the TU decides how long to ring.
+        assert_eq!(tx.poll_timeout(), None);
+    }
+
+    #[test]
+    fn invite_2xx_terminates_and_later_responses_are_refused() {
+        let t0 = test_epoch();
+        let inv = invite("z9hG4bKs2");
+        let mut tx = InviteServer::new(
+            t0,
+            peer(TransportKind::Udp),
+            inv.clone(),
+            TimerConfig::default(),
+        )
+        .unwrap();
+        tx.send_response(t0, response_to(&inv, 200)).unwrap();
+        assert_eq!(codes(&mut tx), [100, 200]);
+        assert!(tx.is_terminated());
+        assert_eq!(
+            tx.send_response(t0, response_to(&inv, 200)),
+            Err(TransactionError::FinalAlreadySent)
+        );
+        assert_eq!(
+            tx.send_response(t0, response_to(&inv, 99)),
+            Err(TransactionError::InvalidStatus(99))
+        );
+    }
+
+    #[test]
+    fn invite_final_retransmits_on_timer_g_and_on_request_retransmission() {
+        let t0 = test_epoch();
+        let inv = invite("z9hG4bKs3");
+        let mut tx = InviteServer::new(
+            t0,
+            peer(TransportKind::Udp),
+            inv.clone(),
+            TimerConfig::default(),
+        )
+        .unwrap();
+        codes(&mut tx);
+        tx.send_response(t0, response_to(&inv, 486)).unwrap();
+        assert_eq!(codes(&mut tx), [486]);
+        assert_eq!(tx.state_name(), "Completed");
+        assert_eq!(tx.timer(Timer::G), Some(t0 + 500 * MS));
+        assert_eq!(tx.timer(Timer::H), Some(t0 + 32_000 * MS));
+        // The INVITE again (our 486 was lost): the 486 again.
+        tx.handle_request(t0 + 100 * MS, inv.clone());
+        assert_eq!(codes(&mut tx), [486]);
+        let mut at = Vec::new();
+        while let Some(t) = tx.poll_timeout() {
+            if t > t0 + 12_000 * MS {
+                break;
+            }
+            tx.handle_timeout(t);
+            if !codes(&mut tx).is_empty() {
+                at.push((t - t0).as_millis());
+            }
+        }
+        // G: 0.5, 1, 2, 4, 4 s intervals (capped at T2).
+        assert_eq!(at, [500, 1500, 3500, 7500, 11500]);
+    }
+
+    #[test]
+    fn invite_ack_is_absorbed_then_timer_i() {
+        let t0 = test_epoch();
+        let inv = invite("z9hG4bKs4");
+        let mut tx = InviteServer::new(
+            t0,
+            peer(TransportKind::Udp),
+            inv.clone(),
+            TimerConfig::default(),
+        )
+        .unwrap();
+        tx.send_response(t0, response_to(&inv, 603)).unwrap();
+        codes(&mut tx);
+        tx.handle_request(t0 + 50 * MS, ack_for(&inv));
+        assert_eq!(tx.state_name(), "Confirmed");
+        assert_eq!(tx.timer(Timer::G), None);
+        assert_eq!(tx.timer(Timer::H), None);
+        assert_eq!(tx.timer(Timer::I), Some(t0 + 5_050 * MS));
+        // ACK and INVITE retransmissions are absorbed in Confirmed.
+        tx.handle_request(t0 + 60 * MS, ack_for(&inv));
+        tx.handle_request(t0 + 70 * MS, inv.clone());
+        assert!(codes(&mut tx).is_empty());
+        assert_eq!(tx.poll_event(), None);
+        tx.handle_timeout(t0 + 5_050 * MS);
+        assert!(tx.is_terminated());
+    }
+
+    #[test]
+    fn invite_timer_h_reports_missing_ack() {
+        for kind in [TransportKind::Udp, TransportKind::Tcp] {
+            let t0 = test_epoch();
+            let inv = invite("z9hG4bKs5");
+            let mut tx =
+                InviteServer::new(t0, peer(kind), inv.clone(), TimerConfig::default()).unwrap();
+            tx.send_response(t0, response_to(&inv, 480)).unwrap();
+            let mut sent = codes(&mut tx).len();
+            while let Some(t) = tx.poll_timeout() {
+                tx.handle_timeout(t);
+                sent += codes(&mut tx).len();
+            }
+            assert_eq!(tx.poll_event(), Some(ServerEvent::Timeout));
+            assert!(tx.is_terminated());
+            // 100 + 480, then on UDP Timer G at 0.5, 1.5, 3.5, 7.5, 11.5 ..
+            // 31.5 s (10 times); TCP never retransmits (no Timer G).
+            assert_eq!(
+                sent,
+                if kind == TransportKind::Udp { 12 } else { 2 },
+                "{kind}"
+            );
+        }
+    }
+
+    #[test]
+    fn invite_tcp_ack_terminates_at_once() {
+        let t0 = test_epoch();
+        let inv = invite("z9hG4bKs6");
+        let mut tx = InviteServer::new(
+            t0,
+            peer(TransportKind::Tcp),
+            inv.clone(),
+            TimerConfig::default(),
+        )
+        .unwrap();
+        tx.send_response(t0, response_to(&inv, 486)).unwrap();
+        assert_eq!(tx.timer(Timer::G), None);
+        tx.handle_request(t0, ack_for(&inv));
+        // Timer I is zero on TCP.
+        assert!(tx.is_terminated());
+    }
+
+    #[test]
+    fn invite_transport_error_informs_the_tu() {
+        let t0 = test_epoch();
+        let inv = invite("z9hG4bKs7");
+        let mut tx =
+            InviteServer::new(t0, peer(TransportKind::Tcp), inv, TimerConfig::default()).unwrap();
+        tx.handle_transport_error(t0);
+        assert_eq!(tx.poll_event(), Some(ServerEvent::TransportError));
+        assert!(tx.is_terminated());
+    }
+
+    fn responses(tx: &mut NonInviteServer) -> Vec<u16> {
+        std::iter::from_fn(|| tx.poll_transmit())
+            .filter_map(|t| match t.message {
+                SipMessage::Response(r) => Some(r.status_code.code()),
+                SipMessage::Request(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn non_invite_trying_proceeding_completed_timer_j() {
+        let t0 = test_epoch();
+        let req = non_invite("OPTIONS", "z9hG4bKn1");
+        let mut tx = NonInviteServer::new(
+            t0,
+            peer(TransportKind::Udp),
+            req.clone(),
+            TimerConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(tx.state_name(), "Trying");
+        // Trying: retransmissions are discarded, nothing sent yet.
+        tx.handle_request(t0 + 500 * MS, req.clone());
+        assert!(responses(&mut tx).is_empty());
+        tx.send_response(t0 + 600 * MS, response_to(&req, 100))
+            .unwrap();
+        assert_eq!(tx.state_name(), "Proceeding");
+        tx.handle_request(t0 + 1_500 * MS, req.clone());
+        assert_eq!(responses(&mut tx), [100, 100]);
+        tx.send_response(t0 + 2_000 * MS, response_to(&req, 200))
+            .unwrap();
+        assert_eq!(tx.state_name(), "Completed");
+        assert_eq!(tx.timer(Timer::J), Some(t0 + 34_000 * MS));
+        tx.handle_request(t0 + 3_500 * MS, req.clone());
+        assert_eq!(responses(&mut tx), [200, 200]);
+        assert_eq!(
+            tx.send_response(t0, response_to(&req, 500)),
+            Err(TransactionError::FinalAlreadySent)
+        );
+        tx.handle_timeout(t0 + 33_999 * MS);
+        assert_eq!(tx.state_name(), "Completed");
+        tx.handle_timeout(t0 + 34_000 * MS);
+        assert!(tx.is_terminated());
+    }
+
+    #[test]
+    fn non_invite_tcp_timer_j_is_zero() {
+        let t0 = test_epoch();
+        let req = non_invite("BYE", "z9hG4bKn2");
+        let mut tx = NonInviteServer::new(
+            t0,
+            peer(TransportKind::Tcp),
+            req.clone(),
+            TimerConfig::default(),
+        )
+        .unwrap();
+        tx.send_response(t0, response_to(&req, 200)).unwrap();
+        assert_eq!(responses(&mut tx), [200]);
+        assert!(tx.is_terminated());
+        assert_eq!(tx.poll_timeout(), None);
+    }
+}
