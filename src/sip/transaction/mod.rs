@@ -5,7 +5,8 @@
 //! `poll_event` and `poll_timeout`, plus a [`TransactionTable`] that matches
 //! messages to many of them (§17.1.3, §17.2.3) and keeps one ordered set of
 //! deadlines. [`Retransmit2xx`] is the UAS core's 2xx retransmission
-//! (§13.3.1.4), which RFC 3261 places above the transaction.
+//! (§13.3.1.4), which RFC 3261 places above the transaction. The INVITE
+//! server transaction follows RFC 6026 after a 2xx (Accepted, Timer L).
 //!
 //! Nothing here reads the clock or owns a socket: the driver passes `now`,
 //! sends every [`Transmit`](crate::sip::Transmit) and sleeps until

@@ -85,19 +85,27 @@ struct InviteCompleted {
 #[derive(Debug)]
 struct Confirmed;
 
+/// Accepted: a 2xx was sent; INVITE retransmissions are absorbed until
+/// Timer L instead of looking like new requests (RFC 6026 §7.1, which
+/// updates RFC 3261's "2xx terminates").
+#[derive(Debug)]
+struct Accepted;
+
 #[derive(Debug)]
 enum InviteServerState {
     Proceeding(InviteProceeding),
     Completed(InviteCompleted),
     Confirmed(Confirmed),
+    Accepted(Accepted),
     Terminated,
 }
 
 /// An INVITE server transaction (RFC 3261 §17.2.1): answers 100 Trying at
 /// once, re-sends the last response to a retransmitted INVITE, retransmits a
 /// 300-699 on UDP (Timer G) until the ACK (absorbed) or Timer H, then waits
-/// out ACK retransmissions (Timer I). A 2xx ends it: the TU retransmits the
-/// 2xx itself (§13.3.1.4, [`super::Retransmit2xx`]).
+/// out ACK retransmissions (Timer I). After a 2xx it only absorbs INVITE
+/// retransmissions until Timer L (RFC 6026 Accepted); the TU retransmits the
+/// 2xx itself (§13.3.1.4, [`super::Retransmit2xx`]) and gets the ACK.
 #[derive(Debug)]
 pub struct InviteServer {
     core: ServerCore,
@@ -154,6 +162,7 @@ impl InviteServer {
             InviteServerState::Proceeding(_) => "Proceeding",
             InviteServerState::Completed(_) => "Completed",
             InviteServerState::Confirmed(_) => "Confirmed",
+            InviteServerState::Accepted(_) => "Accepted",
             InviteServerState::Terminated => "Terminated",
         }
     }
@@ -167,6 +176,12 @@ impl InviteServer {
     /// Whether the transaction is over and can be dropped.
     pub fn is_terminated(&self) -> bool {
         matches!(self.state, InviteServerState::Terminated)
+    }
+
+    /// Whether an ACK matching this transaction belongs to the TU: after a
+    /// 2xx, the ACK is the dialog's (RFC 6026 §7.1).
+    pub fn passes_ack_up(&self) -> bool {
+        matches!(self.state, InviteServerState::Accepted(_))
     }
 
     /// A retransmitted INVITE or an ACK matched to this transaction (§17.2.1).
@@ -195,13 +210,15 @@ impl InviteServer {
                 self.core.send(&c.final_response);
                 InviteServerState::Completed(c)
             }
-            // Confirmed absorbs ACK and INVITE retransmissions alike.
+            // Confirmed absorbs ACK and INVITE retransmissions alike; Accepted
+            // absorbs INVITE retransmissions (the table passes its ACKs up).
             state => state,
         };
     }
 
-    /// The TU's response (§17.2.1): 1xx is sent and remembered, 2xx is sent
-    /// and ends the transaction, 300-699 is sent and retransmitted until ACK.
+    /// The TU's response (§17.2.1): 1xx is sent and remembered; 2xx is sent
+    /// and moves to Accepted (RFC 6026), where the TU may pass 2xx
+    /// retransmissions through; 300-699 is sent and retransmitted until ACK.
     pub fn send_response(
         &mut self,
         now: Instant,
@@ -209,25 +226,30 @@ impl InviteServer {
     ) -> Result<(), TransactionError> {
         let code = status(&response)?;
         let state = std::mem::replace(&mut self.state, InviteServerState::Terminated);
-        let proceeding = match state {
-            InviteServerState::Proceeding(p) => p,
+        match state {
+            InviteServerState::Proceeding(_) => {}
+            InviteServerState::Accepted(accepted) if (200..300).contains(&code) => {
+                self.core.send(&response);
+                self.state = InviteServerState::Accepted(accepted);
+                return Ok(());
+            }
             other => {
                 self.state = other;
                 return Err(TransactionError::FinalAlreadySent);
             }
-        };
+        }
         self.response_to_tag = to_tag(&response).ok().flatten();
         self.core.send(&response);
+        let config = self.core.config;
         self.state = match code {
             100..=199 => InviteServerState::Proceeding(InviteProceeding {
                 last_provisional: response,
             }),
             200..=299 => {
-                drop(proceeding);
-                InviteServerState::Terminated
+                self.core.timers.set(Timer::L, now + config.timeout());
+                InviteServerState::Accepted(Accepted)
             }
             _ => {
-                let config = self.core.config;
                 if !self.core.reliable() {
                     self.core.timers.set(Timer::G, now + config.t1);
                 }
@@ -260,7 +282,8 @@ impl InviteServer {
                     self.core.events.push_back(ServerEvent::Timeout);
                     InviteServerState::Terminated
                 }
-                (InviteServerState::Confirmed(_), Timer::I) => {
+                (InviteServerState::Confirmed(_), Timer::I)
+                | (InviteServerState::Accepted(_), Timer::L) => {
                     self.core.timers.stop_all();
                     InviteServerState::Terminated
                 }
@@ -524,27 +547,37 @@ mod tests {
     }
 
     #[test]
-    fn invite_2xx_terminates_and_later_responses_are_refused() {
-        let t0 = test_epoch();
-        let inv = invite("z9hG4bKs2");
-        let mut tx = InviteServer::new(
-            t0,
-            peer(TransportKind::Udp),
-            inv.clone(),
-            TimerConfig::default(),
-        )
-        .unwrap();
-        tx.send_response(t0, response_to(&inv, 200)).unwrap();
-        assert_eq!(codes(&mut tx), [100, 200]);
-        assert!(tx.is_terminated());
-        assert_eq!(
-            tx.send_response(t0, response_to(&inv, 200)),
-            Err(TransactionError::FinalAlreadySent)
-        );
-        assert_eq!(
-            tx.send_response(t0, response_to(&inv, 99)),
-            Err(TransactionError::InvalidStatus(99))
-        );
+    fn invite_2xx_accepted_absorbs_retransmissions_until_timer_l() {
+        for kind in [TransportKind::Udp, TransportKind::Tcp] {
+            let t0 = test_epoch();
+            let inv = invite("z9hG4bKs2");
+            let mut tx =
+                InviteServer::new(t0, peer(kind), inv.clone(), TimerConfig::default()).unwrap();
+            let ok = response_to(&inv, 200);
+            tx.send_response(t0, ok.clone()).unwrap();
+            assert_eq!(codes(&mut tx), [100, 200]);
+            assert_eq!(tx.state_name(), "Accepted");
+            assert!(tx.passes_ack_up());
+            assert_eq!(tx.timer(Timer::L), Some(t0 + 32_000 * MS));
+            // A retransmitted INVITE is absorbed: the TU's Retransmit2xx
+            // covers the 2xx.
+            tx.handle_request(t0 + 500 * MS, inv.clone());
+            assert!(codes(&mut tx).is_empty());
+            // The TU may pass 2xx retransmissions; nothing else.
+            tx.send_response(t0 + 500 * MS, ok).unwrap();
+            assert_eq!(codes(&mut tx), [200]);
+            assert_eq!(
+                tx.send_response(t0, response_to(&inv, 486)),
+                Err(TransactionError::FinalAlreadySent)
+            );
+            assert_eq!(
+                tx.send_response(t0, response_to(&inv, 99)),
+                Err(TransactionError::InvalidStatus(99))
+            );
+            tx.handle_timeout(t0 + 32_000 * MS);
+            assert!(tx.is_terminated());
+            assert_eq!(tx.poll_event(), None);
+        }
     }
 
     #[test]

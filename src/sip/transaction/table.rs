@@ -251,6 +251,7 @@ impl TransactionTable {
                         let tag_ok = !is_ack
                             || !identity.key.is_rfc2543()
                             || identity.to_tag.as_deref() == tx.response_to_tag();
+                        let tag_ok = tag_ok && !(is_ack && tx.passes_ack_up());
                         if tag_ok {
                             tx.handle_request(now, request.clone());
                         }
@@ -343,8 +344,8 @@ impl TransactionTable {
     }
 
     /// The TU's response for a server transaction (§17.2.1, §17.2.2). After
-    /// a 2xx to an INVITE the transaction is gone; retransmit the 2xx with
-    /// [`super::Retransmit2xx`].
+    /// a 2xx to an INVITE the transaction only absorbs INVITE retransmissions
+    /// (RFC 6026 Accepted); retransmit the 2xx with [`super::Retransmit2xx`].
     pub fn respond(
         &mut self,
         now: Instant,
@@ -576,5 +577,373 @@ fn server_event(key: &ServerKey, event: ServerEvent) -> Event {
     match event {
         ServerEvent::Timeout => Event::ServerTimeout { key },
         ServerEvent::TransportError => Event::ServerTransportError { key },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_epoch;
+    use super::super::testmsg::{invite, non_invite, request, response_to};
+    use super::*;
+    use crate::sip::TransportKind;
+    use std::time::Duration;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn udp() -> Peer {
+        Peer {
+            transport: TransportKind::Udp,
+            addr: "192.0.2.1:5060".parse().unwrap(),
+        }
+    }
+
+    fn new_request_key(table: &mut TransactionTable) -> ServerKey {
+        match table.poll_event() {
+            Some(Event::NewRequest { key, .. }) => key,
+            other => panic!("expected NewRequest, got {other:?}"),
+        }
+    }
+
+    fn codes(table: &mut TransactionTable) -> Vec<u16> {
+        std::iter::from_fn(|| table.poll_transmit())
+            .filter_map(|t| match t.message {
+                SipMessage::Response(r) => Some(r.status_code.code()),
+                SipMessage::Request(_) => None,
+            })
+            .collect()
+    }
+
+    fn deliver(table: &mut TransactionTable, now: Instant, req: &Request) {
+        table
+            .handle_message(now, udp(), SipMessage::Request(req.clone()))
+            .unwrap();
+    }
+
+    #[test]
+    fn invite_retransmission_ack_absorption_and_removal() {
+        let t0 = test_epoch();
+        let mut table = TransactionTable::new(TimerConfig::default());
+        let inv = invite("z9hG4bKtab1");
+        deliver(&mut table, t0, &inv);
+        let key = new_request_key(&mut table);
+        assert_eq!(codes(&mut table), [100]);
+        deliver(&mut table, t0 + 500 * MS, &inv);
+        assert_eq!(table.poll_event(), None, "a retransmission is not new");
+        assert_eq!(codes(&mut table), [100]);
+        table
+            .respond(t0 + 600 * MS, &key, response_to(&inv, 486))
+            .unwrap();
+        assert_eq!(codes(&mut table), [486]);
+        // The INVITE again: the final again.
+        deliver(&mut table, t0 + 700 * MS, &inv);
+        assert_eq!(codes(&mut table), [486]);
+        let ack = request(
+            &String::from_utf8(inv.to_bytes())
+                .unwrap()
+                .replacen("INVITE sip", "ACK sip", 1)
+                .replace("1 INVITE", "1 ACK"),
+        );
+        deliver(&mut table, t0 + 800 * MS, &ack);
+        assert_eq!(
+            table.poll_event(),
+            None,
+            "the ACK for a non-2xx is absorbed"
+        );
+        assert_eq!(table.server_state(&key), Some("Confirmed"));
+        assert_eq!(table.poll_timeout(), Some(t0 + 5_800 * MS));
+        table.handle_timeout(t0 + 5_800 * MS);
+        assert!(table.is_empty());
+        assert_eq!(table.poll_timeout(), None);
+        assert_eq!(
+            table.respond(t0, &key, response_to(&inv, 200)),
+            Err(TransactionError::UnknownTransaction)
+        );
+    }
+
+    /// RFC 4475 §3.2 `badbranch`, byte for byte.
+    const BADBRANCH: &str = "OPTIONS sip:user@example.com SIP/2.0\r\n\
+To: sip:user@example.com\r\n\
+From: sip:caller@example.org;tag=33242\r\n\
+Max-Forwards: 3\r\n\
+Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK\r\n\
+Accept: application/sdp\r\n\
+Call-ID: badbranch.sadonfo23i420jv0as0derf3j3n\r\n\
+CSeq: 8 OPTIONS\r\n\
+l: 0\r\n\r\n";
+
+    #[test]
+    fn badbranch_is_matched_the_rfc_2543_way() {
+        let t0 = test_epoch();
+        let mut table = TransactionTable::new(TimerConfig::default());
+        let req = request(BADBRANCH);
+        deliver(&mut table, t0, &req);
+        let key = new_request_key(&mut table);
+        assert!(key.is_rfc2543());
+        table.respond(t0, &key, response_to(&req, 200)).unwrap();
+        assert_eq!(codes(&mut table), [200]);
+        deliver(&mut table, t0 + 500 * MS, &req);
+        assert_eq!(table.poll_event(), None);
+        assert_eq!(codes(&mut table), [200]);
+        // Another OPTIONS with the same bare-cookie branch but a new CSeq is
+        // a new transaction, which branch matching alone would have missed.
+        deliver(
+            &mut table,
+            t0,
+            &request(&BADBRANCH.replace("CSeq: 8", "CSeq: 9")),
+        );
+        assert_ne!(new_request_key(&mut table), key);
+    }
+
+    #[test]
+    fn rfc_2543_ack_needs_the_response_to_tag() {
+        let t0 = test_epoch();
+        let mut table = TransactionTable::new(TimerConfig::default());
+        let inv2543 = "INVITE sip:UserB@example.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP iftgw.example.com\r\n\
+From: <sip:+13035551111@ift.client.example.net;user=phone>\r\n\
+To: sip:+16505552222@ss1.example.net;user=phone\r\n\
+Call-ID: inv2543.1717@ift.client.example.com\r\n\
+CSeq: 56 INVITE\r\nContent-Length: 0\r\n\r\n";
+        let inv = request(inv2543);
+        deliver(&mut table, t0, &inv);
+        let key = new_request_key(&mut table);
+        assert!(key.is_rfc2543());
+        table.respond(t0, &key, response_to(&inv, 404)).unwrap();
+        let ack = |tag: &str| {
+            request(
+                &inv2543
+                    .replacen("INVITE sip", "ACK sip", 1)
+                    .replace("56 INVITE", "56 ACK")
+                    .replace(
+                        "user=phone\r\nCall",
+                        &format!("user=phone;tag={tag}\r\nCall"),
+                    ),
+            )
+        };
+        deliver(&mut table, t0, &ack("other"));
+        assert!(matches!(table.poll_event(), Some(Event::StrayAck { .. })));
+        assert_eq!(table.server_state(&key), Some("Completed"));
+        deliver(&mut table, t0, &ack("b1"));
+        assert_eq!(table.poll_event(), None);
+        assert_eq!(table.server_state(&key), Some("Confirmed"));
+    }
+
+    #[test]
+    fn cancel_is_its_own_transaction_and_finds_the_invite() {
+        let t0 = test_epoch();
+        let mut table = TransactionTable::new(TimerConfig::default());
+        let inv = invite("z9hG4bKcx");
+        deliver(&mut table, t0, &inv);
+        let invite_key = new_request_key(&mut table);
+        let cancel = build_cancel(&inv).unwrap();
+        deliver(&mut table, t0 + 100 * MS, &cancel);
+        let cancel_key = new_request_key(&mut table);
+        assert_ne!(cancel_key, invite_key);
+        assert_eq!(table.cancel_target(&cancel), Ok(Some(invite_key.clone())));
+        table
+            .respond(t0, &cancel_key, response_to(&cancel, 200))
+            .unwrap();
+        table
+            .respond(t0, &invite_key, response_to(&inv, 487))
+            .unwrap();
+        assert_eq!(codes(&mut table), [100, 200, 487]);
+        // Once the INVITE has its final response, a CANCEL has no target.
+        assert_eq!(table.cancel_target(&cancel), Ok(None));
+        assert!(table.cancel_target(&inv).is_err());
+    }
+
+    #[test]
+    fn client_cancel_waits_for_a_provisional() {
+        let t0 = test_epoch();
+        let mut table = TransactionTable::new(TimerConfig::default());
+        let inv = invite("z9hG4bKcc");
+        let key = table.send_request(t0, udp(), inv.clone()).unwrap();
+        assert!(table.poll_transmit().is_some());
+        assert_eq!(table.cancel(t0, &key), Ok(CancelOutcome::Deferred));
+        assert!(
+            table.poll_transmit().is_none(),
+            "no CANCEL before a 1xx (§9.1)"
+        );
+        table
+            .handle_message(
+                t0 + 100 * MS,
+                udp(),
+                SipMessage::Response(response_to(&inv, 100)),
+            )
+            .unwrap();
+        assert!(matches!(
+            table.poll_event(),
+            Some(Event::Provisional { .. })
+        ));
+        let cancel_key = match table.poll_event() {
+            Some(Event::CancelSent { invite, cancel }) => {
+                assert_eq!(invite, key);
+                cancel
+            }
+            other => panic!("expected CancelSent, got {other:?}"),
+        };
+        assert_eq!(cancel_key.method, Method::Cancel);
+        assert_eq!(cancel_key.branch, key.branch);
+        match table.poll_transmit().map(|t| t.message) {
+            Some(SipMessage::Request(r)) => assert_eq!(r.method, Method::Cancel),
+            other => panic!("expected CANCEL, got {other:?}"),
+        }
+        // The 487 for the INVITE and the 200 for the CANCEL each find theirs.
+        let cancel = build_cancel(&inv).unwrap();
+        table
+            .handle_message(t0, udp(), SipMessage::Response(response_to(&cancel, 200)))
+            .unwrap();
+        table
+            .handle_message(t0, udp(), SipMessage::Response(response_to(&inv, 487)))
+            .unwrap();
+        assert!(matches!(table.poll_event(), Some(Event::Final { key: k, .. }) if k == cancel_key));
+        assert!(matches!(table.poll_event(), Some(Event::Final { key: k, .. }) if k == key));
+        assert_eq!(
+            table.cancel(t0, &key),
+            Err(TransactionError::NotCancellable)
+        );
+    }
+
+    #[test]
+    fn client_cancel_in_proceeding_is_sent_at_once() {
+        let t0 = test_epoch();
+        let mut table = TransactionTable::new(TimerConfig::default());
+        let inv = invite("z9hG4bKcp");
+        let key = table.send_request(t0, udp(), inv.clone()).unwrap();
+        table
+            .handle_message(t0, udp(), SipMessage::Response(response_to(&inv, 180)))
+            .unwrap();
+        match table.cancel(t0, &key) {
+            Ok(CancelOutcome::Sent(c)) => assert_eq!(c.method, Method::Cancel),
+            other => panic!("expected Sent, got {other:?}"),
+        }
+        let bye = table
+            .send_request(t0, udp(), non_invite("BYE", "z9hG4bKbye"))
+            .unwrap();
+        assert!(matches!(
+            table.cancel(t0, &bye),
+            Err(TransactionError::WrongMethod { .. })
+        ));
+    }
+
+    #[test]
+    fn strays_and_refusals() {
+        let t0 = test_epoch();
+        let mut table = TransactionTable::new(TimerConfig::default());
+        let inv = invite("z9hG4bKst");
+        table
+            .handle_message(t0, udp(), SipMessage::Response(response_to(&inv, 200)))
+            .unwrap();
+        assert!(matches!(
+            table.poll_event(),
+            Some(Event::StrayResponse { .. })
+        ));
+        let ack = non_invite("ACK", "z9hG4bKst2");
+        deliver(&mut table, t0, &ack);
+        assert!(matches!(table.poll_event(), Some(Event::StrayAck { .. })));
+        assert!(table.is_empty());
+        assert_eq!(
+            table.send_request(t0, udp(), ack),
+            Err(TransactionError::AckIsNotATransaction)
+        );
+        assert_eq!(
+            table.send_request(t0, udp(), request(BADBRANCH)),
+            Err(TransactionError::NoRfc3261Branch)
+        );
+        table.send_request(t0, udp(), inv.clone()).unwrap();
+        assert_eq!(
+            table.send_request(t0, udp(), inv),
+            Err(TransactionError::DuplicateTransaction)
+        );
+    }
+
+    #[test]
+    fn accepted_invite_passes_ack_up_and_absorbs_retransmissions() {
+        let t0 = test_epoch();
+        let mut table = TransactionTable::new(TimerConfig::default());
+        let inv = invite("z9hG4bKacc");
+        deliver(&mut table, t0, &inv);
+        let key = new_request_key(&mut table);
+        table.respond(t0, &key, response_to(&inv, 200)).unwrap();
+        assert_eq!(codes(&mut table), [100, 200]);
+        deliver(&mut table, t0 + 500 * MS, &inv);
+        assert_eq!(table.poll_event(), None);
+        assert!(codes(&mut table).is_empty());
+        // An ACK with the INVITE's branch (as an RFC 2543-era UA might send)
+        // still goes to the TU after a 2xx.
+        let ack = request(
+            &String::from_utf8(inv.to_bytes())
+                .unwrap()
+                .replacen("INVITE sip", "ACK sip", 1)
+                .replace("1 INVITE", "1 ACK"),
+        );
+        deliver(&mut table, t0 + 600 * MS, &ack);
+        assert!(matches!(table.poll_event(), Some(Event::StrayAck { .. })));
+    }
+
+    #[test]
+    fn transport_error_reaches_every_transaction_of_the_peer() {
+        let t0 = test_epoch();
+        let mut table = TransactionTable::new(TimerConfig::default());
+        let tcp = Peer {
+            transport: TransportKind::Tcp,
+            addr: "192.0.2.9:5060".parse().unwrap(),
+        };
+        let a = table.send_request(t0, tcp, invite("z9hG4bKta")).unwrap();
+        deliver(&mut table, t0, &non_invite("OPTIONS", "z9hG4bKtb"));
+        let other = new_request_key(&mut table);
+        table.handle_transport_error(t0, tcp);
+        assert_eq!(
+            table.poll_event(),
+            Some(Event::ClientTransportError { key: a })
+        );
+        assert_eq!(table.len(), 1);
+        assert_eq!(table.server_state(&other), Some("Trying"));
+    }
+
+    #[test]
+    fn ten_thousand_transactions_share_one_deadline_set() {
+        let t0 = test_epoch();
+        let mut table = TransactionTable::new(TimerConfig::default());
+        let mut keys = Vec::new();
+        for i in 0..10_000u64 {
+            let req = non_invite("OPTIONS", &format!("z9hG4bKmany{i}"));
+            let start = t0 + Duration::from_millis(i);
+            keys.push(table.send_request(start, udp(), req).unwrap());
+        }
+        while table.poll_transmit().is_some() {}
+        // Earliest: the first transaction's Timer E.
+        assert_eq!(table.poll_timeout(), Some(t0 + 500 * MS));
+        // Handling a timeout touches only what is due: two transactions here.
+        table.handle_timeout(t0 + 501 * MS);
+        assert_eq!(std::iter::from_fn(|| table.poll_transmit()).count(), 2);
+        assert_eq!(table.poll_timeout(), Some(t0 + 502 * MS));
+        // Answer half of them; then run the clock out.
+        for key in keys.iter().step_by(2) {
+            let req = non_invite("OPTIONS", &key.branch);
+            table
+                .handle_message(
+                    t0 + 600 * MS,
+                    udp(),
+                    SipMessage::Response(response_to(&req, 200)),
+                )
+                .unwrap();
+        }
+        let mut finals = 0;
+        let mut timeouts = 0;
+        while let Some(t) = table.poll_timeout() {
+            table.handle_timeout(t);
+            while table.poll_transmit().is_some() {}
+            while let Some(event) = table.poll_event() {
+                match event {
+                    Event::Final { .. } => finals += 1,
+                    Event::ClientTimeout { .. } => timeouts += 1,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+        assert_eq!(finals, 5_000);
+        assert_eq!(timeouts, 5_000);
+        assert!(table.is_empty());
     }
 }

@@ -75,7 +75,8 @@ impl TimerConfig {
     }
 }
 
-/// The transaction timers of RFC 3261 Table 4 (C is a proxy timer, unused).
+/// The transaction timers of RFC 3261 Table 4 (C is a proxy timer, unused),
+/// plus RFC 6026's Timer L.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Timer {
     /// A: INVITE client request retransmit, T1 doubling (§17.1.1.2; UDP only).
@@ -98,10 +99,12 @@ pub enum Timer {
     J,
     /// K: non-INVITE client wait for response retransmits in Completed, T4 (§17.1.2.2).
     K,
+    /// L: INVITE server absorbing INVITE retransmits after a 2xx, 64*T1 (RFC 6026 §8.7).
+    L,
 }
 
 impl Timer {
-    const COUNT: usize = 10;
+    const COUNT: usize = 11;
     const ALL: [Timer; Timer::COUNT] = [
         Timer::A,
         Timer::B,
@@ -113,6 +116,7 @@ impl Timer {
         Timer::I,
         Timer::J,
         Timer::K,
+        Timer::L,
     ];
 
     fn index(self) -> usize {
