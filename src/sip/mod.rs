@@ -68,3 +68,4 @@ pub struct Transmit {
     /// The message.
     pub message: syntax::SipMessage,
 }
+pub mod transaction;
