@@ -68,3 +68,7 @@ pub struct Transmit {
     /// The message.
     pub message: syntax::SipMessage,
 }
+
+pub mod dialog;
+pub mod digest;
+pub mod registrar;
