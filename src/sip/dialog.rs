@@ -60,7 +60,11 @@ impl NameAddr {
                 .ok_or(NameAddrError::TrailingGarbage)?;
             let end = inner.find('>').ok_or(NameAddrError::UnclosedAngle)?;
             (Some(display.to_string()), &inner[..end], &inner[end + 1..])
-        } else if let Some(lt) = s.find('<') {
+        } else if let Some(lt) = s
+            .find('<')
+            .filter(|&lt| s.find(';').is_none_or(|semi| lt < semi))
+        {
+            // A `<` after the first `;` is inside a parameter of an addr-spec.
             let display = s[..lt].trim();
             let inner = &s[lt + 1..];
             let end = inner.find('>').ok_or(NameAddrError::UnclosedAngle)?;
@@ -797,6 +801,22 @@ impl DialogSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn name_addr_never_panics_and_reparses(s in "\\PC{0,80}") {
+            if let Ok(list) = NameAddr::parse_list(&s) {
+                for a in list {
+                    // What we print parses back to the same address.
+                    let again = NameAddr::parse(&a.to_string());
+                    if !a.uri.contains(['<', '>']) {
+                        prop_assert_eq!(again, Ok(a));
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn name_addr_forms() {
@@ -813,6 +833,11 @@ mod tests {
             a.without_tag().to_string(),
             r#""Bob \"the\" <Builder>" <sip:bob@biloxi.com;transport=tcp>;+sip.instance="<urn:uuid:1;2>""#
         );
+        let inst =
+            NameAddr::parse(r#"sip:a@10.0.0.1:5062;+sip.instance="<urn:uuid:x>";expires=60"#)
+                .unwrap();
+        assert_eq!(inst.uri, "sip:a@10.0.0.1:5062");
+        assert_eq!(inst.param("expires"), Some(Some("60")));
         let b = NameAddr::parse("sip:alice@atlanta.com;tag=1928301774;lr").unwrap();
         assert_eq!(b.uri, "sip:alice@atlanta.com");
         assert_eq!(b.param("lr"), Some(None));

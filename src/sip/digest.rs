@@ -694,6 +694,36 @@ impl DigestVerifier {
             .collect()
     }
 
+    /// The whole 401 (or, with `proxy`, 407) answering `request`, with the
+    /// two challenges (RFC 3261 §22.1, §8.2.6.2 To tag).
+    pub fn challenge_response(
+        &mut self,
+        now: Instant,
+        request: &syntax::Request,
+        stale: bool,
+        proxy: bool,
+    ) -> syntax::Response {
+        let status = if proxy {
+            syntax::StatusCode::ProxyAuthenticationRequired
+        } else {
+            syntax::StatusCode::Unauthorized
+        };
+        let mut r = super::registrar::reply(request, status);
+        let at = r
+            .headers
+            .iter()
+            .position(|h| matches!(h, Header::ContentLength(_)))
+            .unwrap_or(r.headers.len());
+        for (i, h) in self
+            .challenge_headers(now, stale, proxy)
+            .into_iter()
+            .enumerate()
+        {
+            r.headers.0.insert(at + i, h);
+        }
+        r
+    }
+
     fn forget_expired(&mut self, now_ms: u64) {
         let lifetime_ms = u64::try_from(self.lifetime.as_millis()).unwrap_or(u64::MAX);
         // Serials grow with issue time, so the oldest entries come first.
@@ -986,6 +1016,39 @@ impl DigestClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn parsers_never_panic(s in "\\PC{0,120}") {
+            let _ = Credentials::parse(&s);
+            let _ = Challenge::parse(&s);
+            let _ = Credentials::parse(&format!("Digest {s}"));
+        }
+
+        #[test]
+        fn credentials_print_parse_roundtrip(
+            user in "\\PC{0,20}",
+            realm in "\\PC{0,20}",
+            nonce in "[A-Za-z0-9+/=]{1,40}",
+            uri in "sip:[a-z0-9@.:;=]{1,30}",
+            nc in any::<u32>(),
+            cnonce in "\\PC{0,20}",
+            sha in any::<bool>(),
+        ) {
+            let c = Credentials {
+                username: user,
+                realm,
+                nonce,
+                uri,
+                response: "0123abcd".into(),
+                algorithm: if sha { Algorithm::Sha256 } else { Algorithm::Md5 },
+                qop: Some(QopAuth { nc_text: format!("{nc:08x}"), nc, cnonce }),
+                opaque: None,
+            };
+            prop_assert_eq!(Credentials::parse(&c.to_string()), Ok(c));
+        }
+    }
 
     const SECRET: [u8; 32] = [7u8; 32];
 
@@ -1380,6 +1443,21 @@ Content-Length:0\r\n\
             v.verify_request(t0, &req, false),
             Err(Rejection::Malformed(DigestError::NotDigest))
         );
+        // RFC 4475 §3.3.9: regaut01 gets a fresh challenge.
+        let wire = v.challenge_response(t0, &req, false, false).to_string();
+        assert!(wire.starts_with("SIP/2.0 401 Unauthorized\r\n"), "{wire}");
+        assert!(wire.contains("\r\nTo: sip:j.user@example.com;tag="));
+        assert!(wire.contains("\r\nCSeq: 9338 REGISTER\r\n"));
+        let sha = wire
+            .find("WWW-Authenticate: Digest realm=\"127.0.0.1\"")
+            .unwrap();
+        let md5 = wire
+            .rfind("WWW-Authenticate: Digest realm=\"127.0.0.1\"")
+            .unwrap();
+        assert!(sha < md5);
+        assert!(wire[sha..md5].contains("algorithm=SHA-256"));
+        assert!(wire.ends_with("algorithm=MD5, qop=\"auth\"\r\nContent-Length: 0\r\n\r\n"));
+        assert!(syntax::Response::try_from(wire.as_str()).is_ok());
     }
 
     #[test]

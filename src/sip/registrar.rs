@@ -532,6 +532,36 @@ fn ok_response(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_contact_or_expires_never_panics(
+            contact in "\\PC{0,60}",
+            expires in "\\PC{0,12}",
+        ) {
+            let mut reg = Registrar::new();
+            let text = format!(
+                "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKp\r\n\
+                 From: <sip:alice@127.0.0.1>;tag=1\r\nTo: <sip:alice@127.0.0.1>\r\n\
+                 Call-ID: p\r\nCSeq: 1 REGISTER\r\nContact: {contact}\r\n\
+                 Expires: {expires}\r\nContent-Length: 0\r\n\r\n"
+            );
+            if let Ok(req) = syntax::Request::try_from(text) {
+                let peer = udp("10.0.0.1:5060");
+                match reg.handle_register(t(0), &req, peer, "alice") {
+                    Ok(out) => {
+                        for b in &out.added {
+                            let _ = b.target();
+                        }
+                    }
+                    Err(e) => {
+                        let _ = e.response(&req);
+                    }
+                }
+            }
+        }
+    }
 
     fn t(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
