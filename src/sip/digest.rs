@@ -552,6 +552,8 @@ pub struct DigestVerifier {
     epoch: Instant,
     next_serial: u64,
     users: HashMap<String, StoredHa1>,
+    /// Checked against for unknown users, so they take as long as known ones.
+    dummy: StoredHa1,
     used: BTreeMap<u64, NonceUse>,
     /// Serials below this were evicted while unexpired: answer stale.
     floor_serial: u64,
@@ -576,8 +578,12 @@ impl DigestVerifier {
     /// then merely re-challenged); `epoch` is any `Instant` before the
     /// first call, the origin of the time embedded in nonces.
     pub fn new(realm: impl Into<String>, secret: [u8; 32], epoch: Instant) -> Self {
+        let realm = realm.into();
+        let dummy =
+            StoredHa1::from_password("", &realm, &hex::encode(hmac_sha256(&secret, b"dummy")));
         DigestVerifier {
-            realm: realm.into(),
+            dummy,
+            realm,
             secret,
             epoch,
             next_serial: 0,
@@ -767,16 +773,11 @@ impl DigestVerifier {
             return Err(Rejection::UriMismatch);
         }
         // Unknown users cost the same hashing as known ones (no enumeration).
-        let dummy;
-        let ha1 = match self.users.get(&c.username) {
-            Some(stored) => stored.get(c.algorithm),
-            None => {
-                dummy = c
-                    .algorithm
-                    .ha1(&c.username, &self.realm, &hex::encode(self.secret));
-                dummy.as_str()
-            }
-        };
+        let ha1 = self
+            .users
+            .get(&c.username)
+            .unwrap_or(&self.dummy)
+            .get(c.algorithm);
         let expected = compute_response(
             c.algorithm,
             ha1,
@@ -1292,9 +1293,9 @@ Content-Length:0\r\n\
         let wrong = v.verify(t0, "REGISTER", RURI, &c.to_string());
         assert_eq!(unknown, Err(Rejection::WrongCredentials));
         assert_eq!(unknown, wrong);
-        // A user whose HA1 happens to equal the dummy still is not let in.
-        let dummy_pw = hex::encode(SECRET);
-        let c = DigestClient::new("mallory", dummy_pw).authorize(&ch[0], "REGISTER", RURI, "c");
+        // A user who knows the dummy password still is not let in.
+        let dummy_pw = hex::encode(hmac_sha256(&SECRET, b"dummy"));
+        let c = DigestClient::new("", dummy_pw).authorize(&ch[0], "REGISTER", RURI, "c");
         assert_eq!(
             v.verify(t0, "REGISTER", RURI, &c.to_string()),
             Err(Rejection::WrongCredentials)
