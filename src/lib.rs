@@ -5,5 +5,5 @@
 //! queue engine, the Smart View compiler) and thin drivers that own sockets,
 //! timers, tasks and the database.
 
-
+pub mod leads;
 pub mod sip;
