@@ -348,10 +348,14 @@ impl CompileLeaf for Cond<OpportunityField> {
     fn compile(&self, c: &mut Compiler<'_>) -> Result<(), QueryError> {
         let (column, ty, missing) = match self.field {
             OpportunityField::Created => ("o.created_ms", ValueType::Time, Missing::Never),
-            OpportunityField::StatusType => ("o.status_type", ValueType::StatusType, Missing::Never),
-            OpportunityField::Value => {
-                ("o.value", ValueType::Number { integer: false }, Missing::Unknown)
+            OpportunityField::StatusType => {
+                ("o.status_type", ValueType::StatusType, Missing::Never)
             }
+            OpportunityField::Value => (
+                "o.value",
+                ValueType::Number { integer: false },
+                Missing::Unknown,
+            ),
         };
         let scalar = Scalar {
             source: Source::Column(column),
@@ -419,9 +423,13 @@ impl Compiler<'_> {
                     ));
                 };
                 let (column, ty) = match custom.kind {
-                    CustomFieldKind::Text | CustomFieldKind::Choices => ("value_text", ValueType::Text),
+                    CustomFieldKind::Text | CustomFieldKind::Choices => {
+                        ("value_text", ValueType::Text)
+                    }
                     CustomFieldKind::Number => ("value_num", ValueType::Number { integer: false }),
-                    CustomFieldKind::Date | CustomFieldKind::DateTime => ("value_ms", ValueType::Time),
+                    CustomFieldKind::Date | CustomFieldKind::DateTime => {
+                        ("value_ms", ValueType::Time)
+                    }
                 };
                 return Ok(Scalar {
                     source: Source::Custom {
