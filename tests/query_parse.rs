@@ -540,6 +540,33 @@ fn malformed_queries_report_the_exact_position() {
 }
 
 #[test]
+fn nesting_is_bounded_not_a_stack_overflow() {
+    let limit = powerdial::leads::query::parser::MAX_DEPTH;
+    let nested = |n: usize| format!("{}name:a{}", "(".repeat(n), ")".repeat(n));
+    assert!(parse(&nested(limit)).is_ok());
+    assert_eq!(
+        parse(&nested(limit + 1)).err().map(|e| e.position),
+        Some(limit)
+    );
+    assert_eq!(
+        parse(&"not ".repeat(100_000)).err().map(|e| e.position),
+        Some(4 * limit)
+    );
+    let opp = format!(
+        "{}opportunity(value:1){}",
+        "(".repeat(limit - 1),
+        ")".repeat(limit - 1)
+    );
+    assert!(parse(&opp).is_ok());
+    let opp = format!(
+        "{}opportunity(value:1){}",
+        "(".repeat(limit),
+        ")".repeat(limit)
+    );
+    assert_eq!(parse(&opp).err().map(|e| e.position), Some(limit + 11));
+}
+
+#[test]
 fn error_display() {
     let e = parse("lead_status:").err();
     assert_eq!(

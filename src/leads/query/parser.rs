@@ -36,6 +36,7 @@ pub fn parse(input: &str) -> Result<Query, QueryError> {
         at: 0,
         len: input.chars().count(),
         sorts: Vec::new(),
+        depth: 0,
     };
     let filter = p.parse_or::<LeadTerm>(true)?;
     if let Some(tok) = p.peek() {
@@ -83,7 +84,13 @@ struct Parser {
     /// Length of the input in chars: the position of "end of query".
     len: usize,
     sorts: Vec<Sort>,
+    /// Open parentheses and `not`s around the current token.
+    depth: usize,
 }
+
+/// How deeply parentheses, `not` and `opportunity(...)` may nest: the parser,
+/// printer and compiler recurse, and a user's query must not exhaust the stack.
+pub const MAX_DEPTH: usize = 64;
 
 fn and_of<T>(items: Vec<Expr<T>>) -> Option<Expr<T>> {
     let mut flat = Vec::with_capacity(items.len());
@@ -139,6 +146,17 @@ impl Parser {
 
     fn error_here(&self, expected: impl Into<String>) -> QueryError {
         QueryError::new(self.here(), expected, describe(self.peek()))
+    }
+
+    /// Enters one more level of nesting, refusing to go past `MAX_DEPTH`.
+    fn enter(&mut self) -> Result<(), QueryError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(self.error_here(format!(
+                "at most {MAX_DEPTH} nested parentheses, 'not's and opportunity(...)"
+            )));
+        }
+        Ok(())
     }
 
     fn peek_keyword(&self, keyword: &str) -> bool {
@@ -222,6 +240,7 @@ impl Parser {
     /// A unary term; `None` when it was a sort term (lifted into `self.sorts`).
     fn parse_unary<T: Leaf>(&mut self, sort_ok: bool) -> Result<Option<Expr<T>>, QueryError> {
         if self.peek_keyword("not") {
+            self.enter()?;
             self.next();
             let start = self.here();
             let found = describe(self.peek());
@@ -232,7 +251,9 @@ impl Parser {
             if ends {
                 return Err(QueryError::new(start, "a condition after 'not'", found));
             }
-            return match self.parse_unary::<T>(false)? {
+            let inner = self.parse_unary::<T>(false)?;
+            self.depth -= 1;
+            return match inner {
                 Some(e) => Ok(Some(Expr::Not(Box::new(e)))),
                 None => Err(QueryError::new(start, "a condition after 'not'", found)),
             };
@@ -242,12 +263,14 @@ impl Parser {
 
     fn parse_primary<T: Leaf>(&mut self, sort_ok: bool) -> Result<Option<Expr<T>>, QueryError> {
         if self.peek_is(&TokenKind::LParen) {
+            self.enter()?;
             self.next();
             let inner = self.parse_or::<T>(false)?;
             let Some(inner) = inner else {
                 return Err(self.error_here("a condition inside '(...)'"));
             };
             self.expect(TokenKind::RParen, "')' or another condition")?;
+            self.depth -= 1;
             return Ok(Some(inner));
         }
         if self.peek_keyword("sort") && self.peek_at(1).is_some_and(|t| t.kind == TokenKind::Colon)
@@ -442,12 +465,14 @@ impl Leaf for LeadTerm {
                 if !p.peek_is(&TokenKind::LParen) {
                     return Err(p.error_here("'(' after 'opportunity'"));
                 }
+                p.enter()?;
                 p.next();
                 let inner = p.parse_or::<Cond<OpportunityField>>(false)?;
                 let Some(inner) = inner else {
                     return Err(p.error_here("a condition inside opportunity(...)"));
                 };
                 p.expect(TokenKind::RParen, "')' or another opportunity condition")?;
+                p.depth -= 1;
                 return Ok(LeadTerm::Opportunity(inner, Pos(tok.start)));
             }
             TokenKind::Word(w) => match p.custom_suffix(w, tok.end)? {

@@ -6,7 +6,8 @@
 //! only fixed fragments and placeholders. Every predicate is NULL-safe (it
 //! yields true or false, never NULL), so `not` is plain `NOT`:
 //!
-//! - text equality is case-insensitive (`lower(x) = lower(?)`); `field:""`
+//! - text equality is case-insensitive (`lower(x) = lower(?)`; SQLite's
+//!   `lower` folds ASCII only, PostgreSQL's all of Unicode); `field:""`
 //!   matches an empty or missing value;
 //! - a missing value (custom field unset, `called` for a never-called lead,
 //!   opportunity without a value) matches no comparison, except
