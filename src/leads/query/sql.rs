@@ -1,0 +1,889 @@
+//! Compiles a Smart View query to parameterised SQL over the schema in
+//! `migrations/{sqlite,postgres}/0001_leads.sql` (SPEC §3: "compiled to
+//! parameterised SQL, never string-spliced values").
+//!
+//! Every value the user wrote becomes a bind parameter; the SQL text holds
+//! only fixed fragments and placeholders. Every predicate is NULL-safe (it
+//! yields true or false, never NULL), so `not` is plain `NOT`:
+//!
+//! - text equality is case-insensitive (`lower(x) = lower(?)`; SQLite's
+//!   `lower` folds ASCII only, PostgreSQL's all of Unicode); `field:""`
+//!   matches an empty or missing value;
+//! - a missing value (custom field unset, `called` for a never-called lead,
+//!   opportunity without a value) matches no comparison, except
+//!   `latest_call_created`, where a never-called lead counts as infinitely
+//!   old (SPEC §3: it matches `latest_call_created > "5 days ago"`);
+//! - `"N units ago"` compares age: `created > "6 months ago"` is
+//!   `created_ms < now - 6 months`; months and years are calendar months;
+//! - a date `YYYY-MM-DD` is a whole UTC day: `created:"2024-05-01"` is that
+//!   day, `created < "2024-05-01"` before it, `created <= "2024-05-01"`
+//!   up to its end;
+//! - sorting puts missing values last either way, then breaks ties by lead
+//!   id; text sorts compare lower-cased text bytewise on both backends.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Months, NaiveDate, NaiveDateTime, TimeDelta, Utc};
+
+use super::ast::{
+    Age, AgeUnit, CompareOp, Cond, Expr, LeadField, LeadTerm, OpportunityField, Pos, Query, Test,
+    Value, ValueKind,
+};
+use super::print::quote;
+use super::QueryError;
+
+/// The SQL dialect to emit: placeholders and collation differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dialect {
+    /// SQLite: `?` placeholders.
+    Sqlite,
+    /// PostgreSQL: `$1`, `$2`, ... placeholders.
+    Postgres,
+}
+
+/// A bind parameter of a compiled query.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SqlParam {
+    /// A BIGINT: epoch milliseconds, counts, ids.
+    Int(i64),
+    /// A DOUBLE PRECISION: custom numbers, opportunity values.
+    Float(f64),
+    /// TEXT.
+    Text(String),
+}
+
+/// A query compiled to SQL selecting `leads.id` in view order (SPEC §3).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompiledQuery {
+    /// `SELECT l.id FROM leads l [WHERE ...] ORDER BY ...`.
+    pub sql: String,
+    /// The values for the placeholders, in order.
+    pub params: Vec<SqlParam>,
+    /// The dialect `sql` is written in.
+    pub dialect: Dialect,
+}
+
+impl CompiledQuery {
+    /// The same query limited to one page: `limit` ids after skipping
+    /// `offset` (for `GET /api/v1/smart-views/{id}/leads`, SPEC §4).
+    pub fn page(&self, limit: i64, offset: i64) -> CompiledQuery {
+        let mut page = self.clone();
+        page.params.push(SqlParam::Int(limit));
+        let limit_ph = placeholder(self.dialect, page.params.len());
+        page.params.push(SqlParam::Int(offset));
+        let offset_ph = placeholder(self.dialect, page.params.len());
+        page.sql = format!("{} LIMIT {limit_ph} OFFSET {offset_ph}", self.sql);
+        page
+    }
+}
+
+fn placeholder(dialect: Dialect, index: usize) -> String {
+    match dialect {
+        Dialect::Sqlite => "?".to_string(),
+        Dialect::Postgres => format!("${index}"),
+    }
+}
+
+/// The type of a custom field, as stored in `custom_fields.kind` (SPEC §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CustomFieldKind {
+    /// Free text, in `value_text`.
+    Text,
+    /// A number, in `value_num`.
+    Number,
+    /// A date (midnight UTC), in `value_ms`.
+    Date,
+    /// A date and time, in `value_ms`.
+    DateTime,
+    /// One of a list of choices, in `value_text`.
+    Choices,
+}
+
+impl CustomFieldKind {
+    /// Reads the `custom_fields.kind` column value.
+    pub fn parse(kind: &str) -> Option<CustomFieldKind> {
+        Some(match kind {
+            "text" => CustomFieldKind::Text,
+            "number" => CustomFieldKind::Number,
+            "date" => CustomFieldKind::Date,
+            "datetime" => CustomFieldKind::DateTime,
+            "choices" => CustomFieldKind::Choices,
+            _ => return None,
+        })
+    }
+
+    /// The `custom_fields.kind` column value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CustomFieldKind::Text => "text",
+            CustomFieldKind::Number => "number",
+            CustomFieldKind::Date => "date",
+            CustomFieldKind::DateTime => "datetime",
+            CustomFieldKind::Choices => "choices",
+        }
+    }
+}
+
+/// A custom field's id and type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CustomField {
+    /// `custom_fields.id`.
+    pub id: i64,
+    /// `custom_fields.kind`.
+    pub kind: CustomFieldKind,
+}
+
+/// The custom fields a query may name, by case-insensitive name (SPEC §3:
+/// `custom.NAME`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CustomFieldCatalog {
+    fields: HashMap<String, CustomField>,
+}
+
+impl CustomFieldCatalog {
+    /// An empty catalog.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) the field named `name`, matched case-insensitively.
+    pub fn insert(&mut self, name: &str, id: i64, kind: CustomFieldKind) {
+        self.fields
+            .insert(name.to_lowercase(), CustomField { id, kind });
+    }
+
+    /// The field named `name`, case-insensitively.
+    pub fn get(&self, name: &str) -> Option<CustomField> {
+        self.fields.get(&name.to_lowercase()).copied()
+    }
+
+    fn from_rows(rows: Vec<(i64, String, String)>) -> Result<Self, sqlx::Error> {
+        let mut catalog = Self::new();
+        for (id, name, kind) in rows {
+            let kind = CustomFieldKind::parse(&kind).ok_or_else(|| {
+                sqlx::Error::Protocol(format!("custom field {id} has unknown kind {kind:?}"))
+            })?;
+            catalog.insert(&name, id, kind);
+        }
+        Ok(catalog)
+    }
+
+    /// Reads every row of `custom_fields` from SQLite.
+    pub async fn load_sqlite(pool: &sqlx::SqlitePool) -> Result<Self, sqlx::Error> {
+        let rows = sqlx::query_as("SELECT id, name, kind FROM custom_fields")
+            .fetch_all(pool)
+            .await?;
+        Self::from_rows(rows)
+    }
+
+    /// Reads every row of `custom_fields` from PostgreSQL.
+    pub async fn load_postgres(pool: &sqlx::PgPool) -> Result<Self, sqlx::Error> {
+        let rows = sqlx::query_as("SELECT id, name, kind FROM custom_fields")
+            .fetch_all(pool)
+            .await?;
+        Self::from_rows(rows)
+    }
+}
+
+/// Compiles `query` for `dialect` (SPEC §3). `now` is the current instant,
+/// for `now` and `"N units ago"`; `fields` resolves `custom.NAME`.
+///
+/// Errors: an unknown custom field (at the field), a value of the wrong type
+/// (`opportunities:"abc"`, at the value), an operator the field's type has
+/// no meaning for (`name < "x"`, at the operator).
+pub fn compile(
+    query: &Query,
+    dialect: Dialect,
+    now: DateTime<Utc>,
+    fields: &CustomFieldCatalog,
+) -> Result<CompiledQuery, QueryError> {
+    let mut c = Compiler {
+        dialect,
+        now,
+        fields,
+        sql: String::from("SELECT l.id FROM leads l"),
+        params: Vec::new(),
+    };
+    if let Some(filter) = &query.filter {
+        c.sql.push_str(" WHERE ");
+        c.expr(filter)?;
+    }
+    c.sql.push_str(" ORDER BY ");
+    if query.sorts.is_empty() {
+        c.sql.push_str("l.created_ms ASC, ");
+    }
+    for sort in &query.sorts {
+        let scalar = c.lead_scalar(&sort.field, sort.pos)?;
+        c.sort_key(&scalar);
+        c.sql
+            .push_str(if sort.descending { " DESC" } else { " ASC" });
+        c.sql.push_str(" NULLS LAST, ");
+    }
+    c.sql.push_str("l.id ASC");
+    Ok(CompiledQuery {
+        sql: c.sql,
+        params: c.params,
+        dialect,
+    })
+}
+
+/// Runs a compiled SQLite query and returns the lead ids in view order.
+pub async fn fetch_ids_sqlite(
+    pool: &sqlx::SqlitePool,
+    q: &CompiledQuery,
+) -> Result<Vec<i64>, sqlx::Error> {
+    if q.dialect != Dialect::Sqlite {
+        return Err(sqlx::Error::Protocol(
+            "a PostgreSQL query run on SQLite".to_string(),
+        ));
+    }
+    let mut query = sqlx::query_scalar::<sqlx::Sqlite, i64>(&q.sql);
+    for p in &q.params {
+        query = match p {
+            SqlParam::Int(v) => query.bind(*v),
+            SqlParam::Float(v) => query.bind(*v),
+            SqlParam::Text(v) => query.bind(v.as_str()),
+        };
+    }
+    query.fetch_all(pool).await
+}
+
+/// Runs a compiled PostgreSQL query and returns the lead ids in view order.
+pub async fn fetch_ids_postgres(
+    pool: &sqlx::PgPool,
+    q: &CompiledQuery,
+) -> Result<Vec<i64>, sqlx::Error> {
+    if q.dialect != Dialect::Postgres {
+        return Err(sqlx::Error::Protocol(
+            "a SQLite query run on PostgreSQL".to_string(),
+        ));
+    }
+    let mut query = sqlx::query_scalar::<sqlx::Postgres, i64>(&q.sql);
+    for p in &q.params {
+        query = match p {
+            SqlParam::Int(v) => query.bind(*v),
+            SqlParam::Float(v) => query.bind(*v),
+            SqlParam::Text(v) => query.bind(v.as_str()),
+        };
+    }
+    query.fetch_all(pool).await
+}
+
+/// What a missing (NULL) value means for a scalar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Missing {
+    /// The column is NOT NULL.
+    Never,
+    /// Missing: matches no comparison, only `field:""`.
+    Unknown,
+    /// Infinitely old (`latest_call_created` of a never-called lead).
+    Ancient,
+}
+
+/// How values compare for a scalar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ValueType {
+    Text,
+    /// Opportunity `status_type`: Active, Won or Lost.
+    StatusType,
+    Number {
+        integer: bool,
+    },
+    Time,
+}
+
+/// Where a scalar's value comes from.
+#[derive(Debug, Clone)]
+enum Source {
+    /// A fixed SQL expression.
+    Column(&'static str),
+    /// `lead_custom_values.<column>` for one field: a scalar subquery that
+    /// is NULL when the lead has no value.
+    Custom { id: i64, column: &'static str },
+}
+
+/// One value per lead (or per opportunity) that a condition tests.
+#[derive(Debug, Clone)]
+struct Scalar {
+    source: Source,
+    ty: ValueType,
+    missing: Missing,
+    /// The field as written, for error messages.
+    name: String,
+}
+
+/// A bound on a time value: `x <op> ms`.
+type Bound = (&'static str, i64);
+
+struct Compiler<'a> {
+    dialect: Dialect,
+    now: DateTime<Utc>,
+    fields: &'a CustomFieldCatalog,
+    sql: String,
+    params: Vec<SqlParam>,
+}
+
+trait CompileLeaf {
+    fn compile(&self, c: &mut Compiler<'_>) -> Result<(), QueryError>;
+}
+
+impl CompileLeaf for LeadTerm {
+    fn compile(&self, c: &mut Compiler<'_>) -> Result<(), QueryError> {
+        match self {
+            LeadTerm::Cond(cond) => {
+                let scalar = c.lead_scalar(&cond.field, cond.pos)?;
+                c.test(&scalar, &cond.test)
+            }
+            LeadTerm::Opportunity(inner, _) => {
+                c.sql
+                    .push_str("EXISTS (SELECT 1 FROM opportunities o WHERE o.lead_id = l.id AND ");
+                c.expr(inner)?;
+                c.sql.push(')');
+                Ok(())
+            }
+        }
+    }
+}
+
+impl CompileLeaf for Cond<OpportunityField> {
+    fn compile(&self, c: &mut Compiler<'_>) -> Result<(), QueryError> {
+        let (column, ty, missing) = match self.field {
+            OpportunityField::Created => ("o.created_ms", ValueType::Time, Missing::Never),
+            OpportunityField::StatusType => {
+                ("o.status_type", ValueType::StatusType, Missing::Never)
+            }
+            OpportunityField::Value => (
+                "o.value",
+                ValueType::Number { integer: false },
+                Missing::Unknown,
+            ),
+        };
+        let scalar = Scalar {
+            source: Source::Column(column),
+            ty,
+            missing,
+            name: self.field.name().to_string(),
+        };
+        c.test(&scalar, &self.test)
+    }
+}
+
+impl Compiler<'_> {
+    fn bind(&mut self, param: SqlParam) {
+        self.params.push(param);
+        let ph = placeholder(self.dialect, self.params.len());
+        self.sql.push_str(&ph);
+    }
+
+    fn expr<T: CompileLeaf>(&mut self, expr: &Expr<T>) -> Result<(), QueryError> {
+        match expr {
+            Expr::And(items) | Expr::Or(items) => {
+                let sep = if matches!(expr, Expr::And(_)) {
+                    " AND "
+                } else {
+                    " OR "
+                };
+                self.sql.push('(');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        self.sql.push_str(sep);
+                    }
+                    self.expr(item)?;
+                }
+                self.sql.push(')');
+            }
+            Expr::Not(inner) => {
+                self.sql.push_str("NOT (");
+                self.expr(inner)?;
+                self.sql.push(')');
+            }
+            Expr::Term(t) => t.compile(self)?,
+        }
+        Ok(())
+    }
+
+    fn lead_scalar(&self, field: &LeadField, pos: Pos) -> Result<Scalar, QueryError> {
+        let (column, ty, missing) = match field {
+            LeadField::Status => ("l.status", ValueType::Text, Missing::Never),
+            LeadField::Name => ("l.name", ValueType::Text, Missing::Never),
+            LeadField::Created => ("l.created_ms", ValueType::Time, Missing::Never),
+            LeadField::Updated => ("l.updated_ms", ValueType::Time, Missing::Never),
+            LeadField::Called => ("l.last_call_ms", ValueType::Time, Missing::Unknown),
+            LeadField::LatestCallCreated => ("l.last_call_ms", ValueType::Time, Missing::Ancient),
+            LeadField::Opportunities => (
+                "(SELECT COUNT(*) FROM opportunities o WHERE o.lead_id = l.id)",
+                ValueType::Number { integer: true },
+                Missing::Never,
+            ),
+            LeadField::Custom(name) => {
+                let Some(custom) = self.fields.get(name) else {
+                    return Err(QueryError::new(
+                        pos.0,
+                        "a custom field that exists",
+                        format!("custom.{}", quote(name)),
+                    ));
+                };
+                let (column, ty) = match custom.kind {
+                    CustomFieldKind::Text | CustomFieldKind::Choices => {
+                        ("value_text", ValueType::Text)
+                    }
+                    CustomFieldKind::Number => ("value_num", ValueType::Number { integer: false }),
+                    CustomFieldKind::Date | CustomFieldKind::DateTime => {
+                        ("value_ms", ValueType::Time)
+                    }
+                };
+                return Ok(Scalar {
+                    source: Source::Custom {
+                        id: custom.id,
+                        column,
+                    },
+                    ty,
+                    missing: Missing::Unknown,
+                    name: format!("custom.{}", quote(name)),
+                });
+            }
+        };
+        Ok(Scalar {
+            source: Source::Column(column),
+            ty,
+            missing,
+            name: field.builtin_name().unwrap_or_default().to_string(),
+        })
+    }
+
+    /// Writes the scalar's SQL expression (binding the custom field id).
+    fn scalar(&mut self, scalar: &Scalar) {
+        match &scalar.source {
+            Source::Column(column) => self.sql.push_str(column),
+            Source::Custom { id, column } => {
+                self.sql.push_str("(SELECT cv.");
+                self.sql.push_str(column);
+                self.sql.push_str(
+                    " FROM lead_custom_values cv WHERE cv.lead_id = l.id AND cv.field_id = ",
+                );
+                self.bind(SqlParam::Int(*id));
+                self.sql.push(')');
+            }
+        }
+    }
+
+    /// Writes an ORDER BY key; text compares lower-cased, empty as missing.
+    fn sort_key(&mut self, scalar: &Scalar) {
+        match scalar.ty {
+            ValueType::Text | ValueType::StatusType => {
+                self.sql.push_str("lower(NULLIF(");
+                self.scalar(scalar);
+                self.sql.push_str(", ''))");
+                if self.dialect == Dialect::Postgres {
+                    // Bytewise, as SQLite's BINARY: the view order must not
+                    // depend on the backend or the server's locale.
+                    self.sql.push_str(" COLLATE \"C\"");
+                }
+            }
+            ValueType::Number { .. } | ValueType::Time => self.scalar(scalar),
+        }
+    }
+
+    fn test(&mut self, scalar: &Scalar, test: &Test) -> Result<(), QueryError> {
+        match test {
+            Test::Compare { op, op_pos, value } => self.compare(scalar, *op, *op_pos, value, false),
+            Test::In { negated, values } => {
+                self.sql.push_str(if *negated { "NOT (" } else { "(" });
+                for (i, value) in values.iter().enumerate() {
+                    if i > 0 {
+                        self.sql.push_str(" OR ");
+                    }
+                    self.compare(scalar, CompareOp::Eq, value.pos, value, true)?;
+                }
+                self.sql.push(')');
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes one NULL-safe comparison `scalar op value`.
+    fn compare(
+        &mut self,
+        scalar: &Scalar,
+        op: CompareOp,
+        op_pos: Pos,
+        value: &Value,
+        in_list: bool,
+    ) -> Result<(), QueryError> {
+        if value.kind == ValueKind::Text(String::new()) {
+            return self.empty(scalar, op, op_pos);
+        }
+        match scalar.ty {
+            ValueType::Text => {
+                if op != CompareOp::Eq {
+                    return Err(op_error(scalar, op, op_pos, "':' or 'in'"));
+                }
+                let text = text_value(value)?;
+                self.guarded(scalar, false, |c| {
+                    c.sql.push_str("lower(");
+                    c.scalar(scalar);
+                    c.sql.push_str(") = lower(");
+                    c.bind(SqlParam::Text(text));
+                    c.sql.push(')');
+                });
+                Ok(())
+            }
+            ValueType::StatusType => {
+                if op != CompareOp::Eq {
+                    return Err(op_error(scalar, op, op_pos, "':' or 'in'"));
+                }
+                let text = text_value(value)?;
+                let canonical = ["Active", "Won", "Lost"]
+                    .into_iter()
+                    .find(|s| s.eq_ignore_ascii_case(&text))
+                    .ok_or_else(|| {
+                        QueryError::new(value.pos.0, "Active, Won or Lost", quote(&text))
+                    })?;
+                self.guarded(scalar, false, |c| {
+                    c.scalar(scalar);
+                    c.sql.push_str(" = ");
+                    c.bind(SqlParam::Text(canonical.to_string()));
+                });
+                Ok(())
+            }
+            ValueType::Number { integer } => {
+                let param = number_value(value, integer)?;
+                self.guarded(scalar, false, |c| {
+                    c.scalar(scalar);
+                    c.sql.push(' ');
+                    c.sql.push_str(sql_op(op));
+                    c.sql.push(' ');
+                    c.bind(param);
+                });
+                Ok(())
+            }
+            ValueType::Time => {
+                let bounds = self.time_bounds(op, op_pos, value, in_list)?;
+                // A never-called lead is older than any instant: it meets
+                // every upper bound and no lower bound (SPEC §3).
+                let ancient_matches = bounds.iter().all(|(op, _)| op.starts_with('<'));
+                self.guarded(scalar, ancient_matches, |c| {
+                    for (i, (op, ms)) in bounds.iter().enumerate() {
+                        if i > 0 {
+                            c.sql.push_str(" AND ");
+                        }
+                        c.scalar(scalar);
+                        c.sql.push(' ');
+                        c.sql.push_str(op);
+                        c.sql.push(' ');
+                        c.bind(SqlParam::Int(*ms));
+                    }
+                });
+                Ok(())
+            }
+        }
+    }
+
+    /// Wraps a predicate that is NULL when the value is missing so that it
+    /// is true or false instead (then `NOT` means what users expect).
+    fn guarded(&mut self, scalar: &Scalar, ancient_matches: bool, body: impl FnOnce(&mut Self)) {
+        let fallback = match scalar.missing {
+            Missing::Never => None,
+            Missing::Unknown => Some(false),
+            Missing::Ancient => Some(ancient_matches),
+        };
+        match fallback {
+            None => {
+                self.sql.push('(');
+                body(self);
+                self.sql.push(')');
+            }
+            Some(b) => {
+                self.sql.push_str("COALESCE(");
+                body(self);
+                self.sql.push_str(if b { ", TRUE)" } else { ", FALSE)" });
+            }
+        }
+    }
+
+    /// `field:""`: the value is missing, or empty text (SPEC §3).
+    fn empty(&mut self, scalar: &Scalar, op: CompareOp, op_pos: Pos) -> Result<(), QueryError> {
+        if op != CompareOp::Eq {
+            return Err(op_error(scalar, op, op_pos, "':' with an empty value"));
+        }
+        match (scalar.ty, scalar.missing) {
+            (ValueType::Text, _) => {
+                self.sql.push('(');
+                self.scalar(scalar);
+                self.sql.push_str(" IS NULL OR ");
+                self.scalar(scalar);
+                self.sql.push_str(" = '')");
+            }
+            (_, Missing::Unknown | Missing::Ancient) => {
+                self.sql.push('(');
+                self.scalar(scalar);
+                self.sql.push_str(" IS NULL)");
+            }
+            (_, Missing::Never) => {
+                return Err(QueryError::new(
+                    op_pos.0 + 1,
+                    format!("a value ({} is never empty)", scalar.name),
+                    "\"\"",
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// The bounds `x <op> ms` (all must hold) that `time op value` means.
+    fn time_bounds(
+        &self,
+        op: CompareOp,
+        op_pos: Pos,
+        value: &Value,
+        in_list: bool,
+    ) -> Result<Vec<Bound>, QueryError> {
+        let point = |op: CompareOp, ms: i64| vec![(sql_op(op), ms)];
+        match &value.kind {
+            ValueKind::Now => Ok(point(op, self.now.timestamp_millis())),
+            ValueKind::Ago(age) => {
+                let reversed = match op {
+                    CompareOp::Lt => CompareOp::Gt,
+                    CompareOp::Gt => CompareOp::Lt,
+                    CompareOp::Le => CompareOp::Ge,
+                    CompareOp::Ge => CompareOp::Le,
+                    CompareOp::Eq if in_list => {
+                        return Err(QueryError::new(
+                            value.pos.0,
+                            "a date or now (an age needs '<', '>', '<=' or '>=')",
+                            age_text(*age),
+                        ))
+                    }
+                    CompareOp::Eq => {
+                        return Err(QueryError::new(
+                            op_pos.0,
+                            "'<', '>', '<=' or '>=' before an age",
+                            "':'",
+                        ))
+                    }
+                };
+                let at = ago(self.now, *age).ok_or_else(|| {
+                    QueryError::new(value.pos.0, "an age within the calendar", age_text(*age))
+                })?;
+                // "older than N" is "before now - N": the operator flips.
+                Ok(point(reversed, at.timestamp_millis()))
+            }
+            ValueKind::Text(text) => match parse_time(text) {
+                Some(TimeLiteral::Instant(ms)) => Ok(point(op, ms)),
+                Some(TimeLiteral::Day(start, end)) => Ok(match op {
+                    CompareOp::Eq => vec![(">=", start), ("<", end)],
+                    CompareOp::Lt => vec![("<", start)],
+                    CompareOp::Le => vec![("<", end)],
+                    CompareOp::Gt => vec![(">=", end)],
+                    CompareOp::Ge => vec![(">=", start)],
+                }),
+                None => Err(QueryError::new(
+                    value.pos.0,
+                    "a date (YYYY-MM-DD), a date and time (RFC 3339), now or \"N units ago\"",
+                    quote(text),
+                )),
+            },
+        }
+    }
+}
+
+fn sql_op(op: CompareOp) -> &'static str {
+    match op {
+        CompareOp::Eq => "=",
+        CompareOp::Lt => "<",
+        CompareOp::Gt => ">",
+        CompareOp::Le => "<=",
+        CompareOp::Ge => ">=",
+    }
+}
+
+fn op_error(scalar: &Scalar, op: CompareOp, op_pos: Pos, allowed: &str) -> QueryError {
+    QueryError::new(
+        op_pos.0,
+        format!("{allowed} for {}", scalar.name),
+        format!("'{}'", op.symbol()),
+    )
+}
+
+fn age_text(age: Age) -> String {
+    let plural = if age.amount == 1 { "" } else { "s" };
+    format!("\"{} {}{} ago\"", age.amount, age.unit.singular(), plural)
+}
+
+fn text_value(value: &Value) -> Result<String, QueryError> {
+    match &value.kind {
+        ValueKind::Text(t) => Ok(t.clone()),
+        ValueKind::Now => Err(QueryError::new(
+            value.pos.0,
+            "a text value (write \"now\" for the word)",
+            "now",
+        )),
+        ValueKind::Ago(age) => Err(QueryError::new(
+            value.pos.0,
+            "a text value",
+            format!("the age {}", age_text(*age)),
+        )),
+    }
+}
+
+fn number_value(value: &Value, integer: bool) -> Result<SqlParam, QueryError> {
+    let expected = if integer {
+        "a whole number"
+    } else {
+        "a number"
+    };
+    let found = match &value.kind {
+        ValueKind::Text(t) => {
+            if integer {
+                if let Ok(n) = t.trim().parse::<i64>() {
+                    return Ok(SqlParam::Int(n));
+                }
+            } else if let Ok(n) = t.trim().parse::<f64>() {
+                if n.is_finite() {
+                    return Ok(SqlParam::Float(n));
+                }
+            }
+            quote(t)
+        }
+        ValueKind::Now => "now".to_string(),
+        ValueKind::Ago(age) => age_text(*age),
+    };
+    Err(QueryError::new(value.pos.0, expected, found))
+}
+
+/// Subtracts an age from `now`; months and years are calendar months.
+fn ago(now: DateTime<Utc>, age: Age) -> Option<DateTime<Utc>> {
+    let n = i64::from(age.amount);
+    let seconds = match age.unit {
+        AgeUnit::Second => n,
+        AgeUnit::Minute => n.checked_mul(60)?,
+        AgeUnit::Hour => n.checked_mul(3_600)?,
+        AgeUnit::Day => n.checked_mul(86_400)?,
+        AgeUnit::Week => n.checked_mul(604_800)?,
+        AgeUnit::Month => return now.checked_sub_months(Months::new(age.amount)),
+        AgeUnit::Year => return now.checked_sub_months(Months::new(age.amount.checked_mul(12)?)),
+    };
+    now.checked_sub_signed(TimeDelta::try_seconds(seconds)?)
+}
+
+/// A time written in a query.
+enum TimeLiteral {
+    /// An instant, epoch ms.
+    Instant(i64),
+    /// A whole UTC day `[start, end)`, epoch ms.
+    Day(i64, i64),
+}
+
+fn parse_time(text: &str) -> Option<TimeLiteral> {
+    let text = text.trim();
+    if let Ok(day) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        let start = day.and_hms_opt(0, 0, 0)?.and_utc();
+        let end = start.checked_add_signed(TimeDelta::try_days(1)?)?;
+        return Some(TimeLiteral::Day(
+            start.timestamp_millis(),
+            end.timestamp_millis(),
+        ));
+    }
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Some(TimeLiteral::Instant(t.timestamp_millis()));
+    }
+    for format in [
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%dT%H:%M",
+    ] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(text, format) {
+            return Some(TimeLiteral::Instant(t.and_utc().timestamp_millis()));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::leads::query::parse;
+    use chrono::TimeZone;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2024, 8, 31, 12, 0, 0)
+            .single()
+            .unwrap_or_default()
+    }
+
+    fn compiled(q: &str, dialect: Dialect) -> Result<CompiledQuery, QueryError> {
+        let mut fields = CustomFieldCatalog::new();
+        fields.insert("Lead Source", 7, CustomFieldKind::Text);
+        fields.insert("Next Call Date", 8, CustomFieldKind::DateTime);
+        compile(&parse(q)?, dialect, now(), &fields)
+    }
+
+    #[test]
+    fn months_are_calendar_months() {
+        let age = Age {
+            amount: 6,
+            unit: AgeUnit::Month,
+        };
+        let expected = Utc.with_ymd_and_hms(2024, 2, 29, 12, 0, 0).single();
+        assert_eq!(ago(now(), age), expected);
+    }
+
+    #[test]
+    fn values_are_bound_never_spliced() -> Result<(), QueryError> {
+        let q = compiled(
+            r#"name:"x' OR 1=1 --" lead_status in (a, b)"#,
+            Dialect::Postgres,
+        )?;
+        assert!(!q.sql.contains("OR 1=1"), "{}", q.sql);
+        assert!(q.sql.contains("$1") && q.sql.contains("$3"), "{}", q.sql);
+        assert_eq!(
+            q.params,
+            vec![
+                SqlParam::Text("x' OR 1=1 --".into()),
+                SqlParam::Text("a".into()),
+                SqlParam::Text("b".into()),
+            ]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn age_flips_the_operator() -> Result<(), QueryError> {
+        let q = compiled(r#"created > "5 days ago""#, Dialect::Sqlite)?;
+        assert!(q.sql.contains("l.created_ms < ?"), "{}", q.sql);
+        let five_days = now().timestamp_millis() - 5 * 86_400_000;
+        assert_eq!(q.params, vec![SqlParam::Int(five_days)]);
+        Ok(())
+    }
+
+    #[test]
+    fn placeholders_count_params() -> Result<(), QueryError> {
+        for q in [
+            r#"custom."Lead Source":x opportunity(value > 3 status_type:won) sort:-"Next Call Date""#,
+            r#"created:"2024-01-01" latest_call_created > "1 day ago" name in ("", a)"#,
+        ] {
+            let s = compiled(q, Dialect::Sqlite)?;
+            assert_eq!(s.sql.matches('?').count(), s.params.len(), "{}", s.sql);
+            let p = compiled(q, Dialect::Postgres)?.page(10, 20);
+            let n = p.params.len();
+            assert!(p.sql.contains(&format!("${n}")), "{}", p.sql);
+            assert!(!p.sql.contains(&format!("${}", n + 1)), "{}", p.sql);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn type_errors_name_the_position() {
+        let err = |q: &str| compiled(q, Dialect::Sqlite).err().map(|e| e.position);
+        assert_eq!(err(r#"opportunities:"abc""#), Some(14));
+        assert_eq!(err("name < b"), Some(5));
+        assert_eq!(err("lead_status:a custom.Nope:1"), Some(14));
+        assert_eq!(err(r#"created:"5 days ago""#), Some(7));
+        assert_eq!(err(r#"created < "yesterday""#), Some(10));
+        assert_eq!(err("opportunity(status_type:Pending)"), Some(24));
+        assert_eq!(err("opportunities:1.5"), Some(14));
+        assert_eq!(err("sort:Nope"), Some(5));
+        assert_eq!(err("sort:-\"Nope\""), Some(6));
+    }
+}
