@@ -7,6 +7,8 @@
 use std::fmt;
 use std::net::SocketAddr;
 
+pub mod message;
+
 pub use rsipstack::sip as syntax;
 
 /// The transport a message travelled or must travel on (RFC 3261 §18).
