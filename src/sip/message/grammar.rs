@@ -371,9 +371,7 @@ fn parse_via_parm(s: &str) -> Result<ViaParm, Defect> {
         return Err(Defect::BadVia);
     }
     let rest = rest.trim_start();
-    let (transport, rest) = rest
-        .split_once([' ', '\t'])
-        .ok_or(Defect::BadVia)?;
+    let (transport, rest) = rest.split_once([' ', '\t']).ok_or(Defect::BadVia)?;
     if !is_token(transport) {
         return Err(Defect::BadVia);
     }

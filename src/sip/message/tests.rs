@@ -851,3 +851,30 @@ mod props {
         }
     }
 }
+
+#[test]
+fn typed_headers_of_valid_requests_parse_downstream() {
+    use crate::sip::syntax::ToTypedHeader;
+    for (name, verdict) in VERDICTS {
+        if verdict != Request {
+            continue;
+        }
+        let Inspected::Request(req) = inspect(fixture(name), TransportKind::Udp, MAX) else {
+            panic!("{name}")
+        };
+        // The transaction and dialog layers use rsipstack's typed parsers.
+        assert!(req.top_via_header().is_ok(), "{name}: Via");
+        assert!(
+            req.cseq_header().is_ok_and(|c| c.typed().is_ok()),
+            "{name}: CSeq"
+        );
+        assert!(
+            req.from_header().is_ok_and(|h| h.typed().is_ok()),
+            "{name}: From"
+        );
+        assert!(
+            req.to_header().is_ok_and(|h| h.typed().is_ok()),
+            "{name}: To"
+        );
+    }
+}
