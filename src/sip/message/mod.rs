@@ -410,10 +410,10 @@ fn check_version(v: &str) -> Result<(), Defect> {
     if v.eq_ignore_ascii_case("SIP/2.0") {
         return Ok(());
     }
-    let looks_like_version = v.len() > 4
-        && v[..4].eq_ignore_ascii_case("SIP/")
-        && v[4..]
-            .split_once('.')
+    // `get` rather than indexing: the word may split a UTF-8 character.
+    let looks_like_version = v.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("SIP/"))
+        && v.get(4..)
+            .and_then(|n| n.split_once('.'))
             .is_some_and(|(a, b)| parse_digits(a).is_some() && parse_digits(b).is_some());
     Err(if looks_like_version {
         Defect::VersionNotSupported

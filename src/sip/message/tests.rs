@@ -554,6 +554,22 @@ fn malformed_input_never_passes() {
         .1,
         Defect::BadHeaderLine
     );
+    // A version word that splits a UTF-8 character where "SIP/" would end.
+    assert_eq!(
+        reject(
+            &GOOD.replace("SIP/2.0\r\nVia", "SIPé/2.0\r\nVia"),
+            TransportKind::Udp
+        )
+        .1,
+        Defect::BadStartLine
+    );
+    assert_eq!(
+        reject(
+            &GOOD.replace("SIP/2.0\r\nVia", "SIP/3.0\r\nVia"),
+            TransportKind::Udp
+        ),
+        (505, Defect::VersionNotSupported)
+    );
     // A bare LF as a line end.
     assert_eq!(
         reject(
@@ -827,6 +843,32 @@ mod props {
             while let Ok(Some(m)) = f.next_message() {
                 let _ = inspect(&m, TransportKind::Tcp, MAX);
             }
+        }
+
+        #[test]
+        fn inspect_never_panics_on_odd_text_in_every_field(
+            fields in proptest::collection::vec("[ -~\\u{80}-\\u{10ffff}<>\"\\\\;,:@?%/]{0,12}", 9),
+        ) {
+            let text = format!(
+                "{} {} {}\r\nVia: SIP/2.0/UDP {};branch=z9hG4bK1\r\nTo: {}\r\nFrom: {};tag=1\r\n\
+                 Call-ID: x\r\nCSeq: {}\r\nContact: {}\r\nContent-Length: {}\r\n\r\n",
+                fields[0], fields[1], fields[2], fields[3], fields[4], fields[5], fields[6],
+                fields[7], fields[8],
+            );
+            for transport in [TransportKind::Udp, TransportKind::Tcp] {
+                match inspect(text.as_bytes(), transport, MAX) {
+                    Inspected::Request(req) => {
+                        let _ = check_request(&req, NOT_US);
+                        let _ = response_to(&req, 180, "Ringing");
+                    }
+                    Inspected::Extension(raw) => {
+                        let _ = raw.response(501, "Not Implemented");
+                    }
+                    _ => {}
+                }
+            }
+            let resp = text.replacen(&format!("{} {} {}", fields[0], fields[1], fields[2]), &format!("SIP/2.0 {} {}", fields[1], fields[2]), 1);
+            let _ = inspect(resp.as_bytes(), TransportKind::Udp, MAX);
         }
 
         #[test]
