@@ -7,10 +7,6 @@
 use std::fmt;
 use std::net::SocketAddr;
 
-pub mod dialog;
-pub mod digest;
-pub mod registrar;
-pub mod transaction;
 
 pub use rsipstack::sip as syntax;
 
