@@ -68,23 +68,9 @@ fn main() -> anyhow::Result<()> {
                 file.display(),
                 config.agents.len(),
                 config.trunks.len(),
-                redact_url(&config.database_url)
+                powerdial::server::redacted(&config.database_url)
             );
             Ok(())
         }
-    }
-}
-
-/// Hides a password in a database URL before printing it.
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{}:***{}", &url[..s + 3], user, &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
     }
 }

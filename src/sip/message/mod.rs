@@ -18,9 +18,10 @@
 //! names) and validates on that.
 //!
 //! Decisions:
-//! - A response needs a place to go: a request whose Via headers are
-//!   missing or malformed is dropped, not answered (§18.2.2 sends
-//!   responses by the top Via). A request with a good Via but without To,
+//! - A response needs a place to go: a request with no Via is dropped.
+//!   One whose Via is malformed (RFC 4475 `badinv01`) gets a 400 that
+//!   echoes the Via verbatim when it is printable text; powerdial answers
+//!   at the request's source address anyway (see `sip::endpoint`). A request with a good Via but without To,
 //!   From or Call-ID (RFC 4475 `insuf`) gets a 400 with what it has: the
 //!   client matches it by branch and CSeq method (§17.1.3).
 //! - An invalid ACK is dropped: ACK is never answered (§17.1.1.3).
@@ -330,6 +331,13 @@ fn request(msg: &RawMessage<'_>, transport: TransportKind, max_size: usize) -> I
     let is_ack = method_word == "ACK";
     let vias = match vias(msg) {
         Ok(v) => v,
+        // A malformed Via (RFC 4475 `badinv01`) can still be answered: the
+        // response goes back to the source address and echoes the Via
+        // verbatim, as long as it is printable text.
+        Err(d) if !is_ack => match reject_with_raw_vias(msg, &d) {
+            Some(response) => return Inspected::Reject { response, reason: d },
+            None => return Inspected::drop(d),
+        },
         Err(d) => return Inspected::drop(d),
     };
     match validate_request(msg, &vias, transport, max_size) {
@@ -649,6 +657,32 @@ fn reject(msg: &RawMessage<'_>, vias: &Vias, defect: &Defect) -> syntax::Respons
         _ => "Bad Request",
     };
     reply::assemble(echo, code, reason, None, vec![warning])
+}
+
+/// A 400 for a request whose Via headers do not parse, echoing them as
+/// received when they are clean printable text; `None` when there is no
+/// Via at all or it holds control characters.
+fn reject_with_raw_vias(msg: &RawMessage<'_>, defect: &Defect) -> Option<syntax::Response> {
+    let raw: Vec<String> = msg
+        .all("Via")
+        .filter(|h| h.defect.is_none())
+        .map(|h| h.value.clone())
+        .collect();
+    if raw.is_empty()
+        || raw
+            .iter()
+            .any(|v| v.is_empty() || v.chars().any(|c| c.is_control()))
+    {
+        return None;
+    }
+    let mut response = reject(msg, &Vec::new(), defect);
+    let vias = raw
+        .into_iter()
+        .map(|v| Header::Via(untyped::Via::new(v)));
+    let mut headers: Vec<Header> = vias.collect();
+    headers.extend(response.headers.iter().cloned());
+    response.headers = headers.into();
+    Some(response)
 }
 
 /// The 413 for a stream message whose header section is `head` and whose

@@ -118,8 +118,8 @@ const VERDICTS: [(&str, Verdict); 49] = [
     ("unreason", Response),
     ("noreason", Response),
     // §3.1.2: invalid.
-    // Its only Via is malformed: no address to answer to (module docs).
-    ("badinv01", Drop),
+    // Its only Via is malformed: answered at the source, the Via echoed verbatim.
+    ("badinv01", Reject(400)),
     ("clerr", Reject(400)),
     ("ncl", Reject(400)),
     ("scalar02", Reject(400)),

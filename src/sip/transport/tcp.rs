@@ -79,7 +79,7 @@ fn start(
     let conns = connections.clone();
     let me = tx.clone();
     tokio::spawn(async move {
-        read_loop(reader, remote, local, inbound, limits, activity).await;
+        read_loop(reader, remote, local, inbound, limits, activity, me.clone()).await;
         // Forget the connection unless a newer one to the same address replaced it.
         if let Ok(mut m) = conns.lock() {
             if m.get(&remote).is_some_and(|s| s.same_channel(&me)) {
@@ -113,6 +113,7 @@ async fn read_loop(
     inbound: mpsc::Sender<Inbound>,
     limits: TransportLimits,
     activity: Arc<AtomicU64>,
+    writer: mpsc::Sender<Bytes>,
 ) {
     let mut framer = StreamFramer::new(limits.max_message_size);
     let mut buf = vec![0u8; 8192];
@@ -141,6 +142,10 @@ async fn read_loop(
             }
         };
         framer.push(&buf[..n]);
+        // RFC 5626 §3.5.1: a CRLFCRLF ping gets a CRLF pong.
+        for _ in 0..framer.take_pings() {
+            let _ = writer.send(Bytes::from_static(b"\r\n")).await;
+        }
         loop {
             match framer.next_message() {
                 Ok(Some(message)) => {
@@ -154,8 +159,12 @@ async fn read_loop(
                     }
                 }
                 Ok(None) => break,
-                Err(FramingError::TooLarge { .. }) => {
+                Err(FramingError::TooLarge { response, .. }) => {
                     tracing::info!(%remote, "closing TCP connection: message over the size limit");
+                    // RFC 3261 §21.4.11: answer 413 when the headers could be read.
+                    if let Some(r) = response {
+                        let _ = writer.send(Bytes::from(r.to_string())).await;
+                    }
                     return;
                 }
                 Err(e) => {

@@ -1,0 +1,432 @@
+//! The server driver: binds the sockets, opens the store, and runs the SIP
+//! endpoint core and the HTTP API as tasks. Thin by design: decisions live
+//! in the sans-IO cores; this module only moves bytes, reads the clock, and
+//! persists what the cores report.
+
+#![allow(clippy::disallowed_methods)] // the driver is where the clock is read.
+
+use std::net::SocketAddr;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use rand::RngCore;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::leads::model::Registration;
+use crate::sip::endpoint::{Endpoint, EndpointConfig, EndpointEvent};
+use crate::sip::registrar::Binding;
+use crate::sip::transaction::TimerConfig;
+use crate::sip::transport::{TransportError, TransportHandle, TransportLimits};
+use crate::sip::TransportKind;
+use crate::store::{Store, StoreError};
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The database could not be opened or migrated.
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+    /// A SIP socket could not be bound.
+    #[error("SIP transport: {0}")]
+    Transport(#[from] TransportError),
+    /// The HTTP socket could not be bound or served.
+    #[error("HTTP on {addr}: {source}")]
+    Http {
+        /// The configured address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The data directory could not be created.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The configured path.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Requests other tasks (HTTP, later the dialer) make of the SIP task.
+enum SipCommand {
+    Bindings {
+        aor: String,
+        reply: oneshot::Sender<Vec<Binding>>,
+    },
+}
+
+/// A clonable handle to the SIP task.
+#[derive(Clone)]
+pub struct SipHandle {
+    commands: mpsc::Sender<SipCommand>,
+}
+
+impl SipHandle {
+    /// The live registrar bindings of an agent (empty when the SIP task is gone).
+    pub async fn bindings(&self, aor: &str) -> Vec<Binding> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = SipCommand::Bindings {
+            aor: aor.to_string(),
+            reply,
+        };
+        if self.commands.send(cmd).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+}
+
+/// A started server: its bound addresses, and a way to stop it.
+pub struct RunningServer {
+    /// The UDP SIP socket, if configured.
+    pub sip_udp: Option<SocketAddr>,
+    /// The TCP SIP listener, if configured.
+    pub sip_tcp: Option<SocketAddr>,
+    /// The HTTP API.
+    pub http: SocketAddr,
+    /// Talks to the SIP task.
+    pub sip: SipHandle,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl RunningServer {
+    /// Stops every task and waits for them.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+/// Runs until Ctrl-C / SIGTERM.
+pub async fn run(config: Config) -> Result<(), ServerError> {
+    let server = start(config).await?;
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Opens the store, binds SIP and HTTP, and starts the tasks.
+pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
+        path: config.data_dir.display().to_string(),
+        source,
+    })?;
+    let store = crate::store::connect(&config.database_url).await?;
+    tracing::info!(database = %redacted(&config.database_url), "database ready");
+
+    let limits = TransportLimits {
+        max_message_size: config.max_message_size,
+        tcp_idle_timeout: config.tcp_idle_timeout,
+        ..TransportLimits::default()
+    };
+    let (transport, inbound) = TransportHandle::bind(&config.sip_listen, limits).await?;
+
+    let mut rng = rand::rngs::OsRng;
+    let mut secret = [0u8; 32];
+    rng.fill_bytes(&mut secret);
+    let mut seed = [0u8; 32];
+    rng.fill_bytes(&mut seed);
+    let mut local_domains = vec![config.domain.clone(), "localhost".to_string()];
+    for l in &config.sip_listen {
+        local_domains.push(l.addr.ip().to_string());
+        local_domains.push(l.addr.to_string());
+    }
+    local_domains.dedup();
+    let trunk_sources = config
+        .trunks
+        .iter()
+        .filter_map(|t| trunk_ip(&t.uri))
+        .collect();
+    let endpoint_config = EndpointConfig {
+        domain: config.domain.clone(),
+        local_domains,
+        timers: TimerConfig {
+            t1: config.sip_timers.t1,
+            t2: config.sip_timers.t2,
+            t4: config.sip_timers.t4,
+        },
+        max_message_size: config.max_message_size,
+        trunk_sources,
+    };
+    let mut endpoint = Endpoint::new(endpoint_config, &config.agents, secret, seed, Instant::now());
+    let now_ms = epoch_ms(SystemTime::now());
+    let removed = store.delete_expired_registrations(now_ms).await?;
+    let saved: Vec<Binding> = store
+        .load_registrations()
+        .await?
+        .into_iter()
+        .filter_map(binding_from_row)
+        .collect();
+    tracing::info!(
+        bindings = saved.len(),
+        expired = removed,
+        "registrations restored"
+    );
+    endpoint.load_bindings(saved);
+
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let (persist_tx, persist_rx) = mpsc::channel(4096);
+    tasks.spawn(persist_task(store.clone(), persist_rx));
+    let (cmd_tx, cmd_rx) = mpsc::channel(256);
+    tasks.spawn(sip_task(
+        endpoint,
+        transport.clone(),
+        inbound,
+        cmd_rx,
+        persist_tx,
+        shutdown.clone(),
+    ));
+    let sip = SipHandle { commands: cmd_tx };
+
+    let listener = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .map_err(|source| ServerError::Http {
+            addr: config.http_listen,
+            source,
+        })?;
+    let http = listener.local_addr().map_err(|source| ServerError::Http {
+        addr: config.http_listen,
+        source,
+    })?;
+    if config.admin_token.is_none() {
+        tracing::warn!("no [admin] token configured: the HTTP API refuses every request (set POWERDIAL_ADMIN_TOKEN)");
+    }
+    let state = crate::http::AppState::new(
+        store.clone(),
+        config.admin_token.as_deref().unwrap_or(""),
+        &config.default_region,
+    )
+    .with_sip(sip.clone(), config.agents.clone());
+    let app = crate::http::router(state);
+    let http_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    });
+    tracing::info!(%http, "HTTP API listening");
+    tracing::info!("powerdial ready");
+
+    Ok(RunningServer {
+        sip_udp: transport.local_addr(TransportKind::Udp),
+        sip_tcp: transport.local_addr(TransportKind::Tcp),
+        http,
+        sip,
+        shutdown,
+        tasks,
+    })
+}
+
+/// Inbound messages processed per wake before timers and commands get a turn.
+const BATCH: usize = 64;
+
+/// The SIP task: one endpoint core, one timer, the transport's inbound
+/// channel. Messages leave in the order the core produced them.
+async fn sip_task(
+    mut endpoint: Endpoint,
+    transport: TransportHandle,
+    mut inbound: mpsc::Receiver<crate::sip::transport::Inbound>,
+    mut commands: mpsc::Receiver<SipCommand>,
+    persist: mpsc::Sender<EndpointEvent>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let deadline = endpoint.poll_timeout();
+        let timer = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            msg = inbound.recv() => {
+                let Some(msg) = msg else { return };
+                let now = Instant::now();
+                let wall = SystemTime::now();
+                endpoint.handle_datagram(now, wall, msg.peer, &msg.bytes);
+                for _ in 1..BATCH {
+                    match inbound.try_recv() {
+                        Ok(m) => endpoint.handle_datagram(now, wall, m.peer, &m.bytes),
+                        Err(_) => break,
+                    }
+                }
+            }
+            _ = timer => endpoint.handle_timeout(Instant::now(), SystemTime::now()),
+            cmd = commands.recv() => match cmd {
+                Some(SipCommand::Bindings { aor, reply }) => {
+                    let _ = reply.send(endpoint.bindings(&aor, SystemTime::now()));
+                }
+                None => {}
+            },
+        }
+        while let Some(t) = endpoint.poll_transmit() {
+            let bytes = Bytes::from(t.message.to_string());
+            if let Err(e) = transport.send(t.peer, bytes).await {
+                tracing::debug!(error = %e, "SIP send failed");
+                endpoint.handle_transport_error(Instant::now(), t.peer);
+            }
+        }
+        while let Some(ev) = endpoint.poll_event() {
+            if persist.try_send(ev).is_err() {
+                tracing::warn!("registration persistence is falling behind; a binding change was not saved");
+            }
+        }
+    }
+}
+
+/// Saves registrar changes so a restart keeps the bindings.
+async fn persist_task(store: Store, mut events: mpsc::Receiver<EndpointEvent>) {
+    while let Some(ev) = events.recv().await {
+        match ev {
+            EndpointEvent::BindingsChanged {
+                upserted, removed, ..
+            } => {
+                for b in removed {
+                    if let Err(e) = store.delete_registration(&b.aor, &b.contact).await {
+                        tracing::warn!(error = %e, aor = %b.aor, "could not delete a registration");
+                    }
+                }
+                for b in upserted {
+                    if let Err(e) = store.upsert_registration(&row_from_binding(&b)).await {
+                        tracing::warn!(error = %e, aor = %b.aor, "could not save a registration");
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn row_from_binding(b: &Binding) -> Registration {
+    Registration {
+        aor: b.aor.clone(),
+        contact: b.contact.clone(),
+        expires_ms: b.expires_ms(),
+        call_id: b.call_id.clone(),
+        cseq: i64::from(b.cseq),
+        q: b.q.map(f64::from),
+        transport: b.transport.to_string(),
+        source: b.source.to_string(),
+    }
+}
+
+fn binding_from_row(r: Registration) -> Option<Binding> {
+    let transport = match r.transport.as_str() {
+        "udp" => TransportKind::Udp,
+        "tcp" => TransportKind::Tcp,
+        other => {
+            tracing::warn!(transport = other, "ignoring a saved registration with an unknown transport");
+            return None;
+        }
+    };
+    Some(Binding {
+        aor: r.aor,
+        contact: r.contact,
+        expires_at: Binding::time_from_ms(r.expires_ms),
+        call_id: r.call_id,
+        cseq: u32::try_from(r.cseq).unwrap_or(0),
+        q: r.q.map(|q| q as f32),
+        transport,
+        source: r.source.parse().ok()?,
+        // Not persisted: answering at the source is the safe choice behind NAT.
+        rport: true,
+    })
+}
+
+fn epoch_ms(t: SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The IP of a trunk URI like `sip:127.0.0.1:5080;transport=tcp` (names are
+/// not resolved here: a trunk given by name is not a trusted source).
+fn trunk_ip(uri: &str) -> Option<std::net::IpAddr> {
+    let rest = uri.strip_prefix("sip:")?;
+    let rest = rest.rsplit_once('@').map(|x| x.1).unwrap_or(rest);
+    let hostport = rest.split([';', '?']).next()?;
+    if let Ok(sa) = hostport.parse::<SocketAddr>() {
+        return Some(sa.ip());
+    }
+    let host = hostport.trim_start_matches('[');
+    let host = host.split(']').next()?;
+    let host = match host.rsplit_once(':') {
+        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) && !h.contains(':') => h,
+        _ => host,
+    };
+    host.parse().ok()
+}
+
+/// A database URL with its credentials hidden, for logs and messages.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trunk_ips() {
+        assert_eq!(
+            trunk_ip("sip:127.0.0.1:5080").map(|i| i.to_string()),
+            Some("127.0.0.1".into())
+        );
+        assert_eq!(
+            trunk_ip("sip:gw@10.0.0.2;transport=tcp").map(|i| i.to_string()),
+            Some("10.0.0.2".into())
+        );
+        assert_eq!(
+            trunk_ip("sip:[::1]:5080").map(|i| i.to_string()),
+            Some("::1".into())
+        );
+        assert_eq!(trunk_ip("sip:carrier.example.com"), None);
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redacted("postgres://u:pw@h/db"),
+            "postgres://***@h/db".to_string()
+        );
+        assert_eq!(redacted("sqlite://data/x.db"), "sqlite://data/x.db");
+    }
+}
