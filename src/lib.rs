@@ -5,5 +5,7 @@
 //! queue engine, the Smart View compiler) and thin drivers that own sockets,
 //! timers, tasks and the database.
 
-
+pub mod http;
+pub mod leads;
 pub mod sip;
+pub mod store;
