@@ -353,3 +353,12 @@ impl Store {
         dispatch!(self, s => s.load_registrations().await)
     }
 }
+
+/// A bare PostgreSQL pool (no migrations) for administrative statements
+/// such as creating a test's schema.
+pub async fn connect_admin_pg(url: &str) -> Result<sqlx::PgPool, StoreError> {
+    Ok(sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await?)
+}
