@@ -45,6 +45,9 @@ pub enum ApiError {
     /// 404: no such route or row.
     #[error("{0}")]
     NotFound(String),
+    /// 405: the route exists, not with this method.
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
     /// 413: the body exceeds the route's limit.
     #[error("request body too large")]
     PayloadTooLarge,
@@ -68,6 +71,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Store(e) => match e {
                 StoreError::NotFound { .. } => StatusCode::NOT_FOUND,
@@ -90,6 +94,7 @@ impl ApiError {
             ApiError::Import(_) => "bad_csv",
             ApiError::Unauthorized => "unauthorized",
             ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::Store(e) => match e {
                 StoreError::NotFound { .. } => "not_found",

@@ -81,6 +81,10 @@ async fn no_route() -> ApiError {
     ApiError::NotFound("no such route".into())
 }
 
+async fn wrong_method() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
 /// The whole HTTP application: `GET /healthz` open, everything under
 /// `/api` behind the bearer token, bodies limited to [`JSON_BODY_LIMIT`]
 /// (the CSV import to [`IMPORT_BODY_LIMIT`]), unknown routes answered
@@ -94,6 +98,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .merge(api)
         .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .with_state(state)
 }
