@@ -6,5 +6,8 @@
 //! timers, tasks and the database.
 
 pub mod config;
+pub mod http;
 pub mod leads;
+pub mod server;
 pub mod sip;
+pub mod store;

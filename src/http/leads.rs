@@ -1,0 +1,206 @@
+//! Lead routes (SPEC §4): create (one or an array), get, patch, delete,
+//! list with paging, CSV import, logging a call made elsewhere, and custom
+//! field definitions.
+
+use std::io::Cursor;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+use super::paging::encode_cursor;
+use super::{created, now, parse_id, ApiError, ApiJson, AppState, Page, PageParams};
+use crate::leads::import::import_csv;
+use crate::leads::model::{time_to_ms, LeadPatch, LoggedCall, NewCustomField, NewLead};
+use crate::leads::phone::PhoneE164;
+use crate::leads::ValidationError;
+
+/// The lead, call-log and custom-field routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/leads", post(create_leads).get(list_leads))
+        .route(
+            "/api/v1/leads/{id}",
+            get(get_lead).patch(patch_lead).delete(delete_lead),
+        )
+        .route(
+            "/api/v1/leads/import",
+            post(import).layer(DefaultBodyLimit::max(super::IMPORT_BODY_LIMIT)),
+        )
+        .route("/api/v1/leads/{id}/calls", post(log_call))
+        .route(
+            "/api/v1/custom-fields",
+            post(define_custom_field).get(list_custom_fields),
+        )
+}
+
+/// `POST /api/v1/leads`: one lead or an array, all validated before any is
+/// stored, then stored in one transaction; answers the created object(s).
+async fn create_leads(
+    State(st): State<AppState>,
+    ApiJson(body): ApiJson<serde_json::Value>,
+) -> Result<Response, ApiError> {
+    let fields = st.store.custom_field_set().await?;
+    let now = now();
+    let (inputs, is_array) = match body {
+        serde_json::Value::Array(items) => (items, true),
+        one => (vec![one], false),
+    };
+    let mut valid = Vec::with_capacity(inputs.len());
+    for (i, item) in inputs.into_iter().enumerate() {
+        let prefix = if is_array {
+            format!("[{i}]: ")
+        } else {
+            String::new()
+        };
+        let lead: NewLead = serde_json::from_value(item)
+            .map_err(|e| ApiError::WrongShape(format!("{prefix}{e}")))?;
+        let v = lead
+            .validate(&fields, &st.default_region, now)
+            .map_err(|e| {
+                if is_array {
+                    ValidationError {
+                        field: format!("[{i}].{}", e.field),
+                        reason: e.reason,
+                    }
+                } else {
+                    e
+                }
+            })?;
+        valid.push(v);
+    }
+    let ids = st.store.insert_leads(&valid, time_to_ms(now)).await?;
+    let mut leads = st.store.get_leads(&ids).await?;
+    Ok(if is_array {
+        created(leads).into_response()
+    } else {
+        let lead = leads
+            .pop()
+            .ok_or_else(|| ApiError::Internal("created lead vanished".into()))?;
+        created(lead).into_response()
+    })
+}
+
+async fn get_lead(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id, "lead")?;
+    Ok(Json(st.store.get_lead(id).await?).into_response())
+}
+
+/// `PATCH /api/v1/leads/{id}`: absent keys are kept (see [`LeadPatch`]).
+async fn patch_lead(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(patch): ApiJson<LeadPatch>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id, "lead")?;
+    let fields = st.store.custom_field_set().await?;
+    let now = now();
+    let valid = patch.validate(&fields, &st.default_region, now)?;
+    Ok(Json(st.store.update_lead(id, &valid, time_to_ms(now)).await?).into_response())
+}
+
+async fn delete_lead(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id, "lead")?;
+    st.store.delete_lead(id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/v1/leads`: by id, keyset-paged.
+async fn list_leads(
+    State(st): State<AppState>,
+    Query(p): Query<PageParams>,
+) -> Result<Response, ApiError> {
+    let limit = p.limit()?;
+    let after = p.cursor('L')?.and_then(|k| k.first().copied());
+    // One more than asked tells whether a next page exists.
+    let mut data = st.store.list_leads(after, limit + 1).await?;
+    let next = if data.len() > limit as usize {
+        data.truncate(limit as usize);
+        data.last().map(|l| encode_cursor('L', &[l.id]))
+    } else {
+        None
+    };
+    Ok(Json(Page { data, next }).into_response())
+}
+
+/// `POST /api/v1/leads/import`: a `text/csv` body; answers the report.
+async fn import(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let ctype = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+    if !matches!(
+        ctype.as_deref(),
+        Some("text/csv" | "application/csv" | "text/plain")
+    ) {
+        return Err(ApiError::UnsupportedMediaType("text/csv"));
+    }
+    let body = body?;
+    let report = import_csv(
+        &st.store,
+        Cursor::new(body),
+        &st.default_region,
+        now(),
+        |_| {},
+    )
+    .await?;
+    Ok(Json(report).into_response())
+}
+
+/// `POST /api/v1/leads/{id}/calls`: `{created, outcome, duration_s}`; the
+/// call counts for `called` and `latest_call_created` (SPEC §4).
+async fn log_call(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(call): ApiJson<LoggedCall>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id, "lead")?;
+    let lead = st.store.get_lead(id).await?;
+    let number = match &call.number {
+        Some(raw) => PhoneE164::parse(raw, &st.default_region)
+            .map_err(|e| ValidationError::new("number", e))?
+            .to_string(),
+        None => lead
+            .first_phone()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+    };
+    let record = st.store.insert_call(&call.to_new_call(id, number)?).await?;
+    Ok(created(record).into_response())
+}
+
+/// `POST /api/v1/custom-fields`: `{name, type, choices?}`; 409 if the name
+/// exists.
+async fn define_custom_field(
+    State(st): State<AppState>,
+    ApiJson(field): ApiJson<NewCustomField>,
+) -> Result<Response, ApiError> {
+    field.validate()?;
+    Ok(created(st.store.define_custom_field(&field).await?).into_response())
+}
+
+async fn list_custom_fields(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let data = st.store.list_custom_fields().await?;
+    Ok(Json(Page { data, next: None }).into_response())
+}

@@ -1,0 +1,118 @@
+//! The HTTP API (SPEC §4) on axum: bearer-token auth on `/api`, one error
+//! type, list paging, and the leads, custom field and Smart View routes.
+//!
+//! Other parts add their routes by merging a `Router<AppState>` in
+//! [`api_routes`] and their handles as fields of [`AppState`].
+
+pub mod auth;
+pub mod error;
+pub mod leads;
+pub mod paging;
+pub mod smart_views;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, FromRequest};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+pub use error::ApiError;
+pub use paging::{Page, PageParams};
+
+use crate::store::Store;
+
+/// Largest JSON body accepted (413 above it).
+pub const JSON_BODY_LIMIT: usize = 2 * 1024 * 1024;
+/// Largest CSV body accepted by `POST /api/v1/leads/import`; bigger files
+/// go through `powerdial import-leads`.
+pub const IMPORT_BODY_LIMIT: usize = 64 * 1024 * 1024;
+
+/// What the handlers share. Cheap to clone; add fields as features need them.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The database.
+    pub store: Store,
+    /// The `[admin] token` every `/api` request must bear.
+    pub admin_token: Arc<str>,
+    /// `[leads] default_region` for numbers written without a country code.
+    pub default_region: Arc<str>,
+}
+
+impl AppState {
+    /// Builds the state.
+    pub fn new(store: Store, admin_token: &str, default_region: &str) -> Self {
+        AppState {
+            store,
+            admin_token: admin_token.into(),
+            default_region: default_region.into(),
+        }
+    }
+}
+
+/// A JSON body whose rejections become [`ApiError`]s (400 bad JSON, 422
+/// wrong shape, 413 too large, 415 wrong content type).
+#[derive(Debug, Clone, Copy, Default, FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+/// The wall clock, read by handlers only (they are drivers, DESIGN.md "Ban
+/// the clock in cores").
+#[allow(clippy::disallowed_methods)]
+pub fn now() -> DateTime<Utc> {
+    Utc::now()
+}
+
+/// Every `/api` route, without auth or state: leads, custom fields and
+/// Smart Views. Sessions, calls and events merge theirs here.
+pub fn api_routes() -> Router<AppState> {
+    Router::new()
+        .merge(leads::routes())
+        .merge(smart_views::routes())
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn no_route() -> ApiError {
+    ApiError::NotFound("no such route".into())
+}
+
+async fn wrong_method() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// The whole HTTP application: `GET /healthz` open, everything under
+/// `/api` behind the bearer token, bodies limited to [`JSON_BODY_LIMIT`]
+/// (the CSV import to [`IMPORT_BODY_LIMIT`]), unknown routes answered
+/// with a JSON 404.
+pub fn router(state: AppState) -> Router {
+    let api = api_routes().route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        auth::require_token,
+    ));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(api)
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        .with_state(state)
+}
+
+/// `201 Created` with a JSON body.
+pub fn created<T: serde::Serialize>(body: T) -> (StatusCode, Json<T>) {
+    (StatusCode::CREATED, Json(body))
+}
+
+/// Parses a path id; anything but a positive integer is a 404, as no such
+/// row can exist.
+pub fn parse_id(raw: &str, what: &str) -> Result<i64, ApiError> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiError::NotFound(format!("{what} {raw} not found")))
+}

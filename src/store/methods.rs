@@ -1,0 +1,668 @@
+//! The SQL shared by both backends, generated for each by `store_methods!`:
+//! `$N` placeholders, `RETURNING`, `ON CONFLICT … DO UPDATE` and row values
+//! mean the same in SQLite ≥ 3.35 and PostgreSQL, so one text serves both.
+//! Each backend type provides `pool()` and `begin_write()`.
+
+/// Largest number of ids put in one `IN (…)` list: well under SQLite's
+/// 32,766 bound parameters and PostgreSQL's 65,535.
+pub(crate) const IN_CHUNK: usize = 500;
+
+/// `$1, $2, …, $n`.
+pub(crate) fn placeholders(n: usize) -> String {
+    let mut s = String::with_capacity(n * 5);
+    for i in 1..=n {
+        if i > 1 {
+            s.push_str(", ");
+        }
+        s.push('$');
+        s.push_str(&i.to_string());
+    }
+    s
+}
+
+macro_rules! store_methods {
+    ($store:ty, $conn:ty, $row:ty) => {
+        use std::collections::{BTreeMap, HashMap};
+
+        use sqlx::Row as _;
+
+        use crate::leads::model::{
+            ms_to_time, CallEnd, CallOutcome, CallRecord, Contact, CustomField,
+            CustomFieldKind, CustomValue, Lead, NewCall, NewCustomField, NewSmartView,
+            Opportunity, OpportunityStatus, Registration, SmartView, ValidLead,
+            ValidOpportunity, ValidPatch,
+        };
+        use crate::leads::phone::PhoneE164;
+        use crate::store::methods::{placeholders, IN_CHUNK};
+        use crate::store::{CallCursor, CallFilter, Entity, StoreError};
+
+        fn field_from_row(row: &$row) -> Result<CustomField, StoreError> {
+            let kind: String = row.try_get("kind")?;
+            let choices: Option<String> = row.try_get("choices")?;
+            Ok(CustomField {
+                id: row.try_get("id")?,
+                name: row.try_get("name")?,
+                kind: CustomFieldKind::parse(&kind).ok_or(StoreError::Corrupt("custom_fields.kind"))?,
+                choices: match choices {
+                    Some(c) => serde_json::from_str(&c)
+                        .map_err(|_| StoreError::Corrupt("custom_fields.choices"))?,
+                    None => Vec::new(),
+                },
+            })
+        }
+
+        fn call_from_row(row: &$row) -> Result<CallRecord, StoreError> {
+            let outcome: Option<String> = row.try_get("outcome")?;
+            let sip_status: Option<i32> = row.try_get("sip_status")?;
+            Ok(CallRecord {
+                id: row.try_get("id")?,
+                session_id: row.try_get("session_id")?,
+                lead_id: row.try_get("lead_id")?,
+                agent: row.try_get("agent")?,
+                number: row.try_get("number")?,
+                started_at: ms_to_time(row.try_get("started_ms")?),
+                answered_at: row.try_get::<Option<i64>, _>("answered_ms")?.map(ms_to_time),
+                ended_at: row.try_get::<Option<i64>, _>("ended_ms")?.map(ms_to_time),
+                outcome: match outcome {
+                    Some(o) => Some(CallOutcome::parse(&o).ok_or(StoreError::Corrupt("calls.outcome"))?),
+                    None => None,
+                },
+                sip_status: sip_status.and_then(|s| u16::try_from(s).ok()),
+                ring_ms: row.try_get("ring_ms")?,
+            })
+        }
+
+        fn view_from_row(row: &$row) -> Result<SmartView, StoreError> {
+            Ok(SmartView {
+                id: row.try_get("id")?,
+                name: row.try_get("name")?,
+                query: row.try_get("query")?,
+                created: ms_to_time(row.try_get("created_ms")?),
+            })
+        }
+
+        fn registration_from_row(row: &$row) -> Result<Registration, StoreError> {
+            Ok(Registration {
+                aor: row.try_get("aor")?,
+                contact: row.try_get("contact")?,
+                expires_ms: row.try_get("expires_ms")?,
+                call_id: row.try_get("call_id")?,
+                cseq: row.try_get("cseq")?,
+                q: row.try_get("q")?,
+                transport: row.try_get("transport")?,
+                source: row.try_get("source")?,
+            })
+        }
+
+        const CALL_COLUMNS: &str = "id, session_id, lead_id, agent, number, started_ms, \
+            answered_ms, ended_ms, outcome, sip_status, ring_ms";
+
+        async fn insert_contacts(
+            conn: &mut $conn,
+            lead_id: i64,
+            contacts: &[Contact],
+        ) -> Result<(), sqlx::Error> {
+            for (pos, c) in contacts.iter().enumerate() {
+                let contact_id: i64 = sqlx::query_scalar(
+                    "INSERT INTO contacts (lead_id, position, name) VALUES ($1, $2, $3) RETURNING id",
+                )
+                .bind(lead_id)
+                .bind(pos as i32)
+                .bind(&c.name)
+                .fetch_one(&mut *conn)
+                .await?;
+                for (ppos, p) in c.phones.iter().enumerate() {
+                    sqlx::query("INSERT INTO phones (contact_id, position, number) VALUES ($1, $2, $3)")
+                        .bind(contact_id)
+                        .bind(ppos as i32)
+                        .bind(p.as_str())
+                        .execute(&mut *conn)
+                        .await?;
+                }
+            }
+            Ok(())
+        }
+
+        async fn upsert_custom(
+            conn: &mut $conn,
+            lead_id: i64,
+            field_id: i64,
+            value: &CustomValue,
+        ) -> Result<(), sqlx::Error> {
+            let (text, num, ms) = value.columns();
+            sqlx::query(
+                "INSERT INTO lead_custom_values (lead_id, field_id, value_text, value_num, value_ms) \
+                 VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (lead_id, field_id) DO UPDATE SET value_text = excluded.value_text, \
+                 value_num = excluded.value_num, value_ms = excluded.value_ms",
+            )
+            .bind(lead_id)
+            .bind(field_id)
+            .bind(text)
+            .bind(num)
+            .bind(ms)
+            .execute(&mut *conn)
+            .await?;
+            Ok(())
+        }
+
+        async fn insert_opportunity(
+            conn: &mut $conn,
+            lead_id: i64,
+            o: &ValidOpportunity,
+        ) -> Result<i64, sqlx::Error> {
+            sqlx::query_scalar(
+                "INSERT INTO opportunities (lead_id, status_type, created_ms, value) \
+                 VALUES ($1, $2, $3, $4) RETURNING id",
+            )
+            .bind(lead_id)
+            .bind(o.status_type.as_str())
+            .bind(o.created_ms)
+            .bind(o.value)
+            .fetch_one(&mut *conn)
+            .await
+        }
+
+        async fn insert_one_lead(
+            conn: &mut $conn,
+            lead: &ValidLead,
+            now_ms: i64,
+        ) -> Result<i64, sqlx::Error> {
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO leads (name, status, created_ms, updated_ms) \
+                 VALUES ($1, $2, $3, $4) RETURNING id",
+            )
+            .bind(&lead.name)
+            .bind(&lead.status)
+            .bind(lead.created_ms)
+            .bind(now_ms)
+            .fetch_one(&mut *conn)
+            .await?;
+            insert_contacts(conn, id, &lead.contacts).await?;
+            for (field_id, value) in &lead.custom {
+                upsert_custom(conn, id, *field_id, value).await?;
+            }
+            for o in &lead.opportunities {
+                insert_opportunity(conn, id, o).await?;
+            }
+            Ok(id)
+        }
+
+        /// Loads whole leads for one chunk of ids (≤ IN_CHUNK).
+        async fn load_chunk(
+            conn: &mut $conn,
+            ids: &[i64],
+            out: &mut HashMap<i64, Lead>,
+        ) -> Result<(), StoreError> {
+            let ph = placeholders(ids.len());
+            macro_rules! bind_ids {
+                ($q:expr) => {{
+                    let mut q = $q;
+                    for id in ids {
+                        q = q.bind(*id);
+                    }
+                    q
+                }};
+            }
+            let sql = format!(
+                "SELECT id, name, status, created_ms, updated_ms FROM leads WHERE id IN ({ph})"
+            );
+            for row in bind_ids!(sqlx::query(&sql)).fetch_all(&mut *conn).await? {
+                let id: i64 = row.try_get("id")?;
+                out.insert(
+                    id,
+                    Lead {
+                        id,
+                        name: row.try_get("name")?,
+                        status: row.try_get("status")?,
+                        created: ms_to_time(row.try_get("created_ms")?),
+                        updated: ms_to_time(row.try_get("updated_ms")?),
+                        contacts: Vec::new(),
+                        custom: BTreeMap::new(),
+                        opportunities: Vec::new(),
+                    },
+                );
+            }
+            // Contacts and their phones in one pass: the LEFT JOIN keeps
+            // contacts without phones.
+            let sql = format!(
+                "SELECT c.lead_id, c.id AS contact_id, c.name, p.number FROM contacts c \
+                 LEFT JOIN phones p ON p.contact_id = c.id \
+                 WHERE c.lead_id IN ({ph}) ORDER BY c.lead_id, c.position, c.id, p.position, p.id"
+            );
+            let mut last_contact: Option<i64> = None;
+            for row in bind_ids!(sqlx::query(&sql)).fetch_all(&mut *conn).await? {
+                let lead_id: i64 = row.try_get("lead_id")?;
+                let contact_id: i64 = row.try_get("contact_id")?;
+                let number: Option<String> = row.try_get("number")?;
+                let Some(lead) = out.get_mut(&lead_id) else { continue };
+                if last_contact != Some(contact_id) {
+                    lead.contacts.push(Contact {
+                        name: row.try_get("name")?,
+                        phones: Vec::new(),
+                    });
+                    last_contact = Some(contact_id);
+                }
+                if let (Some(n), Some(c)) = (number, lead.contacts.last_mut()) {
+                    c.phones.push(
+                        PhoneE164::from_e164(&n).map_err(|_| StoreError::Corrupt("phones.number"))?,
+                    );
+                }
+            }
+            let sql = format!(
+                "SELECT v.lead_id, f.name, f.kind, v.value_text, v.value_num, v.value_ms \
+                 FROM lead_custom_values v JOIN custom_fields f ON f.id = v.field_id \
+                 WHERE v.lead_id IN ({ph})"
+            );
+            for row in bind_ids!(sqlx::query(&sql)).fetch_all(&mut *conn).await? {
+                let lead_id: i64 = row.try_get("lead_id")?;
+                let kind: String = row.try_get("kind")?;
+                let kind = CustomFieldKind::parse(&kind).ok_or(StoreError::Corrupt("custom_fields.kind"))?;
+                let value = CustomValue::from_columns(
+                    kind,
+                    row.try_get("value_text")?,
+                    row.try_get("value_num")?,
+                    row.try_get("value_ms")?,
+                );
+                if let (Some(lead), Some(value)) = (out.get_mut(&lead_id), value) {
+                    lead.custom.insert(row.try_get("name")?, value);
+                }
+            }
+            let sql = format!(
+                "SELECT id, lead_id, status_type, created_ms, value FROM opportunities \
+                 WHERE lead_id IN ({ph}) ORDER BY lead_id, created_ms, id"
+            );
+            for row in bind_ids!(sqlx::query(&sql)).fetch_all(&mut *conn).await? {
+                let lead_id: i64 = row.try_get("lead_id")?;
+                let st: String = row.try_get("status_type")?;
+                let opp = Opportunity {
+                    id: row.try_get("id")?,
+                    status_type: OpportunityStatus::parse(&st)
+                        .ok_or(StoreError::Corrupt("opportunities.status_type"))?,
+                    created: ms_to_time(row.try_get("created_ms")?),
+                    value: row.try_get("value")?,
+                };
+                if let Some(lead) = out.get_mut(&lead_id) {
+                    lead.opportunities.push(opp);
+                }
+            }
+            Ok(())
+        }
+
+        impl $store {
+            pub(crate) async fn list_custom_fields(&self) -> Result<Vec<CustomField>, StoreError> {
+                let rows = sqlx::query("SELECT id, name, kind, choices FROM custom_fields ORDER BY name, id")
+                    .fetch_all(self.pool())
+                    .await?;
+                rows.iter().map(field_from_row).collect()
+            }
+
+            pub(crate) async fn define_custom_field(
+                &self,
+                f: &NewCustomField,
+            ) -> Result<CustomField, StoreError> {
+                let choices = match f.kind {
+                    CustomFieldKind::Choices => Some(
+                        serde_json::to_string(
+                            &f.choices.iter().map(|c| c.trim()).collect::<Vec<_>>(),
+                        )
+                        .map_err(|_| StoreError::Corrupt("custom_fields.choices"))?,
+                    ),
+                    _ => None,
+                };
+                let row = sqlx::query(
+                    "INSERT INTO custom_fields (name, kind, choices) VALUES ($1, $2, $3) \
+                     RETURNING id, name, kind, choices",
+                )
+                .bind(f.name.trim())
+                .bind(f.kind.as_str())
+                .bind(choices)
+                .fetch_one(self.pool())
+                .await
+                .map_err(|e| StoreError::from_sqlx(e, Entity::CustomField, f.name.trim()))?;
+                field_from_row(&row)
+            }
+
+            pub(crate) async fn insert_leads(
+                &self,
+                leads: &[ValidLead],
+                now_ms: i64,
+            ) -> Result<Vec<i64>, StoreError> {
+                let mut tx = self.begin_write().await?;
+                let mut ids = Vec::with_capacity(leads.len());
+                for lead in leads {
+                    ids.push(
+                        insert_one_lead(&mut tx, lead, now_ms)
+                            .await
+                            .map_err(|e| StoreError::from_sqlx(e, Entity::Lead, ""))?,
+                    );
+                }
+                tx.commit().await?;
+                Ok(ids)
+            }
+
+            pub(crate) async fn get_leads(&self, ids: &[i64]) -> Result<Vec<Lead>, StoreError> {
+                let mut conn = self.pool().acquire().await?;
+                let mut found = HashMap::with_capacity(ids.len());
+                for chunk in ids.chunks(IN_CHUNK) {
+                    load_chunk(&mut conn, chunk, &mut found).await?;
+                }
+                Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
+            }
+
+            pub(crate) async fn update_lead(
+                &self,
+                id: i64,
+                p: &ValidPatch,
+                now_ms: i64,
+            ) -> Result<(), StoreError> {
+                let map = |e| StoreError::from_sqlx(e, Entity::Lead, id);
+                let mut tx = self.begin_write().await?;
+                let done = sqlx::query(
+                    "UPDATE leads SET name = COALESCE($1, name), status = COALESCE($2, status), \
+                     created_ms = COALESCE($3, created_ms), updated_ms = $4 WHERE id = $5",
+                )
+                .bind(p.name.as_deref())
+                .bind(p.status.as_deref())
+                .bind(p.created_ms)
+                .bind(now_ms)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(map)?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound { entity: Entity::Lead, id: id.to_string() });
+                }
+                if let Some(contacts) = &p.contacts {
+                    sqlx::query("DELETE FROM contacts WHERE lead_id = $1")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map)?;
+                    insert_contacts(&mut tx, id, contacts).await.map_err(map)?;
+                }
+                for (field_id, value) in &p.custom {
+                    match value {
+                        Some(v) => upsert_custom(&mut tx, id, *field_id, v).await.map_err(map)?,
+                        None => {
+                            sqlx::query("DELETE FROM lead_custom_values WHERE lead_id = $1 AND field_id = $2")
+                                .bind(id)
+                                .bind(*field_id)
+                                .execute(&mut *tx)
+                                .await
+                                .map_err(map)?;
+                        }
+                    }
+                }
+                if let Some(opps) = &p.opportunities {
+                    sqlx::query("DELETE FROM opportunities WHERE lead_id = $1")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map)?;
+                    for o in opps {
+                        insert_opportunity(&mut tx, id, o).await.map_err(map)?;
+                    }
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            pub(crate) async fn delete_lead(&self, id: i64) -> Result<(), StoreError> {
+                let done = sqlx::query("DELETE FROM leads WHERE id = $1")
+                    .bind(id)
+                    .execute(self.pool())
+                    .await?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound { entity: Entity::Lead, id: id.to_string() });
+                }
+                Ok(())
+            }
+
+            pub(crate) async fn list_lead_ids(
+                &self,
+                after_id: Option<i64>,
+                limit: u32,
+            ) -> Result<Vec<i64>, StoreError> {
+                Ok(sqlx::query_scalar("SELECT id FROM leads WHERE id > $1 ORDER BY id LIMIT $2")
+                    .bind(after_id.unwrap_or(i64::MIN))
+                    .bind(i64::from(limit))
+                    .fetch_all(self.pool())
+                    .await?)
+            }
+
+            pub(crate) async fn count_leads(&self) -> Result<i64, StoreError> {
+                Ok(sqlx::query_scalar("SELECT COUNT(*) FROM leads")
+                    .fetch_one(self.pool())
+                    .await?)
+            }
+
+            pub(crate) async fn add_opportunity(
+                &self,
+                lead_id: i64,
+                o: &ValidOpportunity,
+                now_ms: i64,
+            ) -> Result<Opportunity, StoreError> {
+                let mut tx = self.begin_write().await?;
+                let id = insert_opportunity(&mut tx, lead_id, o)
+                    .await
+                    .map_err(|e| match StoreError::from_sqlx(e, Entity::Lead, lead_id) {
+                        // The only foreign key here is the lead.
+                        StoreError::Invalid(_) => StoreError::NotFound { entity: Entity::Lead, id: lead_id.to_string() },
+                        other => other,
+                    })?;
+                sqlx::query("UPDATE leads SET updated_ms = $1 WHERE id = $2")
+                    .bind(now_ms)
+                    .bind(lead_id)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(Opportunity {
+                    id,
+                    status_type: o.status_type,
+                    created: ms_to_time(o.created_ms),
+                    value: o.value,
+                })
+            }
+
+            pub(crate) async fn insert_call(&self, c: &NewCall) -> Result<CallRecord, StoreError> {
+                let mut tx = self.begin_write().await?;
+                let sql = format!(
+                    "INSERT INTO calls (session_id, lead_id, agent, number, started_ms, answered_ms, \
+                     ended_ms, outcome, sip_status, ring_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {CALL_COLUMNS}"
+                );
+                let row = sqlx::query(&sql)
+                    .bind(c.session_id)
+                    .bind(c.lead_id)
+                    .bind(c.agent.as_deref())
+                    .bind(&c.number)
+                    .bind(c.started_ms)
+                    .bind(c.answered_ms)
+                    .bind(c.ended_ms)
+                    .bind(c.outcome.map(|o| o.as_str()))
+                    .bind(c.sip_status.map(i32::from))
+                    .bind(c.ring_ms)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(|e| match StoreError::from_sqlx(e, Entity::Call, "") {
+                        StoreError::Invalid(_) if c.lead_id.is_some() => StoreError::NotFound {
+                            entity: Entity::Lead,
+                            id: c.lead_id.unwrap_or_default().to_string(),
+                        },
+                        other => other,
+                    })?;
+                if let Some(lead_id) = c.lead_id {
+                    // A portable max(): GREATEST is PostgreSQL-only and
+                    // SQLite's two-argument max() does not exist there.
+                    sqlx::query(
+                        "UPDATE leads SET last_call_ms = CASE \
+                         WHEN last_call_ms IS NULL OR last_call_ms < $1 THEN $1 \
+                         ELSE last_call_ms END WHERE id = $2",
+                    )
+                    .bind(c.started_ms)
+                    .bind(lead_id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                call_from_row(&row)
+            }
+
+            pub(crate) async fn finish_call(
+                &self,
+                id: i64,
+                e: &CallEnd,
+            ) -> Result<CallRecord, StoreError> {
+                let sql = format!(
+                    "UPDATE calls SET answered_ms = COALESCE($1, answered_ms), \
+                     ended_ms = COALESCE($2, ended_ms), outcome = COALESCE($3, outcome), \
+                     sip_status = COALESCE($4, sip_status), ring_ms = COALESCE($5, ring_ms) \
+                     WHERE id = $6 RETURNING {CALL_COLUMNS}"
+                );
+                let row = sqlx::query(&sql)
+                    .bind(e.answered_ms)
+                    .bind(e.ended_ms)
+                    .bind(e.outcome.map(|o| o.as_str()))
+                    .bind(e.sip_status.map(i32::from))
+                    .bind(e.ring_ms)
+                    .bind(id)
+                    .fetch_one(self.pool())
+                    .await
+                    .map_err(|err| StoreError::from_sqlx(err, Entity::Call, id))?;
+                call_from_row(&row)
+            }
+
+            pub(crate) async fn get_call(&self, id: i64) -> Result<CallRecord, StoreError> {
+                let sql = format!("SELECT {CALL_COLUMNS} FROM calls WHERE id = $1");
+                let row = sqlx::query(&sql)
+                    .bind(id)
+                    .fetch_one(self.pool())
+                    .await
+                    .map_err(|e| StoreError::from_sqlx(e, Entity::Call, id))?;
+                call_from_row(&row)
+            }
+
+            pub(crate) async fn list_calls(
+                &self,
+                f: CallFilter,
+                after: Option<CallCursor>,
+                limit: u32,
+            ) -> Result<Vec<CallRecord>, StoreError> {
+                // NULL filters match everything, so one statement serves
+                // every combination.
+                let sql = format!(
+                    "SELECT {CALL_COLUMNS} FROM calls \
+                     WHERE ($1 IS NULL OR session_id = $1) AND ($2 IS NULL OR lead_id = $2) \
+                     AND (started_ms > $3 OR (started_ms = $3 AND id > $4)) \
+                     ORDER BY started_ms, id LIMIT $5"
+                );
+                let (after_ms, after_id) = after.unwrap_or((i64::MIN, i64::MIN));
+                let rows = sqlx::query(&sql)
+                    .bind(f.session_id)
+                    .bind(f.lead_id)
+                    .bind(after_ms)
+                    .bind(after_id)
+                    .bind(i64::from(limit))
+                    .fetch_all(self.pool())
+                    .await?;
+                rows.iter().map(call_from_row).collect()
+            }
+
+            pub(crate) async fn create_smart_view(
+                &self,
+                v: &NewSmartView,
+                now_ms: i64,
+            ) -> Result<SmartView, StoreError> {
+                let row = sqlx::query(
+                    "INSERT INTO smart_views (name, query, created_ms) VALUES ($1, $2, $3) \
+                     RETURNING id, name, query, created_ms",
+                )
+                .bind(v.name.trim())
+                .bind(&v.query)
+                .bind(now_ms)
+                .fetch_one(self.pool())
+                .await
+                .map_err(|e| StoreError::from_sqlx(e, Entity::SmartView, ""))?;
+                view_from_row(&row)
+            }
+
+            pub(crate) async fn get_smart_view(&self, id: i64) -> Result<SmartView, StoreError> {
+                let row = sqlx::query("SELECT id, name, query, created_ms FROM smart_views WHERE id = $1")
+                    .bind(id)
+                    .fetch_one(self.pool())
+                    .await
+                    .map_err(|e| StoreError::from_sqlx(e, Entity::SmartView, id))?;
+                view_from_row(&row)
+            }
+
+            pub(crate) async fn list_smart_views(&self) -> Result<Vec<SmartView>, StoreError> {
+                let rows = sqlx::query("SELECT id, name, query, created_ms FROM smart_views ORDER BY id")
+                    .fetch_all(self.pool())
+                    .await?;
+                rows.iter().map(view_from_row).collect()
+            }
+
+            pub(crate) async fn upsert_registration(&self, r: &Registration) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO registrations (aor, contact, expires_ms, call_id, cseq, q, transport, source) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                     ON CONFLICT (aor, contact) DO UPDATE SET expires_ms = excluded.expires_ms, \
+                     call_id = excluded.call_id, cseq = excluded.cseq, q = excluded.q, \
+                     transport = excluded.transport, source = excluded.source",
+                )
+                .bind(&r.aor)
+                .bind(&r.contact)
+                .bind(r.expires_ms)
+                .bind(&r.call_id)
+                .bind(r.cseq)
+                .bind(r.q)
+                .bind(&r.transport)
+                .bind(&r.source)
+                .execute(self.pool())
+                .await
+                .map_err(|e| StoreError::from_sqlx(e, Entity::Registration, &r.aor))?;
+                Ok(())
+            }
+
+            pub(crate) async fn delete_registration(
+                &self,
+                aor: &str,
+                contact: &str,
+            ) -> Result<bool, StoreError> {
+                let done = sqlx::query("DELETE FROM registrations WHERE aor = $1 AND contact = $2")
+                    .bind(aor)
+                    .bind(contact)
+                    .execute(self.pool())
+                    .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            pub(crate) async fn delete_registrations(&self, aor: &str) -> Result<u64, StoreError> {
+                let done = sqlx::query("DELETE FROM registrations WHERE aor = $1")
+                    .bind(aor)
+                    .execute(self.pool())
+                    .await?;
+                Ok(done.rows_affected())
+            }
+
+            pub(crate) async fn delete_expired_registrations(&self, now_ms: i64) -> Result<u64, StoreError> {
+                let done = sqlx::query("DELETE FROM registrations WHERE expires_ms <= $1")
+                    .bind(now_ms)
+                    .execute(self.pool())
+                    .await?;
+                Ok(done.rows_affected())
+            }
+
+            pub(crate) async fn load_registrations(&self) -> Result<Vec<Registration>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT aor, contact, expires_ms, call_id, cseq, q, transport, source \
+                     FROM registrations ORDER BY aor, contact",
+                )
+                .fetch_all(self.pool())
+                .await?;
+                rows.iter().map(registration_from_row).collect()
+            }
+        }
+    };
+}

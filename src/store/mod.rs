@@ -1,0 +1,364 @@
+//! The store: leads, custom fields, opportunities, calls, Smart Views and
+//! registrar bindings in SQLite or PostgreSQL (DESIGN.md "Storage").
+//!
+//! [`Store`] is an enum over the two backends with inherent async methods,
+//! chosen by URL in [`connect`]. Both backends run the same SQL text (`$N`
+//! placeholders work in both), generated once by the `store_methods!` macro;
+//! only opening, migrations and write-transaction start differ. All queries
+//! are runtime queries, so building needs no database. Times are epoch
+//! milliseconds in the database and [`chrono::DateTime<Utc>`] in the model.
+
+#[macro_use]
+mod methods;
+pub mod postgres;
+pub mod sqlite;
+
+use crate::leads::model::{
+    CallEnd, CallRecord, CustomField, CustomFieldSet, Lead, NewCall, NewCustomField, NewSmartView,
+    Opportunity, Registration, SmartView, ValidLead, ValidOpportunity, ValidPatch,
+};
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+/// What kind of row an error is about, for messages and HTTP codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entity {
+    /// A lead.
+    Lead,
+    /// A custom field.
+    CustomField,
+    /// A call record.
+    Call,
+    /// A Smart View.
+    SmartView,
+    /// A registrar binding.
+    Registration,
+}
+
+impl std::fmt::Display for Entity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Entity::Lead => "lead",
+            Entity::CustomField => "custom field",
+            Entity::Call => "call",
+            Entity::SmartView => "smart view",
+            Entity::Registration => "registration",
+        })
+    }
+}
+
+/// Errors of store operations, with constraint violations mapped to typed
+/// variants so the HTTP layer answers 404/409/400 without reading SQL text
+/// (DESIGN.md "Errors": database constraint mapping in one place).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The URL is neither `sqlite:` nor `postgres:`/`postgresql:`.
+    #[error("unsupported database URL {0:?}: expected sqlite://PATH or postgres://…")]
+    BadUrl(String),
+    /// The SQLite file's directory could not be created.
+    #[error("cannot create the database directory: {0}")]
+    Io(#[from] std::io::Error),
+    /// A migration failed to apply.
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// No row with this id.
+    #[error("{entity} {id} not found")]
+    NotFound {
+        /// What was looked for.
+        entity: Entity,
+        /// Its id or key.
+        id: String,
+    },
+    /// A uniqueness constraint refused the write (e.g. a custom field name
+    /// that exists already).
+    #[error("{0} already exists")]
+    Conflict(Entity),
+    /// A CHECK, NOT NULL or foreign-key constraint refused the write.
+    #[error("invalid {0}: a database constraint refused it")]
+    Invalid(Entity),
+    /// A stored value the model cannot read (a row written by something else).
+    #[error("corrupt stored value in {0}")]
+    Corrupt(&'static str),
+    /// Any other database failure (connection lost, disk full, …).
+    #[error("database error: {0}")]
+    Database(sqlx::Error),
+}
+
+impl StoreError {
+    /// Maps a driver error for an operation on `entity`: unique violations
+    /// become `Conflict`, other constraint violations `Invalid`, a missing
+    /// row `NotFound`.
+    pub(crate) fn from_sqlx(e: sqlx::Error, entity: Entity, id: impl ToString) -> StoreError {
+        use sqlx::error::ErrorKind;
+        match &e {
+            sqlx::Error::RowNotFound => StoreError::NotFound {
+                entity,
+                id: id.to_string(),
+            },
+            sqlx::Error::Database(db) => match db.kind() {
+                ErrorKind::UniqueViolation => StoreError::Conflict(entity),
+                ErrorKind::ForeignKeyViolation
+                | ErrorKind::CheckViolation
+                | ErrorKind::NotNullViolation => StoreError::Invalid(entity),
+                _ => StoreError::Database(e),
+            },
+            _ => StoreError::Database(e),
+        }
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::Migrate(m) => StoreError::Migrate(*m),
+            other => StoreError::Database(other),
+        }
+    }
+}
+
+/// Which call records [`Store::list_calls`] returns (`GET /api/v1/calls`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallFilter {
+    /// Only this dialer session's calls.
+    pub session_id: Option<i64>,
+    /// Only calls to this lead.
+    pub lead_id: Option<i64>,
+}
+
+/// A position in a call list, oldest first: `(started_ms, id)` of the last
+/// record of the previous page.
+pub type CallCursor = (i64, i64);
+
+/// Which database a [`Store`] talks to; the Smart View compiler emits SQL
+/// per backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite (one file, WAL).
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+/// The store, over SQLite or PostgreSQL. Cheap to clone (a pool handle).
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// SQLite backend.
+    Sqlite(SqliteStore),
+    /// PostgreSQL backend.
+    Postgres(PgStore),
+}
+
+/// Opens the database named by `url` and applies pending migrations:
+/// `sqlite://PATH` (the file and its directory are created; WAL mode,
+/// foreign keys on), `sqlite::memory:` for a private in-memory database, or
+/// `postgres://…` / `postgresql://…` (SPEC §4 `[database] url`).
+pub async fn connect(url: &str) -> Result<Store, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(Store::Sqlite(SqliteStore::open(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Store::Postgres(PgStore::open(url).await?))
+    } else {
+        Err(StoreError::BadUrl(url.to_string()))
+    }
+}
+
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            Store::Sqlite($s) => $e,
+            Store::Postgres($s) => $e,
+        }
+    };
+}
+
+impl Store {
+    /// Which backend this is.
+    pub fn backend(&self) -> Backend {
+        match self {
+            Store::Sqlite(_) => Backend::Sqlite,
+            Store::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Closes the pool, waiting for connections to be returned.
+    pub async fn close(&self) {
+        dispatch!(self, s => s.pool().close().await)
+    }
+
+    /// All defined custom fields, by name.
+    pub async fn list_custom_fields(&self) -> Result<Vec<CustomField>, StoreError> {
+        dispatch!(self, s => s.list_custom_fields().await)
+    }
+
+    /// The custom fields as a lookup set for validation.
+    pub async fn custom_field_set(&self) -> Result<CustomFieldSet, StoreError> {
+        Ok(CustomFieldSet::new(self.list_custom_fields().await?))
+    }
+
+    /// Defines a custom field; `Conflict` if the name exists (ignoring case).
+    pub async fn define_custom_field(
+        &self,
+        field: &NewCustomField,
+    ) -> Result<CustomField, StoreError> {
+        dispatch!(self, s => s.define_custom_field(field).await)
+    }
+
+    /// Inserts one lead in one transaction and returns it as stored.
+    pub async fn insert_lead(&self, lead: &ValidLead, now_ms: i64) -> Result<Lead, StoreError> {
+        let ids = self
+            .insert_leads(std::slice::from_ref(lead), now_ms)
+            .await?;
+        let id = ids.first().copied().ok_or(StoreError::Corrupt("leads"))?;
+        self.get_lead(id).await
+    }
+
+    /// Inserts leads in one transaction (all or none) and returns their ids
+    /// in input order.
+    pub async fn insert_leads(
+        &self,
+        leads: &[ValidLead],
+        now_ms: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        dispatch!(self, s => s.insert_leads(leads, now_ms).await)
+    }
+
+    /// One lead with contacts, custom values and opportunities.
+    pub async fn get_lead(&self, id: i64) -> Result<Lead, StoreError> {
+        let mut leads = self.get_leads(&[id]).await?;
+        leads.pop().ok_or(StoreError::NotFound {
+            entity: Entity::Lead,
+            id: id.to_string(),
+        })
+    }
+
+    /// Leads by id, in the order of `ids`; ids with no lead are left out.
+    pub async fn get_leads(&self, ids: &[i64]) -> Result<Vec<Lead>, StoreError> {
+        dispatch!(self, s => s.get_leads(ids).await)
+    }
+
+    /// Applies a validated patch (`updated` becomes `now_ms`).
+    pub async fn update_lead(
+        &self,
+        id: i64,
+        patch: &ValidPatch,
+        now_ms: i64,
+    ) -> Result<Lead, StoreError> {
+        dispatch!(self, s => s.update_lead(id, patch, now_ms).await)?;
+        self.get_lead(id).await
+    }
+
+    /// Deletes a lead with its contacts, values and opportunities; its call
+    /// records stay with `lead_id` null.
+    pub async fn delete_lead(&self, id: i64) -> Result<(), StoreError> {
+        dispatch!(self, s => s.delete_lead(id).await)
+    }
+
+    /// Leads by id ascending after `after_id` (keyset paging), at most `limit`.
+    pub async fn list_leads(
+        &self,
+        after_id: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<Lead>, StoreError> {
+        let ids = dispatch!(self, s => s.list_lead_ids(after_id, limit).await)?;
+        self.get_leads(&ids).await
+    }
+
+    /// Number of leads.
+    pub async fn count_leads(&self) -> Result<i64, StoreError> {
+        dispatch!(self, s => s.count_leads().await)
+    }
+
+    /// Adds an opportunity to a lead.
+    pub async fn add_opportunity(
+        &self,
+        lead_id: i64,
+        opp: &ValidOpportunity,
+        now_ms: i64,
+    ) -> Result<Opportunity, StoreError> {
+        dispatch!(self, s => s.add_opportunity(lead_id, opp, now_ms).await)
+    }
+
+    /// Stores a call and, in the same transaction, raises
+    /// `leads.last_call_ms` to `started_ms` if later (`called`,
+    /// `latest_call_created`; SPEC §4 "logged calls count … like dialer calls").
+    pub async fn insert_call(&self, call: &NewCall) -> Result<CallRecord, StoreError> {
+        dispatch!(self, s => s.insert_call(call).await)
+    }
+
+    /// Records how a stored call ended (answer time, end, outcome, status).
+    pub async fn finish_call(&self, id: i64, end: &CallEnd) -> Result<CallRecord, StoreError> {
+        dispatch!(self, s => s.finish_call(id, end).await)
+    }
+
+    /// One call record.
+    pub async fn get_call(&self, id: i64) -> Result<CallRecord, StoreError> {
+        dispatch!(self, s => s.get_call(id).await)
+    }
+
+    /// Call records matching `filter`, oldest first (`started`, then id),
+    /// after `after` (keyset paging), at most `limit`.
+    pub async fn list_calls(
+        &self,
+        filter: CallFilter,
+        after: Option<CallCursor>,
+        limit: u32,
+    ) -> Result<Vec<CallRecord>, StoreError> {
+        dispatch!(self, s => s.list_calls(filter, after, limit).await)
+    }
+
+    /// Stores a Smart View's name and query text.
+    pub async fn create_smart_view(
+        &self,
+        view: &NewSmartView,
+        now_ms: i64,
+    ) -> Result<SmartView, StoreError> {
+        dispatch!(self, s => s.create_smart_view(view, now_ms).await)
+    }
+
+    /// One Smart View.
+    pub async fn get_smart_view(&self, id: i64) -> Result<SmartView, StoreError> {
+        dispatch!(self, s => s.get_smart_view(id).await)
+    }
+
+    /// All Smart Views by id.
+    pub async fn list_smart_views(&self) -> Result<Vec<SmartView>, StoreError> {
+        dispatch!(self, s => s.list_smart_views().await)
+    }
+
+    /// Adds or refreshes a binding (RFC 3261 §10.3 step 7), keyed by
+    /// `(aor, contact)`.
+    pub async fn upsert_registration(&self, reg: &Registration) -> Result<(), StoreError> {
+        dispatch!(self, s => s.upsert_registration(reg).await)
+    }
+
+    /// Removes one binding (`Expires: 0` on a Contact); whether it existed.
+    pub async fn delete_registration(&self, aor: &str, contact: &str) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.delete_registration(aor, contact).await)
+    }
+
+    /// Removes every binding of an AOR (`Contact: *`, RFC 3261 §10.3 step 6);
+    /// how many.
+    pub async fn delete_registrations(&self, aor: &str) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.delete_registrations(aor).await)
+    }
+
+    /// Removes bindings that expired at or before `now_ms`; how many.
+    pub async fn delete_expired_registrations(&self, now_ms: i64) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.delete_expired_registrations(now_ms).await)
+    }
+
+    /// Every stored binding, for the registrar to load at start.
+    pub async fn load_registrations(&self) -> Result<Vec<Registration>, StoreError> {
+        dispatch!(self, s => s.load_registrations().await)
+    }
+}
+
+/// A bare PostgreSQL pool (no migrations) for administrative statements
+/// such as creating a test's schema.
+pub async fn connect_admin_pg(url: &str) -> Result<sqlx::PgPool, StoreError> {
+    Ok(sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await?)
+}

@@ -1,0 +1,197 @@
+//! CSV import: good rows imported, bad rows reported by line, unknown
+//! columns refuse the import, bounded batches over a large file.
+
+mod common;
+
+use powerdial::leads::import::{import_csv, ImportError, RowError};
+use powerdial::leads::model::{CustomValue, ValidationReason};
+
+const BAD_ROWS: &str = "\
+name,status,contact_name,phone,phones,custom.Lead Source,custom.Next Call Date,created
+Good One,Potential,Ann,(415) 555-0134,,Leadgen Team,2026-11-05,2025-06-01
+Bad Phone,Potential,Bob,call me maybe,,Website,,
+Wrong Type,Qualified,Cleo,415 555 0135,,Website,next tuesday,
+Bad Choice,Qualified,Dan,415 555 0136,,Cold Call,,
+Broken \"Quote,Customer,Eve,415 555 0137,,,,
+Too,Many,Cells,415 555 0138,,,,,extra
+\"Unclosed,Customer,Finn,415 555 0139,,,,
+Good Two,Bad Fit,Gail,+44 20 7946 0958,\"415 555 0140; 415-555-0141\",Referral,,2026-01-15T10:00:00Z
+
+\"Good, Three\",Customer,\"Hugo \"\"H\"\" Smith\",646.555.0142,,,,
+Bad Created,Customer,Ivy,646.555.0143,,,,last year
+,Potential,Nameless,646.555.0144,,,,
+";
+
+#[tokio::test]
+async fn bad_rows_are_reported_by_line_and_good_rows_imported() {
+    for db in common::all_dbs("bad_rows_are_reported_by_line").await {
+        let store = &db.store;
+        common::define_fixture_fields(store).await;
+        let mut progress = Vec::new();
+        let report = import_csv(
+            store,
+            BAD_ROWS.as_bytes(),
+            "US",
+            common::reference_now(),
+            |n| progress.push(n),
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.imported, 3, "{}: {report:?}", db.backend);
+        let lines: Vec<u64> = report.failed.iter().map(|f| f.line).collect();
+        assert_eq!(lines, vec![3, 4, 5, 6, 7, 8, 12, 13], "{report:#?}");
+        assert_eq!(report.failed_total, 8);
+        let reason = |line: u64| {
+            &report
+                .failed
+                .iter()
+                .find(|f| f.line == line)
+                .unwrap()
+                .reason
+        };
+        assert!(
+            matches!(reason(3), RowError::Invalid { column, reason: ValidationReason::Phone(_) } if column == "phone")
+        );
+        assert!(matches!(
+            reason(4),
+            RowError::Invalid {
+                reason: ValidationReason::WrongType { .. },
+                ..
+            }
+        ));
+        assert!(matches!(
+            reason(5),
+            RowError::Invalid {
+                reason: ValidationReason::NotAChoice { .. },
+                ..
+            }
+        ));
+        assert!(matches!(reason(6), RowError::BrokenQuoting(_)));
+        assert!(matches!(
+            reason(7),
+            RowError::ColumnCount {
+                expected: 8,
+                got: 9
+            }
+        ));
+        assert!(matches!(reason(8), RowError::BrokenQuoting(_)));
+        assert!(matches!(reason(12), RowError::Invalid { column, .. } if column == "created"));
+        assert!(
+            matches!(reason(13), RowError::Invalid { column, reason: ValidationReason::Empty } if column == "name")
+        );
+        // The report serialises with readable reasons.
+        let json = serde_json::to_value(&report).unwrap();
+        assert!(json["failed"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("phone"));
+        assert_eq!(progress.last().copied(), Some(11));
+
+        let leads = store.list_leads(None, 100).await.unwrap();
+        let names: Vec<&str> = leads.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, vec!["Good One", "Good Two", "Good, Three"]);
+        let two = &leads[1];
+        let phones: Vec<&str> = two.contacts[0].phones.iter().map(|p| p.as_str()).collect();
+        assert_eq!(
+            phones,
+            vec!["+442079460958", "+14155550140", "+14155550141"]
+        );
+        assert_eq!(two.created.to_rfc3339(), "2026-01-15T10:00:00+00:00");
+        assert_eq!(
+            leads[0].custom["Lead Source"],
+            CustomValue::Text("Leadgen Team".into())
+        );
+        assert_eq!(leads[2].contacts[0].name, "Hugo \"H\" Smith");
+        // No `created` column value: created at the import's now.
+        assert_eq!(leads[2].created, common::reference_now());
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn unknown_column_refuses_the_whole_import() {
+    let db = common::sqlite_db().await;
+    common::define_fixture_fields(&db.store).await;
+    let csv = "name,phone,emial\nAcme,415 555 0134,a@b.c\n";
+    let err = import_csv(
+        &db.store,
+        csv.as_bytes(),
+        "US",
+        common::reference_now(),
+        |_| {},
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, ImportError::UnknownColumn(c) if c == "emial"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("emial"));
+    let err = import_csv(
+        &db.store,
+        "name,custom.Budget\nAcme,5\n".as_bytes(),
+        "US",
+        common::reference_now(),
+        |_| {},
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, ImportError::UnknownCustomField(_)));
+    let err = import_csv(
+        &db.store,
+        "".as_bytes(),
+        "US",
+        common::reference_now(),
+        |_| {},
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, ImportError::Empty));
+    assert_eq!(db.store.count_leads().await.unwrap(), 0);
+}
+
+/// A generated file several batches long: every row stored, progress
+/// reported per batch, bad rows in later batches still found by line.
+#[tokio::test]
+async fn large_import_streams_in_batches() {
+    let db = common::sqlite_db().await;
+    let rows = 5_500u64;
+    let mut csv = String::from("name,phone\n");
+    for i in 0..rows {
+        if i == 4_321 {
+            csv.push_str("Broken,not-a-number\n");
+        } else {
+            csv.push_str(&format!("Lead {i},(415) 555-{:04}\n", i % 10_000));
+        }
+    }
+    let mut calls = Vec::new();
+    let report = import_csv(
+        &db.store,
+        std::io::Cursor::new(csv.into_bytes()),
+        "US",
+        common::reference_now(),
+        |n| calls.push(n),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.imported, rows - 1);
+    assert_eq!(report.failed.len(), 1);
+    assert_eq!(report.failed[0].line, 4_321 + 2);
+    assert_eq!(calls, vec![1000, 2000, 3000, 4000, 5000, 5500]);
+    assert_eq!(db.store.count_leads().await.unwrap() as u64, rows - 1);
+}
+
+#[tokio::test]
+async fn import_csv_file_reads_the_fixture() {
+    let db = common::sqlite_db().await;
+    common::define_fixture_fields(&db.store).await;
+    let report =
+        powerdial::leads::import_csv_file(&db.store, common::fixture("leads.csv"), "US", |_| {})
+            .await
+            .unwrap();
+    assert!(report.imported >= 60);
+    assert_eq!(report.failed_total, 0, "{:?}", report.failed);
+    let missing =
+        powerdial::leads::import_csv_file(&db.store, "/nonexistent/x.csv", "US", |_| {}).await;
+    assert!(matches!(missing, Err(ImportError::Io(_))));
+}

@@ -1,0 +1,392 @@
+//! Store CRUD on both backends (SQLite always; PostgreSQL when
+//! POWERDIAL_TEST_DATABASE_URL is set).
+
+mod common;
+
+use powerdial::leads::model::{
+    parse_time, time_to_ms, CallEnd, CallOutcome, CustomFieldKind, CustomValue, LeadPatch, NewCall,
+    NewCustomField, NewLead, NewSmartView, Registration,
+};
+use powerdial::store::{CallFilter, Entity, Store, StoreError};
+use serde_json::json;
+
+fn now_ms() -> i64 {
+    time_to_ms(common::reference_now())
+}
+
+async fn seed_fields(store: &Store) {
+    common::define_fixture_fields(store).await;
+    store
+        .define_custom_field(&NewCustomField {
+            name: "Seats".into(),
+            kind: CustomFieldKind::Number,
+            choices: vec![],
+        })
+        .await
+        .unwrap();
+}
+
+fn new_lead(v: serde_json::Value) -> NewLead {
+    serde_json::from_value(v).unwrap()
+}
+
+async fn crud(store: &Store, backend: &str) {
+    seed_fields(store).await;
+    // Duplicate custom field names conflict, ignoring case.
+    let dup = store
+        .define_custom_field(&NewCustomField {
+            name: "lead source".into(),
+            kind: CustomFieldKind::Text,
+            choices: vec![],
+        })
+        .await;
+    assert!(
+        matches!(dup, Err(StoreError::Conflict(Entity::CustomField))),
+        "{backend}: {dup:?}"
+    );
+    assert_eq!(store.list_custom_fields().await.unwrap().len(), 3);
+
+    let fields = store.custom_field_set().await.unwrap();
+    let lead = new_lead(json!({
+        "name": "Acme",
+        "status": "Potential",
+        "created": "2025-06-01T08:00:00Z",
+        "contacts": [
+            {"name": "Ann", "phones": ["(415) 555-0134", "+1 212 555 0199"]},
+            {"name": "Bob", "phones": []}
+        ],
+        "custom": {"Lead Source": "Leadgen Team", "Next Call Date": "2026-11-05", "Seats": 12},
+        "opportunities": [{"status_type": "Lost", "created": "2026-03-01", "value": 1200.5}]
+    }))
+    .validate(&fields, "US", common::reference_now())
+    .unwrap();
+    let stored = store.insert_lead(&lead, now_ms()).await.unwrap();
+    assert_eq!(stored.name, "Acme");
+    assert_eq!(stored.created, parse_time("2025-06-01T08:00:00Z").unwrap());
+    assert_eq!(stored.contacts.len(), 2, "{backend}");
+    assert_eq!(stored.contacts[0].phones[0].as_str(), "+14155550134");
+    assert_eq!(stored.contacts[0].phones[1].as_str(), "+12125550199");
+    assert!(stored.contacts[1].phones.is_empty());
+    assert_eq!(stored.first_phone().unwrap().as_str(), "+14155550134");
+    assert_eq!(
+        stored.custom["Lead Source"],
+        CustomValue::Text("Leadgen Team".into())
+    );
+    assert_eq!(stored.custom["Seats"], CustomValue::Number(12.0));
+    assert_eq!(
+        serde_json::to_value(&stored).unwrap()["custom"]["Next Call Date"],
+        "2026-11-05"
+    );
+    assert_eq!(stored.opportunities.len(), 1);
+    assert_eq!(stored.opportunities[0].value, Some(1200.5));
+
+    // Batch insert: all in one transaction, ids in order.
+    let batch: Vec<_> = (0..25)
+        .map(|i| {
+            new_lead(json!({"name": format!("Lead {i}"), "contacts": [{"phones": [format!("415 555 01{i:02}")]}]}))
+                .validate(&fields, "US", common::reference_now())
+                .unwrap()
+        })
+        .collect();
+    let ids = store.insert_leads(&batch, now_ms()).await.unwrap();
+    assert_eq!(ids.len(), 25);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(store.count_leads().await.unwrap(), 26);
+    let got = store
+        .get_leads(&[ids[3], stored.id, 999_999])
+        .await
+        .unwrap();
+    assert_eq!(
+        got.iter().map(|l| l.id).collect::<Vec<_>>(),
+        vec![ids[3], stored.id]
+    );
+
+    // Keyset paging covers every lead once.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.list_leads(after, 10).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|l| l.id);
+        seen.extend(page.into_iter().map(|l| l.id));
+    }
+    assert_eq!(seen.len(), 26);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]));
+
+    // Patch: merge custom (null removes), replace contacts, keep the rest.
+    let patch: LeadPatch = serde_json::from_value(json!({
+        "status": "Customer",
+        "contacts": [{"name": "Cleo", "phones": ["646.555.0100"]}],
+        "custom": {"Seats": null, "Lead Source": "website"}
+    }))
+    .unwrap();
+    let p = patch
+        .validate(&fields, "US", common::reference_now())
+        .unwrap();
+    let later = now_ms() + 60_000;
+    let updated = store.update_lead(stored.id, &p, later).await.unwrap();
+    assert_eq!(updated.status, "Customer");
+    assert_eq!(updated.name, "Acme");
+    assert_eq!(updated.contacts.len(), 1);
+    assert_eq!(updated.contacts[0].phones[0].as_str(), "+16465550100");
+    assert!(!updated.custom.contains_key("Seats"));
+    assert_eq!(
+        updated.custom["Lead Source"],
+        CustomValue::Text("Website".into())
+    );
+    assert!(updated.custom.contains_key("Next Call Date"));
+    assert_eq!(updated.updated.timestamp_millis(), later);
+    assert_eq!(updated.opportunities.len(), 1);
+    assert!(matches!(
+        store.update_lead(999_999, &p, later).await,
+        Err(StoreError::NotFound {
+            entity: Entity::Lead,
+            ..
+        })
+    ));
+
+    // Calls keep leads.last_call_ms at the maximum start, in order or not.
+    assert_eq!(common::last_call_ms(store, stored.id).await, None);
+    let call = |started_ms: i64, session: Option<i64>| NewCall {
+        session_id: session,
+        lead_id: Some(stored.id),
+        agent: Some("alice".into()),
+        number: "+14155550134".into(),
+        started_ms,
+        answered_ms: None,
+        ended_ms: None,
+        outcome: None,
+        sip_status: None,
+        ring_ms: None,
+    };
+    let c1 = store
+        .insert_call(&call(now_ms() - 10_000, Some(7)))
+        .await
+        .unwrap();
+    assert_eq!(
+        common::last_call_ms(store, stored.id).await,
+        Some(now_ms() - 10_000)
+    );
+    store
+        .insert_call(&call(now_ms() - 90_000, None))
+        .await
+        .unwrap();
+    assert_eq!(
+        common::last_call_ms(store, stored.id).await,
+        Some(now_ms() - 10_000)
+    );
+    store.insert_call(&call(now_ms(), Some(7))).await.unwrap();
+    assert_eq!(common::last_call_ms(store, stored.id).await, Some(now_ms()));
+    let done = store
+        .finish_call(
+            c1.id,
+            &CallEnd {
+                answered_ms: Some(now_ms() - 5_000),
+                ended_ms: Some(now_ms() - 1_000),
+                outcome: Some(CallOutcome::Answered),
+                sip_status: Some(200),
+                ring_ms: Some(5_000),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.outcome, Some(CallOutcome::Answered));
+    assert_eq!(done.sip_status, Some(200));
+    let by_lead = store
+        .list_calls(
+            CallFilter {
+                session_id: None,
+                lead_id: Some(stored.id),
+            },
+            None,
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(by_lead.len(), 3);
+    assert!(
+        by_lead
+            .windows(2)
+            .all(|w| w[0].started_at <= w[1].started_at),
+        "oldest first"
+    );
+    let by_session = store
+        .list_calls(
+            CallFilter {
+                session_id: Some(7),
+                lead_id: None,
+            },
+            None,
+            1,
+        )
+        .await
+        .unwrap();
+    assert_eq!(by_session.len(), 1);
+    let next = store
+        .list_calls(
+            CallFilter {
+                session_id: Some(7),
+                lead_id: None,
+            },
+            Some((
+                by_session[0].started_at.timestamp_millis(),
+                by_session[0].id,
+            )),
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(next.len(), 1);
+    assert!(next[0].started_at > by_session[0].started_at);
+    let missing = store
+        .insert_call(&NewCall {
+            lead_id: Some(999_999),
+            ..call(now_ms(), None)
+        })
+        .await;
+    assert!(
+        matches!(
+            missing,
+            Err(StoreError::NotFound {
+                entity: Entity::Lead,
+                ..
+            })
+        ),
+        "{backend}: {missing:?}"
+    );
+
+    // Delete cascades, calls stay with no lead.
+    store.delete_lead(stored.id).await.unwrap();
+    assert!(matches!(
+        store.get_lead(stored.id).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.delete_lead(stored.id).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    let orphan = store.get_call(c1.id).await.unwrap();
+    assert_eq!(orphan.lead_id, None);
+
+    // Smart Views.
+    let v = store
+        .create_smart_view(
+            &NewSmartView {
+                name: "Potential".into(),
+                query: "lead_status:\"Potential\" opportunities:0".into(),
+            },
+            now_ms(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.get_smart_view(v.id).await.unwrap(), v);
+    assert_eq!(store.list_smart_views().await.unwrap(), vec![v.clone()]);
+    assert!(matches!(
+        store.get_smart_view(v.id + 1).await,
+        Err(StoreError::NotFound { .. })
+    ));
+
+    // Registrations: upsert, refresh, delete one, delete all, expire.
+    let reg = |contact: &str, expires_ms: i64, cseq: i64| Registration {
+        aor: "alice".into(),
+        contact: contact.into(),
+        expires_ms,
+        call_id: "abc@host".into(),
+        cseq,
+        q: Some(0.5),
+        transport: "udp".into(),
+        source: "127.0.0.1:5062".into(),
+    };
+    store
+        .upsert_registration(&reg("sip:alice@127.0.0.1:5062", 1_000, 1))
+        .await
+        .unwrap();
+    store
+        .upsert_registration(&reg("sip:alice@127.0.0.1:5062", 2_000, 2))
+        .await
+        .unwrap();
+    store
+        .upsert_registration(&reg("sip:alice@10.0.0.2:5060", 500, 1))
+        .await
+        .unwrap();
+    let all = store.load_registrations().await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(
+        all.iter()
+            .find(|r| r.contact.contains("5062"))
+            .unwrap()
+            .cseq,
+        2
+    );
+    assert_eq!(store.delete_expired_registrations(600).await.unwrap(), 1);
+    assert!(store
+        .delete_registration("alice", "sip:alice@127.0.0.1:5062")
+        .await
+        .unwrap());
+    assert!(!store
+        .delete_registration("alice", "sip:alice@127.0.0.1:5062")
+        .await
+        .unwrap());
+    store
+        .upsert_registration(&reg("sip:a@x", 5_000, 3))
+        .await
+        .unwrap();
+    store
+        .upsert_registration(&reg("sip:b@x", 5_000, 3))
+        .await
+        .unwrap();
+    assert_eq!(store.delete_registrations("alice").await.unwrap(), 2);
+    assert!(store.load_registrations().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn store_crud_on_every_backend() {
+    for db in common::all_dbs("store_crud_on_every_backend").await {
+        let backend = db.backend;
+        crud(&db.store, backend).await;
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn reopening_keeps_data_and_migrations_are_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/data/pd.db", dir.path().display());
+    let store = powerdial::store::connect(&url).await.unwrap();
+    store
+        .define_custom_field(&NewCustomField {
+            name: "X".into(),
+            kind: CustomFieldKind::Text,
+            choices: vec![],
+        })
+        .await
+        .unwrap();
+    store.close().await;
+    let again = powerdial::store::connect(&url).await.unwrap();
+    assert_eq!(again.list_custom_fields().await.unwrap().len(), 1);
+    assert!(matches!(
+        powerdial::store::connect("mysql://x").await,
+        Err(StoreError::BadUrl(_))
+    ));
+}
+
+#[tokio::test]
+async fn fixtures_load_on_every_backend() {
+    for db in common::all_dbs("fixtures_load_on_every_backend").await {
+        let ids = common::load_fixtures(&db.store).await;
+        assert!(ids.len() >= 60, "{}: {} leads", db.backend, ids.len());
+        let acme = db.store.get_lead(ids["Acme Corp 01"]).await.unwrap();
+        assert_eq!(acme.contacts[0].phones.len(), 2);
+        assert_eq!(
+            acme.custom["Lead Source"],
+            CustomValue::Text("Leadgen Team".into())
+        );
+        // Globex was called an hour or two before the reference instant.
+        let globex = ids["Globex Corp 02"];
+        let last = common::last_call_ms(&db.store, globex).await.unwrap();
+        assert!(now_ms() - last <= 3 * 3_600_000);
+        db.cleanup().await;
+    }
+}
