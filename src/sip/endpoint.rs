@@ -245,15 +245,19 @@ impl Endpoint {
     /// When to call [`Self::handle_timeout`]: the earliest of the
     /// transaction deadlines and the next binding expiry.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let expiry = self.registrar.next_expiry().map(|at| match self.anchor {
-            Some((now, wall)) => match at.duration_since(wall) {
-                Ok(left) => now + left,
-                Err(_) => now,
-            },
-            // Bindings loaded before any input: fire at once to learn the
-            // wall clock and drop the ones that lapsed while we were down.
-            None => self.created,
-        });
+        let expiry = self
+            .registrar
+            .next_expiry()
+            .and_then(|at| match self.anchor {
+                // A persisted expiry beyond what `Instant` holds never fires.
+                Some((now, wall)) => match at.duration_since(wall) {
+                    Ok(left) => now.checked_add(left),
+                    Err(_) => Some(now),
+                },
+                // Bindings loaded before any input: fire at once to learn the
+                // wall clock and drop the ones that lapsed while we were down.
+                None => Some(self.created),
+            });
         match (self.transactions.poll_timeout(), expiry) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -1540,6 +1544,36 @@ CSeq: 1 OPTIONS\r\n\
 Content-Length: 0\r\n\r\n",
         );
         assert_eq!(codes(&rs), [200]);
+    }
+
+    proptest::proptest! {
+        /// No input panics the endpoint or makes it originate anything;
+        /// each gets at most one final response.
+        #[test]
+        fn arbitrary_input_never_panics(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            value in "\\PC{0,40}",
+            which in 0usize..9,
+        ) {
+            let (mut ep, clock) = setup();
+            let peer = udp(PHONE);
+            ep.handle_datagram(clock.now, clock.wall, peer, &bytes);
+            let _ = drain(&mut ep, peer);
+            // A valid REGISTER with one header value replaced by noise.
+            let names = ["Via", "From", "To", "Call-ID", "CSeq", "Contact", "Expires",
+                         "Authorization", "Max-Forwards"];
+            let mut text = String::new();
+            for line in register(1, "alice", "Expires: 60\r\nAuthorization: Digest x\r\n").split("\r\n") {
+                match line.split_once(':') {
+                    Some((n, _)) if n == names[which] => text.push_str(&format!("{n}: {value}")),
+                    _ => text.push_str(line),
+                }
+                text.push_str("\r\n");
+            }
+            ep.handle_datagram(clock.now, clock.wall, peer, text.as_bytes());
+            let rs = drain(&mut ep, peer);
+            proptest::prop_assert!(rs.iter().filter(|r| r.status_code.code() != 100).count() <= 1);
+        }
     }
 
     #[test]
