@@ -508,6 +508,10 @@ pub enum Rejection {
     /// The digest-uri is not the Request-URI (RFC 2617 §3.2.2.5).
     #[error("digest uri does not match the Request-URI")]
     UriMismatch,
+    /// Credentials for an algorithm we do not offer (no downgrade to MD5
+    /// when only SHA-256 is configured, RFC 8760 §2.4).
+    #[error("algorithm not offered")]
+    AlgorithmNotOffered,
     /// Unknown user or wrong password: indistinguishable on purpose.
     #[error("wrong credentials")]
     WrongCredentials,
@@ -559,6 +563,8 @@ pub struct DigestVerifier {
     floor_serial: u64,
     max_tracked: usize,
     lifetime: Duration,
+    /// The algorithms challenged with, most preferred first.
+    offered: Vec<Algorithm>,
 }
 
 impl fmt::Debug for DigestVerifier {
@@ -592,6 +598,24 @@ impl DigestVerifier {
             floor_serial: 0,
             max_tracked: MAX_TRACKED_NONCES,
             lifetime: NONCE_LIFETIME,
+            offered: vec![Algorithm::Sha256, Algorithm::Md5],
+        }
+    }
+
+    /// The algorithms to challenge with and accept, most preferred first
+    /// (RFC 8760 §2.4; default SHA-256 then MD5). Deployments with MD5-only
+    /// phones that give up on any SHA-256 challenge (libre 1.x, SIPp 3.6)
+    /// pass `[Md5]`; credentials for an algorithm not offered are refused
+    /// (no downgrade). An empty list keeps the current one.
+    pub fn set_algorithms(&mut self, algorithms: &[Algorithm]) {
+        let mut offered: Vec<Algorithm> = Vec::new();
+        for a in algorithms {
+            if !offered.contains(a) {
+                offered.push(*a);
+            }
+        }
+        if !offered.is_empty() {
+            self.offered = offered;
         }
     }
 
@@ -670,19 +694,23 @@ impl DigestVerifier {
         Some((u64::from_be_bytes(ms), u64::from_be_bytes(serial)))
     }
 
-    /// The two challenge values to send, SHA-256 first then MD5 (RFC 8760
-    /// §2.4: in order of preference), both `qop="auth"` with one new nonce
-    /// each (RFC 7616 §3.7).
-    pub fn challenges(&mut self, now: Instant, stale: bool) -> [Challenge; 2] {
-        [Algorithm::Sha256, Algorithm::Md5].map(|algorithm| Challenge {
-            realm: self.realm.clone(),
-            nonce: self.new_nonce(now),
-            algorithm,
-            qop_auth: true,
-            qop_present: true,
-            opaque: None,
-            stale,
-        })
+    /// The challenge values to send, one per offered algorithm (by default
+    /// SHA-256 then MD5: RFC 8760 §2.4, in order of preference), each
+    /// `qop="auth"` with its own new nonce (RFC 7616 §3.7).
+    pub fn challenges(&mut self, now: Instant, stale: bool) -> Vec<Challenge> {
+        let offered = self.offered.clone();
+        offered
+            .into_iter()
+            .map(|algorithm| Challenge {
+                realm: self.realm.clone(),
+                nonce: self.new_nonce(now),
+                algorithm,
+                qop_auth: true,
+                qop_present: true,
+                opaque: None,
+                stale,
+            })
+            .collect()
     }
 
     /// [`Self::challenges`] as headers: `WWW-Authenticate` for a 401, or
@@ -767,6 +795,9 @@ impl DigestVerifier {
     ) -> Result<String, Rejection> {
         if c.realm != self.realm {
             return Err(Rejection::Missing);
+        }
+        if !self.offered.contains(&c.algorithm) {
+            return Err(Rejection::AlgorithmNotOffered);
         }
         let (issued_ms, serial) = self.open_nonce(&c.nonce).ok_or(Rejection::UnknownNonce)?;
         if !same_target(&c.uri, request_uri) {

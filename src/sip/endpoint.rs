@@ -38,7 +38,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use super::dialog::{DialogSet, NameAddr, RequestMatch};
-use super::digest::{DigestVerifier, Rejection};
+use super::digest::{Algorithm, DigestVerifier, Rejection};
 use super::message::{self, check_request, response_to, Inspected};
 use super::registrar::{Binding, Registrar};
 use super::syntax::headers::untyped;
@@ -280,6 +280,15 @@ impl Endpoint {
     /// 3261 §12); in-dialog requests are matched against them.
     pub fn dialogs(&mut self) -> &mut DialogSet {
         &mut self.dialogs
+    }
+
+    /// The digest algorithms agents are challenged with, most preferred
+    /// first (RFC 8760 §2.4; default SHA-256 then MD5). See
+    /// [`DigestVerifier::set_algorithms`]: MD5-only phones such as baresip
+    /// 1.0 (libre 1.x) refuse a 401 that offers SHA-256 at all, and SIPp 3.6
+    /// answers only the first challenge.
+    pub fn set_digest_algorithms(&mut self, algorithms: &[Algorithm]) {
+        self.verifier.set_algorithms(algorithms);
     }
 
     /// A fresh RFC 3261 branch from the endpoint's seeded RNG (§8.1.1.7).
@@ -930,6 +939,60 @@ Content-Length: 0\r\n\r\n",
             })
             .collect();
         (r.status_code.code(), names, challenges)
+    }
+
+    #[test]
+    fn md5_only_deployments_challenge_with_md5_alone() {
+        let (mut ep, clock) = setup();
+        ep.set_digest_algorithms(&[Algorithm::Md5]);
+        let phone = udp(PHONE);
+        let challenge = last(feed(&mut ep, &clock, phone, &register(1, "alice", "")));
+        let www = values(&challenge, "WWW-Authenticate");
+        assert_eq!(www.len(), 1);
+        assert!(www[0].contains("algorithm=MD5"));
+        let mut client = DigestClient::new("alice", "alice-secret");
+        let auth = answer(&mut client, &challenge, "c1");
+        let ok = last(feed(&mut ep, &clock, phone, &register(2, "alice", &auth)));
+        assert_eq!(ok.status_code.code(), 200);
+
+        // SHA-256 only: MD5 credentials are a downgrade and refused.
+        let (mut ep, clock) = setup();
+        let md5_challenge = challenge;
+        ep.set_digest_algorithms(&[Algorithm::Sha256]);
+        let challenge = last(feed(&mut ep, &clock, phone, &register(1, "alice", "")));
+        assert_eq!(values(&challenge, "WWW-Authenticate").len(), 1);
+        let nonce_of = |r: &Response| {
+            values(r, "WWW-Authenticate")[0]
+                .split("nonce=\"")
+                .nth(1)
+                .and_then(|v| v.split('"').next())
+                .map(str::to_string)
+                .expect("nonce")
+        };
+        let md5 = md5_challenge_with_nonce(&md5_challenge, &nonce_of(&challenge));
+        let mut client = DigestClient::new("alice", "alice-secret");
+        let auth = answer(&mut client, &md5, "c2");
+        assert!(auth.contains("algorithm=MD5"));
+        let refused = last(feed(&mut ep, &clock, phone, &register(2, "alice", &auth)));
+        assert_eq!(refused.status_code.code(), 401);
+    }
+
+    /// `template` (an MD5 401) with its nonce replaced by `nonce`.
+    fn md5_challenge_with_nonce(template: &Response, nonce: &str) -> Response {
+        let mut r = template.clone();
+        for h in r.headers.iter_mut() {
+            if let Header::WwwAuthenticate(w) = h {
+                let v = w.value().to_string();
+                let old = v
+                    .split("nonce=\"")
+                    .nth(1)
+                    .and_then(|x| x.split('"').next())
+                    .unwrap_or("")
+                    .to_string();
+                *h = Header::WwwAuthenticate(untyped::WwwAuthenticate::new(v.replace(&old, nonce)));
+            }
+        }
+        r
     }
 
     #[test]
