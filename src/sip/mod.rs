@@ -7,6 +7,12 @@
 use std::fmt;
 use std::net::SocketAddr;
 
+pub mod dialog;
+pub mod digest;
+pub mod message;
+pub mod registrar;
+pub mod transaction;
+pub mod transport;
 
 pub use rsipstack::sip as syntax;
 
