@@ -714,7 +714,7 @@ impl DigestVerifier {
         } else {
             syntax::StatusCode::Unauthorized
         };
-        let mut r = super::registrar::reply(request, status);
+        let mut r = super::message::response_to(request, status.code(), "");
         let at = r
             .headers
             .iter()

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 
 pub mod dialog;
 pub mod digest;
+pub mod endpoint;
 pub mod message;
 pub mod registrar;
 pub mod transaction;

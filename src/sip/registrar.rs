@@ -9,9 +9,8 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sha2::{Digest as _, Sha256};
-
 use super::dialog::{NameAddr, NameAddrError};
+use super::message::response_to;
 use super::syntax::{self, Header, HeadersExt, StatusCode};
 use super::{Peer, TransportKind};
 
@@ -156,7 +155,7 @@ impl RegisterError {
 
     /// The full response to `request` (423 carries `Min-Expires`, RFC 3261 §20.23).
     pub fn response(&self, request: &syntax::Request) -> syntax::Response {
-        let mut r = reply(request, self.status());
+        let mut r = response_to(request, self.status().code(), "");
         if let RegisterError::IntervalTooBrief { min } = self {
             insert_before_content_length(
                 &mut r,
@@ -467,41 +466,6 @@ fn top_via_has_rport(request: &syntax::Request) -> bool {
     })
 }
 
-/// A response to `request` with its Via, From, To, Call-ID and CSeq
-/// copied and a To tag added when absent (RFC 3261 §8.2.6.2); the tag is
-/// derived from the Call-ID so retransmitted requests get the same one.
-pub fn reply(request: &syntax::Request, status: StatusCode) -> syntax::Response {
-    let mut headers = Vec::new();
-    for h in request.headers.iter() {
-        match h {
-            Header::Via(_) | Header::From(_) | Header::CallId(_) | Header::CSeq(_) => {
-                headers.push(h.clone())
-            }
-            Header::To(to) => {
-                let tagged = NameAddr::parse(to.value()).is_ok_and(|a| a.tag().is_some());
-                let value = if tagged || status.code() == 100 {
-                    to.value().to_string()
-                } else {
-                    let call_id = request
-                        .call_id_header()
-                        .map(|c| c.value().to_string())
-                        .unwrap_or_default();
-                    let tag = hex::encode(&Sha256::digest(call_id.as_bytes())[..6]);
-                    format!("{};tag={tag}", to.value())
-                };
-                headers.push(Header::To(syntax::To::new(value)));
-            }
-            _ => {}
-        }
-    }
-    headers.push(Header::ContentLength(syntax::ContentLength::new("0")));
-    syntax::Response {
-        status_code: status,
-        headers: headers.into(),
-        ..Default::default()
-    }
-}
-
 fn insert_before_content_length(r: &mut syntax::Response, h: Header) {
     let pos = r
         .headers
@@ -518,7 +482,7 @@ fn ok_response(
     bindings: &[Binding],
     now: SystemTime,
 ) -> syntax::Response {
-    let mut r = reply(request, StatusCode::OK);
+    let mut r = response_to(request, 200, "");
     for b in bindings {
         let mut value = format!("<{}>;expires={}", b.contact, b.remaining(now));
         if let Some(q) = b.q {

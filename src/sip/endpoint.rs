@@ -1,0 +1,1609 @@
+//! The SIP endpoint: powerdial's front door, sans-IO (RFC 3261 §8.2, §18.2,
+//! SPEC §5, issue 2 item 7).
+//!
+//! One [`Endpoint`] ties the SIP cores together: every inbound message goes
+//! through [`message::inspect`], the transaction table, then the TU logic
+//! here (OPTIONS, REGISTER with digest, CANCEL, in-dialog requests, the
+//! refusals). It reads no clock and no OS RNG: `now` (monotonic) and `wall`
+//! (wall clock, for binding expiry) come with every input, the RNG seed at
+//! construction. Drain [`Endpoint::poll_transmit`] and
+//! [`Endpoint::poll_event`] after every input and sleep until
+//! [`Endpoint::poll_timeout`] (DESIGN.md "The core API shape").
+//!
+//! Decisions:
+//! - Responses go back to the source address of the request (the [`Peer`]
+//!   it arrived from), not to the Via's sent-by: the NAT-friendly choice
+//!   of RFC 3581 applied to every request, so phones behind NAT get their
+//!   answers whether or not they asked for `rport`. The top Via still gets
+//!   `received`/`rport` (RFC 3261 §18.2.1, RFC 3581 §4) so the phone learns
+//!   its public address.
+//! - A REGISTER is authenticated first (§10.3 step 3); then a Request-URI
+//!   host that is not one of ours gets 403 (we are no proxy that could
+//!   forward it, §10.3 step 1) and a To naming a foreign domain gets 404
+//!   (§10.3 step 4). Checking after the challenge tells a stranger nothing
+//!   about the domains we serve, and RFC 4475 `regaut01` gets its 401.
+//! - Every out-of-dialog INVITE must carry valid digest credentials
+//!   (agents) or come from a configured trunk's IP address: a registered
+//!   source address alone is not trusted (UDP sources can be forged). Until
+//!   the call engine exists, even those get 403 ([`CALLS_BY_DIALER`]).
+//! - Transaction events the endpoint does not answer itself (client
+//!   transactions, server timeouts) are kept for the call engine in
+//!   [`Endpoint::poll_transaction_event`].
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::IpAddr;
+use std::time::{Instant, SystemTime};
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use super::dialog::{DialogSet, NameAddr, RequestMatch};
+use super::digest::{DigestVerifier, Rejection};
+use super::message::{self, check_request, response_to, Inspected};
+use super::registrar::{Binding, Registrar};
+use super::syntax::headers::untyped;
+use super::syntax::{Header, HeadersExt, Method, Request, Response, SipMessage};
+use super::transaction::{new_branch, Event, ServerKey, TimerConfig, TransactionTable};
+use super::{Peer, Transmit};
+use crate::config::AgentConfig;
+
+/// The methods powerdial implements, for `Allow` in 200 to OPTIONS, 405
+/// and 501 (RFC 3261 §20.5, §8.2.1, §11.2).
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, REGISTER";
+
+/// The reason given (as a `Warning`) when an authenticated agent or a trunk
+/// sends an INVITE: powerdial originates every call itself (SPEC §1).
+pub const CALLS_BY_DIALER: &str = "Calls are placed by the dialer";
+
+/// The agent name in the `Warning` headers we add (RFC 3261 §20.43), as the
+/// message module does for its rejects.
+const WARN_AGENT: &str = "powerdial";
+
+/// What the endpoint needs to know about its own identity and limits.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// The SIP domain: the digest realm of the agents (SPEC §4 `domain`).
+    pub domain: String,
+    /// Every name powerdial answers for: the domain, the listen IPs (and
+    /// `ip:port`), `localhost`. A Request-URI host outside this list with
+    /// Max-Forwards 0 gets 483; a REGISTER for it gets 403.
+    pub local_domains: Vec<String>,
+    /// The transaction timers (T1, T2, T4; RFC 3261 §17).
+    pub timers: TimerConfig,
+    /// The largest message accepted (bigger: 413 or dropped, SPEC §5).
+    pub max_message_size: usize,
+    /// Source IPs of the configured trunks: their INVITEs are not
+    /// challenged (a carrier does not answer digest challenges).
+    pub trunk_sources: Vec<IpAddr>,
+}
+
+/// What the endpoint tells its driver.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EndpointEvent {
+    /// The bindings of one agent changed (a REGISTER or an expiry, RFC
+    /// 3261 §10.3): the driver persists exactly these rows so a restart
+    /// keeps the bindings (issue 2 item 6).
+    BindingsChanged {
+        /// The agent (address-of-record user).
+        aor: String,
+        /// Bindings added or refreshed: insert or update.
+        upserted: Vec<Binding>,
+        /// Bindings gone (unregistered or expired): delete.
+        removed: Vec<Binding>,
+    },
+}
+
+/// The sans-IO SIP endpoint (RFC 3261 §8.2 UAS core, §10.3 registrar,
+/// §17 transactions below it). See the module docs for the decisions.
+pub struct Endpoint {
+    cfg: EndpointConfig,
+    transactions: TransactionTable,
+    registrar: Registrar,
+    verifier: DigestVerifier,
+    dialogs: DialogSet,
+    rng: StdRng,
+    /// When the endpoint was made: the first deadline when bindings were
+    /// loaded before any input told us the wall clock.
+    created: Instant,
+    /// The last `(now, wall)` pair seen: maps the registrar's wall-clock
+    /// expiries onto the monotonic clock of `poll_timeout`.
+    anchor: Option<(Instant, SystemTime)>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<EndpointEvent>,
+    transaction_events: VecDeque<Event>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    /// Short: the verifier holds credentials and is not printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("domain", &self.cfg.domain)
+            .field("transactions", &self.transactions.len())
+            .field("dialogs", &self.dialogs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Endpoint {
+    /// An endpoint for `cfg.domain` whose agents are `agents` (their
+    /// passwords become HA1 at once, RFC 8760 §2.1); `secret` keys the
+    /// stateless nonces (RFC 7616 §3.3), `seed` the RNG for branches.
+    pub fn new(
+        cfg: EndpointConfig,
+        agents: &[AgentConfig],
+        secret: [u8; 32],
+        seed: [u8; 32],
+        now: Instant,
+    ) -> Self {
+        let mut verifier = DigestVerifier::new(cfg.domain.clone(), secret, now);
+        for a in agents {
+            verifier.set_password(&a.username, &a.password);
+        }
+        Endpoint {
+            transactions: TransactionTable::new(cfg.timers),
+            cfg,
+            registrar: Registrar::new(),
+            verifier,
+            dialogs: DialogSet::new(),
+            rng: StdRng::from_seed(seed),
+            created: now,
+            anchor: None,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            transaction_events: VecDeque::new(),
+        }
+    }
+
+    /// Restores persisted bindings after a restart (issue 2 item 6).
+    pub fn load_bindings(&mut self, bindings: Vec<Binding>) {
+        self.registrar.load(bindings);
+    }
+
+    /// One message from the network: a UDP datagram or a TCP message cut
+    /// by [`message::StreamFramer`] (RFC 3261 §18.2.1, SPEC §5).
+    pub fn handle_datagram(&mut self, now: Instant, wall: SystemTime, peer: Peer, bytes: &[u8]) {
+        self.anchor = Some((now, wall));
+        match message::inspect(bytes, peer.transport, self.cfg.max_message_size) {
+            Inspected::Reject {
+                mut response,
+                reason,
+            } => {
+                tracing::debug!(%peer, %reason, code = response.status_code.code(), "rejected request");
+                fix_response_via(&mut response, peer);
+                self.send_stateless(peer, response);
+            }
+            Inspected::Drop { reason } => {
+                tracing::debug!(%peer, %reason, "dropped message");
+            }
+            Inspected::Extension(raw) => {
+                // §8.2.1: an unknown method gets 501, statelessly (we have
+                // no transaction for a method rsipstack cannot hold).
+                tracing::debug!(%peer, method = %raw.method, "extension method");
+                let mut response = raw.response(501, "Not Implemented");
+                add_header(&mut response, allow());
+                fix_response_via(&mut response, peer);
+                self.send_stateless(peer, response);
+            }
+            Inspected::Response(response) => {
+                if let Err(e) =
+                    self.transactions
+                        .handle_message(now, peer, SipMessage::Response(response))
+                {
+                    tracing::debug!(%peer, error = %e, "response not matched");
+                }
+            }
+            Inspected::Request(mut request) => {
+                fix_request_via(&mut request, peer);
+                if let Err(e) =
+                    self.transactions
+                        .handle_message(now, peer, SipMessage::Request(request))
+                {
+                    tracing::debug!(%peer, error = %e, "request refused by the transaction layer");
+                }
+            }
+        }
+        self.pump(now, wall);
+    }
+
+    /// The timer from [`Self::poll_timeout`] fired: transaction timers
+    /// (RFC 3261 §17) and registrar expiry (§10.3 step 7).
+    pub fn handle_timeout(&mut self, now: Instant, wall: SystemTime) {
+        self.anchor = Some((now, wall));
+        self.transactions.handle_timeout(now);
+        self.pump(now, wall);
+        self.expire_bindings(wall);
+    }
+
+    /// Sending to `peer` failed (RFC 3261 §17.1.4, §17.2.4).
+    pub fn handle_transport_error(&mut self, now: Instant, peer: Peer) {
+        self.transactions.handle_transport_error(now, peer);
+        // A transport error creates no new request, so the wall clock is
+        // never read by this pump; the last one seen is passed along.
+        let wall = self.anchor.map_or(SystemTime::UNIX_EPOCH, |(_, w)| w);
+        self.pump(now, wall);
+    }
+
+    /// The next message to send, in the order the cores produced them
+    /// (DESIGN.md "Order and sharding").
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.drain_table_transmits();
+        self.transmits.pop_front()
+    }
+
+    /// The next event for the driver.
+    pub fn poll_event(&mut self) -> Option<EndpointEvent> {
+        self.events.pop_front()
+    }
+
+    /// The next transaction event the endpoint did not consume itself
+    /// (client transactions' responses and timeouts, server timeouts,
+    /// stray responses): the call engine's (RFC 3261 §17 TU interface).
+    pub fn poll_transaction_event(&mut self) -> Option<Event> {
+        self.transaction_events.pop_front()
+    }
+
+    /// When to call [`Self::handle_timeout`]: the earliest of the
+    /// transaction deadlines and the next binding expiry.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let expiry = self
+            .registrar
+            .next_expiry()
+            .and_then(|at| match self.anchor {
+                // A persisted expiry beyond what `Instant` holds never fires.
+                Some((now, wall)) => match at.duration_since(wall) {
+                    Ok(left) => now.checked_add(left),
+                    Err(_) => Some(now),
+                },
+                // Bindings loaded before any input: fire at once to learn the
+                // wall clock and drop the ones that lapsed while we were down.
+                None => Some(self.created),
+            });
+        match (self.transactions.poll_timeout(), expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The bindings of `aor` live at `wall`, best first: where the call
+    /// engine INVITEs an agent (RFC 3261 §10.3).
+    pub fn bindings(&self, aor: &str, wall: SystemTime) -> Vec<Binding> {
+        self.registrar.live_bindings(aor, wall).cloned().collect()
+    }
+
+    /// The transaction table, for the call engine to send requests and
+    /// answer the INVITEs it takes over (RFC 3261 §17).
+    pub fn transactions(&mut self) -> &mut TransactionTable {
+        &mut self.transactions
+    }
+
+    /// The dialogs, for the call engine to add the ones it creates (RFC
+    /// 3261 §12); in-dialog requests are matched against them.
+    pub fn dialogs(&mut self) -> &mut DialogSet {
+        &mut self.dialogs
+    }
+
+    /// A fresh RFC 3261 branch from the endpoint's seeded RNG (§8.1.1.7).
+    pub fn new_branch(&mut self) -> String {
+        new_branch(&mut self.rng)
+    }
+
+    fn drain_table_transmits(&mut self) {
+        while let Some(t) = self.transactions.poll_transmit() {
+            self.transmits.push_back(t);
+        }
+    }
+
+    fn send_stateless(&mut self, peer: Peer, response: Response) {
+        // Whatever the table queued first leaves first.
+        self.drain_table_transmits();
+        self.transmits.push_back(Transmit {
+            peer,
+            message: SipMessage::Response(response),
+        });
+    }
+
+    /// Handles the table's events until none are left (answering requests
+    /// creates no new ones, but a loop costs nothing).
+    fn pump(&mut self, now: Instant, wall: SystemTime) {
+        while let Some(event) = self.transactions.poll_event() {
+            match event {
+                Event::NewRequest { key, request, peer } => {
+                    self.on_request(now, wall, key, request, peer)
+                }
+                Event::StrayAck { request, peer } => {
+                    // The ACK of a 2xx: ours only once the call engine
+                    // sends 2xx to INVITEs (§13.3.1.4).
+                    tracing::debug!(%peer, call_id = ?request.call_id_header().map(|c| c.value().to_string()).ok(), "stray ACK ignored");
+                }
+                Event::StrayResponse { response, peer } => {
+                    tracing::debug!(%peer, code = response.status_code.code(), "stray response ignored");
+                    self.transaction_events
+                        .push_back(Event::StrayResponse { response, peer });
+                }
+                other => self.transaction_events.push_back(other),
+            }
+        }
+        self.drain_table_transmits();
+    }
+
+    fn expire_bindings(&mut self, wall: SystemTime) {
+        let due = self.registrar.next_expiry().is_some_and(|at| at <= wall);
+        if !due {
+            return;
+        }
+        let mut by_aor: BTreeMap<String, Vec<Binding>> = BTreeMap::new();
+        for b in self.registrar.expire(wall) {
+            by_aor.entry(b.aor.clone()).or_default().push(b);
+        }
+        for (aor, removed) in by_aor {
+            tracing::debug!(%aor, count = removed.len(), "bindings expired");
+            self.events.push_back(EndpointEvent::BindingsChanged {
+                aor,
+                upserted: Vec::new(),
+                removed,
+            });
+        }
+    }
+
+    fn respond(&mut self, now: Instant, key: &ServerKey, response: Response) {
+        if let Err(e) = self.transactions.respond(now, key, response) {
+            tracing::debug!(error = %e, "response not sent");
+        }
+    }
+
+    /// The TU (RFC 3261 §8.2): one answer per new server transaction.
+    fn on_request(
+        &mut self,
+        now: Instant,
+        wall: SystemTime,
+        key: ServerKey,
+        request: Request,
+        peer: Peer,
+    ) {
+        let domains: Vec<&str> = self.cfg.local_domains.iter().map(String::as_str).collect();
+        if let Some(response) = check_request(&request, &domains) {
+            return self.respond(now, &key, response);
+        }
+        match request.method {
+            Method::Cancel => return self.on_cancel(now, key, &request),
+            Method::Register => return self.on_register(now, wall, key, &request, peer),
+            _ => {}
+        }
+        match self.dialogs.classify(&request) {
+            RequestMatch::OutOfDialog => {}
+            RequestMatch::NoDialog => {
+                // §12.2.2: a To tag we do not know.
+                let r = response_to(&request, 481, "");
+                return self.respond(now, &key, r);
+            }
+            RequestMatch::Dialog(dialog) => {
+                let response = match dialog.handle_request(&request) {
+                    Err(e) => response_to(&request, e.status().code(), ""),
+                    Ok(()) => match request.method {
+                        Method::Bye | Method::Options | Method::Info => {
+                            response_to(&request, 200, "")
+                        }
+                        // CALL ENGINE: re-INVITE and UPDATE (session
+                        // changes) become the call engine's; until then
+                        // the session stays as it is (RFC 3261 §14.2).
+                        Method::Invite | Method::Update => with_warning(
+                            response_to(&request, 488, ""),
+                            "Session changes are not supported",
+                        ),
+                        _ => with_allow(response_to(&request, 405, "")),
+                    },
+                };
+                if request.method == Method::Bye {
+                    // The BYE ended the dialog (§15.1.2).
+                    let id = dialog.id().clone();
+                    self.dialogs.remove(&id);
+                }
+                return self.respond(now, &key, response);
+            }
+        }
+        let response = match request.method {
+            Method::Options => {
+                let mut r = with_allow(response_to(&request, 200, ""));
+                add_header(
+                    &mut r,
+                    Header::Accept(untyped::Accept::new("application/sdp")),
+                );
+                add_header(&mut r, Header::Supported(untyped::Supported::new("")));
+                r
+            }
+            Method::Invite => self.on_invite(now, &request, peer),
+            // §15.1.2: a BYE outside any dialog.
+            Method::Bye => response_to(&request, 481, ""),
+            // Methods of extensions powerdial does not serve (§8.2.1).
+            _ => with_allow(response_to(&request, 405, "")),
+        };
+        self.respond(now, &key, response);
+    }
+
+    /// An out-of-dialog INVITE (SPEC §5: no call is originated for an
+    /// unauthenticated party).
+    fn on_invite(&mut self, now: Instant, request: &Request, peer: Peer) -> Response {
+        let from_trunk = self.cfg.trunk_sources.contains(&peer.addr.ip());
+        if !from_trunk {
+            match self.verifier.verify_request(now, request, false) {
+                Ok(user) => {
+                    tracing::debug!(%peer, %user, "INVITE from an agent");
+                }
+                Err(rejection) => return self.challenge(now, request, peer, &rejection),
+            }
+        }
+        // CALL ENGINE: an agent's or a trunk's INVITE is answered here
+        // until the call engine takes incoming calls over.
+        with_warning(response_to(request, 403, ""), CALLS_BY_DIALER)
+    }
+
+    fn challenge(
+        &mut self,
+        now: Instant,
+        request: &Request,
+        peer: Peer,
+        rejection: &Rejection,
+    ) -> Response {
+        tracing::debug!(%peer, method = %request.method, reason = %rejection, "challenged");
+        self.verifier
+            .challenge_response(now, request, rejection.stale(), false)
+    }
+
+    /// CANCEL (RFC 3261 §9.2): 200 to the CANCEL and 487 to the INVITE it
+    /// names, or 481 when no INVITE awaits its final response.
+    fn on_cancel(&mut self, now: Instant, key: ServerKey, cancel: &Request) {
+        let target = match self.transactions.cancel_target(cancel) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::debug!(error = %e, "CANCEL unmatched");
+                None
+            }
+        };
+        let Some(invite) = target else {
+            return self.respond(now, &key, response_to(cancel, 481, ""));
+        };
+        self.respond(now, &key, response_to(cancel, 200, ""));
+        // The CANCEL repeats the INVITE's top Via, From, To, Call-ID and
+        // CSeq number (§9.1), so the 487 is built from it with the CSeq
+        // method put back; the To tag is derived from Call-ID and branch,
+        // the same as for every response of that INVITE.
+        let mut terminated = response_to(cancel, 487, "");
+        for h in terminated.headers.iter_mut() {
+            if let Header::CSeq(c) = h {
+                let number = c
+                    .value()
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("0")
+                    .to_string();
+                *h = Header::CSeq(untyped::CSeq::new(format!("{number} INVITE")));
+            }
+        }
+        self.respond(now, &invite, terminated);
+    }
+
+    /// REGISTER (RFC 3261 §10.3): domain, digest (RFC 8760), then the
+    /// registrar.
+    fn on_register(
+        &mut self,
+        now: Instant,
+        wall: SystemTime,
+        key: ServerKey,
+        request: &Request,
+        peer: Peer,
+    ) {
+        // Authentication first: a stranger learns nothing about which
+        // domains we serve, and RFC 4475 `regaut01` gets its fresh 401.
+        let user = match self.verifier.verify_request(now, request, false) {
+            Ok(user) => user,
+            Err(rejection) => {
+                let r = self.challenge(now, request, peer, &rejection);
+                return self.respond(now, &key, r);
+            }
+        };
+        if !self.is_ours(&request.uri.host().to_string()) {
+            let r = with_warning(response_to(request, 403, ""), "Domain not served here");
+            return self.respond(now, &key, r);
+        }
+        let to_host = request
+            .to_header()
+            .ok()
+            .and_then(|to| NameAddr::parse(to.value()).ok())
+            .and_then(|na| na.parsed_uri().ok())
+            .map(|u| u.host().to_string());
+        if let Some(host) = to_host {
+            if !self.is_ours(&host) {
+                let r = with_warning(response_to(request, 404, ""), "Unknown domain");
+                return self.respond(now, &key, r);
+            }
+        }
+        match self.registrar.handle_register(wall, request, peer, &user) {
+            Ok(outcome) => {
+                let mut upserted = outcome.added;
+                upserted.extend(outcome.refreshed);
+                if !upserted.is_empty() || !outcome.removed.is_empty() {
+                    tracing::debug!(%user, %peer, upserted = upserted.len(), removed = outcome.removed.len(), "bindings changed");
+                    self.events.push_back(EndpointEvent::BindingsChanged {
+                        aor: user,
+                        upserted,
+                        removed: outcome.removed,
+                    });
+                }
+                self.respond(now, &key, outcome.response);
+            }
+            Err(e) => {
+                tracing::debug!(%user, %peer, error = %e, "REGISTER refused");
+                let r = e.response(request);
+                self.respond(now, &key, r);
+            }
+        }
+    }
+
+    /// Whether `host` (as printed: an IPv6 host may carry brackets) is one
+    /// of [`EndpointConfig::local_domains`], case-insensitively (§19.1.4).
+    fn is_ours(&self, host: &str) -> bool {
+        let bare = |h: &str| h.trim_start_matches('[').trim_end_matches(']').to_string();
+        let host = bare(host);
+        self.cfg
+            .local_domains
+            .iter()
+            .any(|d| bare(d).eq_ignore_ascii_case(&host))
+    }
+}
+
+fn allow() -> Header {
+    Header::Allow(untyped::Allow::new(ALLOW))
+}
+
+fn with_allow(mut r: Response) -> Response {
+    add_header(&mut r, allow());
+    r
+}
+
+/// The reason for a refusal as `Warning: 399 powerdial "…"` (RFC 3261
+/// §20.43): the status line keeps its standard phrase.
+fn with_warning(mut r: Response, text: &str) -> Response {
+    add_header(
+        &mut r,
+        Header::Warning(untyped::Warning::new(format!(
+            "399 {WARN_AGENT} \"{text}\""
+        ))),
+    );
+    r
+}
+
+/// Adds `h` before `Content-Length`, which [`response_to`] puts last.
+fn add_header(r: &mut Response, h: Header) {
+    let at = r
+        .headers
+        .iter()
+        .position(|x| matches!(x, Header::ContentLength(_)))
+        .unwrap_or(r.headers.len());
+    r.headers.0.insert(at, h);
+}
+
+/// RFC 3261 §18.2.1 and RFC 3581 §4 on the request's top Via.
+fn fix_request_via(request: &mut Request, peer: Peer) {
+    if let Some(Header::Via(via)) = request
+        .headers
+        .iter_mut()
+        .find(|h| matches!(h, Header::Via(_)))
+    {
+        if let Some(fixed) = fixed_top_via(via.value(), peer) {
+            *via = untyped::Via::new(fixed);
+        }
+    }
+}
+
+/// The same on a response built statelessly from a request's Vias.
+fn fix_response_via(response: &mut Response, peer: Peer) {
+    if let Some(Header::Via(via)) = response
+        .headers
+        .iter_mut()
+        .find(|h| matches!(h, Header::Via(_)))
+    {
+        if let Some(fixed) = fixed_top_via(via.value(), peer) {
+            *via = untyped::Via::new(fixed);
+        }
+    }
+}
+
+/// The Via header value with its first via-parm fixed, or `None` when
+/// nothing changes: `received=<source IP>` when the sent-by host differs
+/// from the source IP (RFC 3261 §18.2.1) or when `rport` is present
+/// (RFC 3581 §4: then always), and a valueless `rport` filled with the
+/// source port.
+fn fixed_top_via(value: &str, peer: Peer) -> Option<String> {
+    let end = top_level_comma(value).unwrap_or(value.len());
+    let (first, rest) = value.split_at(end);
+    let mut parts = split_params(first);
+    let sent = parts.first()?.trim();
+    // "SIP/2.0/UDP host:port": the sent-by follows the protocol.
+    let sent_by = sent.split_whitespace().nth(1)?;
+    let host = sent_by_host(sent_by);
+    let ip = peer.addr.ip();
+    let host_is_source = host.parse::<IpAddr>().is_ok_and(|h| h == ip);
+    let mut rport_index = None;
+    let mut received_index = None;
+    for (i, p) in parts.iter().enumerate().skip(1) {
+        let name = p.split('=').next().unwrap_or("").trim();
+        if name.eq_ignore_ascii_case("rport") {
+            rport_index = Some((i, p.contains('=')));
+        } else if name.eq_ignore_ascii_case("received") {
+            received_index = Some(i);
+        }
+    }
+    let wants_rport = matches!(rport_index, Some((_, false)));
+    if host_is_source && !wants_rport {
+        return None;
+    }
+    if let Some((i, false)) = rport_index {
+        if let Some(p) = parts.get_mut(i) {
+            *p = format!("rport={}", peer.addr.port());
+        }
+    }
+    let received = format!("received={ip}");
+    match received_index {
+        Some(i) => {
+            if let Some(p) = parts.get_mut(i) {
+                *p = received;
+            }
+        }
+        None => parts.push(received),
+    }
+    Some(format!("{}{rest}", parts.join(";")))
+}
+
+/// The host of a sent-by (`host`, `host:port`, `[v6]`, `[v6]:port`).
+fn sent_by_host(sent_by: &str) -> &str {
+    if let Some(inner) = sent_by.strip_prefix('[') {
+        return inner.split(']').next().unwrap_or(inner);
+    }
+    sent_by.split(':').next().unwrap_or(sent_by)
+}
+
+/// The byte index of the first comma outside quotes and brackets.
+fn top_level_comma(value: &str) -> Option<usize> {
+    let (mut quoted, mut bracket) = (false, false);
+    for (i, c) in value.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            '[' if !quoted => bracket = true,
+            ']' if !quoted => bracket = false,
+            ',' if !quoted && !bracket => return Some(i),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// A via-parm split at `;` outside quotes.
+fn split_params(via_parm: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut quoted = false;
+    for c in via_parm.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                current.push(c);
+            }
+            ';' if !quoted => out.push(std::mem::take(&mut current)),
+            _ => current.push(c),
+        }
+    }
+    out.push(current);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::sip::digest::DigestClient;
+    use crate::sip::transaction::test_epoch;
+    use crate::sip::TransportKind;
+
+    const PHONE: &str = "203.0.113.7:40000";
+    const TRUNK: &str = "198.51.100.9:5060";
+
+    fn udp(addr: &str) -> Peer {
+        Peer {
+            transport: TransportKind::Udp,
+            addr: addr.parse::<SocketAddr>().expect("test address"),
+        }
+    }
+
+    fn wall0() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+    }
+
+    /// A simulated clock: monotonic and wall time advance together.
+    struct Clock {
+        now: Instant,
+        wall: SystemTime,
+    }
+
+    impl Clock {
+        fn advance(&mut self, d: Duration) {
+            self.now += d;
+            self.wall += d;
+        }
+    }
+
+    fn setup() -> (Endpoint, Clock) {
+        let clock = Clock {
+            now: test_epoch(),
+            wall: wall0(),
+        };
+        let cfg = EndpointConfig {
+            domain: "127.0.0.1".into(),
+            local_domains: vec![
+                "127.0.0.1".into(),
+                "127.0.0.1:5060".into(),
+                "localhost".into(),
+            ],
+            timers: TimerConfig::default(),
+            max_message_size: message::DEFAULT_MAX_MESSAGE_SIZE,
+            trunk_sources: vec![TRUNK.parse::<SocketAddr>().expect("trunk").ip()],
+        };
+        let agents = vec![AgentConfig {
+            username: "alice".into(),
+            password: "alice-secret".into(),
+            display_name: None,
+        }];
+        let ep = Endpoint::new(cfg, &agents, [7; 32], [9; 32], clock.now);
+        (ep, clock)
+    }
+
+    /// Feeds `text` from `peer` and returns every transmit, checking each
+    /// goes back to `peer`.
+    fn feed(ep: &mut Endpoint, clock: &Clock, peer: Peer, text: &str) -> Vec<Response> {
+        ep.handle_datagram(clock.now, clock.wall, peer, text.as_bytes());
+        drain(ep, peer)
+    }
+
+    fn drain(ep: &mut Endpoint, peer: Peer) -> Vec<Response> {
+        let mut out = Vec::new();
+        while let Some(t) = ep.poll_transmit() {
+            assert_eq!(t.peer, peer, "responses go back to the source address");
+            match t.message {
+                SipMessage::Response(r) => out.push(r),
+                SipMessage::Request(r) => panic!("the endpoint originated a request: {r}"),
+            }
+        }
+        out
+    }
+
+    fn codes(rs: &[Response]) -> Vec<u16> {
+        rs.iter().map(|r| r.status_code.code()).collect()
+    }
+
+    fn values<'a>(r: &'a Response, name: &str) -> Vec<&'a str> {
+        r.headers
+            .iter()
+            .filter(|h| h.name().eq_ignore_ascii_case(name))
+            .map(|h| h.value())
+            .collect()
+    }
+
+    fn last(rs: Vec<Response>) -> Response {
+        rs.into_iter().last().expect("a response")
+    }
+
+    fn register(n: u32, user: &str, extra: &str) -> String {
+        format!(
+            "REGISTER sip:127.0.0.1 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bK-reg{n};rport\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:{user}@127.0.0.1>;tag=f{user}\r\n\
+To: <sip:{user}@127.0.0.1>\r\n\
+Call-ID: reg-{user}@192.0.2.10\r\n\
+CSeq: {n} REGISTER\r\n\
+Contact: <sip:{user}@192.0.2.10:5062>\r\n\
+{extra}Content-Length: 0\r\n\r\n"
+        )
+    }
+
+    fn authorization(header: &Header) -> String {
+        format!("Authorization: {}\r\n", header.value())
+    }
+
+    /// Answers the strongest challenge of `challenge` with `client`.
+    fn answer(client: &mut DigestClient, challenge: &Response, cnonce: &str) -> String {
+        let h = client
+            .answer(challenge, "REGISTER", "sip:127.0.0.1", cnonce)
+            .expect("answerable challenge");
+        authorization(&h)
+    }
+
+    fn bindings_changed(ep: &mut Endpoint) -> Vec<(String, usize, usize)> {
+        let mut out = Vec::new();
+        while let Some(EndpointEvent::BindingsChanged {
+            aor,
+            upserted,
+            removed,
+        }) = ep.poll_event()
+        {
+            out.push((aor, upserted.len(), removed.len()));
+        }
+        out
+    }
+
+    #[test]
+    fn options_gets_200_with_allow_accept_supported() {
+        let (mut ep, clock) = setup();
+        let rs = feed(
+            &mut ep,
+            &clock,
+            udp(PHONE),
+            "OPTIONS sip:127.0.0.1 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 203.0.113.7:40000;branch=z9hG4bK-opt1\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:ping@203.0.113.7>;tag=p1\r\n\
+To: <sip:127.0.0.1>\r\n\
+Call-ID: opt-1\r\n\
+CSeq: 1 OPTIONS\r\n\
+Content-Length: 0\r\n\r\n",
+        );
+        assert_eq!(codes(&rs), [200]);
+        let r = &rs[0];
+        assert_eq!(values(r, "Allow"), [ALLOW]);
+        assert_eq!(values(r, "Accept"), ["application/sdp"]);
+        assert_eq!(values(r, "Supported").len(), 1);
+        assert!(values(r, "To")[0].contains(";tag="), "To tag on a 200");
+        // The sent-by is the source: neither received nor rport is added.
+        assert_eq!(
+            values(r, "Via"),
+            ["SIP/2.0/UDP 203.0.113.7:40000;branch=z9hG4bK-opt1"]
+        );
+        let text = r.to_string();
+        assert!(text.starts_with("SIP/2.0 200 OK\r\n"));
+        assert!(text.contains("Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, REGISTER\r\n"));
+    }
+
+    #[test]
+    fn register_sha256_challenge_then_200_and_bindings_changed() {
+        let (mut ep, clock) = setup();
+        let phone = udp(PHONE);
+        let challenge = last(feed(&mut ep, &clock, phone, &register(1, "alice", "")));
+        assert_eq!(challenge.status_code.code(), 401);
+        let www = values(&challenge, "WWW-Authenticate");
+        assert_eq!(www.len(), 2, "SHA-256 and MD5 challenges");
+        assert!(
+            www[0].contains("algorithm=SHA-256"),
+            "SHA-256 first: {}",
+            www[0]
+        );
+        assert!(www[1].contains("algorithm=MD5"), "MD5 second: {}", www[1]);
+        assert!(www
+            .iter()
+            .all(|w| w.contains("qop=\"auth\"") && w.contains("realm=\"127.0.0.1\"")));
+        assert!(ep.poll_event().is_none(), "nothing registered yet");
+
+        let mut client = DigestClient::new("alice", "alice-secret");
+        let auth = answer(&mut client, &challenge, "c1");
+        assert!(auth.contains("algorithm=SHA-256"));
+        let ok = last(feed(&mut ep, &clock, phone, &register(2, "alice", &auth)));
+        assert_eq!(ok.status_code.code(), 200);
+        let contacts = values(&ok, "Contact");
+        assert_eq!(contacts.len(), 1);
+        assert!(contacts[0].starts_with("<sip:alice@192.0.2.10:5062>;expires=3600"));
+        assert_eq!(bindings_changed(&mut ep), [("alice".to_string(), 1, 0)]);
+        let live = ep.bindings("alice", clock.wall);
+        assert_eq!(live.len(), 1);
+        assert_eq!(live[0].source, phone.addr, "the NAT's public side is kept");
+        assert!(live[0].rport);
+    }
+
+    #[test]
+    fn register_with_md5_credentials() {
+        let (mut ep, clock) = setup();
+        let phone = udp(PHONE);
+        let challenge = last(feed(&mut ep, &clock, phone, &register(1, "alice", "")));
+        let md5 = values(&challenge, "WWW-Authenticate")
+            .into_iter()
+            .find(|w| w.contains("MD5"))
+            .expect("an MD5 challenge");
+        let chosen = DigestClient::pick([md5]).expect("parses");
+        let mut client = DigestClient::new("alice", "alice-secret");
+        let creds = client.authorize(&chosen, "REGISTER", "sip:127.0.0.1", "c-md5");
+        let auth = format!("Authorization: {creds}\r\n");
+        assert!(auth.contains("algorithm=MD5"));
+        let ok = last(feed(&mut ep, &clock, phone, &register(2, "alice", &auth)));
+        assert_eq!(ok.status_code.code(), 200);
+        assert_eq!(bindings_changed(&mut ep), [("alice".to_string(), 1, 0)]);
+    }
+
+    /// The header names in order and the status: what a prober can compare.
+    fn shape(r: &Response) -> (u16, Vec<String>, Vec<String>) {
+        let names = r.headers.iter().map(|h| h.name().to_string()).collect();
+        let challenges = values(r, "WWW-Authenticate")
+            .iter()
+            .map(|w| {
+                w.split(',')
+                    .filter(|p| !p.trim_start().starts_with("nonce="))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .collect();
+        (r.status_code.code(), names, challenges)
+    }
+
+    #[test]
+    fn wrong_password_and_unknown_user_get_the_same_401() {
+        let (mut ep, clock) = setup();
+        let phone = udp(PHONE);
+        let challenge = last(feed(&mut ep, &clock, phone, &register(1, "alice", "")));
+
+        let mut wrong = DigestClient::new("alice", "not-her-password");
+        let auth = answer(&mut wrong, &challenge, "c1");
+        let again = last(feed(&mut ep, &clock, phone, &register(2, "alice", &auth)));
+        assert_eq!(
+            again.status_code.code(),
+            401,
+            "wrong password: 401 again, never 200"
+        );
+        assert!(values(&again, "WWW-Authenticate")
+            .iter()
+            .all(|w| !w.contains("stale")));
+
+        let mallory_challenge = last(feed(&mut ep, &clock, phone, &register(1, "mallory", "")));
+        let mut mallory = DigestClient::new("mallory", "whatever");
+        let auth = answer(&mut mallory, &mallory_challenge, "c2");
+        let unknown = last(feed(&mut ep, &clock, phone, &register(2, "mallory", &auth)));
+        assert_eq!(shape(&unknown), shape(&again), "no user enumeration");
+        assert!(bindings_changed(&mut ep).is_empty());
+        assert!(ep.bindings("alice", clock.wall).is_empty());
+    }
+
+    #[test]
+    fn replayed_nonce_count_is_challenged_again() {
+        let (mut ep, clock) = setup();
+        let phone = udp(PHONE);
+        let challenge = last(feed(&mut ep, &clock, phone, &register(1, "alice", "")));
+        let mut client = DigestClient::new("alice", "alice-secret");
+        let auth = answer(&mut client, &challenge, "c1");
+        let ok = last(feed(&mut ep, &clock, phone, &register(2, "alice", &auth)));
+        assert_eq!(ok.status_code.code(), 200);
+        // The same Authorization (same nc) on a new transaction: a replay.
+        let replay = last(feed(&mut ep, &clock, phone, &register(3, "alice", &auth)));
+        assert_eq!(replay.status_code.code(), 401);
+        assert!(values(&replay, "WWW-Authenticate")
+            .iter()
+            .all(|w| w.contains("stale=true")));
+        // The next nc on the same nonce is accepted.
+        let next = answer(&mut client, &challenge, "c1");
+        let ok = last(feed(&mut ep, &clock, phone, &register(4, "alice", &next)));
+        assert_eq!(ok.status_code.code(), 200);
+    }
+
+    #[test]
+    fn expired_nonce_gets_stale_true() {
+        let (mut ep, mut clock) = setup();
+        let phone = udp(PHONE);
+        let challenge = last(feed(&mut ep, &clock, phone, &register(1, "alice", "")));
+        clock.advance(Duration::from_secs(301));
+        let mut client = DigestClient::new("alice", "alice-secret");
+        let auth = answer(&mut client, &challenge, "c1");
+        let stale = last(feed(&mut ep, &clock, phone, &register(2, "alice", &auth)));
+        assert_eq!(stale.status_code.code(), 401);
+        let www = values(&stale, "WWW-Authenticate");
+        assert_eq!(www.len(), 2);
+        assert!(www.iter().all(|w| w.contains("stale=true")));
+        // The fresh nonce works without asking the user again.
+        let auth = answer(&mut client, &stale, "c2");
+        let ok = last(feed(&mut ep, &clock, phone, &register(3, "alice", &auth)));
+        assert_eq!(ok.status_code.code(), 200);
+    }
+
+    /// Registers alice with `extra` headers; returns the client for more.
+    fn registered(ep: &mut Endpoint, clock: &Clock, extra: &str) -> DigestClient {
+        let phone = udp(PHONE);
+        let challenge = last(feed(ep, clock, phone, &register(1, "alice", extra)));
+        let mut client = DigestClient::new("alice", "alice-secret");
+        let auth = answer(&mut client, &challenge, "c1");
+        let ok = last(feed(
+            ep,
+            clock,
+            phone,
+            &register(2, "alice", &format!("{extra}{auth}")),
+        ));
+        assert_eq!(ok.status_code.code(), 200);
+        assert_eq!(bindings_changed(ep), [("alice".to_string(), 1, 0)]);
+        client
+    }
+
+    #[test]
+    fn unregister_with_star() {
+        let (mut ep, clock) = setup();
+        let phone = udp(PHONE);
+        registered(&mut ep, &clock, "");
+        let unregister = |n: u32, auth: &str| {
+            format!(
+                "REGISTER sip:127.0.0.1 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bK-unreg{n};rport\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:alice@127.0.0.1>;tag=falice\r\n\
+To: <sip:alice@127.0.0.1>\r\n\
+Call-ID: reg-alice@192.0.2.10\r\n\
+CSeq: {n} REGISTER\r\n\
+Contact: *\r\n\
+Expires: 0\r\n\
+{auth}Content-Length: 0\r\n\r\n"
+            )
+        };
+        let challenge = last(feed(&mut ep, &clock, phone, &unregister(3, "")));
+        assert_eq!(
+            challenge.status_code.code(),
+            401,
+            "unregistering needs auth too"
+        );
+        assert_eq!(ep.bindings("alice", clock.wall).len(), 1);
+        let mut client = DigestClient::new("alice", "alice-secret");
+        let auth = answer(&mut client, &challenge, "c9");
+        let ok = last(feed(&mut ep, &clock, phone, &unregister(4, &auth)));
+        assert_eq!(ok.status_code.code(), 200);
+        assert!(values(&ok, "Contact").is_empty());
+        assert_eq!(bindings_changed(&mut ep), [("alice".to_string(), 0, 1)]);
+        assert!(ep.bindings("alice", clock.wall).is_empty());
+    }
+
+    #[test]
+    fn bindings_expire_through_handle_timeout() {
+        let (mut ep, mut clock) = setup();
+        let start = clock.now;
+        registered(&mut ep, &clock, "Expires: 60\r\n");
+        // Let the REGISTER transactions finish (Timer J, 32 s on UDP).
+        while let Some(at) = ep.poll_timeout() {
+            if at >= start + Duration::from_secs(60) {
+                break;
+            }
+            let d = at.saturating_duration_since(clock.now);
+            clock.advance(d);
+            ep.handle_timeout(clock.now, clock.wall);
+            assert!(ep.poll_event().is_none(), "nothing expires early");
+        }
+        assert!(ep.transactions().is_empty());
+        let at = ep
+            .poll_timeout()
+            .expect("the binding's expiry is a deadline");
+        assert_eq!(at, start + Duration::from_secs(60));
+        clock.advance(at - clock.now);
+        ep.handle_timeout(clock.now, clock.wall);
+        assert_eq!(bindings_changed(&mut ep), [("alice".to_string(), 0, 1)]);
+        assert!(ep.bindings("alice", clock.wall).is_empty());
+        assert_eq!(ep.poll_timeout(), None);
+    }
+
+    #[test]
+    fn loaded_bindings_expire_without_any_traffic() {
+        let (mut ep, mut clock) = setup();
+        let b = Binding {
+            aor: "alice".into(),
+            contact: "sip:alice@192.0.2.10:5062".into(),
+            expires_at: clock.wall + Duration::from_secs(10),
+            call_id: "c".into(),
+            cseq: 1,
+            q: None,
+            transport: TransportKind::Udp,
+            source: PHONE.parse().expect("addr"),
+            rport: true,
+        };
+        ep.load_bindings(vec![b]);
+        // No wall clock known yet: fire at once to learn it.
+        assert_eq!(ep.poll_timeout(), Some(clock.now));
+        ep.handle_timeout(clock.now, clock.wall);
+        assert!(ep.poll_event().is_none());
+        assert_eq!(ep.poll_timeout(), Some(clock.now + Duration::from_secs(10)));
+        clock.advance(Duration::from_secs(10));
+        ep.handle_timeout(clock.now, clock.wall);
+        assert_eq!(bindings_changed(&mut ep), [("alice".to_string(), 0, 1)]);
+    }
+
+    fn cancel_text() -> String {
+        "CANCEL sip:bob@127.0.0.1 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 203.0.113.7:40000;branch=z9hG4bK-inv1\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:alice@127.0.0.1>;tag=a1\r\n\
+To: <sip:bob@127.0.0.1>\r\n\
+Call-ID: inv-1\r\n\
+CSeq: 1 CANCEL\r\n\
+Content-Length: 0\r\n\r\n"
+            .to_string()
+    }
+
+    fn invite_text(from_host: &str, auth: &str) -> String {
+        format!(
+            "INVITE sip:bob@127.0.0.1 SIP/2.0\r\n\
+Via: SIP/2.0/UDP {from_host};branch=z9hG4bK-inv1\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:alice@127.0.0.1>;tag=a1\r\n\
+To: <sip:bob@127.0.0.1>\r\n\
+Call-ID: inv-1\r\n\
+CSeq: 1 INVITE\r\n\
+Contact: <sip:alice@{from_host}>\r\n\
+{auth}Content-Length: 0\r\n\r\n"
+        )
+    }
+
+    #[test]
+    fn cancel_without_transaction_gets_481() {
+        let (mut ep, clock) = setup();
+        let rs = feed(&mut ep, &clock, udp(PHONE), &cancel_text());
+        assert_eq!(codes(&rs), [481]);
+    }
+
+    #[test]
+    fn cancel_of_a_pending_invite_gets_200_and_the_invite_487() {
+        let (mut ep, clock) = setup();
+        let phone = udp(PHONE);
+        // An INVITE the call engine would hold: put straight into the
+        // table and taken off its event queue before the endpoint sees it.
+        let invite = match message::inspect(
+            invite_text("203.0.113.7:40000", "").as_bytes(),
+            TransportKind::Udp,
+            message::DEFAULT_MAX_MESSAGE_SIZE,
+        ) {
+            Inspected::Request(r) => r,
+            other => panic!("valid INVITE: {other:?}"),
+        };
+        ep.transactions()
+            .handle_message(clock.now, phone, SipMessage::Request(invite))
+            .expect("accepted");
+        assert!(matches!(
+            ep.transactions().poll_event(),
+            Some(Event::NewRequest { .. })
+        ));
+        assert_eq!(codes(&drain(&mut ep, phone)), [100]);
+
+        let rs = feed(&mut ep, &clock, phone, &cancel_text());
+        assert_eq!(codes(&rs), [200, 487]);
+        assert_eq!(values(&rs[0], "CSeq"), ["1 CANCEL"]);
+        assert_eq!(values(&rs[1], "CSeq"), ["1 INVITE"]);
+        // Same To tag on both: derived from Call-ID and branch.
+        assert_eq!(values(&rs[0], "To"), values(&rs[1], "To"));
+        // A second CANCEL finds nothing pending.
+        let rs = feed(
+            &mut ep,
+            &clock,
+            phone,
+            &cancel_text().replace("inv1", "inv1x"),
+        );
+        assert_eq!(codes(&rs), [481]);
+    }
+
+    #[test]
+    fn bye_for_an_unknown_dialog_gets_481() {
+        let (mut ep, clock) = setup();
+        let rs = feed(
+            &mut ep,
+            &clock,
+            udp(PHONE),
+            "BYE sip:bob@127.0.0.1 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 203.0.113.7:40000;branch=z9hG4bK-bye1\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:alice@127.0.0.1>;tag=a1\r\n\
+To: <sip:bob@127.0.0.1>;tag=nosuch\r\n\
+Call-ID: gone-1\r\n\
+CSeq: 2 BYE\r\n\
+Content-Length: 0\r\n\r\n",
+        );
+        assert_eq!(codes(&rs), [481]);
+        assert_eq!(values(&rs[0], "To"), ["<sip:bob@127.0.0.1>;tag=nosuch"]);
+    }
+
+    #[test]
+    fn invite_from_a_stranger_is_challenged_and_originates_nothing() {
+        let (mut ep, clock) = setup();
+        let phone = udp(PHONE);
+        // `drain` panics on any request transmitted.
+        let rs = feed(
+            &mut ep,
+            &clock,
+            phone,
+            &invite_text("203.0.113.7:40000", ""),
+        );
+        // The INVITE server transaction sends 100 Trying at once (§17.2.1).
+        assert_eq!(codes(&rs), [100, 401]);
+        assert_eq!(values(&rs[1], "WWW-Authenticate").len(), 2);
+        assert!(ep.poll_event().is_none());
+        assert!(ep.poll_transaction_event().is_none());
+        // The ACK to the 401 is absorbed by the transaction.
+        let ack = invite_text("203.0.113.7:40000", "")
+            .replacen("INVITE sip", "ACK sip", 1)
+            .replace("1 INVITE", "1 ACK")
+            .replace(
+                "To: <sip:bob@127.0.0.1>",
+                &format!("To: {}", values(&rs[1], "To")[0]),
+            );
+        assert!(feed(&mut ep, &clock, phone, &ack).is_empty());
+    }
+
+    #[test]
+    fn invite_from_an_agent_or_a_trunk_is_refused_for_now() {
+        let (mut ep, clock) = setup();
+        let phone = udp(PHONE);
+        let rs = feed(
+            &mut ep,
+            &clock,
+            phone,
+            &invite_text("203.0.113.7:40000", ""),
+        );
+        let mut client = DigestClient::new("alice", "alice-secret");
+        let h = client
+            .answer(&rs[1], "INVITE", "sip:bob@127.0.0.1", "ci")
+            .expect("challenge");
+        let text = invite_text("203.0.113.7:40000", &authorization(&h))
+            .replace("inv1", "inv2")
+            .replace("1 INVITE", "2 INVITE");
+        let rs = feed(&mut ep, &clock, phone, &text);
+        assert_eq!(codes(&rs), [100, 403]);
+        assert_eq!(
+            values(&rs[1], "Warning"),
+            [format!("399 powerdial \"{CALLS_BY_DIALER}\"")]
+        );
+
+        let trunk = udp(TRUNK);
+        let rs = feed(
+            &mut ep,
+            &clock,
+            trunk,
+            &invite_text(TRUNK, "").replace("inv1", "inv3"),
+        );
+        assert_eq!(codes(&rs), [100, 403], "a trunk is not challenged");
+    }
+
+    #[test]
+    fn out_of_dialog_methods_we_do_not_serve_get_405() {
+        let (mut ep, clock) = setup();
+        for (i, m) in [
+            "MESSAGE",
+            "SUBSCRIBE",
+            "NOTIFY",
+            "PUBLISH",
+            "REFER",
+            "UPDATE",
+            "PRACK",
+            "INFO",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let text = format!(
+                "{m} sip:127.0.0.1 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 203.0.113.7:40000;branch=z9hG4bK-m{i}\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:x@203.0.113.7>;tag=x{i}\r\n\
+To: <sip:127.0.0.1>\r\n\
+Call-ID: m-{i}\r\n\
+CSeq: 1 {m}\r\n\
+Event: presence\r\n\
+Content-Length: 0\r\n\r\n"
+            );
+            let rs = feed(&mut ep, &clock, udp(PHONE), &text);
+            assert_eq!(codes(&rs), [405], "{m}");
+            assert_eq!(values(&rs[0], "Allow"), [ALLOW], "{m}");
+        }
+    }
+
+    #[test]
+    fn unknown_method_gets_501_with_allow() {
+        let (mut ep, clock) = setup();
+        let rs = feed(
+            &mut ep,
+            &clock,
+            udp(PHONE),
+            "FROBNICATE sip:127.0.0.1 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.168.1.20:5060;branch=z9hG4bK-frob;rport\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:x@192.168.1.20>;tag=x\r\n\
+To: <sip:127.0.0.1>\r\n\
+Call-ID: frob-1\r\n\
+CSeq: 1 FROBNICATE\r\n\
+Content-Length: 0\r\n\r\n",
+        );
+        assert_eq!(codes(&rs), [501]);
+        assert_eq!(values(&rs[0], "Allow"), [ALLOW]);
+        assert_eq!(
+            values(&rs[0], "Via"),
+            ["SIP/2.0/UDP 192.168.1.20:5060;branch=z9hG4bK-frob;rport=40000;received=203.0.113.7"]
+        );
+    }
+
+    #[test]
+    fn malformed_request_gets_400_back_to_the_source() {
+        let (mut ep, clock) = setup();
+        let rs = feed(
+            &mut ep,
+            &clock,
+            udp(PHONE),
+            "OPTIONS sip:127.0.0.1 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.168.1.20:5060;branch=z9hG4bK-bad\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:x@192.168.1.20>;tag=x\r\n\
+To: <sip:127.0.0.1>\r\n\
+Call-ID: bad-1\r\n\
+CSeq: 1 OPTIONS\r\n\
+Content-Length: 9999\r\n\r\n",
+        );
+        assert_eq!(codes(&rs), [400]);
+        assert_eq!(
+            values(&rs[0], "Via"),
+            ["SIP/2.0/UDP 192.168.1.20:5060;branch=z9hG4bK-bad;received=203.0.113.7"]
+        );
+        // Garbage and a lone keep-alive: dropped, nothing sent.
+        assert!(feed(&mut ep, &clock, udp(PHONE), "\u{0}\u{1}garbage\r\n\r\n").is_empty());
+        assert!(feed(&mut ep, &clock, udp(PHONE), "\r\n\r\n").is_empty());
+    }
+
+    #[test]
+    fn received_and_rport_are_added_to_the_echoed_via() {
+        let (mut ep, clock) = setup();
+        let rs = feed(
+            &mut ep,
+            &clock,
+            udp(PHONE),
+            "OPTIONS sip:127.0.0.1 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 10.0.0.5:5060;rport;branch=z9hG4bK-nat\r\n\
+Via: SIP/2.0/UDP 10.0.0.9;branch=z9hG4bK-second\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:x@10.0.0.5>;tag=x\r\n\
+To: <sip:127.0.0.1>\r\n\
+Call-ID: nat-1\r\n\
+CSeq: 1 OPTIONS\r\n\
+Content-Length: 0\r\n\r\n",
+        );
+        assert_eq!(codes(&rs), [200]);
+        assert_eq!(
+            values(&rs[0], "Via"),
+            [
+                "SIP/2.0/UDP 10.0.0.5:5060;rport=40000;branch=z9hG4bK-nat;received=203.0.113.7",
+                "SIP/2.0/UDP 10.0.0.9;branch=z9hG4bK-second",
+            ]
+        );
+    }
+
+    #[test]
+    fn via_fix_rules() {
+        let peer = udp("192.0.2.1:5999");
+        // Same host, no rport: unchanged.
+        assert_eq!(
+            fixed_top_via("SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKa", peer),
+            None
+        );
+        // Same host with rport: received is added anyway (RFC 3581 §4).
+        assert_eq!(
+            fixed_top_via("SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKa;rport", peer).as_deref(),
+            Some("SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKa;rport=5999;received=192.0.2.1")
+        );
+        // A name as sent-by; only the first via-parm of a combined value.
+        assert_eq!(
+            fixed_top_via("SIP/2.0/TCP phone.example;branch=z9hG4bKa, SIP/2.0/UDP x;branch=z9hG4bKb", peer)
+                .as_deref(),
+            Some("SIP/2.0/TCP phone.example;branch=z9hG4bKa;received=192.0.2.1, SIP/2.0/UDP x;branch=z9hG4bKb")
+        );
+        // An existing received is replaced, an rport with a value kept.
+        assert_eq!(
+            fixed_top_via(
+                "SIP/2.0/UDP 10.1.1.1;received=10.9.9.9;rport=7;branch=z9hG4bKa",
+                peer
+            )
+            .as_deref(),
+            Some("SIP/2.0/UDP 10.1.1.1;received=192.0.2.1;rport=7;branch=z9hG4bKa")
+        );
+        let v6 = udp("[2001:db8::1]:5060");
+        assert_eq!(
+            fixed_top_via("SIP/2.0/UDP [2001:db8::1]:5060;branch=z9hG4bKa", v6),
+            None
+        );
+        assert_eq!(
+            fixed_top_via("SIP/2.0/UDP [2001:db8::2];branch=z9hG4bKa", v6).as_deref(),
+            Some("SIP/2.0/UDP [2001:db8::2];branch=z9hG4bKa;received=2001:db8::1")
+        );
+        // Nonsense never panics.
+        for v in [
+            "",
+            ";",
+            "SIP/2.0/UDP",
+            "SIP/2.0/UDP [",
+            ",,,",
+            "\"a;b\";rport",
+        ] {
+            let _ = fixed_top_via(v, peer);
+        }
+    }
+
+    #[test]
+    fn register_for_a_foreign_domain_is_refused_after_authentication() {
+        let (mut ep, clock) = setup();
+        let phone = udp(PHONE);
+        let mut client = DigestClient::new("alice", "alice-secret");
+        let foreign_uri =
+            |t: String| t.replace("REGISTER sip:127.0.0.1", "REGISTER sip:example.org");
+        let challenge = last(feed(
+            &mut ep,
+            &clock,
+            phone,
+            &foreign_uri(register(1, "alice", "")),
+        ));
+        assert_eq!(challenge.status_code.code(), 401, "strangers learn nothing");
+        let h = client
+            .answer(&challenge, "REGISTER", "sip:example.org", "c1")
+            .expect("challenge");
+        let rs = feed(
+            &mut ep,
+            &clock,
+            phone,
+            &foreign_uri(register(2, "alice", &authorization(&h))),
+        );
+        assert_eq!(codes(&rs), [403]);
+
+        let foreign_to =
+            |t: String| t.replace("To: <sip:alice@127.0.0.1>", "To: <sip:alice@example.org>");
+        let challenge = last(feed(
+            &mut ep,
+            &clock,
+            phone,
+            &foreign_to(register(3, "alice", "")),
+        ));
+        let auth = answer(&mut client, &challenge, "c2");
+        let rs = feed(
+            &mut ep,
+            &clock,
+            phone,
+            &foreign_to(register(4, "alice", &auth)),
+        );
+        assert_eq!(codes(&rs), [404]);
+        assert!(bindings_changed(&mut ep).is_empty());
+    }
+
+    #[test]
+    fn max_forwards_zero_for_a_foreign_domain_gets_483() {
+        let (mut ep, clock) = setup();
+        let text = "OPTIONS sip:bob@example.org SIP/2.0\r\n\
+Via: SIP/2.0/UDP 203.0.113.7:40000;branch=z9hG4bK-mf0\r\n\
+Max-Forwards: 0\r\n\
+From: <sip:x@203.0.113.7>;tag=x\r\n\
+To: <sip:bob@example.org>\r\n\
+Call-ID: mf-1\r\n\
+CSeq: 1 OPTIONS\r\n\
+Content-Length: 0\r\n\r\n";
+        assert_eq!(codes(&feed(&mut ep, &clock, udp(PHONE), text)), [483]);
+        let ours = text
+            .replace("example.org", "127.0.0.1")
+            .replace("mf0", "mf1");
+        assert_eq!(codes(&feed(&mut ep, &clock, udp(PHONE), &ours)), [200]);
+    }
+
+    /// RFC 4475: every torture message through the endpoint, over UDP and
+    /// TCP: no panic, at most one final (non-100) response, nothing
+    /// originated, every answer to the source. A valid OPTIONS still gets
+    /// 200 afterwards.
+    #[test]
+    fn rfc4475_torture_messages_never_panic() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/torture/rfc4475");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .expect("fixtures present")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "dat"))
+            .collect();
+        files.sort();
+        assert_eq!(files.len(), 49, "the 49 messages of RFC 4475");
+        // One endpoint per transport: the same branch twice would be a
+        // retransmission, answered to the first peer.
+        for transport in [TransportKind::Udp, TransportKind::Tcp] {
+            let (mut ep, mut clock) = setup();
+            for (i, path) in files.iter().enumerate() {
+                let bytes = std::fs::read(path).expect("readable");
+                let peer = Peer {
+                    transport,
+                    addr: SocketAddr::from(([203, 0, 113, 50], 30000 + i as u16)),
+                };
+                ep.handle_datagram(clock.now, clock.wall, peer, &bytes);
+                // `cparam01`/`cparam02` (and others) share branch and
+                // sent-by: the later one is a retransmission of the earlier
+                // one (§17.2.3), answered to the earlier sender.
+                let mut rs = Vec::new();
+                while let Some(t) = ep.poll_transmit() {
+                    assert_eq!(t.peer.addr.ip(), peer.addr.ip(), "{}", path.display());
+                    match t.message {
+                        SipMessage::Response(r) => rs.push(r),
+                        SipMessage::Request(r) => panic!("originated {r}"),
+                    }
+                }
+                let finals = rs.iter().filter(|r| r.status_code.code() != 100).count();
+                assert!(finals <= 1, "{}: {:?}", path.display(), codes(&rs));
+                clock.advance(Duration::from_millis(10));
+                // UDP retransmissions of earlier answers come due here and
+                // go to their own peers; none of them is a request.
+                ep.handle_timeout(clock.now, clock.wall);
+                while let Some(t) = ep.poll_transmit() {
+                    assert!(matches!(t.message, SipMessage::Response(_)));
+                }
+            }
+            torture_then_options(&mut ep, &clock);
+        }
+    }
+
+    fn torture_then_options(ep: &mut Endpoint, clock: &Clock) {
+        let rs = feed(
+            ep,
+            clock,
+            udp(PHONE),
+            "OPTIONS sip:127.0.0.1 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 203.0.113.7:40000;branch=z9hG4bK-after\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:ping@203.0.113.7>;tag=p1\r\n\
+To: <sip:127.0.0.1>\r\n\
+Call-ID: opt-after\r\n\
+CSeq: 1 OPTIONS\r\n\
+Content-Length: 0\r\n\r\n",
+        );
+        assert_eq!(codes(&rs), [200]);
+    }
+
+    proptest::proptest! {
+        /// No input panics the endpoint or makes it originate anything;
+        /// each gets at most one final response.
+        #[test]
+        fn arbitrary_input_never_panics(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            value in "\\PC{0,40}",
+            which in 0usize..9,
+        ) {
+            let (mut ep, clock) = setup();
+            let peer = udp(PHONE);
+            ep.handle_datagram(clock.now, clock.wall, peer, &bytes);
+            let _ = drain(&mut ep, peer);
+            // A valid REGISTER with one header value replaced by noise.
+            let names = ["Via", "From", "To", "Call-ID", "CSeq", "Contact", "Expires",
+                         "Authorization", "Max-Forwards"];
+            let mut text = String::new();
+            for line in register(1, "alice", "Expires: 60\r\nAuthorization: Digest x\r\n").split("\r\n") {
+                match line.split_once(':') {
+                    Some((n, _)) if n == names[which] => text.push_str(&format!("{n}: {value}")),
+                    _ => text.push_str(line),
+                }
+                text.push_str("\r\n");
+            }
+            ep.handle_datagram(clock.now, clock.wall, peer, text.as_bytes());
+            let rs = drain(&mut ep, peer);
+            proptest::prop_assert!(rs.iter().filter(|r| r.status_code.code() != 100).count() <= 1);
+        }
+    }
+
+    #[test]
+    fn torture_verdicts_match_the_readme() {
+        let (mut ep, clock) = setup();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/torture/rfc4475");
+        let expect: &[(&str, &[u16])] = &[
+            ("badinv01", &[400]),
+            ("badvers", &[505]),
+            ("insuf", &[400]),
+            ("unkscm", &[416]),
+            ("novelsc", &[416]),
+            ("bext01", &[420]),
+            ("invut", &[100, 415]),
+            ("regaut01", &[401]),
+            ("multi01", &[400]),
+            ("mcl01", &[400]),
+            ("bcast", &[]),
+            // For sip:j.user@example.com, not for powerdial.
+            ("zeromf", &[483]),
+            ("sdp01", &[100, 406]),
+            ("intmeth", &[501]),
+            ("esc02", &[501]),
+        ];
+        for (i, (name, want)) in expect.iter().enumerate() {
+            let bytes = std::fs::read(dir.join(format!("{name}.dat"))).expect("fixture");
+            let peer = udp(&format!("203.0.113.60:{}", 31000 + i));
+            ep.handle_datagram(clock.now, clock.wall, peer, &bytes);
+            let rs = drain(&mut ep, peer);
+            assert_eq!(codes(&rs), *want, "{name}");
+        }
+    }
+}
