@@ -30,6 +30,18 @@ enum Command {
         /// The TOML config file to check.
         file: PathBuf,
     },
+    /// Import leads from a CSV file into the configured database.
+    ///
+    /// The header row names the columns: name, status, contact (or
+    /// contact_name), phone / phones / phone2…, custom.NAME, created. Bad
+    /// rows are reported by line and do not stop the good ones.
+    ImportLeads {
+        /// The CSV file.
+        file: PathBuf,
+        /// A TOML config file (for the database URL and default region).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
@@ -61,6 +73,14 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(powerdial::server::run(config))?;
             Ok(())
         }
+        Command::ImportLeads { file, config } => {
+            let config = load_config(config.as_ref())?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(import_leads(&config, &file))
+        }
         Command::CheckConfig { file } => {
             let config = Config::load(&file)?;
             println!(
@@ -73,4 +93,55 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+#[allow(clippy::disallowed_methods)] // the CLI is a driver: it reads the clock for progress.
+async fn import_leads(config: &Config, file: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = config
+        .database_url
+        .strip_prefix("sqlite://")
+        .and_then(|p| std::path::Path::new(p).parent())
+    {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let store = powerdial::store::connect(&config.database_url)
+        .await
+        .with_context(|| {
+            format!(
+                "opening the database {}",
+                powerdial::server::redacted(&config.database_url)
+            )
+        })?;
+    let started = std::time::Instant::now();
+    let mut last_print = started;
+    let report = powerdial::leads::import_csv_file(&store, file, &config.default_region, |rows| {
+        let now = std::time::Instant::now();
+        if now.duration_since(last_print).as_millis() >= 500 {
+            last_print = now;
+            let rate = rows as f64 / now.duration_since(started).as_secs_f64().max(0.001);
+            eprint!("\rimporting {}: {rows} rows ({rate:.0} rows/s)   ", file.display());
+            let _ = std::io::stderr().flush();
+        }
+    })
+    .await
+    .with_context(|| format!("importing {}", file.display()))?;
+    eprintln!();
+    for f in &report.failed {
+        eprintln!("{}:{}: {}", file.display(), f.line, f.reason);
+    }
+    if report.failed_total > report.failed.len() as u64 {
+        eprintln!(
+            "… and {} more failed rows",
+            report.failed_total - report.failed.len() as u64
+        );
+    }
+    println!(
+        "imported {} leads, {} rows failed, in {:.1} s",
+        report.imported,
+        report.failed_total,
+        started.elapsed().as_secs_f64()
+    );
+    store.close().await;
+    Ok(())
 }

@@ -4,6 +4,7 @@
 //! Other parts add their routes by merging a `Router<AppState>` in
 //! [`api_routes`] and their handles as fields of [`AppState`].
 
+pub mod agents;
 pub mod auth;
 pub mod error;
 pub mod leads;
@@ -31,7 +32,7 @@ pub const JSON_BODY_LIMIT: usize = 2 * 1024 * 1024;
 pub const IMPORT_BODY_LIMIT: usize = 64 * 1024 * 1024;
 
 /// What the handlers share. Cheap to clone; add fields as features need them.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AppState {
     /// The database.
     pub store: Store,
@@ -39,6 +40,21 @@ pub struct AppState {
     pub admin_token: Arc<str>,
     /// `[leads] default_region` for numbers written without a country code.
     pub default_region: Arc<str>,
+    /// The SIP task (registrar bindings); `None` when the API runs without SIP (tests).
+    pub sip: Option<crate::server::SipHandle>,
+    /// The configured agents.
+    pub agents: Arc<[crate::config::AgentConfig]>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The admin token never reaches a log.
+        f.debug_struct("AppState")
+            .field("store", &self.store)
+            .field("default_region", &self.default_region)
+            .field("agents", &self.agents.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl AppState {
@@ -48,7 +64,20 @@ impl AppState {
             store,
             admin_token: admin_token.into(),
             default_region: default_region.into(),
+            sip: None,
+            agents: Arc::from(Vec::new()),
         }
+    }
+
+    /// Adds the SIP task's handle and the configured agents (`/api/v1/agents`).
+    pub fn with_sip(
+        mut self,
+        sip: crate::server::SipHandle,
+        agents: Vec<crate::config::AgentConfig>,
+    ) -> Self {
+        self.sip = Some(sip);
+        self.agents = Arc::from(agents);
+        self
     }
 }
 
@@ -71,6 +100,8 @@ pub fn api_routes() -> Router<AppState> {
     Router::new()
         .merge(leads::routes())
         .merge(smart_views::routes())
+        .route("/api/v1/agents", get(agents::list))
+        .route("/api/v1/agents/{username}", get(agents::get))
 }
 
 async fn healthz() -> Json<serde_json::Value> {
