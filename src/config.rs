@@ -86,7 +86,11 @@ impl ListenAddr {
         let transport = match proto.to_ascii_lowercase().as_str() {
             "udp" => TransportKind::Udp,
             "tcp" => TransportKind::Tcp,
-            other => return Err(format!("`{s}`: unknown transport `{other}` (use udp or tcp)")),
+            other => {
+                return Err(format!(
+                    "`{s}`: unknown transport `{other}` (use udp or tcp)"
+                ))
+            }
         };
         let addr = rest
             .parse()
@@ -125,7 +129,9 @@ impl PortRange {
             .parse()
             .map_err(|_| format!("`{b}` is not a port number"))?;
         if first == 0 || first > last {
-            return Err(format!("`{s}`: the range must be non-empty and start above 0"));
+            return Err(format!(
+                "`{s}`: the range must be non-empty and start above 0"
+            ));
         }
         Ok(PortRange { first, last })
     }
@@ -145,6 +151,7 @@ struct RawServer {
     t1: Seconds,
     t2: Seconds,
     t4: Seconds,
+    digest_algorithms: Vec<String>,
 }
 
 impl Default for RawServer {
@@ -161,6 +168,7 @@ impl Default for RawServer {
             t1: Seconds(Duration::from_millis(500)),
             t2: Seconds(Duration::from_secs(4)),
             t4: Seconds(Duration::from_secs(5)),
+            digest_algorithms: vec!["SHA-256".into(), "MD5".into()],
         }
     }
 }
@@ -317,6 +325,8 @@ pub struct Config {
     pub tcp_idle_timeout: Duration,
     /// RFC 3261 timer values (T1, T2, T4).
     pub sip_timers: SipTimers,
+    /// Digest algorithms offered to phones, preferred first (RFC 8760).
+    pub digest_algorithms: Vec<crate::sip::digest::Algorithm>,
     /// `sqlite://…` or `postgres://…`.
     pub database_url: String,
     /// Bearer token for the admin API; `None` means the API refuses every request.
@@ -407,7 +417,10 @@ impl Config {
             if overridden.contains_key(&dotted) {
                 ("environment".to_string(), 0)
             } else {
-                (file.to_string(), find_key_line(text, section, key).unwrap_or(0))
+                (
+                    file.to_string(),
+                    find_key_line(text, section, key).unwrap_or(0),
+                )
             }
         };
         let invalid = |section: &str, key: &str, message: String| {
@@ -469,6 +482,26 @@ impl Config {
         if s.t1.0.is_zero() || s.t2.0 < s.t1.0 {
             return Err(invalid("server", "t2", "need 0 < t1 <= t2".into()));
         }
+        if s.digest_algorithms.is_empty() {
+            return Err(invalid(
+                "server",
+                "digest_algorithms",
+                "offer at least one of \"SHA-256\", \"MD5\"".into(),
+            ));
+        }
+        let digest_algorithms = s
+            .digest_algorithms
+            .iter()
+            .map(|a| {
+                crate::sip::digest::Algorithm::parse(a).map_err(|_| {
+                    invalid(
+                        "server",
+                        "digest_algorithms",
+                        format!("`{a}` is not a supported digest algorithm (use \"SHA-256\" or \"MD5\")"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let database_url = raw.database.url.unwrap_or_else(|| {
             format!(
                 "sqlite://{}",
@@ -495,7 +528,11 @@ impl Config {
                 return Err(invalid(
                     "agent",
                     "username",
-                    format!("agent #{}: `{}` is not a valid SIP user name", i + 1, a.username),
+                    format!(
+                        "agent #{}: `{}` is not a valid SIP user name",
+                        i + 1,
+                        a.username
+                    ),
                 ));
             }
             if a.password.is_empty() {
@@ -525,7 +562,10 @@ impl Config {
                 return Err(invalid(
                     "trunk",
                     "password",
-                    format!("trunk `{}`: give both username and password, or neither", t.name),
+                    format!(
+                        "trunk `{}`: give both username and password, or neither",
+                        t.name
+                    ),
                 ));
             }
         }
@@ -554,6 +594,7 @@ impl Config {
                 t2: s.t2.0,
                 t4: s.t4.0,
             },
+            digest_algorithms,
             database_url,
             admin_token: raw.admin.token.filter(|t| !t.is_empty()),
             default_region: raw.leads.default_region,
@@ -699,7 +740,10 @@ mod tests {
         let c = load(
             "[database]\nurl = \"sqlite://x.db\"\n[dialer]\nblock = 10\n",
             &[
-                ("POWERDIAL_DATABASE_URL", "postgres://postgres@127.0.0.1/test"),
+                (
+                    "POWERDIAL_DATABASE_URL",
+                    "postgres://postgres@127.0.0.1/test",
+                ),
                 ("POWERDIAL_DIALER_BLOCK", "7.5"),
                 ("POWERDIAL_ADMIN_TOKEN", "12345"),
                 ("POWERDIAL_SERVER_SIP_LISTEN", "[\"udp:127.0.0.1:0\"]"),
@@ -736,16 +780,15 @@ mod tests {
 
     #[test]
     fn invalid_value_names_line_and_key() {
-        let e = load(
-            "[server]\nsip_listen = [\"sctp:127.0.0.1:5060\"]\n",
-            &[],
-        )
-        .unwrap_err();
+        let e = load("[server]\nsip_listen = [\"sctp:127.0.0.1:5060\"]\n", &[]).unwrap_err();
         let s = e.to_string();
         assert!(s.starts_with("t.toml:2: `server.sip_listen`"), "{s}");
         assert!(s.contains("sctp"), "{s}");
         let e = load("[server]\n\n\nmedia_ip = \"nope\"\n", &[]).unwrap_err();
-        assert!(e.to_string().starts_with("t.toml:4: `server.media_ip`"), "{e}");
+        assert!(
+            e.to_string().starts_with("t.toml:4: `server.media_ip`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -120,7 +120,10 @@ async fn import_leads(config: &Config, file: &std::path::Path) -> anyhow::Result
         if now.duration_since(last_print).as_millis() >= 500 {
             last_print = now;
             let rate = rows as f64 / now.duration_since(started).as_secs_f64().max(0.001);
-            eprint!("\rimporting {}: {rows} rows ({rate:.0} rows/s)   ", file.display());
+            eprint!(
+                "\rimporting {}: {rows} rows ({rate:.0} rows/s)   ",
+                file.display()
+            );
             let _ = std::io::stderr().flush();
         }
     })

@@ -178,7 +178,14 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         max_message_size: config.max_message_size,
         trunk_sources,
     };
-    let mut endpoint = Endpoint::new(endpoint_config, &config.agents, secret, seed, Instant::now());
+    let mut endpoint = Endpoint::new(
+        endpoint_config,
+        &config.agents,
+        secret,
+        seed,
+        Instant::now(),
+    );
+    endpoint.set_digest_algorithms(&config.digest_algorithms);
     let now_ms = epoch_ms(SystemTime::now());
     let removed = store.delete_expired_registrations(now_ms).await?;
     let saved: Vec<Binding> = store
@@ -304,7 +311,9 @@ async fn sip_task(
         }
         while let Some(ev) = endpoint.poll_event() {
             if persist.try_send(ev).is_err() {
-                tracing::warn!("registration persistence is falling behind; a binding change was not saved");
+                tracing::warn!(
+                    "registration persistence is falling behind; a binding change was not saved"
+                );
             }
         }
     }
@@ -350,7 +359,10 @@ fn binding_from_row(r: Registration) -> Option<Binding> {
         "udp" => TransportKind::Udp,
         "tcp" => TransportKind::Tcp,
         other => {
-            tracing::warn!(transport = other, "ignoring a saved registration with an unknown transport");
+            tracing::warn!(
+                transport = other,
+                "ignoring a saved registration with an unknown transport"
+            );
             return None;
         }
     };

@@ -92,6 +92,9 @@ fn import_leads_reports_bad_rows_by_line_and_keeps_good_ones() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("imported 2 leads, 1 rows failed"), "{stdout}");
+    assert!(
+        stdout.contains("imported 2 leads, 1 rows failed"),
+        "{stdout}"
+    );
     assert!(stderr.contains("leads.csv:3:"), "{stderr}");
 }

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 /// A running server and what tests need to reach it.
 pub struct App {
     child: Child,
-    pub dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
+    config: PathBuf,
     pub sip: SocketAddr,
     pub http: SocketAddr,
     pub log: PathBuf,
@@ -35,12 +36,26 @@ pub fn free_port() -> u16 {
 /// Options for [`spawn_app_with`]: extra TOML appended to the config.
 #[derive(Default)]
 pub struct AppOptions {
+    /// Lines added to the `[server]` table.
+    pub server_toml: String,
+    /// Tables appended to the config.
     pub extra_toml: String,
     pub database_url: Option<String>,
 }
 
 pub fn spawn_app() -> App {
     spawn_app_with(AppOptions::default())
+}
+
+/// An app that offers only MD5 digest challenges: SIPp 3.6 answers only the
+/// first challenge and knows only MD5; baresip 1.0 gives up on a 401 that
+/// offers SHA-256 at all (libre's auth handler). Real phones of that age
+/// need this setting too (`server.digest_algorithms`).
+pub fn spawn_md5_app() -> App {
+    spawn_app_with(AppOptions {
+        server_toml: "digest_algorithms = [\"MD5\"]".into(),
+        ..AppOptions::default()
+    })
 }
 
 pub fn spawn_app_with(opts: AppOptions) -> App {
@@ -64,6 +79,7 @@ http_listen = "127.0.0.1:{http_port}"
 domain = "127.0.0.1"
 media_ip = "127.0.0.1"
 data_dir = "{data}"
+{server_extra}
 
 [database]
 url = "{db}"
@@ -76,6 +92,7 @@ token = "{token}"
 "#,
         data = dir.path().join("data").display(),
         extra = opts.extra_toml,
+        server_extra = opts.server_toml,
     );
     let cfg_path = dir.path().join("powerdial.toml");
     std::fs::write(&cfg_path, config).expect("write config");
@@ -93,7 +110,8 @@ token = "{token}"
         .expect("spawn powerdial");
     let app = App {
         child,
-        dir,
+        _dir: dir,
+        config: cfg_path,
         sip: SocketAddr::from(([127, 0, 0, 1], sip_port)),
         http: SocketAddr::from(([127, 0, 0, 1], http_port)),
         log,
@@ -115,6 +133,28 @@ impl App {
             }
         }
         panic!("powerdial did not come up; log:\n{}", self.log_text());
+    }
+
+    /// Stops the server and starts it again on the same config and data
+    /// (a restart keeps registrations and sessions).
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let log_file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        self.child = Command::new(env!("CARGO_BIN_EXE_powerdial"))
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env("POWERDIAL_LOG", "debug")
+            .env_remove("POWERDIAL_DATABASE_URL")
+            .env_remove("POWERDIAL_ADMIN_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("respawn powerdial");
+        self.wait_ready();
     }
 
     /// The server's log so far (for assertion messages).
@@ -218,7 +258,11 @@ pub fn http_request(
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("").to_string();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
     (status, body)
 }
 

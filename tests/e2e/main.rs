@@ -1,6 +1,8 @@
 //! Whole-system tests: a real `powerdial serve` process, real sockets on
 //! 127.0.0.1, real third-party SIP stacks (SIPp, baresip, PJSIP).
 
+#![allow(clippy::disallowed_methods)] // A driver of real processes: deadlines need the clock.
+
 mod app;
 mod peers;
 mod register;

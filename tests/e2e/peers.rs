@@ -2,7 +2,6 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,14 +20,24 @@ pub fn sipp(app: &App, scenario: &str, transport: &str, user: &str, password: &s
         .args(["-s", user, "-au", user, "-ap", password])
         .args(["-m", "1", "-t", transport, "-i", "127.0.0.1"])
         .args(["-p", &local_port.to_string()])
-        .args(["-timeout", "15s", "-timeout_error", "-max_recv_loops", "100"])
+        .args([
+            "-timeout",
+            "15s",
+            "-timeout_error",
+            "-max_recv_loops",
+            "100",
+        ])
         .args(["-trace_err", "-trace_msg"])
         .arg(app.sip.to_string())
         .stdin(Stdio::null())
         .output()
         .map(|mut o| {
             // Keep the message trace for failure reports.
-            for entry in std::fs::read_dir(trace_dir.path()).into_iter().flatten().flatten() {
+            for entry in std::fs::read_dir(trace_dir.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
                 if let Ok(t) = std::fs::read_to_string(entry.path()) {
                     o.stderr.extend_from_slice(
                         format!("\n== {}\n{t}", entry.path().display()).as_bytes(),
@@ -78,7 +87,6 @@ pub struct Baresip {
     child: Child,
     ctrl: TcpStream,
     _dir: tempfile::TempDir,
-    pub sip_port: u16,
     buf: Vec<u8>,
 }
 
@@ -117,7 +125,9 @@ impl Baresip {
         let ctrl = loop {
             match TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], ctrl_port))) {
                 Ok(s) => break s,
-                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
                 Err(e) => panic!("baresip control port never opened: {e}"),
             }
         };
@@ -125,7 +135,6 @@ impl Baresip {
             child,
             ctrl,
             _dir: dir,
-            sip_port,
             buf: Vec::new(),
         }
     }
@@ -183,4 +192,3 @@ impl Drop for Baresip {
         let _ = self.child.wait();
     }
 }
-

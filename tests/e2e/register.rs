@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::app::spawn_app;
+use crate::app::{spawn_app, spawn_md5_app};
 use crate::peers::{pjsip_register, sipp, Baresip};
 
 fn assert_sipp_ok(out: &std::process::Output, what: &str, app: &crate::app::App) {
@@ -19,9 +19,15 @@ fn assert_sipp_ok(out: &std::process::Output, what: &str, app: &crate::app::App)
 
 #[test]
 fn sipp_registers_with_digest_over_udp_and_tcp() {
-    let app = spawn_app();
+    let app = spawn_md5_app();
     for transport in ["u1", "t1"] {
-        let out = sipp(&app, "register_auth.xml", transport, "alice", "alice-secret");
+        let out = sipp(
+            &app,
+            "register_auth.xml",
+            transport,
+            "alice",
+            "alice-secret",
+        );
         assert_sipp_ok(&out, &format!("register over {transport}"), &app);
     }
     let (status, body) = app.http_get("/api/v1/agents/alice");
@@ -31,21 +37,46 @@ fn sipp_registers_with_digest_over_udp_and_tcp() {
         2,
         "one binding per transport: {body}"
     );
+    // Bindings survive a restart (persisted in the database).
+    let mut app = app;
+    app.restart();
+    let (status, body) = app.http_get("/api/v1/agents/alice");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body.matches("\"contact\"").count(),
+        2,
+        "after restart: {body}"
+    );
 }
 
 #[test]
 fn sipp_wrong_password_gets_401_again() {
-    let app = spawn_app();
+    let app = spawn_md5_app();
     for transport in ["u1", "t1"] {
-        let out = sipp(&app, "register_wrong_password.xml", transport, "alice", "wrong");
+        let out = sipp(
+            &app,
+            "register_wrong_password.xml",
+            transport,
+            "alice",
+            "wrong",
+        );
         assert_sipp_ok(&out, &format!("wrong password over {transport}"), &app);
         // An unknown user gets the very same treatment (no user enumeration).
-        let out = sipp(&app, "register_wrong_password.xml", transport, "mallory", "x");
+        let out = sipp(
+            &app,
+            "register_wrong_password.xml",
+            transport,
+            "mallory",
+            "x",
+        );
         assert_sipp_ok(&out, &format!("unknown user over {transport}"), &app);
     }
     let (status, body) = app.http_get("/api/v1/agents/alice");
     assert_eq!(status, 200, "{body}");
-    assert!(!body.contains("\"contact\""), "no binding was stored: {body}");
+    assert!(
+        !body.contains("\"contact\""),
+        "no binding was stored: {body}"
+    );
 }
 
 #[test]
@@ -53,16 +84,27 @@ fn pjsip_registers_over_udp_and_tcp_and_unregisters() {
     let app = spawn_app();
     for transport in ["udp", "tcp"] {
         let codes = pjsip_register(&app, transport, "bob", "bob-secret");
-        assert_eq!(codes.last(), Some(&200), "pjsip over {transport}: {codes:?}");
+        assert_eq!(
+            codes.last(),
+            Some(&200),
+            "pjsip over {transport}: {codes:?}"
+        );
     }
+    // PJSIP unregisters its account when it shuts down (Expires: 0).
+    let (status, body) = app.http_get("/api/v1/agents/bob");
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.contains("\"contact\""), "unregistered: {body}");
     let codes = pjsip_register(&app, "udp", "bob", "nope");
-    assert!(!codes.contains(&200), "wrong password must never get 200: {codes:?}");
+    assert!(
+        !codes.contains(&200),
+        "wrong password must never get 200: {codes:?}"
+    );
     assert!(codes.contains(&401), "{codes:?}");
 }
 
 #[test]
 fn baresip_registers_over_udp_and_tcp() {
-    let app = spawn_app();
+    let app = spawn_md5_app();
     for transport in ["udp", "tcp"] {
         let mut phone = Baresip::start();
         phone.command(
@@ -84,7 +126,10 @@ fn baresip_registers_over_udp_and_tcp() {
     let mut phone = Baresip::start();
     phone.command(
         "uanew",
-        &format!("<sip:bob@{};transport=udp>;auth_pass=wrong;regint=600", app.sip),
+        &format!(
+            "<sip:bob@{};transport=udp>;auth_pass=wrong;regint=600",
+            app.sip
+        ),
     );
     let ev = phone.wait_event(&["REGISTER_OK", "REGISTER_FAIL"], Duration::from_secs(10));
     assert!(

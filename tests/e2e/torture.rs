@@ -88,7 +88,12 @@ fn assert_still_answers(app: &mut App) {
     assert!(app.is_alive(), "powerdial died; log:\n{}", app.log_text());
     let resp = app
         .udp_exchange(&options_request(app.sip, "after"), 2000)
-        .unwrap_or_else(|| panic!("no answer to OPTIONS after torture; log:\n{}", app.log_text()));
+        .unwrap_or_else(|| {
+            panic!(
+                "no answer to OPTIONS after torture; log:\n{}",
+                app.log_text()
+            )
+        });
     assert!(resp.starts_with("SIP/2.0 200"), "{resp}");
     // And over TCP.
     let mut tcp = TcpStream::connect(app.sip).expect("tcp connect");
@@ -171,9 +176,13 @@ fn malformed_input_never_crashes_or_stalls() {
     // A 70 KB header section over TCP: refused (413 or closed), never buffered forever.
     let mut tcp = TcpStream::connect(app.sip).expect("tcp");
     tcp.set_read_timeout(Some(Duration::from_secs(5))).ok();
-    let mut big = b"OPTIONS sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:9;branch=z9hG4bKbig\r\n".to_vec();
+    let mut big =
+        b"OPTIONS sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:9;branch=z9hG4bKbig\r\n"
+            .to_vec();
     while big.len() < 70 * 1024 {
-        big.extend_from_slice(b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+        big.extend_from_slice(
+            b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n",
+        );
     }
     let _ = tcp.write_all(&big);
     let mut buf = [0u8; 1024];

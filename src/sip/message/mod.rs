@@ -335,7 +335,12 @@ fn request(msg: &RawMessage<'_>, transport: TransportKind, max_size: usize) -> I
         // response goes back to the source address and echoes the Via
         // verbatim, as long as it is printable text.
         Err(d) if !is_ack => match reject_with_raw_vias(msg, &d) {
-            Some(response) => return Inspected::Reject { response, reason: d },
+            Some(response) => {
+                return Inspected::Reject {
+                    response,
+                    reason: d,
+                }
+            }
             None => return Inspected::drop(d),
         },
         Err(d) => return Inspected::drop(d),
@@ -676,9 +681,7 @@ fn reject_with_raw_vias(msg: &RawMessage<'_>, defect: &Defect) -> Option<syntax:
         return None;
     }
     let mut response = reject(msg, &Vec::new(), defect);
-    let vias = raw
-        .into_iter()
-        .map(|v| Header::Via(untyped::Via::new(v)));
+    let vias = raw.into_iter().map(|v| Header::Via(untyped::Via::new(v)));
     let mut headers: Vec<Header> = vias.collect();
     headers.extend(response.headers.iter().cloned());
     response.headers = headers.into();

@@ -66,6 +66,25 @@ pub enum TransactionKey {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ServerKey(pub TransactionKey);
 
+impl ServerKey {
+    /// The key of a request that matches another source's transaction by
+    /// §17.2.3 alone (a reused or forged branch): the source is made part of
+    /// the identity, so it becomes a transaction of its own instead of
+    /// "retransmitting" someone else's (whose responses it would never see).
+    pub fn from_source(&self, peer: crate::sip::Peer) -> ServerKey {
+        let mut key = self.clone();
+        match &mut key.0 {
+            TransactionKey::Branch { sent_by, .. } => {
+                sent_by.push_str(&format!(" from {peer}"));
+            }
+            TransactionKey::Rfc2543 { top_via, .. } => {
+                top_via.push_str(&format!(" from {peer}"));
+            }
+        }
+        key
+    }
+}
+
 /// The identity of a client transaction: branch + CSeq method, which is how
 /// responses match it (RFC 3261 §17.1.3).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

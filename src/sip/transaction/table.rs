@@ -240,8 +240,19 @@ impl TransactionTable {
         peer: Peer,
         request: Request,
     ) -> Result<(), TransactionError> {
-        let identity = RequestIdentity::of(&request, matching_method(request.method))?;
+        let mut identity = RequestIdentity::of(&request, matching_method(request.method))?;
         let is_ack = request.method == Method::Ack;
+        // §17.2.3 matches on the Via alone; a retransmission also comes from
+        // the same source. Another source with the same branch and sent-by
+        // gets a transaction of its own (see `ServerKey::from_source`).
+        let other_source = self
+            .servers
+            .get(&identity.key)
+            .and_then(|id| self.slots.get(id))
+            .is_some_and(|slot| slot.tx.peer() != peer);
+        if other_source {
+            identity.key = identity.key.from_source(peer);
+        }
         if let Some(&id) = self.servers.get(&identity.key) {
             let matched = match self.slots.get_mut(&id) {
                 Some(slot) => match &mut slot.tx {

@@ -116,14 +116,11 @@ impl TransportHandle {
         for l in listen {
             match l.transport {
                 TransportKind::Udp => {
-                    let socket = udp::bind(l.addr).map_err(|source| TransportError::Bind {
-                        addr: *l,
-                        source,
-                    })?;
-                    let local = socket.local_addr().map_err(|source| TransportError::Bind {
-                        addr: *l,
-                        source,
-                    })?;
+                    let socket = udp::bind(l.addr)
+                        .map_err(|source| TransportError::Bind { addr: *l, source })?;
+                    let local = socket
+                        .local_addr()
+                        .map_err(|source| TransportError::Bind { addr: *l, source })?;
                     let socket = Arc::new(socket);
                     tokio::spawn(udp::receive_loop(
                         socket.clone(),
@@ -136,16 +133,12 @@ impl TransportHandle {
                     udp.get_or_insert((local, socket));
                 }
                 TransportKind::Tcp => {
-                    let listener = tokio::net::TcpListener::bind(l.addr).await.map_err(
-                        |source| TransportError::Bind {
-                            addr: *l,
-                            source,
-                        },
-                    )?;
-                    let local = listener.local_addr().map_err(|source| TransportError::Bind {
-                        addr: *l,
-                        source,
-                    })?;
+                    let listener = tokio::net::TcpListener::bind(l.addr)
+                        .await
+                        .map_err(|source| TransportError::Bind { addr: *l, source })?;
+                    let local = listener
+                        .local_addr()
+                        .map_err(|source| TransportError::Bind { addr: *l, source })?;
                     tracing::info!(%local, "SIP listening on TCP");
                     tokio::spawn(tcp::accept_loop(
                         listener,

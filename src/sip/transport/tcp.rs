@@ -42,7 +42,14 @@ pub(super) async fn accept_loop(
             drop(stream);
             continue;
         }
-        start(stream, from, local, inbound.clone(), connections.clone(), limits);
+        start(
+            stream,
+            from,
+            local,
+            inbound.clone(),
+            connections.clone(),
+            limits,
+        );
     }
 }
 
