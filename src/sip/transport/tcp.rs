@@ -159,7 +159,7 @@ async fn read_loop(
                     let msg = Inbound {
                         peer,
                         local,
-                        bytes: Bytes::from(message),
+                        bytes: message,
                     };
                     if inbound.send(msg).await.is_err() {
                         return;
