@@ -397,6 +397,20 @@ impl Config {
                 message: e.message().to_string(),
             }
         })?;
+        // Type errors carry a span only when deserialised from the text itself.
+        if let Err(e) = toml::from_str::<RawConfig>(text) {
+            let message = e.message().to_string();
+            let line = e
+                .span()
+                .map(|s| line_of(text, s.start))
+                .or_else(|| guess_line(text, &message))
+                .unwrap_or(0);
+            return Err(ConfigError::Syntax {
+                file: file.to_string(),
+                line,
+                message,
+            });
+        }
         let overridden = apply_env(&mut table, env)?;
         let raw: RawConfig = RawConfig::deserialize(toml::Value::Table(table)).map_err(|e| {
             // serde's message names the key; find the line of the first key it names.
