@@ -7,4 +7,5 @@
 
 
 pub mod config;
+pub mod media;
 pub mod sip;
