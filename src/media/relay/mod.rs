@@ -420,3 +420,6 @@ async fn run(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
