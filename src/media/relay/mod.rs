@@ -413,10 +413,9 @@ async fn run(
             },
         }
         while let Some(e) = core.poll_event() {
-            if events.send(e).is_err() {
-                // Nobody listens any more: the call layer is gone.
-                return;
-            }
+            // A dropped receiver only means nobody wants events; the task
+            // lives until its `AgentMedia` is dropped.
+            let _ = events.send(e);
         }
     }
 }
