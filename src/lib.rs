@@ -8,6 +8,7 @@
 pub mod config;
 pub mod http;
 pub mod leads;
+pub mod media;
 pub mod server;
 pub mod sip;
 pub mod store;

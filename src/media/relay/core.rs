@@ -1,0 +1,933 @@
+//! The sans-IO media core of one agent: the nailed-up agent leg, the lead leg
+//! of the current dial, what the agent hears (beep, silence, early media, the
+//! lead) and what the lead hears (the agent once bridged).
+//!
+//! The driver feeds it datagrams and timeouts with `now`, and sends what it
+//! hands back. Received packets are rewritten in the receive buffer and
+//! handed back as a range of it: no copy, no allocation per packet.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use crate::media::dtmf::{DtmfDetector, TelephoneEvent};
+use crate::media::g711::G711Law;
+use crate::media::latch::{Latch, LatchDecision};
+use crate::media::rewrite::{parse_rtp, OutFormat, PayloadKind, StreamRewriter};
+use crate::media::sdp::Negotiated;
+use crate::media::tone::{Frame, ToneGenerator, FRAME_DURATION, FRAME_SAMPLES};
+
+/// A media leg's identity, unique within one relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LegId(pub u64);
+
+/// Which of the agent's two legs a datagram arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// powerdial ↔ agent phone.
+    Agent,
+    /// powerdial ↔ carrier, for the current dial.
+    Lead,
+}
+
+/// Output identity of a stream we originate (RFC 3550 §5.1: SSRC, initial
+/// sequence number and timestamp are random; the driver draws them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamSeed {
+    /// SSRC.
+    pub ssrc: u32,
+    /// First sequence number.
+    pub seq: u16,
+    /// First timestamp.
+    pub timestamp: u32,
+}
+
+/// Settings of the media core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoreConfig {
+    /// Length of the dial-start beep (SPEC §1 step 2).
+    pub beep: Duration,
+    /// No RTP on a leg that should be sending for this long → `RtpTimeout`.
+    pub rtp_timeout: Duration,
+    /// Agent DTMF digits that drive the dialer and are not relayed to the
+    /// lead (SPEC §5: `*` next lead, `#` hang up the lead, `0` pause).
+    pub control_digits: Vec<char>,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            beep: Duration::from_millis(250),
+            rtp_timeout: Duration::from_secs(30),
+            control_digits: vec!['*', '#', '0'],
+        }
+    }
+}
+
+/// Something the call layer should know (SPEC §5, §6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaEvent {
+    /// A key press on a leg (RFC 4733). On the agent leg, control digits are
+    /// reported and not relayed; the others are reported and relayed.
+    Dtmf {
+        /// The leg.
+        leg: LegId,
+        /// `0-9 * # A-D`.
+        digit: char,
+    },
+    /// A leg that should be sending has been silent for `rtp_timeout`.
+    /// Reported once until packets resume.
+    RtpTimeout {
+        /// The leg.
+        leg: LegId,
+    },
+    /// The first RTP packet of a leg arrived (measurement, SPEC §6).
+    FirstRtp {
+        /// The leg.
+        leg: LegId,
+        /// When.
+        at: Instant,
+    },
+    /// The first lead packet went to the agent after `bridge` (SPEC §6
+    /// answer → bridge).
+    BridgeFirstPacket {
+        /// The lead leg.
+        lead: LegId,
+        /// When the bridge was applied.
+        bridged_at: Instant,
+        /// When the packet was handed to the agent's socket.
+        at: Instant,
+    },
+    /// A leg's RTP source was learnt (symmetric RTP) and differs from or
+    /// confirms the SDP address.
+    Latched {
+        /// The leg.
+        leg: LegId,
+        /// The address we now send to.
+        addr: SocketAddr,
+    },
+}
+
+/// A command the core refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CoreError {
+    /// The leg is neither this agent's leg nor its current lead leg.
+    #[error("unknown media leg {0:?}")]
+    UnknownLeg(LegId),
+}
+
+/// A packet to send: which side's socket, where, and which bytes of the
+/// buffer that was passed in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    /// Send from this side's socket.
+    pub side: Side,
+    /// To this address.
+    pub dest: SocketAddr,
+    /// These bytes of the buffer.
+    pub range: Range<usize>,
+}
+
+#[derive(Debug)]
+struct Leg {
+    id: LegId,
+    neg: Option<Negotiated>,
+    latch: Latch,
+    /// Last packet received, or when we started expecting packets.
+    last_rx: Option<Instant>,
+    timed_out: bool,
+    seen: bool,
+    detector: DtmfDetector,
+}
+
+impl Leg {
+    fn new(id: LegId) -> Self {
+        Leg {
+            id,
+            neg: None,
+            latch: Latch::default(),
+            last_rx: None,
+            timed_out: false,
+            seen: false,
+            detector: DtmfDetector::new(),
+        }
+    }
+
+    fn classify(&self, pt: u8) -> Option<PayloadKind> {
+        let n = self.neg.as_ref()?;
+        if pt == n.codec.pt {
+            Some(PayloadKind::Audio(n.codec.law))
+        } else if Some(pt) == n.dtmf_pt {
+            Some(PayloadKind::TelephoneEvent)
+        } else {
+            // Comfort noise (PT 13) or anything unnegotiated: not relayed.
+            None
+        }
+    }
+
+    /// Where to send, if the peer accepts media from us.
+    fn dest(&self) -> Option<SocketAddr> {
+        let n = self.neg.as_ref()?;
+        if n.direction.sends() {
+            self.latch.dest()
+        } else {
+            None
+        }
+    }
+
+    fn timeout_deadline(&self, after: Duration) -> Option<Instant> {
+        let n = self.neg.as_ref()?;
+        if self.timed_out || !n.direction.receives() {
+            return None;
+        }
+        self.last_rx.map(|t| t + after)
+    }
+}
+
+fn out_format(n: &Negotiated) -> OutFormat {
+    OutFormat {
+        law: n.codec.law,
+        pt: n.codec.pt,
+        dtmf_pt: n.dtmf_pt,
+    }
+}
+
+/// Early media counts as playing if a packet came within this long; the
+/// generator fills in silence after it (3 lost frames is not yet silence).
+const EARLY_MEDIA_HOLD: Duration = Duration::from_millis(60);
+/// A driver this late skips the missed frames instead of bursting them.
+const MAX_TICK_LAG: Duration = Duration::from_millis(100);
+
+/// The media core of one agent (see the module doc).
+#[derive(Debug)]
+pub struct AgentMediaCore {
+    cfg: CoreConfig,
+    agent: Leg,
+    lead: Option<Leg>,
+    bridged_at: Option<Instant>,
+    first_after_bridge: bool,
+    tone: ToneGenerator,
+    frame: Frame,
+    to_agent: StreamRewriter,
+    to_lead: Option<StreamRewriter>,
+    next_tick: Option<Instant>,
+    last_early_media: Option<Instant>,
+    events: VecDeque<MediaEvent>,
+}
+
+impl AgentMediaCore {
+    /// A core for the agent leg `agent`; the stream towards the agent uses
+    /// `seed`. Nothing is sent until the agent's remote is set.
+    pub fn new(cfg: CoreConfig, agent: LegId, seed: StreamSeed) -> Self {
+        let pcmu = OutFormat {
+            law: G711Law::Pcmu,
+            pt: 0,
+            dtmf_pt: None,
+        };
+        AgentMediaCore {
+            tone: ToneGenerator::dial_beep(G711Law::Pcmu, cfg.beep),
+            cfg,
+            agent: Leg::new(agent),
+            lead: None,
+            bridged_at: None,
+            first_after_bridge: false,
+            frame: [0; FRAME_SAMPLES],
+            to_agent: StreamRewriter::new(seed.ssrc, seed.seq, seed.timestamp, pcmu),
+            to_lead: None,
+            next_tick: None,
+            last_early_media: None,
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The agent leg's id.
+    pub fn agent_leg(&self) -> LegId {
+        self.agent.id
+    }
+
+    /// The current lead leg's id.
+    pub fn lead_leg(&self) -> Option<LegId> {
+        self.lead.as_ref().map(|l| l.id)
+    }
+
+    /// Whether the agent hears the lead.
+    pub fn is_bridged(&self) -> bool {
+        self.bridged_at.is_some()
+    }
+
+    fn leg_mut(&mut self, id: LegId) -> Result<&mut Leg, CoreError> {
+        if self.agent.id == id {
+            return Ok(&mut self.agent);
+        }
+        match &mut self.lead {
+            Some(l) if l.id == id => Ok(l),
+            _ => Err(CoreError::UnknownLeg(id)),
+        }
+    }
+
+    /// Applies an offer/answer result to a leg (RFC 3264): where to send,
+    /// which payload types to expect and to write.
+    pub fn set_remote(
+        &mut self,
+        now: Instant,
+        id: LegId,
+        neg: Negotiated,
+    ) -> Result<(), CoreError> {
+        let leg = self.leg_mut(id)?;
+        leg.latch.set_signalled(neg.remote);
+        leg.neg = Some(neg);
+        leg.last_rx.get_or_insert(now);
+        leg.timed_out = false;
+        if id == self.agent.id {
+            self.to_agent.set_format(out_format(&neg));
+            self.tone.set_law(neg.codec.law);
+            if self.bridged_at.is_none() && self.next_tick.is_none() {
+                self.next_tick = Some(now);
+            }
+        } else if let Some(rw) = &mut self.to_lead {
+            rw.set_format(out_format(&neg));
+        }
+        Ok(())
+    }
+
+    /// Makes `id` the lead leg of the current dial (replacing any previous
+    /// one, which is unbridged); the stream towards it uses `seed`.
+    pub fn attach_lead(&mut self, id: LegId, seed: StreamSeed) {
+        self.bridged_at = None;
+        self.lead = Some(Leg::new(id));
+        let pcmu = OutFormat {
+            law: G711Law::Pcmu,
+            pt: 0,
+            dtmf_pt: None,
+        };
+        self.to_lead = Some(StreamRewriter::new(
+            seed.ssrc,
+            seed.seq,
+            seed.timestamp,
+            pcmu,
+        ));
+        self.last_early_media = None;
+    }
+
+    /// Forgets the lead leg (its call ended); the agent hears silence.
+    pub fn detach_lead(&mut self, now: Instant, id: LegId) -> Result<(), CoreError> {
+        match &self.lead {
+            Some(l) if l.id == id => {
+                self.unbridge(now);
+                self.lead = None;
+                self.to_lead = None;
+                Ok(())
+            }
+            _ => Err(CoreError::UnknownLeg(id)),
+        }
+    }
+
+    /// Starts the dial-start beep towards the agent (SPEC §1 step 2).
+    pub fn play_tone(&mut self, now: Instant) {
+        self.tone.start();
+        if self.bridged_at.is_none() && self.next_tick.is_none() && self.agent.neg.is_some() {
+            self.next_tick = Some(now);
+        }
+    }
+
+    /// Connects agent and lead in one step (SPEC §1 step 4): the next lead
+    /// packet goes to the agent, the generator stops.
+    pub fn bridge(&mut self, now: Instant, lead: LegId) -> Result<(), CoreError> {
+        match &self.lead {
+            Some(l) if l.id == lead => {
+                self.bridged_at = Some(now);
+                self.first_after_bridge = true;
+                self.tone.stop();
+                self.next_tick = None;
+                Ok(())
+            }
+            _ => Err(CoreError::UnknownLeg(lead)),
+        }
+    }
+
+    /// Disconnects agent and lead; the agent hears generated silence again.
+    pub fn unbridge(&mut self, now: Instant) {
+        if self.bridged_at.take().is_some() && self.agent.neg.is_some() {
+            self.next_tick = Some(now);
+        }
+        self.first_after_bridge = false;
+    }
+
+    /// Handles one datagram received on `side`'s RTP socket. `buf` is the
+    /// datagram; it is rewritten in place and the returned [`Forward`] names
+    /// the bytes to send. Malformed or unexpected packets return `None`.
+    pub fn handle_rtp(
+        &mut self,
+        now: Instant,
+        side: Side,
+        from: SocketAddr,
+        buf: &mut [u8],
+    ) -> Option<Forward> {
+        let pkt = parse_rtp(buf).ok()?;
+        let leg = match side {
+            Side::Agent => &mut self.agent,
+            Side::Lead => self.lead.as_mut()?,
+        };
+        let kind = leg.classify(pkt.pt)?;
+        match leg.latch.accept(from) {
+            LatchDecision::Reject => return None,
+            LatchDecision::Latched(addr) => self
+                .events
+                .push_back(MediaEvent::Latched { leg: leg.id, addr }),
+            LatchDecision::Accept => {}
+        }
+        leg.last_rx = Some(now);
+        leg.timed_out = false;
+        if !leg.seen {
+            leg.seen = true;
+            self.events.push_back(MediaEvent::FirstRtp {
+                leg: leg.id,
+                at: now,
+            });
+        }
+        let leg_id = leg.id;
+        if kind == PayloadKind::TelephoneEvent {
+            let payload = buf.get(pkt.payload.clone())?;
+            if let Ok(Some(digit)) = leg.detector.handle(pkt.timestamp, payload) {
+                self.events
+                    .push_back(MediaEvent::Dtmf { leg: leg_id, digit });
+            }
+            if side == Side::Agent {
+                let ev = TelephoneEvent::parse(payload).ok()?;
+                // Every packet of a control digit stays here, not only the
+                // one that reported it.
+                if ev
+                    .digit()
+                    .is_some_and(|d| self.cfg.control_digits.contains(&d))
+                {
+                    return None;
+                }
+            }
+        }
+        match side {
+            Side::Agent => {
+                self.bridged_at?;
+                let dest = self.lead.as_ref()?.dest()?;
+                let range = self
+                    .to_lead
+                    .as_mut()?
+                    .forward(now, leg_id.0, kind, &pkt, buf)?;
+                Some(Forward {
+                    side: Side::Lead,
+                    dest,
+                    range,
+                })
+            }
+            Side::Lead => {
+                let dest = self.agent.dest()?;
+                match self.bridged_at {
+                    Some(bridged_at) => {
+                        let range = self.to_agent.forward(now, leg_id.0, kind, &pkt, buf)?;
+                        if std::mem::take(&mut self.first_after_bridge) {
+                            self.events.push_back(MediaEvent::BridgeFirstPacket {
+                                lead: leg_id,
+                                bridged_at,
+                                at: now,
+                            });
+                        }
+                        Some(Forward {
+                            side: Side::Agent,
+                            dest,
+                            range,
+                        })
+                    }
+                    None => {
+                        // Early media: the beep has priority while it sounds.
+                        if self.tone.is_beeping() {
+                            return None;
+                        }
+                        self.last_early_media = Some(now);
+                        let range = self.to_agent.forward(now, leg_id.0, kind, &pkt, buf)?;
+                        Some(Forward {
+                            side: Side::Agent,
+                            dest,
+                            range,
+                        })
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next instant [`Self::handle_timeout`] must run: the next 20 ms
+    /// generated frame or the earliest RTP-timeout deadline.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let t = self.cfg.rtp_timeout;
+        [
+            self.next_tick,
+            self.agent.timeout_deadline(t),
+            self.lead.as_ref().and_then(|l| l.timeout_deadline(t)),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Runs timers: RTP timeouts, and writes the generated frame due (beep or
+    /// silence, unless early media is playing) into `out`, returning where to
+    /// send it and its length. Call again until it returns `None`.
+    pub fn handle_timeout(&mut self, now: Instant, out: &mut [u8]) -> Option<(SocketAddr, usize)> {
+        let t = self.cfg.rtp_timeout;
+        for leg in std::iter::once(&mut self.agent).chain(self.lead.as_mut()) {
+            if leg.timeout_deadline(t).is_some_and(|d| d <= now) {
+                leg.timed_out = true;
+                self.events
+                    .push_back(MediaEvent::RtpTimeout { leg: leg.id });
+            }
+        }
+        let tick = self.next_tick.filter(|t| *t <= now)?;
+        let mut next = tick + FRAME_DURATION;
+        if now.saturating_duration_since(next) > MAX_TICK_LAG {
+            next = now + FRAME_DURATION;
+        }
+        self.next_tick = Some(next);
+        if !self.tone.is_beeping()
+            && self
+                .last_early_media
+                .is_some_and(|t| now.saturating_duration_since(t) < EARLY_MEDIA_HOLD)
+        {
+            return None;
+        }
+        self.tone.next_frame(&mut self.frame);
+        let dest = self.agent.dest()?;
+        let n = self.to_agent.generated(now, &self.frame, out)?;
+        Some((dest, n))
+    }
+
+    /// The next event for the call layer.
+    pub fn poll_event(&mut self) -> Option<MediaEvent> {
+        self.events.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The simulated clock's origin: the only real clock read, in tests.
+    #[allow(clippy::disallowed_methods)]
+    fn anchor() -> Instant {
+        Instant::now()
+    }
+    use crate::media::dtmf::TelephoneEvent;
+    use crate::media::sdp::{Codec, Direction};
+
+    const AGENT: LegId = LegId(1);
+    const LEAD: LegId = LegId(2);
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn neg(remote: &str, law: G711Law, dtmf: Option<u8>) -> Negotiated {
+        let r = addr(remote);
+        Negotiated {
+            remote: r,
+            remote_rtcp: SocketAddr::new(r.ip(), r.port() + 1),
+            codec: Codec {
+                law,
+                pt: law.static_pt(),
+            },
+            dtmf_pt: dtmf,
+            direction: Direction::SendRecv,
+            ptime: 20,
+        }
+    }
+
+    fn rtp(pt: u8, marker: bool, seq: u16, ts: u32, ssrc: u32, payload: &[u8]) -> Vec<u8> {
+        let mut b = vec![0x80, pt | if marker { 0x80 } else { 0 }];
+        b.extend_from_slice(&seq.to_be_bytes());
+        b.extend_from_slice(&ts.to_be_bytes());
+        b.extend_from_slice(&ssrc.to_be_bytes());
+        b.extend_from_slice(payload);
+        b
+    }
+
+    struct Sent {
+        dest: SocketAddr,
+        side: Side,
+        bytes: Vec<u8>,
+    }
+
+    struct Harness {
+        core: AgentMediaCore,
+        t0: Instant,
+        now: Instant,
+        to_agent: Vec<Sent>,
+        to_lead: Vec<Sent>,
+    }
+
+    impl Harness {
+        fn new() -> Self {
+            let t0 = anchor();
+            let core = AgentMediaCore::new(
+                CoreConfig {
+                    rtp_timeout: Duration::from_secs(5),
+                    ..CoreConfig::default()
+                },
+                AGENT,
+                StreamSeed {
+                    ssrc: 0xA6E47,
+                    seq: 100,
+                    timestamp: 1000,
+                },
+            );
+            Harness {
+                core,
+                t0,
+                now: t0,
+                to_agent: Vec::new(),
+                to_lead: Vec::new(),
+            }
+        }
+
+        /// Runs timers up to `t` (ms after start), collecting generated frames.
+        fn advance(&mut self, ms: u64) {
+            let end = self.t0 + Duration::from_millis(ms);
+            while let Some(t) = self.core.poll_timeout().filter(|t| *t <= end) {
+                self.now = t.max(self.now);
+                let mut out = [0u8; 200];
+                while let Some((dest, n)) = self.core.handle_timeout(self.now, &mut out) {
+                    self.to_agent.push(Sent {
+                        dest,
+                        side: Side::Agent,
+                        bytes: out[..n].to_vec(),
+                    });
+                }
+            }
+            self.now = end;
+        }
+
+        fn recv(&mut self, side: Side, from: &str, mut pkt: Vec<u8>) -> bool {
+            match self.core.handle_rtp(self.now, side, addr(from), &mut pkt) {
+                Some(f) => {
+                    let s = Sent {
+                        dest: f.dest,
+                        side: f.side,
+                        bytes: pkt[f.range].to_vec(),
+                    };
+                    match f.side {
+                        Side::Agent => self.to_agent.push(s),
+                        Side::Lead => self.to_lead.push(s),
+                    }
+                    true
+                }
+                None => false,
+            }
+        }
+
+        fn events(&mut self) -> Vec<MediaEvent> {
+            std::iter::from_fn(|| self.core.poll_event()).collect()
+        }
+    }
+
+    #[test]
+    fn agent_hears_beep_then_early_media_then_lead_as_one_stream() {
+        let mut h = Harness::new();
+        h.core
+            .set_remote(
+                h.now,
+                AGENT,
+                neg("192.168.0.5:4000", G711Law::Pcmu, Some(101)),
+            )
+            .unwrap();
+        h.core.attach_lead(
+            LEAD,
+            StreamSeed {
+                ssrc: 0x1EAD,
+                seq: 5,
+                timestamp: 7,
+            },
+        );
+        h.core.play_tone(h.now);
+        h.advance(290);
+        // 250 ms beep = 12.5 frames → 13 frames with tone, then silence; frames at 0..280 ms.
+        assert_eq!(h.to_agent.len(), 15);
+        let with_tone = h
+            .to_agent
+            .iter()
+            .filter(|s| s.bytes[12..].iter().any(|b| *b != 0xFF))
+            .count();
+        assert_eq!(with_tone, 13);
+        assert!(h
+            .to_agent
+            .iter()
+            .all(|s| s.dest == addr("192.168.0.5:4000") && s.side == Side::Agent));
+
+        // 183 with SDP: the carrier sends PCMA early media from 305 ms.
+        h.core
+            .set_remote(
+                h.now,
+                LEAD,
+                neg("198.51.100.1:30000", G711Law::Pcma, Some(100)),
+            )
+            .unwrap();
+        for i in 0..5u16 {
+            h.advance(305 + 20 * u64::from(i));
+            assert!(h.recv(
+                Side::Lead,
+                "198.51.100.1:30000",
+                rtp(
+                    8,
+                    i == 0,
+                    500 + i,
+                    80_000 + 160 * u32::from(i),
+                    0xCA,
+                    &[0xD5; 160]
+                )
+            ));
+        }
+        // While early media flows the generator is quiet (one silence frame
+        // went at 300 ms, before it started).
+        h.advance(385);
+        assert_eq!(h.to_agent.len(), 16 + 5);
+        // Agent audio is not relayed before the answer.
+        assert!(!h.recv(
+            Side::Agent,
+            "192.168.0.5:4000",
+            rtp(0, false, 1, 1, 0xA9, &[0x11; 160])
+        ));
+
+        // Answer at 390 ms: new SSRC from the carrier.
+        h.advance(390);
+        h.core.bridge(h.now, LEAD).unwrap();
+        h.advance(395);
+        for i in 0..5u16 {
+            assert!(h.recv(
+                Side::Lead,
+                "198.51.100.1:30000",
+                rtp(
+                    8,
+                    false,
+                    9000 + i,
+                    3_000_000 + 160 * u32::from(i),
+                    0xCB,
+                    &[0x2A; 160]
+                )
+            ));
+            h.advance(395 + 20 * (u64::from(i) + 1));
+        }
+        assert_eq!(
+            h.to_agent.len(),
+            16 + 5 + 5,
+            "no generated frames after bridge"
+        );
+
+        let out: Vec<_> = h
+            .to_agent
+            .iter()
+            .map(|s| parse_rtp(&s.bytes).unwrap())
+            .collect();
+        for w in out.windows(2) {
+            assert_eq!(w[1].seq, w[0].seq.wrapping_add(1));
+            assert_eq!(w[1].ssrc, 0xA6E47);
+            assert!(w[1].timestamp.wrapping_sub(w[0].timestamp) >= 160);
+            assert!(w[1].timestamp.wrapping_sub(w[0].timestamp) <= 240);
+            assert_eq!(w[1].pt, 0);
+        }
+        let switches: Vec<usize> = out
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.marker)
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(switches, vec![0, 16, 21]);
+        // The lead's A-law full scale arrives as μ-law full scale.
+        assert_eq!(
+            h.to_agent[21].bytes[12],
+            crate::media::g711::ALAW_TO_ULAW[0x2A]
+        );
+
+        // The lead hears the agent now, with the lead's PT and SSRC.
+        assert!(h.recv(
+            Side::Agent,
+            "192.168.0.5:4000",
+            rtp(0, false, 2, 161, 0xA9, &[0xFF; 160])
+        ));
+        let p = parse_rtp(&h.to_lead[0].bytes).unwrap();
+        assert_eq!(
+            (p.pt, p.ssrc, p.seq, p.timestamp, p.marker),
+            (8, 0x1EAD, 5, 7, true)
+        );
+        assert_eq!(h.to_lead[0].dest, addr("198.51.100.1:30000"));
+        assert_eq!(h.to_lead[0].bytes[12], 0xD5);
+
+        let ev = h.events();
+        assert!(ev.contains(&MediaEvent::FirstRtp {
+            leg: LEAD,
+            at: h.t0 + Duration::from_millis(305)
+        }));
+        let bridged = h.t0 + Duration::from_millis(390);
+        let first = h.t0 + Duration::from_millis(395);
+        assert!(ev.contains(&MediaEvent::BridgeFirstPacket {
+            lead: LEAD,
+            bridged_at: bridged,
+            at: first
+        }));
+        assert_eq!(
+            ev.iter()
+                .filter(|e| matches!(e, MediaEvent::BridgeFirstPacket { .. }))
+                .count(),
+            1
+        );
+
+        // Hang-up of the lead: silence resumes, continuing the stream.
+        h.core.detach_lead(h.now, LEAD).unwrap();
+        let before = h.to_agent.len();
+        h.advance(600);
+        assert!(h.to_agent.len() > before);
+        let p = parse_rtp(&h.to_agent[before].bytes).unwrap();
+        assert!(p.marker);
+        assert_eq!(p.seq, out.last().unwrap().seq.wrapping_add(1));
+    }
+
+    #[test]
+    fn agent_control_digits_are_events_and_others_are_relayed() {
+        let mut h = Harness::new();
+        h.core
+            .set_remote(h.now, AGENT, neg("10.0.0.2:5000", G711Law::Pcmu, Some(101)))
+            .unwrap();
+        h.core.attach_lead(
+            LEAD,
+            StreamSeed {
+                ssrc: 1,
+                seq: 1,
+                timestamp: 1,
+            },
+        );
+        h.core
+            .set_remote(h.now, LEAD, neg("10.0.0.3:6000", G711Law::Pcmu, Some(96)))
+            .unwrap();
+        h.core.bridge(h.now, LEAD).unwrap();
+        let ev = |code, end, dur| {
+            TelephoneEvent {
+                event: code,
+                end,
+                volume: 10,
+                duration: dur,
+            }
+            .to_bytes()
+        };
+        let mut relayed = 0;
+        // `*`: start, update, three ends.
+        for (i, (end, dur)) in [
+            (false, 160),
+            (false, 320),
+            (true, 480),
+            (true, 480),
+            (true, 480),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            relayed += usize::from(h.recv(
+                Side::Agent,
+                "10.0.0.2:5000",
+                rtp(101, i == 0, 10 + i as u16, 8000, 7, &ev(10, end, dur)),
+            ));
+        }
+        assert_eq!(relayed, 0, "control digits stay with us");
+        // `5`: relayed, with the lead's event PT.
+        for (i, end) in [false, true, true, true].into_iter().enumerate() {
+            relayed += usize::from(h.recv(
+                Side::Agent,
+                "10.0.0.2:5000",
+                rtp(101, i == 0, 20 + i as u16, 16000, 7, &ev(5, end, 400)),
+            ));
+        }
+        assert_eq!(relayed, 4);
+        assert!(h
+            .to_lead
+            .iter()
+            .all(|s| parse_rtp(&s.bytes).unwrap().pt == 96));
+        let digits: Vec<_> = h
+            .events()
+            .into_iter()
+            .filter_map(|e| match e {
+                MediaEvent::Dtmf { leg, digit } => Some((leg, digit)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(digits, vec![(AGENT, '*'), (AGENT, '5')]);
+    }
+
+    #[test]
+    fn latching_and_rtp_timeout() {
+        let mut h = Harness::new();
+        h.core
+            .set_remote(h.now, AGENT, neg("192.168.1.20:4000", G711Law::Pcmu, None))
+            .unwrap();
+        h.advance(10);
+        assert_eq!(h.to_agent[0].dest, addr("192.168.1.20:4000"));
+        // The phone is behind a NAT: its packets come from the public address.
+        h.recv(
+            Side::Agent,
+            "203.0.113.9:62000",
+            rtp(0, false, 1, 1, 5, &[0xFF; 160]),
+        );
+        h.advance(30);
+        assert_eq!(h.to_agent.last().unwrap().dest, addr("203.0.113.9:62000"));
+        // Another sender cannot take over.
+        h.recv(
+            Side::Agent,
+            "198.51.100.99:1234",
+            rtp(0, false, 2, 161, 5, &[0xFF; 160]),
+        );
+        h.advance(50);
+        assert_eq!(h.to_agent.last().unwrap().dest, addr("203.0.113.9:62000"));
+        // Unknown payload types (comfort noise) and garbage are dropped.
+        assert!(!h.recv(
+            Side::Agent,
+            "203.0.113.9:62000",
+            rtp(13, false, 3, 321, 5, &[0x40])
+        ));
+        assert!(!h.recv(Side::Agent, "203.0.113.9:62000", vec![1, 2, 3]));
+
+        let ev = h.events();
+        assert_eq!(
+            ev.iter()
+                .filter(|e| matches!(e, MediaEvent::Latched { .. }))
+                .count(),
+            1
+        );
+        // Silence from the phone for 5 s after its packet at 10 ms (the
+        // rejected ones do not count) → one timeout, re-armed by a packet.
+        h.advance(5_000);
+        assert_eq!(h.events(), vec![]);
+        h.advance(5_020);
+        assert_eq!(h.events(), vec![MediaEvent::RtpTimeout { leg: AGENT }]);
+        h.advance(20_000);
+        assert_eq!(h.events(), vec![]);
+        h.recv(
+            Side::Agent,
+            "203.0.113.9:62000",
+            rtp(0, false, 4, 481, 5, &[0xFF; 160]),
+        );
+        h.advance(25_100);
+        assert_eq!(h.events(), vec![MediaEvent::RtpTimeout { leg: AGENT }]);
+    }
+
+    #[test]
+    fn commands_on_unknown_legs_fail() {
+        let mut h = Harness::new();
+        assert_eq!(h.core.bridge(h.now, LEAD), Err(CoreError::UnknownLeg(LEAD)));
+        assert_eq!(
+            h.core
+                .set_remote(h.now, LEAD, neg("1.1.1.1:1", G711Law::Pcmu, None)),
+            Err(CoreError::UnknownLeg(LEAD))
+        );
+        assert_eq!(
+            h.core.detach_lead(h.now, LEAD),
+            Err(CoreError::UnknownLeg(LEAD))
+        );
+        // No remote yet: nothing is generated, no timers.
+        h.core.play_tone(h.now);
+        assert_eq!(h.core.poll_timeout(), None);
+    }
+}

@@ -1,0 +1,424 @@
+//! The RTP relay driver: one tokio task per agent owns the agent leg's and
+//! the current lead leg's UDP sockets and drives an [`AgentMediaCore`].
+//!
+//! Hot path (SPEC §6): a packet is read into the task's one buffer,
+//! rewritten in place by the core and sent at once with `try_send_to` from
+//! the out leg's socket (symmetric RTP: we send from the port we advertised).
+//! Nothing is queued: if the kernel's send buffer is full the packet is
+//! dropped, as a router would. Commands (bridge, …) arrive on a channel the
+//! task polls before its sockets, so a bridge applies before the next lead
+//! packet is read. The task owns one timer: the core's `poll_timeout` (20 ms
+//! generated frames while not bridged, RTP timeouts).
+
+pub mod core;
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+pub use self::core::{
+    AgentMediaCore, CoreConfig, CoreError, Forward, LegId, MediaEvent, Side, StreamSeed,
+};
+use crate::config::PortRange;
+use crate::media::port::{PortError, PortLease, PortPool, SharedPortPool};
+use crate::media::sdp::Negotiated;
+
+/// Settings of the relay.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Address the RTP sockets bind to (`server.media_ip`; `0.0.0.0` when the
+    /// SDP address is a NAT's public address).
+    pub bind_ip: IpAddr,
+    /// `server.rtp_ports`.
+    pub ports: PortRange,
+    /// Beep length, RTP timeout, control digits.
+    pub core: CoreConfig,
+    /// `SO_RCVBUF`/`SO_SNDBUF` of RTP sockets (DESIGN.md: large buffers so
+    /// bursts are not dropped before we read them).
+    pub socket_buffer: usize,
+}
+
+impl RelayConfig {
+    /// The relay settings of a server configuration.
+    pub fn from_config(c: &crate::config::Config) -> Self {
+        RelayConfig {
+            bind_ip: c.media_ip,
+            ports: c.rtp_ports,
+            core: CoreConfig::default(),
+            socket_buffer: 1 << 20,
+        }
+    }
+}
+
+/// Why a media operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    /// No free RTP port pair.
+    #[error(transparent)]
+    Ports(#[from] PortError),
+    /// A socket could not be bound.
+    #[error("binding RTP port {port}: {source}")]
+    Bind {
+        /// The port.
+        port: u16,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Every port tried was taken by another process.
+    #[error("no bindable RTP port pair after {0} tries")]
+    NoBindablePort(usize),
+    /// The agent's media task has ended.
+    #[error("media task closed")]
+    Closed,
+}
+
+/// A media leg as the call layer sees it: its id and the port for the SDP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LegHandle {
+    /// Id for commands and events.
+    pub id: LegId,
+    /// Local RTP port (RTCP is `local_port + 1`), for `make_offer`/`answer`.
+    pub local_port: u16,
+}
+
+struct LegSockets {
+    rtp: UdpSocket,
+    rtcp: UdpSocket,
+    _lease: PortLease,
+}
+
+enum Command {
+    SetRemote(LegId, Negotiated),
+    AttachLead {
+        id: LegId,
+        sockets: LegSockets,
+        seed: StreamSeed,
+    },
+    CloseLeg(LegId),
+    PlayTone,
+    Bridge(LegId),
+    Unbridge,
+}
+
+struct Inner {
+    cfg: RelayConfig,
+    pool: SharedPortPool,
+    next_leg: AtomicU64,
+}
+
+/// The media relay: hands out agent media tasks over a shared port pool.
+#[derive(Clone)]
+pub struct MediaRelay {
+    inner: Arc<Inner>,
+}
+
+fn bind_udp(ip: IpAddr, port: u16, buffer: usize) -> io::Result<UdpSocket> {
+    let addr = SocketAddr::new(ip, port);
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: the kernel caps these at net.core.[rw]mem_max.
+    let _ = s.set_recv_buffer_size(buffer);
+    let _ = s.set_send_buffer_size(buffer);
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    UdpSocket::from_std(s.into())
+}
+
+fn random_seed() -> StreamSeed {
+    StreamSeed {
+        ssrc: rand::random(),
+        seq: rand::random(),
+        timestamp: rand::random(),
+    }
+}
+
+const BIND_TRIES: usize = 16;
+
+impl MediaRelay {
+    /// A relay over `cfg.ports`.
+    pub fn new(cfg: RelayConfig) -> Result<Self, MediaError> {
+        let pool = SharedPortPool::new(PortPool::new(cfg.ports)?);
+        Ok(MediaRelay {
+            inner: Arc::new(Inner {
+                cfg,
+                pool,
+                next_leg: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    /// Free RTP port pairs.
+    pub fn free_port_pairs(&self) -> usize {
+        self.inner.pool.available()
+    }
+
+    fn open_sockets(&self) -> Result<(LegHandle, LegSockets), MediaError> {
+        let cfg = &self.inner.cfg;
+        for _ in 0..BIND_TRIES {
+            let lease = self.inner.pool.lease()?;
+            let port = lease.port();
+            let bound = bind_udp(cfg.bind_ip, port, cfg.socket_buffer)
+                .and_then(|rtp| Ok((rtp, bind_udp(cfg.bind_ip, port + 1, 64 * 1024)?)));
+            match bound {
+                Ok((rtp, rtcp)) => {
+                    let id = LegId(self.inner.next_leg.fetch_add(1, Ordering::Relaxed));
+                    return Ok((
+                        LegHandle {
+                            id,
+                            local_port: port,
+                        },
+                        LegSockets {
+                            rtp,
+                            rtcp,
+                            _lease: lease,
+                        },
+                    ));
+                }
+                // Another process holds it: the lease goes to the back of the
+                // pool and we try the next pair.
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
+                Err(source) => return Err(MediaError::Bind { port, source }),
+            }
+        }
+        Err(MediaError::NoBindablePort(BIND_TRIES))
+    }
+
+    /// Opens an agent's nailed-up media leg and spawns its task (needs a
+    /// tokio runtime). Events of the agent's legs come on the receiver;
+    /// dropping the returned [`AgentMedia`] ends the task and frees its ports.
+    pub fn open_agent(
+        &self,
+    ) -> Result<(AgentMedia, mpsc::UnboundedReceiver<MediaEvent>), MediaError> {
+        let (agent, sockets) = self.open_sockets()?;
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let core = AgentMediaCore::new(self.inner.cfg.core.clone(), agent.id, random_seed());
+        tokio::spawn(run(core, sockets, cmd_rx, ev_tx));
+        Ok((
+            AgentMedia {
+                tx: cmd_tx,
+                agent,
+                relay: self.clone(),
+            },
+            ev_rx,
+        ))
+    }
+}
+
+/// Control of one agent's media task (SPEC §1 steps 2–5).
+pub struct AgentMedia {
+    tx: mpsc::UnboundedSender<Command>,
+    agent: LegHandle,
+    relay: MediaRelay,
+}
+
+impl AgentMedia {
+    /// The agent leg.
+    pub fn agent_leg(&self) -> LegHandle {
+        self.agent
+    }
+
+    fn send(&self, c: Command) -> Result<(), MediaError> {
+        self.tx.send(c).map_err(|_| MediaError::Closed)
+    }
+
+    /// Opens the lead leg of a new dial (its ports are bound now, so the
+    /// offer can name them); it replaces and closes any previous lead leg.
+    pub fn open_lead_leg(&self) -> Result<LegHandle, MediaError> {
+        let (h, sockets) = self.relay.open_sockets()?;
+        self.send(Command::AttachLead {
+            id: h.id,
+            sockets,
+            seed: random_seed(),
+        })?;
+        Ok(h)
+    }
+
+    /// Applies an offer/answer result to a leg (RFC 3264).
+    pub fn set_remote(&self, leg: LegId, neg: Negotiated) -> Result<(), MediaError> {
+        self.send(Command::SetRemote(leg, neg))
+    }
+
+    /// Starts the dial-start beep towards the agent.
+    pub fn play_tone(&self) -> Result<(), MediaError> {
+        self.send(Command::PlayTone)
+    }
+
+    /// Connects the agent and the lead in one step (SPEC §1 step 4, §6).
+    pub fn bridge(&self, lead: LegId) -> Result<(), MediaError> {
+        self.send(Command::Bridge(lead))
+    }
+
+    /// Disconnects them; the agent hears silence.
+    pub fn unbridge(&self) -> Result<(), MediaError> {
+        self.send(Command::Unbridge)
+    }
+
+    /// Closes the lead leg (its call ended) and frees its ports.
+    pub fn close_leg(&self, lead: LegId) -> Result<(), MediaError> {
+        self.send(Command::CloseLeg(lead))
+    }
+
+    /// Ends the task and frees all its ports.
+    pub fn close(self) {}
+}
+
+async fn readable(s: Option<&UdpSocket>) -> io::Result<()> {
+    match s {
+        Some(s) => s.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads at most this many datagrams per wake-up, so one flooded socket
+/// cannot starve the others of the task.
+const DRAIN_BATCH: usize = 64;
+
+#[allow(clippy::disallowed_methods)] // the driver is where the clock is read
+fn clock() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+fn drain_rtp(
+    core: &mut AgentMediaCore,
+    side: Side,
+    agent: &LegSockets,
+    lead: Option<&LegSockets>,
+    buf: &mut [u8],
+) {
+    let Some(rx) = (match side {
+        Side::Agent => Some(agent),
+        Side::Lead => lead,
+    }) else {
+        return;
+    };
+    for _ in 0..DRAIN_BATCH {
+        match rx.rtp.try_recv_from(buf) {
+            Ok((n, from)) => {
+                let Some(pkt) = buf.get_mut(..n) else {
+                    continue;
+                };
+                if let Some(f) = core.handle_rtp(clock(), side, from, pkt) {
+                    let tx = match f.side {
+                        Side::Agent => Some(agent),
+                        Side::Lead => lead,
+                    };
+                    if let (Some(tx), Some(bytes)) = (tx, pkt.get(f.range)) {
+                        if let Err(e) = tx.rtp.try_send_to(bytes, f.dest) {
+                            tracing::debug!(error = %e, dest = %f.dest, "RTP packet dropped on send");
+                        }
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            // ICMP errors from earlier sends surface here on Linux; keep reading.
+            Err(e) => tracing::debug!(error = %e, "RTP receive error"),
+        }
+    }
+}
+
+fn drain_discard(s: &UdpSocket, buf: &mut [u8]) {
+    for _ in 0..DRAIN_BATCH {
+        match s.try_recv_from(buf) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(_) => {}
+        }
+    }
+}
+
+fn apply(core: &mut AgentMediaCore, lead: &mut Option<LegSockets>, cmd: Command) {
+    let now = clock();
+    let r = match cmd {
+        Command::SetRemote(leg, neg) => core.set_remote(now, leg, neg),
+        Command::AttachLead { id, sockets, seed } => {
+            core.attach_lead(id, seed);
+            *lead = Some(sockets);
+            Ok(())
+        }
+        Command::CloseLeg(id) => {
+            let r = core.detach_lead(now, id);
+            if r.is_ok() {
+                *lead = None;
+            }
+            r
+        }
+        Command::PlayTone => {
+            core.play_tone(now);
+            Ok(())
+        }
+        Command::Bridge(id) => core.bridge(now, id),
+        Command::Unbridge => {
+            core.unbridge(now);
+            Ok(())
+        }
+    };
+    if let Err(e) = r {
+        tracing::warn!(error = %e, agent_leg = ?core.agent_leg(), "media command refused");
+    }
+}
+
+async fn run(
+    mut core: AgentMediaCore,
+    agent: LegSockets,
+    mut cmds: mpsc::UnboundedReceiver<Command>,
+    events: mpsc::UnboundedSender<MediaEvent>,
+) {
+    let mut lead: Option<LegSockets> = None;
+    // One receive buffer per task, reused for every packet.
+    let mut buf = vec![0u8; 2048];
+    let mut out = [0u8; 256];
+    let sleep = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(sleep);
+    let mut armed: Option<Instant> = None;
+    loop {
+        let deadline = core.poll_timeout();
+        if deadline != armed {
+            if let Some(d) = deadline {
+                sleep.as_mut().reset(tokio::time::Instant::from_std(d));
+            }
+            armed = deadline;
+        }
+        tokio::select! {
+            biased;
+            cmd = cmds.recv() => match cmd {
+                Some(c) => apply(&mut core, &mut lead, c),
+                None => break,
+            },
+            r = agent.rtp.readable() => if r.is_ok() {
+                drain_rtp(&mut core, Side::Agent, &agent, lead.as_ref(), &mut buf);
+            },
+            r = readable(lead.as_ref().map(|l| &l.rtp)) => if r.is_ok() {
+                drain_rtp(&mut core, Side::Lead, &agent, lead.as_ref(), &mut buf);
+            },
+            () = &mut sleep, if armed.is_some() => {
+                let now = clock();
+                while let Some((dest, n)) = core.handle_timeout(now, &mut out) {
+                    if let Err(e) = agent.rtp.try_send_to(&out[..n], dest) {
+                        tracing::debug!(error = %e, "generated frame dropped");
+                    }
+                }
+                // The deadline may not move (e.g. a timeout just reported):
+                // force a re-arm from poll_timeout.
+                armed = None;
+            },
+            r = agent.rtcp.readable() => if r.is_ok() { drain_discard(&agent.rtcp, &mut buf) },
+            r = readable(lead.as_ref().map(|l| &l.rtcp)) => if r.is_ok() {
+                if let Some(l) = &lead { drain_discard(&l.rtcp, &mut buf) }
+            },
+        }
+        while let Some(e) = core.poll_event() {
+            // A dropped receiver only means nobody wants events; the task
+            // lives until its `AgentMedia` is dropped.
+            let _ = events.send(e);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
