@@ -1,0 +1,1 @@
+//! Leg tests with simulated time.
