@@ -7,6 +7,11 @@
 use std::fmt;
 use std::net::SocketAddr;
 
+pub mod dialog;
+pub mod digest;
+pub mod registrar;
+pub mod transaction;
+
 pub use rsipstack::sip as syntax;
 
 /// The transport a message travelled or must travel on (RFC 3261 §18).
@@ -68,4 +73,3 @@ pub struct Transmit {
     /// The message.
     pub message: syntax::SipMessage,
 }
-pub mod transaction;
