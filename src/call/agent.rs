@@ -8,9 +8,9 @@ use rand::RngCore;
 
 use super::lead::EndReason;
 use super::leg::{is_invite_2xx, response_to_tag, InDialog, InviteLines, LegCore};
-use super::shim::dialog::Dialog;
 use super::timer::Timer;
 use super::{CallError, LocalAddress};
+use crate::sip::dialog::Dialog;
 use crate::sip::syntax::{Request, Response, SipMessage};
 use crate::sip::transaction::{ClientKey, Event, TimerConfig};
 use crate::sip::{Peer, Transmit};

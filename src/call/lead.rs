@@ -8,11 +8,11 @@ use rand::RngCore;
 
 use super::leg::{is_invite_2xx, response_to_tag, InDialog, InviteLines, LegCore};
 use super::outcome::{LegRecord, Outcome};
-use super::shim::dialog::Dialog;
-use super::shim::digest::DigestClient;
 use super::timer::Timer;
 use super::wire::{lead_request_uri, sdp_body};
 use super::{CallError, LocalAddress};
+use crate::sip::dialog::Dialog;
+use crate::sip::digest::DigestClient;
 use crate::sip::syntax::{Request, Response, SipMessage};
 use crate::sip::transaction::{ClientKey, Event, TimerConfig};
 use crate::sip::{Peer, Transmit};

@@ -9,10 +9,10 @@ use std::time::Instant;
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 
-use super::shim::dialog::{Dialog, DialogId};
 use super::timer::TimerTable;
 use super::wire::{finish, parse_request, reply, sdp_body};
 use super::{CallError, LocalAddress};
+use crate::sip::dialog::{Dialog, DialogId};
 use crate::sip::syntax::{HeadersExt, Method, Request, Response, SipMessage};
 use crate::sip::transaction::{
     branch_from_bits, ClientKey, Retransmit2xx, Retransmit2xxEvent, ServerKey, TimerConfig,

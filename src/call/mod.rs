@@ -25,8 +25,6 @@ mod agent;
 mod lead;
 mod leg;
 mod outcome;
-#[doc(hidden)]
-pub mod shim;
 mod timer;
 mod wire;
 
@@ -72,7 +70,7 @@ pub enum CallError {
     Transaction(#[from] crate::sip::transaction::TransactionError),
     /// The dialog layer refused (RFC 3261 §12).
     #[error(transparent)]
-    Dialog(#[from] shim::dialog::DialogError),
+    Dialog(#[from] crate::sip::dialog::DialogError),
     /// `answer_reinvite` with no re-INVITE waiting for an answer.
     #[error("no re-INVITE is waiting for an answer")]
     NoPendingReInvite,

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-use super::shim::dialog::{Body, Dialog};
-use super::shim::digest::{compute_response, Algorithm, Credentials};
 use super::wire::reply;
 use super::*;
+use crate::sip::dialog::{Body, Dialog};
+use crate::sip::digest::{compute_response, Algorithm, Credentials};
 use crate::sip::syntax::{HeadersExt, Method, Request, Response, SipMessage};
 use crate::sip::transaction::{
     test_epoch, ClientKey, Event, ServerKey, TimerConfig, TransactionTable,
