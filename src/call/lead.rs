@@ -1,0 +1,699 @@
+//! The lead leg: the UAC call to the carrier trunk for one number (issue 3
+//! §2–§4, §6; SPEC R8–R12).
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use rand::RngCore;
+
+use super::leg::{is_invite_2xx, response_to_tag, InDialog, InviteLines, LegCore};
+use super::outcome::{LegRecord, Outcome};
+use super::timer::Timer;
+use super::wire::{lead_request_uri, sdp_body};
+use super::{CallError, LocalAddress};
+use crate::sip::dialog::Dialog;
+use crate::sip::digest::DigestClient;
+use crate::sip::syntax::{Request, Response, SipMessage};
+use crate::sip::transaction::{ClientKey, Event, TimerConfig};
+use crate::sip::{Peer, Transmit};
+
+/// What the driver knows when it dials a lead (issue 3 §2).
+#[derive(Debug, Clone)]
+pub struct LeadParams {
+    /// The trunk's address and transport: every request of the call goes there.
+    pub trunk: Peer,
+    /// The configured `[[trunk]] uri` (`sip:127.0.0.1:5080;transport=tcp`).
+    pub trunk_uri: String,
+    /// The lead's number, already E.164 and allowed by the trunk (R11 is
+    /// checked before a leg is made: restricted numbers never reach the wire).
+    pub number: String,
+    /// The trunk's caller ID, the user part of our From (issue 3 §2).
+    pub caller_id: String,
+    /// `P-Asserted-Identity` (RFC 3325): a number (written as a SIP URI at
+    /// our domain) or a whole `sip:`/`tel:` URI.
+    pub p_asserted_identity: Option<String>,
+    /// Digest username and password for a trunk that challenges (RFC 3261 §22.2).
+    pub credentials: Option<(String, String)>,
+    /// Our addresses.
+    pub local: LocalAddress,
+    /// Our SDP offer from the media relay; opaque here.
+    pub offer_sdp: Vec<u8>,
+    /// R8: 32 s, or 20 s with reduced ring time.
+    pub ring_timeout: Duration,
+    /// The hard maximum length of an answered call (default 4 h).
+    pub max_call_length: Duration,
+    /// The transaction timers (RFC 3261 Table 4).
+    pub timers: TimerConfig,
+}
+
+/// Why an answered lead call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// The carrier sent BYE (answered 200; RFC 3261 §15.1.2).
+    RemoteBye,
+    /// [`LeadLeg::hangup`] (or `skip` after the answer): we sent BYE.
+    LocalHangup,
+    /// [`Timer::MaxCallLength`] expired: we sent BYE.
+    MaxCallLength,
+}
+
+/// What the lead leg tells the driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeadEvent {
+    /// The first 101–199 response (180 Ringing, 183 Session Progress).
+    Ringing {
+        /// Its status code.
+        status: u16,
+    },
+    /// A provisional response carried SDP (early media, issue 3 §5): relay
+    /// the carrier's stream to the agent. Reported again when the SDP changes.
+    EarlyMedia {
+        /// The carrier's SDP answer.
+        sdp: Vec<u8>,
+    },
+    /// 200 OK before the ring timeout: the ACK is already queued. This is
+    /// the bridge trigger (issue 3 §5): switch the agent's media at once.
+    Answered {
+        /// The carrier's SDP answer.
+        sdp: Vec<u8>,
+    },
+    /// The call will not be answered: the outcome is decided (R8–R12) and
+    /// the dialer may move on, while the leg finishes its signalling
+    /// (487/ACK, a crossing 200's ACK and BYE) until [`LeadEvent::Closed`].
+    Unanswered {
+        /// `no_answer`, `busy`, `skipped`, `temporary_error` or `restricted`.
+        outcome: Outcome,
+    },
+    /// The carrier re-INVITEd (hold/unhold, RFC 3261 §14.2): answer with
+    /// [`LeadLeg::answer_reinvite`] and the media module's answer (or our
+    /// offer when `offer` is `None`).
+    ReInvite {
+        /// The carrier's new offer, if the re-INVITE carried one.
+        offer: Option<Vec<u8>>,
+    },
+    /// An answered call ended (the agent goes to wrap-up, issue 3 §6).
+    Ended {
+        /// Who or what ended it.
+        reason: EndReason,
+    },
+    /// Nothing is left in flight: write the call record and drop the leg.
+    Closed {
+        /// The final outcome.
+        outcome: Outcome,
+        /// Timestamps, SIP status, ring time.
+        record: LegRecord,
+    },
+}
+
+/// What the INVITE is built from, kept for the digest retry.
+#[derive(Debug, Clone)]
+struct InviteTemplate {
+    request_uri: String,
+    from: String,
+    to: String,
+    pai: Option<String>,
+    sdp: Vec<u8>,
+}
+
+/// The INVITE is out; no final response yet (RFC 3261 §13.2.2).
+#[derive(Debug)]
+struct Inviting {
+    invite: Request,
+    key: ClientKey,
+    cseq: u32,
+    auth_retried: bool,
+    ringing_reported: bool,
+    early_sdp: Option<Vec<u8>>,
+}
+
+/// The outcome is decided (ring timeout or skip); the CANCEL is out or waits
+/// for a provisional (§9.1), and the INVITE's final response is awaited.
+#[derive(Debug)]
+struct Cancelling {
+    invite: Request,
+    key: ClientKey,
+}
+
+/// Answered: the dialog is confirmed and ACKed.
+#[derive(Debug)]
+struct Talking {
+    invite: Request,
+    dialog: Dialog,
+    ack: Request,
+}
+
+/// Over: waiting for the last transactions (BYE, 487's ACK) to finish;
+/// the dialog is kept to ACK a retransmitted 2xx again (§13.2.2.4).
+#[derive(Debug)]
+struct Closing {
+    invite: Request,
+    dialog: Option<(Dialog, Request)>,
+}
+
+#[derive(Debug)]
+enum LeadState {
+    Inviting(Inviting),
+    Cancelling(Cancelling),
+    Talking(Talking),
+    Closing(Closing),
+    Closed,
+}
+
+/// The UAC call to the carrier for one lead (issue 3 §2–§4), sans-IO.
+///
+/// Drive it with [`handle_message`](Self::handle_message) for every message
+/// with its Call-ID, [`handle_timeout`](Self::handle_timeout) at
+/// [`poll_timeout`](Self::poll_timeout), and [`skip`](Self::skip) /
+/// [`hangup`](Self::hangup); after each input drain
+/// [`poll_transmit`](Self::poll_transmit) and [`poll_event`](Self::poll_event).
+#[derive(Debug)]
+pub struct LeadLeg {
+    core: LegCore,
+    trunk: Peer,
+    template: InviteTemplate,
+    digest: Option<DigestClient>,
+    max_call_length: Duration,
+    state: LeadState,
+    outcome: Option<Outcome>,
+    record: LegRecord,
+    events: VecDeque<LeadEvent>,
+}
+
+impl LeadLeg {
+    /// Builds the INVITE and hands it to the leg's transaction table (the
+    /// first [`poll_transmit`](Self::poll_transmit) returns it) and starts
+    /// [`Timer::RingTimeout`] from `now` (R8). Errors leave nothing sent.
+    pub fn dial(
+        now: Instant,
+        params: LeadParams,
+        rng: &mut impl RngCore,
+    ) -> Result<Self, CallError> {
+        let request_uri = lead_request_uri(&params.trunk_uri, &params.number)?;
+        let domain = &params.local.domain;
+        let from = as_name_addr(&params.caller_id, domain);
+        let pai = params
+            .p_asserted_identity
+            .as_deref()
+            .map(|p| as_name_addr(p, domain));
+        let template = InviteTemplate {
+            to: format!("<{request_uri}>"),
+            request_uri,
+            from,
+            pai,
+            sdp: params.offer_sdp,
+        };
+        let mut core = LegCore::new(rng, params.timers, params.local);
+        let via = core.via(params.trunk);
+        let invite = build_invite(&core, &template, 1, &via, None)?;
+        let key = core.table.send_request(now, params.trunk, invite.clone())?;
+        core.timers
+            .set(Timer::RingTimeout, now + params.ring_timeout);
+        Ok(LeadLeg {
+            core,
+            trunk: params.trunk,
+            template,
+            digest: params
+                .credentials
+                .map(|(user, password)| DigestClient::new(user, password)),
+            max_call_length: params.max_call_length,
+            state: LeadState::Inviting(Inviting {
+                invite,
+                key,
+                cseq: 1,
+                auth_retried: false,
+                ringing_reported: false,
+                early_sdp: None,
+            }),
+            outcome: None,
+            record: LegRecord::new(now),
+            events: VecDeque::new(),
+        })
+    }
+
+    /// The Call-ID: the driver routes every message carrying it here.
+    pub fn call_id(&self) -> &str {
+        &self.core.call_id
+    }
+
+    /// The outcome once decided (R8–R12).
+    pub fn outcome(&self) -> Option<Outcome> {
+        self.outcome
+    }
+
+    /// The call record's facts so far.
+    pub fn record(&self) -> &LegRecord {
+        &self.record
+    }
+
+    /// Whether the leg has nothing left to do ([`LeadEvent::Closed`] was emitted).
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, LeadState::Closed)
+    }
+
+    /// A message from the transport with this leg's Call-ID. Errors only for
+    /// messages lacking the headers transaction matching needs.
+    pub fn handle_message(
+        &mut self,
+        now: Instant,
+        peer: Peer,
+        message: SipMessage,
+    ) -> Result<(), CallError> {
+        let result = self.core.table.handle_message(now, peer, message);
+        self.pump(now);
+        Ok(result?)
+    }
+
+    /// Fires the leg's timers ([`Timer::RingTimeout`] first on a tie, so R8
+    /// decides `no_answer` even when Timer B expires at the same instant),
+    /// then its transactions' timers.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(timer) = self.core.timers.pop_expired(now) {
+            let state = std::mem::replace(&mut self.state, LeadState::Closed);
+            self.state = match (state, timer) {
+                (LeadState::Inviting(s), Timer::RingTimeout) => {
+                    self.give_up(now, s, Outcome::NoAnswer)
+                }
+                (LeadState::Talking(s), Timer::MaxCallLength) => {
+                    self.bye(now, s, EndReason::MaxCallLength)
+                }
+                (state, _) => state,
+            };
+        }
+        self.core.handle_lower_timeouts(now);
+        self.pump(now);
+    }
+
+    /// The agent moved on or hung up (R9): while ringing, CANCEL (once a
+    /// provisional arrived, §9.1) with outcome `skipped`; once answered, BYE.
+    pub fn skip(&mut self, now: Instant) {
+        self.hangup(now);
+    }
+
+    /// Hang up: CANCEL while ringing (outcome `skipped`, R9: any cancel from
+    /// the agent side), BYE once answered (outcome stays `answered`).
+    /// Nothing happens once the call is over.
+    pub fn hangup(&mut self, now: Instant) {
+        let state = std::mem::replace(&mut self.state, LeadState::Closed);
+        self.state = match state {
+            LeadState::Inviting(s) => self.give_up(now, s, Outcome::Skipped),
+            LeadState::Talking(s) => self.bye(now, s, EndReason::LocalHangup),
+            state => state,
+        };
+        self.pump(now);
+    }
+
+    /// Answers the carrier's pending re-INVITE ([`LeadEvent::ReInvite`])
+    /// with 200 and `sdp` (RFC 3261 §14.2), retransmitted until ACKed.
+    pub fn answer_reinvite(&mut self, now: Instant, sdp: &[u8]) -> Result<(), CallError> {
+        let result = self.core.answer_reinvite(now, sdp);
+        self.pump(now);
+        result
+    }
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.core.poll_transmit()
+    }
+
+    /// The next event for the driver.
+    pub fn poll_event(&mut self) -> Option<LeadEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) is next due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.core.poll_timeout()
+    }
+
+    fn pump(&mut self, now: Instant) {
+        while let Some(event) = self.core.table.poll_event() {
+            self.core.drain_table();
+            let state = std::mem::replace(&mut self.state, LeadState::Closed);
+            self.state = match state {
+                LeadState::Inviting(s) => self.on_inviting(now, s, event),
+                LeadState::Cancelling(s) => self.on_cancelling(now, s, event),
+                LeadState::Talking(s) => self.on_talking(now, s, event),
+                LeadState::Closing(s) => self.on_closing(now, s, event),
+                LeadState::Closed => {
+                    self.on_closed(now, event);
+                    LeadState::Closed
+                }
+            };
+        }
+        self.core.drain_table();
+        if let LeadState::Closing(_) = self.state {
+            if self.core.is_idle() {
+                self.state = LeadState::Closed;
+                let outcome = self.outcome.unwrap_or(Outcome::TemporaryError);
+                self.events.push_back(LeadEvent::Closed {
+                    outcome,
+                    record: self.record,
+                });
+            }
+        }
+    }
+
+    fn on_inviting(&mut self, now: Instant, mut s: Inviting, event: Event) -> LeadState {
+        match event {
+            Event::Provisional { key, response } if key == s.key => {
+                let status = response.status_code.code();
+                if status > 100 && !s.ringing_reported {
+                    s.ringing_reported = true;
+                    self.events.push_back(LeadEvent::Ringing { status });
+                }
+                if let Some(sdp) = sdp_body(&response, &response.body) {
+                    if s.early_sdp.as_ref() != Some(&sdp) {
+                        s.early_sdp = Some(sdp.clone());
+                        self.events.push_back(LeadEvent::EarlyMedia { sdp });
+                    }
+                }
+                LeadState::Inviting(s)
+            }
+            Event::Final { key, response } if key == s.key => {
+                let status = response.status_code.code();
+                match status {
+                    200..=299 => self.answered(now, s, response),
+                    401 | 407 if !s.auth_retried && self.digest.is_some() => {
+                        self.retry_with_credentials(now, s, &response)
+                    }
+                    _ => self.failed(
+                        now,
+                        s.invite,
+                        Outcome::from_final_status(status),
+                        Some(status),
+                    ),
+                }
+            }
+            Event::ClientTimeout { key } | Event::ClientTransportError { key } if key == s.key => {
+                // R10: transport failure or no response at all.
+                self.failed(now, s.invite, Outcome::TemporaryError, None)
+            }
+            Event::NewRequest { key, request, peer } => {
+                self.core.handle_request(now, key, request, peer, None);
+                LeadState::Inviting(s)
+            }
+            _ => LeadState::Inviting(s),
+        }
+    }
+
+    fn on_cancelling(&mut self, now: Instant, s: Cancelling, event: Event) -> LeadState {
+        match event {
+            Event::Final { key, response } if key == s.key => {
+                let status = response.status_code.code();
+                self.record.sip_status = Some(status);
+                if !(200..300).contains(&status) {
+                    return LeadState::Closing(Closing {
+                        invite: s.invite,
+                        dialog: None,
+                    });
+                }
+                // The 200 crossed our CANCEL (§9.1): ACK it and BYE it at
+                // once; the outcome stays what the CANCEL decided (R8/R9).
+                let dialog = Dialog::from_uac_response(&s.invite, &response)
+                    .map_err(CallError::from)
+                    .and_then(|mut dialog| {
+                        let ack = self.core.send_ack(&mut dialog, self.trunk)?;
+                        self.core.send_bye(now, &mut dialog, self.trunk)?;
+                        Ok((dialog, ack))
+                    });
+                let dialog = match dialog {
+                    Ok(d) => Some(d),
+                    Err(error) => {
+                        tracing::warn!(%error, call_id = %self.core.call_id, "crossing 200 not ACKed");
+                        None
+                    }
+                };
+                LeadState::Closing(Closing {
+                    invite: s.invite,
+                    dialog,
+                })
+            }
+            Event::ClientTimeout { key } | Event::ClientTransportError { key } if key == s.key => {
+                LeadState::Closing(Closing {
+                    invite: s.invite,
+                    dialog: None,
+                })
+            }
+            Event::NewRequest { key, request, peer } => {
+                self.core.handle_request(now, key, request, peer, None);
+                LeadState::Cancelling(s)
+            }
+            _ => LeadState::Cancelling(s),
+        }
+    }
+
+    fn on_talking(&mut self, now: Instant, mut s: Talking, event: Event) -> LeadState {
+        match event {
+            Event::NewRequest { key, request, peer } => {
+                match self
+                    .core
+                    .handle_request(now, key, request, peer, Some(&mut s.dialog))
+                {
+                    InDialog::Bye => {
+                        self.core.timers.stop(Timer::MaxCallLength);
+                        self.record.end(now);
+                        self.events.push_back(LeadEvent::Ended {
+                            reason: EndReason::RemoteBye,
+                        });
+                        return LeadState::Closing(Closing {
+                            invite: s.invite,
+                            dialog: Some((s.dialog, s.ack)),
+                        });
+                    }
+                    InDialog::ReInvite(offer) => {
+                        self.events.push_back(LeadEvent::ReInvite { offer });
+                    }
+                    InDialog::Info(..) | InDialog::Done => {}
+                }
+                LeadState::Talking(s)
+            }
+            Event::StrayResponse { response, peer } => {
+                self.stray_2xx(now, &s.invite, Some((&s.dialog, &s.ack)), &response, peer);
+                LeadState::Talking(s)
+            }
+            Event::StrayAck { request, .. } => {
+                self.core.handle_stray_ack(now, &request);
+                LeadState::Talking(s)
+            }
+            _ => LeadState::Talking(s),
+        }
+    }
+
+    fn on_closing(&mut self, now: Instant, mut s: Closing, event: Event) -> LeadState {
+        match event {
+            Event::NewRequest { key, request, peer } => {
+                let dialog = s.dialog.as_mut().map(|(d, _)| d);
+                self.core.handle_request(now, key, request, peer, dialog);
+            }
+            Event::StrayResponse { response, peer } => {
+                let dialog = s.dialog.as_ref().map(|(d, a)| (d, a));
+                self.stray_2xx(now, &s.invite, dialog, &response, peer);
+            }
+            Event::StrayAck { request, .. } => self.core.handle_stray_ack(now, &request),
+            _ => {}
+        }
+        LeadState::Closing(s)
+    }
+
+    fn on_closed(&mut self, now: Instant, event: Event) {
+        if let Event::NewRequest { key, request, peer } = event {
+            self.core.handle_request(now, key, request, peer, None);
+        }
+    }
+
+    /// A 2xx outside any transaction (§13.2.2.4): our dialog's again → the
+    /// same ACK again; another To tag (the carrier forked) → ACK and BYE.
+    fn stray_2xx(
+        &mut self,
+        now: Instant,
+        invite: &Request,
+        dialog: Option<(&Dialog, &Request)>,
+        response: &Response,
+        peer: Peer,
+    ) {
+        if !is_invite_2xx(response, &self.core.call_id) {
+            return;
+        }
+        match dialog {
+            Some((d, ack))
+                if response_to_tag(response).as_deref() == Some(d.id().remote_tag.as_str()) =>
+            {
+                self.core.push(self.trunk, SipMessage::Request(ack.clone()));
+            }
+            _ => self.core.ack_and_bye(now, invite, response, peer),
+        }
+    }
+
+    /// Ring timeout (R8) or skip (R9): the outcome is decided now; CANCEL
+    /// goes out now if a provisional arrived, else when one does (§9.1;
+    /// with none, Timer B ends the abandoned INVITE).
+    fn give_up(&mut self, now: Instant, s: Inviting, outcome: Outcome) -> LeadState {
+        self.core.timers.stop(Timer::RingTimeout);
+        self.decide(now, outcome);
+        if let Err(error) = self.core.table.cancel(now, &s.key) {
+            tracing::debug!(%error, call_id = %self.core.call_id, "CANCEL not possible");
+        }
+        LeadState::Cancelling(Cancelling {
+            invite: s.invite,
+            key: s.key,
+        })
+    }
+
+    fn decide(&mut self, now: Instant, outcome: Outcome) {
+        self.outcome = Some(outcome);
+        self.record.stop_ringing(now);
+        self.record.end(now);
+        self.events.push_back(LeadEvent::Unanswered { outcome });
+    }
+
+    fn failed(
+        &mut self,
+        now: Instant,
+        invite: Request,
+        outcome: Outcome,
+        status: Option<u16>,
+    ) -> LeadState {
+        self.core.timers.stop(Timer::RingTimeout);
+        self.record.sip_status = status;
+        self.decide(now, outcome);
+        LeadState::Closing(Closing {
+            invite,
+            dialog: None,
+        })
+    }
+
+    /// 200 OK before the ring timeout: ACK and report `Answered` in the same
+    /// step — the bridge trigger, nothing slow on this path (issue 3 §5).
+    fn answered(&mut self, now: Instant, s: Inviting, response: Response) -> LeadState {
+        let status = response.status_code.code();
+        let dialog = Dialog::from_uac_response(&s.invite, &response)
+            .map_err(CallError::from)
+            .and_then(|mut dialog| {
+                let ack = self.core.send_ack(&mut dialog, self.trunk)?;
+                Ok((dialog, ack))
+            });
+        let (dialog, ack) = match dialog {
+            Ok(d) => d,
+            Err(error) => {
+                // A 2xx without Contact or To tag cannot be ACKed (§12.1.2):
+                // the carrier misbehaves; a retry later may work.
+                tracing::warn!(%error, call_id = %self.core.call_id, "unusable 2xx");
+                return self.failed(now, s.invite, Outcome::TemporaryError, Some(status));
+            }
+        };
+        self.core.timers.stop(Timer::RingTimeout);
+        self.core
+            .timers
+            .set(Timer::MaxCallLength, now + self.max_call_length);
+        self.outcome = Some(Outcome::Answered);
+        self.record.sip_status = Some(status);
+        self.record.answered = Some(now);
+        self.record.stop_ringing(now);
+        self.events
+            .push_back(LeadEvent::Answered { sdp: response.body });
+        LeadState::Talking(Talking {
+            invite: s.invite,
+            dialog,
+            ack,
+        })
+    }
+
+    /// 401/407: the INVITE again with credentials and CSeq+1 (RFC 3261
+    /// §22.2, §8.1.3.5), once; the ring timeout keeps counting from the
+    /// first INVITE (R8).
+    fn retry_with_credentials(
+        &mut self,
+        now: Instant,
+        s: Inviting,
+        challenge: &Response,
+    ) -> LeadState {
+        let status = challenge.status_code.code();
+        let cnonce = self.core.cnonce();
+        let Some(digest) = self.digest.as_mut() else {
+            return self.failed(now, s.invite, Outcome::Restricted, Some(status));
+        };
+        let auth = match digest.answer(challenge, "INVITE", &self.template.request_uri, &cnonce) {
+            Ok(header) => header.to_string(),
+            Err(error) => {
+                tracing::info!(%error, call_id = %self.core.call_id, "trunk challenge not answerable");
+                return self.failed(now, s.invite, Outcome::Restricted, Some(status));
+            }
+        };
+        let cseq = s.cseq.saturating_add(1);
+        let via = self.core.via(self.trunk);
+        let sent =
+            build_invite(&self.core, &self.template, cseq, &via, Some(&auth)).and_then(|invite| {
+                let key = self
+                    .core
+                    .table
+                    .send_request(now, self.trunk, invite.clone())?;
+                Ok((invite, key))
+            });
+        match sent {
+            Ok((invite, key)) => LeadState::Inviting(Inviting {
+                invite,
+                key,
+                cseq,
+                auth_retried: true,
+                ringing_reported: s.ringing_reported,
+                early_sdp: s.early_sdp,
+            }),
+            Err(error) => {
+                tracing::warn!(%error, call_id = %self.core.call_id, "authenticated INVITE not sent");
+                self.failed(now, s.invite, Outcome::Restricted, Some(status))
+            }
+        }
+    }
+
+    fn bye(&mut self, now: Instant, mut s: Talking, reason: EndReason) -> LeadState {
+        self.core.timers.stop(Timer::MaxCallLength);
+        self.record.end(now);
+        if let Err(error) = self.core.send_bye(now, &mut s.dialog, self.trunk) {
+            tracing::warn!(%error, call_id = %self.core.call_id, "BYE not sent");
+        }
+        self.events.push_back(LeadEvent::Ended { reason });
+        LeadState::Closing(Closing {
+            invite: s.invite,
+            dialog: Some((s.dialog, s.ack)),
+        })
+    }
+}
+
+/// `<uri>` for a value that is a URI already, `<sip:value@domain>` for a
+/// number or user.
+fn as_name_addr(value: &str, domain: &str) -> String {
+    let v = value.trim();
+    if v.starts_with('<') {
+        v.to_string()
+    } else if v.contains(':') {
+        format!("<{v}>")
+    } else {
+        format!("<sip:{v}@{domain}>")
+    }
+}
+
+fn build_invite(
+    core: &LegCore,
+    t: &InviteTemplate,
+    cseq: u32,
+    via: &str,
+    auth: Option<&str>,
+) -> Result<Request, CallError> {
+    let mut extra: Vec<String> = Vec::new();
+    if let Some(pai) = &t.pai {
+        extra.push(format!("P-Asserted-Identity: {pai}"));
+    }
+    if let Some(auth) = auth {
+        extra.push(auth.to_string());
+    }
+    let lines = InviteLines {
+        request_uri: &t.request_uri,
+        from: &t.from,
+        to: &t.to,
+        cseq,
+        via,
+        extra: &extra,
+        sdp: &t.sdp,
+    };
+    core.build_invite(&lines)
+}

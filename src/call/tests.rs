@@ -1,0 +1,1280 @@
+//! The legs driven against far ends that are real [`TransactionTable`]s (a
+//! carrier, phones), on virtual time: every message goes over a logged
+//! "wire", so the tests check what a peer would see and when.
+
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use super::wire::reply;
+use super::*;
+use crate::sip::dialog::{Body, Dialog};
+use crate::sip::digest::{compute_response, Algorithm, Credentials};
+use crate::sip::syntax::{HeadersExt, Method, Request, Response, SipMessage};
+use crate::sip::transaction::{
+    test_epoch, ClientKey, Event, ServerKey, TimerConfig, TransactionTable,
+};
+use crate::sip::{Peer, Transmit, TransportKind};
+
+const S: Duration = Duration::from_secs(1);
+const MS: Duration = Duration::from_millis(1);
+
+fn udp(addr: &str) -> Peer {
+    Peer {
+        transport: TransportKind::Udp,
+        addr: addr.parse().unwrap(),
+    }
+}
+
+fn us() -> Peer {
+    udp("192.0.2.10:5060")
+}
+fn carrier() -> Peer {
+    udp("192.0.2.99:5080")
+}
+fn phone_a() -> Peer {
+    udp("192.0.2.21:5060")
+}
+fn phone_b() -> Peer {
+    udp("192.0.2.22:5062")
+}
+
+const OFFER: &[u8] = b"v=0\r\no=pd 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\nm=audio 20000 RTP/AVP 0 8 101\r\n";
+const ANSWER: &[u8] = b"v=0\r\no=far 7 7 IN IP4 192.0.2.99\r\ns=-\r\nc=IN IP4 192.0.2.99\r\nt=0 0\r\nm=audio 30000 RTP/AVP 0 101\r\n";
+const EARLY: &[u8] = b"v=0\r\no=far 7 7 IN IP4 192.0.2.99\r\ns=-\r\nc=IN IP4 192.0.2.99\r\nt=0 0\r\nm=audio 30002 RTP/AVP 0\r\n";
+const HOLD: &[u8] = b"v=0\r\no=far 7 8 IN IP4 192.0.2.99\r\ns=-\r\nc=IN IP4 192.0.2.99\r\nt=0 0\r\nm=audio 30000 RTP/AVP 0 101\r\na=sendonly\r\n";
+
+fn local() -> LocalAddress {
+    LocalAddress {
+        sent_by: "192.0.2.10:5060".into(),
+        contact: "sip:powerdial@192.0.2.10:5060".into(),
+        domain: "dialer.example".into(),
+    }
+}
+
+fn lead_params(ring: Duration) -> LeadParams {
+    LeadParams {
+        trunk: carrier(),
+        trunk_uri: "sip:192.0.2.99:5080".into(),
+        number: "+15551234567".into(),
+        caller_id: "+15550000000".into(),
+        p_asserted_identity: Some("+15550000001".into()),
+        credentials: Some(("acct".into(), "s3cret".into())),
+        local: local(),
+        offer_sdp: OFFER.to_vec(),
+        ring_timeout: ring,
+        max_call_length: 4 * 3600 * S,
+        timers: TimerConfig::default(),
+    }
+}
+
+/// The inputs and outputs both legs share, so one harness drives either.
+trait Leg {
+    type Event: std::fmt::Debug + Clone;
+    fn message(&mut self, now: Instant, peer: Peer, m: SipMessage);
+    fn timeout(&mut self, now: Instant);
+    fn transmit(&mut self) -> Option<Transmit>;
+    fn event(&mut self) -> Option<Self::Event>;
+    fn deadline(&self) -> Option<Instant>;
+}
+
+impl Leg for LeadLeg {
+    type Event = LeadEvent;
+    fn message(&mut self, now: Instant, peer: Peer, m: SipMessage) {
+        self.handle_message(now, peer, m).unwrap();
+    }
+    fn timeout(&mut self, now: Instant) {
+        self.handle_timeout(now)
+    }
+    fn transmit(&mut self) -> Option<Transmit> {
+        self.poll_transmit()
+    }
+    fn event(&mut self) -> Option<LeadEvent> {
+        self.poll_event()
+    }
+    fn deadline(&self) -> Option<Instant> {
+        self.poll_timeout()
+    }
+}
+
+impl Leg for AgentLeg {
+    type Event = AgentEvent;
+    fn message(&mut self, now: Instant, peer: Peer, m: SipMessage) {
+        self.handle_message(now, peer, m).unwrap();
+    }
+    fn timeout(&mut self, now: Instant) {
+        self.handle_timeout(now)
+    }
+    fn transmit(&mut self) -> Option<Transmit> {
+        self.poll_transmit()
+    }
+    fn event(&mut self) -> Option<AgentEvent> {
+        self.poll_event()
+    }
+    fn deadline(&self) -> Option<Instant> {
+        self.poll_timeout()
+    }
+}
+
+/// A carrier or phone: a transaction table plus the UAS behaviour a test
+/// needs, answered by hand (`respond`) or automatically (CANCEL → 200 +
+/// 487, BYE/INFO → 200, ACK for its own re-INVITE's 2xx).
+struct Far {
+    peer: Peer,
+    tag: String,
+    table: TransactionTable,
+    invite: Option<(ServerKey, Request)>,
+    sent_2xx: Option<Response>,
+    dialog: Option<Dialog>,
+    outbox: Vec<SipMessage>,
+    drop_trying: bool,
+    requests: Vec<Request>,
+    responses: Vec<Response>,
+    branch: u32,
+}
+
+impl Far {
+    fn new(peer: Peer, tag: &str) -> Self {
+        Far {
+            peer,
+            tag: tag.into(),
+            table: TransactionTable::new(TimerConfig::default()),
+            invite: None,
+            sent_2xx: None,
+            dialog: None,
+            outbox: Vec::new(),
+            drop_trying: false,
+            requests: Vec::new(),
+            responses: Vec::new(),
+            branch: 0,
+        }
+    }
+
+    fn contact(&self) -> String {
+        format!("Contact: <sip:far@{}>", self.peer.addr)
+    }
+
+    fn via(&mut self) -> String {
+        self.branch += 1;
+        format!(
+            "SIP/2.0/UDP {};branch=z9hG4bKfar{}{}",
+            self.peer.addr, self.tag, self.branch
+        )
+    }
+
+    fn process(&mut self, now: Instant) {
+        while let Some(event) = self.table.poll_event() {
+            match event {
+                Event::NewRequest { key, request, .. } => {
+                    self.requests.push(request.clone());
+                    match request.method {
+                        Method::Invite if self.invite.is_none() => {
+                            self.invite = Some((key, request));
+                        }
+                        Method::Cancel => {
+                            let target = self.table.cancel_target(&request).unwrap();
+                            let ok = reply(&request, 200, "OK", &self.tag, &[], None).unwrap();
+                            self.table.respond(now, &key, ok).unwrap();
+                            if let (Some(t), Some((_, inv))) = (target, &self.invite) {
+                                let r = reply(inv, 487, "Request Terminated", &self.tag, &[], None);
+                                self.table.respond(now, &t, r.unwrap()).unwrap();
+                            }
+                        }
+                        _ => {
+                            if let Some(d) = &mut self.dialog {
+                                let _ = d.handle_request(&request);
+                            }
+                            let ok = reply(&request, 200, "OK", &self.tag, &[], None).unwrap();
+                            self.table.respond(now, &key, ok).unwrap();
+                        }
+                    }
+                }
+                Event::StrayAck { request, .. } => self.requests.push(request),
+                Event::Final { response, .. } | Event::Provisional { response, .. } => {
+                    let is_invite_2xx = response.status_code.code() / 100 == 2
+                        && response.cseq_header().unwrap().value().ends_with("INVITE");
+                    if is_invite_2xx {
+                        let via = self.via();
+                        let d = self.dialog.as_mut().unwrap();
+                        let ack = d.new_request(Method::Ack, &via, None).unwrap();
+                        // The ACK carries the CSeq number of the INVITE it
+                        // acknowledges, which may not be the dialog's last.
+                        let seq = response
+                            .cseq_header()
+                            .unwrap()
+                            .value()
+                            .split_whitespace()
+                            .next()
+                            .unwrap()
+                            .to_string();
+                        let text: String = ack
+                            .to_string()
+                            .split("\r\n")
+                            .map(|l| {
+                                if l.starts_with("CSeq:") {
+                                    format!("CSeq: {seq} ACK")
+                                } else {
+                                    l.to_string()
+                                }
+                            })
+                            .collect::<Vec<_>>()
+                            .join("\r\n");
+                        let ack = Request::try_from(text.as_str()).unwrap();
+                        self.outbox.push(SipMessage::Request(ack));
+                    }
+                    self.responses.push(response);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Answers the (first) INVITE with `code`, To tag `self.tag`, Contact,
+    /// optional SDP and extra header lines.
+    fn respond(&mut self, now: Instant, code: u16, sdp: Option<&[u8]>, extra: &[String]) {
+        let (key, invite) = self.invite.clone().expect("an INVITE arrived");
+        let mut lines = vec![self.contact()];
+        lines.extend_from_slice(extra);
+        let body = sdp.map(|b| ("application/sdp", b));
+        let r = reply(&invite, code, "Reason", &self.tag, &lines, body).unwrap();
+        if (200..300).contains(&code) {
+            self.dialog = Some(Dialog::from_uas_response(&invite, &r).unwrap());
+            self.sent_2xx = Some(r.clone());
+        }
+        self.table.respond(now, &key, r).unwrap();
+    }
+
+    /// Sends `method` in the dialog its 2xx created.
+    fn send_in_dialog(
+        &mut self,
+        now: Instant,
+        method: Method,
+        body: Option<Body<'_>>,
+    ) -> ClientKey {
+        let via = self.via();
+        let d = self.dialog.as_mut().expect("a dialog");
+        let req = d.new_request(method, &via, body).unwrap();
+        self.table.send_request(now, us(), req).unwrap()
+    }
+
+    /// Forgets the INVITE so the next one (e.g. after a challenge) is kept.
+    fn forget_invite(&mut self) {
+        self.invite = None;
+    }
+}
+
+/// One wire record: when, from whom to whom, what.
+#[derive(Debug, Clone)]
+struct Wire {
+    at: Duration,
+    to: Peer,
+    message: SipMessage,
+}
+
+impl Wire {
+    fn method(&self) -> Option<Method> {
+        match &self.message {
+            SipMessage::Request(r) => Some(r.method),
+            SipMessage::Response(_) => None,
+        }
+    }
+    fn code(&self) -> Option<u16> {
+        match &self.message {
+            SipMessage::Response(r) => Some(r.status_code.code()),
+            SipMessage::Request(_) => None,
+        }
+    }
+}
+
+struct World<L: Leg> {
+    t0: Instant,
+    now: Instant,
+    leg: L,
+    fars: Vec<Far>,
+    /// Leg → far.
+    sent: Vec<Wire>,
+    /// Far → leg.
+    received: Vec<Wire>,
+    events: Vec<(Duration, L::Event)>,
+    /// Leg messages matching this are held back (not delivered) until
+    /// `release`: a message "in flight" while the far end acts.
+    hold: Option<fn(&SipMessage) -> bool>,
+    held: Vec<Transmit>,
+}
+
+impl<L: Leg> World<L> {
+    fn new(t0: Instant, leg: L, fars: Vec<Far>) -> Self {
+        let mut w = World {
+            t0,
+            now: t0,
+            leg,
+            fars,
+            sent: Vec::new(),
+            received: Vec::new(),
+            events: Vec::new(),
+            hold: None,
+            held: Vec::new(),
+        };
+        w.step();
+        w
+    }
+
+    fn at(&self) -> Duration {
+        self.now - self.t0
+    }
+
+    fn far(&mut self, peer: Peer) -> &mut Far {
+        self.fars
+            .iter_mut()
+            .find(|f| f.peer == peer)
+            .expect("known far end")
+    }
+
+    fn deliver_to_far(&mut self, t: Transmit) {
+        let now = self.now;
+        let far = self.far(t.peer);
+        far.table.handle_message(now, us(), t.message).unwrap();
+        far.process(now);
+    }
+
+    /// Shuttles messages until nothing moves.
+    fn step(&mut self) {
+        loop {
+            let mut moved = false;
+            while let Some(t) = self.leg.transmit() {
+                moved = true;
+                self.sent.push(Wire {
+                    at: self.at(),
+                    to: t.peer,
+                    message: t.message.clone(),
+                });
+                if self.hold.is_some_and(|h| h(&t.message)) {
+                    self.held.push(t);
+                } else {
+                    self.deliver_to_far(t);
+                }
+            }
+            let now = self.now;
+            for i in 0..self.fars.len() {
+                let mut out: Vec<SipMessage> = std::mem::take(&mut self.fars[i].outbox);
+                while let Some(t) = self.fars[i].table.poll_transmit() {
+                    out.push(t.message);
+                }
+                let from = self.fars[i].peer;
+                for m in out {
+                    if self.fars[i].drop_trying
+                        && matches!(&m, SipMessage::Response(r) if r.status_code.code() == 100)
+                    {
+                        continue;
+                    }
+                    moved = true;
+                    self.received.push(Wire {
+                        at: now - self.t0,
+                        to: us(),
+                        message: m.clone(),
+                    });
+                    self.leg.message(now, from, m);
+                }
+            }
+            while let Some(e) = self.leg.event() {
+                self.events.push((self.now - self.t0, e));
+            }
+            if !moved {
+                break;
+            }
+        }
+    }
+
+    /// Delivers what was held back.
+    fn release(&mut self) {
+        self.hold = None;
+        for t in std::mem::take(&mut self.held) {
+            self.deliver_to_far(t);
+        }
+        self.step();
+    }
+
+    /// Runs virtual time forward to `t0 + at`, firing every deadline on the way.
+    fn run_until(&mut self, at: Duration) {
+        let target = self.t0 + at;
+        loop {
+            let next = self
+                .fars
+                .iter()
+                .filter_map(|f| f.table.poll_timeout())
+                .chain(self.leg.deadline())
+                .min();
+            match next {
+                Some(n) if n <= target => {
+                    self.now = self.now.max(n);
+                    let now = self.now;
+                    self.leg.timeout(now);
+                    for f in &mut self.fars {
+                        f.table.handle_timeout(now);
+                        f.process(now);
+                    }
+                    self.step();
+                }
+                _ => break,
+            }
+        }
+        self.now = target;
+        self.step();
+    }
+
+    /// Lets the far end act at the current instant.
+    fn with_far(&mut self, peer: Peer, f: impl FnOnce(&mut Far, Instant)) {
+        let now = self.now;
+        f(self.far(peer), now);
+        self.step();
+    }
+
+    fn sent_methods(&self) -> Vec<(Duration, Method)> {
+        self.sent
+            .iter()
+            .filter_map(|w| w.method().map(|m| (w.at, m)))
+            .collect()
+    }
+
+    fn sent_of(&self, method: Method) -> Vec<&Wire> {
+        self.sent
+            .iter()
+            .filter(|w| w.method() == Some(method))
+            .collect()
+    }
+
+    fn event_list(&self) -> Vec<L::Event> {
+        self.events.iter().map(|(_, e)| e.clone()).collect()
+    }
+}
+
+fn request(w: &Wire) -> &Request {
+    match &w.message {
+        SipMessage::Request(r) => r,
+        SipMessage::Response(_) => panic!("not a request"),
+    }
+}
+
+fn header(r: &impl HeadersExt, name: &str) -> String {
+    super::wire::header(r, name).unwrap_or_default().to_string()
+}
+
+fn lead_world(ring: Duration) -> World<LeadLeg> {
+    lead_world_with(ring, false)
+}
+
+/// With `silent`, the carrier's 100 Trying never reaches us.
+fn lead_world_with(ring: Duration, silent: bool) -> World<LeadLeg> {
+    let t0 = test_epoch();
+    let leg = LeadLeg::dial(t0, lead_params(ring), &mut StdRng::seed_from_u64(7)).unwrap();
+    let mut far = Far::new(carrier(), "far1");
+    far.drop_trying = silent;
+    World::new(t0, leg, vec![far])
+}
+
+fn closed(w: &World<LeadLeg>) -> (Outcome, LegRecord) {
+    match w.events.last() {
+        Some((_, LeadEvent::Closed { outcome, record })) => (*outcome, *record),
+        other => panic!("expected Closed last, got {other:?} in {:?}", w.events),
+    }
+}
+
+// ---------------------------------------------------------------- lead leg
+
+#[test]
+fn invite_carries_number_caller_id_pai_and_offer() {
+    let w = lead_world(32 * S);
+    let invites = w.sent_of(Method::Invite);
+    assert_eq!(invites.len(), 1);
+    let inv = request(invites[0]);
+    assert_eq!(inv.uri.to_string(), "sip:+15551234567@192.0.2.99:5080");
+    assert!(header(inv, "From").starts_with("<sip:+15550000000@dialer.example>;tag="));
+    assert_eq!(header(inv, "To"), "<sip:+15551234567@192.0.2.99:5080>");
+    assert_eq!(
+        header(inv, "P-Asserted-Identity"),
+        "<sip:+15550000001@dialer.example>"
+    );
+    assert_eq!(header(inv, "Contact"), "<sip:powerdial@192.0.2.10:5060>");
+    assert_eq!(header(inv, "Content-Type"), "application/sdp");
+    assert_eq!(inv.body, OFFER);
+    assert_eq!(invites[0].to, carrier());
+    assert_eq!(header(inv, "Call-ID"), w.leg.call_id());
+}
+
+#[test]
+fn answer_acks_reports_answered_and_records_times() {
+    let mut w = lead_world(32 * S);
+    w.run_until(S);
+    w.with_far(carrier(), |f, now| f.respond(now, 180, None, &[]));
+    w.run_until(3 * S);
+    w.with_far(carrier(), |f, now| f.respond(now, 200, Some(ANSWER), &[]));
+    // The ACK leaves in the same step as the Answered event.
+    let acks = w.sent_of(Method::Ack);
+    assert_eq!(acks.len(), 1);
+    assert_eq!(acks[0].at, 3 * S);
+    let ack = request(acks[0]);
+    assert_eq!(
+        ack.uri.to_string(),
+        "sip:far@192.0.2.99:5080",
+        "ACK goes to the remote target"
+    );
+    assert_eq!(header(ack, "CSeq"), "1 ACK");
+    assert!(header(ack, "To").ends_with(";tag=far1"));
+    assert_eq!(
+        w.events,
+        vec![
+            (S, LeadEvent::Ringing { status: 180 }),
+            (
+                3 * S,
+                LeadEvent::Answered {
+                    sdp: ANSWER.to_vec()
+                }
+            ),
+        ]
+    );
+    assert_eq!(w.leg.outcome(), Some(Outcome::Answered));
+    let r = *w.leg.record();
+    assert_eq!(r.started, w.t0);
+    assert_eq!(r.answered, Some(w.t0 + 3 * S));
+    assert_eq!(r.ring_duration, Some(3 * S));
+    assert_eq!(r.sip_status, Some(200));
+    // The ring timeout no longer applies: nothing happens at 32 s.
+    w.run_until(40 * S);
+    assert_eq!(w.sent_of(Method::Cancel).len(), 0);
+    assert_eq!(w.sent_of(Method::Bye).len(), 0);
+    // Hang up through the API: BYE, 200, Ended, then Closed once the BYE
+    // transaction is over (Timer K on UDP).
+    let now = w.now;
+    w.leg.hangup(now);
+    w.step();
+    let bye = request(w.sent_of(Method::Bye)[0]);
+    assert_eq!(header(bye, "CSeq"), "2 BYE");
+    w.run_until(60 * S);
+    let (outcome, record) = closed(&w);
+    assert_eq!(outcome, Outcome::Answered);
+    assert_eq!(record.ended, Some(w.t0 + 40 * S));
+    assert!(w.leg.is_closed());
+    assert_eq!(w.leg.poll_timeout(), None);
+}
+
+#[test]
+fn final_failures_map_to_outcomes_and_are_acked_by_the_transaction() {
+    for (code, outcome) in [
+        (486, Outcome::Busy),
+        (600, Outcome::Busy),
+        (503, Outcome::TemporaryError),
+        (480, Outcome::TemporaryError),
+        (403, Outcome::Restricted),
+        (404, Outcome::Restricted),
+        (603, Outcome::Restricted),
+    ] {
+        let mut w = lead_world(32 * S);
+        w.run_until(2 * S);
+        w.with_far(carrier(), |f, now| f.respond(now, code, None, &[]));
+        let acks = w.sent_of(Method::Ack);
+        assert_eq!(acks.len(), 1, "{code} is ACKed");
+        assert_eq!(header(request(acks[0]), "CSeq"), "1 ACK");
+        assert_eq!(
+            w.event_list()[0],
+            LeadEvent::Unanswered { outcome },
+            "{code}"
+        );
+        w.run_until(60 * S);
+        let (o, record) = closed(&w);
+        assert_eq!(o, outcome);
+        assert_eq!(record.sip_status, Some(code));
+        assert_eq!(record.ring_duration, Some(2 * S));
+        assert_eq!(record.answered, None);
+        assert_eq!(w.sent_of(Method::Cancel).len(), 0);
+    }
+}
+
+fn challenge(proxy: bool) -> String {
+    let name = if proxy {
+        "Proxy-Authenticate"
+    } else {
+        "WWW-Authenticate"
+    };
+    format!("{name}: Digest realm=\"carrier\", nonce=\"n0nce\", qop=\"auth\", algorithm=MD5")
+}
+
+#[test]
+fn challenge_407_is_answered_once_with_cseq_2_then_answered() {
+    let mut w = lead_world(32 * S);
+    w.run_until(100 * MS);
+    w.with_far(carrier(), |f, now| {
+        f.respond(now, 407, None, &[challenge(true)]);
+        f.forget_invite();
+    });
+    let invites = w.sent_of(Method::Invite);
+    let retry = request(invites.last().unwrap());
+    assert_eq!(header(retry, "CSeq"), "2 INVITE");
+    assert_ne!(
+        header(retry, "Via"),
+        header(request(invites[0]), "Via"),
+        "a new branch"
+    );
+    assert_eq!(
+        header(retry, "Call-ID"),
+        header(request(invites[0]), "Call-ID")
+    );
+    let creds = Credentials::parse(&header(retry, "Proxy-Authorization")).unwrap();
+    assert_eq!(creds.username, "acct");
+    assert_eq!(creds.realm, "carrier");
+    assert_eq!(creds.uri, "sip:+15551234567@192.0.2.99:5080");
+    let qop = creds.qop.clone().unwrap();
+    let ha1 = Algorithm::Md5.ha1("acct", "carrier", "s3cret");
+    let expected = compute_response(
+        Algorithm::Md5,
+        &ha1,
+        "n0nce",
+        Some((&qop.nc_text, &qop.cnonce)),
+        "INVITE",
+        &creds.uri,
+    );
+    assert_eq!(creds.response, expected, "a digest the carrier can verify");
+    w.run_until(2 * S);
+    w.with_far(carrier(), |f, now| f.respond(now, 200, Some(ANSWER), &[]));
+    let ack = request(w.sent_of(Method::Ack).last().unwrap());
+    assert_eq!(header(ack, "CSeq"), "2 ACK");
+    assert!(w.event_list().contains(&LeadEvent::Answered {
+        sdp: ANSWER.to_vec()
+    }));
+}
+
+#[test]
+fn a_second_challenge_is_restricted() {
+    let mut w = lead_world(32 * S);
+    w.run_until(100 * MS);
+    w.with_far(carrier(), |f, now| {
+        f.respond(now, 401, None, &[challenge(false)]);
+        f.forget_invite();
+    });
+    assert!(!header(
+        request(w.sent_of(Method::Invite).last().unwrap()),
+        "Authorization"
+    )
+    .is_empty());
+    w.with_far(carrier(), |f, now| {
+        f.respond(now, 401, None, &[challenge(false)])
+    });
+    assert_eq!(
+        w.sent_of(Method::Invite)
+            .iter()
+            .filter(|i| header(request(i), "CSeq") == "3 INVITE")
+            .count(),
+        0
+    );
+    w.run_until(60 * S);
+    let (outcome, record) = closed(&w);
+    assert_eq!(outcome, Outcome::Restricted);
+    assert_eq!(record.sip_status, Some(401));
+}
+
+#[test]
+fn ring_timeout_after_180_cancels_at_exactly_the_timeout() {
+    let mut w = lead_world(32 * S);
+    w.run_until(S);
+    w.with_far(carrier(), |f, now| f.respond(now, 180, None, &[]));
+    w.run_until(45 * S);
+    let cancels = w.sent_of(Method::Cancel);
+    assert_eq!(cancels.len(), 1);
+    assert_eq!(
+        cancels[0].at,
+        32 * S,
+        "CANCEL at exactly the ring timeout (R8)"
+    );
+    assert_eq!(header(request(cancels[0]), "CSeq"), "1 CANCEL");
+    // The carrier's 487 is ACKed by the INVITE transaction.
+    assert!(w.received.iter().any(|r| r.code() == Some(487)));
+    let acks = w.sent_of(Method::Ack);
+    assert_eq!(acks.len(), 1);
+    assert_eq!(acks[0].at, 32 * S);
+    assert!(w.events.contains(&(
+        32 * S,
+        LeadEvent::Unanswered {
+            outcome: Outcome::NoAnswer
+        }
+    )));
+    w.run_until(80 * S);
+    let (outcome, record) = closed(&w);
+    assert_eq!(outcome, Outcome::NoAnswer);
+    assert_eq!(record.sip_status, Some(487));
+    assert_eq!(record.ring_duration, Some(32 * S));
+    assert_eq!(record.ended, Some(w.t0 + 32 * S));
+}
+
+#[test]
+fn ring_timeout_with_early_media_reports_it_and_still_cancels_on_time() {
+    let mut w = lead_world(20 * S);
+    w.run_until(500 * MS);
+    w.with_far(carrier(), |f, now| f.respond(now, 183, Some(EARLY), &[]));
+    // The same SDP again is not a new event.
+    w.run_until(5 * S);
+    w.with_far(carrier(), |f, now| f.respond(now, 183, Some(EARLY), &[]));
+    w.run_until(30 * S);
+    assert_eq!(
+        w.events[..2],
+        [
+            (500 * MS, LeadEvent::Ringing { status: 183 }),
+            (
+                500 * MS,
+                LeadEvent::EarlyMedia {
+                    sdp: EARLY.to_vec()
+                }
+            ),
+        ]
+    );
+    assert_eq!(
+        w.events
+            .iter()
+            .filter(|(_, e)| matches!(e, LeadEvent::EarlyMedia { .. }))
+            .count(),
+        1
+    );
+    assert_eq!(w.sent_of(Method::Cancel)[0].at, 20 * S);
+    w.run_until(80 * S);
+    assert_eq!(closed(&w).0, Outcome::NoAnswer);
+}
+
+#[test]
+fn a_200_crossing_the_cancel_is_acked_and_byed_and_stays_no_answer() {
+    let mut w = lead_world(32 * S);
+    w.run_until(S);
+    w.with_far(carrier(), |f, now| f.respond(now, 180, None, &[]));
+    // The CANCEL is in flight when the carrier answers.
+    w.hold = Some(|m| matches!(m, SipMessage::Request(r) if r.method == Method::Cancel));
+    w.run_until(32 * S);
+    assert_eq!(w.held.len(), 1);
+    w.with_far(carrier(), |f, now| f.respond(now, 200, Some(ANSWER), &[]));
+    w.release();
+    let methods: Vec<Method> = w.sent_methods().into_iter().map(|(_, m)| m).collect();
+    assert_eq!(
+        methods,
+        [Method::Invite, Method::Cancel, Method::Ack, Method::Bye]
+    );
+    assert_eq!(w.sent_of(Method::Bye)[0].at, 32 * S, "BYE at once");
+    assert!(!w
+        .event_list()
+        .iter()
+        .any(|e| matches!(e, LeadEvent::Answered { .. })));
+    // The carrier got both ACK and BYE in its dialog.
+    let far_saw: Vec<Method> = w.fars[0].requests.iter().map(|r| r.method).collect();
+    assert!(far_saw.contains(&Method::Ack) && far_saw.contains(&Method::Bye));
+    w.run_until(80 * S);
+    let (outcome, record) = closed(&w);
+    assert_eq!(outcome, Outcome::NoAnswer);
+    assert_eq!(record.answered, None);
+    assert_eq!(record.sip_status, Some(200));
+}
+
+#[test]
+fn timeout_without_provisional_cancels_only_once_one_arrives() {
+    let mut w = lead_world_with(20 * S, true);
+    w.run_until(25 * S);
+    assert_eq!(
+        w.sent_of(Method::Cancel).len(),
+        0,
+        "no CANCEL before a provisional (§9.1)"
+    );
+    assert!(
+        w.sent_of(Method::Invite).len() > 1,
+        "the INVITE is still retransmitted"
+    );
+    assert!(w.events.contains(&(
+        20 * S,
+        LeadEvent::Unanswered {
+            outcome: Outcome::NoAnswer
+        }
+    )));
+    // A late 180: the CANCEL goes out then; 487; ACK.
+    w.with_far(carrier(), |f, now| f.respond(now, 180, None, &[]));
+    let cancels = w.sent_of(Method::Cancel);
+    assert_eq!(cancels.len(), 1);
+    assert_eq!(cancels[0].at, 25 * S);
+    assert!(w.received.iter().any(|r| r.code() == Some(487)));
+    w.run_until(90 * S);
+    let (outcome, record) = closed(&w);
+    assert_eq!(outcome, Outcome::NoAnswer);
+    assert_eq!(record.sip_status, Some(487));
+    assert_eq!(record.ring_duration, Some(20 * S));
+}
+
+#[test]
+fn timeout_without_any_response_never_cancels_and_timer_b_closes() {
+    let mut w = lead_world_with(32 * S, true);
+    w.run_until(120 * S);
+    assert_eq!(w.sent_of(Method::Cancel).len(), 0);
+    // Ring timeout and Timer B coincide at 32 s: R8 wins the tie.
+    let (outcome, record) = closed(&w);
+    assert_eq!(outcome, Outcome::NoAnswer);
+    assert_eq!(record.sip_status, None);
+}
+
+#[test]
+fn no_response_at_all_before_the_ring_timeout_is_a_temporary_error() {
+    let mut params = lead_params(60 * S);
+    params.timers.t1 = Duration::from_millis(100); // Timer B = 6.4 s
+    let t0 = test_epoch();
+    let leg = LeadLeg::dial(t0, params, &mut StdRng::seed_from_u64(1)).unwrap();
+    let mut far = Far::new(carrier(), "far1");
+    far.drop_trying = true;
+    let mut w = World::new(t0, leg, vec![far]);
+    w.run_until(10 * S);
+    let (outcome, record) = closed(&w);
+    assert_eq!(outcome, Outcome::TemporaryError, "R10: no response");
+    assert_eq!(record.ended, Some(t0 + 6400 * MS));
+}
+
+#[test]
+fn agent_hanging_up_while_the_lead_rings_cancels_and_skips() {
+    let mut w = lead_world(32 * S);
+    w.run_until(S);
+    w.with_far(carrier(), |f, now| f.respond(now, 180, None, &[]));
+    w.run_until(5 * S);
+    let now = w.now;
+    w.leg.skip(now);
+    w.step();
+    let cancels = w.sent_of(Method::Cancel);
+    assert_eq!(cancels.len(), 1);
+    assert_eq!(cancels[0].at, 5 * S);
+    assert!(w.events.contains(&(
+        5 * S,
+        LeadEvent::Unanswered {
+            outcome: Outcome::Skipped
+        }
+    )));
+    // The ring timeout is off: no second CANCEL at 32 s.
+    w.run_until(80 * S);
+    assert_eq!(w.sent_of(Method::Cancel).len(), 1);
+    let (outcome, record) = closed(&w);
+    assert_eq!(outcome, Outcome::Skipped);
+    assert_eq!(record.sip_status, Some(487));
+    assert_eq!(record.ring_duration, Some(5 * S));
+}
+
+fn answered_world() -> World<LeadLeg> {
+    let mut w = lead_world(32 * S);
+    w.run_until(S);
+    w.with_far(carrier(), |f, now| f.respond(now, 200, Some(ANSWER), &[]));
+    assert_eq!(w.leg.outcome(), Some(Outcome::Answered));
+    w
+}
+
+#[test]
+fn carrier_bye_after_answer_is_answered_200_and_ends_the_call() {
+    let mut w = answered_world();
+    w.run_until(30 * S);
+    w.with_far(carrier(), |f, now| {
+        f.send_in_dialog(now, Method::Bye, None);
+    });
+    assert!(w.events.contains(&(
+        30 * S,
+        LeadEvent::Ended {
+            reason: EndReason::RemoteBye
+        }
+    )));
+    assert_eq!(
+        w.fars[0].responses.last().map(|r| r.status_code.code()),
+        Some(200)
+    );
+    // Closed once the BYE server transaction is over (Timer J, 64*T1 on UDP).
+    w.run_until(61 * S);
+    assert!(!w.leg.is_closed());
+    w.run_until(63 * S);
+    let (outcome, record) = closed(&w);
+    assert_eq!(outcome, Outcome::Answered);
+    assert_eq!(record.ended, Some(w.t0 + 30 * S));
+    assert_eq!(w.sent_of(Method::Bye).len(), 0);
+}
+
+#[test]
+fn max_call_length_sends_bye() {
+    let mut params = lead_params(32 * S);
+    params.max_call_length = 10 * S;
+    let t0 = test_epoch();
+    let leg = LeadLeg::dial(t0, params, &mut StdRng::seed_from_u64(3)).unwrap();
+    let mut w = World::new(t0, leg, vec![Far::new(carrier(), "far1")]);
+    w.run_until(2 * S);
+    w.with_far(carrier(), |f, now| f.respond(now, 200, Some(ANSWER), &[]));
+    w.run_until(30 * S);
+    let byes = w.sent_of(Method::Bye);
+    assert_eq!(byes.len(), 1);
+    assert_eq!(byes[0].at, 12 * S);
+    assert!(w.events.contains(&(
+        12 * S,
+        LeadEvent::Ended {
+            reason: EndReason::MaxCallLength
+        }
+    )));
+    assert_eq!(closed(&w).1.ended, Some(t0 + 12 * S));
+}
+
+#[test]
+fn carrier_reinvite_is_reported_and_answered_until_acked() {
+    let mut w = answered_world();
+    w.run_until(5 * S);
+    w.with_far(carrier(), |f, now| {
+        let body = Body {
+            content_type: "application/sdp",
+            bytes: HOLD,
+        };
+        f.send_in_dialog(now, Method::Invite, Some(body));
+    });
+    assert_eq!(
+        w.events.last(),
+        Some(&(
+            5 * S,
+            LeadEvent::ReInvite {
+                offer: Some(HOLD.to_vec())
+            }
+        ))
+    );
+    // A second re-INVITE while the first is open: 491 (§14.2).
+    w.with_far(carrier(), |f, now| {
+        f.send_in_dialog(now, Method::Invite, None);
+    });
+    assert!(w
+        .received
+        .iter()
+        .any(|r| r.method() == Some(Method::Invite)));
+    assert!(w.sent.iter().any(|s| s.code() == Some(491)));
+    let now = w.now;
+    w.leg.answer_reinvite(now, OFFER).unwrap();
+    w.step();
+    let ok = w
+        .sent
+        .iter()
+        .rev()
+        .find_map(|s| match &s.message {
+            SipMessage::Response(r)
+                if r.status_code.code() == 200 && header(r, "CSeq").ends_with("INVITE") =>
+            {
+                Some(r.clone())
+            }
+            _ => None,
+        })
+        .expect("200 to the re-INVITE");
+    assert_eq!(ok.body, OFFER);
+    assert_eq!(header(&ok, "Contact"), "<sip:powerdial@192.0.2.10:5060>");
+    // The far end ACKed it (harness), so no retransmission follows.
+    let count = |w: &World<LeadLeg>| w.sent.iter().filter(|s| s.code() == Some(200)).count();
+    let before = count(&w);
+    w.run_until(20 * S);
+    assert_eq!(count(&w), before);
+    assert_eq!(
+        w.leg.answer_reinvite(w.now, OFFER),
+        Err(CallError::NoPendingReInvite)
+    );
+}
+
+#[test]
+fn retransmitted_200_is_acked_again_and_a_forked_200_is_byed() {
+    let mut w = answered_world();
+    let first_ack = request(w.sent_of(Method::Ack)[0]).clone();
+    let ok = w.fars[0].sent_2xx.clone().unwrap();
+    let now = w.now;
+    w.leg
+        .handle_message(now, carrier(), SipMessage::Response(ok.clone()))
+        .unwrap();
+    w.step();
+    let acks = w.sent_of(Method::Ack);
+    assert_eq!(acks.len(), 2);
+    assert_eq!(
+        request(acks[1]).to_string(),
+        first_ack.to_string(),
+        "the same ACK"
+    );
+    // Another branch of the carrier answers with another To tag.
+    let text = ok.to_string().replace("tag=far1", "tag=far2");
+    let forked = match SipMessage::try_from(text.as_str()).unwrap() {
+        SipMessage::Response(r) => r,
+        SipMessage::Request(_) => unreachable!(),
+    };
+    w.leg
+        .handle_message(now, carrier(), SipMessage::Response(forked))
+        .unwrap();
+    w.step();
+    assert_eq!(w.sent_of(Method::Ack).len(), 3);
+    let byes = w.sent_of(Method::Bye);
+    assert_eq!(byes.len(), 1);
+    assert!(header(request(byes[0]), "To").ends_with("tag=far2"));
+    assert_eq!(w.leg.outcome(), Some(Outcome::Answered), "our call goes on");
+}
+
+#[test]
+fn requests_outside_the_dialog_get_481() {
+    let mut w = answered_world();
+    let text = format!(
+        "BYE sip:powerdial@192.0.2.10:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.99:5080;branch=z9hG4bKstray\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:x@192.0.2.99>;tag=other\r\nTo: <sip:y@192.0.2.10>;tag=nope\r\n\
+         Call-ID: {}\r\nCSeq: 9 BYE\r\nContent-Length: 0\r\n\r\n",
+        w.leg.call_id()
+    );
+    let now = w.now;
+    w.leg
+        .handle_message(now, carrier(), SipMessage::try_from(text.as_str()).unwrap())
+        .unwrap();
+    w.step();
+    assert_eq!(w.sent.last().and_then(|s| s.code()), Some(481));
+    assert_eq!(w.leg.outcome(), Some(Outcome::Answered));
+    assert!(!w
+        .event_list()
+        .iter()
+        .any(|e| matches!(e, LeadEvent::Ended { .. })));
+}
+
+#[test]
+fn bad_numbers_and_trunks_send_nothing() {
+    let t0 = test_epoch();
+    let mut p = lead_params(32 * S);
+    p.number = "5551234567".into();
+    assert!(matches!(
+        LeadLeg::dial(t0, p, &mut StdRng::seed_from_u64(1)),
+        Err(CallError::NotE164(_))
+    ));
+    let mut p = lead_params(32 * S);
+    p.trunk_uri = "tel:+1".into();
+    assert!(matches!(
+        LeadLeg::dial(t0, p, &mut StdRng::seed_from_u64(1)),
+        Err(CallError::BadTrunkUri(_))
+    ));
+}
+
+// --------------------------------------------------------------- agent leg
+
+fn agent_params(targets: Vec<AgentTarget>) -> AgentParams {
+    AgentParams {
+        targets,
+        agent_uri: "sip:alice@dialer.example".into(),
+        from: "\"powerdial\" <sip:powerdial@dialer.example>".into(),
+        local: local(),
+        offer_sdp: OFFER.to_vec(),
+        answer_timeout: 60 * S,
+        timers: TimerConfig::default(),
+    }
+}
+
+fn target(peer: Peer, user: &str) -> AgentTarget {
+    AgentTarget {
+        peer,
+        contact: format!("sip:{user}@{}", peer.addr),
+    }
+}
+
+fn agent_world() -> World<AgentLeg> {
+    let t0 = test_epoch();
+    let params = agent_params(vec![
+        target(phone_a(), "alice-a"),
+        target(phone_b(), "alice-b"),
+    ]);
+    let leg = AgentLeg::dial(t0, params, &mut StdRng::seed_from_u64(9)).unwrap();
+    World::new(
+        t0,
+        leg,
+        vec![Far::new(phone_a(), "pa"), Far::new(phone_b(), "pb")],
+    )
+}
+
+#[test]
+fn no_binding_is_an_error_and_nothing_is_sent() {
+    let t0 = test_epoch();
+    let r = AgentLeg::dial(t0, agent_params(vec![]), &mut StdRng::seed_from_u64(1));
+    assert!(matches!(r, Err(CallError::NoBinding)));
+}
+
+#[test]
+fn fork_first_200_wins_and_the_other_is_cancelled() {
+    let mut w = agent_world();
+    let invites = w.sent_of(Method::Invite);
+    assert_eq!(invites.len(), 2);
+    assert_eq!(invites[0].to, phone_a());
+    assert_eq!(invites[1].to, phone_b());
+    let (a, b) = (request(invites[0]), request(invites[1]));
+    assert_eq!(a.uri.to_string(), "sip:alice-a@192.0.2.21:5060");
+    assert_eq!(b.uri.to_string(), "sip:alice-b@192.0.2.22:5062");
+    assert_eq!(header(a, "Call-ID"), header(b, "Call-ID"));
+    assert_eq!(header(a, "From"), header(b, "From"));
+    assert_ne!(header(a, "Via"), header(b, "Via"));
+    w.run_until(S);
+    w.with_far(phone_a(), |f, now| f.respond(now, 180, None, &[]));
+    w.with_far(phone_b(), |f, now| f.respond(now, 180, None, &[]));
+    w.run_until(2 * S);
+    w.with_far(phone_b(), |f, now| f.respond(now, 200, Some(ANSWER), &[]));
+    assert_eq!(
+        w.event_list(),
+        [
+            AgentEvent::Ringing,
+            AgentEvent::Connected {
+                sdp: ANSWER.to_vec()
+            }
+        ]
+    );
+    let cancels = w.sent_of(Method::Cancel);
+    assert_eq!(cancels.len(), 1);
+    assert_eq!(cancels[0].to, phone_a());
+    assert_eq!(cancels[0].at, 2 * S);
+    // The 2xx ACK to phone B first; phone A's 487 is ACKed by its transaction.
+    let acks: Vec<Peer> = w.sent_of(Method::Ack).iter().map(|a| a.to).collect();
+    assert_eq!(acks, [phone_b(), phone_a()]);
+    assert!(w.received.iter().any(|r| r.code() == Some(487)));
+    w.run_until(60 * S);
+    assert_eq!(w.sent_of(Method::Ack).len(), 2);
+    assert!(w.leg.is_connected());
+    assert_eq!(w.leg.connected_at(), Some(w.t0 + 2 * S));
+    assert_eq!(w.sent_of(Method::Bye).len(), 0);
+}
+
+#[test]
+fn fork_second_200_crossing_the_cancel_is_acked_and_byed() {
+    let mut w = agent_world();
+    w.run_until(S);
+    w.with_far(phone_a(), |f, now| f.respond(now, 180, None, &[]));
+    w.with_far(phone_b(), |f, now| f.respond(now, 180, None, &[]));
+    w.hold = Some(|m| matches!(m, SipMessage::Request(r) if r.method == Method::Cancel));
+    w.with_far(phone_a(), |f, now| f.respond(now, 200, Some(ANSWER), &[]));
+    assert_eq!(w.held.len(), 1, "CANCEL to phone B in flight");
+    w.with_far(phone_b(), |f, now| f.respond(now, 200, Some(ANSWER), &[]));
+    w.release();
+    let acks = w.sent_of(Method::Ack);
+    assert_eq!(
+        acks.iter().map(|a| a.to).collect::<Vec<_>>(),
+        [phone_a(), phone_b()]
+    );
+    let byes = w.sent_of(Method::Bye);
+    assert_eq!(byes.len(), 1);
+    assert_eq!(byes[0].to, phone_b());
+    assert!(header(request(byes[0]), "To").ends_with("tag=pb"));
+    assert!(w.leg.is_connected(), "phone A's call goes on");
+    assert_eq!(
+        w.event_list()
+            .iter()
+            .filter(|e| matches!(e, AgentEvent::Connected { .. }))
+            .count(),
+        1
+    );
+}
+
+fn connected_agent() -> World<AgentLeg> {
+    let mut w = agent_world();
+    w.run_until(S);
+    w.with_far(phone_b(), |f, now| f.respond(now, 486, None, &[]));
+    w.with_far(phone_a(), |f, now| f.respond(now, 200, Some(ANSWER), &[]));
+    assert!(w.leg.is_connected());
+    w
+}
+
+#[test]
+fn phone_reinvite_for_hold_is_reported_and_answered() {
+    let mut w = connected_agent();
+    w.run_until(10 * S);
+    w.with_far(phone_a(), |f, now| {
+        let body = Body {
+            content_type: "application/sdp",
+            bytes: HOLD,
+        };
+        f.send_in_dialog(now, Method::Invite, Some(body));
+    });
+    assert_eq!(
+        w.event_list().last(),
+        Some(&AgentEvent::ReInvite {
+            offer: Some(HOLD.to_vec())
+        })
+    );
+    let now = w.now;
+    w.leg.answer_reinvite(now, OFFER).unwrap();
+    w.step();
+    let last = w.fars[0].responses.last().unwrap();
+    assert_eq!(last.status_code.code(), 200);
+    assert_eq!(last.body, OFFER);
+    assert!(w.leg.is_connected());
+}
+
+#[test]
+fn info_dtmf_becomes_events() {
+    let mut w = connected_agent();
+    for (ct, body) in [
+        (
+            "application/dtmf-relay",
+            &b"Signal=*\r\nDuration=160\r\n"[..],
+        ),
+        (
+            "application/dtmf-relay",
+            &b"Signal=#\r\nDuration=160\r\n"[..],
+        ),
+        ("application/dtmf", &b"0"[..]),
+    ] {
+        w.with_far(phone_a(), |f, now| {
+            f.send_in_dialog(
+                now,
+                Method::Info,
+                Some(Body {
+                    content_type: ct,
+                    bytes: body,
+                }),
+            );
+        });
+    }
+    let digits: Vec<char> = w
+        .event_list()
+        .into_iter()
+        .filter_map(|e| match e {
+            AgentEvent::Dtmf(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(digits, ['*', '#', '0']);
+    assert_eq!(
+        w.fars[0]
+            .responses
+            .iter()
+            .filter(|r| r.status_code.code() == 200)
+            .count(),
+        3
+    );
+}
+
+#[test]
+fn phone_bye_ends_the_agent_leg() {
+    let mut w = connected_agent();
+    w.run_until(100 * S);
+    w.with_far(phone_a(), |f, now| {
+        f.send_in_dialog(now, Method::Bye, None);
+    });
+    assert!(w.event_list().contains(&AgentEvent::Ended {
+        reason: EndReason::RemoteBye
+    }));
+    w.run_until(200 * S);
+    assert_eq!(w.event_list().last(), Some(&AgentEvent::Closed));
+    assert!(w.leg.is_closed());
+}
+
+#[test]
+fn every_fork_failing_reports_the_best_status() {
+    let mut w = agent_world();
+    w.run_until(S);
+    w.with_far(phone_a(), |f, now| f.respond(now, 486, None, &[]));
+    assert!(w.event_list().is_empty(), "one fork is still ringing");
+    w.with_far(phone_b(), |f, now| f.respond(now, 603, None, &[]));
+    assert_eq!(w.event_list(), [AgentEvent::Failed { status: Some(603) }]);
+    w.run_until(100 * S);
+    assert_eq!(w.event_list().last(), Some(&AgentEvent::Closed));
+}
+
+#[test]
+fn agent_answer_timeout_cancels_every_fork() {
+    let mut w = agent_world();
+    w.run_until(S);
+    w.with_far(phone_a(), |f, now| f.respond(now, 180, None, &[]));
+    w.with_far(phone_b(), |f, now| f.respond(now, 180, None, &[]));
+    w.run_until(61 * S);
+    let cancels = w.sent_of(Method::Cancel);
+    assert_eq!(cancels.len(), 2);
+    assert!(cancels.iter().all(|c| c.at == 60 * S));
+    assert!(w
+        .event_list()
+        .contains(&AgentEvent::Failed { status: None }));
+    w.run_until(200 * S);
+    assert_eq!(w.event_list().last(), Some(&AgentEvent::Closed));
+}
