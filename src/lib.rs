@@ -6,5 +6,6 @@
 //! timers, tasks and the database.
 
 pub mod config;
+pub mod dialer;
 pub mod leads;
 pub mod sip;
