@@ -180,6 +180,22 @@ pub struct RefreshSummary {
     pub duplicates: usize,
 }
 
+/// What this session recorded about one lead, for the session driver to
+/// persist and to [`SessionQueue::restore`] after a restart, so a resumed
+/// session neither calls a lead again within its block (R4) nor forgets its
+/// answers (R5) and retry tiers (R3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeadHistory {
+    /// Generation of the lead (R7).
+    pub generation: u32,
+    /// Unanswered calls by this session (R3 tier).
+    pub calls: u32,
+    /// Answered in this session (R5).
+    pub answered: bool,
+    /// End of the block from this session's last call, epoch ms (R4).
+    pub blocked_until: Option<i64>,
+}
+
 /// The state of an entry listed by [`SessionQueue::upcoming`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ItemState {
@@ -214,9 +230,10 @@ pub struct QueueItem {
 pub struct QueueCounts {
     /// Leads in the last refreshed view.
     pub in_view: usize,
-    /// Leads that may be claimed now or whose block expired (R1, R3).
+    /// Leads that may be claimed (R1, R3).
     pub ready: usize,
-    /// Leads waiting for their block to expire (R4).
+    /// Leads waiting for their block to expire (R4); a block that ended since
+    /// the last claim or listing is still counted here.
     pub blocked: usize,
     /// Leads waiting for the next refresh (R10).
     pub awaiting_refresh: usize,
@@ -761,6 +778,51 @@ impl SessionQueue {
         {
             self.enqueue(lead);
         }
+    }
+
+    /// This session's record of `lead` (see [`LeadHistory`]), if it is in
+    /// the view.
+    pub fn history(&self, lead: LeadId) -> Option<LeadHistory> {
+        let e = self.entries.get(&lead).filter(|e| e.in_view())?;
+        Some(LeadHistory {
+            generation: e.generation,
+            calls: e.calls,
+            answered: e.status == Status::Answered,
+            blocked_until: (e.session_block != NEVER).then_some(e.session_block),
+        })
+    }
+
+    /// Puts back what the session had recorded about `lead` before a
+    /// restart (R3, R4, R5), after the first [`refresh`](Self::refresh).
+    /// Returns false, changing nothing, if the lead is not in the view or is
+    /// claimed.
+    pub fn restore(&mut self, lead: LeadId, history: LeadHistory) -> bool {
+        let Some(e) = self.entries.get_mut(&lead) else {
+            return false;
+        };
+        if !e.in_view() || e.claimed {
+            return false;
+        }
+        match e.status {
+            Status::Answered => self.answered_in_view -= 1,
+            Status::AwaitingRefresh => self.awaiting_refresh.retain(|&l| l != lead),
+            Status::Pending => {
+                if !self.blocked.remove(&(e.blocked_until(), e.pos)) {
+                    self.ready.remove(&ready_key(e.calls, e.pos));
+                }
+            }
+        }
+        e.generation = history.generation;
+        e.calls = history.calls;
+        e.session_block = history.blocked_until.unwrap_or(NEVER);
+        if history.answered {
+            e.status = Status::Answered;
+            self.answered_in_view += 1;
+        } else {
+            e.status = Status::Pending;
+            self.enqueue(lead);
+        }
+        true
     }
 
     /// R15: every lead in the view has answered (true for an empty view; the

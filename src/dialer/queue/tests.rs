@@ -432,6 +432,44 @@ fn claimed_lead_that_leaves_is_not_queued_again() {
 }
 
 #[test]
+fn restore_after_restart_keeps_blocks_answers_and_tiers() {
+    let mut before = queue(&[1, 2, 3, 4], T0);
+    assert_eq!(call(&mut before, A, Outcome::Answered, T0), Some(1));
+    assert_eq!(call(&mut before, A, Outcome::NoAnswer, T0), Some(2));
+    assert_eq!(call(&mut before, A, Outcome::TemporaryError, T0), Some(3));
+    let saved: Vec<(LeadId, LeadHistory)> = ids(&[1, 2, 3, 4])
+        .into_iter()
+        .filter_map(|l| Some((l, before.history(l)?)))
+        .collect();
+    assert_eq!(
+        saved[1].1,
+        LeadHistory {
+            generation: 0,
+            calls: 1,
+            answered: false,
+            blocked_until: Some(T0 + HOUR)
+        }
+    );
+
+    let mut after = queue(&[1, 2, 3, 4], T0 + MIN);
+    for (lead, h) in saved {
+        assert!(after.restore(lead, h));
+    }
+    let t = T0 + 2 * HOUR;
+    assert_eq!(pass(&mut before, Outcome::NoAnswer, t), vec![4, 2]);
+    assert_eq!(pass(&mut after, Outcome::NoAnswer, t), vec![3, 4, 2]);
+    let answered = LeadHistory {
+        generation: 0,
+        calls: 0,
+        answered: true,
+        blocked_until: None,
+    };
+    assert!(after.restore(LeadId(4), answered));
+    assert!(!after.restore(LeadId(9), answered));
+    assert_eq!(after.counts().answered, 2);
+}
+
+#[test]
 fn duplicates_in_view_count_once() {
     let mut q = SessionQueue::new(DEFAULT_BLOCK);
     let s = q.refresh(&ids(&[1, 2, 1, 3, 2]), never_called, T0).unwrap();
@@ -498,24 +536,6 @@ fn explain_retry_pass_under_way() {
         "R3: retry pass 1, view pos 1"
     );
     assert_eq!(q.explain(LeadId(77), T0), Explanation::NotInView);
-}
-
-#[test]
-fn view_too_large_is_an_error_not_a_panic() {
-    // Checked before anything is read, so a zero-sized stand-in is enough
-    // to show the limit without allocating four billion ids.
-    let max = NOT_IN_VIEW as usize;
-    let err = QueueError::ViewTooLarge {
-        len: max,
-        max: max - 1,
-    };
-    assert_eq!(
-        err.to_string(),
-        format!(
-            "view of {max} leads exceeds the queue's limit of {}",
-            max - 1
-        )
-    );
 }
 
 mod prop {
