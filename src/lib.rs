@@ -7,6 +7,7 @@
 
 pub mod call;
 pub mod config;
+pub mod dialer;
 pub mod http;
 pub mod leads;
 pub mod media;
