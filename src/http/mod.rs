@@ -5,6 +5,7 @@
 //! [`api_routes`] and their handles as fields of [`AppState`].
 
 pub mod auth;
+pub mod calls;
 pub mod error;
 pub mod leads;
 pub mod paging;
@@ -71,6 +72,7 @@ pub fn api_routes() -> Router<AppState> {
     Router::new()
         .merge(leads::routes())
         .merge(smart_views::routes())
+        .merge(calls::routes())
 }
 
 async fn healthz() -> Json<serde_json::Value> {
