@@ -16,6 +16,7 @@ use std::collections::HashMap;
 
 use powerdial::http::{router, AppState};
 use powerdial::leads::model::{time_to_ms, NewCall};
+use powerdial::leads::query::SqlParam;
 use powerdial::store::{Store, ViewError};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
@@ -469,4 +470,51 @@ async fn views_and_calls_over_http() {
         calls_over_http(&app, &db.store, &ids).await;
         db.cleanup().await;
     }
+}
+
+/// The plan SQLite picks for a view over the fixtures, one line per step.
+async fn sqlite_plan(store: &Store, query: &str) -> String {
+    let Store::Sqlite(s) = store else {
+        panic!("not SQLite")
+    };
+    let q = store
+        .compile_view(query, common::reference_now())
+        .await
+        .unwrap();
+    let sql = format!("EXPLAIN QUERY PLAN {}", q.sql);
+    let mut explain = sqlx::query_as::<_, (i64, i64, i64, String)>(&sql);
+    for p in &q.params {
+        explain = match p {
+            SqlParam::Int(v) => explain.bind(*v),
+            SqlParam::Float(v) => explain.bind(*v),
+            SqlParam::Text(v) => explain.bind(v.clone()),
+        };
+    }
+    let rows = explain.fetch_all(s.pool()).await.unwrap();
+    rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("\n")
+}
+
+/// The indexes of migration 0003 are the ones the planner takes: a status
+/// filter and `sort:-created` come out of an index in order (no sort step),
+/// custom values from their clustered primary key and opportunities from
+/// a covering index.
+#[tokio::test]
+async fn view_queries_use_the_view_indexes() {
+    let db = common::sqlite_db().await;
+    common::load_fixtures(&db.store).await;
+    let plan = sqlite_plan(&db.store, r#"lead_status:"Potential" opportunities:0"#).await;
+    assert!(plan.contains("leads_status_created"), "{plan}");
+    assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+    assert!(
+        plan.contains("COVERING INDEX opportunities_lead_status"),
+        "{plan}"
+    );
+    let plan = sqlite_plan(&db.store, "sort:-created").await;
+    assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+    let plan = sqlite_plan(&db.store, r#"sort:-"Next Call Date""#).await;
+    assert!(
+        plan.contains("SEARCH cv USING PRIMARY KEY (lead_id=? AND field_id=?)"),
+        "{plan}"
+    );
+    db.cleanup().await;
 }
