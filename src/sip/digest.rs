@@ -878,7 +878,11 @@ impl DigestVerifier {
                 Ok(c) if c.realm == self.realm => {
                     let method = request.method.to_string();
                     let uri = request.uri.to_string();
-                    return self.verify_credentials(now, &method, &uri, &c);
+                    let verdict = self.verify_credentials(now, &method, &uri, &c);
+                    if let Ok(user) = &verdict {
+                        tracing::debug!(%user, algorithm = c.algorithm.token(), "digest authenticated");
+                    }
+                    return verdict;
                 }
                 Ok(_) => {}
                 Err(e) => {
