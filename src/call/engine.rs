@@ -934,6 +934,16 @@ impl AgentTask {
             }
             for t in out {
                 busy = true;
+                if let SipMessage::Request(r) = &t.message {
+                    // Wire times of our requests: the ring-timeout check
+                    // (INVITE → CANCEL, R8) reads them from the log.
+                    tracing::debug!(
+                        method = %r.method,
+                        sip_call_id = %header_call_id(r.headers.iter()).unwrap_or_default(),
+                        peer = %t.peer,
+                        "SIP out"
+                    );
+                }
                 let bytes = Bytes::from(t.message.to_string());
                 if let Err(e) = self.shared.transport.send(t.peer, bytes).await {
                     tracing::debug!(agent = %self.name, error = %e, peer = %t.peer, "SIP send failed");
@@ -976,6 +986,19 @@ impl AgentTask {
                         }
                     }
                 }
+                // The record shows the answer at once (GET /api/v1/calls/{id}).
+                let answered_ms = l.leg.record().answered.map(|a| l.anchor.ms(a));
+                let shared = self.shared.clone();
+                let id = l.record_id;
+                tokio::spawn(async move {
+                    let end = CallEnd {
+                        answered_ms,
+                        ..CallEnd::default()
+                    };
+                    if let Err(e) = shared.store.finish_call(id, &end).await {
+                        tracing::warn!(error = %e, call_id = id, "answer time not stored");
+                    }
+                });
                 let _ = self.shared.events.send(CallEvent::LeadAnswered {
                     agent,
                     call_id: l.record_id,
