@@ -5,6 +5,7 @@
 
 #![allow(clippy::disallowed_methods)] // the driver is where the clock is read.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
 
@@ -14,8 +15,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::call::engine::{CallEngine, EngineConfigError, EngineIo, RouteChange, RoutedMessage};
 use crate::config::Config;
 use crate::leads::model::Registration;
+use crate::media::relay::{MediaRelay, RelayConfig};
 use crate::sip::endpoint::{Endpoint, EndpointConfig, EndpointEvent};
 use crate::sip::registrar::Binding;
 use crate::sip::transaction::TimerConfig;
@@ -41,6 +44,15 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// The RTP port range is unusable.
+    #[error("media relay: {0}")]
+    Media(#[from] crate::media::relay::MediaError),
+    /// The call engine's configuration is unusable (trunk URI, allow patterns).
+    #[error("calls: {0}")]
+    Calls(#[from] EngineConfigError),
+    /// No SIP listener: the call engine has no address to write in Via.
+    #[error("no SIP listener is configured")]
+    NoSipListener,
     /// The data directory could not be created.
     #[error("data directory {path}: {source}")]
     DataDir {
@@ -91,6 +103,8 @@ pub struct RunningServer {
     pub http: SocketAddr,
     /// Talks to the SIP task.
     pub sip: SipHandle,
+    /// The call engine (issue 3).
+    pub calls: CallEngine,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -206,15 +220,35 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let (persist_tx, persist_rx) = mpsc::channel(4096);
     tasks.spawn(persist_task(store.clone(), persist_rx));
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
+    let (route_tx, route_rx) = mpsc::unbounded_channel();
     tasks.spawn(sip_task(
         endpoint,
         transport.clone(),
         inbound,
         cmd_rx,
+        route_rx,
         persist_tx,
         shutdown.clone(),
     ));
     let sip = SipHandle { commands: cmd_tx };
+
+    let relay = MediaRelay::new(RelayConfig::from_config(&config))?;
+    let sent_by = transport
+        .local_addr(TransportKind::Udp)
+        .or_else(|| transport.local_addr(TransportKind::Tcp))
+        .ok_or(ServerError::NoSipListener)?;
+    let calls = CallEngine::start(
+        &config,
+        EngineIo {
+            store: store.clone(),
+            sip: sip.clone(),
+            transport: transport.clone(),
+            routes: route_tx,
+            relay,
+            sent_by,
+            shutdown: shutdown.clone(),
+        },
+    )?;
 
     let listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
@@ -234,7 +268,8 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         config.admin_token.as_deref().unwrap_or(""),
         &config.default_region,
     )
-    .with_sip(sip.clone(), config.agents.clone());
+    .with_sip(sip.clone(), config.agents.clone())
+    .with_calls(calls.clone());
     let app = crate::http::router(state);
     let http_shutdown = shutdown.clone();
     tasks.spawn(async move {
@@ -253,6 +288,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         sip_tcp: transport.local_addr(TransportKind::Tcp),
         http,
         sip,
+        calls,
         shutdown,
         tasks,
     })
@@ -268,9 +304,11 @@ async fn sip_task(
     transport: TransportHandle,
     mut inbound: mpsc::Receiver<crate::sip::transport::Inbound>,
     mut commands: mpsc::Receiver<SipCommand>,
+    mut route_changes: mpsc::UnboundedReceiver<RouteChange>,
     persist: mpsc::Sender<EndpointEvent>,
     shutdown: CancellationToken,
 ) {
+    let mut routes: HashMap<String, mpsc::UnboundedSender<RoutedMessage>> = HashMap::new();
     loop {
         let deadline = endpoint.poll_timeout();
         let timer = async {
@@ -284,6 +322,9 @@ async fn sip_task(
             _ = shutdown.cancelled() => return,
             msg = inbound.recv() => {
                 let Some(msg) = msg else { return };
+                // Routes first: a leg registers its Call-ID before its
+                // first message leaves, so no answer can overtake it.
+                apply_routes(&mut endpoint, &mut routes, &mut route_changes);
                 let now = Instant::now();
                 let wall = SystemTime::now();
                 endpoint.handle_datagram(now, wall, msg.peer, &msg.bytes);
@@ -291,6 +332,14 @@ async fn sip_task(
                     match inbound.try_recv() {
                         Ok(m) => endpoint.handle_datagram(now, wall, m.peer, &m.bytes),
                         Err(_) => break,
+                    }
+                }
+                while let Some(r) = endpoint.poll_routed() {
+                    match routes.get(&r.call_id) {
+                        Some(tx) => {
+                            let _ = tx.send(RoutedMessage { peer: r.peer, message: r.message });
+                        }
+                        None => tracing::debug!(call_id = %r.call_id, "routed message without a leg"),
                     }
                 }
             }
@@ -314,6 +363,25 @@ async fn sip_task(
                 tracing::warn!(
                     "registration persistence is falling behind; a binding change was not saved"
                 );
+            }
+        }
+    }
+}
+
+fn apply_routes(
+    endpoint: &mut Endpoint,
+    routes: &mut HashMap<String, mpsc::UnboundedSender<RoutedMessage>>,
+    changes: &mut mpsc::UnboundedReceiver<RouteChange>,
+) {
+    while let Ok(change) = changes.try_recv() {
+        match change {
+            RouteChange::Add(call_id, tx) => {
+                endpoint.route_call_id(&call_id);
+                routes.insert(call_id, tx);
+            }
+            RouteChange::Remove(call_id) => {
+                endpoint.unroute_call_id(&call_id);
+                routes.remove(&call_id);
             }
         }
     }

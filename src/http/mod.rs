@@ -9,6 +9,7 @@ pub mod auth;
 pub mod calls;
 pub mod error;
 pub mod leads;
+pub mod manual_calls;
 pub mod paging;
 pub mod smart_views;
 
@@ -45,6 +46,8 @@ pub struct AppState {
     pub sip: Option<crate::server::SipHandle>,
     /// The configured agents.
     pub agents: Arc<[crate::config::AgentConfig]>,
+    /// The call engine (issue 3, R17); `None` when the API runs without SIP (tests).
+    pub calls: Option<crate::call::engine::CallEngine>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -67,6 +70,7 @@ impl AppState {
             default_region: default_region.into(),
             sip: None,
             agents: Arc::from(Vec::new()),
+            calls: None,
         }
     }
 
@@ -78,6 +82,14 @@ impl AppState {
     ) -> Self {
         self.sip = Some(sip);
         self.agents = Arc::from(agents);
+        self
+    }
+}
+
+impl AppState {
+    /// Adds the call engine (`/api/v1/calls`, R17).
+    pub fn with_calls(mut self, calls: crate::call::engine::CallEngine) -> Self {
+        self.calls = Some(calls);
         self
     }
 }
@@ -101,6 +113,7 @@ pub fn api_routes() -> Router<AppState> {
     Router::new()
         .merge(leads::routes())
         .merge(smart_views::routes())
+        .merge(manual_calls::routes())
         .route("/api/v1/agents", get(agents::list))
         .route("/api/v1/agents/{username}", get(agents::get))
         .merge(calls::routes())

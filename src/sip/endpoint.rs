@@ -30,7 +30,7 @@
 //!   transactions, server timeouts) are kept for the call engine in
 //!   [`Endpoint::poll_transaction_event`].
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::time::{Instant, SystemTime};
 
@@ -111,6 +111,24 @@ pub struct Endpoint {
     transmits: VecDeque<Transmit>,
     events: VecDeque<EndpointEvent>,
     transaction_events: VecDeque<Event>,
+    /// Call-IDs of live call legs: their messages go to the call engine
+    /// (DESIGN.md "shard by Call-ID"), not to this endpoint's table.
+    routed: HashSet<String>,
+    routed_out: VecDeque<Routed>,
+}
+
+/// A validated message whose Call-ID belongs to a live call leg (DESIGN.md
+/// "shard by Call-ID"): the driver hands it to that leg's owner, which
+/// runs its own transaction table (issue 3, `crate::call`).
+#[derive(Debug, Clone)]
+pub struct Routed {
+    /// The Call-ID the message carries.
+    pub call_id: String,
+    /// Where it came from.
+    pub peer: Peer,
+    /// The message, inspected (RFC 3261 §8.2.1 checks, Via `received`/`rport`
+    /// fixed on requests, §18.2.1).
+    pub message: SipMessage,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -151,6 +169,44 @@ impl Endpoint {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             transaction_events: VecDeque::new(),
+            routed: HashSet::new(),
+            routed_out: VecDeque::new(),
+        }
+    }
+
+    /// Sends every later message carrying `call_id` to the call engine
+    /// ([`Self::poll_routed`]) instead of this endpoint's transaction table.
+    pub fn route_call_id(&mut self, call_id: &str) {
+        self.routed.insert(call_id.to_string());
+    }
+
+    /// Stops routing `call_id` (its leg is gone); later strays get the
+    /// endpoint's answers (481 for in-dialog requests, RFC 3261 §12.2.2).
+    pub fn unroute_call_id(&mut self, call_id: &str) {
+        self.routed.remove(call_id);
+    }
+
+    /// The next message for a call leg (see [`Routed`]).
+    pub fn poll_routed(&mut self) -> Option<Routed> {
+        self.routed_out.pop_front()
+    }
+
+    /// Queues `message` for the call engine when its Call-ID is routed.
+    fn take_routed(&mut self, peer: Peer, message: SipMessage) -> Option<SipMessage> {
+        let call_id = match &message {
+            SipMessage::Request(r) => r.call_id_header().map(|c| c.value().to_string()),
+            SipMessage::Response(r) => r.call_id_header().map(|c| c.value().to_string()),
+        };
+        match call_id {
+            Ok(call_id) if self.routed.contains(&call_id) => {
+                self.routed_out.push_back(Routed {
+                    call_id,
+                    peer,
+                    message,
+                });
+                None
+            }
+            _ => Some(message),
         }
     }
 
@@ -185,19 +241,19 @@ impl Endpoint {
                 self.send_stateless(peer, response);
             }
             Inspected::Response(response) => {
-                if let Err(e) =
-                    self.transactions
-                        .handle_message(now, peer, SipMessage::Response(response))
-                {
+                let Some(message) = self.take_routed(peer, SipMessage::Response(response)) else {
+                    return;
+                };
+                if let Err(e) = self.transactions.handle_message(now, peer, message) {
                     tracing::debug!(%peer, error = %e, "response not matched");
                 }
             }
             Inspected::Request(mut request) => {
                 fix_request_via(&mut request, peer);
-                if let Err(e) =
-                    self.transactions
-                        .handle_message(now, peer, SipMessage::Request(request))
-                {
+                let Some(message) = self.take_routed(peer, SipMessage::Request(request)) else {
+                    return;
+                };
+                if let Err(e) = self.transactions.handle_message(now, peer, message) {
                     tracing::debug!(%peer, error = %e, "request refused by the transaction layer");
                 }
             }

@@ -4,6 +4,7 @@
 #![allow(clippy::disallowed_methods)] // A driver of real processes: deadlines need the clock.
 
 mod app;
+mod calls;
 mod peers;
 mod register;
 mod torture;

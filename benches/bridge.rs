@@ -1,0 +1,393 @@
+//! Answer → bridge time and ring-timeout accuracy (issue 3, SPEC §6),
+//! end to end through a real in-process powerdial (SIP task, call engine,
+//! media relay) against a loopback UDP carrier and agent phone written
+//! here. Run: `cargo bench --bench bridge`.
+//!
+//! - answer → bridge: the carrier hands its 200 OK to its socket and then
+//!   sends RTP every 2 ms with payload 0x55; the agent notes the first
+//!   0x55 packet (the relay sends the agent 0xFF silence until the bridge).
+//!   Both instants are read in this process.
+//! - ring timeout: `ring_timeout = 0.5`; the carrier answers 180 (or 183
+//!   with SDP and RTP: early media) and notes INVITE and CANCEL arrivals.
+
+#![allow(clippy::disallowed_methods)] // a load driver reads the clock
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use powerdial::call::engine::{CallEvent, DialRequest};
+use powerdial::leads::model::Registration;
+
+const CALLS: usize = 200;
+const RING_CALLS: usize = 20;
+const RING_TIMEOUT: f64 = 0.5;
+
+fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
+    msg.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+fn response(
+    req: &str,
+    code: u16,
+    reason: &str,
+    tag: &str,
+    body: Option<&str>,
+    contact: &str,
+) -> String {
+    let mut out = format!("SIP/2.0 {code} {reason}\r\n");
+    for l in req.lines() {
+        if l.to_ascii_lowercase().starts_with("via:") {
+            out.push_str(l);
+            out.push_str("\r\n");
+        }
+    }
+    for name in ["From", "Call-ID", "CSeq"] {
+        if let Some(v) = header(req, name) {
+            out.push_str(&format!("{name}: {v}\r\n"));
+        }
+    }
+    let to = header(req, "To").unwrap_or("");
+    if to.contains("tag=") {
+        out.push_str(&format!("To: {to}\r\n"));
+    } else {
+        out.push_str(&format!("To: {to};tag={tag}\r\n"));
+    }
+    out.push_str(&format!("Contact: <{contact}>\r\n"));
+    match body {
+        Some(b) => out.push_str(&format!(
+            "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{b}",
+            b.len()
+        )),
+        None => out.push_str("Content-Length: 0\r\n\r\n"),
+    }
+    out
+}
+
+fn sdp(port: u16) -> String {
+    format!("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n")
+}
+
+fn sdp_target(msg: &str) -> Option<SocketAddr> {
+    let ip = msg
+        .lines()
+        .find_map(|l| l.strip_prefix("c=IN IP4 "))?
+        .trim();
+    let port = msg
+        .lines()
+        .find_map(|l| l.strip_prefix("m=audio "))?
+        .split_whitespace()
+        .next()?;
+    format!("{ip}:{port}").parse().ok()
+}
+
+fn rtp(seq: u16, ssrc: u32, payload: u8) -> Vec<u8> {
+    let mut p = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    p[2..4].copy_from_slice(&seq.to_be_bytes());
+    p[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+    p[8..12].copy_from_slice(&ssrc.to_be_bytes());
+    p.extend(std::iter::repeat_n(payload, 160));
+    p
+}
+
+enum CarrierEv {
+    Invite(Instant),
+    Cancel(Instant),
+    Sent200(Instant),
+}
+
+/// The carrier: by the last 4 digits, `0000` answers at once, `0180`
+/// rings, `0183` rings with early media. RTP every 2 ms to the current call.
+fn carrier(
+    sip: UdpSocket,
+    rtp_sock: UdpSocket,
+    ev: mpsc::Sender<CarrierEv>,
+    stop: Arc<AtomicBool>,
+) {
+    sip.set_read_timeout(Some(Duration::from_millis(1))).ok();
+    let rtp_port = rtp_sock.local_addr().map(|a| a.port()).unwrap_or(0);
+    let contact = format!(
+        "sip:carrier@{}",
+        sip.local_addr().map(|a| a.to_string()).unwrap_or_default()
+    );
+    let mut buf = vec![0u8; 65536];
+    let mut target: Option<SocketAddr> = None;
+    let mut invite: Option<String> = None;
+    let mut seq = 0u16;
+    let mut last_rtp = Instant::now();
+    let mut n = 0u32;
+    while !stop.load(Ordering::Relaxed) {
+        if let Ok((len, from)) = sip.recv_from(&mut buf) {
+            let now = Instant::now();
+            let msg = String::from_utf8_lossy(&buf[..len]).to_string();
+            let first = msg.lines().next().unwrap_or("").to_string();
+            if first.starts_with("INVITE ") {
+                n += 1;
+                let _ = ev.send(CarrierEv::Invite(now));
+                let tag = format!("c{n}");
+                let user = first.split('@').next().unwrap_or("");
+                let mode = &user[user.len().saturating_sub(4)..];
+                match mode {
+                    "0183" => {
+                        let r = response(
+                            &msg,
+                            183,
+                            "Session Progress",
+                            &tag,
+                            Some(&sdp(rtp_port)),
+                            &contact,
+                        );
+                        let _ = sip.send_to(r.as_bytes(), from);
+                        target = sdp_target(&msg);
+                    }
+                    "0180" => {
+                        let r = response(&msg, 180, "Ringing", &tag, None, &contact);
+                        let _ = sip.send_to(r.as_bytes(), from);
+                    }
+                    _ => {
+                        let r = response(&msg, 180, "Ringing", &tag, None, &contact);
+                        let _ = sip.send_to(r.as_bytes(), from);
+                        let r = response(&msg, 200, "OK", &tag, Some(&sdp(rtp_port)), &contact);
+                        let _ = sip.send_to(r.as_bytes(), from);
+                        let _ = ev.send(CarrierEv::Sent200(Instant::now()));
+                        target = sdp_target(&msg);
+                        last_rtp = Instant::now() - Duration::from_millis(10);
+                    }
+                }
+                invite = Some(msg);
+            } else if first.starts_with("CANCEL ") {
+                let _ = ev.send(CarrierEv::Cancel(now));
+                let r = response(&msg, 200, "OK", "x", None, &contact);
+                let _ = sip.send_to(r.as_bytes(), from);
+                if let Some(inv) = invite.take() {
+                    let r = response(
+                        &inv,
+                        487,
+                        "Request Terminated",
+                        &format!("c{n}"),
+                        None,
+                        &contact,
+                    );
+                    let _ = sip.send_to(r.as_bytes(), from);
+                }
+                target = None;
+            } else if first.starts_with("BYE ") {
+                let r = response(&msg, 200, "OK", "x", None, &contact);
+                let _ = sip.send_to(r.as_bytes(), from);
+                target = None;
+                invite = None;
+            }
+        }
+        if let Some(t) = target {
+            if last_rtp.elapsed() >= Duration::from_millis(2) {
+                last_rtp = Instant::now();
+                seq = seq.wrapping_add(1);
+                let _ = rtp_sock.send_to(&rtp(seq, 0x1234, 0x55), t);
+            }
+        }
+    }
+}
+
+/// The agent phone: answers the INVITE with 200 and SDP, notes the first
+/// 0x55 RTP packet once armed.
+fn agent(
+    sip: UdpSocket,
+    rtp_sock: UdpSocket,
+    armed: Arc<Mutex<Option<mpsc::Sender<Instant>>>>,
+    stop: Arc<AtomicBool>,
+) {
+    sip.set_read_timeout(Some(Duration::from_millis(1))).ok();
+    rtp_sock
+        .set_read_timeout(Some(Duration::from_millis(1)))
+        .ok();
+    let rtp_port = rtp_sock.local_addr().map(|a| a.port()).unwrap_or(0);
+    let contact = format!(
+        "sip:alice@{}",
+        sip.local_addr().map(|a| a.to_string()).unwrap_or_default()
+    );
+    let mut buf = vec![0u8; 65536];
+    while !stop.load(Ordering::Relaxed) {
+        if let Ok((len, from)) = sip.recv_from(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..len]).to_string();
+            let first = msg.lines().next().unwrap_or("");
+            if first.starts_with("INVITE ") {
+                let r = response(&msg, 200, "OK", "a1", Some(&sdp(rtp_port)), &contact);
+                let _ = sip.send_to(r.as_bytes(), from);
+            } else if first.starts_with("BYE ") || first.starts_with("OPTIONS ") {
+                let r = response(&msg, 200, "OK", "a1", None, &contact);
+                let _ = sip.send_to(r.as_bytes(), from);
+            }
+        }
+        while let Ok((len, _)) = rtp_sock.recv_from(&mut buf) {
+            if len > 12 && buf[12] == 0x55 {
+                let now = Instant::now();
+                if let Some(tx) = armed.lock().ok().and_then(|mut a| a.take()) {
+                    let _ = tx.send(now);
+                }
+            }
+        }
+    }
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v.get(i).copied().unwrap_or(f64::NAN)
+}
+
+fn free_udp() -> UdpSocket {
+    UdpSocket::bind("127.0.0.1:0").expect("bind")
+}
+
+fn main() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (csip, crtp) = (free_udp(), free_udp());
+    let (asip, artp) = (free_udp(), free_udp());
+    let carrier_addr = csip.local_addr().expect("addr");
+    let agent_addr = asip.local_addr().expect("addr");
+    let (cev_tx, cev) = mpsc::channel();
+    let armed: Arc<Mutex<Option<mpsc::Sender<Instant>>>> = Arc::new(Mutex::new(None));
+    let s1 = stop.clone();
+    let t1 = std::thread::spawn(move || carrier(csip, crtp, cev_tx, s1));
+    let (s2, a2) = (stop.clone(), armed.clone());
+    let t2 = std::thread::spawn(move || agent(asip, artp, a2, s2));
+
+    let sip_port = free_udp().local_addr().expect("addr").port();
+    let db = format!("sqlite://{}", dir.path().join("b.db").display());
+    let toml = format!(
+        r#"[server]
+sip_listen = ["udp:127.0.0.1:{sip_port}"]
+http_listen = "127.0.0.1:0"
+domain = "127.0.0.1"
+media_ip = "127.0.0.1"
+data_dir = "{data}"
+[database]
+url = "{db}"
+[dialer]
+ring_timeout = {RING_TIMEOUT}
+[[agent]]
+username = "alice"
+password = "alice-secret"
+[[trunk]]
+name = "carrier"
+uri = "sip:{carrier_addr}"
+caller_id = "+442079460999"
+"#,
+        data = dir.path().join("data").display()
+    );
+    let config =
+        powerdial::config::Config::from_toml_str(&toml, "bench.toml", Vec::new()).expect("config");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let store = powerdial::store::connect(&db).await.expect("store");
+        store
+            .upsert_registration(&Registration {
+                aor: "alice".into(),
+                contact: format!("sip:alice@{agent_addr}"),
+                expires_ms: chrono::Utc::now().timestamp_millis() + 3_600_000,
+                call_id: "bench".into(),
+                cseq: 1,
+                q: None,
+                transport: "udp".into(),
+                source: agent_addr.to_string(),
+            })
+            .await
+            .expect("registration");
+        drop(store);
+        let server = powerdial::server::start(config).await.expect("server");
+        let engine = server.calls.clone();
+        engine.connect_agent("alice").await.expect("agent leg");
+        let mut events = engine.subscribe();
+        let req = |n: &str| DialRequest {
+            number: n.into(),
+            lead_id: None,
+            session_id: None,
+            reduced_ring_time: false,
+        };
+        async fn ended(events: &mut tokio::sync::broadcast::Receiver<CallEvent>, id: i64) {
+            let wait = async {
+                loop {
+                    if let Ok(CallEvent::CallEnded { call_id, .. }) = events.recv().await {
+                        if call_id == id {
+                            return;
+                        }
+                    }
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(10), wait).await.expect("CallEnded");
+        }
+        let drain = |cev: &mpsc::Receiver<CarrierEv>| while cev.try_recv().is_ok() {};
+
+        let mut bridge = Vec::new();
+        for _ in 0..CALLS {
+            drain(&cev);
+            let (tx, rx) = mpsc::channel();
+            *armed.lock().expect("lock") = Some(tx);
+            let id = engine.dial("alice", req("+442079460000")).await.expect("dial");
+            let got = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(5)))
+                .await
+                .expect("join");
+            let sent200 = loop {
+                match cev.recv_timeout(Duration::from_secs(1)) {
+                    Ok(CarrierEv::Sent200(t)) => break Some(t),
+                    Ok(_) => continue,
+                    Err(_) => break None,
+                }
+            };
+            if let (Ok(first), Some(s)) = (got, sent200) {
+                bridge.push(first.saturating_duration_since(s).as_secs_f64() * 1e3);
+            }
+            engine.hangup_call(id).await.expect("hangup");
+            ended(&mut events, id).await;
+        }
+
+        let n = bridge.len();
+        println!(
+            "answer → bridge (200 OK out of the carrier → first lead RTP at the agent; carrier sends RTP every 2 ms): {n}/{CALLS} calls, p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+            pct(&mut bridge, 0.5),
+            pct(&mut bridge, 0.99),
+            bridge.last().copied().unwrap_or(f64::NAN)
+        );
+        for (label, number) in [("180", "+442079460180"), ("183 early media", "+442079460183")] {
+            let mut errs = Vec::new();
+            for _ in 0..RING_CALLS {
+                drain(&cev);
+                let id = engine.dial("alice", req(number)).await.expect("dial");
+                let (mut inv, mut can) = (None, None);
+                while can.is_none() {
+                    match cev.recv_timeout(Duration::from_secs(3)) {
+                        Ok(CarrierEv::Invite(t)) => inv = Some(t),
+                        Ok(CarrierEv::Cancel(t)) => can = Some(t),
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
+                }
+                if let (Some(i), Some(c)) = (inv, can) {
+                    errs.push((c.saturating_duration_since(i).as_secs_f64() - RING_TIMEOUT) * 1e3);
+                }
+                ended(&mut events, id).await;
+            }
+            let n = errs.len();
+            let max = errs.iter().copied().fold(f64::MIN, f64::max);
+            println!(
+                "ring timeout {label}: {n}/{RING_CALLS} CANCELs, late by p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms (timeout {RING_TIMEOUT} s)",
+                pct(&mut errs, 0.5),
+                pct(&mut errs, 0.99),
+                max
+            );
+        }
+        server.shutdown().await;
+    });
+    stop.store(true, Ordering::Relaxed);
+    let _ = t1.join();
+    let _ = t2.join();
+}

@@ -1,0 +1,1246 @@
+//! The call engine driver (issue 3): one tokio task per configured agent
+//! owns that agent's [`AgentLeg`], its current [`LeadLeg`], the legs still
+//! finishing their signalling, its [`AgentMedia`] and one timer (the
+//! earliest `poll_timeout`). DESIGN.md "shard by Call-ID": the SIP task
+//! hands every message whose Call-ID is a live leg's to the owning agent
+//! task ([`Router`]); legs transmit straight through the clonable
+//! [`TransportHandle`], in the order they produced the messages.
+//!
+//! The sessions (`crate::dialer`) use the clonable [`CallEngine`] handle and
+//! the [`CallEvent`] broadcast; the manual call API (R17) uses the same.
+
+#![allow(clippy::disallowed_methods)] // a driver: this is where the clock is read.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    AgentEvent, AgentLeg, AgentParams, AgentTarget, LeadEvent, LeadLeg, LeadParams, LegRecord,
+    LocalAddress, Outcome,
+};
+use crate::config::{Config, TrunkConfig};
+use crate::leads::model::{CallEnd, CallOutcome, NewCall};
+use crate::leads::PhoneE164;
+use crate::media::relay::{AgentMedia, LegHandle, MediaEvent, MediaRelay};
+use crate::media::sdp::{self, SessionDescription};
+use crate::server::SipHandle;
+use crate::sip::syntax::SipMessage;
+use crate::sip::transaction::TimerConfig;
+use crate::sip::transport::TransportHandle;
+use crate::sip::{Peer, Transmit, TransportKind};
+use crate::store::Store;
+
+/// How long an agent's phone may ring before the agent leg gives up.
+const AGENT_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a call engine request failed (the seam with the sessions, issue 3).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallEngineError {
+    /// No `[[agent]]` of that name.
+    #[error("unknown agent {0:?}")]
+    UnknownAgent(String),
+    /// The agent's phone is not registered (issue 3 §1): nothing dialed.
+    #[error("the agent's phone is not registered: register the phone, then try again")]
+    NoBinding,
+    /// The phone refused the agent leg with this final status.
+    #[error("the agent's phone declined the call ({0})")]
+    Declined(u16),
+    /// The phone did not answer (or no response arrived).
+    #[error("the agent's phone did not answer")]
+    Timeout,
+    /// `dial` needs a connected agent leg.
+    #[error("the agent is not connected")]
+    NotConnected,
+    /// The agent already has a call in progress.
+    #[error("the agent already has a call in progress")]
+    Busy,
+    /// No call to act on.
+    #[error("no call in progress")]
+    NoCall,
+    /// No `[[trunk]]` is configured.
+    #[error("no [[trunk]] is configured")]
+    NoTrunk,
+    /// The media relay failed (ports, task).
+    #[error("media: {0}")]
+    Media(String),
+    /// The SIP layer refused to build or send the call.
+    #[error("SIP: {0}")]
+    Sip(String),
+    /// The database failed.
+    #[error("database: {0}")]
+    Store(String),
+    /// The engine is shutting down.
+    #[error("the call engine has stopped")]
+    Stopped,
+}
+
+/// A dial request from the sessions or the manual call API (R2, R8, R17).
+#[derive(Debug, Clone)]
+pub struct DialRequest {
+    /// As stored on the lead (E.164 normally); normalised and checked
+    /// against the trunk `allow` here (R2, R11).
+    pub number: String,
+    /// The lead, if the call is for one.
+    pub lead_id: Option<i64>,
+    /// The dialer session, if any.
+    pub session_id: Option<i64>,
+    /// R8: `reduced_ring_timeout` instead of `ring_timeout`.
+    pub reduced_ring_time: bool,
+}
+
+/// What the engine reports (the seam with the sessions, issue 3).
+#[derive(Debug, Clone)]
+pub enum CallEvent {
+    /// The agent's phone answered the nailed-up leg.
+    AgentConnected {
+        /// The agent.
+        agent: String,
+    },
+    /// The agent leg ended (the phone hung up or the leg failed): sessions
+    /// pause the agent (R9).
+    AgentDisconnected {
+        /// The agent.
+        agent: String,
+    },
+    /// The lead's first provisional response.
+    LeadRinging {
+        /// The agent.
+        agent: String,
+        /// The call record id.
+        call_id: i64,
+    },
+    /// The lead answered and is bridged to the agent.
+    LeadAnswered {
+        /// The agent.
+        agent: String,
+        /// The call record id.
+        call_id: i64,
+    },
+    /// The call's outcome is stored (R8–R12); sent after the record is saved.
+    CallEnded {
+        /// The agent.
+        agent: String,
+        /// The call record id.
+        call_id: i64,
+        /// The lead, if any.
+        lead_id: Option<i64>,
+        /// The session, if any.
+        session_id: Option<i64>,
+        /// The outcome.
+        outcome: Outcome,
+        /// The final SIP status of the lead's INVITE, if one arrived.
+        sip_status: Option<u16>,
+    },
+    /// A control key on the agent's phone (issue 3 §7): `*` next lead, `#`
+    /// hang up the lead, `0` pause. The engine already did the SIP part of
+    /// `*` and `#`.
+    Dtmf {
+        /// The agent.
+        agent: String,
+        /// The digit.
+        digit: char,
+    },
+}
+
+/// An agent's leg as the sessions see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgentLegState {
+    /// The phone answered and the leg is up.
+    pub connected: bool,
+    /// The call record id of the current lead call, if one is in progress.
+    pub call_id: Option<i64>,
+}
+
+enum Command {
+    Connect(oneshot::Sender<Result<(), CallEngineError>>),
+    Dial(DialRequest, oneshot::Sender<Result<i64, CallEngineError>>),
+    Skip(oneshot::Sender<Result<(), CallEngineError>>),
+    Hangup(i64, oneshot::Sender<bool>),
+    Disconnect(oneshot::Sender<Result<(), CallEngineError>>),
+    State(oneshot::Sender<AgentLegState>),
+}
+
+/// A message for a call leg, from the SIP task.
+#[derive(Debug)]
+pub struct RoutedMessage {
+    /// Where it came from.
+    pub peer: Peer,
+    /// The inspected message.
+    pub message: SipMessage,
+}
+
+/// A change of the SIP task's Call-ID routes, sent before the first
+/// message of a leg leaves so no answer can overtake it.
+pub enum RouteChange {
+    /// Route this Call-ID's messages to this sender.
+    Add(String, mpsc::UnboundedSender<RoutedMessage>),
+    /// The leg is gone.
+    Remove(String),
+}
+
+/// The clonable handle to the call engine (issue 3 seam).
+#[derive(Clone)]
+pub struct CallEngine {
+    agents: Arc<HashMap<String, mpsc::UnboundedSender<Command>>>,
+    events: broadcast::Sender<CallEvent>,
+}
+
+impl std::fmt::Debug for CallEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallEngine")
+            .field("agents", &self.agents.len())
+            .finish()
+    }
+}
+
+/// What every agent task shares: configuration and the I/O handles.
+struct Shared {
+    store: Store,
+    sip: SipHandle,
+    transport: TransportHandle,
+    routes: mpsc::UnboundedSender<RouteChange>,
+    relay: MediaRelay,
+    events: broadcast::Sender<CallEvent>,
+    local: LocalAddress,
+    media_ip: IpAddr,
+    timers: TimerConfig,
+    trunk: Option<(TrunkConfig, Peer, Vec<regex::Regex>)>,
+    default_region: String,
+    ring_timeout: Duration,
+    reduced_ring_timeout: Duration,
+    max_call_length: Duration,
+}
+
+/// Where the engine's tasks get their I/O (built by `server::start`).
+pub struct EngineIo {
+    /// The database.
+    pub store: Store,
+    /// The SIP task (registrar bindings).
+    pub sip: SipHandle,
+    /// The SIP sockets.
+    pub transport: TransportHandle,
+    /// The SIP task's route changes.
+    pub routes: mpsc::UnboundedSender<RouteChange>,
+    /// The RTP relay.
+    pub relay: MediaRelay,
+    /// Our SIP address as written in Via and Contact (`ip:port`).
+    pub sent_by: SocketAddr,
+    /// Stops the tasks.
+    pub shutdown: CancellationToken,
+}
+
+/// Why the engine could not be built from the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineConfigError {
+    /// A `[[trunk]] allow` pattern is not a regular expression.
+    #[error("[[trunk]] {trunk}: allow pattern {pattern:?}: {source}")]
+    BadAllow {
+        /// The trunk's name.
+        trunk: String,
+        /// The pattern.
+        pattern: String,
+        /// Why.
+        #[source]
+        source: regex::Error,
+    },
+    /// The trunk URI names no `ip[:port]` (names are not resolved).
+    #[error("[[trunk]] {0}: the uri must be sip:IP[:PORT]")]
+    BadTrunkUri(String),
+}
+
+impl CallEngine {
+    /// Spawns one task per configured agent (issue 3; DESIGN.md sharding).
+    pub fn start(config: &Config, io: EngineIo) -> Result<CallEngine, EngineConfigError> {
+        let trunk = match config.trunks.first() {
+            None => None,
+            Some(t) => {
+                let peer = trunk_peer(&t.uri)
+                    .ok_or_else(|| EngineConfigError::BadTrunkUri(t.name.clone()))?;
+                let mut allow = Vec::new();
+                for p in &t.allow {
+                    // Anchored: the pattern must cover the whole number.
+                    let re = regex::Regex::new(&format!("^(?:{p})$")).map_err(|source| {
+                        EngineConfigError::BadAllow {
+                            trunk: t.name.clone(),
+                            pattern: p.clone(),
+                            source,
+                        }
+                    })?;
+                    allow.push(re);
+                }
+                Some((t.clone(), peer, allow))
+            }
+        };
+        let (events, _) = broadcast::channel(1024);
+        let sent_by = io.sent_by.to_string();
+        let shared = Arc::new(Shared {
+            store: io.store,
+            sip: io.sip,
+            transport: io.transport,
+            routes: io.routes,
+            relay: io.relay,
+            events: events.clone(),
+            local: LocalAddress {
+                contact: format!("sip:powerdial@{sent_by}"),
+                sent_by,
+                domain: config.domain.clone(),
+            },
+            media_ip: config.media_ip,
+            timers: TimerConfig {
+                t1: config.sip_timers.t1,
+                t2: config.sip_timers.t2,
+                t4: config.sip_timers.t4,
+            },
+            trunk,
+            default_region: config.default_region.clone(),
+            ring_timeout: config.dialer.ring_timeout.0,
+            reduced_ring_timeout: config.dialer.reduced_ring_timeout.0,
+            max_call_length: config.dialer.max_call_length.0,
+        });
+        let mut agents = HashMap::new();
+        for a in &config.agents {
+            let (tx, rx) = mpsc::unbounded_channel();
+            agents.insert(a.username.clone(), tx);
+            let task = AgentTask::new(a.username.clone(), shared.clone());
+            tokio::spawn(task.run(rx, io.shutdown.clone()));
+        }
+        Ok(CallEngine {
+            agents: Arc::new(agents),
+            events,
+        })
+    }
+
+    fn agent(&self, agent: &str) -> Result<&mpsc::UnboundedSender<Command>, CallEngineError> {
+        self.agents
+            .get(agent)
+            .ok_or_else(|| CallEngineError::UnknownAgent(agent.to_string()))
+    }
+
+    async fn ask<T>(
+        &self,
+        agent: &str,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, CallEngineError> {
+        let (tx, rx) = oneshot::channel();
+        self.agent(agent)?
+            .send(make(tx))
+            .map_err(|_| CallEngineError::Stopped)?;
+        rx.await.map_err(|_| CallEngineError::Stopped)
+    }
+
+    /// Whether `agent` is a configured agent.
+    pub fn knows_agent(&self, agent: &str) -> bool {
+        self.agents.contains_key(agent)
+    }
+
+    /// Sets up (or keeps) the nailed-up agent leg (issue 3 §1): INVITE
+    /// forked to all live bindings. Resolves when the agent answered.
+    pub async fn connect_agent(&self, agent: &str) -> Result<(), CallEngineError> {
+        self.ask(agent, Command::Connect).await?
+    }
+
+    /// Dials a lead over the trunk (R2, R8, R11): returns the call record id
+    /// at once; the outcome arrives as [`CallEvent::CallEnded`].
+    pub async fn dial(&self, agent: &str, req: DialRequest) -> Result<i64, CallEngineError> {
+        self.ask(agent, |tx| Command::Dial(req, tx)).await?
+    }
+
+    /// R9: CANCEL while ringing (outcome `skipped`), BYE once answered.
+    pub async fn skip(&self, agent: &str) -> Result<(), CallEngineError> {
+        self.ask(agent, Command::Skip).await?
+    }
+
+    /// Hangs up the call with record id `call_id` (R17 hang-up).
+    pub async fn hangup_call(&self, call_id: i64) -> Result<(), CallEngineError> {
+        for tx in self.agents.values() {
+            let (reply, rx) = oneshot::channel();
+            if tx.send(Command::Hangup(call_id, reply)).is_err() {
+                continue;
+            }
+            if rx.await.unwrap_or(false) {
+                return Ok(());
+            }
+        }
+        Err(CallEngineError::NoCall)
+    }
+
+    /// BYEs the agent leg (and any lead leg: ringing → skipped).
+    pub async fn disconnect_agent(&self, agent: &str) -> Result<(), CallEngineError> {
+        self.ask(agent, Command::Disconnect).await?
+    }
+
+    /// The engine's events.
+    pub fn subscribe(&self) -> broadcast::Receiver<CallEvent> {
+        self.events.subscribe()
+    }
+
+    /// The agent leg's state; `None` for an unknown agent or a stopped engine.
+    pub async fn agent_state(&self, agent: &str) -> Option<AgentLegState> {
+        self.ask(agent, Command::State).await.ok()
+    }
+}
+
+/// `sip:IP[:PORT][;transport=tcp]` → where the trunk's requests go.
+fn trunk_peer(uri: &str) -> Option<Peer> {
+    let rest = uri
+        .strip_prefix("sip:")
+        .or_else(|| uri.strip_prefix("sips:"))?;
+    let rest = rest.rsplit_once('@').map_or(rest, |x| x.1);
+    let mut parts = rest.split(';');
+    let hostport = parts.next()?;
+    let transport = if parts.any(|p| p.eq_ignore_ascii_case("transport=tcp")) {
+        TransportKind::Tcp
+    } else {
+        TransportKind::Udp
+    };
+    let addr = match hostport.parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => {
+            let host = hostport.trim_start_matches('[').trim_end_matches(']');
+            SocketAddr::new(host.parse().ok()?, 5060)
+        }
+    };
+    Some(Peer { transport, addr })
+}
+
+/// R2 + R11: the number in E.164, or `None` when the trunk may not dial it.
+fn dialable(shared: &Shared, trunk_allow: &[regex::Regex], number: &str) -> Option<String> {
+    let e164 = PhoneE164::parse(number, &shared.default_region).ok()?;
+    let e164 = e164.as_str().to_string();
+    if trunk_allow.is_empty() || trunk_allow.iter().any(|re| re.is_match(&e164)) {
+        Some(e164)
+    } else {
+        None
+    }
+}
+
+fn call_outcome(o: Outcome) -> CallOutcome {
+    match o {
+        Outcome::Answered => CallOutcome::Answered,
+        Outcome::NoAnswer => CallOutcome::NoAnswer,
+        Outcome::Busy => CallOutcome::Busy,
+        Outcome::Skipped => CallOutcome::Skipped,
+        Outcome::TemporaryError => CallOutcome::TemporaryError,
+        Outcome::Restricted => CallOutcome::Restricted,
+    }
+}
+
+fn epoch_ms(t: SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Maps the legs' instants onto the wall clock from one (instant, wall) pair.
+#[derive(Clone, Copy)]
+struct Anchor(Instant, SystemTime);
+
+impl Anchor {
+    fn now() -> Anchor {
+        Anchor(Instant::now(), SystemTime::now())
+    }
+    fn ms(self, at: Instant) -> i64 {
+        let wall = match at.checked_duration_since(self.0) {
+            Some(d) => self.1 + d,
+            None => self.1 - self.0.saturating_duration_since(at),
+        };
+        epoch_ms(wall)
+    }
+}
+
+/// The current dial's lead call.
+struct LeadCall {
+    leg: LeadLeg,
+    media: LegHandle,
+    offer: SessionDescription,
+    record_id: i64,
+    lead_id: Option<i64>,
+    session_id: Option<i64>,
+    anchor: Anchor,
+    ringing: bool,
+    /// The outcome is stored and `CallEnded` sent.
+    finished: bool,
+}
+
+struct AgentTask {
+    name: String,
+    shared: Arc<Shared>,
+    rng: StdRng,
+    sip_tx: mpsc::UnboundedSender<RoutedMessage>,
+    sip_rx: mpsc::UnboundedReceiver<RoutedMessage>,
+    leg: Option<AgentLeg>,
+    media: Option<AgentMedia>,
+    media_rx: Option<mpsc::UnboundedReceiver<MediaEvent>>,
+    agent_offer: Option<SessionDescription>,
+    waiters: Vec<oneshot::Sender<Result<(), CallEngineError>>>,
+    lead: Option<LeadCall>,
+    /// Lead legs whose outcome is stored but whose signalling goes on
+    /// (487's ACK, Timer D, a crossing 200's BYE).
+    closing: Vec<LeadLeg>,
+    sdp_version: u64,
+}
+
+async fn media_event(rx: &mut Option<mpsc::UnboundedReceiver<MediaEvent>>) -> Option<MediaEvent> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl AgentTask {
+    fn new(name: String, shared: Arc<Shared>) -> Self {
+        let (sip_tx, sip_rx) = mpsc::unbounded_channel();
+        AgentTask {
+            name,
+            shared,
+            rng: StdRng::from_entropy(),
+            sip_tx,
+            sip_rx,
+            leg: None,
+            media: None,
+            media_rx: None,
+            agent_offer: None,
+            waiters: Vec::new(),
+            lead: None,
+            closing: Vec::new(),
+            sdp_version: epoch_ms(SystemTime::now()).unsigned_abs(),
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        let mut all = Vec::new();
+        all.extend(self.leg.as_ref().and_then(|l| l.poll_timeout()));
+        all.extend(self.lead.as_ref().and_then(|l| l.leg.poll_timeout()));
+        all.extend(self.closing.iter().filter_map(|l| l.poll_timeout()));
+        all.into_iter().min()
+    }
+
+    async fn run(
+        mut self,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        stop: CancellationToken,
+    ) {
+        loop {
+            let deadline = self.deadline();
+            let timer = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                _ = timer => self.on_timeout(Instant::now()),
+                msg = self.sip_rx.recv() => {
+                    if let Some(m) = msg {
+                        self.on_sip(Instant::now(), m);
+                    }
+                }
+                ev = media_event(&mut self.media_rx) => match ev {
+                    Some(ev) => self.on_media(Instant::now(), ev),
+                    None => self.media_rx = None,
+                },
+                cmd = commands.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd).await,
+                    None => return,
+                },
+            }
+            self.flush().await;
+        }
+    }
+
+    fn on_timeout(&mut self, now: Instant) {
+        if let Some(l) = &mut self.lead {
+            if l.leg.poll_timeout().is_some_and(|d| d <= now) {
+                l.leg.handle_timeout(now);
+            }
+        }
+        if let Some(leg) = &mut self.leg {
+            if leg.poll_timeout().is_some_and(|d| d <= now) {
+                leg.handle_timeout(now);
+            }
+        }
+        for l in &mut self.closing {
+            if l.poll_timeout().is_some_and(|d| d <= now) {
+                l.handle_timeout(now);
+            }
+        }
+    }
+
+    fn on_sip(&mut self, now: Instant, m: RoutedMessage) {
+        let call_id = match &m.message {
+            SipMessage::Request(r) => header_call_id(r.headers.iter()),
+            SipMessage::Response(r) => header_call_id(r.headers.iter()),
+        };
+        let Some(call_id) = call_id else { return };
+        let result = if let Some(l) = self.lead.as_mut().filter(|l| l.leg.call_id() == call_id) {
+            l.leg.handle_message(now, m.peer, m.message)
+        } else if let Some(leg) = self.leg.as_mut().filter(|l| l.call_id() == call_id) {
+            leg.handle_message(now, m.peer, m.message)
+        } else if let Some(l) = self.closing.iter_mut().find(|l| l.call_id() == call_id) {
+            l.handle_message(now, m.peer, m.message)
+        } else {
+            return;
+        };
+        if let Err(e) = result {
+            tracing::debug!(agent = %self.name, error = %e, "message refused by a call leg");
+        }
+    }
+
+    fn on_media(&mut self, now: Instant, ev: MediaEvent) {
+        match ev {
+            MediaEvent::Dtmf { leg, digit } => {
+                let is_agent = self.media.as_ref().is_some_and(|m| m.agent_leg().id == leg);
+                if is_agent {
+                    self.on_digit(now, digit);
+                }
+            }
+            MediaEvent::RtpTimeout { leg } => {
+                if let Some(l) = self.lead.as_mut().filter(|l| l.media.id == leg) {
+                    tracing::info!(agent = %self.name, call = l.record_id, "RTP timeout: hanging up the lead");
+                    l.leg.hangup(now);
+                } else {
+                    tracing::info!(agent = %self.name, "RTP timeout on the agent leg");
+                }
+            }
+            MediaEvent::BridgeFirstPacket { bridged_at, at, .. } => {
+                tracing::debug!(
+                    agent = %self.name,
+                    micros = at.saturating_duration_since(bridged_at).as_micros() as u64,
+                    "bridge: first lead packet to the agent"
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// Issue 3 §7: `*` next lead, `#` hang up the lead, `0` pause.
+    fn on_digit(&mut self, now: Instant, digit: char) {
+        match digit {
+            '*' | '#' => {
+                if let Some(l) = &mut self.lead {
+                    l.leg.hangup(now);
+                }
+            }
+            '0' => {}
+            _ => return,
+        }
+        let _ = self.shared.events.send(CallEvent::Dtmf {
+            agent: self.name.clone(),
+            digit,
+        });
+    }
+
+    async fn on_command(&mut self, cmd: Command) {
+        let now = Instant::now();
+        match cmd {
+            Command::Connect(reply) => self.connect(now, reply).await,
+            Command::Dial(req, reply) => {
+                let r = self.dial(req).await;
+                let _ = reply.send(r);
+            }
+            Command::Skip(reply) => {
+                let r = match &mut self.lead {
+                    Some(l) => {
+                        l.leg.skip(now);
+                        Ok(())
+                    }
+                    None => Err(CallEngineError::NoCall),
+                };
+                let _ = reply.send(r);
+            }
+            Command::Hangup(id, reply) => {
+                let found = match &mut self.lead {
+                    Some(l) if l.record_id == id => {
+                        l.leg.hangup(now);
+                        true
+                    }
+                    _ => false,
+                };
+                let _ = reply.send(found);
+            }
+            Command::Disconnect(reply) => {
+                if let Some(l) = &mut self.lead {
+                    l.leg.hangup(now);
+                }
+                let r = match &mut self.leg {
+                    Some(leg) => {
+                        leg.hangup(now);
+                        Ok(())
+                    }
+                    None => Err(CallEngineError::NotConnected),
+                };
+                let _ = reply.send(r);
+            }
+            Command::State(reply) => {
+                let _ = reply.send(AgentLegState {
+                    connected: self.leg.as_ref().is_some_and(|l| l.is_connected()),
+                    call_id: self.lead.as_ref().map(|l| l.record_id),
+                });
+            }
+        }
+    }
+
+    fn next_sdp_version(&mut self) -> u64 {
+        self.sdp_version = self.sdp_version.wrapping_add(1);
+        self.sdp_version
+    }
+
+    async fn connect(&mut self, now: Instant, reply: oneshot::Sender<Result<(), CallEngineError>>) {
+        if let Some(leg) = &self.leg {
+            if leg.is_connected() {
+                let _ = reply.send(Ok(()));
+            } else if leg.is_closed() {
+                let _ = reply.send(Err(CallEngineError::NotConnected));
+            } else {
+                self.waiters.push(reply);
+            }
+            return;
+        }
+        let bindings = self.shared.sip.bindings(&self.name).await;
+        let targets: Vec<AgentTarget> = bindings
+            .into_iter()
+            .map(|b| AgentTarget {
+                peer: Peer {
+                    transport: b.transport,
+                    addr: b.source,
+                },
+                contact: b.contact.trim_matches(['<', '>']).to_string(),
+            })
+            .collect();
+        if targets.is_empty() {
+            let _ = reply.send(Err(CallEngineError::NoBinding));
+            return;
+        }
+        let (media, media_rx) = match self.shared.relay.open_agent() {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = reply.send(Err(CallEngineError::Media(e.to_string())));
+                return;
+            }
+        };
+        let version = self.next_sdp_version();
+        let offer = sdp::make_offer(self.shared.media_ip, media.agent_leg().local_port, version);
+        let local = &self.shared.local;
+        let params = AgentParams {
+            targets,
+            agent_uri: format!("sip:{}@{}", self.name, local.domain),
+            from: format!("\"powerdial\" <sip:powerdial@{}>", local.domain),
+            local: local.clone(),
+            offer_sdp: offer.to_bytes(),
+            answer_timeout: AGENT_ANSWER_TIMEOUT,
+            timers: self.shared.timers,
+        };
+        match AgentLeg::dial(now, params, &mut self.rng) {
+            Ok(leg) => {
+                self.route(leg.call_id());
+                self.leg = Some(leg);
+                self.media = Some(media);
+                self.media_rx = Some(media_rx);
+                self.agent_offer = Some(offer);
+                self.waiters.push(reply);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(match e {
+                    super::CallError::NoBinding => CallEngineError::NoBinding,
+                    other => CallEngineError::Sip(other.to_string()),
+                }));
+            }
+        }
+    }
+
+    fn route(&self, call_id: &str) {
+        let _ = self
+            .shared
+            .routes
+            .send(RouteChange::Add(call_id.to_string(), self.sip_tx.clone()));
+    }
+
+    fn unroute(&self, call_id: &str) {
+        let _ = self
+            .shared
+            .routes
+            .send(RouteChange::Remove(call_id.to_string()));
+    }
+
+    async fn dial(&mut self, req: DialRequest) -> Result<i64, CallEngineError> {
+        if !self.leg.as_ref().is_some_and(|l| l.is_connected()) {
+            return Err(CallEngineError::NotConnected);
+        }
+        if self.lead.is_some() {
+            return Err(CallEngineError::Busy);
+        }
+        let shared = self.shared.clone();
+        let Some((trunk, trunk_peer, allow)) = &shared.trunk else {
+            return Err(CallEngineError::NoTrunk);
+        };
+        let number = dialable(&self.shared, allow, &req.number);
+        let anchor = Anchor::now();
+        let new = NewCall {
+            session_id: req.session_id,
+            lead_id: req.lead_id,
+            agent: Some(self.name.clone()),
+            number: number.clone().unwrap_or_else(|| req.number.clone()),
+            started_ms: epoch_ms(anchor.1),
+            answered_ms: None,
+            ended_ms: None,
+            outcome: None,
+            sip_status: None,
+            ring_ms: None,
+        };
+        let record = self
+            .shared
+            .store
+            .insert_call(&new)
+            .await
+            .map_err(|e| CallEngineError::Store(e.to_string()))?;
+        let Some(number) = number else {
+            // R11: never on the wire.
+            tracing::info!(agent = %self.name, number = %req.number, "number not dialable on the trunk: restricted");
+            let end = CallEnd {
+                ended_ms: Some(epoch_ms(anchor.1)),
+                outcome: Some(CallOutcome::Restricted),
+                ring_ms: Some(0),
+                ..CallEnd::default()
+            };
+            spawn_finish(
+                self.shared.clone(),
+                self.name.clone(),
+                record.id,
+                req.lead_id,
+                req.session_id,
+                end,
+                Outcome::Restricted,
+                None,
+            );
+            return Ok(record.id);
+        };
+        let version = self.next_sdp_version();
+        let media = self.media.as_ref().ok_or(CallEngineError::NotConnected)?;
+        let handle = media
+            .open_lead_leg()
+            .map_err(|e| CallEngineError::Media(e.to_string()))?;
+        let offer = sdp::make_offer(self.shared.media_ip, handle.local_port, version);
+        let ring_timeout = if req.reduced_ring_time {
+            self.shared.reduced_ring_timeout
+        } else {
+            self.shared.ring_timeout
+        };
+        let params = LeadParams {
+            trunk: *trunk_peer,
+            trunk_uri: trunk.uri.clone(),
+            number,
+            caller_id: trunk.caller_id.clone(),
+            p_asserted_identity: trunk.p_asserted_identity.clone(),
+            credentials: trunk.username.clone().zip(trunk.password.clone()),
+            local: self.shared.local.clone(),
+            offer_sdp: offer.to_bytes(),
+            ring_timeout,
+            max_call_length: self.shared.max_call_length,
+            timers: self.shared.timers,
+        };
+        // The ring timeout counts from here (R8): the INVITE leaves in this
+        // loop turn's flush.
+        let now = Instant::now();
+        let leg = match LeadLeg::dial(now, params, &mut self.rng) {
+            Ok(leg) => leg,
+            Err(e) => {
+                let _ = media.close_leg(handle.id);
+                let end = CallEnd {
+                    ended_ms: Some(epoch_ms(SystemTime::now())),
+                    outcome: Some(CallOutcome::Restricted),
+                    ring_ms: Some(0),
+                    ..CallEnd::default()
+                };
+                spawn_finish(
+                    self.shared.clone(),
+                    self.name.clone(),
+                    record.id,
+                    req.lead_id,
+                    req.session_id,
+                    end,
+                    Outcome::Restricted,
+                    None,
+                );
+                tracing::warn!(agent = %self.name, error = %e, "lead INVITE not built: restricted");
+                return Ok(record.id);
+            }
+        };
+        self.route(leg.call_id());
+        let _ = media.play_tone();
+        tracing::info!(agent = %self.name, call = record.id, sip_call_id = %leg.call_id(), "dialing");
+        self.lead = Some(LeadCall {
+            leg,
+            media: handle,
+            offer,
+            record_id: record.id,
+            lead_id: req.lead_id,
+            session_id: req.session_id,
+            anchor,
+            ringing: false,
+            finished: false,
+        });
+        Ok(record.id)
+    }
+
+    /// Sends what the legs queued and handles what they reported, until
+    /// both are quiet (an event can queue messages: a BYE, a CANCEL).
+    async fn flush(&mut self) {
+        loop {
+            let mut busy = false;
+            // Events first: an answer is bridged before its ACK is sent.
+            while let Some(ev) = self.lead.as_mut().and_then(|l| l.leg.poll_event()) {
+                busy = true;
+                self.on_lead_event(ev);
+            }
+            while let Some(ev) = self.leg.as_mut().and_then(|l| l.poll_event()) {
+                busy = true;
+                self.on_agent_event(ev);
+            }
+            let mut out: Vec<Transmit> = Vec::new();
+            if let Some(l) = &mut self.lead {
+                while let Some(t) = l.leg.poll_transmit() {
+                    out.push(t);
+                }
+            }
+            if let Some(l) = &mut self.leg {
+                while let Some(t) = l.poll_transmit() {
+                    out.push(t);
+                }
+            }
+            let mut closed = Vec::new();
+            for (i, l) in self.closing.iter_mut().enumerate() {
+                while let Some(t) = l.poll_transmit() {
+                    out.push(t);
+                }
+                while let Some(ev) = l.poll_event() {
+                    if matches!(ev, LeadEvent::Closed { .. }) {
+                        closed.push(i);
+                    }
+                }
+            }
+            for i in closed.into_iter().rev() {
+                let l = self.closing.swap_remove(i);
+                self.unroute(l.call_id());
+            }
+            for t in out {
+                busy = true;
+                if let SipMessage::Request(r) = &t.message {
+                    // Wire times of our requests: the ring-timeout check
+                    // (INVITE → CANCEL, R8) reads them from the log.
+                    tracing::debug!(
+                        method = %r.method,
+                        sip_call_id = %header_call_id(r.headers.iter()).unwrap_or_default(),
+                        peer = %t.peer,
+                        "SIP out"
+                    );
+                }
+                let bytes = Bytes::from(t.message.to_string());
+                if let Err(e) = self.shared.transport.send(t.peer, bytes).await {
+                    tracing::debug!(agent = %self.name, error = %e, peer = %t.peer, "SIP send failed");
+                }
+            }
+            if !busy {
+                return;
+            }
+        }
+    }
+
+    fn on_lead_event(&mut self, ev: LeadEvent) {
+        let Some(l) = &mut self.lead else { return };
+        let agent = self.name.clone();
+        match ev {
+            LeadEvent::Ringing { .. } => {
+                if !l.ringing {
+                    l.ringing = true;
+                    let _ = self.shared.events.send(CallEvent::LeadRinging {
+                        agent,
+                        call_id: l.record_id,
+                    });
+                }
+            }
+            LeadEvent::EarlyMedia { sdp } => {
+                if let (Some(media), Ok(neg)) = (&self.media, negotiate(&l.offer, &sdp)) {
+                    let _ = media.set_remote(l.media.id, neg);
+                }
+            }
+            LeadEvent::Answered { sdp } => {
+                // Issue 3 §5: switch the agent's media in the same step.
+                if let Some(media) = &self.media {
+                    match negotiate(&l.offer, &sdp) {
+                        Ok(neg) => {
+                            let _ = media.set_remote(l.media.id, neg);
+                            let _ = media.bridge(l.media.id);
+                        }
+                        Err(e) => {
+                            tracing::warn!(agent = %agent, error = %e, "unusable SDP answer from the trunk")
+                        }
+                    }
+                }
+                // The record shows the answer at once (GET /api/v1/calls/{id}).
+                let answered_ms = l.leg.record().answered.map(|a| l.anchor.ms(a));
+                let shared = self.shared.clone();
+                let id = l.record_id;
+                tokio::spawn(async move {
+                    let end = CallEnd {
+                        answered_ms,
+                        ..CallEnd::default()
+                    };
+                    if let Err(e) = shared.store.finish_call(id, &end).await {
+                        tracing::warn!(error = %e, call_id = id, "answer time not stored");
+                    }
+                });
+                let _ = self.shared.events.send(CallEvent::LeadAnswered {
+                    agent,
+                    call_id: l.record_id,
+                });
+            }
+            LeadEvent::ReInvite { offer } => {
+                let version = self.next_sdp_version();
+                let Some(l) = &mut self.lead else { return };
+                let body = reinvite_answer(
+                    self.shared.media_ip,
+                    l.media,
+                    &l.offer,
+                    offer.as_deref(),
+                    version,
+                    self.media.as_ref(),
+                );
+                if let Err(e) = l.leg.answer_reinvite(Instant::now(), &body) {
+                    tracing::debug!(error = %e, "re-INVITE not answered");
+                }
+            }
+            LeadEvent::Unanswered { .. } | LeadEvent::Ended { .. } => self.finish_lead(false),
+            LeadEvent::Closed { .. } => self.finish_lead(true),
+        }
+    }
+
+    /// Stores the outcome once, frees the dial slot and the lead media; a
+    /// leg with signalling left moves to `closing`.
+    fn finish_lead(&mut self, closed: bool) {
+        let Some(mut l) = self.lead.take() else {
+            return;
+        };
+        if !l.finished {
+            l.finished = true;
+            let outcome = l.leg.outcome().unwrap_or(Outcome::TemporaryError);
+            let r: LegRecord = *l.leg.record();
+            let end = CallEnd {
+                answered_ms: r.answered.map(|a| l.anchor.ms(a)),
+                ended_ms: Some(l.anchor.ms(r.ended.unwrap_or_else(Instant::now))),
+                outcome: Some(call_outcome(outcome)),
+                sip_status: r.sip_status,
+                ring_ms: r
+                    .ring_duration
+                    .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            };
+            tracing::info!(agent = %self.name, call = l.record_id, %outcome, status = ?r.sip_status, "call ended");
+            spawn_finish(
+                self.shared.clone(),
+                self.name.clone(),
+                l.record_id,
+                l.lead_id,
+                l.session_id,
+                end,
+                outcome,
+                r.sip_status,
+            );
+        }
+        if let Some(media) = &self.media {
+            let _ = media.unbridge();
+            let _ = media.close_leg(l.media.id);
+        }
+        if closed || l.leg.is_closed() {
+            self.unroute(l.leg.call_id());
+        } else {
+            // Keep the events it still has (a later Closed) with it.
+            self.closing.push(l.leg);
+        }
+    }
+
+    fn on_agent_event(&mut self, ev: AgentEvent) {
+        let now = Instant::now();
+        match ev {
+            AgentEvent::Ringing => {}
+            AgentEvent::Connected { sdp } => {
+                if let (Some(media), Some(offer)) = (&self.media, &self.agent_offer) {
+                    match negotiate(offer, &sdp) {
+                        Ok(neg) => {
+                            let _ = media.set_remote(media.agent_leg().id, neg);
+                        }
+                        Err(e) => {
+                            tracing::warn!(agent = %self.name, error = %e, "unusable SDP answer from the phone")
+                        }
+                    }
+                }
+                for w in self.waiters.drain(..) {
+                    let _ = w.send(Ok(()));
+                }
+                tracing::info!(agent = %self.name, "agent leg connected");
+                let _ = self.shared.events.send(CallEvent::AgentConnected {
+                    agent: self.name.clone(),
+                });
+            }
+            AgentEvent::Failed { status } => {
+                let err = match status {
+                    Some(s) => CallEngineError::Declined(s),
+                    None => CallEngineError::Timeout,
+                };
+                for w in self.waiters.drain(..) {
+                    let _ = w.send(Err(err.clone()));
+                }
+                let _ = self.shared.events.send(CallEvent::AgentDisconnected {
+                    agent: self.name.clone(),
+                });
+            }
+            AgentEvent::ReInvite { offer } => {
+                let version = self.next_sdp_version();
+                if let (Some(media), Some(our)) = (&self.media, &self.agent_offer) {
+                    let body = reinvite_answer(
+                        self.shared.media_ip,
+                        media.agent_leg(),
+                        our,
+                        offer.as_deref(),
+                        version,
+                        Some(media),
+                    );
+                    if let Some(leg) = &mut self.leg {
+                        if let Err(e) = leg.answer_reinvite(now, &body) {
+                            tracing::debug!(error = %e, "re-INVITE not answered");
+                        }
+                    }
+                }
+            }
+            AgentEvent::Dtmf(d) => self.on_digit(now, d),
+            AgentEvent::Ended { reason } => {
+                tracing::info!(agent = %self.name, ?reason, "agent leg ended");
+                // R9: a ringing lead is skipped, an answered one hung up.
+                if let Some(l) = &mut self.lead {
+                    l.leg.hangup(now);
+                }
+                let _ = self.shared.events.send(CallEvent::AgentDisconnected {
+                    agent: self.name.clone(),
+                });
+            }
+            AgentEvent::Closed => {
+                if let Some(leg) = self.leg.take() {
+                    self.unroute(leg.call_id());
+                }
+                if self.lead.is_none() {
+                    self.media = None;
+                    self.media_rx = None;
+                }
+                self.agent_offer = None;
+                for w in self.waiters.drain(..) {
+                    let _ = w.send(Err(CallEngineError::NotConnected));
+                }
+            }
+        }
+    }
+}
+
+/// The Call-ID header's value, by name (long or compact form).
+fn header_call_id<'a>(
+    mut headers: impl Iterator<Item = &'a crate::sip::syntax::Header>,
+) -> Option<String> {
+    headers.find_map(|h| match h {
+        crate::sip::syntax::Header::CallId(c) => Some(c.value().to_string()),
+        _ => None,
+    })
+}
+
+fn negotiate(offer: &SessionDescription, answer: &[u8]) -> Result<sdp::Negotiated, String> {
+    let answer = SessionDescription::parse(answer).map_err(|e| e.to_string())?;
+    sdp::negotiated(offer, &answer).map_err(|e| e.to_string())
+}
+
+/// Our answer to a re-INVITE (RFC 3264 §8): to an offer, our answer on the
+/// same port (and the relay follows the new remote); without one, our offer.
+fn reinvite_answer(
+    media_ip: IpAddr,
+    leg: LegHandle,
+    our_offer: &SessionDescription,
+    offer: Option<&[u8]>,
+    version: u64,
+    media: Option<&AgentMedia>,
+) -> Vec<u8> {
+    let Some(offer) = offer else {
+        return our_offer.to_bytes();
+    };
+    match SessionDescription::parse(offer)
+        .map_err(|e| e.to_string())
+        .and_then(|o| sdp::answer(&o, media_ip, leg.local_port, version).map_err(|e| e.to_string()))
+    {
+        Ok(a) => {
+            if let Some(m) = media {
+                let _ = m.set_remote(leg.id, a.negotiated);
+            }
+            a.sdp.to_bytes()
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "re-INVITE offer unusable; answering with our offer");
+            our_offer.to_bytes()
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn spawn_finish(
+    shared: Arc<Shared>,
+    agent: String,
+    call_id: i64,
+    lead_id: Option<i64>,
+    session_id: Option<i64>,
+    end: CallEnd,
+    outcome: Outcome,
+    sip_status: Option<u16>,
+) {
+    tokio::spawn(async move {
+        if let Err(e) = shared.store.finish_call(call_id, &end).await {
+            tracing::error!(error = %e, call_id, "call outcome not stored");
+        }
+        let _ = shared.events.send(CallEvent::CallEnded {
+            agent,
+            call_id,
+            lead_id,
+            session_id,
+            outcome,
+            sip_status,
+        });
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trunk_peers() {
+        let p = trunk_peer("sip:127.0.0.1:5080").expect("peer");
+        assert_eq!(p.addr, "127.0.0.1:5080".parse().expect("addr"));
+        assert_eq!(p.transport, TransportKind::Udp);
+        let p = trunk_peer("sip:gw@10.0.0.2;transport=tcp").expect("peer");
+        assert_eq!(p.addr, "10.0.0.2:5060".parse().expect("addr"));
+        assert_eq!(p.transport, TransportKind::Tcp);
+        assert!(trunk_peer("sip:carrier.example.com").is_none());
+    }
+
+    #[test]
+    fn anchor_maps_instants() {
+        let a = Anchor(
+            Instant::now(),
+            std::time::UNIX_EPOCH + Duration::from_secs(10),
+        );
+        assert_eq!(a.ms(a.0 + Duration::from_millis(250)), 10_250);
+        assert_eq!(a.ms(a.0), 10_000);
+    }
+}

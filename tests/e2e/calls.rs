@@ -1,0 +1,328 @@
+//! Issue 3 end to end: a PJSIP carrier trunk (tests/peers/pj_carrier.py)
+//! choosing its answer by the dialed number and an auto-answering PJSIP
+//! agent phone (tests/peers/pj_agent.py), both real pjsua2 processes on
+//! 127.0.0.1, against a real `powerdial serve`. Calls are placed with the
+//! manual call API (R17) and their records read back.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::app::{free_port, http_request, pjsua_python, repo, spawn_app_with, App, AppOptions};
+
+/// A peer process killed when dropped.
+struct Peer(Child);
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_py(script: &str, args: &[String]) -> Peer {
+    let child = Command::new(pjsua_python())
+        .arg(repo().join("tests/peers").join(script))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn pjsua2 peer");
+    Peer(child)
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn carrier_events(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn event_time(events: &[Value], event: &str, number: &str) -> Option<f64> {
+    events
+        .iter()
+        .find(|e| e["event"] == event && e["number"].as_str() == Some(number))
+        .and_then(|e| e["t"].as_f64())
+}
+
+fn agent_status(path: &Path) -> Value {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// Strips ANSI colour codes from a log line.
+fn plain(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn log_time(line: &str) -> Option<f64> {
+    let ts = line.split_whitespace().next()?;
+    let t = chrono::DateTime::parse_from_rfc3339(ts).ok()?;
+    Some(t.timestamp_micros() as f64 / 1e6)
+}
+
+/// INVITE → CANCEL of call record `id`, from the "SIP out" lines powerdial
+/// logs as it hands each request to its socket.
+fn wire_ring_time(log: &str, id: i64) -> Option<f64> {
+    let lines: Vec<String> = log.lines().map(plain).collect();
+    let dialing = lines
+        .iter()
+        .find(|l| l.contains("dialing") && l.contains(&format!(" call={id} ")))?;
+    let sip_call_id = dialing
+        .split("sip_call_id=")
+        .nth(1)?
+        .split_whitespace()
+        .next()?;
+    let sent = |method: &str| {
+        lines
+            .iter()
+            .find(|l| {
+                l.contains("SIP out")
+                    && l.contains(&format!("method={method} "))
+                    && l.contains(&format!("sip_call_id={sip_call_id}"))
+            })
+            .and_then(|l| log_time(l))
+    };
+    Some(sent("CANCEL")? - sent("INVITE")?)
+}
+
+struct Rig {
+    app: App,
+    _carrier: Peer,
+    _agent: Peer,
+    _dir: tempfile::TempDir,
+    events: PathBuf,
+    status: PathBuf,
+}
+
+fn rig() -> Rig {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events = dir.path().join("carrier.jsonl");
+    let status = dir.path().join("agent.json");
+    let carrier_port = free_port();
+    let carrier = spawn_py(
+        "pj_carrier.py",
+        &[
+            carrier_port.to_string(),
+            events.display().to_string(),
+            "90".into(),
+        ],
+    );
+    wait_for("the carrier", Duration::from_secs(15), || {
+        carrier_events(&events)
+            .iter()
+            .any(|e| e["event"] == "ready")
+    });
+    let app = spawn_app_with(AppOptions {
+        extra_toml: format!(
+            r#"[dialer]
+ring_timeout = 2
+
+[[trunk]]
+name = "carrier"
+uri = "sip:127.0.0.1:{carrier_port}"
+caller_id = "+442079460999"
+allow = ['\+44\d+']
+"#
+        ),
+        ..AppOptions::default()
+    });
+    let agent = spawn_py(
+        "pj_agent.py",
+        &[
+            app.sip.to_string(),
+            "alice".into(),
+            "alice-secret".into(),
+            status.display().to_string(),
+            "90".into(),
+        ],
+    );
+    wait_for("the agent's registration", Duration::from_secs(15), || {
+        agent_status(&status)["reg"] == 200
+    });
+    Rig {
+        app,
+        _carrier: carrier,
+        _agent: agent,
+        _dir: dir,
+        events,
+        status,
+    }
+}
+
+impl Rig {
+    fn post(&self, path: &str, body: &str) -> (u16, Value) {
+        let (code, text) = http_request(
+            self.app.http,
+            "POST",
+            path,
+            Some(&self.app.token),
+            Some(body),
+        );
+        (code, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    fn call(&self, number: &str) -> i64 {
+        let (code, body) = self.post(
+            "/api/v1/calls",
+            &format!(r#"{{"agent": "alice", "number": "{number}"}}"#),
+        );
+        assert_eq!(code, 201, "POST /api/v1/calls {number}: {body}");
+        body["id"].as_i64().expect("call id")
+    }
+
+    fn record(&self, id: i64) -> Value {
+        let (code, text) = self.app.http_get(&format!("/api/v1/calls/{id}"));
+        assert_eq!(code, 200, "{text}");
+        serde_json::from_str(&text).expect("call JSON")
+    }
+
+    fn ended(&self, id: i64) -> Value {
+        let mut rec = Value::Null;
+        wait_for("the call's outcome", Duration::from_secs(15), || {
+            rec = self.record(id);
+            !rec["outcome"].is_null()
+        });
+        rec
+    }
+}
+
+#[test]
+fn outcomes_ring_timeout_and_media_with_pjsip_carrier_and_agent() {
+    let rig = rig();
+
+    // Answered: the lead answers after 1 s; media flows both ways.
+    let id = rig.call("+442079460001");
+    wait_for("the answer", Duration::from_secs(10), || {
+        !rig.record(id)["answered_at"].is_null()
+    });
+    let before = agent_status(&rig.status)["rx_pkts"].as_i64().unwrap_or(0);
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = agent_status(&rig.status)["rx_pkts"].as_i64().unwrap_or(0);
+    assert!(
+        after >= before + 40,
+        "the agent should keep receiving RTP once bridged: {before} → {after}"
+    );
+    assert!(
+        rig.app
+            .log_text()
+            .contains("bridge: first lead packet to the agent"),
+        "no lead RTP reached the agent"
+    );
+    let (code, body) = rig.post(&format!("/api/v1/calls/{id}/hangup"), "");
+    assert_eq!(code, 200, "{body}");
+    let rec = rig.ended(id);
+    assert_eq!(rec["outcome"], "answered", "{rec}");
+    assert_eq!(rec["sip_status"], 200, "{rec}");
+    wait_for("the carrier's end of call", Duration::from_secs(5), || {
+        event_time(&carrier_events(&rig.events), "ended", "442079460001").is_some()
+    });
+    let events = carrier_events(&rig.events);
+    let ended = events
+        .iter()
+        .find(|e| e["event"] == "ended" && e["number"] == "442079460001")
+        .expect("ended");
+    assert!(
+        ended["rx_pkts"].as_i64().unwrap_or(0) > 40,
+        "the lead should receive the agent's RTP: {ended}"
+    );
+
+    // Final responses → outcomes (R10–R12).
+    for (number, outcome, status) in [
+        ("+442079460486", "busy", 486),
+        ("+442079460503", "temporary_error", 503),
+        ("+442079460403", "restricted", 403),
+    ] {
+        let id = rig.call(number);
+        let rec = rig.ended(id);
+        assert_eq!(rec["outcome"], outcome, "{number}: {rec}");
+        assert_eq!(rec["sip_status"], status, "{number}: {rec}");
+    }
+
+    // R8: ring timeout 2 s, CANCEL 2.00–2.05 s after the INVITE, with 180
+    // and with 183 early media.
+    for number in ["+442079460180", "+442079460183"] {
+        let id = rig.call(number);
+        let rec = rig.ended(id);
+        assert_eq!(rec["outcome"], "no_answer", "{number}: {rec}");
+        let digits = &number[1..];
+        wait_for("the CANCEL at the carrier", Duration::from_secs(5), || {
+            event_time(&carrier_events(&rig.events), "cancel", digits).is_some()
+        });
+        let events = carrier_events(&rig.events);
+        let invite = event_time(&events, "invite", digits).expect("invite seen");
+        let cancel = event_time(&events, "cancel", digits).expect("cancel seen");
+        let ring = cancel - invite;
+        let wire = wire_ring_time(&rig.app.log_text(), id).expect("INVITE and CANCEL in the log");
+        eprintln!(
+            "{number}: INVITE → CANCEL {wire:.4} s on our socket, {ring:.4} s at the carrier"
+        );
+        assert!(
+            (2.0..=2.05).contains(&wire),
+            "{number}: CANCEL left {wire:.4} s after the INVITE"
+        );
+        // The carrier's clock reads the INVITE after PJSIP has parsed it
+        // and built its answer, so its interval is a little shorter.
+        assert!(
+            (1.98..=2.05).contains(&ring),
+            "{number}: the carrier saw the CANCEL {ring:.4} s after the INVITE"
+        );
+        let ring_ms = rec["ring_ms"].as_i64().unwrap_or(0);
+        assert!((2000..2050).contains(&ring_ms), "{rec}");
+    }
+
+    // R11: not allowed by the trunk → restricted, never on the wire.
+    let id = rig.call("+33123456789");
+    let rec = rig.ended(id);
+    assert_eq!(rec["outcome"], "restricted", "{rec}");
+    assert!(rec["sip_status"].is_null(), "{rec}");
+    assert!(event_time(&carrier_events(&rig.events), "invite", "33123456789").is_none());
+
+    // Unknown agent 404; a known agent without a phone 409.
+    let (code, _) = rig.post(
+        "/api/v1/calls",
+        r#"{"agent": "mallory", "number": "+442079460001"}"#,
+    );
+    assert_eq!(code, 404);
+    let (code, body) = rig.post(
+        "/api/v1/calls",
+        r#"{"agent": "bob", "number": "+442079460001"}"#,
+    );
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("register the phone"),
+        "{body}"
+    );
+}

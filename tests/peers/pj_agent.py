@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""An auto-answering PJSIP (pjsua2) agent phone for powerdial's end-to-end tests.
+
+Usage: pj_agent.py SERVER_HOST:PORT USER PASSWORD STATUS_FILE SECONDS
+
+Registers USER over UDP, answers every INVITE with 200 at once, sends
+silence RTP (no VAD) and rewrites STATUS_FILE (one JSON object) every
+100 ms: {"reg": last REGISTER status, "calls": answered calls,
+"state": "idle"|"confirmed"|"disconnected", "rx_pkts": RTP packets
+received on the current call}. Exits after SECONDS.
+"""
+import gc
+import json
+import os
+import sys
+import time
+
+import pjsua2 as pj
+
+STATUS = {"reg": 0, "calls": 0, "state": "idle", "rx_pkts": 0}
+
+
+class Call(pj.Call):
+    def __init__(self, acc, call_id, ep):
+        pj.Call.__init__(self, acc, call_id)
+        self.ep = ep
+
+    def onCallState(self, prm):
+        ci = self.getInfo()
+        if ci.state == pj.PJSIP_INV_STATE_CONFIRMED:
+            STATUS["state"] = "confirmed"
+        elif ci.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+            STATUS["state"] = "disconnected"
+
+    def onCallMediaState(self, prm):
+        ci = self.getInfo()
+        for i, mi in enumerate(ci.media):
+            if mi.type == pj.PJMEDIA_TYPE_AUDIO and mi.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
+                am = self.getAudioMedia(i)
+                mgr = self.ep.audDevManager()
+                mgr.getCaptureDevMedia().startTransmit(am)
+                am.startTransmit(mgr.getPlaybackDevMedia())
+
+
+class Account(pj.Account):
+    def __init__(self, ep):
+        pj.Account.__init__(self)
+        self.ep = ep
+        self.call = None
+
+    def onRegState(self, prm):
+        STATUS["reg"] = prm.code
+
+    def onIncomingCall(self, prm):
+        call = Call(self, prm.callId, self.ep)
+        op = pj.CallOpParam()
+        op.statusCode = 200
+        call.answer(op)
+        STATUS["calls"] += 1
+        self.call = call
+
+
+def write_status(path):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(STATUS, f)
+    os.replace(tmp, path)
+
+
+def main():
+    server, user, password, status, seconds = sys.argv[1:6]
+    seconds = float(seconds)
+    ep = pj.Endpoint()
+    ep.libCreate()
+    cfg = pj.EpConfig()
+    cfg.uaConfig.threadCnt = 0
+    cfg.uaConfig.mainThreadOnly = True
+    cfg.logConfig.level = 0
+    cfg.logConfig.consoleLevel = 0
+    cfg.medConfig.noVad = True
+    ep.libInit(cfg)
+    ep.audDevManager().setNullDev()
+    tcfg = pj.TransportConfig()
+    tcfg.port = 0
+    tcfg.boundAddress = "127.0.0.1"
+    ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg)
+    ep.libStart()
+    acfg = pj.AccountConfig()
+    host = server.split(":")[0]
+    acfg.idUri = "sip:%s@%s" % (user, host)
+    acfg.regConfig.registrarUri = "sip:%s;transport=udp" % server
+    acfg.regConfig.timeoutSec = 3600
+    acfg.sipConfig.authCreds.append(pj.AuthCredInfo("digest", "*", user, 0, password))
+    acc = Account(ep)
+    acc.create(acfg)
+    deadline = time.monotonic() + seconds
+    last = 0.0
+    while time.monotonic() < deadline:
+        ep.libHandleEvents(10)
+        now = time.monotonic()
+        if now - last > 0.1:
+            last = now
+            if acc.call is not None and STATUS["state"] == "confirmed":
+                try:
+                    STATUS["rx_pkts"] = acc.call.getStreamStat(0).rtcp.rxStat.pkt
+                except Exception:
+                    pass
+            write_status(status)
+    ep.hangupAllCalls()
+    for _ in range(20):
+        ep.libHandleEvents(10)
+    acc.call = None
+    del acc
+    gc.collect()
+    ep.libDestroy()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""A scripted PJSIP (pjsua2) carrier trunk for powerdial's end-to-end tests.
+
+Usage: pj_carrier.py PORT EVENTS_FILE SECONDS
+
+Listens on UDP 127.0.0.1:PORT and answers each INVITE by the last four
+digits of the dialed number (the To/Request-URI user):
+  000N  180, then 200 with RTP after N seconds (N = 1..9)
+  0486  486 Busy Here      0503  503      0403  403
+  0180  180 Ringing forever (until CANCEL)
+  0183  183 with SDP (early media, RTP flows) forever
+Writes one JSON line per fact to EVENTS_FILE (times are time.monotonic()):
+  {"event": "invite", "number": ..., "t": ...}
+  {"event": "cancel", "number": ..., "t": ...}
+  {"event": "ended", "number": ..., "rx_pkts": ..., "t": ...}
+Runs for SECONDS, then exits. At most 4 concurrent calls (PJSIP limit).
+"""
+import gc
+import json
+import re
+import sys
+import time
+
+import pjsua2 as pj
+
+OUT = None
+
+
+def emit(rec):
+    rec["t"] = time.monotonic()
+    OUT.write(json.dumps(rec) + "\n")
+    OUT.flush()
+
+
+class Call(pj.Call):
+    def __init__(self, acc, call_id, ep):
+        pj.Call.__init__(self, acc, call_id)
+        self.ep = ep
+        self.number = ""
+        self.answer_at = None
+        self.rx = 0
+        self.cancel_seen = False
+        self.done = False
+
+    def onCallTsxState(self, prm):
+        try:
+            if prm.e.type == pj.PJSIP_EVENT_TSX_STATE:
+                tsx = prm.e.body.tsxState.tsx
+                if tsx.method == "CANCEL" and not self.cancel_seen:
+                    self.cancel_seen = True
+                    emit({"event": "cancel", "number": self.number})
+        except Exception as e:  # keep the carrier alive on odd events
+            sys.stderr.write("tsx: %s\n" % e)
+
+    def onCallMediaState(self, prm):
+        ci = self.getInfo()
+        for i, mi in enumerate(ci.media):
+            if mi.type == pj.PJMEDIA_TYPE_AUDIO and mi.status in (
+                    pj.PJSUA_CALL_MEDIA_ACTIVE, pj.PJSUA_CALL_MEDIA_REMOTE_HOLD):
+                am = self.getAudioMedia(i)
+                mgr = self.ep.audDevManager()
+                mgr.getCaptureDevMedia().startTransmit(am)
+                am.startTransmit(mgr.getPlaybackDevMedia())
+
+    def sample(self):
+        try:
+            st = self.getStreamStat(0)
+            self.rx = max(self.rx, st.rtcp.rxStat.pkt)
+        except Exception:
+            pass
+
+    def onCallState(self, prm):
+        ci = self.getInfo()
+        if ci.state == pj.PJSIP_INV_STATE_DISCONNECTED and not self.done:
+            self.done = True
+            emit({"event": "ended", "number": self.number, "rx_pkts": self.rx,
+                  "status": ci.lastStatusCode})
+
+
+class Account(pj.Account):
+    def __init__(self, ep):
+        pj.Account.__init__(self)
+        self.ep = ep
+        self.calls = []
+
+    def onIncomingCall(self, prm):
+        call = Call(self, prm.callId, self.ep)
+        ci = call.getInfo()
+        m = re.search(r"sip:\+?(\d+)@", ci.localUri)
+        call.number = m.group(1) if m else ""
+        emit({"event": "invite", "number": call.number})
+        tail = call.number[-4:]
+        op = pj.CallOpParam()
+        if tail in ("0486", "0503", "0403"):
+            op.statusCode = int(tail[1:])
+        elif tail == "0183":
+            op.statusCode = 183
+        else:
+            op.statusCode = 180
+            if tail.startswith("000") and tail[3:].isdigit():
+                call.answer_at = time.monotonic() + int(tail[3:])
+        call.answer(op)
+        self.calls.append(call)
+
+
+def main():
+    global OUT
+    port, events, seconds = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+    OUT = open(events, "w")
+    ep = pj.Endpoint()
+    ep.libCreate()
+    cfg = pj.EpConfig()
+    cfg.uaConfig.threadCnt = 0
+    cfg.uaConfig.mainThreadOnly = True
+    cfg.logConfig.level = 0
+    cfg.logConfig.consoleLevel = 0
+    cfg.medConfig.noVad = True
+    ep.libInit(cfg)
+    ep.audDevManager().setNullDev()
+    tcfg = pj.TransportConfig()
+    tcfg.port = port
+    tcfg.boundAddress = "127.0.0.1"
+    ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg)
+    ep.libStart()
+    acfg = pj.AccountConfig()
+    acfg.idUri = "sip:carrier@127.0.0.1:%d" % port
+    acc = Account(ep)
+    acc.create(acfg, True)
+    emit({"event": "ready"})
+    deadline = time.monotonic() + seconds
+    last_sample = 0.0
+    while time.monotonic() < deadline:
+        ep.libHandleEvents(5)
+        now = time.monotonic()
+        for c in acc.calls:
+            if c.answer_at is not None and now >= c.answer_at and not c.done:
+                c.answer_at = None
+                op = pj.CallOpParam()
+                op.statusCode = 200
+                try:
+                    c.answer(op)
+                    emit({"event": "answered", "number": c.number})
+                except Exception as e:
+                    sys.stderr.write("answer: %s\n" % e)
+        if now - last_sample > 0.1:
+            last_sample = now
+            for c in acc.calls:
+                if not c.done:
+                    c.sample()
+        acc.calls = [c for c in acc.calls if not c.done]
+    ep.hangupAllCalls()
+    for _ in range(20):
+        ep.libHandleEvents(10)
+    acc.calls = []
+    del acc
+    gc.collect()
+    ep.libDestroy()
+    OUT.close()
+
+
+if __name__ == "__main__":
+    main()
