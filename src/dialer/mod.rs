@@ -1,6 +1,7 @@
 //! The dialer (SPEC §1–§2): the pure queue engine that decides which lead each
 //! agent's next call targets; sessions and agent state machines drive it.
 
+pub mod agent;
 pub mod claim;
 pub mod queue;
 pub mod record;
