@@ -372,6 +372,18 @@ impl AgentMachine {
         }
     }
 
+    /// `*` on the phone: like [`next`](Self::next), but the engine already
+    /// ended the lead call, so no [`AgentAction::SkipLead`] is asked.
+    pub fn next_from_phone(&mut self, now: Instant) -> Result<(), NotNow> {
+        match self.state {
+            AgentState::Dialing | AgentState::Ringing | AgentState::Connected => {
+                self.skip_wrap_up = true;
+                Ok(())
+            }
+            _ => self.next(now),
+        }
+    }
+
     /// Hang up the lead call (`#`): skip while ringing (R9), BYE once
     /// answered; wrap-up follows as after any call.
     pub fn hangup(&mut self) -> Result<(), NotNow> {

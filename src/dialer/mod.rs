@@ -3,5 +3,9 @@
 
 pub mod agent;
 pub mod claim;
+pub mod dial;
+pub mod directory;
 pub mod queue;
 pub mod record;
+pub mod session;
+pub mod view;
