@@ -9,6 +9,7 @@ pub mod auth;
 pub mod error;
 pub mod leads;
 pub mod paging;
+pub mod sessions;
 pub mod smart_views;
 
 use std::sync::Arc;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub sip: Option<crate::server::SipHandle>,
     /// The configured agents.
     pub agents: Arc<[crate::config::AgentConfig]>,
+    /// The dialer sessions (issue 5); `None` when the API runs without them.
+    pub sessions: Option<crate::dialer::directory::Sessions>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -66,7 +69,14 @@ impl AppState {
             default_region: default_region.into(),
             sip: None,
             agents: Arc::from(Vec::new()),
+            sessions: None,
         }
+    }
+
+    /// Adds the dialer sessions (`/api/v1/sessions`, `/api/v1/events`).
+    pub fn with_sessions(mut self, sessions: crate::dialer::directory::Sessions) -> Self {
+        self.sessions = Some(sessions);
+        self
     }
 
     /// Adds the SIP task's handle and the configured agents (`/api/v1/agents`).
@@ -100,6 +110,7 @@ pub fn api_routes() -> Router<AppState> {
     Router::new()
         .merge(leads::routes())
         .merge(smart_views::routes())
+        .merge(sessions::routes())
         .route("/api/v1/agents", get(agents::list))
         .route("/api/v1/agents/{username}", get(agents::get))
 }
@@ -127,6 +138,7 @@ pub fn router(state: AppState) -> Router {
     ));
     Router::new()
         .route("/healthz", get(healthz))
+        .merge(sessions::public_routes())
         .merge(api)
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
