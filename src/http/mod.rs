@@ -6,6 +6,7 @@
 
 pub mod agents;
 pub mod auth;
+pub mod calls;
 pub mod error;
 pub mod leads;
 pub mod paging;
@@ -113,6 +114,7 @@ pub fn api_routes() -> Router<AppState> {
         .merge(sessions::routes())
         .route("/api/v1/agents", get(agents::list))
         .route("/api/v1/agents/{username}", get(agents::get))
+        .merge(calls::routes())
 }
 
 async fn healthz() -> Json<serde_json::Value> {

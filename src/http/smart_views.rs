@@ -1,46 +1,103 @@
-//! Smart View routes: store and read a view's name and query (SPEC §3).
+//! Smart View routes (SPEC §3, §4): store a view after checking its query,
+//! read it back, and list the leads it selects, in order and paged.
 //!
-//! The query language lives in `leads::query`; its engineer plugs in here:
-//! [`check_query`] validates the text before a view is stored (a syntax
-//! error is a 400 with the position), and `GET
-//! /api/v1/smart-views/{id}/leads` (the view, in order) is added to
-//! [`routes`].
+//! A query that does not parse or compile is answered 400
+//! `{error: {code: "bad_query", message: "at 17: expected …", position: 17}}`:
+//! the shape of every other API error plus the char offset of the fault.
 
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde_json::json;
 
-use super::{created, now, parse_id, ApiError, ApiJson, AppState, Page};
+use super::paging::encode_cursor;
+use super::{created, now, parse_id, ApiError, ApiJson, AppState, Page, PageParams};
 use crate::leads::model::{time_to_ms, NewSmartView, ValidationReason};
+use crate::leads::query::QueryError;
 use crate::leads::ValidationError;
+use crate::store::{StoreError, ViewError, MAX_QUERY_BYTES};
+
+/// Cursor kind of a view's lead list: keys `[view id, offset]`.
+const CURSOR_KIND: char = 'V';
 
 /// The Smart View routes.
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/v1/smart-views", post(create_view).get(list_views))
         .route("/api/v1/smart-views/{id}", get(get_view))
-    // `/api/v1/smart-views/{id}/leads` goes here with the query compiler.
+        .route("/api/v1/smart-views/{id}/leads", get(view_leads))
 }
 
-/// Validates a view's query before it is stored. Until the compiler is
-/// wired in, only the length is checked.
-pub fn check_query(query: &str) -> Result<(), ApiError> {
-    if query.len() > 16 * 1024 {
-        return Err(ValidationError::new("query", ValidationReason::TooLong(16 * 1024)).into());
+/// A Smart View route's failure: any [`ApiError`], or a query that does not
+/// parse or compile (SPEC §3: "a syntax error is a 400 with the position and
+/// what was expected").
+#[derive(Debug, thiserror::Error)]
+pub enum SmartViewError {
+    /// Any other API failure, answered as usual.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// 400 `bad_query` with `position`.
+    #[error(transparent)]
+    BadQuery(#[from] QueryError),
+}
+
+impl From<StoreError> for SmartViewError {
+    fn from(e: StoreError) -> Self {
+        SmartViewError::Api(e.into())
     }
-    Ok(())
 }
 
+impl From<ValidationError> for SmartViewError {
+    fn from(e: ValidationError) -> Self {
+        SmartViewError::Api(e.into())
+    }
+}
+
+impl From<ViewError> for SmartViewError {
+    fn from(e: ViewError) -> Self {
+        match e {
+            ViewError::Query(q) => SmartViewError::BadQuery(q),
+            ViewError::TooLong => {
+                ValidationError::new("query", ValidationReason::TooLong(MAX_QUERY_BYTES)).into()
+            }
+            ViewError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl IntoResponse for SmartViewError {
+    fn into_response(self) -> Response {
+        match self {
+            SmartViewError::Api(e) => e.into_response(),
+            SmartViewError::BadQuery(q) => {
+                let body = json!({"error": {
+                    "code": "bad_query",
+                    "message": q.to_string(),
+                    "position": q.position,
+                    "expected": q.expected,
+                    "found": q.found,
+                }});
+                (StatusCode::BAD_REQUEST, Json(body)).into_response()
+            }
+        }
+    }
+}
+
+/// `POST /api/v1/smart-views`: `{name, query}`; the query must parse and
+/// compile against the custom fields defined now, else nothing is stored.
 async fn create_view(
     State(st): State<AppState>,
     ApiJson(view): ApiJson<NewSmartView>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, SmartViewError> {
     if view.name.trim().is_empty() {
         return Err(ValidationError::new("name", ValidationReason::Empty).into());
     }
-    check_query(&view.query)?;
-    let v = st.store.create_smart_view(&view, time_to_ms(now())).await?;
+    let now = now();
+    st.store.compile_view(&view.query, now).await?;
+    let v = st.store.create_smart_view(&view, time_to_ms(now)).await?;
     Ok(created(v).into_response())
 }
 
@@ -55,4 +112,46 @@ async fn get_view(
 async fn list_views(State(st): State<AppState>) -> Result<Response, ApiError> {
     let data = st.store.list_smart_views().await?;
     Ok(Json(Page { data, next: None }).into_response())
+}
+
+/// `GET /api/v1/smart-views/{id}/leads`: the view's leads (whole lead
+/// objects) in view order, evaluated as of the request's arrival; paged by
+/// an opaque cursor over the offset, so a lead moving in or out of the view
+/// between pages can shift later pages by one.
+async fn view_leads(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    params: Result<Query<PageParams>, QueryRejection>,
+) -> Result<Response, SmartViewError> {
+    let id = parse_id(&id, "smart view")?;
+    let Query(p) = params.map_err(ApiError::from)?;
+    let limit = p.limit()?;
+    let offset: i64 = match p.cursor(CURSOR_KIND)?.as_deref() {
+        None => 0,
+        Some([view, offset]) if *view == id && *offset >= 0 => *offset,
+        Some(_) => {
+            return Err(ApiError::BadParam {
+                param: "cursor",
+                reason: "not a cursor returned by this list",
+            }
+            .into())
+        }
+    };
+    let view = st.store.get_smart_view(id).await?;
+    // One more than asked tells whether a next page exists.
+    let mut ids = st
+        .store
+        .evaluate_view_page(&view.query, now(), limit + 1, offset.unsigned_abs())
+        .await?;
+    let next = if ids.len() > limit as usize {
+        ids.truncate(limit as usize);
+        Some(encode_cursor(
+            CURSOR_KIND,
+            &[id, offset.saturating_add(i64::from(limit))],
+        ))
+    } else {
+        None
+    };
+    let data = st.store.get_leads(&ids).await?;
+    Ok(Json(Page { data, next }).into_response())
 }

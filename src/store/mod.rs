@@ -12,6 +12,7 @@
 mod methods;
 pub mod postgres;
 pub mod sqlite;
+pub mod views;
 
 use crate::leads::model::{
     CallEnd, CallRecord, CustomField, CustomFieldSet, Lead, NewCall, NewCustomField, NewSmartView,
@@ -20,6 +21,7 @@ use crate::leads::model::{
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+pub use views::{ViewError, MAX_QUERY_BYTES};
 
 /// What kind of row an error is about, for messages and HTTP codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,268 @@
+//! Benchmark: evaluate Smart Views over 1,000,000 leads (SPEC §6 "refresh
+//! of a 1,000,000-lead view under 2 s"; issue 4) on SQLite, and on
+//! PostgreSQL when `POWERDIAL_TEST_DATABASE_URL` is set.
+//!
+//! The leads are bulk-loaded with multi-row INSERTs (the import has its own
+//! benchmark): statuses, `created` over three years, a Lead Source on 80%,
+//! a Next Call Date on two thirds, a latest call on 60% and an opportunity
+//! on 30%. Each view is evaluated twice with `Store::evaluate_view` (the
+//! dialer's queue refresh, R6); the first and second times are printed.
+//! `POWERDIAL_BENCH_EXPLAIN=1` prints each query's plan too.
+//!
+//! `cargo bench --bench views` (`POWERDIAL_BENCH_LEADS=N` for another size).
+
+mod common;
+
+use chrono::DateTime;
+use powerdial::leads::query::{CompiledQuery, SqlParam};
+use powerdial::store::Store;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use common::{DAY_MS, NOW_MS, SOURCES, STATUSES};
+
+/// Views timed: the seven help-page examples and a filtered sort.
+const VIEWS: [&str; 8] = [
+    r#"lead_status:"Potential" sort:-created"#,
+    r#"sort:-"Next Call Date""#,
+    "sort:-created",
+    r#"lead_status:"Potential" opportunities:0"#,
+    r#"custom."Lead Source":"Leadgen Team" latest_call_created > "5 days ago" opportunities:0 lead_status not in ("Bad Fit", "Customer")"#,
+    r#"opportunity(created > "6 months ago" created < "12 months ago" status_type:Lost) latest_call_created > "5 days ago""#,
+    r#"lead_status:potential and not called < "4 hours ago""#,
+    r#"("custom.Next Call Date" < now or "custom.Next Call Date":"")"#,
+];
+
+/// A bind value of the bulk loader.
+enum P {
+    I(Option<i64>),
+    F(Option<f64>),
+    T(Option<String>),
+}
+
+/// Binds `params` to `sql` and runs it on whichever backend `store` is.
+async fn exec(store: &Store, sql: &str, params: Vec<P>) {
+    macro_rules! run {
+        ($pool:expr) => {{
+            let mut q = sqlx::query(sql);
+            for p in params {
+                q = match p {
+                    P::I(v) => q.bind(v),
+                    P::F(v) => q.bind(v),
+                    P::T(v) => q.bind(v),
+                };
+            }
+            q.execute($pool).await.expect("bulk insert");
+        }};
+    }
+    match store {
+        Store::Sqlite(s) => run!(s.pool()),
+        Store::Postgres(s) => run!(s.pool()),
+    }
+}
+
+/// Inserts `rows` (each `width` values) into `table (columns)` in
+/// statements of at most `per` rows.
+async fn insert_rows(store: &Store, head: &str, width: usize, rows: Vec<Vec<P>>) {
+    // SQLite binds `?` far faster than numbered `$N` in long statements.
+    let numbered = matches!(store, Store::Postgres(_));
+    let per = 30_000 / width;
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<Vec<P>> = rows.by_ref().take(per).collect();
+        let mut sql = String::from(head);
+        sql.push_str(" VALUES ");
+        let mut n = 0;
+        for (i, _) in chunk.iter().enumerate() {
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push('(');
+            for j in 0..width {
+                if j > 0 {
+                    sql.push(',');
+                }
+                n += 1;
+                if numbered {
+                    sql.push_str(&format!("${n}"));
+                } else {
+                    sql.push('?');
+                }
+            }
+            sql.push(')');
+        }
+        exec(store, &sql, chunk.into_iter().flatten().collect()).await;
+    }
+}
+
+async fn load(store: &Store, n: u64) {
+    common::define_fields(store).await.expect("fields");
+    let fields = store.list_custom_fields().await.expect("fields");
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|f| f.name == name)
+            .map(|f| f.id)
+            .expect("field")
+    };
+    let (source_id, next_id) = (field("Lead Source"), field("Next Call Date"));
+    let mut rng = StdRng::seed_from_u64(7);
+    let block = 100_000u64;
+    let mut start = 0;
+    while start < n {
+        let end = (start + block).min(n);
+        let (mut leads, mut values, mut opps) = (Vec::new(), Vec::new(), Vec::new());
+        for i in start..end {
+            let id = i as i64 + 1;
+            let created = NOW_MS - rng.gen_range(0..3 * 365 * DAY_MS);
+            let last_call = rng
+                .gen_bool(0.6)
+                .then(|| NOW_MS - rng.gen_range(0..60 * DAY_MS));
+            leads.push(vec![
+                P::T(Some(format!("Lead {i:07}"))),
+                P::T(Some(STATUSES[rng.gen_range(0..STATUSES.len())].into())),
+                P::I(Some(created)),
+                P::I(Some(created)),
+                P::I(last_call),
+            ]);
+            if rng.gen_bool(0.8) {
+                let s = SOURCES[rng.gen_range(0..SOURCES.len())];
+                values.push(vec![
+                    P::I(Some(id)),
+                    P::I(Some(source_id)),
+                    P::T(Some(s.into())),
+                    P::I(None),
+                ]);
+            }
+            if rng.gen_bool(0.66) {
+                let day = (NOW_MS / DAY_MS + rng.gen_range(-60..60)) * DAY_MS;
+                values.push(vec![
+                    P::I(Some(id)),
+                    P::I(Some(next_id)),
+                    P::T(None),
+                    P::I(Some(day)),
+                ]);
+            }
+            if rng.gen_bool(0.3) {
+                let st = ["Active", "Won", "Lost"][rng.gen_range(0..3)];
+                opps.push(vec![
+                    P::I(Some(id)),
+                    P::T(Some(st.into())),
+                    P::I(Some(NOW_MS - rng.gen_range(0..2 * 365 * DAY_MS))),
+                    P::F(Some(f64::from(rng.gen_range(100..10_000)))),
+                ]);
+            }
+        }
+        insert_rows(
+            store,
+            "INSERT INTO leads (name, status, created_ms, updated_ms, last_call_ms)",
+            5,
+            leads,
+        )
+        .await;
+        insert_rows(
+            store,
+            "INSERT INTO lead_custom_values (lead_id, field_id, value_text, value_ms)",
+            4,
+            values,
+        )
+        .await;
+        insert_rows(
+            store,
+            "INSERT INTO opportunities (lead_id, status_type, created_ms, value)",
+            4,
+            opps,
+        )
+        .await;
+        start = end;
+    }
+    // Fresh statistics, as a long-running database would have.
+    let analyze = "ANALYZE";
+    exec(store, analyze, Vec::new()).await;
+}
+
+/// The plan of a compiled query, one line per step.
+async fn explain(store: &Store, q: &CompiledQuery) -> Vec<String> {
+    macro_rules! bind {
+        ($q:expr) => {{
+            let mut query = $q;
+            for p in &q.params {
+                query = match p {
+                    SqlParam::Int(v) => query.bind(*v),
+                    SqlParam::Float(v) => query.bind(*v),
+                    SqlParam::Text(v) => query.bind(v.clone()),
+                };
+            }
+            query
+        }};
+    }
+    match store {
+        Store::Sqlite(s) => {
+            let sql = format!("EXPLAIN QUERY PLAN {}", q.sql);
+            let rows: Vec<(i64, i64, i64, String)> = bind!(sqlx::query_as(&sql))
+                .fetch_all(s.pool())
+                .await
+                .expect("explain");
+            rows.into_iter().map(|r| r.3).collect()
+        }
+        Store::Postgres(s) => {
+            let sql = format!("EXPLAIN {}", q.sql);
+            bind!(sqlx::query_scalar(&sql))
+                .fetch_all(s.pool())
+                .await
+                .expect("explain")
+        }
+    }
+}
+
+async fn bench(label: &str, store: &Store, n: u64) {
+    let t = common::start();
+    load(store, n).await;
+    println!(
+        "{label}: loaded {} leads in {:.1} s",
+        store.count_leads().await.expect("count"),
+        t.elapsed().as_secs_f64()
+    );
+    let now = DateTime::from_timestamp_millis(NOW_MS).unwrap_or_default();
+    let show_plans = std::env::var_os("POWERDIAL_BENCH_EXPLAIN").is_some();
+    for view in VIEWS {
+        let mut times = Vec::new();
+        let mut count = 0;
+        for _ in 0..2 {
+            let t = common::start();
+            let ids = store.evaluate_view(view, now).await.expect("evaluate");
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+            count = ids.len();
+        }
+        println!(
+            "{label}: {count:>7} leads in {:>7.0} ms, then {:>7.0} ms: {view}",
+            times[0], times[1]
+        );
+        if show_plans {
+            let q = store.compile_view(view, now).await.expect("compile");
+            for line in explain(store, &q).await {
+                println!("      {line}");
+            }
+        }
+    }
+}
+
+fn main() {
+    let n = common::lead_count();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sqlite = common::sqlite(dir.path()).await;
+        bench("sqlite", &sqlite, n).await;
+        sqlite.close().await;
+        if let Some((pg, base, schema)) = common::postgres().await {
+            bench("postgres", &pg, n).await;
+            common::drop_pg(pg, &base, &schema).await;
+        }
+        println!("peak RSS (VmHWM): {}", common::peak_rss());
+    });
+}
