@@ -11,6 +11,7 @@ pub mod error;
 pub mod leads;
 pub mod manual_calls;
 pub mod paging;
+pub mod sessions;
 pub mod smart_views;
 
 use std::sync::Arc;
@@ -48,6 +49,8 @@ pub struct AppState {
     pub agents: Arc<[crate::config::AgentConfig]>,
     /// The call engine (issue 3, R17); `None` when the API runs without SIP (tests).
     pub calls: Option<crate::call::engine::CallEngine>,
+    /// The dialer sessions (issue 5); `None` when the API runs without them.
+    pub sessions: Option<crate::dialer::directory::Sessions>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -71,7 +74,14 @@ impl AppState {
             sip: None,
             agents: Arc::from(Vec::new()),
             calls: None,
+            sessions: None,
         }
+    }
+
+    /// Adds the dialer sessions (`/api/v1/sessions`, `/api/v1/events`).
+    pub fn with_sessions(mut self, sessions: crate::dialer::directory::Sessions) -> Self {
+        self.sessions = Some(sessions);
+        self
     }
 
     /// Adds the SIP task's handle and the configured agents (`/api/v1/agents`).
@@ -114,6 +124,7 @@ pub fn api_routes() -> Router<AppState> {
         .merge(leads::routes())
         .merge(smart_views::routes())
         .merge(manual_calls::routes())
+        .merge(sessions::routes())
         .route("/api/v1/agents", get(agents::list))
         .route("/api/v1/agents/{username}", get(agents::get))
         .merge(calls::routes())
@@ -142,6 +153,7 @@ pub fn router(state: AppState) -> Router {
     ));
     Router::new()
         .route("/healthz", get(healthz))
+        .merge(sessions::public_routes())
         .merge(api)
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)

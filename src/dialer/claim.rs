@@ -1,0 +1,330 @@
+//! R13 across agents and instances: before a lead is dialed, its claim is
+//! taken in the database in one atomic step, so no lead rings for two agents
+//! at once even with several powerdial instances on one PostgreSQL database.
+//!
+//! The in-memory queue proposes a lead; the database decides:
+//! - `lead_claims` holds one row per attempt; the partial unique index
+//!   `lead_claims_live (lead_id) WHERE released_ms IS NULL` allows one live
+//!   claim per lead, whatever instance or session asks.
+//! - A claim has a lease (`expires_ms`) that its instance renews while the
+//!   call lasts ([`renew`]). A claim whose lease expired belongs to a dead
+//!   (or partitioned) instance: the next claimer releases it in the same
+//!   transaction and takes the lead.
+//! - Every change to a claim bumps its `version`; [`renew`] and [`release`]
+//!   match `(id, version)`, so an instance that lost its claim (lease expired
+//!   and taken over) learns it ([`ClaimError::Lost`]) instead of overwriting
+//!   the newer state.
+//! - The claim step also refuses a lead called by anyone within `block`
+//!   (R4 "by any session": calls of other sessions or logged through the
+//!   API; this session's own blocks are the queue's) and a lead this session
+//!   recorded as answered (R5, written by another instance of the same
+//!   session), so the queue learns of both before anyone dials.
+//!
+//! Lease times come from the caller's wall clock: instances sharing a
+//! database must keep their clocks within a small fraction of the lease.
+
+use crate::store::{Store, StoreError};
+
+/// Runs `$body` with `$p` bound to the backend's pool (same SQL text for
+/// both: `$N` placeholders, `RETURNING` and `ON CONFLICT` mean the same).
+macro_rules! with_pool {
+    ($store:expr, $p:ident => $body:expr) => {
+        match $store {
+            Store::Sqlite(s) => {
+                let $p = s.pool();
+                $body
+            }
+            Store::Postgres(s) => {
+                let $p = s.pool();
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_pool;
+
+/// Runs `$body` with `$tx` bound to a write transaction of the backend
+/// (SQLite `BEGIN IMMEDIATE`, so the claim step is serialised at once).
+macro_rules! with_write_tx {
+    ($store:expr, $tx:ident => $body:expr) => {
+        match $store {
+            Store::Sqlite(s) => {
+                let mut $tx = s.begin_write().await?;
+                let r = $body;
+                $tx.commit().await?;
+                r
+            }
+            Store::Postgres(s) => {
+                let mut $tx = s.begin_write().await?;
+                let r = $body;
+                $tx.commit().await?;
+                r
+            }
+        }
+    };
+}
+
+/// A live claim on a lead held by this instance (R13): renew it while the
+/// call lasts, release it when the call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeadClaim {
+    /// The `lead_claims` row.
+    pub id: i64,
+    /// The lead claimed.
+    pub lead_id: i64,
+    /// The row's version; [`renew`] returns the next one.
+    pub version: i64,
+    /// End of the lease, epoch ms.
+    pub expires_ms: i64,
+}
+
+/// What the database said to a claim request (R13).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimResult {
+    /// The lead is ours until `expires_ms` unless renewed.
+    Claimed(LeadClaim),
+    /// Another agent or instance holds a live claim on the lead.
+    Taken,
+    /// The lead was called at `at` (epoch ms), within `block` (R4 by any
+    /// session): the queue must hold it until `at + block`.
+    RecentlyCalled {
+        /// When the latest call to the lead started, epoch ms.
+        at: i64,
+    },
+    /// This session recorded the lead as answered (R5), e.g. by another
+    /// instance running the same session.
+    Answered,
+}
+
+/// Who asks for a claim and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimRequest<'a> {
+    /// The lead the queue proposes.
+    pub lead_id: i64,
+    /// The session (R5 check, and for the record).
+    pub session_id: i64,
+    /// The agent who will dial it.
+    pub agent: &'a str,
+    /// This process's id (random per start), for the record and debugging.
+    pub instance: &'a str,
+    /// Wall clock, epoch ms.
+    pub now_ms: i64,
+    /// Lease length in ms.
+    pub lease_ms: i64,
+    /// The R4 block in ms; a lead called by another session (or logged)
+    /// after `now_ms - block_ms` is refused. 0 disables the check.
+    pub block_ms: i64,
+    /// The lead's generation in this session (R7): a lead that left and
+    /// re-entered the view is new and not held by an earlier call (R4
+    /// exception), nor by an answer of an earlier generation (R5).
+    pub reentered: bool,
+}
+
+/// A claim operation that could not be done.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    /// The claim was taken over after its lease expired, or released: the
+    /// caller is stale and must not act on the lead any more (R13).
+    #[error("claim {id} (version {version}) is no longer held")]
+    Lost {
+        /// The claim row.
+        id: i64,
+        /// The version the caller held.
+        version: i64,
+    },
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for ClaimError {
+    fn from(e: sqlx::Error) -> Self {
+        ClaimError::Store(StoreError::from(e))
+    }
+}
+
+/// The atomic claim step (R13, with the R4 and R5 checks): one write
+/// transaction that expires a dead instance's lease on the lead, refuses a
+/// lead called within `block` or answered in this session, and inserts the
+/// claim unless a live one exists (the partial unique index decides races).
+pub async fn claim(store: &Store, req: &ClaimRequest<'_>) -> Result<ClaimResult, ClaimError> {
+    let r: Result<ClaimResult, ClaimError> = with_write_tx!(store, tx => {
+        // A lease that ran out belongs to a dead instance: release it, bumping
+        // the version so that instance's renew or release fails.
+        sqlx::query(
+            "UPDATE lead_claims SET released_ms = $2, version = version + 1 \
+             WHERE lead_id = $1 AND released_ms IS NULL AND expires_ms <= $2",
+        )
+        .bind(req.lead_id)
+        .bind(req.now_ms)
+        .execute(&mut *tx)
+        .await?;
+        let live: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM lead_claims WHERE lead_id = $1 AND released_ms IS NULL",
+        )
+        .bind(req.lead_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if live.is_some() {
+            Ok(ClaimResult::Taken)
+        } else {
+            // Other sessions' and logged calls (R4 "by any session"); this
+            // session's own blocks are the queue's, which a reset erases (R14).
+            let last: Option<i64> = sqlx::query_scalar(
+                "SELECT MAX(started_ms) FROM calls \
+                 WHERE lead_id = $1 AND (session_id IS NULL OR session_id <> $2)",
+            )
+            .bind(req.lead_id)
+            .bind(req.session_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            let answered: Option<i64> = sqlx::query_scalar(
+                "SELECT answered FROM session_leads WHERE session_id = $1 AND lead_id = $2",
+            )
+            .bind(req.session_id)
+            .bind(req.lead_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            match last {
+                Some(at) if !req.reentered && req.block_ms > 0 && at > req.now_ms - req.block_ms => {
+                    Ok(ClaimResult::RecentlyCalled { at })
+                }
+                _ if !req.reentered && answered == Some(1) => Ok(ClaimResult::Answered),
+                _ => {
+                    let expires = req.now_ms.saturating_add(req.lease_ms);
+                    // The unique index settles a race with another instance:
+                    // the loser inserts nothing (and, in PostgreSQL, waits for
+                    // the winner's commit first).
+                    let row: Option<(i64, i64)> = sqlx::query_as(
+                        "INSERT INTO lead_claims \
+                         (lead_id, session_id, agent, instance, claimed_ms, expires_ms) \
+                         VALUES ($1, $2, $3, $4, $5, $6) \
+                         ON CONFLICT DO NOTHING RETURNING id, version",
+                    )
+                    .bind(req.lead_id)
+                    .bind(req.session_id)
+                    .bind(req.agent)
+                    .bind(req.instance)
+                    .bind(req.now_ms)
+                    .bind(expires)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    Ok(match row {
+                        Some((id, version)) => ClaimResult::Claimed(LeadClaim {
+                            id,
+                            lead_id: req.lead_id,
+                            version,
+                            expires_ms: expires,
+                        }),
+                        None => ClaimResult::Taken,
+                    })
+                }
+            }
+        }
+    });
+    r
+}
+
+/// Extends a live claim's lease to `now_ms + lease_ms` (R13: renewed while
+/// the call lasts). Fails with [`ClaimError::Lost`] if the claim was taken
+/// over or released meanwhile.
+pub async fn renew(
+    store: &Store,
+    claim: &LeadClaim,
+    now_ms: i64,
+    lease_ms: i64,
+) -> Result<LeadClaim, ClaimError> {
+    let expires = now_ms.saturating_add(lease_ms);
+    let row: Option<i64> = with_pool!(store, p => sqlx::query_scalar(
+        "UPDATE lead_claims SET expires_ms = $3, version = version + 1 \
+         WHERE id = $1 AND version = $2 AND released_ms IS NULL RETURNING version",
+    )
+    .bind(claim.id)
+    .bind(claim.version)
+    .bind(expires)
+    .fetch_optional(p)
+    .await?);
+    match row {
+        Some(version) => Ok(LeadClaim {
+            version,
+            expires_ms: expires,
+            ..*claim
+        }),
+        None => Err(ClaimError::Lost {
+            id: claim.id,
+            version: claim.version,
+        }),
+    }
+}
+
+/// Records the call placed under a claim (for the record and debugging).
+pub async fn attach_call(store: &Store, claim: &LeadClaim, call_id: i64) -> Result<(), ClaimError> {
+    with_pool!(store, p => sqlx::query("UPDATE lead_claims SET call_id = $2 WHERE id = $1")
+        .bind(claim.id)
+        .bind(call_id)
+        .execute(p)
+        .await
+        .map(|_| ())?);
+    Ok(())
+}
+
+/// Ends a claim (the call ended, or the agent paused before dialing).
+/// Fails with [`ClaimError::Lost`] if the claim was no longer ours: the
+/// lease had expired and someone else may have taken the lead.
+pub async fn release(store: &Store, claim: &LeadClaim, now_ms: i64) -> Result<(), ClaimError> {
+    let n = with_pool!(store, p => sqlx::query(
+        "UPDATE lead_claims SET released_ms = $3, version = version + 1 \
+         WHERE id = $1 AND version = $2 AND released_ms IS NULL",
+    )
+    .bind(claim.id)
+    .bind(claim.version)
+    .bind(now_ms)
+    .execute(p)
+    .await?
+    .rows_affected());
+    if n == 1 {
+        Ok(())
+    } else {
+        Err(ClaimError::Lost {
+            id: claim.id,
+            version: claim.version,
+        })
+    }
+}
+
+/// Releases every live claim of `instance` (a clean shutdown or a restart of
+/// the same instance id); how many.
+pub async fn release_instance(
+    store: &Store,
+    instance: &str,
+    now_ms: i64,
+) -> Result<u64, ClaimError> {
+    let n = with_pool!(store, p => sqlx::query(
+        "UPDATE lead_claims SET released_ms = $2, version = version + 1 \
+         WHERE instance = $1 AND released_ms IS NULL",
+    )
+    .bind(instance)
+    .bind(now_ms)
+    .execute(p)
+    .await?
+    .rows_affected());
+    Ok(n)
+}
+
+/// Lead ids with a live, unexpired claim in `session_id` (for a restart:
+/// these leads are in a call somewhere and must not be dialed).
+pub async fn live_claims(
+    store: &Store,
+    session_id: i64,
+    now_ms: i64,
+) -> Result<Vec<i64>, ClaimError> {
+    let ids: Vec<i64> = with_pool!(store, p => sqlx::query_scalar(
+        "SELECT lead_id FROM lead_claims \
+         WHERE session_id = $1 AND released_ms IS NULL AND expires_ms > $2 ORDER BY lead_id",
+    )
+    .bind(session_id)
+    .bind(now_ms)
+    .fetch_all(p)
+    .await?);
+    Ok(ids)
+}

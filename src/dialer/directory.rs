@@ -1,0 +1,223 @@
+//! The running sessions of this instance: creation, lookup by id or share
+//! token (R16), settings, restart of stored sessions, the events stream and
+//! the R6 change notifications (including PostgreSQL LISTEN/NOTIFY).
+//!
+//! [`Sessions`] is not generic, so `AppState` can hold it: the call engine
+//! type is captured once, in [`Sessions::start`].
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::broadcast;
+
+use super::dial::Dialer;
+use super::record::{self, SessionRow};
+use super::session::{
+    self, Clock, LeadsChanged, SessionConfig, SessionError, SessionEvent, SessionHandle, Shared,
+};
+use crate::store::Store;
+
+type SpawnFuture = Pin<Box<dyn Future<Output = Result<SessionHandle, SessionError>> + Send>>;
+type Spawner = Box<dyn Fn(SessionRow) -> SpawnFuture + Send + Sync>;
+
+struct Inner {
+    store: Store,
+    handles: Mutex<HashMap<i64, SessionHandle>>,
+    spawn: Spawner,
+    wall_ms: Box<dyn Fn() -> i64 + Send + Sync>,
+    events: broadcast::Sender<SessionEvent>,
+    leads_changed: LeadsChanged,
+}
+
+/// This instance's dialer sessions (cheap to clone).
+#[derive(Clone)]
+pub struct Sessions {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions").finish_non_exhaustive()
+    }
+}
+
+impl Sessions {
+    /// Starts the sessions service: resumes every stored session (issue 5
+    /// item 5), and in PostgreSQL mode listens for lead changes made by
+    /// other instances (R6).
+    pub async fn start<D: Dialer, C: Clock + Clone>(
+        store: Store,
+        dialer: D,
+        clock: C,
+        config: SessionConfig,
+    ) -> Result<Sessions, SessionError> {
+        let (events, _) = broadcast::channel(1024);
+        let leads_changed = LeadsChanged::default();
+        let shared = Arc::new(Shared {
+            store: store.clone(),
+            dialer,
+            clock: clock.clone(),
+            config,
+            events: events.clone(),
+            leads_changed: leads_changed.clone(),
+        });
+        let spawn: Spawner = Box::new(move |row| {
+            let shared = shared.clone();
+            Box::pin(session::spawn(shared, row))
+        });
+        let sessions = Sessions {
+            inner: Arc::new(Inner {
+                store: store.clone(),
+                handles: Mutex::new(HashMap::new()),
+                spawn,
+                wall_ms: Box::new(move || clock.wall_ms()),
+                events,
+                leads_changed: leads_changed.clone(),
+            }),
+        };
+        for row in record::list_sessions(&store).await? {
+            let id = row.id;
+            match (sessions.inner.spawn)(row).await {
+                Ok(h) => sessions.insert(h),
+                Err(e) => tracing::warn!(session = id, error = %e, "session not resumed"),
+            }
+        }
+        if let Store::Postgres(pg) = &store {
+            let pool = pg.pool().clone();
+            tokio::spawn(listen(pool, leads_changed));
+        }
+        Ok(sessions)
+    }
+
+    fn insert(&self, h: SessionHandle) {
+        if let Ok(mut m) = self.inner.handles.lock() {
+            m.insert(h.id(), h);
+        }
+    }
+
+    /// The events stream (`GET /api/v1/events`).
+    pub fn subscribe(&self) -> broadcast::Receiver<SessionEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// The R6 change counter: poke it after changing leads.
+    pub fn leads_changed(&self) -> &LeadsChanged {
+        &self.inner.leads_changed
+    }
+
+    /// Creates a session on a Smart View and starts it; returns it with its
+    /// share token (R16: returned once, stored hashed).
+    pub async fn create(
+        &self,
+        smart_view_id: i64,
+        reduced_ring_time: bool,
+        wrap_up_idle_ms: Option<i64>,
+    ) -> Result<(SessionRow, String), SessionError> {
+        let token = record::new_share_token(&mut rand::rngs::OsRng);
+        let row = record::create_session(
+            &self.inner.store,
+            smart_view_id,
+            reduced_ring_time,
+            wrap_up_idle_ms,
+            &record::hash_token(&token),
+            (self.inner.wall_ms)(),
+        )
+        .await?;
+        let h = (self.inner.spawn)(row.clone()).await?;
+        self.insert(h);
+        Ok((row, token))
+    }
+
+    /// The running session `id`.
+    pub fn get(&self, id: i64) -> Result<SessionHandle, SessionError> {
+        self.inner
+            .handles
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&id).cloned())
+            .ok_or(SessionError::NoSession(id))
+    }
+
+    /// Changes the settings (R8 reduced ring time, wrap-up idle).
+    pub async fn update_settings(
+        &self,
+        id: i64,
+        reduced_ring_time: Option<bool>,
+        wrap_up_idle_ms: Option<Option<i64>>,
+    ) -> Result<SessionRow, SessionError> {
+        let h = self.get(id)?;
+        let row = record::get_session(&self.inner.store, id)
+            .await?
+            .ok_or(SessionError::NoSession(id))?;
+        let reduced = reduced_ring_time.unwrap_or(row.reduced_ring_time);
+        let wrap = wrap_up_idle_ms.unwrap_or(row.wrap_up_idle_ms);
+        record::update_settings(&self.inner.store, id, reduced, wrap).await?;
+        let row = record::get_session(&self.inner.store, id)
+            .await?
+            .ok_or(SessionError::NoSession(id))?;
+        h.settings(row.clone()).await?;
+        Ok(row)
+    }
+
+    /// R16: a new share token (the old one stops working); returned once.
+    pub async fn rotate_share(&self, id: i64) -> Result<String, SessionError> {
+        let token = record::new_share_token(&mut rand::rngs::OsRng);
+        if !record::set_share_hash(&self.inner.store, id, Some(&record::hash_token(&token))).await?
+        {
+            return Err(SessionError::NoSession(id));
+        }
+        self.refresh_row(id).await?;
+        Ok(token)
+    }
+
+    /// R16: revokes the share link.
+    pub async fn revoke_share(&self, id: i64) -> Result<(), SessionError> {
+        if !record::set_share_hash(&self.inner.store, id, None).await? {
+            return Err(SessionError::NoSession(id));
+        }
+        self.refresh_row(id).await
+    }
+
+    async fn refresh_row(&self, id: i64) -> Result<(), SessionError> {
+        if let Some(row) = record::get_session(&self.inner.store, id).await? {
+            self.get(id)?.settings(row).await?;
+        }
+        Ok(())
+    }
+
+    /// R16: the session a share token opens, if it is valid and not revoked.
+    pub async fn session_for_token(&self, token: &str) -> Result<Option<i64>, SessionError> {
+        Ok(record::find_by_share_hash(&self.inner.store, &record::hash_token(token)).await?)
+    }
+}
+
+/// R6 across instances: `LISTEN powerdial_leads` (the migration's triggers
+/// NOTIFY on every change to leads and calls) and poke the sessions.
+/// Reconnects after a lost connection, poking once since changes may have
+/// been missed meanwhile.
+async fn listen(pool: sqlx::PgPool, changed: LeadsChanged) {
+    loop {
+        match sqlx::postgres::PgListener::connect_with(&pool).await {
+            Ok(mut l) => {
+                if let Err(e) = l.listen("powerdial_leads").await {
+                    tracing::warn!(error = %e, "LISTEN failed");
+                } else {
+                    changed.poke();
+                    loop {
+                        match l.recv().await {
+                            Ok(_) => changed.poke(),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "LISTEN connection lost");
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "LISTEN connection failed"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}

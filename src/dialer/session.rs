@@ -1,0 +1,1032 @@
+//! The session driver (issue 5 items 2–5): one tokio task per dialer session
+//! owning its [`SessionQueue`] and its agents' [`AgentMachine`]s, turning
+//! their actions into call-engine requests ([`Dialer`]), claims
+//! ([`claim`], R13) and stored history ([`record`]), and publishing every
+//! change as a [`SessionEvent`] (SSE).
+//!
+//! - **Refresh (R6):** the view is re-read every `refresh_interval`, and
+//!   whenever the leads-changed counter ([`LeadsChanged`]) moves: the leads
+//!   HTTP handlers bump it, every `CallEnded` bumps it, and in PostgreSQL
+//!   mode a `LISTEN powerdial_leads` task bumps it for changes made by other
+//!   instances. Bumps within [`REFRESH_DEBOUNCE`] are folded into one refresh
+//!   (well within the 1 s the issue asks).
+//! - **R4 across sessions:** leads entering the queue are blocked by
+//!   `leads.last_call_ms`; calls other sessions end while a lead is queued
+//!   are learned from their `CallEnded`; the claim step checks the call
+//!   history once more before dialing.
+//! - **Restart:** sessions are loaded from the store, the first refresh is
+//!   followed by [`SessionQueue::restore`] of every stored lead history, and
+//!   agents come back paused unless they were dialing (their agent legs are
+//!   gone; they resume by the API). Leads claimed by a dead instance stay
+//!   taken until their lease runs out.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use super::agent::{AgentAction, AgentMachine, AgentState, NotNow};
+use super::claim::{self, ClaimRequest, ClaimResult, LeadClaim};
+use super::dial::{CallEvent, CallOutcome, DialRequest, Dialer};
+use super::queue::{AgentId, LeadId, Outcome, QueueCounts, SessionQueue};
+use super::record::{self, SessionRow};
+use crate::store::Store;
+
+/// Bumps of the leads-changed counter this close together cause one refresh.
+pub const REFRESH_DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// The leads-changed counter (R6): bump it after any change to leads or calls
+/// made through powerdial; every session refreshes within 1 s.
+#[derive(Debug, Clone)]
+pub struct LeadsChanged(Arc<watch::Sender<u64>>);
+
+impl Default for LeadsChanged {
+    fn default() -> Self {
+        LeadsChanged(Arc::new(watch::channel(0).0))
+    }
+}
+
+impl LeadsChanged {
+    /// Signals a change (one line in each leads handler).
+    pub fn poke(&self) {
+        self.0.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver for a session task.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+}
+
+/// Where sessions read time: the driver's clock. Tests give a simulated one
+/// (tokio's paused time plus a wall clock that follows it).
+pub trait Clock: Send + Sync + 'static {
+    /// Monotonic time for timers.
+    fn instant(&self) -> Instant;
+    /// Wall-clock time, epoch ms (queue blocks, call history).
+    fn wall_ms(&self) -> i64;
+}
+
+/// The system clock (drivers only read the clock here).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    #[allow(clippy::disallowed_methods)]
+    fn instant(&self) -> Instant {
+        Instant::now()
+    }
+    #[allow(clippy::disallowed_methods)]
+    fn wall_ms(&self) -> i64 {
+        Utc::now().timestamp_millis()
+    }
+}
+
+/// The `[dialer]` settings a session uses.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// R4 block.
+    pub block: Duration,
+    /// R6 refresh interval.
+    pub refresh_interval: Duration,
+    /// Default wrap-up idle time.
+    pub wrap_up_idle: Duration,
+    /// R13 claim lease; renewed at half its length while a call lasts.
+    pub lease: Duration,
+    /// This process's id in `lead_claims.instance`.
+    pub instance: Arc<str>,
+}
+
+impl SessionConfig {
+    /// From the config's `[dialer]` section, with a fresh random instance id.
+    pub fn from_dialer(cfg: &crate::config::DialerConfig) -> SessionConfig {
+        SessionConfig {
+            block: cfg.block.0,
+            refresh_interval: cfg.refresh_interval.0,
+            wrap_up_idle: cfg.wrap_up_idle.0,
+            lease: Duration::from_secs(30),
+            instance: format!("{:016x}", rand::random::<u64>()).into(),
+        }
+    }
+}
+
+/// A change published on the events stream (`GET /api/v1/events`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SessionEvent {
+    /// An agent's state changed.
+    AgentState {
+        /// The session.
+        session_id: i64,
+        /// The agent.
+        agent: String,
+        /// The new state.
+        state: AgentState,
+        /// The lead being called, if any.
+        lead_id: Option<i64>,
+        /// The call record, if any.
+        call_id: Option<i64>,
+    },
+    /// A lead call ended (R5, R8–R12).
+    CallEnded {
+        /// The session.
+        session_id: i64,
+        /// The agent.
+        agent: String,
+        /// The call record.
+        call_id: i64,
+        /// The lead.
+        lead_id: Option<i64>,
+        /// The outcome.
+        outcome: CallOutcome,
+    },
+    /// The queue's counts changed (claims, reports, refreshes, reset).
+    Queue {
+        /// The session.
+        session_id: i64,
+        /// The counts.
+        counts: Counts,
+    },
+    /// The session was reset (R14).
+    Reset {
+        /// The session.
+        session_id: i64,
+    },
+}
+
+/// Queue counts as the API shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    /// Leads in the view.
+    pub in_view: usize,
+    /// May be called now (R1, R3).
+    pub queued: usize,
+    /// Blocked (R4).
+    pub blocked: usize,
+    /// Waiting for a refresh (R10).
+    pub awaiting_refresh: usize,
+    /// Being called (R13).
+    pub calling: usize,
+    /// Answered (R5).
+    pub answered: usize,
+    /// R15: every lead in the view answered.
+    pub done: bool,
+}
+
+impl Counts {
+    fn new(c: QueueCounts, done: bool) -> Counts {
+        Counts {
+            in_view: c.in_view,
+            queued: c.ready,
+            blocked: c.blocked,
+            awaiting_refresh: c.awaiting_refresh,
+            calling: c.claimed,
+            answered: c.answered,
+            done,
+        }
+    }
+}
+
+/// One agent in [`SessionView`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AgentView {
+    /// The agent's username.
+    pub agent: String,
+    /// Its state.
+    pub state: AgentState,
+    /// The lead being called.
+    pub lead_id: Option<i64>,
+    /// The call record.
+    pub call_id: Option<i64>,
+}
+
+/// `GET /api/v1/sessions/{id}`: settings, agents, counts.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionView {
+    /// Settings as stored.
+    #[serde(flatten)]
+    pub row: SessionRow,
+    /// `active`, or `done` (R15).
+    pub state: &'static str,
+    /// The agents.
+    pub agents: Vec<AgentView>,
+    /// Queue counts.
+    pub counts: Counts,
+}
+
+/// One entry of `GET /api/v1/sessions/{id}/queue`.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueEntryView {
+    /// The lead.
+    pub lead_id: i64,
+    /// View position (R1).
+    pub view_pos: u32,
+    /// `ready`, `blocked` or `awaiting_refresh`.
+    pub state: &'static str,
+    /// End of the block (R4), if blocked.
+    pub blocked_until: Option<DateTime<Utc>>,
+    /// Unanswered calls so far (R3).
+    pub calls: u32,
+    /// `?explain=1`: the rule that placed or holds the lead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub explain: Option<String>,
+}
+
+/// Why a session command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// No such session (or its task stopped).
+    #[error("session {0} not found")]
+    NoSession(i64),
+    /// The agent is not in the session.
+    #[error("agent {0} is not in the session")]
+    NoAgent(String),
+    /// The command does not apply now.
+    #[error(transparent)]
+    NotNow(#[from] NotNow),
+    /// The Smart View's query does not evaluate.
+    #[error("the session's smart view cannot be evaluated: {0}")]
+    View(String),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// A command for an agent of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentCommand {
+    /// R14 pause.
+    Pause,
+    /// R14 resume.
+    Resume,
+    /// Call the next lead.
+    Next,
+    /// Hang up the lead.
+    Hangup,
+    /// Typing heartbeat (wrap-up).
+    Typing,
+    /// Leave the session.
+    Leave,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, SessionError>>;
+
+enum Command {
+    Join(String, Reply<()>),
+    Agent(String, AgentCommand, Reply<()>),
+    Reset(Reply<()>),
+    Settings(SessionRow, Reply<()>),
+    View(Reply<SessionView>),
+    Queue(bool, usize, Reply<Vec<QueueEntryView>>),
+    Refresh(Reply<()>),
+}
+
+/// A running session's handle (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct SessionHandle {
+    id: i64,
+    tx: mpsc::Sender<Command>,
+}
+
+impl SessionHandle {
+    async fn ask<T>(&self, f: impl FnOnce(Reply<T>) -> Command) -> Result<T, SessionError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(f(tx))
+            .await
+            .map_err(|_| SessionError::NoSession(self.id))?;
+        rx.await.map_err(|_| SessionError::NoSession(self.id))?
+    }
+
+    /// The session id.
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+
+    /// An agent joins (SPEC §1 step 1): the agent leg is set up, then dialing starts.
+    pub async fn join(&self, agent: &str) -> Result<(), SessionError> {
+        let a = agent.to_string();
+        self.ask(|r| Command::Join(a, r)).await
+    }
+
+    /// Pause, resume, next, hangup, typing or leave for one agent.
+    pub async fn agent(&self, agent: &str, cmd: AgentCommand) -> Result<(), SessionError> {
+        let a = agent.to_string();
+        self.ask(|r| Command::Agent(a, cmd, r)).await
+    }
+
+    /// R14 "reset & call again".
+    pub async fn reset(&self) -> Result<(), SessionError> {
+        self.ask(Command::Reset).await
+    }
+
+    /// Applies stored settings (after a PATCH).
+    pub async fn settings(&self, row: SessionRow) -> Result<(), SessionError> {
+        self.ask(|r| Command::Settings(row, r)).await
+    }
+
+    /// The session's state, agents and counts.
+    pub async fn view(&self) -> Result<SessionView, SessionError> {
+        self.ask(Command::View).await
+    }
+
+    /// The upcoming leads (at most `limit`), with `explain` the rule text.
+    pub async fn queue(
+        &self,
+        explain: bool,
+        limit: usize,
+    ) -> Result<Vec<QueueEntryView>, SessionError> {
+        self.ask(|r| Command::Queue(explain, limit, r)).await
+    }
+
+    /// Re-reads the view now (R6) and waits until done.
+    pub async fn refresh(&self) -> Result<(), SessionError> {
+        self.ask(Command::Refresh).await
+    }
+}
+
+/// Every session's shared parts.
+pub struct Shared<D, C> {
+    /// The database.
+    pub store: Store,
+    /// The call engine.
+    pub dialer: D,
+    /// The clock.
+    pub clock: C,
+    /// `[dialer]` settings.
+    pub config: SessionConfig,
+    /// The events stream.
+    pub events: broadcast::Sender<SessionEvent>,
+    /// R6 pokes.
+    pub leads_changed: LeadsChanged,
+}
+
+struct Slot {
+    machine: AgentMachine,
+    id: AgentId,
+    db_claim: Option<LeadClaim>,
+    last: (AgentState, Option<i64>, Option<i64>),
+}
+
+enum Internal {
+    Connected(String, bool),
+}
+
+struct Session<D: Dialer, C: Clock> {
+    row: SessionRow,
+    view_query: String,
+    shared: Arc<Shared<D, C>>,
+    queue: SessionQueue,
+    agents: BTreeMap<String, Slot>,
+    next_agent_id: i64,
+    internal: mpsc::Sender<Internal>,
+    next_refresh: Instant,
+    pending_refresh: Option<Instant>,
+    last_counts: Option<Counts>,
+}
+
+/// Starts the task of a stored session: loads its view and history, brings
+/// back its agents (paused), and returns its handle.
+pub async fn spawn<D: Dialer, C: Clock>(
+    shared: Arc<Shared<D, C>>,
+    row: SessionRow,
+) -> Result<SessionHandle, SessionError> {
+    let view = shared.store.get_smart_view(row.smart_view_id).await?;
+    let (itx, irx) = mpsc::channel(64);
+    let mut s = Session {
+        view_query: view.query,
+        queue: SessionQueue::new(shared.config.block),
+        agents: BTreeMap::new(),
+        next_agent_id: 1,
+        internal: itx,
+        next_refresh: shared.clock.instant(),
+        pending_refresh: None,
+        last_counts: None,
+        row,
+        shared,
+    };
+    s.refresh().await?;
+    for (lead, h) in record::load_histories(&s.shared.store, s.row.id).await? {
+        s.queue.restore(lead, h);
+    }
+    for a in record::list_agents(&s.shared.store, s.row.id).await? {
+        // Agent legs do not survive a restart: every agent resumes by the API.
+        let slot = s.slot(&a.agent);
+        slot.machine.restore_paused();
+    }
+    s.publish();
+    let (tx, rx) = mpsc::channel(64);
+    let id = s.row.id;
+    tokio::spawn(s.run(rx, irx));
+    Ok(SessionHandle { id, tx })
+}
+
+impl<D: Dialer, C: Clock> Session<D, C> {
+    fn wrap_up_idle(&self) -> Duration {
+        self.row
+            .wrap_up_idle_ms
+            .and_then(|ms| u64::try_from(ms).ok())
+            .map_or(self.shared.config.wrap_up_idle, Duration::from_millis)
+    }
+
+    fn slot(&mut self, agent: &str) -> &mut Slot {
+        if !self.agents.contains_key(agent) {
+            let id = AgentId(self.next_agent_id);
+            self.next_agent_id += 1;
+            let machine = AgentMachine::new(self.wrap_up_idle());
+            self.agents.insert(
+                agent.to_string(),
+                Slot {
+                    machine,
+                    id,
+                    db_claim: None,
+                    last: (AgentState::Left, None, None),
+                },
+            );
+        }
+        // Inserted just above when missing.
+        self.agents
+            .get_mut(agent)
+            .unwrap_or_else(|| unreachable!("agent slot inserted"))
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>, mut irx: mpsc::Receiver<Internal>) {
+        let mut events = self.shared.dialer.subscribe();
+        let mut changed = self.shared.leads_changed.subscribe();
+        loop {
+            let deadline = self.deadline();
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => self.command(cmd).await,
+                    None => break,
+                },
+                ev = events.recv() => match ev {
+                    Ok(ev) => self.call_event(ev).await,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(session = self.row.id, missed = n, "call events lagged");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                Some(msg) = irx.recv() => self.internal_msg(msg),
+                Ok(()) = changed.changed() => {
+                    let soon = self.shared.clock.instant() + REFRESH_DEBOUNCE;
+                    self.pending_refresh = Some(self.pending_refresh.map_or(soon, |p| p.min(soon)));
+                }
+                () = tokio::time::sleep_until(deadline) => self.timeout().await,
+            }
+            self.drive().await;
+            self.publish();
+        }
+    }
+
+    fn deadline(&self) -> Instant {
+        let mut d = self.next_refresh;
+        if let Some(p) = self.pending_refresh {
+            d = d.min(p);
+        }
+        let half_lease = self.shared.config.lease / 2;
+        let now = self.shared.clock.instant();
+        let now_ms = self.shared.clock.wall_ms();
+        for slot in self.agents.values() {
+            if let Some(t) = slot.machine.poll_timeout() {
+                d = d.min(Instant::from_std(t));
+            }
+            if let Some(c) = slot.db_claim {
+                let renew_at = c.expires_ms - i64::try_from(half_lease.as_millis()).unwrap_or(0);
+                d = d.min(at_ms(now, now_ms, renew_at));
+            }
+        }
+        d
+    }
+
+    async fn timeout(&mut self) {
+        let now = self.shared.clock.instant();
+        if now >= self.next_refresh || self.pending_refresh.is_some_and(|p| p <= now) {
+            if let Err(e) = self.refresh().await {
+                tracing::warn!(session = self.row.id, error = %e, "refresh failed");
+                self.next_refresh = now + self.shared.config.refresh_interval;
+            }
+            self.poke_idle();
+        }
+        let now_ms = self.shared.clock.wall_ms();
+        let lease_ms = ms(self.shared.config.lease);
+        let mut lost = Vec::new();
+        for (name, slot) in &mut self.agents {
+            slot.machine.handle_timeout(now.into_std());
+            if let Some(c) = slot.db_claim {
+                if c.expires_ms - lease_ms / 2 <= now_ms {
+                    match claim::renew(&self.shared.store, &c, now_ms, lease_ms).await {
+                        Ok(c) => slot.db_claim = Some(c),
+                        Err(e) => {
+                            // R13: someone else may now dial this lead; end ours.
+                            tracing::warn!(agent = %name, error = %e, "claim lost");
+                            slot.db_claim = None;
+                            lost.push(name.clone());
+                        }
+                    }
+                }
+            }
+        }
+        for name in lost {
+            let d = self.shared.dialer.clone();
+            tokio::spawn(async move { d.skip(&name).await });
+        }
+    }
+
+    fn poke_idle(&mut self) {
+        for slot in self.agents.values_mut() {
+            slot.machine.poke();
+        }
+    }
+
+    /// R6: re-reads the view and refreshes the queue; new leads are blocked
+    /// by calls within `block` from any session (R4).
+    async fn refresh(&mut self) -> Result<(), SessionError> {
+        let now = self.shared.clock.instant();
+        let now_ms = self.shared.clock.wall_ms();
+        self.pending_refresh = None;
+        self.next_refresh = now + self.shared.config.refresh_interval;
+        let wall = DateTime::from_timestamp_millis(now_ms).unwrap_or_default();
+        let ids = super::view::evaluate_view(&self.shared.store, &self.view_query, wall)
+            .await
+            .map_err(|e| SessionError::View(e.to_string()))?;
+        let since = now_ms.saturating_sub(ms(self.shared.config.block));
+        let last = super::view::recent_calls(&self.shared.store, since).await?;
+        let view: Vec<LeadId> = ids.into_iter().map(LeadId).collect();
+        match self
+            .queue
+            .refresh(&view, |l| last.get(&l.0).copied(), now_ms)
+        {
+            Ok(summary) => {
+                tracing::debug!(session = self.row.id, ?summary, "view refreshed");
+            }
+            Err(e) => return Err(SessionError::View(e.to_string())),
+        }
+        Ok(())
+    }
+
+    fn internal_msg(&mut self, msg: Internal) {
+        match msg {
+            Internal::Connected(agent, ok) => {
+                if let Some(slot) = self.agents.get_mut(&agent) {
+                    if ok {
+                        slot.machine.handle_agent_connected();
+                    } else {
+                        slot.machine.handle_agent_failed();
+                    }
+                }
+            }
+        }
+    }
+
+    async fn command(&mut self, cmd: Command) {
+        let now = self.shared.clock.instant().into_std();
+        match cmd {
+            Command::Join(agent, reply) => {
+                let r = record::upsert_agent(
+                    &self.shared.store,
+                    self.row.id,
+                    &agent,
+                    false,
+                    self.shared.clock.wall_ms(),
+                )
+                .await;
+                if r.is_ok() {
+                    let slot = self.slot(&agent);
+                    match slot.machine.state() {
+                        AgentState::Joining | AgentState::Left => slot.machine.join(),
+                        AgentState::Paused => {
+                            let _ = slot.machine.resume(now);
+                        }
+                        _ => {}
+                    }
+                }
+                let _ = reply.send(r.map_err(SessionError::from));
+            }
+            Command::Agent(agent, c, reply) => {
+                let r = self.agent_command(&agent, c, now).await;
+                let _ = reply.send(r);
+            }
+            Command::Reset(reply) => {
+                let r = record::reset(&self.shared.store, self.row.id, self.shared.clock.wall_ms())
+                    .await;
+                if r.is_ok() {
+                    self.queue.reset(self.shared.clock.wall_ms());
+                    let _ = self.shared.events.send(SessionEvent::Reset {
+                        session_id: self.row.id,
+                    });
+                    self.poke_idle();
+                }
+                let _ = reply.send(r.map_err(SessionError::from));
+            }
+            Command::Settings(row, reply) => {
+                self.row = row;
+                let idle = self.wrap_up_idle();
+                for slot in self.agents.values_mut() {
+                    slot.machine.set_wrap_up_idle(idle);
+                }
+                let _ = reply.send(Ok(()));
+            }
+            Command::View(reply) => {
+                let counts = self.counts();
+                let agents = self
+                    .agents
+                    .iter()
+                    .filter(|(_, s)| s.machine.state() != AgentState::Left)
+                    .map(|(name, s)| {
+                        let c = s.machine.call();
+                        AgentView {
+                            agent: name.clone(),
+                            state: s.machine.state(),
+                            lead_id: c.map(|c| c.claim.lead.0),
+                            call_id: c.and_then(|c| c.call_id),
+                        }
+                    })
+                    .collect();
+                let _ = reply.send(Ok(SessionView {
+                    row: self.row.clone(),
+                    state: if counts.done { "done" } else { "active" },
+                    agents,
+                    counts,
+                }));
+            }
+            Command::Queue(explain, limit, reply) => {
+                let now_ms = self.shared.clock.wall_ms();
+                let items: Vec<_> = self.queue.upcoming(now_ms).take(limit).collect();
+                let out = items
+                    .into_iter()
+                    .map(|it| {
+                        use super::queue::{ItemState, Tier};
+                        let (state, until) = match it.state {
+                            ItemState::Ready => ("ready", None),
+                            ItemState::Blocked { until } => ("blocked", Some(until)),
+                            ItemState::AwaitingRefresh => ("awaiting_refresh", None),
+                        };
+                        QueueEntryView {
+                            lead_id: it.lead.0,
+                            view_pos: it.view_pos,
+                            state,
+                            blocked_until: until.and_then(DateTime::from_timestamp_millis),
+                            calls: match it.tier {
+                                Tier::Uncalled => 0,
+                                Tier::Unanswered { calls } => calls,
+                            },
+                            explain: explain
+                                .then(|| self.queue.explain(it.lead, now_ms).to_string()),
+                        }
+                    })
+                    .collect();
+                let _ = reply.send(Ok(out));
+            }
+            Command::Refresh(reply) => {
+                let r = self.refresh().await;
+                self.poke_idle();
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    async fn agent_command(
+        &mut self,
+        agent: &str,
+        c: AgentCommand,
+        now: std::time::Instant,
+    ) -> Result<(), SessionError> {
+        let store = self.shared.store.clone();
+        let id = self.row.id;
+        let wall = self.shared.clock.wall_ms();
+        let slot = self
+            .agents
+            .get_mut(agent)
+            .filter(|s| s.machine.state() != AgentState::Left)
+            .ok_or_else(|| SessionError::NoAgent(agent.to_string()))?;
+        match c {
+            AgentCommand::Pause => {
+                slot.machine.pause()?;
+                record::upsert_agent(&store, id, agent, true, wall).await?;
+            }
+            AgentCommand::Resume => {
+                slot.machine.resume(now)?;
+                record::upsert_agent(&store, id, agent, false, wall).await?;
+            }
+            AgentCommand::Next => slot.machine.next(now)?,
+            AgentCommand::Hangup => slot.machine.hangup()?,
+            AgentCommand::Typing => slot.machine.typing(now),
+            AgentCommand::Leave => {
+                slot.machine.leave();
+                record::remove_agent(&store, id, agent).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn call_event(&mut self, ev: CallEvent) {
+        let now = self.shared.clock.instant().into_std();
+        match ev {
+            CallEvent::AgentConnected { .. } => {}
+            CallEvent::AgentDisconnected { agent } => {
+                if let Some(s) = self.agents.get_mut(&agent) {
+                    s.machine.handle_agent_disconnected();
+                }
+            }
+            CallEvent::LeadRinging { agent, call_id } => {
+                if let Some(s) = self.agents.get_mut(&agent) {
+                    s.machine.handle_lead_ringing(call_id);
+                }
+            }
+            CallEvent::LeadAnswered { agent, call_id } => {
+                if let Some(s) = self.agents.get_mut(&agent) {
+                    s.machine.handle_lead_answered(call_id);
+                }
+            }
+            CallEvent::Dtmf { agent, digit } => {
+                if let Some(s) = self.agents.get_mut(&agent) {
+                    // The engine already ended the lead call for '*' and '#'.
+                    let r = match digit {
+                        '*' => s.machine.next_from_phone(now),
+                        '0' => s.machine.pause(),
+                        _ => Ok(()),
+                    };
+                    if let Err(e) = r {
+                        tracing::debug!(%agent, %e, "DTMF ignored");
+                    }
+                }
+            }
+            CallEvent::CallEnded {
+                agent,
+                call_id,
+                lead_id,
+                session_id,
+                outcome,
+                ..
+            } => {
+                self.shared.leads_changed.poke();
+                if session_id != Some(self.row.id) {
+                    // R4 "by any session": a lead another session just called.
+                    if let Some(lead) = lead_id {
+                        self.queue
+                            .record_external_call(LeadId(lead), self.shared.clock.wall_ms());
+                    }
+                    return;
+                }
+                self.call_ended(&agent, call_id, lead_id, outcome, now)
+                    .await;
+            }
+        }
+    }
+
+    async fn call_ended(
+        &mut self,
+        agent: &str,
+        call_id: i64,
+        lead_id: Option<i64>,
+        outcome: CallOutcome,
+        now: std::time::Instant,
+    ) {
+        let now_ms = self.shared.clock.wall_ms();
+        let Some(slot) = self.agents.get_mut(agent) else {
+            return;
+        };
+        let Some(c) =
+            slot.machine
+                .handle_call_ended(now, call_id, outcome == CallOutcome::Answered)
+        else {
+            return;
+        };
+        let aid = slot.id;
+        let db_claim = slot.db_claim.take();
+        if let Err(e) = self
+            .queue
+            .report(aid, c.lead, c.generation, Outcome::from(outcome), now_ms)
+        {
+            tracing::warn!(%agent, error = %e, "report refused");
+        }
+        if let Some(h) = self.queue.history(c.lead) {
+            if let Err(e) = record::save_history(&self.shared.store, self.row.id, c.lead, &h).await
+            {
+                tracing::warn!(error = %e, "history not saved");
+            }
+        }
+        if let Some(dc) = db_claim {
+            if let Err(e) = claim::release(&self.shared.store, &dc, now_ms).await {
+                tracing::warn!(error = %e, "claim release failed");
+            }
+        }
+        let _ = self.shared.events.send(SessionEvent::CallEnded {
+            session_id: self.row.id,
+            agent: agent.to_string(),
+            call_id,
+            lead_id,
+            outcome,
+        });
+    }
+
+    /// Drains every agent's actions until none is left.
+    async fn drive(&mut self) {
+        loop {
+            let mut work = Vec::new();
+            for (name, slot) in &mut self.agents {
+                while let Some(a) = slot.machine.poll_action() {
+                    work.push((name.clone(), a));
+                }
+            }
+            if work.is_empty() {
+                return;
+            }
+            for (name, action) in work {
+                match action {
+                    AgentAction::ConnectAgent => {
+                        let d = self.shared.dialer.clone();
+                        let tx = self.internal.clone();
+                        tokio::spawn(async move {
+                            let ok = d.connect_agent(&name).await.is_ok();
+                            let _ = tx.send(Internal::Connected(name, ok)).await;
+                        });
+                    }
+                    AgentAction::ClaimNext => self.claim_and_dial(&name).await,
+                    AgentAction::SkipLead => {
+                        let d = self.shared.dialer.clone();
+                        tokio::spawn(async move { d.skip(&name).await });
+                    }
+                    AgentAction::DisconnectAgent => {
+                        let d = self.shared.dialer.clone();
+                        tokio::spawn(async move { d.disconnect_agent(&name).await });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Claims the next lead in the queue and then in the database (R13),
+    /// and dials it; a lead the database refuses is held and the next one
+    /// tried.
+    async fn claim_and_dial(&mut self, agent: &str) {
+        let Some(aid) = self.agents.get(agent).map(|s| s.id) else {
+            return;
+        };
+        let store = self.shared.store.clone();
+        loop {
+            let now = self.shared.clock.instant();
+            let now_ms = self.shared.clock.wall_ms();
+            let c = match self.queue.claim_next(aid, now_ms) {
+                Ok(Some(c)) => c,
+                Ok(None) => {
+                    let wake = self
+                        .queue
+                        .next_wakeup(now_ms)
+                        .map(|t| at_ms(now, now_ms, t));
+                    if let Some(s) = self.agents.get_mut(agent) {
+                        s.machine.handle_no_lead(wake.map(Instant::into_std));
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(%agent, error = %e, "claim refused by the queue");
+                    if let Some(s) = self.agents.get_mut(agent) {
+                        s.machine.handle_dial_failed();
+                    }
+                    return;
+                }
+            };
+            let req = ClaimRequest {
+                lead_id: c.lead.0,
+                session_id: self.row.id,
+                agent,
+                instance: &self.shared.config.instance,
+                now_ms,
+                lease_ms: ms(self.shared.config.lease),
+                block_ms: ms(self.shared.config.block),
+                reentered: c.generation > 0,
+            };
+            let db = match claim::claim(&store, &req).await {
+                Ok(ClaimResult::Claimed(db)) => db,
+                Ok(ClaimResult::Taken) => {
+                    self.queue.release(aid);
+                    self.queue.record_external_call(c.lead, now_ms);
+                    continue;
+                }
+                Ok(ClaimResult::RecentlyCalled { at }) => {
+                    self.queue.release(aid);
+                    self.queue.record_external_call(c.lead, at);
+                    continue;
+                }
+                Ok(ClaimResult::Answered) => {
+                    let _ = self
+                        .queue
+                        .report(aid, c.lead, c.generation, Outcome::Answered, now_ms);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(%agent, error = %e, "database claim failed");
+                    self.queue.release(aid);
+                    if let Some(s) = self.agents.get_mut(agent) {
+                        s.machine.handle_dial_failed();
+                    }
+                    return;
+                }
+            };
+            // R2: the first phone of the first contact.
+            let number = match store.get_lead(c.lead.0).await {
+                Ok(lead) => lead.first_phone().map(|p| p.to_string()),
+                Err(_) => None,
+            };
+            let Some(number) = number else {
+                // Nothing to dial: a calling restriction (R11), blocked.
+                let _ = self
+                    .queue
+                    .report(aid, c.lead, c.generation, Outcome::Restricted, now_ms);
+                let _ = claim::release(&store, &db, now_ms).await;
+                continue;
+            };
+            if let Some(s) = self.agents.get_mut(agent) {
+                s.machine.handle_dialing(c);
+                s.db_claim = Some(db);
+            }
+            let req = DialRequest {
+                number,
+                lead_id: Some(c.lead.0),
+                session_id: Some(self.row.id),
+                reduced_ring_time: self.row.reduced_ring_time,
+            };
+            match self.shared.dialer.dial(agent, req).await {
+                Ok(call_id) => {
+                    let _ = claim::attach_call(&store, &db, call_id).await;
+                    if let Some(s) = self.agents.get_mut(agent) {
+                        s.machine.handle_call_started(call_id);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%agent, error = %e, "dial refused");
+                    self.queue.release(aid);
+                    let _ = claim::release(&store, &db, now_ms).await;
+                    if let Some(s) = self.agents.get_mut(agent) {
+                        s.db_claim = None;
+                        s.machine.handle_dial_failed();
+                    }
+                }
+            }
+            return;
+        }
+    }
+
+    fn counts(&self) -> Counts {
+        Counts::new(self.queue.counts(), self.queue.is_done())
+    }
+
+    /// Publishes agent-state and queue-count changes.
+    fn publish(&mut self) {
+        let id = self.row.id;
+        for (name, slot) in &mut self.agents {
+            let c = slot.machine.call();
+            let now = (
+                slot.machine.state(),
+                c.map(|c| c.claim.lead.0),
+                c.and_then(|c| c.call_id),
+            );
+            if now != slot.last {
+                slot.last = now;
+                let _ = self.shared.events.send(SessionEvent::AgentState {
+                    session_id: id,
+                    agent: name.clone(),
+                    state: now.0,
+                    lead_id: now.1,
+                    call_id: now.2,
+                });
+            }
+        }
+        let counts = self.counts();
+        if self.last_counts != Some(counts) {
+            self.last_counts = Some(counts);
+            let _ = self.shared.events.send(SessionEvent::Queue {
+                session_id: id,
+                counts,
+            });
+        }
+    }
+}
+
+/// Longest single sleep (a day): timers further out are re-armed later.
+const MAX_SLEEP_MS: u64 = 86_400_000;
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The instant at wall time `t_ms`, given that `now` is `now_ms`.
+fn at_ms(now: Instant, now_ms: i64, t_ms: i64) -> Instant {
+    let delta = t_ms.saturating_sub(now_ms);
+    if delta <= 0 {
+        now
+    } else {
+        // Capped: a far-future wall time must not overflow the Instant.
+        let capped = u64::try_from(delta).unwrap_or(u64::MAX).min(MAX_SLEEP_MS);
+        now + Duration::from_millis(capped)
+    }
+}
+
+/// Ids by session.
+pub type SessionMap = HashMap<i64, SessionHandle>;

@@ -1,0 +1,274 @@
+//! R13: the database claim step on SQLite and PostgreSQL. PostgreSQL runs
+//! when `POWERDIAL_TEST_DATABASE_URL` is set: two `Store`s (two pools, as
+//! two instances would have) on one schema race for the same leads.
+
+mod common;
+
+use std::collections::HashSet;
+
+use powerdial::dialer::claim::{self, ClaimError, ClaimRequest, ClaimResult};
+use powerdial::leads::model::{NewCall, ValidLead};
+use powerdial::store::{self, Store};
+
+const NOW: i64 = 1_800_000_000_000;
+const LEASE: i64 = 30_000;
+const BLOCK: i64 = 3_600_000;
+
+fn req<'a>(lead_id: i64, agent: &'a str, instance: &'a str, now_ms: i64) -> ClaimRequest<'a> {
+    ClaimRequest {
+        lead_id,
+        session_id: 1,
+        agent,
+        instance,
+        now_ms,
+        lease_ms: LEASE,
+        block_ms: BLOCK,
+        reentered: false,
+    }
+}
+
+async fn add_leads(store: &Store, n: usize) -> Vec<i64> {
+    let leads: Vec<ValidLead> = (0..n)
+        .map(|i| ValidLead {
+            name: format!("lead {i}"),
+            status: String::new(),
+            created_ms: NOW - 1000 + i as i64,
+            contacts: vec![],
+            custom: vec![],
+            opportunities: vec![],
+        })
+        .collect();
+    store.insert_leads(&leads, NOW).await.expect("insert leads")
+}
+
+async fn one_live_claim_per_lead(store: &Store) {
+    let leads = add_leads(store, 2).await;
+    let a = claim::claim(store, &req(leads[0], "alice", "i1", NOW))
+        .await
+        .expect("claim");
+    let ClaimResult::Claimed(a) = a else {
+        panic!("first claim refused: {a:?}")
+    };
+    // Same instance, other agent; other instance: both refused.
+    assert_eq!(
+        claim::claim(store, &req(leads[0], "bob", "i1", NOW + 1))
+            .await
+            .expect("claim"),
+        ClaimResult::Taken
+    );
+    assert_eq!(
+        claim::claim(store, &req(leads[0], "carol", "i2", NOW + 2))
+            .await
+            .expect("claim"),
+        ClaimResult::Taken
+    );
+    // Another lead is free.
+    assert!(matches!(
+        claim::claim(store, &req(leads[1], "bob", "i1", NOW)).await,
+        Ok(ClaimResult::Claimed(_))
+    ));
+    // Released: claimable again.
+    claim::release(store, &a, NOW + 10).await.expect("release");
+    assert!(matches!(
+        claim::claim(store, &req(leads[0], "bob", "i2", NOW + 11)).await,
+        Ok(ClaimResult::Claimed(_))
+    ));
+}
+
+async fn lease_expiry_frees_and_stale_version_loses(store: &Store) {
+    let leads = add_leads(store, 1).await;
+    let lead = leads[0];
+    let Ok(ClaimResult::Claimed(old)) = claim::claim(store, &req(lead, "alice", "dead", NOW)).await
+    else {
+        panic!("claim refused")
+    };
+    // Renewed while the call lasts: still taken after the first lease.
+    let renewed = claim::renew(store, &old, NOW + LEASE - 1, LEASE)
+        .await
+        .expect("renew");
+    assert!(renewed.version > old.version);
+    assert_eq!(
+        claim::claim(store, &req(lead, "bob", "live", NOW + LEASE + 5))
+            .await
+            .expect("claim"),
+        ClaimResult::Taken
+    );
+    // The stale copy (older version) can neither renew nor release.
+    assert!(matches!(
+        claim::renew(store, &old, NOW + LEASE, LEASE).await,
+        Err(ClaimError::Lost { .. })
+    ));
+    assert!(matches!(
+        claim::release(store, &old, NOW + LEASE).await,
+        Err(ClaimError::Lost { .. })
+    ));
+    // The instance dies: the lease runs out and another instance takes over.
+    let after = renewed.expires_ms;
+    let Ok(ClaimResult::Claimed(new)) = claim::claim(store, &req(lead, "bob", "live", after)).await
+    else {
+        panic!("expired lease not taken over")
+    };
+    assert_ne!(new.id, renewed.id);
+    // The dead instance comes back: its renew and release lose.
+    assert!(matches!(
+        claim::renew(store, &renewed, after + 1, LEASE).await,
+        Err(ClaimError::Lost { .. })
+    ));
+    assert!(matches!(
+        claim::release(store, &renewed, after + 1).await,
+        Err(ClaimError::Lost { .. })
+    ));
+    // The new claim is untouched.
+    assert_eq!(
+        claim::live_claims(store, 1, after + 2).await.expect("live"),
+        vec![lead]
+    );
+    claim::release(store, &new, after + 3)
+        .await
+        .expect("release");
+    assert!(claim::live_claims(store, 1, after + 4)
+        .await
+        .expect("live")
+        .is_empty());
+}
+
+async fn other_sessions_calls_block(store: &Store) {
+    let leads = add_leads(store, 1).await;
+    let lead = leads[0];
+    let at = NOW - 60_000;
+    store
+        .insert_call(&NewCall {
+            session_id: Some(99),
+            lead_id: Some(lead),
+            agent: Some("zed".into()),
+            number: "+15551230000".into(),
+            started_ms: at,
+            answered_ms: None,
+            ended_ms: Some(at + 1000),
+            outcome: None,
+            sip_status: None,
+            ring_ms: None,
+        })
+        .await
+        .expect("call");
+    assert_eq!(
+        claim::claim(store, &req(lead, "alice", "i1", NOW))
+            .await
+            .expect("claim"),
+        ClaimResult::RecentlyCalled { at }
+    );
+    // R7: a lead that re-entered the view is new, the block does not apply.
+    let mut r = req(lead, "alice", "i1", NOW);
+    r.reentered = true;
+    assert!(matches!(
+        claim::claim(store, &r).await,
+        Ok(ClaimResult::Claimed(_))
+    ));
+}
+
+async fn race(a: Store, b: Store) {
+    let leads = add_leads(&a, 200).await;
+    let mut tasks = Vec::new();
+    for (inst, store) in [("A", a.clone()), ("B", b.clone())] {
+        for agent in ["x", "y"] {
+            let store = store.clone();
+            let leads = leads.clone();
+            tasks.push(tokio::spawn(async move {
+                let agent = format!("{inst}{agent}");
+                let mut won = Vec::new();
+                for &lead in &leads {
+                    match claim::claim(&store, &req(lead, &agent, inst, NOW)).await {
+                        Ok(ClaimResult::Claimed(c)) => won.push(c.lead_id),
+                        Ok(ClaimResult::Taken) => {}
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+                won
+            }));
+        }
+    }
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    let mut winners = 0;
+    for t in tasks {
+        let won = t.await.expect("task");
+        if !won.is_empty() {
+            winners += 1;
+        }
+        total += won.len();
+        seen.extend(won);
+    }
+    assert_eq!(total, leads.len(), "a lead was claimed twice (or lost)");
+    assert_eq!(seen.len(), leads.len());
+    eprintln!("{winners} of 4 claimers won leads");
+}
+
+#[tokio::test]
+async fn sqlite_claims() {
+    let db = common::sqlite_db().await;
+    one_live_claim_per_lead(&db.store).await;
+    lease_expiry_frees_and_stale_version_loses(&db.store).await;
+    other_sessions_calls_block(&db.store).await;
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_two_pools_race() {
+    let db = common::sqlite_db().await;
+    // A second pool on the same file: what a second process would open.
+    let Store::Sqlite(s) = &db.store else {
+        unreachable!()
+    };
+    let path = s
+        .pool()
+        .connect_options()
+        .get_filename()
+        .display()
+        .to_string();
+    let b = store::connect(&format!("sqlite://{path}"))
+        .await
+        .expect("open");
+    race(db.store.clone(), b.clone()).await;
+    b.close().await;
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_claims() {
+    let Some(db) = common::pg_db("postgres_claims").await else {
+        return;
+    };
+    one_live_claim_per_lead(&db.store).await;
+    lease_expiry_frees_and_stale_version_loses(&db.store).await;
+    other_sessions_calls_block(&db.store).await;
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_two_instances_race() {
+    let Ok(base) = std::env::var(common::PG_ENV) else {
+        eprintln!(
+            "SKIPPED: {} not set (PostgreSQL race not run)",
+            common::PG_ENV
+        );
+        return;
+    };
+    let schema = format!("t_{:016x}", rand::random::<u64>());
+    let admin = store::connect_admin_pg(&base).await.expect("admin");
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&admin)
+        .await
+        .expect("schema");
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+    let a = store::connect(&url).await.expect("instance A");
+    let b = store::connect(&url).await.expect("instance B");
+    race(a.clone(), b.clone()).await;
+    a.close().await;
+    b.close().await;
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&admin)
+        .await
+        .expect("drop");
+    admin.close().await;
+}
