@@ -50,6 +50,9 @@ pub enum ServerError {
     /// The call engine's configuration is unusable (trunk URI, allow patterns).
     #[error("calls: {0}")]
     Calls(#[from] EngineConfigError),
+    /// Stored dialer sessions could not be resumed.
+    #[error("dialer sessions: {0}")]
+    Sessions(#[from] crate::dialer::session::SessionError),
     /// No SIP listener: the call engine has no address to write in Via.
     #[error("no SIP listener is configured")]
     NoSipListener,
@@ -250,6 +253,15 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         },
     )?;
 
+    // Dialer sessions (issue 5) drive the call engine; stored ones resume.
+    let sessions = crate::dialer::directory::Sessions::start(
+        store.clone(),
+        calls.clone(),
+        crate::dialer::session::SystemClock,
+        crate::dialer::session::SessionConfig::from_dialer(&config.dialer),
+    )
+    .await?;
+
     let listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
         .map_err(|source| ServerError::Http {
@@ -269,7 +281,8 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         &config.default_region,
     )
     .with_sip(sip.clone(), config.agents.clone())
-    .with_calls(calls.clone());
+    .with_calls(calls.clone())
+    .with_sessions(sessions);
     let app = crate::http::router(state);
     let http_shutdown = shutdown.clone();
     tasks.spawn(async move {

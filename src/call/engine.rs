@@ -83,7 +83,7 @@ pub enum CallEngineError {
 }
 
 /// A dial request from the sessions or the manual call API (R2, R8, R17).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DialRequest {
     /// As stored on the lead (E.164 normally); normalised and checked
     /// against the trunk `allow` here (R2, R11).
@@ -97,7 +97,7 @@ pub struct DialRequest {
 }
 
 /// What the engine reports (the seam with the sessions, issue 3).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallEvent {
     /// The agent's phone answered the nailed-up leg.
     AgentConnected {

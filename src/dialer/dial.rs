@@ -10,18 +10,7 @@ use tokio::sync::broadcast;
 
 use super::queue;
 
-/// A lead call to place (R2 number, R8 ring time).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DialRequest {
-    /// The lead's first contact's first phone (R2), as stored (E.164).
-    pub number: String,
-    /// The lead, for the call record.
-    pub lead_id: Option<i64>,
-    /// The session, for the call record.
-    pub session_id: Option<i64>,
-    /// R8: `reduced_ring_timeout` instead of `ring_timeout`.
-    pub reduced_ring_time: bool,
-}
+pub use crate::call::engine::{CallEvent, DialRequest};
 
 /// Why the engine refused a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,58 +34,6 @@ pub enum DialError {
 
 /// How a lead call ended (SPEC §4 call record `outcome`).
 pub type CallOutcome = crate::call::Outcome;
-
-/// What the engine reports (all agents, all sessions; each session filters).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CallEvent {
-    /// The agent answered the agent leg.
-    AgentConnected {
-        /// The agent.
-        agent: String,
-    },
-    /// The agent leg ended or failed: the session pauses the agent (SPEC §1 step 6).
-    AgentDisconnected {
-        /// The agent.
-        agent: String,
-    },
-    /// The lead's phone rings.
-    LeadRinging {
-        /// The agent.
-        agent: String,
-        /// The call record.
-        call_id: i64,
-    },
-    /// The lead answered.
-    LeadAnswered {
-        /// The agent.
-        agent: String,
-        /// The call record.
-        call_id: i64,
-    },
-    /// The lead call ended; sent after its record is stored.
-    CallEnded {
-        /// The agent.
-        agent: String,
-        /// The call record.
-        call_id: i64,
-        /// The lead called.
-        lead_id: Option<i64>,
-        /// The session it was dialed for.
-        session_id: Option<i64>,
-        /// R5, R8–R12.
-        outcome: CallOutcome,
-        /// The final SIP status, if any.
-        sip_status: Option<u16>,
-    },
-    /// A DTMF digit from the agent's phone: `*` next, `#` hang up, `0` pause
-    /// (SPEC §5); the engine already did the SIP part of `*` and `#`.
-    Dtmf {
-        /// The agent.
-        agent: String,
-        /// The digit.
-        digit: char,
-    },
-}
 
 /// What sessions need from the call engine (issue 5 seam).
 pub trait Dialer: Clone + Send + Sync + 'static {
@@ -127,5 +64,37 @@ impl From<CallOutcome> for queue::Outcome {
             CallOutcome::TemporaryError => queue::Outcome::TemporaryError,
             CallOutcome::Restricted => queue::Outcome::Restricted,
         }
+    }
+}
+
+impl From<crate::call::engine::CallEngineError> for DialError {
+    fn from(e: crate::call::engine::CallEngineError) -> Self {
+        use crate::call::engine::CallEngineError as E;
+        match e {
+            E::NoBinding => DialError::NoBinding,
+            E::Declined(status) => DialError::Declined(status),
+            E::Timeout => DialError::Timeout,
+            E::Stopped => DialError::Closed,
+            _ => DialError::NotReady,
+        }
+    }
+}
+
+/// The real engine behind the seam (issue 3 ↔ issue 5).
+impl Dialer for crate::call::engine::CallEngine {
+    async fn connect_agent(&self, agent: &str) -> Result<(), DialError> {
+        Ok(crate::call::engine::CallEngine::connect_agent(self, agent).await?)
+    }
+    async fn dial(&self, agent: &str, req: DialRequest) -> Result<i64, DialError> {
+        Ok(crate::call::engine::CallEngine::dial(self, agent, req).await?)
+    }
+    async fn skip(&self, agent: &str) -> Result<(), DialError> {
+        Ok(crate::call::engine::CallEngine::skip(self, agent).await?)
+    }
+    async fn disconnect_agent(&self, agent: &str) -> Result<(), DialError> {
+        Ok(crate::call::engine::CallEngine::disconnect_agent(self, agent).await?)
+    }
+    fn subscribe(&self) -> broadcast::Receiver<CallEvent> {
+        crate::call::engine::CallEngine::subscribe(self)
     }
 }

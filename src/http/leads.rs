@@ -75,6 +75,7 @@ async fn create_leads(
         valid.push(v);
     }
     let ids = st.store.insert_leads(&valid, time_to_ms(now)).await?;
+    st.leads_changed();
     let mut leads = st.store.get_leads(&ids).await?;
     Ok(if is_array {
         created(leads).into_response()
@@ -104,7 +105,9 @@ async fn patch_lead(
     let fields = st.store.custom_field_set().await?;
     let now = now();
     let valid = patch.validate(&fields, &st.default_region, now)?;
-    Ok(Json(st.store.update_lead(id, &valid, time_to_ms(now)).await?).into_response())
+    let lead = st.store.update_lead(id, &valid, time_to_ms(now)).await?;
+    st.leads_changed();
+    Ok(Json(lead).into_response())
 }
 
 async fn delete_lead(
@@ -113,6 +116,7 @@ async fn delete_lead(
 ) -> Result<StatusCode, ApiError> {
     let id = parse_id(&id, "lead")?;
     st.store.delete_lead(id).await?;
+    st.leads_changed();
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -165,6 +169,7 @@ async fn import(
         |_| {},
     )
     .await?;
+    st.leads_changed();
     Ok(Json(report).into_response())
 }
 
@@ -187,6 +192,7 @@ async fn log_call(
             .unwrap_or_default(),
     };
     let record = st.store.insert_call(&call.to_new_call(id, number)?).await?;
+    st.leads_changed();
     Ok(created(record).into_response())
 }
 

@@ -8,6 +8,7 @@ pub mod agents;
 pub mod auth;
 pub mod calls;
 pub mod error;
+pub mod events;
 pub mod leads;
 pub mod manual_calls;
 pub mod paging;
@@ -78,6 +79,14 @@ impl AppState {
         }
     }
 
+    /// R6: tells the dialer sessions that leads changed through powerdial,
+    /// so their views are re-read within a second.
+    pub fn leads_changed(&self) {
+        if let Some(sessions) = &self.sessions {
+            sessions.leads_changed().poke();
+        }
+    }
+
     /// Adds the dialer sessions (`/api/v1/sessions`, `/api/v1/events`).
     pub fn with_sessions(mut self, sessions: crate::dialer::directory::Sessions) -> Self {
         self.sessions = Some(sessions);
@@ -125,6 +134,7 @@ pub fn api_routes() -> Router<AppState> {
         .merge(smart_views::routes())
         .merge(manual_calls::routes())
         .merge(sessions::routes())
+        .route("/api/v1/events", get(events::events))
         .route("/api/v1/agents", get(agents::list))
         .route("/api/v1/agents/{username}", get(agents::get))
         .merge(calls::routes())
