@@ -422,17 +422,6 @@ fn dialable(shared: &Shared, trunk_allow: &[regex::Regex], number: &str) -> Opti
     }
 }
 
-fn call_outcome(o: Outcome) -> CallOutcome {
-    match o {
-        Outcome::Answered => CallOutcome::Answered,
-        Outcome::NoAnswer => CallOutcome::NoAnswer,
-        Outcome::Busy => CallOutcome::Busy,
-        Outcome::Skipped => CallOutcome::Skipped,
-        Outcome::TemporaryError => CallOutcome::TemporaryError,
-        Outcome::Restricted => CallOutcome::Restricted,
-    }
-}
-
 fn epoch_ms(t: SystemTime) -> i64 {
     t.duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -1037,7 +1026,7 @@ impl AgentTask {
             let end = CallEnd {
                 answered_ms: r.answered.map(|a| l.anchor.ms(a)),
                 ended_ms: Some(l.anchor.ms(r.ended.unwrap_or_else(Instant::now))),
-                outcome: Some(call_outcome(outcome)),
+                outcome: Some(outcome),
                 sip_status: r.sip_status,
                 ring_ms: r
                     .ring_duration

@@ -55,6 +55,19 @@ impl Outcome {
         }
     }
 
+    /// Reads the database's spelling (the `calls.outcome` CHECK list).
+    pub fn parse(s: &str) -> Option<Outcome> {
+        Some(match s {
+            "answered" => Outcome::Answered,
+            "no_answer" => Outcome::NoAnswer,
+            "busy" => Outcome::Busy,
+            "skipped" => Outcome::Skipped,
+            "temporary_error" => Outcome::TemporaryError,
+            "restricted" => Outcome::Restricted,
+            _ => return None,
+        })
+    }
+
     /// The snake_case name used in the API and the database (R8–R12).
     pub fn as_str(self) -> &'static str {
         match self {

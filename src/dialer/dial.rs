@@ -8,8 +8,6 @@ use std::future::Future;
 
 use tokio::sync::broadcast;
 
-use super::queue;
-
 pub use crate::call::engine::{CallEvent, DialRequest};
 
 /// Why the engine refused a request.
@@ -52,19 +50,6 @@ pub trait Dialer: Clone + Send + Sync + 'static {
     fn disconnect_agent(&self, agent: &str) -> impl Future<Output = Result<(), DialError>> + Send;
     /// The engine's events.
     fn subscribe(&self) -> broadcast::Receiver<CallEvent>;
-}
-
-impl From<CallOutcome> for queue::Outcome {
-    fn from(o: CallOutcome) -> Self {
-        match o {
-            CallOutcome::Answered => queue::Outcome::Answered,
-            CallOutcome::NoAnswer => queue::Outcome::NoAnswer,
-            CallOutcome::Busy => queue::Outcome::Busy,
-            CallOutcome::Skipped => queue::Outcome::Skipped,
-            CallOutcome::TemporaryError => queue::Outcome::TemporaryError,
-            CallOutcome::Restricted => queue::Outcome::Restricted,
-        }
-    }
 }
 
 impl From<crate::call::engine::CallEngineError> for DialError {

@@ -94,25 +94,8 @@ impl fmt::Display for AgentId {
     }
 }
 
-/// How a call to a lead ended, as far as the queue is concerned (R5, R8–R12).
-/// Same names as the call record's `outcome` (SPEC §4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Outcome {
-    /// A person or a voicemail answered: done for this session (R5).
-    Answered,
-    /// Ring timeout (R8): blocked, stays unanswered.
-    NoAnswer,
-    /// 486/600 (R12): like no answer.
-    Busy,
-    /// Skipped while ringing (R9): blocked, then queued again as unanswered.
-    Skipped,
-    /// 408/480/5xx/transport failure (R10): not blocked, retried after the
-    /// next view refresh.
-    TemporaryError,
-    /// 403/404/484/488/603, undialable number (R11): blocked, then retried in
-    /// the retry pass (see the module docs).
-    Restricted,
-}
+/// How a call to a lead ended (R5, R8–R12): the call record's outcome.
+pub use crate::call::Outcome;
 
 /// Where a lead stands in the R3 order: never called in this session, or
 /// called that many times without an answer.

@@ -801,7 +801,7 @@ impl<D: Dialer, C: Clock> Session<D, C> {
         let db_claim = slot.db_claim.take();
         if let Err(e) = self
             .queue
-            .report(aid, c.lead, c.generation, Outcome::from(outcome), now_ms)
+            .report(aid, c.lead, c.generation, outcome, now_ms)
         {
             tracing::warn!(%agent, error = %e, "report refused");
         }

@@ -751,49 +751,7 @@ impl LeadPatch {
 }
 
 /// The outcome of a call (SPEC §4 call record; R8–R12).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CallOutcome {
-    /// Answered by a person or a voicemail (R5).
-    Answered,
-    /// Ring timeout (R8).
-    NoAnswer,
-    /// 486 / 600 (R12).
-    Busy,
-    /// Skipped while ringing (R9).
-    Skipped,
-    /// 408, 480, 5xx, transport failure (R10).
-    TemporaryError,
-    /// 403, 404, 484, 488, 603, not dialable (R11).
-    Restricted,
-}
-
-impl CallOutcome {
-    /// The database's spelling (the `calls.outcome` CHECK list).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CallOutcome::Answered => "answered",
-            CallOutcome::NoAnswer => "no_answer",
-            CallOutcome::Busy => "busy",
-            CallOutcome::Skipped => "skipped",
-            CallOutcome::TemporaryError => "temporary_error",
-            CallOutcome::Restricted => "restricted",
-        }
-    }
-
-    /// Reads the database's spelling.
-    pub fn parse(s: &str) -> Option<CallOutcome> {
-        Some(match s {
-            "answered" => CallOutcome::Answered,
-            "no_answer" => CallOutcome::NoAnswer,
-            "busy" => CallOutcome::Busy,
-            "skipped" => CallOutcome::Skipped,
-            "temporary_error" => CallOutcome::TemporaryError,
-            "restricted" => CallOutcome::Restricted,
-            _ => return None,
-        })
-    }
-}
+pub use crate::call::Outcome as CallOutcome;
 
 /// A stored call (SPEC §4 call record); dialer, manual (R17) and logged calls.
 #[derive(Debug, Clone, PartialEq, Serialize)]
