@@ -425,7 +425,9 @@ fn session_over_leads(database_url: Option<String>, backend: &str) {
                 let was = live.insert(number, true).unwrap_or(false);
                 assert!(
                     !was,
-                    "{backend}: R13: +{number} INVITEd while a call to it was live"
+                    "{backend}: R13: +{number} INVITEd while a call to it was live; its carrier events: {:?}; its call records: {:?}",
+                    events.iter().filter(|e| e["number"] == number).collect::<Vec<_>>(),
+                    records.iter().filter(|r| r["number"].as_str().is_some_and(|n| n.ends_with(number))).collect::<Vec<_>>()
                 );
             }
             Some("ended") => {

@@ -86,6 +86,7 @@ class Account(pj.Account):
         pj.Account.__init__(self)
         self.ep = ep
         self.calls = []
+        self.ended = []
 
     def onIncomingCall(self, prm):
         call = Call(self, prm.callId, self.ep)
@@ -162,11 +163,16 @@ def main():
             for c in acc.calls:
                 if not c.done:
                     c.sample()
+        # Ended calls are kept, not freed: pjsua2's Call destructor hangs up
+        # its call id, and PJSIP may have reused that id for a new INVITE
+        # by then (a freed wrapper answered a new call with 603 Decline).
+        acc.ended.extend(c for c in acc.calls if c.done)
         acc.calls = [c for c in acc.calls if not c.done]
     ep.hangupAllCalls()
     for _ in range(20):
         ep.libHandleEvents(10)
     acc.calls = []
+    acc.ended = []
     del acc
     gc.collect()
     ep.libDestroy()
