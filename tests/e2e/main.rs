@@ -7,4 +7,5 @@ mod app;
 mod calls;
 mod peers;
 mod register;
+mod sessions;
 mod torture;

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """A scripted PJSIP (pjsua2) carrier trunk for powerdial's end-to-end tests.
 
-Usage: pj_carrier.py PORT EVENTS_FILE SECONDS
+Usage: pj_carrier.py PORT EVENTS_FILE SECONDS [HOLD]
 
 Listens on UDP 127.0.0.1:PORT and answers each INVITE by the last four
 digits of the dialed number (the To/Request-URI user):
   000N  180, then 200 with RTP after N seconds (N = 1..9)
+  0200  180, then 200 with RTP at once
   0486  486 Busy Here      0503  503      0403  403
   0180  180 Ringing forever (until CANCEL)
   0183  183 with SDP (early media, RTP flows) forever
@@ -13,7 +14,9 @@ Writes one JSON line per fact to EVENTS_FILE (times are time.monotonic()):
   {"event": "invite", "number": ..., "t": ...}
   {"event": "cancel", "number": ..., "t": ...}
   {"event": "ended", "number": ..., "rx_pkts": ..., "t": ...}
-Runs for SECONDS, then exits. At most 4 concurrent calls (PJSIP limit).
+With HOLD, the carrier hangs up (BYE) each answered call HOLD seconds
+after answering it (a lead that ends the conversation); without it, answered
+calls last until the other side hangs up. Runs for SECONDS, then exits. At most 4 concurrent calls (PJSIP limit).
 """
 import gc
 import json
@@ -38,6 +41,7 @@ class Call(pj.Call):
         self.ep = ep
         self.number = ""
         self.answer_at = None
+        self.hangup_at = None
         self.rx = 0
         self.cancel_seen = False
         self.done = False
@@ -82,6 +86,7 @@ class Account(pj.Account):
         pj.Account.__init__(self)
         self.ep = ep
         self.calls = []
+        self.ended = []
 
     def onIncomingCall(self, prm):
         call = Call(self, prm.callId, self.ep)
@@ -99,6 +104,8 @@ class Account(pj.Account):
             op.statusCode = 180
             if tail.startswith("000") and tail[3:].isdigit():
                 call.answer_at = time.monotonic() + int(tail[3:])
+            elif tail == "0200":
+                call.answer_at = time.monotonic()
         call.answer(op)
         self.calls.append(call)
 
@@ -106,6 +113,7 @@ class Account(pj.Account):
 def main():
     global OUT
     port, events, seconds = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+    hold = float(sys.argv[4]) if len(sys.argv) > 4 else None
     OUT = open(events, "w")
     ep = pj.Endpoint()
     ep.libCreate()
@@ -140,18 +148,31 @@ def main():
                 try:
                     c.answer(op)
                     emit({"event": "answered", "number": c.number})
+                    if hold is not None:
+                        c.hangup_at = now + hold
                 except Exception as e:
                     sys.stderr.write("answer: %s\n" % e)
+            if c.hangup_at is not None and now >= c.hangup_at and not c.done:
+                c.hangup_at = None
+                try:
+                    c.hangup(pj.CallOpParam())
+                except Exception as e:
+                    sys.stderr.write("hangup: %s\n" % e)
         if now - last_sample > 0.1:
             last_sample = now
             for c in acc.calls:
                 if not c.done:
                     c.sample()
+        # Ended calls are kept, not freed: pjsua2's Call destructor hangs up
+        # its call id, and PJSIP may have reused that id for a new INVITE
+        # by then (a freed wrapper answered a new call with 603 Decline).
+        acc.ended.extend(c for c in acc.calls if c.done)
         acc.calls = [c for c in acc.calls if not c.done]
     ep.hangupAllCalls()
     for _ in range(20):
         ep.libHandleEvents(10)
     acc.calls = []
+    acc.ended = []
     del acc
     gc.collect()
     ep.libDestroy()
