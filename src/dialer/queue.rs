@@ -466,6 +466,37 @@ impl SessionQueue {
     where
         F: Fn(LeadId) -> Option<i64>,
     {
+        self.refresh_view(view, last_calls, now, true)
+    }
+
+    /// [`Self::refresh`] for a re-read caused by a lead change (R6 "as soon
+    /// as leads change"), which must not also end the R10 wait: leads held
+    /// after a temporary error stay held until the next scheduled refresh.
+    /// Otherwise every call outcome (itself a lead change) would release
+    /// them, and a carrier answering 503 would be redialled within a second
+    /// instead of after `refresh_interval`.
+    pub fn refresh_on_change<F>(
+        &mut self,
+        view: &[LeadId],
+        last_calls: F,
+        now: i64,
+    ) -> Result<RefreshSummary, QueueError>
+    where
+        F: Fn(LeadId) -> Option<i64>,
+    {
+        self.refresh_view(view, last_calls, now, false)
+    }
+
+    fn refresh_view<F>(
+        &mut self,
+        view: &[LeadId],
+        last_calls: F,
+        now: i64,
+        release_temporary: bool,
+    ) -> Result<RefreshSummary, QueueError>
+    where
+        F: Fn(LeadId) -> Option<i64>,
+    {
         let max = NOT_IN_VIEW as usize;
         if view.len() >= max {
             return Err(QueueError::ViewTooLarge {
@@ -501,7 +532,7 @@ impl SessionQueue {
                         e.session_block = NEVER;
                         e.external_block = NEVER;
                         summary.reentered += 1;
-                    } else if e.status == Status::AwaitingRefresh {
+                    } else if release_temporary && e.status == Status::AwaitingRefresh {
                         e.status = Status::Pending;
                         summary.retried += 1;
                     }
@@ -537,7 +568,16 @@ impl SessionQueue {
         }
 
         self.view = new_view;
-        self.awaiting_refresh.clear();
+        if release_temporary {
+            self.awaiting_refresh.clear();
+        } else {
+            let entries = &self.entries;
+            self.awaiting_refresh.retain(|l| {
+                entries
+                    .get(l)
+                    .is_some_and(|e| e.in_view() && e.status == Status::AwaitingRefresh)
+            });
+        }
         self.rebuild(now);
         Ok(summary)
     }

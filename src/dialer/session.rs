@@ -409,7 +409,7 @@ pub async fn spawn<D: Dialer, C: Clock>(
         row,
         shared,
     };
-    s.refresh().await?;
+    s.refresh(true).await?;
     for (lead, h) in record::load_histories(&s.shared.store, s.row.id).await? {
         s.queue.restore(lead, h);
     }
@@ -506,7 +506,9 @@ impl<D: Dialer, C: Clock> Session<D, C> {
     async fn timeout(&mut self) {
         let now = self.shared.clock.instant();
         if now >= self.next_refresh || self.pending_refresh.is_some_and(|p| p <= now) {
-            if let Err(e) = self.refresh().await {
+            // Only the scheduled refresh ends R10's wait after a temporary error.
+            let scheduled = now >= self.next_refresh;
+            if let Err(e) = self.refresh(scheduled).await {
                 tracing::warn!(session = self.row.id, error = %e, "refresh failed");
                 self.next_refresh = now + self.shared.config.refresh_interval;
             }
@@ -545,7 +547,7 @@ impl<D: Dialer, C: Clock> Session<D, C> {
 
     /// R6: re-reads the view and refreshes the queue; new leads are blocked
     /// by calls within `block` from any session (R4).
-    async fn refresh(&mut self) -> Result<(), SessionError> {
+    async fn refresh(&mut self, scheduled: bool) -> Result<(), SessionError> {
         let now = self.shared.clock.instant();
         let now_ms = self.shared.clock.wall_ms();
         self.pending_refresh = None;
@@ -557,10 +559,14 @@ impl<D: Dialer, C: Clock> Session<D, C> {
         let since = now_ms.saturating_sub(ms(self.shared.config.block));
         let last = super::view::recent_calls(&self.shared.store, since).await?;
         let view: Vec<LeadId> = ids.into_iter().map(LeadId).collect();
-        match self
-            .queue
-            .refresh(&view, |l| last.get(&l.0).copied(), now_ms)
-        {
+        let refreshed = if scheduled {
+            self.queue
+                .refresh(&view, |l| last.get(&l.0).copied(), now_ms)
+        } else {
+            self.queue
+                .refresh_on_change(&view, |l| last.get(&l.0).copied(), now_ms)
+        };
+        match refreshed {
             Ok(summary) => {
                 tracing::debug!(session = self.row.id, ?summary, "view refreshed");
             }
@@ -683,7 +689,7 @@ impl<D: Dialer, C: Clock> Session<D, C> {
                 let _ = reply.send(Ok(out));
             }
             Command::Refresh(reply) => {
-                let r = self.refresh().await;
+                let r = self.refresh(true).await;
                 self.poke_idle();
                 let _ = reply.send(r);
             }

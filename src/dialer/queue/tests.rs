@@ -270,6 +270,22 @@ fn r10_temporary_error_retried_after_next_refresh() {
 }
 
 #[test]
+fn r10_a_refresh_caused_by_a_lead_change_does_not_end_the_wait() {
+    let mut q = queue(&[1, 2], T0);
+    assert_eq!(call(&mut q, A, Outcome::TemporaryError, T0), Some(1));
+    // Every call outcome is a lead change (R6): the view is re-read, but a
+    // 503'ing carrier must not be redialled within the second.
+    q.refresh_on_change(&ids(&[1, 2]), |_| Some(T0), T0 + 1)
+        .unwrap();
+    assert_eq!(call(&mut q, A, Outcome::NoAnswer, T0 + 2), Some(2));
+    assert_eq!(claim(&mut q, A, T0 + 3), None);
+    // The scheduled refresh ends the wait.
+    q.refresh(&ids(&[1, 2]), |_| Some(T0), T0 + 4).unwrap();
+    let c = claim(&mut q, A, T0 + 4).unwrap();
+    assert_eq!(c.lead, LeadId(1));
+}
+
+#[test]
 fn r11_restricted_blocked_then_retried_in_retry_pass() {
     let mut q = queue(&[1, 2], T0);
     assert_eq!(call(&mut q, A, Outcome::Restricted, T0), Some(1));
