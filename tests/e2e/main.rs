@@ -9,3 +9,4 @@ mod peers;
 mod register;
 mod sessions;
 mod torture;
+mod two_instances;

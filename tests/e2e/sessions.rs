@@ -32,7 +32,7 @@ const BLOCK_S: f64 = 4.0;
 const HOLD_S: f64 = 0.5;
 
 /// A peer process killed when dropped.
-struct Peer(Child);
+pub(crate) struct Peer(Child);
 
 impl Drop for Peer {
     fn drop(&mut self) {
@@ -41,7 +41,7 @@ impl Drop for Peer {
     }
 }
 
-fn spawn_py(script: &str, args: &[String]) -> Peer {
+pub(crate) fn spawn_py(script: &str, args: &[String]) -> Peer {
     let child = Command::new(pjsua_python())
         .arg(repo().join("tests/peers").join(script))
         .args(args)
@@ -52,7 +52,7 @@ fn spawn_py(script: &str, args: &[String]) -> Peer {
     Peer(child)
 }
 
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if f() {
@@ -63,7 +63,7 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
-fn carrier_events(path: &Path) -> Vec<Value> {
+pub(crate) fn carrier_events(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
@@ -71,7 +71,7 @@ fn carrier_events(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-fn agent_status(path: &Path) -> Value {
+pub(crate) fn agent_status(path: &Path) -> Value {
     std::fs::read_to_string(path)
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
@@ -154,14 +154,14 @@ fn test_leads(n: usize) -> Vec<TestLead> {
 }
 
 /// A fresh PostgreSQL schema for one app, dropped at the end.
-struct PgSchema {
+pub(crate) struct PgSchema {
     base: String,
     schema: String,
 }
 
 impl PgSchema {
     /// `None` (with a loud SKIPPED line) when no test database is set.
-    fn create(test: &str) -> Option<PgSchema> {
+    pub(crate) fn create(test: &str) -> Option<PgSchema> {
         let Ok(base) = std::env::var("POWERDIAL_TEST_DATABASE_URL") else {
             eprintln!(
                 "SKIPPED: POWERDIAL_TEST_DATABASE_URL not set ({test}: PostgreSQL run skipped)"
@@ -173,7 +173,7 @@ impl PgSchema {
         Some(PgSchema { base, schema })
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         let sep = if self.base.contains('?') { '&' } else { '?' };
         format!(
             "{}{sep}options=-c%20search_path%3D{}",
@@ -191,7 +191,7 @@ impl Drop for PgSchema {
     }
 }
 
-fn psql(url: &str, sql: &str) {
+pub(crate) fn psql(url: &str, sql: &str) {
     let ok = Command::new("psql")
         .arg(url)
         .args(["-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
@@ -313,7 +313,7 @@ impl Rig {
 }
 
 /// INVITEs per number (carrier digits), in arrival order, with their times.
-fn invites(events: &[Value]) -> Vec<(String, f64)> {
+pub(crate) fn invites(events: &[Value]) -> Vec<(String, f64)> {
     events
         .iter()
         .filter(|e| e["event"] == "invite")
