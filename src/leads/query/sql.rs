@@ -1110,7 +1110,8 @@ mod tests {
                 .await?;
             }
         }
-        let ops: [(&str, fn(i64, i64) -> bool); 5] = [
+        type Holds = fn(i64, i64) -> bool;
+        let ops: [(&str, Holds); 5] = [
             (":", |c, n| c == n),
             ("<", |c, n| c < n),
             (">", |c, n| c > n),
