@@ -20,6 +20,13 @@
 //!   up to its end;
 //! - sorting puts missing values last either way, then breaks ties by lead
 //!   id; text sorts compare lower-cased text bytewise on both backends.
+//!
+//! The SQL is shaped for 1,000,000 leads (issue 4): each custom field the
+//! query names is one `LEFT JOIN` on its `(lead_id, field_id)` key instead
+//! of a subquery per lead and per mention, a missing value is tested with
+//! `IS NULL` / `IS NOT NULL` rather than `COALESCE` (so planners can drive
+//! the query from an index and turn the join into an inner one), and
+//! `opportunities:N` is an `EXISTS` test rather than a count per lead.
 
 use std::collections::HashMap;
 
@@ -55,7 +62,8 @@ pub enum SqlParam {
 /// A query compiled to SQL selecting `leads.id` in view order (SPEC §3).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CompiledQuery {
-    /// `SELECT l.id FROM leads l [WHERE ...] ORDER BY ...`.
+    /// `SELECT l.id FROM leads l [NOT INDEXED] [LEFT JOIN ...] [WHERE ...]
+    /// ORDER BY ...`.
     pub sql: String,
     /// The values for the placeholders, in order.
     pub params: Vec<SqlParam>,
@@ -203,7 +211,12 @@ pub fn compile(
         fields,
         sql: String::from("SELECT l.id FROM leads l"),
         params: Vec::new(),
+        joins: Vec::new(),
     };
+    if dialect == Dialect::Sqlite && scans_in_id_order(query) {
+        c.sql.push_str(" NOT INDEXED");
+    }
+    c.join_custom_fields(query);
     if let Some(filter) = &query.filter {
         c.sql.push_str(" WHERE ");
         c.expr(filter)?;
@@ -225,6 +238,51 @@ pub fn compile(
         params: c.params,
         dialect,
     })
+}
+
+/// Whether SQLite should read `leads` in id order (`NOT INDEXED`) and sort
+/// the matches afterwards (issue 4, measured over 1,000,000 leads).
+///
+/// Left to itself, SQLite walks an index of `leads` in view order (or the
+/// smallest covering index) and then visits the lead rows, custom values
+/// and opportunities in that order: random reads, each a page fetch through
+/// a small page cache, several seconds per view. Custom values and
+/// opportunities are keyed by lead id first, so in id order those reads are
+/// sequential, and sorting the matches is cheaper than the random reads;
+/// `NOT INDEXED` still lets SQLite drive the query from a custom-value
+/// index and look leads up by id. Only a plain sort of all leads by a lead
+/// column keeps its index, which it reads in order without lookups.
+///
+/// When a top-level condition can be answered from an index of `leads`
+/// (a status equality, a `created`, `updated` or `called` range) the
+/// planner keeps its choice: the index bounds the rows it visits.
+fn scans_in_id_order(query: &Query) -> bool {
+    let sorts_by_lookup = query
+        .sorts
+        .iter()
+        .any(|s| matches!(s.field, LeadField::Custom(_) | LeadField::Opportunities));
+    match &query.filter {
+        None => sorts_by_lookup,
+        Some(Expr::And(items)) => !items.iter().any(lead_index_can_drive),
+        Some(term) => !lead_index_can_drive(term),
+    }
+}
+
+/// Whether an index of `leads` (migrations 0001 and 0003) can find the
+/// leads that satisfy `expr` without reading the others.
+fn lead_index_can_drive(expr: &Expr<LeadTerm>) -> bool {
+    let Expr::Term(LeadTerm::Cond(cond)) = expr else {
+        return false;
+    };
+    let empty = |v: &Value| v.kind == ValueKind::Text(String::new());
+    match (&cond.field, &cond.test) {
+        (
+            LeadField::Status | LeadField::Created | LeadField::Updated | LeadField::Called,
+            Test::Compare { value, .. },
+        ) => !empty(value),
+        (LeadField::Status, Test::In { negated, values }) => !negated && !values.iter().any(empty),
+        _ => false,
+    }
 }
 
 /// Runs a compiled SQLite query and returns the lead ids in view order.
@@ -297,9 +355,12 @@ enum ValueType {
 enum Source {
     /// A fixed SQL expression.
     Column(&'static str),
-    /// `lead_custom_values.<column>` for one field: a scalar subquery that
-    /// is NULL when the lead has no value.
+    /// `lead_custom_values.<column>` for one field, through the field's
+    /// `LEFT JOIN`: NULL when the lead has no value.
     Custom { id: i64, column: &'static str },
+    /// `opportunities`: the number of the lead's opportunities. Conditions
+    /// on it compile to `EXISTS` tests, a sort to a count per lead.
+    OpportunityCount,
 }
 
 /// One value per lead (or per opportunity) that a condition tests.
@@ -321,6 +382,8 @@ struct Compiler<'a> {
     fields: &'a CustomFieldCatalog,
     sql: String,
     params: Vec<SqlParam>,
+    /// Custom field ids joined, in join order (aliases: [`join_alias`]).
+    joins: Vec<i64>,
 }
 
 trait CompileLeaf {
@@ -410,11 +473,14 @@ impl Compiler<'_> {
             LeadField::Updated => ("l.updated_ms", ValueType::Time, Missing::Never),
             LeadField::Called => ("l.last_call_ms", ValueType::Time, Missing::Unknown),
             LeadField::LatestCallCreated => ("l.last_call_ms", ValueType::Time, Missing::Ancient),
-            LeadField::Opportunities => (
-                "(SELECT COUNT(*) FROM opportunities o WHERE o.lead_id = l.id)",
-                ValueType::Number { integer: true },
-                Missing::Never,
-            ),
+            LeadField::Opportunities => {
+                return Ok(Scalar {
+                    source: Source::OpportunityCount,
+                    ty: ValueType::Number { integer: true },
+                    missing: Missing::Never,
+                    name: "opportunities".to_string(),
+                })
+            }
             LeadField::Custom(name) => {
                 let Some(custom) = self.fields.get(name) else {
                     return Err(QueryError::new(
@@ -451,20 +517,119 @@ impl Compiler<'_> {
         })
     }
 
-    /// Writes the scalar's SQL expression (binding the custom field id).
+    /// Adds one `LEFT JOIN` per custom field the query names (filter or
+    /// sort), before any condition is written, so that its field id is the
+    /// first parameter(s) in text order as `?` placeholders require. The
+    /// primary key `(lead_id, field_id)` makes each join match at most one
+    /// row: the join never repeats a lead. Unknown fields are skipped here
+    /// and reported, at their position, by the pass that writes conditions.
+    fn join_custom_fields(&mut self, query: &Query) {
+        let mut ids = Vec::new();
+        if let Some(filter) = &query.filter {
+            self.custom_ids_in(filter, &mut ids);
+        }
+        for sort in &query.sorts {
+            self.custom_id(&sort.field, &mut ids);
+        }
+        for id in ids {
+            self.joins.push(id);
+            let alias = join_alias(self.joins.len());
+            self.sql.push_str(&format!(
+                " LEFT JOIN lead_custom_values {alias} ON {alias}.lead_id = l.id \
+                 AND {alias}.field_id = "
+            ));
+            self.bind(SqlParam::Int(id));
+        }
+    }
+
+    fn custom_ids_in(&self, expr: &Expr<LeadTerm>, ids: &mut Vec<i64>) {
+        match expr {
+            Expr::And(items) | Expr::Or(items) => {
+                for item in items {
+                    self.custom_ids_in(item, ids);
+                }
+            }
+            Expr::Not(inner) => self.custom_ids_in(inner, ids),
+            Expr::Term(LeadTerm::Cond(cond)) => self.custom_id(&cond.field, ids),
+            // Opportunity fields are never custom fields.
+            Expr::Term(LeadTerm::Opportunity(..)) => {}
+        }
+    }
+
+    fn custom_id(&self, field: &LeadField, ids: &mut Vec<i64>) {
+        if let LeadField::Custom(name) = field {
+            if let Some(custom) = self.fields.get(name) {
+                if !ids.contains(&custom.id) {
+                    ids.push(custom.id);
+                }
+            }
+        }
+    }
+
+    /// Writes the scalar's SQL expression.
     fn scalar(&mut self, scalar: &Scalar) {
         match &scalar.source {
             Source::Column(column) => self.sql.push_str(column),
             Source::Custom { id, column } => {
-                self.sql.push_str("(SELECT cv.");
-                self.sql.push_str(column);
+                // Every custom field of the query was joined up front.
+                let n = self.joins.iter().position(|j| j == id).map_or(0, |i| i + 1);
+                self.sql.push_str(&format!("{}.{column}", join_alias(n)));
+            }
+            Source::OpportunityCount => self
+                .sql
+                .push_str("(SELECT COUNT(*) FROM opportunities o WHERE o.lead_id = l.id)"),
+        }
+    }
+
+    /// Writes "the lead has at least `k` opportunities": an `EXISTS` that
+    /// stops at the `k`-th row the `(lead_id, ...)` index yields, instead of
+    /// counting every lead's opportunities.
+    fn at_least(&mut self, k: Option<i64>) {
+        match k {
+            Some(k) if k <= 0 => self.sql.push_str("TRUE"),
+            Some(1) => self
+                .sql
+                .push_str("EXISTS (SELECT 1 FROM opportunities o WHERE o.lead_id = l.id)"),
+            Some(k) => {
                 self.sql.push_str(
-                    " FROM lead_custom_values cv WHERE cv.lead_id = l.id AND cv.field_id = ",
+                    "EXISTS (SELECT 1 FROM opportunities o WHERE o.lead_id = l.id LIMIT 1 OFFSET ",
                 );
-                self.bind(SqlParam::Int(*id));
+                self.bind(SqlParam::Int(k - 1));
                 self.sql.push(')');
             }
+            // More than i64::MAX rows: never.
+            None => self.sql.push_str("FALSE"),
         }
+    }
+
+    /// Writes `count(opportunities) op n` as `EXISTS` tests (true or false,
+    /// never NULL).
+    fn opportunity_count(&mut self, op: CompareOp, n: i64) {
+        let next = n.checked_add(1);
+        self.sql.push('(');
+        match op {
+            CompareOp::Ge => self.at_least(Some(n)),
+            CompareOp::Gt => self.at_least(next),
+            CompareOp::Lt => {
+                self.sql.push_str("NOT ");
+                self.at_least(Some(n));
+            }
+            CompareOp::Le => {
+                self.sql.push_str("NOT ");
+                self.at_least(next);
+            }
+            CompareOp::Eq if n < 0 => self.sql.push_str("FALSE"),
+            CompareOp::Eq if n == 0 => {
+                self.sql.push_str("NOT ");
+                self.at_least(Some(1));
+            }
+            CompareOp::Eq => {
+                self.at_least(Some(n));
+                self.sql.push_str(" AND NOT ");
+                self.at_least(next);
+            }
+        }
+        self.sql.push(')');
     }
 
     /// Writes an ORDER BY key; text compares lower-cased, empty as missing.
@@ -548,6 +713,10 @@ impl Compiler<'_> {
             }
             ValueType::Number { integer } => {
                 let param = number_value(value, integer)?;
+                if let (Source::OpportunityCount, SqlParam::Int(n)) = (&scalar.source, &param) {
+                    self.opportunity_count(op, *n);
+                    return Ok(());
+                }
                 self.guarded(scalar, false, |c| {
                     c.scalar(scalar);
                     c.sql.push(' ');
@@ -581,24 +750,33 @@ impl Compiler<'_> {
 
     /// Wraps a predicate that is NULL when the value is missing so that it
     /// is true or false instead (then `NOT` means what users expect).
+    ///
+    /// `body` compares the value with bound non-NULL parameters, so it is
+    /// NULL exactly when the value is: `v IS NOT NULL AND body` (false when
+    /// missing) and `v IS NULL OR body` (true when missing) are never NULL.
+    /// Unlike `COALESCE(body, ...)` both are index-friendly, and the first
+    /// lets a planner turn a custom field's `LEFT JOIN` into an inner join.
     fn guarded(&mut self, scalar: &Scalar, ancient_matches: bool, body: impl FnOnce(&mut Self)) {
         let fallback = match scalar.missing {
             Missing::Never => None,
             Missing::Unknown => Some(false),
             Missing::Ancient => Some(ancient_matches),
         };
+        self.sql.push('(');
         match fallback {
-            None => {
-                self.sql.push('(');
+            None => body(self),
+            Some(matches) => {
+                self.scalar(scalar);
+                self.sql.push_str(if matches {
+                    " IS NULL OR ("
+                } else {
+                    " IS NOT NULL AND ("
+                });
                 body(self);
                 self.sql.push(')');
             }
-            Some(b) => {
-                self.sql.push_str("COALESCE(");
-                body(self);
-                self.sql.push_str(if b { ", TRUE)" } else { ", FALSE)" });
-            }
         }
+        self.sql.push(')');
     }
 
     /// `field:""`: the value is missing, or empty text (SPEC §3).
@@ -684,6 +862,15 @@ impl Compiler<'_> {
                 )),
             },
         }
+    }
+}
+
+/// The alias of the `n`-th (from 1) custom field join: `cv`, `cv2`, ...
+fn join_alias(n: usize) -> String {
+    if n <= 1 {
+        "cv".to_string()
+    } else {
+        format!("cv{n}")
     }
 }
 
@@ -870,6 +1057,85 @@ mod tests {
             assert!(p.sql.contains(&format!("${n}")), "{}", p.sql);
             assert!(!p.sql.contains(&format!("${}", n + 1)), "{}", p.sql);
         }
+        Ok(())
+    }
+
+    #[test]
+    fn custom_fields_are_joined_once_each() -> Result<(), QueryError> {
+        let q = r#"custom."Lead Source":a or not custom."lead source":b sort:-"Next Call Date" sort:"Lead Source""#;
+        let s = compiled(q, Dialect::Sqlite)?;
+        assert_eq!(s.sql.matches("LEFT JOIN").count(), 2, "{}", s.sql);
+        assert!(!s.sql.contains("SELECT cv."), "{}", s.sql);
+        assert!(s.sql.contains("ORDER BY cv2.value_ms DESC"), "{}", s.sql);
+        // The joins come first in the text, so their ids are bound first.
+        assert_eq!(&s.params[..2], &[SqlParam::Int(7), SqlParam::Int(8)]);
+        let p = compiled(q, Dialect::Postgres)?;
+        assert!(p.sql.contains("cv.field_id = $1"), "{}", p.sql);
+        assert!(p.sql.contains("cv2.field_id = $2"), "{}", p.sql);
+        Ok(())
+    }
+
+    #[test]
+    fn opportunity_counts_are_exists_tests() -> Result<(), QueryError> {
+        let s = compiled("opportunities:0", Dialect::Sqlite)?;
+        assert!(s.sql.contains("NOT EXISTS"), "{}", s.sql);
+        assert!(!s.sql.contains("COUNT"), "{}", s.sql);
+        Ok(())
+    }
+
+    /// `opportunities op N` as `EXISTS` tests selects exactly the leads
+    /// whose count satisfies the comparison, for every operator and N.
+    #[tokio::test]
+    async fn opportunity_count_forms_match_counting() -> Result<(), Box<dyn std::error::Error>> {
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await?;
+        sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+        // Lead i has i - 1 opportunities (0 to 4).
+        for lead in 1..=5i64 {
+            sqlx::query(
+                "INSERT INTO leads (id, name, status, created_ms, updated_ms) VALUES (?, 'x', '', ?, 0)",
+            )
+            .bind(lead)
+            .bind(lead)
+            .execute(&pool)
+            .await?;
+            for _ in 1..lead {
+                sqlx::query(
+                    "INSERT INTO opportunities (lead_id, status_type, created_ms) VALUES (?, 'Won', 0)",
+                )
+                .bind(lead)
+                .execute(&pool)
+                .await?;
+            }
+        }
+        type Holds = fn(i64, i64) -> bool;
+        let ops: [(&str, Holds); 5] = [
+            (":", |c, n| c == n),
+            ("<", |c, n| c < n),
+            (">", |c, n| c > n),
+            ("<=", |c, n| c <= n),
+            (">=", |c, n| c >= n),
+        ];
+        for (op, holds) in ops {
+            for n in [-1i64, 0, 1, 2, 3, 4, 5, i64::MAX] {
+                for negated in [false, true] {
+                    let text = format!(
+                        "{}opportunities{op}\"{n}\"",
+                        if negated { "not " } else { "" }
+                    );
+                    let q = compiled(&text, Dialect::Sqlite)?;
+                    let got = fetch_ids_sqlite(&pool, &q).await?;
+                    let want: Vec<i64> = (1..=5)
+                        .filter(|lead| holds(lead - 1, n) != negated)
+                        .collect();
+                    assert_eq!(got, want, "{text}: {}", q.sql);
+                }
+            }
+        }
+        let q = compiled("sort:-opportunities", Dialect::Sqlite)?;
+        assert_eq!(fetch_ids_sqlite(&pool, &q).await?, vec![5, 4, 3, 2, 1]);
         Ok(())
     }
 
