@@ -49,8 +49,11 @@ impl SqliteStore {
         } else {
             // NORMAL is durable in WAL mode except for the last commits on
             // power loss, and several times faster for imports.
+            // A 64 MB page cache (the default is 2 MB): evaluating a Smart
+            // View over 1,000,000 leads otherwise rereads pages it just read.
             opts.journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
+                .pragma("cache_size", "-65536")
         };
         // An in-memory database exists once per connection: keep one.
         let max = if memory { 1 } else { 8 };
