@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::app::{free_port, http_request, pjsua_python, repo, spawn_app_with, App, AppOptions};
+use crate::app::{
+    free_port, http_request, pjsua_python, repo, require_program, spawn_app_with, App, AppOptions,
+};
 
 /// A peer process killed when dropped.
 struct Peer(Child);
@@ -325,4 +327,134 @@ fn outcomes_ring_timeout_and_media_with_pjsip_carrier_and_agent() {
             .contains("register the phone"),
         "{body}"
     );
+}
+
+/// A digest parameter's value from a `Digest k=v, k="v"` header.
+fn digest_param<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    header.split(',').find_map(|part| {
+        let part = part.trim().trim_start_matches("Digest").trim();
+        let (k, v) = part.split_once('=')?;
+        (k.trim().eq_ignore_ascii_case(name)).then(|| v.trim().trim_matches('"'))
+    })
+}
+
+fn md5_hex(data: &str) -> String {
+    use md5::{Digest, Md5};
+    hex::encode(Md5::digest(data.as_bytes()))
+}
+
+/// Issue 3: the carrier (SIPp, fixtures/sipp/carrier_407.xml) challenges
+/// the INVITE with 407 + `qop="auth"`; powerdial answers with the trunk's
+/// credentials (RFC 3261 §22.2, RFC 2617 §3.2.2), the carrier answers the
+/// authenticated INVITE and hangs up after 1 s: outcome `answered`.
+#[test]
+fn trunk_407_challenge_answered_with_digest_against_sipp() {
+    let sipp = require_program("sipp", "sip-tester");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let status = dir.path().join("agent.json");
+    let carrier_port = free_port();
+    let carrier = Command::new(sipp)
+        .current_dir(dir.path())
+        .arg("-sf")
+        .arg(repo().join("fixtures/sipp/carrier_407.xml"))
+        .args(["-i", "127.0.0.1", "-p", &carrier_port.to_string()])
+        .args(["-m", "1", "-timeout", "30s", "-timeout_error"])
+        .args(["-trace_err", "-trace_msg", "-trace_logs"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sipp");
+    let app = spawn_app_with(AppOptions {
+        extra_toml: format!(
+            r#"[[trunk]]
+name = "carrier"
+uri = "sip:127.0.0.1:{carrier_port}"
+caller_id = "+442079460999"
+allow = ['\+44\d+']
+username = "trunkuser"
+password = "trunk-secret"
+"#
+        ),
+        ..AppOptions::default()
+    });
+    let _agent = spawn_py(
+        "pj_agent.py",
+        &[
+            app.sip.to_string(),
+            "alice".into(),
+            "alice-secret".into(),
+            status.display().to_string(),
+            "60".into(),
+        ],
+    );
+    wait_for("the agent's registration", Duration::from_secs(15), || {
+        agent_status(&status)["reg"] == 200
+    });
+
+    let (code, text) = http_request(
+        app.http,
+        "POST",
+        "/api/v1/calls",
+        Some(&app.token),
+        Some(r#"{"agent": "alice", "number": "+442079460407"}"#),
+    );
+    assert_eq!(code, 201, "POST /api/v1/calls: {text}");
+    let body: Value = serde_json::from_str(&text).expect("JSON");
+    let id = body["id"].as_i64().expect("call id");
+
+    // SIPp's own -timeout (30 s) bounds this wait.
+    let out = carrier.wait_with_output().expect("sipp output");
+    let traces: String = std::fs::read_dir(dir.path())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+        .map(|e| {
+            format!(
+                "\n== {}\n{}",
+                e.path().display(),
+                std::fs::read_to_string(e.path()).unwrap_or_default()
+            )
+        })
+        .collect();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "sipp failed: {}{traces}\n---- powerdial log ----\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        app.log_text()
+    );
+
+    let mut rec = Value::Null;
+    wait_for("the call's outcome", Duration::from_secs(10), || {
+        let (code, text) = app.http_get(&format!("/api/v1/calls/{id}"));
+        assert_eq!(code, 200, "{text}");
+        rec = serde_json::from_str(&text).expect("call JSON");
+        !rec["outcome"].is_null()
+    });
+    assert_eq!(rec["outcome"], "answered", "{rec}");
+    assert_eq!(rec["sip_status"], 200, "{rec}");
+    assert!(!rec["answered_at"].is_null(), "{rec}");
+
+    // The digest response itself, recomputed with the trunk's password
+    // (SIPp's <verifyauth> cannot read Proxy-Authorization).
+    let header = traces
+        .lines()
+        .find_map(|l| l.split("PROXY-AUTHORIZATION:").nth(1))
+        .expect("the Proxy-Authorization SIPp logged")
+        .trim();
+    let p = |name| digest_param(header, name).unwrap_or_else(|| panic!("{name} in {header}"));
+    assert_eq!(p("username"), "trunkuser", "{header}");
+    assert_eq!(p("realm"), "carrier", "{header}");
+    assert_eq!(p("qop"), "auth", "{header}");
+    let ha1 = md5_hex("trunkuser:carrier:trunk-secret");
+    let ha2 = md5_hex(&format!("INVITE:{}", p("uri")));
+    let expected = md5_hex(&format!(
+        "{ha1}:{}:{}:{}:auth:{ha2}",
+        p("nonce"),
+        p("nc"),
+        p("cnonce")
+    ));
+    assert_eq!(p("response"), expected, "digest response in {header}");
 }
