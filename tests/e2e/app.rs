@@ -138,6 +138,15 @@ impl App {
     /// Stops the server and starts it again on the same config and data
     /// (a restart keeps registrations and sessions).
     pub fn restart(&mut self) {
+        // A graceful stop (SIGTERM): the server saves what it has accepted
+        // before it exits, as it would on a service restart.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let log_file = std::fs::OpenOptions::new()
