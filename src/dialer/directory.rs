@@ -29,6 +29,9 @@ struct Inner {
     wall_ms: Box<dyn Fn() -> i64 + Send + Sync>,
     events: broadcast::Sender<SessionEvent>,
     leads_changed: LeadsChanged,
+    /// Serialises loading sessions created by another instance, so one
+    /// session never gets two tasks here.
+    loading: tokio::sync::Mutex<()>,
 }
 
 /// This instance's dialer sessions (cheap to clone).
@@ -75,6 +78,7 @@ impl Sessions {
                 wall_ms: Box::new(move || clock.wall_ms()),
                 events,
                 leads_changed: leads_changed.clone(),
+                loading: tokio::sync::Mutex::new(()),
             }),
         };
         for row in record::list_sessions(&store).await? {
@@ -128,6 +132,27 @@ impl Sessions {
         let h = (self.inner.spawn)(row.clone()).await?;
         self.insert(h);
         Ok((row, token))
+    }
+
+    /// [`Self::get`], or a session another instance created since this one
+    /// started (several instances on one PostgreSQL database, R13): it is
+    /// read from the database and started here too; the database claims
+    /// keep the instances from dialing a lead twice.
+    pub async fn get_or_load(&self, id: i64) -> Result<SessionHandle, SessionError> {
+        if let Ok(h) = self.get(id) {
+            return Ok(h);
+        }
+        let _loading = self.inner.loading.lock().await;
+        if let Ok(h) = self.get(id) {
+            return Ok(h);
+        }
+        let row = record::get_session(&self.inner.store, id)
+            .await?
+            .ok_or(SessionError::NoSession(id))?;
+        let h = (self.inner.spawn)(row).await?;
+        self.insert(h.clone());
+        tracing::info!(session = id, "session created elsewhere started here");
+        Ok(h)
     }
 
     /// The running session `id`.

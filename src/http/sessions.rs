@@ -147,7 +147,7 @@ async fn create(
 
 async fn show(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response> {
     let id = parse_id(&id, "session")?;
-    let view = sessions(&st)?.get(id)?.view().await?;
+    let view = sessions(&st)?.get_or_load(id).await?.view().await?;
     Ok(Json(view).into_response())
 }
 
@@ -187,7 +187,7 @@ async fn patch(
         Some(true) => token = Some(s.rotate_share(id).await?),
         None => {}
     }
-    let view = s.get(id)?.view().await?;
+    let view = s.get_or_load(id).await?.view().await?;
     let mut v = serde_json::to_value(&view).map_err(|e| ApiError::Internal(e.to_string()))?;
     if let Some(t) = token {
         v["share_token"] = json!(t);
@@ -209,7 +209,7 @@ async fn revoke_share(State(st): State<AppState>, Path(id): Path<String>) -> Res
 
 async fn reset(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response> {
     let id = parse_id(&id, "session")?;
-    let h = sessions(&st)?.get(id)?;
+    let h = sessions(&st)?.get_or_load(id).await?;
     h.reset().await?;
     Ok(Json(h.view().await?).into_response())
 }
@@ -235,7 +235,7 @@ async fn join(
 ) -> Result<Response> {
     let id = parse_id(&id, "session")?;
     check_agent(&st, &body.agent)?;
-    let h = sessions(&st)?.get(id)?;
+    let h = sessions(&st)?.get_or_load(id).await?;
     h.join(&body.agent).await?;
     Ok(Json(h.view().await?).into_response())
 }
@@ -257,7 +257,7 @@ async fn join_shared(
         return Err(ApiError::Unauthorized.into());
     };
     check_agent(&st, &body.agent)?;
-    let h = s.get(id)?;
+    let h = s.get_or_load(id).await?;
     h.join(&body.agent).await?;
     Ok(Json(json!({"session_id": id, "agent": body.agent})).into_response())
 }
@@ -276,7 +276,7 @@ async fn agent(
         "leave" => AgentCommand::Leave,
         _ => return Err(ApiError::NotFound(format!("no agent action {action:?}")).into()),
     };
-    let h = sessions(&st)?.get(id)?;
+    let h = sessions(&st)?.get_or_load(id).await?;
     h.agent(&agent, cmd).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -302,6 +302,10 @@ async fn queue(
         }
         .into());
     }
-    let data = sessions(&st)?.get(id)?.queue(explain, limit).await?;
+    let data = sessions(&st)?
+        .get_or_load(id)
+        .await?
+        .queue(explain, limit)
+        .await?;
     Ok(Json(json!({"data": data, "next": null})).into_response())
 }

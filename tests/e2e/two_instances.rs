@@ -3,8 +3,9 @@
 //! lead is dialed twice and none is skipped (R13 across instances, R5 by
 //! another instance of the same session).
 //!
-//! Instance A creates the leads, the view and the session; instance B starts
-//! after that, so it resumes the stored session (`Sessions::start`). Each
+//! Both instances run from the start; A creates the leads, the view and the
+//! session, and B learns of the session when agents join it there
+//! (`Sessions::get_or_load`). Each
 //! instance's trunk points at its own PJSIP carrier (PJSIP allows at most 4
 //! calls per process), which answers every lead at once and hangs up
 //! `HOLD_S` later. What is asserted comes from both carriers' logs of
@@ -138,6 +139,7 @@ fn two_instances_one_session_200_leads_postgres() {
     let (_carrier_b, port_b, events_b) = carrier(dir.path(), "carrier-b");
 
     let a = instance(&url, port_a);
+    let b = instance(&url, port_b);
     // 020 7iii 0200: a well-formed London number per lead, answered at once.
     let digits: Vec<String> = (0..LEADS).map(|i| format!("44207{i:03}0200")).collect();
     let body = Value::Array(
@@ -178,8 +180,6 @@ fn two_instances_one_session_200_leads_postgres() {
     assert_eq!(code, 201, "POST /api/v1/sessions: {session}");
     let sid = session["id"].as_i64().expect("session id");
 
-    // B starts after the session exists, so it resumes it.
-    let b = instance(&url, port_b);
     let mut agents = Vec::new();
     for (app, phones) in [(&a, ON_A), (&b, ON_B)] {
         for (user, password) in phones {
