@@ -2,11 +2,14 @@
 //! requests (RFC 3261 §8.2.6) and the initial INVITE (§8.1.1).
 
 use super::CallError;
-use crate::sip::syntax::{HeadersExt, Request, Response, SipMessage};
+use crate::sip::message::response_with_tag;
+use crate::sip::syntax::headers::make_header;
+use crate::sip::syntax::{Header, HeadersExt, Request, Response};
 
-/// A response to `request` echoing its Vias, From, To (adding `to_tag` when
-/// the To has none), Call-ID and CSeq (RFC 3261 §8.2.6.2), with `extra`
-/// header lines and an optional `(content type, body)`.
+/// A response to `request` built by the server's one response builder
+/// ([`response_with_tag`], RFC 3261 §8.2.6.2: Vias, From, To with
+/// `to_tag` when it has none, Call-ID, CSeq), plus `extra` header lines
+/// (`Name: value`) and an optional `(content type, body)`.
 pub(crate) fn reply(
     request: &Request,
     code: u16,
@@ -15,37 +18,29 @@ pub(crate) fn reply(
     extra: &[String],
     body: Option<(&str, &[u8])>,
 ) -> Result<Response, CallError> {
-    let mut text = format!("SIP/2.0 {code} {reason}\r\n");
-    for h in request.headers.iter() {
-        let name = h.name().to_ascii_lowercase();
-        match name.as_str() {
-            "via" | "v" | "from" | "f" | "call-id" | "i" | "cseq" => {
-                text.push_str(&format!("{}: {}\r\n", h.name(), h.value().trim()));
-            }
-            "to" | "t" => {
-                let value = h.value().trim();
-                let has_tag = value
-                    .rsplit('>')
-                    .next()
-                    .is_some_and(|params| params.to_ascii_lowercase().contains("tag="));
-                if has_tag || code == 100 {
-                    text.push_str(&format!("To: {value}\r\n"));
-                } else {
-                    text.push_str(&format!("To: {value};tag={to_tag}\r\n"));
-                }
-            }
-            _ => {}
-        }
-    }
+    let mut response = response_with_tag(request, code, reason, to_tag);
+    response
+        .headers
+        .retain(|h| !matches!(h, Header::ContentLength(_)));
     for line in extra {
-        text.push_str(line);
-        text.push_str("\r\n");
+        let (name, value) = line
+            .split_once(':')
+            .ok_or(CallError::Unparsable("header line"))?;
+        response
+            .headers
+            .push(make_header(name.trim(), value.trim().to_string()));
     }
-    finish(text, body).and_then(|bytes| match SipMessage::try_from(bytes) {
-        Ok(SipMessage::Response(r)) => Ok(r),
-        Ok(SipMessage::Request(_)) => Err(CallError::Unparsable("response")),
-        Err(_) => Err(CallError::Unparsable("response")),
-    })
+    let bytes = body.map_or(&[][..], |(_, b)| b);
+    if let Some((content_type, _)) = body {
+        response
+            .headers
+            .push(make_header("Content-Type", content_type.to_string()));
+    }
+    response
+        .headers
+        .push(make_header("Content-Length", bytes.len().to_string()));
+    response.body = bytes.to_vec();
+    Ok(response)
 }
 
 /// Appends Content-Type/Content-Length and the body.
