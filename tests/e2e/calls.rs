@@ -4,68 +4,21 @@
 //! 127.0.0.1, against a real `powerdial serve`. Calls are placed with the
 //! manual call API (R17) and their records read back.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
+use crate::peers::{agent_status, carrier_events, spawn_py, wait_for, Peer};
 use serde_json::Value;
 
-use crate::app::{
-    free_port, http_request, pjsua_python, repo, require_program, spawn_app_with, App, AppOptions,
-};
+use crate::app::{free_port, http_request, repo, require_program, spawn_app_with, App, AppOptions};
 
-/// A peer process killed when dropped.
-struct Peer(Child);
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_py(script: &str, args: &[String]) -> Peer {
-    let child = Command::new(pjsua_python())
-        .arg(repo().join("tests/peers").join(script))
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn pjsua2 peer");
-    Peer(child)
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out waiting for {what}");
-}
-
-fn carrier_events(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
+/// When the carrier logged `event` for `number` (seconds).
 fn event_time(events: &[Value], event: &str, number: &str) -> Option<f64> {
     events
         .iter()
         .find(|e| e["event"] == event && e["number"].as_str() == Some(number))
         .and_then(|e| e["t"].as_f64())
-}
-
-fn agent_status(path: &Path) -> Value {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or(Value::Null)
 }
 
 /// Strips ANSI colour codes from a log line.

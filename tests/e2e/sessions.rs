@@ -18,65 +18,19 @@
 //! set (in a fresh schema; a loud SKIPPED line otherwise).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::peers::{agent_status, carrier_events, spawn_py, wait_for, Peer};
 use serde_json::{json, Value};
 
-use crate::app::{free_port, http_request, pjsua_python, repo, spawn_app_with, App, AppOptions};
+use crate::app::{free_port, http_request, spawn_app_with, App, AppOptions};
 
 /// R4 block of the test config, seconds.
 const BLOCK_S: f64 = 4.0;
 /// The carrier hangs an answered call up this long after answering.
 const HOLD_S: f64 = 0.5;
-
-/// A peer process killed when dropped.
-pub(crate) struct Peer(Child);
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-pub(crate) fn spawn_py(script: &str, args: &[String]) -> Peer {
-    let child = Command::new(pjsua_python())
-        .arg(repo().join("tests/peers").join(script))
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn pjsua2 peer");
-    Peer(child)
-}
-
-pub(crate) fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out waiting for {what}");
-}
-
-pub(crate) fn carrier_events(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
-pub(crate) fn agent_status(path: &Path) -> Value {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or(Value::Null)
-}
 
 /// What the carrier does with a number, by its last four digits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::app::{free_port, http_request, spawn_app_with, App, AppOptions};
-use crate::sessions::{agent_status, carrier_events, invites, spawn_py, wait_for, Peer, PgSchema};
+use crate::peers::{agent_status, carrier_events, spawn_py, wait_for, Peer};
+use crate::sessions::{invites, PgSchema};
 
 /// The carrier hangs an answered call up this long after answering.
 const HOLD_S: f64 = 0.5;
