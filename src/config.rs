@@ -168,7 +168,11 @@ impl Default for RawServer {
             t1: Seconds(Duration::from_millis(500)),
             t2: Seconds(Duration::from_secs(4)),
             t4: Seconds(Duration::from_secs(5)),
-            digest_algorithms: vec!["SHA-256".into(), "MD5".into()],
+            // MD5 alone by default: phones in the field (baresip 1.0, SIPp,
+            // desk phones that predate RFC 8760) fail to register when a
+            // 401 offers SHA-256 at all, even as a second challenge.
+            // SHA-256 is opt-in (`["SHA-256", "MD5"]`); see the README.
+            digest_algorithms: vec!["MD5".into()],
         }
     }
 }
@@ -732,6 +736,28 @@ mod tests {
         assert_eq!(c.dialer.reduced_ring_timeout.0, Duration::from_secs(20));
         assert_eq!(c.dialer.block.0, Duration::from_secs(3600));
         assert_eq!(c.sip_timers.t1, Duration::from_millis(500));
+        // SPEC §5 interop: the default challenge must register phones that
+        // refuse any SHA-256 offer (baresip 1.0), so MD5 alone.
+        assert_eq!(
+            c.digest_algorithms,
+            vec![crate::sip::digest::Algorithm::Md5]
+        );
+    }
+
+    #[test]
+    fn sha256_is_opt_in() {
+        let c = load(
+            "[server]\ndigest_algorithms = [\"SHA-256\", \"MD5\"]\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.digest_algorithms,
+            vec![
+                crate::sip::digest::Algorithm::Sha256,
+                crate::sip::digest::Algorithm::Md5
+            ]
+        );
     }
 
     #[test]

@@ -47,17 +47,6 @@ pub fn spawn_app() -> App {
     spawn_app_with(AppOptions::default())
 }
 
-/// An app that offers only MD5 digest challenges: SIPp 3.6 answers only the
-/// first challenge and knows only MD5; baresip 1.0 gives up on a 401 that
-/// offers SHA-256 at all (libre's auth handler). Real phones of that age
-/// need this setting too (`server.digest_algorithms`).
-pub fn spawn_md5_app() -> App {
-    spawn_app_with(AppOptions {
-        server_toml: "digest_algorithms = [\"MD5\"]".into(),
-        ..AppOptions::default()
-    })
-}
-
 pub fn spawn_app_with(opts: AppOptions) -> App {
     let dir = tempfile::tempdir().expect("tempdir");
     let sip_port = free_port();

@@ -6,7 +6,10 @@
 mod app;
 mod calls;
 mod peers;
+mod phones;
 mod register;
 mod sessions;
+#[path = "../common/skip.rs"]
+mod skip;
 mod torture;
 mod two_instances;

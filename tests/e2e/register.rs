@@ -1,9 +1,10 @@
-//! Third-party SIP stacks register against `powerdial serve` with digest
-//! auth over UDP and TCP; wrong passwords never get a 200.
+//! Third-party SIP stacks register against `powerdial serve` on its default
+//! configuration (the digest offer a new user gets) over UDP and TCP; wrong
+//! passwords never get a 200.
 
 use std::time::Duration;
 
-use crate::app::{spawn_app, spawn_md5_app};
+use crate::app::spawn_app;
 use crate::peers::{pjsip_register, sipp, Baresip};
 
 fn assert_sipp_ok(out: &std::process::Output, what: &str, app: &crate::app::App) {
@@ -19,7 +20,7 @@ fn assert_sipp_ok(out: &std::process::Output, what: &str, app: &crate::app::App)
 
 #[test]
 fn sipp_registers_with_digest_over_udp_and_tcp() {
-    let app = spawn_md5_app();
+    let app = spawn_app();
     for transport in ["u1", "t1"] {
         let out = sipp(
             &app,
@@ -51,7 +52,7 @@ fn sipp_registers_with_digest_over_udp_and_tcp() {
 
 #[test]
 fn sipp_wrong_password_gets_401_again() {
-    let app = spawn_md5_app();
+    let app = spawn_app();
     for transport in ["u1", "t1"] {
         let out = sipp(
             &app,
@@ -104,7 +105,7 @@ fn pjsip_registers_over_udp_and_tcp_and_unregisters() {
 
 #[test]
 fn baresip_registers_over_udp_and_tcp() {
-    let app = spawn_md5_app();
+    let app = spawn_app();
     for transport in ["udp", "tcp"] {
         let mut phone = Baresip::start();
         phone.command(
