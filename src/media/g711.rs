@@ -56,35 +56,40 @@ impl G711Law {
     }
 }
 
-const SEG_END: [i32; 8] = [0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF, 0x3FFF, 0x7FFF];
-const ULAW_BIAS: i32 = 0x84;
-
-const fn segment(v: i32) -> usize {
-    let mut i = 0;
-    while i < 8 {
-        if v <= SEG_END[i] {
-            return i;
-        }
-        i += 1;
-    }
-    8
-}
-
-/// Encodes a 16-bit linear sample as μ-law (G.711 Table 2, Sun `linear2ulaw`).
+/// Encodes a 16-bit linear sample as μ-law (G.711 Table 2).
+///
+/// This is ITU-T G.191's reference `ulaw_compress` (STL `g711.c`): the
+/// sample is taken to 14 bits, negative samples by one's complement, so
+/// `-1` is the negative zero 0x7F. (CPython's `audioop` shifts before
+/// negating and gives 0x7E for `-1`; the older Sun `linear2ulaw` agrees
+/// with G.191 at `-1` but not at `-4`.)
 pub const fn linear_to_ulaw(sample: i16) -> u8 {
-    let pcm = sample as i32;
-    let (v, mask): (i32, i32) = if pcm < 0 {
-        (ULAW_BIAS - pcm, 0x7F)
+    let magnitude: i32 = if sample < 0 {
+        ((!sample) >> 2) as i32
     } else {
-        (pcm + ULAW_BIAS, 0xFF)
+        (sample >> 2) as i32
     };
-    let seg = segment(v);
-    if seg >= 8 {
-        return (0x7F ^ mask) as u8;
+    let mut absno = magnitude + 33;
+    if absno > 0x1FFF {
+        absno = 0x1FFF;
     }
-    let u = ((seg as i32) << 4) | ((v >> (seg + 3)) & 0xF);
-    (u ^ mask) as u8
+    let mut i = absno >> 6;
+    let mut segno = 1;
+    while i != 0 {
+        segno += 1;
+        i >>= 1;
+    }
+    let high = 8 - segno;
+    let low = 0xF - ((absno >> segno) & 0xF);
+    let code = (high << 4) | low;
+    if sample >= 0 {
+        (code | 0x80) as u8
+    } else {
+        code as u8
+    }
 }
+
+const ULAW_BIAS: i32 = 0x84;
 
 /// Decodes a μ-law code word to a 16-bit linear sample (Sun `ulaw2linear`).
 pub const fn ulaw_to_linear(code: u8) -> i16 {
@@ -97,24 +102,30 @@ pub const fn ulaw_to_linear(code: u8) -> i16 {
     }
 }
 
-/// Encodes a 16-bit linear sample as A-law (G.711 Table 1, Sun `linear2alaw`).
+/// Encodes a 16-bit linear sample as A-law (G.711 Table 1).
+///
+/// ITU-T G.191's reference `alaw_compress`: 12-bit magnitude, negative
+/// samples by one's complement, even bits inverted. (The older Sun
+/// `linear2alaw` on 16-bit input sent -1…-7 to code 0x5A, i.e. -248.)
 pub const fn linear_to_alaw(sample: i16) -> u8 {
-    let pcm = sample as i32;
-    let (v, mask): (i32, i32) = if pcm >= 0 {
-        (pcm, 0xD5)
+    let mut ix: i32 = if sample < 0 {
+        ((!sample) >> 4) as i32
     } else {
-        (-pcm - 8, 0x55)
+        (sample >> 4) as i32
     };
-    let seg = segment(v);
-    if seg >= 8 {
-        return (0x7F ^ mask) as u8;
+    if ix > 15 {
+        let mut iexp = 1;
+        while ix > 16 + 15 {
+            ix >>= 1;
+            iexp += 1;
+        }
+        ix -= 16;
+        ix += iexp << 4;
     }
-    let quant = if seg < 2 {
-        (v >> 4) & 0xF
-    } else {
-        (v >> (seg + 3)) & 0xF
-    };
-    ((((seg as i32) << 4) | quant) ^ mask) as u8
+    if sample >= 0 {
+        ix |= 0x80;
+    }
+    (ix ^ 0x55) as u8
 }
 
 /// Decodes an A-law code word to a 16-bit linear sample (Sun `alaw2linear`).
@@ -192,9 +203,13 @@ mod tests {
         assert_eq!(ulaw_to_linear(0x00), -32124);
         assert_eq!(linear_to_ulaw(i16::MAX), 0x80);
         assert_eq!(linear_to_ulaw(i16::MIN), 0x00);
+        // G.191 `ulaw_compress` takes negatives by one's complement: -1 is
+        // the negative zero (audioop's 0x7E comes from shifting first).
         assert_eq!(linear_to_ulaw(-1), 0x7F);
-        // First segment boundary: 0xEF decodes to 132*2-132 = ... check a few
-        // published pairs of the Sun reference.
+        assert_eq!(linear_to_ulaw(-4), 0x7F);
+        assert_eq!(linear_to_ulaw(-5), 0x7E);
+        assert_eq!(linear_to_ulaw(4), 0xFE);
+        // The first code of the second segment, both signs.
         assert_eq!(ulaw_to_linear(0xEF), 132);
         assert_eq!(ulaw_to_linear(0x6F), -132);
         assert_eq!(linear_to_ulaw(1000), 0xCE);
@@ -213,6 +228,41 @@ mod tests {
         assert_eq!(linear_to_alaw(i16::MAX), 0xAA);
         assert_eq!(linear_to_alaw(i16::MIN), 0x2A);
         assert_eq!(linear_to_alaw(1000), 0xFA);
+        // Small negatives are the smallest negative step, not -248.
+        assert_eq!(linear_to_alaw(-1), 0x55);
+        assert_eq!(linear_to_alaw(-16), 0x55);
+        assert_eq!(linear_to_alaw(-17), 0x54);
+    }
+
+    /// G.711 reconstructs each interval by its midpoint, and every sample
+    /// lies in the interval of the code it encodes to: the error is at most
+    /// half that interval, i.e. half the larger gap to a neighbouring
+    /// level (interval widths double from one segment to the next). Checked
+    /// on all 65,536 samples for both laws; the old Sun-style A-law encoder
+    /// failed it at -1…-7 (sent to -248).
+    #[test]
+    fn every_sample_lands_in_its_codes_interval() {
+        for law in [G711Law::Pcmu, G711Law::Pcma] {
+            let mut levels: Vec<i32> = (0..=255u8).map(|c| i32::from(law.decode(c))).collect();
+            levels.sort_unstable();
+            levels.dedup();
+            let full = levels.iter().map(|l| l.abs()).max().unwrap_or(0);
+            for x in i16::MIN..=i16::MAX {
+                let x32 = i32::from(x);
+                if x32.abs() > full {
+                    continue;
+                }
+                let level = i32::from(law.decode(law.encode(x)));
+                let i = levels.binary_search(&level).expect("a decoded level");
+                let below = i.checked_sub(1).map_or(0, |j| level - levels[j]);
+                let above = levels.get(i + 1).map_or(0, |l| l - level);
+                let half = below.max(above) / 2;
+                assert!(
+                    (level - x32).abs() <= half,
+                    "{law:?} {x}: decoded {level}, more than {half} away"
+                );
+            }
+        }
     }
 
     #[test]
