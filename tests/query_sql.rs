@@ -5,6 +5,9 @@
 //! PostgreSQL runs when `POWERDIAL_TEST_DATABASE_URL` is set, in a fresh
 //! schema that is dropped afterwards.
 
+#[path = "common/skip.rs"]
+mod skip;
+
 use chrono::{DateTime, TimeZone, Utc};
 use powerdial::leads::query::{
     compile, fetch_ids_postgres, fetch_ids_sqlite, parse, CompiledQuery, CustomFieldCatalog,
@@ -310,14 +313,7 @@ async fn sqlite() -> (Db, tempfile::TempDir) {
 
 /// A pool on a fresh schema, or `None` (loudly) without a database URL.
 async fn postgres() -> Option<Db> {
-    let Ok(url) = std::env::var("POWERDIAL_TEST_DATABASE_URL") else {
-        // Straight to the process's stderr: libtest captures `eprintln!`.
-        let _ = std::io::Write::write_all(
-            &mut std::io::stderr(),
-            b"SKIPPED: POWERDIAL_TEST_DATABASE_URL not set\n",
-        );
-        return None;
-    };
+    let url = skip::pg_url("query_sql")?;
     let schema = format!("t_{:016x}", rand::random::<u64>());
     let admin = PgPoolOptions::new()
         .max_connections(1)
@@ -470,4 +466,38 @@ async fn postgres_views_select_the_right_leads_in_order() {
     };
     run_all(&db).await;
     drop_schema(db).await;
+}
+
+/// A skipped PostgreSQL test must not look like a pass: without the
+/// database URL it prints `SKIPPED:` where `cargo test` shows it (outside
+/// libtest's capture), and under CI it fails. Runs this very binary's
+/// PostgreSQL test in a child process with the environment set each way.
+#[test]
+fn a_skipped_postgres_test_is_visible_and_fails_under_ci() {
+    let exe = std::env::current_exe().expect("test binary");
+    let run = |ci: bool| {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(["--exact", "postgres_views_select_the_right_leads_in_order"])
+            .env_remove("POWERDIAL_TEST_DATABASE_URL")
+            .env_remove("CI");
+        if ci {
+            cmd.env("CI", "true");
+        }
+        cmd.output().expect("run the test binary")
+    };
+    let out = run(false);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 passed"), "the child ran the test: {text}");
+    assert!(text.contains("SKIPPED:"), "the skip is not visible: {text}");
+    let out = run(true);
+    assert!(
+        !out.status.success(),
+        "under CI a missing database must fail: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

@@ -246,11 +246,7 @@ async fn postgres_claims() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_two_instances_race() {
-    let Ok(base) = std::env::var(common::PG_ENV) else {
-        eprintln!(
-            "SKIPPED: {} not set (PostgreSQL race not run)",
-            common::PG_ENV
-        );
+    let Some(base) = common::pg_url("postgres_two_instances_race") else {
         return;
     };
     let schema = format!("t_{:016x}", rand::random::<u64>());

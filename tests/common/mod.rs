@@ -13,6 +13,9 @@ use powerdial::leads::model::{
 };
 use powerdial::store::{self, Store};
 
+mod skip;
+pub use skip::pg_url;
+
 /// The instant the fixtures are written relative to: their `created`
 /// dates spread over the 18 months before it, and calls are minutes to
 /// months before it. Evaluate fixture queries with this as "now".
@@ -69,10 +72,7 @@ pub async fn sqlite_db() -> TestDb {
 /// named by `POWERDIAL_TEST_DATABASE_URL`, or `None` (with a loud SKIPPED
 /// line) when it is not set.
 pub async fn pg_db(test: &str) -> Option<TestDb> {
-    let Ok(base) = std::env::var(PG_ENV) else {
-        eprintln!("SKIPPED: {PG_ENV} not set ({test}: PostgreSQL half not run)");
-        return None;
-    };
+    let base = pg_url(test)?;
     let schema = format!("t_{:016x}", rand::random::<u64>());
     let admin = store::connect_admin_pg(&base)
         .await

@@ -1,4 +1,4 @@
-//! Issue 5 end to end: a dialer session over 30 leads on a real `powerdial
+//! Dialer sessions end to end (SPEC §1–§2): a dialer session over 30 leads on a real `powerdial
 //! serve`, three auto-answering PJSIP agent phones (one pjsua2 process each:
 //! PJSIP allows at most 4 calls per process) and a PJSIP carrier choosing its
 //! answer by the last four digits of the dialed number
@@ -116,12 +116,7 @@ pub(crate) struct PgSchema {
 impl PgSchema {
     /// `None` (with a loud SKIPPED line) when no test database is set.
     pub(crate) fn create(test: &str) -> Option<PgSchema> {
-        let Ok(base) = std::env::var("POWERDIAL_TEST_DATABASE_URL") else {
-            eprintln!(
-                "SKIPPED: POWERDIAL_TEST_DATABASE_URL not set ({test}: PostgreSQL run skipped)"
-            );
-            return None;
-        };
+        let base = crate::skip::pg_url(test)?;
         let schema = format!("t_{:016x}", rand::random::<u64>());
         psql(&base, &format!("CREATE SCHEMA {schema}"));
         Some(PgSchema { base, schema })
