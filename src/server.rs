@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::call::engine::{CallEngine, EngineConfigError, EngineIo, RouteChange, RoutedMessage};
 use crate::config::Config;
+use crate::http::admin_token::AdminToken;
 use crate::leads::model::Registration;
 use crate::media::relay::{MediaRelay, RelayConfig};
 use crate::sip::endpoint::{Endpoint, EndpointConfig, EndpointEvent};
@@ -53,6 +54,9 @@ pub enum ServerError {
     /// Stored dialer sessions could not be resumed.
     #[error("dialer sessions: {0}")]
     Sessions(#[from] crate::dialer::session::SessionError),
+    /// The generated admin token could not be read or written.
+    #[error(transparent)]
+    AdminToken(#[from] crate::http::admin_token::AdminTokenError),
     /// No SIP listener: the call engine has no address to write in Via.
     #[error("no SIP listener is configured")]
     NoSipListener,
@@ -106,8 +110,10 @@ pub struct RunningServer {
     pub http: SocketAddr,
     /// Talks to the SIP task.
     pub sip: SipHandle,
-    /// The call engine (issue 3).
+    /// The call engine (SPEC §1).
     pub calls: CallEngine,
+    /// The HTTP API's admin token and where it came from.
+    pub admin_token: AdminToken,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -124,6 +130,20 @@ impl RunningServer {
 /// Runs until Ctrl-C / SIGTERM.
 pub async fn run(config: Config) -> Result<(), ServerError> {
     let server = start(config).await?;
+    if let AdminToken::Generated { token, path } = &server.admin_token {
+        // Shown once, on the terminal of the first start (never logged):
+        // later starts read it from the file.
+        println!(
+            "\npowerdial: no [admin] token is configured, so one was generated and kept in\n\
+             {} (readable by you only). Sign in to the console and the API with it:\n\n    \
+             {token}\n\n\
+             Console: http://{}/    API: http://{}/api/v1/ (Authorization: Bearer <token>)\n",
+            path.display(),
+            server.http,
+            server.http,
+        );
+    }
+    tracing::info!("powerdial ready");
     wait_for_signal().await;
     tracing::info!("shutting down");
     server.shutdown().await;
@@ -272,17 +292,16 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         addr: config.http_listen,
         source,
     })?;
-    if config.admin_token.is_none() {
-        tracing::warn!("no [admin] token configured: the HTTP API refuses every request (set POWERDIAL_ADMIN_TOKEN)");
+    let admin_token =
+        crate::http::admin_token::resolve(config.admin_token.as_deref(), &config.data_dir)?;
+    if let AdminToken::Stored { path, .. } = &admin_token {
+        tracing::info!(file = %path.display(), "admin token read from the data directory");
     }
-    let state = crate::http::AppState::new(
-        store.clone(),
-        config.admin_token.as_deref().unwrap_or(""),
-        &config.default_region,
-    )
-    .with_sip(sip.clone(), config.agents.clone())
-    .with_calls(calls.clone())
-    .with_sessions(sessions);
+    let state =
+        crate::http::AppState::new(store.clone(), admin_token.token(), &config.default_region)
+            .with_sip(sip.clone(), config.agents.clone())
+            .with_calls(calls.clone())
+            .with_sessions(sessions);
     let app = crate::http::router(state);
     let http_shutdown = shutdown.clone();
     tasks.spawn(async move {
@@ -294,7 +313,6 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         }
     });
     tracing::info!(%http, "HTTP API listening");
-    tracing::info!("powerdial ready");
 
     Ok(RunningServer {
         sip_udp: transport.local_addr(TransportKind::Udp),
@@ -302,6 +320,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         http,
         sip,
         calls,
+        admin_token,
         shutdown,
         tasks,
     })

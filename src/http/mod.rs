@@ -4,6 +4,7 @@
 //! Other parts add their routes by merging a `Router<AppState>` in
 //! [`api_routes`] and their handles as fields of [`AppState`].
 
+pub mod admin_token;
 pub mod agents;
 pub mod auth;
 pub mod calls;
@@ -48,9 +49,9 @@ pub struct AppState {
     pub sip: Option<crate::server::SipHandle>,
     /// The configured agents.
     pub agents: Arc<[crate::config::AgentConfig]>,
-    /// The call engine (issue 3, R17); `None` when the API runs without SIP (tests).
+    /// The call engine (SPEC §1, R17); `None` when the API runs without SIP (tests).
     pub calls: Option<crate::call::engine::CallEngine>,
-    /// The dialer sessions (issue 5); `None` when the API runs without them.
+    /// The dialer sessions (SPEC §1–§2); `None` when the API runs without them.
     pub sessions: Option<crate::dialer::directory::Sessions>,
 }
 
