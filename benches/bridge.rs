@@ -1,4 +1,4 @@
-//! Answer → bridge time and ring-timeout accuracy (issue 3, SPEC §6),
+//! Answer → bridge time and ring-timeout accuracy (SPEC §6),
 //! end to end through a real in-process powerdial (SIP task, call engine,
 //! media relay) against a loopback UDP carrier and agent phone written
 //! here. Run: `cargo bench --bench bridge`.

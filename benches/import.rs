@@ -1,7 +1,7 @@
 //! Benchmark: import 1,000,000 generated leads from a CSV file with
 //! `import_csv_file` (the `powerdial import-leads` path) into SQLite, and
 //! into PostgreSQL when `POWERDIAL_TEST_DATABASE_URL` is set; reports the
-//! time, the rate and the process's peak memory (SPEC §6, issue 4).
+//! time, the rate and the process's peak memory (SPEC §6).
 //!
 //! `cargo bench --bench import` (`POWERDIAL_BENCH_LEADS=N` for another
 //! size). The CSV and the SQLite file live in a temp dir.

@@ -1,5 +1,5 @@
 //! Benchmark: evaluate Smart Views over 1,000,000 leads (SPEC §6 "refresh
-//! of a 1,000,000-lead view under 2 s"; issue 4) on SQLite, and on
+//! of a 1,000,000-lead view under 2 s") on SQLite, and on
 //! PostgreSQL when `POWERDIAL_TEST_DATABASE_URL` is set.
 //!
 //! The leads are bulk-loaded with multi-row INSERTs (the import has its own

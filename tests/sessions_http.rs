@@ -1,4 +1,4 @@
-//! The sessions API (SPEC §4, issue 5 item 1) over HTTP on SQLite: create,
+//! The sessions API (SPEC §4) over HTTP on SQLite: create,
 //! join, share-token join and revoke (R16), queue with explain, pause,
 //! reset (R14), errors. The call engine is a test double that accepts the
 //! agent leg and leaves every lead call ringing.

@@ -39,7 +39,7 @@ use serde::Serialize;
 
 use super::queue::{Claim, LeadId};
 
-/// Where an agent stands (issue 5 item 2), as listed by `GET
+/// Where an agent stands (SPEC §1 flow), as listed by `GET
 /// /api/v1/sessions/{id}` and the events stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

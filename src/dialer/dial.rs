@@ -1,4 +1,4 @@
-//! The seam between sessions and the call engine (issue 5, "the seam"): what
+//! The seam between sessions and the call engine (SPEC §1, steps 2–5): what
 //! a session asks of the engine ([`Dialer`]) and what it hears back
 //! ([`CallEvent`]). `crate::call::engine::CallEngine` implements [`Dialer`]
 //! in a few lines once it lands; unit tests drive sessions with a scripted
@@ -33,7 +33,7 @@ pub enum DialError {
 /// How a lead call ended (SPEC §4 call record `outcome`).
 pub type CallOutcome = crate::call::Outcome;
 
-/// What sessions need from the call engine (issue 5 seam).
+/// What sessions need from the call engine.
 pub trait Dialer: Clone + Send + Sync + 'static {
     /// Sets up (or keeps) the nailed-up agent leg; resolves once answered.
     fn connect_agent(&self, agent: &str) -> impl Future<Output = Result<(), DialError>> + Send;
@@ -65,7 +65,7 @@ impl From<crate::call::engine::CallEngineError> for DialError {
     }
 }
 
-/// The real engine behind the seam (issue 3 ↔ issue 5).
+/// The real engine behind the seam: [`crate::call::engine::CallEngine`].
 impl Dialer for crate::call::engine::CallEngine {
     async fn connect_agent(&self, agent: &str) -> Result<(), DialError> {
         Ok(crate::call::engine::CallEngine::connect_agent(self, agent).await?)

@@ -47,8 +47,8 @@ impl std::fmt::Debug for Sessions {
 }
 
 impl Sessions {
-    /// Starts the sessions service: resumes every stored session (issue 5
-    /// item 5), and in PostgreSQL mode listens for lead changes made by
+    /// Starts the sessions service: resumes every stored session (SPEC §1:
+    /// agents come back paused), and in PostgreSQL mode listens for lead changes made by
     /// other instances (R6).
     pub async fn start<D: Dialer, C: Clock + Clone>(
         store: Store,

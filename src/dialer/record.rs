@@ -1,4 +1,4 @@
-//! Persistence of dialer sessions (issue 5 item 5): settings, share token
+//! Persistence of dialer sessions (SPEC §1, R14): settings, share token
 //! hash (R16), agents and their pause state (R14), and the queue's per-lead
 //! history (R3–R5, R7), so a restart resumes every session without dialing
 //! anyone twice. Claims and call records are the truth for calls in flight
@@ -245,7 +245,7 @@ pub async fn list_agents(store: &Store, session_id: i64) -> Result<Vec<AgentRow>
         .collect())
 }
 
-/// Writes the session's record of one lead after a report (issue 5 item 5).
+/// Writes the session's record of one lead after a report (R3–R5, R9–R12).
 pub async fn save_history(
     store: &Store,
     session_id: i64,

@@ -1,4 +1,4 @@
-//! The session driver (issue 5 items 2–5): one tokio task per dialer session
+//! The session driver (SPEC §1–§2, R1–R15): one tokio task per dialer session
 //! owning its [`SessionQueue`] and its agents' [`AgentMachine`]s, turning
 //! their actions into call-engine requests ([`Dialer`]), claims
 //! ([`claim`], R13) and stored history ([`record`]), and publishing every

@@ -1,4 +1,4 @@
-//! Dialer sessions over HTTP (SPEC §4, issue 5 item 1):
+//! Dialer sessions over HTTP (SPEC §4, R14, R16):
 //!
 //! - `POST /api/v1/sessions {smart_view_id, reduced_ring_time?, wrap_up_idle?}`
 //!   → 201 with the session and its `share_token` (R16: shown once, stored

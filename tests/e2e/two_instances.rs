@@ -1,4 +1,4 @@
-//! Issue 5: two powerdial processes on one PostgreSQL database run one
+//! R13 across instances: two powerdial processes on one PostgreSQL database run one
 //! session over 200 leads with 4 agents (2 registered to each process): no
 //! lead is dialed twice and none is skipped (R13 across instances, R5 by
 //! another instance of the same session).

@@ -21,7 +21,7 @@
 //! - sorting puts missing values last either way, then breaks ties by lead
 //!   id; text sorts compare lower-cased text bytewise on both backends.
 //!
-//! The SQL is shaped for 1,000,000 leads (issue 4): each custom field the
+//! The SQL is shaped for 1,000,000 leads (SPEC §6): each custom field the
 //! query names is one `LEFT JOIN` on its `(lead_id, field_id)` key instead
 //! of a subquery per lead and per mention, a missing value is tested with
 //! `IS NULL` / `IS NOT NULL` rather than `COALESCE` (so planners can drive
@@ -241,7 +241,7 @@ pub fn compile(
 }
 
 /// Whether SQLite should read `leads` in id order (`NOT INDEXED`) and sort
-/// the matches afterwards (issue 4, measured over 1,000,000 leads).
+/// the matches afterwards (SPEC §6, measured over 1,000,000 leads).
 ///
 /// Left to itself, SQLite walks an index of `leads` in view order (or the
 /// smallest covering index) and then visits the lead rows, custom values
