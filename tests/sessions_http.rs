@@ -194,7 +194,18 @@ async fn sessions_api() {
     let token = sess["share_token"].as_str().expect("token").to_string();
     assert!(token.len() >= 32, "R16: at least 128 bits");
     assert_eq!(sess["reduced_ring_time"], true);
-    assert_eq!(sess["wrap_up_idle_ms"], 5000);
+    assert_eq!(sess["wrap_up_idle"], 5.0);
+    // SPEC §4: RFC 3339 timestamps, no epoch numbers.
+    let created = sess["created"].as_str().expect("created is a string");
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(created).is_ok(),
+        "{created}"
+    );
+    assert!(sess["reset_at"].is_null(), "{sess}");
+    assert!(
+        !sess.to_string().contains("_ms\""),
+        "no epoch-ms fields: {sess}"
+    );
     assert_eq!(sess["shared"], true);
     assert_eq!(sess["counts"]["in_view"], 3);
     assert_eq!(sess["counts"]["queued"], 3);
@@ -213,8 +224,16 @@ async fn sessions_api() {
     assert_eq!(order, leads);
     assert_eq!(data[0]["state"], "ready");
     assert_eq!(data[0]["explain"], "R3: uncalled, view pos 0");
+    // Whom it will call, and why, for a person.
+    assert_eq!(data[0]["name"], "Lead 0");
+    assert_eq!(data[0]["number"], "+14155550100");
+    assert_eq!(data[0]["rule"], "R3");
+    assert_eq!(data[0]["reason"], "Never called; 1st in the view");
+    assert_eq!(data[2]["reason"], "Never called; 3rd in the view");
     let (_, q) = app.get(&format!("/api/v1/sessions/{id}/queue")).await;
     assert!(q["data"][0].get("explain").is_none());
+    assert!(q["data"][0].get("reason").is_none());
+    assert_eq!(q["data"][0]["name"], "Lead 0", "names are always listed");
 
     // Join (admin): alice dials the first lead.
     let (s, v) = app
@@ -319,7 +338,7 @@ async fn sessions_api() {
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["shared"], false);
     assert_eq!(v["reduced_ring_time"], false);
-    assert_eq!(v["wrap_up_idle_ms"], Value::Null);
+    assert_eq!(v["wrap_up_idle"], Value::Null);
     let (s, _) = app
         .call(
             Method::POST,

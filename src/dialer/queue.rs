@@ -273,6 +273,94 @@ pub enum Explanation {
     },
 }
 
+impl Explanation {
+    /// The rule of SPEC §2 that places or holds the lead (`"R3"`).
+    pub fn rule(&self) -> &'static str {
+        match self {
+            Explanation::NotInView => "R6",
+            Explanation::Claimed { .. } => "R13",
+            Explanation::Answered => "R5",
+            Explanation::AwaitingRefresh => "R10",
+            Explanation::Blocked { .. } => "R4",
+            Explanation::Uncalled {
+                reentered: true, ..
+            } => "R7",
+            Explanation::Uncalled { .. }
+            | Explanation::WaitingForRetryPass { .. }
+            | Explanation::Retry { .. } => "R3",
+        }
+    }
+
+    /// The same for a person at the console: no rule numbers, positions
+    /// counted from 1 ("Never called; 3rd in the view").
+    pub fn sentence(&self) -> String {
+        match *self {
+            Explanation::NotInView => "No longer in the Smart View: not called".into(),
+            Explanation::Claimed { .. } => "Being called right now".into(),
+            Explanation::Answered => "Answered: not called again in this session".into(),
+            Explanation::AwaitingRefresh => {
+                "The carrier reported a temporary error: tried again after the next view refresh"
+                    .into()
+            }
+            Explanation::Blocked {
+                until,
+                by_other_session,
+            } => {
+                let at = chrono::DateTime::from_timestamp_millis(until)
+                    .map(|t| t.format("%H:%M UTC").to_string())
+                    .unwrap_or_else(|| "later".into());
+                if by_other_session {
+                    format!("Called recently from another session: not before {at}")
+                } else {
+                    format!("Called recently: not before {at}")
+                }
+            }
+            Explanation::Uncalled {
+                view_pos,
+                reentered: false,
+            } => format!("Never called; {} in the view", ordinal(view_pos + 1)),
+            Explanation::Uncalled {
+                view_pos,
+                reentered: true,
+            } => format!(
+                "Came back into the view, so called as new; {} in the view",
+                ordinal(view_pos + 1)
+            ),
+            Explanation::WaitingForRetryPass { view_pos, calls } => format!(
+                "{} without an answer; tried again once every other lead has been called ({} in the view)",
+                times(calls),
+                ordinal(view_pos + 1)
+            ),
+            Explanation::Retry { view_pos, calls } => format!(
+                "{} without an answer; being tried again now ({} in the view)",
+                times(calls),
+                ordinal(view_pos + 1)
+            ),
+        }
+    }
+}
+
+/// "1st", "2nd", "3rd", "11th", "22nd".
+fn ordinal(n: u32) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
+}
+
+/// "Called once", "Called twice", "Called 3 times".
+fn times(calls: u32) -> String {
+    match calls {
+        1 => "Called once".into(),
+        2 => "Called twice".into(),
+        n => format!("Called {n} times"),
+    }
+}
+
 impl fmt::Display for Explanation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {

@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 
 use super::claim::with_pool;
 use super::queue::{LeadHistory, LeadId};
+use crate::leads::model::rfc3339;
 use crate::store::{Entity, Store, StoreError};
 
 /// A stored dialer session's settings.
@@ -21,13 +22,27 @@ pub struct SessionRow {
     /// R8: `reduced_ring_timeout` instead of `ring_timeout`.
     pub reduced_ring_time: bool,
     /// Wrap-up idle in ms; `None` uses the config's `[dialer] wrap_up_idle`.
+    /// Shown as `wrap_up_idle` in seconds, as the API takes it.
+    #[serde(rename = "wrap_up_idle", serialize_with = "ms_as_seconds")]
     pub wrap_up_idle_ms: Option<i64>,
     /// R16: whether a share link is active (the token itself is never stored).
     pub shared: bool,
-    /// Creation time, epoch ms.
+    /// Creation time, epoch ms (`created`, RFC 3339, in the API).
+    #[serde(rename = "created", serialize_with = "rfc3339::serialize_ms")]
     pub created_ms: i64,
-    /// The last "reset & call again" (R14), epoch ms.
+    /// The last "reset & call again" (R14), epoch ms (`reset_at`, RFC 3339,
+    /// in the API).
+    #[serde(rename = "reset_at", serialize_with = "rfc3339::serialize_opt_ms")]
     pub reset_ms: Option<i64>,
+}
+
+/// Milliseconds shown as (fractional) seconds, the unit of every duration
+/// in the config and the API (SPEC §4).
+fn ms_as_seconds<S: serde::Serializer>(ms: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    match ms {
+        Some(ms) => s.serialize_f64(*ms as f64 / 1000.0),
+        None => s.serialize_none(),
+    }
 }
 
 /// A session's agent as stored (R14: pause survives a restart).

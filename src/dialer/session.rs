@@ -231,9 +231,22 @@ pub struct QueueEntryView {
     pub blocked_until: Option<DateTime<Utc>>,
     /// Unanswered calls so far (R3).
     pub calls: u32,
-    /// `?explain=1`: the rule that placed or holds the lead.
+    /// The lead's name (filled in by the API from the store).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The number that will be dialed: the first phone of the first
+    /// contact (R2), when the lead has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub number: Option<String>,
+    /// `?explain=1`: the rule id that placed or holds the lead (`"R3"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<&'static str>,
+    /// `?explain=1`: the rule with its detail ("R3: uncalled, view pos 2").
     #[serde(skip_serializing_if = "Option::is_none")]
     pub explain: Option<String>,
+    /// `?explain=1`: the same for a person ("Never called; 3rd in the view").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Why a session command failed.
@@ -672,7 +685,7 @@ impl<D: Dialer, C: Clock> Session<D, C> {
                             ItemState::Blocked { until } => ("blocked", Some(until)),
                             ItemState::AwaitingRefresh => ("awaiting_refresh", None),
                         };
-                        QueueEntryView {
+                        let mut view = QueueEntryView {
                             lead_id: it.lead.0,
                             view_pos: it.view_pos,
                             state,
@@ -681,9 +694,19 @@ impl<D: Dialer, C: Clock> Session<D, C> {
                                 Tier::Uncalled => 0,
                                 Tier::Unanswered { calls } => calls,
                             },
-                            explain: explain
-                                .then(|| self.queue.explain(it.lead, now_ms).to_string()),
+                            name: None,
+                            number: None,
+                            rule: None,
+                            explain: None,
+                            reason: None,
+                        };
+                        if explain {
+                            let e = self.queue.explain(it.lead, now_ms);
+                            view.rule = Some(e.rule());
+                            view.explain = Some(e.to_string());
+                            view.reason = Some(e.sentence());
                         }
+                        view
                     })
                     .collect();
                 let _ = reply.send(Ok(out));

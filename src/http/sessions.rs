@@ -302,10 +302,26 @@ async fn queue(
         }
         .into());
     }
-    let data = sessions(&st)?
+    let mut data = sessions(&st)?
         .get_or_load(id)
         .await?
         .queue(explain, limit)
         .await?;
+    // Whom each entry will call: name and the number R2 dials.
+    let ids: Vec<i64> = data.iter().map(|e| e.lead_id).collect();
+    let leads: std::collections::HashMap<i64, crate::leads::model::Lead> = st
+        .store
+        .get_leads(&ids)
+        .await
+        .map_err(ApiError::Store)?
+        .into_iter()
+        .map(|l| (l.id, l))
+        .collect();
+    for e in &mut data {
+        if let Some(l) = leads.get(&e.lead_id) {
+            e.name = Some(l.name.clone());
+            e.number = l.first_phone().map(|p| p.as_str().to_string());
+        }
+    }
     Ok(Json(json!({"data": data, "next": null})).into_response())
 }

@@ -117,21 +117,40 @@ fn shorten(s: &str) -> String {
     }
 }
 
-mod rfc3339 {
+/// RFC 3339 timestamps in JSON (SPEC §4: "Timestamps are RFC 3339 strings
+/// everywhere (no epoch numbers)"), for `serde(with)` / `serialize_with`.
+pub mod rfc3339 {
     use super::*;
 
+    /// Epoch milliseconds (the database's unit) as an RFC 3339 string.
+    pub fn serialize_ms<S: Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+        serialize(&ms_to_time(*ms), s)
+    }
+
+    /// Optional epoch milliseconds as an RFC 3339 string or `null`.
+    pub fn serialize_opt_ms<S: Serializer>(ms: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+        match ms {
+            Some(ms) => serialize_ms(ms, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// A time as an RFC 3339 string (UTC, milliseconds).
     pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true))
     }
 
+    /// An RFC 3339 time (or `YYYY-MM-DD`, see [`parse_time`]).
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
         let s = String::deserialize(d)?;
         parse_time(&s).map_err(serde::de::Error::custom)
     }
 
+    /// The same for `Option<DateTime<Utc>>` (`null` when absent).
     pub mod option {
         use super::*;
 
+        /// An optional time as an RFC 3339 string or `null`.
         pub fn serialize<S: Serializer>(
             t: &Option<DateTime<Utc>>,
             s: S,
@@ -142,6 +161,7 @@ mod rfc3339 {
             }
         }
 
+        /// An optional RFC 3339 time.
         pub fn deserialize<'de, D: Deserializer<'de>>(
             d: D,
         ) -> Result<Option<DateTime<Utc>>, D::Error> {

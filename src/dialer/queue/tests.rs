@@ -792,3 +792,48 @@ mod prop {
         }
     }
 }
+
+/// `?explain=1` gives a rule id and a sentence without rule numbers, with
+/// positions counted from 1.
+#[test]
+fn explanations_read_as_sentences() {
+    let e = Explanation::Uncalled {
+        view_pos: 2,
+        reentered: false,
+    };
+    assert_eq!(e.rule(), "R3");
+    assert_eq!(e.sentence(), "Never called; 3rd in the view");
+    assert_eq!(e.to_string(), "R3: uncalled, view pos 2");
+    let e = Explanation::Uncalled {
+        view_pos: 10,
+        reentered: true,
+    };
+    assert_eq!(e.rule(), "R7");
+    assert!(
+        e.sentence().contains("11th in the view"),
+        "{}",
+        e.sentence()
+    );
+    let e = Explanation::WaitingForRetryPass {
+        view_pos: 21,
+        calls: 2,
+    };
+    assert_eq!(
+        e.sentence(),
+        "Called twice without an answer; tried again once every other lead has been called (22nd in the view)"
+    );
+    let e = Explanation::Blocked {
+        until: 1_764_857_100_000, // 2025-12-04T14:05:00Z
+        by_other_session: false,
+    };
+    assert_eq!(e.rule(), "R4");
+    assert_eq!(e.sentence(), "Called recently: not before 14:05 UTC");
+    for (e, rule) in [
+        (Explanation::Answered, "R5"),
+        (Explanation::AwaitingRefresh, "R10"),
+        (Explanation::NotInView, "R6"),
+    ] {
+        assert_eq!(e.rule(), rule);
+        assert!(!e.sentence().contains('R'), "{}", e.sentence());
+    }
+}
