@@ -315,6 +315,7 @@ data_dir = "{data}"
 url = "{db}"
 [dialer]
 ring_timeout = {RING_TIMEOUT}
+allow_short_ring_timeout = true
 [[agent]]
 username = "alice"
 password = "alice-secret"

@@ -280,7 +280,17 @@ pub struct DialerConfig {
     pub max_call_length: Seconds,
     /// A call whose RTP stops for this long is ended.
     pub rtp_timeout: Seconds,
+    /// Allows `ring_timeout` / `reduced_ring_timeout` below
+    /// [`RING_FLOOR`]: for tests that shrink durations, never for dialing
+    /// real people.
+    pub allow_short_ring_timeout: bool,
 }
+
+/// The shortest ring a lead gets unless `dialer.allow_short_ring_timeout`
+/// is set: a phone answered after 3–4 rings must still reach an agent, and
+/// regulators count shorter rings as abandoned calls (the FCC's TCPA rules
+/// ask for at least 15 s or four rings).
+pub const RING_FLOOR: Duration = Duration::from_secs(15);
 
 impl Default for DialerConfig {
     fn default() -> Self {
@@ -292,6 +302,7 @@ impl Default for DialerConfig {
             wrap_up_idle: Seconds(Duration::from_secs(3)),
             max_call_length: Seconds(Duration::from_secs(4 * 3600)),
             rtp_timeout: Seconds(Duration::from_secs(60)),
+            allow_short_ring_timeout: false,
         }
     }
 }
@@ -598,6 +609,23 @@ impl Config {
                 return Err(invalid("dialer", key, "must be greater than 0".into()));
             }
         }
+        for (key, v) in [
+            ("ring_timeout", d.ring_timeout),
+            ("reduced_ring_timeout", d.reduced_ring_timeout),
+        ] {
+            if v.0 < RING_FLOOR && !d.allow_short_ring_timeout {
+                return Err(invalid(
+                    "dialer",
+                    key,
+                    format!(
+                        "{} s is below the {} s ring floor: leads who pick up after a few rings would be missed; \
+                         set `dialer.allow_short_ring_timeout = true` only for tests",
+                        v.0.as_secs_f64(),
+                        RING_FLOOR.as_secs()
+                    ),
+                ));
+            }
+        }
         Ok(Config {
             sip_listen,
             http_listen,
@@ -745,6 +773,32 @@ mod tests {
     }
 
     #[test]
+    fn ring_floor_names_the_key_and_the_override() {
+        let e = load("[dialer]\nring_timeout = 10\n", &[]).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("dialer.ring_timeout"), "{text}");
+        assert!(text.contains("t.toml:2"), "points at the line: {text}");
+        assert!(text.contains("allow_short_ring_timeout"), "{text}");
+        let e = load("[dialer]\nreduced_ring_timeout = 14.9\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("dialer.reduced_ring_timeout"), "{e}");
+        let e = load("", &[("POWERDIAL_DIALER_RING_TIMEOUT", "5")]).unwrap_err();
+        assert!(e.to_string().contains("ring floor"), "{e}");
+        // At the floor, and below it with the explicit override.
+        let c = load(
+            "[dialer]\nring_timeout = 15\nreduced_ring_timeout = 15\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.dialer.ring_timeout.0, RING_FLOOR);
+        let c = load(
+            "[dialer]\nring_timeout = 1\nallow_short_ring_timeout = true\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.dialer.ring_timeout.0, Duration::from_secs(1));
+    }
+
+    #[test]
     fn sha256_is_opt_in() {
         let c = load(
             "[server]\ndigest_algorithms = [\"SHA-256\", \"MD5\"]\n",
@@ -770,7 +824,11 @@ mod tests {
 
     #[test]
     fn fractional_durations_shrink_for_tests() {
-        let c = load("[dialer]\nring_timeout = 2\nblock = 0.25\n", &[]).unwrap();
+        let c = load(
+            "[dialer]\nring_timeout = 2\nblock = 0.25\nallow_short_ring_timeout = true\n",
+            &[],
+        )
+        .unwrap();
         assert_eq!(c.dialer.ring_timeout.0, Duration::from_secs(2));
         assert_eq!(c.dialer.block.0, Duration::from_millis(250));
     }

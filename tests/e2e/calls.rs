@@ -101,6 +101,7 @@ fn rig() -> Rig {
         extra_toml: format!(
             r#"[dialer]
 ring_timeout = 2
+allow_short_ring_timeout = true
 
 [[trunk]]
 name = "carrier"

@@ -191,6 +191,7 @@ fn rig(database_url: Option<String>) -> Rig {
         extra_toml: format!(
             r#"[dialer]
 ring_timeout = 1
+allow_short_ring_timeout = true
 block = {BLOCK_S}
 refresh_interval = 1
 wrap_up_idle = 0.2

@@ -63,6 +63,7 @@ fn instance(database_url: &str, carrier_port: u16) -> App {
         extra_toml: format!(
             r#"[dialer]
 ring_timeout = 2
+allow_short_ring_timeout = true
 block = 4
 refresh_interval = 1
 wrap_up_idle = 0.2
