@@ -137,6 +137,15 @@ impl PhoneE164 {
     }
 }
 
+/// Loads the numbering plan data now: the `phonenumber` crate parses its
+/// metadata and compiles the region's patterns on first use (about 100 ms
+/// here), which the first request reading a number would otherwise wait
+/// for (SPEC §4: `POST /api/v1/calls` answers at once).
+pub fn load_numbering_plan(default_region: &str) {
+    let _ = PhoneE164::parse("+1 202 555 0100", default_region);
+    let _ = PhoneE164::parse("202 555 0100", default_region);
+}
+
 /// Why a number of country code `code` resolved to no region, from the
 /// numbering plan data (libphonenumber's metadata, as the `phonenumber`
 /// crate ships it): an unknown code, a length the plan does not use, or a

@@ -338,7 +338,7 @@ fn manual_call_is_accepted_at_once_and_followed_to_the_answer() {
     eprintln!("POST /api/v1/calls answered in {took:?}");
     assert_eq!(code, 202, "{body}");
     assert!(
-        took < Duration::from_millis(500),
+        took < Duration::from_millis(200),
         "POST /api/v1/calls took {took:?}: it must not wait for the phone"
     );
     assert_eq!(body["state"], "calling_agent", "{body}");
