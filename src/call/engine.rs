@@ -66,6 +66,10 @@ pub enum CallEngineError {
     /// No call to act on.
     #[error("no call in progress")]
     NoCall,
+    /// The agent leg is still ending (its CANCEL or BYE in flight): a new
+    /// call can start once it is gone.
+    #[error("the agent's phone is still hanging up the previous call: try again in a moment")]
+    AgentLegEnding,
     /// No `[[trunk]]` is configured.
     #[error("no [[trunk]] is configured")]
     NoTrunk,
@@ -574,6 +578,9 @@ struct AgentTask {
     /// Lead legs whose outcome is stored but whose signalling goes on
     /// (487's ACK, Timer D, a crossing 200's BYE).
     closing: Vec<LeadLeg>,
+    /// Agent legs that failed or were cancelled, finishing their
+    /// signalling the same way while a new one rings the phone.
+    closing_agent: Vec<AgentLeg>,
     sdp_version: u64,
 }
 
@@ -601,6 +608,7 @@ impl AgentTask {
             lead: None,
             pending: None,
             closing: Vec::new(),
+            closing_agent: Vec::new(),
             sdp_version: epoch_ms(SystemTime::now()).unsigned_abs(),
         }
     }
@@ -610,6 +618,7 @@ impl AgentTask {
         all.extend(self.leg.as_ref().and_then(|l| l.poll_timeout()));
         all.extend(self.lead.as_ref().and_then(|l| l.leg.poll_timeout()));
         all.extend(self.closing.iter().filter_map(|l| l.poll_timeout()));
+        all.extend(self.closing_agent.iter().filter_map(|l| l.poll_timeout()));
         all.into_iter().min()
     }
 
@@ -665,6 +674,11 @@ impl AgentTask {
                 l.handle_timeout(now);
             }
         }
+        for l in &mut self.closing_agent {
+            if l.poll_timeout().is_some_and(|d| d <= now) {
+                l.handle_timeout(now);
+            }
+        }
     }
 
     fn on_sip(&mut self, now: Instant, m: RoutedMessage) {
@@ -678,6 +692,12 @@ impl AgentTask {
         } else if let Some(leg) = self.leg.as_mut().filter(|l| l.call_id() == call_id) {
             leg.handle_message(now, m.peer, m.message)
         } else if let Some(l) = self.closing.iter_mut().find(|l| l.call_id() == call_id) {
+            l.handle_message(now, m.peer, m.message)
+        } else if let Some(l) = self
+            .closing_agent
+            .iter_mut()
+            .find(|l| l.call_id() == call_id)
+        {
             l.handle_message(now, m.peer, m.message)
         } else {
             return;
@@ -760,14 +780,7 @@ impl AgentTask {
                         true
                     }
                     _ if self.pending.as_ref().is_some_and(|p| p.record_id == id) => {
-                        // Hung up while the agent's phone rings: the lead
-                        // is never dialed, the agent leg is cancelled.
-                        self.abandon_pending("hung up before the agent answered");
-                        if let Some(leg) = &mut self.leg {
-                            if !leg.is_connected() {
-                                leg.hangup(now);
-                            }
-                        }
+                        self.hangup_pending(now).await;
                         true
                     }
                     _ => false,
@@ -976,8 +989,13 @@ impl AgentTask {
             // R11: never on the wire, and no reason to ring the agent for it.
             return self.place_restricted(&req, anchor).await;
         };
-        if self.leg.as_ref().is_some_and(|l| l.is_closed()) {
-            return Err(CallEngineError::NotConnected);
+        self.retire_ending_agent_leg();
+        if self
+            .leg
+            .as_ref()
+            .is_some_and(|l| !l.is_connected() && !l.is_inviting())
+        {
+            return Err(CallEngineError::AgentLegEnding);
         }
         // Every resource is taken before anything is sent, so a refusal
         // (no phone, no RTP ports) leaves nothing behind.
@@ -1081,6 +1099,29 @@ impl AgentTask {
         Ok((record.id, CallProgress::Ended))
     }
 
+    /// An agent leg that failed or was cancelled only finishes its
+    /// signalling (the 487's ACK, Timer D: RFC 3261 §17.1.1.2, up to 32 s
+    /// on UDP): it is set aside, its media freed, so a new call can ring
+    /// the phone at once.
+    fn retire_ending_agent_leg(&mut self) {
+        let ending = self
+            .leg
+            .as_ref()
+            .is_some_and(|l| !l.is_connected() && !l.is_inviting() && !l.is_closed());
+        if !ending || self.lead.is_some() {
+            return;
+        }
+        if let Some(old) = self.leg.take() {
+            self.closing_agent.push(old);
+        }
+        self.media = None;
+        self.media_rx = None;
+        self.agent_offer = None;
+        for w in self.waiters.drain(..) {
+            let _ = w.send(Err(CallEngineError::NotConnected));
+        }
+    }
+
     /// Dials the pending manual call once the agent leg is up (R17).
     async fn start_pending(&mut self) {
         if self.pending.is_none() || !self.leg.as_ref().is_some_and(|l| l.is_connected()) {
@@ -1090,6 +1131,37 @@ impl AgentTask {
             self.launch_lead(p.req, p.record_id, p.number, p.media, Anchor::now(), true);
             self.flush().await;
         }
+    }
+
+    /// Hung up while the agent's phone rings: the lead is never dialed, the
+    /// agent leg is cancelled, and the record's end is stored before the
+    /// hang-up is answered.
+    async fn hangup_pending(&mut self, now: Instant) {
+        let Some(p) = self.pending.take() else {
+            return;
+        };
+        if let Some(media) = &self.media {
+            let _ = media.close_leg(p.media.id);
+        }
+        if let Some(leg) = &mut self.leg {
+            if !leg.is_connected() {
+                leg.hangup(now);
+            }
+        }
+        tracing::info!(agent = %self.name, call = p.record_id, "manual call hung up before the agent answered");
+        let end = CallEnd {
+            ended_ms: Some(epoch_ms(SystemTime::now())),
+            ..CallEnd::default()
+        };
+        if let Err(e) = self.shared.store.finish_call(p.record_id, &end).await {
+            tracing::error!(error = %e, call_id = p.record_id, "end of an undialed call not stored");
+        }
+        set_progress(
+            &self.shared,
+            &self.name,
+            p.record_id,
+            CallProgress::NotDialed,
+        );
     }
 
     /// The agent leg did not come up: the pending manual call ends
@@ -1229,6 +1301,21 @@ impl AgentTask {
             }
             for i in closed.into_iter().rev() {
                 let l = self.closing.swap_remove(i);
+                self.unroute(l.call_id());
+            }
+            let mut closed = Vec::new();
+            for (i, l) in self.closing_agent.iter_mut().enumerate() {
+                while let Some(t) = l.poll_transmit() {
+                    out.push(t);
+                }
+                while let Some(ev) = l.poll_event() {
+                    if matches!(ev, AgentEvent::Closed) {
+                        closed.push(i);
+                    }
+                }
+            }
+            for i in closed.into_iter().rev() {
+                let l = self.closing_agent.swap_remove(i);
                 self.unroute(l.call_id());
             }
             for t in out {

@@ -144,6 +144,7 @@ impl From<CallEngineError> for CallApiError {
                 retry_after_s: RTP_PORTS_RETRY_AFTER_S,
             }),
             e @ (CallEngineError::Declined(_)
+            | CallEngineError::AgentLegEnding
             | CallEngineError::Timeout
             | CallEngineError::NotConnected
             | CallEngineError::NoCall

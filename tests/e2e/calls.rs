@@ -5,8 +5,11 @@
 //! manual call API (R17: `202 Accepted` at once, SPEC §4) and their
 //! records followed to the end.
 
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::peers::{agent_status, carrier_events, spawn_py, wait_for, Peer};
@@ -320,21 +323,77 @@ fn outcomes_ring_timeout_and_media_with_pjsip_carrier_and_agent() {
     );
 }
 
+/// Reads `GET /api/v1/events` on a thread until `stop` is set; returns
+/// what arrived.
+fn capture_events(app: &App, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<String> {
+    let addr = app.http;
+    let token = app.token.clone();
+    std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect(addr).expect("connect http");
+        s.set_read_timeout(Some(Duration::from_millis(100))).ok();
+        let req = format!(
+            "GET /api/v1/events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).expect("write http");
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !stop.load(Ordering::Relaxed) {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(_) => {}
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    })
+}
+
 /// SPEC §4: `POST /api/v1/calls` answers `202 Accepted` at once while the
-/// agent's phone rings (3 s here), and `GET /api/v1/calls/{id}` follows the
-/// call: `calling_agent`, then the lead's progress, then `answered`.
+/// agent's phone rings (3 s here), and `GET /api/v1/calls/{id}` and the
+/// event stream follow the call: `calling_agent`, then the lead's
+/// progress, then `answered`. A call hung up while the phone rings ends
+/// `not_dialed`: the lead is never dialed.
 #[test]
 fn manual_call_is_accepted_at_once_and_followed_to_the_answer() {
     let rig = rig_with(RigOptions {
         answer_delay: 3.0,
         ..RigOptions::default()
     });
-    let sent = Instant::now();
-    let (code, body) = rig.post(
-        "/api/v1/calls",
-        r#"{"agent": "alice", "number": "+442079460001"}"#,
+    let stop = Arc::new(AtomicBool::new(false));
+    let events = capture_events(&rig.app, stop.clone());
+    std::thread::sleep(Duration::from_millis(200));
+    let place = || {
+        let sent = Instant::now();
+        let (code, body) = rig.post(
+            "/api/v1/calls",
+            r#"{"agent": "alice", "number": "+442079460001"}"#,
+        );
+        (code, body, sent.elapsed())
+    };
+
+    // Hung up while the phone rings: never dialed.
+    let (code, body, took) = place();
+    assert_eq!(code, 202, "{body}");
+    assert_eq!(body["state"], "calling_agent", "{body}");
+    let first = body["id"].as_i64().expect("call id");
+    wait_for("the phone to ring", Duration::from_secs(5), || {
+        agent_status(&rig.status)["state"] == "ringing"
+    });
+    let (code, body) = rig.post(&format!("/api/v1/calls/{first}/hangup"), "");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["state"], "not_dialed", "{body}");
+    assert!(
+        !body["ended_at"].is_null() && body["outcome"].is_null(),
+        "{body}"
     );
-    let took = sent.elapsed();
+    eprintln!("first POST /api/v1/calls answered in {took:?}");
+    wait_for("the phone to stop ringing", Duration::from_secs(5), || {
+        agent_status(&rig.status)["state"] == "disconnected"
+    });
+
+    // At once again, though the cancelled leg still finishes its
+    // signalling (Timer D); answered after 3 s of ringing.
+    let (code, body, took) = place();
     eprintln!("POST /api/v1/calls answered in {took:?}");
     assert_eq!(code, 202, "{body}");
     assert!(
@@ -359,13 +418,13 @@ fn manual_call_is_accepted_at_once_and_followed_to_the_answer() {
     });
     eprintln!("states: {states:?}");
     assert_eq!(states[0], "calling_agent", "{states:?}");
-    assert!(
-        agent_status(&rig.status)["calls"].as_i64() == Some(1),
-        "the phone answered once"
-    );
-    // The lead was dialed only after the phone answered (3 s).
-    let events = carrier_events(&rig.events);
-    assert!(event_time(&events, "invite", "442079460001").is_some());
+    assert_eq!(agent_status(&rig.status)["calls"].as_i64(), Some(1));
+    // Only the second call reached the carrier.
+    let invites = carrier_events(&rig.events)
+        .iter()
+        .filter(|e| e["event"] == "invite" && e["number"] == "442079460001")
+        .count();
+    assert_eq!(invites, 1, "the hung-up call must never be dialed");
     let rec = rig.record(id);
     assert!(!rec["answered_at"].is_null(), "{rec}");
 
@@ -374,6 +433,23 @@ fn manual_call_is_accepted_at_once_and_followed_to_the_answer() {
     let rec = rig.ended(id);
     assert_eq!(rec["outcome"], "answered", "{rec}");
     assert_eq!(rec["state"], "ended", "{rec}");
+
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let stream = events.join().expect("events thread");
+    for (call, state) in [
+        (first, "calling_agent"),
+        (first, "not_dialed"),
+        (id, "calling_agent"),
+        (id, "answered"),
+        (id, "ended"),
+    ] {
+        let needle = format!(r#""call_id":{call},"agent":"alice","state":"{state}""#);
+        assert!(
+            stream.contains(&needle),
+            "no {needle} in the events:\n{stream}"
+        );
+    }
 }
 
 /// Four UDP ports `base..base+4` (two RTP/RTCP pairs) free on 127.0.0.1.
