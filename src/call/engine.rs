@@ -846,7 +846,8 @@ impl AgentTask {
         }
     }
 
-    /// The agent's registered contacts (issue 3 §1: the INVITE forks to all).
+    /// The agent's registered contacts: the INVITE forks to all of them
+    /// (RFC 3261 §16.7 forking, as a proxy would).
     async fn agent_targets(&self) -> Vec<AgentTarget> {
         let bindings = self.shared.sip.bindings(&self.name).await;
         bindings
