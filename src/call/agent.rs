@@ -198,6 +198,11 @@ impl AgentLeg {
         matches!(self.state, AgentState::Connected(_))
     }
 
+    /// Whether the phone is still being called (no answer, not hung up).
+    pub fn is_inviting(&self) -> bool {
+        matches!(self.state, AgentState::Inviting(_))
+    }
+
     /// Whether [`AgentEvent::Closed`] was emitted.
     pub fn is_closed(&self) -> bool {
         matches!(self.state, AgentState::Closed)

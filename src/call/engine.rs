@@ -29,7 +29,8 @@ use super::{
 use crate::config::{Config, TrunkConfig};
 use crate::leads::model::{CallEnd, CallOutcome, NewCall};
 use crate::leads::PhoneE164;
-use crate::media::relay::{AgentMedia, LegHandle, MediaEvent, MediaRelay};
+use crate::media::port::PortError;
+use crate::media::relay::{AgentMedia, LegHandle, MediaError, MediaEvent, MediaRelay};
 use crate::media::sdp::{self, SessionDescription};
 use crate::server::SipHandle;
 use crate::sip::syntax::SipMessage;
@@ -65,10 +66,18 @@ pub enum CallEngineError {
     /// No call to act on.
     #[error("no call in progress")]
     NoCall,
+    /// The agent leg is still ending (its CANCEL or BYE in flight): a new
+    /// call can start once it is gone.
+    #[error("the agent's phone is still hanging up the previous call: try again in a moment")]
+    AgentLegEnding,
     /// No `[[trunk]]` is configured.
     #[error("no [[trunk]] is configured")]
     NoTrunk,
-    /// The media relay failed (ports, task).
+    /// Every RTP port pair of `server.rtp_ports` is in use (SPEC §4): the
+    /// call cannot be set up until calls end (HTTP 503).
+    #[error(transparent)]
+    RtpPorts(PortError),
+    /// The media relay failed (sockets, task).
     #[error("media: {0}")]
     Media(String),
     /// The SIP layer refused to build or send the call.
@@ -80,6 +89,37 @@ pub enum CallEngineError {
     /// The engine is shutting down.
     #[error("the call engine has stopped")]
     Stopped,
+}
+
+impl From<MediaError> for CallEngineError {
+    fn from(e: MediaError) -> Self {
+        match e {
+            MediaError::Ports(p @ PortError::Exhausted { .. }) => CallEngineError::RtpPorts(p),
+            other => CallEngineError::Media(other.to_string()),
+        }
+    }
+}
+
+/// Where a call placed with [`CallEngine::place_call`] stands while it has
+/// no outcome (SPEC §4: "the call's progress follows in GET
+/// /api/v1/calls/{id} and the event stream").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallProgress {
+    /// The agent's phone is ringing; the lead is dialed once it answers.
+    CallingAgent,
+    /// The lead's INVITE is out, no provisional response yet.
+    Dialing,
+    /// The lead is ringing (a 18x arrived).
+    Ringing,
+    /// The lead answered and is bridged to the agent.
+    Answered,
+    /// The outcome is stored.
+    Ended,
+    /// The agent's phone did not answer (or the call was hung up or could
+    /// not be set up before the lead was dialed): the lead was never dialed,
+    /// so the record has `ended_at` and no outcome.
+    NotDialed,
 }
 
 /// A dial request from the sessions or the manual call API (R2, R8, R17).
@@ -139,6 +179,16 @@ pub enum CallEvent {
         /// The final SIP status of the lead's INVITE, if one arrived.
         sip_status: Option<u16>,
     },
+    /// A call placed with [`CallEngine::place_call`] moved on (SPEC §4,
+    /// R17); the sessions ignore it.
+    CallProgress {
+        /// The agent.
+        agent: String,
+        /// The call record id.
+        call_id: i64,
+        /// Where it stands now.
+        state: CallProgress,
+    },
     /// A control key on the agent's phone (issue 3 §7): `*` next lead, `#`
     /// hang up the lead, `0` pause. The engine already did the SIP part of
     /// `*` and `#`.
@@ -162,6 +212,10 @@ pub struct AgentLegState {
 enum Command {
     Connect(oneshot::Sender<Result<(), CallEngineError>>),
     Dial(DialRequest, oneshot::Sender<Result<i64, CallEngineError>>),
+    Place(
+        DialRequest,
+        oneshot::Sender<Result<(i64, CallProgress), CallEngineError>>,
+    ),
     Skip(oneshot::Sender<Result<(), CallEngineError>>),
     Hangup(i64, oneshot::Sender<bool>),
     Disconnect(oneshot::Sender<Result<(), CallEngineError>>),
@@ -191,7 +245,12 @@ pub enum RouteChange {
 pub struct CallEngine {
     agents: Arc<HashMap<String, mpsc::UnboundedSender<Command>>>,
     events: broadcast::Sender<CallEvent>,
+    progress: ProgressTable,
 }
+
+/// Where the calls placed with [`CallEngine::place_call`] stand, until
+/// their outcome is stored.
+type ProgressTable = Arc<std::sync::Mutex<HashMap<i64, CallProgress>>>;
 
 impl std::fmt::Debug for CallEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -209,6 +268,7 @@ struct Shared {
     routes: mpsc::UnboundedSender<RouteChange>,
     relay: MediaRelay,
     events: broadcast::Sender<CallEvent>,
+    progress: ProgressTable,
     local: LocalAddress,
     media_ip: IpAddr,
     timers: TimerConfig,
@@ -280,6 +340,7 @@ impl CallEngine {
             }
         };
         let (events, _) = broadcast::channel(1024);
+        let progress = ProgressTable::default();
         let sent_by = io.sent_by.to_string();
         let shared = Arc::new(Shared {
             store: io.store,
@@ -288,6 +349,7 @@ impl CallEngine {
             routes: io.routes,
             relay: io.relay,
             events: events.clone(),
+            progress: progress.clone(),
             local: LocalAddress {
                 contact: format!("sip:powerdial@{sent_by}"),
                 sent_by,
@@ -315,6 +377,7 @@ impl CallEngine {
         Ok(CallEngine {
             agents: Arc::new(agents),
             events,
+            progress,
         })
     }
 
@@ -351,6 +414,33 @@ impl CallEngine {
     /// at once; the outcome arrives as [`CallEvent::CallEnded`].
     pub async fn dial(&self, agent: &str, req: DialRequest) -> Result<i64, CallEngineError> {
         self.ask(agent, |tx| Command::Dial(req, tx)).await?
+    }
+
+    /// A manual call (R17, SPEC §4 "answers 202 Accepted at once"): returns
+    /// the call record id and its first state as soon as the record is
+    /// stored, without waiting for the agent's phone. Errors known before
+    /// anything starts come back at once: unknown agent, phone not
+    /// registered, a call already in progress, no trunk, no free RTP ports.
+    /// A connected agent leg is reused and the lead dialed at once;
+    /// otherwise the agent's phone rings first ([`CallProgress::CallingAgent`])
+    /// and the lead is dialed when it answers. Progress is published as
+    /// [`CallEvent::CallProgress`] and read with [`CallEngine::call_progress`].
+    pub async fn place_call(
+        &self,
+        agent: &str,
+        req: DialRequest,
+    ) -> Result<(i64, CallProgress), CallEngineError> {
+        self.ask(agent, |tx| Command::Place(req, tx)).await?
+    }
+
+    /// Where a call placed with [`CallEngine::place_call`] stands, while
+    /// its outcome is not stored yet; `None` for other calls.
+    pub fn call_progress(&self, call_id: i64) -> Option<CallProgress> {
+        self.progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&call_id)
+            .copied()
     }
 
     /// R9: CANCEL while ringing (outcome `skipped`), BYE once answered.
@@ -457,6 +547,18 @@ struct LeadCall {
     ringing: bool,
     /// The outcome is stored and `CallEnded` sent.
     finished: bool,
+    /// Placed with [`CallEngine::place_call`]: its progress is published.
+    manual: bool,
+}
+
+/// A manual call waiting for the agent's phone to answer (R17): its
+/// record is stored and its lead media reserved; the lead is dialed when
+/// the agent leg connects.
+struct PendingCall {
+    req: DialRequest,
+    record_id: i64,
+    number: String,
+    media: LegHandle,
 }
 
 struct AgentTask {
@@ -471,9 +573,14 @@ struct AgentTask {
     agent_offer: Option<SessionDescription>,
     waiters: Vec<oneshot::Sender<Result<(), CallEngineError>>>,
     lead: Option<LeadCall>,
+    /// A manual call waiting for the agent leg (R17).
+    pending: Option<PendingCall>,
     /// Lead legs whose outcome is stored but whose signalling goes on
     /// (487's ACK, Timer D, a crossing 200's BYE).
     closing: Vec<LeadLeg>,
+    /// Agent legs that failed or were cancelled, finishing their
+    /// signalling the same way while a new one rings the phone.
+    closing_agent: Vec<AgentLeg>,
     sdp_version: u64,
 }
 
@@ -499,7 +606,9 @@ impl AgentTask {
             agent_offer: None,
             waiters: Vec::new(),
             lead: None,
+            pending: None,
             closing: Vec::new(),
+            closing_agent: Vec::new(),
             sdp_version: epoch_ms(SystemTime::now()).unsigned_abs(),
         }
     }
@@ -509,6 +618,7 @@ impl AgentTask {
         all.extend(self.leg.as_ref().and_then(|l| l.poll_timeout()));
         all.extend(self.lead.as_ref().and_then(|l| l.leg.poll_timeout()));
         all.extend(self.closing.iter().filter_map(|l| l.poll_timeout()));
+        all.extend(self.closing_agent.iter().filter_map(|l| l.poll_timeout()));
         all.into_iter().min()
     }
 
@@ -544,6 +654,7 @@ impl AgentTask {
                 },
             }
             self.flush().await;
+            self.start_pending().await;
         }
     }
 
@@ -563,6 +674,11 @@ impl AgentTask {
                 l.handle_timeout(now);
             }
         }
+        for l in &mut self.closing_agent {
+            if l.poll_timeout().is_some_and(|d| d <= now) {
+                l.handle_timeout(now);
+            }
+        }
     }
 
     fn on_sip(&mut self, now: Instant, m: RoutedMessage) {
@@ -576,6 +692,12 @@ impl AgentTask {
         } else if let Some(leg) = self.leg.as_mut().filter(|l| l.call_id() == call_id) {
             leg.handle_message(now, m.peer, m.message)
         } else if let Some(l) = self.closing.iter_mut().find(|l| l.call_id() == call_id) {
+            l.handle_message(now, m.peer, m.message)
+        } else if let Some(l) = self
+            .closing_agent
+            .iter_mut()
+            .find(|l| l.call_id() == call_id)
+        {
             l.handle_message(now, m.peer, m.message)
         } else {
             return;
@@ -637,6 +759,10 @@ impl AgentTask {
                 let r = self.dial(req).await;
                 let _ = reply.send(r);
             }
+            Command::Place(req, reply) => {
+                let r = self.place(now, req).await;
+                let _ = reply.send(r);
+            }
             Command::Skip(reply) => {
                 let r = match &mut self.lead {
                     Some(l) => {
@@ -651,6 +777,10 @@ impl AgentTask {
                 let found = match &mut self.lead {
                     Some(l) if l.record_id == id => {
                         l.leg.hangup(now);
+                        true
+                    }
+                    _ if self.pending.as_ref().is_some_and(|p| p.record_id == id) => {
+                        self.hangup_pending(now).await;
                         true
                     }
                     _ => false,
@@ -695,8 +825,32 @@ impl AgentTask {
             }
             return;
         }
+        let targets = self.agent_targets().await;
+        if targets.is_empty() {
+            let _ = reply.send(Err(CallEngineError::NoBinding));
+            return;
+        }
+        let (media, media_rx) = match self.shared.relay.open_agent() {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(agent = %self.name, error = %e, "no media for the agent leg");
+                let _ = reply.send(Err(e.into()));
+                return;
+            }
+        };
+        match self.dial_agent(now, targets, media, media_rx) {
+            Ok(()) => self.waiters.push(reply),
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    /// The agent's registered contacts: the INVITE forks to all of them
+    /// (RFC 3261 §16.7 forking, as a proxy would).
+    async fn agent_targets(&self) -> Vec<AgentTarget> {
         let bindings = self.shared.sip.bindings(&self.name).await;
-        let targets: Vec<AgentTarget> = bindings
+        bindings
             .into_iter()
             .map(|b| AgentTarget {
                 peer: Peer {
@@ -705,18 +859,18 @@ impl AgentTask {
                 },
                 contact: b.contact.trim_matches(['<', '>']).to_string(),
             })
-            .collect();
-        if targets.is_empty() {
-            let _ = reply.send(Err(CallEngineError::NoBinding));
-            return;
-        }
-        let (media, media_rx) = match self.shared.relay.open_agent() {
-            Ok(x) => x,
-            Err(e) => {
-                let _ = reply.send(Err(CallEngineError::Media(e.to_string())));
-                return;
-            }
-        };
+            .collect()
+    }
+
+    /// Starts the agent leg on its media; the INVITE leaves in this loop
+    /// turn's flush.
+    fn dial_agent(
+        &mut self,
+        now: Instant,
+        targets: Vec<AgentTarget>,
+        media: AgentMedia,
+        media_rx: mpsc::UnboundedReceiver<MediaEvent>,
+    ) -> Result<(), CallEngineError> {
         let version = self.next_sdp_version();
         let offer = sdp::make_offer(self.shared.media_ip, media.agent_leg().local_port, version);
         let local = &self.shared.local;
@@ -736,14 +890,10 @@ impl AgentTask {
                 self.media = Some(media);
                 self.media_rx = Some(media_rx);
                 self.agent_offer = Some(offer);
-                self.waiters.push(reply);
+                Ok(())
             }
-            Err(e) => {
-                let _ = reply.send(Err(match e {
-                    super::CallError::NoBinding => CallEngineError::NoBinding,
-                    other => CallEngineError::Sip(other.to_string()),
-                }));
-            }
+            Err(super::CallError::NoBinding) => Err(CallEngineError::NoBinding),
+            Err(other) => Err(CallEngineError::Sip(other.to_string())),
         }
     }
 
@@ -765,11 +915,11 @@ impl AgentTask {
         if !self.leg.as_ref().is_some_and(|l| l.is_connected()) {
             return Err(CallEngineError::NotConnected);
         }
-        if self.lead.is_some() {
+        if self.lead.is_some() || self.pending.is_some() {
             return Err(CallEngineError::Busy);
         }
         let shared = self.shared.clone();
-        let Some((trunk, trunk_peer, allow)) = &shared.trunk else {
+        let Some((_, _, allow)) = &shared.trunk else {
             return Err(CallEngineError::NoTrunk);
         };
         let number = dialable(&self.shared, allow, &req.number);
@@ -810,14 +960,239 @@ impl AgentTask {
                 end,
                 Outcome::Restricted,
                 None,
+                false,
             );
             return Ok(record.id);
         };
-        let version = self.next_sdp_version();
         let media = self.media.as_ref().ok_or(CallEngineError::NotConnected)?;
-        let handle = media
-            .open_lead_leg()
-            .map_err(|e| CallEngineError::Media(e.to_string()))?;
+        let handle = media.open_lead_leg().inspect_err(|e| {
+            tracing::warn!(agent = %self.name, call = record.id, error = %e, "no media for the lead leg");
+        })?;
+        self.launch_lead(req, record.id, number, handle, anchor, false);
+        Ok(record.id)
+    }
+
+    /// R17, SPEC §4: a manual call, answered at once ([`CallEngine::place_call`]).
+    async fn place(
+        &mut self,
+        now: Instant,
+        req: DialRequest,
+    ) -> Result<(i64, CallProgress), CallEngineError> {
+        if self.lead.is_some() || self.pending.is_some() {
+            return Err(CallEngineError::Busy);
+        }
+        let shared = self.shared.clone();
+        let Some((_, _, allow)) = &shared.trunk else {
+            return Err(CallEngineError::NoTrunk);
+        };
+        let anchor = Anchor::now();
+        let Some(number) = dialable(&shared, allow, &req.number) else {
+            // R11: never on the wire, and no reason to ring the agent for it.
+            return self.place_restricted(&req, anchor).await;
+        };
+        self.retire_ending_agent_leg();
+        if self
+            .leg
+            .as_ref()
+            .is_some_and(|l| !l.is_connected() && !l.is_inviting())
+        {
+            return Err(CallEngineError::AgentLegEnding);
+        }
+        // Every resource is taken before anything is sent, so a refusal
+        // (no phone, no RTP ports) leaves nothing behind.
+        let mut fresh = None;
+        if self.leg.is_none() {
+            let targets = self.agent_targets().await;
+            if targets.is_empty() {
+                return Err(CallEngineError::NoBinding);
+            }
+            let (media, media_rx) = self.shared.relay.open_agent().inspect_err(|e| {
+                tracing::warn!(agent = %self.name, error = %e, "no media for the agent leg");
+            })?;
+            fresh = Some((targets, media, media_rx));
+        }
+        let media = match (&fresh, &self.media) {
+            (Some((_, m, _)), _) | (None, Some(m)) => m,
+            (None, None) => return Err(CallEngineError::NotConnected),
+        };
+        let handle = media.open_lead_leg().inspect_err(|e| {
+            tracing::warn!(agent = %self.name, error = %e, "no media for the lead leg");
+        })?;
+        let new = NewCall {
+            session_id: req.session_id,
+            lead_id: req.lead_id,
+            agent: Some(self.name.clone()),
+            number: number.clone(),
+            started_ms: epoch_ms(anchor.1),
+            answered_ms: None,
+            ended_ms: None,
+            outcome: None,
+            sip_status: None,
+            ring_ms: None,
+        };
+        let record = match self.shared.store.insert_call(&new).await {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = media.close_leg(handle.id);
+                return Err(CallEngineError::Store(e.to_string()));
+            }
+        };
+        if self.leg.as_ref().is_some_and(|l| l.is_connected()) {
+            self.launch_lead(req, record.id, number, handle, anchor, true);
+            return Ok((record.id, CallProgress::Dialing));
+        }
+        if let Some((targets, media, media_rx)) = fresh {
+            if let Err(e) = self.dial_agent(now, targets, media, media_rx) {
+                finish_not_dialed(&self.shared, &self.name, record.id);
+                return Err(e);
+            }
+        }
+        tracing::info!(agent = %self.name, call = record.id, "manual call: calling the agent");
+        self.pending = Some(PendingCall {
+            req,
+            record_id: record.id,
+            number,
+            media: handle,
+        });
+        set_progress(
+            &self.shared,
+            &self.name,
+            record.id,
+            CallProgress::CallingAgent,
+        );
+        Ok((record.id, CallProgress::CallingAgent))
+    }
+
+    /// R11 for a manual call: stored as `restricted` at once.
+    async fn place_restricted(
+        &mut self,
+        req: &DialRequest,
+        anchor: Anchor,
+    ) -> Result<(i64, CallProgress), CallEngineError> {
+        tracing::info!(agent = %self.name, number = %req.number, "number not dialable on the trunk: restricted");
+        let at = epoch_ms(anchor.1);
+        let new = NewCall {
+            session_id: req.session_id,
+            lead_id: req.lead_id,
+            agent: Some(self.name.clone()),
+            number: req.number.clone(),
+            started_ms: at,
+            answered_ms: None,
+            ended_ms: Some(at),
+            outcome: Some(CallOutcome::Restricted),
+            sip_status: None,
+            ring_ms: Some(0),
+        };
+        let record = self
+            .shared
+            .store
+            .insert_call(&new)
+            .await
+            .map_err(|e| CallEngineError::Store(e.to_string()))?;
+        let _ = self.shared.events.send(CallEvent::CallEnded {
+            agent: self.name.clone(),
+            call_id: record.id,
+            lead_id: req.lead_id,
+            session_id: req.session_id,
+            outcome: Outcome::Restricted,
+            sip_status: None,
+        });
+        Ok((record.id, CallProgress::Ended))
+    }
+
+    /// An agent leg that failed or was cancelled only finishes its
+    /// signalling (the 487's ACK, Timer D: RFC 3261 §17.1.1.2, up to 32 s
+    /// on UDP): it is set aside, its media freed, so a new call can ring
+    /// the phone at once.
+    fn retire_ending_agent_leg(&mut self) {
+        let ending = self
+            .leg
+            .as_ref()
+            .is_some_and(|l| !l.is_connected() && !l.is_inviting() && !l.is_closed());
+        if !ending || self.lead.is_some() {
+            return;
+        }
+        if let Some(old) = self.leg.take() {
+            self.closing_agent.push(old);
+        }
+        self.media = None;
+        self.media_rx = None;
+        self.agent_offer = None;
+        for w in self.waiters.drain(..) {
+            let _ = w.send(Err(CallEngineError::NotConnected));
+        }
+    }
+
+    /// Dials the pending manual call once the agent leg is up (R17).
+    async fn start_pending(&mut self) {
+        if self.pending.is_none() || !self.leg.as_ref().is_some_and(|l| l.is_connected()) {
+            return;
+        }
+        if let Some(p) = self.pending.take() {
+            self.launch_lead(p.req, p.record_id, p.number, p.media, Anchor::now(), true);
+            self.flush().await;
+        }
+    }
+
+    /// Hung up while the agent's phone rings: the lead is never dialed, the
+    /// agent leg is cancelled, and the record's end is stored before the
+    /// hang-up is answered.
+    async fn hangup_pending(&mut self, now: Instant) {
+        let Some(p) = self.pending.take() else {
+            return;
+        };
+        if let Some(media) = &self.media {
+            let _ = media.close_leg(p.media.id);
+        }
+        if let Some(leg) = &mut self.leg {
+            if !leg.is_connected() {
+                leg.hangup(now);
+            }
+        }
+        tracing::info!(agent = %self.name, call = p.record_id, "manual call hung up before the agent answered");
+        let end = CallEnd {
+            ended_ms: Some(epoch_ms(SystemTime::now())),
+            ..CallEnd::default()
+        };
+        if let Err(e) = self.shared.store.finish_call(p.record_id, &end).await {
+            tracing::error!(error = %e, call_id = p.record_id, "end of an undialed call not stored");
+        }
+        set_progress(
+            &self.shared,
+            &self.name,
+            p.record_id,
+            CallProgress::NotDialed,
+        );
+    }
+
+    /// The agent leg did not come up: the pending manual call ends
+    /// without its lead having been dialed.
+    fn abandon_pending(&mut self, why: &str) {
+        let Some(p) = self.pending.take() else {
+            return;
+        };
+        if let Some(media) = &self.media {
+            let _ = media.close_leg(p.media.id);
+        }
+        tracing::info!(agent = %self.name, call = p.record_id, reason = why, "manual call ended before the lead was dialed");
+        finish_not_dialed(&self.shared, &self.name, p.record_id);
+    }
+
+    /// Builds the lead leg on a stored call record and its media (R2, R8).
+    fn launch_lead(
+        &mut self,
+        req: DialRequest,
+        record_id: i64,
+        number: String,
+        handle: LegHandle,
+        anchor: Anchor,
+        manual: bool,
+    ) {
+        let shared = self.shared.clone();
+        let Some((trunk, trunk_peer, _)) = &shared.trunk else {
+            return;
+        };
+        let version = self.next_sdp_version();
         let offer = sdp::make_offer(self.shared.media_ip, handle.local_port, version);
         let ring_timeout = if req.reduced_ring_time {
             self.shared.reduced_ring_timeout
@@ -843,7 +1218,9 @@ impl AgentTask {
         let leg = match LeadLeg::dial(now, params, &mut self.rng) {
             Ok(leg) => leg,
             Err(e) => {
-                let _ = media.close_leg(handle.id);
+                if let Some(media) = &self.media {
+                    let _ = media.close_leg(handle.id);
+                }
                 let end = CallEnd {
                     ended_ms: Some(epoch_ms(SystemTime::now())),
                     outcome: Some(CallOutcome::Restricted),
@@ -853,32 +1230,38 @@ impl AgentTask {
                 spawn_finish(
                     self.shared.clone(),
                     self.name.clone(),
-                    record.id,
+                    record_id,
                     req.lead_id,
                     req.session_id,
                     end,
                     Outcome::Restricted,
                     None,
+                    manual,
                 );
                 tracing::warn!(agent = %self.name, error = %e, "lead INVITE not built: restricted");
-                return Ok(record.id);
+                return;
             }
         };
         self.route(leg.call_id());
-        let _ = media.play_tone();
-        tracing::info!(agent = %self.name, call = record.id, sip_call_id = %leg.call_id(), "dialing");
+        if let Some(media) = &self.media {
+            let _ = media.play_tone();
+        }
+        tracing::info!(agent = %self.name, call = record_id, sip_call_id = %leg.call_id(), "dialing");
+        if manual {
+            set_progress(&self.shared, &self.name, record_id, CallProgress::Dialing);
+        }
         self.lead = Some(LeadCall {
             leg,
             media: handle,
             offer,
-            record_id: record.id,
+            record_id,
             lead_id: req.lead_id,
             session_id: req.session_id,
             anchor,
             ringing: false,
             finished: false,
+            manual,
         });
-        Ok(record.id)
     }
 
     /// Sends what the legs queued and handles what they reported, until
@@ -921,6 +1304,21 @@ impl AgentTask {
                 let l = self.closing.swap_remove(i);
                 self.unroute(l.call_id());
             }
+            let mut closed = Vec::new();
+            for (i, l) in self.closing_agent.iter_mut().enumerate() {
+                while let Some(t) = l.poll_transmit() {
+                    out.push(t);
+                }
+                while let Some(ev) = l.poll_event() {
+                    if matches!(ev, AgentEvent::Closed) {
+                        closed.push(i);
+                    }
+                }
+            }
+            for i in closed.into_iter().rev() {
+                let l = self.closing_agent.swap_remove(i);
+                self.unroute(l.call_id());
+            }
             for t in out {
                 busy = true;
                 if let SipMessage::Request(r) = &t.message {
@@ -951,6 +1349,9 @@ impl AgentTask {
             LeadEvent::Ringing { .. } => {
                 if !l.ringing {
                     l.ringing = true;
+                    if l.manual {
+                        set_progress(&self.shared, &agent, l.record_id, CallProgress::Ringing);
+                    }
                     let _ = self.shared.events.send(CallEvent::LeadRinging {
                         agent,
                         call_id: l.record_id,
@@ -988,6 +1389,9 @@ impl AgentTask {
                         tracing::warn!(error = %e, call_id = id, "answer time not stored");
                     }
                 });
+                if l.manual {
+                    set_progress(&self.shared, &agent, l.record_id, CallProgress::Answered);
+                }
                 let _ = self.shared.events.send(CallEvent::LeadAnswered {
                     agent,
                     call_id: l.record_id,
@@ -1042,6 +1446,7 @@ impl AgentTask {
                 end,
                 outcome,
                 r.sip_status,
+                l.manual,
             );
         }
         if let Some(media) = &self.media {
@@ -1080,6 +1485,10 @@ impl AgentTask {
                 });
             }
             AgentEvent::Failed { status } => {
+                self.abandon_pending(&match status {
+                    Some(s) => format!("the agent's phone declined ({s})"),
+                    None => "the agent's phone did not answer".to_string(),
+                });
                 let err = match status {
                     Some(s) => CallEngineError::Declined(s),
                     None => CallEngineError::Timeout,
@@ -1121,6 +1530,7 @@ impl AgentTask {
                 });
             }
             AgentEvent::Closed => {
+                self.abandon_pending("the agent leg ended");
                 if let Some(leg) = self.leg.take() {
                     self.unroute(leg.call_id());
                 }
@@ -1192,10 +1602,14 @@ fn spawn_finish(
     end: CallEnd,
     outcome: Outcome,
     sip_status: Option<u16>,
+    manual: bool,
 ) {
     tokio::spawn(async move {
         if let Err(e) = shared.store.finish_call(call_id, &end).await {
             tracing::error!(error = %e, call_id, "call outcome not stored");
+        }
+        if manual {
+            set_progress(&shared, &agent, call_id, CallProgress::Ended);
         }
         let _ = shared.events.send(CallEvent::CallEnded {
             agent,
@@ -1205,6 +1619,43 @@ fn spawn_finish(
             outcome,
             sip_status,
         });
+    });
+}
+
+/// Records and publishes a manual call's progress (SPEC §4); a final
+/// state removes it from the table, the stored record then tells it.
+fn set_progress(shared: &Shared, agent: &str, call_id: i64, state: CallProgress) {
+    {
+        let mut table = shared
+            .progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match state {
+            CallProgress::Ended | CallProgress::NotDialed => table.remove(&call_id),
+            live => table.insert(call_id, live),
+        };
+    }
+    let _ = shared.events.send(CallEvent::CallProgress {
+        agent: agent.to_string(),
+        call_id,
+        state,
+    });
+}
+
+/// Stores the end of a manual call whose lead was never dialed: `ended_at`
+/// and no outcome (none of R8–R12 happened).
+fn finish_not_dialed(shared: &Arc<Shared>, agent: &str, call_id: i64) {
+    let shared = shared.clone();
+    let agent = agent.to_string();
+    tokio::spawn(async move {
+        let end = CallEnd {
+            ended_ms: Some(epoch_ms(SystemTime::now())),
+            ..CallEnd::default()
+        };
+        if let Err(e) = shared.store.finish_call(call_id, &end).await {
+            tracing::error!(error = %e, call_id, "end of an undialed call not stored");
+        }
+        set_progress(&shared, &agent, call_id, CallProgress::NotDialed);
     });
 }
 

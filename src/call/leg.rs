@@ -15,8 +15,8 @@ use super::{CallError, LocalAddress};
 use crate::sip::dialog::{Dialog, DialogId};
 use crate::sip::syntax::{HeadersExt, Method, Request, Response, SipMessage};
 use crate::sip::transaction::{
-    branch_from_bits, ClientKey, Retransmit2xx, Retransmit2xxEvent, ServerKey, TimerConfig,
-    TransactionTable,
+    branch_from_bits, CancelMatch, ClientKey, Retransmit2xx, Retransmit2xxEvent, ServerKey,
+    TimerConfig, TransactionTable,
 };
 use crate::sip::{Peer, Transmit};
 
@@ -356,11 +356,16 @@ impl LegCore {
         }
     }
 
-    /// CANCEL (§9.2): 200 and 487 for the re-INVITE it targets, else 481.
+    /// CANCEL (§9.2): 200 and 487 for the re-INVITE it targets; 200 alone
+    /// when that re-INVITE already has its final response (no effect);
+    /// else 481.
     fn handle_cancel(&mut self, now: Instant, key: ServerKey, cancel: &Request) {
-        let target = self.table.cancel_target(cancel).ok().flatten();
-        match (target, self.reinvite.take()) {
-            (Some(target), Some(pending)) if target == pending.key => {
+        let matched = self
+            .table
+            .cancel_match(cancel)
+            .unwrap_or(CancelMatch::Unmatched);
+        match (matched, self.reinvite.take()) {
+            (CancelMatch::Pending(target), Some(pending)) if target == pending.key => {
                 self.simple(now, &key, cancel, 200, "OK");
                 self.simple(
                     now,
@@ -369,6 +374,10 @@ impl LegCore {
                     487,
                     "Request Terminated",
                 );
+            }
+            (CancelMatch::Answered, pending) => {
+                self.reinvite = pending;
+                self.simple(now, &key, cancel, 200, "OK");
             }
             (_, pending) => {
                 self.reinvite = pending;

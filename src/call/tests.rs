@@ -969,6 +969,74 @@ fn carrier_reinvite_is_reported_and_answered_until_acked() {
     );
 }
 
+/// RFC 3261 §9.2: a CANCEL of a re-INVITE the leg already answered gets
+/// 200 and has no effect (no 487, the call goes on); a CANCEL matching
+/// nothing gets 481.
+#[test]
+fn cancel_of_an_answered_reinvite_gets_200_and_no_effect() {
+    let mut w = answered_world();
+    w.run_until(5 * S);
+    w.with_far(carrier(), |f, now| {
+        f.send_in_dialog(now, Method::Invite, None);
+    });
+    let now = w.now;
+    w.leg.answer_reinvite(now, OFFER).unwrap();
+    w.step();
+    let reinvite = w
+        .received
+        .iter()
+        .rev()
+        .find_map(|r| match &r.message {
+            SipMessage::Request(q) if q.method == Method::Invite => Some(q.clone()),
+            _ => None,
+        })
+        .expect("the re-INVITE");
+    let cancel = crate::sip::transaction::build_cancel(&reinvite).unwrap();
+    let stray =
+        crate::sip::transaction::build_cancel(&reinvite_with_branch(&reinvite, "z9hG4bK-nosuch"))
+            .unwrap();
+    for c in [cancel, stray] {
+        w.with_far(carrier(), |f, now| {
+            f.table.send_request(now, us(), c).unwrap();
+        });
+    }
+    let answers: Vec<u16> = w
+        .sent
+        .iter()
+        .filter_map(|s| match &s.message {
+            SipMessage::Response(r) if header(r, "CSeq").ends_with("CANCEL") => {
+                Some(r.status_code.code())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(answers, [200, 481]);
+    assert!(!w.sent.iter().any(|s| s.code() == Some(487)));
+    assert!(!w
+        .events
+        .iter()
+        .any(|(_, e)| matches!(e, LeadEvent::Ended { .. })));
+}
+
+/// `invite` with its top Via branch replaced.
+fn reinvite_with_branch(invite: &Request, branch: &str) -> Request {
+    let mut r = invite.clone();
+    for h in r.headers.iter_mut() {
+        if let crate::sip::syntax::Header::Via(v) = h {
+            let value = v.value().to_string();
+            let old = value
+                .split(";branch=")
+                .nth(1)
+                .and_then(|b| b.split(';').next())
+                .unwrap_or_default()
+                .to_string();
+            *h = crate::sip::syntax::Header::Via(value.replace(&old, branch).into());
+            break;
+        }
+    }
+    r
+}
+
 #[test]
 fn retransmitted_200_is_acked_again_and_a_forked_200_is_byed() {
     let mut w = answered_world();

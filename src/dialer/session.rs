@@ -756,7 +756,7 @@ impl<D: Dialer, C: Clock> Session<D, C> {
     async fn call_event(&mut self, ev: CallEvent) {
         let now = self.shared.clock.instant().into_std();
         match ev {
-            CallEvent::AgentConnected { .. } => {}
+            CallEvent::AgentConnected { .. } | CallEvent::CallProgress { .. } => {}
             CallEvent::AgentDisconnected { agent } => {
                 if let Some(s) = self.agents.get_mut(&agent) {
                     s.machine.handle_agent_disconnected();

@@ -3,7 +3,8 @@
 //! details are logged, never sent (SPEC §4 "Errors"; DESIGN.md "Errors").
 
 use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
-use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
@@ -54,8 +55,20 @@ pub enum ApiError {
     /// A store failure: mapped by kind.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// 500: anything else (logged).
-    #[error("internal error")]
+    /// 503: a resource is exhausted for now; the message says which and
+    /// the configuration key that sizes it, `Retry-After` when to retry
+    /// (RFC 9110 §15.6.4, §10.2.3).
+    #[error("{message}")]
+    Unavailable {
+        /// The stable machine-readable code.
+        code: &'static str,
+        /// What is exhausted and how to fix it, for the user.
+        message: String,
+        /// Seconds after which a retry may succeed.
+        retry_after_s: u32,
+    },
+    /// 500: anything else. The cause is logged, never sent.
+    #[error("internal error: {0}")]
     Internal(String),
 }
 
@@ -79,6 +92,7 @@ impl ApiError {
                 StoreError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -102,25 +116,55 @@ impl ApiError {
                 StoreError::Invalid(_) => "unprocessable",
                 _ => "internal",
             },
+            ApiError::Unavailable { code, .. } => code,
             ApiError::Internal(_) => "internal",
         }
     }
 }
 
+/// An error and its chain of sources, `outer: inner: …`, for the log: a
+/// logged failure always says why.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        // `#[error(transparent)]` and `{0}` wrappers repeat their source.
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let message = if status.is_server_error() {
-            tracing::error!(error = %self, "request failed");
-            "internal error".to_string()
-        } else {
-            self.to_string()
+        let message = match &self {
+            ApiError::Unavailable { message, .. } => {
+                tracing::warn!(status = status.as_u16(), code = self.code(), error = %message, "request refused");
+                message.clone()
+            }
+            _ if status.is_server_error() => {
+                // The cause goes to the log only (SPEC §4 "Errors").
+                tracing::error!(status = status.as_u16(), error = %error_chain(&self), "request failed");
+                "internal error".to_string()
+            }
+            _ => self.to_string(),
         };
         let mut body = json!({"error": {"code": self.code(), "message": message}});
         if let ApiError::Validation(v) = &self {
             body["error"]["field"] = json!(v.field);
         }
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let ApiError::Unavailable { retry_after_s, .. } = &self {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(*retry_after_s));
+        }
+        response
     }
 }
 
@@ -168,5 +212,34 @@ impl From<ImportError> for ApiError {
             ImportError::Store(s) => ApiError::Store(s),
             other => ApiError::Import(other),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_errors_carry_their_cause() {
+        let e = ApiError::Internal("no call engine".into());
+        assert_eq!(error_chain(&e), "internal error: no call engine");
+        let io = std::io::Error::other("disk full");
+        let e = ApiError::Store(StoreError::Io(io));
+        assert_eq!(
+            error_chain(&e),
+            "cannot create the database directory: disk full"
+        );
+    }
+
+    #[test]
+    fn unavailable_is_503_with_retry_after_and_its_message() {
+        let e = ApiError::Unavailable {
+            code: "rtp_ports_exhausted",
+            message: "server.rtp_ports 20000-20003 exhausted".into(),
+            retry_after_s: 5,
+        };
+        let r = e.into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[RETRY_AFTER], "5");
     }
 }

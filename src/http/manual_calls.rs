@@ -1,18 +1,84 @@
-//! The manual call API (R17, issue 3 §8): `POST /api/v1/calls` places one
-//! call over the agent's nailed-up leg, `POST /api/v1/calls/{id}/hangup`
-//! ends it, `GET /api/v1/calls/{id}` reads its record.
+//! The manual call API (R17): `POST /api/v1/calls` places one call over
+//! the agent's leg and answers `202 Accepted` at once with the call record
+//! and its `state` (SPEC §4); `GET /api/v1/calls/{id}` follows the call,
+//! `POST /api/v1/calls/{id}/hangup` ends it.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{parse_id, ApiError, ApiJson, AppState};
-use crate::call::engine::{CallEngine, CallEngineError, DialRequest};
-use crate::leads::model::CallRecord;
+use crate::call::engine::{CallEngine, CallEngineError, CallProgress, DialRequest};
+use crate::leads::model::{CallRecord, ValidationError, ValidationReason};
+use crate::leads::PhoneE164;
+
+/// Seconds a client should wait before retrying a call refused for lack of
+/// RTP ports (`Retry-After`, RFC 9110 §10.2.3): calls end within seconds
+/// to minutes, a retry storm helps nobody.
+const RTP_PORTS_RETRY_AFTER_S: u32 = 5;
+
+/// Where a call stands, as `GET /api/v1/calls/{id}` shows it (SPEC §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallState {
+    /// The agent's phone is ringing; the lead is dialed once it answers.
+    CallingAgent,
+    /// The lead's INVITE is out.
+    Dialing,
+    /// The lead is ringing.
+    Ringing,
+    /// The lead answered and is bridged to the agent.
+    Answered,
+    /// The outcome is stored (`outcome`, `ended_at`).
+    Ended,
+    /// The call ended before its lead was dialed (the agent's phone did
+    /// not answer, or it was hung up first): `ended_at`, no outcome.
+    NotDialed,
+    /// In progress, followed by another part (a dialer session) or another
+    /// instance.
+    InProgress,
+}
+
+impl CallState {
+    /// The record decides once the call is over; before, the engine's
+    /// progress.
+    fn of(record: &CallRecord, live: Option<CallProgress>) -> CallState {
+        if record.outcome.is_some() {
+            return CallState::Ended;
+        }
+        if record.ended_at.is_some() {
+            return CallState::NotDialed;
+        }
+        match live {
+            Some(CallProgress::CallingAgent) => CallState::CallingAgent,
+            Some(CallProgress::Dialing) => CallState::Dialing,
+            Some(CallProgress::Ringing) => CallState::Ringing,
+            Some(CallProgress::Answered) => CallState::Answered,
+            // The record is written just before the table entry goes.
+            Some(CallProgress::Ended | CallProgress::NotDialed) | None => {
+                if record.answered_at.is_some() {
+                    CallState::Answered
+                } else {
+                    CallState::InProgress
+                }
+            }
+        }
+    }
+}
+
+/// A call record with its [`CallState`].
+#[derive(Debug, Clone, Serialize)]
+pub struct CallView {
+    /// The stored record.
+    #[serde(flatten)]
+    pub record: CallRecord,
+    /// Where the call stands.
+    pub state: CallState,
+}
 
 /// `POST /api/v1/calls` body (R17).
 #[derive(Debug, Deserialize)]
@@ -36,7 +102,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// Errors of the call API: [`ApiError`] plus the 409s of R17 (agent not
-/// registered, busy, phone did not answer).
+/// registered, busy).
 #[derive(Debug)]
 pub enum CallApiError {
     /// A generic API error.
@@ -70,7 +136,15 @@ impl From<CallEngineError> for CallApiError {
             CallEngineError::Busy => {
                 CallApiError::Conflict("the agent already has a call in progress".into())
             }
+            CallEngineError::RtpPorts(p) => CallApiError::Api(ApiError::Unavailable {
+                code: "rtp_ports_exhausted",
+                message: format!(
+                    "{p}: retry when calls end, or widen server.rtp_ports in the configuration"
+                ),
+                retry_after_s: RTP_PORTS_RETRY_AFTER_S,
+            }),
             e @ (CallEngineError::Declined(_)
+            | CallEngineError::AgentLegEnding
             | CallEngineError::Timeout
             | CallEngineError::NotConnected
             | CallEngineError::NoCall
@@ -100,18 +174,25 @@ fn engine(state: &AppState) -> Result<&CallEngine, CallApiError> {
         .ok_or_else(|| CallApiError::Api(ApiError::Internal("no call engine".into())))
 }
 
-/// R17: connect the agent leg if needed, dial, 201 with the call record.
+/// R17, SPEC §4: `202 Accepted` at once with the call record and its state
+/// (`calling_agent` while the agent's phone rings, `dialing` when the agent
+/// leg was already up, `ended` for a number the trunk may not dial); the
+/// call goes on in the engine. Refusals known before anything starts
+/// answer at once: 404 unknown agent, 400 not a phone number, 409 phone not
+/// registered or a call in progress, 503 no free RTP ports.
 async fn place(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<ManualCall>,
-) -> Result<(StatusCode, Json<CallRecord>), CallApiError> {
+) -> Result<(StatusCode, Json<CallView>), CallApiError> {
     let calls = engine(&state)?;
     if !calls.knows_agent(&body.agent) {
         return Err(ApiError::NotFound(format!("agent {} not found", body.agent)).into());
     }
-    calls.connect_agent(&body.agent).await?;
-    let id = calls
-        .dial(
+    PhoneE164::parse(&body.number, &state.default_region).map_err(|e| {
+        ApiError::Validation(ValidationError::new("number", ValidationReason::Phone(e)))
+    })?;
+    let (id, progress) = calls
+        .place_call(
             &body.agent,
             DialRequest {
                 number: body.number,
@@ -122,29 +203,37 @@ async fn place(
         )
         .await?;
     let record = state.store.get_call(id).await?;
-    Ok((StatusCode::CREATED, Json(record)))
+    let live = calls.call_progress(id).or(Some(progress));
+    let state = CallState::of(&record, live);
+    Ok((StatusCode::ACCEPTED, Json(CallView { record, state })))
 }
 
 async fn get_call(
     State(state): State<AppState>,
     Path(raw): Path<String>,
-) -> Result<Json<CallRecord>, CallApiError> {
+) -> Result<Json<CallView>, CallApiError> {
     let id = parse_id(&raw, "call")?;
-    Ok(Json(state.store.get_call(id).await?))
+    let record = state.store.get_call(id).await?;
+    let live = state.calls.as_ref().and_then(|c| c.call_progress(id));
+    let state = CallState::of(&record, live);
+    Ok(Json(CallView { record, state }))
 }
 
 /// R17 hang-up: CANCEL while ringing (skipped), BYE once answered.
 async fn hangup(
     State(state): State<AppState>,
     Path(raw): Path<String>,
-) -> Result<Json<CallRecord>, CallApiError> {
+) -> Result<Json<CallView>, CallApiError> {
     let id = parse_id(&raw, "call")?;
     let record = state.store.get_call(id).await?;
-    if record.outcome.is_some() {
+    if record.outcome.is_some() || record.ended_at.is_some() {
         return Err(CallApiError::Conflict(format!(
             "call {id} has already ended"
         )));
     }
-    engine(&state)?.hangup_call(id).await?;
-    Ok(Json(state.store.get_call(id).await?))
+    let calls = engine(&state)?;
+    calls.hangup_call(id).await?;
+    let record = state.store.get_call(id).await?;
+    let state = CallState::of(&record, calls.call_progress(id));
+    Ok(Json(CallView { record, state }))
 }

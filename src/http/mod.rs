@@ -67,8 +67,10 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    /// Builds the state.
+    /// Builds the state (and loads the numbering plan the handlers read
+    /// numbers with).
     pub fn new(store: Store, admin_token: &str, default_region: &str) -> Self {
+        crate::leads::phone::load_numbering_plan(default_region);
         AppState {
             store,
             admin_token: admin_token.into(),

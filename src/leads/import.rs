@@ -5,15 +5,14 @@
 //! `contact_name`, `phone` / `phones` (several numbers in one cell separated
 //! by `;` or `,`) and `phone2`, `phone3`…, `custom.NAME`, `created` (RFC 3339
 //! or `YYYY-MM-DD`). An unknown column refuses the whole import before any
-//! row is read. Rows are parsed on a blocking thread (RFC 4180 records,
-//! quoted fields may span lines) and handed over in batches of
+//! row is read. Rows are read by the `csv` crate on a blocking thread (RFC
+//! 4180 records, quoted fields may span lines) and handed over in batches of
 //! [`BATCH_ROWS`], each stored in one transaction; memory stays bounded
 //! whatever the file's size. A bad row (bad phone, wrong type, broken
 //! quoting, wrong column count) is reported with the line it starts on and
 //! does not stop or roll back the others.
 
-use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
@@ -146,205 +145,320 @@ struct Record {
     fields: Vec<String>,
 }
 
-struct Line {
-    number: u64,
-    text: String,
-    bad: Option<RowError>,
+/// Most bytes the tape keeps for one record (its text plus the csv
+/// reader's read-ahead): a quote that is never closed ends its record here
+/// instead of reading the whole file into memory.
+const MAX_RECORD_BYTES: usize = 4 * 1024 * 1024;
+
+/// The input as the `csv` reader pulls it, keeping the bytes of the record
+/// being read so they can be checked and, after a broken record, read
+/// again from its second line.
+///
+/// Hand-written because no crate fits: `csv` (csv-core) parses RFC 4180
+/// records but accepts malformed quoting silently (a quote inside an
+/// unquoted field is kept as text, an unclosed quote swallows the rest of
+/// the file) and has no strict mode, while the import must report such a
+/// row by its line and go on with the next line.
+struct Tape<R> {
+    inner: R,
+    /// Bytes to serve again before `inner` (after a rewind).
+    replay: Vec<u8>,
+    replay_pos: usize,
+    /// Bytes served to the current reader from offset `kept_from` on.
+    kept: Vec<u8>,
+    kept_from: u64,
+    /// Drop input up to and including the next `\n` (the rest of an
+    /// over-long line).
+    skip_line: bool,
+    /// `kept` reached [`MAX_RECORD_BYTES`]: input ends here for this reader.
+    capped: bool,
+    /// A UTF-8 byte order mark at the very start is dropped.
+    at_start: bool,
 }
 
-enum Parsed {
-    Done(Vec<String>, usize),
-    NeedMore,
-    Broken(RowError),
+impl<R: Read> Tape<R> {
+    fn new(inner: R) -> Self {
+        Tape {
+            inner,
+            replay: Vec::new(),
+            replay_pos: 0,
+            kept: Vec::new(),
+            kept_from: 0,
+            skip_line: false,
+            capped: false,
+            at_start: true,
+        }
+    }
+
+    fn pull(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.replay_pos < self.replay.len() {
+            let n = out.len().min(self.replay.len() - self.replay_pos);
+            out[..n].copy_from_slice(&self.replay[self.replay_pos..self.replay_pos + n]);
+            self.replay_pos += n;
+            return Ok(n);
+        }
+        let mut n = self.inner.read(out)?;
+        if self.at_start && n > 0 {
+            self.at_start = false;
+            if out[..n].starts_with(&[0xEF, 0xBB, 0xBF]) {
+                out.copy_within(3..n, 0);
+                n -= 3;
+            }
+        }
+        Ok(n)
+    }
+
+    /// The bytes served at offsets `start..end` of the current reader.
+    fn raw(&self, start: u64, end: u64) -> &[u8] {
+        let from = usize::try_from(start.saturating_sub(self.kept_from)).unwrap_or(usize::MAX);
+        let to = usize::try_from(end.saturating_sub(self.kept_from)).unwrap_or(usize::MAX);
+        self.kept
+            .get(from.min(self.kept.len())..to.min(self.kept.len()))
+            .unwrap_or(&[])
+    }
+
+    /// Forgets the bytes before offset `to` (a record is done).
+    fn discard_to(&mut self, to: u64) {
+        let n = usize::try_from(to.saturating_sub(self.kept_from)).unwrap_or(usize::MAX);
+        self.kept.drain(..n.min(self.kept.len()));
+        self.kept_from = to;
+    }
+
+    /// Serves again from offset `to` of the current reader, to a new reader
+    /// starting at offset 0; with `skip_line`, from the line after it.
+    fn rewind(&mut self, to: u64, skip_line: bool) {
+        let from = usize::try_from(to.saturating_sub(self.kept_from)).unwrap_or(usize::MAX);
+        let mut replay = self.kept.split_off(from.min(self.kept.len()));
+        replay.extend_from_slice(&self.replay[self.replay_pos..]);
+        self.replay = replay;
+        self.replay_pos = 0;
+        self.kept.clear();
+        self.kept_from = 0;
+        self.skip_line = skip_line;
+        self.capped = false;
+    }
 }
 
-/// RFC 4180 record parsing over buffered physical lines. A quote inside
-/// an unquoted field or text after a closing quote is broken quoting;
-/// leading blanks before an opening quote are tolerated.
-fn parse_record(lines: &VecDeque<Line>) -> Parsed {
-    #[derive(PartialEq)]
+impl<R: Read> Read for Tape<R> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            if self.kept.len() >= MAX_RECORD_BYTES {
+                self.capped = true;
+                return Ok(0);
+            }
+            let room = out.len().min(MAX_RECORD_BYTES - self.kept.len());
+            let mut n = self.pull(&mut out[..room])?;
+            if n == 0 {
+                return Ok(0);
+            }
+            if self.skip_line {
+                match out[..n].iter().position(|b| *b == b'\n') {
+                    Some(p) => {
+                        self.skip_line = false;
+                        out.copy_within(p + 1..n, 0);
+                        n -= p + 1;
+                        if n == 0 {
+                            continue;
+                        }
+                    }
+                    None => continue,
+                }
+            }
+            self.kept.extend_from_slice(&out[..n]);
+            return Ok(n);
+        }
+    }
+}
+
+/// Where quoting breaks RFC 4180 §2 (rules 5–7) in a record's raw text:
+/// a quote inside an unquoted field, text after a closing quote (blanks
+/// aside), or a quoted field never closed. The `csv` reader accepts all
+/// three silently, so they are checked here.
+fn quoting_error(raw: &[u8]) -> Option<&'static str> {
+    #[derive(Clone, Copy)]
     enum St {
+        FieldStart,
         Unquoted,
         Quoted,
         AfterQuote,
+        AfterQuoteBlank,
     }
-    let mut fields = Vec::new();
-    let mut cur = String::new();
-    let mut st = St::Unquoted;
-    for (used, line) in lines.iter().enumerate() {
-        if let Some(e) = &line.bad {
-            return Parsed::Broken(e.clone());
-        }
-        if used > 0 {
-            // Only a quoted field continues onto the next line.
-            cur.push('\n');
-        }
-        for c in line.text.chars() {
-            match st {
-                St::Unquoted => match c {
-                    ',' => fields.push(std::mem::take(&mut cur)),
-                    '"' if cur.trim().is_empty() => {
-                        cur.clear();
-                        st = St::Quoted;
-                    }
-                    '"' => {
-                        return Parsed::Broken(RowError::BrokenQuoting(
-                            "quote inside an unquoted field",
-                        ))
-                    }
-                    c => cur.push(c),
-                },
-                St::Quoted => match c {
-                    '"' => st = St::AfterQuote,
-                    c => cur.push(c),
-                },
-                St::AfterQuote => match c {
-                    '"' => {
-                        cur.push('"');
-                        st = St::Quoted;
-                    }
-                    ',' => {
-                        fields.push(std::mem::take(&mut cur));
-                        st = St::Unquoted;
-                    }
-                    ' ' | '\t' => {}
-                    _ => {
-                        return Parsed::Broken(RowError::BrokenQuoting(
-                            "text after a closing quote",
-                        ))
-                    }
-                },
+    let mut st = St::FieldStart;
+    for &b in raw {
+        st = match (st, b) {
+            (St::Quoted, b'"') => St::AfterQuote,
+            (St::Quoted, _) => St::Quoted,
+            (St::AfterQuote, b'"') => St::Quoted,
+            (_, b',' | b'\r' | b'\n') => St::FieldStart,
+            (St::FieldStart, b'"') => St::Quoted,
+            (St::FieldStart | St::Unquoted, _) if b == b'"' => {
+                return Some("quote inside an unquoted field")
             }
-        }
-        if st != St::Quoted {
-            fields.push(cur);
-            return Parsed::Done(fields, used + 1);
-        }
+            (St::FieldStart | St::Unquoted, _) => St::Unquoted,
+            (St::AfterQuote | St::AfterQuoteBlank, b' ' | b'\t') => St::AfterQuoteBlank,
+            (St::AfterQuote | St::AfterQuoteBlank, _) => return Some("text after a closing quote"),
+        };
     }
-    Parsed::NeedMore
+    matches!(st, St::Quoted).then_some("quoted field never closed")
 }
 
-/// Reads records from physical lines, resynchronising on the next line
+/// Streams records with `csv` (flexible, so a wrong column count is one
+/// row's error) and their first line, and resynchronises on the next line
 /// after a broken record so one stray quote cannot swallow good rows.
 struct Records<R> {
-    reader: R,
-    buf: VecDeque<Line>,
-    next_line: u64,
-    eof: bool,
+    reader: Option<csv::Reader<Tape<R>>>,
+    /// Lines before the current reader's first (it counts from 1).
+    line_base: u64,
     columns: Option<usize>,
+    record: csv::ByteRecord,
 }
 
-impl<R: BufRead> Records<R> {
+fn csv_reader<R: Read>(tape: Tape<R>) -> csv::Reader<Tape<R>> {
+    csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .buffer_capacity(64 * 1024)
+        .from_reader(tape)
+}
+
+/// What to do with the input after a record.
+enum Next {
+    /// Go on after it.
+    Continue,
+    /// Read again from the record's second line.
+    FromLine(u64),
+    /// Read again from the line after its first one (over-long line).
+    SkipLine,
+}
+
+impl<R: Read> Records<R> {
     fn new(reader: R) -> Self {
         Records {
-            reader,
-            buf: VecDeque::new(),
-            next_line: 1,
-            eof: false,
+            reader: Some(csv_reader(Tape::new(reader))),
+            line_base: 0,
             columns: None,
+            record: csv::ByteRecord::new(),
         }
-    }
-
-    /// Reads one physical line into the buffer; false at end of input.
-    fn fill(&mut self) -> std::io::Result<bool> {
-        if self.eof {
-            return Ok(false);
-        }
-        let mut bytes = Vec::new();
-        let n = (&mut self.reader)
-            .take(MAX_LINE_BYTES as u64 + 1)
-            .read_until(b'\n', &mut bytes)?;
-        if n == 0 {
-            self.eof = true;
-            return Ok(false);
-        }
-        let mut bad = None;
-        if bytes.last() != Some(&b'\n') && bytes.len() > MAX_LINE_BYTES {
-            // Skip the rest of the over-long line.
-            loop {
-                let chunk = self.reader.fill_buf()?;
-                if chunk.is_empty() {
-                    break;
-                }
-                if let Some(pos) = chunk.iter().position(|b| *b == b'\n') {
-                    self.reader.consume(pos + 1);
-                    break;
-                }
-                let len = chunk.len();
-                self.reader.consume(len);
-            }
-            bytes.clear();
-            bad = Some(RowError::LineTooLong);
-        }
-        while matches!(bytes.last(), Some(b'\n' | b'\r')) {
-            bytes.pop();
-        }
-        if self.next_line == 1 && bytes.starts_with(&[0xEF, 0xBB, 0xBF]) {
-            bytes.drain(..3);
-        }
-        let text = match String::from_utf8(bytes) {
-            Ok(t) => t,
-            Err(_) => {
-                bad = Some(RowError::NotUtf8);
-                String::new()
-            }
-        };
-        self.buf.push_back(Line {
-            number: self.next_line,
-            text,
-            bad,
-        });
-        self.next_line += 1;
-        Ok(true)
     }
 
     /// The next record, a row error (with its line), or `None` at the end.
     fn next_record(&mut self) -> std::io::Result<Option<Result<Record, RowFailure>>> {
         loop {
-            if self.buf.is_empty() && !self.fill()? {
-                return Ok(None);
-            }
-            let Some(first) = self.buf.front() else {
+            let Some(reader) = self.reader.as_mut() else {
                 return Ok(None);
             };
-            let line = first.number;
-            if first.bad.is_none() && first.text.trim().is_empty() {
-                self.buf.pop_front();
-                continue;
+            let more =
+                reader
+                    .read_byte_record(&mut self.record)
+                    .map_err(|e| match e.into_kind() {
+                        csv::ErrorKind::Io(io) => io,
+                        other => std::io::Error::other(format!("{other:?}")),
+                    })?;
+            if !more {
+                return Ok(None);
             }
-            match parse_record(&self.buf) {
-                Parsed::Done(fields, used) => {
-                    let expected = self.columns.unwrap_or(fields.len());
-                    if fields.len() != expected {
-                        self.buf.pop_front();
-                        let reason = if used > 1 {
-                            // A stray quote joined lines: retry them alone.
-                            RowError::BrokenQuoting("unbalanced quote")
-                        } else {
-                            RowError::ColumnCount {
+            let pos = self
+                .record
+                .position()
+                .cloned()
+                .unwrap_or_else(csv::Position::new);
+            let start = pos.byte();
+            let end = reader.position().byte();
+            let tape = reader.get_ref();
+            let capped = tape.capped;
+            let raw = tape.raw(start, end);
+            // csv skips blank lines before a record; its position is theirs.
+            let lead = raw
+                .iter()
+                .take_while(|b| matches!(b, b'\r' | b'\n'))
+                .count();
+            let blank_lines = raw[..lead].iter().filter(|b| **b == b'\n').count() as u64;
+            let line = self.line_base + pos.line() + blank_lines;
+            let mut body = &raw[lead..];
+            while let [rest @ .., b'\r' | b'\n'] = body {
+                body = rest;
+            }
+            let second_line = body
+                .iter()
+                .position(|b| *b == b'\n')
+                .map(|i| start + (lead + i + 1) as u64);
+            let spans = body.iter().filter(|b| **b == b'\n').count() + 1;
+            let too_long = body
+                .split(|b| *b == b'\n')
+                .any(|l| l.len() > MAX_LINE_BYTES);
+
+            let (result, next) = if too_long {
+                let next = match second_line {
+                    Some(at) => Next::FromLine(at),
+                    None if capped => Next::SkipLine,
+                    None => Next::Continue,
+                };
+                (Some(Err(RowError::LineTooLong)), next)
+            } else if let Some(why) = quoting_error(body) {
+                let next = second_line.map_or(Next::Continue, Next::FromLine);
+                (Some(Err(RowError::BrokenQuoting(why))), next)
+            } else if spans > MAX_RECORD_LINES {
+                let next = second_line.map_or(Next::Continue, Next::FromLine);
+                let why = "quoted field never closed";
+                (Some(Err(RowError::BrokenQuoting(why))), next)
+            } else if self.record.len() == 1 && body.iter().all(|b| matches!(b, b' ' | b'\t')) {
+                // A line of blanks is no record.
+                (None, Next::Continue)
+            } else {
+                let expected = self.columns.unwrap_or(self.record.len());
+                if self.record.len() != expected {
+                    match second_line {
+                        // A stray quote joined lines: retry them alone.
+                        Some(at) => (
+                            Some(Err(RowError::BrokenQuoting("unbalanced quote"))),
+                            Next::FromLine(at),
+                        ),
+                        None => (
+                            Some(Err(RowError::ColumnCount {
                                 expected,
-                                got: fields.len(),
-                            }
-                        };
-                        return Ok(Some(Err(RowFailure { line, reason })));
+                                got: self.record.len(),
+                            })),
+                            Next::Continue,
+                        ),
                     }
-                    self.buf.drain(..used);
-                    return Ok(Some(Ok(Record { line, fields })));
+                } else {
+                    let fields: Result<Vec<String>, RowError> = self
+                        .record
+                        .iter()
+                        .map(|f| {
+                            std::str::from_utf8(f)
+                                .map(str::to_string)
+                                .map_err(|_| RowError::NotUtf8)
+                        })
+                        .collect();
+                    (Some(fields), Next::Continue)
                 }
-                Parsed::NeedMore => {
-                    if self.buf.len() >= MAX_RECORD_LINES || !self.fill()? {
-                        self.buf.pop_front();
-                        return Ok(Some(Err(RowFailure {
-                            line,
-                            reason: RowError::BrokenQuoting("quoted field never closed"),
-                        })));
+            };
+            match next {
+                Next::Continue => {
+                    if let Some(r) = self.reader.as_mut() {
+                        r.get_mut().discard_to(end);
                     }
                 }
-                Parsed::Broken(reason) => {
-                    self.buf.pop_front();
-                    return Ok(Some(Err(RowFailure { line, reason })));
-                }
+                Next::FromLine(at) => self.rewind(at, false, line),
+                Next::SkipLine => self.rewind(start + lead as u64, true, line),
             }
+            match result {
+                Some(Ok(fields)) => return Ok(Some(Ok(Record { line, fields }))),
+                Some(Err(reason)) => return Ok(Some(Err(RowFailure { line, reason }))),
+                None => continue,
+            }
+        }
+    }
+
+    /// A new reader from offset `at` of the current one (line `line + 1`
+    /// on); the bytes before it are done.
+    fn rewind(&mut self, at: u64, skip_line: bool, line: u64) {
+        if let Some(reader) = self.reader.take() {
+            let mut tape = reader.into_inner();
+            tape.rewind(at, skip_line);
+            self.reader = Some(csv_reader(tape));
+            self.line_base = line;
         }
     }
 }
@@ -492,7 +606,7 @@ fn parse_side<R: Read>(
     now: DateTime<Utc>,
     tx: tokio::sync::mpsc::Sender<Msg>,
 ) {
-    let mut records = Records::new(BufReader::with_capacity(64 * 1024, reader));
+    let mut records = Records::new(reader);
     let header = match records.next_record() {
         Ok(Some(Ok(h))) => h,
         Ok(Some(Err(f))) => {
@@ -660,7 +774,7 @@ mod tests {
     #[test]
     fn rfc4180_records_with_quotes_and_newlines() {
         let got = records(
-            "a,b\r\n\"x, y\",\"say \"\"hi\"\"\"\n\n\"multi\nline\",z\nlast, \"q\" \n",
+            "\u{feff}a,b\r\n\"x, y\",\"say \"\"hi\"\"\"\n\n\"multi\nline\",z\n  \nlast,\"q\" \n\"\",\n",
             Some(2),
         );
         assert_eq!(
@@ -669,9 +783,68 @@ mod tests {
                 ok(1, &["a", "b"]),
                 ok(2, &["x, y", "say \"hi\""]),
                 ok(4, &["multi\nline", "z"]),
-                ok(6, &["last", "q"]),
+                // Blanks after a closing quote are tolerated (the cell is
+                // trimmed later); a line of blanks is no record.
+                ok(7, &["last", "q "]),
+                ok(8, &["", ""]),
             ]
         );
+    }
+
+    /// RFC 4180 §2 rule 5: a quote opens a quoted field only as its first
+    /// character; after a blank it is text, and a quote inside an unquoted
+    /// field is broken quoting, reported by line (`csv` alone would keep it).
+    #[test]
+    fn quote_after_a_blank_is_broken_quoting() {
+        let got = records("a,b\nlast, \"q\"\nok,1\n", Some(2));
+        assert!(matches!(
+            &got[1],
+            Err(RowFailure {
+                line: 2,
+                reason: RowError::BrokenQuoting("quote inside an unquoted field")
+            })
+        ));
+        assert_eq!(got[2], ok(3, &["ok", "1"]));
+    }
+
+    /// An over-long line fails its row alone; the next line is read.
+    #[test]
+    fn over_long_lines_fail_their_row() {
+        let long = "x".repeat(MAX_LINE_BYTES + 10);
+        let got = records(&format!("a,b\n{long},1\nok,2\n"), Some(2));
+        assert!(matches!(
+            &got[1],
+            Err(RowFailure {
+                line: 2,
+                reason: RowError::LineTooLong
+            })
+        ));
+        assert_eq!(got[2], ok(3, &["ok", "2"]));
+    }
+
+    /// A quote never closed ends its record at the memory bound and the
+    /// lines after it are still read, one by one.
+    #[test]
+    fn unclosed_quote_in_a_large_file_stays_bounded() {
+        let mut text = String::from("a,b\n\"open,1\n");
+        let rows = MAX_RECORD_BYTES / 8 + 10;
+        for i in 0..rows {
+            text.push_str(&format!("r{i:05},2\n"));
+        }
+        let mut r = Records::new(text.as_bytes());
+        r.columns = Some(2);
+        let mut good = 0;
+        let mut failed = Vec::new();
+        while let Some(rec) = r.next_record().unwrap() {
+            match rec {
+                Ok(_) => good += 1,
+                Err(f) => failed.push(f.line),
+            }
+            let kept = r.reader.as_ref().map_or(0, |x| x.get_ref().kept.len());
+            assert!(kept <= MAX_RECORD_BYTES, "{kept} bytes kept");
+        }
+        assert_eq!(failed, vec![2]);
+        assert_eq!(good, 1 + rows);
     }
 
     #[test]

@@ -9,9 +9,19 @@ use crate::config::PortRange;
 /// Why no RTP port pair could be had.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PortError {
-    /// Every pair of the range is in use.
-    #[error("RTP port range exhausted")]
-    Exhausted,
+    /// Every pair of the range is in use: a temporary condition, until
+    /// calls end, or a range too small for the load.
+    #[error(
+        "RTP port range exhausted: all {pairs} port pairs of server.rtp_ports = \"{first}-{last}\" are in use (one pair per call leg)"
+    )]
+    Exhausted {
+        /// First port of the range.
+        first: u16,
+        /// Last port of the range.
+        last: u16,
+        /// Pairs in the range.
+        pairs: usize,
+    },
     /// The range holds no even port with its odd neighbour.
     #[error("RTP port range {first}-{last} has no even/odd pair")]
     Empty {
@@ -28,6 +38,7 @@ pub enum PortError {
 pub struct PortPool {
     free: VecDeque<u16>,
     total: usize,
+    range: PortRange,
 }
 
 impl PortPool {
@@ -45,12 +56,16 @@ impl PortPool {
             });
         }
         let total = free.len();
-        Ok(PortPool { free, total })
+        Ok(PortPool { free, total, range })
     }
 
     /// Takes a free pair; returns its RTP (even) port.
     pub fn allocate(&mut self) -> Result<u16, PortError> {
-        self.free.pop_front().ok_or(PortError::Exhausted)
+        self.free.pop_front().ok_or(PortError::Exhausted {
+            first: self.range.first,
+            last: self.range.last,
+            pairs: self.total,
+        })
     }
 
     /// Returns a pair to the pool (at the back).
@@ -135,7 +150,7 @@ mod tests {
         assert_eq!(p.capacity(), 3);
         let got: Vec<u16> = (0..3).map(|_| p.allocate().unwrap()).collect();
         assert_eq!(got, vec![20002, 20004, 20006]);
-        assert_eq!(p.allocate(), Err(PortError::Exhausted));
+        assert!(matches!(p.allocate(), Err(PortError::Exhausted { .. })));
         p.release(20004);
         assert_eq!(p.allocate(), Ok(20004));
         assert_eq!(

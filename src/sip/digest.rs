@@ -15,8 +15,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use hmac::{Hmac, Mac};
 use md5::Md5;
 use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq;
 
 use super::syntax::{self, Header};
 
@@ -428,32 +430,24 @@ impl fmt::Display for Challenge {
     }
 }
 
-/// HMAC-SHA-256 (RFC 2104), for the keyed nonce.
-fn hmac_sha256(key: &[u8; 32], msg: &[u8]) -> [u8; 32] {
-    let mut ipad = [0x36u8; 64];
-    let mut opad = [0x5cu8; 64];
-    for (i, k) in key.iter().enumerate() {
-        ipad[i] ^= k;
-        opad[i] ^= k;
-    }
-    let inner = Sha256::new()
-        .chain_update(ipad)
-        .chain_update(msg)
-        .finalize();
-    Sha256::new()
-        .chain_update(opad)
-        .chain_update(inner)
-        .finalize()
-        .into()
+/// HMAC-SHA-256 (RFC 2104, RFC 4231), for the keyed nonce: the `hmac`
+/// crate over the `sha2` hash the digests already use.
+fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
+    // HMAC takes keys of any length (RFC 2104 §2), so `new_from_slice`
+    // cannot fail; the fallback only satisfies the type.
+    let mut mac = match <Hmac<Sha256> as Mac>::new_from_slice(key) {
+        Ok(m) => m,
+        Err(_) => return [0; 32],
+    };
+    mac.update(msg);
+    mac.finalize().into_bytes().into()
 }
 
-/// Compares without an early exit, so timing does not reveal how much of a
-/// guessed response was right.
+/// Compares without an early exit (`subtle`), so timing does not reveal
+/// how much of a guessed response or nonce MAC was right. Lengths are
+/// public here (hex digests and fixed-size MACs).
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    bool::from(a.ct_eq(b))
 }
 
 /// An agent's stored secrets: `HA1 = H(username:realm:password)` per
@@ -1104,6 +1098,28 @@ Content-Length:0\r\n\
     #[allow(clippy::disallowed_methods)]
     fn start() -> Instant {
         Instant::now()
+    }
+
+    /// RFC 4231 §4.3 (test case 2) and §4.2 (test case 1): the keyed nonce's
+    /// HMAC-SHA-256.
+    #[test]
+    fn hmac_sha256_rfc4231_vectors() {
+        assert_eq!(
+            hex::encode(hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        assert_eq!(
+            hex::encode(hmac_sha256(&[0x0b; 20], b"Hi There")),
+            "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"
+        );
+    }
+
+    #[test]
+    fn ct_eq_compares_whole_values() {
+        assert!(ct_eq(b"6629fae4", b"6629fae4"));
+        assert!(!ct_eq(b"6629fae4", b"6629fae5"));
+        assert!(!ct_eq(b"6629fae4", b"6629fae"));
+        assert!(ct_eq(b"", b""));
     }
 
     #[test]

@@ -43,7 +43,9 @@ use super::message::{self, check_request, response_to, Inspected};
 use super::registrar::{Binding, Registrar};
 use super::syntax::headers::untyped;
 use super::syntax::{Header, HeadersExt, Method, Request, Response, SipMessage};
-use super::transaction::{new_branch, Event, ServerKey, TimerConfig, TransactionTable};
+use super::transaction::{
+    new_branch, CancelMatch, Event, ServerKey, TimerConfig, TransactionTable,
+};
 use super::{Peer, Transmit};
 use crate::config::AgentConfig;
 
@@ -515,17 +517,25 @@ impl Endpoint {
     }
 
     /// CANCEL (RFC 3261 §9.2): 200 to the CANCEL and 487 to the INVITE it
-    /// names, or 481 when no INVITE awaits its final response.
+    /// names; 200 alone when that INVITE already has its final response
+    /// (the CANCEL then has no effect on it); 481 when it names no INVITE
+    /// server transaction.
     fn on_cancel(&mut self, now: Instant, key: ServerKey, cancel: &Request) {
-        let target = match self.transactions.cancel_target(cancel) {
-            Ok(t) => t,
+        let matched = match self.transactions.cancel_match(cancel) {
+            Ok(m) => m,
             Err(e) => {
                 tracing::debug!(error = %e, "CANCEL unmatched");
-                None
+                CancelMatch::Unmatched
             }
         };
-        let Some(invite) = target else {
-            return self.respond(now, &key, response_to(cancel, 481, ""));
+        let invite = match matched {
+            CancelMatch::Pending(invite) => invite,
+            CancelMatch::Answered => {
+                return self.respond(now, &key, response_to(cancel, 200, ""));
+            }
+            CancelMatch::Unmatched => {
+                return self.respond(now, &key, response_to(cancel, 481, ""));
+            }
         };
         self.respond(now, &key, response_to(cancel, 200, ""));
         // The CANCEL repeats the INVITE's top Via, From, To, Call-ID and
@@ -1284,7 +1294,7 @@ Contact: <sip:alice@{from_host}>\r\n\
         assert_eq!(values(&rs[1], "CSeq"), ["1 INVITE"]);
         // Same To tag on both: derived from Call-ID and branch.
         assert_eq!(values(&rs[0], "To"), values(&rs[1], "To"));
-        // A second CANCEL finds nothing pending.
+        // A CANCEL of another INVITE finds nothing.
         let rs = feed(
             &mut ep,
             &clock,
@@ -1292,6 +1302,46 @@ Contact: <sip:alice@{from_host}>\r\n\
             &cancel_text().replace("inv1", "inv1x"),
         );
         assert_eq!(codes(&rs), [481]);
+    }
+
+    /// RFC 3261 §9.2: a CANCEL that matches an INVITE already answered
+    /// finally gets 200 and changes nothing: no 487, and the INVITE's
+    /// transaction still retransmits its final response, not a 487.
+    #[test]
+    fn cancel_after_the_final_response_gets_200_and_no_effect() {
+        let (mut ep, mut clock) = setup();
+        let phone = udp(PHONE);
+        let invite = match message::inspect(
+            invite_text("203.0.113.7:40000", "").as_bytes(),
+            TransportKind::Udp,
+            message::DEFAULT_MAX_MESSAGE_SIZE,
+        ) {
+            Inspected::Request(r) => r,
+            other => panic!("valid INVITE: {other:?}"),
+        };
+        ep.transactions()
+            .handle_message(clock.now, phone, SipMessage::Request(invite.clone()))
+            .expect("accepted");
+        let key = match ep.transactions().poll_event() {
+            Some(Event::NewRequest { key, .. }) => key,
+            other => panic!("new INVITE: {other:?}"),
+        };
+        assert_eq!(codes(&drain(&mut ep, phone)), [100]);
+        // The TU answers 486 (Completed, awaiting the ACK).
+        ep.transactions()
+            .respond(clock.now, &key, response_to(&invite, 486, ""))
+            .expect("486 sent");
+        assert_eq!(codes(&drain(&mut ep, phone)), [486]);
+
+        clock.advance(Duration::from_millis(100));
+        let rs = feed(&mut ep, &clock, phone, &cancel_text());
+        assert_eq!(codes(&rs), [200], "CANCEL after the final response");
+        assert_eq!(values(&rs[0], "CSeq"), ["1 CANCEL"]);
+
+        // The INVITE's final response is unchanged: Timer G resends 486.
+        clock.advance(Duration::from_millis(500));
+        ep.handle_timeout(clock.now, clock.wall);
+        assert_eq!(codes(&drain(&mut ep, phone)), [486]);
     }
 
     #[test]

@@ -2,16 +2,23 @@
 //! choosing its answer by the dialed number and an auto-answering PJSIP
 //! agent phone (tests/peers/pj_agent.py), both real pjsua2 processes on
 //! 127.0.0.1, against a real `powerdial serve`. Calls are placed with the
-//! manual call API (R17) and their records read back.
+//! manual call API (R17: `202 Accepted` at once, SPEC §4) and their
+//! records followed to the end.
 
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::peers::{agent_status, carrier_events, spawn_py, wait_for, Peer};
 use serde_json::Value;
 
-use crate::app::{free_port, http_request, repo, require_program, spawn_app_with, App, AppOptions};
+use crate::app::{
+    free_port, http_request, http_request_with_headers, repo, require_program, spawn_app_with, App,
+    AppOptions,
+};
 
 /// When the carrier logged `event` for `number` (seconds).
 fn event_time(events: &[Value], event: &str, number: &str) -> Option<f64> {
@@ -79,7 +86,20 @@ struct Rig {
     status: PathBuf,
 }
 
+/// How a [`Rig`] differs from the default one.
+#[derive(Default)]
+struct RigOptions {
+    /// Seconds the agent's phone rings (180) before it answers.
+    answer_delay: f64,
+    /// Lines added to the `[server]` table.
+    server_toml: String,
+}
+
 fn rig() -> Rig {
+    rig_with(RigOptions::default())
+}
+
+fn rig_with(opts: RigOptions) -> Rig {
     let dir = tempfile::tempdir().expect("tempdir");
     let events = dir.path().join("carrier.jsonl");
     let status = dir.path().join("agent.json");
@@ -110,6 +130,7 @@ caller_id = "+442079460999"
 allow = ['\+44\d+']
 "#
         ),
+        server_toml: opts.server_toml,
         ..AppOptions::default()
     });
     let agent = spawn_py(
@@ -120,6 +141,7 @@ allow = ['\+44\d+']
             "alice-secret".into(),
             status.display().to_string(),
             "90".into(),
+            opts.answer_delay.to_string(),
         ],
     );
     wait_for("the agent's registration", Duration::from_secs(15), || {
@@ -152,7 +174,13 @@ impl Rig {
             "/api/v1/calls",
             &format!(r#"{{"agent": "alice", "number": "{number}"}}"#),
         );
-        assert_eq!(code, 201, "POST /api/v1/calls {number}: {body}");
+        assert_eq!(code, 202, "POST /api/v1/calls {number}: {body}");
+        let state = body["state"].as_str().unwrap_or("");
+        assert!(
+            // The call goes on while the answer is built: any state.
+            ["calling_agent", "dialing", "ringing", "answered", "ended"].contains(&state),
+            "{number}: {body}"
+        );
         body["id"].as_i64().expect("call id")
     }
 
@@ -281,6 +309,232 @@ fn outcomes_ring_timeout_and_media_with_pjsip_carrier_and_agent() {
             .contains("register the phone"),
         "{body}"
     );
+    // Not a phone number: 400 at once, saying what is wrong with it.
+    let (code, body) = rig.post(
+        "/api/v1/calls",
+        r#"{"agent": "alice", "number": "+15551234567"}"#,
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("area code 555 is not in service"),
+        "{body}"
+    );
+}
+
+/// Reads `GET /api/v1/events` on a thread until `stop` is set; returns
+/// what arrived.
+fn capture_events(app: &App, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<String> {
+    let addr = app.http;
+    let token = app.token.clone();
+    std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect(addr).expect("connect http");
+        s.set_read_timeout(Some(Duration::from_millis(100))).ok();
+        let req = format!(
+            "GET /api/v1/events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).expect("write http");
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !stop.load(Ordering::Relaxed) {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(_) => {}
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    })
+}
+
+/// SPEC §4: `POST /api/v1/calls` answers `202 Accepted` at once while the
+/// agent's phone rings (3 s here), and `GET /api/v1/calls/{id}` and the
+/// event stream follow the call: `calling_agent`, then the lead's
+/// progress, then `answered`. A call hung up while the phone rings ends
+/// `not_dialed`: the lead is never dialed.
+#[test]
+fn manual_call_is_accepted_at_once_and_followed_to_the_answer() {
+    let rig = rig_with(RigOptions {
+        answer_delay: 3.0,
+        ..RigOptions::default()
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let events = capture_events(&rig.app, stop.clone());
+    std::thread::sleep(Duration::from_millis(200));
+    let place = || {
+        let sent = Instant::now();
+        let (code, body) = rig.post(
+            "/api/v1/calls",
+            r#"{"agent": "alice", "number": "+442079460001"}"#,
+        );
+        (code, body, sent.elapsed())
+    };
+
+    // Hung up while the phone rings: never dialed.
+    let (code, body, took) = place();
+    assert_eq!(code, 202, "{body}");
+    assert_eq!(body["state"], "calling_agent", "{body}");
+    let first = body["id"].as_i64().expect("call id");
+    wait_for("the phone to ring", Duration::from_secs(5), || {
+        agent_status(&rig.status)["state"] == "ringing"
+    });
+    let (code, body) = rig.post(&format!("/api/v1/calls/{first}/hangup"), "");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["state"], "not_dialed", "{body}");
+    assert!(
+        !body["ended_at"].is_null() && body["outcome"].is_null(),
+        "{body}"
+    );
+    eprintln!("first POST /api/v1/calls answered in {took:?}");
+    wait_for("the phone to stop ringing", Duration::from_secs(5), || {
+        agent_status(&rig.status)["state"] == "disconnected"
+    });
+
+    // At once again, though the cancelled leg still finishes its
+    // signalling (Timer D); answered after 3 s of ringing.
+    let (code, body, took) = place();
+    eprintln!("POST /api/v1/calls answered in {took:?}");
+    assert_eq!(code, 202, "{body}");
+    assert!(
+        took < Duration::from_millis(200),
+        "POST /api/v1/calls took {took:?}: it must not wait for the phone"
+    );
+    assert_eq!(body["state"], "calling_agent", "{body}");
+    assert!(
+        body["outcome"].is_null() && body["ended_at"].is_null(),
+        "{body}"
+    );
+    let id = body["id"].as_i64().expect("call id");
+
+    let mut states: Vec<String> = Vec::new();
+    wait_for("the answer", Duration::from_secs(20), || {
+        let rec = rig.record(id);
+        let state = rec["state"].as_str().unwrap_or("").to_string();
+        if states.last() != Some(&state) {
+            states.push(state.clone());
+        }
+        state == "answered"
+    });
+    eprintln!("states: {states:?}");
+    assert_eq!(states[0], "calling_agent", "{states:?}");
+    assert_eq!(agent_status(&rig.status)["calls"].as_i64(), Some(1));
+    // Only the second call reached the carrier.
+    let invites = carrier_events(&rig.events)
+        .iter()
+        .filter(|e| e["event"] == "invite" && e["number"] == "442079460001")
+        .count();
+    assert_eq!(invites, 1, "the hung-up call must never be dialed");
+    let rec = rig.record(id);
+    assert!(!rec["answered_at"].is_null(), "{rec}");
+
+    let (code, body) = rig.post(&format!("/api/v1/calls/{id}/hangup"), "");
+    assert_eq!(code, 200, "{body}");
+    let rec = rig.ended(id);
+    assert_eq!(rec["outcome"], "answered", "{rec}");
+    assert_eq!(rec["state"], "ended", "{rec}");
+
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let stream = events.join().expect("events thread");
+    for (call, state) in [
+        (first, "calling_agent"),
+        (first, "not_dialed"),
+        (id, "calling_agent"),
+        (id, "answered"),
+        (id, "ended"),
+    ] {
+        let needle = format!(r#""call_id":{call},"agent":"alice","state":"{state}""#);
+        assert!(
+            stream.contains(&needle),
+            "no {needle} in the events:\n{stream}"
+        );
+    }
+}
+
+/// Four UDP ports `base..base+4` (two RTP/RTCP pairs) free on 127.0.0.1.
+fn free_rtp_range() -> u16 {
+    for _ in 0..100 {
+        let base = free_port() & !1;
+        if base > 65_000 {
+            continue;
+        }
+        let all_free =
+            (base..base + 4).all(|p| std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok());
+        if all_free {
+            return base;
+        }
+    }
+    panic!("no 4 free UDP ports in a row");
+}
+
+/// SPEC §4 `server.rtp_ports`: with a range of two pairs, alice's call
+/// takes both (her phone's leg and the lead's); bob's call is refused at
+/// once with 503, a message naming the range and the key, and
+/// `Retry-After`, and the log says why.
+#[test]
+fn exhausted_rtp_port_range_is_a_503_naming_it() {
+    let base = free_rtp_range();
+    let range = format!("{base}-{}", base + 3);
+    let rig = rig_with(RigOptions {
+        server_toml: format!("rtp_ports = \"{range}\""),
+        ..RigOptions::default()
+    });
+    let bob_status = rig._dir.path().join("bob.json");
+    let _bob = spawn_py(
+        "pj_agent.py",
+        &[
+            rig.app.sip.to_string(),
+            "bob".into(),
+            "bob-secret".into(),
+            bob_status.display().to_string(),
+            "60".into(),
+        ],
+    );
+    wait_for("bob's registration", Duration::from_secs(15), || {
+        agent_status(&bob_status)["reg"] == 200
+    });
+
+    let id = rig.call("+442079460001");
+    wait_for("alice's answer", Duration::from_secs(10), || {
+        rig.record(id)["state"] == "answered"
+    });
+
+    let (code, head, text) = http_request_with_headers(
+        rig.app.http,
+        "POST",
+        "/api/v1/calls",
+        Some(&rig.app.token),
+        Some(r#"{"agent": "bob", "number": "+442079460002"}"#),
+    );
+    assert_eq!(code, 503, "{head}\n{text}");
+    let body: Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(body["error"]["code"], "rtp_ports_exhausted", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or("");
+    assert!(message.contains("server.rtp_ports"), "{message}");
+    assert!(message.contains(&range), "{message}");
+    assert!(
+        head.lines()
+            .any(|l| l.to_ascii_lowercase().starts_with("retry-after: ")),
+        "{head}"
+    );
+    assert_eq!(
+        agent_status(&bob_status)["calls"].as_i64(),
+        Some(0),
+        "bob's phone must not ring for a refused call"
+    );
+    let log = rig.app.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("RTP port range exhausted") && l.contains(&range)),
+        "the log must say why: {log}"
+    );
+    assert!(!log.contains("internal error"), "{log}");
+
+    let (code, body) = rig.post(&format!("/api/v1/calls/{id}/hangup"), "");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(rig.ended(id)["outcome"], "answered");
 }
 
 /// A digest parameter's value from a `Digest k=v, k="v"` header.
@@ -353,7 +607,7 @@ password = "trunk-secret"
         Some(&app.token),
         Some(r#"{"agent": "alice", "number": "+442079460407"}"#),
     );
-    assert_eq!(code, 201, "POST /api/v1/calls: {text}");
+    assert_eq!(code, 202, "POST /api/v1/calls: {text}");
     let body: Value = serde_json::from_str(&text).expect("JSON");
     let id = body["id"].as_i64().expect("call id");
 

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """An auto-answering PJSIP (pjsua2) agent phone for powerdial's end-to-end tests.
 
-Usage: pj_agent.py SERVER_HOST:PORT USER PASSWORD STATUS_FILE SECONDS
+Usage: pj_agent.py SERVER_HOST:PORT USER PASSWORD STATUS_FILE SECONDS [ANSWER_DELAY]
 
-Registers USER over UDP, answers every INVITE with 200 at once, sends
+Registers USER over UDP, answers every INVITE with 200 at once (or rings
+with 180 for ANSWER_DELAY seconds first, as a person picking up), sends
 silence RTP (no VAD) and rewrites STATUS_FILE (one JSON object) every
 100 ms: {"reg": last REGISTER status, "calls": answered calls,
 "state": "idle"|"confirmed"|"disconnected", "rx_pkts": RTP packets
@@ -18,6 +19,7 @@ import time
 import pjsua2 as pj
 
 STATUS = {"reg": 0, "calls": 0, "state": "idle", "rx_pkts": 0}
+ANSWER_DELAY = 0.0
 
 
 class Call(pj.Call):
@@ -47,6 +49,7 @@ class Account(pj.Account):
         pj.Account.__init__(self)
         self.ep = ep
         self.call = None
+        self.answer_at = None
 
     def onRegState(self, prm):
         STATUS["reg"] = prm.code
@@ -54,10 +57,27 @@ class Account(pj.Account):
     def onIncomingCall(self, prm):
         call = Call(self, prm.callId, self.ep)
         op = pj.CallOpParam()
+        self.call = call
+        if ANSWER_DELAY > 0:
+            op.statusCode = 180
+            call.answer(op)
+            STATUS["state"] = "ringing"
+            self.answer_at = time.monotonic() + ANSWER_DELAY
+            return
         op.statusCode = 200
         call.answer(op)
         STATUS["calls"] += 1
-        self.call = call
+
+    def answer_due(self, now):
+        if self.answer_at is not None and now >= self.answer_at:
+            self.answer_at = None
+            op = pj.CallOpParam()
+            op.statusCode = 200
+            try:
+                self.call.answer(op)
+                STATUS["calls"] += 1
+            except Exception:
+                pass
 
 
 def write_status(path):
@@ -68,8 +88,11 @@ def write_status(path):
 
 
 def main():
+    global ANSWER_DELAY
     server, user, password, status, seconds = sys.argv[1:6]
     seconds = float(seconds)
+    if len(sys.argv) > 6:
+        ANSWER_DELAY = float(sys.argv[6])
     ep = pj.Endpoint()
     ep.libCreate()
     cfg = pj.EpConfig()
@@ -98,6 +121,7 @@ def main():
     while time.monotonic() < deadline:
         ep.libHandleEvents(10)
         now = time.monotonic()
+        acc.answer_due(now)
         if now - last > 0.1:
             last = now
             if acc.call is not None and STATUS["state"] == "confirmed":

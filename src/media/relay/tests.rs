@@ -269,7 +269,7 @@ async fn exhausted_range_is_an_error() {
     loop {
         match relay.open_agent() {
             Ok(m) => held.push(m),
-            Err(MediaError::Ports(PortError::Exhausted)) => break,
+            Err(MediaError::Ports(PortError::Exhausted { .. })) => break,
             Err(e) => panic!("unexpected {e}"),
         }
         assert!(held.len() <= 2, "only two pairs in 42600-42603");

@@ -31,7 +31,7 @@ pub use key::{
 pub use message::{build_ack_for_non_2xx, build_cancel, build_trying};
 pub use retransmit::{Retransmit2xx, Retransmit2xxEvent};
 pub use server::{InviteServer, NonInviteServer, ServerEvent};
-pub use table::{CancelOutcome, Event, TransactionTable};
+pub use table::{CancelMatch, CancelOutcome, Event, TransactionTable};
 pub use timer::{Timer, TimerConfig};
 
 use crate::sip::syntax::Method;

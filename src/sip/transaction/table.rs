@@ -97,6 +97,20 @@ pub enum CancelOutcome {
     Deferred,
 }
 
+/// What a received CANCEL matches ([`TransactionTable::cancel_match`],
+/// RFC 3261 §9.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelMatch {
+    /// An INVITE server transaction still awaiting its final response: 200
+    /// to the CANCEL, 487 to the INVITE.
+    Pending(ServerKey),
+    /// The INVITE already has its final response: 200 to the CANCEL, which
+    /// has no effect on the INVITE.
+    Answered,
+    /// No INVITE server transaction: 481 to the CANCEL.
+    Unmatched,
+}
+
 #[derive(Debug)]
 enum Transaction {
     InviteClient(InviteClient),
@@ -417,9 +431,20 @@ impl TransactionTable {
 
     /// The INVITE server transaction a received CANCEL targets (§9.2), so
     /// the TU can answer the INVITE with 487 (and the CANCEL with 200), or
-    /// `None` (answer the CANCEL with 481). Only INVITEs still awaiting their
-    /// final response are returned: after it, a CANCEL has no effect.
+    /// `None`. Only INVITEs still awaiting their final response are
+    /// returned: after it, a CANCEL has no effect ([`Self::cancel_match`]
+    /// tells that case apart from no match at all).
     pub fn cancel_target(&self, cancel: &Request) -> Result<Option<ServerKey>, TransactionError> {
+        Ok(match self.cancel_match(cancel)? {
+            CancelMatch::Pending(key) => Some(key),
+            CancelMatch::Answered | CancelMatch::Unmatched => None,
+        })
+    }
+
+    /// What a received CANCEL matches (RFC 3261 §9.2): an INVITE server
+    /// transaction still awaiting its final response, one that already sent
+    /// it (the CANCEL gets 200 and has no effect), or nothing (481).
+    pub fn cancel_match(&self, cancel: &Request) -> Result<CancelMatch, TransactionError> {
         if cancel.method != Method::Cancel {
             return Err(TransactionError::WrongMethod {
                 expected: Method::Cancel,
@@ -427,15 +452,19 @@ impl TransactionTable {
             });
         }
         let key = ServerKey::invite_cancelled_by(cancel)?;
-        let pending = self
+        let tx = self
             .servers
             .get(&key)
             .and_then(|id| self.slots.get(id))
-            .is_some_and(|slot| match &slot.tx {
-                Transaction::InviteServer(tx) => tx.awaits_final(),
-                _ => false,
+            .and_then(|slot| match &slot.tx {
+                Transaction::InviteServer(tx) if !tx.is_terminated() => Some(tx),
+                _ => None,
             });
-        Ok(pending.then_some(key))
+        Ok(match tx {
+            Some(tx) if tx.awaits_final() => CancelMatch::Pending(key),
+            Some(_) => CancelMatch::Answered,
+            None => CancelMatch::Unmatched,
+        })
     }
 
     /// The transport to `peer` failed (e.g. a TCP connection was refused or
@@ -758,8 +787,10 @@ CSeq: 56 INVITE\r\nContent-Length: 0\r\n\r\n";
             .respond(t0, &invite_key, response_to(&inv, 487))
             .unwrap();
         assert_eq!(codes(&mut table), [100, 200, 487]);
-        // Once the INVITE has its final response, a CANCEL has no target.
+        // Once the INVITE has its final response, a CANCEL has no target,
+        // but it still matches (§9.2: 200, no effect).
         assert_eq!(table.cancel_target(&cancel), Ok(None));
+        assert_eq!(table.cancel_match(&cancel), Ok(CancelMatch::Answered));
         assert!(table.cancel_target(&inv).is_err());
     }
 
