@@ -274,7 +274,9 @@ pub struct DialerConfig {
     pub wrap_up_idle: Seconds,
     /// A hard maximum length of one call.
     pub max_call_length: Seconds,
-    /// A call whose RTP stops for this long is ended.
+    /// An answered lead leg whose RTP stops this long is hung up; an agent
+    /// leg's ends as if the phone hung up (the agent pauses). Held legs
+    /// (`a=sendonly`/`inactive`) are exempt. Read by the media relay.
     pub rtp_timeout: Seconds,
 }
 
@@ -589,6 +591,7 @@ impl Config {
             ("reduced_ring_timeout", d.reduced_ring_timeout),
             ("refresh_interval", d.refresh_interval),
             ("max_call_length", d.max_call_length),
+            ("rtp_timeout", d.rtp_timeout),
         ] {
             if v.0.is_zero() {
                 return Err(invalid("dialer", key, "must be greater than 0".into()));

@@ -15,7 +15,7 @@ use crate::media::dtmf::{DtmfDetector, TelephoneEvent};
 use crate::media::g711::G711Law;
 use crate::media::latch::{Latch, LatchDecision};
 use crate::media::rewrite::{parse_rtp, OutFormat, PayloadKind, StreamRewriter};
-use crate::media::sdp::Negotiated;
+use crate::media::sdp::{Direction, Negotiated};
 use crate::media::tone::{Frame, ToneGenerator, FRAME_DURATION, FRAME_SAMPLES};
 
 /// A media leg's identity, unique within one relay.
@@ -48,7 +48,10 @@ pub struct StreamSeed {
 pub struct CoreConfig {
     /// Length of the dial-start beep (SPEC §1 step 2).
     pub beep: Duration,
-    /// No RTP on a leg that should be sending for this long → `RtpTimeout`.
+    /// No RTP for this long on a leg that should be sending → `RtpTimeout`
+    /// (`dialer.rtp_timeout`). The agent leg counts from its answer, the
+    /// lead leg from the bridge (before it, the ring timeout governs, R8);
+    /// held legs are exempt.
     pub rtp_timeout: Duration,
     /// Agent DTMF digits that drive the dialer and are not relayed to the
     /// lead (SPEC §5: `*` next lead, `#` hang up the lead, `0` pause).
@@ -176,9 +179,13 @@ impl Leg {
         }
     }
 
+    /// When this leg's silence becomes an [`MediaEvent::RtpTimeout`]. Only a
+    /// `sendrecv` stream is expected to carry packets all the time: a peer
+    /// that holds (`a=sendonly`, `a=inactive` or `c=0.0.0.0`, RFC 3264 §8.4)
+    /// or only listens (`a=recvonly`) may send nothing by design.
     fn timeout_deadline(&self, after: Duration) -> Option<Instant> {
         let n = self.neg.as_ref()?;
-        if self.timed_out || !n.direction.receives() {
+        if self.timed_out || n.direction != Direction::SendRecv {
             return None;
         }
         self.last_rx.map(|t| t + after)
@@ -277,7 +284,9 @@ impl AgentMediaCore {
         let leg = self.leg_mut(id)?;
         leg.latch.set_signalled(neg.remote);
         leg.neg = Some(neg);
-        leg.last_rx.get_or_insert(now);
+        // A new offer/answer (an answer, a resume from hold) gives the peer
+        // a full `rtp_timeout` from now to start sending.
+        leg.last_rx = Some(now);
         leg.timed_out = false;
         if id == self.agent.id {
             self.to_agent.set_format(out_format(&neg));
@@ -336,6 +345,11 @@ impl AgentMediaCore {
     pub fn bridge(&mut self, now: Instant, lead: LegId) -> Result<(), CoreError> {
         match &self.lead {
             Some(l) if l.id == lead => {
+                // The lead's RTP timeout starts with the answer.
+                if let Some(l) = &mut self.lead {
+                    l.last_rx = Some(now);
+                    l.timed_out = false;
+                }
                 self.bridged_at = Some(now);
                 self.first_after_bridge = true;
                 self.tone.stop();
@@ -455,6 +469,12 @@ impl AgentMediaCore {
         }
     }
 
+    /// The lead leg's RTP-timeout deadline: only once bridged (answered).
+    fn lead_timeout_deadline(&self) -> Option<Instant> {
+        self.bridged_at?;
+        self.lead.as_ref()?.timeout_deadline(self.cfg.rtp_timeout)
+    }
+
     /// The next instant [`Self::handle_timeout`] must run: the next 20 ms
     /// generated frame or the earliest RTP-timeout deadline.
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -462,7 +482,7 @@ impl AgentMediaCore {
         [
             self.next_tick,
             self.agent.timeout_deadline(t),
-            self.lead.as_ref().and_then(|l| l.timeout_deadline(t)),
+            self.lead_timeout_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -474,11 +494,14 @@ impl AgentMediaCore {
     /// send it and its length. Call again until it returns `None`.
     pub fn handle_timeout(&mut self, now: Instant, out: &mut [u8]) -> Option<(SocketAddr, usize)> {
         let t = self.cfg.rtp_timeout;
-        for leg in std::iter::once(&mut self.agent).chain(self.lead.as_mut()) {
-            if leg.timeout_deadline(t).is_some_and(|d| d <= now) {
-                leg.timed_out = true;
-                self.events
-                    .push_back(MediaEvent::RtpTimeout { leg: leg.id });
+        if self.agent.timeout_deadline(t).is_some_and(|d| d <= now) {
+            self.agent.timed_out = true;
+            self.events.push_back(MediaEvent::RtpTimeout { leg: self.agent.id });
+        }
+        if self.lead_timeout_deadline().is_some_and(|d| d <= now) {
+            if let Some(lead) = &mut self.lead {
+                lead.timed_out = true;
+                self.events.push_back(MediaEvent::RtpTimeout { leg: lead.id });
             }
         }
         let tick = self.next_tick.filter(|t| *t <= now)?;
@@ -911,6 +934,105 @@ mod tests {
         );
         h.advance(25_100);
         assert_eq!(h.events(), vec![MediaEvent::RtpTimeout { leg: AGENT }]);
+    }
+
+    fn timeouts(h: &mut Harness) -> Vec<(u64, LegId)> {
+        h.events()
+            .into_iter()
+            .filter_map(|e| match e {
+                MediaEvent::RtpTimeout { leg } => Some(((h.now - h.t0).as_millis() as u64, leg)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn lead_rtp_timeout_counts_from_the_answer_not_while_ringing() {
+        // rtp_timeout is 5 s in the harness.
+        let mut h = Harness::new();
+        h.core
+            .set_remote(h.now, AGENT, neg("10.0.0.2:5000", G711Law::Pcmu, None))
+            .unwrap();
+        h.core.attach_lead(
+            LEAD,
+            StreamSeed {
+                ssrc: 1,
+                seq: 1,
+                timestamp: 1,
+            },
+        );
+        // 183 with SDP and no early media: ringing for 20 s is R8's business.
+        h.core
+            .set_remote(h.now, LEAD, neg("10.0.0.3:6000", G711Law::Pcmu, None))
+            .unwrap();
+        let mut t = 0;
+        // The phone keeps talking all along (a packet every 20 ms).
+        let mut talk = |h: &mut Harness, until: u64| {
+            while t + 20 <= until {
+                t += 20;
+                h.advance(t);
+                h.recv(
+                    Side::Agent,
+                    "10.0.0.2:5000",
+                    rtp(0, false, t as u16, t as u32 * 8, 9, &[0xFF; 160]),
+                );
+            }
+        };
+        talk(&mut h, 20_000);
+        assert_eq!(timeouts(&mut h), vec![]);
+        // Answered at 20 s; the carrier sends two packets, then nothing.
+        h.core.bridge(h.now, LEAD).unwrap();
+        for i in 0..2u16 {
+            talk(&mut h, 20_020 + 20 * u64::from(i));
+            assert!(h.recv(
+                Side::Lead,
+                "10.0.0.3:6000",
+                rtp(0, false, i, 160 * u32::from(i), 7, &[0x55; 160])
+            ));
+        }
+        talk(&mut h, 25_039);
+        assert_eq!(timeouts(&mut h), vec![]);
+        // Last lead packet at 20.04 s: the timeout fires at 25.04 s exactly.
+        h.advance(25_040);
+        assert_eq!(timeouts(&mut h), vec![(25_040, LEAD)]);
+        // Reported once.
+        talk(&mut h, 40_000);
+        assert_eq!(timeouts(&mut h), vec![]);
+    }
+
+    #[test]
+    fn a_held_phone_never_times_out_and_a_resumed_one_does() {
+        let mut h = Harness::new();
+        let with = |dir| Negotiated {
+            direction: dir,
+            ..neg("10.0.0.2:5000", G711Law::Pcmu, None)
+        };
+        // The phone answered sendrecv, then put us on hold at 1 s with
+        // a=sendonly (our side: recvonly) and sends nothing.
+        h.core
+            .set_remote(h.now, AGENT, with(Direction::SendRecv))
+            .unwrap();
+        h.advance(1_000);
+        h.core
+            .set_remote(h.now, AGENT, with(Direction::RecvOnly))
+            .unwrap();
+        h.advance(60_000);
+        assert_eq!(timeouts(&mut h), vec![]);
+        // a=inactive: the same.
+        h.core
+            .set_remote(h.now, AGENT, with(Direction::Inactive))
+            .unwrap();
+        h.advance(120_000);
+        assert_eq!(timeouts(&mut h), vec![]);
+        // Resumed at 120 s (sendrecv again) but still silent: 5 s from the
+        // resume, not from the last packet before the hold.
+        h.core
+            .set_remote(h.now, AGENT, with(Direction::SendRecv))
+            .unwrap();
+        h.advance(124_990);
+        assert_eq!(timeouts(&mut h), vec![]);
+        h.advance(125_000);
+        assert_eq!(timeouts(&mut h), vec![(125_000, AGENT)]);
     }
 
     #[test]
