@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 use super::{Peer, TransportKind};
 use crate::config::ListenAddr;
@@ -100,6 +100,7 @@ pub struct TransportHandle {
     connections: ConnectionMap,
     inbound: mpsc::Sender<Inbound>,
     limits: TransportLimits,
+    failures: broadcast::Sender<Peer>,
 }
 
 impl TransportHandle {
@@ -110,6 +111,8 @@ impl TransportHandle {
         limits: TransportLimits,
     ) -> Result<(TransportHandle, mpsc::Receiver<Inbound>), TransportError> {
         let (tx, rx) = mpsc::channel(16 * 1024);
+        // Rare (one per ICMP error); a slow subscriber loses the oldest.
+        let (failures, _) = broadcast::channel(256);
         let connections: ConnectionMap = Arc::default();
         let mut udp = None;
         let mut tcp_local = None;
@@ -127,6 +130,7 @@ impl TransportHandle {
                         local,
                         tx.clone(),
                         limits.max_message_size,
+                        failures.clone(),
                     ));
                     tracing::info!(%local, "SIP listening on UDP");
                     // The first UDP socket sends; several are allowed for listening.
@@ -158,6 +162,7 @@ impl TransportHandle {
                 connections,
                 inbound: tx,
                 limits,
+                failures,
             },
             rx,
         ))
@@ -183,10 +188,16 @@ impl TransportHandle {
                 if bytes.len() > 65_507 {
                     return Err(TransportError::TooLarge(bytes.len()));
                 }
-                socket
-                    .send_to(&bytes, peer.addr)
-                    .await
-                    .map(|_| ())
+                let sent = match socket.send_to(&bytes, peer.addr).await {
+                    // Another datagram's ICMP error, handed to this call
+                    // (see `udp`): this one was not sent; try it again.
+                    Err(e) if udp::maybe_deferred_error(&e) => {
+                        tracing::debug!(error = %e, %peer, "earlier ICMP error reported on send; sending again");
+                        socket.send_to(&bytes, peer.addr).await
+                    }
+                    r => r,
+                };
+                sent.map(|_| ())
                     .map_err(|source| TransportError::Send { peer, source })
             }
             TransportKind::Tcp => {
@@ -218,6 +229,14 @@ impl TransportHandle {
                 })
             }
         }
+    }
+
+    /// Peers that a datagram could not reach (an ICMP error came back, RFC
+    /// 3261 §18.4), announced as the errors arrive: the call legs tell
+    /// their transactions with that peer (§17.1.4). Failed sends are
+    /// returned by [`send`](Self::send) instead.
+    pub fn subscribe_failures(&self) -> broadcast::Receiver<Peer> {
+        self.failures.subscribe()
     }
 
     /// Number of open TCP connections (for metrics and tests).
