@@ -23,8 +23,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    AgentEvent, AgentLeg, AgentParams, AgentTarget, LeadEvent, LeadLeg, LeadParams, LegRecord,
-    LocalAddress, Outcome,
+    AgentEvent, AgentLeg, AgentParams, AgentTarget, EndReason, LeadEvent, LeadLeg, LeadParams,
+    LegRecord, LocalAddress, Outcome,
 };
 use crate::config::{Config, TrunkConfig};
 use crate::leads::model::{CallEnd, CallOutcome, NewCall};
@@ -445,6 +445,16 @@ impl Anchor {
     }
 }
 
+/// Which leg a message to send came from, to report a failed send to it.
+enum Origin {
+    /// The current lead leg.
+    Lead,
+    /// The agent leg.
+    Agent,
+    /// A finishing lead leg, by Call-ID.
+    Closing(String),
+}
+
 /// The current dial's lead call.
 struct LeadCall {
     leg: LeadLeg,
@@ -455,6 +465,8 @@ struct LeadCall {
     session_id: Option<i64>,
     anchor: Anchor,
     ringing: bool,
+    /// Why the answered call ended, for the log.
+    end_reason: Option<EndReason>,
     /// The outcome is stored and `CallEnded` sent.
     finished: bool,
 }
@@ -481,6 +493,18 @@ async fn media_event(rx: &mut Option<mpsc::UnboundedReceiver<MediaEvent>>) -> Op
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+/// The next peer the transport could not reach (an ICMP error); a lagging
+/// receiver skips what it missed, a closed one waits forever.
+async fn transport_failure(rx: &mut broadcast::Receiver<Peer>) -> Peer {
+    loop {
+        match rx.recv().await {
+            Ok(peer) => return peer,
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+        }
     }
 }
 
@@ -517,6 +541,7 @@ impl AgentTask {
         mut commands: mpsc::UnboundedReceiver<Command>,
         stop: CancellationToken,
     ) {
+        let mut failures = self.shared.transport.subscribe_failures();
         loop {
             let deadline = self.deadline();
             let timer = async {
@@ -533,6 +558,9 @@ impl AgentTask {
                     if let Some(m) = msg {
                         self.on_sip(Instant::now(), m);
                     }
+                }
+                peer = transport_failure(&mut failures) => {
+                    self.on_peer_unreachable(Instant::now(), peer);
                 }
                 ev = media_event(&mut self.media_rx) => match ev {
                     Some(ev) => self.on_media(Instant::now(), ev),
@@ -593,12 +621,18 @@ impl AgentTask {
                     self.on_digit(now, digit);
                 }
             }
+            // `dialer.rtp_timeout`: the relay reports a silent, not held leg.
             MediaEvent::RtpTimeout { leg } => {
                 if let Some(l) = self.lead.as_mut().filter(|l| l.media.id == leg) {
-                    tracing::info!(agent = %self.name, call = l.record_id, "RTP timeout: hanging up the lead");
-                    l.leg.hangup(now);
-                } else {
-                    tracing::info!(agent = %self.name, "RTP timeout on the agent leg");
+                    tracing::info!(agent = %self.name, call = l.record_id, "no RTP from the carrier for rtp_timeout: hanging up the lead");
+                    l.leg.rtp_timeout(now);
+                } else if self.media.as_ref().is_some_and(|m| m.agent_leg().id == leg) {
+                    // As if the phone hung up (SPEC §1 step 6): the lead is
+                    // hung up and the sessions pause the agent.
+                    if let Some(agent_leg) = self.leg.as_mut().filter(|l| l.is_connected()) {
+                        tracing::info!(agent = %self.name, "no RTP from the phone for rtp_timeout: hanging up the agent leg");
+                        agent_leg.rtp_timeout(now);
+                    }
                 }
             }
             MediaEvent::BridgeFirstPacket { bridged_at, at, .. } => {
@@ -876,6 +910,7 @@ impl AgentTask {
             session_id: req.session_id,
             anchor,
             ringing: false,
+            end_reason: None,
             finished: false,
         });
         Ok(record.id)
@@ -895,21 +930,21 @@ impl AgentTask {
                 busy = true;
                 self.on_agent_event(ev);
             }
-            let mut out: Vec<Transmit> = Vec::new();
+            let mut out: Vec<(Origin, Transmit)> = Vec::new();
             if let Some(l) = &mut self.lead {
                 while let Some(t) = l.leg.poll_transmit() {
-                    out.push(t);
+                    out.push((Origin::Lead, t));
                 }
             }
             if let Some(l) = &mut self.leg {
                 while let Some(t) = l.poll_transmit() {
-                    out.push(t);
+                    out.push((Origin::Agent, t));
                 }
             }
             let mut closed = Vec::new();
             for (i, l) in self.closing.iter_mut().enumerate() {
                 while let Some(t) = l.poll_transmit() {
-                    out.push(t);
+                    out.push((Origin::Closing(l.call_id().to_string()), t));
                 }
                 while let Some(ev) = l.poll_event() {
                     if matches!(ev, LeadEvent::Closed { .. }) {
@@ -921,7 +956,7 @@ impl AgentTask {
                 let l = self.closing.swap_remove(i);
                 self.unroute(l.call_id());
             }
-            for t in out {
+            for (origin, t) in out {
                 busy = true;
                 if let SipMessage::Request(r) = &t.message {
                     // Wire times of our requests: the ring-timeout check
@@ -935,11 +970,51 @@ impl AgentTask {
                 }
                 let bytes = Bytes::from(t.message.to_string());
                 if let Err(e) = self.shared.transport.send(t.peer, bytes).await {
-                    tracing::debug!(agent = %self.name, error = %e, peer = %t.peer, "SIP send failed");
+                    tracing::info!(agent = %self.name, error = %e, peer = %t.peer, "SIP send failed: reported to the call leg");
+                    self.on_transport_error(Instant::now(), &origin, t.peer);
                 }
             }
             if !busy {
                 return;
+            }
+        }
+    }
+
+    /// A datagram to `peer` came back as an ICMP error (RFC 3261 §18.4):
+    /// every leg's transactions with that peer are told (§17.1.4); legs
+    /// with none are unaffected.
+    fn on_peer_unreachable(&mut self, now: Instant, peer: Peer) {
+        if let Some(l) = &mut self.lead {
+            l.leg.handle_transport_error(now, peer);
+        }
+        if let Some(leg) = &mut self.leg {
+            leg.handle_transport_error(now, peer);
+        }
+        for l in &mut self.closing {
+            l.handle_transport_error(now, peer);
+        }
+    }
+
+    /// A send by the leg `origin` to `peer` failed: its transactions with
+    /// that peer are told (RFC 3261 §17.1.4), e.g. a refused TCP connection
+    /// to the trunk ends the INVITE as `temporary_error` now (R10). The
+    /// events this produces are handled by the caller's next `flush` turn.
+    fn on_transport_error(&mut self, now: Instant, origin: &Origin, peer: Peer) {
+        match origin {
+            Origin::Lead => {
+                if let Some(l) = &mut self.lead {
+                    l.leg.handle_transport_error(now, peer);
+                }
+            }
+            Origin::Agent => {
+                if let Some(leg) = &mut self.leg {
+                    leg.handle_transport_error(now, peer);
+                }
+            }
+            Origin::Closing(call_id) => {
+                if let Some(l) = self.closing.iter_mut().find(|l| l.call_id() == call_id) {
+                    l.handle_transport_error(now, peer);
+                }
             }
         }
     }
@@ -1008,7 +1083,11 @@ impl AgentTask {
                     tracing::debug!(error = %e, "re-INVITE not answered");
                 }
             }
-            LeadEvent::Unanswered { .. } | LeadEvent::Ended { .. } => self.finish_lead(false),
+            LeadEvent::Ended { reason } => {
+                l.end_reason = Some(reason);
+                self.finish_lead(false);
+            }
+            LeadEvent::Unanswered { .. } => self.finish_lead(false),
             LeadEvent::Closed { .. } => self.finish_lead(true),
         }
     }
@@ -1032,7 +1111,8 @@ impl AgentTask {
                     .ring_duration
                     .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
             };
-            tracing::info!(agent = %self.name, call = l.record_id, %outcome, status = ?r.sip_status, "call ended");
+            let reason = l.end_reason.map_or("unanswered", EndReason::as_str);
+            tracing::info!(agent = %self.name, call = l.record_id, %outcome, %reason, status = ?r.sip_status, "call ended");
             spawn_finish(
                 self.shared.clone(),
                 self.name.clone(),
