@@ -899,8 +899,15 @@ fn an_unreachable_trunk_is_a_temporary_error_at_once() {
         ]
     );
     assert!(leg.is_closed());
-    assert_eq!(leg.poll_timeout(), None, "no timer left: nothing waits for Timer B");
-    assert!(leg.poll_transmit().is_none(), "no CANCEL, no retransmission");
+    assert_eq!(
+        leg.poll_timeout(),
+        None,
+        "no timer left: nothing waits for Timer B"
+    );
+    assert!(
+        leg.poll_transmit().is_none(),
+        "no CANCEL, no retransmission"
+    );
 }
 
 #[test]

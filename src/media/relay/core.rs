@@ -496,12 +496,14 @@ impl AgentMediaCore {
         let t = self.cfg.rtp_timeout;
         if self.agent.timeout_deadline(t).is_some_and(|d| d <= now) {
             self.agent.timed_out = true;
-            self.events.push_back(MediaEvent::RtpTimeout { leg: self.agent.id });
+            self.events
+                .push_back(MediaEvent::RtpTimeout { leg: self.agent.id });
         }
         if self.lead_timeout_deadline().is_some_and(|d| d <= now) {
             if let Some(lead) = &mut self.lead {
                 lead.timed_out = true;
-                self.events.push_back(MediaEvent::RtpTimeout { leg: lead.id });
+                self.events
+                    .push_back(MediaEvent::RtpTimeout { leg: lead.id });
             }
         }
         let tick = self.next_tick.filter(|t| *t <= now)?;
