@@ -383,7 +383,17 @@ impl AgentMediaCore {
             Side::Agent => &mut self.agent,
             Side::Lead => self.lead.as_mut()?,
         };
-        let kind = leg.classify(pkt.pt)?;
+        let Some(kind) = leg.classify(pkt.pt) else {
+            // Comfort noise (RFC 3389) and other payloads we do not relay
+            // still show that the peer sends: a phone with voice activity
+            // detection sends only CN while its user is silent, and must
+            // not be hung up for `rtp_timeout`.
+            if leg.neg.is_some() && leg.latch.is_peer(from) {
+                leg.last_rx = Some(now);
+                leg.timed_out = false;
+            }
+            return None;
+        };
         match leg.latch.accept(from) {
             LatchDecision::Reject => return None,
             LatchDecision::Latched(addr) => self
@@ -921,11 +931,12 @@ mod tests {
                 .count(),
             1
         );
-        // Silence from the phone for 5 s after its packet at 10 ms (the
-        // rejected ones do not count) → one timeout, re-armed by a packet.
-        h.advance(5_000);
+        // Silence from the phone for 5 s after its comfort noise at 50 ms
+        // (the stranger's and the garbage do not count) → one timeout,
+        // re-armed by a packet.
+        h.advance(5_040);
         assert_eq!(h.events(), vec![]);
-        h.advance(5_020);
+        h.advance(5_060);
         assert_eq!(h.events(), vec![MediaEvent::RtpTimeout { leg: AGENT }]);
         h.advance(20_000);
         assert_eq!(h.events(), vec![]);
@@ -1035,6 +1046,44 @@ mod tests {
         assert_eq!(timeouts(&mut h), vec![]);
         h.advance(125_000);
         assert_eq!(timeouts(&mut h), vec![(125_000, AGENT)]);
+    }
+
+    #[test]
+    fn comfort_noise_keeps_a_phone_alive_but_is_not_relayed() {
+        // A phone with VAD: one audio packet, then only comfort noise (PT 13,
+        // RFC 3389) every 200 ms for a minute; rtp_timeout is 5 s.
+        let mut h = Harness::new();
+        h.core
+            .set_remote(h.now, AGENT, neg("10.0.0.2:5000", G711Law::Pcmu, None))
+            .unwrap();
+        assert!(!h.recv(
+            Side::Agent,
+            "10.0.0.2:5000",
+            rtp(0, false, 1, 160, 9, &[0xFF; 160])
+        ));
+        for i in 1..300u16 {
+            h.advance(200 * u64::from(i));
+            assert!(!h.recv(
+                Side::Agent,
+                "10.0.0.2:5000",
+                rtp(13, false, 1 + i, 160 + 1600 * u32::from(i), 9, &[0x40])
+            ));
+        }
+        assert_eq!(timeouts(&mut h), vec![]);
+        // Comfort noise from a stranger does not count: 5 s after the
+        // phone's last packet (59.8 s) it times out.
+        for i in 0..24u16 {
+            h.advance(60_000 + 200 * u64::from(i));
+            h.recv(
+                Side::Agent,
+                "192.0.2.66:5000",
+                rtp(13, false, 400 + i, 0, 66, &[0x40]),
+            );
+        }
+        h.advance(64_799);
+        assert_eq!(timeouts(&mut h), vec![]);
+        h.advance(64_800);
+        assert_eq!(timeouts(&mut h), vec![(64_800, AGENT)]);
     }
 
     #[test]
