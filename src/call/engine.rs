@@ -1191,7 +1191,7 @@ impl AgentTask {
             }
             AgentEvent::Dtmf(d) => self.on_digit(now, d),
             AgentEvent::Ended { reason } => {
-                tracing::info!(agent = %self.name, ?reason, "agent leg ended");
+                tracing::info!(agent = %self.name, %reason, "agent leg ended");
                 // R9: a ringing lead is skipped, an answered one hung up.
                 if let Some(l) = &mut self.lead {
                     l.leg.hangup(now);

@@ -7,34 +7,58 @@
 //! `GET /api/v1/calls/{id}`, whether the POST answers 201 or 202.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::app::{free_port, http_request, repo, require_program, spawn_app_with, App, AppOptions};
-use crate::peers::{agent_status, spawn_py, wait_for, Peer};
+use crate::app::{
+    free_port, http_request, pjsua_python, repo, require_program, spawn_app_with, App, AppOptions,
+};
+use crate::peers::{agent_status, wait_for};
+
+/// Alice's PJSIP phone (tests/peers/pj_agent.py), killed when dropped; its
+/// process can be stopped and continued to silence it.
+struct Phone(Child);
+
+impl Phone {
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.0.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} failed");
+    }
+}
+
+impl Drop for Phone {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 /// An app with `extra_toml` and alice's PJSIP phone registered.
-fn app_with_agent(extra_toml: String, status: &Path) -> (App, Peer) {
+fn app_with_agent(extra_toml: String, status: &Path) -> (App, Phone) {
     let app = spawn_app_with(AppOptions {
         extra_toml,
         ..AppOptions::default()
     });
-    let agent = spawn_py(
-        "pj_agent.py",
-        &[
-            app.sip.to_string(),
-            "alice".into(),
-            "alice-secret".into(),
-            status.display().to_string(),
-            "60".into(),
-        ],
-    );
+    let child = Command::new(pjsua_python())
+        .arg(repo().join("tests/peers/pj_agent.py"))
+        .arg(app.sip.to_string())
+        .args(["alice", "alice-secret"])
+        .arg(status)
+        .arg("60")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn pj_agent.py");
+    let phone = Phone(child);
     wait_for("the agent's registration", Duration::from_secs(15), || {
         agent_status(status)["reg"] == 200
     });
-    (app, agent)
+    (app, phone)
 }
 
 /// `POST /api/v1/calls`: the record id (201 when the call waits for the
@@ -102,7 +126,9 @@ fn time_of(rec: &Value, field: &str) -> f64 {
 
 /// `dialer.rtp_timeout = 1.5`: SIPp answers and sends no RTP; powerdial
 /// BYEs it 1.5 s after the answer, the record stays `answered` and gets
-/// `ended_at`. The agent's phone keeps sending, so its leg stays up.
+/// `ended_at`. The agent's phone keeps sending, so its leg stays up — until
+/// the phone goes silent too (its process stopped): then its leg is hung
+/// up as if the phone had hung up.
 #[test]
 fn a_lead_silent_after_the_answer_is_hung_up_after_rtp_timeout() {
     let sipp = require_program("sipp", "sip-tester");
@@ -121,7 +147,7 @@ fn a_lead_silent_after_the_answer_is_hung_up_after_rtp_timeout() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn sipp");
-    let (app, _agent) = app_with_agent(
+    let (app, phone) = app_with_agent(
         format!(
             r#"[dialer]
 rtp_timeout = 1.5
@@ -181,6 +207,22 @@ allow = ['\+44\d+']
     assert!(
         !log.contains("no RTP from the phone"),
         "the agent leg must not time out"
+    );
+    assert_eq!(agent_status(&status)["state"], "confirmed");
+
+    // The phone falls silent (stopped for 2.5 s): powerdial BYEs it after
+    // 1.5 s; once running again the phone takes the retransmitted BYE.
+    phone.signal("-STOP");
+    std::thread::sleep(Duration::from_millis(2500));
+    phone.signal("-CONT");
+    wait_for("the BYE at the phone", Duration::from_secs(10), || {
+        agent_status(&status)["state"] == "disconnected"
+    });
+    let log = without_ansi(&app.log_text());
+    assert!(
+        log.lines()
+            .any(|l| l.contains("agent leg ended") && l.contains("reason=rtp_timeout")),
+        "the agent leg ends for rtp_timeout"
     );
 }
 
