@@ -790,6 +790,14 @@ mod tests {
     }
 
     #[test]
+    fn dialer_rtp_timeout_is_read_and_must_be_positive() {
+        let c = load("[dialer]\nrtp_timeout = 1.5\n", &[]).unwrap();
+        assert_eq!(c.dialer.rtp_timeout.0, Duration::from_millis(1500));
+        let e = load("[dialer]\nrtp_timeout = 0\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("rtp_timeout"), "{e}");
+    }
+
+    #[test]
     fn wrong_type_names_line() {
         let e = load("[dialer]\n\nring_timeout = \"long\"\n", &[]).unwrap_err();
         assert!(e.to_string().starts_with("t.toml:3:"), "{e}");
