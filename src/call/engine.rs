@@ -496,8 +496,9 @@ async fn media_event(rx: &mut Option<mpsc::UnboundedReceiver<MediaEvent>>) -> Op
     }
 }
 
-/// The next peer the transport could not reach (an ICMP error); a lagging
-/// receiver skips what it missed, a closed one waits forever.
+/// The next peer the transport could not reach (see
+/// [`TransportHandle::subscribe_failures`]); a lagging receiver skips what
+/// it missed, a closed one waits forever.
 async fn transport_failure(rx: &mut broadcast::Receiver<Peer>) -> Peer {
     loop {
         match rx.recv().await {
@@ -980,9 +981,11 @@ impl AgentTask {
         }
     }
 
-    /// A datagram to `peer` came back as an ICMP error (RFC 3261 §18.4):
-    /// every leg's transactions with that peer are told (§17.1.4); legs
-    /// with none are unaffected.
+    /// The transport could not reach `peer` after a send returned (an ICMP
+    /// error for a UDP datagram, a refused or reset TCP connection; RFC
+    /// 3261 §18.4): every leg's transactions with that peer are told
+    /// (§17.1.4), e.g. a trunk's INVITE ends as `temporary_error` (R10);
+    /// legs with none are unaffected.
     fn on_peer_unreachable(&mut self, now: Instant, peer: Peer) {
         if let Some(l) = &mut self.lead {
             l.leg.handle_transport_error(now, peer);
@@ -995,10 +998,11 @@ impl AgentTask {
         }
     }
 
-    /// A send by the leg `origin` to `peer` failed: its transactions with
-    /// that peer are told (RFC 3261 §17.1.4), e.g. a refused TCP connection
-    /// to the trunk ends the INVITE as `temporary_error` now (R10). The
-    /// events this produces are handled by the caller's next `flush` turn.
+    /// A send by the leg `origin` to `peer` failed at once (no socket for
+    /// that transport, too large for UDP, a TCP connection gone): its
+    /// transactions with that peer are told (RFC 3261 §17.1.4), so an
+    /// INVITE ends as `temporary_error` now (R10). The events this produces
+    /// are handled by the caller's next `flush` turn.
     fn on_transport_error(&mut self, now: Instant, origin: &Origin, peer: Peer) {
         match origin {
             Origin::Lead => {
