@@ -445,16 +445,6 @@ impl Anchor {
     }
 }
 
-/// Which leg a message to send came from, to report a failed send to it.
-enum Origin {
-    /// The current lead leg.
-    Lead,
-    /// The agent leg.
-    Agent,
-    /// A finishing lead leg, by Call-ID.
-    Closing(String),
-}
-
 /// The current dial's lead call.
 struct LeadCall {
     leg: LeadLeg,
@@ -931,21 +921,21 @@ impl AgentTask {
                 busy = true;
                 self.on_agent_event(ev);
             }
-            let mut out: Vec<(Origin, Transmit)> = Vec::new();
+            let mut out: Vec<Transmit> = Vec::new();
             if let Some(l) = &mut self.lead {
                 while let Some(t) = l.leg.poll_transmit() {
-                    out.push((Origin::Lead, t));
+                    out.push(t);
                 }
             }
             if let Some(l) = &mut self.leg {
                 while let Some(t) = l.poll_transmit() {
-                    out.push((Origin::Agent, t));
+                    out.push(t);
                 }
             }
             let mut closed = Vec::new();
             for (i, l) in self.closing.iter_mut().enumerate() {
                 while let Some(t) = l.poll_transmit() {
-                    out.push((Origin::Closing(l.call_id().to_string()), t));
+                    out.push(t);
                 }
                 while let Some(ev) = l.poll_event() {
                     if matches!(ev, LeadEvent::Closed { .. }) {
@@ -957,7 +947,7 @@ impl AgentTask {
                 let l = self.closing.swap_remove(i);
                 self.unroute(l.call_id());
             }
-            for (origin, t) in out {
+            for t in out {
                 busy = true;
                 if let SipMessage::Request(r) = &t.message {
                     // Wire times of our requests: the ring-timeout check
@@ -971,8 +961,11 @@ impl AgentTask {
                 }
                 let bytes = Bytes::from(t.message.to_string());
                 if let Err(e) = self.shared.transport.send(t.peer, bytes).await {
-                    tracing::info!(agent = %self.name, error = %e, peer = %t.peer, "SIP send failed: reported to the call leg");
-                    self.on_transport_error(Instant::now(), &origin, t.peer);
+                    // RFC 3261 §17.1.4: the transactions with that peer
+                    // learn of it (an INVITE ends temporary_error, R10); the
+                    // events are handled in this loop's next turn.
+                    tracing::info!(agent = %self.name, error = %e, peer = %t.peer, "SIP send failed: reported to the call legs");
+                    self.on_peer_unreachable(Instant::now(), t.peer);
                 }
             }
             if !busy {
@@ -981,11 +974,11 @@ impl AgentTask {
         }
     }
 
-    /// The transport could not reach `peer` after a send returned (an ICMP
-    /// error for a UDP datagram, a refused or reset TCP connection; RFC
-    /// 3261 §18.4): every leg's transactions with that peer are told
-    /// (§17.1.4), e.g. a trunk's INVITE ends as `temporary_error` (R10);
-    /// legs with none are unaffected.
+    /// The transport could not reach `peer`: a send failed at once, or
+    /// failed later (an ICMP error for a UDP datagram, a refused or reset
+    /// TCP connection; RFC 3261 §18.4). Every leg's transactions with that
+    /// peer are told (§17.1.4), e.g. a trunk's INVITE ends as
+    /// `temporary_error` (R10); legs with none are unaffected.
     fn on_peer_unreachable(&mut self, now: Instant, peer: Peer) {
         if let Some(l) = &mut self.lead {
             l.leg.handle_transport_error(now, peer);
@@ -995,31 +988,6 @@ impl AgentTask {
         }
         for l in &mut self.closing {
             l.handle_transport_error(now, peer);
-        }
-    }
-
-    /// A send by the leg `origin` to `peer` failed at once (no socket for
-    /// that transport, too large for UDP, a TCP connection gone): its
-    /// transactions with that peer are told (RFC 3261 §17.1.4), so an
-    /// INVITE ends as `temporary_error` now (R10). The events this produces
-    /// are handled by the caller's next `flush` turn.
-    fn on_transport_error(&mut self, now: Instant, origin: &Origin, peer: Peer) {
-        match origin {
-            Origin::Lead => {
-                if let Some(l) = &mut self.lead {
-                    l.leg.handle_transport_error(now, peer);
-                }
-            }
-            Origin::Agent => {
-                if let Some(leg) = &mut self.leg {
-                    leg.handle_transport_error(now, peer);
-                }
-            }
-            Origin::Closing(call_id) => {
-                if let Some(l) = self.closing.iter_mut().find(|l| l.call_id() == call_id) {
-                    l.handle_transport_error(now, peer);
-                }
-            }
         }
     }
 
