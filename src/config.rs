@@ -278,7 +278,9 @@ pub struct DialerConfig {
     pub wrap_up_idle: Seconds,
     /// A hard maximum length of one call.
     pub max_call_length: Seconds,
-    /// A call whose RTP stops for this long is ended.
+    /// An answered lead leg whose RTP stops this long is hung up; an agent
+    /// leg's ends as if the phone hung up (the agent pauses). Held legs
+    /// (`a=sendonly`/`inactive`) are exempt. Read by the media relay.
     pub rtp_timeout: Seconds,
     /// Allows `ring_timeout` / `reduced_ring_timeout` below
     /// [`RING_FLOOR`]: for tests that shrink durations, never for dialing
@@ -604,6 +606,7 @@ impl Config {
             ("reduced_ring_timeout", d.reduced_ring_timeout),
             ("refresh_interval", d.refresh_interval),
             ("max_call_length", d.max_call_length),
+            ("rtp_timeout", d.rtp_timeout),
         ] {
             if v.0.is_zero() {
                 return Err(invalid("dialer", key, "must be greater than 0".into()));
@@ -868,6 +871,14 @@ mod tests {
         let s = e.to_string();
         assert!(s.starts_with("t.toml:3:"), "{s}");
         assert!(s.contains("sip_lisen"), "{s}");
+    }
+
+    #[test]
+    fn dialer_rtp_timeout_is_read_and_must_be_positive() {
+        let c = load("[dialer]\nrtp_timeout = 1.5\n", &[]).unwrap();
+        assert_eq!(c.dialer.rtp_timeout.0, Duration::from_millis(1500));
+        let e = load("[dialer]\nrtp_timeout = 0\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("rtp_timeout"), "{e}");
     }
 
     #[test]

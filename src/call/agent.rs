@@ -241,21 +241,42 @@ impl AgentLeg {
         let state = std::mem::replace(&mut self.state, AgentState::Closed);
         self.state = match state {
             AgentState::Inviting(s) => self.give_up(now, s),
-            AgentState::Connected(mut s) => {
-                let peer = s.forks[s.winner].target.peer;
-                if let Err(error) = self.core.send_bye(now, &mut s.dialog, peer) {
-                    tracing::warn!(%error, call_id = %self.core.call_id, "BYE not sent");
-                }
-                self.events.push_back(AgentEvent::Ended {
-                    reason: EndReason::LocalHangup,
-                });
-                AgentState::Closing(Closing {
-                    forks: s.forks,
-                    dialog: Some((s.dialog, s.ack, peer)),
-                })
-            }
+            AgentState::Connected(s) => self.bye(now, s, EndReason::LocalHangup),
             state => state,
         };
+        self.pump(now);
+    }
+
+    fn bye(&mut self, now: Instant, mut s: Connected, reason: EndReason) -> AgentState {
+        let peer = s.forks[s.winner].target.peer;
+        if let Err(error) = self.core.send_bye(now, &mut s.dialog, peer) {
+            tracing::warn!(%error, call_id = %self.core.call_id, "BYE not sent");
+        }
+        self.events.push_back(AgentEvent::Ended { reason });
+        AgentState::Closing(Closing {
+            forks: s.forks,
+            dialog: Some((s.dialog, s.ack, peer)),
+        })
+    }
+
+    /// The media relay saw no RTP from the phone for `dialer.rtp_timeout`
+    /// while connected (and not on hold): BYE, reported as
+    /// [`AgentEvent::Ended`] with [`EndReason::RtpTimeout`] — for the
+    /// dialer, the same as the agent hanging up (SPEC §1 step 6).
+    pub fn rtp_timeout(&mut self, now: Instant) {
+        let state = std::mem::replace(&mut self.state, AgentState::Closed);
+        self.state = match state {
+            AgentState::Connected(s) => self.bye(now, s, EndReason::RtpTimeout),
+            state => state,
+        };
+        self.pump(now);
+    }
+
+    /// Sending to `peer` failed (a refused TCP connection, an ICMP port
+    /// unreachable): every transaction of this leg with that peer is told
+    /// (RFC 3261 §17.1.4, §18.4); a fork to that phone fails at once.
+    pub fn handle_transport_error(&mut self, now: Instant, peer: Peer) {
+        self.core.table.handle_transport_error(now, peer);
         self.pump(now);
     }
 

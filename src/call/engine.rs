@@ -23,8 +23,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    AgentEvent, AgentLeg, AgentParams, AgentTarget, LeadEvent, LeadLeg, LeadParams, LegRecord,
-    LocalAddress, Outcome,
+    AgentEvent, AgentLeg, AgentParams, AgentTarget, EndReason, LeadEvent, LeadLeg, LeadParams,
+    LegRecord, LocalAddress, Outcome,
 };
 use crate::config::{Config, TrunkConfig};
 use crate::leads::model::{CallEnd, CallOutcome, NewCall};
@@ -545,6 +545,8 @@ struct LeadCall {
     session_id: Option<i64>,
     anchor: Anchor,
     ringing: bool,
+    /// Why the answered call ended, for the log.
+    end_reason: Option<EndReason>,
     /// The outcome is stored and `CallEnded` sent.
     finished: bool,
     /// Placed with [`CallEngine::place_call`]: its progress is published.
@@ -591,6 +593,19 @@ async fn media_event(rx: &mut Option<mpsc::UnboundedReceiver<MediaEvent>>) -> Op
     }
 }
 
+/// The next peer the transport could not reach (see
+/// [`TransportHandle::subscribe_failures`]); a lagging receiver skips what
+/// it missed, a closed one waits forever.
+async fn transport_failure(rx: &mut broadcast::Receiver<Peer>) -> Peer {
+    loop {
+        match rx.recv().await {
+            Ok(peer) => return peer,
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+        }
+    }
+}
+
 impl AgentTask {
     fn new(name: String, shared: Arc<Shared>) -> Self {
         let (sip_tx, sip_rx) = mpsc::unbounded_channel();
@@ -627,6 +642,7 @@ impl AgentTask {
         mut commands: mpsc::UnboundedReceiver<Command>,
         stop: CancellationToken,
     ) {
+        let mut failures = self.shared.transport.subscribe_failures();
         loop {
             let deadline = self.deadline();
             let timer = async {
@@ -643,6 +659,9 @@ impl AgentTask {
                     if let Some(m) = msg {
                         self.on_sip(Instant::now(), m);
                     }
+                }
+                peer = transport_failure(&mut failures) => {
+                    self.on_peer_unreachable(Instant::now(), peer);
                 }
                 ev = media_event(&mut self.media_rx) => match ev {
                     Some(ev) => self.on_media(Instant::now(), ev),
@@ -715,12 +734,18 @@ impl AgentTask {
                     self.on_digit(now, digit);
                 }
             }
+            // `dialer.rtp_timeout`: the relay reports a silent, not held leg.
             MediaEvent::RtpTimeout { leg } => {
                 if let Some(l) = self.lead.as_mut().filter(|l| l.media.id == leg) {
-                    tracing::info!(agent = %self.name, call = l.record_id, "RTP timeout: hanging up the lead");
-                    l.leg.hangup(now);
-                } else {
-                    tracing::info!(agent = %self.name, "RTP timeout on the agent leg");
+                    tracing::info!(agent = %self.name, call = l.record_id, "no RTP from the carrier for rtp_timeout: hanging up the lead");
+                    l.leg.rtp_timeout(now);
+                } else if self.media.as_ref().is_some_and(|m| m.agent_leg().id == leg) {
+                    // As if the phone hung up (SPEC §1 step 6): the lead is
+                    // hung up and the sessions pause the agent.
+                    if let Some(agent_leg) = self.leg.as_mut().filter(|l| l.is_connected()) {
+                        tracing::info!(agent = %self.name, "no RTP from the phone for rtp_timeout: hanging up the agent leg");
+                        agent_leg.rtp_timeout(now);
+                    }
                 }
             }
             MediaEvent::BridgeFirstPacket { bridged_at, at, .. } => {
@@ -1259,6 +1284,7 @@ impl AgentTask {
             session_id: req.session_id,
             anchor,
             ringing: false,
+            end_reason: None,
             finished: false,
             manual,
         });
@@ -1333,12 +1359,36 @@ impl AgentTask {
                 }
                 let bytes = Bytes::from(t.message.to_string());
                 if let Err(e) = self.shared.transport.send(t.peer, bytes).await {
-                    tracing::debug!(agent = %self.name, error = %e, peer = %t.peer, "SIP send failed");
+                    // RFC 3261 §17.1.4: the transactions with that peer
+                    // learn of it (an INVITE ends temporary_error, R10); the
+                    // events are handled in this loop's next turn.
+                    tracing::info!(agent = %self.name, error = %e, peer = %t.peer, "SIP send failed: reported to the call legs");
+                    self.on_peer_unreachable(Instant::now(), t.peer);
                 }
             }
             if !busy {
                 return;
             }
+        }
+    }
+
+    /// The transport could not reach `peer`: a send failed at once, or
+    /// failed later (an ICMP error for a UDP datagram, a refused or reset
+    /// TCP connection; RFC 3261 §18.4). Every leg's transactions with that
+    /// peer are told (§17.1.4), e.g. a trunk's INVITE ends as
+    /// `temporary_error` (R10); legs with none are unaffected.
+    fn on_peer_unreachable(&mut self, now: Instant, peer: Peer) {
+        if let Some(l) = &mut self.lead {
+            l.leg.handle_transport_error(now, peer);
+        }
+        if let Some(leg) = &mut self.leg {
+            leg.handle_transport_error(now, peer);
+        }
+        for l in &mut self.closing {
+            l.handle_transport_error(now, peer);
+        }
+        for l in &mut self.closing_agent {
+            l.handle_transport_error(now, peer);
         }
     }
 
@@ -1412,7 +1462,11 @@ impl AgentTask {
                     tracing::debug!(error = %e, "re-INVITE not answered");
                 }
             }
-            LeadEvent::Unanswered { .. } | LeadEvent::Ended { .. } => self.finish_lead(false),
+            LeadEvent::Ended { reason } => {
+                l.end_reason = Some(reason);
+                self.finish_lead(false);
+            }
+            LeadEvent::Unanswered { .. } => self.finish_lead(false),
             LeadEvent::Closed { .. } => self.finish_lead(true),
         }
     }
@@ -1436,7 +1490,8 @@ impl AgentTask {
                     .ring_duration
                     .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
             };
-            tracing::info!(agent = %self.name, call = l.record_id, %outcome, status = ?r.sip_status, "call ended");
+            let reason = l.end_reason.map_or("unanswered", EndReason::as_str);
+            tracing::info!(agent = %self.name, call = l.record_id, %outcome, %reason, status = ?r.sip_status, "call ended");
             spawn_finish(
                 self.shared.clone(),
                 self.name.clone(),
@@ -1520,7 +1575,7 @@ impl AgentTask {
             }
             AgentEvent::Dtmf(d) => self.on_digit(now, d),
             AgentEvent::Ended { reason } => {
-                tracing::info!(agent = %self.name, ?reason, "agent leg ended");
+                tracing::info!(agent = %self.name, %reason, "agent leg ended");
                 // R9: a ringing lead is skipped, an answered one hung up.
                 if let Some(l) = &mut self.lead {
                     l.leg.hangup(now);

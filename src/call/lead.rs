@@ -55,6 +55,26 @@ pub enum EndReason {
     LocalHangup,
     /// [`Timer::MaxCallLength`] expired: we sent BYE.
     MaxCallLength,
+    /// No RTP from the peer for `dialer.rtp_timeout`: we sent BYE.
+    RtpTimeout,
+}
+
+impl EndReason {
+    /// A name for logs and events (`remote_bye`, `rtp_timeout`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::RemoteBye => "remote_bye",
+            EndReason::LocalHangup => "local_hangup",
+            EndReason::MaxCallLength => "max_call_length",
+            EndReason::RtpTimeout => "rtp_timeout",
+        }
+    }
+}
+
+impl std::fmt::Display for EndReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What the lead leg tells the driver.
@@ -299,6 +319,28 @@ impl LeadLeg {
             LeadState::Talking(s) => self.bye(now, s, EndReason::LocalHangup),
             state => state,
         };
+        self.pump(now);
+    }
+
+    /// The media relay saw no RTP from the carrier for `dialer.rtp_timeout`
+    /// after the answer: BYE with [`EndReason::RtpTimeout`]; the outcome
+    /// stays `answered` and the end time is now. Nothing happens before the
+    /// answer (R8's ring timeout governs) or once the call is over.
+    pub fn rtp_timeout(&mut self, now: Instant) {
+        let state = std::mem::replace(&mut self.state, LeadState::Closed);
+        self.state = match state {
+            LeadState::Talking(s) => self.bye(now, s, EndReason::RtpTimeout),
+            state => state,
+        };
+        self.pump(now);
+    }
+
+    /// Sending to `peer` failed (a refused TCP connection, an ICMP port
+    /// unreachable): every transaction of this leg with that peer is told
+    /// (RFC 3261 §17.1.4, §18.4), so an INVITE without a final response
+    /// ends at once as `temporary_error` (R10) instead of at Timer B.
+    pub fn handle_transport_error(&mut self, now: Instant, peer: Peer) {
+        self.core.table.handle_transport_error(now, peer);
         self.pump(now);
     }
 

@@ -77,6 +77,7 @@ trait Leg {
     fn transmit(&mut self) -> Option<Transmit>;
     fn event(&mut self) -> Option<Self::Event>;
     fn deadline(&self) -> Option<Instant>;
+    fn transport_error(&mut self, now: Instant, peer: Peer);
 }
 
 impl Leg for LeadLeg {
@@ -96,6 +97,9 @@ impl Leg for LeadLeg {
     fn deadline(&self) -> Option<Instant> {
         self.poll_timeout()
     }
+    fn transport_error(&mut self, now: Instant, peer: Peer) {
+        self.handle_transport_error(now, peer)
+    }
 }
 
 impl Leg for AgentLeg {
@@ -114,6 +118,9 @@ impl Leg for AgentLeg {
     }
     fn deadline(&self) -> Option<Instant> {
         self.poll_timeout()
+    }
+    fn transport_error(&mut self, now: Instant, peer: Peer) {
+        self.handle_transport_error(now, peer)
     }
 }
 
@@ -301,6 +308,9 @@ struct World<L: Leg> {
     /// `release`: a message "in flight" while the far end acts.
     hold: Option<fn(&SipMessage) -> bool>,
     held: Vec<Transmit>,
+    /// Sends to these peers fail (a refused TCP connection, an ICMP port
+    /// unreachable): the leg is told at once, as the engine driver does.
+    unreachable: Vec<Peer>,
 }
 
 impl<L: Leg> World<L> {
@@ -315,6 +325,7 @@ impl<L: Leg> World<L> {
             events: Vec::new(),
             hold: None,
             held: Vec::new(),
+            unreachable: Vec::new(),
         };
         w.step();
         w
@@ -349,7 +360,10 @@ impl<L: Leg> World<L> {
                     to: t.peer,
                     message: t.message.clone(),
                 });
-                if self.hold.is_some_and(|h| h(&t.message)) {
+                if self.unreachable.contains(&t.peer) {
+                    let now = self.now;
+                    self.leg.transport_error(now, t.peer);
+                } else if self.hold.is_some_and(|h| h(&t.message)) {
                     self.held.push(t);
                 } else {
                     self.deliver_to_far(t);
@@ -854,6 +868,74 @@ fn agent_hanging_up_while_the_lead_rings_cancels_and_skips() {
     assert_eq!(record.ring_duration, Some(5 * S));
 }
 
+#[test]
+fn an_unreachable_trunk_is_a_temporary_error_at_once() {
+    // RFC 3261 §17.1.1.2 / §8.1.3.1: the transport error reaches the TU
+    // like a 503, so R10 decides now, not at Timer B (32 s).
+    let t0 = test_epoch();
+    let mut leg = LeadLeg::dial(t0, lead_params(32 * S), &mut StdRng::seed_from_u64(7)).unwrap();
+    let invite = leg.poll_transmit().expect("the INVITE");
+    assert_eq!(invite.peer, carrier());
+    // The driver's send failed 3 ms later (TCP connect refused).
+    leg.handle_transport_error(t0 + 3 * MS, carrier());
+    let events: Vec<LeadEvent> = std::iter::from_fn(|| leg.poll_event()).collect();
+    let record = LegRecord {
+        started: t0,
+        answered: None,
+        ended: Some(t0 + 3 * MS),
+        sip_status: None,
+        ring_duration: Some(3 * MS),
+    };
+    assert_eq!(
+        events,
+        vec![
+            LeadEvent::Unanswered {
+                outcome: Outcome::TemporaryError
+            },
+            LeadEvent::Closed {
+                outcome: Outcome::TemporaryError,
+                record
+            }
+        ]
+    );
+    assert!(leg.is_closed());
+    assert_eq!(
+        leg.poll_timeout(),
+        None,
+        "no timer left: nothing waits for Timer B"
+    );
+    assert!(
+        leg.poll_transmit().is_none(),
+        "no CANCEL, no retransmission"
+    );
+}
+
+#[test]
+fn a_failing_send_in_the_world_ends_the_call_without_waiting() {
+    let t0 = test_epoch();
+    let leg = LeadLeg::dial(t0, lead_params(32 * S), &mut StdRng::seed_from_u64(7)).unwrap();
+    let mut w = World {
+        t0,
+        now: t0,
+        leg,
+        fars: vec![Far::new(carrier(), "far1")],
+        sent: Vec::new(),
+        received: Vec::new(),
+        events: Vec::new(),
+        hold: None,
+        held: Vec::new(),
+        unreachable: vec![carrier()],
+    };
+    w.step();
+    assert_eq!(w.sent_of(Method::Invite).len(), 1);
+    assert_eq!(w.leg.outcome(), Some(Outcome::TemporaryError));
+    let (outcome, record) = closed(&w);
+    assert_eq!(outcome, Outcome::TemporaryError);
+    assert_eq!(record.ended, Some(t0));
+    w.run_until(64 * S);
+    assert_eq!(w.sent.len(), 1, "nothing retransmitted or cancelled");
+}
+
 fn answered_world() -> World<LeadLeg> {
     let mut w = lead_world(32 * S);
     w.run_until(S);
@@ -887,6 +969,43 @@ fn carrier_bye_after_answer_is_answered_200_and_ends_the_call() {
     assert_eq!(outcome, Outcome::Answered);
     assert_eq!(record.ended, Some(w.t0 + 30 * S));
     assert_eq!(w.sent_of(Method::Bye).len(), 0);
+}
+
+#[test]
+fn rtp_timeout_after_the_answer_byes_and_stays_answered() {
+    let mut w = answered_world();
+    w.run_until(40 * S);
+    let now = w.now;
+    w.leg.rtp_timeout(now);
+    w.step();
+    let byes = w.sent_of(Method::Bye);
+    assert_eq!(byes.len(), 1);
+    assert_eq!(byes[0].at, 40 * S);
+    assert!(w.events.contains(&(
+        40 * S,
+        LeadEvent::Ended {
+            reason: EndReason::RtpTimeout
+        }
+    )));
+    w.run_until(80 * S);
+    let (outcome, record) = closed(&w);
+    assert_eq!(outcome, Outcome::Answered);
+    assert_eq!(record.ended, Some(w.t0 + 40 * S));
+    assert_eq!(w.sent_of(Method::Bye).len(), 1);
+}
+
+#[test]
+fn rtp_timeout_before_the_answer_does_nothing() {
+    let mut w = lead_world(32 * S);
+    w.run_until(S);
+    w.with_far(carrier(), |f, now| f.respond(now, 183, Some(EARLY), &[]));
+    w.run_until(10 * S);
+    let now = w.now;
+    w.leg.rtp_timeout(now);
+    w.step();
+    assert!(w.sent_of(Method::Cancel).is_empty());
+    assert!(w.sent_of(Method::Bye).is_empty());
+    assert_eq!(w.leg.outcome(), None, "R8's ring timeout decides");
 }
 
 #[test]
@@ -1316,6 +1435,41 @@ fn phone_bye_ends_the_agent_leg() {
     w.run_until(200 * S);
     assert_eq!(w.event_list().last(), Some(&AgentEvent::Closed));
     assert!(w.leg.is_closed());
+}
+
+#[test]
+fn rtp_timeout_byes_the_phone_like_a_hang_up() {
+    let mut w = connected_agent();
+    w.run_until(100 * S);
+    let now = w.now;
+    w.leg.rtp_timeout(now);
+    w.step();
+    let byes = w.sent_of(Method::Bye);
+    assert_eq!(byes.len(), 1);
+    assert_eq!((byes[0].at, byes[0].to), (100 * S, phone_a()));
+    assert!(w.event_list().contains(&AgentEvent::Ended {
+        reason: EndReason::RtpTimeout
+    }));
+    assert!(!w.leg.is_connected());
+    w.run_until(200 * S);
+    assert_eq!(w.event_list().last(), Some(&AgentEvent::Closed));
+}
+
+#[test]
+fn a_fork_to_an_unreachable_phone_fails_at_once() {
+    let mut w = agent_world();
+    w.run_until(S);
+    w.with_far(phone_b(), |f, now| f.respond(now, 180, None, &[]));
+    // Phone A's connection is refused: its fork fails now, B still rings.
+    let now = w.now;
+    w.leg.handle_transport_error(now, phone_a());
+    w.step();
+    assert!(w.event_list().iter().all(|e| *e == AgentEvent::Ringing));
+    w.with_far(phone_b(), |f, now| f.respond(now, 480, None, &[]));
+    assert_eq!(
+        w.event_list().last(),
+        Some(&AgentEvent::Failed { status: Some(480) })
+    );
 }
 
 #[test]

@@ -60,6 +60,12 @@ impl Latch {
         }
     }
 
+    /// Whether `from` is the peer as far as we know: the latched source or
+    /// the SDP address. Nothing is learnt from the question.
+    pub fn is_peer(&self, from: SocketAddr) -> bool {
+        self.latched == Some(from) || self.signalled == Some(from)
+    }
+
     /// Where to send: the latched source, else the SDP address.
     pub fn dest(&self) -> Option<SocketAddr> {
         self.latched.or(self.signalled)

@@ -5,6 +5,7 @@
 
 mod app;
 mod calls;
+mod calls_failures;
 mod peers;
 mod phones;
 mod register;

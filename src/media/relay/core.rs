@@ -15,7 +15,7 @@ use crate::media::dtmf::{DtmfDetector, TelephoneEvent};
 use crate::media::g711::G711Law;
 use crate::media::latch::{Latch, LatchDecision};
 use crate::media::rewrite::{parse_rtp, OutFormat, PayloadKind, StreamRewriter};
-use crate::media::sdp::Negotiated;
+use crate::media::sdp::{Direction, Negotiated};
 use crate::media::tone::{Frame, ToneGenerator, FRAME_DURATION, FRAME_SAMPLES};
 
 /// A media leg's identity, unique within one relay.
@@ -48,7 +48,10 @@ pub struct StreamSeed {
 pub struct CoreConfig {
     /// Length of the dial-start beep (SPEC §1 step 2).
     pub beep: Duration,
-    /// No RTP on a leg that should be sending for this long → `RtpTimeout`.
+    /// No RTP for this long on a leg that should be sending → `RtpTimeout`
+    /// (`dialer.rtp_timeout`). The agent leg counts from its answer, the
+    /// lead leg from the bridge (before it, the ring timeout governs, R8);
+    /// held legs are exempt.
     pub rtp_timeout: Duration,
     /// Agent DTMF digits that drive the dialer and are not relayed to the
     /// lead (SPEC §5: `*` next lead, `#` hang up the lead, `0` pause).
@@ -176,9 +179,13 @@ impl Leg {
         }
     }
 
+    /// When this leg's silence becomes an [`MediaEvent::RtpTimeout`]. Only a
+    /// `sendrecv` stream is expected to carry packets all the time: a peer
+    /// that holds (`a=sendonly`, `a=inactive` or `c=0.0.0.0`, RFC 3264 §8.4)
+    /// or only listens (`a=recvonly`) may send nothing by design.
     fn timeout_deadline(&self, after: Duration) -> Option<Instant> {
         let n = self.neg.as_ref()?;
-        if self.timed_out || !n.direction.receives() {
+        if self.timed_out || n.direction != Direction::SendRecv {
             return None;
         }
         self.last_rx.map(|t| t + after)
@@ -277,7 +284,9 @@ impl AgentMediaCore {
         let leg = self.leg_mut(id)?;
         leg.latch.set_signalled(neg.remote);
         leg.neg = Some(neg);
-        leg.last_rx.get_or_insert(now);
+        // A new offer/answer (an answer, a resume from hold) gives the peer
+        // a full `rtp_timeout` from now to start sending.
+        leg.last_rx = Some(now);
         leg.timed_out = false;
         if id == self.agent.id {
             self.to_agent.set_format(out_format(&neg));
@@ -336,6 +345,11 @@ impl AgentMediaCore {
     pub fn bridge(&mut self, now: Instant, lead: LegId) -> Result<(), CoreError> {
         match &self.lead {
             Some(l) if l.id == lead => {
+                // The lead's RTP timeout starts with the answer.
+                if let Some(l) = &mut self.lead {
+                    l.last_rx = Some(now);
+                    l.timed_out = false;
+                }
                 self.bridged_at = Some(now);
                 self.first_after_bridge = true;
                 self.tone.stop();
@@ -369,7 +383,17 @@ impl AgentMediaCore {
             Side::Agent => &mut self.agent,
             Side::Lead => self.lead.as_mut()?,
         };
-        let kind = leg.classify(pkt.pt)?;
+        let Some(kind) = leg.classify(pkt.pt) else {
+            // Comfort noise (RFC 3389) and other payloads we do not relay
+            // still show that the peer sends: a phone with voice activity
+            // detection sends only CN while its user is silent, and must
+            // not be hung up for `rtp_timeout`.
+            if leg.neg.is_some() && leg.latch.is_peer(from) {
+                leg.last_rx = Some(now);
+                leg.timed_out = false;
+            }
+            return None;
+        };
         match leg.latch.accept(from) {
             LatchDecision::Reject => return None,
             LatchDecision::Latched(addr) => self
@@ -455,6 +479,12 @@ impl AgentMediaCore {
         }
     }
 
+    /// The lead leg's RTP-timeout deadline: only once bridged (answered).
+    fn lead_timeout_deadline(&self) -> Option<Instant> {
+        self.bridged_at?;
+        self.lead.as_ref()?.timeout_deadline(self.cfg.rtp_timeout)
+    }
+
     /// The next instant [`Self::handle_timeout`] must run: the next 20 ms
     /// generated frame or the earliest RTP-timeout deadline.
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -462,7 +492,7 @@ impl AgentMediaCore {
         [
             self.next_tick,
             self.agent.timeout_deadline(t),
-            self.lead.as_ref().and_then(|l| l.timeout_deadline(t)),
+            self.lead_timeout_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -474,11 +504,16 @@ impl AgentMediaCore {
     /// send it and its length. Call again until it returns `None`.
     pub fn handle_timeout(&mut self, now: Instant, out: &mut [u8]) -> Option<(SocketAddr, usize)> {
         let t = self.cfg.rtp_timeout;
-        for leg in std::iter::once(&mut self.agent).chain(self.lead.as_mut()) {
-            if leg.timeout_deadline(t).is_some_and(|d| d <= now) {
-                leg.timed_out = true;
+        if self.agent.timeout_deadline(t).is_some_and(|d| d <= now) {
+            self.agent.timed_out = true;
+            self.events
+                .push_back(MediaEvent::RtpTimeout { leg: self.agent.id });
+        }
+        if self.lead_timeout_deadline().is_some_and(|d| d <= now) {
+            if let Some(lead) = &mut self.lead {
+                lead.timed_out = true;
                 self.events
-                    .push_back(MediaEvent::RtpTimeout { leg: leg.id });
+                    .push_back(MediaEvent::RtpTimeout { leg: lead.id });
             }
         }
         let tick = self.next_tick.filter(|t| *t <= now)?;
@@ -896,11 +931,12 @@ mod tests {
                 .count(),
             1
         );
-        // Silence from the phone for 5 s after its packet at 10 ms (the
-        // rejected ones do not count) → one timeout, re-armed by a packet.
-        h.advance(5_000);
+        // Silence from the phone for 5 s after its comfort noise at 50 ms
+        // (the stranger's and the garbage do not count) → one timeout,
+        // re-armed by a packet.
+        h.advance(5_040);
         assert_eq!(h.events(), vec![]);
-        h.advance(5_020);
+        h.advance(5_060);
         assert_eq!(h.events(), vec![MediaEvent::RtpTimeout { leg: AGENT }]);
         h.advance(20_000);
         assert_eq!(h.events(), vec![]);
@@ -911,6 +947,143 @@ mod tests {
         );
         h.advance(25_100);
         assert_eq!(h.events(), vec![MediaEvent::RtpTimeout { leg: AGENT }]);
+    }
+
+    fn timeouts(h: &mut Harness) -> Vec<(u64, LegId)> {
+        h.events()
+            .into_iter()
+            .filter_map(|e| match e {
+                MediaEvent::RtpTimeout { leg } => Some(((h.now - h.t0).as_millis() as u64, leg)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn lead_rtp_timeout_counts_from_the_answer_not_while_ringing() {
+        // rtp_timeout is 5 s in the harness.
+        let mut h = Harness::new();
+        h.core
+            .set_remote(h.now, AGENT, neg("10.0.0.2:5000", G711Law::Pcmu, None))
+            .unwrap();
+        h.core.attach_lead(
+            LEAD,
+            StreamSeed {
+                ssrc: 1,
+                seq: 1,
+                timestamp: 1,
+            },
+        );
+        // 183 with SDP and no early media: ringing for 20 s is R8's business.
+        h.core
+            .set_remote(h.now, LEAD, neg("10.0.0.3:6000", G711Law::Pcmu, None))
+            .unwrap();
+        let mut t = 0;
+        // The phone keeps talking all along (a packet every 20 ms).
+        let mut talk = |h: &mut Harness, until: u64| {
+            while t + 20 <= until {
+                t += 20;
+                h.advance(t);
+                h.recv(
+                    Side::Agent,
+                    "10.0.0.2:5000",
+                    rtp(0, false, t as u16, t as u32 * 8, 9, &[0xFF; 160]),
+                );
+            }
+        };
+        talk(&mut h, 20_000);
+        assert_eq!(timeouts(&mut h), vec![]);
+        // Answered at 20 s; the carrier sends two packets, then nothing.
+        h.core.bridge(h.now, LEAD).unwrap();
+        for i in 0..2u16 {
+            talk(&mut h, 20_020 + 20 * u64::from(i));
+            assert!(h.recv(
+                Side::Lead,
+                "10.0.0.3:6000",
+                rtp(0, false, i, 160 * u32::from(i), 7, &[0x55; 160])
+            ));
+        }
+        talk(&mut h, 25_039);
+        assert_eq!(timeouts(&mut h), vec![]);
+        // Last lead packet at 20.04 s: the timeout fires at 25.04 s exactly.
+        h.advance(25_040);
+        assert_eq!(timeouts(&mut h), vec![(25_040, LEAD)]);
+        // Reported once.
+        talk(&mut h, 40_000);
+        assert_eq!(timeouts(&mut h), vec![]);
+    }
+
+    #[test]
+    fn a_held_phone_never_times_out_and_a_resumed_one_does() {
+        let mut h = Harness::new();
+        let with = |dir| Negotiated {
+            direction: dir,
+            ..neg("10.0.0.2:5000", G711Law::Pcmu, None)
+        };
+        // The phone answered sendrecv, then put us on hold at 1 s with
+        // a=sendonly (our side: recvonly) and sends nothing.
+        h.core
+            .set_remote(h.now, AGENT, with(Direction::SendRecv))
+            .unwrap();
+        h.advance(1_000);
+        h.core
+            .set_remote(h.now, AGENT, with(Direction::RecvOnly))
+            .unwrap();
+        h.advance(60_000);
+        assert_eq!(timeouts(&mut h), vec![]);
+        // a=inactive: the same.
+        h.core
+            .set_remote(h.now, AGENT, with(Direction::Inactive))
+            .unwrap();
+        h.advance(120_000);
+        assert_eq!(timeouts(&mut h), vec![]);
+        // Resumed at 120 s (sendrecv again) but still silent: 5 s from the
+        // resume, not from the last packet before the hold.
+        h.core
+            .set_remote(h.now, AGENT, with(Direction::SendRecv))
+            .unwrap();
+        h.advance(124_990);
+        assert_eq!(timeouts(&mut h), vec![]);
+        h.advance(125_000);
+        assert_eq!(timeouts(&mut h), vec![(125_000, AGENT)]);
+    }
+
+    #[test]
+    fn comfort_noise_keeps_a_phone_alive_but_is_not_relayed() {
+        // A phone with VAD: one audio packet, then only comfort noise (PT 13,
+        // RFC 3389) every 200 ms for a minute; rtp_timeout is 5 s.
+        let mut h = Harness::new();
+        h.core
+            .set_remote(h.now, AGENT, neg("10.0.0.2:5000", G711Law::Pcmu, None))
+            .unwrap();
+        assert!(!h.recv(
+            Side::Agent,
+            "10.0.0.2:5000",
+            rtp(0, false, 1, 160, 9, &[0xFF; 160])
+        ));
+        for i in 1..300u16 {
+            h.advance(200 * u64::from(i));
+            assert!(!h.recv(
+                Side::Agent,
+                "10.0.0.2:5000",
+                rtp(13, false, 1 + i, 160 + 1600 * u32::from(i), 9, &[0x40])
+            ));
+        }
+        assert_eq!(timeouts(&mut h), vec![]);
+        // Comfort noise from a stranger does not count: 5 s after the
+        // phone's last packet (59.8 s) it times out.
+        for i in 0..24u16 {
+            h.advance(60_000 + 200 * u64::from(i));
+            h.recv(
+                Side::Agent,
+                "192.0.2.66:5000",
+                rtp(13, false, 400 + i, 0, 66, &[0x40]),
+            );
+        }
+        h.advance(64_799);
+        assert_eq!(timeouts(&mut h), vec![]);
+        h.advance(64_800);
+        assert_eq!(timeouts(&mut h), vec![(64_800, AGENT)]);
     }
 
     #[test]

@@ -45,12 +45,16 @@ pub struct RelayConfig {
 }
 
 impl RelayConfig {
-    /// The relay settings of a server configuration.
+    /// The relay settings of a server configuration (`dialer.rtp_timeout`
+    /// included).
     pub fn from_config(c: &crate::config::Config) -> Self {
         RelayConfig {
             bind_ip: c.media_ip,
             ports: c.rtp_ports,
-            core: CoreConfig::default(),
+            core: CoreConfig {
+                rtp_timeout: c.dialer.rtp_timeout.0,
+                ..CoreConfig::default()
+            },
             socket_buffer: 1 << 20,
         }
     }

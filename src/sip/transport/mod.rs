@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 use super::{Peer, TransportKind};
 use crate::config::ListenAddr;
@@ -100,6 +100,7 @@ pub struct TransportHandle {
     connections: ConnectionMap,
     inbound: mpsc::Sender<Inbound>,
     limits: TransportLimits,
+    failures: broadcast::Sender<Peer>,
 }
 
 impl TransportHandle {
@@ -110,6 +111,8 @@ impl TransportHandle {
         limits: TransportLimits,
     ) -> Result<(TransportHandle, mpsc::Receiver<Inbound>), TransportError> {
         let (tx, rx) = mpsc::channel(16 * 1024);
+        // Rare (one per ICMP error); a slow subscriber loses the oldest.
+        let (failures, _) = broadcast::channel(256);
         let connections: ConnectionMap = Arc::default();
         let mut udp = None;
         let mut tcp_local = None;
@@ -127,6 +130,7 @@ impl TransportHandle {
                         local,
                         tx.clone(),
                         limits.max_message_size,
+                        failures.clone(),
                     ));
                     tracing::info!(%local, "SIP listening on UDP");
                     // The first UDP socket sends; several are allowed for listening.
@@ -146,6 +150,7 @@ impl TransportHandle {
                         tx.clone(),
                         connections.clone(),
                         limits,
+                        failures.clone(),
                     ));
                     tcp_local.get_or_insert(local);
                 }
@@ -158,6 +163,7 @@ impl TransportHandle {
                 connections,
                 inbound: tx,
                 limits,
+                failures,
             },
             rx,
         ))
@@ -172,7 +178,9 @@ impl TransportHandle {
     }
 
     /// Sends one message. UDP: one datagram. TCP: over the live connection to
-    /// that address, or a new one (whose responses then arrive as inbound).
+    /// that address, or a new one made in the background (its responses
+    /// then arrive as inbound; if it cannot be made, the peer is announced
+    /// on [`subscribe_failures`](Self::subscribe_failures)).
     pub async fn send(&self, peer: Peer, bytes: Bytes) -> Result<(), TransportError> {
         match peer.transport {
             TransportKind::Udp => {
@@ -183,10 +191,16 @@ impl TransportHandle {
                 if bytes.len() > 65_507 {
                     return Err(TransportError::TooLarge(bytes.len()));
                 }
-                socket
-                    .send_to(&bytes, peer.addr)
-                    .await
-                    .map(|_| ())
+                let sent = match socket.send_to(&bytes, peer.addr).await {
+                    // Another datagram's ICMP error, handed to this call
+                    // (see `udp`): this one was not sent; try it again.
+                    Err(e) if udp::maybe_deferred_error(&e) => {
+                        tracing::debug!(error = %e, %peer, "earlier ICMP error reported on send; sending again");
+                        socket.send_to(&bytes, peer.addr).await
+                    }
+                    r => r,
+                };
+                sent.map(|_| ())
                     .map_err(|source| TransportError::Send { peer, source })
             }
             TransportKind::Tcp => {
@@ -207,9 +221,8 @@ impl TransportHandle {
                             self.inbound.clone(),
                             self.connections.clone(),
                             self.limits,
+                            self.failures.clone(),
                         )
-                        .await
-                        .map_err(|source| TransportError::Send { peer, source })?
                     }
                 };
                 sender.send(bytes).await.map_err(|_| TransportError::Send {
@@ -220,8 +233,95 @@ impl TransportHandle {
         }
     }
 
+    /// Peers the transport could not reach after [`send`](Self::send)
+    /// returned: a UDP datagram an ICMP error came back for, a TCP
+    /// connection that could not be made or failed a write (RFC 3261
+    /// §18.4). The call legs tell their transactions with that peer
+    /// (§17.1.4). Errors known at once are returned by `send` instead.
+    pub fn subscribe_failures(&self) -> broadcast::Receiver<Peer> {
+        self.failures.subscribe()
+    }
+
     /// Number of open TCP connections (for metrics and tests).
     pub fn tcp_connection_count(&self) -> usize {
         self.connections.lock().map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A port on 127.0.0.1 with nothing listening on UDP or TCP (at the time).
+    fn closed_port() -> u16 {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        udp.local_addr().expect("addr").port()
+    }
+
+    async fn bound() -> TransportHandle {
+        let listen = [
+            ListenAddr {
+                transport: TransportKind::Udp,
+                addr: "127.0.0.1:0".parse().expect("addr"),
+            },
+            ListenAddr {
+                transport: TransportKind::Tcp,
+                addr: "127.0.0.1:0".parse().expect("addr"),
+            },
+        ];
+        let (handle, _inbound) = TransportHandle::bind(&listen, TransportLimits::default())
+            .await
+            .expect("bind");
+        handle
+    }
+
+    /// RFC 3261 §18.4: the peer a datagram or a connection could not reach
+    /// is announced, so its transactions learn of it (§17.1.4).
+    #[tokio::test]
+    async fn unreachable_peers_are_announced() {
+        let handle = bound().await;
+        let mut failures = handle.subscribe_failures();
+        for transport in [TransportKind::Udp, TransportKind::Tcp] {
+            let peer = Peer {
+                transport,
+                addr: SocketAddr::from(([127, 0, 0, 1], closed_port())),
+            };
+            // The send itself is accepted: the refusal comes back later
+            // (ICMP port unreachable; a refused TCP handshake).
+            handle
+                .send(peer, Bytes::from_static(b"OPTIONS sip:x SIP/2.0\r\n\r\n"))
+                .await
+                .expect("send");
+            let announced = tokio::time::timeout(Duration::from_secs(2), failures.recv())
+                .await
+                .expect("announced within 2 s")
+                .expect("channel open");
+            assert_eq!(announced, peer);
+        }
+        // A send after an ICMP error is not refused for that error (IP_RECVERR
+        // hands a pending error to the next call on the socket).
+        let dead = Peer {
+            transport: TransportKind::Udp,
+            addr: SocketAddr::from(([127, 0, 0, 1], closed_port())),
+        };
+        let live = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let live_peer = Peer {
+            transport: TransportKind::Udp,
+            addr: live.local_addr().expect("addr"),
+        };
+        handle
+            .send(dead, Bytes::from_static(b"x"))
+            .await
+            .expect("send");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        handle
+            .send(live_peer, Bytes::from_static(b"y"))
+            .await
+            .expect("the live peer's datagram is sent");
+        live.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let mut buf = [0u8; 8];
+        let (n, _) = live.recv_from(&mut buf).expect("received");
+        assert_eq!(&buf[..n], b"y");
     }
 }

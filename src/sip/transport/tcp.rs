@@ -1,15 +1,19 @@
 //! The TCP driver: accepted and outgoing connections, each with a reader
 //! task (framing by Content-Length, RFC 3261 §18.3) and a writer task.
+//! Outgoing connections are made in the background; one that cannot be
+//! made, or that fails a write, is announced on the transport's failure
+//! channel (RFC 3261 §18.4, §17.1.4).
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 use super::{ConnectionMap, Inbound, TransportLimits};
 use crate::sip::message::{FramingError, StreamFramer};
@@ -22,6 +26,7 @@ pub(super) async fn accept_loop(
     inbound: mpsc::Sender<Inbound>,
     connections: ConnectionMap,
     limits: TransportLimits,
+    failures: broadcast::Sender<Peer>,
 ) {
     loop {
         let (stream, from) = match listener.accept().await {
@@ -49,22 +54,83 @@ pub(super) async fn accept_loop(
             inbound.clone(),
             connections.clone(),
             limits,
+            failures.clone(),
         );
     }
 }
 
-/// Opens a connection to `to` and starts its tasks; returns its sender.
-pub(super) async fn connect(
+/// Longest wait for an outgoing connection: Timer B's default (64·T1,
+/// RFC 3261 §17.1.1.2) — no transaction waits longer for an answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(32);
+
+/// Messages queued per connection (while it is being made, or behind a slow
+/// peer) before senders wait.
+const QUEUE: usize = 256;
+
+/// Starts a connection to `to` in the background and returns its sender at
+/// once: the caller (a call leg's task, the SIP task) never waits for a
+/// handshake, and messages queue until the connection is up. A connection
+/// that cannot be made drops what was queued and announces `to` on
+/// `failures`, for the transactions with that peer (RFC 3261 §17.1.4).
+pub(super) fn connect(
     to: SocketAddr,
     local: SocketAddr,
     inbound: mpsc::Sender<Inbound>,
     connections: ConnectionMap,
     limits: TransportLimits,
-) -> io::Result<mpsc::Sender<Bytes>> {
-    let stream = tokio::time::timeout(limits.tcp_idle_timeout, TcpStream::connect(to))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TCP connect timed out"))??;
-    Ok(start(stream, to, local, inbound, connections, limits))
+    failures: broadcast::Sender<Peer>,
+) -> mpsc::Sender<Bytes> {
+    let (tx, rx) = mpsc::channel::<Bytes>(QUEUE);
+    if let Ok(mut m) = connections.lock() {
+        m.insert(to, tx.clone());
+    }
+    let me = tx.clone();
+    tokio::spawn(async move {
+        let timeout = limits.tcp_idle_timeout.min(CONNECT_TIMEOUT);
+        let connected = tokio::time::timeout(timeout, TcpStream::connect(to))
+            .await
+            .unwrap_or_else(|_| {
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "TCP connect timed out",
+                ))
+            });
+        match connected {
+            Ok(stream) => run(
+                stream,
+                to,
+                local,
+                inbound,
+                connections,
+                limits,
+                failures,
+                (me, rx),
+            ),
+            Err(e) => {
+                tracing::info!(peer = %to, error = %e, "TCP connection failed");
+                forget(&connections, to, &me);
+                drop(rx);
+                let _ = failures.send(tcp_peer(to));
+            }
+        }
+    });
+    tx
+}
+
+fn tcp_peer(addr: SocketAddr) -> Peer {
+    Peer {
+        transport: TransportKind::Tcp,
+        addr,
+    }
+}
+
+/// Forgets the connection unless a newer one to the same address replaced it.
+fn forget(connections: &ConnectionMap, remote: SocketAddr, me: &mpsc::Sender<Bytes>) {
+    if let Ok(mut m) = connections.lock() {
+        if m.get(&remote).is_some_and(|s| s.same_channel(me)) {
+            m.remove(&remote);
+        }
+    }
 }
 
 fn start(
@@ -74,38 +140,60 @@ fn start(
     inbound: mpsc::Sender<Inbound>,
     connections: ConnectionMap,
     limits: TransportLimits,
-) -> mpsc::Sender<Bytes> {
-    let _ = stream.set_nodelay(true);
-    let (tx, rx) = mpsc::channel::<Bytes>(256);
+    failures: broadcast::Sender<Peer>,
+) {
+    let (tx, rx) = mpsc::channel::<Bytes>(QUEUE);
     if let Ok(mut m) = connections.lock() {
         m.insert(remote, tx.clone());
     }
+    run(
+        stream,
+        remote,
+        local,
+        inbound,
+        connections,
+        limits,
+        failures,
+        (tx, rx),
+    );
+}
+
+/// Starts the reader and writer tasks of a connection whose sender is
+/// already in `connections`.
+#[allow(clippy::too_many_arguments)]
+fn run(
+    stream: TcpStream,
+    remote: SocketAddr,
+    local: SocketAddr,
+    inbound: mpsc::Sender<Inbound>,
+    connections: ConnectionMap,
+    limits: TransportLimits,
+    failures: broadcast::Sender<Peer>,
+    (me, rx): (mpsc::Sender<Bytes>, mpsc::Receiver<Bytes>),
+) {
+    let _ = stream.set_nodelay(true);
     let (reader, writer) = stream.into_split();
     let activity = Arc::new(AtomicU64::new(0));
-    tokio::spawn(write_loop(writer, rx, activity.clone()));
-    let conns = connections.clone();
-    let me = tx.clone();
+    tokio::spawn(write_loop(writer, rx, activity.clone(), remote, failures));
     tokio::spawn(async move {
         read_loop(reader, remote, local, inbound, limits, activity, me.clone()).await;
-        // Forget the connection unless a newer one to the same address replaced it.
-        if let Ok(mut m) = conns.lock() {
-            if m.get(&remote).is_some_and(|s| s.same_channel(&me)) {
-                m.remove(&remote);
-            }
-        }
+        forget(&connections, remote, &me);
         tracing::debug!(%remote, "TCP connection closed");
     });
-    tx
 }
 
 async fn write_loop(
     mut writer: tokio::net::tcp::OwnedWriteHalf,
     mut rx: mpsc::Receiver<Bytes>,
     activity: Arc<AtomicU64>,
+    remote: SocketAddr,
+    failures: broadcast::Sender<Peer>,
 ) {
     while let Some(bytes) = rx.recv().await {
         if let Err(e) = writer.write_all(&bytes).await {
-            tracing::debug!(error = %e, "TCP write failed");
+            // A reset connection: what was queued is lost (§17.1.4).
+            tracing::info!(%remote, error = %e, "TCP write failed");
+            let _ = failures.send(tcp_peer(remote));
             break;
         }
         activity.fetch_add(1, Ordering::Relaxed);
