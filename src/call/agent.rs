@@ -1,5 +1,5 @@
-//! The agent leg: the nailed-up UAC call to the agent's phone (issue 3 §1,
-//! §6, §7; SPEC §1 step 2), forked in parallel to every registered contact.
+//! The agent leg: the nailed-up UAC call to the agent's phone (SPEC §1 steps
+//! 2 and 6, §5 DTMF), forked in parallel to every registered contact.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -25,7 +25,7 @@ pub struct AgentTarget {
     pub contact: String,
 }
 
-/// What the driver knows when it calls the agent (issue 3 §1).
+/// What the driver knows when it calls the agent (SPEC §1 step 2).
 #[derive(Debug, Clone)]
 pub struct AgentParams {
     /// Every current binding; the INVITE is forked to all in parallel.
@@ -71,7 +71,7 @@ pub enum AgentEvent {
         /// The phone's offer, if any.
         offer: Option<Vec<u8>>,
     },
-    /// The agent pressed a key (issue 3 §7: `*` next, `#` hang up, `0` pause).
+    /// The agent pressed a key (SPEC §5 DTMF: `*` next, `#` hang up, `0` pause).
     Dtmf(Dtmf),
     /// The connected leg ended; `RemoteBye` means the agent hung up (pause
     /// the agent, CANCEL/BYE the lead, R9).
@@ -120,7 +120,7 @@ enum AgentState {
     Closed,
 }
 
-/// The nailed-up call to the agent's phone (issue 3 §1), sans-IO, driven
+/// The nailed-up call to the agent's phone (SPEC §1 step 2), sans-IO, driven
 /// like [`LeadLeg`](super::LeadLeg).
 #[derive(Debug)]
 pub struct AgentLeg {
@@ -361,7 +361,7 @@ impl AgentLeg {
         }
     }
 
-    /// First 2xx wins (issue 3 §1): ACK it, CANCEL every other fork still
+    /// First 2xx wins (SPEC §1 step 2): ACK it, CANCEL every other fork still
     /// waiting (§9.1; deferred until its provisional), report `Connected`.
     fn connect(
         &mut self,
@@ -438,7 +438,7 @@ impl AgentLeg {
                     s.forks[j].result = Some(Some(status));
                     if j != s.winner && (200..300).contains(&status) {
                         // A second phone answered across our CANCEL: ACK and
-                        // BYE it (RFC 3261 §13.2.2.4, issue 3 §1).
+                        // BYE it (RFC 3261 §13.2.2.4, SPEC §1 step 2).
                         let (invite, peer) = (s.forks[j].invite.clone(), s.forks[j].target.peer);
                         self.core.ack_and_bye(now, &invite, &response, peer);
                     }

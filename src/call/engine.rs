@@ -1,4 +1,4 @@
-//! The call engine driver (issue 3): one tokio task per configured agent
+//! The call engine driver (SPEC §1): one tokio task per configured agent
 //! owns that agent's [`AgentLeg`], its current [`LeadLeg`], the legs still
 //! finishing their signalling, its [`AgentMedia`] and one timer (the
 //! earliest `poll_timeout`). DESIGN.md "shard by Call-ID": the SIP task
@@ -42,13 +42,13 @@ use crate::store::Store;
 /// How long an agent's phone may ring before the agent leg gives up.
 const AGENT_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Why a call engine request failed (the seam with the sessions, issue 3).
+/// Why a call engine request failed (the seam with the sessions).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallEngineError {
     /// No `[[agent]]` of that name.
     #[error("unknown agent {0:?}")]
     UnknownAgent(String),
-    /// The agent's phone is not registered (issue 3 §1): nothing dialed.
+    /// The agent's phone is not registered (SPEC §1 step 2): nothing dialed.
     #[error("the agent's phone is not registered: register the phone, then try again")]
     NoBinding,
     /// The phone refused the agent leg with this final status.
@@ -136,7 +136,7 @@ pub struct DialRequest {
     pub reduced_ring_time: bool,
 }
 
-/// What the engine reports (the seam with the sessions, issue 3).
+/// What the engine reports (the seam with the sessions).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallEvent {
     /// The agent's phone answered the nailed-up leg.
@@ -189,7 +189,7 @@ pub enum CallEvent {
         /// Where it stands now.
         state: CallProgress,
     },
-    /// A control key on the agent's phone (issue 3 §7): `*` next lead, `#`
+    /// A control key on the agent's phone (SPEC §5 DTMF): `*` next lead, `#`
     /// hang up the lead, `0` pause. The engine already did the SIP part of
     /// `*` and `#`.
     Dtmf {
@@ -240,7 +240,7 @@ pub enum RouteChange {
     Remove(String),
 }
 
-/// The clonable handle to the call engine (issue 3 seam).
+/// The clonable handle to the call engine (the seam with the sessions).
 #[derive(Clone)]
 pub struct CallEngine {
     agents: Arc<HashMap<String, mpsc::UnboundedSender<Command>>>,
@@ -317,7 +317,7 @@ pub enum EngineConfigError {
 }
 
 impl CallEngine {
-    /// Spawns one task per configured agent (issue 3; DESIGN.md sharding).
+    /// Spawns one task per configured agent (DESIGN.md "Order and sharding").
     pub fn start(config: &Config, io: EngineIo) -> Result<CallEngine, EngineConfigError> {
         let trunk = match config.trunks.first() {
             None => None,
@@ -404,7 +404,7 @@ impl CallEngine {
         self.agents.contains_key(agent)
     }
 
-    /// Sets up (or keeps) the nailed-up agent leg (issue 3 §1): INVITE
+    /// Sets up (or keeps) the nailed-up agent leg (SPEC §1 step 2): INVITE
     /// forked to all live bindings. Resolves when the agent answered.
     pub async fn connect_agent(&self, agent: &str) -> Result<(), CallEngineError> {
         self.ask(agent, Command::Connect).await?
@@ -759,7 +759,7 @@ impl AgentTask {
         }
     }
 
-    /// Issue 3 §7: `*` next lead, `#` hang up the lead, `0` pause.
+    /// SPEC §5 DTMF: `*` next lead, `#` hang up the lead, `0` pause.
     fn on_digit(&mut self, now: Instant, digit: char) {
         match digit {
             '*' | '#' => {
@@ -1414,7 +1414,7 @@ impl AgentTask {
                 }
             }
             LeadEvent::Answered { sdp } => {
-                // Issue 3 §5: switch the agent's media in the same step.
+                // SPEC §1 step 4, §6: switch the agent's media in the same step.
                 if let Some(media) = &self.media {
                     match negotiate(&l.offer, &sdp) {
                         Ok(neg) => {

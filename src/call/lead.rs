@@ -1,5 +1,5 @@
-//! The lead leg: the UAC call to the carrier trunk for one number (issue 3
-//! §2–§4, §6; SPEC R8–R12).
+//! The lead leg: the UAC call to the carrier trunk for one number (SPEC §1
+//! steps 3–5, R2, R8–R12).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -17,7 +17,7 @@ use crate::sip::syntax::{Request, Response, SipMessage};
 use crate::sip::transaction::{ClientKey, Event, TimerConfig};
 use crate::sip::{Peer, Transmit};
 
-/// What the driver knows when it dials a lead (issue 3 §2).
+/// What the driver knows when it dials a lead (SPEC §1 step 3, R2).
 #[derive(Debug, Clone)]
 pub struct LeadParams {
     /// The trunk's address and transport: every request of the call goes there.
@@ -27,7 +27,7 @@ pub struct LeadParams {
     /// The lead's number, already E.164 and allowed by the trunk (R11 is
     /// checked before a leg is made: restricted numbers never reach the wire).
     pub number: String,
-    /// The trunk's caller ID, the user part of our From (issue 3 §2).
+    /// The trunk's caller ID, the user part of our From (SPEC §1 step 3, R2).
     pub caller_id: String,
     /// `P-Asserted-Identity` (RFC 3325): a number (written as a SIP URI at
     /// our domain) or a whole `sip:`/`tel:` URI.
@@ -85,14 +85,14 @@ pub enum LeadEvent {
         /// Its status code.
         status: u16,
     },
-    /// A provisional response carried SDP (early media, issue 3 §5): relay
+    /// A provisional response carried SDP (early media, SPEC §1 step 4, §6): relay
     /// the carrier's stream to the agent. Reported again when the SDP changes.
     EarlyMedia {
         /// The carrier's SDP answer.
         sdp: Vec<u8>,
     },
     /// 200 OK before the ring timeout: the ACK is already queued. This is
-    /// the bridge trigger (issue 3 §5): switch the agent's media at once.
+    /// the bridge trigger (SPEC §1 step 4, §6): switch the agent's media at once.
     Answered {
         /// The carrier's SDP answer.
         sdp: Vec<u8>,
@@ -111,7 +111,7 @@ pub enum LeadEvent {
         /// The carrier's new offer, if the re-INVITE carried one.
         offer: Option<Vec<u8>>,
     },
-    /// An answered call ended (the agent goes to wrap-up, issue 3 §6).
+    /// An answered call ended (the agent goes to wrap-up, SPEC §1 step 5).
     Ended {
         /// Who or what ended it.
         reason: EndReason,
@@ -179,7 +179,7 @@ enum LeadState {
     Closed,
 }
 
-/// The UAC call to the carrier for one lead (issue 3 §2–§4), sans-IO.
+/// The UAC call to the carrier for one lead (SPEC §1 step 3, R8–R12), sans-IO.
 ///
 /// Drive it with [`handle_message`](Self::handle_message) for every message
 /// with its Call-ID, [`handle_timeout`](Self::handle_timeout) at
@@ -605,7 +605,7 @@ impl LeadLeg {
     }
 
     /// 200 OK before the ring timeout: ACK and report `Answered` in the same
-    /// step — the bridge trigger, nothing slow on this path (issue 3 §5).
+    /// step — the bridge trigger, nothing slow on this path (SPEC §1 step 4, §6).
     fn answered(&mut self, now: Instant, s: Inviting, response: Response) -> LeadState {
         let status = response.status_code.code();
         let dialog = Dialog::from_uac_response(&s.invite, &response)

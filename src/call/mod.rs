@@ -1,4 +1,4 @@
-//! The call legs of the B2BUA (issue 3, SPEC §1, R8–R12, R17), sans-IO.
+//! The call legs of the B2BUA (SPEC §1, R8–R12, R17), sans-IO.
 //!
 //! - [`LeadLeg`]: the UAC call to the carrier trunk for one number, with the
 //!   ring timeout (R8), CANCEL after a provisional (RFC 3261 §9.1), the
@@ -53,13 +53,13 @@ pub struct LocalAddress {
 /// (DESIGN.md "Errors": one enum, typed variants).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallError {
-    /// The agent has no registered contact: nothing is sent (issue 3 §1).
+    /// The agent has no registered contact: nothing is sent (SPEC §1 step 2).
     #[error("the agent has no registered contact")]
     NoBinding,
     /// The trunk URI is not a `sip:`/`sips:` URI with a host.
     #[error("unusable trunk URI {0:?}")]
     BadTrunkUri(String),
-    /// The number is not `+` and 1–15 digits (E.164; issue 3 §2).
+    /// The number is not `+` and 1–15 digits (E.164; SPEC §1 step 3, R2).
     #[error("{0:?} is not an E.164 number")]
     NotE164(String),
     /// A message we built does not parse back: a configured value (URI,

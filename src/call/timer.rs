@@ -9,7 +9,7 @@ use std::time::Instant;
 pub enum Timer {
     /// R8: from the lead's INVITE; at expiry CANCEL, outcome `no_answer`.
     RingTimeout,
-    /// Issue 3 §6: the hard maximum length of an answered lead call → BYE.
+    /// SPEC §1 step 5: the hard maximum length of an answered lead call → BYE.
     MaxCallLength,
     /// How long the agent's phone may ring before the agent leg gives up.
     AnswerTimeout,

@@ -84,7 +84,7 @@ pub(crate) fn sdp_body(msg: &impl HeadersExt, body: &[u8]) -> Option<Vec<u8>> {
     is_sdp.then(|| body.to_vec())
 }
 
-/// The Request-URI for `number` at the trunk (issue 3 §2): the trunk URI's
+/// The Request-URI for `number` at the trunk (SPEC §1 step 3, R2): the trunk URI's
 /// host, port and URI parameters (e.g. `;transport=tcp`) with the E.164
 /// number as its user part, `sip:+15551234567@carrier:5080;transport=tcp`.
 pub fn lead_request_uri(trunk_uri: &str, number: &str) -> Result<String, CallError> {

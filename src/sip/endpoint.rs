@@ -1,5 +1,5 @@
 //! The SIP endpoint: powerdial's front door, sans-IO (RFC 3261 §8.2, §18.2,
-//! SPEC §5, issue 2 item 7).
+//! SPEC §5).
 //!
 //! One [`Endpoint`] ties the SIP cores together: every inbound message goes
 //! through [`message::inspect`], the transaction table, then the TU logic
@@ -84,7 +84,7 @@ pub struct EndpointConfig {
 pub enum EndpointEvent {
     /// The bindings of one agent changed (a REGISTER or an expiry, RFC
     /// 3261 §10.3): the driver persists exactly these rows so a restart
-    /// keeps the bindings (issue 2 item 6).
+    /// keeps the bindings (SPEC §5: a restart keeps registrations).
     BindingsChanged {
         /// The agent (address-of-record user).
         aor: String,
@@ -121,7 +121,7 @@ pub struct Endpoint {
 
 /// A validated message whose Call-ID belongs to a live call leg (DESIGN.md
 /// "shard by Call-ID"): the driver hands it to that leg's owner, which
-/// runs its own transaction table (issue 3, `crate::call`).
+/// runs its own transaction table (`crate::call`).
 #[derive(Debug, Clone)]
 pub struct Routed {
     /// The Call-ID the message carries.
@@ -212,7 +212,7 @@ impl Endpoint {
         }
     }
 
-    /// Restores persisted bindings after a restart (issue 2 item 6).
+    /// Restores persisted bindings after a restart (SPEC §5: a restart keeps registrations).
     pub fn load_bindings(&mut self, bindings: Vec<Binding>) {
         self.registrar.load(bindings);
     }

@@ -1,4 +1,4 @@
-//! Issue 3 end to end: a PJSIP carrier trunk (tests/peers/pj_carrier.py)
+//! Calls end to end (SPEC §1, R8–R12, R17): a PJSIP carrier trunk (tests/peers/pj_carrier.py)
 //! choosing its answer by the dialed number and an auto-answering PJSIP
 //! agent phone (tests/peers/pj_agent.py), both real pjsua2 processes on
 //! 127.0.0.1, against a real `powerdial serve`. Calls are placed with the
@@ -551,7 +551,7 @@ fn md5_hex(data: &str) -> String {
     hex::encode(Md5::digest(data.as_bytes()))
 }
 
-/// Issue 3: the carrier (SIPp, fixtures/sipp/carrier_407.xml) challenges
+/// The carrier (SIPp, fixtures/sipp/carrier_407.xml) challenges
 /// the INVITE with 407 + `qop="auth"`; powerdial answers with the trunk's
 /// credentials (RFC 3261 §22.2, RFC 2617 §3.2.2), the carrier answers the
 /// authenticated INVITE and hangs up after 1 s: outcome `answered`.
