@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 /// How a lead call ended, as stored in the call record and used by the queue
 /// engine (SPEC R8–R12). Serialised in snake_case (`no_answer`, …), the names
 /// the HTTP API and the database use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(as = CallOutcome)]
 pub enum Outcome {
     /// The lead answered (a person or a voicemail: both count, SPEC §1 step 4).
     Answered,

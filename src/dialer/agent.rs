@@ -41,7 +41,7 @@ use super::queue::{Claim, LeadId};
 
 /// Where an agent stands (SPEC §1 flow), as listed by `GET
 /// /api/v1/sessions/{id}` and the events stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AgentState {
     /// Joined, nothing done yet.

@@ -13,7 +13,7 @@ use crate::leads::model::rfc3339;
 use crate::store::{Entity, Store, StoreError};
 
 /// A stored dialer session's settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct SessionRow {
     /// The session id.
     pub id: i64,
@@ -24,15 +24,18 @@ pub struct SessionRow {
     /// Wrap-up idle in ms; `None` uses the config's `[dialer] wrap_up_idle`.
     /// Shown as `wrap_up_idle` in seconds, as the API takes it.
     #[serde(rename = "wrap_up_idle", serialize_with = "ms_as_seconds")]
+    #[schema(value_type = Option<f64>)]
     pub wrap_up_idle_ms: Option<i64>,
     /// R16: whether a share link is active (the token itself is never stored).
     pub shared: bool,
     /// Creation time, epoch ms (`created`, RFC 3339, in the API).
     #[serde(rename = "created", serialize_with = "rfc3339::serialize_ms")]
+    #[schema(value_type = chrono::DateTime<chrono::Utc>)]
     pub created_ms: i64,
     /// The last "reset & call again" (R14), epoch ms (`reset_at`, RFC 3339,
     /// in the API).
     #[serde(rename = "reset_at", serialize_with = "rfc3339::serialize_opt_ms")]
+    #[schema(value_type = Option<chrono::DateTime<chrono::Utc>>)]
     pub reset_ms: Option<i64>,
 }
 

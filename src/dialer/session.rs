@@ -159,7 +159,7 @@ pub enum SessionEvent {
 }
 
 /// Queue counts as the API shows them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Counts {
     /// Leads in the view.
     pub in_view: usize,
@@ -192,7 +192,8 @@ impl Counts {
 }
 
 /// One agent in [`SessionView`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = SessionAgent)]
 pub struct AgentView {
     /// The agent's username.
     pub agent: String,
@@ -205,7 +206,7 @@ pub struct AgentView {
 }
 
 /// `GET /api/v1/sessions/{id}`: settings, agents, counts.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SessionView {
     /// Settings as stored.
     #[serde(flatten)]
@@ -219,7 +220,7 @@ pub struct SessionView {
 }
 
 /// One entry of `GET /api/v1/sessions/{id}/queue`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct QueueEntryView {
     /// The lead.
     pub lead_id: i64,

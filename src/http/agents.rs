@@ -7,11 +7,11 @@ use axum::extract::{Path, State};
 use axum::Json;
 use serde::Serialize;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, Page};
 use crate::sip::registrar::Binding;
 
 /// One registered contact of an agent.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BindingView {
     /// The Contact URI as registered.
     pub contact: String,
@@ -24,7 +24,7 @@ pub struct BindingView {
 }
 
 /// An agent as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AgentView {
     /// SIP username.
     pub username: String,
@@ -65,6 +65,12 @@ async fn agent_view(state: &AppState, username: &str, display: Option<String>) -
 }
 
 /// `GET /api/v1/agents`: every configured agent with its registration state.
+#[utoipa::path(
+    get,
+    path = "/api/v1/agents",
+    tag = "agents",
+    responses((status = 200, description = "The agents (one page)", body = Page<AgentView>))
+)]
 pub async fn list(State(state): State<AppState>) -> Json<serde_json::Value> {
     let mut data = Vec::new();
     for a in state.agents.iter() {
@@ -74,6 +80,13 @@ pub async fn list(State(state): State<AppState>) -> Json<serde_json::Value> {
 }
 
 /// `GET /api/v1/agents/{username}`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/agents/{username}",
+    tag = "agents",
+    params(("username" = String, Path, description = "The agent's SIP username")),
+    responses((status = 200, description = "The agent", body = AgentView))
+)]
 pub async fn get(
     State(state): State<AppState>,
     Path(username): Path<String>,

@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use super::paging::encode_cursor;
 use super::{ApiError, AppState, Page, PageParams};
+use crate::leads::model::CallRecord;
 use crate::store::CallFilter;
 
 /// Cursor kind of the call list: keys `[started_ms, id]` of the last record.
@@ -24,11 +25,19 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// The query string of `GET /api/v1/calls`; an empty value is no filter.
-#[derive(Debug, Default, Deserialize)]
-struct CallsParams {
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct CallsParams {
+    /// Only the calls of this dialer session.
+    #[param(value_type = Option<i64>)]
     session_id: Option<String>,
+    /// Only the calls to this lead.
+    #[param(value_type = Option<i64>)]
     lead_id: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
+    /// The `next` of the previous page.
     cursor: Option<String>,
 }
 
@@ -46,7 +55,14 @@ fn id_param(raw: Option<&str>, param: &'static str) -> Result<Option<i64>, ApiEr
 
 /// `GET /api/v1/calls`: call records matching the filters, oldest first
 /// (started, then id), SPEC §4 call record shape.
-async fn list_calls(
+#[utoipa::path(
+    get,
+    path = "/api/v1/calls",
+    tag = "calls",
+    params(CallsParams),
+    responses((status = 200, description = "A page of call records, oldest first", body = Page<CallRecord>))
+)]
+pub(super) async fn list_calls(
     State(st): State<AppState>,
     params: Result<Query<CallsParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {

@@ -30,6 +30,15 @@ struct CallProgressEvent<'a> {
 /// The event stream. A client that falls behind gets a `lagged` event
 /// with how many events it missed, then the stream goes on. Dialer state
 /// changes come as `state` events, manual calls' progress as `call` events.
+#[utoipa::path(
+    get,
+    path = "/api/v1/events",
+    tag = "events",
+    responses(
+        (status = 200, description = "A stream of `state`, `call` and `lagged` events, JSON data", content_type = "text/event-stream", body = String),
+        (status = 404, description = "The dialer is not running", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn events(
     State(st): State<AppState>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {

@@ -13,10 +13,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
+use super::openapi::ErrorBody;
 use super::paging::encode_cursor;
 use super::{created, now, parse_id, ApiError, ApiJson, AppState, Page, PageParams};
 use crate::leads::import::import_csv;
-use crate::leads::model::{time_to_ms, LeadPatch, LoggedCall, NewCustomField, NewLead};
+use crate::leads::import::ImportReport;
+use crate::leads::model::{
+    time_to_ms, CallRecord, CustomField, Lead, LeadPatch, LoggedCall, NewCustomField, NewLead,
+};
 use crate::leads::phone::PhoneE164;
 use crate::leads::ValidationError;
 
@@ -39,9 +43,37 @@ pub fn routes() -> Router<AppState> {
         )
 }
 
+/// `POST /api/v1/leads` body: one lead or an array (SPEC §4).
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // The schema of a body read as JSON and split by hand.
+enum NewLeads {
+    One(NewLead),
+    Many(Vec<NewLead>),
+}
+
+/// `POST /api/v1/leads` answer: the created lead, or an array for an array.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // The schema of a body built by hand.
+enum CreatedLeads {
+    One(Lead),
+    Many(Vec<Lead>),
+}
+
 /// `POST /api/v1/leads`: one lead or an array, all validated before any is
 /// stored, then stored in one transaction; answers the created object(s).
-async fn create_leads(
+#[utoipa::path(
+    post,
+    path = "/api/v1/leads",
+    tag = "leads",
+    request_body = NewLeads,
+    responses(
+        (status = 201, description = "The created lead, or an array for an array", body = CreatedLeads),
+        (status = 400, description = "A field fails validation (nothing stored)", body = ErrorBody),
+    )
+)]
+pub(super) async fn create_leads(
     State(st): State<AppState>,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<Response, ApiError> {
@@ -87,7 +119,15 @@ async fn create_leads(
     })
 }
 
-async fn get_lead(
+/// `GET /api/v1/leads/{id}`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/leads/{id}",
+    tag = "leads",
+    params(("id" = i64, Path, description = "The lead's id")),
+    responses((status = 200, description = "The lead", body = Lead))
+)]
+pub(super) async fn get_lead(
     State(st): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -96,7 +136,15 @@ async fn get_lead(
 }
 
 /// `PATCH /api/v1/leads/{id}`: absent keys are kept (see [`LeadPatch`]).
-async fn patch_lead(
+#[utoipa::path(
+    patch,
+    path = "/api/v1/leads/{id}",
+    tag = "leads",
+    params(("id" = i64, Path, description = "The lead's id")),
+    request_body = LeadPatch,
+    responses((status = 200, description = "The updated lead", body = Lead))
+)]
+pub(super) async fn patch_lead(
     State(st): State<AppState>,
     Path(id): Path<String>,
     ApiJson(patch): ApiJson<LeadPatch>,
@@ -110,7 +158,15 @@ async fn patch_lead(
     Ok(Json(lead).into_response())
 }
 
-async fn delete_lead(
+/// `DELETE /api/v1/leads/{id}`.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/leads/{id}",
+    tag = "leads",
+    params(("id" = i64, Path, description = "The lead's id")),
+    responses((status = 204, description = "Deleted"))
+)]
+pub(super) async fn delete_lead(
     State(st): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
@@ -121,7 +177,14 @@ async fn delete_lead(
 }
 
 /// `GET /api/v1/leads`: by id, keyset-paged.
-async fn list_leads(
+#[utoipa::path(
+    get,
+    path = "/api/v1/leads",
+    tag = "leads",
+    params(PageParams),
+    responses((status = 200, description = "A page of leads, by id", body = Page<Lead>))
+)]
+pub(super) async fn list_leads(
     State(st): State<AppState>,
     Query(p): Query<PageParams>,
 ) -> Result<Response, ApiError> {
@@ -139,7 +202,19 @@ async fn list_leads(
 }
 
 /// `POST /api/v1/leads/import`: a `text/csv` body; answers the report.
-async fn import(
+#[utoipa::path(
+    post,
+    path = "/api/v1/leads/import",
+    tag = "leads",
+    request_body(content = String, content_type = "text/csv", description = "CSV with a header row"),
+    responses(
+        (status = 200, description = "What was imported and which rows failed", body = ImportReport),
+        (status = 400, description = "The CSV cannot be imported at all", body = ErrorBody),
+        (status = 413, description = "The body exceeds the import limit", body = ErrorBody),
+        (status = 415, description = "Not `Content-Type: text/csv`", body = ErrorBody),
+    )
+)]
+pub(super) async fn import(
     State(st): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -175,7 +250,15 @@ async fn import(
 
 /// `POST /api/v1/leads/{id}/calls`: `{created, outcome, duration_s}`; the
 /// call counts for `called` and `latest_call_created` (SPEC §4).
-async fn log_call(
+#[utoipa::path(
+    post,
+    path = "/api/v1/leads/{id}/calls",
+    tag = "leads",
+    params(("id" = i64, Path, description = "The lead's id")),
+    request_body = LoggedCall,
+    responses((status = 201, description = "The stored call record", body = CallRecord))
+)]
+pub(super) async fn log_call(
     State(st): State<AppState>,
     Path(id): Path<String>,
     ApiJson(call): ApiJson<LoggedCall>,
@@ -198,7 +281,17 @@ async fn log_call(
 
 /// `POST /api/v1/custom-fields`: `{name, type, choices?}`; 409 if the name
 /// exists.
-async fn define_custom_field(
+#[utoipa::path(
+    post,
+    path = "/api/v1/custom-fields",
+    tag = "leads",
+    request_body = NewCustomField,
+    responses(
+        (status = 201, description = "The defined field", body = CustomField),
+        (status = 409, description = "A field of that name exists", body = ErrorBody),
+    )
+)]
+pub(super) async fn define_custom_field(
     State(st): State<AppState>,
     ApiJson(field): ApiJson<NewCustomField>,
 ) -> Result<Response, ApiError> {
@@ -206,7 +299,14 @@ async fn define_custom_field(
     Ok(created(st.store.define_custom_field(&field).await?).into_response())
 }
 
-async fn list_custom_fields(State(st): State<AppState>) -> Result<Response, ApiError> {
+/// `GET /api/v1/custom-fields`: every defined field (one page).
+#[utoipa::path(
+    get,
+    path = "/api/v1/custom-fields",
+    tag = "leads",
+    responses((status = 200, description = "The custom fields", body = Page<CustomField>))
+)]
+pub(super) async fn list_custom_fields(State(st): State<AppState>) -> Result<Response, ApiError> {
     let data = st.store.list_custom_fields().await?;
     Ok(Json(Page { data, next: None }).into_response())
 }

@@ -11,6 +11,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::openapi::ErrorBody;
 use super::{parse_id, ApiError, ApiJson, AppState};
 use crate::call::engine::{CallEngine, CallEngineError, CallProgress, DialRequest};
 use crate::leads::model::{CallRecord, ValidationError, ValidationReason};
@@ -22,7 +23,7 @@ use crate::leads::PhoneE164;
 const RTP_PORTS_RETRY_AFTER_S: u32 = 5;
 
 /// Where a call stands, as `GET /api/v1/calls/{id}` shows it (SPEC §4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CallState {
     /// The agent's phone is ringing; the lead is dialed once it answers.
@@ -71,7 +72,7 @@ impl CallState {
 }
 
 /// A call record with its [`CallState`].
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CallView {
     /// The stored record.
     #[serde(flatten)]
@@ -81,7 +82,7 @@ pub struct CallView {
 }
 
 /// `POST /api/v1/calls` body (R17).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ManualCall {
     /// The agent's username.
@@ -180,7 +181,20 @@ fn engine(state: &AppState) -> Result<&CallEngine, CallApiError> {
 /// call goes on in the engine. Refusals known before anything starts
 /// answer at once: 404 unknown agent, 400 not a phone number, 409 phone not
 /// registered or a call in progress, 503 no free RTP ports.
-async fn place(
+#[utoipa::path(
+    post,
+    path = "/api/v1/calls",
+    tag = "calls",
+    request_body = ManualCall,
+    responses(
+        (status = 202, description = "The call is placed; the record with its state", body = CallView),
+        (status = 400, description = "Not a phone number", body = ErrorBody),
+        (status = 404, description = "No such agent", body = ErrorBody),
+        (status = 409, description = "The agent's phone is not registered, or it has a call in progress", body = ErrorBody),
+        (status = 503, description = "No free RTP ports (`Retry-After`)", body = ErrorBody),
+    )
+)]
+pub(super) async fn place(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<ManualCall>,
 ) -> Result<(StatusCode, Json<CallView>), CallApiError> {
@@ -208,7 +222,15 @@ async fn place(
     Ok((StatusCode::ACCEPTED, Json(CallView { record, state })))
 }
 
-async fn get_call(
+/// `GET /api/v1/calls/{id}`: the record and where the call stands.
+#[utoipa::path(
+    get,
+    path = "/api/v1/calls/{id}",
+    tag = "calls",
+    params(("id" = i64, Path, description = "The call record's id")),
+    responses((status = 200, description = "The call record with its state", body = CallView))
+)]
+pub(super) async fn get_call(
     State(state): State<AppState>,
     Path(raw): Path<String>,
 ) -> Result<Json<CallView>, CallApiError> {
@@ -220,7 +242,17 @@ async fn get_call(
 }
 
 /// R17 hang-up: CANCEL while ringing (skipped), BYE once answered.
-async fn hangup(
+#[utoipa::path(
+    post,
+    path = "/api/v1/calls/{id}/hangup",
+    tag = "calls",
+    params(("id" = i64, Path, description = "The call record's id")),
+    responses(
+        (status = 200, description = "The call record with its state", body = CallView),
+        (status = 409, description = "The call has already ended", body = ErrorBody),
+    )
+)]
+pub(super) async fn hangup(
     State(state): State<AppState>,
     Path(raw): Path<String>,
 ) -> Result<Json<CallView>, CallApiError> {

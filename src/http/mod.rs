@@ -12,6 +12,7 @@ pub mod error;
 pub mod events;
 pub mod leads;
 pub mod manual_calls;
+pub mod openapi;
 pub mod paging;
 pub mod sessions;
 pub mod smart_views;
@@ -143,6 +144,13 @@ pub fn api_routes() -> Router<AppState> {
         .merge(calls::routes())
 }
 
+/// `GET /healthz`: the server answers (open, no token).
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "meta",
+    responses((status = 200, description = "The server is up", body = openapi::Health))
+)]
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
@@ -166,6 +174,7 @@ pub fn router(state: AppState) -> Router {
     ));
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/api/v1/openapi.json", get(openapi::serve))
         .merge(sessions::public_routes())
         .merge(api)
         .fallback(no_route)

@@ -11,11 +11,13 @@ pub const MAX_LIMIT: u32 = 1000;
 pub const DEFAULT_LIMIT: u32 = 100;
 
 /// The paging query parameters.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageParams {
-    /// Page size, as given.
+    /// Page size, 1 to 1000 (default 100).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     pub limit: Option<String>,
-    /// Where the previous page ended.
+    /// The `next` of the previous page.
     pub cursor: Option<String>,
 }
 
@@ -47,7 +49,7 @@ impl PageParams {
 }
 
 /// A page of a list.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Page<T> {
     /// The items.
     pub data: Vec<T>,

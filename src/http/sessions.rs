@@ -18,17 +18,19 @@
 //! - `GET /api/v1/sessions/{id}/queue?explain=1&limit=N`: upcoming leads with
 //!   their states; `explain` adds the rule text (e.g. "R4: blocked until 14:05 UTC").
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{parse_id, ApiError, ApiJson, AppState};
+use super::openapi::ErrorBody;
+use super::{parse_id, ApiError, ApiJson, AppState, Page};
 use crate::dialer::directory::Sessions;
-use crate::dialer::session::{AgentCommand, SessionError};
+use crate::dialer::session::{AgentCommand, QueueEntryView, SessionError, SessionView};
 
 /// The admin routes (behind the bearer token).
 pub fn routes() -> Router<AppState> {
@@ -116,16 +118,87 @@ fn wrap_up_ms(secs: Option<f64>) -> Result<Option<i64>> {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /api/v1/sessions` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewSession {
+pub(super) struct NewSession {
+    /// The Smart View to call (R1).
     smart_view_id: i64,
+    /// R8: ring for `reduced_ring_timeout` instead of `ring_timeout`.
     #[serde(default)]
     reduced_ring_time: bool,
+    /// Seconds of idle wrap-up (0 to 3600); the config's default when absent.
+    #[serde(default)]
     wrap_up_idle: Option<f64>,
 }
 
-async fn create(
+/// A session as created: its view and the share token (R16: shown once).
+#[derive(Serialize, utoipa::ToSchema)]
+#[allow(dead_code)] // The schema of a body built by hand.
+pub(super) struct CreatedSession {
+    #[serde(flatten)]
+    session: SessionView,
+    /// The share link's token; only its hash is stored.
+    share_token: String,
+}
+
+/// A session after a settings change; `share_token` when `shared: true`
+/// issued a new one.
+#[derive(Serialize, utoipa::ToSchema)]
+#[allow(dead_code)] // The schema of a body built by hand.
+pub(super) struct PatchedSession {
+    #[serde(flatten)]
+    session: SessionView,
+    /// The new share link's token (R16).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    share_token: Option<String>,
+}
+
+/// A new share token (R16).
+#[derive(Serialize, utoipa::ToSchema)]
+#[allow(dead_code)] // The schema of a body built by hand.
+pub(super) struct ShareToken {
+    /// The token; the old one stops working.
+    share_token: String,
+}
+
+/// The answer of joining with a share token.
+#[derive(Serialize, utoipa::ToSchema)]
+#[allow(dead_code)] // The schema of a body built by hand.
+pub(super) struct SharedJoined {
+    /// The session joined.
+    session_id: i64,
+    /// The agent who joined.
+    agent: String,
+}
+
+/// The agent commands of `POST /api/v1/sessions/{id}/agents/{agent}/{action}`
+/// (SPEC §4; R9, R14, SPEC §1 steps 5–6).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // The schema of a path segment matched by hand.
+#[schema(rename_all = "lowercase")]
+pub(super) enum AgentAction {
+    Pause,
+    Resume,
+    Next,
+    Hangup,
+    Typing,
+    Leave,
+}
+
+/// `POST /api/v1/sessions` (SPEC §4, R16).
+#[utoipa::path(
+    post,
+    path = "/api/v1/sessions",
+    tag = "sessions",
+    request_body = NewSession,
+    responses(
+        (status = 201, description = "The session and its share token", body = CreatedSession),
+        (status = 404, description = "No such Smart View", body = ErrorBody),
+        (status = 422, description = "The view does not evaluate", body = ErrorBody),
+    )
+)]
+pub(super) async fn create(
     State(st): State<AppState>,
     ApiJson(body): ApiJson<NewSession>,
 ) -> Result<Response> {
@@ -145,19 +218,34 @@ async fn create(
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
-async fn show(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response> {
+/// `GET /api/v1/sessions/{id}`: settings, state, agents, counts.
+#[utoipa::path(
+    get,
+    path = "/api/v1/sessions/{id}",
+    tag = "sessions",
+    params(("id" = i64, Path, description = "The session's id")),
+    responses((status = 200, description = "The session", body = SessionView))
+)]
+pub(super) async fn show(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response> {
     let id = parse_id(&id, "session")?;
     let view = sessions(&st)?.get_or_load(id).await?.view().await?;
     Ok(Json(view).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// `PATCH /api/v1/sessions/{id}` body: absent keys are kept.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PatchSession {
+pub(super) struct PatchSession {
+    /// R8: reduced ring time.
+    #[serde(default)]
     reduced_ring_time: Option<bool>,
-    // `null` resets to the config's default; absent leaves it.
+    /// Seconds of idle wrap-up (0 to 3600); `null` resets to the config's
+    /// default, absent leaves it.
     #[serde(default, with = "double_option")]
+    #[schema(value_type = Option<f64>)]
     wrap_up_idle: Option<Option<f64>>,
+    /// `false` revokes the share link, `true` issues a new one (R16).
+    #[serde(default)]
     shared: Option<bool>,
 }
 
@@ -169,7 +257,16 @@ mod double_option {
     }
 }
 
-async fn patch(
+/// `PATCH /api/v1/sessions/{id}`: settings.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/sessions/{id}",
+    tag = "sessions",
+    params(("id" = i64, Path, description = "The session's id")),
+    request_body = PatchSession,
+    responses((status = 200, description = "The session", body = PatchedSession))
+)]
+pub(super) async fn patch(
     State(st): State<AppState>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<PatchSession>,
@@ -195,28 +292,60 @@ async fn patch(
     Ok(Json(v).into_response())
 }
 
-async fn rotate_share(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response> {
+/// `POST /api/v1/sessions/{id}/share`: a new share token (R16).
+#[utoipa::path(
+    post,
+    path = "/api/v1/sessions/{id}/share",
+    tag = "sessions",
+    params(("id" = i64, Path, description = "The session's id")),
+    responses((status = 200, description = "The new token", body = ShareToken))
+)]
+pub(super) async fn rotate_share(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response> {
     let id = parse_id(&id, "session")?;
     let token = sessions(&st)?.rotate_share(id).await?;
     Ok(Json(json!({"share_token": token})).into_response())
 }
 
-async fn revoke_share(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response> {
+/// `DELETE /api/v1/sessions/{id}/share`: revokes the share link (R16).
+#[utoipa::path(
+    delete,
+    path = "/api/v1/sessions/{id}/share",
+    tag = "sessions",
+    params(("id" = i64, Path, description = "The session's id")),
+    responses((status = 204, description = "Revoked"))
+)]
+pub(super) async fn revoke_share(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response> {
     let id = parse_id(&id, "session")?;
     sessions(&st)?.revoke_share(id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn reset(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response> {
+/// `POST /api/v1/sessions/{id}/reset`: reset & call again (R14).
+#[utoipa::path(
+    post,
+    path = "/api/v1/sessions/{id}/reset",
+    tag = "sessions",
+    params(("id" = i64, Path, description = "The session's id")),
+    responses((status = 200, description = "The session", body = SessionView))
+)]
+pub(super) async fn reset(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response> {
     let id = parse_id(&id, "session")?;
     let h = sessions(&st)?.get_or_load(id).await?;
     h.reset().await?;
     Ok(Json(h.view().await?).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /api/v1/sessions/{id}/agents` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct JoinBody {
+pub(super) struct JoinBody {
+    /// A configured agent's username.
     agent: String,
 }
 
@@ -228,7 +357,19 @@ fn check_agent(st: &AppState, agent: &str) -> Result<()> {
     }
 }
 
-async fn join(
+/// `POST /api/v1/sessions/{id}/agents`: an agent joins (SPEC §1 step 2).
+#[utoipa::path(
+    post,
+    path = "/api/v1/sessions/{id}/agents",
+    tag = "sessions",
+    params(("id" = i64, Path, description = "The session's id")),
+    request_body = JoinBody,
+    responses(
+        (status = 200, description = "The session", body = SessionView),
+        (status = 409, description = "The command does not apply now", body = ErrorBody),
+    )
+)]
+pub(super) async fn join(
     State(st): State<AppState>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<JoinBody>,
@@ -240,14 +381,31 @@ async fn join(
     Ok(Json(h.view().await?).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /api/v1/sessions/join` body (R16).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SharedJoin {
+pub(super) struct SharedJoin {
+    /// The share token.
     token: String,
+    /// A configured agent's username.
     agent: String,
 }
 
-async fn join_shared(
+/// `POST /api/v1/sessions/join`: join with a share token instead of the
+/// admin token (R16).
+#[utoipa::path(
+    post,
+    path = "/api/v1/sessions/join",
+    tag = "sessions",
+    request_body = SharedJoin,
+    responses(
+        (status = 200, description = "Joined", body = SharedJoined),
+        (status = 401, description = "A wrong or revoked share token", body = ErrorBody),
+        (status = 404, description = "No such agent", body = ErrorBody),
+        (status = 409, description = "The command does not apply now", body = ErrorBody),
+    )
+)]
+pub(super) async fn join_shared(
     State(st): State<AppState>,
     ApiJson(body): ApiJson<SharedJoin>,
 ) -> Result<Response> {
@@ -262,7 +420,24 @@ async fn join_shared(
     Ok(Json(json!({"session_id": id, "agent": body.agent})).into_response())
 }
 
-async fn agent(
+/// `POST /api/v1/sessions/{id}/agents/{agent}/{action}`: an agent's
+/// command (pause, resume, call next lead, hang up, typing keeps wrap-up,
+/// leave).
+#[utoipa::path(
+    post,
+    path = "/api/v1/sessions/{id}/agents/{agent}/{action}",
+    tag = "sessions",
+    params(
+        ("id" = i64, Path, description = "The session's id"),
+        ("agent" = String, Path, description = "The agent's username"),
+        ("action" = inline(AgentAction), Path, description = "The command"),
+    ),
+    responses(
+        (status = 204, description = "Done"),
+        (status = 409, description = "The command does not apply now", body = ErrorBody),
+    )
+)]
+pub(super) async fn agent(
     State(st): State<AppState>,
     Path((id, agent, action)): Path<(String, String, String)>,
 ) -> Result<Response> {
@@ -281,27 +456,46 @@ async fn agent(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-#[derive(Debug, Deserialize)]
-struct QueueParams {
+/// `GET /api/v1/sessions/{id}/queue` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct QueueParams {
+    /// `1` or `true`: each entry's rule and reason.
     explain: Option<String>,
-    limit: Option<usize>,
+    /// How many entries, 1 to 1000 (default 100).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
+    limit: Option<String>,
 }
 
-async fn queue(
+/// `GET /api/v1/sessions/{id}/queue`: upcoming leads with their states.
+#[utoipa::path(
+    get,
+    path = "/api/v1/sessions/{id}/queue",
+    tag = "sessions",
+    params(("id" = i64, Path, description = "The session's id"), QueueParams),
+    responses((status = 200, description = "The upcoming leads, in calling order", body = Page<QueueEntryView>))
+)]
+pub(super) async fn queue(
     State(st): State<AppState>,
     Path(id): Path<String>,
-    Query(q): Query<QueueParams>,
+    q: std::result::Result<Query<QueueParams>, QueryRejection>,
 ) -> Result<Response> {
     let id = parse_id(&id, "session")?;
+    let Query(q) = q.map_err(ApiError::from)?;
     let explain = matches!(q.explain.as_deref(), Some("1" | "true"));
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > 1000 {
-        return Err(ApiError::BadParam {
-            param: "limit",
-            reason: "between 1 and 1000",
-        }
-        .into());
-    }
+    let limit = match q.limit.as_deref().map(str::trim) {
+        None | Some("") => 100,
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if (1..=1000).contains(&n) => n,
+            _ => {
+                return Err(ApiError::BadParam {
+                    param: "limit",
+                    reason: "between 1 and 1000",
+                }
+                .into())
+            }
+        },
+    };
     let mut data = sessions(&st)?
         .get_or_load(id)
         .await?

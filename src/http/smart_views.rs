@@ -13,9 +13,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
+use super::openapi::ErrorBody;
 use super::paging::encode_cursor;
 use super::{created, now, parse_id, ApiError, ApiJson, AppState, Page, PageParams};
-use crate::leads::model::{time_to_ms, NewSmartView, ValidationReason};
+use crate::leads::model::{time_to_ms, Lead, NewSmartView, SmartView, ValidationReason};
 use crate::leads::query::QueryError;
 use crate::leads::ValidationError;
 use crate::store::{StoreError, ViewError, MAX_QUERY_BYTES};
@@ -88,7 +89,17 @@ impl IntoResponse for SmartViewError {
 
 /// `POST /api/v1/smart-views`: `{name, query}`; the query must parse and
 /// compile against the custom fields defined now, else nothing is stored.
-async fn create_view(
+#[utoipa::path(
+    post,
+    path = "/api/v1/smart-views",
+    tag = "smart-views",
+    request_body = NewSmartView,
+    responses(
+        (status = 201, description = "The stored view", body = SmartView),
+        (status = 400, description = "The query does not parse or compile (`bad_query` with `position`), or the name is empty", body = ErrorBody),
+    )
+)]
+pub(super) async fn create_view(
     State(st): State<AppState>,
     ApiJson(view): ApiJson<NewSmartView>,
 ) -> Result<Response, SmartViewError> {
@@ -101,7 +112,15 @@ async fn create_view(
     Ok(created(v).into_response())
 }
 
-async fn get_view(
+/// `GET /api/v1/smart-views/{id}`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/smart-views/{id}",
+    tag = "smart-views",
+    params(("id" = i64, Path, description = "The view's id")),
+    responses((status = 200, description = "The view", body = SmartView))
+)]
+pub(super) async fn get_view(
     State(st): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -109,7 +128,14 @@ async fn get_view(
     Ok(Json(st.store.get_smart_view(id).await?).into_response())
 }
 
-async fn list_views(State(st): State<AppState>) -> Result<Response, ApiError> {
+/// `GET /api/v1/smart-views`: every view (one page).
+#[utoipa::path(
+    get,
+    path = "/api/v1/smart-views",
+    tag = "smart-views",
+    responses((status = 200, description = "The views", body = Page<SmartView>))
+)]
+pub(super) async fn list_views(State(st): State<AppState>) -> Result<Response, ApiError> {
     let data = st.store.list_smart_views().await?;
     Ok(Json(Page { data, next: None }).into_response())
 }
@@ -118,7 +144,17 @@ async fn list_views(State(st): State<AppState>) -> Result<Response, ApiError> {
 /// objects) in view order, evaluated as of the request's arrival; paged by
 /// an opaque cursor over the offset, so a lead moving in or out of the view
 /// between pages can shift later pages by one.
-async fn view_leads(
+#[utoipa::path(
+    get,
+    path = "/api/v1/smart-views/{id}/leads",
+    tag = "smart-views",
+    params(("id" = i64, Path, description = "The view's id"), PageParams),
+    responses(
+        (status = 200, description = "A page of the view's leads, in view order", body = Page<Lead>),
+        (status = 400, description = "A bad `limit` or `cursor`, or a stored query that no longer compiles", body = ErrorBody),
+    )
+)]
+pub(super) async fn view_leads(
     State(st): State<AppState>,
     Path(id): Path<String>,
     params: Result<Query<PageParams>, QueryRejection>,

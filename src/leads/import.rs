@@ -110,16 +110,17 @@ impl Serialize for RowError {
 }
 
 /// One row that was not imported.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct RowFailure {
     /// The 1-based line the row starts on (the header is line 1).
     pub line: u64,
     /// Why.
+    #[schema(value_type = String)]
     pub reason: RowError,
 }
 
 /// The result of an import.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ImportReport {
     /// Leads stored.
     pub imported: u64,

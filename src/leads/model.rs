@@ -175,7 +175,7 @@ pub mod rfc3339 {
 
 /// The type of a custom field (SPEC §3: text, number, date, datetime,
 /// choices); the `kind` column of `custom_fields`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CustomFieldKind {
     /// Free text, compared case-insensitively.
@@ -222,7 +222,7 @@ impl std::fmt::Display for CustomFieldKind {
 }
 
 /// A defined custom field (`POST /api/v1/custom-fields`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct CustomField {
     /// Database id.
     pub id: i64,
@@ -237,7 +237,7 @@ pub struct CustomField {
 }
 
 /// Input of `POST /api/v1/custom-fields`: `{name, type, choices?}`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewCustomField {
     /// The field's name.
@@ -429,6 +429,24 @@ impl CustomValue {
     }
 }
 
+/// The OpenAPI schema of a custom value (SPEC §4 lead `custom`): a string
+/// (text, choices, `YYYY-MM-DD` date, RFC 3339 datetime) or a number.
+impl utoipa::PartialSchema for CustomValue {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(Type::String))
+            .item(ObjectBuilder::new().schema_type(Type::Number))
+            .description(Some(
+                "text and choices as strings, numbers as numbers, dates as YYYY-MM-DD, \
+                 datetimes as RFC 3339 strings",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for CustomValue {}
+
 impl Serialize for CustomValue {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
@@ -444,16 +462,17 @@ impl Serialize for CustomValue {
 
 /// A contact of a lead: a person and their phone numbers, first first (R2
 /// dials the first phone of the first contact).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Contact {
     /// The person's name, possibly empty.
     pub name: String,
     /// E.164 numbers in the order given.
+    #[schema(value_type = Vec<String>)]
     pub phones: Vec<PhoneE164>,
 }
 
 /// The three opportunity status types of SPEC §3 (`status_type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum OpportunityStatus {
     /// Still open.
     Active,
@@ -485,7 +504,7 @@ impl OpportunityStatus {
 }
 
 /// An opportunity of a lead (SPEC §4 `{status_type, created, value}`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Opportunity {
     /// Database id.
     pub id: i64,
@@ -499,7 +518,7 @@ pub struct Opportunity {
 }
 
 /// A stored lead, the JSON shape of SPEC §4.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Lead {
     /// Database id.
     pub id: i64,
@@ -516,6 +535,8 @@ pub struct Lead {
     /// Contacts, first first.
     pub contacts: Vec<Contact>,
     /// Custom field values by field name; fields without a value are absent.
+    /// Text and choices as strings, numbers as numbers, dates as
+    /// `YYYY-MM-DD`, datetimes as RFC 3339 strings.
     pub custom: BTreeMap<String, CustomValue>,
     /// Opportunities, oldest first.
     pub opportunities: Vec<Opportunity>,
@@ -530,7 +551,7 @@ impl Lead {
 
 /// A contact as given in a request: phones as written, normalised on
 /// validation.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewContact {
     /// The person's name.
@@ -542,7 +563,7 @@ pub struct NewContact {
 }
 
 /// An opportunity as given in a request.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewOpportunity {
     /// Active, Won or Lost.
@@ -556,7 +577,7 @@ pub struct NewOpportunity {
 }
 
 /// A lead as given to `POST /api/v1/leads` or by a CSV row.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewLead {
     /// Company or person name; required.
@@ -697,7 +718,7 @@ impl NewLead {
 /// A partial update (`PATCH /api/v1/leads/{id}`): absent keys are kept;
 /// `contacts` and `opportunities` replace the lists; `custom` merges, with
 /// `null` or `""` removing a value.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LeadPatch {
     /// New name.
@@ -774,7 +795,7 @@ impl LeadPatch {
 pub use crate::call::Outcome as CallOutcome;
 
 /// A stored call (SPEC §4 call record); dialer, manual (R17) and logged calls.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct CallRecord {
     /// Database id.
     pub id: i64,
@@ -844,7 +865,7 @@ pub struct CallEnd {
 }
 
 /// Input of `POST /api/v1/leads/{id}/calls`: a call made elsewhere (SPEC §4).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoggedCall {
     /// When the call started.
@@ -888,7 +909,7 @@ impl LoggedCall {
 }
 
 /// A stored Smart View: a name and its query text (SPEC §3).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct SmartView {
     /// Database id.
     pub id: i64,
@@ -902,7 +923,7 @@ pub struct SmartView {
 }
 
 /// Input of `POST /api/v1/smart-views`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewSmartView {
     /// Display name.

@@ -1,0 +1,276 @@
+//! The OpenAPI 3.1 document of the HTTP API (SPEC §4: `GET
+//! /api/v1/openapi.json`), generated from the code with utoipa: each
+//! handler carries a `#[utoipa::path]` with its parameters, body and
+//! statuses, the JSON types derive `ToSchema`, and [`ApiDoc`] collects
+//! them. The routes stay plain axum `Router`s (a route registered without
+//! its `#[utoipa::path]` is caught by the document's completeness test,
+//! which walks the `.route(...)` calls of `src/http`).
+//!
+//! The errors every route shares are added by [`CommonErrors`] rather than
+//! repeated on each handler: 401 on the routes behind the token, 400, 413,
+//! 415 and 422 on the routes with a JSON body, 400 on the routes with query
+//! parameters, 404 on the routes with path parameters.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use serde::Serialize;
+use utoipa::openapi::path::{Operation, ParameterIn};
+use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, RefOr};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use super::{agents, calls, events, leads, manual_calls, sessions, smart_views};
+
+/// The routes served without the admin token (SPEC §4): the health check,
+/// this document, and joining a session with a share token (R16: the token
+/// is the credential). Every other route answers 401 without the token.
+pub const PUBLIC_PATHS: &[&str] = &["/healthz", "/api/v1/openapi.json", "/api/v1/sessions/join"];
+
+/// The body of every API error (SPEC §4 "Errors: `{error: {code,
+/// message}}`").
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// The inside of [`ErrorBody`].
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code (`bad_json`, `invalid`, `not_found`,
+    /// `conflict`, `bad_query`, …).
+    pub code: String,
+    /// What is wrong, for a person.
+    pub message: String,
+    /// Validation errors (`invalid`): the offending field (`contacts[0].phones[1]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// Smart View query errors (`bad_query`, SPEC §3): the char offset of
+    /// the fault.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<u64>,
+    /// `bad_query`: what the parser expected there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected: Option<serde_json::Value>,
+    /// `bad_query`: what it found instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub found: Option<serde_json::Value>,
+}
+
+/// `GET /healthz`'s body.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok` while the server answers.
+    pub status: String,
+}
+
+/// The document: every path of SPEC §4 that `src/http` serves.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "powerdial",
+        description = "A SIP-native power dialer server: leads, Smart Views, dialer sessions, \
+                       calls (SPEC §4). Every route under /api needs `Authorization: Bearer \
+                       TOKEN` except those whose security is empty.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0")
+    ),
+    paths(
+        super::healthz,
+        serve,
+        leads::create_leads,
+        leads::list_leads,
+        leads::get_lead,
+        leads::patch_lead,
+        leads::delete_lead,
+        leads::import,
+        leads::log_call,
+        leads::define_custom_field,
+        leads::list_custom_fields,
+        smart_views::create_view,
+        smart_views::list_views,
+        smart_views::get_view,
+        smart_views::view_leads,
+        sessions::create,
+        sessions::show,
+        sessions::patch,
+        sessions::rotate_share,
+        sessions::revoke_share,
+        sessions::reset,
+        sessions::join,
+        sessions::join_shared,
+        sessions::agent,
+        sessions::queue,
+        manual_calls::place,
+        manual_calls::get_call,
+        manual_calls::hangup,
+        calls::list_calls,
+        events::events,
+        agents::list,
+        agents::get,
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&BearerAuth, &CommonErrors),
+    security(("bearer" = [])),
+    tags(
+        (name = "leads", description = "Leads, CSV import, logged calls, custom fields (SPEC §3, §4)"),
+        (name = "smart-views", description = "Smart Views and the leads they select (SPEC §3)"),
+        (name = "sessions", description = "Dialer sessions, their agents and queue (SPEC §1, R14–R16)"),
+        (name = "calls", description = "Call records and manual calls (R17)"),
+        (name = "agents", description = "Agents and their registrations"),
+        (name = "events", description = "Server-Sent Events of state changes"),
+        (name = "meta", description = "Health and this document"),
+    )
+)]
+pub struct ApiDoc;
+
+/// Adds the `bearer` security scheme and clears the requirement on
+/// [`PUBLIC_PATHS`].
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("The `[admin] token` of the configuration"))
+                    .build(),
+            ),
+        );
+        for (path, item) in doc.paths.paths.iter_mut() {
+            if PUBLIC_PATHS.contains(&path.as_str()) {
+                for op in operations(item) {
+                    op.security = Some(Vec::new());
+                }
+            }
+        }
+    }
+}
+
+/// Adds the shared error statuses to each operation that lacks them.
+struct CommonErrors;
+
+impl Modify for CommonErrors {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in doc.paths.paths.iter_mut() {
+            let public = PUBLIC_PATHS.contains(&path.as_str());
+            let has_path_params = path.contains('{');
+            for op in operations(item) {
+                let json_body = op
+                    .request_body
+                    .as_ref()
+                    .is_some_and(|b| b.content.contains_key("application/json"));
+                let has_query = op
+                    .parameters
+                    .iter()
+                    .flatten()
+                    .any(|p| matches!(p.parameter_in, ParameterIn::Query));
+                let mut add = |status: &str, description: &str| {
+                    op.responses
+                        .responses
+                        .entry(status.to_string())
+                        .or_insert_with(|| error_response(description));
+                };
+                if !public {
+                    add("401", "No or a wrong bearer token");
+                }
+                if json_body {
+                    add("400", "Malformed JSON, or a field fails validation");
+                    add("413", "The body exceeds the size limit");
+                    add("415", "Not `Content-Type: application/json`");
+                    add(
+                        "422",
+                        "JSON of the wrong shape (missing or unknown key, wrong type)",
+                    );
+                }
+                if has_query {
+                    add("400", "A bad query parameter");
+                }
+                if has_path_params {
+                    add("404", "No such object");
+                }
+            }
+        }
+    }
+}
+
+fn error_response(description: &str) -> RefOr<utoipa::openapi::Response> {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+                    "ErrorBody",
+                ))))
+                .build(),
+        )
+        .into()
+}
+
+fn operations(item: &mut utoipa::openapi::PathItem) -> impl Iterator<Item = &mut Operation> {
+    [
+        item.get.as_mut(),
+        item.put.as_mut(),
+        item.post.as_mut(),
+        item.delete.as_mut(),
+        item.options.as_mut(),
+        item.head.as_mut(),
+        item.patch.as_mut(),
+        item.trace.as_mut(),
+    ]
+    .into_iter()
+    .flatten()
+}
+
+/// The document as served.
+pub fn document() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    doc
+}
+
+/// `GET /api/v1/openapi.json`: the OpenAPI 3.1 document of this API.
+///
+/// Served without the token: it describes the routes and the shapes of
+/// their bodies, as SPEC §4 does in the open, and holds no secret, no
+/// configuration and no data; a client or a tool (schemathesis, a code
+/// generator) reads it before it has a token, and the routes it describes
+/// stay behind the token all the same.
+#[utoipa::path(
+    get,
+    path = "/api/v1/openapi.json",
+    tag = "meta",
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object))
+)]
+pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
+    Json(document())
+}
+
+/// The `(method, path)` pairs the document lists, sorted (for tests and
+/// tools).
+pub fn operations_of(doc: &utoipa::openapi::OpenApi) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (path, item) in &doc.paths.paths {
+        let methods: BTreeMap<&str, bool> = [
+            ("get", item.get.is_some()),
+            ("put", item.put.is_some()),
+            ("post", item.post.is_some()),
+            ("delete", item.delete.is_some()),
+            ("patch", item.patch.is_some()),
+        ]
+        .into_iter()
+        .collect();
+        for (m, present) in methods {
+            if present {
+                out.push((m.to_string(), path.clone()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
