@@ -3,11 +3,11 @@
 
 use std::time::SystemTime;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
 
-use super::{ApiError, AppState, Page};
+use super::{ApiError, ApiPath, AppState, Page};
 use crate::sip::registrar::Binding;
 
 /// One registered contact of an agent.
@@ -89,7 +89,7 @@ pub async fn list(State(state): State<AppState>) -> Json<serde_json::Value> {
 )]
 pub async fn get(
     State(state): State<AppState>,
-    Path(username): Path<String>,
+    ApiPath(username): ApiPath<String>,
 ) -> Result<Json<AgentView>, ApiError> {
     let agent = state
         .agents

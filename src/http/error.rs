@@ -2,7 +2,7 @@
 //! (plus `field` for validation errors) with a fitting status, and internal
 //! details are logged, never sent (SPEC §4 "Errors"; DESIGN.md "Errors").
 
-use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::http::header::RETRY_AFTER;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -202,6 +202,19 @@ impl From<QueryRejection> for ApiError {
         ApiError::BadParam {
             param: "query",
             reason: "malformed query string",
+        }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        match r {
+            // A segment that does not decode names no object.
+            PathRejection::FailedToDeserializePathParams(e) => {
+                ApiError::NotFound(format!("no such object: {}", e.body_text()))
+            }
+            // The route and its handler disagree: a server bug.
+            other => ApiError::Internal(other.body_text()),
         }
     }
 }

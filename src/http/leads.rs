@@ -6,7 +6,7 @@ use std::io::Cursor;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -15,7 +15,9 @@ use axum::{Json, Router};
 
 use super::openapi::ErrorBody;
 use super::paging::encode_cursor;
-use super::{created, now, parse_id, ApiError, ApiJson, AppState, Page, PageParams};
+use super::{
+    created, now, parse_id, ApiError, ApiJson, ApiPath, ApiQuery, AppState, Page, PageParams,
+};
 use crate::leads::import::import_csv;
 use crate::leads::import::ImportReport;
 use crate::leads::model::{
@@ -129,7 +131,7 @@ pub(super) async fn create_leads(
 )]
 pub(super) async fn get_lead(
     State(st): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id, "lead")?;
     Ok(Json(st.store.get_lead(id).await?).into_response())
@@ -146,7 +148,7 @@ pub(super) async fn get_lead(
 )]
 pub(super) async fn patch_lead(
     State(st): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(patch): ApiJson<LeadPatch>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id, "lead")?;
@@ -168,7 +170,7 @@ pub(super) async fn patch_lead(
 )]
 pub(super) async fn delete_lead(
     State(st): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = parse_id(&id, "lead")?;
     st.store.delete_lead(id).await?;
@@ -186,7 +188,7 @@ pub(super) async fn delete_lead(
 )]
 pub(super) async fn list_leads(
     State(st): State<AppState>,
-    Query(p): Query<PageParams>,
+    ApiQuery(p): ApiQuery<PageParams>,
 ) -> Result<Response, ApiError> {
     let limit = p.limit()?;
     let after = p.cursor('L')?.and_then(|k| k.first().copied());
@@ -260,7 +262,7 @@ pub(super) async fn import(
 )]
 pub(super) async fn log_call(
     State(st): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(call): ApiJson<LoggedCall>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id, "lead")?;

@@ -3,7 +3,7 @@
 //! and its `state` (SPEC §4); `GET /api/v1/calls/{id}` follows the call,
 //! `POST /api/v1/calls/{id}/hangup` ends it.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::openapi::ErrorBody;
-use super::{parse_id, ApiError, ApiJson, AppState};
+use super::{parse_id, ApiError, ApiJson, ApiPath, AppState};
 use crate::call::engine::{CallEngine, CallEngineError, CallProgress, DialRequest};
 use crate::leads::model::{CallRecord, ValidationError, ValidationReason};
 use crate::leads::PhoneE164;
@@ -232,7 +232,7 @@ pub(super) async fn place(
 )]
 pub(super) async fn get_call(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
+    ApiPath(raw): ApiPath<String>,
 ) -> Result<Json<CallView>, CallApiError> {
     let id = parse_id(&raw, "call")?;
     let record = state.store.get_call(id).await?;
@@ -254,7 +254,7 @@ pub(super) async fn get_call(
 )]
 pub(super) async fn hangup(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
+    ApiPath(raw): ApiPath<String>,
 ) -> Result<Json<CallView>, CallApiError> {
     let id = parse_id(&raw, "call")?;
     let record = state.store.get_call(id).await?;

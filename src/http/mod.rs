@@ -19,7 +19,7 @@ pub mod smart_views;
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, FromRequest};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -122,6 +122,18 @@ impl AppState {
 #[derive(Debug, Clone, Copy, Default, FromRequest)]
 #[from_request(via(axum::Json), rejection(ApiError))]
 pub struct ApiJson<T>(pub T);
+
+/// Path parameters whose rejections become [`ApiError`]s: a segment that
+/// does not decode (`%FF`) names no object, a JSON 404 like [`parse_id`].
+#[derive(Debug, Clone, Copy, Default, FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct ApiPath<T>(pub T);
+
+/// A query string whose rejections become [`ApiError`]s (400 `bad_parameter`
+/// as JSON, e.g. for a repeated key).
+#[derive(Debug, Clone, Copy, Default, FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
 
 /// The wall clock, read by handlers only (they are drivers, DESIGN.md "Ban
 /// the clock in cores").

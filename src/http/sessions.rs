@@ -18,8 +18,7 @@
 //! - `GET /api/v1/sessions/{id}/queue?explain=1&limit=N`: upcoming leads with
 //!   their states; `explain` adds the rule text (e.g. "R4: blocked until 14:05 UTC").
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -28,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::openapi::ErrorBody;
-use super::{parse_id, ApiError, ApiJson, AppState, Page};
+use super::{parse_id, ApiError, ApiJson, ApiPath, ApiQuery, AppState, Page};
 use crate::dialer::directory::Sessions;
 use crate::dialer::session::{AgentCommand, QueueEntryView, SessionError, SessionView};
 
@@ -226,7 +225,10 @@ pub(super) async fn create(
     params(("id" = i64, Path, description = "The session's id")),
     responses((status = 200, description = "The session", body = SessionView))
 )]
-pub(super) async fn show(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response> {
+pub(super) async fn show(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Response> {
     let id = parse_id(&id, "session")?;
     let view = sessions(&st)?.get_or_load(id).await?.view().await?;
     Ok(Json(view).into_response())
@@ -268,7 +270,7 @@ mod double_option {
 )]
 pub(super) async fn patch(
     State(st): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<PatchSession>,
 ) -> Result<Response> {
     let id = parse_id(&id, "session")?;
@@ -302,7 +304,7 @@ pub(super) async fn patch(
 )]
 pub(super) async fn rotate_share(
     State(st): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response> {
     let id = parse_id(&id, "session")?;
     let token = sessions(&st)?.rotate_share(id).await?;
@@ -319,7 +321,7 @@ pub(super) async fn rotate_share(
 )]
 pub(super) async fn revoke_share(
     State(st): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response> {
     let id = parse_id(&id, "session")?;
     sessions(&st)?.revoke_share(id).await?;
@@ -334,7 +336,10 @@ pub(super) async fn revoke_share(
     params(("id" = i64, Path, description = "The session's id")),
     responses((status = 200, description = "The session", body = SessionView))
 )]
-pub(super) async fn reset(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response> {
+pub(super) async fn reset(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Response> {
     let id = parse_id(&id, "session")?;
     let h = sessions(&st)?.get_or_load(id).await?;
     h.reset().await?;
@@ -371,7 +376,7 @@ fn check_agent(st: &AppState, agent: &str) -> Result<()> {
 )]
 pub(super) async fn join(
     State(st): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<JoinBody>,
 ) -> Result<Response> {
     let id = parse_id(&id, "session")?;
@@ -439,7 +444,7 @@ pub(super) async fn join_shared(
 )]
 pub(super) async fn agent(
     State(st): State<AppState>,
-    Path((id, agent, action)): Path<(String, String, String)>,
+    ApiPath((id, agent, action)): ApiPath<(String, String, String)>,
 ) -> Result<Response> {
     let id = parse_id(&id, "session")?;
     let cmd = match action.as_str() {
@@ -477,11 +482,10 @@ pub(super) struct QueueParams {
 )]
 pub(super) async fn queue(
     State(st): State<AppState>,
-    Path(id): Path<String>,
-    q: std::result::Result<Query<QueueParams>, QueryRejection>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<QueueParams>,
 ) -> Result<Response> {
     let id = parse_id(&id, "session")?;
-    let Query(q) = q.map_err(ApiError::from)?;
     let explain = matches!(q.explain.as_deref(), Some("1" | "true"));
     let limit = match q.limit.as_deref().map(str::trim) {
         None | Some("") => 100,

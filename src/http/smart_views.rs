@@ -5,8 +5,7 @@
 //! `{error: {code: "bad_query", message: "at 17: expected …", position: 17}}`:
 //! the shape of every other API error plus the char offset of the fault.
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -15,7 +14,9 @@ use serde_json::json;
 
 use super::openapi::ErrorBody;
 use super::paging::encode_cursor;
-use super::{created, now, parse_id, ApiError, ApiJson, AppState, Page, PageParams};
+use super::{
+    created, now, parse_id, ApiError, ApiJson, ApiPath, ApiQuery, AppState, Page, PageParams,
+};
 use crate::leads::model::{time_to_ms, Lead, NewSmartView, SmartView, ValidationReason};
 use crate::leads::query::QueryError;
 use crate::leads::ValidationError;
@@ -122,7 +123,7 @@ pub(super) async fn create_view(
 )]
 pub(super) async fn get_view(
     State(st): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id, "smart view")?;
     Ok(Json(st.store.get_smart_view(id).await?).into_response())
@@ -156,11 +157,10 @@ pub(super) async fn list_views(State(st): State<AppState>) -> Result<Response, A
 )]
 pub(super) async fn view_leads(
     State(st): State<AppState>,
-    Path(id): Path<String>,
-    params: Result<Query<PageParams>, QueryRejection>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(p): ApiQuery<PageParams>,
 ) -> Result<Response, SmartViewError> {
     let id = parse_id(&id, "smart view")?;
-    let Query(p) = params.map_err(ApiError::from)?;
     let limit = p.limit()?;
     let offset: i64 = match p.cursor(CURSOR_KIND)?.as_deref() {
         None => 0,

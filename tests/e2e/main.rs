@@ -6,6 +6,7 @@
 mod app;
 mod calls;
 mod calls_failures;
+mod openapi;
 mod peers;
 mod phones;
 mod register;
