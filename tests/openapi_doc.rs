@@ -273,3 +273,21 @@ async fn undecodable_paths_and_repeated_query_keys_get_json_errors() {
         }
     }
 }
+
+/// Each operation has its own `operationId` (clients generated from the
+/// document name their methods after them).
+#[test]
+fn operation_ids_are_unique() {
+    let doc = serde_json::to_value(document()).unwrap();
+    let mut seen = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let id = op["operationId"].as_str().unwrap_or_default().to_string();
+            assert!(!id.is_empty(), "{method} {path}: no operationId");
+            assert!(
+                seen.insert(id.clone()),
+                "{method} {path}: operationId {id} twice"
+            );
+        }
+    }
+}

@@ -68,6 +68,7 @@ async fn agent_view(state: &AppState, username: &str, display: Option<String>) -
 #[utoipa::path(
     get,
     path = "/api/v1/agents",
+    operation_id = "list_agents",
     tag = "agents",
     responses((status = 200, description = "The agents (one page)", body = Page<AgentView>))
 )]
@@ -83,6 +84,7 @@ pub async fn list(State(state): State<AppState>) -> Json<serde_json::Value> {
 #[utoipa::path(
     get,
     path = "/api/v1/agents/{username}",
+    operation_id = "get_agent",
     tag = "agents",
     params(("username" = String, Path, description = "The agent's SIP username")),
     responses((status = 200, description = "The agent", body = AgentView))

@@ -33,6 +33,7 @@ struct CallProgressEvent<'a> {
 #[utoipa::path(
     get,
     path = "/api/v1/events",
+    operation_id = "get_events",
     tag = "events",
     responses(
         (status = 200, description = "A stream of `state`, `call` and `lagged` events, JSON data", content_type = "text/event-stream", body = String),

@@ -92,8 +92,10 @@ pub(super) async fn create_leads(
         } else {
             String::new()
         };
-        let lead: NewLead = serde_json::from_value(item)
-            .map_err(|e| ApiError::WrongShape(format!("{prefix}{e}")))?;
+        let lead: NewLead = super::json::from_value(item).map_err(|e| match e {
+            ApiError::WrongShape(m) => ApiError::WrongShape(format!("{prefix}{m}")),
+            other => other,
+        })?;
         let v = lead
             .validate(&fields, &st.default_region, now)
             .map_err(|e| {
@@ -207,6 +209,7 @@ pub(super) async fn list_leads(
 #[utoipa::path(
     post,
     path = "/api/v1/leads/import",
+    operation_id = "import_leads",
     tag = "leads",
     request_body(content = String, content_type = "text/csv", description = "CSV with a header row"),
     responses(

@@ -184,6 +184,7 @@ fn engine(state: &AppState) -> Result<&CallEngine, CallApiError> {
 #[utoipa::path(
     post,
     path = "/api/v1/calls",
+    operation_id = "place_call",
     tag = "calls",
     request_body = ManualCall,
     responses(
@@ -245,6 +246,7 @@ pub(super) async fn get_call(
 #[utoipa::path(
     post,
     path = "/api/v1/calls/{id}/hangup",
+    operation_id = "hang_up_call",
     tag = "calls",
     params(("id" = i64, Path, description = "The call record's id")),
     responses(

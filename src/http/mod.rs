@@ -10,6 +10,7 @@ pub mod auth;
 pub mod calls;
 pub mod error;
 pub mod events;
+pub mod json;
 pub mod leads;
 pub mod manual_calls;
 pub mod openapi;
@@ -19,7 +20,7 @@ pub mod smart_views;
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts};
+use axum::extract::{DefaultBodyLimit, FromRequestParts};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -118,9 +119,9 @@ impl AppState {
 }
 
 /// A JSON body whose rejections become [`ApiError`]s (400 bad JSON, 422
-/// wrong shape, 413 too large, 415 wrong content type).
-#[derive(Debug, Clone, Copy, Default, FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// wrong shape, 413 too large, 415 wrong content type); a struct only from
+/// a JSON object (see [`json`]).
+#[derive(Debug, Clone, Copy, Default)]
 pub struct ApiJson<T>(pub T);
 
 /// Path parameters whose rejections become [`ApiError`]s: a segment that

@@ -244,6 +244,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
 #[utoipa::path(
     get,
     path = "/api/v1/openapi.json",
+    operation_id = "get_openapi",
     tag = "meta",
     responses((status = 200, description = "The OpenAPI 3.1 document", body = Object))
 )]

@@ -128,6 +128,7 @@ pub(super) struct NewSession {
     reduced_ring_time: bool,
     /// Seconds of idle wrap-up (0 to 3600); the config's default when absent.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 3600)]
     wrap_up_idle: Option<f64>,
 }
 
@@ -189,6 +190,7 @@ pub(super) enum AgentAction {
 #[utoipa::path(
     post,
     path = "/api/v1/sessions",
+    operation_id = "create_session",
     tag = "sessions",
     request_body = NewSession,
     responses(
@@ -221,6 +223,7 @@ pub(super) async fn create(
 #[utoipa::path(
     get,
     path = "/api/v1/sessions/{id}",
+    operation_id = "get_session",
     tag = "sessions",
     params(("id" = i64, Path, description = "The session's id")),
     responses((status = 200, description = "The session", body = SessionView))
@@ -244,7 +247,7 @@ pub(super) struct PatchSession {
     /// Seconds of idle wrap-up (0 to 3600); `null` resets to the config's
     /// default, absent leaves it.
     #[serde(default, with = "double_option")]
-    #[schema(value_type = Option<f64>)]
+    #[schema(value_type = Option<f64>, minimum = 0, maximum = 3600)]
     wrap_up_idle: Option<Option<f64>>,
     /// `false` revokes the share link, `true` issues a new one (R16).
     #[serde(default)]
@@ -263,6 +266,7 @@ mod double_option {
 #[utoipa::path(
     patch,
     path = "/api/v1/sessions/{id}",
+    operation_id = "patch_session",
     tag = "sessions",
     params(("id" = i64, Path, description = "The session's id")),
     request_body = PatchSession,
@@ -298,6 +302,7 @@ pub(super) async fn patch(
 #[utoipa::path(
     post,
     path = "/api/v1/sessions/{id}/share",
+    operation_id = "rotate_session_share",
     tag = "sessions",
     params(("id" = i64, Path, description = "The session's id")),
     responses((status = 200, description = "The new token", body = ShareToken))
@@ -315,6 +320,7 @@ pub(super) async fn rotate_share(
 #[utoipa::path(
     delete,
     path = "/api/v1/sessions/{id}/share",
+    operation_id = "revoke_session_share",
     tag = "sessions",
     params(("id" = i64, Path, description = "The session's id")),
     responses((status = 204, description = "Revoked"))
@@ -332,6 +338,7 @@ pub(super) async fn revoke_share(
 #[utoipa::path(
     post,
     path = "/api/v1/sessions/{id}/reset",
+    operation_id = "reset_session",
     tag = "sessions",
     params(("id" = i64, Path, description = "The session's id")),
     responses((status = 200, description = "The session", body = SessionView))
@@ -366,6 +373,7 @@ fn check_agent(st: &AppState, agent: &str) -> Result<()> {
 #[utoipa::path(
     post,
     path = "/api/v1/sessions/{id}/agents",
+    operation_id = "join_session",
     tag = "sessions",
     params(("id" = i64, Path, description = "The session's id")),
     request_body = JoinBody,
@@ -401,6 +409,7 @@ pub(super) struct SharedJoin {
 #[utoipa::path(
     post,
     path = "/api/v1/sessions/join",
+    operation_id = "join_session_with_share_token",
     tag = "sessions",
     request_body = SharedJoin,
     responses(
@@ -431,6 +440,7 @@ pub(super) async fn join_shared(
 #[utoipa::path(
     post,
     path = "/api/v1/sessions/{id}/agents/{agent}/{action}",
+    operation_id = "session_agent_action",
     tag = "sessions",
     params(
         ("id" = i64, Path, description = "The session's id"),
@@ -476,6 +486,7 @@ pub(super) struct QueueParams {
 #[utoipa::path(
     get,
     path = "/api/v1/sessions/{id}/queue",
+    operation_id = "get_session_queue",
     tag = "sessions",
     params(("id" = i64, Path, description = "The session's id"), QueueParams),
     responses((status = 200, description = "The upcoming leads, in calling order", body = Page<QueueEntryView>))

@@ -241,6 +241,7 @@ pub struct CustomField {
 #[serde(deny_unknown_fields)]
 pub struct NewCustomField {
     /// The field's name.
+    #[schema(min_length = 1, pattern = r"\S")]
     pub name: String,
     /// Its type.
     #[serde(rename = "type")]
@@ -581,6 +582,7 @@ pub struct NewOpportunity {
 #[serde(deny_unknown_fields)]
 pub struct NewLead {
     /// Company or person name; required.
+    #[schema(min_length = 1, pattern = r"\S")]
     pub name: String,
     /// Lead status; empty when absent.
     #[serde(default)]
@@ -722,6 +724,7 @@ impl NewLead {
 #[serde(deny_unknown_fields)]
 pub struct LeadPatch {
     /// New name.
+    #[schema(min_length = 1, pattern = r"\S")]
     pub name: Option<String>,
     /// New status.
     pub status: Option<String>,
@@ -875,6 +878,7 @@ pub struct LoggedCall {
     pub outcome: CallOutcome,
     /// How long it lasted, seconds.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 10_000_000)]
     pub duration_s: f64,
     /// The number called; the lead's first phone when absent.
     #[serde(default)]
@@ -927,6 +931,7 @@ pub struct SmartView {
 #[serde(deny_unknown_fields)]
 pub struct NewSmartView {
     /// Display name.
+    #[schema(min_length = 1, pattern = r"\S")]
     pub name: String,
     /// The query text.
     #[serde(default)]
