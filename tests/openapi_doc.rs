@@ -291,3 +291,46 @@ fn operation_ids_are_unique() {
         }
     }
 }
+
+/// Found by schemathesis: serde reads a struct from a JSON array, field by
+/// field, so `["name", "query"]` made a Smart View. A body the document
+/// says is an object is refused as anything else (422), and nothing is
+/// stored.
+#[tokio::test]
+async fn an_array_is_not_an_object() {
+    let (base, _db) = serve().await;
+    let client = Client::new();
+    for (path, body) in [
+        ("/api/v1/smart-views", r#"["all", ""]"#),
+        ("/api/v1/custom-fields", r#"["Source", "text"]"#),
+        ("/api/v1/leads", r#"[["Acme"]]"#),
+    ] {
+        let resp = client
+            .post(format!("{base}{path}"))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let e: Value = resp.json().await.unwrap();
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{path} {body}: {e}"
+        );
+        assert_eq!(e["error"]["code"], "unprocessable", "{e}");
+        let list = path.replace("/leads", "/leads?limit=10");
+        let page: Value = client
+            .get(format!("{base}{list}"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(page["data"], serde_json::json!([]), "{path}: {page}");
+    }
+}
