@@ -390,3 +390,105 @@ async fn fixtures_load_on_every_backend() {
         db.cleanup().await;
     }
 }
+
+fn binding(aor: &str, contact: &str, cseq: i64) -> Registration {
+    Registration {
+        aor: aor.into(),
+        contact: contact.into(),
+        expires_ms: 9_000_000_000_000,
+        call_id: format!("{aor}-call"),
+        cseq,
+        q: (cseq % 2 == 0).then_some(0.5),
+        transport: "udp".into(),
+        source: "127.0.0.1:5062".into(),
+    }
+}
+
+/// Batches larger than one multi-row statement, removals and refreshes in
+/// one transaction (DESIGN.md "Writes leave the signalling path in batches").
+async fn registration_batches(store: &Store, backend: &str) {
+    use powerdial::store::RegistrationBatch;
+
+    let first = RegistrationBatch {
+        upserts: (0..2_500)
+            .map(|i| binding(&format!("a{i}"), &format!("sip:a{i}@h"), 1))
+            .collect(),
+        removals: vec![("nobody".into(), "sip:nobody@h".into())],
+    };
+    store.save_registrations(&first).await.unwrap();
+    assert_eq!(
+        store.load_registrations().await.unwrap().len(),
+        2_500,
+        "{backend}"
+    );
+
+    let second = RegistrationBatch {
+        upserts: (0..1_200)
+            .map(|i| binding(&format!("a{i}"), &format!("sip:a{i}@h"), 2))
+            .collect(),
+        removals: (2_000..2_500)
+            .map(|i| (format!("a{i}"), format!("sip:a{i}@h")))
+            .collect(),
+    };
+    store.save_registrations(&second).await.unwrap();
+    let all = store.load_registrations().await.unwrap();
+    assert_eq!(all.len(), 2_000, "{backend}");
+    let by_aor: std::collections::HashMap<&str, &Registration> =
+        all.iter().map(|r| (r.aor.as_str(), r)).collect();
+    assert_eq!(*by_aor["a7"], binding("a7", "sip:a7@h", 2), "{backend}");
+    assert_eq!(
+        *by_aor["a1500"],
+        binding("a1500", "sip:a1500@h", 1),
+        "{backend}"
+    );
+    assert!(!by_aor.contains_key("a2000"), "{backend}");
+    store
+        .save_registrations(&RegistrationBatch::default())
+        .await
+        .unwrap();
+}
+
+/// The writer task: every change handed to it is on disk once its senders
+/// are gone (the flush a graceful shutdown relies on), with the last
+/// change per (aor, contact) winning.
+async fn registration_writer_flushes(store: &Store, backend: &str) {
+    use powerdial::store::registration_writer::{self, RegistrationChange};
+
+    let (mut tx, rx) = registration_writer::channel();
+    let writer = tokio::spawn(registration_writer::run_writer(store.clone(), rx));
+    for round in 1..=3 {
+        for i in 0..3_000 {
+            let change = if round == 3 && i % 3 == 0 {
+                RegistrationChange::Remove {
+                    aor: format!("w{i}"),
+                    contact: format!("sip:w{i}@h"),
+                }
+            } else {
+                RegistrationChange::Upsert(binding(&format!("w{i}"), &format!("sip:w{i}@h"), round))
+            };
+            tx.send(vec![change]).await.unwrap();
+        }
+    }
+    drop(tx);
+    writer.await.unwrap();
+    let all = store.load_registrations().await.unwrap();
+    assert_eq!(all.len(), 2_000, "{backend}");
+    assert!(
+        all.iter().all(|r| r.cseq == 3),
+        "{backend}: last write wins"
+    );
+}
+
+#[tokio::test]
+async fn registration_batches_on_every_backend() {
+    for db in common::all_dbs("registration_batches_on_every_backend").await {
+        let backend = db.backend;
+        registration_batches(&db.store, backend).await;
+        db.cleanup().await;
+    }
+    for db in common::all_dbs("registration_writer_on_every_backend").await {
+        let backend = db.backend;
+        registration_writer_flushes(&db.store, backend).await;
+        db.cleanup().await;
+    }
+}

@@ -11,6 +11,7 @@
 #[macro_use]
 mod methods;
 pub mod postgres;
+pub mod registration_writer;
 pub mod sqlite;
 pub mod views;
 
@@ -20,6 +21,7 @@ use crate::leads::model::{
 };
 
 pub use postgres::PgStore;
+pub use registration_writer::RegistrationBatch;
 pub use sqlite::SqliteStore;
 pub use views::{ViewError, MAX_QUERY_BYTES};
 
