@@ -7,6 +7,7 @@ mod app;
 mod calls;
 mod peers;
 mod register;
+mod register_load;
 mod sessions;
 mod torture;
 mod two_instances;
