@@ -470,13 +470,31 @@ async fn registration_writer_flushes(store: &Store, backend: &str) {
         }
     }
     drop(tx);
-    writer.await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(30), writer)
+        .await
+        .expect("the writer returns once its senders are gone")
+        .unwrap();
     let all = store.load_registrations().await.unwrap();
     assert_eq!(all.len(), 2_000, "{backend}");
     assert!(
         all.iter().all(|r| r.cseq == 3),
         "{backend}: last write wins"
     );
+}
+
+/// A writer with nothing pending returns as soon as its senders are gone
+/// (a shutdown with no registration traffic does not wait).
+async fn idle_registration_writer_stops(store: &Store) {
+    use powerdial::store::registration_writer;
+
+    let (tx, rx) = registration_writer::channel();
+    let writer = tokio::spawn(registration_writer::run_writer(store.clone(), rx));
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    drop(tx);
+    tokio::time::timeout(std::time::Duration::from_secs(5), writer)
+        .await
+        .expect("an idle writer stops at once")
+        .unwrap();
 }
 
 #[tokio::test]
@@ -488,6 +506,7 @@ async fn registration_batches_on_every_backend() {
     }
     for db in common::all_dbs("registration_writer_on_every_backend").await {
         let backend = db.backend;
+        idle_registration_writer_stops(&db.store).await;
         registration_writer_flushes(&db.store, backend).await;
         db.cleanup().await;
     }

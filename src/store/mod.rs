@@ -336,6 +336,17 @@ impl Store {
         dispatch!(self, s => s.upsert_registration(reg).await)
     }
 
+    /// Writes one batch of binding changes in one transaction with
+    /// multi-row statements: upserts keyed by `(aor, contact)` (RFC 3261
+    /// §10.3 step 7) and deletions of removed contacts; all or nothing.
+    /// The batch writer's commit ([`registration_writer`]).
+    pub async fn save_registrations(&self, batch: &RegistrationBatch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        dispatch!(self, s => s.save_registrations(batch).await)
+    }
+
     /// Removes one binding (`Expires: 0` on a Contact); whether it existed.
     pub async fn delete_registration(&self, aor: &str, contact: &str) -> Result<bool, StoreError> {
         dispatch!(self, s => s.delete_registration(aor, contact).await)

@@ -27,7 +27,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::leads::model::Registration;
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 
 /// How long the oldest pending change may wait for companions before the
 /// writer commits ("one transaction per few milliseconds"). Under light load
@@ -299,8 +299,9 @@ pub async fn run_writer(store: Store, mut changes: mpsc::Receiver<Vec<Registrati
         // due), the batch is full, or the producers are gone.
         loop {
             let due = retry_at.or_else(|| oldest.map(|o| o + LINGER));
-            let ready = retry_at.is_none()
-                && (pending.len() >= MAX_BATCH || (!open && !pending.is_empty()));
+            // Once the producers are gone nothing more can arrive: flush
+            // (or finish) now unless a retry has to wait.
+            let ready = retry_at.is_none() && (pending.len() >= MAX_BATCH || !open);
             if ready || due.is_some_and(|d| d <= Instant::now()) {
                 break;
             }
@@ -377,21 +378,6 @@ pub async fn run_writer(store: Store, mut changes: mpsc::Receiver<Vec<Registrati
                 retry_at = Some(now + retry);
                 retry = (retry * 2).min(RETRY_MAX);
             }
-        }
-    }
-}
-
-impl Store {
-    /// Writes one batch of binding changes in one transaction, with
-    /// multi-row statements (RFC 3261 §10.3 step 7 upserts keyed by
-    /// `(aor, contact)`, deletions for removed contacts). All or nothing.
-    pub async fn save_registrations(&self, batch: &RegistrationBatch) -> Result<(), StoreError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        match self {
-            Store::Sqlite(s) => s.save_registrations(batch).await,
-            Store::Postgres(s) => s.save_registrations(batch).await,
         }
     }
 }
