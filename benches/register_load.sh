@@ -42,10 +42,14 @@ fi
 work=$(mktemp -d /tmp/register-load.XXXXXX)
 server_pid=""
 sipp_pid=""
+schemas=()
 cleanup() {
     [[ -n "$sipp_pid" ]] && kill "$sipp_pid" 2>/dev/null || true
     [[ -n "$server_pid" ]] && kill "$server_pid" 2>/dev/null || true
     wait 2>/dev/null || true
+    for schema in "${schemas[@]}"; do
+        psql -q "$DATABASE_URL" -c "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1 || true
+    done
 }
 trap cleanup EXIT
 
@@ -82,13 +86,14 @@ EOF
     cat "$work/agents.toml" >> "$work/powerdial.toml"
 }
 
-fresh_database() { # prints a URL of an empty database
+fresh_database() { # sets db_url to an empty database
     if [[ -n "${DATABASE_URL:-}" ]]; then
         local schema="bench_$RANDOM$RANDOM"
         psql -q "$DATABASE_URL" -c "CREATE SCHEMA $schema" >/dev/null
-        echo "$DATABASE_URL?options=-c%20search_path%3D$schema"
+        schemas+=("$schema")
+        db_url="$DATABASE_URL?options=-c%20search_path%3D$schema"
     else
-        echo "sqlite://$work/db-$RANDOM$RANDOM/powerdial.db"
+        db_url="sqlite://$work/db-$RANDOM$RANDOM/powerdial.db"
     fi
 }
 
@@ -125,7 +130,7 @@ sipp_run() { # $1 rate, $2 run dir, then extra sipp args
         -inf "$work/agents.csv" -m "$AGENTS" -r "$rate" -t u1 \
         -i 127.0.0.1 -p "$SIPP_PORT" -buff_size 4194304 \
         -timeout "${limit}s" -recv_timeout 2000 \
-        -trace_stat -stf stat.csv -fd 1 -trace_logs -bg_disabled "$@" \
+        -trace_stat -stf stat.csv -fd 1 -trace_logs "$@" \
         "127.0.0.1:$SIP_PORT" </dev/null >sipp.out 2>&1)
 }
 
@@ -144,7 +149,8 @@ acked_users() { # $1 run dir, $2 epoch seconds (float): users acked before it
 
 # --- sweep -----------------------------------------------------------------
 tck=$(getconf CLK_TCK)
-write_config "$(fresh_database)"
+fresh_database
+write_config "$db_url"
 start_server
 best=""
 printf '%8s %9s %7s %8s %9s %8s %9s\n' target achieved failed retrans "cpu_us" cpu_pct behind_warn
@@ -182,7 +188,8 @@ fi
 echo "highest clean rate: $best REGISTER cycles/s ($AGENTS agents)"
 
 # --- kill -9 half way at the highest clean rate, on a fresh database --------
-write_config "$(fresh_database)"
+fresh_database
+write_config "$db_url"
 start_server
 dir="$work/kill"
 sipp_run "$best" "$dir" &

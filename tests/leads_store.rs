@@ -511,3 +511,44 @@ async fn registration_batches_on_every_backend() {
         db.cleanup().await;
     }
 }
+
+/// Backpressure, not loss: while the database is locked the writer's
+/// pending set fills to its bound, then the sender waits; once the lock
+/// goes, everything sent is stored.
+#[tokio::test]
+async fn registration_writer_makes_the_sender_wait_while_the_database_is_busy() {
+    use powerdial::store::registration_writer::{self, RegistrationChange, MAX_PENDING};
+
+    let db = common::sqlite_db().await;
+    let Store::Sqlite(sqlite) = &db.store else {
+        unreachable!("sqlite_db is SQLite")
+    };
+    // Another writer holds SQLite's write lock (as a long import would).
+    let lock = sqlite.begin_write().await.unwrap();
+    let (mut tx, rx) = registration_writer::channel();
+    let writer = tokio::spawn(registration_writer::run_writer(db.store.clone(), rx));
+    let total = MAX_PENDING + 5_000;
+    let sender = tokio::spawn(async move {
+        for i in 0..total {
+            let change =
+                RegistrationChange::Upsert(binding(&format!("p{i}"), &format!("sip:p{i}@h"), 1));
+            tx.send(vec![change]).await.unwrap();
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    assert!(
+        !sender.is_finished(),
+        "the sender waits while the writer cannot commit"
+    );
+    lock.rollback().await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(30), sender)
+        .await
+        .expect("the sender resumes once the database is free")
+        .unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(30), writer)
+        .await
+        .expect("the writer flushes and stops")
+        .unwrap();
+    assert_eq!(db.store.load_registrations().await.unwrap().len(), total);
+    db.cleanup().await;
+}
