@@ -22,6 +22,16 @@
 #    200 OK for more than 100 ms before the kill is registered again
 #    (`GET /api/v1/agents`).
 #
+# Measured here (release, 2 shared cores, SIPp on the same cores, load
+# average ~3.5 from other work): highest clean rate 10,000 REGISTER
+# cycles/s on SQLite and on PostgreSQL (12,000 asked gives 9,500-10,700:
+# SIPp's core is the limit; no failures or retransmissions there either);
+# powerdial 63-80 us of CPU per cycle at 10,000/s; no "behind" warnings.
+# kill -9 half way at 10,000/s: SQLite 5,240 of 5,240 bindings acknowledged
+# >100 ms before the kill restored (6,120 of 6,240 in all; the rest within
+# 7.2 ms of the kill), PostgreSQL 6,918 of 6,918 (7,338 of 7,410; the
+# rest within 20.1 ms).
+#
 # Everything stays on 127.0.0.1 and every SIPp run is bounded (-timeout).
 # Needs: sipp (sip-tester), jq, python3, cargo. CARGO_TARGET_DIR is honoured.
 set -euo pipefail
