@@ -25,7 +25,8 @@ use crate::sip::registrar::Binding;
 use crate::sip::transaction::TimerConfig;
 use crate::sip::transport::{TransportError, TransportHandle, TransportLimits};
 use crate::sip::TransportKind;
-use crate::store::{Store, StoreError};
+use crate::store::registration_writer::{self, RegistrationChange, RegistrationSender};
+use crate::store::StoreError;
 
 /// Why the server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -240,8 +241,11 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
 
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let (persist_tx, persist_rx) = mpsc::channel(4096);
-    tasks.spawn(persist_task(store.clone(), persist_rx));
+    // Binding changes go to their batch writer; it outlives the SIP task
+    // and flushes on shutdown (DESIGN.md "Writes leave the signalling path
+    // in batches").
+    let (persist_tx, persist_rx) = registration_writer::channel();
+    tasks.spawn(registration_writer::run_writer(store.clone(), persist_rx));
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let (route_tx, route_rx) = mpsc::unbounded_channel();
     tasks.spawn(sip_task(
@@ -337,7 +341,7 @@ async fn sip_task(
     mut inbound: mpsc::Receiver<crate::sip::transport::Inbound>,
     mut commands: mpsc::Receiver<SipCommand>,
     mut route_changes: mpsc::UnboundedReceiver<RouteChange>,
-    persist: mpsc::Sender<EndpointEvent>,
+    mut persist: RegistrationSender,
     shutdown: CancellationToken,
 ) {
     let mut routes: HashMap<String, mpsc::UnboundedSender<RoutedMessage>> = HashMap::new();
@@ -390,11 +394,11 @@ async fn sip_task(
                 endpoint.handle_transport_error(Instant::now(), t.peer);
             }
         }
+        // Waits while the writer is behind: backpressure, never loss
+        // (SPEC §5 "none is ever dropped").
         while let Some(ev) = endpoint.poll_event() {
-            if persist.try_send(ev).is_err() {
-                tracing::warn!(
-                    "registration persistence is falling behind; a binding change was not saved"
-                );
+            if let Err(e) = persist.send(changes_from_event(ev)).await {
+                tracing::error!(error = %e, "a binding change was not saved");
             }
         }
     }
@@ -419,25 +423,24 @@ fn apply_routes(
     }
 }
 
-/// Saves registrar changes so a restart keeps the bindings.
-async fn persist_task(store: Store, mut events: mpsc::Receiver<EndpointEvent>) {
-    while let Some(ev) = events.recv().await {
-        match ev {
-            EndpointEvent::BindingsChanged {
-                upserted, removed, ..
-            } => {
-                for b in removed {
-                    if let Err(e) = store.delete_registration(&b.aor, &b.contact).await {
-                        tracing::warn!(error = %e, aor = %b.aor, "could not delete a registration");
-                    }
-                }
-                for b in upserted {
-                    if let Err(e) = store.upsert_registration(&row_from_binding(&b)).await {
-                        tracing::warn!(error = %e, aor = %b.aor, "could not save a registration");
-                    }
-                }
-            }
-        }
+/// The rows a registrar event changes: upserts for added or refreshed
+/// bindings, removals for gone ones (RFC 3261 §10.3).
+fn changes_from_event(ev: EndpointEvent) -> Vec<RegistrationChange> {
+    match ev {
+        EndpointEvent::BindingsChanged {
+            upserted, removed, ..
+        } => removed
+            .into_iter()
+            .map(|b| RegistrationChange::Remove {
+                aor: b.aor,
+                contact: b.contact,
+            })
+            .chain(
+                upserted
+                    .iter()
+                    .map(|b| RegistrationChange::Upsert(row_from_binding(b))),
+            )
+            .collect(),
     }
 }
 

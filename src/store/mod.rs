@@ -11,6 +11,7 @@
 #[macro_use]
 mod methods;
 pub mod postgres;
+pub mod registration_writer;
 pub mod sqlite;
 pub mod views;
 
@@ -20,6 +21,7 @@ use crate::leads::model::{
 };
 
 pub use postgres::PgStore;
+pub use registration_writer::RegistrationBatch;
 pub use sqlite::SqliteStore;
 pub use views::{ViewError, MAX_QUERY_BYTES};
 
@@ -332,6 +334,17 @@ impl Store {
     /// `(aor, contact)`.
     pub async fn upsert_registration(&self, reg: &Registration) -> Result<(), StoreError> {
         dispatch!(self, s => s.upsert_registration(reg).await)
+    }
+
+    /// Writes one batch of binding changes in one transaction with
+    /// multi-row statements: upserts keyed by `(aor, contact)` (RFC 3261
+    /// §10.3 step 7) and deletions of removed contacts; all or nothing.
+    /// The batch writer's commit ([`registration_writer`]).
+    pub async fn save_registrations(&self, batch: &RegistrationBatch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        dispatch!(self, s => s.save_registrations(batch).await)
     }
 
     /// Removes one binding (`Expires: 0` on a Contact); whether it existed.

@@ -116,12 +116,24 @@ impl App {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Some(resp) = self.udp_exchange(&options_request(self.sip, "ready"), 200) {
-                if resp.starts_with("SIP/2.0 200") {
+                // The HTTP API binds after the SIP task starts.
+                if resp.starts_with("SIP/2.0 200") && self.http_is_up(deadline) {
                     return;
                 }
             }
         }
         panic!("powerdial did not come up; log:\n{}", self.log_text());
+    }
+
+    /// Waits until the HTTP API accepts connections, or `deadline`.
+    fn http_is_up(&self, deadline: Instant) -> bool {
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(self.http).is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
     }
 
     /// Stops the server and starts it again on the same config and data
@@ -138,6 +150,18 @@ impl App {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.respawn();
+    }
+
+    /// Kills the server with SIGKILL (a crash: nothing is flushed) and
+    /// starts it again on the same config and data.
+    pub fn kill_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.respawn();
+    }
+
+    fn respawn(&mut self) {
         let log_file = std::fs::OpenOptions::new()
             .append(true)
             .open(&self.log)

@@ -9,6 +9,7 @@ mod calls_failures;
 mod peers;
 mod phones;
 mod register;
+mod register_load;
 mod sessions;
 #[path = "../common/skip.rs"]
 mod skip;
