@@ -277,7 +277,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         },
     )?;
 
-    // Dialer sessions (issue 5) drive the call engine; stored ones resume.
+    // Dialer sessions (SPEC §1) drive the call engine; stored ones resume.
     let sessions = crate::dialer::directory::Sessions::start(
         store.clone(),
         calls.clone(),
