@@ -552,3 +552,53 @@ async fn registration_writer_makes_the_sender_wait_while_the_database_is_busy() 
     assert_eq!(db.store.load_registrations().await.unwrap().len(), total);
     db.cleanup().await;
 }
+
+/// The do-not-call list on both backends (SPEC §4): a number and a prefix
+/// match what they cover and nothing else; paging in number order; delete.
+#[tokio::test]
+async fn do_not_call_list_on_every_backend() {
+    use powerdial::leads::dnc::DncPattern;
+    for db in common::all_dbs("do_not_call_list_on_every_backend").await {
+        let s = &db.store;
+        let p = |t: &str| DncPattern::parse(t, "US").expect("pattern");
+        s.add_dnc(
+            &[
+                (p("+14155550134"), Some("asked".into())),
+                (p("+1900*"), None),
+                (p("+1415555*"), None),
+            ],
+            1_000,
+        )
+        .await
+        .expect("add");
+        // Adding again keeps the entry (and its date), takes a new reason.
+        s.add_dnc(&[(p("+14155550134"), Some("asked twice".into()))], 2_000)
+            .await
+            .expect("add again");
+        let hit = |n: &str| {
+            let n = n.to_string();
+            async move { s.dnc_match(&n).await.expect("match").map(|p| p.to_string()) }
+        };
+        // The number itself before the longest prefix that covers it.
+        assert_eq!(hit("+14155550134").await.as_deref(), Some("+14155550134"));
+        assert_eq!(hit("+19005550100").await.as_deref(), Some("+1900*"));
+        assert_eq!(hit("+14155550199").await.as_deref(), Some("+1415555*"));
+        assert_eq!(hit("+14165550134").await, None, "{}", db.backend);
+        assert_eq!(hit("+1").await, None);
+        let first = s.list_dnc(None, 2).await.expect("list");
+        let names: Vec<&str> = first.iter().map(|e| e.number.as_str()).collect();
+        assert_eq!(names, ["+1415555*", "+14155550134"], "{}", db.backend);
+        assert_eq!(first[1].reason.as_deref(), Some("asked twice"));
+        assert_eq!(first[1].created.timestamp_millis(), 1_000);
+        let rest = s
+            .list_dnc(Some(&p("+14155550134")), 10)
+            .await
+            .expect("list");
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].number, "+1900*");
+        assert!(s.delete_dnc(&p("+1900*")).await.expect("delete"));
+        assert!(!s.delete_dnc(&p("+1900*")).await.expect("delete again"));
+        assert_eq!(hit("+19005550100").await, None);
+        db.cleanup().await;
+    }
+}

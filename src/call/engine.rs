@@ -73,6 +73,10 @@ pub enum CallEngineError {
     /// No `[[trunk]]` is configured.
     #[error("no [[trunk]] is configured")]
     NoTrunk,
+    /// The number is on the do-not-call list (the covering pattern): it
+    /// never reaches the wire (SPEC §4, HTTP 403).
+    #[error("{0} is on the do-not-call list: it is never dialed (remove it with DELETE /api/v1/dnc/NUMBER if it was added by mistake)")]
+    DoNotCall(String),
     /// Every RTP port pair of `server.rtp_ports` is in use (SPEC §4): the
     /// call cannot be set up until calls end (HTTP 503).
     #[error(transparent)]
@@ -947,13 +951,29 @@ impl AgentTask {
         let Some((_, _, allow)) = &shared.trunk else {
             return Err(CallEngineError::NoTrunk);
         };
-        let number = dialable(&self.shared, allow, &req.number);
+        let e164 = dialable(&self.shared, allow, &req.number);
+        // SPEC §4: a number on the do-not-call list never reaches the wire;
+        // the list is asked at every dial, so an entry added on any
+        // instance holds on all of them.
+        let dnc = match &e164 {
+            Some(n) => self
+                .shared
+                .store
+                .dnc_match(n)
+                .await
+                .map_err(|e| CallEngineError::Store(e.to_string()))?,
+            None => None,
+        };
+        if let Some(p) = &dnc {
+            tracing::info!(agent = %self.name, number = %req.number, pattern = %p, "on the do-not-call list: restricted, not dialed");
+        }
+        let number = e164.clone().filter(|_| dnc.is_none());
         let anchor = Anchor::now();
         let new = NewCall {
             session_id: req.session_id,
             lead_id: req.lead_id,
             agent: Some(self.name.clone()),
-            number: number.clone().unwrap_or_else(|| req.number.clone()),
+            number: e164.unwrap_or_else(|| req.number.clone()),
             started_ms: epoch_ms(anchor.1),
             answered_ms: None,
             ended_ms: None,
@@ -1015,6 +1035,16 @@ impl AgentTask {
             // R11: never on the wire, and no reason to ring the agent for it.
             return self.place_restricted(&req, anchor).await;
         };
+        if let Some(p) = self
+            .shared
+            .store
+            .dnc_match(&number)
+            .await
+            .map_err(|e| CallEngineError::Store(e.to_string()))?
+        {
+            tracing::info!(agent = %self.name, %number, pattern = %p, "manual call refused: on the do-not-call list");
+            return Err(CallEngineError::DoNotCall(p.to_string()));
+        }
         self.retire_ending_agent_leg();
         if self
             .leg

@@ -8,6 +8,7 @@ pub mod admin_token;
 pub mod agents;
 pub mod auth;
 pub mod calls;
+pub mod dnc;
 pub mod error;
 pub mod events;
 pub mod leads;
@@ -141,6 +142,7 @@ pub fn api_routes() -> Router<AppState> {
         .route("/api/v1/agents", get(agents::list))
         .route("/api/v1/agents/{username}", get(agents::get))
         .merge(calls::routes())
+        .merge(dnc::routes())
 }
 
 async fn healthz() -> Json<serde_json::Value> {

@@ -20,6 +20,7 @@ use crate::leads::model::{
     Opportunity, Registration, SmartView, ValidLead, ValidOpportunity, ValidPatch,
 };
 
+use crate::leads::dnc::{DncEntry, DncPattern};
 pub use postgres::PgStore;
 pub use registration_writer::RegistrationBatch;
 pub use sqlite::SqliteStore;
@@ -361,6 +362,57 @@ impl Store {
     /// Removes bindings that expired at or before `now_ms`; how many.
     pub async fn delete_expired_registrations(&self, now_ms: i64) -> Result<u64, StoreError> {
         dispatch!(self, s => s.delete_expired_registrations(now_ms).await)
+    }
+
+    /// Adds patterns to the do-not-call list (SPEC §4); existing ones keep
+    /// their entry, with the new reason when one is given.
+    pub async fn add_dnc(
+        &self,
+        entries: &[(DncPattern, Option<String>)],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.add_dnc(entries, now_ms).await)
+    }
+
+    /// One page of the do-not-call list in pattern order, after `after`.
+    pub async fn list_dnc(
+        &self,
+        after: Option<&DncPattern>,
+        limit: i64,
+    ) -> Result<Vec<DncEntry>, StoreError> {
+        let after = after.map(|p| (p.digits(), p.is_prefix()));
+        let rows = dispatch!(self, s => s.list_dnc(after, limit).await)?;
+        Ok(rows
+            .into_iter()
+            .map(|(p, reason, created_ms)| DncEntry {
+                number: p.to_string(),
+                reason,
+                created: crate::leads::model::ms_to_time(created_ms),
+            })
+            .collect())
+    }
+
+    /// One do-not-call entry, if the pattern is on the list.
+    pub async fn get_dnc(&self, p: &DncPattern) -> Result<Option<DncEntry>, StoreError> {
+        let row = dispatch!(self, s => s.get_dnc(p).await)?;
+        Ok(row.map(|(reason, created_ms)| DncEntry {
+            number: p.to_string(),
+            reason,
+            created: crate::leads::model::ms_to_time(created_ms),
+        }))
+    }
+
+    /// Removes a pattern from the do-not-call list; whether it was there.
+    pub async fn delete_dnc(&self, p: &DncPattern) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.delete_dnc(p).await)
+    }
+
+    /// The do-not-call pattern covering an E.164 number, if any (the number
+    /// itself before the longest covering prefix). Asked
+    /// before every dial, so a number added on any instance is never dialed
+    /// by another (R13's shared database).
+    pub async fn dnc_match(&self, e164: &str) -> Result<Option<DncPattern>, StoreError> {
+        dispatch!(self, s => s.dnc_match(e164).await)
     }
 
     /// Every stored binding, for the registrar to load at start.
