@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::app::{free_port, http_request, spawn_app_with, App, AppOptions};
-use crate::peers::{agent_status, carrier_events, spawn_py, wait_for};
+use crate::app::{http_request, spawn_app_with, App, AppOptions};
+use crate::peers::{pj_agent, wait_for, Carrier};
 
 fn post(app: &App, path: &str, body: &str) -> (u16, Value) {
     let (code, text) = http_request(app.http, "POST", path, Some(&app.token), Some(body));
@@ -24,51 +24,13 @@ fn get(app: &App, path: &str) -> Value {
 #[test]
 fn listed_numbers_never_reach_the_carrier() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let events = dir.path().join("carrier.jsonl");
-    let carrier_port = free_port();
     // Answered calls are hung up by the carrier 1 s after the answer.
-    let _carrier = spawn_py(
-        "pj_carrier.py",
-        &[
-            carrier_port.to_string(),
-            events.display().to_string(),
-            "90".into(),
-            "1".into(),
-        ],
-    );
-    wait_for("the carrier", Duration::from_secs(15), || {
-        carrier_events(&events)
-            .iter()
-            .any(|e| e["event"] == "ready")
-    });
+    let carrier = Carrier::start(dir.path(), Some(1.0));
     let app = spawn_app_with(AppOptions {
-        extra_toml: format!(
-            r#"[dialer]
-wrap_up_idle = 0.2
-
-[[trunk]]
-name = "carrier"
-uri = "sip:127.0.0.1:{carrier_port}"
-caller_id = "+442079460999"
-allow = ['\+44\d+']
-"#
-        ),
+        extra_toml: format!("[dialer]\nwrap_up_idle = 0.2\n\n{}", carrier.trunk_toml()),
         ..AppOptions::default()
     });
-    let status = dir.path().join("alice.json");
-    let _phone = spawn_py(
-        "pj_agent.py",
-        &[
-            app.sip.to_string(),
-            "alice".into(),
-            "alice-secret".into(),
-            status.display().to_string(),
-            "90".into(),
-        ],
-    );
-    wait_for("the agent's registration", Duration::from_secs(15), || {
-        agent_status(&status)["reg"] == 200
-    });
+    let _phone = pj_agent(&app, "alice", "alice-secret", dir.path());
 
     // The list: one number, one prefix; bad entries refused by field.
     let (code, body) = post(
@@ -172,11 +134,7 @@ allow = ['\+44\d+']
     assert_eq!(outcome(leads[2]), "restricted", "{calls}");
 
     // The carrier saw an INVITE for the unlisted lead only.
-    let invited: Vec<String> = carrier_events(&events)
-        .iter()
-        .filter(|e| e["event"] == "invite")
-        .filter_map(|e| e["number"].as_str().map(str::to_string))
-        .collect();
+    let invited = carrier.invited();
     assert!(
         invited.iter().any(|n| n.contains("442079450200")),
         "the unlisted lead was dialed: {invited:?}"
