@@ -309,6 +309,8 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let app = crate::http::router(state);
     let http_shutdown = shutdown.clone();
     tasks.spawn(async move {
+        // The client address reaches the auth middleware's limiter.
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
             .await;

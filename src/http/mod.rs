@@ -54,6 +54,8 @@ pub struct AppState {
     pub calls: Option<crate::call::engine::CallEngine>,
     /// The dialer sessions (SPEC §1–§2); `None` when the API runs without them.
     pub sessions: Option<crate::dialer::directory::Sessions>,
+    /// Failed sign-ins per client address ([`auth::require_token`]).
+    pub login_failures: Arc<std::sync::Mutex<auth::FailedLogins>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -80,6 +82,7 @@ impl AppState {
             agents: Arc::from(Vec::new()),
             calls: None,
             sessions: None,
+            login_failures: Arc::default(),
         }
     }
 
