@@ -125,6 +125,7 @@ pub async fn require_token(State(state): State<AppState>, req: Request, next: Ne
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // one real instant as the simulated clock's origin
 mod tests {
     use super::*;
 
