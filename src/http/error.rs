@@ -74,6 +74,12 @@ pub enum ApiError {
         /// Seconds until the address may try again.
         retry_after_s: u32,
     },
+    /// 409: a request with this `Idempotency-Key` is still running.
+    #[error("a request with this Idempotency-Key is still being processed: retry in a moment")]
+    IdempotencyInFlight,
+    /// 422: this `Idempotency-Key` was used for a different request.
+    #[error("this Idempotency-Key was already used for a different request: use a new key for a new request")]
+    IdempotencyKeyReused,
     /// 500: anything else. The cause is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -101,6 +107,8 @@ impl ApiError {
             },
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TooManyFailures { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::IdempotencyInFlight => StatusCode::CONFLICT,
+            ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -126,6 +134,8 @@ impl ApiError {
             },
             ApiError::Unavailable { code, .. } => code,
             ApiError::TooManyFailures { .. } => "too_many_failures",
+            ApiError::IdempotencyInFlight => "idempotency_key_in_flight",
+            ApiError::IdempotencyKeyReused => "idempotency_key_reused",
             ApiError::Internal(_) => "internal",
         }
     }

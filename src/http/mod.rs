@@ -11,6 +11,7 @@ pub mod calls;
 pub mod dnc;
 pub mod error;
 pub mod events;
+pub mod idempotency;
 pub mod leads;
 pub mod manual_calls;
 pub mod paging;
@@ -56,6 +57,8 @@ pub struct AppState {
     pub sessions: Option<crate::dialer::directory::Sessions>,
     /// Failed sign-ins per client address ([`auth::require_token`]).
     pub login_failures: Arc<std::sync::Mutex<auth::FailedLogins>>,
+    /// Responses remembered by `Idempotency-Key` ([`idempotency`]).
+    pub idempotency: Arc<std::sync::Mutex<idempotency::IdempotencyCache>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -83,6 +86,7 @@ impl AppState {
             calls: None,
             sessions: None,
             login_failures: Arc::default(),
+            idempotency: Arc::default(),
         }
     }
 
@@ -165,10 +169,16 @@ async fn wrong_method() -> ApiError {
 /// (the CSV import to [`IMPORT_BODY_LIMIT`]), unknown routes answered
 /// with a JSON 404.
 pub fn router(state: AppState) -> Router {
-    let api = api_routes().route_layer(axum::middleware::from_fn_with_state(
-        state.clone(),
-        auth::require_token,
-    ));
+    // Layers run outside in: the token first, then Idempotency-Key.
+    let api = api_routes()
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::idempotent_post,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
     Router::new()
         .route("/healthz", get(healthz))
         .merge(sessions::public_routes())

@@ -46,3 +46,95 @@ fn guessing_the_token_is_limited_per_address() {
         "tokens never reach the log"
     );
 }
+
+/// A POST with headers of our choosing; (status, header block, body).
+fn post_with(
+    app: &crate::app::App,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(app.http).expect("connect http");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .ok();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        app.token,
+        body.len()
+    );
+    s.write_all(req.as_bytes()).expect("send");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_string(), body.to_string())
+}
+
+/// A client that retries a POST after a lost response sends the same
+/// `Idempotency-Key` and gets the first answer again: one lead created,
+/// one call dialed, never two.
+#[test]
+fn a_retried_post_with_the_same_idempotency_key_takes_effect_once() {
+    use crate::peers::{pj_agent, Carrier};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let carrier = Carrier::start(dir.path(), None);
+    let app = crate::app::spawn_app_with(crate::app::AppOptions {
+        extra_toml: carrier.trunk_toml(),
+        ..Default::default()
+    });
+    let _phone = pj_agent(&app, "alice", "alice-secret", dir.path());
+
+    let lead = r#"{"name": "Ada", "contacts": [{"name": "Ada", "phones": ["+442079460200"]}]}"#;
+    let key = "Idempotency-Key: lead-1\r\n";
+    let (s1, _, b1) = post_with(&app, "/api/v1/leads", key, lead);
+    let (s2, h2, b2) = post_with(&app, "/api/v1/leads", key, lead);
+    assert_eq!((s1, s2), (201, 201), "{b1} / {b2}");
+    assert_eq!(b1, b2, "the same lead, not a second one");
+    assert!(
+        h2.to_ascii_lowercase()
+            .contains("idempotent-replayed: true"),
+        "{h2}"
+    );
+    let (s3, _, b3) = post_with(&app, "/api/v1/leads", key, r#"{"name": "Bob"}"#);
+    assert_eq!(s3, 422, "{b3}");
+    assert!(b3.contains("idempotency_key_reused"), "{b3}");
+    let (_, list) = app.http_get("/api/v1/leads");
+    let list: serde_json::Value = serde_json::from_str(&list).expect("JSON");
+    assert_eq!(list["data"].as_array().map(Vec::len), Some(1), "{list}");
+
+    // The call a retry must not dial twice.
+    let call = r#"{"agent": "alice", "number": "+442079460200"}"#;
+    let key = "Idempotency-Key: call-7f3a\r\n";
+    let (s1, _, b1) = post_with(&app, "/api/v1/calls", key, call);
+    let (s2, _, b2) = post_with(&app, "/api/v1/calls", key, call);
+    assert!(s1 == 202 || s1 == 201, "{s1} {b1}");
+    assert!(
+        s2 == s1 || s2 == 409,
+        "replayed or still running: {s2} {b2}"
+    );
+    let id = |b: &str| {
+        serde_json::from_str::<serde_json::Value>(b)
+            .ok()
+            .and_then(|v| v["id"].as_i64())
+    };
+    if s2 == s1 {
+        assert_eq!(id(&b1), id(&b2), "the same call record");
+    }
+    crate::peers::wait_for(
+        "the carrier's INVITE",
+        std::time::Duration::from_secs(10),
+        || !carrier.invited().is_empty(),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(
+        carrier.invited().len(),
+        1,
+        "dialed once: {:?}",
+        carrier.invited()
+    );
+}
