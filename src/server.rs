@@ -116,10 +116,36 @@ pub struct RunningServer {
     /// The HTTP API's admin token and where it came from.
     pub admin_token: AdminToken,
     shutdown: CancellationToken,
+    drain: CancellationToken,
+    hurry: CancellationToken,
+    drain_timeout: std::time::Duration,
     tasks: TaskTracker,
 }
 
 impl RunningServer {
+    /// A graceful stop (SIGTERM): no new calls; ringing leads are
+    /// cancelled; connected calls may finish for `server.drain_timeout`,
+    /// then get a BYE; returns once every call has ended with its outcome
+    /// stored. `hurry` (a second SIGTERM) hangs everything up at once.
+    pub async fn drain(&self, hurry: impl std::future::Future<Output = ()>) {
+        self.drain.cancel();
+        tokio::pin!(hurry);
+        // The agent tasks end by themselves; this bound only guards
+        // against a bug holding the process forever.
+        let limit = self.drain_timeout + std::time::Duration::from_secs(15);
+        tokio::select! {
+            _ = self.calls.drained() => {}
+            _ = &mut hurry => {
+                tracing::info!("second signal: hanging up every call now");
+                self.hurry.cancel();
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(10), self.calls.drained()).await;
+            }
+            _ = tokio::time::sleep(limit) => {
+                tracing::warn!("calls did not end within the drain timeout; stopping anyway");
+            }
+        }
+    }
+
     /// Stops every task and waits for them.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
@@ -146,7 +172,12 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     }
     tracing::info!("powerdial ready");
     wait_for_signal().await;
-    tracing::info!("shutting down");
+    tracing::info!(
+        drain_timeout_s = server.drain_timeout.as_secs_f64(),
+        "stopping: no new calls; connected calls may finish, then get a BYE (send the signal again to end them now)"
+    );
+    server.drain(wait_for_signal()).await;
+    tracing::info!("calls ended; shutting down");
     server.shutdown().await;
     Ok(())
 }
@@ -240,6 +271,8 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     endpoint.load_bindings(saved);
 
     let shutdown = CancellationToken::new();
+    let drain = CancellationToken::new();
+    let hurry = CancellationToken::new();
     let tasks = TaskTracker::new();
     // Binding changes go to their batch writer; it outlives the SIP task
     // and flushes on shutdown (DESIGN.md "Writes leave the signalling path
@@ -274,6 +307,8 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
             relay,
             sent_by,
             shutdown: shutdown.clone(),
+            drain: drain.clone(),
+            hurry: hurry.clone(),
         },
     )?;
 
@@ -328,6 +363,9 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         calls,
         admin_token,
         shutdown,
+        drain,
+        hurry,
+        drain_timeout: config.drain_timeout,
         tasks,
     })
 }

@@ -13,6 +13,7 @@ mod phones;
 mod register;
 mod register_load;
 mod sessions;
+mod shutdown;
 #[path = "../common/skip.rs"]
 mod skip;
 mod torture;
