@@ -99,3 +99,44 @@ fn sigterm_cancels_ringing_leads_and_lets_connected_calls_finish_then_byes_them(
     assert_eq!(r["outcome"], "skipped", "{r}");
     assert!(!r["ended_at"].is_null(), "{r}");
 }
+
+/// A second SIGTERM does not wait for the drain timeout: every call is
+/// hung up at once (still with a BYE and a recorded outcome).
+#[test]
+fn a_second_sigterm_hangs_up_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let carrier = Carrier::start(dir.path(), None);
+    let mut app = spawn_app_with(AppOptions {
+        server_toml: "drain_timeout = 30".into(),
+        extra_toml: carrier.trunk_toml(),
+        ..AppOptions::default()
+    });
+    let _alice = pj_agent(&app, "alice", "alice-secret", dir.path());
+    let talking = call(&app, "alice", "+442079460200");
+    wait_for("alice's lead to answer", Duration::from_secs(10), || {
+        !record(&app, talking)["answered_at"].is_null()
+    });
+    let stop = Instant::now();
+    assert!(
+        app.terminate(Duration::from_millis(500)).is_none(),
+        "the first SIGTERM waits for the connected call"
+    );
+    let status = app.terminate(Duration::from_secs(10));
+    let took = stop.elapsed();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        app.log_text()
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "exited {took:?} after the first signal"
+    );
+    wait_for("the BYE at the carrier", Duration::from_secs(3), || {
+        at(&carrier_events(&carrier.events), "ended", "442079460200").is_some()
+    });
+    app.restart();
+    let r = record(&app, talking);
+    assert_eq!(r["outcome"], "answered", "{r}");
+    assert!(!r["ended_at"].is_null(), "{r}");
+}
