@@ -8,6 +8,7 @@
 //! are runtime queries, so building needs no database. Times are epoch
 //! milliseconds in the database and [`chrono::DateTime<Utc>`] in the model.
 
+mod dnc;
 #[macro_use]
 mod methods;
 pub mod postgres;
@@ -371,7 +372,7 @@ impl Store {
         entries: &[(DncPattern, Option<String>)],
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        dispatch!(self, s => s.add_dnc(entries, now_ms).await)
+        dispatch!(self, s => dnc::add(s.pool(), entries, now_ms).await)
     }
 
     /// One page of the do-not-call list in pattern order, after `after`.
@@ -380,8 +381,7 @@ impl Store {
         after: Option<&DncPattern>,
         limit: i64,
     ) -> Result<Vec<DncEntry>, StoreError> {
-        let after = after.map(|p| (p.digits(), p.is_prefix()));
-        let rows = dispatch!(self, s => s.list_dnc(after, limit).await)?;
+        let rows = dispatch!(self, s => dnc::list(s.pool(), after, limit).await)?;
         Ok(rows
             .into_iter()
             .map(|(p, reason, created_ms)| DncEntry {
@@ -394,7 +394,7 @@ impl Store {
 
     /// One do-not-call entry, if the pattern is on the list.
     pub async fn get_dnc(&self, p: &DncPattern) -> Result<Option<DncEntry>, StoreError> {
-        let row = dispatch!(self, s => s.get_dnc(p).await)?;
+        let row = dispatch!(self, s => dnc::get(s.pool(), p).await)?;
         Ok(row.map(|(reason, created_ms)| DncEntry {
             number: p.to_string(),
             reason,
@@ -404,7 +404,7 @@ impl Store {
 
     /// Removes a pattern from the do-not-call list; whether it was there.
     pub async fn delete_dnc(&self, p: &DncPattern) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.delete_dnc(p).await)
+        dispatch!(self, s => dnc::delete(s.pool(), p).await)
     }
 
     /// The do-not-call pattern covering an E.164 number, if any (the number
@@ -412,7 +412,7 @@ impl Store {
     /// before every dial, so a number added on any instance is never dialed
     /// by another (R13's shared database).
     pub async fn dnc_match(&self, e164: &str) -> Result<Option<DncPattern>, StoreError> {
-        dispatch!(self, s => s.dnc_match(e164).await)
+        dispatch!(self, s => dnc::matching(s.pool(), e164).await)
     }
 
     /// Every stored binding, for the registrar to load at start.

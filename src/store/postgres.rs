@@ -1,7 +1,6 @@
 //! The PostgreSQL backend; several powerdial instances may share one
 //! database (R13).
 
-use crate::leads::dnc::DncPattern;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -94,99 +93,5 @@ impl PgStore {
         }
         tx.commit().await?;
         Ok(())
-    }
-}
-
-impl PgStore {
-    /// Adds do-not-call patterns (one transaction); an existing pattern
-    /// keeps its entry and gets the new reason when one is given.
-    pub(crate) async fn add_dnc(
-        &self,
-        entries: &[(DncPattern, Option<String>)],
-        now_ms: i64,
-    ) -> Result<(), super::StoreError> {
-        let mut tx = self.begin_write().await?;
-        for (p, reason) in entries {
-            sqlx::query(
-                "INSERT INTO dnc (pattern, prefix, reason, created_ms) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (pattern, prefix) DO UPDATE SET reason = COALESCE(EXCLUDED.reason, dnc.reason)",
-            )
-            .bind(p.digits())
-            .bind(p.is_prefix())
-            .bind(reason.as_deref())
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// One page of the list in pattern order, after `after`.
-    pub(crate) async fn list_dnc(
-        &self,
-        after: Option<(&str, bool)>,
-        limit: i64,
-    ) -> Result<Vec<(DncPattern, Option<String>, i64)>, super::StoreError> {
-        let (pattern, prefix) = after.unwrap_or(("", false));
-        let rows: Vec<(String, bool, Option<String>, i64)> = sqlx::query_as(
-            "SELECT pattern, prefix, reason, created_ms FROM dnc \
-             WHERE pattern > $1 OR (pattern = $1 AND prefix > $2) \
-             ORDER BY pattern, prefix LIMIT $3",
-        )
-        .bind(pattern)
-        .bind(prefix)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(d, p, r, c)| (DncPattern::from_stored(d, p), r, c))
-            .collect())
-    }
-
-    /// One pattern's stored row.
-    pub(crate) async fn get_dnc(
-        &self,
-        p: &DncPattern,
-    ) -> Result<Option<(Option<String>, i64)>, super::StoreError> {
-        Ok(
-            sqlx::query_as("SELECT reason, created_ms FROM dnc WHERE pattern = $1 AND prefix = $2")
-                .bind(p.digits())
-                .bind(p.is_prefix())
-                .fetch_optional(&self.pool)
-                .await?,
-        )
-    }
-
-    /// Removes one pattern; whether it was there.
-    pub(crate) async fn delete_dnc(&self, p: &DncPattern) -> Result<bool, super::StoreError> {
-        let done = sqlx::query("DELETE FROM dnc WHERE pattern = $1 AND prefix = $2")
-            .bind(p.digits())
-            .bind(p.is_prefix())
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    /// The pattern covering `e164`, if any: one lookup of the number and
-    /// its prefixes by primary key.
-    pub(crate) async fn dnc_match(
-        &self,
-        e164: &str,
-    ) -> Result<Option<DncPattern>, super::StoreError> {
-        let candidates = DncPattern::candidates(e164);
-        let mut q = sqlx::QueryBuilder::new("SELECT pattern, prefix FROM dnc WHERE pattern IN (");
-        let mut list = q.separated(", ");
-        for c in &candidates {
-            list.push_bind(*c);
-        }
-        q.push(")");
-        let rows: Vec<(String, bool)> = q.build_query_as().fetch_all(&self.pool).await?;
-        Ok(rows
-            .into_iter()
-            .map(|(d, p)| DncPattern::from_stored(d, p))
-            .filter(|p| p.covers(e164))
-            .max_by_key(|p| (!p.is_prefix(), p.digits().len())))
     }
 }
