@@ -47,32 +47,21 @@ fn guessing_the_token_is_limited_per_address() {
     );
 }
 
-/// A POST with headers of our choosing; (status, header block, body).
+/// A POST with extra header lines; (status, header block, body).
 fn post_with(
     app: &crate::app::App,
     path: &str,
     headers: &str,
     body: &str,
 ) -> (u16, String, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(app.http).expect("connect http");
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .ok();
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        app.token,
-        body.len()
-    );
-    s.write_all(req.as_bytes()).expect("send");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, head.to_string(), body.to_string())
+    crate::app::http_exchange(
+        app.http,
+        "POST",
+        path,
+        Some(&app.token),
+        headers,
+        Some(body),
+    )
 }
 
 /// A client that retries a POST after a lost response sends the same

@@ -270,13 +270,14 @@ fn rand_u16() -> u16 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
-/// [`http_request`] with the response's header block too (status line
-/// and headers, as received).
-pub fn http_request_with_headers(
+/// One HTTP/1.1 request (Connection: close) with `extra` header lines
+/// (each ending in CRLF); (status, header block, body).
+pub fn http_exchange(
     addr: SocketAddr,
     method: &str,
     path: &str,
     token: Option<&str>,
+    extra: &str,
     body: Option<&str>,
 ) -> (u16, String, String) {
     let mut s = std::net::TcpStream::connect(addr).expect("connect http");
@@ -286,7 +287,7 @@ pub fn http_request_with_headers(
         .unwrap_or_default();
     let body = body.unwrap_or("");
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).expect("write http");
@@ -301,7 +302,18 @@ pub fn http_request_with_headers(
     (status, head.to_string(), body.to_string())
 }
 
-/// A tiny blocking HTTP/1.1 client (Connection: close).
+/// [`http_exchange`] without extra headers, keeping the header block.
+pub fn http_request_with_headers(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String, String) {
+    http_exchange(addr, method, path, token, "", body)
+}
+
+/// A tiny blocking HTTP/1.1 client (Connection: close): (status, body).
 pub fn http_request(
     addr: SocketAddr,
     method: &str,
@@ -309,29 +321,7 @@ pub fn http_request(
     token: Option<&str>,
     body: Option<&str>,
 ) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect http");
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let body = body.unwrap_or("");
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).expect("write http");
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok();
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|x| x.1)
-        .unwrap_or("")
-        .to_string();
+    let (status, _, body) = http_exchange(addr, method, path, token, "", body);
     (status, body)
 }
 
