@@ -148,6 +148,7 @@ struct RawServer {
     data_dir: PathBuf,
     max_message_size: usize,
     tcp_idle_timeout: Seconds,
+    drain_timeout: Seconds,
     t1: Seconds,
     t2: Seconds,
     t4: Seconds,
@@ -165,6 +166,7 @@ impl Default for RawServer {
             data_dir: PathBuf::from("data"),
             max_message_size: 16 * 1024,
             tcp_idle_timeout: Seconds(Duration::from_secs(300)),
+            drain_timeout: Seconds(Duration::from_secs(30)),
             t1: Seconds(Duration::from_millis(500)),
             t2: Seconds(Duration::from_secs(4)),
             t4: Seconds(Duration::from_secs(5)),
@@ -340,6 +342,9 @@ pub struct Config {
     pub max_message_size: usize,
     /// A TCP connection idle this long is closed.
     pub tcp_idle_timeout: Duration,
+    /// On SIGTERM, how long connected calls may go on before powerdial
+    /// hangs them up and exits (a second SIGTERM ends them at once).
+    pub drain_timeout: Duration,
     /// RFC 3261 timer values (T1, T2, T4).
     pub sip_timers: SipTimers,
     /// Digest algorithms offered to phones, preferred first (RFC 8760).
@@ -638,6 +643,7 @@ impl Config {
             data_dir: s.data_dir,
             max_message_size: s.max_message_size,
             tcp_idle_timeout: s.tcp_idle_timeout.0,
+            drain_timeout: s.drain_timeout.0,
             sip_timers: SipTimers {
                 t1: s.t1.0,
                 t2: s.t2.0,

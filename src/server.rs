@@ -25,7 +25,8 @@ use crate::sip::registrar::Binding;
 use crate::sip::transaction::TimerConfig;
 use crate::sip::transport::{TransportError, TransportHandle, TransportLimits};
 use crate::sip::TransportKind;
-use crate::store::{Store, StoreError};
+use crate::store::registration_writer::{self, RegistrationChange, RegistrationSender};
+use crate::store::StoreError;
 
 /// Why the server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -115,10 +116,36 @@ pub struct RunningServer {
     /// The HTTP API's admin token and where it came from.
     pub admin_token: AdminToken,
     shutdown: CancellationToken,
+    drain: CancellationToken,
+    hurry: CancellationToken,
+    drain_timeout: std::time::Duration,
     tasks: TaskTracker,
 }
 
 impl RunningServer {
+    /// A graceful stop (SIGTERM): no new calls; ringing leads are
+    /// cancelled; connected calls may finish for `server.drain_timeout`,
+    /// then get a BYE; returns once every call has ended with its outcome
+    /// stored. `hurry` (a second SIGTERM) hangs everything up at once.
+    pub async fn drain(&self, hurry: impl std::future::Future<Output = ()>) {
+        self.drain.cancel();
+        tokio::pin!(hurry);
+        // The agent tasks end by themselves; this bound only guards
+        // against a bug holding the process forever.
+        let limit = self.drain_timeout + std::time::Duration::from_secs(15);
+        tokio::select! {
+            _ = self.calls.drained() => {}
+            _ = &mut hurry => {
+                tracing::info!("second signal: hanging up every call now");
+                self.hurry.cancel();
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(10), self.calls.drained()).await;
+            }
+            _ = tokio::time::sleep(limit) => {
+                tracing::warn!("calls did not end within the drain timeout; stopping anyway");
+            }
+        }
+    }
+
     /// Stops every task and waits for them.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
@@ -145,7 +172,12 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     }
     tracing::info!("powerdial ready");
     wait_for_signal().await;
-    tracing::info!("shutting down");
+    tracing::info!(
+        drain_timeout_s = server.drain_timeout.as_secs_f64(),
+        "stopping: no new calls; connected calls may finish, then get a BYE (send the signal again to end them now)"
+    );
+    server.drain(wait_for_signal()).await;
+    tracing::info!("calls ended; shutting down");
     server.shutdown().await;
     Ok(())
 }
@@ -239,9 +271,14 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     endpoint.load_bindings(saved);
 
     let shutdown = CancellationToken::new();
+    let drain = CancellationToken::new();
+    let hurry = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let (persist_tx, persist_rx) = mpsc::channel(4096);
-    tasks.spawn(persist_task(store.clone(), persist_rx));
+    // Binding changes go to their batch writer; it outlives the SIP task
+    // and flushes on shutdown (DESIGN.md "Writes leave the signalling path
+    // in batches").
+    let (persist_tx, persist_rx) = registration_writer::channel();
+    tasks.spawn(registration_writer::run_writer(store.clone(), persist_rx));
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let (route_tx, route_rx) = mpsc::unbounded_channel();
     tasks.spawn(sip_task(
@@ -270,10 +307,12 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
             relay,
             sent_by,
             shutdown: shutdown.clone(),
+            drain: drain.clone(),
+            hurry: hurry.clone(),
         },
     )?;
 
-    // Dialer sessions (issue 5) drive the call engine; stored ones resume.
+    // Dialer sessions (SPEC §1) drive the call engine; stored ones resume.
     let sessions = crate::dialer::directory::Sessions::start(
         store.clone(),
         calls.clone(),
@@ -305,6 +344,8 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let app = crate::http::router(state);
     let http_shutdown = shutdown.clone();
     tasks.spawn(async move {
+        // The client address reaches the auth middleware's limiter.
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
             .await;
@@ -322,6 +363,9 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         calls,
         admin_token,
         shutdown,
+        drain,
+        hurry,
+        drain_timeout: config.drain_timeout,
         tasks,
     })
 }
@@ -337,7 +381,7 @@ async fn sip_task(
     mut inbound: mpsc::Receiver<crate::sip::transport::Inbound>,
     mut commands: mpsc::Receiver<SipCommand>,
     mut route_changes: mpsc::UnboundedReceiver<RouteChange>,
-    persist: mpsc::Sender<EndpointEvent>,
+    mut persist: RegistrationSender,
     shutdown: CancellationToken,
 ) {
     let mut routes: HashMap<String, mpsc::UnboundedSender<RoutedMessage>> = HashMap::new();
@@ -390,11 +434,11 @@ async fn sip_task(
                 endpoint.handle_transport_error(Instant::now(), t.peer);
             }
         }
+        // Waits while the writer is behind: backpressure, never loss
+        // (SPEC §5 "none is ever dropped").
         while let Some(ev) = endpoint.poll_event() {
-            if persist.try_send(ev).is_err() {
-                tracing::warn!(
-                    "registration persistence is falling behind; a binding change was not saved"
-                );
+            if let Err(e) = persist.send(changes_from_event(ev)).await {
+                tracing::error!(error = %e, "a binding change was not saved");
             }
         }
     }
@@ -419,25 +463,24 @@ fn apply_routes(
     }
 }
 
-/// Saves registrar changes so a restart keeps the bindings.
-async fn persist_task(store: Store, mut events: mpsc::Receiver<EndpointEvent>) {
-    while let Some(ev) = events.recv().await {
-        match ev {
-            EndpointEvent::BindingsChanged {
-                upserted, removed, ..
-            } => {
-                for b in removed {
-                    if let Err(e) = store.delete_registration(&b.aor, &b.contact).await {
-                        tracing::warn!(error = %e, aor = %b.aor, "could not delete a registration");
-                    }
-                }
-                for b in upserted {
-                    if let Err(e) = store.upsert_registration(&row_from_binding(&b)).await {
-                        tracing::warn!(error = %e, aor = %b.aor, "could not save a registration");
-                    }
-                }
-            }
-        }
+/// The rows a registrar event changes: upserts for added or refreshed
+/// bindings, removals for gone ones (RFC 3261 §10.3).
+fn changes_from_event(ev: EndpointEvent) -> Vec<RegistrationChange> {
+    match ev {
+        EndpointEvent::BindingsChanged {
+            upserted, removed, ..
+        } => removed
+            .into_iter()
+            .map(|b| RegistrationChange::Remove {
+                aor: b.aor,
+                contact: b.contact,
+            })
+            .chain(
+                upserted
+                    .iter()
+                    .map(|b| RegistrationChange::Upsert(row_from_binding(b))),
+            )
+            .collect(),
     }
 }
 

@@ -390,3 +390,215 @@ async fn fixtures_load_on_every_backend() {
         db.cleanup().await;
     }
 }
+
+fn binding(aor: &str, contact: &str, cseq: i64) -> Registration {
+    Registration {
+        aor: aor.into(),
+        contact: contact.into(),
+        expires_ms: 9_000_000_000_000,
+        call_id: format!("{aor}-call"),
+        cseq,
+        q: (cseq % 2 == 0).then_some(0.5),
+        transport: "udp".into(),
+        source: "127.0.0.1:5062".into(),
+    }
+}
+
+/// Batches larger than one multi-row statement, removals and refreshes in
+/// one transaction (DESIGN.md "Writes leave the signalling path in batches").
+async fn registration_batches(store: &Store, backend: &str) {
+    use powerdial::store::RegistrationBatch;
+
+    let first = RegistrationBatch {
+        upserts: (0..2_500)
+            .map(|i| binding(&format!("a{i}"), &format!("sip:a{i}@h"), 1))
+            .collect(),
+        removals: vec![("nobody".into(), "sip:nobody@h".into())],
+    };
+    store.save_registrations(&first).await.unwrap();
+    assert_eq!(
+        store.load_registrations().await.unwrap().len(),
+        2_500,
+        "{backend}"
+    );
+
+    let second = RegistrationBatch {
+        upserts: (0..1_200)
+            .map(|i| binding(&format!("a{i}"), &format!("sip:a{i}@h"), 2))
+            .collect(),
+        removals: (2_000..2_500)
+            .map(|i| (format!("a{i}"), format!("sip:a{i}@h")))
+            .collect(),
+    };
+    store.save_registrations(&second).await.unwrap();
+    let all = store.load_registrations().await.unwrap();
+    assert_eq!(all.len(), 2_000, "{backend}");
+    let by_aor: std::collections::HashMap<&str, &Registration> =
+        all.iter().map(|r| (r.aor.as_str(), r)).collect();
+    assert_eq!(*by_aor["a7"], binding("a7", "sip:a7@h", 2), "{backend}");
+    assert_eq!(
+        *by_aor["a1500"],
+        binding("a1500", "sip:a1500@h", 1),
+        "{backend}"
+    );
+    assert!(!by_aor.contains_key("a2000"), "{backend}");
+    store
+        .save_registrations(&RegistrationBatch::default())
+        .await
+        .unwrap();
+}
+
+/// The writer task: every change handed to it is on disk once its senders
+/// are gone (the flush a graceful shutdown relies on), with the last
+/// change per (aor, contact) winning.
+async fn registration_writer_flushes(store: &Store, backend: &str) {
+    use powerdial::store::registration_writer::{self, RegistrationChange};
+
+    let (mut tx, rx) = registration_writer::channel();
+    let writer = tokio::spawn(registration_writer::run_writer(store.clone(), rx));
+    for round in 1..=3 {
+        for i in 0..3_000 {
+            let change = if round == 3 && i % 3 == 0 {
+                RegistrationChange::Remove {
+                    aor: format!("w{i}"),
+                    contact: format!("sip:w{i}@h"),
+                }
+            } else {
+                RegistrationChange::Upsert(binding(&format!("w{i}"), &format!("sip:w{i}@h"), round))
+            };
+            tx.send(vec![change]).await.unwrap();
+        }
+    }
+    drop(tx);
+    tokio::time::timeout(std::time::Duration::from_secs(30), writer)
+        .await
+        .expect("the writer returns once its senders are gone")
+        .unwrap();
+    let all = store.load_registrations().await.unwrap();
+    assert_eq!(all.len(), 2_000, "{backend}");
+    assert!(
+        all.iter().all(|r| r.cseq == 3),
+        "{backend}: last write wins"
+    );
+}
+
+/// A writer with nothing pending returns as soon as its senders are gone
+/// (a shutdown with no registration traffic does not wait).
+async fn idle_registration_writer_stops(store: &Store) {
+    use powerdial::store::registration_writer;
+
+    let (tx, rx) = registration_writer::channel();
+    let writer = tokio::spawn(registration_writer::run_writer(store.clone(), rx));
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    drop(tx);
+    tokio::time::timeout(std::time::Duration::from_secs(5), writer)
+        .await
+        .expect("an idle writer stops at once")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn registration_batches_on_every_backend() {
+    for db in common::all_dbs("registration_batches_on_every_backend").await {
+        let backend = db.backend;
+        registration_batches(&db.store, backend).await;
+        db.cleanup().await;
+    }
+    for db in common::all_dbs("registration_writer_on_every_backend").await {
+        let backend = db.backend;
+        idle_registration_writer_stops(&db.store).await;
+        registration_writer_flushes(&db.store, backend).await;
+        db.cleanup().await;
+    }
+}
+
+/// Backpressure, not loss: while the database is locked the writer's
+/// pending set fills to its bound, then the sender waits; once the lock
+/// goes, everything sent is stored.
+#[tokio::test]
+async fn registration_writer_makes_the_sender_wait_while_the_database_is_busy() {
+    use powerdial::store::registration_writer::{self, RegistrationChange, MAX_PENDING};
+
+    let db = common::sqlite_db().await;
+    let Store::Sqlite(sqlite) = &db.store else {
+        unreachable!("sqlite_db is SQLite")
+    };
+    // Another writer holds SQLite's write lock (as a long import would).
+    let lock = sqlite.begin_write().await.unwrap();
+    let (mut tx, rx) = registration_writer::channel();
+    let writer = tokio::spawn(registration_writer::run_writer(db.store.clone(), rx));
+    let total = MAX_PENDING + 5_000;
+    let sender = tokio::spawn(async move {
+        for i in 0..total {
+            let change =
+                RegistrationChange::Upsert(binding(&format!("p{i}"), &format!("sip:p{i}@h"), 1));
+            tx.send(vec![change]).await.unwrap();
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    assert!(
+        !sender.is_finished(),
+        "the sender waits while the writer cannot commit"
+    );
+    lock.rollback().await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(30), sender)
+        .await
+        .expect("the sender resumes once the database is free")
+        .unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(30), writer)
+        .await
+        .expect("the writer flushes and stops")
+        .unwrap();
+    assert_eq!(db.store.load_registrations().await.unwrap().len(), total);
+    db.cleanup().await;
+}
+
+/// The do-not-call list on both backends (SPEC §4): a number and a prefix
+/// match what they cover and nothing else; paging in number order; delete.
+#[tokio::test]
+async fn do_not_call_list_on_every_backend() {
+    use powerdial::leads::dnc::DncPattern;
+    for db in common::all_dbs("do_not_call_list_on_every_backend").await {
+        let s = &db.store;
+        let p = |t: &str| DncPattern::parse(t, "US").expect("pattern");
+        s.add_dnc(
+            &[
+                (p("+14155550134"), Some("asked".into())),
+                (p("+1900*"), None),
+                (p("+1415555*"), None),
+            ],
+            1_000,
+        )
+        .await
+        .expect("add");
+        // Adding again keeps the entry (and its date), takes a new reason.
+        s.add_dnc(&[(p("+14155550134"), Some("asked twice".into()))], 2_000)
+            .await
+            .expect("add again");
+        let hit = |n: &str| {
+            let n = n.to_string();
+            async move { s.dnc_match(&n).await.expect("match").map(|p| p.to_string()) }
+        };
+        // The number itself before the longest prefix that covers it.
+        assert_eq!(hit("+14155550134").await.as_deref(), Some("+14155550134"));
+        assert_eq!(hit("+19005550100").await.as_deref(), Some("+1900*"));
+        assert_eq!(hit("+14155550199").await.as_deref(), Some("+1415555*"));
+        assert_eq!(hit("+14165550134").await, None, "{}", db.backend);
+        assert_eq!(hit("+1").await, None);
+        let first = s.list_dnc(None, 2).await.expect("list");
+        let names: Vec<&str> = first.iter().map(|e| e.number.as_str()).collect();
+        assert_eq!(names, ["+1415555*", "+14155550134"], "{}", db.backend);
+        assert_eq!(first[1].reason.as_deref(), Some("asked twice"));
+        assert_eq!(first[1].created.timestamp_millis(), 1_000);
+        let rest = s
+            .list_dnc(Some(&p("+14155550134")), 10)
+            .await
+            .expect("list");
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].number, "+1900*");
+        assert!(s.delete_dnc(&p("+1900*")).await.expect("delete"));
+        assert!(!s.delete_dnc(&p("+1900*")).await.expect("delete again"));
+        assert_eq!(hit("+19005550100").await, None);
+        db.cleanup().await;
+    }
+}

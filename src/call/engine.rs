@@ -21,6 +21,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::{
     AgentEvent, AgentLeg, AgentParams, AgentTarget, EndReason, LeadEvent, LeadLeg, LeadParams,
@@ -41,6 +42,13 @@ use crate::store::Store;
 
 /// How long an agent's phone may ring before the agent leg gives up.
 const AGENT_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// After a forced hang-up at the drain deadline, how long the BYE and
+/// CANCEL transactions may take before the agent task ends regardless:
+/// over UDP that is three transmissions (T1 = 0.5 s, RFC 3261 §17.1.2.2),
+/// and legs that only absorb retransmissions (Timers D and K) are not
+/// waited for.
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
 
 /// Why a call engine request failed (the seam with the sessions).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -73,6 +81,10 @@ pub enum CallEngineError {
     /// No `[[trunk]]` is configured.
     #[error("no [[trunk]] is configured")]
     NoTrunk,
+    /// The number is on the do-not-call list (the covering pattern): it
+    /// never reaches the wire (SPEC §4, HTTP 403).
+    #[error("{0} is on the do-not-call list: it is never dialed (remove it with DELETE /api/v1/dnc/NUMBER if it was added by mistake)")]
+    DoNotCall(String),
     /// Every RTP port pair of `server.rtp_ports` is in use (SPEC §4): the
     /// call cannot be set up until calls end (HTTP 503).
     #[error(transparent)]
@@ -246,6 +258,7 @@ pub struct CallEngine {
     agents: Arc<HashMap<String, mpsc::UnboundedSender<Command>>>,
     events: broadcast::Sender<CallEvent>,
     progress: ProgressTable,
+    tasks: TaskTracker,
 }
 
 /// Where the calls placed with [`CallEngine::place_call`] stand, until
@@ -277,6 +290,11 @@ struct Shared {
     ring_timeout: Duration,
     reduced_ring_timeout: Duration,
     max_call_length: Duration,
+    /// How long connected calls may go on after a graceful stop begins.
+    drain_timeout: Duration,
+    /// The agent tasks and the outcome writes: a graceful stop waits for
+    /// all of them, so no call ends without its record.
+    tasks: TaskTracker,
 }
 
 /// Where the engine's tasks get their I/O (built by `server::start`).
@@ -293,8 +311,13 @@ pub struct EngineIo {
     pub relay: MediaRelay,
     /// Our SIP address as written in Via and Contact (`ip:port`).
     pub sent_by: SocketAddr,
-    /// Stops the tasks.
+    /// Stops the tasks at once (after a drain, or when the server fails).
     pub shutdown: CancellationToken,
+    /// Starts a graceful stop: no new calls, ringing leads are cancelled,
+    /// connected calls may finish for `server.drain_timeout`, then BYE.
+    pub drain: CancellationToken,
+    /// Ends the drain now (a second SIGTERM): BYE and CANCEL everything.
+    pub hurry: CancellationToken,
 }
 
 /// Why the engine could not be built from the configuration.
@@ -366,19 +389,34 @@ impl CallEngine {
             ring_timeout: config.dialer.ring_timeout.0,
             reduced_ring_timeout: config.dialer.reduced_ring_timeout.0,
             max_call_length: config.dialer.max_call_length.0,
+            drain_timeout: config.drain_timeout,
+            tasks: TaskTracker::new(),
         });
         let mut agents = HashMap::new();
         for a in &config.agents {
             let (tx, rx) = mpsc::unbounded_channel();
             agents.insert(a.username.clone(), tx);
             let task = AgentTask::new(a.username.clone(), shared.clone());
-            tokio::spawn(task.run(rx, io.shutdown.clone()));
+            shared.tasks.spawn(task.run(
+                rx,
+                io.shutdown.clone(),
+                io.drain.clone(),
+                io.hurry.clone(),
+            ));
         }
         Ok(CallEngine {
             agents: Arc::new(agents),
             events,
             progress,
+            tasks: shared.tasks.clone(),
         })
+    }
+
+    /// Resolves once every agent task has ended its calls and every call
+    /// outcome is stored (after [`EngineIo::drain`] or `shutdown`).
+    pub async fn drained(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 
     fn agent(&self, agent: &str) -> Result<&mpsc::UnboundedSender<Command>, CallEngineError> {
@@ -584,6 +622,11 @@ struct AgentTask {
     /// signalling the same way while a new one rings the phone.
     closing_agent: Vec<AgentLeg>,
     sdp_version: u64,
+    /// A graceful stop began: connected calls end by this instant.
+    drain_deadline: Option<Instant>,
+    /// The drain deadline passed (or a second signal came): everything
+    /// was hung up.
+    forced: bool,
 }
 
 async fn media_event(rx: &mut Option<mpsc::UnboundedReceiver<MediaEvent>>) -> Option<MediaEvent> {
@@ -625,6 +668,8 @@ impl AgentTask {
             closing: Vec::new(),
             closing_agent: Vec::new(),
             sdp_version: epoch_ms(SystemTime::now()).unsigned_abs(),
+            drain_deadline: None,
+            forced: false,
         }
     }
 
@@ -634,6 +679,9 @@ impl AgentTask {
         all.extend(self.lead.as_ref().and_then(|l| l.leg.poll_timeout()));
         all.extend(self.closing.iter().filter_map(|l| l.poll_timeout()));
         all.extend(self.closing_agent.iter().filter_map(|l| l.poll_timeout()));
+        if let Some(d) = self.drain_deadline {
+            all.push(if self.forced { d + DRAIN_GRACE } else { d });
+        }
         all.into_iter().min()
     }
 
@@ -641,6 +689,8 @@ impl AgentTask {
         mut self,
         mut commands: mpsc::UnboundedReceiver<Command>,
         stop: CancellationToken,
+        drain: CancellationToken,
+        hurry: CancellationToken,
     ) {
         let mut failures = self.shared.transport.subscribe_failures();
         loop {
@@ -654,6 +704,12 @@ impl AgentTask {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => return,
+                _ = drain.cancelled(), if self.drain_deadline.is_none() => {
+                    self.begin_drain(Instant::now());
+                }
+                _ = hurry.cancelled(), if self.drain_deadline.is_some() && !self.forced => {
+                    self.force_end(Instant::now());
+                }
                 _ = timer => self.on_timeout(Instant::now()),
                 msg = self.sip_rx.recv() => {
                     if let Some(m) = msg {
@@ -672,12 +728,78 @@ impl AgentTask {
                     None => return,
                 },
             }
+            if self.drain_deadline.is_some() {
+                self.drain_step(Instant::now());
+            }
             self.flush().await;
             self.start_pending().await;
+            if let Some(d) = self.drain_deadline {
+                // Done when every leg has finished its signalling, or a
+                // grace period after the forced hang-up (a peer that never
+                // answers our BYE must not hold the process).
+                let now = Instant::now();
+                if self.is_idle() || (self.forced && now >= d + DRAIN_GRACE) {
+                    tracing::info!(agent = %self.name, "calls ended: agent stopped");
+                    return;
+                }
+            }
         }
     }
 
+    /// A graceful stop begins (SIGTERM): no new calls; a lead still
+    /// ringing is cancelled (R9: `skipped`), a waiting manual call dropped,
+    /// an idle agent leg hung up; a connected call may go on until the
+    /// drain deadline.
+    fn begin_drain(&mut self, now: Instant) {
+        self.drain_deadline = Some(now + self.shared.drain_timeout);
+        self.abandon_pending("the server is stopping");
+        if let Some(l) = &mut self.lead {
+            if l.leg.record().answered.is_none() {
+                l.leg.hangup(now);
+            }
+        }
+    }
+
+    /// The drain deadline passed or a second signal came: BYE or CANCEL
+    /// every leg now.
+    fn force_end(&mut self, now: Instant) {
+        self.forced = true;
+        self.drain_deadline = Some(now.min(self.drain_deadline.unwrap_or(now)));
+        tracing::info!(agent = %self.name, "stopping: hanging up the calls left");
+        if let Some(l) = &mut self.lead {
+            l.leg.hangup(now);
+        }
+        if let Some(leg) = &mut self.leg {
+            leg.hangup(now);
+        }
+    }
+
+    /// While draining: once no lead call is left, hang up the agent leg.
+    fn drain_step(&mut self, now: Instant) {
+        if self.lead.is_none() {
+            if let Some(leg) = &mut self.leg {
+                if leg.is_connected() || leg.is_inviting() {
+                    leg.hangup(now);
+                }
+            }
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.lead.is_none()
+            && self.pending.is_none()
+            && self.closing.is_empty()
+            && self.closing_agent.is_empty()
+            && self.leg.as_ref().is_none_or(|l| l.is_closed())
+    }
+
     fn on_timeout(&mut self, now: Instant) {
+        if self
+            .drain_deadline
+            .is_some_and(|d| !self.forced && now >= d)
+        {
+            self.force_end(now);
+        }
         if let Some(l) = &mut self.lead {
             if l.leg.poll_timeout().is_some_and(|d| d <= now) {
                 l.leg.handle_timeout(now);
@@ -778,6 +900,28 @@ impl AgentTask {
 
     async fn on_command(&mut self, cmd: Command) {
         let now = Instant::now();
+        if self.drain_deadline.is_some() {
+            // Stopping: nothing new starts (SPEC §1; a restart resumes).
+            match cmd {
+                Command::Connect(reply) => {
+                    let _ = reply.send(Err(CallEngineError::Stopped));
+                    return;
+                }
+                Command::Dial(_, reply) => {
+                    let _ = reply.send(Err(CallEngineError::Stopped));
+                    return;
+                }
+                Command::Place(_, reply) => {
+                    let _ = reply.send(Err(CallEngineError::Stopped));
+                    return;
+                }
+                other => return self.on_command_now(now, other).await,
+            }
+        }
+        self.on_command_now(now, cmd).await
+    }
+
+    async fn on_command_now(&mut self, now: Instant, cmd: Command) {
         match cmd {
             Command::Connect(reply) => self.connect(now, reply).await,
             Command::Dial(req, reply) => {
@@ -947,13 +1091,29 @@ impl AgentTask {
         let Some((_, _, allow)) = &shared.trunk else {
             return Err(CallEngineError::NoTrunk);
         };
-        let number = dialable(&self.shared, allow, &req.number);
+        let e164 = dialable(&self.shared, allow, &req.number);
+        // SPEC §4: a number on the do-not-call list never reaches the wire;
+        // the list is asked at every dial, so an entry added on any
+        // instance holds on all of them.
+        let dnc = match &e164 {
+            Some(n) => self
+                .shared
+                .store
+                .dnc_match(n)
+                .await
+                .map_err(|e| CallEngineError::Store(e.to_string()))?,
+            None => None,
+        };
+        if let Some(p) = &dnc {
+            tracing::info!(agent = %self.name, number = %req.number, pattern = %p, "on the do-not-call list: restricted, not dialed");
+        }
+        let number = e164.clone().filter(|_| dnc.is_none());
         let anchor = Anchor::now();
         let new = NewCall {
             session_id: req.session_id,
             lead_id: req.lead_id,
             agent: Some(self.name.clone()),
-            number: number.clone().unwrap_or_else(|| req.number.clone()),
+            number: e164.unwrap_or_else(|| req.number.clone()),
             started_ms: epoch_ms(anchor.1),
             answered_ms: None,
             ended_ms: None,
@@ -1015,6 +1175,16 @@ impl AgentTask {
             // R11: never on the wire, and no reason to ring the agent for it.
             return self.place_restricted(&req, anchor).await;
         };
+        if let Some(p) = self
+            .shared
+            .store
+            .dnc_match(&number)
+            .await
+            .map_err(|e| CallEngineError::Store(e.to_string()))?
+        {
+            tracing::info!(agent = %self.name, %number, pattern = %p, "manual call refused: on the do-not-call list");
+            return Err(CallEngineError::DoNotCall(p.to_string()));
+        }
         self.retire_ending_agent_leg();
         if self
             .leg
@@ -1659,7 +1829,8 @@ fn spawn_finish(
     sip_status: Option<u16>,
     manual: bool,
 ) {
-    tokio::spawn(async move {
+    let tasks = shared.tasks.clone();
+    tasks.spawn(async move {
         if let Err(e) = shared.store.finish_call(call_id, &end).await {
             tracing::error!(error = %e, call_id, "call outcome not stored");
         }

@@ -1,7 +1,12 @@
 //! Bearer-token authentication of `/api` (SPEC §4: `Authorization: Bearer
-//! TOKEN`), compared in constant time.
+//! TOKEN`), compared in constant time, with failed sign-ins limited per
+//! client address so a token cannot be guessed at network speed.
 
-use axum::extract::{Request, State};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -19,9 +24,74 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     bool::from(ha.as_slice().ct_eq(hb.as_slice()))
 }
 
+/// Failed sign-ins one address may make within [`FAILURE_WINDOW`].
+pub const MAX_FAILURES: u32 = 10;
+/// The window failures are counted in; an address that reaches
+/// [`MAX_FAILURES`] is refused until its window ends.
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Addresses tracked at once; beyond it the expired ones are dropped first
+/// and, if none has expired, the newest failures are not counted (memory
+/// stays bounded under a flood from many addresses).
+pub const MAX_TRACKED: usize = 65_536;
+
+/// Failed sign-ins per client address (sans-IO: the caller passes `now`).
+#[derive(Debug, Default)]
+pub struct FailedLogins {
+    by_addr: HashMap<IpAddr, (Instant, u32)>,
+}
+
+impl FailedLogins {
+    /// How long `addr` must still wait, if it used up its failures.
+    pub fn locked_for(&self, addr: IpAddr, now: Instant) -> Option<Duration> {
+        let &(start, n) = self.by_addr.get(&addr)?;
+        let left = (start + FAILURE_WINDOW).checked_duration_since(now)?;
+        (n >= MAX_FAILURES && !left.is_zero()).then_some(left)
+    }
+
+    /// Counts a failure; true when this one locks the address out.
+    pub fn record_failure(&mut self, addr: IpAddr, now: Instant) -> bool {
+        if !self.by_addr.contains_key(&addr) && self.by_addr.len() >= MAX_TRACKED {
+            self.by_addr
+                .retain(|_, (start, _)| now.duration_since(*start) < FAILURE_WINDOW);
+            if self.by_addr.len() >= MAX_TRACKED {
+                return false;
+            }
+        }
+        let entry = self.by_addr.entry(addr).or_insert((now, 0));
+        if now.duration_since(entry.0) >= FAILURE_WINDOW {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+        entry.1 == MAX_FAILURES
+    }
+}
+
 /// Middleware: lets a request through only with the admin token. An empty
-/// configured token lets nobody in rather than everybody.
+/// configured token lets nobody in rather than everybody. An address with
+/// [`MAX_FAILURES`] failed sign-ins in [`FAILURE_WINDOW`] gets 429 until
+/// the window ends, right token or not. The client address comes from the
+/// connection (`ConnectInfo`, as `server.rs` serves); without it (an
+/// in-process router in tests) nothing is counted.
+#[allow(clippy::disallowed_methods)] // a driver: the limiter's clock.
 pub async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let addr = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let now = Instant::now();
+    if let Some(addr) = addr {
+        let locked = state
+            .login_failures
+            .lock()
+            .ok()
+            .and_then(|f| f.locked_for(addr, now));
+        if let Some(left) = locked {
+            return ApiError::TooManyFailures {
+                retry_after_s: u32::try_from(left.as_secs().max(1)).unwrap_or(u32::MAX),
+            }
+            .into_response();
+        }
+    }
     let given = req
         .headers()
         .get(AUTHORIZATION)
@@ -37,13 +107,69 @@ pub async fn require_token(State(state): State<AppState>, req: Request, next: Ne
         {
             next.run(req).await
         }
-        _ => ApiError::Unauthorized.into_response(),
+        _ => {
+            if let Some(addr) = addr {
+                let locked_now = state
+                    .login_failures
+                    .lock()
+                    .map(|mut f| f.record_failure(addr, now))
+                    .unwrap_or(false);
+                if locked_now {
+                    // The token itself is never logged.
+                    tracing::warn!(%addr, failures = MAX_FAILURES, "too many failed sign-ins: address refused for the rest of the minute");
+                }
+            }
+            ApiError::Unauthorized.into_response()
+        }
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // one real instant as the simulated clock's origin
 mod tests {
-    use super::constant_time_eq;
+    use super::*;
+
+    #[test]
+    fn an_address_is_locked_after_its_failures_until_the_window_ends() {
+        let t0 = Instant::now();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let mut f = FailedLogins::default();
+        for i in 0..MAX_FAILURES - 1 {
+            assert!(!f.record_failure(a, t0 + Duration::from_secs(u64::from(i))));
+            assert_eq!(
+                f.locked_for(a, t0 + Duration::from_secs(u64::from(i))),
+                None
+            );
+        }
+        let last = t0 + Duration::from_secs(20);
+        assert!(f.record_failure(a, last), "the tenth failure locks");
+        assert_eq!(f.locked_for(a, last), Some(Duration::from_secs(40)));
+        assert_eq!(f.locked_for(b, last), None, "other addresses unaffected");
+        let end = t0 + FAILURE_WINDOW;
+        assert_eq!(f.locked_for(a, end), None, "free when the window ends");
+        assert!(
+            !f.record_failure(a, end),
+            "a new window starts counting at 1"
+        );
+        assert_eq!(f.locked_for(a, end), None);
+    }
+
+    #[test]
+    fn tracking_is_bounded() {
+        let t0 = Instant::now();
+        let mut f = FailedLogins::default();
+        for i in 0..MAX_TRACKED as u32 {
+            f.record_failure(IpAddr::from(i.to_be_bytes()), t0);
+        }
+        assert_eq!(f.by_addr.len(), MAX_TRACKED);
+        let late: IpAddr = "198.51.100.7".parse().unwrap();
+        f.record_failure(late, t0);
+        assert_eq!(f.by_addr.len(), MAX_TRACKED, "full: not counted, not grown");
+        // Once the old entries expire they make room.
+        f.record_failure(late, t0 + FAILURE_WINDOW);
+        assert_eq!(f.by_addr.len(), 1);
+    }
 
     #[test]
     fn compares_whole_tokens() {

@@ -67,6 +67,19 @@ pub enum ApiError {
         /// Seconds after which a retry may succeed.
         retry_after_s: u32,
     },
+    /// 429: too many failed sign-ins from this address; `Retry-After`
+    /// says when it may try again (RFC 6585 §4).
+    #[error("too many failed sign-ins from this address: try again in {retry_after_s} s")]
+    TooManyFailures {
+        /// Seconds until the address may try again.
+        retry_after_s: u32,
+    },
+    /// 409: a request with this `Idempotency-Key` is still running.
+    #[error("a request with this Idempotency-Key is still being processed: retry in a moment")]
+    IdempotencyInFlight,
+    /// 422: this `Idempotency-Key` was used for a different request.
+    #[error("this Idempotency-Key was already used for a different request: use a new key for a new request")]
+    IdempotencyKeyReused,
     /// 500: anything else. The cause is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -93,6 +106,9 @@ impl ApiError {
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooManyFailures { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::IdempotencyInFlight => StatusCode::CONFLICT,
+            ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -117,6 +133,9 @@ impl ApiError {
                 _ => "internal",
             },
             ApiError::Unavailable { code, .. } => code,
+            ApiError::TooManyFailures { .. } => "too_many_failures",
+            ApiError::IdempotencyInFlight => "idempotency_key_in_flight",
+            ApiError::IdempotencyKeyReused => "idempotency_key_reused",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -159,7 +178,9 @@ impl IntoResponse for ApiError {
             body["error"]["field"] = json!(v.field);
         }
         let mut response = (status, Json(body)).into_response();
-        if let ApiError::Unavailable { retry_after_s, .. } = &self {
+        if let ApiError::Unavailable { retry_after_s, .. }
+        | ApiError::TooManyFailures { retry_after_s } = &self
+        {
             response
                 .headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from(*retry_after_s));

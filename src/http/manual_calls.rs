@@ -110,6 +110,8 @@ pub enum CallApiError {
     Api(ApiError),
     /// 409 with a message for the user.
     Conflict(String),
+    /// 403: the number is on the do-not-call list (SPEC §4).
+    Forbidden(String),
 }
 
 impl From<ApiError> for CallApiError {
@@ -144,6 +146,7 @@ impl From<CallEngineError> for CallApiError {
                 ),
                 retry_after_s: RTP_PORTS_RETRY_AFTER_S,
             }),
+            e @ CallEngineError::DoNotCall(_) => CallApiError::Forbidden(e.to_string()),
             e @ (CallEngineError::Declined(_)
             | CallEngineError::AgentLegEnding
             | CallEngineError::Timeout
@@ -162,6 +165,11 @@ impl IntoResponse for CallApiError {
             CallApiError::Conflict(message) => (
                 StatusCode::CONFLICT,
                 Json(json!({"error": {"code": "conflict", "message": message}})),
+            )
+                .into_response(),
+            CallApiError::Forbidden(message) => (
+                StatusCode::FORBIDDEN,
+                Json(json!({"error": {"code": "do_not_call", "message": message}})),
             )
                 .into_response(),
         }

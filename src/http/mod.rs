@@ -8,8 +8,10 @@ pub mod admin_token;
 pub mod agents;
 pub mod auth;
 pub mod calls;
+pub mod dnc;
 pub mod error;
 pub mod events;
+pub mod idempotency;
 pub mod json;
 pub mod leads;
 pub mod manual_calls;
@@ -55,6 +57,10 @@ pub struct AppState {
     pub calls: Option<crate::call::engine::CallEngine>,
     /// The dialer sessions (SPEC §1–§2); `None` when the API runs without them.
     pub sessions: Option<crate::dialer::directory::Sessions>,
+    /// Failed sign-ins per client address ([`auth::require_token`]).
+    pub login_failures: Arc<std::sync::Mutex<auth::FailedLogins>>,
+    /// Responses remembered by `Idempotency-Key` ([`idempotency`]).
+    pub idempotency: Arc<std::sync::Mutex<idempotency::IdempotencyCache>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -81,6 +87,8 @@ impl AppState {
             agents: Arc::from(Vec::new()),
             calls: None,
             sessions: None,
+            login_failures: Arc::default(),
+            idempotency: Arc::default(),
         }
     }
 
@@ -155,6 +163,7 @@ pub fn api_routes() -> Router<AppState> {
         .route("/api/v1/agents", get(agents::list))
         .route("/api/v1/agents/{username}", get(agents::get))
         .merge(calls::routes())
+        .merge(dnc::routes())
 }
 
 /// `GET /healthz`: the server answers (open, no token).
@@ -181,10 +190,16 @@ async fn wrong_method() -> ApiError {
 /// (the CSV import to [`IMPORT_BODY_LIMIT`]), unknown routes answered
 /// with a JSON 404.
 pub fn router(state: AppState) -> Router {
-    let api = api_routes().route_layer(axum::middleware::from_fn_with_state(
-        state.clone(),
-        auth::require_token,
-    ));
+    // Layers run outside in: the token first, then Idempotency-Key.
+    let api = api_routes()
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::idempotent_post,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/api/v1/openapi.json", get(openapi::serve))

@@ -2,6 +2,7 @@
 //! streaming CSV import (SPEC §4). The Smart View language lives in
 //! `leads::query`.
 
+pub mod dnc;
 pub mod import;
 pub mod model;
 pub mod phone;

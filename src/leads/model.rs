@@ -64,6 +64,9 @@ pub enum ValidationReason {
     /// A string longer than the limit.
     #[error("longer than {0} characters")]
     TooLong(usize),
+    /// Not a number or number prefix for the do-not-call list.
+    #[error("{0}")]
+    DncPattern(#[from] super::dnc::DncPatternError),
 }
 
 impl ValidationError {

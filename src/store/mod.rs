@@ -8,9 +8,11 @@
 //! are runtime queries, so building needs no database. Times are epoch
 //! milliseconds in the database and [`chrono::DateTime<Utc>`] in the model.
 
+mod dnc;
 #[macro_use]
 mod methods;
 pub mod postgres;
+pub mod registration_writer;
 pub mod sqlite;
 pub mod views;
 
@@ -19,7 +21,9 @@ use crate::leads::model::{
     Opportunity, Registration, SmartView, ValidLead, ValidOpportunity, ValidPatch,
 };
 
+use crate::leads::dnc::{DncEntry, DncPattern};
 pub use postgres::PgStore;
+pub use registration_writer::RegistrationBatch;
 pub use sqlite::SqliteStore;
 pub use views::{ViewError, MAX_QUERY_BYTES};
 
@@ -334,6 +338,17 @@ impl Store {
         dispatch!(self, s => s.upsert_registration(reg).await)
     }
 
+    /// Writes one batch of binding changes in one transaction with
+    /// multi-row statements: upserts keyed by `(aor, contact)` (RFC 3261
+    /// §10.3 step 7) and deletions of removed contacts; all or nothing.
+    /// The batch writer's commit ([`registration_writer`]).
+    pub async fn save_registrations(&self, batch: &RegistrationBatch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        dispatch!(self, s => s.save_registrations(batch).await)
+    }
+
     /// Removes one binding (`Expires: 0` on a Contact); whether it existed.
     pub async fn delete_registration(&self, aor: &str, contact: &str) -> Result<bool, StoreError> {
         dispatch!(self, s => s.delete_registration(aor, contact).await)
@@ -348,6 +363,56 @@ impl Store {
     /// Removes bindings that expired at or before `now_ms`; how many.
     pub async fn delete_expired_registrations(&self, now_ms: i64) -> Result<u64, StoreError> {
         dispatch!(self, s => s.delete_expired_registrations(now_ms).await)
+    }
+
+    /// Adds patterns to the do-not-call list (SPEC §4); existing ones keep
+    /// their entry, with the new reason when one is given.
+    pub async fn add_dnc(
+        &self,
+        entries: &[(DncPattern, Option<String>)],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => dnc::add(s.pool(), entries, now_ms).await)
+    }
+
+    /// One page of the do-not-call list in pattern order, after `after`.
+    pub async fn list_dnc(
+        &self,
+        after: Option<&DncPattern>,
+        limit: i64,
+    ) -> Result<Vec<DncEntry>, StoreError> {
+        let rows = dispatch!(self, s => dnc::list(s.pool(), after, limit).await)?;
+        Ok(rows
+            .into_iter()
+            .map(|(p, reason, created_ms)| DncEntry {
+                number: p.to_string(),
+                reason,
+                created: crate::leads::model::ms_to_time(created_ms),
+            })
+            .collect())
+    }
+
+    /// One do-not-call entry, if the pattern is on the list.
+    pub async fn get_dnc(&self, p: &DncPattern) -> Result<Option<DncEntry>, StoreError> {
+        let row = dispatch!(self, s => dnc::get(s.pool(), p).await)?;
+        Ok(row.map(|(reason, created_ms)| DncEntry {
+            number: p.to_string(),
+            reason,
+            created: crate::leads::model::ms_to_time(created_ms),
+        }))
+    }
+
+    /// Removes a pattern from the do-not-call list; whether it was there.
+    pub async fn delete_dnc(&self, p: &DncPattern) -> Result<bool, StoreError> {
+        dispatch!(self, s => dnc::delete(s.pool(), p).await)
+    }
+
+    /// The do-not-call pattern covering an E.164 number, if any (the number
+    /// itself before the longest covering prefix). Asked
+    /// before every dial, so a number added on any instance is never dialed
+    /// by another (R13's shared database).
+    pub async fn dnc_match(&self, e164: &str) -> Result<Option<DncPattern>, StoreError> {
+        dispatch!(self, s => dnc::matching(s.pool(), e164).await)
     }
 
     /// Every stored binding, for the registrar to load at start.

@@ -40,3 +40,58 @@ impl PgStore {
 }
 
 store_methods!(PgStore, PgConnection, PgRow);
+
+impl PgStore {
+    /// Writes a batch of binding changes in one transaction, one statement
+    /// per kind whatever the batch size: the rows travel as arrays and
+    /// `UNNEST` turns them back into rows (see
+    /// [`super::Store::save_registrations`]).
+    pub(crate) async fn save_registrations(
+        &self,
+        batch: &super::RegistrationBatch,
+    ) -> Result<(), super::StoreError> {
+        use super::{Entity, StoreError};
+
+        let mut tx = self.begin_write().await?;
+        if !batch.removals.is_empty() {
+            let (aors, contacts): (Vec<&str>, Vec<&str>) = batch
+                .removals
+                .iter()
+                .map(|(a, c)| (a.as_str(), c.as_str()))
+                .unzip();
+            sqlx::query(
+                "DELETE FROM registrations r \
+                 USING UNNEST($1::text[], $2::text[]) AS d(aor, contact) \
+                 WHERE r.aor = d.aor AND r.contact = d.contact",
+            )
+            .bind(aors)
+            .bind(contacts)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !batch.upserts.is_empty() {
+            let u = &batch.upserts;
+            sqlx::query(
+                "INSERT INTO registrations (aor, contact, expires_ms, call_id, cseq, q, transport, source) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::int8[], \
+                 $6::float8[], $7::text[], $8::text[]) \
+                 ON CONFLICT (aor, contact) DO UPDATE SET expires_ms = excluded.expires_ms, \
+                 call_id = excluded.call_id, cseq = excluded.cseq, q = excluded.q, \
+                 transport = excluded.transport, source = excluded.source",
+            )
+            .bind(u.iter().map(|r| r.aor.as_str()).collect::<Vec<_>>())
+            .bind(u.iter().map(|r| r.contact.as_str()).collect::<Vec<_>>())
+            .bind(u.iter().map(|r| r.expires_ms).collect::<Vec<_>>())
+            .bind(u.iter().map(|r| r.call_id.as_str()).collect::<Vec<_>>())
+            .bind(u.iter().map(|r| r.cseq).collect::<Vec<_>>())
+            .bind(u.iter().map(|r| r.q).collect::<Vec<_>>())
+            .bind(u.iter().map(|r| r.transport.as_str()).collect::<Vec<_>>())
+            .bind(u.iter().map(|r| r.source.as_str()).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, Entity::Registration, "batch"))?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}

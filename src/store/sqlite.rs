@@ -90,3 +90,56 @@ impl SqliteStore {
 }
 
 store_methods!(SqliteStore, SqliteConnection, SqliteRow);
+
+/// Rows per multi-row statement: 8 parameters a row stays well under
+/// SQLite's 32,766 bound parameters.
+const REGISTRATION_ROWS: usize = 1_000;
+
+impl SqliteStore {
+    /// Writes a batch of binding changes in one write transaction with
+    /// multi-row statements (see [`super::Store::save_registrations`]).
+    pub(crate) async fn save_registrations(
+        &self,
+        batch: &super::RegistrationBatch,
+    ) -> Result<(), super::StoreError> {
+        use super::{Entity, StoreError};
+        use sqlx::QueryBuilder;
+
+        let mut tx = self.begin_write().await?;
+        for chunk in batch.removals.chunks(REGISTRATION_ROWS) {
+            let mut q: QueryBuilder<'_, sqlx::Sqlite> =
+                QueryBuilder::new("DELETE FROM registrations WHERE (aor, contact) IN (");
+            q.push_values(chunk, |mut row, (aor, contact)| {
+                row.push_bind(aor.as_str()).push_bind(contact.as_str());
+            });
+            q.push(")");
+            q.build().execute(&mut *tx).await?;
+        }
+        for chunk in batch.upserts.chunks(REGISTRATION_ROWS) {
+            let mut q: QueryBuilder<'_, sqlx::Sqlite> = QueryBuilder::new(
+                "INSERT INTO registrations (aor, contact, expires_ms, call_id, cseq, q, transport, source) ",
+            );
+            q.push_values(chunk, |mut row, r| {
+                row.push_bind(r.aor.as_str())
+                    .push_bind(r.contact.as_str())
+                    .push_bind(r.expires_ms)
+                    .push_bind(r.call_id.as_str())
+                    .push_bind(r.cseq)
+                    .push_bind(r.q)
+                    .push_bind(r.transport.as_str())
+                    .push_bind(r.source.as_str());
+            });
+            q.push(
+                " ON CONFLICT (aor, contact) DO UPDATE SET expires_ms = excluded.expires_ms, \
+                 call_id = excluded.call_id, cseq = excluded.cseq, q = excluded.q, \
+                 transport = excluded.transport, source = excluded.source",
+            );
+            q.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| StoreError::from_sqlx(e, Entity::Registration, "batch"))?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -116,12 +116,24 @@ impl App {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Some(resp) = self.udp_exchange(&options_request(self.sip, "ready"), 200) {
-                if resp.starts_with("SIP/2.0 200") {
+                // The HTTP API binds after the SIP task starts.
+                if resp.starts_with("SIP/2.0 200") && self.http_is_up(deadline) {
                     return;
                 }
             }
         }
         panic!("powerdial did not come up; log:\n{}", self.log_text());
+    }
+
+    /// Waits until the HTTP API accepts connections, or `deadline`.
+    fn http_is_up(&self, deadline: Instant) -> bool {
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(self.http).is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
     }
 
     /// Stops the server and starts it again on the same config and data
@@ -138,6 +150,18 @@ impl App {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.respawn();
+    }
+
+    /// Kills the server with SIGKILL (a crash: nothing is flushed) and
+    /// starts it again on the same config and data.
+    pub fn kill_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.respawn();
+    }
+
+    fn respawn(&mut self) {
         let log_file = std::fs::OpenOptions::new()
             .append(true)
             .open(&self.log)
@@ -153,6 +177,22 @@ impl App {
             .spawn()
             .expect("respawn powerdial");
         self.wait_ready();
+    }
+
+    /// Sends SIGTERM (a graceful stop) and waits up to `within` for the
+    /// process to exit; its exit status, `None` if it did not exit.
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// The server's log so far (for assertion messages).
@@ -230,13 +270,14 @@ fn rand_u16() -> u16 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
-/// [`http_request`] with the response's header block too (status line
-/// and headers, as received).
-pub fn http_request_with_headers(
+/// One HTTP/1.1 request (Connection: close) with `extra` header lines
+/// (each ending in CRLF); (status, header block, body).
+pub fn http_exchange(
     addr: SocketAddr,
     method: &str,
     path: &str,
     token: Option<&str>,
+    extra: &str,
     body: Option<&str>,
 ) -> (u16, String, String) {
     let mut s = std::net::TcpStream::connect(addr).expect("connect http");
@@ -246,7 +287,7 @@ pub fn http_request_with_headers(
         .unwrap_or_default();
     let body = body.unwrap_or("");
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).expect("write http");
@@ -261,7 +302,18 @@ pub fn http_request_with_headers(
     (status, head.to_string(), body.to_string())
 }
 
-/// A tiny blocking HTTP/1.1 client (Connection: close).
+/// [`http_exchange`] without extra headers, keeping the header block.
+pub fn http_request_with_headers(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String, String) {
+    http_exchange(addr, method, path, token, "", body)
+}
+
+/// A tiny blocking HTTP/1.1 client (Connection: close): (status, body).
 pub fn http_request(
     addr: SocketAddr,
     method: &str,
@@ -269,29 +321,7 @@ pub fn http_request(
     token: Option<&str>,
     body: Option<&str>,
 ) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect http");
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let body = body.unwrap_or("");
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).expect("write http");
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok();
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|x| x.1)
-        .unwrap_or("")
-        .to_string();
+    let (status, _, body) = http_exchange(addr, method, path, token, "", body);
     (status, body)
 }
 

@@ -3,14 +3,18 @@
 
 #![allow(clippy::disallowed_methods)] // A driver of real processes: deadlines need the clock.
 
+mod api_auth;
 mod app;
 mod calls;
 mod calls_failures;
+mod dnc;
 mod openapi;
 mod peers;
 mod phones;
 mod register;
+mod register_load;
 mod sessions;
+mod shutdown;
 #[path = "../common/skip.rs"]
 mod skip;
 mod torture;

@@ -242,3 +242,79 @@ pub(crate) fn agent_status(path: &Path) -> Value {
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or(Value::Null)
 }
+
+/// A scripted PJSIP carrier (tests/peers/pj_carrier.py) on a free port,
+/// ready to answer; its events file is in `dir`.
+pub(crate) struct Carrier {
+    _peer: Peer,
+    /// Its UDP port on 127.0.0.1.
+    pub port: u16,
+    /// One JSON line per INVITE, CANCEL, end (see [`carrier_events`]).
+    pub events: std::path::PathBuf,
+}
+
+impl Carrier {
+    /// Starts the carrier for 90 s; with `hold`, it hangs up each answered
+    /// call that many seconds after answering.
+    pub(crate) fn start(dir: &Path, hold: Option<f64>) -> Carrier {
+        let events = dir.join("carrier.jsonl");
+        let port = free_port();
+        let mut args = vec![port.to_string(), events.display().to_string(), "90".into()];
+        args.extend(hold.map(|h| h.to_string()));
+        let peer = spawn_py("pj_carrier.py", &args);
+        wait_for("the carrier", Duration::from_secs(15), || {
+            carrier_events(&events)
+                .iter()
+                .any(|e| e["event"] == "ready")
+        });
+        Carrier {
+            _peer: peer,
+            port,
+            events,
+        }
+    }
+
+    /// A `[[trunk]]` table pointing at this carrier, allowing +44 numbers.
+    pub(crate) fn trunk_toml(&self) -> String {
+        format!(
+            "[[trunk]]\nname = \"carrier\"\nuri = \"sip:127.0.0.1:{}\"\ncaller_id = \"+442079460999\"\nallow = ['\\+44\\d+']\n",
+            self.port
+        )
+    }
+
+    /// The numbers the carrier received an INVITE for, in order.
+    pub(crate) fn invited(&self) -> Vec<String> {
+        carrier_events(&self.events)
+            .iter()
+            .filter(|e| e["event"] == "invite")
+            .filter_map(|e| e["number"].as_str().map(str::to_string))
+            .collect()
+    }
+}
+
+/// Registers an auto-answering PJSIP phone (tests/peers/pj_agent.py) as
+/// `user`; returns it with its status file once the REGISTER got its 200.
+pub(crate) fn pj_agent(
+    app: &App,
+    user: &str,
+    password: &str,
+    dir: &Path,
+) -> (Peer, std::path::PathBuf) {
+    let status = dir.join(format!("{user}.json"));
+    let peer = spawn_py(
+        "pj_agent.py",
+        &[
+            app.sip.to_string(),
+            user.into(),
+            password.into(),
+            status.display().to_string(),
+            "90".into(),
+        ],
+    );
+    wait_for(
+        &format!("{user}'s registration"),
+        Duration::from_secs(15),
+        || agent_status(&status)["reg"] == 200,
+    );
+    (peer, status)
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::app::{free_port, http_request, repo, require_program, spawn_app_with, App, AppOptions};
-use crate::peers::{agent_status, carrier_events, spawn_py, wait_for, Baresip};
+use crate::peers::{agent_status, pj_agent, wait_for, Baresip, Carrier};
 
 /// The carrier answers numbers ending in 0200 at once (pj_carrier.py).
 const ANSWERS_AT_ONCE: &str = "+442079460200";
@@ -99,34 +99,12 @@ fn wait_child(child: &mut Child, what: &str, app: &App) {
 #[test]
 fn baresip_pjsip_and_sipp_register_on_defaults_and_take_a_call() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let events = dir.path().join("carrier.jsonl");
-    let carrier_port = free_port();
-    let _carrier = spawn_py(
-        "pj_carrier.py",
-        &[
-            carrier_port.to_string(),
-            events.display().to_string(),
-            "90".into(),
-        ],
-    );
-    wait_for("the carrier", Duration::from_secs(15), || {
-        carrier_events(&events)
-            .iter()
-            .any(|e| e["event"] == "ready")
-    });
+    let carrier = Carrier::start(dir.path(), None);
     // Nothing in [server]: the digest offer is the shipped default.
     let app = spawn_app_with(AppOptions {
         extra_toml: format!(
-            r#"[[agent]]
-username = "carol"
-password = "carol-secret"
-
-[[trunk]]
-name = "carrier"
-uri = "sip:127.0.0.1:{carrier_port}"
-caller_id = "+442079460999"
-allow = ['\+44\d+']
-"#
+            "[[agent]]\nusername = \"carol\"\npassword = \"carol-secret\"\n\n{}",
+            carrier.trunk_toml()
         ),
         ..AppOptions::default()
     });
@@ -153,20 +131,7 @@ allow = ['\+44\d+']
     assert!(ev.is_some(), "baresip never reported the call established");
 
     // PJSIP as bob.
-    let status = dir.path().join("bob.json");
-    let _pjsip = spawn_py(
-        "pj_agent.py",
-        &[
-            app.sip.to_string(),
-            "bob".into(),
-            "bob-secret".into(),
-            status.display().to_string(),
-            "60".into(),
-        ],
-    );
-    wait_for("PJSIP's registration", Duration::from_secs(15), || {
-        agent_status(&status)["reg"] == 200
-    });
+    let (_pjsip, status) = pj_agent(&app, "bob", "bob-secret", dir.path());
     call_is_answered(&app, "bob");
     // pj_agent.py rewrites its status every 100 ms.
     wait_for(
