@@ -304,6 +304,8 @@ async fn an_array_is_not_an_object() {
         ("/api/v1/smart-views", r#"["all", ""]"#),
         ("/api/v1/custom-fields", r#"["Source", "text"]"#),
         ("/api/v1/leads", r#"[["Acme"]]"#),
+        ("/api/v1/dnc", r#"["+14155550134", "spam"]"#),
+        ("/api/v1/dnc", r#"[["+14155550134"]]"#),
     ] {
         let resp = client
             .post(format!("{base}{path}"))

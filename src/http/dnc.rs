@@ -4,14 +4,16 @@
 //! /api/v1/dnc/{number}`. A number on the list never reaches the wire: the
 //! call engine asks the list before every dial.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use super::{now, ApiError, ApiJson, AppState, Page, PageParams};
+use super::openapi::ErrorBody;
+use super::{now, ApiError, ApiJson, ApiPath, ApiQuery, AppState, Page, PageParams};
+use crate::leads::dnc::DncEntry;
 use crate::leads::dnc::{DncPattern, MAX_REASON_LEN};
 use crate::leads::model::{time_to_ms, ValidationReason};
 use crate::leads::ValidationError;
@@ -27,7 +29,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// One entry to add.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewDnc {
     /// A number (normalised to E.164 with `[leads] default_region`) or a
@@ -38,14 +40,34 @@ pub struct NewDnc {
     pub reason: Option<String>,
 }
 
-/// `POST /api/v1/dnc`: one entry or an array.
-#[derive(Debug, Deserialize)]
+/// `POST /api/v1/dnc`: one entry or an array. Read by [`entries`] (each
+/// entry from an object only, see [`super::json`]); this type is its schema.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum NewDncBody {
     /// One entry.
     One(NewDnc),
     /// Several entries, added in one transaction.
     Many(Vec<NewDnc>),
+}
+
+/// The entries of a `POST /api/v1/dnc` body and whether it was an array;
+/// a wrong shape names the entry (`[2]: …`).
+fn entries(body: serde_json::Value) -> Result<(Vec<NewDnc>, bool), ApiError> {
+    match body {
+        serde_json::Value::Array(items) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| {
+                super::json::from_value(item).map_err(|e| match e {
+                    ApiError::WrongShape(m) => ApiError::WrongShape(format!("[{i}]: {m}")),
+                    other => other,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(|v| (v, true)),
+        one => super::json::from_value(one).map(|d| (vec![d], false)),
+    }
 }
 
 fn field(many: bool, i: usize, name: &str) -> String {
@@ -56,14 +78,33 @@ fn field(many: bool, i: usize, name: &str) -> String {
     }
 }
 
-async fn add(
+/// The created entries: one, or an array for an array.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // The schema of a body built by hand.
+enum CreatedDnc {
+    One(DncEntry),
+    Many(Vec<DncEntry>),
+}
+
+/// `POST /api/v1/dnc`: one entry or an array, all checked before any is
+/// stored.
+#[utoipa::path(
+    post,
+    path = "/api/v1/dnc",
+    operation_id = "add_dnc",
+    tag = "dnc",
+    request_body = NewDncBody,
+    responses(
+        (status = 201, description = "The entries as stored (one, or an array for an array)", body = CreatedDnc),
+        (status = 400, description = "Not a number or prefix, a reason too long, or too many entries", body = ErrorBody),
+    )
+)]
+pub(super) async fn add(
     State(st): State<AppState>,
-    ApiJson(body): ApiJson<NewDncBody>,
+    ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<Response, ApiError> {
-    let (items, many) = match body {
-        NewDncBody::One(d) => (vec![d], false),
-        NewDncBody::Many(v) => (v, true),
-    };
+    let (items, many) = entries(body)?;
     if items.len() > MAX_BATCH {
         return Err(ApiError::BadParam {
             param: "body",
@@ -107,9 +148,18 @@ async fn add(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-async fn list(
+/// `GET /api/v1/dnc`: the list in number order, paged.
+#[utoipa::path(
+    get,
+    path = "/api/v1/dnc",
+    operation_id = "list_dnc",
+    tag = "dnc",
+    params(PageParams),
+    responses((status = 200, description = "A page of the list", body = Page<DncEntry>))
+)]
+pub(super) async fn list(
     State(st): State<AppState>,
-    Query(page): Query<PageParams>,
+    ApiQuery(page): ApiQuery<PageParams>,
 ) -> Result<Json<Page<crate::leads::dnc::DncEntry>>, ApiError> {
     let limit = page.limit()?;
     let after = match page.cursor.as_deref() {
@@ -140,9 +190,21 @@ fn decode_cursor(c: &str, region: &str) -> Option<DncPattern> {
     DncPattern::parse(&text, region).ok()
 }
 
-async fn remove(
+/// `DELETE /api/v1/dnc/{number}`.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/dnc/{number}",
+    operation_id = "remove_dnc",
+    tag = "dnc",
+    params(("number" = String, Path, description = "The number or prefix (`+1900*`), URL-encoded")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 400, description = "Not a number or prefix", body = ErrorBody),
+    )
+)]
+pub(super) async fn remove(
     State(st): State<AppState>,
-    Path(raw): Path<String>,
+    ApiPath(raw): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let pattern = DncPattern::parse(&raw, &st.default_region).map_err(|e| ValidationError {
         field: "number".into(),

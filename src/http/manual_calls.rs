@@ -198,6 +198,7 @@ fn engine(state: &AppState) -> Result<&CallEngine, CallApiError> {
     responses(
         (status = 202, description = "The call is placed; the record with its state", body = CallView),
         (status = 400, description = "Not a phone number", body = ErrorBody),
+        (status = 403, description = "The number is on the do-not-call list", body = ErrorBody),
         (status = 404, description = "No such agent", body = ErrorBody),
         (status = 409, description = "The agent's phone is not registered, or it has a call in progress", body = ErrorBody),
         (status = 503, description = "No free RTP ports (`Retry-After`)", body = ErrorBody),

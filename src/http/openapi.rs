@@ -7,21 +7,25 @@
 //! which walks the `.route(...)` calls of `src/http`).
 //!
 //! The errors every route shares are added by [`CommonErrors`] rather than
-//! repeated on each handler: 401 on the routes behind the token, 400, 413,
-//! 415 and 422 on the routes with a JSON body, 400 on the routes with query
-//! parameters, 404 on the routes with path parameters.
+//! repeated on each handler: 401 and 429 (failed sign-ins) on the routes
+//! behind the token, 400, 413, 415 and 422 on the routes with a JSON body,
+//! 400 on the routes with query parameters, 404 on the routes with path
+//! parameters; and on each POST behind the token the optional
+//! `Idempotency-Key` header with its 409 (the first request still runs) and
+//! 422 (the key reused with another body).
 
 use std::collections::BTreeMap;
 
 use axum::Json;
 use serde::Serialize;
-use utoipa::openapi::path::{Operation, ParameterIn};
+use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn};
 use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, RefOr};
+use utoipa::openapi::{ContentBuilder, RefOr, Required};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use super::{agents, calls, events, leads, manual_calls, sessions, smart_views};
+use super::{agents, calls, dnc, events, leads, manual_calls, sessions, smart_views};
 
 /// The routes served without the admin token (SPEC §4): the health check,
 /// this document, and joining a session with a share token (R16: the token
@@ -109,6 +113,9 @@ pub struct Health {
         events::events,
         agents::list,
         agents::get,
+        dnc::add,
+        dnc::list,
+        dnc::remove,
     ),
     components(schemas(ErrorBody)),
     modifiers(&BearerAuth, &CommonErrors),
@@ -119,6 +126,7 @@ pub struct Health {
         (name = "sessions", description = "Dialer sessions, their agents and queue (SPEC §1, R14–R16)"),
         (name = "calls", description = "Call records and manual calls (R17)"),
         (name = "agents", description = "Agents and their registrations"),
+        (name = "dnc", description = "The do-not-call list (SPEC §4)"),
         (name = "events", description = "Server-Sent Events of state changes"),
         (name = "meta", description = "Health and this document"),
     )
@@ -159,6 +167,11 @@ impl Modify for CommonErrors {
         for (path, item) in doc.paths.paths.iter_mut() {
             let public = PUBLIC_PATHS.contains(&path.as_str());
             let has_path_params = path.contains('{');
+            if !public {
+                if let Some(post) = item.post.as_mut() {
+                    idempotency_key(post);
+                }
+            }
             for op in operations(item) {
                 let json_body = op
                     .request_body
@@ -177,6 +190,10 @@ impl Modify for CommonErrors {
                 };
                 if !public {
                     add("401", "No or a wrong bearer token");
+                    add(
+                        "429",
+                        "Too many failed sign-ins from this address; `Retry-After` says when to retry",
+                    );
                 }
                 if json_body {
                     add("400", "Malformed JSON, or a field fails validation");
@@ -195,6 +212,40 @@ impl Modify for CommonErrors {
                 }
             }
         }
+    }
+}
+
+/// The optional `Idempotency-Key` header of a POST behind the token, and
+/// its answers (see `super::idempotency`).
+fn idempotency_key(op: &mut Operation) {
+    let header = ParameterBuilder::new()
+        .name("Idempotency-Key")
+        .parameter_in(ParameterIn::Header)
+        .required(Required::False)
+        .description(Some(
+            "A retry with the same key gets the first response again \
+             (`Idempotent-Replayed: true`) instead of running twice; kept 24 h",
+        ))
+        .schema(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(super::idempotency::MAX_KEY_LEN)),
+        ))
+        .build();
+    op.parameters.get_or_insert_with(Vec::new).push(header);
+    for (status, description) in [
+        ("400", "A malformed `Idempotency-Key`"),
+        (
+            "409",
+            "A request with this `Idempotency-Key` is still running",
+        ),
+        ("422", "This `Idempotency-Key` was used with another body"),
+    ] {
+        op.responses
+            .responses
+            .entry(status.to_string())
+            .or_insert_with(|| error_response(description));
     }
 }
 

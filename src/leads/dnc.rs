@@ -101,7 +101,7 @@ impl std::fmt::Display for DncPattern {
 }
 
 /// One entry of the list as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct DncEntry {
     /// The number, or the prefix with its trailing `*`.
     pub number: String,

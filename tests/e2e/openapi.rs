@@ -1,9 +1,11 @@
 //! schemathesis (PyPI) against a real `powerdial serve`: it reads
 //! `/api/v1/openapi.json` (SPEC §4), generates valid and invalid requests
 //! for every operation, and checks that none gets a server error, that
-//! every answer has a documented status, content type and body shape, and
-//! that the routes the document puts behind the bearer token refuse a
-//! request without it.
+//! every answer has a documented status, content type and body shape.
+//! (Not `ignored_auth`: its requests without the token are failed sign-ins,
+//! and after ten of them the server rightly refuses 127.0.0.1 with 429 for
+//! a minute; `tests/openapi_doc.rs` checks that each route behind the token
+//! answers 401 without it.)
 //!
 //! Left out: `GET /api/v1/events`, a Server-Sent Events stream that never
 //! ends (schemathesis would wait on it until its request timeout). The
@@ -103,7 +105,7 @@ fn schemathesis_finds_no_server_error_and_no_undocumented_answer() {
         .args([
             "--checks",
             "not_a_server_error,response_schema_conformance,status_code_conformance,\
-             content_type_conformance,ignored_auth",
+             content_type_conformance",
             "--exclude-path",
             "/api/v1/events",
             "--max-examples",
