@@ -8,6 +8,7 @@ mod app;
 mod calls;
 mod calls_failures;
 mod dnc;
+mod media_hijack;
 mod peers;
 mod phones;
 mod register;
