@@ -1146,7 +1146,7 @@ Content-Length: 0\r\n\r\n",
                 guesser,
                 &register(10 * i + 1, "alice", ""),
             ));
-            let mut wrong = DigestClient::new("alice", &format!("guess-{i}"));
+            let mut wrong = DigestClient::new("alice", format!("guess-{i}"));
             let auth = answer(&mut wrong, &challenge, &format!("g{i}"));
             let r = last(feed(
                 &mut ep,
