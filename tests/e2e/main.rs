@@ -7,6 +7,7 @@ mod api_auth;
 mod app;
 mod calls;
 mod calls_failures;
+mod demo;
 mod dnc;
 mod media_hijack;
 mod peers;
