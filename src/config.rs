@@ -587,11 +587,14 @@ impl Config {
             }
         }
         for t in &raw.trunk {
-            if !t.uri.starts_with("sip:") {
+            if !t.uri.starts_with("sip:") && t.uri != crate::call::demo::DEMO_URI {
                 return Err(invalid(
                     "trunk",
                     "uri",
-                    format!("trunk `{}`: `{}` is not a sip: URI", t.name, t.uri),
+                    format!(
+                        "trunk `{}`: `{}` is not a sip: URI (or \"demo:\" for the built-in demo trunk)",
+                        t.name, t.uri
+                    ),
                 ));
             }
             if t.username.is_some() != t.password.is_some() {

@@ -24,6 +24,13 @@ enum Command {
         /// A TOML config file (see sip-config/powerdial.toml).
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Dial through the built-in demo trunk when no [[trunk]] is
+        /// configured: a carrier inside powerdial whose "leads" ring,
+        /// answer and talk (numbers ending 0-5), are busy (6-7), do not
+        /// answer (8) or fail (9), so a session can be watched with one
+        /// softphone and no carrier account.
+        #[arg(long)]
+        demo: bool,
     },
     /// Validate a config file; errors point at the file, line and key.
     CheckConfig {
@@ -63,9 +70,20 @@ fn init_logging() {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config } => {
+        Command::Serve { config, demo } => {
             init_logging();
-            let config = load_config(config.as_ref())?;
+            let mut config = load_config(config.as_ref())?;
+            if demo && config.trunks.is_empty() {
+                config.trunks.push(powerdial::config::TrunkConfig {
+                    name: "demo".into(),
+                    uri: powerdial::call::demo::DEMO_URI.into(),
+                    caller_id: "+15550100000".into(),
+                    username: None,
+                    password: None,
+                    allow: Vec::new(),
+                    p_asserted_identity: None,
+                });
+            }
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

@@ -55,6 +55,9 @@ pub enum ServerError {
     /// Stored dialer sessions could not be resumed.
     #[error("dialer sessions: {0}")]
     Sessions(#[from] crate::dialer::session::SessionError),
+    /// The demo trunk's socket could not be bound.
+    #[error("demo trunk: {0}")]
+    DemoTrunk(std::io::Error),
     /// The generated admin token could not be read or written.
     #[error(transparent)]
     AdminToken(#[from] crate::http::admin_token::AdminTokenError),
@@ -205,7 +208,8 @@ async fn wait_for_signal() {
 }
 
 /// Opens the store, binds SIP and HTTP, and starts the tasks.
-pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
+pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
+    let shutdown = CancellationToken::new();
     std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
         path: config.data_dir.display().to_string(),
         source,
@@ -225,6 +229,18 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     rng.fill_bytes(&mut secret);
     let mut seed = [0u8; 32];
     rng.fill_bytes(&mut seed);
+    // `[[trunk]] uri = "demo:"`: the built-in demo carrier, dialed on
+    // loopback like any trunk.
+    for t in config
+        .trunks
+        .iter_mut()
+        .filter(|t| t.uri == crate::call::demo::DEMO_URI)
+    {
+        let addr = crate::call::demo::start([127, 0, 0, 1].into(), shutdown.clone())
+            .await
+            .map_err(ServerError::DemoTrunk)?;
+        t.uri = format!("sip:{addr}");
+    }
     let mut local_domains = vec![config.domain.clone(), "localhost".to_string()];
     for l in &config.sip_listen {
         local_domains.push(l.addr.ip().to_string());
@@ -270,7 +286,6 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     );
     endpoint.load_bindings(saved);
 
-    let shutdown = CancellationToken::new();
     let drain = CancellationToken::new();
     let hurry = CancellationToken::new();
     let tasks = TaskTracker::new();

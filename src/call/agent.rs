@@ -198,6 +198,14 @@ impl AgentLeg {
         matches!(self.state, AgentState::Connected(_))
     }
 
+    /// Where the phone that answered is reached (its registered source).
+    pub fn connected_peer(&self) -> Option<Peer> {
+        match &self.state {
+            AgentState::Connected(s) => s.forks.get(s.winner).map(|f| f.target.peer),
+            _ => None,
+        }
+    }
+
     /// Whether the phone is still being called (no answer, not hung up).
     pub fn is_inviting(&self) -> bool {
         matches!(self.state, AgentState::Inviting(_))

@@ -870,6 +870,9 @@ impl AgentTask {
                     }
                 }
             }
+            MediaEvent::StrayDropped { leg, from } => {
+                tracing::warn!(agent = %self.name, leg = ?leg, %from, "RTP from a host the signalling does not name: dropped (further ones are dropped silently)");
+            }
             MediaEvent::BridgeFirstPacket { bridged_at, at, .. } => {
                 tracing::debug!(
                     agent = %self.name,
@@ -1387,6 +1390,11 @@ impl AgentTask {
         let Some((trunk, trunk_peer, _)) = &shared.trunk else {
             return;
         };
+        // SPEC §5: the lead's RTP may latch only from the trunk or the
+        // host its SDP names.
+        if let Some(media) = &self.media {
+            let _ = media.set_signalling(handle.id, trunk_peer.addr.ip());
+        }
         let version = self.next_sdp_version();
         let offer = sdp::make_offer(self.shared.media_ip, handle.local_port, version);
         let ring_timeout = if req.reduced_ring_time {
@@ -1694,6 +1702,11 @@ impl AgentTask {
                 if let (Some(media), Some(offer)) = (&self.media, &self.agent_offer) {
                     match negotiate(offer, &sdp) {
                         Ok(neg) => {
+                            // SPEC §5: behind NAT the phone's RTP comes from
+                            // its SIP source; no other host may latch.
+                            if let Some(peer) = self.leg.as_ref().and_then(|l| l.connected_peer()) {
+                                let _ = media.set_signalling(media.agent_leg().id, peer.addr.ip());
+                            }
                             let _ = media.set_remote(media.agent_leg().id, neg);
                         }
                         Err(e) => {

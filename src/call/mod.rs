@@ -22,6 +22,7 @@
 //! remote target: the trunk is one gateway and phones sit behind NAT.
 
 mod agent;
+pub mod demo;
 pub mod engine;
 mod lead;
 mod leg;

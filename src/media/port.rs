@@ -4,6 +4,9 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
 use crate::config::PortRange;
 
 /// Why no RTP port pair could be had.
@@ -32,11 +35,14 @@ pub enum PortError {
     },
 }
 
-/// Free RTP port pairs, handed out least-recently-freed first so a port is
-/// not reused while stray packets of its last call may still arrive.
+/// Free RTP port pairs. Each allocation takes a random pair from the half
+/// of the free ones freed longest ago: random, so a stranger cannot predict
+/// a call's ports (SPEC §5), and never one of the most recently freed, so a
+/// port is not reused while stray packets of its last call may still arrive.
 #[derive(Debug)]
 pub struct PortPool {
     free: VecDeque<u16>,
+    rng: StdRng,
     total: usize,
     range: PortRange,
 }
@@ -56,12 +62,23 @@ impl PortPool {
             });
         }
         let total = free.len();
-        Ok(PortPool { free, total, range })
+        Ok(PortPool {
+            free,
+            rng: StdRng::from_entropy(),
+            total,
+            range,
+        })
     }
 
     /// Takes a free pair; returns its RTP (even) port.
     pub fn allocate(&mut self) -> Result<u16, PortError> {
-        self.free.pop_front().ok_or(PortError::Exhausted {
+        let older_half = self.free.len().div_ceil(2);
+        let pick = if older_half > 1 {
+            self.rng.gen_range(0..older_half)
+        } else {
+            0
+        };
+        self.free.remove(pick).ok_or(PortError::Exhausted {
             first: self.range.first,
             last: self.range.last,
             pairs: self.total,
@@ -148,7 +165,8 @@ mod tests {
         .unwrap();
         // 20002/3, 20004/5, 20006/7; 20008 has no 20009 in range.
         assert_eq!(p.capacity(), 3);
-        let got: Vec<u16> = (0..3).map(|_| p.allocate().unwrap()).collect();
+        let mut got: Vec<u16> = (0..3).map(|_| p.allocate().unwrap()).collect();
+        got.sort_unstable();
         assert_eq!(got, vec![20002, 20004, 20006]);
         assert!(matches!(p.allocate(), Err(PortError::Exhausted { .. })));
         p.release(20004);
@@ -179,9 +197,35 @@ mod tests {
         );
         let a = pool.lease().unwrap();
         let b = pool.lease().unwrap();
-        assert_eq!((a.port(), b.port()), (100, 102));
+        assert_ne!(a.port(), b.port());
+        let freed = a.port();
         drop(a);
         assert_eq!(pool.available(), 2);
-        assert_eq!(pool.lease().unwrap().port(), 104, "100 was freed last");
+        let c = pool.lease().unwrap();
+        assert_ne!(c.port(), freed, "the pair freed last waits");
+        assert_ne!(c.port(), b.port());
+    }
+
+    #[test]
+    fn allocation_is_not_predictable() {
+        let mut p = PortPool::new(PortRange {
+            first: 20000,
+            last: 21999,
+        })
+        .unwrap();
+        let got: Vec<u16> = (0..100).map(|_| p.allocate().unwrap()).collect();
+        let mut sorted = got.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 100, "all distinct");
+        assert_ne!(got, sorted, "not handed out in port order");
+        let steps: std::collections::HashSet<i32> = got
+            .windows(2)
+            .map(|w| i32::from(w[1]) - i32::from(w[0]))
+            .collect();
+        assert!(
+            steps.len() > 50,
+            "the next port is not the last plus a constant"
+        );
     }
 }

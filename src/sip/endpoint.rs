@@ -30,6 +30,7 @@
 //!   transactions, server timeouts) are kept for the call engine in
 //!   [`Endpoint::poll_transaction_event`].
 
+use crate::sip::auth_limit::{self, AuthLimiter};
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::time::{Instant, SystemTime};
@@ -102,6 +103,9 @@ pub struct Endpoint {
     transactions: TransactionTable,
     registrar: Registrar,
     verifier: DigestVerifier,
+    /// Failed digest responses per (username, address): guessing is
+    /// refused after a few (`sip::auth_limit`).
+    guesses: AuthLimiter,
     dialogs: DialogSet,
     rng: StdRng,
     /// When the endpoint was made: the first deadline when bindings were
@@ -164,6 +168,7 @@ impl Endpoint {
             cfg,
             registrar: Registrar::new(),
             verifier,
+            guesses: AuthLimiter::default(),
             dialogs: DialogSet::new(),
             rng: StdRng::from_seed(seed),
             created: now,
@@ -492,7 +497,7 @@ impl Endpoint {
     fn on_invite(&mut self, now: Instant, request: &Request, peer: Peer) -> Response {
         let from_trunk = self.cfg.trunk_sources.contains(&peer.addr.ip());
         if !from_trunk {
-            match self.verifier.verify_request(now, request, false) {
+            match self.authenticate(now, request, peer) {
                 Ok(user) => {
                     tracing::debug!(%peer, %user, "INVITE from an agent");
                 }
@@ -502,6 +507,33 @@ impl Endpoint {
         // CALL ENGINE: an agent's or a trunk's INVITE is answered here
         // until the call engine takes incoming calls over.
         with_warning(response_to(request, 403, ""), CALLS_BY_DIALER)
+    }
+
+    /// Digest verification (RFC 8760) with the guess limit: a wrong
+    /// response counts against its (username, address); a refused pair
+    /// gets the same rejection as a wrong password, right password or not.
+    fn authenticate(
+        &mut self,
+        now: Instant,
+        request: &Request,
+        peer: Peer,
+    ) -> Result<String, Rejection> {
+        let ip = peer.addr.ip();
+        match self.verifier.verify_request(now, request, false) {
+            Ok(user) if self.guesses.is_banned(&user, ip, now) => {
+                tracing::debug!(%peer, %user, "refused: too many failed attempts from this address");
+                Err(Rejection::WrongCredentials)
+            }
+            Ok(user) => Ok(user),
+            Err(Rejection::WrongCredentials) => {
+                let claimed = claimed_username(request).unwrap_or_default();
+                if self.guesses.record_failure(&claimed, ip, now) {
+                    tracing::warn!(%peer, user = %claimed, failures = auth_limit::MAX_FAILURES, ban_s = auth_limit::BAN.as_secs(), "too many failed authentications: this username is refused from this address");
+                }
+                Err(Rejection::WrongCredentials)
+            }
+            Err(other) => Err(other),
+        }
     }
 
     fn challenge(
@@ -569,7 +601,7 @@ impl Endpoint {
     ) {
         // Authentication first: a stranger learns nothing about which
         // domains we serve, and RFC 4475 `regaut01` gets its fresh 401.
-        let user = match self.verifier.verify_request(now, request, false) {
+        let user = match self.authenticate(now, request, peer) {
             Ok(user) => user,
             Err(rejection) => {
                 let r = self.challenge(now, request, peer, &rejection);
@@ -769,6 +801,17 @@ fn split_params(via_parm: &str) -> Vec<String> {
     }
     out.push(current);
     out
+}
+
+/// The username a request's digest credentials claim (RFC 3261 §22.4),
+/// whether or not it exists: unknown users are counted like known ones.
+fn claimed_username(request: &Request) -> Option<String> {
+    request.headers.iter().find_map(|h| match h {
+        Header::Authorization(a) => crate::sip::digest::Credentials::parse(a.value())
+            .ok()
+            .map(|c| c.username),
+        _ => None,
+    })
 }
 
 #[cfg(test)]
@@ -1086,6 +1129,55 @@ Content-Length: 0\r\n\r\n",
         assert_eq!(shape(&unknown), shape(&again), "no user enumeration");
         assert!(bindings_changed(&mut ep).is_empty());
         assert!(ep.bindings("alice", clock.wall).is_empty());
+    }
+
+    /// Password guessing (SPEC §5): five wrong responses for one username
+    /// from one address, and that username is refused from there even with
+    /// the right password, with the same 401 as a wrong guess; the same
+    /// user from another address still registers.
+    #[test]
+    fn guessing_locks_the_username_out_of_that_address() {
+        let (mut ep, clock) = setup();
+        let guesser = udp(PHONE);
+        for i in 0..5u32 {
+            let challenge = last(feed(
+                &mut ep,
+                &clock,
+                guesser,
+                &register(10 * i + 1, "alice", ""),
+            ));
+            let mut wrong = DigestClient::new("alice", format!("guess-{i}"));
+            let auth = answer(&mut wrong, &challenge, &format!("g{i}"));
+            let r = last(feed(
+                &mut ep,
+                &clock,
+                guesser,
+                &register(10 * i + 2, "alice", &auth),
+            ));
+            assert_eq!(r.status_code.code(), 401);
+        }
+        let challenge = last(feed(&mut ep, &clock, guesser, &register(61, "alice", "")));
+        let mut right = DigestClient::new("alice", "alice-secret");
+        let auth = answer(&mut right, &challenge, "r1");
+        let locked = last(feed(
+            &mut ep,
+            &clock,
+            guesser,
+            &register(62, "alice", &auth),
+        ));
+        assert_eq!(
+            locked.status_code.code(),
+            401,
+            "the right password is refused too"
+        );
+        assert!(bindings_changed(&mut ep).is_empty());
+
+        let office = udp("198.51.100.20:5060");
+        let challenge = last(feed(&mut ep, &clock, office, &register(71, "alice", "")));
+        let mut right = DigestClient::new("alice", "alice-secret");
+        let auth = answer(&mut right, &challenge, "r2");
+        let ok = last(feed(&mut ep, &clock, office, &register(72, "alice", &auth)));
+        assert_eq!(ok.status_code.code(), 200, "another address is not locked");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 
+pub mod auth_limit;
 pub mod dialog;
 pub mod digest;
 pub mod endpoint;

@@ -206,6 +206,12 @@ impl Drop for Peer {
     }
 }
 
+/// Kills `child` when the guard is dropped (a failing test leaves no
+/// process behind).
+pub(crate) fn guard(child: Child) -> Peer {
+    Peer(child)
+}
+
 pub(crate) fn spawn_py(script: &str, args: &[String]) -> Peer {
     let child = Command::new(pjsua_python())
         .arg(repo().join("tests/peers").join(script))

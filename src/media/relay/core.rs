@@ -110,6 +110,14 @@ pub enum MediaEvent {
         /// The address we now send to.
         addr: SocketAddr,
     },
+    /// RTP arrived from a host the signalling does not name and was
+    /// dropped (SPEC §5). Reported once per leg; the rest are counted.
+    StrayDropped {
+        /// The leg.
+        leg: LegId,
+        /// The first stranger's address.
+        from: SocketAddr,
+    },
 }
 
 /// A command the core refused.
@@ -141,6 +149,7 @@ struct Leg {
     last_rx: Option<Instant>,
     timed_out: bool,
     seen: bool,
+    stray_reported: bool,
     detector: DtmfDetector,
 }
 
@@ -153,6 +162,7 @@ impl Leg {
             last_rx: None,
             timed_out: false,
             seen: false,
+            stray_reported: false,
             detector: DtmfDetector::new(),
         }
     }
@@ -221,6 +231,8 @@ pub struct AgentMediaCore {
     next_tick: Option<Instant>,
     last_early_media: Option<Instant>,
     events: VecDeque<MediaEvent>,
+    /// RTP from hosts the signalling does not name, dropped (SPEC §5).
+    stray_dropped: u64,
 }
 
 impl AgentMediaCore {
@@ -245,7 +257,14 @@ impl AgentMediaCore {
             next_tick: None,
             last_early_media: None,
             events: VecDeque::new(),
+            stray_dropped: 0,
         }
+    }
+
+    /// RTP packets dropped because they came from a host the signalling
+    /// does not name (a scanner, an injection attempt).
+    pub fn stray_dropped(&self) -> u64 {
+        self.stray_dropped
     }
 
     /// The agent leg's id.
@@ -271,6 +290,13 @@ impl AgentMediaCore {
             Some(l) if l.id == id => Ok(l),
             _ => Err(CoreError::UnknownLeg(id)),
         }
+    }
+
+    /// The host a leg's peer signals from (its SIP source): the only host
+    /// besides its SDP's from which its first RTP packet may latch (SPEC §5).
+    pub fn set_signalling(&mut self, id: LegId, host: std::net::IpAddr) -> Result<(), CoreError> {
+        self.leg_mut(id)?.latch.set_signalling(host);
+        Ok(())
     }
 
     /// Applies an offer/answer result to a leg (RFC 3264): where to send,
@@ -395,7 +421,16 @@ impl AgentMediaCore {
             return None;
         };
         match leg.latch.accept(from) {
-            LatchDecision::Reject => return None,
+            LatchDecision::Reject => {
+                // From a host the signalling does not name: never relayed.
+                self.stray_dropped += 1;
+                if !leg.stray_reported {
+                    leg.stray_reported = true;
+                    self.events
+                        .push_back(MediaEvent::StrayDropped { leg: leg.id, from });
+                }
+                return None;
+            }
             LatchDecision::Latched(addr) => self
                 .events
                 .push_back(MediaEvent::Latched { leg: leg.id, addr }),
@@ -898,8 +933,25 @@ mod tests {
         h.core
             .set_remote(h.now, AGENT, neg("192.168.1.20:4000", G711Law::Pcmu, None))
             .unwrap();
+        // The phone registered from its NAT's public address.
+        h.core
+            .set_signalling(AGENT, "203.0.113.9".parse().unwrap())
+            .unwrap();
         h.advance(10);
         assert_eq!(h.to_agent[0].dest, addr("192.168.1.20:4000"));
+        // A stranger spraying the port first is dropped and counted.
+        h.recv(
+            Side::Agent,
+            "198.51.100.99:1234",
+            rtp(0, false, 9, 1, 77, &[0xFF; 160]),
+        );
+        assert_eq!(h.core.stray_dropped(), 1);
+        assert!(h
+            .events()
+            .iter()
+            .any(|e| matches!(e, MediaEvent::StrayDropped { leg: AGENT, .. })));
+        h.advance(10);
+        assert_eq!(h.to_agent.last().unwrap().dest, addr("192.168.1.20:4000"));
         // The phone is behind a NAT: its packets come from the public address.
         h.recv(
             Side::Agent,

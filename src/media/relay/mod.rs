@@ -99,6 +99,7 @@ struct LegSockets {
 
 enum Command {
     SetRemote(LegId, Negotiated),
+    SetSignalling(LegId, IpAddr),
     AttachLead {
         id: LegId,
         sockets: LegSockets,
@@ -248,6 +249,13 @@ impl AgentMedia {
         self.send(Command::SetRemote(leg, neg))
     }
 
+    /// The host the leg's peer signals from: with its SDP's host, the only
+    /// one whose RTP may latch the leg (SPEC §5; behind NAT the phone's RTP
+    /// comes from its SIP source, not from its SDP address).
+    pub fn set_signalling(&self, leg: LegId, host: IpAddr) -> Result<(), MediaError> {
+        self.send(Command::SetSignalling(leg, host))
+    }
+
     /// Starts the dial-start beep towards the agent.
     pub fn play_tone(&self) -> Result<(), MediaError> {
         self.send(Command::PlayTone)
@@ -340,6 +348,7 @@ fn apply(core: &mut AgentMediaCore, lead: &mut Option<LegSockets>, cmd: Command)
     let now = clock();
     let r = match cmd {
         Command::SetRemote(leg, neg) => core.set_remote(now, leg, neg),
+        Command::SetSignalling(leg, host) => core.set_signalling(leg, host),
         Command::AttachLead { id, sockets, seed } => {
             core.attach_lead(id, seed);
             *lead = Some(sockets);
