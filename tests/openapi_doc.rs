@@ -250,11 +250,13 @@ async fn undecodable_paths_and_repeated_query_keys_get_json_errors() {
             let body: Value = resp.json().await.unwrap();
             assert_eq!(body["error"]["code"], "not_found", "{method} {url}: {body}");
         }
-        let has_limit = op["parameters"]
-            .as_array()
-            .is_some_and(|ps| ps.iter().any(|p| p["name"] == "limit"));
-        if has_limit {
-            let url = format!("{base}{}?limit=1&limit=2", concrete(&path));
+        let query = op["parameters"].as_array().and_then(|ps| {
+            ps.iter()
+                .find(|p| p["in"] == "query")
+                .and_then(|p| p["name"].as_str())
+        });
+        if let Some(q) = query {
+            let url = format!("{base}{}?{q}=1&{q}=2", concrete(&path));
             let resp = client
                 .request(m, &url)
                 .bearer_auth(TOKEN)
