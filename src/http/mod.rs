@@ -57,6 +57,9 @@ pub struct AppState {
     pub sessions: Option<crate::dialer::directory::Sessions>,
     /// Failed sign-ins per client address ([`auth::require_token`]).
     pub login_failures: Arc<std::sync::Mutex<auth::FailedLogins>>,
+    /// The SIP digest realm (`server.domain`): API-created agents' HA1
+    /// values are computed for it.
+    pub realm: Arc<str>,
     /// Responses remembered by `Idempotency-Key` ([`idempotency`]).
     pub idempotency: Arc<std::sync::Mutex<idempotency::IdempotencyCache>>,
 }
@@ -87,6 +90,7 @@ impl AppState {
             sessions: None,
             login_failures: Arc::default(),
             idempotency: Arc::default(),
+            realm: Arc::from("127.0.0.1"),
         }
     }
 
@@ -112,6 +116,12 @@ impl AppState {
     ) -> Self {
         self.sip = Some(sip);
         self.agents = Arc::from(agents);
+        self
+    }
+
+    /// The SIP digest realm (`server.domain`).
+    pub fn with_realm(mut self, realm: &str) -> Self {
+        self.realm = Arc::from(realm);
         self
     }
 }
@@ -146,8 +156,11 @@ pub fn api_routes() -> Router<AppState> {
         .merge(manual_calls::routes())
         .merge(sessions::routes())
         .route("/api/v1/events", get(events::events))
-        .route("/api/v1/agents", get(agents::list))
-        .route("/api/v1/agents/{username}", get(agents::get))
+        .route("/api/v1/agents", get(agents::list).post(agents::create))
+        .route(
+            "/api/v1/agents/{username}",
+            get(agents::get).patch(agents::patch).delete(agents::delete),
+        )
         .merge(calls::routes())
         .merge(dnc::routes())
 }

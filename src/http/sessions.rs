@@ -221,7 +221,9 @@ struct JoinBody {
 }
 
 fn check_agent(st: &AppState, agent: &str) -> Result<()> {
-    if st.agents.iter().any(|a| a.username == agent) {
+    let known = st.agents.iter().any(|a| a.username == agent)
+        || st.calls.as_ref().is_some_and(|c| c.knows_agent(agent));
+    if known {
         Ok(())
     } else {
         Err(ApiError::NotFound(format!("agent {agent} not found")).into())

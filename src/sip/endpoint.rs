@@ -354,6 +354,18 @@ impl Endpoint {
         self.verifier.set_algorithms(algorithms);
     }
 
+    /// Adds or replaces an agent's credentials from stored HA1 values
+    /// (agents created through the API: their passwords are never kept).
+    pub fn set_agent(&mut self, username: &str, ha1: crate::sip::digest::StoredHa1) {
+        self.verifier.set_ha1(username, ha1);
+    }
+
+    /// Removes an agent: its phones' next requests are challenged like an
+    /// unknown user's.
+    pub fn remove_agent(&mut self, username: &str) {
+        self.verifier.remove_user(username);
+    }
+
     /// A fresh RFC 3261 branch from the endpoint's seeded RNG (§8.1.1.7).
     pub fn new_branch(&mut self) -> String {
         new_branch(&mut self.rng)

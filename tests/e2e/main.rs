@@ -3,6 +3,7 @@
 
 #![allow(clippy::disallowed_methods)] // A driver of real processes: deadlines need the clock.
 
+mod agents_api;
 mod api_auth;
 mod app;
 mod calls;
