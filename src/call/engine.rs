@@ -1151,6 +1151,7 @@ impl AgentTask {
             None => None,
         };
         if let Some(p) = &dnc {
+            crate::metrics::metrics().dnc_refused.inc();
             tracing::info!(agent = %self.name, number = %req.number, pattern = %p, "on the do-not-call list: restricted, not dialed");
         }
         let number = e164.clone().filter(|_| dnc.is_none());
@@ -1228,6 +1229,7 @@ impl AgentTask {
             .await
             .map_err(|e| CallEngineError::Store(e.to_string()))?
         {
+            crate::metrics::metrics().dnc_refused.inc();
             tracing::info!(agent = %self.name, %number, pattern = %p, "manual call refused: on the do-not-call list");
             return Err(CallEngineError::DoNotCall(p.to_string()));
         }
@@ -1496,6 +1498,7 @@ impl AgentTask {
         if manual {
             set_progress(&self.shared, &self.name, record_id, CallProgress::Dialing);
         }
+        crate::metrics::metrics().calls_in_progress.inc();
         self.lead = Some(LeadCall {
             leg,
             media: handle,
@@ -1701,6 +1704,7 @@ impl AgentTask {
         if !l.finished {
             l.finished = true;
             let outcome = l.leg.outcome().unwrap_or(Outcome::TemporaryError);
+            crate::metrics::metrics().calls_in_progress.dec();
             let r: LegRecord = *l.leg.record();
             let end = CallEnd {
                 answered_ms: r.answered.map(|a| l.anchor.ms(a)),
@@ -1885,6 +1889,12 @@ fn spawn_finish(
     sip_status: Option<u16>,
     manual: bool,
 ) {
+    crate::metrics::metrics()
+        .calls
+        .get_or_create(&crate::metrics::OutcomeLabel {
+            outcome: outcome.to_string(),
+        })
+        .inc();
     let tasks = shared.tasks.clone();
     tasks.spawn(async move {
         if let Err(e) = shared.store.finish_call(call_id, &end).await {

@@ -115,6 +115,7 @@ pub async fn require_token(State(state): State<AppState>, req: Request, next: Ne
                     .map(|mut f| f.record_failure(addr, now))
                     .unwrap_or(false);
                 if locked_now {
+                    crate::metrics::metrics().http_signin_lockouts.inc();
                     // The token itself is never logged.
                     tracing::warn!(%addr, failures = MAX_FAILURES, "too many failed sign-ins: address refused for the rest of the minute");
                 }

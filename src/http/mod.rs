@@ -156,6 +156,7 @@ pub fn api_routes() -> Router<AppState> {
         .merge(manual_calls::routes())
         .merge(sessions::routes())
         .route("/api/v1/events", get(events::events))
+        .route("/metrics", get(metrics))
         .route("/api/v1/agents", get(agents::list).post(agents::create))
         .route(
             "/api/v1/agents/{username}",
@@ -163,6 +164,18 @@ pub fn api_routes() -> Router<AppState> {
         )
         .merge(calls::routes())
         .merge(dnc::routes())
+}
+
+/// `GET /metrics` (SPEC §4): Prometheus / OpenMetrics text, behind the
+/// admin token like the API (scrape with `authorization: {credentials: …}`).
+async fn metrics() -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::metrics::CONTENT_TYPE,
+        )],
+        crate::metrics::render(),
+    )
 }
 
 async fn healthz() -> Json<serde_json::Value> {

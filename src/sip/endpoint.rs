@@ -540,6 +540,7 @@ impl Endpoint {
             Err(Rejection::WrongCredentials) => {
                 let claimed = claimed_username(request).unwrap_or_default();
                 if self.guesses.record_failure(&claimed, ip, now) {
+                    crate::metrics::metrics().sip_auth_lockouts.inc();
                     tracing::warn!(%peer, user = %claimed, failures = auth_limit::MAX_FAILURES, ban_s = auth_limit::BAN.as_secs(), "too many failed authentications: this username is refused from this address");
                 }
                 Err(Rejection::WrongCredentials)
