@@ -7,12 +7,15 @@
 pub mod admin_token;
 pub mod agents;
 pub mod auth;
+pub mod call_notes;
 pub mod calls;
+pub mod console;
 pub mod error;
 pub mod events;
 pub mod leads;
 pub mod manual_calls;
 pub mod paging;
+pub mod session_list;
 pub mod sessions;
 pub mod smart_views;
 
@@ -141,6 +144,8 @@ pub fn api_routes() -> Router<AppState> {
         .route("/api/v1/agents", get(agents::list))
         .route("/api/v1/agents/{username}", get(agents::get))
         .merge(calls::routes())
+        .merge(call_notes::routes())
+        .merge(session_list::routes())
 }
 
 async fn healthz() -> Json<serde_json::Value> {
@@ -167,6 +172,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .merge(sessions::public_routes())
+        .merge(console::routes())
         .merge(api)
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
