@@ -126,9 +126,9 @@ pub enum SessionEvent {
         agent: String,
         /// The new state.
         state: AgentState,
-        /// The lead being called, if any.
+        /// The lead being called, or in wrap-up the lead just called.
         lead_id: Option<i64>,
-        /// The call record, if any.
+        /// The call record of that lead, if any.
         call_id: Option<i64>,
     },
     /// A lead call ended (R5, R8–R12).
@@ -198,9 +198,10 @@ pub struct AgentView {
     pub agent: String,
     /// Its state.
     pub state: AgentState,
-    /// The lead being called.
+    /// The lead being called, or in wrap-up the lead just called (the
+    /// agent's notes are about it, SPEC §1 step 5).
     pub lead_id: Option<i64>,
-    /// The call record.
+    /// The call record of that lead.
     pub call_id: Option<i64>,
 }
 
@@ -657,7 +658,7 @@ impl<D: Dialer, C: Clock> Session<D, C> {
                     .iter()
                     .filter(|(_, s)| s.machine.state() != AgentState::Left)
                     .map(|(name, s)| {
-                        let c = s.machine.call();
+                        let c = s.machine.shown_call();
                         AgentView {
                             agent: name.clone(),
                             state: s.machine.state(),
@@ -1010,7 +1011,7 @@ impl<D: Dialer, C: Clock> Session<D, C> {
     fn publish(&mut self) {
         let id = self.row.id;
         for (name, slot) in &mut self.agents {
-            let c = slot.machine.call();
+            let c = slot.machine.shown_call();
             let now = (
                 slot.machine.state(),
                 c.map(|c| c.claim.lead.0),

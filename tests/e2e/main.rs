@@ -6,6 +6,7 @@
 mod app;
 mod calls;
 mod calls_failures;
+mod console;
 mod peers;
 mod phones;
 mod register;

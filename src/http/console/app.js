@@ -313,6 +313,8 @@
     since: Date.now(),
     wrapUpIdleS: null,
     sessionDone: false,
+    // Pause asked during a call: the dialer pauses once it ends (R14).
+    pauseAfterCall: false,
   };
 
   const notes = {
@@ -342,9 +344,12 @@
 
   function applyMyState(state, leadId, callId) {
     if (state !== me.state) me.since = Date.now();
+    if (!['dialing', 'ringing', 'connected'].includes(state)) me.pauseAfterCall = false;
     me.state = state;
     me.leadId = leadId == null ? null : leadId;
-    if ((callId == null ? null : callId) !== notes.callId) switchNotes(callId == null ? null : callId);
+    // The notes box stays on the last call (in wrap-up, paused, idle) until
+    // the next call starts: notes may be finished at any time.
+    if (callId != null && callId !== notes.callId) switchNotes(callId);
     me.callId = callId == null ? null : callId;
     renderCallbar();
   }
@@ -365,6 +370,7 @@
     b('btn-resume', st === 'paused' || st === 'left');
     b('btn-hangup', ['dialing', 'ringing', 'connected'].includes(st));
     b('btn-next', ['ready', 'dialing', 'ringing', 'connected', 'wrap_up', 'paused'].includes(st));
+    setText($('cb-pending'), me.pauseAfterCall ? 'Pausing after this call' : '');
     tick();
     const leadId = me.leadId;
     if (!WITH_LEAD.has(st) || leadId == null) {
@@ -399,8 +405,17 @@
     const box = $('notes');
     box.value = '';
     box.disabled = callId == null;
-    setText($('notes-label'), callId == null ? 'Call notes' : 'Call notes');
-    setText($('notes-status'), callId == null ? 'The notes box opens with the next call.' : '');
+    setText($('notes-label'), 'Call notes');
+    setText($('notes-status'), '');
+    // A note saved earlier (from another tab, or before a reload) is shown,
+    // so typing goes on from it instead of replacing it.
+    if (callId != null) {
+      api('GET', `/api/v1/calls/${callId}`)
+        .then((c) => {
+          if (notes.callId === callId && !notes.dirty && box.value === '' && c.notes) box.value = c.notes;
+        })
+        .catch(() => {});
+    }
   }
 
   async function saveNotes() {
@@ -445,6 +460,10 @@
     if (action === 'next' || action === 'hangup') await saveNotes();
     try {
       await api('POST', `/api/v1/sessions/${me.sessionId}/agents/${encodeURIComponent(me.name)}/${action}`);
+      const inCall = ['dialing', 'ringing', 'connected'].includes(me.state);
+      if (action === 'pause' && inCall) me.pauseAfterCall = true;
+      if (action === 'resume' || action === 'next' || action === 'hangup') me.pauseAfterCall = false;
+      renderCallbar();
     } catch (e) {
       $('action-error').textContent = e.message;
     }
@@ -468,6 +487,7 @@
       me.sessionId = Number(sid);
       me.name = name;
       me.state = null;
+      if (notes.callId == null) setText($('notes-status'), 'The notes box opens with your first call.');
       me.wrapUpIdleS = s.wrap_up_idle;
       me.sessionDone = s.state === 'done';
       sessionStorage.setItem(AGENT_KEY, JSON.stringify({ sessionId: me.sessionId, name }));
@@ -564,6 +584,7 @@
       tr.cells[3].classList.add('num');
     }
     $('agents-empty').hidden = true;
+    $('agents-table').hidden = false;
     return tr;
   }
 
@@ -619,6 +640,7 @@
     }
     for (const name of [...admin.agents.keys()]) if (!names.has(name)) admin.agents.delete(name);
     $('agents-empty').hidden = names.size > 0;
+    $('agents-table').hidden = names.size === 0;
     for (const a of s.agents || []) setAgent(a, false);
     await loadQueue();
   }
@@ -647,6 +669,7 @@
       });
     });
     $('queue-empty').hidden = q.data.length > 0;
+    $('queue-table').hidden = q.data.length === 0;
   }
 
   function scheduleQueue() {
