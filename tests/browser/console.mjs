@@ -245,6 +245,25 @@ try {
   if (result.page_errors.length) fail('script errors in the page: ' + result.page_errors.join('; '));
 } catch (e) {
   if (e.message !== 'stop') fail('script error: ' + (e.stack || e.message));
+  // What each page knew of the live stream when it failed.
+  for (const p of browser ? browser.contexts().flatMap((c) => c.pages()) : []) {
+    try {
+      result.steps.push(
+        'page ' + p.url() + ': ' +
+          JSON.stringify(
+            await p.evaluate(() => ({
+              stream: document.getElementById('stream-status').textContent,
+              banner: document.getElementById('banner').textContent,
+              events: document.body.dataset.events || '0',
+              visibility: document.visibilityState,
+            })),
+          ),
+      );
+      await shot(p, 'failed-' + (p.url().includes('#admin') ? 'admin' : 'agent'));
+    } catch (_) {
+      // The page is gone: nothing more to show.
+    }
+  }
 } finally {
   if (browser) await browser.close().catch(() => {});
 }

@@ -189,6 +189,9 @@
         return;
       }
       if (event !== 'state' || data.length === 0) return;
+      // How many state events this page has had (shown to tests and to
+      // anyone debugging a silent stream).
+      document.body.dataset.events = String(Number(document.body.dataset.events || 0) + 1);
       let msg;
       try {
         msg = JSON.parse(data.join('\n'));
@@ -315,6 +318,9 @@
     sessionDone: false,
     // Pause asked during a call: the dialer pauses once it ends (R14).
     pauseAfterCall: false,
+    // Agent-state events applied so far: a snapshot read while one
+    // arrived may be older than it and is not applied.
+    eventSeq: 0,
   };
 
   const notes = {
@@ -334,9 +340,19 @@
 
   async function loadMySession() {
     if (me.sessionId == null) return;
+    const seq = me.eventSeq;
     const s = await api('GET', `/api/v1/sessions/${me.sessionId}`);
+    applySnapshot(s, seq);
+  }
+
+  /** A session view read when `seq` events had been applied. */
+  function applySnapshot(s, seq) {
     me.wrapUpIdleS = s.wrap_up_idle;
     me.sessionDone = s.state === 'done';
+    if (me.eventSeq !== seq) {
+      renderCallbar();
+      return;
+    }
     const a = (s.agents || []).find((x) => x.agent === me.name);
     if (a) applyMyState(a.state, a.lead_id, a.call_id);
     else applyMyState('left', null, null);
@@ -482,18 +498,20 @@
       $('join-error').textContent = 'Pick a session and an agent first.';
       return;
     }
+    // Events are taken from now on: the phone may answer and the first
+    // lead be dialed before the join's answer arrives.
+    const prev = { sessionId: me.sessionId, name: me.name };
+    me.sessionId = Number(sid);
+    me.name = name;
+    const seq = me.eventSeq;
     try {
       const s = await api('POST', `/api/v1/sessions/${sid}/agents`, { agent: name });
-      me.sessionId = Number(sid);
-      me.name = name;
-      me.state = null;
       if (notes.callId == null) setText($('notes-status'), 'The notes box opens with your first call.');
-      me.wrapUpIdleS = s.wrap_up_idle;
-      me.sessionDone = s.state === 'done';
       sessionStorage.setItem(AGENT_KEY, JSON.stringify({ sessionId: me.sessionId, name }));
-      const a = (s.agents || []).find((x) => x.agent === name);
-      applyMyState(a ? a.state : 'joining', a && a.lead_id, a && a.call_id);
+      applySnapshot(s, seq);
     } catch (e) {
+      me.sessionId = prev.sessionId;
+      me.name = prev.name;
       $('join-error').textContent = 'Could not join: ' + e.message;
     }
   });
@@ -516,6 +534,7 @@
     event(msg) {
       if (me.sessionId == null || msg.session_id !== me.sessionId) return;
       if (msg.type === 'agent_state' && msg.agent === me.name) {
+        me.eventSeq += 1;
         applyMyState(msg.state, msg.lead_id, msg.call_id);
       } else if (msg.type === 'queue') {
         const done = !!(msg.counts && msg.counts.done);
@@ -532,7 +551,8 @@
 
   // -------------------------------------------------------- admin view
 
-  const admin = { sessionId: null, agents: new Map(), queueTimer: null };
+  // eventSeq: agent-state events applied, as for the agent view.
+  const admin = { sessionId: null, agents: new Map(), queueTimer: null, eventSeq: 0 };
 
   const COUNT_LABELS = [
     ['in_view', 'In the view'],
@@ -630,18 +650,24 @@
       return;
     }
     $('admin-error').textContent = '';
+    const seq = admin.eventSeq;
     const s = await api('GET', `/api/v1/sessions/${sid}`);
     if (admin.sessionId !== sid) return;
+    // Events that arrived meanwhile are newer than this snapshot: keep them.
+    const fresh = admin.eventSeq === seq;
     $('admin-body').hidden = false;
     renderCounts(s.counts || {});
     const names = new Set((s.agents || []).map((a) => a.agent));
-    for (const tr of [...$('agents-table').tBodies[0].rows]) {
-      if (!names.has(tr.dataset.agent)) tr.remove();
+    if (fresh) {
+      for (const tr of [...$('agents-table').tBodies[0].rows]) {
+        if (!names.has(tr.dataset.agent)) tr.remove();
+      }
+      for (const name of [...admin.agents.keys()]) if (!names.has(name)) admin.agents.delete(name);
     }
-    for (const name of [...admin.agents.keys()]) if (!names.has(name)) admin.agents.delete(name);
-    $('agents-empty').hidden = names.size > 0;
-    $('agents-table').hidden = names.size === 0;
-    for (const a of s.agents || []) setAgent(a, false);
+    const any = admin.agents.size > 0 || names.size > 0;
+    $('agents-empty').hidden = any;
+    $('agents-table').hidden = !any;
+    for (const a of s.agents || []) if (fresh || !admin.agents.has(a.agent)) setAgent(a, false);
     await loadQueue();
   }
 
@@ -706,6 +732,7 @@
       if (admin.sessionId == null || msg.session_id !== admin.sessionId) return;
       switch (msg.type) {
         case 'agent_state':
+          admin.eventSeq += 1;
           setAgent({ agent: msg.agent, state: msg.state, lead_id: msg.lead_id, call_id: msg.call_id }, true);
           break;
         case 'queue':
