@@ -126,6 +126,13 @@ try {
   // ---- Agent view: join, see the lead in the call bar.
   const page = await ctx.newPage();
   page.on('pageerror', (e) => result.page_errors.push('agent: ' + e.message));
+  // The agent's commands as the browser sent them (for failure reports).
+  result.commands = [];
+  page.on('request', (r) => {
+    if (r.method() === 'POST' && /\/agents\/[^/]+\/(pause|resume|next|hangup)$/.test(r.url())) {
+      result.commands.push(`${((Date.now() - t0) / 1000).toFixed(2)}s ${r.url().split('/').pop()}`);
+    }
+  });
   await signIn(page, '#agent');
   const agentView = page.locator('#agent-view');
   await agentView.getByLabel('Session', { exact: true }).selectOption(String(cfg.session_id));
@@ -190,6 +197,13 @@ try {
   // ---- Call next lead: the next lead appears in the call bar.
   const stillWrap = await callbar(page);
   if (stillWrap.state !== 'Wrap-up') fail(`before "Call next lead" the state was ${stillWrap.state}`);
+  // The agent ends the note and clicks at once, as people do: the last
+  // keystroke's heartbeat keeps wrap-up while the click travels. (Without
+  // it, a click racing the end of wrap-up would skip the lead the dialer
+  // has just moved on to.)
+  await page.locator('#notes').press('End');
+  await page.keyboard.type('.');
+  result.typed = await page.inputValue('#notes');
   await page.getByRole('button', { name: 'Call next lead' }).click();
   step('clicked Call next lead');
   const next = await until(30000, async () => {
@@ -242,6 +256,43 @@ try {
     fail(`the admin view never showed ${cfg.first_lead} beside the agent: ${JSON.stringify(result.admin_states)}`);
   }
   if (!seq.includes('Paused')) fail('the admin view never showed the agent Paused: ' + JSON.stringify(seq));
+
+  // ---- The stream drops (powerdial restarts): a banner says so, the page
+  // reconnects by itself and re-reads the agent's state.
+  if (cfg.restart_request) {
+    fs.writeFileSync(cfg.restart_request, 'restart');
+    const lost = await until(30000, async () =>
+      ((await page.textContent('#banner')) || '').includes('interrupted'),
+    );
+    if (!lost) fail('no message when the event stream dropped');
+    else {
+      step('stream lost: ' + (await page.textContent('#banner')));
+      await shot(page, 'agent-stream-lost');
+    }
+    const back = await until(45000, async () => {
+      const live = ((await page.textContent('#stream-status')) || '').trim() === 'Live';
+      return live && (await page.isHidden('#banner'));
+    });
+    if (!back) fail('the page did not reconnect to the event stream');
+    else step('stream back');
+    // The call bar agrees with the server once reconnected.
+    const words = { paused: 'Paused', ready: 'Finding the next lead…', calling_agent: 'Calling your phone…' };
+    const agrees = await until(10000, async () => {
+      const api = await page.evaluate(
+        async ([sid, token]) => {
+          const r = await fetch(`/api/v1/sessions/${sid}`, { headers: { Authorization: 'Bearer ' + token } });
+          return r.json();
+        },
+        [cfg.session_id, cfg.token],
+      );
+      const a = (api.agents || []).find((x) => x.agent === cfg.agent);
+      const want = a ? words[a.state] || a.state : 'Left the session';
+      return (await callbar(page)).state === want ? want : null;
+    });
+    if (!agrees) fail('after reconnecting the call bar disagrees with the server: ' + JSON.stringify(await callbar(page)));
+    else step('after the restart the call bar shows ' + agrees);
+    await shot(page, 'agent-reconnected');
+  }
   if (result.page_errors.length) fail('script errors in the page: ' + result.page_errors.join('; '));
 } catch (e) {
   if (e.message !== 'stop') fail('script error: ' + (e.stack || e.message));

@@ -6,7 +6,9 @@
 //! in the call bar when the carrier answers, types a note through the
 //! lead's hang-up (the dialer waits in wrap-up, SPEC §1 step 5), clicks
 //! "Call next lead", sees the next lead, pauses and resumes; the admin
-//! view must have followed each state live. Here the note is checked in
+//! view must have followed each state live. Then powerdial restarts: the
+//! page must say its live updates were interrupted, reconnect by itself
+//! and show the agent's state as the server has it. Here the note is checked in
 //! the call record (`GET /api/v1/calls/{id}`). Screenshots go to
 //! `$CARGO_TARGET_DIR/console/` (else `target/console/`).
 //!
@@ -120,7 +122,7 @@ fn console_drives_a_session_in_chromium() {
             .iter()
             .any(|e| e["event"] == "ready")
     });
-    let app = spawn_app_with(AppOptions {
+    let mut app = spawn_app_with(AppOptions {
         extra_toml: format!(
             r#"[[trunk]]
 name = "carrier"
@@ -183,6 +185,9 @@ allow = ['\+44\d+']
     let sid = session["id"].as_i64().expect("session id");
 
     let shots = shots_dir();
+    // The script asks for a restart of powerdial (its event stream drops)
+    // by creating this file.
+    let restart_request = dir.path().join("restart");
     let input = json!({
         "url": format!("http://{}/", app.http),
         "token": app.token,
@@ -194,6 +199,7 @@ allow = ['\+44\d+']
         "shots_dir": shots,
         "chromium": browser.chromium,
         "playwright": browser.modules,
+        "restart_request": restart_request,
     });
     let mut child = Command::new(&browser.node)
         .arg(repo().join("tests/browser/console.mjs"))
@@ -205,7 +211,12 @@ allow = ['\+44\d+']
         .expect("run node");
     // The script bounds each step; this bounds the whole.
     let deadline = Instant::now() + Duration::from_secs(180);
+    let mut restarted = false;
     while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        if !restarted && restart_request.exists() {
+            restarted = true;
+            app.restart();
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
     let _ = child.kill();
@@ -220,6 +231,8 @@ allow = ['\+44\d+']
             panic!("the browser script printed no result (timed out or crashed)\nstdout: {stdout}\nstderr: {stderr}")
         });
     let pretty = serde_json::to_string_pretty(&result).unwrap_or_default();
+    // What the script saw, beside the screenshots.
+    let _ = std::fs::write(shots.join("console-result.json"), &pretty);
     assert_eq!(
         result["ok"],
         true,
