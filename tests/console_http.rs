@@ -53,6 +53,13 @@ struct App {
 }
 
 async fn spawn(store: powerdial::store::Store) -> App {
+    spawn_with_agents(store, Vec::new()).await
+}
+
+async fn spawn_with_agents(
+    store: powerdial::store::Store,
+    agents: Vec<powerdial::config::AgentConfig>,
+) -> App {
     let sessions = Sessions::start(
         store.clone(),
         Idle {
@@ -69,7 +76,8 @@ async fn spawn(store: powerdial::store::Store) -> App {
     )
     .await
     .expect("sessions");
-    let state = AppState::new(store, TOKEN, "US").with_sessions(sessions);
+    let mut state = AppState::new(store, TOKEN, "US").with_sessions(sessions);
+    state.agents = agents.into();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -282,5 +290,89 @@ async fn the_console_is_served_without_the_token() {
     assert!(!page.contains(TOKEN));
     let (s, _, _) = app.raw(Method::GET, "/api/v1/agents", None, false).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn next_and_hangup_name_the_call_on_screen() {
+    let db = common::sqlite_db().await;
+    let alice = powerdial::config::AgentConfig {
+        username: "alice".into(),
+        password: "secret".into(),
+        display_name: None,
+    };
+    let app = spawn_with_agents(db.store.clone(), vec![alice]).await;
+    let (s, lead) = app
+        .json(
+            Method::POST,
+            "/api/v1/leads",
+            Some(json!({"name": "Ada", "contacts": [{"name": "Ada", "phones": ["+14155550134"]}]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{lead}");
+    let (_, view) = app
+        .json(
+            Method::POST,
+            "/api/v1/smart-views",
+            Some(json!({"name": "All", "query": "sort:name"})),
+        )
+        .await;
+    let (s, sess) = app
+        .json(
+            Method::POST,
+            "/api/v1/sessions",
+            Some(json!({"smart_view_id": view["id"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{sess}");
+    let sid = sess["id"].as_i64().expect("id");
+    let (s, v) = app
+        .json(
+            Method::POST,
+            &format!("/api/v1/sessions/{sid}/agents"),
+            Some(json!({"agent": "alice"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // The test dialer answers every dial with call record 1, left ringing.
+    let mut agent = Value::Null;
+    for _ in 0..100 {
+        let (_, v) = app
+            .json(Method::GET, &format!("/api/v1/sessions/{sid}"), None)
+            .await;
+        agent = v["agents"][0].clone();
+        if agent["state"] == "dialing" && agent["call_id"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(agent["call_id"], 1, "{agent}");
+    let base = format!("/api/v1/sessions/{sid}/agents/alice");
+    for action in ["next", "hangup"] {
+        let (s, v) = app
+            .json(Method::POST, &format!("{base}/{action}?call_id=7"), None)
+            .await;
+        assert_eq!(s, StatusCode::CONFLICT, "{action} for another call: {v}");
+        assert!(v["error"]["message"].is_string(), "{v}");
+        let (s, v) = app
+            .json(Method::POST, &format!("{base}/{action}?call_id=x"), None)
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{action} with a bad id: {v}");
+    }
+    let (_, v) = app
+        .json(Method::GET, &format!("/api/v1/sessions/{sid}"), None)
+        .await;
+    assert_eq!(
+        v["agents"][0]["state"], "dialing",
+        "refusals change nothing: {v}"
+    );
+    let (s, v) = app
+        .json(Method::POST, &format!("{base}/next?call_id=1"), None)
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::NO_CONTENT,
+        "next for the call on screen: {v}"
+    );
     db.cleanup().await;
 }

@@ -198,9 +198,9 @@ try {
   const stillWrap = await callbar(page);
   if (stillWrap.state !== 'Wrap-up') fail(`before "Call next lead" the state was ${stillWrap.state}`);
   // The agent ends the note and clicks at once, as people do: the last
-  // keystroke's heartbeat keeps wrap-up while the click travels. (Without
-  // it, a click racing the end of wrap-up would skip the lead the dialer
-  // has just moved on to.)
+  // keystroke's heartbeat keeps wrap-up while the click travels. (A click
+  // that crossed the end of wrap-up would get a 409 instead: the console
+  // names the call on screen, `next?call_id=`.)
   await page.locator('#notes').press('End');
   await page.keyboard.type('.');
   result.typed = await page.inputValue('#notes');

@@ -474,14 +474,22 @@
   async function agentAction(action) {
     $('action-error').textContent = '';
     if (action === 'next' || action === 'hangup') await saveNotes();
+    // "Call next lead" and "Hang up" name the call on screen, so a click
+    // that crosses the dialer moving on by itself (wrap-up over) does not
+    // skip or hang up the lead dialed meanwhile: the server answers 409.
+    const onCall = WITH_LEAD.has(me.state) && me.callId != null;
+    const q = (action === 'next' || action === 'hangup') && onCall ? `?call_id=${me.callId}` : '';
     try {
-      await api('POST', `/api/v1/sessions/${me.sessionId}/agents/${encodeURIComponent(me.name)}/${action}`);
+      await api('POST', `/api/v1/sessions/${me.sessionId}/agents/${encodeURIComponent(me.name)}/${action}${q}`);
       const inCall = ['dialing', 'ringing', 'connected'].includes(me.state);
       if (action === 'pause' && inCall) me.pauseAfterCall = true;
       if (action === 'resume' || action === 'next' || action === 'hangup') me.pauseAfterCall = false;
       renderCallbar();
     } catch (e) {
-      $('action-error').textContent = e.message;
+      $('action-error').textContent =
+        e.status === 409 && q
+          ? 'The dialer had already moved on to the next lead; nothing was skipped.'
+          : e.message;
     }
   }
   $('btn-pause').addEventListener('click', () => agentAction('pause'));
