@@ -129,7 +129,7 @@ try {
   // The agent's commands as the browser sent them (for failure reports).
   result.commands = [];
   page.on('request', (r) => {
-    if (r.method() === 'POST' && /\/agents\/[^/]+\/(pause|resume|next|hangup)$/.test(r.url())) {
+    if (r.method() === 'POST' && /\/agents\/[^/]+\/(pause|resume|next|hangup)(\?|$)/.test(r.url())) {
       result.commands.push(`${((Date.now() - t0) / 1000).toFixed(2)}s ${r.url().split('/').pop()}`);
     }
   });
@@ -206,6 +206,10 @@ try {
   result.typed = await page.inputValue('#notes');
   await page.getByRole('button', { name: 'Call next lead' }).click();
   step('clicked Call next lead');
+  const named = await until(5000, async () => result.commands.some((c) => /next\?call_id=\d+$/.test(c)));
+  if (!named) {
+    fail('"Call next lead" did not name the call on screen: ' + JSON.stringify(result.commands));
+  }
   const next = await until(30000, async () => {
     const cb = await callbar(page);
     return cb.name === cfg.next_lead && ['Dialing', 'Ringing', 'Connected'].includes(cb.state) ? cb : null;
