@@ -416,11 +416,22 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
     tasks.spawn(async move {
         // The client address reaches the auth middleware's limiter.
         let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "HTTP server stopped");
+        let stopping = http_shutdown.clone();
+        let serve = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
+        // Requests in flight get a moment to finish; long-lived event
+        // streams (the console's) would hold a graceful stop forever, so
+        // they are closed after it.
+        tokio::select! {
+            served = serve => {
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "HTTP server stopped");
+                }
+            }
+            _ = async {
+                stopping.cancelled().await;
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            } => tracing::debug!("closing the HTTP connections still open"),
         }
     });
     tracing::info!(%http, "HTTP API listening");

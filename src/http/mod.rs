@@ -7,7 +7,9 @@
 pub mod admin_token;
 pub mod agents;
 pub mod auth;
+pub mod call_notes;
 pub mod calls;
+pub mod console;
 pub mod dnc;
 pub mod error;
 pub mod events;
@@ -15,6 +17,7 @@ pub mod idempotency;
 pub mod leads;
 pub mod manual_calls;
 pub mod paging;
+pub mod session_list;
 pub mod sessions;
 pub mod smart_views;
 
@@ -164,6 +167,8 @@ pub fn api_routes() -> Router<AppState> {
         )
         .merge(calls::routes())
         .merge(dnc::routes())
+        .merge(call_notes::routes())
+        .merge(session_list::routes())
 }
 
 /// `GET /metrics` (SPEC §4): Prometheus / OpenMetrics text, behind the
@@ -208,6 +213,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .merge(sessions::public_routes())
+        .merge(console::routes())
         .merge(api)
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)

@@ -14,7 +14,9 @@
 //! - `POST /api/v1/sessions/join {token, agent}`: join with the share token,
 //!   **without** the admin token; the token is the credential, and `agent`
 //!   must be a configured agent (404 otherwise). Answers the session id.
-//! - `POST /api/v1/sessions/{id}/agents/{agent}/pause|resume|next|hangup|typing|leave`.
+//! - `POST /api/v1/sessions/{id}/agents/{agent}/pause|resume|next|hangup|typing|leave`;
+//!   `next` and `hangup` take `?call_id=` (the call the agent saw) and
+//!   then apply only while the agent is still on that call (409 after).
 //! - `GET /api/v1/sessions/{id}/queue?explain=1&limit=N`: upcoming leads with
 //!   their states; `explain` adds the rule text (e.g. "R4: blocked until 14:05 UTC").
 
@@ -264,18 +266,36 @@ async fn join_shared(
     Ok(Json(json!({"session_id": id, "agent": body.agent})).into_response())
 }
 
+/// `?call_id=` on `next` and `hangup`: the call the agent's screen showed;
+/// the command applies only while the agent is still on it (409 once the
+/// dialer moved on), so a late click never skips the lead dialed meanwhile.
+#[derive(Debug, Deserialize)]
+struct AgentParams {
+    call_id: Option<String>,
+}
+
 async fn agent(
     State(st): State<AppState>,
     Path((id, agent, action)): Path<(String, String, String)>,
+    Query(params): Query<AgentParams>,
 ) -> Result<Response> {
     let id = parse_id(&id, "session")?;
-    let cmd = match action.as_str() {
-        "pause" => AgentCommand::Pause,
-        "resume" => AgentCommand::Resume,
-        "next" => AgentCommand::Next,
-        "hangup" => AgentCommand::Hangup,
-        "typing" => AgentCommand::Typing,
-        "leave" => AgentCommand::Leave,
+    let call = match params.call_id.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(raw) => Some(raw.parse::<i64>().map_err(|_| ApiError::BadParam {
+            param: "call_id",
+            reason: "must be an integer id",
+        })?),
+    };
+    let cmd = match (action.as_str(), call) {
+        ("pause", _) => AgentCommand::Pause,
+        ("resume", _) => AgentCommand::Resume,
+        ("next", None) => AgentCommand::Next,
+        ("next", Some(c)) => AgentCommand::NextAfter(c),
+        ("hangup", None) => AgentCommand::Hangup,
+        ("hangup", Some(c)) => AgentCommand::HangupCall(c),
+        ("typing", _) => AgentCommand::Typing,
+        ("leave", _) => AgentCommand::Leave,
         _ => return Err(ApiError::NotFound(format!("no agent action {action:?}")).into()),
     };
     let h = sessions(&st)?.get_or_load(id).await?;

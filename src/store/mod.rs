@@ -301,6 +301,12 @@ impl Store {
         dispatch!(self, s => s.finish_call(id, end).await)
     }
 
+    /// Replaces the agent's notes on a call (SPEC §1 step 5); the call
+    /// record as it now is.
+    pub async fn set_call_notes(&self, id: i64, notes: &str) -> Result<CallRecord, StoreError> {
+        dispatch!(self, s => s.set_call_notes(id, notes).await)
+    }
+
     /// One call record.
     pub async fn get_call(&self, id: i64) -> Result<CallRecord, StoreError> {
         dispatch!(self, s => s.get_call(id).await)

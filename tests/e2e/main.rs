@@ -8,6 +8,7 @@ mod api_auth;
 mod app;
 mod calls;
 mod calls_failures;
+mod console;
 mod demo;
 mod dnc;
 mod media_hijack;
