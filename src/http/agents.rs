@@ -296,6 +296,7 @@ pub async fn delete(
     if !state.store.delete_agent(&username).await? {
         return Err(ApiError::NotFound(format!("agent {username} not found")));
     }
+    state.store.revoke_agent_tokens(&username).await?;
     if let Some(sip) = &state.sip {
         sip.remove_agent(&username).await;
     }
@@ -304,4 +305,59 @@ pub async fn delete(
     }
     tracing::info!(agent = %username, "agent deleted");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Issues a bearer token limited to `agent`'s own actions
+/// ([`super::auth::agent_access`]); only its SHA-256 is stored. Returns the
+/// token (shown once).
+pub async fn new_agent_token(state: &AppState, agent: &str, via: &str) -> Result<String, ApiError> {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let token = hex::encode(bytes);
+    state
+        .store
+        .insert_agent_token(
+            &super::auth::token_hash(&token),
+            agent,
+            via,
+            time_to_ms(now()),
+        )
+        .await?;
+    tracing::info!(%agent, via, "agent token issued");
+    Ok(token)
+}
+
+async fn known(state: &AppState, username: &str) -> Result<bool, ApiError> {
+    Ok(origin(state, username).is_some() || state.store.get_agent(username).await?.is_some())
+}
+
+/// `POST /api/v1/agents/{username}/tokens` (admin): a token for that
+/// agent's console, limited to its own actions; 201 `{agent, token}`,
+/// shown once.
+pub async fn issue_token(
+    State(state): State<AppState>,
+    Path(username): Path<String>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    if !known(&state, &username).await? {
+        return Err(ApiError::NotFound(format!("agent {username} not found")));
+    }
+    let token = new_agent_token(&state, &username, "api").await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({"agent": username, "token": token})),
+    ))
+}
+
+/// `DELETE /api/v1/agents/{username}/tokens` (admin): revokes every token
+/// of the agent; `{revoked}`.
+pub async fn revoke_tokens(
+    State(state): State<AppState>,
+    Path(username): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if !known(&state, &username).await? {
+        return Err(ApiError::NotFound(format!("agent {username} not found")));
+    }
+    let revoked = state.store.revoke_agent_tokens(&username).await?;
+    Ok(Json(serde_json::json!({"revoked": revoked})))
 }

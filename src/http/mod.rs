@@ -165,6 +165,10 @@ pub fn api_routes() -> Router<AppState> {
             "/api/v1/agents/{username}",
             get(agents::get).patch(agents::patch).delete(agents::delete),
         )
+        .route(
+            "/api/v1/agents/{username}/tokens",
+            axum::routing::post(agents::issue_token).delete(agents::revoke_tokens),
+        )
         .merge(calls::routes())
         .merge(dnc::routes())
         .merge(call_notes::routes())

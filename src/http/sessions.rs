@@ -263,7 +263,13 @@ async fn join_shared(
     check_agent(&st, &body.agent)?;
     let h = s.get_or_load(id).await?;
     h.join(&body.agent).await?;
-    Ok(Json(json!({"session_id": id, "agent": body.agent})).into_response())
+    // SPEC §4: the share link is exchanged for a token of this agent, for
+    // the console's later requests.
+    let agent_token = super::agents::new_agent_token(&st, &body.agent, "share_link").await?;
+    Ok(
+        Json(json!({"session_id": id, "agent": body.agent, "agent_token": agent_token}))
+            .into_response(),
+    )
 }
 
 /// `?call_id=` on `next` and `hangup`: the call the agent's screen showed;

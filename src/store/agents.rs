@@ -132,3 +132,67 @@ where
             .await?;
     Ok(gone.is_some())
 }
+
+/// Stores an agent token's hash (`via`: `api` or `share_link`).
+pub(crate) async fn insert_token<DB>(
+    pool: &Pool<DB>,
+    token_sha256: &str,
+    agent: &str,
+    via: &str,
+    created_ms: i64,
+) -> Result<(), StoreError>
+where
+    DB: Database,
+    for<'c> &'c Pool<DB>: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query::<DB>(
+        "INSERT INTO agent_tokens (token_sha256, agent, via, created_ms) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(token_sha256)
+    .bind(agent)
+    .bind(via)
+    .bind(created_ms)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The agent a token hash belongs to.
+pub(crate) async fn token_agent<DB>(
+    pool: &Pool<DB>,
+    token_sha256: &str,
+) -> Result<Option<String>, StoreError>
+where
+    DB: Database,
+    for<'c> &'c Pool<DB>: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'r> (String,): FromRow<'r, DB::Row>,
+{
+    let row: Option<(String,)> =
+        sqlx::query_as::<DB, _>("SELECT agent FROM agent_tokens WHERE token_sha256 = $1")
+            .bind(token_sha256)
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.map(|r| r.0))
+}
+
+/// Revokes every token of an agent; how many.
+pub(crate) async fn delete_tokens<DB>(pool: &Pool<DB>, agent: &str) -> Result<u64, StoreError>
+where
+    DB: Database,
+    for<'c> &'c Pool<DB>: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'r> (String,): FromRow<'r, DB::Row>,
+{
+    let gone: Vec<(String,)> =
+        sqlx::query_as::<DB, _>("DELETE FROM agent_tokens WHERE agent = $1 RETURNING token_sha256")
+            .bind(agent)
+            .fetch_all(pool)
+            .await?;
+    Ok(gone.len() as u64)
+}

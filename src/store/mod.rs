@@ -400,6 +400,27 @@ impl Store {
         dispatch!(self, s => agents::delete(s.pool(), username).await)
     }
 
+    /// Stores an agent token's SHA-256 (never the token).
+    pub async fn insert_agent_token(
+        &self,
+        token_sha256: &str,
+        agent: &str,
+        via: &str,
+        created_ms: i64,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => agents::insert_token(s.pool(), token_sha256, agent, via, created_ms).await)
+    }
+
+    /// The agent whose token has this SHA-256.
+    pub async fn agent_for_token(&self, token_sha256: &str) -> Result<Option<String>, StoreError> {
+        dispatch!(self, s => agents::token_agent(s.pool(), token_sha256).await)
+    }
+
+    /// Revokes every token of an agent; how many.
+    pub async fn revoke_agent_tokens(&self, agent: &str) -> Result<u64, StoreError> {
+        dispatch!(self, s => agents::delete_tokens(s.pool(), agent).await)
+    }
+
     /// Adds patterns to the do-not-call list (SPEC §4); existing ones keep
     /// their entry, with the new reason when one is given.
     pub async fn add_dnc(
