@@ -11,6 +11,7 @@ pub mod dialer;
 pub mod http;
 pub mod leads;
 pub mod media;
+pub mod metrics;
 pub mod server;
 pub mod sip;
 pub mod store;

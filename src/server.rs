@@ -81,6 +81,13 @@ enum SipCommand {
         aor: String,
         reply: oneshot::Sender<Vec<Binding>>,
     },
+    SetAgent {
+        username: String,
+        ha1: crate::sip::digest::StoredHa1,
+    },
+    RemoveAgent {
+        username: String,
+    },
 }
 
 /// A clonable handle to the SIP task.
@@ -101,6 +108,28 @@ impl SipHandle {
             return Vec::new();
         }
         rx.await.unwrap_or_default()
+    }
+
+    /// Lets an agent created through the API authenticate (its HA1 values
+    /// for this realm).
+    pub async fn set_agent(&self, username: &str, ha1: crate::sip::digest::StoredHa1) {
+        let _ = self
+            .commands
+            .send(SipCommand::SetAgent {
+                username: username.to_string(),
+                ha1,
+            })
+            .await;
+    }
+
+    /// Stops an agent deleted through the API from authenticating.
+    pub async fn remove_agent(&self, username: &str) {
+        let _ = self
+            .commands
+            .send(SipCommand::RemoveAgent {
+                username: username.to_string(),
+            })
+            .await;
     }
 }
 
@@ -271,6 +300,27 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
         Instant::now(),
     );
     endpoint.set_digest_algorithms(&config.digest_algorithms);
+    // Agents created through the API (their HA1 values; the config file's
+    // agents win a name clash).
+    let mut api_agents = Vec::new();
+    for a in store.list_agents().await? {
+        if config.agents.iter().any(|c| c.username == a.username) {
+            tracing::warn!(agent = %a.username, "an agent created through the API has the name of a config agent: the config's is used");
+            continue;
+        }
+        if a.realm != config.domain {
+            tracing::warn!(agent = %a.username, realm = %a.realm, domain = %config.domain, "the agent's password was set for another SIP domain: set it again (PATCH /api/v1/agents/USERNAME with a password)");
+            continue;
+        }
+        endpoint.set_agent(
+            &a.username,
+            crate::sip::digest::StoredHa1 {
+                md5: a.ha1_md5,
+                sha256: a.ha1_sha256,
+            },
+        );
+        api_agents.push(a.username);
+    }
     let now_ms = epoch_ms(SystemTime::now());
     let removed = store.delete_expired_registrations(now_ms).await?;
     let saved: Vec<Binding> = store
@@ -327,6 +377,10 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
         },
     )?;
 
+    for name in &api_agents {
+        calls.add_agent(name);
+    }
+
     // Dialer sessions (SPEC §1) drive the call engine; stored ones resume.
     let sessions = crate::dialer::directory::Sessions::start(
         store.clone(),
@@ -354,6 +408,7 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
     let state =
         crate::http::AppState::new(store.clone(), admin_token.token(), &config.default_region)
             .with_sip(sip.clone(), config.agents.clone())
+            .with_realm(&config.domain)
             .with_calls(calls.clone())
             .with_sessions(sessions);
     let app = crate::http::router(state);
@@ -361,11 +416,22 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
     tasks.spawn(async move {
         // The client address reaches the auth middleware's limiter.
         let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "HTTP server stopped");
+        let stopping = http_shutdown.clone();
+        let serve = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
+        // Requests in flight get a moment to finish; long-lived event
+        // streams (the console's) would hold a graceful stop forever, so
+        // they are closed after it.
+        tokio::select! {
+            served = serve => {
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "HTTP server stopped");
+                }
+            }
+            _ = async {
+                stopping.cancelled().await;
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            } => tracing::debug!("closing the HTTP connections still open"),
         }
     });
     tracing::info!(%http, "HTTP API listening");
@@ -439,6 +505,8 @@ async fn sip_task(
                 Some(SipCommand::Bindings { aor, reply }) => {
                     let _ = reply.send(endpoint.bindings(&aor, SystemTime::now()));
                 }
+                Some(SipCommand::SetAgent { username, ha1 }) => endpoint.set_agent(&username, ha1),
+                Some(SipCommand::RemoveAgent { username }) => endpoint.remove_agent(&username),
                 None => {}
             },
         }

@@ -255,7 +255,11 @@ pub enum RouteChange {
 /// The clonable handle to the call engine (the seam with the sessions).
 #[derive(Clone)]
 pub struct CallEngine {
-    agents: Arc<HashMap<String, mpsc::UnboundedSender<Command>>>,
+    /// One driver task per agent; agents created through the API join at
+    /// run time.
+    agents: Arc<std::sync::RwLock<HashMap<String, mpsc::UnboundedSender<Command>>>>,
+    shared: Arc<Shared>,
+    stops: (CancellationToken, CancellationToken, CancellationToken),
     events: broadcast::Sender<CallEvent>,
     progress: ProgressTable,
     tasks: TaskTracker,
@@ -268,7 +272,7 @@ type ProgressTable = Arc<std::sync::Mutex<HashMap<i64, CallProgress>>>;
 impl std::fmt::Debug for CallEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CallEngine")
-            .field("agents", &self.agents.len())
+            .field("agents", &self.agent_names().len())
             .finish()
     }
 }
@@ -392,24 +396,61 @@ impl CallEngine {
             drain_timeout: config.drain_timeout,
             tasks: TaskTracker::new(),
         });
-        let mut agents = HashMap::new();
-        for a in &config.agents {
-            let (tx, rx) = mpsc::unbounded_channel();
-            agents.insert(a.username.clone(), tx);
-            let task = AgentTask::new(a.username.clone(), shared.clone());
-            shared.tasks.spawn(task.run(
-                rx,
-                io.shutdown.clone(),
-                io.drain.clone(),
-                io.hurry.clone(),
-            ));
-        }
-        Ok(CallEngine {
-            agents: Arc::new(agents),
+        let engine = CallEngine {
+            agents: Arc::default(),
+            tasks: shared.tasks.clone(),
+            shared,
+            stops: (io.shutdown, io.drain, io.hurry),
             events,
             progress,
-            tasks: shared.tasks.clone(),
-        })
+        };
+        for a in &config.agents {
+            engine.add_agent(&a.username);
+        }
+        Ok(engine)
+    }
+
+    fn agents_read(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, HashMap<String, mpsc::UnboundedSender<Command>>> {
+        self.agents
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Starts the driver task of an agent (a configured one at start, or
+    /// one created through the API); nothing happens if it runs already.
+    pub fn add_agent(&self, name: &str) {
+        let mut agents = self
+            .agents
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if agents.contains_key(name) {
+            return;
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        agents.insert(name.to_string(), tx);
+        let task = AgentTask::new(name.to_string(), self.shared.clone());
+        let (shutdown, drain, hurry) = self.stops.clone();
+        self.shared
+            .tasks
+            .spawn(task.run(rx, shutdown, drain, hurry));
+    }
+
+    /// Ends an agent's driver task (an agent deleted through the API): its
+    /// legs are hung up first. Returns whether it existed.
+    pub async fn remove_agent(&self, name: &str) -> bool {
+        let _ = self.disconnect_agent(name).await;
+        self.agents
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(name)
+            .is_some()
+    }
+
+    /// The agents with a driver task.
+    pub fn agent_names(&self) -> Vec<String> {
+        self.agents_read().keys().cloned().collect()
     }
 
     /// Resolves once every agent task has ended its calls and every call
@@ -419,9 +460,10 @@ impl CallEngine {
         self.tasks.wait().await;
     }
 
-    fn agent(&self, agent: &str) -> Result<&mpsc::UnboundedSender<Command>, CallEngineError> {
-        self.agents
+    fn agent(&self, agent: &str) -> Result<mpsc::UnboundedSender<Command>, CallEngineError> {
+        self.agents_read()
             .get(agent)
+            .cloned()
             .ok_or_else(|| CallEngineError::UnknownAgent(agent.to_string()))
     }
 
@@ -437,9 +479,9 @@ impl CallEngine {
         rx.await.map_err(|_| CallEngineError::Stopped)
     }
 
-    /// Whether `agent` is a configured agent.
+    /// Whether `agent` is a known agent (configured or created).
     pub fn knows_agent(&self, agent: &str) -> bool {
-        self.agents.contains_key(agent)
+        self.agents_read().contains_key(agent)
     }
 
     /// Sets up (or keeps) the nailed-up agent leg (SPEC §1 step 2): INVITE
@@ -488,7 +530,8 @@ impl CallEngine {
 
     /// Hangs up the call with record id `call_id` (R17 hang-up).
     pub async fn hangup_call(&self, call_id: i64) -> Result<(), CallEngineError> {
-        for tx in self.agents.values() {
+        let senders: Vec<_> = self.agents_read().values().cloned().collect();
+        for tx in senders {
             let (reply, rx) = oneshot::channel();
             if tx.send(Command::Hangup(call_id, reply)).is_err() {
                 continue;
@@ -1108,6 +1151,7 @@ impl AgentTask {
             None => None,
         };
         if let Some(p) = &dnc {
+            crate::metrics::metrics().dnc_refused.inc();
             tracing::info!(agent = %self.name, number = %req.number, pattern = %p, "on the do-not-call list: restricted, not dialed");
         }
         let number = e164.clone().filter(|_| dnc.is_none());
@@ -1185,6 +1229,7 @@ impl AgentTask {
             .await
             .map_err(|e| CallEngineError::Store(e.to_string()))?
         {
+            crate::metrics::metrics().dnc_refused.inc();
             tracing::info!(agent = %self.name, %number, pattern = %p, "manual call refused: on the do-not-call list");
             return Err(CallEngineError::DoNotCall(p.to_string()));
         }
@@ -1453,6 +1498,7 @@ impl AgentTask {
         if manual {
             set_progress(&self.shared, &self.name, record_id, CallProgress::Dialing);
         }
+        crate::metrics::metrics().calls_in_progress.inc();
         self.lead = Some(LeadCall {
             leg,
             media: handle,
@@ -1658,6 +1704,7 @@ impl AgentTask {
         if !l.finished {
             l.finished = true;
             let outcome = l.leg.outcome().unwrap_or(Outcome::TemporaryError);
+            crate::metrics::metrics().calls_in_progress.dec();
             let r: LegRecord = *l.leg.record();
             let end = CallEnd {
                 answered_ms: r.answered.map(|a| l.anchor.ms(a)),
@@ -1842,6 +1889,12 @@ fn spawn_finish(
     sip_status: Option<u16>,
     manual: bool,
 ) {
+    crate::metrics::metrics()
+        .calls
+        .get_or_create(&crate::metrics::OutcomeLabel {
+            outcome: outcome.to_string(),
+        })
+        .inc();
     let tasks = shared.tasks.clone();
     tasks.spawn(async move {
         if let Err(e) = shared.store.finish_call(call_id, &end).await {

@@ -121,6 +121,9 @@ pub struct AgentMachine {
     state: AgentState,
     leg_up: bool,
     call: Option<CurrentCall>,
+    /// The call that ended last: the one the agent's notes are about while
+    /// in wrap-up (SPEC §1 step 5).
+    ended: Option<CurrentCall>,
     claim_pending: bool,
     pause_after_call: bool,
     skip_wrap_up: bool,
@@ -138,6 +141,7 @@ impl AgentMachine {
             state: AgentState::Joining,
             leg_up: false,
             call: None,
+            ended: None,
             claim_pending: false,
             pause_after_call: false,
             skip_wrap_up: false,
@@ -157,6 +161,17 @@ impl AgentMachine {
     /// The call in progress, if any.
     pub fn call(&self) -> Option<CurrentCall> {
         self.call
+    }
+
+    /// The call the agent's screen is about: the one in progress, or in
+    /// wrap-up the one that just ended (its lead and record stay shown while
+    /// the agent writes notes, SPEC §1 step 5).
+    pub fn shown_call(&self) -> Option<CurrentCall> {
+        match (self.call, self.state) {
+            (Some(c), _) => Some(c),
+            (None, AgentState::WrapUp) => self.ended,
+            (None, _) => None,
+        }
     }
 
     /// Whether the agent leg is up.
@@ -311,7 +326,8 @@ impl AgentMachine {
         if !self.is_current(call_id) {
             return None;
         }
-        let claim = self.call.take().map(|c| c.claim);
+        self.ended = self.call.take();
+        let claim = self.ended.map(|c| c.claim);
         if self.state == AgentState::Left {
             return claim;
         }

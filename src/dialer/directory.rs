@@ -165,6 +165,18 @@ impl Sessions {
             .ok_or(SessionError::NoSession(id))
     }
 
+    /// Every session running here, oldest first (`GET /api/v1/sessions`).
+    pub fn running(&self) -> Vec<SessionHandle> {
+        let mut all: Vec<SessionHandle> = self
+            .inner
+            .handles
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        all.sort_by_key(SessionHandle::id);
+        all
+    }
+
     /// Changes the settings (R8 reduced ring time, wrap-up idle).
     pub async fn update_settings(
         &self,

@@ -126,9 +126,9 @@ pub enum SessionEvent {
         agent: String,
         /// The new state.
         state: AgentState,
-        /// The lead being called, if any.
+        /// The lead being called, or in wrap-up the lead just called.
         lead_id: Option<i64>,
-        /// The call record, if any.
+        /// The call record of that lead, if any.
         call_id: Option<i64>,
     },
     /// A lead call ended (R5, R8–R12).
@@ -199,9 +199,10 @@ pub struct AgentView {
     pub agent: String,
     /// Its state.
     pub state: AgentState,
-    /// The lead being called.
+    /// The lead being called, or in wrap-up the lead just called (the
+    /// agent's notes are about it, SPEC §1 step 5).
     pub lead_id: Option<i64>,
-    /// The call record.
+    /// The call record of that lead.
     pub call_id: Option<i64>,
 }
 
@@ -270,6 +271,19 @@ pub enum SessionError {
     Store(#[from] crate::store::StoreError),
 }
 
+/// `Ok` while the agent's screen is still about call record `call` (see
+/// [`AgentMachine::shown_call`]); else the command does not apply now.
+fn still_on(machine: &AgentMachine, call: i64, command: &'static str) -> Result<(), NotNow> {
+    if machine.shown_call().and_then(|c| c.call_id) == Some(call) {
+        Ok(())
+    } else {
+        Err(NotNow {
+            command,
+            state: machine.state(),
+        })
+    }
+}
+
 /// A command for an agent of a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AgentCommand {
@@ -279,8 +293,15 @@ pub enum AgentCommand {
     Resume,
     /// Call the next lead.
     Next,
+    /// Call the next lead, only while the agent is still on this call
+    /// record (dialing, ringing, connected or in its wrap-up): a click
+    /// made just as wrap-up ended never skips the lead dialed meanwhile
+    /// (R9 would block it for `block`).
+    NextAfter(i64),
     /// Hang up the lead.
     Hangup,
+    /// Hang up the lead, only if it is still this call record's.
+    HangupCall(i64),
     /// Typing heartbeat (wrap-up).
     Typing,
     /// Leave the session.
@@ -658,7 +679,7 @@ impl<D: Dialer, C: Clock> Session<D, C> {
                     .iter()
                     .filter(|(_, s)| s.machine.state() != AgentState::Left)
                     .map(|(name, s)| {
-                        let c = s.machine.call();
+                        let c = s.machine.shown_call();
                         AgentView {
                             agent: name.clone(),
                             state: s.machine.state(),
@@ -720,6 +741,8 @@ impl<D: Dialer, C: Clock> Session<D, C> {
         }
     }
 
+    /// The commands an agent gives from a screen name the call they were
+    /// looking at; the dialer may have moved on since.
     async fn agent_command(
         &mut self,
         agent: &str,
@@ -744,7 +767,15 @@ impl<D: Dialer, C: Clock> Session<D, C> {
                 record::upsert_agent(&store, id, agent, false, wall).await?;
             }
             AgentCommand::Next => slot.machine.next(now)?,
+            AgentCommand::NextAfter(call) => {
+                still_on(&slot.machine, call, "move on from a call that is over")?;
+                slot.machine.next(now)?
+            }
             AgentCommand::Hangup => slot.machine.hangup()?,
+            AgentCommand::HangupCall(call) => {
+                still_on(&slot.machine, call, "hang up a call that is over")?;
+                slot.machine.hangup()?
+            }
             AgentCommand::Typing => slot.machine.typing(now),
             AgentCommand::Leave => {
                 slot.machine.leave();
@@ -1011,7 +1042,7 @@ impl<D: Dialer, C: Clock> Session<D, C> {
     fn publish(&mut self) {
         let id = self.row.id;
         for (name, slot) in &mut self.agents {
-            let c = slot.machine.call();
+            let c = slot.machine.shown_call();
             let now = (
                 slot.machine.state(),
                 c.map(|c| c.claim.lead.0),

@@ -100,14 +100,46 @@ pub async fn require_token(State(state): State<AppState>, req: Request, next: Ne
             let (scheme, token) = v.split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
         });
-    match given {
+    let agent = match given {
         Some(token)
             if !state.admin_token.is_empty()
                 && constant_time_eq(token.as_bytes(), state.admin_token.as_bytes()) =>
         {
-            next.run(req).await
+            return next.run(req).await;
         }
-        _ => {
+        Some(token) if !token.is_empty() => state
+            .store
+            .agent_for_token(&token_hash(token))
+            .await
+            .ok()
+            .flatten(),
+        _ => None,
+    };
+    match agent {
+        Some(agent) => match agent_access(req.method(), req.uri().path(), &agent) {
+            Access::Allow => next.run(req).await,
+            Access::Deny => forbidden(&agent),
+            Access::BodyAgent => {
+                let (parts, body) = req.into_parts();
+                let Ok(bytes) = axum::body::to_bytes(body, super::JSON_BODY_LIMIT).await else {
+                    return ApiError::PayloadTooLarge.into_response();
+                };
+                let named = serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .ok()
+                    .and_then(|v| v.get("agent").and_then(|a| a.as_str()).map(str::to_string));
+                if named.as_deref() != Some(agent.as_str()) {
+                    return forbidden(&agent);
+                }
+                next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                    .await
+            }
+            Access::CallOfAgent(id) => match state.store.get_call(id).await {
+                Ok(call) if call.agent.as_deref() != Some(agent.as_str()) => forbidden(&agent),
+                // Unknown calls: the handler answers 404.
+                _ => next.run(req).await,
+            },
+        },
+        None => {
             if let Some(addr) = addr {
                 let locked_now = state
                     .login_failures
@@ -115,12 +147,64 @@ pub async fn require_token(State(state): State<AppState>, req: Request, next: Ne
                     .map(|mut f| f.record_failure(addr, now))
                     .unwrap_or(false);
                 if locked_now {
+                    crate::metrics::metrics().http_signin_lockouts.inc();
                     // The token itself is never logged.
                     tracing::warn!(%addr, failures = MAX_FAILURES, "too many failed sign-ins: address refused for the rest of the minute");
                 }
             }
             ApiError::Unauthorized.into_response()
         }
+    }
+}
+
+/// The SHA-256 under which an agent token is stored (hex).
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+fn forbidden(agent: &str) -> Response {
+    ApiError::Forbidden(format!(
+        "an agent token acts for agent {agent} only: this needs the admin token or that agent's own token"
+    ))
+    .into_response()
+}
+
+/// What an agent token may do on a route (SPEC §4: "per-agent tokens …
+/// limited to the agent's own actions").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anything the console shows an agent: sessions, the queue, leads,
+    /// the event stream, its own agent record and session actions.
+    Allow,
+    /// Only when the JSON body's `agent` is this agent (join, manual call).
+    BodyAgent,
+    /// Only on a call record of this agent.
+    CallOfAgent(i64),
+    /// Admin only.
+    Deny,
+}
+
+/// The rules for an agent token on `method path` (see [`Access`]).
+pub fn agent_access(method: &axum::http::Method, path: &str, agent: &str) -> Access {
+    use axum::http::Method;
+    let parts: Vec<&str> = path.trim_end_matches('/').split('/').skip(3).collect();
+    let get = method == Method::GET;
+    let post = method == Method::POST;
+    match parts.as_slice() {
+        ["events"] if get => Access::Allow,
+        ["sessions"] if get => Access::Allow,
+        ["sessions", _] if get => Access::Allow,
+        ["sessions", _, "queue"] if get => Access::Allow,
+        ["sessions", _, "agents"] if post => Access::BodyAgent,
+        ["sessions", _, "agents", a, _] if post && *a == agent => Access::Allow,
+        ["leads", _] if get => Access::Allow,
+        ["agents", a] if get && *a == agent => Access::Allow,
+        ["calls"] if post => Access::BodyAgent,
+        ["calls", id] if get || method == Method::PATCH => {
+            id.parse().map_or(Access::Deny, Access::CallOfAgent)
+        }
+        ["calls", id, "hangup"] if post => id.parse().map_or(Access::Deny, Access::CallOfAgent),
+        _ => Access::Deny,
     }
 }
 
@@ -153,6 +237,34 @@ mod tests {
             "a new window starts counting at 1"
         );
         assert_eq!(f.locked_for(a, end), None);
+    }
+
+    #[test]
+    fn agent_tokens_reach_their_own_actions_only() {
+        use axum::http::Method;
+        let a = |m: Method, p: &str| agent_access(&m, p, "alice");
+        assert_eq!(a(Method::GET, "/api/v1/sessions/3"), Access::Allow);
+        assert_eq!(
+            a(Method::POST, "/api/v1/sessions/3/agents/alice/next"),
+            Access::Allow
+        );
+        assert_eq!(
+            a(Method::POST, "/api/v1/sessions/3/agents/bob/next"),
+            Access::Deny
+        );
+        assert_eq!(
+            a(Method::POST, "/api/v1/sessions/3/agents"),
+            Access::BodyAgent
+        );
+        assert_eq!(a(Method::POST, "/api/v1/calls"), Access::BodyAgent);
+        assert_eq!(a(Method::PATCH, "/api/v1/calls/9"), Access::CallOfAgent(9));
+        assert_eq!(a(Method::GET, "/api/v1/agents/alice"), Access::Allow);
+        assert_eq!(a(Method::GET, "/api/v1/agents/bob"), Access::Deny);
+        assert_eq!(a(Method::GET, "/api/v1/agents"), Access::Deny);
+        assert_eq!(a(Method::POST, "/api/v1/leads"), Access::Deny);
+        assert_eq!(a(Method::POST, "/api/v1/sessions/3/reset"), Access::Deny);
+        assert_eq!(a(Method::POST, "/api/v1/agents/alice/tokens"), Access::Deny);
+        assert_eq!(a(Method::GET, "/metrics"), Access::Deny);
     }
 
     #[test]

@@ -74,6 +74,14 @@ pub enum ApiError {
         /// Seconds until the address may try again.
         retry_after_s: u32,
     },
+    /// 403: authenticated, but not allowed this (an agent token acting
+    /// for another agent, or on an admin route).
+    #[error("{0}")]
+    Forbidden(String),
+    /// 409: the request conflicts with how things are (the message says
+    /// what to do instead).
+    #[error("{0}")]
+    Conflict(String),
     /// 409: a request with this `Idempotency-Key` is still running.
     #[error("a request with this Idempotency-Key is still being processed: retry in a moment")]
     IdempotencyInFlight,
@@ -107,7 +115,8 @@ impl ApiError {
             },
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TooManyFailures { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::IdempotencyInFlight => StatusCode::CONFLICT,
+            ApiError::IdempotencyInFlight | ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -135,6 +144,8 @@ impl ApiError {
             ApiError::Unavailable { code, .. } => code,
             ApiError::TooManyFailures { .. } => "too_many_failures",
             ApiError::IdempotencyInFlight => "idempotency_key_in_flight",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::IdempotencyKeyReused => "idempotency_key_reused",
             ApiError::Internal(_) => "internal",
         }

@@ -47,7 +47,7 @@ pub enum CallState {
 impl CallState {
     /// The record decides once the call is over; before, the engine's
     /// progress.
-    fn of(record: &CallRecord, live: Option<CallProgress>) -> CallState {
+    pub(crate) fn of(record: &CallRecord, live: Option<CallProgress>) -> CallState {
         if record.outcome.is_some() {
             return CallState::Ended;
         }

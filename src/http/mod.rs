@@ -7,7 +7,9 @@
 pub mod admin_token;
 pub mod agents;
 pub mod auth;
+pub mod call_notes;
 pub mod calls;
+pub mod console;
 pub mod dnc;
 pub mod error;
 pub mod events;
@@ -17,6 +19,7 @@ pub mod leads;
 pub mod manual_calls;
 pub mod openapi;
 pub mod paging;
+pub mod session_list;
 pub mod sessions;
 pub mod smart_views;
 
@@ -59,6 +62,9 @@ pub struct AppState {
     pub sessions: Option<crate::dialer::directory::Sessions>,
     /// Failed sign-ins per client address ([`auth::require_token`]).
     pub login_failures: Arc<std::sync::Mutex<auth::FailedLogins>>,
+    /// The SIP digest realm (`server.domain`): API-created agents' HA1
+    /// values are computed for it.
+    pub realm: Arc<str>,
     /// Responses remembered by `Idempotency-Key` ([`idempotency`]).
     pub idempotency: Arc<std::sync::Mutex<idempotency::IdempotencyCache>>,
 }
@@ -89,6 +95,7 @@ impl AppState {
             sessions: None,
             login_failures: Arc::default(),
             idempotency: Arc::default(),
+            realm: Arc::from("127.0.0.1"),
         }
     }
 
@@ -114,6 +121,12 @@ impl AppState {
     ) -> Self {
         self.sip = Some(sip);
         self.agents = Arc::from(agents);
+        self
+    }
+
+    /// The SIP digest realm (`server.domain`).
+    pub fn with_realm(mut self, realm: &str) -> Self {
+        self.realm = Arc::from(realm);
         self
     }
 }
@@ -160,10 +173,39 @@ pub fn api_routes() -> Router<AppState> {
         .merge(manual_calls::routes())
         .merge(sessions::routes())
         .route("/api/v1/events", get(events::events))
-        .route("/api/v1/agents", get(agents::list))
-        .route("/api/v1/agents/{username}", get(agents::get))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/agents", get(agents::list).post(agents::create))
+        .route(
+            "/api/v1/agents/{username}",
+            get(agents::get).patch(agents::patch).delete(agents::delete),
+        )
+        .route(
+            "/api/v1/agents/{username}/tokens",
+            axum::routing::post(agents::issue_token).delete(agents::revoke_tokens),
+        )
         .merge(calls::routes())
         .merge(dnc::routes())
+        .merge(call_notes::routes())
+        .merge(session_list::routes())
+}
+
+/// `GET /metrics` (SPEC §4): Prometheus / OpenMetrics text, behind the
+/// admin token like the API (scrape with `authorization: {credentials: …}`).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "get_metrics",
+    tag = "meta",
+    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text", body = String))
+)]
+async fn metrics() -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::metrics::CONTENT_TYPE,
+        )],
+        crate::metrics::render(),
+    )
 }
 
 /// `GET /healthz`: the server answers (open, no token).
@@ -204,6 +246,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/api/v1/openapi.json", get(openapi::serve))
         .merge(sessions::public_routes())
+        .merge(console::routes())
         .merge(api)
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)

@@ -7,7 +7,8 @@
 //! which walks the `.route(...)` calls of `src/http`).
 //!
 //! The errors every route shares are added by [`CommonErrors`] rather than
-//! repeated on each handler: 401 and 429 (failed sign-ins) on the routes
+//! repeated on each handler: 401, 403 (an agent token used for another
+//! agent or an admin route) and 429 (failed sign-ins) on the routes
 //! behind the token, 400, 413, 415 and 422 on the routes with a JSON body,
 //! 400 on the routes with query parameters, 404 on the routes with path
 //! parameters; and on each POST behind the token the optional
@@ -82,6 +83,7 @@ pub struct Health {
     ),
     paths(
         super::healthz,
+        super::metrics,
         serve,
         leads::create_leads,
         leads::list_leads,
@@ -113,6 +115,11 @@ pub struct Health {
         events::events,
         agents::list,
         agents::get,
+        agents::create,
+        agents::patch,
+        agents::delete,
+        agents::issue_token,
+        agents::revoke_tokens,
         dnc::add,
         dnc::list,
         dnc::remove,
@@ -190,6 +197,10 @@ impl Modify for CommonErrors {
                 };
                 if !public {
                     add("401", "No or a wrong bearer token");
+                    add(
+                        "403",
+                        "An agent token used beyond its agent's own actions",
+                    );
                     add(
                         "429",
                         "Too many failed sign-ins from this address; `Retry-After` says when to retry",

@@ -14,7 +14,9 @@
 //! - `POST /api/v1/sessions/join {token, agent}`: join with the share token,
 //!   **without** the admin token; the token is the credential, and `agent`
 //!   must be a configured agent (404 otherwise). Answers the session id.
-//! - `POST /api/v1/sessions/{id}/agents/{agent}/pause|resume|next|hangup|typing|leave`.
+//! - `POST /api/v1/sessions/{id}/agents/{agent}/pause|resume|next|hangup|typing|leave`;
+//!   `next` and `hangup` take `?call_id=` (the call the agent saw) and
+//!   then apply only while the agent is still on that call (409 after).
 //! - `GET /api/v1/sessions/{id}/queue?explain=1&limit=N`: upcoming leads with
 //!   their states; `explain` adds the rule text (e.g. "R4: blocked until 14:05 UTC").
 
@@ -170,6 +172,9 @@ pub(super) struct SharedJoined {
     session_id: i64,
     /// The agent who joined.
     agent: String,
+    /// A bearer token limited to this agent's own actions (SPEC §4: the
+    /// share link is exchanged for an agent token).
+    agent_token: String,
 }
 
 /// The agent commands of `POST /api/v1/sessions/{id}/agents/{agent}/{action}`
@@ -362,7 +367,9 @@ pub(super) struct JoinBody {
 }
 
 fn check_agent(st: &AppState, agent: &str) -> Result<()> {
-    if st.agents.iter().any(|a| a.username == agent) {
+    let known = st.agents.iter().any(|a| a.username == agent)
+        || st.calls.as_ref().is_some_and(|c| c.knows_agent(agent));
+    if known {
         Ok(())
     } else {
         Err(ApiError::NotFound(format!("agent {agent} not found")).into())
@@ -431,7 +438,24 @@ pub(super) async fn join_shared(
     check_agent(&st, &body.agent)?;
     let h = s.get_or_load(id).await?;
     h.join(&body.agent).await?;
-    Ok(Json(json!({"session_id": id, "agent": body.agent})).into_response())
+    // SPEC §4: the share link is exchanged for a token of this agent, for
+    // the console's later requests.
+    let agent_token = super::agents::new_agent_token(&st, &body.agent, "share_link").await?;
+    Ok(
+        Json(json!({"session_id": id, "agent": body.agent, "agent_token": agent_token}))
+            .into_response(),
+    )
+}
+
+/// `?call_id=` on `next` and `hangup`: the call the agent's screen showed;
+/// the command applies only while the agent is still on it (409 once the
+/// dialer moved on), so a late click never skips the lead dialed meanwhile.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct AgentParams {
+    /// `next` and `hangup` only: the call on the agent's screen.
+    #[param(value_type = Option<i64>)]
+    call_id: Option<String>,
 }
 
 /// `POST /api/v1/sessions/{id}/agents/{agent}/{action}`: an agent's
@@ -446,24 +470,35 @@ pub(super) async fn join_shared(
         ("id" = i64, Path, description = "The session's id"),
         ("agent" = String, Path, description = "The agent's username"),
         ("action" = inline(AgentAction), Path, description = "The command"),
+        AgentParams,
     ),
     responses(
         (status = 204, description = "Done"),
-        (status = 409, description = "The command does not apply now", body = ErrorBody),
+        (status = 409, description = "The command does not apply now, or the agent is no longer on `call_id`", body = ErrorBody),
     )
 )]
 pub(super) async fn agent(
     State(st): State<AppState>,
     ApiPath((id, agent, action)): ApiPath<(String, String, String)>,
+    ApiQuery(params): ApiQuery<AgentParams>,
 ) -> Result<Response> {
     let id = parse_id(&id, "session")?;
-    let cmd = match action.as_str() {
-        "pause" => AgentCommand::Pause,
-        "resume" => AgentCommand::Resume,
-        "next" => AgentCommand::Next,
-        "hangup" => AgentCommand::Hangup,
-        "typing" => AgentCommand::Typing,
-        "leave" => AgentCommand::Leave,
+    let call = match params.call_id.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(raw) => Some(raw.parse::<i64>().map_err(|_| ApiError::BadParam {
+            param: "call_id",
+            reason: "must be an integer id",
+        })?),
+    };
+    let cmd = match (action.as_str(), call) {
+        ("pause", _) => AgentCommand::Pause,
+        ("resume", _) => AgentCommand::Resume,
+        ("next", None) => AgentCommand::Next,
+        ("next", Some(c)) => AgentCommand::NextAfter(c),
+        ("hangup", None) => AgentCommand::Hangup,
+        ("hangup", Some(c)) => AgentCommand::HangupCall(c),
+        ("typing", _) => AgentCommand::Typing,
+        ("leave", _) => AgentCommand::Leave,
         _ => return Err(ApiError::NotFound(format!("no agent action {action:?}")).into()),
     };
     let h = sessions(&st)?.get_or_load(id).await?;

@@ -828,6 +828,8 @@ pub struct CallRecord {
     pub sip_status: Option<u16>,
     /// Ringing time in ms.
     pub ring_ms: Option<i64>,
+    /// The agent's notes on the call (SPEC §1 step 5), `null` until saved.
+    pub notes: Option<String>,
 }
 
 /// A call to store: everything of [`CallRecord`] but the id.

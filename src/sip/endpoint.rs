@@ -354,6 +354,18 @@ impl Endpoint {
         self.verifier.set_algorithms(algorithms);
     }
 
+    /// Adds or replaces an agent's credentials from stored HA1 values
+    /// (agents created through the API: their passwords are never kept).
+    pub fn set_agent(&mut self, username: &str, ha1: crate::sip::digest::StoredHa1) {
+        self.verifier.set_ha1(username, ha1);
+    }
+
+    /// Removes an agent: its phones' next requests are challenged like an
+    /// unknown user's.
+    pub fn remove_agent(&mut self, username: &str) {
+        self.verifier.remove_user(username);
+    }
+
     /// A fresh RFC 3261 branch from the endpoint's seeded RNG (§8.1.1.7).
     pub fn new_branch(&mut self) -> String {
         new_branch(&mut self.rng)
@@ -528,6 +540,7 @@ impl Endpoint {
             Err(Rejection::WrongCredentials) => {
                 let claimed = claimed_username(request).unwrap_or_default();
                 if self.guesses.record_failure(&claimed, ip, now) {
+                    crate::metrics::metrics().sip_auth_lockouts.inc();
                     tracing::warn!(%peer, user = %claimed, failures = auth_limit::MAX_FAILURES, ban_s = auth_limit::BAN.as_secs(), "too many failed authentications: this username is refused from this address");
                 }
                 Err(Rejection::WrongCredentials)

@@ -69,6 +69,7 @@ macro_rules! store_methods {
                 },
                 sip_status: sip_status.and_then(|s| u16::try_from(s).ok()),
                 ring_ms: row.try_get("ring_ms")?,
+                notes: row.try_get("notes")?,
             })
         }
 
@@ -95,7 +96,7 @@ macro_rules! store_methods {
         }
 
         const CALL_COLUMNS: &str = "id, session_id, lead_id, agent, number, started_ms, \
-            answered_ms, ended_ms, outcome, sip_status, ring_ms";
+            answered_ms, ended_ms, outcome, sip_status, ring_ms, notes";
 
         async fn insert_contacts(
             conn: &mut $conn,
@@ -530,6 +531,21 @@ macro_rules! store_methods {
                     .fetch_one(self.pool())
                     .await
                     .map_err(|err| StoreError::from_sqlx(err, Entity::Call, id))?;
+                call_from_row(&row)
+            }
+
+            pub(crate) async fn set_call_notes(
+                &self,
+                id: i64,
+                notes: &str,
+            ) -> Result<CallRecord, StoreError> {
+                let sql = format!("UPDATE calls SET notes = $1 WHERE id = $2 RETURNING {CALL_COLUMNS}");
+                let row = sqlx::query(&sql)
+                    .bind(notes)
+                    .bind(id)
+                    .fetch_one(self.pool())
+                    .await
+                    .map_err(|e| StoreError::from_sqlx(e, Entity::Call, id))?;
                 call_from_row(&row)
             }
 

@@ -8,6 +8,7 @@
 //! are runtime queries, so building needs no database. Times are epoch
 //! milliseconds in the database and [`chrono::DateTime<Utc>`] in the model.
 
+pub mod agents;
 mod dnc;
 #[macro_use]
 mod methods;
@@ -40,6 +41,8 @@ pub enum Entity {
     SmartView,
     /// A registrar binding.
     Registration,
+    /// An agent created through the API.
+    Agent,
 }
 
 impl std::fmt::Display for Entity {
@@ -50,6 +53,7 @@ impl std::fmt::Display for Entity {
             Entity::Call => "call",
             Entity::SmartView => "smart view",
             Entity::Registration => "registration",
+            Entity::Agent => "agent",
         })
     }
 }
@@ -297,6 +301,12 @@ impl Store {
         dispatch!(self, s => s.finish_call(id, end).await)
     }
 
+    /// Replaces the agent's notes on a call (SPEC §1 step 5); the call
+    /// record as it now is.
+    pub async fn set_call_notes(&self, id: i64, notes: &str) -> Result<CallRecord, StoreError> {
+        dispatch!(self, s => s.set_call_notes(id, notes).await)
+    }
+
     /// One call record.
     pub async fn get_call(&self, id: i64) -> Result<CallRecord, StoreError> {
         dispatch!(self, s => s.get_call(id).await)
@@ -363,6 +373,52 @@ impl Store {
     /// Removes bindings that expired at or before `now_ms`; how many.
     pub async fn delete_expired_registrations(&self, now_ms: i64) -> Result<u64, StoreError> {
         dispatch!(self, s => s.delete_expired_registrations(now_ms).await)
+    }
+
+    /// Stores an agent created through the API (HA1 values only).
+    pub async fn insert_agent(&self, a: &agents::AgentRow) -> Result<(), StoreError> {
+        dispatch!(self, s => agents::insert(s.pool(), a).await)
+    }
+
+    /// Replaces a stored agent's display name and secrets.
+    pub async fn update_agent(&self, a: &agents::AgentRow) -> Result<(), StoreError> {
+        dispatch!(self, s => agents::update(s.pool(), a).await)
+    }
+
+    /// Every agent created through the API.
+    pub async fn list_agents(&self) -> Result<Vec<agents::AgentRow>, StoreError> {
+        dispatch!(self, s => agents::list(s.pool()).await)
+    }
+
+    /// One agent created through the API.
+    pub async fn get_agent(&self, username: &str) -> Result<Option<agents::AgentRow>, StoreError> {
+        dispatch!(self, s => agents::get(s.pool(), username).await)
+    }
+
+    /// Deletes an agent created through the API; whether it existed.
+    pub async fn delete_agent(&self, username: &str) -> Result<bool, StoreError> {
+        dispatch!(self, s => agents::delete(s.pool(), username).await)
+    }
+
+    /// Stores an agent token's SHA-256 (never the token).
+    pub async fn insert_agent_token(
+        &self,
+        token_sha256: &str,
+        agent: &str,
+        via: &str,
+        created_ms: i64,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => agents::insert_token(s.pool(), token_sha256, agent, via, created_ms).await)
+    }
+
+    /// The agent whose token has this SHA-256.
+    pub async fn agent_for_token(&self, token_sha256: &str) -> Result<Option<String>, StoreError> {
+        dispatch!(self, s => agents::token_agent(s.pool(), token_sha256).await)
+    }
+
+    /// Revokes every token of an agent; how many.
+    pub async fn revoke_agent_tokens(&self, agent: &str) -> Result<u64, StoreError> {
+        dispatch!(self, s => agents::delete_tokens(s.pool(), agent).await)
     }
 
     /// Adds patterns to the do-not-call list (SPEC §4); existing ones keep

@@ -358,7 +358,15 @@ pub async fn run_writer(store: Store, mut changes: mpsc::Receiver<Vec<Registrati
             }
         };
         match result {
-            Ok(()) => retry = RETRY_MIN,
+            Ok(()) => {
+                retry = RETRY_MIN;
+                crate::metrics::metrics()
+                    .registrations_saved
+                    .inc_by(batch.len() as u64);
+                crate::metrics::metrics()
+                    .registrations_pending
+                    .set(i64::try_from(pending.len()).unwrap_or(i64::MAX));
+            }
             Err(e) => {
                 let keys = batch.len();
                 pending.restore(batch);

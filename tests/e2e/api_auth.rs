@@ -127,3 +127,120 @@ fn a_retried_post_with_the_same_idempotency_key_takes_effect_once() {
         carrier.invited()
     );
 }
+
+/// Agent tokens (SPEC §4): issued by the admin or in exchange for a
+/// session's share link, they reach only that agent's own actions; other
+/// agents' actions and admin routes are 403, a wrong or revoked token 401.
+#[test]
+fn agent_tokens_act_for_their_agent_only() {
+    let app = crate::app::spawn_app();
+    let call = |token: &str, method: &str, path: &str, body: Option<&str>| {
+        crate::app::http_request(app.http, method, path, Some(token), body)
+    };
+    let admin = app.token.clone();
+    let (code, body) = call(&admin, "POST", "/api/v1/agents/alice/tokens", None);
+    assert_eq!(code, 201, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let alice = v["token"].as_str().expect("token").to_string();
+    assert_eq!(
+        call(&admin, "POST", "/api/v1/agents/nobody/tokens", None).0,
+        404
+    );
+
+    assert_eq!(call(&alice, "GET", "/api/v1/agents/alice", None).0, 200);
+    for (method, path, body) in [
+        ("GET", "/api/v1/agents/bob", None),
+        ("GET", "/api/v1/agents", None),
+        ("GET", "/metrics", None),
+        ("POST", "/api/v1/leads", Some(r#"{"name": "x"}"#)),
+        ("POST", "/api/v1/agents/alice/tokens", None),
+        (
+            "POST",
+            "/api/v1/calls",
+            Some(r#"{"agent": "bob", "number": "+14155550101"}"#),
+        ),
+    ] {
+        let (code, text) = call(&alice, method, path, body);
+        assert_eq!(code, 403, "{method} {path}: {text}");
+        assert!(text.contains("forbidden"), "{text}");
+    }
+    // Her own manual call passes the token check (her phone is not
+    // registered, so the call itself is refused with 409).
+    let (code, text) = call(
+        &alice,
+        "POST",
+        "/api/v1/calls",
+        Some(r#"{"agent": "alice", "number": "+14155550101"}"#),
+    );
+    assert_eq!(code, 409, "{text}");
+
+    // The share link is exchanged for an agent token on joining.
+    let (code, view) = call(
+        &admin,
+        "POST",
+        "/api/v1/smart-views",
+        Some(r#"{"name": "all", "query": ""}"#),
+    );
+    assert_eq!(code, 201, "{view}");
+    let view: serde_json::Value = serde_json::from_str(&view).expect("JSON");
+    let (code, session) = call(
+        &admin,
+        "POST",
+        "/api/v1/sessions",
+        Some(&format!(r#"{{"smart_view_id": {}}}"#, view["id"])),
+    );
+    assert_eq!(code, 201, "{session}");
+    let session: serde_json::Value = serde_json::from_str(&session).expect("JSON");
+    let sid = session["id"].as_i64().expect("id");
+    let share = session["share_token"].as_str().expect("share token");
+    let (code, joined) = crate::app::http_request(
+        app.http,
+        "POST",
+        "/api/v1/sessions/join",
+        None,
+        Some(&format!(r#"{{"token": "{share}", "agent": "bob"}}"#)),
+    );
+    assert_eq!(code, 200, "{joined}");
+    let joined: serde_json::Value = serde_json::from_str(&joined).expect("JSON");
+    let bob = joined["agent_token"]
+        .as_str()
+        .expect("agent token")
+        .to_string();
+    assert_eq!(
+        call(&bob, "GET", &format!("/api/v1/sessions/{sid}"), None).0,
+        200
+    );
+    assert_eq!(
+        call(
+            &bob,
+            "POST",
+            &format!("/api/v1/sessions/{sid}/agents/alice/pause"),
+            None
+        )
+        .0,
+        403
+    );
+    assert_ne!(
+        call(
+            &bob,
+            "POST",
+            &format!("/api/v1/sessions/{sid}/agents/bob/pause"),
+            None
+        )
+        .0,
+        403
+    );
+    assert_eq!(
+        call(&bob, "POST", &format!("/api/v1/sessions/{sid}/reset"), None).0,
+        403
+    );
+
+    // Revoked: 401 like any wrong token.
+    let (code, text) = call(&admin, "DELETE", "/api/v1/agents/alice/tokens", None);
+    assert_eq!(code, 200, "{text}");
+    assert_eq!(call(&alice, "GET", "/api/v1/agents/alice", None).0, 401);
+    assert_eq!(
+        call("not-a-token", "GET", "/api/v1/agents/alice", None).0,
+        401
+    );
+}

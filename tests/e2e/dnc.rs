@@ -146,6 +146,16 @@ fn listed_numbers_never_reach_the_carrier() {
         "a listed number reached the carrier: {invited:?}"
     );
 
+    let (_, metrics) = app.http_get("/metrics");
+    assert!(
+        metrics.contains("powerdial_dnc_refused_total 3"),
+        "one manual call and two session dials refused: {metrics}"
+    );
+    assert!(
+        metrics.contains("powerdial_calls_total{outcome=\"restricted\"} 2"),
+        "{metrics}"
+    );
+
     // Removed from the list, a number is dialable again.
     let (code, text) = http_request(
         app.http,

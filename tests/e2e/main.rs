@@ -3,10 +3,12 @@
 
 #![allow(clippy::disallowed_methods)] // A driver of real processes: deadlines need the clock.
 
+mod agents_api;
 mod api_auth;
 mod app;
 mod calls;
 mod calls_failures;
+mod console;
 mod demo;
 mod dnc;
 mod media_hijack;

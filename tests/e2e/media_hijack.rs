@@ -70,6 +70,15 @@ fn rtp_from_a_third_host_reaches_neither_party() {
             .any(|l| l.contains("does not name: dropped") && l.contains("127.0.0.2")),
         "the stranger's RTP was not reported as dropped"
     );
+    // Counted for the people who run powerdial.
+    let (code, metrics) = app.http_get("/metrics");
+    assert_eq!(code, 200, "{metrics}");
+    let strays: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("powerdial_rtp_stray_packets_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(strays > 10, "stray packets counted: {strays}\n{metrics}");
     let (code, _) = http_request(
         app.http,
         "POST",

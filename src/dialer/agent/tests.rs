@@ -72,6 +72,22 @@ fn full_cycle_join_to_wrap_up_to_next_claim() {
 }
 
 #[test]
+fn wrap_up_shows_the_call_that_ended_until_the_next_claim() {
+    let t0 = start();
+    let end = t0 + Duration::from_secs(60);
+    let mut m = answered_call_ended(t0, end);
+    assert_eq!(m.call(), None);
+    let shown = m.shown_call().expect("the ended call is shown in wrap-up");
+    assert_eq!((shown.claim, shown.call_id), (claim(1), Some(10)));
+    m.next(end).expect("next");
+    assert_eq!(m.state(), AgentState::Ready);
+    assert_eq!(m.shown_call(), None, "nothing shown once wrap-up is over");
+    m.handle_dialing(claim(2));
+    m.handle_call_started(11);
+    assert_eq!(m.shown_call().and_then(|c| c.call_id), Some(11));
+}
+
+#[test]
 fn typing_heartbeats_extend_wrap_up_then_it_moves_on() {
     let t0 = start();
     let end = t0 + Duration::from_secs(60);

@@ -315,7 +315,12 @@ fn drain_rtp(
                 let Some(pkt) = buf.get_mut(..n) else {
                     continue;
                 };
-                if let Some(f) = core.handle_rtp(clock(), side, from, pkt) {
+                let strays = core.stray_dropped();
+                let forward = core.handle_rtp(clock(), side, from, pkt);
+                if core.stray_dropped() > strays {
+                    crate::metrics::metrics().rtp_stray_packets.inc();
+                }
+                if let Some(f) = forward {
                     let tx = match f.side {
                         Side::Agent => Some(agent),
                         Side::Lead => lead,

@@ -1,0 +1,49 @@
+//! `PATCH /api/v1/calls/{id} {"notes": "..."}`: the agent's notes on a call
+//! (SPEC §1 step 5: notes written during and after the call, kept with it).
+//! The console saves the notes box here while the agent types; the call
+//! record (SPEC §4) carries them as `notes`.
+
+use axum::extract::{Path, State};
+use axum::routing::patch;
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use super::manual_calls::{CallState, CallView};
+use super::{parse_id, ApiError, ApiJson, AppState};
+use crate::leads::model::{ValidationError, ValidationReason};
+
+/// Longest note accepted, in characters: a long conversation's notes fit,
+/// and one request cannot make the database store more than that.
+pub const MAX_NOTES_LEN: usize = 20_000;
+
+/// The route of this module (merged beside `GET /api/v1/calls/{id}`).
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/api/v1/calls/{id}", patch(set_notes))
+}
+
+/// `PATCH /api/v1/calls/{id}` body: only `notes` may change.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallPatch {
+    /// The whole note, replacing the one stored.
+    notes: String,
+}
+
+/// Replaces the call's notes and answers the call record with its state,
+/// as `GET /api/v1/calls/{id}` does. 404 for no such call, 400 for notes
+/// longer than [`MAX_NOTES_LEN`]; a note may be saved at any time, while
+/// the call is live or after it ended.
+async fn set_notes(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    ApiJson(body): ApiJson<CallPatch>,
+) -> Result<Json<CallView>, ApiError> {
+    let id = parse_id(&raw, "call")?;
+    if body.notes.chars().count() > MAX_NOTES_LEN {
+        return Err(ValidationError::new("notes", ValidationReason::TooLong(MAX_NOTES_LEN)).into());
+    }
+    let record = state.store.set_call_notes(id, &body.notes).await?;
+    let live = state.calls.as_ref().and_then(|c| c.call_progress(id));
+    let state = CallState::of(&record, live);
+    Ok(Json(CallView { record, state }))
+}

@@ -1,0 +1,68 @@
+//! `GET /`: the agent and admin console (SPEC §1 "Admin / agent console",
+//! SPEC §4), one page of plain HTML, CSS and JavaScript embedded in the
+//! binary, no build step and nothing fetched from elsewhere. The page is
+//! public; every API call it makes carries the admin token the user types,
+//! and the event stream is read with `fetch()` so that it can too.
+
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::{HeaderName, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+use super::AppState;
+
+const INDEX_HTML: &str = include_str!("console/index.html");
+const APP_JS: &str = include_str!("console/app.js");
+const APP_CSS: &str = include_str!("console/app.css");
+
+/// Scripts, styles and requests only from powerdial itself; no inline code,
+/// no framing (the page holds the admin token).
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+    connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
+    frame-ancestors 'none'";
+
+/// The console's routes, outside the token-protected `/api`.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(index))
+        .route("/console/app.js", get(app_js))
+        .route("/console/app.css", get(app_css))
+}
+
+/// One embedded file with its type; revalidated on every load so a new
+/// binary's console is seen at once.
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            (
+                HeaderName::from_static("x-content-type-options"),
+                HeaderValue::from_static("nosniff"),
+            ),
+            (
+                HeaderName::from_static("content-security-policy"),
+                HeaderValue::from_static(CSP),
+            ),
+            (
+                HeaderName::from_static("referrer-policy"),
+                HeaderValue::from_static("no-referrer"),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn index() -> Response {
+    asset("text/html; charset=utf-8", INDEX_HTML)
+}
+
+async fn app_js() -> Response {
+    asset("text/javascript; charset=utf-8", APP_JS)
+}
+
+async fn app_css() -> Response {
+    asset("text/css; charset=utf-8", APP_CSS)
+}

@@ -1,0 +1,139 @@
+//! `GET /metrics` (SPEC §4): counters and gauges in the Prometheus /
+//! OpenMetrics text format, for the people who run powerdial. One registry
+//! for the process; the parts that count hold handles into it.
+
+use std::sync::LazyLock;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// The label of a call's outcome (R8–R12).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `answered`, `no_answer`, `busy`, `skipped`, `temporary_error`,
+    /// `restricted`.
+    pub outcome: String,
+}
+
+/// Everything powerdial counts.
+pub struct Metrics {
+    registry: Registry,
+    /// Lead calls ended, by outcome.
+    pub calls: Family<OutcomeLabel, Counter>,
+    /// Lead calls ringing or connected now.
+    pub calls_in_progress: Gauge,
+    /// Dials refused because the number is on the do-not-call list.
+    pub dnc_refused: Counter,
+    /// RTP packets dropped because they came from a host the signalling
+    /// does not name (SPEC §5).
+    pub rtp_stray_packets: Counter,
+    /// (username, address) pairs locked out after failed digest responses.
+    pub sip_auth_lockouts: Counter,
+    /// Addresses refused after failed sign-ins to the HTTP API.
+    pub http_signin_lockouts: Counter,
+    /// Registrar binding changes committed to the database.
+    pub registrations_saved: Counter,
+    /// Binding changes waiting for the database.
+    pub registrations_pending: Gauge,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let mut registry = Registry::with_prefix("powerdial");
+    let calls = Family::<OutcomeLabel, Counter>::default();
+    registry.register("calls", "Lead calls ended, by outcome", calls.clone());
+    let calls_in_progress = Gauge::default();
+    registry.register(
+        "calls_in_progress",
+        "Lead calls ringing or connected now",
+        calls_in_progress.clone(),
+    );
+    let dnc_refused = Counter::default();
+    registry.register(
+        "dnc_refused",
+        "Dials refused because the number is on the do-not-call list",
+        dnc_refused.clone(),
+    );
+    let rtp_stray_packets = Counter::default();
+    registry.register(
+        "rtp_stray_packets",
+        "RTP packets dropped because they came from a host the signalling does not name",
+        rtp_stray_packets.clone(),
+    );
+    let sip_auth_lockouts = Counter::default();
+    registry.register(
+        "sip_auth_lockouts",
+        "Usernames locked out of an address after failed digest responses",
+        sip_auth_lockouts.clone(),
+    );
+    let http_signin_lockouts = Counter::default();
+    registry.register(
+        "http_signin_lockouts",
+        "Addresses refused after failed sign-ins to the HTTP API",
+        http_signin_lockouts.clone(),
+    );
+    let registrations_saved = Counter::default();
+    registry.register(
+        "registrations_saved",
+        "Registrar binding changes committed to the database",
+        registrations_saved.clone(),
+    );
+    let registrations_pending = Gauge::default();
+    registry.register(
+        "registrations_pending",
+        "Registrar binding changes waiting for the database",
+        registrations_pending.clone(),
+    );
+    Metrics {
+        registry,
+        calls,
+        calls_in_progress,
+        dnc_refused,
+        rtp_stray_packets,
+        sip_auth_lockouts,
+        http_signin_lockouts,
+        registrations_saved,
+        registrations_pending,
+    }
+});
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+/// The text exposition (OpenMetrics 1.0, which Prometheus scrapes).
+pub fn render() -> String {
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, &metrics().registry).is_err() {
+        out.clear();
+    }
+    out
+}
+
+/// The content type of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_registered_families() {
+        metrics()
+            .calls
+            .get_or_create(&OutcomeLabel {
+                outcome: "answered".into(),
+            })
+            .inc();
+        let text = render();
+        assert!(
+            text.contains("powerdial_calls_total{outcome=\"answered\"}"),
+            "{text}"
+        );
+        assert!(text.contains("powerdial_rtp_stray_packets_total"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}

@@ -1,0 +1,268 @@
+//! The console (SPEC §4 `GET /`) in a real browser: headless Chromium
+//! driven by Playwright (`tests/browser/console.mjs`) against a real
+//! `powerdial serve`, a PJSIP agent phone and the scripted PJSIP carrier
+//! (SPEC §1 flow). The script signs in (a wrong token first), watches the
+//! admin view, joins the session as the agent, sees the first lead's name
+//! in the call bar when the carrier answers, types a note through the
+//! lead's hang-up (the dialer waits in wrap-up, SPEC §1 step 5), clicks
+//! "Call next lead", sees the next lead, pauses and resumes; the admin
+//! view must have followed each state live. Then powerdial restarts: the
+//! page must say its live updates were interrupted, reconnect by itself
+//! and show the agent's state as the server has it. Here the note is checked in
+//! the call record (`GET /api/v1/calls/{id}`). Screenshots go to
+//! `$CARGO_TARGET_DIR/console/` (else `target/console/`).
+//!
+//! Needs `node`, Debian's `chromium` and `playwright-core` from npm
+//! (`bash .ci/run` installs them): missing under CI is a failure, else a
+//! visible SKIPPED line.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::app::{free_port, http_request, repo, spawn_app_with, AppOptions};
+use crate::peers::{agent_status, carrier_events, spawn_py, wait_for};
+
+/// The carrier hangs each answered call up this long after answering.
+const HOLD_S: f64 = 3.0;
+/// The session's wrap-up idle time: the dialer moves on this long after
+/// the last typing heartbeat.
+const WRAP_UP_IDLE_S: f64 = 1.5;
+
+/// What the browser test needs, found or reported.
+struct Browser {
+    node: PathBuf,
+    chromium: PathBuf,
+    /// The `node_modules` folder holding `playwright-core`.
+    modules: PathBuf,
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Finds node, Chromium and playwright-core; `None` after a SKIPPED line
+/// when one is missing outside CI.
+///
+/// # Panics
+/// When one is missing and `CI` is set.
+fn browser(test: &str) -> Option<Browser> {
+    let node = std::env::var_os("POWERDIAL_NODE")
+        .map(PathBuf::from)
+        .or_else(|| on_path("node"));
+    let chromium = std::env::var_os("POWERDIAL_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    let modules = std::env::var_os("POWERDIAL_NODE_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/work/.cache/node/node_modules"));
+    let mut missing = Vec::new();
+    if node.is_none() {
+        missing.push("node (apt-get install -y nodejs)".to_string());
+    }
+    if !chromium.is_file() {
+        missing.push(format!(
+            "Chromium at {} (apt-get install -y chromium, or set POWERDIAL_CHROMIUM)",
+            chromium.display()
+        ));
+    }
+    if !modules.join("playwright-core/package.json").is_file() {
+        missing.push(format!(
+            "playwright-core in {} (npm install playwright-core there, or set POWERDIAL_NODE_PATH)",
+            modules.display()
+        ));
+    }
+    if missing.is_empty() {
+        return Some(Browser {
+            node: node?,
+            chromium,
+            modules,
+        });
+    }
+    let what = missing.join("; ");
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: missing {what}. `bash .ci/run` installs them.");
+    }
+    let line = format!("\nSKIPPED: {test}: missing {what} (`bash .ci/run` installs them)\n");
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+    None
+}
+
+fn shots_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target"))
+        .join("console")
+}
+
+#[test]
+fn console_drives_a_session_in_chromium() {
+    let Some(browser) = browser("console_drives_a_session_in_chromium") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events = dir.path().join("carrier.jsonl");
+    let carrier_port = free_port();
+    let _carrier = spawn_py(
+        "pj_carrier.py",
+        &[
+            carrier_port.to_string(),
+            events.display().to_string(),
+            "180".into(),
+            HOLD_S.to_string(),
+        ],
+    );
+    wait_for("the carrier", Duration::from_secs(15), || {
+        carrier_events(&events)
+            .iter()
+            .any(|e| e["event"] == "ready")
+    });
+    let mut app = spawn_app_with(AppOptions {
+        extra_toml: format!(
+            r#"[[trunk]]
+name = "carrier"
+uri = "sip:127.0.0.1:{carrier_port}"
+caller_id = "+442079460999"
+allow = ['\+44\d+']
+"#
+        ),
+        ..AppOptions::default()
+    });
+    let status = dir.path().join("alice.json");
+    let _phone = spawn_py(
+        "pj_agent.py",
+        &[
+            app.sip.to_string(),
+            "alice".into(),
+            "alice-secret".into(),
+            status.display().to_string(),
+            "180".into(),
+        ],
+    );
+    wait_for("alice's registration", Duration::from_secs(15), || {
+        agent_status(&status)["reg"] == 200
+    });
+
+    let post = |path: &str, body: Value| -> Value {
+        let (code, text) = http_request(
+            app.http,
+            "POST",
+            path,
+            Some(&app.token),
+            Some(&body.to_string()),
+        );
+        assert!(code == 200 || code == 201, "POST {path}: {code} {text}");
+        serde_json::from_str(&text).expect("JSON")
+    };
+    // Three leads the carrier answers at once (…0200), in name order.
+    let names = ["Ada Lovelace", "Grace Hopper", "Margaret Hamilton"];
+    let leads = post(
+        "/api/v1/leads",
+        Value::Array(
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    json!({"name": n, "contacts": [{"name": n, "phones": [format!("+4420794{}0200", i + 1)]}]})
+                })
+                .collect(),
+        ),
+    );
+    let first_lead = leads[0]["id"].as_i64().expect("lead id");
+    let view = post(
+        "/api/v1/smart-views",
+        json!({"name": "Console test", "query": "sort:name"}),
+    );
+    let session = post(
+        "/api/v1/sessions",
+        json!({"smart_view_id": view["id"], "wrap_up_idle": WRAP_UP_IDLE_S}),
+    );
+    let sid = session["id"].as_i64().expect("session id");
+
+    let shots = shots_dir();
+    // The script asks for a restart of powerdial (its event stream drops)
+    // by creating this file.
+    let restart_request = dir.path().join("restart");
+    let input = json!({
+        "url": format!("http://{}/", app.http),
+        "token": app.token,
+        "session_id": sid,
+        "agent": "alice",
+        "first_lead": names[0],
+        "next_lead": names[1],
+        "wrap_up_idle_s": WRAP_UP_IDLE_S,
+        "shots_dir": shots,
+        "chromium": browser.chromium,
+        "playwright": browser.modules,
+        "restart_request": restart_request,
+    });
+    let mut child = Command::new(&browser.node)
+        .arg(repo().join("tests/browser/console.mjs"))
+        .arg(input.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run node");
+    // The script bounds each step; this bounds the whole.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut restarted = false;
+    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        if !restarted && restart_request.exists() {
+            restarted = true;
+            app.restart();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("node output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let result: Value = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| {
+            panic!("the browser script printed no result (timed out or crashed)\nstdout: {stdout}\nstderr: {stderr}")
+        });
+    let pretty = serde_json::to_string_pretty(&result).unwrap_or_default();
+    // What the script saw, beside the screenshots.
+    let _ = std::fs::write(shots.join("console-result.json"), &pretty);
+    assert_eq!(
+        result["ok"],
+        true,
+        "the console failed in Chromium (screenshots in {}):\n{pretty}\nstderr: {stderr}",
+        shots.display()
+    );
+
+    // The admin view listed the queue with names, numbers and reasons.
+    let queue = result["queue_at_start"].to_string();
+    for n in names {
+        assert!(
+            queue.contains(n),
+            "{n} missing from the admin queue: {queue}"
+        );
+    }
+
+    // The note typed in the browser is the first call's note.
+    let typed = result["typed"].as_str().unwrap_or_default();
+    assert!(typed.len() > 10, "hardly anything was typed: {pretty}");
+    let (code, text) = app.http_get(&format!(
+        "/api/v1/calls?session_id={sid}&lead_id={first_lead}"
+    ));
+    assert_eq!(code, 200, "{text}");
+    let calls: Value = serde_json::from_str(&text).expect("JSON");
+    let call_id = calls["data"][0]["id"]
+        .as_i64()
+        .expect("the first lead's call");
+    let (code, text) = app.http_get(&format!("/api/v1/calls/{call_id}"));
+    assert_eq!(code, 200, "{text}");
+    let call: Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(call["notes"], typed, "the note in the call record: {call}");
+    assert_eq!(call["outcome"], "answered", "{call}");
+}
