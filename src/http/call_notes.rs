@@ -3,13 +3,13 @@
 //! The console saves the notes box here while the agent types; the call
 //! record (SPEC §4) carries them as `notes`.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::routing::patch;
 use axum::{Json, Router};
 use serde::Deserialize;
 
 use super::manual_calls::{CallState, CallView};
-use super::{parse_id, ApiError, ApiJson, AppState};
+use super::{parse_id, ApiError, ApiJson, ApiPath, AppState};
 use crate::leads::model::{ValidationError, ValidationReason};
 
 /// Longest note accepted, in characters: a long conversation's notes fit,
@@ -22,10 +22,11 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// `PATCH /api/v1/calls/{id}` body: only `notes` may change.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CallPatch {
+pub(super) struct CallPatch {
     /// The whole note, replacing the one stored.
+    #[schema(max_length = 20000)]
     notes: String,
 }
 
@@ -33,9 +34,18 @@ struct CallPatch {
 /// as `GET /api/v1/calls/{id}` does. 404 for no such call, 400 for notes
 /// longer than [`MAX_NOTES_LEN`]; a note may be saved at any time, while
 /// the call is live or after it ended.
-async fn set_notes(
+#[utoipa::path(
+    patch,
+    path = "/api/v1/calls/{id}",
+    operation_id = "set_call_notes",
+    tag = "calls",
+    params(("id" = i64, Path, description = "The call record's id")),
+    request_body = CallPatch,
+    responses((status = 200, description = "The call record with its state", body = CallView))
+)]
+pub(super) async fn set_notes(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
+    ApiPath(raw): ApiPath<String>,
     ApiJson(body): ApiJson<CallPatch>,
 ) -> Result<Json<CallView>, ApiError> {
     let id = parse_id(&raw, "call")?;

@@ -55,14 +55,38 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-async fn index() -> Response {
+/// `GET /`: the console page.
+#[utoipa::path(
+    get,
+    path = "/",
+    operation_id = "get_console",
+    tag = "console",
+    responses((status = 200, description = "The console page", content_type = "text/html", body = String))
+)]
+pub(super) async fn index() -> Response {
     asset("text/html; charset=utf-8", INDEX_HTML)
 }
 
-async fn app_js() -> Response {
+/// The console's script.
+#[utoipa::path(
+    get,
+    path = "/console/app.js",
+    operation_id = "get_console_script",
+    tag = "console",
+    responses((status = 200, description = "The console's script", content_type = "text/javascript", body = String))
+)]
+pub(super) async fn app_js() -> Response {
     asset("text/javascript; charset=utf-8", APP_JS)
 }
 
-async fn app_css() -> Response {
+/// The console's style sheet.
+#[utoipa::path(
+    get,
+    path = "/console/app.css",
+    operation_id = "get_console_styles",
+    tag = "console",
+    responses((status = 200, description = "The console's style sheet", content_type = "text/css", body = String))
+)]
+pub(super) async fn app_css() -> Response {
     asset("text/css; charset=utf-8", APP_CSS)
 }

@@ -26,12 +26,23 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, RefOr, Required};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use super::{agents, calls, dnc, events, leads, manual_calls, sessions, smart_views};
+use super::{
+    agents, call_notes, calls, console, dnc, events, leads, manual_calls, session_list, sessions,
+    smart_views,
+};
 
 /// The routes served without the admin token (SPEC §4): the health check,
-/// this document, and joining a session with a share token (R16: the token
-/// is the credential). Every other route answers 401 without the token.
-pub const PUBLIC_PATHS: &[&str] = &["/healthz", "/api/v1/openapi.json", "/api/v1/sessions/join"];
+/// this document, joining a session with a share token (R16: the token is
+/// the credential), and the console page with its script and styles (it
+/// asks for the token itself). Every other route answers 401 without it.
+pub const PUBLIC_PATHS: &[&str] = &[
+    "/healthz",
+    "/api/v1/openapi.json",
+    "/api/v1/sessions/join",
+    "/",
+    "/console/app.js",
+    "/console/app.css",
+];
 
 /// The body of every API error (SPEC §4 "Errors: `{error: {code,
 /// message}}`").
@@ -99,6 +110,7 @@ pub struct Health {
         smart_views::get_view,
         smart_views::view_leads,
         sessions::create,
+        session_list::list,
         sessions::show,
         sessions::patch,
         sessions::rotate_share,
@@ -111,6 +123,7 @@ pub struct Health {
         manual_calls::place,
         manual_calls::get_call,
         manual_calls::hangup,
+        call_notes::set_notes,
         calls::list_calls,
         events::events,
         agents::list,
@@ -123,6 +136,9 @@ pub struct Health {
         dnc::add,
         dnc::list,
         dnc::remove,
+        console::index,
+        console::app_js,
+        console::app_css,
     ),
     components(schemas(ErrorBody)),
     modifiers(&BearerAuth, &CommonErrors),
@@ -136,6 +152,7 @@ pub struct Health {
         (name = "dnc", description = "The do-not-call list (SPEC §4)"),
         (name = "events", description = "Server-Sent Events of state changes"),
         (name = "meta", description = "Health and this document"),
+        (name = "console", description = "The agent and admin console page (SPEC §4 `GET /`)"),
     )
 )]
 pub struct ApiDoc;

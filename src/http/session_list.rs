@@ -10,15 +10,34 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use super::sessions::SessionApiError;
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, Page};
+use crate::dialer::session::SessionView;
 
 /// The route of this module (merged beside `POST /api/v1/sessions`).
 pub fn routes() -> Router<AppState> {
     Router::new().route("/api/v1/sessions", get(list))
 }
 
+/// A session as listed: as `GET /api/v1/sessions/{id}` shows it, plus its
+/// Smart View's name.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)] // The schema of a body built by hand.
+pub(super) struct ListedSession {
+    #[serde(flatten)]
+    session: SessionView,
+    /// The Smart View's name; `null` when the view was deleted.
+    smart_view_name: Option<String>,
+}
+
 /// The sessions running on this instance with their agents and counts.
-async fn list(State(st): State<AppState>) -> Result<Json<Value>, SessionApiError> {
+#[utoipa::path(
+    get,
+    path = "/api/v1/sessions",
+    operation_id = "list_sessions",
+    tag = "sessions",
+    responses((status = 200, description = "The sessions (one page)", body = Page<ListedSession>))
+)]
+pub(super) async fn list(State(st): State<AppState>) -> Result<Json<Value>, SessionApiError> {
     let Some(sessions) = &st.sessions else {
         return Ok(Json(json!({"data": [], "next": null})));
     };
