@@ -214,10 +214,7 @@ impl Modify for CommonErrors {
                 };
                 if !public {
                     add("401", "No or a wrong bearer token");
-                    add(
-                        "403",
-                        "An agent token used beyond its agent's own actions",
-                    );
+                    add("403", "An agent token used beyond its agent's own actions");
                     add(
                         "429",
                         "Too many failed sign-ins from this address; `Retry-After` says when to retry",
