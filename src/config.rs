@@ -153,6 +153,7 @@ struct RawServer {
     t2: Seconds,
     t4: Seconds,
     digest_algorithms: Vec<String>,
+    cors_origins: Vec<String>,
 }
 
 impl Default for RawServer {
@@ -175,6 +176,7 @@ impl Default for RawServer {
             // 401 offers SHA-256 at all, even as a second challenge.
             // SHA-256 is opt-in (`["SHA-256", "MD5"]`); see the README.
             digest_algorithms: vec!["MD5".into()],
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -349,6 +351,10 @@ pub struct Config {
     pub sip_timers: SipTimers,
     /// Digest algorithms offered to phones, preferred first (RFC 8760).
     pub digest_algorithms: Vec<crate::sip::digest::Algorithm>,
+    /// Web origins (`https://crm.example.com`) whose pages may call the
+    /// HTTP API from a browser (CORS); none by default, so browsers refuse
+    /// cross-origin calls.
+    pub cors_origins: Vec<String>,
     /// `sqlite://…` or `postgres://…`.
     pub database_url: String,
     /// Bearer token for the admin API; `None` means the API refuses every request.
@@ -518,6 +524,19 @@ impl Config {
         if s.t1.0.is_zero() || s.t2.0 < s.t1.0 {
             return Err(invalid("server", "t2", "need 0 < t1 <= t2".into()));
         }
+        for o in &s.cors_origins {
+            let rest = o
+                .strip_prefix("https://")
+                .or_else(|| o.strip_prefix("http://"))
+                .unwrap_or("");
+            if rest.is_empty() || rest.contains('/') || rest.contains('*') {
+                return Err(invalid(
+                    "server",
+                    "cors_origins",
+                    format!("`{o}` is not an origin: write scheme://host[:port], e.g. \"https://crm.example.com\" (no path, no wildcard)"),
+                ));
+            }
+        }
         if s.digest_algorithms.is_empty() {
             return Err(invalid(
                 "server",
@@ -653,6 +672,7 @@ impl Config {
                 t4: s.t4.0,
             },
             digest_algorithms,
+            cors_origins: s.cors_origins,
             database_url,
             admin_token: raw.admin.token.filter(|t| !t.is_empty()),
             default_region: raw.leads.default_region,
@@ -808,6 +828,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.dialer.ring_timeout.0, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn cors_origins_must_be_origins() {
+        let c = load(
+            "[server]\ncors_origins = [\"https://crm.example.com\"]\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.cors_origins, vec!["https://crm.example.com".to_string()]);
+        for bad in ["*", "https://crm.example.com/app", "crm.example.com"] {
+            let e = load(&format!("[server]\ncors_origins = [\"{bad}\"]\n"), &[]).unwrap_err();
+            assert!(e.to_string().contains("server.cors_origins"), "{bad}: {e}");
+        }
+        assert!(
+            load("", &[]).unwrap().cors_origins.is_empty(),
+            "none by default"
+        );
     }
 
     #[test]

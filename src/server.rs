@@ -409,6 +409,7 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
         crate::http::AppState::new(store.clone(), admin_token.token(), &config.default_region)
             .with_sip(sip.clone(), config.agents.clone())
             .with_realm(&config.domain)
+            .with_cors_origins(config.cors_origins.clone())
             .with_calls(calls.clone())
             .with_sessions(sessions);
     let app = crate::http::router(state);

@@ -198,6 +198,21 @@ impl AgentLeg {
         matches!(self.state, AgentState::Connected(_))
     }
 
+    /// Shows `text` on the phone (a MESSAGE, RFC 3428): whom the agent is
+    /// now talking to. Nothing happens unless connected.
+    pub fn send_text(&mut self, now: Instant, text: &str) {
+        if let AgentState::Connected(s) = &self.state {
+            let target = s.forks[s.winner].target.clone();
+            if let Err(error) = self
+                .core
+                .send_message(now, &target.contact, target.peer, text)
+            {
+                tracing::debug!(%error, call_id = %self.core.call_id, "MESSAGE not sent");
+            }
+        }
+        self.pump(now);
+    }
+
     /// Where the phone that answered is reached (its registered source).
     pub fn connected_peer(&self) -> Option<Peer> {
         match &self.state {

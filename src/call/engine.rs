@@ -632,6 +632,9 @@ struct LeadCall {
     finished: bool,
     /// Placed with [`CallEngine::place_call`]: its progress is published.
     manual: bool,
+    /// Whom the agent will talk to ("Ada Lovelace +14155550101"), shown
+    /// on the phone when the lead answers.
+    label: Option<String>,
 }
 
 /// A manual call waiting for the agent's phone to answer (R17): its
@@ -1200,8 +1203,28 @@ impl AgentTask {
         let handle = media.open_lead_leg().inspect_err(|e| {
             tracing::warn!(agent = %self.name, call = record.id, error = %e, "no media for the lead leg");
         })?;
+        let label = self.lead_label(req.lead_id, &number).await;
         self.launch_lead(req, record.id, number, handle, anchor, false);
+        self.set_label(label);
         Ok(record.id)
+    }
+
+    /// The lead's name (when the call is for a lead) and the number.
+    async fn lead_label(&self, lead_id: Option<i64>, number: &str) -> String {
+        let name = match lead_id {
+            Some(id) => self.shared.store.get_lead(id).await.ok().map(|l| l.name),
+            None => None,
+        };
+        match name.filter(|n| !n.trim().is_empty()) {
+            Some(n) => format!("{n} {number}"),
+            None => number.to_string(),
+        }
+    }
+
+    fn set_label(&mut self, label: String) {
+        if let Some(l) = &mut self.lead {
+            l.label = Some(label);
+        }
     }
 
     /// R17, SPEC §4: a manual call, answered at once ([`CallEngine::place_call`]).
@@ -1281,7 +1304,9 @@ impl AgentTask {
             }
         };
         if self.leg.as_ref().is_some_and(|l| l.is_connected()) {
+            let label = self.lead_label(req.lead_id, &number).await;
             self.launch_lead(req, record.id, number, handle, anchor, true);
+            self.set_label(label);
             return Ok((record.id, CallProgress::Dialing));
         }
         if let Some((targets, media, media_rx)) = fresh {
@@ -1372,7 +1397,9 @@ impl AgentTask {
             return;
         }
         if let Some(p) = self.pending.take() {
+            let label = self.lead_label(p.req.lead_id, &p.number).await;
             self.launch_lead(p.req, p.record_id, p.number, p.media, Anchor::now(), true);
+            self.set_label(label);
             self.flush().await;
         }
     }
@@ -1511,6 +1538,7 @@ impl AgentTask {
             end_reason: None,
             finished: false,
             manual,
+            label: None,
         });
     }
 
@@ -1665,6 +1693,10 @@ impl AgentTask {
                 });
                 if l.manual {
                     set_progress(&self.shared, &agent, l.record_id, CallProgress::Answered);
+                }
+                // The phone shows whom the agent is now talking to.
+                if let (Some(label), Some(leg)) = (&l.label, &mut self.leg) {
+                    leg.send_text(Instant::now(), &format!("Connected: {label}"));
                 }
                 let _ = self.shared.events.send(CallEvent::LeadAnswered {
                     agent,

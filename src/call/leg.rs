@@ -208,6 +208,32 @@ impl LegCore {
         Ok(ack)
     }
 
+    /// A page-mode MESSAGE (RFC 3428) to `target` with a `text/plain`
+    /// body, outside any dialog (no To tag: phones show such messages,
+    /// while many refuse MESSAGE inside an INVITE dialog). It reuses this
+    /// leg's Call-ID so its response comes back to the leg's transaction
+    /// table, with a From tag of its own.
+    pub(crate) fn send_message(
+        &mut self,
+        now: Instant,
+        target: &str,
+        peer: Peer,
+        text: &str,
+    ) -> Result<ClientKey, CallError> {
+        let via = self.via(peer);
+        let from_tag = format!("{:016x}", self.rng.gen::<u64>());
+        let head = format!(
+            "MESSAGE {target} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\n\
+             From: <sip:powerdial@{domain}>;tag={from_tag}\r\nTo: <{target}>\r\n\
+             Call-ID: {call_id}\r\nCSeq: 1 MESSAGE\r\n",
+            domain = self.local.domain,
+            call_id = self.call_id,
+        );
+        let wire = super::wire::finish(head, Some(("text/plain;charset=UTF-8", text.as_bytes())))?;
+        let message = super::wire::parse_request(wire)?;
+        Ok(self.table.send_request(now, peer, message)?)
+    }
+
     /// A BYE in `dialog` (§15.1.1), which ends the dialog at once.
     pub(crate) fn send_bye(
         &mut self,

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod call_notes;
 pub mod calls;
 pub mod console;
+pub mod cors;
 pub mod dnc;
 pub mod error;
 pub mod events;
@@ -62,6 +63,8 @@ pub struct AppState {
     pub sessions: Option<crate::dialer::directory::Sessions>,
     /// Failed sign-ins per client address ([`auth::require_token`]).
     pub login_failures: Arc<std::sync::Mutex<auth::FailedLogins>>,
+    /// `server.cors_origins`: browser origins allowed to call the API.
+    pub cors_origins: Arc<[String]>,
     /// The SIP digest realm (`server.domain`): API-created agents' HA1
     /// values are computed for it.
     pub realm: Arc<str>,
@@ -96,6 +99,7 @@ impl AppState {
             login_failures: Arc::default(),
             idempotency: Arc::default(),
             realm: Arc::from("127.0.0.1"),
+            cors_origins: Arc::from(Vec::new()),
         }
     }
 
@@ -127,6 +131,12 @@ impl AppState {
     /// The SIP digest realm (`server.domain`).
     pub fn with_realm(mut self, realm: &str) -> Self {
         self.realm = Arc::from(realm);
+        self
+    }
+
+    /// `server.cors_origins`.
+    pub fn with_cors_origins(mut self, origins: Vec<String>) -> Self {
+        self.cors_origins = Arc::from(origins);
         self
     }
 }
@@ -251,6 +261,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            cors::cors,
+        ))
         .with_state(state)
 }
 

@@ -244,3 +244,59 @@ fn agent_tokens_act_for_their_agent_only() {
         401
     );
 }
+
+/// CORS: another site's page may read the API only when its origin is in
+/// `server.cors_origins`; by default no origin is.
+#[test]
+fn cross_origin_calls_only_from_configured_origins() {
+    let preflight = |app: &crate::app::App, origin: &str| {
+        crate::app::http_exchange(
+            app.http,
+            "OPTIONS",
+            "/api/v1/leads",
+            None,
+            &format!(
+                "Origin: {origin}\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: authorization\r\n"
+            ),
+            None,
+        )
+    };
+    let allows = |head: &str, origin: &str| {
+        head.lines().any(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("access-control-allow-origin:")
+                && l.contains(origin)
+        })
+    };
+    let default = crate::app::spawn_app();
+    let (_, head, _) = preflight(&default, "https://crm.example.com");
+    assert!(
+        !allows(&head, "crm.example.com"),
+        "denied by default: {head}"
+    );
+
+    let app = crate::app::spawn_app_with(crate::app::AppOptions {
+        server_toml: r#"cors_origins = ["https://crm.example.com"]"#.into(),
+        ..Default::default()
+    });
+    let (code, head, _) = preflight(&app, "https://crm.example.com");
+    assert_eq!(code, 204, "{head}");
+    assert!(allows(&head, "https://crm.example.com"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("authorization"),
+        "{head}"
+    );
+    let (_, head, _) = preflight(&app, "https://evil.example.net");
+    assert!(!allows(&head, "evil.example.net"), "{head}");
+    // A real request from the allowed origin is readable, with its token.
+    let (code, head, _) = crate::app::http_exchange(
+        app.http,
+        "GET",
+        "/api/v1/leads",
+        Some(&app.token),
+        "Origin: https://crm.example.com\r\n",
+        None,
+    );
+    assert_eq!(code, 200);
+    assert!(allows(&head, "https://crm.example.com"), "{head}");
+}

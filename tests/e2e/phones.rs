@@ -155,3 +155,45 @@ fn baresip_pjsip_and_sipp_register_on_defaults_and_take_a_call() {
     call_is_answered(&app, "carol");
     wait_child(&mut answer, "SIPp answering the agent leg", &app);
 }
+
+/// When the lead answers, the agent's phone shows whom it is talking to: a
+/// page-mode MESSAGE (RFC 3428) "Connected: NAME NUMBER", as PJSIP-based
+/// phones display it. (baresip 1.0 answers it but shows messages only in
+/// its interactive UI modules, so it cannot be read in a test.)
+#[test]
+fn the_phone_is_told_the_leads_name_and_number_on_answer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = spawn_app_with(AppOptions {
+        extra_toml: "[[trunk]]\nname = \"demo\"\nuri = \"demo:\"\ncaller_id = \"+14155550100\"\n"
+            .into(),
+        ..AppOptions::default()
+    });
+    let (_phone, status) = pj_agent(&app, "alice", "alice-secret", dir.path());
+    let (code, lead) = post(
+        &app,
+        "/api/v1/leads",
+        r#"{"name": "Ada Lovelace", "contacts": [{"name": "Ada", "phones": ["+14155550101"]}]}"#,
+    );
+    assert_eq!(code, 201, "{lead}");
+    let (code, body) = post(
+        &app,
+        "/api/v1/calls",
+        &format!(
+            r#"{{"agent": "alice", "number": "+14155550101", "lead_id": {}}}"#,
+            lead["id"]
+        ),
+    );
+    assert!(code == 201 || code == 202, "{code} {body}");
+    wait_for(
+        "the phone to be told whom it talks to",
+        Duration::from_secs(15),
+        || {
+            agent_status(&status)["messages"]
+                .as_array()
+                .is_some_and(|m| {
+                    m.iter()
+                        .any(|t| t == "Connected: Ada Lovelace +14155550101")
+                })
+        },
+    );
+}

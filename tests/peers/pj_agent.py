@@ -7,7 +7,8 @@ Registers USER over UDP, answers every INVITE with 200 at once (or rings
 with 180 for ANSWER_DELAY seconds first, as a person picking up), sends
 silence RTP (no VAD) and rewrites STATUS_FILE (one JSON object) every
 100 ms: {"reg": last REGISTER status, "calls": answered calls,
-"state": "idle"|"confirmed"|"disconnected", "rx_pkts": RTP packets
+"state": "idle"|"confirmed"|"disconnected", "messages": bodies of the
+MESSAGEs received (what a phone would display), "rx_pkts": RTP packets
 received on the current call}. Exits after SECONDS.
 """
 import gc
@@ -18,7 +19,7 @@ import time
 
 import pjsua2 as pj
 
-STATUS = {"reg": 0, "calls": 0, "state": "idle", "rx_pkts": 0}
+STATUS = {"reg": 0, "calls": 0, "state": "idle", "rx_pkts": 0, "messages": []}
 ANSWER_DELAY = 0.0
 
 
@@ -53,6 +54,10 @@ class Account(pj.Account):
 
     def onRegState(self, prm):
         STATUS["reg"] = prm.code
+
+    def onInstantMessage(self, prm):
+        # A page-mode MESSAGE (RFC 3428): what the phone would display.
+        STATUS["messages"].append(prm.msgBody)
 
     def onIncomingCall(self, prm):
         call = Call(self, prm.callId, self.ep)
