@@ -920,6 +920,9 @@ impl AgentTask {
                 tracing::warn!(agent = %self.name, leg = ?leg, %from, "RTP from a host the signalling does not name: dropped (further ones are dropped silently)");
             }
             MediaEvent::BridgeFirstPacket { bridged_at, at, .. } => {
+                crate::metrics::metrics()
+                    .bridge_seconds
+                    .observe(at.saturating_duration_since(bridged_at).as_secs_f64());
                 tracing::debug!(
                     agent = %self.name,
                     micros = at.saturating_duration_since(bridged_at).as_micros() as u64,
@@ -1921,12 +1924,15 @@ fn spawn_finish(
     sip_status: Option<u16>,
     manual: bool,
 ) {
-    crate::metrics::metrics()
-        .calls
+    let m = crate::metrics::metrics();
+    m.calls
         .get_or_create(&crate::metrics::OutcomeLabel {
             outcome: outcome.to_string(),
         })
         .inc();
+    if let Some(ms) = end.ring_ms {
+        m.ring_seconds.observe(ms as f64 / 1000.0);
+    }
     let tasks = shared.tasks.clone();
     tasks.spawn(async move {
         if let Err(e) = shared.store.finish_call(call_id, &end).await {
