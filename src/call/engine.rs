@@ -296,6 +296,8 @@ struct Shared {
     max_call_length: Duration,
     /// How long connected calls may go on after a graceful stop begins.
     drain_timeout: Duration,
+    /// `dialer.lead_on_phone`: MESSAGE the lead's name to the phone.
+    lead_on_phone: bool,
     /// The agent tasks and the outcome writes: a graceful stop waits for
     /// all of them, so no call ends without its record.
     tasks: TaskTracker,
@@ -394,6 +396,7 @@ impl CallEngine {
             reduced_ring_timeout: config.dialer.reduced_ring_timeout.0,
             max_call_length: config.dialer.max_call_length.0,
             drain_timeout: config.drain_timeout,
+            lead_on_phone: config.dialer.lead_on_phone,
             tasks: TaskTracker::new(),
         });
         let engine = CallEngine {
@@ -1698,7 +1701,9 @@ impl AgentTask {
                     set_progress(&self.shared, &agent, l.record_id, CallProgress::Answered);
                 }
                 // The phone shows whom the agent is now talking to.
-                if let (Some(label), Some(leg)) = (&l.label, &mut self.leg) {
+                if let (true, Some(label), Some(leg)) =
+                    (self.shared.lead_on_phone, &l.label, &mut self.leg)
+                {
                     leg.send_text(Instant::now(), &format!("Connected: {label}"));
                 }
                 let _ = self.shared.events.send(CallEvent::LeadAnswered {
