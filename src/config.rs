@@ -290,6 +290,10 @@ pub struct DialerConfig {
     /// [`RING_FLOOR`]: for tests that shrink durations, never for dialing
     /// real people.
     pub allow_short_ring_timeout: bool,
+    /// When a lead answers, tell the agent's phone whom it talks to with a
+    /// page-mode MESSAGE (RFC 3428), for desk phones without a screen
+    /// nearby; `false` for phones that ring or beep on every MESSAGE.
+    pub lead_on_phone: bool,
 }
 
 /// The shortest ring a lead gets unless `dialer.allow_short_ring_timeout`
@@ -309,6 +313,7 @@ impl Default for DialerConfig {
             max_call_length: Seconds(Duration::from_secs(4 * 3600)),
             rtp_timeout: Seconds(Duration::from_secs(60)),
             allow_short_ring_timeout: false,
+            lead_on_phone: true,
         }
     }
 }

@@ -8,6 +8,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// The label of a call's outcome (R8–R12).
@@ -38,6 +39,14 @@ pub struct Metrics {
     pub registrations_saved: Counter,
     /// Binding changes waiting for the database.
     pub registrations_pending: Gauge,
+    /// Failed digest responses from phones (wrong password or unknown user).
+    pub sip_auth_failures: Counter,
+    /// Seconds from the INVITE to the lead's final answer or the ring
+    /// timeout (R8), per dialed call.
+    pub ring_seconds: Histogram,
+    /// Seconds from the lead's answer to its first packet at the agent
+    /// (SPEC §6 answer → bridge).
+    pub bridge_seconds: Histogram,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -86,8 +95,30 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Registrar binding changes waiting for the database",
         registrations_pending.clone(),
     );
+    let sip_auth_failures = Counter::default();
+    registry.register(
+        "sip_auth_failures",
+        "Failed digest responses from phones (wrong password or unknown user)",
+        sip_auth_failures.clone(),
+    );
+    let ring_seconds = Histogram::new([1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 35.0]);
+    registry.register(
+        "ring_seconds",
+        "Seconds from the INVITE to the lead's answer, refusal or ring timeout",
+        ring_seconds.clone(),
+    );
+    let bridge_seconds =
+        Histogram::new([0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.05]);
+    registry.register(
+        "bridge_seconds",
+        "Seconds from the lead's answer to its first packet at the agent",
+        bridge_seconds.clone(),
+    );
     Metrics {
         registry,
+        sip_auth_failures,
+        ring_seconds,
+        bridge_seconds,
         calls,
         calls_in_progress,
         dnc_refused,

@@ -296,6 +296,8 @@ struct Shared {
     max_call_length: Duration,
     /// How long connected calls may go on after a graceful stop begins.
     drain_timeout: Duration,
+    /// `dialer.lead_on_phone`: MESSAGE the lead's name to the phone.
+    lead_on_phone: bool,
     /// The agent tasks and the outcome writes: a graceful stop waits for
     /// all of them, so no call ends without its record.
     tasks: TaskTracker,
@@ -394,6 +396,7 @@ impl CallEngine {
             reduced_ring_timeout: config.dialer.reduced_ring_timeout.0,
             max_call_length: config.dialer.max_call_length.0,
             drain_timeout: config.drain_timeout,
+            lead_on_phone: config.dialer.lead_on_phone,
             tasks: TaskTracker::new(),
         });
         let engine = CallEngine {
@@ -920,6 +923,9 @@ impl AgentTask {
                 tracing::warn!(agent = %self.name, leg = ?leg, %from, "RTP from a host the signalling does not name: dropped (further ones are dropped silently)");
             }
             MediaEvent::BridgeFirstPacket { bridged_at, at, .. } => {
+                crate::metrics::metrics()
+                    .bridge_seconds
+                    .observe(at.saturating_duration_since(bridged_at).as_secs_f64());
                 tracing::debug!(
                     agent = %self.name,
                     micros = at.saturating_duration_since(bridged_at).as_micros() as u64,
@@ -1695,7 +1701,9 @@ impl AgentTask {
                     set_progress(&self.shared, &agent, l.record_id, CallProgress::Answered);
                 }
                 // The phone shows whom the agent is now talking to.
-                if let (Some(label), Some(leg)) = (&l.label, &mut self.leg) {
+                if let (true, Some(label), Some(leg)) =
+                    (self.shared.lead_on_phone, &l.label, &mut self.leg)
+                {
                     leg.send_text(Instant::now(), &format!("Connected: {label}"));
                 }
                 let _ = self.shared.events.send(CallEvent::LeadAnswered {
@@ -1921,12 +1929,15 @@ fn spawn_finish(
     sip_status: Option<u16>,
     manual: bool,
 ) {
-    crate::metrics::metrics()
-        .calls
+    let m = crate::metrics::metrics();
+    m.calls
         .get_or_create(&crate::metrics::OutcomeLabel {
             outcome: outcome.to_string(),
         })
         .inc();
+    if let Some(ms) = end.ring_ms {
+        m.ring_seconds.observe(ms as f64 / 1000.0);
+    }
     let tasks = shared.tasks.clone();
     tasks.spawn(async move {
         if let Err(e) = shared.store.finish_call(call_id, &end).await {

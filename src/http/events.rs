@@ -1,87 +1,92 @@
 //! `GET /api/v1/events`: Server-Sent Events of every dialer state change
-//! (agent states, call outcomes, queue counts, resets), as JSON.
+//! (agent states, call outcomes, queue counts, resets) as `state` events
+//! and manual calls' progress as `call` events, JSON. Each event has an id;
+//! a client that reconnects with `Last-Event-ID` gets what it missed (a
+//! `reset` event when too much was missed to replay: re-read the state).
+//! `?session_id=` and `?agent=` keep one session's or one agent's events.
 
 use std::convert::Infallible;
 
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
-
+use serde::Deserialize;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::{Stream, StreamExt};
 
-use serde::Serialize;
+use super::event_log::LoggedEvent;
+use super::{ApiError, ApiQuery, AppState};
 
-use super::{ApiError, AppState};
-use crate::call::engine::{CallEvent, CallProgress};
+/// The stream's filters.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventFilter {
+    /// Only this session's events (and those naming no session).
+    pub session_id: Option<i64>,
+    /// Only this agent's events (and those naming no agent).
+    pub agent: Option<String>,
+}
 
-/// A manual call's progress on the event stream (`event: call`, SPEC §4:
-/// "the call's progress follows in GET /api/v1/calls/{id} and the event
-/// stream").
-#[derive(Debug, Serialize)]
-struct CallProgressEvent<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    call_id: i64,
-    agent: &'a str,
-    state: CallProgress,
+fn sse(e: &LoggedEvent) -> Event {
+    Event::default()
+        .id(e.id.to_string())
+        .event(e.kind)
+        .data(e.data.clone())
 }
 
 /// The event stream. A client that falls behind gets a `lagged` event
-/// with how many events it missed, then the stream goes on. Dialer state
-/// changes come as `state` events, manual calls' progress as `call` events.
+/// with how many events it missed, then the stream goes on.
 #[utoipa::path(
     get,
     path = "/api/v1/events",
     operation_id = "get_events",
     tag = "events",
+    params(
+        EventFilter,
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event (a `reset` event when too much was missed)"),
+    ),
     responses(
-        (status = 200, description = "A stream of `state`, `call` and `lagged` events, JSON data", content_type = "text/event-stream", body = String),
+        (status = 200, description = "A stream of `state`, `call`, `lagged` and `reset` events, JSON data", content_type = "text/event-stream", body = String),
         (status = 404, description = "The dialer is not running", body = super::openapi::ErrorBody),
     )
 )]
 pub async fn events(
     State(st): State<AppState>,
+    headers: HeaderMap,
+    ApiQuery(filter): ApiQuery<EventFilter>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let sessions = st
-        .sessions
+    let log = st
+        .event_log
         .as_ref()
         .ok_or_else(|| ApiError::NotFound("the dialer is not running".into()))?;
-    let stream = BroadcastStream::new(sessions.subscribe()).filter_map(|item| {
-        let event = match item {
-            Ok(ev) => Event::default().event("state").json_data(&ev).ok()?,
-            Err(BroadcastStreamRecvError::Lagged(n)) => {
-                Event::default().event("lagged").data(n.to_string())
-            }
-        };
-        Some(Ok(event))
+    let last_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let resume = log.resume(last_id);
+    let session = filter.session_id;
+    let agent = filter.agent;
+    let mut first: Vec<Result<Event, Infallible>> = Vec::new();
+    if resume.gap {
+        first.push(Ok(Event::default().event("reset").data(
+            r#"{"type":"reset","reason":"events were missed: re-read the state"}"#,
+        )));
+    }
+    let replayed = resume.missed.last().map_or(last_id.unwrap_or(0), |e| e.id);
+    first.extend(
+        resume
+            .missed
+            .iter()
+            .filter(|e| e.wanted(session, agent.as_deref()))
+            .map(|e| Ok(sse(e))),
+    );
+    let live = BroadcastStream::new(resume.live).filter_map(move |item| match item {
+        Ok(e) if e.id > replayed && e.wanted(session, agent.as_deref()) => Some(Ok(sse(&e))),
+        Ok(_) => None,
+        Err(BroadcastStreamRecvError::Lagged(n)) => {
+            Some(Ok(Event::default().event("lagged").data(n.to_string())))
+        }
     });
-    // Without a call engine, a channel whose sender is gone: no events.
-    let calls = match &st.calls {
-        Some(c) => c.subscribe(),
-        None => tokio::sync::broadcast::channel(1).1,
-    };
-    let calls = BroadcastStream::new(calls).filter_map(|item| {
-        let event = match item {
-            Ok(CallEvent::CallProgress {
-                agent,
-                call_id,
-                state,
-            }) => Event::default()
-                .event("call")
-                .json_data(CallProgressEvent {
-                    kind: "call",
-                    call_id,
-                    agent: &agent,
-                    state,
-                })
-                .ok()?,
-            Ok(_) => return None,
-            Err(BroadcastStreamRecvError::Lagged(n)) => {
-                Event::default().event("lagged").data(n.to_string())
-            }
-        };
-        Some(Ok(event))
-    });
-    Ok(Sse::new(stream.merge(calls)).keep_alive(KeepAlive::default()))
+    Ok(Sse::new(tokio_stream::iter(first).chain(live)).keep_alive(KeepAlive::default()))
 }

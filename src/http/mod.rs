@@ -13,6 +13,7 @@ pub mod console;
 pub mod cors;
 pub mod dnc;
 pub mod error;
+pub mod event_log;
 pub mod events;
 pub mod idempotency;
 pub mod json;
@@ -63,6 +64,9 @@ pub struct AppState {
     pub sessions: Option<crate::dialer::directory::Sessions>,
     /// Failed sign-ins per client address ([`auth::require_token`]).
     pub login_failures: Arc<std::sync::Mutex<auth::FailedLogins>>,
+    /// The numbered events of `GET /api/v1/events` (set by [`router`]
+    /// when the dialer runs).
+    pub event_log: Option<Arc<event_log::EventLog>>,
     /// `server.cors_origins`: browser origins allowed to call the API.
     pub cors_origins: Arc<[String]>,
     /// The SIP digest realm (`server.domain`): API-created agents' HA1
@@ -100,6 +104,7 @@ impl AppState {
             idempotency: Arc::default(),
             realm: Arc::from("127.0.0.1"),
             cors_origins: Arc::from(Vec::new()),
+            event_log: None,
         }
     }
 
@@ -241,7 +246,13 @@ async fn wrong_method() -> ApiError {
 /// `/api` behind the bearer token, bodies limited to [`JSON_BODY_LIMIT`]
 /// (the CSV import to [`IMPORT_BODY_LIMIT`]), unknown routes answered
 /// with a JSON 404.
-pub fn router(state: AppState) -> Router {
+pub fn router(mut state: AppState) -> Router {
+    if let (Some(sessions), None) = (&state.sessions, &state.event_log) {
+        state.event_log = Some(event_log::EventLog::start(
+            sessions.subscribe(),
+            state.calls.as_ref().map(|c| c.subscribe()),
+        ));
+    }
     // Layers run outside in: the token first, then Idempotency-Key.
     let api = api_routes()
         .route_layer(axum::middleware::from_fn_with_state(

@@ -538,6 +538,7 @@ impl Endpoint {
             }
             Ok(user) => Ok(user),
             Err(Rejection::WrongCredentials) => {
+                crate::metrics::metrics().sip_auth_failures.inc();
                 let claimed = claimed_username(request).unwrap_or_default();
                 if self.guesses.record_failure(&claimed, ip, now) {
                     crate::metrics::metrics().sip_auth_lockouts.inc();

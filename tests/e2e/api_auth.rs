@@ -300,3 +300,93 @@ fn cross_origin_calls_only_from_configured_origins() {
     assert_eq!(code, 200);
     assert!(allows(&head, "https://crm.example.com"), "{head}");
 }
+
+/// Reads an SSE response for `for_ms` and returns what arrived.
+fn read_events(app: &crate::app::App, path: &str, last_id: Option<&str>, for_ms: u64) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(app.http).expect("connect");
+    let resume = last_id
+        .map(|id| format!("Last-Event-ID: {id}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n{resume}Accept: text/event-stream\r\n\r\n",
+        app.token
+    )
+    .expect("send");
+    s.set_read_timeout(Some(std::time::Duration::from_millis(100)))
+        .ok();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(for_ms);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    while std::time::Instant::now() < deadline {
+        if let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The event stream resumes with `Last-Event-ID` (nothing missed across a
+/// reconnect) and filters by agent.
+#[test]
+fn the_event_stream_resumes_and_filters() {
+    let app = crate::app::spawn_app();
+    let admin = app.token.clone();
+    let call = |method: &str, path: &str, body: Option<&str>| {
+        crate::app::http_request(app.http, method, path, Some(&admin), body)
+    };
+    let (_, view) = call(
+        "POST",
+        "/api/v1/smart-views",
+        Some(r#"{"name": "all", "query": ""}"#),
+    );
+    let view: serde_json::Value = serde_json::from_str(&view).expect("JSON");
+    let (_, session) = call(
+        "POST",
+        "/api/v1/sessions",
+        Some(&format!(r#"{{"smart_view_id": {}}}"#, view["id"])),
+    );
+    let session: serde_json::Value = serde_json::from_str(&session).expect("JSON");
+    let sid = session["id"].as_i64().expect("id");
+    // Events happen while nobody listens: alice and bob join.
+    for agent in ["alice", "bob"] {
+        let (code, body) = call(
+            "POST",
+            &format!("/api/v1/sessions/{sid}/agents"),
+            Some(&format!(r#"{{"agent": "{agent}"}}"#)),
+        );
+        assert_eq!(code, 200, "{body}");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // A client that saw nothing (Last-Event-ID: 0) gets all of them.
+    let all = read_events(&app, "/api/v1/events", Some("0"), 600);
+    assert!(all.contains("\"agent\":\"alice\""), "{all}");
+    assert!(all.contains("\"agent\":\"bob\""), "{all}");
+    let ids: Vec<u64> = all
+        .lines()
+        .filter_map(|l| l.strip_prefix("id: ").or_else(|| l.strip_prefix("id:")))
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    assert!(
+        ids.len() >= 2 && ids.windows(2).all(|w| w[0] < w[1]),
+        "{ids:?}"
+    );
+    // Resuming after the first event replays the rest, and nothing before.
+    let after_first = read_events(&app, "/api/v1/events", Some(&ids[0].to_string()), 600);
+    assert!(
+        !after_first.contains(&format!("id: {}\n", ids[0])),
+        "{after_first}"
+    );
+    assert!(
+        after_first.contains(&format!("id: {}", ids[1])),
+        "{after_first}"
+    );
+    // Only alice's events.
+    let alice = read_events(&app, "/api/v1/events?agent=alice", Some("0"), 600);
+    assert!(alice.contains("\"agent\":\"alice\""), "{alice}");
+    assert!(!alice.contains("\"agent\":\"bob\""), "{alice}");
+}

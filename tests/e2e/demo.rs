@@ -72,6 +72,18 @@ fn the_demo_trunk_answers_talks_is_busy_and_fails_by_the_last_digit() {
     let ring = rec["ring_ms"].as_i64().unwrap_or(0);
     assert!((2500..5000).contains(&ring), "rang {ring} ms");
 
+    // The answer → bridge and ring times are in the metrics.
+    let (_, metrics) = app.http_get("/metrics");
+    let count = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}_count ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(count("powerdial_bridge_seconds") >= 1, "{metrics}");
+    assert!(count("powerdial_ring_seconds") >= 1, "{metrics}");
+
     // Ends in 6: busy.
     let rec = outcome(&app, call(&app, "+14155550106"));
     assert_eq!(rec["outcome"], "busy", "{rec}");
