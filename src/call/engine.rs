@@ -89,6 +89,10 @@ pub enum CallEngineError {
     /// call cannot be set up until calls end (HTTP 503).
     #[error(transparent)]
     RtpPorts(PortError),
+    /// Free pairs of `server.rtp_ports` could not be bound: other programs
+    /// hold those ports (HTTP 503).
+    #[error("{0}: other programs hold ports of server.rtp_ports; give powerdial a range nothing else uses")]
+    RtpPortsBusy(String),
     /// The media relay failed (sockets, task).
     #[error("media: {0}")]
     Media(String),
@@ -107,6 +111,7 @@ impl From<MediaError> for CallEngineError {
     fn from(e: MediaError) -> Self {
         match e {
             MediaError::Ports(p @ PortError::Exhausted { .. }) => CallEngineError::RtpPorts(p),
+            e @ MediaError::NoBindablePort(_) => CallEngineError::RtpPortsBusy(e.to_string()),
             other => CallEngineError::Media(other.to_string()),
         }
     }

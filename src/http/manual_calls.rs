@@ -146,6 +146,11 @@ impl From<CallEngineError> for CallApiError {
                 ),
                 retry_after_s: RTP_PORTS_RETRY_AFTER_S,
             }),
+            e @ CallEngineError::RtpPortsBusy(_) => CallApiError::Api(ApiError::Unavailable {
+                code: "rtp_ports_unavailable",
+                message: e.to_string(),
+                retry_after_s: RTP_PORTS_RETRY_AFTER_S,
+            }),
             e @ CallEngineError::DoNotCall(_) => CallApiError::Forbidden(e.to_string()),
             e @ (CallEngineError::Declined(_)
             | CallEngineError::AgentLegEnding

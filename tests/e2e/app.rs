@@ -33,6 +33,26 @@ pub fn free_port() -> u16 {
     panic!("no free port for UDP+TCP on 127.0.0.1");
 }
 
+/// The first port of `len` UDP ports in a row free on 127.0.0.1, even,
+/// below the kernel's ephemeral range (32768 and up) and the default
+/// `rtp_ports`, so sockets other tests bind to port 0 meanwhile cannot
+/// take them.
+pub fn free_rtp_range(len: u16) -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    // Spread the tests of one run over the region.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = 11_000 + (std::process::id() % 200) as u16 * 40;
+    for _ in 0..200 {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed) % 200;
+        let base = (start + step * 40) % 8_000 + 11_000;
+        let base = base & !1;
+        if (base..base + len).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no {len} free UDP ports in a row below 19000");
+}
+
 /// Options for [`spawn_app_with`]: extra TOML appended to the config.
 #[derive(Default)]
 pub struct AppOptions {

@@ -455,18 +455,7 @@ fn manual_call_is_accepted_at_once_and_followed_to_the_answer() {
 
 /// Four UDP ports `base..base+4` (two RTP/RTCP pairs) free on 127.0.0.1.
 fn free_rtp_range() -> u16 {
-    for _ in 0..100 {
-        let base = free_port() & !1;
-        if base > 65_000 {
-            continue;
-        }
-        let all_free =
-            (base..base + 4).all(|p| std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok());
-        if all_free {
-            return base;
-        }
-    }
-    panic!("no 4 free UDP ports in a row");
+    crate::app::free_rtp_range(4)
 }
 
 /// SPEC §4 `server.rtp_ports`: with a range of two pairs, alice's call
