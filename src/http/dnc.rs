@@ -1,8 +1,9 @@
 //! The do-not-call list over HTTP (SPEC §4): `POST /api/v1/dnc` with
 //! `{number, reason?}` or an array of them (a number, or a prefix such as
 //! `"+1900*"`), `GET /api/v1/dnc` paged in number order, `DELETE
-//! /api/v1/dnc/{number}`. A number on the list never reaches the wire: the
-//! call engine asks the list before every dial.
+//! /api/v1/dnc/{number}`, and `POST /api/v1/dnc/import` for the lists
+//! compliance teams keep as CSV. A number on the list never reaches the
+//! wire: the call engine asks the list before every dial.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -26,6 +27,136 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/v1/dnc", post(add).get(list))
         .route("/api/v1/dnc/{number}", delete(remove))
+        .route(
+            "/api/v1/dnc/import",
+            post(import).layer(axum::extract::DefaultBodyLimit::max(
+                super::IMPORT_BODY_LIMIT,
+            )),
+        )
+}
+
+/// What a CSV import of the do-not-call list did.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct DncImportReport {
+    /// Entries added (or refreshed).
+    pub added: usize,
+    /// Rows that were not: line and why (the first 1,000).
+    pub failed: Vec<DncRowFailure>,
+    /// Rows that failed in all.
+    pub failed_count: usize,
+}
+
+/// One refused row of a do-not-call CSV.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct DncRowFailure {
+    /// The row's line in the file (1 is the header).
+    pub line: u64,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// `POST /api/v1/dnc/import`: a `text/csv` body with a header row naming a
+/// `number` column (a number or a `+prefix*`) and optionally `reason`.
+/// Good rows are added, in batches; bad ones are reported by line and
+/// stop nothing.
+#[utoipa::path(
+    post,
+    path = "/api/v1/dnc/import",
+    operation_id = "import_dnc",
+    tag = "dnc",
+    request_body(content = String, content_type = "text/csv", description = "CSV with a header row: `number`, optionally `reason`"),
+    responses(
+        (status = 200, description = "How many entries were added and which rows failed", body = DncImportReport),
+        (status = 400, description = "No `number` column", body = ErrorBody),
+        (status = 413, description = "The body exceeds the import limit", body = ErrorBody),
+        (status = 415, description = "Not `Content-Type: text/csv`", body = ErrorBody),
+    )
+)]
+pub(super) async fn import(
+    State(st): State<AppState>,
+    headers: axum::http::HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Json<DncImportReport>, ApiError> {
+    let ctype = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+    if !matches!(
+        ctype.as_deref(),
+        Some("text/csv" | "application/csv" | "text/plain")
+    ) {
+        return Err(ApiError::UnsupportedMediaType("text/csv"));
+    }
+    let body = body?;
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(&body[..]);
+    let header = reader.headers().map_err(|_| ApiError::BadParam {
+        param: "body",
+        reason: "the CSV needs a header row with a `number` column",
+    })?;
+    let col = |name: &str| header.iter().position(|h| h.eq_ignore_ascii_case(name));
+    let number_col = col("number").ok_or(ApiError::BadParam {
+        param: "body",
+        reason: "the CSV needs a header row with a `number` column",
+    })?;
+    let reason_col = col("reason");
+    let mut report = DncImportReport {
+        added: 0,
+        failed: Vec::new(),
+        failed_count: 0,
+    };
+    let fail = |report: &mut DncImportReport, line: u64, reason: String| {
+        report.failed_count += 1;
+        if report.failed.len() < 1_000 {
+            report.failed.push(DncRowFailure { line, reason });
+        }
+    };
+    let mut batch = Vec::new();
+    for record in reader.records() {
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => {
+                let line = e.position().map_or(0, |p| p.line());
+                fail(&mut report, line, format!("unreadable row: {e}"));
+                continue;
+            }
+        };
+        let line = record.position().map_or(0, |p| p.line());
+        let raw = record.get(number_col).unwrap_or("");
+        match DncPattern::parse(raw, &st.default_region) {
+            Ok(p) => {
+                let reason = reason_col
+                    .and_then(|c| record.get(c))
+                    .filter(|r| !r.is_empty())
+                    .map(|r| r.chars().take(MAX_REASON_LEN).collect::<String>());
+                batch.push((p, reason));
+            }
+            Err(e) => fail(&mut report, line, e.to_string()),
+        }
+        if batch.len() == 1_000 {
+            st.store.add_dnc(&batch, time_to_ms(now())).await?;
+            report.added += batch.len();
+            batch.clear();
+        }
+    }
+    if !batch.is_empty() {
+        st.store.add_dnc(&batch, time_to_ms(now())).await?;
+        report.added += batch.len();
+    }
+    tracing::info!(
+        added = report.added,
+        failed = report.failed_count,
+        "do-not-call list: CSV imported"
+    );
+    Ok(Json(report))
 }
 
 /// One entry to add.

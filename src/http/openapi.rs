@@ -136,6 +136,7 @@ pub struct Health {
         dnc::add,
         dnc::list,
         dnc::remove,
+        dnc::import,
         console::index,
         console::app_js,
         console::app_css,

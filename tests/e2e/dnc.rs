@@ -55,6 +55,40 @@ fn listed_numbers_never_reach_the_carrier() {
     let list = get(&app, "/api/v1/dnc");
     assert_eq!(list["data"].as_array().map(Vec::len), Some(2), "{list}");
 
+    // The lists compliance teams keep come as CSV: good rows are added, a
+    // bad one is reported by line and stops nothing.
+    let (code, _, text) = crate::app::http_exchange(
+        app.http,
+        "POST",
+        "/api/v1/dnc/import",
+        Some(&app.token),
+        "",
+        Some("number,reason\n+1 415 555 0177,asked on 2026-11-30\nnot a number,x\n+1900*,\n"),
+    );
+    // http_exchange sends JSON; the CSV goes with its own content type:
+    assert_eq!(code, 415, "{text}");
+    let csv = "number,reason\n+1 415 555 0177,asked on 2026-11-30\nnot a number,x\n+1900*,\n";
+    let mut s = std::net::TcpStream::connect(app.http).expect("connect");
+    std::io::Write::write_all(
+        &mut s,
+        format!(
+            "POST /api/v1/dnc/import HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: text/csv\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{csv}",
+            app.token,
+            csv.len()
+        )
+        .as_bytes(),
+    )
+    .expect("send");
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut s, &mut out).expect("read");
+    let body: Value =
+        serde_json::from_str(out.split_once("\r\n\r\n").map_or("", |x| x.1)).unwrap_or(Value::Null);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_eq!(body["added"], 2, "{body}");
+    assert_eq!(body["failed"][0]["line"], 3, "{body}");
+    let list = get(&app, "/api/v1/dnc");
+    assert_eq!(list["data"].as_array().map(Vec::len), Some(4), "{list}");
+
     // A manual call to a listed number is refused before anything rings.
     let (code, body) = post(
         &app,
