@@ -94,52 +94,65 @@ pub struct Baresip {
 }
 
 impl Baresip {
-    /// Starts baresip with a config of its own in a temp dir.
+    /// Starts baresip with a config of its own in a temp dir. The ports
+    /// are picked free, but another test may take one before baresip binds
+    /// it (it then exits): such a start is retried with new ports.
     pub fn start() -> Baresip {
         let bin = require_program("baresip", "baresip");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let sip_port = free_port();
-        let ctrl_port = free_port();
-        let config = format!(
-            "poll_method epoll\n\
-             sip_listen 127.0.0.1:{sip_port}\n\
-             net_interface 127.0.0.1\n\
-             audio_player aubridge,sink\n\
-             audio_source aubridge,src\n\
-             module_path /usr/lib/baresip/modules\n\
-             module g711.so\n\
-             module aubridge.so\n\
-             module_app menu.so\n\
-             module_app ctrl_tcp.so\n\
-             ctrl_tcp_listen 127.0.0.1:{ctrl_port}\n"
-        );
-        std::fs::write(dir.path().join("config"), config).expect("write config");
-        std::fs::write(dir.path().join("accounts"), "").expect("write accounts");
-        let child = Command::new(bin)
-            .arg("-f")
-            .arg(dir.path())
-            .args(["-t", "60"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn baresip");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let ctrl = loop {
-            match TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], ctrl_port))) {
-                Ok(s) => break s,
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50))
+        for _attempt in 0..3 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let sip_port = free_port();
+            let ctrl_port = free_port();
+            let config = format!(
+                "poll_method epoll\n\
+                 sip_listen 127.0.0.1:{sip_port}\n\
+                 net_interface 127.0.0.1\n\
+                 audio_player aubridge,sink\n\
+                 audio_source aubridge,src\n\
+                 module_path /usr/lib/baresip/modules\n\
+                 module g711.so\n\
+                 module aubridge.so\n\
+                 module_app menu.so\n\
+                 module_app ctrl_tcp.so\n\
+                 ctrl_tcp_listen 127.0.0.1:{ctrl_port}\n"
+            );
+            std::fs::write(dir.path().join("config"), config).expect("write config");
+            std::fs::write(dir.path().join("accounts"), "").expect("write accounts");
+            let mut child = Command::new(&bin)
+                .arg("-f")
+                .arg(dir.path())
+                .args(["-t", "60"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn baresip");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let ctrl = loop {
+                match TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], ctrl_port))) {
+                    Ok(s) => break Some(s),
+                    Err(_) if Instant::now() < deadline => {
+                        if matches!(child.try_wait(), Ok(Some(_))) {
+                            break None; // it exited: a port was taken
+                        }
+                        std::thread::sleep(Duration::from_millis(50))
+                    }
+                    Err(_) => break None,
                 }
-                Err(e) => panic!("baresip control port never opened: {e}"),
-            }
-        };
-        Baresip {
-            child,
-            ctrl,
-            _dir: dir,
-            buf: Vec::new(),
+            };
+            let Some(ctrl) = ctrl else {
+                let _ = child.kill();
+                let _ = child.wait();
+                continue;
+            };
+            return Baresip {
+                child,
+                ctrl,
+                _dir: dir,
+                buf: Vec::new(),
+            };
         }
+        panic!("baresip did not start in three tries (its control port never opened)");
     }
 
     /// Sends a ctrl_tcp command (netstring-framed JSON).
