@@ -275,22 +275,37 @@ pub(crate) struct Carrier {
 impl Carrier {
     /// Starts the carrier for 90 s; with `hold`, it hangs up each answered
     /// call that many seconds after answering.
+    /// The port is picked free, but another test may take it before PJSIP
+    /// binds it (the script then exits): such a start is retried.
     pub(crate) fn start(dir: &Path, hold: Option<f64>) -> Carrier {
-        let events = dir.join("carrier.jsonl");
-        let port = free_port();
-        let mut args = vec![port.to_string(), events.display().to_string(), "90".into()];
-        args.extend(hold.map(|h| h.to_string()));
-        let peer = spawn_py("pj_carrier.py", &args);
-        wait_for("the carrier", Duration::from_secs(15), || {
-            carrier_events(&events)
-                .iter()
-                .any(|e| e["event"] == "ready")
-        });
-        Carrier {
-            _peer: peer,
-            port,
-            events,
+        for attempt in 0..3 {
+            let events = dir.join(format!("carrier-{attempt}.jsonl"));
+            let port = free_port();
+            let mut args = vec![port.to_string(), events.display().to_string(), "90".into()];
+            args.extend(hold.map(|h| h.to_string()));
+            let mut peer = spawn_py("pj_carrier.py", &args);
+            let deadline = Instant::now() + Duration::from_secs(15);
+            let ready = loop {
+                if carrier_events(&events)
+                    .iter()
+                    .any(|e| e["event"] == "ready")
+                {
+                    break true;
+                }
+                if Instant::now() >= deadline || matches!(peer.0.try_wait(), Ok(Some(_))) {
+                    break false;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            if ready {
+                return Carrier {
+                    _peer: peer,
+                    port,
+                    events,
+                };
+            }
         }
+        panic!("the scripted carrier did not start in three tries");
     }
 
     /// A `[[trunk]]` table pointing at this carrier, allowing +44 numbers.
