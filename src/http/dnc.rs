@@ -77,22 +77,7 @@ pub(super) async fn import(
     headers: axum::http::HeaderMap,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<DncImportReport>, ApiError> {
-    let ctype = headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        });
-    if !matches!(
-        ctype.as_deref(),
-        Some("text/csv" | "application/csv" | "text/plain")
-    ) {
-        return Err(ApiError::UnsupportedMediaType("text/csv"));
-    }
+    super::require_csv(&headers)?;
     let body = body?;
     let mut reader = csv::ReaderBuilder::new()
         .flexible(true)

@@ -7,7 +7,6 @@ use std::io::Cursor;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -224,22 +223,7 @@ pub(super) async fn import(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let ctype = headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        });
-    if !matches!(
-        ctype.as_deref(),
-        Some("text/csv" | "application/csv" | "text/plain")
-    ) {
-        return Err(ApiError::UnsupportedMediaType("text/csv"));
-    }
+    super::require_csv(&headers)?;
     let body = body?;
     let report = import_csv(
         &st.store,

@@ -279,6 +279,25 @@ pub fn router(mut state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The CSV imports' body check: `text/csv` (or `application/csv`, or
+/// `text/plain` as curl sends a file), else 415.
+pub fn require_csv(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let ctype = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+    match ctype.as_deref() {
+        Some("text/csv" | "application/csv" | "text/plain") => Ok(()),
+        _ => Err(ApiError::UnsupportedMediaType("text/csv")),
+    }
+}
+
 /// `201 Created` with a JSON body.
 pub fn created<T: serde::Serialize>(body: T) -> (StatusCode, Json<T>) {
     (StatusCode::CREATED, Json(body))
