@@ -328,6 +328,37 @@ struct RawConfig {
     trunk: Vec<TrunkConfig>,
     agent: Vec<AgentConfig>,
     dialer: DialerConfig,
+    security: RawSecurity,
+}
+
+/// `[security]`: the SIP front door's limits (SPEC §5; `sip::flood`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSecurity {
+    /// Requests per source address within `rate_window`; 0 = no limit.
+    rate_limit: u32,
+    rate_window: Seconds,
+    ban_time: Seconds,
+    /// Addresses or networks (CIDR) never limited.
+    trusted_networks: Vec<String>,
+    scanner_user_agents: Vec<String>,
+    max_tcp_connections_per_address: usize,
+    max_transactions: usize,
+}
+
+impl Default for RawSecurity {
+    fn default() -> Self {
+        let f = crate::sip::flood::FloodConfig::default();
+        RawSecurity {
+            rate_limit: f.requests,
+            rate_window: Seconds(f.window),
+            ban_time: Seconds(f.ban),
+            trusted_networks: f.trusted.iter().map(|n| n.to_string()).collect(),
+            scanner_user_agents: f.scanner_user_agents,
+            max_tcp_connections_per_address: 32,
+            max_transactions: 500_000,
+        }
+    }
 }
 
 /// The validated configuration the server runs on.
@@ -372,6 +403,20 @@ pub struct Config {
     pub agents: Vec<AgentConfig>,
     /// Dialer timings.
     pub dialer: DialerConfig,
+    /// The SIP front door's limits (`[security]`).
+    pub security: SecurityConfig,
+}
+
+/// `[security]`, validated: per-source limits and bans, scanner drops,
+/// connection and transaction caps (SPEC §5).
+#[derive(Debug, Clone)]
+pub struct SecurityConfig {
+    /// Request limit, window, ban time, trusted networks, scanners.
+    pub flood: crate::sip::flood::FloodConfig,
+    /// TCP connections one address may hold at once.
+    pub max_tcp_connections_per_address: usize,
+    /// Server transactions held at once (503 with Retry-After beyond).
+    pub max_transactions: usize,
 }
 
 /// RFC 3261 §17 base timer values.
@@ -486,6 +531,7 @@ impl Config {
         raw: RawConfig,
         invalid: &dyn Fn(&str, &str, String) -> ConfigError,
     ) -> Result<Config, ConfigError> {
+        let security = Self::validate_security(&raw.security, invalid)?;
         let s = raw.server;
         if s.sip_listen.is_empty() {
             return Err(invalid(
@@ -684,6 +730,59 @@ impl Config {
             trunks: raw.trunk,
             agents: raw.agent,
             dialer: raw.dialer,
+            security,
+        })
+    }
+
+    fn validate_security(
+        r: &RawSecurity,
+        invalid: &dyn Fn(&str, &str, String) -> ConfigError,
+    ) -> Result<SecurityConfig, ConfigError> {
+        let mut trusted = Vec::with_capacity(r.trusted_networks.len());
+        for n in &r.trusted_networks {
+            let net = n
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| n.parse::<IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    invalid(
+                        "security",
+                        "trusted_networks",
+                        format!("`{n}` is not an address or a network: write e.g. \"192.0.2.10\" or \"10.0.0.0/8\""),
+                    )
+                })?;
+            trusted.push(net);
+        }
+        if r.rate_limit > 0 && r.rate_window.0.is_zero() {
+            return Err(invalid(
+                "security",
+                "rate_window",
+                "must be above 0 seconds while rate_limit is set (rate_limit = 0 turns the limit off)".into(),
+            ));
+        }
+        if r.max_tcp_connections_per_address == 0 {
+            return Err(invalid(
+                "security",
+                "max_tcp_connections_per_address",
+                "must be at least 1".into(),
+            ));
+        }
+        if r.max_transactions < 1_000 {
+            return Err(invalid(
+                "security",
+                "max_transactions",
+                "must be at least 1000 (each phone needs a few at once)".into(),
+            ));
+        }
+        Ok(SecurityConfig {
+            flood: crate::sip::flood::FloodConfig {
+                requests: r.rate_limit,
+                window: r.rate_window.0,
+                ban: r.ban_time.0,
+                trusted,
+                scanner_user_agents: r.scanner_user_agents.clone(),
+            },
+            max_tcp_connections_per_address: r.max_tcp_connections_per_address,
+            max_transactions: r.max_transactions,
         })
     }
 }
@@ -937,6 +1036,43 @@ mod tests {
     fn wrong_type_names_line() {
         let e = load("[dialer]\n\nring_timeout = \"long\"\n", &[]).unwrap_err();
         assert!(e.to_string().starts_with("t.toml:3:"), "{e}");
+    }
+
+    #[test]
+    fn security_defaults_trust_this_host_only() {
+        let c = load("", &[]).unwrap();
+        let f = &c.security.flood;
+        assert_eq!(
+            (f.requests, f.window.as_secs(), f.ban.as_secs()),
+            (16, 2, 300)
+        );
+        assert!(f
+            .trusted
+            .iter()
+            .any(|n| n.contains(&"127.0.0.1".parse::<IpAddr>().unwrap())));
+        assert!(!f
+            .trusted
+            .iter()
+            .any(|n| n.contains(&"127.0.0.2".parse::<IpAddr>().unwrap())));
+        assert_eq!(c.security.max_tcp_connections_per_address, 32);
+        let c = load(
+            "[security]\ntrusted_networks = [\"10.0.0.0/8\", \"192.0.2.7\"]\nrate_limit = 0\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.security.flood.trusted.len(), 2);
+        assert_eq!(c.security.flood.requests, 0);
+    }
+
+    #[test]
+    fn security_errors_name_the_key() {
+        let e = load("[security]\ntrusted_networks = [\"10.0.0.0/33\"]\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("security.trusted_networks"), "{e}");
+        assert!(e.to_string().contains("10.0.0.0/33"), "{e}");
+        let e = load("[security]\nrate_window = 0\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("security.rate_window"), "{e}");
+        let e = load("[security]\nmax_transactions = 10\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("security.max_transactions"), "{e}");
     }
 
     #[test]

@@ -19,6 +19,13 @@ pub struct OutcomeLabel {
     pub outcome: String,
 }
 
+/// The reason of a SIP source ban (`sip::flood`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BanLabel {
+    /// `rate_limit` or `scanner`.
+    pub reason: String,
+}
+
 /// Everything powerdial counts.
 pub struct Metrics {
     registry: Registry,
@@ -33,6 +40,18 @@ pub struct Metrics {
     pub rtp_stray_packets: Counter,
     /// (username, address) pairs locked out after failed digest responses.
     pub sip_auth_lockouts: Counter,
+    /// SIP source addresses banned, by reason (SPEC §5; `sip::flood`).
+    pub sip_bans: Family<BanLabel, Counter>,
+    /// SIP source addresses banned now.
+    pub sip_banned_sources: Gauge,
+    /// SIP messages dropped because their source is banned.
+    pub sip_dropped_banned: Counter,
+    /// SIP requests dropped because their User-Agent names a scanner.
+    pub sip_dropped_scanner: Counter,
+    /// New SIP requests answered 503 because the transaction table is full.
+    pub sip_table_full: Counter,
+    /// TCP connections refused because their address holds too many.
+    pub sip_tcp_refused: Counter,
     /// Addresses refused after failed sign-ins to the HTTP API.
     pub http_signin_lockouts: Counter,
     /// Registrar binding changes committed to the database.
@@ -76,6 +95,42 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "sip_auth_lockouts",
         "Usernames locked out of an address after failed digest responses",
         sip_auth_lockouts.clone(),
+    );
+    let sip_bans = Family::<BanLabel, Counter>::default();
+    registry.register(
+        "sip_bans",
+        "SIP source addresses banned, by reason",
+        sip_bans.clone(),
+    );
+    let sip_banned_sources = Gauge::default();
+    registry.register(
+        "sip_banned_sources",
+        "SIP source addresses banned now",
+        sip_banned_sources.clone(),
+    );
+    let sip_dropped_banned = Counter::default();
+    registry.register(
+        "sip_dropped_banned",
+        "SIP messages dropped because their source address is banned",
+        sip_dropped_banned.clone(),
+    );
+    let sip_dropped_scanner = Counter::default();
+    registry.register(
+        "sip_dropped_scanner",
+        "SIP requests dropped because their User-Agent names a scanner",
+        sip_dropped_scanner.clone(),
+    );
+    let sip_table_full = Counter::default();
+    registry.register(
+        "sip_table_full",
+        "New SIP requests answered 503 because the transaction table is full",
+        sip_table_full.clone(),
+    );
+    let sip_tcp_refused = Counter::default();
+    registry.register(
+        "sip_tcp_refused",
+        "SIP TCP connections refused because their address holds too many",
+        sip_tcp_refused.clone(),
     );
     let http_signin_lockouts = Counter::default();
     registry.register(
@@ -125,6 +180,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         rtp_stray_packets,
         sip_auth_lockouts,
         http_signin_lockouts,
+        sip_bans,
+        sip_banned_sources,
+        sip_dropped_banned,
+        sip_dropped_scanner,
+        sip_table_full,
+        sip_tcp_refused,
         registrations_saved,
         registrations_pending,
     }

@@ -11,7 +11,7 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use rand::RngCore;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -21,6 +21,8 @@ use crate::http::admin_token::AdminToken;
 use crate::leads::model::Registration;
 use crate::media::relay::{MediaRelay, RelayConfig};
 use crate::sip::endpoint::{Endpoint, EndpointConfig, EndpointEvent};
+use crate::sip::handle::SipCommand;
+use crate::sip::handle::SipHandle;
 use crate::sip::registrar::Binding;
 use crate::sip::transaction::TimerConfig;
 use crate::sip::transport::{TransportError, TransportHandle, TransportLimits};
@@ -73,64 +75,6 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// Requests other tasks (HTTP, later the dialer) make of the SIP task.
-enum SipCommand {
-    Bindings {
-        aor: String,
-        reply: oneshot::Sender<Vec<Binding>>,
-    },
-    SetAgent {
-        username: String,
-        ha1: crate::sip::digest::StoredHa1,
-    },
-    RemoveAgent {
-        username: String,
-    },
-}
-
-/// A clonable handle to the SIP task.
-#[derive(Clone)]
-pub struct SipHandle {
-    commands: mpsc::Sender<SipCommand>,
-}
-
-impl SipHandle {
-    /// The live registrar bindings of an agent (empty when the SIP task is gone).
-    pub async fn bindings(&self, aor: &str) -> Vec<Binding> {
-        let (reply, rx) = oneshot::channel();
-        let cmd = SipCommand::Bindings {
-            aor: aor.to_string(),
-            reply,
-        };
-        if self.commands.send(cmd).await.is_err() {
-            return Vec::new();
-        }
-        rx.await.unwrap_or_default()
-    }
-
-    /// Lets an agent created through the API authenticate (its HA1 values
-    /// for this realm).
-    pub async fn set_agent(&self, username: &str, ha1: crate::sip::digest::StoredHa1) {
-        let _ = self
-            .commands
-            .send(SipCommand::SetAgent {
-                username: username.to_string(),
-                ha1,
-            })
-            .await;
-    }
-
-    /// Stops an agent deleted through the API from authenticating.
-    pub async fn remove_agent(&self, username: &str) {
-        let _ = self
-            .commands
-            .send(SipCommand::RemoveAgent {
-                username: username.to_string(),
-            })
-            .await;
-    }
 }
 
 /// A started server: its bound addresses, and a way to stop it.
@@ -249,6 +193,7 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
     let limits = TransportLimits {
         max_message_size: config.max_message_size,
         tcp_idle_timeout: config.tcp_idle_timeout,
+        max_tcp_per_address: config.security.max_tcp_connections_per_address,
         ..TransportLimits::default()
     };
     let (transport, inbound) = TransportHandle::bind(&config.sip_listen, limits).await?;
@@ -291,6 +236,8 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
         },
         max_message_size: config.max_message_size,
         trunk_sources,
+        flood: config.security.flood.clone(),
+        max_transactions: config.security.max_transactions,
     };
     let mut endpoint = Endpoint::new(
         endpoint_config,
@@ -355,7 +302,7 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
         persist_tx,
         shutdown.clone(),
     ));
-    let sip = SipHandle { commands: cmd_tx };
+    let sip = SipHandle::new(cmd_tx);
 
     let relay = MediaRelay::new(RelayConfig::from_config(&config))?;
     let sent_by = transport
@@ -502,14 +449,11 @@ async fn sip_task(
                 }
             }
             _ = timer => endpoint.handle_timeout(Instant::now(), SystemTime::now()),
-            cmd = commands.recv() => match cmd {
-                Some(SipCommand::Bindings { aor, reply }) => {
-                    let _ = reply.send(endpoint.bindings(&aor, SystemTime::now()));
+            cmd = commands.recv() => {
+                if let Some(cmd) = cmd {
+                    cmd.apply(&mut endpoint, Instant::now(), SystemTime::now());
                 }
-                Some(SipCommand::SetAgent { username, ha1 }) => endpoint.set_agent(&username, ha1),
-                Some(SipCommand::RemoveAgent { username }) => endpoint.remove_agent(&username),
-                None => {}
-            },
+            }
         }
         while let Some(t) = endpoint.poll_transmit() {
             let bytes = Bytes::from(t.message.to_string());

@@ -33,7 +33,7 @@ use crate::leads::PhoneE164;
 use crate::media::port::PortError;
 use crate::media::relay::{AgentMedia, LegHandle, MediaError, MediaEvent, MediaRelay};
 use crate::media::sdp::{self, SessionDescription};
-use crate::server::SipHandle;
+use crate::sip::handle::SipHandle;
 use crate::sip::syntax::SipMessage;
 use crate::sip::transaction::TimerConfig;
 use crate::sip::transport::TransportHandle;

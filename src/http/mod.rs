@@ -7,6 +7,7 @@
 pub mod admin_token;
 pub mod agents;
 pub mod auth;
+pub mod bans;
 pub mod call_notes;
 pub mod calls;
 pub mod console;
@@ -55,7 +56,7 @@ pub struct AppState {
     /// `[leads] default_region` for numbers written without a country code.
     pub default_region: Arc<str>,
     /// The SIP task (registrar bindings); `None` when the API runs without SIP (tests).
-    pub sip: Option<crate::server::SipHandle>,
+    pub sip: Option<crate::sip::handle::SipHandle>,
     /// The configured agents.
     pub agents: Arc<[crate::config::AgentConfig]>,
     /// The call engine (SPEC §1, R17); `None` when the API runs without SIP (tests).
@@ -125,7 +126,7 @@ impl AppState {
     /// Adds the SIP task's handle and the configured agents (`/api/v1/agents`).
     pub fn with_sip(
         mut self,
-        sip: crate::server::SipHandle,
+        sip: crate::sip::handle::SipHandle,
         agents: Vec<crate::config::AgentConfig>,
     ) -> Self {
         self.sip = Some(sip);
@@ -200,6 +201,7 @@ pub fn api_routes() -> Router<AppState> {
         )
         .merge(calls::routes())
         .merge(dnc::routes())
+        .merge(bans::routes())
         .merge(call_notes::routes())
         .merge(session_list::routes())
 }

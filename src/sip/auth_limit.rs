@@ -84,6 +84,20 @@ impl AuthLimiter {
         false
     }
 
+    /// Forgets every tally of `ip` (an administrator lifted its ban);
+    /// whether a lockout was in force.
+    pub fn unlock_address(&mut self, ip: IpAddr, now: Instant) -> bool {
+        let mut locked = false;
+        self.tallies.retain(|(_, a), t| {
+            if *a != ip {
+                return true;
+            }
+            locked |= t.banned_until.is_some_and(|u| now < u);
+            false
+        });
+        locked
+    }
+
     /// Every (username, address) refused now, with the time left.
     pub fn bans(&self, now: Instant) -> Vec<(String, IpAddr, Duration)> {
         self.tallies

@@ -26,11 +26,19 @@
 //!   (agents) or come from a configured trunk's IP address: a registered
 //!   source address alone is not trusted (UDP sources can be forged). Until
 //!   the call engine exists, even those get 403 ([`CALLS_BY_DIALER`]).
+//! - Before anything is parsed, every message that is not a response
+//!   counts against its source address (`sip::flood`): past the limit, or
+//!   with a scanner's User-Agent, the address is banned and its messages
+//!   dropped unanswered. An out-of-dialog INVITE without credentials is
+//!   challenged statelessly: a flood of them allocates no transaction, no
+//!   media port and no database row. When the transaction table is full a
+//!   new request gets 503 with Retry-After (RFC 3261 §21.5.4), statelessly.
 //! - Transaction events the endpoint does not answer itself (client
 //!   transactions, server timeouts) are kept for the call engine in
 //!   [`Endpoint::poll_transaction_event`].
 
 use crate::sip::auth_limit::{self, AuthLimiter};
+use crate::sip::flood::{Admit, BanInfo, FloodConfig, SourceGuard};
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::time::{Instant, SystemTime};
@@ -45,7 +53,7 @@ use super::registrar::{Binding, Registrar};
 use super::syntax::headers::untyped;
 use super::syntax::{Header, HeadersExt, Method, Request, Response, SipMessage};
 use super::transaction::{
-    new_branch, CancelMatch, Event, ServerKey, TimerConfig, TransactionTable,
+    new_branch, CancelMatch, Event, ServerKey, TimerConfig, TransactionError, TransactionTable,
 };
 use super::{Peer, Transmit};
 use crate::config::AgentConfig;
@@ -76,9 +84,19 @@ pub struct EndpointConfig {
     /// The largest message accepted (bigger: 413 or dropped, SPEC §5).
     pub max_message_size: usize,
     /// Source IPs of the configured trunks: their INVITEs are not
-    /// challenged (a carrier does not answer digest challenges).
+    /// challenged (a carrier does not answer digest challenges). They are
+    /// also exempt from the per-source limits.
     pub trunk_sources: Vec<IpAddr>,
+    /// Per-source request limits, bans and scanner drops (`sip::flood`).
+    pub flood: FloodConfig,
+    /// Server transactions held at once; a new request beyond gets 503
+    /// with Retry-After.
+    pub max_transactions: usize,
 }
+
+/// Seconds a client is asked to wait when the transaction table is full
+/// (RFC 3261 §20.33).
+const FULL_RETRY_AFTER_S: u32 = 5;
 
 /// What the endpoint tells its driver.
 #[derive(Debug, Clone, PartialEq)]
@@ -106,6 +124,8 @@ pub struct Endpoint {
     /// Failed digest responses per (username, address): guessing is
     /// refused after a few (`sip::auth_limit`).
     guesses: AuthLimiter,
+    /// Per-source request counts and bans (`sip::flood`).
+    sources: SourceGuard,
     dialogs: DialogSet,
     rng: StdRng,
     /// When the endpoint was made: the first deadline when bindings were
@@ -163,8 +183,12 @@ impl Endpoint {
         for a in agents {
             verifier.set_password(&a.username, &a.password);
         }
+        let sources = SourceGuard::new(cfg.flood.clone(), &cfg.trunk_sources);
+        let mut transactions = TransactionTable::new(cfg.timers);
+        transactions.set_max_transactions(cfg.max_transactions);
         Endpoint {
-            transactions: TransactionTable::new(cfg.timers),
+            transactions,
+            sources,
             cfg,
             registrar: Registrar::new(),
             verifier,
@@ -226,6 +250,9 @@ impl Endpoint {
     /// by [`message::StreamFramer`] (RFC 3261 §18.2.1, SPEC §5).
     pub fn handle_datagram(&mut self, now: Instant, wall: SystemTime, peer: Peer, bytes: &[u8]) {
         self.anchor = Some((now, wall));
+        if !self.admit(now, wall, peer, bytes) {
+            return;
+        }
         match message::inspect(bytes, peer.transport, self.cfg.max_message_size) {
             Inspected::Reject {
                 mut response,
@@ -256,22 +283,182 @@ impl Endpoint {
                 }
             }
             Inspected::Request(mut request) => {
+                if self.is_scanner(now, wall, peer, &request) {
+                    return;
+                }
                 fix_request_via(&mut request, peer);
                 let Some(message) = self.take_routed(peer, SipMessage::Request(request)) else {
                     return;
                 };
-                if let Err(e) = self.transactions.handle_message(now, peer, message) {
-                    tracing::debug!(%peer, error = %e, "request refused by the transaction layer");
+                let SipMessage::Request(request) = message else {
+                    return;
+                };
+                if self.is_unauthenticated_invite(&request, peer) {
+                    // A challenge from no state: retransmissions get it
+                    // again, the ACK is a stray (RFC 3261 §17.2.1 allows a
+                    // UAS to answer without a transaction only here, where
+                    // losing the answer costs a retransmission).
+                    let r = self
+                        .verifier
+                        .challenge_response(now, &request, false, false);
+                    self.send_stateless(peer, r);
+                    return;
+                }
+                // Kept only when the table is full, for the 503.
+                let spare = (self.transactions.len() >= self.cfg.max_transactions
+                    && request.method != Method::Ack)
+                    .then(|| request.clone());
+                match self
+                    .transactions
+                    .handle_message(now, peer, SipMessage::Request(request))
+                {
+                    Ok(()) => {}
+                    Err(TransactionError::TableFull) => {
+                        if let Some(request) = spare {
+                            tracing::warn!(%peer, transactions = self.transactions.len(), "transaction table full: 503");
+                            crate::metrics::metrics().sip_table_full.inc();
+                            let mut r = response_to(&request, 503, "");
+                            add_header(
+                                &mut r,
+                                Header::RetryAfter(untyped::RetryAfter::new(
+                                    FULL_RETRY_AFTER_S.to_string(),
+                                )),
+                            );
+                            self.send_stateless(peer, r);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "request refused by the transaction layer");
+                    }
                 }
             }
         }
         self.pump(now, wall);
     }
 
+    /// Counts a message against its source (`sip::flood`); false when it
+    /// is to be dropped. Responses are not counted (they answer our own
+    /// requests) but a banned address's are dropped too.
+    fn admit(&mut self, now: Instant, wall: SystemTime, peer: Peer, bytes: &[u8]) -> bool {
+        let ip = peer.addr.ip();
+        if bytes.starts_with(b"SIP/") {
+            return !self.sources.is_banned(ip, now);
+        }
+        let registrar = &self.registrar;
+        match self
+            .sources
+            .admit(ip, now, wall, || registrar.agents_at(ip, wall))
+        {
+            Admit::Pass => true,
+            Admit::Banned => {
+                crate::metrics::metrics().sip_dropped_banned.inc();
+                false
+            }
+            Admit::NewBan(reason) => {
+                tracing::warn!(address = %ip, reason = reason.as_str(), ban_s = self.cfg.flood.ban.as_secs(), "too many SIP requests from this address: banned");
+                crate::metrics::metrics()
+                    .sip_bans
+                    .get_or_create(&crate::metrics::BanLabel {
+                        reason: reason.as_str().into(),
+                    })
+                    .inc();
+                crate::metrics::metrics().sip_dropped_banned.inc();
+                false
+            }
+        }
+    }
+
+    /// Whether `request` comes from a known scanner (by User-Agent); if so
+    /// its address is banned and the request dropped.
+    fn is_scanner(
+        &mut self,
+        now: Instant,
+        wall: SystemTime,
+        peer: Peer,
+        request: &Request,
+    ) -> bool {
+        let Some(ua) = request.user_agent_header() else {
+            return false;
+        };
+        if !self.sources.is_scanner(ua.value()) {
+            return false;
+        }
+        let ip = peer.addr.ip();
+        crate::metrics::metrics().sip_dropped_scanner.inc();
+        if self
+            .sources
+            .ban(ip, crate::sip::flood::BanReason::Scanner, now, wall)
+        {
+            tracing::warn!(address = %ip, user_agent = %ua.value(), ban_s = self.cfg.flood.ban.as_secs(), "SIP scanner: banned");
+            crate::metrics::metrics()
+                .sip_bans
+                .get_or_create(&crate::metrics::BanLabel {
+                    reason: "scanner".into(),
+                })
+                .inc();
+        }
+        true
+    }
+
+    /// An out-of-dialog INVITE from anyone but a trunk, with no
+    /// credentials: answered with a stateless challenge.
+    fn is_unauthenticated_invite(&self, request: &Request, peer: Peer) -> bool {
+        if request.method != Method::Invite || self.cfg.trunk_sources.contains(&peer.addr.ip()) {
+            return false;
+        }
+        let has_credentials = request
+            .headers
+            .iter()
+            .any(|h| matches!(h, Header::Authorization(_) | Header::ProxyAuthorization(_)));
+        if has_credentials {
+            return false;
+        }
+        let to_tag = request
+            .to_header()
+            .ok()
+            .and_then(|to| NameAddr::parse(to.value()).ok())
+            .is_some_and(|na| na.tag().is_some());
+        if to_tag {
+            return false;
+        }
+        // A request the §8.2 checks refuse (415, 406, 420, 483, ...) gets
+        // that answer, through a transaction, as before (RFC 4475 §3.3
+        // verdicts): the challenge is for requests that are otherwise fine.
+        let domains: Vec<&str> = self.cfg.local_domains.iter().map(String::as_str).collect();
+        check_request(request, &domains).is_none()
+    }
+
+    /// The source bans in force (`sip::flood`).
+    pub fn bans(&self, now: Instant) -> Vec<BanInfo> {
+        self.sources.bans(now)
+    }
+
+    /// Usernames refused from an address after failed digest responses,
+    /// with the time left (`sip::auth_limit`).
+    pub fn account_lockouts(&self, now: Instant) -> Vec<(String, IpAddr, std::time::Duration)> {
+        self.guesses.bans(now)
+    }
+
+    /// Lifts the ban on `ip` and every username lockout from it; whether
+    /// there was any.
+    pub fn unban(&mut self, ip: IpAddr, now: Instant) -> bool {
+        let source = self.sources.unban(ip, now);
+        let accounts = self.guesses.unlock_address(ip, now);
+        source || accounts
+    }
+
+    /// How many source bans are in force (for `/metrics`).
+    pub fn ban_count(&self, now: Instant) -> usize {
+        self.sources.ban_count(now)
+    }
+
     /// The timer from [`Self::poll_timeout`] fired: transaction timers
     /// (RFC 3261 §17) and registrar expiry (§10.3 step 7).
     pub fn handle_timeout(&mut self, now: Instant, wall: SystemTime) {
         self.anchor = Some((now, wall));
+        crate::metrics::metrics()
+            .sip_banned_sources
+            .set(i64::try_from(self.sources.ban_count(now)).unwrap_or(i64::MAX));
         self.transactions.handle_timeout(now);
         self.pump(now, wall);
         self.expire_bindings(wall);
@@ -865,7 +1052,20 @@ mod tests {
         }
     }
 
+    /// An endpoint without the per-source limit: these tests send many
+    /// requests from one address at one instant (the limit's own tests
+    /// use [`setup_with`] and the defaults).
     fn setup() -> (Endpoint, Clock) {
+        setup_with(
+            FloodConfig {
+                requests: 0,
+                ..FloodConfig::default()
+            },
+            500_000,
+        )
+    }
+
+    fn setup_with(flood: FloodConfig, max_transactions: usize) -> (Endpoint, Clock) {
         let clock = Clock {
             now: test_epoch(),
             wall: wall0(),
@@ -880,6 +1080,8 @@ mod tests {
             timers: TimerConfig::default(),
             max_message_size: message::DEFAULT_MAX_MESSAGE_SIZE,
             trunk_sources: vec![TRUNK.parse::<SocketAddr>().expect("trunk").ip()],
+            flood,
+            max_transactions,
         };
         let agents = vec![AgentConfig {
             username: "alice".into(),
@@ -1481,20 +1683,32 @@ Content-Length: 0\r\n\r\n",
             phone,
             &invite_text("203.0.113.7:40000", ""),
         );
-        // The INVITE server transaction sends 100 Trying at once (§17.2.1).
-        assert_eq!(codes(&rs), [100, 401]);
-        assert_eq!(values(&rs[1], "WWW-Authenticate").len(), 2);
+        // Challenged statelessly: no 100 Trying, no transaction kept (a
+        // flood of these allocates nothing, SPEC §5).
+        assert_eq!(codes(&rs), [401]);
+        assert_eq!(values(&rs[0], "WWW-Authenticate").len(), 2);
+        assert!(ep.transactions().is_empty());
         assert!(ep.poll_event().is_none());
         assert!(ep.poll_transaction_event().is_none());
-        // The ACK to the 401 is absorbed by the transaction.
+        // A retransmission gets the same challenge again.
+        let again = feed(
+            &mut ep,
+            &clock,
+            phone,
+            &invite_text("203.0.113.7:40000", ""),
+        );
+        assert_eq!(codes(&again), [401]);
+        assert_eq!(values(&again[0], "To"), values(&rs[0], "To"));
+        // The ACK to the 401 is dropped without an answer.
         let ack = invite_text("203.0.113.7:40000", "")
             .replacen("INVITE sip", "ACK sip", 1)
             .replace("1 INVITE", "1 ACK")
             .replace(
                 "To: <sip:bob@127.0.0.1>",
-                &format!("To: {}", values(&rs[1], "To")[0]),
+                &format!("To: {}", values(&rs[0], "To")[0]),
             );
         assert!(feed(&mut ep, &clock, phone, &ack).is_empty());
+        assert!(ep.transactions().is_empty());
     }
 
     #[test]
@@ -1509,7 +1723,7 @@ Content-Length: 0\r\n\r\n",
         );
         let mut client = DigestClient::new("alice", "alice-secret");
         let h = client
-            .answer(&rs[1], "INVITE", "sip:bob@127.0.0.1", "ci")
+            .answer(&rs[0], "INVITE", "sip:bob@127.0.0.1", "ci")
             .expect("challenge");
         let text = invite_text("203.0.113.7:40000", &authorization(&h))
             .replace("inv1", "inv2")
@@ -1529,6 +1743,111 @@ Content-Length: 0\r\n\r\n",
             &invite_text(TRUNK, "").replace("inv1", "inv3"),
         );
         assert_eq!(codes(&rs), [100, 403], "a trunk is not challenged");
+    }
+
+    fn options_text(n: u32, extra: &str) -> String {
+        format!(
+            "OPTIONS sip:127.0.0.1 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 203.0.113.7:40000;branch=z9hG4bK-opt{n}\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:probe@203.0.113.7>;tag=o{n}\r\n\
+To: <sip:127.0.0.1>\r\n\
+Call-ID: opt-{n}\r\n\
+CSeq: 1 OPTIONS\r\n\
+{extra}Content-Length: 0\r\n\r\n"
+        )
+    }
+
+    #[test]
+    fn a_flooding_address_is_banned_and_then_dropped_unanswered() {
+        let (mut ep, mut clock) = setup_with(FloodConfig::default(), 500_000);
+        let phone = udp(PHONE);
+        for n in 0..16 {
+            assert_eq!(
+                codes(&feed(&mut ep, &clock, phone, &options_text(n, ""))),
+                [200]
+            );
+        }
+        // Garbage counts too.
+        assert!(feed(&mut ep, &clock, phone, "\x00\x01 not sip at all").is_empty());
+        assert!(feed(&mut ep, &clock, phone, &options_text(99, "")).is_empty());
+        let bans = ep.bans(clock.now);
+        assert_eq!(bans.len(), 1);
+        assert_eq!(bans[0].address, udp(PHONE).addr.ip());
+        // Another address is served meanwhile; a trunk is never limited.
+        let other = udp("203.0.113.8:5060");
+        assert_eq!(
+            codes(&feed(&mut ep, &clock, other, &options_text(1, ""))),
+            [200]
+        );
+        for n in 0..100 {
+            let rs = feed(&mut ep, &clock, udp(TRUNK), &options_text(1_000 + n, ""));
+            assert_eq!(codes(&rs), [200]);
+        }
+        // Lifted by an administrator, or after the ban time.
+        assert!(ep.unban(phone.addr.ip(), clock.now));
+        assert_eq!(
+            codes(&feed(&mut ep, &clock, phone, &options_text(200, ""))),
+            [200]
+        );
+        for n in 0..40 {
+            feed(&mut ep, &clock, phone, &options_text(300 + n, ""));
+        }
+        assert!(feed(&mut ep, &clock, phone, &options_text(400, "")).is_empty());
+        clock.advance(Duration::from_secs(300));
+        assert_eq!(
+            codes(&feed(&mut ep, &clock, phone, &options_text(401, ""))),
+            [200]
+        );
+    }
+
+    #[test]
+    fn a_scanner_user_agent_is_dropped_and_banned_at_once() {
+        let (mut ep, clock) = setup_with(FloodConfig::default(), 500_000);
+        let phone = udp(PHONE);
+        let rs = feed(
+            &mut ep,
+            &clock,
+            phone,
+            &options_text(1, "User-Agent: friendly-scanner\r\n"),
+        );
+        assert!(rs.is_empty());
+        assert_eq!(ep.bans(clock.now).len(), 1);
+        assert!(feed(
+            &mut ep,
+            &clock,
+            phone,
+            &options_text(2, "User-Agent: PJSUA v2\r\n")
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn a_full_transaction_table_answers_503_with_retry_after_statelessly() {
+        let (mut ep, clock) = setup_with(
+            FloodConfig {
+                requests: 0,
+                ..FloodConfig::default()
+            },
+            3,
+        );
+        let phone = udp(PHONE);
+        for n in 0..3 {
+            assert_eq!(
+                codes(&feed(&mut ep, &clock, phone, &options_text(n, ""))),
+                [200]
+            );
+        }
+        assert_eq!(ep.transactions().len(), 3);
+        let rs = feed(&mut ep, &clock, phone, &options_text(3, ""));
+        assert_eq!(codes(&rs), [503]);
+        assert_eq!(values(&rs[0], "Retry-After"), ["5"]);
+        assert_eq!(ep.transactions().len(), 3, "nothing was allocated");
+        // A retransmission of a held request still gets its own answer.
+        assert_eq!(
+            codes(&feed(&mut ep, &clock, phone, &options_text(0, ""))),
+            [200]
+        );
     }
 
     #[test]

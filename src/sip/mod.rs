@@ -11,6 +11,8 @@ pub mod auth_limit;
 pub mod dialog;
 pub mod digest;
 pub mod endpoint;
+pub mod flood;
+pub mod handle;
 pub mod message;
 pub mod registrar;
 pub mod transaction;

@@ -234,6 +234,20 @@ impl Registrar {
             .filter(move |b| !b.is_expired(now))
     }
 
+    /// How many agents have a live binding registered from `ip` (an
+    /// office NAT's phones share its address; `sip::flood` scales its
+    /// limit by it). A scan: asked only when a source passes its base
+    /// request limit, at most once per window.
+    pub fn agents_at(&self, ip: std::net::IpAddr, now: SystemTime) -> usize {
+        self.bindings
+            .values()
+            .filter(|list| {
+                list.iter()
+                    .any(|b| b.source.ip() == ip && !b.is_expired(now))
+            })
+            .count()
+    }
+
     /// Drops lapsed bindings and returns them (for the driver to delete).
     pub fn expire(&mut self, now: SystemTime) -> Vec<Binding> {
         let mut gone = Vec::new();

@@ -76,6 +76,10 @@ pub enum TransactionError {
         /// The method it was given.
         got: Method,
     },
+    /// The table holds its maximum of transactions: a new request is
+    /// refused (the endpoint answers 503 with Retry-After, statelessly).
+    #[error("the transaction table is full")]
+    TableFull,
     /// CANCEL only applies while the INVITE awaits its final response (§9.1).
     #[error("the INVITE already has a final response")]
     NotCancellable,

@@ -186,6 +186,9 @@ struct Slot {
 #[derive(Debug)]
 pub struct TransactionTable {
     config: TimerConfig,
+    /// Server transactions beyond this many are refused
+    /// ([`TransactionError::TableFull`]).
+    max_server: usize,
     next_id: u64,
     slots: HashMap<u64, Slot>,
     clients: HashMap<ClientKey, u64>,
@@ -200,6 +203,7 @@ impl TransactionTable {
     pub fn new(config: TimerConfig) -> Self {
         TransactionTable {
             config,
+            max_server: usize::MAX,
             next_id: 0,
             slots: HashMap::new(),
             clients: HashMap::new(),
@@ -208,6 +212,14 @@ impl TransactionTable {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
+    }
+
+    /// Bounds the table: a request that would create a server
+    /// transaction while `max` transactions are live is refused with
+    /// [`TransactionError::TableFull`] (client transactions, which we
+    /// create ourselves, are not bounded here).
+    pub fn set_max_transactions(&mut self, max: usize) {
+        self.max_server = max;
     }
 
     /// How many transactions are live.
@@ -298,6 +310,9 @@ impl TransactionTable {
         if is_ack {
             self.events.push_back(Event::StrayAck { request, peer });
             return Ok(());
+        }
+        if self.slots.len() >= self.max_server {
+            return Err(TransactionError::TableFull);
         }
         let key = identity.key;
         let tx = if request.method == Method::Invite {

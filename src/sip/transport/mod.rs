@@ -75,6 +75,8 @@ pub struct TransportLimits {
     pub tcp_idle_timeout: Duration,
     /// At most this many TCP connections at once; more are refused.
     pub max_tcp_connections: usize,
+    /// At most this many TCP connections from one IP address at once.
+    pub max_tcp_per_address: usize,
 }
 
 impl Default for TransportLimits {
@@ -83,6 +85,7 @@ impl Default for TransportLimits {
             max_message_size: 16 * 1024,
             tcp_idle_timeout: Duration::from_secs(300),
             max_tcp_connections: 4096,
+            max_tcp_per_address: 32,
         }
     }
 }

@@ -41,9 +41,23 @@ pub(super) async fn accept_loop(
         if inbound.is_closed() {
             return;
         }
-        let count = connections.lock().map(|m| m.len()).unwrap_or(0);
+        let (count, from_here) = connections
+            .lock()
+            .map(|m| {
+                let here = m.keys().filter(|a| a.ip() == from.ip()).count();
+                (m.len(), here)
+            })
+            .unwrap_or((0, 0));
         if count >= limits.max_tcp_connections {
             tracing::warn!(%from, count, "refusing TCP connection: too many open");
+            drop(stream);
+            continue;
+        }
+        // One address holding every connection would lock the agents out
+        // (SPEC §5); a phone needs one, an office NAT one per phone.
+        if from_here >= limits.max_tcp_per_address {
+            tracing::warn!(%from, open = from_here, limit = limits.max_tcp_per_address, "refusing TCP connection: too many from this address");
+            crate::metrics::metrics().sip_tcp_refused.inc();
             drop(stream);
             continue;
         }
