@@ -11,12 +11,14 @@ mod calls_failures;
 mod console;
 mod demo;
 mod dnc;
+mod flood;
 mod media_hijack;
 mod openapi;
 mod peers;
 mod phones;
 mod register;
 mod register_load;
+mod scanner;
 mod sessions;
 mod shutdown;
 #[path = "../common/skip.rs"]
