@@ -28,6 +28,8 @@ mod lead;
 mod leg;
 mod outcome;
 mod timer;
+pub mod trunk;
+mod trunk_ping;
 mod wire;
 
 #[cfg(test)]
