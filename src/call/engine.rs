@@ -23,12 +23,13 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::trunk::{NoTrunk, PingPolicy, TrunkId, TrunkPolicy, TrunkSet, TrunkStatus};
+use super::trunk::{PingPolicy, TrunkId, TrunkPolicy, TrunkSet, TrunkStatus};
+use super::trunk_slot::{TakeError, TrunkGrant, TrunkInfo, TrunkSlot, Trunks};
 use super::{
     AgentEvent, AgentLeg, AgentParams, AgentTarget, EndReason, LeadEvent, LeadLeg, LeadParams,
     LegRecord, LocalAddress, Outcome,
 };
-use crate::config::{Config, TrunkConfig};
+use crate::config::Config;
 use crate::leads::model::{CallEnd, CallOutcome, NewCall};
 use crate::leads::PhoneE164;
 use crate::media::port::PortError;
@@ -416,14 +417,7 @@ impl CallEngine {
             });
         }
         let pinged = policies.iter().any(|p| p.ping.is_some());
-        let trunks = Trunks {
-            set: Arc::new(std::sync::Mutex::new(TrunkSet::new(
-                policies,
-                Instant::now(),
-            ))),
-            info: Arc::from(info),
-            freed: Arc::new(tokio::sync::Notify::new()),
-        };
+        let trunks = Trunks::new(TrunkSet::new(policies, Instant::now()), info);
         let (events, _) = broadcast::channel(1024);
         let progress = ProgressTable::default();
         let sent_by = io.sent_by.to_string();
@@ -603,54 +597,21 @@ impl CallEngine {
     /// Takes a trunk for a call to `number` (see [`dial`](Self::dial));
     /// `None` when no trunk may dial it (R11: the call is `restricted`).
     async fn take_trunk(&self, number: &str) -> Result<Option<TrunkGrant>, CallEngineError> {
-        let trunks = &self.shared.trunks;
-        if trunks.info.is_empty() {
-            return Err(CallEngineError::NoTrunk);
-        }
         let Ok(e164) = PhoneE164::parse(number, &self.shared.default_region) else {
+            if self.shared.trunks.is_empty() {
+                return Err(CallEngineError::NoTrunk);
+            }
             return Ok(None);
         };
-        let e164 = e164.as_str().to_string();
-        let order = trunks
-            .lock()
-            .order(&e164, &mut |n| rand::random::<u32>() % n.max(1));
-        let deadline = Instant::now() + self.shared.trunk_wait;
-        let mut waited = false;
-        loop {
-            // Armed before the check, so a release in between wakes us.
-            let freed = trunks.freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            let now = Instant::now();
-            let taken = trunks.lock().acquire(&order, &[], now);
-            match taken {
-                Ok(id) => {
-                    return Ok(Some(TrunkGrant {
-                        slot: TrunkSlot::new(trunks.clone(), id),
-                        order,
-                        tried: vec![id],
-                        e164,
-                    }))
-                }
-                Err(NoTrunk::NotAllowed) => return Ok(None),
-                Err(NoTrunk::AllDown) => return Err(CallEngineError::TrunksDown),
-                Err(NoTrunk::AtLimit { retry_at }) => {
-                    if now >= deadline {
-                        tracing::warn!(%number, "every trunk stayed at its limit for dialer.trunk_wait: dial refused");
-                        return Err(CallEngineError::TrunksBusy);
-                    }
-                    if !waited {
-                        waited = true;
-                        tracing::debug!(%number, "every trunk is at its limit: the dial waits");
-                    }
-                    let wake = retry_at.map_or(deadline, |r| r.min(deadline));
-                    tokio::select! {
-                        _ = freed => {}
-                        _ = tokio::time::sleep_until(wake.into()) => {}
-                    }
-                }
-            }
-        }
+        self.shared
+            .trunks
+            .take(e164.as_str(), self.shared.trunk_wait)
+            .await
+            .map_err(|e| match e {
+                TakeError::NoTrunk => CallEngineError::NoTrunk,
+                TakeError::AllDown => CallEngineError::TrunksDown,
+                TakeError::Busy => CallEngineError::TrunksBusy,
+            })
     }
 
     /// A manual call (R17, SPEC §4 "answers 202 Accepted at once"): returns
@@ -739,83 +700,6 @@ fn trunk_peer(uri: &str) -> Option<Peer> {
         }
     };
     Some(Peer { transport, addr })
-}
-
-/// One configured trunk's fixed facts.
-struct TrunkInfo {
-    config: TrunkConfig,
-    peer: Peer,
-}
-
-/// The configured trunks: their sans-IO state ([`TrunkSet`]), shared by
-/// the agent tasks, the ping task and the API, and a wake-up for dials
-/// waiting for a trunk under its limits.
-#[derive(Clone)]
-struct Trunks {
-    set: Arc<std::sync::Mutex<TrunkSet>>,
-    info: Arc<[TrunkInfo]>,
-    freed: Arc<tokio::sync::Notify>,
-}
-
-impl Trunks {
-    fn lock(&self) -> std::sync::MutexGuard<'_, TrunkSet> {
-        self.set
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn name(&self, id: TrunkId) -> &str {
-        self.info.get(id.0).map_or("", |t| t.config.name.as_str())
-    }
-
-    fn label(&self, id: TrunkId) -> crate::metrics::TrunkLabel {
-        crate::metrics::TrunkLabel {
-            trunk: self.name(id).to_string(),
-        }
-    }
-}
-
-/// One lead call counted on one trunk ([`TrunkSet::acquire`]); released,
-/// and waiting dials woken, when dropped.
-struct TrunkSlot {
-    trunks: Trunks,
-    id: TrunkId,
-}
-
-impl TrunkSlot {
-    fn new(trunks: Trunks, id: TrunkId) -> TrunkSlot {
-        let active = trunks.lock().active(id);
-        crate::metrics::metrics()
-            .trunk_active_calls
-            .get_or_create(&trunks.label(id))
-            .set(i64::from(active));
-        TrunkSlot { trunks, id }
-    }
-}
-
-impl Drop for TrunkSlot {
-    fn drop(&mut self) {
-        let active = {
-            let mut set = self.trunks.lock();
-            set.release(self.id);
-            set.active(self.id)
-        };
-        crate::metrics::metrics()
-            .trunk_active_calls
-            .get_or_create(&self.trunks.label(self.id))
-            .set(i64::from(active));
-        self.trunks.freed.notify_waiters();
-    }
-}
-
-/// The trunks of one lead call: the one it is on, the order to try, and
-/// those already tried (one INVITE per lead per trunk).
-struct TrunkGrant {
-    slot: TrunkSlot,
-    order: Vec<TrunkId>,
-    tried: Vec<TrunkId>,
-    /// The number in E.164 (R2), allowed by the trunk (R11).
-    e164: String,
 }
 
 fn epoch_ms(t: SystemTime) -> i64 {

@@ -30,6 +30,7 @@ mod outcome;
 mod timer;
 pub mod trunk;
 mod trunk_ping;
+mod trunk_slot;
 mod wire;
 
 #[cfg(test)]

@@ -25,6 +25,18 @@ fn rig(
     first_extra: &str,
     second: &Carrier,
 ) -> (App, crate::peers::Peer) {
+    rig_with(dir, first, first_extra, second, "", "")
+}
+
+/// [`rig`] with keys for the second trunk and the `[dialer]` table too.
+fn rig_with(
+    dir: &Path,
+    first: &Carrier,
+    first_extra: &str,
+    second: &Carrier,
+    second_extra: &str,
+    dialer_extra: &str,
+) -> (App, crate::peers::Peer) {
     let trunk = |name: &str, port: u16, extra: &str| {
         format!(
             "[[trunk]]\nname = \"{name}\"\nuri = \"sip:127.0.0.1:{port}\"\ncaller_id = \"+442079460999\"\n\
@@ -33,9 +45,9 @@ fn rig(
     };
     let app = spawn_app_with(AppOptions {
         extra_toml: format!(
-            "[dialer]\nwrap_up_idle = 0.2\n\n{}{}",
+            "[dialer]\nwrap_up_idle = 0.2\n{dialer_extra}\n\n{}{}",
             trunk("first", first.port, first_extra),
-            trunk("second", second.port, "")
+            trunk("second", second.port, second_extra)
         ),
         ..AppOptions::default()
     });
@@ -44,19 +56,33 @@ fn rig(
 }
 
 fn place_call(app: &App, number: &str) -> i64 {
-    let (code, text) = http_request(
-        app.http,
-        "POST",
-        "/api/v1/calls",
-        Some(&app.token),
-        Some(&format!(r#"{{"agent": "alice", "number": "{number}"}}"#)),
-    );
+    place_call_as(app, "alice", number)
+}
+
+fn place_call_as(app: &App, agent: &str, number: &str) -> i64 {
+    let (code, text) = post_call(app, agent, number);
     assert!(
         code == 201 || code == 202,
         "POST /api/v1/calls {number}: {code} {text}"
     );
     let body: Value = serde_json::from_str(&text).expect("call JSON");
     body["id"].as_i64().expect("call id")
+}
+
+fn post_call(app: &App, agent: &str, number: &str) -> (u16, String) {
+    http_request(
+        app.http,
+        "POST",
+        "/api/v1/calls",
+        Some(&app.token),
+        Some(&format!(r#"{{"agent": "{agent}", "number": "{number}"}}"#)),
+    )
+}
+
+fn record(app: &App, id: i64) -> Value {
+    let (code, text) = app.http_get(&format!("/api/v1/calls/{id}"));
+    assert_eq!(code, 200, "{text}");
+    serde_json::from_str(&text).expect("call JSON")
 }
 
 /// Polls the call record until it has an outcome.
@@ -308,4 +334,101 @@ fn a_trunk_down_by_options_is_skipped_without_an_invite() {
         second.invited(),
         vec![number.trim_start_matches('+').to_string()]
     );
+}
+
+/// `max_calls = 1` on each trunk: a second call spills over to the second
+/// trunk; a third waits (`dialer.trunk_wait`) and takes the first trunk as
+/// soon as its call ends; a fourth, with both trunks full for the whole
+/// wait, is refused with 503 `trunks_busy` and nothing dialed or stored.
+#[test]
+fn calls_over_the_limit_spill_over_wait_then_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = Carrier::start_with(dir.path(), "first", None, None);
+    let second = Carrier::start_with(dir.path(), "second", None, None);
+    let (app, _alice) = rig_with(
+        dir.path(),
+        &first,
+        "max_calls = 1",
+        &second,
+        "max_calls = 1",
+        "trunk_wait = 1.5",
+    );
+    let (_bob, _) = pj_agent(&app, "bob", "bob-secret", dir.path());
+    let (code, text) = http_request(
+        app.http,
+        "POST",
+        "/api/v1/agents",
+        Some(&app.token),
+        Some(r#"{"username": "carol", "password": "carol-secret"}"#),
+    );
+    assert_eq!(code, 201, "{text}");
+    let (_carol, _) = pj_agent(&app, "carol", "carol-secret", dir.path());
+
+    // Numbers ending 0180 ring until cancelled.
+    let a = place_call_as(&app, "alice", "+442079460180");
+    wait_for("alice's lead ringing", Duration::from_secs(10), || {
+        first.invited().len() == 1
+    });
+    assert_eq!(record(&app, a)["trunk"], "first");
+    let b = place_call_as(&app, "bob", "+442079450180");
+    wait_for("bob's lead ringing", Duration::from_secs(10), || {
+        second.invited().len() == 1
+    });
+    assert_eq!(record(&app, b)["trunk"], "second", "spilled over");
+    let t = trunks(&app);
+    assert_eq!(t["data"][0]["active_calls"], 1, "{t}");
+    assert_eq!(t["data"][1]["active_calls"], 1, "{t}");
+
+    // Carol's call waits; alice's call ends 0.5 s into the wait.
+    let hangup = {
+        let http = app.http;
+        let token = app.token.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(500));
+            http_request(
+                http,
+                "POST",
+                &format!("/api/v1/calls/{a}/hangup"),
+                Some(&token),
+                Some(""),
+            )
+        })
+    };
+    let t0 = Instant::now();
+    let c = place_call_as(&app, "carol", "+442079440180");
+    let waited = t0.elapsed();
+    let (code, text) = hangup.join().expect("hang-up thread");
+    assert!((200..300).contains(&code), "hang-up: {code} {text}");
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_millis(1500),
+        "waited for the first trunk to free: {waited:?}"
+    );
+    assert_eq!(
+        outcome_of(&app, a, Duration::from_secs(10))["outcome"],
+        "skipped"
+    );
+    assert_eq!(record(&app, c)["trunk"], "first", "took the freed trunk");
+    wait_for("carol's lead ringing", Duration::from_secs(10), || {
+        first.invited().len() == 2
+    });
+
+    // Both trunks stay full: alice's next call waits 1.5 s, then 503.
+    let t0 = Instant::now();
+    let (code, text) = post_call(&app, "alice", "+442079430180");
+    let waited = t0.elapsed();
+    assert_eq!(code, 503, "{text}");
+    assert!(text.contains("trunks_busy"), "{text}");
+    assert!(
+        waited >= Duration::from_millis(1400),
+        "waited dialer.trunk_wait: {waited:?}"
+    );
+    let (_, calls) = app.http_get("/api/v1/calls");
+    let calls: Value = serde_json::from_str(&calls).expect("calls JSON");
+    assert_eq!(
+        calls["data"].as_array().map(Vec::len),
+        Some(3),
+        "nothing stored: {calls}"
+    );
+    assert_eq!(first.invited().len(), 2);
+    assert_eq!(second.invited().len(), 1);
 }
