@@ -162,6 +162,18 @@ struct TrunkState {
     last_start: Option<Instant>,
     next_ping: Option<Instant>,
     ping_deadline: Option<Instant>,
+    ping_seq: u64,
+}
+
+/// One OPTIONS ping to send ([`TrunkSet::poll_ping`]); its result is
+/// reported with the same value, so a late answer to an older ping (or its
+/// Timer F) never counts for the one in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Ping {
+    /// The trunk pinged.
+    pub trunk: TrunkId,
+    /// Which of its pings.
+    pub seq: u64,
 }
 
 /// A change of a trunk's health, to log and export.
@@ -195,6 +207,7 @@ impl TrunkSet {
                     active: 0,
                     last_start: None,
                     ping_deadline: None,
+                    ping_seq: 0,
                 })
                 .collect(),
             changes: VecDeque::new(),
@@ -328,9 +341,9 @@ impl TrunkSet {
         self.trunks.get(id.0).map_or(Health::Down, |t| t.health)
     }
 
-    /// The next trunk whose ping is due at `now`: its ping is then in
-    /// flight until [`handle_ping`](Self::handle_ping) or its timeout.
-    pub fn poll_ping(&mut self, now: Instant) -> Option<TrunkId> {
+    /// The next ping due at `now`: it is then in flight until
+    /// [`handle_ping`](Self::handle_ping) or its timeout.
+    pub fn poll_ping(&mut self, now: Instant) -> Option<Ping> {
         let (i, t) =
             self.trunks.iter_mut().enumerate().find(|(_, t)| {
                 t.ping_deadline.is_none() && t.next_ping.is_some_and(|at| at <= now)
@@ -338,20 +351,24 @@ impl TrunkSet {
         let ping = t.policy.ping?;
         t.ping_deadline = Some(now + ping.timeout);
         t.next_ping = Some(now + ping.interval);
-        Some(TrunkId(i))
+        t.ping_seq += 1;
+        Some(Ping {
+            trunk: TrunkId(i),
+            seq: t.ping_seq,
+        })
     }
 
-    /// The ping in flight for `id` ended: a final response (`ok` per
-    /// [`ping_ok`]) or a transport error / Timer F (`ok = false`). A ping
-    /// that already timed out is not counted twice.
-    pub fn handle_ping(&mut self, id: TrunkId, ok: bool) {
-        let Some(t) = self.trunks.get_mut(id.0) else {
+    /// A ping ended: a final response (`ok` per [`ping_ok`]) or a
+    /// transport error / Timer F (`ok = false`). Only the ping in flight
+    /// counts: one that timed out, or an older one, is ignored.
+    pub fn handle_ping(&mut self, ping: Ping, ok: bool) {
+        let Some(t) = self.trunks.get_mut(ping.trunk.0) else {
             return;
         };
-        if t.ping_deadline.take().is_none() {
+        if t.ping_seq != ping.seq || t.ping_deadline.take().is_none() {
             return;
         }
-        self.count_ping(id, ok);
+        self.count_ping(ping.trunk, ok);
     }
 
     fn count_ping(&mut self, id: TrunkId, ok: bool) {
@@ -560,8 +577,8 @@ mod tests {
         set.release(TrunkId(1));
         // a goes down after two failed pings: skipped, b takes the call.
         for k in 1..=2 {
-            let id = set.poll_ping(t0 + Duration::from_secs(100 * k)).unwrap();
-            set.handle_ping(id, false);
+            let ping = set.poll_ping(t0 + Duration::from_secs(100 * k)).unwrap();
+            set.handle_ping(ping, false);
         }
         assert_eq!(
             set.poll_change(),
@@ -640,29 +657,37 @@ mod tests {
     fn pings_mark_down_after_n_failures_and_up_after_m_successes() {
         let t0 = crate::sip::transaction::test_epoch();
         let mut set = TrunkSet::new(vec![pinged(policy("a", 1), 3, 2)], t0);
+        let id = TrunkId(0);
         let mut now = t0;
         assert_eq!(set.poll_timeout(), Some(now), "first ping at start");
         // Two failures (a 503, a timeout), a success: still up (in a row).
-        let id = set.poll_ping(now).unwrap();
+        let p1 = set.poll_ping(now).unwrap();
+        assert_eq!(p1.trunk, id);
         assert_eq!(set.poll_ping(now), None, "one ping in flight per trunk");
-        set.handle_ping(id, ping_ok(503));
+        set.handle_ping(p1, ping_ok(503));
         now += Duration::from_secs(30);
-        assert_eq!(set.poll_ping(now), Some(id));
+        let p2 = set.poll_ping(now).unwrap();
         assert_eq!(set.poll_timeout(), Some(now + Duration::from_secs(5)));
         now += Duration::from_secs(5);
         set.handle_timeout(now);
         // A late answer to the timed-out ping is not counted.
-        set.handle_ping(id, true);
+        set.handle_ping(p2, true);
         assert_eq!(set.status()[0].failed_pings, 2);
         now += Duration::from_secs(25);
-        assert_eq!(set.poll_ping(now), Some(id));
-        set.handle_ping(id, ping_ok(200));
+        let p3 = set.poll_ping(now).unwrap();
+        // Nor is one that arrives while the next ping is in flight (the
+        // old one's Timer F fires long after the interval).
+        set.handle_ping(p2, false);
+        set.handle_ping(p1, false);
+        assert_eq!(set.status()[0].failed_pings, 2);
+        set.handle_ping(p3, ping_ok(200));
+        assert_eq!(set.status()[0].failed_pings, 0);
         assert_eq!(set.health(id), Health::Up);
         // Three failures in a row: down.
         for _ in 0..3 {
             now += Duration::from_secs(30);
-            assert_eq!(set.poll_ping(now), Some(id));
-            set.handle_ping(id, ping_ok(500));
+            let p = set.poll_ping(now).unwrap();
+            set.handle_ping(p, ping_ok(500));
         }
         assert_eq!(set.health(id), Health::Down);
         assert_eq!(
@@ -675,12 +700,12 @@ mod tests {
         assert_eq!(set.poll_change(), None);
         // A 405 is a live server; two in a row: up again.
         now += Duration::from_secs(30);
-        assert_eq!(set.poll_ping(now), Some(id));
-        set.handle_ping(id, ping_ok(405));
+        let p = set.poll_ping(now).unwrap();
+        set.handle_ping(p, ping_ok(405));
         assert_eq!(set.health(id), Health::Down);
         now += Duration::from_secs(30);
-        assert_eq!(set.poll_ping(now), Some(id));
-        set.handle_ping(id, ping_ok(200));
+        let p = set.poll_ping(now).unwrap();
+        set.handle_ping(p, ping_ok(200));
         assert_eq!(set.health(id), Health::Up);
         assert_eq!(
             set.poll_change(),

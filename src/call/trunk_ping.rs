@@ -17,7 +17,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::engine::{RouteChange, RoutedMessage};
-use super::trunk::{ping_ok, Health, TrunkId, TrunkSet};
+use super::trunk::{ping_ok, Health, Ping, TrunkSet};
 use super::wire::{finish, parse_request};
 use super::LocalAddress;
 use crate::sip::syntax::Request;
@@ -96,18 +96,18 @@ fn report(set: &mut TrunkSet) {
 pub(crate) async fn run(io: PingIo, stop: CancellationToken, drain: CancellationToken) {
     let (tx, mut rx) = mpsc::unbounded_channel::<RoutedMessage>();
     let mut table = TransactionTable::new(io.timers);
-    let mut pings: HashMap<ClientKey, (TrunkId, String)> = HashMap::new();
+    let mut pings: HashMap<ClientKey, (Ping, String)> = HashMap::new();
     let mut rng = StdRng::from_entropy();
     let mut failures = io.transport.subscribe_failures();
     loop {
         let now = Instant::now();
-        let due: Vec<TrunkId> = {
+        let due: Vec<Ping> = {
             let mut set = lock(&io.trunks);
             set.handle_timeout(now);
             std::iter::from_fn(|| set.poll_ping(now)).collect()
         };
-        for id in due {
-            let Some(target) = io.targets.get(id.0) else {
+        for ping in due {
+            let Some(target) = io.targets.get(ping.trunk.0) else {
                 continue;
             };
             let sent = build_options(&mut rng, target, &io.local).and_then(|(req, call_id)| {
@@ -119,11 +119,11 @@ pub(crate) async fn run(io: PingIo, stop: CancellationToken, drain: Cancellation
             });
             match sent {
                 Ok((key, call_id)) => {
-                    pings.insert(key, (id, call_id));
+                    pings.insert(key, (ping, call_id));
                 }
                 Err(error) => {
                     tracing::warn!(trunk = %target.uri, %error, "OPTIONS ping not built");
-                    lock(&io.trunks).handle_ping(id, false);
+                    lock(&io.trunks).handle_ping(ping, false);
                 }
             }
         }
@@ -142,9 +142,9 @@ pub(crate) async fn run(io: PingIo, stop: CancellationToken, drain: Cancellation
                 Event::ClientTimeout { key } | Event::ClientTransportError { key } => (key, false),
                 _ => continue,
             };
-            if let Some((id, call_id)) = pings.remove(&key) {
+            if let Some((ping, call_id)) = pings.remove(&key) {
                 let _ = io.routes.send(RouteChange::Remove(call_id));
-                lock(&io.trunks).handle_ping(id, ok);
+                lock(&io.trunks).handle_ping(ping, ok);
             }
         }
         let deadline = {
