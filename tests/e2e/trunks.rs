@@ -351,7 +351,7 @@ fn calls_over_the_limit_spill_over_wait_then_are_refused() {
         "max_calls = 1",
         &second,
         "max_calls = 1",
-        "trunk_wait = 1.5",
+        "trunk_wait = 3",
     );
     let (_bob, _) = pj_agent(&app, "bob", "bob-secret", dir.path());
     let (code, text) = http_request(
@@ -400,7 +400,7 @@ fn calls_over_the_limit_spill_over_wait_then_are_refused() {
     let (code, text) = hangup.join().expect("hang-up thread");
     assert!((200..300).contains(&code), "hang-up: {code} {text}");
     assert!(
-        waited >= Duration::from_millis(400) && waited < Duration::from_millis(1500),
+        waited >= Duration::from_millis(400) && waited < Duration::from_millis(2900),
         "waited for the first trunk to free: {waited:?}"
     );
     assert_eq!(
@@ -412,14 +412,14 @@ fn calls_over_the_limit_spill_over_wait_then_are_refused() {
         first.invited().len() == 2
     });
 
-    // Both trunks stay full: alice's next call waits 1.5 s, then 503.
+    // Both trunks stay full: alice's next call waits 3 s, then 503.
     let t0 = Instant::now();
     let (code, text) = post_call(&app, "alice", "+442079430180");
     let waited = t0.elapsed();
     assert_eq!(code, 503, "{text}");
     assert!(text.contains("trunks_busy"), "{text}");
     assert!(
-        waited >= Duration::from_millis(1400),
+        waited >= Duration::from_millis(2900),
         "waited dialer.trunk_wait: {waited:?}"
     );
     let (_, calls) = app.http_get("/api/v1/calls");
