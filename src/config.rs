@@ -229,6 +229,91 @@ pub struct TrunkConfig {
     /// A `P-Asserted-Identity` to send, when the carrier wants one.
     #[serde(default)]
     pub p_asserted_identity: Option<String>,
+    /// Trunks are tried by ascending priority (RFC 2782); by default the
+    /// trunk's position in the file (1, 2, …), so the first is tried first.
+    #[serde(default)]
+    pub priority: Option<u32>,
+    /// Trunks of one priority share its calls by weight (RFC 2782), ≥ 1.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Most INVITEs per second on this trunk (fractions allowed); none by default.
+    #[serde(default)]
+    pub max_cps: Option<f64>,
+    /// Most lead calls at once on this trunk; none by default.
+    #[serde(default)]
+    pub max_calls: Option<u32>,
+    /// No response at all to the INVITE (not even 100 Trying) within this
+    /// → the next trunk is tried (default 5 s).
+    #[serde(default = "default_response_timeout")]
+    pub response_timeout: Seconds,
+    /// OPTIONS ping interval; 0 turns pings off. Default 30 s when two or
+    /// more trunks are configured; off for a single trunk and for `demo:`.
+    #[serde(default)]
+    pub options_interval: Option<Seconds>,
+    /// A ping without a final response within this failed (default 5 s).
+    #[serde(default = "default_options_timeout")]
+    pub options_timeout: Seconds,
+    /// Failed pings in a row (timeout, transport error, 408, 5xx) that mark
+    /// the trunk down (default 3).
+    #[serde(default = "default_down_after")]
+    pub down_after: u32,
+    /// Good pings in a row that mark a down trunk up again (default 2).
+    #[serde(default = "default_up_after")]
+    pub up_after: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+fn default_response_timeout() -> Seconds {
+    Seconds(Duration::from_secs(5))
+}
+fn default_options_timeout() -> Seconds {
+    Seconds(Duration::from_secs(5))
+}
+fn default_down_after() -> u32 {
+    3
+}
+fn default_up_after() -> u32 {
+    2
+}
+
+/// The default `[[trunk]] options_interval` of a `sip:` trunk.
+pub const DEFAULT_OPTIONS_INTERVAL: Duration = Duration::from_secs(30);
+
+impl TrunkConfig {
+    /// A trunk named `name` at `uri` with every optional key at its default.
+    pub fn new(name: &str, uri: &str, caller_id: &str) -> TrunkConfig {
+        TrunkConfig {
+            name: name.into(),
+            uri: uri.into(),
+            caller_id: caller_id.into(),
+            username: None,
+            password: None,
+            allow: Vec::new(),
+            p_asserted_identity: None,
+            priority: None,
+            weight: default_weight(),
+            max_cps: None,
+            max_calls: None,
+            response_timeout: default_response_timeout(),
+            options_interval: None,
+            options_timeout: default_options_timeout(),
+            down_after: default_down_after(),
+            up_after: default_up_after(),
+        }
+    }
+
+    /// The OPTIONS ping interval, `None` when pings are off (`0`, or the
+    /// `demo:` trunk by default).
+    pub fn ping_interval(&self) -> Option<Duration> {
+        match self.options_interval {
+            Some(Seconds(d)) if d.is_zero() => None,
+            Some(Seconds(d)) => Some(d),
+            None if self.uri == crate::call::demo::DEMO_URI => None,
+            None => Some(DEFAULT_OPTIONS_INTERVAL),
+        }
+    }
 }
 
 impl fmt::Debug for TrunkConfig {
@@ -240,6 +325,10 @@ impl fmt::Debug for TrunkConfig {
             .field("caller_id", &self.caller_id)
             .field("username", &self.username)
             .field("allow", &self.allow)
+            .field("priority", &self.priority)
+            .field("weight", &self.weight)
+            .field("max_cps", &self.max_cps)
+            .field("max_calls", &self.max_calls)
             .finish_non_exhaustive()
     }
 }
@@ -294,6 +383,10 @@ pub struct DialerConfig {
     /// page-mode MESSAGE (RFC 3428), for desk phones without a screen
     /// nearby; `false` for phones that ring or beep on every MESSAGE.
     pub lead_on_phone: bool,
+    /// When every trunk that may dial a number is at its `max_calls` or
+    /// `max_cps`, how long a dial waits for one to free before it is
+    /// refused (the lead stays queued, the agent is paused). 0: no wait.
+    pub trunk_wait: Seconds,
 }
 
 /// The shortest ring a lead gets unless `dialer.allow_short_ring_timeout`
@@ -314,6 +407,7 @@ impl Default for DialerConfig {
             rtp_timeout: Seconds(Duration::from_secs(60)),
             allow_short_ring_timeout: false,
             lead_on_phone: true,
+            trunk_wait: Seconds(Duration::from_secs(5)),
         }
     }
 }
@@ -528,7 +622,7 @@ impl Config {
     }
 
     fn validate(
-        raw: RawConfig,
+        mut raw: RawConfig,
         invalid: &dyn Fn(&str, &str, String) -> ConfigError,
     ) -> Result<Config, ConfigError> {
         let security = Self::validate_security(&raw.security, invalid)?;
@@ -653,6 +747,27 @@ impl Config {
                     "agent",
                     "username",
                     format!("agent `{}` is defined twice", a.username),
+                ));
+            }
+        }
+        // OPTIONS pings are on by default only where a down trunk can be
+        // skipped for another: with a single trunk a down mark could only
+        // refuse calls that might still go through, and the demo trunk
+        // lives in this process.
+        let several = raw.trunk.len() >= 2;
+        for t in &mut raw.trunk {
+            if t.options_interval.is_none() && (!several || t.uri == crate::call::demo::DEMO_URI) {
+                t.options_interval = Some(Seconds(Duration::ZERO));
+            }
+        }
+        let mut trunk_names = BTreeMap::new();
+        for (i, t) in raw.trunk.iter().enumerate() {
+            validate_trunk(i, t, invalid)?;
+            if trunk_names.insert(t.name.clone(), i).is_some() {
+                return Err(invalid(
+                    "trunk",
+                    "name",
+                    format!("trunk `{}` is defined twice: names tell trunks apart in logs, metrics and the API", t.name),
                 ));
             }
         }
@@ -785,6 +900,91 @@ impl Config {
             max_transactions: r.max_transactions,
         })
     }
+}
+
+/// The `[[trunk]]` keys of several trunks (failover, limits, pings):
+/// errors name the key and the trunk.
+fn validate_trunk(
+    i: usize,
+    t: &TrunkConfig,
+    invalid: &dyn Fn(&str, &str, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    let who = if t.name.trim().is_empty() {
+        return Err(invalid(
+            "trunk",
+            "name",
+            format!("trunk #{}: the name must not be empty", i + 1),
+        ));
+    } else {
+        format!("trunk `{}`", t.name)
+    };
+    if t.weight == 0 {
+        return Err(invalid(
+            "trunk",
+            "weight",
+            format!("{who}: the weight must be at least 1"),
+        ));
+    }
+    if let Some(cps) = t.max_cps {
+        if !cps.is_finite() || cps <= 0.0 {
+            return Err(invalid(
+                "trunk",
+                "max_cps",
+                format!(
+                    "{who}: calls per second must be a number above 0 (leave it out for no limit)"
+                ),
+            ));
+        }
+    }
+    if t.max_calls == Some(0) {
+        return Err(invalid(
+            "trunk",
+            "max_calls",
+            format!("{who}: at least 1 concurrent call (leave it out for no limit)"),
+        ));
+    }
+    if t.response_timeout.0.is_zero() {
+        return Err(invalid(
+            "trunk",
+            "response_timeout",
+            format!("{who}: must be greater than 0"),
+        ));
+    }
+    if t.options_timeout.0.is_zero() {
+        return Err(invalid(
+            "trunk",
+            "options_timeout",
+            format!("{who}: must be greater than 0"),
+        ));
+    }
+    if let Some(interval) = t.ping_interval() {
+        if t.options_timeout.0 > interval {
+            return Err(invalid(
+                "trunk",
+                "options_timeout",
+                format!(
+                    "{who}: {} s is longer than options_interval ({} s): one ping at a time",
+                    t.options_timeout.0.as_secs_f64(),
+                    interval.as_secs_f64()
+                ),
+            ));
+        }
+    }
+    for (key, v) in [("down_after", t.down_after), ("up_after", t.up_after)] {
+        if v == 0 {
+            return Err(invalid("trunk", key, format!("{who}: at least 1 ping")));
+        }
+    }
+    for p in &t.allow {
+        if let Err(e) = regex::Regex::new(&format!("^(?:{p})$")) {
+            return Err(invalid(
+                "trunk",
+                "allow",
+                format!("{who}: `{p}` is not a regular expression: {e}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Applies `POWERDIAL_SECTION_KEY=value` overrides. Returns the dotted keys
@@ -1096,6 +1296,120 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("defined twice"), "{e}");
+    }
+
+    const TWO_TRUNKS: &str =
+        "[[trunk]]\nname = \"a\"\nuri = \"sip:127.0.0.1:5080\"\ncaller_id = \"+1\"\n\
+        [[trunk]]\nname = \"b\"\nuri = \"sip:127.0.0.1:5082\"\ncaller_id = \"+1\"\n";
+
+    #[test]
+    fn several_trunks_with_their_defaults() {
+        let c = load(TWO_TRUNKS, &[]).unwrap();
+        assert_eq!(c.trunks.len(), 2);
+        let a = &c.trunks[0];
+        assert_eq!((a.priority, a.weight), (None, 1));
+        assert_eq!((a.max_cps, a.max_calls), (None, None));
+        assert_eq!(a.response_timeout.0, Duration::from_secs(5));
+        assert_eq!(a.ping_interval(), Some(Duration::from_secs(30)));
+        assert_eq!(a.options_timeout.0, Duration::from_secs(5));
+        assert_eq!((a.down_after, a.up_after), (3, 2));
+        assert_eq!(c.dialer.trunk_wait.0, Duration::from_secs(5));
+        let demo = load(
+            &format!("{TWO_TRUNKS}[[trunk]]\nname = \"d\"\nuri = \"demo:\"\ncaller_id = \"+1\"\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(demo.trunks[2].ping_interval(), None, "no pings for demo:");
+        let one = load(
+            "[[trunk]]\nname = \"a\"\nuri = \"sip:127.0.0.1\"\ncaller_id = \"+1\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(one.trunks[0].ping_interval(), None, "none with one trunk");
+        let one = load(
+            "[[trunk]]\nname = \"a\"\nuri = \"sip:127.0.0.1\"\ncaller_id = \"+1\"\noptions_interval = 10\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            one.trunks[0].ping_interval(),
+            Some(Duration::from_secs(10)),
+            "unless asked for"
+        );
+        let c = load(
+            "[[trunk]]\nname = \"a\"\nuri = \"sip:127.0.0.1\"\ncaller_id = \"+1\"\n\
+             priority = 2\nweight = 3\nmax_cps = 2.5\nmax_calls = 10\nresponse_timeout = 0.5\n\
+             options_interval = 0\n[dialer]\ntrunk_wait = 0\n",
+            &[],
+        )
+        .unwrap();
+        let a = &c.trunks[0];
+        assert_eq!((a.priority, a.weight), (Some(2), 3));
+        assert_eq!((a.max_cps, a.max_calls), (Some(2.5), Some(10)));
+        assert_eq!(a.response_timeout.0, Duration::from_millis(500));
+        assert_eq!(a.ping_interval(), None, "0 turns pings off");
+        assert!(c.dialer.trunk_wait.0.is_zero());
+    }
+
+    #[test]
+    fn bad_trunk_keys_are_named() {
+        for (extra, key) in [
+            ("weight = 0", "trunk.weight"),
+            ("max_cps = 0", "trunk.max_cps"),
+            ("max_cps = -1.5", "trunk.max_cps"),
+            ("max_calls = 0", "trunk.max_calls"),
+            ("response_timeout = 0", "trunk.response_timeout"),
+            ("options_timeout = 0", "trunk.options_timeout"),
+            (
+                "options_interval = 2\noptions_timeout = 3",
+                "trunk.options_timeout",
+            ),
+            ("down_after = 0", "trunk.down_after"),
+            ("up_after = 0", "trunk.up_after"),
+            ("allow = ['(+44']", "trunk.allow"),
+        ] {
+            let text = format!("{TWO_TRUNKS}{extra}\n");
+            let e = load(&text, &[]).unwrap_err().to_string();
+            assert!(e.contains(&format!("`{key}`")), "{extra}: {e}");
+            assert!(e.contains("trunk `b`"), "names the trunk: {e}");
+            // The line of the key in the file.
+            let line = text
+                .lines()
+                .position(|l| l.starts_with(key.trim_start_matches("trunk.")))
+                .map(|i| i + 1);
+            if let Some(line) = line {
+                if !extra.contains('\n') {
+                    assert!(e.starts_with(&format!("t.toml:{line}:")), "{extra}: {e}");
+                }
+            }
+        }
+        let e = load(
+            &format!("{TWO_TRUNKS}[[trunk]]\nname = \"a\"\nuri = \"sip:127.0.0.1\"\ncaller_id = \"+1\"\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("`trunk.name`") && e.contains("defined twice"),
+            "{e}"
+        );
+        let e = load(
+            "[[trunk]]\nname = \"a\"\nuri = \"sip:1.2.3.4\"\ncaller_id = \"+1\"\nmax_calls = -1\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("t.toml:5:"),
+            "a wrong type points at its line: {e}"
+        );
+        let e = load(
+            "[[trunk]]\nname = \"a\"\nuri = \"sip:1.2.3.4\"\ncaller_id = \"+1\"\nweigth = 2\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("weigth") && e.starts_with("t.toml:5:"), "{e}");
     }
 
     #[test]

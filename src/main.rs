@@ -74,15 +74,11 @@ fn main() -> anyhow::Result<()> {
             init_logging();
             let mut config = load_config(config.as_ref())?;
             if demo && config.trunks.is_empty() {
-                config.trunks.push(powerdial::config::TrunkConfig {
-                    name: "demo".into(),
-                    uri: powerdial::call::demo::DEMO_URI.into(),
-                    caller_id: "+15550100000".into(),
-                    username: None,
-                    password: None,
-                    allow: Vec::new(),
-                    p_asserted_identity: None,
-                });
+                config.trunks.push(powerdial::config::TrunkConfig::new(
+                    "demo",
+                    powerdial::call::demo::DEMO_URI,
+                    "+15550100000",
+                ));
             }
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

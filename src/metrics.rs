@@ -26,6 +26,13 @@ pub struct BanLabel {
     pub reason: String,
 }
 
+/// The label of a carrier trunk (`[[trunk]] name`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TrunkLabel {
+    /// The trunk's name.
+    pub trunk: String,
+}
+
 /// Everything powerdial counts.
 pub struct Metrics {
     registry: Registry,
@@ -66,6 +73,14 @@ pub struct Metrics {
     /// Seconds from the lead's answer to its first packet at the agent
     /// (SPEC §6 answer → bridge).
     pub bridge_seconds: Histogram,
+    /// INVITEs sent to each trunk (one per lead call per trunk).
+    pub trunk_attempts: Family<TrunkLabel, Counter>,
+    /// Lead calls that failed on a trunk and went on to the next one.
+    pub trunk_failovers: Family<TrunkLabel, Counter>,
+    /// 1 while a trunk takes calls, 0 while its OPTIONS pings mark it down.
+    pub trunk_up: Family<TrunkLabel, Gauge>,
+    /// Lead calls on each trunk now.
+    pub trunk_active_calls: Family<TrunkLabel, Gauge>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -169,8 +184,36 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Seconds from the lead's answer to its first packet at the agent",
         bridge_seconds.clone(),
     );
+    let trunk_attempts = Family::<TrunkLabel, Counter>::default();
+    registry.register(
+        "trunk_attempts",
+        "INVITEs sent to each carrier trunk (one per lead call per trunk)",
+        trunk_attempts.clone(),
+    );
+    let trunk_failovers = Family::<TrunkLabel, Counter>::default();
+    registry.register(
+        "trunk_failovers",
+        "Lead calls that failed on this trunk (transport, no response, 408, 5xx) and went on to the next",
+        trunk_failovers.clone(),
+    );
+    let trunk_up = Family::<TrunkLabel, Gauge>::default();
+    registry.register(
+        "trunk_up",
+        "1 while the trunk takes calls, 0 while its OPTIONS pings mark it down",
+        trunk_up.clone(),
+    );
+    let trunk_active_calls = Family::<TrunkLabel, Gauge>::default();
+    registry.register(
+        "trunk_active_calls",
+        "Lead calls on the trunk now",
+        trunk_active_calls.clone(),
+    );
     Metrics {
         registry,
+        trunk_attempts,
+        trunk_failovers,
+        trunk_up,
+        trunk_active_calls,
         sip_auth_failures,
         ring_seconds,
         bridge_seconds,

@@ -213,6 +213,11 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
         let addr = crate::call::demo::start([127, 0, 0, 1].into(), shutdown.clone())
             .await
             .map_err(ServerError::DemoTrunk)?;
+        // The demo carrier lives in this process: no OPTIONS pings unless
+        // the config asks for them.
+        t.options_interval = t
+            .options_interval
+            .or(Some(crate::config::Seconds(std::time::Duration::ZERO)));
         t.uri = format!("sip:{addr}");
     }
     let mut local_domains = vec![config.domain.clone(), "localhost".to_string()];

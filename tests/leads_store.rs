@@ -160,6 +160,7 @@ async fn crud(store: &Store, backend: &str) {
         outcome: None,
         sip_status: None,
         ring_ms: None,
+        trunk: None,
     };
     let c1 = store
         .insert_call(&call(now_ms() - 10_000, Some(7)))
@@ -188,12 +189,30 @@ async fn crud(store: &Store, backend: &str) {
                 outcome: Some(CallOutcome::Answered),
                 sip_status: Some(200),
                 ring_ms: Some(5_000),
+                trunk: Some("carrier".into()),
             },
         )
         .await
         .unwrap();
     assert_eq!(done.outcome, Some(CallOutcome::Answered));
     assert_eq!(done.sip_status, Some(200));
+    assert_eq!(
+        done.trunk.as_deref(),
+        Some("carrier"),
+        "the trunk that carried it"
+    );
+    // A later write without a trunk keeps it.
+    let again = store
+        .finish_call(
+            c1.id,
+            &CallEnd {
+                ended_ms: Some(now_ms()),
+                ..CallEnd::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.trunk.as_deref(), Some("carrier"));
     let by_lead = store
         .list_calls(
             CallFilter {

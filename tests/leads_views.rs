@@ -426,6 +426,7 @@ async fn calls_over_http(app: &App, store: &Store, ids: &HashMap<String, i64>) {
                 outcome: None,
                 sip_status: None,
                 ring_ms: None,
+                trunk: None,
             })
             .await
             .unwrap();

@@ -148,6 +148,7 @@ async fn other_sessions_calls_block(store: &Store) {
             outcome: None,
             sip_status: None,
             ring_ms: None,
+            trunk: None,
         })
         .await
         .expect("call");

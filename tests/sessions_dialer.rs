@@ -97,6 +97,7 @@ impl Dialer for Scripted {
                 outcome: None,
                 sip_status: None,
                 ring_ms: None,
+                trunk: None,
             })
             .await
             .map_err(|_| DialError::Closed)?;

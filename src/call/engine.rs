@@ -23,11 +23,13 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::trunk::{PingPolicy, TrunkId, TrunkPolicy, TrunkSet, TrunkStatus};
+use super::trunk_slot::{TakeError, TrunkGrant, TrunkInfo, TrunkSlot, Trunks};
 use super::{
     AgentEvent, AgentLeg, AgentParams, AgentTarget, EndReason, LeadEvent, LeadLeg, LeadParams,
     LegRecord, LocalAddress, Outcome,
 };
-use crate::config::{Config, TrunkConfig};
+use crate::config::Config;
 use crate::leads::model::{CallEnd, CallOutcome, NewCall};
 use crate::leads::PhoneE164;
 use crate::media::port::PortError;
@@ -81,6 +83,14 @@ pub enum CallEngineError {
     /// No `[[trunk]]` is configured.
     #[error("no [[trunk]] is configured")]
     NoTrunk,
+    /// Every trunk that may dial the number is down (its OPTIONS pings
+    /// fail): nothing is dialed, the lead stays queued (HTTP 503).
+    #[error("every trunk that may dial this number is down (OPTIONS pings fail): nothing was dialed; see GET /api/v1/trunks")]
+    TrunksDown,
+    /// Every trunk that may dial the number stayed at its `max_calls` or
+    /// `max_cps` for `dialer.trunk_wait`: nothing is dialed (HTTP 503).
+    #[error("every trunk that may dial this number is at its max_calls or max_cps limit: nothing was dialed; try again in a moment")]
+    TrunksBusy,
     /// The number is on the do-not-call list (the covering pattern): it
     /// never reaches the wire (SPEC §4, HTTP 403).
     #[error("{0} is on the do-not-call list: it is never dialed (remove it with DELETE /api/v1/dnc/NUMBER if it was added by mistake)")]
@@ -228,9 +238,14 @@ pub struct AgentLegState {
 
 enum Command {
     Connect(oneshot::Sender<Result<(), CallEngineError>>),
-    Dial(DialRequest, oneshot::Sender<Result<i64, CallEngineError>>),
+    Dial(
+        DialRequest,
+        Option<TrunkGrant>,
+        oneshot::Sender<Result<i64, CallEngineError>>,
+    ),
     Place(
         DialRequest,
+        Option<TrunkGrant>,
         oneshot::Sender<Result<(i64, CallProgress), CallEngineError>>,
     ),
     Skip(oneshot::Sender<Result<(), CallEngineError>>),
@@ -294,7 +309,9 @@ struct Shared {
     local: LocalAddress,
     media_ip: IpAddr,
     timers: TimerConfig,
-    trunk: Option<(TrunkConfig, Peer, Vec<regex::Regex>)>,
+    trunks: Trunks,
+    /// `dialer.trunk_wait`: how long a dial waits for a trunk under its limits.
+    trunk_wait: Duration,
     default_region: String,
     ring_timeout: Duration,
     reduced_ring_timeout: Duration,
@@ -353,29 +370,89 @@ pub enum EngineConfigError {
 impl CallEngine {
     /// Spawns one task per configured agent (DESIGN.md "Order and sharding").
     pub fn start(config: &Config, io: EngineIo) -> Result<CallEngine, EngineConfigError> {
-        let trunk = match config.trunks.first() {
-            None => None,
-            Some(t) => {
-                let peer = trunk_peer(&t.uri)
-                    .ok_or_else(|| EngineConfigError::BadTrunkUri(t.name.clone()))?;
-                let mut allow = Vec::new();
-                for p in &t.allow {
-                    // Anchored: the pattern must cover the whole number.
-                    let re = regex::Regex::new(&format!("^(?:{p})$")).map_err(|source| {
-                        EngineConfigError::BadAllow {
-                            trunk: t.name.clone(),
-                            pattern: p.clone(),
-                            source,
-                        }
-                    })?;
-                    allow.push(re);
-                }
-                Some((t.clone(), peer, allow))
+        let mut policies = Vec::new();
+        let mut info = Vec::new();
+        for (i, t) in config.trunks.iter().enumerate() {
+            let peer =
+                trunk_peer(&t.uri).ok_or_else(|| EngineConfigError::BadTrunkUri(t.name.clone()))?;
+            let mut allow = Vec::new();
+            for p in &t.allow {
+                // Anchored: the pattern must cover the whole number.
+                let re = regex::Regex::new(&format!("^(?:{p})$")).map_err(|source| {
+                    EngineConfigError::BadAllow {
+                        trunk: t.name.clone(),
+                        pattern: p.clone(),
+                        source,
+                    }
+                })?;
+                allow.push(re);
             }
-        };
+            policies.push(TrunkPolicy {
+                name: t.name.clone(),
+                priority: t
+                    .priority
+                    .unwrap_or_else(|| u32::try_from(i + 1).unwrap_or(u32::MAX)),
+                weight: t.weight,
+                allow,
+                max_cps: t.max_cps,
+                max_calls: t.max_calls,
+                ping: t.ping_interval().map(|interval| PingPolicy {
+                    interval,
+                    timeout: t.options_timeout.0,
+                    down_after: t.down_after,
+                    up_after: t.up_after,
+                }),
+            });
+            let label = crate::metrics::TrunkLabel {
+                trunk: t.name.clone(),
+            };
+            let m = crate::metrics::metrics();
+            m.trunk_up.get_or_create(&label).set(1);
+            m.trunk_active_calls.get_or_create(&label).set(0);
+            let _ = m.trunk_attempts.get_or_create(&label);
+            let _ = m.trunk_failovers.get_or_create(&label);
+            info.push(TrunkInfo {
+                config: t.clone(),
+                peer,
+            });
+        }
+        let pinged = policies.iter().any(|p| p.ping.is_some());
+        let trunks = Trunks::new(TrunkSet::new(policies, Instant::now()), info);
         let (events, _) = broadcast::channel(1024);
         let progress = ProgressTable::default();
         let sent_by = io.sent_by.to_string();
+        let local = LocalAddress {
+            contact: format!("sip:powerdial@{sent_by}"),
+            sent_by: sent_by.clone(),
+            domain: config.domain.clone(),
+        };
+        let timers = TimerConfig {
+            t1: config.sip_timers.t1,
+            t2: config.sip_timers.t2,
+            t4: config.sip_timers.t4,
+        };
+        if pinged {
+            let ping = super::trunk_ping::PingIo {
+                trunks: trunks.set.clone(),
+                targets: trunks
+                    .info
+                    .iter()
+                    .map(|t| super::trunk_ping::PingTarget {
+                        peer: t.peer,
+                        uri: t.config.uri.clone(),
+                    })
+                    .collect(),
+                local: local.clone(),
+                timers,
+                transport: io.transport.clone(),
+                routes: io.routes.clone(),
+            };
+            tokio::spawn(super::trunk_ping::run(
+                ping,
+                io.shutdown.clone(),
+                io.drain.clone(),
+            ));
+        }
         let shared = Arc::new(Shared {
             store: io.store,
             sip: io.sip,
@@ -395,7 +472,8 @@ impl CallEngine {
                 t2: config.sip_timers.t2,
                 t4: config.sip_timers.t4,
             },
-            trunk,
+            trunks,
+            trunk_wait: config.dialer.trunk_wait.0,
             default_region: config.default_region.clone(),
             ring_timeout: config.dialer.ring_timeout.0,
             reduced_ring_timeout: config.dialer.reduced_ring_timeout.0,
@@ -500,8 +578,40 @@ impl CallEngine {
 
     /// Dials a lead over the trunk (R2, R8, R11): returns the call record id
     /// at once; the outcome arrives as [`CallEvent::CallEnded`].
+    ///
+    /// The trunk is taken first (by priority and weight, within its
+    /// limits); when every trunk that may dial the number is at its limit
+    /// the dial waits up to `dialer.trunk_wait` for one, then is refused
+    /// with [`CallEngineError::TrunksBusy`] and nothing is stored or dialed.
     pub async fn dial(&self, agent: &str, req: DialRequest) -> Result<i64, CallEngineError> {
-        self.ask(agent, |tx| Command::Dial(req, tx)).await?
+        self.agent(agent)?;
+        let grant = self.take_trunk(&req.number).await?;
+        self.ask(agent, |tx| Command::Dial(req, grant, tx)).await?
+    }
+
+    /// The trunks' state (SPEC §4 `GET /api/v1/trunks`), in configuration order.
+    pub fn trunks(&self) -> Vec<TrunkStatus> {
+        self.shared.trunks.lock().status()
+    }
+
+    /// Takes a trunk for a call to `number` (see [`dial`](Self::dial));
+    /// `None` when no trunk may dial it (R11: the call is `restricted`).
+    async fn take_trunk(&self, number: &str) -> Result<Option<TrunkGrant>, CallEngineError> {
+        let Ok(e164) = PhoneE164::parse(number, &self.shared.default_region) else {
+            if self.shared.trunks.is_empty() {
+                return Err(CallEngineError::NoTrunk);
+            }
+            return Ok(None);
+        };
+        self.shared
+            .trunks
+            .take(e164.as_str(), self.shared.trunk_wait)
+            .await
+            .map_err(|e| match e {
+                TakeError::NoTrunk => CallEngineError::NoTrunk,
+                TakeError::AllDown => CallEngineError::TrunksDown,
+                TakeError::Busy => CallEngineError::TrunksBusy,
+            })
     }
 
     /// A manual call (R17, SPEC §4 "answers 202 Accepted at once"): returns
@@ -518,7 +628,9 @@ impl CallEngine {
         agent: &str,
         req: DialRequest,
     ) -> Result<(i64, CallProgress), CallEngineError> {
-        self.ask(agent, |tx| Command::Place(req, tx)).await?
+        self.agent(agent)?;
+        let grant = self.take_trunk(&req.number).await?;
+        self.ask(agent, |tx| Command::Place(req, grant, tx)).await?
     }
 
     /// Where a call placed with [`CallEngine::place_call`] stands, while
@@ -590,17 +702,6 @@ fn trunk_peer(uri: &str) -> Option<Peer> {
     Some(Peer { transport, addr })
 }
 
-/// R2 + R11: the number in E.164, or `None` when the trunk may not dial it.
-fn dialable(shared: &Shared, trunk_allow: &[regex::Regex], number: &str) -> Option<String> {
-    let e164 = PhoneE164::parse(number, &shared.default_region).ok()?;
-    let e164 = e164.as_str().to_string();
-    if trunk_allow.is_empty() || trunk_allow.iter().any(|re| re.is_match(&e164)) {
-        Some(e164)
-    } else {
-        None
-    }
-}
-
 fn epoch_ms(t: SystemTime) -> i64 {
     t.duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -643,6 +744,12 @@ struct LeadCall {
     /// Whom the agent will talk to ("Ada Lovelace +14155550101"), shown
     /// on the phone when the lead answers.
     label: Option<String>,
+    /// The trunk the call is on, and the others it may fail over to.
+    grant: TrunkGrant,
+    /// The E.164 number dialed (again on the next trunk after a failover).
+    number: String,
+    /// R8 for this call (each trunk's INVITE gets the whole of it).
+    ring_timeout: Duration,
 }
 
 /// A manual call waiting for the agent's phone to answer (R17): its
@@ -653,6 +760,8 @@ struct PendingCall {
     record_id: i64,
     number: String,
     media: LegHandle,
+    /// The trunk is held while the agent's phone rings.
+    grant: TrunkGrant,
 }
 
 struct AgentTask {
@@ -967,11 +1076,11 @@ impl AgentTask {
                     let _ = reply.send(Err(CallEngineError::Stopped));
                     return;
                 }
-                Command::Dial(_, reply) => {
+                Command::Dial(_, _, reply) => {
                     let _ = reply.send(Err(CallEngineError::Stopped));
                     return;
                 }
-                Command::Place(_, reply) => {
+                Command::Place(_, _, reply) => {
                     let _ = reply.send(Err(CallEngineError::Stopped));
                     return;
                 }
@@ -984,12 +1093,12 @@ impl AgentTask {
     async fn on_command_now(&mut self, now: Instant, cmd: Command) {
         match cmd {
             Command::Connect(reply) => self.connect(now, reply).await,
-            Command::Dial(req, reply) => {
-                let r = self.dial(req).await;
+            Command::Dial(req, grant, reply) => {
+                let r = self.dial(req, grant).await;
                 let _ = reply.send(r);
             }
-            Command::Place(req, reply) => {
-                let r = self.place(now, req).await;
+            Command::Place(req, grant, reply) => {
+                let r = self.place(now, req, grant).await;
                 let _ = reply.send(r);
             }
             Command::Skip(reply) => {
@@ -1140,18 +1249,19 @@ impl AgentTask {
             .send(RouteChange::Remove(call_id.to_string()));
     }
 
-    async fn dial(&mut self, req: DialRequest) -> Result<i64, CallEngineError> {
+    async fn dial(
+        &mut self,
+        req: DialRequest,
+        grant: Option<TrunkGrant>,
+    ) -> Result<i64, CallEngineError> {
         if !self.leg.as_ref().is_some_and(|l| l.is_connected()) {
             return Err(CallEngineError::NotConnected);
         }
         if self.lead.is_some() || self.pending.is_some() {
             return Err(CallEngineError::Busy);
         }
-        let shared = self.shared.clone();
-        let Some((_, _, allow)) = &shared.trunk else {
-            return Err(CallEngineError::NoTrunk);
-        };
-        let e164 = dialable(&self.shared, allow, &req.number);
+        // R2 + R11: the E.164 number, when a trunk may dial it.
+        let e164 = grant.as_ref().map(|g| g.e164.clone());
         // SPEC §4: a number on the do-not-call list never reaches the wire;
         // the list is asked at every dial, so an entry added on any
         // instance holds on all of them.
@@ -1168,7 +1278,8 @@ impl AgentTask {
             crate::metrics::metrics().dnc_refused.inc();
             tracing::info!(agent = %self.name, number = %req.number, pattern = %p, "on the do-not-call list: restricted, not dialed");
         }
-        let number = e164.clone().filter(|_| dnc.is_none());
+        let grant = grant.filter(|_| dnc.is_none());
+        let number = e164.clone().filter(|_| grant.is_some());
         let anchor = Anchor::now();
         let new = NewCall {
             session_id: req.session_id,
@@ -1181,6 +1292,9 @@ impl AgentTask {
             outcome: None,
             sip_status: None,
             ring_ms: None,
+            trunk: grant
+                .as_ref()
+                .map(|g| self.shared.trunks.name(g.slot.id).to_string()),
         };
         let record = self
             .shared
@@ -1188,7 +1302,7 @@ impl AgentTask {
             .insert_call(&new)
             .await
             .map_err(|e| CallEngineError::Store(e.to_string()))?;
-        let Some(number) = number else {
+        let (Some(number), Some(grant)) = (number, grant) else {
             // R11: never on the wire.
             tracing::info!(agent = %self.name, number = %req.number, "number not dialable on the trunk: restricted");
             let end = CallEnd {
@@ -1215,7 +1329,7 @@ impl AgentTask {
             tracing::warn!(agent = %self.name, call = record.id, error = %e, "no media for the lead leg");
         })?;
         let label = self.lead_label(req.lead_id, &number).await;
-        self.launch_lead(req, record.id, number, handle, anchor, false);
+        self.launch_lead(req, record.id, number, handle, anchor, false, grant);
         self.set_label(label);
         Ok(record.id)
     }
@@ -1243,19 +1357,17 @@ impl AgentTask {
         &mut self,
         now: Instant,
         req: DialRequest,
+        grant: Option<TrunkGrant>,
     ) -> Result<(i64, CallProgress), CallEngineError> {
         if self.lead.is_some() || self.pending.is_some() {
             return Err(CallEngineError::Busy);
         }
-        let shared = self.shared.clone();
-        let Some((_, _, allow)) = &shared.trunk else {
-            return Err(CallEngineError::NoTrunk);
-        };
         let anchor = Anchor::now();
-        let Some(number) = dialable(&shared, allow, &req.number) else {
+        let Some(grant) = grant else {
             // R11: never on the wire, and no reason to ring the agent for it.
             return self.place_restricted(&req, anchor).await;
         };
+        let number = grant.e164.clone();
         if let Some(p) = self
             .shared
             .store
@@ -1306,6 +1418,7 @@ impl AgentTask {
             outcome: None,
             sip_status: None,
             ring_ms: None,
+            trunk: Some(self.shared.trunks.name(grant.slot.id).to_string()),
         };
         let record = match self.shared.store.insert_call(&new).await {
             Ok(r) => r,
@@ -1316,7 +1429,7 @@ impl AgentTask {
         };
         if self.leg.as_ref().is_some_and(|l| l.is_connected()) {
             let label = self.lead_label(req.lead_id, &number).await;
-            self.launch_lead(req, record.id, number, handle, anchor, true);
+            self.launch_lead(req, record.id, number, handle, anchor, true, grant);
             self.set_label(label);
             return Ok((record.id, CallProgress::Dialing));
         }
@@ -1332,6 +1445,7 @@ impl AgentTask {
             record_id: record.id,
             number,
             media: handle,
+            grant,
         });
         set_progress(
             &self.shared,
@@ -1361,6 +1475,7 @@ impl AgentTask {
             outcome: Some(CallOutcome::Restricted),
             sip_status: None,
             ring_ms: Some(0),
+            trunk: None,
         };
         let record = self
             .shared
@@ -1409,7 +1524,15 @@ impl AgentTask {
         }
         if let Some(p) = self.pending.take() {
             let label = self.lead_label(p.req.lead_id, &p.number).await;
-            self.launch_lead(p.req, p.record_id, p.number, p.media, Anchor::now(), true);
+            self.launch_lead(
+                p.req,
+                p.record_id,
+                p.number,
+                p.media,
+                Anchor::now(),
+                true,
+                p.grant,
+            );
             self.set_label(label);
             self.flush().await;
         }
@@ -1459,7 +1582,9 @@ impl AgentTask {
         finish_not_dialed(&self.shared, &self.name, p.record_id);
     }
 
-    /// Builds the lead leg on a stored call record and its media (R2, R8).
+    /// Builds the lead leg on a stored call record and its media (R2, R8),
+    /// on the trunk of `grant`.
+    #[allow(clippy::too_many_arguments)]
     fn launch_lead(
         &mut self,
         req: DialRequest,
@@ -1468,41 +1593,17 @@ impl AgentTask {
         handle: LegHandle,
         anchor: Anchor,
         manual: bool,
+        grant: TrunkGrant,
     ) {
-        let shared = self.shared.clone();
-        let Some((trunk, trunk_peer, _)) = &shared.trunk else {
-            return;
-        };
-        // SPEC §5: the lead's RTP may latch only from the trunk or the
-        // host its SDP names.
-        if let Some(media) = &self.media {
-            let _ = media.set_signalling(handle.id, trunk_peer.addr.ip());
-        }
-        let version = self.next_sdp_version();
-        let offer = sdp::make_offer(self.shared.media_ip, handle.local_port, version);
         let ring_timeout = if req.reduced_ring_time {
             self.shared.reduced_ring_timeout
         } else {
             self.shared.ring_timeout
         };
-        let params = LeadParams {
-            trunk: *trunk_peer,
-            trunk_uri: trunk.uri.clone(),
-            number,
-            caller_id: trunk.caller_id.clone(),
-            p_asserted_identity: trunk.p_asserted_identity.clone(),
-            credentials: trunk.username.clone().zip(trunk.password.clone()),
-            local: self.shared.local.clone(),
-            offer_sdp: offer.to_bytes(),
-            ring_timeout,
-            max_call_length: self.shared.max_call_length,
-            timers: self.shared.timers,
-        };
         // The ring timeout counts from here (R8): the INVITE leaves in this
         // loop turn's flush.
-        let now = Instant::now();
-        let leg = match LeadLeg::dial(now, params, &mut self.rng) {
-            Ok(leg) => leg,
+        let (leg, offer) = match self.dial_trunk(grant.slot.id, &number, handle, ring_timeout) {
+            Ok(x) => x,
             Err(e) => {
                 if let Some(media) = &self.media {
                     let _ = media.close_leg(handle.id);
@@ -1550,7 +1651,112 @@ impl AgentTask {
             finished: false,
             manual,
             label: None,
+            grant,
+            number,
+            ring_timeout,
         });
+    }
+
+    /// A lead leg to `number` over `trunk` on the lead media `handle`: our
+    /// offer, the trunk as the only host the lead's RTP may come from (SPEC
+    /// §5), the INVITE queued.
+    fn dial_trunk(
+        &mut self,
+        trunk: TrunkId,
+        number: &str,
+        handle: LegHandle,
+        ring_timeout: Duration,
+    ) -> Result<(LeadLeg, SessionDescription), super::CallError> {
+        let shared = self.shared.clone();
+        let info = shared
+            .trunks
+            .info
+            .get(trunk.0)
+            .ok_or_else(|| super::CallError::BadTrunkUri(trunk.0.to_string()))?;
+        if let Some(media) = &self.media {
+            let _ = media.set_signalling(handle.id, info.peer.addr.ip());
+        }
+        let version = self.next_sdp_version();
+        let offer = sdp::make_offer(self.shared.media_ip, handle.local_port, version);
+        let t = &info.config;
+        let params = LeadParams {
+            trunk: info.peer,
+            trunk_uri: t.uri.clone(),
+            number: number.to_string(),
+            caller_id: t.caller_id.clone(),
+            p_asserted_identity: t.p_asserted_identity.clone(),
+            credentials: t.username.clone().zip(t.password.clone()),
+            local: self.shared.local.clone(),
+            offer_sdp: offer.to_bytes(),
+            ring_timeout,
+            response_timeout: Some(t.response_timeout.0),
+            max_call_length: self.shared.max_call_length,
+            timers: self.shared.timers,
+        };
+        let leg = LeadLeg::dial(Instant::now(), params, &mut self.rng)?;
+        crate::metrics::metrics()
+            .trunk_attempts
+            .get_or_create(&shared.trunks.label(trunk))
+            .inc();
+        Ok((leg, offer))
+    }
+
+    /// The trunk failed the INVITE before the lead's phone could ring
+    /// (transport error, no response, 408, 5xx: [`LeadLeg::may_fail_over`]):
+    /// the same call goes to the next trunk not tried yet that is up and
+    /// within its limits. Returns whether it did; the failed leg finishes
+    /// its signalling among the closing legs.
+    fn fail_over(&mut self) -> bool {
+        if self.drain_deadline.is_some() {
+            return false;
+        }
+        let Some(mut l) = self.lead.take() else {
+            return false;
+        };
+        let trunks = self.shared.trunks.clone();
+        let from = l.grant.slot.id;
+        let next = if l.leg.may_fail_over() {
+            trunks
+                .lock()
+                .acquire(&l.grant.order, &l.grant.tried, Instant::now())
+                .ok()
+        } else {
+            None
+        };
+        let Some(next) = next else {
+            self.lead = Some(l);
+            return false;
+        };
+        let slot = TrunkSlot::new(trunks.clone(), next);
+        l.grant.tried.push(next);
+        match self.dial_trunk(next, &l.number, l.media, l.ring_timeout) {
+            Ok((leg, offer)) => {
+                crate::metrics::metrics()
+                    .trunk_failovers
+                    .get_or_create(&trunks.label(from))
+                    .inc();
+                tracing::info!(
+                    agent = %self.name,
+                    call = l.record_id,
+                    from = %trunks.name(from),
+                    to = %trunks.name(next),
+                    failure = ?l.leg.trunk_failure(),
+                    "the trunk failed the call before the lead was reached: trying the next trunk"
+                );
+                self.route(leg.call_id());
+                let old = std::mem::replace(&mut l.leg, leg);
+                self.closing.push(old);
+                l.offer = offer;
+                l.grant.slot = slot;
+                self.lead = Some(l);
+                true
+            }
+            Err(error) => {
+                tracing::warn!(agent = %self.name, %error, trunk = %trunks.name(next), "INVITE to the next trunk not built");
+                self.lead = Some(l);
+                false
+            }
+        }
     }
 
     /// Sends what the legs queued and handles what they reported, until
@@ -1693,9 +1899,11 @@ impl AgentTask {
                 let answered_ms = l.leg.record().answered.map(|a| l.anchor.ms(a));
                 let shared = self.shared.clone();
                 let id = l.record_id;
+                let trunk = self.shared.trunks.name(l.grant.slot.id).to_string();
                 tokio::spawn(async move {
                     let end = CallEnd {
                         answered_ms,
+                        trunk: Some(trunk),
                         ..CallEnd::default()
                     };
                     if let Err(e) = shared.store.finish_call(id, &end).await {
@@ -1735,7 +1943,11 @@ impl AgentTask {
                 l.end_reason = Some(reason);
                 self.finish_lead(false);
             }
-            LeadEvent::Unanswered { .. } => self.finish_lead(false),
+            LeadEvent::Unanswered { .. } => {
+                if !self.fail_over() {
+                    self.finish_lead(false);
+                }
+            }
             LeadEvent::Closed { .. } => self.finish_lead(true),
         }
     }
@@ -1759,6 +1971,7 @@ impl AgentTask {
                 ring_ms: r
                     .ring_duration
                     .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+                trunk: Some(self.shared.trunks.name(l.grant.slot.id).to_string()),
             };
             let reason = l.end_reason.map_or("unanswered", EndReason::as_str);
             tracing::info!(agent = %self.name, call = l.record_id, %outcome, %reason, status = ?r.sip_status, "call ended");

@@ -9,6 +9,7 @@ use rand::RngCore;
 use super::leg::{is_invite_2xx, response_to_tag, InDialog, InviteLines, LegCore};
 use super::outcome::{LegRecord, Outcome};
 use super::timer::Timer;
+use super::trunk::{fails_over, TrunkFailure};
 use super::wire::{lead_request_uri, sdp_body};
 use super::{CallError, LocalAddress};
 use crate::sip::dialog::Dialog;
@@ -40,6 +41,9 @@ pub struct LeadParams {
     pub offer_sdp: Vec<u8>,
     /// R8: 32 s, or 20 s with reduced ring time.
     pub ring_timeout: Duration,
+    /// `[[trunk]] response_timeout`: no response at all by then → the
+    /// INVITE is abandoned as `temporary_error` and may fail over.
+    pub response_timeout: Option<Duration>,
     /// The hard maximum length of an answered call (default 4 h).
     pub max_call_length: Duration,
     /// The transaction timers (RFC 3261 Table 4).
@@ -197,6 +201,10 @@ pub struct LeadLeg {
     outcome: Option<Outcome>,
     record: LegRecord,
     events: VecDeque<LeadEvent>,
+    /// Why the trunk failed the INVITE, if it did.
+    failure: Option<TrunkFailure>,
+    /// A provisional above 100 arrived: the lead's phone may have rung.
+    alerted: bool,
 }
 
 impl LeadLeg {
@@ -228,6 +236,9 @@ impl LeadLeg {
         let key = core.table.send_request(now, params.trunk, invite.clone())?;
         core.timers
             .set(Timer::RingTimeout, now + params.ring_timeout);
+        if let Some(t) = params.response_timeout {
+            core.timers.set(Timer::NoResponse, now + t);
+        }
         Ok(LeadLeg {
             core,
             trunk: params.trunk,
@@ -247,7 +258,21 @@ impl LeadLeg {
             outcome: None,
             record: LegRecord::new(now),
             events: VecDeque::new(),
+            failure: None,
+            alerted: false,
         })
+    }
+
+    /// Why the trunk failed the INVITE (transport, Timer B, no response,
+    /// a final status), once it did.
+    pub fn trunk_failure(&self) -> Option<TrunkFailure> {
+        self.failure
+    }
+
+    /// Whether the call may go on to the next trunk: the trunk failed it
+    /// before the lead's phone could ring ([`fails_over`]).
+    pub fn may_fail_over(&self) -> bool {
+        self.failure.is_some_and(|f| fails_over(f, self.alerted))
     }
 
     /// The Call-ID: the driver routes every message carrying it here.
@@ -292,6 +317,11 @@ impl LeadLeg {
             self.state = match (state, timer) {
                 (LeadState::Inviting(s), Timer::RingTimeout) => {
                     self.give_up(now, s, Outcome::NoAnswer)
+                }
+                (LeadState::Inviting(s), Timer::NoResponse) => {
+                    // R10 "no response": the trunk never answered at all.
+                    self.failure = Some(TrunkFailure::NoResponse);
+                    self.give_up(now, s, Outcome::TemporaryError)
                 }
                 (LeadState::Talking(s), Timer::MaxCallLength) => {
                     self.bye(now, s, EndReason::MaxCallLength)
@@ -399,6 +429,10 @@ impl LeadLeg {
         match event {
             Event::Provisional { key, response } if key == s.key => {
                 let status = response.status_code.code();
+                self.core.timers.stop(Timer::NoResponse);
+                if status > 100 {
+                    self.alerted = true;
+                }
                 if status > 100 && !s.ringing_reported {
                     s.ringing_reported = true;
                     self.events.push_back(LeadEvent::Ringing { status });
@@ -413,21 +447,31 @@ impl LeadLeg {
             }
             Event::Final { key, response } if key == s.key => {
                 let status = response.status_code.code();
+                self.core.timers.stop(Timer::NoResponse);
                 match status {
                     200..=299 => self.answered(now, s, response),
                     401 | 407 if !s.auth_retried && self.digest.is_some() => {
                         self.retry_with_credentials(now, s, &response)
                     }
-                    _ => self.failed(
-                        now,
-                        s.invite,
-                        Outcome::from_final_status(status),
-                        Some(status),
-                    ),
+                    _ => {
+                        self.failure = Some(TrunkFailure::Status(status));
+                        self.failed(
+                            now,
+                            s.invite,
+                            Outcome::from_final_status(status),
+                            Some(status),
+                        )
+                    }
                 }
             }
-            Event::ClientTimeout { key } | Event::ClientTransportError { key } if key == s.key => {
-                // R10: transport failure or no response at all.
+            Event::ClientTimeout { key } if key == s.key => {
+                // R10: no response at all (Timer B).
+                self.failure = Some(TrunkFailure::Timeout);
+                self.failed(now, s.invite, Outcome::TemporaryError, None)
+            }
+            Event::ClientTransportError { key } if key == s.key => {
+                // R10: transport failure.
+                self.failure = Some(TrunkFailure::Transport);
                 self.failed(now, s.invite, Outcome::TemporaryError, None)
             }
             Event::NewRequest { key, request, peer } => {
@@ -571,6 +615,7 @@ impl LeadLeg {
     /// with none, Timer B ends the abandoned INVITE).
     fn give_up(&mut self, now: Instant, s: Inviting, outcome: Outcome) -> LeadState {
         self.core.timers.stop(Timer::RingTimeout);
+        self.core.timers.stop(Timer::NoResponse);
         self.decide(now, outcome);
         if let Err(error) = self.core.table.cancel(now, &s.key) {
             tracing::debug!(%error, call_id = %self.core.call_id, "CANCEL not possible");
@@ -596,6 +641,7 @@ impl LeadLeg {
         status: Option<u16>,
     ) -> LeadState {
         self.core.timers.stop(Timer::RingTimeout);
+        self.core.timers.stop(Timer::NoResponse);
         self.record.sip_status = status;
         self.decide(now, outcome);
         LeadState::Closing(Closing {

@@ -28,6 +28,9 @@ mod lead;
 mod leg;
 mod outcome;
 mod timer;
+pub mod trunk;
+mod trunk_ping;
+mod trunk_slot;
 mod wire;
 
 #[cfg(test)]

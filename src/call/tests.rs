@@ -64,6 +64,7 @@ fn lead_params(ring: Duration) -> LeadParams {
         local: local(),
         offer_sdp: OFFER.to_vec(),
         ring_timeout: ring,
+        response_timeout: None,
         max_call_length: 4 * 3600 * S,
         timers: TimerConfig::default(),
     }
@@ -1499,4 +1500,84 @@ fn agent_answer_timeout_cancels_every_fork() {
         .contains(&AgentEvent::Failed { status: None }));
     w.run_until(200 * S);
     assert_eq!(w.event_list().last(), Some(&AgentEvent::Closed));
+}
+
+/// `[[trunk]] response_timeout`: a trunk that sends nothing at all (not
+/// even 100 Trying) is given up at the timeout, before Timer B, as R10
+/// `temporary_error` that may fail over; no CANCEL is sent without a
+/// provisional (RFC 3261 §9.1), but one follows a late 180 at once.
+#[test]
+fn a_silent_trunk_is_given_up_at_the_response_timeout_and_may_fail_over() {
+    let mut params = lead_params(32 * S);
+    params.response_timeout = Some(2 * S);
+    let t0 = test_epoch();
+    let leg = LeadLeg::dial(t0, params, &mut StdRng::seed_from_u64(3)).unwrap();
+    let mut far = Far::new(carrier(), "far1");
+    far.drop_trying = true;
+    let mut w = World::new(t0, leg, vec![far]);
+    w.run_until(3 * S);
+    assert!(w.events.contains(&(
+        2 * S,
+        LeadEvent::Unanswered {
+            outcome: Outcome::TemporaryError
+        }
+    )));
+    assert_eq!(
+        w.leg.trunk_failure(),
+        Some(super::trunk::TrunkFailure::NoResponse)
+    );
+    assert!(w.leg.may_fail_over());
+    assert_eq!(w.sent_of(Method::Cancel).len(), 0);
+    w.with_far(carrier(), |f, now| f.respond(now, 180, None, &[]));
+    w.run_until(5 * S);
+    assert_eq!(
+        w.sent_of(Method::Cancel).len(),
+        1,
+        "the late 180 is cancelled"
+    );
+}
+
+/// A response within `response_timeout` keeps the call on the trunk.
+#[test]
+fn a_100_trying_stops_the_response_timeout() {
+    let mut params = lead_params(32 * S);
+    params.response_timeout = Some(2 * S);
+    let mut w = World::new(
+        test_epoch(),
+        LeadLeg::dial(test_epoch(), params, &mut StdRng::seed_from_u64(4)).unwrap(),
+        vec![Far::new(carrier(), "far1")],
+    );
+    w.run_until(10 * S);
+    assert!(w.events.is_empty(), "{:?}", w.events);
+    assert_eq!(w.leg.trunk_failure(), None);
+}
+
+/// Failover only on what did not reach the lead: 503 and 408 may fail
+/// over; 486, 404, 603 never; a 503 after a 180 never (the phone rang).
+#[test]
+fn final_statuses_decide_whether_the_call_may_fail_over() {
+    for (ringing, status, may) in [
+        (false, 503, true),
+        (false, 408, true),
+        (false, 500, true),
+        (false, 486, false),
+        (false, 404, false),
+        (false, 603, false),
+        (false, 480, false),
+        (true, 503, false),
+    ] {
+        let mut w = lead_world(32 * S);
+        w.run_until(S);
+        if ringing {
+            w.with_far(carrier(), |f, now| f.respond(now, 180, None, &[]));
+            w.run_until(2 * S);
+        }
+        w.with_far(carrier(), |f, now| f.respond(now, status, None, &[]));
+        w.run_until(3 * S);
+        assert_eq!(
+            w.leg.trunk_failure(),
+            Some(super::trunk::TrunkFailure::Status(status))
+        );
+        assert_eq!(w.leg.may_fail_over(), may, "{status} after 180: {ringing}");
+    }
 }

@@ -13,12 +13,17 @@ pub enum Timer {
     MaxCallLength,
     /// How long the agent's phone may ring before the agent leg gives up.
     AnswerTimeout,
+    /// `[[trunk]] response_timeout` from the lead's INVITE: no response at
+    /// all by then → the INVITE is abandoned (a CANCEL waits for a
+    /// provisional, RFC 3261 §9.1) and the next trunk may be tried.
+    NoResponse,
 }
 
-const ALL: [Timer; 3] = [
+const ALL: [Timer; 4] = [
     Timer::RingTimeout,
     Timer::MaxCallLength,
     Timer::AnswerTimeout,
+    Timer::NoResponse,
 ];
 
 impl Timer {
@@ -27,6 +32,7 @@ impl Timer {
             Timer::RingTimeout => 0,
             Timer::MaxCallLength => 1,
             Timer::AnswerTimeout => 2,
+            Timer::NoResponse => 3,
         }
     }
 }
@@ -34,7 +40,7 @@ impl Timer {
 /// One optional deadline per [`Timer`].
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TimerTable {
-    deadlines: [Option<Instant>; 3],
+    deadlines: [Option<Instant>; 4],
 }
 
 impl TimerTable {

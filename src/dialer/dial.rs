@@ -28,6 +28,11 @@ pub enum DialError {
     /// The engine is gone (shutting down).
     #[error("the call engine is not running")]
     Closed,
+    /// No trunk can take the call now: every trunk that may dial the
+    /// number is down, or stayed at its limits for `dialer.trunk_wait`.
+    /// Nothing was dialed; the lead stays queued.
+    #[error("no trunk can take the call now: {0}")]
+    NoTrunk(String),
 }
 
 /// How a lead call ended (SPEC §4 call record `outcome`).
@@ -60,6 +65,7 @@ impl From<crate::call::engine::CallEngineError> for DialError {
             E::Declined(status) => DialError::Declined(status),
             E::Timeout => DialError::Timeout,
             E::Stopped => DialError::Closed,
+            e @ (E::TrunksDown | E::TrunksBusy) => DialError::NoTrunk(e.to_string()),
             _ => DialError::NotReady,
         }
     }

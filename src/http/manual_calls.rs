@@ -152,6 +152,16 @@ impl From<CallEngineError> for CallApiError {
                 retry_after_s: RTP_PORTS_RETRY_AFTER_S,
             }),
             e @ CallEngineError::DoNotCall(_) => CallApiError::Forbidden(e.to_string()),
+            e @ CallEngineError::TrunksDown => CallApiError::Api(ApiError::Unavailable {
+                code: "trunks_down",
+                message: e.to_string(),
+                retry_after_s: RTP_PORTS_RETRY_AFTER_S,
+            }),
+            e @ CallEngineError::TrunksBusy => CallApiError::Api(ApiError::Unavailable {
+                code: "trunks_busy",
+                message: e.to_string(),
+                retry_after_s: RTP_PORTS_RETRY_AFTER_S,
+            }),
             e @ (CallEngineError::Declined(_)
             | CallEngineError::AgentLegEnding
             | CallEngineError::Timeout
@@ -206,7 +216,7 @@ fn engine(state: &AppState) -> Result<&CallEngine, CallApiError> {
         (status = 403, description = "The number is on the do-not-call list", body = ErrorBody),
         (status = 404, description = "No such agent", body = ErrorBody),
         (status = 409, description = "The agent's phone is not registered, or it has a call in progress", body = ErrorBody),
-        (status = 503, description = "No free RTP ports (`Retry-After`)", body = ErrorBody),
+        (status = 503, description = "No free RTP ports, or every trunk that may dial the number is down or stayed at its limits for `dialer.trunk_wait` (`Retry-After`; nothing was dialed)", body = ErrorBody),
     )
 )]
 pub(super) async fn place(

@@ -25,6 +25,7 @@ pub mod paging;
 pub mod session_list;
 pub mod sessions;
 pub mod smart_views;
+pub mod trunks;
 
 use std::sync::Arc;
 
@@ -204,6 +205,7 @@ pub fn api_routes() -> Router<AppState> {
         .merge(bans::routes())
         .merge(call_notes::routes())
         .merge(session_list::routes())
+        .merge(trunks::routes())
 }
 
 /// `GET /metrics` (SPEC §4): Prometheus / OpenMetrics text, behind the

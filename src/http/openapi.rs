@@ -28,7 +28,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::{
     agents, bans, call_notes, calls, console, dnc, events, leads, manual_calls, session_list,
-    sessions, smart_views,
+    sessions, smart_views, trunks,
 };
 
 /// The routes served without the admin token (SPEC §4): the health check,
@@ -139,6 +139,7 @@ pub struct Health {
         dnc::import,
         bans::list,
         bans::remove,
+        trunks::list,
         console::index,
         console::app_js,
         console::app_css,
@@ -154,6 +155,7 @@ pub struct Health {
         (name = "agents", description = "Agents and their registrations"),
         (name = "dnc", description = "The do-not-call list (SPEC §4)"),
         (name = "security", description = "Bans at the SIP front door (SPEC §5)"),
+        (name = "trunks", description = "Carrier trunks and their state (admin only)"),
         (name = "events", description = "Server-Sent Events of state changes"),
         (name = "meta", description = "Health and this document"),
         (name = "console", description = "The agent and admin console page (SPEC §4 `GET /`)"),

@@ -830,6 +830,9 @@ pub struct CallRecord {
     pub ring_ms: Option<i64>,
     /// The agent's notes on the call (SPEC §1 step 5), `null` until saved.
     pub notes: Option<String>,
+    /// The `[[trunk]] name` that carried the call (the last one tried after
+    /// a failover); `null` for calls that never reached a trunk.
+    pub trunk: Option<String>,
 }
 
 /// A call to store: everything of [`CallRecord`] but the id.
@@ -855,6 +858,8 @@ pub struct NewCall {
     pub sip_status: Option<u16>,
     /// Ringing time in ms.
     pub ring_ms: Option<i64>,
+    /// The trunk the call goes to.
+    pub trunk: Option<String>,
 }
 
 /// The later facts of a call stored at its start (`Store::finish_call`).
@@ -870,6 +875,8 @@ pub struct CallEnd {
     pub sip_status: Option<u16>,
     /// Ringing time in ms.
     pub ring_ms: Option<i64>,
+    /// The trunk that carried the call (after a failover, the last one).
+    pub trunk: Option<String>,
 }
 
 /// Input of `POST /api/v1/leads/{id}/calls`: a call made elsewhere (SPEC §4).
@@ -913,6 +920,7 @@ impl LoggedCall {
             outcome: Some(self.outcome),
             sip_status: None,
             ring_ms: None,
+            trunk: None,
         })
     }
 }

@@ -70,6 +70,7 @@ macro_rules! store_methods {
                 sip_status: sip_status.and_then(|s| u16::try_from(s).ok()),
                 ring_ms: row.try_get("ring_ms")?,
                 notes: row.try_get("notes")?,
+                trunk: row.try_get("trunk")?,
             })
         }
 
@@ -96,7 +97,7 @@ macro_rules! store_methods {
         }
 
         const CALL_COLUMNS: &str = "id, session_id, lead_id, agent, number, started_ms, \
-            answered_ms, ended_ms, outcome, sip_status, ring_ms, notes";
+            answered_ms, ended_ms, outcome, sip_status, ring_ms, notes, trunk";
 
         async fn insert_contacts(
             conn: &mut $conn,
@@ -470,8 +471,8 @@ macro_rules! store_methods {
                 let mut tx = self.begin_write().await?;
                 let sql = format!(
                     "INSERT INTO calls (session_id, lead_id, agent, number, started_ms, answered_ms, \
-                     ended_ms, outcome, sip_status, ring_ms) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {CALL_COLUMNS}"
+                     ended_ms, outcome, sip_status, ring_ms, trunk) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING {CALL_COLUMNS}"
                 );
                 let row = sqlx::query(&sql)
                     .bind(c.session_id)
@@ -484,6 +485,7 @@ macro_rules! store_methods {
                     .bind(c.outcome.map(|o| o.as_str()))
                     .bind(c.sip_status.map(i32::from))
                     .bind(c.ring_ms)
+                    .bind(c.trunk.as_deref())
                     .fetch_one(&mut *tx)
                     .await
                     .map_err(|e| match StoreError::from_sqlx(e, Entity::Call, "") {
@@ -518,7 +520,8 @@ macro_rules! store_methods {
                 let sql = format!(
                     "UPDATE calls SET answered_ms = COALESCE($1, answered_ms), \
                      ended_ms = COALESCE($2, ended_ms), outcome = COALESCE($3, outcome), \
-                     sip_status = COALESCE($4, sip_status), ring_ms = COALESCE($5, ring_ms) \
+                     sip_status = COALESCE($4, sip_status), ring_ms = COALESCE($5, ring_ms), \
+                     trunk = COALESCE($7, trunk) \
                      WHERE id = $6 RETURNING {CALL_COLUMNS}"
                 );
                 let row = sqlx::query(&sql)
@@ -528,6 +531,7 @@ macro_rules! store_methods {
                     .bind(e.sip_status.map(i32::from))
                     .bind(e.ring_ms)
                     .bind(id)
+                    .bind(e.trunk.as_deref())
                     .fetch_one(self.pool())
                     .await
                     .map_err(|err| StoreError::from_sqlx(err, Entity::Call, id))?;

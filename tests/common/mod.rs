@@ -178,6 +178,7 @@ pub async fn load_fixtures(store: &Store) -> HashMap<String, i64> {
                 outcome: Some(outcome),
                 sip_status: None,
                 ring_ms: Some(5000),
+                trunk: None,
             })
             .await
             .expect("insert call");

@@ -24,4 +24,5 @@ mod shutdown;
 #[path = "../common/skip.rs"]
 mod skip;
 mod torture;
+mod trunks;
 mod two_instances;

@@ -278,11 +278,24 @@ impl Carrier {
     /// The port is picked free, but another test may take it before PJSIP
     /// binds it (the script then exits): such a start is retried.
     pub(crate) fn start(dir: &Path, hold: Option<f64>) -> Carrier {
+        Carrier::start_with(dir, "carrier", hold, None)
+    }
+
+    /// Like [`Carrier::start`], its events in `DIR/NAME-N.jsonl`; with
+    /// `status`, every INVITE is answered with that final status (a
+    /// carrier failing every call, e.g. 503).
+    pub(crate) fn start_with(
+        dir: &Path,
+        name: &str,
+        hold: Option<f64>,
+        status: Option<u16>,
+    ) -> Carrier {
         for attempt in 0..3 {
-            let events = dir.join(format!("carrier-{attempt}.jsonl"));
+            let events = dir.join(format!("{name}-{attempt}.jsonl"));
             let port = free_port();
             let mut args = vec![port.to_string(), events.display().to_string(), "90".into()];
-            args.extend(hold.map(|h| h.to_string()));
+            args.push(hold.map_or("-".into(), |h| h.to_string()));
+            args.extend(status.map(|s| s.to_string()));
             let mut peer = spawn_py("pj_carrier.py", &args);
             let deadline = Instant::now() + Duration::from_secs(15);
             let ready = loop {
@@ -314,6 +327,17 @@ impl Carrier {
             "[[trunk]]\nname = \"carrier\"\nuri = \"sip:127.0.0.1:{}\"\ncaller_id = \"+442079460999\"\nallow = ['\\+44\\d+']\n",
             self.port
         )
+    }
+
+    /// Sends the carrier process a signal (`-STOP`: it hangs, answering
+    /// nothing, like a carrier whose SIP server froze; `-CONT`: it goes on
+    /// and handles what queued up meanwhile).
+    pub(crate) fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self._peer.0.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} failed");
     }
 
     /// The numbers the carrier received an INVITE for, in order.

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A scripted PJSIP (pjsua2) carrier trunk for powerdial's end-to-end tests.
 
-Usage: pj_carrier.py PORT EVENTS_FILE SECONDS [HOLD]
+Usage: pj_carrier.py PORT EVENTS_FILE SECONDS [HOLD|-] [STATUS]
 
 Listens on UDP 127.0.0.1:PORT and answers each INVITE by the last four
 digits of the dialed number (the To/Request-URI user):
@@ -16,7 +16,9 @@ Writes one JSON line per fact to EVENTS_FILE (times are time.monotonic()):
   {"event": "ended", "number": ..., "rx_pkts": ..., "t": ...}
 With HOLD, the carrier hangs up (BYE) each answered call HOLD seconds
 after answering it (a lead that ends the conversation); without it, answered
-calls last until the other side hangs up. Runs for SECONDS, then exits. At most 4 concurrent calls (PJSIP limit).
+calls last until the other side hangs up ("-": no HOLD). With STATUS (e.g.
+503), every INVITE is answered with that final status whatever the number
+(a carrier that fails every call). Runs for SECONDS, then exits. At most 4 concurrent calls (PJSIP limit).
 """
 import gc
 import json
@@ -27,6 +29,7 @@ import time
 import pjsua2 as pj
 
 OUT = None
+FORCED = None
 
 
 def emit(rec):
@@ -96,7 +99,9 @@ class Account(pj.Account):
         emit({"event": "invite", "number": call.number})
         tail = call.number[-4:]
         op = pj.CallOpParam()
-        if tail in ("0486", "0503", "0403"):
+        if FORCED is not None:
+            op.statusCode = FORCED
+        elif tail in ("0486", "0503", "0403"):
             op.statusCode = int(tail[1:])
         elif tail == "0183":
             op.statusCode = 183
@@ -113,7 +118,9 @@ class Account(pj.Account):
 def main():
     global OUT
     port, events, seconds = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
-    hold = float(sys.argv[4]) if len(sys.argv) > 4 else None
+    global FORCED
+    hold = float(sys.argv[4]) if len(sys.argv) > 4 and sys.argv[4] != "-" else None
+    FORCED = int(sys.argv[5]) if len(sys.argv) > 5 else None
     OUT = open(events, "w")
     ep = pj.Endpoint()
     ep.libCreate()
