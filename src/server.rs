@@ -88,6 +88,9 @@ enum SipCommand {
     RemoveAgent {
         username: String,
     },
+    BindingCount {
+        reply: oneshot::Sender<usize>,
+    },
 }
 
 /// A clonable handle to the SIP task.
@@ -120,6 +123,20 @@ impl SipHandle {
                 ha1,
             })
             .await;
+    }
+
+    /// How many registrar bindings are live (0 when the SIP task is gone).
+    pub async fn binding_count(&self) -> usize {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .commands
+            .send(SipCommand::BindingCount { reply })
+            .await
+            .is_err()
+        {
+            return 0;
+        }
+        rx.await.unwrap_or_default()
     }
 
     /// Stops an agent deleted through the API from authenticating.
@@ -508,6 +525,9 @@ async fn sip_task(
                 }
                 Some(SipCommand::SetAgent { username, ha1 }) => endpoint.set_agent(&username, ha1),
                 Some(SipCommand::RemoveAgent { username }) => endpoint.remove_agent(&username),
+                Some(SipCommand::BindingCount { reply }) => {
+                    let _ = reply.send(endpoint.binding_count(SystemTime::now()));
+                }
                 None => {}
             },
         }

@@ -222,7 +222,12 @@ async fn api_flow(app: &App) {
     let (s, e) = app.raw("/api/v1/leads", "text/plain", "{}").await;
     assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert_error(&e, "unsupported_media_type");
-    let (_, still) = app.get(&format!("/api/v1/leads/{id}")).await;
+    let (_, mut still) = app.get(&format!("/api/v1/leads/{id}")).await;
+    // GET shows the lead's notes beside it (none here).
+    assert_eq!(still["notes"], serde_json::json!([]), "{still}");
+    if let Some(o) = still.as_object_mut() {
+        o.remove("notes");
+    }
     assert_eq!(still, lead);
 
     // Too large a body: 413.

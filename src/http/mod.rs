@@ -17,6 +17,7 @@ pub mod event_log;
 pub mod events;
 pub mod idempotency;
 pub mod json;
+pub mod lead_notes;
 pub mod leads;
 pub mod manual_calls;
 pub mod openapi;
@@ -27,7 +28,7 @@ pub mod smart_views;
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, FromRequestParts};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -179,6 +180,11 @@ pub fn now() -> DateTime<Utc> {
     Utc::now()
 }
 
+/// The wall clock in epoch milliseconds (the store's unit).
+pub fn time_to_ms_now() -> i64 {
+    crate::leads::model::time_to_ms(now())
+}
+
 /// Every `/api` route, without auth or state: leads, custom fields and
 /// Smart Views. Sessions, calls and events merge theirs here.
 pub fn api_routes() -> Router<AppState> {
@@ -202,6 +208,7 @@ pub fn api_routes() -> Router<AppState> {
         .merge(dnc::routes())
         .merge(call_notes::routes())
         .merge(session_list::routes())
+        .merge(lead_notes::routes())
 }
 
 /// `GET /metrics` (SPEC §4): Prometheus / OpenMetrics text, behind the
@@ -213,7 +220,33 @@ pub fn api_routes() -> Router<AppState> {
     tag = "meta",
     responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text", body = String))
 )]
-async fn metrics() -> impl axum::response::IntoResponse {
+async fn metrics(State(st): State<AppState>) -> impl axum::response::IntoResponse {
+    // Gauges of state other tasks own are read at the scrape.
+    if let Some(sip) = &st.sip {
+        let live = sip.binding_count().await;
+        crate::metrics::metrics()
+            .registrations_active
+            .set(i64::try_from(live).unwrap_or(i64::MAX));
+    }
+    if let Some(sessions) = &st.sessions {
+        let mut sizes = Vec::new();
+        for h in sessions.running() {
+            if let Ok(v) = h.view().await {
+                let c = &v.counts;
+                sizes.push((
+                    h.id(),
+                    vec![
+                        ("queued", c.queued),
+                        ("blocked", c.blocked),
+                        ("awaiting_refresh", c.awaiting_refresh),
+                        ("calling", c.calling),
+                        ("answered", c.answered),
+                    ],
+                ));
+            }
+        }
+        crate::metrics::set_queue_sizes(&sizes);
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

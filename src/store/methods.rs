@@ -585,6 +585,23 @@ macro_rules! store_methods {
                 rows.iter().map(call_from_row).collect()
             }
 
+            pub(crate) async fn recent_lead_calls(
+                &self,
+                lead_id: i64,
+                limit: i64,
+            ) -> Result<Vec<CallRecord>, StoreError> {
+                let sql = format!(
+                    "SELECT {CALL_COLUMNS} FROM calls WHERE lead_id = $1 \
+                     ORDER BY started_ms DESC, id DESC LIMIT $2"
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(lead_id)
+                    .bind(limit)
+                    .fetch_all(self.pool())
+                    .await?;
+                rows.iter().map(call_from_row).collect()
+            }
+
             pub(crate) async fn create_smart_view(
                 &self,
                 v: &NewSmartView,

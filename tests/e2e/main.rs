@@ -12,6 +12,7 @@ mod console;
 mod demo;
 mod dnc;
 mod media_hijack;
+mod metrics;
 mod openapi;
 mod peers;
 mod phones;
