@@ -393,6 +393,57 @@ try {
   }
   await shot(admin, 'admin-stats');
 
+  // ---- The admin creates an agent from the console (and is told when a
+  // username is taken).
+  await admin.getByLabel('Username', { exact: true }).fill(cfg.agent);
+  await admin.getByLabel('SIP password').fill('another-secret');
+  await admin.getByRole('button', { name: 'Create agent' }).click();
+  const taken = await until(5000, async () =>
+    ((await admin.textContent('#new-agent-status')) || '').includes('not created'),
+  );
+  if (!taken) fail('creating an existing agent gave no message: ' + (await admin.textContent('#new-agent-status')));
+  await admin.getByLabel('Username', { exact: true }).fill('carol');
+  await admin.getByLabel('Display name').fill('Carol Shaw');
+  await admin.getByLabel('SIP password').fill('carol-secret-42');
+  await admin.getByRole('button', { name: 'Create agent' }).click();
+  const carol = await until(5000, async () => {
+    const row = await admin.$('#team-table tr[data-agent="carol"]');
+    return row ? row.innerText() : null;
+  });
+  if (!carol || !carol.includes('Carol Shaw') || !carol.includes('Not registered')) {
+    fail('the new agent is not listed: ' + carol + ' / ' + (await admin.textContent('#new-agent-status')));
+  } else step('agent carol created from the console');
+  result.created_agent = carol;
+
+  // ---- Another agent signs in with an agent token the admin issued.
+  const bob = await ctx.newPage();
+  bob.on('pageerror', (e) => result.page_errors.push('bob: ' + e.message));
+  await bob.goto(cfg.url + '#admin');
+  await bob.getByLabel('Admin or agent token').fill(cfg.agent_token_bob);
+  await bob.getByRole('button', { name: 'Sign in' }).click();
+  await bob.getByRole('button', { name: 'Sign out' }).waitFor({ timeout: 10000 });
+  const bobSees = await until(5000, async () => {
+    const v = await bob.evaluate(() => ({
+      whoami: document.getElementById('whoami').textContent,
+      self: document.getElementById('agent-self').textContent,
+      agentView: !document.getElementById('agent-view').hidden,
+      adminView: !document.getElementById('admin-view').hidden,
+      nav: !document.getElementById('nav').hidden,
+      notice: document.getElementById('notice').textContent,
+    }));
+    return v.self === 'as bob' ? v : (result.bob_seen = v, null);
+  });
+  if (!bobSees) fail('an agent token did not sign bob in as an agent: ' + JSON.stringify(result.bob_seen));
+  else {
+    if (bobSees.whoami !== 'Agent bob' || !bobSees.agentView || bobSees.adminView || bobSees.nav) {
+      fail('bob signed in with an agent token sees the wrong parts: ' + JSON.stringify(bobSees));
+    }
+    if (!bobSees.notice.includes('needs the admin token')) fail('bob asked for #admin and was not told why not: ' + bobSees.notice);
+    step('bob signed in with an agent token: ' + bobSees.whoami);
+  }
+  await shot(bob, 'agent-token-signin');
+  await bob.close();
+
   // ---- The stream drops (powerdial restarts): a banner says so, the page
   // reconnects by itself and re-reads the agent's state.
   if (cfg.restart_request) {
@@ -429,6 +480,21 @@ try {
     else step('after the restart the call bar shows ' + agrees);
     await shot(page, 'agent-reconnected');
   }
+  // ---- "Reset & call again" from the admin's dialer settings: a second
+  // click confirms.
+  await admin.getByRole('button', { name: 'Reset & call again' }).click();
+  await admin.getByRole('button', { name: 'Click again to reset the session' }).click();
+  const reset = await until(5000, async () =>
+    admin.evaluate(
+      async ([sid, token]) => {
+        const r = await fetch('/api/v1/sessions/' + sid, { headers: { Authorization: 'Bearer ' + token } });
+        return (await r.json()).reset_at;
+      },
+      [cfg.session_id, cfg.token],
+    ),
+  );
+  if (!reset) fail('"Reset & call again" did not reset the session: ' + (await admin.textContent('#settings-status')));
+  else step('session reset at ' + reset);
   if (result.page_errors.length) fail('script errors in the page: ' + result.page_errors.join('; '));
 } catch (e) {
   if (e.message !== 'stop') fail('script error: ' + (e.stack || e.message));

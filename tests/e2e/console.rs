@@ -211,6 +211,12 @@ allow = ['\+44\d+']
     );
     let sid = session["id"].as_i64().expect("session id");
 
+    // A token the admin issues to bob, who signs in with it.
+    let bob_token = post("/api/v1/agents/bob/tokens", json!({}))["token"]
+        .as_str()
+        .expect("bob's token")
+        .to_string();
+
     let shots = shots_dir();
     // The script asks for a restart of powerdial (its event stream drops)
     // by creating this file.
@@ -219,6 +225,7 @@ allow = ['\+44\d+']
         "url": format!("http://{}/", app.http),
         "token": app.token,
         "share_token": session["share_token"],
+        "agent_token_bob": bob_token,
         "session_id": sid,
         "agent": "alice",
         "first_lead": names[0],

@@ -534,8 +534,17 @@
     // The lead panel follows the lead on the call bar, and stays on the
     // last one while paused (its notes may still be finished); at the end
     // of a call it is re-read for that call's outcome.
-    if (me.leadId != null && (me.leadId !== leadPanel.leadId || (state === 'wrap_up' && prevState !== 'wrap_up'))) {
+    const LIVE = ['dialing', 'ringing', 'connected'];
+    if (me.leadId != null && me.leadId !== leadPanel.leadId) {
       loadLeadPanel(me.leadId);
+    } else if (leadPanel.leadId != null && LIVE.includes(prevState) && !LIVE.includes(state)) {
+      // The call ended: its outcome is stored just after the state
+      // changes, so read the lead now and once more a moment later.
+      const id = leadPanel.leadId;
+      loadLeadPanel(id);
+      setTimeout(() => {
+        if (leadPanel.leadId === id) loadLeadPanel(id);
+      }, 1500);
     }
   }
 
