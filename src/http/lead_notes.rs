@@ -110,9 +110,12 @@ pub(super) struct LeadCallsParams {
     limit: Option<String>,
 }
 
+/// Reads an optional count between 1 and `max` (`default` when absent or
+/// empty); anything else is a 400 naming the parameter and its `range`.
 fn bounded(
     raw: Option<&str>,
     param: &'static str,
+    range: &'static str,
     max: u32,
     default: u32,
 ) -> Result<u32, ApiError> {
@@ -122,11 +125,7 @@ fn bounded(
             Ok(n) if (1..=max).contains(&n) => Ok(n),
             _ => Err(ApiError::BadParam {
                 param,
-                reason: if max == 100 {
-                    "between 1 and 100"
-                } else {
-                    "between 1 and 168"
-                },
+                reason: range,
             }),
         },
     }
@@ -147,7 +146,7 @@ pub(super) async fn lead_calls(
     ApiQuery(q): ApiQuery<LeadCallsParams>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id, "lead")?;
-    let limit = bounded(q.limit.as_deref(), "limit", 100, 10)?;
+    let limit = bounded(q.limit.as_deref(), "limit", "between 1 and 100", 100, 10)?;
     // A missing lead is a 404, not an empty list.
     st.store.get_lead(id).await?;
     let data = st.store.recent_lead_calls(id, i64::from(limit)).await?;
@@ -255,12 +254,12 @@ pub(super) async fn session_stats(
     ApiQuery(q): ApiQuery<StatsParams>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id, "session")?;
-    let hours = bounded(q.hours.as_deref(), "hours", 168, 24)?;
-    let known = match &st.sessions {
-        Some(s) => s.get_or_load(id).await.is_ok(),
-        None => false,
-    };
-    if !known {
+    let hours = bounded(q.hours.as_deref(), "hours", "between 1 and 168", 168, 24)?;
+    // Read from the store: a session not running here is not started.
+    if crate::dialer::record::get_session(&st.store, id)
+        .await?
+        .is_none()
+    {
         return Err(ApiError::NotFound(format!("session {id} not found")));
     }
     let stats = st.store.session_stats(id, time_to_ms(now()), hours).await?;
