@@ -181,7 +181,8 @@ allow = ['\+44\d+']
                 .map(|(i, n)| {
                     let mut contacts = vec![json!({"name": n, "phones": [format!("+4420794{}0200", i + 1)]})];
                     if i == 0 {
-                        contacts.push(json!({"name": "Charles Babbage", "phones": ["+442079460777", "+442079460778"]}));
+                        contacts.push(json!({"name": "Charles Babbage", "phones": ["+442079460777", "+442079460778"],
+                                             "emails": ["charles@engines.example"]}));
                     }
                     json!({"name": n, "status": "Potential", "contacts": contacts,
                            "custom": if i == 0 { json!({"Lead Source": "Leadgen Team"}) } else { json!({}) }})
@@ -232,7 +233,7 @@ allow = ['\+44\d+']
         "first_lead_id": first_lead,
         "first_lead_details": {
             "status": "Potential",
-            "contact_texts": ["Charles Babbage", "+442079460777", "+442079460778", "+442079410200 (dialed)"],
+            "contact_texts": ["Charles Babbage", "+442079460777", "+442079460778", "charles@engines.example", "+442079410200 (dialed)"],
             "custom_value": "Leadgen Team",
             "note": old_note,
         },

@@ -582,6 +582,12 @@
         li.append(document.createElement('br'));
         li.append(el('span', 'phones', phones.join(' · ')));
       }
+      for (const e of c.emails || []) {
+        li.append(document.createElement('br'));
+        const a = el('a', 'email', e);
+        a.href = 'mailto:' + e;
+        li.append(a);
+      }
       contacts.append(li);
     });
     if (!contacts.children.length) contacts.append(el('li', 'hint', 'No contacts.'));
