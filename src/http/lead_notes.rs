@@ -1,18 +1,13 @@
-//! What the console's call bar shows of a lead beside `GET
-//! /api/v1/leads/{id}` (SPEC §1 step 5, help page "call note box"): the
-//! lead's latest calls and its notes, and who the bearer token is.
+//! What the console's call bar shows of a lead beside its fields (SPEC §1
+//! step 5, help page "call note box"): its notes and latest calls.
 //!
+//! - `GET /api/v1/leads/{id}` carries the lead's notes ([`lead_with_notes`]).
 //! - `GET /api/v1/leads/{id}/calls?limit=N`: the lead's latest calls,
 //!   newest first (time, outcome, agent, notes); `limit` 1 to 100,
 //!   default 10.
 //! - `POST /api/v1/leads/{id}/notes {body}`: a note on the lead outside a
 //!   call's notes box (those are saved on the lead by `PATCH
 //!   /api/v1/calls/{id}`); 201 with the note.
-//! - `GET /api/v1/me`: `{role: "admin"}` or `{role: "agent", agent}`, so
-//!   the console knows which parts to show for a token.
-//! - `GET /api/v1/sessions/{id}/stats?hours=N`: the session's calls by
-//!   outcome, per hour for the last `hours` (1 to 168, default 24),
-//!   answer rate and median ring time (admin view).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -23,13 +18,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::auth::Caller;
-use super::openapi::ErrorBody;
 use super::{now, parse_id, ApiError, ApiJson, ApiPath, ApiQuery, AppState, Page};
-use crate::leads::model::ValidationReason;
-use crate::leads::model::{ms_to_time, rfc3339, time_to_ms, CallRecord, Lead};
+use crate::leads::model::{ms_to_time, rfc3339, time_to_ms, CallRecord, Lead, ValidationReason};
 use crate::leads::ValidationError;
 use crate::store::lead_notes::LeadNoteRow;
-use crate::store::stats::SessionStats;
 
 /// Longest note accepted, as for a call's notes.
 pub const MAX_NOTE_LEN: usize = super::call_notes::MAX_NOTES_LEN;
@@ -41,8 +33,6 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/v1/leads/{id}/calls", get(lead_calls))
         .route("/api/v1/leads/{id}/notes", post(add_note))
-        .route("/api/v1/me", get(me))
-        .route("/api/v1/sessions/{id}/stats", get(session_stats))
 }
 
 /// A note on a lead.
@@ -110,27 +100,6 @@ pub(super) struct LeadCallsParams {
     limit: Option<String>,
 }
 
-/// Reads an optional count between 1 and `max` (`default` when absent or
-/// empty); anything else is a 400 naming the parameter and its `range`.
-fn bounded(
-    raw: Option<&str>,
-    param: &'static str,
-    range: &'static str,
-    max: u32,
-    default: u32,
-) -> Result<u32, ApiError> {
-    match raw.map(str::trim) {
-        None | Some("") => Ok(default),
-        Some(s) => match s.parse::<u32>() {
-            Ok(n) if (1..=max).contains(&n) => Ok(n),
-            _ => Err(ApiError::BadParam {
-                param,
-                reason: range,
-            }),
-        },
-    }
-}
-
 /// `GET /api/v1/leads/{id}/calls`: the lead's latest calls, newest first.
 #[utoipa::path(
     get,
@@ -146,7 +115,7 @@ pub(super) async fn lead_calls(
     ApiQuery(q): ApiQuery<LeadCallsParams>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id, "lead")?;
-    let limit = bounded(q.limit.as_deref(), "limit", "between 1 and 100", 100, 10)?;
+    let limit = super::bounded_count(q.limit.as_deref(), "limit", "between 1 and 100", 100, 10)?;
     // A missing lead is a 404, not an empty list.
     st.store.get_lead(id).await?;
     let data = st.store.recent_lead_calls(id, i64::from(limit)).await?;
@@ -192,76 +161,4 @@ pub(super) async fn add_note(
         .add_lead_note(id, agent, &body.body, time_to_ms(now()))
         .await?;
     Ok((StatusCode::CREATED, Json(LeadNote::from(row))).into_response())
-}
-
-/// `GET /api/v1/me`'s body.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Me {
-    /// `admin` or `agent`.
-    pub role: &'static str,
-    /// The agent's username, for an agent token.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub agent: Option<String>,
-}
-
-/// `GET /api/v1/me`: whom the bearer token speaks for.
-#[utoipa::path(
-    get,
-    path = "/api/v1/me",
-    operation_id = "get_me",
-    tag = "agents",
-    responses((status = 200, description = "The token's role", body = Me))
-)]
-pub(super) async fn me(caller: Option<Extension<Caller>>) -> Result<Json<Me>, ApiError> {
-    match caller.map(|c| c.0) {
-        Some(Caller::Admin) => Ok(Json(Me {
-            role: "admin",
-            agent: None,
-        })),
-        Some(Caller::Agent(a)) => Ok(Json(Me {
-            role: "agent",
-            agent: Some(a),
-        })),
-        None => Err(ApiError::Unauthorized),
-    }
-}
-
-/// `hours` of `GET /api/v1/sessions/{id}/stats`.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub(super) struct StatsParams {
-    /// Hours in `per_hour`, 1 to 168 (default 24), up to the current one.
-    #[param(value_type = Option<u32>, minimum = 1, maximum = 168)]
-    hours: Option<String>,
-}
-
-/// `GET /api/v1/sessions/{id}/stats`: calls by outcome (in all and per
-/// hour), answer rate and median ring time of a session.
-#[utoipa::path(
-    get,
-    path = "/api/v1/sessions/{id}/stats",
-    operation_id = "get_session_stats",
-    tag = "sessions",
-    params(("id" = i64, Path, description = "The session's id"), StatsParams),
-    responses(
-        (status = 200, description = "The session's call statistics", body = SessionStats),
-        (status = 404, description = "No such session", body = ErrorBody),
-    )
-)]
-pub(super) async fn session_stats(
-    State(st): State<AppState>,
-    ApiPath(id): ApiPath<String>,
-    ApiQuery(q): ApiQuery<StatsParams>,
-) -> Result<Response, ApiError> {
-    let id = parse_id(&id, "session")?;
-    let hours = bounded(q.hours.as_deref(), "hours", "between 1 and 168", 168, 24)?;
-    // Read from the store: a session not running here is not started.
-    if crate::dialer::record::get_session(&st.store, id)
-        .await?
-        .is_none()
-    {
-        return Err(ApiError::NotFound(format!("session {id} not found")));
-    }
-    let stats = st.store.session_stats(id, time_to_ms(now()), hours).await?;
-    Ok(Json(stats).into_response())
 }

@@ -20,9 +20,11 @@ pub mod json;
 pub mod lead_notes;
 pub mod leads;
 pub mod manual_calls;
+pub mod me;
 pub mod openapi;
 pub mod paging;
 pub mod session_list;
+pub mod session_stats;
 pub mod sessions;
 pub mod smart_views;
 
@@ -209,6 +211,8 @@ pub fn api_routes() -> Router<AppState> {
         .merge(call_notes::routes())
         .merge(session_list::routes())
         .merge(lead_notes::routes())
+        .merge(me::routes())
+        .merge(session_stats::routes())
 }
 
 /// `GET /metrics` (SPEC §4): Prometheus / OpenMetrics text, behind the
@@ -334,6 +338,27 @@ pub fn require_csv(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
 /// `201 Created` with a JSON body.
 pub fn created<T: serde::Serialize>(body: T) -> (StatusCode, Json<T>) {
     (StatusCode::CREATED, Json(body))
+}
+
+/// Reads an optional count between 1 and `max` (`default` when absent or
+/// empty); anything else is a 400 naming the parameter and its `range`.
+pub fn bounded_count(
+    raw: Option<&str>,
+    param: &'static str,
+    range: &'static str,
+    max: u32,
+    default: u32,
+) -> Result<u32, ApiError> {
+    match raw.map(str::trim) {
+        None | Some("") => Ok(default),
+        Some(s) => match s.parse::<u32>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(ApiError::BadParam {
+                param,
+                reason: range,
+            }),
+        },
+    }
 }
 
 /// Parses a path id; anything but a positive integer is a 404, as no such

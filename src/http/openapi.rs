@@ -27,8 +27,8 @@ use utoipa::openapi::{ContentBuilder, RefOr, Required};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::{
-    agents, call_notes, calls, console, dnc, events, lead_notes, leads, manual_calls, session_list,
-    sessions, smart_views,
+    agents, call_notes, calls, console, dnc, events, lead_notes, leads, manual_calls, me,
+    session_list, session_stats, sessions, smart_views,
 };
 
 /// The routes served without the admin token (SPEC §4): the health check,
@@ -107,8 +107,8 @@ pub struct Health {
         leads::list_custom_fields,
         lead_notes::lead_calls,
         lead_notes::add_note,
-        lead_notes::me,
-        lead_notes::session_stats,
+        me::me,
+        session_stats::session_stats,
         smart_views::create_view,
         smart_views::list_views,
         smart_views::get_view,
