@@ -1183,6 +1183,11 @@
         chart.append(svg('text', { x: x + w / 2, y: H - 6, 'text-anchor': 'middle', 'font-size': 11, fill: '#5b6570' }, label));
       }
     });
+    if (total === 0) {
+      chart.append(
+        svg('text', { x: (left + W) / 2, y: top + plotH / 2, 'text-anchor': 'middle', 'font-size': 14, fill: '#5b6570' }, `No calls in the last ${hours.length} hours`),
+      );
+    }
     box.append(chart);
     const legend = el('div', 'legend');
     for (const [k, colour] of OUTCOME_COLOURS) {
