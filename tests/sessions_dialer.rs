@@ -152,6 +152,7 @@ async fn leads(store: &Store, n: usize) -> Vec<i64> {
             contacts: vec![Contact {
                 name: String::new(),
                 phones: vec![PhoneE164::from_e164(&format!("+1555200{:04}", i)).expect("phone")],
+                emails: Vec::new(),
             }],
             custom: vec![],
             opportunities: vec![],

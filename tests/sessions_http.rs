@@ -391,6 +391,9 @@ async fn sessions_api() {
         .post(&format!("/api/v1/sessions/{id}/reset"), json!({}))
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(v["reset_at"].is_string(), "the answer shows the reset: {v}");
+    let (_, v) = app.get(&format!("/api/v1/sessions/{id}")).await;
+    assert!(v["reset_at"].is_string(), "and so does GET: {v}");
     let (s, _) = app.get("/api/v1/sessions/424242").await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     app.db.cleanup().await;

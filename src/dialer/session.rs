@@ -653,9 +653,11 @@ impl<D: Dialer, C: Clock> Session<D, C> {
                 let _ = reply.send(r);
             }
             Command::Reset(reply) => {
-                let r = record::reset(&self.shared.store, self.row.id, self.shared.clock.wall_ms())
-                    .await;
+                let now = self.shared.clock.wall_ms();
+                let r = record::reset(&self.shared.store, self.row.id, now).await;
                 if r.is_ok() {
+                    // The view shows `reset_at` at once, as stored.
+                    self.row.reset_ms = Some(now);
                     self.queue.reset(self.shared.clock.wall_ms());
                     let _ = self.shared.events.send(SessionEvent::Reset {
                         session_id: self.row.id,

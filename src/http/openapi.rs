@@ -27,8 +27,8 @@ use utoipa::openapi::{ContentBuilder, RefOr, Required};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::{
-    agents, bans, call_notes, calls, console, dnc, events, leads, manual_calls, session_list,
-    sessions, smart_views, trunks,
+    agents, bans, call_notes, calls, console, dnc, events, lead_notes, leads, manual_calls, me,
+    session_list, session_stats, sessions, smart_views, trunks,
 };
 
 /// The routes served without the admin token (SPEC §4): the health check,
@@ -105,6 +105,10 @@ pub struct Health {
         leads::log_call,
         leads::define_custom_field,
         leads::list_custom_fields,
+        lead_notes::lead_calls,
+        lead_notes::add_note,
+        me::me,
+        session_stats::session_stats,
         smart_views::create_view,
         smart_views::list_views,
         smart_views::get_view,

@@ -3,7 +3,8 @@
 //!
 //! The header row maps columns: `name`, `status`, `contact` /
 //! `contact_name`, `phone` / `phones` (several numbers in one cell separated
-//! by `;` or `,`) and `phone2`, `phone3`…, `custom.NAME`, `created` (RFC 3339
+//! by `;` or `,`) and `phone2`, `phone3`…, `email` / `emails` (likewise),
+//! `custom.NAME`, `created` (RFC 3339
 //! or `YYYY-MM-DD`). An unknown column refuses the whole import before any
 //! row is read. Rows are read by the `csv` crate on a blocking thread (RFC
 //! 4180 records, quoted fields may span lines) and handed over in batches of
@@ -471,6 +472,7 @@ enum Column {
     Status,
     ContactName,
     Phones,
+    Emails,
     Created,
     Custom(CustomField),
 }
@@ -487,6 +489,7 @@ fn map_header(headers: &[String], fields: &CustomFieldSet) -> Result<Vec<Column>
             "status" | "lead_status" => Column::Status,
             "contact" | "contact_name" => Column::ContactName,
             "phone" | "phones" => Column::Phones,
+            "email" | "emails" => Column::Emails,
             "created" => Column::Created,
             p if p.starts_with("phone")
                 && p.len() > 5
@@ -545,6 +548,7 @@ fn row_to_lead(
     let mut contact = Contact {
         name: String::new(),
         phones: Vec::new(),
+        emails: Vec::new(),
     };
     for (i, (col, cell)) in cols.iter().zip(&rec.fields).enumerate() {
         let cell = cell.trim();
@@ -572,6 +576,18 @@ fn row_to_lead(
                     }
                 }
             }
+            Column::Emails => {
+                for raw in cell
+                    .split([';', ','])
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                {
+                    let e = crate::leads::model::check_email(raw).map_err(|r| invalid(i, r))?;
+                    if !contact.emails.contains(&e) {
+                        contact.emails.push(e);
+                    }
+                }
+            }
             Column::Custom(field) => {
                 if let Some(v) = field.check_str(cell).map_err(|r| invalid(i, r))? {
                     lead.custom.push((field.id, v));
@@ -586,7 +602,7 @@ fn row_to_lead(
             .unwrap_or(0);
         return Err(invalid(i, ValidationReason::Empty));
     }
-    if !contact.name.is_empty() || !contact.phones.is_empty() {
+    if !contact.name.is_empty() || !contact.phones.is_empty() || !contact.emails.is_empty() {
         lead.contacts.push(contact);
     }
     Ok(lead)

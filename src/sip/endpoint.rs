@@ -520,6 +520,11 @@ impl Endpoint {
         self.registrar.live_bindings(aor, wall).cloned().collect()
     }
 
+    /// How many bindings are live at `wall` (all agents).
+    pub fn binding_count(&self, wall: SystemTime) -> usize {
+        self.registrar.live_count(wall)
+    }
+
     /// The transaction table, for the call engine to send requests and
     /// answer the INVITEs it takes over (RFC 3261 §17).
     pub fn transactions(&mut self) -> &mut TransactionTable {

@@ -105,12 +105,17 @@ macro_rules! store_methods {
             contacts: &[Contact],
         ) -> Result<(), sqlx::Error> {
             for (pos, c) in contacts.iter().enumerate() {
+                // Emails as a JSON array; NULL when none (most contacts).
+                let emails = (!c.emails.is_empty())
+                    .then(|| serde_json::to_string(&c.emails).unwrap_or_default());
                 let contact_id: i64 = sqlx::query_scalar(
-                    "INSERT INTO contacts (lead_id, position, name) VALUES ($1, $2, $3) RETURNING id",
+                    "INSERT INTO contacts (lead_id, position, name, emails) VALUES ($1, $2, $3, $4) \
+                     RETURNING id",
                 )
                 .bind(lead_id)
                 .bind(pos as i32)
                 .bind(&c.name)
+                .bind(emails)
                 .fetch_one(&mut *conn)
                 .await?;
                 for (ppos, p) in c.phones.iter().enumerate() {
@@ -228,7 +233,7 @@ macro_rules! store_methods {
             // Contacts and their phones in one pass: the LEFT JOIN keeps
             // contacts without phones.
             let sql = format!(
-                "SELECT c.lead_id, c.id AS contact_id, c.name, p.number FROM contacts c \
+                "SELECT c.lead_id, c.id AS contact_id, c.name, c.emails, p.number FROM contacts c \
                  LEFT JOIN phones p ON p.contact_id = c.id \
                  WHERE c.lead_id IN ({ph}) ORDER BY c.lead_id, c.position, c.id, p.position, p.id"
             );
@@ -239,9 +244,15 @@ macro_rules! store_methods {
                 let number: Option<String> = row.try_get("number")?;
                 let Some(lead) = out.get_mut(&lead_id) else { continue };
                 if last_contact != Some(contact_id) {
+                    let emails: Option<String> = row.try_get("emails")?;
                     lead.contacts.push(Contact {
                         name: row.try_get("name")?,
                         phones: Vec::new(),
+                        emails: match emails {
+                            Some(e) => serde_json::from_str(&e)
+                                .map_err(|_| StoreError::Corrupt("contacts.emails"))?,
+                            None => Vec::new(),
+                        },
                     });
                     last_contact = Some(contact_id);
                 }
@@ -584,6 +595,23 @@ macro_rules! store_methods {
                     .bind(after_ms)
                     .bind(after_id)
                     .bind(i64::from(limit))
+                    .fetch_all(self.pool())
+                    .await?;
+                rows.iter().map(call_from_row).collect()
+            }
+
+            pub(crate) async fn recent_lead_calls(
+                &self,
+                lead_id: i64,
+                limit: i64,
+            ) -> Result<Vec<CallRecord>, StoreError> {
+                let sql = format!(
+                    "SELECT {CALL_COLUMNS} FROM calls WHERE lead_id = $1 \
+                     ORDER BY started_ms DESC, id DESC LIMIT $2"
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(lead_id)
+                    .bind(limit)
                     .fetch_all(self.pool())
                     .await?;
                 rows.iter().map(call_from_row).collect()

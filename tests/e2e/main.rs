@@ -13,6 +13,7 @@ mod demo;
 mod dnc;
 mod flood;
 mod media_hijack;
+mod metrics;
 mod openapi;
 mod peers;
 mod phones;
