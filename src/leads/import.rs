@@ -623,59 +623,67 @@ fn parse_side<R: Read>(
     now: DateTime<Utc>,
     tx: tokio::sync::mpsc::Sender<Msg>,
 ) {
-    let mut records = Records::new(reader);
-    let header = match records.next_record() {
-        Ok(Some(Ok(h))) => h,
-        Ok(Some(Err(f))) => {
-            let _ = tx.blocking_send(Msg::Fatal(ImportError::BadHeader {
-                line: f.line,
-                reason: f.reason,
-            }));
-            return;
+    let mut batch = Vec::with_capacity(BATCH_ROWS);
+    let parsed = parse_rows(reader, &fields, &region, now, |item| {
+        batch.push(item);
+        if batch.len() >= BATCH_ROWS {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS));
+            // False when the storing side gave up.
+            return tx.blocking_send(Msg::Batch(full)).is_ok();
         }
-        Ok(None) => {
-            let _ = tx.blocking_send(Msg::Fatal(ImportError::Empty));
-            return;
+        true
+    });
+    match parsed {
+        Ok(()) if !batch.is_empty() => {
+            let _ = tx.blocking_send(Msg::Batch(batch));
         }
-        Err(e) => {
-            let _ = tx.blocking_send(Msg::Fatal(e.into()));
-            return;
-        }
-    };
-    let cols = match map_header(&header.fields, &fields) {
-        Ok(c) => c,
+        Ok(()) => {}
         Err(e) => {
             let _ = tx.blocking_send(Msg::Fatal(e));
-            return;
         }
+    }
+}
+
+/// Parses CSV lead rows without storing them: the header, then each row
+/// as a lead ready to store (with its line) or the reason it is refused,
+/// handed to `row` in order until it returns false. Errors only for what
+/// stops the whole file (no header, an unknown column, unreadable input).
+/// The import's parsing side; also what `check_csv` and the fuzz target
+/// (`fuzz/fuzz_targets/csv_import.rs`) call.
+pub fn parse_rows<R: Read>(
+    reader: R,
+    fields: &CustomFieldSet,
+    region: &str,
+    now: DateTime<Utc>,
+    mut row: impl FnMut(Result<(u64, ValidLead), RowFailure>) -> bool,
+) -> Result<(), ImportError> {
+    let mut records = Records::new(reader);
+    let header = match records.next_record()? {
+        Some(Ok(h)) => h,
+        Some(Err(f)) => {
+            return Err(ImportError::BadHeader {
+                line: f.line,
+                reason: f.reason,
+            })
+        }
+        None => return Err(ImportError::Empty),
     };
+    let cols = map_header(&header.fields, fields)?;
     records.columns = Some(cols.len());
-    let mut batch = Vec::with_capacity(BATCH_ROWS);
     loop {
-        let item = match records.next_record() {
-            Ok(Some(Ok(rec))) => row_to_lead(&header.fields, &cols, &rec, &region, now)
+        let item = match records.next_record()? {
+            Some(Ok(rec)) => row_to_lead(&header.fields, &cols, &rec, region, now)
                 .map(|l| (rec.line, l))
                 .map_err(|reason| RowFailure {
                     line: rec.line,
                     reason,
                 }),
-            Ok(Some(Err(f))) => Err(f),
-            Ok(None) => break,
-            Err(e) => {
-                let _ = tx.blocking_send(Msg::Fatal(e.into()));
-                return;
-            }
+            Some(Err(f)) => Err(f),
+            None => return Ok(()),
         };
-        batch.push(item);
-        if batch.len() >= BATCH_ROWS {
-            let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS));
-            if tx.blocking_send(Msg::Batch(full)).is_err() {
-                return; // The storing side gave up.
-            }
+        if !row(item) {
+            return Ok(());
         }
-    }
-    if !batch.is_empty() {
-        let _ = tx.blocking_send(Msg::Batch(batch));
     }
 }
 
