@@ -19,4 +19,5 @@ pub mod port;
 pub mod relay;
 pub mod rewrite;
 pub mod sdp;
+pub mod srtp;
 pub mod tone;
