@@ -68,27 +68,29 @@ impl<'de> Deserialize<'de> for Seconds {
     }
 }
 
-/// One SIP listening socket: `udp:127.0.0.1:5060` or `tcp:[::1]:5060`.
+/// One SIP listening socket: `udp:127.0.0.1:5060`, `tcp:[::1]:5060` or
+/// `tls:0.0.0.0:5061` (RFC 3261 §26.2; needs the certificate files).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListenAddr {
-    /// UDP or TCP.
+    /// UDP, TCP or TLS.
     pub transport: TransportKind,
     /// The local address to bind.
     pub addr: SocketAddr,
 }
 
 impl ListenAddr {
-    /// Parses `udp:IP:PORT` / `tcp:IP:PORT`.
+    /// Parses `udp:IP:PORT` / `tcp:IP:PORT` / `tls:IP:PORT`.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let (proto, rest) = s
-            .split_once(':')
-            .ok_or_else(|| format!("`{s}`: expected `udp:IP:PORT` or `tcp:IP:PORT`"))?;
+        let (proto, rest) = s.split_once(':').ok_or_else(|| {
+            format!("`{s}`: expected `udp:IP:PORT`, `tcp:IP:PORT` or `tls:IP:PORT`")
+        })?;
         let transport = match proto.to_ascii_lowercase().as_str() {
             "udp" => TransportKind::Udp,
             "tcp" => TransportKind::Tcp,
+            "tls" => TransportKind::Tls,
             other => {
                 return Err(format!(
-                    "`{s}`: unknown transport `{other}` (use udp or tcp)"
+                    "`{s}`: unknown transport `{other}` (use udp, tcp or tls)"
                 ))
             }
         };
@@ -154,6 +156,8 @@ struct RawServer {
     t4: Seconds,
     digest_algorithms: Vec<String>,
     cors_origins: Vec<String>,
+    tls_certificate: Option<PathBuf>,
+    tls_private_key: Option<PathBuf>,
 }
 
 impl Default for RawServer {
@@ -177,6 +181,8 @@ impl Default for RawServer {
             // SHA-256 is opt-in (`["SHA-256", "MD5"]`); see the README.
             digest_algorithms: vec!["MD5".into()],
             cors_origins: Vec::new(),
+            tls_certificate: None,
+            tls_private_key: None,
         }
     }
 }
@@ -438,6 +444,7 @@ struct RawSecurity {
     scanner_user_agents: Vec<String>,
     max_tcp_connections_per_address: usize,
     max_transactions: usize,
+    srtp: String,
 }
 
 impl Default for RawSecurity {
@@ -451,6 +458,7 @@ impl Default for RawSecurity {
             scanner_user_agents: f.scanner_user_agents,
             max_tcp_connections_per_address: 32,
             max_transactions: 500_000,
+            srtp: "optional".into(),
         }
     }
 }
@@ -499,6 +507,9 @@ pub struct Config {
     pub dialer: DialerConfig,
     /// The SIP front door's limits (`[security]`).
     pub security: SecurityConfig,
+    /// Certificate and key of the `tls:` listeners (`server.tls_certificate`,
+    /// `server.tls_private_key`), when any is configured.
+    pub tls: Option<crate::sip::transport::TlsFiles>,
 }
 
 /// `[security]`, validated: per-source limits and bans, scanner drops,
@@ -511,6 +522,22 @@ pub struct SecurityConfig {
     pub max_tcp_connections_per_address: usize,
     /// Server transactions held at once (503 with Retry-After beyond).
     pub max_transactions: usize,
+    /// SRTP on agent legs (`security.srtp`).
+    pub srtp: SrtpPolicy,
+}
+
+/// When agent legs use SRTP with SDES keys (RFC 4568). SDES keys travel in
+/// the SDP, so they are only offered or accepted over TLS: on a UDP or
+/// TCP leg they would be readable by whoever can read the audio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SrtpPolicy {
+    /// Phones on TLS are offered SRTP; one that declines gets plain RTP.
+    #[default]
+    Optional,
+    /// Phones on TLS must take SRTP; phones off TLS cannot be called.
+    Required,
+    /// Never: plain RTP everywhere.
+    Off,
 }
 
 /// RFC 3261 §17 base timer values.
@@ -532,6 +559,8 @@ const STRING_KEYS: &[&str] = &[
     "server.media_ip",
     "server.rtp_ports",
     "server.data_dir",
+    "server.tls_certificate",
+    "server.tls_private_key",
     "database.url",
     "admin.token",
     "leads.default_region",
@@ -640,6 +669,7 @@ impl Config {
             .map(|l| ListenAddr::parse(l))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|m| invalid("server", "sip_listen", m))?;
+        let tls = Self::validate_tls(&s, &sip_listen, invalid)?;
         let http_listen = s.http_listen.parse().map_err(|_| {
             invalid(
                 "server",
@@ -846,7 +876,47 @@ impl Config {
             agents: raw.agent,
             dialer: raw.dialer,
             security,
+            tls,
         })
+    }
+
+    /// The certificate files, required with a `tls:` address and read now,
+    /// so a wrong path or key fails at start naming its key.
+    fn validate_tls(
+        s: &RawServer,
+        listen: &[ListenAddr],
+        invalid: &dyn Fn(&str, &str, String) -> ConfigError,
+    ) -> Result<Option<crate::sip::transport::TlsFiles>, ConfigError> {
+        if !listen.iter().any(|l| l.transport == TransportKind::Tls) {
+            return Ok(None);
+        }
+        let (Some(certificate), Some(private_key)) = (&s.tls_certificate, &s.tls_private_key)
+        else {
+            let key = if s.tls_certificate.is_none() {
+                "tls_certificate"
+            } else {
+                "tls_private_key"
+            };
+            return Err(invalid(
+                "server",
+                key,
+                "a `tls:` address in server.sip_listen needs the PEM certificate chain (tls_certificate) and its private key (tls_private_key)".into(),
+            ));
+        };
+        let files = crate::sip::transport::TlsFiles {
+            certificate: certificate.clone(),
+            private_key: private_key.clone(),
+        };
+        if let Err(e) = files.load() {
+            let key = match &e {
+                crate::sip::transport::TlsError::Read { key, .. }
+                | crate::sip::transport::TlsError::NoPem { key, .. } => key,
+                crate::sip::transport::TlsError::BadKey { .. } => &"server.tls_private_key",
+            };
+            let short = key.trim_start_matches("server.");
+            return Err(invalid("server", short, e.to_string()));
+        }
+        Ok(Some(files))
     }
 
     fn validate_security(
@@ -881,6 +951,18 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        let srtp = match r.srtp.as_str() {
+            "optional" => SrtpPolicy::Optional,
+            "required" => SrtpPolicy::Required,
+            "off" => SrtpPolicy::Off,
+            other => {
+                return Err(invalid(
+                    "security",
+                    "srtp",
+                    format!("`{other}`: use \"optional\", \"required\" or \"off\""),
+                ))
+            }
+        };
         if r.max_transactions < 1_000 {
             return Err(invalid(
                 "security",
@@ -898,6 +980,7 @@ impl Config {
             },
             max_tcp_connections_per_address: r.max_tcp_connections_per_address,
             max_transactions: r.max_transactions,
+            srtp,
         })
     }
 }

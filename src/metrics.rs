@@ -69,6 +69,13 @@ pub struct Metrics {
     pub sip_table_full: Counter,
     /// TCP connections refused because their address holds too many.
     pub sip_tcp_refused: Counter,
+    /// TLS handshakes that failed or timed out (RFC 3261 §26.2).
+    pub sip_tls_handshake_failures: Counter,
+    /// TLS certificate reloads that took effect.
+    pub sip_tls_reloads: Counter,
+    /// SRTP packets from phones refused: failed authentication or replay
+    /// (RFC 3711 §3.3).
+    pub srtp_refused: Counter,
     /// Addresses refused after failed sign-ins to the HTTP API.
     pub http_signin_lockouts: Counter,
     /// Registrar binding changes committed to the database.
@@ -160,6 +167,24 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "sip_tcp_refused",
         "SIP TCP connections refused because their address holds too many",
         sip_tcp_refused.clone(),
+    );
+    let sip_tls_handshake_failures = Counter::default();
+    registry.register(
+        "sip_tls_handshake_failures",
+        "SIP TLS handshakes that failed or timed out",
+        sip_tls_handshake_failures.clone(),
+    );
+    let sip_tls_reloads = Counter::default();
+    registry.register(
+        "sip_tls_reloads",
+        "TLS certificate reloads that took effect",
+        sip_tls_reloads.clone(),
+    );
+    let srtp_refused = Counter::default();
+    registry.register(
+        "srtp_refused",
+        "SRTP packets from phones refused (authentication failed or replayed)",
+        srtp_refused.clone(),
     );
     let http_signin_lockouts = Counter::default();
     registry.register(
@@ -255,6 +280,9 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         sip_dropped_scanner,
         sip_table_full,
         sip_tcp_refused,
+        sip_tls_handshake_failures,
+        sip_tls_reloads,
+        srtp_refused,
         registrations_saved,
         registrations_pending,
         registrations_active,

@@ -196,7 +196,8 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
         max_tcp_per_address: config.security.max_tcp_connections_per_address,
         ..TransportLimits::default()
     };
-    let (transport, inbound) = TransportHandle::bind(&config.sip_listen, limits).await?;
+    let (transport, inbound) =
+        TransportHandle::bind_with_tls(&config.sip_listen, limits, config.tls.as_ref()).await?;
 
     let mut rng = rand::rngs::OsRng;
     let mut secret = [0u8; 32];
@@ -534,6 +535,7 @@ fn binding_from_row(r: Registration) -> Option<Binding> {
     let transport = match r.transport.as_str() {
         "udp" => TransportKind::Udp,
         "tcp" => TransportKind::Tcp,
+        "tls" => TransportKind::Tls,
         other => {
             tracing::warn!(
                 transport = other,

@@ -320,6 +320,8 @@ struct Shared {
     drain_timeout: Duration,
     /// `dialer.lead_on_phone`: MESSAGE the lead's name to the phone.
     lead_on_phone: bool,
+    /// `security.srtp`.
+    srtp: crate::config::SrtpPolicy,
     /// The agent tasks and the outcome writes: a graceful stop waits for
     /// all of them, so no call ends without its record.
     tasks: TaskTracker,
@@ -480,6 +482,7 @@ impl CallEngine {
             max_call_length: config.dialer.max_call_length.0,
             drain_timeout: config.drain_timeout,
             lead_on_phone: config.dialer.lead_on_phone,
+            srtp: config.security.srtp,
             tasks: TaskTracker::new(),
         });
         let engine = CallEngine {
@@ -774,6 +777,9 @@ struct AgentTask {
     media: Option<AgentMedia>,
     media_rx: Option<mpsc::UnboundedReceiver<MediaEvent>>,
     agent_offer: Option<SessionDescription>,
+    /// Our SRTP key on the agent leg and whether SRTP is mandatory
+    /// (`call::secure`).
+    agent_key: Option<(crate::media::srtp::MasterKey, bool)>,
     waiters: Vec<oneshot::Sender<Result<(), CallEngineError>>>,
     lead: Option<LeadCall>,
     /// A manual call waiting for the agent leg (R17).
@@ -825,6 +831,7 @@ impl AgentTask {
             media: None,
             media_rx: None,
             agent_offer: None,
+            agent_key: None,
             waiters: Vec::new(),
             lead: None,
             pending: None,
@@ -1210,8 +1217,19 @@ impl AgentTask {
         media_rx: mpsc::UnboundedReceiver<MediaEvent>,
     ) -> Result<(), CallEngineError> {
         let version = self.next_sdp_version();
-        let offer = sdp::make_offer(self.shared.media_ip, media.agent_leg().local_port, version);
-        let local = &self.shared.local;
+        let mut offer =
+            sdp::make_offer(self.shared.media_ip, media.agent_leg().local_port, version);
+        let plan = super::secure::plan(
+            self.shared.srtp,
+            &targets,
+            self.shared.transport.local_addr(TransportKind::Tls),
+            &self.shared.local,
+        )
+        .map_err(|e| CallEngineError::Sip(e.to_string()))?;
+        if let Some(key) = &plan.key {
+            crate::media::sdes::add_to_offer(&mut offer, key, plan.mandatory);
+        }
+        let local = &plan.local;
         let params = AgentParams {
             targets,
             agent_uri: format!("sip:{}@{}", self.name, local.domain),
@@ -1228,6 +1246,7 @@ impl AgentTask {
                 self.media = Some(media);
                 self.media_rx = Some(media_rx);
                 self.agent_offer = Some(offer);
+                self.agent_key = plan.key.map(|k| (k, plan.mandatory));
                 Ok(())
             }
             Err(super::CallError::NoBinding) => Err(CallEngineError::NoBinding),
@@ -1934,6 +1953,8 @@ impl AgentTask {
                     offer.as_deref(),
                     version,
                     self.media.as_ref(),
+                    // The lead side stays plain RTP.
+                    None,
                 );
                 if let Err(e) = l.leg.answer_reinvite(Instant::now(), &body) {
                     tracing::debug!(error = %e, "re-INVITE not answered");
@@ -1999,6 +2020,26 @@ impl AgentTask {
         }
     }
 
+    /// Starts SRTP on the agent leg when we offered a key and the phone's
+    /// answer carries one (RFC 4568 §7.1.2). False when SRTP is mandatory
+    /// and the answer has no key: the leg must not go on in clear.
+    fn start_srtp(&self, answer: &[u8]) -> bool {
+        let Some((ours, mandatory)) = &self.agent_key else {
+            return true;
+        };
+        let theirs = SessionDescription::parse(answer)
+            .ok()
+            .and_then(|a| crate::media::sdes::key_of(&a));
+        match (theirs, &self.media) {
+            (Some((_, theirs)), Some(media)) => {
+                tracing::info!(agent = %self.name, "SRTP on the agent leg");
+                let _ = media.set_srtp(ours.clone(), theirs);
+                true
+            }
+            _ => !mandatory,
+        }
+    }
+
     fn on_agent_event(&mut self, ev: AgentEvent) {
         let now = Instant::now();
         match ev {
@@ -2018,6 +2059,13 @@ impl AgentTask {
                             tracing::warn!(agent = %self.name, error = %e, "unusable SDP answer from the phone")
                         }
                     }
+                }
+                if !self.start_srtp(&sdp) {
+                    tracing::warn!(agent = %self.name, "the phone answered without an SRTP key and security.srtp is \"required\": hanging up");
+                    if let Some(leg) = &mut self.leg {
+                        leg.hangup(now);
+                    }
+                    return;
                 }
                 for w in self.waiters.drain(..) {
                     let _ = w.send(Ok(()));
@@ -2053,6 +2101,7 @@ impl AgentTask {
                         offer.as_deref(),
                         version,
                         Some(media),
+                        self.agent_key.as_ref().map(|(k, _)| k),
                     );
                     if let Some(leg) = &mut self.leg {
                         if let Err(e) = leg.answer_reinvite(now, &body) {
@@ -2082,6 +2131,7 @@ impl AgentTask {
                     self.media_rx = None;
                 }
                 self.agent_offer = None;
+                self.agent_key = None;
                 for w in self.waiters.drain(..) {
                     let _ = w.send(Err(CallEngineError::NotConnected));
                 }
@@ -2114,15 +2164,27 @@ fn reinvite_answer(
     offer: Option<&[u8]>,
     version: u64,
     media: Option<&AgentMedia>,
+    srtp_key: Option<&crate::media::srtp::MasterKey>,
 ) -> Vec<u8> {
     let Some(offer) = offer else {
         return our_offer.to_bytes();
     };
     match SessionDescription::parse(offer)
         .map_err(|e| e.to_string())
-        .and_then(|o| sdp::answer(&o, media_ip, leg.local_port, version).map_err(|e| e.to_string()))
-    {
-        Ok(a) => {
+        .and_then(|o| {
+            sdp::answer(&o, media_ip, leg.local_port, version)
+                .map(|a| (o, a))
+                .map_err(|e| e.to_string())
+        }) {
+        Ok((o, mut a)) => {
+            // SRTP goes on with our same key; the phone may have re-keyed.
+            if let Some(ours) = srtp_key {
+                if let Some(theirs) = crate::media::sdes::answer_offer(&o, &mut a.sdp, ours) {
+                    if let Some(m) = media {
+                        let _ = m.set_srtp(ours.clone(), theirs);
+                    }
+                }
+            }
             if let Some(m) = media {
                 let _ = m.set_remote(leg.id, a.negotiated);
             }

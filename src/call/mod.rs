@@ -27,6 +27,7 @@ pub mod engine;
 mod lead;
 mod leg;
 mod outcome;
+mod secure;
 mod timer;
 pub mod trunk;
 mod trunk_ping;

@@ -11,6 +11,10 @@
 //! be wrong after SSRC/sequence rewriting (the sender and receiver reports
 //! would describe streams the other phone never saw); generating our own
 //! reports is left for later. RTP timeouts are therefore based on RTP only.
+//!
+//! SRTP (`srtp`, keys by `sdes`): on the agent leg only, when its phone is
+//! on TLS; the relay decrypts what the phone sends before the core sees
+//! it and encrypts what goes to the phone after. The lead leg is plain RTP.
 
 pub mod dtmf;
 pub mod g711;
@@ -18,6 +22,7 @@ pub mod latch;
 pub mod port;
 pub mod relay;
 pub mod rewrite;
+pub mod sdes;
 pub mod sdp;
 pub mod srtp;
 pub mod tone;

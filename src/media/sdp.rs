@@ -228,7 +228,11 @@ impl MediaDescription {
     }
 
     fn is_usable_audio(&self) -> bool {
-        self.media == "audio" && self.port != 0 && self.proto.eq_ignore_ascii_case("RTP/AVP")
+        // RTP/SAVP: SRTP with SDES keys (RFC 3711 §12, RFC 4568) on agent legs.
+        self.media == "audio"
+            && self.port != 0
+            && (self.proto.eq_ignore_ascii_case("RTP/AVP")
+                || self.proto.eq_ignore_ascii_case("RTP/SAVP"))
     }
 }
 

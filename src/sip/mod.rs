@@ -27,13 +27,15 @@ pub enum TransportKind {
     Udp,
     /// A reliable stream: no retransmissions, timers that wait for strays are 0.
     Tcp,
+    /// TLS over TCP (RFC 3261 §26.2): reliable like TCP.
+    Tls,
 }
 
 impl TransportKind {
     /// Whether the transport is reliable (RFC 3261 §17: timers K, I, J, D are
     /// zero and A, E, G are not used on reliable transports).
     pub fn is_reliable(self) -> bool {
-        matches!(self, TransportKind::Tcp)
+        matches!(self, TransportKind::Tcp | TransportKind::Tls)
     }
 
     /// The token used in Via headers (`SIP/2.0/UDP`).
@@ -41,6 +43,7 @@ impl TransportKind {
         match self {
             TransportKind::Udp => "UDP",
             TransportKind::Tcp => "TCP",
+            TransportKind::Tls => "TLS",
         }
     }
 }
@@ -50,6 +53,7 @@ impl fmt::Display for TransportKind {
         f.write_str(match self {
             TransportKind::Udp => "udp",
             TransportKind::Tcp => "tcp",
+            TransportKind::Tls => "tls",
         })
     }
 }

@@ -52,8 +52,8 @@ pub struct Binding {
 }
 
 impl Binding {
-    /// Where to send an INVITE to this contact. Over TCP, the connection
-    /// the phone opened (its source); over UDP, the source when the phone
+    /// Where to send an INVITE to this contact. Over TCP and TLS, the
+    /// connection the phone opened (its source); over UDP, the source when the phone
     /// asked for `rport` (RFC 3581 §4) or when the contact host is a name
     /// (cores do no DNS) or unparsable; else the contact's IP and port
     /// (5060 when absent, RFC 3263 §4.2).
@@ -62,7 +62,7 @@ impl Binding {
             transport: self.transport,
             addr: self.source,
         };
-        if self.transport == TransportKind::Tcp || self.rport {
+        if self.transport.is_reliable() || self.rport {
             return source;
         }
         let Ok(uri) = syntax::Uri::try_from(self.contact.as_str()) else {

@@ -61,6 +61,8 @@ pub struct AppOptions {
     /// Tables appended to the config.
     pub extra_toml: String,
     pub database_url: Option<String>,
+    /// More `server.sip_listen` entries (e.g. `tls:127.0.0.1:PORT`).
+    pub extra_sip_listen: Vec<String>,
 }
 
 pub fn spawn_app() -> App {
@@ -83,7 +85,7 @@ pub fn spawn_app_with(opts: AppOptions) -> App {
     }
     let config = format!(
         r#"[server]
-sip_listen = ["udp:127.0.0.1:{sip_port}", "tcp:127.0.0.1:{sip_port}"]
+sip_listen = ["udp:127.0.0.1:{sip_port}", "tcp:127.0.0.1:{sip_port}"{more_listen}]
 http_listen = "127.0.0.1:{http_port}"
 domain = "127.0.0.1"
 media_ip = "127.0.0.1"
@@ -102,6 +104,11 @@ token = "{token}"
         data = dir.path().join("data").display(),
         extra = opts.extra_toml,
         server_extra = opts.server_toml,
+        more_listen = opts
+            .extra_sip_listen
+            .iter()
+            .map(|l| format!(", \"{l}\""))
+            .collect::<String>(),
     );
     let cfg_path = dir.path().join("powerdial.toml");
     std::fs::write(&cfg_path, config).expect("write config");

@@ -8,6 +8,7 @@ mod api_auth;
 mod app;
 mod calls;
 mod calls_failures;
+mod capture;
 mod console;
 mod demo;
 mod dnc;
@@ -24,6 +25,7 @@ mod sessions;
 mod shutdown;
 #[path = "../common/skip.rs"]
 mod skip;
+mod tls;
 mod torture;
 mod trunks;
 mod two_instances;

@@ -101,6 +101,13 @@ impl Baresip {
     /// are picked free, but another test may take one before baresip binds
     /// it (it then exits): such a start is retried with new ports.
     pub fn start() -> Baresip {
+        Baresip::start_with("aubridge,src", "")
+    }
+
+    /// Like [`start`](Self::start) with another `audio_source` (e.g.
+    /// `ausine,440`: a 440 Hz tone, module `ausine`) and `extra` config
+    /// lines (modules such as `srtp.so`, `rtp_ports`).
+    pub fn start_with(audio_source: &str, extra: &str) -> Baresip {
         let bin = require_program("baresip", "baresip");
         for _attempt in 0..3 {
             let dir = tempfile::tempdir().expect("tempdir");
@@ -112,7 +119,7 @@ impl Baresip {
                  sip_listen 127.0.0.1:{sip_port}\n\
                  net_interface 127.0.0.1\n\
                  audio_player aubridge,sink\n\
-                 audio_source aubridge,src\n\
+                 audio_source {audio_source}\n\
                  module_path /usr/lib/baresip/modules\n\
                  module g711.so\n\
                  module aubridge.so\n\
@@ -120,7 +127,8 @@ impl Baresip {
                  module_app ctrl_tcp.so\n\
                  ctrl_tcp_listen 127.0.0.1:{ctrl_port}\n\
                  module cons.so\n\
-                 cons_listen 127.0.0.1:{cons_port}\n"
+                 cons_listen 127.0.0.1:{cons_port}\n\
+                 {extra}\n"
             );
             std::fs::write(dir.path().join("config"), config).expect("write config");
             std::fs::write(dir.path().join("accounts"), "").expect("write accounts");

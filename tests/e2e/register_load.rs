@@ -110,6 +110,7 @@ fn burst_then_kill(database_url: Option<String>) {
         server_toml: "digest_algorithms = [\"MD5\"]".into(),
         extra_toml: agents_toml(),
         database_url,
+        ..AppOptions::default()
     });
     let sipp = require_program("sipp", "sip-tester");
     let work = tempfile::tempdir().expect("tempdir");

@@ -28,6 +28,7 @@ pub use self::core::{
 use crate::config::PortRange;
 use crate::media::port::{PortError, PortLease, PortPool, SharedPortPool};
 use crate::media::sdp::Negotiated;
+use crate::media::srtp::{MasterKey, SrtpReceiver, SrtpSender, TAG_LEN};
 
 /// Settings of the relay.
 #[derive(Debug, Clone)]
@@ -109,6 +110,10 @@ enum Command {
     PlayTone,
     Bridge(LegId),
     Unbridge,
+    Srtp {
+        ours: MasterKey,
+        theirs: MasterKey,
+    },
 }
 
 struct Inner {
@@ -276,8 +281,57 @@ impl AgentMedia {
         self.send(Command::CloseLeg(lead))
     }
 
+    /// Turns SRTP on for the agent leg (RFC 3711): what the phone sends is
+    /// checked and decrypted with `theirs`, what goes to it is encrypted
+    /// with `ours`. Called again (a re-INVITE), a direction whose key is
+    /// unchanged keeps its state: the same key never restarts its index.
+    pub fn set_srtp(&self, ours: MasterKey, theirs: MasterKey) -> Result<(), MediaError> {
+        self.send(Command::Srtp { ours, theirs })
+    }
+
     /// Ends the task and frees all its ports.
     pub fn close(self) {}
+}
+
+/// The agent leg's SRTP contexts with the keys they were made from.
+#[derive(Default)]
+struct AgentSrtp {
+    rx: Option<(MasterKey, SrtpReceiver)>,
+    tx: Option<(MasterKey, SrtpSender)>,
+}
+
+impl AgentSrtp {
+    fn set(&mut self, ours: MasterKey, theirs: MasterKey) {
+        if self.tx.as_ref().is_none_or(|(k, _)| *k != ours) {
+            let tx = SrtpSender::new(&ours);
+            self.tx = Some((ours, tx));
+        }
+        if self.rx.as_ref().is_none_or(|(k, _)| *k != theirs) {
+            let rx = SrtpReceiver::new(&theirs);
+            self.rx = Some((theirs, rx));
+        }
+    }
+
+    /// Encrypts `buf[range]` for the phone in place, the tag written after
+    /// it; returns the bytes to send. Without SRTP, the range as is.
+    fn outbound<'a>(
+        &mut self,
+        buf: &'a mut [u8],
+        range: std::ops::Range<usize>,
+    ) -> Option<&'a [u8]> {
+        let Some((_, tx)) = &mut self.tx else {
+            return buf.get(range);
+        };
+        let start = range.start;
+        let tail = buf.get_mut(start..)?;
+        match tx.protect(tail, range.len()) {
+            Ok(n) => tail.get(..n),
+            Err(e) => {
+                tracing::debug!(error = %e, "RTP to the phone not protected; dropped");
+                None
+            }
+        }
+    }
 }
 
 async fn readable(s: Option<&UdpSocket>) -> io::Result<()> {
@@ -302,6 +356,7 @@ fn drain_rtp(
     agent: &LegSockets,
     lead: Option<&LegSockets>,
     buf: &mut [u8],
+    srtp: &mut AgentSrtp,
 ) {
     let Some(rx) = (match side {
         Side::Agent => Some(agent),
@@ -312,6 +367,20 @@ fn drain_rtp(
     for _ in 0..DRAIN_BATCH {
         match rx.rtp.try_recv_from(buf) {
             Ok((n, from)) => {
+                // SRTP from the phone: checked and decrypted before the
+                // core sees it (RFC 3711 §3.3); a forged or replayed
+                // packet goes no further.
+                let n = match (&mut srtp.rx, side) {
+                    (Some((_, rx)), Side::Agent) => match rx.unprotect(buf, n) {
+                        Ok(n) => n,
+                        Err(e) => {
+                            crate::metrics::metrics().srtp_refused.inc();
+                            tracing::debug!(error = %e, %from, "SRTP packet refused");
+                            continue;
+                        }
+                    },
+                    _ => n,
+                };
                 let Some(pkt) = buf.get_mut(..n) else {
                     continue;
                 };
@@ -325,7 +394,11 @@ fn drain_rtp(
                         Side::Agent => Some(agent),
                         Side::Lead => lead,
                     };
-                    if let (Some(tx), Some(bytes)) = (tx, pkt.get(f.range)) {
+                    let bytes = match f.side {
+                        Side::Agent => srtp.outbound(buf, f.range),
+                        Side::Lead => buf.get(f.range),
+                    };
+                    if let (Some(tx), Some(bytes)) = (tx, bytes) {
                         if let Err(e) = tx.rtp.try_send_to(bytes, f.dest) {
                             tracing::debug!(error = %e, dest = %f.dest, "RTP packet dropped on send");
                         }
@@ -349,7 +422,12 @@ fn drain_discard(s: &UdpSocket, buf: &mut [u8]) {
     }
 }
 
-fn apply(core: &mut AgentMediaCore, lead: &mut Option<LegSockets>, cmd: Command) {
+fn apply(
+    core: &mut AgentMediaCore,
+    lead: &mut Option<LegSockets>,
+    srtp: &mut AgentSrtp,
+    cmd: Command,
+) {
     let now = clock();
     let r = match cmd {
         Command::SetRemote(leg, neg) => core.set_remote(now, leg, neg),
@@ -375,6 +453,10 @@ fn apply(core: &mut AgentMediaCore, lead: &mut Option<LegSockets>, cmd: Command)
             core.unbridge(now);
             Ok(())
         }
+        Command::Srtp { ours, theirs } => {
+            srtp.set(ours, theirs);
+            Ok(())
+        }
     };
     if let Err(e) = r {
         tracing::warn!(error = %e, agent_leg = ?core.agent_leg(), "media command refused");
@@ -388,9 +470,11 @@ async fn run(
     events: mpsc::UnboundedSender<MediaEvent>,
 ) {
     let mut lead: Option<LegSockets> = None;
-    // One receive buffer per task, reused for every packet.
-    let mut buf = vec![0u8; 2048];
-    let mut out = [0u8; 256];
+    let mut srtp = AgentSrtp::default();
+    // One receive buffer per task, reused for every packet; room after
+    // the largest datagram for an SRTP tag.
+    let mut buf = vec![0u8; 2048 + TAG_LEN];
+    let mut out = [0u8; 256 + TAG_LEN];
     let sleep = tokio::time::sleep(Duration::from_secs(3600));
     tokio::pin!(sleep);
     let mut armed: Option<Instant> = None;
@@ -405,19 +489,20 @@ async fn run(
         tokio::select! {
             biased;
             cmd = cmds.recv() => match cmd {
-                Some(c) => apply(&mut core, &mut lead, c),
+                Some(c) => apply(&mut core, &mut lead, &mut srtp, c),
                 None => break,
             },
             r = agent.rtp.readable() => if r.is_ok() {
-                drain_rtp(&mut core, Side::Agent, &agent, lead.as_ref(), &mut buf);
+                drain_rtp(&mut core, Side::Agent, &agent, lead.as_ref(), &mut buf, &mut srtp);
             },
             r = readable(lead.as_ref().map(|l| &l.rtp)) => if r.is_ok() {
-                drain_rtp(&mut core, Side::Lead, &agent, lead.as_ref(), &mut buf);
+                drain_rtp(&mut core, Side::Lead, &agent, lead.as_ref(), &mut buf, &mut srtp);
             },
             () = &mut sleep, if armed.is_some() => {
                 let now = clock();
-                while let Some((dest, n)) = core.handle_timeout(now, &mut out) {
-                    if let Err(e) = agent.rtp.try_send_to(&out[..n], dest) {
+                while let Some((dest, n)) = core.handle_timeout(now, &mut out[..256]) {
+                    let Some(bytes) = srtp.outbound(&mut out, 0..n) else { continue };
+                    if let Err(e) = agent.rtp.try_send_to(bytes, dest) {
                         tracing::debug!(error = %e, "generated frame dropped");
                     }
                 }

@@ -1,11 +1,14 @@
-//! Transport drivers (RFC 3261 §18): UDP sockets and TCP connections on the
-//! configured addresses. They own the sockets and nothing else: bytes in
+//! Transport drivers (RFC 3261 §18): UDP sockets, TCP connections and TLS
+//! connections (§26.2, in `tls`) on the configured addresses. They own the sockets and nothing else: bytes in
 //! become [`Inbound`] values on one channel; [`TransportHandle::send`] puts
 //! bytes on the wire. Validation and everything above live in the sans-IO
 //! cores.
 
 mod tcp;
+pub mod tls;
 mod udp;
+
+pub use tls::{TlsError, TlsFiles};
 
 use std::collections::HashMap;
 use std::io;
@@ -61,6 +64,12 @@ pub enum TransportError {
         #[source]
         source: io::Error,
     },
+    /// The TLS certificate or key is unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// A `tls:` address is configured without certificate files.
+    #[error("a tls: address needs server.tls_certificate and server.tls_private_key")]
+    NoCertificate,
     /// The message is larger than the transport allows.
     #[error("message of {0} bytes is too large for UDP")]
     TooLarge(usize),
@@ -100,7 +109,10 @@ type ConnectionMap = Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Bytes>>>>;
 pub struct TransportHandle {
     udp: Option<(SocketAddr, Arc<UdpSocket>)>,
     tcp_local: Option<SocketAddr>,
+    tls_local: Option<SocketAddr>,
     connections: ConnectionMap,
+    /// TLS connections apart: a TCP peer and a TLS peer never share one.
+    tls_connections: ConnectionMap,
     inbound: mpsc::Sender<Inbound>,
     limits: TransportLimits,
     failures: broadcast::Sender<Peer>,
@@ -113,12 +125,25 @@ impl TransportHandle {
         listen: &[ListenAddr],
         limits: TransportLimits,
     ) -> Result<(TransportHandle, mpsc::Receiver<Inbound>), TransportError> {
+        Self::bind_with_tls(listen, limits, None).await
+    }
+
+    /// Like [`bind`](Self::bind), with the certificate files `tls:`
+    /// addresses present (reloaded when they change, see `tls`).
+    pub async fn bind_with_tls(
+        listen: &[ListenAddr],
+        limits: TransportLimits,
+        tls: Option<&TlsFiles>,
+    ) -> Result<(TransportHandle, mpsc::Receiver<Inbound>), TransportError> {
         let (tx, rx) = mpsc::channel(16 * 1024);
         // Rare (one per ICMP error); a slow subscriber loses the oldest.
         let (failures, _) = broadcast::channel(256);
         let connections: ConnectionMap = Arc::default();
         let mut udp = None;
         let mut tcp_local = None;
+        let mut tls_local = None;
+        let tls_connections: ConnectionMap = Arc::default();
+        let mut acceptor: Option<tls::Acceptor> = None;
         for l in listen {
             match l.transport {
                 TransportKind::Udp => {
@@ -157,13 +182,43 @@ impl TransportHandle {
                     ));
                     tcp_local.get_or_insert(local);
                 }
+                TransportKind::Tls => {
+                    let acc = match &acceptor {
+                        Some(a) => a.clone(),
+                        None => {
+                            let a = tls::Acceptor::new(tls.ok_or(TransportError::NoCertificate)?)?;
+                            tokio::spawn(tls::reload_loop(a.clone(), tx.clone()));
+                            acceptor = Some(a.clone());
+                            a
+                        }
+                    };
+                    let listener = tokio::net::TcpListener::bind(l.addr)
+                        .await
+                        .map_err(|source| TransportError::Bind { addr: *l, source })?;
+                    let local = listener
+                        .local_addr()
+                        .map_err(|source| TransportError::Bind { addr: *l, source })?;
+                    tracing::info!(%local, "SIP listening on TLS");
+                    tokio::spawn(tls::accept_loop(
+                        listener,
+                        acc,
+                        local,
+                        tx.clone(),
+                        tls_connections.clone(),
+                        limits,
+                        failures.clone(),
+                    ));
+                    tls_local.get_or_insert(local);
+                }
             }
         }
         Ok((
             TransportHandle {
                 udp,
                 tcp_local,
+                tls_local,
                 connections,
+                tls_connections,
                 inbound: tx,
                 limits,
                 failures,
@@ -177,6 +232,7 @@ impl TransportHandle {
         match kind {
             TransportKind::Udp => self.udp.as_ref().map(|(a, _)| *a),
             TransportKind::Tcp => self.tcp_local,
+            TransportKind::Tls => self.tls_local,
         }
     }
 
@@ -233,6 +289,24 @@ impl TransportHandle {
                     source: io::Error::new(io::ErrorKind::BrokenPipe, "connection closed"),
                 })
             }
+            // Only over the connection the phone opened (see `tls`).
+            TransportKind::Tls => {
+                let existing = self
+                    .tls_connections
+                    .lock()
+                    .ok()
+                    .and_then(|m| m.get(&peer.addr).cloned())
+                    .filter(|s| !s.is_closed());
+                let closed = || TransportError::Send {
+                    peer,
+                    source: io::Error::new(
+                        io::ErrorKind::NotConnected,
+                        "no TLS connection from this peer",
+                    ),
+                };
+                let sender = existing.ok_or_else(closed)?;
+                sender.send(bytes).await.map_err(|_| closed())
+            }
         }
     }
 
@@ -248,6 +322,11 @@ impl TransportHandle {
     /// Number of open TCP connections (for metrics and tests).
     pub fn tcp_connection_count(&self) -> usize {
         self.connections.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Number of open TLS connections.
+    pub fn tls_connection_count(&self) -> usize {
+        self.tls_connections.lock().map(|m| m.len()).unwrap_or(0)
     }
 }
 

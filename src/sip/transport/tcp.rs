@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc};
 
@@ -41,28 +41,14 @@ pub(super) async fn accept_loop(
         if inbound.is_closed() {
             return;
         }
-        let (count, from_here) = connections
-            .lock()
-            .map(|m| {
-                let here = m.keys().filter(|a| a.ip() == from.ip()).count();
-                (m.len(), here)
-            })
-            .unwrap_or((0, 0));
-        if count >= limits.max_tcp_connections {
-            tracing::warn!(%from, count, "refusing TCP connection: too many open");
+        if !admit(&connections, from, limits) {
             drop(stream);
             continue;
         }
-        // One address holding every connection would lock the agents out
-        // (SPEC §5); a phone needs one, an office NAT one per phone.
-        if from_here >= limits.max_tcp_per_address {
-            tracing::warn!(%from, open = from_here, limit = limits.max_tcp_per_address, "refusing TCP connection: too many from this address");
-            crate::metrics::metrics().sip_tcp_refused.inc();
-            drop(stream);
-            continue;
-        }
-        start(
+        let _ = stream.set_nodelay(true);
+        start_stream(
             stream,
+            TransportKind::Tcp,
             from,
             local,
             inbound.clone(),
@@ -71,6 +57,34 @@ pub(super) async fn accept_loop(
             failures.clone(),
         );
     }
+}
+
+/// Whether a connection from `from` may be accepted: the total and the
+/// per-address caps (SPEC §5).
+pub(super) fn admit(
+    connections: &ConnectionMap,
+    from: SocketAddr,
+    limits: TransportLimits,
+) -> bool {
+    let (count, from_here) = connections
+        .lock()
+        .map(|m| {
+            let here = m.keys().filter(|a| a.ip() == from.ip()).count();
+            (m.len(), here)
+        })
+        .unwrap_or((0, 0));
+    if count >= limits.max_tcp_connections {
+        tracing::warn!(%from, count, "refusing connection: too many open");
+        return false;
+    }
+    // One address holding every connection would lock the agents out
+    // (SPEC §5); a phone needs one, an office NAT one per phone.
+    if from_here >= limits.max_tcp_per_address {
+        tracing::warn!(%from, open = from_here, limit = limits.max_tcp_per_address, "refusing connection: too many from this address");
+        crate::metrics::metrics().sip_tcp_refused.inc();
+        return false;
+    }
+    true
 }
 
 /// Longest wait for an outgoing connection: Timer B's default (64·T1,
@@ -111,7 +125,11 @@ pub(super) fn connect(
             });
         match connected {
             Ok(stream) => run(
-                stream,
+                {
+                    let _ = stream.set_nodelay(true);
+                    stream
+                },
+                TransportKind::Tcp,
                 to,
                 local,
                 inbound,
@@ -147,21 +165,28 @@ fn forget(connections: &ConnectionMap, remote: SocketAddr, me: &mpsc::Sender<Byt
     }
 }
 
-fn start(
-    stream: TcpStream,
+/// Registers an accepted stream (TCP, or TLS after its handshake) in
+/// `connections` and starts its reader and writer.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn start_stream<S>(
+    stream: S,
+    kind: TransportKind,
     remote: SocketAddr,
     local: SocketAddr,
     inbound: mpsc::Sender<Inbound>,
     connections: ConnectionMap,
     limits: TransportLimits,
     failures: broadcast::Sender<Peer>,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
     let (tx, rx) = mpsc::channel::<Bytes>(QUEUE);
     if let Ok(mut m) = connections.lock() {
         m.insert(remote, tx.clone());
     }
     run(
         stream,
+        kind,
         remote,
         local,
         inbound,
@@ -175,8 +200,9 @@ fn start(
 /// Starts the reader and writer tasks of a connection whose sender is
 /// already in `connections`.
 #[allow(clippy::too_many_arguments)]
-fn run(
-    stream: TcpStream,
+fn run<S>(
+    stream: S,
+    kind: TransportKind,
     remote: SocketAddr,
     local: SocketAddr,
     inbound: mpsc::Sender<Inbound>,
@@ -184,30 +210,42 @@ fn run(
     limits: TransportLimits,
     failures: broadcast::Sender<Peer>,
     (me, rx): (mpsc::Sender<Bytes>, mpsc::Receiver<Bytes>),
-) {
-    let _ = stream.set_nodelay(true);
-    let (reader, writer) = stream.into_split();
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let peer = Peer {
+        transport: kind,
+        addr: remote,
+    };
+    let (reader, writer) = tokio::io::split(stream);
     let activity = Arc::new(AtomicU64::new(0));
-    tokio::spawn(write_loop(writer, rx, activity.clone(), remote, failures));
+    tokio::spawn(write_loop(writer, rx, activity.clone(), peer, failures));
     tokio::spawn(async move {
-        read_loop(reader, remote, local, inbound, limits, activity, me.clone()).await;
+        read_loop(reader, peer, local, inbound, limits, activity, me.clone()).await;
         forget(&connections, remote, &me);
-        tracing::debug!(%remote, "TCP connection closed");
+        tracing::debug!(%peer, "connection closed");
     });
 }
 
-async fn write_loop(
-    mut writer: tokio::net::tcp::OwnedWriteHalf,
+async fn write_loop<W: AsyncWrite>(
+    writer: W,
     mut rx: mpsc::Receiver<Bytes>,
     activity: Arc<AtomicU64>,
-    remote: SocketAddr,
+    peer: Peer,
     failures: broadcast::Sender<Peer>,
 ) {
+    tokio::pin!(writer);
     while let Some(bytes) = rx.recv().await {
         if let Err(e) = writer.write_all(&bytes).await {
             // A reset connection: what was queued is lost (§17.1.4).
-            tracing::info!(%remote, error = %e, "TCP write failed");
-            let _ = failures.send(tcp_peer(remote));
+            tracing::info!(%peer, error = %e, "write failed");
+            let _ = failures.send(peer);
+            break;
+        }
+        // TLS buffers records: push them out now.
+        if let Err(e) = writer.flush().await {
+            tracing::info!(%peer, error = %e, "write failed");
+            let _ = failures.send(peer);
             break;
         }
         activity.fetch_add(1, Ordering::Relaxed);
@@ -215,21 +253,19 @@ async fn write_loop(
     let _ = writer.shutdown().await;
 }
 
-async fn read_loop(
-    mut reader: tokio::net::tcp::OwnedReadHalf,
-    remote: SocketAddr,
+async fn read_loop<R: AsyncRead>(
+    reader: R,
+    peer: Peer,
     local: SocketAddr,
     inbound: mpsc::Sender<Inbound>,
     limits: TransportLimits,
     activity: Arc<AtomicU64>,
     writer: mpsc::Sender<Bytes>,
 ) {
+    tokio::pin!(reader);
+    let remote = peer.addr;
     let mut framer = StreamFramer::new(limits.max_message_size);
     let mut buf = vec![0u8; 8192];
-    let peer = Peer {
-        transport: TransportKind::Tcp,
-        addr: remote,
-    };
     let mut writes_seen = 0;
     loop {
         let n = match tokio::time::timeout(limits.tcp_idle_timeout, reader.read(&mut buf)).await {
