@@ -10,7 +10,11 @@
 //! A plain `harness = false` binary: criterion's statistics target
 //! micro-benchmarks, this measures a running system.
 //!
-//!     cargo bench --bench relay -- [--calls 100,500,1000] [--seconds 5] [--switches 200] [--workers 1]
+//! With `--srtp` the agent legs are SRTP (RFC 3711, as for phones on TLS):
+//! the "phones" encrypt what they send and decrypt what they receive, the
+//! relay does the same on its side.
+//!
+//!     cargo bench --bench relay -- [--calls 100,500,1000] [--seconds 5] [--switches 200] [--workers 1] [--srtp]
 
 #![allow(clippy::disallowed_methods)] // a load driver reads the clock
 
@@ -23,6 +27,7 @@ use powerdial::config::PortRange;
 use powerdial::media::g711::G711Law;
 use powerdial::media::relay::{AgentMedia, CoreConfig, MediaRelay, RelayConfig};
 use powerdial::media::sdp::{Codec, Direction, Negotiated};
+use powerdial::media::srtp::{MasterKey, SrtpReceiver, SrtpSender, TAG_LEN};
 
 fn neg(remote: SocketAddr) -> Negotiated {
     Negotiated {
@@ -134,7 +139,13 @@ async fn switch_latency(relay: &MediaRelay, samples: usize) {
 }
 
 /// Payload: call index (u32), direction (u8), send time ns since `base` (u64).
-fn load(relay: &MediaRelay, rt: &tokio::runtime::Runtime, calls: usize, seconds: u64) {
+fn load(
+    relay: &MediaRelay,
+    rt: &tokio::runtime::Runtime,
+    calls: usize,
+    seconds: u64,
+    srtp: Option<MasterKey>,
+) {
     let phones = Arc::new(big_socket());
     let carriers = Arc::new(big_socket());
     let mut media: Vec<AgentMedia> = Vec::with_capacity(calls);
@@ -151,6 +162,9 @@ fn load(relay: &MediaRelay, rt: &tokio::runtime::Runtime, calls: usize, seconds:
             m.set_remote(l.id, neg(carriers.local_addr().unwrap()))
                 .unwrap();
             m.bridge(l.id).unwrap();
+            if let Some(k) = &srtp {
+                m.set_srtp(k.clone(), k.clone()).unwrap();
+            }
             agent_ports.push(SocketAddr::from(([127, 0, 0, 1], a.local_port)));
             lead_ports.push(SocketAddr::from(([127, 0, 0, 1], l.local_port)));
             media.push(m);
@@ -162,16 +176,30 @@ fn load(relay: &MediaRelay, rt: &tokio::runtime::Runtime, calls: usize, seconds:
     let stop = Arc::new(AtomicBool::new(false));
     let measure_from = Duration::from_secs(1);
     let measure_to = measure_from + Duration::from_secs(seconds);
-    let receiver = |sock: Arc<StdUdp>, dir: u8, stop: Arc<AtomicBool>| {
+    let receiver = |sock: Arc<StdUdp>, dir: u8, stop: Arc<AtomicBool>, key: Option<MasterKey>| {
         std::thread::spawn(move || {
             sock.set_read_timeout(Some(Duration::from_millis(100)))
                 .unwrap();
             let mut buf = [0u8; 2048];
             let mut lat = Vec::new();
             let mut generated = 0u64;
+            // One SRTP stream per agent leg (its source port).
+            let mut streams: std::collections::HashMap<SocketAddr, SrtpReceiver> =
+                std::collections::HashMap::new();
             while !stop.load(Ordering::Relaxed) {
-                let Ok((n, _)) = sock.recv_from(&mut buf) else {
+                let Ok((n, from)) = sock.recv_from(&mut buf) else {
                     continue;
+                };
+                let n = match &key {
+                    Some(k) => match streams
+                        .entry(from)
+                        .or_insert_with(|| SrtpReceiver::new(k))
+                        .unprotect(&mut buf, n)
+                    {
+                        Ok(n) => n,
+                        Err(_) => continue,
+                    },
+                    None => n,
                 };
                 let now = base.elapsed();
                 if n < 12 + 13 || buf[16] != dir {
@@ -189,14 +217,19 @@ fn load(relay: &MediaRelay, rt: &tokio::runtime::Runtime, calls: usize, seconds:
         })
     };
     // Agent→lead packets arrive at the carriers' socket and vice versa.
-    let rx_lead = receiver(carriers.clone(), 1, stop.clone());
-    let rx_agent = receiver(phones.clone(), 2, stop.clone());
+    let rx_lead = receiver(carriers.clone(), 1, stop.clone(), None);
+    let rx_agent = receiver(phones.clone(), 2, stop.clone(), srtp.clone());
 
     let total = measure_to + Duration::from_millis(500);
     let sender = {
         let (phones, carriers) = (phones.clone(), carriers.clone());
+        let mut protect: Vec<SrtpSender> = match &srtp {
+            Some(k) => (0..calls).map(|_| SrtpSender::new(k)).collect(),
+            None => Vec::new(),
+        };
         std::thread::spawn(move || {
             let mut pkt = [0xFFu8; 172];
+            let mut out = [0u8; 172 + TAG_LEN];
             let mut sent_in_window = 0u64;
             let mut errors = 0u64;
             let slots = 20u32; // 1 ms slots spread each call over the 20 ms frame
@@ -226,7 +259,15 @@ fn load(relay: &MediaRelay, rt: &tokio::runtime::Runtime, calls: usize, seconds:
                             pkt[16] = dir;
                             let now = base.elapsed();
                             pkt[17..25].copy_from_slice(&(now.as_nanos() as u64).to_le_bytes());
-                            if sock.send_to(&pkt, dest).is_err() {
+                            let bytes: &[u8] = match protect.get_mut(c) {
+                                Some(tx) if dir == 1 => {
+                                    out[..172].copy_from_slice(&pkt);
+                                    let n = tx.protect(&mut out, 172).unwrap();
+                                    &out[..n]
+                                }
+                                _ => &pkt,
+                            };
+                            if sock.send_to(bytes, dest).is_err() {
                                 errors += 1;
                             } else if now >= measure_from && now < measure_to {
                                 sent_in_window += 1;
@@ -254,9 +295,10 @@ fn load(relay: &MediaRelay, rt: &tokio::runtime::Runtime, calls: usize, seconds:
     let cpu_s = (cpu1 - cpu0) as f64 / hz;
     let pps = received as f64 / seconds as f64;
     println!(
-        "{calls} calls: sent {sent}, relayed {received} in {seconds} s = {pps:.0} pkt/s, loss {} ({:.3}%), send errors {send_errors}; \
+        "{}{calls} calls: sent {sent}, relayed {received} in {seconds} s = {pps:.0} pkt/s, loss {} ({:.3}%), send errors {send_errors}; \
 latency send→receive p50 {:.0} µs, p99 {:.0} µs (agent→lead p99 {:.0} µs, lead→agent p99 {:.0} µs); \
 relay CPU {cpu_s:.2} s = {:.0} pkt/s per core",
+        if srtp.is_some() { "SRTP agent legs, " } else { "" },
         sent.saturating_sub(received),
         100.0 * sent.saturating_sub(received) as f64 / sent.max(1) as f64,
         pct(&mut all, 0.5) as f64 / 1000.0,
@@ -289,6 +331,7 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(200);
     let workers: usize = arg("--workers").and_then(|s| s.parse().ok()).unwrap_or(1);
+    let srtp = args.iter().any(|a| a == "--srtp").then(MasterKey::random);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
@@ -310,6 +353,6 @@ fn main() {
         rt.block_on(switch_latency(&relay, switches));
     }
     for n in calls {
-        load(&relay, &rt, n, seconds);
+        load(&relay, &rt, n, seconds, srtp.clone());
     }
 }

@@ -914,7 +914,14 @@ impl Config {
                 crate::sip::transport::TlsError::BadKey { .. } => &"server.tls_private_key",
             };
             let short = key.trim_start_matches("server.");
-            return Err(invalid("server", short, e.to_string()));
+            // The error names its key; the location prefix names it too.
+            let text = e.to_string();
+            let message = text
+                .strip_prefix(*key)
+                .and_then(|m| m.strip_prefix(": "))
+                .unwrap_or(&text)
+                .to_string();
+            return Err(invalid("server", short, message));
         }
         Ok(Some(files))
     }
@@ -1356,6 +1363,52 @@ mod tests {
         assert!(e.to_string().contains("security.rate_window"), "{e}");
         let e = load("[security]\nmax_transactions = 10\n", &[]).unwrap_err();
         assert!(e.to_string().contains("security.max_transactions"), "{e}");
+    }
+
+    /// RFC 3261 §26.2 listeners: the certificate files are required and
+    /// read at load, and every error names its key and line.
+    #[test]
+    fn tls_errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = "[server]\nsip_listen = [\"tls:127.0.0.1:5061\"]\n";
+        let e = load(tls, &[]).unwrap_err().to_string();
+        assert!(e.contains("`server.tls_certificate`"), "{e}");
+        let missing = dir.path().join("nope.crt");
+        let e = load(
+            &format!(
+                "{tls}tls_certificate = \"{}\"\ntls_private_key = \"{}\"\n",
+                missing.display(),
+                missing.display()
+            ),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("t.toml:3: `server.tls_certificate`: cannot read"),
+            "{e}"
+        );
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let (c, k) = (dir.path().join("a.crt"), dir.path().join("a.key"));
+        std::fs::write(&c, cert.cert.pem()).unwrap();
+        std::fs::write(&k, "not a key").unwrap();
+        let text = format!(
+            "{tls}tls_certificate = \"{}\"\ntls_private_key = \"{}\"\n",
+            c.display(),
+            k.display()
+        );
+        let e = load(&text, &[]).unwrap_err().to_string();
+        assert!(e.starts_with("t.toml:4: `server.tls_private_key`:"), "{e}");
+        std::fs::write(&k, cert.key_pair.serialize_pem()).unwrap();
+        let cfg = load(&text, &[]).unwrap();
+        assert_eq!(cfg.tls.map(|t| t.certificate), Some(c));
+        assert_eq!(cfg.security.srtp, SrtpPolicy::Optional);
+        let e = load("[security]\nsrtp = \"always\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`security.srtp`") && e.contains("always"), "{e}");
+        let c = load("[security]\nsrtp = \"required\"\n", &[]).unwrap();
+        assert_eq!(c.security.srtp, SrtpPolicy::Required);
     }
 
     #[test]
