@@ -199,8 +199,11 @@ impl SessionKeys {
         derive(&m, &master.salt, 0, &mut key);
         derive(&m, &master.salt, 1, &mut auth);
         derive(&m, &master.salt, 2, &mut salt);
-        // HMAC accepts any key length: this cannot fail.
-        let mac = <HmacSha1 as Mac>::new_from_slice(&auth).unwrap_or_else(|_| unreachable!());
+        // HMAC zero-pads a key shorter than its block (RFC 2104 §2), so
+        // the padded 64-byte key is the same key, with no error path.
+        let mut block = [0u8; 64];
+        block[..auth.len()].copy_from_slice(&auth);
+        let mac = <HmacSha1 as KeyInit>::new(&block.into());
         SessionKeys {
             cipher: Aes128::new(&key.into()),
             salt,
