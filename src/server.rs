@@ -314,6 +314,15 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
         .local_addr(TransportKind::Udp)
         .or_else(|| transport.local_addr(TransportKind::Tcp))
         .ok_or(ServerError::NoSipListener)?;
+    // The leg journal (what ends every live leg after a crash) has its
+    // batch writer, like the bindings.
+    let (journal_tx, journal_rx) = crate::call::leg_journal::channel();
+    tasks.spawn(crate::call::leg_journal::run_writer(
+        store.clone(),
+        journal_rx,
+        shutdown.clone(),
+    ));
+    let recovery_routes = route_tx.clone();
     let calls = CallEngine::start(
         &config,
         EngineIo {
@@ -326,8 +335,24 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
             shutdown: shutdown.clone(),
             drain: drain.clone(),
             hurry: hurry.clone(),
+            journal: journal_tx,
         },
     )?;
+    // Before anything dials: end the legs a crash left up and give their
+    // calls an outcome (call::recovery).
+    crate::call::recovery::recover(crate::call::recovery::RecoveryIo {
+        store: store.clone(),
+        transport: transport.clone(),
+        routes: recovery_routes,
+        sent_by: sent_by.to_string(),
+        timers: crate::sip::transaction::TimerConfig {
+            t1: config.sip_timers.t1,
+            t2: config.sip_timers.t2,
+            t4: config.sip_timers.t4,
+        },
+        shutdown: shutdown.clone(),
+    })
+    .await?;
 
     for name in &api_agents {
         calls.add_agent(name);

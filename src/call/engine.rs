@@ -23,6 +23,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::leg_journal::{JournalSender, LegChange, LegKind, Revision, SavedLeg};
 use super::trunk::{PingPolicy, TrunkId, TrunkPolicy, TrunkSet, TrunkStatus};
 use super::trunk_slot::{TakeError, TrunkGrant, TrunkInfo, TrunkSlot, Trunks};
 use super::{
@@ -323,6 +324,8 @@ struct Shared {
     /// The agent tasks and the outcome writes: a graceful stop waits for
     /// all of them, so no call ends without its record.
     tasks: TaskTracker,
+    /// The leg journal's writer (`call::leg_journal`).
+    journal: JournalSender,
 }
 
 /// Where the engine's tasks get their I/O (built by `server::start`).
@@ -346,6 +349,8 @@ pub struct EngineIo {
     pub drain: CancellationToken,
     /// Ends the drain now (a second SIGTERM): BYE and CANCEL everything.
     pub hurry: CancellationToken,
+    /// The leg journal's writer: what ends every live leg after a crash.
+    pub journal: JournalSender,
 }
 
 /// Why the engine could not be built from the configuration.
@@ -481,6 +486,7 @@ impl CallEngine {
             drain_timeout: config.drain_timeout,
             lead_on_phone: config.dialer.lead_on_phone,
             tasks: TaskTracker::new(),
+            journal: io.journal,
         });
         let engine = CallEngine {
             agents: Arc::default(),
@@ -790,6 +796,8 @@ struct AgentTask {
     /// The drain deadline passed (or a second signal came): everything
     /// was hung up.
     forced: bool,
+    /// The legs in the leg journal, by Call-ID, with what was saved.
+    journaled: HashMap<String, Revision>,
 }
 
 async fn media_event(rx: &mut Option<mpsc::UnboundedReceiver<MediaEvent>>) -> Option<MediaEvent> {
@@ -833,6 +841,7 @@ impl AgentTask {
             sdp_version: epoch_ms(SystemTime::now()).unsigned_abs(),
             drain_deadline: None,
             forced: false,
+            journaled: HashMap::new(),
         }
     }
 
@@ -1836,8 +1845,66 @@ impl AgentTask {
                 }
             }
             if !busy {
+                self.sync_journal().await;
                 return;
             }
+        }
+    }
+
+    /// Hands the leg journal what changed since the last turn (a new
+    /// INVITE, an answer, a leg that ended), so a crash leaves enough to
+    /// end every live leg (`call::leg_journal`). The lead leg's row is
+    /// removed by its outcome write ([`spawn_finish`]), so a crash between
+    /// the two still ends the call and records it.
+    async fn sync_journal(&mut self) {
+        let mut live: HashMap<String, Revision> = HashMap::new();
+        let mut changes = Vec::new();
+        if let Some(l) = &self.lead {
+            if let Some(rev) = l.leg.journal_revision() {
+                let id = l.leg.call_id().to_string();
+                if self.journaled.get(&id) != Some(&rev) {
+                    if let Some(state) = l.leg.saved_state() {
+                        changes.push(LegChange::Save(Box::new(SavedLeg {
+                            call_id: id.clone(),
+                            kind: LegKind::Lead,
+                            record_id: Some(l.record_id),
+                            agent: self.name.clone(),
+                            peer: l.leg.peer(),
+                            state,
+                            answered_ms: l.leg.record().answered.map(|a| l.anchor.ms(a)),
+                        })));
+                    }
+                }
+                live.insert(id, rev);
+            }
+        }
+        if let Some(leg) = &self.leg {
+            if let Some(rev) = leg.journal_revision() {
+                let id = leg.call_id().to_string();
+                if self.journaled.get(&id) != Some(&rev) {
+                    if let Some((state, peer)) = leg.saved_state() {
+                        changes.push(LegChange::Save(Box::new(SavedLeg {
+                            call_id: id.clone(),
+                            kind: LegKind::Agent,
+                            record_id: None,
+                            agent: self.name.clone(),
+                            peer,
+                            state,
+                            answered_ms: None,
+                        })));
+                    }
+                }
+                live.insert(id, rev);
+            }
+        }
+        for id in self.journaled.keys() {
+            if !live.contains_key(id) {
+                changes.push(LegChange::Remove(id.clone()));
+            }
+        }
+        self.journaled = live;
+        for c in changes {
+            self.shared.journal.send(c).await;
         }
     }
 
@@ -1975,7 +2042,12 @@ impl AgentTask {
             };
             let reason = l.end_reason.map_or("unanswered", EndReason::as_str);
             tracing::info!(agent = %self.name, call = l.record_id, %outcome, %reason, status = ?r.sip_status, "call ended");
-            spawn_finish(
+            let journaled = self
+                .journaled
+                .remove(l.leg.call_id())
+                .map(|_| l.leg.call_id().to_string());
+            spawn_finish_forgetting(
+                journaled,
                 self.shared.clone(),
                 self.name.clone(),
                 l.record_id,
@@ -2147,6 +2219,26 @@ fn spawn_finish(
     sip_status: Option<u16>,
     manual: bool,
 ) {
+    spawn_finish_forgetting(
+        None, shared, agent, call_id, lead_id, session_id, end, outcome, sip_status, manual,
+    );
+}
+
+/// Stores a call's outcome, then removes its lead leg's journal row
+/// (`journaled`, its SIP Call-ID) and publishes `CallEnded`.
+#[allow(clippy::too_many_arguments)]
+fn spawn_finish_forgetting(
+    journaled: Option<String>,
+    shared: Arc<Shared>,
+    agent: String,
+    call_id: i64,
+    lead_id: Option<i64>,
+    session_id: Option<i64>,
+    end: CallEnd,
+    outcome: Outcome,
+    sip_status: Option<u16>,
+    manual: bool,
+) {
     let m = crate::metrics::metrics();
     m.calls
         .get_or_create(&crate::metrics::OutcomeLabel {
@@ -2160,6 +2252,9 @@ fn spawn_finish(
     tasks.spawn(async move {
         if let Err(e) = shared.store.finish_call(call_id, &end).await {
             tracing::error!(error = %e, call_id, "call outcome not stored");
+        }
+        if let Some(sip_call_id) = journaled {
+            shared.journal.send(LegChange::Remove(sip_call_id)).await;
         }
         if manual {
             set_progress(&shared, &agent, call_id, CallProgress::Ended);

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use rand::RngCore;
 
 use super::leg::{is_invite_2xx, response_to_tag, InDialog, InviteLines, LegCore};
+use super::leg_journal::{Revision, SavedLegState};
 use super::outcome::{LegRecord, Outcome};
 use super::timer::Timer;
 use super::trunk::{fails_over, TrunkFailure};
@@ -288,6 +289,36 @@ impl LeadLeg {
     /// The call record's facts so far.
     pub fn record(&self) -> &LegRecord {
         &self.record
+    }
+
+    /// What the leg journal holds for this leg, and when it changes
+    /// (`call::leg_journal`): ringing while the INVITE has no final
+    /// response and no CANCEL went out, answered until a BYE is sent or
+    /// received; `None` otherwise (nothing is left to end).
+    pub fn journal_revision(&self) -> Option<Revision> {
+        match &self.state {
+            LeadState::Inviting(s) => Some(Revision::Ringing(s.cseq)),
+            LeadState::Talking(s) => Some(Revision::Answered(s.dialog.local_seq())),
+            _ => None,
+        }
+    }
+
+    /// The state the journal saves (see [`journal_revision`](Self::journal_revision)).
+    pub fn saved_state(&self) -> Option<SavedLegState> {
+        match &self.state {
+            LeadState::Inviting(s) => Some(SavedLegState::Ringing {
+                invite: s.invite.clone(),
+            }),
+            LeadState::Talking(s) => Some(SavedLegState::Answered {
+                dialog: s.dialog.save(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Where the leg's requests go (the trunk).
+    pub fn peer(&self) -> Peer {
+        self.trunk
     }
 
     /// Whether the leg has nothing left to do ([`LeadEvent::Closed`] was emitted).

@@ -10,6 +10,7 @@
 
 pub mod agents;
 mod dnc;
+pub mod legs;
 #[macro_use]
 mod methods;
 pub mod postgres;
@@ -469,6 +470,32 @@ impl Store {
     /// by another (R13's shared database).
     pub async fn dnc_match(&self, e164: &str) -> Result<Option<DncPattern>, StoreError> {
         dispatch!(self, s => dnc::matching(s.pool(), e164).await)
+    }
+
+    /// Saves a batch of the leg journal in one transaction (see
+    /// [`legs::save`]); called by the journal writer only.
+    pub async fn save_legs(
+        &self,
+        upserts: &[legs::LegRow],
+        removals: &[String],
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => legs::save(s.pool(), upserts, removals).await)
+    }
+
+    /// Every journaled leg (read at start-up, before anything dials).
+    pub async fn load_legs(&self) -> Result<Vec<legs::LegRow>, StoreError> {
+        dispatch!(self, s => legs::load(s.pool()).await)
+    }
+
+    /// Settles the calls of legs lost in a crash and clears their journal
+    /// rows (see [`legs::settle`]): `(record id, outcome, answered_ms)`.
+    pub async fn settle_lost_legs(
+        &self,
+        calls: &[(i64, &str, Option<i64>)],
+        call_ids: &[String],
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        dispatch!(self, s => legs::settle(s.pool(), calls, call_ids, now_ms).await)
     }
 
     /// Every stored binding, for the registrar to load at start.
