@@ -48,7 +48,8 @@ impl std::fmt::Debug for Sessions {
 
 impl Sessions {
     /// Starts the sessions service: resumes every stored session (SPEC §1:
-    /// agents come back paused), and in PostgreSQL mode listens for lead changes made by
+    /// agents paused through the API stay paused, the others are called
+    /// back), and in PostgreSQL mode listens for lead changes made by
     /// other instances (R6).
     pub async fn start<D: Dialer, C: Clock + Clone>(
         store: Store,

@@ -15,10 +15,11 @@
 //!   are learned from their `CallEnded`; the claim step checks the call
 //!   history once more before dialing.
 //! - **Restart:** sessions are loaded from the store, the first refresh is
-//!   followed by [`SessionQueue::restore`] of every stored lead history, and
-//!   agents come back paused unless they were dialing (their agent legs are
-//!   gone; they resume by the API). Leads claimed by a dead instance stay
-//!   taken until their lease runs out.
+//!   followed by [`SessionQueue::restore`] of every stored lead history;
+//!   agents paused through the API come back paused, the others resume
+//!   (their phones are re-INVITEd). Claims of calls ended by the crash
+//!   sweep (`call::recovery`) are released; other leads claimed by a dead
+//!   instance stay taken until their lease runs out.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -448,10 +449,18 @@ pub async fn spawn<D: Dialer, C: Clock>(
     for (lead, h) in record::load_histories(&s.shared.store, s.row.id).await? {
         s.queue.restore(lead, h);
     }
+    let now = s.shared.clock.instant().into_std();
     for a in record::list_agents(&s.shared.store, s.row.id).await? {
-        // Agent legs do not survive a restart: every agent resumes by the API.
+        // Agent legs do not survive a restart (the crash sweep BYEs those a
+        // crash left up): an agent who paused stays paused; the others
+        // resume, so their phones are re-INVITEd (SPEC §1 steps 2 and 6)
+        // and they dial on where the queue stands (R4 holds through the
+        // leads' last call times).
         let slot = s.slot(&a.agent);
         slot.machine.restore_paused();
+        if !a.paused {
+            let _ = slot.machine.resume(now);
+        }
     }
     s.publish();
     let (tx, rx) = mpsc::channel(64);
@@ -492,6 +501,9 @@ impl<D: Dialer, C: Clock> Session<D, C> {
     async fn run(mut self, mut rx: mpsc::Receiver<Command>, mut irx: mpsc::Receiver<Internal>) {
         let mut events = self.shared.dialer.subscribe();
         let mut changed = self.shared.leads_changed.subscribe();
+        // Agents resumed at start-up act at once.
+        self.drive().await;
+        self.publish();
         loop {
             let deadline = self.deadline();
             tokio::select! {

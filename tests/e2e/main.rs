@@ -9,6 +9,7 @@ mod app;
 mod calls;
 mod calls_failures;
 mod console;
+mod crash;
 mod demo;
 mod dnc;
 mod flood;
