@@ -260,6 +260,14 @@ pub struct TrunkConfig {
     /// Good pings in a row that mark a down trunk up again (default 2).
     #[serde(default = "default_up_after")]
     pub up_after: u32,
+    /// RFC 4028 session timer offered in every INVITE to this trunk
+    /// (`Supported: timer`, `Session-Expires: N;refresher=uac`), whole
+    /// seconds, at least 90 (Min-SE); 0 offers none. When the carrier's
+    /// 200 OK takes it, powerdial re-INVITEs every N/2 s and a carrier
+    /// that stops hearing refreshes (powerdial crashed) drops the call
+    /// after N s; a refresh answered 481/408 ends the call. Default 1800.
+    #[serde(default = "default_session_expires")]
+    pub session_expires: u32,
 }
 
 fn default_weight() -> u32 {
@@ -276,6 +284,9 @@ fn default_down_after() -> u32 {
 }
 fn default_up_after() -> u32 {
     2
+}
+fn default_session_expires() -> u32 {
+    1800
 }
 
 /// The default `[[trunk]] options_interval` of a `sip:` trunk.
@@ -301,6 +312,7 @@ impl TrunkConfig {
             options_timeout: default_options_timeout(),
             down_after: default_down_after(),
             up_after: default_up_after(),
+            session_expires: default_session_expires(),
         }
     }
 
@@ -941,6 +953,13 @@ fn validate_trunk(
             "trunk",
             "max_calls",
             format!("{who}: at least 1 concurrent call (leave it out for no limit)"),
+        ));
+    }
+    if t.session_expires != 0 && t.session_expires < 90 {
+        return Err(invalid(
+            "trunk",
+            "session_expires",
+            format!("{who}: must be 0 (off) or at least 90 seconds (RFC 4028 Min-SE)"),
         ));
     }
     if t.response_timeout.0.is_zero() {

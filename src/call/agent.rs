@@ -519,7 +519,7 @@ impl AgentLeg {
                             self.events.push_back(AgentEvent::Dtmf(digit));
                         }
                     }
-                    InDialog::Done => {}
+                    InDialog::Refresh | InDialog::Done => {}
                 }
                 AgentState::Connected(s)
             }

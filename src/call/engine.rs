@@ -1701,6 +1701,8 @@ impl AgentTask {
             response_timeout: Some(t.response_timeout.0),
             max_call_length: self.shared.max_call_length,
             timers: self.shared.timers,
+            session_expires: (t.session_expires > 0)
+                .then(|| Duration::from_secs(u64::from(t.session_expires))),
         };
         let leg = LeadLeg::dial(Instant::now(), params, &mut self.rng)?;
         crate::metrics::metrics()

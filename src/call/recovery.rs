@@ -458,3 +458,188 @@ async fn send_all(sweep: &mut Sweep, transport: &TransportHandle) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::dialog::{DialogId, SavedDialog};
+    use crate::sip::transaction::test_epoch;
+    use crate::sip::TransportKind;
+
+    fn carrier() -> Peer {
+        Peer {
+            transport: TransportKind::Udp,
+            addr: "192.0.2.99:5080".parse().expect("addr"),
+        }
+    }
+
+    const INVITE: &str = "INVITE sip:+442079460180@192.0.2.99:5080 SIP/2.0\r\n\
+        Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKring1;rport\r\nMax-Forwards: 70\r\n\
+        From: <sip:+15550000000@dialer.example>;tag=f1\r\nTo: <sip:+442079460180@192.0.2.99:5080>\r\n\
+        Call-ID: ring-1\r\nCSeq: 1 INVITE\r\nContact: <sip:powerdial@192.0.2.10:5060>\r\n\
+        Content-Length: 0\r\n\r\n";
+
+    fn ringing() -> SavedLeg {
+        SavedLeg {
+            call_id: "ring-1".into(),
+            kind: LegKind::Lead,
+            record_id: Some(1),
+            agent: "alice".into(),
+            peer: carrier(),
+            state: SavedLegState::Ringing {
+                invite: Request::try_from(INVITE).expect("invite"),
+            },
+            answered_ms: None,
+        }
+    }
+
+    fn answered() -> SavedLeg {
+        SavedLeg {
+            call_id: "talk-1".into(),
+            kind: LegKind::Lead,
+            record_id: Some(2),
+            agent: "bob".into(),
+            peer: carrier(),
+            state: SavedLegState::Answered {
+                dialog: SavedDialog {
+                    id: DialogId {
+                        call_id: "talk-1".into(),
+                        local_tag: "l1".into(),
+                        remote_tag: "r1".into(),
+                    },
+                    local_uri: "<sip:+15550000000@dialer.example>".into(),
+                    remote_uri: "<sip:+442079460200@192.0.2.99:5080>".into(),
+                    remote_target: "sip:gw@192.0.2.99:5080".into(),
+                    route_set: vec!["<sip:edge.example;lr>".into()],
+                    local_seq: 3,
+                },
+            },
+            answered_ms: Some(5),
+        }
+    }
+
+    fn sent(sweep: &mut Sweep) -> Vec<String> {
+        std::iter::from_fn(|| sweep.poll_transmit())
+            .map(|t| t.message.to_string())
+            .collect()
+    }
+
+    fn response(text: &str) -> SipMessage {
+        SipMessage::Response(Response::try_from(text).expect("response"))
+    }
+
+    #[test]
+    fn an_answered_leg_gets_a_bye_with_the_next_cseq_over_its_route_set() {
+        let t0 = test_epoch();
+        let (mut sweep, started) = Sweep::new(
+            t0,
+            vec![answered()],
+            "192.0.2.10:5060",
+            TimerConfig::default(),
+            1,
+        );
+        assert_eq!(started.len(), 1);
+        assert_eq!(started[0].1, Ending::Bye);
+        let out = sent(&mut sweep);
+        assert_eq!(out.len(), 1);
+        let bye = &out[0];
+        assert!(
+            bye.starts_with("BYE sip:gw@192.0.2.99:5080 SIP/2.0\r\n"),
+            "{bye}"
+        );
+        assert!(bye.contains("\r\nCSeq: 4 BYE\r\n"), "{bye}");
+        assert!(
+            bye.contains("\r\nRoute: <sip:edge.example;lr>\r\n"),
+            "{bye}"
+        );
+        assert!(bye.contains("tag=l1") && bye.contains("tag=r1"), "{bye}");
+        // Retransmitted by Timer E until answered (RFC 3261 §17.1.2.2).
+        sweep.handle_timeout(t0 + Duration::from_millis(500));
+        assert_eq!(sent(&mut sweep).len(), 1);
+        assert!(!sweep.is_done());
+        let via = bye
+            .lines()
+            .find(|l| l.starts_with("Via:"))
+            .expect("via")
+            .to_string();
+        let ok = format!(
+            "SIP/2.0 200 OK\r\n{via}\r\nFrom: <sip:+15550000000@dialer.example>;tag=l1\r\n\
+             To: <sip:+442079460200@192.0.2.99:5080>;tag=r1\r\nCall-ID: talk-1\r\nCSeq: 4 BYE\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+        sweep.handle_message(t0 + Duration::from_secs(1), carrier(), response(&ok));
+        assert!(sweep.is_done());
+        assert_eq!(sweep.statuses(), vec![("talk-1".to_string(), Some(200))]);
+    }
+
+    #[test]
+    fn a_ringing_leg_gets_a_cancel_its_487_an_ack_and_a_crossing_200_ack_and_bye() {
+        let t0 = test_epoch();
+        let (mut sweep, started) = Sweep::new(
+            t0,
+            vec![ringing()],
+            "192.0.2.10:5060",
+            TimerConfig::default(),
+            1,
+        );
+        assert_eq!(started[0].1, Ending::Cancel);
+        let out = sent(&mut sweep);
+        assert_eq!(out.len(), 1);
+        let cancel = &out[0];
+        // RFC 3261 §9.1: the INVITE's Request-URI, branch, tags and CSeq number.
+        assert!(cancel.starts_with("CANCEL sip:+442079460180@192.0.2.99:5080 SIP/2.0\r\n"));
+        assert!(cancel.contains("branch=z9hG4bKring1"), "{cancel}");
+        assert!(cancel.contains("\r\nCSeq: 1 CANCEL\r\n"), "{cancel}");
+        let head = "Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKring1;rport\r\n\
+            From: <sip:+15550000000@dialer.example>;tag=f1\r\n\
+            To: <sip:+442079460180@192.0.2.99:5080>;tag=far\r\nCall-ID: ring-1\r\n";
+        let t1 = t0 + Duration::from_millis(20);
+        sweep.handle_message(
+            t1,
+            carrier(),
+            response(&format!(
+                "SIP/2.0 200 OK\r\n{head}CSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n"
+            )),
+        );
+        assert!(sweep.is_done());
+        // The 487 of the INVITE is ACKed (§17.1.1.3).
+        sweep.handle_message(
+            t1,
+            carrier(),
+            response(&format!(
+                "SIP/2.0 487 Request Terminated\r\n{head}CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+            )),
+        );
+        let out = sent(&mut sweep);
+        assert_eq!(out.len(), 1);
+        assert!(
+            out[0].starts_with("ACK sip:+442079460180@192.0.2.99:5080"),
+            "{}",
+            out[0]
+        );
+        assert!(out[0].contains("\r\nCSeq: 1 ACK\r\n"));
+        // A 200 that crossed the CANCEL: ACK, then BYE (§9.1, §15).
+        sweep.handle_message(
+            t1,
+            carrier(),
+            response(&format!(
+                "SIP/2.0 200 OK\r\n{head}CSeq: 1 INVITE\r\nContact: <sip:gw@192.0.2.99:5080>\r\n\
+                 Content-Length: 0\r\n\r\n"
+            )),
+        );
+        let out = sent(&mut sweep);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert!(
+            out[0].starts_with("ACK sip:gw@192.0.2.99:5080"),
+            "{}",
+            out[0]
+        );
+        assert!(
+            out[1].starts_with("BYE sip:gw@192.0.2.99:5080"),
+            "{}",
+            out[1]
+        );
+        assert!(out[1].contains("\r\nCSeq: 2 BYE\r\n"));
+        assert!(!sweep.is_done(), "the BYE waits for its answer");
+    }
+}

@@ -711,6 +711,18 @@ impl Dialog {
         via: &str,
         body: Option<Body<'_>>,
     ) -> Result<syntax::Request, DialogError> {
+        self.new_request_with(method, via, &[], body)
+    }
+
+    /// [`new_request`](Self::new_request) with extra header lines (e.g.
+    /// `Session-Expires: 1800;refresher=uac` on a session refresh, RFC 4028).
+    pub fn new_request_with(
+        &mut self,
+        method: Method,
+        via: &str,
+        extra: &[String],
+        body: Option<Body<'_>>,
+    ) -> Result<syntax::Request, DialogError> {
         if method == Method::Cancel {
             return Err(DialogError::NotInDialog(method));
         }
@@ -754,6 +766,10 @@ impl Dialog {
                 text.push_str(c);
                 text.push_str("\r\n");
             }
+        }
+        for line in extra {
+            text.push_str(line);
+            text.push_str("\r\n");
         }
         let bytes = body.map_or(&[][..], |b| b.bytes);
         if let Some(b) = body {
