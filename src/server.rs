@@ -340,7 +340,7 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
     )?;
     // Before anything dials: end the legs a crash left up and give their
     // calls an outcome (call::recovery).
-    crate::call::recovery::recover(crate::call::recovery::RecoveryIo {
+    let recovered = crate::call::recovery::recover(crate::call::recovery::RecoveryIo {
         store: store.clone(),
         transport: transport.clone(),
         routes: recovery_routes,
@@ -366,6 +366,8 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
         crate::dialer::session::SessionConfig::from_dialer(&config.dialer),
     )
     .await?;
+    // The sessions learn the outcomes the crash sweep recorded (R3–R5).
+    sessions.apply_recovered(&recovered.settled).await;
 
     let listener = tokio::net::TcpListener::bind(config.http_listen)
         .await

@@ -317,6 +317,20 @@ impl Sweep {
     }
 }
 
+/// A call record given its outcome by the crash sweep: the sessions take
+/// it into their lead histories (R3–R5) as if the call had ended normally.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveredCall {
+    /// The call record.
+    pub record_id: i64,
+    /// Its lead, if any.
+    pub lead_id: Option<i64>,
+    /// Its dialer session, if any.
+    pub session_id: Option<i64>,
+    /// `answered` or `skipped`.
+    pub outcome: super::Outcome,
+}
+
 /// What [`recover`] did, for the log and the tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoverySummary {
@@ -329,7 +343,7 @@ pub struct RecoverySummary {
     /// Journal rows that could not be used (deleted).
     pub unusable: usize,
     /// Call records given an outcome.
-    pub settled: u64,
+    pub settled: Vec<RecoveredCall>,
 }
 
 /// What [`recover`] needs of the running server.
@@ -404,13 +418,28 @@ pub async fn recover(io: RecoveryIo) -> Result<RecoverySummary, crate::store::St
             calls.push((record, outcome, answered_ms));
         }
     }
-    summary.settled = io.store.settle_lost_legs(&calls, &all_ids, now_ms).await?;
+    summary.settled = io
+        .store
+        .settle_lost_legs(&calls, &all_ids, now_ms)
+        .await?
+        .into_iter()
+        .map(|(record_id, lead_id, session_id, outcome)| RecoveredCall {
+            record_id,
+            lead_id,
+            session_id,
+            outcome: if outcome == "answered" {
+                super::Outcome::Answered
+            } else {
+                super::Outcome::Skipped
+            },
+        })
+        .collect();
     tracing::info!(
         lead_byes = summary.lead_byes,
         lead_cancels = summary.lead_cancels,
         agent_byes = summary.agent_byes,
         unusable = summary.unusable,
-        calls_settled = summary.settled,
+        calls_settled = summary.settled.len(),
         "legs left up by a crash: BYE/CANCEL sent, outcomes recorded"
     );
     let transport = io.transport.clone();

@@ -47,6 +47,33 @@ impl std::fmt::Debug for Sessions {
 }
 
 impl Sessions {
+    /// Hands each running session the calls of its own that the crash
+    /// sweep gave an outcome (`call::recovery`), so its lead histories
+    /// count them (R3: a skipped lead is retried after the others; R5: an
+    /// answered one is not called again).
+    pub async fn apply_recovered(&self, calls: &[crate::call::recovery::RecoveredCall]) {
+        let mut by_session: HashMap<i64, Vec<(i64, super::dial::CallOutcome)>> = HashMap::new();
+        for c in calls {
+            if let (Some(s), Some(l)) = (c.session_id, c.lead_id) {
+                by_session.entry(s).or_default().push((l, c.outcome));
+            }
+        }
+        for (id, leads) in by_session {
+            let handle = self
+                .inner
+                .handles
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(&id)
+                .cloned();
+            if let Some(h) = handle {
+                if let Err(e) = h.recovered(leads).await {
+                    tracing::warn!(session = id, error = %e, "recovered calls not applied");
+                }
+            }
+        }
+    }
+
     /// Starts the sessions service: resumes every stored session (SPEC §1:
     /// agents paused through the API stay paused, the others are called
     /// back), and in PostgreSQL mode listens for lead changes made by

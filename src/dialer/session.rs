@@ -319,6 +319,7 @@ enum Command {
     View(Reply<SessionView>),
     Queue(bool, usize, Reply<Vec<QueueEntryView>>),
     Refresh(Reply<()>),
+    Recovered(Vec<(i64, CallOutcome)>, Reply<()>),
 }
 
 /// A running session's handle (cheap to clone).
@@ -358,6 +359,12 @@ impl SessionHandle {
     /// R14 "reset & call again".
     pub async fn reset(&self) -> Result<(), SessionError> {
         self.ask(Command::Reset).await
+    }
+
+    /// Counts calls whose outcome the crash sweep recorded after a restart
+    /// (`(lead, outcome)`, `answered` or `skipped`) in the leads' histories.
+    pub async fn recovered(&self, leads: Vec<(i64, CallOutcome)>) -> Result<(), SessionError> {
+        self.ask(|r| Command::Recovered(leads, r)).await
     }
 
     /// Applies stored settings (after a PATCH).
@@ -664,6 +671,10 @@ impl<D: Dialer, C: Clock> Session<D, C> {
                 let r = self.agent_command(&agent, c, now).await;
                 let _ = reply.send(r);
             }
+            Command::Recovered(leads, reply) => {
+                self.recovered(leads).await;
+                let _ = reply.send(Ok(()));
+            }
             Command::Reset(reply) => {
                 let r = record::reset(&self.shared.store, self.row.id, self.shared.clock.wall_ms())
                     .await;
@@ -896,6 +907,38 @@ impl<D: Dialer, C: Clock> Session<D, C> {
             lead_id,
             outcome,
         });
+    }
+
+    /// Calls ended by the crash sweep: an answered lead is answered in this
+    /// session (R5), a skipped one counts as an unanswered call blocked for
+    /// `block` (R3, R9), as [`SessionQueue::report`] would have recorded.
+    async fn recovered(&mut self, leads: Vec<(i64, CallOutcome)>) {
+        let now_ms = self.shared.clock.wall_ms();
+        let block_ms = ms(self.shared.config.block);
+        for (lead, outcome) in leads {
+            let lead = LeadId(lead);
+            let Some(mut h) = self.queue.history(lead) else {
+                continue;
+            };
+            if outcome == CallOutcome::Answered {
+                h.answered = true;
+            } else {
+                h.calls = h.calls.saturating_add(1);
+                let until = now_ms.saturating_add(block_ms);
+                h.blocked_until = Some(h.blocked_until.map_or(until, |b| b.max(until)));
+            }
+            if self.queue.restore(lead, h) {
+                if let Err(e) =
+                    record::save_history(&self.shared.store, self.row.id, lead, &h).await
+                {
+                    tracing::warn!(error = %e, "history not saved");
+                }
+            }
+        }
+        tracing::info!(
+            session = self.row.id,
+            "outcomes of the calls a crash ended taken into the queue"
+        );
     }
 
     /// Drains every agent's actions until none is left.

@@ -164,18 +164,21 @@ where
         .collect())
 }
 
+/// A call record settled by [`settle`]: `(id, lead_id, session_id, outcome)`.
+pub type Settled = (i64, Option<i64>, Option<i64>, String);
+
 /// Settles the calls of legs lost in a crash, in one transaction: each
 /// record still without an outcome gets `outcome` (and `answered_ms` when
 /// the leg was answered) and `ended_ms`; the R13 claims attached to those
 /// records are released; the journal rows are deleted. Records that have
-/// an outcome already (stored before the crash) keep it. Returns how many
-/// records were settled.
+/// an outcome already (stored before the crash) keep it. Returns the
+/// records settled.
 pub(crate) async fn settle<DB>(
     pool: &Pool<DB>,
     calls: &[(i64, &str, Option<i64>)],
     call_ids: &[String],
     now_ms: i64,
-) -> Result<u64, StoreError>
+) -> Result<Vec<Settled>, StoreError>
 where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
@@ -183,16 +186,17 @@ where
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
     for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
-    for<'r> (i64,): FromRow<'r, DB::Row>,
+    for<'r> (i64, Option<i64>, Option<i64>): FromRow<'r, DB::Row>,
 {
     let mut tx = pool.begin().await?;
-    let mut settled = 0;
+    let mut settled = Vec::new();
     for (record, outcome, answered_ms) in calls {
         // RETURNING says whether the record was settled, in the same text
         // on both backends.
-        let done: Option<(i64,)> = sqlx::query_as::<DB, (i64,)>(
+        let done: Option<(i64, Option<i64>, Option<i64>)> = sqlx::query_as::<DB, _>(
             "UPDATE calls SET outcome = $2, answered_ms = COALESCE(answered_ms, $3), \
-             ended_ms = COALESCE(ended_ms, $4) WHERE id = $1 AND outcome IS NULL RETURNING id",
+             ended_ms = COALESCE(ended_ms, $4) WHERE id = $1 AND outcome IS NULL \
+             RETURNING id, lead_id, session_id",
         )
         .bind(*record)
         .bind(*outcome)
@@ -200,7 +204,9 @@ where
         .bind(now_ms)
         .fetch_optional(&mut *tx)
         .await?;
-        settled += u64::from(done.is_some());
+        if let Some((id, lead, session)) = done {
+            settled.push((id, lead, session, (*outcome).to_string()));
+        }
         sqlx::query::<DB>(
             "UPDATE lead_claims SET released_ms = $2, version = version + 1 \
              WHERE call_id = $1 AND released_ms IS NULL",

@@ -494,7 +494,7 @@ impl Store {
         calls: &[(i64, &str, Option<i64>)],
         call_ids: &[String],
         now_ms: i64,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<Vec<legs::Settled>, StoreError> {
         dispatch!(self, s => legs::settle(s.pool(), calls, call_ids, now_ms).await)
     }
 

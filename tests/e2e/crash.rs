@@ -26,6 +26,7 @@ use serde_json::{json, Value};
 
 use crate::app::{free_port, http_request, repo, require_program, spawn_app_with, App, AppOptions};
 use crate::peers::{guard, wait_for, Peer};
+use crate::sessions::PgSchema;
 
 const AGENTS: usize = 30;
 /// Leads 0..30: every third one rings forever, the others answer; 30..35
@@ -155,6 +156,20 @@ fn register_agents(app: &App, port: u16, dir: &Path) {
 
 #[test]
 fn kill_9_with_calls_up_ends_every_leg_records_every_call_and_resumes_the_session() {
+    crash_and_restart(None);
+}
+
+#[test]
+fn kill_9_with_calls_up_ends_every_leg_records_every_call_and_resumes_the_session_postgres() {
+    let Some(pg) = PgSchema::create(
+        "kill_9_with_calls_up_ends_every_leg_records_every_call_and_resumes_the_session_postgres",
+    ) else {
+        return;
+    };
+    crash_and_restart(Some(pg.url()));
+}
+
+fn crash_and_restart(database_url: Option<String>) {
     let work = tempfile::tempdir().expect("tempdir");
     let (answer_dir, ring_dir, agent_dir) = (
         work.path().join("answer"),
@@ -200,7 +215,7 @@ options_interval = 0
 
 {agents}"#
         ),
-        ..AppOptions::default()
+        database_url,
     });
     register_agents(&app, agent_port, &agent_dir);
     let _phones = sipp_uas("agent_answer_hold.xml", agent_port, &agent_dir);
@@ -334,6 +349,17 @@ options_interval = 0
     assert!(
         phones_called_again >= LEADS - AGENTS,
         "only {phones_called_again} phones called again"
+    );
+    // The session's queue counts the calls the crash ended: the 20 leads
+    // answered before the crash are answered in the session (R5).
+    wait_for(
+        "the session to count the answered leads",
+        Duration::from_secs(10),
+        || {
+            let (code, text) = app.http_get(&format!("/api/v1/sessions/{sid}"));
+            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            code == 200 && v["counts"]["answered"] == answering
+        },
     );
     let mut invites: HashMap<String, usize> = HashMap::new();
     for (_, who, _) in sipp_log(&answer_dir)
