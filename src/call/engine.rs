@@ -1859,6 +1859,24 @@ impl AgentTask {
     /// removed by its outcome write ([`spawn_finish`]), so a crash between
     /// the two still ends the call and records it.
     async fn sync_journal(&mut self) {
+        // The common case (nothing changed) allocates nothing.
+        let lead = self
+            .lead
+            .as_ref()
+            .and_then(|l| l.leg.journal_revision().map(|r| (l.leg.call_id(), r)));
+        let agent = self
+            .leg
+            .as_ref()
+            .and_then(|l| l.journal_revision().map(|r| (l.call_id(), r)));
+        let same = |x: Option<(&str, Revision)>| {
+            x.is_none_or(|(id, r)| self.journaled.get(id) == Some(&r))
+        };
+        if self.journaled.len() == usize::from(lead.is_some()) + usize::from(agent.is_some())
+            && same(lead)
+            && same(agent)
+        {
+            return;
+        }
         let mut live: HashMap<String, Revision> = HashMap::new();
         let mut changes = Vec::new();
         if let Some(l) = &self.lead {
