@@ -197,6 +197,8 @@ struct Inviting {
     key: ClientKey,
     cseq: u32,
     auth_retried: bool,
+    /// A 422 (Session Interval Too Small) was answered once (RFC 4028 §7.4).
+    timer_retried: bool,
     ringing_reported: bool,
     early_sdp: Option<Vec<u8>>,
 }
@@ -311,6 +313,7 @@ impl LeadLeg {
                 key,
                 cseq: 1,
                 auth_retried: false,
+                timer_retried: false,
                 ringing_reported: false,
                 early_sdp: None,
             }),
@@ -545,6 +548,9 @@ impl LeadLeg {
                     200..=299 => self.answered(now, s, response),
                     401 | 407 if !s.auth_retried && self.digest.is_some() => {
                         self.retry_with_credentials(now, s, &response)
+                    }
+                    422 if !s.timer_retried && self.template.session_expires.is_some() => {
+                        self.retry_with_min_se(now, s, &response)
                     }
                     _ => {
                         self.failure = Some(TrunkFailure::Status(status));
@@ -946,12 +952,53 @@ impl LeadLeg {
                 key,
                 cseq,
                 auth_retried: true,
+                timer_retried: s.timer_retried,
                 ringing_reported: s.ringing_reported,
                 early_sdp: s.early_sdp,
             }),
             Err(error) => {
                 tracing::warn!(%error, call_id = %self.core.call_id, "authenticated INVITE not sent");
                 self.failed(now, s.invite, Outcome::Restricted, Some(status))
+            }
+        }
+    }
+
+    /// 422 Session Interval Too Small: the INVITE again with CSeq+1 and
+    /// the carrier's Min-SE as our Session-Expires (RFC 4028 §7.4), once;
+    /// without a usable Min-SE the session timer is dropped instead. The
+    /// ring timeout keeps counting (R8).
+    fn retry_with_min_se(&mut self, now: Instant, s: Inviting, response: &Response) -> LeadState {
+        let status = response.status_code.code();
+        let min_se = header(response, "Min-SE")
+            .and_then(|v| v.split(';').next())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|v| *v > 0);
+        self.template.session_expires = match (min_se, self.template.session_expires) {
+            (Some(m), Some(ours)) => Some(m.max(ours)),
+            _ => None,
+        };
+        let cseq = s.cseq.saturating_add(1);
+        let via = self.core.via(self.trunk);
+        let sent = build_invite(&self.core, &self.template, cseq, &via, None).and_then(|invite| {
+            let key = self
+                .core
+                .table
+                .send_request(now, self.trunk, invite.clone())?;
+            Ok((invite, key))
+        });
+        match sent {
+            Ok((invite, key)) => LeadState::Inviting(Inviting {
+                invite,
+                key,
+                cseq,
+                auth_retried: false,
+                timer_retried: true,
+                ringing_reported: s.ringing_reported,
+                early_sdp: s.early_sdp,
+            }),
+            Err(error) => {
+                tracing::warn!(%error, call_id = %self.core.call_id, "INVITE after 422 not sent");
+                self.failed(now, s.invite, Outcome::TemporaryError, Some(status))
             }
         }
     }

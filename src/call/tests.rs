@@ -1703,3 +1703,32 @@ fn no_session_expires_in_the_answer_means_no_session_timer() {
     assert_eq!(w.sent_of(Method::Invite).len(), 1);
     assert!(w.sent_of(Method::Bye).is_empty());
 }
+
+#[test]
+fn a_422_is_answered_once_with_the_carriers_min_se() {
+    let mut params = lead_params(32 * S);
+    params.session_expires = Some(1800 * S);
+    params.credentials = None;
+    let t0 = test_epoch();
+    let leg = LeadLeg::dial(t0, params, &mut StdRng::seed_from_u64(12)).unwrap();
+    let mut w = World::new(t0, leg, vec![Far::new(carrier(), "far1")]);
+    w.run_until(S);
+    w.with_far(carrier(), |f, now| {
+        f.respond(now, 422, None, &["Min-SE: 3600".to_string()]);
+        f.forget_invite();
+    });
+    w.run_until(2 * S);
+    let invites = w.sent_of(Method::Invite);
+    assert_eq!(invites.len(), 2);
+    let second = request(invites[1]);
+    assert_eq!(header(second, "CSeq"), "2 INVITE");
+    assert_eq!(header(second, "Session-Expires"), "3600;refresher=uac");
+    assert_eq!(w.leg.outcome(), None, "the call goes on");
+    // A second 422 ends the call (no loop).
+    w.with_far(carrier(), |f, now| {
+        f.respond(now, 422, None, &["Min-SE: 7200".to_string()]);
+    });
+    w.run_until(3 * S);
+    assert_eq!(w.sent_of(Method::Invite).len(), 2);
+    assert!(w.leg.outcome().is_some());
+}
