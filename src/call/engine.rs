@@ -23,7 +23,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::leg_journal::{JournalSender, LegChange, LegKind, Revision, SavedLeg};
+use super::leg_journal::{JournalSender, Journaled, LeadJournal, LegChange};
 use super::trunk::{PingPolicy, TrunkId, TrunkPolicy, TrunkSet, TrunkStatus};
 use super::trunk_slot::{TakeError, TrunkGrant, TrunkInfo, TrunkSlot, Trunks};
 use super::{
@@ -796,8 +796,8 @@ struct AgentTask {
     /// The drain deadline passed (or a second signal came): everything
     /// was hung up.
     forced: bool,
-    /// The legs in the leg journal, by Call-ID, with what was saved.
-    journaled: HashMap<String, Revision>,
+    /// What this task's legs have in the leg journal.
+    journaled: Journaled,
 }
 
 async fn media_event(rx: &mut Option<mpsc::UnboundedReceiver<MediaEvent>>) -> Option<MediaEvent> {
@@ -841,7 +841,7 @@ impl AgentTask {
             sdp_version: epoch_ms(SystemTime::now()).unsigned_abs(),
             drain_deadline: None,
             forced: false,
-            journaled: HashMap::new(),
+            journaled: Journaled::default(),
         }
     }
 
@@ -1856,73 +1856,15 @@ impl AgentTask {
     /// Hands the leg journal what changed since the last turn (a new
     /// INVITE, an answer, a leg that ended), so a crash leaves enough to
     /// end every live leg (`call::leg_journal`). The lead leg's row is
-    /// removed by its outcome write ([`spawn_finish`]), so a crash between
-    /// the two still ends the call and records it.
+    /// removed by its outcome write ([`spawn_finish_forgetting`]), so a
+    /// crash between the two still ends the call and records it.
     async fn sync_journal(&mut self) {
-        // The common case (nothing changed) allocates nothing.
-        let lead = self
-            .lead
-            .as_ref()
-            .and_then(|l| l.leg.journal_revision().map(|r| (l.leg.call_id(), r)));
-        let agent = self
-            .leg
-            .as_ref()
-            .and_then(|l| l.journal_revision().map(|r| (l.call_id(), r)));
-        let same = |x: Option<(&str, Revision)>| {
-            x.is_none_or(|(id, r)| self.journaled.get(id) == Some(&r))
-        };
-        if self.journaled.len() == usize::from(lead.is_some()) + usize::from(agent.is_some())
-            && same(lead)
-            && same(agent)
-        {
-            return;
-        }
-        let mut live: HashMap<String, Revision> = HashMap::new();
-        let mut changes = Vec::new();
-        if let Some(l) = &self.lead {
-            if let Some(rev) = l.leg.journal_revision() {
-                let id = l.leg.call_id().to_string();
-                if self.journaled.get(&id) != Some(&rev) {
-                    if let Some(state) = l.leg.saved_state() {
-                        changes.push(LegChange::Save(Box::new(SavedLeg {
-                            call_id: id.clone(),
-                            kind: LegKind::Lead,
-                            record_id: Some(l.record_id),
-                            agent: self.name.clone(),
-                            peer: l.leg.peer(),
-                            state,
-                            answered_ms: l.leg.record().answered.map(|a| l.anchor.ms(a)),
-                        })));
-                    }
-                }
-                live.insert(id, rev);
-            }
-        }
-        if let Some(leg) = &self.leg {
-            if let Some(rev) = leg.journal_revision() {
-                let id = leg.call_id().to_string();
-                if self.journaled.get(&id) != Some(&rev) {
-                    if let Some((state, peer)) = leg.saved_state() {
-                        changes.push(LegChange::Save(Box::new(SavedLeg {
-                            call_id: id.clone(),
-                            kind: LegKind::Agent,
-                            record_id: None,
-                            agent: self.name.clone(),
-                            peer,
-                            state,
-                            answered_ms: None,
-                        })));
-                    }
-                }
-                live.insert(id, rev);
-            }
-        }
-        for id in self.journaled.keys() {
-            if !live.contains_key(id) {
-                changes.push(LegChange::Remove(id.clone()));
-            }
-        }
-        self.journaled = live;
+        let lead = self.lead.as_ref().map(|l| LeadJournal {
+            leg: &l.leg,
+            record_id: l.record_id,
+            answered_ms: l.leg.record().answered.map(|a| l.anchor.ms(a)),
+        });
+        let changes = self.journaled.changes(&self.name, lead, self.leg.as_ref());
         for c in changes {
             self.shared.journal.send(c).await;
         }
@@ -2062,10 +2004,7 @@ impl AgentTask {
             };
             let reason = l.end_reason.map_or("unanswered", EndReason::as_str);
             tracing::info!(agent = %self.name, call = l.record_id, %outcome, %reason, status = ?r.sip_status, "call ended");
-            let journaled = self
-                .journaled
-                .remove(l.leg.call_id())
-                .map(|_| l.leg.call_id().to_string());
+            let journaled = self.journaled.forget(l.leg.call_id());
             spawn_finish_forgetting(
                 journaled,
                 self.shared.clone(),

@@ -23,6 +23,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::{AgentLeg, LeadLeg};
 use crate::sip::dialog::{DialogId, SavedDialog};
 use crate::sip::syntax::Request;
 use crate::sip::{Peer, TransportKind};
@@ -260,6 +261,97 @@ impl LegChange {
             LegChange::Save(l) => &l.call_id,
             LegChange::Remove(id) => id,
         }
+    }
+}
+
+/// A lead leg as the journal sees it (the driver adds what the leg does
+/// not know: its call record and the wall-clock answer time).
+#[derive(Debug, Clone, Copy)]
+pub struct LeadJournal<'a> {
+    /// The leg.
+    pub leg: &'a LeadLeg,
+    /// Its call record.
+    pub record_id: i64,
+    /// When it was answered, epoch ms.
+    pub answered_ms: Option<i64>,
+}
+
+/// What one agent task's legs have in the journal, by Call-ID: pure, it
+/// turns the legs' states into the [`LegChange`]s to send.
+#[derive(Debug, Default)]
+pub struct Journaled {
+    rows: HashMap<String, Revision>,
+}
+
+impl Journaled {
+    /// The changes that bring the journal to the legs' current states: a
+    /// row saved for each leg whose [`Revision`] changed, removed for each
+    /// journaled leg no longer live. Nothing is allocated when nothing
+    /// changed (the common case, checked after every input).
+    pub fn changes(
+        &mut self,
+        agent: &str,
+        lead: Option<LeadJournal<'_>>,
+        agent_leg: Option<&AgentLeg>,
+    ) -> Vec<LegChange> {
+        let lead_rev = lead.and_then(|l| l.leg.journal_revision().map(|r| (l.leg.call_id(), r)));
+        let agent_rev = agent_leg.and_then(|l| l.journal_revision().map(|r| (l.call_id(), r)));
+        let same =
+            |x: Option<(&str, Revision)>| x.is_none_or(|(id, r)| self.rows.get(id) == Some(&r));
+        if self.rows.len() == usize::from(lead_rev.is_some()) + usize::from(agent_rev.is_some())
+            && same(lead_rev)
+            && same(agent_rev)
+        {
+            return Vec::new();
+        }
+        let mut live: HashMap<String, Revision> = HashMap::new();
+        let mut changes = Vec::new();
+        if let (Some(l), Some((id, rev))) = (lead, lead_rev) {
+            if self.rows.get(id) != Some(&rev) {
+                if let Some(state) = l.leg.saved_state() {
+                    changes.push(LegChange::Save(Box::new(SavedLeg {
+                        call_id: id.to_string(),
+                        kind: LegKind::Lead,
+                        record_id: Some(l.record_id),
+                        agent: agent.to_string(),
+                        peer: l.leg.peer(),
+                        state,
+                        answered_ms: l.answered_ms,
+                    })));
+                }
+            }
+            live.insert(id.to_string(), rev);
+        }
+        if let (Some(leg), Some((id, rev))) = (agent_leg, agent_rev) {
+            if self.rows.get(id) != Some(&rev) {
+                if let Some((state, peer)) = leg.saved_state() {
+                    changes.push(LegChange::Save(Box::new(SavedLeg {
+                        call_id: id.to_string(),
+                        kind: LegKind::Agent,
+                        record_id: None,
+                        agent: agent.to_string(),
+                        peer,
+                        state,
+                        answered_ms: None,
+                    })));
+                }
+            }
+            live.insert(id.to_string(), rev);
+        }
+        for id in self.rows.keys() {
+            if !live.contains_key(id) {
+                changes.push(LegChange::Remove(id.clone()));
+            }
+        }
+        self.rows = live;
+        changes
+    }
+
+    /// Stops tracking a lead leg whose outcome is being stored: the caller
+    /// removes its row once the outcome is written. Returns its Call-ID if
+    /// it was journaled.
+    pub fn forget(&mut self, call_id: &str) -> Option<String> {
+        self.rows.remove(call_id).map(|_| call_id.to_string())
     }
 }
 
@@ -515,6 +607,78 @@ mod tests {
         let mut row = answered("c3", 1).to_row(5);
         row.peer = "sctp:1.2.3.4:5".into();
         assert!(SavedLeg::from_row(&row).is_err());
+    }
+
+    fn ringing_lead() -> LeadLeg {
+        use rand::SeedableRng;
+        let params = super::super::LeadParams {
+            trunk: Peer {
+                transport: TransportKind::Udp,
+                addr: "192.0.2.99:5080".parse().expect("addr"),
+            },
+            trunk_uri: "sip:192.0.2.99:5080".into(),
+            number: "+15551234567".into(),
+            caller_id: "+15550000000".into(),
+            p_asserted_identity: None,
+            credentials: None,
+            local: super::super::LocalAddress {
+                sent_by: "192.0.2.10:5060".into(),
+                contact: "sip:powerdial@192.0.2.10:5060".into(),
+                domain: "dialer.example".into(),
+            },
+            offer_sdp: b"v=0\r\n".to_vec(),
+            ring_timeout: Duration::from_secs(32),
+            response_timeout: None,
+            max_call_length: Duration::from_secs(3600),
+            timers: crate::sip::transaction::TimerConfig::default(),
+            session_expires: None,
+        };
+        let t0 = crate::sip::transaction::test_epoch();
+        LeadLeg::dial(t0, params, &mut rand::rngs::StdRng::seed_from_u64(1)).expect("dial")
+    }
+
+    #[test]
+    fn a_lead_leg_is_saved_once_while_ringing_and_removed_once_cancelled() {
+        let mut leg = ringing_lead();
+        let mut j = Journaled::default();
+        fn lead(leg: &LeadLeg) -> LeadJournal<'_> {
+            LeadJournal {
+                leg,
+                record_id: 3,
+                answered_ms: None,
+            }
+        }
+        let first = j.changes("alice", Some(lead(&leg)), None);
+        assert_eq!(first.len(), 1);
+        let LegChange::Save(saved) = &first[0] else {
+            panic!("a save");
+        };
+        assert_eq!(saved.record_id, Some(3));
+        assert!(matches!(saved.state, SavedLegState::Ringing { .. }));
+        assert!(j.changes("alice", Some(lead(&leg)), None).is_empty());
+        // The CANCEL is out: nothing is left for a crash to end.
+        leg.hangup(crate::sip::transaction::test_epoch() + Duration::from_secs(1));
+        let second = j.changes("alice", Some(lead(&leg)), None);
+        assert!(
+            matches!(&second[..], [LegChange::Remove(id)] if id == leg.call_id()),
+            "{second:?}"
+        );
+        assert!(j.changes("alice", Some(lead(&leg)), None).is_empty());
+    }
+
+    #[test]
+    fn a_forgotten_leg_is_left_for_its_outcome_write_to_remove() {
+        let leg = ringing_lead();
+        let mut j = Journaled::default();
+        let lead = LeadJournal {
+            leg: &leg,
+            record_id: 3,
+            answered_ms: None,
+        };
+        assert_eq!(j.changes("alice", Some(lead), None).len(), 1);
+        assert_eq!(j.forget(leg.call_id()).as_deref(), Some(leg.call_id()));
+        assert!(j.changes("alice", None, None).is_empty());
+        assert_eq!(j.forget(leg.call_id()), None);
     }
 
     #[test]
