@@ -1,4 +1,4 @@
-//! The leg journal's SQL (`call_legs`, migration 0024), written once for
+//! The leg journal's SQL (`call_legs`, migration 0033), written once for
 //! both backends like [`super::dnc`]: the state needed to end every live
 //! SIP leg after a crash (RFC 3261 §15.1.1 BYE, §9.1 CANCEL), saved in
 //! batches by the journal writer (`call::leg_journal`) and read, settled
