@@ -382,11 +382,13 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
     }
 
     // Dialer sessions (SPEC §1) drive the call engine; stored ones resume.
+    let session_config = crate::dialer::session::SessionConfig::from_dialer(&config.dialer);
+    let calling_hours = session_config.calling_hours.clone();
     let sessions = crate::dialer::directory::Sessions::start(
         store.clone(),
         calls.clone(),
         crate::dialer::session::SystemClock,
-        crate::dialer::session::SessionConfig::from_dialer(&config.dialer),
+        session_config,
     )
     .await?;
 
@@ -411,6 +413,7 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
             .with_realm(&config.domain)
             .with_cors_origins(config.cors_origins.clone())
             .with_calls(calls.clone())
+            .with_calling_hours(calling_hours)
             .with_sessions(sessions);
     let app = crate::http::router(state);
     let http_shutdown = shutdown.clone();

@@ -208,6 +208,8 @@ async fn thirty_leads_mixed_outcomes_dial_in_rule_order() {
         wrap_up_idle: Duration::from_millis(50),
         lease: Duration::from_secs(30),
         instance: "test".into(),
+        // Queue order, not calling hours, is under test here.
+        calling_hours: powerdial::dialer::hours::CallingHours::always(),
     };
     let sessions = Sessions::start(store.clone(), dialer.clone(), clock.clone(), config)
         .await

@@ -32,6 +32,7 @@ use tokio::time::Instant;
 use super::agent::{AgentAction, AgentMachine, AgentState, NotNow};
 use super::claim::{self, ClaimRequest, ClaimResult, LeadClaim};
 use super::dial::{CallEvent, CallOutcome, DialRequest, Dialer};
+use super::hours::{CallingHours, Verdict};
 use super::queue::{AgentId, LeadId, Outcome, QueueCounts, SessionQueue};
 use super::record::{self, SessionRow};
 use crate::store::Store;
@@ -99,6 +100,9 @@ pub struct SessionConfig {
     pub lease: Duration,
     /// This process's id in `lead_claims.instance`.
     pub instance: Arc<str>,
+    /// Calling hours (SPEC §4): the config's window, which a session's own
+    /// `calling_hours` replaces, and the holidays.
+    pub calling_hours: CallingHours,
 }
 
 impl SessionConfig {
@@ -110,6 +114,11 @@ impl SessionConfig {
             wrap_up_idle: cfg.wrap_up_idle.0,
             lease: Duration::from_secs(30),
             instance: format!("{:016x}", rand::random::<u64>()).into(),
+            calling_hours: CallingHours {
+                window: cfg.calling_hours,
+                // Checked when the config was loaded.
+                holidays: super::hours::parse_holidays(&cfg.holidays).unwrap_or_default(),
+            },
         }
     }
 }
@@ -169,6 +178,8 @@ pub struct Counts {
     pub blocked: usize,
     /// Waiting for a refresh (R10).
     pub awaiting_refresh: usize,
+    /// Held outside their calling hours (SPEC §4).
+    pub held: usize,
     /// Being called (R13).
     pub calling: usize,
     /// Answered (R5).
@@ -184,6 +195,7 @@ impl Counts {
             queued: c.ready,
             blocked: c.blocked,
             awaiting_refresh: c.awaiting_refresh,
+            held: c.held,
             calling: c.claimed,
             answered: c.answered,
             done,
@@ -227,10 +239,14 @@ pub struct QueueEntryView {
     pub lead_id: i64,
     /// View position (R1).
     pub view_pos: u32,
-    /// `ready`, `blocked` or `awaiting_refresh`.
+    /// `ready`, `blocked`, `held` (outside its calling hours) or
+    /// `awaiting_refresh`.
     pub state: &'static str,
     /// End of the block (R4), if blocked.
     pub blocked_until: Option<DateTime<Utc>>,
+    /// When its calling hours open (SPEC §4), if held.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub opens_at: Option<DateTime<Utc>>,
     /// Unanswered calls so far (R3).
     pub calls: u32,
     /// The lead's name (filled in by the API from the store).
@@ -665,6 +681,11 @@ impl<D: Dialer, C: Clock> Session<D, C> {
                 let _ = reply.send(r.map_err(SessionError::from));
             }
             Command::Settings(row, reply) => {
+                if row.calling_hours != self.row.calling_hours {
+                    // Holds were decided under the old hours.
+                    self.queue.clear_holds(self.shared.clock.wall_ms());
+                    self.poke_idle();
+                }
                 self.row = row;
                 let idle = self.wrap_up_idle();
                 for slot in self.agents.values_mut() {
@@ -702,16 +723,18 @@ impl<D: Dialer, C: Clock> Session<D, C> {
                     .into_iter()
                     .map(|it| {
                         use super::queue::{ItemState, Tier};
-                        let (state, until) = match it.state {
-                            ItemState::Ready => ("ready", None),
-                            ItemState::Blocked { until } => ("blocked", Some(until)),
-                            ItemState::AwaitingRefresh => ("awaiting_refresh", None),
+                        let (state, until, opens) = match it.state {
+                            ItemState::Ready => ("ready", None, None),
+                            ItemState::Blocked { until } => ("blocked", Some(until), None),
+                            ItemState::Held { until } => ("held", None, Some(until)),
+                            ItemState::AwaitingRefresh => ("awaiting_refresh", None, None),
                         };
                         let mut view = QueueEntryView {
                             lead_id: it.lead.0,
                             view_pos: it.view_pos,
                             state,
                             blocked_until: until.and_then(DateTime::from_timestamp_millis),
+                            opens_at: opens.and_then(DateTime::from_timestamp_millis),
                             calls: match it.tier {
                                 Tier::Uncalled => 0,
                                 Tier::Unanswered { calls } => calls,
@@ -922,14 +945,29 @@ impl<D: Dialer, C: Clock> Session<D, C> {
         }
     }
 
+    /// The calling hours this session applies (SPEC §4): its own window or
+    /// the config's, and the config's holidays.
+    fn calling_hours(&self) -> CallingHours {
+        CallingHours {
+            window: self
+                .row
+                .calling_hours
+                .unwrap_or(self.shared.config.calling_hours.window),
+            holidays: self.shared.config.calling_hours.holidays.clone(),
+        }
+    }
+
     /// Claims the next lead in the queue and then in the database (R13),
     /// and dials it; a lead the database refuses is held and the next one
-    /// tried.
+    /// tried. A lead outside its calling hours (SPEC §4) is held in the
+    /// queue until its window opens, before any INVITE.
     async fn claim_and_dial(&mut self, agent: &str) {
         let Some(aid) = self.agents.get(agent).map(|s| s.id) else {
             return;
         };
         let store = self.shared.store.clone();
+        let hours = self.calling_hours();
+        let mut holds = 0usize;
         loop {
             let now = self.shared.clock.instant();
             let now_ms = self.shared.clock.wall_ms();
@@ -953,6 +991,41 @@ impl<D: Dialer, C: Clock> Session<D, C> {
                     return;
                 }
             };
+            // R2: the first phone of the first contact; it and the lead's
+            // fields and address give the lead's zones.
+            let lead = store.get_lead(c.lead.0).await.ok();
+            let number = lead
+                .as_ref()
+                .and_then(|l| l.first_phone())
+                .map(|p| p.to_string());
+            if let Some(l) = &lead {
+                let zones = crate::leads::zone::lead_zones(l, number.as_deref())
+                    .map(|z| z.zones)
+                    .unwrap_or_default();
+                if let Verdict::Closed {
+                    opens_at,
+                    zone,
+                    holiday,
+                } = hours.verdict(&zones, now_ms)
+                {
+                    // No opening within a year (a window narrower than the
+                    // spread of the lead's zones): looked at again daily.
+                    let until = opens_at.unwrap_or(now_ms.saturating_add(DAY_MS));
+                    if let Err(e) = self.queue.hold(aid, &c, until, zone, holiday) {
+                        tracing::warn!(%agent, error = %e, "hold refused by the queue");
+                    }
+                    tracing::debug!(lead = c.lead.0, zone = %zone.name(), "outside calling hours: held");
+                    holds += 1;
+                    if holds >= HOLDS_PER_TURN {
+                        // Let the session's other work in before going on.
+                        if let Some(s) = self.agents.get_mut(agent) {
+                            s.machine.handle_no_lead(Some(now.into_std()));
+                        }
+                        return;
+                    }
+                    continue;
+                }
+            }
             let req = ClaimRequest {
                 lead_id: c.lead.0,
                 session_id: self.row.id,
@@ -989,11 +1062,6 @@ impl<D: Dialer, C: Clock> Session<D, C> {
                     }
                     return;
                 }
-            };
-            // R2: the first phone of the first contact.
-            let number = match store.get_lead(c.lead.0).await {
-                Ok(lead) => lead.first_phone().map(|p| p.to_string()),
-                Err(_) => None,
             };
             let Some(number) = number else {
                 // Nothing to dial: a calling restriction (R11), blocked.
@@ -1072,6 +1140,14 @@ impl<D: Dialer, C: Clock> Session<D, C> {
 
 /// Longest single sleep (a day): timers further out are re-armed later.
 const MAX_SLEEP_MS: u64 = 86_400_000;
+
+/// A day in ms: how long a lead whose window never opens is held before it
+/// is looked at again.
+const DAY_MS: i64 = 86_400_000;
+
+/// Leads held for their calling hours in one go before the session task
+/// serves its other work (at night every lead of a view is held once).
+const HOLDS_PER_TURN: usize = 256;
 
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)

@@ -115,6 +115,11 @@ pub async fn require_token(State(state): State<AppState>, req: Request, next: Ne
             .flatten(),
         _ => None,
     };
+    let mut req = req;
+    if let Some(agent) = &agent {
+        // Handlers that treat the admin and agents differently read it.
+        req.extensions_mut().insert(AgentCaller(agent.clone()));
+    }
     match agent {
         Some(agent) => match agent_access(req.method(), req.uri().path(), &agent) {
             Access::Allow => next.run(req).await,
@@ -156,6 +161,11 @@ pub async fn require_token(State(state): State<AppState>, req: Request, next: Ne
         }
     }
 }
+
+/// Set on a request authorised by an agent token (absent: the admin token):
+/// the agent it acts for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentCaller(pub String);
 
 /// The SHA-256 under which an agent token is stored (hex).
 pub fn token_hash(token: &str) -> String {

@@ -74,6 +74,9 @@ pub struct AppState {
     pub realm: Arc<str>,
     /// Responses remembered by `Idempotency-Key` ([`idempotency`]).
     pub idempotency: Arc<std::sync::Mutex<idempotency::IdempotencyCache>>,
+    /// `[dialer] calling_hours` and `holidays`: what manual calls outside
+    /// a session are checked against (SPEC §4).
+    pub calling_hours: crate::dialer::hours::CallingHours,
 }
 
 impl std::fmt::Debug for AppState {
@@ -105,7 +108,14 @@ impl AppState {
             realm: Arc::from("127.0.0.1"),
             cors_origins: Arc::from(Vec::new()),
             event_log: None,
+            calling_hours: Default::default(),
         }
+    }
+
+    /// Sets the calling hours manual calls are checked against.
+    pub fn with_calling_hours(mut self, hours: crate::dialer::hours::CallingHours) -> Self {
+        self.calling_hours = hours;
+        self
     }
 
     /// R6: tells the dialer sessions that leads changed through powerdial,

@@ -6,6 +6,7 @@
 mod agents_api;
 mod api_auth;
 mod app;
+mod calling_hours;
 mod calls;
 mod calls_failures;
 mod console;
