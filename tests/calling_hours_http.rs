@@ -76,6 +76,7 @@ async fn a_lead_outside_its_hours_is_held_and_the_other_dialed() {
         dialed: Arc::default(),
         events: broadcast::channel(64).0,
     };
+    let audit = powerdial::store::audit::AuditLog::start(db.store.clone());
     let config = SessionConfig {
         block: Duration::from_secs(3600),
         refresh_interval: Duration::from_secs(300),
@@ -84,11 +85,14 @@ async fn a_lead_outside_its_hours_is_held_and_the_other_dialed() {
         instance: "hours-test".into(),
         // What a user gets: 08:00-21:00, no holidays.
         calling_hours: CallingHours::default(),
+        audit: audit.clone(),
     };
     let sessions = Sessions::start(db.store.clone(), dialer.clone(), SystemClock, config)
         .await
         .expect("sessions");
-    let mut state = AppState::new(db.store.clone(), TOKEN, "US").with_sessions(sessions);
+    let mut state = AppState::new(db.store.clone(), TOKEN, "US")
+        .with_sessions(sessions)
+        .with_audit(audit);
     state.agents = Arc::from(vec![AgentConfig {
         username: "alice".into(),
         password: "secret".into(),
@@ -129,11 +133,12 @@ async fn a_lead_outside_its_hours_is_held_and_the_other_dialed() {
     )
     .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
-    // The night lead comes first in the view: it must be skipped, not dialed.
+    // The two night leads come first in the view: they must be skipped,
+    // not dialed.
     let night = zone_at_local_hour(2);
     let day = zone_at_local_hour(14);
     let mut ids = Vec::new();
-    for (i, zone) in [&night, &day].iter().enumerate() {
+    for (i, zone) in [&night, &night, &day].iter().enumerate() {
         let (s, v) = send(
             Method::POST,
             "/api/v1/leads",
@@ -198,7 +203,7 @@ async fn a_lead_outside_its_hours_is_held_and_the_other_dialed() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(*dialer.dialed.lock().expect("lock"), vec![Some(ids[1])]);
+    assert_eq!(*dialer.dialed.lock().expect("lock"), vec![Some(ids[2])]);
     let (s, q) = send(
         Method::GET,
         &format!("/api/v1/sessions/{id}/queue?explain=1"),
@@ -219,7 +224,90 @@ async fn a_lead_outside_its_hours_is_held_and_the_other_dialed() {
     );
     assert!(held["opens_at"].is_string(), "{held}");
     let (_, sess) = send(Method::GET, &format!("/api/v1/sessions/{id}"), None).await;
-    assert_eq!(sess["counts"]["held"], 1, "{sess}");
+    assert_eq!(sess["counts"]["held"], 2, "{sess}");
+
+    // Both holds are in the audit, with their reason, written off the
+    // dialing path (so polled for).
+    let mut audit = Value::Null;
+    for _ in 0..100 {
+        audit = send(Method::GET, &format!("/api/v1/audit?session_id={id}"), None)
+            .await
+            .1;
+        if audit["data"].as_array().map(Vec::len) == Some(2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let entries = audit["data"].as_array().cloned().unwrap_or_default();
+    assert_eq!(entries.len(), 2, "{audit}");
+    assert_eq!(entries[0]["lead_id"], ids[0], "{audit}");
+    assert_eq!(entries[1]["lead_id"], ids[1], "{audit}");
+    for e in &entries {
+        assert_eq!(e["action"], "held", "{e}");
+        assert_eq!(e["reason"], "calling_hours", "{e}");
+        assert_eq!(e["agent"], "alice", "{e}");
+        assert_eq!(e["session_id"], id, "{e}");
+        assert!(
+            e["number"].as_str().is_some_and(|n| n.starts_with("+1415")),
+            "{e}"
+        );
+        assert!(
+            e["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with(&format!("opens 08:00 {night}"))),
+            "{e}"
+        );
+        assert!(e["at"].is_string(), "RFC 3339: {e}");
+    }
+    // Paging, filters, and refusals of bad filters.
+    let (_, page) = send(Method::GET, "/api/v1/audit?limit=1", None).await;
+    assert_eq!(page["data"].as_array().map(Vec::len), Some(1), "{page}");
+    let next = page["next"].as_str().expect("a next page").to_string();
+    let (_, page2) = send(
+        Method::GET,
+        &format!("/api/v1/audit?limit=1&cursor={next}"),
+        None,
+    )
+    .await;
+    assert_eq!(page2["data"][0]["lead_id"], ids[1], "{page2}");
+    assert!(page2["next"].is_null(), "{page2}");
+    let (_, by_lead) = send(
+        Method::GET,
+        &format!("/api/v1/audit?lead_id={}", ids[1]),
+        None,
+    )
+    .await;
+    assert_eq!(
+        by_lead["data"].as_array().map(Vec::len),
+        Some(1),
+        "{by_lead}"
+    );
+    let (_, dnc) = send(Method::GET, "/api/v1/audit?reason=do_not_call", None).await;
+    assert_eq!(dnc["data"].as_array().map(Vec::len), Some(0), "{dnc}");
+    let (_, later) = send(Method::GET, "/api/v1/audit?since=2999-01-01", None).await;
+    assert_eq!(later["data"].as_array().map(Vec::len), Some(0), "{later}");
+    for bad in [
+        "reason=asleep",
+        "since=yesterday",
+        "lead_id=x",
+        "cursor=zz",
+        "limit=0",
+    ] {
+        let (s, v) = send(Method::GET, &format!("/api/v1/audit?{bad}"), None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
+        assert!(v["error"]["code"].is_string(), "{bad}: {v}");
+    }
+    // Admin only: an agent's token is refused.
+    let (s, v) = send(Method::POST, "/api/v1/agents/alice/tokens", None).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let agent_token = v["token"].as_str().expect("token").to_string();
+    let resp = client
+        .get(format!("{base}/api/v1/audit"))
+        .bearer_auth(&agent_token)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
 
     // Back to the config's hours with null; a bad PATCH changes nothing.
     let (s, v) = send(

@@ -74,6 +74,7 @@ async fn spawn_with_agents(
             instance: "console-test".into(),
             // Queue order, not calling hours, is under test here.
             calling_hours: powerdial::dialer::hours::CallingHours::always(),
+            audit: powerdial::store::audit::AuditLog::start(store.clone()),
         },
     )
     .await

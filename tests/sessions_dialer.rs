@@ -210,6 +210,7 @@ async fn thirty_leads_mixed_outcomes_dial_in_rule_order() {
         instance: "test".into(),
         // Queue order, not calling hours, is under test here.
         calling_hours: powerdial::dialer::hours::CallingHours::always(),
+        audit: powerdial::store::audit::AuditLog::start(store.clone()),
     };
     let sessions = Sessions::start(store.clone(), dialer.clone(), clock.clone(), config)
         .await

@@ -64,6 +64,7 @@ async fn spawn_app() -> App {
         instance: "http-test".into(),
         // Queue order, not calling hours, is under test here.
         calling_hours: powerdial::dialer::hours::CallingHours::always(),
+        audit: powerdial::store::audit::AuditLog::start(db.store.clone()),
     };
     let sessions = Sessions::start(db.store.clone(), dialer, SystemClock, config)
         .await

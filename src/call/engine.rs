@@ -38,6 +38,7 @@ use crate::sip::syntax::SipMessage;
 use crate::sip::transaction::TimerConfig;
 use crate::sip::transport::TransportHandle;
 use crate::sip::{Peer, Transmit, TransportKind};
+use crate::store::audit::{AuditAction, AuditEntry, AuditReason};
 use crate::store::Store;
 
 /// How long an agent's phone may ring before the agent leg gives up.
@@ -285,6 +286,8 @@ impl std::fmt::Debug for CallEngine {
 /// What every agent task shares: configuration and the I/O handles.
 struct Shared {
     store: Store,
+    /// Dials restricted or refused before the wire (SPEC §4 audit).
+    audit: crate::store::audit::AuditLog,
     sip: SipHandle,
     transport: TransportHandle,
     routes: mpsc::UnboundedSender<RouteChange>,
@@ -312,6 +315,8 @@ struct Shared {
 pub struct EngineIo {
     /// The database.
     pub store: Store,
+    /// Where dials restricted or refused before the wire are recorded.
+    pub audit: crate::store::audit::AuditLog,
     /// The SIP task (registrar bindings).
     pub sip: SipHandle,
     /// The SIP sockets.
@@ -378,6 +383,7 @@ impl CallEngine {
         let sent_by = io.sent_by.to_string();
         let shared = Arc::new(Shared {
             store: io.store,
+            audit: io.audit,
             sip: io.sip,
             transport: io.transport,
             routes: io.routes,
@@ -1167,6 +1173,21 @@ impl AgentTask {
         if let Some(p) = &dnc {
             crate::metrics::metrics().dnc_refused.inc();
             tracing::info!(agent = %self.name, number = %req.number, pattern = %p, "on the do-not-call list: restricted, not dialed");
+            self.audit(
+                &req,
+                AuditAction::Restricted,
+                AuditReason::DoNotCall,
+                format!("on the do-not-call list as {p}"),
+            )
+            .await;
+        } else if e164.is_none() {
+            self.audit(
+                &req,
+                AuditAction::Restricted,
+                AuditReason::NotDialable,
+                "not a number the trunk may dial".into(),
+            )
+            .await;
         }
         let number = e164.clone().filter(|_| dnc.is_none());
         let anchor = Anchor::now();
@@ -1220,6 +1241,29 @@ impl AgentTask {
         Ok(record.id)
     }
 
+    /// Records a dial that did not reach the wire (SPEC §4 audit); the
+    /// writer task stores it.
+    async fn audit(
+        &self,
+        req: &DialRequest,
+        action: AuditAction,
+        reason: AuditReason,
+        detail: String,
+    ) {
+        let entry = AuditEntry {
+            id: 0,
+            at_ms: epoch_ms(SystemTime::now()),
+            action,
+            reason,
+            session_id: req.session_id,
+            lead_id: req.lead_id,
+            agent: Some(self.name.clone()),
+            number: Some(req.number.clone()),
+            detail,
+        };
+        self.shared.audit.record(entry).await;
+    }
+
     /// The lead's name (when the call is for a lead) and the number.
     async fn lead_label(&self, lead_id: Option<i64>, number: &str) -> String {
         let name = match lead_id {
@@ -1265,6 +1309,13 @@ impl AgentTask {
         {
             crate::metrics::metrics().dnc_refused.inc();
             tracing::info!(agent = %self.name, %number, pattern = %p, "manual call refused: on the do-not-call list");
+            self.audit(
+                &req,
+                AuditAction::Refused,
+                AuditReason::DoNotCall,
+                format!("on the do-not-call list as {p}"),
+            )
+            .await;
             return Err(CallEngineError::DoNotCall(p.to_string()));
         }
         self.retire_ending_agent_leg();
@@ -1349,6 +1400,13 @@ impl AgentTask {
         anchor: Anchor,
     ) -> Result<(i64, CallProgress), CallEngineError> {
         tracing::info!(agent = %self.name, number = %req.number, "number not dialable on the trunk: restricted");
+        self.audit(
+            req,
+            AuditAction::Restricted,
+            AuditReason::NotDialable,
+            "not a number the trunk may dial".into(),
+        )
+        .await;
         let at = epoch_ms(anchor.1);
         let new = NewCall {
             session_id: req.session_id,

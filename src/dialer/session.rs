@@ -103,10 +103,13 @@ pub struct SessionConfig {
     /// Calling hours (SPEC §4): the config's window, which a session's own
     /// `calling_hours` replaces, and the holidays.
     pub calling_hours: CallingHours,
+    /// Where held dials are recorded (`GET /api/v1/audit`).
+    pub audit: crate::store::audit::AuditLog,
 }
 
 impl SessionConfig {
-    /// From the config's `[dialer]` section, with a fresh random instance id.
+    /// From the config's `[dialer]` section, with a fresh random instance id
+    /// and no audit log yet (the server sets [`SessionConfig::audit`]).
     pub fn from_dialer(cfg: &crate::config::DialerConfig) -> SessionConfig {
         SessionConfig {
             block: cfg.block.0,
@@ -119,6 +122,7 @@ impl SessionConfig {
                 // Checked when the config was loaded.
                 holidays: super::hours::parse_holidays(&cfg.holidays).unwrap_or_default(),
             },
+            audit: crate::store::audit::AuditLog::disabled(),
         }
     }
 }
@@ -1015,6 +1019,20 @@ impl<D: Dialer, C: Clock> Session<D, C> {
                         tracing::warn!(%agent, error = %e, "hold refused by the queue");
                     }
                     tracing::debug!(lead = c.lead.0, zone = %zone.name(), "outside calling hours: held");
+                    self.shared
+                        .config
+                        .audit
+                        .record(hold_entry(
+                            self.row.id,
+                            agent,
+                            c.lead.0,
+                            number.clone(),
+                            now_ms,
+                            opens_at,
+                            zone,
+                            holiday,
+                        ))
+                        .await;
                     holds += 1;
                     if holds >= HOLDS_PER_TURN {
                         // Let the session's other work in before going on.
@@ -1135,6 +1153,44 @@ impl<D: Dialer, C: Clock> Session<D, C> {
                 counts,
             });
         }
+    }
+}
+
+/// The audit entry of a lead held outside its calling hours.
+#[allow(clippy::too_many_arguments)]
+fn hold_entry(
+    session_id: i64,
+    agent: &str,
+    lead: i64,
+    number: Option<String>,
+    now_ms: i64,
+    opens_at: Option<i64>,
+    zone: chrono_tz::Tz,
+    holiday: bool,
+) -> crate::store::audit::AuditEntry {
+    use crate::store::audit::{AuditAction, AuditEntry, AuditReason};
+    let detail = match opens_at {
+        Some(t) => format!(
+            "opens {} ({})",
+            super::hours::local_hm(zone, t),
+            crate::leads::model::ms_to_time(t).to_rfc3339()
+        ),
+        None => format!("no opening within a year in {}", zone.name()),
+    };
+    AuditEntry {
+        id: 0,
+        at_ms: now_ms,
+        action: AuditAction::Held,
+        reason: if holiday {
+            AuditReason::Holiday
+        } else {
+            AuditReason::CallingHours
+        },
+        session_id: Some(session_id),
+        lead_id: Some(lead),
+        agent: Some(agent.to_string()),
+        number,
+        detail,
     }
 }
 

@@ -277,6 +277,7 @@ async fn check_calling_hours(
 ) -> Result<(), CallApiError> {
     use crate::dialer::hours::Verdict;
     use crate::leads::zone;
+    use crate::store::audit::{AuditAction, AuditEntry, AuditReason};
     let lead = match body.lead_id {
         Some(id) => state.store.get_lead(id).await.ok(),
         None => None,
@@ -297,8 +298,31 @@ async fn check_calling_hours(
     else {
         return Ok(());
     };
+    let reason = if holiday {
+        AuditReason::Holiday
+    } else {
+        AuditReason::CallingHours
+    };
+    let entry = |action, detail: String| AuditEntry {
+        id: 0,
+        at_ms: now_ms,
+        action,
+        reason,
+        session_id: None,
+        lead_id: body.lead_id,
+        agent: Some(body.agent.clone()),
+        number: Some(number.as_str().to_string()),
+        detail,
+    };
     if body.override_calling_hours {
         tracing::warn!(agent = %body.agent, number = %number.as_str(), zone = %zone.name(), "manual call outside calling hours: admin override");
+        state
+            .audit
+            .record(entry(
+                AuditAction::Overridden,
+                format!("outside calling hours in {}: admin override", zone.name()),
+            ))
+            .await;
         return Ok(());
     }
     let when = match opens_at {
@@ -309,6 +333,10 @@ async fn check_calling_hours(
         ),
         None => format!("they do not open within a year in {}", zone.name()),
     };
+    state
+        .audit
+        .record(entry(AuditAction::Refused, when.clone()))
+        .await;
     Err(CallApiError::OutsideCallingHours(format!(
         "{} is outside its calling hours{}: {when}; the admin may call anyway with \"override_calling_hours\": true",
         number.as_str(),

@@ -6,6 +6,7 @@
 
 pub mod admin_token;
 pub mod agents;
+pub mod audit;
 pub mod auth;
 pub mod call_notes;
 pub mod calls;
@@ -77,6 +78,8 @@ pub struct AppState {
     /// `[dialer] calling_hours` and `holidays`: what manual calls outside
     /// a session are checked against (SPEC §4).
     pub calling_hours: crate::dialer::hours::CallingHours,
+    /// Where refused and overridden manual calls are recorded.
+    pub audit: crate::store::audit::AuditLog,
 }
 
 impl std::fmt::Debug for AppState {
@@ -109,7 +112,14 @@ impl AppState {
             cors_origins: Arc::from(Vec::new()),
             event_log: None,
             calling_hours: Default::default(),
+            audit: crate::store::audit::AuditLog::disabled(),
         }
+    }
+
+    /// Sets the audit log (`GET /api/v1/audit` reads the store).
+    pub fn with_audit(mut self, audit: crate::store::audit::AuditLog) -> Self {
+        self.audit = audit;
+        self
     }
 
     /// Sets the calling hours manual calls are checked against.
@@ -210,6 +220,7 @@ pub fn api_routes() -> Router<AppState> {
         )
         .merge(calls::routes())
         .merge(dnc::routes())
+        .merge(audit::routes())
         .merge(call_notes::routes())
         .merge(session_list::routes())
 }

@@ -27,8 +27,8 @@ use utoipa::openapi::{ContentBuilder, RefOr, Required};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::{
-    agents, call_notes, calls, console, dnc, events, leads, manual_calls, session_list, sessions,
-    smart_views,
+    agents, audit, call_notes, calls, console, dnc, events, leads, manual_calls, session_list,
+    sessions, smart_views,
 };
 
 /// The routes served without the admin token (SPEC §4): the health check,
@@ -137,6 +137,7 @@ pub struct Health {
         dnc::list,
         dnc::remove,
         dnc::import,
+        audit::list,
         console::index,
         console::app_js,
         console::app_css,
@@ -151,6 +152,7 @@ pub struct Health {
         (name = "calls", description = "Call records and manual calls (R17)"),
         (name = "agents", description = "Agents and their registrations"),
         (name = "dnc", description = "The do-not-call list (SPEC §4)"),
+        (name = "audit", description = "Dials held, restricted or refused before the wire, with their reasons (SPEC §4)"),
         (name = "events", description = "Server-Sent Events of state changes"),
         (name = "meta", description = "Health and this document"),
         (name = "console", description = "The agent and admin console page (SPEC §4 `GET /`)"),

@@ -9,6 +9,7 @@
 //! milliseconds in the database and [`chrono::DateTime<Utc>`] in the model.
 
 pub mod agents;
+pub mod audit;
 mod dnc;
 #[macro_use]
 mod methods;

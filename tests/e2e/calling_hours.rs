@@ -221,4 +221,27 @@ fn a_lead_at_night_is_never_dialed_one_in_daytime_is() {
             .iter()
             .any(|n| n.contains(&numbers[0][1..]))
     });
+
+    // The audit: the manual refusal, the session's hold, the override.
+    let mut audit = Value::Null;
+    wait_for("the audit entries", Duration::from_secs(5), || {
+        audit = get(&app, &format!("/api/v1/audit?lead_id={}", leads[0]));
+        audit["data"].as_array().map(Vec::len) == Some(3)
+    });
+    let actions: Vec<(&str, &str)> = audit["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| Some((e["action"].as_str()?, e["reason"].as_str()?)))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("refused", "calling_hours"),
+            ("held", "calling_hours"),
+            ("overridden", "calling_hours")
+        ],
+        "{audit}"
+    );
+    assert_eq!(audit["data"][1]["session_id"], sid, "{audit}");
 }
