@@ -154,6 +154,7 @@ async fn leads(store: &Store, n: usize) -> Vec<i64> {
             }],
             custom: vec![],
             opportunities: vec![],
+            do_not_call: false,
         })
         .collect();
     store.insert_leads(&leads, BASE_MS).await.expect("leads")

@@ -82,6 +82,10 @@ pub enum CallEngineError {
     /// No `[[trunk]]` is configured.
     #[error("no [[trunk]] is configured")]
     NoTrunk,
+    /// The call is for a lead marked "do not call": it never reaches the
+    /// wire (SPEC §4, HTTP 403).
+    #[error("lead {0} is marked do not call: it is never dialed (PATCH /api/v1/leads/{0} with {{\"do_not_call\": false}} if that was a mistake)")]
+    LeadDoNotCall(i64),
     /// The number is on the do-not-call list (the covering pattern): it
     /// never reaches the wire (SPEC §4, HTTP 403).
     #[error("{0} is on the do-not-call list: it is never dialed (remove it with DELETE /api/v1/dnc/NUMBER if it was added by mistake)")]
@@ -208,8 +212,8 @@ pub enum CallEvent {
         state: CallProgress,
     },
     /// A control key on the agent's phone (SPEC §5 DTMF): `*` next lead, `#`
-    /// hang up the lead, `0` pause. The engine already did the SIP part of
-    /// `*` and `#`.
+    /// hang up the lead, `0` pause, `3` do not call. The engine already did
+    /// the SIP part of `*` and `#`.
     Dtmf {
         /// The agent.
         agent: String,
@@ -947,7 +951,8 @@ impl AgentTask {
         }
     }
 
-    /// SPEC §5 DTMF: `*` next lead, `#` hang up the lead, `0` pause.
+    /// SPEC §5 DTMF: `*` next lead, `#` hang up the lead, `0` pause, `3`
+    /// the current lead's number on the do-not-call list.
     fn on_digit(&mut self, now: Instant, digit: char) {
         match digit {
             '*' | '#' => {
@@ -955,7 +960,8 @@ impl AgentTask {
                     l.leg.hangup(now);
                 }
             }
-            '0' => {}
+            // `0` pauses; the do-not-call key is the session's to handle.
+            '0' | crate::dialer::session::DNC_KEY => {}
             _ => return,
         }
         let _ = self.shared.events.send(CallEvent::Dtmf {
@@ -1170,6 +1176,16 @@ impl AgentTask {
                 .map_err(|e| CallEngineError::Store(e.to_string()))?,
             None => None,
         };
+        // A lead marked "do not call" is honoured like the list.
+        let lead_dnc = match req.lead_id {
+            Some(id) if dnc.is_none() && e164.is_some() => self
+                .shared
+                .store
+                .lead_do_not_call(id)
+                .await
+                .map_err(|e| CallEngineError::Store(e.to_string()))?,
+            _ => false,
+        };
         if let Some(p) = &dnc {
             crate::metrics::metrics().dnc_refused.inc();
             tracing::info!(agent = %self.name, number = %req.number, pattern = %p, "on the do-not-call list: restricted, not dialed");
@@ -1178,6 +1194,16 @@ impl AgentTask {
                 AuditAction::Restricted,
                 AuditReason::DoNotCall,
                 format!("on the do-not-call list as {p}"),
+            )
+            .await;
+        } else if lead_dnc {
+            crate::metrics::metrics().dnc_refused.inc();
+            tracing::info!(agent = %self.name, lead = ?req.lead_id, "lead marked do not call: restricted, not dialed");
+            self.audit(
+                &req,
+                AuditAction::Restricted,
+                AuditReason::LeadDoNotCall,
+                "the lead is marked do not call".into(),
             )
             .await;
         } else if e164.is_none() {
@@ -1189,7 +1215,7 @@ impl AgentTask {
             )
             .await;
         }
-        let number = e164.clone().filter(|_| dnc.is_none());
+        let number = e164.clone().filter(|_| dnc.is_none() && !lead_dnc);
         let anchor = Anchor::now();
         let new = NewCall {
             session_id: req.session_id,
@@ -1317,6 +1343,26 @@ impl AgentTask {
             )
             .await;
             return Err(CallEngineError::DoNotCall(p.to_string()));
+        }
+        if let Some(id) = req.lead_id {
+            if self
+                .shared
+                .store
+                .lead_do_not_call(id)
+                .await
+                .map_err(|e| CallEngineError::Store(e.to_string()))?
+            {
+                crate::metrics::metrics().dnc_refused.inc();
+                tracing::info!(agent = %self.name, lead = id, "manual call refused: the lead is marked do not call");
+                self.audit(
+                    &req,
+                    AuditAction::Refused,
+                    AuditReason::LeadDoNotCall,
+                    "the lead is marked do not call".into(),
+                )
+                .await;
+                return Err(CallEngineError::LeadDoNotCall(id));
+            }
         }
         self.retire_ending_agent_leg();
         if self

@@ -271,6 +271,27 @@ pub struct QueueEntryView {
     pub reason: Option<String>,
 }
 
+/// What an agent's "do not call" did (`POST
+/// /api/v1/sessions/{id}/agents/{agent}/dnc`, or the DTMF key
+/// [`DNC_KEY`] on the phone).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct DncAdded {
+    /// The number put on the do-not-call list (E.164).
+    pub number: String,
+    /// The lead it was dialed for.
+    pub lead_id: i64,
+    /// The call record, once the call had one.
+    pub call_id: Option<i64>,
+    /// The reason stored with the entry.
+    pub reason: String,
+}
+
+/// The key on the agent's phone that puts the current lead's number on the
+/// do-not-call list (SPEC §5 DTMF controls: `*` next lead, `#` hang up the
+/// lead, `0` pause, `9` voicemail drop; `3` is "D" for "do not call" on
+/// the keypad). It does not hang up: the agent says goodbye, then `#`.
+pub const DNC_KEY: char = '3';
+
 /// Why a session command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -332,6 +353,7 @@ type Reply<T> = oneshot::Sender<Result<T, SessionError>>;
 
 enum Command {
     Join(String, Reply<()>),
+    DoNotCall(String, Reply<DncAdded>),
     Agent(String, AgentCommand, Reply<()>),
     Reset(Reply<()>),
     Settings(SessionRow, Reply<()>),
@@ -372,6 +394,13 @@ impl SessionHandle {
     pub async fn agent(&self, agent: &str, cmd: AgentCommand) -> Result<(), SessionError> {
         let a = agent.to_string();
         self.ask(|r| Command::Agent(a, cmd, r)).await
+    }
+
+    /// Puts the number of the agent's current lead (the call it is on, or
+    /// in wrap-up the one just ended) on the do-not-call list (SPEC §4).
+    pub async fn do_not_call(&self, agent: &str) -> Result<DncAdded, SessionError> {
+        let a = agent.to_string();
+        self.ask(|r| Command::DoNotCall(a, r)).await
     }
 
     /// R14 "reset & call again".
@@ -672,6 +701,10 @@ impl<D: Dialer, C: Clock> Session<D, C> {
                 let r = self.agent_command(&agent, c, now).await;
                 let _ = reply.send(r);
             }
+            Command::DoNotCall(agent, reply) => {
+                let r = self.add_current_to_dnc(&agent).await;
+                let _ = reply.send(r);
+            }
             Command::Reset(reply) => {
                 let r = record::reset(&self.shared.store, self.row.id, self.shared.clock.wall_ms())
                     .await;
@@ -768,6 +801,61 @@ impl<D: Dialer, C: Clock> Session<D, C> {
         }
     }
 
+    /// Puts the number of `agent`'s current lead on the do-not-call list:
+    /// the number its call dialed (the call record's), else the lead's
+    /// first phone (R2). The entry's reason names the agent, call and lead.
+    async fn add_current_to_dnc(&mut self, agent: &str) -> Result<DncAdded, SessionError> {
+        let slot = self
+            .agents
+            .get(agent)
+            .filter(|s| s.machine.state() != AgentState::Left)
+            .ok_or_else(|| SessionError::NoAgent(agent.to_string()))?;
+        let not_now = NotNow {
+            command: "put the current lead on the do-not-call list",
+            state: slot.machine.state(),
+        };
+        let Some(call) = slot.machine.shown_call() else {
+            return Err(not_now.into());
+        };
+        let store = &self.shared.store;
+        let lead_id = call.claim.lead.0;
+        let mut number = None;
+        if let Some(id) = call.call_id {
+            number = store.get_call(id).await.ok().map(|c| c.number);
+        }
+        if number.is_none() {
+            number = store
+                .get_lead(lead_id)
+                .await
+                .ok()
+                .and_then(|l| l.first_phone().map(|p| p.to_string()));
+        }
+        // Stored numbers are E.164, so the region is not consulted.
+        let Some((number, pattern)) = number.and_then(|n| {
+            let p = crate::leads::dnc::DncPattern::parse(&n, "US").ok()?;
+            Some((n, p))
+        }) else {
+            return Err(not_now.into());
+        };
+        let reason = match call.call_id {
+            Some(c) => format!("added by agent {agent} during call {c} (lead {lead_id})"),
+            None => format!("added by agent {agent} (lead {lead_id})"),
+        };
+        store
+            .add_dnc(
+                &[(pattern, Some(reason.clone()))],
+                self.shared.clock.wall_ms(),
+            )
+            .await?;
+        tracing::info!(%agent, %number, lead = lead_id, "the agent put the current lead's number on the do-not-call list");
+        Ok(DncAdded {
+            number,
+            lead_id,
+            call_id: call.call_id,
+            reason,
+        })
+    }
+
     /// The commands an agent gives from a screen name the call they were
     /// looking at; the dialer may have moved on since.
     async fn agent_command(
@@ -829,6 +917,14 @@ impl<D: Dialer, C: Clock> Session<D, C> {
             CallEvent::LeadAnswered { agent, call_id } => {
                 if let Some(s) = self.agents.get_mut(&agent) {
                     s.machine.handle_lead_answered(call_id);
+                }
+            }
+            CallEvent::Dtmf { agent, digit } if digit == DNC_KEY => {
+                match self.add_current_to_dnc(&agent).await {
+                    Ok(added) => {
+                        tracing::info!(%agent, number = %added.number, lead = added.lead_id, "DTMF: the current lead's number is on the do-not-call list")
+                    }
+                    Err(e) => tracing::debug!(%agent, %e, "DTMF do-not-call ignored"),
                 }
             }
             CallEvent::Dtmf { agent, digit } => {

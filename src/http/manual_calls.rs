@@ -162,7 +162,9 @@ impl From<CallEngineError> for CallApiError {
                 message: e.to_string(),
                 retry_after_s: RTP_PORTS_RETRY_AFTER_S,
             }),
-            e @ CallEngineError::DoNotCall(_) => CallApiError::Forbidden(e.to_string()),
+            e @ (CallEngineError::DoNotCall(_) | CallEngineError::LeadDoNotCall(_)) => {
+                CallApiError::Forbidden(e.to_string())
+            }
             e @ (CallEngineError::Declined(_)
             | CallEngineError::AgentLegEnding
             | CallEngineError::Timeout

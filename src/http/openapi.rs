@@ -119,6 +119,7 @@ pub struct Health {
         sessions::join,
         sessions::join_shared,
         sessions::agent,
+        sessions::do_not_call,
         sessions::queue,
         manual_calls::place,
         manual_calls::get_call,

@@ -44,6 +44,10 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/api/v1/sessions/{id}/reset", post(reset))
         .route("/api/v1/sessions/{id}/agents", post(join))
+        .route(
+            "/api/v1/sessions/{id}/agents/{agent}/dnc",
+            post(do_not_call),
+        )
         .route("/api/v1/sessions/{id}/agents/{agent}/{action}", post(agent))
         .route("/api/v1/sessions/{id}/queue", get(queue))
 }
@@ -529,6 +533,35 @@ pub(super) async fn agent(
     let h = sessions(&st)?.get_or_load(id).await?;
     h.agent(&agent, cmd).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST /api/v1/sessions/{id}/agents/{agent}/dnc`: puts the number of the
+/// agent's current lead (the call it is on, or in wrap-up the one just
+/// ended) on the do-not-call list (SPEC §4), as `3` on the phone does. The
+/// agent's own token may do it. The call goes on: hang up separately.
+#[utoipa::path(
+    post,
+    path = "/api/v1/sessions/{id}/agents/{agent}/dnc",
+    operation_id = "session_agent_do_not_call",
+    tag = "sessions",
+    params(
+        ("id" = i64, Path, description = "The session's id"),
+        ("agent" = String, Path, description = "The agent's username"),
+    ),
+    responses(
+        (status = 200, description = "The number added, with the lead and call", body = crate::dialer::session::DncAdded),
+        (status = 404, description = "No such session, or the agent is not in it", body = ErrorBody),
+        (status = 409, description = "The agent has no current lead", body = ErrorBody),
+    )
+)]
+pub(super) async fn do_not_call(
+    State(st): State<AppState>,
+    ApiPath((id, agent)): ApiPath<(String, String)>,
+) -> Result<Response> {
+    let id = parse_id(&id, "session")?;
+    let h = sessions(&st)?.get_or_load(id).await?;
+    let added = h.do_not_call(&agent).await?;
+    Ok(Json(added).into_response())
 }
 
 /// `GET /api/v1/sessions/{id}/queue` query.

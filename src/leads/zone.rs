@@ -259,6 +259,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), CustomValue::Text(v.to_string())))
                 .collect::<BTreeMap<_, _>>(),
             opportunities: Vec::new(),
+            do_not_call: false,
         }
     }
 

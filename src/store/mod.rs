@@ -464,6 +464,12 @@ impl Store {
         dispatch!(self, s => dnc::delete(s.pool(), p).await)
     }
 
+    /// Whether the lead is marked "do not call" (false for a lead that does
+    /// not exist). Asked before every dial for a lead, like the list.
+    pub async fn lead_do_not_call(&self, lead_id: i64) -> Result<bool, StoreError> {
+        dispatch!(self, s => dnc::lead_flag(s.pool(), lead_id).await)
+    }
+
     /// The do-not-call pattern covering an E.164 number, if any (the number
     /// itself before the longest covering prefix). Asked
     /// before every dial, so a number added on any instance is never dialed

@@ -12,6 +12,7 @@ mod calls_failures;
 mod console;
 mod demo;
 mod dnc;
+mod lead_dnc;
 mod media_hijack;
 mod openapi;
 mod peers;
