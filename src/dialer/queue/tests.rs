@@ -572,6 +572,11 @@ mod prop {
         Advance(i64),
         Reset,
         External(i64),
+        /// The agent's claimed lead is outside its calling hours: held
+        /// for that long.
+        Hold(i64, i64),
+        /// The calling hours changed: every hold ends.
+        ClearHolds,
     }
 
     fn outcome() -> impl Strategy<Value = Outcome> {
@@ -596,6 +601,8 @@ mod prop {
             2 => (0..90 * MIN).prop_map(Op::Advance),
             1 => Just(Op::Reset),
             1 => (0..LEADS).prop_map(Op::External),
+            2 => (0..AGENTS, 1..100 * MIN).prop_map(|(a, t)| Op::Hold(a, t)),
+            1 => Just(Op::ClearHolds),
         ]
     }
 
@@ -613,6 +620,8 @@ mod prop {
         live: HashMap<i64, (i64, u32)>,
         held: HashMap<i64, (Claim, u32)>,
         epoch: HashMap<i64, u32>,
+        /// Calling-hours holds: lead → opening.
+        hold: HashMap<i64, i64>,
     }
 
     fn ordered(keys: &[Option<u8>]) -> Vec<i64> {
@@ -667,6 +676,9 @@ mod prop {
                             now >= t + block,
                             "lead {lead} within another session's block"
                         );
+                    }
+                    if let Some(&t) = m.hold.get(&lead) {
+                        prop_assert!(now >= t, "lead {lead} claimed while held until {t}");
                     }
                     let epoch = m.epoch.get(&lead).copied().unwrap_or(0);
                     m.live.insert(lead, (agent, epoch));
@@ -742,6 +754,32 @@ mod prop {
                     if m.seen.contains(&lead) {
                         m.external.insert(lead, now);
                     }
+                }
+                Op::Hold(agent, ms) => {
+                    let Some((c, epoch)) = m.held.remove(&agent) else {
+                        let any = Claim {
+                            lead: LeadId(0),
+                            generation: 0,
+                            tier: Tier::Uncalled,
+                            view_pos: 0,
+                        };
+                        prop_assert!(q
+                            .hold(AgentId(agent), &any, now + ms, chrono_tz::UTC, false)
+                            .is_err());
+                        continue;
+                    };
+                    let lead = c.lead.0;
+                    m.live.remove(&lead);
+                    prop_assert!(q
+                        .hold(AgentId(agent), &c, now + ms, chrono_tz::UTC, false)
+                        .is_ok());
+                    if m.epoch.get(&lead).copied().unwrap_or(0) == epoch {
+                        m.hold.insert(lead, now + ms);
+                    }
+                }
+                Op::ClearHolds => {
+                    q.clear_holds(now);
+                    m.hold.clear();
                 }
             }
             let counts = q.counts();
