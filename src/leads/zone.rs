@@ -18,6 +18,10 @@
 //! the caller then applies the strictest of them, and so does a number
 //! whose zone is unknown, with every main zone of its country — a lead
 //! is called only while it is within the window wherever it may be.
+//!
+//! Known limit: a number of a country missing from the table (small
+//! territories and island states; see `tables::COUNTRIES`) has no zone, and
+//! calling hours then do not restrict it; give such leads a `timezone`.
 
 mod tables;
 
