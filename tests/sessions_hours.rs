@@ -17,7 +17,7 @@ use powerdial::dialer::hours::CallingHours;
 use powerdial::dialer::session::{Clock, SessionConfig};
 use powerdial::leads::model::{Contact, NewSmartView, ValidLead};
 use powerdial::leads::phone::PhoneE164;
-use powerdial::store::audit::{AuditFilter, AuditLog};
+use powerdial::store::audit::{AuditAction, AuditFilter, AuditLog, AuditReason};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
@@ -92,18 +92,22 @@ impl Dialer for Answering {
 async fn a_held_lead_is_dialed_when_its_window_opens() {
     let db = common::sqlite_db().await;
     let store = db.store.clone();
-    // Honolulu first in the view, then New York (by their area codes).
-    let leads: Vec<ValidLead> = ["+18085550100", "+12125550100"]
+    // Honolulu first in the view, then New York (by their area codes),
+    // then a lead with no number at all.
+    let leads: Vec<ValidLead> = [Some("+18085550100"), Some("+12125550100"), None]
         .iter()
         .enumerate()
         .map(|(i, n)| ValidLead {
             name: format!("lead {i}"),
             status: String::new(),
             created_ms: LEAD_START_MS - 1_000_000 + i as i64,
-            contacts: vec![Contact {
-                name: String::new(),
-                phones: vec![PhoneE164::from_e164(n).expect("phone")],
-            }],
+            contacts: n
+                .iter()
+                .map(|n| Contact {
+                    name: String::new(),
+                    phones: vec![PhoneE164::from_e164(n).expect("phone")],
+                })
+                .collect(),
             custom: vec![],
             opportunities: vec![],
             do_not_call: false,
@@ -186,5 +190,12 @@ async fn a_held_lead_is_dialed_when_its_window_opens() {
     assert_eq!(
         holds[0].detail,
         "opens 08:00 Pacific/Honolulu (2026-01-15T18:00:00+00:00)"
+    );
+    // The lead with no number: restricted without a dial, audited.
+    let none: Vec<_> = audit.iter().filter(|e| e.lead_id == Some(ids[2])).collect();
+    assert_eq!(none.len(), 1, "{audit:?}");
+    assert_eq!(
+        (none[0].action, none[0].reason),
+        (AuditAction::Restricted, AuditReason::NotDialable)
     );
 }

@@ -1183,6 +1183,22 @@ impl<D: Dialer, C: Clock> Session<D, C> {
                     .queue
                     .report(aid, c.lead, c.generation, Outcome::Restricted, now_ms);
                 let _ = claim::release(&store, &db, now_ms).await;
+                use crate::store::audit::{AuditAction, AuditEntry, AuditReason};
+                self.shared
+                    .config
+                    .audit
+                    .record(AuditEntry {
+                        id: 0,
+                        at_ms: now_ms,
+                        action: AuditAction::Restricted,
+                        reason: AuditReason::NotDialable,
+                        session_id: Some(self.row.id),
+                        lead_id: Some(c.lead.0),
+                        agent: Some(agent.to_string()),
+                        number: None,
+                        detail: "the lead has no phone number".into(),
+                    })
+                    .await;
                 continue;
             };
             if let Some(s) = self.agents.get_mut(agent) {
