@@ -314,9 +314,12 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
         .local_addr(TransportKind::Udp)
         .or_else(|| transport.local_addr(TransportKind::Tcp))
         .ok_or(ServerError::NoSipListener)?;
+    // Held, restricted and refused dials (SPEC §4), off the signalling path.
+    let audit = crate::store::audit::AuditLog::start(store.clone());
     let calls = CallEngine::start(
         &config,
         EngineIo {
+            audit: audit.clone(),
             store: store.clone(),
             sip: sip.clone(),
             transport: transport.clone(),
@@ -334,11 +337,14 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
     }
 
     // Dialer sessions (SPEC §1) drive the call engine; stored ones resume.
+    let mut session_config = crate::dialer::session::SessionConfig::from_dialer(&config.dialer);
+    session_config.audit = audit.clone();
+    let calling_hours = session_config.calling_hours.clone();
     let sessions = crate::dialer::directory::Sessions::start(
         store.clone(),
         calls.clone(),
         crate::dialer::session::SystemClock,
-        crate::dialer::session::SessionConfig::from_dialer(&config.dialer),
+        session_config,
     )
     .await?;
 
@@ -363,6 +369,8 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
             .with_realm(&config.domain)
             .with_cors_origins(config.cors_origins.clone())
             .with_calls(calls.clone())
+            .with_calling_hours(calling_hours)
+            .with_audit(audit)
             .with_sessions(sessions);
     let app = crate::http::router(state);
     let http_shutdown = shutdown.clone();

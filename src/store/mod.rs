@@ -9,6 +9,7 @@
 //! milliseconds in the database and [`chrono::DateTime<Utc>`] in the model.
 
 pub mod agents;
+pub mod audit;
 mod dnc;
 pub mod lead_notes;
 #[macro_use]
@@ -516,6 +517,12 @@ impl Store {
     /// Removes a pattern from the do-not-call list; whether it was there.
     pub async fn delete_dnc(&self, p: &DncPattern) -> Result<bool, StoreError> {
         dispatch!(self, s => dnc::delete(s.pool(), p).await)
+    }
+
+    /// Whether the lead is marked "do not call" (false for a lead that does
+    /// not exist). Asked before every dial for a lead, like the list.
+    pub async fn lead_do_not_call(&self, lead_id: i64) -> Result<bool, StoreError> {
+        dispatch!(self, s => dnc::lead_flag(s.pool(), lead_id).await)
     }
 
     /// The do-not-call pattern covering an E.164 number, if any (the number
