@@ -96,6 +96,8 @@ pub struct RunningServer {
     hurry: CancellationToken,
     drain_timeout: std::time::Duration,
     tasks: TaskTracker,
+    /// Flushed before the tasks stop: no audit entry is lost on a stop.
+    audit: crate::store::audit::AuditLog,
 }
 
 impl RunningServer {
@@ -124,6 +126,7 @@ impl RunningServer {
 
     /// Stops every task and waits for them.
     pub async fn shutdown(self) {
+        self.audit.flush().await;
         self.shutdown.cancel();
         self.tasks.close();
         self.tasks.wait().await;
@@ -370,7 +373,7 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
             .with_cors_origins(config.cors_origins.clone())
             .with_calls(calls.clone())
             .with_calling_hours(calling_hours)
-            .with_audit(audit)
+            .with_audit(audit.clone())
             .with_sessions(sessions);
     let app = crate::http::router(state);
     let http_shutdown = shutdown.clone();
@@ -409,6 +412,7 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
         hurry,
         drain_timeout: config.drain_timeout,
         tasks,
+        audit,
     })
 }
 

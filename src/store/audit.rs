@@ -244,7 +244,15 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 /// Where audit entries go: a cheap handle to the writer task.
 #[derive(Debug, Clone)]
 pub struct AuditLog {
-    tx: Option<mpsc::Sender<AuditEntry>>,
+    tx: Option<mpsc::Sender<Item>>,
+}
+
+/// What the writer's channel carries: entries, and flush requests
+/// answered once everything sent before them is committed.
+#[derive(Debug)]
+enum Item {
+    Entry(AuditEntry),
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 impl AuditLog {
@@ -267,8 +275,20 @@ impl AuditLog {
         let Some(tx) = &self.tx else {
             return;
         };
-        if tx.send(entry).await.is_err() {
+        if tx.send(Item::Entry(entry)).await.is_err() {
             tracing::warn!("the audit writer has stopped: entry not kept");
+        }
+    }
+
+    /// Returns once every entry recorded before the call is committed (a
+    /// graceful stop calls it so that no audit entry is lost, SPEC §5).
+    pub async fn flush(&self) {
+        let Some(tx) = &self.tx else {
+            return;
+        };
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if tx.send(Item::Flush(done)).await.is_ok() {
+            let _ = wait.await;
         }
     }
 }
@@ -276,17 +296,24 @@ impl AuditLog {
 /// Commits what the channel holds, a batch per transaction, until every
 /// sender is gone.
 #[allow(clippy::disallowed_methods)] // a driver: the retry delay's timer.
-async fn run_writer(store: Store, mut rx: mpsc::Receiver<AuditEntry>) {
+async fn run_writer(store: Store, mut rx: mpsc::Receiver<Item>) {
     while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        let mut batch = Vec::new();
+        let mut flushes = Vec::new();
+        match first {
+            Item::Entry(e) => batch.push(e),
+            Item::Flush(done) => flushes.push(done),
+        }
+        // A flush ends the batch: what came before it is what it waits for.
+        while batch.len() < MAX_BATCH && flushes.is_empty() {
             match rx.try_recv() {
-                Ok(e) => batch.push(e),
+                Ok(Item::Entry(e)) => batch.push(e),
+                Ok(Item::Flush(done)) => flushes.push(done),
                 Err(_) => break,
             }
         }
         let mut delay = RETRY_MIN;
-        loop {
+        while !batch.is_empty() {
             match store.insert_audit(&batch).await {
                 Ok(()) => break,
                 Err(e) => {
@@ -295,6 +322,9 @@ async fn run_writer(store: Store, mut rx: mpsc::Receiver<AuditEntry>) {
                     delay = (delay * 2).min(RETRY_MAX);
                 }
             }
+        }
+        for done in flushes {
+            let _ = done.send(());
         }
     }
 }
