@@ -299,6 +299,9 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
     // in batches").
     let (persist_tx, persist_rx) = registration_writer::channel();
     tasks.spawn(registration_writer::run_writer(store.clone(), persist_rx));
+    // A REGISTER's 200 OK leaves once its binding is committed (the
+    // writer reports what is; SPEC §5).
+    endpoint.set_ack_after_persist(true);
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let (route_tx, route_rx) = mpsc::unbounded_channel();
     tasks.spawn(sip_task(
@@ -431,6 +434,7 @@ async fn sip_task(
     shutdown: CancellationToken,
 ) {
     let mut routes: HashMap<String, mpsc::UnboundedSender<RoutedMessage>> = HashMap::new();
+    let mut persisted = persist.persisted();
     loop {
         let deadline = endpoint.poll_timeout();
         let timer = async {
@@ -442,6 +446,11 @@ async fn sip_task(
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => return,
+            // Before new input: acknowledgements of stored bindings.
+            Ok(()) = persisted.changed() => {
+                let committed = *persisted.borrow_and_update();
+                endpoint.bindings_persisted(Instant::now(), committed);
+            }
             msg = inbound.recv() => {
                 let Some(msg) = msg else { return };
                 // Routes first: a leg registers its Call-ID before its
@@ -482,7 +491,9 @@ async fn sip_task(
         // Waits while the writer is behind: backpressure, never loss
         // (SPEC §5 "none is ever dropped").
         while let Some(ev) = endpoint.poll_event() {
-            if let Err(e) = persist.send(changes_from_event(ev)).await {
+            let EndpointEvent::BindingsChanged { ticket, .. } = &ev;
+            let ticket = *ticket;
+            if let Err(e) = persist.send(changes_from_event(ev), ticket).await {
                 tracing::error!(error = %e, "a binding change was not saved");
             }
         }
