@@ -399,6 +399,12 @@ pub struct DialerConfig {
     /// `max_cps`, how long a dial waits for one to free before it is
     /// refused (the lead stays queued, the agent is paused). 0: no wait.
     pub trunk_wait: Seconds,
+    /// Calling hours in each lead's local time (SPEC §4), `{ start =
+    /// "08:00", end = "21:00" }`; a session's own `calling_hours` replaces
+    /// it. `end = "24:00"` runs to midnight.
+    pub calling_hours: crate::dialer::hours::Window,
+    /// Local dates (`YYYY-MM-DD`) on which no lead is called.
+    pub holidays: Vec<String>,
 }
 
 /// The shortest ring a lead gets unless `dialer.allow_short_ring_timeout`
@@ -420,6 +426,8 @@ impl Default for DialerConfig {
             allow_short_ring_timeout: false,
             lead_on_phone: true,
             trunk_wait: Seconds(Duration::from_secs(5)),
+            calling_hours: crate::dialer::hours::Window::DEFAULT,
+            holidays: Vec::new(),
         }
     }
 }
@@ -834,6 +842,8 @@ impl Config {
                 ));
             }
         }
+        crate::dialer::hours::parse_holidays(&d.holidays)
+            .map_err(|e| invalid("dialer", "holidays", e.to_string()))?;
         Ok(Config {
             sip_listen,
             http_listen,
@@ -1151,6 +1161,72 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.dialer.ring_timeout.0, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn calling_hours_default_configure_and_refuse() {
+        use crate::dialer::hours::Window;
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.dialer.calling_hours, Window::DEFAULT, "08:00-21:00");
+        assert!(c.dialer.holidays.is_empty());
+        let c = load(
+            "[dialer]\ncalling_hours = { start = \"09:30\", end = \"20:00\" }\nholidays = [\"2026-12-25\", \"2027-01-01\"]\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.dialer.calling_hours,
+            Window::parse("09:30", "20:00").unwrap()
+        );
+        let s = crate::dialer::session::SessionConfig::from_dialer(&c.dialer);
+        assert_eq!(s.calling_hours.holidays.len(), 2);
+        // The table form and an environment override.
+        let c = load(
+            "[dialer.calling_hours]\nstart = \"10:00\"\nend = \"24:00\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.dialer.calling_hours,
+            Window::parse("10:00", "24:00").unwrap()
+        );
+        let c = load(
+            "",
+            &[(
+                "POWERDIAL_DIALER_CALLING_HOURS",
+                r#"{ start = "07:00", end = "19:00" }"#,
+            )],
+        )
+        .unwrap();
+        assert_eq!(
+            c.dialer.calling_hours,
+            Window::parse("07:00", "19:00").unwrap()
+        );
+        // Bad windows and dates name the key and the line.
+        let e = load(
+            "[dialer]\ncalling_hours = { start = \"21:00\", end = \"08:00\" }\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("t.toml:2") && e.contains("must start before they end"),
+            "{e}"
+        );
+        let e = load(
+            "[dialer]\ncalling_hours = { start = \"8am\", end = \"21:00\" }\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("HH:MM"), "{e}");
+        let e = load("[dialer]\nholidays = [\"25/12/2026\"]\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("dialer.holidays") && e.contains("t.toml:2"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -33,6 +33,16 @@ pub struct TrunkLabel {
     pub trunk: String,
 }
 
+/// The labels of a session's queue size: the session and the leads' state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabel {
+    /// The dialer session's id.
+    pub session_id: String,
+    /// `queued` (may be called now, R1/R3), `blocked` (R4),
+    /// `awaiting_refresh` (R10), `calling` (R13), `answered` (R5).
+    pub state: String,
+}
+
 /// Everything powerdial counts.
 pub struct Metrics {
     registry: Registry,
@@ -65,6 +75,10 @@ pub struct Metrics {
     pub registrations_saved: Counter,
     /// Binding changes waiting for the database.
     pub registrations_pending: Gauge,
+    /// Registrar bindings live now (phones registered), read at each scrape.
+    pub registrations_active: Gauge,
+    /// Leads of each running session by queue state, read at each scrape.
+    pub queue_leads: Family<QueueLabel, Gauge>,
     /// Failed digest responses from phones (wrong password or unknown user).
     pub sip_auth_failures: Counter,
     /// Seconds from the INVITE to the lead's final answer or the ring
@@ -165,6 +179,18 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Registrar binding changes waiting for the database",
         registrations_pending.clone(),
     );
+    let registrations_active = Gauge::default();
+    registry.register(
+        "registrations_active",
+        "Registrar bindings live now (registered phones)",
+        registrations_active.clone(),
+    );
+    let queue_leads = Family::<QueueLabel, Gauge>::default();
+    registry.register(
+        "queue_leads",
+        "Leads of each running dialer session by queue state",
+        queue_leads.clone(),
+    );
     let sip_auth_failures = Counter::default();
     registry.register(
         "sip_auth_failures",
@@ -231,12 +257,32 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         sip_tcp_refused,
         registrations_saved,
         registrations_pending,
+        registrations_active,
+        queue_leads,
     }
 });
 
 /// The process's metrics.
 pub fn metrics() -> &'static Metrics {
     &METRICS
+}
+
+/// Sets the queue-size gauges of the running sessions from their counts
+/// (`(session id, [(state, leads)])`); sessions no longer running lose
+/// their series.
+pub fn set_queue_sizes(sessions: &[(i64, Vec<(&'static str, usize)>)]) {
+    let family = &metrics().queue_leads;
+    family.clear();
+    for (id, counts) in sessions {
+        for (state, n) in counts {
+            family
+                .get_or_create(&QueueLabel {
+                    session_id: id.to_string(),
+                    state: (*state).to_string(),
+                })
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+    }
 }
 
 /// The text exposition (OpenMetrics 1.0, which Prometheus scrapes).
@@ -270,5 +316,11 @@ mod tests {
         );
         assert!(text.contains("powerdial_rtp_stray_packets_total"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+        set_queue_sizes(&[(41, vec![("queued", 3), ("blocked", 1)])]);
+        let text = render();
+        assert!(
+            text.contains("powerdial_queue_leads{session_id=\"41\",state=\"queued\"} 3"),
+            "{text}"
+        );
     }
 }

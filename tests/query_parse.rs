@@ -721,3 +721,21 @@ proptest! {
         let _ = parse(&s);
     }
 }
+
+/// Found by the `smart_view_query` fuzz target: `sort:-""` parsed as a
+/// sort by a custom field with no name, which printed as `sort:-custom.""`
+/// and did not parse again. No field has an empty name: a 400.
+#[test]
+fn sorting_by_an_empty_name_is_a_syntax_error() {
+    for q in [
+        "sort:\"\"",
+        "sort:-\"\"",
+        "sort:\"custom.\"",
+        "sort:-\"custom.\"",
+    ] {
+        let e = parse(q).expect_err(q);
+        assert!(e.expected.contains("field name to sort by"), "{q}: {e}");
+    }
+    // A real name still works, quoted or not.
+    assert!(parse("sort:-\"Next Call Date\" sort:created").is_ok());
+}

@@ -152,9 +152,11 @@ async fn leads(store: &Store, n: usize) -> Vec<i64> {
             contacts: vec![Contact {
                 name: String::new(),
                 phones: vec![PhoneE164::from_e164(&format!("+1555200{:04}", i)).expect("phone")],
+                emails: Vec::new(),
             }],
             custom: vec![],
             opportunities: vec![],
+            do_not_call: false,
         })
         .collect();
     store.insert_leads(&leads, BASE_MS).await.expect("leads")
@@ -209,6 +211,9 @@ async fn thirty_leads_mixed_outcomes_dial_in_rule_order() {
         wrap_up_idle: Duration::from_millis(50),
         lease: Duration::from_secs(30),
         instance: "test".into(),
+        // Queue order, not calling hours, is under test here.
+        calling_hours: powerdial::dialer::hours::CallingHours::always(),
+        audit: powerdial::store::audit::AuditLog::start(store.clone()),
     };
     let sessions = Sessions::start(store.clone(), dialer.clone(), clock.clone(), config)
         .await

@@ -62,6 +62,9 @@ async fn spawn_app() -> App {
         wrap_up_idle: Duration::from_secs(3),
         lease: Duration::from_secs(30),
         instance: "http-test".into(),
+        // Queue order, not calling hours, is under test here.
+        calling_hours: powerdial::dialer::hours::CallingHours::always(),
+        audit: powerdial::store::audit::AuditLog::start(db.store.clone()),
     };
     let sessions = Sessions::start(db.store.clone(), dialer, SystemClock, config)
         .await
@@ -391,6 +394,9 @@ async fn sessions_api() {
         .post(&format!("/api/v1/sessions/{id}/reset"), json!({}))
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(v["reset_at"].is_string(), "the answer shows the reset: {v}");
+    let (_, v) = app.get(&format!("/api/v1/sessions/{id}")).await;
+    assert!(v["reset_at"].is_string(), "and so does GET: {v}");
     let (s, _) = app.get("/api/v1/sessions/424242").await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     app.db.cleanup().await;

@@ -41,6 +41,7 @@ use crate::sip::syntax::SipMessage;
 use crate::sip::transaction::TimerConfig;
 use crate::sip::transport::TransportHandle;
 use crate::sip::{Peer, Transmit, TransportKind};
+use crate::store::audit::{AuditAction, AuditEntry, AuditReason};
 use crate::store::Store;
 
 /// How long an agent's phone may ring before the agent leg gives up.
@@ -92,6 +93,10 @@ pub enum CallEngineError {
     /// `max_cps` for `dialer.trunk_wait`: nothing is dialed (HTTP 503).
     #[error("every trunk that may dial this number is at its max_calls or max_cps limit: nothing was dialed; try again in a moment")]
     TrunksBusy,
+    /// The call is for a lead marked "do not call": it never reaches the
+    /// wire (SPEC §4, HTTP 403).
+    #[error("lead {0} is marked do not call: it is never dialed (PATCH /api/v1/leads/{0} with {{\"do_not_call\": false}} if that was a mistake)")]
+    LeadDoNotCall(i64),
     /// The number is on the do-not-call list (the covering pattern): it
     /// never reaches the wire (SPEC §4, HTTP 403).
     #[error("{0} is on the do-not-call list: it is never dialed (remove it with DELETE /api/v1/dnc/NUMBER if it was added by mistake)")]
@@ -218,8 +223,8 @@ pub enum CallEvent {
         state: CallProgress,
     },
     /// A control key on the agent's phone (SPEC §5 DTMF): `*` next lead, `#`
-    /// hang up the lead, `0` pause. The engine already did the SIP part of
-    /// `*` and `#`.
+    /// hang up the lead, `0` pause, `3` do not call. The engine already did
+    /// the SIP part of `*` and `#`.
     Dtmf {
         /// The agent.
         agent: String,
@@ -301,6 +306,8 @@ impl std::fmt::Debug for CallEngine {
 /// What every agent task shares: configuration and the I/O handles.
 struct Shared {
     store: Store,
+    /// Dials restricted or refused before the wire (SPEC §4 audit).
+    audit: crate::store::audit::AuditLog,
     sip: SipHandle,
     transport: TransportHandle,
     routes: mpsc::UnboundedSender<RouteChange>,
@@ -332,6 +339,8 @@ struct Shared {
 pub struct EngineIo {
     /// The database.
     pub store: Store,
+    /// Where dials restricted or refused before the wire are recorded.
+    pub audit: crate::store::audit::AuditLog,
     /// The SIP task (registrar bindings).
     pub sip: SipHandle,
     /// The SIP sockets.
@@ -460,6 +469,7 @@ impl CallEngine {
         }
         let shared = Arc::new(Shared {
             store: io.store,
+            audit: io.audit,
             sip: io.sip,
             transport: io.transport,
             routes: io.routes,
@@ -1059,7 +1069,8 @@ impl AgentTask {
         }
     }
 
-    /// SPEC §5 DTMF: `*` next lead, `#` hang up the lead, `0` pause.
+    /// SPEC §5 DTMF: `*` next lead, `#` hang up the lead, `0` pause, `3`
+    /// the current lead's number on the do-not-call list.
     fn on_digit(&mut self, now: Instant, digit: char) {
         match digit {
             '*' | '#' => {
@@ -1067,7 +1078,8 @@ impl AgentTask {
                     l.leg.hangup(now);
                 }
             }
-            '0' => {}
+            // `0` pauses; the do-not-call key is the session's to handle.
+            '0' | crate::dialer::session::DNC_KEY => {}
             _ => return,
         }
         let _ = self.shared.events.send(CallEvent::Dtmf {
@@ -1283,11 +1295,46 @@ impl AgentTask {
                 .map_err(|e| CallEngineError::Store(e.to_string()))?,
             None => None,
         };
+        // A lead marked "do not call" is honoured like the list.
+        let lead_dnc = match req.lead_id {
+            Some(id) if dnc.is_none() && e164.is_some() => self
+                .shared
+                .store
+                .lead_do_not_call(id)
+                .await
+                .map_err(|e| CallEngineError::Store(e.to_string()))?,
+            _ => false,
+        };
         if let Some(p) = &dnc {
             crate::metrics::metrics().dnc_refused.inc();
             tracing::info!(agent = %self.name, number = %req.number, pattern = %p, "on the do-not-call list: restricted, not dialed");
+            self.audit(
+                &req,
+                AuditAction::Restricted,
+                AuditReason::DoNotCall,
+                format!("on the do-not-call list as {p}"),
+            )
+            .await;
+        } else if lead_dnc {
+            crate::metrics::metrics().dnc_refused.inc();
+            tracing::info!(agent = %self.name, lead = ?req.lead_id, "lead marked do not call: restricted, not dialed");
+            self.audit(
+                &req,
+                AuditAction::Restricted,
+                AuditReason::LeadDoNotCall,
+                "the lead is marked do not call".into(),
+            )
+            .await;
+        } else if e164.is_none() {
+            self.audit(
+                &req,
+                AuditAction::Restricted,
+                AuditReason::NotDialable,
+                "not a number the trunk may dial".into(),
+            )
+            .await;
         }
-        let grant = grant.filter(|_| dnc.is_none());
+        let grant = grant.filter(|_| dnc.is_none() && !lead_dnc);
         let number = e164.clone().filter(|_| grant.is_some());
         let anchor = Anchor::now();
         let new = NewCall {
@@ -1343,6 +1390,29 @@ impl AgentTask {
         Ok(record.id)
     }
 
+    /// Records a dial that did not reach the wire (SPEC §4 audit); the
+    /// writer task stores it.
+    async fn audit(
+        &self,
+        req: &DialRequest,
+        action: AuditAction,
+        reason: AuditReason,
+        detail: String,
+    ) {
+        let entry = AuditEntry {
+            id: 0,
+            at_ms: epoch_ms(SystemTime::now()),
+            action,
+            reason,
+            session_id: req.session_id,
+            lead_id: req.lead_id,
+            agent: Some(self.name.clone()),
+            number: Some(req.number.clone()),
+            detail,
+        };
+        self.shared.audit.record(entry).await;
+    }
+
     /// The lead's name (when the call is for a lead) and the number.
     async fn lead_label(&self, lead_id: Option<i64>, number: &str) -> String {
         let name = match lead_id {
@@ -1386,7 +1456,34 @@ impl AgentTask {
         {
             crate::metrics::metrics().dnc_refused.inc();
             tracing::info!(agent = %self.name, %number, pattern = %p, "manual call refused: on the do-not-call list");
+            self.audit(
+                &req,
+                AuditAction::Refused,
+                AuditReason::DoNotCall,
+                format!("on the do-not-call list as {p}"),
+            )
+            .await;
             return Err(CallEngineError::DoNotCall(p.to_string()));
+        }
+        if let Some(id) = req.lead_id {
+            if self
+                .shared
+                .store
+                .lead_do_not_call(id)
+                .await
+                .map_err(|e| CallEngineError::Store(e.to_string()))?
+            {
+                crate::metrics::metrics().dnc_refused.inc();
+                tracing::info!(agent = %self.name, lead = id, "manual call refused: the lead is marked do not call");
+                self.audit(
+                    &req,
+                    AuditAction::Refused,
+                    AuditReason::LeadDoNotCall,
+                    "the lead is marked do not call".into(),
+                )
+                .await;
+                return Err(CallEngineError::LeadDoNotCall(id));
+            }
         }
         self.retire_ending_agent_leg();
         if self
@@ -1472,6 +1569,13 @@ impl AgentTask {
         anchor: Anchor,
     ) -> Result<(i64, CallProgress), CallEngineError> {
         tracing::info!(agent = %self.name, number = %req.number, "number not dialable on the trunk: restricted");
+        self.audit(
+            req,
+            AuditAction::Restricted,
+            AuditReason::NotDialable,
+            "not a number the trunk may dial".into(),
+        )
+        .await;
         let at = epoch_ms(anchor.1);
         let new = NewCall {
             session_id: req.session_id,

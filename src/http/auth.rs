@@ -73,7 +73,11 @@ impl FailedLogins {
 /// connection (`ConnectInfo`, as `server.rs` serves); without it (an
 /// in-process router in tests) nothing is counted.
 #[allow(clippy::disallowed_methods)] // a driver: the limiter's clock.
-pub async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn require_token(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let addr = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -105,6 +109,7 @@ pub async fn require_token(State(state): State<AppState>, req: Request, next: Ne
             if !state.admin_token.is_empty()
                 && constant_time_eq(token.as_bytes(), state.admin_token.as_bytes()) =>
         {
+            req.extensions_mut().insert(Caller::Admin);
             return next.run(req).await;
         }
         Some(token) if !token.is_empty() => state
@@ -115,6 +120,9 @@ pub async fn require_token(State(state): State<AppState>, req: Request, next: Ne
             .flatten(),
         _ => None,
     };
+    if let Some(agent) = &agent {
+        req.extensions_mut().insert(Caller::Agent(agent.clone()));
+    }
     match agent {
         Some(agent) => match agent_access(req.method(), req.uri().path(), &agent) {
             Access::Allow => next.run(req).await,
@@ -157,6 +165,26 @@ pub async fn require_token(State(state): State<AppState>, req: Request, next: Ne
     }
 }
 
+/// Who a request that passed [`require_token`] acts as: handlers read it
+/// as a request extension (`Extension<Caller>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// The admin token.
+    Admin,
+    /// An agent token of this agent.
+    Agent(String),
+}
+
+impl Caller {
+    /// The agent's username, `None` for the admin.
+    pub fn agent(&self) -> Option<&str> {
+        match self {
+            Caller::Admin => None,
+            Caller::Agent(a) => Some(a),
+        }
+    }
+}
+
 /// The SHA-256 under which an agent token is stored (hex).
 pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
@@ -192,12 +220,15 @@ pub fn agent_access(method: &axum::http::Method, path: &str, agent: &str) -> Acc
     let post = method == Method::POST;
     match parts.as_slice() {
         ["events"] if get => Access::Allow,
+        ["me"] if get => Access::Allow,
         ["sessions"] if get => Access::Allow,
         ["sessions", _] if get => Access::Allow,
         ["sessions", _, "queue"] if get => Access::Allow,
         ["sessions", _, "agents"] if post => Access::BodyAgent,
         ["sessions", _, "agents", a, _] if post && *a == agent => Access::Allow,
         ["leads", _] if get => Access::Allow,
+        ["leads", _, "calls"] if get => Access::Allow,
+        ["leads", _, "notes"] if post => Access::Allow,
         ["agents", a] if get && *a == agent => Access::Allow,
         ["calls"] if post => Access::BodyAgent,
         ["calls", id] if get || method == Method::PATCH => {
@@ -265,6 +296,11 @@ mod tests {
         assert_eq!(a(Method::POST, "/api/v1/sessions/3/reset"), Access::Deny);
         assert_eq!(a(Method::POST, "/api/v1/agents/alice/tokens"), Access::Deny);
         assert_eq!(a(Method::GET, "/metrics"), Access::Deny);
+        assert_eq!(a(Method::GET, "/api/v1/me"), Access::Allow);
+        assert_eq!(a(Method::GET, "/api/v1/leads/4/calls"), Access::Allow);
+        assert_eq!(a(Method::POST, "/api/v1/leads/4/calls"), Access::Deny);
+        assert_eq!(a(Method::POST, "/api/v1/leads/4/notes"), Access::Allow);
+        assert_eq!(a(Method::GET, "/api/v1/sessions/3/stats"), Access::Deny);
     }
 
     #[test]

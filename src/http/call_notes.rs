@@ -1,7 +1,8 @@
 //! `PATCH /api/v1/calls/{id} {"notes": "..."}`: the agent's notes on a call
 //! (SPEC §1 step 5: notes written during and after the call, kept with it).
 //! The console saves the notes box here while the agent types; the call
-//! record (SPEC §4) carries them as `notes`.
+//! record (SPEC §4) carries them as `notes`, and the call's lead keeps
+//! them as one of its notes (`GET /api/v1/leads/{id}`).
 
 use axum::extract::State;
 use axum::routing::patch;
@@ -53,6 +54,20 @@ pub(super) async fn set_notes(
         return Err(ValidationError::new("notes", ValidationReason::TooLong(MAX_NOTES_LEN)).into());
     }
     let record = state.store.set_call_notes(id, &body.notes).await?;
+    // The note belongs to the lead too: it shows the next time the lead
+    // comes up (help page: the call note box), and in `GET /api/v1/leads/{id}`.
+    if let Some(lead) = record.lead_id {
+        state
+            .store
+            .set_call_lead_note(
+                lead,
+                id,
+                record.agent.as_deref(),
+                &body.notes,
+                super::time_to_ms_now(),
+            )
+            .await?;
+    }
     let live = state.calls.as_ref().and_then(|c| c.call_progress(id));
     let state = CallState::of(&record, live);
     Ok(Json(CallView { record, state }))

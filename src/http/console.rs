@@ -1,8 +1,10 @@
 //! `GET /`: the agent and admin console (SPEC §1 "Admin / agent console",
 //! SPEC §4), one page of plain HTML, CSS and JavaScript embedded in the
 //! binary, no build step and nothing fetched from elsewhere. The page is
-//! public; every API call it makes carries the admin token the user types,
-//! and the event stream is read with `fetch()` so that it can too.
+//! public; every API call it makes carries the token the user signed in
+//! with (the admin token, an agent token, or the agent token a share link
+//! was exchanged for), and the event stream is read with `fetch()` so that
+//! it can too.
 
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderName, HeaderValue};

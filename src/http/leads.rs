@@ -122,20 +122,20 @@ pub(super) async fn create_leads(
     })
 }
 
-/// `GET /api/v1/leads/{id}`.
+/// `GET /api/v1/leads/{id}`: the lead and its notes (SPEC §1 step 5).
 #[utoipa::path(
     get,
     path = "/api/v1/leads/{id}",
     tag = "leads",
     params(("id" = i64, Path, description = "The lead's id")),
-    responses((status = 200, description = "The lead", body = Lead))
+    responses((status = 200, description = "The lead with its latest notes", body = super::lead_notes::LeadWithNotes))
 )]
 pub(super) async fn get_lead(
     State(st): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id, "lead")?;
-    Ok(Json(st.store.get_lead(id).await?).into_response())
+    Ok(Json(super::lead_notes::lead_with_notes(&st, id).await?).into_response())
 }
 
 /// `PATCH /api/v1/leads/{id}`: absent keys are kept (see [`LeadPatch`]).

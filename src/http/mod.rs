@@ -6,6 +6,7 @@
 
 pub mod admin_token;
 pub mod agents;
+pub mod audit;
 pub mod auth;
 pub mod bans;
 pub mod call_notes;
@@ -18,18 +19,21 @@ pub mod event_log;
 pub mod events;
 pub mod idempotency;
 pub mod json;
+pub mod lead_notes;
 pub mod leads;
 pub mod manual_calls;
+pub mod me;
 pub mod openapi;
 pub mod paging;
 pub mod session_list;
+pub mod session_stats;
 pub mod sessions;
 pub mod smart_views;
 pub mod trunks;
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, FromRequestParts};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -76,6 +80,11 @@ pub struct AppState {
     pub realm: Arc<str>,
     /// Responses remembered by `Idempotency-Key` ([`idempotency`]).
     pub idempotency: Arc<std::sync::Mutex<idempotency::IdempotencyCache>>,
+    /// `[dialer] calling_hours` and `holidays`: what manual calls outside
+    /// a session are checked against (SPEC §4).
+    pub calling_hours: crate::dialer::hours::CallingHours,
+    /// Where refused and overridden manual calls are recorded.
+    pub audit: crate::store::audit::AuditLog,
 }
 
 impl std::fmt::Debug for AppState {
@@ -107,7 +116,21 @@ impl AppState {
             realm: Arc::from("127.0.0.1"),
             cors_origins: Arc::from(Vec::new()),
             event_log: None,
+            calling_hours: Default::default(),
+            audit: crate::store::audit::AuditLog::disabled(),
         }
+    }
+
+    /// Sets the audit log (`GET /api/v1/audit` reads the store).
+    pub fn with_audit(mut self, audit: crate::store::audit::AuditLog) -> Self {
+        self.audit = audit;
+        self
+    }
+
+    /// Sets the calling hours manual calls are checked against.
+    pub fn with_calling_hours(mut self, hours: crate::dialer::hours::CallingHours) -> Self {
+        self.calling_hours = hours;
+        self
     }
 
     /// R6: tells the dialer sessions that leads changed through powerdial,
@@ -181,6 +204,11 @@ pub fn now() -> DateTime<Utc> {
     Utc::now()
 }
 
+/// The wall clock in epoch milliseconds (the store's unit).
+pub fn time_to_ms_now() -> i64 {
+    crate::leads::model::time_to_ms(now())
+}
+
 /// Every `/api` route, without auth or state: leads, custom fields and
 /// Smart Views. Sessions, calls and events merge theirs here.
 pub fn api_routes() -> Router<AppState> {
@@ -203,9 +231,13 @@ pub fn api_routes() -> Router<AppState> {
         .merge(calls::routes())
         .merge(dnc::routes())
         .merge(bans::routes())
+        .merge(audit::routes())
         .merge(call_notes::routes())
         .merge(session_list::routes())
         .merge(trunks::routes())
+        .merge(lead_notes::routes())
+        .merge(me::routes())
+        .merge(session_stats::routes())
 }
 
 /// `GET /metrics` (SPEC §4): Prometheus / OpenMetrics text, behind the
@@ -217,7 +249,33 @@ pub fn api_routes() -> Router<AppState> {
     tag = "meta",
     responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text", body = String))
 )]
-async fn metrics() -> impl axum::response::IntoResponse {
+async fn metrics(State(st): State<AppState>) -> impl axum::response::IntoResponse {
+    // Gauges of state other tasks own are read at the scrape.
+    if let Some(sip) = &st.sip {
+        let live = sip.binding_count().await;
+        crate::metrics::metrics()
+            .registrations_active
+            .set(i64::try_from(live).unwrap_or(i64::MAX));
+    }
+    if let Some(sessions) = &st.sessions {
+        let mut sizes = Vec::new();
+        for h in sessions.running() {
+            if let Ok(v) = h.view().await {
+                let c = &v.counts;
+                sizes.push((
+                    h.id(),
+                    vec![
+                        ("queued", c.queued),
+                        ("blocked", c.blocked),
+                        ("awaiting_refresh", c.awaiting_refresh),
+                        ("calling", c.calling),
+                        ("answered", c.answered),
+                    ],
+                ));
+            }
+        }
+        crate::metrics::set_queue_sizes(&sizes);
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -305,6 +363,27 @@ pub fn require_csv(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
 /// `201 Created` with a JSON body.
 pub fn created<T: serde::Serialize>(body: T) -> (StatusCode, Json<T>) {
     (StatusCode::CREATED, Json(body))
+}
+
+/// Reads an optional count between 1 and `max` (`default` when absent or
+/// empty); anything else is a 400 naming the parameter and its `range`.
+pub fn bounded_count(
+    raw: Option<&str>,
+    param: &'static str,
+    range: &'static str,
+    max: u32,
+    default: u32,
+) -> Result<u32, ApiError> {
+    match raw.map(str::trim) {
+        None | Some("") => Ok(default),
+        Some(s) => match s.parse::<u32>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(ApiError::BadParam {
+                param,
+                reason: range,
+            }),
+        },
+    }
 }
 
 /// Parses a path id; anything but a positive integer is a 404, as no such

@@ -3,7 +3,8 @@
 //!
 //! The header row maps columns: `name`, `status`, `contact` /
 //! `contact_name`, `phone` / `phones` (several numbers in one cell separated
-//! by `;` or `,`) and `phone2`, `phone3`…, `custom.NAME`, `created` (RFC 3339
+//! by `;` or `,`) and `phone2`, `phone3`…, `email` / `emails` (likewise),
+//! `custom.NAME`, `created` (RFC 3339
 //! or `YYYY-MM-DD`). An unknown column refuses the whole import before any
 //! row is read. Rows are read by the `csv` crate on a blocking thread (RFC
 //! 4180 records, quoted fields may span lines) and handed over in batches of
@@ -471,7 +472,10 @@ enum Column {
     Status,
     ContactName,
     Phones,
+    Emails,
     Created,
+    /// The lead's "do not call" mark: `true`/`false`, `yes`/`no`, `1`/`0`.
+    DoNotCall,
     Custom(CustomField),
 }
 
@@ -487,7 +491,9 @@ fn map_header(headers: &[String], fields: &CustomFieldSet) -> Result<Vec<Column>
             "status" | "lead_status" => Column::Status,
             "contact" | "contact_name" => Column::ContactName,
             "phone" | "phones" => Column::Phones,
+            "email" | "emails" => Column::Emails,
             "created" => Column::Created,
+            "do_not_call" | "do not call" | "dnc" => Column::DoNotCall,
             p if p.starts_with("phone")
                 && p.len() > 5
                 && p[5..].bytes().all(|b| b.is_ascii_digit()) =>
@@ -541,10 +547,12 @@ fn row_to_lead(
         contacts: Vec::new(),
         custom: Vec::new(),
         opportunities: Vec::new(),
+        do_not_call: false,
     };
     let mut contact = Contact {
         name: String::new(),
         phones: Vec::new(),
+        emails: Vec::new(),
     };
     for (i, (col, cell)) in cols.iter().zip(&rec.fields).enumerate() {
         let cell = cell.trim();
@@ -555,6 +563,21 @@ fn row_to_lead(
             Column::Name => lead.name = cell.to_string(),
             Column::Status => lead.status = cell.to_string(),
             Column::ContactName => contact.name = cell.to_string(),
+            Column::DoNotCall => {
+                lead.do_not_call = match cell.to_ascii_lowercase().as_str() {
+                    "" | "false" | "no" | "0" => false,
+                    "true" | "yes" | "1" => true,
+                    _ => {
+                        return Err(invalid(
+                            i,
+                            ValidationReason::NotAChoice {
+                                got: cell.to_string(),
+                                choices: vec!["true".into(), "false".into()],
+                            },
+                        ))
+                    }
+                }
+            }
             Column::Created if cell.is_empty() => {}
             Column::Created => {
                 lead.created_ms = time_to_ms(parse_time(cell).map_err(|r| invalid(i, r))?)
@@ -572,6 +595,18 @@ fn row_to_lead(
                     }
                 }
             }
+            Column::Emails => {
+                for raw in cell
+                    .split([';', ','])
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                {
+                    let e = crate::leads::model::check_email(raw).map_err(|r| invalid(i, r))?;
+                    if !contact.emails.contains(&e) {
+                        contact.emails.push(e);
+                    }
+                }
+            }
             Column::Custom(field) => {
                 if let Some(v) = field.check_str(cell).map_err(|r| invalid(i, r))? {
                     lead.custom.push((field.id, v));
@@ -586,7 +621,7 @@ fn row_to_lead(
             .unwrap_or(0);
         return Err(invalid(i, ValidationReason::Empty));
     }
-    if !contact.name.is_empty() || !contact.phones.is_empty() {
+    if !contact.name.is_empty() || !contact.phones.is_empty() || !contact.emails.is_empty() {
         lead.contacts.push(contact);
     }
     Ok(lead)
@@ -607,59 +642,67 @@ fn parse_side<R: Read>(
     now: DateTime<Utc>,
     tx: tokio::sync::mpsc::Sender<Msg>,
 ) {
-    let mut records = Records::new(reader);
-    let header = match records.next_record() {
-        Ok(Some(Ok(h))) => h,
-        Ok(Some(Err(f))) => {
-            let _ = tx.blocking_send(Msg::Fatal(ImportError::BadHeader {
-                line: f.line,
-                reason: f.reason,
-            }));
-            return;
+    let mut batch = Vec::with_capacity(BATCH_ROWS);
+    let parsed = parse_rows(reader, &fields, &region, now, |item| {
+        batch.push(item);
+        if batch.len() >= BATCH_ROWS {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS));
+            // False when the storing side gave up.
+            return tx.blocking_send(Msg::Batch(full)).is_ok();
         }
-        Ok(None) => {
-            let _ = tx.blocking_send(Msg::Fatal(ImportError::Empty));
-            return;
+        true
+    });
+    match parsed {
+        Ok(()) if !batch.is_empty() => {
+            let _ = tx.blocking_send(Msg::Batch(batch));
         }
-        Err(e) => {
-            let _ = tx.blocking_send(Msg::Fatal(e.into()));
-            return;
-        }
-    };
-    let cols = match map_header(&header.fields, &fields) {
-        Ok(c) => c,
+        Ok(()) => {}
         Err(e) => {
             let _ = tx.blocking_send(Msg::Fatal(e));
-            return;
         }
+    }
+}
+
+/// Parses CSV lead rows without storing them: the header, then each row
+/// as a lead ready to store (with its line) or the reason it is refused,
+/// handed to `row` in order until it returns false. Errors only for what
+/// stops the whole file (no header, an unknown column, unreadable input).
+/// The import's parsing side; also what `check_csv` and the fuzz target
+/// (`fuzz/fuzz_targets/csv_import.rs`) call.
+pub fn parse_rows<R: Read>(
+    reader: R,
+    fields: &CustomFieldSet,
+    region: &str,
+    now: DateTime<Utc>,
+    mut row: impl FnMut(Result<(u64, ValidLead), RowFailure>) -> bool,
+) -> Result<(), ImportError> {
+    let mut records = Records::new(reader);
+    let header = match records.next_record()? {
+        Some(Ok(h)) => h,
+        Some(Err(f)) => {
+            return Err(ImportError::BadHeader {
+                line: f.line,
+                reason: f.reason,
+            })
+        }
+        None => return Err(ImportError::Empty),
     };
+    let cols = map_header(&header.fields, fields)?;
     records.columns = Some(cols.len());
-    let mut batch = Vec::with_capacity(BATCH_ROWS);
     loop {
-        let item = match records.next_record() {
-            Ok(Some(Ok(rec))) => row_to_lead(&header.fields, &cols, &rec, &region, now)
+        let item = match records.next_record()? {
+            Some(Ok(rec)) => row_to_lead(&header.fields, &cols, &rec, region, now)
                 .map(|l| (rec.line, l))
                 .map_err(|reason| RowFailure {
                     line: rec.line,
                     reason,
                 }),
-            Ok(Some(Err(f))) => Err(f),
-            Ok(None) => break,
-            Err(e) => {
-                let _ = tx.blocking_send(Msg::Fatal(e.into()));
-                return;
-            }
+            Some(Err(f)) => Err(f),
+            None => return Ok(()),
         };
-        batch.push(item);
-        if batch.len() >= BATCH_ROWS {
-            let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS));
-            if tx.blocking_send(Msg::Batch(full)).is_err() {
-                return; // The storing side gave up.
-            }
+        if !row(item) {
+            return Ok(());
         }
-    }
-    if !batch.is_empty() {
-        let _ = tx.blocking_send(Msg::Batch(batch));
     }
 }
 

@@ -64,6 +64,9 @@ pub enum ValidationReason {
     /// A string longer than the limit.
     #[error("longer than {0} characters")]
     TooLong(usize),
+    /// Not an email address (`name@example.com`).
+    #[error("not an email address: {0:?}")]
+    BadEmail(String),
     /// Not a number or number prefix for the do-not-call list.
     #[error("{0}")]
     DncPattern(#[from] super::dnc::DncPatternError),
@@ -464,8 +467,8 @@ impl Serialize for CustomValue {
     }
 }
 
-/// A contact of a lead: a person and their phone numbers, first first (R2
-/// dials the first phone of the first contact).
+/// A contact of a lead: a person, their phone numbers, first first (R2
+/// dials the first phone of the first contact), and their email addresses.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Contact {
     /// The person's name, possibly empty.
@@ -473,6 +476,37 @@ pub struct Contact {
     /// E.164 numbers in the order given.
     #[schema(value_type = Vec<String>)]
     pub phones: Vec<PhoneE164>,
+    /// Email addresses in the order given (shown to the agent; never dialed).
+    pub emails: Vec<String>,
+}
+
+/// Longest email address accepted (RFC 5321 §4.5.3.1.3: a path of 256
+/// octets, less its angle brackets).
+pub const MAX_EMAIL_LEN: usize = 254;
+
+/// Checks an email address as people write them: one `@` with something
+/// before it and a dotted domain after it, no spaces; returns it trimmed.
+pub fn check_email(raw: &str) -> Result<String, ValidationReason> {
+    let t = raw.trim();
+    if t.len() > MAX_EMAIL_LEN {
+        return Err(ValidationReason::TooLong(MAX_EMAIL_LEN));
+    }
+    let ok = match t.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && !domain.contains('@')
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !t.chars().any(|c| c.is_whitespace() || c.is_control())
+        }
+        None => false,
+    };
+    if ok {
+        Ok(t.to_string())
+    } else {
+        Err(ValidationReason::BadEmail(t.chars().take(40).collect()))
+    }
 }
 
 /// The three opportunity status types of SPEC §3 (`status_type`).
@@ -544,6 +578,10 @@ pub struct Lead {
     pub custom: BTreeMap<String, CustomValue>,
     /// Opportunities, oldest first.
     pub opportunities: Vec<Opportunity>,
+    /// Marked "do not call": never dialed, like a number on the
+    /// do-not-call list (the dialer's outcome is `restricted`, a manual
+    /// call for this lead gets 403).
+    pub do_not_call: bool,
 }
 
 impl Lead {
@@ -564,6 +602,9 @@ pub struct NewContact {
     /// Numbers as written (`(415) 555-0134`).
     #[serde(default)]
     pub phones: Vec<String>,
+    /// Email addresses (`ann@example.com`).
+    #[serde(default)]
+    pub emails: Vec<String>,
 }
 
 /// An opportunity as given in a request.
@@ -602,6 +643,9 @@ pub struct NewLead {
     /// Opportunities.
     #[serde(default)]
     pub opportunities: Vec<NewOpportunity>,
+    /// Marked "do not call" (never dialed).
+    #[serde(default)]
+    pub do_not_call: bool,
 }
 
 /// A lead checked against the custom fields and normalised, ready to store.
@@ -619,6 +663,8 @@ pub struct ValidLead {
     pub custom: Vec<(i64, CustomValue)>,
     /// `(status_type, created_ms, value)`.
     pub opportunities: Vec<ValidOpportunity>,
+    /// Marked "do not call".
+    pub do_not_call: bool,
 }
 
 /// An opportunity ready to store.
@@ -659,7 +705,18 @@ fn validate_contacts(
                 .map_err(|e| ValidationError::new(format!("contacts[{i}].phones[{j}]"), e))?;
             phones.push(p);
         }
-        out.push(Contact { name, phones });
+        let mut emails = Vec::with_capacity(c.emails.len());
+        for (j, raw) in c.emails.iter().enumerate() {
+            emails.push(
+                check_email(raw)
+                    .map_err(|e| ValidationError::new(format!("contacts[{i}].emails[{j}]"), e))?,
+            );
+        }
+        out.push(Contact {
+            name,
+            phones,
+            emails,
+        });
     }
     Ok(out)
 }
@@ -716,6 +773,7 @@ impl NewLead {
                 .filter_map(|(id, v)| v.map(|v| (id, v)))
                 .collect(),
             opportunities: validate_opportunities(&self.opportunities, now)?,
+            do_not_call: self.do_not_call,
         })
     }
 }
@@ -740,6 +798,8 @@ pub struct LeadPatch {
     pub custom: Option<BTreeMap<String, serde_json::Value>>,
     /// Replacement opportunities.
     pub opportunities: Option<Vec<NewOpportunity>>,
+    /// `true` marks the lead "do not call" (never dialed), `false` clears it.
+    pub do_not_call: Option<bool>,
 }
 
 /// A validated patch.
@@ -757,6 +817,8 @@ pub struct ValidPatch {
     pub custom: Vec<(i64, Option<CustomValue>)>,
     /// Replacement opportunities.
     pub opportunities: Option<Vec<ValidOpportunity>>,
+    /// New "do not call" mark.
+    pub do_not_call: Option<bool>,
 }
 
 impl LeadPatch {
@@ -793,6 +855,7 @@ impl LeadPatch {
                 .as_deref()
                 .map(|o| validate_opportunities(o, now))
                 .transpose()?,
+            do_not_call: self.do_not_call,
         })
     }
 }
@@ -1081,6 +1144,33 @@ mod tests {
     }
 
     #[test]
+    fn email_addresses_are_checked_as_people_write_them() {
+        assert_eq!(
+            check_email("  ann@acme.example ").as_deref(),
+            Ok("ann@acme.example")
+        );
+        assert!(check_email("ann.o'neil+sales@mail.acme.co.uk").is_ok());
+        for bad in [
+            "",
+            "ann",
+            "@acme.example",
+            "ann@",
+            "ann@acme",
+            "ann@@acme.example",
+            "ann smith@acme.example",
+            "ann@.example",
+            "ann@acme.",
+        ] {
+            assert!(check_email(bad).is_err(), "{bad:?}");
+        }
+        let long = format!("{}@acme.example", "a".repeat(250));
+        assert_eq!(
+            check_email(&long),
+            Err(ValidationReason::TooLong(MAX_EMAIL_LEN))
+        );
+    }
+
+    #[test]
     fn lead_serialises_to_the_spec_shape() {
         let lead = Lead {
             id: 7,
@@ -1091,6 +1181,7 @@ mod tests {
             contacts: vec![Contact {
                 name: "Ann".into(),
                 phones: vec![PhoneE164::from_e164("+14155550134").unwrap()],
+                emails: vec!["ann@acme.example".into()],
             }],
             custom: [(
                 "Next Call Date".to_string(),
@@ -1099,10 +1190,12 @@ mod tests {
             .into_iter()
             .collect(),
             opportunities: vec![],
+            do_not_call: false,
         };
         let v = serde_json::to_value(&lead).unwrap();
         assert_eq!(v["created"], "2026-11-01T12:00:00.000Z");
         assert_eq!(v["contacts"][0]["phones"][0], "+14155550134");
+        assert_eq!(v["contacts"][0]["emails"][0], "ann@acme.example");
         assert_eq!(v["custom"]["Next Call Date"], "2026-11-01");
     }
 

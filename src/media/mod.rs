@@ -12,6 +12,7 @@
 //! would describe streams the other phone never saw); generating our own
 //! reports is left for later. RTP timeouts are therefore based on RTP only.
 
+pub mod amd;
 pub mod dtmf;
 pub mod g711;
 pub mod latch;

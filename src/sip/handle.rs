@@ -57,6 +57,11 @@ pub enum SipCommand {
         /// The agent.
         username: String,
     },
+    /// How many registrar bindings are live.
+    BindingCount {
+        /// Where the answer goes.
+        reply: oneshot::Sender<usize>,
+    },
     /// The bans in force.
     Bans {
         /// Where the answer goes.
@@ -80,6 +85,9 @@ impl SipCommand {
             }
             SipCommand::SetAgent { username, ha1 } => endpoint.set_agent(&username, ha1),
             SipCommand::RemoveAgent { username } => endpoint.remove_agent(&username),
+            SipCommand::BindingCount { reply } => {
+                let _ = reply.send(endpoint.binding_count(wall));
+            }
             SipCommand::Bans { reply } => {
                 let accounts = endpoint
                     .account_lockouts(now)
@@ -161,6 +169,11 @@ impl SipHandle {
                 username: username.to_string(),
             })
             .await;
+    }
+
+    /// How many registrar bindings are live (0 when the SIP task is gone).
+    pub async fn binding_count(&self) -> usize {
+        self.ask(|reply| SipCommand::BindingCount { reply }).await
     }
 
     /// The bans in force (empty when the SIP task is gone).

@@ -248,6 +248,15 @@ impl Registrar {
             .count()
     }
 
+    /// How many bindings of all AORs are still valid at `now`.
+    pub fn live_count(&self, now: SystemTime) -> usize {
+        self.bindings
+            .values()
+            .flatten()
+            .filter(|b| !b.is_expired(now))
+            .count()
+    }
+
     /// Drops lapsed bindings and returns them (for the driver to delete).
     pub fn expire(&mut self, now: SystemTime) -> Vec<Binding> {
         let mut gone = Vec::new();

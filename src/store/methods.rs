@@ -105,12 +105,17 @@ macro_rules! store_methods {
             contacts: &[Contact],
         ) -> Result<(), sqlx::Error> {
             for (pos, c) in contacts.iter().enumerate() {
+                // Emails as a JSON array; NULL when none (most contacts).
+                let emails = (!c.emails.is_empty())
+                    .then(|| serde_json::to_string(&c.emails).unwrap_or_default());
                 let contact_id: i64 = sqlx::query_scalar(
-                    "INSERT INTO contacts (lead_id, position, name) VALUES ($1, $2, $3) RETURNING id",
+                    "INSERT INTO contacts (lead_id, position, name, emails) VALUES ($1, $2, $3, $4) \
+                     RETURNING id",
                 )
                 .bind(lead_id)
                 .bind(pos as i32)
                 .bind(&c.name)
+                .bind(emails)
                 .fetch_one(&mut *conn)
                 .await?;
                 for (ppos, p) in c.phones.iter().enumerate() {
@@ -171,13 +176,14 @@ macro_rules! store_methods {
             now_ms: i64,
         ) -> Result<i64, sqlx::Error> {
             let id: i64 = sqlx::query_scalar(
-                "INSERT INTO leads (name, status, created_ms, updated_ms) \
-                 VALUES ($1, $2, $3, $4) RETURNING id",
+                "INSERT INTO leads (name, status, created_ms, updated_ms, do_not_call) \
+                 VALUES ($1, $2, $3, $4, $5) RETURNING id",
             )
             .bind(&lead.name)
             .bind(&lead.status)
             .bind(lead.created_ms)
             .bind(now_ms)
+            .bind(i64::from(lead.do_not_call))
             .fetch_one(&mut *conn)
             .await?;
             insert_contacts(conn, id, &lead.contacts).await?;
@@ -207,7 +213,7 @@ macro_rules! store_methods {
                 }};
             }
             let sql = format!(
-                "SELECT id, name, status, created_ms, updated_ms FROM leads WHERE id IN ({ph})"
+                "SELECT id, name, status, created_ms, updated_ms, do_not_call FROM leads WHERE id IN ({ph})"
             );
             for row in bind_ids!(sqlx::query(&sql)).fetch_all(&mut *conn).await? {
                 let id: i64 = row.try_get("id")?;
@@ -222,13 +228,14 @@ macro_rules! store_methods {
                         contacts: Vec::new(),
                         custom: BTreeMap::new(),
                         opportunities: Vec::new(),
+                        do_not_call: row.try_get::<i64, _>("do_not_call")? != 0,
                     },
                 );
             }
             // Contacts and their phones in one pass: the LEFT JOIN keeps
             // contacts without phones.
             let sql = format!(
-                "SELECT c.lead_id, c.id AS contact_id, c.name, p.number FROM contacts c \
+                "SELECT c.lead_id, c.id AS contact_id, c.name, c.emails, p.number FROM contacts c \
                  LEFT JOIN phones p ON p.contact_id = c.id \
                  WHERE c.lead_id IN ({ph}) ORDER BY c.lead_id, c.position, c.id, p.position, p.id"
             );
@@ -239,9 +246,15 @@ macro_rules! store_methods {
                 let number: Option<String> = row.try_get("number")?;
                 let Some(lead) = out.get_mut(&lead_id) else { continue };
                 if last_contact != Some(contact_id) {
+                    let emails: Option<String> = row.try_get("emails")?;
                     lead.contacts.push(Contact {
                         name: row.try_get("name")?,
                         phones: Vec::new(),
+                        emails: match emails {
+                            Some(e) => serde_json::from_str(&e)
+                                .map_err(|_| StoreError::Corrupt("contacts.emails"))?,
+                            None => Vec::new(),
+                        },
                     });
                     last_contact = Some(contact_id);
                 }
@@ -362,13 +375,15 @@ macro_rules! store_methods {
                 let mut tx = self.begin_write().await?;
                 let done = sqlx::query(
                     "UPDATE leads SET name = COALESCE($1, name), status = COALESCE($2, status), \
-                     created_ms = COALESCE($3, created_ms), updated_ms = $4 WHERE id = $5",
+                     created_ms = COALESCE($3, created_ms), updated_ms = $4, \
+                     do_not_call = COALESCE($6, do_not_call) WHERE id = $5",
                 )
                 .bind(p.name.as_deref())
                 .bind(p.status.as_deref())
                 .bind(p.created_ms)
                 .bind(now_ms)
                 .bind(id)
+                .bind(p.do_not_call.map(i64::from))
                 .execute(&mut *tx)
                 .await
                 .map_err(map)?;
@@ -584,6 +599,23 @@ macro_rules! store_methods {
                     .bind(after_ms)
                     .bind(after_id)
                     .bind(i64::from(limit))
+                    .fetch_all(self.pool())
+                    .await?;
+                rows.iter().map(call_from_row).collect()
+            }
+
+            pub(crate) async fn recent_lead_calls(
+                &self,
+                lead_id: i64,
+                limit: i64,
+            ) -> Result<Vec<CallRecord>, StoreError> {
+                let sql = format!(
+                    "SELECT {CALL_COLUMNS} FROM calls WHERE lead_id = $1 \
+                     ORDER BY started_ms DESC, id DESC LIMIT $2"
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(lead_id)
+                    .bind(limit)
                     .fetch_all(self.pool())
                     .await?;
                 rows.iter().map(call_from_row).collect()

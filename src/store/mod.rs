@@ -9,13 +9,16 @@
 //! milliseconds in the database and [`chrono::DateTime<Utc>`] in the model.
 
 pub mod agents;
+pub mod audit;
 mod dnc;
+pub mod lead_notes;
 pub mod legs;
 #[macro_use]
 mod methods;
 pub mod postgres;
 pub mod registration_writer;
 pub mod sqlite;
+pub mod stats;
 pub mod views;
 
 use crate::leads::model::{
@@ -324,6 +327,15 @@ impl Store {
         dispatch!(self, s => s.list_calls(filter, after, limit).await)
     }
 
+    /// A lead's latest calls, newest first (the console's call bar).
+    pub async fn recent_lead_calls(
+        &self,
+        lead_id: i64,
+        limit: i64,
+    ) -> Result<Vec<CallRecord>, StoreError> {
+        dispatch!(self, s => s.recent_lead_calls(lead_id, limit).await)
+    }
+
     /// Stores a Smart View's name and query text.
     pub async fn create_smart_view(
         &self,
@@ -374,6 +386,50 @@ impl Store {
     /// Removes bindings that expired at or before `now_ms`; how many.
     pub async fn delete_expired_registrations(&self, now_ms: i64) -> Result<u64, StoreError> {
         dispatch!(self, s => s.delete_expired_registrations(now_ms).await)
+    }
+
+    /// Sets the note typed in call `call_id`'s notes box on lead `lead_id`
+    /// (an empty body removes it).
+    pub async fn set_call_lead_note(
+        &self,
+        lead_id: i64,
+        call_id: i64,
+        agent: Option<&str>,
+        body: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => lead_notes::set_for_call(s.pool(), lead_id, call_id, agent, body, now_ms).await)
+    }
+
+    /// Adds a note to a lead outside a call; `NotFound` for no such lead.
+    pub async fn add_lead_note(
+        &self,
+        lead_id: i64,
+        agent: Option<&str>,
+        body: &str,
+        now_ms: i64,
+    ) -> Result<lead_notes::LeadNoteRow, StoreError> {
+        dispatch!(self, s => lead_notes::add(s.pool(), lead_id, agent, body, now_ms).await)
+    }
+
+    /// A lead's notes, newest first.
+    pub async fn lead_notes(
+        &self,
+        lead_id: i64,
+        limit: i64,
+    ) -> Result<Vec<lead_notes::LeadNoteRow>, StoreError> {
+        dispatch!(self, s => lead_notes::list(s.pool(), lead_id, limit).await)
+    }
+
+    /// A dialer session's call statistics at `now_ms`, with the last
+    /// `hours` hours.
+    pub async fn session_stats(
+        &self,
+        session_id: i64,
+        now_ms: i64,
+        hours: u32,
+    ) -> Result<stats::SessionStats, StoreError> {
+        dispatch!(self, s => stats::session_stats(s.pool(), session_id, now_ms, hours).await)
     }
 
     /// Stores an agent created through the API (HA1 values only).
@@ -462,6 +518,12 @@ impl Store {
     /// Removes a pattern from the do-not-call list; whether it was there.
     pub async fn delete_dnc(&self, p: &DncPattern) -> Result<bool, StoreError> {
         dispatch!(self, s => dnc::delete(s.pool(), p).await)
+    }
+
+    /// Whether the lead is marked "do not call" (false for a lead that does
+    /// not exist). Asked before every dial for a lead, like the list.
+    pub async fn lead_do_not_call(&self, lead_id: i64) -> Result<bool, StoreError> {
+        dispatch!(self, s => dnc::lead_flag(s.pool(), lead_id).await)
     }
 
     /// The do-not-call pattern covering an E.164 number, if any (the number

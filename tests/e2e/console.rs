@@ -1,16 +1,22 @@
 //! The console (SPEC §4 `GET /`) in a real browser: headless Chromium
 //! driven by Playwright (`tests/browser/console.mjs`) against a real
 //! `powerdial serve`, a PJSIP agent phone and the scripted PJSIP carrier
-//! (SPEC §1 flow). The script signs in (a wrong token first), watches the
-//! admin view, joins the session as the agent, sees the first lead's name
-//! in the call bar when the carrier answers, types a note through the
-//! lead's hang-up (the dialer waits in wrap-up, SPEC §1 step 5), clicks
-//! "Call next lead", sees the next lead, pauses and resumes; the admin
-//! view must have followed each state live. Then powerdial restarts: the
-//! page must say its live updates were interrupted, reconnect by itself
-//! and show the agent's state as the server has it. Here the note is checked in
-//! the call record (`GET /api/v1/calls/{id}`). Screenshots go to
-//! `$CARGO_TARGET_DIR/console/` (else `target/console/`).
+//! (SPEC §1 flow). The script signs the admin in (a wrong token first) and
+//! watches the admin view; the agent opens the session's share link (a
+//! wrong one first), which is exchanged for an agent token (R16, SPEC §4),
+//! sees the first lead in the call bar when the carrier answers with its
+//! details (status, contacts, custom fields, last calls, notes), types a
+//! note through the lead's hang-up (the dialer waits in wrap-up, SPEC §1
+//! step 5), clicks "Call next lead", sees the next lead, pauses with the
+//! keyboard shortcut and resumes, sees the share link in the dialer
+//! settings and no admin-only control, and is refused the admin view in
+//! words; the admin view must have followed each state live and shows the
+//! session's call statistics. Then powerdial restarts: the page must say
+//! its live updates were interrupted, reconnect by itself and show the
+//! agent's state as the server has it. Here the note is checked in the
+//! call record (`GET /api/v1/calls/{id}`) and on the lead (`GET
+//! /api/v1/leads/{id}`). Screenshots go to `$CARGO_TARGET_DIR/console/`
+//! (else `target/console/`).
 //!
 //! Needs `node`, Debian's `chromium` and `playwright-core` from npm
 //! (`bash .ci/run` installs them): missing under CI is a failure, else a
@@ -159,7 +165,12 @@ allow = ['\+44\d+']
         assert!(code == 200 || code == 201, "POST {path}: {code} {text}");
         serde_json::from_str(&text).expect("JSON")
     };
-    // Three leads the carrier answers at once (…0200), in name order.
+    // Three leads the carrier answers at once (…0200), in name order; the
+    // first with the details the call bar shows.
+    post(
+        "/api/v1/custom-fields",
+        json!({"name": "Lead Source", "type": "text"}),
+    );
     let names = ["Ada Lovelace", "Grace Hopper", "Margaret Hamilton"];
     let leads = post(
         "/api/v1/leads",
@@ -168,12 +179,29 @@ allow = ['\+44\d+']
                 .iter()
                 .enumerate()
                 .map(|(i, n)| {
-                    json!({"name": n, "contacts": [{"name": n, "phones": [format!("+4420794{}0200", i + 1)]}]})
+                    let mut contacts = vec![json!({"name": n, "phones": [format!("+4420794{}0200", i + 1)]})];
+                    if i == 0 {
+                        contacts.push(json!({"name": "Charles Babbage", "phones": ["+442079460777", "+442079460778"],
+                                             "emails": ["charles@engines.example"]}));
+                    }
+                    json!({"name": n, "status": "Potential", "contacts": contacts,
+                           "custom": if i == 0 { json!({"Lead Source": "Leadgen Team"}) } else { json!({}) }})
                 })
                 .collect(),
         ),
     );
     let first_lead = leads[0]["id"].as_i64().expect("lead id");
+    // A call two days ago (outside the block, R4) and a note from then.
+    let two_days_ago = (chrono::Utc::now() - chrono::Duration::days(2)).to_rfc3339();
+    post(
+        &format!("/api/v1/leads/{first_lead}/calls"),
+        json!({"created": two_days_ago, "outcome": "no_answer", "duration_s": 0}),
+    );
+    let old_note = "Left a voicemail; try mornings.";
+    post(
+        &format!("/api/v1/leads/{first_lead}/notes"),
+        json!({ "body": old_note }),
+    );
     let view = post(
         "/api/v1/smart-views",
         json!({"name": "Console test", "query": "sort:name"}),
@@ -184,6 +212,12 @@ allow = ['\+44\d+']
     );
     let sid = session["id"].as_i64().expect("session id");
 
+    // A token the admin issues to bob, who signs in with it.
+    let bob_token = post("/api/v1/agents/bob/tokens", json!({}))["token"]
+        .as_str()
+        .expect("bob's token")
+        .to_string();
+
     let shots = shots_dir();
     // The script asks for a restart of powerdial (its event stream drops)
     // by creating this file.
@@ -191,9 +225,18 @@ allow = ['\+44\d+']
     let input = json!({
         "url": format!("http://{}/", app.http),
         "token": app.token,
+        "share_token": session["share_token"],
+        "agent_token_bob": bob_token,
         "session_id": sid,
         "agent": "alice",
         "first_lead": names[0],
+        "first_lead_id": first_lead,
+        "first_lead_details": {
+            "status": "Potential",
+            "contact_texts": ["Charles Babbage", "+442079460777", "+442079460778", "charles@engines.example", "+442079410200 (dialed)"],
+            "custom_value": "Leadgen Team",
+            "note": old_note,
+        },
         "next_lead": names[1],
         "wrap_up_idle_s": WRAP_UP_IDLE_S,
         "shots_dir": shots,
@@ -265,4 +308,14 @@ allow = ['\+44\d+']
     let call: Value = serde_json::from_str(&text).expect("JSON");
     assert_eq!(call["notes"], typed, "the note in the call record: {call}");
     assert_eq!(call["outcome"], "answered", "{call}");
+    // …and on the lead, beside the older note.
+    let (code, text) = app.http_get(&format!("/api/v1/leads/{first_lead}"));
+    assert_eq!(code, 200, "{text}");
+    let lead: Value = serde_json::from_str(&text).expect("JSON");
+    let notes = lead["notes"].as_array().expect("notes");
+    assert_eq!(notes.len(), 2, "{lead}");
+    assert_eq!(notes[0]["body"], typed, "the newest note: {lead}");
+    assert_eq!(notes[0]["call_id"], call_id, "{lead}");
+    assert_eq!(notes[0]["agent"], "alice", "{lead}");
+    assert_eq!(notes[1]["body"], old_note, "{lead}");
 }

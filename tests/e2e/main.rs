@@ -6,6 +6,7 @@
 mod agents_api;
 mod api_auth;
 mod app;
+mod calling_hours;
 mod calls;
 mod calls_failures;
 mod console;
@@ -13,7 +14,9 @@ mod crash;
 mod demo;
 mod dnc;
 mod flood;
+mod lead_dnc;
 mod media_hijack;
+mod metrics;
 mod openapi;
 mod peers;
 mod phones;

@@ -1,7 +1,7 @@
 //! Drivers for the third-party SIP stacks the tests run against.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -89,6 +89,9 @@ pub fn pjsip_register(app: &App, transport: &str, user: &str, password: &str) ->
 pub struct Baresip {
     child: Child,
     ctrl: TcpStream,
+    /// baresip's UDP console (module `cons`): what its UI shows, such as
+    /// a received MESSAGE, is sent to whoever last wrote to it.
+    cons: SocketAddr,
     _dir: tempfile::TempDir,
     buf: Vec<u8>,
 }
@@ -103,6 +106,7 @@ impl Baresip {
             let dir = tempfile::tempdir().expect("tempdir");
             let sip_port = free_port();
             let ctrl_port = free_port();
+            let cons_port = free_port();
             let config = format!(
                 "poll_method epoll\n\
                  sip_listen 127.0.0.1:{sip_port}\n\
@@ -114,7 +118,9 @@ impl Baresip {
                  module aubridge.so\n\
                  module_app menu.so\n\
                  module_app ctrl_tcp.so\n\
-                 ctrl_tcp_listen 127.0.0.1:{ctrl_port}\n"
+                 ctrl_tcp_listen 127.0.0.1:{ctrl_port}\n\
+                 module cons.so\n\
+                 cons_listen 127.0.0.1:{cons_port}\n"
             );
             std::fs::write(dir.path().join("config"), config).expect("write config");
             std::fs::write(dir.path().join("accounts"), "").expect("write accounts");
@@ -148,11 +154,22 @@ impl Baresip {
             return Baresip {
                 child,
                 ctrl,
+                cons: SocketAddr::from(([127, 0, 0, 1], cons_port)),
                 _dir: dir,
                 buf: Vec::new(),
             };
         }
         panic!("baresip did not start in three tries (its control port never opened)");
+    }
+
+    /// A socket that receives what baresip's UI shows from now on (its
+    /// `cons` module answers the last address that wrote to it; the
+    /// newline written here only makes the menu print its help).
+    pub fn ui(&self) -> UdpSocket {
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind console socket");
+        sock.send_to(b"\n", self.cons)
+            .expect("write to baresip's console");
+        sock
     }
 
     /// Sends a ctrl_tcp command (netstring-framed JSON).

@@ -197,3 +197,60 @@ fn the_phone_is_told_the_leads_name_and_number_on_answer() {
         },
     );
 }
+
+/// The lead's name and number reach baresip (a desk phone stand-in) as a
+/// MESSAGE when the lead answers (SPEC §1; RFC 3428): baresip's UI shows
+/// `sip:powerdial@…: "Connected: NAME NUMBER"`, read here from its UDP
+/// console.
+#[test]
+fn baresip_is_told_the_leads_name_and_number_on_answer() {
+    let app = spawn_app_with(AppOptions {
+        extra_toml: "[[trunk]]\nname = \"demo\"\nuri = \"demo:\"\ncaller_id = \"+14155550100\"\n"
+            .into(),
+        ..AppOptions::default()
+    });
+    let mut baresip = Baresip::start();
+    baresip.command(
+        "uanew",
+        &format!(
+            "<sip:alice@{};transport=udp>;auth_pass=alice-secret;regint=600;answermode=auto;audio_codecs=PCMU",
+            app.sip
+        ),
+    );
+    let ev = baresip
+        .wait_event(&["REGISTER_OK", "REGISTER_FAIL"], Duration::from_secs(10))
+        .expect("a registration event from baresip");
+    assert!(ev.contains("REGISTER_OK"), "{ev}");
+    let ui = baresip.ui();
+    let (code, lead) = post(
+        &app,
+        "/api/v1/leads",
+        r#"{"name": "Grace Hopper", "contacts": [{"name": "Grace", "phones": ["+14155550102"]}]}"#,
+    );
+    assert_eq!(code, 201, "{lead}");
+    let (code, body) = post(
+        &app,
+        "/api/v1/calls",
+        &format!(
+            r#"{{"agent": "alice", "number": "+14155550102", "lead_id": {}}}"#,
+            lead["id"]
+        ),
+    );
+    assert!(code == 201 || code == 202, "{code} {body}");
+    let ev = baresip.wait_event(&["CALL_ESTABLISHED"], Duration::from_secs(10));
+    assert!(ev.is_some(), "baresip never reported the call established");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut shown = String::new();
+    let mut buf = [0u8; 8192];
+    while !shown.contains("\"Connected: Grace Hopper +14155550102\"") {
+        let left = deadline
+            .checked_duration_since(std::time::Instant::now())
+            .unwrap_or_else(|| panic!("baresip never showed the lead; its UI showed:\n{shown}"));
+        ui.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .expect("timeout");
+        if let Ok(n) = ui.recv(&mut buf) {
+            shown.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    }
+    assert!(shown.contains("sip:powerdial@"), "{shown}");
+}

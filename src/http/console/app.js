@@ -1,14 +1,22 @@
-// powerdial console (SPEC §1, §4 "GET /"): the agent's call bar and notes
-// box, and the admin's live view of a session. Plain JavaScript, no build
-// step. Every API call carries the admin token the user typed (kept in this
-// tab's sessionStorage); live updates come from GET /api/v1/events, read
-// with fetch() because EventSource cannot send the Authorization header.
+// powerdial console (SPEC §1, §4 "GET /"): the agent's call bar, lead
+// details and notes box, and the admin's live view of sessions and agents.
+// Plain JavaScript, no build step. Every API call carries the token the
+// user signed in with (kept in this tab's sessionStorage): the admin token,
+// an agent token, or the agent token a share link (`/#join=TOKEN`) was
+// exchanged for. An agent sees only their own controls. Live updates come
+// from GET /api/v1/events, read with fetch() because EventSource cannot
+// send the Authorization header.
 'use strict';
 
 (() => {
   const $ = (id) => document.getElementById(id);
   const TOKEN_KEY = 'powerdial.token';
   const AGENT_KEY = 'powerdial.agent';
+  // {role: 'admin'} or {role: 'agent', agent} (GET /api/v1/me).
+  const ME_KEY = 'powerdial.me';
+  // Share links this tab knows, by session id (R16: the server keeps only
+  // their hashes, so a link is shown only where it was created or opened).
+  const SHARE_KEY = 'powerdial.share';
 
   /** An agent's state in words (SPEC §1 flow). */
   const STATE_WORDS = {
@@ -26,6 +34,26 @@
   const WITH_LEAD = new Set(['dialing', 'ringing', 'connected', 'wrap_up']);
 
   let token = sessionStorage.getItem(TOKEN_KEY) || '';
+  let who = JSON.parse(sessionStorage.getItem(ME_KEY) || 'null');
+  const isAgent = () => !!who && who.role === 'agent';
+
+  function refusedMessage() {
+    return isAgent()
+      ? 'Your agent token was refused (revoked, or the agent deleted): sign in again or open the share link again.'
+      : 'The admin token was refused: sign in again.';
+  }
+
+  function shareLinks() {
+    return JSON.parse(sessionStorage.getItem(SHARE_KEY) || '{}');
+  }
+  function rememberShareLink(sessionId, shareToken) {
+    const all = shareLinks();
+    all[sessionId] = shareToken;
+    sessionStorage.setItem(SHARE_KEY, JSON.stringify(all));
+  }
+  function shareUrl(shareToken) {
+    return `${location.origin}/#join=${encodeURIComponent(shareToken)}`;
+  }
 
   // ---------------------------------------------------------------- API
 
@@ -39,7 +67,7 @@
 
   /** One API request with the token; JSON in and out; 204 gives null. */
   async function api(method, path, body, opts = {}) {
-    const headers = { Authorization: 'Bearer ' + token };
+    const headers = opts.noAuth ? {} : { Authorization: 'Bearer ' + token };
     if (body !== undefined) headers['Content-Type'] = 'application/json';
     let res;
     try {
@@ -53,8 +81,8 @@
     } catch (e) {
       throw new ApiError(0, 'network', 'powerdial cannot be reached (' + e.message + ')');
     }
-    if (res.status === 401 && !opts.signingIn) {
-      signOut('The admin token was refused: sign in again.');
+    if (res.status === 401 && !opts.signingIn && !opts.noAuth) {
+      signOut(refusedMessage());
     }
     if (res.status === 204) return null;
     let data = null;
@@ -65,7 +93,15 @@
     }
     if (!res.ok) {
       const err = (data && data.error) || {};
-      throw new ApiError(res.status, err.code || 'http_' + res.status, err.message || res.statusText);
+      let message = err.message || res.statusText;
+      // 403: an agent token used for something only the admin (or another
+      // agent) may do; said plainly rather than as a failure.
+      if (res.status === 403) {
+        message = isAgent()
+          ? `Not allowed for agent ${who.agent}: this needs the admin token.`
+          : 'Not allowed: ' + message;
+      }
+      throw new ApiError(res.status, err.code || 'http_' + res.status, message);
     }
     return data;
   }
@@ -84,6 +120,43 @@
     return leadCache.get(id);
   }
 
+  /** A lead with its notes and its latest calls, read fresh. */
+  async function leadDetail(id) {
+    const [l, calls] = await Promise.all([
+      api('GET', '/api/v1/leads/' + id),
+      api('GET', `/api/v1/leads/${id}/calls?limit=5`),
+    ]);
+    return { lead: l, calls: calls.data };
+  }
+
+  const OUTCOME_WORDS = {
+    answered: 'Answered',
+    no_answer: 'No answer',
+    busy: 'Busy',
+    skipped: 'Skipped',
+    temporary_error: 'Temporary error',
+    restricted: 'Restricted',
+    in_progress: 'In progress',
+  };
+
+  function fmtWhen(iso) {
+    const d = new Date(iso);
+    if (Number.isNaN(d.getTime())) return iso || '';
+    const sameDay = d.toDateString() === new Date().toDateString();
+    return sameDay
+      ? d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' })
+      : d.toLocaleDateString([], { month: 'short', day: 'numeric' }) +
+          ' ' +
+          d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+  }
+
+  function el(tag, cls, text) {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text != null) e.textContent = text;
+    return e;
+  }
+
   function fmtDuration(ms) {
     const s = Math.max(0, Math.floor(ms / 1000));
     const m = Math.floor(s / 60);
@@ -100,8 +173,11 @@
 
   function showSignedIn(on) {
     $('signin').hidden = on;
-    $('nav').hidden = !on;
+    $('share-join').hidden = true;
+    $('nav').hidden = !on || isAgent();
     $('signout').hidden = !on;
+    document.body.dataset.role = on && who ? who.role : '';
+    setText($('whoami'), on && who ? (isAgent() ? `Agent ${who.agent}` : 'Admin') : '');
     if (!on) {
       $('agent-view').hidden = true;
       $('admin-view').hidden = true;
@@ -112,12 +188,25 @@
 
   function signOut(message) {
     token = '';
+    who = null;
     sessionStorage.removeItem(TOKEN_KEY);
+    sessionStorage.removeItem(ME_KEY);
+    sessionStorage.removeItem(AGENT_KEY);
+    me.sessionId = null;
+    me.name = null;
     stream.stop();
     banner('');
+    notice('');
     showSignedIn(false);
     $('signin-error').textContent = message || '';
     $('token').focus();
+  }
+
+  function signedIn(t, whoami) {
+    token = t;
+    who = whoami;
+    sessionStorage.setItem(TOKEN_KEY, t);
+    sessionStorage.setItem(ME_KEY, JSON.stringify(whoami));
   }
 
   $('signin-form').addEventListener('submit', async (ev) => {
@@ -126,26 +215,90 @@
     if (!t) return;
     token = t;
     $('signin-error').textContent = '';
+    let whoami;
     try {
-      await api('GET', '/api/v1/sessions', undefined, { signingIn: true });
+      whoami = await api('GET', '/api/v1/me', undefined, { signingIn: true });
     } catch (e) {
       token = '';
       $('signin-error').textContent =
         e.status === 401
-          ? 'That is not this server’s admin token. Check it and try again.'
-          : 'Could not sign in: ' + e.message;
+          ? 'That is not this server’s admin token, nor an agent token. Check it and try again.'
+          : e.status === 429
+            ? 'Too many failed sign-ins from here: wait a minute before trying again.'
+            : 'Could not sign in: ' + e.message;
       return;
     }
-    sessionStorage.setItem(TOKEN_KEY, t);
+    // Another token's agent and session are not this one's.
+    if (!who || who.role !== whoami.role || who.agent !== whoami.agent) sessionStorage.removeItem(AGENT_KEY);
+    signedIn(t, whoami);
     $('token').value = '';
     start();
   });
 
   $('signout').addEventListener('click', () => signOut(''));
 
+  // ---------------------------------------------------- share link (R16)
+
+  /** The share token of a `#join=TOKEN` address, if this is one. */
+  function shareTokenInHash() {
+    const m = /^#join=([^&]+)$/.exec(location.hash);
+    if (!m) return null;
+    try {
+      return decodeURIComponent(m[1]);
+    } catch (_) {
+      return null;
+    }
+  }
+
+  function showShareJoin() {
+    $('signin').hidden = true;
+    $('agent-view').hidden = true;
+    $('admin-view').hidden = true;
+    $('share-join').hidden = false;
+    $('share-error').textContent = '';
+    if (isAgent() && who.agent) $('share-agent').value = who.agent;
+    $('share-agent').focus();
+  }
+
+  $('share-form').addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const shareToken = shareTokenInHash();
+    const agent = $('share-agent').value.trim();
+    if (!shareToken || !agent) return;
+    $('share-error').textContent = '';
+    let joined;
+    try {
+      // The share link is the credential here; it is exchanged once for an
+      // agent token, which this tab keeps (SPEC §4).
+      joined = await api('POST', '/api/v1/sessions/join', { token: shareToken, agent }, { noAuth: true });
+    } catch (e) {
+      $('share-error').textContent =
+        e.status === 401
+          ? 'This share link does not work any more: it was revoked or replaced by a newer one. Ask for the current link.'
+          : e.status === 404
+            ? `There is no agent “${agent}” on this server. Check your username with your admin.`
+            : e.status === 429
+              ? 'Too many failed attempts from here: wait a minute.'
+              : 'Could not join: ' + e.message;
+      return;
+    }
+    signedIn(joined.agent_token, { role: 'agent', agent: joined.agent });
+    rememberShareLink(joined.session_id, shareToken);
+    sessionStorage.setItem(AGENT_KEY, JSON.stringify({ sessionId: joined.session_id, name: joined.agent }));
+    // The link leaves the address bar: a reload uses the agent token.
+    history.replaceState(null, '', location.pathname + '#agent');
+    start();
+  });
+
   function banner(text) {
     $('banner').hidden = !text;
     $('banner').textContent = text;
+  }
+
+  /** A refusal the user should read (e.g. the admin view for an agent). */
+  function notice(text) {
+    $('notice').hidden = !text;
+    $('notice').textContent = text;
   }
 
   // ------------------------------------------------------- event stream
@@ -217,7 +370,7 @@
             signal: c.signal,
           });
           if (res.status === 401) {
-            signOut('The admin token was refused: sign in again.');
+            signOut(refusedMessage());
             return;
           }
           if (!res.ok || !res.body) throw new Error('HTTP ' + res.status);
@@ -294,6 +447,13 @@
   }
 
   async function fillAgents(select, keep) {
+    if (isAgent()) {
+      // An agent acts for themself only (GET /api/v1/agents is the admin's).
+      select.textContent = '';
+      select.add(new Option(who.agent, who.agent));
+      setText($('agent-self'), 'as ' + who.agent);
+      return;
+    }
     const list = await api('GET', '/api/v1/agents');
     const prev = keep || select.value;
     select.textContent = '';
@@ -327,6 +487,8 @@
     callId: null,
     dirty: false,
     lastTyping: 0,
+    // The pending trailing heartbeat (typingHeartbeat).
+    trailing: null,
     saveTimer: null,
   };
 
@@ -359,6 +521,7 @@
   }
 
   function applyMyState(state, leadId, callId) {
+    const prevState = me.state;
     if (state !== me.state) me.since = Date.now();
     if (!['dialing', 'ringing', 'connected'].includes(state)) me.pauseAfterCall = false;
     me.state = state;
@@ -368,12 +531,116 @@
     if (callId != null && callId !== notes.callId) switchNotes(callId);
     me.callId = callId == null ? null : callId;
     renderCallbar();
+    // The lead panel follows the lead on the call bar, and stays on the
+    // last one while paused (its notes may still be finished); at the end
+    // of a call it is re-read for that call's outcome.
+    const LIVE = ['dialing', 'ringing', 'connected'];
+    if (me.leadId != null && me.leadId !== leadPanel.leadId) {
+      loadLeadPanel(me.leadId);
+    } else if (leadPanel.leadId != null && LIVE.includes(prevState) && !LIVE.includes(state)) {
+      // The call ended: its outcome is stored just after the state
+      // changes, so read the lead now and once more a moment later.
+      const id = leadPanel.leadId;
+      loadLeadPanel(id);
+      setTimeout(() => {
+        if (leadPanel.leadId === id) loadLeadPanel(id);
+      }, 1500);
+    }
+  }
+
+  // ------------------------------------------------------- lead panel
+
+  const leadPanel = { leadId: null, loading: 0, notes: [] };
+
+  async function loadLeadPanel(leadId) {
+    const n = ++leadPanel.loading;
+    leadPanel.leadId = leadId;
+    try {
+      const d = await leadDetail(leadId);
+      if (n !== leadPanel.loading) return;
+      renderLeadPanel(d);
+    } catch (e) {
+      if (n !== leadPanel.loading) return;
+      $('lead-panel').hidden = false;
+      setText($('lead-title'), `Lead ${leadId}`);
+      setText($('lead-status'), 'Could not load the lead: ' + e.message);
+    }
+  }
+
+  function renderLeadPanel({ lead: l, calls }) {
+    $('lead-panel').hidden = false;
+    $('lead-panel').dataset.lead = String(l.id);
+    setText($('lead-title'), l.name);
+    setText($('lead-status'), l.status || '—');
+    const contacts = $('lead-contacts');
+    contacts.textContent = '';
+    (l.contacts || []).forEach((c, i) => {
+      const li = el('li');
+      li.append(el('span', 'contact-name', c.name || (i === 0 ? l.name : 'Contact ' + (i + 1))));
+      const phones = (c.phones || []).map((p, j) => (i === 0 && j === 0 ? p + ' (dialed)' : p));
+      if (phones.length) {
+        li.append(document.createElement('br'));
+        li.append(el('span', 'phones', phones.join(' · ')));
+      }
+      for (const e of c.emails || []) {
+        li.append(document.createElement('br'));
+        const a = el('a', 'email', e);
+        a.href = 'mailto:' + e;
+        li.append(a);
+      }
+      contacts.append(li);
+    });
+    if (!contacts.children.length) contacts.append(el('li', 'hint', 'No contacts.'));
+    const custom = $('lead-custom');
+    custom.textContent = '';
+    for (const [k, v] of Object.entries(l.custom || {})) {
+      const d = el('div');
+      d.append(el('dt', null, k), el('dd', null, String(v)));
+      custom.append(d);
+    }
+    $('lead-custom-empty').hidden = custom.children.length > 0;
+    custom.hidden = custom.children.length === 0;
+    const tbody = $('lead-calls').tBodies[0];
+    tbody.textContent = '';
+    for (const c of calls) {
+      const tr = tbody.insertRow();
+      tr.dataset.call = String(c.id);
+      const now = c.id === me.callId && WITH_LEAD.has(me.state);
+      tr.insertCell().textContent = fmtWhen(c.started_at) + (now ? ' (this call)' : '');
+      tr.insertCell().textContent = OUTCOME_WORDS[c.outcome || 'in_progress'] || c.outcome;
+      tr.insertCell().textContent = c.agent || '—';
+    }
+    $('lead-calls').hidden = calls.length === 0;
+    $('lead-calls-empty').hidden = calls.length > 0;
+    leadPanel.notes = l.notes || [];
+    renderLeadNotes();
+  }
+
+  /** The lead's notes but the one open in the notes box. */
+  function renderLeadNotes() {
+    const ul = $('lead-notes');
+    ul.textContent = '';
+    for (const n of leadPanel.notes) {
+      if (n.call_id != null && n.call_id === notes.callId) continue;
+      const li = el('li');
+      li.dataset.note = String(n.id);
+      li.append(el('span', 'meta', `${fmtWhen(n.created)} · ${n.agent || 'admin'}`));
+      li.append(document.createTextNode(n.body));
+      ul.append(li);
+    }
+    $('lead-notes-empty').hidden = ul.children.length > 0;
   }
 
   async function renderCallbar() {
     $('callbar').hidden = me.sessionId == null;
     $('notes-panel').hidden = me.sessionId == null;
-    if (me.sessionId == null) return;
+    $('shortcuts').hidden = me.sessionId == null;
+    if (me.sessionId == null) {
+      $('lead-panel').hidden = true;
+      if (settingsSession() === me.sessionId) $('settings').hidden = true;
+      leadPanel.leadId = null;
+      return;
+    }
     const st = me.state || 'joining';
     const pill = $('cb-state');
     setText(pill, STATE_WORDS[st] || st);
@@ -385,6 +652,7 @@
     b('btn-pause', !['paused', 'left'].includes(st));
     b('btn-resume', st === 'paused' || st === 'left');
     b('btn-hangup', ['dialing', 'ringing', 'connected'].includes(st));
+    b('btn-dnc', ['connected', 'wrap_up'].includes(st) && me.leadId != null);
     b('btn-next', ['ready', 'dialing', 'ringing', 'connected', 'wrap_up', 'paused'].includes(st));
     setText($('cb-pending'), me.pauseAfterCall ? 'Pausing after this call' : '');
     tick();
@@ -423,6 +691,7 @@
     box.disabled = callId == null;
     setText($('notes-label'), 'Call notes');
     setText($('notes-status'), '');
+    renderLeadNotes();
     // A note saved earlier (from another tab, or before a reload) is shown,
     // so typing goes on from it instead of replacing it.
     if (callId != null) {
@@ -444,7 +713,7 @@
     try {
       await api('PATCH', `/api/v1/calls/${id}`, { notes: text }, { keepalive: true });
       if (notes.callId === id && !notes.dirty) {
-        setText($('notes-status'), 'Saved at ' + new Date().toLocaleTimeString());
+        setText($('notes-status'), 'Saved on the lead at ' + new Date().toLocaleTimeString());
       }
     } catch (e) {
       if (notes.callId === id) {
@@ -454,21 +723,39 @@
     }
   }
 
+  /**
+   * Tells the dialer the agent is typing, at most once per interval; a
+   * keystroke inside the interval is reported at its end (trailing edge),
+   * so the wrap-up idle time always counts from the last keystroke.
+   */
+  function typingHeartbeat() {
+    if (me.sessionId == null || notes.trailing) return;
+    const wait = notes.lastTyping + typingInterval() - Date.now();
+    const send = () => {
+      notes.trailing = null;
+      notes.lastTyping = Date.now();
+      if (me.sessionId == null) return;
+      api('POST', `/api/v1/sessions/${me.sessionId}/agents/${encodeURIComponent(me.name)}/typing`).catch(() => {});
+    };
+    if (wait <= 0) send();
+    else notes.trailing = setTimeout(send, wait);
+  }
+
   $('notes').addEventListener('input', () => {
     if (notes.callId == null) return;
     notes.dirty = true;
     setText($('notes-status'), 'Typing… (the dialer waits while you type)');
-    const now = Date.now();
-    if (now - notes.lastTyping >= typingInterval() && me.sessionId != null) {
-      notes.lastTyping = now;
-      api('POST', `/api/v1/sessions/${me.sessionId}/agents/${encodeURIComponent(me.name)}/typing`).catch(
-        () => {},
-      );
-    }
+    typingHeartbeat();
     clearTimeout(notes.saveTimer);
     notes.saveTimer = setTimeout(saveNotes, 800);
   });
   $('notes').addEventListener('blur', () => saveNotes());
+  $('notes').addEventListener('keydown', (ev) => {
+    if (ev.key === 'Enter' && (ev.ctrlKey || ev.metaKey)) {
+      ev.preventDefault();
+      if (!$('btn-next').disabled) agentAction('next');
+    }
+  });
   window.addEventListener('pagehide', () => saveNotes());
 
   async function agentAction(action) {
@@ -497,11 +784,160 @@
   $('btn-hangup').addEventListener('click', () => agentAction('hangup'));
   $('btn-next').addEventListener('click', () => agentAction('next'));
 
+  // "Do not call" (SPEC §4): the lead asked not to be called again. Two
+  // clicks, like the reset, so a stray click lists nobody; the call goes on.
+  let dncArmed = null;
+  $('btn-dnc').addEventListener('click', async () => {
+    const b = $('btn-dnc');
+    setText($('action-status'), '');
+    if (!dncArmed) {
+      b.textContent = 'Click again: never call this number';
+      b.classList.add('danger');
+      dncArmed = setTimeout(() => {
+        dncArmed = null;
+        b.textContent = 'Do not call';
+        b.classList.remove('danger');
+      }, 5000);
+      return;
+    }
+    clearTimeout(dncArmed);
+    dncArmed = null;
+    b.textContent = 'Do not call';
+    b.classList.remove('danger');
+    try {
+      const r = await api('POST', `/api/v1/sessions/${me.sessionId}/agents/${encodeURIComponent(me.name)}/dnc`);
+      setText($('action-status'), `${r.number || 'The number'} is on the do-not-call list: it will not be dialed again.`);
+    } catch (e) {
+      $('action-error').textContent = 'Not added to the do-not-call list: ' + e.message;
+    }
+  });
+
+  // Keyboard shortcuts for the buttons pressed all day (shown beside them):
+  // Alt+N call next lead, Alt+P pause, Alt+R resume, Alt+H hang up; they
+  // work while typing notes too. `code`, not `key`: Alt changes the
+  // character on some layouts.
+  const SHORTCUTS = { KeyN: 'btn-next', KeyP: 'btn-pause', KeyR: 'btn-resume', KeyH: 'btn-hangup' };
+  document.addEventListener('keydown', (ev) => {
+    if (!ev.altKey || ev.ctrlKey || ev.metaKey || ev.shiftKey) return;
+    const id = SHORTCUTS[ev.code];
+    if (!id || $('agent-view').hidden || $('callbar').hidden) return;
+    ev.preventDefault();
+    const b = $(id);
+    if (!b.disabled) b.click();
+  });
+
+  // ------------------------------------------- dialer settings (help page)
+
+  $('btn-settings').addEventListener('click', () => {
+    const open = $('settings').hidden;
+    $('settings').hidden = !open;
+    $('btn-settings').setAttribute('aria-expanded', String(open));
+    setText($('settings-status'), '');
+    if (open) renderSettings().catch((e) => setText($('settings-status'), e.message));
+  });
+
+  /** The session the settings panel is about: the admin view's, or the call bar's. */
+  function settingsSession() {
+    return $('settings').parentElement === $('admin-settings-slot') ? admin.sessionId : me.sessionId;
+  }
+
+  async function renderSettings() {
+    const sid = settingsSession();
+    if (sid == null) return;
+    const s = await api('GET', `/api/v1/sessions/${sid}`);
+    if (settingsSession() !== sid) return;
+    $('set-reduced').checked = !!s.reduced_ring_time;
+    setText(
+      $('set-agent-summary'),
+      `Reduced ring time is ${s.reduced_ring_time ? 'on' : 'off'} in this session (the admin sets it).`,
+    );
+    const link = shareLinks()[sid];
+    $('share-link').value = link ? shareUrl(link) : '';
+    $('btn-copy-link').disabled = !link;
+    let hint;
+    if (link) hint = 'Anyone with the link can join this session as an agent: paste it into an email or a chat to rally your team.';
+    else if (isAgent()) hint = s.shared ? 'Ask your admin for this session’s share link.' : 'This session has no share link.';
+    else if (s.shared) hint = 'The link was shown where it was made. “New link” makes another; the old one then stops working.';
+    else hint = 'No share link yet: “New link” makes one.';
+    setText($('share-hint'), hint);
+  }
+
+  $('set-reduced').addEventListener('change', async () => {
+    const on = $('set-reduced').checked;
+    try {
+      await api('PATCH', `/api/v1/sessions/${settingsSession()}`, { reduced_ring_time: on });
+      setText(
+        $('settings-status'),
+        on
+          ? 'Reduced ring time on: leads ring for the shorter time (20 s by default) from the next call.'
+          : 'Reduced ring time off: leads ring for the full time (32 s by default) from the next call.',
+      );
+    } catch (e) {
+      $('set-reduced').checked = !on;
+      setText($('settings-status'), 'Not changed: ' + e.message);
+    }
+  });
+
+  $('btn-new-link').addEventListener('click', async () => {
+    const sid = settingsSession();
+    try {
+      const r = await api('POST', `/api/v1/sessions/${sid}/share`);
+      rememberShareLink(sid, r.share_token);
+      await renderSettings();
+      setText($('settings-status'), 'New share link made; any earlier link no longer works.');
+    } catch (e) {
+      setText($('settings-status'), 'No link made: ' + e.message);
+    }
+  });
+
+  $('btn-copy-link').addEventListener('click', async () => {
+    const text = $('share-link').value;
+    if (!text) return;
+    try {
+      await navigator.clipboard.writeText(text);
+    } catch (_) {
+      // No clipboard API (an insecure origin): the selected text can be copied by hand.
+      $('share-link').select();
+      setText($('settings-status'), 'Press Ctrl+C to copy the selected link.');
+      return;
+    }
+    setText($('settings-status'), 'Share link copied.');
+  });
+
+  // "Reset & call again" (R14) asks for a second click: it erases the
+  // session's history for every agent in it.
+  let resetArmed = null;
+  $('btn-reset').addEventListener('click', async () => {
+    const b = $('btn-reset');
+    if (!resetArmed) {
+      b.textContent = 'Click again to reset the session';
+      b.classList.add('danger');
+      resetArmed = setTimeout(() => {
+        resetArmed = null;
+        b.textContent = 'Reset & call again';
+        b.classList.remove('danger');
+      }, 5000);
+      return;
+    }
+    clearTimeout(resetArmed);
+    resetArmed = null;
+    b.textContent = 'Reset & call again';
+    b.classList.remove('danger');
+    try {
+      const sid = settingsSession();
+      await api('POST', `/api/v1/sessions/${sid}/reset`);
+      setText($('settings-status'), 'The session starts again from the top of the view.');
+      if (sid === me.sessionId && (me.state === 'paused' || me.state === 'left')) await agentAction('resume');
+    } catch (e) {
+      setText($('settings-status'), 'Not reset: ' + e.message);
+    }
+  });
+
   $('join-form').addEventListener('submit', async (ev) => {
     ev.preventDefault();
     $('join-error').textContent = '';
     const sid = $('agent-session').value;
-    const name = $('agent-name').value;
+    const name = isAgent() ? who.agent : $('agent-name').value;
     if (!sid || !name) {
       $('join-error').textContent = 'Pick a session and an agent first.';
       return;
@@ -676,8 +1112,226 @@
     $('agents-empty').hidden = any;
     $('agents-table').hidden = !any;
     for (const a of s.agents || []) if (fresh || !admin.agents.has(a.agent)) setAgent(a, false);
-    await loadQueue();
+    await Promise.all([loadQueue(), loadStats()]);
   }
+
+  // ------------------------------------------- admin: statistics and chart
+
+  const CHART_HOURS = 12;
+  /** Outcome colours of the chart, in stacking order (bottom first). */
+  const OUTCOME_COLOURS = [
+    ['answered', '#1b7a3d'],
+    ['no_answer', '#8fa3b8'],
+    ['busy', '#d08a1c'],
+    ['skipped', '#7e57c2'],
+    ['temporary_error', '#c0392b'],
+    ['restricted', '#5b6570'],
+    ['in_progress', '#1f5fbf'],
+  ];
+
+  const fmtRate = (r) => (r == null ? '—' : `${Math.round(r * 1000) / 10} %`);
+  const fmtRing = (ms) => (ms == null ? '—' : ms < 1000 ? `${ms} ms` : `${(ms / 1000).toFixed(1)} s`);
+
+  async function loadStats() {
+    const sid = admin.sessionId;
+    if (sid == null) return;
+    const st = await api('GET', `/api/v1/sessions/${sid}/stats?hours=${CHART_HOURS}`);
+    if (admin.sessionId !== sid) return;
+    const dl = $('stats');
+    dl.textContent = '';
+    const item = (label, value, key) => {
+      const d = el('div');
+      const dd = el('dd', null, value);
+      if (key) dd.dataset.stat = key;
+      d.append(el('dt', null, label), dd);
+      dl.append(d);
+    };
+    item('Calls', String(st.calls), 'calls');
+    item('Answer rate', fmtRate(st.answer_rate), 'answer_rate');
+    item('Median ring time', fmtRing(st.median_ring_ms), 'median_ring');
+    for (const [k] of OUTCOME_COLOURS) {
+      const n = st.by_outcome[k] || 0;
+      if (n > 0 || k === 'answered') item(OUTCOME_WORDS[k], String(n), 'outcome_' + k);
+    }
+    renderChart(st.per_hour);
+  }
+
+  const SVG = 'http://www.w3.org/2000/svg';
+  function svg(tag, attrs, text) {
+    const e = document.createElementNS(SVG, tag);
+    for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
+    if (text != null) e.textContent = text;
+    return e;
+  }
+
+  /** Calls per hour, stacked by outcome: a small inline SVG bar chart. */
+  function renderChart(hours) {
+    const box = $('chart');
+    box.textContent = '';
+    const W = 720;
+    const H = 170;
+    const left = 34;
+    const bottom = 22;
+    const top = 10;
+    const plotH = H - bottom - top;
+    const slot = (W - left - 6) / Math.max(1, hours.length);
+    const max = Math.max(1, ...hours.map((h) => h.calls));
+    // A round top for the scale.
+    const step = max <= 5 ? 1 : max <= 10 ? 2 : max <= 50 ? 10 : Math.ceil(max / 50) * 10;
+    const yMax = Math.ceil(max / step) * step;
+    const total = hours.reduce((n, h) => n + h.calls, 0);
+    const chart = svg('svg', {
+      viewBox: `0 0 ${W} ${H}`,
+      role: 'img',
+      'aria-label': `Calls per hour over the last ${hours.length} hours: ${total} in all`,
+    });
+    for (let v = 0; v <= yMax; v += step) {
+      const y = top + plotH - (v / yMax) * plotH;
+      chart.append(svg('line', { x1: left, x2: W - 4, y1: y, y2: y, stroke: '#e3e7eb', 'stroke-width': 1 }));
+      chart.append(svg('text', { x: left - 6, y: y + 4, 'text-anchor': 'end', 'font-size': 11, fill: '#5b6570' }, String(v)));
+    }
+    hours.forEach((h, i) => {
+      const x = left + i * slot + slot * 0.15;
+      const w = slot * 0.7;
+      let y = top + plotH;
+      const g = svg('g', { 'data-hour': h.start, 'data-calls': h.calls });
+      const parts = [];
+      for (const [k, colour] of OUTCOME_COLOURS) {
+        const n = (h.by_outcome && h.by_outcome[k]) || 0;
+        if (!n) continue;
+        const bh = (n / yMax) * plotH;
+        y -= bh;
+        g.append(svg('rect', { x, y, width: w, height: bh, fill: colour, 'data-outcome': k }));
+        parts.push(`${n} ${OUTCOME_WORDS[k].toLowerCase()}`);
+      }
+      const start = new Date(h.start);
+      const label = start.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+      g.append(svg('title', {}, `${label}: ${h.calls} call${h.calls === 1 ? '' : 's'}${parts.length ? ' (' + parts.join(', ') + ')' : ''}`));
+      chart.append(g);
+      if (i % 2 === hours.length % 2 || hours.length <= 8) {
+        chart.append(svg('text', { x: x + w / 2, y: H - 6, 'text-anchor': 'middle', 'font-size': 11, fill: '#5b6570' }, label));
+      }
+    });
+    if (total === 0) {
+      chart.append(
+        svg('text', { x: (left + W) / 2, y: top + plotH / 2, 'text-anchor': 'middle', 'font-size': 14, fill: '#5b6570' }, `No calls in the last ${hours.length} hours`),
+      );
+    }
+    box.append(chart);
+    const legend = el('div', 'legend');
+    for (const [k, colour] of OUTCOME_COLOURS) {
+      if (!hours.some((h) => h.by_outcome && h.by_outcome[k])) continue;
+      const item = el('span');
+      const sw = el('span', 'swatch');
+      sw.style.background = colour;
+      item.append(sw, document.createTextNode(OUTCOME_WORDS[k]));
+      legend.append(item);
+    }
+    box.append(legend);
+    setText($('chart-caption'), `Calls per hour by outcome, last ${hours.length} hours (local time).`);
+  }
+
+  // ---------------------------------------------- admin: sessions table
+
+  async function loadSessionsTable() {
+    const list = await api('GET', '/api/v1/sessions');
+    const stats = await Promise.all(
+      list.data.map((s) => api('GET', `/api/v1/sessions/${s.id}/stats?hours=1`).catch(() => null)),
+    );
+    const tbody = $('sessions-table').tBodies[0];
+    tbody.textContent = '';
+    list.data.forEach((s, i) => {
+      const st = stats[i];
+      const tr = tbody.insertRow();
+      tr.dataset.session = String(s.id);
+      if (s.id === admin.sessionId) tr.classList.add('selected');
+      const th = el('th', null, `Session ${s.id}${s.smart_view_name ? ' — ' + s.smart_view_name : ''}`);
+      th.scope = 'row';
+      tr.append(th);
+      const cells = [
+        s.state === 'done' ? 'Done (all answered)' : 'Active',
+        String((s.agents || []).filter((a) => a.state !== 'left').length),
+        st ? String(st.calls) : '—',
+        st ? fmtRate(st.answer_rate) : '—',
+        st ? fmtRing(st.median_ring_ms) : '—',
+      ];
+      const keys = ['state', 'agents', 'calls', 'answer_rate', 'median_ring'];
+      cells.forEach((t, j) => {
+        const td = tr.insertCell();
+        td.textContent = t;
+        td.dataset.stat = keys[j];
+        if (j >= 1) td.className = 'num';
+      });
+      tr.addEventListener('click', () => {
+        $('admin-session').value = String(s.id);
+        $('admin-session').dispatchEvent(new Event('change'));
+      });
+      // Live states of the team table start from the sessions' snapshot.
+      for (const a of s.agents || []) team.states.set(a.agent, { session: s.id, state: a.state });
+    });
+    $('sessions-empty').hidden = list.data.length > 0;
+    $('sessions-table').hidden = list.data.length === 0;
+  }
+
+  let sessionsTimer = null;
+  function scheduleSessionsTable() {
+    clearTimeout(sessionsTimer);
+    sessionsTimer = setTimeout(() => loadSessionsTable().then(renderTeam).catch(showAdminError), 1500);
+  }
+
+  // ------------------------------------------------ admin: agents (team)
+
+  const team = { agents: [], states: new Map() };
+
+  async function loadTeam() {
+    const list = await api('GET', '/api/v1/agents');
+    team.agents = list.data;
+    renderTeam();
+  }
+
+  function renderTeam() {
+    const tbody = $('team-table').tBodies[0];
+    tbody.textContent = '';
+    for (const a of team.agents) {
+      const tr = tbody.insertRow();
+      tr.dataset.agent = a.username;
+      const th = el('th', null, a.display_name ? `${a.display_name} (${a.username})` : a.username);
+      th.scope = 'row';
+      tr.append(th);
+      tr.insertCell().textContent = a.registered ? 'Registered' : 'Not registered';
+      const live = team.states.get(a.username);
+      const td = tr.insertCell();
+      td.className = 'state';
+      td.textContent =
+        live && live.state !== 'left'
+          ? `${STATE_WORDS[live.state] || live.state} (session ${live.session})`
+          : 'Not dialing';
+      tr.insertCell().textContent = a.source === 'config' ? 'Config file' : 'Console / API';
+    }
+  }
+
+  $('new-agent-form').addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const username = $('new-agent-username').value.trim();
+    const display = $('new-agent-display').value.trim();
+    const password = $('new-agent-password').value;
+    const body = { username, password };
+    if (display) body.display_name = display;
+    try {
+      await api('POST', '/api/v1/agents', body);
+    } catch (e) {
+      setText($('new-agent-status'), `Agent ${username} not created: ${e.message}`);
+      $('new-agent-status').className = 'error';
+      return;
+    }
+    $('new-agent-status').className = 'hint';
+    setText(
+      $('new-agent-status'),
+      `Agent ${username} created: their phone registers as ${username} with that password (stored only as digest hashes).`,
+    );
+    $('new-agent-form').reset();
+    await loadTeam().catch(showAdminError);
+  });
 
   async function loadQueue() {
     const sid = admin.sessionId;
@@ -706,6 +1360,14 @@
     $('queue-table').hidden = q.data.length === 0;
   }
 
+  // A call's outcome is stored just after its end is announced: read the
+  // statistics shortly after, and once more a little later.
+  let statsTimers = [];
+  function scheduleStats() {
+    for (const t of statsTimers) clearTimeout(t);
+    statsTimers = [400, 2000].map((ms) => setTimeout(() => loadStats().catch(showAdminError), ms));
+  }
+
   function scheduleQueue() {
     clearTimeout(admin.queueTimer);
     admin.queueTimer = setTimeout(() => loadQueue().catch(showAdminError), 250);
@@ -717,14 +1379,19 @@
 
   $('admin-session').addEventListener('change', () => {
     admin.sessionId = $('admin-session').value ? Number($('admin-session').value) : null;
+    for (const tr of $('sessions-table').tBodies[0].rows) {
+      tr.classList.toggle('selected', tr.dataset.session === String(admin.sessionId));
+    }
     admin.agents.clear();
     $('agents-table').tBodies[0].textContent = '';
+    setText($('settings-status'), '');
     loadAdmin().catch(showAdminError);
+    renderSettings().catch(showAdminError);
   });
   $('admin-reload').addEventListener('click', () => loadAdminList().catch(showAdminError));
 
   async function loadAdminList() {
-    await fillSessions($('admin-session'), admin.sessionId);
+    await Promise.all([fillSessions($('admin-session'), admin.sessionId), loadSessionsTable(), loadTeam()]);
     const v = $('admin-session').value;
     const sid = v ? Number(v) : null;
     if (sid !== admin.sessionId) {
@@ -732,11 +1399,18 @@
       admin.agents.clear();
       $('agents-table').tBodies[0].textContent = '';
     }
+    if ($('settings').parentElement === $('admin-settings-slot')) renderSettings().catch(showAdminError);
     await loadAdmin();
   }
 
   stream.on({
     event(msg) {
+      if (isAgent()) return;
+      if (msg.type === 'agent_state') {
+        team.states.set(msg.agent, { session: msg.session_id, state: msg.state });
+        renderTeam();
+      }
+      if (msg.type === 'call_ended') scheduleSessionsTable();
       if (admin.sessionId == null || msg.session_id !== admin.sessionId) return;
       switch (msg.type) {
         case 'agent_state':
@@ -749,6 +1423,7 @@
           break;
         case 'call_ended':
           scheduleQueue();
+          scheduleStats();
           break;
         case 'reset':
           loadAdmin().catch(showAdminError);
@@ -765,15 +1440,48 @@
   // ------------------------------------------------------------- views
 
   function route() {
-    const view = location.hash === '#admin' ? 'admin' : 'agent';
+    if (shareTokenInHash()) {
+      showShareJoin();
+      return;
+    }
+    let view = location.hash === '#admin' ? 'admin' : 'agent';
+    if (view === 'admin' && isAgent()) {
+      // 403 in words: the admin view is the admin token's.
+      notice(`The admin view needs the admin token: you are signed in as agent ${who.agent}.`);
+      view = 'agent';
+    } else {
+      notice('');
+    }
     $('tab-agent').setAttribute('aria-pressed', String(view === 'agent'));
     $('tab-admin').setAttribute('aria-pressed', String(view === 'admin'));
-    if (!token) return;
+    if (!token) {
+      showSignedIn(false);
+      return;
+    }
+    showSignedIn(true);
     $('agent-view').hidden = view !== 'agent';
     $('admin-view').hidden = view !== 'admin';
+    placeSettings(view);
     if (view === 'admin') loadAdminList().catch(showAdminError);
     else loadAgentLists().catch(showAgentError);
   }
+  /**
+   * One settings panel: always open in the admin view (for the session
+   * picked there), a popover under the call bar in the agent view.
+   */
+  function placeSettings(view) {
+    const panel = $('settings');
+    if (view === 'admin') {
+      $('admin-settings-slot').append(panel);
+      panel.hidden = false;
+      $('btn-settings').setAttribute('aria-expanded', 'false');
+      if (admin.sessionId != null) renderSettings().catch(() => {});
+    } else if (panel.parentElement !== $('agent-view')) {
+      $('shortcuts').after(panel);
+      panel.hidden = true;
+    }
+  }
+
   $('tab-agent').addEventListener('click', () => {
     location.hash = '#agent';
   });
@@ -798,7 +1506,6 @@
   }
 
   function start() {
-    showSignedIn(true);
     $('signin-error').textContent = '';
     route();
     restoreAgent();
@@ -810,6 +1517,7 @@
     adminTick();
   }, 1000);
 
-  if (token) start();
+  if (token && who) start();
+  else if (shareTokenInHash()) route();
   else showSignedIn(false);
 })();

@@ -313,16 +313,18 @@ impl Parser {
                             start,
                             ..
                         }) if *start == tok.end => {
-                            let s = s.clone();
+                            let (s, at) = (s.clone(), *start);
                             self.next();
-                            sort_field_from_name(&s)
+                            sort_field_from_name(&s).ok_or_else(|| empty_sort_name(at))?
                         }
                         _ => return Err(self.error_here("a field to sort by after '-'")),
                     }
                 } else {
                     match self.custom_suffix(&name, tok.end)? {
                         Some(custom) => custom,
-                        None => sort_field_from_name(&name),
+                        None => {
+                            sort_field_from_name(&name).ok_or_else(|| empty_sort_name(tok.start))?
+                        }
                     }
                 };
                 Ok(Sort {
@@ -332,7 +334,7 @@ impl Parser {
                 })
             }
             TokenKind::Str(s) => Ok(Sort {
-                field: sort_field_from_name(&s),
+                field: sort_field_from_name(&s).ok_or_else(|| empty_sort_name(tok.start))?,
                 descending: false,
                 pos: Pos(tok.start),
             }),
@@ -447,12 +449,21 @@ fn strip_custom(name: &str) -> Option<&str> {
 }
 
 /// A sort field by name: built-in, `custom.NAME`, or else a custom field
-/// named without `custom.` (SPEC §3: `sort:-"Next Call Date"`).
-fn sort_field_from_name(name: &str) -> LeadField {
-    if let Some(rest) = strip_custom(name).filter(|r| !r.is_empty()) {
-        return LeadField::Custom(rest.to_string());
+/// named without `custom.` (SPEC §3: `sort:-"Next Call Date"`). `None` for
+/// an empty name (`sort:""`, `sort:"custom."`): no field has one.
+fn sort_field_from_name(name: &str) -> Option<LeadField> {
+    if let Some(rest) = strip_custom(name) {
+        return (!rest.is_empty()).then(|| LeadField::Custom(rest.to_string()));
     }
-    LeadField::builtin(name).unwrap_or_else(|| LeadField::Custom(name.to_string()))
+    if name.is_empty() {
+        return None;
+    }
+    Some(LeadField::builtin(name).unwrap_or_else(|| LeadField::Custom(name.to_string())))
+}
+
+/// The error for `sort:""` and `sort:"custom."`.
+fn empty_sort_name(at: usize) -> QueryError {
+    QueryError::new(at, "a field name to sort by", "an empty name".to_string())
 }
 
 impl Leaf for LeadTerm {
