@@ -345,37 +345,65 @@ pub struct AgentRtpStats {
     pub lead_packets: u64,
 }
 
-pub async fn agent_rtp(sock: UdpSocket, echo: bool, stats: Arc<Mutex<AgentRtpStats>>) {
+/// Runs the agents' media socket. `legs` brings each agent leg's relay
+/// address (from powerdial's INVITE): every agent sends it a silence
+/// packet each second, as a phone's media (or comfort noise) would, so no
+/// idle agent leg meets `dialer.rtp_timeout`.
+pub async fn agent_rtp(
+    sock: UdpSocket,
+    echo: bool,
+    mut legs: mpsc::UnboundedReceiver<SocketAddr>,
+    stats: Arc<Mutex<AgentRtpStats>>,
+) {
     let mut seen: HashSet<u32> = HashSet::new();
+    let mut targets: Vec<(SocketAddr, u16)> = Vec::new();
     let mut buf = vec![0u8; 2048];
+    let mut silence = vec![0xFFu8; 172];
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
-        let Ok((len, from)) = sock.recv_from(&mut buf).await else {
-            continue;
-        };
-        let now = now_ns();
-        let mut st = match stats.lock() {
-            Ok(s) => s,
-            Err(_) => return,
-        };
-        st.packets += 1;
-        if len >= 36 && &buf[12..16] == MAGIC {
-            st.lead_packets += 1;
-            let no = u32::from_be_bytes([buf[16], buf[17], buf[18], buf[19]]);
-            if seen.insert(no) {
-                let mut u = [0u8; 8];
-                u.copy_from_slice(&buf[20..28]);
-                let answer = u64::from_be_bytes(u);
-                u.copy_from_slice(&buf[28..36]);
-                let sent = u64::from_be_bytes(u);
-                st.bridge_ms
-                    .push(now.saturating_sub(sent.max(answer)) as f64 / 1e6);
-                st.answer_to_first_ms
-                    .push(now.saturating_sub(answer) as f64 / 1e6);
+        tokio::select! {
+            Some(leg) = legs.recv() => {
+                if !targets.iter().any(|(t, _)| *t == leg) {
+                    targets.push((leg, 0));
+                }
             }
-        }
-        drop(st);
-        if echo {
-            send(&sock, &buf[..len], from);
+            _ = tick.tick() => {
+                for (i, (to, seq)) in targets.iter_mut().enumerate() {
+                    *seq = seq.wrapping_add(1);
+                    silence[0] = 0x80;
+                    silence[1] = 0;
+                    silence[2..4].copy_from_slice(&seq.to_be_bytes());
+                    silence[4..8].copy_from_slice(&(u32::from(*seq) * 8000).to_be_bytes());
+                    silence[8..12].copy_from_slice(&(0xA000_0000u32 + i as u32).to_be_bytes());
+                    send(&sock, &silence, *to);
+                }
+            }
+            r = sock.recv_from(&mut buf) => {
+                let Ok((len, from)) = r else { continue };
+                let now = now_ns();
+                let mut st = match stats.lock() {
+                    Ok(s) => s,
+                    Err(_) => return,
+                };
+                st.packets += 1;
+                if len >= 36 && &buf[12..16] == MAGIC {
+                    st.lead_packets += 1;
+                    let no = u32::from_be_bytes([buf[16], buf[17], buf[18], buf[19]]);
+                    if seen.insert(no) {
+                        let mut u = [0u8; 8];
+                        u.copy_from_slice(&buf[20..28]);
+                        let answer = u64::from_be_bytes(u);
+                        u.copy_from_slice(&buf[28..36]);
+                        let sent = u64::from_be_bytes(u);
+                        st.bridge_ms.push(now.saturating_sub(sent.max(answer)) as f64 / 1e6);
+                        st.answer_to_first_ms.push(now.saturating_sub(answer) as f64 / 1e6);
+                    }
+                }
+                drop(st);
+                if echo {
+                    send(&sock, &buf[..len], from);
+                }
+            }
         }
     }
 }
@@ -424,6 +452,7 @@ pub async fn phones(
     server: SocketAddr,
     rtp_port: u16,
     mut batches: mpsc::Receiver<RegisterBatch>,
+    legs: mpsc::UnboundedSender<SocketAddr>,
     stats: Arc<Mutex<PhoneStats>>,
 ) {
     let local = sock
@@ -532,6 +561,7 @@ pub async fn phones(
                             Some(r) => r.clone(),
                             None => {
                                 if let Ok(mut s) = stats.lock() { s.invites += 1; }
+                                if let Some(t) = m.sdp_target() { let _ = legs.send(t); }
                                 let r = m.response(200, "OK", "a1", &format!("Contact: <sip:{}@{local}>\r\n", m.ruri_user()), Some(&answer_sdp));
                                 answered.insert(cid, r.clone());
                                 r
