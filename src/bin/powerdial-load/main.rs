@@ -499,7 +499,7 @@ fn dialer_trial(
         ("INVITE retransmissions", c.invite_retrans),
         ("BYE retransmissions", c.bye_retrans),
         ("BYEs not answered 2xx", c.bye_failed),
-        ("answered calls without ACK", c.no_ack),
+        ("answered calls without ACK (4 s after the hold)", c.no_ack),
         ("lead calls hung up by powerdial", c.bye_from_powerdial),
         ("agent legs hung up", p.byes),
     ] {
@@ -550,6 +550,15 @@ fn dialer_trial(
         dist(&r.answer_to_first_ms)
     );
     println!(
+        "  lead RTP: {} sent, {} reached the agents ({:.2} % not, incl. packets before each bridge) · carrier → agent through the relay {} · {} packets back at the carrier · {:.0} packets/s relayed both ways in the window",
+        c.rtp_sent,
+        r.lead_packets,
+        (1.0 - r.lead_packets as f64 / c.rtp_sent.max(1) as f64) * 100.0,
+        dist(&r.relay_ms),
+        c.rtp_received,
+        (r.lead_packets + c.rtp_received) as f64 / secs
+    );
+    println!(
         "  ring timeout ({ring_timeout} s) → CANCEL, late by: {}",
         dist(&c.ring_late_ms)
     );
@@ -566,6 +575,12 @@ fn dialer_trial(
             mb(rss_live as f64),
             (rss_live as f64 - rss1 as f64) / peak_live as f64,
             mb(rss_after as f64 - rss1 as f64)
+        );
+    }
+    if c.ack_after_hold > 0 {
+        println!(
+            "  {} ACKs came after the {hold} s hold (the BYE waited for them)",
+            c.ack_after_hold
         );
     }
     let dcpu = dcpu1 - dcpu0;
@@ -690,7 +705,7 @@ fn main() -> Result<()> {
         args.leads = 400;
         args.million = false;
         args.agents = 20;
-        args.rates = vec![30.0];
+        args.rates = vec![20.0];
         args.trial = 3.0;
         args.hold = 0.05;
         args.ring_timeout = 0.3;

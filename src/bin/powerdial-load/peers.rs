@@ -74,13 +74,18 @@ pub struct CarrierStats {
     pub bye_retrans: u64,
     /// BYEs never answered with 2xx.
     pub bye_failed: u64,
-    /// Answered calls with no ACK by the time of the BYE.
+    /// Answered calls with no ACK within 4 s of the hold's end.
     pub no_ack: u64,
+    /// Answered calls whose ACK came after the hold (the BYE waited).
+    pub ack_after_hold: u64,
     /// BYEs from powerdial (it hung the lead up).
     pub bye_from_powerdial: u64,
     /// Calls up now (answered, not yet hung up) and ringing now.
     pub live: i64,
     pub ringing: i64,
+    /// Lead RTP packets sent, and media received back (agents' echo).
+    pub rtp_sent: u64,
+    pub rtp_received: u64,
     pub timers: u64,
     pub late_timers: u64,
     pub max_late_ms: f64,
@@ -99,12 +104,35 @@ struct CCall {
     acked: bool,
     ringing_only: bool,
     bye: Option<(String, u32)>,
+    /// The hold ended before the ACK came: the BYE waits for it
+    /// (RFC 3261 §15: no BYE before the ACK of a 2xx).
+    bye_after_ack: bool,
+}
+
+/// The carrier's BYE for call `no` (From is the INVITE's To with our tag).
+fn bye_for(c: &CCall, no: u64, local: SocketAddr) -> Option<String> {
+    let inv = Msg::parse(c.invite.as_bytes())?;
+    let ruri = inv.uri_of("contact").unwrap_or("sip:127.0.0.1");
+    let from = format!("{};tag=c{no}", inv.header("to").unwrap_or(""));
+    let to = inv.header("from").unwrap_or("");
+    Some(sip::request(
+        "BYE",
+        ruri,
+        local,
+        &format!("b{no}"),
+        &from,
+        to,
+        &c.call_id,
+        2,
+        "",
+    ))
 }
 
 enum Timer {
     Rtp(u64, usize),
     Bye(u64),
     ByeRetrans(u64),
+    AckTimeout(u64),
 }
 
 /// Carrier settings.
@@ -188,6 +216,7 @@ pub async fn carrier(
                             acked: false,
                             ringing_only,
                             bye: None,
+                            bye_after_ack: false,
                         };
                         if ringing_only {
                             st.ringing += 1;
@@ -198,17 +227,25 @@ pub async fn carrier(
                             call.last_response = r200;
                             st.answered += 1;
                             st.live += 1;
-                            for (i, ms) in BURST_MS.iter().enumerate() {
-                                timers.push(Reverse((call.answer_ns + ms * 1_000_000, no, i, 0)));
-                            }
+                            // The first packet; each schedules the next.
+                            timers.push(Reverse((call.answer_ns + BURST_MS[0] * 1_000_000, no, 0, 0)));
                             timers.push(Reverse((call.answer_ns + cfg.hold.as_nanos() as u64, no, 0, 1)));
                         }
                         by_id.insert(call.call_id.clone(), no);
                         calls.insert(no, call);
                     }
                     Some("ACK") => {
-                        if let Some(c) = by_id.get(m.call_id()).and_then(|no| calls.get_mut(no)) {
-                            c.acked = true;
+                        if let Some(&no) = by_id.get(m.call_id()) {
+                            if let Some(c) = calls.get_mut(&no) {
+                                c.acked = true;
+                                if c.bye_after_ack && c.bye.is_none() {
+                                    if let Some(bye) = bye_for(c, no, local) {
+                                        send(&sip, bye.as_bytes(), c.from_pd);
+                                        c.bye = Some((bye, 0));
+                                        timers.push(Reverse((now + 500_000_000, no, 0, 2)));
+                                    }
+                                }
+                            }
                         }
                     }
                     Some("CANCEL") => {
@@ -261,8 +298,10 @@ pub async fn carrier(
                 }
             }
             r = rtp.recv_from(&mut rbuf) => {
-                // Echoed or relayed media back from powerdial: drained.
-                let _ = r;
+                // Echoed or relayed media back from powerdial: counted.
+                if r.is_ok() {
+                    if let Ok(mut st) = stats.lock() { st.rtp_received += 1; }
+                }
             }
             _ = sleep => {
                 let now = now_ns();
@@ -275,7 +314,7 @@ pub async fn carrier(
                     if late > LATE_NS { st.late_timers += 1; }
                     st.max_late_ms = st.max_late_ms.max(late as f64 / 1e6);
                     let Some(c) = calls.get_mut(&no) else { continue };
-                    match match kind { 0 => Timer::Rtp(no, i), 1 => Timer::Bye(no), _ => Timer::ByeRetrans(no) } {
+                    match match kind { 0 => Timer::Rtp(no, i), 1 => Timer::Bye(no), 2 => Timer::ByeRetrans(no), _ => Timer::AckTimeout(no) } {
                         Timer::Rtp(no, i) => {
                             let Some(to) = c.rtp_to else { continue };
                             c.seq = c.seq.wrapping_add(1);
@@ -289,6 +328,7 @@ pub async fn carrier(
                             pkt[20..28].copy_from_slice(&c.answer_ns.to_be_bytes());
                             pkt[28..36].copy_from_slice(&now_ns().to_be_bytes());
                             send(&rtp, &pkt, to);
+                            st.rtp_sent += 1;
                             let next_at = if i + 1 < BURST_MS.len() {
                                 Some((c.answer_ns + BURST_MS[i + 1] * 1_000_000, i + 1))
                             } else if cfg.rtp {
@@ -300,13 +340,19 @@ pub async fn carrier(
                                 }
                             }
                         }
-                        Timer::Bye(no) => {
-                            if !c.acked { st.no_ack += 1; }
-                            let Some(inv) = Msg::parse(c.invite.as_bytes()) else { continue };
-                            let ruri = inv.uri_of("contact").unwrap_or("sip:127.0.0.1").to_string();
-                            let from = format!("{};tag=c{no}", inv.header("to").unwrap_or(""));
-                            let to = inv.header("from").unwrap_or("").to_string();
-                            let bye = sip::request("BYE", &ruri, local, &format!("b{no}"), &from, &to, &c.call_id, 2, "");
+                        Timer::Bye(no) | Timer::AckTimeout(no) => {
+                            if c.bye.is_some() { continue; }
+                            if !c.acked {
+                                if kind == 1 {
+                                    // Wait for the ACK (4 s at most).
+                                    st.ack_after_hold += 1;
+                                    c.bye_after_ack = true;
+                                    timers.push(Reverse((now + 4_000_000_000, no, 0, 3)));
+                                    continue;
+                                }
+                                st.no_ack += 1;
+                            }
+                            let Some(bye) = bye_for(c, no, local) else { continue };
                             send(&sip, bye.as_bytes(), c.from_pd);
                             c.bye = Some((bye, 0));
                             timers.push(Reverse((now + 500_000_000, no, 0, 2)));
@@ -343,6 +389,9 @@ pub struct AgentRtpStats {
     pub answer_to_first_ms: Vec<f64>,
     pub packets: u64,
     pub lead_packets: u64,
+    /// Every lead packet: arrival at the agent − sent by the carrier, ms
+    /// (the relay's added latency plus two loopback hops).
+    pub relay_ms: Vec<f64>,
 }
 
 /// Runs the agents' media socket. `legs` brings each agent leg's relay
@@ -389,12 +438,13 @@ pub async fn agent_rtp(
                 if len >= 36 && &buf[12..16] == MAGIC {
                     st.lead_packets += 1;
                     let no = u32::from_be_bytes([buf[16], buf[17], buf[18], buf[19]]);
+                    let mut u = [0u8; 8];
+                    u.copy_from_slice(&buf[20..28]);
+                    let answer = u64::from_be_bytes(u);
+                    u.copy_from_slice(&buf[28..36]);
+                    let sent = u64::from_be_bytes(u);
+                    st.relay_ms.push(now.saturating_sub(sent) as f64 / 1e6);
                     if seen.insert(no) {
-                        let mut u = [0u8; 8];
-                        u.copy_from_slice(&buf[20..28]);
-                        let answer = u64::from_be_bytes(u);
-                        u.copy_from_slice(&buf[28..36]);
-                        let sent = u64::from_be_bytes(u);
                         st.bridge_ms.push(now.saturating_sub(sent.max(answer)) as f64 / 1e6);
                         st.answer_to_first_ms.push(now.saturating_sub(answer) as f64 / 1e6);
                     }
