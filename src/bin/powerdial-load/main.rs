@@ -97,6 +97,18 @@ struct Args {
     /// (benches/peers/kamailio-register.cfg) and print the ratios.
     #[arg(long)]
     peer_kamailio: Option<PathBuf>,
+    /// Also run paced INVITE/200/ACK/BYE calls through Kamailio's stateful
+    /// proxy with this config (benches/peers/kamailio-proxy.cfg) to the
+    /// same carrier, and print the ratio to the dialer path's best.
+    #[arg(long)]
+    peer_kamailio_proxy: Option<PathBuf>,
+    /// Calls/s per step of the proxy comparison.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "500,1000,2000,3000,4000,5000,6000"
+    )]
+    proxy_rates: Vec<f64>,
     /// The powerdial binary (default: beside this one).
     #[arg(long)]
     powerdial: Option<PathBuf>,
@@ -146,6 +158,8 @@ struct Ctx {
     /// The SQLite file with the leads imported, copied into each trial.
     template: Option<PathBuf>,
     failures: u64,
+    /// The dialer path's highest clean rate, calls/s.
+    dialer_best: Option<f64>,
 }
 
 /// The driver's peers for one server.
@@ -741,6 +755,7 @@ fn main() -> Result<()> {
         rt,
         template: None,
         failures: 0,
+        dialer_best: None,
     };
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -807,6 +822,10 @@ fn main() -> Result<()> {
                 }
             ))
         );
+        ctx.dialer_best = best.map(|(_, r)| r);
+        if let Some(cfg) = ctx.args.peer_kamailio_proxy.clone() {
+            kamailio_proxy_steps(&ctx, &cfg)?;
+        }
     }
     if only.iter().any(|o| o == "memory") && ctx.args.memory_hold > 0.0 {
         let hold = ctx.args.memory_hold;
@@ -842,18 +861,10 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// The same REGISTER steps against Kamailio (tuned as PEERS.md says), and
-/// the ratios to powerdial's.
-fn kamailio_steps(
-    ctx: &Ctx,
-    cfg: &Path,
-    agents: &Arc<Vec<(String, String)>>,
-    rates: &[f64],
-    pd_best: Option<f64>,
-    pd_rows: &[(f64, f64, bool)],
-) -> Result<()> {
+/// Starts Kamailio with `cfg` on a free port (tuned as PEERS.md says).
+fn start_kamailio(ctx: &Ctx, cfg: &Path, name: &str) -> Result<(std::process::Child, u16)> {
     let port = server::free_port()?;
-    let dir = ctx.work.join("kamailio");
+    let dir = ctx.work.join(name);
     std::fs::create_dir_all(&dir)?;
     let log = std::fs::File::create(dir.join("kamailio.log"))?;
     let mut child = std::process::Command::new("kamailio")
@@ -873,6 +884,20 @@ fn kamailio_steps(
     if let Ok(Some(st)) = child.try_wait() {
         bail!("kamailio exited: {st}; log in {}", dir.display());
     }
+    Ok((child, port))
+}
+
+/// The same REGISTER steps against Kamailio (tuned as PEERS.md says), and
+/// the ratios to powerdial's.
+fn kamailio_steps(
+    ctx: &Ctx,
+    cfg: &Path,
+    agents: &Arc<Vec<(String, String)>>,
+    rates: &[f64],
+    pd_best: Option<f64>,
+    pd_rows: &[(f64, f64, bool)],
+) -> Result<()> {
+    let (mut child, port) = start_kamailio(ctx, cfg, "kamailio")?;
     let pid = child.id();
     let rig = ctx.rig(([127, 0, 0, 1], port).into(), 1.0, 1.0)?;
     println!("\n[register, Kamailio 5.6 peer] the same steps against pv_www_authenticate + usrloc (memory) [load {}]", loadavg());
@@ -899,5 +924,93 @@ fn kamailio_steps(
             println!("  at {rate:.0}/s: CPU per cycle powerdial {p_us:.0} µs vs Kamailio {k_us:.0} µs → {:.2}×", p_us / k_us);
         }
     }
+    Ok(())
+}
+
+/// Paced calls (INVITE → 180/200 → ACK → the carrier's BYE after the hold)
+/// through Kamailio's stateful proxy to the driver's carrier, stepped like
+/// the dialer trials; the ratio is the dialer path's best over Kamailio's.
+fn kamailio_proxy_steps(ctx: &Ctx, cfg: &Path) -> Result<()> {
+    let (mut child, port) = start_kamailio(ctx, cfg, "kamailio-proxy")?;
+    let pid = child.id();
+    let proxy: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let rig = ctx.rig(proxy, ctx.args.ring_timeout, ctx.args.hold)?;
+    let (tx, rx) = mpsc::channel(2);
+    let task = {
+        let _g = ctx.rt.enter();
+        let sock = peers::udp(0)?;
+        ctx.rt
+            .spawn(peers::caller(sock, proxy, rig.carrier_addr, rx))
+    };
+    let secs = ctx.args.trial.min(5.0);
+    println!(
+        "\n[call setup, Kamailio 5.6 stateful proxy peer] INVITE/200/ACK/BYE through t_relay() with record-routing to the same carrier, hold {} s, {secs} s per step [load {}]",
+        ctx.args.hold,
+        loadavg()
+    );
+    let mut best = None;
+    let snap = |rig: &Rig| rig.carrier.lock().map(|c| c.clone()).unwrap_or_default();
+    for &rate in &ctx.args.proxy_rates {
+        let calls = (rate * secs) as usize;
+        let c0 = snap(&rig);
+        let cpu0 = server::tree_cpu(pid);
+        let d0 = server::self_cpu();
+        let drops0 = server::udp_drops(&[rig.ports.as_slice(), &[port]].concat());
+        let (done, wait) = oneshot::channel();
+        tx.blocking_send(peers::CallBatch { calls, rate, done })?;
+        let r = wait.blocking_recv()?;
+        std::thread::sleep(Duration::from_millis(200));
+        let c1 = snap(&rig);
+        let cpu1 = server::tree_cpu(pid);
+        let d1 = server::self_cpu();
+        let drops = server::udp_drops(&[rig.ports.as_slice(), &[port]].concat()) - drops0;
+        let achieved = r.ok as f64 / r.elapsed_s.max(1e-9);
+        let carrier_bad = (c1.invite_retrans - c0.invite_retrans)
+            + (c1.bye_retrans - c0.bye_retrans)
+            + (c1.bye_failed - c0.bye_failed)
+            + (c1.no_ack - c0.no_ack);
+        let clean = r.failed == 0
+            && r.retrans == 0
+            && carrier_bad == 0
+            && r.ok == calls as u64
+            && achieved >= 0.95 * rate;
+        println!(
+            "  {rate:>6.0}/s asked: {achieved:>6.0}/s done, ok {} failed {} retrans {} (carrier side {carrier_bad}) · setup {} · Kamailio {:.0} µs CPU/call ({:.0} % of a core) · driver {:.0} µs/call, late ticks {}, drops {drops} · {} [load {}]",
+            r.ok,
+            r.failed,
+            r.retrans,
+            dist(&r.setup_ms),
+            (cpu1 - cpu0) / r.ok.max(1) as f64 * 1e6,
+            (cpu1 - cpu0) / r.elapsed_s * 100.0,
+            (d1 - d0) / r.ok.max(1) as f64 * 1e6,
+            r.late_ticks,
+            if clean { "CLEAN" } else { "not clean" },
+            loadavg()
+        );
+        if clean {
+            best = Some(rate);
+        } else if !ctx.args.all_rates {
+            break;
+        }
+    }
+    task.abort();
+    drop(rig);
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGTERM);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = child.kill();
+    let _ = child.wait();
+    println!(
+        "  highest clean rate: powerdial's whole dialer path {} vs Kamailio's stateful proxy {}{}",
+        ctx.dialer_best
+            .map_or("none".into(), |b| format!("{b:.0} calls/s")),
+        best.map_or("none".into(), |b| format!("{b:.0} calls/s")),
+        match (ctx.dialer_best, best) {
+            (Some(p), Some(k)) => format!(" → ratio {:.2}×", p / k),
+            _ => String::new(),
+        }
+    );
     Ok(())
 }

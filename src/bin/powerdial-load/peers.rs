@@ -644,3 +644,154 @@ fn send(sock: &UdpSocket, buf: &[u8], to: SocketAddr) {
 
 /// Sends the driver's sockets refused (full buffers): the driver was behind.
 pub static SEND_ERRORS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// One paced batch of calls through a proxy, asked of [`caller`].
+pub struct CallBatch {
+    pub calls: usize,
+    /// Calls started per second.
+    pub rate: f64,
+    pub done: oneshot::Sender<CallerResult>,
+}
+
+#[derive(Default, Debug, Clone)]
+pub struct CallerResult {
+    /// Calls that got a 200 and then the carrier's BYE.
+    pub ok: u64,
+    pub failed: u64,
+    pub retrans: u64,
+    /// INVITE sent → 200 received, ms.
+    pub setup_ms: Vec<f64>,
+    pub elapsed_s: f64,
+    pub late_ticks: u64,
+}
+
+struct Outgoing {
+    started: u64,
+    sent: u64,
+    invite: String,
+    tries: u32,
+    ack: Option<String>,
+}
+
+/// A caller (the UAC of a call-setup comparison): INVITEs with SDP to the
+/// carrier at `carrier` through the proxy at `proxy`, ACKs the 200 along its
+/// Record-Route, answers the carrier's BYE.
+pub async fn caller(
+    sock: UdpSocket,
+    proxy: SocketAddr,
+    carrier: SocketAddr,
+    mut batches: mpsc::Receiver<CallBatch>,
+) {
+    let local = sock
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let offer = sip::sdp(local.port().wrapping_add(1));
+    let mut buf = vec![0u8; 65536];
+    let mut run = 0u64;
+    let mut batch: Option<(CallBatch, usize, u64, CallerResult)> = None;
+    let mut pending: HashMap<String, Outgoing> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            b = batches.recv(), if batch.is_none() => {
+                let Some(b) = b else { return };
+                run += 1;
+                batch = Some((b, 0, now_ns(), CallerResult::default()));
+            }
+            _ = tick.tick(), if batch.is_some() => {
+                let now = now_ns();
+                let Some((b, next, started, res)) = batch.as_mut() else { continue };
+                let due = ((now - *started) as f64 / 1e9 * b.rate) as usize + 1;
+                if due.saturating_sub(*next) > (b.rate / 100.0).max(10.0) as usize {
+                    res.late_ticks += 1;
+                }
+                while *next < due.min(b.calls) {
+                    let n = *next;
+                    let cid = format!("cl-{run}-{n}@load");
+                    let invite = format!(
+                        "INVITE sip:+44207{n:07}@{carrier} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKi{run}x{n};rport\r\n\
+                         Max-Forwards: 70\r\nFrom: <sip:caller@{local}>;tag=u{n}\r\nTo: <sip:+44207{n:07}@{carrier}>\r\n\
+                         Call-ID: {cid}\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@{local}>\r\n\
+                         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{offer}",
+                        offer.len()
+                    );
+                    send(&sock, invite.as_bytes(), proxy);
+                    pending.insert(cid, Outgoing { started: now, sent: now, invite, tries: 0, ack: None });
+                    *next += 1;
+                }
+                let mut gone = Vec::new();
+                for (cid, o) in pending.iter_mut() {
+                    if o.ack.is_none() && o.tries < 3 && now - o.sent > (500_000_000u64 << o.tries) {
+                        o.tries += 1;
+                        o.sent = now;
+                        res.retrans += 1;
+                        send(&sock, o.invite.as_bytes(), proxy);
+                    } else if now - o.started > 8_000_000_000 {
+                        gone.push(cid.clone());
+                    }
+                }
+                for cid in gone {
+                    pending.remove(&cid);
+                    res.failed += 1;
+                }
+                if *next >= b.calls && pending.is_empty() {
+                    if let Some((b, _, started, mut res)) = batch.take() {
+                        res.elapsed_s = (now - started) as f64 / 1e9;
+                        let _ = b.done.send(res);
+                    }
+                }
+            }
+            r = sock.recv_from(&mut buf) => {
+                let Ok((len, from)) = r else { continue };
+                let Some(m) = Msg::parse(&buf[..len]) else { continue };
+                let Some((_, _, _, res)) = batch.as_mut() else { continue };
+                match m.method {
+                    None if m.cseq().1 == "INVITE" => {
+                        let cid = m.call_id();
+                        let Some(o) = pending.get_mut(cid) else { continue };
+                        if m.status < 200 {
+                            o.tries = 3; // a provisional: no more retransmissions
+                        } else if m.status < 300 {
+                            if o.ack.is_none() {
+                                res.setup_ms.push((now_ns() - o.started) as f64 / 1e6);
+                                let ruri = m.uri_of("contact").unwrap_or("sip:127.0.0.1");
+                                let mut routes = String::new();
+                                for rr in m.headers("record-route") {
+                                    routes.push_str(&format!("Route: {rr}\r\n"));
+                                }
+                                let ack = format!(
+                                    "ACK {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKa{};rport\r\n\
+                                     Max-Forwards: 70\r\n{routes}From: {}\r\nTo: {}\r\nCall-ID: {cid}\r\nCSeq: 1 ACK\r\n\
+                                     Content-Length: 0\r\n\r\n",
+                                    now_ns(),
+                                    m.header("from").unwrap_or(""),
+                                    m.header("to").unwrap_or(""),
+                                );
+                                o.ack = Some(ack);
+                            }
+                            if let Some(ack) = &o.ack {
+                                send(&sock, ack.as_bytes(), proxy);
+                            }
+                        } else if pending.remove(cid).is_some() {
+                            res.failed += 1;
+                        }
+                    }
+                    None => {}
+                    Some("BYE") => {
+                        let r = m.response(200, "OK", "", "", None);
+                        send(&sock, r.as_bytes(), from);
+                        if let Some(o) = pending.remove(m.call_id()) {
+                            if o.ack.is_some() { res.ok += 1 } else { res.failed += 1 }
+                        }
+                    }
+                    Some("ACK") => {}
+                    Some(_) => {
+                        let r = m.response(200, "OK", "", "", None);
+                        send(&sock, r.as_bytes(), from);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -141,6 +141,9 @@ impl<'a> Msg<'a> {
         for v in self.headers("via") {
             let _ = write!(out, "Via: {v}\r\n");
         }
+        for v in self.headers("record-route") {
+            let _ = write!(out, "Record-Route: {v}\r\n");
+        }
         let _ = write!(out, "From: {}\r\n", self.header("from").unwrap_or(""));
         let to = self.header("to").unwrap_or("");
         if to.contains("tag=") || tag.is_empty() {
