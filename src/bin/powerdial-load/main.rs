@@ -183,6 +183,17 @@ impl Drop for Rig {
 
 impl Ctx {
     fn rig(&self, sip: std::net::SocketAddr, ring_timeout: f64, hold: f64) -> Result<Rig> {
+        self.rig_with(sip, ring_timeout, hold, true)
+    }
+
+    /// [`Self::rig`]; `media: false` keeps the carrier from sending RTP.
+    fn rig_with(
+        &self,
+        sip: std::net::SocketAddr,
+        ring_timeout: f64,
+        hold: f64,
+        media: bool,
+    ) -> Result<Rig> {
         let _g = self.rt.enter();
         let (csip, crtp) = (peers::udp(0)?, peers::udp(0)?);
         let (asip, artp) = (peers::udp(0)?, peers::udp(0)?);
@@ -201,6 +212,7 @@ impl Ctx {
             hold: Duration::from_secs_f64(hold),
             ring_timeout: Duration::from_secs_f64(ring_timeout),
             rtp: self.args.rtp,
+            media,
         };
         let tasks = vec![
             self.rt
@@ -934,7 +946,9 @@ fn kamailio_proxy_steps(ctx: &Ctx, cfg: &Path) -> Result<()> {
     let (mut child, port) = start_kamailio(ctx, cfg, "kamailio-proxy")?;
     let pid = child.id();
     let proxy: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-    let rig = ctx.rig(proxy, ctx.args.ring_timeout, ctx.args.hold)?;
+    // Kamailio relays no media: the carrier sends none, so the driver's
+    // media costs nothing here.
+    let rig = ctx.rig_with(proxy, ctx.args.ring_timeout, ctx.args.hold, false)?;
     let (tx, rx) = mpsc::channel(2);
     let task = {
         let _g = ctx.rt.enter();

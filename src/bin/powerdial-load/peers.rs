@@ -142,6 +142,8 @@ pub struct CarrierConfig {
     pub ring_timeout: Duration,
     /// RTP every 20 ms until the hang-up, after the burst.
     pub rtp: bool,
+    /// Any lead RTP at all (off when the peer under test relays no media).
+    pub media: bool,
 }
 
 /// Runs the carrier on `sip` (signalling) and `rtp` (media) until aborted.
@@ -211,7 +213,7 @@ pub async fn carrier(
                             from_pd: from,
                             invite_ns: now,
                             answer_ns: 0,
-                            rtp_to: m.sdp_target(),
+                            rtp_to: if cfg.media { m.sdp_target() } else { None },
                             seq: 0,
                             acked: false,
                             ringing_only,
