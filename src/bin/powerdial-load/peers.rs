@@ -797,3 +797,53 @@ pub async fn caller(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The driver's caller and carrier against each other over loopback
+    /// UDP: every call is answered, ACKed, hung up by the carrier and its
+    /// BYE answered, with nothing retransmitted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn caller_and_carrier_complete_every_call() {
+        let csip = udp(0).expect("carrier sip");
+        let crtp = udp(0).expect("carrier rtp");
+        let carrier_addr = csip.local_addr().expect("addr");
+        let stats = Arc::new(Mutex::new(CarrierStats::default()));
+        let cfg = CarrierConfig {
+            hold: Duration::from_millis(10),
+            ring_timeout: Duration::from_secs(1),
+            rtp: false,
+            media: false,
+        };
+        let carrier_task = tokio::spawn(carrier(csip, crtp, cfg, stats.clone()));
+        let (tx, rx) = mpsc::channel(1);
+        let caller_task = tokio::spawn(caller(
+            udp(0).expect("caller"),
+            carrier_addr,
+            carrier_addr,
+            rx,
+        ));
+        let (done, wait) = oneshot::channel();
+        tx.send(CallBatch {
+            calls: 20,
+            rate: 400.0,
+            done,
+        })
+        .await
+        .expect("batch");
+        let r = tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .expect("in time")
+            .expect("result");
+        assert_eq!((r.ok, r.failed, r.retrans), (20, 0, 0), "{r:?}");
+        assert_eq!(r.setup_ms.len(), 20);
+        let s = stats.lock().expect("stats").clone();
+        assert_eq!(s.invites.len(), 20, "{s:?}");
+        assert_eq!((s.answered, s.completed), (20, 20), "{s:?}");
+        assert_eq!((s.no_ack, s.bye_retrans, s.live), (0, 0, 0), "{s:?}");
+        carrier_task.abort();
+        caller_task.abort();
+    }
+}
