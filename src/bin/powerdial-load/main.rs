@@ -109,6 +109,10 @@ struct Args {
         default_value = "500,1000,2000,3000,4000,5000,6000"
     )]
     proxy_rates: Vec<f64>,
+    /// Run on PostgreSQL at this URL (a fresh schema per server, dropped
+    /// at the end; leads imported per trial) instead of SQLite.
+    #[arg(long)]
+    postgres: Option<String>,
     /// The powerdial binary (default: beside this one).
     #[arg(long)]
     powerdial: Option<PathBuf>,
@@ -160,6 +164,10 @@ struct Ctx {
     failures: u64,
     /// The dialer path's highest clean rate, calls/s.
     dialer_best: Option<f64>,
+    /// The leads' CSV (imported per trial on PostgreSQL).
+    csv: Option<PathBuf>,
+    /// PostgreSQL schemas made, dropped at the end.
+    schemas: Mutex<Vec<String>>,
 }
 
 /// The driver's peers for one server.
@@ -266,16 +274,39 @@ impl Ctx {
         ring_timeout: f64,
     ) -> Result<Server> {
         std::fs::create_dir_all(dir)?;
-        if leads {
-            if let Some(t) = &self.template {
-                for ext in ["", "-wal", "-shm"] {
-                    let from = PathBuf::from(format!("{}{ext}", t.display()));
-                    if from.exists() {
-                        std::fs::copy(&from, dir.join(format!("powerdial.db{ext}")))?;
+        let mut fresh_pg = false;
+        let database = match &self.args.postgres {
+            None => {
+                if leads {
+                    if let Some(t) = &self.template {
+                        for ext in ["", "-wal", "-shm"] {
+                            let from = PathBuf::from(format!("{}{ext}", t.display()));
+                            if from.exists() {
+                                std::fs::copy(&from, dir.join(format!("powerdial.db{ext}")))?;
+                            }
+                        }
                     }
                 }
+                format!("sqlite://{}/powerdial.db", dir.display())
             }
-        }
+            Some(base) => {
+                // One schema per server directory: a restart reuses it.
+                let marker = dir.join("pg-schema");
+                let schema = match std::fs::read_to_string(&marker) {
+                    Ok(s) => s,
+                    Err(_) => {
+                        let mut made = self.schemas.lock().map_err(|_| anyhow::anyhow!("lock"))?;
+                        let s = format!("load_{}_{}", std::process::id(), made.len());
+                        server::psql(base, &format!("CREATE SCHEMA {s}"))?;
+                        std::fs::write(&marker, &s)?;
+                        made.push(s.clone());
+                        fresh_pg = true;
+                        s
+                    }
+                };
+                server::pg_url(base, &schema)
+            }
+        };
         let http_port = server::free_port()?;
         let cfg = ServerConfig {
             dir,
@@ -284,10 +315,16 @@ impl Ctx {
             carrier: rig.carrier_addr,
             ring_timeout,
             max_cps,
+            database: &database,
             agents,
         };
         let path = dir.join("powerdial.toml");
         std::fs::write(&path, cfg.toml())?;
+        if fresh_pg && leads {
+            if let Some(csv) = &self.csv {
+                self.run_import(&path, csv, "PostgreSQL")?;
+            }
+        }
         Server::start(
             &self.bin,
             &path,
@@ -295,6 +332,35 @@ impl Ctx {
             ([127, 0, 0, 1], sip_port).into(),
             &self.args.log,
         )
+    }
+
+    /// `powerdial import-leads` of `csv` with `config`; prints the rate.
+    fn run_import(&self, config: &Path, csv: &Path, backend: &str) -> Result<()> {
+        let n = if self.args.million {
+            1_000_000
+        } else {
+            self.args.leads
+        };
+        let t0 = Instant::now();
+        let out = std::process::Command::new(&self.bin)
+            .args(["import-leads", "--config"])
+            .arg(config)
+            .arg(csv)
+            .env("POWERDIAL_LOG", "warn")
+            .output()?;
+        let secs = t0.elapsed().as_secs_f64();
+        if !out.status.success() {
+            bail!(
+                "import-leads failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        println!(
+            "import: {n} leads through `powerdial import-leads` in {secs:.1} s ({:.0} leads/s, {backend}) [load {}]",
+            n as f64 / secs,
+            loadavg()
+        );
+        Ok(())
     }
 
     /// Imports the leads once into a template database.
@@ -313,6 +379,12 @@ impl Ctx {
                 writeln!(w, "Lead {i:07},+4420{}{i:07}", if ring { 8 } else { 7 })?;
             }
         }
+        self.csv = Some(csv.clone());
+        if self.args.postgres.is_some() {
+            // Imported into each trial's schema.
+            return Ok(());
+        }
+        let database = format!("sqlite://{}/powerdial.db", dir.display());
         let cfg = ServerConfig {
             dir: &dir,
             sip_port: 0,
@@ -320,29 +392,12 @@ impl Ctx {
             carrier: ([127, 0, 0, 1], 9).into(),
             ring_timeout: 1.0,
             max_cps: None,
+            database: &database,
             agents: &[],
         };
         let path = dir.join("powerdial.toml");
         std::fs::write(&path, cfg.toml())?;
-        let t0 = Instant::now();
-        let out = std::process::Command::new(&self.bin)
-            .args(["import-leads", "--config"])
-            .arg(&path)
-            .arg(&csv)
-            .env("POWERDIAL_LOG", "warn")
-            .output()?;
-        let secs = t0.elapsed().as_secs_f64();
-        if !out.status.success() {
-            bail!(
-                "import-leads failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        println!(
-            "import: {n} leads through `powerdial import-leads` in {secs:.1} s ({:.0} leads/s, SQLite) [load {}]",
-            n as f64 / secs,
-            loadavg()
-        );
+        self.run_import(&path, &csv, "SQLite")?;
         self.template = Some(dir.join("powerdial.db"));
         Ok(())
     }
@@ -544,7 +599,8 @@ fn dialer_trial(
     let clean = problems.is_empty() && paced_ok && c.answered > 0;
     let calls = in_window.max(1) as f64;
     println!(
-        "\n[{label}] trunk max_cps {} · {n_agents} agents · {leads} leads · hold {hold} s · {secs:.1} s [load {}]",
+        "\n[{label}] {} · trunk max_cps {} · {n_agents} agents · {leads} leads · hold {hold} s · {secs:.1} s [load {}]",
+        if ctx.args.postgres.is_some() { "PostgreSQL" } else { "SQLite" },
         max_cps.map_or("unpaced".into(), |m| format!("{m}")),
         loadavg()
     );
@@ -697,7 +753,12 @@ fn register_trials(ctx: &mut Ctx) -> Result<u64> {
     let rig = ctx.rig(([127, 0, 0, 1], sip_port).into(), 1.0, 1.0)?;
     let agents = Arc::new(users("reg", n));
     let srv = ctx.server(&dir, &rig, sip_port, &agents, None, false, 1.0)?;
-    println!("\n[register] {n} distinct agents per step, MD5 digest (401 → REGISTER with credentials → 200) [load {}]", loadavg());
+    let backend = if ctx.args.postgres.is_some() {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
+    println!("\n[register] {backend} · {n} distinct agents per step, MD5 digest (401 → REGISTER with credentials → 200) [load {}]", loadavg());
     let (best, done, rows) =
         register_steps(ctx, &rig, &agents, &rates, sip_port, || srv.usage().0)?;
     // Every binding persisted: restart and read them back.
@@ -768,6 +829,8 @@ fn main() -> Result<()> {
         template: None,
         failures: 0,
         dialer_best: None,
+        csv: None,
+        schemas: Mutex::new(Vec::new()),
     };
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -851,6 +914,11 @@ fn main() -> Result<()> {
         && register_trials(&mut ctx)? > 0
     {
         produced.push("register");
+    }
+    if let (Some(base), Ok(made)) = (&ctx.args.postgres, ctx.schemas.lock()) {
+        for schema in made.iter() {
+            let _ = server::psql(base, &format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+        }
     }
     if !ctx.args.keep {
         let _ = std::fs::remove_dir_all(&ctx.work);

@@ -32,6 +32,8 @@ pub struct ServerConfig<'a> {
     pub carrier: SocketAddr,
     pub ring_timeout: f64,
     pub max_cps: Option<f64>,
+    /// `database.url`.
+    pub database: &'a str,
     /// `[[agent]]` entries: (username, password).
     pub agents: &'a [(String, String)],
 }
@@ -49,7 +51,7 @@ digest_algorithms = ["MD5"]
 drain_timeout = 1
 
 [database]
-url = "sqlite://{dir}/powerdial.db"
+url = "{database}"
 
 [admin]
 token = "{TOKEN}"
@@ -74,6 +76,7 @@ caller_id = "+442079460999"
             dir = self.dir.display(),
             rt = self.ring_timeout,
             carrier = self.carrier,
+            database = self.database,
         );
         if let Some(cps) = self.max_cps {
             s.push_str(&format!("max_cps = {cps}\n"));
@@ -320,4 +323,26 @@ mod tests {
             "ab{}[1]"
         );
     }
+}
+
+/// Runs one SQL statement with `psql` (schemas for PostgreSQL trials).
+pub fn psql(url: &str, sql: &str) -> Result<()> {
+    let ok = Command::new("psql")
+        .arg(url)
+        .args(["-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        bail!("psql {sql:?} failed (is psql installed and {url} reachable?)");
+    }
+    Ok(())
+}
+
+/// `base` with its search path set to `schema`.
+pub fn pg_url(base: &str, schema: &str) -> String {
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options=-c%20search_path%3D{schema}")
 }
