@@ -314,17 +314,6 @@ fn dechunk(mut s: &str) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn dechunks() {
-        assert_eq!(
-            super::dechunk("4\r\nab{}\r\n3\r\n[1]\r\n0\r\n\r\n"),
-            "ab{}[1]"
-        );
-    }
-}
-
 /// Runs one SQL statement with `psql` (schemas for PostgreSQL trials).
 pub fn psql(url: &str, sql: &str) -> Result<()> {
     let ok = Command::new("psql")
@@ -345,4 +334,15 @@ pub fn psql(url: &str, sql: &str) -> Result<()> {
 pub fn pg_url(base: &str, schema: &str) -> String {
     let sep = if base.contains('?') { '&' } else { '?' };
     format!("{base}{sep}options=-c%20search_path%3D{schema}")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dechunks() {
+        assert_eq!(
+            super::dechunk("4\r\nab{}\r\n3\r\n[1]\r\n0\r\n\r\n"),
+            "ab{}[1]"
+        );
+    }
 }
