@@ -209,4 +209,31 @@ fn main() {
     println!("refresh mid-session           {mid:>9.2?}");
     let (_, reset) = timed(|| q.reset(now));
     println!("reset                         {reset:>9.2?}");
+
+    // The session driver's calling-hours check before each dial (SPEC §4):
+    // the number's zones (area code, else country) and the verdict.
+    let hours = powerdial::dialer::hours::CallingHours::default();
+    let numbers: Vec<String> = (0..100_000u64)
+        .map(|i| match i % 4 {
+            // North American area codes of several zones, and the UK.
+            0 => format!("+1212555{:04}", i % 10_000),
+            1 => format!("+1808555{:04}", i % 10_000),
+            2 => format!("+1915555{:04}", i % 10_000),
+            _ => format!("+4420794{:05}", i % 100_000),
+        })
+        .collect();
+    let mut check_ns = Vec::with_capacity(numbers.len());
+    let mut open = 0usize;
+    for (i, n) in numbers.iter().enumerate() {
+        let t = T0 + i as i64 * 997 * 1000;
+        let start = Instant::now();
+        let zones = powerdial::leads::zone::number_zones(n)
+            .map(|z| z.zones)
+            .unwrap_or_default();
+        let v = hours.verdict(&zones, t);
+        check_ns.push(start.elapsed().as_nanos() as u64);
+        open += usize::from(v == powerdial::dialer::hours::Verdict::Open);
+    }
+    println!("calling-hours checks: {open} of {} open", numbers.len());
+    println!("{}", Stats::new(check_ns).line("zones+verdict"));
 }

@@ -266,6 +266,14 @@ pub struct TrunkConfig {
     /// Good pings in a row that mark a down trunk up again (default 2).
     #[serde(default = "default_up_after")]
     pub up_after: u32,
+    /// RFC 4028 session timer offered in every INVITE to this trunk
+    /// (`Supported: timer`, `Session-Expires: N;refresher=uac`), whole
+    /// seconds, at least 90 (Min-SE); 0 offers none. When the carrier's
+    /// 200 OK takes it, powerdial re-INVITEs every N/2 s and a carrier
+    /// that stops hearing refreshes (powerdial crashed) drops the call
+    /// after N s; a refresh answered 481/408 ends the call. Default 1800.
+    #[serde(default = "default_session_expires")]
+    pub session_expires: u32,
 }
 
 fn default_weight() -> u32 {
@@ -282,6 +290,9 @@ fn default_down_after() -> u32 {
 }
 fn default_up_after() -> u32 {
     2
+}
+fn default_session_expires() -> u32 {
+    1800
 }
 
 /// The default `[[trunk]] options_interval` of a `sip:` trunk.
@@ -307,6 +318,7 @@ impl TrunkConfig {
             options_timeout: default_options_timeout(),
             down_after: default_down_after(),
             up_after: default_up_after(),
+            session_expires: default_session_expires(),
         }
     }
 
@@ -393,6 +405,12 @@ pub struct DialerConfig {
     /// `max_cps`, how long a dial waits for one to free before it is
     /// refused (the lead stays queued, the agent is paused). 0: no wait.
     pub trunk_wait: Seconds,
+    /// Calling hours in each lead's local time (SPEC §4), `{ start =
+    /// "08:00", end = "21:00" }`; a session's own `calling_hours` replaces
+    /// it. `end = "24:00"` runs to midnight.
+    pub calling_hours: crate::dialer::hours::Window,
+    /// Local dates (`YYYY-MM-DD`) on which no lead is called.
+    pub holidays: Vec<String>,
 }
 
 /// The shortest ring a lead gets unless `dialer.allow_short_ring_timeout`
@@ -414,6 +432,8 @@ impl Default for DialerConfig {
             allow_short_ring_timeout: false,
             lead_on_phone: true,
             trunk_wait: Seconds(Duration::from_secs(5)),
+            calling_hours: crate::dialer::hours::Window::DEFAULT,
+            holidays: Vec::new(),
         }
     }
 }
@@ -852,6 +872,8 @@ impl Config {
                 ));
             }
         }
+        crate::dialer::hours::parse_holidays(&d.holidays)
+            .map_err(|e| invalid("dialer", "holidays", e.to_string()))?;
         Ok(Config {
             sip_listen,
             http_listen,
@@ -1031,6 +1053,13 @@ fn validate_trunk(
             "trunk",
             "max_calls",
             format!("{who}: at least 1 concurrent call (leave it out for no limit)"),
+        ));
+    }
+    if t.session_expires != 0 && t.session_expires < 90 {
+        return Err(invalid(
+            "trunk",
+            "session_expires",
+            format!("{who}: must be 0 (off) or at least 90 seconds (RFC 4028 Min-SE)"),
         ));
     }
     if t.response_timeout.0.is_zero() {
@@ -1222,6 +1251,72 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.dialer.ring_timeout.0, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn calling_hours_default_configure_and_refuse() {
+        use crate::dialer::hours::Window;
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.dialer.calling_hours, Window::DEFAULT, "08:00-21:00");
+        assert!(c.dialer.holidays.is_empty());
+        let c = load(
+            "[dialer]\ncalling_hours = { start = \"09:30\", end = \"20:00\" }\nholidays = [\"2026-12-25\", \"2027-01-01\"]\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.dialer.calling_hours,
+            Window::parse("09:30", "20:00").unwrap()
+        );
+        let s = crate::dialer::session::SessionConfig::from_dialer(&c.dialer);
+        assert_eq!(s.calling_hours.holidays.len(), 2);
+        // The table form and an environment override.
+        let c = load(
+            "[dialer.calling_hours]\nstart = \"10:00\"\nend = \"24:00\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.dialer.calling_hours,
+            Window::parse("10:00", "24:00").unwrap()
+        );
+        let c = load(
+            "",
+            &[(
+                "POWERDIAL_DIALER_CALLING_HOURS",
+                r#"{ start = "07:00", end = "19:00" }"#,
+            )],
+        )
+        .unwrap();
+        assert_eq!(
+            c.dialer.calling_hours,
+            Window::parse("07:00", "19:00").unwrap()
+        );
+        // Bad windows and dates name the key and the line.
+        let e = load(
+            "[dialer]\ncalling_hours = { start = \"21:00\", end = \"08:00\" }\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("t.toml:2") && e.contains("must start before they end"),
+            "{e}"
+        );
+        let e = load(
+            "[dialer]\ncalling_hours = { start = \"8am\", end = \"21:00\" }\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("HH:MM"), "{e}");
+        let e = load("[dialer]\nholidays = [\"25/12/2026\"]\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("dialer.holidays") && e.contains("t.toml:2"),
+            "{e}"
+        );
     }
 
     #[test]

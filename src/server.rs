@@ -96,6 +96,8 @@ pub struct RunningServer {
     hurry: CancellationToken,
     drain_timeout: std::time::Duration,
     tasks: TaskTracker,
+    /// Flushed before the tasks stop: no audit entry is lost on a stop.
+    audit: crate::store::audit::AuditLog,
 }
 
 impl RunningServer {
@@ -124,6 +126,7 @@ impl RunningServer {
 
     /// Stops every task and waits for them.
     pub async fn shutdown(self) {
+        self.audit.flush().await;
         self.shutdown.cancel();
         self.tasks.close();
         self.tasks.wait().await;
@@ -297,6 +300,9 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
     // in batches").
     let (persist_tx, persist_rx) = registration_writer::channel();
     tasks.spawn(registration_writer::run_writer(store.clone(), persist_rx));
+    // A REGISTER's 200 OK leaves once its binding is committed (the
+    // writer reports what is; SPEC §5).
+    endpoint.set_ack_after_persist(true);
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let (route_tx, route_rx) = mpsc::unbounded_channel();
     tasks.spawn(sip_task(
@@ -315,9 +321,21 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
         .local_addr(TransportKind::Udp)
         .or_else(|| transport.local_addr(TransportKind::Tcp))
         .ok_or(ServerError::NoSipListener)?;
+    // Held, restricted and refused dials (SPEC §4), off the signalling path.
+    let audit = crate::store::audit::AuditLog::start(store.clone());
+    // The leg journal (what ends every live leg after a crash) has its
+    // batch writer, like the bindings.
+    let (journal_tx, journal_rx) = crate::call::leg_journal::channel();
+    tasks.spawn(crate::call::leg_journal::run_writer(
+        store.clone(),
+        journal_rx,
+        shutdown.clone(),
+    ));
+    let recovery_routes = route_tx.clone();
     let calls = CallEngine::start(
         &config,
         EngineIo {
+            audit: audit.clone(),
             store: store.clone(),
             sip: sip.clone(),
             transport: transport.clone(),
@@ -327,21 +345,42 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
             shutdown: shutdown.clone(),
             drain: drain.clone(),
             hurry: hurry.clone(),
+            journal: journal_tx,
         },
     )?;
+    // Before anything dials: end the legs a crash left up and give their
+    // calls an outcome (call::recovery).
+    let recovered = crate::call::recovery::recover(crate::call::recovery::RecoveryIo {
+        store: store.clone(),
+        transport: transport.clone(),
+        routes: recovery_routes,
+        sent_by: sent_by.to_string(),
+        timers: crate::sip::transaction::TimerConfig {
+            t1: config.sip_timers.t1,
+            t2: config.sip_timers.t2,
+            t4: config.sip_timers.t4,
+        },
+        shutdown: shutdown.clone(),
+    })
+    .await?;
 
     for name in &api_agents {
         calls.add_agent(name);
     }
 
     // Dialer sessions (SPEC §1) drive the call engine; stored ones resume.
+    let mut session_config = crate::dialer::session::SessionConfig::from_dialer(&config.dialer);
+    session_config.audit = audit.clone();
+    let calling_hours = session_config.calling_hours.clone();
     let sessions = crate::dialer::directory::Sessions::start(
         store.clone(),
         calls.clone(),
         crate::dialer::session::SystemClock,
-        crate::dialer::session::SessionConfig::from_dialer(&config.dialer),
+        session_config,
     )
     .await?;
+    // The sessions learn the outcomes the crash sweep recorded (R3–R5).
+    sessions.apply_recovered(&recovered.settled).await;
 
     let listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
@@ -364,6 +403,8 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
             .with_realm(&config.domain)
             .with_cors_origins(config.cors_origins.clone())
             .with_calls(calls.clone())
+            .with_calling_hours(calling_hours)
+            .with_audit(audit.clone())
             .with_sessions(sessions);
     let app = crate::http::router(state);
     let http_shutdown = shutdown.clone();
@@ -402,6 +443,7 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
         hurry,
         drain_timeout: config.drain_timeout,
         tasks,
+        audit,
     })
 }
 
@@ -420,6 +462,7 @@ async fn sip_task(
     shutdown: CancellationToken,
 ) {
     let mut routes: HashMap<String, mpsc::UnboundedSender<RoutedMessage>> = HashMap::new();
+    let mut persisted = persist.persisted();
     loop {
         let deadline = endpoint.poll_timeout();
         let timer = async {
@@ -431,6 +474,11 @@ async fn sip_task(
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => return,
+            // Before new input: acknowledgements of stored bindings.
+            Ok(()) = persisted.changed() => {
+                let committed = *persisted.borrow_and_update();
+                endpoint.bindings_persisted(Instant::now(), committed);
+            }
             msg = inbound.recv() => {
                 let Some(msg) = msg else { return };
                 // Routes first: a leg registers its Call-ID before its
@@ -471,7 +519,9 @@ async fn sip_task(
         // Waits while the writer is behind: backpressure, never loss
         // (SPEC §5 "none is ever dropped").
         while let Some(ev) = endpoint.poll_event() {
-            if let Err(e) = persist.send(changes_from_event(ev)).await {
+            let EndpointEvent::BindingsChanged { ticket, .. } = &ev;
+            let ticket = *ticket;
+            if let Err(e) = persist.send(changes_from_event(ev), ticket).await {
                 tracing::error!(error = %e, "a binding change was not saved");
             }
         }

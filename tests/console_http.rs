@@ -77,6 +77,9 @@ async fn spawn_with_agents(
             wrap_up_idle: Duration::from_secs(3),
             lease: Duration::from_secs(30),
             instance: "console-test".into(),
+            // Queue order, not calling hours, is under test here.
+            calling_hours: powerdial::dialer::hours::CallingHours::always(),
+            audit: powerdial::store::audit::AuditLog::start(store.clone()),
         },
     )
     .await

@@ -433,6 +433,7 @@ async fn registration_batches(store: &Store, backend: &str) {
             .map(|i| binding(&format!("a{i}"), &format!("sip:a{i}@h"), 1))
             .collect(),
         removals: vec![("nobody".into(), "sip:nobody@h".into())],
+        oldest_ticket: None,
     };
     store.save_registrations(&first).await.unwrap();
     assert_eq!(
@@ -448,6 +449,7 @@ async fn registration_batches(store: &Store, backend: &str) {
         removals: (2_000..2_500)
             .map(|i| (format!("a{i}"), format!("sip:a{i}@h")))
             .collect(),
+        oldest_ticket: None,
     };
     store.save_registrations(&second).await.unwrap();
     let all = store.load_registrations().await.unwrap();
@@ -485,9 +487,28 @@ async fn registration_writer_flushes(store: &Store, backend: &str) {
             } else {
                 RegistrationChange::Upsert(binding(&format!("w{i}"), &format!("sip:w{i}@h"), round))
             };
-            tx.send(vec![change]).await.unwrap();
+            tx.send(vec![change], round as u64 * 10_000 + i as u64)
+                .await
+                .unwrap();
         }
     }
+    // The watermark: once it covers a ticket, that change is on disk (the
+    // endpoint releases a REGISTER's 200 OK on it).
+    let mut persisted = tx.persisted();
+    let last: u64 = 3 * 10_000 + 2_999;
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        persisted.wait_for(|t| *t >= last),
+    )
+    .await
+    .expect("the watermark reaches the last ticket")
+    .unwrap();
+    let stored = store.load_registrations().await.unwrap();
+    assert_eq!(
+        stored.len(),
+        2_000,
+        "{backend}: committed when the watermark says so"
+    );
     drop(tx);
     tokio::time::timeout(std::time::Duration::from_secs(30), writer)
         .await
@@ -551,7 +572,7 @@ async fn registration_writer_makes_the_sender_wait_while_the_database_is_busy() 
         for i in 0..total {
             let change =
                 RegistrationChange::Upsert(binding(&format!("p{i}"), &format!("sip:p{i}@h"), 1));
-            tx.send(vec![change]).await.unwrap();
+            tx.send(vec![change], i as u64 + 1).await.unwrap();
         }
     });
     tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;

@@ -36,6 +36,7 @@ async fn add_leads(store: &Store, n: usize) -> Vec<i64> {
             contacts: vec![],
             custom: vec![],
             opportunities: vec![],
+            do_not_call: false,
         })
         .collect();
     store.insert_leads(&leads, NOW).await.expect("insert leads")

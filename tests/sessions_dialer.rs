@@ -156,6 +156,7 @@ async fn leads(store: &Store, n: usize) -> Vec<i64> {
             }],
             custom: vec![],
             opportunities: vec![],
+            do_not_call: false,
         })
         .collect();
     store.insert_leads(&leads, BASE_MS).await.expect("leads")
@@ -210,6 +211,9 @@ async fn thirty_leads_mixed_outcomes_dial_in_rule_order() {
         wrap_up_idle: Duration::from_millis(50),
         lease: Duration::from_secs(30),
         instance: "test".into(),
+        // Queue order, not calling hours, is under test here.
+        calling_hours: powerdial::dialer::hours::CallingHours::always(),
+        audit: powerdial::store::audit::AuditLog::start(store.clone()),
     };
     let sessions = Sessions::start(store.clone(), dialer.clone(), clock.clone(), config)
         .await

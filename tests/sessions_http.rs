@@ -62,6 +62,9 @@ async fn spawn_app() -> App {
         wrap_up_idle: Duration::from_secs(3),
         lease: Duration::from_secs(30),
         instance: "http-test".into(),
+        // Queue order, not calling hours, is under test here.
+        calling_hours: powerdial::dialer::hours::CallingHours::always(),
+        audit: powerdial::store::audit::AuditLog::start(db.store.clone()),
     };
     let sessions = Sessions::start(db.store.clone(), dialer, SystemClock, config)
         .await

@@ -8,6 +8,7 @@ use rand::RngCore;
 
 use super::lead::EndReason;
 use super::leg::{is_invite_2xx, response_to_tag, InDialog, InviteLines, LegCore};
+use super::leg_journal::{Revision, SavedLegState};
 use super::timer::Timer;
 use super::{CallError, LocalAddress};
 use crate::sip::dialog::Dialog;
@@ -224,6 +225,33 @@ impl AgentLeg {
     /// Whether the phone is still being called (no answer, not hung up).
     pub fn is_inviting(&self) -> bool {
         matches!(self.state, AgentState::Inviting(_))
+    }
+
+    /// What the leg journal holds for this leg (`call::leg_journal`):
+    /// the confirmed dialog with the phone until a BYE is sent or
+    /// received; `None` otherwise. A ringing agent leg is not journaled:
+    /// the phone stops ringing at its own no-answer timeout.
+    pub fn journal_revision(&self) -> Option<Revision> {
+        match &self.state {
+            AgentState::Connected(s) => Some(Revision::Answered(s.dialog.local_seq())),
+            _ => None,
+        }
+    }
+
+    /// The state the journal saves, with the phone's address.
+    pub fn saved_state(&self) -> Option<(SavedLegState, Peer)> {
+        match &self.state {
+            AgentState::Connected(s) => {
+                let peer = s.forks.get(s.winner)?.target.peer;
+                Some((
+                    SavedLegState::Answered {
+                        dialog: s.dialog.save(),
+                    },
+                    peer,
+                ))
+            }
+            _ => None,
+        }
     }
 
     /// Whether [`AgentEvent::Closed`] was emitted.
@@ -491,7 +519,7 @@ impl AgentLeg {
                             self.events.push_back(AgentEvent::Dtmf(digit));
                         }
                     }
-                    InDialog::Done => {}
+                    InDialog::Refresh | InDialog::Done => {}
                 }
                 AgentState::Connected(s)
             }

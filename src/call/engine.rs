@@ -23,6 +23,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::leg_journal::{JournalSender, Journaled, LeadJournal, LegChange};
 use super::trunk::{PingPolicy, TrunkId, TrunkPolicy, TrunkSet, TrunkStatus};
 use super::trunk_slot::{TakeError, TrunkGrant, TrunkInfo, TrunkSlot, Trunks};
 use super::{
@@ -40,6 +41,7 @@ use crate::sip::syntax::SipMessage;
 use crate::sip::transaction::TimerConfig;
 use crate::sip::transport::TransportHandle;
 use crate::sip::{Peer, Transmit, TransportKind};
+use crate::store::audit::{AuditAction, AuditEntry, AuditReason};
 use crate::store::Store;
 
 /// How long an agent's phone may ring before the agent leg gives up.
@@ -91,6 +93,10 @@ pub enum CallEngineError {
     /// `max_cps` for `dialer.trunk_wait`: nothing is dialed (HTTP 503).
     #[error("every trunk that may dial this number is at its max_calls or max_cps limit: nothing was dialed; try again in a moment")]
     TrunksBusy,
+    /// The call is for a lead marked "do not call": it never reaches the
+    /// wire (SPEC §4, HTTP 403).
+    #[error("lead {0} is marked do not call: it is never dialed (PATCH /api/v1/leads/{0} with {{\"do_not_call\": false}} if that was a mistake)")]
+    LeadDoNotCall(i64),
     /// The number is on the do-not-call list (the covering pattern): it
     /// never reaches the wire (SPEC §4, HTTP 403).
     #[error("{0} is on the do-not-call list: it is never dialed (remove it with DELETE /api/v1/dnc/NUMBER if it was added by mistake)")]
@@ -217,8 +223,8 @@ pub enum CallEvent {
         state: CallProgress,
     },
     /// A control key on the agent's phone (SPEC §5 DTMF): `*` next lead, `#`
-    /// hang up the lead, `0` pause. The engine already did the SIP part of
-    /// `*` and `#`.
+    /// hang up the lead, `0` pause, `3` do not call. The engine already did
+    /// the SIP part of `*` and `#`.
     Dtmf {
         /// The agent.
         agent: String,
@@ -300,6 +306,8 @@ impl std::fmt::Debug for CallEngine {
 /// What every agent task shares: configuration and the I/O handles.
 struct Shared {
     store: Store,
+    /// Dials restricted or refused before the wire (SPEC §4 audit).
+    audit: crate::store::audit::AuditLog,
     sip: SipHandle,
     transport: TransportHandle,
     routes: mpsc::UnboundedSender<RouteChange>,
@@ -325,12 +333,16 @@ struct Shared {
     /// The agent tasks and the outcome writes: a graceful stop waits for
     /// all of them, so no call ends without its record.
     tasks: TaskTracker,
+    /// The leg journal's writer (`call::leg_journal`).
+    journal: JournalSender,
 }
 
 /// Where the engine's tasks get their I/O (built by `server::start`).
 pub struct EngineIo {
     /// The database.
     pub store: Store,
+    /// Where dials restricted or refused before the wire are recorded.
+    pub audit: crate::store::audit::AuditLog,
     /// The SIP task (registrar bindings).
     pub sip: SipHandle,
     /// The SIP sockets.
@@ -348,6 +360,8 @@ pub struct EngineIo {
     pub drain: CancellationToken,
     /// Ends the drain now (a second SIGTERM): BYE and CANCEL everything.
     pub hurry: CancellationToken,
+    /// The leg journal's writer: what ends every live leg after a crash.
+    pub journal: JournalSender,
 }
 
 /// Why the engine could not be built from the configuration.
@@ -457,6 +471,7 @@ impl CallEngine {
         }
         let shared = Arc::new(Shared {
             store: io.store,
+            audit: io.audit,
             sip: io.sip,
             transport: io.transport,
             routes: io.routes,
@@ -484,6 +499,7 @@ impl CallEngine {
             lead_on_phone: config.dialer.lead_on_phone,
             srtp: config.security.srtp,
             tasks: TaskTracker::new(),
+            journal: io.journal,
         });
         let engine = CallEngine {
             agents: Arc::default(),
@@ -796,6 +812,8 @@ struct AgentTask {
     /// The drain deadline passed (or a second signal came): everything
     /// was hung up.
     forced: bool,
+    /// What this task's legs have in the leg journal.
+    journaled: Journaled,
 }
 
 async fn media_event(rx: &mut Option<mpsc::UnboundedReceiver<MediaEvent>>) -> Option<MediaEvent> {
@@ -840,6 +858,7 @@ impl AgentTask {
             sdp_version: epoch_ms(SystemTime::now()).unsigned_abs(),
             drain_deadline: None,
             forced: false,
+            journaled: Journaled::default(),
         }
     }
 
@@ -1057,7 +1076,8 @@ impl AgentTask {
         }
     }
 
-    /// SPEC §5 DTMF: `*` next lead, `#` hang up the lead, `0` pause.
+    /// SPEC §5 DTMF: `*` next lead, `#` hang up the lead, `0` pause, `3`
+    /// the current lead's number on the do-not-call list.
     fn on_digit(&mut self, now: Instant, digit: char) {
         match digit {
             '*' | '#' => {
@@ -1065,7 +1085,8 @@ impl AgentTask {
                     l.leg.hangup(now);
                 }
             }
-            '0' => {}
+            // `0` pauses; the do-not-call key is the session's to handle.
+            '0' | crate::dialer::session::DNC_KEY => {}
             _ => return,
         }
         let _ = self.shared.events.send(CallEvent::Dtmf {
@@ -1293,11 +1314,46 @@ impl AgentTask {
                 .map_err(|e| CallEngineError::Store(e.to_string()))?,
             None => None,
         };
+        // A lead marked "do not call" is honoured like the list.
+        let lead_dnc = match req.lead_id {
+            Some(id) if dnc.is_none() && e164.is_some() => self
+                .shared
+                .store
+                .lead_do_not_call(id)
+                .await
+                .map_err(|e| CallEngineError::Store(e.to_string()))?,
+            _ => false,
+        };
         if let Some(p) = &dnc {
             crate::metrics::metrics().dnc_refused.inc();
             tracing::info!(agent = %self.name, number = %req.number, pattern = %p, "on the do-not-call list: restricted, not dialed");
+            self.audit(
+                &req,
+                AuditAction::Restricted,
+                AuditReason::DoNotCall,
+                format!("on the do-not-call list as {p}"),
+            )
+            .await;
+        } else if lead_dnc {
+            crate::metrics::metrics().dnc_refused.inc();
+            tracing::info!(agent = %self.name, lead = ?req.lead_id, "lead marked do not call: restricted, not dialed");
+            self.audit(
+                &req,
+                AuditAction::Restricted,
+                AuditReason::LeadDoNotCall,
+                "the lead is marked do not call".into(),
+            )
+            .await;
+        } else if e164.is_none() {
+            self.audit(
+                &req,
+                AuditAction::Restricted,
+                AuditReason::NotDialable,
+                "not a number the trunk may dial".into(),
+            )
+            .await;
         }
-        let grant = grant.filter(|_| dnc.is_none());
+        let grant = grant.filter(|_| dnc.is_none() && !lead_dnc);
         let number = e164.clone().filter(|_| grant.is_some());
         let anchor = Anchor::now();
         let new = NewCall {
@@ -1353,6 +1409,29 @@ impl AgentTask {
         Ok(record.id)
     }
 
+    /// Records a dial that did not reach the wire (SPEC §4 audit); the
+    /// writer task stores it.
+    async fn audit(
+        &self,
+        req: &DialRequest,
+        action: AuditAction,
+        reason: AuditReason,
+        detail: String,
+    ) {
+        let entry = AuditEntry {
+            id: 0,
+            at_ms: epoch_ms(SystemTime::now()),
+            action,
+            reason,
+            session_id: req.session_id,
+            lead_id: req.lead_id,
+            agent: Some(self.name.clone()),
+            number: Some(req.number.clone()),
+            detail,
+        };
+        self.shared.audit.record(entry).await;
+    }
+
     /// The lead's name (when the call is for a lead) and the number.
     async fn lead_label(&self, lead_id: Option<i64>, number: &str) -> String {
         let name = match lead_id {
@@ -1396,7 +1475,34 @@ impl AgentTask {
         {
             crate::metrics::metrics().dnc_refused.inc();
             tracing::info!(agent = %self.name, %number, pattern = %p, "manual call refused: on the do-not-call list");
+            self.audit(
+                &req,
+                AuditAction::Refused,
+                AuditReason::DoNotCall,
+                format!("on the do-not-call list as {p}"),
+            )
+            .await;
             return Err(CallEngineError::DoNotCall(p.to_string()));
+        }
+        if let Some(id) = req.lead_id {
+            if self
+                .shared
+                .store
+                .lead_do_not_call(id)
+                .await
+                .map_err(|e| CallEngineError::Store(e.to_string()))?
+            {
+                crate::metrics::metrics().dnc_refused.inc();
+                tracing::info!(agent = %self.name, lead = id, "manual call refused: the lead is marked do not call");
+                self.audit(
+                    &req,
+                    AuditAction::Refused,
+                    AuditReason::LeadDoNotCall,
+                    "the lead is marked do not call".into(),
+                )
+                .await;
+                return Err(CallEngineError::LeadDoNotCall(id));
+            }
         }
         self.retire_ending_agent_leg();
         if self
@@ -1482,6 +1588,13 @@ impl AgentTask {
         anchor: Anchor,
     ) -> Result<(i64, CallProgress), CallEngineError> {
         tracing::info!(agent = %self.name, number = %req.number, "number not dialable on the trunk: restricted");
+        self.audit(
+            req,
+            AuditAction::Restricted,
+            AuditReason::NotDialable,
+            "not a number the trunk may dial".into(),
+        )
+        .await;
         let at = epoch_ms(anchor.1);
         let new = NewCall {
             session_id: req.session_id,
@@ -1711,6 +1824,8 @@ impl AgentTask {
             response_timeout: Some(t.response_timeout.0),
             max_call_length: self.shared.max_call_length,
             timers: self.shared.timers,
+            session_expires: (t.session_expires > 0)
+                .then(|| Duration::from_secs(u64::from(t.session_expires))),
         };
         let leg = LeadLeg::dial(Instant::now(), params, &mut self.rng)?;
         crate::metrics::metrics()
@@ -1855,8 +1970,26 @@ impl AgentTask {
                 }
             }
             if !busy {
+                self.sync_journal().await;
                 return;
             }
+        }
+    }
+
+    /// Hands the leg journal what changed since the last turn (a new
+    /// INVITE, an answer, a leg that ended), so a crash leaves enough to
+    /// end every live leg (`call::leg_journal`). The lead leg's row is
+    /// removed by its outcome write ([`spawn_finish_forgetting`]), so a
+    /// crash between the two still ends the call and records it.
+    async fn sync_journal(&mut self) {
+        let lead = self.lead.as_ref().map(|l| LeadJournal {
+            leg: &l.leg,
+            record_id: l.record_id,
+            answered_ms: l.leg.record().answered.map(|a| l.anchor.ms(a)),
+        });
+        let changes = self.journaled.changes(&self.name, lead, self.leg.as_ref());
+        for c in changes {
+            self.shared.journal.send(c).await;
         }
     }
 
@@ -1996,7 +2129,9 @@ impl AgentTask {
             };
             let reason = l.end_reason.map_or("unanswered", EndReason::as_str);
             tracing::info!(agent = %self.name, call = l.record_id, %outcome, %reason, status = ?r.sip_status, "call ended");
-            spawn_finish(
+            let journaled = self.journaled.forget(l.leg.call_id());
+            spawn_finish_forgetting(
+                journaled,
                 self.shared.clone(),
                 self.name.clone(),
                 l.record_id,
@@ -2209,6 +2344,26 @@ fn spawn_finish(
     sip_status: Option<u16>,
     manual: bool,
 ) {
+    spawn_finish_forgetting(
+        None, shared, agent, call_id, lead_id, session_id, end, outcome, sip_status, manual,
+    );
+}
+
+/// Stores a call's outcome, then removes its lead leg's journal row
+/// (`journaled`, its SIP Call-ID) and publishes `CallEnded`.
+#[allow(clippy::too_many_arguments)]
+fn spawn_finish_forgetting(
+    journaled: Option<String>,
+    shared: Arc<Shared>,
+    agent: String,
+    call_id: i64,
+    lead_id: Option<i64>,
+    session_id: Option<i64>,
+    end: CallEnd,
+    outcome: Outcome,
+    sip_status: Option<u16>,
+    manual: bool,
+) {
     let m = crate::metrics::metrics();
     m.calls
         .get_or_create(&crate::metrics::OutcomeLabel {
@@ -2222,6 +2377,9 @@ fn spawn_finish(
     tasks.spawn(async move {
         if let Err(e) = shared.store.finish_call(call_id, &end).await {
             tracing::error!(error = %e, call_id, "call outcome not stored");
+        }
+        if let Some(sip_call_id) = journaled {
+            shared.journal.send(LegChange::Remove(sip_call_id)).await;
         }
         if manual {
             set_progress(&shared, &agent, call_id, CallProgress::Ended);

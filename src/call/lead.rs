@@ -7,14 +7,15 @@ use std::time::{Duration, Instant};
 use rand::RngCore;
 
 use super::leg::{is_invite_2xx, response_to_tag, InDialog, InviteLines, LegCore};
+use super::leg_journal::{Revision, SavedLegState};
 use super::outcome::{LegRecord, Outcome};
 use super::timer::Timer;
 use super::trunk::{fails_over, TrunkFailure};
-use super::wire::{lead_request_uri, sdp_body};
+use super::wire::{header, lead_request_uri, sdp_body};
 use super::{CallError, LocalAddress};
 use crate::sip::dialog::Dialog;
 use crate::sip::digest::DigestClient;
-use crate::sip::syntax::{Request, Response, SipMessage};
+use crate::sip::syntax::{Method, Request, Response, SipMessage};
 use crate::sip::transaction::{ClientKey, Event, TimerConfig};
 use crate::sip::{Peer, Transmit};
 
@@ -48,6 +49,9 @@ pub struct LeadParams {
     pub max_call_length: Duration,
     /// The transaction timers (RFC 3261 Table 4).
     pub timers: TimerConfig,
+    /// RFC 4028 session timer offered to the trunk (`Supported: timer`,
+    /// `Session-Expires: N;refresher=uac`); `None` offers none.
+    pub session_expires: Option<Duration>,
 }
 
 /// Why an answered lead call ended.
@@ -61,6 +65,12 @@ pub enum EndReason {
     MaxCallLength,
     /// No RTP from the peer for `dialer.rtp_timeout`: we sent BYE.
     RtpTimeout,
+    /// No session refresh succeeded within the session interval (RFC 4028
+    /// §10): we sent BYE.
+    SessionExpired,
+    /// A session refresh got 481 or 408, or no answer: the carrier no
+    /// longer has the call (RFC 3261 §12.2.1.2, RFC 4028 §10); no BYE.
+    SessionGone,
 }
 
 impl EndReason {
@@ -71,6 +81,8 @@ impl EndReason {
             EndReason::LocalHangup => "local_hangup",
             EndReason::MaxCallLength => "max_call_length",
             EndReason::RtpTimeout => "rtp_timeout",
+            EndReason::SessionExpired => "session_expired",
+            EndReason::SessionGone => "session_gone",
         }
     }
 }
@@ -137,6 +149,45 @@ struct InviteTemplate {
     to: String,
     pai: Option<String>,
     sdp: Vec<u8>,
+    /// RFC 4028: the session interval offered, whole seconds.
+    session_expires: Option<u64>,
+}
+
+/// An answered call's RFC 4028 session timer, as the 2xx set it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SessionTimer {
+    interval: Duration,
+    /// `refresher=uac`: we send the refreshes (§7.4).
+    we_refresh: bool,
+}
+
+impl SessionTimer {
+    /// From a 2xx's Session-Expires (§7.4): `None` when it has none (the
+    /// carrier runs no session timer) or names 0.
+    fn of(response: &Response) -> Option<SessionTimer> {
+        let v = header(response, "Session-Expires").or_else(|| header(response, "x"))?;
+        let mut parts = v.split(';');
+        let secs: u64 = parts.next()?.trim().parse().ok()?;
+        if secs == 0 {
+            return None;
+        }
+        let refresher = parts.find_map(|p| {
+            let (k, v) = p.split_once('=')?;
+            k.trim()
+                .eq_ignore_ascii_case("refresher")
+                .then(|| v.trim().to_ascii_lowercase())
+        });
+        Some(SessionTimer {
+            interval: Duration::from_secs(secs),
+            we_refresh: refresher.as_deref() != Some("uas"),
+        })
+    }
+
+    /// §10: without a refresh by the interval minus min(32 s, interval/3),
+    /// the session is over.
+    fn expiry(self, now: Instant) -> Instant {
+        now + self.interval - (self.interval / 3).min(Duration::from_secs(32))
+    }
 }
 
 /// The INVITE is out; no final response yet (RFC 3261 §13.2.2).
@@ -146,6 +197,8 @@ struct Inviting {
     key: ClientKey,
     cseq: u32,
     auth_retried: bool,
+    /// A 422 (Session Interval Too Small) was answered once (RFC 4028 §7.4).
+    timer_retried: bool,
     ringing_reported: bool,
     early_sdp: Option<Vec<u8>>,
 }
@@ -164,6 +217,10 @@ struct Talking {
     invite: Request,
     dialog: Dialog,
     ack: Request,
+    /// The RFC 4028 session timer, when the carrier's 2xx set one.
+    session: Option<SessionTimer>,
+    /// Our session refresh (re-INVITE) in flight.
+    refresh: Option<ClientKey>,
 }
 
 /// Over: waiting for the last transactions (BYE, 487's ACK) to finish;
@@ -229,6 +286,10 @@ impl LeadLeg {
             from,
             pai,
             sdp: params.offer_sdp,
+            session_expires: params
+                .session_expires
+                .map(|d| d.as_secs())
+                .filter(|s| *s > 0),
         };
         let mut core = LegCore::new(rng, params.timers, params.local);
         let via = core.via(params.trunk);
@@ -252,6 +313,7 @@ impl LeadLeg {
                 key,
                 cseq: 1,
                 auth_retried: false,
+                timer_retried: false,
                 ringing_reported: false,
                 early_sdp: None,
             }),
@@ -290,6 +352,36 @@ impl LeadLeg {
         &self.record
     }
 
+    /// What the leg journal holds for this leg, and when it changes
+    /// (`call::leg_journal`): ringing while the INVITE has no final
+    /// response and no CANCEL went out, answered until a BYE is sent or
+    /// received; `None` otherwise (nothing is left to end).
+    pub fn journal_revision(&self) -> Option<Revision> {
+        match &self.state {
+            LeadState::Inviting(s) => Some(Revision::Ringing(s.cseq)),
+            LeadState::Talking(s) => Some(Revision::Answered(s.dialog.local_seq())),
+            _ => None,
+        }
+    }
+
+    /// The state the journal saves (see [`journal_revision`](Self::journal_revision)).
+    pub fn saved_state(&self) -> Option<SavedLegState> {
+        match &self.state {
+            LeadState::Inviting(s) => Some(SavedLegState::Ringing {
+                invite: s.invite.clone(),
+            }),
+            LeadState::Talking(s) => Some(SavedLegState::Answered {
+                dialog: s.dialog.save(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Where the leg's requests go (the trunk).
+    pub fn peer(&self) -> Peer {
+        self.trunk
+    }
+
     /// Whether the leg has nothing left to do ([`LeadEvent::Closed`] was emitted).
     pub fn is_closed(&self) -> bool {
         matches!(self.state, LeadState::Closed)
@@ -325,6 +417,10 @@ impl LeadLeg {
                 }
                 (LeadState::Talking(s), Timer::MaxCallLength) => {
                     self.bye(now, s, EndReason::MaxCallLength)
+                }
+                (LeadState::Talking(s), Timer::SessionRefresh) => self.refresh(now, s),
+                (LeadState::Talking(s), Timer::SessionExpiry) => {
+                    self.bye(now, s, EndReason::SessionExpired)
                 }
                 (state, _) => state,
             };
@@ -453,6 +549,9 @@ impl LeadLeg {
                     401 | 407 if !s.auth_retried && self.digest.is_some() => {
                         self.retry_with_credentials(now, s, &response)
                     }
+                    422 if !s.timer_retried && self.template.session_expires.is_some() => {
+                        self.retry_with_min_se(now, s, &response)
+                    }
                     _ => {
                         self.failure = Some(TrunkFailure::Status(status));
                         self.failed(
@@ -537,6 +636,8 @@ impl LeadLeg {
                 {
                     InDialog::Bye => {
                         self.core.timers.stop(Timer::MaxCallLength);
+                        self.core.timers.stop(Timer::SessionRefresh);
+                        self.core.timers.stop(Timer::SessionExpiry);
                         self.record.end(now);
                         self.events.push_back(LeadEvent::Ended {
                             reason: EndReason::RemoteBye,
@@ -547,11 +648,21 @@ impl LeadLeg {
                         });
                     }
                     InDialog::ReInvite(offer) => {
+                        self.refreshed(now, &s);
                         self.events.push_back(LeadEvent::ReInvite { offer });
                     }
+                    InDialog::Refresh => self.refreshed(now, &s),
                     InDialog::Info(..) | InDialog::Done => {}
                 }
                 LeadState::Talking(s)
+            }
+            Event::Final { key, response } if s.refresh.as_ref() == Some(&key) => {
+                self.refresh_answered(now, s, &response)
+            }
+            Event::ClientTimeout { key } | Event::ClientTransportError { key }
+                if s.refresh.as_ref() == Some(&key) =>
+            {
+                self.session_gone(now, s)
             }
             Event::StrayResponse { response, peer } => {
                 self.stray_2xx(now, &s.invite, Some((&s.dialog, &s.ack)), &response, peer);
@@ -673,6 +784,13 @@ impl LeadLeg {
         self.core
             .timers
             .set(Timer::MaxCallLength, now + self.max_call_length);
+        let session = self
+            .template
+            .session_expires
+            .and_then(|_| SessionTimer::of(&response));
+        if let Some(t) = session {
+            self.schedule_session(now, t);
+        }
         self.outcome = Some(Outcome::Answered);
         self.record.sip_status = Some(status);
         self.record.answered = Some(now);
@@ -683,6 +801,117 @@ impl LeadLeg {
             invite: s.invite,
             dialog,
             ack,
+            session,
+            refresh: None,
+        })
+    }
+
+    /// RFC 4028 §10: the refresher refreshes at half the interval; either
+    /// side ends the session when no refresh came by its expiry.
+    fn schedule_session(&mut self, now: Instant, t: SessionTimer) {
+        if t.we_refresh {
+            self.core
+                .timers
+                .set(Timer::SessionRefresh, now + t.interval / 2);
+        }
+        self.core.timers.set(Timer::SessionExpiry, t.expiry(now));
+    }
+
+    /// The carrier refreshed the session (re-INVITE or UPDATE, §9).
+    fn refreshed(&mut self, now: Instant, s: &Talking) {
+        if let Some(t) = s.session {
+            self.core.timers.set(Timer::SessionExpiry, t.expiry(now));
+        }
+    }
+
+    /// Sends our session refresh: a re-INVITE with our offer unchanged
+    /// (RFC 3264 §8: same `o=` version) and the Session-Expires the
+    /// carrier set (RFC 4028 §7.4, §10).
+    fn refresh(&mut self, now: Instant, mut s: Talking) -> LeadState {
+        let (Some(t), None) = (s.session, &s.refresh) else {
+            return LeadState::Talking(s);
+        };
+        let via = self.core.via(self.trunk);
+        let extra = [
+            format!("Session-Expires: {};refresher=uac", t.interval.as_secs()),
+            "Supported: timer".to_string(),
+            super::leg::ALLOW.to_string(),
+        ];
+        let body = crate::sip::dialog::Body {
+            content_type: "application/sdp",
+            bytes: &self.template.sdp,
+        };
+        let sent = s
+            .dialog
+            .new_request_with(Method::Invite, &via, &extra, Some(body))
+            .map_err(CallError::from)
+            .and_then(|r| Ok(self.core.table.send_request(now, self.trunk, r)?));
+        match sent {
+            Ok(key) => s.refresh = Some(key),
+            Err(error) => {
+                tracing::warn!(%error, call_id = %self.core.call_id, "session refresh not sent");
+            }
+        }
+        LeadState::Talking(s)
+    }
+
+    /// The final response to our session refresh: a 2xx is ACKed
+    /// (§13.2.2.4) and the next refresh scheduled; 481 or 408 mean the
+    /// carrier no longer has the call (RFC 3261 §12.2.1.2); other failures
+    /// (491, 5xx) leave the session to its expiry, with one more try at
+    /// three quarters of the interval.
+    fn refresh_answered(&mut self, now: Instant, mut s: Talking, response: &Response) -> LeadState {
+        s.refresh = None;
+        let code = response.status_code.code();
+        match code {
+            200..=299 => {
+                let _ = s.dialog.handle_response(response);
+                match self.core.send_ack(&mut s.dialog, self.trunk) {
+                    Ok(ack) => s.ack = ack,
+                    Err(error) => {
+                        tracing::warn!(%error, call_id = %self.core.call_id, "ACK of the session refresh not sent")
+                    }
+                }
+                let t = SessionTimer::of(response).or(s.session);
+                s.session = t;
+                if let Some(t) = t {
+                    self.schedule_session(now, t);
+                }
+                LeadState::Talking(s)
+            }
+            481 | 408 => self.session_gone(now, s),
+            _ => {
+                tracing::info!(status = code, call_id = %self.core.call_id, "session refresh refused; trying once more before the session expires");
+                if let Some(t) = s.session {
+                    let retry = now + t.interval / 4;
+                    if self
+                        .core
+                        .timers
+                        .get(Timer::SessionExpiry)
+                        .is_some_and(|e| retry < e)
+                    {
+                        self.core.timers.set(Timer::SessionRefresh, retry);
+                    }
+                }
+                LeadState::Talking(s)
+            }
+        }
+    }
+
+    /// The carrier lost the call (481/408/no answer to a refresh): the
+    /// call ended without a BYE.
+    fn session_gone(&mut self, now: Instant, mut s: Talking) -> LeadState {
+        self.core.timers.stop(Timer::MaxCallLength);
+        self.core.timers.stop(Timer::SessionRefresh);
+        self.core.timers.stop(Timer::SessionExpiry);
+        self.record.end(now);
+        s.dialog.terminate();
+        self.events.push_back(LeadEvent::Ended {
+            reason: EndReason::SessionGone,
+        });
+        LeadState::Closing(Closing {
+            invite: s.invite,
+            dialog: Some((s.dialog, s.ack)),
         })
     }
 
@@ -723,6 +952,7 @@ impl LeadLeg {
                 key,
                 cseq,
                 auth_retried: true,
+                timer_retried: s.timer_retried,
                 ringing_reported: s.ringing_reported,
                 early_sdp: s.early_sdp,
             }),
@@ -733,8 +963,50 @@ impl LeadLeg {
         }
     }
 
+    /// 422 Session Interval Too Small: the INVITE again with CSeq+1 and
+    /// the carrier's Min-SE as our Session-Expires (RFC 4028 §7.4), once;
+    /// without a usable Min-SE the session timer is dropped instead. The
+    /// ring timeout keeps counting (R8).
+    fn retry_with_min_se(&mut self, now: Instant, s: Inviting, response: &Response) -> LeadState {
+        let status = response.status_code.code();
+        let min_se = header(response, "Min-SE")
+            .and_then(|v| v.split(';').next())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|v| *v > 0);
+        self.template.session_expires = match (min_se, self.template.session_expires) {
+            (Some(m), Some(ours)) => Some(m.max(ours)),
+            _ => None,
+        };
+        let cseq = s.cseq.saturating_add(1);
+        let via = self.core.via(self.trunk);
+        let sent = build_invite(&self.core, &self.template, cseq, &via, None).and_then(|invite| {
+            let key = self
+                .core
+                .table
+                .send_request(now, self.trunk, invite.clone())?;
+            Ok((invite, key))
+        });
+        match sent {
+            Ok((invite, key)) => LeadState::Inviting(Inviting {
+                invite,
+                key,
+                cseq,
+                auth_retried: false,
+                timer_retried: true,
+                ringing_reported: s.ringing_reported,
+                early_sdp: s.early_sdp,
+            }),
+            Err(error) => {
+                tracing::warn!(%error, call_id = %self.core.call_id, "INVITE after 422 not sent");
+                self.failed(now, s.invite, Outcome::TemporaryError, Some(status))
+            }
+        }
+    }
+
     fn bye(&mut self, now: Instant, mut s: Talking, reason: EndReason) -> LeadState {
         self.core.timers.stop(Timer::MaxCallLength);
+        self.core.timers.stop(Timer::SessionRefresh);
+        self.core.timers.stop(Timer::SessionExpiry);
         self.record.end(now);
         if let Err(error) = self.core.send_bye(now, &mut s.dialog, self.trunk) {
             tracing::warn!(%error, call_id = %self.core.call_id, "BYE not sent");
@@ -770,6 +1042,11 @@ fn build_invite(
     let mut extra: Vec<String> = Vec::new();
     if let Some(pai) = &t.pai {
         extra.push(format!("P-Asserted-Identity: {pai}"));
+    }
+    if let Some(se) = t.session_expires {
+        // RFC 4028 §7.1: we offer to refresh; the carrier's 2xx decides.
+        extra.push("Supported: timer".to_string());
+        extra.push(format!("Session-Expires: {se};refresher=uac"));
     }
     if let Some(auth) = auth {
         extra.push(auth.to_string());

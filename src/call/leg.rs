@@ -21,7 +21,7 @@ use crate::sip::transaction::{
 use crate::sip::{Peer, Transmit};
 
 /// The methods a leg answers inside its dialog (RFC 3261 §20.5 Allow).
-pub(crate) const ALLOW: &str = "Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO";
+pub(crate) const ALLOW: &str = "Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
 
 /// What an in-dialog request asks of the leg, once answered where the leg
 /// can answer by itself.
@@ -34,8 +34,40 @@ pub(crate) enum InDialog {
     ReInvite(Option<Vec<u8>>),
     /// INFO, answered 200 (RFC 6086), with its Content-Type and body.
     Info(Option<String>, Vec<u8>),
+    /// An UPDATE without an offer, answered 200: the peer refreshed the
+    /// session (RFC 3311, RFC 4028 §9).
+    Refresh,
     /// Answered (OPTIONS, an error response, a CANCEL) or ignored.
     Done,
+}
+
+/// The header lines of our 2xx to a session refresh (RFC 4028 §9): its
+/// Session-Expires echoed, with `refresher=uac` (the peer that sent it goes
+/// on refreshing) when it named none, and `Require: timer` when the peer
+/// supports the extension. Empty when the request carried no
+/// Session-Expires (no session timer).
+pub(crate) fn session_refresh_answer(request: &Request) -> Vec<String> {
+    let Some(se) = super::wire::header(request, "Session-Expires")
+        .or_else(|| super::wire::header(request, "x"))
+    else {
+        return Vec::new();
+    };
+    let mut lines = Vec::new();
+    if se.to_ascii_lowercase().contains("refresher=") {
+        lines.push(format!("Session-Expires: {se}"));
+    } else {
+        lines.push(format!("Session-Expires: {se};refresher=uac"));
+    }
+    let supports = request.headers.iter().any(|h| {
+        (h.name().eq_ignore_ascii_case("Supported") || h.name().eq_ignore_ascii_case("k"))
+            && h.value()
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("timer"))
+    });
+    if supports {
+        lines.push("Require: timer".to_string());
+    }
+    lines
 }
 
 #[derive(Debug)]
@@ -369,6 +401,18 @@ impl LegCore {
                 self.respond(now, &key, reply(&request, 200, "OK", &tag, &allow, None));
                 InDialog::Done
             }
+            Method::Update if request.body.is_empty() => {
+                // RFC 3311 without an offer: a session refresh (RFC 4028 §9).
+                let tag = self.local_tag.clone();
+                let extra = session_refresh_answer(&request);
+                self.respond(now, &key, reply(&request, 200, "OK", &tag, &extra, None));
+                InDialog::Refresh
+            }
+            Method::Update => {
+                // A media change by UPDATE is not taken (re-INVITE is).
+                self.simple(now, &key, &request, 488, "Not Acceptable Here");
+                InDialog::Done
+            }
             _ => {
                 let tag = self.local_tag.clone();
                 let allow = [ALLOW.to_string()];
@@ -416,7 +460,8 @@ impl LegCore {
     /// retransmitting it until the ACK (§13.3.1.4).
     pub(crate) fn answer_reinvite(&mut self, now: Instant, sdp: &[u8]) -> Result<(), CallError> {
         let pending = self.reinvite.take().ok_or(CallError::NoPendingReInvite)?;
-        let extra = [format!("Contact: {}", self.contact()), ALLOW.to_string()];
+        let mut extra = vec![format!("Contact: {}", self.contact()), ALLOW.to_string()];
+        extra.extend(session_refresh_answer(&pending.request));
         let tag = self.local_tag.clone();
         let response = reply(
             &pending.request,

@@ -67,6 +67,7 @@ fn lead_params(ring: Duration) -> LeadParams {
         response_timeout: None,
         max_call_length: 4 * 3600 * S,
         timers: TimerConfig::default(),
+        session_expires: None,
     }
 }
 
@@ -140,6 +141,8 @@ struct Far {
     requests: Vec<Request>,
     responses: Vec<Response>,
     branch: u32,
+    /// The status in-dialog requests get (200; 481 once the far end lost the call).
+    in_dialog_status: u16,
 }
 
 impl Far {
@@ -156,6 +159,7 @@ impl Far {
             requests: Vec::new(),
             responses: Vec::new(),
             branch: 0,
+            in_dialog_status: 200,
         }
     }
 
@@ -193,7 +197,12 @@ impl Far {
                             if let Some(d) = &mut self.dialog {
                                 let _ = d.handle_request(&request);
                             }
-                            let ok = reply(&request, 200, "OK", &self.tag, &[], None).unwrap();
+                            let code = if request.method == Method::Bye {
+                                200
+                            } else {
+                                self.in_dialog_status
+                            };
+                            let ok = reply(&request, code, "Reason", &self.tag, &[], None).unwrap();
                             self.table.respond(now, &key, ok).unwrap();
                         }
                     }
@@ -1580,4 +1589,146 @@ fn final_statuses_decide_whether_the_call_may_fail_over() {
         );
         assert_eq!(w.leg.may_fail_over(), may, "{status} after 180: {ringing}");
     }
+}
+
+/// RFC 4028 session timers towards the trunk.
+fn session_world(answer_se: Option<&str>) -> World<LeadLeg> {
+    let mut params = lead_params(32 * S);
+    params.session_expires = Some(1800 * S);
+    let t0 = test_epoch();
+    let leg = LeadLeg::dial(t0, params, &mut StdRng::seed_from_u64(11)).unwrap();
+    let mut w = World::new(t0, leg, vec![Far::new(carrier(), "far1")]);
+    w.run_until(S);
+    let extra: Vec<String> = answer_se
+        .map(|se| vec![format!("Session-Expires: {se}"), "Require: timer".into()])
+        .unwrap_or_default();
+    w.with_far(carrier(), |f, now| {
+        f.respond(now, 200, Some(ANSWER), &extra)
+    });
+    assert_eq!(w.leg.outcome(), Some(Outcome::Answered));
+    w
+}
+
+#[test]
+fn session_timer_is_offered_and_we_refresh_by_reinvite_at_half_the_interval() {
+    let mut w = session_world(Some("1800;refresher=uac"));
+    let invite = request(w.sent_of(Method::Invite)[0]).clone();
+    assert_eq!(header(&invite, "Supported"), "timer");
+    assert_eq!(header(&invite, "Session-Expires"), "1800;refresher=uac");
+    w.run_until(4000 * S);
+    let reinvites: Vec<(Duration, String, String)> = w
+        .sent_of(Method::Invite)
+        .iter()
+        .skip(1)
+        .map(|x| {
+            let r = request(x);
+            (x.at, header(r, "CSeq"), header(r, "Session-Expires"))
+        })
+        .collect();
+    // Every 900 s from the answer at 1 s; the offer is ours unchanged.
+    assert_eq!(
+        reinvites
+            .iter()
+            .map(|(at, cseq, _)| (*at, cseq.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            (901 * S, "2 INVITE"),
+            (1801 * S, "3 INVITE"),
+            (2701 * S, "4 INVITE"),
+            (3601 * S, "5 INVITE")
+        ]
+    );
+    assert!(reinvites.iter().all(|r| r.2 == "1800;refresher=uac"));
+    assert_eq!(request(w.sent_of(Method::Invite)[1]).body, OFFER);
+    let acks: Vec<String> = w
+        .sent_of(Method::Ack)
+        .iter()
+        .map(|x| header(request(x), "CSeq"))
+        .collect();
+    assert_eq!(acks, ["1 ACK", "2 ACK", "3 ACK", "4 ACK", "5 ACK"]);
+    assert!(w.sent_of(Method::Bye).is_empty());
+    // The leg journal follows the dialog's CSeq (a BYE after a crash must
+    // be above it, RFC 3261 §12.2.1.1).
+    assert_eq!(
+        w.leg.journal_revision(),
+        Some(super::leg_journal::Revision::Answered(5))
+    );
+}
+
+#[test]
+fn a_refresh_answered_481_ends_the_call_without_a_bye() {
+    let mut w = session_world(Some("1800;refresher=uac"));
+    w.fars[0].in_dialog_status = 481;
+    w.run_until(1000 * S);
+    assert!(w.events.contains(&(
+        901 * S,
+        LeadEvent::Ended {
+            reason: EndReason::SessionGone
+        }
+    )));
+    assert!(w.sent_of(Method::Bye).is_empty());
+    assert_eq!(w.leg.journal_revision(), None);
+}
+
+#[test]
+fn a_carrier_refresher_that_stops_refreshing_gets_a_bye_before_expiry() {
+    let mut w = session_world(Some("120;refresher=uas"));
+    // The carrier refreshes by UPDATE at 50 s (answered 200, RFC 3311).
+    w.run_until(50 * S);
+    w.with_far(carrier(), |f, now| {
+        f.send_in_dialog(now, Method::Update, None);
+    });
+    assert_eq!(
+        w.fars[0].responses.last().map(|r| r.status_code.code()),
+        Some(200)
+    );
+    w.run_until(400 * S);
+    assert_eq!(w.sent_of(Method::Invite).len(), 1, "we do not refresh");
+    let byes = w.sent_of(Method::Bye);
+    assert_eq!(byes.len(), 1);
+    // 120 - min(32, 40) = 88 s after the last refresh (RFC 4028 §10).
+    assert_eq!(byes[0].at, 138 * S);
+    assert!(w.events.contains(&(
+        138 * S,
+        LeadEvent::Ended {
+            reason: EndReason::SessionExpired
+        }
+    )));
+}
+
+#[test]
+fn no_session_expires_in_the_answer_means_no_session_timer() {
+    let mut w = session_world(None);
+    w.run_until(5000 * S);
+    assert_eq!(w.sent_of(Method::Invite).len(), 1);
+    assert!(w.sent_of(Method::Bye).is_empty());
+}
+
+#[test]
+fn a_422_is_answered_once_with_the_carriers_min_se() {
+    let mut params = lead_params(32 * S);
+    params.session_expires = Some(1800 * S);
+    params.credentials = None;
+    let t0 = test_epoch();
+    let leg = LeadLeg::dial(t0, params, &mut StdRng::seed_from_u64(12)).unwrap();
+    let mut w = World::new(t0, leg, vec![Far::new(carrier(), "far1")]);
+    w.run_until(S);
+    w.with_far(carrier(), |f, now| {
+        f.respond(now, 422, None, &["Min-SE: 3600".to_string()]);
+        f.forget_invite();
+    });
+    w.run_until(2 * S);
+    let invites = w.sent_of(Method::Invite);
+    assert_eq!(invites.len(), 2);
+    let second = request(invites[1]);
+    assert_eq!(header(second, "CSeq"), "2 INVITE");
+    assert_eq!(header(second, "Session-Expires"), "3600;refresher=uac");
+    assert_eq!(w.leg.outcome(), None, "the call goes on");
+    // A second 422 ends the call (no loop).
+    w.with_far(carrier(), |f, now| {
+        f.respond(now, 422, None, &["Min-SE: 7200".to_string()]);
+    });
+    w.run_until(3 * S);
+    assert_eq!(w.sent_of(Method::Invite).len(), 2);
+    assert!(w.leg.outcome().is_some());
 }

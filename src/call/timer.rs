@@ -17,13 +17,21 @@ pub enum Timer {
     /// all by then → the INVITE is abandoned (a CANCEL waits for a
     /// provisional, RFC 3261 §9.1) and the next trunk may be tried.
     NoResponse,
+    /// RFC 4028 §10: we are the refresher; a session refresh (re-INVITE)
+    /// is due at half the session interval.
+    SessionRefresh,
+    /// RFC 4028 §10: no refresh succeeded by the session interval minus
+    /// min(32 s, interval/3) → BYE.
+    SessionExpiry,
 }
 
-const ALL: [Timer; 4] = [
+const ALL: [Timer; 6] = [
     Timer::RingTimeout,
     Timer::MaxCallLength,
     Timer::AnswerTimeout,
     Timer::NoResponse,
+    Timer::SessionRefresh,
+    Timer::SessionExpiry,
 ];
 
 impl Timer {
@@ -33,6 +41,8 @@ impl Timer {
             Timer::MaxCallLength => 1,
             Timer::AnswerTimeout => 2,
             Timer::NoResponse => 3,
+            Timer::SessionRefresh => 4,
+            Timer::SessionExpiry => 5,
         }
     }
 }
@@ -40,7 +50,7 @@ impl Timer {
 /// One optional deadline per [`Timer`].
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TimerTable {
-    deadlines: [Option<Instant>; 4],
+    deadlines: [Option<Instant>; 6],
 }
 
 impl TimerTable {

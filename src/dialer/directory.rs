@@ -47,8 +47,36 @@ impl std::fmt::Debug for Sessions {
 }
 
 impl Sessions {
+    /// Hands each running session the calls of its own that the crash
+    /// sweep gave an outcome (`call::recovery`), so its lead histories
+    /// count them (R3: a skipped lead is retried after the others; R5: an
+    /// answered one is not called again).
+    pub async fn apply_recovered(&self, calls: &[crate::call::recovery::RecoveredCall]) {
+        let mut by_session: HashMap<i64, Vec<(i64, super::dial::CallOutcome)>> = HashMap::new();
+        for c in calls {
+            if let (Some(s), Some(l)) = (c.session_id, c.lead_id) {
+                by_session.entry(s).or_default().push((l, c.outcome));
+            }
+        }
+        for (id, leads) in by_session {
+            let handle = self
+                .inner
+                .handles
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(&id)
+                .cloned();
+            if let Some(h) = handle {
+                if let Err(e) = h.recovered(leads).await {
+                    tracing::warn!(session = id, error = %e, "recovered calls not applied");
+                }
+            }
+        }
+    }
+
     /// Starts the sessions service: resumes every stored session (SPEC §1:
-    /// agents come back paused), and in PostgreSQL mode listens for lead changes made by
+    /// agents paused through the API stay paused, the others are called
+    /// back), and in PostgreSQL mode listens for lead changes made by
     /// other instances (R6).
     pub async fn start<D: Dialer, C: Clock + Clone>(
         store: Store,
@@ -119,8 +147,21 @@ impl Sessions {
         reduced_ring_time: bool,
         wrap_up_idle_ms: Option<i64>,
     ) -> Result<(SessionRow, String), SessionError> {
+        self.create_with_hours(smart_view_id, reduced_ring_time, wrap_up_idle_ms, None)
+            .await
+    }
+
+    /// [`Self::create`] with the session's own calling hours (SPEC §4;
+    /// `None`: the config's).
+    pub async fn create_with_hours(
+        &self,
+        smart_view_id: i64,
+        reduced_ring_time: bool,
+        wrap_up_idle_ms: Option<i64>,
+        calling_hours: Option<super::hours::Window>,
+    ) -> Result<(SessionRow, String), SessionError> {
         let token = record::new_share_token(&mut rand::rngs::OsRng);
-        let row = record::create_session(
+        let mut row = record::create_session(
             &self.inner.store,
             smart_view_id,
             reduced_ring_time,
@@ -129,6 +170,11 @@ impl Sessions {
             (self.inner.wall_ms)(),
         )
         .await?;
+        if calling_hours.is_some() {
+            // Before the session starts, so it never runs on other hours.
+            record::set_calling_hours(&self.inner.store, row.id, calling_hours).await?;
+            row.calling_hours = calling_hours;
+        }
         let h = (self.inner.spawn)(row.clone()).await?;
         self.insert(h);
         Ok((row, token))
@@ -184,6 +230,19 @@ impl Sessions {
         reduced_ring_time: Option<bool>,
         wrap_up_idle_ms: Option<Option<i64>>,
     ) -> Result<SessionRow, SessionError> {
+        self.update_settings_with_hours(id, reduced_ring_time, wrap_up_idle_ms, None)
+            .await
+    }
+
+    /// [`Self::update_settings`], and the calling hours (SPEC §4):
+    /// `Some(None)` goes back to the config's, `None` keeps them.
+    pub async fn update_settings_with_hours(
+        &self,
+        id: i64,
+        reduced_ring_time: Option<bool>,
+        wrap_up_idle_ms: Option<Option<i64>>,
+        calling_hours: Option<Option<super::hours::Window>>,
+    ) -> Result<SessionRow, SessionError> {
         let h = self.get(id)?;
         let row = record::get_session(&self.inner.store, id)
             .await?
@@ -191,6 +250,9 @@ impl Sessions {
         let reduced = reduced_ring_time.unwrap_or(row.reduced_ring_time);
         let wrap = wrap_up_idle_ms.unwrap_or(row.wrap_up_idle_ms);
         record::update_settings(&self.inner.store, id, reduced, wrap).await?;
+        if let Some(hours) = calling_hours {
+            record::set_calling_hours(&self.inner.store, id, hours).await?;
+        }
         let row = record::get_session(&self.inner.store, id)
             .await?
             .ok_or(SessionError::NoSession(id))?;

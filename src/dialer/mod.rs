@@ -5,6 +5,7 @@ pub mod agent;
 pub mod claim;
 pub mod dial;
 pub mod directory;
+pub mod hours;
 pub mod queue;
 pub mod record;
 pub mod session;

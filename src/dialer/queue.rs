@@ -191,6 +191,12 @@ pub enum ItemState {
     },
     /// Waiting for the next view refresh after a temporary error (R10).
     AwaitingRefresh,
+    /// Outside its calling hours until this time, epoch ms (SPEC §4
+    /// `calling_hours`): held, never dialed before.
+    Held {
+        /// The opening, epoch ms.
+        until: i64,
+    },
 }
 
 /// One upcoming entry of the queue (`GET /sessions/{id}/queue`).
@@ -220,6 +226,9 @@ pub struct QueueCounts {
     pub blocked: usize,
     /// Leads waiting for the next refresh (R10).
     pub awaiting_refresh: usize,
+    /// Leads held outside their calling hours (SPEC §4); one whose window
+    /// opened since the last claim or listing is still counted here.
+    pub held: usize,
     /// Live claims (R13).
     pub claimed: usize,
     /// Leads in the view that answered (R5, R15).
@@ -271,6 +280,16 @@ pub enum Explanation {
         /// Unanswered calls so far.
         calls: u32,
     },
+    /// Outside its calling hours (SPEC §4 `calling_hours`, in the lead's
+    /// local time): held, never dialed, until its window opens.
+    CallingHours {
+        /// The opening, epoch ms.
+        opens_at: i64,
+        /// The lead's zone that opens last (the one whose window applies).
+        zone: chrono_tz::Tz,
+        /// Whether the lead's day is a holiday.
+        holiday: bool,
+    },
 }
 
 impl Explanation {
@@ -288,6 +307,7 @@ impl Explanation {
             Explanation::Uncalled { .. }
             | Explanation::WaitingForRetryPass { .. }
             | Explanation::Retry { .. } => "R3",
+            Explanation::CallingHours { .. } => "calling_hours",
         }
     }
 
@@ -336,6 +356,20 @@ impl Explanation {
                 times(calls),
                 ordinal(view_pos + 1)
             ),
+            Explanation::CallingHours {
+                opens_at,
+                zone,
+                holiday,
+            } => {
+                let utc = chrono::DateTime::from_timestamp_millis(opens_at)
+                    .map(|t| t.format("%a %-d %b %H:%M UTC").to_string())
+                    .unwrap_or_else(|| "later".into());
+                format!(
+                    "Outside calling hours{}: called from {} local time ({utc})",
+                    if holiday { " (a holiday)" } else { "" },
+                    super::hours::local_hm(zone, opens_at)
+                )
+            }
         }
     }
 }
@@ -399,6 +433,11 @@ impl fmt::Display for Explanation {
             Explanation::Retry { view_pos, calls } => {
                 write!(f, "R3: retry pass {calls}, view pos {view_pos}")
             }
+            Explanation::CallingHours { opens_at, zone, .. } => write!(
+                f,
+                "calling hours: opens {}",
+                super::hours::local_hm(zone, opens_at)
+            ),
         }
     }
 }
@@ -441,7 +480,7 @@ enum Status {
     AwaitingRefresh,
 }
 
-/// One lead's session history. 40 bytes: the queue must hold 1,000,000 of
+/// One lead's session history. 48 bytes: the queue must hold 1,000,000 of
 /// them under 300 bytes each (SPEC §6).
 #[derive(Debug, Clone)]
 struct Entry {
@@ -449,6 +488,8 @@ struct Entry {
     session_block: i64,
     /// End of the block from calls by other sessions (R4 "by any session").
     external_block: i64,
+    /// Held outside its calling hours until this time (SPEC §4), or NEVER.
+    hold_until: i64,
     /// View position, or `NOT_IN_VIEW`.
     pos: u32,
     /// Unanswered calls by this session: the R3 tier.
@@ -458,6 +499,10 @@ struct Entry {
     seen: u32,
     status: Status,
     claimed: bool,
+    /// The hold's day is a holiday in the lead's zone.
+    hold_holiday: bool,
+    /// The lead's zone whose window the hold waits for.
+    hold_zone: chrono_tz::Tz,
 }
 
 impl Entry {
@@ -497,6 +542,9 @@ pub struct SessionQueue {
     ready: BTreeSet<u64>,
     /// Blocked (R4): `(until, pos)`, moved to `ready` once `until <= now`.
     blocked: BTreeSet<(i64, u32)>,
+    /// Held outside calling hours: `(opens_at, pos)`, moved on (to
+    /// `blocked` or `ready`) once `opens_at <= now`.
+    held: BTreeSet<(i64, u32)>,
     /// Leads held until the next refresh (R10), in report order.
     awaiting_refresh: Vec<LeadId>,
     claims: HashMap<AgentId, Held>,
@@ -517,6 +565,7 @@ impl SessionQueue {
             view: Vec::new(),
             ready: BTreeSet::new(),
             blocked: BTreeSet::new(),
+            held: BTreeSet::new(),
             awaiting_refresh: Vec::new(),
             claims: HashMap::new(),
             answered_in_view: 0,
@@ -633,12 +682,15 @@ impl SessionQueue {
                     slot.insert(Entry {
                         session_block: NEVER,
                         external_block,
+                        hold_until: NEVER,
                         pos,
                         calls: 0,
                         generation: 0,
                         seen: seq,
                         status: Status::Pending,
                         claimed: false,
+                        hold_holiday: false,
+                        hold_zone: chrono_tz::Tz::UTC,
                     });
                     summary.entered += 1;
                 }
@@ -674,6 +726,7 @@ impl SessionQueue {
     fn rebuild(&mut self, now: i64) {
         let mut ready = Vec::with_capacity(self.view.len());
         let mut blocked = Vec::new();
+        let mut held = Vec::new();
         let mut answered = 0;
         for (pos, lead) in self.view.iter().enumerate() {
             let Some(e) = self.entries.get(lead) else {
@@ -687,7 +740,9 @@ impl SessionQueue {
                     // The view's length fits in u32, checked by `refresh`.
                     let pos = pos as u32;
                     let until = e.blocked_until();
-                    if until > now {
+                    if e.hold_until > now {
+                        held.push((e.hold_until, pos));
+                    } else if until > now {
                         blocked.push((until, pos));
                     } else {
                         ready.push(ready_key(e.calls, pos));
@@ -698,13 +753,34 @@ impl SessionQueue {
         // Sorted input lets the B-trees bulk-build in linear time.
         ready.sort_unstable();
         blocked.sort_unstable();
+        held.sort_unstable();
         self.ready = ready.into_iter().collect();
         self.blocked = blocked.into_iter().collect();
+        self.held = held.into_iter().collect();
         self.answered_in_view = answered;
     }
 
-    /// Moves leads whose block ended by `now` to the ready set (R4).
+    /// Moves leads whose calling hours opened by `now` on (to the blocked
+    /// or the ready set), then leads whose block ended by `now` to the
+    /// ready set (R4).
     fn promote(&mut self, now: i64) {
+        while let Some(&(until, pos)) = self.held.first() {
+            if until > now {
+                break;
+            }
+            self.held.pop_first();
+            let lead = self.view.get(pos as usize).copied();
+            if let Some(lead) = lead {
+                // A stale pair (the lead moved or was held anew) is skipped.
+                if self
+                    .entries
+                    .get(&lead)
+                    .is_some_and(|e| e.pos == pos && e.hold_until == until)
+                {
+                    self.enqueue(lead);
+                }
+            }
+        }
         while let Some(&(until, pos)) = self.blocked.first() {
             if until > now {
                 break;
@@ -730,7 +806,9 @@ impl SessionQueue {
             return;
         }
         let until = e.blocked_until();
-        if until > self.clock {
+        if e.hold_until > self.clock {
+            self.held.insert((e.hold_until, e.pos));
+        } else if until > self.clock {
             self.blocked.insert((until, e.pos));
         } else {
             self.ready.insert(ready_key(e.calls, e.pos));
@@ -852,6 +930,56 @@ impl SessionQueue {
         Some(held.lead)
     }
 
+    /// Holds `agent`'s claimed lead outside its calling hours (SPEC §4):
+    /// the claim is freed with no call counted and no block, and the lead
+    /// is not handed out again before `opens_at` (epoch ms), when it goes
+    /// back to its place (R1, R3). `zone` and `holiday` are for the explain
+    /// line. The caller decides the verdict ([`super::hours`]) before any
+    /// INVITE; a lead that left (or left and re-entered) the view meanwhile
+    /// is handled as [`release`](Self::release) would.
+    pub fn hold(
+        &mut self,
+        agent: AgentId,
+        claim: &Claim,
+        opens_at: i64,
+        zone: chrono_tz::Tz,
+        holiday: bool,
+    ) -> Result<(), QueueError> {
+        match self.claims.get(&agent) {
+            Some(held) if held.lead == claim.lead && held.generation == claim.generation => {}
+            _ => {
+                return Err(QueueError::NotClaimed {
+                    agent,
+                    lead: claim.lead,
+                    generation: claim.generation,
+                })
+            }
+        }
+        self.claims.remove(&agent);
+        if let Some(e) = self.entries.get_mut(&claim.lead) {
+            e.claimed = false;
+            if e.generation == claim.generation {
+                e.hold_until = opens_at;
+                e.hold_zone = zone;
+                e.hold_holiday = holiday;
+            }
+        }
+        self.enqueue(claim.lead);
+        Ok(())
+    }
+
+    /// Ends every calling-hours hold (the hours changed): the held leads go
+    /// back to their places and are checked again when claimed.
+    pub fn clear_holds(&mut self, now: i64) {
+        let now = self.tick(now);
+        for lead in &self.view {
+            if let Some(e) = self.entries.get_mut(lead) {
+                e.hold_until = NEVER;
+            }
+        }
+        self.rebuild(now);
+    }
+
     /// "Reset & call again" (R14): forgets this session's calls, answers,
     /// blocks and temporary-error waits, and starts again from the top of the
     /// view. Blocks from other sessions' calls stay (R4); live claims stay
@@ -881,11 +1009,13 @@ impl SessionQueue {
         if until <= e.external_block {
             return;
         }
-        let (old_until, pos, calls) = (e.blocked_until(), e.pos, e.calls);
+        let (old_until, pos, calls, hold) = (e.blocked_until(), e.pos, e.calls, e.hold_until);
         e.external_block = until;
         let queued = e.in_view() && !e.claimed && e.status == Status::Pending;
         if queued
-            && (self.blocked.remove(&(old_until, pos)) || self.ready.remove(&ready_key(calls, pos)))
+            && (self.held.remove(&(hold, pos))
+                || self.blocked.remove(&(old_until, pos))
+                || self.ready.remove(&ready_key(calls, pos)))
         {
             self.enqueue(lead);
         }
@@ -918,7 +1048,9 @@ impl SessionQueue {
             Status::Answered => self.answered_in_view -= 1,
             Status::AwaitingRefresh => self.awaiting_refresh.retain(|&l| l != lead),
             Status::Pending => {
-                if !self.blocked.remove(&(e.blocked_until(), e.pos)) {
+                if !self.held.remove(&(e.hold_until, e.pos))
+                    && !self.blocked.remove(&(e.blocked_until(), e.pos))
+                {
                     self.ready.remove(&ready_key(e.calls, e.pos));
                 }
             }
@@ -943,19 +1075,26 @@ impl SessionQueue {
     }
 
     /// When an idle agent should try [`claim_next`](Self::claim_next) again:
-    /// `now` if a lead is ready, else the earliest block expiry (R4), or
-    /// `None` if only a refresh, report or reset can bring a lead.
+    /// `now` if a lead is ready, else the earliest block expiry (R4) or
+    /// calling-hours opening, or `None` if only a refresh, report or reset
+    /// can bring a lead.
     pub fn next_wakeup(&self, now: i64) -> Option<i64> {
         let now = now.max(self.clock);
         if !self.ready.is_empty() {
             return Some(now);
         }
-        self.blocked.first().map(|&(until, _)| until.max(now))
+        let blocked = self.blocked.first().map(|&(until, _)| until);
+        let held = self.held.first().map(|&(until, _)| until);
+        match (blocked, held) {
+            (Some(a), Some(b)) => Some(a.min(b).max(now)),
+            (a, b) => a.or(b).map(|t| t.max(now)),
+        }
     }
 
     /// The upcoming leads as of `now`: the ready ones in claim order (R1, R3),
-    /// then the blocked ones by block expiry (R4), then those waiting for a
-    /// refresh (R10). Claimed and answered leads are not listed (see
+    /// then the blocked ones by block expiry (R4), then those held outside
+    /// their calling hours by opening, then those waiting for a refresh
+    /// (R10). Claimed and answered leads are not listed (see
     /// [`claims`](Self::claims)).
     pub fn upcoming(&mut self, now: i64) -> impl Iterator<Item = QueueItem> + '_ {
         let now = self.tick(now);
@@ -969,6 +1108,10 @@ impl SessionQueue {
             .blocked
             .iter()
             .filter_map(move |&(until, pos)| this.item(pos, ItemState::Blocked { until }));
+        let held = this
+            .held
+            .iter()
+            .filter_map(move |&(until, pos)| this.item(pos, ItemState::Held { until }));
         let waiting = this.awaiting_refresh.iter().filter_map(move |lead| {
             let e = this.entries.get(lead)?;
             if e.status != Status::AwaitingRefresh || !e.in_view() {
@@ -976,7 +1119,7 @@ impl SessionQueue {
             }
             this.item(e.pos, ItemState::AwaitingRefresh)
         });
-        ready.chain(blocked).chain(waiting)
+        ready.chain(blocked).chain(held).chain(waiting)
     }
 
     fn item(&self, pos: u32, state: ItemState) -> Option<QueueItem> {
@@ -1028,6 +1171,13 @@ impl SessionQueue {
             Status::Pending => {}
         }
         let until = e.blocked_until();
+        if e.hold_until > now && e.hold_until >= until {
+            return Explanation::CallingHours {
+                opens_at: e.hold_until,
+                zone: e.hold_zone,
+                holiday: e.hold_holiday,
+            };
+        }
         if until > now {
             return Explanation::Blocked {
                 until,
@@ -1073,6 +1223,7 @@ impl SessionQueue {
             in_view: self.view.len(),
             ready: self.ready.len(),
             blocked: self.blocked.len(),
+            held: self.held.len(),
             awaiting_refresh: self
                 .awaiting_refresh
                 .iter()

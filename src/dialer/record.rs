@@ -8,6 +8,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::claim::with_pool;
+use super::hours::Window;
 use super::queue::{LeadHistory, LeadId};
 use crate::leads::model::rfc3339;
 use crate::store::{Entity, Store, StoreError};
@@ -37,6 +38,17 @@ pub struct SessionRow {
     #[serde(rename = "reset_at", serialize_with = "rfc3339::serialize_opt_ms")]
     #[schema(value_type = Option<chrono::DateTime<chrono::Utc>>)]
     pub reset_ms: Option<i64>,
+    /// The session's calling hours in each lead's local time (SPEC §4);
+    /// `null`: the config's `[dialer] calling_hours` (08:00–21:00 by
+    /// default).
+    #[schema(value_type = Option<super::hours::WindowSpec>)]
+    pub calling_hours: Option<Window>,
+}
+
+/// A stored window: both columns or neither; a pair that no longer parses
+/// (written by hand) counts as none, so the default applies.
+fn stored_window(start: Option<String>, end: Option<String>) -> Option<Window> {
+    Window::parse(&start?, &end?).ok()
 }
 
 /// Milliseconds shown as (fractional) seconds, the unit of every duration
@@ -84,12 +96,13 @@ macro_rules! session_from_row {
                 .is_some(),
             created_ms: r.try_get("created_ms")?,
             reset_ms: r.try_get("reset_ms")?,
+            calling_hours: stored_window(r.try_get("calling_start")?, r.try_get("calling_end")?),
         }
     }};
 }
 
 const SESSION_COLS: &str = "id, smart_view_id, reduced_ring_time, wrap_up_idle_ms, \
-                            share_token_hash, created_ms, reset_ms";
+                            share_token_hash, created_ms, reset_ms, calling_start, calling_end";
 
 /// Stores a new session with its share token's hash (R16). A Smart View that
 /// does not exist is `Invalid` (foreign key).
@@ -190,6 +203,27 @@ pub async fn update_settings(
     .bind(id)
     .bind(i64::from(reduced_ring_time))
     .bind(wrap_up_idle_ms)
+    .execute(p)
+    .await?
+    .rows_affected());
+    Ok(n == 1)
+}
+
+/// Sets (or with `None`, clears) the session's calling hours (SPEC §4);
+/// false if there is no such session.
+pub async fn set_calling_hours(
+    store: &Store,
+    id: i64,
+    window: Option<Window>,
+) -> Result<bool, StoreError> {
+    let start = window.map(|w| w.start().to_string());
+    let end = window.map(|w| w.end().to_string());
+    let n = with_pool!(store, p => sqlx::query(
+        "UPDATE dialer_sessions SET calling_start = $2, calling_end = $3 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(start)
+    .bind(end)
     .execute(p)
     .await?
     .rows_affected());

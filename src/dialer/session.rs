@@ -15,10 +15,11 @@
 //!   are learned from their `CallEnded`; the claim step checks the call
 //!   history once more before dialing.
 //! - **Restart:** sessions are loaded from the store, the first refresh is
-//!   followed by [`SessionQueue::restore`] of every stored lead history, and
-//!   agents come back paused unless they were dialing (their agent legs are
-//!   gone; they resume by the API). Leads claimed by a dead instance stay
-//!   taken until their lease runs out.
+//!   followed by [`SessionQueue::restore`] of every stored lead history;
+//!   agents paused through the API come back paused, the others resume
+//!   (their phones are re-INVITEd). Claims of calls ended by the crash
+//!   sweep (`call::recovery`) are released; other leads claimed by a dead
+//!   instance stay taken until their lease runs out.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -32,6 +33,7 @@ use tokio::time::Instant;
 use super::agent::{AgentAction, AgentMachine, AgentState, NotNow};
 use super::claim::{self, ClaimRequest, ClaimResult, LeadClaim};
 use super::dial::{CallEvent, CallOutcome, DialRequest, Dialer};
+use super::hours::{CallingHours, Verdict};
 use super::queue::{AgentId, LeadId, Outcome, QueueCounts, SessionQueue};
 use super::record::{self, SessionRow};
 use crate::store::Store;
@@ -99,10 +101,16 @@ pub struct SessionConfig {
     pub lease: Duration,
     /// This process's id in `lead_claims.instance`.
     pub instance: Arc<str>,
+    /// Calling hours (SPEC §4): the config's window, which a session's own
+    /// `calling_hours` replaces, and the holidays.
+    pub calling_hours: CallingHours,
+    /// Where held dials are recorded (`GET /api/v1/audit`).
+    pub audit: crate::store::audit::AuditLog,
 }
 
 impl SessionConfig {
-    /// From the config's `[dialer]` section, with a fresh random instance id.
+    /// From the config's `[dialer]` section, with a fresh random instance id
+    /// and no audit log yet (the server sets [`SessionConfig::audit`]).
     pub fn from_dialer(cfg: &crate::config::DialerConfig) -> SessionConfig {
         SessionConfig {
             block: cfg.block.0,
@@ -110,6 +118,12 @@ impl SessionConfig {
             wrap_up_idle: cfg.wrap_up_idle.0,
             lease: Duration::from_secs(30),
             instance: format!("{:016x}", rand::random::<u64>()).into(),
+            calling_hours: CallingHours {
+                window: cfg.calling_hours,
+                // Checked when the config was loaded.
+                holidays: super::hours::parse_holidays(&cfg.holidays).unwrap_or_default(),
+            },
+            audit: crate::store::audit::AuditLog::disabled(),
         }
     }
 }
@@ -169,6 +183,8 @@ pub struct Counts {
     pub blocked: usize,
     /// Waiting for a refresh (R10).
     pub awaiting_refresh: usize,
+    /// Held outside their calling hours (SPEC §4).
+    pub held: usize,
     /// Being called (R13).
     pub calling: usize,
     /// Answered (R5).
@@ -184,6 +200,7 @@ impl Counts {
             queued: c.ready,
             blocked: c.blocked,
             awaiting_refresh: c.awaiting_refresh,
+            held: c.held,
             calling: c.claimed,
             answered: c.answered,
             done,
@@ -227,10 +244,14 @@ pub struct QueueEntryView {
     pub lead_id: i64,
     /// View position (R1).
     pub view_pos: u32,
-    /// `ready`, `blocked` or `awaiting_refresh`.
+    /// `ready`, `blocked`, `held` (outside its calling hours) or
+    /// `awaiting_refresh`.
     pub state: &'static str,
     /// End of the block (R4), if blocked.
     pub blocked_until: Option<DateTime<Utc>>,
+    /// When its calling hours open (SPEC §4), if held.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub opens_at: Option<DateTime<Utc>>,
     /// Unanswered calls so far (R3).
     pub calls: u32,
     /// The lead's name (filled in by the API from the store).
@@ -250,6 +271,27 @@ pub struct QueueEntryView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
+
+/// What an agent's "do not call" did (`POST
+/// /api/v1/sessions/{id}/agents/{agent}/dnc`, or the DTMF key
+/// [`DNC_KEY`] on the phone).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct DncAdded {
+    /// The number put on the do-not-call list (E.164).
+    pub number: String,
+    /// The lead it was dialed for.
+    pub lead_id: i64,
+    /// The call record, once the call had one.
+    pub call_id: Option<i64>,
+    /// The reason stored with the entry.
+    pub reason: String,
+}
+
+/// The key on the agent's phone that puts the current lead's number on the
+/// do-not-call list (SPEC §5 DTMF controls: `*` next lead, `#` hang up the
+/// lead, `0` pause, `9` voicemail drop; `3` is "D" for "do not call" on
+/// the keypad). It does not hang up: the agent says goodbye, then `#`.
+pub const DNC_KEY: char = '3';
 
 /// Why a session command failed.
 #[derive(Debug, thiserror::Error)]
@@ -312,12 +354,14 @@ type Reply<T> = oneshot::Sender<Result<T, SessionError>>;
 
 enum Command {
     Join(String, Reply<()>),
+    DoNotCall(String, Reply<DncAdded>),
     Agent(String, AgentCommand, Reply<()>),
     Reset(Reply<()>),
     Settings(SessionRow, Reply<()>),
     View(Reply<SessionView>),
     Queue(bool, usize, Reply<Vec<QueueEntryView>>),
     Refresh(Reply<()>),
+    Recovered(Vec<(i64, CallOutcome)>, Reply<()>),
 }
 
 /// A running session's handle (cheap to clone).
@@ -354,9 +398,22 @@ impl SessionHandle {
         self.ask(|r| Command::Agent(a, cmd, r)).await
     }
 
+    /// Puts the number of the agent's current lead (the call it is on, or
+    /// in wrap-up the one just ended) on the do-not-call list (SPEC §4).
+    pub async fn do_not_call(&self, agent: &str) -> Result<DncAdded, SessionError> {
+        let a = agent.to_string();
+        self.ask(|r| Command::DoNotCall(a, r)).await
+    }
+
     /// R14 "reset & call again".
     pub async fn reset(&self) -> Result<(), SessionError> {
         self.ask(Command::Reset).await
+    }
+
+    /// Counts calls whose outcome the crash sweep recorded after a restart
+    /// (`(lead, outcome)`, `answered` or `skipped`) in the leads' histories.
+    pub async fn recovered(&self, leads: Vec<(i64, CallOutcome)>) -> Result<(), SessionError> {
+        self.ask(|r| Command::Recovered(leads, r)).await
     }
 
     /// Applies stored settings (after a PATCH).
@@ -448,10 +505,18 @@ pub async fn spawn<D: Dialer, C: Clock>(
     for (lead, h) in record::load_histories(&s.shared.store, s.row.id).await? {
         s.queue.restore(lead, h);
     }
+    let now = s.shared.clock.instant().into_std();
     for a in record::list_agents(&s.shared.store, s.row.id).await? {
-        // Agent legs do not survive a restart: every agent resumes by the API.
+        // Agent legs do not survive a restart (the crash sweep BYEs those a
+        // crash left up): an agent who paused stays paused; the others
+        // resume, so their phones are re-INVITEd (SPEC §1 steps 2 and 6)
+        // and they dial on where the queue stands (R4 holds through the
+        // leads' last call times).
         let slot = s.slot(&a.agent);
         slot.machine.restore_paused();
+        if !a.paused {
+            let _ = slot.machine.resume(now);
+        }
     }
     s.publish();
     let (tx, rx) = mpsc::channel(64);
@@ -492,6 +557,9 @@ impl<D: Dialer, C: Clock> Session<D, C> {
     async fn run(mut self, mut rx: mpsc::Receiver<Command>, mut irx: mpsc::Receiver<Internal>) {
         let mut events = self.shared.dialer.subscribe();
         let mut changed = self.shared.leads_changed.subscribe();
+        // Agents resumed at start-up act at once.
+        self.drive().await;
+        self.publish();
         loop {
             let deadline = self.deadline();
             tokio::select! {
@@ -652,6 +720,14 @@ impl<D: Dialer, C: Clock> Session<D, C> {
                 let r = self.agent_command(&agent, c, now).await;
                 let _ = reply.send(r);
             }
+            Command::Recovered(leads, reply) => {
+                self.recovered(leads).await;
+                let _ = reply.send(Ok(()));
+            }
+            Command::DoNotCall(agent, reply) => {
+                let r = self.add_current_to_dnc(&agent).await;
+                let _ = reply.send(r);
+            }
             Command::Reset(reply) => {
                 let now = self.shared.clock.wall_ms();
                 let r = record::reset(&self.shared.store, self.row.id, now).await;
@@ -667,6 +743,11 @@ impl<D: Dialer, C: Clock> Session<D, C> {
                 let _ = reply.send(r.map_err(SessionError::from));
             }
             Command::Settings(row, reply) => {
+                if row.calling_hours != self.row.calling_hours {
+                    // Holds were decided under the old hours.
+                    self.queue.clear_holds(self.shared.clock.wall_ms());
+                    self.poke_idle();
+                }
                 self.row = row;
                 let idle = self.wrap_up_idle();
                 for slot in self.agents.values_mut() {
@@ -704,16 +785,18 @@ impl<D: Dialer, C: Clock> Session<D, C> {
                     .into_iter()
                     .map(|it| {
                         use super::queue::{ItemState, Tier};
-                        let (state, until) = match it.state {
-                            ItemState::Ready => ("ready", None),
-                            ItemState::Blocked { until } => ("blocked", Some(until)),
-                            ItemState::AwaitingRefresh => ("awaiting_refresh", None),
+                        let (state, until, opens) = match it.state {
+                            ItemState::Ready => ("ready", None, None),
+                            ItemState::Blocked { until } => ("blocked", Some(until), None),
+                            ItemState::Held { until } => ("held", None, Some(until)),
+                            ItemState::AwaitingRefresh => ("awaiting_refresh", None, None),
                         };
                         let mut view = QueueEntryView {
                             lead_id: it.lead.0,
                             view_pos: it.view_pos,
                             state,
                             blocked_until: until.and_then(DateTime::from_timestamp_millis),
+                            opens_at: opens.and_then(DateTime::from_timestamp_millis),
                             calls: match it.tier {
                                 Tier::Uncalled => 0,
                                 Tier::Unanswered { calls } => calls,
@@ -741,6 +824,61 @@ impl<D: Dialer, C: Clock> Session<D, C> {
                 let _ = reply.send(r);
             }
         }
+    }
+
+    /// Puts the number of `agent`'s current lead on the do-not-call list:
+    /// the number its call dialed (the call record's), else the lead's
+    /// first phone (R2). The entry's reason names the agent, call and lead.
+    async fn add_current_to_dnc(&mut self, agent: &str) -> Result<DncAdded, SessionError> {
+        let slot = self
+            .agents
+            .get(agent)
+            .filter(|s| s.machine.state() != AgentState::Left)
+            .ok_or_else(|| SessionError::NoAgent(agent.to_string()))?;
+        let not_now = NotNow {
+            command: "put the current lead on the do-not-call list",
+            state: slot.machine.state(),
+        };
+        let Some(call) = slot.machine.shown_call() else {
+            return Err(not_now.into());
+        };
+        let store = &self.shared.store;
+        let lead_id = call.claim.lead.0;
+        let mut number = None;
+        if let Some(id) = call.call_id {
+            number = store.get_call(id).await.ok().map(|c| c.number);
+        }
+        if number.is_none() {
+            number = store
+                .get_lead(lead_id)
+                .await
+                .ok()
+                .and_then(|l| l.first_phone().map(|p| p.to_string()));
+        }
+        // Stored numbers are E.164, so the region is not consulted.
+        let Some((number, pattern)) = number.and_then(|n| {
+            let p = crate::leads::dnc::DncPattern::parse(&n, "US").ok()?;
+            Some((n, p))
+        }) else {
+            return Err(not_now.into());
+        };
+        let reason = match call.call_id {
+            Some(c) => format!("added by agent {agent} during call {c} (lead {lead_id})"),
+            None => format!("added by agent {agent} (lead {lead_id})"),
+        };
+        store
+            .add_dnc(
+                &[(pattern, Some(reason.clone()))],
+                self.shared.clock.wall_ms(),
+            )
+            .await?;
+        tracing::info!(%agent, %number, lead = lead_id, "the agent put the current lead's number on the do-not-call list");
+        Ok(DncAdded {
+            number,
+            lead_id,
+            call_id: call.call_id,
+            reason,
+        })
     }
 
     /// The commands an agent gives from a screen name the call they were
@@ -804,6 +942,14 @@ impl<D: Dialer, C: Clock> Session<D, C> {
             CallEvent::LeadAnswered { agent, call_id } => {
                 if let Some(s) = self.agents.get_mut(&agent) {
                     s.machine.handle_lead_answered(call_id);
+                }
+            }
+            CallEvent::Dtmf { agent, digit } if digit == DNC_KEY => {
+                match self.add_current_to_dnc(&agent).await {
+                    Ok(added) => {
+                        tracing::info!(%agent, number = %added.number, lead = added.lead_id, "DTMF: the current lead's number is on the do-not-call list")
+                    }
+                    Err(e) => tracing::debug!(%agent, %e, "DTMF do-not-call ignored"),
                 }
             }
             CallEvent::Dtmf { agent, digit } => {
@@ -888,6 +1034,38 @@ impl<D: Dialer, C: Clock> Session<D, C> {
         });
     }
 
+    /// Calls ended by the crash sweep: an answered lead is answered in this
+    /// session (R5), a skipped one counts as an unanswered call blocked for
+    /// `block` (R3, R9), as [`SessionQueue::report`] would have recorded.
+    async fn recovered(&mut self, leads: Vec<(i64, CallOutcome)>) {
+        let now_ms = self.shared.clock.wall_ms();
+        let block_ms = ms(self.shared.config.block);
+        for (lead, outcome) in leads {
+            let lead = LeadId(lead);
+            let Some(mut h) = self.queue.history(lead) else {
+                continue;
+            };
+            if outcome == CallOutcome::Answered {
+                h.answered = true;
+            } else {
+                h.calls = h.calls.saturating_add(1);
+                let until = now_ms.saturating_add(block_ms);
+                h.blocked_until = Some(h.blocked_until.map_or(until, |b| b.max(until)));
+            }
+            if self.queue.restore(lead, h) {
+                if let Err(e) =
+                    record::save_history(&self.shared.store, self.row.id, lead, &h).await
+                {
+                    tracing::warn!(error = %e, "history not saved");
+                }
+            }
+        }
+        tracing::info!(
+            session = self.row.id,
+            "outcomes of the calls a crash ended taken into the queue"
+        );
+    }
+
     /// Drains every agent's actions until none is left.
     async fn drive(&mut self) {
         loop {
@@ -924,14 +1102,29 @@ impl<D: Dialer, C: Clock> Session<D, C> {
         }
     }
 
+    /// The calling hours this session applies (SPEC §4): its own window or
+    /// the config's, and the config's holidays.
+    fn calling_hours(&self) -> CallingHours {
+        CallingHours {
+            window: self
+                .row
+                .calling_hours
+                .unwrap_or(self.shared.config.calling_hours.window),
+            holidays: self.shared.config.calling_hours.holidays.clone(),
+        }
+    }
+
     /// Claims the next lead in the queue and then in the database (R13),
     /// and dials it; a lead the database refuses is held and the next one
-    /// tried.
+    /// tried. A lead outside its calling hours (SPEC §4) is held in the
+    /// queue until its window opens, before any INVITE.
     async fn claim_and_dial(&mut self, agent: &str) {
         let Some(aid) = self.agents.get(agent).map(|s| s.id) else {
             return;
         };
         let store = self.shared.store.clone();
+        let hours = self.calling_hours();
+        let mut holds = 0usize;
         loop {
             let now = self.shared.clock.instant();
             let now_ms = self.shared.clock.wall_ms();
@@ -955,6 +1148,55 @@ impl<D: Dialer, C: Clock> Session<D, C> {
                     return;
                 }
             };
+            // R2: the first phone of the first contact; it and the lead's
+            // fields and address give the lead's zones.
+            let lead = store.get_lead(c.lead.0).await.ok();
+            let number = lead
+                .as_ref()
+                .and_then(|l| l.first_phone())
+                .map(|p| p.to_string());
+            if let Some(l) = &lead {
+                let zones = crate::leads::zone::lead_zones(l, number.as_deref())
+                    .map(|z| z.zones)
+                    .unwrap_or_default();
+                if let Verdict::Closed {
+                    opens_at,
+                    zone,
+                    holiday,
+                } = hours.verdict(&zones, now_ms)
+                {
+                    // No opening within a year (a window narrower than the
+                    // spread of the lead's zones): looked at again daily.
+                    let until = opens_at.unwrap_or(now_ms.saturating_add(DAY_MS));
+                    if let Err(e) = self.queue.hold(aid, &c, until, zone, holiday) {
+                        tracing::warn!(%agent, error = %e, "hold refused by the queue");
+                    }
+                    tracing::debug!(lead = c.lead.0, zone = %zone.name(), "outside calling hours: held");
+                    self.shared
+                        .config
+                        .audit
+                        .record(hold_entry(
+                            self.row.id,
+                            agent,
+                            c.lead.0,
+                            number.clone(),
+                            now_ms,
+                            opens_at,
+                            zone,
+                            holiday,
+                        ))
+                        .await;
+                    holds += 1;
+                    if holds >= HOLDS_PER_TURN {
+                        // Let the session's other work in before going on.
+                        if let Some(s) = self.agents.get_mut(agent) {
+                            s.machine.handle_no_lead(Some(now.into_std()));
+                        }
+                        return;
+                    }
+                    continue;
+                }
+            }
             let req = ClaimRequest {
                 lead_id: c.lead.0,
                 session_id: self.row.id,
@@ -992,17 +1234,28 @@ impl<D: Dialer, C: Clock> Session<D, C> {
                     return;
                 }
             };
-            // R2: the first phone of the first contact.
-            let number = match store.get_lead(c.lead.0).await {
-                Ok(lead) => lead.first_phone().map(|p| p.to_string()),
-                Err(_) => None,
-            };
             let Some(number) = number else {
                 // Nothing to dial: a calling restriction (R11), blocked.
                 let _ = self
                     .queue
                     .report(aid, c.lead, c.generation, Outcome::Restricted, now_ms);
                 let _ = claim::release(&store, &db, now_ms).await;
+                use crate::store::audit::{AuditAction, AuditEntry, AuditReason};
+                self.shared
+                    .config
+                    .audit
+                    .record(AuditEntry {
+                        id: 0,
+                        at_ms: now_ms,
+                        action: AuditAction::Restricted,
+                        reason: AuditReason::NotDialable,
+                        session_id: Some(self.row.id),
+                        lead_id: Some(c.lead.0),
+                        agent: Some(agent.to_string()),
+                        number: None,
+                        detail: "the lead has no phone number".into(),
+                    })
+                    .await;
                 continue;
             };
             if let Some(s) = self.agents.get_mut(agent) {
@@ -1072,8 +1325,54 @@ impl<D: Dialer, C: Clock> Session<D, C> {
     }
 }
 
+/// The audit entry of a lead held outside its calling hours.
+#[allow(clippy::too_many_arguments)]
+fn hold_entry(
+    session_id: i64,
+    agent: &str,
+    lead: i64,
+    number: Option<String>,
+    now_ms: i64,
+    opens_at: Option<i64>,
+    zone: chrono_tz::Tz,
+    holiday: bool,
+) -> crate::store::audit::AuditEntry {
+    use crate::store::audit::{AuditAction, AuditEntry, AuditReason};
+    let detail = match opens_at {
+        Some(t) => format!(
+            "opens {} ({})",
+            super::hours::local_hm(zone, t),
+            crate::leads::model::ms_to_time(t).to_rfc3339()
+        ),
+        None => format!("no opening within a year in {}", zone.name()),
+    };
+    AuditEntry {
+        id: 0,
+        at_ms: now_ms,
+        action: AuditAction::Held,
+        reason: if holiday {
+            AuditReason::Holiday
+        } else {
+            AuditReason::CallingHours
+        },
+        session_id: Some(session_id),
+        lead_id: Some(lead),
+        agent: Some(agent.to_string()),
+        number,
+        detail,
+    }
+}
+
 /// Longest single sleep (a day): timers further out are re-armed later.
 const MAX_SLEEP_MS: u64 = 86_400_000;
+
+/// A day in ms: how long a lead whose window never opens is held before it
+/// is looked at again.
+const DAY_MS: i64 = 86_400_000;
+
+/// Leads held for their calling hours in one go before the session task
+/// serves its other work (at night every lead of a view is held once).
+const HOLDS_PER_TURN: usize = 256;
 
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)

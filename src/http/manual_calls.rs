@@ -89,9 +89,15 @@ pub struct ManualCall {
     pub agent: String,
     /// The number to dial (normalised to E.164, R2).
     pub number: String,
-    /// The lead the call is for, if any.
+    /// The lead the call is for, if any: its time zone field and address
+    /// then decide its calling hours.
     #[serde(default)]
     pub lead_id: Option<i64>,
+    /// Call even outside the lead's calling hours (SPEC §4): admin token
+    /// only (an agent token gets 403 `override_not_allowed`); the override
+    /// is logged.
+    #[serde(default)]
+    pub override_calling_hours: bool,
 }
 
 /// The routes of this module.
@@ -112,6 +118,11 @@ pub enum CallApiError {
     Conflict(String),
     /// 403: the number is on the do-not-call list (SPEC §4).
     Forbidden(String),
+    /// 409 `outside_calling_hours`: the lead may not be called now (SPEC
+    /// §4); a later try, or the admin's override, may succeed.
+    OutsideCallingHours(String),
+    /// 403 `override_not_allowed`: only the admin may call outside hours.
+    OverrideNotAllowed,
 }
 
 impl From<ApiError> for CallApiError {
@@ -151,7 +162,9 @@ impl From<CallEngineError> for CallApiError {
                 message: e.to_string(),
                 retry_after_s: RTP_PORTS_RETRY_AFTER_S,
             }),
-            e @ CallEngineError::DoNotCall(_) => CallApiError::Forbidden(e.to_string()),
+            e @ (CallEngineError::DoNotCall(_) | CallEngineError::LeadDoNotCall(_)) => {
+                CallApiError::Forbidden(e.to_string())
+            }
             e @ CallEngineError::TrunksDown => CallApiError::Api(ApiError::Unavailable {
                 code: "trunks_down",
                 message: e.to_string(),
@@ -187,6 +200,19 @@ impl IntoResponse for CallApiError {
                 Json(json!({"error": {"code": "do_not_call", "message": message}})),
             )
                 .into_response(),
+            CallApiError::OutsideCallingHours(message) => (
+                StatusCode::CONFLICT,
+                Json(json!({"error": {"code": "outside_calling_hours", "message": message}})),
+            )
+                .into_response(),
+            CallApiError::OverrideNotAllowed => (
+                StatusCode::FORBIDDEN,
+                Json(json!({"error": {
+                    "code": "override_not_allowed",
+                    "message": "only the admin token may call outside calling hours (override_calling_hours)"
+                }})),
+            )
+                .into_response(),
         }
     }
 }
@@ -213,23 +239,28 @@ fn engine(state: &AppState) -> Result<&CallEngine, CallApiError> {
     responses(
         (status = 202, description = "The call is placed; the record with its state", body = CallView),
         (status = 400, description = "Not a phone number", body = ErrorBody),
-        (status = 403, description = "The number is on the do-not-call list", body = ErrorBody),
+        (status = 403, description = "The number is on the do-not-call list (`do_not_call`), or an agent token asked for `override_calling_hours` (`override_not_allowed`)", body = ErrorBody),
         (status = 404, description = "No such agent", body = ErrorBody),
-        (status = 409, description = "The agent's phone is not registered, or it has a call in progress", body = ErrorBody),
+        (status = 409, description = "The agent's phone is not registered, it has a call in progress, or the lead is outside its calling hours (`outside_calling_hours`, with when they open)", body = ErrorBody),
         (status = 503, description = "No free RTP ports, or every trunk that may dial the number is down or stayed at its limits for `dialer.trunk_wait` (`Retry-After`; nothing was dialed)", body = ErrorBody),
     )
 )]
 pub(super) async fn place(
     State(state): State<AppState>,
+    caller: Option<axum::Extension<super::auth::Caller>>,
     ApiJson(body): ApiJson<ManualCall>,
 ) -> Result<(StatusCode, Json<CallView>), CallApiError> {
     let calls = engine(&state)?;
     if !calls.knows_agent(&body.agent) {
         return Err(ApiError::NotFound(format!("agent {} not found", body.agent)).into());
     }
-    PhoneE164::parse(&body.number, &state.default_region).map_err(|e| {
+    let number = PhoneE164::parse(&body.number, &state.default_region).map_err(|e| {
         ApiError::Validation(ValidationError::new("number", ValidationReason::Phone(e)))
     })?;
+    if body.override_calling_hours && caller.is_some_and(|c| c.agent().is_some()) {
+        return Err(CallApiError::OverrideNotAllowed);
+    }
+    check_calling_hours(&state, &body, &number).await?;
     let (id, progress) = calls
         .place_call(
             &body.agent,
@@ -245,6 +276,84 @@ pub(super) async fn place(
     let live = calls.call_progress(id).or(Some(progress));
     let state = CallState::of(&record, live);
     Ok((StatusCode::ACCEPTED, Json(CallView { record, state })))
+}
+
+/// SPEC §4 calling hours, before anything is dialed: the lead's zones (its
+/// `timezone` field, its address, else the number's area code or
+/// country) must all be inside `[dialer] calling_hours` and not on a
+/// holiday, unless the admin set `override_calling_hours` (logged).
+async fn check_calling_hours(
+    state: &AppState,
+    body: &ManualCall,
+    number: &PhoneE164,
+) -> Result<(), CallApiError> {
+    use crate::dialer::hours::Verdict;
+    use crate::leads::zone;
+    use crate::store::audit::{AuditAction, AuditEntry, AuditReason};
+    let lead = match body.lead_id {
+        Some(id) => state.store.get_lead(id).await.ok(),
+        None => None,
+    };
+    let zones = match &lead {
+        Some(l) => zone::lead_zones(l, Some(number.as_str())),
+        None => zone::number_zones(number.as_str()),
+    }
+    .map(|z| z.zones)
+    .unwrap_or_default();
+    let now_ms = crate::leads::model::time_to_ms(super::now());
+    let Verdict::Closed {
+        opens_at,
+        zone,
+        holiday,
+        ..
+    } = state.calling_hours.verdict(&zones, now_ms)
+    else {
+        return Ok(());
+    };
+    let reason = if holiday {
+        AuditReason::Holiday
+    } else {
+        AuditReason::CallingHours
+    };
+    let entry = |action, detail: String| AuditEntry {
+        id: 0,
+        at_ms: now_ms,
+        action,
+        reason,
+        session_id: None,
+        lead_id: body.lead_id,
+        agent: Some(body.agent.clone()),
+        number: Some(number.as_str().to_string()),
+        detail,
+    };
+    if body.override_calling_hours {
+        tracing::warn!(agent = %body.agent, number = %number.as_str(), zone = %zone.name(), "manual call outside calling hours: admin override");
+        state
+            .audit
+            .record(entry(
+                AuditAction::Overridden,
+                format!("outside calling hours in {}: admin override", zone.name()),
+            ))
+            .await;
+        return Ok(());
+    }
+    let when = match opens_at {
+        Some(t) => format!(
+            "they open at {} ({})",
+            crate::dialer::hours::local_hm(zone, t),
+            crate::leads::model::ms_to_time(t).to_rfc3339()
+        ),
+        None => format!("they do not open within a year in {}", zone.name()),
+    };
+    state
+        .audit
+        .record(entry(AuditAction::Refused, when.clone()))
+        .await;
+    Err(CallApiError::OutsideCallingHours(format!(
+        "{} is outside its calling hours{}: {when}; the admin may call anyway with \"override_calling_hours\": true",
+        number.as_str(),
+        if holiday { " (a holiday)" } else { "" },
+    )))
 }
 
 /// `GET /api/v1/calls/{id}`: the record and where the call stands.

@@ -6,6 +6,7 @@
 
 pub mod admin_token;
 pub mod agents;
+pub mod audit;
 pub mod auth;
 pub mod bans;
 pub mod call_notes;
@@ -79,6 +80,11 @@ pub struct AppState {
     pub realm: Arc<str>,
     /// Responses remembered by `Idempotency-Key` ([`idempotency`]).
     pub idempotency: Arc<std::sync::Mutex<idempotency::IdempotencyCache>>,
+    /// `[dialer] calling_hours` and `holidays`: what manual calls outside
+    /// a session are checked against (SPEC §4).
+    pub calling_hours: crate::dialer::hours::CallingHours,
+    /// Where refused and overridden manual calls are recorded.
+    pub audit: crate::store::audit::AuditLog,
 }
 
 impl std::fmt::Debug for AppState {
@@ -110,7 +116,21 @@ impl AppState {
             realm: Arc::from("127.0.0.1"),
             cors_origins: Arc::from(Vec::new()),
             event_log: None,
+            calling_hours: Default::default(),
+            audit: crate::store::audit::AuditLog::disabled(),
         }
+    }
+
+    /// Sets the audit log (`GET /api/v1/audit` reads the store).
+    pub fn with_audit(mut self, audit: crate::store::audit::AuditLog) -> Self {
+        self.audit = audit;
+        self
+    }
+
+    /// Sets the calling hours manual calls are checked against.
+    pub fn with_calling_hours(mut self, hours: crate::dialer::hours::CallingHours) -> Self {
+        self.calling_hours = hours;
+        self
     }
 
     /// R6: tells the dialer sessions that leads changed through powerdial,
@@ -211,6 +231,7 @@ pub fn api_routes() -> Router<AppState> {
         .merge(calls::routes())
         .merge(dnc::routes())
         .merge(bans::routes())
+        .merge(audit::routes())
         .merge(call_notes::routes())
         .merge(session_list::routes())
         .merge(trunks::routes())

@@ -27,8 +27,8 @@ use utoipa::openapi::{ContentBuilder, RefOr, Required};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::{
-    agents, bans, call_notes, calls, console, dnc, events, lead_notes, leads, manual_calls, me,
-    session_list, session_stats, sessions, smart_views, trunks,
+    agents, audit, bans, call_notes, calls, console, dnc, events, lead_notes, leads, manual_calls,
+    me, session_list, session_stats, sessions, smart_views, trunks,
 };
 
 /// The routes served without the admin token (SPEC §4): the health check,
@@ -123,6 +123,7 @@ pub struct Health {
         sessions::join,
         sessions::join_shared,
         sessions::agent,
+        sessions::do_not_call,
         sessions::queue,
         manual_calls::place,
         manual_calls::get_call,
@@ -144,6 +145,7 @@ pub struct Health {
         bans::list,
         bans::remove,
         trunks::list,
+        audit::list,
         console::index,
         console::app_js,
         console::app_css,
@@ -160,6 +162,7 @@ pub struct Health {
         (name = "dnc", description = "The do-not-call list (SPEC §4)"),
         (name = "security", description = "Bans at the SIP front door (SPEC §5)"),
         (name = "trunks", description = "Carrier trunks and their state (admin only)"),
+        (name = "audit", description = "Dials held, restricted or refused before the wire, with their reasons (SPEC §4)"),
         (name = "events", description = "Server-Sent Events of state changes"),
         (name = "meta", description = "Health and this document"),
         (name = "console", description = "The agent and admin console page (SPEC §4 `GET /`)"),

@@ -1,11 +1,11 @@
 //! Dialer sessions over HTTP (SPEC §4, R14, R16):
 //!
-//! - `POST /api/v1/sessions {smart_view_id, reduced_ring_time?, wrap_up_idle?}`
+//! - `POST /api/v1/sessions {smart_view_id, reduced_ring_time?, wrap_up_idle?, calling_hours?}`
 //!   → 201 with the session and its `share_token` (R16: shown once, stored
 //!   hashed).
 //! - `GET /api/v1/sessions/{id}`: settings, `state` (`active`/`done`, R15),
 //!   agents with their states, counts.
-//! - `PATCH /api/v1/sessions/{id} {reduced_ring_time?, wrap_up_idle?, shared?}`:
+//! - `PATCH /api/v1/sessions/{id} {reduced_ring_time?, wrap_up_idle?, shared?, calling_hours?}`:
 //!   settings; `shared: false` revokes the share link.
 //! - `POST /api/v1/sessions/{id}/share` → a new share token (the old one
 //!   stops working); `DELETE /api/v1/sessions/{id}/share` revokes (R16).
@@ -44,6 +44,10 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/api/v1/sessions/{id}/reset", post(reset))
         .route("/api/v1/sessions/{id}/agents", post(join))
+        .route(
+            "/api/v1/sessions/{id}/agents/{agent}/dnc",
+            post(do_not_call),
+        )
         .route("/api/v1/sessions/{id}/agents/{agent}/{action}", post(agent))
         .route("/api/v1/sessions/{id}/queue", get(queue))
 }
@@ -132,6 +136,12 @@ pub(super) struct NewSession {
     #[serde(default)]
     #[schema(minimum = 0, maximum = 3600)]
     wrap_up_idle: Option<f64>,
+    /// Calling hours in each lead's local time (SPEC §4), e.g.
+    /// `{"start": "09:00", "end": "20:00"}`; the config's `[dialer]
+    /// calling_hours` (08:00–21:00 by default) when absent.
+    #[serde(default)]
+    #[schema(value_type = Option<crate::dialer::hours::WindowSpec>)]
+    calling_hours: Option<crate::dialer::hours::Window>,
 }
 
 /// A session as created: its view and the share token (R16: shown once).
@@ -216,7 +226,12 @@ pub(super) async fn create(
         .map_err(ApiError::from)?;
     let wrap = wrap_up_ms(body.wrap_up_idle)?;
     let (row, token) = s
-        .create(body.smart_view_id, body.reduced_ring_time, wrap)
+        .create_with_hours(
+            body.smart_view_id,
+            body.reduced_ring_time,
+            wrap,
+            body.calling_hours,
+        )
         .await?;
     let view = s.get(row.id)?.view().await?;
     let mut v = serde_json::to_value(&view).map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -257,6 +272,12 @@ pub(super) struct PatchSession {
     /// `false` revokes the share link, `true` issues a new one (R16).
     #[serde(default)]
     shared: Option<bool>,
+    /// Calling hours in each lead's local time (SPEC §4); `null` goes back
+    /// to the config's `[dialer] calling_hours`, absent leaves them. Leads
+    /// held under the old hours are looked at again at once.
+    #[serde(default, deserialize_with = "double_option::window")]
+    #[schema(value_type = Option<crate::dialer::hours::WindowSpec>)]
+    calling_hours: Option<Option<crate::dialer::hours::Window>>,
 }
 
 mod double_option {
@@ -264,6 +285,13 @@ mod double_option {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<f64>>, D::Error> {
         Option::<f64>::deserialize(d).map(Some)
+    }
+
+    /// `calling_hours`: present (a window or `null`) or absent.
+    pub fn window<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Option<crate::dialer::hours::Window>>, D::Error> {
+        Option::<crate::dialer::hours::Window>::deserialize(d).map(Some)
     }
 }
 
@@ -288,7 +316,8 @@ pub(super) async fn patch(
         None => None,
         Some(v) => Some(wrap_up_ms(v)?),
     };
-    s.update_settings(id, body.reduced_ring_time, wrap).await?;
+    s.update_settings_with_hours(id, body.reduced_ring_time, wrap, body.calling_hours)
+        .await?;
     let mut token = None;
     match body.shared {
         Some(false) => s.revoke_share(id).await?,
@@ -504,6 +533,35 @@ pub(super) async fn agent(
     let h = sessions(&st)?.get_or_load(id).await?;
     h.agent(&agent, cmd).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST /api/v1/sessions/{id}/agents/{agent}/dnc`: puts the number of the
+/// agent's current lead (the call it is on, or in wrap-up the one just
+/// ended) on the do-not-call list (SPEC §4), as `3` on the phone does. The
+/// agent's own token may do it. The call goes on: hang up separately.
+#[utoipa::path(
+    post,
+    path = "/api/v1/sessions/{id}/agents/{agent}/dnc",
+    operation_id = "session_agent_do_not_call",
+    tag = "sessions",
+    params(
+        ("id" = i64, Path, description = "The session's id"),
+        ("agent" = String, Path, description = "The agent's username"),
+    ),
+    responses(
+        (status = 200, description = "The number added, with the lead and call", body = crate::dialer::session::DncAdded),
+        (status = 404, description = "No such session, or the agent is not in it", body = ErrorBody),
+        (status = 409, description = "The agent has no current lead", body = ErrorBody),
+    )
+)]
+pub(super) async fn do_not_call(
+    State(st): State<AppState>,
+    ApiPath((id, agent)): ApiPath<(String, String)>,
+) -> Result<Response> {
+    let id = parse_id(&id, "session")?;
+    let h = sessions(&st)?.get_or_load(id).await?;
+    let added = h.do_not_call(&agent).await?;
+    Ok(Json(added).into_response())
 }
 
 /// `GET /api/v1/sessions/{id}/queue` query.

@@ -474,6 +474,8 @@ enum Column {
     Phones,
     Emails,
     Created,
+    /// The lead's "do not call" mark: `true`/`false`, `yes`/`no`, `1`/`0`.
+    DoNotCall,
     Custom(CustomField),
 }
 
@@ -491,6 +493,7 @@ fn map_header(headers: &[String], fields: &CustomFieldSet) -> Result<Vec<Column>
             "phone" | "phones" => Column::Phones,
             "email" | "emails" => Column::Emails,
             "created" => Column::Created,
+            "do_not_call" | "do not call" | "dnc" => Column::DoNotCall,
             p if p.starts_with("phone")
                 && p.len() > 5
                 && p[5..].bytes().all(|b| b.is_ascii_digit()) =>
@@ -544,6 +547,7 @@ fn row_to_lead(
         contacts: Vec::new(),
         custom: Vec::new(),
         opportunities: Vec::new(),
+        do_not_call: false,
     };
     let mut contact = Contact {
         name: String::new(),
@@ -559,6 +563,21 @@ fn row_to_lead(
             Column::Name => lead.name = cell.to_string(),
             Column::Status => lead.status = cell.to_string(),
             Column::ContactName => contact.name = cell.to_string(),
+            Column::DoNotCall => {
+                lead.do_not_call = match cell.to_ascii_lowercase().as_str() {
+                    "" | "false" | "no" | "0" => false,
+                    "true" | "yes" | "1" => true,
+                    _ => {
+                        return Err(invalid(
+                            i,
+                            ValidationReason::NotAChoice {
+                                got: cell.to_string(),
+                                choices: vec!["true".into(), "false".into()],
+                            },
+                        ))
+                    }
+                }
+            }
             Column::Created if cell.is_empty() => {}
             Column::Created => {
                 lead.created_ms = time_to_ms(parse_time(cell).map_err(|r| invalid(i, r))?)

@@ -7,6 +7,7 @@ pub mod import;
 pub mod model;
 pub mod phone;
 pub mod query;
+pub mod zone;
 
 pub use import::{import_csv, import_csv_file, ImportError, ImportReport, RowFailure};
 pub use model::{

@@ -578,6 +578,10 @@ pub struct Lead {
     pub custom: BTreeMap<String, CustomValue>,
     /// Opportunities, oldest first.
     pub opportunities: Vec<Opportunity>,
+    /// Marked "do not call": never dialed, like a number on the
+    /// do-not-call list (the dialer's outcome is `restricted`, a manual
+    /// call for this lead gets 403).
+    pub do_not_call: bool,
 }
 
 impl Lead {
@@ -639,6 +643,9 @@ pub struct NewLead {
     /// Opportunities.
     #[serde(default)]
     pub opportunities: Vec<NewOpportunity>,
+    /// Marked "do not call" (never dialed).
+    #[serde(default)]
+    pub do_not_call: bool,
 }
 
 /// A lead checked against the custom fields and normalised, ready to store.
@@ -656,6 +663,8 @@ pub struct ValidLead {
     pub custom: Vec<(i64, CustomValue)>,
     /// `(status_type, created_ms, value)`.
     pub opportunities: Vec<ValidOpportunity>,
+    /// Marked "do not call".
+    pub do_not_call: bool,
 }
 
 /// An opportunity ready to store.
@@ -764,6 +773,7 @@ impl NewLead {
                 .filter_map(|(id, v)| v.map(|v| (id, v)))
                 .collect(),
             opportunities: validate_opportunities(&self.opportunities, now)?,
+            do_not_call: self.do_not_call,
         })
     }
 }
@@ -788,6 +798,8 @@ pub struct LeadPatch {
     pub custom: Option<BTreeMap<String, serde_json::Value>>,
     /// Replacement opportunities.
     pub opportunities: Option<Vec<NewOpportunity>>,
+    /// `true` marks the lead "do not call" (never dialed), `false` clears it.
+    pub do_not_call: Option<bool>,
 }
 
 /// A validated patch.
@@ -805,6 +817,8 @@ pub struct ValidPatch {
     pub custom: Vec<(i64, Option<CustomValue>)>,
     /// Replacement opportunities.
     pub opportunities: Option<Vec<ValidOpportunity>>,
+    /// New "do not call" mark.
+    pub do_not_call: Option<bool>,
 }
 
 impl LeadPatch {
@@ -841,6 +855,7 @@ impl LeadPatch {
                 .as_deref()
                 .map(|o| validate_opportunities(o, now))
                 .transpose()?,
+            do_not_call: self.do_not_call,
         })
     }
 }
@@ -1175,6 +1190,7 @@ mod tests {
             .into_iter()
             .collect(),
             opportunities: vec![],
+            do_not_call: false,
         };
         let v = serde_json::to_value(&lead).unwrap();
         assert_eq!(v["created"], "2026-11-01T12:00:00.000Z");

@@ -16,6 +16,7 @@
 //! on TLS; the relay decrypts what the phone sends before the core sees
 //! it and encrypts what goes to the phone after. The lead leg is plain RTP.
 
+pub mod amd;
 pub mod dtmf;
 pub mod g711;
 pub mod latch;

@@ -325,6 +325,26 @@ impl DialogError {
     }
 }
 
+/// What a confirmed UAC dialog needs to send one more request after a
+/// restart (RFC 3261 §12.2.1.1): its identity, addresses, remote target,
+/// route set and local sequence number. Kept in the leg journal so a BYE
+/// can end the call after a crash (§15.1.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedDialog {
+    /// Call-ID, local tag, remote tag.
+    pub id: DialogId,
+    /// Our From address, without tag (`name-addr` text).
+    pub local_uri: String,
+    /// The peer's To address, without tag (`name-addr` text).
+    pub remote_uri: String,
+    /// The Request-URI of in-dialog requests.
+    pub remote_target: String,
+    /// The route set in request order (`name-addr` texts).
+    pub route_set: Vec<String>,
+    /// The last CSeq we used.
+    pub local_seq: u32,
+}
+
 /// A message body for [`Dialog::new_request`].
 #[derive(Debug, Clone, Copy)]
 pub struct Body<'a> {
@@ -551,6 +571,46 @@ impl Dialog {
         self.remote_seq
     }
 
+    /// The state [`Dialog::restore`] needs (see [`SavedDialog`]).
+    pub fn save(&self) -> SavedDialog {
+        SavedDialog {
+            id: self.id.clone(),
+            local_uri: self.local.to_string(),
+            remote_uri: self.remote.to_string(),
+            remote_target: self.remote_target.clone(),
+            route_set: self.route_set.iter().map(|r| r.to_string()).collect(),
+            local_seq: self.local_seq,
+        }
+    }
+
+    /// A confirmed UAC dialog from its saved state, able to send the next
+    /// request with CSeq `local_seq + 1` over the same route set (RFC 3261
+    /// §12.2.1.1); used after a restart to BYE a call we lost (§15.1.1).
+    pub fn restore(saved: &SavedDialog) -> Result<Dialog, DialogError> {
+        let local =
+            NameAddr::parse(&saved.local_uri).map_err(|_| DialogError::BadHeader("From"))?;
+        let remote =
+            NameAddr::parse(&saved.remote_uri).map_err(|_| DialogError::BadHeader("To"))?;
+        let route_set = saved
+            .route_set
+            .iter()
+            .map(|r| NameAddr::parse(r).map_err(|_| DialogError::BadHeader("Route")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Dialog {
+            id: saved.id.clone(),
+            state: DialogState::Confirmed,
+            is_uac: true,
+            local,
+            remote,
+            local_seq: saved.local_seq,
+            remote_seq: None,
+            remote_target: saved.remote_target.clone(),
+            route_set,
+            local_contact: None,
+            invite_seq: 0,
+        })
+    }
+
     /// Marks the dialog ended (e.g. after sending a BYE, RFC 3261 §15).
     pub fn terminate(&mut self) {
         self.state = DialogState::Terminated;
@@ -651,6 +711,18 @@ impl Dialog {
         via: &str,
         body: Option<Body<'_>>,
     ) -> Result<syntax::Request, DialogError> {
+        self.new_request_with(method, via, &[], body)
+    }
+
+    /// [`new_request`](Self::new_request) with extra header lines (e.g.
+    /// `Session-Expires: 1800;refresher=uac` on a session refresh, RFC 4028).
+    pub fn new_request_with(
+        &mut self,
+        method: Method,
+        via: &str,
+        extra: &[String],
+        body: Option<Body<'_>>,
+    ) -> Result<syntax::Request, DialogError> {
         if method == Method::Cancel {
             return Err(DialogError::NotInDialog(method));
         }
@@ -694,6 +766,10 @@ impl Dialog {
                 text.push_str(c);
                 text.push_str("\r\n");
             }
+        }
+        for line in extra {
+            text.push_str(line);
+            text.push_str("\r\n");
         }
         let bytes = body.map_or(&[][..], |b| b.bytes);
         if let Some(b) = body {
@@ -997,6 +1073,23 @@ Content-Length: 0\r\n\r\n";
             .replace("192.0.2.4:5062", "192.0.2.44:5070");
         d.handle_response(&resp(&ok2)).unwrap();
         assert_eq!(d.remote_target(), "sip:bob@192.0.2.44:5070");
+    }
+
+    #[test]
+    fn a_restored_dialog_byes_like_the_original() {
+        // RFC 3261 §15.1.1 after a restart: same tags, route set, target,
+        // and the next CSeq.
+        let invite = req(INVITE);
+        let mut d = Dialog::from_uac_response(&invite, &resp(OK)).unwrap();
+        let _ = d.new_request(Method::Info, VIA, None).unwrap();
+        let saved = d.save();
+        assert_eq!(saved.local_seq, 2);
+        let mut back = Dialog::restore(&saved).unwrap();
+        assert_eq!(back.save(), saved);
+        let bye = back.new_request(Method::Bye, VIA, None).unwrap();
+        let expected = d.new_request(Method::Bye, VIA, None).unwrap();
+        assert_eq!(bye.to_string(), expected.to_string());
+        assert!(bye.to_string().contains("\r\nCSeq: 3 BYE\r\n"));
     }
 
     #[test]

@@ -111,6 +111,10 @@ pub enum EndpointEvent {
         upserted: Vec<Binding>,
         /// Bindings gone (unregistered or expired): delete.
         removed: Vec<Binding>,
+        /// Increasing per event: the driver hands it to the writer, and
+        /// [`Endpoint::bindings_persisted`] with it releases the 200 OK
+        /// held for this change.
+        ticket: u64,
     },
 }
 
@@ -141,6 +145,12 @@ pub struct Endpoint {
     /// (DESIGN.md "shard by Call-ID"), not to this endpoint's table.
     routed: HashSet<String>,
     routed_out: VecDeque<Routed>,
+    /// The next [`EndpointEvent::BindingsChanged`] ticket.
+    next_ticket: u64,
+    /// Whether a REGISTER's 200 OK waits until its binding is stored.
+    ack_after_persist: bool,
+    /// 200 OKs waiting for their binding changes to be stored, by ticket.
+    held: BTreeMap<u64, (ServerKey, Response)>,
 }
 
 /// A validated message whose Call-ID belongs to a live call leg (DESIGN.md
@@ -202,6 +212,9 @@ impl Endpoint {
             transaction_events: VecDeque::new(),
             routed: HashSet::new(),
             routed_out: VecDeque::new(),
+            next_ticket: 1,
+            ack_after_persist: false,
+            held: BTreeMap::new(),
         }
     }
 
@@ -215,6 +228,36 @@ impl Endpoint {
     /// endpoint's answers (481 for in-dialog requests, RFC 3261 §12.2.2).
     pub fn unroute_call_id(&mut self, call_id: &str) {
         self.routed.remove(call_id);
+    }
+
+    /// Holds each REGISTER's 200 OK until the driver reports its binding
+    /// change stored ([`Self::bindings_persisted`]): an acknowledged
+    /// registration survives a crash (SPEC §5). Off by default (a driver
+    /// without persistence would never release them).
+    pub fn set_ack_after_persist(&mut self, on: bool) {
+        self.ack_after_persist = on;
+    }
+
+    /// Every binding change up to `ticket` is stored: sends the 200 OKs
+    /// held for them.
+    pub fn bindings_persisted(&mut self, now: Instant, ticket: u64) {
+        let later = self.held.split_off(&ticket.saturating_add(1));
+        let due = std::mem::replace(&mut self.held, later);
+        for (_, (key, response)) in due {
+            self.respond(now, &key, response);
+        }
+        self.drain_table_transmits();
+    }
+
+    /// REGISTER responses waiting for the database.
+    pub fn held_acks(&self) -> usize {
+        self.held.len()
+    }
+
+    fn take_ticket(&mut self) -> u64 {
+        let t = self.next_ticket;
+        self.next_ticket += 1;
+        t
     }
 
     /// The next message for a call leg (see [`Routed`]).
@@ -613,10 +656,12 @@ impl Endpoint {
         }
         for (aor, removed) in by_aor {
             tracing::debug!(%aor, count = removed.len(), "bindings expired");
+            let ticket = self.take_ticket();
             self.events.push_back(EndpointEvent::BindingsChanged {
                 aor,
                 upserted: Vec::new(),
                 removed,
+                ticket,
             });
         }
     }
@@ -836,11 +881,19 @@ impl Endpoint {
                 upserted.extend(outcome.refreshed);
                 if !upserted.is_empty() || !outcome.removed.is_empty() {
                     tracing::debug!(%user, %peer, upserted = upserted.len(), removed = outcome.removed.len(), "bindings changed");
+                    let ticket = self.take_ticket();
                     self.events.push_back(EndpointEvent::BindingsChanged {
                         aor: user,
                         upserted,
                         removed: outcome.removed,
+                        ticket,
                     });
+                    if self.ack_after_persist {
+                        // The transaction absorbs the phone's
+                        // retransmissions meanwhile (RFC 3261 §17.2.2).
+                        self.held.insert(ticket, (key, outcome.response));
+                        return;
+                    }
                 }
                 self.respond(now, &key, outcome.response);
             }
@@ -1164,11 +1217,44 @@ Contact: <sip:{user}@192.0.2.10:5062>\r\n\
             aor,
             upserted,
             removed,
+            ..
         }) = ep.poll_event()
         {
             out.push((aor, upserted.len(), removed.len()));
         }
         out
+    }
+
+    #[test]
+    fn a_register_is_acknowledged_once_its_binding_is_stored() {
+        let (mut ep, clock) = setup();
+        ep.set_ack_after_persist(true);
+        let phone = udp(PHONE);
+        let rs = feed(
+            &mut ep,
+            &clock,
+            phone,
+            &register(1, "alice", "Expires: 60\r\n"),
+        );
+        assert_eq!(codes(&rs), [401]);
+        let mut client = DigestClient::new("alice", "alice-secret");
+        let auth = answer(&mut client, &rs[0], "c1");
+        let text = register(2, "alice", &format!("Expires: 60\r\n{auth}"));
+        // The binding changed: no 200 OK until the driver says it is stored.
+        assert!(feed(&mut ep, &clock, phone, &text).is_empty());
+        assert_eq!(ep.held_acks(), 1);
+        let ticket = match ep.poll_event() {
+            Some(EndpointEvent::BindingsChanged { ticket, .. }) => ticket,
+            other => panic!("expected a binding change, got {other:?}"),
+        };
+        // A retransmission meanwhile is absorbed by the transaction.
+        assert!(feed(&mut ep, &clock, phone, &text).is_empty());
+        // An older ticket stored releases nothing.
+        ep.bindings_persisted(clock.now, ticket - 1);
+        assert!(drain(&mut ep, phone).is_empty());
+        ep.bindings_persisted(clock.now, ticket);
+        assert_eq!(codes(&drain(&mut ep, phone)), [200]);
+        assert_eq!(ep.held_acks(), 0);
     }
 
     #[test]

@@ -151,3 +151,21 @@ where
         .filter(|p| p.covers(e164))
         .max_by_key(|p| (!p.is_prefix(), p.digits().len())))
 }
+
+/// Whether lead `lead_id` is marked "do not call" (`leads.do_not_call`);
+/// false when there is no such lead.
+pub(crate) async fn lead_flag<DB>(pool: &Pool<DB>, lead_id: i64) -> Result<bool, StoreError>
+where
+    DB: Database,
+    for<'c> &'c Pool<DB>: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'r> (i64,): FromRow<'r, DB::Row>,
+{
+    let row: Option<(i64,)> =
+        sqlx::query_as::<DB, (i64,)>("SELECT do_not_call FROM leads WHERE id = $1")
+            .bind(lead_id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.is_some_and(|(f,)| f != 0))
+}

@@ -176,13 +176,14 @@ macro_rules! store_methods {
             now_ms: i64,
         ) -> Result<i64, sqlx::Error> {
             let id: i64 = sqlx::query_scalar(
-                "INSERT INTO leads (name, status, created_ms, updated_ms) \
-                 VALUES ($1, $2, $3, $4) RETURNING id",
+                "INSERT INTO leads (name, status, created_ms, updated_ms, do_not_call) \
+                 VALUES ($1, $2, $3, $4, $5) RETURNING id",
             )
             .bind(&lead.name)
             .bind(&lead.status)
             .bind(lead.created_ms)
             .bind(now_ms)
+            .bind(i64::from(lead.do_not_call))
             .fetch_one(&mut *conn)
             .await?;
             insert_contacts(conn, id, &lead.contacts).await?;
@@ -212,7 +213,7 @@ macro_rules! store_methods {
                 }};
             }
             let sql = format!(
-                "SELECT id, name, status, created_ms, updated_ms FROM leads WHERE id IN ({ph})"
+                "SELECT id, name, status, created_ms, updated_ms, do_not_call FROM leads WHERE id IN ({ph})"
             );
             for row in bind_ids!(sqlx::query(&sql)).fetch_all(&mut *conn).await? {
                 let id: i64 = row.try_get("id")?;
@@ -227,6 +228,7 @@ macro_rules! store_methods {
                         contacts: Vec::new(),
                         custom: BTreeMap::new(),
                         opportunities: Vec::new(),
+                        do_not_call: row.try_get::<i64, _>("do_not_call")? != 0,
                     },
                 );
             }
@@ -373,13 +375,15 @@ macro_rules! store_methods {
                 let mut tx = self.begin_write().await?;
                 let done = sqlx::query(
                     "UPDATE leads SET name = COALESCE($1, name), status = COALESCE($2, status), \
-                     created_ms = COALESCE($3, created_ms), updated_ms = $4 WHERE id = $5",
+                     created_ms = COALESCE($3, created_ms), updated_ms = $4, \
+                     do_not_call = COALESCE($6, do_not_call) WHERE id = $5",
                 )
                 .bind(p.name.as_deref())
                 .bind(p.status.as_deref())
                 .bind(p.created_ms)
                 .bind(now_ms)
                 .bind(id)
+                .bind(p.do_not_call.map(i64::from))
                 .execute(&mut *tx)
                 .await
                 .map_err(map)?;

@@ -9,8 +9,10 @@
 //! milliseconds in the database and [`chrono::DateTime<Utc>`] in the model.
 
 pub mod agents;
+pub mod audit;
 mod dnc;
 pub mod lead_notes;
+pub mod legs;
 #[macro_use]
 mod methods;
 pub mod postgres;
@@ -518,12 +520,44 @@ impl Store {
         dispatch!(self, s => dnc::delete(s.pool(), p).await)
     }
 
+    /// Whether the lead is marked "do not call" (false for a lead that does
+    /// not exist). Asked before every dial for a lead, like the list.
+    pub async fn lead_do_not_call(&self, lead_id: i64) -> Result<bool, StoreError> {
+        dispatch!(self, s => dnc::lead_flag(s.pool(), lead_id).await)
+    }
+
     /// The do-not-call pattern covering an E.164 number, if any (the number
     /// itself before the longest covering prefix). Asked
     /// before every dial, so a number added on any instance is never dialed
     /// by another (R13's shared database).
     pub async fn dnc_match(&self, e164: &str) -> Result<Option<DncPattern>, StoreError> {
         dispatch!(self, s => dnc::matching(s.pool(), e164).await)
+    }
+
+    /// Saves a batch of the leg journal in one transaction (see
+    /// [`legs::save`]); called by the journal writer only.
+    pub async fn save_legs(
+        &self,
+        upserts: &[legs::LegRow],
+        removals: &[String],
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => legs::save(s.pool(), upserts, removals).await)
+    }
+
+    /// Every journaled leg (read at start-up, before anything dials).
+    pub async fn load_legs(&self) -> Result<Vec<legs::LegRow>, StoreError> {
+        dispatch!(self, s => legs::load(s.pool()).await)
+    }
+
+    /// Settles the calls of legs lost in a crash and clears their journal
+    /// rows (see [`legs::settle`]): `(record id, outcome, answered_ms)`.
+    pub async fn settle_lost_legs(
+        &self,
+        calls: &[(i64, &str, Option<i64>)],
+        call_ids: &[String],
+        now_ms: i64,
+    ) -> Result<Vec<legs::Settled>, StoreError> {
+        dispatch!(self, s => legs::settle(s.pool(), calls, call_ids, now_ms).await)
     }
 
     /// Every stored binding, for the registrar to load at start.

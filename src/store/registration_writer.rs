@@ -20,11 +20,19 @@
 //! catches up. A failed commit keeps its changes (newer ones for the same
 //! key win) and is retried. On shutdown the writer flushes what is pending
 //! before it returns.
+//!
+//! A REGISTER is acknowledged only once its binding is on disk: every
+//! change carries the SIP task's ticket (increasing), and after each
+//! commit the writer publishes the highest ticket below which everything
+//! is committed ([`RegistrationSender::persisted`]); the endpoint holds
+//! each 200 OK until its ticket is covered. A crash can lose a binding only
+//! when its phone never got the 200 OK (and so registers again), never one
+//! that was acknowledged, under any load.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::leads::model::Registration;
 use crate::store::Store;
@@ -91,6 +99,8 @@ pub struct RegistrationBatch {
     pub upserts: Vec<Registration>,
     /// `(aor, contact)` rows to delete.
     pub removals: Vec<(String, String)>,
+    /// The oldest ticket among the changes taken.
+    pub oldest_ticket: Option<u64>,
 }
 
 impl RegistrationBatch {
@@ -108,8 +118,10 @@ impl RegistrationBatch {
 /// The coalescing set of changes not yet committed: pure, no I/O, no clock.
 #[derive(Debug)]
 pub struct PendingRegistrations {
-    /// The latest change per `(aor, contact)`.
-    latest: HashMap<(String, String), RegistrationChange>,
+    /// The latest change per `(aor, contact)`, with the oldest ticket
+    /// whose change it carries (or superseded: that ticket is durable only
+    /// once this entry is committed).
+    latest: HashMap<(String, String), (RegistrationChange, u64)>,
     bound: usize,
 }
 
@@ -125,10 +137,19 @@ impl PendingRegistrations {
     /// Records a change; it replaces any pending change of the same key
     /// (last write wins). Never refuses: the bound is a signal to stop
     /// feeding, not a limit that loses data.
-    pub fn push(&mut self, change: RegistrationChange) {
+    pub fn push(&mut self, change: RegistrationChange, ticket: u64) {
         let (aor, contact) = change.key();
         let key = (aor.to_string(), contact.to_string());
-        self.latest.insert(key, change);
+        let ticket = self
+            .latest
+            .get(&key)
+            .map_or(ticket, |(_, t)| (*t).min(ticket));
+        self.latest.insert(key, (change, ticket));
+    }
+
+    /// The oldest ticket not yet committed, if any.
+    pub fn oldest_ticket(&self) -> Option<u64> {
+        self.latest.values().map(|(_, t)| *t).min()
     }
 
     /// Distinct keys pending.
@@ -155,12 +176,13 @@ impl PendingRegistrations {
         } else {
             self.latest.keys().take(max).cloned().collect()
         };
-        let taken: Vec<RegistrationChange> = if keys.is_empty() {
+        let taken: Vec<(RegistrationChange, u64)> = if keys.is_empty() {
             self.latest.drain().map(|(_, c)| c).collect()
         } else {
             keys.iter().filter_map(|k| self.latest.remove(k)).collect()
         };
-        for change in taken {
+        batch.oldest_ticket = taken.iter().map(|(_, t)| *t).min();
+        for (change, _) in taken {
             match change {
                 RegistrationChange::Upsert(r) => batch.upserts.push(r),
                 RegistrationChange::Remove { aor, contact } => batch.removals.push((aor, contact)),
@@ -173,6 +195,7 @@ impl PendingRegistrations {
     /// was taken are newer and stay; the batch fills only the keys they
     /// left alone.
     pub fn restore(&mut self, batch: RegistrationBatch) {
+        let ticket = batch.oldest_ticket.unwrap_or(0);
         let changes = batch
             .upserts
             .into_iter()
@@ -185,9 +208,12 @@ impl PendingRegistrations {
             );
         for change in changes {
             let (aor, contact) = change.key();
-            self.latest
+            let entry = self
+                .latest
                 .entry((aor.to_string(), contact.to_string()))
-                .or_insert(change);
+                .or_insert((change, ticket));
+            // A newer change kept its place; the older tickets wait for it.
+            entry.1 = entry.1.min(ticket);
         }
     }
 }
@@ -232,8 +258,16 @@ impl<T: Copy + std::ops::Sub<T, Output = Duration>> WarnLimiter<T> {
 /// The SIP task's end of the writer's channel.
 #[derive(Debug)]
 pub struct RegistrationSender {
-    tx: mpsc::Sender<Vec<RegistrationChange>>,
+    tx: mpsc::Sender<(Vec<RegistrationChange>, u64)>,
     waits: WarnLimiter<std::time::Instant>,
+    persisted: watch::Receiver<u64>,
+}
+
+/// The writer's end of the channel: changes in, the committed ticket out.
+#[derive(Debug)]
+pub struct RegistrationReceiver {
+    rx: mpsc::Receiver<(Vec<RegistrationChange>, u64)>,
+    persisted: watch::Sender<u64>,
 }
 
 /// The writer task stopped (only after a shutdown): the changes were not
@@ -243,25 +277,35 @@ pub struct RegistrationSender {
 pub struct WriterStopped;
 
 /// Makes the channel between the SIP task and [`run_writer`].
-pub fn channel() -> (RegistrationSender, mpsc::Receiver<Vec<RegistrationChange>>) {
+pub fn channel() -> (RegistrationSender, RegistrationReceiver) {
     let (tx, rx) = mpsc::channel(CHANNEL);
+    let (persisted_tx, persisted_rx) = watch::channel(0);
     (
         RegistrationSender {
             tx,
             waits: WarnLimiter::new(WARN_EVERY),
+            persisted: persisted_rx,
         },
-        rx,
+        RegistrationReceiver {
+            rx,
+            persisted: persisted_tx,
+        },
     )
 }
 
 impl RegistrationSender {
-    /// Hands the changes of one REGISTER (or one expiry) to the writer.
-    /// Waits while the writer is behind (backpressure); never drops.
-    pub async fn send(&mut self, changes: Vec<RegistrationChange>) -> Result<(), WriterStopped> {
+    /// Hands the changes of one REGISTER (or one expiry) to the writer
+    /// under `ticket` (increasing from call to call). Waits while the writer
+    /// is behind (backpressure); never drops.
+    pub async fn send(
+        &mut self,
+        changes: Vec<RegistrationChange>,
+        ticket: u64,
+    ) -> Result<(), WriterStopped> {
         if changes.is_empty() {
             return Ok(());
         }
-        let changes = match self.tx.try_send(changes) {
+        let changes = match self.tx.try_send((changes, ticket)) {
             Ok(()) => return Ok(()),
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(WriterStopped),
             Err(mpsc::error::TrySendError::Full(c)) => c,
@@ -276,15 +320,26 @@ impl RegistrationSender {
         }
         self.tx.send(changes).await.map_err(|_| WriterStopped)
     }
+
+    /// Every ticket up to the watched value is committed.
+    pub fn persisted(&self) -> watch::Receiver<u64> {
+        self.persisted.clone()
+    }
 }
 
 /// The writer task: coalesces changes from `changes` and commits them in
 /// batches until every sender is gone, then flushes what is pending and
 /// returns (graceful shutdown keeps every acknowledged binding).
 #[allow(clippy::disallowed_methods)] // a driver: owns its timer.
-pub async fn run_writer(store: Store, mut changes: mpsc::Receiver<Vec<RegistrationChange>>) {
+pub async fn run_writer(store: Store, channel: RegistrationReceiver) {
     use tokio::time::Instant;
 
+    let RegistrationReceiver {
+        rx: mut changes,
+        persisted,
+    } = channel;
+    // The highest ticket received.
+    let mut received: u64 = 0;
     let mut pending = PendingRegistrations::new(MAX_PENDING);
     // When the oldest uncommitted change arrived.
     let mut oldest: Option<Instant> = None;
@@ -313,9 +368,10 @@ pub async fn run_writer(store: Store, mut changes: mpsc::Receiver<Vec<Registrati
             };
             tokio::select! {
                 msg = changes.recv(), if open && !pending.is_full() => match msg {
-                    Some(more) => {
+                    Some((more, ticket)) => {
                         oldest.get_or_insert_with(Instant::now);
-                        more.into_iter().for_each(|c| pending.push(c));
+                        received = received.max(ticket);
+                        more.into_iter().for_each(|c| pending.push(c, ticket));
                     }
                     None => {
                         open = false;
@@ -346,9 +402,10 @@ pub async fn run_writer(store: Store, mut changes: mpsc::Receiver<Vec<Registrati
             tokio::select! {
                 done = &mut commit => break done,
                 msg = changes.recv(), if open && !pending.is_full() => match msg {
-                    Some(more) => {
+                    Some((more, ticket)) => {
                         oldest.get_or_insert_with(Instant::now);
-                        more.into_iter().for_each(|c| pending.push(c));
+                        received = received.max(ticket);
+                        more.into_iter().for_each(|c| pending.push(c, ticket));
                     }
                     None => {
                         open = false;
@@ -360,6 +417,15 @@ pub async fn run_writer(store: Store, mut changes: mpsc::Receiver<Vec<Registrati
         match result {
             Ok(()) => {
                 retry = RETRY_MIN;
+                // Everything below the oldest pending ticket is on disk.
+                let committed = pending
+                    .oldest_ticket()
+                    .map_or(received, |t| t.saturating_sub(1));
+                persisted.send_if_modified(|w| {
+                    let newer = committed > *w;
+                    *w = (*w).max(committed);
+                    newer
+                });
                 crate::metrics::metrics()
                     .registrations_saved
                     .inc_by(batch.len() as u64);
@@ -394,6 +460,26 @@ pub async fn run_writer(store: Store, mut changes: mpsc::Receiver<Vec<Registrati
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_oldest_pending_ticket_holds_the_watermark_back() {
+        let mut p = PendingRegistrations::new(100);
+        assert_eq!(p.oldest_ticket(), None);
+        p.push(RegistrationChange::Upsert(reg("a", "x", 1)), 7);
+        p.push(RegistrationChange::Upsert(reg("b", "x", 1)), 8);
+        // A newer change of the same key keeps the older ticket waiting.
+        p.push(RegistrationChange::Upsert(reg("a", "x", 2)), 9);
+        assert_eq!(p.oldest_ticket(), Some(7));
+        let batch = p.take(100);
+        assert_eq!(batch.oldest_ticket, Some(7));
+        assert_eq!(p.oldest_ticket(), None);
+        // The commit failed; a change to `b` came meanwhile: restored, the
+        // batch's oldest ticket waits again, on both keys.
+        p.push(RegistrationChange::Upsert(reg("b", "x", 3)), 10);
+        p.restore(batch);
+        assert_eq!(p.oldest_ticket(), Some(7));
+        assert_eq!(p.len(), 2);
+    }
+
     fn reg(aor: &str, contact: &str, cseq: i64) -> Registration {
         Registration {
             aor: aor.into(),
@@ -417,9 +503,9 @@ mod tests {
     #[test]
     fn last_write_per_key_wins() {
         let mut p = PendingRegistrations::new(100);
-        p.push(RegistrationChange::Upsert(reg("a", "sip:a@h", 1)));
-        p.push(RegistrationChange::Upsert(reg("a", "sip:a@h", 2)));
-        p.push(RegistrationChange::Upsert(reg("b", "sip:b@h", 1)));
+        p.push(RegistrationChange::Upsert(reg("a", "sip:a@h", 1)), 1);
+        p.push(RegistrationChange::Upsert(reg("a", "sip:a@h", 2)), 2);
+        p.push(RegistrationChange::Upsert(reg("b", "sip:b@h", 1)), 3);
         assert_eq!(p.len(), 2);
         let mut batch = p.take(100);
         batch.upserts.sort_by(|x, y| x.aor.cmp(&y.aor));
@@ -434,10 +520,10 @@ mod tests {
     #[test]
     fn removal_replaces_upsert_and_upsert_replaces_removal() {
         let mut p = PendingRegistrations::new(100);
-        p.push(RegistrationChange::Upsert(reg("a", "sip:a@h", 1)));
-        p.push(remove("a", "sip:a@h"));
-        p.push(remove("b", "sip:b@h"));
-        p.push(RegistrationChange::Upsert(reg("b", "sip:b@h", 3)));
+        p.push(RegistrationChange::Upsert(reg("a", "sip:a@h", 1)), 4);
+        p.push(remove("a", "sip:a@h"), 5);
+        p.push(remove("b", "sip:b@h"), 6);
+        p.push(RegistrationChange::Upsert(reg("b", "sip:b@h", 3)), 7);
         let batch = p.take(100);
         assert_eq!(
             batch.removals,
@@ -449,9 +535,9 @@ mod tests {
     #[test]
     fn keys_are_aor_and_contact() {
         let mut p = PendingRegistrations::new(100);
-        p.push(RegistrationChange::Upsert(reg("a", "sip:a@h1", 1)));
-        p.push(RegistrationChange::Upsert(reg("a", "sip:a@h2", 1)));
-        p.push(remove("b", "sip:a@h1"));
+        p.push(RegistrationChange::Upsert(reg("a", "sip:a@h1", 1)), 8);
+        p.push(RegistrationChange::Upsert(reg("a", "sip:a@h2", 1)), 9);
+        p.push(remove("b", "sip:a@h1"), 10);
         assert_eq!(p.len(), 3);
         assert_eq!(p.take(100).len(), 3);
     }
@@ -459,15 +545,15 @@ mod tests {
     #[test]
     fn full_is_a_signal_not_a_loss() {
         let mut p = PendingRegistrations::new(2);
-        p.push(RegistrationChange::Upsert(reg("a", "x", 1)));
+        p.push(RegistrationChange::Upsert(reg("a", "x", 1)), 11);
         assert!(!p.is_full());
-        p.push(RegistrationChange::Upsert(reg("b", "x", 1)));
+        p.push(RegistrationChange::Upsert(reg("b", "x", 1)), 12);
         assert!(p.is_full());
         // A refresh of a pending key does not grow the set.
-        p.push(RegistrationChange::Upsert(reg("b", "x", 2)));
+        p.push(RegistrationChange::Upsert(reg("b", "x", 2)), 13);
         assert_eq!(p.len(), 2);
         // Past the bound the change is still kept.
-        p.push(RegistrationChange::Upsert(reg("c", "x", 1)));
+        p.push(RegistrationChange::Upsert(reg("c", "x", 1)), 14);
         assert_eq!(p.len(), 3);
         let first = p.take(2);
         assert_eq!(first.len(), 2);
@@ -487,11 +573,11 @@ mod tests {
     #[test]
     fn a_failed_batch_comes_back_under_newer_changes() {
         let mut p = PendingRegistrations::new(100);
-        p.push(RegistrationChange::Upsert(reg("a", "x", 1)));
-        p.push(RegistrationChange::Upsert(reg("b", "x", 1)));
+        p.push(RegistrationChange::Upsert(reg("a", "x", 1)), 15);
+        p.push(RegistrationChange::Upsert(reg("b", "x", 1)), 16);
         let failed = p.take(100);
         // Arrived while the failed batch was committing: newer.
-        p.push(remove("a", "x"));
+        p.push(remove("a", "x"), 17);
         p.restore(failed);
         let batch = p.take(100);
         assert_eq!(batch.removals, vec![("a".to_string(), "x".to_string())]);

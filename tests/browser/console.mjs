@@ -202,6 +202,33 @@ try {
   }
   await shot(page, 'agent-connected');
 
+  // ---- "Do not call": two clicks put the lead's number on the list (the
+  // call goes on); checked through the API with the admin token, then
+  // taken off again so the rest of the run dials as before.
+  await page.getByRole('button', { name: 'Do not call' }).click();
+  await page.getByRole('button', { name: /Click again: never call this number/ }).click();
+  const dncSaid = await until(5000, async () => {
+    const t = ((await page.textContent('#action-status')) || '').trim();
+    return t.includes('do-not-call list') ? t : null;
+  });
+  if (!dncSaid) fail('"Do not call" gave no confirmation: ' + ((await page.textContent('#action-error')) || ''));
+  else {
+    const digits = (x) => String(x).replace(/[^0-9]/g, '');
+    const listed = await (await fetch(new URL('/api/v1/dnc?limit=100', cfg.url), {
+      headers: { Authorization: 'Bearer ' + cfg.token },
+    })).json();
+    const entry = (listed.data || []).find((e) => digits(e.number) === digits(connected.number));
+    if (!entry) fail(`"Do not call" said "${dncSaid}" but ${connected.number} is not on the list: ${JSON.stringify(listed)}`);
+    else {
+      step(`Do not call: ${entry.number} listed ("${dncSaid}")`);
+      result.dnc = entry.number;
+      await fetch(new URL('/api/v1/dnc/' + encodeURIComponent(entry.number), cfg.url), {
+        method: 'DELETE',
+        headers: { Authorization: 'Bearer ' + cfg.token },
+      });
+    }
+  }
+
   // ---- Notes: type through the lead's hang-up; the dialer must wait.
   const note =
     'Spoke with the CFO. Interested in the annual plan; wants a demo next Tuesday at 10. ' +

@@ -16,6 +16,8 @@ pub struct App {
     pub http: SocketAddr,
     pub log: PathBuf,
     pub token: String,
+    /// Runs with the whole day open for calls (see [`spawn_app_with`]).
+    whole_day: bool,
 }
 
 /// Agents every app has: (username, password).
@@ -77,6 +79,11 @@ pub fn spawn_app_with(opts: AppOptions) -> App {
     let db = opts
         .database_url
         .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("powerdial.db").display()));
+    // Calling hours (SPEC §4, default 08:00–21:00 in each lead's zone)
+    // would make every test that dials pass or fail by the time of day: a
+    // test that is not about them runs with the whole day open; the tests
+    // about them set `calling_hours` themselves.
+    let whole_day = !opts.extra_toml.contains("calling_hours");
     let mut agents = String::new();
     for (u, p) in AGENTS {
         agents.push_str(&format!(
@@ -114,7 +121,14 @@ token = "{token}"
     std::fs::write(&cfg_path, config).expect("write config");
     let log = dir.path().join("powerdial.log");
     let log_file = std::fs::File::create(&log).expect("log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_powerdial"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_powerdial"));
+    if whole_day {
+        command.env(
+            "POWERDIAL_DIALER_CALLING_HOURS",
+            r#"{ start = "00:00", end = "24:00" }"#,
+        );
+    }
+    let child = command
         .args(["serve", "--config"])
         .arg(&cfg_path)
         .env("POWERDIAL_LOG", "debug")
@@ -132,6 +146,7 @@ token = "{token}"
         http: SocketAddr::from(([127, 0, 0, 1], http_port)),
         log,
         token,
+        whole_day,
     };
     app.wait_ready();
     app
@@ -193,7 +208,14 @@ impl App {
             .append(true)
             .open(&self.log)
             .expect("log file");
-        self.child = Command::new(env!("CARGO_BIN_EXE_powerdial"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_powerdial"));
+        if self.whole_day {
+            command.env(
+                "POWERDIAL_DIALER_CALLING_HOURS",
+                r#"{ start = "00:00", end = "24:00" }"#,
+            );
+        }
+        self.child = command
             .args(["serve", "--config"])
             .arg(&self.config)
             .env("POWERDIAL_LOG", "debug")

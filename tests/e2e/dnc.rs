@@ -180,6 +180,29 @@ fn listed_numbers_never_reach_the_carrier() {
         "a listed number reached the carrier: {invited:?}"
     );
 
+    // The audit has the three, with their reason (written off the dialing
+    // path, so polled for).
+    let mut audit = Value::Null;
+    wait_for("the audit entries", Duration::from_secs(5), || {
+        audit = get(&app, "/api/v1/audit?reason=do_not_call");
+        audit["data"].as_array().map(Vec::len) == Some(3)
+    });
+    let actions: Vec<&str> = audit["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert_eq!(actions, ["refused", "restricted", "restricted"], "{audit}");
+    assert_eq!(audit["data"][1]["session_id"], sid, "{audit}");
+    assert_eq!(audit["data"][1]["lead_id"], leads[0], "{audit}");
+    assert!(
+        audit["data"][2]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("+44207947*")),
+        "the covering pattern: {audit}"
+    );
+
     let (_, metrics) = app.http_get("/metrics");
     assert!(
         metrics.contains("powerdial_dnc_refused_total 3"),

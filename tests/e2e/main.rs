@@ -6,13 +6,16 @@
 mod agents_api;
 mod api_auth;
 mod app;
+mod calling_hours;
 mod calls;
 mod calls_failures;
 mod capture;
 mod console;
+mod crash;
 mod demo;
 mod dnc;
 mod flood;
+mod lead_dnc;
 mod media_hijack;
 mod metrics;
 mod openapi;

@@ -92,6 +92,12 @@ fn sigterm_cancels_ringing_leads_and_lets_connected_calls_finish_then_byes_them(
     // Every call has its outcome (read after a restart: it was stored
     // before the process exited).
     app.restart();
+    // A graceful stop leaves no leg in the leg journal for the next start
+    // to end.
+    assert!(
+        !app.log_text().contains("legs left up by a crash"),
+        "the graceful stop left journaled legs"
+    );
     let r = record(&app, talking);
     assert_eq!(r["outcome"], "answered", "{r}");
     assert!(!r["ended_at"].is_null(), "{r}");
@@ -136,6 +142,10 @@ fn a_second_sigterm_hangs_up_at_once() {
         at(&carrier_events(&carrier.events), "ended", "442079460200").is_some()
     });
     app.restart();
+    assert!(
+        !app.log_text().contains("legs left up by a crash"),
+        "the hurried stop left journaled legs"
+    );
     let r = record(&app, talking);
     assert_eq!(r["outcome"], "answered", "{r}");
     assert!(!r["ended_at"].is_null(), "{r}");

@@ -572,6 +572,11 @@ mod prop {
         Advance(i64),
         Reset,
         External(i64),
+        /// The agent's claimed lead is outside its calling hours: held
+        /// for that long.
+        Hold(i64, i64),
+        /// The calling hours changed: every hold ends.
+        ClearHolds,
     }
 
     fn outcome() -> impl Strategy<Value = Outcome> {
@@ -596,6 +601,8 @@ mod prop {
             2 => (0..90 * MIN).prop_map(Op::Advance),
             1 => Just(Op::Reset),
             1 => (0..LEADS).prop_map(Op::External),
+            2 => (0..AGENTS, 1..100 * MIN).prop_map(|(a, t)| Op::Hold(a, t)),
+            1 => Just(Op::ClearHolds),
         ]
     }
 
@@ -613,6 +620,8 @@ mod prop {
         live: HashMap<i64, (i64, u32)>,
         held: HashMap<i64, (Claim, u32)>,
         epoch: HashMap<i64, u32>,
+        /// Calling-hours holds: lead → opening.
+        hold: HashMap<i64, i64>,
     }
 
     fn ordered(keys: &[Option<u8>]) -> Vec<i64> {
@@ -667,6 +676,9 @@ mod prop {
                             now >= t + block,
                             "lead {lead} within another session's block"
                         );
+                    }
+                    if let Some(&t) = m.hold.get(&lead) {
+                        prop_assert!(now >= t, "lead {lead} claimed while held until {t}");
                     }
                     let epoch = m.epoch.get(&lead).copied().unwrap_or(0);
                     m.live.insert(lead, (agent, epoch));
@@ -742,6 +754,32 @@ mod prop {
                     if m.seen.contains(&lead) {
                         m.external.insert(lead, now);
                     }
+                }
+                Op::Hold(agent, ms) => {
+                    let Some((c, epoch)) = m.held.remove(&agent) else {
+                        let any = Claim {
+                            lead: LeadId(0),
+                            generation: 0,
+                            tier: Tier::Uncalled,
+                            view_pos: 0,
+                        };
+                        prop_assert!(q
+                            .hold(AgentId(agent), &any, now + ms, chrono_tz::UTC, false)
+                            .is_err());
+                        continue;
+                    };
+                    let lead = c.lead.0;
+                    m.live.remove(&lead);
+                    prop_assert!(q
+                        .hold(AgentId(agent), &c, now + ms, chrono_tz::UTC, false)
+                        .is_ok());
+                    if m.epoch.get(&lead).copied().unwrap_or(0) == epoch {
+                        m.hold.insert(lead, now + ms);
+                    }
+                }
+                Op::ClearHolds => {
+                    q.clear_holds(now);
+                    m.hold.clear();
                 }
             }
             let counts = q.counts();
@@ -836,4 +874,126 @@ fn explanations_read_as_sentences() {
         assert_eq!(e.rule(), rule);
         assert!(!e.sentence().contains('R'), "{}", e.sentence());
     }
+}
+
+/// The session driver's part of calling hours, as `session.rs` does it:
+/// claim, ask the lead's zones for a verdict at `now`, hold or dial.
+fn claim_in_hours(
+    q: &mut SessionQueue,
+    agent: AgentId,
+    zones: &HashMap<i64, chrono_tz::Tz>,
+    now: i64,
+) -> Option<Claim> {
+    use crate::dialer::hours::{CallingHours, Verdict};
+    let hours = CallingHours::default();
+    loop {
+        let c = claim(q, agent, now)?;
+        match hours.verdict(&[zones[&c.lead.0]], now) {
+            Verdict::Open => return Some(c),
+            Verdict::Closed {
+                opens_at,
+                zone,
+                holiday,
+            } => q
+                .hold(agent, &c, opens_at.expect("opens"), zone, holiday)
+                .unwrap(),
+        }
+    }
+}
+
+fn utc(s: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .unwrap()
+        .timestamp_millis()
+}
+
+#[test]
+fn calling_hours_honolulu_and_new_york_in_one_session() {
+    use chrono_tz::America::New_York;
+    use chrono_tz::Pacific::Honolulu;
+    // 1 in Honolulu first in the view, 2 in New York.
+    let zones: HashMap<i64, chrono_tz::Tz> = [(1, Honolulu), (2, New_York)].into();
+    // 15:00 UTC in January: 10:00 in New York, 05:00 in Honolulu.
+    let now = utc("2026-01-15T15:00:00Z");
+    let opens = utc("2026-01-15T18:00:00Z"); // 08:00 HST
+    let mut q = queue(&[1, 2], now);
+    let c = claim_in_hours(&mut q, A, &zones, now).unwrap();
+    assert_eq!(c.lead, LeadId(2), "New York is callable, Honolulu held");
+    let e = q.explain(LeadId(1), now);
+    assert_eq!(e.to_string(), "calling hours: opens 08:00 Pacific/Honolulu");
+    assert_eq!(e.rule(), "calling_hours");
+    assert!(
+        e.sentence().contains("08:00 Pacific/Honolulu"),
+        "{}",
+        e.sentence()
+    );
+    let held: Vec<_> = q.upcoming(now).collect();
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].state, ItemState::Held { until: opens });
+    assert_eq!(q.counts().held, 1);
+    q.report(A, c.lead, c.generation, Outcome::Answered, now)
+        .unwrap();
+
+    // The engine wakes at the opening, not before (no busy loop).
+    assert_eq!(q.next_wakeup(now), Some(opens));
+    // One second before: still held; at the instant: callable.
+    assert_eq!(claim_in_hours(&mut q, A, &zones, opens - 1000), None);
+    assert_eq!(claim_in_hours(&mut q, A, &zones, opens - 1), None);
+    let c = claim_in_hours(&mut q, A, &zones, opens).unwrap();
+    assert_eq!((c.lead, c.tier), (LeadId(1), Tier::Uncalled));
+    assert_eq!(q.counts().held, 0);
+}
+
+#[test]
+fn calling_hours_across_a_dst_change() {
+    use chrono_tz::America::New_York;
+    let zones: HashMap<i64, chrono_tz::Tz> = [(7, New_York)].into();
+    // Saturday 21:30 EST; New York springs forward that night, so Sunday's
+    // 08:00 is 12:00 UTC (it was 13:00 UTC on Saturday).
+    let night = utc("2026-03-08T02:30:00Z");
+    let mut q = queue(&[7], night);
+    assert_eq!(claim_in_hours(&mut q, A, &zones, night), None);
+    let opens = utc("2026-03-08T12:00:00Z");
+    assert_eq!(q.next_wakeup(night), Some(opens));
+    assert_eq!(
+        q.explain(LeadId(7), night).to_string(),
+        "calling hours: opens 08:00 America/New_York"
+    );
+    assert_eq!(claim_in_hours(&mut q, A, &zones, opens - 1000), None);
+    assert_eq!(
+        claim_in_hours(&mut q, A, &zones, opens).unwrap().lead,
+        LeadId(7)
+    );
+}
+
+#[test]
+fn a_held_lead_keeps_its_place_and_its_block_rules() {
+    use chrono_tz::America::New_York;
+    use chrono_tz::Pacific::Honolulu;
+    let zones: HashMap<i64, chrono_tz::Tz> = [(1, Honolulu), (2, New_York), (3, New_York)].into();
+    let now = utc("2026-01-15T15:00:00Z");
+    let opens = utc("2026-01-15T18:00:00Z");
+    let mut q = queue(&[1, 2, 3], now);
+    // 2 and 3 are called (and answer) while 1 is held.
+    for expected in [2, 3] {
+        let c = claim_in_hours(&mut q, A, &zones, now).unwrap();
+        assert_eq!(c.lead.0, expected);
+        q.report(A, c.lead, c.generation, Outcome::Answered, now)
+            .unwrap();
+    }
+    // Another session calls 1 meanwhile (R4): its block outlasts the hold.
+    q.record_external_call(LeadId(1), opens - MIN);
+    assert!(matches!(
+        q.explain(LeadId(1), now),
+        Explanation::Blocked { .. }
+    ));
+    assert_eq!(claim_in_hours(&mut q, A, &zones, opens), None);
+    let c = claim_in_hours(&mut q, A, &zones, opens - MIN + HOUR).unwrap();
+    assert_eq!((c.lead, c.tier), (LeadId(1), Tier::Uncalled), "R3: first");
+    // A change of hours ends the holds at once.
+    q.release(A);
+    let mut q = queue(&[1], now);
+    assert_eq!(claim_in_hours(&mut q, A, &zones, now), None);
+    q.clear_holds(now);
+    assert_eq!(claim(&mut q, A, now).unwrap().lead, LeadId(1));
 }

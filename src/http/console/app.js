@@ -652,6 +652,7 @@
     b('btn-pause', !['paused', 'left'].includes(st));
     b('btn-resume', st === 'paused' || st === 'left');
     b('btn-hangup', ['dialing', 'ringing', 'connected'].includes(st));
+    b('btn-dnc', ['connected', 'wrap_up'].includes(st) && me.leadId != null);
     b('btn-next', ['ready', 'dialing', 'ringing', 'connected', 'wrap_up', 'paused'].includes(st));
     setText($('cb-pending'), me.pauseAfterCall ? 'Pausing after this call' : '');
     tick();
@@ -782,6 +783,34 @@
   $('btn-resume').addEventListener('click', () => agentAction('resume'));
   $('btn-hangup').addEventListener('click', () => agentAction('hangup'));
   $('btn-next').addEventListener('click', () => agentAction('next'));
+
+  // "Do not call" (SPEC §4): the lead asked not to be called again. Two
+  // clicks, like the reset, so a stray click lists nobody; the call goes on.
+  let dncArmed = null;
+  $('btn-dnc').addEventListener('click', async () => {
+    const b = $('btn-dnc');
+    setText($('action-status'), '');
+    if (!dncArmed) {
+      b.textContent = 'Click again: never call this number';
+      b.classList.add('danger');
+      dncArmed = setTimeout(() => {
+        dncArmed = null;
+        b.textContent = 'Do not call';
+        b.classList.remove('danger');
+      }, 5000);
+      return;
+    }
+    clearTimeout(dncArmed);
+    dncArmed = null;
+    b.textContent = 'Do not call';
+    b.classList.remove('danger');
+    try {
+      const r = await api('POST', `/api/v1/sessions/${me.sessionId}/agents/${encodeURIComponent(me.name)}/dnc`);
+      setText($('action-status'), `${r.number || 'The number'} is on the do-not-call list: it will not be dialed again.`);
+    } catch (e) {
+      $('action-error').textContent = 'Not added to the do-not-call list: ' + e.message;
+    }
+  });
 
   // Keyboard shortcuts for the buttons pressed all day (shown beside them):
   // Alt+N call next lead, Alt+P pause, Alt+R resume, Alt+H hang up; they

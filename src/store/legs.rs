@@ -1,0 +1,227 @@
+//! The leg journal's SQL (`call_legs`, migration 0033), written once for
+//! both backends like [`super::dnc`]: the state needed to end every live
+//! SIP leg after a crash (RFC 3261 §15.1.1 BYE, §9.1 CANCEL), saved in
+//! batches by the journal writer (`call::leg_journal`) and read, settled
+//! and cleared at start-up (`call::recovery`).
+
+use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Pool, Type};
+
+use super::StoreError;
+
+/// One live leg as stored: plain text and numbers, so the store knows
+/// nothing of SIP (the call module converts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LegRow {
+    /// The leg's Call-ID (the key).
+    pub call_id: String,
+    /// `lead` (towards a trunk) or `agent` (towards a phone).
+    pub kind: String,
+    /// The call record of a lead leg.
+    pub record_id: Option<i64>,
+    /// The agent whose task owns the leg.
+    pub agent: String,
+    /// `udp:IP:PORT` or `tcp:IP:PORT`.
+    pub peer: String,
+    /// A confirmed dialog (else a ringing INVITE).
+    pub answered: bool,
+    /// Ringing: the INVITE as sent.
+    pub invite: Option<String>,
+    /// Answered: our tag.
+    pub local_tag: Option<String>,
+    /// Answered: the peer's tag.
+    pub remote_tag: Option<String>,
+    /// Answered: our From address.
+    pub local_uri: Option<String>,
+    /// Answered: the peer's To address.
+    pub remote_uri: Option<String>,
+    /// Answered: the Request-URI of in-dialog requests.
+    pub remote_target: Option<String>,
+    /// Answered: the route set, one `name-addr` per line.
+    pub route_set: Option<String>,
+    /// Answered: the last CSeq we used.
+    pub local_cseq: Option<i64>,
+    /// When the call was answered, epoch ms.
+    pub answered_ms: Option<i64>,
+    /// When this row was written, epoch ms.
+    pub updated_ms: i64,
+}
+
+const COLUMNS: &str = "call_id, kind, record_id, agent, peer, answered, invite, local_tag, \
+     remote_tag, local_uri, remote_uri, remote_target, route_set, local_cseq, answered_ms, \
+     updated_ms";
+
+type Raw = (
+    String,
+    String,
+    Option<i64>,
+    String,
+    String,
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    i64,
+);
+
+/// Writes one batch in one transaction: upserts by Call-ID, then removals.
+/// Each Call-ID appears at most once in the batch (the writer coalesces).
+pub(crate) async fn save<DB>(
+    pool: &Pool<DB>,
+    upserts: &[LegRow],
+    removals: &[String],
+) -> Result<(), StoreError>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
+{
+    let mut tx = pool.begin().await?;
+    for r in upserts {
+        sqlx::query::<DB>(&format!(
+            "INSERT INTO call_legs ({COLUMNS}) VALUES \
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+             ON CONFLICT (call_id) DO UPDATE SET kind = EXCLUDED.kind, \
+             record_id = EXCLUDED.record_id, agent = EXCLUDED.agent, peer = EXCLUDED.peer, \
+             answered = EXCLUDED.answered, invite = EXCLUDED.invite, \
+             local_tag = EXCLUDED.local_tag, remote_tag = EXCLUDED.remote_tag, \
+             local_uri = EXCLUDED.local_uri, remote_uri = EXCLUDED.remote_uri, \
+             remote_target = EXCLUDED.remote_target, route_set = EXCLUDED.route_set, \
+             local_cseq = EXCLUDED.local_cseq, answered_ms = EXCLUDED.answered_ms, \
+             updated_ms = EXCLUDED.updated_ms"
+        ))
+        .bind(r.call_id.as_str())
+        .bind(r.kind.as_str())
+        .bind(r.record_id)
+        .bind(r.agent.as_str())
+        .bind(r.peer.as_str())
+        .bind(i64::from(r.answered))
+        .bind(r.invite.as_deref())
+        .bind(r.local_tag.as_deref())
+        .bind(r.remote_tag.as_deref())
+        .bind(r.local_uri.as_deref())
+        .bind(r.remote_uri.as_deref())
+        .bind(r.remote_target.as_deref())
+        .bind(r.route_set.as_deref())
+        .bind(r.local_cseq)
+        .bind(r.answered_ms)
+        .bind(r.updated_ms)
+        .execute(&mut *tx)
+        .await?;
+    }
+    for call_id in removals {
+        sqlx::query::<DB>("DELETE FROM call_legs WHERE call_id = $1")
+            .bind(call_id.as_str())
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Every journaled leg.
+pub(crate) async fn load<DB>(pool: &Pool<DB>) -> Result<Vec<LegRow>, StoreError>
+where
+    DB: Database,
+    for<'c> &'c Pool<DB>: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'r> Raw: FromRow<'r, DB::Row>,
+{
+    let rows: Vec<Raw> = sqlx::query_as::<DB, Raw>(&format!(
+        "SELECT {COLUMNS} FROM call_legs ORDER BY updated_ms, call_id"
+    ))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| LegRow {
+            call_id: r.0,
+            kind: r.1,
+            record_id: r.2,
+            agent: r.3,
+            peer: r.4,
+            answered: r.5 != 0,
+            invite: r.6,
+            local_tag: r.7,
+            remote_tag: r.8,
+            local_uri: r.9,
+            remote_uri: r.10,
+            remote_target: r.11,
+            route_set: r.12,
+            local_cseq: r.13,
+            answered_ms: r.14,
+            updated_ms: r.15,
+        })
+        .collect())
+}
+
+/// A call record settled by [`settle`]: `(id, lead_id, session_id, outcome)`.
+pub type Settled = (i64, Option<i64>, Option<i64>, String);
+
+/// Settles the calls of legs lost in a crash, in one transaction: each
+/// record still without an outcome gets `outcome` (and `answered_ms` when
+/// the leg was answered) and `ended_ms`; the R13 claims attached to those
+/// records are released; the journal rows are deleted. Records that have
+/// an outcome already (stored before the crash) keep it. Returns the
+/// records settled.
+pub(crate) async fn settle<DB>(
+    pool: &Pool<DB>,
+    calls: &[(i64, &str, Option<i64>)],
+    call_ids: &[String],
+    now_ms: i64,
+) -> Result<Vec<Settled>, StoreError>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
+    for<'r> (i64, Option<i64>, Option<i64>): FromRow<'r, DB::Row>,
+{
+    let mut tx = pool.begin().await?;
+    let mut settled = Vec::new();
+    for (record, outcome, answered_ms) in calls {
+        // RETURNING says whether the record was settled, in the same text
+        // on both backends.
+        let done: Option<(i64, Option<i64>, Option<i64>)> = sqlx::query_as::<DB, _>(
+            "UPDATE calls SET outcome = $2, answered_ms = COALESCE(answered_ms, $3), \
+             ended_ms = COALESCE(ended_ms, $4) WHERE id = $1 AND outcome IS NULL \
+             RETURNING id, lead_id, session_id",
+        )
+        .bind(*record)
+        .bind(*outcome)
+        .bind(*answered_ms)
+        .bind(now_ms)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some((id, lead, session)) = done {
+            settled.push((id, lead, session, (*outcome).to_string()));
+        }
+        sqlx::query::<DB>(
+            "UPDATE lead_claims SET released_ms = $2, version = version + 1 \
+             WHERE call_id = $1 AND released_ms IS NULL",
+        )
+        .bind(*record)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+    }
+    for call_id in call_ids {
+        sqlx::query::<DB>("DELETE FROM call_legs WHERE call_id = $1")
+            .bind(call_id.as_str())
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(settled)
+}
