@@ -393,6 +393,32 @@ pub struct DialerConfig {
     pub calling_hours: crate::dialer::hours::Window,
     /// Local dates (`YYYY-MM-DD`) on which no lead is called.
     pub holidays: Vec<String>,
+    /// What a caller calling one of our caller IDs gets when no agent is
+    /// free (SPEC §1 "Leads calling back"): `"busy"` (486 Busy Here, the
+    /// carrier plays its busy tone) or `"unavailable"` (480 Temporarily
+    /// Unavailable, many carriers offer their voicemail then).
+    pub callback_fallback: CallbackFallback,
+}
+
+/// `dialer.callback_fallback`: the answer to a callback no agent can take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallbackFallback {
+    /// 486 Busy Here (RFC 3261 §21.4.24).
+    #[default]
+    Busy,
+    /// 480 Temporarily Unavailable (RFC 3261 §21.4.18).
+    Unavailable,
+}
+
+impl CallbackFallback {
+    /// The SIP status sent to the carrier.
+    pub fn status(self) -> u16 {
+        match self {
+            CallbackFallback::Busy => 486,
+            CallbackFallback::Unavailable => 480,
+        }
+    }
 }
 
 /// The shortest ring a lead gets unless `dialer.allow_short_ring_timeout`
@@ -416,6 +442,7 @@ impl Default for DialerConfig {
             trunk_wait: Seconds(Duration::from_secs(5)),
             calling_hours: crate::dialer::hours::Window::DEFAULT,
             holidays: Vec::new(),
+            callback_fallback: CallbackFallback::Busy,
         }
     }
 }
@@ -548,6 +575,20 @@ const STRING_KEYS: &[&str] = &[
 const SECTIONS: &[&str] = &["server", "database", "admin", "leads", "dialer"];
 
 impl Config {
+    /// Our caller IDs (every `[[trunk]] caller_id`): a call from a trunk
+    /// to one of them is a lead calling back (SPEC §1).
+    pub fn callback_numbers(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .trunks
+            .iter()
+            .map(|t| t.caller_id.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// The embedded defaults (no file), with environment overrides applied.
     pub fn from_env() -> Result<Config, ConfigError> {
         Self::from_toml_str("", "<defaults>", std::env::vars())

@@ -243,6 +243,7 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
         trunk_sources,
         flood: config.security.flood.clone(),
         max_transactions: config.security.max_transactions,
+        callback_numbers: config.callback_numbers(),
     };
     let mut endpoint = Endpoint::new(
         endpoint_config,
@@ -298,12 +299,14 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
     tasks.spawn(registration_writer::run_writer(store.clone(), persist_rx));
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let (route_tx, route_rx) = mpsc::unbounded_channel();
+    // Calls from a trunk to our caller IDs (SPEC §1 "Leads calling back").
+    let (callback_tx, callback_rx) = mpsc::unbounded_channel();
     tasks.spawn(sip_task(
         endpoint,
         transport.clone(),
         inbound,
         cmd_rx,
-        route_rx,
+        (route_rx, callback_tx),
         persist_tx,
         shutdown.clone(),
     ));
@@ -323,7 +326,7 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
             store: store.clone(),
             sip: sip.clone(),
             transport: transport.clone(),
-            routes: route_tx,
+            routes: route_tx.clone(),
             relay,
             sent_by,
             shutdown: shutdown.clone(),
@@ -347,6 +350,29 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
         session_config,
     )
     .await?;
+    tasks.spawn(crate::call::callback::run(
+        crate::call::callback::CallbackIo {
+            engine: calls.clone(),
+            store: store.clone(),
+            members: std::sync::Arc::new(sessions.clone()),
+            transport: transport.clone(),
+            routes: route_tx,
+            local: crate::call::LocalAddress {
+                contact: format!("sip:powerdial@{sent_by}"),
+                sent_by: sent_by.to_string(),
+                domain: config.domain.clone(),
+            },
+            timers: TimerConfig {
+                t1: config.sip_timers.t1,
+                t2: config.sip_timers.t2,
+                t4: config.sip_timers.t4,
+            },
+            default_region: config.default_region.clone(),
+            fallback: config.dialer.callback_fallback,
+        },
+        callback_rx,
+        shutdown.clone(),
+    ));
 
     let listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
@@ -422,7 +448,10 @@ async fn sip_task(
     transport: TransportHandle,
     mut inbound: mpsc::Receiver<crate::sip::transport::Inbound>,
     mut commands: mpsc::Receiver<SipCommand>,
-    mut route_changes: mpsc::UnboundedReceiver<RouteChange>,
+    (mut route_changes, callbacks): (
+        mpsc::UnboundedReceiver<RouteChange>,
+        mpsc::UnboundedSender<RoutedMessage>,
+    ),
     mut persist: RegistrationSender,
     shutdown: CancellationToken,
 ) {
@@ -453,6 +482,9 @@ async fn sip_task(
                     }
                 }
                 while let Some(r) = endpoint.poll_routed() {
+                    if r.new_call {
+                        routes.insert(r.call_id.clone(), callbacks.clone());
+                    }
                     match routes.get(&r.call_id) {
                         Some(tx) => {
                             let _ = tx.send(RoutedMessage { peer: r.peer, message: r.message });

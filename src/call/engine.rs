@@ -11,6 +11,10 @@
 
 #![allow(clippy::disallowed_methods)] // a driver: this is where the clock is read.
 
+mod inbound_call;
+
+pub use inbound_call::InboundCall;
+
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -257,6 +261,13 @@ enum Command {
     Hangup(i64, oneshot::Sender<bool>),
     Disconnect(oneshot::Sender<Result<(), CallEngineError>>),
     State(oneshot::Sender<AgentLegState>),
+    /// A callback for this agent (SPEC §1 "Leads calling back").
+    Inbound(
+        Box<InboundCall>,
+        oneshot::Sender<Result<(), (CallEngineError, Box<InboundCall>)>>,
+    ),
+    /// A message for a callback this task took, that reached the router.
+    Sip(RoutedMessage),
 }
 
 /// A message for a call leg, from the SIP task.
@@ -683,6 +694,38 @@ impl CallEngine {
         self.events.subscribe()
     }
 
+    /// Offers a callback to `agent` (SPEC §1 "Leads calling back"): taken
+    /// when the agent is free (see `AgentTask::take_inbound`), else given
+    /// back with the reason.
+    pub async fn take_inbound(
+        &self,
+        agent: &str,
+        call: Box<InboundCall>,
+    ) -> Result<(), (CallEngineError, Box<InboundCall>)> {
+        let tx = match self.agent(agent) {
+            Ok(tx) => tx,
+            Err(e) => return Err((e, call)),
+        };
+        let (reply, rx) = oneshot::channel();
+        if let Err(mpsc::error::SendError(Command::Inbound(call, _))) =
+            tx.send(Command::Inbound(call, reply))
+        {
+            return Err((CallEngineError::Stopped, call));
+        }
+        match rx.await {
+            Ok(r) => r,
+            // The task ended with the call: nothing to give back.
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Hands a message of a callback to the agent task that took it.
+    pub fn forward_sip(&self, agent: &str, message: RoutedMessage) {
+        if let Ok(tx) = self.agent(agent) {
+            let _ = tx.send(Command::Sip(message));
+        }
+    }
+
     /// The agent leg's state; `None` for an unknown agent or a stopped engine.
     pub async fn agent_state(&self, agent: &str) -> Option<AgentLegState> {
         self.ask(agent, Command::State).await.ok()
@@ -788,6 +831,8 @@ struct AgentTask {
     lead: Option<LeadCall>,
     /// A manual call waiting for the agent leg (R17).
     pending: Option<PendingCall>,
+    /// A callback taken by this agent (SPEC §1 "Leads calling back").
+    inbound: Option<inbound_call::InboundState>,
     /// Lead legs whose outcome is stored but whose signalling goes on
     /// (487's ACK, Timer D, a crossing 200's BYE).
     closing: Vec<LeadLeg>,
@@ -838,6 +883,7 @@ impl AgentTask {
             waiters: Vec::new(),
             lead: None,
             pending: None,
+            inbound: None,
             closing: Vec::new(),
             closing_agent: Vec::new(),
             sdp_version: epoch_ms(SystemTime::now()).unsigned_abs(),
@@ -850,6 +896,7 @@ impl AgentTask {
         let mut all = Vec::new();
         all.extend(self.leg.as_ref().and_then(|l| l.poll_timeout()));
         all.extend(self.lead.as_ref().and_then(|l| l.leg.poll_timeout()));
+        all.extend(self.inbound.as_ref().and_then(|i| i.poll_timeout()));
         all.extend(self.closing.iter().filter_map(|l| l.poll_timeout()));
         all.extend(self.closing_agent.iter().filter_map(|l| l.poll_timeout()));
         if let Some(d) = self.drain_deadline {
@@ -931,6 +978,13 @@ impl AgentTask {
                 l.leg.hangup(now);
             }
         }
+        if self
+            .inbound
+            .as_ref()
+            .is_some_and(|i| i.call.leg.is_offered())
+        {
+            self.hangup_inbound(now);
+        }
     }
 
     /// The drain deadline passed or a second signal came: BYE or CANCEL
@@ -942,6 +996,7 @@ impl AgentTask {
         if let Some(l) = &mut self.lead {
             l.leg.hangup(now);
         }
+        self.hangup_inbound(now);
         if let Some(leg) = &mut self.leg {
             leg.hangup(now);
         }
@@ -949,7 +1004,7 @@ impl AgentTask {
 
     /// While draining: once no lead call is left, hang up the agent leg.
     fn drain_step(&mut self, now: Instant) {
-        if self.lead.is_none() {
+        if self.lead.is_none() && self.inbound.is_none() {
             if let Some(leg) = &mut self.leg {
                 if leg.is_connected() || leg.is_inviting() {
                     leg.hangup(now);
@@ -961,6 +1016,7 @@ impl AgentTask {
     fn is_idle(&self) -> bool {
         self.lead.is_none()
             && self.pending.is_none()
+            && self.inbound.is_none()
             && self.closing.is_empty()
             && self.closing_agent.is_empty()
             && self.leg.as_ref().is_none_or(|l| l.is_closed())
@@ -976,6 +1032,11 @@ impl AgentTask {
         if let Some(l) = &mut self.lead {
             if l.leg.poll_timeout().is_some_and(|d| d <= now) {
                 l.leg.handle_timeout(now);
+            }
+        }
+        if let Some(i) = &mut self.inbound {
+            if i.poll_timeout().is_some_and(|d| d <= now) {
+                i.call.leg.handle_timeout(now);
             }
         }
         if let Some(leg) = &mut self.leg {
@@ -1003,6 +1064,12 @@ impl AgentTask {
         let Some(call_id) = call_id else { return };
         let result = if let Some(l) = self.lead.as_mut().filter(|l| l.leg.call_id() == call_id) {
             l.leg.handle_message(now, m.peer, m.message)
+        } else if let Some(i) = self
+            .inbound
+            .as_mut()
+            .filter(|i| i.call.leg.call_id() == call_id)
+        {
+            i.call.leg.handle_message(now, m.peer, m.message)
         } else if let Some(leg) = self.leg.as_mut().filter(|l| l.call_id() == call_id) {
             leg.handle_message(now, m.peer, m.message)
         } else if let Some(l) = self.closing.iter_mut().find(|l| l.call_id() == call_id) {
@@ -1034,6 +1101,9 @@ impl AgentTask {
                 if let Some(l) = self.lead.as_mut().filter(|l| l.media.id == leg) {
                     tracing::info!(agent = %self.name, call = l.record_id, "no RTP from the carrier for rtp_timeout: hanging up the lead");
                     l.leg.rtp_timeout(now);
+                } else if self.is_inbound_media(leg) {
+                    tracing::info!(agent = %self.name, "no RTP from the caller for rtp_timeout: hanging up the callback");
+                    self.hangup_inbound(now);
                 } else if self.media.as_ref().is_some_and(|m| m.agent_leg().id == leg) {
                     // As if the phone hung up (SPEC §1 step 6): the lead is
                     // hung up and the sessions pause the agent.
@@ -1068,6 +1138,7 @@ impl AgentTask {
                 if let Some(l) = &mut self.lead {
                     l.leg.hangup(now);
                 }
+                self.hangup_inbound(now);
             }
             // `0` pauses; the do-not-call key is the session's to handle.
             '0' | crate::dialer::session::DNC_KEY => {}
@@ -1096,6 +1167,10 @@ impl AgentTask {
                     let _ = reply.send(Err(CallEngineError::Stopped));
                     return;
                 }
+                Command::Inbound(call, reply) => {
+                    let _ = reply.send(Err((CallEngineError::Stopped, call)));
+                    return;
+                }
                 other => return self.on_command_now(now, other).await,
             }
         }
@@ -1114,12 +1189,13 @@ impl AgentTask {
                 let _ = reply.send(r);
             }
             Command::Skip(reply) => {
-                let r = match &mut self.lead {
-                    Some(l) => {
-                        l.leg.skip(now);
-                        Ok(())
-                    }
-                    None => Err(CallEngineError::NoCall),
+                let r = if let Some(l) = &mut self.lead {
+                    l.leg.skip(now);
+                    Ok(())
+                } else if self.hangup_inbound(now) {
+                    Ok(())
+                } else {
+                    Err(CallEngineError::NoCall)
                 };
                 let _ = reply.send(r);
             }
@@ -1133,6 +1209,9 @@ impl AgentTask {
                         self.hangup_pending(now).await;
                         true
                     }
+                    _ if self.inbound.as_ref().is_some_and(|i| i.record_id == id) => {
+                        self.hangup_inbound(now)
+                    }
                     _ => false,
                 };
                 let _ = reply.send(found);
@@ -1141,6 +1220,7 @@ impl AgentTask {
                 if let Some(l) = &mut self.lead {
                     l.leg.hangup(now);
                 }
+                self.hangup_inbound(now);
                 let r = match &mut self.leg {
                     Some(leg) => {
                         leg.hangup(now);
@@ -1153,9 +1233,21 @@ impl AgentTask {
             Command::State(reply) => {
                 let _ = reply.send(AgentLegState {
                     connected: self.leg.as_ref().is_some_and(|l| l.is_connected()),
-                    call_id: self.lead.as_ref().map(|l| l.record_id),
+                    call_id: self
+                        .lead
+                        .as_ref()
+                        .map(|l| l.record_id)
+                        .or(self.inbound.as_ref().map(|i| i.record_id)),
                 });
             }
+            Command::Inbound(call, reply) => {
+                let r = self
+                    .take_inbound(now, *call)
+                    .await
+                    .map_err(|(e, call)| (e, Box::new(call)));
+                let _ = reply.send(r);
+            }
+            Command::Sip(m) => self.on_sip(now, m),
         }
     }
 
@@ -1269,7 +1361,7 @@ impl AgentTask {
         if !self.leg.as_ref().is_some_and(|l| l.is_connected()) {
             return Err(CallEngineError::NotConnected);
         }
-        if self.lead.is_some() || self.pending.is_some() {
+        if self.lead.is_some() || self.pending.is_some() || self.inbound.is_some() {
             return Err(CallEngineError::Busy);
         }
         // R2 + R11: the E.164 number, when a trunk may dial it.
@@ -1429,7 +1521,7 @@ impl AgentTask {
         req: DialRequest,
         grant: Option<TrunkGrant>,
     ) -> Result<(i64, CallProgress), CallEngineError> {
-        if self.lead.is_some() || self.pending.is_some() {
+        if self.lead.is_some() || self.pending.is_some() || self.inbound.is_some() {
             return Err(CallEngineError::Busy);
         }
         let anchor = Anchor::now();
@@ -1877,9 +1969,15 @@ impl AgentTask {
                 busy = true;
                 self.on_agent_event(ev);
             }
+            busy |= self.inbound_events();
             let mut out: Vec<Transmit> = Vec::new();
             if let Some(l) = &mut self.lead {
                 while let Some(t) = l.leg.poll_transmit() {
+                    out.push(t);
+                }
+            }
+            if let Some(i) = &mut self.inbound {
+                while let Some(t) = i.call.leg.poll_transmit() {
                     out.push(t);
                 }
             }
@@ -1953,6 +2051,9 @@ impl AgentTask {
     fn on_peer_unreachable(&mut self, now: Instant, peer: Peer) {
         if let Some(l) = &mut self.lead {
             l.leg.handle_transport_error(now, peer);
+        }
+        if let Some(i) = &mut self.inbound {
+            i.call.leg.handle_transport_error(now, peer);
         }
         if let Some(leg) = &mut self.leg {
             leg.handle_transport_error(now, peer);
@@ -2126,12 +2227,14 @@ impl AgentTask {
                 for w in self.waiters.drain(..) {
                     let _ = w.send(Ok(()));
                 }
+                self.answer_inbound(now);
                 tracing::info!(agent = %self.name, "agent leg connected");
                 let _ = self.shared.events.send(CallEvent::AgentConnected {
                     agent: self.name.clone(),
                 });
             }
             AgentEvent::Failed { status } => {
+                self.inbound_agent_gone(now);
                 self.abandon_pending(&match status {
                     Some(s) => format!("the agent's phone declined ({s})"),
                     None => "the agent's phone did not answer".to_string(),
@@ -2172,16 +2275,18 @@ impl AgentTask {
                 if let Some(l) = &mut self.lead {
                     l.leg.hangup(now);
                 }
+                self.hangup_inbound(now);
                 let _ = self.shared.events.send(CallEvent::AgentDisconnected {
                     agent: self.name.clone(),
                 });
             }
             AgentEvent::Closed => {
                 self.abandon_pending("the agent leg ended");
+                self.inbound_agent_gone(now);
                 if let Some(leg) = self.leg.take() {
                     self.unroute(leg.call_id());
                 }
-                if self.lead.is_none() {
+                if self.lead.is_none() && self.inbound.is_none() {
                     self.media = None;
                     self.media_rx = None;
                 }

@@ -292,3 +292,22 @@ async fn listen(pool: sqlx::PgPool, changed: LeadsChanged) {
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }
+
+/// The agents of this instance's sessions, for the callback router (SPEC
+/// §1 "Leads calling back").
+impl crate::call::callback::SessionMembers for Sessions {
+    fn members(&self) -> crate::call::callback::MembersFuture<'_> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for h in self.running() {
+                let Ok(view) = h.view().await else { continue };
+                for a in view.agents {
+                    if a.state != super::agent::AgentState::Left {
+                        out.push((a.agent, h.id()));
+                    }
+                }
+            }
+            out
+        })
+    }
+}
