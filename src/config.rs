@@ -398,6 +398,11 @@ pub struct DialerConfig {
     /// carrier plays its busy tone) or `"unavailable"` (480 Temporarily
     /// Unavailable, many carriers offer their voicemail then).
     pub callback_fallback: CallbackFallback,
+    /// Local presence: caller IDs (E.164) from which each lead is called
+    /// with the one of its NANP area code, else of its country; none
+    /// matching, the session's caller ID, else the trunk's. Calls to these
+    /// numbers are callbacks too.
+    pub caller_id_pool: Vec<String>,
 }
 
 /// `dialer.callback_fallback`: the answer to a callback no agent can take.
@@ -443,6 +448,7 @@ impl Default for DialerConfig {
             calling_hours: crate::dialer::hours::Window::DEFAULT,
             holidays: Vec::new(),
             callback_fallback: CallbackFallback::Busy,
+            caller_id_pool: Vec::new(),
         }
     }
 }
@@ -575,13 +581,20 @@ const STRING_KEYS: &[&str] = &[
 const SECTIONS: &[&str] = &["server", "database", "admin", "leads", "dialer"];
 
 impl Config {
-    /// Our caller IDs (every `[[trunk]] caller_id`): a call from a trunk
+    /// Our caller IDs (every `[[trunk]] caller_id` and the
+    /// `dialer.caller_id_pool`): a call from a trunk
     /// to one of them is a lead calling back (SPEC §1).
     pub fn callback_numbers(&self) -> Vec<String> {
         let mut out: Vec<String> = self
             .trunks
             .iter()
             .map(|t| t.caller_id.trim().to_string())
+            .chain(
+                self.dialer
+                    .caller_id_pool
+                    .iter()
+                    .map(|n| n.trim().to_string()),
+            )
             .filter(|n| !n.is_empty())
             .collect();
         out.sort();
@@ -873,6 +886,15 @@ impl Config {
         }
         crate::dialer::hours::parse_holidays(&d.holidays)
             .map_err(|e| invalid("dialer", "holidays", e.to_string()))?;
+        crate::call::caller_id::CallerIdPool::new(&d.caller_id_pool).map_err(|n| {
+            invalid(
+                "dialer",
+                "caller_id_pool",
+                format!(
+                    "{n:?} is not an E.164 number (+ and the country code, e.g. \"+14155550100\")"
+                ),
+            )
+        })?;
         Ok(Config {
             sip_listen,
             http_listen,
@@ -1157,6 +1179,30 @@ mod tests {
             c.digest_algorithms,
             vec![crate::sip::digest::Algorithm::Md5]
         );
+    }
+
+    #[test]
+    fn caller_id_pool_and_callback_fallback() {
+        let c = load(
+            "[dialer]\ncaller_id_pool = [\"+14155550100\"]\ncallback_fallback = \"unavailable\"\n\
+             [[trunk]]\nname = \"a\"\nuri = \"sip:127.0.0.1:5080\"\ncaller_id = \"+15550000000\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.dialer.callback_fallback.status(), 480);
+        assert_eq!(c.callback_numbers(), ["+14155550100", "+15550000000"]);
+        assert_eq!(
+            load("", &[]).unwrap().dialer.callback_fallback.status(),
+            486
+        );
+        let e = load("[dialer]\ncaller_id_pool = [\"4155550100\"]\n", &[]).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("dialer.caller_id_pool"), "{text}");
+        assert!(
+            text.contains("\"4155550100\" is not an E.164 number"),
+            "{text}"
+        );
+        assert!(load("[dialer]\ncallback_fallback = \"voicemail\"\n", &[]).is_err());
     }
 
     #[test]

@@ -190,6 +190,7 @@ async fn crud(store: &Store, backend: &str) {
                 sip_status: Some(200),
                 ring_ms: Some(5_000),
                 trunk: Some("carrier".into()),
+                caller_id: Some("+442079460999".into()),
             },
         )
         .await
@@ -213,6 +214,11 @@ async fn crud(store: &Store, backend: &str) {
         .await
         .unwrap();
     assert_eq!(again.trunk.as_deref(), Some("carrier"));
+    assert_eq!(
+        again.caller_id.as_deref(),
+        Some("+442079460999"),
+        "the caller ID the lead was shown is kept"
+    );
     let by_lead = store
         .list_calls(
             CallFilter {

@@ -170,6 +170,9 @@ pub struct DialRequest {
     pub session_id: Option<i64>,
     /// R8: `reduced_ring_timeout` instead of `ring_timeout`.
     pub reduced_ring_time: bool,
+    /// The session's caller ID, shown instead of the trunk's when no
+    /// `dialer.caller_id_pool` number is local to the lead.
+    pub caller_id: Option<String>,
 }
 
 /// What the engine reports (the seam with the sessions).
@@ -338,6 +341,8 @@ struct Shared {
     drain_timeout: Duration,
     /// `dialer.lead_on_phone`: MESSAGE the lead's name to the phone.
     lead_on_phone: bool,
+    /// `dialer.caller_id_pool`: local presence.
+    caller_id_pool: super::caller_id::CallerIdPool,
     /// The agent tasks and the outcome writes: a graceful stop waits for
     /// all of them, so no call ends without its record.
     tasks: TaskTracker,
@@ -501,6 +506,9 @@ impl CallEngine {
             max_call_length: config.dialer.max_call_length.0,
             drain_timeout: config.drain_timeout,
             lead_on_phone: config.dialer.lead_on_phone,
+            // Checked when the configuration was read.
+            caller_id_pool: super::caller_id::CallerIdPool::new(&config.dialer.caller_id_pool)
+                .unwrap_or_default(),
             tasks: TaskTracker::new(),
         });
         let engine = CallEngine {
@@ -803,6 +811,10 @@ struct LeadCall {
     number: String,
     /// R8 for this call (each trunk's INVITE gets the whole of it).
     ring_timeout: Duration,
+    /// The session's caller ID, if it has one (kept for a failover).
+    session_caller_id: Option<String>,
+    /// The caller ID in the INVITE on the wire (From, P-Asserted-Identity).
+    caller_id: String,
 }
 
 /// A manual call waiting for the agent's phone to answer (R17): its
@@ -1798,7 +1810,14 @@ impl AgentTask {
         };
         // The ring timeout counts from here (R8): the INVITE leaves in this
         // loop turn's flush.
-        let (leg, offer) = match self.dial_trunk(grant.slot.id, &number, handle, ring_timeout) {
+        let dialed = self.dial_trunk(
+            grant.slot.id,
+            &number,
+            handle,
+            ring_timeout,
+            req.caller_id.as_deref(),
+        );
+        let (leg, offer, caller_id) = match dialed {
             Ok(x) => x,
             Err(e) => {
                 if let Some(media) = &self.media {
@@ -1850,6 +1869,8 @@ impl AgentTask {
             grant,
             number,
             ring_timeout,
+            session_caller_id: req.caller_id,
+            caller_id,
         });
     }
 
@@ -1862,7 +1883,8 @@ impl AgentTask {
         number: &str,
         handle: LegHandle,
         ring_timeout: Duration,
-    ) -> Result<(LeadLeg, SessionDescription), super::CallError> {
+        session_caller_id: Option<&str>,
+    ) -> Result<(LeadLeg, SessionDescription, String), super::CallError> {
         let shared = self.shared.clone();
         let info = shared
             .trunks
@@ -1875,12 +1897,24 @@ impl AgentTask {
         let version = self.next_sdp_version();
         let offer = sdp::make_offer(self.shared.media_ip, handle.local_port, version);
         let t = &info.config;
+        // Caller ID rules: a pool number local to the lead, else the
+        // session's, else the trunk's; a P-Asserted-Identity configured
+        // on the trunk asserts the same number.
+        let fallback = session_caller_id.unwrap_or(&t.caller_id);
+        let caller_id = shared.caller_id_pool.choose(number, fallback).to_string();
+        let p_asserted_identity = t.p_asserted_identity.as_ref().map(|pai| {
+            if caller_id == t.caller_id {
+                pai.clone()
+            } else {
+                caller_id.clone()
+            }
+        });
         let params = LeadParams {
             trunk: info.peer,
             trunk_uri: t.uri.clone(),
             number: number.to_string(),
-            caller_id: t.caller_id.clone(),
-            p_asserted_identity: t.p_asserted_identity.clone(),
+            caller_id: caller_id.clone(),
+            p_asserted_identity,
             credentials: t.username.clone().zip(t.password.clone()),
             local: self.shared.local.clone(),
             offer_sdp: offer.to_bytes(),
@@ -1894,7 +1928,7 @@ impl AgentTask {
             .trunk_attempts
             .get_or_create(&shared.trunks.label(trunk))
             .inc();
-        Ok((leg, offer))
+        Ok((leg, offer, caller_id))
     }
 
     /// The trunk failed the INVITE before the lead's phone could ring
@@ -1925,8 +1959,15 @@ impl AgentTask {
         };
         let slot = TrunkSlot::new(trunks.clone(), next);
         l.grant.tried.push(next);
-        match self.dial_trunk(next, &l.number, l.media, l.ring_timeout) {
-            Ok((leg, offer)) => {
+        let dialed = self.dial_trunk(
+            next,
+            &l.number,
+            l.media,
+            l.ring_timeout,
+            l.session_caller_id.as_deref(),
+        );
+        match dialed {
+            Ok((leg, offer, caller_id)) => {
                 crate::metrics::metrics()
                     .trunk_failovers
                     .get_or_create(&trunks.label(from))
@@ -1943,6 +1984,7 @@ impl AgentTask {
                 let old = std::mem::replace(&mut l.leg, leg);
                 self.closing.push(old);
                 l.offer = offer;
+                l.caller_id = caller_id;
                 l.grant.slot = slot;
                 self.lead = Some(l);
                 true
@@ -2177,6 +2219,7 @@ impl AgentTask {
                     .ring_duration
                     .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
                 trunk: Some(self.shared.trunks.name(l.grant.slot.id).to_string()),
+                caller_id: Some(l.caller_id.clone()),
             };
             let reason = l.end_reason.map_or("unanswered", EndReason::as_str);
             tracing::info!(agent = %self.name, call = l.record_id, %outcome, %reason, status = ?r.sip_status, "call ended");

@@ -23,6 +23,7 @@
 
 mod agent;
 pub mod callback;
+pub mod caller_id;
 pub mod demo;
 pub mod engine;
 mod inbound;

@@ -1212,6 +1212,7 @@ impl<D: Dialer, C: Clock> Session<D, C> {
                 lead_id: Some(c.lead.0),
                 session_id: Some(self.row.id),
                 reduced_ring_time: self.row.reduced_ring_time,
+                caller_id: self.row.caller_id.clone(),
             };
             match self.shared.dialer.dial(agent, req).await {
                 Ok(call_id) => {

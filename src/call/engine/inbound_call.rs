@@ -271,6 +271,7 @@ impl AgentTask {
                 .unwrap_or(i64::MAX),
             ),
             trunk: None,
+            caller_id: None,
         };
         tracing::info!(agent = %self.name, call = i.record_id, answered = answered.is_some(), "callback ended");
         spawn_finish(
