@@ -218,6 +218,19 @@ pub enum CallEvent {
         /// The final SIP status of the lead's INVITE, if one arrived.
         sip_status: Option<u16>,
     },
+    /// A lead calling back was put through to this agent (SPEC §1 "Leads
+    /// calling back"); `LeadAnswered` follows once it is bridged, then
+    /// `CallEnded` with outcome `inbound`.
+    CallbackTaken {
+        /// The agent.
+        agent: String,
+        /// The call record id.
+        call_id: i64,
+        /// The lead, if the caller's number is a lead's.
+        lead_id: Option<i64>,
+        /// The session the agent was chosen in.
+        session_id: Option<i64>,
+    },
     /// A call placed with [`CallEngine::place_call`] moved on (SPEC §4,
     /// R17); the sessions ignore it.
     CallProgress {
@@ -2147,10 +2160,12 @@ impl AgentTask {
                 let shared = self.shared.clone();
                 let id = l.record_id;
                 let trunk = self.shared.trunks.name(l.grant.slot.id).to_string();
+                let caller_id = l.caller_id.clone();
                 tokio::spawn(async move {
                     let end = CallEnd {
                         answered_ms,
                         trunk: Some(trunk),
+                        caller_id: Some(caller_id),
                         ..CallEnd::default()
                     };
                     if let Err(e) = shared.store.finish_call(id, &end).await {

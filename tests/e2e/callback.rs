@@ -129,7 +129,25 @@ fn a_lead_calling_back_reaches_the_agent_who_last_called_it() {
     let (code, body) = post(&app, "/api/v1/dnc", &format!(r#"{{"number": "{LEAD}"}}"#));
     assert!(code == 201 || code == 200, "{code} {body}");
 
-    call_in(&carrier, &app, LEAD, 1.0);
+    call_in(&carrier, &app, LEAD, 2.0);
+    // While it lasts, the session shows bob connected to the lead, as the
+    // console does (its agent_state events carry the same fields).
+    let agent = |name: &str| {
+        get(&app, &format!("/api/v1/sessions/{sid}"))["agents"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["agent"] == name).cloned())
+            .unwrap_or(Value::Null)
+    };
+    wait_for(
+        "bob connected to the lead calling back",
+        Duration::from_secs(10),
+        || {
+            let b = agent("bob");
+            b["state"] == "connected" && b["lead_id"] == lead_id
+        },
+    );
+    let alice = agent("alice");
+    assert_eq!(alice["state"], "ready", "{alice}");
     wait_for(
         "the callback answered and ended",
         Duration::from_secs(20),
@@ -162,6 +180,13 @@ fn a_lead_calling_back_reaches_the_agent_who_last_called_it() {
     assert_eq!(c["number"], LEAD, "{c}");
     assert!(!c["answered_at"].is_null(), "{c}");
     assert!(!c["ended_at"].is_null(), "{c}");
+    assert!(c["caller_id"].is_null(), "{c}");
+    // Then wrap-up and back to ready: the session did not pause bob.
+    wait_for(
+        "bob ready again after the callback",
+        Duration::from_secs(10),
+        || agent("bob")["state"] == "ready",
+    );
     // No dial reached the carrier for the callback, and none was made
     // while it lasted.
     let invited = carrier.invited();

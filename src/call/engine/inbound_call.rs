@@ -113,6 +113,12 @@ impl AgentTask {
         let label = self.lead_label(call.lead_id, &call.number).await;
         tracing::info!(agent = %self.name, call = record.id, lead = ?call.lead_id, number = %call.number, "callback: taken by this agent");
         self.route(call.leg.call_id());
+        let _ = self.shared.events.send(CallEvent::CallbackTaken {
+            agent: self.name.clone(),
+            call_id: record.id,
+            lead_id: call.lead_id,
+            session_id: call.session_id,
+        });
         self.inbound = Some(InboundState {
             call,
             media: handle,
