@@ -4,8 +4,9 @@
 //! session, both idle on their nailed-up legs, the agent who last called
 //! that lead gets the call (it is answered at once and bridged); the call
 //! record has outcome `inbound` and links the lead. The lead's number is
-//! on the do-not-call list by then: calling in is still answered. With no
-//! agent free, the caller gets the fallback, 486 Busy Here.
+//! on the do-not-call list by then: calling in is still answered. A
+//! number that is no lead's reaches a free agent too (no lead linked).
+//! With no agent free, the caller gets the fallback, 486 Busy Here.
 
 use std::time::Duration;
 
@@ -186,6 +187,44 @@ fn a_lead_calling_back_reaches_the_agent_who_last_called_it() {
         "bob ready again after the callback",
         Duration::from_secs(10),
         || agent("bob")["state"] == "ready",
+    );
+
+    // A number that is no lead's still reaches a free agent of a session.
+    let stranger = "+442079990002";
+    call_in(&carrier, &app, stranger, 0.5);
+    wait_for(
+        "the stranger's call answered and ended",
+        Duration::from_secs(20),
+        || {
+            out_states(&carrier, stranger)
+                .iter()
+                .any(|(s, _)| s == "disconnected")
+        },
+    );
+    let states = out_states(&carrier, stranger);
+    assert!(
+        states
+            .iter()
+            .any(|(s, code)| s == "confirmed" && *code == 200),
+        "{states:?}"
+    );
+    let mut theirs = Vec::new();
+    wait_for(
+        "the stranger's call record",
+        Duration::from_secs(10),
+        || {
+            theirs = calls(&app, &format!("session_id={sid}"))
+                .into_iter()
+                .filter(|c| c["number"] == stranger && !c["ended_at"].is_null())
+                .collect();
+            !theirs.is_empty()
+        },
+    );
+    assert_eq!(theirs[0]["outcome"], "inbound", "{theirs:?}");
+    assert!(theirs[0]["lead_id"].is_null(), "{theirs:?}");
+    assert!(
+        theirs[0]["agent"] == "alice" || theirs[0]["agent"] == "bob",
+        "{theirs:?}"
     );
     // No dial reached the carrier for the callback, and none was made
     // while it lasted.
