@@ -350,6 +350,9 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
         session_config,
     )
     .await?;
+    // Sessions' own caller IDs are callback numbers too.
+    sip.set_session_caller_ids(sessions.caller_ids().await)
+        .await;
     tasks.spawn(crate::call::callback::run(
         crate::call::callback::CallbackIo {
             engine: calls.clone(),

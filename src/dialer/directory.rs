@@ -308,6 +308,21 @@ async fn listen(pool: sqlx::PgPool, changed: LeadsChanged) {
     }
 }
 
+impl Sessions {
+    /// Every running session's own caller ID (callback numbers, SPEC §1).
+    pub async fn caller_ids(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for h in self.running() {
+            if let Ok(view) = h.view().await {
+                out.extend(view.row.caller_id);
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
 /// The agents of this instance's sessions, for the callback router (SPEC
 /// §1 "Leads calling back").
 impl crate::call::callback::SessionMembers for Sessions {

@@ -240,6 +240,9 @@ pub(super) async fn create(
             caller_id,
         )
         .await?;
+    if row.caller_id.is_some() {
+        sync_caller_ids(&st, s).await;
+    }
     let view = s.get(row.id)?.view().await?;
     let mut v = serde_json::to_value(&view).map_err(|e| ApiError::Internal(e.to_string()))?;
     v["share_token"] = json!(token);
@@ -290,6 +293,14 @@ pub(super) struct PatchSession {
     #[serde(default, deserialize_with = "double_option::text")]
     #[schema(value_type = Option<String>)]
     caller_id: Option<Option<String>>,
+}
+
+/// Tells the SIP front door the sessions' caller IDs: calls from a trunk
+/// to them are callbacks (SPEC §1 "Leads calling back").
+async fn sync_caller_ids(st: &AppState, s: &Sessions) {
+    if let Some(sip) = &st.sip {
+        sip.set_session_caller_ids(s.caller_ids().await).await;
+    }
 }
 
 /// A session's caller ID: E.164 (`+` and the country code), else 400.
@@ -352,6 +363,7 @@ pub(super) async fn patch(
         None => None,
         Some(c) => Some(session_caller_id(c)?),
     };
+    let caller_id_changed = caller_id.is_some();
     s.update_settings_with_hours(
         id,
         body.reduced_ring_time,
@@ -360,6 +372,9 @@ pub(super) async fn patch(
         caller_id,
     )
     .await?;
+    if caller_id_changed {
+        sync_caller_ids(&st, s).await;
+    }
     let mut token = None;
     match body.shared {
         Some(false) => s.revoke_share(id).await?,

@@ -148,6 +148,9 @@ pub struct Endpoint {
     /// (DESIGN.md "shard by Call-ID"), not to this endpoint's table.
     routed: HashSet<String>,
     routed_out: VecDeque<Routed>,
+    /// The dialer sessions' own caller IDs: callback numbers besides
+    /// [`EndpointConfig::callback_numbers`].
+    session_numbers: Vec<String>,
 }
 
 /// A validated message whose Call-ID belongs to a live call leg (DESIGN.md
@@ -212,6 +215,7 @@ impl Endpoint {
             transaction_events: VecDeque::new(),
             routed: HashSet::new(),
             routed_out: VecDeque::new(),
+            session_numbers: Vec::new(),
         }
     }
 
@@ -250,6 +254,12 @@ impl Endpoint {
             }
             _ => Some(message),
         }
+    }
+
+    /// The dialer sessions' caller IDs (replacing the previous list): an
+    /// INVITE from a trunk to one of them is a callback too.
+    pub fn set_session_caller_ids(&mut self, numbers: Vec<String>) {
+        self.session_numbers = numbers;
     }
 
     /// Restores persisted bindings after a restart (SPEC §5: a restart keeps registrations).
@@ -430,7 +440,7 @@ impl Endpoint {
     /// is one of our caller IDs, and that passes the §8.2 checks.
     fn is_callback(&self, request: &Request, peer: Peer) -> bool {
         if request.method != Method::Invite
-            || self.cfg.callback_numbers.is_empty()
+            || (self.cfg.callback_numbers.is_empty() && self.session_numbers.is_empty())
             || !self.cfg.trunk_sources.contains(&peer.addr.ip())
         {
             return false;
@@ -448,10 +458,9 @@ impl Endpoint {
             crate::call::uri_user(&ruri),
             to.as_deref().and_then(crate::call::uri_user),
         ];
-        let ours = users
-            .into_iter()
-            .flatten()
-            .any(|u| is_our_number(&self.cfg.callback_numbers, u));
+        let ours = users.into_iter().flatten().any(|u| {
+            is_our_number(&self.cfg.callback_numbers, u) || is_our_number(&self.session_numbers, u)
+        });
         if !ours {
             return false;
         }
@@ -1850,6 +1859,16 @@ Content-Length: 0\r\n\r\n",
         );
         assert_eq!(codes(&rs), [401]);
         assert!(ep.poll_routed().is_none());
+        // A session's own caller ID, once the sessions said so.
+        let text = text
+            .replace("5550000000", "4155550100")
+            .replace("cb-2", "cb-3");
+        let rs = feed(&mut ep, &clock, udp(TRUNK), &text.replace("cb-3", "cb-4"));
+        assert_eq!(codes(&rs), [100, 403], "not ours yet");
+        ep.set_session_caller_ids(vec!["+14155550100".into()]);
+        let rs = feed(&mut ep, &clock, udp(TRUNK), &text);
+        assert!(rs.is_empty());
+        assert!(ep.poll_routed().is_some_and(|r| r.new_call));
         assert!(is_our_number(&["+15550000000".into()], "+1-555-000-0000"));
         assert!(!is_our_number(&["+15550000000".into()], "0000"));
         assert!(!is_our_number(&["+15550000000".into()], "bob"));

@@ -2,7 +2,8 @@
 //! the scripted PJSIP carrier sees each lead called from the pool number
 //! of the lead's NANP area code, or of its country; a lead with no local
 //! number in the pool is called from its session's caller ID. The call
-//! record names the caller ID shown.
+//! record names the caller ID shown. A call back to the session's caller
+//! ID is a callback.
 
 use std::time::Duration;
 
@@ -137,4 +138,28 @@ allow = ['\+1\d{{10}}', '\+44\d+', '\+61\d+']
     assert_eq!(call["outcome"], "answered", "{call}");
     assert_eq!(call["caller_id"], "+61255550100", "{call}");
     assert_eq!(from_seen(&carrier, lead).as_deref(), Some("+61255550100"));
+
+    // The lead calls the session's caller ID back: a callback to alice.
+    wait_for("alice idle", Duration::from_secs(10), || {
+        get(&app, &format!("/api/v1/sessions/{sid}"))["agents"][0]["state"] == "ready"
+    });
+    let cmd = format!("{}.cmd", carrier.events.display());
+    std::fs::write(
+        &cmd,
+        format!("call sip:+61255550100@{} {lead} 0.5\n", app.sip),
+    )
+    .expect("command file");
+    let mut inbound = Vec::new();
+    wait_for("the callback's record", Duration::from_secs(20), || {
+        inbound = get(&app, &format!("/api/v1/calls?lead_id={lead_id}"))["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["outcome"] == "inbound")
+            .cloned()
+            .collect();
+        !inbound.is_empty()
+    });
+    assert_eq!(inbound[0]["agent"], "alice", "{inbound:?}");
+    assert_eq!(inbound[0]["session_id"], sid, "{inbound:?}");
 }
