@@ -258,3 +258,83 @@ fn a_callback_no_agent_can_take_gets_busy() {
     assert!(!states.iter().any(|(s, _)| s == "confirmed"), "{states:?}");
     assert!(calls(&app, "limit=100").is_empty(), "nothing recorded");
 }
+
+#[test]
+fn a_callback_rings_a_session_agent_whose_phone_is_not_connected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let carrier = Carrier::start(dir.path(), None);
+    let mut app = spawn_app_with(AppOptions {
+        extra_toml: format!("[dialer]\nwrap_up_idle = 0.2\n\n{}", carrier.trunk_toml()),
+        ..AppOptions::default()
+    });
+    let _alice = pj_agent(&app, "alice", "alice-secret", dir.path());
+    let (code, view) = post(
+        &app,
+        "/api/v1/smart-views",
+        r#"{"name": "nobody", "query": "name:nobody"}"#,
+    );
+    assert_eq!(code, 201, "{view}");
+    let (code, session) = post(
+        &app,
+        "/api/v1/sessions",
+        &format!(r#"{{"smart_view_id": {}}}"#, view["id"]),
+    );
+    assert_eq!(code, 201, "{session}");
+    let sid = session["id"].as_i64().expect("session id");
+    let (code, body) = post(
+        &app,
+        &format!("/api/v1/sessions/{sid}/agents"),
+        r#"{"agent": "alice"}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let state =
+        |app: &App| get(app, &format!("/api/v1/sessions/{sid}"))["agents"][0]["state"].clone();
+    wait_for("alice idle", Duration::from_secs(20), || {
+        state(&app) == "ready"
+    });
+    // After a restart alice is back in the session, paused, her phone
+    // registered but no agent leg up.
+    app.restart();
+    wait_for(
+        "alice paused after the restart",
+        Duration::from_secs(20),
+        || state(&app) == "paused",
+    );
+
+    let caller = "+442079990003";
+    call_in(&carrier, &app, caller, 0.5);
+    wait_for(
+        "the callback answered and ended",
+        Duration::from_secs(30),
+        || {
+            out_states(&carrier, caller)
+                .iter()
+                .any(|(s, _)| s == "disconnected")
+        },
+    );
+    let states = out_states(&carrier, caller);
+    let early = states
+        .iter()
+        .position(|(s, code)| s == "early" && *code == 180);
+    let confirmed = states
+        .iter()
+        .position(|(s, code)| s == "confirmed" && *code == 200);
+    assert!(
+        matches!((early, confirmed), (Some(e), Some(c)) if e < c),
+        "180 while the phone rang, then 200: {states:?}"
+    );
+    let mut record = Vec::new();
+    wait_for("the callback's record", Duration::from_secs(10), || {
+        record = calls(&app, &format!("session_id={sid}"))
+            .into_iter()
+            .filter(|c| c["outcome"] == "inbound")
+            .collect();
+        !record.is_empty()
+    });
+    assert_eq!(record[0]["agent"], "alice", "{record:?}");
+    assert!(!record[0]["answered_at"].is_null(), "{record:?}");
+    // Paused before the callback, paused after it.
+    wait_for("alice paused again", Duration::from_secs(10), || {
+        state(&app) == "paused"
+    });
+}
