@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::app::{http_request, spawn_app_with, App, AppOptions};
-use crate::peers::{carrier_events, pj_agent, wait_for, Carrier};
+use crate::peers::{agent_status, carrier_events, pj_agent, spawn_py, wait_for, Carrier};
 
 /// The trunk's caller ID in [`Carrier::trunk_toml`].
 const CALLER_ID: &str = "+442079460999";
@@ -334,6 +334,106 @@ fn a_callback_rings_a_session_agent_whose_phone_is_not_connected() {
     assert_eq!(record[0]["agent"], "alice", "{record:?}");
     assert!(!record[0]["answered_at"].is_null(), "{record:?}");
     // Paused before the callback, paused after it.
+    wait_for("alice paused again", Duration::from_secs(10), || {
+        state(&app) == "paused"
+    });
+}
+
+#[test]
+fn a_caller_hanging_up_while_the_phone_rings_gets_487_and_the_phone_stops() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let carrier = Carrier::start(dir.path(), None);
+    let mut app = spawn_app_with(AppOptions {
+        extra_toml: format!("[dialer]\nwrap_up_idle = 0.2\n\n{}", carrier.trunk_toml()),
+        ..AppOptions::default()
+    });
+    // A phone that rings 3 s before it answers.
+    let status = dir.path().join("alice.json");
+    let _alice = spawn_py(
+        "pj_agent.py",
+        &[
+            app.sip.to_string(),
+            "alice".into(),
+            "alice-secret".into(),
+            status.display().to_string(),
+            "90".into(),
+            "3".into(),
+        ],
+    );
+    wait_for("alice's registration", Duration::from_secs(15), || {
+        agent_status(&status)["reg"] == 200
+    });
+    let (code, view) = post(
+        &app,
+        "/api/v1/smart-views",
+        r#"{"name": "nobody", "query": "name:nobody"}"#,
+    );
+    assert_eq!(code, 201, "{view}");
+    let (code, session) = post(
+        &app,
+        "/api/v1/sessions",
+        &format!(r#"{{"smart_view_id": {}}}"#, view["id"]),
+    );
+    assert_eq!(code, 201, "{session}");
+    let sid = session["id"].as_i64().expect("session id");
+    let (code, body) = post(
+        &app,
+        &format!("/api/v1/sessions/{sid}/agents"),
+        r#"{"agent": "alice"}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let state =
+        |app: &App| get(app, &format!("/api/v1/sessions/{sid}"))["agents"][0]["state"].clone();
+    wait_for("alice idle", Duration::from_secs(20), || {
+        state(&app) == "ready"
+    });
+    app.restart();
+    wait_for(
+        "alice paused after the restart",
+        Duration::from_secs(20),
+        || state(&app) == "paused",
+    );
+    let answered_before = agent_status(&status)["calls"].as_i64().unwrap_or(0);
+
+    // The caller gives up 1 s in, while alice's phone still rings.
+    let caller = "+442079990004";
+    call_in(&carrier, &app, caller, -1.0);
+    wait_for("the caller's call ended", Duration::from_secs(20), || {
+        out_states(&carrier, caller)
+            .iter()
+            .any(|(s, _)| s == "disconnected")
+    });
+    let states = out_states(&carrier, caller);
+    assert!(
+        states.iter().any(|(s, code)| s == "early" && *code == 180),
+        "{states:?}"
+    );
+    assert_eq!(states.last().map(|(_, c)| *c), Some(487), "{states:?}");
+    assert!(!states.iter().any(|(s, _)| s == "confirmed"), "{states:?}");
+    let mut record = Vec::new();
+    wait_for(
+        "the missed callback's record",
+        Duration::from_secs(10),
+        || {
+            record = calls(&app, &format!("session_id={sid}"))
+                .into_iter()
+                .filter(|c| c["outcome"] == "inbound")
+                .collect();
+            !record.is_empty()
+        },
+    );
+    assert!(record[0]["answered_at"].is_null(), "{record:?}");
+    assert_eq!(record[0]["agent"], "alice", "{record:?}");
+    // The phone stopped ringing: it never answered that call.
+    wait_for("the phone's call gone", Duration::from_secs(10), || {
+        agent_status(&status)["state"] == "disconnected"
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        agent_status(&status)["calls"].as_i64().unwrap_or(0),
+        answered_before,
+        "the phone answered nothing after the caller hung up"
+    );
     wait_for("alice paused again", Duration::from_secs(10), || {
         state(&app) == "paused"
     });

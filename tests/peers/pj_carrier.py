@@ -24,7 +24,8 @@ The "invite" event also carries "from": the user part of the INVITE's From.
 Calls in the other direction (a lead calling back): the test appends lines
   call TARGET_URI FROM_NUMBER HOLD
 to EVENTS_FILE + ".cmd"; the carrier then INVITEs TARGET_URI from
-sip:FROM_NUMBER@127.0.0.1:PORT and hangs up HOLD seconds after the answer,
+sip:FROM_NUMBER@127.0.0.1:PORT and hangs up HOLD seconds after the answer
+(a negative HOLD: cancels -HOLD seconds after the INVITE, answered or not),
 writing {"event": "out_state", "from": FROM_NUMBER, "state": "early" |
 "confirmed" | "disconnected", "status": LAST_STATUS}.
 """
@@ -210,7 +211,10 @@ def main():
                     oa = pj.Account()
                     oa.create(oc, False)
                     out_accounts.append(oa)
-                    call = OutCall(oa, ep, parts[2], float(parts[3]))
+                    hold = float(parts[3])
+                    call = OutCall(oa, ep, parts[2], hold if hold >= 0 else None)
+                    if hold < 0:
+                        call.hangup_at = now - hold
                     try:
                         call.makeCall(parts[1], pj.CallOpParam(True))
                     except Exception as e:

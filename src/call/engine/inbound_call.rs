@@ -35,6 +35,8 @@ pub(super) struct InboundState {
     anchor: Anchor,
     label: String,
     finished: bool,
+    /// The agent leg was set up for this call (no leg was up).
+    rang_phone: bool,
 }
 
 impl InboundState {
@@ -68,7 +70,8 @@ impl AgentTask {
         {
             return Err((CallEngineError::AgentLegEnding, call));
         }
-        if self.leg.is_none() {
+        let rang_phone = self.leg.is_none();
+        if rang_phone {
             let targets = self.agent_targets().await;
             if targets.is_empty() {
                 return Err((CallEngineError::NoBinding, call));
@@ -126,6 +129,7 @@ impl AgentTask {
             anchor,
             label,
             finished: false,
+            rang_phone,
         });
         if self.leg.as_ref().is_some_and(|l| l.is_connected()) {
             self.answer_inbound(now);
@@ -242,7 +246,15 @@ impl AgentTask {
                         }
                     }
                 }
-                InboundEvent::Cancelled | InboundEvent::Ended { .. } => self.finish_inbound(),
+                InboundEvent::Cancelled => {
+                    self.finish_inbound();
+                    // The phone was rung for this caller alone: stop it.
+                    let ours = self.inbound.as_ref().is_some_and(|i| i.rang_phone);
+                    if let Some(leg) = self.leg.as_mut().filter(|l| ours && l.is_inviting()) {
+                        leg.hangup(Instant::now());
+                    }
+                }
+                InboundEvent::Ended { .. } => self.finish_inbound(),
                 InboundEvent::Closed => {
                     self.finish_inbound();
                     if let Some(i) = self.inbound.take() {
