@@ -358,6 +358,7 @@ caller_id = "+442079460999"
             lead_id: None,
             session_id: None,
             reduced_ring_time: false,
+            caller_id: None,
         };
         async fn ended(events: &mut tokio::sync::broadcast::Receiver<CallEvent>, id: i64) {
             let wait = async {

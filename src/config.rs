@@ -411,6 +411,37 @@ pub struct DialerConfig {
     pub calling_hours: crate::dialer::hours::Window,
     /// Local dates (`YYYY-MM-DD`) on which no lead is called.
     pub holidays: Vec<String>,
+    /// What a caller calling one of our caller IDs gets when no agent is
+    /// free (SPEC §1 "Leads calling back"): `"busy"` (486 Busy Here, the
+    /// carrier plays its busy tone) or `"unavailable"` (480 Temporarily
+    /// Unavailable, many carriers offer their voicemail then).
+    pub callback_fallback: CallbackFallback,
+    /// Local presence: caller IDs (E.164) from which each lead is called
+    /// with the one of its NANP area code, else of its country; none
+    /// matching, the session's caller ID, else the trunk's. Calls to these
+    /// numbers are callbacks too.
+    pub caller_id_pool: Vec<String>,
+}
+
+/// `dialer.callback_fallback`: the answer to a callback no agent can take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallbackFallback {
+    /// 486 Busy Here (RFC 3261 §21.4.24).
+    #[default]
+    Busy,
+    /// 480 Temporarily Unavailable (RFC 3261 §21.4.18).
+    Unavailable,
+}
+
+impl CallbackFallback {
+    /// The SIP status sent to the carrier.
+    pub fn status(self) -> u16 {
+        match self {
+            CallbackFallback::Busy => 486,
+            CallbackFallback::Unavailable => 480,
+        }
+    }
 }
 
 /// The shortest ring a lead gets unless `dialer.allow_short_ring_timeout`
@@ -434,6 +465,8 @@ impl Default for DialerConfig {
             trunk_wait: Seconds(Duration::from_secs(5)),
             calling_hours: crate::dialer::hours::Window::DEFAULT,
             holidays: Vec::new(),
+            callback_fallback: CallbackFallback::Busy,
+            caller_id_pool: Vec::new(),
         }
     }
 }
@@ -589,6 +622,27 @@ const STRING_KEYS: &[&str] = &[
 const SECTIONS: &[&str] = &["server", "database", "admin", "leads", "dialer"];
 
 impl Config {
+    /// Our caller IDs (every `[[trunk]] caller_id` and the
+    /// `dialer.caller_id_pool`): a call from a trunk
+    /// to one of them is a lead calling back (SPEC §1).
+    pub fn callback_numbers(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .trunks
+            .iter()
+            .map(|t| t.caller_id.trim().to_string())
+            .chain(
+                self.dialer
+                    .caller_id_pool
+                    .iter()
+                    .map(|n| n.trim().to_string()),
+            )
+            .filter(|n| !n.is_empty())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// The embedded defaults (no file), with environment overrides applied.
     pub fn from_env() -> Result<Config, ConfigError> {
         Self::from_toml_str("", "<defaults>", std::env::vars())
@@ -874,6 +928,15 @@ impl Config {
         }
         crate::dialer::hours::parse_holidays(&d.holidays)
             .map_err(|e| invalid("dialer", "holidays", e.to_string()))?;
+        crate::call::caller_id::CallerIdPool::new(&d.caller_id_pool).map_err(|n| {
+            invalid(
+                "dialer",
+                "caller_id_pool",
+                format!(
+                    "{n:?} is not an E.164 number (+ and the country code, e.g. \"+14155550100\")"
+                ),
+            )
+        })?;
         Ok(Config {
             sip_listen,
             http_listen,
@@ -1225,6 +1288,30 @@ mod tests {
             c.digest_algorithms,
             vec![crate::sip::digest::Algorithm::Md5]
         );
+    }
+
+    #[test]
+    fn caller_id_pool_and_callback_fallback() {
+        let c = load(
+            "[dialer]\ncaller_id_pool = [\"+14155550100\"]\ncallback_fallback = \"unavailable\"\n\
+             [[trunk]]\nname = \"a\"\nuri = \"sip:127.0.0.1:5080\"\ncaller_id = \"+15550000000\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.dialer.callback_fallback.status(), 480);
+        assert_eq!(c.callback_numbers(), ["+14155550100", "+15550000000"]);
+        assert_eq!(
+            load("", &[]).unwrap().dialer.callback_fallback.status(),
+            486
+        );
+        let e = load("[dialer]\ncaller_id_pool = [\"4155550100\"]\n", &[]).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("dialer.caller_id_pool"), "{text}");
+        assert!(
+            text.contains("\"4155550100\" is not an E.164 number"),
+            "{text}"
+        );
+        assert!(load("[dialer]\ncallback_fallback = \"voicemail\"\n", &[]).is_err());
     }
 
     #[test]

@@ -247,6 +247,7 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
         trunk_sources,
         flood: config.security.flood.clone(),
         max_transactions: config.security.max_transactions,
+        callback_numbers: config.callback_numbers(),
     };
     let mut endpoint = Endpoint::new(
         endpoint_config,
@@ -305,12 +306,14 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
     endpoint.set_ack_after_persist(true);
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let (route_tx, route_rx) = mpsc::unbounded_channel();
+    // Calls from a trunk to our caller IDs (SPEC §1 "Leads calling back").
+    let (callback_tx, callback_rx) = mpsc::unbounded_channel();
     tasks.spawn(sip_task(
         endpoint,
         transport.clone(),
         inbound,
         cmd_rx,
-        route_rx,
+        (route_rx, callback_tx),
         persist_tx,
         shutdown.clone(),
     ));
@@ -339,7 +342,7 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
             store: store.clone(),
             sip: sip.clone(),
             transport: transport.clone(),
-            routes: route_tx,
+            routes: route_tx.clone(),
             relay,
             sent_by,
             shutdown: shutdown.clone(),
@@ -381,6 +384,32 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
     .await?;
     // The sessions learn the outcomes the crash sweep recorded (R3–R5).
     sessions.apply_recovered(&recovered.settled).await;
+    // Sessions' own caller IDs are callback numbers too.
+    sip.set_session_caller_ids(sessions.caller_ids().await)
+        .await;
+    tasks.spawn(crate::call::callback::run(
+        crate::call::callback::CallbackIo {
+            engine: calls.clone(),
+            store: store.clone(),
+            members: std::sync::Arc::new(sessions.clone()),
+            transport: transport.clone(),
+            routes: route_tx,
+            local: crate::call::LocalAddress {
+                contact: format!("sip:powerdial@{sent_by}"),
+                sent_by: sent_by.to_string(),
+                domain: config.domain.clone(),
+            },
+            timers: TimerConfig {
+                t1: config.sip_timers.t1,
+                t2: config.sip_timers.t2,
+                t4: config.sip_timers.t4,
+            },
+            default_region: config.default_region.clone(),
+            fallback: config.dialer.callback_fallback,
+        },
+        callback_rx,
+        shutdown.clone(),
+    ));
 
     let listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
@@ -457,7 +486,10 @@ async fn sip_task(
     transport: TransportHandle,
     mut inbound: mpsc::Receiver<crate::sip::transport::Inbound>,
     mut commands: mpsc::Receiver<SipCommand>,
-    mut route_changes: mpsc::UnboundedReceiver<RouteChange>,
+    (mut route_changes, callbacks): (
+        mpsc::UnboundedReceiver<RouteChange>,
+        mpsc::UnboundedSender<RoutedMessage>,
+    ),
     mut persist: RegistrationSender,
     shutdown: CancellationToken,
 ) {
@@ -494,6 +526,9 @@ async fn sip_task(
                     }
                 }
                 while let Some(r) = endpoint.poll_routed() {
+                    if r.new_call {
+                        routes.insert(r.call_id.clone(), callbacks.clone());
+                    }
                     match routes.get(&r.call_id) {
                         Some(tx) => {
                             let _ = tx.send(RoutedMessage { peer: r.peer, message: r.message });

@@ -190,6 +190,7 @@ async fn crud(store: &Store, backend: &str) {
                 sip_status: Some(200),
                 ring_ms: Some(5_000),
                 trunk: Some("carrier".into()),
+                caller_id: Some("+442079460999".into()),
             },
         )
         .await
@@ -213,6 +214,11 @@ async fn crud(store: &Store, backend: &str) {
         .await
         .unwrap();
     assert_eq!(again.trunk.as_deref(), Some("carrier"));
+    assert_eq!(
+        again.caller_id.as_deref(),
+        Some("+442079460999"),
+        "the caller ID the lead was shown is kept"
+    );
     let by_lead = store
         .list_calls(
             CallFilter {
@@ -639,6 +645,68 @@ async fn do_not_call_list_on_every_backend() {
         assert!(s.delete_dnc(&p("+1900*")).await.expect("delete"));
         assert!(!s.delete_dnc(&p("+1900*")).await.expect("delete again"));
         assert_eq!(hit("+19005550100").await, None);
+        db.cleanup().await;
+    }
+}
+
+/// Leads calling back (SPEC §1) on both backends: the lead a number
+/// belongs to (the one called last among several) and the agent who
+/// called it last.
+#[tokio::test]
+async fn callback_lookups_on_every_backend() {
+    for db in common::all_dbs("callback_lookups_on_every_backend").await {
+        let s = &db.store;
+        let fields = s.custom_field_set().await.unwrap();
+        let lead = |name: &str, phone: &str, created: &str| {
+            new_lead(json!({"name": name, "created": created,
+                            "contacts": [{"name": "x", "phones": [phone]}]}))
+            .validate(&fields, "US", common::reference_now())
+            .unwrap()
+        };
+        let a = s
+            .insert_lead(&lead("A", "+14155550101", "2026-01-01T00:00:00Z"), now_ms())
+            .await
+            .unwrap();
+        let b = s
+            .insert_lead(&lead("B", "+14155550101", "2026-01-02T00:00:00Z"), now_ms())
+            .await
+            .unwrap();
+        let c = s
+            .insert_lead(&lead("C", "+14155550199", "2026-01-03T00:00:00Z"), now_ms())
+            .await
+            .unwrap();
+        assert_eq!(s.lead_by_phone("+14155550199").await.unwrap(), Some(c.id));
+        assert_eq!(s.lead_by_phone("+14155550000").await.unwrap(), None);
+        // Never called: the newest of the two.
+        assert_eq!(s.lead_by_phone("+14155550101").await.unwrap(), Some(b.id));
+        assert_eq!(s.last_agent_for_lead(a.id).await.unwrap(), None);
+        let call = |lead: i64, agent: Option<&str>, at: i64| NewCall {
+            session_id: Some(3),
+            lead_id: Some(lead),
+            agent: agent.map(str::to_string),
+            number: "+14155550101".into(),
+            started_ms: at,
+            answered_ms: None,
+            ended_ms: None,
+            outcome: None,
+            sip_status: None,
+            ring_ms: None,
+            trunk: None,
+        };
+        s.insert_call(&call(a.id, Some("bob"), 1_000))
+            .await
+            .unwrap();
+        s.insert_call(&call(a.id, Some("alice"), 2_000))
+            .await
+            .unwrap();
+        // A call logged without an agent does not count.
+        s.insert_call(&call(a.id, None, 3_000)).await.unwrap();
+        // A is the lead called last now.
+        assert_eq!(s.lead_by_phone("+14155550101").await.unwrap(), Some(a.id));
+        assert_eq!(
+            s.last_agent_for_lead(a.id).await.unwrap(),
+            Some(("alice".to_string(), Some(3)))
+        );
         db.cleanup().await;
     }
 }

@@ -35,6 +35,7 @@ fuzz_target!(|data: &[u8]| {
             ..FloodConfig::default()
         },
         max_transactions: 64,
+        callback_numbers: vec!["+15550000000".into()],
     };
     let agents = [AgentConfig {
         username: "alice".into(),

@@ -11,6 +11,10 @@
 
 #![allow(clippy::disallowed_methods)] // a driver: this is where the clock is read.
 
+mod inbound_call;
+
+pub use inbound_call::InboundCall;
+
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -167,6 +171,9 @@ pub struct DialRequest {
     pub session_id: Option<i64>,
     /// R8: `reduced_ring_timeout` instead of `ring_timeout`.
     pub reduced_ring_time: bool,
+    /// The session's caller ID, shown instead of the trunk's when no
+    /// `dialer.caller_id_pool` number is local to the lead.
+    pub caller_id: Option<String>,
 }
 
 /// What the engine reports (the seam with the sessions).
@@ -211,6 +218,19 @@ pub enum CallEvent {
         outcome: Outcome,
         /// The final SIP status of the lead's INVITE, if one arrived.
         sip_status: Option<u16>,
+    },
+    /// A lead calling back was put through to this agent (SPEC §1 "Leads
+    /// calling back"); `LeadAnswered` follows once it is bridged, then
+    /// `CallEnded` with outcome `inbound`.
+    CallbackTaken {
+        /// The agent.
+        agent: String,
+        /// The call record id.
+        call_id: i64,
+        /// The lead, if the caller's number is a lead's.
+        lead_id: Option<i64>,
+        /// The session the agent was chosen in.
+        session_id: Option<i64>,
     },
     /// A call placed with [`CallEngine::place_call`] moved on (SPEC §4,
     /// R17); the sessions ignore it.
@@ -258,6 +278,13 @@ enum Command {
     Hangup(i64, oneshot::Sender<bool>),
     Disconnect(oneshot::Sender<Result<(), CallEngineError>>),
     State(oneshot::Sender<AgentLegState>),
+    /// A callback for this agent (SPEC §1 "Leads calling back").
+    Inbound(
+        Box<InboundCall>,
+        oneshot::Sender<Result<(), (CallEngineError, Box<InboundCall>)>>,
+    ),
+    /// A message for a callback this task took, that reached the router.
+    Sip(RoutedMessage),
 }
 
 /// A message for a call leg, from the SIP task.
@@ -330,6 +357,8 @@ struct Shared {
     lead_on_phone: bool,
     /// `security.srtp`.
     srtp: crate::config::SrtpPolicy,
+    /// `dialer.caller_id_pool`: local presence.
+    caller_id_pool: super::caller_id::CallerIdPool,
     /// The agent tasks and the outcome writes: a graceful stop waits for
     /// all of them, so no call ends without its record.
     tasks: TaskTracker,
@@ -498,6 +527,9 @@ impl CallEngine {
             drain_timeout: config.drain_timeout,
             lead_on_phone: config.dialer.lead_on_phone,
             srtp: config.security.srtp,
+            // Checked when the configuration was read.
+            caller_id_pool: super::caller_id::CallerIdPool::new(&config.dialer.caller_id_pool)
+                .unwrap_or_default(),
             tasks: TaskTracker::new(),
             journal: io.journal,
         });
@@ -692,6 +724,38 @@ impl CallEngine {
         self.events.subscribe()
     }
 
+    /// Offers a callback to `agent` (SPEC §1 "Leads calling back"): taken
+    /// when the agent is free (see `AgentTask::take_inbound`), else given
+    /// back with the reason.
+    pub async fn take_inbound(
+        &self,
+        agent: &str,
+        call: Box<InboundCall>,
+    ) -> Result<(), (CallEngineError, Box<InboundCall>)> {
+        let tx = match self.agent(agent) {
+            Ok(tx) => tx,
+            Err(e) => return Err((e, call)),
+        };
+        let (reply, rx) = oneshot::channel();
+        if let Err(mpsc::error::SendError(Command::Inbound(call, _))) =
+            tx.send(Command::Inbound(call, reply))
+        {
+            return Err((CallEngineError::Stopped, call));
+        }
+        match rx.await {
+            Ok(r) => r,
+            // The task ended with the call: nothing to give back.
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Hands a message of a callback to the agent task that took it.
+    pub fn forward_sip(&self, agent: &str, message: RoutedMessage) {
+        if let Ok(tx) = self.agent(agent) {
+            let _ = tx.send(Command::Sip(message));
+        }
+    }
+
     /// The agent leg's state; `None` for an unknown agent or a stopped engine.
     pub async fn agent_state(&self, agent: &str) -> Option<AgentLegState> {
         self.ask(agent, Command::State).await.ok()
@@ -769,6 +833,10 @@ struct LeadCall {
     number: String,
     /// R8 for this call (each trunk's INVITE gets the whole of it).
     ring_timeout: Duration,
+    /// The session's caller ID, if it has one (kept for a failover).
+    session_caller_id: Option<String>,
+    /// The caller ID in the INVITE on the wire (From, P-Asserted-Identity).
+    caller_id: String,
 }
 
 /// A manual call waiting for the agent's phone to answer (R17): its
@@ -800,6 +868,8 @@ struct AgentTask {
     lead: Option<LeadCall>,
     /// A manual call waiting for the agent leg (R17).
     pending: Option<PendingCall>,
+    /// A callback taken by this agent (SPEC §1 "Leads calling back").
+    inbound: Option<inbound_call::InboundState>,
     /// Lead legs whose outcome is stored but whose signalling goes on
     /// (487's ACK, Timer D, a crossing 200's BYE).
     closing: Vec<LeadLeg>,
@@ -853,6 +923,7 @@ impl AgentTask {
             waiters: Vec::new(),
             lead: None,
             pending: None,
+            inbound: None,
             closing: Vec::new(),
             closing_agent: Vec::new(),
             sdp_version: epoch_ms(SystemTime::now()).unsigned_abs(),
@@ -866,6 +937,7 @@ impl AgentTask {
         let mut all = Vec::new();
         all.extend(self.leg.as_ref().and_then(|l| l.poll_timeout()));
         all.extend(self.lead.as_ref().and_then(|l| l.leg.poll_timeout()));
+        all.extend(self.inbound.as_ref().and_then(|i| i.poll_timeout()));
         all.extend(self.closing.iter().filter_map(|l| l.poll_timeout()));
         all.extend(self.closing_agent.iter().filter_map(|l| l.poll_timeout()));
         if let Some(d) = self.drain_deadline {
@@ -947,6 +1019,13 @@ impl AgentTask {
                 l.leg.hangup(now);
             }
         }
+        if self
+            .inbound
+            .as_ref()
+            .is_some_and(|i| i.call.leg.is_offered())
+        {
+            self.hangup_inbound(now);
+        }
     }
 
     /// The drain deadline passed or a second signal came: BYE or CANCEL
@@ -958,6 +1037,7 @@ impl AgentTask {
         if let Some(l) = &mut self.lead {
             l.leg.hangup(now);
         }
+        self.hangup_inbound(now);
         if let Some(leg) = &mut self.leg {
             leg.hangup(now);
         }
@@ -965,7 +1045,7 @@ impl AgentTask {
 
     /// While draining: once no lead call is left, hang up the agent leg.
     fn drain_step(&mut self, now: Instant) {
-        if self.lead.is_none() {
+        if self.lead.is_none() && self.inbound.is_none() {
             if let Some(leg) = &mut self.leg {
                 if leg.is_connected() || leg.is_inviting() {
                     leg.hangup(now);
@@ -977,6 +1057,7 @@ impl AgentTask {
     fn is_idle(&self) -> bool {
         self.lead.is_none()
             && self.pending.is_none()
+            && self.inbound.is_none()
             && self.closing.is_empty()
             && self.closing_agent.is_empty()
             && self.leg.as_ref().is_none_or(|l| l.is_closed())
@@ -992,6 +1073,11 @@ impl AgentTask {
         if let Some(l) = &mut self.lead {
             if l.leg.poll_timeout().is_some_and(|d| d <= now) {
                 l.leg.handle_timeout(now);
+            }
+        }
+        if let Some(i) = &mut self.inbound {
+            if i.poll_timeout().is_some_and(|d| d <= now) {
+                i.call.leg.handle_timeout(now);
             }
         }
         if let Some(leg) = &mut self.leg {
@@ -1019,6 +1105,12 @@ impl AgentTask {
         let Some(call_id) = call_id else { return };
         let result = if let Some(l) = self.lead.as_mut().filter(|l| l.leg.call_id() == call_id) {
             l.leg.handle_message(now, m.peer, m.message)
+        } else if let Some(i) = self
+            .inbound
+            .as_mut()
+            .filter(|i| i.call.leg.call_id() == call_id)
+        {
+            i.call.leg.handle_message(now, m.peer, m.message)
         } else if let Some(leg) = self.leg.as_mut().filter(|l| l.call_id() == call_id) {
             leg.handle_message(now, m.peer, m.message)
         } else if let Some(l) = self.closing.iter_mut().find(|l| l.call_id() == call_id) {
@@ -1050,6 +1142,9 @@ impl AgentTask {
                 if let Some(l) = self.lead.as_mut().filter(|l| l.media.id == leg) {
                     tracing::info!(agent = %self.name, call = l.record_id, "no RTP from the carrier for rtp_timeout: hanging up the lead");
                     l.leg.rtp_timeout(now);
+                } else if self.is_inbound_media(leg) {
+                    tracing::info!(agent = %self.name, "no RTP from the caller for rtp_timeout: hanging up the callback");
+                    self.hangup_inbound(now);
                 } else if self.media.as_ref().is_some_and(|m| m.agent_leg().id == leg) {
                     // As if the phone hung up (SPEC §1 step 6): the lead is
                     // hung up and the sessions pause the agent.
@@ -1084,6 +1179,7 @@ impl AgentTask {
                 if let Some(l) = &mut self.lead {
                     l.leg.hangup(now);
                 }
+                self.hangup_inbound(now);
             }
             // `0` pauses; the do-not-call key is the session's to handle.
             '0' | crate::dialer::session::DNC_KEY => {}
@@ -1112,6 +1208,10 @@ impl AgentTask {
                     let _ = reply.send(Err(CallEngineError::Stopped));
                     return;
                 }
+                Command::Inbound(call, reply) => {
+                    let _ = reply.send(Err((CallEngineError::Stopped, call)));
+                    return;
+                }
                 other => return self.on_command_now(now, other).await,
             }
         }
@@ -1130,12 +1230,13 @@ impl AgentTask {
                 let _ = reply.send(r);
             }
             Command::Skip(reply) => {
-                let r = match &mut self.lead {
-                    Some(l) => {
-                        l.leg.skip(now);
-                        Ok(())
-                    }
-                    None => Err(CallEngineError::NoCall),
+                let r = if let Some(l) = &mut self.lead {
+                    l.leg.skip(now);
+                    Ok(())
+                } else if self.hangup_inbound(now) {
+                    Ok(())
+                } else {
+                    Err(CallEngineError::NoCall)
                 };
                 let _ = reply.send(r);
             }
@@ -1149,6 +1250,9 @@ impl AgentTask {
                         self.hangup_pending(now).await;
                         true
                     }
+                    _ if self.inbound.as_ref().is_some_and(|i| i.record_id == id) => {
+                        self.hangup_inbound(now)
+                    }
                     _ => false,
                 };
                 let _ = reply.send(found);
@@ -1157,6 +1261,7 @@ impl AgentTask {
                 if let Some(l) = &mut self.lead {
                     l.leg.hangup(now);
                 }
+                self.hangup_inbound(now);
                 let r = match &mut self.leg {
                     Some(leg) => {
                         leg.hangup(now);
@@ -1169,9 +1274,21 @@ impl AgentTask {
             Command::State(reply) => {
                 let _ = reply.send(AgentLegState {
                     connected: self.leg.as_ref().is_some_and(|l| l.is_connected()),
-                    call_id: self.lead.as_ref().map(|l| l.record_id),
+                    call_id: self
+                        .lead
+                        .as_ref()
+                        .map(|l| l.record_id)
+                        .or(self.inbound.as_ref().map(|i| i.record_id)),
                 });
             }
+            Command::Inbound(call, reply) => {
+                let r = self
+                    .take_inbound(now, *call)
+                    .await
+                    .map_err(|(e, call)| (e, Box::new(call)));
+                let _ = reply.send(r);
+            }
+            Command::Sip(m) => self.on_sip(now, m),
         }
     }
 
@@ -1297,7 +1414,7 @@ impl AgentTask {
         if !self.leg.as_ref().is_some_and(|l| l.is_connected()) {
             return Err(CallEngineError::NotConnected);
         }
-        if self.lead.is_some() || self.pending.is_some() {
+        if self.lead.is_some() || self.pending.is_some() || self.inbound.is_some() {
             return Err(CallEngineError::Busy);
         }
         // R2 + R11: the E.164 number, when a trunk may dial it.
@@ -1457,7 +1574,7 @@ impl AgentTask {
         req: DialRequest,
         grant: Option<TrunkGrant>,
     ) -> Result<(i64, CallProgress), CallEngineError> {
-        if self.lead.is_some() || self.pending.is_some() {
+        if self.lead.is_some() || self.pending.is_some() || self.inbound.is_some() {
             return Err(CallEngineError::Busy);
         }
         let anchor = Anchor::now();
@@ -1734,7 +1851,14 @@ impl AgentTask {
         };
         // The ring timeout counts from here (R8): the INVITE leaves in this
         // loop turn's flush.
-        let (leg, offer) = match self.dial_trunk(grant.slot.id, &number, handle, ring_timeout) {
+        let dialed = self.dial_trunk(
+            grant.slot.id,
+            &number,
+            handle,
+            ring_timeout,
+            req.caller_id.as_deref(),
+        );
+        let (leg, offer, caller_id) = match dialed {
             Ok(x) => x,
             Err(e) => {
                 if let Some(media) = &self.media {
@@ -1786,6 +1910,8 @@ impl AgentTask {
             grant,
             number,
             ring_timeout,
+            session_caller_id: req.caller_id,
+            caller_id,
         });
     }
 
@@ -1798,7 +1924,8 @@ impl AgentTask {
         number: &str,
         handle: LegHandle,
         ring_timeout: Duration,
-    ) -> Result<(LeadLeg, SessionDescription), super::CallError> {
+        session_caller_id: Option<&str>,
+    ) -> Result<(LeadLeg, SessionDescription, String), super::CallError> {
         let shared = self.shared.clone();
         let info = shared
             .trunks
@@ -1811,12 +1938,24 @@ impl AgentTask {
         let version = self.next_sdp_version();
         let offer = sdp::make_offer(self.shared.media_ip, handle.local_port, version);
         let t = &info.config;
+        // Caller ID rules: a pool number local to the lead, else the
+        // session's, else the trunk's; a P-Asserted-Identity configured
+        // on the trunk asserts the same number.
+        let fallback = session_caller_id.unwrap_or(&t.caller_id);
+        let caller_id = shared.caller_id_pool.choose(number, fallback).to_string();
+        let p_asserted_identity = t.p_asserted_identity.as_ref().map(|pai| {
+            if caller_id == t.caller_id {
+                pai.clone()
+            } else {
+                caller_id.clone()
+            }
+        });
         let params = LeadParams {
             trunk: info.peer,
             trunk_uri: t.uri.clone(),
             number: number.to_string(),
-            caller_id: t.caller_id.clone(),
-            p_asserted_identity: t.p_asserted_identity.clone(),
+            caller_id: caller_id.clone(),
+            p_asserted_identity,
             credentials: t.username.clone().zip(t.password.clone()),
             local: self.shared.local.clone(),
             offer_sdp: offer.to_bytes(),
@@ -1832,7 +1971,7 @@ impl AgentTask {
             .trunk_attempts
             .get_or_create(&shared.trunks.label(trunk))
             .inc();
-        Ok((leg, offer))
+        Ok((leg, offer, caller_id))
     }
 
     /// The trunk failed the INVITE before the lead's phone could ring
@@ -1863,8 +2002,15 @@ impl AgentTask {
         };
         let slot = TrunkSlot::new(trunks.clone(), next);
         l.grant.tried.push(next);
-        match self.dial_trunk(next, &l.number, l.media, l.ring_timeout) {
-            Ok((leg, offer)) => {
+        let dialed = self.dial_trunk(
+            next,
+            &l.number,
+            l.media,
+            l.ring_timeout,
+            l.session_caller_id.as_deref(),
+        );
+        match dialed {
+            Ok((leg, offer, caller_id)) => {
                 crate::metrics::metrics()
                     .trunk_failovers
                     .get_or_create(&trunks.label(from))
@@ -1881,6 +2027,7 @@ impl AgentTask {
                 let old = std::mem::replace(&mut l.leg, leg);
                 self.closing.push(old);
                 l.offer = offer;
+                l.caller_id = caller_id;
                 l.grant.slot = slot;
                 self.lead = Some(l);
                 true
@@ -1907,9 +2054,15 @@ impl AgentTask {
                 busy = true;
                 self.on_agent_event(ev);
             }
+            busy |= self.inbound_events();
             let mut out: Vec<Transmit> = Vec::new();
             if let Some(l) = &mut self.lead {
                 while let Some(t) = l.leg.poll_transmit() {
+                    out.push(t);
+                }
+            }
+            if let Some(i) = &mut self.inbound {
+                while let Some(t) = i.call.leg.poll_transmit() {
                     out.push(t);
                 }
             }
@@ -2002,6 +2155,9 @@ impl AgentTask {
         if let Some(l) = &mut self.lead {
             l.leg.handle_transport_error(now, peer);
         }
+        if let Some(i) = &mut self.inbound {
+            i.call.leg.handle_transport_error(now, peer);
+        }
         if let Some(leg) = &mut self.leg {
             leg.handle_transport_error(now, peer);
         }
@@ -2052,10 +2208,12 @@ impl AgentTask {
                 let shared = self.shared.clone();
                 let id = l.record_id;
                 let trunk = self.shared.trunks.name(l.grant.slot.id).to_string();
+                let caller_id = l.caller_id.clone();
                 tokio::spawn(async move {
                     let end = CallEnd {
                         answered_ms,
                         trunk: Some(trunk),
+                        caller_id: Some(caller_id),
                         ..CallEnd::default()
                     };
                     if let Err(e) = shared.store.finish_call(id, &end).await {
@@ -2126,6 +2284,7 @@ impl AgentTask {
                     .ring_duration
                     .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
                 trunk: Some(self.shared.trunks.name(l.grant.slot.id).to_string()),
+                caller_id: Some(l.caller_id.clone()),
             };
             let reason = l.end_reason.map_or("unanswered", EndReason::as_str);
             tracing::info!(agent = %self.name, call = l.record_id, %outcome, %reason, status = ?r.sip_status, "call ended");
@@ -2205,12 +2364,14 @@ impl AgentTask {
                 for w in self.waiters.drain(..) {
                     let _ = w.send(Ok(()));
                 }
+                self.answer_inbound(now);
                 tracing::info!(agent = %self.name, "agent leg connected");
                 let _ = self.shared.events.send(CallEvent::AgentConnected {
                     agent: self.name.clone(),
                 });
             }
             AgentEvent::Failed { status } => {
+                self.inbound_agent_gone(now);
                 self.abandon_pending(&match status {
                     Some(s) => format!("the agent's phone declined ({s})"),
                     None => "the agent's phone did not answer".to_string(),
@@ -2252,16 +2413,18 @@ impl AgentTask {
                 if let Some(l) = &mut self.lead {
                     l.leg.hangup(now);
                 }
+                self.hangup_inbound(now);
                 let _ = self.shared.events.send(CallEvent::AgentDisconnected {
                     agent: self.name.clone(),
                 });
             }
             AgentEvent::Closed => {
                 self.abandon_pending("the agent leg ended");
+                self.inbound_agent_gone(now);
                 if let Some(leg) = self.leg.take() {
                     self.unroute(leg.call_id());
                 }
-                if self.lead.is_none() {
+                if self.lead.is_none() && self.inbound.is_none() {
                     self.media = None;
                     self.media_rx = None;
                 }

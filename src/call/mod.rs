@@ -22,8 +22,11 @@
 //! remote target: the trunk is one gateway and phones sit behind NAT.
 
 mod agent;
+pub mod callback;
+pub mod caller_id;
 pub mod demo;
 pub mod engine;
+mod inbound;
 mod lead;
 mod leg;
 pub mod leg_journal;
@@ -40,6 +43,7 @@ mod wire;
 mod tests;
 
 pub use agent::{AgentEvent, AgentLeg, AgentParams, AgentTarget, Dtmf};
+pub use inbound::{uri_user, InboundEvent, InboundLeg};
 pub use lead::{EndReason, LeadEvent, LeadLeg, LeadParams};
 pub use outcome::{LegRecord, Outcome};
 pub use timer::Timer;

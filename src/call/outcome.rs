@@ -26,6 +26,10 @@ pub enum Outcome {
     /// 403, 404, 484, 488, 603 and the other 4xx/6xx, a second digest
     /// challenge, a number the trunk may not dial (R11): blocked.
     Restricted,
+    /// A lead (or an unknown caller) called one of our caller IDs and was
+    /// bridged to an agent (SPEC §1 "Leads calling back"); never a dial
+    /// outcome, so the queue does not see it.
+    Inbound,
 }
 
 impl Outcome {
@@ -65,6 +69,7 @@ impl Outcome {
             "skipped" => Outcome::Skipped,
             "temporary_error" => Outcome::TemporaryError,
             "restricted" => Outcome::Restricted,
+            "inbound" => Outcome::Inbound,
             _ => return None,
         })
     }
@@ -78,6 +83,7 @@ impl Outcome {
             Outcome::Skipped => "skipped",
             Outcome::TemporaryError => "temporary_error",
             Outcome::Restricted => "restricted",
+            Outcome::Inbound => "inbound",
         }
     }
 }

@@ -115,10 +115,24 @@ pub struct CurrentCall {
     pub call_id: Option<i64>,
 }
 
+/// A lead calling back that the engine put through to this agent (SPEC
+/// §1 "Leads calling back"): no queue claim, shown like a lead call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Callback {
+    /// The call record.
+    pub call_id: i64,
+    /// The lead, if the caller's number is one of a lead's.
+    pub lead_id: Option<i64>,
+}
+
 /// One agent's state machine in a session (see the module docs).
 #[derive(Debug, Clone)]
 pub struct AgentMachine {
     state: AgentState,
+    /// A callback in progress, and the state to go back to after it.
+    callback: Option<(Callback, AgentState)>,
+    /// The callback that ended last, shown during its wrap-up.
+    ended_callback: Option<Callback>,
     leg_up: bool,
     call: Option<CurrentCall>,
     /// The call that ended last: the one the agent's notes are about while
@@ -139,6 +153,8 @@ impl AgentMachine {
     pub fn new(wrap_up_idle: Duration) -> AgentMachine {
         AgentMachine {
             state: AgentState::Joining,
+            callback: None,
+            ended_callback: None,
             leg_up: false,
             call: None,
             ended: None,
@@ -172,6 +188,65 @@ impl AgentMachine {
             (None, AgentState::WrapUp) => self.ended,
             (None, _) => None,
         }
+    }
+
+    /// The callback the agent's screen is about: the one in progress, or
+    /// in wrap-up the one that just ended.
+    pub fn shown_callback(&self) -> Option<Callback> {
+        match (self.callback, self.state) {
+            (Some((c, _)), _) => Some(c),
+            (None, AgentState::WrapUp) if self.call.is_none() => self.ended_callback,
+            _ => None,
+        }
+    }
+
+    /// Whether a callback is in progress (no lead is claimed meanwhile).
+    pub fn on_callback(&self) -> bool {
+        self.callback.is_some()
+    }
+
+    /// The engine put a lead calling back through to this agent (it was
+    /// free: no lead call in progress): connected, no claim until it ends.
+    pub fn handle_callback(&mut self, callback: Callback) {
+        if self.call.is_some() || self.callback.is_some() || self.state == AgentState::Left {
+            return;
+        }
+        let back = match self.state {
+            AgentState::Paused | AgentState::Joining => AgentState::Paused,
+            _ => AgentState::Ready,
+        };
+        self.callback = Some((callback, back));
+        self.ended = None;
+        self.ended_callback = None;
+        self.wrap_up_until = None;
+        self.wake_at = None;
+        self.state = AgentState::Connected;
+    }
+
+    /// The callback `call_id` ended: wrap-up as after an answered call
+    /// (or paused, if the agent was paused before it or asked to be);
+    /// false if it is not this agent's callback.
+    pub fn handle_callback_ended(&mut self, now: Instant, call_id: i64) -> bool {
+        let Some((c, back)) = self.callback.filter(|(c, _)| c.call_id == call_id) else {
+            return false;
+        };
+        self.callback = None;
+        self.ended_callback = Some(c);
+        if self.state == AgentState::Left {
+            return true;
+        }
+        if back == AgentState::Paused || std::mem::take(&mut self.pause_after_call) || !self.leg_up
+        {
+            self.state = AgentState::Paused;
+            return true;
+        }
+        if std::mem::take(&mut self.skip_wrap_up) {
+            self.claim();
+            return true;
+        }
+        self.state = AgentState::WrapUp;
+        self.wrap_up_until = Some(now + self.wrap_up_idle);
+        true
     }
 
     /// Whether the agent leg is up.

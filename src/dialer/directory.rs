@@ -147,8 +147,14 @@ impl Sessions {
         reduced_ring_time: bool,
         wrap_up_idle_ms: Option<i64>,
     ) -> Result<(SessionRow, String), SessionError> {
-        self.create_with_hours(smart_view_id, reduced_ring_time, wrap_up_idle_ms, None)
-            .await
+        self.create_with_hours(
+            smart_view_id,
+            reduced_ring_time,
+            wrap_up_idle_ms,
+            None,
+            None,
+        )
+        .await
     }
 
     /// [`Self::create`] with the session's own calling hours (SPEC §4;
@@ -159,6 +165,7 @@ impl Sessions {
         reduced_ring_time: bool,
         wrap_up_idle_ms: Option<i64>,
         calling_hours: Option<super::hours::Window>,
+        caller_id: Option<String>,
     ) -> Result<(SessionRow, String), SessionError> {
         let token = record::new_share_token(&mut rand::rngs::OsRng);
         let mut row = record::create_session(
@@ -174,6 +181,10 @@ impl Sessions {
             // Before the session starts, so it never runs on other hours.
             record::set_calling_hours(&self.inner.store, row.id, calling_hours).await?;
             row.calling_hours = calling_hours;
+        }
+        if caller_id.is_some() {
+            record::set_caller_id(&self.inner.store, row.id, caller_id.as_deref()).await?;
+            row.caller_id = caller_id;
         }
         let h = (self.inner.spawn)(row.clone()).await?;
         self.insert(h);
@@ -230,7 +241,7 @@ impl Sessions {
         reduced_ring_time: Option<bool>,
         wrap_up_idle_ms: Option<Option<i64>>,
     ) -> Result<SessionRow, SessionError> {
-        self.update_settings_with_hours(id, reduced_ring_time, wrap_up_idle_ms, None)
+        self.update_settings_with_hours(id, reduced_ring_time, wrap_up_idle_ms, None, None)
             .await
     }
 
@@ -242,6 +253,7 @@ impl Sessions {
         reduced_ring_time: Option<bool>,
         wrap_up_idle_ms: Option<Option<i64>>,
         calling_hours: Option<Option<super::hours::Window>>,
+        caller_id: Option<Option<String>>,
     ) -> Result<SessionRow, SessionError> {
         let h = self.get(id)?;
         let row = record::get_session(&self.inner.store, id)
@@ -252,6 +264,9 @@ impl Sessions {
         record::update_settings(&self.inner.store, id, reduced, wrap).await?;
         if let Some(hours) = calling_hours {
             record::set_calling_hours(&self.inner.store, id, hours).await?;
+        }
+        if let Some(c) = caller_id {
+            record::set_caller_id(&self.inner.store, id, c.as_deref()).await?;
         }
         let row = record::get_session(&self.inner.store, id)
             .await?
@@ -318,5 +333,39 @@ async fn listen(pool: sqlx::PgPool, changed: LeadsChanged) {
             Err(e) => tracing::warn!(error = %e, "LISTEN connection failed"),
         }
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+impl Sessions {
+    /// Every running session's own caller ID (callback numbers, SPEC §1).
+    pub async fn caller_ids(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for h in self.running() {
+            if let Ok(view) = h.view().await {
+                out.extend(view.row.caller_id);
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+/// The agents of this instance's sessions, for the callback router (SPEC
+/// §1 "Leads calling back").
+impl crate::call::callback::SessionMembers for Sessions {
+    fn members(&self) -> crate::call::callback::MembersFuture<'_> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for h in self.running() {
+                let Ok(view) = h.view().await else { continue };
+                for a in view.agents {
+                    if a.state != super::agent::AgentState::Left {
+                        out.push((a.agent, h.id()));
+                    }
+                }
+            }
+            out
+        })
     }
 }

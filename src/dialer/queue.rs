@@ -901,7 +901,8 @@ impl SessionQueue {
             return Ok(Reported::Stale);
         }
         match outcome {
-            Outcome::Answered => {
+            // A callback reached an agent: the lead talked to us (R5).
+            Outcome::Answered | Outcome::Inbound => {
                 e.status = Status::Answered;
                 self.answered_in_view += 1;
             }

@@ -43,6 +43,10 @@ pub struct SessionRow {
     /// default).
     #[schema(value_type = Option<super::hours::WindowSpec>)]
     pub calling_hours: Option<Window>,
+    /// The session's caller ID (E.164), shown to leads instead of the
+    /// trunk's when no `dialer.caller_id_pool` number is local to them;
+    /// `null`: the trunk's.
+    pub caller_id: Option<String>,
 }
 
 /// A stored window: both columns or neither; a pair that no longer parses
@@ -97,12 +101,13 @@ macro_rules! session_from_row {
             created_ms: r.try_get("created_ms")?,
             reset_ms: r.try_get("reset_ms")?,
             calling_hours: stored_window(r.try_get("calling_start")?, r.try_get("calling_end")?),
+            caller_id: r.try_get("caller_id")?,
         }
     }};
 }
 
 const SESSION_COLS: &str = "id, smart_view_id, reduced_ring_time, wrap_up_idle_ms, \
-                            share_token_hash, created_ms, reset_ms, calling_start, calling_end";
+                            share_token_hash, created_ms, reset_ms, calling_start, calling_end, caller_id";
 
 /// Stores a new session with its share token's hash (R16). A Smart View that
 /// does not exist is `Invalid` (foreign key).
@@ -224,6 +229,24 @@ pub async fn set_calling_hours(
     .bind(id)
     .bind(start)
     .bind(end)
+    .execute(p)
+    .await?
+    .rows_affected());
+    Ok(n == 1)
+}
+
+/// Sets (or with `None`, clears) the session's caller ID; false if there
+/// is no such session.
+pub async fn set_caller_id(
+    store: &Store,
+    id: i64,
+    caller_id: Option<&str>,
+) -> Result<bool, StoreError> {
+    let n = with_pool!(store, p => sqlx::query(
+        "UPDATE dialer_sessions SET caller_id = $2 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(caller_id)
     .execute(p)
     .await?
     .rows_affected());

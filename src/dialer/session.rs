@@ -762,12 +762,12 @@ impl<D: Dialer, C: Clock> Session<D, C> {
                     .iter()
                     .filter(|(_, s)| s.machine.state() != AgentState::Left)
                     .map(|(name, s)| {
-                        let c = s.machine.shown_call();
+                        let (lead_id, call_id) = shown(&s.machine);
                         AgentView {
                             agent: name.clone(),
                             state: s.machine.state(),
-                            lead_id: c.map(|c| c.claim.lead.0),
-                            call_id: c.and_then(|c| c.call_id),
+                            lead_id,
+                            call_id,
                         }
                     })
                     .collect();
@@ -929,6 +929,19 @@ impl<D: Dialer, C: Clock> Session<D, C> {
         let now = self.shared.clock.instant().into_std();
         match ev {
             CallEvent::AgentConnected { .. } | CallEvent::CallProgress { .. } => {}
+            CallEvent::CallbackTaken {
+                agent,
+                call_id,
+                lead_id,
+                session_id,
+            } => {
+                if session_id == Some(self.row.id) {
+                    if let Some(s) = self.agents.get_mut(&agent) {
+                        s.machine
+                            .handle_callback(super::agent::Callback { call_id, lead_id });
+                    }
+                }
+            }
             CallEvent::AgentDisconnected { agent } => {
                 if let Some(s) = self.agents.get_mut(&agent) {
                     s.machine.handle_agent_disconnected();
@@ -1000,6 +1013,16 @@ impl<D: Dialer, C: Clock> Session<D, C> {
         let Some(slot) = self.agents.get_mut(agent) else {
             return;
         };
+        if slot.machine.handle_callback_ended(now, call_id) {
+            let _ = self.shared.events.send(SessionEvent::CallEnded {
+                session_id: self.row.id,
+                agent: agent.to_string(),
+                call_id,
+                lead_id,
+                outcome,
+            });
+            return;
+        }
         let Some(c) =
             slot.machine
                 .handle_call_ended(now, call_id, outcome == CallOutcome::Answered)
@@ -1122,6 +1145,16 @@ impl<D: Dialer, C: Clock> Session<D, C> {
         let Some(aid) = self.agents.get(agent).map(|s| s.id) else {
             return;
         };
+        if let Some(s) = self
+            .agents
+            .get_mut(agent)
+            .filter(|s| s.machine.on_callback())
+        {
+            // On a callback: the claim waits for its end (the engine would
+            // refuse the dial).
+            s.machine.handle_no_lead(None);
+            return;
+        }
         let store = self.shared.store.clone();
         let hours = self.calling_hours();
         let mut holds = 0usize;
@@ -1267,6 +1300,7 @@ impl<D: Dialer, C: Clock> Session<D, C> {
                 lead_id: Some(c.lead.0),
                 session_id: Some(self.row.id),
                 reduced_ring_time: self.row.reduced_ring_time,
+                caller_id: self.row.caller_id.clone(),
             };
             match self.shared.dialer.dial(agent, req).await {
                 Ok(call_id) => {
@@ -1297,12 +1331,8 @@ impl<D: Dialer, C: Clock> Session<D, C> {
     fn publish(&mut self) {
         let id = self.row.id;
         for (name, slot) in &mut self.agents {
-            let c = slot.machine.shown_call();
-            let now = (
-                slot.machine.state(),
-                c.map(|c| c.claim.lead.0),
-                c.and_then(|c| c.call_id),
-            );
+            let (lead_id, call_id) = shown(&slot.machine);
+            let now = (slot.machine.state(), lead_id, call_id);
             if now != slot.last {
                 slot.last = now;
                 let _ = self.shared.events.send(SessionEvent::AgentState {
@@ -1373,6 +1403,16 @@ const DAY_MS: i64 = 86_400_000;
 /// Leads held for their calling hours in one go before the session task
 /// serves its other work (at night every lead of a view is held once).
 const HOLDS_PER_TURN: usize = 256;
+
+/// The lead and call record an agent's screen is about: a lead call, or a
+/// callback (SPEC §1 "Leads calling back").
+fn shown(machine: &AgentMachine) -> (Option<i64>, Option<i64>) {
+    if let Some(c) = machine.shown_callback() {
+        return (c.lead_id, Some(c.call_id));
+    }
+    let c = machine.shown_call();
+    (c.map(|c| c.claim.lead.0), c.and_then(|c| c.call_id))
+}
 
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)

@@ -269,6 +269,7 @@ pub(super) async fn place(
                 lead_id: body.lead_id,
                 session_id: None,
                 reduced_ring_time: false,
+                caller_id: None,
             },
         )
         .await?;

@@ -1,11 +1,11 @@
 //! Dialer sessions over HTTP (SPEC §4, R14, R16):
 //!
-//! - `POST /api/v1/sessions {smart_view_id, reduced_ring_time?, wrap_up_idle?, calling_hours?}`
+//! - `POST /api/v1/sessions {smart_view_id, reduced_ring_time?, wrap_up_idle?, calling_hours?, caller_id?}`
 //!   → 201 with the session and its `share_token` (R16: shown once, stored
 //!   hashed).
 //! - `GET /api/v1/sessions/{id}`: settings, `state` (`active`/`done`, R15),
 //!   agents with their states, counts.
-//! - `PATCH /api/v1/sessions/{id} {reduced_ring_time?, wrap_up_idle?, shared?, calling_hours?}`:
+//! - `PATCH /api/v1/sessions/{id} {reduced_ring_time?, wrap_up_idle?, shared?, calling_hours?, caller_id?}`:
 //!   settings; `shared: false` revokes the share link.
 //! - `POST /api/v1/sessions/{id}/share` → a new share token (the old one
 //!   stops working); `DELETE /api/v1/sessions/{id}/share` revokes (R16).
@@ -142,6 +142,11 @@ pub(super) struct NewSession {
     #[serde(default)]
     #[schema(value_type = Option<crate::dialer::hours::WindowSpec>)]
     calling_hours: Option<crate::dialer::hours::Window>,
+    /// The session's caller ID (E.164, e.g. `"+14155550100"`): shown to
+    /// leads instead of the trunk's when no `dialer.caller_id_pool` number
+    /// is local to them; the trunk's when absent.
+    #[serde(default)]
+    caller_id: Option<String>,
 }
 
 /// A session as created: its view and the share token (R16: shown once).
@@ -225,14 +230,19 @@ pub(super) async fn create(
         .await
         .map_err(ApiError::from)?;
     let wrap = wrap_up_ms(body.wrap_up_idle)?;
+    let caller_id = session_caller_id(body.caller_id)?;
     let (row, token) = s
         .create_with_hours(
             body.smart_view_id,
             body.reduced_ring_time,
             wrap,
             body.calling_hours,
+            caller_id,
         )
         .await?;
+    if row.caller_id.is_some() {
+        sync_caller_ids(&st, s).await;
+    }
     let view = s.get(row.id)?.view().await?;
     let mut v = serde_json::to_value(&view).map_err(|e| ApiError::Internal(e.to_string()))?;
     v["share_token"] = json!(token);
@@ -278,6 +288,34 @@ pub(super) struct PatchSession {
     #[serde(default, deserialize_with = "double_option::window")]
     #[schema(value_type = Option<crate::dialer::hours::WindowSpec>)]
     calling_hours: Option<Option<crate::dialer::hours::Window>>,
+    /// The session's caller ID (E.164); `null` goes back to the trunk's,
+    /// absent leaves it.
+    #[serde(default, deserialize_with = "double_option::text")]
+    #[schema(value_type = Option<String>)]
+    caller_id: Option<Option<String>>,
+}
+
+/// Tells the SIP front door the sessions' caller IDs: calls from a trunk
+/// to them are callbacks (SPEC §1 "Leads calling back").
+async fn sync_caller_ids(st: &AppState, s: &Sessions) {
+    if let Some(sip) = &st.sip {
+        sip.set_session_caller_ids(s.caller_ids().await).await;
+    }
+}
+
+/// A session's caller ID: E.164 (`+` and the country code), else 400.
+fn session_caller_id(c: Option<String>) -> Result<Option<String>> {
+    match c {
+        None => Ok(None),
+        Some(c) => match crate::call::caller_id::CallerIdPool::new(std::slice::from_ref(&c)) {
+            Ok(_) => Ok(Some(c.trim().to_string())),
+            Err(_) => Err(ApiError::BadParam {
+                param: "caller_id",
+                reason: "an E.164 number: + and the country code, e.g. +14155550100",
+            }
+            .into()),
+        },
+    }
 }
 
 mod double_option {
@@ -285,6 +323,11 @@ mod double_option {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<f64>>, D::Error> {
         Option::<f64>::deserialize(d).map(Some)
+    }
+
+    /// `caller_id`: present (a number or `null`) or absent.
+    pub fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+        Option::<String>::deserialize(d).map(Some)
     }
 
     /// `calling_hours`: present (a window or `null`) or absent.
@@ -316,8 +359,22 @@ pub(super) async fn patch(
         None => None,
         Some(v) => Some(wrap_up_ms(v)?),
     };
-    s.update_settings_with_hours(id, body.reduced_ring_time, wrap, body.calling_hours)
-        .await?;
+    let caller_id = match body.caller_id {
+        None => None,
+        Some(c) => Some(session_caller_id(c)?),
+    };
+    let caller_id_changed = caller_id.is_some();
+    s.update_settings_with_hours(
+        id,
+        body.reduced_ring_time,
+        wrap,
+        body.calling_hours,
+        caller_id,
+    )
+    .await?;
+    if caller_id_changed {
+        sync_caller_ids(&st, s).await;
+    }
     let mut token = None;
     match body.shared {
         Some(false) => s.revoke_share(id).await?,

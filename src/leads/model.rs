@@ -896,6 +896,11 @@ pub struct CallRecord {
     /// The `[[trunk]] name` that carried the call (the last one tried after
     /// a failover); `null` for calls that never reached a trunk.
     pub trunk: Option<String>,
+    /// The caller ID the lead was shown in From and P-Asserted-Identity:
+    /// the local-presence choice from `dialer.caller_id_pool`, else the
+    /// session's `caller_id`, else the trunk's; `null` for calls that
+    /// never reached a trunk and for callbacks.
+    pub caller_id: Option<String>,
 }
 
 /// A call to store: everything of [`CallRecord`] but the id.
@@ -940,6 +945,8 @@ pub struct CallEnd {
     pub ring_ms: Option<i64>,
     /// The trunk that carried the call (after a failover, the last one).
     pub trunk: Option<String>,
+    /// The caller ID the lead was shown (From / P-Asserted-Identity).
+    pub caller_id: Option<String>,
 }
 
 /// Input of `POST /api/v1/leads/{id}/calls`: a call made elsewhere (SPEC §4).

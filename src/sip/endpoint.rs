@@ -25,7 +25,11 @@
 //! - Every out-of-dialog INVITE must carry valid digest credentials
 //!   (agents) or come from a configured trunk's IP address: a registered
 //!   source address alone is not trusted (UDP sources can be forged). Until
-//!   the call engine exists, even those get 403 ([`CALLS_BY_DIALER`]).
+//!   An INVITE from a trunk to one of our caller IDs (Request-URI or To
+//!   user, [`EndpointConfig::callback_numbers`]) is a lead calling back
+//!   (SPEC §1): it is handed whole to the call engine as a new call
+//!   ([`Routed::new_call`]), which runs its server transaction. Every
+//!   other INVITE gets 403 ([`CALLS_BY_DIALER`]).
 //! - Before anything is parsed, every message that is not a response
 //!   counts against its source address (`sip::flood`): past the limit, or
 //!   with a scanner's User-Agent, the address is banned and its messages
@@ -92,6 +96,9 @@ pub struct EndpointConfig {
     /// Server transactions held at once; a new request beyond gets 503
     /// with Retry-After.
     pub max_transactions: usize,
+    /// Our caller IDs (E.164, `+` and digits): an INVITE from a trunk to
+    /// one of them is a callback (SPEC §1 "Leads calling back").
+    pub callback_numbers: Vec<String>,
 }
 
 /// Seconds a client is asked to wait when the transaction table is full
@@ -151,6 +158,9 @@ pub struct Endpoint {
     ack_after_persist: bool,
     /// 200 OKs waiting for their binding changes to be stored, by ticket.
     held: BTreeMap<u64, (ServerKey, Response)>,
+    /// The dialer sessions' own caller IDs: callback numbers besides
+    /// [`EndpointConfig::callback_numbers`].
+    session_numbers: Vec<String>,
 }
 
 /// A validated message whose Call-ID belongs to a live call leg (DESIGN.md
@@ -165,6 +175,9 @@ pub struct Routed {
     /// The message, inspected (RFC 3261 §8.2.1 checks, Via `received`/`rport`
     /// fixed on requests, §18.2.1).
     pub message: SipMessage,
+    /// An out-of-dialog INVITE from a trunk to one of our caller IDs: a
+    /// new call for the callback router, no transaction made here.
+    pub new_call: bool,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -215,6 +228,7 @@ impl Endpoint {
             next_ticket: 1,
             ack_after_persist: false,
             held: BTreeMap::new(),
+            session_numbers: Vec::new(),
         }
     }
 
@@ -277,11 +291,18 @@ impl Endpoint {
                     call_id,
                     peer,
                     message,
+                    new_call: false,
                 });
                 None
             }
             _ => Some(message),
         }
+    }
+
+    /// The dialer sessions' caller IDs (replacing the previous list): an
+    /// INVITE from a trunk to one of them is a callback too.
+    pub fn set_session_caller_ids(&mut self, numbers: Vec<String>) {
+        self.session_numbers = numbers;
     }
 
     /// Restores persisted bindings after a restart (SPEC §5: a restart keeps registrations).
@@ -336,6 +357,21 @@ impl Endpoint {
                 let SipMessage::Request(request) = message else {
                     return;
                 };
+                if self.is_callback(&request, peer) {
+                    // Its retransmissions, CANCEL, ACK and BYE follow it
+                    // (DESIGN.md "shard by Call-ID").
+                    if let Ok(call_id) = request.call_id_header().map(|c| c.value().to_string()) {
+                        tracing::debug!(%peer, %call_id, "INVITE to one of our caller IDs: a callback");
+                        self.routed.insert(call_id.clone());
+                        self.routed_out.push_back(Routed {
+                            call_id,
+                            peer,
+                            message: SipMessage::Request(request),
+                            new_call: true,
+                        });
+                    }
+                    return;
+                }
                 if self.is_unauthenticated_invite(&request, peer) {
                     // A challenge from no state: retransmissions get it
                     // again, the ACK is a stray (RFC 3261 §17.2.1 allows a
@@ -441,6 +477,38 @@ impl Endpoint {
                 .inc();
         }
         true
+    }
+
+    /// An out-of-dialog INVITE from a trunk whose Request-URI or To user
+    /// is one of our caller IDs, and that passes the §8.2 checks.
+    fn is_callback(&self, request: &Request, peer: Peer) -> bool {
+        if request.method != Method::Invite
+            || (self.cfg.callback_numbers.is_empty() && self.session_numbers.is_empty())
+            || !self.cfg.trunk_sources.contains(&peer.addr.ip())
+        {
+            return false;
+        }
+        let to = request.to_header().ok().map(|t| t.value().to_string());
+        if to
+            .as_deref()
+            .and_then(|t| NameAddr::parse(t).ok())
+            .is_some_and(|na| na.tag().is_some())
+        {
+            return false;
+        }
+        let ruri = request.uri.to_string();
+        let users = [
+            crate::call::uri_user(&ruri),
+            to.as_deref().and_then(crate::call::uri_user),
+        ];
+        let ours = users.into_iter().flatten().any(|u| {
+            is_our_number(&self.cfg.callback_numbers, u) || is_our_number(&self.session_numbers, u)
+        });
+        if !ours {
+            return false;
+        }
+        let domains: Vec<&str> = self.cfg.local_domains.iter().map(String::as_str).collect();
+        check_request(request, &domains).is_none()
     }
 
     /// An out-of-dialog INVITE from anyone but a trunk, with no
@@ -917,6 +985,19 @@ impl Endpoint {
     }
 }
 
+/// Whether a URI user names one of `numbers` (E.164): the same digits, or
+/// the national form carriers often send (the trailing 8 or more digits).
+fn is_our_number(numbers: &[String], user: &str) -> bool {
+    let digits: String = user.chars().filter(char::is_ascii_digit).collect();
+    if digits.len() < 3 || user.chars().any(|c| c.is_ascii_alphabetic()) {
+        return false;
+    }
+    numbers.iter().any(|n| {
+        let ours: String = n.chars().filter(char::is_ascii_digit).collect();
+        ours == digits || (digits.len() >= 8 && ours.ends_with(&digits))
+    })
+}
+
 fn allow() -> Header {
     Header::Allow(untyped::Allow::new(ALLOW))
 }
@@ -1140,6 +1221,7 @@ mod tests {
             trunk_sources: vec![TRUNK.parse::<SocketAddr>().expect("trunk").ip()],
             flood,
             max_transactions,
+            callback_numbers: vec!["+15550000000".into()],
         };
         let agents = vec![AgentConfig {
             username: "alice".into(),
@@ -1834,6 +1916,48 @@ Content-Length: 0\r\n\r\n",
             &invite_text(TRUNK, "").replace("inv1", "inv3"),
         );
         assert_eq!(codes(&rs), [100, 403], "a trunk is not challenged");
+    }
+
+    #[test]
+    fn invite_from_a_trunk_to_our_caller_id_is_a_new_call_for_the_engine() {
+        let (mut ep, clock) = setup();
+        let text = invite_text(TRUNK, "")
+            .replace("sip:bob@127.0.0.1", "sip:5550000000@127.0.0.1")
+            .replace("inv-1", "cb-1");
+        let rs = feed(&mut ep, &clock, udp(TRUNK), &text);
+        assert!(rs.is_empty(), "the engine answers it: {:?}", codes(&rs));
+        let routed = ep.poll_routed().expect("routed");
+        assert!(routed.new_call);
+        assert_eq!(routed.call_id, "cb-1");
+        // Its retransmission follows it, as an ordinary routed message.
+        let rs = feed(&mut ep, &clock, udp(TRUNK), &text);
+        assert!(rs.is_empty());
+        let again = ep.poll_routed().expect("routed again");
+        assert!(!again.new_call);
+
+        // The same INVITE from a phone is no callback: challenged.
+        let text = text.replace("cb-1", "cb-2");
+        let rs = feed(
+            &mut ep,
+            &clock,
+            udp(PHONE),
+            &text.replace(TRUNK, "203.0.113.7:40000"),
+        );
+        assert_eq!(codes(&rs), [401]);
+        assert!(ep.poll_routed().is_none());
+        // A session's own caller ID, once the sessions said so.
+        let text = text
+            .replace("5550000000", "4155550100")
+            .replace("cb-2", "cb-3");
+        let rs = feed(&mut ep, &clock, udp(TRUNK), &text.replace("cb-3", "cb-4"));
+        assert_eq!(codes(&rs), [100, 403], "not ours yet");
+        ep.set_session_caller_ids(vec!["+14155550100".into()]);
+        let rs = feed(&mut ep, &clock, udp(TRUNK), &text);
+        assert!(rs.is_empty());
+        assert!(ep.poll_routed().is_some_and(|r| r.new_call));
+        assert!(is_our_number(&["+15550000000".into()], "+1-555-000-0000"));
+        assert!(!is_our_number(&["+15550000000".into()], "0000"));
+        assert!(!is_our_number(&["+15550000000".into()], "bob"));
     }
 
     fn options_text(n: u32, extra: &str) -> String {

@@ -67,6 +67,12 @@ pub enum SipCommand {
         /// Where the answer goes.
         reply: oneshot::Sender<Bans>,
     },
+    /// The dialer sessions' own caller IDs changed: calls from a trunk to
+    /// them are callbacks too (SPEC §1 "Leads calling back").
+    SessionCallerIds {
+        /// Every session's caller ID.
+        numbers: Vec<String>,
+    },
     /// Lifts every ban on an address.
     Unban {
         /// The address.
@@ -103,6 +109,7 @@ impl SipCommand {
                     accounts,
                 });
             }
+            SipCommand::SessionCallerIds { numbers } => endpoint.set_session_caller_ids(numbers),
             SipCommand::Unban { address, reply } => {
                 let lifted = endpoint.unban(address, now);
                 if lifted {
@@ -179,6 +186,14 @@ impl SipHandle {
     /// The bans in force (empty when the SIP task is gone).
     pub async fn bans(&self) -> Bans {
         self.ask(|reply| SipCommand::Bans { reply }).await
+    }
+
+    /// Tells the endpoint the sessions' caller IDs (callback numbers).
+    pub async fn set_session_caller_ids(&self, numbers: Vec<String>) {
+        let _ = self
+            .commands
+            .send(SipCommand::SessionCallerIds { numbers })
+            .await;
     }
 
     /// Lifts every ban on `address`; whether there was one.

@@ -71,6 +71,7 @@ macro_rules! store_methods {
                 ring_ms: row.try_get("ring_ms")?,
                 notes: row.try_get("notes")?,
                 trunk: row.try_get("trunk")?,
+                caller_id: row.try_get("caller_id")?,
             })
         }
 
@@ -97,7 +98,7 @@ macro_rules! store_methods {
         }
 
         const CALL_COLUMNS: &str = "id, session_id, lead_id, agent, number, started_ms, \
-            answered_ms, ended_ms, outcome, sip_status, ring_ms, notes, trunk";
+            answered_ms, ended_ms, outcome, sip_status, ring_ms, notes, trunk, caller_id";
 
         async fn insert_contacts(
             conn: &mut $conn,
@@ -536,7 +537,7 @@ macro_rules! store_methods {
                     "UPDATE calls SET answered_ms = COALESCE($1, answered_ms), \
                      ended_ms = COALESCE($2, ended_ms), outcome = COALESCE($3, outcome), \
                      sip_status = COALESCE($4, sip_status), ring_ms = COALESCE($5, ring_ms), \
-                     trunk = COALESCE($7, trunk) \
+                     trunk = COALESCE($7, trunk), caller_id = COALESCE($8, caller_id) \
                      WHERE id = $6 RETURNING {CALL_COLUMNS}"
                 );
                 let row = sqlx::query(&sql)
@@ -547,6 +548,7 @@ macro_rules! store_methods {
                     .bind(e.ring_ms)
                     .bind(id)
                     .bind(e.trunk.as_deref())
+                    .bind(e.caller_id.as_deref())
                     .fetch_one(self.pool())
                     .await
                     .map_err(|err| StoreError::from_sqlx(err, Entity::Call, id))?;

@@ -10,6 +10,7 @@
 
 pub mod agents;
 pub mod audit;
+mod callback;
 mod dnc;
 pub mod lead_notes;
 pub mod legs;
@@ -558,6 +559,20 @@ impl Store {
         now_ms: i64,
     ) -> Result<Vec<legs::Settled>, StoreError> {
         dispatch!(self, s => legs::settle(s.pool(), calls, call_ids, now_ms).await)
+    }
+
+    /// The lead one of whose phones is `e164` (a lead calling back, SPEC
+    /// §1); among several, the one called last.
+    pub async fn lead_by_phone(&self, e164: &str) -> Result<Option<i64>, StoreError> {
+        dispatch!(self, s => callback::lead_by_phone(s.pool(), e164).await)
+    }
+
+    /// The agent (and session) of the latest agent call to `lead_id`.
+    pub async fn last_agent_for_lead(
+        &self,
+        lead_id: i64,
+    ) -> Result<Option<(String, Option<i64>)>, StoreError> {
+        dispatch!(self, s => callback::last_agent(s.pool(), lead_id).await)
     }
 
     /// Every stored binding, for the registrar to load at start.

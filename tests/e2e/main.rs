@@ -6,6 +6,8 @@
 mod agents_api;
 mod api_auth;
 mod app;
+mod callback;
+mod caller_id;
 mod calling_hours;
 mod calls;
 mod calls_failures;

@@ -19,6 +19,15 @@ after answering it (a lead that ends the conversation); without it, answered
 calls last until the other side hangs up ("-": no HOLD). With STATUS (e.g.
 503), every INVITE is answered with that final status whatever the number
 (a carrier that fails every call). Runs for SECONDS, then exits. At most 4 concurrent calls (PJSIP limit).
+The "invite" event also carries "from": the user part of the INVITE's From.
+
+Calls in the other direction (a lead calling back): the test appends lines
+  call TARGET_URI FROM_NUMBER HOLD
+to EVENTS_FILE + ".cmd"; the carrier then INVITEs TARGET_URI from
+sip:FROM_NUMBER@127.0.0.1:PORT and hangs up HOLD seconds after the answer
+(a negative HOLD: cancels -HOLD seconds after the INVITE, answered or not),
+writing {"event": "out_state", "from": FROM_NUMBER, "state": "early" |
+"confirmed" | "disconnected", "status": LAST_STATUS}.
 """
 import gc
 import json
@@ -84,6 +93,42 @@ class Call(pj.Call):
                   "status": ci.lastStatusCode})
 
 
+class OutCall(pj.Call):
+    """A call the carrier places (a lead calling back)."""
+
+    def __init__(self, acc, ep, number, hold):
+        pj.Call.__init__(self, acc)
+        self.ep = ep
+        self.number = number
+        self.hold = hold
+        self.hangup_at = None
+        self.done = False
+        self.answer_at = None
+
+    def onCallMediaState(self, prm):
+        ci = self.getInfo()
+        for i, mi in enumerate(ci.media):
+            if mi.type == pj.PJMEDIA_TYPE_AUDIO and mi.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
+                am = self.getAudioMedia(i)
+                mgr = self.ep.audDevManager()
+                mgr.getCaptureDevMedia().startTransmit(am)
+                am.startTransmit(mgr.getPlaybackDevMedia())
+
+    def onCallState(self, prm):
+        ci = self.getInfo()
+        state = {pj.PJSIP_INV_STATE_EARLY: "early",
+                 pj.PJSIP_INV_STATE_CONFIRMED: "confirmed",
+                 pj.PJSIP_INV_STATE_DISCONNECTED: "disconnected"}.get(ci.state)
+        if state is None or self.done:
+            return
+        if state == "confirmed" and self.hold is not None:
+            self.hangup_at = time.monotonic() + self.hold
+        if state == "disconnected":
+            self.done = True
+        emit({"event": "out_state", "from": self.number, "state": state,
+              "status": ci.lastStatusCode})
+
+
 class Account(pj.Account):
     def __init__(self, ep):
         pj.Account.__init__(self)
@@ -96,7 +141,8 @@ class Account(pj.Account):
         ci = call.getInfo()
         m = re.search(r"sip:\+?(\d+)@", ci.localUri)
         call.number = m.group(1) if m else ""
-        emit({"event": "invite", "number": call.number})
+        f = re.search(r"sips?:([^@;>]+)@", ci.remoteUri)
+        emit({"event": "invite", "number": call.number, "from": f.group(1) if f else ""})
         tail = call.number[-4:]
         op = pj.CallOpParam()
         if FORCED is not None:
@@ -144,9 +190,46 @@ def main():
     emit({"event": "ready"})
     deadline = time.monotonic() + seconds
     last_sample = 0.0
+    cmd_path = events + ".cmd"
+    cmd_done = 0
+    out_accounts = []
+    out_calls = []
     while time.monotonic() < deadline:
         ep.libHandleEvents(5)
         now = time.monotonic()
+        if now - last_sample > 0.1:
+            try:
+                with open(cmd_path) as f:
+                    lines = f.read().splitlines()
+            except OSError:
+                lines = []
+            for line in lines[cmd_done:]:
+                parts = line.split()
+                if len(parts) == 4 and parts[0] == "call":
+                    oc = pj.AccountConfig()
+                    oc.idUri = "sip:%s@127.0.0.1:%d" % (parts[2], port)
+                    oa = pj.Account()
+                    oa.create(oc, False)
+                    out_accounts.append(oa)
+                    hold = float(parts[3])
+                    call = OutCall(oa, ep, parts[2], hold if hold >= 0 else None)
+                    if hold < 0:
+                        call.hangup_at = now - hold
+                    try:
+                        call.makeCall(parts[1], pj.CallOpParam(True))
+                    except Exception as e:
+                        sys.stderr.write("call: %s\n" % e)
+                        emit({"event": "out_state", "from": parts[2],
+                              "state": "failed", "status": 0})
+                    out_calls.append(call)
+            cmd_done = max(cmd_done, len(lines))
+        for c in out_calls:
+            if c.hangup_at is not None and now >= c.hangup_at and not c.done:
+                c.hangup_at = None
+                try:
+                    c.hangup(pj.CallOpParam())
+                except Exception as e:
+                    sys.stderr.write("hangup: %s\n" % e)
         for c in acc.calls:
             if c.answer_at is not None and now >= c.answer_at and not c.done:
                 c.answer_at = None
@@ -178,6 +261,8 @@ def main():
     ep.hangupAllCalls()
     for _ in range(20):
         ep.libHandleEvents(10)
+    out_calls = []
+    out_accounts = []
     acc.calls = []
     acc.ended = []
     del acc

@@ -299,3 +299,62 @@ fn leave_skips_the_lead_and_hangs_up_the_agent() {
     assert_eq!(m.state(), AgentState::Left);
     assert!(m.resume(t0).is_err());
 }
+
+#[test]
+fn a_callback_connects_an_idle_agent_then_wrap_up_then_the_next_claim() {
+    let t0 = start();
+    let mut m = answered_call_ended(t0, t0 + Duration::from_secs(5));
+    // Wrap-up over, nothing to call: idle and ready.
+    m.handle_timeout(t0 + Duration::from_secs(9));
+    assert_eq!(actions(&mut m), vec![AgentAction::ClaimNext]);
+    m.handle_no_lead(None);
+    assert_eq!(m.state(), AgentState::Ready);
+
+    let cb = Callback {
+        call_id: 20,
+        lead_id: Some(1),
+    };
+    m.handle_callback(cb);
+    assert_eq!(m.state(), AgentState::Connected);
+    assert!(m.on_callback());
+    assert_eq!(m.shown_callback(), Some(cb));
+    assert_eq!(m.shown_call(), None, "no claim behind a callback");
+    // A refresh does not start a claim meanwhile.
+    m.poke();
+    assert!(actions(&mut m).is_empty());
+    // Another call's end is not this callback's.
+    assert!(!m.handle_callback_ended(t0 + Duration::from_secs(20), 21));
+    let end = t0 + Duration::from_secs(30);
+    assert!(m.handle_callback_ended(end, 20));
+    assert_eq!(m.state(), AgentState::WrapUp);
+    assert_eq!(m.shown_callback(), Some(cb), "shown while writing notes");
+    assert_eq!(m.poll_timeout(), Some(end + IDLE));
+    m.handle_timeout(end + IDLE);
+    assert_eq!(actions(&mut m), vec![AgentAction::ClaimNext]);
+    assert_eq!(m.shown_callback(), None);
+}
+
+#[test]
+fn a_callback_to_a_paused_agent_leaves_it_paused_and_none_interrupts_a_call() {
+    let t0 = start();
+    let mut m = dialing(t0);
+    let cb = Callback {
+        call_id: 20,
+        lead_id: None,
+    };
+    m.handle_callback(cb);
+    assert_eq!(
+        m.state(),
+        AgentState::Dialing,
+        "a lead call in progress wins"
+    );
+    assert!(!m.on_callback());
+
+    let mut m = answered_call_ended(t0, t0 + Duration::from_secs(5));
+    m.pause().expect("pause");
+    m.handle_callback(cb);
+    assert_eq!(m.state(), AgentState::Connected);
+    assert!(m.handle_callback_ended(t0 + Duration::from_secs(30), 20));
+    assert_eq!(m.state(), AgentState::Paused);
+    assert!(actions(&mut m).is_empty());
+}
