@@ -20,6 +20,19 @@ const CALLER_ID: &str = "+442079460999";
 /// The lead: the carrier answers numbers ending in 0200 at once.
 const LEAD: &str = "+442079510200";
 
+/// Pauses alice in session `sid` through the API and waits for it.
+fn pause_alice(app: &App, sid: i64) {
+    let (code, body) = post(
+        app,
+        &format!("/api/v1/sessions/{sid}/agents/alice/pause"),
+        "",
+    );
+    assert!(code == 200 || code == 204, "{code} {body}");
+    wait_for("alice paused", Duration::from_secs(20), || {
+        get(app, &format!("/api/v1/sessions/{sid}"))["agents"][0]["state"] == "paused"
+    });
+}
+
 fn post(app: &App, path: &str, body: &str) -> (u16, Value) {
     let (code, text) = http_request(app.http, "POST", path, Some(&app.token), Some(body));
     (code, serde_json::from_str(&text).unwrap_or(Value::Null))
@@ -292,8 +305,10 @@ fn a_callback_rings_a_session_agent_whose_phone_is_not_connected() {
     wait_for("alice idle", Duration::from_secs(20), || {
         state(&app) == "ready"
     });
-    // After a restart alice is back in the session, paused, her phone
-    // registered but no agent leg up.
+    // Paused through the API, then a restart: alice is back in the
+    // session, still paused (a paused agent's phone is not called back),
+    // her phone registered but no agent leg up.
+    pause_alice(&app, sid);
     app.restart();
     wait_for(
         "alice paused after the restart",
@@ -387,6 +402,7 @@ fn a_caller_hanging_up_while_the_phone_rings_gets_487_and_the_phone_stops() {
     wait_for("alice idle", Duration::from_secs(20), || {
         state(&app) == "ready"
     });
+    pause_alice(&app, sid);
     app.restart();
     wait_for(
         "alice paused after the restart",
