@@ -521,7 +521,15 @@ async fn sip_task(
                 endpoint.handle_datagram(now, wall, msg.peer, &msg.bytes);
                 for _ in 1..BATCH {
                     match inbound.try_recv() {
-                        Ok(m) => endpoint.handle_datagram(now, wall, m.peer, &m.bytes),
+                        Ok(m) => {
+                            // Again before every message: a leg that sent
+                            // its INVITE while this batch ran has its route
+                            // queued, and the answer may already be here (a
+                            // response taken for a stray is lost, and the
+                            // lead hears silence until a retransmission).
+                            apply_routes(&mut endpoint, &mut routes, &mut route_changes);
+                            endpoint.handle_datagram(now, wall, m.peer, &m.bytes)
+                        }
                         Err(_) => break,
                     }
                 }
