@@ -361,10 +361,8 @@ impl BeepDetector {
         let start = self.t_ms;
         self.t_ms += FRAME_MS;
         match (self.tone(frame), self.run) {
-            (Some(hz), Some((since, run_hz))) if hz.abs_diff(run_hz) <= 50 => {
-                let _ = since;
-                None
-            }
+            // The same tone goes on.
+            (Some(hz), Some((_, run_hz))) if hz.abs_diff(run_hz) <= 50 => None,
             (Some(hz), _) => {
                 let ended = self.end_run(start);
                 self.run = Some((start, hz));

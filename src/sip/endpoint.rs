@@ -137,6 +137,8 @@ pub struct Endpoint {
     guesses: AuthLimiter,
     /// Per-source request counts and bans (`sip::flood`).
     sources: SourceGuard,
+    /// When the banned-sources gauge was last set.
+    bans_gauge_at: Option<Instant>,
     dialogs: DialogSet,
     rng: StdRng,
     /// When the endpoint was made: the first deadline when bindings were
@@ -212,6 +214,7 @@ impl Endpoint {
         Endpoint {
             transactions,
             sources,
+            bans_gauge_at: None,
             cfg,
             registrar: Registrar::new(),
             verifier,
@@ -567,9 +570,17 @@ impl Endpoint {
     /// (RFC 3261 §17) and registrar expiry (§10.3 step 7).
     pub fn handle_timeout(&mut self, now: Instant, wall: SystemTime) {
         self.anchor = Some((now, wall));
-        crate::metrics::metrics()
-            .sip_banned_sources
-            .set(i64::try_from(self.sources.ban_count(now)).unwrap_or(i64::MAX));
+        // The gauge of bans in force, at most once a second: counting
+        // them is a pass over the bans, and timers fire per transaction.
+        if self
+            .bans_gauge_at
+            .is_none_or(|at| now.duration_since(at) >= std::time::Duration::from_secs(1))
+        {
+            self.bans_gauge_at = Some(now);
+            crate::metrics::metrics()
+                .sip_banned_sources
+                .set(i64::try_from(self.sources.ban_count(now)).unwrap_or(i64::MAX));
+        }
         self.transactions.handle_timeout(now);
         self.pump(now, wall);
         self.expire_bindings(wall);
