@@ -417,3 +417,12 @@ pub fn pjsua_python() -> PathBuf {
 pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
+
+/// A sample's value in the `/metrics` text, `name` with its labels as
+/// printed (`powerdial_sip_bans_total{reason="scanner"}`); 0 when absent.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}

@@ -20,6 +20,45 @@ const CALLER_ID: &str = "+442079460999";
 /// The lead: the carrier answers numbers ending in 0200 at once.
 const LEAD: &str = "+442079510200";
 
+/// alice joins a session over an empty view, is paused through the API,
+/// and powerdial restarts: she is back in the session, still paused (a
+/// paused agent's phone is not called back), her phone registered but no
+/// agent leg up. Returns the session's id.
+fn paused_in_a_session_after_a_restart(app: &mut App) -> i64 {
+    let (code, view) = post(
+        app,
+        "/api/v1/smart-views",
+        r#"{"name": "nobody", "query": "name:nobody"}"#,
+    );
+    assert_eq!(code, 201, "{view}");
+    let (code, session) = post(
+        app,
+        "/api/v1/sessions",
+        &format!(r#"{{"smart_view_id": {}}}"#, view["id"]),
+    );
+    assert_eq!(code, 201, "{session}");
+    let sid = session["id"].as_i64().expect("session id");
+    let (code, body) = post(
+        app,
+        &format!("/api/v1/sessions/{sid}/agents"),
+        r#"{"agent": "alice"}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let state =
+        |app: &App| get(app, &format!("/api/v1/sessions/{sid}"))["agents"][0]["state"].clone();
+    wait_for("alice idle", Duration::from_secs(20), || {
+        state(app) == "ready"
+    });
+    pause_alice(app, sid);
+    app.restart();
+    wait_for(
+        "alice paused after the restart",
+        Duration::from_secs(20),
+        || state(app) == "paused",
+    );
+    sid
+}
+
 /// Pauses alice in session `sid` through the API and waits for it.
 fn pause_alice(app: &App, sid: i64) {
     let (code, body) = post(
@@ -281,40 +320,7 @@ fn a_callback_rings_a_session_agent_whose_phone_is_not_connected() {
         ..AppOptions::default()
     });
     let _alice = pj_agent(&app, "alice", "alice-secret", dir.path());
-    let (code, view) = post(
-        &app,
-        "/api/v1/smart-views",
-        r#"{"name": "nobody", "query": "name:nobody"}"#,
-    );
-    assert_eq!(code, 201, "{view}");
-    let (code, session) = post(
-        &app,
-        "/api/v1/sessions",
-        &format!(r#"{{"smart_view_id": {}}}"#, view["id"]),
-    );
-    assert_eq!(code, 201, "{session}");
-    let sid = session["id"].as_i64().expect("session id");
-    let (code, body) = post(
-        &app,
-        &format!("/api/v1/sessions/{sid}/agents"),
-        r#"{"agent": "alice"}"#,
-    );
-    assert_eq!(code, 200, "{body}");
-    let state =
-        |app: &App| get(app, &format!("/api/v1/sessions/{sid}"))["agents"][0]["state"].clone();
-    wait_for("alice idle", Duration::from_secs(20), || {
-        state(&app) == "ready"
-    });
-    // Paused through the API, then a restart: alice is back in the
-    // session, still paused (a paused agent's phone is not called back),
-    // her phone registered but no agent leg up.
-    pause_alice(&app, sid);
-    app.restart();
-    wait_for(
-        "alice paused after the restart",
-        Duration::from_secs(20),
-        || state(&app) == "paused",
-    );
+    let sid = paused_in_a_session_after_a_restart(&mut app);
 
     let caller = "+442079990003";
     call_in(&carrier, &app, caller, 0.5);
@@ -350,7 +356,7 @@ fn a_callback_rings_a_session_agent_whose_phone_is_not_connected() {
     assert!(!record[0]["answered_at"].is_null(), "{record:?}");
     // Paused before the callback, paused after it.
     wait_for("alice paused again", Duration::from_secs(10), || {
-        state(&app) == "paused"
+        get(&app, &format!("/api/v1/sessions/{sid}"))["agents"][0]["state"] == "paused"
     });
 }
 
@@ -378,37 +384,7 @@ fn a_caller_hanging_up_while_the_phone_rings_gets_487_and_the_phone_stops() {
     wait_for("alice's registration", Duration::from_secs(15), || {
         agent_status(&status)["reg"] == 200
     });
-    let (code, view) = post(
-        &app,
-        "/api/v1/smart-views",
-        r#"{"name": "nobody", "query": "name:nobody"}"#,
-    );
-    assert_eq!(code, 201, "{view}");
-    let (code, session) = post(
-        &app,
-        "/api/v1/sessions",
-        &format!(r#"{{"smart_view_id": {}}}"#, view["id"]),
-    );
-    assert_eq!(code, 201, "{session}");
-    let sid = session["id"].as_i64().expect("session id");
-    let (code, body) = post(
-        &app,
-        &format!("/api/v1/sessions/{sid}/agents"),
-        r#"{"agent": "alice"}"#,
-    );
-    assert_eq!(code, 200, "{body}");
-    let state =
-        |app: &App| get(app, &format!("/api/v1/sessions/{sid}"))["agents"][0]["state"].clone();
-    wait_for("alice idle", Duration::from_secs(20), || {
-        state(&app) == "ready"
-    });
-    pause_alice(&app, sid);
-    app.restart();
-    wait_for(
-        "alice paused after the restart",
-        Duration::from_secs(20),
-        || state(&app) == "paused",
-    );
+    let sid = paused_in_a_session_after_a_restart(&mut app);
     let answered_before = agent_status(&status)["calls"].as_i64().unwrap_or(0);
 
     // The caller gives up 1 s in, while alice's phone still rings.
@@ -451,6 +427,6 @@ fn a_caller_hanging_up_while_the_phone_rings_gets_487_and_the_phone_stops() {
         "the phone answered nothing after the caller hung up"
     );
     wait_for("alice paused again", Duration::from_secs(10), || {
-        state(&app) == "paused"
+        get(&app, &format!("/api/v1/sessions/{sid}"))["agents"][0]["state"] == "paused"
     });
 }

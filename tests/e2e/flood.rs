@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::app::{http_request, options_request, recv_final, spawn_app_with, AppOptions};
+use crate::app::{http_request, metric, options_request, recv_final, spawn_app_with, AppOptions};
 use crate::peers::{pj_agent, wait_for, Carrier};
 
 /// Resident memory of `pid` in KiB (Linux `/proc`).
@@ -22,14 +22,6 @@ fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS")
-}
-
-/// A counter's value in the `/metrics` text (0 when absent).
-pub(crate) fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// Malformed datagram number `i`: a rotation of the kinds scanners and

@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::app::{http_request, repo, require_program, spawn_app_with, App, AppOptions};
-use crate::flood::metric;
+use crate::app::{http_request, metric, repo, require_program, spawn_app_with, App, AppOptions};
 use crate::peers::{pj_agent, wait_for, Carrier};
 
 /// A User-Agent like a softphone's, for the disguised runs.

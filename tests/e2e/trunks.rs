@@ -124,11 +124,7 @@ fn trunk_state(app: &App, name: &str) -> String {
 fn metric(app: &App, name: &str, trunk: &str) -> f64 {
     let (code, text) = app.http_get("/metrics");
     assert_eq!(code, 200, "{text}");
-    let prefix = format!("{name}{{trunk=\"{trunk}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+    crate::app::metric(&text, &format!("{name}{{trunk=\"{trunk}\"}}"))
 }
 
 /// The first trunk answers 503: the call goes to the second, which
