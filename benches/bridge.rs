@@ -359,6 +359,9 @@ caller_id = "+442079460999"
             session_id: None,
             reduced_ring_time: false,
             caller_id: None,
+            amd: powerdial::media::amd::AmdMode::Off,
+            voicemail_drop_id: None,
+            record: false,
         };
         async fn ended(events: &mut tokio::sync::broadcast::Receiver<CallEvent>, id: i64) {
             let wait = async {

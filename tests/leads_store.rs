@@ -191,6 +191,7 @@ async fn crud(store: &Store, backend: &str) {
                 ring_ms: Some(5_000),
                 trunk: Some("carrier".into()),
                 caller_id: Some("+442079460999".into()),
+                ..CallEnd::default()
             },
         )
         .await

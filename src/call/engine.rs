@@ -37,6 +37,7 @@ use super::{
 use crate::config::Config;
 use crate::leads::model::{CallEnd, CallOutcome, NewCall};
 use crate::leads::PhoneE164;
+use crate::media::amd::{AmdConfig, AmdMode, Verdict};
 use crate::media::port::PortError;
 use crate::media::relay::{AgentMedia, LegHandle, MediaError, MediaEvent, MediaRelay};
 use crate::media::sdp::{self, SessionDescription};
@@ -174,6 +175,12 @@ pub struct DialRequest {
     /// The session's caller ID, shown instead of the trunk's when no
     /// `dialer.caller_id_pool` number is local to the lead.
     pub caller_id: Option<String>,
+    /// The session's answering-machine detection (SPEC §4 `amd`).
+    pub amd: AmdMode,
+    /// The session's voicemail drop (SPEC §4 `voicemail_drop_id`).
+    pub voicemail_drop_id: Option<i64>,
+    /// Record the call (SPEC §4 session `record`).
+    pub record: bool,
 }
 
 /// What the engine reports (the seam with the sessions).
@@ -241,6 +248,18 @@ pub enum CallEvent {
         call_id: i64,
         /// Where it stands now.
         state: CallProgress,
+    },
+    /// Answering-machine detection's verdict on the current lead (SPEC
+    /// §4 `amd`), also stored on the call record.
+    Amd {
+        /// The agent.
+        agent: String,
+        /// The call record id.
+        call_id: i64,
+        /// Human, machine or not sure.
+        verdict: Verdict,
+        /// From the lead's 200 OK to the verdict, ms.
+        amd_ms: i64,
     },
     /// A control key on the agent's phone (SPEC §5 DTMF): `*` next lead, `#`
     /// hang up the lead, `0` pause, `3` do not call. The engine already did
@@ -837,6 +856,13 @@ struct LeadCall {
     session_caller_id: Option<String>,
     /// The caller ID in the INVITE on the wire (From, P-Asserted-Identity).
     caller_id: String,
+    /// The session's answering-machine detection (SPEC §4 `amd`).
+    amd: AmdMode,
+    /// The detector's verdict, once given.
+    amd_verdict: Option<Verdict>,
+    /// The outcome an answered call ends with when it is not `answered`
+    /// (`voicemail`, `voicemail_dropped`).
+    answered_as: Option<Outcome>,
 }
 
 /// A manual call waiting for the agent's phone to answer (R17): its
@@ -1154,6 +1180,12 @@ impl AgentTask {
                     }
                 }
             }
+            MediaEvent::Amd {
+                leg,
+                verdict,
+                cause,
+                after,
+            } => self.on_amd(now, leg, verdict, cause, after),
             MediaEvent::StrayDropped { leg, from } => {
                 tracing::warn!(agent = %self.name, leg = ?leg, %from, "RTP from a host the signalling does not name: dropped (further ones are dropped silently)");
             }
@@ -1168,6 +1200,48 @@ impl AgentTask {
                 );
             }
             _ => {}
+        }
+    }
+
+    /// The detector's verdict on the lead (SPEC §4 `amd`): on the record
+    /// and the event stream; in "hangup" mode a machine is hung up with
+    /// outcome `voicemail` and the agent, who never heard it, moves on.
+    fn on_amd(
+        &mut self,
+        now: Instant,
+        leg: crate::media::relay::LegId,
+        verdict: Verdict,
+        cause: crate::media::amd::Cause,
+        after: Duration,
+    ) {
+        let Some(l) = self.lead.as_mut().filter(|l| l.media.id == leg) else {
+            return;
+        };
+        l.amd_verdict = Some(verdict);
+        let amd_ms = i64::try_from(after.as_millis()).unwrap_or(i64::MAX);
+        tracing::info!(agent = %self.name, call = l.record_id, %verdict, ?cause, amd_ms, "answering-machine detection");
+        let shared = self.shared.clone();
+        let id = l.record_id;
+        let end = CallEnd {
+            amd: Some(verdict),
+            amd_ms: Some(amd_ms),
+            ..CallEnd::default()
+        };
+        tokio::spawn(async move {
+            if let Err(e) = shared.store.finish_call(id, &end).await {
+                tracing::warn!(error = %e, call_id = id, "AMD verdict not stored");
+            }
+        });
+        let _ = self.shared.events.send(CallEvent::Amd {
+            agent: self.name.clone(),
+            call_id: l.record_id,
+            verdict,
+            amd_ms,
+        });
+        if verdict == Verdict::Machine && l.amd.holds_bridge() {
+            // TODO(drop) until the drop player exists, "drop" hangs up too.
+            l.answered_as = Some(Outcome::Voicemail);
+            l.leg.hangup(now);
         }
     }
 
@@ -1912,6 +1986,9 @@ impl AgentTask {
             ring_timeout,
             session_caller_id: req.caller_id,
             caller_id,
+            amd: req.amd,
+            amd_verdict: None,
+            answered_as: None,
         });
     }
 
@@ -2196,7 +2273,20 @@ impl AgentTask {
                     match negotiate(&l.offer, &sdp) {
                         Ok(neg) => {
                             let _ = media.set_remote(l.media.id, neg);
-                            let _ = media.bridge(l.media.id);
+                            if l.amd != AmdMode::Off {
+                                // SPEC §4 `amd`: the detector listens from
+                                // the answer; in the routing modes the relay
+                                // bridges a human itself, with no round trip
+                                // through this task.
+                                let _ = media.start_amd(
+                                    l.media.id,
+                                    AmdConfig::default(),
+                                    l.amd.holds_bridge(),
+                                );
+                            }
+                            if !l.amd.holds_bridge() {
+                                let _ = media.bridge(l.media.id);
+                            }
                         }
                         Err(e) => {
                             tracing::warn!(agent = %agent, error = %e, "unusable SDP answer from the trunk")
@@ -2272,7 +2362,10 @@ impl AgentTask {
         };
         if !l.finished {
             l.finished = true;
-            let outcome = l.leg.outcome().unwrap_or(Outcome::TemporaryError);
+            let outcome = match (l.leg.outcome(), l.answered_as) {
+                (Some(Outcome::Answered), Some(o)) => o,
+                (o, _) => o.unwrap_or(Outcome::TemporaryError),
+            };
             crate::metrics::metrics().calls_in_progress.dec();
             let r: LegRecord = *l.leg.record();
             let end = CallEnd {
@@ -2285,6 +2378,7 @@ impl AgentTask {
                     .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
                 trunk: Some(self.shared.trunks.name(l.grant.slot.id).to_string()),
                 caller_id: Some(l.caller_id.clone()),
+                ..CallEnd::default()
             };
             let reason = l.end_reason.map_or("unanswered", EndReason::as_str);
             tracing::info!(agent = %self.name, call = l.record_id, %outcome, %reason, status = ?r.sip_status, "call ended");

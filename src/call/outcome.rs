@@ -26,6 +26,13 @@ pub enum Outcome {
     /// 403, 404, 484, 488, 603 and the other 4xx/6xx, a second digest
     /// challenge, a number the trunk may not dial (R11): blocked.
     Restricted,
+    /// An answering machine answered and was hung up on (SPEC §4 session
+    /// `amd` "hangup"); answered as far as R5 goes.
+    Voicemail,
+    /// An answering machine answered and got the voicemail drop after its
+    /// beep (SPEC §4 `amd` "drop", or the agent's drop key); answered as
+    /// far as R5 goes.
+    VoicemailDropped,
     /// A lead (or an unknown caller) called one of our caller IDs and was
     /// bridged to an agent (SPEC §1 "Leads calling back"); never a dial
     /// outcome, so the queue does not see it.
@@ -70,6 +77,8 @@ impl Outcome {
             "temporary_error" => Outcome::TemporaryError,
             "restricted" => Outcome::Restricted,
             "inbound" => Outcome::Inbound,
+            "voicemail" => Outcome::Voicemail,
+            "voicemail_dropped" => Outcome::VoicemailDropped,
             _ => return None,
         })
     }
@@ -84,6 +93,8 @@ impl Outcome {
             Outcome::TemporaryError => "temporary_error",
             Outcome::Restricted => "restricted",
             Outcome::Inbound => "inbound",
+            Outcome::Voicemail => "voicemail",
+            Outcome::VoicemailDropped => "voicemail_dropped",
         }
     }
 }

@@ -275,6 +275,34 @@ impl Sessions {
         Ok(row)
     }
 
+    /// Changes the answering-machine and recording settings (SPEC §4);
+    /// `None` keeps a setting, `Some(None)` clears the voicemail drop.
+    pub async fn set_media_settings(
+        &self,
+        id: i64,
+        amd: Option<crate::media::amd::AmdMode>,
+        voicemail_drop_id: Option<Option<i64>>,
+        record: Option<bool>,
+    ) -> Result<SessionRow, SessionError> {
+        let h = self.get(id)?;
+        let row = record::get_session(&self.inner.store, id)
+            .await?
+            .ok_or(SessionError::NoSession(id))?;
+        record::set_media_settings(
+            &self.inner.store,
+            id,
+            amd.unwrap_or(row.amd),
+            voicemail_drop_id.unwrap_or(row.voicemail_drop_id),
+            record.unwrap_or(row.record),
+        )
+        .await?;
+        let row = record::get_session(&self.inner.store, id)
+            .await?
+            .ok_or(SessionError::NoSession(id))?;
+        h.settings(row.clone()).await?;
+        Ok(row)
+    }
+
     /// R16: a new share token (the old one stops working); returned once.
     pub async fn rotate_share(&self, id: i64) -> Result<String, SessionError> {
         let token = record::new_share_token(&mut rand::rngs::OsRng);

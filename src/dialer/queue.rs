@@ -901,8 +901,12 @@ impl SessionQueue {
             return Ok(Reported::Stale);
         }
         match outcome {
-            // A callback reached an agent: the lead talked to us (R5).
-            Outcome::Answered | Outcome::Inbound => {
+            // A callback reached an agent: the lead talked to us (R5); a
+            // voicemail answered too (R5: "person or voicemail").
+            Outcome::Answered
+            | Outcome::Inbound
+            | Outcome::Voicemail
+            | Outcome::VoicemailDropped => {
                 e.status = Status::Answered;
                 self.answered_in_view += 1;
             }

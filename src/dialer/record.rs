@@ -11,6 +11,7 @@ use super::claim::with_pool;
 use super::hours::Window;
 use super::queue::{LeadHistory, LeadId};
 use crate::leads::model::rfc3339;
+use crate::media::amd::AmdMode;
 use crate::store::{Entity, Store, StoreError};
 
 /// A stored dialer session's settings.
@@ -47,6 +48,14 @@ pub struct SessionRow {
     /// trunk's when no `dialer.caller_id_pool` number is local to them;
     /// `null`: the trunk's.
     pub caller_id: Option<String>,
+    /// Answering-machine detection (SPEC §4): `off`, `detect`, `hangup`
+    /// or `drop`.
+    pub amd: AmdMode,
+    /// The message `drop` leaves after the beep, and the one the agent's
+    /// drop key leaves (`POST /api/v1/voicemail-drops`).
+    pub voicemail_drop_id: Option<i64>,
+    /// Whether the session's calls are recorded (SPEC §4).
+    pub record: bool,
 }
 
 /// A stored window: both columns or neither; a pair that no longer parses
@@ -102,12 +111,17 @@ macro_rules! session_from_row {
             reset_ms: r.try_get("reset_ms")?,
             calling_hours: stored_window(r.try_get("calling_start")?, r.try_get("calling_end")?),
             caller_id: r.try_get("caller_id")?,
+            // A spelling written by hand that no longer parses: off.
+            amd: AmdMode::parse(&r.try_get::<String, _>("amd")?).unwrap_or_default(),
+            voicemail_drop_id: r.try_get("voicemail_drop_id")?,
+            record: r.try_get::<i64, _>("record")? != 0,
         }
     }};
 }
 
 const SESSION_COLS: &str = "id, smart_view_id, reduced_ring_time, wrap_up_idle_ms, \
-                            share_token_hash, created_ms, reset_ms, calling_start, calling_end, caller_id";
+                            share_token_hash, created_ms, reset_ms, calling_start, calling_end, caller_id, \
+                            amd, voicemail_drop_id, record";
 
 /// Stores a new session with its share token's hash (R16). A Smart View that
 /// does not exist is `Invalid` (foreign key).
@@ -247,6 +261,28 @@ pub async fn set_caller_id(
     )
     .bind(id)
     .bind(caller_id)
+    .execute(p)
+    .await?
+    .rows_affected());
+    Ok(n == 1)
+}
+
+/// Sets the session's answering-machine and recording settings (SPEC §4);
+/// false if there is no such session.
+pub async fn set_media_settings(
+    store: &Store,
+    id: i64,
+    amd: AmdMode,
+    voicemail_drop_id: Option<i64>,
+    record: bool,
+) -> Result<bool, StoreError> {
+    let n = with_pool!(store, p => sqlx::query(
+        "UPDATE dialer_sessions SET amd = $2, voicemail_drop_id = $3, record = $4 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(amd.as_str())
+    .bind(voicemail_drop_id)
+    .bind(i64::from(record))
     .execute(p)
     .await?
     .rows_affected());

@@ -928,7 +928,9 @@ impl<D: Dialer, C: Clock> Session<D, C> {
     async fn call_event(&mut self, ev: CallEvent) {
         let now = self.shared.clock.instant().into_std();
         match ev {
-            CallEvent::AgentConnected { .. } | CallEvent::CallProgress { .. } => {}
+            CallEvent::AgentConnected { .. }
+            | CallEvent::CallProgress { .. }
+            | CallEvent::Amd { .. } => {}
             CallEvent::CallbackTaken {
                 agent,
                 call_id,
@@ -1068,7 +1070,10 @@ impl<D: Dialer, C: Clock> Session<D, C> {
             let Some(mut h) = self.queue.history(lead) else {
                 continue;
             };
-            if outcome == CallOutcome::Answered {
+            if matches!(
+                outcome,
+                CallOutcome::Answered | CallOutcome::Voicemail | CallOutcome::VoicemailDropped
+            ) {
                 h.answered = true;
             } else {
                 h.calls = h.calls.saturating_add(1);
@@ -1301,6 +1306,9 @@ impl<D: Dialer, C: Clock> Session<D, C> {
                 session_id: Some(self.row.id),
                 reduced_ring_time: self.row.reduced_ring_time,
                 caller_id: self.row.caller_id.clone(),
+                amd: self.row.amd,
+                voicemail_drop_id: self.row.voicemail_drop_id,
+                record: self.row.record,
             };
             match self.shared.dialer.dial(agent, req).await {
                 Ok(call_id) => {

@@ -58,6 +58,18 @@ struct CallProgressEvent<'a> {
     state: CallProgress,
 }
 
+/// Answering-machine detection's verdict as the stream shows it (`event:
+/// amd`, SPEC §4).
+#[derive(Debug, Serialize)]
+struct AmdEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    call_id: i64,
+    agent: &'a str,
+    amd: crate::media::amd::Verdict,
+    amd_ms: i64,
+}
+
 /// The numbered events: a ring for resuming, a channel for the live tail.
 #[derive(Debug)]
 pub struct EventLog {
@@ -165,6 +177,12 @@ async fn pump(
                     let data = CallProgressEvent { kind: "call", call_id, agent: &agent, state };
                     if let Ok(data) = serde_json::to_string(&data) {
                         log.push("call", data);
+                    }
+                }
+                Ok(CallEvent::Amd { agent, call_id, verdict, amd_ms }) => {
+                    let data = AmdEvent { kind: "amd", call_id, agent: &agent, amd: verdict, amd_ms };
+                    if let Ok(data) = serde_json::to_string(&data) {
+                        log.push("amd", data);
                     }
                 }
                 Ok(_) => {}

@@ -270,6 +270,9 @@ pub(super) async fn place(
                 session_id: None,
                 reduced_ring_time: false,
                 caller_id: None,
+                amd: crate::media::amd::AmdMode::Off,
+                voicemail_drop_id: None,
+                record: false,
             },
         )
         .await?;

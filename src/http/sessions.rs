@@ -147,6 +147,17 @@ pub(super) struct NewSession {
     /// is local to them; the trunk's when absent.
     #[serde(default)]
     caller_id: Option<String>,
+    /// Answering-machine detection (SPEC §4): `off` (default), `detect`,
+    /// `hangup` (machines end with outcome `voicemail`) or `drop` (they
+    /// get `voicemail_drop_id` after the beep, outcome `voicemail_dropped`).
+    #[serde(default)]
+    amd: Option<crate::media::amd::AmdMode>,
+    /// The message left on machines (`POST /api/v1/voicemail-drops`).
+    #[serde(default)]
+    voicemail_drop_id: Option<i64>,
+    /// Record the session's calls (WAV under `<data_dir>/recordings/`).
+    #[serde(default)]
+    record: Option<bool>,
 }
 
 /// A session as created: its view and the share token (R16: shown once).
@@ -243,6 +254,11 @@ pub(super) async fn create(
     if row.caller_id.is_some() {
         sync_caller_ids(&st, s).await;
     }
+    if body.amd.is_some() || body.voicemail_drop_id.is_some() || body.record.is_some() {
+        check_media_settings(&st, body.amd, body.voicemail_drop_id.map(Some)).await?;
+        s.set_media_settings(row.id, body.amd, Some(body.voicemail_drop_id), body.record)
+            .await?;
+    }
     let view = s.get(row.id)?.view().await?;
     let mut v = serde_json::to_value(&view).map_err(|e| ApiError::Internal(e.to_string()))?;
     v["share_token"] = json!(token);
@@ -293,6 +309,16 @@ pub(super) struct PatchSession {
     #[serde(default, deserialize_with = "double_option::text")]
     #[schema(value_type = Option<String>)]
     caller_id: Option<Option<String>>,
+    /// Answering-machine detection: `off`, `detect`, `hangup` or `drop`.
+    #[serde(default)]
+    amd: Option<crate::media::amd::AmdMode>,
+    /// The voicemail drop's id; `null` clears it, absent leaves it.
+    #[serde(default, deserialize_with = "double_option::id")]
+    #[schema(value_type = Option<i64>)]
+    voicemail_drop_id: Option<Option<i64>>,
+    /// Record the session's calls.
+    #[serde(default)]
+    record: Option<bool>,
 }
 
 /// Tells the SIP front door the sessions' caller IDs: calls from a trunk
@@ -301,6 +327,24 @@ async fn sync_caller_ids(st: &AppState, s: &Sessions) {
     if let Some(sip) = &st.sip {
         sip.set_session_caller_ids(s.caller_ids().await).await;
     }
+}
+
+/// A voicemail drop named by a session must exist (400 otherwise).
+async fn check_media_settings(
+    st: &AppState,
+    _amd: Option<crate::media::amd::AmdMode>,
+    drop: Option<Option<i64>>,
+) -> Result<()> {
+    if let Some(Some(id)) = drop {
+        if st.store.get_voicemail_drop(id).await.map_err(ApiError::from)?.is_none() {
+            return Err(ApiError::BadParam {
+                param: "voicemail_drop_id",
+                reason: "the id of a message uploaded with POST /api/v1/voicemail-drops",
+            }
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// A session's caller ID: E.164 (`+` and the country code), else 400.
@@ -328,6 +372,11 @@ mod double_option {
     /// `caller_id`: present (a number or `null`) or absent.
     pub fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
         Option::<String>::deserialize(d).map(Some)
+    }
+
+    /// `voicemail_drop_id`: present (an id or `null`) or absent.
+    pub fn id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<i64>>, D::Error> {
+        Option::<i64>::deserialize(d).map(Some)
     }
 
     /// `calling_hours`: present (a window or `null`) or absent.
@@ -374,6 +423,11 @@ pub(super) async fn patch(
     .await?;
     if caller_id_changed {
         sync_caller_ids(&st, s).await;
+    }
+    if body.amd.is_some() || body.voicemail_drop_id.is_some() || body.record.is_some() {
+        check_media_settings(&st, body.amd, body.voicemail_drop_id).await?;
+        s.set_media_settings(id, body.amd, body.voicemail_drop_id, body.record)
+            .await?;
     }
     let mut token = None;
     match body.shared {

@@ -901,6 +901,14 @@ pub struct CallRecord {
     /// session's `caller_id`, else the trunk's; `null` for calls that
     /// never reached a trunk and for callbacks.
     pub caller_id: Option<String>,
+    /// What answered, by answering-machine detection (SPEC §4): `human`,
+    /// `machine` or `not_sure`; `null` when the session's `amd` is off.
+    #[schema(value_type = Option<crate::media::amd::Verdict>)]
+    pub amd: Option<crate::media::amd::Verdict>,
+    /// From the lead's 200 OK to the detector's verdict, ms.
+    pub amd_ms: Option<i64>,
+    /// Whether the call was recorded (`GET /api/v1/calls/{id}/recording`).
+    pub recorded: bool,
 }
 
 /// A call to store: everything of [`CallRecord`] but the id.
@@ -947,6 +955,12 @@ pub struct CallEnd {
     pub trunk: Option<String>,
     /// The caller ID the lead was shown (From / P-Asserted-Identity).
     pub caller_id: Option<String>,
+    /// Answering-machine detection's verdict (SPEC §4).
+    pub amd: Option<crate::media::amd::Verdict>,
+    /// From the answer to the verdict, ms.
+    pub amd_ms: Option<i64>,
+    /// The recording's file name under `<data_dir>/recordings/`.
+    pub recording: Option<String>,
 }
 
 /// Input of `POST /api/v1/leads/{id}/calls`: a call made elsewhere (SPEC §4).

@@ -69,9 +69,58 @@ impl Default for AmdConfig {
     }
 }
 
-/// What answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+/// What a session does with the detector (SPEC §4 session setting `amd`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
+pub enum AmdMode {
+    /// No detection: the call record's `amd` stays null.
+    #[default]
+    Off,
+    /// Classify, and bridge the agent at the answer as usual.
+    Detect,
+    /// Hold the bridge until the verdict; a machine is hung up with
+    /// outcome `voicemail` and the agent moves on.
+    Hangup,
+    /// Hold the bridge until the verdict; a machine gets the session's
+    /// voicemail drop after the beep (outcome `voicemail_dropped`).
+    Drop,
+}
+
+impl AmdMode {
+    /// Reads the API's and the database's spelling.
+    pub fn parse(s: &str) -> Option<AmdMode> {
+        Some(match s {
+            "off" => AmdMode::Off,
+            "detect" => AmdMode::Detect,
+            "hangup" => AmdMode::Hangup,
+            "drop" => AmdMode::Drop,
+            _ => return None,
+        })
+    }
+
+    /// The API's and the database's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AmdMode::Off => "off",
+            AmdMode::Detect => "detect",
+            AmdMode::Hangup => "hangup",
+            AmdMode::Drop => "drop",
+        }
+    }
+
+    /// Whether the agent waits for the verdict before hearing the lead
+    /// (a machine never reaches the agent in the routing modes).
+    pub fn holds_bridge(self) -> bool {
+        matches!(self, AmdMode::Hangup | AmdMode::Drop)
+    }
+}
+
+/// What answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = AmdVerdict)]
 pub enum Verdict {
     /// A person.
     Human,
@@ -89,6 +138,16 @@ impl Verdict {
             Verdict::Machine => "machine",
             Verdict::NotSure => "not_sure",
         }
+    }
+
+    /// Reads the stored spelling.
+    pub fn parse(s: &str) -> Option<Verdict> {
+        Some(match s {
+            "human" => Verdict::Human,
+            "machine" => Verdict::Machine,
+            "not_sure" => Verdict::NotSure,
+            _ => return None,
+        })
     }
 }
 

@@ -72,6 +72,11 @@ macro_rules! store_methods {
                 notes: row.try_get("notes")?,
                 trunk: row.try_get("trunk")?,
                 caller_id: row.try_get("caller_id")?,
+                amd: row
+                    .try_get::<Option<String>, _>("amd")?
+                    .and_then(|v| crate::media::amd::Verdict::parse(&v)),
+                amd_ms: row.try_get("amd_ms")?,
+                recorded: row.try_get::<Option<String>, _>("recording")?.is_some(),
             })
         }
 
@@ -98,7 +103,7 @@ macro_rules! store_methods {
         }
 
         const CALL_COLUMNS: &str = "id, session_id, lead_id, agent, number, started_ms, \
-            answered_ms, ended_ms, outcome, sip_status, ring_ms, notes, trunk, caller_id";
+            answered_ms, ended_ms, outcome, sip_status, ring_ms, notes, trunk, caller_id, amd, amd_ms, recording";
 
         async fn insert_contacts(
             conn: &mut $conn,
@@ -537,7 +542,9 @@ macro_rules! store_methods {
                     "UPDATE calls SET answered_ms = COALESCE($1, answered_ms), \
                      ended_ms = COALESCE($2, ended_ms), outcome = COALESCE($3, outcome), \
                      sip_status = COALESCE($4, sip_status), ring_ms = COALESCE($5, ring_ms), \
-                     trunk = COALESCE($7, trunk), caller_id = COALESCE($8, caller_id) \
+                     trunk = COALESCE($7, trunk), caller_id = COALESCE($8, caller_id), \
+                     amd = COALESCE($9, amd), amd_ms = COALESCE($10, amd_ms), \
+                     recording = COALESCE($11, recording) \
                      WHERE id = $6 RETURNING {CALL_COLUMNS}"
                 );
                 let row = sqlx::query(&sql)
@@ -549,6 +556,9 @@ macro_rules! store_methods {
                     .bind(id)
                     .bind(e.trunk.as_deref())
                     .bind(e.caller_id.as_deref())
+                    .bind(e.amd.map(|v| v.as_str()))
+                    .bind(e.amd_ms)
+                    .bind(e.recording.as_deref())
                     .fetch_one(self.pool())
                     .await
                     .map_err(|err| StoreError::from_sqlx(err, Entity::Call, id))?;

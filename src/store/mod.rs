@@ -16,6 +16,7 @@ pub mod lead_notes;
 pub mod legs;
 #[macro_use]
 mod methods;
+pub mod voicemail;
 pub mod postgres;
 pub mod registration_writer;
 pub mod sqlite;
@@ -315,6 +316,29 @@ impl Store {
     /// One call record.
     pub async fn get_call(&self, id: i64) -> Result<CallRecord, StoreError> {
         dispatch!(self, s => s.get_call(id).await)
+    }
+
+    /// Stores an uploaded voicemail message's row (SPEC §4); its id.
+    pub async fn insert_voicemail_drop(
+        &self,
+        file: &str,
+        duration_ms: i64,
+        now_ms: i64,
+    ) -> Result<i64, StoreError> {
+        dispatch!(self, s => voicemail::insert(s.pool(), file, duration_ms, now_ms).await)
+    }
+
+    /// One voicemail message, if it exists.
+    pub async fn get_voicemail_drop(
+        &self,
+        id: i64,
+    ) -> Result<Option<voicemail::VoicemailDrop>, StoreError> {
+        dispatch!(self, s => voicemail::get(s.pool(), id).await)
+    }
+
+    /// The file name of call `id`'s recording, if it was recorded.
+    pub async fn call_recording(&self, id: i64) -> Result<Option<String>, StoreError> {
+        dispatch!(self, s => voicemail::recording(s.pool(), id).await)
     }
 
     /// Call records matching `filter`, oldest first (`started`, then id),

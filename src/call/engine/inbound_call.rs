@@ -290,6 +290,7 @@ impl AgentTask {
             ),
             trunk: None,
             caller_id: None,
+            ..CallEnd::default()
         };
         tracing::info!(agent = %self.name, call = i.record_id, answered = answered.is_some(), "callback ended");
         spawn_finish(

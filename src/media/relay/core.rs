@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
+use crate::media::amd::{AmdConfig, Cause, Decision, Detector, Verdict};
 use crate::media::dtmf::{DtmfDetector, TelephoneEvent};
 use crate::media::g711::G711Law;
 use crate::media::latch::{Latch, LatchDecision};
@@ -109,6 +110,20 @@ pub enum MediaEvent {
         leg: LegId,
         /// The address we now send to.
         addr: SocketAddr,
+    },
+    /// Answering-machine detection on the lead leg reached its verdict
+    /// (SPEC §4 `amd`); in the routing modes a human or an unsure line
+    /// is bridged by the core in the same step.
+    Amd {
+        /// The lead leg.
+        leg: LegId,
+        /// Human, machine or not sure.
+        verdict: Verdict,
+        /// Why.
+        cause: Cause,
+        /// From the start of the detection (the lead's 200 OK) to the
+        /// verdict.
+        after: Duration,
     },
     /// RTP arrived from a host the signalling does not name and was
     /// dropped (SPEC §5). Reported once per leg; the rest are counted.
@@ -216,6 +231,26 @@ const EARLY_MEDIA_HOLD: Duration = Duration::from_millis(60);
 /// A driver this late skips the missed frames instead of bursting them.
 const MAX_TICK_LAG: Duration = Duration::from_millis(100);
 
+/// Lead audio arriving this long after the detector's own analysis
+/// window still counts; past it the line is `not_sure` (a carrier that
+/// sends no RTP at all must not hold the agent).
+const AMD_GRACE: Duration = Duration::from_millis(500);
+
+/// Answering-machine detection on the current lead leg (SPEC §4 `amd`).
+#[derive(Debug)]
+struct Listening {
+    lead: LegId,
+    detector: Detector,
+    started: Instant,
+    deadline: Instant,
+    /// The agent hears the lead only after a human (or unsure) verdict.
+    hold: bool,
+    /// The last lead audio payload, analysed after it was relayed so the
+    /// detector adds no latency to the bridge (SPEC §6).
+    law: G711Law,
+    pending: Vec<u8>,
+}
+
 /// The media core of one agent (see the module doc).
 #[derive(Debug)]
 pub struct AgentMediaCore {
@@ -233,6 +268,11 @@ pub struct AgentMediaCore {
     events: VecDeque<MediaEvent>,
     /// RTP from hosts the signalling does not name, dropped (SPEC §5).
     stray_dropped: u64,
+    /// Answering-machine detection, while it runs.
+    listening: Option<Listening>,
+    /// The lead is not relayed to the agent until the core bridges it
+    /// (detection in a routing mode; a machine stays held).
+    lead_held: bool,
 }
 
 impl AgentMediaCore {
@@ -258,6 +298,8 @@ impl AgentMediaCore {
             last_early_media: None,
             events: VecDeque::new(),
             stray_dropped: 0,
+            listening: None,
+            lead_held: false,
         }
     }
 
@@ -343,6 +385,8 @@ impl AgentMediaCore {
             pcmu,
         ));
         self.last_early_media = None;
+        self.listening = None;
+        self.lead_held = false;
     }
 
     /// Forgets the lead leg (its call ended); the agent hears silence.
@@ -352,6 +396,8 @@ impl AgentMediaCore {
                 self.unbridge(now);
                 self.lead = None;
                 self.to_lead = None;
+                self.listening = None;
+                self.lead_held = false;
                 Ok(())
             }
             _ => Err(CoreError::UnknownLeg(id)),
@@ -377,12 +423,88 @@ impl AgentMediaCore {
                     l.timed_out = false;
                 }
                 self.bridged_at = Some(now);
+                self.lead_held = false;
                 self.first_after_bridge = true;
                 self.tone.stop();
                 self.next_tick = None;
                 Ok(())
             }
             _ => Err(CoreError::UnknownLeg(lead)),
+        }
+    }
+
+    /// Starts answering-machine detection on the lead leg at its answer
+    /// (SPEC §4 `amd`): its audio is analysed as it is relayed. With
+    /// `hold`, the agent is bridged only once the verdict is human or not
+    /// sure (a machine is the call layer's to route); without it the call
+    /// layer bridges as usual.
+    pub fn start_amd(
+        &mut self,
+        now: Instant,
+        lead: LegId,
+        cfg: AmdConfig,
+        hold: bool,
+    ) -> Result<(), CoreError> {
+        let Some(l) = &self.lead else {
+            return Err(CoreError::UnknownLeg(lead));
+        };
+        if l.id != lead {
+            return Err(CoreError::UnknownLeg(lead));
+        }
+        let law = l.neg.as_ref().map_or(G711Law::Pcmu, |n| n.codec.law);
+        self.listening = Some(Listening {
+            lead,
+            detector: Detector::new(cfg),
+            started: now,
+            deadline: now + Duration::from_millis(u64::from(cfg.total_analysis_ms)) + AMD_GRACE,
+            hold,
+            law,
+            pending: Vec::with_capacity(FRAME_SAMPLES * 2),
+        });
+        self.lead_held = hold;
+        Ok(())
+    }
+
+    /// Whether the detector is still listening to the lead.
+    pub fn is_listening(&self) -> bool {
+        self.listening.is_some()
+    }
+
+    /// Analyses the lead audio the last [`Self::handle_rtp`] took aside,
+    /// after the driver relayed it (the detector is off the hot path).
+    pub fn after_rtp(&mut self, now: Instant) {
+        let Some(l) = &mut self.listening else { return };
+        if l.pending.is_empty() {
+            return;
+        }
+        let mut pcm = [0i16; FRAME_SAMPLES * 2];
+        let mut decision = None;
+        for chunk in l.pending.chunks(pcm.len()) {
+            let pcm = &mut pcm[..chunk.len()];
+            for (s, b) in pcm.iter_mut().zip(chunk) {
+                *s = l.law.decode(*b);
+            }
+            if let Some(d) = l.detector.push(pcm) {
+                decision = Some(d);
+                break;
+            }
+        }
+        l.pending.clear();
+        if let Some(d) = decision {
+            self.amd_decided(now, d);
+        }
+    }
+
+    fn amd_decided(&mut self, now: Instant, d: Decision) {
+        let Some(l) = self.listening.take() else { return };
+        self.events.push_back(MediaEvent::Amd {
+            leg: l.lead,
+            verdict: d.verdict,
+            cause: d.cause,
+            after: now.saturating_duration_since(l.started),
+        });
+        if l.hold && d.verdict != Verdict::Machine && self.bridged_at.is_none() {
+            let _ = self.bridge(now, l.lead);
         }
     }
 
@@ -479,6 +601,19 @@ impl AgentMediaCore {
                 })
             }
             Side::Lead => {
+                if let (Some(l), PayloadKind::Audio(law)) = (&mut self.listening, kind) {
+                    if let Some(payload) = buf.get(pkt.payload.clone()) {
+                        // A copy of at most a few hundred bytes; decoded
+                        // and analysed in `after_rtp`.
+                        l.law = law;
+                        l.pending.extend_from_slice(payload);
+                    }
+                }
+                if self.lead_held && self.bridged_at.is_none() {
+                    // Neither early media nor the lead: the agent waits
+                    // for the verdict, and never hears a machine.
+                    return None;
+                }
                 let dest = self.agent.dest()?;
                 match self.bridged_at {
                     Some(bridged_at) => {
@@ -528,6 +663,7 @@ impl AgentMediaCore {
             self.next_tick,
             self.agent.timeout_deadline(t),
             self.lead_timeout_deadline(),
+            self.listening.as_ref().map(|l| l.deadline),
         ]
         .into_iter()
         .flatten()
@@ -550,6 +686,19 @@ impl AgentMediaCore {
                 self.events
                     .push_back(MediaEvent::RtpTimeout { leg: lead.id });
             }
+        }
+        if let Some(l) = self.listening.as_ref().filter(|l| l.deadline <= now) {
+            let at_ms = u32::try_from(now.saturating_duration_since(l.started).as_millis())
+                .unwrap_or(u32::MAX);
+            self.amd_decided(
+                now,
+                Decision {
+                    verdict: Verdict::NotSure,
+                    cause: Cause::TooLong,
+                    at_ms,
+                    speech_from_ms: None,
+                },
+            );
         }
         let tick = self.next_tick.filter(|t| *t <= now)?;
         let mut next = tick + FRAME_DURATION;
@@ -695,6 +844,134 @@ mod tests {
         fn events(&mut self) -> Vec<MediaEvent> {
             std::iter::from_fn(|| self.core.poll_event()).collect()
         }
+    }
+
+    /// A greeting of `fixtures/greetings/` (8 kHz μ-law).
+    fn greeting(name: &str) -> Vec<u8> {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/greetings")
+            .join(name);
+        std::fs::read(p).unwrap()
+    }
+
+    /// An answered lead with detection on; the agent's and the lead's
+    /// remotes set.
+    fn answered_with_amd(hold: bool) -> Harness {
+        let mut h = Harness::new();
+        h.core
+            .set_remote(h.now, AGENT, neg("192.168.0.5:4000", G711Law::Pcmu, None))
+            .unwrap();
+        h.core.attach_lead(
+            LEAD,
+            StreamSeed {
+                ssrc: 0x1EAD,
+                seq: 5,
+                timestamp: 7,
+            },
+        );
+        h.core
+            .set_remote(h.now, LEAD, neg("198.51.100.1:30000", G711Law::Pcmu, None))
+            .unwrap();
+        h.core
+            .start_amd(h.now, LEAD, AmdConfig::default(), hold)
+            .unwrap();
+        if !hold {
+            h.core.bridge(h.now, LEAD).unwrap();
+        }
+        h
+    }
+
+    /// Plays `audio` as the lead's 20 ms packets from `from_ms`, then
+    /// silence until `until_ms`; returns the verdict event, if any.
+    fn play_lead(h: &mut Harness, audio: &[u8], from_ms: u64, until_ms: u64) -> Option<MediaEvent> {
+        let silence = [0xFFu8; 160];
+        let frames = (until_ms - from_ms) / 20;
+        let mut verdict = None;
+        for i in 0..frames {
+            h.advance(from_ms + 20 * i);
+            let start = (i as usize) * 160;
+            let payload = audio.get(start..start + 160).unwrap_or(&silence);
+            h.recv(
+                Side::Lead,
+                "198.51.100.1:30000",
+                rtp(0, i == 0, i as u16, 160 * i as u32, 0xCA, payload),
+            );
+            h.core.after_rtp(h.now);
+            for e in h.events() {
+                if matches!(e, MediaEvent::Amd { .. }) {
+                    verdict = Some(e);
+                }
+            }
+        }
+        verdict
+    }
+
+    #[test]
+    fn amd_holds_the_agent_until_a_human_and_then_bridges() {
+        let mut h = answered_with_amd(true);
+        let hello = greeting("human-01-Hello.ul");
+        let before = h.to_agent.len();
+        let v = play_lead(&mut h, &hello, 0, 4000).expect("a verdict");
+        let MediaEvent::Amd { verdict, after, .. } = v else {
+            unreachable!()
+        };
+        assert_eq!(verdict, Verdict::Human);
+        assert!(after < Duration::from_secs(2), "{after:?}");
+        assert!(h.core.is_bridged(), "a human is bridged by the core");
+        // Before the verdict the agent got only generated frames (the
+        // lead's audio was held back); after it, the lead's packets.
+        let lead_ssrc_packets = h.to_agent[before..]
+            .iter()
+            .filter(|s| s.bytes[12..].iter().any(|b| *b != 0xFF))
+            .count();
+        assert!(lead_ssrc_packets < hello.len() / 160, "the greeting leaked to the agent");
+        assert!(!h.core.is_listening());
+    }
+
+    #[test]
+    fn amd_never_bridges_a_machine_in_the_routing_modes() {
+        let mut h = answered_with_amd(true);
+        let greeting = greeting("machine-21-beep.ul");
+        let v = play_lead(&mut h, &greeting, 0, 6000).expect("a verdict");
+        assert!(
+            matches!(v, MediaEvent::Amd { verdict: Verdict::Machine, .. }),
+            "{v:?}"
+        );
+        assert!(!h.core.is_bridged());
+        // Nothing of the greeting reached the agent: only generated silence.
+        assert!(h
+            .to_agent
+            .iter()
+            .all(|s| s.bytes[12..].iter().all(|b| *b == 0xFF)));
+    }
+
+    #[test]
+    fn amd_in_detect_mode_relays_at_once_and_still_classifies() {
+        let mut h = answered_with_amd(false);
+        let greeting = greeting("machine-21-beep.ul");
+        let before = h.to_agent.len();
+        let v = play_lead(&mut h, &greeting, 0, 6000).expect("a verdict");
+        assert!(matches!(v, MediaEvent::Amd { verdict: Verdict::Machine, .. }));
+        // Every lead packet went to the agent (the bridge is not held).
+        assert_eq!(h.to_agent.len() - before, 300);
+    }
+
+    #[test]
+    fn amd_without_lead_audio_is_not_sure_after_the_window() {
+        let mut h = answered_with_amd(true);
+        h.advance(5_000);
+        assert!(!h.events().iter().any(|e| matches!(e, MediaEvent::Amd { .. })));
+        h.advance(5_600);
+        let ev = h.events();
+        assert!(
+            ev.iter().any(|e| matches!(
+                e,
+                MediaEvent::Amd { verdict: Verdict::NotSure, cause: Cause::TooLong, .. }
+            )),
+            "{ev:?}"
+        );
+        // Not sure is put through: the agent decides.
+        assert!(h.core.is_bridged());
     }
 
     #[test]

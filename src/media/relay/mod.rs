@@ -26,6 +26,7 @@ pub use self::core::{
     AgentMediaCore, CoreConfig, CoreError, Forward, LegId, MediaEvent, Side, StreamSeed,
 };
 use crate::config::PortRange;
+use crate::media::amd::AmdConfig;
 use crate::media::port::{PortError, PortLease, PortPool, SharedPortPool};
 use crate::media::sdp::Negotiated;
 use crate::media::srtp::{MasterKey, SrtpReceiver, SrtpSender, TAG_LEN};
@@ -109,6 +110,11 @@ enum Command {
     CloseLeg(LegId),
     PlayTone,
     Bridge(LegId),
+    StartAmd {
+        lead: LegId,
+        cfg: AmdConfig,
+        hold: bool,
+    },
     Unbridge,
     Srtp {
         ours: MasterKey,
@@ -271,6 +277,14 @@ impl AgentMedia {
         self.send(Command::Bridge(lead))
     }
 
+    /// Starts answering-machine detection on the lead leg at its answer
+    /// (SPEC §4 `amd`); with `hold` the core bridges the agent itself once
+    /// the verdict is human or not sure, else call [`Self::bridge`] as
+    /// usual. The verdict comes as [`MediaEvent::Amd`].
+    pub fn start_amd(&self, lead: LegId, cfg: AmdConfig, hold: bool) -> Result<(), MediaError> {
+        self.send(Command::StartAmd { lead, cfg, hold })
+    }
+
     /// Disconnects them; the agent hears silence.
     pub fn unbridge(&self) -> Result<(), MediaError> {
         self.send(Command::Unbridge)
@@ -385,7 +399,8 @@ fn drain_rtp(
                     continue;
                 };
                 let strays = core.stray_dropped();
-                let forward = core.handle_rtp(clock(), side, from, pkt);
+                let now = clock();
+                let forward = core.handle_rtp(now, side, from, pkt);
                 if core.stray_dropped() > strays {
                     crate::metrics::metrics().rtp_stray_packets.inc();
                 }
@@ -403,6 +418,10 @@ fn drain_rtp(
                             tracing::debug!(error = %e, dest = %f.dest, "RTP packet dropped on send");
                         }
                     }
+                }
+                // The lead's audio is analysed once it is on its way.
+                if side == Side::Lead {
+                    core.after_rtp(now);
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -449,6 +468,7 @@ fn apply(
             Ok(())
         }
         Command::Bridge(id) => core.bridge(now, id),
+        Command::StartAmd { lead, cfg, hold } => core.start_amd(now, lead, cfg, hold),
         Command::Unbridge => {
             core.unbridge(now);
             Ok(())
