@@ -10,6 +10,10 @@ digits of the dialed number (the To/Request-URI user):
   0486  486 Busy Here      0503  503      0403  403
   0180  180 Ringing forever (until CANCEL)
   0183  183 with SDP (early media, RTP flows) forever
+  07NN  200 at once, then plays play/NN.wav (next to EVENTS_FILE) once as
+        the callee's voice (a greeting: a person's "Hello?" or an answering
+        machine's message and beep) and records what it receives into
+        play/NN-rx.wav; without that file, like 0200
 Writes one JSON line per fact to EVENTS_FILE (times are time.monotonic()):
   {"event": "invite", "number": ..., "t": ...}
   {"event": "cancel", "number": ..., "t": ...}
@@ -31,6 +35,7 @@ writing {"event": "out_state", "from": FROM_NUMBER, "state": "early" |
 """
 import gc
 import json
+import os
 import re
 import sys
 import time
@@ -57,6 +62,9 @@ class Call(pj.Call):
         self.rx = 0
         self.cancel_seen = False
         self.done = False
+        self.play = None
+        self.player = None
+        self.recorder = None
 
     def onCallTsxState(self, prm):
         try:
@@ -69,13 +77,28 @@ class Call(pj.Call):
             sys.stderr.write("tsx: %s\n" % e)
 
     def onCallMediaState(self, prm):
+        try:
+            self.media_state()
+        except Exception as e:  # visible in the events, not lost on stderr
+            emit({"event": "error", "number": self.number, "what": str(e)})
+
+    def media_state(self):
         ci = self.getInfo()
         for i, mi in enumerate(ci.media):
             if mi.type == pj.PJMEDIA_TYPE_AUDIO and mi.status in (
                     pj.PJSUA_CALL_MEDIA_ACTIVE, pj.PJSUA_CALL_MEDIA_REMOTE_HOLD):
                 am = self.getAudioMedia(i)
                 mgr = self.ep.audDevManager()
-                mgr.getCaptureDevMedia().startTransmit(am)
+                if self.play is None:
+                    mgr.getCaptureDevMedia().startTransmit(am)
+                elif self.player is None:
+                    self.player = pj.AudioMediaPlayer()
+                    self.player.createPlayer(self.play[0], pj.PJMEDIA_FILE_NO_LOOP)
+                    self.player.startTransmit(am)
+                    self.recorder = pj.AudioMediaRecorder()
+                    self.recorder.createRecorder(self.play[1])
+                    am.startTransmit(self.recorder)
+                    emit({"event": "playing", "number": self.number})
                 am.startTransmit(mgr.getPlaybackDevMedia())
 
     def sample(self):
@@ -89,6 +112,9 @@ class Call(pj.Call):
         ci = self.getInfo()
         if ci.state == pj.PJSIP_INV_STATE_DISCONNECTED and not self.done:
             self.done = True
+            # Dropping the recorder closes its WAV file (header written).
+            self.recorder = None
+            self.player = None
             emit({"event": "ended", "number": self.number, "rx_pkts": self.rx,
                   "status": ci.lastStatusCode})
 
@@ -156,6 +182,12 @@ class Account(pj.Account):
             if tail.startswith("000") and tail[3:].isdigit():
                 call.answer_at = time.monotonic() + int(tail[3:])
             elif tail == "0200":
+                call.answer_at = time.monotonic()
+            elif tail.startswith("07"):
+                base = os.path.join(os.path.dirname(os.path.abspath(OUT.name)), "play")
+                wav = os.path.join(base, tail[2:] + ".wav")
+                if os.path.exists(wav):
+                    call.play = (wav, os.path.join(base, tail[2:] + "-rx.wav"))
                 call.answer_at = time.monotonic()
         call.answer(op)
         self.calls.append(call)
