@@ -434,6 +434,7 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
             .with_calls(calls.clone())
             .with_calling_hours(calling_hours)
             .with_audit(audit.clone())
+            .with_data_dir(&config.data_dir)
             .with_sessions(sessions);
     let app = crate::http::router(state);
     let http_shutdown = shutdown.clone();

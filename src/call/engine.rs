@@ -12,6 +12,7 @@
 #![allow(clippy::disallowed_methods)] // a driver: this is where the clock is read.
 
 mod inbound_call;
+mod voicemail_drop;
 
 pub use inbound_call::InboundCall;
 
@@ -59,6 +60,9 @@ const AGENT_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// waited for.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
 
+/// The agent's key for a voicemail drop (SPEC §4: `9` on the phone).
+pub const VOICEMAIL_DROP_KEY: char = '9';
+
 /// Why a call engine request failed (the seam with the sessions).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallEngineError {
@@ -83,6 +87,10 @@ pub enum CallEngineError {
     /// No call to act on.
     #[error("no call in progress")]
     NoCall,
+    /// A voicemail drop needs an answered lead and a session with a
+    /// `voicemail_drop_id` (SPEC §4).
+    #[error("no voicemail drop: {0}")]
+    NoDrop(&'static str),
     /// The agent leg is still ending (its CANCEL or BYE in flight): a new
     /// call can start once it is gone.
     #[error("the agent's phone is still hanging up the previous call: try again in a moment")]
@@ -294,6 +302,8 @@ enum Command {
         oneshot::Sender<Result<(i64, CallProgress), CallEngineError>>,
     ),
     Skip(oneshot::Sender<Result<(), CallEngineError>>),
+    /// A voicemail drop on the current lead (SPEC §4).
+    Drop(oneshot::Sender<Result<(), CallEngineError>>),
     Hangup(i64, oneshot::Sender<bool>),
     Disconnect(oneshot::Sender<Result<(), CallEngineError>>),
     State(oneshot::Sender<AgentLegState>),
@@ -383,6 +393,11 @@ struct Shared {
     tasks: TaskTracker,
     /// The leg journal's writer (`call::leg_journal`).
     journal: JournalSender,
+    /// `server.data_dir`: voicemail messages are under `voicemail/`.
+    data_dir: std::path::PathBuf,
+    /// Voicemail messages read so far, by id (SPEC §4), so a drop starts
+    /// without a disk read on the agent's task.
+    drops: std::sync::Mutex<HashMap<i64, Arc<[i16]>>>,
 }
 
 /// Where the engine's tasks get their I/O (built by `server::start`).
@@ -551,6 +566,8 @@ impl CallEngine {
                 .unwrap_or_default(),
             tasks: TaskTracker::new(),
             journal: io.journal,
+            data_dir: config.data_dir.clone(),
+            drops: std::sync::Mutex::default(),
         });
         let engine = CallEngine {
             agents: Arc::default(),
@@ -713,6 +730,13 @@ impl CallEngine {
             .copied()
     }
 
+    /// Leaves the session's voicemail message on the agent's answered
+    /// lead and frees the agent at once (SPEC §4 drop); the outcome is
+    /// `voicemail_dropped`.
+    pub async fn drop_voicemail(&self, agent: &str) -> Result<(), CallEngineError> {
+        self.ask(agent, Command::Drop).await?
+    }
+
     /// R9: CANCEL while ringing (outcome `skipped`), BYE once answered.
     pub async fn skip(&self, agent: &str) -> Result<(), CallEngineError> {
         self.ask(agent, Command::Skip).await?
@@ -858,6 +882,8 @@ struct LeadCall {
     caller_id: String,
     /// The session's answering-machine detection (SPEC §4 `amd`).
     amd: AmdMode,
+    /// The session's voicemail drop (SPEC §4 `voicemail_drop_id`).
+    voicemail_drop_id: Option<i64>,
     /// The detector's verdict, once given.
     amd_verdict: Option<Verdict>,
     /// The outcome an answered call ends with when it is not `answered`
@@ -899,6 +925,8 @@ struct AgentTask {
     /// Lead legs whose outcome is stored but whose signalling goes on
     /// (487's ACK, Timer D, a crossing 200's BYE).
     closing: Vec<LeadLeg>,
+    /// Answered leads left a voicemail drop, the agent gone on (SPEC §4).
+    dropping: Vec<voicemail_drop::DroppingCall>,
     /// Agent legs that failed or were cancelled, finishing their
     /// signalling the same way while a new one rings the phone.
     closing_agent: Vec<AgentLeg>,
@@ -951,6 +979,7 @@ impl AgentTask {
             pending: None,
             inbound: None,
             closing: Vec::new(),
+            dropping: Vec::new(),
             closing_agent: Vec::new(),
             sdp_version: epoch_ms(SystemTime::now()).unsigned_abs(),
             drain_deadline: None,
@@ -965,6 +994,7 @@ impl AgentTask {
         all.extend(self.lead.as_ref().and_then(|l| l.leg.poll_timeout()));
         all.extend(self.inbound.as_ref().and_then(|i| i.poll_timeout()));
         all.extend(self.closing.iter().filter_map(|l| l.poll_timeout()));
+        all.extend(self.dropping.iter().filter_map(|d| d.call.leg.poll_timeout()));
         all.extend(self.closing_agent.iter().filter_map(|l| l.poll_timeout()));
         if let Some(d) = self.drain_deadline {
             all.push(if self.forced { d + DRAIN_GRACE } else { d });
@@ -1063,6 +1093,9 @@ impl AgentTask {
         if let Some(l) = &mut self.lead {
             l.leg.hangup(now);
         }
+        for d in &mut self.dropping {
+            d.call.leg.hangup(now);
+        }
         self.hangup_inbound(now);
         if let Some(leg) = &mut self.leg {
             leg.hangup(now);
@@ -1085,6 +1118,7 @@ impl AgentTask {
             && self.pending.is_none()
             && self.inbound.is_none()
             && self.closing.is_empty()
+            && self.dropping.is_empty()
             && self.closing_agent.is_empty()
             && self.leg.as_ref().is_none_or(|l| l.is_closed())
     }
@@ -1116,6 +1150,11 @@ impl AgentTask {
                 l.handle_timeout(now);
             }
         }
+        for d in &mut self.dropping {
+            if d.call.leg.poll_timeout().is_some_and(|t| t <= now) {
+                d.call.leg.handle_timeout(now);
+            }
+        }
         for l in &mut self.closing_agent {
             if l.poll_timeout().is_some_and(|d| d <= now) {
                 l.handle_timeout(now);
@@ -1141,6 +1180,12 @@ impl AgentTask {
             leg.handle_message(now, m.peer, m.message)
         } else if let Some(l) = self.closing.iter_mut().find(|l| l.call_id() == call_id) {
             l.handle_message(now, m.peer, m.message)
+        } else if let Some(d) = self
+            .dropping
+            .iter_mut()
+            .find(|d| d.call.leg.call_id() == call_id)
+        {
+            d.call.leg.handle_message(now, m.peer, m.message)
         } else if let Some(l) = self
             .closing_agent
             .iter_mut()
@@ -1186,6 +1231,11 @@ impl AgentTask {
                 cause,
                 after,
             } => self.on_amd(now, leg, verdict, cause, after),
+            MediaEvent::DropFinished {
+                leg,
+                played,
+                started,
+            } => self.on_drop_finished(now, leg, played, started),
             MediaEvent::StrayDropped { leg, from } => {
                 tracing::warn!(agent = %self.name, leg = ?leg, %from, "RTP from a host the signalling does not name: dropped (further ones are dropped silently)");
             }
@@ -1238,10 +1288,22 @@ impl AgentTask {
             verdict,
             amd_ms,
         });
-        if verdict == Verdict::Machine && l.amd.holds_bridge() {
-            // TODO(drop) until the drop player exists, "drop" hangs up too.
-            l.answered_as = Some(Outcome::Voicemail);
-            l.leg.hangup(now);
+        match (verdict, l.amd) {
+            (Verdict::Machine, AmdMode::Hangup) => {
+                l.answered_as = Some(Outcome::Voicemail);
+                l.leg.hangup(now);
+            }
+            (Verdict::Machine, AmdMode::Drop) => {
+                if let Err(e) = self.start_drop(now) {
+                    // No message to leave: as "hangup".
+                    tracing::warn!(agent = %self.name, error = %e, "voicemail drop not possible: hanging up the machine");
+                    if let Some(l) = &mut self.lead {
+                        l.answered_as = Some(Outcome::Voicemail);
+                        l.leg.hangup(now);
+                    }
+                }
+            }
+            _ => {}
         }
     }
 
@@ -1249,6 +1311,12 @@ impl AgentTask {
     /// the current lead's number on the do-not-call list.
     fn on_digit(&mut self, now: Instant, digit: char) {
         match digit {
+            VOICEMAIL_DROP_KEY => {
+                if let Err(e) = self.start_drop(now) {
+                    tracing::info!(agent = %self.name, error = %e, "DTMF voicemail drop ignored");
+                }
+                return;
+            }
             '*' | '#' => {
                 if let Some(l) = &mut self.lead {
                     l.leg.hangup(now);
@@ -1296,12 +1364,18 @@ impl AgentTask {
         match cmd {
             Command::Connect(reply) => self.connect(now, reply).await,
             Command::Dial(req, grant, reply) => {
+                if let Some(id) = req.voicemail_drop_id {
+                    self.load_drop(id).await;
+                }
                 let r = self.dial(req, grant).await;
                 let _ = reply.send(r);
             }
             Command::Place(req, grant, reply) => {
                 let r = self.place(now, req, grant).await;
                 let _ = reply.send(r);
+            }
+            Command::Drop(reply) => {
+                let _ = reply.send(self.start_drop(now));
             }
             Command::Skip(reply) => {
                 let r = if let Some(l) = &mut self.lead {
@@ -1987,6 +2061,7 @@ impl AgentTask {
             session_caller_id: req.caller_id,
             caller_id,
             amd: req.amd,
+            voicemail_drop_id: req.voicemail_drop_id,
             amd_verdict: None,
             answered_as: None,
         });
@@ -2132,7 +2207,13 @@ impl AgentTask {
                 self.on_agent_event(ev);
             }
             busy |= self.inbound_events();
+            busy |= self.dropping_events();
             let mut out: Vec<Transmit> = Vec::new();
+            for d in &mut self.dropping {
+                while let Some(t) = d.call.leg.poll_transmit() {
+                    out.push(t);
+                }
+            }
             if let Some(l) = &mut self.lead {
                 while let Some(t) = l.leg.poll_transmit() {
                     out.push(t);
@@ -2518,7 +2599,7 @@ impl AgentTask {
                 if let Some(leg) = self.leg.take() {
                     self.unroute(leg.call_id());
                 }
-                if self.lead.is_none() && self.inbound.is_none() {
+                if self.lead.is_none() && self.inbound.is_none() && self.dropping.is_empty() {
                     self.media = None;
                     self.media_rx = None;
                 }

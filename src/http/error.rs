@@ -40,6 +40,9 @@ pub enum ApiError {
     /// 400: the CSV cannot be imported at all (unknown column, no header).
     #[error(transparent)]
     Import(ImportError),
+    /// 400: an uploaded voicemail message is not a usable WAV file.
+    #[error(transparent)]
+    Wav(#[from] crate::media::voicemail::WavError),
     /// 401: no or wrong bearer token.
     #[error("missing or invalid bearer token")]
     Unauthorized,
@@ -103,6 +106,7 @@ impl ApiError {
             | ApiError::Import(_) => StatusCode::BAD_REQUEST,
             ApiError::WrongShape(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Wav(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -128,6 +132,7 @@ impl ApiError {
             ApiError::BadJson(_) => "bad_json",
             ApiError::WrongShape(_) => "unprocessable",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::Wav(_) => "bad_audio",
             ApiError::Validation(_) => "invalid",
             ApiError::BadParam { .. } => "bad_parameter",
             ApiError::Import(_) => "bad_csv",

@@ -180,6 +180,7 @@ impl From<CallEngineError> for CallApiError {
             | CallEngineError::Timeout
             | CallEngineError::NotConnected
             | CallEngineError::NoCall
+            | CallEngineError::NoDrop(_)
             | CallEngineError::NoTrunk) => CallApiError::Conflict(e.to_string()),
             other => CallApiError::Api(ApiError::Internal(other.to_string())),
         }

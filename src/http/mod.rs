@@ -30,6 +30,7 @@ pub mod session_stats;
 pub mod sessions;
 pub mod smart_views;
 pub mod trunks;
+pub mod voicemail;
 
 use std::sync::Arc;
 
@@ -85,6 +86,8 @@ pub struct AppState {
     pub calling_hours: crate::dialer::hours::CallingHours,
     /// Where refused and overridden manual calls are recorded.
     pub audit: crate::store::audit::AuditLog,
+    /// `server.data_dir`: voicemail messages and recordings live under it.
+    pub data_dir: Arc<std::path::Path>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -118,7 +121,14 @@ impl AppState {
             event_log: None,
             calling_hours: Default::default(),
             audit: crate::store::audit::AuditLog::disabled(),
+            data_dir: Arc::from(std::path::Path::new("data")),
         }
+    }
+
+    /// Sets the data directory (voicemail messages, recordings).
+    pub fn with_data_dir(mut self, dir: &std::path::Path) -> Self {
+        self.data_dir = Arc::from(dir);
+        self
     }
 
     /// Sets the audit log (`GET /api/v1/audit` reads the store).
@@ -229,6 +239,7 @@ pub fn api_routes() -> Router<AppState> {
             axum::routing::post(agents::issue_token).delete(agents::revoke_tokens),
         )
         .merge(calls::routes())
+        .merge(voicemail::routes())
         .merge(dnc::routes())
         .merge(bans::routes())
         .merge(audit::routes())

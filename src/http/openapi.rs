@@ -28,7 +28,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::{
     agents, audit, bans, call_notes, calls, console, dnc, events, lead_notes, leads, manual_calls,
-    me, session_list, session_stats, sessions, smart_views, trunks,
+    me, session_list, session_stats, sessions, smart_views, trunks, voicemail,
 };
 
 /// The routes served without the admin token (SPEC §4): the health check,
@@ -124,6 +124,9 @@ pub struct Health {
         sessions::join_shared,
         sessions::agent,
         sessions::do_not_call,
+        sessions::drop_voicemail,
+        voicemail::upload,
+        voicemail::recording,
         sessions::queue,
         manual_calls::place,
         manual_calls::get_call,

@@ -48,6 +48,10 @@ pub fn routes() -> Router<AppState> {
             "/api/v1/sessions/{id}/agents/{agent}/dnc",
             post(do_not_call),
         )
+        .route(
+            "/api/v1/sessions/{id}/agents/{agent}/drop",
+            post(drop_voicemail),
+        )
         .route("/api/v1/sessions/{id}/agents/{agent}/{action}", post(agent))
         .route("/api/v1/sessions/{id}/queue", get(queue))
 }
@@ -673,6 +677,53 @@ pub(super) async fn do_not_call(
     let h = sessions(&st)?.get_or_load(id).await?;
     let added = h.do_not_call(&agent).await?;
     Ok(Json(added).into_response())
+}
+
+/// `POST /api/v1/sessions/{id}/agents/{agent}/drop`: leaves the session's
+/// voicemail message (`voicemail_drop_id`) on the agent's answered lead
+/// after its beep, and frees the agent for the next lead at once (SPEC §4;
+/// `9` on the phone does the same). The call's outcome is
+/// `voicemail_dropped`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/sessions/{id}/agents/{agent}/drop",
+    operation_id = "session_agent_voicemail_drop",
+    tag = "sessions",
+    params(
+        ("id" = i64, Path, description = "The session's id"),
+        ("agent" = String, Path, description = "The agent's username"),
+    ),
+    responses(
+        (status = 204, description = "The message will play after the beep; the agent moves on"),
+        (status = 404, description = "No such session, or the agent is not in it", body = ErrorBody),
+        (status = 409, description = "No answered lead, or the session has no voicemail drop", body = ErrorBody),
+    )
+)]
+pub(super) async fn drop_voicemail(
+    State(st): State<AppState>,
+    ApiPath((id, agent)): ApiPath<(String, String)>,
+) -> Result<Response> {
+    let id = parse_id(&id, "session")?;
+    let view = sessions(&st)?.get_or_load(id).await?.view().await?;
+    if !view.agents.iter().any(|a| a.agent == agent) {
+        return Err(ApiError::NotFound(format!("agent {agent:?} is not in session {id}")).into());
+    }
+    let Some(calls) = &st.calls else {
+        return Err(ApiError::Unavailable {
+            code: "no_call_engine",
+            message: "the call engine is not running".into(),
+            retry_after_s: 1,
+        }
+        .into());
+    };
+    match calls.drop_voicemail(&agent).await {
+        Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Err(e) => Ok((
+            StatusCode::CONFLICT,
+            Json(json!({"error": {"code": "conflict", "message": e.to_string()}})),
+        )
+            .into_response()),
+    }
 }
 
 /// `GET /api/v1/sessions/{id}/queue` query.

@@ -27,3 +27,4 @@ pub mod sdes;
 pub mod sdp;
 pub mod srtp;
 pub mod tone;
+pub mod voicemail;

@@ -64,7 +64,7 @@ impl Default for CoreConfig {
         CoreConfig {
             beep: Duration::from_millis(250),
             rtp_timeout: Duration::from_secs(30),
-            control_digits: vec!['*', '#', '0'],
+            control_digits: vec!['*', '#', '0', '9'],
         }
     }
 }
@@ -125,6 +125,16 @@ pub enum MediaEvent {
         /// verdict.
         after: Duration,
     },
+    /// A voicemail drop finished on a handed-off lead leg (SPEC §4): the
+    /// message played whole (`played`) or the drop was stopped.
+    DropFinished {
+        /// The lead leg.
+        leg: LegId,
+        /// The message played to its end.
+        played: bool,
+        /// What started it, and when.
+        started: Option<(Instant, crate::media::voicemail::DropStart)>,
+    },
     /// RTP arrived from a host the signalling does not name and was
     /// dropped (SPEC §5). Reported once per leg; the rest are counted.
     StrayDropped {
@@ -133,6 +143,17 @@ pub enum MediaEvent {
         /// The first stranger's address.
         from: SocketAddr,
     },
+}
+
+/// A lead leg given away by [`AgentMediaCore::hand_off_lead`].
+#[derive(Debug)]
+pub struct HandOff {
+    /// Where its RTP goes (the latched or signalled address).
+    pub dest: SocketAddr,
+    /// Its offer/answer result (codec, payload types).
+    pub neg: Negotiated,
+    /// The stream we were sending it.
+    pub stream: StreamRewriter,
 }
 
 /// A command the core refused.
@@ -402,6 +423,23 @@ impl AgentMediaCore {
             }
             _ => Err(CoreError::UnknownLeg(id)),
         }
+    }
+
+    /// Gives the lead leg away (a voicemail drop plays on it while the
+    /// agent dials on, SPEC §4): where to send, in which format, and the
+    /// stream towards it so its SSRC and sequence go on. The agent hears
+    /// silence.
+    pub fn hand_off_lead(&mut self, now: Instant, id: LegId) -> Result<HandOff, CoreError> {
+        let (dest, neg) = match &self.lead {
+            Some(l) if l.id == id => (l.dest(), l.neg),
+            _ => return Err(CoreError::UnknownLeg(id)),
+        };
+        let stream = self.to_lead.take();
+        self.detach_lead(now, id)?;
+        let (Some(dest), Some(neg), Some(stream)) = (dest, neg, stream) else {
+            return Err(CoreError::UnknownLeg(id));
+        };
+        Ok(HandOff { dest, neg, stream })
     }
 
     /// Starts the dial-start beep towards the agent (SPEC §1 step 2).

@@ -20,13 +20,14 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 pub use self::core::{
-    AgentMediaCore, CoreConfig, CoreError, Forward, LegId, MediaEvent, Side, StreamSeed,
+    AgentMediaCore, CoreConfig, CoreError, Forward, HandOff, LegId, MediaEvent, Side, StreamSeed,
 };
 use crate::config::PortRange;
 use crate::media::amd::AmdConfig;
+use crate::media::voicemail::{DropConfig, DropPlayer};
 use crate::media::port::{PortError, PortLease, PortPool, SharedPortPool};
 use crate::media::sdp::Negotiated;
 use crate::media::srtp::{MasterKey, SrtpReceiver, SrtpSender, TAG_LEN};
@@ -114,6 +115,12 @@ enum Command {
         lead: LegId,
         cfg: AmdConfig,
         hold: bool,
+    },
+    Drop {
+        lead: LegId,
+        message: Arc<[i16]>,
+        cfg: DropConfig,
+        stop: oneshot::Receiver<()>,
     },
     Unbridge,
     Srtp {
@@ -285,6 +292,27 @@ impl AgentMedia {
         self.send(Command::StartAmd { lead, cfg, hold })
     }
 
+    /// Hands the lead leg to a voicemail drop (SPEC §4): a task of its own
+    /// waits for the machine's beep, plays `message` and reports
+    /// [`MediaEvent::DropFinished`]; the agent hears silence at once and
+    /// the next lead leg can open. Sending on (or dropping) the returned
+    /// sender stops the drop (the call ended first).
+    pub fn drop_voicemail(
+        &self,
+        lead: LegId,
+        message: Arc<[i16]>,
+        cfg: DropConfig,
+    ) -> Result<oneshot::Sender<()>, MediaError> {
+        let (tx, stop) = oneshot::channel();
+        self.send(Command::Drop {
+            lead,
+            message,
+            cfg,
+            stop,
+        })?;
+        Ok(tx)
+    }
+
     /// Disconnects them; the agent hears silence.
     pub fn unbridge(&self) -> Result<(), MediaError> {
         self.send(Command::Unbridge)
@@ -445,6 +473,7 @@ fn apply(
     core: &mut AgentMediaCore,
     lead: &mut Option<LegSockets>,
     srtp: &mut AgentSrtp,
+    events: &mpsc::UnboundedSender<MediaEvent>,
     cmd: Command,
 ) {
     let now = clock();
@@ -469,6 +498,17 @@ fn apply(
         }
         Command::Bridge(id) => core.bridge(now, id),
         Command::StartAmd { lead, cfg, hold } => core.start_amd(now, lead, cfg, hold),
+        Command::Drop {
+            lead: id,
+            message,
+            cfg,
+            stop,
+        } => core.hand_off_lead(now, id).map(|h| {
+            if let Some(sockets) = lead.take() {
+                let player = DropPlayer::new(now, message, cfg);
+                tokio::spawn(run_drop(id, sockets, h, player, stop, events.clone()));
+            }
+        }),
         Command::Unbridge => {
             core.unbridge(now);
             Ok(())
@@ -509,7 +549,7 @@ async fn run(
         tokio::select! {
             biased;
             cmd = cmds.recv() => match cmd {
-                Some(c) => apply(&mut core, &mut lead, &mut srtp, c),
+                Some(c) => apply(&mut core, &mut lead, &mut srtp, &events, c),
                 None => break,
             },
             r = agent.rtp.readable() => if r.is_ok() {
@@ -541,6 +581,83 @@ async fn run(
             let _ = events.send(e);
         }
     }
+}
+
+/// The driver of a voicemail drop on a handed-off lead leg: the
+/// machine's audio goes to the [`DropPlayer`], its frames go out on the
+/// leg's socket in the stream the lead already knows. Ends when the
+/// message has played, or on `stop`; its ports are freed then.
+async fn run_drop(
+    id: LegId,
+    sockets: LegSockets,
+    mut h: self::core::HandOff,
+    mut player: DropPlayer,
+    mut stop: oneshot::Receiver<()>,
+    events: mpsc::UnboundedSender<MediaEvent>,
+) {
+    use crate::media::amd::FRAME;
+    use crate::media::rewrite::parse_rtp;
+    let law = h.neg.codec.law;
+    let mut buf = vec![0u8; 2048];
+    let mut out = [0u8; 12 + FRAME];
+    let mut pcm = [0i16; FRAME];
+    let mut payload = [0u8; FRAME];
+    let mut decoded = Vec::with_capacity(FRAME);
+    let sleep = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(sleep);
+    let stopped = loop {
+        if let Some(d) = player.poll_timeout() {
+            sleep.as_mut().reset(tokio::time::Instant::from_std(d));
+        }
+        tokio::select! {
+            biased;
+            _ = &mut stop => break true,
+            r = sockets.rtp.readable() => if r.is_ok() {
+                for _ in 0..DRAIN_BATCH {
+                    match sockets.rtp.try_recv_from(&mut buf) {
+                        Ok((n, from)) => {
+                            // Only the machine's own audio counts (SPEC §5).
+                            if from.ip() != h.dest.ip() {
+                                continue;
+                            }
+                            let Some(pkt) = buf.get(..n).and_then(|b| parse_rtp(b).ok()) else { continue };
+                            if pkt.pt != h.neg.codec.pt {
+                                continue;
+                            }
+                            let Some(p) = buf.get(pkt.payload.clone()) else { continue };
+                            decoded.clear();
+                            decoded.extend(p.iter().map(|b| law.decode(*b)));
+                            player.handle_audio(clock(), &decoded);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(_) => {}
+                    }
+                }
+            },
+            r = sockets.rtcp.readable() => if r.is_ok() { drain_discard(&sockets.rtcp, &mut buf) },
+            () = &mut sleep, if player.poll_timeout().is_some() => {
+                let now = clock();
+                while let Some(n) = player.handle_timeout(now, &mut pcm) {
+                    for (b, s) in payload.iter_mut().zip(&pcm[..n]) {
+                        *b = law.encode(*s);
+                    }
+                    if let Some(len) = h.stream.generated(now, &payload[..n], &mut out) {
+                        if let Err(e) = sockets.rtp.try_send_to(&out[..len], h.dest) {
+                            tracing::debug!(error = %e, "voicemail frame dropped on send");
+                        }
+                    }
+                }
+                if player.is_done() {
+                    break false;
+                }
+            },
+        }
+    };
+    let _ = events.send(MediaEvent::DropFinished {
+        leg: id,
+        played: !stopped && player.is_done(),
+        started: player.started(),
+    });
 }
 
 #[cfg(test)]
