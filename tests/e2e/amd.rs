@@ -12,6 +12,41 @@ use serde_json::{json, Value};
 use crate::app::{free_port, http_request, repo, spawn_app_with, App, AppOptions};
 use crate::peers::{agent_status, carrier_events, spawn_py, wait_for, Peer};
 
+/// One HTTP/1.1 request with a binary body (Connection: close): status,
+/// header block, body bytes.
+pub(crate) fn http_bytes(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect http");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).expect("write http");
+    s.write_all(body).expect("write body");
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).ok();
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(out.len());
+    let head = String::from_utf8_lossy(&out[..split]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.get(split + 4..).unwrap_or(&[]).to_vec();
+    (status, head, body)
+}
+
 /// A 16-bit PCM mono WAV of `pcm` at 8 kHz.
 pub(crate) fn wav(pcm: &[i16]) -> Vec<u8> {
     let data = (pcm.len() * 2) as u32;
@@ -51,7 +86,10 @@ pub(crate) fn read_wav(path: &Path) -> Option<(u32, Vec<i16>)> {
     while pos + 8 <= b.len() {
         let id = &b[pos..pos + 4];
         let len = u32::from_le_bytes(b[pos + 4..pos + 8].try_into().ok()?) as usize;
-        let body = &b[pos + 8..(pos + 8 + len).min(b.len())];
+        // A recorder that never finished its header leaves the data
+        // chunk's length 0: the data runs to the end of the file.
+        let end = if id == b"data" && len == 0 { b.len() } else { (pos + 8 + len).min(b.len()) };
+        let body = &b[pos + 8..end];
         if id == b"fmt " {
             channels = u16::from_le_bytes(body[2..4].try_into().ok()?) as usize;
             rate = u32::from_le_bytes(body[4..8].try_into().ok()?);
@@ -250,4 +288,188 @@ fn amd_hangup_mode_tells_a_person_from_a_voicemail_greeting() {
     let talk = rfc3339_s(&machine["ended_at"]) - rfc3339_s(&machine["answered_at"]);
     assert!(talk < 4.5, "the machine call lasted {talk:.2} s: {machine}");
     eprintln!("human decided in {} ms, machine in {ms} ms", human["amd_ms"]);
+}
+
+/// A 440 Hz tone at -6 dBFS: the message, easy to find in what the
+/// carrier recorded.
+fn message_tone(seconds: f64) -> Vec<i16> {
+    let n = (seconds * 8000.0) as usize;
+    (0..n)
+        .map(|i| ((i as f64 * 440.0 * std::f64::consts::TAU / 8000.0).sin() * 16_000.0) as i16)
+        .collect()
+}
+
+/// Uploads `pcm` as a voicemail message; its id.
+fn upload(rig: &Rig, pcm: &[i16]) -> i64 {
+    let (code, _, text) = http_bytes(
+        rig.app.http,
+        "POST",
+        "/api/v1/voicemail-drops",
+        &rig.app.token,
+        "audio/wav",
+        &wav(pcm),
+    );
+    assert_eq!(code, 201, "upload: {}", String::from_utf8_lossy(&text));
+    let v: Value = serde_json::from_slice(&text).expect("JSON");
+    v["id"].as_i64().expect("id")
+}
+
+/// Seconds into `pcm` (at `rate`) where 20 ms frames first hold the
+/// 440 Hz message: loud, and most of its energy at 440 Hz.
+fn message_onset(rate: u32, pcm: &[i16]) -> Option<f64> {
+    let frame = (rate / 50) as usize;
+    let w = 2.0 * std::f64::consts::PI * 440.0 / f64::from(rate);
+    let coeff = 2.0 * w.cos();
+    pcm.chunks_exact(frame).position(|f| {
+        let energy: f64 = f.iter().map(|s| f64::from(*s).powi(2)).sum();
+        let (mut s1, mut s2) = (0f64, 0f64);
+        for x in f {
+            let s0 = f64::from(*x) + coeff * s1 - s2;
+            s2 = s1;
+            s1 = s0;
+        }
+        let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
+        energy > frame as f64 * 2000.0 * 2000.0 && power / (frame as f64 * energy / 2.0) > 0.6
+    })
+    .map(|i| i as f64 * 0.02)
+}
+
+#[test]
+fn voicemail_drop_plays_the_message_after_the_beep_and_frees_the_agent_at_once() {
+    let machine = greeting("machine-21-beep.ul");
+    // Where the greeting's beep ends, by the detector itself.
+    let mut beeps = powerdial::media::amd::BeepDetector::new();
+    let mut beep_end = None;
+    for chunk in machine.chunks(160) {
+        if let Some((end, _)) = beeps.push(chunk) {
+            beep_end = Some(f64::from(end) / 1000.0);
+        }
+    }
+    let beep_end = beep_end.expect("the fixture has a beep");
+    let rig = rig(
+        &[("21", machine), ("22", greeting("machine-22-beep.ul"))],
+        // The machines hang up well after the message; a person (0200)
+        // after 2 s.
+        30.0,
+        "",
+    );
+
+    // A bad upload is a clear 4xx.
+    let (code, _, text) = http_bytes(
+        rig.app.http,
+        "POST",
+        "/api/v1/voicemail-drops",
+        &rig.app.token,
+        "audio/wav",
+        b"RIFF\x00\x00\x00\x00WAVEjunk",
+    );
+    assert_eq!(code, 400, "{}", String::from_utf8_lossy(&text));
+    let stereo_16k = {
+        let mut w = wav(&[0; 800]);
+        w[22] = 2;
+        w
+    };
+    let (code, _, text) = http_bytes(
+        rig.app.http,
+        "POST",
+        "/api/v1/voicemail-drops",
+        &rig.app.token,
+        "audio/wav",
+        &stereo_16k,
+    );
+    let text = String::from_utf8_lossy(&text);
+    assert_eq!(code, 400, "{text}");
+    assert!(text.contains("mono"), "{text}");
+    let (code, _, _) = http_bytes(
+        rig.app.http,
+        "POST",
+        "/api/v1/voicemail-drops",
+        &rig.app.token,
+        "application/json",
+        b"{}",
+    );
+    assert_eq!(code, 415);
+    let tone = message_tone(2.0);
+    let drop_id = upload(&rig, &tone);
+
+    // "drop" mode: the machine never reaches the agent; the message plays
+    // after its beep, then BYE.
+    let sid = rig.session(
+        &[("A machine", "+442079460721")],
+        json!({"amd": "drop", "voicemail_drop_id": drop_id}),
+    );
+    let rec = rig.ended_call(sid, "+442079460721");
+    assert_eq!(rec["outcome"], "voicemail_dropped", "{rec}");
+    assert_eq!(rec["amd"], "machine", "{rec}");
+    wait_for("the carrier's end of the call", Duration::from_secs(30), || {
+        carrier_events(&rig.events)
+            .iter()
+            .any(|e| e["event"] == "ended" && e["number"] == "442079460721")
+    });
+    let events = carrier_events(&rig.events);
+    let at = |event: &str| {
+        events
+            .iter()
+            .find(|e| e["event"] == event && e["number"] == "442079460721")
+            .and_then(|e| e["t"].as_f64())
+            .unwrap_or_else(|| panic!("no {event}: {events:?}"))
+    };
+    let (rate, heard) =
+        read_wav(&rig.dir.path().join("play/21-rx.wav")).expect("the carrier's recording");
+    let peak = heard.iter().map(|s| s.unsigned_abs()).max().unwrap_or(0);
+    let onset = message_onset(rate, &heard).unwrap_or_else(|| {
+        panic!(
+            "the message did not reach the carrier: {} samples at {rate} Hz, peak {peak}, file {} bytes",
+            heard.len(),
+            std::fs::metadata(rig.dir.path().join("play/21-rx.wav")).map(|m| m.len()).unwrap_or(0)
+        )
+    });
+    eprintln!("beep ends at {beep_end:.2} s; the message arrived at {onset:.2} s");
+    assert!(
+        onset >= beep_end - 0.05,
+        "the message started at {onset:.2} s, before the beep ended ({beep_end:.2} s)"
+    );
+    assert!(onset <= beep_end + 1.0, "the message came {onset:.2} s in, late");
+    // BYE (from us: the machine would hold 30 s) once the 2 s message played.
+    let ended = at("ended") - at("playing");
+    assert!(
+        ended >= onset + 1.9 && ended < onset + 4.0,
+        "the call ended {ended:.2} s in; message from {onset:.2} s"
+    );
+
+    // The agent's drop (the API; `9` on the phone runs the same code): on
+    // an answered machine in "detect" mode, the agent is dialing the next
+    // lead within a second.
+    let sid2 = rig.session(
+        &[("C machine", "+442079460722"), ("D next", "+442079460200")],
+        json!({"amd": "detect", "voicemail_drop_id": drop_id}),
+    );
+    wait_for("the machine's answer", Duration::from_secs(20), || {
+        rig.calls(sid2)
+            .iter()
+            .any(|c| c["number"] == "+442079460722" && !c["answered_at"].is_null())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let pressed = std::time::Instant::now();
+    let (code, body) = rig.post(
+        &format!("/api/v1/sessions/{sid2}/agents/alice/drop"),
+        &json!({}),
+    );
+    assert_eq!(code, 204, "drop: {body}");
+    wait_for("the next lead's INVITE", Duration::from_secs(5), || {
+        carrier_events(&rig.events)
+            .iter()
+            .any(|e| e["event"] == "invite" && e["number"] == "442079460200")
+    });
+    let next_after = pressed.elapsed();
+    eprintln!("drop pressed → next lead's INVITE at the carrier: {next_after:?}");
+    assert!(next_after < Duration::from_secs(1), "{next_after:?}");
+    let rec = rig.ended_call(sid2, "+442079460722");
+    assert_eq!(rec["outcome"], "voicemail_dropped", "{rec}");
+    // An agent who is not in the session has nothing to drop: 404.
+    let (code, _) = rig.post(
+        &format!("/api/v1/sessions/{sid2}/agents/bob/drop"),
+        &json!({}),
+    );
+    assert_eq!(code, 404);
 }
