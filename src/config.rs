@@ -482,6 +482,23 @@ struct RawConfig {
     agent: Vec<AgentConfig>,
     dialer: DialerConfig,
     security: RawSecurity,
+    recording: RecordingConfig,
+}
+
+/// `[recording]`: what happens to call recordings (SPEC §4 session
+/// `record`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordingConfig {
+    /// Recordings older than this many days are deleted from
+    /// `<data_dir>/recordings/` (checked hourly); 0 keeps them forever.
+    pub retention_days: u32,
+}
+
+impl Default for RecordingConfig {
+    fn default() -> Self {
+        RecordingConfig { retention_days: 90 }
+    }
 }
 
 /// `[security]`: the SIP front door's limits (SPEC §5; `sip::flood`).
@@ -560,6 +577,8 @@ pub struct Config {
     pub dialer: DialerConfig,
     /// The SIP front door's limits (`[security]`).
     pub security: SecurityConfig,
+    /// Call recordings (`[recording]`).
+    pub recording: RecordingConfig,
     /// Certificate and key of the `tls:` listeners (`server.tls_certificate`,
     /// `server.tls_private_key`), when any is configured.
     pub tls: Option<crate::sip::transport::TlsFiles>,
@@ -619,7 +638,7 @@ const STRING_KEYS: &[&str] = &[
     "leads.default_region",
 ];
 
-const SECTIONS: &[&str] = &["server", "database", "admin", "leads", "dialer"];
+const SECTIONS: &[&str] = &["server", "database", "admin", "leads", "dialer", "recording"];
 
 impl Config {
     /// Our caller IDs (every `[[trunk]] caller_id` and the
@@ -961,6 +980,7 @@ impl Config {
             agents: raw.agent,
             dialer: raw.dialer,
             security,
+            recording: raw.recording,
             tls,
         })
     }

@@ -12,6 +12,7 @@
 #![allow(clippy::disallowed_methods)] // a driver: this is where the clock is read.
 
 mod inbound_call;
+mod recording;
 mod voicemail_drop;
 
 pub use inbound_call::InboundCall;
@@ -569,6 +570,11 @@ impl CallEngine {
             data_dir: config.data_dir.clone(),
             drops: std::sync::Mutex::default(),
         });
+        tokio::spawn(recording::retention(
+            config.data_dir.join("recordings"),
+            config.recording.retention_days,
+            io.shutdown.clone(),
+        ));
         let engine = CallEngine {
             agents: Arc::default(),
             tasks: shared.tasks.clone(),
@@ -884,6 +890,8 @@ struct LeadCall {
     amd: AmdMode,
     /// The session's voicemail drop (SPEC §4 `voicemail_drop_id`).
     voicemail_drop_id: Option<i64>,
+    /// Record the call from its answer (SPEC §4 `record`).
+    record: bool,
     /// The detector's verdict, once given.
     amd_verdict: Option<Verdict>,
     /// The outcome an answered call ends with when it is not `answered`
@@ -2062,6 +2070,7 @@ impl AgentTask {
             caller_id,
             amd: req.amd,
             voicemail_drop_id: req.voicemail_drop_id,
+            record: req.record,
             amd_verdict: None,
             answered_as: None,
         });
@@ -2354,6 +2363,14 @@ impl AgentTask {
                     match negotiate(&l.offer, &sdp) {
                         Ok(neg) => {
                             let _ = media.set_remote(l.media.id, neg);
+                            if l.record {
+                                let tx = recording::spawn_recorder(
+                                    &self.shared,
+                                    l.record_id,
+                                    Instant::now(),
+                                );
+                                let _ = media.record(l.media.id, tx);
+                            }
                             if l.amd != AmdMode::Off {
                                 // SPEC §4 `amd`: the detector listens from
                                 // the answer; in the routing modes the relay

@@ -22,6 +22,7 @@ pub mod g711;
 pub mod latch;
 pub mod port;
 pub mod relay;
+pub mod recording;
 pub mod rewrite;
 pub mod sdes;
 pub mod sdp;

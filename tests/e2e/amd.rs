@@ -117,7 +117,20 @@ pub(crate) struct Rig {
 /// The carrier plays `play` (tail `07NN` → greeting file) and hangs up
 /// answered calls after `hold` seconds.
 pub(crate) fn rig(play: &[(&str, Vec<i16>)], hold: f64, extra_toml: &str) -> Rig {
+    rig_with_agent_voice(play, hold, extra_toml, None)
+}
+
+/// [`rig`] whose agent phone says `voice` (looped) instead of silence.
+pub(crate) fn rig_with_agent_voice(
+    play: &[(&str, Vec<i16>)],
+    hold: f64,
+    extra_toml: &str,
+    voice: Option<&[i16]>,
+) -> Rig {
     let dir = tempfile::tempdir().expect("tempdir");
+    if let Some(v) = voice {
+        std::fs::write(dir.path().join("agent-play.wav"), wav(v)).expect("agent voice");
+    }
     let events = dir.path().join("carrier.jsonl");
     let status = dir.path().join("agent.json");
     std::fs::create_dir_all(dir.path().join("play")).expect("play dir");
@@ -290,13 +303,35 @@ fn amd_hangup_mode_tells_a_person_from_a_voicemail_greeting() {
     eprintln!("human decided in {} ms, machine in {ms} ms", human["amd_ms"]);
 }
 
-/// A 440 Hz tone at -6 dBFS: the message, easy to find in what the
-/// carrier recorded.
-fn message_tone(seconds: f64) -> Vec<i16> {
+/// A tone of `hz` at -6 dBFS for `seconds`.
+fn tone(hz: f64, seconds: f64) -> Vec<i16> {
     let n = (seconds * 8000.0) as usize;
     (0..n)
-        .map(|i| ((i as f64 * 440.0 * std::f64::consts::TAU / 8000.0).sin() * 16_000.0) as i16)
+        .map(|i| ((i as f64 * hz * std::f64::consts::TAU / 8000.0).sin() * 16_000.0) as i16)
         .collect()
+}
+
+/// A 440 Hz tone: the message, easy to find in what the carrier recorded.
+fn message_tone(seconds: f64) -> Vec<i16> {
+    tone(440.0, seconds)
+}
+
+/// Share of `pcm`'s energy at `hz` (Goertzel over the whole slice).
+fn purity(rate: u32, pcm: &[i16], hz: f64) -> f64 {
+    let w = 2.0 * std::f64::consts::PI * hz / f64::from(rate);
+    let coeff = 2.0 * w.cos();
+    let energy: f64 = pcm.iter().map(|s| f64::from(*s).powi(2)).sum();
+    let (mut s1, mut s2) = (0f64, 0f64);
+    for x in pcm {
+        let s0 = f64::from(*x) + coeff * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
+    if energy == 0.0 {
+        return 0.0;
+    }
+    power / (pcm.len() as f64 * energy / 2.0)
 }
 
 /// Uploads `pcm` as a voicemail message; its id.
@@ -470,6 +505,83 @@ fn voicemail_drop_plays_the_message_after_the_beep_and_frees_the_agent_at_once()
     let (code, _) = rig.post(
         &format!("/api/v1/sessions/{sid2}/agents/bob/drop"),
         &json!({}),
+    );
+    assert_eq!(code, 404);
+}
+
+#[test]
+fn a_recorded_call_holds_what_each_side_sent_on_its_own_channel() {
+    // The lead says a 1000 Hz tone for 3 s; the agent's phone a 600 Hz one.
+    let rig = rig_with_agent_voice(
+        &[("41", tone(1000.0, 3.0))],
+        4.0,
+        "",
+        Some(&tone(600.0, 1.0)),
+    );
+    let sid = rig.session(
+        &[("A lead", "+442079460741")],
+        json!({"record": true}),
+    );
+    let rec = rig.ended_call(sid, "+442079460741");
+    assert_eq!(rec["outcome"], "answered", "{rec}");
+    assert!(rec["amd"].is_null(), "amd is off: {rec}");
+    let id = rec["id"].as_i64().expect("id");
+    wait_for("the recording", Duration::from_secs(10), || {
+        rig.get(&format!("/api/v1/calls/{id}"))["recorded"] == true
+    });
+    // Without the token: 401.
+    let (code, _) = http_request(rig.app.http, "GET", &format!("/api/v1/calls/{id}/recording"), None, None);
+    assert_eq!(code, 401);
+    let (code, head, body) = http_bytes(
+        rig.app.http,
+        "GET",
+        &format!("/api/v1/calls/{id}/recording"),
+        &rig.app.token,
+        "application/json",
+        b"",
+    );
+    assert_eq!(code, 200, "{head}");
+    assert!(head.to_ascii_lowercase().contains("content-type: audio/wav"), "{head}");
+    let path = rig.dir.path().join("rec.wav");
+    std::fs::write(&path, &body).expect("write");
+    let b = &body;
+    assert_eq!(u16::from_le_bytes([b[22], b[23]]), 2, "two channels");
+    let (rate, pcm) = read_wav(&path).expect("WAV");
+    assert_eq!(rate, 8000);
+    // read_wav keeps the first channel; split both here.
+    let frames: Vec<(i16, i16)> = b[44..]
+        .chunks_exact(4)
+        .map(|c| (i16::from_le_bytes([c[0], c[1]]), i16::from_le_bytes([c[2], c[3]])))
+        .collect();
+    assert_eq!(pcm.len(), frames.len());
+    let seconds = frames.len() as f64 / 8000.0;
+    assert!((3.5..6.0).contains(&seconds), "{seconds:.2} s recorded");
+    // The lead's first 3 s (after its first 0.5 s): its tone, not the agent's.
+    let lead: Vec<i16> = frames[4000..24000].iter().map(|f| f.0).collect();
+    let agent: Vec<i16> = frames[4000..24000].iter().map(|f| f.1).collect();
+    // Mean over 100 ms windows: the phone's own packet timing may shift
+    // its tone's phase between windows, not within one.
+    let mean = |pcm: &[i16], hz: f64| {
+        let w: Vec<f64> = pcm.chunks_exact(800).map(|c| purity(8000, c, hz)).collect();
+        w.iter().sum::<f64>() / w.len() as f64
+    };
+    let (l1000, l600) = (mean(&lead, 1000.0), mean(&lead, 600.0));
+    let (a600, a1000) = (mean(&agent, 600.0), mean(&agent, 1000.0));
+    eprintln!("lead channel: 1000 Hz {l1000:.2}, 600 Hz {l600:.2}; agent channel: 600 Hz {a600:.2}, 1000 Hz {a1000:.2}");
+    assert!(l1000 > 0.8 && l600 < 0.05, "lead channel: {l1000:.2} / {l600:.2}");
+    assert!(a600 > 0.8 && a1000 < 0.05, "agent channel: {a600:.2} / {a1000:.2}");
+
+    // A call that was not recorded: 404.
+    let sid2 = rig.session(&[("B lead", "+442079460200")], json!({}));
+    let rec = rig.ended_call(sid2, "+442079460200");
+    assert_eq!(rec["recorded"], false, "{rec}");
+    let (code, _, _) = http_bytes(
+        rig.app.http,
+        "GET",
+        &format!("/api/v1/calls/{}/recording", rec["id"]),
+        &rig.app.token,
+        "application/json",
+        b"",
     );
     assert_eq!(code, 404);
 }

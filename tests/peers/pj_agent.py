@@ -9,7 +9,9 @@ silence RTP (no VAD) and rewrites STATUS_FILE (one JSON object) every
 100 ms: {"reg": last REGISTER status, "calls": answered calls,
 "state": "idle"|"confirmed"|"disconnected", "messages": bodies of the
 MESSAGEs received (what a phone would display), "rx_pkts": RTP packets
-received on the current call}. Exits after SECONDS.
+received on the current call}. Exits after SECONDS. With a file
+agent-play.wav next to STATUS_FILE, the phone's voice is that file, looped
+(instead of silence).
 """
 import gc
 import json
@@ -21,12 +23,14 @@ import pjsua2 as pj
 
 STATUS = {"reg": 0, "calls": 0, "state": "idle", "rx_pkts": 0, "messages": []}
 ANSWER_DELAY = 0.0
+STATUS_PATH = ""
 
 
 class Call(pj.Call):
     def __init__(self, acc, call_id, ep):
         pj.Call.__init__(self, acc, call_id)
         self.ep = ep
+        self.player = None
 
     def onCallState(self, prm):
         ci = self.getInfo()
@@ -41,7 +45,14 @@ class Call(pj.Call):
             if mi.type == pj.PJMEDIA_TYPE_AUDIO and mi.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
                 am = self.getAudioMedia(i)
                 mgr = self.ep.audDevManager()
-                mgr.getCaptureDevMedia().startTransmit(am)
+                play = os.path.join(os.path.dirname(os.path.abspath(STATUS_PATH)), "agent-play.wav")
+                if os.path.exists(play):
+                    if self.player is None:
+                        self.player = pj.AudioMediaPlayer()
+                        self.player.createPlayer(play)
+                    self.player.startTransmit(am)
+                else:
+                    mgr.getCaptureDevMedia().startTransmit(am)
                 am.startTransmit(mgr.getPlaybackDevMedia())
 
 
@@ -95,6 +106,8 @@ def write_status(path):
 def main():
     global ANSWER_DELAY
     server, user, password, status, seconds = sys.argv[1:6]
+    global STATUS_PATH
+    STATUS_PATH = status
     seconds = float(seconds)
     if len(sys.argv) > 6:
         ANSWER_DELAY = float(sys.argv[6])

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use crate::media::amd::{AmdConfig, Cause, Decision, Detector, Verdict};
 use crate::media::dtmf::{DtmfDetector, TelephoneEvent};
 use crate::media::g711::G711Law;
+use crate::media::recording::{RecFrame, Track};
 use crate::media::latch::{Latch, LatchDecision};
 use crate::media::rewrite::{parse_rtp, OutFormat, PayloadKind, StreamRewriter};
 use crate::media::sdp::{Direction, Negotiated};
@@ -294,6 +295,19 @@ pub struct AgentMediaCore {
     /// The lead is not relayed to the agent until the core bridges it
     /// (detection in a routing mode; a machine stays held).
     lead_held: bool,
+    /// Recording of the current lead call (SPEC §4 `record`).
+    tap: Option<Tap>,
+}
+
+/// The recording tap of a lead call: relayed audio goes to the writer.
+#[derive(Debug)]
+struct Tap {
+    lead: LegId,
+    tx: tokio::sync::mpsc::Sender<RecFrame>,
+    /// The last relayed audio payload's direction and law, and its bytes
+    /// (decoded and sent in `after_rtp`).
+    pending: Option<(Track, G711Law)>,
+    bytes: Vec<u8>,
 }
 
 impl AgentMediaCore {
@@ -321,6 +335,7 @@ impl AgentMediaCore {
             stray_dropped: 0,
             listening: None,
             lead_held: false,
+            tap: None,
         }
     }
 
@@ -408,6 +423,7 @@ impl AgentMediaCore {
         self.last_early_media = None;
         self.listening = None;
         self.lead_held = false;
+        self.tap = None;
     }
 
     /// Forgets the lead leg (its call ended); the agent hears silence.
@@ -419,6 +435,8 @@ impl AgentMediaCore {
                 self.to_lead = None;
                 self.listening = None;
                 self.lead_held = false;
+                // The writer finishes the file once its sender is gone.
+                self.tap = None;
                 Ok(())
             }
             _ => Err(CoreError::UnknownLeg(id)),
@@ -503,6 +521,26 @@ impl AgentMediaCore {
         Ok(())
     }
 
+    /// Records the lead call from now (its answer, SPEC §4 `record`): the
+    /// lead's audio, and the agent's once bridged, go to `tx` as they are
+    /// relayed. Closing the lead leg closes the channel.
+    pub fn start_recording(
+        &mut self,
+        lead: LegId,
+        tx: tokio::sync::mpsc::Sender<RecFrame>,
+    ) -> Result<(), CoreError> {
+        if self.lead.as_ref().is_none_or(|l| l.id != lead) {
+            return Err(CoreError::UnknownLeg(lead));
+        }
+        self.tap = Some(Tap {
+            lead,
+            tx,
+            pending: None,
+            bytes: Vec::with_capacity(FRAME_SAMPLES),
+        });
+        Ok(())
+    }
+
     /// Whether the detector is still listening to the lead.
     pub fn is_listening(&self) -> bool {
         self.listening.is_some()
@@ -511,6 +549,19 @@ impl AgentMediaCore {
     /// Analyses the lead audio the last [`Self::handle_rtp`] took aside,
     /// after the driver relayed it (the detector is off the hot path).
     pub fn after_rtp(&mut self, now: Instant) {
+        if let Some(t) = &mut self.tap {
+            if let Some((track, law)) = t.pending.take() {
+                let frame = RecFrame {
+                    track,
+                    at: now,
+                    pcm: t.bytes.iter().map(|b| law.decode(*b)).collect(),
+                };
+                // Never waits: a writer that falls behind loses frames.
+                if t.tx.try_send(frame).is_err() {
+                    tracing::debug!("recording frame dropped: the writer is behind");
+                }
+            }
+        }
         let Some(l) = &mut self.listening else { return };
         if l.pending.is_empty() {
             return;
@@ -622,6 +673,19 @@ impl AgentMediaCore {
                 {
                     return None;
                 }
+            }
+        }
+        if let (Some(t), PayloadKind::Audio(law)) = (&mut self.tap, kind) {
+            // The lead from its answer, the agent once it talks to the lead.
+            let track = match side {
+                Side::Lead if leg_id == t.lead => Some(Track::Lead),
+                Side::Agent if self.bridged_at.is_some() => Some(Track::Agent),
+                _ => None,
+            };
+            if let (Some(track), Some(payload)) = (track, buf.get(pkt.payload.clone())) {
+                t.bytes.clear();
+                t.bytes.extend_from_slice(payload);
+                t.pending = Some((track, law));
             }
         }
         match side {

@@ -116,6 +116,7 @@ enum Command {
         cfg: AmdConfig,
         hold: bool,
     },
+    Record(LegId, mpsc::Sender<crate::media::recording::RecFrame>),
     Drop {
         lead: LegId,
         message: Arc<[i16]>,
@@ -292,6 +293,17 @@ impl AgentMedia {
         self.send(Command::StartAmd { lead, cfg, hold })
     }
 
+    /// Records the lead call from now (SPEC §4 `record`): relayed audio
+    /// frames go to `tx` (never waiting); the channel closes with the lead
+    /// leg.
+    pub fn record(
+        &self,
+        lead: LegId,
+        tx: mpsc::Sender<crate::media::recording::RecFrame>,
+    ) -> Result<(), MediaError> {
+        self.send(Command::Record(lead, tx))
+    }
+
     /// Hands the lead leg to a voicemail drop (SPEC §4): a task of its own
     /// waits for the machine's beep, plays `message` and reports
     /// [`MediaEvent::DropFinished`]; the agent hears silence at once and
@@ -447,10 +459,9 @@ fn drain_rtp(
                         }
                     }
                 }
-                // The lead's audio is analysed once it is on its way.
-                if side == Side::Lead {
-                    core.after_rtp(now);
-                }
+                // The lead's audio is analysed, and a recorded call's audio
+                // handed to its writer, once the packet is on its way.
+                core.after_rtp(now);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             // ICMP errors from earlier sends surface here on Linux; keep reading.
@@ -498,6 +509,7 @@ fn apply(
         }
         Command::Bridge(id) => core.bridge(now, id),
         Command::StartAmd { lead, cfg, hold } => core.start_amd(now, lead, cfg, hold),
+        Command::Record(lead, tx) => core.start_recording(lead, tx),
         Command::Drop {
             lead: id,
             message,
