@@ -638,7 +638,14 @@ const STRING_KEYS: &[&str] = &[
     "leads.default_region",
 ];
 
-const SECTIONS: &[&str] = &["server", "database", "admin", "leads", "dialer", "recording"];
+const SECTIONS: &[&str] = &[
+    "server",
+    "database",
+    "admin",
+    "leads",
+    "dialer",
+    "recording",
+];
 
 impl Config {
     /// Our caller IDs (every `[[trunk]] caller_id` and the

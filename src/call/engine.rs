@@ -1002,7 +1002,11 @@ impl AgentTask {
         all.extend(self.lead.as_ref().and_then(|l| l.leg.poll_timeout()));
         all.extend(self.inbound.as_ref().and_then(|i| i.poll_timeout()));
         all.extend(self.closing.iter().filter_map(|l| l.poll_timeout()));
-        all.extend(self.dropping.iter().filter_map(|d| d.call.leg.poll_timeout()));
+        all.extend(
+            self.dropping
+                .iter()
+                .filter_map(|d| d.call.leg.poll_timeout()),
+        );
         all.extend(self.closing_agent.iter().filter_map(|l| l.poll_timeout()));
         if let Some(d) = self.drain_deadline {
             all.push(if self.forced { d + DRAIN_GRACE } else { d });

@@ -340,7 +340,13 @@ async fn check_media_settings(
     drop: Option<Option<i64>>,
 ) -> Result<()> {
     if let Some(Some(id)) = drop {
-        if st.store.get_voicemail_drop(id).await.map_err(ApiError::from)?.is_none() {
+        if st
+            .store
+            .get_voicemail_drop(id)
+            .await
+            .map_err(ApiError::from)?
+            .is_none()
+        {
             return Err(ApiError::BadParam {
                 param: "voicemail_drop_id",
                 reason: "the id of a message uploaded with POST /api/v1/voicemail-drops",

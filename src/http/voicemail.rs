@@ -94,7 +94,9 @@ pub(super) async fn upload(
     .await;
     if let Err(e) = written {
         tracing::error!(path = %path.display(), error = %e, "voicemail message not written");
-        return Err(ApiError::Internal(format!("the message could not be stored: {e}")));
+        return Err(ApiError::Internal(format!(
+            "the message could not be stored: {e}"
+        )));
     }
     let id = st
         .store

@@ -69,7 +69,8 @@ impl Recording {
             Track::Agent => &mut self.agent,
         };
         let due = f.at.saturating_duration_since(self.start);
-        let due = usize::try_from(due.as_micros() * u128::from(RATE) / 1_000_000).unwrap_or(usize::MAX);
+        let due =
+            usize::try_from(due.as_micros() * u128::from(RATE) / 1_000_000).unwrap_or(usize::MAX);
         // A frame is stamped when it arrives, i.e. at its end. Within the
         // jitter allowance it follows the previous frame directly (no
         // click, no drift); a later one starts a gap of silence.

@@ -46,7 +46,9 @@ pub enum WavError {
     #[error("{0} channels: the message must be mono")]
     Channels(u16),
     /// Not 8 kHz.
-    #[error("{0} Hz: the message must be 8000 Hz (convert with: sox in.wav -r 8000 -c 1 -b 16 out.wav)")]
+    #[error(
+        "{0} Hz: the message must be 8000 Hz (convert with: sox in.wav -r 8000 -c 1 -b 16 out.wav)"
+    )]
     Rate(u32),
     /// No samples.
     #[error("the WAV file has no audio")]
@@ -190,7 +192,7 @@ pub enum DropStart {
 #[derive(Debug)]
 enum State {
     Waiting {
-        beep: BeepDetector,
+        beep: Box<BeepDetector>,
         voice: bool,
         silence: Duration,
         deadline: Instant,
@@ -222,7 +224,7 @@ impl DropPlayer {
             cfg,
             message,
             state: State::Waiting {
-                beep: BeepDetector::new(),
+                beep: Box::new(BeepDetector::new()),
                 voice: false,
                 silence: Duration::ZERO,
                 deadline: now + cfg.max_wait,

@@ -16,12 +16,12 @@ pub mod lead_notes;
 pub mod legs;
 #[macro_use]
 mod methods;
-pub mod voicemail;
 pub mod postgres;
 pub mod registration_writer;
 pub mod sqlite;
 pub mod stats;
 pub mod views;
+pub mod voicemail;
 
 use crate::leads::model::{
     CallEnd, CallRecord, CustomField, CustomFieldSet, Lead, NewCall, NewCustomField, NewSmartView,

@@ -88,7 +88,11 @@ pub(crate) fn read_wav(path: &Path) -> Option<(u32, Vec<i16>)> {
         let len = u32::from_le_bytes(b[pos + 4..pos + 8].try_into().ok()?) as usize;
         // A recorder that never finished its header leaves the data
         // chunk's length 0: the data runs to the end of the file.
-        let end = if id == b"data" && len == 0 { b.len() } else { (pos + 8 + len).min(b.len()) };
+        let end = if id == b"data" && len == 0 {
+            b.len()
+        } else {
+            (pos + 8 + len).min(b.len())
+        };
         let body = &b[pos + 8..end];
         if id == b"fmt " {
             channels = u16::from_le_bytes(body[2..4].try_into().ok()?) as usize;
@@ -111,7 +115,6 @@ pub(crate) struct Rig {
     _agent: Peer,
     pub dir: tempfile::TempDir,
     pub events: PathBuf,
-    pub status: PathBuf,
 }
 
 /// The carrier plays `play` (tail `07NN` → greeting file) and hangs up
@@ -189,7 +192,6 @@ allow = ['\+44\d+']
         _agent: agent,
         dir,
         events,
-        status,
     }
 }
 
@@ -278,7 +280,10 @@ fn amd_hangup_mode_tells_a_person_from_a_voicemail_greeting() {
         "",
     );
     let sid = rig.session(
-        &[("A person", "+442079460701"), ("B machine", "+442079460721")],
+        &[
+            ("A person", "+442079460701"),
+            ("B machine", "+442079460721"),
+        ],
         json!({"amd": "hangup"}),
     );
     let session = rig.get(&format!("/api/v1/sessions/{sid}"));
@@ -290,7 +295,10 @@ fn amd_hangup_mode_tells_a_person_from_a_voicemail_greeting() {
     let ms = human["amd_ms"].as_i64().expect("amd_ms");
     // SPEC: decided within 2 s for a typical "Hello?" (the abandonment
     // window), measured from the 200 OK.
-    assert!((300..2000).contains(&ms), "human decided after {ms} ms: {human}");
+    assert!(
+        (300..2000).contains(&ms),
+        "human decided after {ms} ms: {human}"
+    );
 
     let machine = rig.ended_call(sid, "+442079460721");
     assert_eq!(machine["amd"], "machine", "{machine}");
@@ -300,7 +308,10 @@ fn amd_hangup_mode_tells_a_person_from_a_voicemail_greeting() {
     // Hung up by powerdial at the verdict, not by the carrier's 6 s hold.
     let talk = rfc3339_s(&machine["ended_at"]) - rfc3339_s(&machine["answered_at"]);
     assert!(talk < 4.5, "the machine call lasted {talk:.2} s: {machine}");
-    eprintln!("human decided in {} ms, machine in {ms} ms", human["amd_ms"]);
+    eprintln!(
+        "human decided in {} ms, machine in {ms} ms",
+        human["amd_ms"]
+    );
 }
 
 /// A tone of `hz` at -6 dBFS for `seconds`.
@@ -355,18 +366,19 @@ fn message_onset(rate: u32, pcm: &[i16]) -> Option<f64> {
     let frame = (rate / 50) as usize;
     let w = 2.0 * std::f64::consts::PI * 440.0 / f64::from(rate);
     let coeff = 2.0 * w.cos();
-    pcm.chunks_exact(frame).position(|f| {
-        let energy: f64 = f.iter().map(|s| f64::from(*s).powi(2)).sum();
-        let (mut s1, mut s2) = (0f64, 0f64);
-        for x in f {
-            let s0 = f64::from(*x) + coeff * s1 - s2;
-            s2 = s1;
-            s1 = s0;
-        }
-        let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
-        energy > frame as f64 * 2000.0 * 2000.0 && power / (frame as f64 * energy / 2.0) > 0.6
-    })
-    .map(|i| i as f64 * 0.02)
+    pcm.chunks_exact(frame)
+        .position(|f| {
+            let energy: f64 = f.iter().map(|s| f64::from(*s).powi(2)).sum();
+            let (mut s1, mut s2) = (0f64, 0f64);
+            for x in f {
+                let s0 = f64::from(*x) + coeff * s1 - s2;
+                s2 = s1;
+                s1 = s0;
+            }
+            let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
+            energy > frame as f64 * 2000.0 * 2000.0 && power / (frame as f64 * energy / 2.0) > 0.6
+        })
+        .map(|i| i as f64 * 0.02)
 }
 
 #[test]
@@ -436,11 +448,15 @@ fn voicemail_drop_plays_the_message_after_the_beep_and_frees_the_agent_at_once()
     let rec = rig.ended_call(sid, "+442079460721");
     assert_eq!(rec["outcome"], "voicemail_dropped", "{rec}");
     assert_eq!(rec["amd"], "machine", "{rec}");
-    wait_for("the carrier's end of the call", Duration::from_secs(30), || {
-        carrier_events(&rig.events)
-            .iter()
-            .any(|e| e["event"] == "ended" && e["number"] == "442079460721")
-    });
+    wait_for(
+        "the carrier's end of the call",
+        Duration::from_secs(30),
+        || {
+            carrier_events(&rig.events)
+                .iter()
+                .any(|e| e["event"] == "ended" && e["number"] == "442079460721")
+        },
+    );
     let events = carrier_events(&rig.events);
     let at = |event: &str| {
         events
@@ -464,7 +480,10 @@ fn voicemail_drop_plays_the_message_after_the_beep_and_frees_the_agent_at_once()
         onset >= beep_end - 0.05,
         "the message started at {onset:.2} s, before the beep ended ({beep_end:.2} s)"
     );
-    assert!(onset <= beep_end + 1.0, "the message came {onset:.2} s in, late");
+    assert!(
+        onset <= beep_end + 1.0,
+        "the message came {onset:.2} s in, late"
+    );
     // BYE (from us: the machine would hold 30 s) once the 2 s message played.
     let ended = at("ended") - at("playing");
     assert!(
@@ -518,10 +537,7 @@ fn a_recorded_call_holds_what_each_side_sent_on_its_own_channel() {
         "",
         Some(&tone(600.0, 1.0)),
     );
-    let sid = rig.session(
-        &[("A lead", "+442079460741")],
-        json!({"record": true}),
-    );
+    let sid = rig.session(&[("A lead", "+442079460741")], json!({"record": true}));
     let rec = rig.ended_call(sid, "+442079460741");
     assert_eq!(rec["outcome"], "answered", "{rec}");
     assert!(rec["amd"].is_null(), "amd is off: {rec}");
@@ -530,7 +546,13 @@ fn a_recorded_call_holds_what_each_side_sent_on_its_own_channel() {
         rig.get(&format!("/api/v1/calls/{id}"))["recorded"] == true
     });
     // Without the token: 401.
-    let (code, _) = http_request(rig.app.http, "GET", &format!("/api/v1/calls/{id}/recording"), None, None);
+    let (code, _) = http_request(
+        rig.app.http,
+        "GET",
+        &format!("/api/v1/calls/{id}/recording"),
+        None,
+        None,
+    );
     assert_eq!(code, 401);
     let (code, head, body) = http_bytes(
         rig.app.http,
@@ -541,7 +563,11 @@ fn a_recorded_call_holds_what_each_side_sent_on_its_own_channel() {
         b"",
     );
     assert_eq!(code, 200, "{head}");
-    assert!(head.to_ascii_lowercase().contains("content-type: audio/wav"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: audio/wav"),
+        "{head}"
+    );
     let path = rig.dir.path().join("rec.wav");
     std::fs::write(&path, &body).expect("write");
     let b = &body;
@@ -551,7 +577,12 @@ fn a_recorded_call_holds_what_each_side_sent_on_its_own_channel() {
     // read_wav keeps the first channel; split both here.
     let frames: Vec<(i16, i16)> = b[44..]
         .chunks_exact(4)
-        .map(|c| (i16::from_le_bytes([c[0], c[1]]), i16::from_le_bytes([c[2], c[3]])))
+        .map(|c| {
+            (
+                i16::from_le_bytes([c[0], c[1]]),
+                i16::from_le_bytes([c[2], c[3]]),
+            )
+        })
         .collect();
     assert_eq!(pcm.len(), frames.len());
     let seconds = frames.len() as f64 / 8000.0;
@@ -568,8 +599,14 @@ fn a_recorded_call_holds_what_each_side_sent_on_its_own_channel() {
     let (l1000, l600) = (mean(&lead, 1000.0), mean(&lead, 600.0));
     let (a600, a1000) = (mean(&agent, 600.0), mean(&agent, 1000.0));
     eprintln!("lead channel: 1000 Hz {l1000:.2}, 600 Hz {l600:.2}; agent channel: 600 Hz {a600:.2}, 1000 Hz {a1000:.2}");
-    assert!(l1000 > 0.8 && l600 < 0.05, "lead channel: {l1000:.2} / {l600:.2}");
-    assert!(a600 > 0.8 && a1000 < 0.05, "agent channel: {a600:.2} / {a1000:.2}");
+    assert!(
+        l1000 > 0.8 && l600 < 0.05,
+        "lead channel: {l1000:.2} / {l600:.2}"
+    );
+    assert!(
+        a600 > 0.8 && a1000 < 0.05,
+        "agent channel: {a600:.2} / {a1000:.2}"
+    );
 
     // A call that was not recorded: 404.
     let sid2 = rig.session(&[("B lead", "+442079460200")], json!({}));

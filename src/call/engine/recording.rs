@@ -88,7 +88,9 @@ async fn sweep(dir: &std::path::Path, max_age: Duration) -> std::io::Result<()> 
     let mut entries = tokio::fs::read_dir(dir).await?;
     let mut removed = 0u32;
     while let Some(e) = entries.next_entry().await? {
-        let Ok(meta) = e.metadata().await else { continue };
+        let Ok(meta) = e.metadata().await else {
+            continue;
+        };
         let old = meta
             .modified()
             .ok()
@@ -99,7 +101,10 @@ async fn sweep(dir: &std::path::Path, max_age: Duration) -> std::io::Result<()> 
         }
     }
     if removed > 0 {
-        tracing::info!(removed, "recordings past [recording] retention_days deleted");
+        tracing::info!(
+            removed,
+            "recordings past [recording] retention_days deleted"
+        );
     }
     Ok(())
 }

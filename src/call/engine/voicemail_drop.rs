@@ -85,16 +85,18 @@ impl AgentTask {
         if l.leg.record().answered.is_none() || l.leg.outcome() != Some(Outcome::Answered) {
             return Err(CallEngineError::NoDrop("the lead has not answered"));
         }
-        let id = l
-            .voicemail_drop_id
-            .ok_or(CallEngineError::NoDrop("the session has no voicemail_drop_id"))?;
+        let id = l.voicemail_drop_id.ok_or(CallEngineError::NoDrop(
+            "the session has no voicemail_drop_id",
+        ))?;
         let message = self
             .shared
             .drops
             .lock()
             .ok()
             .and_then(|m| m.get(&id).cloned())
-            .ok_or(CallEngineError::NoDrop("the voicemail message could not be read"))?;
+            .ok_or(CallEngineError::NoDrop(
+                "the voicemail message could not be read",
+            ))?;
         let media = self.media.as_ref().ok_or(CallEngineError::NoCall)?;
         let stop = media
             .drop_voicemail(l.media.id, message, DropConfig::default())
@@ -190,7 +192,9 @@ impl AgentTask {
             let d = self.dropping.swap_remove(i);
             let l = d.call;
             crate::metrics::metrics().calls_in_progress.dec();
-            let ended_ms = l.anchor.ms(l.leg.record().ended.unwrap_or_else(Instant::now));
+            let ended_ms = l
+                .anchor
+                .ms(l.leg.record().ended.unwrap_or_else(Instant::now));
             let shared = self.shared.clone();
             let id = l.record_id;
             shared.tasks.clone().spawn(async move {

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use crate::media::amd::{AmdConfig, Cause, Decision, Detector, Verdict};
 use crate::media::dtmf::{DtmfDetector, TelephoneEvent};
 use crate::media::g711::G711Law;
-use crate::media::recording::{RecFrame, Track};
 use crate::media::latch::{Latch, LatchDecision};
+use crate::media::recording::{RecFrame, Track};
 use crate::media::rewrite::{parse_rtp, OutFormat, PayloadKind, StreamRewriter};
 use crate::media::sdp::{Direction, Negotiated};
 use crate::media::tone::{Frame, ToneGenerator, FRAME_DURATION, FRAME_SAMPLES};
@@ -585,7 +585,9 @@ impl AgentMediaCore {
     }
 
     fn amd_decided(&mut self, now: Instant, d: Decision) {
-        let Some(l) = self.listening.take() else { return };
+        let Some(l) = self.listening.take() else {
+            return;
+        };
         self.events.push_back(MediaEvent::Amd {
             leg: l.lead,
             verdict: d.verdict,
@@ -1026,7 +1028,10 @@ mod tests {
             .iter()
             .filter(|s| s.bytes[12..].iter().any(|b| *b != 0xFF))
             .count();
-        assert!(lead_ssrc_packets < hello.len() / 160, "the greeting leaked to the agent");
+        assert!(
+            lead_ssrc_packets < hello.len() / 160,
+            "the greeting leaked to the agent"
+        );
         assert!(!h.core.is_listening());
     }
 
@@ -1036,7 +1041,13 @@ mod tests {
         let greeting = greeting("machine-21-beep.ul");
         let v = play_lead(&mut h, &greeting, 0, 6000).expect("a verdict");
         assert!(
-            matches!(v, MediaEvent::Amd { verdict: Verdict::Machine, .. }),
+            matches!(
+                v,
+                MediaEvent::Amd {
+                    verdict: Verdict::Machine,
+                    ..
+                }
+            ),
             "{v:?}"
         );
         assert!(!h.core.is_bridged());
@@ -1053,7 +1064,13 @@ mod tests {
         let greeting = greeting("machine-21-beep.ul");
         let before = h.to_agent.len();
         let v = play_lead(&mut h, &greeting, 0, 6000).expect("a verdict");
-        assert!(matches!(v, MediaEvent::Amd { verdict: Verdict::Machine, .. }));
+        assert!(matches!(
+            v,
+            MediaEvent::Amd {
+                verdict: Verdict::Machine,
+                ..
+            }
+        ));
         // Every lead packet went to the agent (the bridge is not held).
         assert_eq!(h.to_agent.len() - before, 300);
     }
@@ -1062,13 +1079,20 @@ mod tests {
     fn amd_without_lead_audio_is_not_sure_after_the_window() {
         let mut h = answered_with_amd(true);
         h.advance(5_000);
-        assert!(!h.events().iter().any(|e| matches!(e, MediaEvent::Amd { .. })));
+        assert!(!h
+            .events()
+            .iter()
+            .any(|e| matches!(e, MediaEvent::Amd { .. })));
         h.advance(5_600);
         let ev = h.events();
         assert!(
             ev.iter().any(|e| matches!(
                 e,
-                MediaEvent::Amd { verdict: Verdict::NotSure, cause: Cause::TooLong, .. }
+                MediaEvent::Amd {
+                    verdict: Verdict::NotSure,
+                    cause: Cause::TooLong,
+                    ..
+                }
             )),
             "{ev:?}"
         );

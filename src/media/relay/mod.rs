@@ -27,10 +27,10 @@ pub use self::core::{
 };
 use crate::config::PortRange;
 use crate::media::amd::AmdConfig;
-use crate::media::voicemail::{DropConfig, DropPlayer};
 use crate::media::port::{PortError, PortLease, PortPool, SharedPortPool};
 use crate::media::sdp::Negotiated;
 use crate::media::srtp::{MasterKey, SrtpReceiver, SrtpSender, TAG_LEN};
+use crate::media::voicemail::{DropConfig, DropPlayer};
 
 /// Settings of the relay.
 #[derive(Debug, Clone)]

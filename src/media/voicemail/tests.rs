@@ -46,7 +46,10 @@ fn wav_files_of_the_three_encodings_are_read_and_others_refused() {
     float[20..22].copy_from_slice(&3u16.to_le_bytes());
     assert_eq!(parse_wav(&float), Err(WavError::Encoding(3)));
     assert_eq!(parse_wav(&write_wav(&[], 1)), Err(WavError::Empty));
-    assert_eq!(parse_wav(&write_wav(&pcm, 1)[..30]), Err(WavError::Truncated));
+    assert_eq!(
+        parse_wav(&write_wav(&pcm, 1)[..30]),
+        Err(WavError::Truncated)
+    );
 }
 
 /// Feeds `line` as 20 ms frames with the simulated clock; returns when
@@ -92,9 +95,15 @@ fn the_message_starts_at_the_end_of_the_beep_and_plays_whole() {
     let beep_end = u64::from(beep_end.expect("the fixture has a beep"));
     let message: Vec<i16> = (0..16_000).map(|i| ((i % 40) * 200) as i16).collect();
     let (at, why, played) = run(&line, &message);
-    assert!(matches!(why, DropStart::Beep(hz) if (1000..=2000).contains(&hz)), "{why:?}");
+    assert!(
+        matches!(why, DropStart::Beep(hz) if (1000..=2000).contains(&hz)),
+        "{why:?}"
+    );
     // The beep ends inside the frame after its last tone frame.
-    assert!(at.abs_diff(beep_end) <= 40, "started at {at} ms, beep ended at {beep_end} ms");
+    assert!(
+        at.abs_diff(beep_end) <= 40,
+        "started at {at} ms, beep ended at {beep_end} ms"
+    );
     assert_eq!(&played[..message.len()], &message[..]);
 }
 
