@@ -652,6 +652,8 @@
     b('btn-pause', !['paused', 'left'].includes(st));
     b('btn-resume', st === 'paused' || st === 'left');
     b('btn-hangup', ['dialing', 'ringing', 'connected'].includes(st));
+    // SPEC §4 voicemail drop: on an answered lead only.
+    b('btn-drop', st === 'connected');
     b('btn-dnc', ['connected', 'wrap_up'].includes(st) && me.leadId != null);
     b('btn-next', ['ready', 'dialing', 'ringing', 'connected', 'wrap_up', 'paused'].includes(st));
     setText($('cb-pending'), me.pauseAfterCall ? 'Pausing after this call' : '');
@@ -782,6 +784,7 @@
   $('btn-pause').addEventListener('click', () => agentAction('pause'));
   $('btn-resume').addEventListener('click', () => agentAction('resume'));
   $('btn-hangup').addEventListener('click', () => agentAction('hangup'));
+  $('btn-drop').addEventListener('click', () => agentAction('drop'));
   $('btn-next').addEventListener('click', () => agentAction('next'));
 
   // "Do not call" (SPEC §4): the lead asked not to be called again. Two

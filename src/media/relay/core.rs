@@ -56,7 +56,8 @@ pub struct CoreConfig {
     /// held legs are exempt.
     pub rtp_timeout: Duration,
     /// Agent DTMF digits that drive the dialer and are not relayed to the
-    /// lead (SPEC §5: `*` next lead, `#` hang up the lead, `0` pause).
+    /// lead (SPEC §5: `*` next lead, `#` hang up the lead, `0` pause; SPEC
+    /// §4: `9` voicemail drop).
     pub control_digits: Vec<char>,
 }
 
