@@ -45,7 +45,15 @@ fn require_wav(headers: &HeaderMap) -> Result<(), ApiError> {
                 .to_ascii_lowercase()
         });
     match ctype.as_deref() {
-        Some("audio/wav" | "audio/x-wav" | "audio/wave" | "audio/vnd.wave") => Ok(()),
+        // Generic binary uploads (curl --data-binary, HTTP clients that do
+        // not know WAV) are read as WAV too; the parser says what is wrong.
+        Some(
+            "audio/wav"
+            | "audio/x-wav"
+            | "audio/wave"
+            | "audio/vnd.wave"
+            | "application/octet-stream",
+        ) => Ok(()),
         _ => Err(ApiError::UnsupportedMediaType("audio/wav")),
     }
 }
@@ -65,7 +73,10 @@ pub(super) struct CreatedDrop {
     path = "/api/v1/voicemail-drops",
     operation_id = "upload_voicemail_drop",
     tag = "voicemail",
-    request_body(content = Vec<u8>, content_type = "audio/wav", description = "WAV, 8 kHz mono: 16-bit PCM, A-law or μ-law, at most 120 s"),
+    request_body(
+        description = "WAV, 8 kHz mono: 16-bit PCM, A-law or μ-law, at most 120 s",
+        content((Vec<u8> = "audio/wav"), (Vec<u8> = "application/octet-stream"))
+    ),
     responses(
         (status = 201, description = "The stored message", body = CreatedDrop),
         (status = 400, description = "Not a usable WAV file (the message says why)", body = ErrorBody),
