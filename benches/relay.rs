@@ -14,7 +14,12 @@
 //! the "phones" encrypt what they send and decrypt what they receive, the
 //! relay does the same on its side.
 //!
-//!     cargo bench --bench relay -- [--calls 100,500,1000] [--seconds 5] [--switches 200] [--workers 1] [--srtp]
+//! With `--amd` every lead leg runs answering-machine detection for the
+//! whole run (relay-side cost of SPEC §4 `amd`, the detector kept
+//! listening); with `--record` every call is recorded (frames to a writer
+//! task per call, assembled in memory as the real writer does).
+//!
+//!     cargo bench --bench relay -- [--calls 100,500,1000] [--seconds 5] [--switches 200] [--workers 1] [--srtp] [--amd] [--record]
 
 #![allow(clippy::disallowed_methods)] // a load driver reads the clock
 
@@ -24,7 +29,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use powerdial::config::PortRange;
+use powerdial::media::amd::AmdConfig;
 use powerdial::media::g711::G711Law;
+use powerdial::media::recording::{RecFrame, Recording};
 use powerdial::media::relay::{AgentMedia, CoreConfig, MediaRelay, RelayConfig};
 use powerdial::media::sdp::{Codec, Direction, Negotiated};
 use powerdial::media::srtp::{MasterKey, SrtpReceiver, SrtpSender, TAG_LEN};
@@ -139,12 +146,20 @@ async fn switch_latency(relay: &MediaRelay, samples: usize) {
 }
 
 /// Payload: call index (u32), direction (u8), send time ns since `base` (u64).
+/// What else the relay does on every call of the load (`--amd`, `--record`).
+#[derive(Clone, Copy)]
+struct Extras {
+    amd: bool,
+    record: bool,
+}
+
 fn load(
     relay: &MediaRelay,
     rt: &tokio::runtime::Runtime,
     calls: usize,
     seconds: u64,
     srtp: Option<MasterKey>,
+    extras: Extras,
 ) {
     let phones = Arc::new(big_socket());
     let carriers = Arc::new(big_socket());
@@ -162,6 +177,28 @@ fn load(
             m.set_remote(l.id, neg(carriers.local_addr().unwrap()))
                 .unwrap();
             m.bridge(l.id).unwrap();
+            if extras.amd {
+                // Listening for the whole run: never decided.
+                let cfg = AmdConfig {
+                    initial_silence_ms: u32::MAX / 4,
+                    total_analysis_ms: u32::MAX / 4,
+                    greeting_ms: u32::MAX / 4,
+                    max_words: u32::MAX,
+                    ..AmdConfig::default()
+                };
+                m.start_amd(l.id, cfg, false).unwrap();
+            }
+            if extras.record {
+                let (tx, mut rx) = tokio::sync::mpsc::channel::<RecFrame>(500);
+                tokio::spawn(async move {
+                    let mut rec = Recording::new(Instant::now());
+                    while let Some(f) = rx.recv().await {
+                        rec.push(&f);
+                    }
+                    std::hint::black_box(rec.seconds());
+                });
+                m.record(l.id, tx).unwrap();
+            }
             if let Some(k) = &srtp {
                 m.set_srtp(k.clone(), k.clone()).unwrap();
             }
@@ -295,10 +332,12 @@ fn load(
     let cpu_s = (cpu1 - cpu0) as f64 / hz;
     let pps = received as f64 / seconds as f64;
     println!(
-        "{}{calls} calls: sent {sent}, relayed {received} in {seconds} s = {pps:.0} pkt/s, loss {} ({:.3}%), send errors {send_errors}; \
+        "{}{}{}{calls} calls: sent {sent}, relayed {received} in {seconds} s = {pps:.0} pkt/s, loss {} ({:.3}%), send errors {send_errors}; \
 latency send→receive p50 {:.0} µs, p99 {:.0} µs (agent→lead p99 {:.0} µs, lead→agent p99 {:.0} µs); \
 relay CPU {cpu_s:.2} s = {:.0} pkt/s per core",
         if srtp.is_some() { "SRTP agent legs, " } else { "" },
+        if extras.amd { "AMD on every lead, " } else { "" },
+        if extras.record { "every call recorded, " } else { "" },
         sent.saturating_sub(received),
         100.0 * sent.saturating_sub(received) as f64 / sent.max(1) as f64,
         pct(&mut all, 0.5) as f64 / 1000.0,
@@ -332,6 +371,10 @@ fn main() {
         .unwrap_or(200);
     let workers: usize = arg("--workers").and_then(|s| s.parse().ok()).unwrap_or(1);
     let srtp = args.iter().any(|a| a == "--srtp").then(MasterKey::random);
+    let extras = Extras {
+        amd: args.iter().any(|a| a == "--amd"),
+        record: args.iter().any(|a| a == "--record"),
+    };
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
@@ -353,6 +396,6 @@ fn main() {
         rt.block_on(switch_latency(&relay, switches));
     }
     for n in calls {
-        load(&relay, &rt, n, seconds, srtp.clone());
+        load(&relay, &rt, n, seconds, srtp.clone(), extras);
     }
 }
