@@ -326,7 +326,7 @@ fn outcomes_ring_timeout_and_media_with_pjsip_carrier_and_agent() {
 
 /// Reads `GET /api/v1/events` on a thread until `stop` is set; returns
 /// what arrived.
-fn capture_events(app: &App, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<String> {
+pub(crate) fn capture_events(app: &App, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<String> {
     let addr = app.http;
     let token = app.token.clone();
     std::thread::spawn(move || {
