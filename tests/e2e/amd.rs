@@ -394,7 +394,11 @@ fn voicemail_drop_plays_the_message_after_the_beep_and_frees_the_agent_at_once()
     }
     let beep_end = beep_end.expect("the fixture has a beep");
     let rig = rig(
-        &[("21", machine), ("22", greeting("machine-22-beep.ul"))],
+        &[
+            ("21", machine),
+            ("22", greeting("machine-22-beep.ul")),
+            ("23", greeting("machine-23-beep.ul")),
+        ],
         // The machines hang up well after the message; a person (0200)
         // after 2 s.
         30.0,
@@ -495,7 +499,11 @@ fn voicemail_drop_plays_the_message_after_the_beep_and_frees_the_agent_at_once()
     // an answered machine in "detect" mode, the agent is dialing the next
     // lead within a second.
     let sid2 = rig.session(
-        &[("C machine", "+442079460722"), ("D next", "+442079460200")],
+        &[
+            ("C machine", "+442079460722"),
+            ("D machine", "+442079460723"),
+            ("E next", "+442079460200"),
+        ],
         json!({"amd": "detect", "voicemail_drop_id": drop_id}),
     );
     wait_for("the machine's answer", Duration::from_secs(20), || {
@@ -513,12 +521,37 @@ fn voicemail_drop_plays_the_message_after_the_beep_and_frees_the_agent_at_once()
     wait_for("the next lead's INVITE", Duration::from_secs(5), || {
         carrier_events(&rig.events)
             .iter()
+            .any(|e| e["event"] == "invite" && e["number"] == "442079460723")
+    });
+    let next_after = pressed.elapsed();
+    eprintln!("drop pressed (API) → next lead's INVITE at the carrier: {next_after:?}");
+    assert!(next_after < Duration::from_secs(1), "{next_after:?}");
+    let rec = rig.ended_call(sid2, "+442079460722");
+    assert_eq!(rec["outcome"], "voicemail_dropped", "{rec}");
+
+    // The same with `9` pressed on the agent's phone (RFC 4733).
+    wait_for(
+        "the second machine's answer",
+        Duration::from_secs(20),
+        || {
+            rig.calls(sid2)
+                .iter()
+                .any(|c| c["number"] == "+442079460723" && !c["answered_at"].is_null())
+        },
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let pressed = std::time::Instant::now();
+    std::fs::write(rig.dir.path().join("agent.json.dtmf"), "9").expect("press 9");
+    wait_for("the lead after it", Duration::from_secs(5), || {
+        carrier_events(&rig.events)
+            .iter()
             .any(|e| e["event"] == "invite" && e["number"] == "442079460200")
     });
     let next_after = pressed.elapsed();
-    eprintln!("drop pressed → next lead's INVITE at the carrier: {next_after:?}");
-    assert!(next_after < Duration::from_secs(1), "{next_after:?}");
-    let rec = rig.ended_call(sid2, "+442079460722");
+    eprintln!("9 pressed on the phone → next lead's INVITE at the carrier: {next_after:?}");
+    // The phone script looks for the key file every 100 ms.
+    assert!(next_after < Duration::from_millis(1100), "{next_after:?}");
+    let rec = rig.ended_call(sid2, "+442079460723");
     assert_eq!(rec["outcome"], "voicemail_dropped", "{rec}");
     // An agent who is not in the session has nothing to drop: 404.
     let (code, _) = rig.post(

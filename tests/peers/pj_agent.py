@@ -11,7 +11,9 @@ silence RTP (no VAD) and rewrites STATUS_FILE (one JSON object) every
 MESSAGEs received (what a phone would display), "rx_pkts": RTP packets
 received on the current call}. Exits after SECONDS. With a file
 agent-play.wav next to STATUS_FILE, the phone's voice is that file, looped
-(instead of silence).
+(instead of silence). Keys: when a file STATUS_FILE + ".dtmf" appears, its
+digits are pressed on the current call (RFC 4733 telephone-events) and the
+file is removed; "dtmf_sent" in the status counts the presses.
 """
 import gc
 import json
@@ -21,7 +23,7 @@ import time
 
 import pjsua2 as pj
 
-STATUS = {"reg": 0, "calls": 0, "state": "idle", "rx_pkts": 0, "messages": []}
+STATUS = {"reg": 0, "calls": 0, "state": "idle", "rx_pkts": 0, "messages": [], "dtmf_sent": 0}
 ANSWER_DELAY = 0.0
 STATUS_PATH = ""
 
@@ -147,6 +149,16 @@ def main():
                     STATUS["rx_pkts"] = acc.call.getStreamStat(0).rtcp.rxStat.pkt
                 except Exception:
                     pass
+            dtmf = status + ".dtmf"
+            if acc.call is not None and STATUS["state"] == "confirmed" and os.path.exists(dtmf):
+                try:
+                    with open(dtmf) as f:
+                        digits = f.read().strip()
+                    os.remove(dtmf)
+                    acc.call.dialDtmf(digits)
+                    STATUS["dtmf_sent"] += 1
+                except Exception as e:
+                    sys.stderr.write("dtmf: %s\n" % e)
             write_status(status)
     ep.hangupAllCalls()
     for _ in range(20):
