@@ -3,12 +3,15 @@
 //! agent's once bridged — to a writer task over a bounded channel (never
 //! waiting: a full channel drops the frame and counts it), and the writer
 //! lays both directions on a common timeline, lead on the left channel and
-//! agent on the right, and writes a two-channel 16-bit WAV at the end.
+//! agent on the right, and streams a two-channel 16-bit WAV to disk as the
+//! call goes on.
 //!
 //! [`Recording`] is the writer's pure part: frames are placed by their
 //! arrival time since the answer, so a direction that sends nothing for a
 //! while (a muted phone, comfort noise) is silence there, and both stay in
-//! step.
+//! step. Only the last [`HOLD`] of audio is kept in memory (SPEC §6: under
+//! 20 KB per active call): older samples are handed out by
+//! [`Recording::take_ready`] to be written.
 
 use std::time::Instant;
 
@@ -35,17 +38,28 @@ pub struct RecFrame {
 }
 
 /// Holds the longest recording accepted: 4 hours (beyond it frames are
-/// dropped rather than memory spent).
+/// dropped rather than disk spent).
 const MAX_SAMPLES: usize = 4 * 3600 * RATE as usize;
 
 /// Arrival-time jitter absorbed without a gap (60 ms of samples): a
 /// stream's frames arriving up to this late still follow one another.
 const JITTER: usize = 480;
 
-/// Both tracks of one call, assembled in memory (16 KB/s).
+/// Audio kept in memory behind the newest frame (400 ms of samples per
+/// track, 12.8 KB for both): frames reach the writer in the relay's order,
+/// so nothing placed later lands this far back; what is older is final
+/// and handed out to be written.
+pub const HOLD: usize = 3200;
+
+/// Both tracks of one call: what is not yet written, from sample
+/// `written` of the timeline on.
 #[derive(Debug)]
 pub struct Recording {
     start: Instant,
+    /// Samples per channel already handed out.
+    written: usize,
+    /// The newest frame's end on the timeline (samples).
+    newest: usize,
     lead: Vec<i16>,
     agent: Vec<i16>,
 }
@@ -55,6 +69,8 @@ impl Recording {
     pub fn new(start: Instant) -> Self {
         Recording {
             start,
+            written: 0,
+            newest: 0,
             lead: Vec::new(),
             agent: Vec::new(),
         }
@@ -62,7 +78,9 @@ impl Recording {
 
     /// Places a frame at its arrival time, or right after the track's
     /// previous frame if it arrived early (jitter): audio is never
-    /// overwritten, gaps are silence.
+    /// overwritten, gaps are silence. A frame is never placed before its
+    /// track's end, so what [`Recording::take_ready`] handed out stays
+    /// final.
     pub fn push(&mut self, f: &RecFrame) {
         let track = match f.track {
             Track::Lead => &mut self.lead,
@@ -74,33 +92,62 @@ impl Recording {
         // A frame is stamped when it arrives, i.e. at its end. Within the
         // jitter allowance it follows the previous frame directly (no
         // click, no drift); a later one starts a gap of silence.
-        let due = due.saturating_sub(f.pcm.len());
+        let due = due.saturating_sub(f.pcm.len()).saturating_sub(self.written);
         let at = if due <= track.len() + JITTER {
             track.len()
         } else {
             due
         };
-        if at + f.pcm.len() > MAX_SAMPLES {
+        let end = self.written + at + f.pcm.len();
+        if end > MAX_SAMPLES {
             return;
         }
         track.resize(at, 0);
         track.extend_from_slice(&f.pcm);
+        self.newest = self.newest.max(end);
     }
 
-    /// The two-channel WAV (lead left, agent right).
-    pub fn to_wav(&self) -> Vec<u8> {
+    /// The interleaved samples (lead, agent) that are final: all but the
+    /// last [`HOLD`] behind the newest frame. Empty when there is less.
+    pub fn take_ready(&mut self) -> Vec<i16> {
+        let upto = self.newest.saturating_sub(HOLD);
+        self.take(upto.saturating_sub(self.written))
+    }
+
+    /// Everything not yet handed out, interleaved: the end of the call.
+    pub fn finish(&mut self) -> Vec<i16> {
         let n = self.lead.len().max(self.agent.len());
-        let mut inter = Vec::with_capacity(n * 2);
-        for i in 0..n {
-            inter.push(self.lead.get(i).copied().unwrap_or(0));
-            inter.push(self.agent.get(i).copied().unwrap_or(0));
-        }
-        crate::media::voicemail::write_wav(&inter, 2)
+        self.take(n)
     }
 
-    /// Seconds of audio.
+    fn take(&mut self, n: usize) -> Vec<i16> {
+        if n == 0 {
+            return Vec::new();
+        }
+        // A track shorter than the cut is silence up to it: a frame placed
+        // later goes after it (see `push`).
+        for track in [&mut self.lead, &mut self.agent] {
+            if track.len() < n {
+                track.resize(n, 0);
+            }
+        }
+        let mut out = Vec::with_capacity(n * 2);
+        for (l, a) in self.lead.drain(..n).zip(self.agent.drain(..n)) {
+            out.push(l);
+            out.push(a);
+        }
+        self.written += n;
+        out
+    }
+
+    /// Seconds of audio so far (written and held).
     pub fn seconds(&self) -> f64 {
-        self.lead.len().max(self.agent.len()) as f64 / f64::from(RATE)
+        (self.written + self.lead.len().max(self.agent.len())) as f64 / f64::from(RATE)
+    }
+
+    /// Samples held in memory, both tracks.
+    pub fn held(&self) -> usize {
+        self.lead.len() + self.agent.len()
     }
 }
 
@@ -133,7 +180,9 @@ mod tests {
         r.push(&frame(Track::Lead, 110, 500));
         // 200 ms late: a gap.
         r.push(&frame(Track::Lead, 340, 600));
-        let wav = r.to_wav();
+        let mut inter = r.take_ready();
+        inter.extend(r.finish());
+        let wav = crate::media::voicemail::write_wav(&inter, 2);
         let (rate, channels) = (
             u32::from_le_bytes(wav[24..28].try_into().unwrap()),
             u16::from_le_bytes(wav[22..24].try_into().unwrap()),
@@ -155,5 +204,31 @@ mod tests {
         assert_eq!(right(7999), 0);
         assert_eq!(right(8000), 300);
         assert!((r.seconds() - 1.02).abs() < 0.001);
+    }
+
+    #[test]
+    fn a_long_call_is_handed_out_as_it_goes_and_holds_little() {
+        let start = t0();
+        let mut r = Recording::new(start);
+        let mut out = Vec::new();
+        let mut peak = 0;
+        // 60 s of both directions, the agent 20 ms behind the lead.
+        for i in 1..=3000u64 {
+            for (track, lag, v) in [(Track::Lead, 0, 1), (Track::Agent, 20, 2)] {
+                r.push(&RecFrame {
+                    track,
+                    at: start + Duration::from_millis(i * 20 + lag),
+                    pcm: vec![v; 160],
+                });
+            }
+            out.extend(r.take_ready());
+            peak = peak.max(r.held());
+        }
+        assert!(peak <= 2 * (HOLD + 480), "held {peak} samples");
+        assert!(out.len() >= 2 * (480_000 - HOLD - 480));
+        out.extend(r.finish());
+        assert_eq!(out.len(), 2 * 480_000);
+        assert!(out.chunks_exact(2).all(|c| c == [1, 2]));
+        assert_eq!(r.held(), 0);
     }
 }

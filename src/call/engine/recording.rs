@@ -1,9 +1,9 @@
 //! Call recordings' writer and retention (SPEC §4 session `record`,
 //! `[recording] retention_days`): the relay hands frames over a bounded
-//! channel ([`crate::media::recording`]); this task assembles them and,
-//! once the lead leg closes the channel, writes
-//! `<data_dir>/recordings/<call id>.wav` and names it on the call record —
-//! all off the signalling path.
+//! channel ([`crate::media::recording`]); this task assembles them,
+//! streams `<data_dir>/recordings/<call id>.wav` as the call goes on and,
+//! once the lead leg closes the channel, completes the file and names it
+//! on the call record — all off the signalling path.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,29 +27,24 @@ pub(super) fn spawn_recorder(
     call_id: i64,
     start: Instant,
 ) -> mpsc::Sender<RecFrame> {
-    let (tx, mut rx) = mpsc::channel::<RecFrame>(CHANNEL);
+    let (tx, rx) = mpsc::channel::<RecFrame>(CHANNEL);
     let shared = shared.clone();
     shared.tasks.clone().spawn(async move {
-        let mut rec = Recording::new(start);
-        while let Some(f) = rx.recv().await {
-            rec.push(&f);
-        }
-        if rec.seconds() == 0.0 {
-            return;
-        }
         let dir = shared.data_dir.join("recordings");
         let file = format!("{call_id}.wav");
         let path = dir.join(&file);
-        let bytes = rec.to_wav();
-        let written = async {
-            tokio::fs::create_dir_all(&dir).await?;
-            tokio::fs::write(&path, bytes).await
-        }
-        .await;
-        if let Err(e) = written {
-            tracing::error!(call_id, path = %path.display(), error = %e, "recording not written");
-            return;
-        }
+        let seconds = match record(rx, start, &dir, &path).await {
+            Ok(seconds) if seconds <= 0.0 => {
+                // Nothing was heard: no file, nothing on the record.
+                let _ = tokio::fs::remove_file(&path).await;
+                return;
+            }
+            Ok(seconds) => seconds,
+            Err(e) => {
+                tracing::error!(call_id, path = %path.display(), error = %e, "recording not written");
+                return;
+            }
+        };
         let end = CallEnd {
             recording: Some(file),
             ..CallEnd::default()
@@ -57,9 +52,72 @@ pub(super) fn spawn_recorder(
         if let Err(e) = shared.store.finish_call(call_id, &end).await {
             tracing::warn!(call_id, error = %e, "recording not named on the call record");
         }
-        tracing::info!(call_id, seconds = rec.seconds(), "call recorded");
+        tracing::info!(call_id, seconds, "call recorded");
     });
     tx
+}
+
+/// Streams the frames from `rx` to a WAV at `path` as they become final
+/// (see [`Recording::take_ready`]), so a call holds a few hundred
+/// milliseconds of audio in memory however long it lasts; the header's
+/// sizes are written when the relay closes the channel (the call's end).
+/// Returns the seconds recorded.
+async fn record(
+    mut rx: mpsc::Receiver<RecFrame>,
+    start: Instant,
+    dir: &std::path::Path,
+    path: &std::path::Path,
+) -> std::io::Result<f64> {
+    use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+
+    let mut rec = Recording::new(start);
+    // Opened at the first frame: a call that never carried audio leaves
+    // no file behind.
+    let mut out: Option<tokio::io::BufWriter<tokio::fs::File>> = None;
+    let mut samples: u64 = 0;
+    let mut bytes = Vec::new();
+    loop {
+        let frame = rx.recv().await;
+        let ready = match &frame {
+            Some(f) => {
+                rec.push(f);
+                rec.take_ready()
+            }
+            None => rec.finish(),
+        };
+        if !ready.is_empty() {
+            let w = match &mut out {
+                Some(w) => w,
+                None => {
+                    tokio::fs::create_dir_all(dir).await?;
+                    let mut w = tokio::io::BufWriter::new(tokio::fs::File::create(path).await?);
+                    // Sizes are patched at the end.
+                    w.write_all(&crate::media::voicemail::write_wav(&[], 2))
+                        .await?;
+                    out.insert(w)
+                }
+            };
+            bytes.clear();
+            bytes.extend(ready.iter().flat_map(|s| s.to_le_bytes()));
+            w.write_all(&bytes).await?;
+            samples += ready.len() as u64;
+        }
+        if frame.is_none() {
+            break;
+        }
+    }
+    let Some(mut w) = out else {
+        return Ok(0.0);
+    };
+    let data = u32::try_from(samples * 2).unwrap_or(u32::MAX);
+    w.flush().await?;
+    let mut f = w.into_inner();
+    f.seek(std::io::SeekFrom::Start(4)).await?;
+    f.write_all(&data.saturating_add(36).to_le_bytes()).await?;
+    f.seek(std::io::SeekFrom::Start(40)).await?;
+    f.write_all(&data.to_le_bytes()).await?;
+    f.sync_data().await?;
+    Ok(rec.seconds())
 }
 
 /// Deletes recordings older than `days` from `dir` every hour (`days`
