@@ -352,14 +352,14 @@ impl LeadLeg {
         &self.record
     }
 
-    /// What the leg journal holds for this leg, and when it changes
-    /// (`call::leg_journal`): ringing while the INVITE has no final
-    /// response and no CANCEL went out, answered until a BYE is sent or
-    /// received; `None` otherwise (nothing is left to end).
-    pub fn journal_revision(&self) -> Option<Revision> {
+    /// What the leg journal holds for this leg (`call::leg_journal`): the
+    /// INVITE in flight, keyed by its branch (a digest retry is a new
+    /// INVITE, a new row), then the confirmed dialog (branch `""`) until a
+    /// BYE is sent or received; `None` otherwise.
+    pub fn journal_revision(&self) -> Option<(&str, Revision)> {
         match &self.state {
-            LeadState::Inviting(s) => Some(Revision::Ringing(s.cseq)),
-            LeadState::Talking(s) => Some(Revision::Answered(s.dialog.local_seq())),
+            LeadState::Inviting(s) => Some((s.key.branch.as_str(), Revision::Ringing(s.cseq))),
+            LeadState::Talking(s) => Some(("", Revision::Answered(s.dialog.local_seq()))),
             _ => None,
         }
     }

@@ -1494,6 +1494,63 @@ fn every_fork_failing_reports_the_best_status() {
     assert_eq!(w.event_list().last(), Some(&AgentEvent::Closed));
 }
 
+/// Every fork still ringing is its own leg-journal row under its own Via
+/// branch (a crash must CANCEL each INVITE, RFC 3261 §9.1); a fork that
+/// failed leaves the journal, and the answer replaces the rest by the
+/// dialog's row.
+#[test]
+fn each_ringing_fork_is_journaled_under_its_branch_until_the_answer() {
+    use super::leg_journal::{Journaled, LegChange, Revision, SavedLegState};
+    let mut w = agent_world();
+    let branches: Vec<String> = w
+        .sent_of(Method::Invite)
+        .iter()
+        .map(|x| ClientKey::from_request(request(x)).expect("key").branch)
+        .collect();
+    let mut j = Journaled::default();
+    let first = j.changes("alice", None, Some(&w.leg));
+    let saved: Vec<(String, Peer)> = first
+        .iter()
+        .map(|c| match c {
+            LegChange::Save(l) => {
+                assert!(matches!(l.state, SavedLegState::Ringing { .. }));
+                assert_eq!(l.call_id, w.leg.call_id());
+                (l.branch.clone(), l.peer)
+            }
+            LegChange::Remove(k) => panic!("removed {k:?}"),
+        })
+        .collect();
+    assert_eq!(
+        saved,
+        [
+            (branches[0].clone(), phone_a()),
+            (branches[1].clone(), phone_b())
+        ]
+    );
+    assert!(j.changes("alice", None, Some(&w.leg)).is_empty());
+    // Phone A declines: its row goes, phone B's stays.
+    w.run_until(S);
+    w.with_far(phone_a(), |f, now| f.respond(now, 486, None, &[]));
+    let after = j.changes("alice", None, Some(&w.leg));
+    assert!(
+        matches!(&after[..], [LegChange::Remove(k)] if k.branch == branches[0]),
+        "{after:?}"
+    );
+    // Phone B answers: the dialog's row replaces its INVITE's.
+    w.with_far(phone_b(), |f, now| f.respond(now, 200, Some(ANSWER), &[]));
+    let answered = j.changes("alice", None, Some(&w.leg));
+    assert_eq!(answered.len(), 2, "{answered:?}");
+    assert!(answered.iter().any(|c| matches!(c, LegChange::Save(l)
+        if l.branch.is_empty() && matches!(l.state, SavedLegState::Answered { .. }) && l.peer == phone_b())));
+    assert!(answered
+        .iter()
+        .any(|c| matches!(c, LegChange::Remove(k) if k.branch == branches[1])));
+    assert_eq!(
+        w.leg.journal_revisions().collect::<Vec<_>>(),
+        [("", Revision::Answered(1))]
+    );
+}
+
 #[test]
 fn agent_answer_timeout_cancels_every_fork() {
     let mut w = agent_world();
@@ -1651,7 +1708,7 @@ fn session_timer_is_offered_and_we_refresh_by_reinvite_at_half_the_interval() {
     // be above it, RFC 3261 §12.2.1.1).
     assert_eq!(
         w.leg.journal_revision(),
-        Some(super::leg_journal::Revision::Answered(5))
+        Some(("", super::leg_journal::Revision::Answered(5)))
     );
 }
 
