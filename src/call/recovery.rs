@@ -64,6 +64,9 @@ struct Ended {
     request: Option<ClientKey>,
     /// The final status of our request, once it arrived.
     status: Option<u16>,
+    /// A cancelled INVITE whose final response (487, or a crossing 2xx)
+    /// has not arrived: the sweep stays to ACK it (§9.1, §17.1.1.3).
+    invite_open: bool,
 }
 
 /// The sans-IO core: sends one BYE or CANCEL per leg and handles what
@@ -121,6 +124,7 @@ impl Sweep {
                             leg,
                             request: Some(key),
                             status: None,
+                            invite_open: ending == Ending::Cancel,
                         },
                     );
                 }
@@ -183,9 +187,13 @@ impl Sweep {
         self.table.poll_timeout()
     }
 
-    /// Whether every BYE and CANCEL has its final response or timed out.
+    /// Whether every BYE and CANCEL has its final response or timed out,
+    /// and every cancelled INVITE its final response (the driver also
+    /// stops at its time limit: a peer that never sends the 487).
     pub fn is_done(&self) -> bool {
-        self.legs.values().all(|l| l.request.is_none())
+        self.legs
+            .values()
+            .all(|l| l.request.is_none() && !l.invite_open)
     }
 
     /// The Call-IDs being ended (once each: the forks of an INVITE share
@@ -287,6 +295,11 @@ impl Sweep {
             return;
         };
         let code = response.status_code.code();
+        if code >= 200 {
+            if let Some(l) = self.legs.get_mut(&leg_key) {
+                l.invite_open = false;
+            }
+        }
         if code >= 300 {
             if let Ok(ack) = build_ack_for_non_2xx(&invite, response) {
                 self.transmits.push_back(Transmit {
@@ -734,7 +747,7 @@ mod tests {
                 "SIP/2.0 200 OK\r\n{head}CSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n"
             )),
         );
-        assert!(sweep.is_done());
+        assert!(!sweep.is_done(), "the INVITE's 487 is still to be ACKed");
         // The 487 of the INVITE is ACKed (§17.1.1.3).
         sweep.handle_message(
             t1,
@@ -750,6 +763,7 @@ mod tests {
             "{}",
             out[0]
         );
+        assert!(sweep.is_done());
         assert!(out[0].contains("\r\nCSeq: 1 ACK\r\n"));
         // A 200 that crossed the CANCEL: ACK, then BYE (§9.1, §15).
         sweep.handle_message(
