@@ -1965,6 +1965,7 @@ impl AgentTask {
             timers: self.shared.timers,
             session_expires: (t.session_expires > 0)
                 .then(|| Duration::from_secs(u64::from(t.session_expires))),
+            keepalive: t.keepalive(),
         };
         let leg = LeadLeg::dial(Instant::now(), params, &mut self.rng)?;
         crate::metrics::metrics()

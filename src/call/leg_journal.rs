@@ -691,6 +691,7 @@ mod tests {
             max_call_length: Duration::from_secs(3600),
             timers: crate::sip::transaction::TimerConfig::default(),
             session_expires: None,
+            keepalive: None,
         };
         let t0 = crate::sip::transaction::test_epoch();
         LeadLeg::dial(t0, params, &mut rand::rngs::StdRng::seed_from_u64(1)).expect("dial")
