@@ -339,6 +339,47 @@ impl TrunkSet {
         })
     }
 
+    /// [`acquire`](Self::acquire), or when only calls-per-second limits
+    /// hold and a slot comes within `horizon`, that slot reserved: the
+    /// call is counted now and its INVITE goes at the returned instant.
+    /// Each waiting dial gets its own slot in arrival order, so the pace
+    /// is kept without every waiter waking at every slot to race for it
+    /// (a thundering herd that made the waiters, not the pace, set the
+    /// rate on a busy machine).
+    pub fn reserve(
+        &mut self,
+        order: &[TrunkId],
+        tried: &[TrunkId],
+        now: Instant,
+        horizon: Duration,
+    ) -> Result<(TrunkId, Instant), NoTrunk> {
+        let at = match self.acquire(order, tried, now) {
+            Ok(id) => return Ok((id, now)),
+            Err(NoTrunk::AtLimit { retry_at: Some(at) }) if at <= now + horizon => at,
+            Err(e) => return Err(e),
+        };
+        // `retry_at` is set only when no trunk is at `max_calls`: the trunk
+        // whose next slot it is may take the call.
+        let found = order.iter().filter(|id| !tried.contains(id)).find(|id| {
+            self.trunks
+                .get(id.0)
+                .is_some_and(|t| t.health != Health::Down && t.next_slot == Some(at))
+        });
+        let Some(id) = found.copied() else {
+            return Err(NoTrunk::AtLimit { retry_at: Some(at) });
+        };
+        let Some(t) = self.trunks.get_mut(id.0) else {
+            return Err(NoTrunk::AtLimit { retry_at: Some(at) });
+        };
+        let gap = t
+            .policy
+            .max_cps
+            .map_or(Duration::ZERO, |cps| Duration::from_secs_f64(1.0 / cps));
+        t.next_slot = Some(at + gap);
+        t.active += 1;
+        Ok((id, at))
+    }
+
     /// A call counted by [`acquire`](Self::acquire) has its outcome.
     pub fn release(&mut self, id: TrunkId) {
         if let Some(t) = self.trunks.get_mut(id.0) {
@@ -735,6 +776,75 @@ mod tests {
             Err(NoTrunk::AtLimit {
                 retry_at: Some(later + Duration::from_millis(10))
             })
+        );
+    }
+
+    #[test]
+    fn waiting_dials_reserve_successive_slots_within_the_horizon() {
+        let t0 = crate::sip::transaction::test_epoch();
+        let order = [TrunkId(0), TrunkId(1)];
+        let mut set = TrunkSet::new(
+            vec![
+                TrunkPolicy {
+                    max_cps: Some(100.0),
+                    ..policy("a", 1)
+                },
+                TrunkPolicy {
+                    max_cps: Some(50.0),
+                    ..policy("b", 2)
+                },
+            ],
+            t0,
+        );
+        let h = Duration::from_millis(25);
+        let ms = Duration::from_millis;
+        // Now on each trunk, then the earliest slot of either, in turn.
+        assert_eq!(set.reserve(&order, &[], t0, h), Ok((TrunkId(0), t0)));
+        assert_eq!(set.reserve(&order, &[], t0, h), Ok((TrunkId(1), t0)));
+        assert_eq!(
+            set.reserve(&order, &[], t0, h),
+            Ok((TrunkId(0), t0 + ms(10)))
+        );
+        assert_eq!(
+            set.reserve(&order, &[], t0, h),
+            Ok((TrunkId(0), t0 + ms(20)))
+        );
+        assert_eq!(
+            set.reserve(&order, &[], t0, h),
+            Ok((TrunkId(1), t0 + ms(20)))
+        );
+        // Beyond the horizon: wait for the next slot, none reserved.
+        assert_eq!(
+            set.reserve(&order, &[], t0, h),
+            Err(NoTrunk::AtLimit {
+                retry_at: Some(t0 + ms(30))
+            })
+        );
+        assert_eq!(set.active(TrunkId(0)), 3);
+        assert_eq!(set.active(TrunkId(1)), 2);
+        // A dial that comes late for its reserved slot does not move the
+        // next one.
+        assert_eq!(
+            set.reserve(&order[..1], &[], t0 + ms(29), h),
+            Ok((TrunkId(0), t0 + ms(30)))
+        );
+        assert_eq!(
+            set.reserve(&order[..1], &[], t0 + ms(33), h),
+            Ok((TrunkId(0), t0 + ms(40)))
+        );
+        // A concurrent-calls limit is never waited for by reservation.
+        let mut set = TrunkSet::new(
+            vec![TrunkPolicy {
+                max_cps: Some(100.0),
+                max_calls: Some(1),
+                ..policy("a", 1)
+            }],
+            t0,
+        );
+        assert!(set.reserve(&order[..1], &[], t0, h).is_ok());
+        assert_eq!(
+            set.reserve(&order[..1], &[], t0, h),
+            Err(NoTrunk::AtLimit { retry_at: None })
         );
     }
 
