@@ -1,6 +1,7 @@
 //! The leg journal's table (`call_legs`) and the crash sweep's settlement on
 //! both backends (SQLite always; PostgreSQL when
-//! POWERDIAL_TEST_DATABASE_URL is set): rows upsert by Call-ID and delete;
+//! POWERDIAL_TEST_DATABASE_URL is set): rows upsert by (Call-ID, branch)
+//! — the forks of one INVITE are rows of their own — and delete;
 //! settling gives only records without an outcome theirs, keeps the
 //! answer time already stored, and clears the rows.
 
@@ -13,6 +14,7 @@ use powerdial::store::Store;
 fn row(call_id: &str, record: i64, answered: bool, cseq: i64) -> LegRow {
     LegRow {
         call_id: call_id.into(),
+        branch: String::new(),
         kind: "lead".into(),
         record_id: Some(record),
         agent: "alice".into(),
@@ -89,15 +91,44 @@ async fn journal(store: &Store, backend: &str) {
     // The answer replaces the ringing row; a removal and an upsert of
     // another key in the same batch.
     store
-        .save_legs(&[row("a", talking.id, true, 2)], &["zzz".to_string()])
+        .save_legs(
+            &[row("a", talking.id, true, 2)],
+            &[("zzz".to_string(), String::new())],
+        )
+        .await
+        .unwrap();
+    // An agent leg forked to two phones: one row per INVITE, one Call-ID;
+    // one fork declined is removed alone.
+    let fork = |branch: &str| LegRow {
+        branch: branch.into(),
+        kind: "agent".into(),
+        record_id: None,
+        ..row("phones", 0, false, 1)
+    };
+    store
+        .save_legs(&[fork("z9hG4bK1"), fork("z9hG4bK2"), fork("z9hG4bK3")], &[])
+        .await
+        .unwrap();
+    store
+        .save_legs(&[], &[("phones".to_string(), "z9hG4bK2".to_string())])
         .await
         .unwrap();
     let rows = store.load_legs().await.unwrap();
+    let mut forks: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.call_id == "phones")
+        .map(|r| r.branch.as_str())
+        .collect();
+    forks.sort();
+    assert_eq!(forks, ["z9hG4bK1", "z9hG4bK3"], "{backend}");
+    let rows: Vec<LegRow> = rows.into_iter().filter(|r| r.call_id != "phones").collect();
     assert_eq!(rows.len(), 3, "{backend}: {rows:?}");
     let a = rows.iter().find(|r| r.call_id == "a").unwrap();
     assert_eq!(a, &row("a", talking.id, true, 2), "{backend}");
 
-    let ids: Vec<String> = rows.iter().map(|r| r.call_id.clone()).collect();
+    let mut ids: Vec<String> = rows.iter().map(|r| r.call_id.clone()).collect();
+    // Settling deletes every row of a Call-ID: both forks go.
+    ids.push("phones".into());
     let settled = store
         .settle_lost_legs(
             &[

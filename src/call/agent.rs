@@ -227,21 +227,43 @@ impl AgentLeg {
         matches!(self.state, AgentState::Inviting(_))
     }
 
-    /// What the leg journal holds for this leg (`call::leg_journal`):
-    /// the confirmed dialog with the phone until a BYE is sent or
-    /// received; `None` otherwise. A ringing agent leg is not journaled:
-    /// the phone stops ringing at its own no-answer timeout.
-    pub fn journal_revision(&self) -> Option<Revision> {
-        match &self.state {
-            AgentState::Connected(s) => Some(Revision::Answered(s.dialog.local_seq())),
-            _ => None,
-        }
+    /// What the leg journal holds for this leg (`call::leg_journal`), one
+    /// entry per row by its [`LegKey`](super::leg_journal::LegKey) branch:
+    /// every fork still ringing (its own INVITE, to be CANCELled on its own
+    /// branch, RFC 3261 §9.1) while the phones are called, then the
+    /// confirmed dialog with the phone (branch `""`) until a BYE is sent or
+    /// received. Allocates nothing (checked after every input).
+    pub fn journal_revisions(&self) -> impl Iterator<Item = (&str, Revision)> + '_ {
+        let (forks, dialog) = match &self.state {
+            AgentState::Inviting(s) => (&s.forks[..], None),
+            AgentState::Connected(s) => (&[][..], Some(s.dialog.local_seq())),
+            _ => (&[][..], None),
+        };
+        forks
+            .iter()
+            .filter(|f| f.result.is_none())
+            .map(|f| (f.key.branch.as_str(), Revision::Ringing(1)))
+            .chain(dialog.map(|seq| ("", Revision::Answered(seq))))
     }
 
-    /// The state the journal saves, with the phone's address.
-    pub fn saved_state(&self) -> Option<(SavedLegState, Peer)> {
+    /// The state the journal saves for the row `branch` of
+    /// [`journal_revisions`](Self::journal_revisions), with the phone's
+    /// address.
+    pub fn saved_state(&self, branch: &str) -> Option<(SavedLegState, Peer)> {
         match &self.state {
-            AgentState::Connected(s) => {
+            AgentState::Inviting(s) => s
+                .forks
+                .iter()
+                .find(|f| f.result.is_none() && f.key.branch == branch)
+                .map(|f| {
+                    (
+                        SavedLegState::Ringing {
+                            invite: f.invite.clone(),
+                        },
+                        f.target.peer,
+                    )
+                }),
+            AgentState::Connected(s) if branch.is_empty() => {
                 let peer = s.forks.get(s.winner)?.target.peer;
                 Some((
                     SavedLegState::Answered {

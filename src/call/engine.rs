@@ -29,7 +29,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::leg_journal::{JournalSender, Journaled, LeadJournal, LegChange};
+use super::leg_journal::{JournalSender, Journaled, LeadJournal, LegChange, LegKey};
 use super::trunk::{PingPolicy, TrunkId, TrunkPolicy, TrunkSet, TrunkStatus};
 use super::trunk_slot::{TakeError, TrunkGrant, TrunkInfo, TrunkSlot, Trunks};
 use super::{
@@ -2130,6 +2130,7 @@ impl AgentTask {
             timers: self.shared.timers,
             session_expires: (t.session_expires > 0)
                 .then(|| Duration::from_secs(u64::from(t.session_expires))),
+            keepalive: t.keepalive(),
         };
         let leg = LeadLeg::dial(Instant::now(), params, &mut self.rng)?;
         crate::metrics::metrics()
@@ -2704,15 +2705,24 @@ fn spawn_finish(
     manual: bool,
 ) {
     spawn_finish_forgetting(
-        None, shared, agent, call_id, lead_id, session_id, end, outcome, sip_status, manual,
+        Vec::new(),
+        shared,
+        agent,
+        call_id,
+        lead_id,
+        session_id,
+        end,
+        outcome,
+        sip_status,
+        manual,
     );
 }
 
 /// Stores a call's outcome, then removes its lead leg's journal row
-/// (`journaled`, its SIP Call-ID) and publishes `CallEnded`.
+/// (`journaled`, its keys) and publishes `CallEnded`.
 #[allow(clippy::too_many_arguments)]
 fn spawn_finish_forgetting(
-    journaled: Option<String>,
+    journaled: Vec<LegKey>,
     shared: Arc<Shared>,
     agent: String,
     call_id: i64,
@@ -2737,8 +2747,8 @@ fn spawn_finish_forgetting(
         if let Err(e) = shared.store.finish_call(call_id, &end).await {
             tracing::error!(error = %e, call_id, "call outcome not stored");
         }
-        if let Some(sip_call_id) = journaled {
-            shared.journal.send(LegChange::Remove(sip_call_id)).await;
+        for key in journaled {
+            shared.journal.send(LegChange::Remove(key)).await;
         }
         if manual {
             set_progress(&shared, &agent, call_id, CallProgress::Ended);

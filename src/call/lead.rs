@@ -52,6 +52,9 @@ pub struct LeadParams {
     /// RFC 4028 session timer offered to the trunk (`Supported: timer`,
     /// `Session-Expires: N;refresher=uac`); `None` offers none.
     pub session_expires: Option<Duration>,
+    /// In-dialog OPTIONS to the trunk every this long once answered
+    /// (`[[trunk]] keepalive_interval`); `None` sends none.
+    pub keepalive: Option<Duration>,
 }
 
 /// Why an answered lead call ended.
@@ -71,6 +74,10 @@ pub enum EndReason {
     /// A session refresh got 481 or 408, or no answer: the carrier no
     /// longer has the call (RFC 3261 §12.2.1.2, RFC 4028 §10); no BYE.
     SessionGone,
+    /// An in-dialog OPTIONS (keepalive) got 481: the carrier no longer has
+    /// the call (no BYE); or 408 or no answer at all: we sent BYE in case
+    /// it still meters it (RFC 3261 §12.2.1.2).
+    TrunkLost,
 }
 
 impl EndReason {
@@ -83,6 +90,7 @@ impl EndReason {
             EndReason::RtpTimeout => "rtp_timeout",
             EndReason::SessionExpired => "session_expired",
             EndReason::SessionGone => "session_gone",
+            EndReason::TrunkLost => "trunk_lost",
         }
     }
 }
@@ -221,6 +229,8 @@ struct Talking {
     session: Option<SessionTimer>,
     /// Our session refresh (re-INVITE) in flight.
     refresh: Option<ClientKey>,
+    /// Our keepalive OPTIONS in flight.
+    keepalive: Option<ClientKey>,
 }
 
 /// Over: waiting for the last transactions (BYE, 487's ACK) to finish;
@@ -254,6 +264,8 @@ pub struct LeadLeg {
     template: InviteTemplate,
     digest: Option<DigestClient>,
     max_call_length: Duration,
+    /// In-dialog OPTIONS interval once answered.
+    keepalive: Option<Duration>,
     state: LeadState,
     outcome: Option<Outcome>,
     record: LegRecord,
@@ -308,6 +320,7 @@ impl LeadLeg {
                 .credentials
                 .map(|(user, password)| DigestClient::new(user, password)),
             max_call_length: params.max_call_length,
+            keepalive: params.keepalive.filter(|d| !d.is_zero()),
             state: LeadState::Inviting(Inviting {
                 invite,
                 key,
@@ -352,14 +365,14 @@ impl LeadLeg {
         &self.record
     }
 
-    /// What the leg journal holds for this leg, and when it changes
-    /// (`call::leg_journal`): ringing while the INVITE has no final
-    /// response and no CANCEL went out, answered until a BYE is sent or
-    /// received; `None` otherwise (nothing is left to end).
-    pub fn journal_revision(&self) -> Option<Revision> {
+    /// What the leg journal holds for this leg (`call::leg_journal`): the
+    /// INVITE in flight, keyed by its branch (a digest retry is a new
+    /// INVITE, a new row), then the confirmed dialog (branch `""`) until a
+    /// BYE is sent or received; `None` otherwise.
+    pub fn journal_revision(&self) -> Option<(&str, Revision)> {
         match &self.state {
-            LeadState::Inviting(s) => Some(Revision::Ringing(s.cseq)),
-            LeadState::Talking(s) => Some(Revision::Answered(s.dialog.local_seq())),
+            LeadState::Inviting(s) => Some((s.key.branch.as_str(), Revision::Ringing(s.cseq))),
+            LeadState::Talking(s) => Some(("", Revision::Answered(s.dialog.local_seq()))),
             _ => None,
         }
     }
@@ -422,6 +435,7 @@ impl LeadLeg {
                 (LeadState::Talking(s), Timer::SessionExpiry) => {
                     self.bye(now, s, EndReason::SessionExpired)
                 }
+                (LeadState::Talking(s), Timer::Keepalive) => self.keepalive(now, s),
                 (state, _) => state,
             };
         }
@@ -635,9 +649,7 @@ impl LeadLeg {
                     .handle_request(now, key, request, peer, Some(&mut s.dialog))
                 {
                     InDialog::Bye => {
-                        self.core.timers.stop(Timer::MaxCallLength);
-                        self.core.timers.stop(Timer::SessionRefresh);
-                        self.core.timers.stop(Timer::SessionExpiry);
+                        self.stop_talk_timers();
                         self.record.end(now);
                         self.events.push_back(LeadEvent::Ended {
                             reason: EndReason::RemoteBye,
@@ -659,10 +671,28 @@ impl LeadLeg {
             Event::Final { key, response } if s.refresh.as_ref() == Some(&key) => {
                 self.refresh_answered(now, s, &response)
             }
+            Event::Final { key, response } if s.keepalive.as_ref() == Some(&key) => {
+                s.keepalive = None;
+                match response.status_code.code() {
+                    481 => self.session_gone(now, s, EndReason::TrunkLost),
+                    408 => self.bye(now, s, EndReason::TrunkLost),
+                    // Any other final response comes from a UA that still
+                    // has the dialog (a 405 or 501 included, RFC 3261 §11).
+                    _ => LeadState::Talking(s),
+                }
+            }
+            Event::ClientTimeout { key } | Event::ClientTransportError { key }
+                if s.keepalive.as_ref() == Some(&key) =>
+            {
+                // No answer is a 408 (§8.1.3.1): BYE in case the carrier
+                // still has the call and only its answers are lost.
+                s.keepalive = None;
+                self.bye(now, s, EndReason::TrunkLost)
+            }
             Event::ClientTimeout { key } | Event::ClientTransportError { key }
                 if s.refresh.as_ref() == Some(&key) =>
             {
-                self.session_gone(now, s)
+                self.session_gone(now, s, EndReason::SessionGone)
             }
             Event::StrayResponse { response, peer } => {
                 self.stray_2xx(now, &s.invite, Some((&s.dialog, &s.ack)), &response, peer);
@@ -791,6 +821,9 @@ impl LeadLeg {
         if let Some(t) = session {
             self.schedule_session(now, t);
         }
+        if let Some(k) = self.keepalive {
+            self.core.timers.set(Timer::Keepalive, now + k);
+        }
         self.outcome = Some(Outcome::Answered);
         self.record.sip_status = Some(status);
         self.record.answered = Some(now);
@@ -803,7 +836,48 @@ impl LeadLeg {
             ack,
             session,
             refresh: None,
+            keepalive: None,
         })
+    }
+
+    /// The timers of an answered call, stopped as it ends.
+    fn stop_talk_timers(&mut self) {
+        for t in [
+            Timer::MaxCallLength,
+            Timer::SessionRefresh,
+            Timer::SessionExpiry,
+            Timer::Keepalive,
+        ] {
+            self.core.timers.stop(t);
+        }
+    }
+
+    /// Sends the keepalive: an in-dialog OPTIONS to the trunk (RFC 3261
+    /// §11: a UA answers OPTIONS in a dialog it has; §12.2.2: 481 when it
+    /// has none), so a call the carrier lost (its restart, a failover on
+    /// its side) is ended here instead of billing the agent's time
+    /// (SPEC §1). One at a time; the next is due an interval later.
+    fn keepalive(&mut self, now: Instant, mut s: Talking) -> LeadState {
+        let Some(interval) = self.keepalive else {
+            return LeadState::Talking(s);
+        };
+        self.core.timers.set(Timer::Keepalive, now + interval);
+        if s.keepalive.is_some() {
+            return LeadState::Talking(s);
+        }
+        let via = self.core.via(self.trunk);
+        let sent = s
+            .dialog
+            .new_request(Method::Options, &via, None)
+            .map_err(CallError::from)
+            .and_then(|r| Ok(self.core.table.send_request(now, self.trunk, r)?));
+        match sent {
+            Ok(key) => s.keepalive = Some(key),
+            Err(error) => {
+                tracing::warn!(%error, call_id = %self.core.call_id, "keepalive OPTIONS not sent");
+            }
+        }
+        LeadState::Talking(s)
     }
 
     /// RFC 4028 §10: the refresher refreshes at half the interval; either
@@ -879,7 +953,7 @@ impl LeadLeg {
                 }
                 LeadState::Talking(s)
             }
-            481 | 408 => self.session_gone(now, s),
+            481 | 408 => self.session_gone(now, s, EndReason::SessionGone),
             _ => {
                 tracing::info!(status = code, call_id = %self.core.call_id, "session refresh refused; trying once more before the session expires");
                 if let Some(t) = s.session {
@@ -898,17 +972,13 @@ impl LeadLeg {
         }
     }
 
-    /// The carrier lost the call (481/408/no answer to a refresh): the
-    /// call ended without a BYE.
-    fn session_gone(&mut self, now: Instant, mut s: Talking) -> LeadState {
-        self.core.timers.stop(Timer::MaxCallLength);
-        self.core.timers.stop(Timer::SessionRefresh);
-        self.core.timers.stop(Timer::SessionExpiry);
+    /// The carrier lost the call (481/408/no answer to a refresh, 481 to a
+    /// keepalive): the call ended without a BYE.
+    fn session_gone(&mut self, now: Instant, mut s: Talking, reason: EndReason) -> LeadState {
+        self.stop_talk_timers();
         self.record.end(now);
         s.dialog.terminate();
-        self.events.push_back(LeadEvent::Ended {
-            reason: EndReason::SessionGone,
-        });
+        self.events.push_back(LeadEvent::Ended { reason });
         LeadState::Closing(Closing {
             invite: s.invite,
             dialog: Some((s.dialog, s.ack)),
@@ -1004,9 +1074,7 @@ impl LeadLeg {
     }
 
     fn bye(&mut self, now: Instant, mut s: Talking, reason: EndReason) -> LeadState {
-        self.core.timers.stop(Timer::MaxCallLength);
-        self.core.timers.stop(Timer::SessionRefresh);
-        self.core.timers.stop(Timer::SessionExpiry);
+        self.stop_talk_timers();
         self.record.end(now);
         if let Err(error) = self.core.send_bye(now, &mut s.dialog, self.trunk) {
             tracing::warn!(%error, call_id = %self.core.call_id, "BYE not sent");

@@ -4,8 +4,14 @@
 //! INVITE for a CANCEL (§9.1) — saved when it changes, off the signalling
 //! path (DESIGN.md "Writes leave the signalling path in batches").
 //!
+//! A row is one leg as a crash must end it, keyed by [`LegKey`]: every
+//! INVITE in flight is its own row under its Via branch (an agent leg
+//! forked to several phones has one ringing INVITE per phone, all with
+//! one Call-ID, each CANCELled on its own branch, §9.1), a confirmed
+//! dialog its row under the empty branch.
+//!
 //! Agent tasks hand [`LegChange`]s to a [`JournalSender`]; one writer task
-//! ([`run_writer`]) coalesces them per Call-ID (the last change wins) and
+//! ([`run_writer`]) coalesces them per key (the last change wins) and
 //! commits what is pending in one transaction at most [`LINGER`] after the
 //! oldest change arrived. Nothing is dropped: when the writer is behind,
 //! the channel fills and the sender waits (backpressure). At start-up,
@@ -38,7 +44,7 @@ pub const LINGER: Duration = Duration::from_millis(5);
 /// Messages the channel holds before [`JournalSender::send`] waits.
 const CHANNEL: usize = 1_024;
 
-/// Most Call-IDs committed in one transaction.
+/// Most rows committed in one transaction.
 const MAX_BATCH: usize = 2_048;
 
 const WARN_EVERY: Duration = Duration::from_secs(10);
@@ -46,6 +52,22 @@ const RETRY_MIN: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 /// How long the final flush at shutdown keeps retrying a failing database.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(10);
+
+/// A journal row's key: the Call-ID, and the Via branch of the ringing
+/// INVITE the row holds (`""` for a confirmed dialog).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LegKey {
+    /// The Call-ID.
+    pub call_id: String,
+    /// The INVITE's top Via branch; empty for a dialog.
+    pub branch: String,
+}
+
+impl LegKey {
+    fn is(&self, call_id: &str, branch: &str) -> bool {
+        self.call_id == call_id && self.branch == branch
+    }
+}
 
 /// Which leg of a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +121,8 @@ pub struct SavedLeg {
     pub call_id: String,
     /// Lead or agent leg.
     pub kind: LegKind,
+    /// The ringing INVITE's Via branch; empty for a dialog.
+    pub branch: String,
     /// The call record of a lead leg.
     pub record_id: Option<i64>,
     /// The agent.
@@ -147,10 +171,19 @@ fn parse_peer(text: &str) -> Option<Peer> {
 }
 
 impl SavedLeg {
+    /// The row's key.
+    pub fn key(&self) -> LegKey {
+        LegKey {
+            call_id: self.call_id.clone(),
+            branch: self.branch.clone(),
+        }
+    }
+
     /// The row written for this leg at `now_ms`.
     pub fn to_row(&self, now_ms: i64) -> LegRow {
         let mut row = LegRow {
             call_id: self.call_id.clone(),
+            branch: self.branch.clone(),
             kind: self.kind.as_str().to_string(),
             record_id: self.record_id,
             agent: self.agent.clone(),
@@ -236,6 +269,7 @@ impl SavedLeg {
         };
         Ok(SavedLeg {
             call_id: row.call_id.clone(),
+            branch: row.branch.clone(),
             kind,
             record_id: row.record_id,
             agent: row.agent.clone(),
@@ -252,14 +286,14 @@ pub enum LegChange {
     /// The leg's state changed: write its row.
     Save(Box<SavedLeg>),
     /// The leg ended or no longer needs ending: delete its row.
-    Remove(String),
+    Remove(LegKey),
 }
 
 impl LegChange {
-    fn call_id(&self) -> &str {
+    fn key(&self) -> LegKey {
         match self {
-            LegChange::Save(l) => &l.call_id,
-            LegChange::Remove(id) => id,
+            LegChange::Save(l) => l.key(),
+            LegChange::Remove(k) => k.clone(),
         }
     }
 }
@@ -276,11 +310,12 @@ pub struct LeadJournal<'a> {
     pub answered_ms: Option<i64>,
 }
 
-/// What one agent task's legs have in the journal, by Call-ID: pure, it
-/// turns the legs' states into the [`LegChange`]s to send.
+/// What one agent task's legs have in the journal, by [`LegKey`]: pure,
+/// it turns the legs' states into the [`LegChange`]s to send.
 #[derive(Debug, Default)]
 pub struct Journaled {
-    rows: HashMap<String, Revision>,
+    /// A handful at most (a lead leg, the agent leg's forks): a list.
+    rows: Vec<(LegKey, Revision)>,
 }
 
 impl Journaled {
@@ -295,79 +330,96 @@ impl Journaled {
         agent_leg: Option<&AgentLeg>,
     ) -> Vec<LegChange> {
         let lead_rev = lead.and_then(|l| l.leg.journal_revision().map(|r| (l.leg.call_id(), r)));
-        let agent_rev = agent_leg.and_then(|l| l.journal_revision().map(|r| (l.call_id(), r)));
-        let same =
-            |x: Option<(&str, Revision)>| x.is_none_or(|(id, r)| self.rows.get(id) == Some(&r));
-        if self.rows.len() == usize::from(lead_rev.is_some()) + usize::from(agent_rev.is_some())
-            && same(lead_rev)
-            && same(agent_rev)
-        {
+        let agent_revs = || {
+            agent_leg
+                .into_iter()
+                .flat_map(|l| l.journal_revisions().map(move |(b, r)| (l.call_id(), b, r)))
+        };
+        let live = || {
+            lead_rev
+                .map(|(id, (b, r))| (id, b, r))
+                .into_iter()
+                .chain(agent_revs())
+        };
+        let known = |id: &str, b: &str, r: Revision| {
+            self.rows.iter().any(|(k, rev)| k.is(id, b) && *rev == r)
+        };
+        if live().count() == self.rows.len() && live().all(|(id, b, r)| known(id, b, r)) {
             return Vec::new();
         }
-        let mut live: HashMap<String, Revision> = HashMap::new();
         let mut changes = Vec::new();
-        if let (Some(l), Some((id, rev))) = (lead, lead_rev) {
-            if self.rows.get(id) != Some(&rev) {
-                if let Some(state) = l.leg.saved_state() {
-                    changes.push(LegChange::Save(Box::new(SavedLeg {
-                        call_id: id.to_string(),
-                        kind: LegKind::Lead,
-                        record_id: Some(l.record_id),
-                        agent: agent.to_string(),
-                        peer: l.leg.peer(),
-                        state,
-                        answered_ms: l.answered_ms,
-                    })));
-                }
-            }
-            live.insert(id.to_string(), rev);
-        }
-        if let (Some(leg), Some((id, rev))) = (agent_leg, agent_rev) {
-            if self.rows.get(id) != Some(&rev) {
-                if let Some((state, peer)) = leg.saved_state() {
-                    changes.push(LegChange::Save(Box::new(SavedLeg {
-                        call_id: id.to_string(),
+        let mut rows = Vec::new();
+        for (id, branch, rev) in live() {
+            let key = LegKey {
+                call_id: id.to_string(),
+                branch: branch.to_string(),
+            };
+            if !known(id, branch, rev) {
+                let saved = match (lead, agent_leg) {
+                    (Some(l), _) if l.leg.call_id() == id => {
+                        l.leg.saved_state().map(|state| SavedLeg {
+                            call_id: key.call_id.clone(),
+                            branch: key.branch.clone(),
+                            kind: LegKind::Lead,
+                            record_id: Some(l.record_id),
+                            agent: agent.to_string(),
+                            peer: l.leg.peer(),
+                            state,
+                            answered_ms: l.answered_ms,
+                        })
+                    }
+                    (_, Some(leg)) => leg.saved_state(branch).map(|(state, peer)| SavedLeg {
+                        call_id: key.call_id.clone(),
+                        branch: key.branch.clone(),
                         kind: LegKind::Agent,
                         record_id: None,
                         agent: agent.to_string(),
                         peer,
                         state,
                         answered_ms: None,
-                    })));
+                    }),
+                    _ => None,
+                };
+                if let Some(saved) = saved {
+                    changes.push(LegChange::Save(Box::new(saved)));
                 }
             }
-            live.insert(id.to_string(), rev);
+            rows.push((key, rev));
         }
-        for id in self.rows.keys() {
-            if !live.contains_key(id) {
-                changes.push(LegChange::Remove(id.clone()));
+        for (key, _) in &self.rows {
+            if !rows.iter().any(|(k, _)| k == key) {
+                changes.push(LegChange::Remove(key.clone()));
             }
         }
-        self.rows = live;
+        self.rows = rows;
         changes
     }
 
     /// Stops tracking a lead leg whose outcome is being stored: the caller
-    /// removes its row once the outcome is written. Returns its Call-ID if
-    /// it was journaled.
-    pub fn forget(&mut self, call_id: &str) -> Option<String> {
-        self.rows.remove(call_id).map(|_| call_id.to_string())
+    /// removes its rows once the outcome is written. Returns the keys of
+    /// its rows.
+    pub fn forget(&mut self, call_id: &str) -> Vec<LegKey> {
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.rows)
+            .into_iter()
+            .partition(|(k, _)| k.call_id == call_id);
+        self.rows = kept;
+        gone.into_iter().map(|(k, _)| k).collect()
     }
 }
 
 /// The coalescing set of changes not yet committed: pure, no I/O, no clock.
 #[derive(Debug, Default)]
 pub struct PendingLegs {
-    latest: HashMap<String, LegChange>,
+    latest: HashMap<LegKey, LegChange>,
 }
 
 impl PendingLegs {
-    /// Records a change; the last one per Call-ID wins.
+    /// Records a change; the last one per key wins.
     pub fn push(&mut self, change: LegChange) {
-        self.latest.insert(change.call_id().to_string(), change);
+        self.latest.insert(change.key(), change);
     }
 
-    /// Distinct Call-IDs pending.
+    /// Distinct keys pending.
     pub fn len(&self) -> usize {
         self.latest.len()
     }
@@ -377,10 +429,14 @@ impl PendingLegs {
         self.latest.is_empty()
     }
 
-    /// Takes up to `max` changes: rows to write (at `now_ms`) and Call-IDs
-    /// to delete.
-    pub fn take(&mut self, max: usize, now_ms: i64) -> (Vec<LegRow>, Vec<String>, Vec<LegChange>) {
-        let keys: Vec<String> = self.latest.keys().take(max).cloned().collect();
+    /// Takes up to `max` changes: rows to write (at `now_ms`) and keys
+    /// (Call-ID, branch) to delete.
+    pub fn take(
+        &mut self,
+        max: usize,
+        now_ms: i64,
+    ) -> (Vec<LegRow>, Vec<(String, String)>, Vec<LegChange>) {
+        let keys: Vec<LegKey> = self.latest.keys().take(max).cloned().collect();
         let mut rows = Vec::new();
         let mut removals = Vec::new();
         let mut taken = Vec::new();
@@ -388,7 +444,7 @@ impl PendingLegs {
             if let Some(c) = self.latest.remove(&k) {
                 match &c {
                     LegChange::Save(l) => rows.push(l.to_row(now_ms)),
-                    LegChange::Remove(id) => removals.push(id.clone()),
+                    LegChange::Remove(k) => removals.push((k.call_id.clone(), k.branch.clone())),
                 }
                 taken.push(c);
             }
@@ -399,7 +455,7 @@ impl PendingLegs {
     /// Puts back changes whose commit failed; newer ones stay.
     pub fn restore(&mut self, changes: Vec<LegChange>) {
         for c in changes {
-            self.latest.entry(c.call_id().to_string()).or_insert(c);
+            self.latest.entry(c.key()).or_insert(c);
         }
     }
 }
@@ -531,6 +587,7 @@ mod tests {
     fn answered(call_id: &str, cseq: u32) -> SavedLeg {
         SavedLeg {
             call_id: call_id.into(),
+            branch: String::new(),
             kind: LegKind::Lead,
             record_id: Some(7),
             agent: "alice".into(),
@@ -587,9 +644,11 @@ mod tests {
         let invite = Request::try_from(invite.as_bytes().to_vec()).expect("invite");
         let mut leg = answered("c2", 1);
         leg.state = SavedLegState::Ringing { invite };
+        leg.branch = "z9hG4bKabc".into();
         let row = leg.to_row(5);
         assert!(!row.answered);
         let back = SavedLeg::from_row(&row).expect("row");
+        assert_eq!(back.branch, "z9hG4bKabc");
         let SavedLegState::Ringing { invite } = back.state else {
             panic!("ringing");
         };
@@ -632,6 +691,7 @@ mod tests {
             max_call_length: Duration::from_secs(3600),
             timers: crate::sip::transaction::TimerConfig::default(),
             session_expires: None,
+            keepalive: None,
         };
         let t0 = crate::sip::transaction::test_epoch();
         LeadLeg::dial(t0, params, &mut rand::rngs::StdRng::seed_from_u64(1)).expect("dial")
@@ -660,7 +720,7 @@ mod tests {
         leg.hangup(crate::sip::transaction::test_epoch() + Duration::from_secs(1));
         let second = j.changes("alice", Some(lead(&leg)), None);
         assert!(
-            matches!(&second[..], [LegChange::Remove(id)] if id == leg.call_id()),
+            matches!(&second[..], [LegChange::Remove(k)] if k.call_id == leg.call_id() && k.branch == saved.branch),
             "{second:?}"
         );
         assert!(j.changes("alice", Some(lead(&leg)), None).is_empty());
@@ -676,30 +736,45 @@ mod tests {
             answered_ms: None,
         };
         assert_eq!(j.changes("alice", Some(lead), None).len(), 1);
-        assert_eq!(j.forget(leg.call_id()).as_deref(), Some(leg.call_id()));
+        let forgotten = j.forget(leg.call_id());
+        assert_eq!(forgotten.len(), 1);
+        assert_eq!(forgotten[0].call_id, leg.call_id());
         assert!(j.changes("alice", None, None).is_empty());
-        assert_eq!(j.forget(leg.call_id()), None);
+        assert!(j.forget(leg.call_id()).is_empty());
+    }
+
+    fn key(call_id: &str) -> LegKey {
+        LegKey {
+            call_id: call_id.into(),
+            branch: String::new(),
+        }
     }
 
     #[test]
-    fn the_last_change_per_call_id_wins() {
+    fn the_last_change_per_key_wins() {
         let mut p = PendingLegs::default();
         p.push(LegChange::Save(Box::new(answered("a", 1))));
         p.push(LegChange::Save(Box::new(answered("a", 2))));
         p.push(LegChange::Save(Box::new(answered("b", 1))));
-        p.push(LegChange::Remove("b".into()));
+        p.push(LegChange::Remove(key("b")));
         assert_eq!(p.len(), 2);
         let (rows, removals, taken) = p.take(10, 9);
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].local_cseq, Some(2));
-        assert_eq!(removals, vec!["b".to_string()]);
+        assert_eq!(removals, vec![("b".to_string(), String::new())]);
         // A failed batch comes back under newer changes.
-        p.push(LegChange::Remove("a".into()));
+        p.push(LegChange::Remove(key("a")));
         p.restore(taken);
         let (rows, removals, _) = p.take(10, 9);
         assert!(rows.is_empty());
         let mut removals = removals;
         removals.sort();
-        assert_eq!(removals, vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(
+            removals,
+            vec![
+                ("a".to_string(), String::new()),
+                ("b".to_string(), String::new())
+            ]
+        );
     }
 }

@@ -6,7 +6,9 @@
 //! is its own non-INVITE client transaction, retransmitted by the
 //! transaction layer (Timer E/F, §17.1.2.2). A 487 to the cancelled INVITE
 //! is ACKed (§17.1.1.3); a 200 that crosses the CANCEL is ACKed and BYEd
-//! (§13.2.2.4, §15).
+//! (§13.2.2.4, §15). An INVITE forked to several phones has a row per
+//! fork (`call::leg_journal::LegKey`): each fork gets its own CANCEL, and
+//! each final response is matched to its fork by the Via branch.
 //!
 //! The calls of those legs get their outcome at once (SPEC §4: every call
 //! has one): a lead that was answered stays `answered` and ends now (the
@@ -29,7 +31,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::engine::{RouteChange, RoutedMessage};
-use super::leg_journal::{LegKind, SavedLeg, SavedLegState};
+use super::leg_journal::{LegKey, LegKind, SavedLeg, SavedLegState};
 use super::wire::reply;
 use crate::sip::dialog::Dialog;
 use crate::sip::syntax::{HeadersExt, Method, Request, Response, SipMessage};
@@ -62,6 +64,9 @@ struct Ended {
     request: Option<ClientKey>,
     /// The final status of our request, once it arrived.
     status: Option<u16>,
+    /// A cancelled INVITE whose final response (487, or a crossing 2xx)
+    /// has not arrived: the sweep stays to ACK it (§9.1, §17.1.1.3).
+    invite_open: bool,
 }
 
 /// The sans-IO core: sends one BYE or CANCEL per leg and handles what
@@ -69,7 +74,7 @@ struct Ended {
 #[derive(Debug)]
 pub struct Sweep {
     table: TransactionTable,
-    legs: HashMap<String, Ended>,
+    legs: HashMap<LegKey, Ended>,
     transmits: VecDeque<Transmit>,
     rng: StdRng,
     sent_by: String,
@@ -114,11 +119,12 @@ impl Sweep {
                 Ok((key, ending)) => {
                     started.push((leg.clone(), ending));
                     sweep.legs.insert(
-                        leg.call_id.clone(),
+                        leg.key(),
                         Ended {
                             leg,
                             request: Some(key),
                             status: None,
+                            invite_open: ending == Ending::Cancel,
                         },
                     );
                 }
@@ -181,19 +187,27 @@ impl Sweep {
         self.table.poll_timeout()
     }
 
-    /// Whether every BYE and CANCEL has its final response or timed out.
+    /// Whether every BYE and CANCEL has its final response or timed out,
+    /// and every cancelled INVITE its final response (the driver also
+    /// stops at its time limit: a peer that never sends the 487).
     pub fn is_done(&self) -> bool {
-        self.legs.values().all(|l| l.request.is_none())
+        self.legs
+            .values()
+            .all(|l| l.request.is_none() && !l.invite_open)
     }
 
-    /// The Call-IDs being ended.
+    /// The Call-IDs being ended (once each: the forks of an INVITE share
+    /// theirs).
     pub fn call_ids(&self) -> Vec<String> {
-        self.legs.keys().cloned().collect()
+        let mut ids: Vec<String> = self.legs.keys().map(|k| k.call_id.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        ids
     }
 
     /// The final status each leg's BYE or CANCEL got (`None`: no answer yet,
     /// or it timed out).
-    pub fn statuses(&self) -> Vec<(String, Option<u16>)> {
+    pub fn statuses(&self) -> Vec<(LegKey, Option<u16>)> {
         self.legs
             .iter()
             .map(|(k, l)| (k.clone(), l.status))
@@ -254,8 +268,9 @@ impl Sweep {
     }
 
     /// A response outside our transactions: the cancelled INVITE's final
-    /// response. A 487 (or any failure) is ACKed (§17.1.1.3); a 200 that
-    /// crossed our CANCEL is ACKed and BYEd (§9.1, §13.2.2.4).
+    /// response, matched to its fork by the top Via branch (§17.1.3). A
+    /// 487 (or any failure) is ACKed (§17.1.1.3); a 200 that crossed our
+    /// CANCEL is ACKed and BYEd (§9.1, §13.2.2.4).
     fn stray(&mut self, now: Instant, response: &Response, peer: Peer) {
         let Ok(call_id) = response
             .call_id_header()
@@ -263,20 +278,28 @@ impl Sweep {
         else {
             return;
         };
-        let is_invite = response
-            .cseq_header()
-            .ok()
-            .is_some_and(|c| c.value().to_ascii_uppercase().ends_with("INVITE"));
-        let Some(invite) = self.legs.get(&call_id).and_then(|l| match &l.leg.state {
+        let Ok(key) = ClientKey::from_response(response) else {
+            return;
+        };
+        if key.method != Method::Invite {
+            return;
+        }
+        let leg_key = LegKey {
+            call_id: call_id.clone(),
+            branch: key.branch,
+        };
+        let Some(invite) = self.legs.get(&leg_key).and_then(|l| match &l.leg.state {
             SavedLegState::Ringing { invite } => Some(invite.clone()),
             SavedLegState::Answered { .. } => None,
         }) else {
             return;
         };
-        if !is_invite {
-            return;
-        }
         let code = response.status_code.code();
+        if code >= 200 {
+            if let Some(l) = self.legs.get_mut(&leg_key) {
+                l.invite_open = false;
+            }
+        }
         if code >= 300 {
             if let Ok(ack) = build_ack_for_non_2xx(&invite, response) {
                 self.transmits.push_back(Transmit {
@@ -305,7 +328,7 @@ impl Sweep {
         match result {
             Ok(key) => {
                 tracing::info!(%call_id, "a lead answered after the crash's CANCEL: ACK and BYE");
-                if let Some(l) = self.legs.get_mut(&call_id) {
+                if let Some(l) = self.legs.get_mut(&leg_key) {
                     l.request = Some(key);
                     l.status = None;
                 }
@@ -340,6 +363,8 @@ pub struct RecoverySummary {
     pub lead_cancels: usize,
     /// BYEs sent to agents' phones.
     pub agent_byes: usize,
+    /// CANCELs sent to agents' phones (one per ringing fork).
+    pub agent_cancels: usize,
     /// Journal rows that could not be used (deleted).
     pub unusable: usize,
     /// Call records given an outcome.
@@ -379,7 +404,7 @@ pub async fn recover(io: RecoveryIo) -> Result<RecoverySummary, crate::store::St
     }
     let mut summary = RecoverySummary::default();
     let mut legs = Vec::new();
-    let mut all_ids = Vec::new();
+    let mut all_ids: Vec<String> = Vec::new();
     for row in &rows {
         all_ids.push(row.call_id.clone());
         match SavedLeg::from_row(row) {
@@ -390,6 +415,8 @@ pub async fn recover(io: RecoveryIo) -> Result<RecoverySummary, crate::store::St
             }
         }
     }
+    all_ids.sort();
+    all_ids.dedup();
     let now = Instant::now();
     let (mut sweep, started) = Sweep::new(now, legs, &io.sent_by, io.timers, rand::random());
     let (tx, mut rx) = mpsc::unbounded_channel::<RoutedMessage>();
@@ -404,7 +431,8 @@ pub async fn recover(io: RecoveryIo) -> Result<RecoverySummary, crate::store::St
         match (leg.kind, ending) {
             (LegKind::Lead, Ending::Bye) => summary.lead_byes += 1,
             (LegKind::Lead, Ending::Cancel) => summary.lead_cancels += 1,
-            (LegKind::Agent, _) => summary.agent_byes += 1,
+            (LegKind::Agent, Ending::Bye) => summary.agent_byes += 1,
+            (LegKind::Agent, Ending::Cancel) => summary.agent_cancels += 1,
         }
         if let (LegKind::Lead, Some(record)) = (leg.kind, leg.record_id) {
             let outcome = match ending {
@@ -438,6 +466,7 @@ pub async fn recover(io: RecoveryIo) -> Result<RecoverySummary, crate::store::St
         lead_byes = summary.lead_byes,
         lead_cancels = summary.lead_cancels,
         agent_byes = summary.agent_byes,
+        agent_cancels = summary.agent_cancels,
         unusable = summary.unusable,
         calls_settled = summary.settled.len(),
         "legs left up by a crash: BYE/CANCEL sent, outcomes recorded"
@@ -511,6 +540,7 @@ mod tests {
     fn ringing() -> SavedLeg {
         SavedLeg {
             call_id: "ring-1".into(),
+            branch: "z9hG4bKring1".into(),
             kind: LegKind::Lead,
             record_id: Some(1),
             agent: "alice".into(),
@@ -525,6 +555,7 @@ mod tests {
     fn answered() -> SavedLeg {
         SavedLeg {
             call_id: "talk-1".into(),
+            branch: String::new(),
             kind: LegKind::Lead,
             record_id: Some(2),
             agent: "bob".into(),
@@ -598,7 +629,93 @@ mod tests {
         );
         sweep.handle_message(t0 + Duration::from_secs(1), carrier(), response(&ok));
         assert!(sweep.is_done());
-        assert_eq!(sweep.statuses(), vec![("talk-1".to_string(), Some(200))]);
+        assert_eq!(
+            sweep.statuses(),
+            vec![(
+                LegKey {
+                    call_id: "talk-1".into(),
+                    branch: String::new()
+                },
+                Some(200)
+            )]
+        );
+    }
+
+    /// An agent leg forked to two phones, both ringing at the crash: one
+    /// CANCEL per fork, to that phone, on that fork's branch (§9.1); each
+    /// 487 is ACKed to the phone it came from (§17.1.1.3).
+    #[test]
+    fn every_ringing_fork_of_one_call_gets_its_own_cancel() {
+        let t0 = test_epoch();
+        let phone = |port: u16| Peer {
+            transport: TransportKind::Udp,
+            addr: format!("192.0.2.30:{port}").parse().expect("addr"),
+        };
+        let fork = |branch: &str, port: u16| {
+            let text = INVITE
+                .replace("z9hG4bKring1", branch)
+                .replace("ring-1", "phones-1")
+                .replace(
+                    "+442079460180@192.0.2.99:5080",
+                    &format!("alice@192.0.2.30:{port}"),
+                );
+            SavedLeg {
+                call_id: "phones-1".into(),
+                branch: branch.into(),
+                kind: LegKind::Agent,
+                record_id: None,
+                agent: "alice".into(),
+                peer: phone(port),
+                state: SavedLegState::Ringing {
+                    invite: Request::try_from(text.as_str()).expect("invite"),
+                },
+                answered_ms: None,
+            }
+        };
+        let (mut sweep, started) = Sweep::new(
+            t0,
+            vec![fork("z9hG4bKforkA", 5070), fork("z9hG4bKforkB", 5072)],
+            "192.0.2.10:5060",
+            TimerConfig::default(),
+            1,
+        );
+        assert_eq!(started.len(), 2);
+        assert!(started.iter().all(|(_, e)| *e == Ending::Cancel));
+        assert_eq!(sweep.call_ids(), ["phones-1"]);
+        let mut out: Vec<(Peer, String)> = std::iter::from_fn(|| sweep.poll_transmit())
+            .map(|t| (t.peer, t.message.to_string()))
+            .collect();
+        out.sort_by_key(|o| o.0.addr.port());
+        assert_eq!(out.len(), 2);
+        for ((peer, cancel), (port, branch)) in out
+            .iter()
+            .zip([(5070, "z9hG4bKforkA"), (5072, "z9hG4bKforkB")])
+        {
+            assert_eq!(*peer, phone(port));
+            assert!(
+                cancel.starts_with(&format!("CANCEL sip:alice@192.0.2.30:{port} SIP/2.0\r\n")),
+                "{cancel}"
+            );
+            assert!(cancel.contains(&format!("branch={branch}")), "{cancel}");
+        }
+        // Phone B's 487 is ACKed to phone B, on its fork's Request-URI.
+        let head = "Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKforkB;rport\r\n\
+            From: <sip:+15550000000@dialer.example>;tag=f1\r\n\
+            To: <sip:alice@192.0.2.30:5072>;tag=pb\r\nCall-ID: phones-1\r\n";
+        sweep.handle_message(
+            t0,
+            phone(5072),
+            response(&format!(
+                "SIP/2.0 487 Request Terminated\r\n{head}CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+            )),
+        );
+        let acks: Vec<Transmit> = std::iter::from_fn(|| sweep.poll_transmit()).collect();
+        assert_eq!(acks.len(), 1);
+        assert_eq!(acks[0].peer, phone(5072));
+        assert!(acks[0]
+            .message
+            .to_string()
+            .starts_with("ACK sip:alice@192.0.2.30:5072"));
     }
 
     #[test]
@@ -630,7 +747,7 @@ mod tests {
                 "SIP/2.0 200 OK\r\n{head}CSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n"
             )),
         );
-        assert!(sweep.is_done());
+        assert!(!sweep.is_done(), "the INVITE's 487 is still to be ACKed");
         // The 487 of the INVITE is ACKed (§17.1.1.3).
         sweep.handle_message(
             t1,
@@ -646,6 +763,7 @@ mod tests {
             "{}",
             out[0]
         );
+        assert!(sweep.is_done());
         assert!(out[0].contains("\r\nCSeq: 1 ACK\r\n"));
         // A 200 that crossed the CANCEL: ACK, then BYE (§9.1, §15).
         sweep.handle_message(

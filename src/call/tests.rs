@@ -68,6 +68,7 @@ fn lead_params(ring: Duration) -> LeadParams {
         max_call_length: 4 * 3600 * S,
         timers: TimerConfig::default(),
         session_expires: None,
+        keepalive: None,
     }
 }
 
@@ -143,6 +144,8 @@ struct Far {
     branch: u32,
     /// The status in-dialog requests get (200; 481 once the far end lost the call).
     in_dialog_status: u16,
+    /// In-dialog requests other than BYE get no answer at all.
+    mute_in_dialog: bool,
 }
 
 impl Far {
@@ -160,6 +163,7 @@ impl Far {
             responses: Vec::new(),
             branch: 0,
             in_dialog_status: 200,
+            mute_in_dialog: false,
         }
     }
 
@@ -199,6 +203,8 @@ impl Far {
                             }
                             let code = if request.method == Method::Bye {
                                 200
+                            } else if self.mute_in_dialog {
+                                continue;
                             } else {
                                 self.in_dialog_status
                             };
@@ -1494,6 +1500,63 @@ fn every_fork_failing_reports_the_best_status() {
     assert_eq!(w.event_list().last(), Some(&AgentEvent::Closed));
 }
 
+/// Every fork still ringing is its own leg-journal row under its own Via
+/// branch (a crash must CANCEL each INVITE, RFC 3261 §9.1); a fork that
+/// failed leaves the journal, and the answer replaces the rest by the
+/// dialog's row.
+#[test]
+fn each_ringing_fork_is_journaled_under_its_branch_until_the_answer() {
+    use super::leg_journal::{Journaled, LegChange, Revision, SavedLegState};
+    let mut w = agent_world();
+    let branches: Vec<String> = w
+        .sent_of(Method::Invite)
+        .iter()
+        .map(|x| ClientKey::from_request(request(x)).expect("key").branch)
+        .collect();
+    let mut j = Journaled::default();
+    let first = j.changes("alice", None, Some(&w.leg));
+    let saved: Vec<(String, Peer)> = first
+        .iter()
+        .map(|c| match c {
+            LegChange::Save(l) => {
+                assert!(matches!(l.state, SavedLegState::Ringing { .. }));
+                assert_eq!(l.call_id, w.leg.call_id());
+                (l.branch.clone(), l.peer)
+            }
+            LegChange::Remove(k) => panic!("removed {k:?}"),
+        })
+        .collect();
+    assert_eq!(
+        saved,
+        [
+            (branches[0].clone(), phone_a()),
+            (branches[1].clone(), phone_b())
+        ]
+    );
+    assert!(j.changes("alice", None, Some(&w.leg)).is_empty());
+    // Phone A declines: its row goes, phone B's stays.
+    w.run_until(S);
+    w.with_far(phone_a(), |f, now| f.respond(now, 486, None, &[]));
+    let after = j.changes("alice", None, Some(&w.leg));
+    assert!(
+        matches!(&after[..], [LegChange::Remove(k)] if k.branch == branches[0]),
+        "{after:?}"
+    );
+    // Phone B answers: the dialog's row replaces its INVITE's.
+    w.with_far(phone_b(), |f, now| f.respond(now, 200, Some(ANSWER), &[]));
+    let answered = j.changes("alice", None, Some(&w.leg));
+    assert_eq!(answered.len(), 2, "{answered:?}");
+    assert!(answered.iter().any(|c| matches!(c, LegChange::Save(l)
+        if l.branch.is_empty() && matches!(l.state, SavedLegState::Answered { .. }) && l.peer == phone_b())));
+    assert!(answered
+        .iter()
+        .any(|c| matches!(c, LegChange::Remove(k) if k.branch == branches[1])));
+    assert_eq!(
+        w.leg.journal_revisions().collect::<Vec<_>>(),
+        [("", Revision::Answered(1))]
+    );
+}
+
 #[test]
 fn agent_answer_timeout_cancels_every_fork() {
     let mut w = agent_world();
@@ -1651,7 +1714,7 @@ fn session_timer_is_offered_and_we_refresh_by_reinvite_at_half_the_interval() {
     // be above it, RFC 3261 §12.2.1.1).
     assert_eq!(
         w.leg.journal_revision(),
-        Some(super::leg_journal::Revision::Answered(5))
+        Some(("", super::leg_journal::Revision::Answered(5)))
     );
 }
 
@@ -1731,4 +1794,106 @@ fn a_422_is_answered_once_with_the_carriers_min_se() {
     w.run_until(3 * S);
     assert_eq!(w.sent_of(Method::Invite).len(), 2);
     assert!(w.leg.outcome().is_some());
+}
+
+/// In-dialog OPTIONS keepalives towards the trunk (`keepalive_interval`).
+fn keepalive_world() -> World<LeadLeg> {
+    let mut params = lead_params(32 * S);
+    params.keepalive = Some(60 * S);
+    let t0 = test_epoch();
+    let leg = LeadLeg::dial(t0, params, &mut StdRng::seed_from_u64(13)).unwrap();
+    let mut w = World::new(t0, leg, vec![Far::new(carrier(), "far1")]);
+    w.run_until(S);
+    w.with_far(carrier(), |f, now| f.respond(now, 200, Some(ANSWER), &[]));
+    assert_eq!(w.leg.outcome(), Some(Outcome::Answered));
+    w
+}
+
+#[test]
+fn keepalive_options_go_every_interval_and_a_481_ends_the_call_without_a_bye() {
+    let mut w = keepalive_world();
+    w.run_until(200 * S);
+    let options: Vec<(Duration, String)> = w
+        .sent_of(Method::Options)
+        .iter()
+        .map(|x| (x.at, header(request(x), "CSeq")))
+        .collect();
+    // In the dialog (RFC 3261 §12.2.1.1: the next CSeq), a minute apart.
+    assert_eq!(
+        options
+            .iter()
+            .map(|(at, c)| (*at, c.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            (61 * S, "2 OPTIONS"),
+            (121 * S, "3 OPTIONS"),
+            (181 * S, "4 OPTIONS")
+        ]
+    );
+    let first = request(w.sent_of(Method::Options)[0]);
+    assert!(header(first, "To").contains("tag=far1"));
+    assert!(w
+        .events
+        .iter()
+        .all(|(_, e)| !matches!(e, LeadEvent::Ended { .. })));
+    // The journal keeps the dialog's CSeq (a BYE after a crash must be above it).
+    assert_eq!(
+        w.leg.journal_revision(),
+        Some(("", super::leg_journal::Revision::Answered(4)))
+    );
+    // The carrier restarts and forgets the call.
+    w.fars[0].in_dialog_status = 481;
+    w.run_until(300 * S);
+    assert!(w.events.contains(&(
+        241 * S,
+        LeadEvent::Ended {
+            reason: EndReason::TrunkLost
+        }
+    )));
+    assert!(w.sent_of(Method::Bye).is_empty(), "no dialog left to BYE");
+    assert_eq!(
+        w.sent_of(Method::Options).len(),
+        4,
+        "no keepalive after the end"
+    );
+    assert_eq!(w.leg.outcome(), Some(Outcome::Answered));
+    assert_eq!(w.leg.record().ended, Some(w.t0 + 241 * S));
+}
+
+#[test]
+fn a_keepalive_answered_408_or_not_at_all_ends_the_call_with_a_bye() {
+    let mut w = keepalive_world();
+    w.fars[0].in_dialog_status = 408;
+    w.run_until(100 * S);
+    let byes = w.sent_of(Method::Bye);
+    assert_eq!(byes.len(), 1);
+    assert_eq!(byes[0].at, 61 * S);
+    assert_eq!(w.leg.outcome(), Some(Outcome::Answered));
+
+    let mut w = keepalive_world();
+    w.fars[0].mute_in_dialog = true;
+    w.run_until(200 * S);
+    // Timer F (64·T1 = 32 s) after the first OPTIONS, retransmitted meanwhile.
+    let byes = w.sent_of(Method::Bye);
+    assert_eq!(byes.len(), 1, "{:?}", w.sent_of(Method::Options).len());
+    assert_eq!(byes[0].at, 93 * S);
+    assert!(w.events.contains(&(
+        93 * S,
+        LeadEvent::Ended {
+            reason: EndReason::TrunkLost
+        }
+    )));
+}
+
+#[test]
+fn a_keepalive_refused_405_keeps_the_call() {
+    let mut w = keepalive_world();
+    w.fars[0].in_dialog_status = 405;
+    w.run_until(300 * S);
+    assert!(w.sent_of(Method::Bye).is_empty());
+    assert!(w
+        .events
+        .iter()
+        .all(|(_, e)| !matches!(e, LeadEvent::Ended { .. })));
+    assert_eq!(w.sent_of(Method::Options).len(), 4);
 }

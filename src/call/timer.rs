@@ -23,15 +23,19 @@ pub enum Timer {
     /// RFC 4028 §10: no refresh succeeded by the session interval minus
     /// min(32 s, interval/3) → BYE.
     SessionExpiry,
+    /// The next in-dialog OPTIONS to the trunk on an answered call
+    /// (`[[trunk]] keepalive_interval`; RFC 3261 §11, §12.2.1.2).
+    Keepalive,
 }
 
-const ALL: [Timer; 6] = [
+const ALL: [Timer; 7] = [
     Timer::RingTimeout,
     Timer::MaxCallLength,
     Timer::AnswerTimeout,
     Timer::NoResponse,
     Timer::SessionRefresh,
     Timer::SessionExpiry,
+    Timer::Keepalive,
 ];
 
 impl Timer {
@@ -43,6 +47,7 @@ impl Timer {
             Timer::NoResponse => 3,
             Timer::SessionRefresh => 4,
             Timer::SessionExpiry => 5,
+            Timer::Keepalive => 6,
         }
     }
 }
@@ -50,7 +55,7 @@ impl Timer {
 /// One optional deadline per [`Timer`].
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TimerTable {
-    deadlines: [Option<Instant>; 6],
+    deadlines: [Option<Instant>; 7],
 }
 
 impl TimerTable {

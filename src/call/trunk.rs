@@ -29,8 +29,15 @@
 //!
 //! # Limits
 //! `max_calls` counts lead calls from their INVITE to their outcome;
-//! `max_cps` spaces INVITEs at least `1 / max_cps` s apart (an even pace
-//! never exceeds the rate in any window, which carriers police).
+//! `max_cps` gives INVITEs slots `1 / max_cps` s apart (an even pace
+//! never exceeds the rate in any window, which carriers police). A call
+//! that takes its slot late (the waiting task woke a few ms after the
+//! slot: timer granularity, a busy machine) does not push the next slot
+//! back: the schedule advances from the slot, not from the late start, so
+//! lateness never accumulates into a lower rate. Only a trunk that was
+//! idle for more than a slot starts a new schedule from now. Any window of
+//! length W still holds at most W·max_cps + 1 INVITEs, the bound of the
+//! exact even pace: each INVITE lies within one slot after its own slot.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -159,7 +166,9 @@ struct TrunkState {
     failed: u32,
     good: u32,
     active: u32,
-    last_start: Option<Instant>,
+    /// The earliest instant of the next INVITE under `max_cps` (the
+    /// schedule's next slot).
+    next_slot: Option<Instant>,
     next_ping: Option<Instant>,
     ping_deadline: Option<Instant>,
     ping_seq: u64,
@@ -205,7 +214,7 @@ impl TrunkSet {
                     failed: 0,
                     good: 0,
                     active: 0,
-                    last_start: None,
+                    next_slot: None,
                     ping_deadline: None,
                     ping_seq: 0,
                 })
@@ -302,15 +311,21 @@ impl TrunkSet {
                 only_cps = false;
                 continue;
             }
-            if let (Some(cps), Some(last)) = (t.policy.max_cps, t.last_start) {
-                let next = last + Duration::from_secs_f64(1.0 / cps);
+            if let Some(next) = t.next_slot {
                 if now < next {
                     retry_at = Some(retry_at.map_or(next, |r| r.min(next)));
                     continue;
                 }
             }
+            if let Some(cps) = t.policy.max_cps {
+                let gap = Duration::from_secs_f64(1.0 / cps);
+                // Late within one slot: keep the schedule (see "Limits").
+                t.next_slot = Some(match t.next_slot {
+                    Some(slot) if now < slot + gap => slot + gap,
+                    _ => now + gap,
+                });
+            }
             t.active += 1;
-            t.last_start = Some(now);
             return Ok(*id);
         }
         Err(if !any {
@@ -322,6 +337,47 @@ impl TrunkSet {
                 retry_at: retry_at.filter(|_| only_cps),
             }
         })
+    }
+
+    /// [`acquire`](Self::acquire), or when only calls-per-second limits
+    /// hold and a slot comes within `horizon`, that slot reserved: the
+    /// call is counted now and its INVITE goes at the returned instant.
+    /// Each waiting dial gets its own slot in arrival order, so the pace
+    /// is kept without every waiter waking at every slot to race for it
+    /// (a thundering herd that made the waiters, not the pace, set the
+    /// rate on a busy machine).
+    pub fn reserve(
+        &mut self,
+        order: &[TrunkId],
+        tried: &[TrunkId],
+        now: Instant,
+        horizon: Duration,
+    ) -> Result<(TrunkId, Instant), NoTrunk> {
+        let at = match self.acquire(order, tried, now) {
+            Ok(id) => return Ok((id, now)),
+            Err(NoTrunk::AtLimit { retry_at: Some(at) }) if at <= now + horizon => at,
+            Err(e) => return Err(e),
+        };
+        // `retry_at` is set only when no trunk is at `max_calls`: the trunk
+        // whose next slot it is may take the call.
+        let found = order.iter().filter(|id| !tried.contains(id)).find(|id| {
+            self.trunks
+                .get(id.0)
+                .is_some_and(|t| t.health != Health::Down && t.next_slot == Some(at))
+        });
+        let Some(id) = found.copied() else {
+            return Err(NoTrunk::AtLimit { retry_at: Some(at) });
+        };
+        let Some(t) = self.trunks.get_mut(id.0) else {
+            return Err(NoTrunk::AtLimit { retry_at: Some(at) });
+        };
+        let gap = t
+            .policy
+            .max_cps
+            .map_or(Duration::ZERO, |cps| Duration::from_secs_f64(1.0 / cps));
+        t.next_slot = Some(at + gap);
+        t.active += 1;
+        Ok((id, at))
     }
 
     /// A call counted by [`acquire`](Self::acquire) has its outcome.
@@ -651,6 +707,145 @@ mod tests {
             }
         }
         assert_eq!(n, 40);
+    }
+
+    /// The pace holds when every waiting dial wakes late: a tokio sleep
+    /// ends on the next millisecond tick at best, later on a busy machine.
+    /// Scheduling the next slot from the late start (as before) gave
+    /// 1 / (gap + lateness): 68 calls/s at `max_cps = 100`.
+    #[test]
+    fn late_wake_ups_do_not_lower_the_calls_per_second() {
+        let t0 = crate::sip::transaction::test_epoch();
+        let order = [TrunkId(0)];
+        for max_late_ms in [1u64, 3, 5, 9] {
+            let mut set = TrunkSet::new(
+                vec![TrunkPolicy {
+                    max_cps: Some(100.0),
+                    ..policy("a", 1)
+                }],
+                t0,
+            );
+            // One dial always waiting (steady demand), woken 0..=max_late
+            // ms after the instant it was told (a fixed pseudo-random walk).
+            let mut lcg: u64 = 7;
+            let mut now = t0;
+            let mut starts = Vec::new();
+            while now < t0 + Duration::from_secs(10) {
+                match set.acquire(&order, &[], now) {
+                    Ok(id) => {
+                        set.release(id);
+                        starts.push(now);
+                    }
+                    Err(NoTrunk::AtLimit { retry_at: Some(at) }) => {
+                        lcg = lcg.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                        let late = (lcg >> 33) % (max_late_ms * 1_000 + 1);
+                        now = at + Duration::from_micros(late);
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            // 10 s at 100 calls/s: 1,000 slots, less the last one or two.
+            assert!(
+                starts.len() >= 998,
+                "late by up to {max_late_ms} ms: {} calls in 10 s",
+                starts.len()
+            );
+            // Never more than the even pace's bound in any 1 s window.
+            for (i, s) in starts.iter().enumerate() {
+                let in_window = starts[i..]
+                    .iter()
+                    .take_while(|t| **t <= *s + Duration::from_secs(1))
+                    .count();
+                assert!(in_window <= 101, "{in_window} INVITEs in 1 s from {s:?}");
+            }
+        }
+        // After an idle spell the schedule starts again from now: no burst
+        // of the slots missed.
+        let mut set = TrunkSet::new(
+            vec![TrunkPolicy {
+                max_cps: Some(100.0),
+                ..policy("a", 1)
+            }],
+            t0,
+        );
+        assert!(set.acquire(&order, &[], t0).is_ok());
+        let later = t0 + Duration::from_secs(5);
+        assert!(set.acquire(&order, &[], later).is_ok());
+        assert_eq!(
+            set.acquire(&order, &[], later),
+            Err(NoTrunk::AtLimit {
+                retry_at: Some(later + Duration::from_millis(10))
+            })
+        );
+    }
+
+    #[test]
+    fn waiting_dials_reserve_successive_slots_within_the_horizon() {
+        let t0 = crate::sip::transaction::test_epoch();
+        let order = [TrunkId(0), TrunkId(1)];
+        let mut set = TrunkSet::new(
+            vec![
+                TrunkPolicy {
+                    max_cps: Some(100.0),
+                    ..policy("a", 1)
+                },
+                TrunkPolicy {
+                    max_cps: Some(50.0),
+                    ..policy("b", 2)
+                },
+            ],
+            t0,
+        );
+        let h = Duration::from_millis(25);
+        let ms = Duration::from_millis;
+        // Now on each trunk, then the earliest slot of either, in turn.
+        assert_eq!(set.reserve(&order, &[], t0, h), Ok((TrunkId(0), t0)));
+        assert_eq!(set.reserve(&order, &[], t0, h), Ok((TrunkId(1), t0)));
+        assert_eq!(
+            set.reserve(&order, &[], t0, h),
+            Ok((TrunkId(0), t0 + ms(10)))
+        );
+        assert_eq!(
+            set.reserve(&order, &[], t0, h),
+            Ok((TrunkId(0), t0 + ms(20)))
+        );
+        assert_eq!(
+            set.reserve(&order, &[], t0, h),
+            Ok((TrunkId(1), t0 + ms(20)))
+        );
+        // Beyond the horizon: wait for the next slot, none reserved.
+        assert_eq!(
+            set.reserve(&order, &[], t0, h),
+            Err(NoTrunk::AtLimit {
+                retry_at: Some(t0 + ms(30))
+            })
+        );
+        assert_eq!(set.active(TrunkId(0)), 3);
+        assert_eq!(set.active(TrunkId(1)), 2);
+        // A dial that comes late for its reserved slot does not move the
+        // next one.
+        assert_eq!(
+            set.reserve(&order[..1], &[], t0 + ms(29), h),
+            Ok((TrunkId(0), t0 + ms(30)))
+        );
+        assert_eq!(
+            set.reserve(&order[..1], &[], t0 + ms(33), h),
+            Ok((TrunkId(0), t0 + ms(40)))
+        );
+        // A concurrent-calls limit is never waited for by reservation.
+        let mut set = TrunkSet::new(
+            vec![TrunkPolicy {
+                max_cps: Some(100.0),
+                max_calls: Some(1),
+                ..policy("a", 1)
+            }],
+            t0,
+        );
+        assert!(set.reserve(&order[..1], &[], t0, h).is_ok());
+        assert_eq!(
+            set.reserve(&order[..1], &[], t0, h),
+            Err(NoTrunk::AtLimit { retry_at: None })
+        );
     }
 
     #[test]

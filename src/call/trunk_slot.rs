@@ -118,8 +118,9 @@ impl Trunks {
     /// Takes the first trunk of the call's order (priority, then weight)
     /// that is up and within its limits for a call to `e164`; `None` when
     /// no trunk may dial it (R11). When every such trunk is at its limit
-    /// the call waits up to `wait`, woken when a call on them ends or the
-    /// calls-per-second pace allows the next INVITE.
+    /// the call waits up to `wait`, woken when a call on them ends; under
+    /// a calls-per-second pace it reserves the next free slot up to a
+    /// second ahead and sleeps until it ([`TrunkSet::reserve`]).
     pub(crate) async fn take(
         &self,
         e164: &str,
@@ -133,21 +134,29 @@ impl Trunks {
             .order(e164, &mut |n| rand::random::<u32>() % n.max(1));
         let deadline = Instant::now() + wait;
         let mut waited = false;
+        // How far ahead a dial may reserve its calls-per-second slot.
+        const HORIZON: Duration = Duration::from_secs(1);
         loop {
             // Armed before the check, so a release in between wakes us.
             let freed = self.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
             let now = Instant::now();
-            let taken = self.lock().acquire(&order, &[], now);
+            let horizon = HORIZON.min(deadline.saturating_duration_since(now));
+            let taken = self.lock().reserve(&order, &[], now, horizon);
             match taken {
-                Ok(id) => {
+                Ok((id, at)) => {
+                    // Counted on the trunk already: the slot is ours.
+                    let slot = TrunkSlot::new(self.clone(), id);
+                    if at > now {
+                        tokio::time::sleep_until(at.into()).await;
+                    }
                     return Ok(Some(TrunkGrant {
-                        slot: TrunkSlot::new(self.clone(), id),
+                        slot,
                         order,
                         tried: vec![id],
                         e164: e164.to_string(),
-                    }))
+                    }));
                 }
                 Err(NoTrunk::NotAllowed) => return Ok(None),
                 Err(NoTrunk::AllDown) => return Err(TakeError::AllDown),
@@ -160,10 +169,14 @@ impl Trunks {
                         waited = true;
                         tracing::debug!(number = %e164, "every trunk is at its limit: the dial waits");
                     }
-                    let wake = retry_at.map_or(deadline, |r| r.min(deadline));
-                    tokio::select! {
-                        _ = freed => {}
-                        _ = tokio::time::sleep_until(wake.into()) => {}
+                    // Only a concurrent-calls limit is freed by a call's end;
+                    // a pace is waited out until its slot.
+                    match retry_at {
+                        Some(r) => tokio::time::sleep_until(r.min(deadline).into()).await,
+                        None => tokio::select! {
+                            _ = freed => {}
+                            _ = tokio::time::sleep_until(deadline.into()) => {}
+                        },
                     }
                 }
             }

@@ -1,10 +1,12 @@
-//! The leg journal's SQL (`call_legs`, migration 0033), written once for
+//! The leg journal's SQL (`call_legs`, migrations 0033 and 0047), written once for
 //! both backends like [`super::dnc`]: the state needed to end every live
 //! SIP leg after a crash (RFC 3261 §15.1.1 BYE, §9.1 CANCEL), saved in
 //! batches by the journal writer (`call::leg_journal`) and read, settled
 //! and cleared at start-up (`call::recovery`).
 
-use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Pool, Type};
+use sqlx::{
+    ColumnIndex, Database, Decode, Encode, Executor, FromRow, IntoArguments, Pool, Row, Type,
+};
 
 use super::StoreError;
 
@@ -12,8 +14,11 @@ use super::StoreError;
 /// nothing of SIP (the call module converts).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LegRow {
-    /// The leg's Call-ID (the key).
+    /// The leg's Call-ID (the key, with `branch`).
     pub call_id: String,
+    /// The ringing INVITE's Via branch (one row per INVITE in flight:
+    /// every fork of a forked INVITE); empty for a confirmed dialog.
+    pub branch: String,
     /// `lead` (towards a trunk) or `agent` (towards a phone).
     pub kind: String,
     /// The call record of a lead leg.
@@ -46,35 +51,18 @@ pub struct LegRow {
     pub updated_ms: i64,
 }
 
-const COLUMNS: &str = "call_id, kind, record_id, agent, peer, answered, invite, local_tag, \
+const COLUMNS: &str =
+    "call_id, branch, kind, record_id, agent, peer, answered, invite, local_tag, \
      remote_tag, local_uri, remote_uri, remote_target, route_set, local_cseq, answered_ms, \
      updated_ms";
 
-type Raw = (
-    String,
-    String,
-    Option<i64>,
-    String,
-    String,
-    i64,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<i64>,
-    Option<i64>,
-    i64,
-);
-
-/// Writes one batch in one transaction: upserts by Call-ID, then removals.
-/// Each Call-ID appears at most once in the batch (the writer coalesces).
+/// Writes one batch in one transaction: upserts by (Call-ID, branch), then
+/// removals of `(call_id, branch)` keys. Each key appears at most once in
+/// the batch (the writer coalesces).
 pub(crate) async fn save<DB>(
     pool: &Pool<DB>,
     upserts: &[LegRow],
-    removals: &[String],
+    removals: &[(String, String)],
 ) -> Result<(), StoreError>
 where
     DB: Database,
@@ -89,8 +77,8 @@ where
     for r in upserts {
         sqlx::query::<DB>(&format!(
             "INSERT INTO call_legs ({COLUMNS}) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
-             ON CONFLICT (call_id) DO UPDATE SET kind = EXCLUDED.kind, \
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+             ON CONFLICT (call_id, branch) DO UPDATE SET kind = EXCLUDED.kind, \
              record_id = EXCLUDED.record_id, agent = EXCLUDED.agent, peer = EXCLUDED.peer, \
              answered = EXCLUDED.answered, invite = EXCLUDED.invite, \
              local_tag = EXCLUDED.local_tag, remote_tag = EXCLUDED.remote_tag, \
@@ -100,6 +88,7 @@ where
              updated_ms = EXCLUDED.updated_ms"
         ))
         .bind(r.call_id.as_str())
+        .bind(r.branch.as_str())
         .bind(r.kind.as_str())
         .bind(r.record_id)
         .bind(r.agent.as_str())
@@ -118,9 +107,10 @@ where
         .execute(&mut *tx)
         .await?;
     }
-    for call_id in removals {
-        sqlx::query::<DB>("DELETE FROM call_legs WHERE call_id = $1")
+    for (call_id, branch) in removals {
+        sqlx::query::<DB>("DELETE FROM call_legs WHERE call_id = $1 AND branch = $2")
             .bind(call_id.as_str())
+            .bind(branch.as_str())
             .execute(&mut *tx)
             .await?;
     }
@@ -128,40 +118,47 @@ where
     Ok(())
 }
 
-/// Every journaled leg.
+/// Every journaled leg. (Read by column: sqlx decodes tuples of at most
+/// 16 columns, the row has 17.)
 pub(crate) async fn load<DB>(pool: &Pool<DB>) -> Result<Vec<LegRow>, StoreError>
 where
     DB: Database,
     for<'c> &'c Pool<DB>: Executor<'c, Database = DB>,
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'r> Raw: FromRow<'r, DB::Row>,
+    usize: ColumnIndex<DB::Row>,
+    for<'r> String: Decode<'r, DB> + Type<DB>,
+    for<'r> Option<String>: Decode<'r, DB> + Type<DB>,
+    for<'r> i64: Decode<'r, DB> + Type<DB>,
+    for<'r> Option<i64>: Decode<'r, DB> + Type<DB>,
 {
-    let rows: Vec<Raw> = sqlx::query_as::<DB, Raw>(&format!(
-        "SELECT {COLUMNS} FROM call_legs ORDER BY updated_ms, call_id"
+    let rows = sqlx::query::<DB>(&format!(
+        "SELECT {COLUMNS} FROM call_legs ORDER BY updated_ms, call_id, branch"
     ))
     .fetch_all(pool)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| LegRow {
-            call_id: r.0,
-            kind: r.1,
-            record_id: r.2,
-            agent: r.3,
-            peer: r.4,
-            answered: r.5 != 0,
-            invite: r.6,
-            local_tag: r.7,
-            remote_tag: r.8,
-            local_uri: r.9,
-            remote_uri: r.10,
-            remote_target: r.11,
-            route_set: r.12,
-            local_cseq: r.13,
-            answered_ms: r.14,
-            updated_ms: r.15,
+    rows.iter()
+        .map(|r| {
+            Ok(LegRow {
+                call_id: r.try_get(0)?,
+                branch: r.try_get(1)?,
+                kind: r.try_get(2)?,
+                record_id: r.try_get(3)?,
+                agent: r.try_get(4)?,
+                peer: r.try_get(5)?,
+                answered: r.try_get::<i64, _>(6)? != 0,
+                invite: r.try_get(7)?,
+                local_tag: r.try_get(8)?,
+                remote_tag: r.try_get(9)?,
+                local_uri: r.try_get(10)?,
+                remote_uri: r.try_get(11)?,
+                remote_target: r.try_get(12)?,
+                route_set: r.try_get(13)?,
+                local_cseq: r.try_get(14)?,
+                answered_ms: r.try_get(15)?,
+                updated_ms: r.try_get(16)?,
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// A call record settled by [`settle`]: `(id, lead_id, session_id, outcome)`.
@@ -172,7 +169,7 @@ pub type Settled = (i64, Option<i64>, Option<i64>, String);
 /// the leg was answered) and `ended_ms`; the R13 claims attached to those
 /// records are released; the journal rows are deleted. Records that have
 /// an outcome already (stored before the crash) keep it. Returns the
-/// records settled.
+/// records settled. Rows are deleted by Call-ID: every fork of a call.
 pub(crate) async fn settle<DB>(
     pool: &Pool<DB>,
     calls: &[(i64, &str, Option<i64>)],

@@ -564,7 +564,7 @@ impl Store {
     pub async fn save_legs(
         &self,
         upserts: &[legs::LegRow],
-        removals: &[String],
+        removals: &[(String, String)],
     ) -> Result<(), StoreError> {
         dispatch!(self, s => legs::save(s.pool(), upserts, removals).await)
     }

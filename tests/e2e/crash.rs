@@ -379,3 +379,175 @@ options_interval = 0
         "no recovery summary in the log"
     );
 }
+
+/// Registers one Contact of `user` from `port` (SIPp, digest auth).
+fn register_contact(app: &App, user: &str, password: &str, port: u16, dir: &Path) {
+    let sipp = require_program("sipp", "sip-tester");
+    let out = Command::new(sipp)
+        .current_dir(dir)
+        .arg("-sf")
+        .arg(repo().join("fixtures/sipp/register_auth.xml"))
+        .args(["-s", user, "-au", user, "-ap", password])
+        .args(["-m", "1", "-t", "u1", "-i", "127.0.0.1"])
+        .args(["-p", &port.to_string()])
+        .args([
+            "-timeout",
+            "20s",
+            "-timeout_error",
+            "-nostdin",
+            "-trace_err",
+        ])
+        .arg(app.sip.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .output()
+        .expect("run sipp");
+    assert!(
+        out.status.success(),
+        "registering {user} from port {port} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An agent with two phones registered (two Contacts): powerdial forks its
+/// INVITE to both (RFC 3261 §13.2.2.4 as a forking proxy), and both ring
+/// when powerdial is killed with SIGKILL. After the restart each phone
+/// receives a CANCEL of the INVITE it was ringing for (its own branch,
+/// §9.1) within 5 s of the kill: every fork was journaled, not only the
+/// call.
+#[test]
+fn kill_9_while_an_agents_phones_ring_cancels_every_fork() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let (dir_a, dir_b, ring_dir) = (
+        work.path().join("phone-a"),
+        work.path().join("phone-b"),
+        work.path().join("ring"),
+    );
+    for d in [&dir_a, &dir_b, &ring_dir] {
+        std::fs::create_dir_all(d).expect("mkdir");
+    }
+    let ring_port = free_port();
+    let _ring = sipp_uas("carrier_ring_forever.xml", ring_port, &ring_dir);
+    let mut app = spawn_app_with(AppOptions {
+        server_toml: "digest_algorithms = [\"MD5\"]".into(),
+        extra_toml: format!(
+            r#"[[trunk]]
+name = "rings"
+uri = "sip:127.0.0.1:{ring_port}"
+caller_id = "+442079460999"
+options_interval = 0
+"#
+        ),
+        ..AppOptions::default()
+    });
+    let (port_a, port_b) = (free_port(), free_port());
+    register_contact(&app, "alice", "alice-secret", port_a, &dir_a);
+    register_contact(&app, "alice", "alice-secret", port_b, &dir_b);
+    let _phone_a = sipp_uas("phone_ring_forever.xml", port_a, &dir_a);
+    let _phone_b = sipp_uas("phone_ring_forever.xml", port_b, &dir_b);
+    // Let SIPp bind its ports before powerdial sends the INVITEs.
+    std::thread::sleep(Duration::from_millis(300));
+
+    let (code, created) = post(
+        &app,
+        "/api/v1/leads",
+        &json!([{"name": "Lead", "contacts": [{"name": "C", "phones": ["+442079460180"]}]}]),
+    );
+    assert_eq!(code, 201, "{created}");
+    let (code, view) = post(
+        &app,
+        "/api/v1/smart-views",
+        &json!({"name": "all", "query": "sort:name"}),
+    );
+    assert_eq!(code, 201, "{view}");
+    let (code, session) = post(
+        &app,
+        "/api/v1/sessions",
+        &json!({"smart_view_id": view["id"], "reduced_ring_time": false}),
+    );
+    assert_eq!(code, 201, "{session}");
+    let sid = session["id"].as_i64().expect("session id");
+    let (code, body) = post(
+        &app,
+        &format!("/api/v1/sessions/{sid}/agents"),
+        &json!({ "agent": "alice" }),
+    );
+    assert!(code == 200 || code == 201, "join: {code} {body}");
+
+    let invited = |dir: &Path| -> Vec<String> {
+        sipp_log(dir)
+            .into_iter()
+            .filter(|e| e.0 == "INVITE")
+            .map(|e| e.1)
+            .collect()
+    };
+    wait_for("both phones ringing", Duration::from_secs(15), || {
+        invited(&dir_a).len() == 1 && invited(&dir_b).len() == 1
+    });
+    let (branch_a, branch_b) = (invited(&dir_a)[0].clone(), invited(&dir_b)[0].clone());
+    assert_ne!(branch_a, branch_b, "one branch per fork");
+    // The leg journal commits within a few ms of a change.
+    std::thread::sleep(Duration::from_millis(300));
+
+    let killed_at = epoch_s();
+    app.kill_and_restart();
+
+    let cancel_of = |dir: &Path, branch: &str| {
+        sipp_log(dir)
+            .into_iter()
+            .find(|e| e.0 == "CANCEL" && e.1 == branch)
+            .map(|e| e.2)
+    };
+    wait_for(
+        "a CANCEL for each ringing fork",
+        Duration::from_secs(15),
+        || cancel_of(&dir_a, &branch_a).is_some() && cancel_of(&dir_b, &branch_b).is_some(),
+    );
+    for (phone, at) in [
+        ("A", cancel_of(&dir_a, &branch_a)),
+        ("B", cancel_of(&dir_b, &branch_b)),
+    ] {
+        let after = at.unwrap_or(f64::MAX) - killed_at;
+        eprintln!("crash: phone {phone} CANCELled {after:.2} s after the kill");
+        assert!(
+            after <= 5.0,
+            "phone {phone} got its CANCEL {after:.2} s after the kill"
+        );
+    }
+    // The summary line, without the log's colour codes.
+    let summary: String = app
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("legs left up by a crash"))
+        .map(|l| {
+            let mut out = String::new();
+            let mut chars = l.chars();
+            while let Some(c) = chars.next() {
+                if c == '\u{1b}' {
+                    chars.by_ref().find(|c| *c == 'm');
+                } else {
+                    out.push(c);
+                }
+            }
+            out
+        })
+        .collect();
+    assert!(
+        summary.contains("agent_cancels=2"),
+        "the recovery summary counts both forks: {summary}"
+    );
+    // Each phone's 487 reaches the sweep, which ACKs it (RFC 3261
+    // §17.1.1.3), rather than arriving after the sweep ended as a stray.
+    std::thread::sleep(Duration::from_secs(1));
+    let strays: Vec<String> = app
+        .log_text()
+        .lines()
+        .filter(|l| {
+            l.contains("stray response ignored")
+                && l.contains("487")
+                && (l.contains(&format!(":{port_a}")) || l.contains(&format!(":{port_b}")))
+        })
+        .map(str::to_string)
+        .collect();
+    assert!(strays.is_empty(), "487s the sweep did not ACK: {strays:?}");
+}

@@ -428,3 +428,97 @@ fn calls_over_the_limit_spill_over_wait_then_are_refused() {
     assert_eq!(first.invited().len(), 2);
     assert_eq!(second.invited().len(), 1);
 }
+
+/// `(what, number, epoch seconds)` from the `<log>` lines of the SIPp runs in `dir`.
+fn sipp_log(dir: &Path) -> Vec<(String, String, f64)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if !entry.file_name().to_string_lossy().ends_with("_logs.log") {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        for line in text.lines() {
+            let w: Vec<&str> = line.split_whitespace().collect();
+            if let [what, who, sec, usec] = w[..] {
+                if let (Ok(s), Ok(u)) = (sec.parse::<f64>(), usec.parse::<f64>()) {
+                    out.push((what.to_string(), who.to_string(), s + u / 1e6));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A carrier that answers and then forgets the call (SIPp,
+/// `fixtures/sipp/carrier_forgets.xml`: the in-dialog OPTIONS gets 481).
+/// With `keepalive_interval = 1` powerdial asks about the call a second
+/// after the answer, hears 481 and ends it: no BYE to a dialog the carrier
+/// no longer has, the outcome stays `answered` with `ended_at` at the 481,
+/// the lead is unbridged from the agent, and the agent places the next
+/// call.
+#[test]
+fn a_carrier_that_forgets_a_call_answers_the_keepalive_481_and_the_call_ends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sipp_dir = dir.path().join("carrier");
+    std::fs::create_dir_all(&sipp_dir).expect("mkdir");
+    let port = crate::app::free_port();
+    let sipp = crate::app::require_program("sipp", "sip-tester");
+    let _carrier = crate::peers::guard(
+        std::process::Command::new(sipp)
+            .current_dir(&sipp_dir)
+            .arg("-sf")
+            .arg(crate::app::repo().join("fixtures/sipp/carrier_forgets.xml"))
+            .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-t", "u1"])
+            .args(["-mp", &crate::app::free_port().to_string()])
+            .args(["-nostdin", "-trace_logs", "-trace_err"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn sipp"),
+    );
+    let app = spawn_app_with(AppOptions {
+        extra_toml: format!(
+            "[dialer]\nwrap_up_idle = 0.2\nrtp_timeout = 600\n\n[[trunk]]\nname = \"forgets\"\n\
+             uri = \"sip:127.0.0.1:{port}\"\ncaller_id = \"+442079460999\"\n\
+             keepalive_interval = 1\n"
+        ),
+        ..AppOptions::default()
+    });
+    let (_phone, _) = pj_agent(&app, "alice", "alice-secret", dir.path());
+    let first = place_call(&app, "+442079460200");
+    let rec = outcome_of(&app, first, Duration::from_secs(20));
+    assert_eq!(rec["outcome"], "answered", "{rec}");
+    let at = |v: &Value| {
+        chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap_or_default())
+            .map(|t| t.timestamp_millis() as f64 / 1000.0)
+            .unwrap_or(f64::NAN)
+    };
+    let talked = at(&rec["ended_at"]) - at(&rec["answered_at"]);
+    assert!(
+        (0.9..5.0).contains(&talked),
+        "ended {talked:.2} s after the answer (a keepalive every 1 s): {rec}"
+    );
+    let log = sipp_log(&sipp_dir);
+    let options: Vec<_> = log.iter().filter(|e| e.0 == "OPTIONS").collect();
+    assert_eq!(options.len(), 1, "{log:?}");
+    assert!(
+        (at(&rec["ended_at"]) - options[0].2).abs() < 1.0,
+        "the call ends at the 481: {rec} {options:?}"
+    );
+    assert!(
+        app.log_text().contains("trunk_lost"),
+        "the end reason is logged"
+    );
+    // The agent was freed: the next call is placed and answered.
+    let second = place_call(&app, "+442079460201");
+    let rec = outcome_of(&app, second, Duration::from_secs(20));
+    assert_eq!(rec["outcome"], "answered", "{rec}");
+    // No BYE reached the carrier for either call: the dialogs were gone.
+    std::thread::sleep(Duration::from_millis(500));
+    let byes = sipp_log(&sipp_dir)
+        .into_iter()
+        .filter(|e| e.0 == "BYE")
+        .count();
+    assert_eq!(byes, 0, "a BYE for a call the carrier forgot");
+}

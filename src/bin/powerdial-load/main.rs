@@ -122,6 +122,13 @@ struct Args {
     /// Keep the work directory (logs, configs, databases).
     #[arg(long)]
     keep: bool,
+    /// Soak sampling: every this many seconds of a dialer trial, print the
+    /// server's RSS and open file descriptors with the calls placed so
+    /// far; after the trial, sample again once every call's last
+    /// transaction timed out (Timer J, 32 s), and summarise the growth
+    /// (benches/soak.sh). 0: off.
+    #[arg(long, default_value_t = 0.0)]
+    sample_every: f64,
 }
 
 fn pct(v: &[f64], p: f64) -> f64 {
@@ -427,6 +434,7 @@ fn dialer_trial(
     memory: bool,
 ) -> Result<TrialOut> {
     let a = &ctx.args;
+    let sample_every = a.sample_every;
     let leads = if a.million { 1_000_000 } else { a.leads };
     let n_agents = a.agents;
     let ring_timeout = a.ring_timeout;
@@ -483,8 +491,29 @@ fn dialer_trial(
     let t0_ns = peers::now_ns();
     let mut peak_live = 0i64;
     let mut rss_live = 0u64;
+    // (s into the trial, INVITEs so far, RSS bytes, open fds)
+    let mut samples: Vec<(f64, usize, u64, usize)> = Vec::new();
+    let sample = |srv: &Server, at: f64| {
+        let n = rig.carrier.lock().map(|c| c.invites.len()).unwrap_or(0);
+        let s = (at, n, srv.usage().1, srv.fds());
+        println!(
+            "  sample t {:>5.0} s · {:>7} calls · RSS {} · {} fds [load {}]",
+            s.0,
+            s.1,
+            mb(s.2 as f64),
+            s.3,
+            loadavg()
+        );
+        s
+    };
     while t0.elapsed().as_secs_f64() < secs {
         std::thread::sleep(Duration::from_millis(200));
+        if sample_every > 0.0 {
+            let at = t0.elapsed().as_secs_f64();
+            if samples.last().is_none_or(|s| at >= s.0 + sample_every) {
+                samples.push(sample(&srv, at));
+            }
+        }
         let live = rig.carrier.lock().map(|c| c.live).unwrap_or(0);
         if memory && live > peak_live {
             peak_live = live;
@@ -516,6 +545,13 @@ fn dialer_trial(
     }
     std::thread::sleep(Duration::from_millis(1000));
     let rss_after = srv.usage().1;
+    if sample_every > 0.0 {
+        samples.push(sample(&srv, t0.elapsed().as_secs_f64()));
+        // Every call's last transaction (the BYE's server side, Timer J =
+        // 64·T1 on UDP) is over: what is still held is held for good.
+        std::thread::sleep(Duration::from_secs(40));
+        samples.push(sample(&srv, t0.elapsed().as_secs_f64()));
+    }
     let stats = srv.get_json(&format!("/api/v1/sessions/{sid}/stats"))?;
     let drops = server::udp_drops(&[rig.ports.as_slice(), &[sip_port]].concat()) - drops0;
     let send_errs = peers::SEND_ERRORS.load(std::sync::atomic::Ordering::Relaxed) - send_err0;
@@ -657,6 +693,30 @@ fn dialer_trial(
             mb(rss_live as f64),
             (rss_live as f64 - rss1 as f64) / peak_live as f64,
             mb(rss_after as f64 - rss1 as f64)
+        );
+    }
+    if samples.len() >= 4 {
+        // The first sample after a minute (warm: caches and pools filled)
+        // against the end of the trial, and the quiet server after it.
+        let warm = samples.iter().find(|s| s.0 >= 60.0).unwrap_or(&samples[0]);
+        let end = samples[samples.len() - 3];
+        let quiet = samples[samples.len() - 1];
+        let per_1000 = |a: &(f64, usize, u64, usize), b: &(f64, usize, u64, usize)| {
+            (b.2 as f64 - a.2 as f64) / ((b.1 as f64 - a.1 as f64).max(1.0) / 1000.0)
+        };
+        let max_fds = samples.iter().map(|s| s.3).max().unwrap_or(0);
+        println!(
+            "  soak: RSS {} at {:.0} s ({} calls) → {} at the end ({} calls): {:+.0} bytes per 1,000 calls; {} quiet 40 s later · fds {} → {} (max {max_fds}), {} quiet",
+            mb(warm.2 as f64),
+            warm.0,
+            warm.1,
+            mb(end.2 as f64),
+            end.1,
+            per_1000(warm, &end),
+            mb(quiet.2 as f64),
+            warm.3,
+            end.3,
+            quiet.3
         );
     }
     if c.ack_after_hold > 0 {

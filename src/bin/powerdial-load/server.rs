@@ -176,6 +176,13 @@ impl Server {
     pub fn usage(&self) -> (f64, u64) {
         proc_usage(self.child.id())
     }
+
+    /// Open file descriptors of the server (sockets, the database, logs).
+    pub fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
 }
 
 impl Drop for Server {
