@@ -427,6 +427,21 @@ async fn check_paging(db: &Db) {
         .await
         .expect("compiles");
     assert_eq!(db.fetch(&q.page(2, 1)).await, vec![5, 6]);
+    // Views SQLite reads unsorted and sorts in Rust page in SQL, in the
+    // same order as the whole view.
+    for query in [
+        r#"sort:-"Next Call Date""#,
+        r#"("custom.Next Call Date" < now or  "custom.Next Call Date":"")"#,
+        r#"custom."Lead Source":"Leadgen Team" sort:called"#,
+    ] {
+        let q = db.compile(query).await.expect("compiles");
+        if db.dialect() == Dialect::Sqlite {
+            assert!(q.unsorted.is_some(), "{query}");
+        }
+        let all = db.fetch(&q).await;
+        assert!(all.len() >= 3, "{query}: {all:?}");
+        assert_eq!(db.fetch(&q.page(2, 1)).await, all[1..3].to_vec(), "{query}");
+    }
 }
 
 async fn check_errors(db: &Db) {
