@@ -5,11 +5,14 @@
 //! change as a [`SessionEvent`] (SSE).
 //!
 //! - **Refresh (R6):** the view is re-read every `refresh_interval`, and
-//!   whenever the leads-changed counter ([`LeadsChanged`]) moves: the leads
-//!   HTTP handlers bump it, every `CallEnded` bumps it, and in PostgreSQL
-//!   mode a `LISTEN powerdial_leads` task bumps it for changes made by other
-//!   instances. Bumps within [`REFRESH_DEBOUNCE`] are folded into one refresh
-//!   (well within the 1 s the issue asks).
+//!   after a change to unknown leads ([`LeadsChanged::poke`]: an import, in
+//!   PostgreSQL mode a `LISTEN powerdial_leads` notification of another
+//!   instance's change); pokes within [`REFRESH_DEBOUNCE`] fold into one
+//!   re-read. A change that names its leads (a lead edit through the API,
+//!   every `CallEnded`) is checked lead by lead instead, [`CHECK_DEBOUNCE`]
+//!   later: leads the view no longer selects leave the queue in place, and
+//!   only a lead that newly matches causes a re-read (DESIGN "No per-call
+//!   re-read of the view"; SPEC §6, under 100 ms).
 //! - **R4 across sessions:** leads entering the queue are blocked by
 //!   `leads.last_call_ms`; calls other sessions end while a lead is queued
 //!   are learned from their `CallEnded`; the claim step checks the call
