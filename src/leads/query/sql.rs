@@ -254,6 +254,7 @@ fn compile_inner(
         sql: String::from("SELECT l.id FROM leads l"),
         params: Vec::new(),
         joins: Vec::new(),
+        members: restrict.is_some(),
     };
     let id_order = restrict.is_none() && dialect == Dialect::Sqlite && scans_in_id_order(query);
     if id_order {
@@ -543,6 +544,8 @@ struct Compiler<'a> {
     params: Vec<SqlParam>,
     /// Custom field ids joined, in join order (aliases: [`join_alias`]).
     joins: Vec<i64>,
+    /// Compiling for a few given leads ([`compile_members`]).
+    members: bool,
 }
 
 trait CompileLeaf {
@@ -555,6 +558,16 @@ impl CompileLeaf for LeadTerm {
             LeadTerm::Cond(cond) => {
                 let scalar = c.lead_scalar(&cond.field, cond.pos)?;
                 c.test(&scalar, &cond.test)
+            }
+            LeadTerm::Opportunity(inner, _) if c.members => {
+                // A few given leads: probe each one's opportunities
+                // (index `(lead_id, …)`) rather than collect every lead
+                // with such an opportunity.
+                c.sql
+                    .push_str("EXISTS (SELECT 1 FROM opportunities o WHERE o.lead_id = l.id AND ");
+                c.expr(inner)?;
+                c.sql.push(')');
+                Ok(())
             }
             LeadTerm::Opportunity(inner, _) => {
                 // The set of leads with such an opportunity, not a test per
