@@ -118,7 +118,8 @@ impl Sessions {
         }
         if let Store::Postgres(pg) = &store {
             let pool = pg.pool().clone();
-            tokio::spawn(listen(pool, leads_changed));
+            let tag = pg.instance_tag().to_string();
+            tokio::spawn(listen(pool, tag, leads_changed));
         }
         Ok(sessions)
     }
@@ -339,7 +340,7 @@ impl Sessions {
 /// NOTIFY on every change to leads and calls) and poke the sessions.
 /// Reconnects after a lost connection, poking once since changes may have
 /// been missed meanwhile.
-async fn listen(pool: sqlx::PgPool, changed: LeadsChanged) {
+async fn listen(pool: sqlx::PgPool, own_tag: String, changed: LeadsChanged) {
     loop {
         match sqlx::postgres::PgListener::connect_with(&pool).await {
             Ok(mut l) => {
@@ -349,6 +350,9 @@ async fn listen(pool: sqlx::PgPool, changed: LeadsChanged) {
                     changed.poke();
                     loop {
                         match l.recv().await {
+                            // This instance's own changes were signalled
+                            // when made, with their leads (migration 0049).
+                            Ok(n) if n.payload().ends_with(own_tag.as_str()) => {}
                             Ok(_) => changed.poke(),
                             Err(e) => {
                                 tracing::warn!(error = %e, "LISTEN connection lost");

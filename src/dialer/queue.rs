@@ -549,6 +549,9 @@ pub struct SessionQueue {
     awaiting_refresh: Vec<LeadId>,
     claims: HashMap<AgentId, Held>,
     answered_in_view: usize,
+    /// Entries of `view` whose lead left it through [`SessionQueue::leave`]
+    /// since the last refresh (their slots stay, so positions stay dense).
+    left_since_refresh: usize,
     refresh_seq: u32,
     /// The latest `now` seen: time never goes backwards here.
     clock: i64,
@@ -569,6 +572,7 @@ impl SessionQueue {
             awaiting_refresh: Vec::new(),
             claims: HashMap::new(),
             answered_in_view: 0,
+            left_since_refresh: 0,
             refresh_seq: 0,
             clock: NEVER,
         }
@@ -708,6 +712,7 @@ impl SessionQueue {
         }
 
         self.view = new_view;
+        self.left_since_refresh = 0;
         if release_temporary {
             self.awaiting_refresh.clear();
         } else {
@@ -732,6 +737,10 @@ impl SessionQueue {
             let Some(e) = self.entries.get(lead) else {
                 continue;
             };
+            if e.pos != pos as u32 {
+                // Left the view since the last refresh (`leave`).
+                continue;
+            }
             match e.status {
                 Status::Answered => answered += 1,
                 Status::AwaitingRefresh => {}
@@ -1076,7 +1085,7 @@ impl SessionQueue {
     /// R15: every lead in the view has answered (true for an empty view; the
     /// session keeps watching it for new leads).
     pub fn is_done(&self) -> bool {
-        self.answered_in_view == self.view.len()
+        self.answered_in_view + self.left_since_refresh == self.view.len()
     }
 
     /// When an idle agent should try [`claim_next`](Self::claim_next) again:
@@ -1217,15 +1226,57 @@ impl SessionQueue {
         self.entries.get(&lead).map(|e| e.generation)
     }
 
-    /// The last refreshed view, deduplicated, in order (R1).
-    pub fn view(&self) -> &[LeadId] {
-        &self.view
+    /// The last refreshed view, deduplicated, in order (R1), without the
+    /// leads that left it since ([`leave`](Self::leave)).
+    pub fn view(&self) -> Vec<LeadId> {
+        self.view
+            .iter()
+            .enumerate()
+            .filter(|(pos, lead)| {
+                self.entries
+                    .get(lead)
+                    .is_some_and(|e| e.pos as usize == *pos)
+            })
+            .map(|(_, lead)| *lead)
+            .collect()
+    }
+
+    /// Whether `lead` is in the view as the queue last learned it.
+    pub fn in_view(&self, lead: LeadId) -> bool {
+        self.entries.get(&lead).is_some_and(Entry::in_view)
+    }
+
+    /// `lead` no longer matches the view (R6 "leads that left the view leave
+    /// the queue"), learned from a check of that lead alone after it
+    /// changed, without re-reading the whole view (SPEC §6; DESIGN "No
+    /// per-call re-read of the view"). Same effect as a refresh that no
+    /// longer lists it: a claimed lead finishes its call and is not queued
+    /// again; if it comes back it is new (R7). O(log n). Returns whether
+    /// the lead was in the view.
+    pub fn leave(&mut self, lead: LeadId) -> bool {
+        let Some(e) = self.entries.get_mut(&lead) else {
+            return false;
+        };
+        if !e.in_view() {
+            return false;
+        }
+        let pos = e.pos;
+        e.pos = NOT_IN_VIEW;
+        if e.status == Status::Answered {
+            self.answered_in_view = self.answered_in_view.saturating_sub(1);
+        }
+        // Whichever set holds it (at most one: see `enqueue`).
+        self.ready.remove(&ready_key(e.calls, pos));
+        self.blocked.remove(&(e.blocked_until(), pos));
+        self.held.remove(&(e.hold_until, pos));
+        self.left_since_refresh += 1;
+        true
     }
 
     /// Sizes of the queue's parts (for the session's state and metrics).
     pub fn counts(&self) -> QueueCounts {
         QueueCounts {
-            in_view: self.view.len(),
+            in_view: self.view.len() - self.left_since_refresh,
             ready: self.ready.len(),
             blocked: self.blocked.len(),
             held: self.held.len(),

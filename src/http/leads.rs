@@ -110,7 +110,7 @@ pub(super) async fn create_leads(
         valid.push(v);
     }
     let ids = st.store.insert_leads(&valid, time_to_ms(now)).await?;
-    st.leads_changed();
+    st.leads_changed_ids(&ids);
     let mut leads = st.store.get_leads(&ids).await?;
     Ok(if is_array {
         created(leads).into_response()
@@ -157,7 +157,7 @@ pub(super) async fn patch_lead(
     let now = now();
     let valid = patch.validate(&fields, &st.default_region, now)?;
     let lead = st.store.update_lead(id, &valid, time_to_ms(now)).await?;
-    st.leads_changed();
+    st.leads_changed_ids(&[id]);
     Ok(Json(lead).into_response())
 }
 
@@ -175,7 +175,7 @@ pub(super) async fn delete_lead(
 ) -> Result<StatusCode, ApiError> {
     let id = parse_id(&id, "lead")?;
     st.store.delete_lead(id).await?;
-    st.leads_changed();
+    st.leads_changed_ids(&[id]);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -264,7 +264,7 @@ pub(super) async fn log_call(
             .unwrap_or_default(),
     };
     let record = st.store.insert_call(&call.to_new_call(id, number)?).await?;
-    st.leads_changed();
+    st.leads_changed_ids(&[id]);
     Ok(created(record).into_response())
 }
 

@@ -151,6 +151,14 @@ impl AppState {
         }
     }
 
+    /// R6 for changes to these leads only: each session checks just them
+    /// against its view instead of re-reading it (SPEC §6).
+    pub fn leads_changed_ids(&self, ids: &[i64]) {
+        if let Some(sessions) = &self.sessions {
+            sessions.leads_changed().leads(ids);
+        }
+    }
+
     /// Adds the dialer sessions (`/api/v1/sessions`, `/api/v1/events`).
     pub fn with_sessions(mut self, sessions: crate::dialer::directory::Sessions) -> Self {
         self.sessions = Some(sessions);

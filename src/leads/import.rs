@@ -26,8 +26,13 @@ use super::model::{
 use super::phone::PhoneE164;
 use crate::store::{Store, StoreError};
 
-/// Rows stored per transaction.
-pub const BATCH_ROWS: usize = 1000;
+/// Rows stored per transaction. Large, because a SQLite commit rewrites
+/// every index page the batch touched into the WAL, and the leads' indexes
+/// (created, status, …) spread even a small batch over many pages: in the
+/// import's profile (BENCHMARKS.md) writing and syncing those pages was
+/// most of the time at 1,000 rows. Memory stays bounded: two batches wait
+/// while one is stored.
+pub const BATCH_ROWS: usize = 5000;
 /// Failures listed in a report; all are counted in `failed_total`.
 pub const MAX_REPORTED_FAILURES: usize = 1000;
 /// Longest physical line accepted; a longer one fails its row.
@@ -778,6 +783,7 @@ where
     parser
         .await
         .map_err(|e| ImportError::Io(std::io::Error::other(e.to_string())))?;
+    store.sync().await?;
     Ok(report)
 }
 

@@ -29,7 +29,7 @@ macro_rules! store_methods {
         use crate::leads::model::{
             ms_to_time, CallEnd, CallOutcome, CallRecord, Contact, CustomField,
             CustomFieldKind, CustomValue, Lead, NewCall, NewCustomField, NewSmartView,
-            Opportunity, OpportunityStatus, Registration, SmartView, ValidLead,
+            Opportunity, OpportunityStatus, Registration, SmartView,
             ValidOpportunity, ValidPatch,
         };
         use crate::leads::phone::PhoneE164;
@@ -176,32 +176,6 @@ macro_rules! store_methods {
             .await
         }
 
-        async fn insert_one_lead(
-            conn: &mut $conn,
-            lead: &ValidLead,
-            now_ms: i64,
-        ) -> Result<i64, sqlx::Error> {
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO leads (name, status, created_ms, updated_ms, do_not_call) \
-                 VALUES ($1, $2, $3, $4, $5) RETURNING id",
-            )
-            .bind(&lead.name)
-            .bind(&lead.status)
-            .bind(lead.created_ms)
-            .bind(now_ms)
-            .bind(i64::from(lead.do_not_call))
-            .fetch_one(&mut *conn)
-            .await?;
-            insert_contacts(conn, id, &lead.contacts).await?;
-            for (field_id, value) in &lead.custom {
-                upsert_custom(conn, id, *field_id, value).await?;
-            }
-            for o in &lead.opportunities {
-                insert_opportunity(conn, id, o).await?;
-            }
-            Ok(id)
-        }
-
         /// Loads whole leads for one chunk of ids (≤ IN_CHUNK).
         async fn load_chunk(
             conn: &mut $conn,
@@ -342,24 +316,6 @@ macro_rules! store_methods {
                 .await
                 .map_err(|e| StoreError::from_sqlx(e, Entity::CustomField, f.name.trim()))?;
                 field_from_row(&row)
-            }
-
-            pub(crate) async fn insert_leads(
-                &self,
-                leads: &[ValidLead],
-                now_ms: i64,
-            ) -> Result<Vec<i64>, StoreError> {
-                let mut tx = self.begin_write().await?;
-                let mut ids = Vec::with_capacity(leads.len());
-                for lead in leads {
-                    ids.push(
-                        insert_one_lead(&mut tx, lead, now_ms)
-                            .await
-                            .map_err(|e| StoreError::from_sqlx(e, Entity::Lead, ""))?,
-                    );
-                }
-                tx.commit().await?;
-                Ok(ids)
             }
 
             pub(crate) async fn get_leads(&self, ids: &[i64]) -> Result<Vec<Lead>, StoreError> {

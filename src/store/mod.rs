@@ -10,6 +10,7 @@
 
 pub mod agents;
 pub mod audit;
+mod bulk;
 mod callback;
 mod dnc;
 pub mod lead_notes;
@@ -278,6 +279,20 @@ impl Store {
     ) -> Result<Vec<Lead>, StoreError> {
         let ids = dispatch!(self, s => s.list_lead_ids(after_id, limit).await)?;
         self.get_leads(&ids).await
+    }
+
+    /// Makes every committed write durable now. SQLite commits in WAL mode
+    /// with `synchronous = NORMAL` (src/store/sqlite.rs) do not wait for the
+    /// disk; a bulk load calls this once at its end so what it reported as
+    /// imported survives a power loss (a checkpoint syncs the WAL and the
+    /// database file). PostgreSQL commits are durable already.
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        if let Store::Sqlite(s) = self {
+            sqlx::query("PRAGMA wal_checkpoint(FULL)")
+                .execute(s.pool())
+                .await?;
+        }
+        Ok(())
     }
 
     /// Number of leads.

@@ -11,6 +11,8 @@ use sqlx::{PgConnection, Transaction};
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// This instance's `application_name` (see [`PgStore::instance_tag`]).
+    tag: String,
 }
 
 impl PgStore {
@@ -18,14 +20,29 @@ impl PgStore {
     /// `?options=-c%20search_path%3Dschema` are honoured) and applies
     /// `migrations/postgres`.
     pub async fn open(url: &str) -> Result<PgStore, super::StoreError> {
-        let opts = PgConnectOptions::from_str(url)?;
+        // A tag per open store: the change notifications (migration 0049)
+        // carry it, so an instance can tell its own changes from others'.
+        let tag = format!("powerdial-{:016x}", rand::random::<u64>());
+        // JIT off: the planner's cost for a Smart View over 1,000,000 leads
+        // crosses the JIT threshold, and compiling the expressions took
+        // longer than running them (SPEC §6, 500 ms per view).
+        let opts = PgConnectOptions::from_str(url)?
+            .application_name(&tag)
+            .options([("jit", "off")]);
         let pool = PgPoolOptions::new()
             .max_connections(10)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(opts)
             .await?;
         sqlx::migrate!("migrations/postgres").run(&pool).await?;
-        Ok(PgStore { pool })
+        Ok(PgStore { pool, tag })
+    }
+
+    /// The `application_name` this store's connections carry; the
+    /// `powerdial_leads` notifications of their changes end with it (R6:
+    /// an instance skips its own, already signalled with the leads named).
+    pub fn instance_tag(&self) -> &str {
+        &self.tag
     }
 
     /// The connection pool, for queries compiled elsewhere (Smart Views).

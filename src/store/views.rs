@@ -9,8 +9,8 @@ use chrono::{DateTime, Utc};
 
 use super::{Store, StoreError};
 use crate::leads::query::{
-    compile, fetch_ids_postgres, fetch_ids_sqlite, parse, CompiledQuery, CustomFieldCatalog,
-    Dialect, QueryError,
+    compile, compile_members, fetch_ids_postgres, fetch_ids_sqlite, parse, CompiledQuery,
+    CustomFieldCatalog, Dialect, QueryError, MAX_MEMBER_IDS,
 };
 
 /// Largest Smart View query text accepted, in bytes: the parser bounds
@@ -85,6 +85,29 @@ impl Store {
     ) -> Result<Vec<i64>, ViewError> {
         let compiled = self.compile_view(query, now).await?;
         Ok(self.run_view(&compiled).await?)
+    }
+
+    /// Which of the leads `ids` the view `query` selects as of `now`,
+    /// without evaluating the whole view: R6 for a few changed leads (an
+    /// edit, a call's outcome), SPEC §6 "a lead change reaches the queue in
+    /// under 100 ms without re-evaluating the whole view".
+    pub async fn view_members(
+        &self,
+        query: &str,
+        now: DateTime<Utc>,
+        ids: &[i64],
+    ) -> Result<std::collections::HashSet<i64>, ViewError> {
+        if query.len() > MAX_QUERY_BYTES {
+            return Err(ViewError::TooLong);
+        }
+        let ast = parse(query)?;
+        let catalog = self.query_catalog().await?;
+        let mut out = std::collections::HashSet::new();
+        for chunk in ids.chunks(MAX_MEMBER_IDS) {
+            let compiled = compile_members(&ast, self.dialect(), now, &catalog, chunk)?;
+            out.extend(self.run_view(&compiled).await?);
+        }
+        Ok(out)
     }
 
     /// One page of the view: at most `limit` ids after skipping `offset`,

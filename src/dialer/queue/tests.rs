@@ -490,7 +490,7 @@ fn duplicates_in_view_count_once() {
     let mut q = SessionQueue::new(DEFAULT_BLOCK);
     let s = q.refresh(&ids(&[1, 2, 1, 3, 2]), never_called, T0).unwrap();
     assert_eq!(s.duplicates, 2);
-    assert_eq!(q.view(), &ids(&[1, 2, 3])[..]);
+    assert_eq!(&q.view()[..], &ids(&[1, 2, 3])[..]);
     assert_eq!(pass(&mut q, Outcome::Answered, T0), vec![1, 2, 3]);
     assert!(q.is_done());
 }
@@ -996,4 +996,62 @@ fn a_held_lead_keeps_its_place_and_its_block_rules() {
     assert_eq!(claim_in_hours(&mut q, A, &zones, now), None);
     q.clear_holds(now);
     assert_eq!(claim(&mut q, A, now).unwrap().lead, LeadId(1));
+}
+
+/// R6 for one changed lead: `leave` takes it out of whichever set holds it
+/// without a refresh, and a later refresh that lists it again makes it a
+/// new lead (R7).
+#[test]
+fn r6_a_lead_that_leaves_between_refreshes_leaves_the_queue() {
+    let mut q = queue(&[1, 2, 3, 4], T0);
+    assert_eq!(call(&mut q, A, Outcome::NoAnswer, T0), Some(1));
+    // 1 is blocked, 3 is ready: both go.
+    assert!(q.leave(LeadId(1)));
+    assert!(q.leave(LeadId(3)));
+    assert!(!q.leave(LeadId(3)), "already gone");
+    assert!(!q.leave(LeadId(9)), "never in the view");
+    assert!(!q.in_view(LeadId(1)) && q.in_view(LeadId(2)));
+    assert_eq!(q.counts().in_view, 2);
+    assert_eq!(&q.view()[..], &ids(&[2, 4])[..]);
+    assert_eq!(pass(&mut q, Outcome::NoAnswer, T0), vec![2, 4]);
+    // 1's block ends: it does not come back, it left.
+    assert_eq!(pass(&mut q, Outcome::NoAnswer, T0 + 2 * HOUR), vec![2, 4]);
+    // Back in the view: new, uncalled, so before the retries (R3, R7).
+    q.refresh(&ids(&[1, 2, 3, 4]), never_called, T0 + 4 * HOUR)
+        .unwrap();
+    assert_eq!(q.counts().in_view, 4);
+    assert_eq!(
+        pass(&mut q, Outcome::NoAnswer, T0 + 4 * HOUR),
+        vec![1, 3, 2, 4]
+    );
+}
+
+/// A claimed lead that leaves finishes its call (R13) and is not queued
+/// again; the view is done once the rest answered (R15).
+#[test]
+fn r6_a_claimed_lead_that_leaves_is_not_queued_again() {
+    let mut q = queue(&[1, 2], T0);
+    let c = claim(&mut q, A, T0).unwrap();
+    assert_eq!(c.lead, LeadId(1));
+    assert!(q.leave(LeadId(1)));
+    assert_eq!(
+        q.report(A, c.lead, c.generation, Outcome::NoAnswer, T0)
+            .unwrap(),
+        Reported::LeftView
+    );
+    assert_eq!(pass(&mut q, Outcome::Answered, T0), vec![2]);
+    assert!(q.is_done());
+    assert_eq!(q.counts().answered, 1);
+}
+
+/// An answered lead that leaves no longer counts toward R15.
+#[test]
+fn r15_an_answered_lead_that_leaves_is_not_counted() {
+    let mut q = queue(&[1, 2], T0);
+    assert_eq!(call(&mut q, A, Outcome::Answered, T0), Some(1));
+    assert!(q.leave(LeadId(1)));
+    assert_eq!(q.counts().answered, 0);
+    assert!(!q.is_done());
+    assert_eq!(pass(&mut q, Outcome::Answered, T0), vec![2]);
+    assert!(q.is_done());
 }

@@ -19,8 +19,8 @@ pub use ast::Query;
 pub use parser::parse;
 pub use print::print;
 pub use sql::{
-    compile, fetch_ids_postgres, fetch_ids_sqlite, CompiledQuery, CustomField, CustomFieldCatalog,
-    CustomFieldKind, Dialect, SqlParam,
+    compile, compile_members, fetch_ids_postgres, fetch_ids_sqlite, CompiledQuery, CustomField,
+    CustomFieldCatalog, CustomFieldKind, Dialect, SqlParam, MAX_MEMBER_IDS,
 };
 
 /// A query that cannot be parsed or compiled: where, what was expected and

@@ -69,6 +69,15 @@ pub struct CompiledQuery {
     pub params: Vec<SqlParam>,
     /// The dialect `sql` is written in.
     pub dialect: Dialect,
+    /// SQLite only, for a view read in id order and sorted by one integer
+    /// key (a time: `created` by default, `updated`, `called`, a date
+    /// custom field): the same query without ORDER BY, selecting `l.id`
+    /// and the key as `k`, and whether the sort is descending. The matches
+    /// are then sorted in Rust (missing keys last, ties by id, as the ORDER
+    /// BY): SQLite's sorter took seconds over 1,000,000 leads where a sort
+    /// of integer pairs takes tens of milliseconds (SPEC §6, 500 ms per
+    /// view; BENCHMARKS.md). Same parameters as `sql`.
+    pub unsorted: Option<(String, bool)>,
 }
 
 impl CompiledQuery {
@@ -76,6 +85,8 @@ impl CompiledQuery {
     /// `offset` (for `GET /api/v1/smart-views/{id}/leads`, SPEC §4).
     pub fn page(&self, limit: i64, offset: i64) -> CompiledQuery {
         let mut page = self.clone();
+        // LIMIT and OFFSET apply to the ordered rows: SQL sorts a page.
+        page.unsorted = None;
         page.params.push(SqlParam::Int(limit));
         let limit_ph = placeholder(self.dialect, page.params.len());
         page.params.push(SqlParam::Int(offset));
@@ -205,6 +216,37 @@ pub fn compile(
     now: DateTime<Utc>,
     fields: &CustomFieldCatalog,
 ) -> Result<CompiledQuery, QueryError> {
+    compile_inner(query, dialect, now, fields, None)
+}
+
+/// Compiles `query` like [`compile`], restricted to the leads `ids` and in
+/// no particular order: which of these leads the view selects. It checks
+/// a few changed leads against a view without evaluating the whole view
+/// (R6; SPEC §6 "a lead change reaches the queue in under 100 ms"): the
+/// planner starts from the primary key, so the cost follows `ids.len()`,
+/// not the number of leads. `ids` must be non-empty and at most
+/// [`MAX_MEMBER_IDS`] long (bound parameters are limited).
+pub fn compile_members(
+    query: &Query,
+    dialect: Dialect,
+    now: DateTime<Utc>,
+    fields: &CustomFieldCatalog,
+    ids: &[i64],
+) -> Result<CompiledQuery, QueryError> {
+    compile_inner(query, dialect, now, fields, Some(ids))
+}
+
+/// Most ids [`compile_members`] takes: SQLite binds at most 32,766
+/// parameters and a query may bind a few hundred of its own.
+pub const MAX_MEMBER_IDS: usize = 10_000;
+
+fn compile_inner(
+    query: &Query,
+    dialect: Dialect,
+    now: DateTime<Utc>,
+    fields: &CustomFieldCatalog,
+    restrict: Option<&[i64]>,
+) -> Result<CompiledQuery, QueryError> {
     let mut c = Compiler {
         dialect,
         now,
@@ -212,14 +254,60 @@ pub fn compile(
         sql: String::from("SELECT l.id FROM leads l"),
         params: Vec::new(),
         joins: Vec::new(),
+        members: restrict.is_some(),
     };
-    if dialect == Dialect::Sqlite && scans_in_id_order(query) {
+    let id_order = restrict.is_none() && dialect == Dialect::Sqlite && scans_in_id_order(query);
+    if id_order {
         c.sql.push_str(" NOT INDEXED");
     }
     c.join_custom_fields(query);
+    if let Some(ids) = restrict {
+        // Before the filter: placeholders are numbered in text order.
+        c.sql.push_str(" WHERE l.id IN (");
+        for (i, id) in ids.iter().enumerate() {
+            if i > 0 {
+                c.sql.push_str(", ");
+            }
+            c.bind(SqlParam::Int(*id));
+        }
+        c.sql.push(')');
+        if let Some(filter) = &query.filter {
+            c.sql.push_str(" AND ");
+            c.expr(filter)?;
+        }
+        // Sort fields must still name fields that exist.
+        for sort in &query.sorts {
+            c.lead_scalar(&sort.field, sort.pos)?;
+        }
+        return Ok(CompiledQuery {
+            sql: c.sql,
+            params: c.params,
+            dialect,
+            unsorted: None,
+        });
+    }
     if let Some(filter) = &query.filter {
         c.sql.push_str(" WHERE ");
         c.expr(filter)?;
+    }
+    let mut unsorted = None;
+    if id_order {
+        let key = match query.sorts.as_slice() {
+            [] => Some(("l.created_ms".to_string(), false)),
+            [sort] => {
+                let scalar = c.lead_scalar(&sort.field, sort.pos)?;
+                (scalar.ty == ValueType::Time).then(|| {
+                    let mark = c.sql.len();
+                    c.scalar(&scalar);
+                    (c.sql.split_off(mark), sort.descending)
+                })
+            }
+            _ => None,
+        };
+        if let Some((key, descending)) = key {
+            let body = c.sql.strip_prefix("SELECT l.id").unwrap_or(&c.sql);
+            unsorted = Some((format!("SELECT l.id, {key} AS k{body}"), descending));
+        }
     }
     c.sql.push_str(" ORDER BY ");
     if query.sorts.is_empty() {
@@ -237,6 +325,7 @@ pub fn compile(
         sql: c.sql,
         params: c.params,
         dialect,
+        unsorted,
     })
 }
 
@@ -286,6 +375,15 @@ fn lead_index_can_drive(expr: &Expr<LeadTerm>) -> bool {
 }
 
 /// Runs a compiled SQLite query and returns the lead ids in view order.
+///
+/// The ids come back as one text value (`group_concat` over the ordered
+/// query) rather than one row each: a view of 1,000,000 leads otherwise
+/// spends most of its time handing rows one by one from sqlx's SQLite
+/// thread to the caller (SPEC §6, 500 ms per view; measured in
+/// BENCHMARKS.md). The ordered query is a subquery with its own ORDER BY,
+/// which SQLite never flattens into an aggregate and runs as a co-routine
+/// feeding rows in that order; the query tests check the order of every
+/// example view.
 pub async fn fetch_ids_sqlite(
     pool: &sqlx::SqlitePool,
     q: &CompiledQuery,
@@ -295,7 +393,11 @@ pub async fn fetch_ids_sqlite(
             "a PostgreSQL query run on SQLite".to_string(),
         ));
     }
-    let mut query = sqlx::query_scalar::<sqlx::Sqlite, i64>(&q.sql);
+    if let Some((sql, descending)) = &q.unsorted {
+        return fetch_unsorted_sqlite(pool, q, sql, *descending).await;
+    }
+    let sql = format!("SELECT group_concat(id) FROM ({})", q.sql);
+    let mut query = sqlx::query_scalar::<sqlx::Sqlite, Option<String>>(&sql);
     for p in &q.params {
         query = match p {
             SqlParam::Int(v) => query.bind(*v),
@@ -303,10 +405,67 @@ pub async fn fetch_ids_sqlite(
             SqlParam::Text(v) => query.bind(v.as_str()),
         };
     }
-    query.fetch_all(pool).await
+    let Some(text) = query.fetch_one(pool).await? else {
+        return Ok(Vec::new());
+    };
+    text.split(',').map(parse_id).collect()
+}
+
+fn parse_id(id: &str) -> Result<i64, sqlx::Error> {
+    id.parse::<i64>()
+        .map_err(|_| sqlx::Error::Protocol(format!("not a lead id: {id:?}")))
+}
+
+/// [`fetch_ids_sqlite`] for a query with [`CompiledQuery::unsorted`]: the
+/// ids and their keys as two aligned lists (both aggregates read the same
+/// rows in the same order; a missing key is an empty entry), sorted here
+/// as the ORDER BY would: by key, missing keys last either way, then by id.
+async fn fetch_unsorted_sqlite(
+    pool: &sqlx::SqlitePool,
+    q: &CompiledQuery,
+    sql: &str,
+    descending: bool,
+) -> Result<Vec<i64>, sqlx::Error> {
+    let sql = format!("SELECT group_concat(id), group_concat(ifnull(k, '')) FROM ({sql})");
+    let mut query = sqlx::query_as::<sqlx::Sqlite, (Option<String>, Option<String>)>(&sql);
+    for p in &q.params {
+        query = match p {
+            SqlParam::Int(v) => query.bind(*v),
+            SqlParam::Float(v) => query.bind(*v),
+            SqlParam::Text(v) => query.bind(v.as_str()),
+        };
+    }
+    let (Some(ids), Some(keys)) = query.fetch_one(pool).await? else {
+        return Ok(Vec::new());
+    };
+    let mut rows = Vec::new();
+    for (id, key) in ids.split(',').zip(keys.split(',')) {
+        let key = if key.is_empty() {
+            None
+        } else {
+            Some(parse_id(key)?)
+        };
+        rows.push((key, parse_id(id)?));
+    }
+    rows.sort_unstable_by(|a, b| {
+        let by_key = match (a.0, b.0) {
+            (Some(x), Some(y)) if descending => y.cmp(&x),
+            (Some(x), Some(y)) => x.cmp(&y),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => std::cmp::Ordering::Equal,
+        };
+        by_key.then(a.1.cmp(&b.1))
+    });
+    Ok(rows.into_iter().map(|(_, id)| id).collect())
 }
 
 /// Runs a compiled PostgreSQL query and returns the lead ids in view order.
+///
+/// As on SQLite, the ids come back as one value (an `array_agg` over the
+/// ordered query) instead of a row each, which dominated large views. A
+/// subquery with ORDER BY is never pulled up into the outer query, so the
+/// aggregate reads its rows in that order; the query tests check it.
 pub async fn fetch_ids_postgres(
     pool: &sqlx::PgPool,
     q: &CompiledQuery,
@@ -316,7 +475,8 @@ pub async fn fetch_ids_postgres(
             "a SQLite query run on PostgreSQL".to_string(),
         ));
     }
-    let mut query = sqlx::query_scalar::<sqlx::Postgres, i64>(&q.sql);
+    let sql = format!("SELECT array_agg(id) FROM ({}) v", q.sql);
+    let mut query = sqlx::query_scalar::<sqlx::Postgres, Option<Vec<i64>>>(&sql);
     for p in &q.params {
         query = match p {
             SqlParam::Int(v) => query.bind(*v),
@@ -324,7 +484,7 @@ pub async fn fetch_ids_postgres(
             SqlParam::Text(v) => query.bind(v.as_str()),
         };
     }
-    query.fetch_all(pool).await
+    Ok(query.fetch_one(pool).await?.unwrap_or_default())
 }
 
 /// What a missing (NULL) value means for a scalar.
@@ -384,6 +544,8 @@ struct Compiler<'a> {
     params: Vec<SqlParam>,
     /// Custom field ids joined, in join order (aliases: [`join_alias`]).
     joins: Vec<i64>,
+    /// Compiling for a few given leads ([`compile_members`]).
+    members: bool,
 }
 
 trait CompileLeaf {
@@ -397,9 +559,27 @@ impl CompileLeaf for LeadTerm {
                 let scalar = c.lead_scalar(&cond.field, cond.pos)?;
                 c.test(&scalar, &cond.test)
             }
-            LeadTerm::Opportunity(inner, _) => {
+            LeadTerm::Opportunity(inner, _) if c.members => {
+                // A few given leads: probe each one's opportunities
+                // (index `(lead_id, …)`) rather than collect every lead
+                // with such an opportunity.
                 c.sql
                     .push_str("EXISTS (SELECT 1 FROM opportunities o WHERE o.lead_id = l.id AND ");
+                c.expr(inner)?;
+                c.sql.push(')');
+                Ok(())
+            }
+            LeadTerm::Opportunity(inner, _) => {
+                // The set of leads with such an opportunity, not a test per
+                // lead: SQLite then reads the few matching opportunities
+                // once (index `opportunities_status_created`, migration
+                // 0050) and looks their leads up by id, instead of probing
+                // the opportunities of each of 1,000,000 leads (SPEC §6).
+                // `lead_id` is NOT NULL, so `IN` is true or false, never
+                // NULL, like the `EXISTS` it stands for; PostgreSQL plans
+                // both as the same semi-join.
+                c.sql
+                    .push_str("l.id IN (SELECT o.lead_id FROM opportunities o WHERE ");
                 c.expr(inner)?;
                 c.sql.push(')');
                 Ok(())
