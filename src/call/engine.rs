@@ -364,6 +364,8 @@ struct Shared {
     tasks: TaskTracker,
     /// The leg journal's writer (`call::leg_journal`).
     journal: JournalSender,
+    /// Browsers that are their agent's phone (SPEC §4 WebRTC).
+    browsers: super::browser_phone::BrowserPhones,
 }
 
 /// Where the engine's tasks get their I/O (built by `server::start`).
@@ -498,6 +500,8 @@ impl CallEngine {
                 io.drain.clone(),
             ));
         }
+        let browsers =
+            super::browser_phone::BrowserPhones::new(io.relay.clone(), config.media_ip, timers);
         let shared = Arc::new(Shared {
             store: io.store,
             audit: io.audit,
@@ -532,6 +536,7 @@ impl CallEngine {
                 .unwrap_or_default(),
             tasks: TaskTracker::new(),
             journal: io.journal,
+            browsers,
         });
         let engine = CallEngine {
             agents: Arc::default(),
@@ -614,6 +619,11 @@ impl CallEngine {
             .send(make(tx))
             .map_err(|_| CallEngineError::Stopped)?;
         rx.await.map_err(|_| CallEngineError::Stopped)
+    }
+
+    /// The browsers that are their agent's phone (SPEC §4 WebRTC).
+    pub fn browser_phones(&self) -> &super::browser_phone::BrowserPhones {
+        &self.shared.browsers
     }
 
     /// Whether `agent` is a known agent (configured or created).
@@ -1331,9 +1341,10 @@ impl AgentTask {
 
     /// The agent's registered contacts: the INVITE forks to all of them
     /// (RFC 3261 §16.7 forking, as a proxy would).
+    /// A browser that is the agent's phone is one more contact (SPEC §4).
     async fn agent_targets(&self) -> Vec<AgentTarget> {
         let bindings = self.shared.sip.bindings(&self.name).await;
-        bindings
+        let mut targets: Vec<AgentTarget> = bindings
             .into_iter()
             .map(|b| AgentTarget {
                 peer: Peer {
@@ -1342,7 +1353,9 @@ impl AgentTask {
                 },
                 contact: b.contact.trim_matches(['<', '>']).to_string(),
             })
-            .collect()
+            .collect();
+        targets.extend(self.shared.browsers.targets(&self.name));
+        targets
     }
 
     /// Starts the agent leg on its media; the INVITE leaves in this loop

@@ -30,6 +30,7 @@ pub mod session_stats;
 pub mod sessions;
 pub mod smart_views;
 pub mod trunks;
+pub mod webrtc;
 
 use std::sync::Arc;
 
@@ -237,6 +238,7 @@ pub fn api_routes() -> Router<AppState> {
         .merge(trunks::routes())
         .merge(lead_notes::routes())
         .merge(me::routes())
+        .merge(webrtc::routes())
         .merge(session_stats::routes())
 }
 
