@@ -4,6 +4,7 @@
 #![allow(clippy::disallowed_methods)] // A driver of real processes: deadlines need the clock.
 
 mod agents_api;
+mod browser_phone;
 mod api_auth;
 mod app;
 mod callback;
