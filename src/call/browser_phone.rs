@@ -233,7 +233,16 @@ impl BrowserPhones {
         let id = self.inner.next.fetch_add(1, Ordering::Relaxed);
         let (stop_tx, stop_rx) = oneshot::channel();
         let connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        self.phones().insert(
+        let mut phones = self.phones();
+        // One browser phone per agent: a new one (a reload, another tab)
+        // replaces the old, as a re-registration from a new device would;
+        // this also bounds the ports the route can hold to one per agent.
+        for e in phones.values_mut().filter(|e| e.agent == agent) {
+            if let Some(stop) = e.stop.take() {
+                let _ = stop.send(());
+            }
+        }
+        phones.insert(
             id,
             Entry {
                 agent: agent.to_string(),
@@ -242,6 +251,7 @@ impl BrowserPhones {
                 stop: Some(stop_tx),
             },
         );
+        drop(phones);
         let task = PhoneTask {
             id,
             agent: agent.to_string(),
@@ -446,7 +456,7 @@ impl PhoneTask {
                         if self.mid.is_none() {
                             self.mid = Some(d.mid);
                         }
-                        self.to_relay(&d);
+                        self.frame_to_relay(&d);
                     }
                     _ => {}
                 },
@@ -457,7 +467,7 @@ impl PhoneTask {
 
     /// The browser's audio frame to the agent leg as RTP (RFC 3550 §5.1),
     /// keeping the browser's sequence number and timestamp.
-    fn to_relay(&mut self, d: &str0m::media::MediaData) {
+    fn frame_to_relay(&mut self, d: &str0m::media::MediaData) {
         let Some(dest) = self.relay_rtp else {
             return;
         };
@@ -517,7 +527,7 @@ impl PhoneTask {
         };
         let new_invite = matches!(&msg, SipMessage::Request(r) if r.method == Method::Invite)
             && self.leg.as_ref().is_none_or(|l| {
-                l.is_closed() || !msg_call_id(&msg).is_some_and(|c| c == l.call_id())
+                l.is_closed() || msg_call_id(&msg).is_none_or(|c| c != l.call_id())
             });
         if new_invite {
             let SipMessage::Request(invite) = msg else {

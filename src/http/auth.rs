@@ -294,13 +294,19 @@ mod tests {
         assert_eq!(a(Method::PATCH, "/api/v1/calls/9"), Access::CallOfAgent(9));
         assert_eq!(a(Method::GET, "/api/v1/agents/alice"), Access::Allow);
         assert_eq!(a(Method::GET, "/api/v1/agents/bob"), Access::Deny);
-        assert_eq!(a(Method::POST, "/api/v1/agents/alice/webrtc"), Access::Allow);
+        assert_eq!(
+            a(Method::POST, "/api/v1/agents/alice/webrtc"),
+            Access::Allow
+        );
         assert_eq!(a(Method::POST, "/api/v1/agents/bob/webrtc"), Access::Deny);
         assert_eq!(
             a(Method::DELETE, "/api/v1/agents/alice/webrtc/3"),
             Access::Allow
         );
-        assert_eq!(a(Method::DELETE, "/api/v1/agents/bob/webrtc/3"), Access::Deny);
+        assert_eq!(
+            a(Method::DELETE, "/api/v1/agents/bob/webrtc/3"),
+            Access::Deny
+        );
         assert_eq!(a(Method::GET, "/api/v1/agents"), Access::Deny);
         assert_eq!(a(Method::POST, "/api/v1/leads"), Access::Deny);
         assert_eq!(a(Method::POST, "/api/v1/sessions/3/reset"), Access::Deny);

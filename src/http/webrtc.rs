@@ -106,7 +106,10 @@ pub(super) async fn open(
     let location = format!("/api/v1/agents/{agent}/webrtc/{id}");
     Ok((
         StatusCode::CREATED,
-        [(CONTENT_TYPE, "application/sdp".to_string()), (LOCATION, location)],
+        [
+            (CONTENT_TYPE, "application/sdp".to_string()),
+            (LOCATION, location),
+        ],
         answer,
     )
         .into_response())

@@ -100,7 +100,11 @@ fn envelope(samples: &[i16], rate: u32) -> Vec<f64> {
     samples
         .chunks_exact(frame)
         .map(|f| {
-            let ms = f.iter().map(|&s| (f64::from(s) / 32768.0).powi(2)).sum::<f64>() / frame as f64;
+            let ms = f
+                .iter()
+                .map(|&s| (f64::from(s) / 32768.0).powi(2))
+                .sum::<f64>()
+                / frame as f64;
             10.0 * (ms + 1e-9).log10()
         })
         .collect()
@@ -212,7 +216,13 @@ allow = ['\+44\d+']
     assert_eq!(code, 415, "a JSON body: {text}");
     let (code, text) = post_typed(app.http, phone, &bob, "application/sdp", "v=0\r\n");
     assert_eq!(code, 403, "bob's token for alice's phone: {text}");
-    let (code, text) = post_typed(app.http, phone, &alice, "application/sdp", "v=0\r\nnot sdp\r\n");
+    let (code, text) = post_typed(
+        app.http,
+        phone,
+        &alice,
+        "application/sdp",
+        "v=0\r\nnot sdp\r\n",
+    );
     assert_eq!(code, 422, "an unusable offer: {text}");
     let (code, text) = http_request(
         app.http,
@@ -256,7 +266,10 @@ allow = ['\+44\d+']
         .rev()
         .find_map(|l| serde_json::from_str(l).ok())
         .unwrap_or_else(|| {
-            panic!("the browser script printed no result\nstdout: {stdout}\nstderr: {stderr}\nlog: {}", app.log_text())
+            panic!(
+                "the browser script printed no result\nstdout: {stdout}\nstderr: {stderr}\nlog: {}",
+                app.log_text()
+            )
         });
     let pretty = serde_json::to_string_pretty(&result).unwrap_or_default();
     let _ = std::fs::write(shots.join("phone-result.json"), &pretty);

@@ -4,9 +4,9 @@
 #![allow(clippy::disallowed_methods)] // A driver of real processes: deadlines need the clock.
 
 mod agents_api;
-mod browser_phone;
 mod api_auth;
 mod app;
+mod browser_phone;
 mod callback;
 mod caller_id;
 mod calling_hours;

@@ -976,6 +976,8 @@
   // window.powerdialPhone so a test can read getStats().
   const phone = { pc: null, mic: null, location: null, agent: null, meter: null, audioCtx: null };
   window.powerdialPhone = phone;
+  const UDP_BLOCKED =
+    "No audio path to powerdial: the network seems to block UDP. Ask for UDP to the server's media ports (server.rtp_ports) to be allowed, or use a desk phone.";
 
   function phoneStatus(text, state) {
     setText($('phone-status'), text);
@@ -1081,10 +1083,7 @@
       } else if (st === 'failed') {
         phoneTeardown();
         phoneRelease(false);
-        phoneStatus(
-          'No audio path to powerdial: the network seems to block UDP. Ask for UDP to the server\'s media ports (server.rtp_ports) to be allowed, or use a desk phone.',
-          'error',
-        );
+        phoneStatus(UDP_BLOCKED, 'error');
       } else if (st === 'disconnected') {
         phoneStatus('The audio connection is interrupted; waiting for it to come back…', 'busy');
       }
@@ -1116,6 +1115,15 @@
       }
       phone.location = res.headers.get('Location');
       await pc.setRemoteDescription({ type: 'answer', sdp: await res.text() });
+      // ICE checks towards a blocked UDP port only fail after ~30 s in
+      // Chromium; powerdial gives up after 20 s, so say it by then.
+      setTimeout(() => {
+        if (phone.pc === pc && pc.connectionState !== 'connected') {
+          phoneTeardown();
+          phoneRelease(false);
+          phoneStatus(UDP_BLOCKED, 'error');
+        }
+      }, 15000);
     } catch (e) {
       phoneTeardown();
       phoneRelease(false);
