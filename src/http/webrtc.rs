@@ -5,7 +5,7 @@
 //! that URL hangs the phone up. Auth: the agent's own token or the admin's.
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::header::{CONTENT_TYPE, LOCATION};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -13,7 +13,7 @@ use axum::routing::{delete, post};
 use axum::Router;
 
 use super::openapi::ErrorBody;
-use super::{ApiError, AppState};
+use super::{ApiError, ApiPath, AppState};
 use crate::call::browser_phone::{BrowserPhoneError, BrowserPhones};
 
 /// Largest SDP offer accepted (Chromium's audio-only offer is ~4 KB).
@@ -64,13 +64,15 @@ fn check_agent(st: &AppState, agent: &str) -> Result<(), ApiError> {
             content_type = "application/sdp", body = String,
             headers(("Location" = String, description = "DELETE it to hang up"))),
         (status = 422, description = "The offer is not usable SDP (or has no PCMU audio)", body = ErrorBody),
+        (status = 400, description = "The body is not UTF-8", body = ErrorBody),
+        (status = 413, description = "The offer is over 64 KiB", body = ErrorBody),
         (status = 415, description = "The body is not application/sdp", body = ErrorBody),
         (status = 503, description = "No media port free", body = ErrorBody),
     )
 )]
 pub(super) async fn open(
     State(st): State<AppState>,
-    Path(agent): Path<String>,
+    ApiPath(agent): ApiPath<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -132,7 +134,7 @@ pub(super) async fn open(
 )]
 pub(super) async fn hang_up(
     State(st): State<AppState>,
-    Path((agent, id)): Path<(String, String)>,
+    ApiPath((agent, id)): ApiPath<(String, String)>,
 ) -> Result<Response, ApiError> {
     let not_found = || ApiError::NotFound(format!("no browser phone {id} of agent {agent}"));
     let n: u64 = id.parse().map_err(|_| not_found())?;
