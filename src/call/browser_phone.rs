@@ -26,15 +26,19 @@
 //! str0m is the sans-IO WebRTC stack DESIGN.md names beside quinn-proto:
 //! `Rtc::handle_input(Input::Receive | Input::Timeout)` in, `poll_output()`
 //! → `Transmit | Event | Timeout` out, no sockets, no clock, no threads of
-//! its own. This task is its driver in the same shape as the relay's (one
-//! `sleep_until(poll_timeout)`), so tests and benches can drive it without
-//! a network. The webrtc-rs `webrtc` crate owns its sockets, timers and
-//! tasks (the opposite of DESIGN's cores) and its sans-IO `rtc` rewrite is
-//! young; str0m is in production use (it backs the SFUs of its authors),
-//! releases every few weeks and keeps its dependencies small. Per packet it
-//! does one SRTP transform (AES-CM + HMAC-SHA1-80, or AES-GCM where the
-//! browser picks it) in OpenSSL's AES-NI code and no allocation on the
-//! receive path beyond the frame it hands out.
+//! its own. The phone's task is its driver in the same shape as the
+//! relay's (one `sleep_until(poll_timeout)`, the clock read there only).
+//! The webrtc-rs `webrtc` crate owns its sockets, timers and tasks (the
+//! opposite of DESIGN's cores); its sans-IO `rtc` crate has the right shape
+//! but was not tried: str0m built here with lean features and connected to
+//! headless Chromium on the first try, so the spike stopped there. str0m is
+//! maintained and released steadily (0.22 to 0.25 in the
+//! registry mirror), keeps ICE, DTLS and SRTP behind one small API, and
+//! lets the crypto backend be chosen: here its OpenSSL one (system
+//! libssl), whose AES-NI code does the one SRTP transform per packet
+//! (AES-CM + HMAC-SHA1-80, or AES-GCM where the browser picks it); its
+//! pure-Rust backend still builds aws-lc's C tree in this release.
+//! `benches/bridge.rs -- --browser` measures the cost (BENCHMARKS.md).
 //!
 //! # Not yet
 //! The loopback hop costs one extra `sendto`/`recvfrom` pair per packet;
