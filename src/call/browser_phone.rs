@@ -59,7 +59,7 @@ use str0m::media::{Frequency, MediaKind, MediaTime, Mid, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 use tokio::net::UdpSocket;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::oneshot;
 
 use super::{AgentTarget, InboundEvent, InboundLeg, LocalAddress};
 use crate::media::relay::{LeasedSocket, MediaRelay};
@@ -89,27 +89,6 @@ pub enum BrowserPhoneError {
     Rtc(String),
 }
 
-/// What the console hears about its browser phone (on the events stream).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PhoneEvent {
-    /// ICE and DTLS are up: the browser is the agent's phone.
-    Connected {
-        /// The agent.
-        agent: String,
-        /// The phone's id (the Location's last segment).
-        id: u64,
-    },
-    /// The phone is gone (hung up, ICE failed or timed out).
-    Closed {
-        /// The agent.
-        agent: String,
-        /// The phone's id.
-        id: u64,
-        /// Why, in words for the console.
-        reason: String,
-    },
-}
-
 struct Entry {
     agent: String,
     /// The phone's SIP user agent, the agent task's INVITE goes here.
@@ -125,7 +104,6 @@ struct Inner {
     timers: TimerConfig,
     phones: Mutex<HashMap<u64, Entry>>,
     next: AtomicU64,
-    events: broadcast::Sender<PhoneEvent>,
     crypto: Arc<str0m::crypto::CryptoProvider>,
 }
 
@@ -144,7 +122,6 @@ impl std::fmt::Debug for BrowserPhones {
 impl BrowserPhones {
     /// Browser phones on the relay's port pool, advertising `media_ip`.
     pub fn new(relay: MediaRelay, media_ip: IpAddr, timers: TimerConfig) -> Self {
-        let (events, _) = broadcast::channel(256);
         BrowserPhones {
             inner: Arc::new(Inner {
                 relay,
@@ -152,7 +129,6 @@ impl BrowserPhones {
                 timers,
                 phones: Mutex::new(HashMap::new()),
                 next: AtomicU64::new(1),
-                events,
                 crypto: Arc::new(str0m::crypto::from_feature_flags()),
             }),
         }
@@ -163,11 +139,6 @@ impl BrowserPhones {
             .phones
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// The phone's events (connected, closed).
-    pub fn subscribe(&self) -> broadcast::Receiver<PhoneEvent> {
-        self.inner.events.subscribe()
     }
 
     /// The agent's connected browser phones as contacts to fork the agent
@@ -297,11 +268,6 @@ impl BrowserPhones {
     fn closed(&self, agent: &str, id: u64, reason: String) {
         self.phones().remove(&id);
         tracing::info!(%agent, id, %reason, "browser phone closed");
-        let _ = self.inner.events.send(PhoneEvent::Closed {
-            agent: agent.to_string(),
-            id,
-            reason,
-        });
     }
 }
 
@@ -354,7 +320,7 @@ impl PhoneTask {
         let mut sip_buf = vec![0u8; 8192];
         let mut rtp_buf = vec![0u8; 2048];
         let reason = loop {
-            let rtc_deadline = match self.drain_rtc(&phones) {
+            let rtc_deadline = match self.drain_rtc() {
                 Ok(d) => d,
                 Err(why) => break why,
             };
@@ -434,7 +400,7 @@ impl PhoneTask {
     }
 
     /// Drains str0m's outputs; its next deadline, or why the phone ends.
-    fn drain_rtc(&mut self, phones: &BrowserPhones) -> Result<Instant, String> {
+    fn drain_rtc(&mut self) -> Result<Instant, String> {
         loop {
             match self.rtc.poll_output() {
                 Ok(Output::Timeout(t)) => return Ok(t),
@@ -447,10 +413,6 @@ impl PhoneTask {
                     Event::Connected => {
                         tracing::info!(agent = %self.agent, "browser phone connected (ICE + DTLS)");
                         self.connected.store(true, Ordering::Release);
-                        let _ = phones.inner.events.send(PhoneEvent::Connected {
-                            agent: self.agent.clone(),
-                            id: self.id,
-                        });
                     }
                     Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                         return Err("the browser's ICE connection was lost".to_string());
