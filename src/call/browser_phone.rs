@@ -477,6 +477,12 @@ impl PhoneTask {
             Ok(()) => self.frames_out += 1,
             Err(e) => tracing::debug!(error = %e, "frame to the browser dropped"),
         }
+        // str0m moves written frames to its send queue in its timeout
+        // handling; without this the frame waits for the next deadline
+        // (~1 ms, the timer's tick) and answer → bridge with it (SPEC §6).
+        if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
+            tracing::debug!(error = %e, "WebRTC timeout handling failed");
+        }
     }
 
     fn on_sip(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
