@@ -10,8 +10,9 @@
 // the inbound audio's packetsReceived must rise and its audioLevel be
 // above zero (the lead's voice reaches the browser), the outbound audio's
 // packetsSent must rise (the agent's voice leaves it). Then "Stop using
-// this browser" hangs the phone up. A second page whose microphone is
-// refused must say so in words.
+// this browser" hangs the phone up. A second browser whose microphone is
+// refused must say so in words, and a page whose ICE checks go unanswered
+// (the answer's candidate port rewritten to a dead one: UDP blocked) too.
 //
 // Input: one JSON argument {url, agent_token, session_id, agent, chromium,
 // playwright, fake_audio, shots_dir, listen_s}.
@@ -180,6 +181,28 @@ try {
   else step('refused microphone: ' + refusedText.trim());
   await shot(p2, 'mic-refused');
   await browser2.close();
+
+  // No UDP path to powerdial: the answer's candidate is rewritten on its
+  // way to the page to a loopback port nothing listens on, so every ICE
+  // check goes unanswered, as behind a firewall that drops UDP.
+  const p3 = await (await browser.newContext({ viewport: { width: 1280, height: 800 } })).newPage();
+  await p3.route('**/webrtc', async (route) => {
+    const resp = await route.fetch();
+    const body = (await resp.text()).replace(/(a=candidate:\S+ 1 udp \d+ \S+ )(\d+)/g, (_, pre) => pre + '9');
+    await route.fulfill({ response: resp, body });
+  });
+  await p3.goto(cfg.url);
+  await p3.getByLabel('Admin or agent token').fill(cfg.agent_token);
+  await p3.getByRole('button', { name: 'Sign in' }).click();
+  await p3.getByRole('button', { name: 'Sign out' }).waitFor({ timeout: 10000 });
+  await p3.getByRole('button', { name: 'Use this browser as my phone' }).click();
+  const blocked = await until(25000, async () => {
+    const t = (await p3.textContent('#phone-status')) || '';
+    return t.includes('block UDP') || t.includes('is alice') ? t : null;
+  });
+  if (!blocked || !blocked.includes('block UDP')) fail('no UDP path was not said in words: ' + blocked);
+  else step('no UDP path: ' + blocked.trim());
+  await shot(p3, 'udp-blocked');
 
   if (result.page_errors.length) fail('page errors: ' + result.page_errors.join('; '));
   result.ok = result.failures.length === 0;

@@ -11,7 +11,8 @@
 //! than the lead's; and (in the script) the browser heard the lead
 //! (`getStats()` inbound-rtp packetsReceived rising, audioLevel above
 //! zero), the microphone meter moved, Mute muted, the phone hung up, and
-//! a refused microphone was said so in words. Also the WHIP-style API's
+//! a refused microphone and a network with no UDP path (ICE checks to a
+//! dead port) were said so in words. Also the WHIP-style API's
 //! refusals: a non-SDP body (415), another agent's token (403), an
 //! unknown phone's DELETE (404).
 //!
