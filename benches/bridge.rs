@@ -16,11 +16,23 @@
 //!   this process.
 //! - ring timeout: `ring_timeout = 0.5`; the carrier answers 180 (or 183
 //!   with SDP and RTP: early media) and notes INVITE and CANCEL arrivals.
+//! - relay cost: one bridged call for 5 s with the carrier sending
+//!   `COST_BURST` packets every 2 ms; the packets that reached the agent
+//!   over the CPU time of the server's runtime threads (all of powerdial:
+//!   the relay task and, for a browser, the phone's task), as packets/s
+//!   per core.
+//!
+//! `-- --browser`: the agent's phone is a browser (SPEC §4 WebRTC) instead
+//! of a SIP phone: a str0m client in its own thread (full ICE, DTLS client,
+//! SRTP) takes the place of Chromium, opened through the browser-phone API
+//! the console's POST reaches; the agent has no registered phone. The
+//! arrival is timed when the datagram that str0m turns into the first lead
+//! frame is received (SRTP on the wire: the same point as the SIP phone's).
 
 #![allow(clippy::disallowed_methods)] // a load driver reads the clock
 
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,6 +42,10 @@ use powerdial::leads::model::Registration;
 const CALLS: usize = 200;
 const RING_CALLS: usize = 20;
 const RING_TIMEOUT: f64 = 0.5;
+/// Lead packets per 2 ms tick in the relay-cost phase (1,000/s: twenty
+/// calls' worth on one leg; str0m queues at most a few hundred
+/// milliseconds of one stream, so a single leg is not flooded harder).
+const COST_BURST: usize = 2;
 
 fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
     msg.lines().find_map(|l| {
@@ -113,6 +129,8 @@ type Armed = Arc<Mutex<Option<mpsc::Sender<(Instant, u32)>>>>;
 struct CarrierRtp {
     target: Option<SocketAddr>,
     sent: Vec<Instant>,
+    /// Packets per 2 ms tick (1; more for the relay-cost phase).
+    burst: usize,
 }
 
 /// The carrier's RTP sender: every 2 ms to the current call's agent-side
@@ -124,10 +142,12 @@ fn carrier_rtp(sock: UdpSocket, shared: Arc<Mutex<CarrierRtp>>, stop: Arc<Atomic
         std::thread::sleep(Duration::from_millis(2));
         let Ok(mut st) = shared.lock() else { return };
         let Some(t) = st.target else { continue };
-        seq = seq.wrapping_add(1);
-        let n = st.sent.len() as u32;
-        let _ = sock.send_to(&rtp(seq, 0x1234, n), t);
-        st.sent.push(Instant::now());
+        for _ in 0..st.burst.max(1) {
+            seq = seq.wrapping_add(1);
+            let n = st.sent.len() as u32;
+            let _ = sock.send_to(&rtp(seq, 0x1234, n), t);
+            st.sent.push(Instant::now());
+        }
     }
 }
 
@@ -229,7 +249,7 @@ fn carrier(
 /// The agent phone's media: blocks on its RTP socket (so an arrival is
 /// timed when the kernel wakes it, not at a polling tick) and, once armed,
 /// reports the first 0x55 packet: its arrival and the carrier's number.
-fn agent_rtp(sock: UdpSocket, armed: Armed, stop: Arc<AtomicBool>) {
+fn agent_rtp(sock: UdpSocket, armed: Armed, count: Arc<AtomicU64>, stop: Arc<AtomicBool>) {
     sock.set_read_timeout(Some(Duration::from_millis(50))).ok();
     let mut buf = vec![0u8; 2048];
     while !stop.load(Ordering::Relaxed) {
@@ -238,6 +258,7 @@ fn agent_rtp(sock: UdpSocket, armed: Armed, stop: Arc<AtomicBool>) {
         };
         let now = Instant::now();
         if len >= 17 && buf[12] == 0x55 {
+            count.fetch_add(1, Ordering::Relaxed);
             let n = u32::from_be_bytes([buf[13], buf[14], buf[15], buf[16]]);
             if let Some(tx) = armed.lock().ok().and_then(|mut a| a.take()) {
                 let _ = tx.send((now, n));
@@ -269,6 +290,123 @@ fn agent(sip: UdpSocket, rtp_port: u16, stop: Arc<AtomicBool>) {
     }
 }
 
+/// The browser (str0m as a full-ICE, DTLS-client peer): its offer, and a
+/// thread that drives it; reports the first 0x55 frame like `agent_rtp`.
+struct BenchBrowser {
+    rtc: str0m::Rtc,
+    sock: UdpSocket,
+    pending: Option<str0m::change::SdpPendingOffer>,
+}
+
+impl BenchBrowser {
+    fn new() -> (BenchBrowser, String) {
+        use str0m::media::{Direction, MediaKind};
+        let sock = free_udp();
+        let local = sock.local_addr().expect("addr");
+        let mut rtc = str0m::RtcConfig::new()
+            .set_crypto_provider(Arc::new(str0m::crypto::from_feature_flags()))
+            .clear_codecs()
+            .enable_pcmu(true, false)
+            .build(Instant::now());
+        rtc.add_local_candidate(str0m::Candidate::host(local, "udp").expect("candidate"));
+        let mut api = rtc.sdp_api();
+        api.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
+        let (offer, pending) = api.apply().expect("offer");
+        (
+            BenchBrowser {
+                rtc,
+                sock,
+                pending: Some(pending),
+            },
+            offer.to_sdp_string(),
+        )
+    }
+
+    fn accept(&mut self, answer: &str) {
+        let answer = str0m::change::SdpAnswer::from_sdp_string(answer).expect("answer");
+        let pending = self.pending.take().expect("pending offer");
+        self.rtc
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .expect("accept answer");
+    }
+
+    fn run(
+        mut self,
+        armed: Armed,
+        count: Arc<AtomicU64>,
+        connected: mpsc::Sender<()>,
+        stop: Arc<AtomicBool>,
+    ) {
+        use str0m::net::{Protocol, Receive};
+        use str0m::{Event, Input, Output};
+        let local = self.sock.local_addr().expect("addr");
+        let mut buf = vec![0u8; 2048];
+        let mut last_rx = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            let deadline = loop {
+                match self.rtc.poll_output() {
+                    Ok(Output::Timeout(t)) => break t,
+                    Ok(Output::Transmit(t)) => {
+                        let _ = self.sock.send_to(&t.contents, t.destination);
+                    }
+                    Ok(Output::Event(Event::Connected)) => {
+                        let _ = connected.send(());
+                    }
+                    Ok(Output::Event(Event::MediaData(d))) => {
+                        if d.data.len() >= 5 && d.data[0] == 0x55 {
+                            count.fetch_add(1, Ordering::Relaxed);
+                            let n =
+                                u32::from_be_bytes([d.data[1], d.data[2], d.data[3], d.data[4]]);
+                            if let Some(tx) = armed.lock().ok().and_then(|mut a| a.take()) {
+                                let _ = tx.send((last_rx, n));
+                            }
+                        }
+                    }
+                    Ok(Output::Event(_)) => {}
+                    Err(e) => panic!("bench browser: {e}"),
+                }
+            };
+            let wait = deadline
+                .saturating_duration_since(Instant::now())
+                .clamp(Duration::from_millis(1), Duration::from_millis(50));
+            self.sock.set_read_timeout(Some(wait)).ok();
+            match self.sock.recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    last_rx = Instant::now();
+                    if let Ok(r) = Receive::new(Protocol::Udp, from, local, &buf[..n]) {
+                        let _ = self.rtc.handle_input(Input::Receive(last_rx, r));
+                    }
+                }
+                Err(_) => {
+                    let _ = self.rtc.handle_input(Input::Timeout(Instant::now()));
+                }
+            }
+        }
+    }
+}
+
+/// CPU time (ns, `/proc/self/task/*/schedstat`) of the server's runtime
+/// threads: nanosecond resolution, where utime/stime count 10 ms ticks.
+fn server_cpu_ns() -> u64 {
+    let mut total = 0;
+    if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
+        for t in dir.flatten() {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            if comm.trim() != "tokio-rt-worker" {
+                continue;
+            }
+            let stat = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+            total += stat
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    total
+}
+
 fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let i = ((v.len() as f64 - 1.0) * p).round() as usize;
@@ -280,7 +418,9 @@ fn free_udp() -> UdpSocket {
 }
 
 fn main() {
+    let browser_mode = std::env::args().any(|a| a == "--browser");
     let dir = tempfile::tempdir().expect("tempdir");
+    let received = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let (csip, crtp) = (free_udp(), free_udp());
     let (asip, artp) = (free_udp(), free_udp());
@@ -299,8 +439,9 @@ fn main() {
     let t1r = std::thread::spawn(move || carrier_rtp(crtp, m1r, s1r));
     let s2 = stop.clone();
     let t2 = std::thread::spawn(move || agent(asip, artp_port, s2));
-    let (s2r, a2r) = (stop.clone(), armed.clone());
-    let t2r = std::thread::spawn(move || agent_rtp(artp, a2r, s2r));
+    let (s2r, a2r, c2r) = (stop.clone(), armed.clone(), received.clone());
+    let t2r = std::thread::spawn(move || agent_rtp(artp, a2r, c2r, s2r));
+    let (s3, a3, c3) = (stop.clone(), armed.clone(), received.clone());
 
     let sip_port = free_udp().local_addr().expect("addr").port();
     let db = format!("sqlite://{}", dir.path().join("b.db").display());
@@ -333,8 +474,9 @@ caller_id = "+442079460999"
         .enable_all()
         .build()
         .expect("runtime");
-    rt.block_on(async move {
+    let browser_thread = rt.block_on(async move {
         let store = powerdial::store::connect(&db).await.expect("store");
+        if !browser_mode {
         store
             .upsert_registration(&Registration {
                 aor: "alice".into(),
@@ -348,9 +490,31 @@ caller_id = "+442079460999"
             })
             .await
             .expect("registration");
+        }
         drop(store);
         let server = powerdial::server::start(config).await.expect("server");
         let engine = server.calls.clone();
+        let mut browser_thread = None;
+        if browser_mode {
+            let (mut b, offer) = BenchBrowser::new();
+            let (_, answer) = engine
+                .browser_phones()
+                .open("alice", &offer)
+                .await
+                .expect("browser phone");
+            b.accept(&answer);
+            let (ctx, crx) = mpsc::channel();
+            browser_thread = Some(
+                std::thread::Builder::new()
+                    .name("bench-browser".into())
+                    .spawn(move || b.run(a3, c3, ctx, s3))
+                    .expect("browser thread"),
+            );
+            tokio::task::spawn_blocking(move || crx.recv_timeout(Duration::from_secs(10)))
+                .await
+                .expect("join")
+                .expect("the bench browser connected (ICE + DTLS)");
+        }
         engine.connect_agent("alice").await.expect("agent leg");
         let mut events = engine.subscribe();
         let req = |n: &str| DialRequest {
@@ -412,6 +576,8 @@ caller_id = "+442079460999"
         }
 
         let n = bridge.len();
+        let phone = if browser_mode { "browser (WebRTC) agent" } else { "SIP phone agent" };
+        println!("agent's phone: {phone}");
         for (label, v) in [
             ("answer → bridge (200 OK sent, or the lead packet sent if later → that packet at the agent)", &mut bridge),
             ("  carrier wait (200 OK sent → the carrier's next packet sent; RTP every 2 ms)", &mut waits),
@@ -422,6 +588,31 @@ caller_id = "+442079460999"
                 pct(v, 0.5),
                 pct(v, 0.99),
                 v.last().copied().unwrap_or(f64::NAN)
+            );
+        }
+        {
+            drain(&cev);
+            let (tx, rx) = mpsc::channel();
+            *armed.lock().expect("lock") = Some(tx);
+            let id = engine.dial("alice", req("+442079460000")).await.expect("dial");
+            tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(5)))
+                .await
+                .expect("join")
+                .expect("bridged");
+            media.lock().expect("lock").burst = COST_BURST;
+            let (c0, p0, t0) = (server_cpu_ns(), received.load(Ordering::Relaxed), Instant::now());
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let (c1, p1, secs) = (server_cpu_ns(), received.load(Ordering::Relaxed), t0.elapsed().as_secs_f64());
+            media.lock().expect("lock").burst = 1;
+            engine.hangup_call(id).await.expect("hangup");
+            ended(&mut events, id).await;
+            let cpu_s = (c1 - c0) as f64 / 1e9;
+            let pkts = p1 - p0;
+            println!(
+                "relay cost ({phone}): {pkts} lead packets in {secs:.1} s ({:.0}/s), server runtime CPU {:.3} s → {:.0} packets/s per core",
+                pkts as f64 / secs,
+                cpu_s,
+                if cpu_s > 0.0 { pkts as f64 / cpu_s } else { f64::INFINITY }
             );
         }
         for (label, number) in [("180", "+442079460180"), ("183 early media", "+442079460183")] {
@@ -453,9 +644,10 @@ caller_id = "+442079460999"
             );
         }
         server.shutdown().await;
+        browser_thread
     });
     stop.store(true, Ordering::Relaxed);
-    for t in [t1, t1r, t2, t2r] {
+    for t in [t1, t1r, t2, t2r].into_iter().chain(browser_thread) {
         let _ = t.join();
     }
 }

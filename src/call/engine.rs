@@ -399,6 +399,8 @@ struct Shared {
     /// Voicemail messages read so far, by id (SPEC §4), so a drop starts
     /// without a disk read on the agent's task.
     drops: std::sync::Mutex<HashMap<i64, Arc<[i16]>>>,
+    /// Browsers that are their agent's phone (SPEC §4 WebRTC).
+    browsers: super::browser_phone::BrowserPhones,
 }
 
 /// Where the engine's tasks get their I/O (built by `server::start`).
@@ -533,6 +535,8 @@ impl CallEngine {
                 io.drain.clone(),
             ));
         }
+        let browsers =
+            super::browser_phone::BrowserPhones::new(io.relay.clone(), config.media_ip, timers);
         let shared = Arc::new(Shared {
             store: io.store,
             audit: io.audit,
@@ -569,6 +573,7 @@ impl CallEngine {
             journal: io.journal,
             data_dir: config.data_dir.clone(),
             drops: std::sync::Mutex::default(),
+            browsers,
         });
         tokio::spawn(recording::retention(
             config.data_dir.join("recordings"),
@@ -656,6 +661,11 @@ impl CallEngine {
             .send(make(tx))
             .map_err(|_| CallEngineError::Stopped)?;
         rx.await.map_err(|_| CallEngineError::Stopped)
+    }
+
+    /// The browsers that are their agent's phone (SPEC §4 WebRTC).
+    pub fn browser_phones(&self) -> &super::browser_phone::BrowserPhones {
+        &self.shared.browsers
     }
 
     /// Whether `agent` is a known agent (configured or created).
@@ -1491,9 +1501,10 @@ impl AgentTask {
 
     /// The agent's registered contacts: the INVITE forks to all of them
     /// (RFC 3261 §16.7 forking, as a proxy would).
+    /// A browser that is the agent's phone is one more contact (SPEC §4).
     async fn agent_targets(&self) -> Vec<AgentTarget> {
         let bindings = self.shared.sip.bindings(&self.name).await;
-        bindings
+        let mut targets: Vec<AgentTarget> = bindings
             .into_iter()
             .map(|b| AgentTarget {
                 peer: Peer {
@@ -1502,7 +1513,9 @@ impl AgentTask {
                 },
                 contact: b.contact.trim_matches(['<', '>']).to_string(),
             })
-            .collect()
+            .collect();
+        targets.extend(self.shared.browsers.targets(&self.name));
+        targets
     }
 
     /// Starts the agent leg on its media; the INVITE leaves in this loop

@@ -22,6 +22,7 @@
 //! remote target: the trunk is one gateway and phones sit behind NAT.
 
 mod agent;
+pub mod browser_phone;
 pub mod callback;
 pub mod caller_id;
 pub mod demo;

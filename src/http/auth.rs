@@ -230,6 +230,9 @@ pub fn agent_access(method: &axum::http::Method, path: &str, agent: &str) -> Acc
         ["leads", _, "calls"] if get => Access::Allow,
         ["leads", _, "notes"] if post => Access::Allow,
         ["agents", a] if get && *a == agent => Access::Allow,
+        // The browser as the agent's own phone (SPEC §4 WebRTC).
+        ["agents", a, "webrtc"] if post && *a == agent => Access::Allow,
+        ["agents", a, "webrtc", _] if method == Method::DELETE && *a == agent => Access::Allow,
         ["calls"] if post => Access::BodyAgent,
         ["calls", id] if get || method == Method::PATCH => {
             id.parse().map_or(Access::Deny, Access::CallOfAgent)
@@ -291,6 +294,19 @@ mod tests {
         assert_eq!(a(Method::PATCH, "/api/v1/calls/9"), Access::CallOfAgent(9));
         assert_eq!(a(Method::GET, "/api/v1/agents/alice"), Access::Allow);
         assert_eq!(a(Method::GET, "/api/v1/agents/bob"), Access::Deny);
+        assert_eq!(
+            a(Method::POST, "/api/v1/agents/alice/webrtc"),
+            Access::Allow
+        );
+        assert_eq!(a(Method::POST, "/api/v1/agents/bob/webrtc"), Access::Deny);
+        assert_eq!(
+            a(Method::DELETE, "/api/v1/agents/alice/webrtc/3"),
+            Access::Allow
+        );
+        assert_eq!(
+            a(Method::DELETE, "/api/v1/agents/bob/webrtc/3"),
+            Access::Deny
+        );
         assert_eq!(a(Method::GET, "/api/v1/agents"), Access::Deny);
         assert_eq!(a(Method::POST, "/api/v1/leads"), Access::Deny);
         assert_eq!(a(Method::POST, "/api/v1/sessions/3/reset"), Access::Deny);

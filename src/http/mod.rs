@@ -31,6 +31,7 @@ pub mod sessions;
 pub mod smart_views;
 pub mod trunks;
 pub mod voicemail;
+pub mod webrtc;
 
 use std::sync::Arc;
 
@@ -256,6 +257,7 @@ pub fn api_routes() -> Router<AppState> {
         .merge(trunks::routes())
         .merge(lead_notes::routes())
         .merge(me::routes())
+        .merge(webrtc::routes())
         .merge(session_stats::routes())
 }
 

@@ -28,7 +28,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::{
     agents, audit, bans, call_notes, calls, console, dnc, events, lead_notes, leads, manual_calls,
-    me, session_list, session_stats, sessions, smart_views, trunks, voicemail,
+    me, session_list, session_stats, sessions, smart_views, trunks, voicemail, webrtc,
 };
 
 /// The routes served without the admin token (SPEC §4): the health check,
@@ -108,6 +108,8 @@ pub struct Health {
         lead_notes::lead_calls,
         lead_notes::add_note,
         me::me,
+        webrtc::open,
+        webrtc::hang_up,
         session_stats::session_stats,
         smart_views::create_view,
         smart_views::list_views,

@@ -38,11 +38,11 @@ const HOLD_S: f64 = 3.0;
 const WRAP_UP_IDLE_S: f64 = 1.5;
 
 /// What the browser test needs, found or reported.
-struct Browser {
-    node: PathBuf,
-    chromium: PathBuf,
+pub(crate) struct Browser {
+    pub node: PathBuf,
+    pub chromium: PathBuf,
     /// The `node_modules` folder holding `playwright-core`.
-    modules: PathBuf,
+    pub modules: PathBuf,
 }
 
 fn on_path(name: &str) -> Option<PathBuf> {
@@ -57,7 +57,7 @@ fn on_path(name: &str) -> Option<PathBuf> {
 ///
 /// # Panics
 /// When one is missing and `CI` is set.
-fn browser(test: &str) -> Option<Browser> {
+pub(crate) fn browser(test: &str) -> Option<Browser> {
     let node = std::env::var_os("POWERDIAL_NODE")
         .map(PathBuf::from)
         .or_else(|| on_path("node"));
@@ -99,7 +99,7 @@ fn browser(test: &str) -> Option<Browser> {
     None
 }
 
-fn shots_dir() -> PathBuf {
+pub(crate) fn shots_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join("target"))

@@ -7,6 +7,7 @@ mod agents_api;
 mod amd;
 mod api_auth;
 mod app;
+mod browser_phone;
 mod callback;
 mod caller_id;
 mod calling_hours;

@@ -251,9 +251,15 @@ pub(crate) fn guard(child: Child) -> Peer {
 }
 
 pub(crate) fn spawn_py(script: &str, args: &[String]) -> Peer {
+    spawn_py_env(script, args, &[])
+}
+
+/// [`spawn_py`] with environment variables (e.g. the carrier's audio files).
+pub(crate) fn spawn_py_env(script: &str, args: &[String], env: &[(&str, &Path)]) -> Peer {
     let child = Command::new(pjsua_python())
         .arg(repo().join("tests/peers").join(script))
         .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

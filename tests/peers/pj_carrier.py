@@ -25,6 +25,11 @@ calls last until the other side hangs up ("-": no HOLD). With STATUS (e.g.
 (a carrier that fails every call). Runs for SECONDS, then exits. At most 4 concurrent calls (PJSIP limit).
 The "invite" event also carries "from": the user part of the INVITE's From.
 
+Audio (both optional, from the environment): POWERDIAL_CARRIER_PLAY=FILE.wav
+is played (looped) to every answered call, as the lead's voice;
+POWERDIAL_CARRIER_RECORD=DIR records what each call receives to
+DIR/NUMBER.wav (16-bit PCM), closed before its "ended" event.
+
 Calls in the other direction (a lead calling back): the test appends lines
   call TARGET_URI FROM_NUMBER HOLD
 to EVENTS_FILE + ".cmd"; the carrier then INVITEs TARGET_URI from
@@ -100,6 +105,17 @@ class Call(pj.Call):
                     am.startTransmit(self.recorder)
                     emit({"event": "playing", "number": self.number})
                 am.startTransmit(mgr.getPlaybackDevMedia())
+                play = os.environ.get("POWERDIAL_CARRIER_PLAY")
+                if play and self.player is None:
+                    self.player = pj.AudioMediaPlayer()
+                    self.player.createPlayer(play)
+                    self.player.startTransmit(am)
+                rec = os.environ.get("POWERDIAL_CARRIER_RECORD")
+                if rec and self.recorder is None:
+                    self.recorder = pj.AudioMediaRecorder()
+                    self.recorder.createRecorder(
+                        os.path.join(rec, "%s.wav" % (self.number or "call")))
+                    am.startTransmit(self.recorder)
 
     def sample(self):
         try:
@@ -112,9 +128,10 @@ class Call(pj.Call):
         ci = self.getInfo()
         if ci.state == pj.PJSIP_INV_STATE_DISCONNECTED and not self.done:
             self.done = True
-            # Dropping the recorder closes its WAV file (header written).
-            self.recorder = None
+            # Destroying the recorder writes the WAV header's sizes.
             self.player = None
+            self.recorder = None
+            gc.collect()
             emit({"event": "ended", "number": self.number, "rx_pkts": self.rx,
                   "status": ci.lastStatusCode})
 

@@ -187,6 +187,9 @@
   }
 
   function signOut(message) {
+    // The browser phone hangs up with the token that opened it.
+    phoneTeardown();
+    phoneRelease(true);
     token = '';
     who = null;
     sessionStorage.removeItem(TOKEN_KEY);
@@ -964,6 +967,191 @@
   });
 
   $('agent-reload').addEventListener('click', () => loadAgentLists().catch(showAgentError));
+
+  // ------------------------------------------------------ browser phone
+
+  // The browser as the agent's phone (SPEC §4 POST /api/v1/agents/{agent}/
+  // webrtc, WHIP-style, RFC 9725): the microphone is checked first (its
+  // level on a meter), then one offer with every candidate in it (no
+  // trickle: powerdial is ICE-lite with a known address) goes to the server,
+  // whose answer sets the connection up. While it is up, powerdial calls
+  // the agent here as it would call a desk phone. Exposed as
+  // window.powerdialPhone so a test can read getStats().
+  const phone = { pc: null, mic: null, location: null, agent: null, meter: null, audioCtx: null };
+  window.powerdialPhone = phone;
+  const UDP_BLOCKED =
+    "No audio path to powerdial: the network seems to block UDP. Ask for UDP to the server's media ports (server.rtp_ports) to be allowed, or use a desk phone.";
+
+  function phoneStatus(text, state) {
+    setText($('phone-status'), text);
+    $('phone').dataset.state = state || '';
+  }
+
+  function phoneButtons(on) {
+    $('btn-phone').hidden = on;
+    $('btn-mute').hidden = !on;
+    $('btn-phone-off').hidden = !on;
+    $('mic-level').hidden = !on;
+    document.querySelector('.mic-label').hidden = !on;
+  }
+
+  function startMeter(stream) {
+    const Ctx = window.AudioContext || window.webkitAudioContext;
+    if (!Ctx) return;
+    const ctx = new Ctx();
+    const analyser = ctx.createAnalyser();
+    analyser.fftSize = 512;
+    ctx.createMediaStreamSource(stream).connect(analyser);
+    const buf = new Float32Array(analyser.fftSize);
+    phone.audioCtx = ctx;
+    phone.meter = setInterval(() => {
+      analyser.getFloatTimeDomainData(buf);
+      let sum = 0;
+      for (const v of buf) sum += v * v;
+      // RMS scaled so that speech fills most of the bar.
+      $('mic-level').value = Math.min(1, Math.sqrt(sum / buf.length) * 4);
+    }, 100);
+  }
+
+  function phoneTeardown() {
+    if (phone.meter) clearInterval(phone.meter);
+    if (phone.audioCtx) phone.audioCtx.close().catch(() => {});
+    if (phone.pc) phone.pc.close();
+    if (phone.mic) phone.mic.getTracks().forEach((t) => t.stop());
+    phone.pc = phone.mic = phone.meter = phone.audioCtx = null;
+    $('mic-level').value = 0;
+    $('btn-mute').setAttribute('aria-pressed', 'false');
+    setText($('btn-mute'), 'Mute');
+    phoneButtons(false);
+  }
+
+  /** Hangs the phone up on the server (DELETE its Location). */
+  function phoneRelease(keepalive) {
+    const loc = phone.location;
+    phone.location = null;
+    if (loc) {
+      fetch(loc, { method: 'DELETE', headers: { Authorization: 'Bearer ' + token }, keepalive }).catch(() => {});
+    }
+  }
+
+  async function phoneOn() {
+    const name = isAgent() ? who.agent : $('agent-name').value;
+    if (!name) {
+      phoneStatus('Pick an agent first.', 'error');
+      return;
+    }
+    if (!window.RTCPeerConnection || !navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+      phoneStatus(
+        'This browser cannot be a phone here: open the console over HTTPS (or on localhost) in a current browser.',
+        'error',
+      );
+      return;
+    }
+    phoneStatus('Checking your microphone…', 'busy');
+    try {
+      phone.mic = await navigator.mediaDevices.getUserMedia({
+        audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
+      });
+    } catch (e) {
+      phone.mic = null;
+      const refused = e.name === 'NotAllowedError' || e.name === 'SecurityError';
+      phoneStatus(
+        refused
+          ? 'The microphone was refused: allow it for this site (the microphone icon in the address bar), then try again.'
+          : e.name === 'NotFoundError'
+            ? 'No microphone was found: plug a headset in, then try again.'
+            : 'The microphone cannot be used (' + e.message + '): close other apps using it, then try again.',
+        'error',
+      );
+      return;
+    }
+    phoneButtons(true);
+    startMeter(phone.mic);
+    phoneStatus('Connecting your browser to powerdial… speak: the microphone bar should move.', 'busy');
+    const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' });
+    phone.pc = pc;
+    phone.agent = name;
+    const track = phone.mic.getAudioTracks()[0];
+    pc.addTransceiver(track, { direction: 'sendrecv', streams: [phone.mic] });
+    pc.ontrack = (ev) => {
+      const audio = $('phone-audio');
+      audio.srcObject = ev.streams[0] || new MediaStream([ev.track]);
+      audio.play().catch(() => {});
+    };
+    pc.onconnectionstatechange = () => {
+      if (phone.pc !== pc) return;
+      const st = pc.connectionState;
+      if (st === 'connected') {
+        phoneStatus(`This browser is ${name}'s phone: join a session and calls come here.`, 'up');
+      } else if (st === 'failed') {
+        phoneTeardown();
+        phoneRelease(false);
+        phoneStatus(UDP_BLOCKED, 'error');
+      } else if (st === 'disconnected') {
+        phoneStatus('The audio connection is interrupted; waiting for it to come back…', 'busy');
+      }
+    };
+    try {
+      await pc.setLocalDescription(await pc.createOffer());
+      // No trickle (RFC 9725 §4.2): wait for the candidates, at most 2 s.
+      await new Promise((resolve) => {
+        if (pc.iceGatheringState === 'complete') return resolve();
+        const t = setTimeout(resolve, 2000);
+        pc.addEventListener('icegatheringstatechange', () => {
+          if (pc.iceGatheringState === 'complete') {
+            clearTimeout(t);
+            resolve();
+          }
+        });
+      });
+      const res = await fetch(`/api/v1/agents/${encodeURIComponent(name)}/webrtc`, {
+        method: 'POST',
+        headers: { Authorization: 'Bearer ' + token, 'Content-Type': 'application/sdp' },
+        body: pc.localDescription.sdp,
+      });
+      if (!res.ok) {
+        let msg = res.statusText;
+        try {
+          msg = (await res.json()).error.message || msg;
+        } catch (_) {}
+        throw new Error(msg);
+      }
+      phone.location = res.headers.get('Location');
+      await pc.setRemoteDescription({ type: 'answer', sdp: await res.text() });
+      // ICE checks towards a blocked UDP port only fail after ~30 s in
+      // Chromium; powerdial gives up after 20 s, so say it by then.
+      setTimeout(() => {
+        if (phone.pc === pc && pc.connectionState !== 'connected') {
+          phoneTeardown();
+          phoneRelease(false);
+          phoneStatus(UDP_BLOCKED, 'error');
+        }
+      }, 15000);
+    } catch (e) {
+      phoneTeardown();
+      phoneRelease(false);
+      phoneStatus('The browser phone could not start: ' + e.message, 'error');
+    }
+  }
+
+  $('btn-phone').addEventListener('click', () => phoneOn());
+  $('btn-phone-off').addEventListener('click', () => {
+    phoneTeardown();
+    phoneRelease(false);
+    phoneStatus('This browser is no longer your phone.', '');
+  });
+  $('btn-mute').addEventListener('click', () => {
+    const track = phone.mic && phone.mic.getAudioTracks()[0];
+    if (!track) return;
+    track.enabled = !track.enabled;
+    $('btn-mute').setAttribute('aria-pressed', String(!track.enabled));
+    setText($('btn-mute'), track.enabled ? 'Mute' : 'Unmute');
+    setText($('phone-status'), track.enabled ? 'Microphone on.' : 'Muted: the other side does not hear you.');
+  });
+  // Closing the tab hangs the phone up rather than leaving powerdial to
+  // wait for ICE to time out.
+  window.addEventListener('pagehide', () => phoneRelease(true));
+
 
   function showAgentError(e) {
     $('join-error').textContent = e.message;

@@ -234,6 +234,31 @@ impl MediaRelay {
     }
 }
 
+/// A UDP socket on a leased port pair of the relay's pool (RTCP's port
+/// bound too, so nothing else takes it): the browser phone's one socket
+/// for ICE, DTLS and SRTP (RFC 8834 §4.4 multiplexes them on one port).
+pub struct LeasedSocket {
+    /// The socket.
+    pub socket: UdpSocket,
+    /// Its local port.
+    pub port: u16,
+    _rtcp: UdpSocket,
+    _lease: PortLease,
+}
+
+impl MediaRelay {
+    /// Leases a port pair from the pool and binds it on `server.media_ip`.
+    pub fn lease_socket(&self) -> Result<LeasedSocket, MediaError> {
+        let (h, s) = self.open_sockets()?;
+        Ok(LeasedSocket {
+            socket: s.rtp,
+            port: h.local_port,
+            _rtcp: s.rtcp,
+            _lease: s._lease,
+        })
+    }
+}
+
 /// Control of one agent's media task (SPEC §1 steps 2–5).
 pub struct AgentMedia {
     tx: mpsc::UnboundedSender<Command>,
