@@ -655,3 +655,39 @@ fn a_recorded_call_holds_what_each_side_sent_on_its_own_channel() {
     );
     assert_eq!(code, 404);
 }
+
+/// A crash while a voicemail drop waits for the beep: the lead's leg is no
+/// longer the agent's, but its journal row stays until it ends, so the
+/// restarted server's crash recovery still sends it a BYE (the machine
+/// would otherwise hold the line, and the carrier's meter, for a minute).
+#[test]
+fn a_crash_during_a_voicemail_drop_still_ends_the_carriers_leg() {
+    let mut rig = rig(&[("21", greeting("machine-21-beep.ul"))], 60.0, "");
+    let drop_id = upload(&rig, &message_tone(2.0));
+    let sid = rig.session(
+        &[("A machine", "+442079460721")],
+        json!({"amd": "drop", "voicemail_drop_id": drop_id}),
+    );
+    // The outcome is stored when the drop starts; the beep is 9 s in.
+    let rec = rig.ended_call(sid, "+442079460721");
+    assert_eq!(rec["outcome"], "voicemail_dropped", "{rec}");
+    let ended = |rig: &Rig| {
+        carrier_events(&rig.events)
+            .iter()
+            .any(|e| e["event"] == "ended" && e["number"] == "442079460721")
+    };
+    assert!(!ended(&rig), "the call ended before the crash");
+    // Let the journal writer's batch reach the disk, then crash.
+    std::thread::sleep(Duration::from_millis(300));
+    rig.app.kill_and_restart();
+    let restarted = std::time::Instant::now();
+    wait_for(
+        "the BYE to the dropped machine after the restart",
+        Duration::from_secs(5),
+        || ended(&rig),
+    );
+    eprintln!(
+        "crash during a drop: the carrier's leg ended {:?} after the restart",
+        restarted.elapsed()
+    );
+}

@@ -6,9 +6,11 @@
 //! sessions move the agent on to the next lead, while the player waits
 //! for the machine's beep, plays the message, and the leg is hung up.
 //!
-//! A crash during a drop leaves that leg to the carrier's own timers: its
-//! journal row goes with the outcome, since the agent task no longer owns
-//! it as its lead.
+//! The leg's journal rows (`call::leg_journal`) stay until the leg has
+//! ended, so a crash during a drop still ends it with a BYE after the
+//! restart (crash recovery); they are no longer updated once the agent
+//! task stops owning the leg as its lead, which only in-dialog requests
+//! sent during the drop (a later local CSeq) would make stale.
 //!
 //! [`AgentMedia::drop_voicemail`]: crate::media::relay::AgentMedia::drop_voicemail
 
@@ -17,7 +19,7 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
-use super::{spawn_finish_forgetting, AgentTask, CallEngineError, LeadCall};
+use super::{spawn_finish_forgetting, AgentTask, CallEngineError, LeadCall, LegChange, LegKey};
 use crate::call::{LeadEvent, Outcome};
 use crate::leads::model::CallEnd;
 use crate::media::relay::LegId;
@@ -28,6 +30,8 @@ pub(super) struct DroppingCall {
     pub(super) call: LeadCall,
     /// Stops the player (dropped when the call ends first).
     _stop: oneshot::Sender<()>,
+    /// Its journal rows, removed once the leg has ended.
+    journaled: Vec<LegKey>,
 }
 
 impl AgentTask {
@@ -114,9 +118,11 @@ impl AgentTask {
             sip_status: r.sip_status,
             ..CallEnd::default()
         };
+        // Out of the agent's journal bookkeeping (its lead is gone), but
+        // the rows stay until the leg ends (see the module's comment).
         let journaled = self.journaled.forget(l.leg.call_id());
         spawn_finish_forgetting(
-            journaled,
+            Vec::new(),
             self.shared.clone(),
             self.name.clone(),
             l.record_id,
@@ -131,6 +137,7 @@ impl AgentTask {
         self.dropping.push(DroppingCall {
             call: l,
             _stop: stop,
+            journaled,
         });
         Ok(())
     }
@@ -190,6 +197,7 @@ impl AgentTask {
         ended.dedup();
         for i in ended.into_iter().rev() {
             let d = self.dropping.swap_remove(i);
+            let journaled = d.journaled;
             let l = d.call;
             crate::metrics::metrics().calls_in_progress.dec();
             let ended_ms = l
@@ -204,6 +212,9 @@ impl AgentTask {
                 };
                 if let Err(e) = shared.store.finish_call(id, &end).await {
                     tracing::warn!(error = %e, call_id = id, "end of a voicemail drop not stored");
+                }
+                for key in journaled {
+                    shared.journal.send(LegChange::Remove(key)).await;
                 }
             });
             if l.leg.is_closed() {
