@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use powerdial::config::PortRange;
 use powerdial::media::amd::AmdConfig;
 use powerdial::media::g711::G711Law;
-use powerdial::media::recording::{RecFrame, Recording};
+use powerdial::media::recording::{Recording, TapFrame};
 use powerdial::media::relay::{AgentMedia, CoreConfig, MediaRelay, RelayConfig};
 use powerdial::media::sdp::{Codec, Direction, Negotiated};
 use powerdial::media::srtp::{MasterKey, SrtpReceiver, SrtpSender, TAG_LEN};
@@ -189,11 +189,13 @@ fn load(
                 m.start_amd(l.id, cfg, false).unwrap();
             }
             if extras.record {
-                let (tx, mut rx) = tokio::sync::mpsc::channel::<RecFrame>(500);
+                // As the call engine's writer does, without the file.
+                let (tx, mut rx) = tokio::sync::mpsc::channel::<TapFrame>(500);
                 tokio::spawn(async move {
                     let mut rec = Recording::new(Instant::now());
                     while let Some(f) = rx.recv().await {
-                        rec.push(&f);
+                        rec.push(&f.decode());
+                        std::hint::black_box(rec.take_ready());
                     }
                     std::hint::black_box(rec.seconds());
                 });

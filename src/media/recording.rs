@@ -16,6 +16,7 @@
 use std::time::Instant;
 
 use crate::media::amd::RATE;
+use crate::media::g711::G711Law;
 
 /// Which direction a frame was heard in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +36,32 @@ pub struct RecFrame {
     pub at: Instant,
     /// 8 kHz linear samples.
     pub pcm: Vec<i16>,
+}
+
+/// One relayed audio payload as the relay hands it over (G.711 bytes,
+/// half the size of the samples): the writer task decodes it
+/// ([`TapFrame::decode`]), so the relay task only copies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapFrame {
+    /// Its direction.
+    pub track: Track,
+    /// When it was relayed.
+    pub at: Instant,
+    /// Its law.
+    pub law: G711Law,
+    /// The RTP payload.
+    pub payload: Vec<u8>,
+}
+
+impl TapFrame {
+    /// The frame's linear samples.
+    pub fn decode(&self) -> RecFrame {
+        RecFrame {
+            track: self.track,
+            at: self.at,
+            pcm: self.payload.iter().map(|b| self.law.decode(*b)).collect(),
+        }
+    }
 }
 
 /// Holds the longest recording accepted: 4 hours (beyond it frames are

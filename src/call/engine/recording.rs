@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use crate::leads::model::CallEnd;
-use crate::media::recording::{RecFrame, Recording};
+use crate::media::recording::{Recording, TapFrame};
 
 /// Frames in flight to the writer (5 s of both directions): more is a
 /// writer that cannot keep up, and frames are dropped.
@@ -26,8 +26,8 @@ pub(super) fn spawn_recorder(
     shared: &Arc<Shared>,
     call_id: i64,
     start: Instant,
-) -> mpsc::Sender<RecFrame> {
-    let (tx, rx) = mpsc::channel::<RecFrame>(CHANNEL);
+) -> mpsc::Sender<TapFrame> {
+    let (tx, rx) = mpsc::channel::<TapFrame>(CHANNEL);
     let shared = shared.clone();
     shared.tasks.clone().spawn(async move {
         let dir = shared.data_dir.join("recordings");
@@ -63,7 +63,7 @@ pub(super) fn spawn_recorder(
 /// sizes are written when the relay closes the channel (the call's end).
 /// Returns the seconds recorded.
 async fn record(
-    mut rx: mpsc::Receiver<RecFrame>,
+    mut rx: mpsc::Receiver<TapFrame>,
     start: Instant,
     dir: &std::path::Path,
     path: &std::path::Path,
@@ -80,7 +80,7 @@ async fn record(
         let frame = rx.recv().await;
         let ready = match &frame {
             Some(f) => {
-                rec.push(f);
+                rec.push(&f.decode());
                 rec.take_ready()
             }
             None => rec.finish(),

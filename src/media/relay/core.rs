@@ -15,7 +15,7 @@ use crate::media::amd::{AmdConfig, Cause, Decision, Detector, Verdict};
 use crate::media::dtmf::{DtmfDetector, TelephoneEvent};
 use crate::media::g711::G711Law;
 use crate::media::latch::{Latch, LatchDecision};
-use crate::media::recording::{RecFrame, Track};
+use crate::media::recording::{TapFrame, Track};
 use crate::media::rewrite::{parse_rtp, OutFormat, PayloadKind, StreamRewriter};
 use crate::media::sdp::{Direction, Negotiated};
 use crate::media::tone::{Frame, ToneGenerator, FRAME_DURATION, FRAME_SAMPLES};
@@ -304,7 +304,7 @@ pub struct AgentMediaCore {
 #[derive(Debug)]
 struct Tap {
     lead: LegId,
-    tx: tokio::sync::mpsc::Sender<RecFrame>,
+    tx: tokio::sync::mpsc::Sender<TapFrame>,
     /// The last relayed audio payload's direction and law, and its bytes
     /// (decoded and sent in `after_rtp`).
     pending: Option<(Track, G711Law)>,
@@ -528,7 +528,7 @@ impl AgentMediaCore {
     pub fn start_recording(
         &mut self,
         lead: LegId,
-        tx: tokio::sync::mpsc::Sender<RecFrame>,
+        tx: tokio::sync::mpsc::Sender<TapFrame>,
     ) -> Result<(), CoreError> {
         if self.lead.as_ref().is_none_or(|l| l.id != lead) {
             return Err(CoreError::UnknownLeg(lead));
@@ -552,10 +552,12 @@ impl AgentMediaCore {
     pub fn after_rtp(&mut self, now: Instant) {
         if let Some(t) = &mut self.tap {
             if let Some((track, law)) = t.pending.take() {
-                let frame = RecFrame {
+                // Decoded by the writer, not here.
+                let frame = TapFrame {
                     track,
                     at: now,
-                    pcm: t.bytes.iter().map(|b| law.decode(*b)).collect(),
+                    law,
+                    payload: t.bytes.clone(),
                 };
                 // Never waits: a writer that falls behind loses frames.
                 if t.tx.try_send(frame).is_err() {

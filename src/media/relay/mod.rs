@@ -116,7 +116,7 @@ enum Command {
         cfg: AmdConfig,
         hold: bool,
     },
-    Record(LegId, mpsc::Sender<crate::media::recording::RecFrame>),
+    Record(LegId, mpsc::Sender<crate::media::recording::TapFrame>),
     Drop {
         lead: LegId,
         message: Arc<[i16]>,
@@ -324,7 +324,7 @@ impl AgentMedia {
     pub fn record(
         &self,
         lead: LegId,
-        tx: mpsc::Sender<crate::media::recording::RecFrame>,
+        tx: mpsc::Sender<crate::media::recording::TapFrame>,
     ) -> Result<(), MediaError> {
         self.send(Command::Record(lead, tx))
     }
