@@ -271,6 +271,20 @@ impl App {
     pub fn http_get(&self, path: &str) -> (u16, String) {
         http_request(self.http, "GET", path, Some(&self.token), None)
     }
+
+    /// `POST path` with a JSON body and the admin token, asserting a 200
+    /// or 201; the JSON answer.
+    pub fn post_ok(&self, path: &str, body: &serde_json::Value) -> serde_json::Value {
+        let (code, text) = http_request(
+            self.http,
+            "POST",
+            path,
+            Some(&self.token),
+            Some(&body.to_string()),
+        );
+        assert!(code == 200 || code == 201, "POST {path}: {code} {text}");
+        serde_json::from_str(&text).expect("JSON")
+    }
 }
 
 impl Drop for App {

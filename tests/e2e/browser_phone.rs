@@ -181,17 +181,7 @@ allow = ['\+44\d+']
         ),
         ..AppOptions::default()
     });
-    let post = |path: &str, body: Value| -> Value {
-        let (code, text) = http_request(
-            app.http,
-            "POST",
-            path,
-            Some(&app.token),
-            Some(&body.to_string()),
-        );
-        assert!(code == 200 || code == 201, "POST {path}: {code} {text}");
-        serde_json::from_str(&text).expect("JSON")
-    };
+    let post = |path: &str, body: Value| app.post_ok(path, &body);
     post(
         "/api/v1/leads",
         json!([{"name": "Ada Lovelace", "contacts": [{"name": "Ada", "phones": [NUMBER]}]}]),

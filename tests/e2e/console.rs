@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::app::{free_port, http_request, repo, spawn_app_with, AppOptions};
+use crate::app::{free_port, repo, spawn_app_with, AppOptions};
 use crate::peers::{agent_status, carrier_events, spawn_py, wait_for};
 
 /// The carrier hangs each answered call up this long after answering.
@@ -154,17 +154,7 @@ allow = ['\+44\d+']
         agent_status(&status)["reg"] == 200
     });
 
-    let post = |path: &str, body: Value| -> Value {
-        let (code, text) = http_request(
-            app.http,
-            "POST",
-            path,
-            Some(&app.token),
-            Some(&body.to_string()),
-        );
-        assert!(code == 200 || code == 201, "POST {path}: {code} {text}");
-        serde_json::from_str(&text).expect("JSON")
-    };
+    let post = |path: &str, body: Value| app.post_ok(path, &body);
     // Three leads the carrier answers at once (…0200), in name order; the
     // first with the details the call bar shows.
     post(
