@@ -1,32 +1,55 @@
-//! RTP relay benchmark on real loopback sockets (SPEC §6).
+//! RTP relay benchmark on real loopback sockets (SPEC §6), powerdial's relay
+//! and, with `--peer-rtpengine`, rtpengine side by side on the same streams.
 //!
 //! (a) switch latency: from `bridge()` to the first lead packet arriving at
 //!     the "agent phone" socket (the carrier sends right after the call);
 //! (b) relayed packets/s with N concurrent bridged calls, 50 packets/s each
-//!     direction, with loss and added latency (send → receive through the
-//!     relay, p50/p99), and the relay's CPU time (its worker threads, read
-//!     from /proc) to give packets/s per core.
+//!     direction, with loss and added latency (send → kernel receive time at
+//!     the far socket, p50/p99/max), and the relay's CPU time (its worker
+//!     threads, or the rtpengine process, read from /proc) to give packets/s
+//!     per core of relay CPU.
+//!
+//! The generator: `--groups` pairs of sockets (a "phones" socket and a
+//! "carriers" socket), each with its own sender thread (`sendmmsg` of one
+//! 1 ms slot's packets, a call's packets 20 ms apart) and one receiver
+//! thread per socket (`recvmmsg`, `SO_TIMESTAMPNS`: the latency is the
+//! kernel's receive time, not when our thread ran). Each packet carries its
+//! send time (CLOCK_REALTIME, taken just before its `sendmmsg`). A slot
+//! that starts more than `--late-ms` late is counted; a trial with more
+//! than 0.1 % such slots is flagged LATE and left out of the comparison.
+//!
+//! rtpengine (`/usr/bin/rtpengine`, userspace forwarding, settings in
+//! `benches/peers/rtpengine.conf`) is started by the bench in the
+//! foreground on 127.0.0.1 with `--num-threads` = `--relay-threads`; each
+//! call is set up over its ng protocol (`offer` from the carrier, `answer`
+//! from the phone, `delete` after the trial). powerdial's relay runs on a
+//! tokio runtime of `--relay-threads` workers.
 //!
 //! A plain `harness = false` binary: criterion's statistics target
 //! micro-benchmarks, this measures a running system.
 //!
 //! With `--srtp` the agent legs are SRTP (RFC 3711, as for phones on TLS):
 //! the "phones" encrypt what they send and decrypt what they receive, the
-//! relay does the same on its side.
+//! relay does the same on its side (powerdial only).
 //!
 //! With `--amd` every lead leg runs answering-machine detection for the
 //! whole run (relay-side cost of SPEC §4 `amd`, the detector kept
 //! listening); with `--record` every call is recorded (frames to a writer
 //! task per call, assembled in memory as the real writer does).
 //!
-//!     cargo bench --bench relay -- [--calls 100,500,1000] [--seconds 5] [--switches 200] [--workers 1] [--srtp] [--amd] [--record]
+//!     cargo bench --bench relay -- [--calls 300,500,1000] [--seconds 5] [--switches 200]
+//!         [--relay-threads 2] [--groups 2] [--late-ms 5] [--peer-rtpengine] [--srtp] [--amd] [--record]
 
 #![allow(clippy::disallowed_methods)] // a load driver reads the clock
 
+#[path = "peers/rtpengine_ng.rs"]
+mod ng;
+
 use std::net::{SocketAddr, UdpSocket as StdUdp};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use powerdial::config::PortRange;
 use powerdial::media::amd::AmdConfig;
@@ -35,7 +58,6 @@ use powerdial::media::recording::{Recording, TapFrame};
 use powerdial::media::relay::{AgentMedia, CoreConfig, MediaRelay, RelayConfig};
 use powerdial::media::sdp::{Codec, Direction, Negotiated};
 use powerdial::media::srtp::{MasterKey, SrtpReceiver, SrtpSender, TAG_LEN};
-
 fn neg(remote: SocketAddr) -> Negotiated {
     Negotiated {
         remote,
@@ -76,23 +98,46 @@ fn big_socket() -> StdUdp {
     s.into()
 }
 
-fn relay_cpu_ticks() -> u64 {
-    // utime + stime of the relay runtime's worker threads (clock ticks).
+/// utime + stime (clock ticks) of this process's threads whose name
+/// starts with `prefix`.
+fn threads_cpu_ticks(prefix: &str) -> u64 {
     let mut total = 0;
     if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
         for t in dir.flatten() {
             let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
                 continue;
             };
-            let Some((_, rest)) = stat.split_once("(relay-worker) ") else {
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
                 continue;
             };
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let n = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-            total += n(11) + n(12);
+            if !stat[open + 1..close].starts_with(prefix) {
+                continue;
+            }
+            total += stat_ticks(&stat[close + 1..]);
         }
     }
     total
+}
+
+/// utime + stime from the fields after a /proc stat line's `(comm)`.
+fn stat_ticks(rest: &str) -> u64 {
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    n(11) + n(12)
+}
+
+/// utime + stime (clock ticks) of a whole process (all its threads).
+fn process_cpu_ticks(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rfind(')').map(|c| stat_ticks(&s[c + 1..])))
+        .unwrap_or(0)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 async fn switch_latency(relay: &MediaRelay, samples: usize) {
@@ -145,7 +190,520 @@ async fn switch_latency(relay: &MediaRelay, samples: usize) {
     );
 }
 
-/// Payload: call index (u32), direction (u8), send time ns since `base` (u64).
+/// After the 12-byte RTP header: this magic (u32 LE), the call index (u32
+/// LE), the direction (u8: 1 phone → carrier, 2 carrier → phone) and the
+/// send time (u64 LE, CLOCK_REALTIME ns, the clock of `SO_TIMESTAMPNS`).
+const MAGIC: u32 = 0x5245_4C59;
+const PKT: usize = 172;
+/// Datagrams per `recvmmsg`.
+const RX_BATCH: usize = 64;
+
+fn realtime_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Where one call's phone and carrier send (the relay's two ports).
+struct CallTarget {
+    phone_to: socket2::SockAddr,
+    carrier_to: socket2::SockAddr,
+}
+
+/// One generator group: a socket for its calls' phones, one for their
+/// carriers; calls `c` with `c % groups == g`.
+struct Group {
+    phones: Arc<StdUdp>,
+    carriers: Arc<StdUdp>,
+}
+
+impl Group {
+    fn new() -> Self {
+        Group {
+            phones: Arc::new(big_socket()),
+            carriers: Arc::new(big_socket()),
+        }
+    }
+    fn phones_addr(&self) -> SocketAddr {
+        self.phones.local_addr().unwrap()
+    }
+    fn carriers_addr(&self) -> SocketAddr {
+        self.carriers.local_addr().unwrap()
+    }
+}
+
+/// What each trial shares.
+#[derive(Clone)]
+struct Opts {
+    seconds: u64,
+    groups: usize,
+    late: Duration,
+    srtp: Option<MasterKey>,
+    extras: Extras,
+}
+
+#[derive(Default)]
+struct RxStats {
+    lat: Vec<u64>,
+    in_window: u64,
+    without_timestamp: u64,
+}
+
+#[derive(Default)]
+struct TxStats {
+    sent_in_window: u64,
+    errors: u64,
+    slots: u64,
+    late_slots: u64,
+    max_late: Duration,
+}
+
+/// The measurement window, by the packets' send times (CLOCK_REALTIME ns).
+#[derive(Clone, Copy)]
+struct Window {
+    from: u64,
+    to: u64,
+}
+
+impl Window {
+    fn holds(&self, t: u64) -> bool {
+        t >= self.from && t < self.to
+    }
+}
+
+fn sender(
+    g: usize,
+    group: &Group,
+    targets: Vec<(usize, &CallTarget)>,
+    base: Instant,
+    total: Duration,
+    window: Window,
+    opts: &Opts,
+) -> std::thread::JoinHandle<TxStats> {
+    const SLOTS: usize = 20; // 1 ms slots spread the calls over the 20 ms frame
+    let (phones, carriers) = (group.phones.clone(), group.carriers.clone());
+    // Raw addresses for `sendmmsg`: (call index, to relay from phone, to relay from carrier).
+    let targets: Vec<(usize, socket2::SockAddr, socket2::SockAddr)> = targets
+        .into_iter()
+        .map(|(c, t)| (c, t.phone_to.clone(), t.carrier_to.clone()))
+        .collect();
+    let srtp = opts.srtp.clone();
+    let late = opts.late;
+    std::thread::Builder::new()
+        .name(format!("gen-send-{g}"))
+        .spawn(move || {
+            let mut slots: Vec<Vec<usize>> = vec![Vec::new(); SLOTS];
+            for i in 0..targets.len() {
+                slots[i % SLOTS].push(i);
+            }
+            let most = slots.iter().map(Vec::len).max().unwrap_or(0).max(1);
+            let mut protect: Vec<SrtpSender> = match &srtp {
+                Some(k) => (0..targets.len()).map(|_| SrtpSender::new(k)).collect(),
+                None => Vec::new(),
+            };
+            let mut bufs = vec![[0xFFu8; PKT + TAG_LEN]; most];
+            let mut stamps = vec![0u64; most];
+            let mut iovs: Vec<libc::iovec> = (0..most)
+                .map(|_| libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                })
+                .collect();
+            // SAFETY: an all-zero mmsghdr is valid (null pointers, zero lengths).
+            let mut hdrs: Vec<libc::mmsghdr> =
+                (0..most).map(|_| unsafe { std::mem::zeroed() }).collect();
+            let mut st = TxStats::default();
+            let mut tick = 0u64;
+            'run: loop {
+                for (s, slot) in slots.iter().enumerate() {
+                    let due = Duration::from_millis(20 * tick + s as u64);
+                    if due >= total {
+                        break 'run;
+                    }
+                    let now = base.elapsed();
+                    if let Some(wait) = due.checked_sub(now) {
+                        std::thread::sleep(wait);
+                    } else {
+                        let l = now - due;
+                        st.max_late = st.max_late.max(l);
+                        if l > late {
+                            st.late_slots += 1;
+                        }
+                    }
+                    st.slots += 1;
+                    for dir in [1u8, 2] {
+                        let sock = if dir == 1 { &phones } else { &carriers };
+                        for (k, &i) in slot.iter().enumerate() {
+                            let (c, to_a, to_l) = &targets[i];
+                            let buf = &mut bufs[k];
+                            header(
+                                buf,
+                                tick as u16,
+                                (tick * 160) as u32,
+                                *c as u32 * 2 + u32::from(dir),
+                            );
+                            buf[12..16].copy_from_slice(&MAGIC.to_le_bytes());
+                            buf[16..20].copy_from_slice(&(*c as u32).to_le_bytes());
+                            buf[20] = dir;
+                            let t = realtime_ns();
+                            stamps[k] = t;
+                            buf[21..29].copy_from_slice(&t.to_le_bytes());
+                            let len = match protect.get_mut(i) {
+                                Some(tx) if dir == 1 => tx.protect(buf, PKT).unwrap(),
+                                _ => PKT,
+                            };
+                            iovs[k] = libc::iovec {
+                                iov_base: buf.as_mut_ptr().cast(),
+                                iov_len: len,
+                            };
+                            let to = if dir == 1 { to_a } else { to_l };
+                            let h = &mut hdrs[k].msg_hdr;
+                            h.msg_name = to.as_ptr() as *mut libc::c_void;
+                            h.msg_namelen = to.len();
+                            h.msg_iov = &mut iovs[k];
+                            h.msg_iovlen = 1;
+                        }
+                        let n = slot.len();
+                        let mut off = 0;
+                        while off < n {
+                            // SAFETY: hdrs[off..n] point at live buffers, iovecs
+                            // and addresses owned by this thread.
+                            let r = unsafe {
+                                libc::sendmmsg(
+                                    sock.as_raw_fd(),
+                                    hdrs[off..].as_mut_ptr(),
+                                    (n - off) as u32,
+                                    0,
+                                )
+                            };
+                            if r <= 0 {
+                                st.errors += (n - off) as u64;
+                                break;
+                            }
+                            for t in &stamps[off..off + r as usize] {
+                                if window.holds(*t) {
+                                    st.sent_in_window += 1;
+                                }
+                            }
+                            off += r as usize;
+                        }
+                    }
+                }
+                tick += 1;
+            }
+            st
+        })
+        .unwrap()
+}
+
+/// The kernel's receive time of a `recvmmsg` message (`SO_TIMESTAMPNS`).
+fn rx_timestamp(h: &libc::msghdr) -> Option<u64> {
+    // SAFETY: the control buffer was filled by the kernel for this header.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                return Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64);
+            }
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+    }
+    None
+}
+
+fn receiver(
+    name: String,
+    sock: Arc<StdUdp>,
+    dir: u8,
+    stop: Arc<AtomicBool>,
+    key: Option<MasterKey>,
+    window: Window,
+) -> std::thread::JoinHandle<RxStats> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            sock.set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            let on: libc::c_int = 1;
+            // SAFETY: a plain int option on our own socket.
+            unsafe {
+                libc::setsockopt(
+                    sock.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_TIMESTAMPNS,
+                    (&on as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as u32,
+                );
+            }
+            let mut bufs = vec![[0u8; 2048]; RX_BATCH];
+            let mut ctrl = vec![[0u64; 8]; RX_BATCH];
+            let mut iovs: Vec<libc::iovec> = bufs
+                .iter_mut()
+                .map(|b| libc::iovec {
+                    iov_base: b.as_mut_ptr().cast(),
+                    iov_len: b.len(),
+                })
+                .collect();
+            // SAFETY: an all-zero mmsghdr is valid.
+            let mut hdrs: Vec<libc::mmsghdr> = (0..RX_BATCH)
+                .map(|_| unsafe { std::mem::zeroed() })
+                .collect();
+            for (k, h) in hdrs.iter_mut().enumerate() {
+                h.msg_hdr.msg_iov = &mut iovs[k];
+                h.msg_hdr.msg_iovlen = 1;
+                h.msg_hdr.msg_control = ctrl[k].as_mut_ptr().cast();
+            }
+            let mut st = RxStats::default();
+            // One SRTP stream per relay output stream (its SSRC).
+            let mut streams: std::collections::HashMap<u32, SrtpReceiver> =
+                std::collections::HashMap::new();
+            while !stop.load(Ordering::Relaxed) {
+                for h in hdrs.iter_mut() {
+                    h.msg_hdr.msg_controllen = std::mem::size_of::<[u64; 8]>();
+                    h.msg_hdr.msg_flags = 0;
+                    h.msg_len = 0;
+                }
+                // SAFETY: every header points at this thread's buffers.
+                let r = unsafe {
+                    libc::recvmmsg(
+                        sock.as_raw_fd(),
+                        hdrs.as_mut_ptr(),
+                        RX_BATCH as u32,
+                        libc::MSG_WAITFORONE,
+                        std::ptr::null_mut(),
+                    )
+                };
+                if r <= 0 {
+                    continue;
+                }
+                for k in 0..r as usize {
+                    let at = rx_timestamp(&hdrs[k].msg_hdr).unwrap_or_else(|| {
+                        st.without_timestamp += 1;
+                        realtime_ns()
+                    });
+                    let mut n = hdrs[k].msg_len as usize;
+                    let buf = &mut bufs[k];
+                    if let Some(key) = &key {
+                        if n < 12 {
+                            continue;
+                        }
+                        let ssrc = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
+                        match streams
+                            .entry(ssrc)
+                            .or_insert_with(|| SrtpReceiver::new(key))
+                            .unprotect(buf, n)
+                        {
+                            Ok(m) => n = m,
+                            Err(_) => continue,
+                        }
+                    }
+                    // Silence frames from before the bridge carry no magic.
+                    if n < 29 || buf[12..16] != MAGIC.to_le_bytes() || buf[20] != dir {
+                        continue;
+                    }
+                    let mut t = [0u8; 8];
+                    t.copy_from_slice(&buf[21..29]);
+                    let sent = u64::from_le_bytes(t);
+                    if window.holds(sent) {
+                        st.in_window += 1;
+                        st.lat.push(at.saturating_sub(sent));
+                    }
+                }
+            }
+            st
+        })
+        .unwrap()
+}
+
+/// One trial's figures.
+struct Trial {
+    relay: &'static str,
+    calls: usize,
+    sent: u64,
+    received: u64,
+    send_errors: u64,
+    seconds: u64,
+    p50_us: f64,
+    p99_us: f64,
+    max_us: f64,
+    p99_to_lead_us: f64,
+    p99_to_agent_us: f64,
+    relay_cpu_s: f64,
+    gen_cpu_s: f64,
+    slots: u64,
+    late_slots: u64,
+    max_late: Duration,
+    without_timestamp: u64,
+    load: String,
+}
+
+impl Trial {
+    fn loss(&self) -> u64 {
+        self.sent.saturating_sub(self.received)
+    }
+    fn per_core(&self) -> f64 {
+        if self.relay_cpu_s > 0.0 {
+            self.received as f64 / self.relay_cpu_s
+        } else {
+            f64::NAN
+        }
+    }
+    /// The generator's timers ran late: the trial is not counted.
+    fn late(&self) -> bool {
+        self.late_slots * 1000 > self.slots
+    }
+    fn print(&self, opts: &Opts) {
+        println!(
+            "{} {}{}{}{} calls: sent {}, relayed {} in {} s = {:.0} pkt/s, loss {} ({:.3}%), send errors {}; \
+latency send→receive p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs (phone→carrier p99 {:.0} µs, carrier→phone p99 {:.0} µs); \
+relay CPU {:.2} s = {:.0} pkt/s per core; generator CPU {:.2} s, slots more than {} ms late {} of {} (max {:.1} ms){}{}; load {}",
+            self.relay,
+            if opts.srtp.is_some() && self.relay == "powerdial" { "SRTP agent legs, " } else { "" },
+            if opts.extras.amd && self.relay == "powerdial" { "AMD on every lead, " } else { "" },
+            if opts.extras.record && self.relay == "powerdial" { "every call recorded, " } else { "" },
+            self.calls,
+            self.sent,
+            self.received,
+            self.seconds,
+            self.received as f64 / self.seconds as f64,
+            self.loss(),
+            100.0 * self.loss() as f64 / self.sent.max(1) as f64,
+            self.send_errors,
+            self.p50_us,
+            self.p99_us,
+            self.max_us,
+            self.p99_to_lead_us,
+            self.p99_to_agent_us,
+            self.relay_cpu_s,
+            self.per_core(),
+            self.gen_cpu_s,
+            opts.late.as_millis(),
+            self.late_slots,
+            self.slots,
+            self.max_late.as_secs_f64() * 1000.0,
+            if self.late() { " LATE (not counted)" } else { "" },
+            if self.without_timestamp > 0 { format!(", {} without kernel timestamp", self.without_timestamp) } else { String::new() },
+            self.load,
+        );
+    }
+}
+
+/// Sends the calls' streams through whatever `targets` name and measures.
+fn run_traffic(
+    relay: &'static str,
+    groups: &[Group],
+    targets: &[CallTarget],
+    opts: &Opts,
+    relay_cpu: &dyn Fn() -> u64,
+) -> Trial {
+    let load = loadavg();
+    let seconds = opts.seconds;
+    let base = Instant::now();
+    let base_rt = realtime_ns();
+    let measure_from = Duration::from_secs(1);
+    let measure_to = measure_from + Duration::from_secs(seconds);
+    let window = Window {
+        from: base_rt + measure_from.as_nanos() as u64,
+        to: base_rt + measure_to.as_nanos() as u64,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut rx_lead = Vec::new();
+    let mut rx_agent = Vec::new();
+    for (g, group) in groups.iter().enumerate() {
+        // Phone → carrier packets arrive at the carriers' socket, and back.
+        rx_lead.push(receiver(
+            format!("gen-rx-{g}-c"),
+            group.carriers.clone(),
+            1,
+            stop.clone(),
+            None,
+            window,
+        ));
+        let key = if relay == "powerdial" {
+            opts.srtp.clone()
+        } else {
+            None
+        };
+        rx_agent.push(receiver(
+            format!("gen-rx-{g}-p"),
+            group.phones.clone(),
+            2,
+            stop.clone(),
+            key,
+            window,
+        ));
+    }
+    let total = measure_to + Duration::from_millis(500);
+    let senders: Vec<_> = groups
+        .iter()
+        .enumerate()
+        .map(|(g, group)| {
+            let mine = targets
+                .iter()
+                .enumerate()
+                .filter(|(c, _)| c % groups.len() == g)
+                .collect();
+            sender(g, group, mine, base, total, window, opts)
+        })
+        .collect();
+    let sleep_until = |d: Duration| {
+        if let Some(w) = d.checked_sub(base.elapsed()) {
+            std::thread::sleep(w);
+        }
+    };
+    sleep_until(measure_from);
+    let (cpu0, gen0) = (relay_cpu(), threads_cpu_ticks("gen-"));
+    sleep_until(measure_to);
+    let (cpu1, gen1) = (relay_cpu(), threads_cpu_ticks("gen-"));
+    let mut tx = TxStats::default();
+    for s in senders {
+        let s = s.join().unwrap();
+        tx.sent_in_window += s.sent_in_window;
+        tx.errors += s.errors;
+        tx.slots += s.slots;
+        tx.late_slots += s.late_slots;
+        tx.max_late = tx.max_late.max(s.max_late);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let join = |v: Vec<std::thread::JoinHandle<RxStats>>| {
+        let mut all = RxStats::default();
+        for h in v {
+            let s = h.join().unwrap();
+            all.lat.extend(s.lat);
+            all.in_window += s.in_window;
+            all.without_timestamp += s.without_timestamp;
+        }
+        all
+    };
+    let (mut l1, mut l2) = (join(rx_lead), join(rx_agent));
+    let mut all: Vec<u64> = l1.lat.iter().chain(&l2.lat).copied().collect();
+    let us = |n: u64| n as f64 / 1000.0;
+    let hz = 100.0; // USER_HZ on Linux
+    Trial {
+        relay,
+        calls: targets.len(),
+        sent: tx.sent_in_window,
+        received: l1.in_window + l2.in_window,
+        send_errors: tx.errors,
+        seconds,
+        p50_us: us(pct(&mut all, 0.5)),
+        p99_us: us(pct(&mut all, 0.99)),
+        max_us: us(pct(&mut all, 1.0)),
+        p99_to_lead_us: us(pct(&mut l1.lat, 0.99)),
+        p99_to_agent_us: us(pct(&mut l2.lat, 0.99)),
+        relay_cpu_s: (cpu1 - cpu0) as f64 / hz,
+        gen_cpu_s: (gen1 - gen0) as f64 / hz,
+        slots: tx.slots,
+        late_slots: tx.late_slots,
+        max_late: tx.max_late,
+        without_timestamp: l1.without_timestamp + l2.without_timestamp,
+        load,
+    }
+}
+
 /// What else the relay does on every call of the load (`--amd`, `--record`).
 #[derive(Clone, Copy)]
 struct Extras {
@@ -153,29 +711,29 @@ struct Extras {
     record: bool,
 }
 
-fn load(
+fn to_sockaddr(a: SocketAddr) -> socket2::SockAddr {
+    a.into()
+}
+
+fn powerdial_trial(
     relay: &MediaRelay,
     rt: &tokio::runtime::Runtime,
     calls: usize,
-    seconds: u64,
-    srtp: Option<MasterKey>,
-    extras: Extras,
-) {
-    let phones = Arc::new(big_socket());
-    let carriers = Arc::new(big_socket());
+    opts: &Opts,
+) -> Trial {
+    let groups: Vec<Group> = (0..opts.groups).map(|_| Group::new()).collect();
     let mut media: Vec<AgentMedia> = Vec::with_capacity(calls);
-    let mut agent_ports = Vec::with_capacity(calls);
-    let mut lead_ports = Vec::with_capacity(calls);
+    let mut targets = Vec::with_capacity(calls);
+    let extras = opts.extras;
     rt.block_on(async {
-        for _ in 0..calls {
+        for c in 0..calls {
+            let g = &groups[c % groups.len()];
             let (m, events) = relay.open_agent().unwrap();
             drop(events);
             let a = m.agent_leg();
-            m.set_remote(a.id, neg(phones.local_addr().unwrap()))
-                .unwrap();
+            m.set_remote(a.id, neg(g.phones_addr())).unwrap();
             let l = m.open_lead_leg().unwrap();
-            m.set_remote(l.id, neg(carriers.local_addr().unwrap()))
-                .unwrap();
+            m.set_remote(l.id, neg(g.carriers_addr())).unwrap();
             m.bridge(l.id).unwrap();
             if extras.amd {
                 // Listening for the whole run: never decided.
@@ -201,157 +759,74 @@ fn load(
                 });
                 m.record(l.id, tx).unwrap();
             }
-            if let Some(k) = &srtp {
+            if let Some(k) = &opts.srtp {
                 m.set_srtp(k.clone(), k.clone()).unwrap();
             }
-            agent_ports.push(SocketAddr::from(([127, 0, 0, 1], a.local_port)));
-            lead_ports.push(SocketAddr::from(([127, 0, 0, 1], l.local_port)));
+            targets.push(CallTarget {
+                phone_to: to_sockaddr(SocketAddr::from(([127, 0, 0, 1], a.local_port))),
+                carrier_to: to_sockaddr(SocketAddr::from(([127, 0, 0, 1], l.local_port))),
+            });
             media.push(m);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     });
-
-    let base = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
-    let measure_from = Duration::from_secs(1);
-    let measure_to = measure_from + Duration::from_secs(seconds);
-    let receiver = |sock: Arc<StdUdp>, dir: u8, stop: Arc<AtomicBool>, key: Option<MasterKey>| {
-        std::thread::spawn(move || {
-            sock.set_read_timeout(Some(Duration::from_millis(100)))
-                .unwrap();
-            let mut buf = [0u8; 2048];
-            let mut lat = Vec::new();
-            let mut generated = 0u64;
-            // One SRTP stream per agent leg (its source port).
-            let mut streams: std::collections::HashMap<SocketAddr, SrtpReceiver> =
-                std::collections::HashMap::new();
-            while !stop.load(Ordering::Relaxed) {
-                let Ok((n, from)) = sock.recv_from(&mut buf) else {
-                    continue;
-                };
-                let n = match &key {
-                    Some(k) => match streams
-                        .entry(from)
-                        .or_insert_with(|| SrtpReceiver::new(k))
-                        .unprotect(&mut buf, n)
-                    {
-                        Ok(n) => n,
-                        Err(_) => continue,
-                    },
-                    None => n,
-                };
-                let now = base.elapsed();
-                if n < 12 + 13 || buf[16] != dir {
-                    generated += 1; // silence frames from before the bridge
-                    continue;
-                }
-                let mut t = [0u8; 8];
-                t.copy_from_slice(&buf[17..25]);
-                let sent = Duration::from_nanos(u64::from_le_bytes(t));
-                if sent >= measure_from && sent < measure_to {
-                    lat.push((now - sent).as_nanos() as u64);
-                }
-            }
-            (lat, generated)
-        })
-    };
-    // Agent→lead packets arrive at the carriers' socket and vice versa.
-    let rx_lead = receiver(carriers.clone(), 1, stop.clone(), None);
-    let rx_agent = receiver(phones.clone(), 2, stop.clone(), srtp.clone());
-
-    let total = measure_to + Duration::from_millis(500);
-    let sender = {
-        let (phones, carriers) = (phones.clone(), carriers.clone());
-        let mut protect: Vec<SrtpSender> = match &srtp {
-            Some(k) => (0..calls).map(|_| SrtpSender::new(k)).collect(),
-            None => Vec::new(),
-        };
-        std::thread::spawn(move || {
-            let mut pkt = [0xFFu8; 172];
-            let mut out = [0u8; 172 + TAG_LEN];
-            let mut sent_in_window = 0u64;
-            let mut errors = 0u64;
-            let slots = 20u32; // 1 ms slots spread each call over the 20 ms frame
-            let mut tick = 0u64;
-            loop {
-                let frame_start = Duration::from_millis(20 * tick);
-                if frame_start >= total {
-                    break;
-                }
-                for s in 0..slots {
-                    let due = frame_start + Duration::from_millis(u64::from(s));
-                    if let Some(wait) = due.checked_sub(base.elapsed()) {
-                        std::thread::sleep(wait);
-                    }
-                    for c in (s as usize..calls).step_by(slots as usize) {
-                        for (dir, sock, dest) in [
-                            (1u8, &phones, agent_ports[c]),
-                            (2u8, &carriers, lead_ports[c]),
-                        ] {
-                            header(
-                                &mut pkt,
-                                tick as u16,
-                                (tick * 160) as u32,
-                                c as u32 * 2 + u32::from(dir),
-                            );
-                            pkt[12..16].copy_from_slice(&(c as u32).to_le_bytes());
-                            pkt[16] = dir;
-                            let now = base.elapsed();
-                            pkt[17..25].copy_from_slice(&(now.as_nanos() as u64).to_le_bytes());
-                            let bytes: &[u8] = match protect.get_mut(c) {
-                                Some(tx) if dir == 1 => {
-                                    out[..172].copy_from_slice(&pkt);
-                                    let n = tx.protect(&mut out, 172).unwrap();
-                                    &out[..n]
-                                }
-                                _ => &pkt,
-                            };
-                            if sock.send_to(bytes, dest).is_err() {
-                                errors += 1;
-                            } else if now >= measure_from && now < measure_to {
-                                sent_in_window += 1;
-                            }
-                        }
-                    }
-                }
-                tick += 1;
-            }
-            (sent_in_window, errors)
-        })
-    };
-    std::thread::sleep(measure_from);
-    let cpu0 = relay_cpu_ticks();
-    std::thread::sleep(measure_to - measure_from);
-    let cpu1 = relay_cpu_ticks();
-    let (sent, send_errors) = sender.join().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    let (mut l1, _) = rx_lead.join().unwrap();
-    let (mut l2, _) = rx_agent.join().unwrap();
-    let received = (l1.len() + l2.len()) as u64;
-    let mut all: Vec<u64> = l1.iter().chain(&l2).copied().collect();
-    let hz = 100.0; // USER_HZ on Linux
-    let cpu_s = (cpu1 - cpu0) as f64 / hz;
-    let pps = received as f64 / seconds as f64;
-    println!(
-        "{}{}{}{calls} calls: sent {sent}, relayed {received} in {seconds} s = {pps:.0} pkt/s, loss {} ({:.3}%), send errors {send_errors}; \
-latency send→receive p50 {:.0} µs, p99 {:.0} µs (agent→lead p99 {:.0} µs, lead→agent p99 {:.0} µs); \
-relay CPU {cpu_s:.2} s = {:.0} pkt/s per core",
-        if srtp.is_some() { "SRTP agent legs, " } else { "" },
-        if extras.amd { "AMD on every lead, " } else { "" },
-        if extras.record { "every call recorded, " } else { "" },
-        sent.saturating_sub(received),
-        100.0 * sent.saturating_sub(received) as f64 / sent.max(1) as f64,
-        pct(&mut all, 0.5) as f64 / 1000.0,
-        pct(&mut all, 0.99) as f64 / 1000.0,
-        pct(&mut l1, 0.99) as f64 / 1000.0,
-        pct(&mut l2, 0.99) as f64 / 1000.0,
-        if cpu_s > 0.0 { received as f64 / cpu_s } else { f64::NAN },
-    );
+    let trial = run_traffic("powerdial", &groups, &targets, opts, &|| {
+        threads_cpu_ticks("relay-worker")
+    });
     rt.block_on(async move {
         drop(media);
         tokio::time::sleep(Duration::from_millis(200)).await;
     });
+    trial
+}
+
+fn rtpengine_trial(peer: &mut ng::Rtpengine, calls: usize, opts: &Opts) -> Trial {
+    let groups: Vec<Group> = (0..opts.groups).map(|_| Group::new()).collect();
+    let mut targets = Vec::with_capacity(calls);
+    for c in 0..calls {
+        let g = &groups[c % groups.len()];
+        let call = peer
+            .call(c, g.carriers_addr(), g.phones_addr())
+            .unwrap_or_else(|e| panic!("rtpengine call {c}: {e}"));
+        targets.push(CallTarget {
+            phone_to: to_sockaddr(call.from_phone),
+            carrier_to: to_sockaddr(call.from_carrier),
+        });
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = peer.pid();
+    let trial = run_traffic("rtpengine", &groups, &targets, opts, &|| {
+        process_cpu_ticks(pid)
+    });
+    for c in 0..calls {
+        if let Err(e) = peer.delete(c) {
+            eprintln!("rtpengine delete {c}: {e}");
+        }
+    }
+    trial
+}
+
+fn start_rtpengine(threads: usize) -> ng::Rtpengine {
+    let conf =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/peers/rtpengine.conf");
+    // A free UDP port for its ng listener (ours, released just before).
+    let ng_port = StdUdp::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = std::env::temp_dir().join(format!(
+        "powerdial-bench-rtpengine-{}.log",
+        std::process::id()
+    ));
+    let peer = ng::Rtpengine::start(&conf, ng_port, (40000, 49999), threads, &log)
+        .unwrap_or_else(|e| panic!("starting rtpengine (log {}): {e}", log.display()));
+    println!(
+        "rtpengine pid {} on 127.0.0.1:{ng_port} (ng), RTP ports 40000-49999, --num-threads={threads}, log {}",
+        peer.pid(),
+        log.display()
+    );
+    peer
 }
 
 fn main() {
@@ -363,7 +838,7 @@ fn main() {
             .cloned()
     };
     let calls: Vec<usize> = arg("--calls")
-        .unwrap_or_else(|| "100,500,1000".into())
+        .unwrap_or_else(|| "300,500,1000".into())
         .split(',')
         .filter_map(|c| c.parse().ok())
         .collect();
@@ -371,15 +846,28 @@ fn main() {
     let switches: usize = arg("--switches")
         .and_then(|s| s.parse().ok())
         .unwrap_or(200);
-    let workers: usize = arg("--workers").and_then(|s| s.parse().ok()).unwrap_or(1);
-    let srtp = args.iter().any(|a| a == "--srtp").then(MasterKey::random);
-    let extras = Extras {
-        amd: args.iter().any(|a| a == "--amd"),
-        record: args.iter().any(|a| a == "--record"),
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let threads: usize = arg("--relay-threads")
+        .or_else(|| arg("--workers"))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(cores);
+    let opts = Opts {
+        seconds,
+        groups: arg("--groups")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(2)
+            .max(1),
+        late: Duration::from_millis(arg("--late-ms").and_then(|s| s.parse().ok()).unwrap_or(5)),
+        srtp: args.iter().any(|a| a == "--srtp").then(MasterKey::random),
+        extras: Extras {
+            amd: args.iter().any(|a| a == "--amd"),
+            record: args.iter().any(|a| a == "--record"),
+        },
     };
+    let with_rtpengine = args.iter().any(|a| a == "--peer-rtpengine");
 
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
+        .worker_threads(threads)
         .thread_name("relay-worker")
         .enable_all()
         .build()
@@ -394,10 +882,47 @@ fn main() {
         socket_buffer: 1 << 20,
     })
     .unwrap();
+    println!(
+        "relay threads {threads} (powerdial tokio workers{}), generator groups {}, {} cores, load {}",
+        if with_rtpengine { ", rtpengine --num-threads" } else { "" },
+        opts.groups,
+        cores,
+        loadavg()
+    );
     if switches > 0 {
         rt.block_on(switch_latency(&relay, switches));
     }
+    let mut peer = with_rtpengine.then(|| start_rtpengine(threads));
+    let mut rows = Vec::new();
     for n in calls {
-        load(&relay, &rt, n, seconds, srtp.clone(), extras);
+        let ours = powerdial_trial(&relay, &rt, n, &opts);
+        ours.print(&opts);
+        let theirs = peer.as_mut().map(|p| {
+            let t = rtpengine_trial(p, n, &opts);
+            t.print(&opts);
+            t
+        });
+        rows.push((ours, theirs));
+    }
+    if peer.is_some() {
+        println!();
+        println!("| calls | powerdial pkt/s per core | rtpengine pkt/s per core | ratio | loss powerdial / rtpengine | p99 powerdial / rtpengine | counted |");
+        println!("|---|---|---|---|---|---|---|");
+        for (ours, theirs) in &rows {
+            let Some(theirs) = theirs else { continue };
+            let counted = !ours.late() && !theirs.late();
+            println!(
+                "| {} | {:.0} | {:.0} | {:.2}× | {} / {} | {:.0} / {:.0} µs | {} |",
+                ours.calls,
+                ours.per_core(),
+                theirs.per_core(),
+                ours.per_core() / theirs.per_core(),
+                ours.loss(),
+                theirs.loss(),
+                ours.p99_us,
+                theirs.p99_us,
+                if counted { "yes" } else { "no: generator late" },
+            );
+        }
     }
 }

@@ -275,3 +275,59 @@ async fn exhausted_range_is_an_error() {
         assert!(held.len() <= 2, "only two pairs in 42600-42603");
     }
 }
+
+/// More datagrams than one `recvmmsg` takes, queued at once, beside an
+/// RTCP flood on both legs: every RTP packet reaches the phone, in order,
+/// and no RTCP is relayed.
+#[tokio::test]
+async fn a_burst_is_relayed_whole_and_in_order_beside_an_rtcp_flood() {
+    let relay = relay();
+    let phone = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let carrier = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (media, _events) = relay.open_agent().unwrap();
+    let agent = media.agent_leg();
+    media
+        .set_remote(
+            agent.id,
+            neg(phone.local_addr().unwrap(), G711Law::Pcmu, 101),
+        )
+        .unwrap();
+    let lead = media.open_lead_leg().unwrap();
+    let lead_port: SocketAddr = ([127, 0, 0, 1], lead.local_port).into();
+    media
+        .set_remote(
+            lead.id,
+            neg(carrier.local_addr().unwrap(), G711Law::Pcmu, 101),
+        )
+        .unwrap();
+    media.bridge(lead.id).unwrap();
+    // An RTCP receiver report header (RFC 3550 §6.4.2), many times.
+    let rr = [0x80u8, 201, 0, 1, 0, 0, 0, 7];
+    for port in [agent.local_port + 1, lead.local_port + 1] {
+        for _ in 0..50 {
+            carrier.send_to(&rr, ("127.0.0.1", port)).await.unwrap();
+        }
+    }
+    let n = 3 * RX_BATCH + 1;
+    for i in 0..n {
+        let pkt = rtp(
+            0,
+            false,
+            1000 + i as u16,
+            160 * i as u32,
+            0xABC,
+            &[i as u8; 160],
+        );
+        carrier.send_to(&pkt, lead_port).await.unwrap();
+    }
+    let mut got = Vec::new();
+    while got.len() < n {
+        let (p, pl) = recv(&phone, 1000).await.expect("every packet of the burst");
+        assert_eq!(p.pt, 0, "only RTP reaches the phone");
+        if pl.iter().all(|b| *b == 0xFF) {
+            continue; // silence generated before the bridge applied
+        }
+        got.push(pl[0]);
+    }
+    assert_eq!(got, (0..n as u8).collect::<Vec<_>>());
+}
