@@ -33,9 +33,10 @@
 //! - Before anything is parsed, every message that is not a response
 //!   counts against its source address (`sip::flood`): past the limit, or
 //!   with a scanner's User-Agent, the address is banned and its messages
-//!   dropped unanswered. An out-of-dialog INVITE without credentials is
-//!   challenged statelessly: a flood of them allocates no transaction, no
-//!   media port and no database row. When the transaction table is full a
+//!   dropped unanswered. An out-of-dialog INVITE or a REGISTER without
+//!   credentials is challenged statelessly (RFC 3261 §8.2.7): a flood of
+//!   them allocates no transaction, no media port and no database row, and
+//!   a registration's first REGISTER leaves nothing for Timer J. When the transaction table is full a
 //!   new request gets 503 with Retry-After (RFC 3261 §21.5.4), statelessly.
 //! - Transaction events the endpoint does not answer itself (client
 //!   transactions, server timeouts) are kept for the call engine in
@@ -375,11 +376,11 @@ impl Endpoint {
                     }
                     return;
                 }
-                if self.is_unauthenticated_invite(&request, peer) {
+                if self.wants_stateless_challenge(&request, peer) {
                     // A challenge from no state: retransmissions get it
-                    // again, the ACK is a stray (RFC 3261 §17.2.1 allows a
-                    // UAS to answer without a transaction only here, where
-                    // losing the answer costs a retransmission).
+                    // again, an INVITE's ACK is a stray (RFC 3261 §8.2.7,
+                    // §17.2.1: where losing the answer costs only a
+                    // retransmission).
                     let r = self
                         .verifier
                         .challenge_response(now, &request, false, false);
@@ -514,10 +515,22 @@ impl Endpoint {
         check_request(request, &domains).is_none()
     }
 
-    /// An out-of-dialog INVITE from anyone but a trunk, with no
-    /// credentials: answered with a stateless challenge.
-    fn is_unauthenticated_invite(&self, request: &Request, peer: Peer) -> bool {
-        if request.method != Method::Invite || self.cfg.trunk_sources.contains(&peer.addr.ip()) {
+    /// An out-of-dialog INVITE from anyone but a trunk, or a REGISTER,
+    /// with no credentials: answered with a stateless challenge (RFC 3261
+    /// §8.2.7 names challenges as what a stateless UAS is for). A
+    /// registration's first REGISTER is always one of these; answering it
+    /// without a transaction keeps the 401 from holding state for Timer J
+    /// (32 s on UDP), half of what a registration cycle left behind (SPEC
+    /// §6: REGISTER at Kamailio's CPU per cycle, whose `www_challenge`
+    /// answers statelessly too). A retransmission is answered again with
+    /// a fresh nonce, which the phone may use as well as the first.
+    fn wants_stateless_challenge(&self, request: &Request, peer: Peer) -> bool {
+        let challenged = match request.method {
+            Method::Register => true,
+            Method::Invite => !self.cfg.trunk_sources.contains(&peer.addr.ip()),
+            _ => false,
+        };
+        if !challenged {
             return false;
         }
         let has_credentials = request
@@ -1348,6 +1361,47 @@ Contact: <sip:{user}@192.0.2.10:5062>\r\n\
         ep.bindings_persisted(clock.now, ticket);
         assert_eq!(codes(&drain(&mut ep, phone)), [200]);
         assert_eq!(ep.held_acks(), 0);
+    }
+
+    #[test]
+    fn a_register_without_credentials_is_challenged_without_a_transaction() {
+        let (mut ep, clock) = setup();
+        let phone = udp(PHONE);
+        let text = register(1, "alice", "Expires: 60\r\n");
+        let first = feed(&mut ep, &clock, phone, &text);
+        assert_eq!(codes(&first), [401]);
+        assert_eq!(ep.transactions().len(), 0, "the 401 leaves no state");
+        // A retransmission is challenged again, with a nonce of its own;
+        // either challenge authenticates the next REGISTER.
+        let again = feed(&mut ep, &clock, phone, &text);
+        assert_eq!(codes(&again), [401]);
+        let nonce = |r: &Response| {
+            values(r, "WWW-Authenticate")
+                .into_iter()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_ne!(nonce(&first[0]), nonce(&again[0]));
+        let mut client = DigestClient::new("alice", "alice-secret");
+        let auth = answer(&mut client, &first[0], "c1");
+        let ok = feed(
+            &mut ep,
+            &clock,
+            phone,
+            &register(2, "alice", &format!("Expires: 60\r\n{auth}")),
+        );
+        assert_eq!(codes(&ok), [200]);
+        // The REGISTER with credentials has its transaction (Timer J
+        // absorbs its retransmissions, RFC 3261 §17.2.2).
+        assert_eq!(ep.transactions().len(), 1);
+        // A request the §8.2 checks refuse still gets that answer.
+        let refused = feed(
+            &mut ep,
+            &clock,
+            phone,
+            &register(3, "alice", "Require: no-such-extension\r\n"),
+        );
+        assert_eq!(codes(&refused), [420]);
     }
 
     #[test]

@@ -285,17 +285,17 @@ pub fn inspect(bytes: &[u8], transport: TransportKind, max_size: usize) -> Inspe
     } else {
         bytes
     };
-    let msg = match raw::split(bytes) {
+    let mut msg = match raw::split(bytes) {
         Ok(m) => m,
         Err(d) => return Inspected::drop(d),
     };
     if msg.start_line.starts_with(b"SIP/") {
-        match response(&msg, transport, max_size) {
+        match response(&mut msg, transport, max_size) {
             Ok(r) => Inspected::Response(r),
             Err(d) => Inspected::drop(d),
         }
     } else {
-        request(&msg, transport, max_size)
+        request(&mut msg, transport, max_size)
     }
 }
 
@@ -325,7 +325,7 @@ fn via_versions(vias: &Vias) -> Result<(), Defect> {
     }
 }
 
-fn request(msg: &RawMessage<'_>, transport: TransportKind, max_size: usize) -> Inspected {
+fn request(msg: &mut RawMessage<'_>, transport: TransportKind, max_size: usize) -> Inspected {
     let start = String::from_utf8_lossy(msg.start_line);
     let method_word = start.split(' ').next().unwrap_or_default();
     let is_ack = method_word == "ACK";
@@ -355,8 +355,11 @@ fn request(msg: &RawMessage<'_>, transport: TransportKind, max_size: usize) -> I
     }
 }
 
+/// Validates a request and builds it; `msg`'s header values are moved
+/// into the result, so it is only read again when this fails (and then
+/// before anything was moved).
 fn validate_request(
-    msg: &RawMessage<'_>,
+    msg: &mut RawMessage<'_>,
     vias: &Vias,
     transport: TransportKind,
     max_size: usize,
@@ -379,7 +382,6 @@ fn validate_request(
     if cseq_method != *method {
         return Err(Defect::CSeqMethodMismatch);
     }
-    let headers = build_headers(msg, vias, body.len());
     let known = matches!(
         *method,
         "ACK" | "BYE" | "CANCEL" | "INFO" | "INVITE" | "MESSAGE"
@@ -389,10 +391,11 @@ fn validate_request(
     );
     let parsed_method = method.parse::<syntax::Method>().ok().filter(|_| known);
     let Some(method) = parsed_method else {
+        let (method, uri) = ((*method).to_string(), (*uri).to_string());
         return Ok(Inspected::Extension(RawRequest {
-            method: (*method).to_string(),
-            uri: (*uri).to_string(),
-            headers,
+            method,
+            uri,
+            headers: build_headers(msg, vias, body.len()),
             body: body.to_vec(),
         }));
     };
@@ -405,6 +408,7 @@ fn validate_request(
         // rsipstack cannot hold this URI; only a 416 could answer it.
         _ => return Err(Defect::UnsupportedScheme),
     };
+    let headers = build_headers(msg, vias, body.len());
     Ok(Inspected::Request(syntax::Request {
         method,
         uri,
@@ -436,7 +440,7 @@ fn check_version(v: &str) -> Result<(), Defect> {
 }
 
 fn response(
-    msg: &RawMessage<'_>,
+    msg: &mut RawMessage<'_>,
     transport: TransportKind,
     max_size: usize,
 ) -> Result<syntax::Response, Defect> {
@@ -595,28 +599,41 @@ fn validate_headers(msg: &RawMessage<'_>) -> Result<(), Defect> {
 
 /// rsipstack headers from validated raw ones: canonical names, Via, CSeq,
 /// Max-Forwards and Content-Length rewritten without LWS so the typed
-/// parsers downstream read them (`wsinv`).
-fn build_headers(msg: &RawMessage<'_>, vias: &Vias, body_len: usize) -> Headers {
+/// parsers downstream read them (`wsinv`). The values are moved out of
+/// `msg` (one copy fewer per header line on every message): call it last.
+fn build_headers(msg: &mut RawMessage<'_>, vias: &Vias, body_len: usize) -> Headers {
     let mut via_lines = vias.iter();
     let mut headers = Headers::default();
-    for h in &msg.headers {
-        let header = match h.name.as_str() {
+    for h in &mut msg.headers {
+        let header = match &*h.name {
             "Via" => match via_lines.next() {
                 Some(parms) => Header::Via(untyped::Via::new(join_vias(parms))),
                 None => continue,
             },
             "CSeq" => match parse_cseq(&h.value) {
                 Ok((n, m)) => Header::CSeq(untyped::CSeq::new(format!("{n} {m}"))),
-                Err(_) => make_header(&h.name, h.value.clone()),
+                Err(_) => make_header(&h.name, std::mem::take(&mut h.value)),
             },
             "Max-Forwards" => match parse_digits(&h.value) {
                 Some(n) => Header::MaxForwards(untyped::MaxForwards::new(n.to_string())),
-                None => make_header(&h.name, h.value.clone()),
+                None => make_header(&h.name, std::mem::take(&mut h.value)),
             },
             "Content-Length" => {
                 Header::ContentLength(untyped::ContentLength::new(body_len.to_string()))
             }
-            _ => make_header(&h.name, h.value.clone()),
+            // The headers every REGISTER and call carries, built at once:
+            // rsipstack's `make_header` finds a name by comparing it with
+            // each one it knows in turn (the names here are canonical
+            // already, see `raw::canonical_name`).
+            "From" => Header::From(untyped::From::new(std::mem::take(&mut h.value))),
+            "To" => Header::To(untyped::To::new(std::mem::take(&mut h.value))),
+            "Call-ID" => Header::CallId(untyped::CallId::new(std::mem::take(&mut h.value))),
+            "Contact" => Header::Contact(untyped::Contact::new(std::mem::take(&mut h.value))),
+            "Authorization" => {
+                Header::Authorization(untyped::Authorization::new(std::mem::take(&mut h.value)))
+            }
+            "Expires" => Header::Expires(untyped::Expires::new(std::mem::take(&mut h.value))),
+            _ => make_header(&h.name, std::mem::take(&mut h.value)),
         };
         headers.push(header);
     }

@@ -5,6 +5,8 @@
 //! defect, so the message can still be answered from its other headers
 //! (RFC 3261 §8.2: a UAS answers a malformed request with 400 where it can).
 
+use std::borrow::Cow;
+
 use super::grammar::{is_token, text_defect};
 use super::Defect;
 
@@ -12,8 +14,9 @@ use super::Defect;
 #[derive(Debug, Clone)]
 pub(crate) struct RawHeader {
     /// The canonical name (`Call-ID` for `i`, `Max-Forwards` for
-    /// `MaX-fOrWaRdS`), or the name as sent for headers we do not know.
-    pub name: String,
+    /// `MaX-fOrWaRdS`), or the name as sent for headers we do not know;
+    /// borrowed for the known names, so no allocation per header line.
+    pub name: Cow<'static, str>,
     /// The value, folding replaced by one SP, outer whitespace trimmed.
     pub value: String,
     /// Why the value cannot be trusted (invalid UTF-8, control octets);
@@ -206,9 +209,9 @@ const NAMES: &[(&str, &str)] = &[
 
 /// The canonical name for a header name as sent (case-insensitive, RFC
 /// 3261 §7.3.1; compact forms §7.3.3).
-pub(crate) fn canonical_name(name: &str) -> String {
+pub(crate) fn canonical_name(name: &str) -> Cow<'static, str> {
     NAMES
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map_or_else(|| name.to_string(), |(_, c)| (*c).to_string())
+        .map_or_else(|| Cow::Owned(name.to_string()), |(_, c)| Cow::Borrowed(*c))
 }

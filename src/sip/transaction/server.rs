@@ -20,23 +20,25 @@ pub enum ServerEvent {
     TransportError,
 }
 
-/// The parts of a server transaction its states act on.
+/// The parts of a server transaction its states act on. The request is
+/// not kept: matching uses the table's key (RFC 3261 §17.2.3) and a
+/// retransmitted request only needs the last response again, so a
+/// transaction waiting out Timer J or L holds its response and timers,
+/// nothing of the request (SPEC §6 memory).
 #[derive(Debug)]
 struct ServerCore {
     peer: Peer,
     config: TimerConfig,
-    request: Request,
     timers: TimerTable,
     transmits: VecDeque<Transmit>,
     events: VecDeque<ServerEvent>,
 }
 
 impl ServerCore {
-    fn new(peer: Peer, config: TimerConfig, request: Request) -> Self {
+    fn new(peer: Peer, config: TimerConfig) -> Self {
         ServerCore {
             peer,
             config,
-            request,
             timers: TimerTable::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -119,7 +121,7 @@ impl InviteServer {
     pub fn new(
         _now: Instant,
         peer: Peer,
-        request: Request,
+        request: &Request,
         config: TimerConfig,
     ) -> Result<Self, TransactionError> {
         if request.method != Method::Invite {
@@ -128,8 +130,8 @@ impl InviteServer {
                 got: request.method,
             });
         }
-        let trying = build_trying(&request)?;
-        let mut core = ServerCore::new(peer, config, request);
+        let trying = build_trying(request)?;
+        let mut core = ServerCore::new(peer, config);
         core.send(&trying);
         Ok(InviteServer {
             core,
@@ -138,11 +140,6 @@ impl InviteServer {
             }),
             response_to_tag: None,
         })
-    }
-
-    /// The INVITE that created the transaction.
-    pub fn request(&self) -> &Request {
-        &self.core.request
     }
 
     /// The To tag of the last response sent, which an RFC 2543 ACK must carry
@@ -185,7 +182,7 @@ impl InviteServer {
     }
 
     /// A retransmitted INVITE or an ACK matched to this transaction (§17.2.1).
-    pub fn handle_request(&mut self, now: Instant, request: Request) {
+    pub fn handle_request(&mut self, now: Instant, request: &Request) {
         let is_ack = request.method == Method::Ack;
         let state = std::mem::replace(&mut self.state, InviteServerState::Terminated);
         self.state = match state {
@@ -360,7 +357,7 @@ impl NonInviteServer {
     pub fn new(
         _now: Instant,
         peer: Peer,
-        request: Request,
+        request: &Request,
         config: TimerConfig,
     ) -> Result<Self, TransactionError> {
         match request.method {
@@ -370,15 +367,10 @@ impl NonInviteServer {
             }),
             Method::Ack => Err(TransactionError::AckIsNotATransaction),
             _ => Ok(NonInviteServer {
-                core: ServerCore::new(peer, config, request),
+                core: ServerCore::new(peer, config),
                 state: NonInviteServerState::Trying(Trying),
             }),
         }
-    }
-
-    /// The request that created the transaction.
-    pub fn request(&self) -> &Request {
-        &self.core.request
     }
 
     /// Where the request came from, and responses go.
@@ -402,7 +394,7 @@ impl NonInviteServer {
     }
 
     /// A retransmission of the request (§17.2.2).
-    pub fn handle_request(&mut self, _now: Instant, _request: Request) {
+    pub fn handle_request(&mut self, _now: Instant, _request: &Request) {
         match &self.state {
             NonInviteServerState::Proceeding(p) => {
                 let last = p.last_provisional.clone();
@@ -526,21 +518,16 @@ mod tests {
     fn invite_sends_100_at_once_and_repeats_last_provisional() {
         let t0 = test_epoch();
         let inv = invite("z9hG4bKs1");
-        let mut tx = InviteServer::new(
-            t0,
-            peer(TransportKind::Udp),
-            inv.clone(),
-            TimerConfig::default(),
-        )
-        .unwrap();
+        let mut tx =
+            InviteServer::new(t0, peer(TransportKind::Udp), &inv, TimerConfig::default()).unwrap();
         assert_eq!(tx.state_name(), "Proceeding");
         assert_eq!(codes(&mut tx), [100]);
-        tx.handle_request(t0 + 500 * MS, inv.clone());
+        tx.handle_request(t0 + 500 * MS, &inv);
         assert_eq!(codes(&mut tx), [100]);
         tx.send_response(t0 + 600 * MS, response_to(&inv, 180))
             .unwrap();
         assert_eq!(codes(&mut tx), [180]);
-        tx.handle_request(t0 + 1_500 * MS, inv.clone());
+        tx.handle_request(t0 + 1_500 * MS, &inv);
         assert_eq!(codes(&mut tx), [180]);
         // Proceeding has no timers: the TU decides how long to ring.
         assert_eq!(tx.poll_timeout(), None);
@@ -551,8 +538,7 @@ mod tests {
         for kind in [TransportKind::Udp, TransportKind::Tcp] {
             let t0 = test_epoch();
             let inv = invite("z9hG4bKs2");
-            let mut tx =
-                InviteServer::new(t0, peer(kind), inv.clone(), TimerConfig::default()).unwrap();
+            let mut tx = InviteServer::new(t0, peer(kind), &inv, TimerConfig::default()).unwrap();
             let ok = response_to(&inv, 200);
             tx.send_response(t0, ok.clone()).unwrap();
             assert_eq!(codes(&mut tx), [100, 200]);
@@ -561,7 +547,7 @@ mod tests {
             assert_eq!(tx.timer(Timer::L), Some(t0 + 32_000 * MS));
             // A retransmitted INVITE is absorbed: the TU's Retransmit2xx
             // covers the 2xx.
-            tx.handle_request(t0 + 500 * MS, inv.clone());
+            tx.handle_request(t0 + 500 * MS, &inv);
             assert!(codes(&mut tx).is_empty());
             // The TU may pass 2xx retransmissions; nothing else.
             tx.send_response(t0 + 500 * MS, ok).unwrap();
@@ -584,13 +570,8 @@ mod tests {
     fn invite_final_retransmits_on_timer_g_and_on_request_retransmission() {
         let t0 = test_epoch();
         let inv = invite("z9hG4bKs3");
-        let mut tx = InviteServer::new(
-            t0,
-            peer(TransportKind::Udp),
-            inv.clone(),
-            TimerConfig::default(),
-        )
-        .unwrap();
+        let mut tx =
+            InviteServer::new(t0, peer(TransportKind::Udp), &inv, TimerConfig::default()).unwrap();
         codes(&mut tx);
         tx.send_response(t0, response_to(&inv, 486)).unwrap();
         assert_eq!(codes(&mut tx), [486]);
@@ -598,7 +579,7 @@ mod tests {
         assert_eq!(tx.timer(Timer::G), Some(t0 + 500 * MS));
         assert_eq!(tx.timer(Timer::H), Some(t0 + 32_000 * MS));
         // The INVITE again (our 486 was lost): the 486 again.
-        tx.handle_request(t0 + 100 * MS, inv.clone());
+        tx.handle_request(t0 + 100 * MS, &inv);
         assert_eq!(codes(&mut tx), [486]);
         let mut at = Vec::new();
         while let Some(t) = tx.poll_timeout() {
@@ -618,23 +599,18 @@ mod tests {
     fn invite_ack_is_absorbed_then_timer_i() {
         let t0 = test_epoch();
         let inv = invite("z9hG4bKs4");
-        let mut tx = InviteServer::new(
-            t0,
-            peer(TransportKind::Udp),
-            inv.clone(),
-            TimerConfig::default(),
-        )
-        .unwrap();
+        let mut tx =
+            InviteServer::new(t0, peer(TransportKind::Udp), &inv, TimerConfig::default()).unwrap();
         tx.send_response(t0, response_to(&inv, 603)).unwrap();
         codes(&mut tx);
-        tx.handle_request(t0 + 50 * MS, ack_for(&inv));
+        tx.handle_request(t0 + 50 * MS, &ack_for(&inv));
         assert_eq!(tx.state_name(), "Confirmed");
         assert_eq!(tx.timer(Timer::G), None);
         assert_eq!(tx.timer(Timer::H), None);
         assert_eq!(tx.timer(Timer::I), Some(t0 + 5_050 * MS));
         // ACK and INVITE retransmissions are absorbed in Confirmed.
-        tx.handle_request(t0 + 60 * MS, ack_for(&inv));
-        tx.handle_request(t0 + 70 * MS, inv.clone());
+        tx.handle_request(t0 + 60 * MS, &ack_for(&inv));
+        tx.handle_request(t0 + 70 * MS, &inv);
         assert!(codes(&mut tx).is_empty());
         assert_eq!(tx.poll_event(), None);
         tx.handle_timeout(t0 + 5_050 * MS);
@@ -646,8 +622,7 @@ mod tests {
         for kind in [TransportKind::Udp, TransportKind::Tcp] {
             let t0 = test_epoch();
             let inv = invite("z9hG4bKs5");
-            let mut tx =
-                InviteServer::new(t0, peer(kind), inv.clone(), TimerConfig::default()).unwrap();
+            let mut tx = InviteServer::new(t0, peer(kind), &inv, TimerConfig::default()).unwrap();
             tx.send_response(t0, response_to(&inv, 480)).unwrap();
             let mut sent = codes(&mut tx).len();
             while let Some(t) = tx.poll_timeout() {
@@ -670,16 +645,11 @@ mod tests {
     fn invite_tcp_ack_terminates_at_once() {
         let t0 = test_epoch();
         let inv = invite("z9hG4bKs6");
-        let mut tx = InviteServer::new(
-            t0,
-            peer(TransportKind::Tcp),
-            inv.clone(),
-            TimerConfig::default(),
-        )
-        .unwrap();
+        let mut tx =
+            InviteServer::new(t0, peer(TransportKind::Tcp), &inv, TimerConfig::default()).unwrap();
         tx.send_response(t0, response_to(&inv, 486)).unwrap();
         assert_eq!(tx.timer(Timer::G), None);
-        tx.handle_request(t0, ack_for(&inv));
+        tx.handle_request(t0, &ack_for(&inv));
         // Timer I is zero on TCP.
         assert!(tx.is_terminated());
     }
@@ -689,7 +659,7 @@ mod tests {
         let t0 = test_epoch();
         let inv = invite("z9hG4bKs7");
         let mut tx =
-            InviteServer::new(t0, peer(TransportKind::Tcp), inv, TimerConfig::default()).unwrap();
+            InviteServer::new(t0, peer(TransportKind::Tcp), &inv, TimerConfig::default()).unwrap();
         tx.handle_transport_error(t0);
         assert_eq!(tx.poll_event(), Some(ServerEvent::TransportError));
         assert!(tx.is_terminated());
@@ -708,27 +678,23 @@ mod tests {
     fn non_invite_trying_proceeding_completed_timer_j() {
         let t0 = test_epoch();
         let req = non_invite("OPTIONS", "z9hG4bKn1");
-        let mut tx = NonInviteServer::new(
-            t0,
-            peer(TransportKind::Udp),
-            req.clone(),
-            TimerConfig::default(),
-        )
-        .unwrap();
+        let mut tx =
+            NonInviteServer::new(t0, peer(TransportKind::Udp), &req, TimerConfig::default())
+                .unwrap();
         assert_eq!(tx.state_name(), "Trying");
         // Trying: retransmissions are discarded, nothing sent yet.
-        tx.handle_request(t0 + 500 * MS, req.clone());
+        tx.handle_request(t0 + 500 * MS, &req);
         assert!(responses(&mut tx).is_empty());
         tx.send_response(t0 + 600 * MS, response_to(&req, 100))
             .unwrap();
         assert_eq!(tx.state_name(), "Proceeding");
-        tx.handle_request(t0 + 1_500 * MS, req.clone());
+        tx.handle_request(t0 + 1_500 * MS, &req);
         assert_eq!(responses(&mut tx), [100, 100]);
         tx.send_response(t0 + 2_000 * MS, response_to(&req, 200))
             .unwrap();
         assert_eq!(tx.state_name(), "Completed");
         assert_eq!(tx.timer(Timer::J), Some(t0 + 34_000 * MS));
-        tx.handle_request(t0 + 3_500 * MS, req.clone());
+        tx.handle_request(t0 + 3_500 * MS, &req);
         assert_eq!(responses(&mut tx), [200, 200]);
         assert_eq!(
             tx.send_response(t0, response_to(&req, 500)),
@@ -744,13 +710,9 @@ mod tests {
     fn non_invite_tcp_timer_j_is_zero() {
         let t0 = test_epoch();
         let req = non_invite("BYE", "z9hG4bKn2");
-        let mut tx = NonInviteServer::new(
-            t0,
-            peer(TransportKind::Tcp),
-            req.clone(),
-            TimerConfig::default(),
-        )
-        .unwrap();
+        let mut tx =
+            NonInviteServer::new(t0, peer(TransportKind::Tcp), &req, TimerConfig::default())
+                .unwrap();
         tx.send_response(t0, response_to(&req, 200)).unwrap();
         assert_eq!(responses(&mut tx), [200]);
         assert!(tx.is_terminated());

@@ -190,7 +190,10 @@ pub struct TransactionTable {
     /// ([`TransactionError::TableFull`]).
     max_server: usize,
     next_id: u64,
-    slots: HashMap<u64, Slot>,
+    /// Boxed: a slot is large, and a busy table (every REGISTER's
+    /// transaction waits out Timer J, 32 s) rehashes often; moving
+    /// pointers instead of whole transactions keeps that cheap.
+    slots: HashMap<u64, Box<Slot>>,
     clients: HashMap<ClientKey, u64>,
     servers: HashMap<ServerKey, u64>,
     deadlines: BTreeSet<(Instant, u64)>,
@@ -290,12 +293,12 @@ impl TransactionTable {
                             || identity.to_tag.as_deref() == tx.response_to_tag();
                         let tag_ok = tag_ok && !(is_ack && tx.passes_ack_up());
                         if tag_ok {
-                            tx.handle_request(now, request.clone());
+                            tx.handle_request(now, &request);
                         }
                         tag_ok
                     }
                     Transaction::NonInviteServer(tx) if !is_ack => {
-                        tx.handle_request(now, request.clone());
+                        tx.handle_request(now, &request);
                         true
                     }
                     _ => false,
@@ -316,14 +319,9 @@ impl TransactionTable {
         }
         let key = identity.key;
         let tx = if request.method == Method::Invite {
-            Transaction::InviteServer(InviteServer::new(now, peer, request.clone(), self.config)?)
+            Transaction::InviteServer(InviteServer::new(now, peer, &request, self.config)?)
         } else {
-            Transaction::NonInviteServer(NonInviteServer::new(
-                now,
-                peer,
-                request.clone(),
-                self.config,
-            )?)
+            Transaction::NonInviteServer(NonInviteServer::new(now, peer, &request, self.config)?)
         };
         let id = self.insert(SlotKey::Server(key.clone()), tx);
         self.servers.insert(key.clone(), id);
@@ -539,12 +537,12 @@ impl TransactionTable {
         self.next_id += 1;
         self.slots.insert(
             id,
-            Slot {
+            Box::new(Slot {
                 key,
                 tx,
                 scheduled: None,
                 cancel_pending: false,
-            },
+            }),
         );
         id
     }
