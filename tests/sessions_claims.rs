@@ -7,6 +7,7 @@ mod common;
 use std::collections::HashSet;
 
 use powerdial::dialer::claim::{self, ClaimError, ClaimRequest, ClaimResult};
+use powerdial::dialer::queue::{LeadHistory, LeadId};
 use powerdial::leads::model::{NewCall, ValidLead};
 use powerdial::store::{self, Store};
 
@@ -168,6 +169,74 @@ async fn other_sessions_calls_block(store: &Store) {
     ));
 }
 
+/// A call's end in one transaction: the session's record of the lead
+/// (R5: answered) and the claim's release; a stale claim is reported lost
+/// while the record is still saved.
+async fn call_end_saves_history_and_releases(store: &Store) {
+    let leads = add_leads(store, 1).await;
+    let lead = leads[0];
+    let ClaimResult::Claimed(c) = claim::claim(store, &req(lead, "alice", "i1", NOW))
+        .await
+        .expect("claim")
+    else {
+        panic!("claim refused")
+    };
+    // The record names the claim in its own commit.
+    let call = store
+        .insert_claimed_call(
+            &NewCall {
+                session_id: Some(1),
+                lead_id: Some(lead),
+                agent: Some("alice".into()),
+                number: "+15551230000".into(),
+                started_ms: NOW,
+                answered_ms: None,
+                ended_ms: None,
+                outcome: None,
+                sip_status: None,
+                ring_ms: None,
+                trunk: None,
+            },
+            c.id,
+        )
+        .await
+        .expect("call");
+    assert!(call.id > 0);
+    let answered = LeadHistory {
+        generation: 0,
+        calls: 0,
+        answered: true,
+        blocked_until: None,
+    };
+    claim::end_call(store, Some((1, LeadId(lead), &answered)), Some(&c), NOW + 5)
+        .await
+        .expect("end");
+    assert!(claim::live_claims(store, 1, NOW + 6)
+        .await
+        .expect("live")
+        .is_empty());
+    // R5 from the saved record: this session's answered lead is refused.
+    assert_eq!(
+        claim::claim(store, &req(lead, "bob", "i2", NOW + 7))
+            .await
+            .expect("claim"),
+        ClaimResult::Answered
+    );
+    // The same claim again: lost, and the record is still written.
+    let again = LeadHistory {
+        calls: 1,
+        ..answered
+    };
+    assert!(matches!(
+        claim::end_call(store, Some((1, LeadId(lead), &again)), Some(&c), NOW + 8).await,
+        Err(ClaimError::Lost { .. })
+    ));
+    let saved = powerdial::dialer::record::load_histories(store, 1)
+        .await
+        .expect("histories");
+    assert!(saved.contains(&(LeadId(lead), again)), "{saved:?}");
+}
+
 async fn race(a: Store, b: Store) {
     let leads = add_leads(&a, 200).await;
     let mut tasks = Vec::new();
@@ -211,6 +280,7 @@ async fn sqlite_claims() {
     one_live_claim_per_lead(&db.store).await;
     lease_expiry_frees_and_stale_version_loses(&db.store).await;
     other_sessions_calls_block(&db.store).await;
+    call_end_saves_history_and_releases(&db.store).await;
     db.cleanup().await;
 }
 
@@ -243,6 +313,7 @@ async fn postgres_claims() {
     one_live_claim_per_lead(&db.store).await;
     lease_expiry_frees_and_stale_version_loses(&db.store).await;
     other_sessions_calls_block(&db.store).await;
+    call_end_saves_history_and_releases(&db.store).await;
     db.cleanup().await;
 }
 
