@@ -164,7 +164,6 @@ impl Batch {
     }
 }
 
-#[allow(clippy::disallowed_methods)] // a driver: the retry delay's timer.
 async fn run(store: Store, mut rx: mpsc::Receiver<Item>) {
     while let Some(first) = rx.recv().await {
         let mut batch = Batch::default();
@@ -201,7 +200,6 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Item>) {
 
 /// One record's update, retried a few times when the database fails (a
 /// missing record is final).
-#[allow(clippy::disallowed_methods)] // a driver: the retry delay's timer.
 async fn one(store: &Store, id: i64, end: &CallEnd) -> Result<(), StoreError> {
     let mut delay = RETRY_MIN;
     let mut attempt = 1;
