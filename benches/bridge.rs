@@ -526,6 +526,8 @@ caller_id = "+442079460999"
             amd: powerdial::media::amd::AmdMode::Off,
             voicemail_drop_id: None,
             record: false,
+            lead: None,
+            claim_id: None,
         };
         async fn ended(events: &mut tokio::sync::broadcast::Receiver<CallEvent>, id: i64) {
             let wait = async {

@@ -7,7 +7,8 @@ mod common;
 use std::collections::HashSet;
 
 use powerdial::dialer::claim::{self, ClaimError, ClaimRequest, ClaimResult};
-use powerdial::leads::model::{NewCall, ValidLead};
+use powerdial::dialer::queue::{LeadHistory, LeadId};
+use powerdial::leads::model::{NewCall, NewSmartView, ValidLead};
 use powerdial::store::{self, Store};
 
 const NOW: i64 = 1_800_000_000_000;
@@ -168,6 +169,99 @@ async fn other_sessions_calls_block(store: &Store) {
     ));
 }
 
+/// A call's end in one transaction: the session's record of the lead
+/// (R5: answered) and the claim's release; a stale claim is reported lost
+/// while the record is still saved.
+async fn call_end_saves_history_and_releases(store: &Store) {
+    let leads = add_leads(store, 1).await;
+    let lead = leads[0];
+    // The session's record of a lead needs a session.
+    let view = store
+        .create_smart_view(
+            &NewSmartView {
+                name: "ends".into(),
+                query: "sort:name".into(),
+            },
+            NOW,
+        )
+        .await
+        .expect("view");
+    let sid = powerdial::dialer::record::create_session(store, view.id, false, None, "h", NOW)
+        .await
+        .expect("session")
+        .id;
+    let in_session = |agent, instance, now_ms| ClaimRequest {
+        session_id: sid,
+        ..req(lead, agent, instance, now_ms)
+    };
+    let ClaimResult::Claimed(c) = claim::claim(store, &in_session("alice", "i1", NOW))
+        .await
+        .expect("claim")
+    else {
+        panic!("claim refused")
+    };
+    // The record names the claim in its own commit.
+    let call = store
+        .insert_claimed_call(
+            &NewCall {
+                session_id: Some(sid),
+                lead_id: Some(lead),
+                agent: Some("alice".into()),
+                number: "+15551230000".into(),
+                started_ms: NOW,
+                answered_ms: None,
+                ended_ms: None,
+                outcome: None,
+                sip_status: None,
+                ring_ms: None,
+                trunk: None,
+            },
+            c.id,
+        )
+        .await
+        .expect("call");
+    assert!(call.id > 0);
+    let answered = LeadHistory {
+        generation: 0,
+        calls: 0,
+        answered: true,
+        blocked_until: None,
+    };
+    claim::end_call(
+        store,
+        Some((sid, LeadId(lead), &answered)),
+        Some(&c),
+        NOW + 5,
+    )
+    .await
+    .expect("end");
+    // (Earlier cases of this database left claims on other leads.)
+    assert!(!claim::live_claims(store, sid, NOW + 6)
+        .await
+        .expect("live")
+        .contains(&lead));
+    // R5 from the saved record: this session's answered lead is refused.
+    assert_eq!(
+        claim::claim(store, &in_session("bob", "i2", NOW + 7))
+            .await
+            .expect("claim"),
+        ClaimResult::Answered
+    );
+    // The same claim again: lost, and the record is still written.
+    let again = LeadHistory {
+        calls: 1,
+        ..answered
+    };
+    assert!(matches!(
+        claim::end_call(store, Some((sid, LeadId(lead), &again)), Some(&c), NOW + 8).await,
+        Err(ClaimError::Lost { .. })
+    ));
+    let saved = powerdial::dialer::record::load_histories(store, sid)
+        .await
+        .expect("histories");
+    assert!(saved.contains(&(LeadId(lead), again)), "{saved:?}");
+}
+
 async fn race(a: Store, b: Store) {
     let leads = add_leads(&a, 200).await;
     let mut tasks = Vec::new();
@@ -211,6 +305,7 @@ async fn sqlite_claims() {
     one_live_claim_per_lead(&db.store).await;
     lease_expiry_frees_and_stale_version_loses(&db.store).await;
     other_sessions_calls_block(&db.store).await;
+    call_end_saves_history_and_releases(&db.store).await;
     db.cleanup().await;
 }
 
@@ -243,6 +338,7 @@ async fn postgres_claims() {
     one_live_claim_per_lead(&db.store).await;
     lease_expiry_frees_and_stale_version_loses(&db.store).await;
     other_sessions_calls_block(&db.store).await;
+    call_end_saves_history_and_releases(&db.store).await;
     db.cleanup().await;
 }
 

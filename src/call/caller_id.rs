@@ -63,6 +63,11 @@ impl CallerIdPool {
     /// the lead's NANP area code, else one with its country code, else
     /// `fallback` (the session's caller ID, or the trunk's).
     pub fn choose<'a>(&'a self, lead: &str, fallback: &'a str) -> &'a str {
+        if self.numbers.is_empty() {
+            // No pool: nothing to look up (the lead's country would cost a
+            // phonenumber parse per call).
+            return fallback;
+        }
         if let Some(area) = nanp_area(lead) {
             if let Some(n) = self
                 .numbers

@@ -190,6 +190,26 @@ pub struct DialRequest {
     pub voicemail_drop_id: Option<i64>,
     /// Record the call (SPEC §4 session `record`).
     pub record: bool,
+    /// The lead as the caller read it just before asking for the dial (a
+    /// dialer session reads it for the number and the calling hours), so
+    /// the dial does not read it again: its name for the phone's display
+    /// (`dialer.lead_on_phone`) and its "do not call" mark; `number` is
+    /// then the lead's stored E.164 phone. `None`: the engine reads what it
+    /// needs itself and parses `number` as written.
+    pub lead: Option<LeadSnapshot>,
+    /// The R13 claim (`lead_claims` row) the dialer session holds on the
+    /// lead: the call record names it in the same commit.
+    pub claim_id: Option<i64>,
+}
+
+/// What a dial needs of its lead, read by the caller (see
+/// [`DialRequest::lead`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeadSnapshot {
+    /// The lead's name.
+    pub name: String,
+    /// The lead is marked "do not call" (SPEC §4).
+    pub do_not_call: bool,
 }
 
 /// What the engine reports (the seam with the sessions).
@@ -363,6 +383,9 @@ impl std::fmt::Debug for CallEngine {
 /// What every agent task shares: configuration and the I/O handles.
 struct Shared {
     store: Store,
+    /// A call's answer time and outcome, batched off the agent tasks
+    /// (`store::call_writer`).
+    records: crate::store::call_writer::CallWriter,
     /// Dials restricted or refused before the wire (SPEC §4 audit).
     audit: crate::store::audit::AuditLog,
     sip: SipHandle,
@@ -538,6 +561,7 @@ impl CallEngine {
         let browsers =
             super::browser_phone::BrowserPhones::new(io.relay.clone(), config.media_ip, timers);
         let shared = Arc::new(Shared {
+            records: crate::store::call_writer::CallWriter::start(io.store.clone()),
             store: io.store,
             audit: io.audit,
             sip: io.sip,
@@ -688,7 +712,11 @@ impl CallEngine {
     /// with [`CallEngineError::TrunksBusy`] and nothing is stored or dialed.
     pub async fn dial(&self, agent: &str, req: DialRequest) -> Result<i64, CallEngineError> {
         self.agent(agent)?;
-        let grant = self.take_trunk(&req.number).await?;
+        // A dialer session's number is the lead's stored phone, E.164 as
+        // validated when it was stored: not parsed again (a phonenumber
+        // parse is most of a dial's CPU outside the database).
+        let stored = req.lead.is_some();
+        let grant = self.take_trunk(&req.number, stored).await?;
         self.ask(agent, |tx| Command::Dial(req, grant, tx)).await?
     }
 
@@ -699,8 +727,17 @@ impl CallEngine {
 
     /// Takes a trunk for a call to `number` (see [`dial`](Self::dial));
     /// `None` when no trunk may dial it (R11: the call is `restricted`).
-    async fn take_trunk(&self, number: &str) -> Result<Option<TrunkGrant>, CallEngineError> {
-        let Ok(e164) = PhoneE164::parse(number, &self.shared.default_region) else {
+    async fn take_trunk(
+        &self,
+        number: &str,
+        stored: bool,
+    ) -> Result<Option<TrunkGrant>, CallEngineError> {
+        let parsed = if stored {
+            PhoneE164::from_e164(number)
+        } else {
+            PhoneE164::parse(number, &self.shared.default_region)
+        };
+        let Ok(e164) = parsed else {
             if self.shared.trunks.is_empty() {
                 return Err(CallEngineError::NoTrunk);
             }
@@ -732,7 +769,7 @@ impl CallEngine {
         req: DialRequest,
     ) -> Result<(i64, CallProgress), CallEngineError> {
         self.agent(agent)?;
-        let grant = self.take_trunk(&req.number).await?;
+        let grant = self.take_trunk(&req.number, false).await?;
         self.ask(agent, |tx| Command::Place(req, grant, tx)).await?
     }
 
@@ -1605,8 +1642,10 @@ impl AgentTask {
             None => None,
         };
         // A lead marked "do not call" is honoured like the list.
-        let lead_dnc = match req.lead_id {
-            Some(id) if dnc.is_none() && e164.is_some() => self
+        let lead_dnc = match (req.lead_id, &req.lead) {
+            (Some(_), _) if dnc.is_some() || e164.is_none() => false,
+            (Some(_), Some(l)) => l.do_not_call,
+            (Some(id), None) => self
                 .shared
                 .store
                 .lead_do_not_call(id)
@@ -1661,12 +1700,11 @@ impl AgentTask {
                 .as_ref()
                 .map(|g| self.shared.trunks.name(g.slot.id).to_string()),
         };
-        let record = self
-            .shared
-            .store
-            .insert_call(&new)
-            .await
-            .map_err(|e| CallEngineError::Store(e.to_string()))?;
+        let inserted = match req.claim_id {
+            Some(claim) => self.shared.store.insert_claimed_call(&new, claim).await,
+            None => self.shared.store.insert_call(&new).await,
+        };
+        let record = inserted.map_err(|e| CallEngineError::Store(e.to_string()))?;
         let (Some(number), Some(grant)) = (number, grant) else {
             // R11: never on the wire.
             tracing::info!(agent = %self.name, number = %req.number, "number not dialable on the trunk: restricted");
@@ -1693,7 +1731,7 @@ impl AgentTask {
         let handle = media.open_lead_leg().inspect_err(|e| {
             tracing::warn!(agent = %self.name, call = record.id, error = %e, "no media for the lead leg");
         })?;
-        let label = self.lead_label(req.lead_id, &number).await;
+        let label = self.lead_label(&req, &number).await;
         self.launch_lead(req, record.id, number, handle, anchor, false, grant);
         self.set_label(label);
         Ok(record.id)
@@ -1722,16 +1760,26 @@ impl AgentTask {
         self.shared.audit.record(entry).await;
     }
 
-    /// The lead's name (when the call is for a lead) and the number.
-    async fn lead_label(&self, lead_id: Option<i64>, number: &str) -> String {
+    /// The lead's name (when the call is for a lead) and the number, for
+    /// the phone's display: read only when `dialer.lead_on_phone` shows it
+    /// and the caller did not hand it over (a read per call otherwise).
+    async fn lead_label(&self, req: &DialRequest, number: &str) -> String {
+        if !self.shared.lead_on_phone {
+            return number.to_string();
+        }
+        match &req.lead {
+            Some(l) => label(Some(l.name.clone()), number),
+            None => self.lead_label_of(req.lead_id, number).await,
+        }
+    }
+
+    /// The lead's name (read) and the number.
+    async fn lead_label_of(&self, lead_id: Option<i64>, number: &str) -> String {
         let name = match lead_id {
             Some(id) => self.shared.store.get_lead(id).await.ok().map(|l| l.name),
             None => None,
         };
-        match name.filter(|n| !n.trim().is_empty()) {
-            Some(n) => format!("{n} {number}"),
-            None => number.to_string(),
-        }
+        label(name, number)
     }
 
     fn set_label(&mut self, label: String) {
@@ -1843,7 +1891,7 @@ impl AgentTask {
             }
         };
         if self.leg.as_ref().is_some_and(|l| l.is_connected()) {
-            let label = self.lead_label(req.lead_id, &number).await;
+            let label = self.lead_label(&req, &number).await;
             self.launch_lead(req, record.id, number, handle, anchor, true, grant);
             self.set_label(label);
             return Ok((record.id, CallProgress::Dialing));
@@ -1945,7 +1993,7 @@ impl AgentTask {
             return;
         }
         if let Some(p) = self.pending.take() {
-            let label = self.lead_label(p.req.lead_id, &p.number).await;
+            let label = self.lead_label(&p.req, &p.number).await;
             self.launch_lead(
                 p.req,
                 p.record_id,
@@ -2411,21 +2459,16 @@ impl AgentTask {
                 }
                 // The record shows the answer at once (GET /api/v1/calls/{id}).
                 let answered_ms = l.leg.record().answered.map(|a| l.anchor.ms(a));
-                let shared = self.shared.clone();
-                let id = l.record_id;
                 let trunk = self.shared.trunks.name(l.grant.slot.id).to_string();
-                let caller_id = l.caller_id.clone();
-                tokio::spawn(async move {
-                    let end = CallEnd {
+                self.shared.records.finish_soon(
+                    l.record_id,
+                    CallEnd {
                         answered_ms,
                         trunk: Some(trunk),
-                        caller_id: Some(caller_id),
+                        caller_id: Some(l.caller_id.clone()),
                         ..CallEnd::default()
-                    };
-                    if let Err(e) = shared.store.finish_call(id, &end).await {
-                        tracing::warn!(error = %e, call_id = id, "answer time not stored");
-                    }
-                });
+                    },
+                );
                 if l.manual {
                     set_progress(&self.shared, &agent, l.record_id, CallProgress::Answered);
                 }
@@ -2757,7 +2800,7 @@ fn spawn_finish_forgetting(
     }
     let tasks = shared.tasks.clone();
     tasks.spawn(async move {
-        if let Err(e) = shared.store.finish_call(call_id, &end).await {
+        if let Err(e) = shared.records.finish(call_id, end).await {
             tracing::error!(error = %e, call_id, "call outcome not stored");
         }
         for key in journaled {
@@ -2779,6 +2822,14 @@ fn spawn_finish_forgetting(
 
 /// Records and publishes a manual call's progress (SPEC §4); a final
 /// state removes it from the table, the stored record then tells it.
+/// "name number", or the number alone for a lead with no name.
+fn label(name: Option<String>, number: &str) -> String {
+    match name.filter(|n| !n.trim().is_empty()) {
+        Some(n) => format!("{n} {number}"),
+        None => number.to_string(),
+    }
+}
+
 fn set_progress(shared: &Shared, agent: &str, call_id: i64, state: CallProgress) {
     {
         let mut table = shared

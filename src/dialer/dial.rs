@@ -8,7 +8,7 @@ use std::future::Future;
 
 use tokio::sync::broadcast;
 
-pub use crate::call::engine::{CallEvent, DialRequest};
+pub use crate::call::engine::{CallEvent, DialRequest, LeadSnapshot};
 
 /// Why the engine refused a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

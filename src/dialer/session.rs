@@ -35,7 +35,7 @@ use tokio::time::Instant;
 
 use super::agent::{AgentAction, AgentMachine, AgentState, NotNow};
 use super::claim::{self, ClaimRequest, ClaimResult, LeadClaim};
-use super::dial::{CallEvent, CallOutcome, DialRequest, Dialer};
+use super::dial::{CallEvent, CallOutcome, DialRequest, Dialer, LeadSnapshot};
 use super::hours::{CallingHours, Verdict};
 use super::queue::{AgentId, LeadId, Outcome, QueueCounts, SessionQueue};
 use super::record::{self, SessionRow};
@@ -1223,16 +1223,16 @@ impl<D: Dialer, C: Clock> Session<D, C> {
         {
             tracing::warn!(%agent, error = %e, "report refused");
         }
-        if let Some(h) = self.queue.history(c.lead) {
-            if let Err(e) = record::save_history(&self.shared.store, self.row.id, c.lead, &h).await
-            {
-                tracing::warn!(error = %e, "history not saved");
-            }
-        }
-        if let Some(dc) = db_claim {
-            if let Err(e) = claim::release(&self.shared.store, &dc, now_ms).await {
-                tracing::warn!(error = %e, "claim release failed");
-            }
+        let history = self.queue.history(c.lead);
+        let saved = claim::end_call(
+            &self.shared.store,
+            history.as_ref().map(|h| (self.row.id, c.lead, h)),
+            db_claim.as_ref(),
+            now_ms,
+        )
+        .await;
+        if let Err(e) = saved {
+            tracing::warn!(error = %e, "history or claim release not saved");
         }
         let _ = self.shared.events.send(SessionEvent::CallEnded {
             session_id: self.row.id,
@@ -1493,10 +1493,14 @@ impl<D: Dialer, C: Clock> Session<D, C> {
                 amd: self.row.amd,
                 voicemail_drop_id: self.row.voicemail_drop_id,
                 record: self.row.record,
+                lead: lead.map(|l| LeadSnapshot {
+                    name: l.name,
+                    do_not_call: l.do_not_call,
+                }),
+                claim_id: Some(db.id),
             };
             match self.shared.dialer.dial(agent, req).await {
                 Ok(call_id) => {
-                    let _ = claim::attach_call(&store, &db, call_id).await;
                     if let Some(s) = self.agents.get_mut(agent) {
                         s.machine.handle_call_started(call_id);
                     }

@@ -274,6 +274,8 @@ pub(super) async fn place(
                 amd: crate::media::amd::AmdMode::Off,
                 voicemail_drop_id: None,
                 record: false,
+                lead: None,
+                claim_id: None,
             },
         )
         .await?;

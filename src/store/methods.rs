@@ -444,7 +444,11 @@ macro_rules! store_methods {
                 })
             }
 
-            pub(crate) async fn insert_call(&self, c: &NewCall) -> Result<CallRecord, StoreError> {
+            pub(crate) async fn insert_call(
+                &self,
+                c: &NewCall,
+                claim: Option<i64>,
+            ) -> Result<CallRecord, StoreError> {
                 let mut tx = self.begin_write().await?;
                 let sql = format!(
                     "INSERT INTO calls (session_id, lead_id, agent, number, started_ms, answered_ms, \
@@ -485,6 +489,15 @@ macro_rules! store_methods {
                     .execute(&mut *tx)
                     .await?;
                 }
+                if let Some(claim) = claim {
+                    // The R13 claim names its call (the crash sweep releases
+                    // it by that), in the record's own commit.
+                    sqlx::query("UPDATE lead_claims SET call_id = $1 WHERE id = $2")
+                        .bind(call_from_row(&row)?.id)
+                        .bind(claim)
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 tx.commit().await?;
                 call_from_row(&row)
             }
@@ -519,6 +532,43 @@ macro_rules! store_methods {
                     .await
                     .map_err(|err| StoreError::from_sqlx(err, Entity::Call, id))?;
                 call_from_row(&row)
+            }
+
+            /// [`Self::finish_call`] for several records in one write
+            /// transaction (the call writer's batch); nothing is returned.
+            /// Fails as a whole: the caller retries row by row.
+            pub(crate) async fn finish_calls(&self, ends: &[(i64, CallEnd)]) -> Result<(), StoreError> {
+                let mut tx = self.begin_write().await?;
+                for (id, e) in ends {
+                    let done = sqlx::query(
+                        "UPDATE calls SET answered_ms = COALESCE($1, answered_ms), \
+                         ended_ms = COALESCE($2, ended_ms), outcome = COALESCE($3, outcome), \
+                         sip_status = COALESCE($4, sip_status), ring_ms = COALESCE($5, ring_ms), \
+                         trunk = COALESCE($7, trunk), caller_id = COALESCE($8, caller_id), \
+                         amd = COALESCE($9, amd), amd_ms = COALESCE($10, amd_ms), \
+                         recording = COALESCE($11, recording) \
+                         WHERE id = $6",
+                    )
+                    .bind(e.answered_ms)
+                    .bind(e.ended_ms)
+                    .bind(e.outcome.map(|o| o.as_str()))
+                    .bind(e.sip_status.map(i32::from))
+                    .bind(e.ring_ms)
+                    .bind(*id)
+                    .bind(e.trunk.as_deref())
+                    .bind(e.caller_id.as_deref())
+                    .bind(e.amd.map(|v| v.as_str()))
+                    .bind(e.amd_ms)
+                    .bind(e.recording.as_deref())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|err| StoreError::from_sqlx(err, Entity::Call, *id))?;
+                    if done.rows_affected() == 0 {
+                        return Err(StoreError::NotFound { entity: Entity::Call, id: id.to_string() });
+                    }
+                }
+                tx.commit().await?;
+                Ok(())
             }
 
             pub(crate) async fn set_call_notes(

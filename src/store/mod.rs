@@ -11,6 +11,7 @@
 pub mod agents;
 pub mod audit;
 mod bulk;
+pub mod call_writer;
 mod callback;
 mod dnc;
 pub mod lead_notes;
@@ -314,12 +315,29 @@ impl Store {
     /// `leads.last_call_ms` to `started_ms` if later (`called`,
     /// `latest_call_created`; SPEC §4 "logged calls count … like dialer calls").
     pub async fn insert_call(&self, call: &NewCall) -> Result<CallRecord, StoreError> {
-        dispatch!(self, s => s.insert_call(call).await)
+        dispatch!(self, s => s.insert_call(call, None).await)
+    }
+
+    /// [`Store::insert_call`] for a dialer call placed under the R13 claim
+    /// `claim` (a `lead_claims` row): the claim gets the record's id in the
+    /// same transaction (what `dialer::claim::attach_call` did in its own).
+    pub async fn insert_claimed_call(
+        &self,
+        call: &NewCall,
+        claim: i64,
+    ) -> Result<CallRecord, StoreError> {
+        dispatch!(self, s => s.insert_call(call, Some(claim)).await)
     }
 
     /// Records how a stored call ended (answer time, end, outcome, status).
     pub async fn finish_call(&self, id: i64, end: &CallEnd) -> Result<CallRecord, StoreError> {
         dispatch!(self, s => s.finish_call(id, end).await)
+    }
+
+    /// Several [`Store::finish_call`]s in one transaction, all or none
+    /// (`call_writer`'s batch).
+    pub async fn finish_calls(&self, ends: &[(i64, CallEnd)]) -> Result<(), StoreError> {
+        dispatch!(self, s => s.finish_calls(ends).await)
     }
 
     /// Replaces the agent's notes on a call (SPEC §1 step 5); the call

@@ -113,7 +113,7 @@ impl AgentTask {
                 return Err((CallEngineError::Store(e.to_string()), call));
             }
         };
-        let label = self.lead_label(call.lead_id, &call.number).await;
+        let label = self.lead_label_of(call.lead_id, &call.number).await;
         tracing::info!(agent = %self.name, call = record.id, lead = ?call.lead_id, number = %call.number, "callback: taken by this agent");
         self.route(call.leg.call_id());
         let _ = self.shared.events.send(CallEvent::CallbackTaken {
