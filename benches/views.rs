@@ -7,7 +7,8 @@
 //! a Next Call Date on two thirds, a latest call on 60% and an opportunity
 //! on 30%. Each view is evaluated twice with `Store::evaluate_view` (the
 //! dialer's queue refresh, R6); the first and second times are printed.
-//! `POWERDIAL_BENCH_EXPLAIN=1` prints each query's plan too.
+//! `POWERDIAL_BENCH_EXPLAIN=1` prints each query's plan too (PostgreSQL:
+//! `EXPLAIN ANALYZE`, with the times of each step).
 //!
 //! Then, per view, a lead change reaching the queue (SPEC §6: under 100 ms
 //! without re-evaluating the whole view): the session's check of changed
@@ -196,6 +197,21 @@ async fn load(store: &Store, n: u64) {
 
 /// The plan of a compiled query, one line per step.
 async fn explain(store: &Store, q: &CompiledQuery) -> Vec<String> {
+    // PostgreSQL runs the unsorted query when the ids are sorted in Rust
+    // (`CompiledQuery::unsorted`): show that plan, with its parameters.
+    let pg_unsorted;
+    let q = match (store, &q.unsorted) {
+        (Store::Postgres(_), Some(u)) => {
+            pg_unsorted = CompiledQuery {
+                sql: u.sql.clone(),
+                params: u.params.clone(),
+                dialect: q.dialect,
+                unsorted: None,
+            };
+            &pg_unsorted
+        }
+        _ => q,
+    };
     macro_rules! bind {
         ($q:expr) => {{
             let mut query = $q;
@@ -213,7 +229,10 @@ async fn explain(store: &Store, q: &CompiledQuery) -> Vec<String> {
         Store::Sqlite(s) => {
             // The query SQLite runs: the unsorted one when the ids are
             // sorted in Rust (`CompiledQuery::unsorted`).
-            let text = q.unsorted.as_ref().map_or(q.sql.as_str(), |u| u.0.as_str());
+            let text = q
+                .unsorted
+                .as_ref()
+                .map_or(q.sql.as_str(), |u| u.sql.as_str());
             let sql = format!("EXPLAIN QUERY PLAN {text}");
             let rows: Vec<(i64, i64, i64, String)> = bind!(sqlx::query_as(&sql))
                 .fetch_all(s.pool())
@@ -222,7 +241,7 @@ async fn explain(store: &Store, q: &CompiledQuery) -> Vec<String> {
             rows.into_iter().map(|r| r.3).collect()
         }
         Store::Postgres(s) => {
-            let sql = format!("EXPLAIN {}", q.sql);
+            let sql = format!("EXPLAIN ANALYZE {}", q.sql);
             bind!(sqlx::query_scalar(&sql))
                 .fetch_all(s.pool())
                 .await

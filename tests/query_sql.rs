@@ -427,15 +427,16 @@ async fn check_paging(db: &Db) {
         .await
         .expect("compiles");
     assert_eq!(db.fetch(&q.page(2, 1)).await, vec![5, 6]);
-    // Views SQLite reads unsorted and sorts in Rust page in SQL, in the
-    // same order as the whole view.
+    // Views read unsorted and sorted in Rust (SQLite: read in id order;
+    // both: a sort by a custom field the filter does not name, its keys
+    // read on their own) page in SQL, in the same order as the whole view.
     for query in [
         r#"sort:-"Next Call Date""#,
         r#"("custom.Next Call Date" < now or  "custom.Next Call Date":"")"#,
         r#"custom."Lead Source":"Leadgen Team" sort:called"#,
     ] {
         let q = db.compile(query).await.expect("compiles");
-        if db.dialect() == Dialect::Sqlite {
+        if db.dialect() == Dialect::Sqlite || query.starts_with("sort:") {
             assert!(q.unsorted.is_some(), "{query}");
         }
         let all = db.fetch(&q).await;

@@ -69,15 +69,34 @@ pub struct CompiledQuery {
     pub params: Vec<SqlParam>,
     /// The dialect `sql` is written in.
     pub dialect: Dialect,
-    /// SQLite only, for a view read in id order and sorted by one integer
-    /// key (a time: `created` by default, `updated`, `called`, a date
-    /// custom field): the same query without ORDER BY, selecting `l.id`
-    /// and the key as `k`, and whether the sort is descending. The matches
-    /// are then sorted in Rust (missing keys last, ties by id, as the ORDER
-    /// BY): SQLite's sorter took seconds over 1,000,000 leads where a sort
-    /// of integer pairs takes tens of milliseconds (SPEC §6, 500 ms per
-    /// view; BENCHMARKS.md). Same parameters as `sql`.
-    pub unsorted: Option<(String, bool)>,
+    /// For a whole view sorted by one integer key (a time: `created` by
+    /// default, `updated`, `called`, a date custom field) that the database
+    /// would sort itself: the same selection without ORDER BY, its matches
+    /// then sorted in Rust (missing keys last, ties by id, as the ORDER BY).
+    /// A sort of 1,000,000 integer pairs takes tens of milliseconds where
+    /// SQLite's sorter took seconds and PostgreSQL's a spilling external
+    /// merge (SPEC §6, 500 ms per view; BENCHMARKS.md). `None` when an
+    /// index already yields the view order or the sort is not such a key.
+    pub unsorted: Option<Unsorted>,
+}
+
+/// The unordered form of a [`CompiledQuery`] (see its `unsorted`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unsorted {
+    /// `SELECT l.id, <key> AS k FROM …` without ORDER BY; with
+    /// [`Unsorted::key_field`] set, `SELECT l.id FROM …` only.
+    pub sql: String,
+    /// The values for `sql`'s placeholders, in order.
+    pub params: Vec<SqlParam>,
+    /// Whether the key sorts descending.
+    pub descending: bool,
+    /// A sort by a date custom field that the filter does not name: the
+    /// keys are read on their own (`lead_id`, `value_ms` of this field,
+    /// one scan) and matched to the ids in Rust, instead of joining every
+    /// selected lead with its value (PostgreSQL: a hash join of 1,000,000
+    /// rows, most of `sort:-"Next Call Date"`; SQLite: a primary-key probe
+    /// per lead).
+    pub key_field: Option<i64>,
 }
 
 impl CompiledQuery {
@@ -290,8 +309,12 @@ fn compile_inner(
         c.sql.push_str(" WHERE ");
         c.expr(filter)?;
     }
-    let mut unsorted = None;
-    if id_order {
+    // A sort by a custom field the filter does not name: its keys are read
+    // on their own ([`Unsorted::key_field`]), on both backends. Otherwise
+    // PostgreSQL keeps its ORDER BY: returning a joined view's keys to
+    // sort here measured slower than its own parallel sort (BENCHMARKS.md).
+    let mut unsorted = rust_sorted(query, dialect, now, fields)?.filter(|u| u.key_field.is_some());
+    if unsorted.is_none() && id_order {
         let key = match query.sorts.as_slice() {
             [] => Some(("l.created_ms".to_string(), false)),
             [sort] => {
@@ -306,7 +329,12 @@ fn compile_inner(
         };
         if let Some((key, descending)) = key {
             let body = c.sql.strip_prefix("SELECT l.id").unwrap_or(&c.sql);
-            unsorted = Some((format!("SELECT l.id, {key} AS k{body}"), descending));
+            unsorted = Some(Unsorted {
+                sql: format!("SELECT l.id, {key} AS k{body}"),
+                params: c.params.clone(),
+                descending,
+                key_field: None,
+            });
         }
     }
     c.sql.push_str(" ORDER BY ");
@@ -329,6 +357,81 @@ fn compile_inner(
     })
 }
 
+/// The [`Unsorted`] form of a view that names a custom field (filter or
+/// sort) and is sorted by one time key; the caller keeps it only when the
+/// sort field's keys are read on their own ([`Unsorted::key_field`]).
+///
+/// Sorted by a custom field, a view joins every lead with its value and
+/// sorts them all: PostgreSQL hash-joins 1,000,000 leads and sorts them
+/// with an external merge (2.3 s at load 10 where the two plain scans
+/// took 0.55 s; BENCHMARKS.md), SQLite probes the value of each lead.
+fn rust_sorted(
+    query: &Query,
+    dialect: Dialect,
+    now: DateTime<Utc>,
+    fields: &CustomFieldCatalog,
+) -> Result<Option<Unsorted>, QueryError> {
+    let mut c = Compiler {
+        dialect,
+        now,
+        fields,
+        sql: String::from("SELECT l.id FROM leads l"),
+        params: Vec::new(),
+        joins: Vec::new(),
+        members: false,
+    };
+    let mut filter_fields = Vec::new();
+    if let Some(filter) = &query.filter {
+        c.custom_ids_in(filter, &mut filter_fields);
+    }
+    let (key, descending) = match query.sorts.as_slice() {
+        [] if filter_fields.is_empty() => return Ok(None),
+        [] => (None, false),
+        [sort] => {
+            let scalar = c.lead_scalar(&sort.field, sort.pos)?;
+            if scalar.ty != ValueType::Time {
+                return Ok(None);
+            }
+            let custom = match scalar.source {
+                Source::Custom { id, .. } => Some(id),
+                _ => None,
+            };
+            if custom.is_none() && filter_fields.is_empty() {
+                return Ok(None);
+            }
+            (Some((scalar, custom)), sort.descending)
+        }
+        _ => return Ok(None),
+    };
+    // A sort field the filter does not name is not joined: its keys are
+    // read separately ([`Unsorted::key_field`]).
+    let key_field = key
+        .as_ref()
+        .and_then(|(_, custom)| *custom)
+        .filter(|id| !filter_fields.contains(id));
+    c.join_fields(filter_fields);
+    if let Some(filter) = &query.filter {
+        c.sql.push_str(" WHERE ");
+        c.expr(filter)?;
+    }
+    if key_field.is_none() {
+        let mark = c.sql.len();
+        match &key {
+            Some((scalar, _)) => c.scalar(scalar),
+            None => c.sql.push_str("l.created_ms"),
+        }
+        let key_sql = c.sql.split_off(mark);
+        let body = c.sql.strip_prefix("SELECT l.id").unwrap_or(&c.sql);
+        c.sql = format!("SELECT l.id, {key_sql} AS k{body}");
+    }
+    Ok(Some(Unsorted {
+        sql: c.sql,
+        params: c.params,
+        descending,
+        key_field,
+    }))
+}
+
 /// Whether SQLite should read `leads` in id order (`NOT INDEXED`) and sort
 /// the matches afterwards (SPEC §6, measured over 1,000,000 leads).
 ///
@@ -349,7 +452,7 @@ fn scans_in_id_order(query: &Query) -> bool {
     let sorts_by_lookup = query
         .sorts
         .iter()
-        .any(|s| matches!(s.field, LeadField::Custom(_) | LeadField::Opportunities));
+        .any(|s| matches!(s.field, LeadField::Custom(_)));
     match &query.filter {
         None => sorts_by_lookup,
         Some(Expr::And(items)) => !items.iter().any(lead_index_can_drive),
@@ -393,12 +496,23 @@ pub async fn fetch_ids_sqlite(
             "a PostgreSQL query run on SQLite".to_string(),
         ));
     }
-    if let Some((sql, descending)) = &q.unsorted {
-        return fetch_unsorted_sqlite(pool, q, sql, *descending).await;
+    match &q.unsorted {
+        Some(u) if u.key_field.is_some() => return fetch_keyed_sqlite(pool, u).await,
+        Some(u) => return fetch_unsorted_sqlite(pool, u).await,
+        None => {}
     }
-    let sql = format!("SELECT group_concat(id) FROM ({})", q.sql);
+    sqlite_ids(pool, &q.sql, &q.params).await
+}
+
+/// `group_concat(id)` over `sql`, bound with `params`, split.
+async fn sqlite_ids(
+    pool: &sqlx::SqlitePool,
+    sql: &str,
+    params: &[SqlParam],
+) -> Result<Vec<i64>, sqlx::Error> {
+    let sql = format!("SELECT group_concat(id) FROM ({sql})");
     let mut query = sqlx::query_scalar::<sqlx::Sqlite, Option<String>>(&sql);
-    for p in &q.params {
+    for p in params {
         query = match p {
             SqlParam::Int(v) => query.bind(*v),
             SqlParam::Float(v) => query.bind(*v),
@@ -409,6 +523,30 @@ pub async fn fetch_ids_sqlite(
         return Ok(Vec::new());
     };
     text.split(',').map(parse_id).collect()
+}
+
+/// [`fetch_ids_sqlite`] for a query with [`Unsorted::key_field`]: the ids
+/// and the field's `(lead_id, value_ms)` pairs, read at once on two
+/// connections (see [`fetch_unsorted_postgres`]) and matched here.
+async fn fetch_keyed_sqlite(
+    pool: &sqlx::SqlitePool,
+    u: &Unsorted,
+) -> Result<Vec<i64>, sqlx::Error> {
+    let field = u.key_field.unwrap_or_default();
+    let keys = sqlx::query_as::<sqlx::Sqlite, (Option<String>, Option<String>)>(
+        "SELECT group_concat(lead_id), group_concat(value_ms) FROM lead_custom_values \
+         WHERE field_id = ? AND value_ms IS NOT NULL",
+    )
+    .bind(field)
+    .fetch_one(pool);
+    let (ids, keys) = tokio::try_join!(sqlite_ids(pool, &u.sql, &u.params), keys)?;
+    let mut keyed = Vec::new();
+    if let (Some(leads), Some(values)) = keys {
+        for (lead, value) in leads.split(',').zip(values.split(',')) {
+            keyed.push((parse_id(lead)?, parse_id(value)?));
+        }
+    }
+    Ok(sort_by_keys_of(ids, keyed, u.descending))
 }
 
 fn parse_id(id: &str) -> Result<i64, sqlx::Error> {
@@ -422,13 +560,14 @@ fn parse_id(id: &str) -> Result<i64, sqlx::Error> {
 /// as the ORDER BY would: by key, missing keys last either way, then by id.
 async fn fetch_unsorted_sqlite(
     pool: &sqlx::SqlitePool,
-    q: &CompiledQuery,
-    sql: &str,
-    descending: bool,
+    u: &Unsorted,
 ) -> Result<Vec<i64>, sqlx::Error> {
-    let sql = format!("SELECT group_concat(id), group_concat(ifnull(k, '')) FROM ({sql})");
+    let sql = format!(
+        "SELECT group_concat(id), group_concat(ifnull(k, '')) FROM ({})",
+        u.sql
+    );
     let mut query = sqlx::query_as::<sqlx::Sqlite, (Option<String>, Option<String>)>(&sql);
-    for p in &q.params {
+    for p in &u.params {
         query = match p {
             SqlParam::Int(v) => query.bind(*v),
             SqlParam::Float(v) => query.bind(*v),
@@ -447,6 +586,12 @@ async fn fetch_unsorted_sqlite(
         };
         rows.push((key, parse_id(id)?));
     }
+    Ok(sort_by_key(rows, u.descending))
+}
+
+/// Orders `(key, id)` pairs as a view's ORDER BY does: by key (descending
+/// if asked), missing keys last either way, then by id.
+fn sort_by_key(mut rows: Vec<(Option<i64>, i64)>, descending: bool) -> Vec<i64> {
     rows.sort_unstable_by(|a, b| {
         let by_key = match (a.0, b.0) {
             (Some(x), Some(y)) if descending => y.cmp(&x),
@@ -457,7 +602,7 @@ async fn fetch_unsorted_sqlite(
         };
         by_key.then(a.1.cmp(&b.1))
     });
-    Ok(rows.into_iter().map(|(_, id)| id).collect())
+    rows.into_iter().map(|(_, id)| id).collect()
 }
 
 /// Runs a compiled PostgreSQL query and returns the lead ids in view order.
@@ -475,9 +620,21 @@ pub async fn fetch_ids_postgres(
             "a SQLite query run on PostgreSQL".to_string(),
         ));
     }
-    let sql = format!("SELECT array_agg(id) FROM ({}) v", q.sql);
+    if let Some(unsorted) = &q.unsorted {
+        return fetch_unsorted_postgres(pool, unsorted).await;
+    }
+    pg_ids(pool, &q.sql, &q.params).await
+}
+
+/// `array_agg(id)` over `sql`, bound with `params`.
+async fn pg_ids(
+    pool: &sqlx::PgPool,
+    sql: &str,
+    params: &[SqlParam],
+) -> Result<Vec<i64>, sqlx::Error> {
+    let sql = format!("SELECT array_agg(id) FROM ({sql}) v");
     let mut query = sqlx::query_scalar::<sqlx::Postgres, Option<Vec<i64>>>(&sql);
-    for p in &q.params {
+    for p in params {
         query = match p {
             SqlParam::Int(v) => query.bind(*v),
             SqlParam::Float(v) => query.bind(*v),
@@ -485,6 +642,76 @@ pub async fn fetch_ids_postgres(
         };
     }
     Ok(query.fetch_one(pool).await?.unwrap_or_default())
+}
+
+/// [`fetch_ids_postgres`] for a query with [`CompiledQuery::unsorted`]:
+/// the ids and keys as two aligned arrays (one aggregate pass over the
+/// same rows), or, with [`Unsorted::key_field`], the ids and the field's
+/// `(lead_id, value_ms)` pairs read at once on two connections and
+/// matched here; then sorted as the ORDER BY would.
+///
+/// The two reads of the second form see two snapshots a few milliseconds
+/// apart: which leads are in the view comes from the first alone, and a
+/// lead whose key changed in between is placed by its old or new key,
+/// either of which it had; the change itself reaches the queue (R6).
+async fn fetch_unsorted_postgres(
+    pool: &sqlx::PgPool,
+    u: &Unsorted,
+) -> Result<Vec<i64>, sqlx::Error> {
+    let Some(field) = u.key_field else {
+        let sql = format!("SELECT array_agg(id), array_agg(k) FROM ({}) v", u.sql);
+        type Arrays = (Option<Vec<i64>>, Option<Vec<Option<i64>>>);
+        let mut query = sqlx::query_as::<sqlx::Postgres, Arrays>(&sql);
+        for p in &u.params {
+            query = match p {
+                SqlParam::Int(v) => query.bind(*v),
+                SqlParam::Float(v) => query.bind(*v),
+                SqlParam::Text(v) => query.bind(v.as_str()),
+            };
+        }
+        let (ids, keys) = query.fetch_one(pool).await?;
+        let (ids, keys) = (ids.unwrap_or_default(), keys.unwrap_or_default());
+        if ids.len() != keys.len() {
+            return Err(sqlx::Error::Protocol(
+                "a view's ids and keys differ in length".to_string(),
+            ));
+        }
+        let rows = keys.into_iter().zip(ids).collect();
+        return Ok(sort_by_key(rows, u.descending));
+    };
+    let keys = sqlx::query_as::<sqlx::Postgres, (Option<Vec<i64>>, Option<Vec<i64>>)>(
+        "SELECT array_agg(lead_id), array_agg(value_ms) FROM lead_custom_values \
+         WHERE field_id = $1 AND value_ms IS NOT NULL",
+    )
+    .bind(field)
+    .fetch_one(pool);
+    let (ids, (key_ids, key_values)) = tokio::try_join!(pg_ids(pool, &u.sql, &u.params), keys)?;
+    let keyed: Vec<(i64, i64)> = key_ids
+        .unwrap_or_default()
+        .into_iter()
+        .zip(key_values.unwrap_or_default())
+        .collect();
+    Ok(sort_by_keys_of(ids, keyed, u.descending))
+}
+
+/// Orders the view's `ids` by the keys `keyed` (`(lead_id, key)`, at most
+/// one per lead: `(lead_id, field_id)` is the primary key), a lead without
+/// a key last, as the ORDER BY would.
+fn sort_by_keys_of(mut ids: Vec<i64>, mut keyed: Vec<(i64, i64)>, descending: bool) -> Vec<i64> {
+    // Both sides by lead id (each nearly so already, in storage order),
+    // then one merge.
+    keyed.sort_unstable();
+    ids.sort_unstable();
+    let mut next = keyed.iter().peekable();
+    let rows = ids
+        .into_iter()
+        .map(|id| {
+            while next.next_if(|(lead, _)| *lead < id).is_some() {}
+            let key = next.next_if(|(lead, _)| *lead == id).map(|(_, k)| *k);
+            (key, id)
+        })
+        .collect();
+    sort_by_key(rows, descending)
 }
 
 /// What a missing (NULL) value means for a scalar.
@@ -518,9 +745,6 @@ enum Source {
     /// `lead_custom_values.<column>` for one field, through the field's
     /// `LEFT JOIN`: NULL when the lead has no value.
     Custom { id: i64, column: &'static str },
-    /// `opportunities`: the number of the lead's opportunities. Conditions
-    /// on it compile to `EXISTS` tests, a sort to a count per lead.
-    OpportunityCount,
 }
 
 /// One value per lead (or per opportunity) that a condition tests.
@@ -529,6 +753,9 @@ struct Scalar {
     source: Source,
     ty: ValueType,
     missing: Missing,
+    /// PostgreSQL: a column holding `lower(<source>)`, compared instead of
+    /// lower-casing every row (`leads.status_lc`, migration 0051).
+    folded: Option<&'static str>,
     /// The field as written, for error messages.
     name: String,
 }
@@ -605,6 +832,7 @@ impl CompileLeaf for Cond<OpportunityField> {
             source: Source::Column(column),
             ty,
             missing,
+            folded: None,
             name: self.field.name().to_string(),
         };
         c.test(&scalar, &self.test)
@@ -653,14 +881,13 @@ impl Compiler<'_> {
             LeadField::Updated => ("l.updated_ms", ValueType::Time, Missing::Never),
             LeadField::Called => ("l.last_call_ms", ValueType::Time, Missing::Unknown),
             LeadField::LatestCallCreated => ("l.last_call_ms", ValueType::Time, Missing::Ancient),
-            LeadField::Opportunities => {
-                return Ok(Scalar {
-                    source: Source::OpportunityCount,
-                    ty: ValueType::Number { integer: true },
-                    missing: Missing::Never,
-                    name: "opportunities".to_string(),
-                })
-            }
+            // Kept on write by triggers (migration 0051): a column read,
+            // not a count or an anti-join per lead (SPEC §6).
+            LeadField::Opportunities => (
+                "l.opportunity_count",
+                ValueType::Number { integer: true },
+                Missing::Never,
+            ),
             LeadField::Custom(name) => {
                 let Some(custom) = self.fields.get(name) else {
                     return Err(QueryError::new(
@@ -685,14 +912,18 @@ impl Compiler<'_> {
                     },
                     ty,
                     missing: Missing::Unknown,
+                    folded: None,
                     name: format!("custom.{}", quote(name)),
                 });
             }
         };
+        let folded = (*field == LeadField::Status && self.dialect == Dialect::Postgres)
+            .then_some("l.status_lc");
         Ok(Scalar {
             source: Source::Column(column),
             ty,
             missing,
+            folded,
             name: field.builtin_name().unwrap_or_default().to_string(),
         })
     }
@@ -711,6 +942,12 @@ impl Compiler<'_> {
         for sort in &query.sorts {
             self.custom_id(&sort.field, &mut ids);
         }
+        self.join_fields(ids);
+    }
+
+    /// One `LEFT JOIN` per custom field id, in order (see
+    /// [`Compiler::join_custom_fields`]).
+    fn join_fields(&mut self, ids: Vec<i64>) {
         for id in ids {
             self.joins.push(id);
             let alias = join_alias(self.joins.len());
@@ -755,61 +992,7 @@ impl Compiler<'_> {
                 let n = self.joins.iter().position(|j| j == id).map_or(0, |i| i + 1);
                 self.sql.push_str(&format!("{}.{column}", join_alias(n)));
             }
-            Source::OpportunityCount => self
-                .sql
-                .push_str("(SELECT COUNT(*) FROM opportunities o WHERE o.lead_id = l.id)"),
         }
-    }
-
-    /// Writes "the lead has at least `k` opportunities": an `EXISTS` that
-    /// stops at the `k`-th row the `(lead_id, ...)` index yields, instead of
-    /// counting every lead's opportunities.
-    fn at_least(&mut self, k: Option<i64>) {
-        match k {
-            Some(k) if k <= 0 => self.sql.push_str("TRUE"),
-            Some(1) => self
-                .sql
-                .push_str("EXISTS (SELECT 1 FROM opportunities o WHERE o.lead_id = l.id)"),
-            Some(k) => {
-                self.sql.push_str(
-                    "EXISTS (SELECT 1 FROM opportunities o WHERE o.lead_id = l.id LIMIT 1 OFFSET ",
-                );
-                self.bind(SqlParam::Int(k - 1));
-                self.sql.push(')');
-            }
-            // More than i64::MAX rows: never.
-            None => self.sql.push_str("FALSE"),
-        }
-    }
-
-    /// Writes `count(opportunities) op n` as `EXISTS` tests (true or false,
-    /// never NULL).
-    fn opportunity_count(&mut self, op: CompareOp, n: i64) {
-        let next = n.checked_add(1);
-        self.sql.push('(');
-        match op {
-            CompareOp::Ge => self.at_least(Some(n)),
-            CompareOp::Gt => self.at_least(next),
-            CompareOp::Lt => {
-                self.sql.push_str("NOT ");
-                self.at_least(Some(n));
-            }
-            CompareOp::Le => {
-                self.sql.push_str("NOT ");
-                self.at_least(next);
-            }
-            CompareOp::Eq if n < 0 => self.sql.push_str("FALSE"),
-            CompareOp::Eq if n == 0 => {
-                self.sql.push_str("NOT ");
-                self.at_least(Some(1));
-            }
-            CompareOp::Eq => {
-                self.at_least(Some(n));
-                self.sql.push_str(" AND NOT ");
-                self.at_least(next);
-            }
-        }
-        self.sql.push(')');
     }
 
     /// Writes an ORDER BY key; text compares lower-cased, empty as missing.
@@ -865,9 +1048,15 @@ impl Compiler<'_> {
                 }
                 let text = text_value(value)?;
                 self.guarded(scalar, false, |c| {
-                    c.sql.push_str("lower(");
-                    c.scalar(scalar);
-                    c.sql.push_str(") = lower(");
+                    match scalar.folded {
+                        Some(folded) => c.sql.push_str(folded),
+                        None => {
+                            c.sql.push_str("lower(");
+                            c.scalar(scalar);
+                            c.sql.push(')');
+                        }
+                    }
+                    c.sql.push_str(" = lower(");
                     c.bind(SqlParam::Text(text));
                     c.sql.push(')');
                 });
@@ -893,10 +1082,6 @@ impl Compiler<'_> {
             }
             ValueType::Number { integer } => {
                 let param = number_value(value, integer)?;
-                if let (Source::OpportunityCount, SqlParam::Int(n)) = (&scalar.source, &param) {
-                    self.opportunity_count(op, *n);
-                    return Ok(());
-                }
                 self.guarded(scalar, false, |c| {
                     c.scalar(scalar);
                     c.sql.push(' ');
@@ -1256,10 +1441,60 @@ mod tests {
     }
 
     #[test]
-    fn opportunity_counts_are_exists_tests() -> Result<(), QueryError> {
-        let s = compiled("opportunities:0", Dialect::Sqlite)?;
-        assert!(s.sql.contains("NOT EXISTS"), "{}", s.sql);
-        assert!(!s.sql.contains("COUNT"), "{}", s.sql);
+    fn opportunity_counts_read_the_kept_count() -> Result<(), QueryError> {
+        for dialect in [Dialect::Sqlite, Dialect::Postgres] {
+            let s = compiled("opportunities:0", dialect)?;
+            assert!(s.sql.contains("l.opportunity_count = "), "{}", s.sql);
+            assert!(!s.sql.contains("EXISTS"), "{}", s.sql);
+            assert!(!s.sql.contains("COUNT"), "{}", s.sql);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn postgres_compares_the_stored_lower_case_status() -> Result<(), QueryError> {
+        let p = compiled("lead_status:Potential", Dialect::Postgres)?;
+        assert!(p.sql.contains("l.status_lc = lower($1)"), "{}", p.sql);
+        let s = compiled("lead_status:Potential", Dialect::Sqlite)?;
+        assert!(s.sql.contains("lower(l.status) = lower(?)"), "{}", s.sql);
+        Ok(())
+    }
+
+    /// PostgreSQL sorts in Rust only the views sorted by a custom field
+    /// the filter does not name, whose keys are read on their own.
+    #[test]
+    fn postgres_unsorted_forms() -> Result<(), QueryError> {
+        let u = |q: &str| compiled(q, Dialect::Postgres).map(|c| c.unsorted);
+        assert_eq!(u("sort:-created")?, None);
+        assert_eq!(u("lead_status:a opportunities:0")?, None);
+        assert_eq!(u(r#"custom."Lead Source":x sort:name"#)?, None);
+        let sort = u(r#"sort:-"Next Call Date""#)?.ok_or_else(|| QueryError::new(0, "", ""))?;
+        assert_eq!(sort.key_field, Some(8));
+        assert!(sort.descending);
+        assert_eq!(sort.sql, "SELECT l.id FROM leads l");
+        assert_eq!(
+            u(r#"("custom.Next Call Date" < now or "custom.Next Call Date":"")"#)?,
+            None
+        );
+        assert_eq!(
+            u(r#"custom."Next Call Date" < now sort:"Next Call Date""#)?,
+            None
+        );
+        let other = u(r#"custom."Lead Source":x lead_status:a sort:"Next Call Date""#)?
+            .ok_or_else(|| QueryError::new(0, "", ""))?;
+        assert_eq!(other.key_field, Some(8));
+        assert!(!other.descending);
+        assert!(
+            other.sql.starts_with("SELECT l.id FROM leads l LEFT JOIN"),
+            "{}",
+            other.sql
+        );
+        assert_eq!(
+            other.sql.matches('$').count(),
+            other.params.len(),
+            "{}",
+            other.sql
+        );
         Ok(())
     }
 
