@@ -20,6 +20,37 @@ pub(crate) fn placeholders(n: usize) -> String {
     s
 }
 
+/// Stores a call's end: each column only when the end names it, so an
+/// earlier answer time or trunk stays (SPEC §4, the call record). `$6` is
+/// the call's id; [`bind_call_end!`] binds the rest in order.
+pub(crate) const FINISH_CALL_UPDATE: &str =
+    "UPDATE calls SET answered_ms = COALESCE($1, answered_ms), \
+     ended_ms = COALESCE($2, ended_ms), outcome = COALESCE($3, outcome), \
+     sip_status = COALESCE($4, sip_status), ring_ms = COALESCE($5, ring_ms), \
+     trunk = COALESCE($7, trunk), caller_id = COALESCE($8, caller_id), \
+     amd = COALESCE($9, amd), amd_ms = COALESCE($10, amd_ms), \
+     recording = COALESCE($11, recording) \
+     WHERE id = $6";
+
+/// Binds a call's id and its `CallEnd` to [`FINISH_CALL_UPDATE`]'s
+/// placeholders, in their order.
+macro_rules! bind_call_end {
+    ($query:expr, $id:expr, $end:expr) => {
+        $query
+            .bind($end.answered_ms)
+            .bind($end.ended_ms)
+            .bind($end.outcome.map(|o| o.as_str()))
+            .bind($end.sip_status.map(i32::from))
+            .bind($end.ring_ms)
+            .bind($id)
+            .bind($end.trunk.as_deref())
+            .bind($end.caller_id.as_deref())
+            .bind($end.amd.map(|v| v.as_str()))
+            .bind($end.amd_ms)
+            .bind($end.recording.as_deref())
+    };
+}
+
 macro_rules! store_methods {
     ($store:ty, $conn:ty, $row:ty) => {
         use std::collections::{BTreeMap, HashMap};
@@ -508,26 +539,10 @@ macro_rules! store_methods {
                 e: &CallEnd,
             ) -> Result<CallRecord, StoreError> {
                 let sql = format!(
-                    "UPDATE calls SET answered_ms = COALESCE($1, answered_ms), \
-                     ended_ms = COALESCE($2, ended_ms), outcome = COALESCE($3, outcome), \
-                     sip_status = COALESCE($4, sip_status), ring_ms = COALESCE($5, ring_ms), \
-                     trunk = COALESCE($7, trunk), caller_id = COALESCE($8, caller_id), \
-                     amd = COALESCE($9, amd), amd_ms = COALESCE($10, amd_ms), \
-                     recording = COALESCE($11, recording) \
-                     WHERE id = $6 RETURNING {CALL_COLUMNS}"
+                    "{} RETURNING {CALL_COLUMNS}",
+                    crate::store::methods::FINISH_CALL_UPDATE
                 );
-                let row = sqlx::query(&sql)
-                    .bind(e.answered_ms)
-                    .bind(e.ended_ms)
-                    .bind(e.outcome.map(|o| o.as_str()))
-                    .bind(e.sip_status.map(i32::from))
-                    .bind(e.ring_ms)
-                    .bind(id)
-                    .bind(e.trunk.as_deref())
-                    .bind(e.caller_id.as_deref())
-                    .bind(e.amd.map(|v| v.as_str()))
-                    .bind(e.amd_ms)
-                    .bind(e.recording.as_deref())
+                let row = bind_call_end!(sqlx::query(&sql), id, e)
                     .fetch_one(self.pool())
                     .await
                     .map_err(|err| StoreError::from_sqlx(err, Entity::Call, id))?;
@@ -540,26 +555,11 @@ macro_rules! store_methods {
             pub(crate) async fn finish_calls(&self, ends: &[(i64, CallEnd)]) -> Result<(), StoreError> {
                 let mut tx = self.begin_write().await?;
                 for (id, e) in ends {
-                    let done = sqlx::query(
-                        "UPDATE calls SET answered_ms = COALESCE($1, answered_ms), \
-                         ended_ms = COALESCE($2, ended_ms), outcome = COALESCE($3, outcome), \
-                         sip_status = COALESCE($4, sip_status), ring_ms = COALESCE($5, ring_ms), \
-                         trunk = COALESCE($7, trunk), caller_id = COALESCE($8, caller_id), \
-                         amd = COALESCE($9, amd), amd_ms = COALESCE($10, amd_ms), \
-                         recording = COALESCE($11, recording) \
-                         WHERE id = $6",
+                    let done = bind_call_end!(
+                        sqlx::query(crate::store::methods::FINISH_CALL_UPDATE),
+                        *id,
+                        e
                     )
-                    .bind(e.answered_ms)
-                    .bind(e.ended_ms)
-                    .bind(e.outcome.map(|o| o.as_str()))
-                    .bind(e.sip_status.map(i32::from))
-                    .bind(e.ring_ms)
-                    .bind(*id)
-                    .bind(e.trunk.as_deref())
-                    .bind(e.caller_id.as_deref())
-                    .bind(e.amd.map(|v| v.as_str()))
-                    .bind(e.amd_ms)
-                    .bind(e.recording.as_deref())
                     .execute(&mut *tx)
                     .await
                     .map_err(|err| StoreError::from_sqlx(err, Entity::Call, *id))?;
