@@ -332,7 +332,8 @@ pub async fn end_call(
     }
 }
 
-/// Upserts a lead's record in a session (see `record::save_history`).
+/// Upserts a lead's record in a session: `record::save_history` on its
+/// own, and [`end_call`] beside the claim release in one transaction.
 pub(crate) const SAVE_HISTORY: &str = "INSERT INTO session_leads \
      (session_id, lead_id, generation, calls, answered, blocked_until_ms) \
      VALUES ($1, $2, $3, $4, $5, $6) \

@@ -363,14 +363,7 @@ pub async fn save_history(
     lead: LeadId,
     h: &LeadHistory,
 ) -> Result<(), StoreError> {
-    with_pool!(store, p => sqlx::query(
-        "INSERT INTO session_leads \
-         (session_id, lead_id, generation, calls, answered, blocked_until_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6) \
-         ON CONFLICT (session_id, lead_id) DO UPDATE SET generation = excluded.generation, \
-         calls = excluded.calls, answered = excluded.answered, \
-         blocked_until_ms = excluded.blocked_until_ms",
-    )
+    with_pool!(store, p => sqlx::query(super::claim::SAVE_HISTORY)
     .bind(session_id)
     .bind(lead.0)
     .bind(i64::from(h.generation))
