@@ -58,6 +58,9 @@ struct Scripted {
     /// Outcomes per lead, consumed one per call; the last one repeats.
     script: Arc<Mutex<HashMap<i64, Vec<Outcome>>>>,
     dialed: Arc<Mutex<Vec<Dialed>>>,
+    /// An agent whose dials wait for this notification before the engine
+    /// takes them (a slow trunk or database for that one agent).
+    stuck: Option<(String, Arc<tokio::sync::Notify>)>,
 }
 
 impl Dialer for Scripted {
@@ -70,6 +73,11 @@ impl Dialer for Scripted {
 
     async fn dial(&self, agent: &str, req: DialRequest) -> Result<i64, DialError> {
         let lead = req.lead_id.ok_or(DialError::NotReady)?;
+        if let Some((a, gate)) = &self.stuck {
+            if a == agent {
+                gate.notified().await;
+            }
+        }
         let now = self.clock.wall_ms();
         self.dialed
             .lock()
@@ -204,6 +212,7 @@ async fn thirty_leads_mixed_outcomes_dial_in_rule_order() {
         events: broadcast::channel(1024).0,
         script: Arc::new(Mutex::new(script)),
         dialed: Arc::new(Mutex::new(Vec::new())),
+        stuck: None,
     };
     let config = SessionConfig {
         block: BLOCK,
@@ -305,5 +314,107 @@ async fn thirty_leads_mixed_outcomes_dial_in_rule_order() {
     }
     assert_eq!(v.counts.answered, 12);
     assert!(!v.counts.done);
+    db.cleanup().await;
+}
+
+/// One agent's dial that the engine does not take (its trunk or the
+/// database slow for it) holds up neither the session nor the other
+/// agents: their claims and dials go on meanwhile, and the stuck dial
+/// lands once the engine takes it, with no lead dialed twice (R13).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_dial_does_not_hold_up_the_other_agents() {
+    let db = common::sqlite_db().await;
+    let store = db.store.clone();
+    let ids = leads(&store, 12).await;
+    let view = store
+        .create_smart_view(
+            &NewSmartView {
+                name: "all".into(),
+                query: "lead_status:potential sort:created".into(),
+            },
+            BASE_MS,
+        )
+        .await
+        .expect("view");
+    #[allow(clippy::disallowed_methods)]
+    let clock = SimClock {
+        start: Instant::now(),
+    };
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let dialer = Scripted {
+        store: store.clone(),
+        clock: clock.clone(),
+        events: broadcast::channel(1024).0,
+        script: Arc::new(Mutex::new(HashMap::new())),
+        dialed: Arc::new(Mutex::new(Vec::new())),
+        stuck: Some(("slow".into(), gate.clone())),
+    };
+    let config = SessionConfig {
+        block: BLOCK,
+        refresh_interval: Duration::from_secs(300),
+        wrap_up_idle: Duration::from_millis(50),
+        lease: Duration::from_secs(30),
+        instance: "test".into(),
+        calling_hours: powerdial::dialer::hours::CallingHours::always(),
+        audit: powerdial::store::audit::AuditLog::start(store.clone()),
+    };
+    let sessions = Sessions::start(store.clone(), dialer.clone(), clock.clone(), config)
+        .await
+        .expect("sessions");
+    let (row, _) = sessions.create(view.id, false, None).await.expect("create");
+    let h = sessions.get(row.id).expect("handle");
+    h.join("slow").await.expect("join slow");
+    h.join("fast").await.expect("join fast");
+
+    // Each of fast's calls rings 300 ms then goes unanswered: 4 calls in
+    // about 1.5 s, while slow's first dial is still in the engine's hands.
+    let t0 = clock.instant();
+    loop {
+        let n = dialer.dialed.lock().expect("lock").len();
+        if n >= 4 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "only {n} dials by the other agent while one agent's dial is stuck"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let v = h.view().await.expect("view");
+    let slow = v
+        .agents
+        .iter()
+        .find(|a| a.agent == "slow")
+        .expect("slow in the view");
+    let slow_lead = slow
+        .lead_id
+        .expect("slow's lead is shown while its dial is stuck");
+    let dialed_slow_lead = |dialer: &Scripted| {
+        dialer
+            .dialed
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|d| d.lead == slow_lead)
+    };
+    assert!(
+        !dialed_slow_lead(&dialer),
+        "R13: nobody else dialed the lead claimed for slow"
+    );
+    gate.notify_one();
+    while !dialed_slow_lead(&dialer) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "slow's dial never landed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dialed = dialer.dialed.lock().expect("lock").clone();
+    let mut leads: Vec<i64> = dialed.iter().map(|d| d.lead).collect();
+    leads.sort_unstable();
+    let n = leads.len();
+    leads.dedup();
+    assert_eq!(leads.len(), n, "R13/R4: no lead dialed twice: {dialed:?}");
+    assert!(leads.iter().all(|l| ids.contains(l)));
     db.cleanup().await;
 }

@@ -285,6 +285,136 @@ pub async fn release(store: &Store, claim: &LeadClaim, now_ms: i64) -> Result<()
     }
 }
 
+/// A call's end as a session stores it ([`end_call`]): the lead's record
+/// in the session and the release of its claim.
+#[derive(Debug, Clone, Copy)]
+pub struct CallEndWrite {
+    /// The session.
+    pub session_id: i64,
+    /// The lead's history after the call (R3–R5), if the queue has it.
+    pub history: Option<(LeadId, LeadHistory)>,
+    /// The call's R13 claim.
+    pub claim: Option<LeadClaim>,
+    /// When the call ended, epoch ms.
+    pub now_ms: i64,
+}
+
+/// Calls' ends taken in one transaction at most.
+const END_BATCH: usize = 256;
+
+/// Stores a session's call ends off its task (DESIGN.md "Writes leave the
+/// signalling path in batches"): one writer task per session commits what
+/// is queued in one transaction (group commit, no linger), in the order
+/// the ends were handed over, so two calls' records of one lead never
+/// overtake each other. Nothing is dropped (the channel is unbounded, and
+/// each item is small: the session hands over one per call it ends); when
+/// the handle is dropped the writer stores what is queued, then stops.
+#[derive(Debug, Clone)]
+pub struct EndWriter {
+    tx: tokio::sync::mpsc::UnboundedSender<CallEndWrite>,
+}
+
+impl EndWriter {
+    /// Starts the writer task on `store` (within a tokio runtime).
+    pub fn start(store: Store) -> EndWriter {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<CallEndWrite>();
+        tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while let Some(first) = rx.recv().await {
+                batch.push(first);
+                while batch.len() < END_BATCH {
+                    match rx.try_recv() {
+                        Ok(w) => batch.push(w),
+                        Err(_) => break,
+                    }
+                }
+                store_ends(&store, &batch).await;
+                batch.clear();
+            }
+        });
+        EndWriter { tx }
+    }
+
+    /// Queues `w` for the writer's next commit.
+    pub fn send(&self, w: CallEndWrite) {
+        if let Err(e) = self.tx.send(w) {
+            // Only once the runtime stops: store it on a task of its own.
+            tracing::debug!(error = %e, "call-end writer gone");
+        }
+    }
+}
+
+/// Stores a batch in one transaction; a batch the database refuses is
+/// retried end by end, so one bad row loses nothing else.
+async fn store_ends(store: &Store, batch: &[CallEndWrite]) {
+    match end_calls(store, batch).await {
+        Ok(lost) => {
+            for c in lost {
+                tracing::warn!(
+                    claim = c.id,
+                    lead = c.lead_id,
+                    "claim lost before the call's end was stored"
+                );
+            }
+        }
+        Err(e) if batch.len() > 1 => {
+            tracing::warn!(error = %e, n = batch.len(), "call ends not stored together: one by one");
+            for w in batch {
+                if let Err(e) = end_calls(store, std::slice::from_ref(w)).await {
+                    tracing::warn!(error = %e, lead = ?w.history.map(|h| h.0 .0), "history or claim release not saved");
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "history or claim release not saved");
+        }
+    }
+}
+
+/// Several calls' ends in one write transaction ([`end_call`] for each);
+/// returns the claims that turned out lost.
+pub async fn end_calls(
+    store: &Store,
+    batch: &[CallEndWrite],
+) -> Result<Vec<LeadClaim>, ClaimError> {
+    if batch
+        .iter()
+        .all(|w| w.history.is_none() && w.claim.is_none())
+    {
+        return Ok(Vec::new());
+    }
+    let lost: Vec<LeadClaim> = with_write_tx!(store, tx => {
+        let mut lost = Vec::new();
+        for w in batch {
+            if let Some((lead, h)) = &w.history {
+                sqlx::query(SAVE_HISTORY)
+                    .bind(w.session_id)
+                    .bind(lead.0)
+                    .bind(i64::from(h.generation))
+                    .bind(i64::from(h.calls))
+                    .bind(i64::from(h.answered))
+                    .bind(h.blocked_until)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            if let Some(c) = &w.claim {
+                let n = sqlx::query(RELEASE)
+                    .bind(c.id)
+                    .bind(c.version)
+                    .bind(w.now_ms)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if n != 1 {
+                    lost.push(*c);
+                }
+            }
+        }
+        lost
+    });
+    Ok(lost)
+}
+
 /// A call's end in the session, in one write transaction instead of two
 /// on the session's task: the lead's record in the session (`history`:
 /// R3–R5 across restarts) and the release of its R13 claim. The history
@@ -295,40 +425,18 @@ pub async fn end_call(
     claim: Option<&LeadClaim>,
     now_ms: i64,
 ) -> Result<(), ClaimError> {
-    if history.is_none() && claim.is_none() {
-        return Ok(());
-    }
-    let released: Option<u64> = with_write_tx!(store, tx => {
-        if let Some((session_id, lead, h)) = history {
-            sqlx::query(SAVE_HISTORY)
-                .bind(session_id)
-                .bind(lead.0)
-                .bind(i64::from(h.generation))
-                .bind(i64::from(h.calls))
-                .bind(i64::from(h.answered))
-                .bind(h.blocked_until)
-                .execute(&mut *tx)
-                .await?;
-        }
-        match claim {
-            Some(c) => Some(
-                sqlx::query(RELEASE)
-                    .bind(c.id)
-                    .bind(c.version)
-                    .bind(now_ms)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected(),
-            ),
-            None => None,
-        }
-    });
-    match (released, claim) {
-        (Some(n), Some(c)) if n != 1 => Err(ClaimError::Lost {
+    let w = CallEndWrite {
+        session_id: history.map_or(0, |h| h.0),
+        history: history.map(|(_, lead, h)| (lead, *h)),
+        claim: claim.copied(),
+        now_ms,
+    };
+    match end_calls(store, &[w]).await?.first() {
+        Some(c) => Err(ClaimError::Lost {
             id: c.id,
             version: c.version,
         }),
-        _ => Ok(()),
+        None => Ok(()),
     }
 }
 

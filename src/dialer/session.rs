@@ -13,6 +13,14 @@
 //!   later: leads the view no longer selects leave the queue in place, and
 //!   only a lead that newly matches causes a re-read (DESIGN "No per-call
 //!   re-read of the view"; SPEC §6, under 100 ms).
+//! - **Concurrency:** the session task makes every decision (the queue's
+//!   pick, what an outcome means) in order, but waits on no database or
+//!   engine round trip for one agent: a claim (the lead's read, its calling
+//!   hours, the R13 row) and a dial run in tasks of their own and report
+//!   back ([`Internal`]); a call's end is stored by the session's
+//!   [`claim::EndWriter`]. An agent who paused or left while its claim was
+//!   in flight gets nothing (the claims are released), and a skip asked
+//!   while the engine has not taken the dial yet follows the dial.
 //! - **R4 across sessions:** leads entering the queue are blocked by
 //!   `leads.last_call_ms`; calls other sessions end while a lead is queued
 //!   are learned from their `CallEnded`; the claim step checks the call
@@ -35,10 +43,11 @@ use tokio::time::Instant;
 
 use super::agent::{AgentAction, AgentMachine, AgentState, NotNow};
 use super::claim::{self, ClaimRequest, ClaimResult, LeadClaim};
-use super::dial::{CallEvent, CallOutcome, DialRequest, Dialer, LeadSnapshot};
+use super::dial::{CallEvent, CallOutcome, DialError, DialRequest, Dialer, LeadSnapshot};
 use super::hours::{CallingHours, Verdict};
-use super::queue::{AgentId, LeadId, Outcome, QueueCounts, SessionQueue};
+use super::queue::{AgentId, Claim, LeadId, Outcome, QueueCounts, SessionQueue};
 use super::record::{self, SessionRow};
+use crate::leads::model::Lead;
 use crate::store::Store;
 
 /// Bumps of the leads-changed counter this close together cause one refresh.
@@ -556,10 +565,114 @@ struct Slot {
     id: AgentId,
     db_claim: Option<LeadClaim>,
     last: (AgentState, Option<i64>, Option<i64>),
+    /// A claim is in flight ([`Session::claim_next`]).
+    claiming: bool,
+    /// The engine has not answered the dial yet ([`Session::dial`]).
+    dialing: bool,
+    /// A skip (R9) asked while `dialing`: sent once the engine has the call.
+    skip_after_dial: bool,
 }
 
+/// What the session's own tasks report back.
 enum Internal {
+    /// The agent leg is up (`true`) or could not be set up.
     Connected(String, bool),
+    /// A claim's outcome ([`Session::claim_next`]).
+    Claimed(Box<ClaimDone>),
+    /// The engine's answer to a dial ([`Session::dial`]).
+    Dialed {
+        agent: String,
+        claim: Claim,
+        db: LeadClaim,
+        result: Result<i64, DialError>,
+    },
+}
+
+/// A claim's outcome, as [`claim_step`] found it.
+struct ClaimDone {
+    agent: String,
+    claim: Claim,
+    now_ms: i64,
+    step: ClaimStep,
+}
+
+/// What [`claim_step`] found.
+enum ClaimStep {
+    /// Outside the lead's calling hours (SPEC §4): held, not claimed.
+    Held {
+        opens_at: Option<i64>,
+        zone: chrono_tz::Tz,
+        holiday: bool,
+        number: Option<String>,
+    },
+    /// The database claim's result, with the lead (when it could be read)
+    /// and the number to dial (R2).
+    Db {
+        result: Result<ClaimResult, claim::ClaimError>,
+        lead: Option<Lead>,
+        number: Option<String>,
+    },
+}
+
+/// Reads the lead (R2: the first phone of the first contact; it and the
+/// lead's fields and address give its zones), holds it when its calling
+/// hours are closed, else claims it in the database (R13).
+async fn claim_step<D: Dialer, C: Clock>(
+    shared: &Shared<D, C>,
+    hours: &CallingHours,
+    session_id: i64,
+    agent: &str,
+    c: Claim,
+    now_ms: i64,
+) -> ClaimStep {
+    let lead = shared.store.get_lead(c.lead.0).await.ok();
+    let number = lead
+        .as_ref()
+        .and_then(|l| l.first_phone())
+        .map(|p| p.to_string());
+    if let Some(l) = &lead {
+        let zones = crate::leads::zone::lead_zones(l, number.as_deref())
+            .map(|z| z.zones)
+            .unwrap_or_default();
+        if let Verdict::Closed {
+            opens_at,
+            zone,
+            holiday,
+        } = hours.verdict(&zones, now_ms)
+        {
+            return ClaimStep::Held {
+                opens_at,
+                zone,
+                holiday,
+                number,
+            };
+        }
+    }
+    let req = ClaimRequest {
+        lead_id: c.lead.0,
+        session_id,
+        agent,
+        instance: &shared.config.instance,
+        now_ms,
+        lease_ms: ms(shared.config.lease),
+        block_ms: ms(shared.config.block),
+        reentered: c.generation > 0,
+    };
+    ClaimStep::Db {
+        result: claim::claim(&shared.store, &req).await,
+        lead,
+        number,
+    }
+}
+
+/// Releases a database claim that will not be dialed, off the session task.
+fn spawn_release(store: &Store, db: LeadClaim, now_ms: i64) {
+    let store = store.clone();
+    tokio::spawn(async move {
+        if let Err(e) = claim::release(&store, &db, now_ms).await {
+            tracing::warn!(error = %e, lead = db.lead_id, "claim release not saved");
+        }
+    });
 }
 
 struct Session<D: Dialer, C: Clock> {
@@ -570,6 +683,8 @@ struct Session<D: Dialer, C: Clock> {
     agents: BTreeMap<String, Slot>,
     next_agent_id: i64,
     internal: mpsc::Sender<Internal>,
+    /// The session's call ends on their way to the database.
+    ends: claim::EndWriter,
     next_refresh: Instant,
     pending_refresh: Option<Instant>,
     /// The last change of [`LeadsChanged`] this session has taken in.
@@ -595,6 +710,7 @@ pub async fn spawn<D: Dialer, C: Clock>(
         agents: BTreeMap::new(),
         next_agent_id: 1,
         internal: itx,
+        ends: claim::EndWriter::start(shared.store.clone()),
         next_refresh: shared.clock.instant(),
         pending_refresh: None,
         changes_seen: shared.leads_changed.seq(),
@@ -648,6 +764,9 @@ impl<D: Dialer, C: Clock> Session<D, C> {
                     id,
                     db_claim: None,
                     last: (AgentState::Left, None, None),
+                    claiming: false,
+                    dialing: false,
+                    skip_after_dial: false,
                 },
             );
         }
@@ -677,7 +796,7 @@ impl<D: Dialer, C: Clock> Session<D, C> {
                     }
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
-                Some(msg) = irx.recv() => self.internal_msg(msg),
+                Some(msg) = irx.recv() => self.internal_msg(msg).await,
                 Ok(()) = changed.changed() => self.leads_changed(),
                 () = tokio::time::sleep_until(deadline) => self.timeout().await,
             }
@@ -857,8 +976,15 @@ impl<D: Dialer, C: Clock> Session<D, C> {
         Ok(())
     }
 
-    fn internal_msg(&mut self, msg: Internal) {
+    async fn internal_msg(&mut self, msg: Internal) {
         match msg {
+            Internal::Claimed(done) => self.claimed(done).await,
+            Internal::Dialed {
+                agent,
+                claim,
+                db,
+                result,
+            } => self.dialed(agent, claim, db, result),
             Internal::Connected(agent, ok) => {
                 if let Some(slot) = self.agents.get_mut(&agent) {
                     if ok {
@@ -1223,17 +1349,13 @@ impl<D: Dialer, C: Clock> Session<D, C> {
         {
             tracing::warn!(%agent, error = %e, "report refused");
         }
-        let history = self.queue.history(c.lead);
-        let saved = claim::end_call(
-            &self.shared.store,
-            history.as_ref().map(|h| (self.row.id, c.lead, h)),
-            db_claim.as_ref(),
+        // Stored off the session's task, in order ([`claim::EndWriter`]).
+        self.ends.send(claim::CallEndWrite {
+            session_id: self.row.id,
+            history: self.queue.history(c.lead).map(|h| (c.lead, h)),
+            claim: db_claim,
             now_ms,
-        )
-        .await;
-        if let Err(e) = saved {
-            tracing::warn!(error = %e, "history or claim release not saved");
-        }
+        });
         let _ = self.shared.events.send(SessionEvent::CallEnded {
             session_id: self.row.id,
             agent: agent.to_string(),
@@ -1300,8 +1422,14 @@ impl<D: Dialer, C: Clock> Session<D, C> {
                             let _ = tx.send(Internal::Connected(name, ok)).await;
                         });
                     }
-                    AgentAction::ClaimNext => self.claim_and_dial(&name).await,
+                    AgentAction::ClaimNext => self.claim_next(&name),
                     AgentAction::SkipLead => {
+                        if let Some(s) = self.agents.get_mut(&name).filter(|s| s.dialing) {
+                            // The engine has not taken the dial yet: the
+                            // skip follows it ([`Session::dialed`]).
+                            s.skip_after_dial = true;
+                            continue;
+                        }
                         let d = self.shared.dialer.clone();
                         tokio::spawn(async move { d.skip(&name).await });
                     }
@@ -1326,196 +1454,267 @@ impl<D: Dialer, C: Clock> Session<D, C> {
         }
     }
 
-    /// Claims the next lead in the queue and then in the database (R13),
-    /// and dials it; a lead the database refuses is held and the next one
-    /// tried. A lead outside its calling hours (SPEC §4) is held in the
-    /// queue until its window opens, before any INVITE.
-    async fn claim_and_dial(&mut self, agent: &str) {
-        let Some(aid) = self.agents.get(agent).map(|s| s.id) else {
+    /// Takes the queue's next lead for `agent` (R13) in the session's
+    /// order, then reads the lead, checks its calling hours (SPEC §4) and
+    /// claims it in the database in a task of its own: one agent's round
+    /// trips to the database never hold up the session's other agents
+    /// (SPEC §6 call setup rate). The outcome comes back as
+    /// [`Internal::Claimed`] ([`Session::claimed`]).
+    fn claim_next(&mut self, agent: &str) {
+        let now = self.shared.clock.instant();
+        let now_ms = self.shared.clock.wall_ms();
+        let Some(slot) = self.agents.get_mut(agent) else {
             return;
         };
-        if let Some(s) = self
-            .agents
-            .get_mut(agent)
-            .filter(|s| s.machine.on_callback())
-        {
-            // On a callback: the claim waits for its end (the engine would
-            // refuse the dial).
-            s.machine.handle_no_lead(None);
+        if slot.claiming {
+            // The claim in flight answers for this agent.
             return;
         }
-        let store = self.shared.store.clone();
-        let hours = self.calling_hours();
-        let mut holds = 0usize;
-        loop {
-            let now = self.shared.clock.instant();
-            let now_ms = self.shared.clock.wall_ms();
-            let c = match self.queue.claim_next(aid, now_ms) {
-                Ok(Some(c)) => c,
-                Ok(None) => {
-                    let wake = self
-                        .queue
-                        .next_wakeup(now_ms)
-                        .map(|t| at_ms(now, now_ms, t));
-                    if let Some(s) = self.agents.get_mut(agent) {
-                        s.machine.handle_no_lead(wake.map(Instant::into_std));
-                    }
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(%agent, error = %e, "claim refused by the queue");
-                    if let Some(s) = self.agents.get_mut(agent) {
-                        s.machine.handle_dial_failed();
-                    }
-                    return;
-                }
-            };
-            // R2: the first phone of the first contact; it and the lead's
-            // fields and address give the lead's zones.
-            let lead = store.get_lead(c.lead.0).await.ok();
-            let number = lead
-                .as_ref()
-                .and_then(|l| l.first_phone())
-                .map(|p| p.to_string());
-            if let Some(l) = &lead {
-                let zones = crate::leads::zone::lead_zones(l, number.as_deref())
-                    .map(|z| z.zones)
-                    .unwrap_or_default();
-                if let Verdict::Closed {
-                    opens_at,
-                    zone,
-                    holiday,
-                } = hours.verdict(&zones, now_ms)
-                {
-                    // No opening within a year (a window narrower than the
-                    // spread of the lead's zones): looked at again daily.
-                    let until = opens_at.unwrap_or(now_ms.saturating_add(DAY_MS));
-                    if let Err(e) = self.queue.hold(aid, &c, until, zone, holiday) {
-                        tracing::warn!(%agent, error = %e, "hold refused by the queue");
-                    }
-                    tracing::debug!(lead = c.lead.0, zone = %zone.name(), "outside calling hours: held");
-                    self.shared
-                        .config
-                        .audit
-                        .record(hold_entry(
-                            self.row.id,
-                            agent,
-                            c.lead.0,
-                            number.clone(),
-                            now_ms,
-                            opens_at,
-                            zone,
-                            holiday,
-                        ))
-                        .await;
-                    holds += 1;
-                    if holds >= HOLDS_PER_TURN {
-                        // Let the session's other work in before going on.
-                        if let Some(s) = self.agents.get_mut(agent) {
-                            s.machine.handle_no_lead(Some(now.into_std()));
-                        }
-                        return;
-                    }
-                    continue;
-                }
-            }
-            let req = ClaimRequest {
-                lead_id: c.lead.0,
-                session_id: self.row.id,
-                agent,
-                instance: &self.shared.config.instance,
-                now_ms,
-                lease_ms: ms(self.shared.config.lease),
-                block_ms: ms(self.shared.config.block),
-                reentered: c.generation > 0,
-            };
-            let db = match claim::claim(&store, &req).await {
-                Ok(ClaimResult::Claimed(db)) => db,
-                Ok(ClaimResult::Taken) => {
-                    self.queue.release(aid);
-                    self.queue.record_external_call(c.lead, now_ms);
-                    continue;
-                }
-                Ok(ClaimResult::RecentlyCalled { at }) => {
-                    self.queue.release(aid);
-                    self.queue.record_external_call(c.lead, at);
-                    continue;
-                }
-                Ok(ClaimResult::Answered) => {
-                    let _ = self
-                        .queue
-                        .report(aid, c.lead, c.generation, Outcome::Answered, now_ms);
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!(%agent, error = %e, "database claim failed");
-                    self.queue.release(aid);
-                    if let Some(s) = self.agents.get_mut(agent) {
-                        s.machine.handle_dial_failed();
-                    }
-                    return;
-                }
-            };
-            let Some(number) = number else {
-                // Nothing to dial: a calling restriction (R11), blocked.
-                let _ = self
+        if slot.machine.on_callback() {
+            // On a callback: the claim waits for its end (the engine would
+            // refuse the dial).
+            slot.machine.handle_no_lead(None);
+            return;
+        }
+        let c = match self.queue.claim_next(slot.id, now_ms) {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                let wake = self
                     .queue
-                    .report(aid, c.lead, c.generation, Outcome::Restricted, now_ms);
-                let _ = claim::release(&store, &db, now_ms).await;
-                use crate::store::audit::{AuditAction, AuditEntry, AuditReason};
+                    .next_wakeup(now_ms)
+                    .map(|t| at_ms(now, now_ms, t));
+                slot.machine.handle_no_lead(wake.map(Instant::into_std));
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(%agent, error = %e, "claim refused by the queue");
+                slot.machine.handle_dial_failed();
+                return;
+            }
+        };
+        slot.claiming = true;
+        let shared = self.shared.clone();
+        let hours = self.calling_hours();
+        let tx = self.internal.clone();
+        let agent = agent.to_string();
+        let session_id = self.row.id;
+        tokio::spawn(async move {
+            let step = claim_step(&shared, &hours, session_id, &agent, c, now_ms).await;
+            let _ = tx
+                .send(Internal::Claimed(Box::new(ClaimDone {
+                    agent,
+                    claim: c,
+                    now_ms,
+                    step,
+                })))
+                .await;
+        });
+    }
+
+    /// A claim's outcome: dials the lead, or records why not and takes the
+    /// next one while the agent still waits for a lead. An agent that
+    /// paused or left meanwhile gets nothing: the claims are released.
+    async fn claimed(&mut self, done: Box<ClaimDone>) {
+        let ClaimDone {
+            agent,
+            claim: c,
+            now_ms,
+            step,
+        } = *done;
+        let store = self.shared.store.clone();
+        let Some(slot) = self.agents.get_mut(&agent) else {
+            if let ClaimStep::Db {
+                result: Ok(ClaimResult::Claimed(db)),
+                ..
+            } = step
+            {
+                spawn_release(&store, db, now_ms);
+            }
+            return;
+        };
+        slot.claiming = false;
+        let aid = slot.id;
+        let wants = slot.machine.state() == AgentState::Ready && !slot.machine.on_callback();
+        match step {
+            ClaimStep::Held {
+                opens_at,
+                zone,
+                holiday,
+                number,
+            } => {
+                // No opening within a year (a window narrower than the
+                // spread of the lead's zones): looked at again daily.
+                let until = opens_at.unwrap_or(now_ms.saturating_add(DAY_MS));
+                if let Err(e) = self.queue.hold(aid, &c, until, zone, holiday) {
+                    tracing::warn!(%agent, error = %e, "hold refused by the queue");
+                }
+                tracing::debug!(lead = c.lead.0, zone = %zone.name(), "outside calling hours: held");
                 self.shared
                     .config
                     .audit
-                    .record(AuditEntry {
-                        id: 0,
-                        at_ms: now_ms,
-                        action: AuditAction::Restricted,
-                        reason: AuditReason::NotDialable,
-                        session_id: Some(self.row.id),
-                        lead_id: Some(c.lead.0),
-                        agent: Some(agent.to_string()),
-                        number: None,
-                        detail: "the lead has no phone number".into(),
-                    })
+                    .record(hold_entry(
+                        self.row.id,
+                        &agent,
+                        c.lead.0,
+                        number,
+                        now_ms,
+                        opens_at,
+                        zone,
+                        holiday,
+                    ))
                     .await;
-                continue;
-            };
-            if let Some(s) = self.agents.get_mut(agent) {
-                s.machine.handle_dialing(c);
-                s.db_claim = Some(db);
             }
-            let req = DialRequest {
+            ClaimStep::Db {
+                result: Ok(ClaimResult::Claimed(db)),
+                lead,
                 number,
-                lead_id: Some(c.lead.0),
-                session_id: Some(self.row.id),
-                reduced_ring_time: self.row.reduced_ring_time,
-                caller_id: self.row.caller_id.clone(),
-                amd: self.row.amd,
-                voicemail_drop_id: self.row.voicemail_drop_id,
-                record: self.row.record,
-                lead: lead.map(|l| LeadSnapshot {
-                    name: l.name,
-                    do_not_call: l.do_not_call,
-                }),
-                claim_id: Some(db.id),
-            };
-            match self.shared.dialer.dial(agent, req).await {
-                Ok(call_id) => {
-                    if let Some(s) = self.agents.get_mut(agent) {
-                        s.machine.handle_call_started(call_id);
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(%agent, error = %e, "dial refused");
+            } => {
+                if !wants {
                     self.queue.release(aid);
-                    let _ = claim::release(&store, &db, now_ms).await;
-                    if let Some(s) = self.agents.get_mut(agent) {
-                        s.db_claim = None;
-                        s.machine.handle_dial_failed();
-                    }
+                    spawn_release(&store, db, now_ms);
+                } else if let Some(number) = number {
+                    self.dial(&agent, c, db, number, lead);
+                    return;
+                } else {
+                    self.restricted(&agent, c, db, now_ms).await;
                 }
             }
+            ClaimStep::Db {
+                result: Ok(ClaimResult::Taken),
+                ..
+            } => {
+                self.queue.release(aid);
+                self.queue.record_external_call(c.lead, now_ms);
+            }
+            ClaimStep::Db {
+                result: Ok(ClaimResult::RecentlyCalled { at }),
+                ..
+            } => {
+                self.queue.release(aid);
+                self.queue.record_external_call(c.lead, at);
+            }
+            ClaimStep::Db {
+                result: Ok(ClaimResult::Answered),
+                ..
+            } => {
+                let _ = self
+                    .queue
+                    .report(aid, c.lead, c.generation, Outcome::Answered, now_ms);
+            }
+            ClaimStep::Db { result: Err(e), .. } => {
+                tracing::warn!(%agent, error = %e, "database claim failed");
+                self.queue.release(aid);
+                if let Some(s) = self.agents.get_mut(&agent) {
+                    s.machine.handle_dial_failed();
+                }
+                return;
+            }
+        }
+        if wants {
+            self.claim_next(&agent);
+        } else if let Some(s) = self.agents.get_mut(&agent) {
+            s.machine.handle_no_lead(None);
+        }
+    }
+
+    /// Nothing to dial: a calling restriction (R11), blocked.
+    async fn restricted(&mut self, agent: &str, c: Claim, db: LeadClaim, now_ms: i64) {
+        use crate::store::audit::{AuditAction, AuditEntry, AuditReason};
+        if let Some(aid) = self.agents.get(agent).map(|s| s.id) {
+            let _ = self
+                .queue
+                .report(aid, c.lead, c.generation, Outcome::Restricted, now_ms);
+        }
+        spawn_release(&self.shared.store, db, now_ms);
+        self.shared
+            .config
+            .audit
+            .record(AuditEntry {
+                id: 0,
+                at_ms: now_ms,
+                action: AuditAction::Restricted,
+                reason: AuditReason::NotDialable,
+                session_id: Some(self.row.id),
+                lead_id: Some(c.lead.0),
+                agent: Some(agent.to_string()),
+                number: None,
+                detail: "the lead has no phone number".into(),
+            })
+            .await;
+    }
+
+    /// Hands a claimed lead to the call engine in a task of its own (the
+    /// engine stores the call record before the INVITE leaves); the call
+    /// record id comes back as [`Internal::Dialed`].
+    fn dial(&mut self, agent: &str, c: Claim, db: LeadClaim, number: String, lead: Option<Lead>) {
+        let Some(s) = self.agents.get_mut(agent) else {
             return;
+        };
+        s.machine.handle_dialing(c);
+        s.db_claim = Some(db);
+        s.dialing = true;
+        let req = DialRequest {
+            number,
+            lead_id: Some(c.lead.0),
+            session_id: Some(self.row.id),
+            reduced_ring_time: self.row.reduced_ring_time,
+            caller_id: self.row.caller_id.clone(),
+            amd: self.row.amd,
+            voicemail_drop_id: self.row.voicemail_drop_id,
+            record: self.row.record,
+            lead: lead.map(|l| LeadSnapshot {
+                name: l.name,
+                do_not_call: l.do_not_call,
+            }),
+            claim_id: Some(db.id),
+        };
+        let d = self.shared.dialer.clone();
+        let tx = self.internal.clone();
+        let agent = agent.to_string();
+        tokio::spawn(async move {
+            let result = d.dial(&agent, req).await;
+            let _ = tx
+                .send(Internal::Dialed {
+                    agent,
+                    claim: c,
+                    db,
+                    result,
+                })
+                .await;
+        });
+    }
+
+    /// The engine took the dial (the call record id) or refused it (the
+    /// claims are released and the agent paused, as for a dial that could
+    /// not be placed). A skip asked meanwhile goes to the engine now.
+    fn dialed(&mut self, agent: String, c: Claim, db: LeadClaim, result: Result<i64, DialError>) {
+        let now_ms = self.shared.clock.wall_ms();
+        let Some(s) = self.agents.get_mut(&agent) else {
+            return;
+        };
+        s.dialing = false;
+        let current = s.machine.call().is_some_and(|x| x.claim == c);
+        let skip = std::mem::take(&mut s.skip_after_dial);
+        match result {
+            Ok(call_id) => {
+                if current {
+                    s.machine.handle_call_started(call_id);
+                }
+                if skip {
+                    let d = self.shared.dialer.clone();
+                    tokio::spawn(async move { d.skip(&agent).await });
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%agent, error = %e, "dial refused");
+                if current {
+                    let aid = s.id;
+                    s.db_claim = None;
+                    s.machine.handle_dial_failed();
+                    self.queue.release(aid);
+                }
+                spawn_release(&self.shared.store, db, now_ms);
+            }
         }
     }
 
@@ -1595,10 +1794,6 @@ const MAX_SLEEP_MS: u64 = 86_400_000;
 /// A day in ms: how long a lead whose window never opens is held before it
 /// is looked at again.
 const DAY_MS: i64 = 86_400_000;
-
-/// Leads held for their calling hours in one go before the session task
-/// serves its other work (at night every lead of a view is held once).
-const HOLDS_PER_TURN: usize = 256;
 
 /// The lead and call record an agent's screen is about: a lead call, or a
 /// callback (SPEC §1 "Leads calling back").

@@ -201,7 +201,10 @@ impl Store {
 
     /// Closes the pool, waiting for connections to be returned.
     pub async fn close(&self) {
-        dispatch!(self, s => s.pool().close().await)
+        match self {
+            Store::Sqlite(s) => s.close().await,
+            Store::Postgres(s) => s.pool().close().await,
+        }
     }
 
     /// All defined custom fields, by name.

@@ -10,10 +10,18 @@ use sqlx::sqlite::{
 };
 use sqlx::{SqliteConnection, Transaction};
 
-/// The SQLite store: a connection pool over one database file.
+/// The SQLite store: a connection pool over one database file, and one
+/// connection of its own for write transactions ([`SqliteStore::begin_write`]).
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// One connection: writers queue for it in the pool's FIFO instead of
+    /// each taking a connection and polling SQLite's file lock. SQLite
+    /// admits one writer at a time anyway (WAL: readers go on beside it);
+    /// its busy handler sleeps 1, 2, 5, 10 … ms between tries, which under
+    /// many concurrent writers (every agent's claim, the call and journal
+    /// writers) turns a wait of microseconds into milliseconds.
+    writer: SqlitePool,
 }
 
 /// How long a writer waits for the file lock before failing (SQLITE_BUSY):
@@ -57,6 +65,7 @@ impl SqliteStore {
         };
         // An in-memory database exists once per connection: keep one.
         let max = if memory { 1 } else { 8 };
+        let writer_opts = opts.clone();
         let pool = SqlitePoolOptions::new()
             .max_connections(max)
             .min_connections(if memory { 1 } else { 0 })
@@ -73,7 +82,18 @@ impl SqliteStore {
             .connect_with(opts)
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-        Ok(SqliteStore { pool })
+        let writer = if memory {
+            pool.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(0)
+                .idle_timeout(Some(Duration::from_secs(600)))
+                .max_lifetime(Some(Duration::from_secs(1800)))
+                .connect_with(writer_opts)
+                .await?
+        };
+        Ok(SqliteStore { pool, writer })
     }
 
     /// The connection pool, for queries compiled elsewhere (Smart Views).
@@ -81,11 +101,17 @@ impl SqliteStore {
         &self.pool
     }
 
+    /// Closes both pools, waiting for connections to be returned.
+    pub async fn close(&self) {
+        self.writer.close().await;
+        self.pool.close().await;
+    }
+
     /// Starts a write transaction with `BEGIN IMMEDIATE`: a deferred one
     /// that later upgrades to a writer fails with SQLITE_BUSY at once
     /// instead of waiting for the lock when another writer is active.
     pub async fn begin_write(&self) -> Result<Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
-        self.pool.begin_with("BEGIN IMMEDIATE").await
+        self.writer.begin_with("BEGIN IMMEDIATE").await
     }
 }
 
