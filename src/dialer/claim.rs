@@ -150,23 +150,14 @@ impl From<sqlx::Error> for ClaimError {
 /// claim unless a live one exists (the partial unique index decides races).
 pub async fn claim(store: &Store, req: &ClaimRequest<'_>) -> Result<ClaimResult, ClaimError> {
     let r: Result<ClaimResult, ClaimError> = with_write_tx!(store, tx => {
-        // A lease that ran out belongs to a dead instance: release it, bumping
-        // the version so that instance's renew or release fails.
-        sqlx::query(
-            "UPDATE lead_claims SET released_ms = $2, version = version + 1 \
-             WHERE lead_id = $1 AND released_ms IS NULL AND expires_ms <= $2",
-        )
-        .bind(req.lead_id)
-        .bind(req.now_ms)
-        .execute(&mut *tx)
-        .await?;
-        // The live claim, other sessions' and logged calls (R4 "by any
-        // session"; this session's own blocks are the queue's, which a
-        // reset erases, R14) and this session's answer (R5) in one
-        // statement: one round trip instead of three on the dial path.
-        let (live, last, answered): (Option<i64>, Option<i64>, Option<i64>) = sqlx::query_as(
+        // The live claim (and when its lease ends), other sessions' and
+        // logged calls (R4 "by any session"; this session's own blocks are
+        // the queue's, which a reset erases, R14) and this session's answer
+        // (R5) in one statement: one round trip instead of three on the
+        // dial path.
+        let (live_until, last, answered): (Option<i64>, Option<i64>, Option<i64>) = sqlx::query_as(
             "SELECT \
-             (SELECT id FROM lead_claims WHERE lead_id = $1 AND released_ms IS NULL), \
+             (SELECT expires_ms FROM lead_claims WHERE lead_id = $1 AND released_ms IS NULL), \
              (SELECT MAX(started_ms) FROM calls \
               WHERE lead_id = $1 AND (session_id IS NULL OR session_id <> $2)), \
              (SELECT answered FROM session_leads WHERE session_id = $2 AND lead_id = $1)",
@@ -175,6 +166,23 @@ pub async fn claim(store: &Store, req: &ClaimRequest<'_>) -> Result<ClaimResult,
         .bind(req.session_id)
         .fetch_one(&mut *tx)
         .await?;
+        let live = match live_until {
+            Some(until) if until <= req.now_ms => {
+                // A lease that ran out belongs to a dead instance: release
+                // it, bumping the version so that instance's renew or
+                // release fails. (Rare: only then a second statement.)
+                sqlx::query(
+                    "UPDATE lead_claims SET released_ms = $2, version = version + 1 \
+                     WHERE lead_id = $1 AND released_ms IS NULL AND expires_ms <= $2",
+                )
+                .bind(req.lead_id)
+                .bind(req.now_ms)
+                .execute(&mut *tx)
+                .await?;
+                None
+            }
+            other => other,
+        };
         if live.is_some() {
             Ok(ClaimResult::Taken)
         } else {
