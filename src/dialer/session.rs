@@ -20,7 +20,10 @@
 //!   back ([`Internal`]); a call's end is stored by the session's
 //!   [`claim::EndWriter`]. An agent who paused or left while its claim was
 //!   in flight gets nothing (the claims are released), and a skip asked
-//!   while the engine has not taken the dial yet follows the dial.
+//!   while the engine has not taken the dial yet follows the dial. Leads
+//!   are claimed in view order (R1); two agents free at the same moment
+//!   dial side by side, so their INVITEs may leave a moment apart in
+//!   either order.
 //! - **R4 across sessions:** leads entering the queue are blocked by
 //!   `leads.last_call_ms`; calls other sessions end while a lead is queued
 //!   are learned from their `CallEnded`; the claim step checks the call
