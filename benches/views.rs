@@ -195,27 +195,37 @@ async fn load(store: &Store, n: u64) {
     exec(store, analyze, Vec::new()).await;
 }
 
-/// The plan of a compiled query, one line per step.
+/// The plans of the queries a compiled view runs, one line per step
+/// (PostgreSQL: `EXPLAIN (ANALYZE, BUFFERS)`, with the times of each step).
 async fn explain(store: &Store, q: &CompiledQuery) -> Vec<String> {
-    // PostgreSQL runs the unsorted query when the ids are sorted in Rust
-    // (`CompiledQuery::unsorted`): show that plan, with its parameters.
-    let pg_unsorted;
-    let q = match (store, &q.unsorted) {
-        (Store::Postgres(_), Some(u)) => {
-            pg_unsorted = CompiledQuery {
-                sql: u.sql.clone(),
-                params: u.params.clone(),
-                dialect: q.dialect,
-                unsorted: None,
-            };
-            &pg_unsorted
+    let mut queries: Vec<(&str, &str, &[SqlParam])> = Vec::new();
+    let whole = match &q.excluding {
+        Some(e) => {
+            for f in &e.failing {
+                queries.push(("leads failing a condition", &f.sql, &f.params));
+            }
+            &*e.rest
         }
-        _ => q,
+        None => q,
     };
+    match &whole.unsorted {
+        Some(u) => queries.push(("unsorted, sorted in Rust", &u.sql, &u.params)),
+        None => queries.push(("in view order", &whole.sql, &whole.params)),
+    }
+    let mut lines = Vec::new();
+    for (what, sql, params) in queries {
+        lines.push(format!("-- {what}: {sql}"));
+        lines.extend(explain_one(store, sql, params).await);
+    }
+    lines
+}
+
+/// The plan of one query.
+async fn explain_one(store: &Store, sql: &str, params: &[SqlParam]) -> Vec<String> {
     macro_rules! bind {
         ($q:expr) => {{
             let mut query = $q;
-            for p in &q.params {
+            for p in params {
                 query = match p {
                     SqlParam::Int(v) => query.bind(*v),
                     SqlParam::Float(v) => query.bind(*v),
@@ -227,13 +237,7 @@ async fn explain(store: &Store, q: &CompiledQuery) -> Vec<String> {
     }
     match store {
         Store::Sqlite(s) => {
-            // The query SQLite runs: the unsorted one when the ids are
-            // sorted in Rust (`CompiledQuery::unsorted`).
-            let text = q
-                .unsorted
-                .as_ref()
-                .map_or(q.sql.as_str(), |u| u.sql.as_str());
-            let sql = format!("EXPLAIN QUERY PLAN {text}");
+            let sql = format!("EXPLAIN QUERY PLAN {sql}");
             let rows: Vec<(i64, i64, i64, String)> = bind!(sqlx::query_as(&sql))
                 .fetch_all(s.pool())
                 .await
@@ -241,7 +245,7 @@ async fn explain(store: &Store, q: &CompiledQuery) -> Vec<String> {
             rows.into_iter().map(|r| r.3).collect()
         }
         Store::Postgres(s) => {
-            let sql = format!("EXPLAIN ANALYZE {}", q.sql);
+            let sql = format!("EXPLAIN (ANALYZE, BUFFERS) {sql}");
             bind!(sqlx::query_scalar(&sql))
                 .fetch_all(s.pool())
                 .await
