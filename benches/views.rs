@@ -268,16 +268,18 @@ async fn bench(label: &str, store: &Store, n: u64) {
     let show_plans = std::env::var_os("POWERDIAL_BENCH_EXPLAIN").is_some();
     for view in VIEWS {
         let mut times = Vec::new();
+        let mut cpu = Vec::new();
         let mut count = 0;
         for _ in 0..2 {
-            let t = common::start();
+            let (t, c) = (common::start(), cpu_ms());
             let ids = store.evaluate_view(view, now).await.expect("evaluate");
             times.push(t.elapsed().as_secs_f64() * 1000.0);
+            cpu.push(cpu_ms() - c);
             count = ids.len();
         }
         println!(
-            "{label}: {count:>7} leads in {:>7.0} ms, then {:>7.0} ms: {view}",
-            times[0], times[1]
+            "{label}: {count:>7} leads in {:>7.0} ms, then {:>7.0} ms (this process's CPU {:.0} / {:.0} ms, load {}): {view}",
+            times[0], times[1], cpu[0], cpu[1], load_average()
         );
         // The same view as one joined query (the form before
         // `CompiledQuery::excluding`), timed beside it on the same data
@@ -297,8 +299,8 @@ async fn bench(label: &str, store: &Store, n: u64) {
                 assert_eq!(ids, split, "split and joined forms differ: {view}");
             }
             println!(
-                "{label}: {count:>7} leads in {:>7.0} ms, then {:>7.0} ms as one joined query: {view}",
-                joined_times[0], joined_times[1]
+                "{label}: {count:>7} leads in {:>7.0} ms, then {:>7.0} ms as one joined query (load {}): {view}",
+                joined_times[0], joined_times[1], load_average()
             );
         }
         if show_plans {
@@ -310,6 +312,27 @@ async fn bench(label: &str, store: &Store, n: u64) {
     for (i, view) in VIEWS.iter().enumerate() {
         lead_change(label, store, view, i).await;
     }
+}
+
+/// CPU time used by this process so far, all threads, in ms: SQLite runs
+/// in the process, so an evaluation slower in wall time but not in CPU
+/// time waited for a core (the machine's load), not for more work.
+fn cpu_ms() -> f64 {
+    // SAFETY: getrusage writes one `rusage` into the zeroed value given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return f64::NAN;
+    }
+    let ms = |t: libc::timeval| t.tv_sec as f64 * 1000.0 + t.tv_usec as f64 / 1000.0;
+    ms(usage.ru_utime) + ms(usage.ru_stime)
+}
+
+/// The 1-minute load average (`/proc/loadavg`).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
 }
 
 /// p50 / p99 / max of `ms`, sorted here.
