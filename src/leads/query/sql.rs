@@ -1556,7 +1556,7 @@ impl Compiler<'_> {
                     }
                     self.scalar(scalar);
                     self.sql.push(' ');
-                    self.sql.push_str(written(*op));
+                    self.sql.push_str(written(op));
                     self.sql.push(' ');
                     self.bind(SqlParam::Int(*ms));
                 }
