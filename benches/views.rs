@@ -7,8 +7,10 @@
 //! a Next Call Date on two thirds, a latest call on 60% and an opportunity
 //! on 30%. Each view is evaluated twice with `Store::evaluate_view` (the
 //! dialer's queue refresh, R6); the first and second times are printed.
+//! A view whose conditions a missing custom value satisfies is also timed
+//! as one joined query, the form before `CompiledQuery::excluding`.
 //! `POWERDIAL_BENCH_EXPLAIN=1` prints each query's plan too (PostgreSQL:
-//! `EXPLAIN ANALYZE`, with the times of each step).
+//! `EXPLAIN (ANALYZE, BUFFERS)`, with the times of each step).
 //!
 //! Then, per view, a lead change reaching the queue (SPEC §6: under 100 ms
 //! without re-evaluating the whole view): the session's check of changed
@@ -195,27 +197,37 @@ async fn load(store: &Store, n: u64) {
     exec(store, analyze, Vec::new()).await;
 }
 
-/// The plan of a compiled query, one line per step.
+/// The plans of the queries a compiled view runs, one line per step
+/// (PostgreSQL: `EXPLAIN (ANALYZE, BUFFERS)`, with the times of each step).
 async fn explain(store: &Store, q: &CompiledQuery) -> Vec<String> {
-    // PostgreSQL runs the unsorted query when the ids are sorted in Rust
-    // (`CompiledQuery::unsorted`): show that plan, with its parameters.
-    let pg_unsorted;
-    let q = match (store, &q.unsorted) {
-        (Store::Postgres(_), Some(u)) => {
-            pg_unsorted = CompiledQuery {
-                sql: u.sql.clone(),
-                params: u.params.clone(),
-                dialect: q.dialect,
-                unsorted: None,
-            };
-            &pg_unsorted
+    let mut queries: Vec<(&str, &str, &[SqlParam])> = Vec::new();
+    let whole = match &q.excluding {
+        Some(e) => {
+            for f in &e.failing {
+                queries.push(("leads failing a condition", &f.sql, &f.params));
+            }
+            &*e.rest
         }
-        _ => q,
+        None => q,
     };
+    match &whole.unsorted {
+        Some(u) => queries.push(("unsorted, sorted in Rust", &u.sql, &u.params)),
+        None => queries.push(("in view order", &whole.sql, &whole.params)),
+    }
+    let mut lines = Vec::new();
+    for (what, sql, params) in queries {
+        lines.push(format!("-- {what}: {sql}"));
+        lines.extend(explain_one(store, sql, params).await);
+    }
+    lines
+}
+
+/// The plan of one query.
+async fn explain_one(store: &Store, sql: &str, params: &[SqlParam]) -> Vec<String> {
     macro_rules! bind {
         ($q:expr) => {{
             let mut query = $q;
-            for p in &q.params {
+            for p in params {
                 query = match p {
                     SqlParam::Int(v) => query.bind(*v),
                     SqlParam::Float(v) => query.bind(*v),
@@ -227,13 +239,7 @@ async fn explain(store: &Store, q: &CompiledQuery) -> Vec<String> {
     }
     match store {
         Store::Sqlite(s) => {
-            // The query SQLite runs: the unsorted one when the ids are
-            // sorted in Rust (`CompiledQuery::unsorted`).
-            let text = q
-                .unsorted
-                .as_ref()
-                .map_or(q.sql.as_str(), |u| u.sql.as_str());
-            let sql = format!("EXPLAIN QUERY PLAN {text}");
+            let sql = format!("EXPLAIN QUERY PLAN {sql}");
             let rows: Vec<(i64, i64, i64, String)> = bind!(sqlx::query_as(&sql))
                 .fetch_all(s.pool())
                 .await
@@ -241,7 +247,7 @@ async fn explain(store: &Store, q: &CompiledQuery) -> Vec<String> {
             rows.into_iter().map(|r| r.3).collect()
         }
         Store::Postgres(s) => {
-            let sql = format!("EXPLAIN ANALYZE {}", q.sql);
+            let sql = format!("EXPLAIN (ANALYZE, BUFFERS) {sql}");
             bind!(sqlx::query_scalar(&sql))
                 .fetch_all(s.pool())
                 .await
@@ -262,19 +268,42 @@ async fn bench(label: &str, store: &Store, n: u64) {
     let show_plans = std::env::var_os("POWERDIAL_BENCH_EXPLAIN").is_some();
     for view in VIEWS {
         let mut times = Vec::new();
+        let mut cpu = Vec::new();
         let mut count = 0;
         for _ in 0..2 {
-            let t = common::start();
+            let (t, c) = (common::start(), cpu_ms());
             let ids = store.evaluate_view(view, now).await.expect("evaluate");
             times.push(t.elapsed().as_secs_f64() * 1000.0);
+            cpu.push(cpu_ms() - c);
             count = ids.len();
         }
         println!(
-            "{label}: {count:>7} leads in {:>7.0} ms, then {:>7.0} ms: {view}",
-            times[0], times[1]
+            "{label}: {count:>7} leads in {:>7.0} ms, then {:>7.0} ms (this process's CPU {:.0} / {:.0} ms, load {}): {view}",
+            times[0], times[1], cpu[0], cpu[1], load_average()
         );
+        // The same view as one joined query (the form before
+        // `CompiledQuery::excluding`), timed beside it on the same data
+        // and machine load, with the same result.
+        let q = store.compile_view(view, now).await.expect("compile");
+        if q.excluding.is_some() {
+            let joined = CompiledQuery {
+                excluding: None,
+                ..q.clone()
+            };
+            let mut joined_times = Vec::new();
+            let split = store.run_view(&q).await.expect("run");
+            for _ in 0..2 {
+                let t = common::start();
+                let ids = store.run_view(&joined).await.expect("run");
+                joined_times.push(t.elapsed().as_secs_f64() * 1000.0);
+                assert_eq!(ids, split, "split and joined forms differ: {view}");
+            }
+            println!(
+                "{label}: {count:>7} leads in {:>7.0} ms, then {:>7.0} ms as one joined query (load {}): {view}",
+                joined_times[0], joined_times[1], load_average()
+            );
+        }
         if show_plans {
-            let q = store.compile_view(view, now).await.expect("compile");
             for line in explain(store, &q).await {
                 println!("      {line}");
             }
@@ -283,6 +312,27 @@ async fn bench(label: &str, store: &Store, n: u64) {
     for (i, view) in VIEWS.iter().enumerate() {
         lead_change(label, store, view, i).await;
     }
+}
+
+/// CPU time used by this process so far, all threads, in ms: SQLite runs
+/// in the process, so an evaluation slower in wall time but not in CPU
+/// time waited for a core (the machine's load), not for more work.
+fn cpu_ms() -> f64 {
+    // SAFETY: getrusage writes one `rusage` into the zeroed value given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return f64::NAN;
+    }
+    let ms = |t: libc::timeval| t.tv_sec as f64 * 1000.0 + t.tv_usec as f64 / 1000.0;
+    ms(usage.ru_utime) + ms(usage.ru_stime)
+}
+
+/// The 1-minute load average (`/proc/loadavg`).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
 }
 
 /// p50 / p99 / max of `ms`, sorted here.

@@ -475,16 +475,21 @@ async fn views_and_calls_over_http() {
 
 /// The plan SQLite picks for a view over the fixtures, one line per step.
 async fn sqlite_plan(store: &Store, query: &str) -> String {
-    let Store::Sqlite(s) = store else {
-        panic!("not SQLite")
-    };
     let q = store
         .compile_view(query, common::reference_now())
         .await
         .unwrap();
-    let sql = format!("EXPLAIN QUERY PLAN {}", q.sql);
+    sqlite_plan_of(store, &q.sql, &q.params).await
+}
+
+/// The plan SQLite picks for `sql` bound with `params`.
+async fn sqlite_plan_of(store: &Store, sql: &str, params: &[SqlParam]) -> String {
+    let Store::Sqlite(s) = store else {
+        panic!("not SQLite")
+    };
+    let sql = format!("EXPLAIN QUERY PLAN {sql}");
     let mut explain = sqlx::query_as::<_, (i64, i64, i64, String)>(&sql);
-    for p in &q.params {
+    for p in params {
         explain = match p {
             SqlParam::Int(v) => explain.bind(*v),
             SqlParam::Float(v) => explain.bind(*v),
@@ -516,5 +521,25 @@ async fn view_queries_use_the_view_indexes() {
         plan.contains("SEARCH cv USING PRIMARY KEY (lead_id=? AND field_id=?)"),
         "{plan}"
     );
+    // A condition a missing value satisfies: the leads failing it are one
+    // range of the field's value index, the rest of the view (here all
+    // leads, `created` order) an index scan without a sort.
+    let q = db
+        .store
+        .compile_view(
+            r#"("custom.Next Call Date" < now or "custom.Next Call Date":"")"#,
+            common::reference_now(),
+        )
+        .await
+        .unwrap();
+    let e = q.excluding.as_ref().expect("split");
+    let plan = sqlite_plan_of(&db.store, &e.failing[0].sql, &e.failing[0].params).await;
+    assert_eq!(
+        plan,
+        "SEARCH cv USING COVERING INDEX lcv_ms (field_id=? AND value_ms>?)"
+    );
+    let plan = sqlite_plan_of(&db.store, &e.rest.sql, &e.rest.params).await;
+    assert!(plan.contains("leads_created"), "{plan}");
+    assert!(!plan.contains("TEMP B-TREE"), "{plan}");
     db.cleanup().await;
 }

@@ -213,6 +213,24 @@ const CASES: &[(&str, &[i64])] = &[
         "sort:-opportunities sort:name",
         &[10, 3, 9, 11, 12, 1, 2, 4, 5, 6, 7, 8],
     ),
+    // Conditions a missing value satisfies, beside others and a sort
+    // (the leads failing them are removed from the rest of the view).
+    (
+        r#"lead_status:potential not custom."Lead Source":"leadgen team" sort:-created"#,
+        &[3, 2, 1],
+    ),
+    (
+        r#"("custom.Next Call Date" < now or "custom.Next Call Date":"") custom.Size:"""#,
+        &[4, 5, 6, 7, 8, 9, 10, 11, 12],
+    ),
+    (
+        r#"custom."Lead Source" in (website, "") not custom."Lead Source":website"#,
+        &[1, 2, 3, 10, 11, 12],
+    ),
+    (
+        r#"not custom.Size < 10 sort:-"Next Call Date""#,
+        &[2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
+    ),
 ];
 
 /// Values that try to break out of a string literal or comment the rest.
@@ -429,14 +447,18 @@ async fn check_paging(db: &Db) {
     assert_eq!(db.fetch(&q.page(2, 1)).await, vec![5, 6]);
     // Views read unsorted and sorted in Rust (SQLite: read in id order;
     // both: a sort by a custom field the filter does not name, its keys
-    // read on their own) page in SQL, in the same order as the whole view.
+    // read on their own) or filtered in Rust (conditions a missing value
+    // satisfies) page in SQL, in the same order as the whole view.
     for query in [
         r#"sort:-"Next Call Date""#,
         r#"("custom.Next Call Date" < now or  "custom.Next Call Date":"")"#,
         r#"custom."Lead Source":"Leadgen Team" sort:called"#,
     ] {
         let q = db.compile(query).await.expect("compiles");
-        if db.dialect() == Dialect::Sqlite || query.starts_with("sort:") {
+        if query.starts_with('(') {
+            // The leads failing the filter removed in Rust.
+            assert!(q.excluding.is_some(), "{query}");
+        } else if db.dialect() == Dialect::Sqlite || query.starts_with("sort:") {
             assert!(q.unsorted.is_some(), "{query}");
         }
         let all = db.fetch(&q).await;

@@ -20,7 +20,8 @@ pub use parser::parse;
 pub use print::print;
 pub use sql::{
     compile, compile_members, fetch_ids_postgres, fetch_ids_sqlite, CompiledQuery, CustomField,
-    CustomFieldCatalog, CustomFieldKind, Dialect, SqlParam, Unsorted, MAX_MEMBER_IDS,
+    CustomFieldCatalog, CustomFieldKind, Dialect, Excluding, IdsQuery, SqlParam, Unsorted,
+    MAX_MEMBER_IDS,
 };
 
 /// A query that cannot be parsed or compiled: where, what was expected and

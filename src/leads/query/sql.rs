@@ -78,6 +78,46 @@ pub struct CompiledQuery {
     /// merge (SPEC §6, 500 ms per view; BENCHMARKS.md). `None` when an
     /// index already yields the view order or the sort is not such a key.
     pub unsorted: Option<Unsorted>,
+    /// When the filter has conditions on one custom field that a lead
+    /// without a value satisfies (`("custom.Next Call Date" < now or
+    /// "custom.Next Call Date":"")`, `not custom.X:a`): the view without
+    /// them, and per condition the leads that have a value failing it,
+    /// removed in Rust. `None` otherwise, and for a page.
+    pub excluding: Option<Excluding>,
+}
+
+/// The split form of a [`CompiledQuery`] (see its `excluding`).
+///
+/// A condition that a missing value satisfies cannot be driven from the
+/// field's value index: the database visits every lead and probes its
+/// value (SQLite: a primary-key lookup per lead; PostgreSQL: a hash join
+/// of 1,000,000 leads with the field's values, then a sort of the
+/// matches; 660 ms on a quiet machine for the Next Call Date example,
+/// SPEC §6 allows 500; BENCHMARKS.md). The leads that *fail* it all have
+/// a value, so they are one range of that index (`lcv_ms`, `lcv_num`,
+/// `lcv_text`: `(field_id, value)`), read while the rest of the view runs
+/// on its own (with no filter left, an index scan in view order); the
+/// ids are then dropped from the view's list, which keeps its order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Excluding {
+    /// The view without the excluded conditions, in view order; its own
+    /// `excluding` is `None`.
+    pub rest: Box<CompiledQuery>,
+    /// Per excluded condition, `SELECT cv.lead_id AS id FROM
+    /// lead_custom_values cv WHERE cv.field_id = … AND cv.value_… IS NOT
+    /// NULL AND …`: the leads with a value of the field that fails it, the
+    /// negation written out (`x >= now` for `x < now`) so that it is a
+    /// range of the field's value index.
+    pub failing: Vec<IdsQuery>,
+}
+
+/// A query selecting a column `id` of lead ids, in no particular order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdsQuery {
+    /// The SQL text.
+    pub sql: String,
+    /// The values for its placeholders, in order.
+    pub params: Vec<SqlParam>,
 }
 
 /// The unordered form of a [`CompiledQuery`] (see its `unsorted`).
@@ -92,7 +132,8 @@ pub struct Unsorted {
     pub descending: bool,
     /// A sort by a date custom field that the filter does not name: the
     /// keys are read on their own (`lead_id`, `value_ms` of this field,
-    /// one scan) and matched to the ids in Rust, instead of joining every
+    /// one scan of its index in key order) and matched to the ids in
+    /// Rust, instead of joining every
     /// selected lead with its value (PostgreSQL: a hash join of 1,000,000
     /// rows, most of `sort:-"Next Call Date"`; SQLite: a primary-key probe
     /// per lead).
@@ -104,8 +145,10 @@ impl CompiledQuery {
     /// `offset` (for `GET /api/v1/smart-views/{id}/leads`, SPEC §4).
     pub fn page(&self, limit: i64, offset: i64) -> CompiledQuery {
         let mut page = self.clone();
-        // LIMIT and OFFSET apply to the ordered rows: SQL sorts a page.
+        // LIMIT and OFFSET apply to the ordered rows: SQL sorts and
+        // filters a page.
         page.unsorted = None;
+        page.excluding = None;
         page.params.push(SqlParam::Int(limit));
         let limit_ph = placeholder(self.dialect, page.params.len());
         page.params.push(SqlParam::Int(offset));
@@ -193,6 +236,11 @@ impl CustomFieldCatalog {
     /// The field named `name`, case-insensitively.
     pub fn get(&self, name: &str) -> Option<CustomField> {
         self.fields.get(&name.to_lowercase()).copied()
+    }
+
+    /// The field whose id is `id`.
+    fn get_by_id(&self, id: i64) -> Option<CustomField> {
+        self.fields.values().find(|f| f.id == id).copied()
     }
 
     fn from_rows(rows: Vec<(i64, String, String)>) -> Result<Self, sqlx::Error> {
@@ -303,6 +351,7 @@ fn compile_inner(
             params: c.params,
             dialect,
             unsorted: None,
+            excluding: None,
         });
     }
     if let Some(filter) = &query.filter {
@@ -349,12 +398,130 @@ fn compile_inner(
         c.sql.push_str(" NULLS LAST, ");
     }
     c.sql.push_str("l.id ASC");
+    // After the whole query compiled: its errors come first, and a page
+    // runs it whole.
+    let excluding = excluding(query, dialect, now, fields)?;
     Ok(CompiledQuery {
         sql: c.sql,
         params: c.params,
         dialect,
         unsorted,
+        excluding,
     })
+}
+
+/// The [`Excluding`] form of `query`, when its filter has top-level
+/// conditions on one custom field alone that a lead without a value
+/// satisfies.
+fn excluding(
+    query: &Query,
+    dialect: Dialect,
+    now: DateTime<Utc>,
+    fields: &CustomFieldCatalog,
+) -> Result<Option<Excluding>, QueryError> {
+    let Some(filter) = &query.filter else {
+        return Ok(None);
+    };
+    let items = match filter {
+        Expr::And(items) => items.as_slice(),
+        one => std::slice::from_ref(one),
+    };
+    let mut kept = Vec::new();
+    let mut failing = Vec::new();
+    for item in items {
+        let field = match one_custom_field(item, fields) {
+            Some(id) if satisfied_when_missing(item) => id,
+            _ => {
+                kept.push(item.clone());
+                continue;
+            }
+        };
+        let mut c = Compiler {
+            dialect,
+            now,
+            fields,
+            sql: String::from(
+                "SELECT cv.lead_id AS id FROM lead_custom_values cv WHERE cv.field_id = ",
+            ),
+            params: Vec::new(),
+            // The field's alias is `cv`, as the first join's.
+            joins: vec![field],
+            members: false,
+        };
+        c.bind(SqlParam::Int(field));
+        // A value that is NULL is missing, which satisfies the condition.
+        let column = match fields.get_by_id(field).map(|f| f.kind) {
+            Some(CustomFieldKind::Number) => "value_num",
+            Some(CustomFieldKind::Date | CustomFieldKind::DateTime) => "value_ms",
+            _ => "value_text",
+        };
+        c.sql
+            .push_str(&format!(" AND cv.{column} IS NOT NULL AND "));
+        c.present(item, true)?;
+        failing.push(IdsQuery {
+            sql: c.sql,
+            params: c.params,
+        });
+    }
+    if failing.is_empty() {
+        return Ok(None);
+    }
+    let rest = Query {
+        filter: match kept.len() {
+            0 => None,
+            1 => kept.pop(),
+            _ => Some(Expr::And(kept)),
+        },
+        sorts: query.sorts.clone(),
+    };
+    let rest = compile_inner(&rest, dialect, now, fields, None)?;
+    Ok(Some(Excluding {
+        rest: Box::new(rest),
+        failing,
+    }))
+}
+
+/// The custom field `expr` tests, if it tests exactly one custom field
+/// and nothing else.
+fn one_custom_field(expr: &Expr<LeadTerm>, fields: &CustomFieldCatalog) -> Option<i64> {
+    fn walk(expr: &Expr<LeadTerm>, fields: &CustomFieldCatalog, id: &mut Option<i64>) -> bool {
+        match expr {
+            Expr::And(items) | Expr::Or(items) => items.iter().all(|i| walk(i, fields, id)),
+            Expr::Not(inner) => walk(inner, fields, id),
+            Expr::Term(LeadTerm::Cond(cond)) => {
+                let LeadField::Custom(name) = &cond.field else {
+                    return false;
+                };
+                let Some(field) = fields.get(name) else {
+                    return false;
+                };
+                *id.get_or_insert(field.id) == field.id
+            }
+            Expr::Term(LeadTerm::Opportunity(..)) => false,
+        }
+    }
+    let mut id = None;
+    walk(expr, fields, &mut id).then_some(id).flatten()
+}
+
+/// Whether `expr`, over one custom field ([`one_custom_field`]), holds for
+/// a lead without a value, as [`Compiler::compare`] and
+/// [`Compiler::empty`] compile it: `field:""` holds, every other
+/// comparison fails.
+fn satisfied_when_missing(expr: &Expr<LeadTerm>) -> bool {
+    match expr {
+        Expr::And(items) => items.iter().all(satisfied_when_missing),
+        Expr::Or(items) => items.iter().any(satisfied_when_missing),
+        Expr::Not(inner) => !satisfied_when_missing(inner),
+        Expr::Term(LeadTerm::Cond(cond)) => {
+            let empty = |v: &Value| v.kind == ValueKind::Text(String::new());
+            match &cond.test {
+                Test::Compare { value, .. } => empty(value),
+                Test::In { negated, values } => values.iter().any(empty) != *negated,
+            }
+        }
+        Expr::Term(LeadTerm::Opportunity(..)) => false,
+    }
 }
 
 /// The [`Unsorted`] form of a view that names a custom field (filter or
@@ -496,6 +663,26 @@ pub async fn fetch_ids_sqlite(
             "a PostgreSQL query run on SQLite".to_string(),
         ));
     }
+    if let Some(e) = &q.excluding {
+        // On other connections at once, as the two scans of a key field.
+        let failing = async {
+            let mut sets = Vec::new();
+            for f in &e.failing {
+                sets.push(sqlite_ids(pool, &f.sql, &f.params).await?);
+            }
+            Ok(sets)
+        };
+        let (ids, failing) = tokio::try_join!(fetch_whole_sqlite(pool, &e.rest), failing)?;
+        return Ok(without(ids, failing));
+    }
+    fetch_whole_sqlite(pool, q).await
+}
+
+/// [`fetch_ids_sqlite`] for a query without [`CompiledQuery::excluding`].
+async fn fetch_whole_sqlite(
+    pool: &sqlx::SqlitePool,
+    q: &CompiledQuery,
+) -> Result<Vec<i64>, sqlx::Error> {
     match &q.unsorted {
         Some(u) if u.key_field.is_some() => return fetch_keyed_sqlite(pool, u).await,
         Some(u) => return fetch_unsorted_sqlite(pool, u).await,
@@ -526,19 +713,20 @@ async fn sqlite_ids(
 }
 
 /// [`fetch_ids_sqlite`] for a query with [`Unsorted::key_field`]: the ids
-/// and the field's `(lead_id, value_ms)` pairs, read at once on two
-/// connections (see [`fetch_unsorted_postgres`]) and matched here.
+/// and the field's `(lead_id, value_ms)` pairs in key order, read at once
+/// on two connections (see [`fetch_unsorted_postgres`]) and matched here.
 async fn fetch_keyed_sqlite(
     pool: &sqlx::SqlitePool,
     u: &Unsorted,
 ) -> Result<Vec<i64>, sqlx::Error> {
     let field = u.key_field.unwrap_or_default();
-    let keys = sqlx::query_as::<sqlx::Sqlite, (Option<String>, Option<String>)>(
-        "SELECT group_concat(lead_id), group_concat(value_ms) FROM lead_custom_values \
-         WHERE field_id = ? AND value_ms IS NOT NULL",
-    )
-    .bind(field)
-    .fetch_one(pool);
+    let keys = format!(
+        "SELECT group_concat(lead_id), group_concat(value_ms) FROM ({})",
+        key_order_sql(u.descending, "?")
+    );
+    let keys = sqlx::query_as::<sqlx::Sqlite, (Option<String>, Option<String>)>(&keys)
+        .bind(field)
+        .fetch_one(pool);
     let (ids, keys) = tokio::try_join!(sqlite_ids(pool, &u.sql, &u.params), keys)?;
     let mut keyed = Vec::new();
     if let (Some(leads), Some(values)) = keys {
@@ -546,7 +734,18 @@ async fn fetch_keyed_sqlite(
             keyed.push((parse_id(lead)?, parse_id(value)?));
         }
     }
-    Ok(sort_by_keys_of(ids, keyed, u.descending))
+    Ok(order_by_keys(ids, keyed))
+}
+
+/// The `(lead_id, value_ms)` pairs of one date field (`field_id =
+/// <placeholder>`), in key order: a scan of the index `lcv_ms` in its
+/// order (both backends), ties in any order.
+fn key_order_sql(descending: bool, placeholder: &str) -> String {
+    format!(
+        "SELECT lead_id, value_ms FROM lead_custom_values \
+         WHERE field_id = {placeholder} AND value_ms IS NOT NULL ORDER BY value_ms {}",
+        if descending { "DESC" } else { "ASC" }
+    )
 }
 
 fn parse_id(id: &str) -> Result<i64, sqlx::Error> {
@@ -589,6 +788,96 @@ async fn fetch_unsorted_sqlite(
     Ok(sort_by_key(rows, u.descending))
 }
 
+/// `ids` in their order, without those in any of `failing` (see
+/// [`Excluding`]).
+fn without(mut ids: Vec<i64>, failing: Vec<Vec<i64>>) -> Vec<i64> {
+    let drop = IdSet::new(&failing.concat());
+    ids.retain(|id| !drop.contains(*id));
+    ids
+}
+
+/// A set of lead ids, to match a view's ids with other lists of ids in
+/// Rust ([`Excluding`], [`Unsorted::key_field`]).
+///
+/// Lead ids are assigned in sequence, so the ids of a view are dense: one
+/// bit per id of their range (125 KB for 1,000,000 leads, in cache) where
+/// a hash set of the same ids takes tens of megabytes, rehashes as it
+/// grows and misses the cache on every probe. Measured with a standalone
+/// copy of [`order_by_keys`] on 1,000,000 ids and 660,000 keys (load 8.5):
+/// 18–26 ms with bits, 120–210 ms with `FxHashSet`, 80–105 ms for the
+/// former sort of every id by its key (93 M, 172 M and 712 M
+/// instructions, callgrind). Sparse ids (a range over 64 times their
+/// number) fall back to a hash set. Written here: a crate's bit set
+/// (`fixedbitset`) would still need this range offset and fallback.
+enum IdSet {
+    /// Bit `id - base` of `words`.
+    Bits { base: i64, words: Vec<u64> },
+    /// Ids too sparse for bits.
+    Hash(rustc_hash::FxHashSet<i64>),
+}
+
+impl IdSet {
+    fn new(ids: &[i64]) -> IdSet {
+        let (Some(&min), Some(&max)) = (ids.iter().min(), ids.iter().max()) else {
+            return IdSet::Hash(Default::default());
+        };
+        let span = i128::from(max) - i128::from(min) + 1;
+        let dense = 64 * ids.len() as i128 + 4096;
+        let words = usize::try_from(span / 64 + 1)
+            .ok()
+            .filter(|_| span <= dense);
+        let Some(words) = words else {
+            return IdSet::Hash(ids.iter().copied().collect());
+        };
+        let mut set = IdSet::Bits {
+            base: min,
+            words: vec![0; words],
+        };
+        if let IdSet::Bits { words, .. } = &mut set {
+            for &id in ids {
+                let (word, bit) = IdSet::slot(min, id);
+                words[word] |= bit;
+            }
+        }
+        set
+    }
+
+    /// The word and bit of `id` (`base <= id`, within the set's range).
+    fn slot(base: i64, id: i64) -> (usize, u64) {
+        let offset = (i128::from(id) - i128::from(base)) as u128;
+        ((offset / 64) as usize, 1 << (offset % 64))
+    }
+
+    /// `id`'s word and bit if it is in the bits' range.
+    fn bit(base: i64, words: &[u64], id: i64) -> Option<(usize, u64)> {
+        let offset = i128::from(id) - i128::from(base);
+        (offset >= 0 && offset < 64 * words.len() as i128).then(|| IdSet::slot(base, id))
+    }
+
+    fn contains(&self, id: i64) -> bool {
+        match self {
+            IdSet::Bits { base, words } => {
+                IdSet::bit(*base, words, id).is_some_and(|(w, b)| words[w] & b != 0)
+            }
+            IdSet::Hash(set) => set.contains(&id),
+        }
+    }
+
+    /// Removes `id`; whether it was there.
+    fn remove(&mut self, id: i64) -> bool {
+        match self {
+            IdSet::Bits { base, words } => match IdSet::bit(*base, words, id) {
+                Some((w, b)) if words[w] & b != 0 => {
+                    words[w] &= !b;
+                    true
+                }
+                _ => false,
+            },
+            IdSet::Hash(set) => set.remove(&id),
+        }
+    }
+}
+
 /// Orders `(key, id)` pairs as a view's ORDER BY does: by key (descending
 /// if asked), missing keys last either way, then by id.
 fn sort_by_key(mut rows: Vec<(Option<i64>, i64)>, descending: bool) -> Vec<i64> {
@@ -620,6 +909,28 @@ pub async fn fetch_ids_postgres(
             "a SQLite query run on PostgreSQL".to_string(),
         ));
     }
+    if let Some(e) = &q.excluding {
+        // On other connections at once, as the two scans of a key field;
+        // a lead that changed in between is placed as of either snapshot,
+        // and the change itself reaches the queue (R6).
+        let failing = async {
+            let mut sets = Vec::new();
+            for f in &e.failing {
+                sets.push(pg_ids(pool, &f.sql, &f.params).await?);
+            }
+            Ok(sets)
+        };
+        let (ids, failing) = tokio::try_join!(fetch_whole_postgres(pool, &e.rest), failing)?;
+        return Ok(without(ids, failing));
+    }
+    fetch_whole_postgres(pool, q).await
+}
+
+/// [`fetch_ids_postgres`] for a query without [`CompiledQuery::excluding`].
+async fn fetch_whole_postgres(
+    pool: &sqlx::PgPool,
+    q: &CompiledQuery,
+) -> Result<Vec<i64>, sqlx::Error> {
     if let Some(unsorted) = &q.unsorted {
         return fetch_unsorted_postgres(pool, unsorted).await;
     }
@@ -679,39 +990,51 @@ async fn fetch_unsorted_postgres(
         let rows = keys.into_iter().zip(ids).collect();
         return Ok(sort_by_key(rows, u.descending));
     };
-    let keys = sqlx::query_as::<sqlx::Postgres, (Option<Vec<i64>>, Option<Vec<i64>>)>(
-        "SELECT array_agg(lead_id), array_agg(value_ms) FROM lead_custom_values \
-         WHERE field_id = $1 AND value_ms IS NOT NULL",
-    )
-    .bind(field)
-    .fetch_one(pool);
+    let keys = format!(
+        "SELECT array_agg(lead_id), array_agg(value_ms) FROM ({}) v",
+        key_order_sql(u.descending, "$1")
+    );
+    let keys = sqlx::query_as::<sqlx::Postgres, (Option<Vec<i64>>, Option<Vec<i64>>)>(&keys)
+        .bind(field)
+        .fetch_one(pool);
     let (ids, (key_ids, key_values)) = tokio::try_join!(pg_ids(pool, &u.sql, &u.params), keys)?;
     let keyed: Vec<(i64, i64)> = key_ids
         .unwrap_or_default()
         .into_iter()
         .zip(key_values.unwrap_or_default())
         .collect();
-    Ok(sort_by_keys_of(ids, keyed, u.descending))
+    Ok(order_by_keys(ids, keyed))
 }
 
-/// Orders the view's `ids` by the keys `keyed` (`(lead_id, key)`, at most
-/// one per lead: `(lead_id, field_id)` is the primary key), a lead without
-/// a key last, as the ORDER BY would.
-fn sort_by_keys_of(mut ids: Vec<i64>, mut keyed: Vec<(i64, i64)>, descending: bool) -> Vec<i64> {
-    // Both sides by lead id (each nearly so already, in storage order),
-    // then one merge.
-    keyed.sort_unstable();
-    ids.sort_unstable();
-    let mut next = keyed.iter().peekable();
-    let rows = ids
-        .into_iter()
-        .map(|id| {
-            while next.next_if(|(lead, _)| *lead < id).is_some() {}
-            let key = next.next_if(|(lead, _)| *lead == id).map(|(_, k)| *k);
-            (key, id)
-        })
-        .collect();
-    sort_by_key(rows, descending)
+/// Orders the view's `ids` by the keys `keyed`: `(lead_id, key)` for
+/// every lead with a key (at most one each: `(lead_id, field_id)` is the
+/// primary key), already in key order as the field's index yields them
+/// ([`key_order_sql`]). As the ORDER BY would: the view's leads with a
+/// key in that order, ties by id, then those without a key by id.
+///
+/// Only the ties and the leads without a key are sorted here, instead of
+/// every lead of the view by its key (a million-element sort was most of
+/// the time of `sort:-"Next Call Date"` once its keys were read apart).
+fn order_by_keys(ids: Vec<i64>, mut keyed: Vec<(i64, i64)>) -> Vec<i64> {
+    let mut start = 0;
+    while start < keyed.len() {
+        let key = keyed[start].1;
+        let run = keyed[start..].iter().take_while(|(_, k)| *k == key).count();
+        // Equal keys: by lead id.
+        keyed[start..start + run].sort_unstable();
+        start += run;
+    }
+    let mut members = IdSet::new(&ids);
+    let mut ordered = Vec::with_capacity(ids.len());
+    for (lead, _) in keyed {
+        if members.remove(lead) {
+            ordered.push(lead);
+        }
+    }
+    let mut unkeyed: Vec<i64> = ids.into_iter().filter(|id| members.contains(*id)).collect();
+    unkeyed.sort_unstable();
+    ordered.extend(unkeyed);
+    ordered
 }
 
 /// What a missing (NULL) value means for a scalar.
@@ -1113,6 +1436,136 @@ impl Compiler<'_> {
         }
     }
 
+    /// Writes `expr`, conditions on one custom field (an [`Excluding`]
+    /// set, the field joined as `cv`), for a row whose value is present
+    /// (the caller tests `IS NOT NULL`), negated if `negated`. The
+    /// negation is pushed down to the comparisons (De Morgan; `<` becomes
+    /// `>=`, `:""` of a date is false, of a text `= ''`) so that the
+    /// planners see a range of the field's value index rather than a
+    /// `NOT (…)` they would test row by row.
+    fn present(&mut self, expr: &Expr<LeadTerm>, negated: bool) -> Result<(), QueryError> {
+        match expr {
+            Expr::And(items) | Expr::Or(items) => {
+                let and = matches!(expr, Expr::And(_)) != negated;
+                self.sql.push('(');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        self.sql.push_str(if and { " AND " } else { " OR " });
+                    }
+                    self.present(item, negated)?;
+                }
+                self.sql.push(')');
+            }
+            Expr::Not(inner) => self.present(inner, !negated)?,
+            Expr::Term(LeadTerm::Cond(cond)) => {
+                let scalar = self.lead_scalar(&cond.field, cond.pos)?;
+                match &cond.test {
+                    Test::Compare { op, op_pos, value } => {
+                        self.present_compare(&scalar, *op, *op_pos, value, false, negated)?
+                    }
+                    Test::In {
+                        negated: not_in,
+                        values,
+                    } => {
+                        // `x in (a, b)` is `x:a or x:b`.
+                        let negated = negated != *not_in;
+                        self.sql.push('(');
+                        for (i, value) in values.iter().enumerate() {
+                            if i > 0 {
+                                self.sql.push_str(if negated { " AND " } else { " OR " });
+                            }
+                            self.present_compare(
+                                &scalar,
+                                CompareOp::Eq,
+                                value.pos,
+                                value,
+                                true,
+                                negated,
+                            )?;
+                        }
+                        self.sql.push(')');
+                    }
+                }
+            }
+            Expr::Term(term) => {
+                // Not a custom-field condition ([`one_custom_field`] keeps
+                // them out): the general form.
+                self.sql.push_str(if negated { "NOT (" } else { "(" });
+                term.compile(self)?;
+                self.sql.push(')');
+            }
+        }
+        Ok(())
+    }
+
+    /// One comparison of [`Compiler::present`]: `scalar op value`, or its
+    /// negation, for a present value.
+    fn present_compare(
+        &mut self,
+        scalar: &Scalar,
+        op: CompareOp,
+        op_pos: Pos,
+        value: &Value,
+        in_list: bool,
+        negated: bool,
+    ) -> Result<(), QueryError> {
+        let (and, flip) = if negated {
+            (" OR ", true)
+        } else {
+            (" AND ", false)
+        };
+        let written = |op: &'static str| if flip { negated_op(op) } else { op };
+        if value.kind == ValueKind::Text(String::new()) {
+            // `field:""`: only a text value can be empty (SPEC §3).
+            if scalar.ty == ValueType::Text {
+                self.scalar(scalar);
+                self.sql.push_str(if negated { " <> ''" } else { " = ''" });
+            } else {
+                self.sql.push_str(if negated { "TRUE" } else { "FALSE" });
+            }
+            return Ok(());
+        }
+        match scalar.ty {
+            ValueType::Text | ValueType::StatusType => {
+                if op != CompareOp::Eq {
+                    return Err(op_error(scalar, op, op_pos, "':' or 'in'"));
+                }
+                let text = text_value(value)?;
+                self.sql.push_str("lower(");
+                self.scalar(scalar);
+                self.sql.push_str(") ");
+                self.sql.push_str(written("="));
+                self.sql.push_str(" lower(");
+                self.bind(SqlParam::Text(text));
+                self.sql.push(')');
+            }
+            ValueType::Number { integer } => {
+                let param = number_value(value, integer)?;
+                self.scalar(scalar);
+                self.sql.push(' ');
+                self.sql.push_str(written(sql_op(op)));
+                self.sql.push(' ');
+                self.bind(param);
+            }
+            ValueType::Time => {
+                let bounds = self.time_bounds(op, op_pos, value, in_list)?;
+                self.sql.push('(');
+                for (i, (op, ms)) in bounds.iter().enumerate() {
+                    if i > 0 {
+                        self.sql.push_str(and);
+                    }
+                    self.scalar(scalar);
+                    self.sql.push(' ');
+                    self.sql.push_str(written(op));
+                    self.sql.push(' ');
+                    self.bind(SqlParam::Int(*ms));
+                }
+                self.sql.push(')');
+            }
+        }
+        Ok(())
+    }
+
     /// Wraps a predicate that is NULL when the value is missing so that it
     /// is true or false instead (then `NOT` means what users expect).
     ///
@@ -1236,6 +1689,19 @@ fn join_alias(n: usize) -> String {
         "cv".to_string()
     } else {
         format!("cv{n}")
+    }
+}
+
+/// The comparison that holds exactly when `op` does not, for non-NULL
+/// operands.
+fn negated_op(op: &str) -> &'static str {
+    match op {
+        "<" => ">=",
+        "<=" => ">",
+        ">" => "<=",
+        ">=" => "<",
+        "=" => "<>",
+        _ => "=",
     }
 }
 
@@ -1495,6 +1961,106 @@ mod tests {
             "{}",
             other.sql
         );
+        Ok(())
+    }
+
+    /// Keys read in key order: ties and keyless leads by id, leads with a
+    /// key outside the view dropped.
+    #[test]
+    fn order_by_keys_is_the_order_by() {
+        let ids = vec![5, 1, 3, 2, 4, 6];
+        let keyed = vec![(4, 30), (3, 20), (1, 20), (7, 10), (6, 5), (2, 5)];
+        assert_eq!(order_by_keys(ids, keyed), vec![4, 1, 3, 2, 6, 5]);
+        assert_eq!(order_by_keys(vec![2, 1], Vec::new()), vec![1, 2]);
+        assert_eq!(order_by_keys(Vec::new(), vec![(1, 1)]), Vec::<i64>::new());
+    }
+
+    /// Dense ids as bits, sparse ones hashed: the same answers.
+    #[test]
+    fn id_sets_hold_their_ids() {
+        for ids in [
+            vec![3, 1, 2, 200, 64, 65, 127, 128],
+            vec![i64::MIN, -5, 0, i64::MAX],
+            vec![7],
+        ] {
+            let mut set = IdSet::new(&ids);
+            let dense = matches!(set, IdSet::Bits { .. });
+            assert_eq!(dense, !ids.contains(&i64::MAX), "{ids:?}");
+            for probe in [i64::MIN, -6, -5, 0, 1, 4, 63, 64, 129, 200, 201, i64::MAX] {
+                assert_eq!(
+                    set.contains(probe),
+                    ids.contains(&probe),
+                    "{probe} in {ids:?}"
+                );
+            }
+            for &id in &ids {
+                assert!(set.remove(id));
+                assert!(!set.remove(id));
+                assert!(!set.contains(id));
+            }
+        }
+        assert!(!IdSet::new(&[]).contains(0));
+    }
+
+    /// Top-level conditions on one custom field that a missing value
+    /// satisfies are split off as the leads failing them; the rest of the
+    /// view compiles on its own.
+    #[test]
+    fn conditions_missing_values_satisfy_are_excluded() -> Result<(), QueryError> {
+        let none = QueryError::new(0, "", "");
+        let q = compiled(
+            r#"("custom.Next Call Date" < now or "custom.Next Call Date":"")"#,
+            Dialect::Postgres,
+        )?;
+        let e = q.excluding.ok_or(none.clone())?;
+        assert_eq!(
+            e.rest.sql,
+            "SELECT l.id FROM leads l ORDER BY l.created_ms ASC, l.id ASC"
+        );
+        assert_eq!(e.rest.excluding, None);
+        assert_eq!(e.failing.len(), 1);
+        let f = &e.failing[0];
+        // The negation written out: a range of `lcv_ms`.
+        assert_eq!(
+            f.sql,
+            "SELECT cv.lead_id AS id FROM lead_custom_values cv WHERE cv.field_id = $1 \
+             AND cv.value_ms IS NOT NULL AND ((cv.value_ms >= $2) AND TRUE)"
+        );
+        assert_eq!(
+            f.params,
+            vec![SqlParam::Int(8), SqlParam::Int(now().timestamp_millis())]
+        );
+        // The rest keeps the other conditions and the sort.
+        let q = compiled(
+            r#"lead_status:a not custom."Lead Source":x custom."Next Call Date":"" sort:-created"#,
+            Dialect::Sqlite,
+        )?;
+        let e = q.excluding.ok_or(none)?;
+        assert_eq!(e.failing.len(), 2);
+        assert!(
+            e.rest.sql.contains("lower(l.status) = lower(?)"),
+            "{}",
+            e.rest.sql
+        );
+        assert!(!e.rest.sql.contains("lead_custom_values"), "{}", e.rest.sql);
+        assert!(e
+            .rest
+            .sql
+            .ends_with("ORDER BY l.created_ms DESC NULLS LAST, l.id ASC"));
+        assert_eq!(e.rest.params, vec![SqlParam::Text("a".into())]);
+        // Not split: a missing value fails it, it names a lead field too,
+        // it is not a top-level condition, or the query is a page.
+        for q in [
+            r#"custom."Lead Source":x"#,
+            r#"custom."Lead Source" in (x, y)"#,
+            r#"not custom."Lead Source" in (x, "")"#,
+            r#"custom."Lead Source":"" or lead_status:a"#,
+            r#"lead_status:a (custom."Lead Source":"" or custom."Next Call Date":"")"#,
+        ] {
+            assert_eq!(compiled(q, Dialect::Sqlite)?.excluding, None, "{q}");
+        }
+        let page = compiled(r#"not custom."Lead Source":x"#, Dialect::Postgres)?.page(5, 0);
+        assert_eq!(page.excluding, None);
         Ok(())
     }
 
