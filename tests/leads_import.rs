@@ -335,7 +335,11 @@ async fn a_refused_batch_leaves_the_other_batches_stored() {
             )
             .await
             .unwrap_err();
-        assert!(matches!(err, StoreError::Invalid(_)), "{}: {err}", db.backend);
+        assert!(
+            matches!(err, StoreError::Invalid(_)),
+            "{}: {err}",
+            db.backend
+        );
         let c = loader.insert(&[lead("C1", vec![])], 0).await.unwrap();
         assert_eq!(c.len(), 1);
         loader.commit().await.unwrap();

@@ -94,7 +94,11 @@ impl PhoneE164 {
             .map_err(|_| PhoneError::UnknownRegion(default_region.to_string()))?;
         if digits <= fast::MAX_DIGITS {
             let plus = trimmed.starts_with('+');
-            let code_group = if plus { fast::rfc3966_code_group(trimmed) } else { None };
+            let code_group = if plus {
+                fast::rfc3966_code_group(trimmed)
+            } else {
+                None
+            };
             if let Some(p) = fast::parse(&buf[..digits], plus, code_group, &region_id) {
                 return Ok(p);
             }
@@ -342,7 +346,11 @@ mod fast {
         }
 
         fn is_match(&self, national: &str) -> bool {
-            (self.lengths.is_empty() || self.lengths.iter().any(|&l| usize::from(l) == national.len()))
+            (self.lengths.is_empty()
+                || self
+                    .lengths
+                    .iter()
+                    .any(|&l| usize::from(l) == national.len()))
                 && self.re.is_match(national)
         }
     }
@@ -554,7 +562,10 @@ mod fast {
             // without `+`, no national prefix: the digits are the national
             // number as they stand.
             if text.starts_with('0')
-                || own.international_prefix.as_ref().is_some_and(|re| re.is_match(text))
+                || own
+                    .international_prefix
+                    .as_ref()
+                    .is_some_and(|re| re.is_match(text))
                 || text.starts_with(plan.code.as_str())
                 || own.prefix_applies(text)
             {
