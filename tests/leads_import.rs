@@ -4,7 +4,8 @@
 mod common;
 
 use powerdial::leads::import::{import_csv, ImportError, RowError};
-use powerdial::leads::model::{CustomValue, ValidationReason};
+use powerdial::leads::model::{CustomValue, ValidLead, ValidationReason};
+use powerdial::store::StoreError;
 
 const BAD_ROWS: &str = "\
 name,status,contact_name,phone,phones,custom.Lead Source,custom.Next Call Date,created
@@ -299,5 +300,58 @@ async fn bulk_insert_round_trips_every_part_of_a_lead() {
                 ]
             );
         }
+    }
+}
+
+/// The bulk loader stores each batch all or none: a batch the database
+/// refuses (here a custom value of a field that does not exist) leaves the
+/// batches before and after it stored, on both backends (SQLite keeps
+/// several batches in one transaction, each in a savepoint).
+#[tokio::test]
+async fn a_refused_batch_leaves_the_other_batches_stored() {
+    for db in common::all_dbs("a_refused_batch_leaves_the_other_batches_stored").await {
+        let lead = |name: &str, custom: Vec<(i64, CustomValue)>| ValidLead {
+            name: name.into(),
+            status: "Potential".into(),
+            created_ms: 1_790_000_000_000,
+            contacts: Vec::new(),
+            custom,
+            opportunities: Vec::new(),
+            do_not_call: false,
+        };
+        let mut loader = db.store.lead_loader();
+        let a = loader
+            .insert(&[lead("A1", vec![]), lead("A2", vec![])], 0)
+            .await
+            .unwrap();
+        assert_eq!(a.len(), 2);
+        let err = loader
+            .insert(
+                &[
+                    lead("B1", vec![]),
+                    lead("B2", vec![(999_999, CustomValue::Text("x".into()))]),
+                ],
+                0,
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::Invalid(_)),
+            "{}: {err}",
+            db.backend
+        );
+        let c = loader.insert(&[lead("C1", vec![])], 0).await.unwrap();
+        assert_eq!(c.len(), 1);
+        loader.commit().await.unwrap();
+        let names: Vec<String> = db
+            .store
+            .list_leads(None, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.name)
+            .collect();
+        assert_eq!(names, vec!["A1", "A2", "C1"], "{}", db.backend);
+        db.cleanup().await;
     }
 }

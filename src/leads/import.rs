@@ -8,8 +8,8 @@
 //! or `YYYY-MM-DD`). An unknown column refuses the whole import before any
 //! row is read. Rows are read by the `csv` crate on a blocking thread (RFC
 //! 4180 records, quoted fields may span lines) and handed over in batches of
-//! [`BATCH_ROWS`], each stored in one transaction; memory stays bounded
-//! whatever the file's size. A bad row (bad phone, wrong type, broken
+//! [`BATCH_ROWS`], each stored all or none ([`crate::store::LeadLoader`]);
+//! memory stays bounded whatever the file's size. A bad row (bad phone, wrong type, broken
 //! quoting, wrong column count) is reported with the line it starts on and
 //! does not stop or roll back the others.
 
@@ -24,14 +24,12 @@ use super::model::{
     MAX_TEXT_LEN,
 };
 use super::phone::PhoneE164;
-use crate::store::{Store, StoreError};
+use crate::store::{LeadLoader, Store, StoreError, SQLITE_COMMIT_ROWS};
 
-/// Rows stored per transaction. Large, because a SQLite commit rewrites
-/// every index page the batch touched into the WAL, and the leads' indexes
-/// (created, status, …) spread even a small batch over many pages: in the
-/// import's profile (BENCHMARKS.md) writing and syncing those pages was
-/// most of the time at 1,000 rows. Memory stays bounded: two batches wait
-/// while one is stored.
+/// Rows per batch: the unit handed from parsing to storing, stored all or
+/// none, and of the progress calls. SQLite commits several batches at once
+/// ([`SQLITE_COMMIT_ROWS`]). Memory stays bounded: two batches wait while
+/// each storing lane works on one and holds one more.
 pub const BATCH_ROWS: usize = 5000;
 /// Failures listed in a report; all are counted in `failed_total`.
 pub const MAX_REPORTED_FAILURES: usize = 1000;
@@ -711,49 +709,99 @@ pub fn parse_rows<R: Read>(
     }
 }
 
-/// Stores one batch in one transaction; if the database refuses it as a
-/// whole, stores its rows one by one so only the refused rows fail.
+/// What storing one batch gave: leads stored, rows not stored (in line
+/// order).
+struct BatchOutcome {
+    imported: u64,
+    failed: Vec<RowFailure>,
+}
+
+/// Stores one batch, all or none; if the database refuses it as a whole,
+/// stores its rows one by one so only the refused rows fail.
 async fn store_batch(
-    store: &Store,
+    loader: &mut LeadLoader,
     batch: Vec<Item>,
     now_ms: i64,
-    report: &mut ImportReport,
-) -> Result<(), ImportError> {
-    let mut good = Vec::with_capacity(batch.len());
+) -> Result<BatchOutcome, StoreError> {
+    let mut failed = Vec::new();
+    let mut lines = Vec::with_capacity(batch.len());
+    let mut leads = Vec::with_capacity(batch.len());
     for item in batch {
         match item {
-            Ok(ok) => good.push(ok),
-            Err(f) => report.fail(f),
+            Ok((line, lead)) => {
+                lines.push(line);
+                leads.push(lead);
+            }
+            Err(f) => failed.push(f),
         }
     }
-    let leads: Vec<ValidLead> = good.iter().map(|(_, l)| l.clone()).collect();
-    match store.insert_leads(&leads, now_ms).await {
-        Ok(ids) => report.imported += ids.len() as u64,
+    let mut imported = 0;
+    match loader.insert(&leads, now_ms).await {
+        Ok(ids) => imported += ids.len() as u64,
         Err(StoreError::Invalid(_) | StoreError::Conflict(_)) => {
-            for (line, lead) in good {
-                match store
-                    .insert_leads(std::slice::from_ref(&lead), now_ms)
-                    .await
-                {
-                    Ok(_) => report.imported += 1,
+            for (line, lead) in lines.into_iter().zip(&leads) {
+                match loader.insert(std::slice::from_ref(lead), now_ms).await {
+                    Ok(_) => imported += 1,
                     Err(e @ (StoreError::Invalid(_) | StoreError::Conflict(_))) => {
-                        report.fail(RowFailure {
+                        failed.push(RowFailure {
                             line,
                             reason: RowError::Refused(e.to_string()),
                         })
                     }
-                    Err(e) => return Err(e.into()),
+                    Err(e) => return Err(e),
                 }
             }
+            failed.sort_by_key(|f| f.line);
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(e),
     }
-    Ok(())
+    Ok(BatchOutcome { imported, failed })
+}
+
+/// One batch for a storing lane, and where its outcome goes.
+struct Job {
+    batch: Vec<Item>,
+    done: tokio::sync::oneshot::Sender<Result<BatchOutcome, StoreError>>,
+}
+
+/// A storing lane: stores the batches it is given in order with one
+/// [`LeadLoader`], committing every [`SQLITE_COMMIT_ROWS`] leads and
+/// whenever no batch is waiting (so a transaction is never held open while
+/// the input is read), and at the end.
+async fn lane(
+    store: Store,
+    mut jobs: tokio::sync::mpsc::Receiver<Job>,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let mut loader = store.lead_loader();
+    while let Some(job) = jobs.recv().await {
+        match store_batch(&mut loader, job.batch, now_ms).await {
+            Ok(outcome) => {
+                let _ = job.done.send(Ok(outcome));
+            }
+            Err(e) => {
+                // Nothing more is stored; what this lane committed stays.
+                let _ = job.done.send(Err(e));
+                return Ok(());
+            }
+        }
+        if loader.pending() >= SQLITE_COMMIT_ROWS || jobs.is_empty() {
+            loader.commit().await?;
+        }
+    }
+    loader.commit().await
 }
 
 /// Imports leads from CSV text read from `reader`, numbers without a
 /// country code read in `default_region`, leads without `created` created
 /// at `now`. `progress` is called after each batch with the rows read so far.
+///
+/// Parsing runs on a blocking thread, [`BATCH_ROWS`] rows per batch, two
+/// batches ahead of storing; batches are stored by [`Store::bulk_lanes`]
+/// lanes at once (round robin) and their outcomes taken in file order, so
+/// memory stays bounded to a few batches whatever the file's size. When
+/// the database fails, the import stops with the error; what was committed
+/// before stays.
 pub async fn import_csv<R>(
     store: &Store,
     reader: R,
@@ -769,16 +817,81 @@ where
     let (tx, mut rx) = tokio::sync::mpsc::channel(2);
     let region = default_region.to_string();
     let parser = tokio::task::spawn_blocking(move || parse_side(reader, fields, region, now, tx));
-    let mut report = ImportReport::default();
     let now_ms = time_to_ms(now);
+    let lanes: Vec<_> = (0..store.bulk_lanes().max(1))
+        .map(|_| {
+            let (jobs_tx, jobs_rx) = tokio::sync::mpsc::channel(1);
+            (jobs_tx, tokio::spawn(lane(store.clone(), jobs_rx, now_ms)))
+        })
+        .collect();
+    let mut report = ImportReport::default();
+    let mut outcomes = std::collections::VecDeque::new();
+    let mut next = 0usize;
+    let mut fatal = None;
+    let mut take = |outcome: Result<Result<BatchOutcome, StoreError>, _>,
+                    report: &mut ImportReport|
+     -> Result<(), ImportError> {
+        // A lane that stopped on an error is reported by its handle.
+        let Ok(outcome) = outcome else {
+            return Ok(());
+        };
+        let outcome = outcome?;
+        report.imported += outcome.imported;
+        for f in outcome.failed {
+            report.fail(f);
+        }
+        progress(report.imported + report.failed_total);
+        Ok(())
+    };
     while let Some(msg) = rx.recv().await {
         match msg {
             Msg::Batch(batch) => {
-                store_batch(store, batch, now_ms, &mut report).await?;
-                progress(report.imported + report.failed_total);
+                let (done, outcome) = tokio::sync::oneshot::channel();
+                let (jobs, _) = &lanes[next % lanes.len()];
+                next += 1;
+                if jobs.send(Job { batch, done }).await.is_err() {
+                    break;
+                }
+                outcomes.push_back(outcome);
+                while outcomes.len() > lanes.len() {
+                    if let Some(o) = outcomes.pop_front() {
+                        if let Err(e) = take(o.await, &mut report) {
+                            fatal = Some(e);
+                            break;
+                        }
+                    }
+                }
+                if fatal.is_some() {
+                    break;
+                }
             }
-            Msg::Fatal(e) => return Err(e),
+            Msg::Fatal(e) => {
+                fatal = Some(e);
+                break;
+            }
         }
+    }
+    drop(rx);
+    // Let every lane finish (and commit) what it was given.
+    while let Some(o) = outcomes.pop_front() {
+        if let Err(e) = take(o.await, &mut report) {
+            fatal.get_or_insert(e);
+        }
+    }
+    for (jobs, handle) in lanes {
+        drop(jobs);
+        match handle.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                fatal.get_or_insert(e.into());
+            }
+            Err(e) => {
+                fatal.get_or_insert(ImportError::Io(std::io::Error::other(e.to_string())));
+            }
+        }
+    }
+    if let Some(e) = fatal {
+        return Err(e);
     }
     parser
         .await
@@ -956,6 +1069,48 @@ mod tests {
             })
         ));
         assert_eq!(got[3], ok(4, &["ok", "1"]));
+    }
+
+    fn lead(name: &str, custom: Vec<(i64, crate::leads::model::CustomValue)>) -> ValidLead {
+        ValidLead {
+            name: name.into(),
+            status: String::new(),
+            created_ms: 1_790_000_000_000,
+            contacts: Vec::new(),
+            custom,
+            opportunities: Vec::new(),
+            do_not_call: false,
+        }
+    }
+
+    /// A batch the database refuses is stored row by row: only the refused
+    /// row fails, by its line, beside the rows parsing refused, in line
+    /// order (real SQLite file).
+    #[tokio::test]
+    async fn a_refused_row_fails_alone_by_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::connect(&format!("sqlite://{}/t.db", dir.path().display()))
+            .await
+            .unwrap();
+        let mut loader = store.lead_loader();
+        let bad = crate::leads::model::CustomValue::Text("x".into());
+        let batch = vec![
+            Ok((2, lead("A", vec![]))),
+            Err(RowFailure {
+                line: 4,
+                reason: RowError::NotUtf8,
+            }),
+            Ok((3, lead("B", vec![(999_999, bad)]))),
+            Ok((5, lead("C", vec![]))),
+        ];
+        let out = store_batch(&mut loader, batch, 0).await.unwrap();
+        loader.commit().await.unwrap();
+        assert_eq!(out.imported, 2);
+        let lines: Vec<u64> = out.failed.iter().map(|f| f.line).collect();
+        assert_eq!(lines, vec![3, 4]);
+        assert!(matches!(out.failed[0].reason, RowError::Refused(_)));
+        assert_eq!(store.count_leads().await.unwrap(), 2);
+        store.close().await;
     }
 
     #[test]

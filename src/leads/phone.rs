@@ -71,9 +71,16 @@ impl PhoneE164 {
     pub fn parse(raw: &str, default_region: &str) -> Result<PhoneE164, PhoneError> {
         let trimmed = raw.trim();
         let mut digits = 0usize;
+        // The digits alone, for the fast path (E.164 has at most 15).
+        let mut buf = [0u8; fast::MAX_DIGITS];
         for (i, c) in trimmed.chars().enumerate() {
             match c {
-                '0'..='9' => digits += 1,
+                '0'..='9' => {
+                    if let Some(slot) = buf.get_mut(digits) {
+                        *slot = c as u8;
+                    }
+                    digits += 1;
+                }
                 '+' if i == 0 => {}
                 ' ' | '-' | '.' | '(' | ')' | '/' | '\u{a0}' => {}
                 other => return Err(PhoneError::BadCharacter(other)),
@@ -82,8 +89,27 @@ impl PhoneE164 {
         if digits == 0 {
             return Err(PhoneError::Empty);
         }
-        let region = CountryId::from_str(&default_region.trim().to_ascii_uppercase())
+        let region_id = default_region.trim().to_ascii_uppercase();
+        let region = CountryId::from_str(&region_id)
             .map_err(|_| PhoneError::UnknownRegion(default_region.to_string()))?;
+        if digits <= fast::MAX_DIGITS {
+            let plus = trimmed.starts_with('+');
+            let code_group = if plus {
+                fast::rfc3966_code_group(trimmed)
+            } else {
+                None
+            };
+            if let Some(p) = fast::parse(&buf[..digits], plus, code_group, &region_id) {
+                return Ok(p);
+            }
+        }
+        Self::parse_full(trimmed, region)
+    }
+
+    /// The full parser (the `phonenumber` crate), for what the fast path
+    /// does not answer: every refusal and every number written with a
+    /// prefix (national, international) or in an unusual form.
+    fn parse_full(trimmed: &str, region: CountryId) -> Result<PhoneE164, PhoneError> {
         // A number written with `+` carries its country: parsing it with a
         // region would let that region's national prefix be stripped
         // (`+33 1 …` read with US lost its `1`).
@@ -142,6 +168,7 @@ impl PhoneE164 {
 /// here), which the first request reading a number would otherwise wait
 /// for (SPEC §4: `POST /api/v1/calls` answers at once).
 pub fn load_numbering_plan(default_region: &str) {
+    fast::warm(&default_region.trim().to_ascii_uppercase());
     let _ = PhoneE164::parse("+1 202 555 0100", default_region);
     let _ = PhoneE164::parse("202 555 0100", default_region);
 }
@@ -268,6 +295,306 @@ fn plan_name(code: u16, metas: &[&phonenumber::Metadata]) -> String {
     }
 }
 
+/// The fast path of [`PhoneE164::parse`]: a number written as its digits
+/// (with the usual punctuation), either `+` and the country code first or
+/// in national form for the default region without a national prefix
+/// (`(415) 555-0134` read in the US), is checked against the numbering
+/// plan data directly and formatted as `+` code national, skipping the
+/// general parser.
+///
+/// Written here because the `phonenumber` crate offers no cheaper entry:
+/// its parser runs nom combinators and several regular expressions per
+/// number, and every pattern it matches goes through one process-wide
+/// `Mutex` around an LRU cache keyed by the pattern's text (hashed in full
+/// on each use; the US fixed-line pattern is hundreds of bytes). That was
+/// a third of the import's CPU (BENCHMARKS.md, "Lead import"). Here the
+/// same patterns, from the same metadata, are compiled once per country
+/// code, anchored, and matched without a lock.
+///
+/// It answers only when it can tell the full parser would accept the
+/// number and give the same E.164 form, i.e. when every step of
+/// `phonenumber::parse` that could rewrite the digits is a no-op: no
+/// international (IDD) prefix and no country code at the start of a
+/// national number, no national prefix (libphonenumber's
+/// `national_prefix_for_parsing`) and no leading zero; and the number
+/// resolves to a region the way `PhoneNumber::country().id()` does
+/// (`validator::source_for`: a code of one region, else the first region
+/// whose leading digits or number types match). Anything else (every
+/// refusal, with its detailed reason, and every number with a prefix) goes
+/// to the full parser. The tests compare both on generated numbers.
+mod fast {
+    use std::sync::OnceLock;
+
+    use regex::{Regex, RegexBuilder};
+
+    /// Most digits the fast path reads: E.164 allows 15 in all.
+    pub(super) const MAX_DIGITS: usize = 15;
+
+    /// A number pattern of the plan data, anchored at the start: the crate's
+    /// `Descriptor::is_match` (`find` starting at 0) after its length check.
+    struct Desc {
+        re: Regex,
+        lengths: Vec<u16>,
+    }
+
+    impl Desc {
+        fn new(d: &phonenumber::metadata::Descriptor) -> Option<Desc> {
+            Some(Desc {
+                re: anchored(d.national_number().as_str())?,
+                lengths: d.possible_length().to_vec(),
+            })
+        }
+
+        fn is_match(&self, national: &str) -> bool {
+            (self.lengths.is_empty()
+                || self
+                    .lengths
+                    .iter()
+                    .any(|&l| usize::from(l) == national.len()))
+                && self.re.is_match(national)
+        }
+    }
+
+    /// Compiles a plan pattern as the crate does (`ignore_whitespace`),
+    /// matching only at the start of the text.
+    fn anchored(pattern: &str) -> Option<Regex> {
+        RegexBuilder::new(&format!("^(?:{pattern})"))
+            .ignore_whitespace(true)
+            .build()
+            .ok()
+    }
+
+    /// One region of a country code.
+    struct RegionPlan {
+        id: String,
+        /// Whether the id is a country (`country::Id`); `001`, the
+        /// non-geographic entities, is not.
+        country: bool,
+        leading_digits: Option<Regex>,
+        general: Desc,
+        /// The types `validator::number_type` tries (premium rate, toll
+        /// free, shared cost, VoIP, personal, pager, UAN, voicemail, fixed
+        /// line, mobile).
+        types: Vec<Desc>,
+        national_prefix: Option<String>,
+        prefix_for_parsing: Option<Regex>,
+        international_prefix: Option<Regex>,
+    }
+
+    impl RegionPlan {
+        fn new(meta: &phonenumber::Metadata) -> Option<RegionPlan> {
+            let d = meta.descriptors();
+            let mut types = Vec::new();
+            for desc in [
+                d.premium_rate(),
+                d.toll_free(),
+                d.shared_cost(),
+                d.voip(),
+                d.personal_number(),
+                d.pager(),
+                d.uan(),
+                d.voicemail(),
+                d.fixed_line(),
+                d.mobile(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                types.push(Desc::new(desc)?);
+            }
+            let optional = |re: Option<&str>| match re {
+                Some(re) => anchored(re).map(Some),
+                None => Some(None),
+            };
+            Some(RegionPlan {
+                id: meta.id().to_string(),
+                country: meta.id().parse::<phonenumber::country::Id>().is_ok(),
+                leading_digits: optional(meta.leading_digits().map(|r| r.as_str()))?,
+                general: Desc::new(d.general())?,
+                types,
+                national_prefix: meta.national_prefix().map(str::to_string),
+                prefix_for_parsing: optional(
+                    meta.national_prefix_for_parsing().map(|r| r.as_str()),
+                )?,
+                international_prefix: optional(meta.international_prefix().map(|r| r.as_str()))?,
+            })
+        }
+
+        /// `validator::number_type(meta, national) != Type::Unknown`.
+        fn has_type(&self, national: &str) -> bool {
+            self.general.is_match(national) && self.types.iter().any(|t| t.is_match(national))
+        }
+
+        /// Whether parsing `national` with this region's data would strip
+        /// or rewrite a national prefix (`helper::national_number`, then the
+        /// parser's own `starts_with(national_prefix)`).
+        fn prefix_applies(&self, national: &str) -> bool {
+            if let Some(re) = &self.prefix_for_parsing {
+                if re.is_match(national) {
+                    return true;
+                }
+            }
+            self.national_prefix
+                .as_deref()
+                .is_some_and(|p| !p.is_empty() && national.starts_with(p))
+        }
+    }
+
+    /// The regions of one country code, in the data's order.
+    struct CodePlan {
+        code: String,
+        regions: Vec<RegionPlan>,
+    }
+
+    impl CodePlan {
+        fn new(code: u16) -> Option<CodePlan> {
+            let db = &*phonenumber::metadata::DATABASE;
+            let mut regions = Vec::new();
+            for id in db.region(&code)? {
+                regions.push(RegionPlan::new(db.by_id(id)?)?);
+            }
+            (!regions.is_empty()).then(|| CodePlan {
+                code: code.to_string(),
+                regions,
+            })
+        }
+
+        /// The region `national` resolves to (`validator::source_for`), if
+        /// it is a country.
+        fn resolve(&self, national: &str) -> Option<&RegionPlan> {
+            if let [only] = self.regions.as_slice() {
+                return only.country.then_some(only);
+            }
+            for r in &self.regions {
+                let hit = match &r.leading_digits {
+                    Some(re) => re.is_match(national),
+                    None => r.has_type(national),
+                };
+                if hit {
+                    return r.country.then_some(r);
+                }
+            }
+            None
+        }
+
+        fn region(&self, id: &str) -> Option<&RegionPlan> {
+            self.regions.iter().find(|r| r.id == id)
+        }
+    }
+
+    /// Country codes have at most three digits.
+    const CODES: usize = 1000;
+
+    /// The compiled plans, per country code, built on first use.
+    static PLANS: [OnceLock<Option<CodePlan>>; CODES] = [const { OnceLock::new() }; CODES];
+
+    fn plan(code: u16) -> Option<&'static CodePlan> {
+        PLANS
+            .get(usize::from(code))?
+            .get_or_init(|| CodePlan::new(code))
+            .as_ref()
+    }
+
+    /// Whether the data knows country code `code` (`Database::by_code`).
+    fn known_code(code: u16) -> bool {
+        phonenumber::metadata::DATABASE.region(&code).is_some()
+    }
+
+    /// How many digits the full parser takes as the country code of a
+    /// `+` number it reads as an RFC 3966 `global-number-digits` (`+` then
+    /// digits and the visual separators `-`, `.`, `(`, `)`, no blank): the
+    /// digits before the first separator, whatever the known codes are
+    /// (`+1415-555-0134` is code 1415, refused). `None` when it reads the
+    /// number as free text instead (the first 1 to 3 digits that name a
+    /// code).
+    pub(super) fn rfc3966_code_group(trimmed: &str) -> Option<usize> {
+        let rest = trimmed.strip_prefix('+')?;
+        if rest.contains([' ', '/', '\u{a0}']) {
+            return None;
+        }
+        match rest.find(['-', '.', '(', ')']) {
+            Some(0) | None => None,
+            Some(n) => Some(n),
+        }
+    }
+
+    /// The E.164 form of `digits` (ASCII digits only, `plus` when written
+    /// with a leading `+`, `code_group` from [`rfc3966_code_group`]) read in
+    /// `region` (upper case), when the fast path can answer; `None` sends
+    /// the number to the full parser.
+    pub(super) fn parse(
+        digits: &[u8],
+        plus: bool,
+        code_group: Option<usize>,
+        region: &str,
+    ) -> Option<super::PhoneE164> {
+        let text = std::str::from_utf8(digits).ok()?;
+        let (plan, national) = if plus {
+            // `helper::country_code` with a `+`: the first 1 to 3 digits
+            // that name a code (or the RFC 3966 group); a leading 0 is no
+            // code.
+            if text.starts_with('0') {
+                return None;
+            }
+            let (code, national) = match code_group {
+                Some(len) => {
+                    let code: u16 = text.get(..len)?.parse().ok()?;
+                    known_code(code).then(|| (code, &text[len..]))?
+                }
+                None => (1..=3usize).find_map(|len| {
+                    let code: u16 = text.get(..len)?.parse().ok()?;
+                    known_code(code).then(|| (code, &text[len..]))
+                })?,
+            };
+            let plan = plan(code)?;
+            // The region the parser takes the national prefix rules from is
+            // the one the number resolves to.
+            let region = plan.resolve(national)?;
+            if national.starts_with('0') || region.prefix_applies(national) {
+                return None;
+            }
+            (plan, national)
+        } else {
+            let db = &*phonenumber::metadata::DATABASE;
+            let plan = plan(db.by_id(region)?.country_code())?;
+            let own = plan.region(region)?;
+            // No IDD prefix (`011…` in the US), no country code written
+            // without `+`, no national prefix: the digits are the national
+            // number as they stand.
+            if text.starts_with('0')
+                || own
+                    .international_prefix
+                    .as_ref()
+                    .is_some_and(|re| re.is_match(text))
+                || text.starts_with(plan.code.as_str())
+                || own.prefix_applies(text)
+            {
+                return None;
+            }
+            plan.resolve(text)?;
+            (plan, text)
+        };
+        let len = plan.code.len() + national.len();
+        if !(8..=15).contains(&len) || national.len() < 2 {
+            return None;
+        }
+        let mut e164 = String::with_capacity(len + 1);
+        e164.push('+');
+        e164.push_str(&plan.code);
+        e164.push_str(national);
+        Some(super::PhoneE164(e164))
+    }
+
+    /// Compiles the plan of `region`'s country code now (first use costs
+    /// the regular expressions' compilation).
+    pub(super) fn warm(region: &str) {
+        let db = &*phonenumber::metadata::DATABASE;
+        if let Some(meta) = db.by_id(region) {
+            let _ = plan(meta.country_code());
+        }
+    }
+}
+
 impl fmt::Display for PhoneE164 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -390,5 +717,155 @@ mod tests {
             explain_invalid(999, "12345678").to_string(),
             "not a valid phone number: unknown country code +999"
         );
+    }
+
+    /// The fast path's answer for `raw` read in `region`, as
+    /// [`PhoneE164::parse`] computes it.
+    fn fast_answer(raw: &str, region: &str) -> Option<PhoneE164> {
+        let plus = raw.trim().starts_with('+');
+        let digits: Vec<u8> = raw.bytes().filter(u8::is_ascii_digit).collect();
+        if digits.len() > fast::MAX_DIGITS {
+            return None;
+        }
+        fast::parse(&digits, plus, fast::rfc3966_code_group(raw.trim()), region)
+    }
+
+    fn full_answer(raw: &str, region: &str) -> Result<PhoneE164, PhoneError> {
+        let id = CountryId::from_str(region).unwrap();
+        PhoneE164::parse_full(raw.trim(), id)
+    }
+
+    /// Whenever the fast path answers, the full parser gives the same
+    /// number; `raw` is written several ways.
+    fn assert_agrees(raw: &str, region: &str) -> bool {
+        match fast_answer(raw, region) {
+            Some(fast) => {
+                assert_eq!(
+                    full_answer(raw, region),
+                    Ok(fast.clone()),
+                    "{raw:?} in {region}: fast path said {fast}"
+                );
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The forms an import meets most are answered by the fast path, and
+    /// what needs a prefix stripped or is refused is not.
+    #[test]
+    fn fast_path_answers_plain_numbers_only() {
+        for raw in [
+            "(415) 555-0134",
+            "415.555.0134",
+            "+1 (415) 555-0134",
+            "+14155550134",
+            "+44 20 7946 0958",
+            "+33 1 23 45 67 89",
+            "(604) 555-0199",
+        ] {
+            assert!(assert_agrees(raw, "US"), "{raw} not answered");
+        }
+        assert_eq!(
+            fast_answer("(604) 555-0199", "US").map(|p| p.0),
+            Some("+16045550199".to_string())
+        );
+        // National or international prefix, country code without `+`,
+        // refused numbers: the full parser's.
+        for (raw, region) in [
+            ("1 415 555 0134", "US"),
+            ("011 44 20 7946 0958", "US"),
+            ("020 7946 0958", "GB"),
+            ("+44 020 7946 0958", "US"),
+            ("555 123 4567", "US"),
+            ("+1 415 123 4567", "US"),
+            ("+1 415 555 013", "US"),
+            ("+999 1234 5678", "US"),
+            ("+800 1234 5678", "US"),
+            // Read as RFC 3966: the digits before the first `-` are the
+            // country code, 1415 here.
+            ("+1415-555-0134", "US"),
+        ] {
+            assert_eq!(fast_answer(raw, region), None, "{raw} in {region}");
+        }
+        // And the full path still refuses with its reasons.
+        assert!(PhoneE164::parse("555 123 4567", "US").is_err());
+    }
+
+    /// Every example number of every region's plan (each type), written
+    /// with `+` and in national form, read in its own region and in the
+    /// US: the fast path agrees with the full parser each time it answers.
+    #[test]
+    fn fast_path_agrees_on_every_plans_examples() {
+        let db = &*phonenumber::metadata::DATABASE;
+        let mut answered = 0;
+        for meta in db.iter() {
+            let Ok(id) = meta.id().parse::<CountryId>() else {
+                continue;
+            };
+            let region = id.as_ref().to_string();
+            for d in descriptors(meta).chain([meta.descriptors().general()]) {
+                let Some(example) = d.example() else {
+                    continue;
+                };
+                let code = meta.country_code();
+                for raw in [
+                    format!("+{code}{example}"),
+                    format!("+{code} {example}"),
+                    example.to_string(),
+                ] {
+                    for r in [region.as_str(), "US", "GB"] {
+                        if assert_agrees(&raw, r) {
+                            answered += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(answered > 1000, "only {answered} answered");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+
+        /// Random North American numbers in the usual spellings.
+        #[test]
+        fn fast_path_agrees_on_nanp_numbers(
+            npa in 100u32..1000,
+            nxx in 0u32..1000,
+            line in 0u32..10_000,
+            form in 0usize..5,
+            region in proptest::sample::select(vec!["US", "CA", "GB", "FR", "PR"]),
+        ) {
+            let raw = match form {
+                0 => format!("({npa:03}) {nxx:03}-{line:04}"),
+                1 => format!("{npa:03}.{nxx:03}.{line:04}"),
+                2 => format!("+1 {npa:03} {nxx:03} {line:04}"),
+                3 => format!("+1{npa:03}{nxx:03}{line:04}"),
+                _ => format!("1 {npa:03} {nxx:03} {line:04}"),
+            };
+            assert_agrees(&raw, region);
+        }
+
+        /// Random digit strings, with or without `+`, in many regions.
+        #[test]
+        fn fast_path_agrees_on_random_digits(
+            digits in "[0-9]{3,15}",
+            plus in proptest::bool::ANY,
+            sep in proptest::sample::select(vec!["", " ", "-", ".", "/", "\u{a0}", ")"]),
+            region in proptest::sample::select(vec![
+                "US", "CA", "GB", "FR", "DE", "IT", "ES", "AU", "NZ", "IN", "BR", "MX",
+                "AR", "RU", "KZ", "JP", "CN", "ZA", "NG", "NO", "SJ", "FI", "AX", "IL",
+            ]),
+        ) {
+            let spaced: String = digits
+                .as_bytes()
+                .chunks(3)
+                .map(|c| std::str::from_utf8(c).unwrap_or(""))
+                .collect::<Vec<_>>()
+                .join(sep);
+            let raw = if plus { format!("+{spaced}") } else { spaced };
+            assert_agrees(&raw, region);
+        }
     }
 }

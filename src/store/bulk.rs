@@ -106,86 +106,234 @@ impl SqliteStore {
             return Ok(Vec::new());
         }
         let mut tx = self.begin_write().await?;
-        let next_id = |table: &'static str| {
-            // `sqlite_sequence` holds the largest id ever handed out (ids
-            // of deleted rows are not reused); MAX(id) covers a table whose
-            // counter row is missing.
-            format!(
-                "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = '{table}'), 0), \
-                 COALESCE((SELECT MAX(id) FROM {table}), 0)) + 1"
-            )
-        };
-        let first_lead: i64 = sqlx::query_scalar(&next_id("leads"))
-            .fetch_one(&mut *tx)
-            .await?;
-        let first_contact: i64 = sqlx::query_scalar(&next_id("contacts"))
-            .fetch_one(&mut *tx)
-            .await?;
-        let lead_ids: Vec<i64> = (first_lead..).take(leads.len()).collect();
-        let contact_ids: Vec<i64> = (first_contact..).take(contact_count(leads)).collect();
-        let rows = rows(leads, &lead_ids, &contact_ids);
-
-        for (chunk, ids) in leads.chunks(SQLITE_ROWS).zip(lead_ids.chunks(SQLITE_ROWS)) {
-            let mut q: QueryBuilder<'_, sqlx::Sqlite> = QueryBuilder::new(
-                "INSERT INTO leads (id, name, status, created_ms, updated_ms, do_not_call) ",
-            );
-            q.push_values(chunk.iter().zip(ids), |mut b, (l, id)| {
-                b.push_bind(*id)
-                    .push_bind(l.name.as_str())
-                    .push_bind(l.status.as_str())
-                    .push_bind(l.created_ms)
-                    .push_bind(now_ms)
-                    .push_bind(i64::from(l.do_not_call));
-            });
-            q.build().execute(&mut *tx).await.map_err(lead_err)?;
-        }
-        for chunk in rows.contacts.chunks(SQLITE_ROWS) {
-            let mut q: QueryBuilder<'_, sqlx::Sqlite> =
-                QueryBuilder::new("INSERT INTO contacts (id, lead_id, position, name, emails) ");
-            q.push_values(chunk, |mut b, (id, lead_id, pos, name, emails)| {
-                b.push_bind(*id)
-                    .push_bind(*lead_id)
-                    .push_bind(*pos)
-                    .push_bind(*name)
-                    .push_bind(emails.as_deref());
-            });
-            q.build().execute(&mut *tx).await.map_err(lead_err)?;
-        }
-        for chunk in rows.phones.chunks(SQLITE_ROWS) {
-            let mut q: QueryBuilder<'_, sqlx::Sqlite> =
-                QueryBuilder::new("INSERT INTO phones (contact_id, position, number) ");
-            q.push_values(chunk, |mut b, (contact_id, pos, number)| {
-                b.push_bind(*contact_id).push_bind(*pos).push_bind(*number);
-            });
-            q.build().execute(&mut *tx).await.map_err(lead_err)?;
-        }
-        for chunk in rows.custom.chunks(SQLITE_ROWS) {
-            let mut q: QueryBuilder<'_, sqlx::Sqlite> = QueryBuilder::new(
-                "INSERT INTO lead_custom_values (lead_id, field_id, value_text, value_num, value_ms) ",
-            );
-            q.push_values(chunk, |mut b, (lead_id, field_id, text, num, ms)| {
-                b.push_bind(*lead_id)
-                    .push_bind(*field_id)
-                    .push_bind(*text)
-                    .push_bind(*num)
-                    .push_bind(*ms);
-            });
-            q.build().execute(&mut *tx).await.map_err(lead_err)?;
-        }
-        for chunk in rows.opportunities.chunks(SQLITE_ROWS) {
-            let mut q: QueryBuilder<'_, sqlx::Sqlite> = QueryBuilder::new(
-                "INSERT INTO opportunities (lead_id, status_type, created_ms, value) ",
-            );
-            q.push_values(chunk, |mut b, (lead_id, o)| {
-                b.push_bind(*lead_id)
-                    .push_bind(o.status_type.as_str())
-                    .push_bind(o.created_ms)
-                    .push_bind(o.value);
-            });
-            q.build().execute(&mut *tx).await.map_err(lead_err)?;
-        }
+        let ids = sqlite_insert_rows(&mut tx, leads, now_ms).await?;
         tx.commit().await?;
-        Ok(lead_ids)
+        Ok(ids)
+    }
+}
+
+/// Inserts `leads` on a connection inside a write transaction (`BEGIN
+/// IMMEDIATE`, so no one else takes ids meanwhile) and returns their ids
+/// in input order. Not atomic by itself: the caller's transaction or
+/// savepoint is.
+async fn sqlite_insert_rows(
+    conn: &mut sqlx::SqliteConnection,
+    leads: &[ValidLead],
+    now_ms: i64,
+) -> Result<Vec<i64>, StoreError> {
+    let tx = conn;
+    let next_id = |table: &'static str| {
+        // `sqlite_sequence` holds the largest id ever handed out (ids
+        // of deleted rows are not reused); MAX(id) covers a table whose
+        // counter row is missing.
+        format!(
+            "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = '{table}'), 0), \
+             COALESCE((SELECT MAX(id) FROM {table}), 0)) + 1"
+        )
+    };
+    let first_lead: i64 = sqlx::query_scalar(&next_id("leads"))
+        .fetch_one(&mut *tx)
+        .await?;
+    let first_contact: i64 = sqlx::query_scalar(&next_id("contacts"))
+        .fetch_one(&mut *tx)
+        .await?;
+    let lead_ids: Vec<i64> = (first_lead..).take(leads.len()).collect();
+    let contact_ids: Vec<i64> = (first_contact..).take(contact_count(leads)).collect();
+    let rows = rows(leads, &lead_ids, &contact_ids);
+
+    for (chunk, ids) in leads.chunks(SQLITE_ROWS).zip(lead_ids.chunks(SQLITE_ROWS)) {
+        let mut q: QueryBuilder<'_, sqlx::Sqlite> = QueryBuilder::new(
+            "INSERT INTO leads (id, name, status, created_ms, updated_ms, do_not_call) ",
+        );
+        q.push_values(chunk.iter().zip(ids), |mut b, (l, id)| {
+            b.push_bind(*id)
+                .push_bind(l.name.as_str())
+                .push_bind(l.status.as_str())
+                .push_bind(l.created_ms)
+                .push_bind(now_ms)
+                .push_bind(i64::from(l.do_not_call));
+        });
+        q.build().execute(&mut *tx).await.map_err(lead_err)?;
+    }
+    for chunk in rows.contacts.chunks(SQLITE_ROWS) {
+        let mut q: QueryBuilder<'_, sqlx::Sqlite> =
+            QueryBuilder::new("INSERT INTO contacts (id, lead_id, position, name, emails) ");
+        q.push_values(chunk, |mut b, (id, lead_id, pos, name, emails)| {
+            b.push_bind(*id)
+                .push_bind(*lead_id)
+                .push_bind(*pos)
+                .push_bind(*name)
+                .push_bind(emails.as_deref());
+        });
+        q.build().execute(&mut *tx).await.map_err(lead_err)?;
+    }
+    for chunk in rows.phones.chunks(SQLITE_ROWS) {
+        let mut q: QueryBuilder<'_, sqlx::Sqlite> =
+            QueryBuilder::new("INSERT INTO phones (contact_id, position, number) ");
+        q.push_values(chunk, |mut b, (contact_id, pos, number)| {
+            b.push_bind(*contact_id).push_bind(*pos).push_bind(*number);
+        });
+        q.build().execute(&mut *tx).await.map_err(lead_err)?;
+    }
+    for chunk in rows.custom.chunks(SQLITE_ROWS) {
+        let mut q: QueryBuilder<'_, sqlx::Sqlite> = QueryBuilder::new(
+            "INSERT INTO lead_custom_values (lead_id, field_id, value_text, value_num, value_ms) ",
+        );
+        q.push_values(chunk, |mut b, (lead_id, field_id, text, num, ms)| {
+            b.push_bind(*lead_id)
+                .push_bind(*field_id)
+                .push_bind(*text)
+                .push_bind(*num)
+                .push_bind(*ms);
+        });
+        q.build().execute(&mut *tx).await.map_err(lead_err)?;
+    }
+    for chunk in rows.opportunities.chunks(SQLITE_ROWS) {
+        let mut q: QueryBuilder<'_, sqlx::Sqlite> = QueryBuilder::new(
+            "INSERT INTO opportunities (lead_id, status_type, created_ms, value) ",
+        );
+        q.push_values(chunk, |mut b, (lead_id, o)| {
+            b.push_bind(*lead_id)
+                .push_bind(o.status_type.as_str())
+                .push_bind(o.created_ms)
+                .push_bind(o.value);
+        });
+        q.build().execute(&mut *tx).await.map_err(lead_err)?;
+    }
+    Ok(lead_ids)
+}
+
+/// Leads a bulk load keeps in one SQLite transaction at most (see
+/// [`LeadLoader`]).
+pub const SQLITE_COMMIT_ROWS: usize = 50_000;
+
+/// Transactions a bulk load runs at once on PostgreSQL: its server does the
+/// work of a `COPY` (parsing, index entries, the per-row foreign-key checks)
+/// in one backend process per connection, which one connection keeps on one
+/// core.
+const PG_LANES: usize = 2;
+
+/// Stores the batches of a bulk load (the CSV import), each batch all or
+/// none.
+///
+/// SQLite: the batches share one write transaction, each in its own
+/// savepoint, until [`LeadLoader::commit`]. A commit writes every page it
+/// changed into the WAL, and the random-order indexes of `leads` (created,
+/// status) spread even a few thousand new leads over most of their leaf
+/// pages, so the same pages were written again at every 5,000-lead commit
+/// (most of the import's time in its profile, BENCHMARKS.md "Lead
+/// import"); the caller commits every [`SQLITE_COMMIT_ROWS`] leads or when
+/// its input pauses, so the write lock is not held while it waits.
+/// PostgreSQL: each batch is its own transaction, and [`Store::bulk_lanes`]
+/// loaders may run at once.
+pub struct LeadLoader {
+    inner: Loader,
+    pending: usize,
+}
+
+enum Loader {
+    Sqlite {
+        store: SqliteStore,
+        tx: Option<sqlx::Transaction<'static, sqlx::Sqlite>>,
+        /// The connection's `cache_size` before the load raised it.
+        cache_size: Option<i64>,
+    },
+    Postgres(PgStore),
+}
+
+/// SQLite's page cache for a bulk load's connection, in KiB (`PRAGMA
+/// cache_size` negative): large enough to hold the leaf pages of the
+/// random-order indexes of `leads` at 1,000,000 leads (about 90 MB), so a
+/// large transaction neither spills dirty pages into the WAL before its
+/// commit nor reads them back. Restored at each commit; a bound, whatever
+/// the file's size.
+const SQLITE_LOAD_CACHE_KIB: i64 = 256 * 1024;
+
+impl super::Store {
+    /// A loader for a bulk load of new leads (see [`LeadLoader`]).
+    pub fn lead_loader(&self) -> LeadLoader {
+        let inner = match self {
+            super::Store::Sqlite(s) => Loader::Sqlite {
+                store: s.clone(),
+                tx: None,
+                cache_size: None,
+            },
+            super::Store::Postgres(p) => Loader::Postgres(p.clone()),
+        };
+        LeadLoader { inner, pending: 0 }
+    }
+
+    /// How many [`LeadLoader`]s a bulk load should run at once: SQLite has
+    /// one writer, PostgreSQL a server process per connection.
+    pub fn bulk_lanes(&self) -> usize {
+        match self {
+            super::Store::Sqlite(_) => 1,
+            super::Store::Postgres(_) => PG_LANES,
+        }
+    }
+}
+
+impl LeadLoader {
+    /// Inserts one batch, all or none, and returns the ids in input order.
+    /// On SQLite the batch is stored but not committed until
+    /// [`LeadLoader::commit`]; a refused batch leaves the earlier ones in.
+    pub async fn insert(
+        &mut self,
+        leads: &[ValidLead],
+        now_ms: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        if leads.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = match &mut self.inner {
+            Loader::Sqlite {
+                store,
+                tx,
+                cache_size,
+            } => {
+                if tx.is_none() {
+                    let mut t = store.begin_write().await?;
+                    let old: i64 = sqlx::query_scalar("PRAGMA cache_size")
+                        .fetch_one(&mut *t)
+                        .await?;
+                    sqlx::query(&format!("PRAGMA cache_size = -{SQLITE_LOAD_CACHE_KIB}"))
+                        .execute(&mut *t)
+                        .await?;
+                    *cache_size = Some(old);
+                    *tx = Some(t);
+                }
+                let tx = tx.as_mut().ok_or(StoreError::Corrupt("bulk transaction"))?;
+                let mut savepoint = sqlx::Acquire::begin(&mut *tx).await?;
+                let ids = sqlite_insert_rows(&mut savepoint, leads, now_ms).await?;
+                savepoint.commit().await?;
+                ids
+            }
+            Loader::Postgres(pg) => pg.insert_leads(leads, now_ms).await?,
+        };
+        self.pending += ids.len();
+        Ok(ids)
+    }
+
+    /// Leads inserted since the last commit.
+    pub fn pending(&self) -> usize {
+        self.pending
+    }
+
+    /// Commits what was inserted (SQLite; PostgreSQL's batches are
+    /// committed already).
+    pub async fn commit(&mut self) -> Result<(), StoreError> {
+        if let Loader::Sqlite { tx, cache_size, .. } = &mut self.inner {
+            if let Some(mut tx) = tx.take() {
+                if let Some(old) = cache_size.take() {
+                    sqlx::query(&format!("PRAGMA cache_size = {old}"))
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+            }
+        }
+        self.pending = 0;
+        Ok(())
     }
 }
 

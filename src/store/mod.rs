@@ -31,6 +31,7 @@ use crate::leads::model::{
 };
 
 use crate::leads::dnc::{DncEntry, DncPattern};
+pub use bulk::{LeadLoader, SQLITE_COMMIT_ROWS};
 pub use postgres::PgStore;
 pub use registration_writer::RegistrationBatch;
 pub use sqlite::SqliteStore;
