@@ -764,17 +764,30 @@ struct Job {
     done: tokio::sync::oneshot::Sender<Result<BatchOutcome, StoreError>>,
 }
 
+/// How long a storing lane keeps one SQLite transaction open at most. An
+/// import beside a running dialer holds SQLite's one write lock while its
+/// transaction is open: the dialer's claims, call records and leg journal
+/// queue behind it, and the journal's bounded channel must not fill (the
+/// agent tasks would wait on it in the middle of a call). Half a second of
+/// lock holds a few thousand leads at the import's speed and keeps the
+/// dialer's writes at most that late.
+const SQLITE_COMMIT_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// A storing lane: stores the batches it is given in order with one
-/// [`LeadLoader`], committing every [`SQLITE_COMMIT_ROWS`] leads and
-/// whenever no batch is waiting (so a transaction is never held open while
-/// the input is read), and at the end.
+/// [`LeadLoader`], committing every [`SQLITE_COMMIT_ROWS`] leads, once its
+/// transaction is [`SQLITE_COMMIT_AFTER`] old, whenever no batch is waiting
+/// (so a transaction is never held open while the input is read), and at
+/// the end.
+#[allow(clippy::disallowed_methods)] // a driver: the transaction's age.
 async fn lane(
     store: Store,
     mut jobs: tokio::sync::mpsc::Receiver<Job>,
     now_ms: i64,
 ) -> Result<(), StoreError> {
     let mut loader = store.lead_loader();
+    let mut opened: Option<std::time::Instant> = None;
     while let Some(job) = jobs.recv().await {
+        let opened_at = *opened.get_or_insert_with(std::time::Instant::now);
         match store_batch(&mut loader, job.batch, now_ms).await {
             Ok(outcome) => {
                 let _ = job.done.send(Ok(outcome));
@@ -785,8 +798,12 @@ async fn lane(
                 return Ok(());
             }
         }
-        if loader.pending() >= SQLITE_COMMIT_ROWS || jobs.is_empty() {
+        if loader.pending() >= SQLITE_COMMIT_ROWS
+            || opened_at.elapsed() >= SQLITE_COMMIT_AFTER
+            || jobs.is_empty()
+        {
             loader.commit().await?;
+            opened = None;
         }
     }
     loader.commit().await
