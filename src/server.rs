@@ -540,7 +540,7 @@ async fn sip_task(
                     }
                     match routes.get(&r.call_id) {
                         Some(tx) => {
-                            let _ = tx.send(RoutedMessage { peer: r.peer, message: r.message });
+                            let _ = tx.send(RoutedMessage { peer: r.peer, message: Box::new(r.message) });
                         }
                         None => tracing::debug!(call_id = %r.call_id, "routed message without a leg"),
                     }

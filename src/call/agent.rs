@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use rand::RngCore;
 
+use super::closing::{slim_invite, ClosingLeg, Ending, SentInvite};
 use super::lead::EndReason;
 use super::leg::{is_invite_2xx, response_to_tag, InDialog, InviteLines, LegCore};
 use super::leg_journal::{Revision, SavedLegState};
@@ -107,18 +108,29 @@ struct Connected {
     ack: Request,
 }
 
-#[derive(Debug)]
-struct Closing {
-    forks: Vec<Fork>,
-    dialog: Option<(Dialog, Request, Peer)>,
-}
-
+// The large variant is the connected leg; the state sits inside the leg
+// and is replaced in place, so boxing it would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum AgentState {
     Inviting(Inviting),
     Connected(Connected),
-    Closing(Closing),
+    /// Over: the last transactions run out (BYE, the 487s' ACKs); a fork
+    /// answering late is ACKed and BYEd, our dialog's 2xx ACKed again.
+    Ending(Ending),
     Closed,
+}
+
+/// What an [`Ending`] keeps of the forks.
+fn sent(forks: Vec<Fork>) -> Vec<SentInvite> {
+    forks
+        .into_iter()
+        .map(|f| SentInvite {
+            key: f.key,
+            invite: f.invite,
+            peer: f.target.peer,
+        })
+        .collect()
 }
 
 /// The nailed-up call to the agent's phone (SPEC §1 step 2), sans-IO, driven
@@ -276,6 +288,18 @@ impl AgentLeg {
         }
     }
 
+    /// Retires the leg: what is left of it is its last transactions, a
+    /// [`ClosingLeg`] (SPEC §6). A leg still ringing or connected is hung
+    /// up first ([`hangup`](Self::hangup)); its events are dropped.
+    pub fn into_closing(mut self, now: Instant) -> ClosingLeg {
+        self.hangup(now);
+        let ending = match self.state {
+            AgentState::Ending(s) => s,
+            _ => Ending::new(Vec::new(), None),
+        };
+        ClosingLeg::new(self.core, ending)
+    }
+
     /// Whether [`AgentEvent::Closed`] was emitted.
     pub fn is_closed(&self) -> bool {
         matches!(self.state, AgentState::Closed)
@@ -326,10 +350,7 @@ impl AgentLeg {
             tracing::warn!(%error, call_id = %self.core.call_id, "BYE not sent");
         }
         self.events.push_back(AgentEvent::Ended { reason });
-        AgentState::Closing(Closing {
-            forks: s.forks,
-            dialog: Some((s.dialog, s.ack, peer)),
-        })
+        AgentState::Ending(Ending::new(sent(s.forks), Some((s.dialog, s.ack, peer))))
     }
 
     /// The media relay saw no RTP from the phone for `dialer.rtp_timeout`
@@ -383,7 +404,10 @@ impl AgentLeg {
             self.state = match state {
                 AgentState::Inviting(s) => self.on_inviting(now, s, event),
                 AgentState::Connected(s) => self.on_connected(now, s, event),
-                AgentState::Closing(s) => self.on_closing(now, s, event),
+                AgentState::Ending(mut s) => {
+                    s.handle(&mut self.core, now, event);
+                    AgentState::Ending(s)
+                }
                 AgentState::Closed => {
                     if let Event::NewRequest { key, request, peer } = event {
                         self.core.handle_request(now, key, request, peer, None);
@@ -393,7 +417,7 @@ impl AgentLeg {
             };
         }
         self.core.drain_table();
-        if matches!(self.state, AgentState::Closing(_)) && self.core.is_idle() {
+        if matches!(&self.state, AgentState::Ending(s) if s.is_answered()) && self.core.is_idle() {
             self.state = AgentState::Closed;
             self.events.push_back(AgentEvent::Closed);
         }
@@ -468,8 +492,14 @@ impl AgentLeg {
         self.connected_at = Some(now);
         self.events
             .push_back(AgentEvent::Connected { sdp: response.body });
+        // The transactions keep what they retransmit; the leg keeps of its
+        // INVITEs only what a late fork's ACK and BYE need.
+        let mut forks = s.forks;
+        for f in &mut forks {
+            slim_invite(&mut f.invite);
+        }
         AgentState::Connected(Connected {
-            forks: s.forks,
+            forks,
             winner,
             dialog,
             ack,
@@ -483,10 +513,7 @@ impl AgentLeg {
         self.core.timers.stop(Timer::AnswerTimeout);
         let status = best_status(s.forks.iter().filter_map(|f| f.result.flatten()));
         self.events.push_back(AgentEvent::Failed { status });
-        AgentState::Closing(Closing {
-            forks: s.forks,
-            dialog: None,
-        })
+        AgentState::Ending(Ending::new(sent(s.forks), None))
     }
 
     fn give_up(&mut self, now: Instant, s: Inviting) -> AgentState {
@@ -497,10 +524,7 @@ impl AgentLeg {
             }
         }
         self.events.push_back(AgentEvent::Failed { status: None });
-        AgentState::Closing(Closing {
-            forks: s.forks,
-            dialog: None,
-        })
+        AgentState::Ending(Ending::new(sent(s.forks), None))
     }
 
     fn on_connected(&mut self, now: Instant, mut s: Connected, event: Event) -> AgentState {
@@ -528,10 +552,10 @@ impl AgentLeg {
                             reason: EndReason::RemoteBye,
                         });
                         let peer = s.forks[s.winner].target.peer;
-                        return AgentState::Closing(Closing {
-                            forks: s.forks,
-                            dialog: Some((s.dialog, s.ack, peer)),
-                        });
+                        return AgentState::Ending(Ending::new(
+                            sent(s.forks),
+                            Some((s.dialog, s.ack, peer)),
+                        ));
                     }
                     InDialog::ReInvite(offer) => {
                         self.events.push_back(AgentEvent::ReInvite { offer });
@@ -557,34 +581,6 @@ impl AgentLeg {
             }
             _ => AgentState::Connected(s),
         }
-    }
-
-    fn on_closing(&mut self, now: Instant, mut s: Closing, event: Event) -> AgentState {
-        match event {
-            Event::Final { key, response } => {
-                // A fork we cancelled or gave up on answered anyway.
-                if let Some(fork) = s.forks.iter().find(|f| f.key == key) {
-                    let won = s.dialog.as_ref().is_some_and(|(d, _, _)| {
-                        response_to_tag(&response).as_deref() == Some(d.id().remote_tag.as_str())
-                    });
-                    if (200..300).contains(&response.status_code.code()) && !won {
-                        let (invite, peer) = (fork.invite.clone(), fork.target.peer);
-                        self.core.ack_and_bye(now, &invite, &response, peer);
-                    }
-                }
-            }
-            Event::NewRequest { key, request, peer } => {
-                let dialog = s.dialog.as_mut().map(|(d, _, _)| d);
-                self.core.handle_request(now, key, request, peer, dialog);
-            }
-            Event::StrayResponse { response, peer } => {
-                let dialog = s.dialog.as_ref().map(|(d, a, p)| (d, a, *p));
-                self.stray_2xx(now, &s.forks, dialog, &response, peer);
-            }
-            Event::StrayAck { request, .. } => self.core.handle_stray_ack(now, &request),
-            _ => {}
-        }
-        AgentState::Closing(s)
     }
 
     /// A 2xx outside any transaction: ours again → the same ACK again;

@@ -204,13 +204,13 @@ fn on_message(
     let now = Instant::now();
     match calls.get_mut(&call_id) {
         Some(Held::Deciding(leg)) => {
-            if let Err(e) = leg.handle_message(now, m.peer, m.message) {
+            if let Err(e) = leg.handle_message(now, m.peer, *m.message) {
                 tracing::debug!(error = %e, "message refused by a callback leg");
             }
         }
         Some(Held::Handed(agent, _)) => io.engine.forward_sip(agent, m),
         None => {
-            let SipMessage::Request(invite) = m.message else {
+            let SipMessage::Request(invite) = *m.message else {
                 return;
             };
             if invite.method != Method::Invite {

@@ -33,8 +33,8 @@ use super::leg_journal::{JournalSender, Journaled, LeadJournal, LegChange, LegKe
 use super::trunk::{PingPolicy, TrunkId, TrunkPolicy, TrunkSet, TrunkStatus};
 use super::trunk_slot::{TakeError, TrunkGrant, TrunkInfo, TrunkSlot, Trunks};
 use super::{
-    AgentEvent, AgentLeg, AgentParams, AgentTarget, EndReason, LeadEvent, LeadLeg, LeadParams,
-    LegRecord, LocalAddress, Outcome,
+    AgentEvent, AgentLeg, AgentParams, AgentTarget, ClosingLeg, EndReason, LeadEvent, LeadLeg,
+    LeadParams, LegRecord, LocalAddress, Outcome,
 };
 use crate::config::Config;
 use crate::leads::model::{CallEnd, CallOutcome, NewCall};
@@ -310,16 +310,22 @@ pub struct AgentLegState {
     pub call_id: Option<i64>,
 }
 
+/// A dial and the trunk taken for it, boxed in [`Command`]: an agent's
+/// command channel allocates its slots by blocks of 32, sized by the
+/// largest command (SPEC §6 memory).
+struct DialOrder {
+    req: DialRequest,
+    grant: Option<TrunkGrant>,
+}
+
 enum Command {
     Connect(oneshot::Sender<Result<(), CallEngineError>>),
     Dial(
-        DialRequest,
-        Option<TrunkGrant>,
+        Box<DialOrder>,
         oneshot::Sender<Result<i64, CallEngineError>>,
     ),
     Place(
-        DialRequest,
-        Option<TrunkGrant>,
+        Box<DialOrder>,
         oneshot::Sender<Result<(i64, CallProgress), CallEngineError>>,
     ),
     Skip(oneshot::Sender<Result<(), CallEngineError>>),
@@ -342,8 +348,9 @@ enum Command {
 pub struct RoutedMessage {
     /// Where it came from.
     pub peer: Peer,
-    /// The inspected message.
-    pub message: SipMessage,
+    /// The inspected message, boxed: every agent's channel allocates its
+    /// slots by blocks of 32, sized by this struct (SPEC §6 memory).
+    pub message: Box<SipMessage>,
 }
 
 /// A change of the SIP task's Call-ID routes, sent before the first
@@ -717,7 +724,10 @@ impl CallEngine {
         // parse is most of a dial's CPU outside the database).
         let stored = req.lead.is_some();
         let grant = self.take_trunk(&req.number, stored).await?;
-        self.ask(agent, |tx| Command::Dial(req, grant, tx)).await?
+        self.ask(agent, |tx| {
+            Command::Dial(Box::new(DialOrder { req, grant }), tx)
+        })
+        .await?
     }
 
     /// The trunks' state (SPEC §4 `GET /api/v1/trunks`), in configuration order.
@@ -770,7 +780,10 @@ impl CallEngine {
     ) -> Result<(i64, CallProgress), CallEngineError> {
         self.agent(agent)?;
         let grant = self.take_trunk(&req.number, false).await?;
-        self.ask(agent, |tx| Command::Place(req, grant, tx)).await?
+        self.ask(agent, |tx| {
+            Command::Place(Box::new(DialOrder { req, grant }), tx)
+        })
+        .await?
     }
 
     /// Where a call placed with [`CallEngine::place_call`] stands, while
@@ -977,14 +990,14 @@ struct AgentTask {
     pending: Option<PendingCall>,
     /// A callback taken by this agent (SPEC §1 "Leads calling back").
     inbound: Option<inbound_call::InboundState>,
-    /// Lead legs whose outcome is stored but whose signalling goes on
-    /// (487's ACK, Timer D, a crossing 200's BYE).
-    closing: Vec<LeadLeg>,
+    /// Legs whose call is over but whose signalling goes on (a 487's ACK
+    /// and Timer D, a crossing 200's BYE, Timer J after the peer's BYE):
+    /// lead legs whose outcome is stored, agent legs that failed or were
+    /// cancelled while a new one rings the phone. Only their last
+    /// transactions are kept ([`ClosingLeg`]).
+    closing: Vec<ClosingLeg>,
     /// Answered leads left a voicemail drop, the agent gone on (SPEC §4).
     dropping: Vec<voicemail_drop::DroppingCall>,
-    /// Agent legs that failed or were cancelled, finishing their
-    /// signalling the same way while a new one rings the phone.
-    closing_agent: Vec<AgentLeg>,
     sdp_version: u64,
     /// A graceful stop began: connected calls end by this instant.
     drain_deadline: Option<Instant>,
@@ -1035,7 +1048,6 @@ impl AgentTask {
             inbound: None,
             closing: Vec::new(),
             dropping: Vec::new(),
-            closing_agent: Vec::new(),
             sdp_version: epoch_ms(SystemTime::now()).unsigned_abs(),
             drain_deadline: None,
             forced: false,
@@ -1054,7 +1066,6 @@ impl AgentTask {
                 .iter()
                 .filter_map(|d| d.call.leg.poll_timeout()),
         );
-        all.extend(self.closing_agent.iter().filter_map(|l| l.poll_timeout()));
         if let Some(d) = self.drain_deadline {
             all.push(if self.forced { d + DRAIN_GRACE } else { d });
         }
@@ -1178,7 +1189,6 @@ impl AgentTask {
             && self.inbound.is_none()
             && self.closing.is_empty()
             && self.dropping.is_empty()
-            && self.closing_agent.is_empty()
             && self.leg.as_ref().is_none_or(|l| l.is_closed())
     }
 
@@ -1214,43 +1224,32 @@ impl AgentTask {
                 d.call.leg.handle_timeout(now);
             }
         }
-        for l in &mut self.closing_agent {
-            if l.poll_timeout().is_some_and(|d| d <= now) {
-                l.handle_timeout(now);
-            }
-        }
     }
 
     fn on_sip(&mut self, now: Instant, m: RoutedMessage) {
-        let call_id = match &m.message {
+        let call_id = match &*m.message {
             SipMessage::Request(r) => header_call_id(r.headers.iter()),
             SipMessage::Response(r) => header_call_id(r.headers.iter()),
         };
         let Some(call_id) = call_id else { return };
         let result = if let Some(l) = self.lead.as_mut().filter(|l| l.leg.call_id() == call_id) {
-            l.leg.handle_message(now, m.peer, m.message)
+            l.leg.handle_message(now, m.peer, *m.message)
         } else if let Some(i) = self
             .inbound
             .as_mut()
             .filter(|i| i.call.leg.call_id() == call_id)
         {
-            i.call.leg.handle_message(now, m.peer, m.message)
+            i.call.leg.handle_message(now, m.peer, *m.message)
         } else if let Some(leg) = self.leg.as_mut().filter(|l| l.call_id() == call_id) {
-            leg.handle_message(now, m.peer, m.message)
+            leg.handle_message(now, m.peer, *m.message)
         } else if let Some(l) = self.closing.iter_mut().find(|l| l.call_id() == call_id) {
-            l.handle_message(now, m.peer, m.message)
+            l.handle_message(now, m.peer, *m.message)
         } else if let Some(d) = self
             .dropping
             .iter_mut()
             .find(|d| d.call.leg.call_id() == call_id)
         {
-            d.call.leg.handle_message(now, m.peer, m.message)
-        } else if let Some(l) = self
-            .closing_agent
-            .iter_mut()
-            .find(|l| l.call_id() == call_id)
-        {
-            l.handle_message(now, m.peer, m.message)
+            d.call.leg.handle_message(now, m.peer, *m.message)
         } else {
             return;
         };
@@ -1401,11 +1400,11 @@ impl AgentTask {
                     let _ = reply.send(Err(CallEngineError::Stopped));
                     return;
                 }
-                Command::Dial(_, _, reply) => {
+                Command::Dial(_, reply) => {
                     let _ = reply.send(Err(CallEngineError::Stopped));
                     return;
                 }
-                Command::Place(_, _, reply) => {
+                Command::Place(_, reply) => {
                     let _ = reply.send(Err(CallEngineError::Stopped));
                     return;
                 }
@@ -1422,14 +1421,16 @@ impl AgentTask {
     async fn on_command_now(&mut self, now: Instant, cmd: Command) {
         match cmd {
             Command::Connect(reply) => self.connect(now, reply).await,
-            Command::Dial(req, grant, reply) => {
+            Command::Dial(order, reply) => {
+                let DialOrder { req, grant } = *order;
                 if let Some(id) = req.voicemail_drop_id {
                     self.load_drop(id).await;
                 }
                 let r = self.dial(req, grant).await;
                 let _ = reply.send(r);
             }
-            Command::Place(req, grant, reply) => {
+            Command::Place(order, reply) => {
+                let DialOrder { req, grant } = *order;
                 let r = self.place(now, req, grant).await;
                 let _ = reply.send(r);
             }
@@ -1977,7 +1978,7 @@ impl AgentTask {
             return;
         }
         if let Some(old) = self.leg.take() {
-            self.closing_agent.push(old);
+            self.closing.push(old.into_closing(Instant::now()));
         }
         self.media = None;
         self.media_rx = None;
@@ -2252,7 +2253,7 @@ impl AgentTask {
                 );
                 self.route(leg.call_id());
                 let old = std::mem::replace(&mut l.leg, leg);
-                self.closing.push(old);
+                self.closing.push(old.into_closing(Instant::now()));
                 l.offer = offer;
                 l.caller_id = caller_id;
                 l.grant.slot = slot;
@@ -2304,35 +2305,19 @@ impl AgentTask {
                     out.push(t);
                 }
             }
-            let mut closed = Vec::new();
-            for (i, l) in self.closing.iter_mut().enumerate() {
+            for l in &mut self.closing {
                 while let Some(t) = l.poll_transmit() {
                     out.push(t);
                 }
-                while let Some(ev) = l.poll_event() {
-                    if matches!(ev, LeadEvent::Closed { .. }) {
-                        closed.push(i);
-                    }
-                }
             }
-            for i in closed.into_iter().rev() {
-                let l = self.closing.swap_remove(i);
-                self.unroute(l.call_id());
-            }
-            let mut closed = Vec::new();
-            for (i, l) in self.closing_agent.iter_mut().enumerate() {
-                while let Some(t) = l.poll_transmit() {
-                    out.push(t);
+            let mut i = 0;
+            while i < self.closing.len() {
+                if self.closing[i].is_done() {
+                    let l = self.closing.swap_remove(i);
+                    self.unroute(l.call_id());
+                } else {
+                    i += 1;
                 }
-                while let Some(ev) = l.poll_event() {
-                    if matches!(ev, AgentEvent::Closed) {
-                        closed.push(i);
-                    }
-                }
-            }
-            for i in closed.into_iter().rev() {
-                let l = self.closing_agent.swap_remove(i);
-                self.unroute(l.call_id());
             }
             for t in out {
                 busy = true;
@@ -2395,9 +2380,6 @@ impl AgentTask {
             leg.handle_transport_error(now, peer);
         }
         for l in &mut self.closing {
-            l.handle_transport_error(now, peer);
-        }
-        for l in &mut self.closing_agent {
             l.handle_transport_error(now, peer);
         }
     }
@@ -2562,8 +2544,7 @@ impl AgentTask {
         if closed || l.leg.is_closed() {
             self.unroute(l.leg.call_id());
         } else {
-            // Keep the events it still has (a later Closed) with it.
-            self.closing.push(l.leg);
+            self.closing.push(l.leg.into_closing(Instant::now()));
         }
     }
 
@@ -2888,5 +2869,22 @@ mod tests {
         );
         assert_eq!(a.ms(a.0 + Duration::from_millis(250)), 10_250);
         assert_eq!(a.ms(a.0), 10_000);
+    }
+
+    /// SPEC §6 memory: an agent's command and SIP channels allocate their
+    /// slots by blocks of 32, sized by the message type; one large variant
+    /// would make every agent pay for it.
+    #[test]
+    fn channel_messages_stay_small() {
+        assert!(
+            std::mem::size_of::<Command>() <= 64,
+            "Command is {} bytes",
+            std::mem::size_of::<Command>()
+        );
+        assert!(
+            std::mem::size_of::<RoutedMessage>() <= 64,
+            "RoutedMessage is {} bytes",
+            std::mem::size_of::<RoutedMessage>()
+        );
     }
 }

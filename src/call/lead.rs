@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use rand::RngCore;
 
+use super::closing::{slim_invite, ClosingLeg, Ending, SentInvite};
 use super::leg::{is_invite_2xx, response_to_tag, InDialog, InviteLines, LegCore};
 use super::leg_journal::{Revision, SavedLegState};
 use super::outcome::{LegRecord, Outcome};
@@ -211,18 +212,13 @@ struct Inviting {
     early_sdp: Option<Vec<u8>>,
 }
 
-/// The outcome is decided (ring timeout or skip); the CANCEL is out or waits
-/// for a provisional (§9.1), and the INVITE's final response is awaited.
-#[derive(Debug)]
-struct Cancelling {
-    invite: Request,
-    key: ClientKey,
-}
-
 /// Answered: the dialog is confirmed and ACKed.
 #[derive(Debug)]
 struct Talking {
+    /// The INVITE, slimmed ([`slim_invite`]): a 2xx of another fork is
+    /// ACKed and BYEd from it (RFC 3261 §13.2.2.4).
     invite: Request,
+    key: ClientKey,
     dialog: Dialog,
     ack: Request,
     /// The RFC 4028 session timer, when the carrier's 2xx set one.
@@ -233,20 +229,19 @@ struct Talking {
     keepalive: Option<ClientKey>,
 }
 
-/// Over: waiting for the last transactions (BYE, 487's ACK) to finish;
-/// the dialog is kept to ACK a retransmitted 2xx again (§13.2.2.4).
-#[derive(Debug)]
-struct Closing {
-    invite: Request,
-    dialog: Option<(Dialog, Request)>,
-}
-
+// The large variant is the live call; the state sits inside the leg and
+// is replaced in place, so boxing it would only add an allocation at the
+// answer (SPEC §6 answer → bridge).
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum LeadState {
     Inviting(Inviting),
-    Cancelling(Cancelling),
     Talking(Talking),
-    Closing(Closing),
+    /// The outcome is decided: the CANCEL is out (or waits for a
+    /// provisional, §9.1) and the INVITE's final response is awaited, or
+    /// the last transactions (BYE, the 487's ACK) run out; the dialog is
+    /// kept to ACK a retransmitted 2xx again (§13.2.2.4).
+    Ending(Ending),
     Closed,
 }
 
@@ -390,6 +385,19 @@ impl LeadLeg {
         }
     }
 
+    /// Retires the leg once its outcome is stored: what is left of it is
+    /// its last transactions, a [`ClosingLeg`] (SPEC §6: nothing of the call
+    /// is held while they run out). A leg still ringing or answered is hung
+    /// up first ([`hangup`](Self::hangup)); its events are dropped.
+    pub fn into_closing(mut self, now: Instant) -> ClosingLeg {
+        self.hangup(now);
+        let ending = match self.state {
+            LeadState::Ending(s) => s,
+            _ => Ending::new(Vec::new(), None),
+        };
+        ClosingLeg::new(self.core, ending)
+    }
+
     /// Where the leg's requests go (the trunk).
     pub fn peer(&self) -> Peer {
         self.trunk
@@ -513,9 +521,13 @@ impl LeadLeg {
             let state = std::mem::replace(&mut self.state, LeadState::Closed);
             self.state = match state {
                 LeadState::Inviting(s) => self.on_inviting(now, s, event),
-                LeadState::Cancelling(s) => self.on_cancelling(now, s, event),
                 LeadState::Talking(s) => self.on_talking(now, s, event),
-                LeadState::Closing(s) => self.on_closing(now, s, event),
+                LeadState::Ending(mut s) => {
+                    if let Some(status) = s.handle(&mut self.core, now, event) {
+                        self.record.sip_status = Some(status);
+                    }
+                    LeadState::Ending(s)
+                }
                 LeadState::Closed => {
                     self.on_closed(now, event);
                     LeadState::Closed
@@ -523,8 +535,8 @@ impl LeadLeg {
             };
         }
         self.core.drain_table();
-        if let LeadState::Closing(_) = self.state {
-            if self.core.is_idle() {
+        if let LeadState::Ending(s) = &self.state {
+            if s.is_answered() && self.core.is_idle() {
                 self.state = LeadState::Closed;
                 let outcome = self.outcome.unwrap_or(Outcome::TemporaryError);
                 self.events.push_back(LeadEvent::Closed {
@@ -568,76 +580,25 @@ impl LeadLeg {
                     }
                     _ => {
                         self.failure = Some(TrunkFailure::Status(status));
-                        self.failed(
-                            now,
-                            s.invite,
-                            Outcome::from_final_status(status),
-                            Some(status),
-                        )
+                        self.failed(now, s, Outcome::from_final_status(status), Some(status))
                     }
                 }
             }
             Event::ClientTimeout { key } if key == s.key => {
                 // R10: no response at all (Timer B).
                 self.failure = Some(TrunkFailure::Timeout);
-                self.failed(now, s.invite, Outcome::TemporaryError, None)
+                self.failed(now, s, Outcome::TemporaryError, None)
             }
             Event::ClientTransportError { key } if key == s.key => {
                 // R10: transport failure.
                 self.failure = Some(TrunkFailure::Transport);
-                self.failed(now, s.invite, Outcome::TemporaryError, None)
+                self.failed(now, s, Outcome::TemporaryError, None)
             }
             Event::NewRequest { key, request, peer } => {
                 self.core.handle_request(now, key, request, peer, None);
                 LeadState::Inviting(s)
             }
             _ => LeadState::Inviting(s),
-        }
-    }
-
-    fn on_cancelling(&mut self, now: Instant, s: Cancelling, event: Event) -> LeadState {
-        match event {
-            Event::Final { key, response } if key == s.key => {
-                let status = response.status_code.code();
-                self.record.sip_status = Some(status);
-                if !(200..300).contains(&status) {
-                    return LeadState::Closing(Closing {
-                        invite: s.invite,
-                        dialog: None,
-                    });
-                }
-                // The 200 crossed our CANCEL (§9.1): ACK it and BYE it at
-                // once; the outcome stays what the CANCEL decided (R8/R9).
-                let dialog = Dialog::from_uac_response(&s.invite, &response)
-                    .map_err(CallError::from)
-                    .and_then(|mut dialog| {
-                        let ack = self.core.send_ack(&mut dialog, self.trunk)?;
-                        self.core.send_bye(now, &mut dialog, self.trunk)?;
-                        Ok((dialog, ack))
-                    });
-                let dialog = match dialog {
-                    Ok(d) => Some(d),
-                    Err(error) => {
-                        tracing::warn!(%error, call_id = %self.core.call_id, "crossing 200 not ACKed");
-                        None
-                    }
-                };
-                LeadState::Closing(Closing {
-                    invite: s.invite,
-                    dialog,
-                })
-            }
-            Event::ClientTimeout { key } | Event::ClientTransportError { key } if key == s.key => {
-                LeadState::Closing(Closing {
-                    invite: s.invite,
-                    dialog: None,
-                })
-            }
-            Event::NewRequest { key, request, peer } => {
-                self.core.handle_request(now, key, request, peer, None);
-                LeadState::Cancelling(s)
-            }
-            _ => LeadState::Cancelling(s),
         }
     }
 
@@ -654,10 +615,7 @@ impl LeadLeg {
                         self.events.push_back(LeadEvent::Ended {
                             reason: EndReason::RemoteBye,
                         });
-                        return LeadState::Closing(Closing {
-                            invite: s.invite,
-                            dialog: Some((s.dialog, s.ack)),
-                        });
+                        return self.ending(s);
                     }
                     InDialog::ReInvite(offer) => {
                         self.refreshed(now, &s);
@@ -695,7 +653,7 @@ impl LeadLeg {
                 self.session_gone(now, s, EndReason::SessionGone)
             }
             Event::StrayResponse { response, peer } => {
-                self.stray_2xx(now, &s.invite, Some((&s.dialog, &s.ack)), &response, peer);
+                self.stray_2xx(now, &s, &response, peer);
                 LeadState::Talking(s)
             }
             Event::StrayAck { request, .. } => {
@@ -706,22 +664,6 @@ impl LeadLeg {
         }
     }
 
-    fn on_closing(&mut self, now: Instant, mut s: Closing, event: Event) -> LeadState {
-        match event {
-            Event::NewRequest { key, request, peer } => {
-                let dialog = s.dialog.as_mut().map(|(d, _)| d);
-                self.core.handle_request(now, key, request, peer, dialog);
-            }
-            Event::StrayResponse { response, peer } => {
-                let dialog = s.dialog.as_ref().map(|(d, a)| (d, a));
-                self.stray_2xx(now, &s.invite, dialog, &response, peer);
-            }
-            Event::StrayAck { request, .. } => self.core.handle_stray_ack(now, &request),
-            _ => {}
-        }
-        LeadState::Closing(s)
-    }
-
     fn on_closed(&mut self, now: Instant, event: Event) {
         if let Event::NewRequest { key, request, peer } = event {
             self.core.handle_request(now, key, request, peer, None);
@@ -730,25 +672,26 @@ impl LeadLeg {
 
     /// A 2xx outside any transaction (§13.2.2.4): our dialog's again → the
     /// same ACK again; another To tag (the carrier forked) → ACK and BYE.
-    fn stray_2xx(
-        &mut self,
-        now: Instant,
-        invite: &Request,
-        dialog: Option<(&Dialog, &Request)>,
-        response: &Response,
-        peer: Peer,
-    ) {
+    fn stray_2xx(&mut self, now: Instant, s: &Talking, response: &Response, peer: Peer) {
         if !is_invite_2xx(response, &self.core.call_id) {
             return;
         }
-        match dialog {
-            Some((d, ack))
-                if response_to_tag(response).as_deref() == Some(d.id().remote_tag.as_str()) =>
-            {
-                self.core.push(self.trunk, SipMessage::Request(ack.clone()));
-            }
-            _ => self.core.ack_and_bye(now, invite, response, peer),
+        if response_to_tag(response).as_deref() == Some(s.dialog.id().remote_tag.as_str()) {
+            self.core
+                .push(self.trunk, SipMessage::Request(s.ack.clone()));
+        } else {
+            self.core.ack_and_bye(now, &s.invite, response, peer);
         }
+    }
+
+    /// The answered call is over: what is left is its [`Ending`].
+    fn ending(&self, s: Talking) -> LeadState {
+        let sent = SentInvite {
+            key: s.key,
+            invite: s.invite,
+            peer: self.trunk,
+        };
+        LeadState::Ending(Ending::new(vec![sent], Some((s.dialog, s.ack, self.trunk))))
     }
 
     /// Ring timeout (R8) or skip (R9): the outcome is decided now; CANCEL
@@ -761,10 +704,11 @@ impl LeadLeg {
         if let Err(error) = self.core.table.cancel(now, &s.key) {
             tracing::debug!(%error, call_id = %self.core.call_id, "CANCEL not possible");
         }
-        LeadState::Cancelling(Cancelling {
-            invite: s.invite,
+        LeadState::Ending(Ending::cancelling(SentInvite {
             key: s.key,
-        })
+            invite: s.invite,
+            peer: self.trunk,
+        }))
     }
 
     fn decide(&mut self, now: Instant, outcome: Outcome) {
@@ -777,7 +721,7 @@ impl LeadLeg {
     fn failed(
         &mut self,
         now: Instant,
-        invite: Request,
+        s: Inviting,
         outcome: Outcome,
         status: Option<u16>,
     ) -> LeadState {
@@ -785,10 +729,12 @@ impl LeadLeg {
         self.core.timers.stop(Timer::NoResponse);
         self.record.sip_status = status;
         self.decide(now, outcome);
-        LeadState::Closing(Closing {
-            invite,
-            dialog: None,
-        })
+        let sent = SentInvite {
+            key: s.key,
+            invite: s.invite,
+            peer: self.trunk,
+        };
+        LeadState::Ending(Ending::new(vec![sent], None))
     }
 
     /// 200 OK before the ring timeout: ACK and report `Answered` in the same
@@ -807,7 +753,7 @@ impl LeadLeg {
                 // A 2xx without Contact or To tag cannot be ACKed (§12.1.2):
                 // the carrier misbehaves; a retry later may work.
                 tracing::warn!(%error, call_id = %self.core.call_id, "unusable 2xx");
-                return self.failed(now, s.invite, Outcome::TemporaryError, Some(status));
+                return self.failed(now, s, Outcome::TemporaryError, Some(status));
             }
         };
         self.core.timers.stop(Timer::RingTimeout);
@@ -830,8 +776,11 @@ impl LeadLeg {
         self.record.stop_ringing(now);
         self.events
             .push_back(LeadEvent::Answered { sdp: response.body });
+        let mut invite = s.invite;
+        slim_invite(&mut invite);
         LeadState::Talking(Talking {
-            invite: s.invite,
+            invite,
+            key: s.key,
             dialog,
             ack,
             session,
@@ -979,10 +928,7 @@ impl LeadLeg {
         self.record.end(now);
         s.dialog.terminate();
         self.events.push_back(LeadEvent::Ended { reason });
-        LeadState::Closing(Closing {
-            invite: s.invite,
-            dialog: Some((s.dialog, s.ack)),
-        })
+        self.ending(s)
     }
 
     /// 401/407: the INVITE again with credentials and CSeq+1 (RFC 3261
@@ -997,13 +943,13 @@ impl LeadLeg {
         let status = challenge.status_code.code();
         let cnonce = self.core.cnonce();
         let Some(digest) = self.digest.as_mut() else {
-            return self.failed(now, s.invite, Outcome::Restricted, Some(status));
+            return self.failed(now, s, Outcome::Restricted, Some(status));
         };
         let auth = match digest.answer(challenge, "INVITE", &self.template.request_uri, &cnonce) {
             Ok(header) => header.to_string(),
             Err(error) => {
                 tracing::info!(%error, call_id = %self.core.call_id, "trunk challenge not answerable");
-                return self.failed(now, s.invite, Outcome::Restricted, Some(status));
+                return self.failed(now, s, Outcome::Restricted, Some(status));
             }
         };
         let cseq = s.cseq.saturating_add(1);
@@ -1028,7 +974,7 @@ impl LeadLeg {
             }),
             Err(error) => {
                 tracing::warn!(%error, call_id = %self.core.call_id, "authenticated INVITE not sent");
-                self.failed(now, s.invite, Outcome::Restricted, Some(status))
+                self.failed(now, s, Outcome::Restricted, Some(status))
             }
         }
     }
@@ -1068,7 +1014,7 @@ impl LeadLeg {
             }),
             Err(error) => {
                 tracing::warn!(%error, call_id = %self.core.call_id, "INVITE after 422 not sent");
-                self.failed(now, s.invite, Outcome::TemporaryError, Some(status))
+                self.failed(now, s, Outcome::TemporaryError, Some(status))
             }
         }
     }
@@ -1080,10 +1026,7 @@ impl LeadLeg {
             tracing::warn!(%error, call_id = %self.core.call_id, "BYE not sent");
         }
         self.events.push_back(LeadEvent::Ended { reason });
-        LeadState::Closing(Closing {
-            invite: s.invite,
-            dialog: Some((s.dialog, s.ack)),
-        })
+        self.ending(s)
     }
 }
 

@@ -101,8 +101,10 @@ pub(crate) struct LegCore {
     pub(crate) local: LocalAddress,
     rng: StdRng,
     transmits: VecDeque<Transmit>,
-    reinvite: Option<PendingReInvite>,
-    retransmit: Option<Retransmit2xx>,
+    /// Boxed, as `retransmit`: both exist only around a re-INVITE, and
+    /// every leg (a retired one too) would carry their room.
+    reinvite: Option<Box<PendingReInvite>>,
+    retransmit: Option<Box<Retransmit2xx>>,
 }
 
 impl LegCore {
@@ -221,6 +223,12 @@ impl LegCore {
                 self.retransmit = None;
             }
         }
+    }
+
+    /// The call is over and the leg retired ([`ClosingLeg`](super::closing::ClosingLeg)):
+    /// the queue of messages to send gives back the room it grew to.
+    pub(crate) fn retire(&mut self) {
+        self.transmits.shrink_to_fit();
     }
 
     /// Whether nothing is in flight: no transaction, no 2xx retransmission.
@@ -385,7 +393,7 @@ impl LegCore {
                     return InDialog::Done;
                 }
                 let offer = sdp_body(&request, &request.body);
-                self.reinvite = Some(PendingReInvite { key, request, peer });
+                self.reinvite = Some(Box::new(PendingReInvite { key, request, peer }));
                 InDialog::ReInvite(offer)
             }
             Method::Info => {
@@ -472,7 +480,12 @@ impl LegCore {
             Some(("application/sdp", sdp)),
         )?;
         self.table.respond(now, &pending.key, response.clone())?;
-        self.retransmit = Some(Retransmit2xx::new(now, pending.peer, response, self.config));
+        self.retransmit = Some(Box::new(Retransmit2xx::new(
+            now,
+            pending.peer,
+            response,
+            self.config,
+        )));
         Ok(())
     }
 

@@ -25,6 +25,7 @@ mod agent;
 pub mod browser_phone;
 pub mod callback;
 pub mod caller_id;
+mod closing;
 pub mod demo;
 pub mod engine;
 mod inbound;
@@ -44,6 +45,7 @@ mod wire;
 mod tests;
 
 pub use agent::{AgentEvent, AgentLeg, AgentParams, AgentTarget, Dtmf};
+pub use closing::ClosingLeg;
 pub use inbound::{uri_user, InboundEvent, InboundLeg};
 pub use lead::{EndReason, LeadEvent, LeadLeg, LeadParams};
 pub use outcome::{LegRecord, Outcome};

@@ -482,7 +482,7 @@ pub async fn recover(io: RecoveryIo) -> Result<RecoverySummary, crate::store::St
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep_until(deadline.into()) => sweep.handle_timeout(Instant::now()),
                 msg = rx.recv() => match msg {
-                    Some(m) => sweep.handle_message(Instant::now(), m.peer, m.message),
+                    Some(m) => sweep.handle_message(Instant::now(), m.peer, *m.message),
                     None => break,
                 },
             }

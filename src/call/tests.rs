@@ -1897,3 +1897,169 @@ fn a_keepalive_refused_405_keeps_the_call() {
         .all(|(_, e)| !matches!(e, LeadEvent::Ended { .. })));
     assert_eq!(w.sent_of(Method::Options).len(), 4);
 }
+
+// ------------------------------------------------------------ retired legs
+
+impl Leg for ClosingLeg {
+    type Event = ();
+    fn message(&mut self, now: Instant, peer: Peer, m: SipMessage) {
+        self.handle_message(now, peer, m).unwrap();
+    }
+    fn timeout(&mut self, now: Instant) {
+        self.handle_timeout(now)
+    }
+    fn transmit(&mut self) -> Option<Transmit> {
+        self.poll_transmit()
+    }
+    fn event(&mut self) -> Option<()> {
+        None
+    }
+    fn deadline(&self) -> Option<Instant> {
+        self.poll_timeout()
+    }
+    fn transport_error(&mut self, now: Instant, peer: Peer) {
+        self.handle_transport_error(now, peer)
+    }
+}
+
+impl World<LeadLeg> {
+    /// The engine's step once the outcome is stored: the leg is retired to
+    /// its [`ClosingLeg`], the wire and the far ends go on.
+    fn retire(self) -> World<ClosingLeg> {
+        let now = self.now;
+        World {
+            t0: self.t0,
+            now,
+            leg: self.leg.into_closing(now),
+            fars: self.fars,
+            sent: self.sent,
+            received: self.received,
+            events: Vec::new(),
+            hold: self.hold,
+            held: self.held,
+            unreachable: self.unreachable,
+        }
+    }
+}
+
+#[test]
+fn a_retired_leg_answers_the_bye_again_and_acks_the_2xx_again_until_timer_j() {
+    let mut w = answered_world();
+    let first_ack = request(w.sent_of(Method::Ack)[0]).clone();
+    w.run_until(30 * S);
+    // Our 200 to the carrier's BYE is lost: the carrier retransmits its BYE.
+    w.hold = Some(|m| matches!(m, SipMessage::Response(r) if r.status_code.code() == 200));
+    w.with_far(carrier(), |f, now| {
+        f.send_in_dialog(now, Method::Bye, None);
+    });
+    assert!(w.events.contains(&(
+        30 * S,
+        LeadEvent::Ended {
+            reason: EndReason::RemoteBye
+        }
+    )));
+    let mut w = w.retire();
+    assert!(!w.leg.is_done(), "Timer J runs");
+    w.run_until(30 * S + 600 * MS);
+    assert_eq!(w.held.len(), 2, "the BYE's retransmission answered again");
+    w.release();
+    // The carrier's 200 to our INVITE again (our ACK lost): the same ACK.
+    let ok = w.fars[0].sent_2xx.clone().unwrap();
+    let now = w.now;
+    w.leg
+        .handle_message(now, carrier(), SipMessage::Response(ok))
+        .unwrap();
+    w.step();
+    let acks = w.sent_of(Method::Ack);
+    assert_eq!(acks.len(), 2);
+    assert_eq!(request(acks[1]).to_string(), first_ack.to_string());
+    // A new request in the ended dialog: 481.
+    let n = w.fars[0].responses.len();
+    w.with_far(carrier(), |f, now| {
+        f.send_in_dialog(now, Method::Info, None);
+    });
+    assert_eq!(
+        w.fars[0].responses[n..]
+            .iter()
+            .map(|r| r.status_code.code())
+            .collect::<Vec<_>>(),
+        [481]
+    );
+    // Timer J (64·T1) after the BYE, then nothing is left.
+    w.run_until(61 * S);
+    assert!(!w.leg.is_done());
+    w.run_until(63 * S);
+    assert!(w.leg.is_done());
+    assert_eq!(w.sent_of(Method::Bye).len(), 0);
+}
+
+#[test]
+fn a_leg_retired_while_its_cancel_is_out_acks_and_byes_a_crossing_200() {
+    let mut w = lead_world(32 * S);
+    w.run_until(S);
+    w.with_far(carrier(), |f, now| f.respond(now, 180, None, &[]));
+    w.hold = Some(|m| matches!(m, SipMessage::Request(r) if r.method == Method::Cancel));
+    w.run_until(32 * S);
+    assert!(w.events.contains(&(
+        32 * S,
+        LeadEvent::Unanswered {
+            outcome: Outcome::NoAnswer
+        }
+    )));
+    let mut w = w.retire();
+    assert_eq!(w.held.len(), 1, "the CANCEL is in flight");
+    w.with_far(carrier(), |f, now| f.respond(now, 200, Some(ANSWER), &[]));
+    w.release();
+    let methods: Vec<Method> = w.sent_methods().into_iter().map(|(_, m)| m).collect();
+    assert_eq!(
+        methods,
+        [Method::Invite, Method::Cancel, Method::Ack, Method::Bye]
+    );
+    let far_saw: Vec<Method> = w.fars[0].requests.iter().map(|r| r.method).collect();
+    assert!(far_saw.contains(&Method::Ack) && far_saw.contains(&Method::Bye));
+    assert!(!w.leg.is_done(), "the BYE's transaction runs");
+    w.run_until(80 * S);
+    assert!(w.leg.is_done());
+    assert_eq!(w.leg.poll_timeout(), None);
+}
+
+#[test]
+fn a_leg_retired_after_a_busy_acks_the_486_again_until_timer_d() {
+    let mut w = lead_world(32 * S);
+    w.run_until(S);
+    w.with_far(carrier(), |f, now| f.respond(now, 486, None, &[]));
+    let mut w = w.retire();
+    assert_eq!(w.sent_of(Method::Ack).len(), 1);
+    // The carrier did not get our ACK and sends its 486 again.
+    let busy = w.fars[0]
+        .responses
+        .iter()
+        .find(|r| r.status_code.code() == 486);
+    assert!(busy.is_none(), "the far end's own responses are not logged");
+    let final_486 = w
+        .received
+        .iter()
+        .find(|r| r.code() == Some(486))
+        .map(|r| r.message.clone())
+        .unwrap();
+    let now = w.now;
+    w.leg.handle_message(now, carrier(), final_486).unwrap();
+    w.step();
+    assert_eq!(w.sent_of(Method::Ack).len(), 2, "ACKed again (Timer D)");
+    w.run_until(32 * S);
+    assert!(!w.leg.is_done());
+    w.run_until(34 * S);
+    assert!(w.leg.is_done());
+}
+
+/// SPEC §6: a retired leg is a small record (its last transactions, its
+/// identifiers), not the call.
+#[test]
+fn a_retired_leg_is_a_small_record() {
+    let closing = std::mem::size_of::<ClosingLeg>();
+    let lead = std::mem::size_of::<LeadLeg>();
+    assert!(
+        closing <= 1280 && closing * 2 < lead,
+        "ClosingLeg {closing} bytes, LeadLeg {lead}"
+    );
+}

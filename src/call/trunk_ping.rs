@@ -167,7 +167,7 @@ pub(crate) async fn run(io: PingIo, stop: CancellationToken, drain: Cancellation
             _ = timer => table.handle_timeout(Instant::now()),
             m = rx.recv() => {
                 if let Some(m) = m {
-                    let _ = table.handle_message(Instant::now(), m.peer, m.message);
+                    let _ = table.handle_message(Instant::now(), m.peer, *m.message);
                 }
             }
             peer = failures.recv() => match peer {
