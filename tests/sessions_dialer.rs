@@ -33,6 +33,15 @@ struct SimClock {
     start: Instant,
 }
 
+impl SimClock {
+    #[allow(clippy::disallowed_methods)] // the simulated clock's origin
+    fn start() -> SimClock {
+        SimClock {
+            start: Instant::now(),
+        }
+    }
+}
+
 impl Clock for SimClock {
     #[allow(clippy::disallowed_methods)]
     fn instant(&self) -> Instant {
@@ -170,6 +179,34 @@ async fn leads(store: &Store, n: usize) -> Vec<i64> {
     store.insert_leads(&leads, BASE_MS).await.expect("leads")
 }
 
+/// The session's view: every lead, oldest first.
+async fn all_leads_view(store: &Store) -> powerdial::leads::model::SmartView {
+    store
+        .create_smart_view(
+            &NewSmartView {
+                name: "all".into(),
+                query: "lead_status:potential sort:created".into(),
+            },
+            BASE_MS,
+        )
+        .await
+        .expect("view")
+}
+
+/// Durations shrunk (see the module docs); queue order, not calling hours,
+/// is under test here.
+fn session_config(store: &Store) -> SessionConfig {
+    SessionConfig {
+        block: BLOCK,
+        refresh_interval: Duration::from_secs(300),
+        wrap_up_idle: Duration::from_millis(50),
+        lease: Duration::from_secs(30),
+        instance: "test".into(),
+        calling_hours: powerdial::dialer::hours::CallingHours::always(),
+        audit: powerdial::store::audit::AuditLog::start(store.clone()),
+    }
+}
+
 /// Lead i's scripted behaviour by i mod 5.
 fn script_for(i: usize) -> Vec<Outcome> {
     match i % 5 {
@@ -187,20 +224,8 @@ async fn thirty_leads_mixed_outcomes_dial_in_rule_order() {
     let db = common::sqlite_db().await;
     let store = db.store.clone();
     let ids = leads(&store, 30).await;
-    let view = store
-        .create_smart_view(
-            &NewSmartView {
-                name: "all".into(),
-                query: "lead_status:potential sort:created".into(),
-            },
-            BASE_MS,
-        )
-        .await
-        .expect("view");
-    #[allow(clippy::disallowed_methods)]
-    let clock = SimClock {
-        start: Instant::now(),
-    };
+    let view = all_leads_view(&store).await;
+    let clock = SimClock::start();
     let script: HashMap<i64, Vec<Outcome>> = ids
         .iter()
         .enumerate()
@@ -214,16 +239,7 @@ async fn thirty_leads_mixed_outcomes_dial_in_rule_order() {
         dialed: Arc::new(Mutex::new(Vec::new())),
         stuck: None,
     };
-    let config = SessionConfig {
-        block: BLOCK,
-        refresh_interval: Duration::from_secs(300),
-        wrap_up_idle: Duration::from_millis(50),
-        lease: Duration::from_secs(30),
-        instance: "test".into(),
-        // Queue order, not calling hours, is under test here.
-        calling_hours: powerdial::dialer::hours::CallingHours::always(),
-        audit: powerdial::store::audit::AuditLog::start(store.clone()),
-    };
+    let config = session_config(&store);
     let sessions = Sessions::start(store.clone(), dialer.clone(), clock.clone(), config)
         .await
         .expect("sessions");
@@ -326,20 +342,8 @@ async fn a_stuck_dial_does_not_hold_up_the_other_agents() {
     let db = common::sqlite_db().await;
     let store = db.store.clone();
     let ids = leads(&store, 12).await;
-    let view = store
-        .create_smart_view(
-            &NewSmartView {
-                name: "all".into(),
-                query: "lead_status:potential sort:created".into(),
-            },
-            BASE_MS,
-        )
-        .await
-        .expect("view");
-    #[allow(clippy::disallowed_methods)]
-    let clock = SimClock {
-        start: Instant::now(),
-    };
+    let view = all_leads_view(&store).await;
+    let clock = SimClock::start();
     let gate = Arc::new(tokio::sync::Notify::new());
     let dialer = Scripted {
         store: store.clone(),
@@ -349,15 +353,7 @@ async fn a_stuck_dial_does_not_hold_up_the_other_agents() {
         dialed: Arc::new(Mutex::new(Vec::new())),
         stuck: Some(("slow".into(), gate.clone())),
     };
-    let config = SessionConfig {
-        block: BLOCK,
-        refresh_interval: Duration::from_secs(300),
-        wrap_up_idle: Duration::from_millis(50),
-        lease: Duration::from_secs(30),
-        instance: "test".into(),
-        calling_hours: powerdial::dialer::hours::CallingHours::always(),
-        audit: powerdial::store::audit::AuditLog::start(store.clone()),
-    };
+    let config = session_config(&store);
     let sessions = Sessions::start(store.clone(), dialer.clone(), clock.clone(), config)
         .await
         .expect("sessions");
