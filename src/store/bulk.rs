@@ -222,8 +222,9 @@ const PG_LANES: usize = 2;
 /// status) spread even a few thousand new leads over most of their leaf
 /// pages, so the same pages were written again at every 5,000-lead commit
 /// (most of the import's time in its profile, BENCHMARKS.md "Lead
-/// import"); the caller commits every [`SQLITE_COMMIT_ROWS`] leads or when
-/// its input pauses, so the write lock is not held while it waits.
+/// import"); the caller commits every [`SQLITE_COMMIT_ROWS`] leads, when
+/// its input pauses (so the write lock is not held while it waits) and once
+/// the transaction is half a second old (a dialer's writes wait behind it).
 /// PostgreSQL: each batch is its own transaction, and [`Store::bulk_lanes`]
 /// loaders may run at once.
 pub struct LeadLoader {
