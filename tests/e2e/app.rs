@@ -23,12 +23,23 @@ pub struct App {
 /// Agents every app has: (username, password).
 pub const AGENTS: &[(&str, &str)] = &[("alice", "alice-secret"), ("bob", "bob-secret")];
 
-/// A port free on 127.0.0.1 for both UDP and TCP at the time of the call.
+/// A port free on 127.0.0.1 for both UDP and TCP at the time of the call,
+/// and not handed out before in this test process: the kernel may give a
+/// port it just released to the next bind to port 0, so two calls in a row
+/// (an app's SIP and HTTP ports) could otherwise get the same one.
 pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     for _ in 0..50 {
         let udp = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
         let port = udp.local_addr().expect("addr").port();
+        let mut given = GIVEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if given.contains(&port) {
+            continue;
+        }
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
             return port;
         }
     }
