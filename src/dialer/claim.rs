@@ -320,13 +320,16 @@ const END_BATCH: usize = 256;
 #[derive(Debug, Clone)]
 pub struct EndWriter {
     tx: tokio::sync::mpsc::UnboundedSender<CallEndWrite>,
+    store: Store,
 }
 
 impl EndWriter {
     /// Starts the writer task on `store` (within a tokio runtime).
     pub fn start(store: Store) -> EndWriter {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<CallEndWrite>();
+        let writer_store = store.clone();
         tokio::spawn(async move {
+            let store = writer_store;
             let mut batch = Vec::new();
             while let Some(first) = rx.recv().await {
                 batch.push(first);
@@ -340,14 +343,16 @@ impl EndWriter {
                 batch.clear();
             }
         });
-        EndWriter { tx }
+        EndWriter { tx, store }
     }
 
     /// Queues `w` for the writer's next commit.
     pub fn send(&self, w: CallEndWrite) {
         if let Err(e) = self.tx.send(w) {
-            // Only once the runtime stops: store it on a task of its own.
-            tracing::debug!(error = %e, "call-end writer gone");
+            // The writer task is gone (only as the runtime stops): store
+            // this end on a task of its own rather than lose it.
+            let store = self.store.clone();
+            tokio::spawn(async move { store_ends(&store, &[e.0]).await });
         }
     }
 }
