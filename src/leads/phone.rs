@@ -173,6 +173,18 @@ pub fn load_numbering_plan(default_region: &str) {
     let _ = PhoneE164::parse("202 555 0100", default_region);
 }
 
+/// The region (ISO 3166-1 alpha-2) of an E.164 number by the numbering
+/// plan data, as `phonenumber::parse(None, e164)` and then
+/// `PhoneNumber::country().id()` tell it, answered from the fast path's
+/// compiled plans when it can tell (a number it would accept as written);
+/// `None` otherwise: ask the full parser. Unlike the full parser it takes
+/// no process-wide lock and compiles none of the crate's own patterns
+/// (SPEC §6 memory: the crate's patterns of one country held about 2.5 MB
+/// on the first call to it).
+pub fn plan_region(e164: &str) -> Option<&'static str> {
+    fast::region_of(e164)
+}
+
 /// Why a number of country code `code` resolved to no region, from the
 /// numbering plan data (libphonenumber's metadata, as the `phonenumber`
 /// crate ships it): an unknown code, a length the plan does not use, or a
@@ -356,21 +368,45 @@ mod fast {
     }
 
     /// Compiles a plan pattern as the crate does (`ignore_whitespace`),
-    /// matching only at the start of the text.
+    /// matching only at the start of the text, with ASCII classes: the
+    /// fast path only ever matches ASCII digits, on which the crate's
+    /// Unicode `\d` (every script's digits) matches the same, while its
+    /// automata are many times larger (the 25 regions of +1 compiled with
+    /// Unicode classes held about 9 MB of heap, heaptrack of the server at
+    /// start; SPEC §6 memory). A pattern that cannot be compiled so (one
+    /// that could then match invalid UTF-8) is compiled as the crate does.
     fn anchored(pattern: &str) -> Option<Regex> {
-        RegexBuilder::new(&format!("^(?:{pattern})"))
+        let anchored = format!("^(?:{pattern})");
+        RegexBuilder::new(&anchored)
             .ignore_whitespace(true)
+            .unicode(false)
             .build()
+            .or_else(|_| {
+                RegexBuilder::new(&anchored)
+                    .ignore_whitespace(true)
+                    .build()
+            })
             .ok()
     }
 
-    /// One region of a country code.
+    /// One region of a country code. Only its leading digits are compiled
+    /// with the code's plan; its number patterns are compiled the first
+    /// time a number reaches this region (most numbers of +1 resolve to
+    /// the US, the first region, and never compile the 24 others).
     struct RegionPlan {
-        id: String,
+        id: &'static str,
         /// Whether the id is a country (`country::Id`); `001`, the
         /// non-geographic entities, is not.
         country: bool,
         leading_digits: Option<Regex>,
+        meta: &'static phonenumber::Metadata,
+        /// `None` inside when a pattern does not compile: the fast path
+        /// then declines every number that needs this region's patterns.
+        numbers: OnceLock<Option<RegionNumbers>>,
+    }
+
+    /// The patterns of a region's numbers and prefixes.
+    struct RegionNumbers {
         general: Desc,
         /// The types `validator::number_type` tries (premium rate, toll
         /// free, shared cost, VoIP, personal, pager, UAN, voicemail, fixed
@@ -381,8 +417,8 @@ mod fast {
         international_prefix: Option<Regex>,
     }
 
-    impl RegionPlan {
-        fn new(meta: &phonenumber::Metadata) -> Option<RegionPlan> {
+    impl RegionNumbers {
+        fn new(meta: &phonenumber::Metadata) -> Option<RegionNumbers> {
             let d = meta.descriptors();
             let mut types = Vec::new();
             for desc in [
@@ -402,14 +438,7 @@ mod fast {
             {
                 types.push(Desc::new(desc)?);
             }
-            let optional = |re: Option<&str>| match re {
-                Some(re) => anchored(re).map(Some),
-                None => Some(None),
-            };
-            Some(RegionPlan {
-                id: meta.id().to_string(),
-                country: meta.id().parse::<phonenumber::country::Id>().is_ok(),
-                leading_digits: optional(meta.leading_digits().map(|r| r.as_str()))?,
+            Some(RegionNumbers {
                 general: Desc::new(d.general())?,
                 types,
                 national_prefix: meta.national_prefix().map(str::to_string),
@@ -419,24 +448,58 @@ mod fast {
                 international_prefix: optional(meta.international_prefix().map(|r| r.as_str()))?,
             })
         }
+    }
 
-        /// `validator::number_type(meta, national) != Type::Unknown`.
-        fn has_type(&self, national: &str) -> bool {
-            self.general.is_match(national) && self.types.iter().any(|t| t.is_match(national))
+    /// An optional pattern compiled: `None` when it does not compile,
+    /// `Some(None)` when there is none.
+    fn optional(re: Option<&str>) -> Option<Option<Regex>> {
+        match re {
+            Some(re) => anchored(re).map(Some),
+            None => Some(None),
+        }
+    }
+
+    impl RegionPlan {
+        fn new(meta: &'static phonenumber::Metadata) -> Option<RegionPlan> {
+            Some(RegionPlan {
+                id: meta.id(),
+                country: meta.id().parse::<phonenumber::country::Id>().is_ok(),
+                leading_digits: optional(meta.leading_digits().map(|r| r.as_str()))?,
+                meta,
+                numbers: OnceLock::new(),
+            })
+        }
+
+        /// The region's number patterns, compiled on first use.
+        fn numbers(&self) -> Option<&RegionNumbers> {
+            self.numbers
+                .get_or_init(|| RegionNumbers::new(self.meta))
+                .as_ref()
+        }
+
+        /// `validator::number_type(meta, national) != Type::Unknown`;
+        /// `None` when the patterns do not compile.
+        fn has_type(&self, national: &str) -> Option<bool> {
+            let n = self.numbers()?;
+            Some(n.general.is_match(national) && n.types.iter().any(|t| t.is_match(national)))
         }
 
         /// Whether parsing `national` with this region's data would strip
         /// or rewrite a national prefix (`helper::national_number`, then the
-        /// parser's own `starts_with(national_prefix)`).
-        fn prefix_applies(&self, national: &str) -> bool {
-            if let Some(re) = &self.prefix_for_parsing {
+        /// parser's own `starts_with(national_prefix)`); `None` when the
+        /// patterns do not compile.
+        fn prefix_applies(&self, national: &str) -> Option<bool> {
+            let n = self.numbers()?;
+            if let Some(re) = &n.prefix_for_parsing {
                 if re.is_match(national) {
-                    return true;
+                    return Some(true);
                 }
             }
-            self.national_prefix
-                .as_deref()
-                .is_some_and(|p| !p.is_empty() && national.starts_with(p))
+            Some(
+                n.national_prefix
+                    .as_deref()
+                    .is_some_and(|p| !p.is_empty() && national.starts_with(p)),
+            )
         }
     }
 
@@ -460,7 +523,8 @@ mod fast {
         }
 
         /// The region `national` resolves to (`validator::source_for`), if
-        /// it is a country.
+        /// it is a country; `None` too when a pattern it needs does not
+        /// compile.
         fn resolve(&self, national: &str) -> Option<&RegionPlan> {
             if let [only] = self.regions.as_slice() {
                 return only.country.then_some(only);
@@ -468,7 +532,7 @@ mod fast {
             for r in &self.regions {
                 let hit = match &r.leading_digits {
                     Some(re) => re.is_match(national),
-                    None => r.has_type(national),
+                    None => r.has_type(national)?,
                 };
                 if hit {
                     return r.country.then_some(r);
@@ -528,8 +592,37 @@ mod fast {
         code_group: Option<usize>,
         region: &str,
     ) -> Option<super::PhoneE164> {
+        let (plan, _, national) = read(digits, plus, code_group, region)?;
+        let mut e164 = String::with_capacity(plan.code.len() + national.len() + 1);
+        e164.push('+');
+        e164.push_str(&plan.code);
+        e164.push_str(national);
+        Some(super::PhoneE164(e164))
+    }
+
+    /// The region (ISO 3166-1 alpha-2) of an E.164 number, as the full
+    /// parser's `PhoneNumber::country().id()` gives it, when the fast path
+    /// answers for the number; `None` sends it to the full parser.
+    pub(super) fn region_of(e164: &str) -> Option<&'static str> {
+        let digits = e164.strip_prefix('+')?.as_bytes();
+        if digits.len() > MAX_DIGITS || !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        // E.164 has no separators: no RFC 3966 code group.
+        let (_, region, _) = read(digits, true, None, "")?;
+        Some(region.id)
+    }
+
+    /// The plan, the region the number resolves to and the national
+    /// number of `digits` (see [`parse`]), when the fast path can answer.
+    fn read<'a>(
+        digits: &'a [u8],
+        plus: bool,
+        code_group: Option<usize>,
+        region: &str,
+    ) -> Option<(&'static CodePlan, &'static RegionPlan, &'a str)> {
         let text = std::str::from_utf8(digits).ok()?;
-        let (plan, national) = if plus {
+        let (plan, resolved, national) = if plus {
             // `helper::country_code` with a `+`: the first 1 to 3 digits
             // that name a code (or the RFC 3966 group); a leading 0 is no
             // code.
@@ -549,48 +642,47 @@ mod fast {
             let plan = plan(code)?;
             // The region the parser takes the national prefix rules from is
             // the one the number resolves to.
-            let region = plan.resolve(national)?;
-            if national.starts_with('0') || region.prefix_applies(national) {
+            let resolved = plan.resolve(national)?;
+            if national.starts_with('0') || resolved.prefix_applies(national)? {
                 return None;
             }
-            (plan, national)
+            (plan, resolved, national)
         } else {
             let db = &*phonenumber::metadata::DATABASE;
             let plan = plan(db.by_id(region)?.country_code())?;
             let own = plan.region(region)?;
+            let numbers = own.numbers()?;
             // No IDD prefix (`011…` in the US), no country code written
             // without `+`, no national prefix: the digits are the national
             // number as they stand.
             if text.starts_with('0')
-                || own
+                || numbers
                     .international_prefix
                     .as_ref()
                     .is_some_and(|re| re.is_match(text))
                 || text.starts_with(plan.code.as_str())
-                || own.prefix_applies(text)
+                || own.prefix_applies(text)?
             {
                 return None;
             }
-            plan.resolve(text)?;
-            (plan, text)
+            (plan, plan.resolve(text)?, text)
         };
         let len = plan.code.len() + national.len();
         if !(8..=15).contains(&len) || national.len() < 2 {
             return None;
         }
-        let mut e164 = String::with_capacity(len + 1);
-        e164.push('+');
-        e164.push_str(&plan.code);
-        e164.push_str(national);
-        Some(super::PhoneE164(e164))
+        Some((plan, resolved, national))
     }
 
-    /// Compiles the plan of `region`'s country code now (first use costs
-    /// the regular expressions' compilation).
+    /// Compiles the plan of `region`'s country code and that region's own
+    /// patterns now (first use costs the regular expressions'
+    /// compilation).
     pub(super) fn warm(region: &str) {
         let db = &*phonenumber::metadata::DATABASE;
         if let Some(meta) = db.by_id(region) {
-            let _ = plan(meta.country_code());
+            let _ = plan(meta.country_code())
+                .and_then(|p| p.region(region))
+                .and_then(RegionPlan::numbers);
         }
     }
 }
@@ -825,6 +917,42 @@ mod tests {
         assert!(answered > 1000, "only {answered} answered");
     }
 
+    /// Whenever [`plan_region`] answers, the full parser resolves the
+    /// number to the same region; and it answers for the plain numbers.
+    fn assert_region_agrees(e164: &str) -> bool {
+        let Some(fast) = plan_region(e164) else {
+            return false;
+        };
+        let full = phonenumber::parse(None, e164)
+            .ok()
+            .and_then(|n| n.country().id().map(|id| id.as_ref().to_string()));
+        assert_eq!(full.as_deref(), Some(fast), "{e164}");
+        true
+    }
+
+    #[test]
+    fn plan_region_agrees_with_the_full_parser() {
+        let db = &*phonenumber::metadata::DATABASE;
+        let mut answered = 0;
+        for meta in db.iter() {
+            for d in descriptors(meta).chain([meta.descriptors().general()]) {
+                if let Some(example) = d.example() {
+                    if assert_region_agrees(&format!("+{}{example}", meta.country_code())) {
+                        answered += 1;
+                    }
+                }
+            }
+        }
+        assert!(answered > 1000, "only {answered} answered");
+        assert_eq!(plan_region("+14155550134"), Some("US"));
+        assert_eq!(plan_region("+16045550199"), Some("CA"));
+        assert_eq!(plan_region("+442079460958"), Some("GB"));
+        // Not plain E.164, or refused by the plan: the full parser's.
+        for raw in ["14155550134", "+1 415 555 0134", "+15551234567", "+999123456"] {
+            assert_eq!(plan_region(raw), None, "{raw}");
+        }
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
 
@@ -866,6 +994,7 @@ mod tests {
                 .join(sep);
             let raw = if plus { format!("+{spaced}") } else { spaced };
             assert_agrees(&raw, region);
+            assert_region_agrees(&format!("+{digits}"));
         }
     }
 }

@@ -94,6 +94,11 @@ pub fn number_zones(e164: &str) -> Option<LeadZones> {
 /// as the main country of its code (the US for +1), so an unknown zone
 /// follows that country's strictest one.
 fn number_country(e164: &str) -> Option<String> {
+    // The fast path's plans first: the full parser compiles the crate's
+    // own patterns of the country on its first call (SPEC §6 memory).
+    if let Some(id) = super::phone::plan_region(e164) {
+        return Some(id.to_string());
+    }
     let number = phonenumber::parse(None, e164).ok()?;
     if let Some(id) = number.country().id() {
         return Some(id.as_ref().to_string());
