@@ -1,7 +1,7 @@
 //! The agent leg: the nailed-up UAC call to the agent's phone (SPEC §1 steps
 //! 2 and 6, §5 DTMF), forked in parallel to every registered contact.
 
-use std::collections::VecDeque;
+use crate::sip::transaction::Outbox;
 use std::time::{Duration, Instant};
 
 use rand::RngCore;
@@ -140,7 +140,7 @@ pub struct AgentLeg {
     core: LegCore,
     state: AgentState,
     connected_at: Option<Instant>,
-    events: VecDeque<AgentEvent>,
+    events: Outbox<AgentEvent>,
 }
 
 impl AgentLeg {
@@ -192,7 +192,7 @@ impl AgentLeg {
                 ringing_reported: false,
             }),
             connected_at: None,
-            events: VecDeque::new(),
+            events: Outbox::new(),
         })
     }
 
@@ -349,7 +349,7 @@ impl AgentLeg {
         if let Err(error) = self.core.send_bye(now, &mut s.dialog, peer) {
             tracing::warn!(%error, call_id = %self.core.call_id, "BYE not sent");
         }
-        self.events.push_back(AgentEvent::Ended { reason });
+        self.events.push(AgentEvent::Ended { reason });
         AgentState::Ending(Ending::new(sent(s.forks), Some((s.dialog, s.ack, peer))))
     }
 
@@ -389,7 +389,7 @@ impl AgentLeg {
 
     /// The next event for the driver.
     pub fn poll_event(&mut self) -> Option<AgentEvent> {
-        self.events.pop_front()
+        self.events.pop()
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) is next due.
@@ -419,7 +419,7 @@ impl AgentLeg {
         self.core.drain_table();
         if matches!(&self.state, AgentState::Ending(s) if s.is_answered()) && self.core.is_idle() {
             self.state = AgentState::Closed;
-            self.events.push_back(AgentEvent::Closed);
+            self.events.push(AgentEvent::Closed);
         }
     }
 
@@ -429,7 +429,7 @@ impl AgentLeg {
                 let ours = s.forks.iter().any(|f| f.key == key);
                 if ours && response.status_code.code() > 100 && !s.ringing_reported {
                     s.ringing_reported = true;
-                    self.events.push_back(AgentEvent::Ringing);
+                    self.events.push(AgentEvent::Ringing);
                 }
                 AgentState::Inviting(s)
             }
@@ -491,7 +491,7 @@ impl AgentLeg {
         self.core.timers.stop(Timer::AnswerTimeout);
         self.connected_at = Some(now);
         self.events
-            .push_back(AgentEvent::Connected { sdp: response.body });
+            .push(AgentEvent::Connected { sdp: response.body });
         // The transactions keep what they retransmit; the leg keeps of its
         // INVITEs only what a late fork's ACK and BYE need.
         let mut forks = s.forks;
@@ -512,7 +512,7 @@ impl AgentLeg {
         }
         self.core.timers.stop(Timer::AnswerTimeout);
         let status = best_status(s.forks.iter().filter_map(|f| f.result.flatten()));
-        self.events.push_back(AgentEvent::Failed { status });
+        self.events.push(AgentEvent::Failed { status });
         AgentState::Ending(Ending::new(sent(s.forks), None))
     }
 
@@ -523,7 +523,7 @@ impl AgentLeg {
                 tracing::debug!(%error, "fork not cancelled");
             }
         }
-        self.events.push_back(AgentEvent::Failed { status: None });
+        self.events.push(AgentEvent::Failed { status: None });
         AgentState::Ending(Ending::new(sent(s.forks), None))
     }
 
@@ -548,7 +548,7 @@ impl AgentLeg {
                     .handle_request(now, key, request, peer, Some(&mut s.dialog))
                 {
                     InDialog::Bye => {
-                        self.events.push_back(AgentEvent::Ended {
+                        self.events.push(AgentEvent::Ended {
                             reason: EndReason::RemoteBye,
                         });
                         let peer = s.forks[s.winner].target.peer;
@@ -558,11 +558,11 @@ impl AgentLeg {
                         ));
                     }
                     InDialog::ReInvite(offer) => {
-                        self.events.push_back(AgentEvent::ReInvite { offer });
+                        self.events.push(AgentEvent::ReInvite { offer });
                     }
                     InDialog::Info(content_type, body) => {
                         if let Some(digit) = dtmf_from_info(content_type.as_deref(), &body) {
-                            self.events.push_back(AgentEvent::Dtmf(digit));
+                            self.events.push(AgentEvent::Dtmf(digit));
                         }
                     }
                     InDialog::Refresh | InDialog::Done => {}

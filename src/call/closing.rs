@@ -206,9 +206,8 @@ pub struct ClosingLeg {
 }
 
 impl ClosingLeg {
-    pub(crate) fn new(mut core: LegCore, mut ending: Ending) -> Self {
+    pub(crate) fn new(core: LegCore, mut ending: Ending) -> Self {
         ending.slim();
-        core.retire();
         ClosingLeg { core, ending }
     }
 

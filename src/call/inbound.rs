@@ -9,7 +9,7 @@
 //! and the INVITE 487 (§9.2). In the dialog, the caller's BYE is answered
 //! 200 (§15.1.2) and [`InboundLeg::hangup`] sends ours.
 
-use std::collections::VecDeque;
+use crate::sip::transaction::Outbox;
 use std::time::Instant;
 
 use rand::RngCore;
@@ -70,7 +70,7 @@ pub struct InboundLeg {
     key: ServerKey,
     offer: Option<Vec<u8>>,
     state: State,
-    events: VecDeque<InboundEvent>,
+    events: Outbox<InboundEvent>,
     started: Instant,
     answered: Option<Instant>,
     ended: Option<Instant>,
@@ -133,7 +133,7 @@ impl InboundLeg {
             key,
             offer,
             state: State::Offered,
-            events: VecDeque::new(),
+            events: Outbox::new(),
             started: now,
             answered: None,
             ended: None,
@@ -257,7 +257,7 @@ impl InboundLeg {
                     tracing::warn!(%error, call_id = %self.core.call_id, "BYE to the caller not sent");
                 }
                 self.ended = Some(now);
-                self.events.push_back(InboundEvent::Ended {
+                self.events.push(InboundEvent::Ended {
                     reason: EndReason::LocalHangup,
                 });
                 self.state = State::Closing {
@@ -334,7 +334,7 @@ impl InboundLeg {
 
     /// The next event.
     pub fn poll_event(&mut self) -> Option<InboundEvent> {
-        self.events.pop_front()
+        self.events.pop()
     }
 
     /// The earliest deadline.
@@ -371,7 +371,7 @@ impl InboundLeg {
         if let State::Closing { .. } = self.state {
             if self.core.is_idle() {
                 self.state = State::Closed;
-                self.events.push_back(InboundEvent::Closed);
+                self.events.push(InboundEvent::Closed);
             }
         }
     }
@@ -392,7 +392,7 @@ impl InboundLeg {
                     self.core.respond(now, &self.key, r);
                     self.ended = Some(now);
                     self.state = State::Closing { dialog: None };
-                    self.events.push_back(InboundEvent::Cancelled);
+                    self.events.push(InboundEvent::Cancelled);
                 }
                 CancelMatch::Answered | CancelMatch::Pending(_) => {
                     self.core
@@ -423,7 +423,7 @@ impl InboundLeg {
                     std::mem::replace(&mut self.state, State::Closed)
                 {
                     self.ended = Some(now);
-                    self.events.push_back(InboundEvent::Ended {
+                    self.events.push(InboundEvent::Ended {
                         reason: EndReason::RemoteBye,
                     });
                     self.state = State::Closing {
@@ -434,7 +434,7 @@ impl InboundLeg {
                     self.state = State::Closing { dialog: None };
                 }
             }
-            InDialog::ReInvite(offer) => self.events.push_back(InboundEvent::ReInvite { offer }),
+            InDialog::ReInvite(offer) => self.events.push(InboundEvent::ReInvite { offer }),
             // A session refresh (RFC 4028 §9) was answered by the core; the
             // caller's side keeps its own timer.
             InDialog::Refresh | InDialog::Info(..) | InDialog::Done => {}

@@ -1,7 +1,7 @@
 //! The lead leg: the UAC call to the carrier trunk for one number (SPEC §1
 //! steps 3–5, R2, R8–R12).
 
-use std::collections::VecDeque;
+use crate::sip::transaction::Outbox;
 use std::time::{Duration, Instant};
 
 use rand::RngCore;
@@ -264,7 +264,7 @@ pub struct LeadLeg {
     state: LeadState,
     outcome: Option<Outcome>,
     record: LegRecord,
-    events: VecDeque<LeadEvent>,
+    events: Outbox<LeadEvent>,
     /// Why the trunk failed the INVITE, if it did.
     failure: Option<TrunkFailure>,
     /// A provisional above 100 arrived: the lead's phone may have rung.
@@ -327,7 +327,7 @@ impl LeadLeg {
             }),
             outcome: None,
             record: LegRecord::new(now),
-            events: VecDeque::new(),
+            events: Outbox::new(),
             failure: None,
             alerted: false,
         })
@@ -507,7 +507,7 @@ impl LeadLeg {
 
     /// The next event for the driver.
     pub fn poll_event(&mut self) -> Option<LeadEvent> {
-        self.events.pop_front()
+        self.events.pop()
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) is next due.
@@ -539,7 +539,7 @@ impl LeadLeg {
             if s.is_answered() && self.core.is_idle() {
                 self.state = LeadState::Closed;
                 let outcome = self.outcome.unwrap_or(Outcome::TemporaryError);
-                self.events.push_back(LeadEvent::Closed {
+                self.events.push(LeadEvent::Closed {
                     outcome,
                     record: self.record,
                 });
@@ -557,12 +557,12 @@ impl LeadLeg {
                 }
                 if status > 100 && !s.ringing_reported {
                     s.ringing_reported = true;
-                    self.events.push_back(LeadEvent::Ringing { status });
+                    self.events.push(LeadEvent::Ringing { status });
                 }
                 if let Some(sdp) = sdp_body(&response, &response.body) {
                     if s.early_sdp.as_ref() != Some(&sdp) {
                         s.early_sdp = Some(sdp.clone());
-                        self.events.push_back(LeadEvent::EarlyMedia { sdp });
+                        self.events.push(LeadEvent::EarlyMedia { sdp });
                     }
                 }
                 LeadState::Inviting(s)
@@ -612,14 +612,14 @@ impl LeadLeg {
                     InDialog::Bye => {
                         self.stop_talk_timers();
                         self.record.end(now);
-                        self.events.push_back(LeadEvent::Ended {
+                        self.events.push(LeadEvent::Ended {
                             reason: EndReason::RemoteBye,
                         });
                         return self.ending(s);
                     }
                     InDialog::ReInvite(offer) => {
                         self.refreshed(now, &s);
-                        self.events.push_back(LeadEvent::ReInvite { offer });
+                        self.events.push(LeadEvent::ReInvite { offer });
                     }
                     InDialog::Refresh => self.refreshed(now, &s),
                     InDialog::Info(..) | InDialog::Done => {}
@@ -715,7 +715,7 @@ impl LeadLeg {
         self.outcome = Some(outcome);
         self.record.stop_ringing(now);
         self.record.end(now);
-        self.events.push_back(LeadEvent::Unanswered { outcome });
+        self.events.push(LeadEvent::Unanswered { outcome });
     }
 
     fn failed(
@@ -774,8 +774,7 @@ impl LeadLeg {
         self.record.sip_status = Some(status);
         self.record.answered = Some(now);
         self.record.stop_ringing(now);
-        self.events
-            .push_back(LeadEvent::Answered { sdp: response.body });
+        self.events.push(LeadEvent::Answered { sdp: response.body });
         let mut invite = s.invite;
         slim_invite(&mut invite);
         LeadState::Talking(Talking {
@@ -927,7 +926,7 @@ impl LeadLeg {
         self.stop_talk_timers();
         self.record.end(now);
         s.dialog.terminate();
-        self.events.push_back(LeadEvent::Ended { reason });
+        self.events.push(LeadEvent::Ended { reason });
         self.ending(s)
     }
 
@@ -1025,7 +1024,7 @@ impl LeadLeg {
         if let Err(error) = self.core.send_bye(now, &mut s.dialog, self.trunk) {
             tracing::warn!(%error, call_id = %self.core.call_id, "BYE not sent");
         }
-        self.events.push_back(LeadEvent::Ended { reason });
+        self.events.push(LeadEvent::Ended { reason });
         self.ending(s)
     }
 }

@@ -3,7 +3,7 @@
 //! §13.2.2.4) and the UAS side of in-dialog requests (BYE, re-INVITE, INFO,
 //! OPTIONS, CANCEL; §12.2.2, §14.2, §15.1.2).
 
-use std::collections::VecDeque;
+use crate::sip::transaction::Outbox;
 use std::time::Instant;
 
 use rand::rngs::StdRng;
@@ -100,7 +100,7 @@ pub(crate) struct LegCore {
     pub(crate) local_tag: String,
     pub(crate) local: LocalAddress,
     rng: StdRng,
-    transmits: VecDeque<Transmit>,
+    transmits: Outbox<Transmit>,
     /// Boxed, as `retransmit`: both exist only around a re-INVITE, and
     /// every leg (a retired one too) would carry their room.
     reinvite: Option<Box<PendingReInvite>>,
@@ -120,7 +120,7 @@ impl LegCore {
             local_tag,
             local,
             rng,
-            transmits: VecDeque::new(),
+            transmits: Outbox::new(),
             reinvite: None,
             retransmit: None,
         }
@@ -174,23 +174,23 @@ impl LegCore {
     /// so messages leave in the order they were made (DESIGN.md "Order").
     pub(crate) fn drain_table(&mut self) {
         while let Some(t) = self.table.poll_transmit() {
-            self.transmits.push_back(t);
+            self.transmits.push(t);
         }
         if let Some(r) = &mut self.retransmit {
             while let Some(t) = r.poll_transmit() {
-                self.transmits.push_back(t);
+                self.transmits.push(t);
             }
         }
     }
 
     pub(crate) fn poll_transmit(&mut self) -> Option<Transmit> {
         self.drain_table();
-        self.transmits.pop_front()
+        self.transmits.pop()
     }
 
     pub(crate) fn push(&mut self, peer: Peer, message: SipMessage) {
         self.drain_table();
-        self.transmits.push_back(Transmit { peer, message });
+        self.transmits.push(Transmit { peer, message });
     }
 
     /// The earliest of the leg's timers, its transactions' and the 2xx
@@ -212,7 +212,7 @@ impl LegCore {
         if let Some(r) = &mut self.retransmit {
             r.handle_timeout(now);
             while let Some(t) = r.poll_transmit() {
-                self.transmits.push_back(t);
+                self.transmits.push(t);
             }
             if let Some(Retransmit2xxEvent::AckTimeout) = r.poll_event() {
                 // §13.3.1.4 suggests a BYE; the session itself is fine (the
@@ -223,12 +223,6 @@ impl LegCore {
                 self.retransmit = None;
             }
         }
-    }
-
-    /// The call is over and the leg retired ([`ClosingLeg`](super::closing::ClosingLeg)):
-    /// the queue of messages to send gives back the room it grew to.
-    pub(crate) fn retire(&mut self) {
-        self.transmits.shrink_to_fit();
     }
 
     /// Whether nothing is in flight: no transaction, no 2xx retransmission.

@@ -381,11 +381,7 @@ mod fast {
             .ignore_whitespace(true)
             .unicode(false)
             .build()
-            .or_else(|_| {
-                RegexBuilder::new(&anchored)
-                    .ignore_whitespace(true)
-                    .build()
-            })
+            .or_else(|_| RegexBuilder::new(&anchored).ignore_whitespace(true).build())
             .ok()
     }
 
@@ -948,7 +944,12 @@ mod tests {
         assert_eq!(plan_region("+16045550199"), Some("CA"));
         assert_eq!(plan_region("+442079460958"), Some("GB"));
         // Not plain E.164, or refused by the plan: the full parser's.
-        for raw in ["14155550134", "+1 415 555 0134", "+15551234567", "+999123456"] {
+        for raw in [
+            "14155550134",
+            "+1 415 555 0134",
+            "+15551234567",
+            "+999123456",
+        ] {
             assert_eq!(plan_region(raw), None, "{raw}");
         }
     }

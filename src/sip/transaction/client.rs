@@ -1,6 +1,6 @@
 //! Client transactions: INVITE (RFC 3261 §17.1.1) and non-INVITE (§17.1.2).
 
-use std::collections::VecDeque;
+use super::outbox::Outbox;
 use std::time::{Duration, Instant};
 
 use super::message::build_ack_for_non_2xx;
@@ -32,8 +32,8 @@ struct ClientCore {
     config: TimerConfig,
     request: Request,
     timers: TimerTable,
-    transmits: VecDeque<Transmit>,
-    events: VecDeque<ClientEvent>,
+    transmits: Outbox<Transmit>,
+    events: Outbox<ClientEvent>,
 }
 
 impl ClientCore {
@@ -43,8 +43,8 @@ impl ClientCore {
             config,
             request,
             timers: TimerTable::default(),
-            transmits: VecDeque::new(),
-            events: VecDeque::new(),
+            transmits: Outbox::new(),
+            events: Outbox::new(),
         }
     }
 
@@ -53,7 +53,7 @@ impl ClientCore {
     }
 
     fn send(&mut self, message: SipMessage) {
-        self.transmits.push_back(Transmit {
+        self.transmits.push(Transmit {
             peer: self.peer,
             message,
         });
@@ -61,6 +61,15 @@ impl ClientCore {
 
     fn send_request(&mut self) {
         self.send(SipMessage::Request(self.request.clone()));
+    }
+
+    /// The final response is in: the request is never sent again (Completed
+    /// only absorbs retransmissions of the final response, §17.1.1.2,
+    /// §17.1.2.2; the ACK of a non-2xx is built before), so its headers and
+    /// body are dropped, not kept for Timer D or K (SPEC §6 memory).
+    fn release_request(&mut self) {
+        self.request.headers = Default::default();
+        self.request.body = Vec::new();
     }
 
     /// Zero-length timers (D, K on reliable transports) mean "at once": the
@@ -144,7 +153,8 @@ impl InviteClient {
         })
     }
 
-    /// The INVITE this transaction sends.
+    /// The INVITE this transaction sends (its start line only once
+    /// Completed).
     pub fn request(&self) -> &Request {
         &self.core.request
     }
@@ -208,12 +218,12 @@ impl InviteClient {
         if is_provisional(&response) {
             core.timers.stop(Timer::A);
             core.timers.stop(Timer::B);
-            core.events.push_back(ClientEvent::Provisional(response));
+            core.events.push(ClientEvent::Provisional(response));
             return InviteClientState::Proceeding(InviteProceeding);
         }
         core.timers.stop_all();
         if is_success(&response) {
-            core.events.push_back(ClientEvent::Final(response));
+            core.events.push(ClientEvent::Final(response));
             return InviteClientState::Terminated;
         }
         let ack = match build_ack_for_non_2xx(&core.request, &response) {
@@ -221,17 +231,18 @@ impl InviteClient {
             Err(error) => {
                 // Without a To we cannot ACK; the TU still learns the outcome.
                 tracing::debug!(%error, "cannot build ACK for non-2xx");
-                core.events.push_back(ClientEvent::Final(response));
+                core.events.push(ClientEvent::Final(response));
                 return InviteClientState::Terminated;
             }
         };
         core.send(SipMessage::Request(ack.clone()));
-        core.events.push_back(ClientEvent::Final(response));
+        core.events.push(ClientEvent::Final(response));
         let wait = core.config.timer_d(core.reliable());
         if wait.is_zero() {
             return InviteClientState::Terminated;
         }
         core.arm(Timer::D, now, wait);
+        core.release_request();
         InviteClientState::Completed(InviteCompleted { ack })
     }
 
@@ -248,7 +259,7 @@ impl InviteClient {
                 }
                 (InviteClientState::Calling(_), Timer::B) => {
                     self.core.timers.stop_all();
-                    self.core.events.push_back(ClientEvent::Timeout);
+                    self.core.events.push(ClientEvent::Timeout);
                     InviteClientState::Terminated
                 }
                 (InviteClientState::Completed(_), Timer::D) => {
@@ -263,7 +274,7 @@ impl InviteClient {
     /// The transport failed to send (§17.1.1.2: inform the TU, terminate).
     pub fn handle_transport_error(&mut self, _now: Instant) {
         if self.awaits_final() {
-            self.core.events.push_back(ClientEvent::TransportError);
+            self.core.events.push(ClientEvent::TransportError);
         }
         self.core.timers.stop_all();
         self.state = InviteClientState::Terminated;
@@ -271,12 +282,12 @@ impl InviteClient {
 
     /// The next message to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.core.transmits.pop_front()
+        self.core.transmits.pop()
     }
 
     /// The next event for the TU.
     pub fn poll_event(&mut self) -> Option<ClientEvent> {
-        self.core.events.pop_front()
+        self.core.events.pop()
     }
 
     /// When `handle_timeout` is next due.
@@ -287,6 +298,12 @@ impl InviteClient {
     #[cfg(test)]
     fn timer(&self, timer: Timer) -> Option<Instant> {
         self.core.timers.get(timer)
+    }
+
+    /// Queue slots held (tests of the memory bound).
+    #[cfg(test)]
+    pub(super) fn held_room(&self) -> usize {
+        self.core.transmits.capacity() + self.core.events.capacity()
     }
 }
 
@@ -363,7 +380,8 @@ impl NonInviteClient {
         self.core.peer
     }
 
-    /// The request this transaction sends.
+    /// The request this transaction sends (its start line only once
+    /// Completed).
     pub fn request(&self) -> &Request {
         &self.core.request
     }
@@ -389,18 +407,17 @@ impl NonInviteClient {
         self.state = match state {
             NonInviteClientState::Trying(_) | NonInviteClientState::Proceeding(_) => {
                 if is_provisional(&response) {
-                    self.core
-                        .events
-                        .push_back(ClientEvent::Provisional(response));
+                    self.core.events.push(ClientEvent::Provisional(response));
                     NonInviteClientState::Proceeding(NonInviteProceeding)
                 } else {
                     self.core.timers.stop_all();
-                    self.core.events.push_back(ClientEvent::Final(response));
+                    self.core.events.push(ClientEvent::Final(response));
                     let wait = self.core.config.timer_t4_or_zero(self.core.reliable());
                     if wait.is_zero() {
                         NonInviteClientState::Terminated
                     } else {
                         self.core.arm(Timer::K, now, wait);
+                        self.core.release_request();
                         NonInviteClientState::Completed(NonInviteCompleted)
                     }
                 }
@@ -432,7 +449,7 @@ impl NonInviteClient {
                     Timer::F,
                 ) => {
                     self.core.timers.stop_all();
-                    self.core.events.push_back(ClientEvent::Timeout);
+                    self.core.events.push(ClientEvent::Timeout);
                     NonInviteClientState::Terminated
                 }
                 (NonInviteClientState::Completed(_), Timer::K) => {
@@ -450,7 +467,7 @@ impl NonInviteClient {
             self.state,
             NonInviteClientState::Trying(_) | NonInviteClientState::Proceeding(_)
         ) {
-            self.core.events.push_back(ClientEvent::TransportError);
+            self.core.events.push(ClientEvent::TransportError);
         }
         self.core.timers.stop_all();
         self.state = NonInviteClientState::Terminated;
@@ -458,12 +475,12 @@ impl NonInviteClient {
 
     /// The next message to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.core.transmits.pop_front()
+        self.core.transmits.pop()
     }
 
     /// The next event for the TU.
     pub fn poll_event(&mut self) -> Option<ClientEvent> {
-        self.core.events.pop_front()
+        self.core.events.pop()
     }
 
     /// When `handle_timeout` is next due.
@@ -474,6 +491,12 @@ impl NonInviteClient {
     #[cfg(test)]
     fn timer(&self, timer: Timer) -> Option<Instant> {
         self.core.timers.get(timer)
+    }
+
+    /// Queue slots held (tests of the memory bound).
+    #[cfg(test)]
+    pub(super) fn held_room(&self) -> usize {
+        self.core.transmits.capacity() + self.core.events.capacity()
     }
 }
 

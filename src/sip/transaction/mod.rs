@@ -15,6 +15,7 @@
 mod client;
 mod key;
 mod message;
+mod outbox;
 mod retransmit;
 mod server;
 mod table;
@@ -29,6 +30,7 @@ pub use key::{
     MAGIC_COOKIE,
 };
 pub use message::{build_ack_for_non_2xx, build_cancel, build_trying};
+pub use outbox::Outbox;
 pub use retransmit::{Retransmit2xx, Retransmit2xxEvent};
 pub use server::{InviteServer, NonInviteServer, ServerEvent};
 pub use table::{CancelMatch, CancelOutcome, Event, TransactionTable};

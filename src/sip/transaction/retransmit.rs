@@ -1,7 +1,7 @@
 //! The UAS core's 2xx retransmission (RFC 3261 §13.3.1.4), which lives
 //! above the INVITE server transaction because a 2xx ends that transaction.
 
-use std::collections::VecDeque;
+use super::outbox::Outbox;
 use std::time::{Duration, Instant};
 
 use super::key::{cseq, to_tag};
@@ -28,8 +28,8 @@ pub struct Retransmit2xx {
     interval: Duration,
     next: Option<Instant>,
     give_up_at: Instant,
-    transmits: VecDeque<Transmit>,
-    events: VecDeque<Retransmit2xxEvent>,
+    transmits: Outbox<Transmit>,
+    events: Outbox<Retransmit2xxEvent>,
 }
 
 impl Retransmit2xx {
@@ -43,8 +43,8 @@ impl Retransmit2xx {
             interval: config.t1,
             next: Some(now + config.t1),
             give_up_at: now + config.timeout(),
-            transmits: VecDeque::new(),
-            events: VecDeque::new(),
+            transmits: Outbox::new(),
+            events: Outbox::new(),
         }
     }
 
@@ -84,11 +84,11 @@ impl Retransmit2xx {
         let Some(next) = self.next else { return };
         if now >= self.give_up_at {
             self.next = None;
-            self.events.push_back(Retransmit2xxEvent::AckTimeout);
+            self.events.push(Retransmit2xxEvent::AckTimeout);
             return;
         }
         if now >= next {
-            self.transmits.push_back(Transmit {
+            self.transmits.push(Transmit {
                 peer: self.peer,
                 message: SipMessage::Response(self.response.clone()),
             });
@@ -99,12 +99,12 @@ impl Retransmit2xx {
 
     /// The next message to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits.pop_front()
+        self.transmits.pop()
     }
 
     /// The next event for the TU.
     pub fn poll_event(&mut self) -> Option<Retransmit2xxEvent> {
-        self.events.pop_front()
+        self.events.pop()
     }
 
     /// When `handle_timeout` is next due: the next retransmission or the

@@ -1,6 +1,6 @@
 //! Server transactions: INVITE (RFC 3261 §17.2.1) and non-INVITE (§17.2.2).
 
-use std::collections::VecDeque;
+use super::outbox::Outbox;
 use std::time::{Duration, Instant};
 
 use super::key::to_tag;
@@ -30,8 +30,8 @@ struct ServerCore {
     peer: Peer,
     config: TimerConfig,
     timers: TimerTable,
-    transmits: VecDeque<Transmit>,
-    events: VecDeque<ServerEvent>,
+    transmits: Outbox<Transmit>,
+    events: Outbox<ServerEvent>,
 }
 
 impl ServerCore {
@@ -40,8 +40,8 @@ impl ServerCore {
             peer,
             config,
             timers: TimerTable::default(),
-            transmits: VecDeque::new(),
-            events: VecDeque::new(),
+            transmits: Outbox::new(),
+            events: Outbox::new(),
         }
     }
 
@@ -50,7 +50,7 @@ impl ServerCore {
     }
 
     fn send(&mut self, response: &Response) {
-        self.transmits.push_back(Transmit {
+        self.transmits.push(Transmit {
             peer: self.peer,
             message: SipMessage::Response(response.clone()),
         });
@@ -276,7 +276,7 @@ impl InviteServer {
                 }
                 (InviteServerState::Completed(_), Timer::H) => {
                     self.core.timers.stop_all();
-                    self.core.events.push_back(ServerEvent::Timeout);
+                    self.core.events.push(ServerEvent::Timeout);
                     InviteServerState::Terminated
                 }
                 (InviteServerState::Confirmed(_), Timer::I)
@@ -291,19 +291,19 @@ impl InviteServer {
 
     /// The transport failed to send a response (§17.2.4: inform the TU).
     pub fn handle_transport_error(&mut self, _now: Instant) {
-        self.core.events.push_back(ServerEvent::TransportError);
+        self.core.events.push(ServerEvent::TransportError);
         self.core.timers.stop_all();
         self.state = InviteServerState::Terminated;
     }
 
     /// The next message to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.core.transmits.pop_front()
+        self.core.transmits.pop()
     }
 
     /// The next event for the TU.
     pub fn poll_event(&mut self) -> Option<ServerEvent> {
-        self.core.events.pop_front()
+        self.core.events.pop()
     }
 
     /// When `handle_timeout` is next due.
@@ -314,6 +314,12 @@ impl InviteServer {
     #[cfg(test)]
     fn timer(&self, timer: Timer) -> Option<Instant> {
         self.core.timers.get(timer)
+    }
+
+    /// Queue slots held (tests of the memory bound).
+    #[cfg(test)]
+    pub(super) fn held_room(&self) -> usize {
+        self.core.transmits.capacity() + self.core.events.capacity()
     }
 }
 
@@ -453,19 +459,19 @@ impl NonInviteServer {
 
     /// The transport failed to send a response (§17.2.4: inform the TU).
     pub fn handle_transport_error(&mut self, _now: Instant) {
-        self.core.events.push_back(ServerEvent::TransportError);
+        self.core.events.push(ServerEvent::TransportError);
         self.core.timers.stop_all();
         self.state = NonInviteServerState::Terminated;
     }
 
     /// The next message to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.core.transmits.pop_front()
+        self.core.transmits.pop()
     }
 
     /// The next event for the TU.
     pub fn poll_event(&mut self) -> Option<ServerEvent> {
-        self.core.events.pop_front()
+        self.core.events.pop()
     }
 
     /// When `handle_timeout` is next due.
@@ -476,6 +482,12 @@ impl NonInviteServer {
     #[cfg(test)]
     fn timer(&self, timer: Timer) -> Option<Instant> {
         self.core.timers.get(timer)
+    }
+
+    /// Queue slots held (tests of the memory bound).
+    #[cfg(test)]
+    pub(super) fn held_room(&self) -> usize {
+        self.core.transmits.capacity() + self.core.events.capacity()
     }
 }
 

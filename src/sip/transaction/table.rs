@@ -1,7 +1,9 @@
 //! Many transactions at once: matching (RFC 3261 §17.1.3, §17.2.3), one
 //! ordered set of deadlines, and CANCEL (§9).
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
+
+use super::outbox::Outbox;
 use std::time::Instant;
 
 use super::client::{ClientEvent, InviteClient, NonInviteClient};
@@ -197,8 +199,8 @@ pub struct TransactionTable {
     clients: HashMap<ClientKey, u64>,
     servers: HashMap<ServerKey, u64>,
     deadlines: BTreeSet<(Instant, u64)>,
-    transmits: VecDeque<Transmit>,
-    events: VecDeque<Event>,
+    transmits: Outbox<Transmit>,
+    events: Outbox<Event>,
 }
 
 impl TransactionTable {
@@ -212,8 +214,8 @@ impl TransactionTable {
             clients: HashMap::new(),
             servers: HashMap::new(),
             deadlines: BTreeSet::new(),
-            transmits: VecDeque::new(),
-            events: VecDeque::new(),
+            transmits: Outbox::new(),
+            events: Outbox::new(),
         }
     }
 
@@ -311,7 +313,7 @@ impl TransactionTable {
             }
         }
         if is_ack {
-            self.events.push_back(Event::StrayAck { request, peer });
+            self.events.push(Event::StrayAck { request, peer });
             return Ok(());
         }
         if self.slots.len() >= self.max_server {
@@ -325,8 +327,7 @@ impl TransactionTable {
         };
         let id = self.insert(SlotKey::Server(key.clone()), tx);
         self.servers.insert(key.clone(), id);
-        self.events
-            .push_back(Event::NewRequest { key, request, peer });
+        self.events.push(Event::NewRequest { key, request, peer });
         self.sync(now, id);
         Ok(())
     }
@@ -339,8 +340,7 @@ impl TransactionTable {
     ) -> Result<(), TransactionError> {
         let key = ClientKey::from_response(&response)?;
         let Some(&id) = self.clients.get(&key) else {
-            self.events
-                .push_back(Event::StrayResponse { response, peer });
+            self.events.push(Event::StrayResponse { response, peer });
             return Ok(());
         };
         if let Some(slot) = self.slots.get_mut(&id) {
@@ -519,17 +519,29 @@ impl TransactionTable {
 
     /// The next message to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits.pop_front()
+        self.transmits.pop()
     }
 
     /// The next event for the TU.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        self.events.pop()
     }
 
     /// The earliest deadline of any transaction.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.deadlines.first().map(|(at, _)| *at)
+    }
+
+    /// Queue slots held by the table and its transactions (tests of the
+    /// memory bound).
+    #[cfg(test)]
+    fn held_room(&self) -> usize {
+        let txs: usize = self
+            .slots
+            .values()
+            .map(|s| each!(&s.tx, t => t.held_room()))
+            .sum();
+        self.transmits.capacity() + self.events.capacity() + txs
     }
 
     fn insert(&mut self, key: SlotKey, tx: Transaction) -> u64 {
@@ -554,7 +566,7 @@ impl TransactionTable {
             return;
         };
         while let Some(transmit) = slot.tx.poll_transmit() {
-            self.transmits.push_back(transmit);
+            self.transmits.push(transmit);
         }
         let mut send_cancel = None;
         match (&mut slot.tx, &slot.key) {
@@ -564,22 +576,22 @@ impl TransactionTable {
                         slot.cancel_pending = false;
                         send_cancel = Some((key.clone(), tx.peer(), build_cancel(tx.request())));
                     }
-                    self.events.push_back(client_event(key, event));
+                    self.events.push(client_event(key, event));
                 }
             }
             (Transaction::NonInviteClient(tx), SlotKey::Client(key)) => {
                 while let Some(event) = tx.poll_event() {
-                    self.events.push_back(client_event(key, event));
+                    self.events.push(client_event(key, event));
                 }
             }
             (Transaction::InviteServer(tx), SlotKey::Server(key)) => {
                 while let Some(event) = tx.poll_event() {
-                    self.events.push_back(server_event(key, event));
+                    self.events.push(server_event(key, event));
                 }
             }
             (Transaction::NonInviteServer(tx), SlotKey::Server(key)) => {
                 while let Some(event) = tx.poll_event() {
-                    self.events.push_back(server_event(key, event));
+                    self.events.push(server_event(key, event));
                 }
             }
             _ => {}
@@ -608,7 +620,7 @@ impl TransactionTable {
             // The CANCEL was vetted when it was asked for; a failure here is a
             // malformed INVITE we sent ourselves, so it is only logged.
             match cancel.and_then(|cancel| self.send_request(now, peer, cancel)) {
-                Ok(cancel) => self.events.push_back(Event::CancelSent { invite, cancel }),
+                Ok(cancel) => self.events.push(Event::CancelSent { invite, cancel }),
                 Err(error) => tracing::warn!(%error, "deferred CANCEL not sent"),
             }
         }
@@ -711,6 +723,47 @@ mod tests {
             table.respond(t0, &key, response_to(&inv, 200)),
             Err(TransactionError::UnknownTransaction)
         );
+    }
+
+    /// Outputs are held only until drained: a table whose transactions
+    /// wait out Timer J and K holds no queue room, and a completed client
+    /// transaction keeps no headers or body of its request (SPEC §6
+    /// memory).
+    #[test]
+    fn drained_transactions_hold_no_queue_room_nor_their_request() {
+        let t0 = test_epoch();
+        let mut table = TransactionTable::new(TimerConfig::default());
+        let bye = non_invite("BYE", "z9hG4bKheld1");
+        deliver(&mut table, t0, &bye);
+        let key = new_request_key(&mut table);
+        table.respond(t0, &key, response_to(&bye, 200)).unwrap();
+        assert_eq!(codes(&mut table), [200]);
+        let options = non_invite("OPTIONS", "z9hG4bKheld2");
+        let client = table.send_request(t0, udp(), options.clone()).unwrap();
+        assert_eq!(std::iter::from_fn(|| table.poll_transmit()).count(), 1);
+        table
+            .handle_message(
+                t0 + MS,
+                udp(),
+                SipMessage::Response(response_to(&options, 200)),
+            )
+            .unwrap();
+        assert!(matches!(table.poll_event(), Some(Event::Final { .. })));
+        assert_eq!(table.poll_event(), None);
+        assert_eq!(table.server_state(&key), Some("Completed"));
+        assert_eq!(table.client_state(&client), Some("Completed"));
+        assert_eq!(table.held_room(), 0);
+        let id = table.clients[&client];
+        match &table.slots[&id].tx {
+            Transaction::NonInviteClient(tx) => {
+                assert!(tx.request().headers.0.is_empty() && tx.request().body.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        // A retransmitted request still gets the response again (Timer J).
+        deliver(&mut table, t0 + 500 * MS, &bye);
+        assert_eq!(codes(&mut table), [200]);
+        assert_eq!(table.held_room(), 0);
     }
 
     /// RFC 4475 §3.2 `badbranch`, byte for byte.
