@@ -1,7 +1,6 @@
 //! The agent leg: the nailed-up UAC call to the agent's phone (SPEC §1 steps
 //! 2 and 6, §5 DTMF), forked in parallel to every registered contact.
 
-use crate::sip::transaction::Outbox;
 use std::time::{Duration, Instant};
 
 use rand::RngCore;
@@ -14,7 +13,7 @@ use super::timer::Timer;
 use super::{CallError, LocalAddress};
 use crate::sip::dialog::Dialog;
 use crate::sip::syntax::{Request, Response, SipMessage};
-use crate::sip::transaction::{ClientKey, Event, TimerConfig};
+use crate::sip::transaction::{ClientKey, Event, Outbox, TimerConfig};
 use crate::sip::{Peer, Transmit};
 
 /// One registered contact of the agent (RFC 3261 §10.3 binding).

@@ -9,7 +9,6 @@
 //! and the INVITE 487 (§9.2). In the dialog, the caller's BYE is answered
 //! 200 (§15.1.2) and [`InboundLeg::hangup`] sends ours.
 
-use crate::sip::transaction::Outbox;
 use std::time::Instant;
 
 use rand::RngCore;
@@ -21,7 +20,7 @@ use super::{CallError, LocalAddress};
 use crate::sip::dialog::Dialog;
 use crate::sip::syntax::{HeadersExt, Method, Request, SipMessage};
 use crate::sip::transaction::{
-    CancelMatch, Event, Retransmit2xx, Retransmit2xxEvent, ServerKey, TimerConfig,
+    CancelMatch, Event, Outbox, Retransmit2xx, Retransmit2xxEvent, ServerKey, TimerConfig,
 };
 use crate::sip::{Peer, Transmit};
 

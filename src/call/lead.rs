@@ -1,7 +1,6 @@
 //! The lead leg: the UAC call to the carrier trunk for one number (SPEC §1
 //! steps 3–5, R2, R8–R12).
 
-use crate::sip::transaction::Outbox;
 use std::time::{Duration, Instant};
 
 use rand::RngCore;
@@ -17,7 +16,7 @@ use super::{CallError, LocalAddress};
 use crate::sip::dialog::Dialog;
 use crate::sip::digest::DigestClient;
 use crate::sip::syntax::{Method, Request, Response, SipMessage};
-use crate::sip::transaction::{ClientKey, Event, TimerConfig};
+use crate::sip::transaction::{ClientKey, Event, Outbox, TimerConfig};
 use crate::sip::{Peer, Transmit};
 
 /// What the driver knows when it dials a lead (SPEC §1 step 3, R2).

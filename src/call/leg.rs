@@ -3,7 +3,6 @@
 //! §13.2.2.4) and the UAS side of in-dialog requests (BYE, re-INVITE, INFO,
 //! OPTIONS, CANCEL; §12.2.2, §14.2, §15.1.2).
 
-use crate::sip::transaction::Outbox;
 use std::time::Instant;
 
 use rand::rngs::StdRng;
@@ -15,7 +14,7 @@ use super::{CallError, LocalAddress};
 use crate::sip::dialog::{Dialog, DialogId};
 use crate::sip::syntax::{HeadersExt, Method, Request, Response, SipMessage};
 use crate::sip::transaction::{
-    branch_from_bits, CancelMatch, ClientKey, Retransmit2xx, Retransmit2xxEvent, ServerKey,
+    branch_from_bits, CancelMatch, ClientKey, Outbox, Retransmit2xx, Retransmit2xxEvent, ServerKey,
     TimerConfig, TransactionTable,
 };
 use crate::sip::{Peer, Transmit};

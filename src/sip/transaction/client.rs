@@ -1,9 +1,9 @@
 //! Client transactions: INVITE (RFC 3261 §17.1.1) and non-INVITE (§17.1.2).
 
-use super::outbox::Outbox;
 use std::time::{Duration, Instant};
 
 use super::message::build_ack_for_non_2xx;
+use super::outbox::Outbox;
 use super::timer::{Timer, TimerConfig, TimerTable};
 use super::TransactionError;
 use crate::sip::syntax::{Method, Request, Response, SipMessage};

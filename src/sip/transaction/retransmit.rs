@@ -1,10 +1,10 @@
 //! The UAS core's 2xx retransmission (RFC 3261 §13.3.1.4), which lives
 //! above the INVITE server transaction because a 2xx ends that transaction.
 
-use super::outbox::Outbox;
 use std::time::{Duration, Instant};
 
 use super::key::{cseq, to_tag};
+use super::outbox::Outbox;
 use super::timer::TimerConfig;
 use crate::sip::syntax::{prelude::*, Method, Request, Response, SipMessage};
 use crate::sip::{Peer, Transmit};

@@ -1,10 +1,10 @@
 //! Server transactions: INVITE (RFC 3261 §17.2.1) and non-INVITE (§17.2.2).
 
-use super::outbox::Outbox;
 use std::time::{Duration, Instant};
 
 use super::key::to_tag;
 use super::message::build_trying;
+use super::outbox::Outbox;
 use super::timer::{Timer, TimerConfig, TimerTable};
 use super::TransactionError;
 use crate::sip::syntax::{Method, Request, Response, SipMessage};
