@@ -158,3 +158,43 @@ fn page_from_whole_view(compiled: &CompiledQuery, offset: u64) -> bool {
     compiled.unsorted.is_some()
         || (compiled.excluding.is_some() && offset >= JOINED_PAGE_MAX_OFFSET)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compiled(query: &str, dialect: Dialect) -> CompiledQuery {
+        let mut catalog = CustomFieldCatalog::new();
+        catalog.insert(
+            "Next Call Date",
+            8,
+            crate::leads::query::CustomFieldKind::Date,
+        );
+        let ast = parse(query).expect("parses");
+        let now = DateTime::from_timestamp_millis(1_793_534_400_000).unwrap_or_default();
+        compile(&ast, dialect, now, &catalog).expect("compiles")
+    }
+
+    /// Pages read with LIMIT and OFFSET only where that reads less than
+    /// the whole view; the rest are cut from the whole view.
+    #[test]
+    fn pages_are_cut_from_the_whole_view_where_that_is_cheaper() {
+        let filter = r#"("custom.Next Call Date" < now or "custom.Next Call Date":"")"#;
+        for dialect in [Dialect::Sqlite, Dialect::Postgres] {
+            // Sorted in Rust by keys read apart: every page.
+            let keyed = compiled(r#"sort:-"Next Call Date""#, dialect);
+            assert!(page_from_whole_view(&keyed, 0), "{dialect:?}");
+            // In view order from an index: LIMIT and OFFSET.
+            let plain = compiled("sort:-created", dialect);
+            assert!(!page_from_whole_view(&plain, 1_000_000), "{dialect:?}");
+        }
+        // The leads failing a condition removed in Rust: read in view
+        // order by PostgreSQL, deep pages cut from the whole view; SQLite
+        // reads this view in id order and sorts it, every page.
+        let pg = compiled(filter, Dialect::Postgres);
+        assert!(!page_from_whole_view(&pg, 0));
+        assert!(!page_from_whole_view(&pg, JOINED_PAGE_MAX_OFFSET - 1));
+        assert!(page_from_whole_view(&pg, JOINED_PAGE_MAX_OFFSET));
+        assert!(page_from_whole_view(&compiled(filter, Dialect::Sqlite), 0));
+    }
+}
