@@ -598,7 +598,7 @@ fn rust_sorted(
         // Every lead: PostgreSQL reads the ids from the primary key
         // (an index-only scan, 43 MB at 1,000,000 leads) rather than the
         // table (135 MB, most of it outside a default 128 MB of shared
-        // buffers: 151–196 ms of `sort:-"Next Call Date"`; BENCHMARKS.md).
+        // buffers): 64–66 against 104–108 ms in psql (BENCHMARKS.md).
         // It takes the index only for this order, and only while the
         // visibility map is current (VACUUM, or autovacuum on a live
         // database); otherwise it plans a scan of the table as before.
@@ -743,8 +743,8 @@ async fn sqlite_ids(
 /// key (one `GROUP BY value_ms` pass over `lcv_ms` in key order, each
 /// group's ids joined by `,` and the groups by `;`), which is all that
 /// [`order_by_keys`] needs to sort the ties. Writing 660,000 keys as text
-/// and parsing them back was half the work of this query (sqlite3 3.46 on
-/// 1,000,000 leads: 140 → 75 ms of CPU; BENCHMARKS.md).
+/// and parsing them back was a third of the work of this query (sqlite3
+/// on 1,000,000 leads: 121–123 → 77–81 ms of CPU; BENCHMARKS.md).
 async fn fetch_keyed_sqlite(
     pool: &sqlx::SqlitePool,
     u: &Unsorted,
@@ -981,8 +981,8 @@ async fn pg_ids(
     params: &[SqlParam],
 ) -> Result<Vec<i64>, sqlx::Error> {
     // `ARRAY(subquery)` keeps the subquery's order like `array_agg` over
-    // it, without an aggregate node: 73 against 107 ms for 1,000,000 ids
-    // in view order (psql, load 5; BENCHMARKS.md).
+    // it, without an aggregate node: 1,000,000 ids in view order in a
+    // median of 74–84 against 97–116 ms (psql, load 5–7; BENCHMARKS.md).
     let sql = format!("SELECT ARRAY({sql})");
     let mut query = sqlx::query_scalar::<sqlx::Postgres, Option<Vec<i64>>>(&sql);
     for p in params {
