@@ -594,16 +594,14 @@ fn rust_sorted(
         c.sql.push_str(" WHERE ");
         c.expr(filter)?;
     }
-    if key_field.is_some() && query.filter.is_none() && dialect == Dialect::Postgres {
-        // Every lead: PostgreSQL reads the ids from the primary key
-        // (an index-only scan, 43 MB at 1,000,000 leads) rather than the
-        // table (135 MB, most of it outside a default 128 MB of shared
-        // buffers): 64–66 against 104–108 ms in psql (BENCHMARKS.md).
-        // It takes the index only for this order, and only while the
-        // visibility map is current (VACUUM, or autovacuum on a live
-        // database); otherwise it plans a scan of the table as before.
-        c.sql.push_str(" ORDER BY l.id");
-    }
+    // PostgreSQL reads every lead id of an unfiltered view with a scan of
+    // the table, not of the primary key: the index-only scan took 64–66
+    // against 104–108 ms in psql, but its 43 MB of pages evicted the
+    // other view indexes from a default 128 MB of shared buffers (the
+    // `sort:-created` scan after it read 2,600–5,600 pages from outside
+    // them, against 27–256 after a table scan, which keeps to a small
+    // ring of buffers), and in the bench, at load 6–10, it made
+    // `sort:-"Next Call Date"` no faster (BENCHMARKS.md).
     if key_field.is_none() {
         let mark = c.sql.len();
         match &key {
@@ -1999,7 +1997,7 @@ mod tests {
         let sort = u(r#"sort:-"Next Call Date""#)?.ok_or_else(|| QueryError::new(0, "", ""))?;
         assert_eq!(sort.key_field, Some(8));
         assert!(sort.descending);
-        assert_eq!(sort.sql, "SELECT l.id FROM leads l ORDER BY l.id");
+        assert_eq!(sort.sql, "SELECT l.id FROM leads l");
         assert_eq!(
             u(r#"("custom.Next Call Date" < now or "custom.Next Call Date":"")"#)?,
             None
