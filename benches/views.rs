@@ -19,7 +19,9 @@
 //! outcome that keeps the lead in the view) and, for the status and
 //! `called` views, over 50 edits that make the lead leave.
 //!
-//! `cargo bench --bench views` (`POWERDIAL_BENCH_LEADS=N` for another size).
+//! `cargo bench --bench views` (`POWERDIAL_BENCH_LEADS=N` for another size;
+//! `POWERDIAL_BENCH_REPEAT=N` evaluates each view N times instead of twice
+//! and prints every evaluation's CPU, page faults and preemptions).
 
 mod common;
 
@@ -266,21 +268,39 @@ async fn bench(label: &str, store: &Store, n: u64) {
     );
     let now = DateTime::from_timestamp_millis(NOW_MS).unwrap_or_default();
     let show_plans = std::env::var_os("POWERDIAL_BENCH_EXPLAIN").is_some();
+    let repeat = std::env::var("POWERDIAL_BENCH_REPEAT")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(2)
+        .max(2);
     for view in VIEWS {
         let mut times = Vec::new();
         let mut cpu = Vec::new();
+        let mut usage = Vec::new();
         let mut count = 0;
-        for _ in 0..2 {
-            let (t, c) = (common::start(), cpu_ms());
+        for _ in 0..repeat {
+            let (t, c, u) = (common::start(), cpu_ms(), Usage::now());
             let ids = store.evaluate_view(view, now).await.expect("evaluate");
             times.push(t.elapsed().as_secs_f64() * 1000.0);
             cpu.push(cpu_ms() - c);
+            usage.push(Usage::now().since(&u));
             count = ids.len();
         }
         println!(
             "{label}: {count:>7} leads in {:>7.0} ms, then {:>7.0} ms (this process's CPU {:.0} / {:.0} ms, load {}): {view}",
             times[0], times[1], cpu[0], cpu[1], load_average()
         );
+        if repeat > 2 {
+            // Every evaluation: wall ms (user + sys CPU ms, minor page
+            // faults, involuntary context switches), to tell more work
+            // from waiting for a core.
+            let all: Vec<String> = times
+                .iter()
+                .zip(&usage)
+                .map(|(t, u)| format!("{t:.0} ({u})"))
+                .collect();
+            println!("{label}:   all {repeat}: {}", all.join(", "));
+        }
         // The same view as one joined query (the form before
         // `CompiledQuery::excluding`), timed beside it on the same data
         // and machine load, with the same result.
@@ -325,6 +345,56 @@ fn cpu_ms() -> f64 {
     }
     let ms = |t: libc::timeval| t.tv_sec as f64 * 1000.0 + t.tv_usec as f64 / 1000.0;
     ms(usage.ru_utime) + ms(usage.ru_stime)
+}
+
+/// This process's resource usage so far (`getrusage`), for the
+/// per-evaluation detail of `POWERDIAL_BENCH_REPEAT`.
+struct Usage {
+    user_ms: f64,
+    sys_ms: f64,
+    minflt: i64,
+    nivcsw: i64,
+}
+
+impl Usage {
+    fn now() -> Usage {
+        // SAFETY: getrusage writes one `rusage` into the zeroed value given.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+            return Usage {
+                user_ms: f64::NAN,
+                sys_ms: f64::NAN,
+                minflt: 0,
+                nivcsw: 0,
+            };
+        }
+        let ms = |t: libc::timeval| t.tv_sec as f64 * 1000.0 + t.tv_usec as f64 / 1000.0;
+        Usage {
+            user_ms: ms(usage.ru_utime),
+            sys_ms: ms(usage.ru_stime),
+            minflt: usage.ru_minflt,
+            nivcsw: usage.ru_nivcsw,
+        }
+    }
+
+    fn since(&self, before: &Usage) -> Usage {
+        Usage {
+            user_ms: self.user_ms - before.user_ms,
+            sys_ms: self.sys_ms - before.sys_ms,
+            minflt: self.minflt - before.minflt,
+            nivcsw: self.nivcsw - before.nivcsw,
+        }
+    }
+}
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.0}+{:.0} ms, {} flt, {} icsw",
+            self.user_ms, self.sys_ms, self.minflt, self.nivcsw
+        )
+    }
 }
 
 /// The 1-minute load average (`/proc/loadavg`).

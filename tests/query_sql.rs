@@ -521,6 +521,49 @@ async fn check_injection(db: &Db) {
     assert_eq!(db.lead_count().await, 13);
 }
 
+/// A sort by a date field whose keys are read apart from the view
+/// (`Unsorted::key_field`; SQLite reads them grouped by key) orders ties
+/// by id in either direction, then the leads without a value by id,
+/// exactly as the view's ORDER BY (its page form, one joined query).
+async fn check_key_ties(db: &Db) {
+    let day = now().timestamp_millis() / D * D;
+    db.execute("INSERT INTO custom_fields (id, name, kind) VALUES (4, 'Due', 'date')")
+        .await;
+    for (lead, days_ago) in [(9, 0), (3, 0), (5, 0), (12, 2), (2, 2), (7, 1), (11, 0)] {
+        db.execute(&format!(
+            "INSERT INTO lead_custom_values (lead_id, field_id, value_ms) VALUES ({lead}, 4, {})",
+            day - days_ago * D
+        ))
+        .await;
+    }
+    let potential = [1, 2, 3, 7];
+    for (query, keyed, leads) in [
+        ("sort:custom.Due", &[2, 12, 7, 3, 5, 9, 11][..], None),
+        ("sort:-custom.Due", &[3, 5, 9, 11, 7, 2, 12], None),
+        (
+            "lead_status:potential sort:-custom.Due",
+            &[3, 7, 2],
+            Some(4),
+        ),
+    ] {
+        let q = db.compile(query).await.expect("compiles");
+        assert!(
+            q.unsorted.as_ref().is_some_and(|u| u.key_field == Some(4)),
+            "{query}: {q:?}"
+        );
+        let fast = db.fetch(&q).await;
+        assert_eq!(fast, db.fetch(&q.page(1_000, 0)).await, "{query}");
+        assert_eq!(&fast[..keyed.len()], keyed, "{query}");
+        let unkeyed = &fast[keyed.len()..];
+        assert!(unkeyed.windows(2).all(|w| w[0] < w[1]), "{query}: {fast:?}");
+        let count = leads.unwrap_or(db.lead_count().await);
+        assert_eq!(fast.len() as i64, count, "{query}: {fast:?}");
+        if leads.is_some() {
+            assert!(fast.iter().all(|id| potential.contains(id)), "{query}");
+        }
+    }
+}
+
 async fn run_all(db: &Db) {
     seed(db).await;
     check_cases(db).await;
@@ -528,6 +571,7 @@ async fn run_all(db: &Db) {
     check_paging(db).await;
     check_errors(db).await;
     check_injection(db).await;
+    check_key_ties(db).await;
 }
 
 #[tokio::test]

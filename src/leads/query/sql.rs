@@ -395,7 +395,20 @@ fn compile_inner(
         c.sort_key(&scalar);
         c.sql
             .push_str(if sort.descending { " DESC" } else { " ASC" });
-        c.sql.push_str(" NULLS LAST, ");
+        // A key that is never NULL (`created`, `updated`, `opportunities`)
+        // sorts the same either way; PostgreSQL's planner does not know
+        // that, and only `DESC` as written (NULLS FIRST) is the backward
+        // scan of an ascending index: `lead_status:"Potential"
+        // sort:-created` then reads `leads_status_lc_created` backwards
+        // and sorts only the ties by id (an incremental sort) instead of
+        // sorting all its 333,000 leads with an external merge; migration
+        // 0057 gives `leads_created_desc` that order (BENCHMARKS.md).
+        let never_null = scalar.missing == Missing::Never
+            && matches!(scalar.ty, ValueType::Number { .. } | ValueType::Time);
+        if !(sort.descending && never_null && c.dialect == Dialect::Postgres) {
+            c.sql.push_str(" NULLS LAST");
+        }
+        c.sql.push_str(", ");
     }
     c.sql.push_str("l.id ASC");
     // After the whole query compiled: its errors come first, and a page
@@ -581,6 +594,14 @@ fn rust_sorted(
         c.sql.push_str(" WHERE ");
         c.expr(filter)?;
     }
+    // PostgreSQL reads every lead id of an unfiltered view with a scan of
+    // the table, not of the primary key: the index-only scan took 64–66
+    // against 104–108 ms in psql, but its 43 MB of pages evicted the
+    // other view indexes from a default 128 MB of shared buffers (the
+    // `sort:-created` scan after it read 2,600–5,600 pages from outside
+    // them, against 27–256 after a table scan, which keeps to a small
+    // ring of buffers), and in the bench, at load 6–10, it made
+    // `sort:-"Next Call Date"` no faster (BENCHMARKS.md).
     if key_field.is_none() {
         let mark = c.sql.len();
         match &key {
@@ -713,25 +734,38 @@ async fn sqlite_ids(
 }
 
 /// [`fetch_ids_sqlite`] for a query with [`Unsorted::key_field`]: the ids
-/// and the field's `(lead_id, value_ms)` pairs in key order, read at once
-/// on two connections (see [`fetch_unsorted_postgres`]) and matched here.
+/// and the field's leads in key order, read at once on two connections
+/// (see [`fetch_unsorted_postgres`]) and matched here.
+///
+/// The keys themselves are not read: the field's leads come grouped by
+/// key (one `GROUP BY value_ms` pass over `lcv_ms` in key order, each
+/// group's ids joined by `,` and the groups by `;`), which is all that
+/// [`order_by_keys`] needs to sort the ties. Writing 660,000 keys as text
+/// and parsing them back was a third of the work of this query (sqlite3
+/// on 1,000,000 leads: 121–123 → 77–81 ms of CPU; BENCHMARKS.md).
 async fn fetch_keyed_sqlite(
     pool: &sqlx::SqlitePool,
     u: &Unsorted,
 ) -> Result<Vec<i64>, sqlx::Error> {
     let field = u.key_field.unwrap_or_default();
     let keys = format!(
-        "SELECT group_concat(lead_id), group_concat(value_ms) FROM ({})",
-        key_order_sql(u.descending, "?")
+        "SELECT group_concat(ids, ';') FROM (SELECT group_concat(lead_id) AS ids \
+         FROM lead_custom_values WHERE field_id = ? AND value_ms IS NOT NULL \
+         GROUP BY value_ms ORDER BY value_ms {})",
+        if u.descending { "DESC" } else { "ASC" }
     );
-    let keys = sqlx::query_as::<sqlx::Sqlite, (Option<String>, Option<String>)>(&keys)
+    let keys = sqlx::query_scalar::<sqlx::Sqlite, Option<String>>(&keys)
         .bind(field)
         .fetch_one(pool);
-    let (ids, keys) = tokio::try_join!(sqlite_ids(pool, &u.sql, &u.params), keys)?;
+    let (ids, groups) = tokio::try_join!(sqlite_ids(pool, &u.sql, &u.params), keys)?;
     let mut keyed = Vec::new();
-    if let (Some(leads), Some(values)) = keys {
-        for (lead, value) in leads.split(',').zip(values.split(',')) {
-            keyed.push((parse_id(lead)?, parse_id(value)?));
+    if let Some(groups) = groups {
+        // The group's rank stands for its key: only equality and the
+        // order of the groups matter to `order_by_keys`.
+        for (rank, group) in (0i64..).zip(groups.split(';')) {
+            for lead in group.split(',') {
+                keyed.push((parse_id(lead)?, rank));
+            }
         }
     }
     Ok(order_by_keys(ids, keyed))
@@ -739,7 +773,8 @@ async fn fetch_keyed_sqlite(
 
 /// The `(lead_id, value_ms)` pairs of one date field (`field_id =
 /// <placeholder>`), in key order: a scan of the index `lcv_ms` in its
-/// order (both backends), ties in any order.
+/// order, ties in any order (PostgreSQL; SQLite reads them grouped by
+/// key, [`fetch_keyed_sqlite`]).
 fn key_order_sql(descending: bool, placeholder: &str) -> String {
     format!(
         "SELECT lead_id, value_ms FROM lead_custom_values \
@@ -896,10 +931,10 @@ fn sort_by_key(mut rows: Vec<(Option<i64>, i64)>, descending: bool) -> Vec<i64> 
 
 /// Runs a compiled PostgreSQL query and returns the lead ids in view order.
 ///
-/// As on SQLite, the ids come back as one value (an `array_agg` over the
-/// ordered query) instead of a row each, which dominated large views. A
-/// subquery with ORDER BY is never pulled up into the outer query, so the
-/// aggregate reads its rows in that order; the query tests check it.
+/// As on SQLite, the ids come back as one value (`ARRAY(subquery)` over
+/// the ordered query) instead of a row each, which dominated large views.
+/// The array holds the subquery's rows in the order it returns them; the
+/// query tests check it.
 pub async fn fetch_ids_postgres(
     pool: &sqlx::PgPool,
     q: &CompiledQuery,
@@ -937,13 +972,16 @@ async fn fetch_whole_postgres(
     pg_ids(pool, &q.sql, &q.params).await
 }
 
-/// `array_agg(id)` over `sql`, bound with `params`.
+/// `ARRAY(sql)` (its column `id`), bound with `params`.
 async fn pg_ids(
     pool: &sqlx::PgPool,
     sql: &str,
     params: &[SqlParam],
 ) -> Result<Vec<i64>, sqlx::Error> {
-    let sql = format!("SELECT array_agg(id) FROM ({sql}) v");
+    // `ARRAY(subquery)` keeps the subquery's order like `array_agg` over
+    // it, without an aggregate node: 1,000,000 ids in view order in a
+    // median of 74–84 against 97–116 ms (psql, load 5–7; BENCHMARKS.md).
+    let sql = format!("SELECT ARRAY({sql})");
     let mut query = sqlx::query_scalar::<sqlx::Postgres, Option<Vec<i64>>>(&sql);
     for p in params {
         query = match p {
@@ -1009,7 +1047,8 @@ async fn fetch_unsorted_postgres(
 /// Orders the view's `ids` by the keys `keyed`: `(lead_id, key)` for
 /// every lead with a key (at most one each: `(lead_id, field_id)` is the
 /// primary key), already in key order as the field's index yields them
-/// ([`key_order_sql`]). As the ORDER BY would: the view's leads with a
+/// ([`key_order_sql`]; or a key's rank in that order, the same to this
+/// function). As the ORDER BY would: the view's leads with a
 /// key in that order, ties by id, then those without a key by id.
 ///
 /// Only the ties and the leads without a key are sorted here, instead of
@@ -1923,6 +1962,27 @@ mod tests {
         assert!(p.sql.contains("l.status_lc = lower($1)"), "{}", p.sql);
         let s = compiled("lead_status:Potential", Dialect::Sqlite)?;
         assert!(s.sql.contains("lower(l.status) = lower(?)"), "{}", s.sql);
+        Ok(())
+    }
+
+    /// PostgreSQL: a descending key that is never NULL is plain `DESC`,
+    /// the order a backward scan of an ascending index gives; keys that
+    /// may be missing keep `NULLS LAST`. SQLite's text is unchanged.
+    #[test]
+    fn never_null_descending_keys_need_no_nulls_clause() -> Result<(), QueryError> {
+        let p = |q: &str| compiled(q, Dialect::Postgres).map(|c| c.sql);
+        assert!(p(r#"lead_status:"Potential" sort:-created"#)?
+            .ends_with("ORDER BY l.created_ms DESC, l.id ASC"));
+        assert!(p("sort:-updated sort:-opportunities")?
+            .ends_with("ORDER BY l.updated_ms DESC, l.opportunity_count DESC, l.id ASC"));
+        assert!(p("sort:created")?.ends_with("ORDER BY l.created_ms ASC NULLS LAST, l.id ASC"));
+        assert!(p("sort:-called")?.ends_with("ORDER BY l.last_call_ms DESC NULLS LAST, l.id ASC"));
+        assert!(p("sort:-name")?.contains(r#"COLLATE "C" DESC NULLS LAST"#));
+        let s = compiled("sort:-created", Dialect::Sqlite)?.sql;
+        assert!(
+            s.ends_with("ORDER BY l.created_ms DESC NULLS LAST, l.id ASC"),
+            "{s}"
+        );
         Ok(())
     }
 
