@@ -60,6 +60,7 @@ macro_rules! with_write_pool {
         }
     };
 }
+pub(crate) use with_write_pool;
 
 /// Runs `$body` with `$tx` bound to a write transaction of the backend
 /// (SQLite `BEGIN IMMEDIATE`, so the claim step is serialised at once).
@@ -301,7 +302,7 @@ pub async fn renew(
     lease_ms: i64,
 ) -> Result<LeadClaim, ClaimError> {
     let expires = now_ms.saturating_add(lease_ms);
-    let row: Option<i64> = with_pool!(store, p => sqlx::query_scalar(
+    let row: Option<i64> = with_write_pool!(store, p => sqlx::query_scalar(
         "UPDATE lead_claims SET expires_ms = $3, version = version + 1 \
          WHERE id = $1 AND version = $2 AND released_ms IS NULL RETURNING version",
     )
@@ -325,7 +326,7 @@ pub async fn renew(
 
 /// Records the call placed under a claim (for the record and debugging).
 pub async fn attach_call(store: &Store, claim: &LeadClaim, call_id: i64) -> Result<(), ClaimError> {
-    with_pool!(store, p => sqlx::query("UPDATE lead_claims SET call_id = $2 WHERE id = $1")
+    with_write_pool!(store, p => sqlx::query("UPDATE lead_claims SET call_id = $2 WHERE id = $1")
         .bind(claim.id)
         .bind(call_id)
         .execute(p)
@@ -338,7 +339,7 @@ pub async fn attach_call(store: &Store, claim: &LeadClaim, call_id: i64) -> Resu
 /// Fails with [`ClaimError::Lost`] if the claim was no longer ours: the
 /// lease had expired and someone else may have taken the lead.
 pub async fn release(store: &Store, claim: &LeadClaim, now_ms: i64) -> Result<(), ClaimError> {
-    let n = with_pool!(store, p => sqlx::query(
+    let n = with_write_pool!(store, p => sqlx::query(
         "UPDATE lead_claims SET released_ms = $3, version = version + 1 \
          WHERE id = $1 AND version = $2 AND released_ms IS NULL",
     )
@@ -537,7 +538,7 @@ pub async fn release_instance(
     instance: &str,
     now_ms: i64,
 ) -> Result<u64, ClaimError> {
-    let n = with_pool!(store, p => sqlx::query(
+    let n = with_write_pool!(store, p => sqlx::query(
         "UPDATE lead_claims SET released_ms = $2, version = version + 1 \
          WHERE instance = $1 AND released_ms IS NULL",
     )
