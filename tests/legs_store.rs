@@ -106,11 +106,26 @@ async fn journal(store: &Store, backend: &str) {
         ..row("phones", 0, false, 1)
     };
     store
-        .save_legs(&[fork("z9hG4bK1"), fork("z9hG4bK2"), fork("z9hG4bK3")], &[])
+        .save_legs(
+            &[
+                fork("z9hG4bK1"),
+                fork("z9hG4bK2"),
+                fork("z9hG4bK3"),
+                fork("z9hG4bK4"),
+            ],
+            &[],
+        )
         .await
         .unwrap();
+    // Two forks declined in one batch: removed by key, the others stay.
     store
-        .save_legs(&[], &[("phones".to_string(), "z9hG4bK2".to_string())])
+        .save_legs(
+            &[],
+            &[
+                ("phones".to_string(), "z9hG4bK2".to_string()),
+                ("phones".to_string(), "z9hG4bK4".to_string()),
+            ],
+        )
         .await
         .unwrap();
     let rows = store.load_legs().await.unwrap();

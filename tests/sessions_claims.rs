@@ -221,6 +221,19 @@ async fn call_end_saves_history_and_releases(store: &Store) {
         .await
         .expect("call");
     assert!(call.id > 0);
+    let linked: Option<i64> = match store {
+        Store::Sqlite(s) => sqlx::query_scalar("SELECT call_id FROM lead_claims WHERE id = $1")
+            .bind(c.id)
+            .fetch_one(s.pool())
+            .await
+            .expect("claim row"),
+        Store::Postgres(s) => sqlx::query_scalar("SELECT call_id FROM lead_claims WHERE id = $1")
+            .bind(c.id)
+            .fetch_one(s.pool())
+            .await
+            .expect("claim row"),
+    };
+    assert_eq!(linked, Some(call.id), "the claim names its call");
     let answered = LeadHistory {
         generation: 0,
         calls: 0,

@@ -29,7 +29,9 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::leg_journal::{JournalSender, Journaled, LeadJournal, LegChange, LegKey};
+use super::leg_journal::{
+    JournalSender, Journaled, LeadJournal, LegChange, LegKey, Unsent, UNSENT_RETRY,
+};
 use super::trunk::{PingPolicy, TrunkId, TrunkPolicy, TrunkSet, TrunkStatus};
 use super::trunk_slot::{TakeError, TrunkGrant, TrunkInfo, TrunkSlot, Trunks};
 use super::{
@@ -1006,6 +1008,10 @@ struct AgentTask {
     forced: bool,
     /// What this task's legs have in the leg journal.
     journaled: Journaled,
+    /// Journal changes not handed over yet (the writer's channel was full),
+    /// and when to try again.
+    unsent: Unsent,
+    unsent_retry: Option<Instant>,
 }
 
 async fn media_event(rx: &mut Option<mpsc::UnboundedReceiver<MediaEvent>>) -> Option<MediaEvent> {
@@ -1052,6 +1058,8 @@ impl AgentTask {
             drain_deadline: None,
             forced: false,
             journaled: Journaled::default(),
+            unsent: Unsent::default(),
+            unsent_retry: None,
         }
     }
 
@@ -1069,6 +1077,7 @@ impl AgentTask {
         if let Some(d) = self.drain_deadline {
             all.push(if self.forced { d + DRAIN_GRACE } else { d });
         }
+        all.extend(self.unsent_retry);
         all.into_iter().min()
     }
 
@@ -1112,7 +1121,10 @@ impl AgentTask {
                 },
                 cmd = commands.recv() => match cmd {
                     Some(cmd) => self.on_command(cmd).await,
-                    None => return,
+                    None => {
+                        self.unsent.send_all(&self.shared.journal).await;
+                        return;
+                    }
                 },
             }
             if self.drain_deadline.is_some() {
@@ -1127,6 +1139,7 @@ impl AgentTask {
                 let now = Instant::now();
                 if self.is_idle() || (self.forced && now >= d + DRAIN_GRACE) {
                     tracing::info!(agent = %self.name, "calls ended: agent stopped");
+                    self.unsent.send_all(&self.shared.journal).await;
                     return;
                 }
             }
@@ -2341,7 +2354,7 @@ impl AgentTask {
                 }
             }
             if !busy {
-                self.sync_journal().await;
+                self.sync_journal();
                 return;
             }
         }
@@ -2351,17 +2364,30 @@ impl AgentTask {
     /// INVITE, an answer, a leg that ended), so a crash leaves enough to
     /// end every live leg (`call::leg_journal`). The lead leg's row is
     /// removed by its outcome write ([`spawn_finish_forgetting`]), so a
-    /// crash between the two still ends the call and records it.
-    async fn sync_journal(&mut self) {
+    /// crash between the two still ends the call and records it. Never
+    /// waits: what the writer has no room for is held and handed over on a
+    /// later turn ([`Unsent`]).
+    fn sync_journal(&mut self) {
         let lead = self.lead.as_ref().map(|l| LeadJournal {
             leg: &l.leg,
             record_id: l.record_id,
             answered_ms: l.leg.record().answered.map(|a| l.anchor.ms(a)),
         });
         let changes = self.journaled.changes(&self.name, lead, self.leg.as_ref());
-        for c in changes {
-            self.shared.journal.send(c).await;
+        if changes.is_empty() && self.unsent.is_empty() {
+            return;
         }
+        self.unsent.send(&self.shared.journal, changes);
+        self.unsent_retry = if self.unsent.is_empty() {
+            None
+        } else {
+            let now = Instant::now();
+            Some(
+                self.unsent_retry
+                    .filter(|t| *t > now)
+                    .unwrap_or(now + UNSENT_RETRY),
+            )
+        };
     }
 
     /// The transport could not reach `peer`: a send failed at once, or
@@ -2524,6 +2550,7 @@ impl AgentTask {
             let reason = l.end_reason.map_or("unanswered", EndReason::as_str);
             tracing::info!(agent = %self.name, call = l.record_id, %outcome, %reason, status = ?r.sip_status, "call ended");
             let journaled = self.journaled.forget(l.leg.call_id());
+            self.unsent.forget(l.leg.call_id());
             spawn_finish_forgetting(
                 journaled,
                 self.shared.clone(),

@@ -44,6 +44,24 @@ macro_rules! with_pool {
 }
 pub(crate) use with_pool;
 
+/// Runs `$body` with `$p` bound to the pool a single-statement write runs
+/// on (SQLite's one writer connection; PostgreSQL's pool).
+macro_rules! with_write_pool {
+    ($store:expr, $p:ident => $body:expr) => {
+        match $store {
+            Store::Sqlite(s) => {
+                let $p = s.write_pool();
+                $body
+            }
+            Store::Postgres(s) => {
+                let $p = s.write_pool();
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_write_pool;
+
 /// Runs `$body` with `$tx` bound to a write transaction of the backend
 /// (SQLite `BEGIN IMMEDIATE`, so the claim step is serialised at once).
 macro_rules! with_write_tx {
@@ -149,6 +167,9 @@ impl From<sqlx::Error> for ClaimError {
 /// lead called within `block` or answered in this session, and inserts the
 /// claim unless a live one exists (the partial unique index decides races).
 pub async fn claim(store: &Store, req: &ClaimRequest<'_>) -> Result<ClaimResult, ClaimError> {
+    if let Some(c) = claim_at_once(store, req).await? {
+        return Ok(ClaimResult::Claimed(c));
+    }
     let r: Result<ClaimResult, ClaimError> = with_write_tx!(store, tx => {
         // The live claim (and when its lease ends), other sessions' and
         // logged calls (R4 "by any session"; this session's own blocks are
@@ -226,6 +247,51 @@ pub async fn claim(store: &Store, req: &ClaimRequest<'_>) -> Result<ClaimResult,
     r
 }
 
+/// The claim as one statement, the common case on the dial path (SPEC §6
+/// call setup): inserts the claim when no claim is live on the lead and,
+/// unless it re-entered the view, it was neither called by another
+/// session within `block` (R4) nor answered in this session (R5) — the
+/// checks of [`claim`]'s transaction, as conditions of the insert. One
+/// round trip, committed on its own: SQLite's one write lock is held for
+/// one statement instead of four round trips. `None` when nothing was
+/// inserted; [`claim`]'s transaction then says why (and releases a lease
+/// that ran out).
+async fn claim_at_once(
+    store: &Store,
+    req: &ClaimRequest<'_>,
+) -> Result<Option<LeadClaim>, ClaimError> {
+    let expires = req.now_ms.saturating_add(req.lease_ms);
+    let row: Option<(i64, i64)> = with_write_pool!(store, p => sqlx::query_as(
+        "INSERT INTO lead_claims \
+         (lead_id, session_id, agent, instance, claimed_ms, expires_ms) \
+         SELECT $1, $2, $3, $4, $5, $6 \
+         WHERE NOT EXISTS (SELECT 1 FROM lead_claims WHERE lead_id = $1 AND released_ms IS NULL) \
+         AND ($7 OR (\
+           NOT EXISTS (SELECT 1 FROM session_leads \
+                       WHERE session_id = $2 AND lead_id = $1 AND answered = 1) \
+           AND ($8 <= 0 OR NOT EXISTS (SELECT 1 FROM calls \
+                WHERE lead_id = $1 AND (session_id IS NULL OR session_id <> $2) \
+                AND started_ms > $5 - $8)))) \
+         ON CONFLICT DO NOTHING RETURNING id, version",
+    )
+    .bind(req.lead_id)
+    .bind(req.session_id)
+    .bind(req.agent)
+    .bind(req.instance)
+    .bind(req.now_ms)
+    .bind(expires)
+    .bind(req.reentered)
+    .bind(req.block_ms)
+    .fetch_optional(p)
+    .await)?;
+    Ok(row.map(|(id, version)| LeadClaim {
+        id,
+        lead_id: req.lead_id,
+        version,
+        expires_ms: expires,
+    }))
+}
+
 /// Extends a live claim's lease to `now_ms + lease_ms` (R13: renewed while
 /// the call lasts). Fails with [`ClaimError::Lost`] if the claim was taken
 /// over or released meanwhile.
@@ -236,7 +302,7 @@ pub async fn renew(
     lease_ms: i64,
 ) -> Result<LeadClaim, ClaimError> {
     let expires = now_ms.saturating_add(lease_ms);
-    let row: Option<i64> = with_pool!(store, p => sqlx::query_scalar(
+    let row: Option<i64> = with_write_pool!(store, p => sqlx::query_scalar(
         "UPDATE lead_claims SET expires_ms = $3, version = version + 1 \
          WHERE id = $1 AND version = $2 AND released_ms IS NULL RETURNING version",
     )
@@ -260,7 +326,7 @@ pub async fn renew(
 
 /// Records the call placed under a claim (for the record and debugging).
 pub async fn attach_call(store: &Store, claim: &LeadClaim, call_id: i64) -> Result<(), ClaimError> {
-    with_pool!(store, p => sqlx::query("UPDATE lead_claims SET call_id = $2 WHERE id = $1")
+    with_write_pool!(store, p => sqlx::query("UPDATE lead_claims SET call_id = $2 WHERE id = $1")
         .bind(claim.id)
         .bind(call_id)
         .execute(p)
@@ -273,7 +339,7 @@ pub async fn attach_call(store: &Store, claim: &LeadClaim, call_id: i64) -> Resu
 /// Fails with [`ClaimError::Lost`] if the claim was no longer ours: the
 /// lease had expired and someone else may have taken the lead.
 pub async fn release(store: &Store, claim: &LeadClaim, now_ms: i64) -> Result<(), ClaimError> {
-    let n = with_pool!(store, p => sqlx::query(
+    let n = with_write_pool!(store, p => sqlx::query(
         "UPDATE lead_claims SET released_ms = $3, version = version + 1 \
          WHERE id = $1 AND version = $2 AND released_ms IS NULL",
     )
@@ -472,7 +538,7 @@ pub async fn release_instance(
     instance: &str,
     now_ms: i64,
 ) -> Result<u64, ClaimError> {
-    let n = with_pool!(store, p => sqlx::query(
+    let n = with_write_pool!(store, p => sqlx::query(
         "UPDATE lead_claims SET released_ms = $2, version = version + 1 \
          WHERE instance = $1 AND released_ms IS NULL",
     )

@@ -7,7 +7,7 @@
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::claim::with_pool;
+use super::claim::{with_pool, with_write_pool};
 use super::hours::Window;
 use super::queue::{LeadHistory, LeadId};
 use crate::leads::model::rfc3339;
@@ -138,7 +138,7 @@ pub async fn create_session(
          (smart_view_id, reduced_ring_time, wrap_up_idle_ms, share_token_hash, created_ms) \
          VALUES ($1, $2, $3, $4, $5) RETURNING {SESSION_COLS}"
     );
-    let row = with_pool!(store, p => {
+    let row = with_write_pool!(store, p => {
         let row = sqlx::query(&sql)
             .bind(smart_view_id)
             .bind(i64::from(reduced_ring_time))
@@ -197,7 +197,7 @@ pub async fn set_share_hash(
     id: i64,
     hash: Option<&str>,
 ) -> Result<bool, StoreError> {
-    let n = with_pool!(store, p => sqlx::query(
+    let n = with_write_pool!(store, p => sqlx::query(
         "UPDATE dialer_sessions SET share_token_hash = $2 WHERE id = $1",
     )
     .bind(id)
@@ -216,7 +216,7 @@ pub async fn update_settings(
     reduced_ring_time: bool,
     wrap_up_idle_ms: Option<i64>,
 ) -> Result<bool, StoreError> {
-    let n = with_pool!(store, p => sqlx::query(
+    let n = with_write_pool!(store, p => sqlx::query(
         "UPDATE dialer_sessions SET reduced_ring_time = $2, wrap_up_idle_ms = $3 WHERE id = $1",
     )
     .bind(id)
@@ -237,7 +237,7 @@ pub async fn set_calling_hours(
 ) -> Result<bool, StoreError> {
     let start = window.map(|w| w.start().to_string());
     let end = window.map(|w| w.end().to_string());
-    let n = with_pool!(store, p => sqlx::query(
+    let n = with_write_pool!(store, p => sqlx::query(
         "UPDATE dialer_sessions SET calling_start = $2, calling_end = $3 WHERE id = $1",
     )
     .bind(id)
@@ -256,7 +256,7 @@ pub async fn set_caller_id(
     id: i64,
     caller_id: Option<&str>,
 ) -> Result<bool, StoreError> {
-    let n = with_pool!(store, p => sqlx::query(
+    let n = with_write_pool!(store, p => sqlx::query(
         "UPDATE dialer_sessions SET caller_id = $2 WHERE id = $1",
     )
     .bind(id)
@@ -276,7 +276,7 @@ pub async fn set_media_settings(
     voicemail_drop_id: Option<i64>,
     record: bool,
 ) -> Result<bool, StoreError> {
-    let n = with_pool!(store, p => sqlx::query(
+    let n = with_write_pool!(store, p => sqlx::query(
         "UPDATE dialer_sessions SET amd = $2, voicemail_drop_id = $3, record = $4 WHERE id = $1",
     )
     .bind(id)
@@ -291,7 +291,7 @@ pub async fn set_media_settings(
 
 /// R14 "reset & call again": forgets the session's lead history.
 pub async fn reset(store: &Store, id: i64, now_ms: i64) -> Result<(), StoreError> {
-    with_pool!(store, p => {
+    with_write_pool!(store, p => {
         sqlx::query("UPDATE dialer_sessions SET reset_ms = $2 WHERE id = $1")
             .bind(id)
             .bind(now_ms)
@@ -313,7 +313,7 @@ pub async fn upsert_agent(
     paused: bool,
     now_ms: i64,
 ) -> Result<(), StoreError> {
-    with_pool!(store, p => sqlx::query(
+    with_write_pool!(store, p => sqlx::query(
         "INSERT INTO session_agents (session_id, agent, paused, joined_ms) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (session_id, agent) DO UPDATE SET paused = excluded.paused",
     )
@@ -330,7 +330,7 @@ pub async fn upsert_agent(
 
 /// Removes an agent from a session (it left).
 pub async fn remove_agent(store: &Store, session_id: i64, agent: &str) -> Result<(), StoreError> {
-    with_pool!(store, p => sqlx::query("DELETE FROM session_agents WHERE session_id = $1 AND agent = $2")
+    with_write_pool!(store, p => sqlx::query("DELETE FROM session_agents WHERE session_id = $1 AND agent = $2")
         .bind(session_id)
         .bind(agent)
         .execute(p)
@@ -363,7 +363,7 @@ pub async fn save_history(
     lead: LeadId,
     h: &LeadHistory,
 ) -> Result<(), StoreError> {
-    with_pool!(store, p => sqlx::query(super::claim::SAVE_HISTORY)
+    with_write_pool!(store, p => sqlx::query(super::claim::SAVE_HISTORY)
     .bind(session_id)
     .bind(lead.0)
     .bind(i64::from(h.generation))

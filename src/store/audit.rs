@@ -333,7 +333,7 @@ impl Store {
     /// Stores audit entries in one transaction (the [`AuditLog`] writer).
     pub async fn insert_audit(&self, entries: &[AuditEntry]) -> Result<(), StoreError> {
         match self {
-            Store::Sqlite(s) => insert(s.pool(), entries).await,
+            Store::Sqlite(s) => insert(s.write_pool(), entries).await,
             Store::Postgres(s) => insert(s.pool(), entries).await,
         }
     }

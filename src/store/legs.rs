@@ -56,6 +56,31 @@ const COLUMNS: &str =
      remote_tag, local_uri, remote_uri, remote_target, route_set, local_cseq, answered_ms, \
      updated_ms";
 
+/// Rows per multi-row statement: 17 parameters a row stays under SQLite's
+/// 32,766 bound parameters (and PostgreSQL's 65,535).
+const ROWS: usize = 1_000;
+
+/// `($1, …, $width), ($width+1, …), …` for `rows` rows: numbered
+/// parameters, which both backends read.
+fn placeholders(rows: usize, width: usize) -> String {
+    let mut out = String::with_capacity(rows * width * 5);
+    for r in 0..rows {
+        if r > 0 {
+            out.push_str(", ");
+        }
+        out.push('(');
+        for c in 0..width {
+            if c > 0 {
+                out.push_str(", ");
+            }
+            out.push('$');
+            out.push_str(&(r * width + c + 1).to_string());
+        }
+        out.push(')');
+    }
+    out
+}
+
 /// Writes one batch in one transaction: upserts by (Call-ID, branch), then
 /// removals of `(call_id, branch)` keys. Each key appears at most once in
 /// the batch (the writer coalesces).
@@ -74,10 +99,11 @@ where
     for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
 {
     let mut tx = pool.begin().await?;
-    for r in upserts {
-        sqlx::query::<DB>(&format!(
-            "INSERT INTO call_legs ({COLUMNS}) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+    // Multi-row statements: one round trip per chunk instead of one per
+    // row, so a batch holds SQLite's write lock briefly (SPEC §6).
+    for chunk in upserts.chunks(ROWS) {
+        let sql = format!(
+            "INSERT INTO call_legs ({COLUMNS}) VALUES {} \
              ON CONFLICT (call_id, branch) DO UPDATE SET kind = EXCLUDED.kind, \
              record_id = EXCLUDED.record_id, agent = EXCLUDED.agent, peer = EXCLUDED.peer, \
              answered = EXCLUDED.answered, invite = EXCLUDED.invite, \
@@ -85,34 +111,42 @@ where
              local_uri = EXCLUDED.local_uri, remote_uri = EXCLUDED.remote_uri, \
              remote_target = EXCLUDED.remote_target, route_set = EXCLUDED.route_set, \
              local_cseq = EXCLUDED.local_cseq, answered_ms = EXCLUDED.answered_ms, \
-             updated_ms = EXCLUDED.updated_ms"
-        ))
-        .bind(r.call_id.as_str())
-        .bind(r.branch.as_str())
-        .bind(r.kind.as_str())
-        .bind(r.record_id)
-        .bind(r.agent.as_str())
-        .bind(r.peer.as_str())
-        .bind(i64::from(r.answered))
-        .bind(r.invite.as_deref())
-        .bind(r.local_tag.as_deref())
-        .bind(r.remote_tag.as_deref())
-        .bind(r.local_uri.as_deref())
-        .bind(r.remote_uri.as_deref())
-        .bind(r.remote_target.as_deref())
-        .bind(r.route_set.as_deref())
-        .bind(r.local_cseq)
-        .bind(r.answered_ms)
-        .bind(r.updated_ms)
-        .execute(&mut *tx)
-        .await?;
+             updated_ms = EXCLUDED.updated_ms",
+            placeholders(chunk.len(), 17)
+        );
+        let mut q = sqlx::query::<DB>(&sql);
+        for r in chunk {
+            q = q
+                .bind(r.call_id.as_str())
+                .bind(r.branch.as_str())
+                .bind(r.kind.as_str())
+                .bind(r.record_id)
+                .bind(r.agent.as_str())
+                .bind(r.peer.as_str())
+                .bind(i64::from(r.answered))
+                .bind(r.invite.as_deref())
+                .bind(r.local_tag.as_deref())
+                .bind(r.remote_tag.as_deref())
+                .bind(r.local_uri.as_deref())
+                .bind(r.remote_uri.as_deref())
+                .bind(r.remote_target.as_deref())
+                .bind(r.route_set.as_deref())
+                .bind(r.local_cseq)
+                .bind(r.answered_ms)
+                .bind(r.updated_ms);
+        }
+        q.execute(&mut *tx).await?;
     }
-    for (call_id, branch) in removals {
-        sqlx::query::<DB>("DELETE FROM call_legs WHERE call_id = $1 AND branch = $2")
-            .bind(call_id.as_str())
-            .bind(branch.as_str())
-            .execute(&mut *tx)
-            .await?;
+    for chunk in removals.chunks(ROWS) {
+        let sql = format!(
+            "DELETE FROM call_legs WHERE (call_id, branch) IN (VALUES {})",
+            placeholders(chunk.len(), 2)
+        );
+        let mut q = sqlx::query::<DB>(&sql);
+        for (call_id, branch) in chunk {
+            q = q.bind(call_id.as_str()).bind(branch.as_str());
+        }
+        q.execute(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(())

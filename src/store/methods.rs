@@ -480,11 +480,13 @@ macro_rules! store_methods {
                 c: &NewCall,
                 claim: Option<i64>,
             ) -> Result<CallRecord, StoreError> {
-                let mut tx = self.begin_write().await?;
+                // One statement, committed on its own: the `calls_inserted`
+                // trigger (migration 0070) moves `leads.last_call_ms` and
+                // links the R13 claim to this call in the same statement.
                 let sql = format!(
                     "INSERT INTO calls (session_id, lead_id, agent, number, started_ms, answered_ms, \
-                     ended_ms, outcome, sip_status, ring_ms, trunk) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING {CALL_COLUMNS}"
+                     ended_ms, outcome, sip_status, ring_ms, trunk, claim_id) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {CALL_COLUMNS}"
                 );
                 let row = sqlx::query(&sql)
                     .bind(c.session_id)
@@ -498,7 +500,8 @@ macro_rules! store_methods {
                     .bind(c.sip_status.map(i32::from))
                     .bind(c.ring_ms)
                     .bind(c.trunk.as_deref())
-                    .fetch_one(&mut *tx)
+                    .bind(claim)
+                    .fetch_one(self.write_pool())
                     .await
                     .map_err(|e| match StoreError::from_sqlx(e, Entity::Call, "") {
                         StoreError::Invalid(_) if c.lead_id.is_some() => StoreError::NotFound {
@@ -507,29 +510,6 @@ macro_rules! store_methods {
                         },
                         other => other,
                     })?;
-                if let Some(lead_id) = c.lead_id {
-                    // A portable max(): GREATEST is PostgreSQL-only and
-                    // SQLite's two-argument max() does not exist there.
-                    sqlx::query(
-                        "UPDATE leads SET last_call_ms = CASE \
-                         WHEN last_call_ms IS NULL OR last_call_ms < $1 THEN $1 \
-                         ELSE last_call_ms END WHERE id = $2",
-                    )
-                    .bind(c.started_ms)
-                    .bind(lead_id)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                if let Some(claim) = claim {
-                    // The R13 claim names its call (the crash sweep releases
-                    // it by that), in the record's own commit.
-                    sqlx::query("UPDATE lead_claims SET call_id = $1 WHERE id = $2")
-                        .bind(call_from_row(&row)?.id)
-                        .bind(claim)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                tx.commit().await?;
                 call_from_row(&row)
             }
 

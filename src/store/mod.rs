@@ -547,7 +547,7 @@ impl Store {
         entries: &[(DncPattern, Option<String>)],
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        dispatch!(self, s => dnc::add(s.pool(), entries, now_ms).await)
+        dispatch!(self, s => dnc::add(s.write_pool(), entries, now_ms).await)
     }
 
     /// One page of the do-not-call list in pattern order, after `after`.
@@ -579,7 +579,7 @@ impl Store {
 
     /// Removes a pattern from the do-not-call list; whether it was there.
     pub async fn delete_dnc(&self, p: &DncPattern) -> Result<bool, StoreError> {
-        dispatch!(self, s => dnc::delete(s.pool(), p).await)
+        dispatch!(self, s => dnc::delete(s.write_pool(), p).await)
     }
 
     /// Whether the lead is marked "do not call" (false for a lead that does
@@ -603,7 +603,7 @@ impl Store {
         upserts: &[legs::LegRow],
         removals: &[(String, String)],
     ) -> Result<(), StoreError> {
-        dispatch!(self, s => legs::save(s.pool(), upserts, removals).await)
+        dispatch!(self, s => legs::save(s.write_pool(), upserts, removals).await)
     }
 
     /// Every journaled leg (read at start-up, before anything dials).
@@ -619,7 +619,7 @@ impl Store {
         call_ids: &[String],
         now_ms: i64,
     ) -> Result<Vec<legs::Settled>, StoreError> {
-        dispatch!(self, s => legs::settle(s.pool(), calls, call_ids, now_ms).await)
+        dispatch!(self, s => legs::settle(s.write_pool(), calls, call_ids, now_ms).await)
     }
 
     /// The lead one of whose phones is `e164` (a lead calling back, SPEC

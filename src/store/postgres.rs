@@ -50,6 +50,12 @@ impl PgStore {
         &self.pool
     }
 
+    /// The pool a single-statement write runs on (the one pool: PostgreSQL
+    /// takes concurrent writers).
+    pub fn write_pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// Starts a write transaction (READ COMMITTED, the server's default).
     pub async fn begin_write(&self) -> Result<Transaction<'static, sqlx::Postgres>, sqlx::Error> {
         self.pool.begin().await

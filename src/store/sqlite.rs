@@ -101,6 +101,14 @@ impl SqliteStore {
         &self.pool
     }
 
+    /// The pool of the one writer connection, for a write that is a single
+    /// statement (committed on its own, no `BEGIN`/`COMMIT` round trips);
+    /// see [`begin_write`](Self::begin_write) for why writes share one
+    /// connection.
+    pub fn write_pool(&self) -> &SqlitePool {
+        &self.writer
+    }
+
     /// Closes both pools, waiting for connections to be returned.
     pub async fn close(&self) {
         self.writer.close().await;
