@@ -18,8 +18,8 @@
 //! Nothing is queued in the relay: the kernel's socket buffers are the
 //! bounded queue of each socket, a full send buffer drops the packet as a
 //! router would, and a socket is read at most [`DRAIN_BATCH`] datagrams per
-//! wake-up (level-triggered `epoll` reports the rest next time), so one
-//! flooded call cannot hold up the others. No allocation per packet.
+//! turn of its loop (the rest in the next turn), so one flooded call cannot
+//! hold up the others. No allocation per packet.
 //!
 //! Order (DESIGN "Order and sharding"): an agent's legs (its nailed-up
 //! leg and each lead leg) live on one shard, so a call's packets and its

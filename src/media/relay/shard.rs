@@ -1,11 +1,14 @@
 //! One relay event loop (see the module doc of [`super`]): a thread, its
 //! `epoll` instance, the agents placed on it and their timers.
 //!
-//! Sockets are registered level-triggered: a socket read up to
-//! [`DRAIN_BATCH`] datagrams and not emptied is reported again by the next
-//! `epoll_wait`, after the other ready sockets had their turn (no
-//! head-of-line blocking between calls), and a short `recvmmsg` means the
-//! queue is empty, so no read only hears `EAGAIN`.
+//! Sockets are registered edge-triggered (`EPOLLET`): a socket is read
+//! until a short `recvmmsg` shows its queue empty (so no read only hears
+//! `EAGAIN`, and the next datagram raises a new edge) or up to
+//! [`DRAIN_BATCH`] datagrams; one not emptied goes on the loop's backlog
+//! and is read again in the next turn, after the other ready sockets had
+//! theirs (no head-of-line blocking between calls). Edge-triggered, the
+//! kernel does not poll every reported socket once more on the next
+//! `epoll_wait`, as it does for a level-triggered one.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -118,7 +121,7 @@ impl Shard {
         }
         // SAFETY: as above.
         let efd = unsafe { OwnedFd::from_raw_fd(efd) };
-        ctl(&epfd, libc::EPOLL_CTL_ADD, efd.as_raw_fd(), WAKE)?;
+        ctl(&epfd, libc::EPOLL_CTL_ADD, efd.as_raw_fd(), WAKE, 0)?;
         let wake = Arc::new(Wake {
             fd: efd,
             notified: AtomicBool::new(false),
@@ -137,6 +140,8 @@ impl Shard {
             generation: 0,
             io: Io::new(),
             events: vec![libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS],
+            backlog: Vec::new(),
+            serving: Vec::new(),
         };
         Ok((Shard { tx, wake, agents }, lp))
     }
@@ -174,9 +179,9 @@ fn token(slot: usize, generation: u32, kind: u64) -> u64 {
     (u64::from(generation) << 32) | ((slot as u64) << 2) | kind
 }
 
-fn ctl(epfd: &OwnedFd, op: libc::c_int, fd: RawFd, token: u64) -> io::Result<()> {
+fn ctl(epfd: &OwnedFd, op: libc::c_int, fd: RawFd, token: u64, flags: u32) -> io::Result<()> {
     let mut ev = libc::epoll_event {
-        events: libc::EPOLLIN as u32,
+        events: libc::EPOLLIN as u32 | flags,
         u64: token,
     };
     // SAFETY: `ev` is a live epoll_event; both descriptors are open.
@@ -193,7 +198,8 @@ fn register(epfd: &OwnedFd, s: &LegSockets, slot: usize, generation: u32, agent:
         (LEAD_RTP, LEAD_RTCP)
     };
     for (fd, kind) in [(s.rtp.as_raw_fd(), rtp), (s.rtcp.as_raw_fd(), rtcp)] {
-        if let Err(e) = ctl(epfd, libc::EPOLL_CTL_ADD, fd, token(slot, generation, kind)) {
+        let t = token(slot, generation, kind);
+        if let Err(e) = ctl(epfd, libc::EPOLL_CTL_ADD, fd, t, libc::EPOLLET as u32) {
             // Only on memory exhaustion (the descriptors are ours and new):
             // the leg then stays silent and its RTP timeout reports it.
             tracing::error!(error = %e, "RTP socket not added to the relay loop");
@@ -205,7 +211,7 @@ fn deregister(epfd: &OwnedFd, s: &LegSockets) {
     for fd in [s.rtp.as_raw_fd(), s.rtcp.as_raw_fd()] {
         // Closing the socket would remove it too; done first so a reused
         // descriptor number never meets a stale registration.
-        let _ = ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0);
+        let _ = ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0, 0);
     }
 }
 
@@ -237,6 +243,11 @@ struct Loop {
     io: Box<Io>,
     /// What `epoll_wait` returned.
     events: Vec<libc::epoll_event>,
+    /// Sockets left with datagrams queued (read [`DRAIN_BATCH`] in a
+    /// turn): read again next turn without waiting for a new edge.
+    backlog: Vec<u64>,
+    /// The backlog being served this turn.
+    serving: Vec<u64>,
 }
 
 impl Loop {
@@ -253,6 +264,7 @@ impl Loop {
     /// messages, then ready sockets, then due timers. `false` when the
     /// loop must end.
     fn turn(&mut self, timeout: libc::c_int) -> bool {
+        let timeout = if self.backlog.is_empty() { timeout } else { 0 };
         // SAFETY: `events` holds MAX_EVENTS writable entries.
         let n = unsafe {
             libc::epoll_wait(
@@ -279,12 +291,21 @@ impl Loop {
         if !self.take_messages() {
             return false;
         }
+        std::mem::swap(&mut self.backlog, &mut self.serving);
         for i in 0..n {
             let t = self.events.get(i).map_or(WAKE, |e| e.u64);
             if t != WAKE {
                 self.on_socket(t);
             }
         }
+        let mut serving = std::mem::take(&mut self.serving);
+        for t in serving.drain(..) {
+            // A socket with a new edge this turn was read above already.
+            if !self.events.iter().take(n).any(|e| e.u64 == t) {
+                self.on_socket(t);
+            }
+        }
+        self.serving = serving;
         self.run_timers();
         true
     }
@@ -383,15 +404,17 @@ impl Loop {
         else {
             return;
         };
-        match t & 3 {
+        let more = match t & 3 {
             AGENT_RTP => call.drain_rtp(Side::Agent, &mut self.io),
             LEAD_RTP => call.drain_rtp(Side::Lead, &mut self.io),
             AGENT_RTCP => self.io.discard(call.agent.rtcp.as_raw_fd()),
-            _ => {
-                if let Some(l) = &call.lead {
-                    self.io.discard(l.rtcp.as_raw_fd());
-                }
-            }
+            _ => call
+                .lead
+                .as_ref()
+                .is_some_and(|l| self.io.discard(l.rtcp.as_raw_fd())),
+        };
+        if more {
+            self.backlog.push(t);
         }
         call.after_work(slot, &mut self.timers);
     }
@@ -438,18 +461,20 @@ impl Call {
         }
     }
 
-    fn drain_rtp(&mut self, side: Side, io: &mut Io) {
+    /// Relays what the socket holds, up to [`DRAIN_BATCH`] datagrams;
+    /// `true` if it may hold more.
+    fn drain_rtp(&mut self, side: Side, io: &mut Io) -> bool {
         let fd = match side {
             Side::Agent => self.agent.rtp.as_raw_fd(),
             Side::Lead => match &self.lead {
                 Some(l) => l.rtp.as_raw_fd(),
-                None => return,
+                None => return false,
             },
         };
         let mut read = 0;
         while read < DRAIN_BATCH {
             let n = match io.recv(fd) {
-                Ok(0) => return,
+                Ok(0) => return false,
                 Ok(n) => n,
                 // ICMP errors from earlier sends surface here on Linux; keep reading.
                 Err(e) => {
@@ -467,9 +492,10 @@ impl Call {
             io.flush();
             read += n;
             if n < RX_BATCH {
-                return;
+                return false;
             }
         }
+        true
     }
 
     /// One received datagram (`io.bufs[k]`): checked, rewritten in place and
@@ -876,14 +902,16 @@ impl Io {
     }
 
     /// RTCP is not relayed (each leg's reports describe that leg only):
-    /// read and dropped, so the socket's queue never fills.
-    fn discard(&mut self, fd: RawFd) {
+    /// read and dropped, so the socket's queue never fills. `true` if it
+    /// may hold more.
+    fn discard(&mut self, fd: RawFd) -> bool {
         for _ in 0..DRAIN_BATCH / RX_BATCH {
             match self.recv(fd) {
-                Ok(n) if n < RX_BATCH => return,
+                Ok(n) if n < RX_BATCH => return false,
                 Ok(_) | Err(_) => {}
             }
         }
+        true
     }
 }
 
