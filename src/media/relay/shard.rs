@@ -336,8 +336,13 @@ impl Loop {
                         continue;
                     };
                     if let Some(call) = self.calls.get_mut(slot).and_then(Option::as_mut) {
-                        call.apply(&self.epfd, slot, c);
-                        call.after_work(slot, &mut self.timers);
+                        let (epfd, timers) = (&self.epfd, &mut self.timers);
+                        if !isolated(|| {
+                            call.apply(epfd, slot, c);
+                            call.after_work(slot, timers);
+                        }) {
+                            self.abandon(agent);
+                        }
                     }
                 }
                 Ok(Msg::Close(agent)) => self.close(agent),
@@ -378,6 +383,12 @@ impl Loop {
         self.agents.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Ends an agent whose work panicked, with what it had queued to send.
+    fn abandon(&mut self, agent: LegId) {
+        self.io.out_len = 0;
+        self.close(agent);
+    }
+
     fn close(&mut self, agent: LegId) {
         let Some(slot) = self.by_agent.remove(&agent) else {
             return;
@@ -404,19 +415,25 @@ impl Loop {
         else {
             return;
         };
-        let more = match t & 3 {
-            AGENT_RTP => call.drain_rtp(Side::Agent, &mut self.io),
-            LEAD_RTP => call.drain_rtp(Side::Lead, &mut self.io),
-            AGENT_RTCP => self.io.discard(call.agent.rtcp.as_raw_fd()),
-            _ => call
-                .lead
-                .as_ref()
-                .is_some_and(|l| self.io.discard(l.rtcp.as_raw_fd())),
-        };
-        if more {
+        let (io, timers, agent) = (&mut self.io, &mut self.timers, call.agent_id);
+        let mut more = false;
+        let ok = isolated(|| {
+            more = match t & 3 {
+                AGENT_RTP => call.drain_rtp(Side::Agent, io),
+                LEAD_RTP => call.drain_rtp(Side::Lead, io),
+                AGENT_RTCP => io.discard(call.agent.rtcp.as_raw_fd()),
+                _ => call
+                    .lead
+                    .as_ref()
+                    .is_some_and(|l| io.discard(l.rtcp.as_raw_fd())),
+            };
+            call.after_work(slot, timers);
+        });
+        if !ok {
+            self.abandon(agent);
+        } else if more {
             self.backlog.push(t);
         }
-        call.after_work(slot, &mut self.timers);
     }
 
     fn run_timers(&mut self) {
@@ -435,8 +452,27 @@ impl Loop {
                 continue;
             };
             call.armed = None;
-            call.on_timer(now, &mut self.io);
-            call.after_work(slot, &mut self.timers);
+            let (io, timers, agent) = (&mut self.io, &mut self.timers, call.agent_id);
+            if !isolated(|| {
+                call.on_timer(now, io);
+                call.after_work(slot, timers);
+            }) {
+                self.abandon(agent);
+            }
+        }
+    }
+}
+
+/// Runs one call's work; `false` if it panicked. A panic is a bug (cores
+/// refuse bad input with `None`/errors), and it ends only that agent's
+/// media, as a panicking task did when each agent had its own: the other
+/// calls of the loop go on (SPEC §5: nothing crashes or stalls the server).
+fn isolated(f: impl FnOnce()) -> bool {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(()) => true,
+        Err(_) => {
+            tracing::error!("relay: a call's media work panicked; that agent's media ends");
+            false
         }
     }
 }
