@@ -22,8 +22,10 @@
 //! `benches/peers/rtpengine.conf`) is started by the bench in the
 //! foreground on 127.0.0.1 with `--num-threads` = `--relay-threads`; each
 //! call is set up over its ng protocol (`offer` from the carrier, `answer`
-//! from the phone, `delete` after the trial). powerdial's relay runs on a
-//! tokio runtime of `--relay-threads` workers.
+//! from the phone, `delete` after the trial). powerdial's relay runs
+//! `--relay-threads` event loops (`rtp-relay-N` threads); its CPU is theirs
+//! plus the bench's tokio workers' (`relay-worker`, where recording writers
+//! run with `--record`).
 //!
 //! A plain `harness = false` binary: criterion's statistics target
 //! micro-benchmarks, this measures a running system.
@@ -771,7 +773,7 @@ fn powerdial_trial(
         tokio::time::sleep(Duration::from_millis(200)).await;
     });
     let trial = run_traffic("powerdial", &groups, &targets, opts, &|| {
-        threads_cpu_ticks("relay-worker")
+        threads_cpu_ticks("relay-worker") + threads_cpu_ticks("rtp-relay")
     });
     rt.block_on(async move {
         drop(media);
@@ -872,19 +874,26 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let relay = MediaRelay::new(RelayConfig {
-        bind_ip: "127.0.0.1".parse().unwrap(),
-        ports: PortRange {
-            first: 30000,
-            last: 39999,
+    let relay = MediaRelay::with_threads(
+        RelayConfig {
+            bind_ip: "127.0.0.1".parse().unwrap(),
+            ports: PortRange {
+                first: 30000,
+                last: 39999,
+            },
+            core: CoreConfig::default(),
+            socket_buffer: 1 << 20,
         },
-        core: CoreConfig::default(),
-        socket_buffer: 1 << 20,
-    })
+        threads,
+    )
     .unwrap();
     println!(
-        "relay threads {threads} (powerdial tokio workers{}), generator groups {}, {} cores, load {}",
-        if with_rtpengine { ", rtpengine --num-threads" } else { "" },
+        "relay threads {threads} (powerdial event loops{}), generator groups {}, {} cores, load {}",
+        if with_rtpengine {
+            ", rtpengine --num-threads"
+        } else {
+            ""
+        },
         opts.groups,
         cores,
         loadavg()

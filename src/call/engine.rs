@@ -2600,6 +2600,16 @@ impl AgentTask {
         match ev {
             AgentEvent::Ringing => {}
             AgentEvent::Connected { sdp } => {
+                // SRTP before the remote: the relay sends generated frames
+                // to the phone as soon as it knows where, and the first
+                // must already be protected (RFC 3711; as on a re-INVITE).
+                if !self.start_srtp(&sdp) {
+                    tracing::warn!(agent = %self.name, "the phone answered without an SRTP key and security.srtp is \"required\": hanging up");
+                    if let Some(leg) = &mut self.leg {
+                        leg.hangup(now);
+                    }
+                    return;
+                }
                 if let (Some(media), Some(offer)) = (&self.media, &self.agent_offer) {
                     match negotiate(offer, &sdp) {
                         Ok(neg) => {
@@ -2614,13 +2624,6 @@ impl AgentTask {
                             tracing::warn!(agent = %self.name, error = %e, "unusable SDP answer from the phone")
                         }
                     }
-                }
-                if !self.start_srtp(&sdp) {
-                    tracing::warn!(agent = %self.name, "the phone answered without an SRTP key and security.srtp is \"required\": hanging up");
-                    if let Some(leg) = &mut self.leg {
-                        leg.hangup(now);
-                    }
-                    return;
                 }
                 for w in self.waiters.drain(..) {
                     let _ = w.send(Ok(()));

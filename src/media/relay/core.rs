@@ -547,6 +547,17 @@ impl AgentMediaCore {
         self.listening.is_some()
     }
 
+    /// Whether the last [`Self::handle_rtp`] took audio aside for
+    /// [`Self::after_rtp`] (a recording or a detector): the driver sends
+    /// what it relayed before calling it, so the work adds no latency.
+    pub fn has_after_rtp_work(&self) -> bool {
+        self.tap.as_ref().is_some_and(|t| t.pending.is_some())
+            || self
+                .listening
+                .as_ref()
+                .is_some_and(|l| !l.pending.is_empty())
+    }
+
     /// Analyses the lead audio the last [`Self::handle_rtp`] took aside,
     /// after the driver relayed it (the detector is off the hot path).
     pub fn after_rtp(&mut self, now: Instant) {
