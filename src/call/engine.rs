@@ -29,9 +29,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::leg_journal::{
-    JournalSender, Journaled, LeadJournal, LegChange, LegKey, Unsent, UNSENT_RETRY,
-};
+use super::leg_journal::{JournalSender, Journaled, LeadJournal, LegChange, LegKey, Unsent};
 use super::trunk::{PingPolicy, TrunkId, TrunkPolicy, TrunkSet, TrunkStatus};
 use super::trunk_slot::{TakeError, TrunkGrant, TrunkInfo, TrunkSlot, Trunks};
 use super::{
@@ -1341,18 +1339,17 @@ impl AgentTask {
         l.amd_verdict = Some(verdict);
         let amd_ms = i64::try_from(after.as_millis()).unwrap_or(i64::MAX);
         tracing::info!(agent = %self.name, call = l.record_id, %verdict, ?cause, amd_ms, "answering-machine detection");
-        let shared = self.shared.clone();
-        let id = l.record_id;
-        let end = CallEnd {
-            amd: Some(verdict),
-            amd_ms: Some(amd_ms),
-            ..CallEnd::default()
-        };
-        tokio::spawn(async move {
-            if let Err(e) = shared.store.finish_call(id, &end).await {
-                tracing::warn!(error = %e, call_id = id, "AMD verdict not stored");
-            }
-        });
+        // Through the call writer, in order with the call's outcome: a
+        // record announced as ended already shows its verdict (a write of
+        // its own could land after the end, and a reader see `amd: null`).
+        self.shared.records.finish_soon(
+            l.record_id,
+            CallEnd {
+                amd: Some(verdict),
+                amd_ms: Some(amd_ms),
+                ..CallEnd::default()
+            },
+        );
         let _ = self.shared.events.send(CallEvent::Amd {
             agent: self.name.clone(),
             call_id: l.record_id,
@@ -2378,15 +2375,12 @@ impl AgentTask {
             return;
         }
         self.unsent.send(&self.shared.journal, changes);
-        self.unsent_retry = if self.unsent.is_empty() {
-            None
-        } else {
-            let now = Instant::now();
-            Some(
-                self.unsent_retry
-                    .filter(|t| *t > now)
-                    .unwrap_or(now + UNSENT_RETRY),
-            )
+        let now = Instant::now();
+        self.unsent_retry = match self.unsent_retry {
+            _ if self.unsent.is_empty() => None,
+            // A retry already set stands (new changes do not push it back).
+            Some(t) if t > now => Some(t),
+            _ => Some(now + self.unsent.next_delay()),
         };
     }
 

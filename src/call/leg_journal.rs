@@ -407,9 +407,13 @@ impl Journaled {
     }
 }
 
-/// How soon an agent task tries again to hand over changes the writer's
-/// channel had no room for.
+/// How soon an agent task first tries again to hand over changes the
+/// writer's channel had no room for; the wait doubles while the channel
+/// stays full, up to [`UNSENT_RETRY_MAX`] (a database that is down must not
+/// wake every agent task 200 times a second).
 pub const UNSENT_RETRY: Duration = Duration::from_millis(5);
+/// The longest wait between two tries.
+pub const UNSENT_RETRY_MAX: Duration = Duration::from_millis(200);
 
 /// The changes an agent task could not hand to the writer yet because its
 /// channel was full, coalesced per key like the writer's own pending set.
@@ -426,6 +430,8 @@ pub const UNSENT_RETRY: Duration = Duration::from_millis(5);
 #[derive(Debug, Default)]
 pub struct Unsent {
     pending: PendingLegs,
+    /// The wait before the next try; zero until a try fails.
+    delay: Duration,
 }
 
 impl Unsent {
@@ -445,6 +451,7 @@ impl Unsent {
                 return;
             }
         }
+        self.delay = Duration::ZERO;
     }
 
     /// Hands over everything held, waiting while the writer is behind: for
@@ -465,6 +472,17 @@ impl Unsent {
     /// Whether everything was handed over.
     pub fn is_empty(&self) -> bool {
         self.pending.is_empty()
+    }
+
+    /// How long to wait before the next try: [`UNSENT_RETRY`] after a
+    /// hand-over went through, doubling while the channel stays full.
+    pub fn next_delay(&mut self) -> Duration {
+        self.delay = if self.delay.is_zero() {
+            UNSENT_RETRY
+        } else {
+            (self.delay * 2).min(UNSENT_RETRY_MAX)
+        };
+        self.delay
     }
 }
 
@@ -726,6 +744,16 @@ mod tests {
         let last_b = got.iter().rfind(|(k, _)| k == "b").map(|(_, s)| *s);
         assert_eq!((last_a, last_b), (Some(2), Some(2)), "{got:?}");
         assert!(unsent.is_empty());
+
+        // While the channel stays full the tries back off, to a bound; a
+        // hand-over that goes through starts again from the first wait.
+        let mut backoff = Unsent::default();
+        let waits: Vec<Duration> = (0..8).map(|_| backoff.next_delay()).collect();
+        assert_eq!(waits[0], UNSENT_RETRY);
+        assert!(waits.windows(2).all(|w| w[1] >= w[0]), "{waits:?}");
+        assert_eq!(waits[7], UNSENT_RETRY_MAX);
+        backoff.send(&tx, Vec::new());
+        assert_eq!(backoff.next_delay(), UNSENT_RETRY);
 
         // Held changes of a call being finished are dropped with it.
         unsent.send(&tx, vec![save("c", 1), save("d", 1)]);
