@@ -10,6 +10,9 @@
 //! "RTP relay side by side with rtpengine"); a wake-up on a multi-thread
 //! runtime also costs cross-thread unparks. A shard's loop is one
 //! `epoll_wait` for every ready socket of its calls and a timer heap.
+//! `epoll` and `eventfd` are called through `libc`, which the relay already
+//! uses for `recvmmsg`/`sendmmsg`; `mio` would serve as well, but adds a
+//! dependency for a few dozen lines of system calls.
 //!
 //! Hot path (SPEC §6): a wake-up reads each ready socket's datagrams with
 //! one `recvmmsg` into the shard's buffers, the core rewrites each in
