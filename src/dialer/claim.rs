@@ -26,38 +26,38 @@
 use super::queue::{LeadHistory, LeadId};
 use crate::store::{Store, StoreError};
 
-/// Runs `$body` with `$p` bound to the backend's pool (same SQL text for
-/// both: `$N` placeholders, `RETURNING` and `ON CONFLICT` mean the same).
-macro_rules! with_pool {
-    ($store:expr, $p:ident => $body:expr) => {
+/// Runs `$body` with `$p` bound to the backend's pool that `$pool` names
+/// (same SQL text for both: `$N` placeholders, `RETURNING` and
+/// `ON CONFLICT` mean the same).
+macro_rules! on_pool {
+    ($store:expr, $pool:ident, $p:ident => $body:expr) => {
         match $store {
             Store::Sqlite(s) => {
-                let $p = s.pool();
+                let $p = s.$pool();
                 $body
             }
             Store::Postgres(s) => {
-                let $p = s.pool();
+                let $p = s.$pool();
                 $body
             }
         }
     };
 }
+pub(crate) use on_pool;
+
+/// [`on_pool`] for reads: the connection pool.
+macro_rules! with_pool {
+    ($store:expr, $p:ident => $body:expr) => {
+        $crate::dialer::claim::on_pool!($store, pool, $p => $body)
+    };
+}
 pub(crate) use with_pool;
 
-/// Runs `$body` with `$p` bound to the pool a single-statement write runs
-/// on (SQLite's one writer connection; PostgreSQL's pool).
+/// [`on_pool`] for a single-statement write: SQLite's one writer
+/// connection (see `SqliteStore::begin_write`), PostgreSQL's pool.
 macro_rules! with_write_pool {
     ($store:expr, $p:ident => $body:expr) => {
-        match $store {
-            Store::Sqlite(s) => {
-                let $p = s.write_pool();
-                $body
-            }
-            Store::Postgres(s) => {
-                let $p = s.write_pool();
-                $body
-            }
-        }
+        $crate::dialer::claim::on_pool!($store, write_pool, $p => $body)
     };
 }
 pub(crate) use with_write_pool;
