@@ -8,6 +8,7 @@ use sqlx::{
     ColumnIndex, Database, Decode, Encode, Executor, FromRow, IntoArguments, Pool, Row, Type,
 };
 
+use super::methods::row_placeholders;
 use super::StoreError;
 
 /// One live leg as stored: plain text and numbers, so the store knows
@@ -60,27 +61,6 @@ const COLUMNS: &str =
 /// 32,766 bound parameters (and PostgreSQL's 65,535).
 const ROWS: usize = 1_000;
 
-/// `($1, …, $width), ($width+1, …), …` for `rows` rows: numbered
-/// parameters, which both backends read.
-fn placeholders(rows: usize, width: usize) -> String {
-    let mut out = String::with_capacity(rows * width * 5);
-    for r in 0..rows {
-        if r > 0 {
-            out.push_str(", ");
-        }
-        out.push('(');
-        for c in 0..width {
-            if c > 0 {
-                out.push_str(", ");
-            }
-            out.push('$');
-            out.push_str(&(r * width + c + 1).to_string());
-        }
-        out.push(')');
-    }
-    out
-}
-
 /// Writes one batch in one transaction: upserts by (Call-ID, branch), then
 /// removals of `(call_id, branch)` keys. Each key appears at most once in
 /// the batch (the writer coalesces).
@@ -112,7 +92,7 @@ where
              remote_target = EXCLUDED.remote_target, route_set = EXCLUDED.route_set, \
              local_cseq = EXCLUDED.local_cseq, answered_ms = EXCLUDED.answered_ms, \
              updated_ms = EXCLUDED.updated_ms",
-            placeholders(chunk.len(), 17)
+            row_placeholders(chunk.len(), 17)
         );
         let mut q = sqlx::query::<DB>(&sql);
         for r in chunk {
@@ -140,7 +120,7 @@ where
     for chunk in removals.chunks(ROWS) {
         let sql = format!(
             "DELETE FROM call_legs WHERE (call_id, branch) IN (VALUES {})",
-            placeholders(chunk.len(), 2)
+            row_placeholders(chunk.len(), 2)
         );
         let mut q = sqlx::query::<DB>(&sql);
         for (call_id, branch) in chunk {

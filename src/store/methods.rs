@@ -10,14 +10,34 @@ pub(crate) const IN_CHUNK: usize = 500;
 /// `$1, $2, …, $n`.
 pub(crate) fn placeholders(n: usize) -> String {
     let mut s = String::with_capacity(n * 5);
-    for i in 1..=n {
-        if i > 1 {
+    push_numbered(&mut s, 1, n);
+    s
+}
+
+/// `($1, …, $width), ($width+1, …), …` for `rows` rows of a multi-row
+/// `VALUES` list.
+pub(crate) fn row_placeholders(rows: usize, width: usize) -> String {
+    let mut s = String::with_capacity(rows * (width * 5 + 4));
+    for r in 0..rows {
+        if r > 0 {
+            s.push_str(", ");
+        }
+        s.push('(');
+        push_numbered(&mut s, r * width + 1, width);
+        s.push(')');
+    }
+    s
+}
+
+/// Appends `$first, …` (`n` numbered placeholders).
+fn push_numbered(s: &mut String, first: usize, n: usize) {
+    for i in first..first + n {
+        if i > first {
             s.push_str(", ");
         }
         s.push('$');
         s.push_str(&i.to_string());
     }
-    s
 }
 
 /// Stores a call's end: each column only when the end names it, so an
@@ -715,4 +735,17 @@ macro_rules! store_methods {
             }
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_number_every_parameter_once() {
+        assert_eq!(placeholders(3), "$1, $2, $3");
+        assert_eq!(row_placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(row_placeholders(1, 1), "($1)");
+        assert_eq!(row_placeholders(0, 4), "");
+    }
 }
