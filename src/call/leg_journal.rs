@@ -438,6 +438,21 @@ impl Unsent {
     /// Hands `changes`, after any still held, to the writer; keeps what
     /// its channel has no room for.
     pub fn send(&mut self, tx: &JournalSender, changes: Vec<LegChange>) {
+        let mut changes = changes.into_iter();
+        if self.pending.is_empty() {
+            // The common case: nothing held, hand over in order and keep
+            // only what the channel refuses (no map on the call path).
+            for c in changes.by_ref() {
+                if let Err(c) = tx.try_send(c) {
+                    self.pending.push(c);
+                    break;
+                }
+            }
+            if self.pending.is_empty() {
+                self.delay = Duration::ZERO;
+                return;
+            }
+        }
         for c in changes {
             self.pending.push(c);
         }
