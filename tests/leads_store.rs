@@ -220,6 +220,73 @@ async fn crud(store: &Store, backend: &str) {
         Some("+442079460999"),
         "the caller ID the lead was shown is kept"
     );
+    // The call writer's batch: one statement for several records, each
+    // column only where the end names it (the earlier values stay).
+    let b1 = store.insert_call(&call(now_ms(), None)).await.unwrap();
+    let b2 = store.insert_call(&call(now_ms(), None)).await.unwrap();
+    store
+        .finish_calls(&[
+            (
+                b1.id,
+                CallEnd {
+                    answered_ms: Some(now_ms() + 1_000),
+                    trunk: Some("carrier".into()),
+                    ..CallEnd::default()
+                },
+            ),
+            (
+                b2.id,
+                CallEnd {
+                    ended_ms: Some(now_ms() + 2_000),
+                    outcome: Some(CallOutcome::Busy),
+                    sip_status: Some(486),
+                    ring_ms: Some(0),
+                    ..CallEnd::default()
+                },
+            ),
+        ])
+        .await
+        .unwrap();
+    store
+        .finish_calls(&[(
+            b1.id,
+            CallEnd {
+                ended_ms: Some(now_ms() + 3_000),
+                outcome: Some(CallOutcome::Answered),
+                ..CallEnd::default()
+            },
+        )])
+        .await
+        .unwrap();
+    let (r1, r2) = (
+        store.get_call(b1.id).await.unwrap(),
+        store.get_call(b2.id).await.unwrap(),
+    );
+    assert_eq!(
+        r1.answered_at.map(|t| t.timestamp_millis()),
+        Some(now_ms() + 1_000),
+        "{backend}"
+    );
+    assert_eq!(
+        r1.ended_at.map(|t| t.timestamp_millis()),
+        Some(now_ms() + 3_000),
+        "{backend}"
+    );
+    assert_eq!(r1.outcome, Some(CallOutcome::Answered), "{backend}");
+    assert_eq!(r1.trunk.as_deref(), Some("carrier"), "{backend}");
+    assert_eq!(r2.answered_at, None, "{backend}");
+    assert_eq!(r2.outcome, Some(CallOutcome::Busy), "{backend}");
+    assert_eq!(r2.sip_status, Some(486), "{backend}");
+    assert_eq!(r2.ring_ms, Some(0), "{backend}");
+    // A missing record fails the batch (the writer then retries record by
+    // record and reports that one as not found).
+    let missing = store
+        .finish_calls(&[(b2.id, CallEnd::default()), (i64::MAX, CallEnd::default())])
+        .await;
+    assert!(
+        matches!(missing, Err(StoreError::NotFound { .. })),
+        "{backend}: {missing:?}"
+    );
     let by_lead = store
         .list_calls(
             CallFilter {
@@ -231,7 +298,7 @@ async fn crud(store: &Store, backend: &str) {
         )
         .await
         .unwrap();
-    assert_eq!(by_lead.len(), 3);
+    assert_eq!(by_lead.len(), 5);
     assert!(
         by_lead
             .windows(2)

@@ -61,9 +61,11 @@ const COLUMNS: &str =
 /// 32,766 bound parameters (and PostgreSQL's 65,535).
 const ROWS: usize = 1_000;
 
-/// Writes one batch in one transaction: upserts by (Call-ID, branch), then
-/// removals of `(call_id, branch)` keys. Each key appears at most once in
-/// the batch (the writer coalesces).
+/// Writes one batch: upserts by (Call-ID, branch), then removals of
+/// `(call_id, branch)` keys. Each key appears at most once in the batch
+/// (the writer coalesces). A batch that is one statement runs on its own
+/// (a statement is atomic), so the common batch costs one round trip
+/// instead of three; several run in one transaction.
 pub(crate) async fn save<DB>(
     pool: &Pool<DB>,
     upserts: &[LegRow],
@@ -78,7 +80,32 @@ where
     for<'q> i64: Encode<'q, DB> + Type<DB>,
     for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
 {
-    let mut tx = pool.begin().await?;
+    let statements = upserts.len().div_ceil(ROWS) + removals.len().div_ceil(ROWS);
+    let mut conn = pool.acquire().await?;
+    if statements <= 1 {
+        return write::<DB>(&mut conn, upserts, removals).await;
+    }
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    write::<DB>(&mut tx, upserts, removals).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// [`save`]'s statements on `conn`.
+async fn write<DB>(
+    conn: &mut DB::Connection,
+    upserts: &[LegRow],
+    removals: &[(String, String)],
+) -> Result<(), StoreError>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
+{
     // Multi-row statements: one round trip per chunk instead of one per
     // row, so a batch holds SQLite's write lock briefly (SPEC §6).
     for chunk in upserts.chunks(ROWS) {
@@ -115,7 +142,7 @@ where
                 .bind(r.answered_ms)
                 .bind(r.updated_ms);
         }
-        q.execute(&mut *tx).await?;
+        q.execute(&mut *conn).await?;
     }
     for chunk in removals.chunks(ROWS) {
         let sql = format!(
@@ -126,9 +153,8 @@ where
         for (call_id, branch) in chunk {
             q = q.bind(call_id.as_str()).bind(branch.as_str());
         }
-        q.execute(&mut *tx).await?;
+        q.execute(&mut *conn).await?;
     }
-    tx.commit().await?;
     Ok(())
 }
 

@@ -62,6 +62,27 @@ impl PgStore {
     }
 }
 
+impl PgStore {
+    /// Whole leads by id in one statement (`store_methods!`'s
+    /// `load_chunk` appends the `(…)` of ids): contacts with their phones,
+    /// custom values and opportunities as JSON arrays, returned as text
+    /// (`json`, not `jsonb`: it keeps the aggregates' order).
+    pub(crate) const LEADS_BY_ID: &'static str = "SELECT l.id, l.name, l.status, l.created_ms, \
+         l.updated_ms, l.do_not_call, \
+         (SELECT json_agg(json_build_array(c.name, c.emails::json, \
+            COALESCE((SELECT json_agg(p.number ORDER BY p.position, p.id) \
+                      FROM phones p WHERE p.contact_id = c.id), '[]'::json)) \
+            ORDER BY c.position, c.id) \
+          FROM contacts c WHERE c.lead_id = l.id)::text AS contacts, \
+         (SELECT json_agg(json_build_array(f.name, f.kind, v.value_text, v.value_num, v.value_ms)) \
+          FROM lead_custom_values v JOIN custom_fields f ON f.id = v.field_id \
+          WHERE v.lead_id = l.id)::text AS custom, \
+         (SELECT json_agg(json_build_array(o.id, o.status_type, o.created_ms, o.value) \
+            ORDER BY o.created_ms, o.id) \
+          FROM opportunities o WHERE o.lead_id = l.id)::text AS opps \
+         FROM leads l WHERE l.id IN";
+}
+
 store_methods!(PgStore, PgConnection, PgRow);
 
 impl PgStore {

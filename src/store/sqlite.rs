@@ -123,6 +123,28 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// Whole leads by id in one statement (`store_methods!`'s
+    /// `load_chunk` appends the `(…)` of ids): contacts with their phones,
+    /// custom values and opportunities as JSON arrays (SQLite's JSON1,
+    /// ordered aggregates since 3.44). `json()` keeps a nested array an
+    /// array: a subquery's JSON comes back as text.
+    pub(crate) const LEADS_BY_ID: &'static str = "SELECT l.id, l.name, l.status, l.created_ms, \
+         l.updated_ms, l.do_not_call, \
+         (SELECT json_group_array(json_array(c.name, json(c.emails), \
+            json((SELECT json_group_array(p.number ORDER BY p.position, p.id) \
+                  FROM phones p WHERE p.contact_id = c.id))) \
+            ORDER BY c.position, c.id) \
+          FROM contacts c WHERE c.lead_id = l.id) AS contacts, \
+         (SELECT json_group_array(json_array(f.name, f.kind, v.value_text, v.value_num, v.value_ms)) \
+          FROM lead_custom_values v JOIN custom_fields f ON f.id = v.field_id \
+          WHERE v.lead_id = l.id) AS custom, \
+         (SELECT json_group_array(json_array(o.id, o.status_type, o.created_ms, o.value) \
+            ORDER BY o.created_ms, o.id) \
+          FROM opportunities o WHERE o.lead_id = l.id) AS opps \
+         FROM leads l WHERE l.id IN";
+}
+
 store_methods!(SqliteStore, SqliteConnection, SqliteRow);
 
 /// Rows per multi-row statement: 8 parameters a row stays well under
