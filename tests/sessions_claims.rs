@@ -273,6 +273,62 @@ async fn call_end_saves_history_and_releases(store: &Store) {
         .await
         .expect("histories");
     assert!(saved.contains(&(LeadId(lead), again)), "{saved:?}");
+
+    // A batch of ends (the session's end writer): every claim released in
+    // one statement, a stale one reported lost, and a lead that ended twice
+    // in the batch keeps its later history.
+    let more = add_leads(store, 2).await;
+    let mut held = Vec::new();
+    for &l in &more {
+        let r = ClaimRequest {
+            session_id: sid,
+            ..req(l, "carol", "i1", NOW + 10)
+        };
+        let ClaimResult::Claimed(c) = claim::claim(store, &r).await.expect("claim") else {
+            panic!("claim refused")
+        };
+        held.push(c);
+    }
+    let stale = claim::LeadClaim {
+        version: held[1].version + 7,
+        ..held[1]
+    };
+    let h = |calls| LeadHistory {
+        generation: 0,
+        calls,
+        answered: false,
+        blocked_until: Some(NOW + 3_600_000),
+    };
+    let end = |lead: i64, calls, claim| claim::CallEndWrite {
+        session_id: sid,
+        history: Some((LeadId(lead), h(calls))),
+        claim,
+        now_ms: NOW + 20,
+    };
+    let lost = claim::end_calls(
+        store,
+        &[
+            end(more[0], 1, Some(held[0])),
+            end(more[1], 1, Some(stale)),
+            end(more[0], 2, None),
+        ],
+    )
+    .await
+    .expect("ends");
+    assert_eq!(lost, vec![stale], "only the stale claim is lost");
+    let live = claim::live_claims(store, sid, NOW + 21)
+        .await
+        .expect("live");
+    assert!(!live.contains(&more[0]), "released: {live:?}");
+    assert!(
+        live.contains(&more[1]),
+        "a stale release leaves the claim: {live:?}"
+    );
+    let saved = powerdial::dialer::record::load_histories(store, sid)
+        .await
+        .expect("histories");
+    assert!(saved.contains(&(LeadId(more[0]), h(2))), "{saved:?}");
+    assert!(saved.contains(&(LeadId(more[1]), h(1))), "{saved:?}");
 }
 
 async fn race(a: Store, b: Store) {

@@ -451,47 +451,110 @@ async fn store_ends(store: &Store, batch: &[CallEndWrite]) {
 }
 
 /// Several calls' ends in one write transaction ([`end_call`] for each);
-/// returns the claims that turned out lost.
+/// returns the claims that turned out lost. The batch is two statements
+/// whatever its size (every lead's history in one multi-row upsert, every
+/// claim's release in one multi-row update), so a batch holds SQLite's one
+/// write lock for four round trips (SPEC §6 call setup). A lead that ended
+/// twice in one batch keeps its later history: the ends come in the order
+/// the session handed them over.
 pub async fn end_calls(
     store: &Store,
     batch: &[CallEndWrite],
 ) -> Result<Vec<LeadClaim>, ClaimError> {
-    if batch
+    let mut histories: Vec<(i64, LeadId, LeadHistory)> = Vec::new();
+    for w in batch {
+        if let Some((lead, h)) = w.history {
+            match histories
+                .iter_mut()
+                .find(|(s, l, _)| *s == w.session_id && *l == lead)
+            {
+                Some(slot) => slot.2 = h,
+                None => histories.push((w.session_id, lead, h)),
+            }
+        }
+    }
+    let claims: Vec<(LeadClaim, i64)> = batch
         .iter()
-        .all(|w| w.history.is_none() && w.claim.is_none())
-    {
+        .filter_map(|w| w.claim.map(|c| (c, w.now_ms)))
+        .collect();
+    if histories.is_empty() && claims.is_empty() {
         return Ok(Vec::new());
     }
     let lost: Vec<LeadClaim> = with_write_tx!(store, tx => {
-        let mut lost = Vec::new();
-        for w in batch {
-            if let Some((lead, h)) = &w.history {
-                sqlx::query(SAVE_HISTORY)
-                    .bind(w.session_id)
+        for chunk in histories.chunks(END_ROWS) {
+            let sql = save_histories_sql(chunk.len());
+            let mut q = sqlx::query(&sql);
+            for (session, lead, h) in chunk {
+                q = q
+                    .bind(*session)
                     .bind(lead.0)
                     .bind(i64::from(h.generation))
                     .bind(i64::from(h.calls))
                     .bind(i64::from(h.answered))
-                    .bind(h.blocked_until)
-                    .execute(&mut *tx)
-                    .await?;
+                    .bind(h.blocked_until);
             }
-            if let Some(c) = &w.claim {
-                let n = sqlx::query(RELEASE)
-                    .bind(c.id)
-                    .bind(c.version)
-                    .bind(w.now_ms)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                if n != 1 {
-                    lost.push(*c);
-                }
-            }
+            q.execute(&mut *tx).await?;
         }
-        lost
+        let mut released: Vec<i64> = Vec::with_capacity(claims.len());
+        for chunk in claims.chunks(END_ROWS) {
+            let sql = release_claims_sql(chunk.len());
+            let mut q = sqlx::query_scalar::<_, i64>(&sql);
+            for (c, now_ms) in chunk {
+                q = q.bind(c.id).bind(c.version).bind(*now_ms);
+            }
+            released.extend(q.fetch_all(&mut *tx).await?);
+        }
+        claims
+            .iter()
+            .map(|(c, _)| *c)
+            .filter(|c| !released.contains(&c.id))
+            .collect()
     });
     Ok(lost)
+}
+
+/// Rows of one [`save_histories_sql`] or [`release_claims_sql`] statement
+/// (6 parameters each at most: under both backends' bounds).
+const END_ROWS: usize = 500;
+
+/// [`SAVE_HISTORY`] for `rows` leads in one statement; no two rows may
+/// name the same `(session, lead)` (PostgreSQL refuses to update a row
+/// twice in one statement).
+fn save_histories_sql(rows: usize) -> String {
+    format!(
+        "INSERT INTO session_leads \
+         (session_id, lead_id, generation, calls, answered, blocked_until_ms) VALUES {} \
+         ON CONFLICT (session_id, lead_id) DO UPDATE SET generation = excluded.generation, \
+         calls = excluded.calls, answered = excluded.answered, \
+         blocked_until_ms = excluded.blocked_until_ms",
+        crate::store::methods::row_placeholders(rows, 6)
+    )
+}
+
+/// Releases `rows` claims `(id, version, now_ms)` in one statement, each
+/// only at the version its holder knows and while live (R13, as
+/// [`release`]); returns the ids released. The casts type PostgreSQL's
+/// parameters, which a `VALUES` list alone leaves as text.
+fn release_claims_sql(rows: usize) -> String {
+    let mut values = String::with_capacity(rows * 70);
+    for r in 0..rows {
+        if r > 0 {
+            values.push_str(", ");
+        }
+        let n = r * 3;
+        values.push_str(&format!(
+            "(CAST(${} AS BIGINT), CAST(${} AS BIGINT), CAST(${} AS BIGINT))",
+            n + 1,
+            n + 2,
+            n + 3
+        ));
+    }
+    format!(
+        "WITH v (vid, vversion, vnow) AS (VALUES {values}) \
+         UPDATE lead_claims SET released_ms = vnow, version = version + 1 \
+         FROM v WHERE lead_claims.id = vid AND lead_claims.version = vversion \
+         AND released_ms IS NULL RETURNING lead_claims.id"
+    )
 }
 
 /// A call's end in the session, in one write transaction instead of two
@@ -527,9 +590,6 @@ pub(crate) const SAVE_HISTORY: &str = "INSERT INTO session_leads \
      ON CONFLICT (session_id, lead_id) DO UPDATE SET generation = excluded.generation, \
      calls = excluded.calls, answered = excluded.answered, \
      blocked_until_ms = excluded.blocked_until_ms";
-
-const RELEASE: &str = "UPDATE lead_claims SET released_ms = $3, version = version + 1 \
-     WHERE id = $1 AND version = $2 AND released_ms IS NULL";
 
 /// Releases every live claim of `instance` (a clean shutdown or a restart of
 /// the same instance id); how many.

@@ -17,7 +17,7 @@ mod dnc;
 pub mod lead_notes;
 pub mod legs;
 #[macro_use]
-mod methods;
+pub(crate) mod methods;
 pub mod postgres;
 pub mod registration_writer;
 pub mod sqlite;
