@@ -396,6 +396,66 @@ fn parse_via_parm(s: &str) -> Result<ViaParm, Defect> {
     })
 }
 
+/// What RFC 3261 §17.2.3 compares of the top via-parm: its sent-by (whitespace
+/// removed) and its `branch`, read off the text without a typed parse
+/// (transaction matching, a response's To tag).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct TopVia<'a> {
+    /// `host[:port]` as written, whitespace inside removed later.
+    pub(crate) sent_by: &'a str,
+    /// The `branch` value, if any.
+    pub(crate) branch: Option<&'a str>,
+}
+
+/// Reads the top via-parm of a Via header value: `sent-protocol LWS
+/// sent-by *( SEMI via-params )` (RFC 3261 §20.42, §25.1); `None` when it
+/// has no sent-by.
+pub(crate) fn scan_top_via(value: &str) -> Option<TopVia<'_>> {
+    // The first via-parm ends at a comma outside a quoted parameter value.
+    let mut quoted = false;
+    let mut end = value.len();
+    for (i, b) in value.bytes().enumerate() {
+        match b {
+            b'"' => quoted = !quoted,
+            b',' if !quoted => {
+                end = i;
+                break;
+            }
+            _ => {}
+        }
+    }
+    let first = &value[..end];
+    let (sent, params) = match first.find(';') {
+        Some(i) => (&first[..i], &first[i + 1..]),
+        None => (first, ""),
+    };
+    // "SIP / 2.0 / UDP host : port": the sent-by follows the transport.
+    let mut slashes = 0;
+    let mut after_protocol = None;
+    for (i, b) in sent.bytes().enumerate() {
+        if b == b'/' {
+            slashes += 1;
+            if slashes == 2 {
+                after_protocol = Some(i + 1);
+                break;
+            }
+        }
+    }
+    let transport_and_host = sent.get(after_protocol?..)?.trim_start();
+    let host_at = transport_and_host.find([' ', '\t'])?;
+    let sent_by = transport_and_host[host_at..].trim();
+    if sent_by.is_empty() {
+        return None;
+    }
+    let branch = params.split(';').find_map(|p| {
+        let (name, value) = p.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("branch")
+            .then(|| value.trim())
+    });
+    Some(TopVia { sent_by, branch })
+}
+
 /// Parse `CSeq: 1*DIGIT LWS Method` (RFC 3261 §20.16); the number must be
 /// below 2^31 (§8.1.1.5).
 pub(crate) fn parse_cseq(value: &str) -> Result<(u32, &str), Defect> {

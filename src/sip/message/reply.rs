@@ -122,14 +122,13 @@ pub(crate) fn echo_of(headers: &Headers) -> Echo {
             _ => {}
         }
     }
-    if let Some(top) = echo.vias.first() {
-        if let Ok(parms) = super::grammar::parse_via(top) {
-            echo.branch = parms
-                .first()
-                .and_then(|p| p.branch())
-                .unwrap_or_default()
-                .to_string();
-        }
+    if let Some(branch) = echo
+        .vias
+        .first()
+        .and_then(|top| super::grammar::scan_top_via(top))
+        .and_then(|v| v.branch)
+    {
+        echo.branch = branch.to_string();
     }
     echo
 }
