@@ -2,6 +2,8 @@
 //! quoted strings, URIs, name-addr/addr-spec, Via, CSeq, dates. Cheap,
 //! allocation-light checks; never a panic on any input.
 
+use std::borrow::Cow;
+
 use super::Defect;
 
 /// `token` characters (RFC 3261 §25.1).
@@ -310,42 +312,61 @@ fn bracketed<'a>(s: &'a str, header: &'static str) -> Result<(&'a str, &'a str),
 }
 
 /// One `via-parm` (RFC 3261 §20.42, §25.1), LWS around `/` tolerated.
+/// Held as few strings (every message's Vias pass here: SPEC §6).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ViaParm {
     /// The SIP version, `2.0` in any message we accept.
-    pub version: String,
+    pub version: Cow<'static, str>,
     /// `UDP`, `TCP`, `TLS`, `SCTP` or an extension token, upper-cased.
-    pub transport: String,
+    pub transport: Cow<'static, str>,
     /// `host[:port]` without whitespace.
     pub sent_by: String,
-    /// `name[=value]` parameters, whitespace removed.
-    pub params: Vec<(String, Option<String>)>,
+    /// The parameters as `;name[=value]` each, whitespace removed.
+    pub params: String,
 }
 
 impl ViaParm {
     /// The `branch` parameter (RFC 3261 §8.1.1.7).
     pub fn branch(&self) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case("branch"))
-            .and_then(|(_, v)| v.as_deref())
+        // `;` inside a quoted value does not start a parameter.
+        let mut quoted = false;
+        let mut start = 0;
+        let bytes = self.params.as_bytes();
+        for i in 0..=bytes.len() {
+            match bytes.get(i) {
+                Some(b'"') => quoted = !quoted,
+                Some(b';') | None if !quoted => {
+                    let piece = &self.params[start..i];
+                    start = i + 1;
+                    if let Some((n, v)) = piece.split_once('=') {
+                        if n.eq_ignore_ascii_case("branch") {
+                            return Some(v);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// Appends the normalised text (`SIP/2.0/UDP host;name=value`).
+    pub fn write_to(&self, out: &mut String) {
+        out.push_str("SIP/");
+        out.push_str(&self.version);
+        out.push('/');
+        out.push_str(&self.transport);
+        out.push(' ');
+        out.push_str(&self.sent_by);
+        out.push_str(&self.params);
     }
 }
 
 impl std::fmt::Display for ViaParm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "SIP/{}/{} {}",
-            self.version, self.transport, self.sent_by
-        )?;
-        for (n, v) in &self.params {
-            match v {
-                Some(v) => write!(f, ";{n}={v}")?,
-                None => write!(f, ";{n}")?,
-            }
-        }
-        Ok(())
+        let mut s = String::with_capacity(16 + self.sent_by.len() + self.params.len());
+        self.write_to(&mut s);
+        f.write_str(&s)
     }
 }
 
@@ -380,19 +401,40 @@ fn parse_via_parm(s: &str) -> Result<ViaParm, Defect> {
         None => (rest, ""),
     };
     // COLON is SWS ":" SWS (§25.1), so whitespace may surround the port.
-    let sent_by: String = sent_by.split_whitespace().collect();
+    let sent_by: String = if sent_by.contains(char::is_whitespace) {
+        sent_by.split_whitespace().collect()
+    } else {
+        sent_by.to_string()
+    };
     if !is_hostport(&sent_by) {
         return Err(Defect::BadVia);
     }
     let params = parse_params(params, "Via").map_err(|_| Defect::BadVia)?;
+    let mut text = String::with_capacity(rest.len());
+    for (n, v) in params {
+        text.push(';');
+        text.push_str(n);
+        if let Some(v) = v {
+            text.push('=');
+            text.push_str(v);
+        }
+    }
+    let version = if version == "2.0" {
+        Cow::Borrowed("2.0")
+    } else {
+        Cow::Owned(version.to_string())
+    };
+    let transport = match transport {
+        t if t.eq_ignore_ascii_case("UDP") => Cow::Borrowed("UDP"),
+        t if t.eq_ignore_ascii_case("TCP") => Cow::Borrowed("TCP"),
+        t if t.eq_ignore_ascii_case("TLS") => Cow::Borrowed("TLS"),
+        t => Cow::Owned(t.to_ascii_uppercase()),
+    };
     Ok(ViaParm {
-        version: version.to_string(),
-        transport: transport.to_ascii_uppercase(),
+        version,
+        transport,
         sent_by,
-        params: params
-            .into_iter()
-            .map(|(n, v)| (n.to_string(), v.map(str::to_string)))
-            .collect(),
+        params: text,
     })
 }
 

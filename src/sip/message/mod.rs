@@ -646,11 +646,19 @@ fn build_headers(msg: &mut RawMessage<'_>, vias: &Vias, body_len: usize) -> Head
 }
 
 fn join_vias(parms: &[ViaParm]) -> String {
-    parms
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
+    let mut out = String::with_capacity(
+        parms
+            .iter()
+            .map(|p| p.sent_by.len() + p.params.len() + 20)
+            .sum(),
+    );
+    for (i, p) in parms.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        p.write_to(&mut out);
+    }
+    out
 }
 
 /// The error response for an invalid request, from its raw headers: only
