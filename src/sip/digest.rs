@@ -777,17 +777,33 @@ impl DigestVerifier {
 
     /// [`Self::challenges`] as headers: `WWW-Authenticate` for a 401, or
     /// `Proxy-Authenticate` for a 407 when `proxy` (RFC 3261 §22.3).
+    /// Each value is written at once, as [`Challenge`]'s printer would
+    /// write it (every REGISTER cycle's 401 carries these: SPEC §6).
     pub fn challenge_headers(&mut self, now: Instant, stale: bool, proxy: bool) -> Vec<Header> {
-        self.challenges(now, stale)
-            .iter()
-            .map(|c| {
-                if proxy {
-                    Header::ProxyAuthenticate(syntax::ProxyAuthenticate::new(c.to_string()))
-                } else {
-                    Header::WwwAuthenticate(syntax::WwwAuthenticate::new(c.to_string()))
-                }
-            })
-            .collect()
+        let mut out = Vec::with_capacity(self.offered.len());
+        for i in 0..self.offered.len() {
+            let Some(&algorithm) = self.offered.get(i) else {
+                break;
+            };
+            let nonce = self.new_nonce(now);
+            let mut v = String::with_capacity(self.realm.len() + nonce.len() + 72);
+            v.push_str("Digest realm=");
+            quote(&mut v, &self.realm);
+            v.push_str(", nonce=");
+            quote(&mut v, &nonce);
+            v.push_str(", algorithm=");
+            v.push_str(algorithm.token());
+            v.push_str(", qop=\"auth\"");
+            if stale {
+                v.push_str(", stale=true");
+            }
+            out.push(if proxy {
+                Header::ProxyAuthenticate(syntax::ProxyAuthenticate::new(v))
+            } else {
+                Header::WwwAuthenticate(syntax::WwwAuthenticate::new(v))
+            });
+        }
+        out
     }
 
     /// The whole 401 (or, with `proxy`, 407) answering `request`, with the
@@ -1620,5 +1636,25 @@ Content-Length:0\r\n\
         assert!(!dbg.contains(&ha1.sha256));
         assert!(!dbg.contains("pw-123"));
         assert!(dbg.contains("redacted"));
+    }
+
+    #[test]
+    fn challenge_headers_print_as_challenges_do() {
+        let t0 = start();
+        for stale in [false, true] {
+            let mut a = verifier(t0);
+            let mut b = verifier(t0);
+            let printed: Vec<String> = a
+                .challenges(t0, stale)
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            let written: Vec<String> = b
+                .challenge_headers(t0, stale, false)
+                .iter()
+                .map(|h| h.value().to_string())
+                .collect();
+            assert_eq!(printed, written);
+        }
     }
 }
