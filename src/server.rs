@@ -554,7 +554,7 @@ async fn sip_task(
             }
         }
         while let Some(t) = endpoint.poll_transmit() {
-            let bytes = Bytes::from(t.message.to_string());
+            let bytes = Bytes::from(crate::sip::message::to_wire(&t.message));
             if let Err(e) = transport.send(t.peer, bytes).await {
                 tracing::debug!(error = %e, "SIP send failed");
                 endpoint.handle_transport_error(Instant::now(), t.peer);

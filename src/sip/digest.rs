@@ -11,6 +11,7 @@
 //!   replay protection, no user enumeration.
 //! - [`DigestClient`]: answers a carrier's 401/407.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -100,6 +101,24 @@ impl Algorithm {
         }
     }
 
+    /// `H(part:part:…)` as lowercase hex, the parts fed to the hash one by
+    /// one rather than joined into a string first.
+    pub fn hash_hex_parts(self, parts: &[&str]) -> String {
+        fn run<D: sha2::Digest>(mut h: D, parts: &[&str]) -> String {
+            for (i, p) in parts.iter().enumerate() {
+                if i > 0 {
+                    h.update(b":");
+                }
+                h.update(p.as_bytes());
+            }
+            hex::encode(h.finalize())
+        }
+        match self {
+            Algorithm::Md5 => run(Md5::new(), parts),
+            Algorithm::Sha256 => run(Sha256::new(), parts),
+        }
+    }
+
     /// `HA1 = H(username:realm:password)` (RFC 7616 §3.4.2, non-`-sess`).
     pub fn ha1(self, username: &str, realm: &str, password: &str) -> String {
         self.hash_hex(format!("{username}:{realm}:{password}").as_bytes())
@@ -123,19 +142,21 @@ pub fn compute_response(
     method: &str,
     uri: &str,
 ) -> String {
-    let ha2 = algorithm.hash_hex(format!("{method}:{uri}").as_bytes());
+    let ha2 = algorithm.hash_hex_parts(&[method, uri]);
     match qop_auth {
         Some((nc, cnonce)) => {
-            algorithm.hash_hex(format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}").as_bytes())
+            algorithm.hash_hex_parts(&[ha1, nonce, nc, cnonce, "auth", ha2.as_str()])
         }
-        None => algorithm.hash_hex(format!("{ha1}:{nonce}:{ha2}").as_bytes()),
+        None => algorithm.hash_hex_parts(&[ha1, nonce, ha2.as_str()]),
     }
 }
 
-/// Splits `Digest name=value, name="quoted"` into lowercase names and
-/// unescaped values (RFC 7616 §3.3/§3.4 `auth-param`, RFC 3261 §25.1
-/// quoted-string with `\` escapes). Tolerant of whitespace and order.
-fn parse_params(value: &str) -> Result<Vec<(String, String)>, DigestError> {
+/// Splits `Digest name=value, name="quoted"` into names and unescaped
+/// values (RFC 7616 §3.3/§3.4 `auth-param`, RFC 3261 §25.1 quoted-string
+/// with `\` escapes). Tolerant of whitespace and order. Values borrow
+/// from `value` unless they hold escapes (every REGISTER's credentials
+/// pass here: SPEC §6).
+fn parse_params(value: &str) -> Result<Vec<(&str, Cow<'_, str>)>, DigestError> {
     let s = value.trim_start();
     let offset = value.len() - s.len();
     let scheme_end = s.find(|c: char| c.is_ascii_whitespace()).unwrap_or(s.len());
@@ -144,7 +165,7 @@ fn parse_params(value: &str) -> Result<Vec<(String, String)>, DigestError> {
     }
     let bytes = value.as_bytes();
     let mut i = offset + scheme_end;
-    let mut out: Vec<(String, String)> = Vec::new();
+    let mut out: Vec<(&str, Cow<'_, str>)> = Vec::with_capacity(10);
     let skip_ws = |i: &mut usize| {
         while *i < bytes.len() && matches!(bytes[*i], b' ' | b'\t' | b'\r' | b'\n') {
             *i += 1;
@@ -166,7 +187,7 @@ fn parse_params(value: &str) -> Result<Vec<(String, String)>, DigestError> {
         if i == name_start {
             return Err(DigestError::Syntax { at: i });
         }
-        let name = value[name_start..i].to_ascii_lowercase();
+        let name = &value[name_start..i];
         skip_ws(&mut i);
         if bytes.get(i) != Some(&b'=') {
             return Err(DigestError::Syntax { at: i });
@@ -175,26 +196,45 @@ fn parse_params(value: &str) -> Result<Vec<(String, String)>, DigestError> {
         skip_ws(&mut i);
         let param_value = if bytes.get(i) == Some(&b'"') {
             i += 1;
-            let mut v = Vec::new();
+            let start = i;
+            let mut escapes = false;
             loop {
                 match bytes.get(i) {
                     None => return Err(DigestError::UnterminatedQuote),
-                    Some(b'"') => {
-                        i += 1;
-                        break;
-                    }
+                    Some(b'"') => break,
                     Some(b'\\') => {
-                        let escaped = *bytes.get(i + 1).ok_or(DigestError::UnterminatedQuote)?;
-                        v.push(escaped);
+                        if i + 1 >= bytes.len() {
+                            return Err(DigestError::UnterminatedQuote);
+                        }
+                        escapes = true;
                         i += 2;
                     }
-                    Some(&b) => {
-                        v.push(b);
-                        i += 1;
-                    }
+                    Some(_) => i += 1,
                 }
             }
-            String::from_utf8(v).map_err(|_| DigestError::Syntax { at: i })?
+            let quoted = &bytes[start..i];
+            i += 1;
+            if escapes {
+                let mut v = Vec::with_capacity(quoted.len());
+                let mut j = 0;
+                while let Some(&b) = quoted.get(j) {
+                    if b == b'\\' {
+                        if let Some(&e) = quoted.get(j + 1) {
+                            v.push(e);
+                        }
+                        j += 2;
+                    } else {
+                        v.push(b);
+                        j += 1;
+                    }
+                }
+                Cow::Owned(String::from_utf8(v).map_err(|_| DigestError::Syntax { at: i })?)
+            } else {
+                // Between two ASCII quotes of a `str`: valid UTF-8.
+                Cow::Borrowed(
+                    std::str::from_utf8(quoted).map_err(|_| DigestError::Syntax { at: i })?,
+                )
+            }
         } else {
             let start = i;
             while i < bytes.len() && is_token_byte(bytes[i]) {
@@ -203,10 +243,10 @@ fn parse_params(value: &str) -> Result<Vec<(String, String)>, DigestError> {
             if i == start {
                 return Err(DigestError::Syntax { at: i });
             }
-            value[start..i].to_string()
+            Cow::Borrowed(&value[start..i])
         };
-        if out.iter().any(|(n, _)| *n == name) {
-            return Err(DigestError::DuplicateParam(name));
+        if out.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            return Err(DigestError::DuplicateParam(name.to_ascii_lowercase()));
         }
         out.push((name, param_value));
         skip_ws(&mut i);
@@ -252,8 +292,12 @@ fn quote(out: &mut String, s: &str) {
     out.push('"');
 }
 
-fn take(params: &mut Vec<(String, String)>, name: &str) -> Option<String> {
-    let pos = params.iter().position(|(n, _)| n == name)?;
+/// Removes and returns the parameter `name` (names compare
+/// case-insensitively, RFC 7616 §3.3).
+fn take<'a>(params: &mut Vec<(&str, Cow<'a, str>)>, name: &str) -> Option<Cow<'a, str>> {
+    let pos = params
+        .iter()
+        .position(|(n, _)| n.eq_ignore_ascii_case(name))?;
     Some(params.swap_remove(pos).1)
 }
 
@@ -301,33 +345,45 @@ impl Credentials {
         };
         let qop = match take(&mut p, "qop") {
             Some(q) if q.eq_ignore_ascii_case("auth") => {
-                let nc_text = take(&mut p, "nc").ok_or(DigestError::MissingParam("nc"))?;
+                let nc_text = take(&mut p, "nc")
+                    .ok_or(DigestError::MissingParam("nc"))?
+                    .into_owned();
                 if nc_text.len() != 8 {
                     return Err(DigestError::BadNonceCount);
                 }
                 let nc =
                     u32::from_str_radix(&nc_text, 16).map_err(|_| DigestError::BadNonceCount)?;
-                let cnonce = take(&mut p, "cnonce").ok_or(DigestError::MissingParam("cnonce"))?;
+                let cnonce = take(&mut p, "cnonce")
+                    .ok_or(DigestError::MissingParam("cnonce"))?
+                    .into_owned();
                 Some(QopAuth {
                     nc_text,
                     nc,
                     cnonce,
                 })
             }
-            Some(q) => return Err(DigestError::UnsupportedQop(q)),
+            Some(q) => return Err(DigestError::UnsupportedQop(q.into_owned())),
             None => None,
         };
         Ok(Credentials {
-            username: take(&mut p, "username").ok_or(DigestError::MissingParam("username"))?,
-            realm: take(&mut p, "realm").ok_or(DigestError::MissingParam("realm"))?,
-            nonce: take(&mut p, "nonce").ok_or(DigestError::MissingParam("nonce"))?,
-            uri: take(&mut p, "uri").ok_or(DigestError::MissingParam("uri"))?,
+            username: take(&mut p, "username")
+                .ok_or(DigestError::MissingParam("username"))?
+                .into_owned(),
+            realm: take(&mut p, "realm")
+                .ok_or(DigestError::MissingParam("realm"))?
+                .into_owned(),
+            nonce: take(&mut p, "nonce")
+                .ok_or(DigestError::MissingParam("nonce"))?
+                .into_owned(),
+            uri: take(&mut p, "uri")
+                .ok_or(DigestError::MissingParam("uri"))?
+                .into_owned(),
             response: take(&mut p, "response")
                 .ok_or(DigestError::MissingParam("response"))?
                 .to_ascii_lowercase(),
             algorithm,
             qop,
-            opaque: take(&mut p, "opaque"),
+            opaque: take(&mut p, "opaque").map(Cow::into_owned),
         })
     }
 }
@@ -396,12 +452,16 @@ impl Challenge {
             .as_deref()
             .is_some_and(|q| q.split(',').any(|o| o.trim().eq_ignore_ascii_case("auth")));
         Ok(Challenge {
-            realm: take(&mut p, "realm").ok_or(DigestError::MissingParam("realm"))?,
-            nonce: take(&mut p, "nonce").ok_or(DigestError::MissingParam("nonce"))?,
+            realm: take(&mut p, "realm")
+                .ok_or(DigestError::MissingParam("realm"))?
+                .into_owned(),
+            nonce: take(&mut p, "nonce")
+                .ok_or(DigestError::MissingParam("nonce"))?
+                .into_owned(),
             algorithm,
             qop_auth,
             qop_present: qop.is_some(),
-            opaque: take(&mut p, "opaque"),
+            opaque: take(&mut p, "opaque").map(Cow::into_owned),
             stale: take(&mut p, "stale").is_some_and(|s| s.eq_ignore_ascii_case("true")),
         })
     }
@@ -546,7 +606,10 @@ struct NonceUse {
 /// then answered stale, never accepted unchecked).
 pub struct DigestVerifier {
     realm: String,
-    secret: [u8; 32],
+    /// HMAC-SHA-256 keyed with the secret and fed the realm (RFC 2104):
+    /// each nonce clones it and adds only its own 16 octets, instead of
+    /// hashing the key pads and realm again.
+    nonce_mac: Hmac<Sha256>,
     epoch: Instant,
     next_serial: u64,
     users: HashMap<String, StoredHa1>,
@@ -581,10 +644,16 @@ impl DigestVerifier {
         let realm = realm.into();
         let dummy =
             StoredHa1::from_password("", &realm, &hex::encode(hmac_sha256(&secret, b"dummy")));
+        let mut nonce_mac = match <Hmac<Sha256> as Mac>::new_from_slice(&secret) {
+            Ok(m) => m,
+            // HMAC takes keys of any length (RFC 2104 §2): not reached.
+            Err(_) => <Hmac<Sha256> as Mac>::new(&Default::default()),
+        };
+        nonce_mac.update(realm.as_bytes());
         DigestVerifier {
             dummy,
             realm,
-            secret,
+            nonce_mac,
             epoch,
             next_serial: 0,
             users: HashMap::new(),
@@ -651,10 +720,9 @@ impl DigestVerifier {
     }
 
     fn nonce_mac(&self, payload: &[u8; 16]) -> [u8; 32] {
-        let mut msg = Vec::with_capacity(self.realm.len() + 16);
-        msg.extend_from_slice(self.realm.as_bytes());
-        msg.extend_from_slice(payload);
-        hmac_sha256(&self.secret, &msg)
+        let mut mac = self.nonce_mac.clone();
+        mac.update(payload);
+        mac.finalize().into_bytes().into()
     }
 
     /// Issues a fresh nonce (RFC 7616 §3.3).
@@ -709,17 +777,33 @@ impl DigestVerifier {
 
     /// [`Self::challenges`] as headers: `WWW-Authenticate` for a 401, or
     /// `Proxy-Authenticate` for a 407 when `proxy` (RFC 3261 §22.3).
+    /// Each value is written at once, as [`Challenge`]'s printer would
+    /// write it (every REGISTER cycle's 401 carries these: SPEC §6).
     pub fn challenge_headers(&mut self, now: Instant, stale: bool, proxy: bool) -> Vec<Header> {
-        self.challenges(now, stale)
-            .iter()
-            .map(|c| {
-                if proxy {
-                    Header::ProxyAuthenticate(syntax::ProxyAuthenticate::new(c.to_string()))
-                } else {
-                    Header::WwwAuthenticate(syntax::WwwAuthenticate::new(c.to_string()))
-                }
-            })
-            .collect()
+        let mut out = Vec::with_capacity(self.offered.len());
+        for i in 0..self.offered.len() {
+            let Some(&algorithm) = self.offered.get(i) else {
+                break;
+            };
+            let nonce = self.new_nonce(now);
+            let mut v = String::with_capacity(self.realm.len() + nonce.len() + 72);
+            v.push_str("Digest realm=");
+            quote(&mut v, &self.realm);
+            v.push_str(", nonce=");
+            quote(&mut v, &nonce);
+            v.push_str(", algorithm=");
+            v.push_str(algorithm.token());
+            v.push_str(", qop=\"auth\"");
+            if stale {
+                v.push_str(", stale=true");
+            }
+            out.push(if proxy {
+                Header::ProxyAuthenticate(syntax::ProxyAuthenticate::new(v))
+            } else {
+                Header::WwwAuthenticate(syntax::WwwAuthenticate::new(v))
+            });
+        }
+        out
     }
 
     /// The whole 401 (or, with `proxy`, 407) answering `request`, with the
@@ -1552,5 +1636,25 @@ Content-Length:0\r\n\
         assert!(!dbg.contains(&ha1.sha256));
         assert!(!dbg.contains("pw-123"));
         assert!(dbg.contains("redacted"));
+    }
+
+    #[test]
+    fn challenge_headers_print_as_challenges_do() {
+        let t0 = start();
+        for stale in [false, true] {
+            let mut a = verifier(t0);
+            let mut b = verifier(t0);
+            let printed: Vec<String> = a
+                .challenges(t0, stale)
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            let written: Vec<String> = b
+                .challenge_headers(t0, stale, false)
+                .iter()
+                .map(|h| h.value().to_string())
+                .collect();
+            assert_eq!(printed, written);
+        }
     }
 }

@@ -1087,6 +1087,7 @@ fn fix_response_via(response: &mut Response, peer: Peer) {
 fn fixed_top_via(value: &str, peer: Peer) -> Option<String> {
     let end = top_level_comma(value).unwrap_or(value.len());
     let (first, rest) = value.split_at(end);
+    // Slices of `first`, so the value is copied once, into the result.
     let mut parts = split_params(first);
     let sent = parts.first()?.trim();
     // "SIP/2.0/UDP host:port": the sent-by follows the protocol.
@@ -1108,21 +1109,64 @@ fn fixed_top_via(value: &str, peer: Peer) -> Option<String> {
     if host_is_source && !wants_rport {
         return None;
     }
-    if let Some((i, false)) = rport_index {
-        if let Some(p) = parts.get_mut(i) {
-            *p = format!("rport={}", peer.addr.port());
+    if received_index.is_none() {
+        parts.push("");
+    }
+    let received_at = received_index.unwrap_or(parts.len() - 1);
+    let mut out = String::with_capacity(value.len() + 48);
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push(';');
+        }
+        if i == received_at {
+            out.push_str("received=");
+            push_ip(&mut out, ip);
+        } else if rport_index == Some((i, false)) {
+            out.push_str("rport=");
+            push_decimal(&mut out, u32::from(peer.addr.port()));
+        } else {
+            out.push_str(p);
         }
     }
-    let received = format!("received={ip}");
-    match received_index {
-        Some(i) => {
-            if let Some(p) = parts.get_mut(i) {
-                *p = received;
+    out.push_str(rest);
+    Some(out)
+}
+
+/// An address as `received` carries it (RFC 3261 §18.2.1: no brackets):
+/// IPv4 written digit by digit, the formatter's padding machinery being
+/// most of the cost of a Via fix.
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_decimal(out, u32::from(octet));
             }
         }
-        None => parts.push(received),
+        IpAddr::V6(v6) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{v6}");
+        }
     }
-    Some(format!("{}{rest}", parts.join(";")))
+}
+
+fn push_decimal(out: &mut String, n: u32) {
+    let mut digits = [0u8; 10];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + u8::try_from(n % 10).unwrap_or(0);
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for d in &digits[i..] {
+        out.push(char::from(*d));
+    }
 }
 
 /// The host of a sent-by (`host`, `host:port`, `[v6]`, `[v6]:port`).
@@ -1149,21 +1193,21 @@ fn top_level_comma(value: &str) -> Option<usize> {
 }
 
 /// A via-parm split at `;` outside quotes.
-fn split_params(via_parm: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut current = String::new();
+fn split_params(via_parm: &str) -> Vec<&str> {
+    let mut out = Vec::with_capacity(6);
+    let mut start = 0;
     let mut quoted = false;
-    for c in via_parm.chars() {
-        match c {
-            '"' => {
-                quoted = !quoted;
-                current.push(c);
+    for (i, b) in via_parm.bytes().enumerate() {
+        match b {
+            b'"' => quoted = !quoted,
+            b';' if !quoted => {
+                out.push(&via_parm[start..i]);
+                start = i + 1;
             }
-            ';' if !quoted => out.push(std::mem::take(&mut current)),
-            _ => current.push(c),
+            _ => {}
         }
     }
-    out.push(current);
+    out.push(&via_parm[start..]);
     out
 }
 

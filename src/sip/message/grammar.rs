@@ -2,6 +2,8 @@
 //! quoted strings, URIs, name-addr/addr-spec, Via, CSeq, dates. Cheap,
 //! allocation-light checks; never a panic on any input.
 
+use std::borrow::Cow;
+
 use super::Defect;
 
 /// `token` characters (RFC 3261 §25.1).
@@ -17,6 +19,16 @@ pub(crate) fn is_token(s: &str) -> bool {
 /// Octets a header value may not carry (RFC 3261 §25.1: TEXT-UTF8 and
 /// LWS only; control octets only as a `quoted-pair`, as `intmeth` uses).
 pub(crate) fn text_defect(s: &str) -> Option<Defect> {
+    // Nearly every value has no control octet at all: one branch-free
+    // pass (which the compiler can vectorise) settles those, and only the
+    // rest are walked with the quoted-pair rule. Every header line of
+    // every message passes here (SPEC §6).
+    let any_control = s.bytes().fold(false, |seen, b| {
+        seen | ((b < 0x20 && b != b'\t') | (b == 0x7f))
+    });
+    if !any_control {
+        return None;
+    }
     let mut escaped = false;
     for b in s.bytes() {
         if escaped {
@@ -310,42 +322,61 @@ fn bracketed<'a>(s: &'a str, header: &'static str) -> Result<(&'a str, &'a str),
 }
 
 /// One `via-parm` (RFC 3261 §20.42, §25.1), LWS around `/` tolerated.
+/// Held as few strings (every message's Vias pass here: SPEC §6).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ViaParm {
     /// The SIP version, `2.0` in any message we accept.
-    pub version: String,
+    pub version: Cow<'static, str>,
     /// `UDP`, `TCP`, `TLS`, `SCTP` or an extension token, upper-cased.
-    pub transport: String,
+    pub transport: Cow<'static, str>,
     /// `host[:port]` without whitespace.
     pub sent_by: String,
-    /// `name[=value]` parameters, whitespace removed.
-    pub params: Vec<(String, Option<String>)>,
+    /// The parameters as `;name[=value]` each, whitespace removed.
+    pub params: String,
 }
 
 impl ViaParm {
     /// The `branch` parameter (RFC 3261 §8.1.1.7).
     pub fn branch(&self) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case("branch"))
-            .and_then(|(_, v)| v.as_deref())
+        // `;` inside a quoted value does not start a parameter.
+        let mut quoted = false;
+        let mut start = 0;
+        let bytes = self.params.as_bytes();
+        for i in 0..=bytes.len() {
+            match bytes.get(i) {
+                Some(b'"') => quoted = !quoted,
+                Some(b';') | None if !quoted => {
+                    let piece = &self.params[start..i];
+                    start = i + 1;
+                    if let Some((n, v)) = piece.split_once('=') {
+                        if n.eq_ignore_ascii_case("branch") {
+                            return Some(v);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// Appends the normalised text (`SIP/2.0/UDP host;name=value`).
+    pub fn write_to(&self, out: &mut String) {
+        out.push_str("SIP/");
+        out.push_str(&self.version);
+        out.push('/');
+        out.push_str(&self.transport);
+        out.push(' ');
+        out.push_str(&self.sent_by);
+        out.push_str(&self.params);
     }
 }
 
 impl std::fmt::Display for ViaParm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "SIP/{}/{} {}",
-            self.version, self.transport, self.sent_by
-        )?;
-        for (n, v) in &self.params {
-            match v {
-                Some(v) => write!(f, ";{n}={v}")?,
-                None => write!(f, ";{n}")?,
-            }
-        }
-        Ok(())
+        let mut s = String::with_capacity(16 + self.sent_by.len() + self.params.len());
+        self.write_to(&mut s);
+        f.write_str(&s)
     }
 }
 
@@ -380,20 +411,101 @@ fn parse_via_parm(s: &str) -> Result<ViaParm, Defect> {
         None => (rest, ""),
     };
     // COLON is SWS ":" SWS (§25.1), so whitespace may surround the port.
-    let sent_by: String = sent_by.split_whitespace().collect();
+    let sent_by: String = if sent_by.contains(char::is_whitespace) {
+        sent_by.split_whitespace().collect()
+    } else {
+        sent_by.to_string()
+    };
     if !is_hostport(&sent_by) {
         return Err(Defect::BadVia);
     }
     let params = parse_params(params, "Via").map_err(|_| Defect::BadVia)?;
+    let mut text = String::with_capacity(rest.len());
+    for (n, v) in params {
+        text.push(';');
+        text.push_str(n);
+        if let Some(v) = v {
+            text.push('=');
+            text.push_str(v);
+        }
+    }
+    let version = if version == "2.0" {
+        Cow::Borrowed("2.0")
+    } else {
+        Cow::Owned(version.to_string())
+    };
+    let transport = match transport {
+        t if t.eq_ignore_ascii_case("UDP") => Cow::Borrowed("UDP"),
+        t if t.eq_ignore_ascii_case("TCP") => Cow::Borrowed("TCP"),
+        t if t.eq_ignore_ascii_case("TLS") => Cow::Borrowed("TLS"),
+        t => Cow::Owned(t.to_ascii_uppercase()),
+    };
     Ok(ViaParm {
-        version: version.to_string(),
-        transport: transport.to_ascii_uppercase(),
+        version,
+        transport,
         sent_by,
-        params: params
-            .into_iter()
-            .map(|(n, v)| (n.to_string(), v.map(str::to_string)))
-            .collect(),
+        params: text,
     })
+}
+
+/// What RFC 3261 §17.2.3 compares of the top via-parm: its sent-by (whitespace
+/// removed) and its `branch`, read off the text without a typed parse
+/// (transaction matching, a response's To tag).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct TopVia<'a> {
+    /// `host[:port]` as written, whitespace inside removed later.
+    pub(crate) sent_by: &'a str,
+    /// The `branch` value, if any.
+    pub(crate) branch: Option<&'a str>,
+}
+
+/// Reads the top via-parm of a Via header value: `sent-protocol LWS
+/// sent-by *( SEMI via-params )` (RFC 3261 §20.42, §25.1); `None` when it
+/// has no sent-by.
+pub(crate) fn scan_top_via(value: &str) -> Option<TopVia<'_>> {
+    // The first via-parm ends at a comma outside a quoted parameter value.
+    let mut quoted = false;
+    let mut end = value.len();
+    for (i, b) in value.bytes().enumerate() {
+        match b {
+            b'"' => quoted = !quoted,
+            b',' if !quoted => {
+                end = i;
+                break;
+            }
+            _ => {}
+        }
+    }
+    let first = &value[..end];
+    let (sent, params) = match first.find(';') {
+        Some(i) => (&first[..i], &first[i + 1..]),
+        None => (first, ""),
+    };
+    // "SIP / 2.0 / UDP host : port": the sent-by follows the transport.
+    let mut slashes = 0;
+    let mut after_protocol = None;
+    for (i, b) in sent.bytes().enumerate() {
+        if b == b'/' {
+            slashes += 1;
+            if slashes == 2 {
+                after_protocol = Some(i + 1);
+                break;
+            }
+        }
+    }
+    let transport_and_host = sent.get(after_protocol?..)?.trim_start();
+    let host_at = transport_and_host.find([' ', '\t'])?;
+    let sent_by = transport_and_host[host_at..].trim();
+    if sent_by.is_empty() {
+        return None;
+    }
+    let branch = params.split(';').find_map(|p| {
+        let (name, value) = p.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("branch")
+            .then(|| value.trim())
+    });
+    Some(TopVia { sent_by, branch })
 }
 
 /// Parse `CSeq: 1*DIGIT LWS Method` (RFC 3261 §20.16); the number must be

@@ -10,6 +10,7 @@
 //! - [`check_request`] applies the UAS checks of §8.2.1–§8.2.3 (416, 420,
 //!   415, 406, 483) to a request addressed to powerdial.
 //! - [`response_to`] builds every response the server sends (§8.2.6).
+//! - [`to_wire`] prints a message to octets (§7).
 //!
 //! rsipstack parses headers lazily and accepts most invalid messages (RFC
 //! 4475 `badinv01`, `clerr`, `ncl`, …) while refusing valid ones with an
@@ -38,6 +39,7 @@ mod framing;
 mod grammar;
 mod raw;
 mod reply;
+mod wire;
 
 #[cfg(test)]
 mod tests;
@@ -45,14 +47,16 @@ mod tests;
 pub use check::{check_request, SUPPORTED_EXTENSIONS};
 pub use framing::{FramingError, StreamFramer, DEFAULT_MAX_MESSAGE_SIZE};
 pub use reply::{derive_to_tag, response_to, response_with_tag};
+pub use wire::{request_to_wire, response_to_wire, to_wire};
 
 use super::syntax;
 use super::syntax::headers::{make_header, untyped, Header, Headers};
 use super::TransportKind;
 use grammar::{
-    check_uri, is_media_type, is_sip_date, is_token, parse_cseq, parse_digits, parse_name_addr,
-    parse_via, split_top, UriPlace, ViaParm,
+    check_uri, is_media_type, is_sip_date, is_token, parse_cseq, parse_digits, parse_via,
+    split_top, UriPlace, ViaParm,
 };
+pub(crate) use grammar::{parse_name_addr, scan_top_via, TopVia};
 use raw::RawMessage;
 use reply::Echo;
 
@@ -278,6 +282,7 @@ pub fn inspect(bytes: &[u8], transport: TransportKind, max_size: usize) -> Inspe
     let patched;
     let bytes = if transport == TransportKind::Udp
         && bytes.ends_with(b"\r\n")
+        && !bytes.ends_with(b"\r\n\r\n")
         && raw::head_end(bytes).is_none()
     {
         patched = [bytes, b"\r\n"].concat();
@@ -641,11 +646,19 @@ fn build_headers(msg: &mut RawMessage<'_>, vias: &Vias, body_len: usize) -> Head
 }
 
 fn join_vias(parms: &[ViaParm]) -> String {
-    parms
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
+    let mut out = String::with_capacity(
+        parms
+            .iter()
+            .map(|p| p.sent_by.len() + p.params.len() + 20)
+            .sum(),
+    );
+    for (i, p) in parms.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        p.write_to(&mut out);
+    }
+    out
 }
 
 /// The error response for an invalid request, from its raw headers: only

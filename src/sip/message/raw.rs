@@ -61,10 +61,17 @@ impl RawMessage<'_> {
 
 /// Where the header section ends: the index just past the CRLFCRLF.
 pub(crate) fn head_end(bytes: &[u8]) -> Option<usize> {
-    bytes
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| i + 4)
+    // Looks at every LF once rather than comparing a 4-octet window at
+    // every offset: this runs over every message received.
+    let mut from = 0;
+    while let Some(lf) = bytes.get(from..)?.iter().position(|&b| b == b'\n') {
+        let at = from + lf;
+        if at >= 3 && &bytes[at - 3..=at] == b"\r\n\r\n" {
+            return Some(at + 1);
+        }
+        from = at + 1;
+    }
+    None
 }
 
 /// Number of leading CRLF pairs (RFC 3261 §7.5: ignored before a start
@@ -135,10 +142,21 @@ pub(crate) fn split(bytes: &[u8]) -> Result<RawMessage<'_>, Defect> {
             continue;
         };
         let value_bytes = &line[colon + 1..];
+        // One UTF-8 check per line serves both the value and its defect.
+        let (value, defect) = match std::str::from_utf8(value_bytes) {
+            Ok(text) => (
+                text.trim_matches([' ', '\t']).to_string(),
+                text_defect(text),
+            ),
+            Err(_) => (
+                String::from_utf8_lossy(trim_ws(value_bytes)).into_owned(),
+                Some(Defect::InvalidUtf8),
+            ),
+        };
         headers.push(RawHeader {
             name: canonical_name(name),
-            value: String::from_utf8_lossy(trim_ws(value_bytes)).into_owned(),
-            defect: line_defect(value_bytes),
+            value,
+            defect,
         });
     }
     Ok(RawMessage {

@@ -59,7 +59,9 @@ pub(crate) fn assemble(
     tag: Option<&str>,
     extra: Vec<Header>,
 ) -> Response {
-    let mut headers = Headers::default();
+    // Room for the echoed headers, the extras, Content-Length and the two
+    // or three a caller adds (challenges, Contact, Allow) without a regrow.
+    let mut headers = Headers(Vec::with_capacity(echo.vias.len() + extra.len() + 8));
     for v in echo.vias {
         headers.push(Header::Via(untyped::Via::new(v)));
     }
@@ -74,7 +76,11 @@ pub(crate) fn assemble(
                 || derive_to_tag(echo.call_id.as_deref().unwrap_or_default(), &echo.branch),
                 str::to_string,
             );
-            format!("{to};tag={tag}")
+            let mut tagged = to;
+            tagged.reserve(5 + tag.len());
+            tagged.push_str(";tag=");
+            tagged.push_str(&tag);
+            tagged
         } else {
             to
         };
@@ -122,14 +128,13 @@ pub(crate) fn echo_of(headers: &Headers) -> Echo {
             _ => {}
         }
     }
-    if let Some(top) = echo.vias.first() {
-        if let Ok(parms) = super::grammar::parse_via(top) {
-            echo.branch = parms
-                .first()
-                .and_then(|p| p.branch())
-                .unwrap_or_default()
-                .to_string();
-        }
+    if let Some(branch) = echo
+        .vias
+        .first()
+        .and_then(|top| super::grammar::scan_top_via(top))
+        .and_then(|v| v.branch)
+    {
+        echo.branch = branch.to_string();
     }
     echo
 }

@@ -4,6 +4,7 @@
 use rand::Rng;
 
 use super::TransactionError;
+use crate::sip::message::{scan_top_via, TopVia};
 use crate::sip::syntax::{prelude::*, Method, Request, Response};
 
 /// The RFC 3261 branch prefix (§8.1.1.7): a branch starting with it is
@@ -102,14 +103,14 @@ pub(crate) struct RequestIdentity {
     pub(crate) to_tag: Option<String>,
 }
 
-/// The top Via of a message, typed (RFC 3261 §18.2.1 uses the topmost).
-pub(crate) fn top_via(
-    msg: &impl HeadersExt,
-) -> Result<crate::sip::syntax::typed::Via, TransactionError> {
-    msg.top_via_header()
-        .map_err(|_| TransactionError::MissingHeader("Via"))?
-        .typed()
-        .map_err(|_| TransactionError::MalformedHeader("Via"))
+/// The top Via's sent-by and branch, read off its text (every request
+/// pays this; SPEC §6 REGISTER at Kamailio's CPU per cycle).
+fn top_via_parts(msg: &impl HeadersExt) -> Result<TopVia<'_>, TransactionError> {
+    // The first Via header line; its first via-parm is the top one.
+    let via = msg
+        .via_header()
+        .map_err(|_| TransactionError::MissingHeader("Via"))?;
+    scan_top_via(via.value()).ok_or(TransactionError::MalformedHeader("Via"))
 }
 
 /// The typed CSeq of a message.
@@ -122,27 +123,34 @@ pub(crate) fn cseq(
         .map_err(|_| TransactionError::MalformedHeader("CSeq"))
 }
 
-/// The To tag of a message, if it has one.
+/// The To tag of a message, if it has one (RFC 3261 §19.3), read with the
+/// validator's name-addr grammar rather than a typed parse.
 pub(crate) fn to_tag(msg: &impl HeadersExt) -> Result<Option<String>, TransactionError> {
     let to = msg
         .to_header()
-        .map_err(|_| TransactionError::MissingHeader("To"))?
-        .typed()
+        .map_err(|_| TransactionError::MissingHeader("To"))?;
+    let to = crate::sip::message::parse_name_addr(to.value(), "To", false)
         .map_err(|_| TransactionError::MalformedHeader("To"))?;
-    Ok(to.tag().map(|t| t.to_string()))
+    Ok(to.tag().map(str::to_string))
 }
 
 fn from_tag(msg: &impl HeadersExt) -> Result<Option<String>, TransactionError> {
     let from = msg
         .from_header()
-        .map_err(|_| TransactionError::MissingHeader("From"))?
-        .typed()
+        .map_err(|_| TransactionError::MissingHeader("From"))?;
+    let from = crate::sip::message::parse_name_addr(from.value(), "From", false)
         .map_err(|_| TransactionError::MalformedHeader("From"))?;
-    Ok(from.tag().map(|t| t.to_string()))
+    Ok(from.tag().map(str::to_string))
 }
 
-fn sent_by(via: &crate::sip::syntax::typed::Via) -> String {
-    via.sent_by().to_string().to_ascii_lowercase()
+/// The sent-by as compared (§17.2.3): whitespace removed, lowercased
+/// (hosts compare case-insensitively, §19.1.4).
+fn sent_by(sent_by: &str) -> String {
+    sent_by
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
 }
 
 /// ACK belongs to the INVITE's server transaction; every other method,
@@ -176,12 +184,12 @@ impl ServerKey {
 
 impl RequestIdentity {
     pub(crate) fn of(request: &Request, method: Method) -> Result<Self, TransactionError> {
-        let via = top_via(request)?;
+        let via = top_via_parts(request)?;
         let to_tag = to_tag(request)?;
-        let key = match via.branch() {
+        let key = match via.branch {
             Some(branch) if is_rfc3261_branch(branch) => TransactionKey::Branch {
                 branch: branch.to_string(),
-                sent_by: sent_by(&via),
+                sent_by: sent_by(via.sent_by),
                 method,
             },
             _ => TransactionKey::Rfc2543 {
@@ -214,8 +222,8 @@ impl ClientKey {
     /// The client transaction key of a request we are about to send: its top
     /// Via branch must be an RFC 3261 one (§8.1.1.7), as we generate them.
     pub fn from_request(request: &Request) -> Result<ClientKey, TransactionError> {
-        let via = top_via(request)?;
-        match via.branch() {
+        let via = top_via_parts(request)?;
+        match via.branch {
             Some(branch) if is_rfc3261_branch(branch) => Ok(ClientKey {
                 branch: branch.to_string(),
                 method: request.method,
@@ -227,9 +235,9 @@ impl ClientKey {
     /// The client transaction a response belongs to: top Via branch + CSeq
     /// method (RFC 3261 §17.1.3).
     pub fn from_response(response: &Response) -> Result<ClientKey, TransactionError> {
-        let via = top_via(response)?;
+        let via = top_via_parts(response)?;
         let branch = via
-            .branch()
+            .branch
             .ok_or(TransactionError::MissingHeader("Via branch"))?;
         Ok(ClientKey {
             branch: branch.to_string(),
@@ -353,5 +361,44 @@ Call-ID: c1\r\nCSeq: 4 BYE\r\nContent-Length: 0\r\n\r\n",
             ClientKey::from_request(&req),
             Err(TransactionError::NoRfc3261Branch)
         );
+    }
+
+    #[test]
+    fn the_top_via_is_read_off_its_text() {
+        let top = |v| scan_top_via(v).map(|t| (t.sent_by, t.branch));
+        assert_eq!(
+            top("SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1;rport"),
+            Some(("10.0.0.1:5060", Some("z9hG4bK1")))
+        );
+        // LWS around the slashes and `=` (RFC 4475 `wsinv`), a second
+        // via-parm, a quoted parameter holding a comma.
+        assert_eq!(
+            top("SIP / 2.0 / UDP  host.example ; x=\"a,b\" ; BRANCH = z9hG4bKx , SIP/2.0/TCP o;branch=z9hG4bKo"),
+            Some(("host.example", Some("z9hG4bKx")))
+        );
+        assert_eq!(
+            top("SIP/2.0/UDP [2001:db8::1]:5060;branch=z9hG4bKv6"),
+            Some(("[2001:db8::1]:5060", Some("z9hG4bKv6")))
+        );
+        assert_eq!(
+            top("SIP/2.0/UDP 192.0.2.1;rport"),
+            Some(("192.0.2.1", None))
+        );
+        assert_eq!(top("SIP/2.0/UDP"), None);
+        assert_eq!(top("SIP/2.0/UDP ;branch=z9hG4bK1"), None);
+        assert_eq!(top("garbage"), None);
+    }
+
+    #[test]
+    fn sent_by_spacing_and_case_do_not_split_a_transaction() {
+        let invite = "INVITE sip:bob@b.example SIP/2.0\r\n\
+Via: SIP/2.0/UDP A.Example:5060;branch=z9hG4bKabc\r\n\
+From: <sip:a@a.example>;tag=1\r\nTo: <sip:bob@b.example>\r\n\
+Call-ID: c1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+        let key = ServerKey::from_request(&request(invite)).unwrap();
+        let spaced = invite.replace("A.Example:5060", "a.example : 5060");
+        assert_eq!(key, ServerKey::from_request(&request(&spaced)).unwrap());
+        let other_port = invite.replace("A.Example:5060", "a.example:5061");
+        assert_ne!(key, ServerKey::from_request(&request(&other_port)).unwrap());
     }
 }
