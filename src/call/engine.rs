@@ -977,7 +977,11 @@ struct AgentTask {
     rng: StdRng,
     sip_tx: mpsc::UnboundedSender<RoutedMessage>,
     sip_rx: mpsc::UnboundedReceiver<RoutedMessage>,
-    leg: Option<AgentLeg>,
+    /// Boxed, as `lead`, `pending` and `inbound`: the task's future holds
+    /// this struct for every configured agent, joined or not, and the call
+    /// state inline would make each of them carry a call's room (SPEC §6:
+    /// under 20 KB per active call).
+    leg: Option<Box<AgentLeg>>,
     media: Option<AgentMedia>,
     media_rx: Option<mpsc::UnboundedReceiver<MediaEvent>>,
     agent_offer: Option<SessionDescription>,
@@ -985,17 +989,21 @@ struct AgentTask {
     /// (`call::secure`).
     agent_key: Option<(crate::media::srtp::MasterKey, bool)>,
     waiters: Vec<oneshot::Sender<Result<(), CallEngineError>>>,
-    lead: Option<LeadCall>,
+    lead: Option<Box<LeadCall>>,
     /// A manual call waiting for the agent leg (R17).
-    pending: Option<PendingCall>,
+    pending: Option<Box<PendingCall>>,
     /// A callback taken by this agent (SPEC §1 "Leads calling back").
-    inbound: Option<inbound_call::InboundState>,
+    inbound: Option<Box<inbound_call::InboundState>>,
     /// Legs whose call is over but whose signalling goes on (a 487's ACK
     /// and Timer D, a crossing 200's BYE, Timer J after the peer's BYE):
     /// lead legs whose outcome is stored, agent legs that failed or were
     /// cancelled while a new one rings the phone. Only their last
     /// transactions are kept ([`ClosingLeg`]).
-    closing: Vec<ClosingLeg>,
+    ///
+    /// Boxed: a slot inline is 1 KB, and the vector keeps the room it grew
+    /// to (a few slots per agent) after Timer J, when nothing is closing.
+    #[allow(clippy::vec_box)] // 1 KB a slot, and the room stays after Timer J
+    closing: Vec<Box<ClosingLeg>>,
     /// Answered leads left a voicemail drop, the agent gone on (SPEC §4).
     dropping: Vec<voicemail_drop::DroppingCall>,
     sdp_version: u64,
@@ -1079,66 +1087,78 @@ impl AgentTask {
         all.into_iter().min()
     }
 
-    async fn run(
+    /// The agent's driver loop, spawned for every configured agent whether
+    /// or not it dials, so its future's size is paid per agent (SPEC §6).
+    /// Not an `async fn`: one taking `self` by value keeps two copies of it
+    /// in its future (the argument and the local it is moved into), where
+    /// an `async move` block uses the captured `self` in place. A command's
+    /// work (dialing awaits the store) is boxed for the same reason: it
+    /// would otherwise widen every agent's future by its largest await.
+    #[allow(clippy::manual_async_fn)] // the `async fn` form stores `self` twice
+    fn run(
         mut self,
         mut commands: mpsc::UnboundedReceiver<Command>,
         stop: CancellationToken,
         drain: CancellationToken,
         hurry: CancellationToken,
-    ) {
-        let mut failures = self.shared.transport.subscribe_failures();
-        loop {
-            let deadline = self.deadline();
-            let timer = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                biased;
-                _ = stop.cancelled() => return,
-                _ = drain.cancelled(), if self.drain_deadline.is_none() => {
-                    self.begin_drain(Instant::now());
-                }
-                _ = hurry.cancelled(), if self.drain_deadline.is_some() && !self.forced => {
-                    self.force_end(Instant::now());
-                }
-                _ = timer => self.on_timeout(Instant::now()),
-                msg = self.sip_rx.recv() => {
-                    if let Some(m) = msg {
-                        self.on_sip(Instant::now(), m);
+    ) -> impl std::future::Future<Output = ()> + Send {
+        async move {
+            let mut failures = self.shared.transport.subscribe_failures();
+            loop {
+                let deadline = self.deadline();
+                let timer = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d.into()).await,
+                        None => std::future::pending().await,
                     }
+                };
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => return,
+                    _ = drain.cancelled(), if self.drain_deadline.is_none() => {
+                        self.begin_drain(Instant::now());
+                    }
+                    _ = hurry.cancelled(), if self.drain_deadline.is_some() && !self.forced => {
+                        self.force_end(Instant::now());
+                    }
+                    _ = timer => self.on_timeout(Instant::now()),
+                    msg = self.sip_rx.recv() => {
+                        if let Some(m) = msg {
+                            self.on_sip(Instant::now(), m);
+                        }
+                    }
+                    peer = transport_failure(&mut failures) => {
+                        self.on_peer_unreachable(Instant::now(), peer);
+                    }
+                    ev = media_event(&mut self.media_rx) => match ev {
+                        Some(ev) => self.on_media(Instant::now(), ev),
+                        None => self.media_rx = None,
+                    },
+                    cmd = commands.recv() => match cmd {
+                        Some(cmd) => Box::pin(self.on_command(cmd)).await,
+                        None => {
+                            self.unsent.send_all(&self.shared.journal).await;
+                            return;
+                        }
+                    },
                 }
-                peer = transport_failure(&mut failures) => {
-                    self.on_peer_unreachable(Instant::now(), peer);
+                if self.drain_deadline.is_some() {
+                    self.drain_step(Instant::now());
                 }
-                ev = media_event(&mut self.media_rx) => match ev {
-                    Some(ev) => self.on_media(Instant::now(), ev),
-                    None => self.media_rx = None,
-                },
-                cmd = commands.recv() => match cmd {
-                    Some(cmd) => self.on_command(cmd).await,
-                    None => {
+                self.flush().await;
+                if self.pending.is_some() {
+                    Box::pin(self.start_pending()).await;
+                }
+                if let Some(d) = self.drain_deadline {
+                    // Done when every leg has finished its signalling, or a
+                    // grace period after the forced hang-up (a peer that never
+                    // answers our BYE must not hold the process).
+                    let now = Instant::now();
+                    if self.is_idle() || (self.forced && now >= d + DRAIN_GRACE) {
+                        tracing::info!(agent = %self.name, "calls ended: agent stopped");
                         self.unsent.send_all(&self.shared.journal).await;
                         return;
                     }
-                },
-            }
-            if self.drain_deadline.is_some() {
-                self.drain_step(Instant::now());
-            }
-            self.flush().await;
-            self.start_pending().await;
-            if let Some(d) = self.drain_deadline {
-                // Done when every leg has finished its signalling, or a
-                // grace period after the forced hang-up (a peer that never
-                // answers our BYE must not hold the process).
-                let now = Instant::now();
-                if self.is_idle() || (self.forced && now >= d + DRAIN_GRACE) {
-                    tracing::info!(agent = %self.name, "calls ended: agent stopped");
-                    self.unsent.send_all(&self.shared.journal).await;
-                    return;
                 }
             }
         }
@@ -1601,7 +1621,7 @@ impl AgentTask {
         match AgentLeg::dial(now, params, &mut self.rng) {
             Ok(leg) => {
                 self.route(leg.call_id());
-                self.leg = Some(leg);
+                self.leg = Some(Box::new(leg));
                 self.media = Some(media);
                 self.media_rx = Some(media_rx);
                 self.agent_offer = Some(offer);
@@ -1914,13 +1934,13 @@ impl AgentTask {
             }
         }
         tracing::info!(agent = %self.name, call = record.id, "manual call: calling the agent");
-        self.pending = Some(PendingCall {
+        self.pending = Some(Box::new(PendingCall {
             req,
             record_id: record.id,
             number,
             media: handle,
             grant,
-        });
+        }));
         set_progress(
             &self.shared,
             &self.name,
@@ -1988,7 +2008,8 @@ impl AgentTask {
             return;
         }
         if let Some(old) = self.leg.take() {
-            self.closing.push(old.into_closing(Instant::now()));
+            self.closing
+                .push(Box::new(old.into_closing(Instant::now())));
         }
         self.media = None;
         self.media_rx = None;
@@ -2126,7 +2147,7 @@ impl AgentTask {
             set_progress(&self.shared, &self.name, record_id, CallProgress::Dialing);
         }
         crate::metrics::metrics().calls_in_progress.inc();
-        self.lead = Some(LeadCall {
+        self.lead = Some(Box::new(LeadCall {
             leg,
             media: handle,
             offer,
@@ -2149,7 +2170,7 @@ impl AgentTask {
             record: req.record,
             amd_verdict: None,
             answered_as: None,
-        });
+        }));
     }
 
     /// A lead leg to `number` over `trunk` on the lead media `handle`: our
@@ -2263,7 +2284,8 @@ impl AgentTask {
                 );
                 self.route(leg.call_id());
                 let old = std::mem::replace(&mut l.leg, leg);
-                self.closing.push(old.into_closing(Instant::now()));
+                self.closing
+                    .push(Box::new(old.into_closing(Instant::now())));
                 l.offer = offer;
                 l.caller_id = caller_id;
                 l.grant.slot = slot;
@@ -2370,7 +2392,9 @@ impl AgentTask {
             record_id: l.record_id,
             answered_ms: l.leg.record().answered.map(|a| l.anchor.ms(a)),
         });
-        let changes = self.journaled.changes(&self.name, lead, self.leg.as_ref());
+        let changes = self
+            .journaled
+            .changes(&self.name, lead, self.leg.as_deref());
         if changes.is_empty() && self.unsent.is_empty() {
             return;
         }
@@ -2565,7 +2589,8 @@ impl AgentTask {
         if closed || l.leg.is_closed() {
             self.unroute(l.leg.call_id());
         } else {
-            self.closing.push(l.leg.into_closing(Instant::now()));
+            self.closing
+                .push(Box::new(l.leg.into_closing(Instant::now())));
         }
     }
 

@@ -653,6 +653,13 @@ impl SessionQueue {
         let block_ms = self.block_ms;
         let mut summary = RefreshSummary::default();
         let mut new_view = Vec::with_capacity(view.len());
+        if self.entries.is_empty() {
+            // The session's first read: every lead is new, so the map is
+            // sized once instead of doubling its way up (each step rehashes
+            // and holds the old table and the new one at once). Later
+            // refreshes add only the entering leads.
+            self.entries.reserve(view.len());
+        }
 
         for &lead in view {
             // `new_view.len() < view.len() < u32::MAX` was checked above.

@@ -23,12 +23,14 @@ pub struct LoggedEvent {
     pub id: u64,
     /// The SSE event name: `state` (dialer) or `call` (manual calls).
     pub kind: &'static str,
-    /// The JSON data.
-    pub data: String,
+    /// The JSON data. Boxed to its length: the ring keeps [`KEEP`] of
+    /// these, a few per call, and a serializer's `String` carries up to
+    /// twice its length in spare room (SPEC §6 memory).
+    pub data: Box<str>,
     /// The session it is about, if any.
     pub session_id: Option<i64>,
     /// The agent it is about, if any.
-    pub agent: Option<String>,
+    pub agent: Option<Box<str>>,
 }
 
 impl LoggedEvent {
@@ -104,20 +106,18 @@ impl EventLog {
         log
     }
 
-    /// Numbers and keeps an event, and sends it to the live clients.
-    pub fn push(&self, kind: &'static str, data: String) {
-        let value: serde_json::Value = serde_json::from_str(&data).unwrap_or_default();
+    /// Numbers and keeps an event (a copy of `data` of its exact length),
+    /// and sends it to the live clients.
+    pub fn push(&self, kind: &'static str, data: &str) {
+        let value: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
         let mut ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
         let id = ring.back().map_or(1, |e| e.id + 1);
         let event = Arc::new(LoggedEvent {
             id,
             kind,
             session_id: value.get("session_id").and_then(|v| v.as_i64()),
-            agent: value
-                .get("agent")
-                .and_then(|v| v.as_str())
-                .map(str::to_string),
-            data,
+            agent: value.get("agent").and_then(|v| v.as_str()).map(Box::from),
+            data: Box::from(data),
         });
         if ring.len() == KEEP {
             ring.pop_front();
@@ -147,12 +147,22 @@ impl EventLog {
     }
 }
 
+/// `value` as JSON in `buf` (emptied first).
+fn to_json<'a>(buf: &'a mut Vec<u8>, value: &impl Serialize) -> Option<&'a str> {
+    buf.clear();
+    serde_json::to_writer(&mut *buf, value).ok()?;
+    std::str::from_utf8(buf).ok()
+}
+
 async fn pump(
     log: Arc<EventLog>,
     mut sessions: broadcast::Receiver<SessionEvent>,
     calls: Option<broadcast::Receiver<CallEvent>>,
 ) {
     let mut calls = calls;
+    // One serializer buffer for the life of the pump: each event is then
+    // copied out at its exact length ([`EventLog::push`]).
+    let mut buf = Vec::with_capacity(512);
     loop {
         let call_event = async {
             match calls.as_mut() {
@@ -163,7 +173,7 @@ async fn pump(
         tokio::select! {
             ev = sessions.recv() => match ev {
                 Ok(ev) => {
-                    if let Ok(data) = serde_json::to_string(&ev) {
+                    if let Some(data) = to_json(&mut buf, &ev) {
                         log.push("state", data);
                     }
                 }
@@ -175,13 +185,13 @@ async fn pump(
             ev = call_event => match ev {
                 Ok(CallEvent::CallProgress { agent, call_id, state }) => {
                     let data = CallProgressEvent { kind: "call", call_id, agent: &agent, state };
-                    if let Ok(data) = serde_json::to_string(&data) {
+                    if let Some(data) = to_json(&mut buf, &data) {
                         log.push("call", data);
                     }
                 }
                 Ok(CallEvent::Amd { agent, call_id, verdict, amd_ms }) => {
                     let data = AmdEvent { kind: "amd", call_id, agent: &agent, amd: verdict, amd_ms };
-                    if let Ok(data) = serde_json::to_string(&data) {
+                    if let Some(data) = to_json(&mut buf, &data) {
                         log.push("amd", data);
                     }
                 }
@@ -212,7 +222,7 @@ mod tests {
         for i in 0..5 {
             l.push(
                 "state",
-                format!(r#"{{"session_id": {i}, "agent": "alice"}}"#),
+                &format!(r#"{{"session_id": {i}, "agent": "alice"}}"#),
             );
         }
         let r = l.resume(Some(3));
@@ -221,7 +231,7 @@ mod tests {
         assert!(l.resume(None).missed.is_empty());
         // Overflow the ring: a client far behind is told it missed some.
         for _ in 0..KEEP {
-            l.push("state", "{}".into());
+            l.push("state", "{}");
         }
         let r = l.resume(Some(2));
         assert!(r.gap);
@@ -231,9 +241,9 @@ mod tests {
     #[test]
     fn filters_by_session_and_agent() {
         let l = log();
-        l.push("state", r#"{"session_id": 1, "agent": "alice"}"#.into());
-        l.push("state", r#"{"session_id": 2, "agent": "bob"}"#.into());
-        l.push("state", r#"{"session_id": 2}"#.into());
+        l.push("state", r#"{"session_id": 1, "agent": "alice"}"#);
+        l.push("state", r#"{"session_id": 2, "agent": "bob"}"#);
+        l.push("state", r#"{"session_id": 2}"#);
         let r = l.resume(Some(0));
         let ids = |s: Option<i64>, a: Option<&str>| {
             r.missed

@@ -32,7 +32,7 @@ fn sse(e: &LoggedEvent) -> Event {
     Event::default()
         .id(e.id.to_string())
         .event(e.kind)
-        .data(e.data.clone())
+        .data(&*e.data)
 }
 
 /// The event stream. A client that falls behind gets a `lagged` event

@@ -122,7 +122,7 @@ impl AgentTask {
             lead_id: call.lead_id,
             session_id: call.session_id,
         });
-        self.inbound = Some(InboundState {
+        self.inbound = Some(Box::new(InboundState {
             call,
             media: handle,
             record_id: record.id,
@@ -130,7 +130,7 @@ impl AgentTask {
             label,
             finished: false,
             rang_phone,
-        });
+        }));
         if self.leg.as_ref().is_some_and(|l| l.is_connected()) {
             self.answer_inbound(now);
         } else if let Some(i) = &mut self.inbound {

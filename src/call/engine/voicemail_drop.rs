@@ -27,7 +27,7 @@ use crate::media::voicemail::{DropConfig, DropStart};
 
 /// A lead leg a voicemail drop plays on, no longer the agent's.
 pub(super) struct DroppingCall {
-    pub(super) call: LeadCall,
+    pub(super) call: Box<LeadCall>,
     /// Stops the player (dropped when the call ends first).
     _stop: oneshot::Sender<()>,
     /// Its journal rows, removed once the leg has ended.
@@ -220,7 +220,8 @@ impl AgentTask {
             if l.leg.is_closed() {
                 self.unroute(l.leg.call_id());
             } else {
-                self.closing.push(l.leg.into_closing(Instant::now()));
+                self.closing
+                    .push(Box::new(l.leg.into_closing(Instant::now())));
             }
         }
         busy
