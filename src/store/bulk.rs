@@ -113,8 +113,7 @@ impl SqliteStore {
 
 /// Inserts `leads` on a connection inside a write transaction (`BEGIN
 /// IMMEDIATE`, so no one else takes ids meanwhile) and returns their ids
-/// in input order. Not atomic by itself: the caller's transaction or
-/// savepoint is.
+/// in input order. Not atomic by itself: the caller's transaction is.
 async fn sqlite_insert_rows(
     conn: &mut sqlx::SqliteConnection,
     leads: &[ValidLead],
@@ -142,7 +141,7 @@ async fn sqlite_insert_rows(
 
     for (chunk, ids) in leads.chunks(SQLITE_ROWS).zip(lead_ids.chunks(SQLITE_ROWS)) {
         // `OR FAIL`: a refused row stops the statement without undoing the
-        // rows before it (the batch's savepoint undoes them), so SQLite
+        // rows before it (the caller's transaction undoes them), so SQLite
         // needs no statement journal for it (a copy of every page the
         // statement changes first, which for the random-order indexes of
         // `leads` is about one page per index and row). `leads` has no
@@ -208,6 +207,40 @@ async fn sqlite_insert_rows(
     Ok(lead_ids)
 }
 
+/// Refuses a batch, before anything of it is written, whose custom values
+/// name a field that no longer exists (deleted since the import read the
+/// fields): the only constraint a [`ValidLead`] can break. Its other rows'
+/// parents are the batch's own leads and contacts, its ids are taken under
+/// the write lock, and its values are checked by the model; so a bulk batch
+/// needs no savepoint of its own (see [`LeadLoader`]). Under the write lock
+/// no one can delete a field between this check and the insert.
+async fn sqlite_check_fields(
+    conn: &mut sqlx::SqliteConnection,
+    leads: &[ValidLead],
+) -> Result<(), StoreError> {
+    let mut ids: Vec<i64> = leads
+        .iter()
+        .flat_map(|l| l.custom.iter().map(|(id, _)| *id))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut q: QueryBuilder<'_, sqlx::Sqlite> =
+        QueryBuilder::new("SELECT COUNT(*) FROM custom_fields WHERE id IN (");
+    let mut list = q.separated(", ");
+    for id in &ids {
+        list.push_bind(*id);
+    }
+    q.push(")");
+    let found: i64 = q.build_query_scalar().fetch_one(&mut *conn).await?;
+    if usize::try_from(found).ok() != Some(ids.len()) {
+        return Err(StoreError::Invalid(Entity::Lead));
+    }
+    Ok(())
+}
+
 /// Leads a bulk load keeps in one SQLite transaction at most (see
 /// [`LeadLoader`]).
 pub const SQLITE_COMMIT_ROWS: usize = 50_000;
@@ -221,8 +254,14 @@ const PG_LANES: usize = 2;
 /// Stores the batches of a bulk load (the CSV import), each batch all or
 /// none.
 ///
-/// SQLite: the batches share one write transaction, each in its own
-/// savepoint, until [`LeadLoader::commit`]. A commit writes every page it
+/// SQLite: the batches share one write transaction until
+/// [`LeadLoader::commit`]. A batch is checked before it is written (the
+/// one thing that can refuse it is a custom field deleted meanwhile), so a
+/// refused batch leaves the earlier ones in without a savepoint: a
+/// savepoint copied every page the batch changed first into the
+/// sub-journal, one page per random-order index and lead, 22 % of the
+/// load's profile (BENCHMARKS.md "Lead import"). Any other failure in the
+/// middle of a batch rolls the open transaction back and stops the load. A commit writes every page it
 /// changed into the WAL, and the random-order indexes of `leads` (created,
 /// status) spread even a few thousand new leads over most of their leaf
 /// pages, so the same pages were written again at every 5,000-lead commit
@@ -266,7 +305,7 @@ const SQLITE_LOAD_CACHE_KIB: i64 = 256 * 1024;
 /// at the end of every statement that needs a statement journal (each
 /// multi-row insert into a table with foreign keys), SQLite truncates its
 /// in-memory sub-journal by walking it from the first 1 KiB chunk, and the
-/// batch's savepoint keeps that journal tens of MB long
+/// batch's savepoint (since removed) kept that journal tens of MB long
 /// (`sqlite3BtreeSavepoint` 41 % of the import's profile).
 async fn sqlite_load_pragmas(store: &SqliteStore) -> Result<(), StoreError> {
     sqlx::query(&format!("PRAGMA cache_size = -{SQLITE_LOAD_CACHE_KIB}"))
@@ -325,11 +364,27 @@ impl LeadLoader {
                     sqlite_load_pragmas(store).await?;
                     *tx = Some(store.begin_write().await?);
                 }
-                let tx = tx.as_mut().ok_or(StoreError::Corrupt("bulk transaction"))?;
-                let mut savepoint = sqlx::Acquire::begin(&mut *tx).await?;
-                let ids = sqlite_insert_rows(&mut savepoint, leads, now_ms).await?;
-                savepoint.commit().await?;
-                ids
+                let open = tx.as_mut().ok_or(StoreError::Corrupt("bulk transaction"))?;
+                // Refused before anything of the batch is written: the
+                // transaction keeps the earlier batches, as a savepoint
+                // rolled back would.
+                sqlite_check_fields(open, leads).await?;
+                match sqlite_insert_rows(open, leads, now_ms).await {
+                    Ok(ids) => ids,
+                    Err(e) => {
+                        // Part of the batch may be in: the whole open
+                        // transaction rolls back (dropped), and the error
+                        // is one the import does not retry row by row.
+                        *tx = None;
+                        self.pending = 0;
+                        return Err(match e {
+                            StoreError::Invalid(_) | StoreError::Conflict(_) => {
+                                StoreError::Corrupt("a bulk batch refused past its checks")
+                            }
+                            other => other,
+                        });
+                    }
+                }
             }
             Loader::Postgres(pg) => pg.copy_leads(leads, now_ms, true).await?,
         };
