@@ -793,8 +793,11 @@ async fn lane(
                 let _ = job.done.send(Ok(outcome));
             }
             Err(e) => {
-                // Nothing more is stored; what this lane committed stays.
+                // Nothing more is stored. The batches before this one were
+                // reported stored: keep them (the failed one rolled back
+                // alone), if the database still takes a commit.
                 let _ = job.done.send(Err(e));
+                let _ = loader.finish().await;
                 return Ok(());
             }
         }
@@ -802,11 +805,14 @@ async fn lane(
             || opened_at.elapsed() >= SQLITE_COMMIT_AFTER
             || jobs.is_empty()
         {
-            loader.commit().await?;
+            if let Err(e) = loader.commit().await {
+                let _ = loader.finish().await;
+                return Err(e);
+            }
             opened = None;
         }
     }
-    loader.commit().await
+    loader.finish().await
 }
 
 /// Imports leads from CSV text read from `reader`, numbers without a

@@ -22,8 +22,6 @@
 //! Either way the batch is one transaction: all of it or none (the import
 //! then retries its rows one by one to find the refused one).
 
-use std::collections::HashSet;
-
 use sqlx::QueryBuilder;
 
 use super::{Entity, PgStore, SqliteStore, StoreError};
@@ -75,10 +73,11 @@ fn rows<'a>(leads: &'a [ValidLead], lead_ids: &[i64], contact_ids: &[i64]) -> Ro
             }
         }
         // One value per (lead, field), the last one given winning, as the
-        // upsert of a lead edit does: the primary key allows no more.
-        let mut seen = HashSet::new();
+        // upsert of a lead edit does: the primary key allows no more. A
+        // lead has a few values: a scan of its own rows beats a set.
+        let first = out.custom.len();
         for (field_id, value) in lead.custom.iter().rev() {
-            if seen.insert(*field_id) {
+            if !out.custom[first..].iter().any(|c| c.1 == *field_id) {
                 let (text, num, ms) = value.columns();
                 out.custom.push((lead_id, *field_id, text, num, ms));
             }
@@ -114,8 +113,7 @@ impl SqliteStore {
 
 /// Inserts `leads` on a connection inside a write transaction (`BEGIN
 /// IMMEDIATE`, so no one else takes ids meanwhile) and returns their ids
-/// in input order. Not atomic by itself: the caller's transaction or
-/// savepoint is.
+/// in input order. Not atomic by itself: the caller's transaction is.
 async fn sqlite_insert_rows(
     conn: &mut sqlx::SqliteConnection,
     leads: &[ValidLead],
@@ -142,8 +140,14 @@ async fn sqlite_insert_rows(
     let rows = rows(leads, &lead_ids, &contact_ids);
 
     for (chunk, ids) in leads.chunks(SQLITE_ROWS).zip(lead_ids.chunks(SQLITE_ROWS)) {
+        // `OR FAIL`: a refused row stops the statement without undoing the
+        // rows before it (the caller's transaction undoes them), so SQLite
+        // needs no statement journal for it (a copy of every page the
+        // statement changes first, which for the random-order indexes of
+        // `leads` is about one page per index and row). `leads` has no
+        // foreign keys, whose immediate checks would ask for one anyway.
         let mut q: QueryBuilder<'_, sqlx::Sqlite> = QueryBuilder::new(
-            "INSERT INTO leads (id, name, status, created_ms, updated_ms, do_not_call) ",
+            "INSERT OR FAIL INTO leads (id, name, status, created_ms, updated_ms, do_not_call) ",
         );
         q.push_values(chunk.iter().zip(ids), |mut b, (l, id)| {
             b.push_bind(*id)
@@ -203,6 +207,40 @@ async fn sqlite_insert_rows(
     Ok(lead_ids)
 }
 
+/// Refuses a batch, before anything of it is written, whose custom values
+/// name a field that no longer exists (deleted since the import read the
+/// fields): the only constraint a [`ValidLead`] can break. Its other rows'
+/// parents are the batch's own leads and contacts, its ids are taken under
+/// the write lock, and its values are checked by the model; so a bulk batch
+/// needs no savepoint of its own (see [`LeadLoader`]). Under the write lock
+/// no one can delete a field between this check and the insert.
+async fn sqlite_check_fields(
+    conn: &mut sqlx::SqliteConnection,
+    leads: &[ValidLead],
+) -> Result<(), StoreError> {
+    let mut ids: Vec<i64> = leads
+        .iter()
+        .flat_map(|l| l.custom.iter().map(|(id, _)| *id))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut q: QueryBuilder<'_, sqlx::Sqlite> =
+        QueryBuilder::new("SELECT COUNT(*) FROM custom_fields WHERE id IN (");
+    let mut list = q.separated(", ");
+    for id in &ids {
+        list.push_bind(*id);
+    }
+    q.push(")");
+    let found: i64 = q.build_query_scalar().fetch_one(&mut *conn).await?;
+    if usize::try_from(found).ok() != Some(ids.len()) {
+        return Err(StoreError::Invalid(Entity::Lead));
+    }
+    Ok(())
+}
+
 /// Leads a bulk load keeps in one SQLite transaction at most (see
 /// [`LeadLoader`]).
 pub const SQLITE_COMMIT_ROWS: usize = 50_000;
@@ -216,8 +254,14 @@ const PG_LANES: usize = 2;
 /// Stores the batches of a bulk load (the CSV import), each batch all or
 /// none.
 ///
-/// SQLite: the batches share one write transaction, each in its own
-/// savepoint, until [`LeadLoader::commit`]. A commit writes every page it
+/// SQLite: the batches share one write transaction until
+/// [`LeadLoader::commit`]. A batch is checked before it is written (the
+/// one thing that can refuse it is a custom field deleted meanwhile), so a
+/// refused batch leaves the earlier ones in without a savepoint: a
+/// savepoint copied every page the batch changed first into the
+/// sub-journal, one page per random-order index and lead, 22 % of the
+/// load's profile (BENCHMARKS.md "Lead import"). Any other failure in the
+/// middle of a batch rolls the open transaction back and stops the load. A commit writes every page it
 /// changed into the WAL, and the random-order indexes of `leads` (created,
 /// status) spread even a few thousand new leads over most of their leaf
 /// pages, so the same pages were written again at every 5,000-lead commit
@@ -236,8 +280,9 @@ enum Loader {
     Sqlite {
         store: SqliteStore,
         tx: Option<sqlx::Transaction<'static, sqlx::Sqlite>>,
-        /// The connection's `cache_size` before the load raised it.
-        cache_size: Option<i64>,
+        /// The writer connection's `cache_size` before the load changed
+        /// it, restored by [`LeadLoader::finish`].
+        saved: Option<i64>,
     },
     Postgres(PgStore),
 }
@@ -246,9 +291,28 @@ enum Loader {
 /// cache_size` negative): large enough to hold the leaf pages of the
 /// random-order indexes of `leads` at 1,000,000 leads (about 90 MB), so a
 /// large transaction neither spills dirty pages into the WAL before its
-/// commit nor reads them back. Restored at each commit; a bound, whatever
-/// the file's size.
+/// commit nor reads them back. Kept from one commit to the next (shrinking
+/// it at a commit dropped the pages the next transaction needs again) and
+/// restored when the load ends; a bound, whatever the file's size.
 const SQLITE_LOAD_CACHE_KIB: i64 = 256 * 1024;
+
+/// Sets the writer connection up for a bulk load, before its `BEGIN`: the
+/// page cache above. The writer pool has one connection, so the pragma
+/// reaches the connection the next `BEGIN IMMEDIATE` runs on.
+///
+/// `temp_store = MEMORY` (the transaction's sub-journal in memory instead
+/// of a temp file) was tried here and made the load three times slower:
+/// at the end of every statement that needs a statement journal (each
+/// multi-row insert into a table with foreign keys), SQLite truncates its
+/// in-memory sub-journal by walking it from the first 1 KiB chunk, and the
+/// batch's savepoint (since removed) kept that journal tens of MB long
+/// (`sqlite3BtreeSavepoint` 41 % of the import's profile).
+async fn sqlite_load_pragmas(store: &SqliteStore) -> Result<(), StoreError> {
+    sqlx::query(&format!("PRAGMA cache_size = -{SQLITE_LOAD_CACHE_KIB}"))
+        .execute(store.write_pool())
+        .await?;
+    Ok(())
+}
 
 impl super::Store {
     /// A loader for a bulk load of new leads (see [`LeadLoader`]).
@@ -257,7 +321,7 @@ impl super::Store {
             super::Store::Sqlite(s) => Loader::Sqlite {
                 store: s.clone(),
                 tx: None,
-                cache_size: None,
+                saved: None,
             },
             super::Store::Postgres(p) => Loader::Postgres(p.clone()),
         };
@@ -287,29 +351,42 @@ impl LeadLoader {
             return Ok(Vec::new());
         }
         let ids = match &mut self.inner {
-            Loader::Sqlite {
-                store,
-                tx,
-                cache_size,
-            } => {
+            Loader::Sqlite { store, tx, saved } => {
                 if tx.is_none() {
-                    let mut t = store.begin_write().await?;
-                    let old: i64 = sqlx::query_scalar("PRAGMA cache_size")
-                        .fetch_one(&mut *t)
-                        .await?;
-                    sqlx::query(&format!("PRAGMA cache_size = -{SQLITE_LOAD_CACHE_KIB}"))
-                        .execute(&mut *t)
-                        .await?;
-                    *cache_size = Some(old);
-                    *tx = Some(t);
+                    if saved.is_none() {
+                        let cache: i64 = sqlx::query_scalar("PRAGMA cache_size")
+                            .fetch_one(store.write_pool())
+                            .await?;
+                        *saved = Some(cache);
+                    }
+                    // Again at every transaction: the pool may have
+                    // replaced its connection (idle timeout, lifetime).
+                    sqlite_load_pragmas(store).await?;
+                    *tx = Some(store.begin_write().await?);
                 }
-                let tx = tx.as_mut().ok_or(StoreError::Corrupt("bulk transaction"))?;
-                let mut savepoint = sqlx::Acquire::begin(&mut *tx).await?;
-                let ids = sqlite_insert_rows(&mut savepoint, leads, now_ms).await?;
-                savepoint.commit().await?;
-                ids
+                let open = tx.as_mut().ok_or(StoreError::Corrupt("bulk transaction"))?;
+                // Refused before anything of the batch is written: the
+                // transaction keeps the earlier batches, as a savepoint
+                // rolled back would.
+                sqlite_check_fields(open, leads).await?;
+                match sqlite_insert_rows(open, leads, now_ms).await {
+                    Ok(ids) => ids,
+                    Err(e) => {
+                        // Part of the batch may be in: the whole open
+                        // transaction rolls back (dropped), and the error
+                        // is one the import does not retry row by row.
+                        *tx = None;
+                        self.pending = 0;
+                        return Err(match e {
+                            StoreError::Invalid(_) | StoreError::Conflict(_) => {
+                                StoreError::Corrupt("a bulk batch refused past its checks")
+                            }
+                            other => other,
+                        });
+                    }
+                }
             }
-            Loader::Postgres(pg) => pg.insert_leads(leads, now_ms).await?,
+            Loader::Postgres(pg) => pg.copy_leads(leads, now_ms, true).await?,
         };
         self.pending += ids.len();
         Ok(ids)
@@ -323,18 +400,40 @@ impl LeadLoader {
     /// Commits what was inserted (SQLite; PostgreSQL's batches are
     /// committed already).
     pub async fn commit(&mut self) -> Result<(), StoreError> {
-        if let Loader::Sqlite { tx, cache_size, .. } = &mut self.inner {
-            if let Some(mut tx) = tx.take() {
-                if let Some(old) = cache_size.take() {
-                    sqlx::query(&format!("PRAGMA cache_size = {old}"))
-                        .execute(&mut *tx)
-                        .await?;
-                }
+        if let Loader::Sqlite { tx, .. } = &mut self.inner {
+            if let Some(tx) = tx.take() {
                 tx.commit().await?;
             }
         }
         self.pending = 0;
         Ok(())
+    }
+
+    /// Commits what was inserted and gives the writer connection its own
+    /// page cache back (SQLite), or makes the committed batches durable
+    /// (PostgreSQL). Call once, when the load ends, also after an error.
+    pub async fn finish(&mut self) -> Result<(), StoreError> {
+        let committed = self.commit().await;
+        match &mut self.inner {
+            Loader::Sqlite { store, saved, .. } => {
+                if let Some(cache) = saved.take() {
+                    sqlx::query(&format!("PRAGMA cache_size = {cache}"))
+                        .execute(store.write_pool())
+                        .await?;
+                }
+            }
+            Loader::Postgres(pg) => {
+                // A transaction with an id commits synchronously: its
+                // commit waits until the WAL is flushed up to it, which
+                // covers every batch committed before (`copy_leads`).
+                let mut tx = pg.begin_write().await?;
+                sqlx::query("SELECT txid_current()")
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+            }
+        }
+        committed
     }
 }
 
@@ -453,10 +552,32 @@ impl PgStore {
         leads: &[ValidLead],
         now_ms: i64,
     ) -> Result<Vec<i64>, StoreError> {
+        self.copy_leads(leads, now_ms, false).await
+    }
+
+    /// [`insert_leads`](Self::insert_leads); with `bulk`, the commit does
+    /// not wait for its WAL to reach the disk (`synchronous_commit = off`
+    /// for this transaction only): a bulk load's batches are made durable
+    /// together by [`LeadLoader::finish`], whose synchronous commit flushes
+    /// the WAL up to it, the earlier commits included (PostgreSQL docs,
+    /// "Asynchronous Commit"). A server crash before then loses the last
+    /// batches whole, never part of one, as SQLite's `synchronous =
+    /// NORMAL` does before the import's checkpoint.
+    async fn copy_leads(
+        &self,
+        leads: &[ValidLead],
+        now_ms: i64,
+        bulk: bool,
+    ) -> Result<Vec<i64>, StoreError> {
         if leads.is_empty() {
             return Ok(Vec::new());
         }
         let mut tx = self.begin_write().await?;
+        if bulk {
+            sqlx::query("SET LOCAL synchronous_commit = off")
+                .execute(&mut *tx)
+                .await?;
+        }
         let lead_ids = Self::take_ids(&mut tx, "leads_id_seq", leads.len()).await?;
         let contact_ids = Self::take_ids(&mut tx, "contacts_id_seq", contact_count(leads)).await?;
         if lead_ids.len() != leads.len() {
@@ -557,6 +678,48 @@ impl PgStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn lead(name: &str) -> ValidLead {
+        ValidLead {
+            name: name.into(),
+            status: "Potential".into(),
+            created_ms: 1_790_000_000_000,
+            contacts: Vec::new(),
+            custom: Vec::new(),
+            opportunities: Vec::new(),
+            do_not_call: false,
+        }
+    }
+
+    /// A bulk load keeps its page cache across its commits and gives the
+    /// writer connection its own back when it ends (real SQLite file: the
+    /// pragma only applies there).
+    #[tokio::test]
+    async fn a_sqlite_load_keeps_its_settings_until_it_finishes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::connect(&format!("sqlite://{}/t.db", dir.path().display()))
+            .await
+            .unwrap();
+        let crate::store::Store::Sqlite(s) = &store else {
+            panic!("not SQLite");
+        };
+        let pragma = |name: &'static str| async move {
+            sqlx::query_scalar::<_, i64>(&format!("PRAGMA {name}"))
+                .fetch_one(s.write_pool())
+                .await
+                .unwrap()
+        };
+        let cache = pragma("cache_size").await;
+        let mut loader = store.lead_loader();
+        loader.insert(&[lead("A")], 0).await.unwrap();
+        loader.commit().await.unwrap();
+        assert_eq!(pragma("cache_size").await, -SQLITE_LOAD_CACHE_KIB);
+        loader.insert(&[lead("B")], 0).await.unwrap();
+        loader.finish().await.unwrap();
+        assert_eq!(pragma("cache_size").await, cache);
+        assert_eq!(store.count_leads().await.unwrap(), 2);
+        store.close().await;
+    }
 
     #[test]
     fn copy_text_escapes_what_the_text_format_reserves() {
