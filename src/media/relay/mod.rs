@@ -87,32 +87,6 @@ impl RelayConfig {
     }
 }
 
-/// How a relay event loop trades a little latency for fewer wake-ups.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LoopOptions {
-    /// After a wake-up that relayed packets, the loop waits up to this long
-    /// (from that wake-up) before it looks at its sockets again, so one
-    /// `epoll_wait` returns the packets of many calls instead of one
-    /// (each call sends one packet per 20 ms on sockets of its own, so
-    /// without it a loaded loop sleeps and wakes for nearly every packet).
-    /// A command (a bridge) cuts the wait short; a due timer ends it.
-    /// Each packet waits at most this long more: it is part of SPEC §6's
-    /// added-latency budget (p99 under 1 ms). Zero: no waiting.
-    pub coalesce: Duration,
-}
-
-impl Default for LoopOptions {
-    fn default() -> Self {
-        LoopOptions {
-            coalesce: DEFAULT_COALESCE,
-        }
-    }
-}
-
-/// The default of [`LoopOptions::coalesce`] (BENCHMARKS.md, "RTP relay
-/// side by side with rtpengine", for the trade-off measured).
-const DEFAULT_COALESCE: Duration = Duration::from_micros(200);
-
 /// Why a media operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MediaError {
@@ -238,19 +212,9 @@ impl MediaRelay {
     /// A relay over `cfg.ports` with `threads` event loops (at least one),
     /// each a thread named `rtp-relay-N`.
     pub fn with_threads(cfg: RelayConfig, threads: usize) -> Result<Self, MediaError> {
-        Self::with_loops(cfg, threads, LoopOptions::default())
-    }
-
-    /// As [`Self::with_threads`], with the loops' wake-up policy `opts`
-    /// (the relay benchmark compares policies with this).
-    pub fn with_loops(
-        cfg: RelayConfig,
-        threads: usize,
-        opts: LoopOptions,
-    ) -> Result<Self, MediaError> {
         let pool = SharedPortPool::new(PortPool::new(cfg.ports)?);
         let shards = (0..threads.max(1))
-            .map(|i| shard::Shard::spawn(format!("rtp-relay-{i}"), opts).map(Arc::new))
+            .map(|i| shard::Shard::spawn(format!("rtp-relay-{i}")).map(Arc::new))
             .collect::<io::Result<Vec<_>>>()
             .map_err(MediaError::EventLoop)?;
         Ok(MediaRelay {

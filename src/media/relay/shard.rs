@@ -18,13 +18,13 @@ use std::ops::Range;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 
 use super::{
-    clock, AgentMediaCore, AgentSrtp, Command, LegId, LegSockets, LoopOptions, MediaEvent, Side,
-    DRAIN_BATCH, RX_BATCH, RX_LEN,
+    clock, AgentMediaCore, AgentSrtp, Command, LegId, LegSockets, MediaEvent, Side, DRAIN_BATCH,
+    RX_BATCH, RX_LEN,
 };
 use crate::media::srtp::TAG_LEN;
 use crate::media::voicemail::DropPlayer;
@@ -97,9 +97,8 @@ pub(super) struct Shard {
 
 impl Shard {
     /// Starts a loop on a thread of its own named `name`.
-    pub(super) fn spawn(name: String, opts: LoopOptions) -> io::Result<Self> {
-        let (shard, mut lp) = Self::new()?;
-        lp.coalesce = opts.coalesce;
+    pub(super) fn spawn(name: String) -> io::Result<Self> {
+        let (shard, lp) = Self::new()?;
         std::thread::Builder::new()
             .name(name)
             .spawn(move || lp.run())?;
@@ -143,10 +142,6 @@ impl Shard {
             events: vec![libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS],
             backlog: Vec::new(),
             serving: Vec::new(),
-            coalesce: Duration::ZERO,
-            woke: clock(),
-            busy: false,
-            last_busy: None,
         };
         Ok((Shard { tx, wake, agents }, lp))
     }
@@ -220,15 +215,6 @@ fn deregister(epfd: &OwnedFd, s: &LegSockets) {
     }
 }
 
-/// What ended a [`Loop::gather`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Gathered {
-    /// Its time was up (or a timer is due).
-    Due,
-    /// A message for the loop.
-    Message,
-}
-
 /// One agent's media on a loop.
 struct Call {
     agent_id: LegId,
@@ -262,14 +248,6 @@ struct Loop {
     backlog: Vec<u64>,
     /// The backlog being served this turn.
     serving: Vec<u64>,
-    /// [`LoopOptions::coalesce`].
-    coalesce: Duration,
-    /// When this turn's `epoll_wait` returned.
-    woke: Instant,
-    /// This turn read a socket.
-    busy: bool,
-    /// When the last turn that read a socket woke.
-    last_busy: Option<Instant>,
 }
 
 impl Loop {
@@ -279,56 +257,6 @@ impl Loop {
             if !self.turn(timeout) {
                 return;
             }
-            if self.busy {
-                // Packets came close behind the last ones: the loop is
-                // under load, and waiting a little lets the next
-                // `epoll_wait` collect many calls' packets in one wake-up.
-                // The wait costs a wake-up of its own, so it pays only if
-                // packets come again within it: a loop whose packets come
-                // further apart than twice the wait (a quiet loop) goes
-                // straight back to `epoll_wait`.
-                let loaded = self
-                    .last_busy
-                    .is_some_and(|t| self.woke.saturating_duration_since(t) < self.coalesce * 2);
-                self.last_busy = Some(self.woke);
-                if loaded && self.backlog.is_empty() {
-                    let _ = self.gather();
-                }
-            }
-        }
-    }
-
-    /// Sleeps until [`Self::coalesce`] after this turn's wake-up, or the
-    /// earliest timer, or a message (a bridge is never held back), so the
-    /// packets arriving meanwhile are read in one turn. Returns what
-    /// ended the wait.
-    fn gather(&self) -> Gathered {
-        let mut until = self.woke + self.coalesce;
-        if let Some(Reverse((t, _, _))) = self.timers.peek() {
-            until = until.min(*t);
-        }
-        let wait = until.saturating_duration_since(clock());
-        if wait.is_zero() {
-            return Gathered::Due;
-        }
-        let ts = libc::timespec {
-            tv_sec: libc::time_t::try_from(wait.as_secs()).unwrap_or(libc::time_t::MAX),
-            // Under 10^9: fits any `c_long`.
-            tv_nsec: wait.subsec_nanos() as libc::c_long,
-        };
-        let mut pfd = libc::pollfd {
-            fd: self.wake.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one live pollfd, a live timespec, no signal mask. An
-        // error (a signal) only ends the wait early: the next turn looks at
-        // everything.
-        let r = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
-        if r > 0 && pfd.revents & libc::POLLIN != 0 {
-            Gathered::Message
-        } else {
-            Gathered::Due
         }
     }
 
@@ -355,8 +283,6 @@ impl Loop {
             return false;
         };
         let n = n.min(self.events.len());
-        self.woke = clock();
-        self.busy = !self.backlog.is_empty() || self.events.iter().take(n).any(|e| e.u64 != WAKE);
         if self.events.iter().take(n).any(|e| e.u64 == WAKE) {
             self.wake.clear();
         }
@@ -1281,36 +1207,5 @@ mod tests {
             "{}",
             std::mem::size_of::<AgentMediaCore>()
         );
-    }
-
-    /// A loop waiting to gather packets still hears a command at once (a
-    /// bridge is never held back by the wait), and never waits past a due
-    /// timer.
-    #[test]
-    fn gathering_ends_for_a_message_and_for_a_due_timer() {
-        let relay = relay();
-        let (shard, mut lp) = Shard::new().unwrap();
-        let (phone, carrier) = sockets();
-        let (agent, lead, _, _ev) = call(
-            &relay,
-            &shard,
-            0xE000,
-            phone.local_addr().unwrap(),
-            carrier.local_addr().unwrap(),
-            false,
-        );
-        assert!(lp.turn(0));
-        // Long enough that only the message can end it.
-        lp.coalesce = Duration::from_secs(2);
-        lp.timers.clear();
-        lp.woke = clock();
-        shard
-            .send(Msg::Command(agent, Command::Bridge(lead)))
-            .unwrap();
-        assert_eq!(lp.gather(), Gathered::Message);
-        assert!(lp.turn(0));
-        lp.woke = clock();
-        lp.timers.push(Reverse((lp.woke, 0, 0)));
-        assert_eq!(lp.gather(), Gathered::Due);
     }
 }
