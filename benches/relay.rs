@@ -41,15 +41,15 @@
 //!
 //!     cargo bench --bench relay -- [--calls 300,500,1000] [--seconds 5] [--switches 200]
 //!         [--relay-threads 2] [--groups 2] [--late-ms 5] [--peer-rtpengine] [--srtp] [--amd] [--record]
-//!         [--coalesce-us 200] [--rx-poll-us 0] [--gen-rt]
+//!         [--rx-poll-us 0] [--gen-rt]
 //!
-//! `--coalesce-us`: powerdial's loops' [`LoopOptions::coalesce`] (default
-//! the relay's). `--rx-poll-us N`: the receivers read their sockets every
+//! `--rx-poll-us N`: the receivers read their sockets every
 //! N µs instead of sleeping in `recvmmsg`, so a relay's send never wakes
 //! one (on loopback the sender's system call pays for waking the reader,
 //! which a relay sending to a NIC does not; both relays are measured
 //! alike). `--gen-rt`: the sender threads run `SCHED_FIFO` (root), so a
-//! loaded machine does not make their 1 ms slots late.
+//! loaded machine does not make their 1 ms slots late (only they: real-time
+//! relays or receivers hit the kernel's real-time throttling, 50 ms stalls).
 
 #![allow(clippy::disallowed_methods)] // a load driver reads the clock
 
@@ -66,7 +66,7 @@ use powerdial::config::PortRange;
 use powerdial::media::amd::AmdConfig;
 use powerdial::media::g711::G711Law;
 use powerdial::media::recording::{Recording, TapFrame};
-use powerdial::media::relay::{AgentMedia, CoreConfig, LoopOptions, MediaRelay, RelayConfig};
+use powerdial::media::relay::{AgentMedia, CoreConfig, MediaRelay, RelayConfig};
 use powerdial::media::sdp::{Codec, Direction, Negotiated};
 use powerdial::media::srtp::{MasterKey, SrtpReceiver, SrtpSender, TAG_LEN};
 fn neg(remote: SocketAddr) -> Negotiated {
@@ -293,7 +293,7 @@ struct Opts {
     /// Receivers poll their sockets this often instead of sleeping in
     /// `recvmmsg` (`--rx-poll-us`, 0: blocking receivers).
     rx_poll: Option<Duration>,
-    /// Sender threads at real-time priority (`--gen-rt`).
+    /// The generator's sender threads at real-time priority (`--gen-rt`).
     rt: bool,
 }
 
@@ -351,14 +351,7 @@ fn sender(
             if rt {
                 // The clock of the measurement: on a machine shared with
                 // builds, a normal thread's 1 ms timers run many ms late.
-                let p = libc::sched_param { sched_priority: 1 };
-                // SAFETY: sets this thread's policy from a live sched_param.
-                if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &p) } != 0 {
-                    eprintln!(
-                        "gen-send-{g}: no real-time priority ({})",
-                        std::io::Error::last_os_error()
-                    );
-                }
+                real_time(0, &format!("gen-send-{g}"));
             }
             let mut slots: Vec<Vec<usize>> = vec![Vec::new(); SLOTS];
             for i in 0..targets.len() {
@@ -462,6 +455,19 @@ fn sender(
             st
         })
         .unwrap()
+}
+
+/// Puts thread `tid` (0: this one) in `SCHED_FIFO` at priority 1 (needs
+/// root); says so if it cannot.
+fn real_time(tid: libc::pid_t, who: &str) {
+    let p = libc::sched_param { sched_priority: 1 };
+    // SAFETY: sets a thread's policy from a live sched_param.
+    if unsafe { libc::sched_setscheduler(tid, libc::SCHED_FIFO, &p) } != 0 {
+        eprintln!(
+            "{who}: no real-time priority ({})",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 /// The kernel's receive time of a `recvmmsg` message (`SO_TIMESTAMPNS`).
@@ -960,9 +966,6 @@ fn main() {
             .filter(|d| !d.is_zero()),
         rt: args.iter().any(|a| a == "--gen-rt"),
     };
-    let coalesce = arg("--coalesce-us")
-        .and_then(|s| s.parse().ok())
-        .map_or(LoopOptions::default().coalesce, Duration::from_micros);
     let with_rtpengine = args.iter().any(|a| a == "--peer-rtpengine");
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -971,7 +974,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let relay = MediaRelay::with_loops(
+    let relay = MediaRelay::with_threads(
         RelayConfig {
             bind_ip: "127.0.0.1".parse().unwrap(),
             ports: PortRange {
@@ -982,12 +985,10 @@ fn main() {
             socket_buffer: 1 << 20,
         },
         threads,
-        LoopOptions { coalesce },
     )
     .unwrap();
     println!(
-        "relay threads {threads} (powerdial event loops, coalescing {} µs{}), generator groups {}, receivers {}, senders {}, {} cores, load {}",
-        coalesce.as_micros(),
+        "relay threads {threads} (powerdial event loops{}), generator groups {}, receivers {}, senders {}, {} cores, load {}",
         if with_rtpengine {
             ", rtpengine --num-threads"
         } else {
