@@ -41,6 +41,15 @@
 //!
 //!     cargo bench --bench relay -- [--calls 300,500,1000] [--seconds 5] [--switches 200]
 //!         [--relay-threads 2] [--groups 2] [--late-ms 5] [--peer-rtpengine] [--srtp] [--amd] [--record]
+//!         [--rx-poll-us 0] [--gen-rt]
+//!
+//! `--rx-poll-us N`: the receivers read their sockets every
+//! N µs instead of sleeping in `recvmmsg`, so a relay's send never wakes
+//! one (on loopback the sender's system call pays for waking the reader,
+//! which a relay sending to a NIC does not; both relays are measured
+//! alike). `--gen-rt`: the sender threads run `SCHED_FIFO` (root), so a
+//! loaded machine does not make their 1 ms slots late (only they: real-time
+//! relays or receivers hit the kernel's real-time throttling, 50 ms stalls).
 
 #![allow(clippy::disallowed_methods)] // a load driver reads the clock
 
@@ -116,6 +125,44 @@ fn threads_cpu_ticks(prefix: &str) -> u64 {
                 continue;
             }
             total += stat_ticks(&stat[close + 1..]);
+        }
+    }
+    total
+}
+
+/// Voluntary context switches (a thread blocking, then woken: one per
+/// sleep) from a /proc `status` file.
+fn voluntary_switches(status: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Voluntary context switches of this process's threads whose name
+/// starts with `prefix`.
+fn threads_switches(prefix: &str) -> u64 {
+    let mut total = 0;
+    if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
+        for t in dir.flatten() {
+            let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            if name.starts_with(prefix) {
+                let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+                total += voluntary_switches(&status);
+            }
+        }
+    }
+    total
+}
+
+/// Voluntary context switches of all of a process's threads.
+fn process_switches(pid: u32) -> u64 {
+    let mut total = 0;
+    if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in dir.flatten() {
+            let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            total += voluntary_switches(&status);
         }
     }
     total
@@ -243,6 +290,11 @@ struct Opts {
     late: Duration,
     srtp: Option<MasterKey>,
     extras: Extras,
+    /// Receivers poll their sockets this often instead of sleeping in
+    /// `recvmmsg` (`--rx-poll-us`, 0: blocking receivers).
+    rx_poll: Option<Duration>,
+    /// The generator's sender threads at real-time priority (`--gen-rt`).
+    rt: bool,
 }
 
 #[derive(Default)]
@@ -292,9 +344,15 @@ fn sender(
         .collect();
     let srtp = opts.srtp.clone();
     let late = opts.late;
+    let rt = opts.rt;
     std::thread::Builder::new()
         .name(format!("gen-send-{g}"))
         .spawn(move || {
+            if rt {
+                // The clock of the measurement: on a machine shared with
+                // builds, a normal thread's 1 ms timers run many ms late.
+                real_time(0, &format!("gen-send-{g}"));
+            }
             let mut slots: Vec<Vec<usize>> = vec![Vec::new(); SLOTS];
             for i in 0..targets.len() {
                 slots[i % SLOTS].push(i);
@@ -399,6 +457,19 @@ fn sender(
         .unwrap()
 }
 
+/// Puts thread `tid` (0: this one) in `SCHED_FIFO` at priority 1 (needs
+/// root); says so if it cannot.
+fn real_time(tid: libc::pid_t, who: &str) {
+    let p = libc::sched_param { sched_priority: 1 };
+    // SAFETY: sets a thread's policy from a live sched_param.
+    if unsafe { libc::sched_setscheduler(tid, libc::SCHED_FIFO, &p) } != 0 {
+        eprintln!(
+            "{who}: no real-time priority ({})",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// The kernel's receive time of a `recvmmsg` message (`SO_TIMESTAMPNS`).
 fn rx_timestamp(h: &libc::msghdr) -> Option<u64> {
     // SAFETY: the control buffer was filled by the kernel for this header.
@@ -422,12 +493,23 @@ fn receiver(
     stop: Arc<AtomicBool>,
     key: Option<MasterKey>,
     window: Window,
+    poll: Option<Duration>,
 ) -> std::thread::JoinHandle<RxStats> {
     std::thread::Builder::new()
         .name(name)
         .spawn(move || {
             sock.set_read_timeout(Some(Duration::from_millis(100)))
                 .unwrap();
+            // Polling: the socket is read empty every `poll`, and nobody
+            // sleeps on it, so the relay's send does not also pay for
+            // waking this thread (on loopback the sender's system call
+            // delivers the datagram and wakes the reader; across a NIC it
+            // would not). The latency is the kernel's receive time either way.
+            let flags = if poll.is_some() {
+                libc::MSG_DONTWAIT
+            } else {
+                libc::MSG_WAITFORONE
+            };
             let on: libc::c_int = 1;
             // SAFETY: a plain int option on our own socket.
             unsafe {
@@ -473,11 +555,14 @@ fn receiver(
                         sock.as_raw_fd(),
                         hdrs.as_mut_ptr(),
                         RX_BATCH as u32,
-                        libc::MSG_WAITFORONE,
+                        flags,
                         std::ptr::null_mut(),
                     )
                 };
                 if r <= 0 {
+                    if let Some(p) = poll {
+                        std::thread::sleep(p);
+                    }
                     continue;
                 }
                 for k in 0..r as usize {
@@ -533,6 +618,8 @@ struct Trial {
     p99_to_lead_us: f64,
     p99_to_agent_us: f64,
     relay_cpu_s: f64,
+    /// The relay's threads' voluntary context switches (wake-ups) in the window.
+    relay_wakeups: u64,
     gen_cpu_s: f64,
     slots: u64,
     late_slots: u64,
@@ -560,7 +647,7 @@ impl Trial {
         println!(
             "{} {}{}{}{} calls: sent {}, relayed {} in {} s = {:.0} pkt/s, loss {} ({:.3}%), send errors {}; \
 latency send→receive p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs (phone→carrier p99 {:.0} µs, carrier→phone p99 {:.0} µs); \
-relay CPU {:.2} s = {:.0} pkt/s per core; generator CPU {:.2} s, slots more than {} ms late {} of {} (max {:.1} ms){}{}; load {}",
+relay CPU {:.2} s = {:.0} pkt/s per core, {} wake-ups ({:.1} packets each); generator CPU {:.2} s, slots more than {} ms late {} of {} (max {:.1} ms){}{}; load {}",
             self.relay,
             if opts.srtp.is_some() && self.relay == "powerdial" { "SRTP agent legs, " } else { "" },
             if opts.extras.amd && self.relay == "powerdial" { "AMD on every lead, " } else { "" },
@@ -580,6 +667,8 @@ relay CPU {:.2} s = {:.0} pkt/s per core; generator CPU {:.2} s, slots more than
             self.p99_to_agent_us,
             self.relay_cpu_s,
             self.per_core(),
+            self.relay_wakeups,
+            self.received as f64 / self.relay_wakeups.max(1) as f64,
             self.gen_cpu_s,
             opts.late.as_millis(),
             self.late_slots,
@@ -598,7 +687,7 @@ fn run_traffic(
     groups: &[Group],
     targets: &[CallTarget],
     opts: &Opts,
-    relay_cpu: &dyn Fn() -> u64,
+    relay_cpu: &dyn Fn() -> (u64, u64),
 ) -> Trial {
     let load = loadavg();
     let seconds = opts.seconds;
@@ -622,6 +711,7 @@ fn run_traffic(
             stop.clone(),
             None,
             window,
+            opts.rx_poll,
         ));
         let key = if relay == "powerdial" {
             opts.srtp.clone()
@@ -635,6 +725,7 @@ fn run_traffic(
             stop.clone(),
             key,
             window,
+            opts.rx_poll,
         ));
     }
     let total = measure_to + Duration::from_millis(500);
@@ -696,7 +787,8 @@ fn run_traffic(
         max_us: us(pct(&mut all, 1.0)),
         p99_to_lead_us: us(pct(&mut l1.lat, 0.99)),
         p99_to_agent_us: us(pct(&mut l2.lat, 0.99)),
-        relay_cpu_s: (cpu1 - cpu0) as f64 / hz,
+        relay_cpu_s: (cpu1.0 - cpu0.0) as f64 / hz,
+        relay_wakeups: cpu1.1.saturating_sub(cpu0.1),
         gen_cpu_s: (gen1 - gen0) as f64 / hz,
         slots: tx.slots,
         late_slots: tx.late_slots,
@@ -773,7 +865,10 @@ fn powerdial_trial(
         tokio::time::sleep(Duration::from_millis(200)).await;
     });
     let trial = run_traffic("powerdial", &groups, &targets, opts, &|| {
-        threads_cpu_ticks("relay-worker") + threads_cpu_ticks("rtp-relay")
+        (
+            threads_cpu_ticks("relay-worker") + threads_cpu_ticks("rtp-relay"),
+            threads_switches("relay-worker") + threads_switches("rtp-relay"),
+        )
     });
     rt.block_on(async move {
         drop(media);
@@ -798,7 +893,7 @@ fn rtpengine_trial(peer: &mut ng::Rtpengine, calls: usize, opts: &Opts) -> Trial
     std::thread::sleep(Duration::from_millis(200));
     let pid = peer.pid();
     let trial = run_traffic("rtpengine", &groups, &targets, opts, &|| {
-        process_cpu_ticks(pid)
+        (process_cpu_ticks(pid), process_switches(pid))
     });
     for c in 0..calls {
         if let Err(e) = peer.delete(c) {
@@ -865,6 +960,11 @@ fn main() {
             amd: args.iter().any(|a| a == "--amd"),
             record: args.iter().any(|a| a == "--record"),
         },
+        rx_poll: arg("--rx-poll-us")
+            .and_then(|s| s.parse().ok())
+            .map(Duration::from_micros)
+            .filter(|d| !d.is_zero()),
+        rt: args.iter().any(|a| a == "--gen-rt"),
     };
     let with_rtpengine = args.iter().any(|a| a == "--peer-rtpengine");
 
@@ -888,13 +988,15 @@ fn main() {
     )
     .unwrap();
     println!(
-        "relay threads {threads} (powerdial event loops{}), generator groups {}, {} cores, load {}",
+        "relay threads {threads} (powerdial event loops{}), generator groups {}, receivers {}, senders {}, {} cores, load {}",
         if with_rtpengine {
             ", rtpengine --num-threads"
         } else {
             ""
         },
         opts.groups,
+        opts.rx_poll.map_or("blocking".to_string(), |p| format!("polling every {} µs", p.as_micros())),
+        if opts.rt { "SCHED_FIFO" } else { "normal priority" },
         cores,
         loadavg()
     );
@@ -915,13 +1017,13 @@ fn main() {
     }
     if peer.is_some() {
         println!();
-        println!("| calls | powerdial pkt/s per core | rtpengine pkt/s per core | ratio | loss powerdial / rtpengine | p99 powerdial / rtpengine | counted |");
-        println!("|---|---|---|---|---|---|---|");
+        println!("| calls | powerdial pkt/s per core | rtpengine pkt/s per core | ratio | loss powerdial / rtpengine | p99 powerdial / rtpengine | packets per wake-up powerdial / rtpengine | counted |");
+        println!("|---|---|---|---|---|---|---|---|");
         for (ours, theirs) in &rows {
             let Some(theirs) = theirs else { continue };
             let counted = !ours.late() && !theirs.late();
             println!(
-                "| {} | {:.0} | {:.0} | {:.2}× | {} / {} | {:.0} / {:.0} µs | {} |",
+                "| {} | {:.0} | {:.0} | {:.2}× | {} / {} | {:.0} / {:.0} µs | {:.1} / {:.1} | {} |",
                 ours.calls,
                 ours.per_core(),
                 theirs.per_core(),
@@ -930,6 +1032,8 @@ fn main() {
                 theirs.loss(),
                 ours.p99_us,
                 theirs.p99_us,
+                ours.received as f64 / ours.relay_wakeups.max(1) as f64,
+                theirs.received as f64 / theirs.relay_wakeups.max(1) as f64,
                 if counted { "yes" } else { "no: generator late" },
             );
         }

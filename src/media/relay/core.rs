@@ -283,7 +283,6 @@ pub struct AgentMediaCore {
     bridged_at: Option<Instant>,
     first_after_bridge: bool,
     tone: ToneGenerator,
-    frame: Frame,
     to_agent: StreamRewriter,
     to_lead: Option<StreamRewriter>,
     next_tick: Option<Instant>,
@@ -291,13 +290,16 @@ pub struct AgentMediaCore {
     events: VecDeque<MediaEvent>,
     /// RTP from hosts the signalling does not name, dropped (SPEC §5).
     stray_dropped: u64,
-    /// Answering-machine detection, while it runs.
-    listening: Option<Listening>,
+    /// Answering-machine detection, while it runs. Boxed: most calls
+    /// never run it, and its detector is half a kilobyte (SPEC §6 memory
+    /// per call).
+    listening: Option<Box<Listening>>,
     /// The lead is not relayed to the agent until the core bridges it
     /// (detection in a routing mode; a machine stays held).
     lead_held: bool,
-    /// Recording of the current lead call (SPEC §4 `record`).
-    tap: Option<Tap>,
+    /// Recording of the current lead call (SPEC §4 `record`), boxed for
+    /// the same reason.
+    tap: Option<Box<Tap>>,
 }
 
 /// The recording tap of a lead call: relayed audio goes to the writer.
@@ -327,7 +329,6 @@ impl AgentMediaCore {
             lead: None,
             bridged_at: None,
             first_after_bridge: false,
-            frame: [0; FRAME_SAMPLES],
             to_agent: StreamRewriter::new(seed.ssrc, seed.seq, seed.timestamp, pcmu),
             to_lead: None,
             next_tick: None,
@@ -509,7 +510,7 @@ impl AgentMediaCore {
             return Err(CoreError::UnknownLeg(lead));
         }
         let law = l.neg.as_ref().map_or(G711Law::Pcmu, |n| n.codec.law);
-        self.listening = Some(Listening {
+        self.listening = Some(Box::new(Listening {
             lead,
             detector: Detector::new(cfg),
             started: now,
@@ -517,7 +518,7 @@ impl AgentMediaCore {
             hold,
             law,
             pending: Vec::with_capacity(FRAME_SAMPLES * 2),
-        });
+        }));
         self.lead_held = hold;
         Ok(())
     }
@@ -533,12 +534,12 @@ impl AgentMediaCore {
         if self.lead.as_ref().is_none_or(|l| l.id != lead) {
             return Err(CoreError::UnknownLeg(lead));
         }
-        self.tap = Some(Tap {
+        self.tap = Some(Box::new(Tap {
             lead,
             tx,
             pending: None,
             bytes: Vec::with_capacity(FRAME_SAMPLES),
-        });
+        }));
         Ok(())
     }
 
@@ -831,9 +832,12 @@ impl AgentMediaCore {
         {
             return None;
         }
-        self.tone.next_frame(&mut self.frame);
+        // On the stack: a frame lives for one call of this (SPEC §6
+        // memory per call).
+        let mut frame: Frame = [0; FRAME_SAMPLES];
+        self.tone.next_frame(&mut frame);
         let dest = self.agent.dest()?;
-        let n = self.to_agent.generated(now, &self.frame, out)?;
+        let n = self.to_agent.generated(now, &frame, out)?;
         Some((dest, n))
     }
 

@@ -453,21 +453,24 @@ impl AgentMedia {
 }
 
 /// The agent leg's SRTP contexts with the keys they were made from.
+/// Boxed: nearly 2 KB together (cipher and authentication states), held
+/// only by agents whose phone uses SRTP, and a loop keeps a `Call` per
+/// agent (SPEC §6 memory per call).
 #[derive(Default)]
 struct AgentSrtp {
-    rx: Option<(MasterKey, SrtpReceiver)>,
-    tx: Option<(MasterKey, SrtpSender)>,
+    rx: Option<Box<(MasterKey, SrtpReceiver)>>,
+    tx: Option<Box<(MasterKey, SrtpSender)>>,
 }
 
 impl AgentSrtp {
     fn set(&mut self, ours: MasterKey, theirs: MasterKey) {
-        if self.tx.as_ref().is_none_or(|(k, _)| *k != ours) {
+        if self.tx.as_ref().is_none_or(|t| t.0 != ours) {
             let tx = SrtpSender::new(&ours);
-            self.tx = Some((ours, tx));
+            self.tx = Some(Box::new((ours, tx)));
         }
-        if self.rx.as_ref().is_none_or(|(k, _)| *k != theirs) {
+        if self.rx.as_ref().is_none_or(|r| r.0 != theirs) {
             let rx = SrtpReceiver::new(&theirs);
-            self.rx = Some((theirs, rx));
+            self.rx = Some(Box::new((theirs, rx)));
         }
     }
 
@@ -479,9 +482,10 @@ impl AgentSrtp {
         buf: &mut [u8],
         range: std::ops::Range<usize>,
     ) -> Option<std::ops::Range<usize>> {
-        let Some((_, tx)) = &mut self.tx else {
+        let Some(tx) = &mut self.tx else {
             return buf.get(range.clone()).map(|_| range);
         };
+        let tx = &mut tx.1;
         let start = range.start;
         let tail = buf.get_mut(start..)?;
         match tx.protect(tail, range.len()) {

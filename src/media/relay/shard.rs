@@ -552,7 +552,7 @@ impl Call {
         // SRTP from the phone: checked and decrypted before the core sees it
         // (RFC 3711 §3.3); a forged or replayed packet goes no further.
         let n = match (&mut self.srtp.rx, side) {
-            (Some((_, rx)), Side::Agent) => match rx.unprotect(buf, n) {
+            (Some(rx), Side::Agent) => match rx.1.unprotect(buf, n) {
                 Ok(n) => n,
                 Err(e) => {
                     crate::metrics::metrics().srtp_refused.inc();
@@ -1189,5 +1189,23 @@ mod tests {
         );
         drop(shard);
         assert!(!lp.turn(0), "the loop ends with its last handle");
+    }
+
+    /// SPEC §6 memory per call: a loop keeps a `Call` per agent in its
+    /// slots and the agent's core on the heap, whether or not the call
+    /// uses SRTP, detection or recording; those parts are boxed on use.
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn an_agent_without_srtp_detection_or_recording_stays_small() {
+        assert!(
+            std::mem::size_of::<Option<Call>>() <= 128,
+            "{}",
+            std::mem::size_of::<Option<Call>>()
+        );
+        assert!(
+            std::mem::size_of::<AgentMediaCore>() <= 800,
+            "{}",
+            std::mem::size_of::<AgentMediaCore>()
+        );
     }
 }
