@@ -517,10 +517,11 @@ pub async fn end_calls(
 /// (6 parameters each at most: under both backends' bounds).
 const END_ROWS: usize = 500;
 
-/// [`SAVE_HISTORY`] for `rows` leads in one statement; no two rows may
-/// name the same `(session, lead)` (PostgreSQL refuses to update a row
-/// twice in one statement).
-fn save_histories_sql(rows: usize) -> String {
+/// Upserts `rows` leads' records in a session in one statement
+/// (`record::save_history` with one row, [`end_calls`] with a batch); no
+/// two rows may name the same `(session, lead)` (PostgreSQL refuses to
+/// update a row twice in one statement).
+pub(crate) fn save_histories_sql(rows: usize) -> String {
     format!(
         "INSERT INTO session_leads \
          (session_id, lead_id, generation, calls, answered, blocked_until_ms) VALUES {} \
@@ -533,22 +534,10 @@ fn save_histories_sql(rows: usize) -> String {
 
 /// Releases `rows` claims `(id, version, now_ms)` in one statement, each
 /// only at the version its holder knows and while live (R13, as
-/// [`release`]); returns the ids released. The casts type PostgreSQL's
-/// parameters, which a `VALUES` list alone leaves as text.
+/// [`release`]); returns the ids released.
 fn release_claims_sql(rows: usize) -> String {
-    let mut values = String::with_capacity(rows * 70);
-    for r in 0..rows {
-        if r > 0 {
-            values.push_str(", ");
-        }
-        let n = r * 3;
-        values.push_str(&format!(
-            "(CAST(${} AS BIGINT), CAST(${} AS BIGINT), CAST(${} AS BIGINT))",
-            n + 1,
-            n + 2,
-            n + 3
-        ));
-    }
+    let values =
+        crate::store::methods::typed_row_placeholders(rows, &["BIGINT", "BIGINT", "BIGINT"]);
     format!(
         "WITH v (vid, vversion, vnow) AS (VALUES {values}) \
          UPDATE lead_claims SET released_ms = vnow, version = version + 1 \
@@ -581,15 +570,6 @@ pub async fn end_call(
         None => Ok(()),
     }
 }
-
-/// Upserts a lead's record in a session: `record::save_history` on its
-/// own, and [`end_call`] beside the claim release in one transaction.
-pub(crate) const SAVE_HISTORY: &str = "INSERT INTO session_leads \
-     (session_id, lead_id, generation, calls, answered, blocked_until_ms) \
-     VALUES ($1, $2, $3, $4, $5, $6) \
-     ON CONFLICT (session_id, lead_id) DO UPDATE SET generation = excluded.generation, \
-     calls = excluded.calls, answered = excluded.answered, \
-     blocked_until_ms = excluded.blocked_until_ms";
 
 /// Releases every live claim of `instance` (a clean shutdown or a restart of
 /// the same instance id); how many.

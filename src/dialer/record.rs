@@ -363,7 +363,8 @@ pub async fn save_history(
     lead: LeadId,
     h: &LeadHistory,
 ) -> Result<(), StoreError> {
-    with_write_pool!(store, p => sqlx::query(super::claim::SAVE_HISTORY)
+    let sql = super::claim::save_histories_sql(1);
+    with_write_pool!(store, p => sqlx::query(&sql)
     .bind(session_id)
     .bind(lead.0)
     .bind(i64::from(h.generation))

@@ -301,6 +301,14 @@ fn take<'a>(params: &mut Vec<(&str, Cow<'a, str>)>, name: &str) -> Option<Cow<'a
     Some(params.swap_remove(pos).1)
 }
 
+/// [`take`] for a parameter the credentials must carry.
+fn require<'a>(
+    params: &mut Vec<(&str, Cow<'a, str>)>,
+    name: &'static str,
+) -> Result<Cow<'a, str>, DigestError> {
+    take(params, name).ok_or(DigestError::MissingParam(name))
+}
+
 /// `qop` and its companions as a request carries them (RFC 7616 §3.4).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QopAuth {
@@ -345,17 +353,13 @@ impl Credentials {
         };
         let qop = match take(&mut p, "qop") {
             Some(q) if q.eq_ignore_ascii_case("auth") => {
-                let nc_text = take(&mut p, "nc")
-                    .ok_or(DigestError::MissingParam("nc"))?
-                    .into_owned();
+                let nc_text = require(&mut p, "nc")?.into_owned();
                 if nc_text.len() != 8 {
                     return Err(DigestError::BadNonceCount);
                 }
                 let nc =
                     u32::from_str_radix(&nc_text, 16).map_err(|_| DigestError::BadNonceCount)?;
-                let cnonce = take(&mut p, "cnonce")
-                    .ok_or(DigestError::MissingParam("cnonce"))?
-                    .into_owned();
+                let cnonce = require(&mut p, "cnonce")?.into_owned();
                 Some(QopAuth {
                     nc_text,
                     nc,
@@ -366,21 +370,11 @@ impl Credentials {
             None => None,
         };
         Ok(Credentials {
-            username: take(&mut p, "username")
-                .ok_or(DigestError::MissingParam("username"))?
-                .into_owned(),
-            realm: take(&mut p, "realm")
-                .ok_or(DigestError::MissingParam("realm"))?
-                .into_owned(),
-            nonce: take(&mut p, "nonce")
-                .ok_or(DigestError::MissingParam("nonce"))?
-                .into_owned(),
-            uri: take(&mut p, "uri")
-                .ok_or(DigestError::MissingParam("uri"))?
-                .into_owned(),
-            response: take(&mut p, "response")
-                .ok_or(DigestError::MissingParam("response"))?
-                .to_ascii_lowercase(),
+            username: require(&mut p, "username")?.into_owned(),
+            realm: require(&mut p, "realm")?.into_owned(),
+            nonce: require(&mut p, "nonce")?.into_owned(),
+            uri: require(&mut p, "uri")?.into_owned(),
+            response: require(&mut p, "response")?.to_ascii_lowercase(),
             algorithm,
             qop,
             opaque: take(&mut p, "opaque").map(Cow::into_owned),
@@ -452,12 +446,8 @@ impl Challenge {
             .as_deref()
             .is_some_and(|q| q.split(',').any(|o| o.trim().eq_ignore_ascii_case("auth")));
         Ok(Challenge {
-            realm: take(&mut p, "realm")
-                .ok_or(DigestError::MissingParam("realm"))?
-                .into_owned(),
-            nonce: take(&mut p, "nonce")
-                .ok_or(DigestError::MissingParam("nonce"))?
-                .into_owned(),
+            realm: require(&mut p, "realm")?.into_owned(),
+            nonce: require(&mut p, "nonce")?.into_owned(),
             algorithm,
             qop_auth,
             qop_present: qop.is_some(),

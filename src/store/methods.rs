@@ -29,6 +29,33 @@ pub(crate) fn row_placeholders(rows: usize, width: usize) -> String {
     s
 }
 
+/// [`row_placeholders`] with each parameter cast to its column's type
+/// (`(CAST($1 AS BIGINT), …), …`): a `VALUES` list alone leaves
+/// PostgreSQL's parameters untyped (text), where SQLite reads the casts as
+/// affinities.
+pub(crate) fn typed_row_placeholders(rows: usize, casts: &[&str]) -> String {
+    let width = casts.len();
+    let mut s = String::with_capacity(rows * (width * 24 + 4));
+    for r in 0..rows {
+        if r > 0 {
+            s.push_str(", ");
+        }
+        s.push('(');
+        for (i, cast) in casts.iter().enumerate() {
+            if i > 0 {
+                s.push_str(", ");
+            }
+            s.push_str("CAST($");
+            s.push_str(&(r * width + i + 1).to_string());
+            s.push_str(" AS ");
+            s.push_str(cast);
+            s.push(')');
+        }
+        s.push(')');
+    }
+    s
+}
+
 /// Appends `$first, …` (`n` numbered placeholders).
 fn push_numbered(s: &mut String, first: usize, n: usize) {
     for i in first..first + n {
@@ -140,9 +167,8 @@ pub(crate) const FINISH_CALLS_ROWS: usize = 256;
 
 /// [`FINISH_CALL_UPDATE`] for `rows` records in one statement: the values
 /// as a `VALUES` list joined by id (`UPDATE … FROM`, SQLite ≥ 3.33 and
-/// PostgreSQL). The casts type PostgreSQL's parameters, which a `VALUES`
-/// list alone leaves as text; SQLite reads them as affinities. Each row
-/// binds the id, then the `CallEnd`'s columns in their declared order.
+/// PostgreSQL; typed by [`typed_row_placeholders`]). Each row binds the
+/// id, then the `CallEnd`'s columns in their declared order.
 pub(crate) fn finish_calls_sql(rows: usize) -> String {
     const CASTS: [&str; 11] = [
         "BIGINT", "BIGINT", "BIGINT", "TEXT", "INTEGER", "BIGINT", "TEXT", "TEXT", "TEXT",
@@ -153,23 +179,7 @@ pub(crate) fn finish_calls_sql(rows: usize) -> String {
         "WITH v (vid, v_answered, v_ended, v_outcome, v_status, v_ring, v_trunk, \
          v_caller, v_amd, v_amd_ms, v_recording) AS (VALUES ",
     );
-    for r in 0..rows {
-        if r > 0 {
-            s.push_str(", ");
-        }
-        s.push('(');
-        for (i, cast) in CASTS.iter().enumerate() {
-            if i > 0 {
-                s.push_str(", ");
-            }
-            s.push_str("CAST($");
-            s.push_str(&(r * CASTS.len() + i + 1).to_string());
-            s.push_str(" AS ");
-            s.push_str(cast);
-            s.push(')');
-        }
-        s.push(')');
-    }
+    s.push_str(&typed_row_placeholders(rows, &CASTS));
     s.push_str(
         ") UPDATE calls SET answered_ms = COALESCE(v_answered, answered_ms), \
          ended_ms = COALESCE(v_ended, ended_ms), outcome = COALESCE(v_outcome, outcome), \
@@ -838,6 +848,10 @@ mod tests {
     fn placeholders_number_every_parameter_once() {
         assert_eq!(placeholders(3), "$1, $2, $3");
         assert_eq!(row_placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(
+            typed_row_placeholders(2, &["BIGINT", "TEXT"]),
+            "(CAST($1 AS BIGINT), CAST($2 AS TEXT)), (CAST($3 AS BIGINT), CAST($4 AS TEXT))"
+        );
         assert_eq!(row_placeholders(1, 1), "($1)");
         assert_eq!(row_placeholders(0, 4), "");
     }
