@@ -562,7 +562,7 @@ impl PhoneTask {
             return;
         };
         while let Some(t) = leg.poll_transmit() {
-            let bytes = Bytes::from(t.message.to_string());
+            let bytes = Bytes::from(crate::sip::message::to_wire(&t.message));
             if let Err(e) = self.sip.send_to(&bytes, t.peer.addr).await {
                 tracing::debug!(error = %e, "SIP from the browser phone not sent");
             }
@@ -598,7 +598,7 @@ impl PhoneTask {
         } else if let Some(leg) = &mut self.leg {
             // What the events' answers produced.
             while let Some(t) = leg.poll_transmit() {
-                let bytes = Bytes::from(t.message.to_string());
+                let bytes = Bytes::from(crate::sip::message::to_wire(&t.message));
                 let _ = self.sip.send_to(&bytes, t.peer.addr).await;
             }
         }

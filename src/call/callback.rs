@@ -344,7 +344,7 @@ async fn flush(io: &CallbackIo, calls: &mut HashMap<String, Held>) {
         let _ = io.routes.send(RouteChange::Remove(id));
     }
     for t in out {
-        let bytes = Bytes::from(t.message.to_string());
+        let bytes = Bytes::from(crate::sip::message::to_wire(&t.message));
         if let Err(e) = io.transport.send(t.peer, bytes).await {
             tracing::info!(error = %e, peer = %t.peer, "callback: SIP send failed");
         }

@@ -265,3 +265,148 @@ impl ClosingLeg {
         self.core.drain_table();
     }
 }
+
+/// An agent's closing legs. On UDP each lasts up to 32 s after its call
+/// (Timer J), so an agent dialing several calls a second holds a hundred or
+/// more; its driver loop turns several times per call. The set therefore
+/// keeps when the earliest of them is due and which of them a message,
+/// timer or transport error touched since the last
+/// [`drain`](Self::drain): a loop turn looks at those only, not at every
+/// leg (SPEC §6 call setup: the CPU per call must not grow with the calls
+/// of the last 32 s).
+#[derive(Debug, Default)]
+pub struct ClosingLegs {
+    /// Boxed: a slot inline is 1 KB, and the vector keeps the room it grew
+    /// to (a few slots per agent) after Timer J, when nothing is closing.
+    #[allow(clippy::vec_box)] // 1 KB a slot, and the room stays after Timer J
+    legs: Vec<Box<ClosingLeg>>,
+    /// Indices into `legs` touched since the last drain (may repeat).
+    touched: Vec<usize>,
+    /// The earliest `poll_timeout` over `legs`, kept current by every
+    /// method that changes a leg.
+    next: Option<Instant>,
+}
+
+impl ClosingLegs {
+    /// Whether no leg is closing.
+    pub fn is_empty(&self) -> bool {
+        self.legs.is_empty()
+    }
+
+    /// How many legs are closing.
+    pub fn len(&self) -> usize {
+        self.legs.len()
+    }
+
+    /// Adds a retired leg; it may have something to send already.
+    pub fn push(&mut self, leg: ClosingLeg) {
+        self.next = min_deadline(self.next, leg.poll_timeout());
+        self.touched.push(self.legs.len());
+        self.legs.push(Box::new(leg));
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) is next due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.next
+    }
+
+    /// The closing leg with `call_id`, if any.
+    pub fn find(&self, call_id: &str) -> Option<ClosingIndex> {
+        self.legs
+            .iter()
+            .position(|l| l.call_id() == call_id)
+            .map(ClosingIndex)
+    }
+
+    /// A message for the leg [`find`](Self::find) found.
+    pub fn handle_message(
+        &mut self,
+        at: ClosingIndex,
+        now: Instant,
+        peer: Peer,
+        message: SipMessage,
+    ) -> Result<(), CallError> {
+        let Some(leg) = self.legs.get_mut(at.0) else {
+            return Ok(());
+        };
+        let result = leg.handle_message(now, peer, message);
+        self.touched.push(at.0);
+        self.recompute();
+        result
+    }
+
+    /// Fires the timers due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.next.is_none_or(|d| d > now) {
+            return;
+        }
+        for (i, l) in self.legs.iter_mut().enumerate() {
+            if l.poll_timeout().is_some_and(|d| d <= now) {
+                l.handle_timeout(now);
+                self.touched.push(i);
+            }
+        }
+        self.recompute();
+    }
+
+    /// Sending to `peer` failed (RFC 3261 §17.1.4): every leg is told.
+    pub fn handle_transport_error(&mut self, now: Instant, peer: Peer) {
+        for (i, l) in self.legs.iter_mut().enumerate() {
+            l.handle_transport_error(now, peer);
+            self.touched.push(i);
+        }
+        self.recompute();
+    }
+
+    /// Moves what the touched legs have to send into `out`, drops those
+    /// now done and returns their Call-IDs (to unroute).
+    pub fn drain(&mut self, out: &mut Vec<Transmit>) -> Vec<String> {
+        if self.touched.is_empty() {
+            return Vec::new();
+        }
+        let mut touched = std::mem::take(&mut self.touched);
+        touched.sort_unstable();
+        touched.dedup();
+        for &i in &touched {
+            if let Some(l) = self.legs.get_mut(i) {
+                while let Some(t) = l.poll_transmit() {
+                    out.push(t);
+                }
+            }
+        }
+        // Highest index first: `swap_remove` moves the last leg into the
+        // hole, and every index still to visit is lower than the hole.
+        let mut done = Vec::new();
+        for &i in touched.iter().rev() {
+            if self.legs.get(i).is_some_and(|l| l.is_done()) {
+                done.push(self.legs.swap_remove(i).core.call_id);
+            }
+        }
+        if !done.is_empty() {
+            self.recompute();
+        }
+        // The room of a burst is given back once nothing is closing.
+        if self.legs.is_empty() {
+            self.legs = Vec::new();
+        }
+        self.touched = touched;
+        self.touched.clear();
+        done
+    }
+
+    fn recompute(&mut self) {
+        self.next = self.legs.iter().filter_map(|l| l.poll_timeout()).min();
+    }
+}
+
+/// A leg of a [`ClosingLegs`], valid until its next
+/// [`drain`](ClosingLegs::drain).
+#[derive(Debug, Clone, Copy)]
+pub struct ClosingIndex(usize);
+
+fn min_deadline(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}

@@ -33,7 +33,7 @@ use super::leg_journal::{JournalSender, Journaled, LeadJournal, LegChange, LegKe
 use super::trunk::{PingPolicy, TrunkId, TrunkPolicy, TrunkSet, TrunkStatus};
 use super::trunk_slot::{TakeError, TrunkGrant, TrunkInfo, TrunkSlot, Trunks};
 use super::{
-    AgentEvent, AgentLeg, AgentParams, AgentTarget, ClosingLeg, EndReason, LeadEvent, LeadLeg,
+    AgentEvent, AgentLeg, AgentParams, AgentTarget, ClosingLegs, EndReason, LeadEvent, LeadLeg,
     LeadParams, LegRecord, LocalAddress, Outcome,
 };
 use crate::config::Config;
@@ -998,12 +998,8 @@ struct AgentTask {
     /// and Timer D, a crossing 200's BYE, Timer J after the peer's BYE):
     /// lead legs whose outcome is stored, agent legs that failed or were
     /// cancelled while a new one rings the phone. Only their last
-    /// transactions are kept ([`ClosingLeg`]).
-    ///
-    /// Boxed: a slot inline is 1 KB, and the vector keeps the room it grew
-    /// to (a few slots per agent) after Timer J, when nothing is closing.
-    #[allow(clippy::vec_box)] // 1 KB a slot, and the room stays after Timer J
-    closing: Vec<Box<ClosingLeg>>,
+    /// transactions are kept ([`ClosingLeg`](super::ClosingLeg)).
+    closing: ClosingLegs,
     /// Answered leads left a voicemail drop, the agent gone on (SPEC §4).
     dropping: Vec<voicemail_drop::DroppingCall>,
     sdp_version: u64,
@@ -1058,7 +1054,7 @@ impl AgentTask {
             lead: None,
             pending: None,
             inbound: None,
-            closing: Vec::new(),
+            closing: ClosingLegs::default(),
             dropping: Vec::new(),
             sdp_version: epoch_ms(SystemTime::now()).unsigned_abs(),
             drain_deadline: None,
@@ -1074,7 +1070,7 @@ impl AgentTask {
         all.extend(self.leg.as_ref().and_then(|l| l.poll_timeout()));
         all.extend(self.lead.as_ref().and_then(|l| l.leg.poll_timeout()));
         all.extend(self.inbound.as_ref().and_then(|i| i.poll_timeout()));
-        all.extend(self.closing.iter().filter_map(|l| l.poll_timeout()));
+        all.extend(self.closing.poll_timeout());
         all.extend(
             self.dropping
                 .iter()
@@ -1245,11 +1241,7 @@ impl AgentTask {
                 leg.handle_timeout(now);
             }
         }
-        for l in &mut self.closing {
-            if l.poll_timeout().is_some_and(|d| d <= now) {
-                l.handle_timeout(now);
-            }
-        }
+        self.closing.handle_timeout(now);
         for d in &mut self.dropping {
             if d.call.leg.poll_timeout().is_some_and(|t| t <= now) {
                 d.call.leg.handle_timeout(now);
@@ -1273,8 +1265,8 @@ impl AgentTask {
             i.call.leg.handle_message(now, m.peer, *m.message)
         } else if let Some(leg) = self.leg.as_mut().filter(|l| l.call_id() == call_id) {
             leg.handle_message(now, m.peer, *m.message)
-        } else if let Some(l) = self.closing.iter_mut().find(|l| l.call_id() == call_id) {
-            l.handle_message(now, m.peer, *m.message)
+        } else if let Some(at) = self.closing.find(&call_id) {
+            self.closing.handle_message(at, now, m.peer, *m.message)
         } else if let Some(d) = self
             .dropping
             .iter_mut()
@@ -2008,8 +2000,7 @@ impl AgentTask {
             return;
         }
         if let Some(old) = self.leg.take() {
-            self.closing
-                .push(Box::new(old.into_closing(Instant::now())));
+            self.closing.push(old.into_closing(Instant::now()));
         }
         self.media = None;
         self.media_rx = None;
@@ -2284,8 +2275,7 @@ impl AgentTask {
                 );
                 self.route(leg.call_id());
                 let old = std::mem::replace(&mut l.leg, leg);
-                self.closing
-                    .push(Box::new(old.into_closing(Instant::now())));
+                self.closing.push(old.into_closing(Instant::now()));
                 l.offer = offer;
                 l.caller_id = caller_id;
                 l.grant.slot = slot;
@@ -2337,19 +2327,8 @@ impl AgentTask {
                     out.push(t);
                 }
             }
-            for l in &mut self.closing {
-                while let Some(t) = l.poll_transmit() {
-                    out.push(t);
-                }
-            }
-            let mut i = 0;
-            while i < self.closing.len() {
-                if self.closing[i].is_done() {
-                    let l = self.closing.swap_remove(i);
-                    self.unroute(l.call_id());
-                } else {
-                    i += 1;
-                }
+            for call_id in self.closing.drain(&mut out) {
+                self.unroute(&call_id);
             }
             for t in out {
                 busy = true;
@@ -2363,7 +2342,7 @@ impl AgentTask {
                         "SIP out"
                     );
                 }
-                let bytes = Bytes::from(t.message.to_string());
+                let bytes = Bytes::from(crate::sip::message::to_wire(&t.message));
                 if let Err(e) = self.shared.transport.send(t.peer, bytes).await {
                     // RFC 3261 §17.1.4: the transactions with that peer
                     // learn of it (an INVITE ends temporary_error, R10); the
@@ -2423,9 +2402,7 @@ impl AgentTask {
         if let Some(leg) = &mut self.leg {
             leg.handle_transport_error(now, peer);
         }
-        for l in &mut self.closing {
-            l.handle_transport_error(now, peer);
-        }
+        self.closing.handle_transport_error(now, peer);
     }
 
     fn on_lead_event(&mut self, ev: LeadEvent) {
@@ -2589,8 +2566,7 @@ impl AgentTask {
         if closed || l.leg.is_closed() {
             self.unroute(l.leg.call_id());
         } else {
-            self.closing
-                .push(Box::new(l.leg.into_closing(Instant::now())));
+            self.closing.push(l.leg.into_closing(Instant::now()));
         }
     }
 

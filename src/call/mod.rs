@@ -45,7 +45,7 @@ mod wire;
 mod tests;
 
 pub use agent::{AgentEvent, AgentLeg, AgentParams, AgentTarget, Dtmf};
-pub use closing::ClosingLeg;
+pub use closing::{ClosingLeg, ClosingLegs};
 pub use inbound::{uri_user, InboundEvent, InboundLeg};
 pub use lead::{EndReason, LeadEvent, LeadLeg, LeadParams};
 pub use outcome::{LegRecord, Outcome};

@@ -510,7 +510,7 @@ async fn send_all(sweep: &mut Sweep, transport: &TransportHandle) {
         if let SipMessage::Request(r) = &t.message {
             tracing::debug!(method = %r.method, peer = %t.peer, "SIP out (crash sweep)");
         }
-        let bytes = Bytes::from(t.message.to_string());
+        let bytes = Bytes::from(crate::sip::message::to_wire(&t.message));
         if let Err(e) = transport.send(t.peer, bytes).await {
             tracing::info!(error = %e, peer = %t.peer, "crash sweep: send failed");
         }

@@ -496,8 +496,13 @@ fn lead_world(ring: Duration) -> World<LeadLeg> {
 
 /// With `silent`, the carrier's 100 Trying never reaches us.
 fn lead_world_with(ring: Duration, silent: bool) -> World<LeadLeg> {
+    lead_world_seeded(ring, silent, 7)
+}
+
+/// A lead world whose leg's identifiers (Call-ID, tags) come from `seed`.
+fn lead_world_seeded(ring: Duration, silent: bool, seed: u64) -> World<LeadLeg> {
     let t0 = test_epoch();
-    let leg = LeadLeg::dial(t0, lead_params(ring), &mut StdRng::seed_from_u64(7)).unwrap();
+    let leg = LeadLeg::dial(t0, lead_params(ring), &mut StdRng::seed_from_u64(seed)).unwrap();
     let mut far = Far::new(carrier(), "far1");
     far.drop_trying = silent;
     World::new(t0, leg, vec![far])
@@ -2052,6 +2057,126 @@ fn a_leg_retired_after_a_busy_acks_the_486_again_until_timer_d() {
     assert!(w.leg.is_done());
 }
 
+/// An agent's closing legs as its driver runs them: messages routed by
+/// Call-ID, what the touched legs send drained each turn, done legs
+/// dropped.
+#[derive(Default)]
+struct ClosingSet {
+    legs: ClosingLegs,
+    out: std::collections::VecDeque<Transmit>,
+    dropped: Vec<String>,
+}
+
+impl ClosingSet {
+    fn turn(&mut self) {
+        let mut out = Vec::new();
+        self.dropped.extend(self.legs.drain(&mut out));
+        self.out.extend(out);
+    }
+}
+
+impl Leg for ClosingSet {
+    type Event = ();
+    fn message(&mut self, now: Instant, peer: Peer, m: SipMessage) {
+        let call_id = match &m {
+            SipMessage::Request(r) => header(r, "Call-ID"),
+            SipMessage::Response(r) => header(r, "Call-ID"),
+        };
+        let at = self.legs.find(&call_id).expect("a closing leg has it");
+        self.legs.handle_message(at, now, peer, m).unwrap();
+        self.turn();
+    }
+    fn timeout(&mut self, now: Instant) {
+        self.legs.handle_timeout(now);
+        self.turn();
+    }
+    fn transmit(&mut self) -> Option<Transmit> {
+        self.out.pop_front()
+    }
+    fn event(&mut self) -> Option<()> {
+        None
+    }
+    fn deadline(&self) -> Option<Instant> {
+        self.legs.poll_timeout()
+    }
+    fn transport_error(&mut self, now: Instant, peer: Peer) {
+        self.legs.handle_transport_error(now, peer);
+        self.turn();
+    }
+}
+
+/// SPEC §6 call setup: an agent's driver looks only at the closing legs a
+/// message or a timer touched, yet every one still answers for itself
+/// until its Timer J, and the earliest deadline is the set's.
+#[test]
+fn closing_legs_answer_for_themselves_and_leave_at_their_timer_j() {
+    // Two calls ended by the carrier's BYE at 30 s and 40 s.
+    let mut first = answered_world();
+    first.run_until(30 * S);
+    first.with_far(carrier(), |f, now| {
+        f.send_in_dialog(now, Method::Bye, None);
+    });
+    let mut second = lead_world_seeded(32 * S, false, 8);
+    second.run_until(S);
+    second.with_far(carrier(), |f, now| f.respond(now, 200, Some(ANSWER), &[]));
+    second.run_until(40 * S);
+    // Our 200 to the second carrier's BYE is lost in flight.
+    second.hold = Some(|m| matches!(m, SipMessage::Response(r) if r.status_code.code() == 200));
+    second.with_far(carrier(), |f, now| {
+        f.send_in_dialog(now, Method::Bye, None);
+    });
+    assert_eq!(second.held.len(), 1);
+    let first_id = first.leg.call_id().to_string();
+    let second_id = second.leg.call_id().to_string();
+    assert_ne!(first_id, second_id);
+    let first = first.leg.into_closing(first.now);
+    let second_leg = second.leg.into_closing(second.now);
+    let (first_j, second_j) = (first.poll_timeout(), second_leg.poll_timeout());
+    assert!(first_j.is_some() && first_j < second_j);
+    let mut set = ClosingSet::default();
+    set.legs.push(first);
+    set.legs.push(second_leg);
+    set.turn();
+    assert_eq!(set.legs.len(), 2);
+    assert!(set.dropped.is_empty());
+    assert!(
+        set.out.is_empty(),
+        "both BYEs were answered before retiring"
+    );
+    // The set's deadline is the earliest leg's.
+    assert_eq!(set.legs.poll_timeout(), first_j);
+    // The second call's carrier did not hear our 200 and sends its BYE
+    // again (Timer E): the second leg answers it, through the set.
+    let mut w = World {
+        t0: second.t0,
+        now: second.now,
+        leg: set,
+        fars: second.fars,
+        sent: Vec::new(),
+        received: Vec::new(),
+        events: Vec::new(),
+        hold: second.hold,
+        held: second.held,
+        unreachable: Vec::new(),
+    };
+    w.run_until(40 * S + 600 * MS);
+    assert_eq!(w.held.len(), 2, "the retransmitted BYE is answered again");
+    w.release();
+    // Timer J (64·T1 = 32 s) after each BYE: the first leaves at 62 s, the
+    // second at 72 s, each reported once for unrouting.
+    w.run_until(61 * S);
+    assert!(w.leg.dropped.is_empty());
+    w.run_until(63 * S);
+    assert_eq!(w.leg.dropped, std::slice::from_ref(&first_id));
+    assert_eq!(w.leg.legs.len(), 1);
+    w.run_until(71 * S);
+    assert_eq!(w.leg.dropped, std::slice::from_ref(&first_id));
+    w.run_until(73 * S);
+    assert_eq!(w.leg.dropped, [first_id, second_id]);
+    assert!(w.leg.legs.is_empty());
+    assert_eq!(w.leg.legs.poll_timeout(), None);
+}
+
 /// SPEC §6: a retired leg is a small record (its last transactions, its
 /// identifiers), not the call.
 #[test]
@@ -2062,4 +2187,34 @@ fn a_retired_leg_is_a_small_record() {
         closing <= 1280 && closing * 2 < lead,
         "ClosingLeg {closing} bytes, LeadLeg {lead}"
     );
+}
+
+/// `(count, sum)` of the ring-timeout lateness histogram in `GET /metrics`.
+fn ring_late_metric() -> (u64, f64) {
+    let text = crate::metrics::render();
+    let value = |suffix: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("powerdial_ring_timeout_late_seconds_{suffix} ")))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (value("count") as u64, value("sum"))
+}
+
+#[test]
+fn a_ring_timeout_fired_late_is_counted_with_its_lateness() {
+    let (count0, sum0) = ring_late_metric();
+    let mut w = lead_world(32 * S);
+    w.run_until(S);
+    w.with_far(carrier(), |f, now| f.respond(now, 180, None, &[]));
+    // The process gets to the deadline 25 ms late (a busy runtime).
+    w.now = w.t0 + 32 * S + 25 * MS;
+    let now = w.now;
+    w.leg.timeout(now);
+    w.step();
+    assert_eq!(w.sent_of(Method::Cancel).len(), 1);
+    // Other tests fire ring timeouts in parallel: the figures only grow.
+    let (count1, sum1) = ring_late_metric();
+    assert!(count1 > count0, "{count0} → {count1}");
+    assert!(sum1 - sum0 >= 0.025 - 1e-9, "{sum0} → {sum1}");
 }

@@ -128,7 +128,7 @@ pub(crate) async fn run(io: PingIo, stop: CancellationToken, drain: Cancellation
             }
         }
         while let Some(t) = table.poll_transmit() {
-            let bytes = Bytes::from(t.message.to_string());
+            let bytes = Bytes::from(crate::sip::message::to_wire(&t.message));
             if io.transport.send(t.peer, bytes).await.is_err() {
                 table.handle_transport_error(Instant::now(), t.peer);
             }

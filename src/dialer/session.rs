@@ -278,6 +278,28 @@ pub enum SessionEvent {
     },
 }
 
+impl SessionEvent {
+    /// The session the event is about.
+    pub fn session_id(&self) -> i64 {
+        match self {
+            SessionEvent::AgentState { session_id, .. }
+            | SessionEvent::CallEnded { session_id, .. }
+            | SessionEvent::Queue { session_id, .. }
+            | SessionEvent::Reset { session_id } => *session_id,
+        }
+    }
+
+    /// The agent the event is about, if it names one.
+    pub fn agent(&self) -> Option<&str> {
+        match self {
+            SessionEvent::AgentState { agent, .. } | SessionEvent::CallEnded { agent, .. } => {
+                Some(agent)
+            }
+            SessionEvent::Queue { .. } | SessionEvent::Reset { .. } => None,
+        }
+    }
+}
+
 /// Queue counts as the API shows them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Counts {

@@ -107,16 +107,24 @@ impl EventLog {
     }
 
     /// Numbers and keeps an event (a copy of `data` of its exact length),
-    /// and sends it to the live clients.
-    pub fn push(&self, kind: &'static str, data: &str) {
-        let value: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
+    /// and sends it to the live clients. `session_id` and `agent` are the
+    /// ones `data` names, given by the caller from the typed event (a
+    /// dialer at full rate pushes several per call: parsing the JSON back
+    /// to find them cost more than writing it).
+    pub fn push(
+        &self,
+        kind: &'static str,
+        data: &str,
+        session_id: Option<i64>,
+        agent: Option<&str>,
+    ) {
         let mut ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
         let id = ring.back().map_or(1, |e| e.id + 1);
         let event = Arc::new(LoggedEvent {
             id,
             kind,
-            session_id: value.get("session_id").and_then(|v| v.as_i64()),
-            agent: value.get("agent").and_then(|v| v.as_str()).map(Box::from),
+            session_id,
+            agent: agent.map(Box::from),
             data: Box::from(data),
         });
         if ring.len() == KEEP {
@@ -174,7 +182,7 @@ async fn pump(
             ev = sessions.recv() => match ev {
                 Ok(ev) => {
                     if let Some(data) = to_json(&mut buf, &ev) {
-                        log.push("state", data);
+                        log.push("state", data, Some(ev.session_id()), ev.agent());
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -186,13 +194,13 @@ async fn pump(
                 Ok(CallEvent::CallProgress { agent, call_id, state }) => {
                     let data = CallProgressEvent { kind: "call", call_id, agent: &agent, state };
                     if let Some(data) = to_json(&mut buf, &data) {
-                        log.push("call", data);
+                        log.push("call", data, None, Some(&agent));
                     }
                 }
                 Ok(CallEvent::Amd { agent, call_id, verdict, amd_ms }) => {
                     let data = AmdEvent { kind: "amd", call_id, agent: &agent, amd: verdict, amd_ms };
                     if let Some(data) = to_json(&mut buf, &data) {
-                        log.push("amd", data);
+                        log.push("amd", data, None, Some(&agent));
                     }
                 }
                 Ok(_) => {}
@@ -223,6 +231,8 @@ mod tests {
             l.push(
                 "state",
                 &format!(r#"{{"session_id": {i}, "agent": "alice"}}"#),
+                Some(i),
+                Some("alice"),
             );
         }
         let r = l.resume(Some(3));
@@ -231,7 +241,7 @@ mod tests {
         assert!(l.resume(None).missed.is_empty());
         // Overflow the ring: a client far behind is told it missed some.
         for _ in 0..KEEP {
-            l.push("state", "{}");
+            l.push("state", "{}", None, None);
         }
         let r = l.resume(Some(2));
         assert!(r.gap);
@@ -241,9 +251,19 @@ mod tests {
     #[test]
     fn filters_by_session_and_agent() {
         let l = log();
-        l.push("state", r#"{"session_id": 1, "agent": "alice"}"#);
-        l.push("state", r#"{"session_id": 2, "agent": "bob"}"#);
-        l.push("state", r#"{"session_id": 2}"#);
+        l.push(
+            "state",
+            r#"{"session_id": 1, "agent": "alice"}"#,
+            Some(1),
+            Some("alice"),
+        );
+        l.push(
+            "state",
+            r#"{"session_id": 2, "agent": "bob"}"#,
+            Some(2),
+            Some("bob"),
+        );
+        l.push("state", r#"{"session_id": 2}"#, Some(2), None);
         let r = l.resume(Some(0));
         let ids = |s: Option<i64>, a: Option<&str>| {
             r.missed
@@ -256,5 +276,36 @@ mod tests {
         assert_eq!(ids(None, Some("alice")), [1, 3]);
         assert_eq!(ids(Some(2), Some("alice")), [3]);
         assert_eq!(ids(None, None), [1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn the_pump_names_each_events_session_and_agent() {
+        let (sessions, rx) = broadcast::channel(16);
+        let log = EventLog::start(rx, None);
+        let mut live = log.resume(None).live;
+        sessions
+            .send(SessionEvent::Reset { session_id: 7 })
+            .expect("send");
+        sessions
+            .send(SessionEvent::CallEnded {
+                session_id: 8,
+                agent: "alice".into(),
+                call_id: 1,
+                lead_id: Some(2),
+                outcome: crate::call::Outcome::NoAnswer,
+            })
+            .expect("send");
+        let reset = live.recv().await.expect("event");
+        let ended = live.recv().await.expect("event");
+        assert_eq!((reset.session_id, reset.agent.as_deref()), (Some(7), None));
+        assert_eq!(
+            (ended.session_id, ended.agent.as_deref()),
+            (Some(8), Some("alice"))
+        );
+        let data: serde_json::Value = serde_json::from_str(&ended.data).expect("json");
+        assert_eq!(data["session_id"], 8);
+        assert_eq!(data["agent"], "alice");
+        assert!(ended.wanted(Some(8), Some("alice")));
+        assert!(!ended.wanted(Some(7), None));
     }
 }

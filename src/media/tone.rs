@@ -6,6 +6,7 @@
 //! frame boundaries.
 
 use std::f64::consts::TAU;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::g711::G711Law;
@@ -20,28 +21,28 @@ const SAMPLE_RATE: f64 = 8000.0;
 pub type Frame = [u8; FRAME_SAMPLES];
 
 /// A phase-continuous beep-then-silence generator of G.711 frames.
+///
+/// The beep's samples are computed once per (frequency, length, amplitude)
+/// and shared by every generator ([`beep_samples`]): a dialer starts a beep
+/// on every dial, and a sine per sample per dial was a visible part of a
+/// call's CPU (SPEC §6 call setup).
 #[derive(Debug, Clone)]
 pub struct ToneGenerator {
     law: G711Law,
-    step: f64,
-    amplitude: f64,
-    phase: f64,
-    beep_samples: u32,
-    remaining: u32,
+    samples: Arc<[i16]>,
+    /// The next sample of `samples`; at its end, silence.
+    at: usize,
 }
 
 impl ToneGenerator {
     /// A generator of `freq_hz` beeps lasting `beep` at `amplitude` (0..=1 of
     /// full scale), encoded with `law`. It starts silent: call [`Self::start`].
     pub fn new(law: G711Law, freq_hz: f64, beep: Duration, amplitude: f64) -> Self {
-        let beep_samples = (beep.as_secs_f64() * SAMPLE_RATE).round() as u32;
+        let samples = beep_samples(freq_hz, beep, amplitude);
         ToneGenerator {
             law,
-            step: TAU * freq_hz / SAMPLE_RATE,
-            amplitude: amplitude.clamp(0.0, 1.0) * f64::from(i16::MAX),
-            phase: 0.0,
-            beep_samples,
-            remaining: 0,
+            at: samples.len(),
+            samples,
         }
     }
 
@@ -52,18 +53,17 @@ impl ToneGenerator {
 
     /// Starts (or restarts) the beep from zero phase.
     pub fn start(&mut self) {
-        self.phase = 0.0;
-        self.remaining = self.beep_samples;
+        self.at = 0;
     }
 
     /// Stops the beep at once; the next frames are silence.
     pub fn stop(&mut self) {
-        self.remaining = 0;
+        self.at = self.samples.len();
     }
 
     /// Whether the beep is still sounding (the next frame is not all silence).
     pub fn is_beeping(&self) -> bool {
-        self.remaining > 0
+        self.at < self.samples.len()
     }
 
     /// Switches the output law (the agent leg renegotiated).
@@ -78,21 +78,35 @@ impl ToneGenerator {
 
     /// Writes the next 20 ms frame.
     pub fn next_frame(&mut self, out: &mut Frame) {
-        let silence = self.law.silence();
-        for b in out.iter_mut() {
-            if self.remaining > 0 {
-                let s = (self.phase.sin() * self.amplitude).round() as i16;
-                *b = self.law.encode(s);
-                self.phase += self.step;
-                if self.phase >= TAU {
-                    self.phase -= TAU;
-                }
-                self.remaining -= 1;
-            } else {
-                *b = silence;
-            }
+        let beep = self.samples.get(self.at..).unwrap_or_default();
+        let n = beep.len().min(FRAME_SAMPLES);
+        for (b, &sample) in out.iter_mut().zip(&beep[..n]) {
+            *b = self.law.encode(sample);
         }
+        out[n..].fill(self.law.silence());
+        self.at += n;
     }
+}
+
+/// The samples of a `freq_hz` sine lasting `beep` at `amplitude` (0..=1 of
+/// full scale) from zero phase, made once per distinct beep and shared.
+fn beep_samples(freq_hz: f64, beep: Duration, amplitude: f64) -> Arc<[i16]> {
+    type Key = (u64, u128, u64);
+    static MADE: Mutex<Vec<(Key, Arc<[i16]>)>> = Mutex::new(Vec::new());
+    let amplitude = amplitude.clamp(0.0, 1.0);
+    let key = (freq_hz.to_bits(), beep.as_nanos(), amplitude.to_bits());
+    let mut made = MADE.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((_, samples)) = made.iter().find(|(k, _)| *k == key) {
+        return samples.clone();
+    }
+    let len = (beep.as_secs_f64() * SAMPLE_RATE).round() as usize;
+    let step = TAU * freq_hz / SAMPLE_RATE;
+    let scale = amplitude * f64::from(i16::MAX);
+    let samples: Arc<[i16]> = (0..len)
+        .map(|n| ((n as f64 * step).sin() * scale).round() as i16)
+        .collect();
+    made.push((key, samples.clone()));
+    samples
 }
 
 #[cfg(test)]

@@ -220,8 +220,7 @@ impl AgentTask {
             if l.leg.is_closed() {
                 self.unroute(l.leg.call_id());
             } else {
-                self.closing
-                    .push(Box::new(l.leg.into_closing(Instant::now())));
+                self.closing.push(l.leg.into_closing(Instant::now()));
             }
         }
         busy

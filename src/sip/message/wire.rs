@@ -4,8 +4,8 @@
 //! rsipstack's `Display` prints each header into its own `String`, joins
 //! them into another and formats the whole again, and passes the body
 //! through `from_utf8_lossy` (a body is octets, §7.4). Every message the
-//! SIP task sends goes through here instead (SPEC §6: REGISTER at
-//! Kamailio's CPU per cycle): one buffer, written once.
+//! SIP task and the call legs send goes through here instead (SPEC §6:
+//! REGISTER and call setup at Kamailio's CPU): one buffer, written once.
 
 use super::syntax::{Request, Response, SipMessage, Version};
 
