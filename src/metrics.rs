@@ -94,6 +94,9 @@ pub struct Metrics {
     /// Seconds from the lead's answer to its first packet at the agent
     /// (SPEC §6 answer → bridge).
     pub bridge_seconds: Histogram,
+    /// Seconds from a lead's ring deadline (R8) to the ring timeout firing
+    /// in the process (SPEC §6: the CANCEL within 10 ms).
+    pub ring_timeout_late_seconds: Histogram,
     /// INVITEs sent to each trunk (one per lead call per trunk).
     pub trunk_attempts: Family<TrunkLabel, Counter>,
     /// Lead calls that failed on a trunk and went on to the next one.
@@ -235,6 +238,13 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Seconds from the lead's answer to its first packet at the agent",
         bridge_seconds.clone(),
     );
+    let ring_timeout_late_seconds =
+        Histogram::new([0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5]);
+    registry.register(
+        "ring_timeout_late_seconds",
+        "Seconds from a lead's ring deadline to the ring timeout firing (the CANCEL follows)",
+        ring_timeout_late_seconds.clone(),
+    );
     let trunk_attempts = Family::<TrunkLabel, Counter>::default();
     registry.register(
         "trunk_attempts",
@@ -268,6 +278,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         sip_auth_failures,
         ring_seconds,
         bridge_seconds,
+        ring_timeout_late_seconds,
         calls,
         calls_in_progress,
         dnc_refused,

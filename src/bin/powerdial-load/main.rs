@@ -553,6 +553,14 @@ fn dialer_trial(
         samples.push(sample(&srv, t0.elapsed().as_secs_f64()));
     }
     let stats = srv.get_json(&format!("/api/v1/sessions/{sid}/stats"))?;
+    // The server's own view of the ring timeouts: how late they fired in the
+    // process, before the CANCEL went to the wire (`GET /metrics`).
+    let ring_late_server = srv
+        .get("/metrics")
+        .ok()
+        .filter(|(code, _)| *code == 200)
+        .map(|(_, text)| server::histogram_buckets(&text, "powerdial_ring_timeout_late_seconds"))
+        .unwrap_or_default();
     let drops = server::udp_drops(&[rig.ports.as_slice(), &[sip_port]].concat()) - drops0;
     let send_errs = peers::SEND_ERRORS.load(std::sync::atomic::Ordering::Relaxed) - send_err0;
     let c = rig.carrier.lock().map(|c| c.clone()).unwrap_or_default();
@@ -680,6 +688,16 @@ fn dialer_trial(
         "  ring timeout ({ring_timeout} s) → CANCEL, late by: {}",
         dist(&c.ring_late_ms)
     );
+    if !ring_late_server.is_empty() {
+        println!(
+            "    in the server (deadline → timer fired, cumulative): {}",
+            ring_late_server
+                .iter()
+                .map(|(le, n)| format!("≤{le} s {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     println!(
         "  memory: RSS {} before the session, {} with {leads} leads queued ({:.0} bytes/lead), {} after the calls ended",
         mb(rss0 as f64),

@@ -346,6 +346,20 @@ pub fn pg_url(base: &str, schema: &str) -> String {
     format!("{base}{sep}options=-c%20search_path%3D{schema}")
 }
 
+/// The cumulative buckets `(le, count)` of a Prometheus histogram in a
+/// `/metrics` text (OpenMetrics `NAME_bucket{le="…"} N` lines).
+pub fn histogram_buckets(text: &str, name: &str) -> Vec<(String, u64)> {
+    let prefix = format!("{name}_bucket{{le=\"");
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(&prefix)?;
+            let (le, rest) = rest.split_once('"')?;
+            let n = rest.trim_start_matches('}').trim().split(' ').next()?;
+            Some((le.to_string(), n.parse::<f64>().ok()? as u64))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -353,6 +367,15 @@ mod tests {
         assert_eq!(
             super::dechunk("4\r\nab{}\r\n3\r\n[1]\r\n0\r\n\r\n"),
             "ab{}[1]"
+        );
+    }
+
+    #[test]
+    fn reads_a_histograms_buckets() {
+        let text = "# TYPE x histogram\nx_bucket{le=\"0.001\"} 3\nx_bucket{le=\"+Inf\"} 5\nx_sum 0.1\ny_bucket{le=\"1\"} 9\n";
+        assert_eq!(
+            super::histogram_buckets(text, "x"),
+            vec![("0.001".to_string(), 3), ("+Inf".to_string(), 5)]
         );
     }
 }
