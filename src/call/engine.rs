@@ -41,7 +41,7 @@ use crate::leads::model::{CallEnd, CallOutcome, NewCall};
 use crate::leads::PhoneE164;
 use crate::media::amd::{AmdConfig, AmdMode, Verdict};
 use crate::media::port::PortError;
-use crate::media::relay::{AgentMedia, LegHandle, MediaError, MediaEvent, MediaRelay};
+use crate::media::relay::{AgentMedia, LegHandle, MediaError, MediaEvent, MediaEvents, MediaRelay};
 use crate::media::sdp::{self, SessionDescription};
 use crate::sip::handle::SipHandle;
 use crate::sip::syntax::SipMessage;
@@ -983,7 +983,7 @@ struct AgentTask {
     /// under 20 KB per active call).
     leg: Option<Box<AgentLeg>>,
     media: Option<AgentMedia>,
-    media_rx: Option<mpsc::UnboundedReceiver<MediaEvent>>,
+    media_rx: Option<MediaEvents>,
     agent_offer: Option<SessionDescription>,
     /// Our SRTP key on the agent leg and whether SRTP is mandatory
     /// (`call::secure`).
@@ -1020,7 +1020,7 @@ struct AgentTask {
     unsent_retry: Option<Instant>,
 }
 
-async fn media_event(rx: &mut Option<mpsc::UnboundedReceiver<MediaEvent>>) -> Option<MediaEvent> {
+async fn media_event(rx: &mut Option<MediaEvents>) -> Option<MediaEvent> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
@@ -1593,7 +1593,7 @@ impl AgentTask {
         now: Instant,
         targets: Vec<AgentTarget>,
         media: AgentMedia,
-        media_rx: mpsc::UnboundedReceiver<MediaEvent>,
+        media_rx: MediaEvents,
     ) -> Result<(), CallEngineError> {
         let version = self.next_sdp_version();
         let mut offer =
