@@ -12,6 +12,7 @@
 #![allow(clippy::disallowed_methods)] // a driver: this is where the clock is read.
 
 mod inbound_call;
+mod offer;
 mod recording;
 mod voicemail_drop;
 
@@ -921,7 +922,7 @@ impl Anchor {
 struct LeadCall {
     leg: LeadLeg,
     media: LegHandle,
-    offer: SessionDescription,
+    offer: offer::OurOffer,
     record_id: i64,
     lead_id: Option<i64>,
     session_id: Option<i64>,
@@ -984,7 +985,7 @@ struct AgentTask {
     leg: Option<Box<AgentLeg>>,
     media: Option<AgentMedia>,
     media_rx: Option<MediaEvents>,
-    agent_offer: Option<SessionDescription>,
+    agent_offer: Option<offer::OurOffer>,
     /// Our SRTP key on the agent leg and whether SRTP is mandatory
     /// (`call::secure`).
     agent_key: Option<(crate::media::srtp::MasterKey, bool)>,
@@ -1624,7 +1625,7 @@ impl AgentTask {
                 self.leg = Some(Box::new(leg));
                 self.media = Some(media);
                 self.media_rx = Some(media_rx);
-                self.agent_offer = Some(offer);
+                self.agent_offer = Some(offer::OurOffer::new(offer));
                 self.agent_key = plan.key.map(|k| (k, plan.mandatory));
                 Ok(())
             }
@@ -2150,7 +2151,7 @@ impl AgentTask {
         self.lead = Some(Box::new(LeadCall {
             leg,
             media: handle,
-            offer,
+            offer: offer::OurOffer::new(offer),
             record_id,
             lead_id: req.lead_id,
             session_id: req.session_id,
@@ -2286,7 +2287,7 @@ impl AgentTask {
                 let old = std::mem::replace(&mut l.leg, leg);
                 self.closing
                     .push(Box::new(old.into_closing(Instant::now())));
-                l.offer = offer;
+                l.offer = offer::OurOffer::new(offer);
                 l.caller_id = caller_id;
                 l.grant.slot = slot;
                 self.lead = Some(l);
@@ -2445,14 +2446,17 @@ impl AgentTask {
                 }
             }
             LeadEvent::EarlyMedia { sdp } => {
-                if let (Some(media), Ok(neg)) = (&self.media, negotiate(&l.offer, &sdp)) {
+                if let (Some(media), Ok(neg)) = (&self.media, l.offer.negotiate(&sdp)) {
                     let _ = media.set_remote(l.media.id, neg);
                 }
             }
             LeadEvent::Answered { sdp } => {
                 // SPEC §1 step 4, §6: switch the agent's media in the same step.
+                let negotiated = l.offer.negotiate(&sdp);
+                // From here on a re-INVITE only needs the offer's bytes.
+                l.offer.answered();
                 if let Some(media) = &self.media {
-                    match negotiate(&l.offer, &sdp) {
+                    match negotiated {
                         Ok(neg) => {
                             let _ = media.set_remote(l.media.id, neg);
                             if l.record {
@@ -2630,7 +2634,7 @@ impl AgentTask {
                     return;
                 }
                 if let (Some(media), Some(offer)) = (&self.media, &self.agent_offer) {
-                    match negotiate(offer, &sdp) {
+                    match offer.negotiate(&sdp) {
                         Ok(neg) => {
                             // SPEC §5: behind NAT the phone's RTP comes from
                             // its SIP source; no other host may latch.
@@ -2643,6 +2647,10 @@ impl AgentTask {
                             tracing::warn!(agent = %self.name, error = %e, "unusable SDP answer from the phone")
                         }
                     }
+                }
+                // From here on a re-INVITE only needs the offer's bytes.
+                if let Some(offer) = &mut self.agent_offer {
+                    offer.answered();
                 }
                 for w in self.waiters.drain(..) {
                     let _ = w.send(Ok(()));
@@ -2731,17 +2739,12 @@ fn header_call_id<'a>(
     })
 }
 
-fn negotiate(offer: &SessionDescription, answer: &[u8]) -> Result<sdp::Negotiated, String> {
-    let answer = SessionDescription::parse(answer).map_err(|e| e.to_string())?;
-    sdp::negotiated(offer, &answer).map_err(|e| e.to_string())
-}
-
 /// Our answer to a re-INVITE (RFC 3264 §8): to an offer, our answer on the
 /// same port (and the relay follows the new remote); without one, our offer.
 fn reinvite_answer(
     media_ip: IpAddr,
     leg: LegHandle,
-    our_offer: &SessionDescription,
+    our_offer: &offer::OurOffer,
     offer: Option<&[u8]>,
     version: u64,
     media: Option<&AgentMedia>,
