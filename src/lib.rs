@@ -5,6 +5,7 @@
 //! queue engine, the Smart View compiler) and thin drivers that own sockets,
 //! timers, tasks and the database.
 
+pub mod allocator;
 pub mod call;
 pub mod config;
 pub mod dialer;

@@ -71,7 +71,12 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config, demo } => {
+            // Before any thread starts (SPEC §6 memory per active call).
+            let arenas = powerdial::allocator::limit_arenas();
             init_logging();
+            if let Some(n) = arenas {
+                tracing::debug!(arenas = n, "malloc arenas capped");
+            }
             let mut config = load_config(config.as_ref())?;
             if demo && config.trunks.is_empty() {
                 config.trunks.push(powerdial::config::TrunkConfig::new(

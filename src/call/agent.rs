@@ -7,7 +7,7 @@ use rand::RngCore;
 
 use super::closing::{slim_invite, ClosingLeg, Ending, SentInvite};
 use super::lead::EndReason;
-use super::leg::{is_invite_2xx, response_to_tag, InDialog, InviteLines, LegCore};
+use super::leg::{is_invite_2xx, response_to_tag, InDialog, InviteLines, LegCore, SentAck};
 use super::leg_journal::{Revision, SavedLegState};
 use super::timer::Timer;
 use super::{CallError, LocalAddress};
@@ -104,7 +104,7 @@ struct Connected {
     forks: Vec<Fork>,
     winner: usize,
     dialog: Dialog,
-    ack: Request,
+    ack: SentAck,
 }
 
 // The large variant is the connected leg; the state sits inside the leg
@@ -588,7 +588,7 @@ impl AgentLeg {
         &mut self,
         now: Instant,
         forks: &[Fork],
-        dialog: Option<(&Dialog, &Request, Peer)>,
+        dialog: Option<(&Dialog, &SentAck, Peer)>,
         response: &Response,
         peer: Peer,
     ) {
@@ -599,7 +599,7 @@ impl AgentLeg {
             Some((d, ack, to))
                 if response_to_tag(response).as_deref() == Some(d.id().remote_tag.as_str()) =>
             {
-                self.core.push(to, SipMessage::Request(ack.clone()));
+                self.core.resend_ack(to, ack);
             }
             _ => {
                 let fork = ClientKey::from_response(response)

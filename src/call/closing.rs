@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use super::leg::{is_invite_2xx, response_to_tag, LegCore};
+use super::leg::{is_invite_2xx, response_to_tag, LegCore, SentAck};
 use super::CallError;
 use crate::sip::dialog::Dialog;
 use crate::sip::syntax::{Header, Request, Response, SipMessage};
@@ -60,12 +60,12 @@ pub(crate) struct Ending {
     /// The dialog we had (or that a 2xx crossing our CANCEL made), its
     /// ACK, and where both go: a retransmission of its 2xx gets the same
     /// ACK again (§13.2.2.4).
-    dialog: Option<Box<(Dialog, Request, Peer)>>,
+    dialog: Option<Box<(Dialog, SentAck, Peer)>>,
 }
 
 impl Ending {
     /// Over with `dialog` (or none), the final responses all in.
-    pub(crate) fn new(invites: Vec<SentInvite>, dialog: Option<(Dialog, Request, Peer)>) -> Self {
+    pub(crate) fn new(invites: Vec<SentInvite>, dialog: Option<(Dialog, SentAck, Peer)>) -> Self {
         Ending {
             invites,
             awaiting: None,
@@ -182,7 +182,7 @@ impl Ending {
             return;
         }
         if let Some(d) = self.dialog.as_ref().filter(|_| self.ours(response)) {
-            core.push(d.2, SipMessage::Request(d.1.clone()));
+            core.resend_ack(d.2, &d.1);
             return;
         }
         let fork = ClientKey::from_response(response)

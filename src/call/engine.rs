@@ -12,6 +12,7 @@
 #![allow(clippy::disallowed_methods)] // a driver: this is where the clock is read.
 
 mod inbound_call;
+mod offer;
 mod recording;
 mod voicemail_drop;
 
@@ -41,7 +42,7 @@ use crate::leads::model::{CallEnd, CallOutcome, NewCall};
 use crate::leads::PhoneE164;
 use crate::media::amd::{AmdConfig, AmdMode, Verdict};
 use crate::media::port::PortError;
-use crate::media::relay::{AgentMedia, LegHandle, MediaError, MediaEvent, MediaRelay};
+use crate::media::relay::{AgentMedia, LegHandle, MediaError, MediaEvent, MediaEvents, MediaRelay};
 use crate::media::sdp::{self, SessionDescription};
 use crate::sip::handle::SipHandle;
 use crate::sip::syntax::SipMessage;
@@ -921,7 +922,7 @@ impl Anchor {
 struct LeadCall {
     leg: LeadLeg,
     media: LegHandle,
-    offer: SessionDescription,
+    offer: offer::OurOffer,
     record_id: i64,
     lead_id: Option<i64>,
     session_id: Option<i64>,
@@ -983,8 +984,8 @@ struct AgentTask {
     /// under 20 KB per active call).
     leg: Option<Box<AgentLeg>>,
     media: Option<AgentMedia>,
-    media_rx: Option<mpsc::UnboundedReceiver<MediaEvent>>,
-    agent_offer: Option<SessionDescription>,
+    media_rx: Option<MediaEvents>,
+    agent_offer: Option<offer::OurOffer>,
     /// Our SRTP key on the agent leg and whether SRTP is mandatory
     /// (`call::secure`).
     agent_key: Option<(crate::media::srtp::MasterKey, bool)>,
@@ -1016,7 +1017,7 @@ struct AgentTask {
     unsent_retry: Option<Instant>,
 }
 
-async fn media_event(rx: &mut Option<mpsc::UnboundedReceiver<MediaEvent>>) -> Option<MediaEvent> {
+async fn media_event(rx: &mut Option<MediaEvents>) -> Option<MediaEvent> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
@@ -1585,7 +1586,7 @@ impl AgentTask {
         now: Instant,
         targets: Vec<AgentTarget>,
         media: AgentMedia,
-        media_rx: mpsc::UnboundedReceiver<MediaEvent>,
+        media_rx: MediaEvents,
     ) -> Result<(), CallEngineError> {
         let version = self.next_sdp_version();
         let mut offer =
@@ -1616,7 +1617,7 @@ impl AgentTask {
                 self.leg = Some(Box::new(leg));
                 self.media = Some(media);
                 self.media_rx = Some(media_rx);
-                self.agent_offer = Some(offer);
+                self.agent_offer = Some(offer::OurOffer::new(offer));
                 self.agent_key = plan.key.map(|k| (k, plan.mandatory));
                 Ok(())
             }
@@ -2141,7 +2142,7 @@ impl AgentTask {
         self.lead = Some(Box::new(LeadCall {
             leg,
             media: handle,
-            offer,
+            offer: offer::OurOffer::new(offer),
             record_id,
             lead_id: req.lead_id,
             session_id: req.session_id,
@@ -2276,7 +2277,7 @@ impl AgentTask {
                 self.route(leg.call_id());
                 let old = std::mem::replace(&mut l.leg, leg);
                 self.closing.push(old.into_closing(Instant::now()));
-                l.offer = offer;
+                l.offer = offer::OurOffer::new(offer);
                 l.caller_id = caller_id;
                 l.grant.slot = slot;
                 self.lead = Some(l);
@@ -2422,14 +2423,17 @@ impl AgentTask {
                 }
             }
             LeadEvent::EarlyMedia { sdp } => {
-                if let (Some(media), Ok(neg)) = (&self.media, negotiate(&l.offer, &sdp)) {
+                if let (Some(media), Ok(neg)) = (&self.media, l.offer.negotiate(&sdp)) {
                     let _ = media.set_remote(l.media.id, neg);
                 }
             }
             LeadEvent::Answered { sdp } => {
                 // SPEC §1 step 4, §6: switch the agent's media in the same step.
+                let negotiated = l.offer.negotiate(&sdp);
+                // From here on a re-INVITE only needs the offer's bytes.
+                l.offer.answered();
                 if let Some(media) = &self.media {
-                    match negotiate(&l.offer, &sdp) {
+                    match negotiated {
                         Ok(neg) => {
                             let _ = media.set_remote(l.media.id, neg);
                             if l.record {
@@ -2606,7 +2610,7 @@ impl AgentTask {
                     return;
                 }
                 if let (Some(media), Some(offer)) = (&self.media, &self.agent_offer) {
-                    match negotiate(offer, &sdp) {
+                    match offer.negotiate(&sdp) {
                         Ok(neg) => {
                             // SPEC §5: behind NAT the phone's RTP comes from
                             // its SIP source; no other host may latch.
@@ -2619,6 +2623,10 @@ impl AgentTask {
                             tracing::warn!(agent = %self.name, error = %e, "unusable SDP answer from the phone")
                         }
                     }
+                }
+                // From here on a re-INVITE only needs the offer's bytes.
+                if let Some(offer) = &mut self.agent_offer {
+                    offer.answered();
                 }
                 for w in self.waiters.drain(..) {
                     let _ = w.send(Ok(()));
@@ -2707,17 +2715,12 @@ fn header_call_id<'a>(
     })
 }
 
-fn negotiate(offer: &SessionDescription, answer: &[u8]) -> Result<sdp::Negotiated, String> {
-    let answer = SessionDescription::parse(answer).map_err(|e| e.to_string())?;
-    sdp::negotiated(offer, &answer).map_err(|e| e.to_string())
-}
-
 /// Our answer to a re-INVITE (RFC 3264 §8): to an offer, our answer on the
 /// same port (and the relay follows the new remote); without one, our offer.
 fn reinvite_answer(
     media_ip: IpAddr,
     leg: LegHandle,
-    our_offer: &SessionDescription,
+    our_offer: &offer::OurOffer,
     offer: Option<&[u8]>,
     version: u64,
     media: Option<&AgentMedia>,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use rand::RngCore;
 
 use super::closing::{slim_invite, ClosingLeg, Ending, SentInvite};
-use super::leg::{is_invite_2xx, response_to_tag, InDialog, InviteLines, LegCore};
+use super::leg::{is_invite_2xx, response_to_tag, InDialog, InviteLines, LegCore, SentAck};
 use super::leg_journal::{Revision, SavedLegState};
 use super::outcome::{LegRecord, Outcome};
 use super::timer::Timer;
@@ -219,7 +219,7 @@ struct Talking {
     invite: Request,
     key: ClientKey,
     dialog: Dialog,
-    ack: Request,
+    ack: SentAck,
     /// The RFC 4028 session timer, when the carrier's 2xx set one.
     session: Option<SessionTimer>,
     /// Our session refresh (re-INVITE) in flight.
@@ -683,8 +683,7 @@ impl LeadLeg {
             return;
         }
         if response_to_tag(response).as_deref() == Some(s.dialog.id().remote_tag.as_str()) {
-            self.core
-                .push(self.trunk, SipMessage::Request(s.ack.clone()));
+            self.core.resend_ack(self.trunk, &s.ack);
         } else {
             self.core.ack_and_bye(now, &s.invite, response, peer);
         }

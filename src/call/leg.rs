@@ -76,6 +76,25 @@ struct PendingReInvite {
     peer: Peer,
 }
 
+/// The ACK of a 2xx as it was sent: every retransmission of that 2xx gets
+/// it again (RFC 3261 §13.2.2.4). Kept as its octets, one allocation where
+/// the parsed request holds one per header, for the whole call; parsed
+/// again only when a retransmitted 2xx comes (SPEC §6: under 20 KB per
+/// active call).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SentAck(Box<[u8]>);
+
+impl SentAck {
+    fn of(ack: &Request) -> Self {
+        SentAck(crate::sip::message::request_to_wire(ack).into_boxed_slice())
+    }
+
+    /// The ACK again, as sent.
+    pub(crate) fn request(&self) -> Result<Request, CallError> {
+        parse_request(self.0.to_vec())
+    }
+}
+
 /// The parts of an initial INVITE (RFC 3261 §8.1.1) besides the leg's own
 /// Call-ID, From tag and Contact.
 #[derive(Debug)]
@@ -234,11 +253,22 @@ impl LegCore {
         &mut self,
         dialog: &mut Dialog,
         peer: Peer,
-    ) -> Result<Request, CallError> {
+    ) -> Result<SentAck, CallError> {
         let via = self.via(peer);
         let ack = dialog.new_request(Method::Ack, &via, None)?;
-        self.push(peer, SipMessage::Request(ack.clone()));
-        Ok(ack)
+        let sent = SentAck::of(&ack);
+        self.push(peer, SipMessage::Request(ack));
+        Ok(sent)
+    }
+
+    /// `ack` again, for a retransmission of its 2xx (§13.2.2.4).
+    pub(crate) fn resend_ack(&mut self, peer: Peer, ack: &SentAck) {
+        match ack.request() {
+            Ok(request) => self.push(peer, SipMessage::Request(request)),
+            // We printed it ourselves: only a printer/parser mismatch
+            // would land here.
+            Err(error) => tracing::warn!(%error, call_id = %self.call_id, "ACK not resent"),
+        }
     }
 
     /// A page-mode MESSAGE (RFC 3428) to `target` with a `text/plain`

@@ -272,6 +272,7 @@ pub fn api_routes() -> Router<AppState> {
 )]
 async fn metrics(State(st): State<AppState>) -> impl axum::response::IntoResponse {
     // Gauges of state other tasks own are read at the scrape.
+    crate::metrics::sample_heap();
     if let Some(sip) = &st.sip {
         let live = sip.binding_count().await;
         crate::metrics::metrics()

@@ -447,11 +447,14 @@ fn dialer_trial(
     if reg.ok != n_agents as u64 {
         bail!("{label}: only {} of {n_agents} agents registered", reg.ok);
     }
+    // RSS (what an operator sees) and, where the server reports it, the
+    // heap in use (what the process's own allocations hold: RSS also
+    // keeps what the allocator freed but did not give back).
     let settle = |srv: &Server| {
         std::thread::sleep(Duration::from_millis(300));
-        srv.usage().1
+        (srv.usage().1, srv.heap())
     };
-    let rss0 = settle(&srv);
+    let (rss0, heap0) = settle(&srv);
     let (code, view) = srv.post(
         "/api/v1/smart-views",
         &json!({"name": "all", "query": "sort:name"}),
@@ -469,7 +472,7 @@ fn dialer_trial(
     }
     let session_ms = t_sess.elapsed().as_secs_f64() * 1e3;
     let sid = sess["id"].as_i64().unwrap_or(0);
-    let rss1 = settle(&srv);
+    let (rss1, heap1) = settle(&srv);
     let drops0 = server::udp_drops(&[rig.ports.as_slice(), &[sip_port]].concat());
     let send_err0 = peers::SEND_ERRORS.load(std::sync::atomic::Ordering::Relaxed);
     let t_join = Instant::now();
@@ -491,6 +494,7 @@ fn dialer_trial(
     let t0_ns = peers::now_ns();
     let mut peak_live = 0i64;
     let mut rss_live = 0u64;
+    let mut heap_live = None;
     // (s into the trial, INVITEs so far, RSS bytes, open fds)
     let mut samples: Vec<(f64, usize, u64, usize)> = Vec::new();
     let sample = |srv: &Server, at: f64| {
@@ -518,6 +522,7 @@ fn dialer_trial(
         if memory && live > peak_live {
             peak_live = live;
             rss_live = srv.usage().1;
+            heap_live = srv.heap();
         }
     }
     let t_end_ns = peers::now_ns();
@@ -545,6 +550,7 @@ fn dialer_trial(
     }
     std::thread::sleep(Duration::from_millis(1000));
     let rss_after = srv.usage().1;
+    let heap_after = srv.heap();
     if sample_every > 0.0 {
         samples.push(sample(&srv, t0.elapsed().as_secs_f64()));
         // Every call's last transaction (the BYE's server side, Timer J =
@@ -712,6 +718,17 @@ fn dialer_trial(
             (rss_live as f64 - rss1 as f64) / peak_live as f64,
             mb(rss_after as f64 - rss1 as f64)
         );
+        if let (Some(h0), Some(h1), Some(hl), Some(ha)) = (heap0, heap1, heap_live, heap_after) {
+            println!(
+                "  heap in use (the server's /metrics): {} before the session, {} with the leads queued ({:.0} bytes/lead), {} with {peak_live} calls up → {:.0} bytes/call; {} after they ended",
+                mb(h0 as f64),
+                mb(h1 as f64),
+                (h1 as f64 - h0 as f64) / leads as f64,
+                mb(hl as f64),
+                (hl as f64 - h1 as f64) / peak_live as f64,
+                mb(ha as f64)
+            );
+        }
     }
     if samples.len() >= 4 {
         // The first sample after a minute (warm: caches and pools filled)

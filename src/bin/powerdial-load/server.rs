@@ -177,6 +177,17 @@ impl Server {
         proc_usage(self.child.id())
     }
 
+    /// Heap bytes in use of the process as its `/metrics` reports them
+    /// (`powerdial_heap_bytes`, glibc's mallinfo2), or `None` when the
+    /// server does not say (an older build, another allocator).
+    pub fn heap(&self) -> Option<u64> {
+        let (code, text) = self.get("/metrics").ok()?;
+        if code != 200 {
+            return None;
+        }
+        heap_of_metrics(&text)
+    }
+
     /// Open file descriptors of the server (sockets, the database, logs).
     pub fn fds(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
@@ -190,6 +201,15 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The `powerdial_heap_bytes` gauge of a `/metrics` text; `None` when
+/// absent or 0 (the server cannot tell).
+pub fn heap_of_metrics(text: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("powerdial_heap_bytes "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&v| v > 0)
 }
 
 /// (CPU seconds, RSS bytes) of `pid` from /proc.
@@ -377,5 +397,13 @@ mod tests {
             super::histogram_buckets(text, "x"),
             vec![("0.001".to_string(), 3), ("+Inf".to_string(), 5)]
         );
+    }
+
+    #[test]
+    fn reads_the_heap_gauge() {
+        let text = "# HELP powerdial_heap_bytes Heap bytes.\n# TYPE powerdial_heap_bytes gauge\npowerdial_heap_bytes 12345678\npowerdial_heap_bytes_other 1\n# EOF\n";
+        assert_eq!(super::heap_of_metrics(text), Some(12_345_678));
+        assert_eq!(super::heap_of_metrics("powerdial_heap_bytes 0\n"), None);
+        assert_eq!(super::heap_of_metrics("powerdial_calls_total 3\n"), None);
     }
 }

@@ -841,9 +841,16 @@ impl AgentMediaCore {
         Some((dest, n))
     }
 
-    /// The next event for the call layer.
+    /// The next event for the call layer. The queue's room is given back
+    /// once it is drained: events are a few per call, and every joined
+    /// agent would otherwise keep the room of its busiest moment (SPEC §6
+    /// memory per call).
     pub fn poll_event(&mut self) -> Option<MediaEvent> {
-        self.events.pop_front()
+        let event = self.events.pop_front();
+        if self.events.is_empty() && self.events.capacity() > 0 {
+            self.events = VecDeque::new();
+        }
+        event
     }
 }
 

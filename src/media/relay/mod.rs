@@ -34,6 +34,7 @@
 //! sits in the shard's timer heap.
 
 pub mod core;
+mod events;
 mod shard;
 
 use std::io;
@@ -49,6 +50,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use self::core::{
     AgentMediaCore, CoreConfig, CoreError, Forward, HandOff, LegId, MediaEvent, Side, StreamSeed,
 };
+pub use self::events::MediaEvents;
 use crate::config::PortRange;
 use crate::media::amd::AmdConfig;
 use crate::media::port::{PortError, PortLease, PortPool, SharedPortPool};
@@ -264,13 +266,12 @@ impl MediaRelay {
     }
 
     /// Opens an agent's nailed-up media leg on the least loaded event loop.
-    /// Events of the agent's legs come on the receiver; dropping the
-    /// returned [`AgentMedia`] ends its media and frees its ports.
-    pub fn open_agent(
-        &self,
-    ) -> Result<(AgentMedia, mpsc::UnboundedReceiver<MediaEvent>), MediaError> {
+    /// Events of the agent's legs come on the returned [`MediaEvents`];
+    /// dropping the returned [`AgentMedia`] ends its media and frees its
+    /// ports.
+    pub fn open_agent(&self) -> Result<(AgentMedia, MediaEvents), MediaError> {
         let (agent, sockets) = self.open_sockets()?;
-        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let (ev_tx, ev_rx) = events::queue();
         let core = AgentMediaCore::new(self.inner.cfg.core.clone(), agent.id, random_seed());
         let shard = self
             .inner
@@ -525,7 +526,7 @@ async fn run_drop(
     mut h: self::core::HandOff,
     mut player: DropPlayer,
     mut stop: oneshot::Receiver<()>,
-    events: mpsc::UnboundedSender<MediaEvent>,
+    events: events::EventSender,
 ) {
     use crate::media::amd::FRAME;
     use crate::media::rewrite::parse_rtp;
@@ -534,7 +535,7 @@ async fn run_drop(
         (Ok(rtp), Ok(rtcp)) => (rtp, rtcp),
         (Err(e), _) | (_, Err(e)) => {
             tracing::warn!(error = %e, "voicemail drop: its sockets could not join the runtime");
-            let _ = events.send(MediaEvent::DropFinished {
+            events.send(MediaEvent::DropFinished {
                 leg: id,
                 played: false,
                 started: None,
@@ -606,7 +607,7 @@ async fn run_drop(
             },
         }
     };
-    let _ = events.send(MediaEvent::DropFinished {
+    events.send(MediaEvent::DropFinished {
         leg: id,
         played: !stopped && player.is_done(),
         started: player.started(),

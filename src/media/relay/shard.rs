@@ -20,11 +20,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::Instant;
 
-use tokio::sync::mpsc;
-
 use super::{
-    clock, AgentMediaCore, AgentSrtp, Command, LegId, LegSockets, MediaEvent, Side, DRAIN_BATCH,
-    RX_BATCH, RX_LEN,
+    clock, AgentMediaCore, AgentSrtp, Command, LegId, LegSockets, Side, DRAIN_BATCH, RX_BATCH,
+    RX_LEN,
 };
 use crate::media::srtp::TAG_LEN;
 use crate::media::voicemail::DropPlayer;
@@ -37,7 +35,7 @@ pub(super) enum Msg {
         /// Boxed: the core is large and the channel holds its messages by value.
         core: Box<AgentMediaCore>,
         sockets: LegSockets,
-        events: mpsc::UnboundedSender<MediaEvent>,
+        events: super::events::EventSender,
     },
     /// A command for one agent's media.
     Command(LegId, Command),
@@ -223,7 +221,7 @@ struct Call {
     agent: LegSockets,
     lead: Option<LegSockets>,
     srtp: AgentSrtp,
-    events: mpsc::UnboundedSender<MediaEvent>,
+    events: super::events::EventSender,
     /// The deadline of this call's live entry in the timer heap.
     armed: Option<Instant>,
 }
@@ -357,7 +355,7 @@ impl Loop {
         agent: LegId,
         core: Box<AgentMediaCore>,
         sockets: LegSockets,
-        events: mpsc::UnboundedSender<MediaEvent>,
+        events: super::events::EventSender,
     ) {
         let slot = self.free.pop().unwrap_or_else(|| {
             self.calls.push(None);
@@ -484,7 +482,7 @@ impl Call {
         while let Some(e) = self.core.poll_event() {
             // A dropped receiver only means nobody wants events; the media
             // lives until its `AgentMedia` is dropped.
-            let _ = self.events.send(e);
+            self.events.send(e);
         }
         if let Some(d) = self.core.poll_timeout() {
             // An RTP timeout moves later with every packet: the entry
@@ -962,7 +960,9 @@ mod tests {
     use super::*;
     use crate::config::PortRange;
     use crate::media::g711::G711Law;
-    use crate::media::relay::{CoreConfig, MediaRelay, RelayConfig, StreamSeed};
+    use crate::media::relay::{
+        CoreConfig, MediaEvent, MediaEvents, MediaRelay, RelayConfig, StreamSeed,
+    };
     use crate::media::sdp::{Codec, Direction, Negotiated};
 
     fn neg(remote: SocketAddr) -> Negotiated {
@@ -1023,9 +1023,9 @@ mod tests {
         phone: SocketAddr,
         carrier: SocketAddr,
         bridge: bool,
-    ) -> (LegId, LegId, u16, mpsc::UnboundedReceiver<MediaEvent>) {
+    ) -> (LegId, LegId, u16, MediaEvents) {
         let (agent, sockets) = relay.open_sockets().unwrap();
-        let (events, rx) = mpsc::unbounded_channel();
+        let (events, rx) = crate::media::relay::events::queue();
         let core = AgentMediaCore::new(CoreConfig::default(), agent.id, seed(ssrc));
         let cmd = |c| shard.send(Msg::Command(agent.id, c)).unwrap();
         shard
@@ -1147,7 +1147,7 @@ mod tests {
         settle();
         assert_eq!(drain(&phone), vec![(0xC000, 0x42)]);
         let mut bridged = false;
-        while let Ok(e) = events.try_recv() {
+        while let Some(e) = events.try_recv() {
             bridged |= matches!(e, MediaEvent::BridgeFirstPacket { lead: l, .. } if l == lead);
         }
         assert!(
