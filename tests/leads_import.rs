@@ -503,3 +503,77 @@ async fn a_bulk_batch_notifies_other_instances() {
     drop(listener);
     db.cleanup().await;
 }
+
+/// On PostgreSQL a role that may not set `session_replication_role` (not a
+/// superuser, no `GRANT SET ON PARAMETER`) still loads: its batches take
+/// the checked path, whose foreign keys still refuse a batch naming a
+/// missing custom field, and the other batches stay stored.
+#[tokio::test]
+async fn a_role_without_the_privilege_loads_through_the_checked_path() {
+    let Some(db) = common::pg_db("a_role_without_the_privilege_loads").await else {
+        return;
+    };
+    let Some(base) = common::pg_url("a_role_without_the_privilege_loads") else {
+        return;
+    };
+    let powerdial::store::Store::Postgres(pg) = &db.store else {
+        panic!("not PostgreSQL");
+    };
+    let schema: String = sqlx::query_scalar("SELECT current_schema()")
+        .fetch_one(pg.pool())
+        .await
+        .unwrap();
+    let role = format!("r_{:016x}", rand::random::<u64>());
+    let admin = powerdial::store::connect_admin_pg(&base).await.unwrap();
+    for sql in [
+        format!("CREATE ROLE {role} LOGIN PASSWORD 'pw' NOSUPERUSER"),
+        format!("GRANT USAGE, CREATE ON SCHEMA {schema} TO {role}"),
+        format!("GRANT ALL ON ALL TABLES IN SCHEMA {schema} TO {role}"),
+        format!("GRANT ALL ON ALL SEQUENCES IN SCHEMA {schema} TO {role}"),
+    ] {
+        sqlx::query(&sql).execute(&admin).await.unwrap();
+    }
+    common::define_fixture_fields(&db.store).await;
+    let field = db.store.list_custom_fields().await.unwrap()[0].id;
+    let o: sqlx::postgres::PgConnectOptions = std::str::FromStr::from_str(&base).unwrap();
+    let url = format!(
+        "postgres://{role}:pw@{}:{}/{}?options=-c%20search_path%3D{schema}",
+        o.get_host(),
+        o.get_port(),
+        o.get_database().unwrap_or("postgres")
+    );
+    let store = powerdial::store::connect(&url).await.unwrap();
+    let lead = |name: &str, custom: Vec<(i64, CustomValue)>| ValidLead {
+        name: name.into(),
+        status: "Potential".into(),
+        created_ms: 1_790_000_000_000,
+        contacts: Vec::new(),
+        custom,
+        opportunities: Vec::new(),
+        do_not_call: false,
+    };
+    let mut loader = store.lead_loader();
+    let text = |s: &str| vec![(field, CustomValue::Text(s.into()))];
+    loader
+        .insert(&[lead("A1", text("Website")), lead("A2", vec![])], 0)
+        .await
+        .unwrap();
+    let err = loader
+        .insert(&[lead("B1", text("x")), lead("B2", text_missing())], 0)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+    loader.insert(&[lead("C1", vec![])], 0).await.unwrap();
+    loader.finish().await.unwrap();
+    assert_eq!(store.count_leads().await.unwrap(), 3);
+    store.close().await;
+    db.cleanup().await;
+    for sql in [format!("DROP OWNED BY {role}"), format!("DROP ROLE {role}")] {
+        let _ = sqlx::query(&sql).execute(&admin).await;
+    }
+    admin.close().await;
+}
+
+fn text_missing() -> Vec<(i64, CustomValue)> {
+    vec![(999_999, CustomValue::Text("x".into()))]
+}
