@@ -355,3 +355,225 @@ async fn a_refused_batch_leaves_the_other_batches_stored() {
         db.cleanup().await;
     }
 }
+
+/// The bulk loader (the CSV import's path) stores what the one-by-one path
+/// stores, on both backends: a batch without opportunities (on PostgreSQL
+/// the path without per-row foreign-key checks, when the role may take it)
+/// and one with them (the checked path, whose trigger keeps the
+/// opportunity count), contacts, phones and custom values each under their
+/// own lead.
+#[tokio::test]
+async fn the_bulk_loader_round_trips_every_part_of_a_lead() {
+    use powerdial::leads::model::{Contact, OpportunityStatus, ValidOpportunity};
+    use powerdial::leads::phone::PhoneE164;
+    for db in common::all_dbs("the_bulk_loader_round_trips_every_part_of_a_lead").await {
+        let store = &db.store;
+        common::define_fixture_fields(store).await;
+        let fields = store.list_custom_fields().await.unwrap();
+        let id_of = |name: &str| fields.iter().find(|f| f.name == name).unwrap().id;
+        let now_ms = common::reference_now().timestamp_millis();
+        let phone = |s: &str| PhoneE164::parse(s, "US").unwrap();
+        let lead = |i: usize, opportunities: bool| ValidLead {
+            name: format!("Lead {i}"),
+            status: "Potential".into(),
+            created_ms: now_ms - 1000 * i as i64,
+            contacts: vec![
+                Contact {
+                    name: format!("First {i}"),
+                    phones: vec![
+                        phone(&format!("415 555 {:04}", 100 + i)),
+                        phone("+44 20 7946 0958"),
+                    ],
+                    emails: vec![format!("l{i}@example.com")],
+                },
+                Contact {
+                    name: format!("Second {i}"),
+                    phones: vec![phone(&format!("646 555 {:04}", 100 + i))],
+                    emails: vec![],
+                },
+            ],
+            custom: vec![
+                (
+                    id_of("Lead Source"),
+                    CustomValue::Text(format!("Source {i}")),
+                ),
+                (
+                    id_of("Next Call Date"),
+                    CustomValue::Date(
+                        chrono::NaiveDate::from_ymd_opt(2026, 11, 1 + i as u32).unwrap(),
+                    ),
+                ),
+            ],
+            opportunities: if opportunities {
+                vec![ValidOpportunity {
+                    status_type: OpportunityStatus::Won,
+                    created_ms: now_ms - 500,
+                    value: Some(10.0 * i as f64),
+                }]
+            } else {
+                Vec::new()
+            },
+            do_not_call: false,
+        };
+        let plain: Vec<ValidLead> = (0..4).map(|i| lead(i, false)).collect();
+        let with_opps: Vec<ValidLead> = (4..7).map(|i| lead(i, true)).collect();
+        let mut loader = store.lead_loader();
+        let mut ids = loader.insert(&plain, now_ms).await.unwrap();
+        ids.extend(loader.insert(&with_opps, now_ms).await.unwrap());
+        loader.finish().await.unwrap();
+        let want: Vec<&ValidLead> = plain.iter().chain(&with_opps).collect();
+        let stored = store.get_leads(&ids).await.unwrap();
+        assert_eq!(stored.len(), want.len(), "{}", db.backend);
+        for (got, want) in stored.iter().zip(want) {
+            assert_eq!(got.name, want.name, "{}", db.backend);
+            assert_eq!(got.contacts, want.contacts, "{}", db.backend);
+            assert_eq!(got.custom.len(), 2, "{}", db.backend);
+            let source = want.custom[0].1.clone();
+            assert_eq!(
+                got.custom.get("Lead Source"),
+                Some(&source),
+                "{}",
+                db.backend
+            );
+            assert_eq!(
+                got.opportunities.len(),
+                want.opportunities.len(),
+                "{}",
+                db.backend
+            );
+        }
+        // The opportunity count (kept by a trigger) is right for both
+        // batches: the view reads it.
+        let without = store
+            .evaluate_view("opportunities:0", common::reference_now())
+            .await
+            .unwrap();
+        let mut without_names: Vec<String> = store
+            .get_leads(&without)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.name)
+            .collect();
+        without_names.sort();
+        assert_eq!(
+            without_names,
+            vec!["Lead 0", "Lead 1", "Lead 2", "Lead 3"],
+            "{}",
+            db.backend
+        );
+        db.cleanup().await;
+    }
+}
+
+/// On PostgreSQL a bulk batch taken without the per-row checks (triggers
+/// off for its transaction) still sends the change notification that other
+/// powerdial instances listen for (R6 across instances), tagged with this
+/// instance's name as the trigger's is.
+#[tokio::test]
+async fn a_bulk_batch_notifies_other_instances() {
+    let Some(db) = common::pg_db("a_bulk_batch_notifies_other_instances").await else {
+        return;
+    };
+    let powerdial::store::Store::Postgres(pg) = &db.store else {
+        panic!("not PostgreSQL");
+    };
+    let mut listener = sqlx::postgres::PgListener::connect_with(pg.pool())
+        .await
+        .unwrap();
+    listener.listen("powerdial_leads").await.unwrap();
+    let lead = ValidLead {
+        name: "Notified".into(),
+        status: String::new(),
+        created_ms: 1_790_000_000_000,
+        contacts: Vec::new(),
+        custom: Vec::new(),
+        opportunities: Vec::new(),
+        do_not_call: false,
+    };
+    let mut loader = db.store.lead_loader();
+    loader.insert(&[lead], 0).await.unwrap();
+    loader.finish().await.unwrap();
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), listener.recv())
+        .await
+        .expect("a notification")
+        .unwrap();
+    assert!(n.payload().starts_with("leads "), "{}", n.payload());
+    assert!(n.payload().ends_with(pg.instance_tag()), "{}", n.payload());
+    drop(listener);
+    db.cleanup().await;
+}
+
+/// On PostgreSQL a role that may not set `session_replication_role` (not a
+/// superuser, no `GRANT SET ON PARAMETER`) still loads: its batches take
+/// the checked path, whose foreign keys still refuse a batch naming a
+/// missing custom field, and the other batches stay stored.
+#[tokio::test]
+async fn a_role_without_the_privilege_loads_through_the_checked_path() {
+    let Some(db) = common::pg_db("a_role_without_the_privilege_loads").await else {
+        return;
+    };
+    let Some(base) = common::pg_url("a_role_without_the_privilege_loads") else {
+        return;
+    };
+    let powerdial::store::Store::Postgres(pg) = &db.store else {
+        panic!("not PostgreSQL");
+    };
+    let schema: String = sqlx::query_scalar("SELECT current_schema()")
+        .fetch_one(pg.pool())
+        .await
+        .unwrap();
+    let role = format!("r_{:016x}", rand::random::<u64>());
+    let admin = powerdial::store::connect_admin_pg(&base).await.unwrap();
+    for sql in [
+        format!("CREATE ROLE {role} LOGIN PASSWORD 'pw' NOSUPERUSER"),
+        format!("GRANT USAGE, CREATE ON SCHEMA {schema} TO {role}"),
+        format!("GRANT ALL ON ALL TABLES IN SCHEMA {schema} TO {role}"),
+        format!("GRANT ALL ON ALL SEQUENCES IN SCHEMA {schema} TO {role}"),
+    ] {
+        sqlx::query(&sql).execute(&admin).await.unwrap();
+    }
+    common::define_fixture_fields(&db.store).await;
+    let field = db.store.list_custom_fields().await.unwrap()[0].id;
+    let o: sqlx::postgres::PgConnectOptions = std::str::FromStr::from_str(&base).unwrap();
+    let url = format!(
+        "postgres://{role}:pw@{}:{}/{}?options=-c%20search_path%3D{schema}",
+        o.get_host(),
+        o.get_port(),
+        o.get_database().unwrap_or("postgres")
+    );
+    let store = powerdial::store::connect(&url).await.unwrap();
+    let lead = |name: &str, custom: Vec<(i64, CustomValue)>| ValidLead {
+        name: name.into(),
+        status: "Potential".into(),
+        created_ms: 1_790_000_000_000,
+        contacts: Vec::new(),
+        custom,
+        opportunities: Vec::new(),
+        do_not_call: false,
+    };
+    let mut loader = store.lead_loader();
+    let text = |s: &str| vec![(field, CustomValue::Text(s.into()))];
+    loader
+        .insert(&[lead("A1", text("Website")), lead("A2", vec![])], 0)
+        .await
+        .unwrap();
+    let err = loader
+        .insert(&[lead("B1", text("x")), lead("B2", text_missing())], 0)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+    loader.insert(&[lead("C1", vec![])], 0).await.unwrap();
+    loader.finish().await.unwrap();
+    assert_eq!(store.count_leads().await.unwrap(), 3);
+    store.close().await;
+    db.cleanup().await;
+    for sql in [format!("DROP OWNED BY {role}"), format!("DROP ROLE {role}")] {
+        let _ = sqlx::query(&sql).execute(&admin).await;
+    }
+    admin.close().await;
+}
+
+fn text_missing() -> Vec<(i64, CustomValue)> {
+    vec![(999_999, CustomValue::Text("x".into()))]
+}

@@ -89,6 +89,20 @@ fn rows<'a>(leads: &'a [ValidLead], lead_ids: &[i64], contact_ids: &[i64]) -> Ro
     out
 }
 
+/// The batch's leads paired with their ids, in the order their rows are
+/// written: by `created_ms` (ties in input order). The ids stay those of
+/// input order; only the order of writing changes. Three indexes of
+/// `leads` are keyed by `created_ms` (`leads_created`,
+/// `leads_created_desc`, and within a status `leads_status_*`), so rows in
+/// file order land on random leaves of each; in `created_ms` order one
+/// insert's leaf is the next one's or its neighbour, still in the CPU's
+/// cache, instead of a walk over cold pages per insert and index.
+fn leads_by_created<'a>(leads: &'a [ValidLead], ids: &[i64]) -> Vec<(&'a ValidLead, i64)> {
+    let mut out: Vec<(&ValidLead, i64)> = leads.iter().zip(ids.iter().copied()).collect();
+    out.sort_by_key(|(l, _)| l.created_ms);
+    out
+}
+
 fn lead_err(e: sqlx::Error) -> StoreError {
     StoreError::from_sqlx(e, Entity::Lead, "")
 }
@@ -139,7 +153,7 @@ async fn sqlite_insert_rows(
     let contact_ids: Vec<i64> = (first_contact..).take(contact_count(leads)).collect();
     let rows = rows(leads, &lead_ids, &contact_ids);
 
-    for (chunk, ids) in leads.chunks(SQLITE_ROWS).zip(lead_ids.chunks(SQLITE_ROWS)) {
+    for chunk in leads_by_created(leads, &lead_ids).chunks(SQLITE_ROWS) {
         // `OR FAIL`: a refused row stops the statement without undoing the
         // rows before it (the caller's transaction undoes them), so SQLite
         // needs no statement journal for it (a copy of every page the
@@ -149,7 +163,7 @@ async fn sqlite_insert_rows(
         let mut q: QueryBuilder<'_, sqlx::Sqlite> = QueryBuilder::new(
             "INSERT OR FAIL INTO leads (id, name, status, created_ms, updated_ms, do_not_call) ",
         );
-        q.push_values(chunk.iter().zip(ids), |mut b, (l, id)| {
+        q.push_values(chunk, |mut b, (l, id)| {
             b.push_bind(*id)
                 .push_bind(l.name.as_str())
                 .push_bind(l.status.as_str())
@@ -280,11 +294,16 @@ enum Loader {
     Sqlite {
         store: SqliteStore,
         tx: Option<sqlx::Transaction<'static, sqlx::Sqlite>>,
-        /// The writer connection's `cache_size` before the load changed
-        /// it, restored by [`LeadLoader::finish`].
-        saved: Option<i64>,
+        /// The writer connection's settings before the load changed them,
+        /// restored by [`LeadLoader::finish`].
+        saved: Option<SavedPragmas>,
     },
-    Postgres(PgStore),
+    Postgres {
+        store: PgStore,
+        /// Whether this connection's role may skip the per-row checks
+        /// (see [`PgCopy::Unchecked`]); asked once, at the first batch.
+        unchecked: Option<bool>,
+    },
 }
 
 /// SQLite's page cache for a bulk load's connection, in KiB (`PRAGMA
@@ -296,9 +315,36 @@ enum Loader {
 /// restored when the load ends; a bound, whatever the file's size.
 const SQLITE_LOAD_CACHE_KIB: i64 = 256 * 1024;
 
+/// WAL pages after which a bulk load's commit checkpoints (`PRAGMA
+/// wal_autocheckpoint`; SQLite's default is 1,000). Every commit of the
+/// load rewrites most leaf pages of the random-order indexes of `leads`
+/// (about 80 MB at 1,000,000 leads), so with the default every commit was
+/// followed by a checkpoint copying all of them into the database file
+/// and syncing it. A checkpoint copies each page once however many
+/// commits rewrote it since the last one, so checkpointing after this many
+/// pages copies the same pages once for several commits. The WAL file then
+/// grows to about this many pages (256 MB) plus one commit; it is reused,
+/// not grown, afterwards.
+const SQLITE_LOAD_CHECKPOINT_PAGES: i64 = 65_536;
+
+/// The writer connection's own settings, saved before a bulk load changes
+/// them and restored when it ends.
+#[derive(Debug, Clone, Copy)]
+struct SavedPragmas {
+    cache_size: i64,
+    wal_autocheckpoint: i64,
+}
+
+async fn sqlite_pragma(store: &SqliteStore, name: &str) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar(&format!("PRAGMA {name}"))
+        .fetch_one(store.write_pool())
+        .await?)
+}
+
 /// Sets the writer connection up for a bulk load, before its `BEGIN`: the
-/// page cache above. The writer pool has one connection, so the pragma
-/// reaches the connection the next `BEGIN IMMEDIATE` runs on.
+/// page cache and the checkpoint interval above. The writer pool has one
+/// connection, so the pragmas reach the connection the next `BEGIN
+/// IMMEDIATE` runs on.
 ///
 /// `temp_store = MEMORY` (the transaction's sub-journal in memory instead
 /// of a temp file) was tried here and made the load three times slower:
@@ -311,6 +357,11 @@ async fn sqlite_load_pragmas(store: &SqliteStore) -> Result<(), StoreError> {
     sqlx::query(&format!("PRAGMA cache_size = -{SQLITE_LOAD_CACHE_KIB}"))
         .execute(store.write_pool())
         .await?;
+    sqlx::query(&format!(
+        "PRAGMA wal_autocheckpoint = {SQLITE_LOAD_CHECKPOINT_PAGES}"
+    ))
+    .execute(store.write_pool())
+    .await?;
     Ok(())
 }
 
@@ -323,7 +374,10 @@ impl super::Store {
                 tx: None,
                 saved: None,
             },
-            super::Store::Postgres(p) => Loader::Postgres(p.clone()),
+            super::Store::Postgres(p) => Loader::Postgres {
+                store: p.clone(),
+                unchecked: None,
+            },
         };
         LeadLoader { inner, pending: 0 }
     }
@@ -354,10 +408,10 @@ impl LeadLoader {
             Loader::Sqlite { store, tx, saved } => {
                 if tx.is_none() {
                     if saved.is_none() {
-                        let cache: i64 = sqlx::query_scalar("PRAGMA cache_size")
-                            .fetch_one(store.write_pool())
-                            .await?;
-                        *saved = Some(cache);
+                        *saved = Some(SavedPragmas {
+                            cache_size: sqlite_pragma(store, "cache_size").await?,
+                            wal_autocheckpoint: sqlite_pragma(store, "wal_autocheckpoint").await?,
+                        });
                     }
                     // Again at every transaction: the pool may have
                     // replaced its connection (idle timeout, lifetime).
@@ -386,7 +440,20 @@ impl LeadLoader {
                     }
                 }
             }
-            Loader::Postgres(pg) => pg.copy_leads(leads, now_ms, true).await?,
+            Loader::Postgres { store, unchecked } => {
+                let may = match *unchecked {
+                    Some(may) => may,
+                    None => *unchecked.insert(store.may_skip_triggers().await?),
+                };
+                // The opportunity counts are kept by a trigger
+                // (migration 0051): a batch with opportunities keeps it.
+                let mode = if may && leads.iter().all(|l| l.opportunities.is_empty()) {
+                    PgCopy::Unchecked
+                } else {
+                    PgCopy::Bulk
+                };
+                store.copy_leads(leads, now_ms, mode).await?
+            }
         };
         self.pending += ids.len();
         Ok(ids)
@@ -416,13 +483,19 @@ impl LeadLoader {
         let committed = self.commit().await;
         match &mut self.inner {
             Loader::Sqlite { store, saved, .. } => {
-                if let Some(cache) = saved.take() {
-                    sqlx::query(&format!("PRAGMA cache_size = {cache}"))
+                if let Some(saved) = saved.take() {
+                    sqlx::query(&format!("PRAGMA cache_size = {}", saved.cache_size))
                         .execute(store.write_pool())
                         .await?;
+                    sqlx::query(&format!(
+                        "PRAGMA wal_autocheckpoint = {}",
+                        saved.wal_autocheckpoint
+                    ))
+                    .execute(store.write_pool())
+                    .await?;
                 }
             }
-            Loader::Postgres(pg) => {
+            Loader::Postgres { store: pg, .. } => {
                 // A transaction with an id commits synchronously: its
                 // commit waits until the WAL is flushed up to it, which
                 // covers every batch committed before (`copy_leads`).
@@ -552,10 +625,27 @@ impl PgStore {
         leads: &[ValidLead],
         now_ms: i64,
     ) -> Result<Vec<i64>, StoreError> {
-        self.copy_leads(leads, now_ms, false).await
+        self.copy_leads(leads, now_ms, PgCopy::Single).await
     }
 
-    /// [`insert_leads`](Self::insert_leads); with `bulk`, the commit does
+    /// Whether this store's role may set `session_replication_role` (a
+    /// superuser, or `GRANT SET ON PARAMETER session_replication_role`,
+    /// PostgreSQL 15+), which [`PgCopy::Unchecked`] needs.
+    async fn may_skip_triggers(&self) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let set = sqlx::query("SET LOCAL session_replication_role = replica")
+            .execute(&mut *tx)
+            .await;
+        tx.rollback().await?;
+        match set {
+            Ok(_) => Ok(true),
+            // insufficient_privilege
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42501") => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// [`insert_leads`](Self::insert_leads) as `mode` says; in a bulk mode the commit does
     /// not wait for its WAL to reach the disk (`synchronous_commit = off`
     /// for this transaction only): a bulk load's batches are made durable
     /// together by [`LeadLoader::finish`], whose synchronous commit flushes
@@ -567,16 +657,28 @@ impl PgStore {
         &self,
         leads: &[ValidLead],
         now_ms: i64,
-        bulk: bool,
+        mode: PgCopy,
     ) -> Result<Vec<i64>, StoreError> {
         if leads.is_empty() {
             return Ok(Vec::new());
         }
         let mut tx = self.begin_write().await?;
-        if bulk {
-            sqlx::query("SET LOCAL synchronous_commit = off")
+        match mode {
+            PgCopy::Single => {}
+            PgCopy::Bulk => {
+                sqlx::query("SET LOCAL synchronous_commit = off")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            PgCopy::Unchecked => {
+                sqlx::query(
+                    "SELECT set_config('synchronous_commit', 'off', true), \
+                     set_config('session_replication_role', 'replica', true)",
+                )
                 .execute(&mut *tx)
                 .await?;
+                pg_lock_fields(&mut tx, leads).await?;
+            }
         }
         let lead_ids = Self::take_ids(&mut tx, "leads_id_seq", leads.len()).await?;
         let contact_ids = Self::take_ids(&mut tx, "contacts_id_seq", contact_count(leads)).await?;
@@ -587,9 +689,9 @@ impl PgStore {
         copy_in(
             &mut tx,
             "COPY leads (id, name, status, created_ms, updated_ms, do_not_call) FROM STDIN",
-            leads.iter().zip(&lead_ids),
+            leads_by_created(leads, &lead_ids),
             |buf, (l, id)| {
-                copy_int(buf, *id);
+                copy_int(buf, id);
                 copy_sep(buf);
                 copy_text(buf, &l.name);
                 copy_sep(buf);
@@ -670,9 +772,78 @@ impl PgStore {
         )
         .await
         .map_err(lead_err)?;
+        if mode == PgCopy::Unchecked {
+            // What the statement triggers of migrations 0010 and 0049 send
+            // (R6 across instances), which do not fire in this mode: one
+            // notification, as PostgreSQL folds a transaction's duplicates.
+            sqlx::query(
+                "SELECT pg_notify('powerdial_leads', \
+                 'leads ' || coalesce(current_setting('application_name', true), ''))",
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(lead_ids)
     }
+}
+
+/// How [`PgStore::copy_leads`] writes a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PgCopy {
+    /// A transaction committed as any other (`POST /api/v1/leads`).
+    Single,
+    /// A bulk load's batch: the commit does not wait for the WAL flush
+    /// ([`LeadLoader::finish`] makes the load durable).
+    Bulk,
+    /// [`PgCopy::Bulk`] without the per-row foreign-key checks, for a batch
+    /// without opportunities whose role may skip them. A foreign-key check
+    /// is a query per child row (`SELECT 1 … FOR KEY SHARE` on its parent):
+    /// about five a lead (its contact, phones and custom values), half of
+    /// the server's CPU in a 1,000,000-lead COPY (BENCHMARKS.md "Lead
+    /// import"). Here they would only re-find parents the transaction
+    /// itself guarantees: a batch's contacts, phones and custom values
+    /// point at the batch's own leads and contacts, inserted by this
+    /// transaction with ids it took from the sequences, which no other
+    /// transaction can see, let alone delete, before it commits; the one
+    /// other parent, a custom field, is locked `FOR KEY SHARE` by
+    /// [`pg_lock_fields`] as the checks would (a concurrent delete of the
+    /// field waits for the commit, then cascades to these rows), and a
+    /// batch naming a missing field is refused before anything is written.
+    /// `session_replication_role = replica` for this transaction only
+    /// (`SET LOCAL`) turns off the constraint triggers and the other
+    /// ordinary triggers of the tables written: their change notification
+    /// is sent by hand, and the opportunity counts' trigger is why a batch
+    /// with opportunities takes [`PgCopy::Bulk`]. Every other writer keeps
+    /// the foreign keys.
+    Unchecked,
+}
+
+/// Locks the custom fields that `leads`' values name `FOR KEY SHARE` (what
+/// the foreign key's per-row check does, once per field) and refuses the
+/// batch if one no longer exists: see [`PgCopy::Unchecked`].
+async fn pg_lock_fields(
+    conn: &mut sqlx::PgConnection,
+    leads: &[ValidLead],
+) -> Result<(), StoreError> {
+    let mut ids: Vec<i64> = leads
+        .iter()
+        .flat_map(|l| l.custom.iter().map(|(id, _)| *id))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let found: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM custom_fields WHERE id = ANY($1) FOR KEY SHARE")
+            .bind(&ids)
+            .fetch_all(&mut *conn)
+            .await?;
+    if found.len() != ids.len() {
+        return Err(StoreError::Invalid(Entity::Lead));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -710,15 +881,38 @@ mod tests {
                 .unwrap()
         };
         let cache = pragma("cache_size").await;
+        let checkpoint = pragma("wal_autocheckpoint").await;
+        assert_ne!(checkpoint, SQLITE_LOAD_CHECKPOINT_PAGES);
         let mut loader = store.lead_loader();
         loader.insert(&[lead("A")], 0).await.unwrap();
         loader.commit().await.unwrap();
         assert_eq!(pragma("cache_size").await, -SQLITE_LOAD_CACHE_KIB);
+        assert_eq!(
+            pragma("wal_autocheckpoint").await,
+            SQLITE_LOAD_CHECKPOINT_PAGES
+        );
         loader.insert(&[lead("B")], 0).await.unwrap();
         loader.finish().await.unwrap();
         assert_eq!(pragma("cache_size").await, cache);
+        assert_eq!(pragma("wal_autocheckpoint").await, checkpoint);
         assert_eq!(store.count_leads().await.unwrap(), 2);
         store.close().await;
+    }
+
+    /// Rows are written in `created_ms` order (ties in input order), each
+    /// lead keeping the id of its input position.
+    #[test]
+    fn leads_are_written_by_created_with_their_own_ids() {
+        let mut leads: Vec<ValidLead> = ["A", "B", "C", "D"].iter().map(|n| lead(n)).collect();
+        leads[0].created_ms = 30;
+        leads[1].created_ms = 10;
+        leads[2].created_ms = 30;
+        leads[3].created_ms = 20;
+        let order: Vec<(&str, i64)> = leads_by_created(&leads, &[1, 2, 3, 4])
+            .into_iter()
+            .map(|(l, id)| (l.name.as_str(), id))
+            .collect();
+        assert_eq!(order, vec![("B", 2), ("D", 4), ("A", 1), ("C", 3)]);
     }
 
     #[test]
