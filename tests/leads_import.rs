@@ -577,3 +577,42 @@ async fn a_role_without_the_privilege_loads_through_the_checked_path() {
 fn text_missing() -> Vec<(i64, CustomValue)> {
     vec![(999_999, CustomValue::Text("x".into()))]
 }
+
+/// The PostgreSQL bulk path that skips the per-row foreign-key checks
+/// (`session_replication_role = replica`, `PgCopy::Unchecked` in
+/// src/store/bulk.rs) turns off every ordinary trigger of the tables it
+/// writes, and sends by hand what those triggers do (the change
+/// notification). A trigger added to one of those tables later would be
+/// skipped silently by bulk imports: this list makes that a failing test
+/// instead, to be answered in `PgCopy::Unchecked`.
+#[tokio::test]
+async fn the_unchecked_bulk_path_knows_every_trigger_of_the_tables_it_writes() {
+    let Some(db) = common::pg_db("the_unchecked_bulk_path_knows_every_trigger").await else {
+        return;
+    };
+    let powerdial::store::Store::Postgres(pg) = &db.store else {
+        panic!("not PostgreSQL");
+    };
+    let triggers: Vec<(String, String)> = sqlx::query_as(
+        "SELECT c.relname::text, t.tgname::text
+           FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+          WHERE NOT t.tgisinternal
+            AND c.relnamespace = current_schema()::regnamespace
+            AND c.relname IN ('leads', 'contacts', 'phones', 'lead_custom_values')
+          ORDER BY 1, 2",
+    )
+    .fetch_all(pg.pool())
+    .await
+    .unwrap();
+    let names: Vec<String> = triggers.iter().map(|(t, n)| format!("{t}.{n}")).collect();
+    assert_eq!(
+        names,
+        [
+            "contacts.contacts_notify",
+            "lead_custom_values.lead_custom_values_notify",
+            "leads.leads_notify",
+        ],
+        "a trigger on a table the unchecked bulk path writes: it would not fire during imports (see PgCopy::Unchecked)"
+    );
+    db.cleanup().await;
+}
