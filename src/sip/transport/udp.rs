@@ -11,6 +11,7 @@
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -41,7 +42,6 @@ pub(super) fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
 /// this unconnected socket for [`drain_icmp_errors`].
 #[cfg(target_os = "linux")]
 fn report_icmp_errors(socket: &socket2::Socket, ipv6: bool) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
     let (level, name) = if ipv6 {
         (libc::IPPROTO_IPV6, libc::IPV6_RECVERR)
     } else {
@@ -112,65 +112,303 @@ fn drain_icmp_errors(_socket: &UdpSocket, _failures: &broadcast::Sender<Peer>) -
     Err(io::ErrorKind::WouldBlock.into())
 }
 
-/// Receives datagrams until the inbound channel closes. Oversized datagrams
-/// are dropped here (RFC 3261 §18.1.1 leaves room; SPEC §5 wants a bound).
-pub(super) async fn receive_loop(
+/// Datagrams one `recvmmsg` reads (recvmmsg(2)) and one `sendmmsg` sends
+/// (sendmmsg(2)): one system call for what a loaded socket holds, where a
+/// `recvfrom` per datagram costs one each.
+const MMSG_BATCH: usize = 32;
+
+/// A UDP socket read in batches by whichever task owns it: the SIP task
+/// itself (no channel hop and no task wake-up per datagram between a
+/// receive task and the SIP core), or [`receive_loop`] for a socket whose
+/// datagrams go to the inbound channel. Datagrams are handed out in the
+/// order the kernel queued them (DESIGN.md "Order and sharding").
+pub struct UdpReceiver {
     socket: Arc<UdpSocket>,
     local: SocketAddr,
-    inbound: mpsc::Sender<Inbound>,
-    max_message_size: usize,
     failures: broadcast::Sender<Peer>,
-) {
-    // One byte more than allowed tells a too-large datagram from a full one.
-    let mut buf = vec![0u8; 65_536];
-    loop {
-        let ready = match socket.ready(Interest::READABLE | Interest::ERROR).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(error = %e, "UDP socket readiness failed");
-                continue;
-            }
-        };
-        if ready.is_error() {
-            let _ = socket.try_io(Interest::ERROR, || drain_icmp_errors(&socket, &failures));
-        }
-        if !ready.is_readable() {
-            continue;
-        }
-        let (len, from) = match socket.try_recv_from(&mut buf) {
-            Ok(x) => x,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => {
-                // A pending ICMP error reported on this call (IP_RECVERR):
-                // the error queue names its peer and is read above.
-                tracing::debug!(error = %e, "UDP receive error");
-                if let Err(e) =
-                    socket.try_io(Interest::ERROR, || drain_icmp_errors(&socket, &failures))
-                {
-                    tracing::trace!(error = %e, "ICMP error queue");
-                }
-                continue;
-            }
-        };
-        if len > max_message_size {
-            tracing::debug!(%from, len, "dropping oversized UDP datagram");
-            continue;
-        }
-        let datagram = &buf[..len];
-        // CRLF keep-alives (RFC 5626 §3.5.1) carry no message.
-        if datagram.iter().all(|b| *b == b'\r' || *b == b'\n') {
-            continue;
-        }
-        let msg = Inbound {
-            peer: Peer {
-                transport: TransportKind::Udp,
-                addr: from,
-            },
+    /// Largest datagram accepted: each buffer is this long and a longer
+    /// datagram comes back truncated (`MSG_TRUNC`) and is dropped.
+    max_message_size: usize,
+    /// [`MMSG_BATCH`] buffers of `max_message_size` octets, end to end.
+    bufs: Vec<u8>,
+    names: Vec<libc::sockaddr_storage>,
+    /// Length and source of each datagram of the last read (`None`: not
+    /// usable — truncated, or from an address family we do not use).
+    got: Vec<(usize, Option<SocketAddr>)>,
+}
+
+impl std::fmt::Debug for UdpReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UdpReceiver")
+            .field("local", &self.local)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UdpReceiver {
+    pub(super) fn new(
+        socket: Arc<UdpSocket>,
+        local: SocketAddr,
+        max_message_size: usize,
+        failures: broadcast::Sender<Peer>,
+    ) -> Self {
+        // A bound a datagram can reach, whatever the configuration says.
+        let size = max_message_size.clamp(1, 65_535);
+        UdpReceiver {
+            socket,
             local,
-            bytes: Bytes::copy_from_slice(datagram),
+            failures,
+            max_message_size: size,
+            bufs: vec![0; size * MMSG_BATCH],
+            // SAFETY: all-zero bytes are a valid `sockaddr_storage`
+            // (family AF_UNSPEC).
+            names: vec![unsafe { std::mem::zeroed() }; MMSG_BATCH],
+            got: vec![(0, None); MMSG_BATCH],
+        }
+    }
+
+    /// The local address of the socket.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Waits until datagrams (or ICMP errors) wait on the socket; ICMP
+    /// errors are read and announced here (RFC 3261 §18.4). Cancel safe.
+    pub async fn ready(&self) {
+        match self
+            .socket
+            .ready(Interest::READABLE | Interest::ERROR)
+            .await
+        {
+            Ok(ready) if ready.is_error() => {
+                let _ = self.socket.try_io(Interest::ERROR, || {
+                    drain_icmp_errors(&self.socket, &self.failures)
+                });
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "UDP socket readiness failed"),
+        }
+    }
+
+    /// Reads what waits on the socket, without waiting, up to about `max`
+    /// datagrams (whole `recvmmsg` batches), and hands each message to
+    /// `each` in arrival order. Oversized datagrams are dropped (RFC 3261
+    /// §18.1.1 leaves room; SPEC §5 wants a bound), as are CRLF
+    /// keep-alives (RFC 5626 §3.5.1), which carry no message. Returns the
+    /// datagrams read; fewer than `max` means the socket's queue was
+    /// found empty (its readiness is cleared then).
+    pub fn receive(&mut self, max: usize, mut each: impl FnMut(Peer, &[u8])) -> usize {
+        let mut total = 0;
+        // Errors (a pending ICMP error reported on the read, IP_RECVERR)
+        // end the turn after a few: the next turn reads again.
+        let mut errors = 0;
+        while total < max && errors < 4 {
+            let got = self.socket.try_io(Interest::READABLE, || {
+                recv_batch(
+                    self.socket.as_raw_fd(),
+                    &mut self.bufs,
+                    self.max_message_size,
+                    &mut self.names,
+                    &mut self.got,
+                )
+            });
+            let n = match got {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    errors += 1;
+                    tracing::debug!(error = %e, "UDP receive error");
+                    if let Err(e) = self.socket.try_io(Interest::ERROR, || {
+                        drain_icmp_errors(&self.socket, &self.failures)
+                    }) {
+                        tracing::trace!(error = %e, "ICMP error queue");
+                    }
+                    continue;
+                }
+            };
+            for (buf, (len, from)) in self
+                .bufs
+                .chunks(self.max_message_size)
+                .zip(self.got.iter())
+                .take(n)
+            {
+                let Some(from) = from else {
+                    tracing::debug!(len, "dropping oversized or unaddressed UDP datagram");
+                    continue;
+                };
+                let Some(datagram) = buf.get(..*len) else {
+                    continue;
+                };
+                if datagram.iter().all(|b| *b == b'\r' || *b == b'\n') {
+                    continue;
+                }
+                let peer = Peer {
+                    transport: TransportKind::Udp,
+                    addr: *from,
+                };
+                each(peer, datagram);
+            }
+            total += n;
+        }
+        total
+    }
+}
+
+/// One `recvmmsg` (recvmmsg(2)) into `bufs`, cut in buffers of `size`;
+/// `WouldBlock` when nothing waits.
+fn recv_batch(
+    fd: std::os::fd::RawFd,
+    bufs: &mut [u8],
+    size: usize,
+    names: &mut [libc::sockaddr_storage],
+    got: &mut [(usize, Option<SocketAddr>)],
+) -> io::Result<usize> {
+    let mut iovs: [libc::iovec; MMSG_BATCH] = std::array::from_fn(|_| libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    });
+    // SAFETY: all-zero bytes are a valid `mmsghdr` (null pointers, zero
+    // lengths); every one used is filled in below.
+    let mut hdrs: [libc::mmsghdr; MMSG_BATCH] = unsafe { std::mem::zeroed() };
+    let mut count = 0;
+    for (((iov, buf), name), hdr) in iovs
+        .iter_mut()
+        .zip(bufs.chunks_mut(size))
+        .zip(names.iter_mut())
+        .zip(hdrs.iter_mut())
+    {
+        iov.iov_base = buf.as_mut_ptr().cast();
+        iov.iov_len = buf.len();
+        let h = &mut hdr.msg_hdr;
+        h.msg_name = std::ptr::from_mut(name).cast();
+        h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        h.msg_iov = std::ptr::from_mut(iov);
+        h.msg_iovlen = 1;
+        count += 1;
+    }
+    // SAFETY: the first `count` headers point at buffers, iovecs and
+    // addresses that outlive the call, with their true sizes.
+    let r = unsafe {
+        libc::recvmmsg(
+            fd,
+            hdrs.as_mut_ptr(),
+            count as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    let n = usize::try_from(r).map_err(|_| io::Error::last_os_error())?;
+    for ((h, name), g) in hdrs.iter().zip(names.iter()).zip(got.iter_mut()).take(n) {
+        let truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+        // SAFETY: the kernel wrote an address of `msg_namelen` octets into
+        // this `sockaddr_storage`.
+        let addr = unsafe { socket2::SockAddr::new(*name, h.msg_hdr.msg_namelen) };
+        *g = (
+            h.msg_len as usize,
+            if truncated { None } else { addr.as_socket() },
+        );
+    }
+    Ok(n)
+}
+
+/// Sends `datagrams` in order, in `sendmmsg` batches (sendmmsg(2)); waits
+/// for room when the socket's send buffer is full, as `send_to` does. A
+/// datagram the kernel refuses is reported to `failed` by its index and
+/// the rest still go; one refused for another datagram's late ICMP error
+/// ([`maybe_deferred_error`]) is tried once more first.
+pub(super) async fn send_batch(
+    socket: &UdpSocket,
+    datagrams: &[(SocketAddr, Vec<u8>)],
+    mut failed: impl FnMut(usize, io::Error),
+) {
+    let mut off = 0;
+    let mut retried = false;
+    while off < datagrams.len() {
+        let Some(rest) = datagrams.get(off..) else {
+            break;
         };
-        if inbound.send(msg).await.is_err() {
-            return;
+        match socket.try_io(Interest::WRITABLE, || send_mmsg(socket.as_raw_fd(), rest)) {
+            Ok(sent) => {
+                off += sent.max(1);
+                retried = false;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if let Err(e) = socket.writable().await {
+                    failed(off, e);
+                    off += 1;
+                }
+            }
+            Err(e) if maybe_deferred_error(&e) && !retried => {
+                tracing::debug!(error = %e, "earlier ICMP error reported on send; sending again");
+                retried = true;
+            }
+            Err(e) => {
+                failed(off, e);
+                off += 1;
+                retried = false;
+            }
+        }
+    }
+}
+
+/// One `sendmmsg` of up to [`MMSG_BATCH`] of `datagrams`; the number sent
+/// (at least one) or the error of the first.
+fn send_mmsg(fd: std::os::fd::RawFd, datagrams: &[(SocketAddr, Vec<u8>)]) -> io::Result<usize> {
+    let names: [Option<socket2::SockAddr>; MMSG_BATCH] =
+        std::array::from_fn(|i| datagrams.get(i).map(|(to, _)| socket2::SockAddr::from(*to)));
+    let mut iovs: [libc::iovec; MMSG_BATCH] = std::array::from_fn(|_| libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    });
+    // SAFETY: all-zero bytes are a valid `mmsghdr`; every one used is
+    // filled in below.
+    let mut hdrs: [libc::mmsghdr; MMSG_BATCH] = unsafe { std::mem::zeroed() };
+    let mut count = 0;
+    for (((iov, (_, bytes)), name), hdr) in iovs
+        .iter_mut()
+        .zip(datagrams.iter())
+        .zip(names.iter().flatten())
+        .zip(hdrs.iter_mut())
+    {
+        // sendmmsg only reads the octets (the iovec type is shared with
+        // reads, hence the `*mut`).
+        iov.iov_base = bytes.as_ptr().cast_mut().cast();
+        iov.iov_len = bytes.len();
+        let h = &mut hdr.msg_hdr;
+        h.msg_name = name.as_ptr().cast_mut().cast();
+        h.msg_namelen = name.len();
+        h.msg_iov = std::ptr::from_mut(iov);
+        h.msg_iovlen = 1;
+        count += 1;
+    }
+    // SAFETY: the first `count` headers point at octets, iovecs and
+    // addresses that outlive the call, with their true sizes; the kernel
+    // does not write through them.
+    let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), count as libc::c_uint, 0) };
+    match usize::try_from(r) {
+        Ok(0) | Err(_) => Err(io::Error::last_os_error()),
+        Ok(n) => Ok(n),
+    }
+}
+
+/// Receives datagrams until the inbound channel closes (a UDP socket no
+/// task reads itself).
+pub(super) async fn receive_loop(mut receiver: UdpReceiver, inbound: mpsc::Sender<Inbound>) {
+    let local = receiver.local;
+    let mut batch = Vec::with_capacity(MMSG_BATCH);
+    loop {
+        receiver.ready().await;
+        receiver.receive(MMSG_BATCH, |peer, datagram| {
+            batch.push(Inbound {
+                peer,
+                local,
+                bytes: Bytes::copy_from_slice(datagram),
+            });
+        });
+        for msg in batch.drain(..) {
+            if inbound.send(msg).await.is_err() {
+                return;
+            }
         }
     }
 }
