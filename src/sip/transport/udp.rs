@@ -132,10 +132,24 @@ pub struct UdpReceiver {
     /// [`MMSG_BATCH`] buffers of `max_message_size` octets, end to end.
     bufs: Vec<u8>,
     names: Vec<libc::sockaddr_storage>,
+    /// The `recvmmsg` headers, pointing at `bufs` and `names` (set once:
+    /// the vectors are never resized, so their heap blocks never move).
+    /// The iovecs are only ever read by the kernel, through `hdrs`.
+    #[allow(dead_code)]
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
     /// Length and source of each datagram of the last read (`None`: not
     /// usable — truncated, or from an address family we do not use).
     got: Vec<(usize, Option<SocketAddr>)>,
 }
+
+// SAFETY: the raw pointers in `iovs` and `hdrs` point into the heap blocks
+// of this receiver's own vectors, which move with it and are used only
+// through `&mut self`; nothing else holds them.
+unsafe impl Send for UdpReceiver {}
+// SAFETY: through `&self` the pointers are never read or followed (only
+// `socket`, `local` and `failures` are used); reads take `&mut self`.
+unsafe impl Sync for UdpReceiver {}
 
 impl std::fmt::Debug for UdpReceiver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -154,15 +168,39 @@ impl UdpReceiver {
     ) -> Self {
         // A bound a datagram can reach, whatever the configuration says.
         let size = max_message_size.clamp(1, 65_535);
+        let mut bufs = vec![0u8; size * MMSG_BATCH];
+        // SAFETY: all-zero bytes are a valid `sockaddr_storage` (family
+        // AF_UNSPEC) and a valid `mmsghdr` (null pointers, zero lengths).
+        let mut names: Vec<libc::sockaddr_storage> =
+            vec![unsafe { std::mem::zeroed() }; MMSG_BATCH];
+        let mut iovs: Vec<libc::iovec> = bufs
+            .chunks_mut(size)
+            .map(|buf| libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            })
+            .collect();
+        let hdrs: Vec<libc::mmsghdr> = iovs
+            .iter_mut()
+            .zip(names.iter_mut())
+            .map(|(iov, name)| {
+                // SAFETY: as above.
+                let mut hdr: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                hdr.msg_hdr.msg_name = std::ptr::from_mut(name).cast();
+                hdr.msg_hdr.msg_iov = std::ptr::from_mut(iov);
+                hdr.msg_hdr.msg_iovlen = 1;
+                hdr
+            })
+            .collect();
         UdpReceiver {
             socket,
             local,
             failures,
             max_message_size: size,
-            bufs: vec![0; size * MMSG_BATCH],
-            // SAFETY: all-zero bytes are a valid `sockaddr_storage`
-            // (family AF_UNSPEC).
-            names: vec![unsafe { std::mem::zeroed() }; MMSG_BATCH],
+            bufs,
+            names,
+            iovs,
+            hdrs,
             got: vec![(0, None); MMSG_BATCH],
         }
     }
@@ -203,14 +241,9 @@ impl UdpReceiver {
         // end the turn after a few: the next turn reads again.
         let mut errors = 0;
         while total < max && errors < 4 {
+            let fd = self.socket.as_raw_fd();
             let got = self.socket.try_io(Interest::READABLE, || {
-                recv_batch(
-                    self.socket.as_raw_fd(),
-                    &mut self.bufs,
-                    self.max_message_size,
-                    &mut self.names,
-                    &mut self.got,
-                )
+                recv_batch(fd, &mut self.hdrs, &self.names, &mut self.got)
             });
             let n = match got {
                 Ok(n) => n,
@@ -254,45 +287,25 @@ impl UdpReceiver {
     }
 }
 
-/// One `recvmmsg` (recvmmsg(2)) into `bufs`, cut in buffers of `size`;
-/// `WouldBlock` when nothing waits.
+/// One `recvmmsg` (recvmmsg(2)) through `hdrs` (set up by
+/// [`UdpReceiver::new`]); `WouldBlock` when nothing waits.
 fn recv_batch(
     fd: std::os::fd::RawFd,
-    bufs: &mut [u8],
-    size: usize,
-    names: &mut [libc::sockaddr_storage],
+    hdrs: &mut [libc::mmsghdr],
+    names: &[libc::sockaddr_storage],
     got: &mut [(usize, Option<SocketAddr>)],
 ) -> io::Result<usize> {
-    let mut iovs: [libc::iovec; MMSG_BATCH] = std::array::from_fn(|_| libc::iovec {
-        iov_base: std::ptr::null_mut(),
-        iov_len: 0,
-    });
-    // SAFETY: all-zero bytes are a valid `mmsghdr` (null pointers, zero
-    // lengths); every one used is filled in below.
-    let mut hdrs: [libc::mmsghdr; MMSG_BATCH] = unsafe { std::mem::zeroed() };
-    let mut count = 0;
-    for (((iov, buf), name), hdr) in iovs
-        .iter_mut()
-        .zip(bufs.chunks_mut(size))
-        .zip(names.iter_mut())
-        .zip(hdrs.iter_mut())
-    {
-        iov.iov_base = buf.as_mut_ptr().cast();
-        iov.iov_len = buf.len();
-        let h = &mut hdr.msg_hdr;
-        h.msg_name = std::ptr::from_mut(name).cast();
-        h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        h.msg_iov = std::ptr::from_mut(iov);
-        h.msg_iovlen = 1;
-        count += 1;
+    for hdr in hdrs.iter_mut() {
+        // The kernel wrote the last read's address lengths here.
+        hdr.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     }
-    // SAFETY: the first `count` headers point at buffers, iovecs and
-    // addresses that outlive the call, with their true sizes.
+    // SAFETY: every header points at a buffer, an iovec and an address of
+    // the receiver that outlive the call, with their true sizes.
     let r = unsafe {
         libc::recvmmsg(
             fd,
             hdrs.as_mut_ptr(),
-            count as libc::c_uint,
+            hdrs.len() as libc::c_uint,
             libc::MSG_DONTWAIT,
             std::ptr::null_mut(),
         )
@@ -300,15 +313,38 @@ fn recv_batch(
     let n = usize::try_from(r).map_err(|_| io::Error::last_os_error())?;
     for ((h, name), g) in hdrs.iter().zip(names.iter()).zip(got.iter_mut()).take(n) {
         let truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
-        // SAFETY: the kernel wrote an address of `msg_namelen` octets into
-        // this `sockaddr_storage`.
-        let addr = unsafe { socket2::SockAddr::new(*name, h.msg_hdr.msg_namelen) };
         *g = (
             h.msg_len as usize,
-            if truncated { None } else { addr.as_socket() },
+            if truncated { None } else { socket_addr(name) },
         );
     }
     Ok(n)
+}
+
+/// The address in a `sockaddr_storage` the kernel filled.
+fn socket_addr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match libc::c_int::from(s.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a `sockaddr_in`,
+            // and `sockaddr_storage` is aligned for every address type.
+            let a = unsafe { &*std::ptr::from_ref(s).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::new(
+                std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)).into(),
+                u16::from_be(a.sin_port),
+            ))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for `sockaddr_in6`.
+            let a = unsafe { &*std::ptr::from_ref(s).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                a.sin6_addr.s6_addr.into(),
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
 }
 
 /// Sends `datagrams` in order, in `sendmmsg` batches (sendmmsg(2)); waits
@@ -352,39 +388,45 @@ pub(super) async fn send_batch(
 }
 
 /// One `sendmmsg` of up to [`MMSG_BATCH`] of `datagrams`; the number sent
-/// (at least one) or the error of the first.
+/// (at least one) or the error of the first. Only the entries used are
+/// written (a REGISTER's turn usually sends one or two).
 fn send_mmsg(fd: std::os::fd::RawFd, datagrams: &[(SocketAddr, Vec<u8>)]) -> io::Result<usize> {
-    let names: [Option<socket2::SockAddr>; MMSG_BATCH] =
-        std::array::from_fn(|i| datagrams.get(i).map(|(to, _)| socket2::SockAddr::from(*to)));
-    let mut iovs: [libc::iovec; MMSG_BATCH] = std::array::from_fn(|_| libc::iovec {
-        iov_base: std::ptr::null_mut(),
-        iov_len: 0,
-    });
-    // SAFETY: all-zero bytes are a valid `mmsghdr`; every one used is
-    // filled in below.
-    let mut hdrs: [libc::mmsghdr; MMSG_BATCH] = unsafe { std::mem::zeroed() };
-    let mut count = 0;
-    for (((iov, (_, bytes)), name), hdr) in iovs
+    let count = datagrams.len().min(MMSG_BATCH);
+    let mut names = [const { MaybeUninit::<socket2::SockAddr>::uninit() }; MMSG_BATCH];
+    let mut iovs = [const { MaybeUninit::<libc::iovec>::uninit() }; MMSG_BATCH];
+    let mut hdrs = [const { MaybeUninit::<libc::mmsghdr>::uninit() }; MMSG_BATCH];
+    for (((name, iov), hdr), (to, bytes)) in names
         .iter_mut()
-        .zip(datagrams.iter())
-        .zip(names.iter().flatten())
+        .zip(iovs.iter_mut())
         .zip(hdrs.iter_mut())
+        .zip(datagrams.iter())
     {
+        let name = name.write(socket2::SockAddr::from(*to));
         // sendmmsg only reads the octets (the iovec type is shared with
         // reads, hence the `*mut`).
-        iov.iov_base = bytes.as_ptr().cast_mut().cast();
-        iov.iov_len = bytes.len();
-        let h = &mut hdr.msg_hdr;
-        h.msg_name = name.as_ptr().cast_mut().cast();
-        h.msg_namelen = name.len();
-        h.msg_iov = std::ptr::from_mut(iov);
-        h.msg_iovlen = 1;
-        count += 1;
+        let iov = iov.write(libc::iovec {
+            iov_base: bytes.as_ptr().cast_mut().cast(),
+            iov_len: bytes.len(),
+        });
+        // SAFETY: all-zero bytes are a valid `mmsghdr`.
+        let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+        h.msg_hdr.msg_name = name.as_ptr().cast_mut().cast();
+        h.msg_hdr.msg_namelen = name.len();
+        h.msg_hdr.msg_iov = std::ptr::from_mut(iov);
+        h.msg_hdr.msg_iovlen = 1;
+        hdr.write(h);
     }
-    // SAFETY: the first `count` headers point at octets, iovecs and
-    // addresses that outlive the call, with their true sizes; the kernel
-    // does not write through them.
-    let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), count as libc::c_uint, 0) };
+    // SAFETY: the first `count` headers are initialised above and point at
+    // octets, iovecs and addresses that outlive the call, with their true
+    // sizes; the kernel does not write through them.
+    let r = unsafe {
+        libc::sendmmsg(
+            fd,
+            hdrs.as_mut_ptr().cast::<libc::mmsghdr>(),
+            count as libc::c_uint,
+            0,
+        )
+    };
     match usize::try_from(r) {
         Ok(0) | Err(_) => Err(io::Error::last_os_error()),
         Ok(n) => Ok(n),
