@@ -353,6 +353,9 @@ impl Registrar {
             });
         }
 
+        // Each binding's comparison key once (a URI parse each, §19.1.4),
+        // in the order of the list.
+        let existing_keys: Vec<String> = existing.iter().map(|b| contact_key(&b.contact)).collect();
         let mut requested: Vec<Requested> = Vec::with_capacity(contacts.len());
         for c in &contacts {
             let expires = match c.param("expires") {
@@ -363,7 +366,11 @@ impl Registrar {
                 return Err(RegisterError::IntervalTooBrief { min: MIN_EXPIRES });
             }
             let key = contact_key(&c.uri);
-            if let Some(b) = existing.iter().find(|b| contact_key(&b.contact) == key) {
+            if let Some((b, _)) = existing
+                .iter()
+                .zip(&existing_keys)
+                .find(|(_, k)| **k == key)
+            {
                 if b.call_id == call_id && cseq <= b.cseq {
                     return Err(RegisterError::OutOfOrder);
                 }
@@ -382,9 +389,9 @@ impl Registrar {
                 q,
             });
         }
-        let after = existing
+        let after = existing_keys
             .iter()
-            .filter(|b| !requested.iter().any(|r| r.key == contact_key(&b.contact)))
+            .filter(|k| !requested.iter().any(|r| r.key == **k))
             .count()
             + requested.iter().filter(|r| r.expires > 0).count();
         if after > MAX_BINDINGS_PER_AOR {
@@ -395,11 +402,14 @@ impl Registrar {
             .bindings
             .entry(authenticated_user.to_string())
             .or_default();
+        // Kept beside `list`, entry for entry (the list is `existing`).
+        let mut keys = existing_keys;
         let (mut added, mut refreshed, mut removed) = (Vec::new(), Vec::new(), Vec::new());
         for r in requested {
-            let pos = list.iter().position(|b| contact_key(&b.contact) == r.key);
+            let pos = keys.iter().position(|k| *k == r.key);
             if r.expires == 0 {
                 if let Some(pos) = pos {
+                    keys.remove(pos);
                     let gone = list.remove(pos);
                     unindex(&mut self.expiries, gone.expires_at);
                     removed.push(gone);
@@ -426,6 +436,7 @@ impl Registrar {
                 }
                 None => {
                     list.push(binding.clone());
+                    keys.push(r.key);
                     added.push(binding);
                 }
             }
