@@ -693,6 +693,45 @@ mod tests {
         );
     }
 
+    /// §10.3 step 7 on a list that shrinks while the REGISTER is applied:
+    /// removing a binding listed first must not shift which binding a
+    /// later contact of the same request refreshes.
+    #[test]
+    fn a_removal_before_a_refresh_in_one_register_refreshes_the_right_binding() {
+        let mut reg = Registrar::new();
+        let peer = udp("203.0.113.7:40000");
+        let req = register(
+            1,
+            "c2@phone",
+            "Contact: <sip:alice@192.168.1.30>;q=0.9, <sip:alice@192.168.1.31>;q=0.5, \
+             <sip:alice@192.168.1.32>;q=0.1\r\n",
+        );
+        reg.handle_register(t(0), &req, peer, "alice").unwrap();
+        let req = register(
+            2,
+            "c2@phone",
+            "Contact: <sip:alice@192.168.1.30>;expires=0, <sip:alice@192.168.1.32>;q=0.1;expires=600\r\n",
+        );
+        let out = reg.handle_register(t(100), &req, peer, "alice").unwrap();
+        assert_eq!(out.removed.len(), 1);
+        assert_eq!(out.removed[0].contact, "sip:alice@192.168.1.30");
+        assert!(out.added.is_empty());
+        assert_eq!(out.refreshed.len(), 1);
+        assert_eq!(out.refreshed[0].contact, "sip:alice@192.168.1.32");
+        let b = reg.bindings("alice");
+        assert_eq!(b.len(), 2);
+        let refreshed = b
+            .iter()
+            .find(|x| x.contact == "sip:alice@192.168.1.32")
+            .unwrap();
+        assert_eq!(refreshed.expires_at, t(700));
+        let untouched = b
+            .iter()
+            .find(|x| x.contact == "sip:alice@192.168.1.31")
+            .unwrap();
+        assert_eq!(untouched.expires_at, t(3600));
+    }
+
     #[test]
     fn query_without_contact_changes_nothing() {
         let mut reg = Registrar::new();
