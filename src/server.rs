@@ -541,6 +541,18 @@ async fn sip_task(
                         endpoint.handle_datagram(now, wall, peer, bytes);
                     });
                 }
+                // The streams' turn as well: a socket that stays readable
+                // must not hold TCP and TLS messages back (the select is
+                // biased).
+                for _ in 0..BATCH {
+                    match inbound.try_recv() {
+                        Ok(m) => {
+                            apply_routes(&mut endpoint, &mut routes, &mut route_changes);
+                            endpoint.handle_datagram(Instant::now(), SystemTime::now(), m.peer, &m.bytes);
+                        }
+                        Err(_) => break,
+                    }
+                }
             }
             msg = inbound.recv() => {
                 let Some(msg) = msg else { return };
