@@ -353,11 +353,23 @@ impl Registrar {
             });
         }
 
-        // Each binding's comparison key once (a URI parse each, §19.1.4),
-        // in the order of the list.
-        let existing_keys: Vec<String> = existing.iter().map(|b| contact_key(&b.contact)).collect();
+        // Each comparison key once (a URI parse each, §19.1.4): the
+        // request's contacts, then the list's bindings in order, where a
+        // binding written exactly as a contact of this request (a phone's
+        // refresh) shares that contact's key.
+        let contact_keys: Vec<String> = contacts.iter().map(|c| contact_key(&c.uri)).collect();
+        let existing_keys: Vec<String> = existing
+            .iter()
+            .map(|b| {
+                contacts
+                    .iter()
+                    .zip(&contact_keys)
+                    .find(|(c, _)| c.uri == b.contact)
+                    .map_or_else(|| contact_key(&b.contact), |(_, k)| k.clone())
+            })
+            .collect();
         let mut requested: Vec<Requested> = Vec::with_capacity(contacts.len());
-        for c in &contacts {
+        for (c, key) in contacts.iter().zip(contact_keys) {
             let expires = match c.param("expires") {
                 Some(Some(v)) => v.trim().parse::<u32>().unwrap_or(DEFAULT_EXPIRES),
                 _ => header_expires.unwrap_or(DEFAULT_EXPIRES),
@@ -365,7 +377,6 @@ impl Registrar {
             if expires != 0 && expires < MIN_EXPIRES {
                 return Err(RegisterError::IntervalTooBrief { min: MIN_EXPIRES });
             }
-            let key = contact_key(&c.uri);
             if let Some((b, _)) = existing
                 .iter()
                 .zip(&existing_keys)
