@@ -25,7 +25,7 @@ use crate::sip::handle::SipCommand;
 use crate::sip::handle::SipHandle;
 use crate::sip::registrar::Binding;
 use crate::sip::transaction::TimerConfig;
-use crate::sip::transport::{TransportError, TransportHandle, TransportLimits};
+use crate::sip::transport::{InboundSources, TransportError, TransportHandle, TransportLimits};
 use crate::sip::TransportKind;
 use crate::store::registration_writer::{self, RegistrationChange, RegistrationSender};
 use crate::store::StoreError;
@@ -200,7 +200,7 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
         ..TransportLimits::default()
     };
     let (transport, inbound) =
-        TransportHandle::bind_with_tls(&config.sip_listen, limits, config.tls.as_ref()).await?;
+        TransportHandle::bind_sip(&config.sip_listen, limits, config.tls.as_ref()).await?;
 
     let mut rng = rand::rngs::OsRng;
     let mut secret = [0u8; 32];
@@ -480,12 +480,14 @@ pub async fn start(mut config: Config) -> Result<RunningServer, ServerError> {
 /// Inbound messages processed per wake before timers and commands get a turn.
 const BATCH: usize = 64;
 
-/// The SIP task: one endpoint core, one timer, the transport's inbound
-/// channel. Messages leave in the order the core produced them.
+/// The SIP task: one endpoint core, one timer, the sending UDP socket
+/// (read here, in batches: no receive task and channel hop per datagram)
+/// and the transport's inbound channel (streams, other UDP sockets).
+/// Messages leave in the order the core produced them.
 async fn sip_task(
     mut endpoint: Endpoint,
     transport: TransportHandle,
-    mut inbound: mpsc::Receiver<crate::sip::transport::Inbound>,
+    inbound: InboundSources,
     mut commands: mpsc::Receiver<SipCommand>,
     (mut route_changes, callbacks): (
         mpsc::UnboundedReceiver<RouteChange>,
@@ -494,13 +496,26 @@ async fn sip_task(
     mut persist: RegistrationSender,
     shutdown: CancellationToken,
 ) {
+    let InboundSources {
+        channel: mut inbound,
+        udp: mut udp_in,
+    } = inbound;
     let mut routes: HashMap<String, mpsc::UnboundedSender<RoutedMessage>> = HashMap::new();
     let mut persisted = persist.persisted();
+    // Responses bound for UDP, sent together (`sendmmsg`) in the order the
+    // core produced them.
+    let mut udp_out: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
     loop {
         let deadline = endpoint.poll_timeout();
         let timer = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let udp_ready = async {
+            match &udp_in {
+                Some(u) => u.ready().await,
                 None => std::future::pending().await,
             }
         };
@@ -512,10 +527,36 @@ async fn sip_task(
                 let committed = *persisted.borrow_and_update();
                 endpoint.bindings_persisted(Instant::now(), committed);
             }
+            () = udp_ready => {
+                if let Some(u) = udp_in.as_mut() {
+                    let now = Instant::now();
+                    let wall = SystemTime::now();
+                    u.receive(BATCH, |peer, bytes| {
+                        // Routes first, before every message: a leg
+                        // registers its Call-ID before its first message
+                        // leaves, so no answer can overtake it (a response
+                        // taken for a stray is lost, and the lead hears
+                        // silence until a retransmission).
+                        apply_routes(&mut endpoint, &mut routes, &mut route_changes);
+                        endpoint.handle_datagram(now, wall, peer, bytes);
+                    });
+                }
+                // The streams' turn as well: a socket that stays readable
+                // must not hold TCP and TLS messages back (the select is
+                // biased).
+                for _ in 0..BATCH {
+                    match inbound.try_recv() {
+                        Ok(m) => {
+                            apply_routes(&mut endpoint, &mut routes, &mut route_changes);
+                            endpoint.handle_datagram(Instant::now(), SystemTime::now(), m.peer, &m.bytes);
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
             msg = inbound.recv() => {
                 let Some(msg) = msg else { return };
-                // Routes first: a leg registers its Call-ID before its
-                // first message leaves, so no answer can overtake it.
+                // Routes first, as above.
                 apply_routes(&mut endpoint, &mut routes, &mut route_changes);
                 let now = Instant::now();
                 let wall = SystemTime::now();
@@ -523,26 +564,10 @@ async fn sip_task(
                 for _ in 1..BATCH {
                     match inbound.try_recv() {
                         Ok(m) => {
-                            // Again before every message: a leg that sent
-                            // its INVITE while this batch ran has its route
-                            // queued, and the answer may already be here (a
-                            // response taken for a stray is lost, and the
-                            // lead hears silence until a retransmission).
                             apply_routes(&mut endpoint, &mut routes, &mut route_changes);
                             endpoint.handle_datagram(now, wall, m.peer, &m.bytes)
                         }
                         Err(_) => break,
-                    }
-                }
-                while let Some(r) = endpoint.poll_routed() {
-                    if r.new_call {
-                        routes.insert(r.call_id.clone(), callbacks.clone());
-                    }
-                    match routes.get(&r.call_id) {
-                        Some(tx) => {
-                            let _ = tx.send(RoutedMessage { peer: r.peer, message: Box::new(r.message) });
-                        }
-                        None => tracing::debug!(call_id = %r.call_id, "routed message without a leg"),
                     }
                 }
             }
@@ -553,13 +578,34 @@ async fn sip_task(
                 }
             }
         }
+        while let Some(r) = endpoint.poll_routed() {
+            if r.new_call {
+                routes.insert(r.call_id.clone(), callbacks.clone());
+            }
+            match routes.get(&r.call_id) {
+                Some(tx) => {
+                    let _ = tx.send(RoutedMessage {
+                        peer: r.peer,
+                        message: Box::new(r.message),
+                    });
+                }
+                None => tracing::debug!(call_id = %r.call_id, "routed message without a leg"),
+            }
+        }
         while let Some(t) = endpoint.poll_transmit() {
-            let bytes = Bytes::from(crate::sip::message::to_wire(&t.message));
-            if let Err(e) = transport.send(t.peer, bytes).await {
+            let bytes = crate::sip::message::to_wire(&t.message);
+            if t.peer.transport == TransportKind::Udp {
+                udp_out.push((t.peer.addr, bytes));
+                continue;
+            }
+            // What was queued before it leaves before it.
+            send_udp(&mut endpoint, &transport, &mut udp_out).await;
+            if let Err(e) = transport.send(t.peer, Bytes::from(bytes)).await {
                 tracing::debug!(error = %e, "SIP send failed");
                 endpoint.handle_transport_error(Instant::now(), t.peer);
             }
         }
+        send_udp(&mut endpoint, &transport, &mut udp_out).await;
         // Waits while the writer is behind: backpressure, never loss
         // (SPEC §5 "none is ever dropped").
         while let Some(ev) = endpoint.poll_event() {
@@ -569,6 +615,37 @@ async fn sip_task(
                 tracing::error!(error = %e, "a binding change was not saved");
             }
         }
+    }
+}
+
+/// Sends the queued UDP datagrams (emptying the queue); the core hears of
+/// each peer a datagram could not be sent to (RFC 3261 §18.4).
+async fn send_udp(
+    endpoint: &mut Endpoint,
+    transport: &TransportHandle,
+    queue: &mut Vec<(SocketAddr, Vec<u8>)>,
+) {
+    if queue.is_empty() {
+        return;
+    }
+    let mut failed = Vec::new();
+    transport
+        .send_udp_batch(queue, |i, e| {
+            tracing::debug!(error = %e, "SIP send failed");
+            if let Some((addr, _)) = queue.get(i) {
+                failed.push(*addr);
+            }
+        })
+        .await;
+    queue.clear();
+    for addr in failed {
+        endpoint.handle_transport_error(
+            Instant::now(),
+            crate::sip::Peer {
+                transport: TransportKind::Udp,
+                addr,
+            },
+        );
     }
 }
 

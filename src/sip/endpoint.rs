@@ -1000,12 +1000,15 @@ impl Endpoint {
     /// Whether `host` (as printed: an IPv6 host may carry brackets) is one
     /// of [`EndpointConfig::local_domains`], case-insensitively (§19.1.4).
     fn is_ours(&self, host: &str) -> bool {
-        let bare = |h: &str| h.trim_start_matches('[').trim_end_matches(']').to_string();
+        // Compared in place: every REGISTER asks twice, once per domain.
+        fn bare(h: &str) -> &str {
+            h.trim_start_matches('[').trim_end_matches(']')
+        }
         let host = bare(host);
         self.cfg
             .local_domains
             .iter()
-            .any(|d| bare(d).eq_ignore_ascii_case(&host))
+            .any(|d| bare(d).eq_ignore_ascii_case(host))
     }
 }
 

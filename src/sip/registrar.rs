@@ -353,8 +353,23 @@ impl Registrar {
             });
         }
 
+        // Each comparison key once (a URI parse each, §19.1.4): the
+        // request's contacts, then the list's bindings in order, where a
+        // binding written exactly as a contact of this request (a phone's
+        // refresh) shares that contact's key.
+        let contact_keys: Vec<String> = contacts.iter().map(|c| contact_key(&c.uri)).collect();
+        let existing_keys: Vec<String> = existing
+            .iter()
+            .map(|b| {
+                contacts
+                    .iter()
+                    .zip(&contact_keys)
+                    .find(|(c, _)| c.uri == b.contact)
+                    .map_or_else(|| contact_key(&b.contact), |(_, k)| k.clone())
+            })
+            .collect();
         let mut requested: Vec<Requested> = Vec::with_capacity(contacts.len());
-        for c in &contacts {
+        for (c, key) in contacts.iter().zip(contact_keys) {
             let expires = match c.param("expires") {
                 Some(Some(v)) => v.trim().parse::<u32>().unwrap_or(DEFAULT_EXPIRES),
                 _ => header_expires.unwrap_or(DEFAULT_EXPIRES),
@@ -362,8 +377,11 @@ impl Registrar {
             if expires != 0 && expires < MIN_EXPIRES {
                 return Err(RegisterError::IntervalTooBrief { min: MIN_EXPIRES });
             }
-            let key = contact_key(&c.uri);
-            if let Some(b) = existing.iter().find(|b| contact_key(&b.contact) == key) {
+            if let Some((b, _)) = existing
+                .iter()
+                .zip(&existing_keys)
+                .find(|(_, k)| **k == key)
+            {
                 if b.call_id == call_id && cseq <= b.cseq {
                     return Err(RegisterError::OutOfOrder);
                 }
@@ -382,9 +400,9 @@ impl Registrar {
                 q,
             });
         }
-        let after = existing
+        let after = existing_keys
             .iter()
-            .filter(|b| !requested.iter().any(|r| r.key == contact_key(&b.contact)))
+            .filter(|k| !requested.iter().any(|r| r.key == **k))
             .count()
             + requested.iter().filter(|r| r.expires > 0).count();
         if after > MAX_BINDINGS_PER_AOR {
@@ -395,11 +413,14 @@ impl Registrar {
             .bindings
             .entry(authenticated_user.to_string())
             .or_default();
+        // Kept beside `list`, entry for entry (the list is `existing`).
+        let mut keys = existing_keys;
         let (mut added, mut refreshed, mut removed) = (Vec::new(), Vec::new(), Vec::new());
         for r in requested {
-            let pos = list.iter().position(|b| contact_key(&b.contact) == r.key);
+            let pos = keys.iter().position(|k| *k == r.key);
             if r.expires == 0 {
                 if let Some(pos) = pos {
+                    keys.remove(pos);
                     let gone = list.remove(pos);
                     unindex(&mut self.expiries, gone.expires_at);
                     removed.push(gone);
@@ -426,6 +447,7 @@ impl Registrar {
                 }
                 None => {
                     list.push(binding.clone());
+                    keys.push(r.key);
                     added.push(binding);
                 }
             }
@@ -680,6 +702,45 @@ mod tests {
                 "<sip:alice@192.168.1.22>;expires=3500;q=0.9",
             ]
         );
+    }
+
+    /// §10.3 step 7 on a list that shrinks while the REGISTER is applied:
+    /// removing a binding listed first must not shift which binding a
+    /// later contact of the same request refreshes.
+    #[test]
+    fn a_removal_before_a_refresh_in_one_register_refreshes_the_right_binding() {
+        let mut reg = Registrar::new();
+        let peer = udp("203.0.113.7:40000");
+        let req = register(
+            1,
+            "c2@phone",
+            "Contact: <sip:alice@192.168.1.30>;q=0.9, <sip:alice@192.168.1.31>;q=0.5, \
+             <sip:alice@192.168.1.32>;q=0.1\r\n",
+        );
+        reg.handle_register(t(0), &req, peer, "alice").unwrap();
+        let req = register(
+            2,
+            "c2@phone",
+            "Contact: <sip:alice@192.168.1.30>;expires=0, <sip:alice@192.168.1.32>;q=0.1;expires=600\r\n",
+        );
+        let out = reg.handle_register(t(100), &req, peer, "alice").unwrap();
+        assert_eq!(out.removed.len(), 1);
+        assert_eq!(out.removed[0].contact, "sip:alice@192.168.1.30");
+        assert!(out.added.is_empty());
+        assert_eq!(out.refreshed.len(), 1);
+        assert_eq!(out.refreshed[0].contact, "sip:alice@192.168.1.32");
+        let b = reg.bindings("alice");
+        assert_eq!(b.len(), 2);
+        let refreshed = b
+            .iter()
+            .find(|x| x.contact == "sip:alice@192.168.1.32")
+            .unwrap();
+        assert_eq!(refreshed.expires_at, t(700));
+        let untouched = b
+            .iter()
+            .find(|x| x.contact == "sip:alice@192.168.1.31")
+            .unwrap();
+        assert_eq!(untouched.expires_at, t(3600));
     }
 
     #[test]
