@@ -7,7 +7,7 @@ use rand::RngCore;
 
 use super::closing::{slim_invite, ClosingLeg, Ending, SentInvite};
 use super::lead::EndReason;
-use super::leg::{is_invite_2xx, response_to_tag, InDialog, InviteLines, LegCore, SentAck};
+use super::leg::{is_invite_2xx, response_to_tag, InDialog, InviteLines, KeptRequest, LegCore};
 use super::leg_journal::{Revision, SavedLegState};
 use super::timer::Timer;
 use super::{CallError, LocalAddress};
@@ -104,7 +104,7 @@ struct Connected {
     forks: Vec<Fork>,
     winner: usize,
     dialog: Dialog,
-    ack: SentAck,
+    ack: KeptRequest,
 }
 
 // The large variant is the connected leg; the state sits inside the leg
@@ -588,7 +588,7 @@ impl AgentLeg {
         &mut self,
         now: Instant,
         forks: &[Fork],
-        dialog: Option<(&Dialog, &SentAck, Peer)>,
+        dialog: Option<(&Dialog, &KeptRequest, Peer)>,
         response: &Response,
         peer: Peer,
     ) {

@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use super::leg::{is_invite_2xx, response_to_tag, LegCore, SentAck};
+use super::leg::{is_invite_2xx, response_to_tag, KeptRequest, LegCore};
 use super::CallError;
 use crate::sip::dialog::Dialog;
 use crate::sip::syntax::{Header, Request, Response, SipMessage};
@@ -60,12 +60,15 @@ pub(crate) struct Ending {
     /// The dialog we had (or that a 2xx crossing our CANCEL made), its
     /// ACK, and where both go: a retransmission of its 2xx gets the same
     /// ACK again (§13.2.2.4).
-    dialog: Option<Box<(Dialog, SentAck, Peer)>>,
+    dialog: Option<Box<(Dialog, KeptRequest, Peer)>>,
 }
 
 impl Ending {
     /// Over with `dialog` (or none), the final responses all in.
-    pub(crate) fn new(invites: Vec<SentInvite>, dialog: Option<(Dialog, SentAck, Peer)>) -> Self {
+    pub(crate) fn new(
+        invites: Vec<SentInvite>,
+        dialog: Option<(Dialog, KeptRequest, Peer)>,
+    ) -> Self {
         Ending {
             invites,
             awaiting: None,

@@ -2429,11 +2429,8 @@ impl AgentTask {
             }
             LeadEvent::Answered { sdp } => {
                 // SPEC §1 step 4, §6: switch the agent's media in the same step.
-                let negotiated = l.offer.negotiate(&sdp);
-                // From here on a re-INVITE only needs the offer's bytes.
-                l.offer.answered();
                 if let Some(media) = &self.media {
-                    match negotiated {
+                    match l.offer.negotiate(&sdp) {
                         Ok(neg) => {
                             let _ = media.set_remote(l.media.id, neg);
                             if l.record {
@@ -2464,6 +2461,10 @@ impl AgentTask {
                         }
                     }
                 }
+                // From here on a re-INVITE only needs the offer's bytes;
+                // printed after the bridge is on its way (SPEC §6 answer →
+                // bridge).
+                l.offer.answered();
                 // The record shows the answer at once (GET /api/v1/calls/{id}).
                 let answered_ms = l.leg.record().answered.map(|a| l.anchor.ms(a));
                 let trunk = self.shared.trunks.name(l.grant.slot.id).to_string();

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use rand::RngCore;
 
 use super::closing::{slim_invite, ClosingLeg, Ending, SentInvite};
-use super::leg::{is_invite_2xx, response_to_tag, InDialog, InviteLines, LegCore, SentAck};
+use super::leg::{is_invite_2xx, response_to_tag, InDialog, InviteLines, KeptRequest, LegCore};
 use super::leg_journal::{Revision, SavedLegState};
 use super::outcome::{LegRecord, Outcome};
 use super::timer::Timer;
@@ -214,12 +214,13 @@ struct Inviting {
 /// Answered: the dialog is confirmed and ACKed.
 #[derive(Debug)]
 struct Talking {
-    /// The INVITE, slimmed ([`slim_invite`]): a 2xx of another fork is
-    /// ACKed and BYEd from it (RFC 3261 §13.2.2.4).
-    invite: Request,
+    /// The INVITE, slimmed ([`slim_invite`]), as octets: a 2xx of another
+    /// fork is ACKed and BYEd from it (RFC 3261 §13.2.2.4), and the call's
+    /// [`Ending`] keeps it.
+    invite: KeptRequest,
     key: ClientKey,
     dialog: Dialog,
-    ack: SentAck,
+    ack: KeptRequest,
     /// The RFC 4028 session timer, when the carrier's 2xx set one.
     session: Option<SessionTimer>,
     /// Our session refresh (re-INVITE) in flight.
@@ -685,18 +686,31 @@ impl LeadLeg {
         if response_to_tag(response).as_deref() == Some(s.dialog.id().remote_tag.as_str()) {
             self.core.resend_ack(self.trunk, &s.ack);
         } else {
-            self.core.ack_and_bye(now, &s.invite, response, peer);
+            match s.invite.request() {
+                Ok(invite) => self.core.ack_and_bye(now, &invite, response, peer),
+                Err(error) => {
+                    tracing::warn!(%error, call_id = %self.core.call_id, "forked 2xx not ACKed")
+                }
+            }
         }
     }
 
     /// The answered call is over: what is left is its [`Ending`].
     fn ending(&self, s: Talking) -> LeadState {
-        let sent = SentInvite {
-            key: s.key,
-            invite: s.invite,
-            peer: self.trunk,
+        // We printed it ourselves: only a printer/parser mismatch would
+        // leave the ending without it (a forked 2xx then goes un-ACKed).
+        let sent = match s.invite.request() {
+            Ok(invite) => vec![SentInvite {
+                key: s.key,
+                invite,
+                peer: self.trunk,
+            }],
+            Err(error) => {
+                tracing::warn!(%error, call_id = %self.core.call_id, "kept INVITE unreadable");
+                Vec::new()
+            }
         };
-        LeadState::Ending(Ending::new(vec![sent], Some((s.dialog, s.ack, self.trunk))))
+        LeadState::Ending(Ending::new(sent, Some((s.dialog, s.ack, self.trunk))))
     }
 
     /// Ring timeout (R8) or skip (R9): the outcome is decided now; CANCEL
@@ -783,7 +797,7 @@ impl LeadLeg {
         let mut invite = s.invite;
         slim_invite(&mut invite);
         LeadState::Talking(Talking {
-            invite,
+            invite: KeptRequest::of(&invite),
             key: s.key,
             dialog,
             ack,

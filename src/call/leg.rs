@@ -76,20 +76,21 @@ struct PendingReInvite {
     peer: Peer,
 }
 
-/// The ACK of a 2xx as it was sent: every retransmission of that 2xx gets
-/// it again (RFC 3261 §13.2.2.4). Kept as its octets, one allocation where
-/// the parsed request holds one per header, for the whole call; parsed
-/// again only when a retransmitted 2xx comes (SPEC §6: under 20 KB per
-/// active call).
+/// A request we sent and keep for the rare case that needs it again, as
+/// its octets: one allocation where the parsed request holds one per
+/// header, for the whole call (SPEC §6: under 20 KB per active call).
+/// Parsed again only then: the ACK of a 2xx, sent again for every
+/// retransmission of that 2xx (RFC 3261 §13.2.2.4); an answered INVITE,
+/// slimmed, read again for a forked 2xx's ACK and BYE.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct SentAck(Box<[u8]>);
+pub(crate) struct KeptRequest(Box<[u8]>);
 
-impl SentAck {
-    fn of(ack: &Request) -> Self {
-        SentAck(crate::sip::message::request_to_wire(ack).into_boxed_slice())
+impl KeptRequest {
+    pub(crate) fn of(request: &Request) -> Self {
+        KeptRequest(crate::sip::message::request_to_wire(request).into_boxed_slice())
     }
 
-    /// The ACK again, as sent.
+    /// The request again, as sent.
     pub(crate) fn request(&self) -> Result<Request, CallError> {
         parse_request(self.0.to_vec())
     }
@@ -253,16 +254,16 @@ impl LegCore {
         &mut self,
         dialog: &mut Dialog,
         peer: Peer,
-    ) -> Result<SentAck, CallError> {
+    ) -> Result<KeptRequest, CallError> {
         let via = self.via(peer);
         let ack = dialog.new_request(Method::Ack, &via, None)?;
-        let sent = SentAck::of(&ack);
+        let sent = KeptRequest::of(&ack);
         self.push(peer, SipMessage::Request(ack));
         Ok(sent)
     }
 
     /// `ack` again, for a retransmission of its 2xx (§13.2.2.4).
-    pub(crate) fn resend_ack(&mut self, peer: Peer, ack: &SentAck) {
+    pub(crate) fn resend_ack(&mut self, peer: Peer, ack: &KeptRequest) {
         match ack.request() {
             Ok(request) => self.push(peer, SipMessage::Request(request)),
             // We printed it ourselves: only a printer/parser mismatch
