@@ -15,4 +15,5 @@ pub mod media;
 pub mod metrics;
 pub mod server;
 pub mod sip;
+pub(crate) mod sockaddr;
 pub mod store;

@@ -232,12 +232,7 @@ async fn sqlite_check_fields(
     conn: &mut sqlx::SqliteConnection,
     leads: &[ValidLead],
 ) -> Result<(), StoreError> {
-    let mut ids: Vec<i64> = leads
-        .iter()
-        .flat_map(|l| l.custom.iter().map(|(id, _)| *id))
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
+    let ids = field_ids(leads);
     if ids.is_empty() {
         return Ok(());
     }
@@ -819,6 +814,17 @@ enum PgCopy {
     Unchecked,
 }
 
+/// The custom fields `leads`' values name, each once, in order.
+fn field_ids(leads: &[ValidLead]) -> Vec<i64> {
+    let mut ids: Vec<i64> = leads
+        .iter()
+        .flat_map(|l| l.custom.iter().map(|(id, _)| *id))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
 /// Locks the custom fields that `leads`' values name `FOR KEY SHARE` (what
 /// the foreign key's per-row check does, once per field) and refuses the
 /// batch if one no longer exists: see [`PgCopy::Unchecked`].
@@ -826,12 +832,7 @@ async fn pg_lock_fields(
     conn: &mut sqlx::PgConnection,
     leads: &[ValidLead],
 ) -> Result<(), StoreError> {
-    let mut ids: Vec<i64> = leads
-        .iter()
-        .flat_map(|l| l.custom.iter().map(|(id, _)| *id))
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
+    let ids = field_ids(leads);
     if ids.is_empty() {
         return Ok(());
     }

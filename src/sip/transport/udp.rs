@@ -21,6 +21,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::{Inbound, UDP_RCVBUF};
 use crate::sip::{Peer, TransportKind};
+use crate::sockaddr::socket_addr;
 
 /// Binds a UDP socket with a large receive buffer.
 pub(super) fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
@@ -319,32 +320,6 @@ fn recv_batch(
         );
     }
     Ok(n)
-}
-
-/// The address in a `sockaddr_storage` the kernel filled.
-fn socket_addr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    match libc::c_int::from(s.ss_family) {
-        libc::AF_INET => {
-            // SAFETY: the family says the storage holds a `sockaddr_in`,
-            // and `sockaddr_storage` is aligned for every address type.
-            let a = unsafe { &*std::ptr::from_ref(s).cast::<libc::sockaddr_in>() };
-            Some(SocketAddr::new(
-                std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)).into(),
-                u16::from_be(a.sin_port),
-            ))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: as above, for `sockaddr_in6`.
-            let a = unsafe { &*std::ptr::from_ref(s).cast::<libc::sockaddr_in6>() };
-            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
-                a.sin6_addr.s6_addr.into(),
-                u16::from_be(a.sin6_port),
-                a.sin6_flowinfo,
-                a.sin6_scope_id,
-            )))
-        }
-        _ => None,
-    }
 }
 
 /// Sends `datagrams` in order, in `sendmmsg` batches (sendmmsg(2)); waits
