@@ -448,9 +448,12 @@ fn session_over_leads(database_url: Option<String>, backend: &str) {
         .map(|(i, _)| i)
         .min()
         .expect("a retry happened");
+    // As for R1: a retry claimed right after the last uncalled lead may
+    // reach the carrier first when the two dials run side by side.
+    let ahead = inv[last_first].1 - inv[first_retry].1;
     assert!(
-        last_first < first_retry,
-        "{backend}: R3: a retry (INVITE #{first_retry}) before the last uncalled lead (INVITE #{last_first})"
+        last_first < first_retry || ahead < SIDE_BY_SIDE,
+        "{backend}: R3: a retry (INVITE #{first_retry}) {ahead:.3} s before the last uncalled lead (INVITE #{last_first})"
     );
 
     // R5: answered leads dialed once. R4: retries not within `block` of the
