@@ -528,9 +528,10 @@ async fn sip_task(
                 endpoint.bindings_persisted(Instant::now(), committed);
             }
             () = udp_ready => {
+                // One reading of the clocks per turn, as below.
+                let now = Instant::now();
+                let wall = SystemTime::now();
                 if let Some(u) = udp_in.as_mut() {
-                    let now = Instant::now();
-                    let wall = SystemTime::now();
                     u.receive(BATCH, |peer, bytes| {
                         // Routes first, before every message: a leg
                         // registers its Call-ID before its first message
@@ -548,7 +549,7 @@ async fn sip_task(
                     match inbound.try_recv() {
                         Ok(m) => {
                             apply_routes(&mut endpoint, &mut routes, &mut route_changes);
-                            endpoint.handle_datagram(Instant::now(), SystemTime::now(), m.peer, &m.bytes);
+                            endpoint.handle_datagram(now, wall, m.peer, &m.bytes);
                         }
                         Err(_) => break,
                     }
