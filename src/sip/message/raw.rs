@@ -94,17 +94,24 @@ pub(crate) fn split(bytes: &[u8]) -> Result<RawMessage<'_>, Defect> {
     // Up to and including the last header line's CRLF: every line then
     // ends in CR before the LF we split on, and a bare LF shows as a line
     // without one.
-    let head = &bytes[..end - 2];
+    // Without the last LF: `split` then yields exactly the lines, with no
+    // empty piece after the last one.
+    let head = &bytes[..end - 3];
     let body = &bytes[end..];
-    let mut pieces: Vec<&[u8]> = head.split(|&b| b == b'\n').collect();
-    pieces.pop();
-    let mut lines = pieces.into_iter().map(|l| l.strip_suffix(b"\r"));
+    let mut lines = head.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r"));
     let start_line = match lines.next() {
         Some(Some(l)) => l,
         // A bare LF ends the start line: not a SIP line end (§7).
         _ => return Err(Defect::BadLineEnd),
     };
-    let mut headers: Vec<RawHeader> = Vec::new();
+    // Room for every line at once (continuation lines make it an upper
+    // bound): growing the vector by doubling reallocates it two or three
+    // times per message, and glibc serves a reallocation past ~1 KiB from
+    // its arena rather than the thread cache, consolidating its free lists
+    // first — measured as the most expensive allocation of the REGISTER
+    // path (`perf record`, BENCHMARKS.md).
+    let mut headers: Vec<RawHeader> =
+        Vec::with_capacity(head.iter().filter(|&&b| b == b'\n').count());
     let mut defect = None;
     for line in lines {
         let Some(line) = line else {
