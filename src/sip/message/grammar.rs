@@ -6,9 +6,35 @@ use std::borrow::Cow;
 
 use super::Defect;
 
+/// A 256-entry membership table: alphanumerics plus `extra`. Every octet
+/// of every header value, URI and parameter of every message is classified
+/// (SPEC §6): one load per octet instead of a scan of the extra characters.
+const fn class_table(extra: &[u8]) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric();
+        b += 1;
+    }
+    let mut i = 0;
+    while i < extra.len() {
+        t[extra[i] as usize] = true;
+        i += 1;
+    }
+    t
+}
+
+/// `token` characters (RFC 3261 §25.1).
+static TOKEN_CHARS: [bool; 256] = class_table(b"-.!%*_+`'~");
+
+/// URI characters as sent (RFC 3261 §25.1: unreserved, reserved, escaped;
+/// `[` `]` for IPv6 references).
+static URI_CHARS: [bool; 256] = class_table(b"-_.!~*'();/?:@&=+$,%[]");
+
 /// `token` characters (RFC 3261 §25.1).
 pub(crate) fn is_token_char(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&c)
+    TOKEN_CHARS[usize::from(c)]
 }
 
 /// A non-empty `token` (RFC 3261 §25.1).
@@ -149,7 +175,7 @@ pub(crate) fn parse_params<'a>(s: &'a str, header: &'static str) -> Result<Vec<P
 /// Characters allowed in a URI as sent (RFC 3261 §25.1: unreserved,
 /// reserved, escaped; `[` `]` for IPv6 references).
 fn is_uri_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-_.!~*'();/?:@&=+$,%[]".contains(&b)
+    URI_CHARS[usize::from(b)]
 }
 
 /// A `host` (RFC 3261 §25.1: hostname, IPv4address, IPv6reference).

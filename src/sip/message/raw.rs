@@ -150,11 +150,11 @@ pub(crate) fn split(bytes: &[u8]) -> Result<RawMessage<'_>, Defect> {
         };
         let value_bytes = &line[colon + 1..];
         // One UTF-8 check per line serves both the value and its defect.
-        let (value, defect) = match std::str::from_utf8(value_bytes) {
-            Ok(text) => (
-                text.trim_matches([' ', '\t']).to_string(),
-                text_defect(text),
-            ),
+        // SP and HTAB are single octets that UTF-8 never uses inside a
+        // character, so trimming the octets first is the same as trimming
+        // the text, and neither is a defect.
+        let (value, defect) = match std::str::from_utf8(trim_ws(value_bytes)) {
+            Ok(text) => (text.to_string(), text_defect(text)),
             Err(_) => (
                 String::from_utf8_lossy(trim_ws(value_bytes)).into_owned(),
                 Some(Defect::InvalidUtf8),
