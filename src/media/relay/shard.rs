@@ -1046,6 +1046,23 @@ mod tests {
     }
 
     #[test]
+    fn a_loop_waits_for_its_earliest_timer_plus_the_slack_and_not_for_a_due_one() {
+        let (_shard, mut lp) = Shard::new().unwrap();
+        assert_eq!(lp.timeout_ms(), -1, "no timer: no timeout");
+        lp.timers
+            .push(Reverse((clock() + Duration::from_millis(10), 0, 0)));
+        let wait = lp.timeout_ms();
+        // 10 ms ahead, rounded up to the ms, less what this thread took
+        // since: never sooner than the deadline, later by the slack.
+        assert!(
+            (9 + TIMER_SLACK_MS..=10 + TIMER_SLACK_MS).contains(&wait),
+            "{wait}"
+        );
+        lp.timers.push(Reverse((clock(), 0, 0)));
+        assert_eq!(lp.timeout_ms(), 0, "a timer due now runs without waiting");
+    }
+
+    #[test]
     fn a_flooded_call_does_not_hold_up_another_on_its_loop() {
         let relay = relay();
         let (shard, mut lp) = Shard::new().unwrap();
