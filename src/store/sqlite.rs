@@ -65,8 +65,17 @@ impl SqliteStore {
         };
         // An in-memory database exists once per connection: keep one.
         let max = if memory { 1 } else { 8 };
+        // No ping before a connection leaves the pool (sqlx's default
+        // `test_before_acquire`): on SQLite a ping checks only that the
+        // connection's own worker thread is alive, yet it is one more
+        // round trip to that thread for every statement run on the pool —
+        // a wake-up and two context switches each, more than the statement
+        // itself costs on the call path (SPEC §6 call setup rate). A file
+        // connection cannot be hung up on; a worker that died reports
+        // `WorkerCrashed` on the statement itself.
         let writer_opts = opts.clone();
         let pool = SqlitePoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(max)
             .min_connections(if memory { 1 } else { 0 })
             .idle_timeout(if memory {
@@ -86,6 +95,7 @@ impl SqliteStore {
             pool.clone()
         } else {
             SqlitePoolOptions::new()
+                .test_before_acquire(false)
                 .max_connections(1)
                 .min_connections(0)
                 .idle_timeout(Some(Duration::from_secs(600)))
