@@ -154,12 +154,14 @@ async fn sqlite_insert_rows(
     let rows = rows(leads, &lead_ids, &contact_ids);
 
     for chunk in leads_by_created(leads, &lead_ids).chunks(SQLITE_ROWS) {
-        // `OR FAIL`: a refused row stops the statement without undoing the
-        // rows before it (the caller's transaction undoes them), so SQLite
-        // needs no statement journal for it (a copy of every page the
-        // statement changes first, which for the random-order indexes of
-        // `leads` is about one page per index and row). `leads` has no
-        // foreign keys, whose immediate checks would ask for one anyway.
+        // `OR FAIL` (here and for every kind of row below): a refused row
+        // stops the statement without undoing the rows before it (the
+        // caller's transaction undoes them), so SQLite needs no statement
+        // journal for it (a copy of every page the statement changes
+        // first, which for the random-order indexes of `leads` is about one
+        // page per index and row). The child tables' immediate foreign keys
+        // ask for one anyway, unless the connection has them off, as a
+        // bulk load's has (see [`LoadTx`]).
         let mut q: QueryBuilder<'_, sqlx::Sqlite> = QueryBuilder::new(
             "INSERT OR FAIL INTO leads (id, name, status, created_ms, updated_ms, do_not_call) ",
         );
@@ -174,8 +176,9 @@ async fn sqlite_insert_rows(
         q.build().execute(&mut *tx).await.map_err(lead_err)?;
     }
     for chunk in rows.contacts.chunks(SQLITE_ROWS) {
-        let mut q: QueryBuilder<'_, sqlx::Sqlite> =
-            QueryBuilder::new("INSERT INTO contacts (id, lead_id, position, name, emails) ");
+        let mut q: QueryBuilder<'_, sqlx::Sqlite> = QueryBuilder::new(
+            "INSERT OR FAIL INTO contacts (id, lead_id, position, name, emails) ",
+        );
         q.push_values(chunk, |mut b, (id, lead_id, pos, name, emails)| {
             b.push_bind(*id)
                 .push_bind(*lead_id)
@@ -187,7 +190,7 @@ async fn sqlite_insert_rows(
     }
     for chunk in rows.phones.chunks(SQLITE_ROWS) {
         let mut q: QueryBuilder<'_, sqlx::Sqlite> =
-            QueryBuilder::new("INSERT INTO phones (contact_id, position, number) ");
+            QueryBuilder::new("INSERT OR FAIL INTO phones (contact_id, position, number) ");
         q.push_values(chunk, |mut b, (contact_id, pos, number)| {
             b.push_bind(*contact_id).push_bind(*pos).push_bind(*number);
         });
@@ -195,7 +198,8 @@ async fn sqlite_insert_rows(
     }
     for chunk in rows.custom.chunks(SQLITE_ROWS) {
         let mut q: QueryBuilder<'_, sqlx::Sqlite> = QueryBuilder::new(
-            "INSERT INTO lead_custom_values (lead_id, field_id, value_text, value_num, value_ms) ",
+            "INSERT OR FAIL INTO lead_custom_values \
+             (lead_id, field_id, value_text, value_num, value_ms) ",
         );
         q.push_values(chunk, |mut b, (lead_id, field_id, text, num, ms)| {
             b.push_bind(*lead_id)
@@ -208,7 +212,7 @@ async fn sqlite_insert_rows(
     }
     for chunk in rows.opportunities.chunks(SQLITE_ROWS) {
         let mut q: QueryBuilder<'_, sqlx::Sqlite> = QueryBuilder::new(
-            "INSERT INTO opportunities (lead_id, status_type, created_ms, value) ",
+            "INSERT OR FAIL INTO opportunities (lead_id, status_type, created_ms, value) ",
         );
         q.push_values(chunk, |mut b, (lead_id, o)| {
             b.push_bind(*lead_id)
@@ -288,7 +292,7 @@ pub struct LeadLoader {
 enum Loader {
     Sqlite {
         store: SqliteStore,
-        tx: Option<sqlx::Transaction<'static, sqlx::Sqlite>>,
+        tx: Option<LoadTx>,
         /// The writer connection's settings before the load changed them,
         /// restored by [`LeadLoader::finish`].
         saved: Option<SavedPragmas>,
@@ -336,28 +340,102 @@ async fn sqlite_pragma(store: &SqliteStore, name: &str) -> Result<i64, StoreErro
         .await?)
 }
 
-/// Sets the writer connection up for a bulk load, before its `BEGIN`: the
-/// page cache and the checkpoint interval above. The writer pool has one
-/// connection, so the pragmas reach the connection the next `BEGIN
-/// IMMEDIATE` runs on.
+/// A bulk load's SQLite transaction, open on the writer connection, which
+/// it holds until [`LoadTx::commit`].
 ///
-/// `temp_store = MEMORY` (the transaction's sub-journal in memory instead
-/// of a temp file) was tried here and made the load three times slower:
-/// at the end of every statement that needs a statement journal (each
-/// multi-row insert into a table with foreign keys), SQLite truncates its
-/// in-memory sub-journal by walking it from the first 1 KiB chunk, and the
-/// batch's savepoint (since removed) kept that journal tens of MB long
-/// (`sqlite3BtreeSavepoint` 41 % of the import's profile).
-async fn sqlite_load_pragmas(store: &SqliteStore) -> Result<(), StoreError> {
-    sqlx::query(&format!("PRAGMA cache_size = -{SQLITE_LOAD_CACHE_KIB}"))
-        .execute(store.write_pool())
-        .await?;
-    sqlx::query(&format!(
-        "PRAGMA wal_autocheckpoint = {SQLITE_LOAD_CHECKPOINT_PAGES}"
-    ))
-    .execute(store.write_pool())
-    .await?;
-    Ok(())
+/// Foreign keys are off on the connection meanwhile (`PRAGMA foreign_keys`
+/// can only change outside a transaction, so it is set before `BEGIN` and
+/// set back after `COMMIT`). Every child row a bulk batch writes points at a
+/// parent the same transaction inserted (a contact at its lead, a phone at
+/// its contact, an opportunity at its lead; ids taken under the write
+/// lock), except a custom value's field, which [`sqlite_check_fields`]
+/// finds inside the transaction before anything of the batch is written
+/// (no one can delete it before the commit: the transaction holds the
+/// only write lock). So the checks could only re-find what the transaction
+/// guarantees, as on PostgreSQL's [`PgCopy::Unchecked`]; and with them on,
+/// every multi-row insert into a child table kept a statement journal (a
+/// copy of each page it changed first, for undoing the statement on a
+/// violation) besides looking its parents up (BENCHMARKS.md "Lead
+/// import"). Every other writer keeps the foreign keys: the connection
+/// goes back to the pool only with them on again, and is closed instead
+/// (which rolls the transaction back) when the load drops it in between.
+///
+/// The statement journals go to memory meanwhile (`temp_store = MEMORY`,
+/// set back after `COMMIT` as well). A multi-row insert into a table with
+/// an index on an expression that calls a function (`lower(status)` of
+/// `leads`, `lower(value_text)` of `lead_custom_values`) keeps a
+/// statement journal whatever its conflict clause, foreign keys or not
+/// (SQLite codes every such call as one that may abort the statement): a
+/// copy of each page of the transaction the statement changes again, one
+/// `pwrite` of a temp file per page by default, 20 % of the load's
+/// samples (BENCHMARKS.md "Lead import"). In memory it is a copy into
+/// 1 KiB chunks, freed at the end of each statement.
+struct LoadTx {
+    conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
+    /// Foreign keys off or a transaction open: the connection must not go
+    /// back to the pool as it is.
+    dirty: bool,
+    /// The connection's own `temp_store`, restored at the commit.
+    temp_store: i64,
+}
+
+impl LoadTx {
+    /// Takes the writer connection, sets it up for the load (page cache,
+    /// checkpoint interval, foreign keys off; again at every transaction:
+    /// the pool may have replaced its connection after an idle timeout or
+    /// its lifetime) and begins the transaction (`BEGIN IMMEDIATE`, see
+    /// [`SqliteStore::begin_write`]).
+    ///
+    /// `temp_store = MEMORY` made the load three times slower while each
+    /// batch had a savepoint (since removed): SQLite truncates an in-memory
+    /// sub-journal to the savepoint's offset by walking it from the first
+    /// chunk, and the savepoint kept it tens of MB long
+    /// (`sqlite3BtreeSavepoint` 41 % of the import's profile). Without it,
+    /// each statement's journal is freed whole at the statement's end.
+    async fn begin(store: &SqliteStore) -> Result<LoadTx, StoreError> {
+        let mut conn = store.write_pool().acquire().await?;
+        let temp_store: i64 = sqlx::query_scalar("PRAGMA temp_store")
+            .fetch_one(&mut *conn)
+            .await?;
+        let mut tx = LoadTx {
+            conn,
+            dirty: true,
+            temp_store,
+        };
+        for statement in [
+            format!("PRAGMA cache_size = -{SQLITE_LOAD_CACHE_KIB}"),
+            format!("PRAGMA wal_autocheckpoint = {SQLITE_LOAD_CHECKPOINT_PAGES}"),
+            "PRAGMA foreign_keys = OFF".to_string(),
+            "PRAGMA temp_store = MEMORY".to_string(),
+            "BEGIN IMMEDIATE".to_string(),
+        ] {
+            sqlx::query(&statement).execute(&mut *tx.conn).await?;
+        }
+        Ok(tx)
+    }
+
+    /// Commits, turns foreign keys back on and gives the connection back.
+    async fn commit(mut self) -> Result<(), StoreError> {
+        sqlx::query("COMMIT").execute(&mut *self.conn).await?;
+        sqlx::query("PRAGMA foreign_keys = ON")
+            .execute(&mut *self.conn)
+            .await?;
+        sqlx::query(&format!("PRAGMA temp_store = {}", self.temp_store))
+            .execute(&mut *self.conn)
+            .await?;
+        self.dirty = false;
+        Ok(())
+    }
+}
+
+impl Drop for LoadTx {
+    fn drop(&mut self) {
+        if self.dirty {
+            // Closing rolls the open transaction back; the pool opens a
+            // fresh connection (foreign keys on) for the next writer.
+            self.conn.close_on_drop();
+        }
+    }
 }
 
 impl super::Store {
@@ -408,12 +486,12 @@ impl LeadLoader {
                             wal_autocheckpoint: sqlite_pragma(store, "wal_autocheckpoint").await?,
                         });
                     }
-                    // Again at every transaction: the pool may have
-                    // replaced its connection (idle timeout, lifetime).
-                    sqlite_load_pragmas(store).await?;
-                    *tx = Some(store.begin_write().await?);
+                    *tx = Some(LoadTx::begin(store).await?);
                 }
-                let open = tx.as_mut().ok_or(StoreError::Corrupt("bulk transaction"))?;
+                let open = &mut *tx
+                    .as_mut()
+                    .ok_or(StoreError::Corrupt("bulk transaction"))?
+                    .conn;
                 // Refused before anything of the batch is written: the
                 // transaction keeps the earlier batches, as a savepoint
                 // rolled back would.
@@ -884,6 +962,7 @@ mod tests {
         let cache = pragma("cache_size").await;
         let checkpoint = pragma("wal_autocheckpoint").await;
         assert_ne!(checkpoint, SQLITE_LOAD_CHECKPOINT_PAGES);
+        assert_eq!(pragma("foreign_keys").await, 1);
         let mut loader = store.lead_loader();
         loader.insert(&[lead("A")], 0).await.unwrap();
         loader.commit().await.unwrap();
@@ -892,11 +971,116 @@ mod tests {
             pragma("wal_autocheckpoint").await,
             SQLITE_LOAD_CHECKPOINT_PAGES
         );
+        // Off (in memory) only while the load's transaction is open.
+        assert_eq!(pragma("foreign_keys").await, 1);
+        assert_eq!(pragma("temp_store").await, 0);
         loader.insert(&[lead("B")], 0).await.unwrap();
         loader.finish().await.unwrap();
         assert_eq!(pragma("cache_size").await, cache);
         assert_eq!(pragma("wal_autocheckpoint").await, checkpoint);
+        assert_eq!(pragma("foreign_keys").await, 1);
         assert_eq!(store.count_leads().await.unwrap(), 2);
+        store.close().await;
+    }
+
+    /// A load dropped with its transaction open (an import cancelled
+    /// between commits) leaves none of it stored, and the writer
+    /// connection the next writer gets has its foreign keys on.
+    #[tokio::test]
+    async fn a_dropped_sqlite_load_rolls_back_and_leaves_foreign_keys_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::connect(&format!("sqlite://{}/t.db", dir.path().display()))
+            .await
+            .unwrap();
+        let crate::store::Store::Sqlite(s) = &store else {
+            panic!("not SQLite");
+        };
+        let mut loader = store.lead_loader();
+        loader.insert(&[lead("A"), lead("B")], 0).await.unwrap();
+        drop(loader);
+        assert_eq!(store.count_leads().await.unwrap(), 0);
+        let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+            .fetch_one(s.write_pool())
+            .await
+            .unwrap();
+        assert_eq!(fk, 1);
+        // The writer refuses an orphan again.
+        let orphan = sqlx::query("INSERT INTO contacts (lead_id, position) VALUES (12345, 0)")
+            .execute(s.write_pool())
+            .await;
+        assert!(orphan.is_err(), "{orphan:?}");
+        store.close().await;
+    }
+
+    /// A load written with the connection's foreign keys off stores only
+    /// rows whose parents exist: every kind of child row, checked by
+    /// SQLite's own `foreign_key_check` afterwards.
+    #[tokio::test]
+    async fn a_sqlite_load_passes_the_foreign_key_check() {
+        use crate::leads::model::{
+            Contact, CustomFieldKind, CustomValue, NewCustomField, OpportunityStatus,
+        };
+        use crate::leads::phone::PhoneE164;
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::connect(&format!("sqlite://{}/t.db", dir.path().display()))
+            .await
+            .unwrap();
+        let crate::store::Store::Sqlite(s) = &store else {
+            panic!("not SQLite");
+        };
+        let field = store
+            .define_custom_field(&NewCustomField {
+                name: "Source".into(),
+                kind: CustomFieldKind::Text,
+                choices: Vec::new(),
+            })
+            .await
+            .unwrap();
+        let full = |i: i64| ValidLead {
+            contacts: vec![Contact {
+                name: format!("C{i}"),
+                phones: vec![
+                    PhoneE164::parse(&format!("415 555 {:04}", 100 + i), "US").unwrap(),
+                    PhoneE164::parse("+44 20 7946 0958", "US").unwrap(),
+                ],
+                emails: vec![format!("c{i}@example.com")],
+            }],
+            custom: vec![(field.id, CustomValue::Text(format!("S{i}")))],
+            opportunities: if i % 2 == 0 {
+                vec![ValidOpportunity {
+                    status_type: OpportunityStatus::Won,
+                    created_ms: 5,
+                    value: Some(1.0),
+                }]
+            } else {
+                Vec::new()
+            },
+            created_ms: 1_790_000_000_000 - i,
+            ..lead(&format!("L{i}"))
+        };
+        let mut loader = store.lead_loader();
+        let first: Vec<ValidLead> = (0..3).map(full).collect();
+        let second: Vec<ValidLead> = (3..7).map(full).collect();
+        loader.insert(&first, 0).await.unwrap();
+        loader.commit().await.unwrap();
+        loader.insert(&second, 0).await.unwrap();
+        loader.finish().await.unwrap();
+        let count = |table: &'static str| async move {
+            sqlx::query_scalar::<_, i64>(&format!("SELECT COUNT(*) FROM {table}"))
+                .fetch_one(s.pool())
+                .await
+                .unwrap()
+        };
+        assert_eq!(count("leads").await, 7);
+        assert_eq!(count("contacts").await, 7);
+        assert_eq!(count("phones").await, 14);
+        assert_eq!(count("lead_custom_values").await, 7);
+        assert_eq!(count("opportunities").await, 4);
+        let violations = sqlx::query("PRAGMA foreign_key_check")
+            .fetch_all(s.write_pool())
+            .await
+            .unwrap();
+        assert!(violations.is_empty(), "{} violations", violations.len());
         store.close().await;
     }
 
