@@ -941,18 +941,29 @@ mod tests {
         }
     }
 
+    /// A store on a real SQLite file in `dir` (the load's pragmas apply
+    /// only there, not to an in-memory database).
+    async fn sqlite_file_store(dir: &tempfile::TempDir) -> crate::store::Store {
+        crate::store::connect(&format!("sqlite://{}/t.db", dir.path().display()))
+            .await
+            .unwrap()
+    }
+
+    fn sqlite_of(store: &crate::store::Store) -> &SqliteStore {
+        let crate::store::Store::Sqlite(s) = store else {
+            panic!("not SQLite");
+        };
+        s
+    }
+
     /// A bulk load keeps its page cache across its commits and gives the
     /// writer connection its own back when it ends (real SQLite file: the
     /// pragma only applies there).
     #[tokio::test]
     async fn a_sqlite_load_keeps_its_settings_until_it_finishes() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::connect(&format!("sqlite://{}/t.db", dir.path().display()))
-            .await
-            .unwrap();
-        let crate::store::Store::Sqlite(s) = &store else {
-            panic!("not SQLite");
-        };
+        let store = sqlite_file_store(&dir).await;
+        let s = sqlite_of(&store);
         let pragma = |name: &'static str| async move {
             sqlx::query_scalar::<_, i64>(&format!("PRAGMA {name}"))
                 .fetch_one(s.write_pool())
@@ -989,12 +1000,8 @@ mod tests {
     #[tokio::test]
     async fn a_dropped_sqlite_load_rolls_back_and_leaves_foreign_keys_on() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::connect(&format!("sqlite://{}/t.db", dir.path().display()))
-            .await
-            .unwrap();
-        let crate::store::Store::Sqlite(s) = &store else {
-            panic!("not SQLite");
-        };
+        let store = sqlite_file_store(&dir).await;
+        let s = sqlite_of(&store);
         let mut loader = store.lead_loader();
         loader.insert(&[lead("A"), lead("B")], 0).await.unwrap();
         drop(loader);
@@ -1022,12 +1029,8 @@ mod tests {
         };
         use crate::leads::phone::PhoneE164;
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::connect(&format!("sqlite://{}/t.db", dir.path().display()))
-            .await
-            .unwrap();
-        let crate::store::Store::Sqlite(s) = &store else {
-            panic!("not SQLite");
-        };
+        let store = sqlite_file_store(&dir).await;
+        let s = sqlite_of(&store);
         let field = store
             .define_custom_field(&NewCustomField {
                 name: "Source".into(),
