@@ -50,6 +50,13 @@
 //! alike). `--gen-rt`: the sender threads run `SCHED_FIFO` (root), so a
 //! loaded machine does not make their 1 ms slots late (only they: real-time
 //! relays or receivers hit the kernel's real-time throttling, 50 ms stalls).
+//!
+//! `--pin-gen CPUS` / `--pin-relay CPUS` (lists such as `0` or `0,1`): the
+//! generator's threads (senders and receivers) and the relay's event loops
+//! are held to those CPUs (`sched_setaffinity`), so the two can be split
+//! onto cores of their own to see which one falls behind when the machine
+//! is full (powerdial only: rtpengine is another process, pinned with
+//! `taskset`). Each trial prints the share of the machine each used.
 
 #![allow(clippy::disallowed_methods)] // a load driver reads the clock
 
@@ -151,6 +158,30 @@ fn threads_switches(prefix: &str) -> u64 {
                 let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
                 total += voluntary_switches(&status);
             }
+        }
+    }
+    total
+}
+
+/// Nanoseconds the threads of `task_dir` (`/proc/self/task` or
+/// `/proc/PID/task`) whose name starts with `prefix` spent runnable but
+/// waiting for a CPU (the second field of each thread's `schedstat`,
+/// run-queue wait): a thread that is ready and does not run is starved
+/// by the others on its cores, however little CPU it used.
+fn runqueue_wait_ns(task_dir: &str, prefix: &str) -> u64 {
+    let mut total = 0;
+    if let Ok(dir) = std::fs::read_dir(task_dir) {
+        for t in dir.flatten() {
+            let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            if !name.starts_with(prefix) {
+                continue;
+            }
+            let stat = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+            total += stat
+                .split_whitespace()
+                .nth(1)
+                .and_then(|w| w.parse::<u64>().ok())
+                .unwrap_or(0);
         }
     }
     total
@@ -295,6 +326,8 @@ struct Opts {
     rx_poll: Option<Duration>,
     /// The generator's sender threads at real-time priority (`--gen-rt`).
     rt: bool,
+    /// CPUs the generator's threads are held to (`--pin-gen`; empty: any).
+    pin_gen: Vec<usize>,
 }
 
 #[derive(Default)]
@@ -345,9 +378,11 @@ fn sender(
     let srtp = opts.srtp.clone();
     let late = opts.late;
     let rt = opts.rt;
+    let cpus = opts.pin_gen.clone();
     std::thread::Builder::new()
         .name(format!("gen-send-{g}"))
         .spawn(move || {
+            pin(0, &cpus, &format!("gen-send-{g}"));
             if rt {
                 // The clock of the measurement: on a machine shared with
                 // builds, a normal thread's 1 ms timers run many ms late.
@@ -457,6 +492,50 @@ fn sender(
         .unwrap()
 }
 
+/// Holds thread `tid` (0: this one) to `cpus` (none: leaves it be); says
+/// so if it cannot.
+fn pin(tid: libc::pid_t, cpus: &[usize], who: &str) {
+    if cpus.is_empty() {
+        return;
+    }
+    // SAFETY: an all-zero cpu_set_t is the empty set; CPU_SET writes
+    // inside it for any index below CPU_SETSIZE, checked here.
+    let r = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus.iter().filter(|c| **c < libc::CPU_SETSIZE as usize) {
+            libc::CPU_SET(c, &mut set);
+        }
+        libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if r != 0 {
+        eprintln!(
+            "{who}: not pinned to {cpus:?} ({})",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Thread ids of this process's threads whose name starts with `prefix`.
+fn thread_ids(prefix: &str) -> Vec<libc::pid_t> {
+    let mut ids = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
+        for t in dir.flatten() {
+            let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            if name.starts_with(prefix) {
+                if let Some(id) = t.file_name().to_str().and_then(|s| s.parse().ok()) {
+                    ids.push(id);
+                }
+            }
+        }
+    }
+    ids
+}
+
+fn cpu_list(s: Option<String>) -> Vec<usize> {
+    s.map(|s| s.split(',').filter_map(|c| c.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
 /// Puts thread `tid` (0: this one) in `SCHED_FIFO` at priority 1 (needs
 /// root); says so if it cannot.
 fn real_time(tid: libc::pid_t, who: &str) {
@@ -493,11 +572,13 @@ fn receiver(
     stop: Arc<AtomicBool>,
     key: Option<MasterKey>,
     window: Window,
-    poll: Option<Duration>,
+    opts: &Opts,
 ) -> std::thread::JoinHandle<RxStats> {
+    let (poll, cpus) = (opts.rx_poll, opts.pin_gen.clone());
     std::thread::Builder::new()
-        .name(name)
+        .name(name.clone())
         .spawn(move || {
+            pin(0, &cpus, &name);
             sock.set_read_timeout(Some(Duration::from_millis(100)))
                 .unwrap();
             // Polling: the socket is read empty every `poll`, and nobody
@@ -621,6 +702,10 @@ struct Trial {
     /// The relay's threads' voluntary context switches (wake-ups) in the window.
     relay_wakeups: u64,
     gen_cpu_s: f64,
+    /// Time the relay's threads, and the generator's, were ready to run
+    /// but waited for a CPU, in the window (summed over their threads).
+    relay_wait_s: f64,
+    gen_wait_s: f64,
     slots: u64,
     late_slots: u64,
     max_late: Duration,
@@ -647,7 +732,8 @@ impl Trial {
         println!(
             "{} {}{}{}{} calls: sent {}, relayed {} in {} s = {:.0} pkt/s, loss {} ({:.3}%), send errors {}; \
 latency send→receive p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs (phone→carrier p99 {:.0} µs, carrier→phone p99 {:.0} µs); \
-relay CPU {:.2} s = {:.0} pkt/s per core, {} wake-ups ({:.1} packets each); generator CPU {:.2} s, slots more than {} ms late {} of {} (max {:.1} ms){}{}; load {}",
+relay CPU {:.2} s = {:.0} pkt/s per core, {} wake-ups ({:.1} packets each); generator CPU {:.2} s \
+(cores busy: relay {:.2}, generator {:.2}; ready but waiting for a CPU, ms per s: relay {:.0}, generator {:.0}), slots more than {} ms late {} of {} (max {:.1} ms){}{}; load {}",
             self.relay,
             if opts.srtp.is_some() && self.relay == "powerdial" { "SRTP agent legs, " } else { "" },
             if opts.extras.amd && self.relay == "powerdial" { "AMD on every lead, " } else { "" },
@@ -670,6 +756,10 @@ relay CPU {:.2} s = {:.0} pkt/s per core, {} wake-ups ({:.1} packets each); gene
             self.relay_wakeups,
             self.received as f64 / self.relay_wakeups.max(1) as f64,
             self.gen_cpu_s,
+            self.relay_cpu_s / self.seconds as f64,
+            self.gen_cpu_s / self.seconds as f64,
+            self.relay_wait_s * 1000.0 / self.seconds as f64,
+            self.gen_wait_s * 1000.0 / self.seconds as f64,
             opts.late.as_millis(),
             self.late_slots,
             self.slots,
@@ -687,7 +777,7 @@ fn run_traffic(
     groups: &[Group],
     targets: &[CallTarget],
     opts: &Opts,
-    relay_cpu: &dyn Fn() -> (u64, u64),
+    relay_cpu: &dyn Fn() -> (u64, u64, u64),
 ) -> Trial {
     let load = loadavg();
     let seconds = opts.seconds;
@@ -711,7 +801,7 @@ fn run_traffic(
             stop.clone(),
             None,
             window,
-            opts.rx_poll,
+            opts,
         ));
         let key = if relay == "powerdial" {
             opts.srtp.clone()
@@ -725,7 +815,7 @@ fn run_traffic(
             stop.clone(),
             key,
             window,
-            opts.rx_poll,
+            opts,
         ));
     }
     let total = measure_to + Duration::from_millis(500);
@@ -747,9 +837,10 @@ fn run_traffic(
         }
     };
     sleep_until(measure_from);
-    let (cpu0, gen0) = (relay_cpu(), threads_cpu_ticks("gen-"));
+    let gen_wait = || runqueue_wait_ns("/proc/self/task", "gen-");
+    let (cpu0, gen0, gw0) = (relay_cpu(), threads_cpu_ticks("gen-"), gen_wait());
     sleep_until(measure_to);
-    let (cpu1, gen1) = (relay_cpu(), threads_cpu_ticks("gen-"));
+    let (cpu1, gen1, gw1) = (relay_cpu(), threads_cpu_ticks("gen-"), gen_wait());
     let mut tx = TxStats::default();
     for s in senders {
         let s = s.join().unwrap();
@@ -790,6 +881,8 @@ fn run_traffic(
         relay_cpu_s: (cpu1.0 - cpu0.0) as f64 / hz,
         relay_wakeups: cpu1.1.saturating_sub(cpu0.1),
         gen_cpu_s: (gen1 - gen0) as f64 / hz,
+        relay_wait_s: cpu1.2.saturating_sub(cpu0.2) as f64 / 1e9,
+        gen_wait_s: gw1.saturating_sub(gw0) as f64 / 1e9,
         slots: tx.slots,
         late_slots: tx.late_slots,
         max_late: tx.max_late,
@@ -868,6 +961,8 @@ fn powerdial_trial(
         (
             threads_cpu_ticks("relay-worker") + threads_cpu_ticks("rtp-relay"),
             threads_switches("relay-worker") + threads_switches("rtp-relay"),
+            runqueue_wait_ns("/proc/self/task", "relay-worker")
+                + runqueue_wait_ns("/proc/self/task", "rtp-relay"),
         )
     });
     rt.block_on(async move {
@@ -893,7 +988,11 @@ fn rtpengine_trial(peer: &mut ng::Rtpengine, calls: usize, opts: &Opts) -> Trial
     std::thread::sleep(Duration::from_millis(200));
     let pid = peer.pid();
     let trial = run_traffic("rtpengine", &groups, &targets, opts, &|| {
-        (process_cpu_ticks(pid), process_switches(pid))
+        (
+            process_cpu_ticks(pid),
+            process_switches(pid),
+            runqueue_wait_ns(&format!("/proc/{pid}/task"), ""),
+        )
     });
     for c in 0..calls {
         if let Err(e) = peer.delete(c) {
@@ -965,7 +1064,9 @@ fn main() {
             .map(Duration::from_micros)
             .filter(|d| !d.is_zero()),
         rt: args.iter().any(|a| a == "--gen-rt"),
+        pin_gen: cpu_list(arg("--pin-gen")),
     };
+    let pin_relay = cpu_list(arg("--pin-relay"));
     let with_rtpengine = args.iter().any(|a| a == "--peer-rtpengine");
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -987,6 +1088,24 @@ fn main() {
         threads,
     )
     .unwrap();
+    if !pin_relay.is_empty() {
+        // A thread names itself once it runs: wait for all of them.
+        let mut loops = thread_ids("rtp-relay");
+        for _ in 0..100 {
+            if loops.len() >= threads {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            loops = thread_ids("rtp-relay");
+        }
+        for tid in loops {
+            pin(tid, &pin_relay, "rtp-relay");
+        }
+        println!("relay event loops pinned to CPUs {pin_relay:?}");
+    }
+    if !opts.pin_gen.is_empty() {
+        println!("generator threads pinned to CPUs {:?}", opts.pin_gen);
+    }
     println!(
         "relay threads {threads} (powerdial event loops{}), generator groups {}, receivers {}, senders {}, {} cores, load {}",
         if with_rtpengine {
