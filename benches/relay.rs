@@ -51,12 +51,20 @@
 //! loaded machine does not make their 1 ms slots late (only they: real-time
 //! relays or receivers hit the kernel's real-time throttling, 50 ms stalls).
 //!
+//! `--relay-nice N`: the relay's event loops run at nice N (a relay given
+//! its CPU ahead of the machine's other work, as rtpengine's `priority`
+//! setting does for its threads; rtpengine itself is left at nice 0).
+//!
 //! `--pin-gen CPUS` / `--pin-relay CPUS` (lists such as `0` or `0,1`): the
 //! generator's threads (senders and receivers) and the relay's event loops
 //! are held to those CPUs (`sched_setaffinity`), so the two can be split
 //! onto cores of their own to see which one falls behind when the machine
 //! is full (powerdial only: rtpengine is another process, pinned with
-//! `taskset`). Each trial prints the share of the machine each used.
+//! `taskset`). Each trial prints the share of the machine each used and
+//! how long each side's threads were ready but waited for a CPU
+//! (`schedstat`); a relay whose loops waited more than a tenth of the
+//! window is flagged RELAY STARVED and, like a late generator, not
+//! counted: its latency then measures the machine, not the relay.
 
 #![allow(clippy::disallowed_methods)] // a load driver reads the clock
 
@@ -328,6 +336,8 @@ struct Opts {
     rt: bool,
     /// CPUs the generator's threads are held to (`--pin-gen`; empty: any).
     pin_gen: Vec<usize>,
+    /// The relay's event loops, and rtpengine's `--num-threads`.
+    relay_threads: usize,
 }
 
 #[derive(Default)]
@@ -711,6 +721,8 @@ struct Trial {
     max_late: Duration,
     without_timestamp: u64,
     load: String,
+    /// The relay's event loops (`--relay-threads`).
+    relay_threads: usize,
 }
 
 impl Trial {
@@ -727,6 +739,31 @@ impl Trial {
     /// The generator's timers ran late: the trial is not counted.
     fn late(&self) -> bool {
         self.late_slots * 1000 > self.slots
+    }
+    /// Share of the window each relay loop spent ready to run but waiting
+    /// for a CPU (run-queue wait over the loops).
+    fn relay_waited(&self) -> f64 {
+        self.relay_wait_s / (self.relay_threads.max(1) as f64 * self.seconds as f64)
+    }
+    /// The relay was starved: its loops waited for a CPU more than a tenth
+    /// of the window (the generator, or anything else on the machine, held
+    /// the cores). Its latency then measures the machine, not the relay:
+    /// not counted, as a late generator is not.
+    fn starved(&self) -> bool {
+        self.relay_waited() > 0.10
+    }
+    fn counted(&self) -> Result<(), String> {
+        if self.late() {
+            Err("generator late".into())
+        } else if self.starved() {
+            Err(format!(
+                "{} waited for a CPU {:.0} % of the time",
+                self.relay,
+                self.relay_waited() * 100.0
+            ))
+        } else {
+            Ok(())
+        }
     }
     fn print(&self, opts: &Opts) {
         println!(
@@ -764,7 +801,11 @@ relay CPU {:.2} s = {:.0} pkt/s per core, {} wake-ups ({:.1} packets each); gene
             self.late_slots,
             self.slots,
             self.max_late.as_secs_f64() * 1000.0,
-            if self.late() { " LATE (not counted)" } else { "" },
+            match self.counted() {
+                Ok(()) => String::new(),
+                Err(why) if self.late() => format!(" LATE (not counted: {why})"),
+                Err(why) => format!(" RELAY STARVED (not counted: {why})"),
+            },
             if self.without_timestamp > 0 { format!(", {} without kernel timestamp", self.without_timestamp) } else { String::new() },
             self.load,
         );
@@ -888,6 +929,7 @@ fn run_traffic(
         max_late: tx.max_late,
         without_timestamp: l1.without_timestamp + l2.without_timestamp,
         load,
+        relay_threads: opts.relay_threads,
     }
 }
 
@@ -1065,8 +1107,10 @@ fn main() {
             .filter(|d| !d.is_zero()),
         rt: args.iter().any(|a| a == "--gen-rt"),
         pin_gen: cpu_list(arg("--pin-gen")),
+        relay_threads: threads,
     };
     let pin_relay = cpu_list(arg("--pin-relay"));
+    let relay_nice: Option<libc::c_int> = arg("--relay-nice").and_then(|s| s.parse().ok());
     let with_rtpengine = args.iter().any(|a| a == "--peer-rtpengine");
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -1088,7 +1132,7 @@ fn main() {
         threads,
     )
     .unwrap();
-    if !pin_relay.is_empty() {
+    if !pin_relay.is_empty() || relay_nice.is_some() {
         // A thread names itself once it runs: wait for all of them.
         let mut loops = thread_ids("rtp-relay");
         for _ in 0..100 {
@@ -1100,8 +1144,17 @@ fn main() {
         }
         for tid in loops {
             pin(tid, &pin_relay, "rtp-relay");
+            if let Some(n) = relay_nice {
+                // SAFETY: sets one thread's nice value (Linux: per thread).
+                if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, n) } != 0 {
+                    eprintln!(
+                        "rtp-relay: nice {n} not set ({})",
+                        std::io::Error::last_os_error()
+                    );
+                }
+            }
         }
-        println!("relay event loops pinned to CPUs {pin_relay:?}");
+        println!("relay event loops pinned to CPUs {pin_relay:?}, nice {relay_nice:?}");
     }
     if !opts.pin_gen.is_empty() {
         println!("generator threads pinned to CPUs {:?}", opts.pin_gen);
@@ -1140,7 +1193,11 @@ fn main() {
         println!("|---|---|---|---|---|---|---|---|");
         for (ours, theirs) in &rows {
             let Some(theirs) = theirs else { continue };
-            let counted = !ours.late() && !theirs.late();
+            let counted = match (ours.counted(), theirs.counted()) {
+                (Ok(()), Ok(())) => "yes".to_string(),
+                (Err(a), Err(b)) => format!("no: {a}; {b}"),
+                (Err(why), _) | (_, Err(why)) => format!("no: {why}"),
+            };
             println!(
                 "| {} | {:.0} | {:.0} | {:.2}× | {} / {} | {:.0} / {:.0} µs | {:.1} / {:.1} | {} |",
                 ours.calls,
@@ -1153,7 +1210,7 @@ fn main() {
                 theirs.p99_us,
                 ours.received as f64 / ours.relay_wakeups.max(1) as f64,
                 theirs.received as f64 / theirs.relay_wakeups.max(1) as f64,
-                if counted { "yes" } else { "no: generator late" },
+                counted,
             );
         }
     }
