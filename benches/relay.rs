@@ -50,6 +50,21 @@
 //! alike). `--gen-rt`: the sender threads run `SCHED_FIFO` (root), so a
 //! loaded machine does not make their 1 ms slots late (only they: real-time
 //! relays or receivers hit the kernel's real-time throttling, 50 ms stalls).
+//!
+//! `--relay-nice N`: the relay's event loops run at nice N (a relay given
+//! its CPU ahead of the machine's other work, as rtpengine's `priority`
+//! setting does for its threads; rtpengine itself is left at nice 0).
+//!
+//! `--pin-gen CPUS` / `--pin-relay CPUS` (lists such as `0` or `0,1`): the
+//! generator's threads (senders and receivers) and the relay's event loops
+//! are held to those CPUs (`sched_setaffinity`), so the two can be split
+//! onto cores of their own to see which one falls behind when the machine
+//! is full (powerdial only: rtpengine is another process, pinned with
+//! `taskset`). Each trial prints the share of the machine each used and
+//! how long each side's threads were ready but waited for a CPU
+//! (`schedstat`); a relay whose loops waited more than a tenth of the
+//! window is flagged RELAY STARVED and, like a late generator, not
+//! counted: its latency then measures the machine, not the relay.
 
 #![allow(clippy::disallowed_methods)] // a load driver reads the clock
 
@@ -151,6 +166,30 @@ fn threads_switches(prefix: &str) -> u64 {
                 let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
                 total += voluntary_switches(&status);
             }
+        }
+    }
+    total
+}
+
+/// Nanoseconds the threads of `task_dir` (`/proc/self/task` or
+/// `/proc/PID/task`) whose name starts with `prefix` spent runnable but
+/// waiting for a CPU (the second field of each thread's `schedstat`,
+/// run-queue wait): a thread that is ready and does not run is starved
+/// by the others on its cores, however little CPU it used.
+fn runqueue_wait_ns(task_dir: &str, prefix: &str) -> u64 {
+    let mut total = 0;
+    if let Ok(dir) = std::fs::read_dir(task_dir) {
+        for t in dir.flatten() {
+            let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            if !name.starts_with(prefix) {
+                continue;
+            }
+            let stat = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+            total += stat
+                .split_whitespace()
+                .nth(1)
+                .and_then(|w| w.parse::<u64>().ok())
+                .unwrap_or(0);
         }
     }
     total
@@ -295,6 +334,10 @@ struct Opts {
     rx_poll: Option<Duration>,
     /// The generator's sender threads at real-time priority (`--gen-rt`).
     rt: bool,
+    /// CPUs the generator's threads are held to (`--pin-gen`; empty: any).
+    pin_gen: Vec<usize>,
+    /// The relay's event loops, and rtpengine's `--num-threads`.
+    relay_threads: usize,
 }
 
 #[derive(Default)]
@@ -345,9 +388,11 @@ fn sender(
     let srtp = opts.srtp.clone();
     let late = opts.late;
     let rt = opts.rt;
+    let cpus = opts.pin_gen.clone();
     std::thread::Builder::new()
         .name(format!("gen-send-{g}"))
         .spawn(move || {
+            pin(0, &cpus, &format!("gen-send-{g}"));
             if rt {
                 // The clock of the measurement: on a machine shared with
                 // builds, a normal thread's 1 ms timers run many ms late.
@@ -457,6 +502,50 @@ fn sender(
         .unwrap()
 }
 
+/// Holds thread `tid` (0: this one) to `cpus` (none: leaves it be); says
+/// so if it cannot.
+fn pin(tid: libc::pid_t, cpus: &[usize], who: &str) {
+    if cpus.is_empty() {
+        return;
+    }
+    // SAFETY: an all-zero cpu_set_t is the empty set; CPU_SET writes
+    // inside it for any index below CPU_SETSIZE, checked here.
+    let r = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus.iter().filter(|c| **c < libc::CPU_SETSIZE as usize) {
+            libc::CPU_SET(c, &mut set);
+        }
+        libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if r != 0 {
+        eprintln!(
+            "{who}: not pinned to {cpus:?} ({})",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Thread ids of this process's threads whose name starts with `prefix`.
+fn thread_ids(prefix: &str) -> Vec<libc::pid_t> {
+    let mut ids = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
+        for t in dir.flatten() {
+            let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            if name.starts_with(prefix) {
+                if let Some(id) = t.file_name().to_str().and_then(|s| s.parse().ok()) {
+                    ids.push(id);
+                }
+            }
+        }
+    }
+    ids
+}
+
+fn cpu_list(s: Option<String>) -> Vec<usize> {
+    s.map(|s| s.split(',').filter_map(|c| c.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
 /// Puts thread `tid` (0: this one) in `SCHED_FIFO` at priority 1 (needs
 /// root); says so if it cannot.
 fn real_time(tid: libc::pid_t, who: &str) {
@@ -493,11 +582,13 @@ fn receiver(
     stop: Arc<AtomicBool>,
     key: Option<MasterKey>,
     window: Window,
-    poll: Option<Duration>,
+    opts: &Opts,
 ) -> std::thread::JoinHandle<RxStats> {
+    let (poll, cpus) = (opts.rx_poll, opts.pin_gen.clone());
     std::thread::Builder::new()
-        .name(name)
+        .name(name.clone())
         .spawn(move || {
+            pin(0, &cpus, &name);
             sock.set_read_timeout(Some(Duration::from_millis(100)))
                 .unwrap();
             // Polling: the socket is read empty every `poll`, and nobody
@@ -621,11 +712,17 @@ struct Trial {
     /// The relay's threads' voluntary context switches (wake-ups) in the window.
     relay_wakeups: u64,
     gen_cpu_s: f64,
+    /// Time the relay's threads, and the generator's, were ready to run
+    /// but waited for a CPU, in the window (summed over their threads).
+    relay_wait_s: f64,
+    gen_wait_s: f64,
     slots: u64,
     late_slots: u64,
     max_late: Duration,
     without_timestamp: u64,
     load: String,
+    /// The relay's event loops (`--relay-threads`).
+    relay_threads: usize,
 }
 
 impl Trial {
@@ -643,11 +740,37 @@ impl Trial {
     fn late(&self) -> bool {
         self.late_slots * 1000 > self.slots
     }
+    /// Share of the window each relay loop spent ready to run but waiting
+    /// for a CPU (run-queue wait over the loops).
+    fn relay_waited(&self) -> f64 {
+        self.relay_wait_s / (self.relay_threads.max(1) as f64 * self.seconds as f64)
+    }
+    /// The relay was starved: its loops waited for a CPU more than a tenth
+    /// of the window (the generator, or anything else on the machine, held
+    /// the cores). Its latency then measures the machine, not the relay:
+    /// not counted, as a late generator is not.
+    fn starved(&self) -> bool {
+        self.relay_waited() > 0.10
+    }
+    fn counted(&self) -> Result<(), String> {
+        if self.late() {
+            Err("generator late".into())
+        } else if self.starved() {
+            Err(format!(
+                "{} waited for a CPU {:.0} % of the time",
+                self.relay,
+                self.relay_waited() * 100.0
+            ))
+        } else {
+            Ok(())
+        }
+    }
     fn print(&self, opts: &Opts) {
         println!(
             "{} {}{}{}{} calls: sent {}, relayed {} in {} s = {:.0} pkt/s, loss {} ({:.3}%), send errors {}; \
 latency send→receive p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs (phone→carrier p99 {:.0} µs, carrier→phone p99 {:.0} µs); \
-relay CPU {:.2} s = {:.0} pkt/s per core, {} wake-ups ({:.1} packets each); generator CPU {:.2} s, slots more than {} ms late {} of {} (max {:.1} ms){}{}; load {}",
+relay CPU {:.2} s = {:.0} pkt/s per core, {} wake-ups ({:.1} packets each); generator CPU {:.2} s \
+(cores busy: relay {:.2}, generator {:.2}; ready but waiting for a CPU, ms per s: relay {:.0}, generator {:.0}), slots more than {} ms late {} of {} (max {:.1} ms){}{}; load {}",
             self.relay,
             if opts.srtp.is_some() && self.relay == "powerdial" { "SRTP agent legs, " } else { "" },
             if opts.extras.amd && self.relay == "powerdial" { "AMD on every lead, " } else { "" },
@@ -670,11 +793,19 @@ relay CPU {:.2} s = {:.0} pkt/s per core, {} wake-ups ({:.1} packets each); gene
             self.relay_wakeups,
             self.received as f64 / self.relay_wakeups.max(1) as f64,
             self.gen_cpu_s,
+            self.relay_cpu_s / self.seconds as f64,
+            self.gen_cpu_s / self.seconds as f64,
+            self.relay_wait_s * 1000.0 / self.seconds as f64,
+            self.gen_wait_s * 1000.0 / self.seconds as f64,
             opts.late.as_millis(),
             self.late_slots,
             self.slots,
             self.max_late.as_secs_f64() * 1000.0,
-            if self.late() { " LATE (not counted)" } else { "" },
+            match self.counted() {
+                Ok(()) => String::new(),
+                Err(why) if self.late() => format!(" LATE (not counted: {why})"),
+                Err(why) => format!(" RELAY STARVED (not counted: {why})"),
+            },
             if self.without_timestamp > 0 { format!(", {} without kernel timestamp", self.without_timestamp) } else { String::new() },
             self.load,
         );
@@ -687,7 +818,7 @@ fn run_traffic(
     groups: &[Group],
     targets: &[CallTarget],
     opts: &Opts,
-    relay_cpu: &dyn Fn() -> (u64, u64),
+    relay_cpu: &dyn Fn() -> (u64, u64, u64),
 ) -> Trial {
     let load = loadavg();
     let seconds = opts.seconds;
@@ -711,7 +842,7 @@ fn run_traffic(
             stop.clone(),
             None,
             window,
-            opts.rx_poll,
+            opts,
         ));
         let key = if relay == "powerdial" {
             opts.srtp.clone()
@@ -725,7 +856,7 @@ fn run_traffic(
             stop.clone(),
             key,
             window,
-            opts.rx_poll,
+            opts,
         ));
     }
     let total = measure_to + Duration::from_millis(500);
@@ -747,9 +878,10 @@ fn run_traffic(
         }
     };
     sleep_until(measure_from);
-    let (cpu0, gen0) = (relay_cpu(), threads_cpu_ticks("gen-"));
+    let gen_wait = || runqueue_wait_ns("/proc/self/task", "gen-");
+    let (cpu0, gen0, gw0) = (relay_cpu(), threads_cpu_ticks("gen-"), gen_wait());
     sleep_until(measure_to);
-    let (cpu1, gen1) = (relay_cpu(), threads_cpu_ticks("gen-"));
+    let (cpu1, gen1, gw1) = (relay_cpu(), threads_cpu_ticks("gen-"), gen_wait());
     let mut tx = TxStats::default();
     for s in senders {
         let s = s.join().unwrap();
@@ -790,11 +922,14 @@ fn run_traffic(
         relay_cpu_s: (cpu1.0 - cpu0.0) as f64 / hz,
         relay_wakeups: cpu1.1.saturating_sub(cpu0.1),
         gen_cpu_s: (gen1 - gen0) as f64 / hz,
+        relay_wait_s: cpu1.2.saturating_sub(cpu0.2) as f64 / 1e9,
+        gen_wait_s: gw1.saturating_sub(gw0) as f64 / 1e9,
         slots: tx.slots,
         late_slots: tx.late_slots,
         max_late: tx.max_late,
         without_timestamp: l1.without_timestamp + l2.without_timestamp,
         load,
+        relay_threads: opts.relay_threads,
     }
 }
 
@@ -868,6 +1003,8 @@ fn powerdial_trial(
         (
             threads_cpu_ticks("relay-worker") + threads_cpu_ticks("rtp-relay"),
             threads_switches("relay-worker") + threads_switches("rtp-relay"),
+            runqueue_wait_ns("/proc/self/task", "relay-worker")
+                + runqueue_wait_ns("/proc/self/task", "rtp-relay"),
         )
     });
     rt.block_on(async move {
@@ -893,7 +1030,11 @@ fn rtpengine_trial(peer: &mut ng::Rtpengine, calls: usize, opts: &Opts) -> Trial
     std::thread::sleep(Duration::from_millis(200));
     let pid = peer.pid();
     let trial = run_traffic("rtpengine", &groups, &targets, opts, &|| {
-        (process_cpu_ticks(pid), process_switches(pid))
+        (
+            process_cpu_ticks(pid),
+            process_switches(pid),
+            runqueue_wait_ns(&format!("/proc/{pid}/task"), ""),
+        )
     });
     for c in 0..calls {
         if let Err(e) = peer.delete(c) {
@@ -965,7 +1106,11 @@ fn main() {
             .map(Duration::from_micros)
             .filter(|d| !d.is_zero()),
         rt: args.iter().any(|a| a == "--gen-rt"),
+        pin_gen: cpu_list(arg("--pin-gen")),
+        relay_threads: threads,
     };
+    let pin_relay = cpu_list(arg("--pin-relay"));
+    let relay_nice: Option<libc::c_int> = arg("--relay-nice").and_then(|s| s.parse().ok());
     let with_rtpengine = args.iter().any(|a| a == "--peer-rtpengine");
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -987,6 +1132,33 @@ fn main() {
         threads,
     )
     .unwrap();
+    if !pin_relay.is_empty() || relay_nice.is_some() {
+        // A thread names itself once it runs: wait for all of them.
+        let mut loops = thread_ids("rtp-relay");
+        for _ in 0..100 {
+            if loops.len() >= threads {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            loops = thread_ids("rtp-relay");
+        }
+        for tid in loops {
+            pin(tid, &pin_relay, "rtp-relay");
+            if let Some(n) = relay_nice {
+                // SAFETY: sets one thread's nice value (Linux: per thread).
+                if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, n) } != 0 {
+                    eprintln!(
+                        "rtp-relay: nice {n} not set ({})",
+                        std::io::Error::last_os_error()
+                    );
+                }
+            }
+        }
+        println!("relay event loops pinned to CPUs {pin_relay:?}, nice {relay_nice:?}");
+    }
+    if !opts.pin_gen.is_empty() {
+        println!("generator threads pinned to CPUs {:?}", opts.pin_gen);
+    }
     println!(
         "relay threads {threads} (powerdial event loops{}), generator groups {}, receivers {}, senders {}, {} cores, load {}",
         if with_rtpengine {
@@ -1021,7 +1193,11 @@ fn main() {
         println!("|---|---|---|---|---|---|---|---|");
         for (ours, theirs) in &rows {
             let Some(theirs) = theirs else { continue };
-            let counted = !ours.late() && !theirs.late();
+            let counted = match (ours.counted(), theirs.counted()) {
+                (Ok(()), Ok(())) => "yes".to_string(),
+                (Err(a), Err(b)) => format!("no: {a}; {b}"),
+                (Err(why), _) | (_, Err(why)) => format!("no: {why}"),
+            };
             println!(
                 "| {} | {:.0} | {:.0} | {:.2}× | {} / {} | {:.0} / {:.0} µs | {:.1} / {:.1} | {} |",
                 ours.calls,
@@ -1034,7 +1210,7 @@ fn main() {
                 theirs.p99_us,
                 ours.received as f64 / ours.relay_wakeups.max(1) as f64,
                 theirs.received as f64 / theirs.relay_wakeups.max(1) as f64,
-                if counted { "yes" } else { "no: generator late" },
+                counted,
             );
         }
     }

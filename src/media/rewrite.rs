@@ -212,16 +212,43 @@ impl StreamRewriter {
     }
 
     /// Writes a generated G.711 frame (already in the out law) as the next
-    /// packet into `out`; returns the packet length, or `None` if `out` is
-    /// too small.
+    /// packet into `out`, one frame after the last generated one; returns
+    /// the packet length, or `None` if `out` is too small.
     pub fn generated(&mut self, now: Instant, payload: &[u8], out: &mut [u8]) -> Option<usize> {
+        self.write_generated(now, payload, out, false)
+    }
+
+    /// Writes a generated frame that ends a pause: the stream sent nothing
+    /// for a while (silence not sent, RFC 3550 §5.1 and §5.2). The packet
+    /// starts a talkspurt: marker set (RFC 3551 §4.1) and the timestamp
+    /// advanced by the wall time elapsed since the last packet, so the
+    /// phone's jitter buffer and its interarrival jitter (RFC 3550 §6.4.1)
+    /// see no clock skew. The sequence number still goes on by one: nothing
+    /// was lost (RFC 3550 §5.1), and an SRTP receiver's index estimate
+    /// (RFC 3711 §3.3.1) relies on it.
+    pub fn generated_after_pause(
+        &mut self,
+        now: Instant,
+        payload: &[u8],
+        out: &mut [u8],
+    ) -> Option<usize> {
+        self.write_generated(now, payload, out, true)
+    }
+
+    fn write_generated(
+        &mut self,
+        now: Instant,
+        payload: &[u8],
+        out: &mut [u8],
+        after_pause: bool,
+    ) -> Option<usize> {
         let len = RTP_HEADER_LEN + payload.len();
         if out.len() < len {
             return None;
         }
         let samples = payload.len() as u32;
         let (ts, marker) = match &self.last {
-            Some(l) if l.source == Source::Generated => {
+            Some(l) if l.source == Source::Generated && !after_pause => {
                 (l.timestamp.wrapping_add(l.samples), false)
             }
             _ => (self.rebase(now), true),
@@ -457,6 +484,55 @@ mod tests {
         assert_eq!(g.ts, 160 + 800);
         assert!(g.marker);
         assert_eq!(g.seq, 2);
+    }
+
+    #[test]
+    fn generated_frames_across_a_pause_mark_a_talkspurt_and_follow_the_wall_clock() {
+        let t0 = anchor();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut rw = StreamRewriter::new(9, 65534, 4_294_966_000, PCMU);
+        let mut buf = [0u8; 200];
+        let mut frame = |rw: &mut StreamRewriter, at: u64, after_pause: bool| {
+            let n = if after_pause {
+                rw.generated_after_pause(ms(at), &[0xFF; 160], &mut buf)
+            } else {
+                rw.generated(ms(at), &[0xFF; 160], &mut buf)
+            }
+            .unwrap();
+            read(&buf[..n])
+        };
+        // Three frames at 20 ms cadence, the third 3 ms late (a loop's
+        // timer slack): still one frame apart.
+        let a = frame(&mut rw, 0, false);
+        let b = frame(&mut rw, 20, false);
+        let c = frame(&mut rw, 43, false);
+        assert_eq!((b.ts.wrapping_sub(a.ts), b.marker), (160, false));
+        assert_eq!((c.ts.wrapping_sub(b.ts), c.marker), (160, false));
+        // Nothing sent for 1,000 ms, then a keep-alive: marker, timestamp
+        // advanced by the 8,000 samples elapsed, sequence +1 (across its
+        // wrap).
+        let d = frame(&mut rw, 1_043, true);
+        assert!(d.marker);
+        assert_eq!(d.ts.wrapping_sub(c.ts), 8_000);
+        assert_eq!(d.seq, c.seq.wrapping_add(1));
+        assert_eq!(d.seq, 1);
+        // Another pause of 1,007 ms (a late timer): 8,056 samples.
+        let e = frame(&mut rw, 2_050, true);
+        assert!(e.marker);
+        assert_eq!(e.ts.wrapping_sub(d.ts), 8_056);
+        assert_eq!(e.seq, 2);
+        // The beep resumes right away after a pause, then runs on at the
+        // frame cadence without a marker.
+        let f = frame(&mut rw, 2_300, true);
+        let g = frame(&mut rw, 2_320, false);
+        assert_eq!((f.marker, f.ts.wrapping_sub(e.ts)), (true, 2_000));
+        assert_eq!((g.marker, g.ts.wrapping_sub(f.ts)), (false, 160));
+        // A pause shorter than a frame still never overlaps the last one.
+        let h = frame(&mut rw, 2_325, true);
+        assert_eq!((h.marker, h.ts.wrapping_sub(g.ts)), (true, 160));
+        assert_eq!(h.seq, 5);
+        assert_eq!(h.ssrc, 9);
+        assert_eq!(rw.sent(), 8);
     }
 
     #[test]

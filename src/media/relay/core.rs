@@ -254,6 +254,29 @@ const EARLY_MEDIA_HOLD: Duration = Duration::from_millis(60);
 /// A driver this late skips the missed frames instead of bursting them.
 const MAX_TICK_LAG: Duration = Duration::from_millis(100);
 
+/// Silence frames sent at the full 20 ms cadence after the agent last heard
+/// something (the beep, early media, the lead) before the generator thins
+/// them to [`KEEP_ALIVE`]. A phone that stops receiving conceals the gap
+/// from the audio it last played: G.711 Appendix I's concealment repeats
+/// pitch periods out of its last 48.75 ms (390 samples), so a stream that
+/// stopped right after the beep could be heard as a smeared beep tail.
+/// Three frames (60 ms) of real silence fill that history with silence
+/// first, and let a jitter buffer a few frames deep play out to silence.
+pub const HANGOVER_FRAMES: u8 = 3;
+
+/// The cadence of the silence the agent hears while no lead is connected,
+/// after the hangover (RFC 3550 §5.1/§5.2 and RFC 3551 §4.1: a sender may
+/// stop sending in silence; its next packet starts a talkspurt). Not
+/// zero: a phone behind NAT needs packets to keep its pinhole open (NATs
+/// that keep a UDP mapping only 30 s are common, though RFC 4787 REQ-5
+/// asks for 2 min; ICE's keep-alive default is 15 s, RFC 8445 §11), and
+/// phones, SBCs and B2BUAs in front of agents end calls after some seconds
+/// of media inactivity (many default to 10–60 s). One second is far inside
+/// all of those, gives a jitter buffer a talkspurt a second with the
+/// timestamp on the wall clock, and is 1/50 of the 20 ms cadence: 200
+/// idle agents cost 200 frames a second instead of 10,000 (SPEC §6).
+pub const KEEP_ALIVE: Duration = Duration::from_secs(1);
+
 /// Lead audio arriving this long after the detector's own analysis
 /// window still counts; past it the line is `not_sure` (a carrier that
 /// sends no RTP at all must not hold the agent).
@@ -286,6 +309,12 @@ pub struct AgentMediaCore {
     to_agent: StreamRewriter,
     to_lead: Option<StreamRewriter>,
     next_tick: Option<Instant>,
+    /// Silence frames generated since the agent last heard something;
+    /// saturates (see [`HANGOVER_FRAMES`]).
+    silent_run: u8,
+    /// The generator sends silence only every [`KEEP_ALIVE`]: its next
+    /// frame starts a talkspurt after a pause.
+    keep_alive: bool,
     last_early_media: Option<Instant>,
     events: VecDeque<MediaEvent>,
     /// RTP from hosts the signalling does not name, dropped (SPEC §5).
@@ -332,6 +361,8 @@ impl AgentMediaCore {
             to_agent: StreamRewriter::new(seed.ssrc, seed.seq, seed.timestamp, pcmu),
             to_lead: None,
             next_tick: None,
+            silent_run: 0,
+            keep_alive: false,
             last_early_media: None,
             events: VecDeque::new(),
             stray_dropped: 0,
@@ -462,10 +493,15 @@ impl AgentMediaCore {
         Ok(HandOff { dest, neg, stream })
     }
 
-    /// Starts the dial-start beep towards the agent (SPEC §1 step 2).
+    /// Starts the dial-start beep towards the agent (SPEC §1 step 2), at
+    /// once: out of the keep-alive cadence too (its first frame then marks
+    /// the end of the pause).
     pub fn play_tone(&mut self, now: Instant) {
         self.tone.start();
-        if self.bridged_at.is_none() && self.next_tick.is_none() && self.agent.neg.is_some() {
+        if self.bridged_at.is_none()
+            && (self.next_tick.is_none() || self.keep_alive)
+            && self.agent.neg.is_some()
+        {
             self.next_tick = Some(now);
         }
     }
@@ -485,6 +521,7 @@ impl AgentMediaCore {
                 self.first_after_bridge = true;
                 self.tone.stop();
                 self.next_tick = None;
+                self.keep_alive = false;
                 Ok(())
             }
             _ => Err(CoreError::UnknownLeg(lead)),
@@ -617,7 +654,11 @@ impl AgentMediaCore {
     /// Disconnects agent and lead; the agent hears generated silence again.
     pub fn unbridge(&mut self, now: Instant) {
         if self.bridged_at.take().is_some() && self.agent.neg.is_some() {
+            // The agent heard the lead until now: a hangover of silence at
+            // the frame cadence first.
             self.next_tick = Some(now);
+            self.silent_run = 0;
+            self.keep_alive = false;
         }
         self.first_after_bridge = false;
     }
@@ -756,6 +797,14 @@ impl AgentMediaCore {
                             return None;
                         }
                         self.last_early_media = Some(now);
+                        if self.keep_alive {
+                            // The generator slept at the keep-alive cadence:
+                            // it looks again within a frame, to fill with
+                            // silence once the early media stops.
+                            self.keep_alive = false;
+                            self.silent_run = 0;
+                            self.next_tick = Some(now + FRAME_DURATION);
+                        }
                         let range = self.to_agent.forward(now, leg_id.0, kind, &pkt, buf)?;
                         Some(Forward {
                             side: Side::Agent,
@@ -774,8 +823,9 @@ impl AgentMediaCore {
         self.lead.as_ref()?.timeout_deadline(self.cfg.rtp_timeout)
     }
 
-    /// The next instant [`Self::handle_timeout`] must run: the next 20 ms
-    /// generated frame or the earliest RTP-timeout deadline.
+    /// The next instant [`Self::handle_timeout`] must run: the next
+    /// generated frame (20 ms apart, or [`KEEP_ALIVE`] apart in silence)
+    /// or the earliest RTP-timeout deadline.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let t = self.cfg.rtp_timeout;
         [
@@ -820,24 +870,51 @@ impl AgentMediaCore {
             );
         }
         let tick = self.next_tick.filter(|t| *t <= now)?;
-        let mut next = tick + FRAME_DURATION;
-        if now.saturating_duration_since(next) > MAX_TICK_LAG {
-            next = now + FRAME_DURATION;
-        }
-        self.next_tick = Some(next);
-        if !self.tone.is_beeping()
+        let next = |period: Duration| {
+            let next = tick + period;
+            if now.saturating_duration_since(next) > MAX_TICK_LAG {
+                now + period
+            } else {
+                next
+            }
+        };
+        let beeping = self.tone.is_beeping();
+        if !beeping
             && self
                 .last_early_media
                 .is_some_and(|t| now.saturating_duration_since(t) < EARLY_MEDIA_HOLD)
         {
+            // The agent hears the early media; silence after it starts a
+            // new hangover.
+            self.silent_run = 0;
+            self.keep_alive = false;
+            self.next_tick = Some(next(FRAME_DURATION));
             return None;
         }
+        let after_pause = self.keep_alive;
+        self.silent_run = if beeping {
+            0
+        } else {
+            self.silent_run.saturating_add(1)
+        };
+        // Past the hangover, silence goes only every KEEP_ALIVE; each such
+        // frame ends a pause (RFC 3551 §4.1).
+        self.keep_alive = self.silent_run >= HANGOVER_FRAMES;
+        self.next_tick = Some(next(if self.keep_alive {
+            KEEP_ALIVE
+        } else {
+            FRAME_DURATION
+        }));
         // On the stack: a frame lives for one call of this (SPEC §6
         // memory per call).
         let mut frame: Frame = [0; FRAME_SAMPLES];
         self.tone.next_frame(&mut frame);
         let dest = self.agent.dest()?;
-        let n = self.to_agent.generated(now, &frame, out)?;
+        let n = if after_pause {
+            self.to_agent.generated_after_pause(now, &frame, out)?
+        } else {
+            self.to_agent.generated(now, &frame, out)?
+        };
         Some((dest, n))
     }
 
@@ -1564,6 +1641,117 @@ mod tests {
         assert_eq!(timeouts(&mut h), vec![]);
         h.advance(64_800);
         assert_eq!(timeouts(&mut h), vec![(64_800, AGENT)]);
+    }
+
+    /// (ms after start, marker, timestamp, sequence, all silence) of each
+    /// packet sent to the agent.
+    fn sent_to_agent(h: &Harness, at: &[u64]) -> Vec<(u64, bool, u32, u16, bool)> {
+        h.to_agent
+            .iter()
+            .zip(at)
+            .map(|(s, at)| {
+                let p = parse_rtp(&s.bytes).unwrap();
+                let silent = s.bytes[12..].iter().all(|b| *b == 0xFF);
+                (*at, p.marker, p.timestamp, p.seq, silent)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn idle_silence_thins_to_a_keep_alive_and_resumes_at_once() {
+        let mut h = Harness::new();
+        h.core
+            .set_remote(h.now, AGENT, neg("192.168.0.5:4000", G711Law::Pcmu, None))
+            .unwrap();
+        h.core.play_tone(h.now);
+        // The 250 ms beep is 13 frames (0 … 240 ms), then the hangover's
+        // three silence frames at the frame cadence (260, 280, 300 ms), then
+        // one silence frame a second.
+        h.advance(1_299);
+        assert_eq!(h.to_agent.len(), 13 + HANGOVER_FRAMES as usize);
+        assert_eq!(
+            h.core.poll_timeout(),
+            Some(h.t0 + Duration::from_millis(1_300))
+        );
+        h.advance(5_300);
+        assert_eq!(h.to_agent.len(), 16 + 5);
+        // The next dial's beep at 5.61 s goes out at once, not at the next
+        // keep-alive.
+        h.advance(5_610);
+        h.core.play_tone(h.now);
+        assert_eq!(h.core.poll_timeout(), Some(h.now));
+        h.advance(5_630);
+        assert_eq!(h.to_agent.len(), 21 + 2);
+        let mut at: Vec<u64> = (0..16).map(|i| 20 * i).collect();
+        at.extend([1_300, 2_300, 3_300, 4_300, 5_300, 5_610, 5_630]);
+        let out = sent_to_agent(&h, &at);
+        for w in out.windows(2) {
+            let ((t0, _, ts0, seq0, _), (t1, marker, ts1, seq1, _)) = (w[0], w[1]);
+            assert_eq!(seq1, seq0.wrapping_add(1), "sequence +1 across every pause");
+            // The RTP clock follows the wall clock, across pauses too.
+            assert_eq!(ts1.wrapping_sub(ts0), 8 * (t1 - t0) as u32, "{t0} → {t1}");
+            // A marker exactly where a packet ends a pause (RFC 3551 §4.1).
+            assert_eq!(marker, t1 - t0 > 20, "{t0} → {t1}");
+        }
+        assert!(out[0].1, "the stream's first packet");
+        assert!(out[13..21].iter().all(|p| p.4), "silence");
+        assert!(!out[21].4 && !out[22].4, "the beep");
+        assert!(h
+            .to_agent
+            .iter()
+            .all(|s| s.dest == addr("192.168.0.5:4000")));
+    }
+
+    #[test]
+    fn early_media_wakes_a_keep_alive_generator_and_silence_after_it_thins_again() {
+        let mut h = Harness::new();
+        h.core
+            .set_remote(h.now, AGENT, neg("192.168.0.5:4000", G711Law::Pcmu, None))
+            .unwrap();
+        // Silence from 0 ms: three frames (0, 20, 40), then a keep-alive at
+        // 1,040 ms.
+        h.advance(1_100);
+        assert_eq!(h.to_agent.len(), 4);
+        h.core.attach_lead(
+            LEAD,
+            StreamSeed {
+                ssrc: 1,
+                seq: 1,
+                timestamp: 1,
+            },
+        );
+        h.core
+            .set_remote(h.now, LEAD, neg("198.51.100.1:30000", G711Law::Pcmu, None))
+            .unwrap();
+        // Early media from 1,500 to 1,600 ms: relayed at once, and the
+        // generator stays quiet while it plays.
+        for i in 0..6u16 {
+            h.advance(1_500 + 20 * u64::from(i));
+            assert!(h.recv(
+                Side::Lead,
+                "198.51.100.1:30000",
+                rtp(0, i == 0, i, 160 * u32::from(i), 0xCA, &[0x2A; 160])
+            ));
+        }
+        h.advance(1_659);
+        assert_eq!(h.to_agent.len(), 4 + 6);
+        // 60 ms after the last early packet, the hangover (1,660, 1,680,
+        // 1,700 ms), then a keep-alive at 2,700 ms.
+        h.advance(2_699);
+        assert_eq!(h.to_agent.len(), 10 + 3);
+        h.advance(2_700);
+        assert_eq!(h.to_agent.len(), 14);
+        let at = [
+            0, 20, 40, 1_040, 1_500, 1_520, 1_540, 1_560, 1_580, 1_600, 1_660, 1_680, 1_700, 2_700,
+        ];
+        let out = sent_to_agent(&h, &at);
+        let markers: Vec<u64> = out.iter().filter(|p| p.1).map(|p| p.0).collect();
+        assert_eq!(markers, [0, 1_040, 1_500, 1_660, 2_700]);
+        for w in out.windows(2) {
+            let ((t0, _, ts0, seq0, _), (t1, _, ts1, seq1, _)) = (w[0], w[1]);
+            assert_eq!(seq1, seq0.wrapping_add(1));
+            assert_eq!(ts1.wrapping_sub(ts0), 8 * (t1 - t0) as u32, "{t0} → {t1}");
+        }
     }
 
     #[test]

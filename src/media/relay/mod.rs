@@ -30,8 +30,10 @@
 //! arrive on a channel the loop drains after every `epoll_wait` before it
 //! reads any socket, so a bridge applies before the next lead packet is
 //! read. Each call's next deadline (the core's `poll_timeout`: 20 ms
-//! generated frames while not bridged, RTP timeouts, detection windows)
-//! sits in the shard's timer heap.
+//! generated frames while the beep sounds and for a short hangover after
+//! what the agent last heard, then a silence keep-alive a second
+//! ([`core::KEEP_ALIVE`]); RTP timeouts; detection windows) sits in the
+//! shard's timer heap.
 
 pub mod core;
 mod events;
