@@ -8,8 +8,7 @@ use std::collections::HashSet;
 
 use powerdial::dialer::claim::{self, ClaimError, ClaimRequest, ClaimResult};
 use powerdial::dialer::queue::{LeadHistory, LeadId};
-use powerdial::leads::model::{CallEnd, CallOutcome, NewCall, NewSmartView, ValidLead};
-use powerdial::store::call_writer::CallWriter;
+use powerdial::leads::model::{NewCall, NewSmartView, ValidLead};
 use powerdial::store::{self, Store};
 
 const NOW: i64 = 1_800_000_000_000;
@@ -520,121 +519,6 @@ async fn writer_claims_in_one_round(store: &Store) {
         .contains(&first.lead_id));
 }
 
-/// The call-record writer stores many agents' dialer calls in one
-/// statement: each caller gets its own record (its claim links to it), a
-/// call the database refuses fails alone, and nothing is lost when more
-/// calls come at once than the writer's channel holds (senders wait).
-async fn call_writer_batches(store: &Store) {
-    let sid = new_session(store, "call writer").await;
-    let leads = add_leads(store, 20).await;
-    let mut claims = Vec::new();
-    for (i, &lead) in leads.iter().enumerate() {
-        let agent = format!("w{i}");
-        let ClaimResult::Claimed(c) = claim::claim(
-            store,
-            &ClaimRequest {
-                session_id: sid,
-                ..req(lead, &agent, "i1", NOW)
-            },
-        )
-        .await
-        .expect("claim") else {
-            panic!("claim refused")
-        };
-        claims.push((c, agent));
-    }
-    let writer = CallWriter::start(store.clone());
-    // One call names a lead that does not exist (the foreign key refuses
-    // it); spawned together, the writer finds them all in one round.
-    let tasks: Vec<_> = claims
-        .iter()
-        .enumerate()
-        .map(|(i, (c, agent))| {
-            let lead = if i == 7 { i64::MAX - 1 } else { c.lead_id };
-            let (w, call, claim) = (writer.clone(), dialer_call(sid, lead, agent), c.id);
-            tokio::spawn(async move { w.insert_claimed(call, claim).await })
-        })
-        .collect();
-    let mut records = Vec::new();
-    for (i, t) in tasks.into_iter().enumerate() {
-        let r = t.await.expect("task");
-        if i == 7 {
-            assert!(r.is_err(), "the refused call fails: {r:?}");
-        } else {
-            records.push((i, r.expect("the others are stored")));
-        }
-    }
-    for (i, rec) in &records {
-        let (c, agent) = &claims[*i];
-        assert_eq!(rec.lead_id, Some(c.lead_id));
-        assert_eq!(rec.agent.as_deref(), Some(agent.as_str()));
-        assert_eq!(rec.trunk.as_deref(), Some("carrier"));
-        assert_eq!(
-            claim_call(store, c.id).await,
-            Some(rec.id),
-            "the claim names its call"
-        );
-    }
-    assert_eq!(claim_call(store, claims[7].0.id).await, None);
-
-    // More at once than the channel holds; each then ended.
-    const N: i64 = 5_000;
-    let tasks: Vec<_> = (0..N)
-        .map(|i| {
-            let w = writer.clone();
-            let call = dialer_call(sid, leads[0], "load");
-            tokio::spawn(async move {
-                let rec = w.insert_claimed(call, 1_000_000 + i).await?;
-                w.finish(
-                    rec.id,
-                    CallEnd {
-                        ended_ms: Some(NOW + 1),
-                        outcome: Some(CallOutcome::Answered),
-                        ..CallEnd::default()
-                    },
-                )
-                .await
-                .map(|()| rec.id)
-            })
-        })
-        .collect();
-    let mut ids = HashSet::new();
-    for t in tasks {
-        ids.insert(t.await.expect("task").expect("stored"));
-    }
-    assert_eq!(ids.len() as i64, N);
-    let stored: i64 = match store {
-        Store::Sqlite(s) => sqlx::query_scalar(
-            "SELECT COUNT(*) FROM calls WHERE claim_id >= 1000000 AND outcome = 'answered'",
-        )
-        .fetch_one(s.pool())
-        .await
-        .expect("count"),
-        Store::Postgres(s) => sqlx::query_scalar(
-            "SELECT COUNT(*) FROM calls WHERE claim_id >= 1000000 AND outcome = 'answered'",
-        )
-        .fetch_one(s.pool())
-        .await
-        .expect("count"),
-    };
-    assert_eq!(stored, N, "every call stored and ended");
-}
-
-async fn claim_call(store: &Store, claim: i64) -> Option<i64> {
-    match store {
-        Store::Sqlite(s) => sqlx::query_scalar("SELECT call_id FROM lead_claims WHERE id = $1")
-            .bind(claim)
-            .fetch_one(s.pool())
-            .await
-            .expect("claim row"),
-        Store::Postgres(s) => sqlx::query_scalar("SELECT call_id FROM lead_claims WHERE id = $1")
-            .bind(claim)
-            .fetch_one(s.pool())
-            .await
-            .expect("claim row"),
-    }
-}
-
 /// Two instances' claimers race for the same leads, each instance's two
 /// agents through the step one by one or (`writers`) through one session
 /// writer, whose rounds take both agents' claims in one statement.
@@ -690,7 +574,6 @@ async fn sqlite_claims() {
     other_sessions_calls_block(&db.store).await;
     call_end_saves_history_and_releases(&db.store).await;
     writer_claims_in_one_round(&db.store).await;
-    call_writer_batches(&db.store).await;
     db.cleanup().await;
 }
 
@@ -726,7 +609,6 @@ async fn postgres_claims() {
     other_sessions_calls_block(&db.store).await;
     call_end_saves_history_and_releases(&db.store).await;
     writer_claims_in_one_round(&db.store).await;
-    call_writer_batches(&db.store).await;
     db.cleanup().await;
 }
 

@@ -1657,11 +1657,9 @@ impl AgentTask {
         // the list is asked at every dial, so an entry added on any
         // instance holds on all of them.
         let dnc = match &e164 {
-            // Read with the other agents' dials of the writer's round
-            // (`store::call_writer`).
             Some(n) => self
                 .shared
-                .records
+                .store
                 .dnc_match(n)
                 .await
                 .map_err(|e| CallEngineError::Store(e.to_string()))?,
@@ -1727,8 +1725,7 @@ impl AgentTask {
                 .map(|g| self.shared.trunks.name(g.slot.id).to_string()),
         };
         let inserted = match req.claim_id {
-            // Batched with other agents' calls (`store::call_writer`).
-            Some(claim) => self.shared.records.insert_claimed(new, claim).await,
+            Some(claim) => self.shared.store.insert_claimed_call(&new, claim).await,
             None => self.shared.store.insert_call(&new).await,
         };
         let record = inserted.map_err(|e| CallEngineError::Store(e.to_string()))?;

@@ -5,14 +5,6 @@
 //! were two commits of their own (a WAL append each on SQLite, a round
 //! trip and a flush each on PostgreSQL); batched, many calls share one.
 //!
-//! A dialer call's record itself (placed under its R13 claim) goes the
-//! same way ([`CallWriter::insert_claimed`]): the INVITE waits for its
-//! record id, and the calls of many agents that arrive while a round runs
-//! are stored by one multi-row insert in the next round. Each round takes
-//! the writer connection once for its (at most two) statements: on SQLite
-//! each statement is a hand-off to the connection's thread and back, and
-//! each return of a pooled connection one more (SPEC §6 call setup).
-//!
 //! There is no linger: the writer commits as soon as it has something, and
 //! what arrives while a commit runs goes into the next one (group commit),
 //! so a lone call waits no longer than before. Updates of one record that
@@ -30,42 +22,22 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Store, StoreError};
-use crate::leads::dnc::DncPattern;
-use crate::leads::model::{CallEnd, CallRecord, NewCall};
+use crate::leads::model::CallEnd;
 
 /// Updates the channel holds before senders wait.
 const CHANNEL: usize = 4_096;
+
+/// Most records updated in one transaction.
+const MAX_BATCH: usize = 512;
 
 /// Attempts for one record after its batch failed.
 const ATTEMPTS: u32 = 4;
 const RETRY_MIN: Duration = Duration::from_millis(50);
 
 type Done = oneshot::Sender<Result<(), StoreError>>;
-type Inserted = oneshot::Sender<Result<CallRecord, StoreError>>;
-type Matched = oneshot::Sender<Result<Option<DncPattern>, StoreError>>;
-
-/// Numbers one round reads the do-not-call list for at most (each with
-/// up to 15 candidate prefixes in one `IN` list).
-const DNC_NUMBERS: usize = 256;
-
-/// What the writer takes: a record's end, a dialer call to insert, or a
-/// number about to be dialed to look up in the do-not-call list.
-#[derive(Debug)]
-enum Item {
-    End(EndItem),
-    Dnc {
-        number: String,
-        done: Matched,
-    },
-    Insert {
-        call: NewCall,
-        claim: i64,
-        done: Inserted,
-    },
-}
 
 #[derive(Debug)]
-struct EndItem {
+struct Item {
     id: i64,
     end: CallEnd,
     done: Option<Done>,
@@ -91,62 +63,20 @@ impl CallWriter {
     /// update) in the writer's next commit; returns once it is committed.
     pub async fn finish(&self, id: i64, end: CallEnd) -> Result<(), StoreError> {
         let (done, wait) = oneshot::channel();
-        let item = Item::End(EndItem {
+        let item = Item {
             id,
             end,
             done: Some(done),
-        });
+        };
         match self.tx.send(item).await {
             Ok(()) => wait.await.unwrap_or_else(|_| {
                 // The writer answers every item it takes; it only goes away
                 // with the runtime.
                 Err(StoreError::Database(sqlx::Error::PoolClosed))
             }),
-            Err(mpsc::error::SendError(item)) => match item {
-                Item::End(e) => self.store.finish_call(e.id, &e.end).await.map(|_| ()),
-                _ => Err(StoreError::Database(sqlx::Error::PoolClosed)),
-            },
-        }
-    }
-
-    /// Stores a dialer call placed under the R13 claim `claim`
-    /// ([`Store::insert_claimed_call`]) in the writer's next round, with
-    /// the other calls queued by then in one statement; returns the record
-    /// once committed. Waits while the writer is behind (backpressure).
-    pub async fn insert_claimed(
-        &self,
-        call: NewCall,
-        claim: i64,
-    ) -> Result<CallRecord, StoreError> {
-        let (done, wait) = oneshot::channel();
-        match self.tx.send(Item::Insert { call, claim, done }).await {
-            Ok(()) => wait
-                .await
-                .unwrap_or_else(|_| Err(StoreError::Database(sqlx::Error::PoolClosed))),
-            Err(mpsc::error::SendError(item)) => match item {
-                Item::Insert { call, claim, .. } => {
-                    self.store.insert_claimed_call(&call, claim).await
-                }
-                _ => Err(StoreError::Database(sqlx::Error::PoolClosed)),
-            },
-        }
-    }
-
-    /// [`Store::dnc_match`] in the writer's next round, with the other
-    /// numbers about to be dialed by then in one read (SPEC §4: the list
-    /// is read at every dial, so an entry added on any instance holds on
-    /// all of them).
-    pub async fn dnc_match(&self, e164: &str) -> Result<Option<DncPattern>, StoreError> {
-        let (done, wait) = oneshot::channel();
-        let item = Item::Dnc {
-            number: e164.to_string(),
-            done,
-        };
-        match self.tx.send(item).await {
-            Ok(()) => wait
-                .await
-                .unwrap_or_else(|_| Err(StoreError::Database(sqlx::Error::PoolClosed))),
-            Err(_) => self.store.dnc_match(e164).await,
+            Err(mpsc::error::SendError(item)) => {
+                self.store.finish_call(item.id, &item.end).await.map(|_| ())
+            }
         }
     }
 
@@ -155,14 +85,14 @@ impl CallWriter {
     /// within a commit). When the channel is full a task waits for room
     /// (backpressure moves off the caller's task; nothing is dropped).
     pub fn finish_soon(&self, id: i64, end: CallEnd) {
-        let item = Item::End(EndItem {
+        let item = Item {
             id,
             end,
             done: None,
-        });
+        };
         match self.tx.try_send(item) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(Item::End(item))) => {
+            Err(mpsc::error::TrySendError::Full(item)) => {
                 let w = self.clone();
                 tokio::spawn(async move {
                     if let Err(e) = w.finish(item.id, item.end).await {
@@ -170,7 +100,7 @@ impl CallWriter {
                     }
                 });
             }
-            Err(mpsc::error::TrySendError::Closed(Item::End(item))) => {
+            Err(mpsc::error::TrySendError::Closed(item)) => {
                 let store = self.store.clone();
                 tokio::spawn(async move {
                     if let Err(e) = store.finish_call(item.id, &item.end).await {
@@ -178,7 +108,6 @@ impl CallWriter {
                     }
                 });
             }
-            Err(mpsc::error::TrySendError::Full(_) | mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
 }
@@ -206,34 +135,16 @@ fn merge(into: &mut CallEnd, later: CallEnd) {
     );
 }
 
-/// A round: one merged update per record, in the order records first
-/// came, and the dialer calls to insert.
+/// A batch: one merged update per record, in the order records first came.
 #[derive(Default)]
 struct Batch {
     ends: Vec<(i64, CallEnd)>,
     done: Vec<Vec<Done>>,
     at: HashMap<i64, usize>,
-    inserts: Vec<(NewCall, i64)>,
-    inserted: Vec<Inserted>,
-    numbers: Vec<String>,
-    matched: Vec<Matched>,
 }
 
 impl Batch {
     fn push(&mut self, item: Item) {
-        let item = match item {
-            Item::End(e) => e,
-            Item::Insert { call, claim, done } => {
-                self.inserts.push((call, claim));
-                self.inserted.push(done);
-                return;
-            }
-            Item::Dnc { number, done } => {
-                self.numbers.push(number);
-                self.matched.push(done);
-                return;
-            }
-        };
         let i = match self.at.get(&item.id) {
             Some(&i) => {
                 merge(&mut self.ends[i].1, item.end);
@@ -251,80 +162,27 @@ impl Batch {
             self.done[i].push(d);
         }
     }
-
-    /// Whether the round is as large as one statement of each kind takes.
-    fn full(&self) -> bool {
-        self.ends.len() >= super::methods::FINISH_CALLS_ROWS
-            || self.inserts.len() >= super::methods::INSERT_CALLS_ROWS
-            || self.numbers.len() >= DNC_NUMBERS
-    }
 }
 
 async fn run(store: Store, mut rx: mpsc::Receiver<Item>) {
     while let Some(first) = rx.recv().await {
         let mut batch = Batch::default();
         batch.push(first);
-        while !batch.full() {
+        while batch.ends.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(item) => batch.push(item),
                 Err(_) => break,
             }
         }
-        let Batch {
-            ends,
-            done,
-            inserts,
-            inserted,
-            numbers,
-            matched,
-            ..
-        } = batch;
-        let (dnc, ins, ended) = match store.write_calls(&numbers, &inserts, &ends).await {
-            Ok(w) => (w.dnc, w.inserted, w.ended),
-            Err(e) => {
-                tracing::debug!(error = %e, "no writer connection for the round: one by one");
-                let again = || StoreError::Database(sqlx::Error::Protocol(e.to_string()));
-                (Err(again()), Err(again()), Err(e))
-            }
-        };
-        match dnc {
-            Ok(found) => {
-                for (p, d) in found.into_iter().zip(matched) {
-                    let _ = d.send(Ok(p));
-                }
-            }
-            Err(_) => {
-                for (n, d) in numbers.iter().zip(matched) {
-                    let _ = d.send(store.dnc_match(n).await);
-                }
-            }
-        }
-        match ins {
-            Ok(records) => {
-                for (r, d) in records.into_iter().zip(inserted) {
-                    let _ = d.send(r.ok_or(StoreError::Corrupt("calls")));
-                }
-            }
-            Err(e) => {
-                if !inserts.is_empty() {
-                    tracing::debug!(error = %e, calls = inserts.len(), "call inserts refused together: one by one");
-                }
-                // The statement is atomic: nothing of it was stored, so each
-                // call is stored on its own and only a bad one fails.
-                for ((call, claim), d) in inserts.into_iter().zip(inserted) {
-                    let _ = d.send(store.insert_claimed_call(&call, claim).await);
-                }
-            }
-        }
-        match ended {
+        match store.finish_calls(&batch.ends).await {
             Ok(()) => {
-                for d in done.into_iter().flatten() {
+                for d in batch.done.into_iter().flatten() {
                     let _ = d.send(Ok(()));
                 }
             }
             Err(e) => {
-                tracing::debug!(error = %e, records = ends.len(), "call batch refused: storing record by record");
-                for ((id, end), done) in ends.into_iter().zip(done) {
+                tracing::debug!(error = %e, records = batch.ends.len(), "call batch refused: storing record by record");
+                for ((id, end), done) in batch.ends.into_iter().zip(batch.done) {
                     let r = one(&store, id, &end).await;
                     if let Err(e) = &r {
                         if done.is_empty() {

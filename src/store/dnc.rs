@@ -152,57 +152,6 @@ where
         .max_by_key(|p| (!p.is_prefix(), p.digits().len())))
 }
 
-/// [`matching`] for several numbers in one statement (every number's
-/// candidates in one `IN` list): the pattern covering each, in the order
-/// given. The call-record writer asks it for the dials of one round
-/// (SPEC §4: the list is read at every dial; SPEC §6: one statement for
-/// many).
-pub(crate) async fn matching_many<'c, DB, E>(
-    conn: E,
-    numbers: &[String],
-) -> Result<Vec<Option<DncPattern>>, StoreError>
-where
-    DB: Database,
-    E: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    for<'r> (String, bool): FromRow<'r, DB::Row>,
-{
-    let mut candidates: Vec<&str> = numbers
-        .iter()
-        .flat_map(|n| DncPattern::candidates(n))
-        .collect();
-    candidates.sort_unstable();
-    candidates.dedup();
-    if candidates.is_empty() {
-        return Ok(vec![None; numbers.len()]);
-    }
-    let sql = format!(
-        "SELECT pattern, prefix FROM dnc WHERE pattern IN ({})",
-        super::methods::placeholders(candidates.len())
-    );
-    let mut query = sqlx::query_as::<DB, (String, bool)>(&sql);
-    for c in candidates {
-        query = query.bind(c);
-    }
-    let found: Vec<DncPattern> = query
-        .fetch_all(conn)
-        .await?
-        .into_iter()
-        .map(|(d, p)| DncPattern::from_stored(d, p))
-        .collect();
-    Ok(numbers
-        .iter()
-        .map(|n| {
-            found
-                .iter()
-                .filter(|p| p.covers(n))
-                .max_by_key(|p| (!p.is_prefix(), p.digits().len()))
-                .cloned()
-        })
-        .collect())
-}
-
 /// Whether lead `lead_id` is marked "do not call" (`leads.do_not_call`);
 /// false when there is no such lead.
 pub(crate) async fn lead_flag<DB>(pool: &Pool<DB>, lead_id: i64) -> Result<bool, StoreError>

@@ -165,10 +165,6 @@ pub(crate) const FINISH_CALL_UPDATE: &str =
 /// parameters each: well under both backends' bounds).
 pub(crate) const FINISH_CALLS_ROWS: usize = 256;
 
-/// Dialer calls one multi-row insert of the call-record writer stores at
-/// most (12 parameters each: well under both backends' bounds).
-pub(crate) const INSERT_CALLS_ROWS: usize = 256;
-
 /// [`FINISH_CALL_UPDATE`] for `rows` records in one statement: the values
 /// as a `VALUES` list joined by id (`UPDATE … FROM`, SQLite ≥ 3.33 and
 /// PostgreSQL; typed by [`typed_row_placeholders`]). Each row binds the
@@ -413,92 +409,6 @@ macro_rules! store_methods {
             Ok(())
         }
 
-        /// Ends of at most `FINISH_CALLS_ROWS` records in one statement
-        /// ([`finish_calls_sql`](crate::store::methods::finish_calls_sql));
-        /// a missing record fails it.
-        async fn finish_calls_chunk<'c, E>(conn: E, chunk: &[(i64, CallEnd)]) -> Result<(), StoreError>
-        where
-            E: sqlx::Executor<'c, Database = <$conn as sqlx::Connection>::Database>,
-        {
-            let sql = crate::store::methods::finish_calls_sql(chunk.len());
-            let mut q = sqlx::query(&sql);
-            for (id, e) in chunk {
-                q = q
-                    .bind(*id)
-                    .bind(e.answered_ms)
-                    .bind(e.ended_ms)
-                    .bind(e.outcome.map(|o| o.as_str()))
-                    .bind(e.sip_status.map(i32::from))
-                    .bind(e.ring_ms)
-                    .bind(e.trunk.as_deref())
-                    .bind(e.caller_id.as_deref())
-                    .bind(e.amd.map(|v| v.as_str()))
-                    .bind(e.amd_ms)
-                    .bind(e.recording.as_deref());
-            }
-            let first = chunk.first().map_or(0, |c| c.0);
-            let done = q
-                .execute(conn)
-                .await
-                .map_err(|err| StoreError::from_sqlx(err, Entity::Call, first))?;
-            if done.rows_affected() != chunk.len() as u64 {
-                return Err(StoreError::NotFound { entity: Entity::Call, id: format!("one of {} records", chunk.len()) });
-            }
-            Ok(())
-        }
-
-        /// Dialer calls `(call, claim id)` in one multi-row insert (the
-        /// `calls_inserted` trigger moves each lead's last call time and
-        /// links each claim, per row); the records in input order, matched
-        /// by claim id (`RETURNING` order is unspecified on both
-        /// backends). `Err` means the statement stored nothing (it is
-        /// atomic), so the caller may store the calls one by one; a call
-        /// whose row did not come back (never expected) is `None`. Claim
-        /// ids must differ (`Conflict`, refused before anything runs).
-        async fn insert_claimed_calls(
-            conn: &mut $conn,
-            calls: &[(NewCall, i64)],
-        ) -> Result<Vec<Option<CallRecord>>, StoreError> {
-            let mut seen = std::collections::HashSet::with_capacity(calls.len());
-            if !calls.iter().all(|(_, claim)| seen.insert(*claim)) {
-                return Err(StoreError::Conflict(Entity::Call));
-            }
-            let sql = format!(
-                "INSERT INTO calls (session_id, lead_id, agent, number, started_ms, answered_ms, \
-                 ended_ms, outcome, sip_status, ring_ms, trunk, claim_id) VALUES {} \
-                 RETURNING {CALL_COLUMNS}, claim_id",
-                crate::store::methods::row_placeholders(calls.len(), 12)
-            );
-            let mut q = sqlx::query(&sql);
-            for (c, claim) in calls {
-                q = q
-                    .bind(c.session_id)
-                    .bind(c.lead_id)
-                    .bind(c.agent.as_deref())
-                    .bind(&c.number)
-                    .bind(c.started_ms)
-                    .bind(c.answered_ms)
-                    .bind(c.ended_ms)
-                    .bind(c.outcome.map(|o| o.as_str()))
-                    .bind(c.sip_status.map(i32::from))
-                    .bind(c.ring_ms)
-                    .bind(c.trunk.as_deref())
-                    .bind(*claim);
-            }
-            let rows = q
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(|e| StoreError::from_sqlx(e, Entity::Call, ""))?;
-            let mut by_claim = HashMap::with_capacity(rows.len());
-            for row in &rows {
-                let claim: Option<i64> = row.try_get("claim_id")?;
-                if let Some(claim) = claim {
-                    by_claim.insert(claim, call_from_row(row)?);
-                }
-            }
-            Ok(calls.iter().map(|(_, claim)| by_claim.remove(claim)).collect())
-        }
-
         impl $store {
             pub(crate) async fn list_custom_fields(&self) -> Result<Vec<CustomField>, StoreError> {
                 let rows = sqlx::query("SELECT id, name, kind, choices FROM custom_fields ORDER BY name, id")
@@ -733,54 +643,46 @@ macro_rules! store_methods {
             /// record by record repeats them harmlessly: each is a
             /// `COALESCE` of the same values).
             pub(crate) async fn finish_calls(&self, ends: &[(i64, CallEnd)]) -> Result<(), StoreError> {
-                use crate::store::methods::FINISH_CALLS_ROWS;
+                use crate::store::methods::{finish_calls_sql, FINISH_CALLS_ROWS};
+                async fn chunk<'c, E>(conn: E, chunk: &[(i64, CallEnd)]) -> Result<(), StoreError>
+                where
+                    E: sqlx::Executor<'c, Database = <$conn as sqlx::Connection>::Database>,
+                {
+                    let sql = finish_calls_sql(chunk.len());
+                    let mut q = sqlx::query(&sql);
+                    for (id, e) in chunk {
+                        q = q
+                            .bind(*id)
+                            .bind(e.answered_ms)
+                            .bind(e.ended_ms)
+                            .bind(e.outcome.map(|o| o.as_str()))
+                            .bind(e.sip_status.map(i32::from))
+                            .bind(e.ring_ms)
+                            .bind(e.trunk.as_deref())
+                            .bind(e.caller_id.as_deref())
+                            .bind(e.amd.map(|v| v.as_str()))
+                            .bind(e.amd_ms)
+                            .bind(e.recording.as_deref());
+                    }
+                    let first = chunk.first().map_or(0, |c| c.0);
+                    let done = q
+                        .execute(conn)
+                        .await
+                        .map_err(|err| StoreError::from_sqlx(err, Entity::Call, first))?;
+                    if done.rows_affected() != chunk.len() as u64 {
+                        return Err(StoreError::NotFound { entity: Entity::Call, id: format!("one of {} records", chunk.len()) });
+                    }
+                    Ok(())
+                }
                 if ends.len() <= FINISH_CALLS_ROWS {
-                    return finish_calls_chunk(self.write_pool(), ends).await;
+                    return chunk(self.write_pool(), ends).await;
                 }
                 let mut tx = self.begin_write().await?;
                 for c in ends.chunks(FINISH_CALLS_ROWS) {
-                    finish_calls_chunk(&mut *tx, c).await?;
+                    chunk(&mut *tx, c).await?;
                 }
                 tx.commit().await?;
                 Ok(())
-            }
-
-            /// One round of the call-record writer (`store::call_writer`)
-            /// on one writer connection, taken once: the do-not-call
-            /// patterns covering the round's dialed numbers (one read,
-            /// `dnc::matching_many`), dialer calls placed
-            /// under R13 claims stored by one multi-row insert
-            /// ([`insert_claimed_calls`]), then ends stored by one
-            /// multi-row update ([`finish_calls_chunk`]). Each statement
-            /// commits on its own and fails on its own (the first result
-            /// is the insert's, the second the update's). One connection
-            /// for the round because each pooled statement costs a
-            /// round trip to the connection's thread for the statement
-            /// and one more for the pool's check as it returns (SPEC §6
-            /// call setup). `Err` only when no connection could be had.
-            pub(crate) async fn write_calls(
-                &self,
-                dnc: &[String],
-                inserts: &[(NewCall, i64)],
-                ends: &[(i64, CallEnd)],
-            ) -> Result<crate::store::CallsWritten, StoreError> {
-                let mut conn = self.write_pool().acquire().await?;
-                let dnc = if dnc.is_empty() {
-                    Ok(Vec::new())
-                } else {
-                    crate::store::dnc::matching_many(&mut *conn, dnc).await
-                };
-                let inserted = if inserts.is_empty() {
-                    Ok(Vec::new())
-                } else {
-                    insert_claimed_calls(&mut conn, inserts).await
-                };
-                let ended = if ends.is_empty() {
-                    Ok(())
-                } else {
-                    finish_calls_chunk(&mut *conn, ends).await
-                };
-                Ok(crate::store::CallsWritten { dnc, inserted, ended })
             }
 
             pub(crate) async fn set_call_notes(

@@ -145,19 +145,6 @@ pub struct CallFilter {
     pub lead_id: Option<i64>,
 }
 
-/// What one round of the call-record writer stored ([`Store::write_calls`]):
-/// each statement succeeds or fails on its own.
-#[derive(Debug)]
-pub(crate) struct CallsWritten {
-    /// The pattern covering each number asked, in the order given.
-    pub(crate) dnc: Result<Vec<Option<DncPattern>>, StoreError>,
-    /// The inserted records in the order given (`None`: the row did not
-    /// come back, never expected); `Err`: the insert stored nothing.
-    pub(crate) inserted: Result<Vec<Option<CallRecord>>, StoreError>,
-    /// The ends' update.
-    pub(crate) ended: Result<(), StoreError>,
-}
-
 /// A position in a call list, oldest first: `(started_ms, id)` of the last
 /// record of the previous page.
 pub type CallCursor = (i64, i64);
@@ -355,22 +342,6 @@ impl Store {
     /// (`call_writer`'s batch).
     pub async fn finish_calls(&self, ends: &[(i64, CallEnd)]) -> Result<(), StoreError> {
         dispatch!(self, s => s.finish_calls(ends).await)
-    }
-
-    /// One round of the call-record writer (`call_writer`): the
-    /// do-not-call pattern covering each of `dnc`'s E.164 numbers (as
-    /// [`Store::dnc_match`], one read for all), then at most
-    /// `INSERT_CALLS_ROWS` dialer calls `(call, R13 claim id)` stored by
-    /// one statement, then at most `FINISH_CALLS_ROWS` ends by another, on
-    /// one writer connection. `Err` only when no connection could be had
-    /// (nothing was written).
-    pub(crate) async fn write_calls(
-        &self,
-        dnc: &[String],
-        inserts: &[(NewCall, i64)],
-        ends: &[(i64, CallEnd)],
-    ) -> Result<CallsWritten, StoreError> {
-        dispatch!(self, s => s.write_calls(dnc, inserts, ends).await)
     }
 
     /// Replaces the agent's notes on a call (SPEC §1 step 5); the call
