@@ -445,9 +445,10 @@ enum Job {
 }
 
 /// A session's writes off its task (DESIGN.md "Writes leave the signalling
-/// path in batches"): its agents' claims (R13) and its calls' ends. One
-/// writer task per session takes what is queued and stores it in one
-/// round on one writer connection: the ends in one transaction (group
+/// path in batches"): its agents' claims (R13) with the reads of the leads
+/// before them, and its calls' ends. One writer task per session takes
+/// what is queued and runs it in one round on one writer connection: the
+/// leads asked read by one statement, the ends in one transaction (group
 /// commit, no linger), in the order they were handed over, so two calls'
 /// records of one lead never overtake each other; then every claim queued
 /// meanwhile by one multi-row statement ([`claims_sql`]), which holds
@@ -457,8 +458,11 @@ enum Job {
 /// one connection per round cut both (SPEC §6 call setup). Ends go before
 /// claims in a round: a claim sees every release and answer handed over
 /// before it. Nothing is dropped (the channel is unbounded, and each item
-/// is small: one per claim or call end); when the handle is dropped the
-/// writer stores what is queued, then stops.
+/// is small: one per read, claim or call end). The claims leave the
+/// round together, before the trunk's pacing (`max_cps`) spaces the
+/// dials; the do-not-call read and the call record, after it, stay one
+/// statement per call so a round does not send its INVITEs in a burst.
+/// When the handle is dropped the writer stores what is queued, then stops.
 #[derive(Debug, Clone)]
 pub struct EndWriter {
     tx: tokio::sync::mpsc::UnboundedSender<Job>,

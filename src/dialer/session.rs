@@ -17,8 +17,9 @@
 //!   pick, what an outcome means) in order, but waits on no database or
 //!   engine round trip for one agent: a claim (the lead's read, its calling
 //!   hours, the R13 row) and a dial run in tasks of their own and report
-//!   back ([`Internal`]); the R13 row and a call's end are stored by the
-//!   session's [`claim::EndWriter`], many agents' in one round. An agent who paused or left while its claim was
+//!   back ([`Internal`]); the lead's read, the R13 row and a call's end go
+//!   through the session's [`claim::EndWriter`], many agents' in one round
+//!   (SPEC §6 call setup). An agent who paused or left while its claim was
 //!   in flight gets nothing (the claims are released), and a skip asked
 //!   while the engine has not taken the dial yet follows the dial. Leads
 //!   are claimed in view order (R1); two agents free at the same moment
