@@ -331,18 +331,216 @@ async fn call_end_saves_history_and_releases(store: &Store) {
     assert!(saved.contains(&(LeadId(more[1]), h(1))), "{saved:?}");
 }
 
-async fn race(a: Store, b: Store) {
+/// A session with a view, for the session's record of its leads.
+async fn new_session(store: &Store, name: &str) -> i64 {
+    let view = store
+        .create_smart_view(
+            &NewSmartView {
+                name: name.into(),
+                query: "sort:name".into(),
+            },
+            NOW,
+        )
+        .await
+        .expect("view");
+    // The share token's hash is unique: one per session.
+    powerdial::dialer::record::create_session(store, view.id, false, None, name, NOW)
+        .await
+        .expect("session")
+        .id
+}
+
+fn dialer_call(sid: i64, lead: i64, agent: &str) -> NewCall {
+    NewCall {
+        session_id: Some(sid),
+        lead_id: Some(lead),
+        agent: Some(agent.into()),
+        number: "+15551230000".into(),
+        started_ms: NOW,
+        answered_ms: None,
+        ended_ms: None,
+        outcome: None,
+        sip_status: None,
+        ring_ms: None,
+        trunk: Some("carrier".into()),
+    }
+}
+
+/// The session writer's claims, many agents' in one statement, say what
+/// the step one by one says: claimed, taken, called by another session
+/// within the block (R4), answered in this session (R5), one winner for a
+/// lead two agents ask in one round; and a call's end handed over before
+/// a claim is seen by that claim (its release and its answer).
+async fn writer_claims_in_one_round(store: &Store) {
+    let sid = new_session(store, "writer claims").await;
+    let leads = add_leads(store, 40).await;
+    let in_session = |lead, agent, now_ms| ClaimRequest {
+        session_id: sid,
+        ..req(lead, agent, "i1", now_ms)
+    };
+    let ClaimResult::Claimed(_) = claim::claim(store, &in_session(leads[0], "held", NOW))
+        .await
+        .expect("claim")
+    else {
+        panic!("claim refused")
+    };
+    let at = NOW - 60_000;
+    store
+        .insert_call(&NewCall {
+            session_id: Some(99),
+            started_ms: at,
+            ..dialer_call(99, leads[1], "zed")
+        })
+        .await
+        .expect("call");
+    let answered = LeadHistory {
+        generation: 0,
+        calls: 0,
+        answered: true,
+        blocked_until: None,
+    };
+    claim::end_calls(
+        store,
+        &[claim::CallEndWrite {
+            session_id: sid,
+            history: Some((LeadId(leads[2]), answered)),
+            claim: None,
+            now_ms: NOW,
+        }],
+    )
+    .await
+    .expect("answered");
+
+    let writer = claim::EndWriter::start(store.clone());
+    // Leads read in one round: each asker gets its own, a missing one none.
+    let reads: Vec<_> = [leads[5], i64::MAX - 1, leads[6]]
+        .into_iter()
+        .map(|id| {
+            let w = writer.clone();
+            tokio::spawn(async move { w.lead(id).await })
+        })
+        .collect();
+    let mut read = Vec::new();
+    for t in reads {
+        read.push(t.await.expect("task").map(|l| (l.id, l.name)));
+    }
+    assert_eq!(
+        read,
+        vec![
+            Some((leads[5], "lead 5".to_string())),
+            None,
+            Some((leads[6], "lead 6".to_string()))
+        ]
+    );
+    let mut asks: Vec<(i64, String)> = leads
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (*l, format!("a{i}")))
+        .collect();
+    asks.push((leads[3], "twin".into()));
+    // Spawned together: the writer finds them all queued (one round).
+    let tasks: Vec<_> = asks
+        .iter()
+        .map(|(lead, agent)| {
+            let (w, lead, agent) = (writer.clone(), *lead, agent.clone());
+            tokio::spawn(async move {
+                w.claim(&ClaimRequest {
+                    session_id: sid,
+                    ..req(lead, &agent, "i1", NOW)
+                })
+                .await
+            })
+        })
+        .collect();
+    let mut got = Vec::new();
+    for t in tasks {
+        got.push(t.await.expect("task").expect("claim"));
+    }
+    assert_eq!(got[0], ClaimResult::Taken, "a live claim holds the lead");
+    assert_eq!(got[1], ClaimResult::RecentlyCalled { at }, "R4");
+    assert_eq!(got[2], ClaimResult::Answered, "R5");
+    let twins = [got[3], got[40]];
+    assert_eq!(
+        twins
+            .iter()
+            .filter(|r| matches!(r, ClaimResult::Claimed(_)))
+            .count(),
+        1,
+        "one of two agents asking for one lead wins: {twins:?}"
+    );
+    assert!(twins.contains(&ClaimResult::Taken), "{twins:?}");
+    let mut ids = HashSet::new();
+    let mut held = Vec::new();
+    for (r, (lead, _)) in got.iter().zip(&asks).skip(3) {
+        if let ClaimResult::Claimed(c) = r {
+            assert_eq!(c.lead_id, *lead);
+            assert_eq!(c.expires_ms, NOW + LEASE);
+            assert!(ids.insert(c.id), "claim ids differ");
+            held.push(*c);
+        }
+    }
+    assert_eq!(held.len(), 37);
+    // Each claim is the row's own: it renews at its version.
+    for c in &mut held {
+        *c = claim::renew(store, c, NOW + 1, LEASE)
+            .await
+            .expect("renew at the version the writer returned");
+    }
+    let mut live = claim::live_claims(store, sid, NOW + 2).await.expect("live");
+    live.sort_unstable();
+    let mut want: Vec<i64> = std::iter::once(leads[0])
+        .chain(leads[3..].iter().copied())
+        .collect();
+    want.sort_unstable();
+    assert_eq!(live, want);
+
+    // An end (answered, released) then a claim of the same lead: the claim
+    // sees both.
+    let first = claim::renew(store, &held[1], NOW + 3, LEASE)
+        .await
+        .expect("renew");
+    writer.send(claim::CallEndWrite {
+        session_id: sid,
+        history: Some((LeadId(first.lead_id), answered)),
+        claim: Some(first),
+        now_ms: NOW + 4,
+    });
+    assert_eq!(
+        writer
+            .claim(&in_session(first.lead_id, "later", NOW + 5))
+            .await
+            .expect("claim"),
+        ClaimResult::Answered,
+        "the end handed over first was stored first"
+    );
+    assert!(!claim::live_claims(store, sid, NOW + 6)
+        .await
+        .expect("live")
+        .contains(&first.lead_id));
+}
+
+/// Two instances' claimers race for the same leads, each instance's two
+/// agents through the step one by one or (`writers`) through one session
+/// writer, whose rounds take both agents' claims in one statement.
+async fn race(a: Store, b: Store, writers: bool) {
     let leads = add_leads(&a, 200).await;
     let mut tasks = Vec::new();
     for (inst, store) in [("A", a.clone()), ("B", b.clone())] {
+        let writer = writers.then(|| claim::EndWriter::start(store.clone()));
         for agent in ["x", "y"] {
             let store = store.clone();
             let leads = leads.clone();
+            let writer = writer.clone();
             tasks.push(tokio::spawn(async move {
                 let agent = format!("{inst}{agent}");
                 let mut won = Vec::new();
                 for &lead in &leads {
-                    match claim::claim(&store, &req(lead, &agent, inst, NOW)).await {
+                    let r = req(lead, &agent, inst, NOW);
+                    let got = match &writer {
+                        Some(w) => w.claim(&r).await,
+                        None => claim::claim(&store, &r).await,
+                    };
+                    match got {
                         Ok(ClaimResult::Claimed(c)) => won.push(c.lead_id),
                         Ok(ClaimResult::Taken) => {}
                         other => panic!("unexpected {other:?}"),
@@ -375,6 +573,7 @@ async fn sqlite_claims() {
     lease_expiry_frees_and_stale_version_loses(&db.store).await;
     other_sessions_calls_block(&db.store).await;
     call_end_saves_history_and_releases(&db.store).await;
+    writer_claims_in_one_round(&db.store).await;
     db.cleanup().await;
 }
 
@@ -394,7 +593,8 @@ async fn sqlite_two_pools_race() {
     let b = store::connect(&format!("sqlite://{path}"))
         .await
         .expect("open");
-    race(db.store.clone(), b.clone()).await;
+    race(db.store.clone(), b.clone(), false).await;
+    race(db.store.clone(), b.clone(), true).await;
     b.close().await;
     db.cleanup().await;
 }
@@ -408,6 +608,7 @@ async fn postgres_claims() {
     lease_expiry_frees_and_stale_version_loses(&db.store).await;
     other_sessions_calls_block(&db.store).await;
     call_end_saves_history_and_releases(&db.store).await;
+    writer_claims_in_one_round(&db.store).await;
     db.cleanup().await;
 }
 
@@ -426,7 +627,8 @@ async fn postgres_two_instances_race() {
     let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
     let a = store::connect(&url).await.expect("instance A");
     let b = store::connect(&url).await.expect("instance B");
-    race(a.clone(), b.clone()).await;
+    race(a.clone(), b.clone(), false).await;
+    race(a.clone(), b.clone(), true).await;
     a.close().await;
     b.close().await;
     sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))

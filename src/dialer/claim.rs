@@ -24,6 +24,7 @@
 //! database must keep their clocks within a small fraction of the lease.
 
 use super::queue::{LeadHistory, LeadId};
+use crate::leads::model::Lead;
 use crate::store::{Store, StoreError};
 
 /// Runs `$body` with `$p` bound to the backend's pool that `$pool` names
@@ -170,6 +171,12 @@ pub async fn claim(store: &Store, req: &ClaimRequest<'_>) -> Result<ClaimResult,
     if let Some(c) = claim_at_once(store, req).await? {
         return Ok(ClaimResult::Claimed(c));
     }
+    claim_checked(store, req).await
+}
+
+/// [`claim`]'s transaction: why a lead could not be claimed at once, or
+/// the claim after a lease that ran out was released.
+async fn claim_checked(store: &Store, req: &ClaimRequest<'_>) -> Result<ClaimResult, ClaimError> {
     let r: Result<ClaimResult, ClaimError> = with_write_tx!(store, tx => {
         // The live claim (and when its lease ends), other sessions' and
         // logged calls (R4 "by any session"; this session's own blocks are
@@ -373,40 +380,128 @@ pub struct CallEndWrite {
     pub now_ms: i64,
 }
 
+/// [`end_calls`]'s statements on `$tx`, a write transaction of either
+/// backend: every history in one multi-row upsert and every release in
+/// one multi-row update per [`END_ROWS`]; the ids released.
+macro_rules! write_ends {
+    ($tx:ident, $histories:expr, $releases:expr) => {{
+        for chunk in $histories.chunks(END_ROWS) {
+            let sql = save_histories_sql(chunk.len());
+            let mut q = sqlx::query(&sql);
+            for (session, lead, h) in chunk {
+                q = q
+                    .bind(*session)
+                    .bind(lead.0)
+                    .bind(i64::from(h.generation))
+                    .bind(i64::from(h.calls))
+                    .bind(i64::from(h.answered))
+                    .bind(h.blocked_until);
+            }
+            q.execute(&mut *$tx).await?;
+        }
+        let mut released: Vec<i64> = Vec::with_capacity($releases.len());
+        for chunk in $releases.chunks(END_ROWS) {
+            let sql = release_claims_sql(chunk.len());
+            let mut q = sqlx::query_scalar::<_, i64>(&sql);
+            for (c, now_ms) in chunk {
+                q = q.bind(c.id).bind(c.version).bind(*now_ms);
+            }
+            released.extend(q.fetch_all(&mut *$tx).await?);
+        }
+        released
+    }};
+}
+
 /// Calls' ends taken in one transaction at most.
 const END_BATCH: usize = 256;
 
-/// Stores a session's call ends off its task (DESIGN.md "Writes leave the
-/// signalling path in batches"): one writer task per session commits what
-/// is queued in one transaction (group commit, no linger), in the order
-/// the ends were handed over, so two calls' records of one lead never
-/// overtake each other. Nothing is dropped (the channel is unbounded, and
-/// each item is small: the session hands over one per call it ends); when
-/// the handle is dropped the writer stores what is queued, then stops.
+/// Claims one [`claims_sql`] statement takes at most (8 parameters each:
+/// under both backends' bounds).
+const CLAIM_ROWS: usize = 256;
+
+/// A claim asked of the session's writer ([`EndWriter::claim`]).
+#[derive(Debug)]
+struct ClaimJob {
+    lead_id: i64,
+    session_id: i64,
+    agent: String,
+    instance: String,
+    now_ms: i64,
+    expires_ms: i64,
+    block_ms: i64,
+    reentered: bool,
+    /// `Some`: claimed; `None`: not claimed at once ([`claim_checked`]
+    /// says why).
+    done: tokio::sync::oneshot::Sender<Option<LeadClaim>>,
+}
+
+/// What the session's writer takes.
+#[derive(Debug)]
+enum Job {
+    End(CallEndWrite),
+    Claim(ClaimJob),
+    /// A lead to read before its claim (R2: its number; its calling hours).
+    Lead(i64, tokio::sync::oneshot::Sender<Option<Lead>>),
+}
+
+/// A session's writes off its task (DESIGN.md "Writes leave the signalling
+/// path in batches"): its agents' claims (R13) with the reads of the leads
+/// before them, and its calls' ends. One writer task per session takes
+/// what is queued and runs it in one round on one writer connection: the
+/// leads asked read by one statement, the ends in one transaction (group
+/// commit, no linger), in the order they were handed over, so two calls'
+/// records of one lead never overtake each other; then every claim queued
+/// meanwhile by one multi-row statement ([`claims_sql`]), which holds
+/// [`claim`]'s conditions for each row. On SQLite each statement is a
+/// hand-off to the connection's thread and back, and each return of a
+/// pooled connection one more: many agents' claims in one statement and
+/// one connection per round cut both (SPEC §6 call setup). Ends go before
+/// claims in a round: a claim sees every release and answer handed over
+/// before it. Nothing is dropped (the channel is unbounded, and each item
+/// is small: one per read, claim or call end). The claims leave the
+/// round together, before the trunk's pacing (`max_cps`) spaces the
+/// dials; the do-not-call read and the call record, after it, stay one
+/// statement per call so a round does not send its INVITEs in a burst.
+/// When the handle is dropped the writer stores what is queued, then stops.
 #[derive(Debug, Clone)]
 pub struct EndWriter {
-    tx: tokio::sync::mpsc::UnboundedSender<CallEndWrite>,
+    tx: tokio::sync::mpsc::UnboundedSender<Job>,
     store: Store,
 }
 
 impl EndWriter {
     /// Starts the writer task on `store` (within a tokio runtime).
     pub fn start(store: Store) -> EndWriter {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<CallEndWrite>();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
         let writer_store = store.clone();
         tokio::spawn(async move {
             let store = writer_store;
-            let mut batch = Vec::new();
+            let mut ends = Vec::new();
+            let mut claims = Vec::new();
+            let mut reads = Vec::new();
             while let Some(first) = rx.recv().await {
-                batch.push(first);
-                while batch.len() < END_BATCH {
-                    match rx.try_recv() {
-                        Ok(w) => batch.push(w),
-                        Err(_) => break,
+                let mut next = Some(first);
+                while let Some(job) = next.take() {
+                    match job {
+                        Job::End(w) => ends.push(w),
+                        Job::Claim(c) => claims.push(c),
+                        Job::Lead(id, done) => reads.push((id, done)),
+                    }
+                    if ends.len() < END_BATCH
+                        && claims.len() < CLAIM_ROWS
+                        && reads.len() < crate::store::methods::IN_CHUNK
+                    {
+                        next = rx.try_recv().ok();
                     }
                 }
-                store_ends(&store, &batch).await;
-                batch.clear();
+                store_round(
+                    &store,
+                    std::mem::take(&mut reads),
+                    &ends,
+                    std::mem::take(&mut claims),
+                )
+                .await;
+                ends.clear();
             }
         });
         EndWriter { tx, store }
@@ -414,28 +509,272 @@ impl EndWriter {
 
     /// Queues `w` for the writer's next commit.
     pub fn send(&self, w: CallEndWrite) {
-        if let Err(e) = self.tx.send(w) {
+        if let Err(e) = self.tx.send(Job::End(w)) {
             // The writer task is gone (only as the runtime stops): store
             // this end on a task of its own rather than lose it.
             let store = self.store.clone();
-            tokio::spawn(async move { store_ends(&store, &[e.0]).await });
+            if let Job::End(w) = e.0 {
+                tokio::spawn(async move { store_ends(&store, &[w]).await });
+            }
         }
     }
+
+    /// Lead `id` (`Store::get_lead`), read in the writer's next round with
+    /// the other leads asked by then, in one statement on the writer's
+    /// connection; `None` when it is gone or could not be read.
+    pub async fn lead(&self, id: i64) -> Option<Lead> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if self.tx.send(Job::Lead(id, done)).is_err() {
+            return self.store.get_lead(id).await.ok();
+        }
+        match wait.await {
+            Ok(lead) => lead,
+            Err(_) => self.store.get_lead(id).await.ok(),
+        }
+    }
+
+    /// [`claim`] through the writer: the claim goes into the writer's next
+    /// round with every other agent's claim queued by then, in one
+    /// statement; a lead not claimed at once is asked again by
+    /// [`claim`]'s transaction, which says why (or releases a lease that
+    /// ran out and claims it).
+    pub async fn claim(&self, req: &ClaimRequest<'_>) -> Result<ClaimResult, ClaimError> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        let job = ClaimJob {
+            lead_id: req.lead_id,
+            session_id: req.session_id,
+            agent: req.agent.to_string(),
+            instance: req.instance.to_string(),
+            now_ms: req.now_ms,
+            expires_ms: req.now_ms.saturating_add(req.lease_ms),
+            block_ms: req.block_ms,
+            reentered: req.reentered,
+            done,
+        };
+        if self.tx.send(Job::Claim(job)).is_err() {
+            return claim(&self.store, req).await;
+        }
+        match wait.await {
+            Ok(Some(c)) => Ok(ClaimResult::Claimed(c)),
+            _ => claim_checked(&self.store, req).await,
+        }
+    }
+}
+
+/// One round of the session's writer: the ends, then the claims, on one
+/// writer connection. A refused batch of ends is stored end by end; a
+/// refused claim statement (or a lead asked twice in the round) sends the
+/// claims to [`claim_checked`], so one bad row loses nothing else.
+#[allow(clippy::type_complexity)]
+async fn store_round(
+    store: &Store,
+    reads: Vec<(i64, tokio::sync::oneshot::Sender<Option<Lead>>)>,
+    ends: &[CallEndWrite],
+    claims: Vec<ClaimJob>,
+) {
+    let (histories, releases) = end_rows(ends);
+    let ids: Vec<i64> = reads.iter().map(|(id, _)| *id).collect();
+    // One row per lead: a second claim of a lead in the round is asked on
+    // its own (the unique index would refuse it anyway).
+    let mut batched: Vec<ClaimJob> = Vec::with_capacity(claims.len());
+    let mut again: Vec<ClaimJob> = Vec::new();
+    for c in claims {
+        if batched.iter().any(|b| b.lead_id == c.lead_id) {
+            again.push(c);
+        } else {
+            batched.push(c);
+        }
+    }
+    let r = write_round(store, &ids, &histories, &releases, &batched).await;
+    let (leads, ended, claimed) = match r {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(error = %e, "no writer connection for the round");
+            (Ok(Vec::new()), Err(e), Ok(Vec::new()))
+        }
+    };
+    match leads {
+        Ok(mut leads) if !ids.is_empty() => {
+            for (id, done) in reads {
+                let at = leads.iter().position(|l| l.id == id);
+                let _ = done.send(at.map(|i| leads.swap_remove(i)));
+            }
+        }
+        // The read failed (or the round had no connection): each lead on
+        // its own.
+        _ => {
+            for (id, done) in reads {
+                let _ = done.send(store.get_lead(id).await.ok());
+            }
+        }
+    }
+    match ended {
+        Ok(lost) => warn_lost(&lost),
+        Err(e) if ends.len() > 1 => {
+            tracing::warn!(error = %e, n = ends.len(), "call ends not stored together: one by one");
+            for w in ends {
+                if let Err(e) = end_calls(store, std::slice::from_ref(w)).await {
+                    tracing::warn!(error = %e, lead = ?w.history.map(|h| h.0 .0), "history or claim release not saved");
+                }
+            }
+        }
+        Err(e) if !ends.is_empty() => match end_calls(store, ends).await {
+            Ok(lost) => warn_lost(&lost),
+            Err(e2) => {
+                tracing::warn!(error = %e, retry = %e2, "history or claim release not saved")
+            }
+        },
+        Err(_) => {}
+    }
+    let rows = match claimed {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::debug!(error = %e, n = batched.len(), "claims refused together: one by one");
+            Vec::new()
+        }
+    };
+    for c in batched {
+        let got = rows
+            .iter()
+            .find(|(lead, agent, _, _)| *lead == c.lead_id && *agent == c.agent)
+            .map(|&(_, _, id, version)| LeadClaim {
+                id,
+                lead_id: c.lead_id,
+                version,
+                expires_ms: c.expires_ms,
+            });
+        let _ = c.done.send(got);
+    }
+    for c in again {
+        let _ = c.done.send(None);
+    }
+}
+
+fn warn_lost(lost: &[LeadClaim]) {
+    for c in lost {
+        tracing::warn!(
+            claim = c.id,
+            lead = c.lead_id,
+            "claim lost before the call's end was stored"
+        );
+    }
+}
+
+/// The round's leads read in one statement, its ends in one write
+/// transaction (the two statements of [`end_calls`]), then its claims in
+/// one statement, on one writer connection taken once. The leads, the
+/// ends' result (the claims found lost) and the claims' rows `(lead,
+/// agent, claim id, version)` come back apart: each fails on its own. `Err` only when no connection could be had.
+#[allow(clippy::type_complexity)]
+async fn write_round(
+    store: &Store,
+    reads: &[i64],
+    histories: &[(i64, LeadId, LeadHistory)],
+    releases: &[(LeadClaim, i64)],
+    claims: &[ClaimJob],
+) -> Result<
+    (
+        Result<Vec<Lead>, StoreError>,
+        Result<Vec<LeadClaim>, ClaimError>,
+        Result<Vec<(i64, String, i64, i64)>, ClaimError>,
+    ),
+    ClaimError,
+> {
+    macro_rules! round {
+        ($s:ident, $conn:ident, $begin:expr) => {{
+            let leads = if reads.is_empty() {
+                Ok(Vec::new())
+            } else {
+                $s.get_leads_on(&mut $conn, reads).await
+            };
+            let ended: Result<Vec<LeadClaim>, ClaimError> =
+                if histories.is_empty() && releases.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    async {
+                        let mut tx = $begin.await?;
+                        let released = write_ends!(tx, histories, releases);
+                        tx.commit().await?;
+                        Ok::<_, ClaimError>(lost_of(releases, &released))
+                    }
+                    .await
+                };
+            let claimed: Result<Vec<(i64, String, i64, i64)>, ClaimError> = if claims.is_empty() {
+                Ok(Vec::new())
+            } else {
+                let sql = claims_sql(claims.len());
+                let mut q = sqlx::query_as::<_, (i64, String, i64, i64)>(&sql);
+                for c in claims {
+                    q = q
+                        .bind(c.lead_id)
+                        .bind(c.session_id)
+                        .bind(c.agent.as_str())
+                        .bind(c.instance.as_str())
+                        .bind(c.now_ms)
+                        .bind(c.expires_ms)
+                        .bind(c.reentered)
+                        .bind(c.block_ms);
+                }
+                q.fetch_all(&mut *$conn).await.map_err(ClaimError::from)
+            };
+            Ok((leads, ended, claimed))
+        }};
+    }
+    match store {
+        Store::Sqlite(s) => {
+            let mut conn = s.write_pool().acquire().await?;
+            // BEGIN IMMEDIATE as `SqliteStore::begin_write`: the lock at
+            // once rather than an upgrade that fails with SQLITE_BUSY.
+            round!(
+                s,
+                conn,
+                sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE")
+            )
+        }
+        Store::Postgres(s) => {
+            let mut conn = s.write_pool().acquire().await?;
+            round!(s, conn, sqlx::Connection::begin(&mut *conn))
+        }
+    }
+}
+
+/// Claims of `rows` leads in one statement, each with [`claim_at_once`]'s
+/// conditions (no live claim on the lead; unless it re-entered the view,
+/// neither called by another session within its block, R4, nor answered
+/// in this session, R5). Each row binds `(lead, session, agent, instance,
+/// now, expires, reentered, block)`; the claims made come back as `(lead,
+/// agent, id, version)` in no particular order. Two rows of one lead: the
+/// unique index `lead_claims_live` lets one in.
+fn claims_sql(rows: usize) -> String {
+    let values = crate::store::methods::typed_row_placeholders(
+        rows,
+        &[
+            "BIGINT", "BIGINT", "TEXT", "TEXT", "BIGINT", "BIGINT", "BOOLEAN", "BIGINT",
+        ],
+    );
+    format!(
+        "WITH v (vlead, vsession, vagent, vinstance, vnow, vexpires, vreentered, vblock) \
+         AS (VALUES {values}) \
+         INSERT INTO lead_claims \
+         (lead_id, session_id, agent, instance, claimed_ms, expires_ms) \
+         SELECT vlead, vsession, vagent, vinstance, vnow, vexpires FROM v \
+         WHERE NOT EXISTS (SELECT 1 FROM lead_claims \
+                           WHERE lead_id = vlead AND released_ms IS NULL) \
+         AND (vreentered OR (\
+           NOT EXISTS (SELECT 1 FROM session_leads \
+                       WHERE session_id = vsession AND lead_id = vlead AND answered = 1) \
+           AND (vblock <= 0 OR NOT EXISTS (SELECT 1 FROM calls \
+                WHERE lead_id = vlead AND (session_id IS NULL OR session_id <> vsession) \
+                AND started_ms > vnow - vblock)))) \
+         ON CONFLICT DO NOTHING RETURNING lead_id, agent, id, version"
+    )
 }
 
 /// Stores a batch in one transaction; a batch the database refuses is
 /// retried end by end, so one bad row loses nothing else.
 async fn store_ends(store: &Store, batch: &[CallEndWrite]) {
     match end_calls(store, batch).await {
-        Ok(lost) => {
-            for c in lost {
-                tracing::warn!(
-                    claim = c.id,
-                    lead = c.lead_id,
-                    "claim lost before the call's end was stored"
-                );
-            }
-        }
+        Ok(lost) => warn_lost(&lost),
         Err(e) if batch.len() > 1 => {
             tracing::warn!(error = %e, n = batch.len(), "call ends not stored together: one by one");
             for w in batch {
@@ -450,17 +789,11 @@ async fn store_ends(store: &Store, batch: &[CallEndWrite]) {
     }
 }
 
-/// Several calls' ends in one write transaction ([`end_call`] for each);
-/// returns the claims that turned out lost. The batch is two statements
-/// whatever its size (every lead's history in one multi-row upsert, every
-/// claim's release in one multi-row update), so a batch holds SQLite's one
-/// write lock for four round trips (SPEC §6 call setup). A lead that ended
-/// twice in one batch keeps its later history: the ends come in the order
-/// the session handed them over.
-pub async fn end_calls(
-    store: &Store,
-    batch: &[CallEndWrite],
-) -> Result<Vec<LeadClaim>, ClaimError> {
+/// The rows of a batch of ends: each lead's latest history in its session
+/// (the ends come in the order the session handed them over) and each
+/// claim's release `(claim, now_ms)`.
+#[allow(clippy::type_complexity)]
+fn end_rows(batch: &[CallEndWrite]) -> (Vec<(i64, LeadId, LeadHistory)>, Vec<(LeadClaim, i64)>) {
     let mut histories: Vec<(i64, LeadId, LeadHistory)> = Vec::new();
     for w in batch {
         if let Some((lead, h)) = w.history {
@@ -477,40 +810,36 @@ pub async fn end_calls(
         .iter()
         .filter_map(|w| w.claim.map(|c| (c, w.now_ms)))
         .collect();
+    (histories, claims)
+}
+
+/// The claims of `releases` whose release did not happen (`released`: the
+/// ids released).
+fn lost_of(releases: &[(LeadClaim, i64)], released: &[i64]) -> Vec<LeadClaim> {
+    releases
+        .iter()
+        .map(|(c, _)| *c)
+        .filter(|c| !released.contains(&c.id))
+        .collect()
+}
+
+/// Several calls' ends in one write transaction ([`end_call`] for each);
+/// returns the claims that turned out lost. The batch is two statements
+/// whatever its size (every lead's history in one multi-row upsert, every
+/// claim's release in one multi-row update), so a batch holds SQLite's one
+/// write lock for four round trips (SPEC §6 call setup). A lead that ended
+/// twice in one batch keeps its later history: the ends come in the order
+/// the session handed them over.
+pub async fn end_calls(
+    store: &Store,
+    batch: &[CallEndWrite],
+) -> Result<Vec<LeadClaim>, ClaimError> {
+    let (histories, claims) = end_rows(batch);
     if histories.is_empty() && claims.is_empty() {
         return Ok(Vec::new());
     }
-    let lost: Vec<LeadClaim> = with_write_tx!(store, tx => {
-        for chunk in histories.chunks(END_ROWS) {
-            let sql = save_histories_sql(chunk.len());
-            let mut q = sqlx::query(&sql);
-            for (session, lead, h) in chunk {
-                q = q
-                    .bind(*session)
-                    .bind(lead.0)
-                    .bind(i64::from(h.generation))
-                    .bind(i64::from(h.calls))
-                    .bind(i64::from(h.answered))
-                    .bind(h.blocked_until);
-            }
-            q.execute(&mut *tx).await?;
-        }
-        let mut released: Vec<i64> = Vec::with_capacity(claims.len());
-        for chunk in claims.chunks(END_ROWS) {
-            let sql = release_claims_sql(chunk.len());
-            let mut q = sqlx::query_scalar::<_, i64>(&sql);
-            for (c, now_ms) in chunk {
-                q = q.bind(c.id).bind(c.version).bind(*now_ms);
-            }
-            released.extend(q.fetch_all(&mut *tx).await?);
-        }
-        claims
-            .iter()
-            .map(|(c, _)| *c)
-            .filter(|c| !released.contains(&c.id))
-            .collect()
-    });
-    Ok(lost)
+    let released: Vec<i64> = with_write_tx!(store, tx => write_ends!(tx, histories, claims));
+    Ok(lost_of(&claims, &released))
 }
 
 /// Rows of one [`save_histories_sql`] or [`release_claims_sql`] statement

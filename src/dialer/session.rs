@@ -17,8 +17,9 @@
 //!   pick, what an outcome means) in order, but waits on no database or
 //!   engine round trip for one agent: a claim (the lead's read, its calling
 //!   hours, the R13 row) and a dial run in tasks of their own and report
-//!   back ([`Internal`]); a call's end is stored by the session's
-//!   [`claim::EndWriter`]. An agent who paused or left while its claim was
+//!   back ([`Internal`]); the lead's read, the R13 row and a call's end go
+//!   through the session's [`claim::EndWriter`], many agents' in one round
+//!   (SPEC §6 call setup). An agent who paused or left while its claim was
 //!   in flight gets nothing (the claims are released), and a skip asked
 //!   while the engine has not taken the dial yet follows the dial. Leads
 //!   are claimed in view order (R1); two agents free at the same moment
@@ -644,13 +645,15 @@ enum ClaimStep {
 /// hours are closed, else claims it in the database (R13).
 async fn claim_step<D: Dialer, C: Clock>(
     shared: &Shared<D, C>,
+    writer: &claim::EndWriter,
     hours: &CallingHours,
     session_id: i64,
     agent: &str,
     c: Claim,
     now_ms: i64,
 ) -> ClaimStep {
-    let lead = shared.store.get_lead(c.lead.0).await.ok();
+    // Read with the other agents' leads of the writer's round.
+    let lead = writer.lead(c.lead.0).await;
     let number = lead
         .as_ref()
         .and_then(|l| l.first_phone())
@@ -684,7 +687,9 @@ async fn claim_step<D: Dialer, C: Clock>(
         reentered: c.generation > 0,
     };
     ClaimStep::Db {
-        result: claim::claim(&shared.store, &req).await,
+        // With the other agents' claims queued meanwhile, in one
+        // statement ([`claim::EndWriter::claim`]).
+        result: writer.claim(&req).await,
         lead,
         number,
     }
@@ -708,7 +713,7 @@ struct Session<D: Dialer, C: Clock> {
     agents: BTreeMap<String, Slot>,
     next_agent_id: i64,
     internal: mpsc::Sender<Internal>,
-    /// The session's call ends on their way to the database.
+    /// The session's claims and call ends on their way to the database.
     ends: claim::EndWriter,
     next_refresh: Instant,
     pending_refresh: Option<Instant>,
@@ -1523,8 +1528,9 @@ impl<D: Dialer, C: Clock> Session<D, C> {
         let tx = self.internal.clone();
         let agent = agent.to_string();
         let session_id = self.row.id;
+        let writer = self.ends.clone();
         tokio::spawn(async move {
-            let step = claim_step(&shared, &hours, session_id, &agent, c, now_ms).await;
+            let step = claim_step(&shared, &writer, &hours, session_id, &agent, c, now_ms).await;
             let _ = tx
                 .send(Internal::Claimed(Box::new(ClaimDone {
                     agent,

@@ -445,9 +445,20 @@ macro_rules! store_methods {
 
             pub(crate) async fn get_leads(&self, ids: &[i64]) -> Result<Vec<Lead>, StoreError> {
                 let mut conn = self.pool().acquire().await?;
+                self.get_leads_on(&mut conn, ids).await
+            }
+
+            /// [`Self::get_leads`] on a connection the caller holds (the
+            /// session writer reads its round's leads on its writer
+            /// connection: no second connection taken and returned).
+            pub(crate) async fn get_leads_on(
+                &self,
+                conn: &mut $conn,
+                ids: &[i64],
+            ) -> Result<Vec<Lead>, StoreError> {
                 let mut found = HashMap::with_capacity(ids.len());
                 for chunk in ids.chunks(IN_CHUNK) {
-                    load_chunk(&mut conn, chunk, &mut found).await?;
+                    load_chunk(conn, chunk, &mut found).await?;
                 }
                 Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
             }
