@@ -276,7 +276,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let heap_bytes = Gauge::default();
     registry.register(
         "heap_bytes",
-        "Heap bytes in use (glibc mallinfo2: arena chunks in use plus mmapped chunks), read at the scrape; 0 where unknown",
+        "Heap bytes in use (the server's jemalloc: stats.allocated; elsewhere glibc mallinfo2: arena chunks in use plus mmapped chunks), read at the scrape; 0 where unknown",
         heap_bytes.clone(),
     );
     Metrics {

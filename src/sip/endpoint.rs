@@ -54,7 +54,7 @@ use rand::SeedableRng;
 use super::dialog::{DialogSet, NameAddr, RequestMatch};
 use super::digest::{Algorithm, DigestVerifier, Rejection};
 use super::message::{self, check_request, response_to, Inspected};
-use super::registrar::{Binding, Registrar};
+use super::registrar::{Binding, RegisterTo, Registrar};
 use super::syntax::headers::untyped;
 use super::syntax::{Header, HeadersExt, Method, Request, Response, SipMessage};
 use super::transaction::{
@@ -955,19 +955,24 @@ impl Endpoint {
             let r = with_warning(response_to(request, 403, ""), "Domain not served here");
             return self.respond(now, &key, r);
         }
-        let to_host = request
-            .to_header()
-            .ok()
-            .and_then(|to| NameAddr::parse(to.value()).ok())
-            .and_then(|na| na.parsed_uri().ok())
-            .map(|u| u.host().to_string());
-        if let Some(host) = to_host {
-            if !self.is_ours(&host) {
-                let r = with_warning(response_to(request, 404, ""), "Unknown domain");
+        // The To is parsed once, here, for its domain and (in the
+        // registrar) its user.
+        let to = match RegisterTo::of(request) {
+            Ok(to) => to,
+            Err(e) => {
+                tracing::debug!(%user, %peer, error = %e, "REGISTER refused");
+                let r = e.response(request);
                 return self.respond(now, &key, r);
             }
+        };
+        if !self.is_ours(&to.host()) {
+            let r = with_warning(response_to(request, 404, ""), "Unknown domain");
+            return self.respond(now, &key, r);
         }
-        match self.registrar.handle_register(wall, request, peer, &user) {
+        match self
+            .registrar
+            .handle_register_to(wall, request, &to, peer, &user)
+        {
             Ok(outcome) => {
                 let mut upserted = outcome.added;
                 upserted.extend(outcome.refreshed);

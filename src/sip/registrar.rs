@@ -190,6 +190,41 @@ pub struct Registrar {
     expiries: BTreeMap<SystemTime, u32>,
 }
 
+/// The To of a REGISTER, parsed once (its name-addr, then its URI): the
+/// endpoint checks its domain (RFC 3261 §10.3 step 2) and the registrar
+/// its user against the authenticated agent (step 3). Each used to parse
+/// it on its own, two URI parses per REGISTER (SPEC §6, REGISTER per
+/// cycle beside Kamailio).
+#[derive(Debug, Clone)]
+pub struct RegisterTo {
+    uri: syntax::Uri,
+}
+
+impl RegisterTo {
+    /// Parses the To of `request`; a missing or unparsable one is
+    /// [`RegisterError::BadHeader`] (400).
+    pub fn of(request: &syntax::Request) -> Result<Self, RegisterError> {
+        let to = request
+            .to_header()
+            .map_err(|_| RegisterError::BadHeader("To"))?;
+        let to = NameAddr::parse(to.value()).map_err(|_| RegisterError::BadHeader("To"))?;
+        let uri = to
+            .parsed_uri()
+            .map_err(|_| RegisterError::BadHeader("To"))?;
+        Ok(RegisterTo { uri })
+    }
+
+    /// The URI's user part: the address-of-record's agent.
+    pub fn user(&self) -> Option<&str> {
+        self.uri.user()
+    }
+
+    /// The URI's host as printed (an IPv6 host with its brackets).
+    pub fn host(&self) -> String {
+        self.uri.host().to_string()
+    }
+}
+
 /// A contact parsed from a REGISTER, before it is applied.
 struct Requested {
     contact: String,
@@ -291,16 +326,23 @@ impl Registrar {
         peer: Peer,
         authenticated_user: &str,
     ) -> Result<RegisterOutcome, RegisterError> {
-        let to = request
-            .to_header()
-            .map_err(|_| RegisterError::BadHeader("To"))?;
-        let to = NameAddr::parse(to.value()).map_err(|_| RegisterError::BadHeader("To"))?;
-        let to_uri = to
-            .parsed_uri()
-            .map_err(|_| RegisterError::BadHeader("To"))?;
+        let to = RegisterTo::of(request)?;
+        self.handle_register_to(now, request, &to, peer, authenticated_user)
+    }
+
+    /// [`Self::handle_register`] with the request's To already parsed
+    /// ([`RegisterTo::of`]), for a caller that read it first.
+    pub fn handle_register_to(
+        &mut self,
+        now: SystemTime,
+        request: &syntax::Request,
+        to: &RegisterTo,
+        peer: Peer,
+        authenticated_user: &str,
+    ) -> Result<RegisterOutcome, RegisterError> {
         // The domain is not compared: powerdial serves one realm and phones
         // write it as an IP, a name, with or without a port.
-        if to_uri.user() != Some(authenticated_user) {
+        if to.user() != Some(authenticated_user) {
             return Err(RegisterError::Forbidden);
         }
         let call_id = request
@@ -1101,5 +1143,42 @@ L:0\r\n\
             reg.handle_register(t(0), &req, peer, "alice").unwrap_err(),
             RegisterError::BadHeader("CSeq")
         );
+    }
+
+    /// The To is read once for both checks: its user for the registrar,
+    /// its host for the endpoint's domain check; a To that does not parse
+    /// is a 400 before anything changes, and the registrar given it keeps
+    /// to the same rules as [`Registrar::handle_register`].
+    #[test]
+    fn the_to_is_parsed_once_for_user_and_host() {
+        let req = register(1, "c1", "Contact: <sip:alice@10.0.0.1:5062>\r\n");
+        let to = RegisterTo::of(&req).unwrap();
+        assert_eq!(to.user(), Some("alice"));
+        assert_eq!(to.host(), "127.0.0.1");
+        let mut reg = Registrar::new();
+        let peer = udp("10.0.0.1:5062");
+        let out = reg
+            .handle_register_to(t(0), &req, &to, peer, "alice")
+            .unwrap();
+        assert_eq!(out.added.len(), 1);
+        assert_eq!(
+            reg.handle_register_to(t(1), &register(2, "c1", ""), &to, peer, "bob")
+                .unwrap_err(),
+            RegisterError::Forbidden
+        );
+        let v6 = register(1, "c2", "").to_string().replace(
+            "To: \"Alice\" <sip:alice@127.0.0.1>",
+            "To: <sip:alice@[2001:db8::1]:5060>",
+        );
+        let v6 = syntax::Request::try_from(v6).unwrap();
+        assert_eq!(RegisterTo::of(&v6).unwrap().host(), "[2001:db8::1]");
+        let bad = register(1, "c3", "").to_string().replace(
+            "To: \"Alice\" <sip:alice@127.0.0.1>",
+            "To: \"Alice <sip:alice@127.0.0.1>",
+        );
+        let bad = syntax::Request::try_from(bad).unwrap();
+        let err = RegisterTo::of(&bad).unwrap_err();
+        assert_eq!(err, RegisterError::BadHeader("To"));
+        assert_eq!(err.status(), StatusCode::BadRequest);
     }
 }

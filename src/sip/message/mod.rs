@@ -682,6 +682,7 @@ fn reject(msg: &RawMessage<'_>, vias: &Vias, defect: &Defect) -> syntax::Respons
         call_id: clean("Call-ID"),
         cseq: clean("CSeq"),
         branch,
+        to_checked: false,
     };
     let code = defect.status_code();
     let warning = Header::Warning(untyped::Warning::new(format!("399 powerdial \"{defect}\"")));

@@ -2,7 +2,7 @@
 
 use sha2::{Digest, Sha256};
 
-use super::grammar::parse_name_addr;
+use super::grammar::{parse_checked_name_addr, parse_name_addr};
 use super::syntax::headers::{untyped, Header, Headers};
 use super::syntax::{HasHeaders, Request, Response, StatusCode, Version};
 
@@ -47,6 +47,10 @@ pub(crate) struct Echo {
     pub cseq: Option<String>,
     /// The top Via's branch, for deriving a To tag.
     pub branch: String,
+    /// Whether `to` comes from a request the validator accepted
+    /// (`message::inspect`), so its tag is read without checking its URI
+    /// again; false for the raw headers of a rejected request.
+    pub to_checked: bool,
 }
 
 /// Assemble a response from the echoed headers. A To without a tag gets
@@ -69,8 +73,12 @@ pub(crate) fn assemble(
         headers.push(Header::From(untyped::From::new(from)));
     }
     if let Some(to) = echo.to {
-        let needs_tag =
-            code > 100 && parse_name_addr(&to, "To", false).is_ok_and(|na| na.tag().is_none());
+        let parsed = if echo.to_checked {
+            parse_checked_name_addr(&to, "To")
+        } else {
+            parse_name_addr(&to, "To", false)
+        };
+        let needs_tag = code > 100 && parsed.is_ok_and(|na| na.tag().is_none());
         let to = if needs_tag {
             let tag = tag.map_or_else(
                 || derive_to_tag(echo.call_id.as_deref().unwrap_or_default(), &echo.branch),
@@ -115,6 +123,9 @@ pub(crate) fn echo_of(headers: &Headers) -> Echo {
         call_id: None,
         cseq: None,
         branch: String::new(),
+        // Every request a response is built for passed `inspect` (the
+        // only way in from the network) or was built by this stack.
+        to_checked: true,
     };
     for h in headers.iter() {
         match h {

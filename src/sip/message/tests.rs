@@ -920,3 +920,31 @@ fn typed_headers_of_valid_requests_parse_downstream() {
         );
     }
 }
+
+/// The response's second read of a validated To skips the URI check and
+/// finds the same tag and parameters as the validator's parse; a value the
+/// validator refuses for its URI alone is still refused on the reject
+/// path, which keeps the full parse.
+#[test]
+fn a_checked_to_reads_the_same_tag_without_the_uri_check() {
+    for to in [
+        "<sip:alice@127.0.0.1>",
+        "\"Alice; the <first>\" <sip:alice@127.0.0.1;transport=udp>;tag=a1",
+        "sip:alice@example.com;tag=b2;x=\"q;uoted\"",
+        "Alice <sip:alice@[2001:db8::1]:5060>;TAG=c3",
+        "<tel:+15550100>",
+    ] {
+        let full = grammar::parse_name_addr(to, "To", false).unwrap();
+        let light = grammar::parse_checked_name_addr(to, "To").unwrap();
+        assert_eq!(full.uri, light.uri, "{to}");
+        assert_eq!(full.params, light.params, "{to}");
+        assert_eq!(full.tag(), light.tag(), "{to}");
+    }
+    // Structure is still checked: no URI, unbalanced brackets.
+    assert!(grammar::parse_checked_name_addr("<>", "To").is_err());
+    assert!(grammar::parse_checked_name_addr("<sip:a@b", "To").is_err());
+    // A URI the validator refuses with a sound structure around it: only
+    // the full parse refuses it, which is why `reject` keeps that one.
+    assert!(grammar::parse_name_addr("<notauri>", "To", false).is_err());
+    assert!(grammar::parse_checked_name_addr("<notauri>", "To").is_ok());
+}

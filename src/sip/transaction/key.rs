@@ -100,6 +100,10 @@ pub struct ClientKey {
 #[derive(Debug, Clone)]
 pub(crate) struct RequestIdentity {
     pub(crate) key: ServerKey,
+    /// The To tag, read for RFC 2543 keys only: §17.2.3 compares it for
+    /// their ACK alone, and a branch key never looks at To. Every request
+    /// would otherwise parse its To once more here, after the validator
+    /// (`message::inspect`) already did (SPEC §6, REGISTER per cycle).
     pub(crate) to_tag: Option<String>,
 }
 
@@ -185,31 +189,36 @@ impl ServerKey {
 impl RequestIdentity {
     pub(crate) fn of(request: &Request, method: Method) -> Result<Self, TransactionError> {
         let via = top_via_parts(request)?;
-        let to_tag = to_tag(request)?;
-        let key = match via.branch {
-            Some(branch) if is_rfc3261_branch(branch) => TransactionKey::Branch {
-                branch: branch.to_string(),
-                sent_by: sent_by(via.sent_by),
-                method,
-            },
-            _ => TransactionKey::Rfc2543 {
-                request_uri: request.uri.to_string(),
-                from_tag: from_tag(request)?,
-                call_id: request
-                    .call_id_header()
-                    .map_err(|_| TransactionError::MissingHeader("Call-ID"))?
-                    .value()
-                    .trim()
-                    .to_string(),
-                cseq: cseq(request)?.seq,
-                top_via: request
-                    .top_via_header()
-                    .map_err(|_| TransactionError::MissingHeader("Via"))?
-                    .value()
-                    .trim()
-                    .to_string(),
-                method,
-            },
+        let (key, to_tag) = match via.branch {
+            Some(branch) if is_rfc3261_branch(branch) => (
+                TransactionKey::Branch {
+                    branch: branch.to_string(),
+                    sent_by: sent_by(via.sent_by),
+                    method,
+                },
+                None,
+            ),
+            _ => (
+                TransactionKey::Rfc2543 {
+                    request_uri: request.uri.to_string(),
+                    from_tag: from_tag(request)?,
+                    call_id: request
+                        .call_id_header()
+                        .map_err(|_| TransactionError::MissingHeader("Call-ID"))?
+                        .value()
+                        .trim()
+                        .to_string(),
+                    cseq: cseq(request)?.seq,
+                    top_via: request
+                        .top_via_header()
+                        .map_err(|_| TransactionError::MissingHeader("Via"))?
+                        .value()
+                        .trim()
+                        .to_string(),
+                    method,
+                },
+                to_tag(request)?,
+            ),
         };
         Ok(RequestIdentity {
             key: ServerKey(key),
@@ -400,5 +409,29 @@ Call-ID: c1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
         assert_eq!(key, ServerKey::from_request(&request(&spaced)).unwrap());
         let other_port = invite.replace("A.Example:5060", "a.example:5061");
         assert_ne!(key, ServerKey::from_request(&request(&other_port)).unwrap());
+    }
+
+    /// Only an RFC 2543 key carries the To tag (its ACK compares it,
+    /// §17.2.3); a branch key never reads To, which the validator has
+    /// parsed already: a To that does not parse leaves a branch key whole.
+    #[test]
+    fn the_to_tag_is_read_for_rfc2543_keys_only() {
+        let tagged = BADBRANCH.replace(
+            "To: sip:user@example.com\r\n",
+            "To: sip:user@example.com;tag=t1\r\n",
+        );
+        let old = RequestIdentity::of(&request(&tagged), Method::Options).unwrap();
+        assert!(old.key.is_rfc2543());
+        assert_eq!(old.to_tag.as_deref(), Some("t1"));
+        let branch = tagged.replace("branch=z9hG4bK\r\n", "branch=z9hG4bKb1\r\n");
+        let new = RequestIdentity::of(&request(&branch), Method::Options).unwrap();
+        assert!(!new.key.is_rfc2543());
+        assert_eq!(new.to_tag, None);
+        let unparsable = branch.replace(
+            "To: sip:user@example.com;tag=t1",
+            "To: <sip:user@example.com",
+        );
+        let key = RequestIdentity::of(&request(&unparsable), Method::Options).unwrap();
+        assert_eq!(key.key, new.key);
     }
 }
