@@ -1087,6 +1087,77 @@ mod tests {
         store.close().await;
     }
 
+    /// A batch of more rows of each kind than one statement holds
+    /// ([`SQLITE_ROWS`]) stores every row under the right parent with the
+    /// right values, across the statements' boundaries: a slip by one in
+    /// the ids or the chunking would move later rows' values onto their
+    /// neighbours.
+    #[tokio::test]
+    async fn a_batch_across_several_statements_keeps_every_row_in_place() {
+        use crate::leads::model::{Contact, CustomFieldKind, CustomValue, NewCustomField};
+        use crate::leads::phone::PhoneE164;
+        let dir = tempfile::tempdir().unwrap();
+        let store = sqlite_file_store(&dir).await;
+        let field = store
+            .define_custom_field(&NewCustomField {
+                name: "Source".into(),
+                kind: CustomFieldKind::Text,
+                choices: Vec::new(),
+            })
+            .await
+            .unwrap();
+        let n = 2 * SQLITE_ROWS + 7;
+        let leads: Vec<ValidLead> = (0..n)
+            .map(|i| ValidLead {
+                status: format!("S{}", i % 3),
+                created_ms: 1_790_000_000_000 - (i as i64 * 7919) % 1000,
+                contacts: vec![Contact {
+                    name: format!("C{i}"),
+                    phones: vec![
+                        PhoneE164::parse(&format!("415 555 {:04}", i), "US").unwrap(),
+                        PhoneE164::parse(&format!("212 555 {:04}", i), "US").unwrap(),
+                    ],
+                    emails: if i % 2 == 0 {
+                        vec![format!("c{i}@example.com")]
+                    } else {
+                        Vec::new()
+                    },
+                }],
+                custom: if i % 4 == 0 {
+                    Vec::new()
+                } else {
+                    vec![(field.id, CustomValue::Text(format!("V{i}")))]
+                },
+                ..lead(&format!("L{i}"))
+            })
+            .collect();
+        let mut loader = store.lead_loader();
+        let ids = loader.insert(&leads, 0).await.unwrap();
+        loader.finish().await.unwrap();
+        assert_eq!(ids.len(), n);
+        let stored = store.get_leads(&ids).await.unwrap();
+        assert_eq!(stored.len(), n);
+        for (i, (id, got)) in ids.iter().zip(&stored).enumerate() {
+            assert_eq!(got.id, *id);
+            assert_eq!(got.name, format!("L{i}"), "lead {i}");
+            assert_eq!(got.status, format!("S{}", i % 3), "lead {i}");
+            assert_eq!(
+                got.created.timestamp_millis(),
+                leads[i].created_ms,
+                "lead {i}"
+            );
+            assert_eq!(got.contacts.len(), 1, "lead {i}");
+            assert_eq!(got.contacts[0], leads[i].contacts[0], "lead {i}");
+            let value = got.custom.get("Source");
+            if i % 4 == 0 {
+                assert_eq!(value, None, "lead {i}");
+            } else {
+                assert_eq!(value, Some(&CustomValue::Text(format!("V{i}"))), "lead {i}");
+            }
+        }
+        store.close().await;
+    }
+
     /// Rows are written in `created_ms` order (ties in input order), each
     /// lead keeping the id of its input position.
     #[test]
