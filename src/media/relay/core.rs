@@ -310,11 +310,9 @@ pub struct AgentMediaCore {
     to_lead: Option<StreamRewriter>,
     next_tick: Option<Instant>,
     /// Silence frames generated since the agent last heard something;
-    /// saturates (see [`HANGOVER_FRAMES`]).
+    /// saturates. Past [`HANGOVER_FRAMES`] the generator is at the
+    /// keep-alive cadence ([`Self::keep_alive`]).
     silent_run: u8,
-    /// The generator sends silence only every [`KEEP_ALIVE`]: its next
-    /// frame starts a talkspurt after a pause.
-    keep_alive: bool,
     last_early_media: Option<Instant>,
     events: VecDeque<MediaEvent>,
     /// RTP from hosts the signalling does not name, dropped (SPEC §5).
@@ -362,7 +360,6 @@ impl AgentMediaCore {
             to_lead: None,
             next_tick: None,
             silent_run: 0,
-            keep_alive: false,
             last_early_media: None,
             events: VecDeque::new(),
             stray_dropped: 0,
@@ -499,7 +496,7 @@ impl AgentMediaCore {
     pub fn play_tone(&mut self, now: Instant) {
         self.tone.start();
         if self.bridged_at.is_none()
-            && (self.next_tick.is_none() || self.keep_alive)
+            && (self.next_tick.is_none() || self.keep_alive())
             && self.agent.neg.is_some()
         {
             self.next_tick = Some(now);
@@ -521,7 +518,7 @@ impl AgentMediaCore {
                 self.first_after_bridge = true;
                 self.tone.stop();
                 self.next_tick = None;
-                self.keep_alive = false;
+                self.silent_run = 0;
                 Ok(())
             }
             _ => Err(CoreError::UnknownLeg(lead)),
@@ -658,7 +655,6 @@ impl AgentMediaCore {
             // the frame cadence first.
             self.next_tick = Some(now);
             self.silent_run = 0;
-            self.keep_alive = false;
         }
         self.first_after_bridge = false;
     }
@@ -797,11 +793,10 @@ impl AgentMediaCore {
                             return None;
                         }
                         self.last_early_media = Some(now);
-                        if self.keep_alive {
+                        if self.keep_alive() {
                             // The generator slept at the keep-alive cadence:
                             // it looks again within a frame, to fill with
                             // silence once the early media stops.
-                            self.keep_alive = false;
                             self.silent_run = 0;
                             self.next_tick = Some(now + FRAME_DURATION);
                         }
@@ -821,6 +816,12 @@ impl AgentMediaCore {
     fn lead_timeout_deadline(&self) -> Option<Instant> {
         self.bridged_at?;
         self.lead.as_ref()?.timeout_deadline(self.cfg.rtp_timeout)
+    }
+
+    /// The generator sends silence only every [`KEEP_ALIVE`] (the
+    /// hangover is over): its next frame starts a talkspurt after a pause.
+    fn keep_alive(&self) -> bool {
+        self.silent_run >= HANGOVER_FRAMES
     }
 
     /// The next instant [`Self::handle_timeout`] must run: the next
@@ -887,11 +888,10 @@ impl AgentMediaCore {
             // The agent hears the early media; silence after it starts a
             // new hangover.
             self.silent_run = 0;
-            self.keep_alive = false;
             self.next_tick = Some(next(FRAME_DURATION));
             return None;
         }
-        let after_pause = self.keep_alive;
+        let after_pause = self.keep_alive();
         self.silent_run = if beeping {
             0
         } else {
@@ -899,8 +899,7 @@ impl AgentMediaCore {
         };
         // Past the hangover, silence goes only every KEEP_ALIVE; each such
         // frame ends a pause (RFC 3551 §4.1).
-        self.keep_alive = self.silent_run >= HANGOVER_FRAMES;
-        self.next_tick = Some(next(if self.keep_alive {
+        self.next_tick = Some(next(if self.keep_alive() {
             KEEP_ALIVE
         } else {
             FRAME_DURATION
