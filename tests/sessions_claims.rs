@@ -140,17 +140,9 @@ async fn other_sessions_calls_block(store: &Store) {
     let at = NOW - 60_000;
     store
         .insert_call(&NewCall {
-            session_id: Some(99),
-            lead_id: Some(lead),
-            agent: Some("zed".into()),
-            number: "+15551230000".into(),
             started_ms: at,
-            answered_ms: None,
             ended_ms: Some(at + 1000),
-            outcome: None,
-            sip_status: None,
-            ring_ms: None,
-            trunk: None,
+            ..dialer_call(99, lead, "zed")
         })
         .await
         .expect("call");
@@ -202,22 +194,7 @@ async fn call_end_saves_history_and_releases(store: &Store) {
     };
     // The record names the claim in its own commit.
     let call = store
-        .insert_claimed_call(
-            &NewCall {
-                session_id: Some(sid),
-                lead_id: Some(lead),
-                agent: Some("alice".into()),
-                number: "+15551230000".into(),
-                started_ms: NOW,
-                answered_ms: None,
-                ended_ms: None,
-                outcome: None,
-                sip_status: None,
-                ring_ms: None,
-                trunk: None,
-            },
-            c.id,
-        )
+        .insert_claimed_call(&dialer_call(sid, lead, "alice"), c.id)
         .await
         .expect("call");
     assert!(call.id > 0);
@@ -350,6 +327,8 @@ async fn new_session(store: &Store, name: &str) -> i64 {
         .id
 }
 
+/// A call record as the dialer writes it: `agent` calling `lead` in
+/// session `sid`, started at `NOW`, not yet answered or ended.
 fn dialer_call(sid: i64, lead: i64, agent: &str) -> NewCall {
     NewCall {
         session_id: Some(sid),
@@ -411,7 +390,7 @@ async fn writer_claims_in_one_round(store: &Store) {
     .await
     .expect("answered");
 
-    let writer = claim::EndWriter::start(store.clone());
+    let writer = claim::SessionWriter::start(store.clone());
     // Leads read in one round: each asker gets its own, a missing one none.
     let reads: Vec<_> = [leads[5], i64::MAX - 1, leads[6]]
         .into_iter()
@@ -526,7 +505,7 @@ async fn race(a: Store, b: Store, writers: bool) {
     let leads = add_leads(&a, 200).await;
     let mut tasks = Vec::new();
     for (inst, store) in [("A", a.clone()), ("B", b.clone())] {
-        let writer = writers.then(|| claim::EndWriter::start(store.clone()));
+        let writer = writers.then(|| claim::SessionWriter::start(store.clone()));
         for agent in ["x", "y"] {
             let store = store.clone();
             let leads = leads.clone();

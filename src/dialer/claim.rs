@@ -419,7 +419,7 @@ const END_BATCH: usize = 256;
 /// under both backends' bounds).
 const CLAIM_ROWS: usize = 256;
 
-/// A claim asked of the session's writer ([`EndWriter::claim`]).
+/// A claim asked of the session's writer ([`SessionWriter::claim`]).
 #[derive(Debug)]
 struct ClaimJob {
     lead_id: i64,
@@ -464,14 +464,14 @@ enum Job {
 /// statement per call so a round does not send its INVITEs in a burst.
 /// When the handle is dropped the writer stores what is queued, then stops.
 #[derive(Debug, Clone)]
-pub struct EndWriter {
+pub struct SessionWriter {
     tx: tokio::sync::mpsc::UnboundedSender<Job>,
     store: Store,
 }
 
-impl EndWriter {
+impl SessionWriter {
     /// Starts the writer task on `store` (within a tokio runtime).
-    pub fn start(store: Store) -> EndWriter {
+    pub fn start(store: Store) -> SessionWriter {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
         let writer_store = store.clone();
         tokio::spawn(async move {
@@ -504,7 +504,7 @@ impl EndWriter {
                 ends.clear();
             }
         });
-        EndWriter { tx, store }
+        SessionWriter { tx, store }
     }
 
     /// Queues `w` for the writer's next commit.
@@ -562,9 +562,10 @@ impl EndWriter {
 }
 
 /// One round of the session's writer: the ends, then the claims, on one
-/// writer connection. A refused batch of ends is stored end by end; a
-/// refused claim statement (or a lead asked twice in the round) sends the
-/// claims to [`claim_checked`], so one bad row loses nothing else.
+/// writer connection. A refused batch of ends is tried again on its own,
+/// then end by end ([`store_ends`]); a refused claim statement (or a lead
+/// asked twice in the round) sends the claims to [`claim_checked`], so one
+/// bad row loses nothing else.
 #[allow(clippy::type_complexity)]
 async fn store_round(
     store: &Store,
@@ -610,20 +611,12 @@ async fn store_round(
     }
     match ended {
         Ok(lost) => warn_lost(&lost),
-        Err(e) if ends.len() > 1 => {
-            tracing::warn!(error = %e, n = ends.len(), "call ends not stored together: one by one");
-            for w in ends {
-                if let Err(e) = end_calls(store, std::slice::from_ref(w)).await {
-                    tracing::warn!(error = %e, lead = ?w.history.map(|h| h.0 .0), "history or claim release not saved");
-                }
-            }
+        // Refused in the round, or the round had no connection: the ends
+        // as a batch of their own, then end by end (`store_ends`).
+        Err(e) if !ends.is_empty() => {
+            tracing::debug!(error = %e, n = ends.len(), "the round's call ends: again on their own");
+            store_ends(store, ends).await;
         }
-        Err(e) if !ends.is_empty() => match end_calls(store, ends).await {
-            Ok(lost) => warn_lost(&lost),
-            Err(e2) => {
-                tracing::warn!(error = %e, retry = %e2, "history or claim release not saved")
-            }
-        },
         Err(_) => {}
     }
     let rows = match claimed {

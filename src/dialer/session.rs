@@ -18,7 +18,7 @@
 //!   engine round trip for one agent: a claim (the lead's read, its calling
 //!   hours, the R13 row) and a dial run in tasks of their own and report
 //!   back ([`Internal`]); the lead's read, the R13 row and a call's end go
-//!   through the session's [`claim::EndWriter`], many agents' in one round
+//!   through the session's [`claim::SessionWriter`], many agents' in one round
 //!   (SPEC §6 call setup). An agent who paused or left while its claim was
 //!   in flight gets nothing (the claims are released), and a skip asked
 //!   while the engine has not taken the dial yet follows the dial. Leads
@@ -645,7 +645,7 @@ enum ClaimStep {
 /// hours are closed, else claims it in the database (R13).
 async fn claim_step<D: Dialer, C: Clock>(
     shared: &Shared<D, C>,
-    writer: &claim::EndWriter,
+    writer: &claim::SessionWriter,
     hours: &CallingHours,
     session_id: i64,
     agent: &str,
@@ -688,7 +688,7 @@ async fn claim_step<D: Dialer, C: Clock>(
     };
     ClaimStep::Db {
         // With the other agents' claims queued meanwhile, in one
-        // statement ([`claim::EndWriter::claim`]).
+        // statement ([`claim::SessionWriter::claim`]).
         result: writer.claim(&req).await,
         lead,
         number,
@@ -714,7 +714,7 @@ struct Session<D: Dialer, C: Clock> {
     next_agent_id: i64,
     internal: mpsc::Sender<Internal>,
     /// The session's claims and call ends on their way to the database.
-    ends: claim::EndWriter,
+    writer: claim::SessionWriter,
     next_refresh: Instant,
     pending_refresh: Option<Instant>,
     /// The last change of [`LeadsChanged`] this session has taken in.
@@ -740,7 +740,7 @@ pub async fn spawn<D: Dialer, C: Clock>(
         agents: BTreeMap::new(),
         next_agent_id: 1,
         internal: itx,
-        ends: claim::EndWriter::start(shared.store.clone()),
+        writer: claim::SessionWriter::start(shared.store.clone()),
         next_refresh: shared.clock.instant(),
         pending_refresh: None,
         changes_seen: shared.leads_changed.seq(),
@@ -1379,8 +1379,8 @@ impl<D: Dialer, C: Clock> Session<D, C> {
         {
             tracing::warn!(%agent, error = %e, "report refused");
         }
-        // Stored off the session's task, in order ([`claim::EndWriter`]).
-        self.ends.send(claim::CallEndWrite {
+        // Stored off the session's task, in order ([`claim::SessionWriter`]).
+        self.writer.send(claim::CallEndWrite {
             session_id: self.row.id,
             history: self.queue.history(c.lead).map(|h| (c.lead, h)),
             claim: db_claim,
@@ -1528,7 +1528,7 @@ impl<D: Dialer, C: Clock> Session<D, C> {
         let tx = self.internal.clone();
         let agent = agent.to_string();
         let session_id = self.row.id;
-        let writer = self.ends.clone();
+        let writer = self.writer.clone();
         tokio::spawn(async move {
             let step = claim_step(&shared, &writer, &hours, session_id, &agent, c, now_ms).await;
             let _ = tx
