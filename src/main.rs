@@ -227,6 +227,11 @@ async fn import_leads(config: &Config, file: &std::path::Path) -> anyhow::Result
 mod tests {
     use super::*;
 
+    /// Held by each test here that allocates a large block and reads the
+    /// process-wide heap figure: run in parallel, one test's block would
+    /// show in (or vanish from) the other's reading.
+    static HEAP_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     /// jemalloc is this binary's allocator and its figure follows it: a
     /// live 64 MiB block shows in it, and is gone from it once freed (16 MiB
     /// of slack for what the other tests of this process allocate
@@ -236,6 +241,7 @@ mod tests {
     fn the_heap_figure_is_jemallocs() {
         const BLOCK: u64 = 64 << 20;
         const SLACK: u64 = 16 << 20;
+        let _alone = HEAP_TESTS.lock().unwrap_or_else(|e| e.into_inner());
         let before = jemalloc_heap_in_use().unwrap();
         let block = std::hint::black_box(vec![0u8; BLOCK as usize]);
         let during = jemalloc_heap_in_use().unwrap();
@@ -266,6 +272,7 @@ mod tests {
     /// Once set, the library's heap gauge reads jemalloc's figure.
     #[test]
     fn the_library_reads_the_probe() {
+        let _alone = HEAP_TESTS.lock().unwrap_or_else(|e| e.into_inner());
         powerdial::allocator::set_heap_probe(jemalloc_heap_in_use);
         let block = std::hint::black_box(vec![0u8; 32 << 20]);
         let seen = powerdial::allocator::heap_in_use_bytes().unwrap();
