@@ -55,6 +55,13 @@ pub struct Metrics {
     /// RTP packets dropped because they came from a host the signalling
     /// does not name (SPEC §5).
     pub rtp_stray_packets: Counter,
+    /// Lead RTP packets that arrived before the dial's answer was applied,
+    /// held for it (SPEC §5: judged by the latch once the answer names the
+    /// media address).
+    pub rtp_early_held_packets: Counter,
+    /// Of those, packets dropped unjudged: held too long, over the bound,
+    /// or the leg closed with no answer.
+    pub rtp_early_dropped_packets: Counter,
     /// (username, address) pairs locked out after failed digest responses.
     pub sip_auth_lockouts: Counter,
     /// SIP source addresses banned, by reason (SPEC §5; `sip::flood`).
@@ -132,6 +139,18 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "rtp_stray_packets",
         "RTP packets dropped because they came from a host the signalling does not name",
         rtp_stray_packets.clone(),
+    );
+    let rtp_early_held_packets = Counter::default();
+    registry.register(
+        "rtp_early_held_packets",
+        "Lead RTP packets that arrived before the answer was applied, held for it",
+        rtp_early_held_packets.clone(),
+    );
+    let rtp_early_dropped_packets = Counter::default();
+    registry.register(
+        "rtp_early_dropped_packets",
+        "Lead RTP packets held for an answer and dropped unjudged (too long, over the bound, the leg closed)",
+        rtp_early_dropped_packets.clone(),
     );
     let sip_auth_lockouts = Counter::default();
     registry.register(
@@ -294,6 +313,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         calls_in_progress,
         dnc_refused,
         rtp_stray_packets,
+        rtp_early_held_packets,
+        rtp_early_dropped_packets,
         sip_auth_lockouts,
         http_signin_lockouts,
         sip_bans,

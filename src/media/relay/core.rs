@@ -282,6 +282,35 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(1);
 /// sends no RTP at all must not hold the agent).
 const AMD_GRACE: Duration = Duration::from_millis(500);
 
+/// How long lead RTP that arrived before the answer was applied is held
+/// for it ([`EarlyHold`]): a carrier starts the callee's audio with its 200
+/// OK, often before the answer has crossed the signalling path; 200 ms is
+/// ten 20 ms frames, the first word of "hello".
+pub const EARLY_HOLD: Duration = Duration::from_millis(200);
+/// At most this many packets are held per lead leg ([`EARLY_HOLD`] of
+/// 20 ms frames)…
+pub const EARLY_HOLD_PACKETS: usize = 10;
+/// …and at most this many bytes (ten G.711 frames of 20 ms are 1,720),
+/// so a stranger spraying the port before the answer costs a bounded
+/// buffer, freed when the answer comes (SPEC §6 memory per call).
+pub const EARLY_HOLD_BYTES: usize = 2048;
+
+/// Lead RTP that arrived while the dial's offer was outstanding (no
+/// answer applied yet), held in arrival order. Nothing in it has been
+/// judged: once the answer is applied each packet goes through
+/// [`AgentMediaCore::handle_rtp`] as if it had arrived then — the latch
+/// decides on its source (SPEC §5: only the address the signalling names;
+/// anything else is dropped as a stray, never relayed), the negotiated
+/// payload types on its payload. What ages past [`EARLY_HOLD`], does not
+/// fit, or is still held when the leg closes is dropped.
+#[derive(Debug, Default)]
+struct EarlyHold {
+    /// (arrival, source, bytes of `bytes`), oldest first.
+    packets: VecDeque<(Instant, SocketAddr, Range<usize>)>,
+    /// The held datagrams, back to back.
+    bytes: Vec<u8>,
+}
+
 /// Answering-machine detection on the current lead leg (SPEC §4 `amd`).
 #[derive(Debug)]
 struct Listening {
@@ -327,6 +356,14 @@ pub struct AgentMediaCore {
     /// Recording of the current lead call (SPEC §4 `record`), boxed for
     /// the same reason.
     tap: Option<Box<Tap>>,
+    /// Lead RTP that came before the answer, held for it; boxed, and only
+    /// while it holds something.
+    early: Option<Box<EarlyHold>>,
+    /// Lead packets held for the answer, and held ones dropped unrelayed
+    /// (aged out, over the bound, the leg closed), since the driver last
+    /// took the counts.
+    early_held: u32,
+    early_dropped: u32,
 }
 
 /// The recording tap of a lead call: relayed audio goes to the writer.
@@ -366,6 +403,9 @@ impl AgentMediaCore {
             listening: None,
             lead_held: false,
             tap: None,
+            early: None,
+            early_held: 0,
+            early_dropped: 0,
         }
     }
 
@@ -454,6 +494,7 @@ impl AgentMediaCore {
         self.listening = None;
         self.lead_held = false;
         self.tap = None;
+        self.forget_early();
     }
 
     /// Forgets the lead leg (its call ended); the agent hears silence.
@@ -467,6 +508,7 @@ impl AgentMediaCore {
                 self.lead_held = false;
                 // The writer finishes the file once its sender is gone.
                 self.tap = None;
+                self.forget_early();
                 Ok(())
             }
             _ => Err(CoreError::UnknownLeg(id)),
@@ -670,6 +712,10 @@ impl AgentMediaCore {
         buf: &mut [u8],
     ) -> Option<Forward> {
         let pkt = parse_rtp(buf).ok()?;
+        if side == Side::Lead && self.holds_early() {
+            self.hold_early(now, from, buf);
+            return None;
+        }
         let leg = match side {
             Side::Agent => &mut self.agent,
             Side::Lead => self.lead.as_mut()?,
@@ -810,6 +856,116 @@ impl AgentMediaCore {
                 }
             }
         }
+    }
+
+    /// Whether a lead packet arriving now is held for the answer
+    /// ([`EarlyHold`]) rather than judged: the dial's offer is outstanding
+    /// (no answer applied to the lead leg yet), or packets held before the
+    /// answer still wait for their turn (order is kept).
+    fn holds_early(&self) -> bool {
+        match &self.lead {
+            Some(l) if l.neg.is_none() => true,
+            Some(_) => self.early.is_some() && !self.early_releasable(),
+            None => false,
+        }
+    }
+
+    /// Whether held lead packets can be judged now as if they had just
+    /// arrived: the answer is applied and the call layer has said what the
+    /// agent hears (bridged, or held for the detector), or the beep that
+    /// would have hidden early media is over.
+    fn early_releasable(&self) -> bool {
+        self.lead.as_ref().is_some_and(|l| l.neg.is_some())
+            && (self.bridged_at.is_some() || self.lead_held || !self.tone.is_beeping())
+    }
+
+    fn hold_early(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        let e = self.early.get_or_insert_with(|| {
+            Box::new(EarlyHold {
+                packets: VecDeque::with_capacity(EARLY_HOLD_PACKETS),
+                bytes: Vec::with_capacity(EARLY_HOLD_BYTES),
+            })
+        });
+        while e
+            .packets
+            .front()
+            .is_some_and(|(at, _, _)| now.saturating_duration_since(*at) > EARLY_HOLD)
+        {
+            e.packets.pop_front();
+            self.early_dropped += 1;
+        }
+        // What aged out gives its room back.
+        let first = e.packets.front().map_or(e.bytes.len(), |p| p.2.start);
+        if first > 0 {
+            e.bytes.drain(..first);
+            for p in &mut e.packets {
+                p.2 = p.2.start - first..p.2.end - first;
+            }
+        }
+        let start = e.bytes.len();
+        let end = start + datagram.len();
+        if e.packets.len() >= EARLY_HOLD_PACKETS || end > EARLY_HOLD_BYTES {
+            // Full: the earliest audio is kept, the newest dropped.
+            self.early_dropped += 1;
+            return;
+        }
+        e.bytes.extend_from_slice(datagram);
+        e.packets.push_back((now, from, start..end));
+        self.early_held += 1;
+    }
+
+    /// Drops whatever is held (the lead leg closed or was replaced).
+    fn forget_early(&mut self) {
+        if let Some(e) = self.early.take() {
+            self.early_dropped += u32::try_from(e.packets.len()).unwrap_or(u32::MAX);
+        }
+    }
+
+    /// The next lead packet held for the answer ([`EarlyHold`]), once it
+    /// can be judged: copied into `out`, with its source and length. The
+    /// driver hands it to [`Self::handle_rtp`] as a packet of the lead leg
+    /// arriving `now`, and calls again until `None`, before it reads the
+    /// lead's socket again (order is kept). A packet held longer than
+    /// [`EARLY_HOLD`] is dropped instead.
+    pub fn take_held(&mut self, now: Instant, out: &mut [u8]) -> Option<(SocketAddr, usize)> {
+        if self.early.is_none() || !self.early_releasable() {
+            return None;
+        }
+        loop {
+            let next = self.early.as_mut().and_then(|e| {
+                let (at, from, range) = e.packets.pop_front()?;
+                Some((at, from, e.bytes.get(range)))
+            });
+            let Some((at, from, bytes)) = next else {
+                self.early = None;
+                return None;
+            };
+            let copied = bytes.and_then(|b| {
+                let dst = out.get_mut(..b.len())?;
+                dst.copy_from_slice(b);
+                Some(b.len())
+            });
+            match copied {
+                Some(n) if now.saturating_duration_since(at) <= EARLY_HOLD => {
+                    return Some((from, n));
+                }
+                _ => self.early_dropped += 1,
+            }
+        }
+    }
+
+    /// Whether lead packets are held for the answer ([`EarlyHold`]).
+    pub fn has_held(&self) -> bool {
+        self.early.is_some()
+    }
+
+    /// Lead packets held for the answer, and held ones dropped without
+    /// being judged, since the last call (for the relay's counters).
+    pub fn take_early_counts(&mut self) -> (u32, u32) {
+        (
+            std::mem::take(&mut self.early_held),
+            std::mem::take(&mut self.early_dropped),
+        )
     }
 
     /// The lead leg's RTP-timeout deadline: only once bridged (answered).
@@ -1048,6 +1204,19 @@ mod tests {
 
         fn events(&mut self) -> Vec<MediaEvent> {
             std::iter::from_fn(|| self.core.poll_event()).collect()
+        }
+
+        /// What the driver does after commands and timers: the lead
+        /// packets held for the answer, judged now; how many were relayed.
+        fn release_held(&mut self) -> usize {
+            let mut relayed = 0;
+            let mut out = [0u8; 2048];
+            while let Some((from, n)) = self.core.take_held(self.now, &mut out) {
+                if self.recv(Side::Lead, &from.to_string(), out[..n].to_vec()) {
+                    relayed += 1;
+                }
+            }
+            relayed
         }
     }
 
@@ -1751,6 +1920,215 @@ mod tests {
             assert_eq!(seq1, seq0.wrapping_add(1));
             assert_eq!(ts1.wrapping_sub(ts0), 8 * (t1 - t0) as u32, "{t0} → {t1}");
         }
+    }
+
+    /// An agent hearing the dial-start beep, dialling LEAD; the trunk
+    /// signals from 198.51.100.1.
+    fn dialling() -> Harness {
+        let mut h = Harness::new();
+        h.core
+            .set_remote(h.now, AGENT, neg("192.168.0.5:4000", G711Law::Pcmu, None))
+            .unwrap();
+        h.core.attach_lead(
+            LEAD,
+            StreamSeed {
+                ssrc: 0x1EAD,
+                seq: 5,
+                timestamp: 7,
+            },
+        );
+        h.core
+            .set_signalling(LEAD, "198.51.100.1".parse().unwrap())
+            .unwrap();
+        h.core.play_tone(h.now);
+        h.advance(10);
+        h.to_agent.clear();
+        h
+    }
+
+    /// The n-th lead packet of a carrier: PCMU, payload byte `0x10 + n`.
+    fn lead_pkt(n: u16) -> Vec<u8> {
+        rtp(
+            0,
+            n == 0,
+            300 + n,
+            16_000 + 160 * u32::from(n),
+            0xCA11,
+            &[0x10 + n as u8; 160],
+        )
+    }
+
+    /// The payload marks of what the agent got from the lead (generated
+    /// frames are 0xFF silence or the beep's varying samples).
+    fn lead_audio_at_agent(h: &Harness) -> Vec<u8> {
+        h.to_agent
+            .iter()
+            .filter(|s| s.bytes[12..].iter().all(|b| *b == s.bytes[12]))
+            .map(|s| s.bytes[12])
+            .filter(|b| (0x10..0x30).contains(b))
+            .collect()
+    }
+
+    #[test]
+    fn lead_rtp_before_the_answer_is_held_and_relayed_at_the_bridge() {
+        // The carrier sends its 200 OK and the callee's first audio at
+        // once; the audio overtakes the answer (SPEC §6 answer → bridge).
+        let mut h = dialling();
+        for n in 0..3 {
+            h.advance(11 + u64::from(n));
+            assert!(!h.recv(Side::Lead, "198.51.100.1:30000", lead_pkt(n)));
+        }
+        // A stranger spraying the port meanwhile is held too, unjudged.
+        assert!(!h.recv(Side::Lead, "203.0.113.66:5000", lead_pkt(9)));
+        assert_eq!(h.release_held(), 0, "nothing goes before the answer");
+        assert_eq!(lead_audio_at_agent(&h), Vec::<u8>::new());
+
+        // The answer's SDP is applied at 30 ms while the beep sounds: the
+        // call layer has not said yet what the agent hears, so nothing
+        // goes, and a packet arriving now queues behind the held ones.
+        h.advance(30);
+        h.core
+            .set_remote(h.now, LEAD, neg("198.51.100.1:30000", G711Law::Pcmu, None))
+            .unwrap();
+        assert_eq!(h.release_held(), 0);
+        h.advance(31);
+        assert!(!h.recv(Side::Lead, "198.51.100.1:30000", lead_pkt(3)));
+        h.core.bridge(h.now, LEAD).unwrap();
+        assert_eq!(h.release_held(), 4);
+        // In order, the stranger's dropped as a stray and never relayed.
+        assert_eq!(lead_audio_at_agent(&h), vec![0x10, 0x11, 0x12, 0x13]);
+        assert_eq!(h.core.stray_dropped(), 1);
+        assert_eq!(h.core.take_early_counts(), (5, 0));
+        let ev = h.events();
+        assert!(ev.contains(&MediaEvent::BridgeFirstPacket {
+            lead: LEAD,
+            bridged_at: h.now,
+            at: h.now
+        }));
+        assert!(ev.contains(&MediaEvent::StrayDropped {
+            leg: LEAD,
+            from: addr("203.0.113.66:5000")
+        }));
+        // One stream towards the agent: the relayed packets follow on.
+        let seqs: Vec<u16> = h
+            .to_agent
+            .iter()
+            .map(|s| u16::from_be_bytes([s.bytes[2], s.bytes[3]]))
+            .collect();
+        assert!(
+            seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)),
+            "{seqs:?}"
+        );
+        // Nothing is held any more: the next packet goes at once.
+        assert!(h.recv(Side::Lead, "198.51.100.1:30000", lead_pkt(4)));
+        assert!(!h.core.has_held());
+    }
+
+    #[test]
+    fn held_lead_rtp_from_a_host_the_answer_does_not_name_is_never_relayed() {
+        let mut h = dialling();
+        // 192.0.2.9 is neither the trunk's signalling host nor, as it
+        // turns out, the answer's media address.
+        for n in 0..3 {
+            assert!(!h.recv(Side::Lead, "192.0.2.9:7000", lead_pkt(n)));
+        }
+        h.advance(20);
+        h.core
+            .set_remote(h.now, LEAD, neg("198.51.100.7:4000", G711Law::Pcmu, None))
+            .unwrap();
+        h.core.bridge(h.now, LEAD).unwrap();
+        assert_eq!(h.release_held(), 0);
+        assert_eq!(lead_audio_at_agent(&h), Vec::<u8>::new());
+        assert_eq!(h.core.stray_dropped(), 3);
+        // Nothing was learnt from them: the agent's audio goes to the
+        // answer's address, and the stranger still cannot latch.
+        assert!(h.recv(
+            Side::Agent,
+            "192.168.0.5:4000",
+            rtp(0, false, 1, 160, 0xA9, &[0x55; 160])
+        ));
+        assert_eq!(h.to_lead.last().unwrap().dest, addr("198.51.100.7:4000"));
+        assert!(!h.recv(Side::Lead, "192.0.2.9:7000", lead_pkt(3)));
+        assert!(h.recv(Side::Lead, "198.51.100.7:4000", lead_pkt(4)));
+        assert_eq!(lead_audio_at_agent(&h), vec![0x14]);
+    }
+
+    #[test]
+    fn the_early_hold_is_bounded_in_packets_bytes_and_time() {
+        let mut h = dialling();
+        // Fifteen packets: the first ten are held, the rest dropped.
+        for n in 0..15 {
+            assert!(!h.recv(Side::Lead, "198.51.100.1:30000", lead_pkt(n)));
+        }
+        assert_eq!(h.core.take_early_counts(), (10, 5));
+        // Answered 200 ms after they came: still relayed.
+        h.advance(210);
+        h.core
+            .set_remote(h.now, LEAD, neg("198.51.100.1:30000", G711Law::Pcmu, None))
+            .unwrap();
+        h.core.bridge(h.now, LEAD).unwrap();
+        assert_eq!(h.release_held(), 10);
+        assert_eq!(lead_audio_at_agent(&h), (0x10..0x1A).collect::<Vec<u8>>());
+
+        // Held longer than EARLY_HOLD: dropped, never relayed late.
+        let mut h = dialling();
+        for n in 0..3 {
+            assert!(!h.recv(Side::Lead, "198.51.100.1:30000", lead_pkt(n)));
+        }
+        h.advance(10 + 201);
+        h.core
+            .set_remote(h.now, LEAD, neg("198.51.100.1:30000", G711Law::Pcmu, None))
+            .unwrap();
+        h.core.bridge(h.now, LEAD).unwrap();
+        assert_eq!(h.release_held(), 0);
+        assert_eq!(h.core.take_early_counts(), (3, 3));
+        assert!(!h.core.has_held());
+
+        // Bytes: two 1,000-byte datagrams do not fit in EARLY_HOLD_BYTES.
+        let mut h = dialling();
+        let big = |n: u16| rtp(0, false, n, 160 * u32::from(n), 0xB16, &[0x20; 1000]);
+        assert!(!h.recv(Side::Lead, "198.51.100.1:30000", big(1)));
+        assert!(!h.recv(Side::Lead, "198.51.100.1:30000", big(2)));
+        assert!(!h.recv(Side::Lead, "198.51.100.1:30000", big(3)));
+        assert_eq!(h.core.take_early_counts(), (2, 1));
+        // Aged out, they give their room back.
+        h.advance(10 + 250);
+        assert!(!h.recv(Side::Lead, "198.51.100.1:30000", big(4)));
+        assert!(!h.recv(Side::Lead, "198.51.100.1:30000", big(5)));
+        assert_eq!(h.core.take_early_counts(), (2, 2));
+
+        // A dial that ends unanswered drops what it held.
+        h.core.detach_lead(h.now, LEAD).unwrap();
+        assert_eq!(h.core.take_early_counts(), (0, 2));
+        assert!(!h.core.has_held());
+    }
+
+    #[test]
+    fn held_lead_rtp_feeds_a_holding_detector_and_never_the_agent() {
+        let mut h = dialling();
+        for n in 0..3 {
+            assert!(!h.recv(Side::Lead, "198.51.100.1:30000", lead_pkt(n)));
+        }
+        h.advance(20);
+        h.core
+            .set_remote(h.now, LEAD, neg("198.51.100.1:30000", G711Law::Pcmu, None))
+            .unwrap();
+        h.core
+            .start_amd(h.now, LEAD, AmdConfig::default(), true)
+            .unwrap();
+        let mut out = [0u8; 2048];
+        let mut judged = 0;
+        while let Some((from, n)) = h.core.take_held(h.now, &mut out) {
+            assert!(h
+                .core
+                .handle_rtp(h.now, Side::Lead, from, &mut out[..n])
+                .is_none());
+            assert!(h.core.has_after_rtp_work(), "the detector hears it");
+            h.core.after_rtp(h.now);
+            judged += 1;
+        }
+        assert_eq!(judged, 3);
+        assert_eq!(lead_audio_at_agent(&h), Vec::<u8>::new());
     }
 
     #[test]

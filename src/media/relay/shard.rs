@@ -141,6 +141,7 @@ impl Shard {
             events: vec![libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS],
             backlog: Vec::new(),
             serving: Vec::new(),
+            touched: Vec::new(),
         };
         Ok((Shard { tx, wake, agents }, lp))
     }
@@ -263,6 +264,9 @@ struct Loop {
     backlog: Vec<u64>,
     /// The backlog being served this turn.
     serving: Vec<u64>,
+    /// Calls holding lead packets for an answer that a command of this
+    /// turn may have applied.
+    touched: Vec<usize>,
 }
 
 impl Loop {
@@ -343,7 +347,30 @@ impl Loop {
     }
 
     /// Applies every queued message; `false` when the loop must end.
+    /// Lead packets held for an answer are judged once every queued
+    /// command is applied: an answer comes as several (its SDP, then the
+    /// bridge or the detector), and what the agent hears depends on all.
     fn take_messages(&mut self) -> bool {
+        let mut touched = std::mem::take(&mut self.touched);
+        let go_on = self.apply_messages(&mut touched);
+        let now = clock();
+        for slot in touched.drain(..) {
+            let Some(call) = self.calls.get_mut(slot).and_then(Option::as_mut) else {
+                continue;
+            };
+            let (io, timers, agent) = (&mut self.io, &mut self.timers, call.agent_id);
+            if !isolated(|| {
+                call.release_held(now, io);
+                call.after_work(slot, timers);
+            }) {
+                self.abandon(agent);
+            }
+        }
+        self.touched = touched;
+        go_on
+    }
+
+    fn apply_messages(&mut self, touched: &mut Vec<usize>) -> bool {
         loop {
             match self.rx.try_recv() {
                 Ok(Msg::Open {
@@ -363,6 +390,8 @@ impl Loop {
                             call.after_work(slot, timers);
                         }) {
                             self.abandon(agent);
+                        } else if call.core.has_held() && !touched.contains(&slot) {
+                            touched.push(slot);
                         }
                     }
                 }
@@ -502,6 +531,17 @@ impl Call {
     /// Hands the core's events to the call layer and files its next
     /// deadline, after anything the core was given.
     fn after_work(&mut self, slot: usize, timers: &mut BinaryHeap<Reverse<(Instant, usize, u32)>>) {
+        let (held, dropped) = self.core.take_early_counts();
+        if held > 0 {
+            crate::metrics::metrics()
+                .rtp_early_held_packets
+                .inc_by(u64::from(held));
+        }
+        if dropped > 0 {
+            crate::metrics::metrics()
+                .rtp_early_dropped_packets
+                .inc_by(u64::from(dropped));
+        }
         while let Some(e) = self.core.poll_event() {
             // A dropped receiver only means nobody wants events; the media
             // lives until its `AgentMedia` is dropped.
@@ -627,6 +667,29 @@ impl Call {
                 }
             }
         }
+        // The beep that hid early media may have ended.
+        if self.core.has_held() {
+            self.release_held(now, io);
+        }
+    }
+
+    /// Judges the lead packets held for the answer ([`AgentMediaCore::take_held`])
+    /// as packets of the lead leg arriving now, in their order, and sends
+    /// what they relay.
+    fn release_held(&mut self, now: Instant, io: &mut Io) {
+        let mut k = 0;
+        while let Some(buf) = io.bufs.get_mut(k) {
+            let Some((from, n)) = self.core.take_held(now, &mut buf[..RX_LEN]) else {
+                break;
+            };
+            self.relay_one(now, Side::Lead, io, k, n, from);
+            k += 1;
+            if k == RX_BATCH {
+                io.flush();
+                k = 0;
+            }
+        }
+        io.flush();
     }
 
     fn apply(&mut self, epfd: &OwnedFd, slot: usize, cmd: Command) {
