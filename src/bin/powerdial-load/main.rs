@@ -567,12 +567,23 @@ fn dialer_trial(
     let stats = srv.get_json(&format!("/api/v1/sessions/{sid}/stats"))?;
     // The server's own view of the ring timeouts: how late they fired in the
     // process, before the CANCEL went to the wire (`GET /metrics`).
-    let ring_late_server = srv
+    let metrics_text = srv
         .get("/metrics")
         .ok()
         .filter(|(code, _)| *code == 200)
-        .map(|(_, text)| server::histogram_buckets(&text, "powerdial_ring_timeout_late_seconds"))
+        .map(|(_, text)| text)
         .unwrap_or_default();
+    let ring_late_server =
+        server::histogram_buckets(&metrics_text, "powerdial_ring_timeout_late_seconds");
+    // Lead RTP that overtook its 200 OK (held for the answer, SPEC §5),
+    // and RTP dropped as from unsignalled hosts; absent from servers
+    // without the counters.
+    let early_rtp = [
+        "powerdial_rtp_early_held_packets_total",
+        "powerdial_rtp_early_dropped_packets_total",
+        "powerdial_rtp_stray_packets_total",
+    ]
+    .map(|name| server::counter(&metrics_text, name));
     let drops = server::udp_drops(&[rig.ports.as_slice(), &[sip_port]].concat()) - drops0;
     let send_errs = peers::SEND_ERRORS.load(std::sync::atomic::Ordering::Relaxed) - send_err0;
     let c = rig.carrier.lock().map(|c| c.clone()).unwrap_or_default();
@@ -695,6 +706,13 @@ fn dialer_trial(
         dist(&r.relay_ms),
         c.rtp_received,
         (r.lead_packets + c.rtp_received) as f64 / secs
+    );
+    let shown = |v: Option<u64>| v.map_or("n/a".to_string(), |n| n.to_string());
+    println!(
+        "    in the server: lead RTP held for its answer {} (dropped unjudged {}) · RTP from unsignalled hosts dropped {}",
+        shown(early_rtp[0]),
+        shown(early_rtp[1]),
+        shown(early_rtp[2])
     );
     println!(
         "  ring timeout ({ring_timeout} s) → CANCEL, late by: {}",

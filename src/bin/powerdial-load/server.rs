@@ -212,6 +212,15 @@ pub fn heap_of_metrics(text: &str) -> Option<u64> {
         .filter(|&v| v > 0)
 }
 
+/// The value of the counter `name` (`NAME VALUE` line) of a `/metrics`
+/// text; `None` when absent.
+pub fn counter(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let v = l.strip_prefix(name)?.strip_prefix(' ')?;
+        Some(v.trim().parse::<f64>().ok()? as u64)
+    })
+}
+
 /// (CPU seconds, RSS bytes) of `pid` from /proc.
 pub fn proc_usage(pid: u32) -> (f64, u64) {
     let tck = 100.0; // USER_HZ on Linux
@@ -405,5 +414,15 @@ mod tests {
         assert_eq!(super::heap_of_metrics(text), Some(12_345_678));
         assert_eq!(super::heap_of_metrics("powerdial_heap_bytes 0\n"), None);
         assert_eq!(super::heap_of_metrics("powerdial_calls_total 3\n"), None);
+    }
+
+    #[test]
+    fn reads_a_counter() {
+        let text = "# TYPE powerdial_rtp_stray_packets counter\npowerdial_rtp_stray_packets_total 7\npowerdial_rtp_stray_packets_created 1.7e9\n";
+        assert_eq!(
+            super::counter(text, "powerdial_rtp_stray_packets_total"),
+            Some(7)
+        );
+        assert_eq!(super::counter(text, "powerdial_rtp_stray"), None);
     }
 }
