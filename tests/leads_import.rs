@@ -303,6 +303,74 @@ async fn bulk_insert_round_trips_every_part_of_a_lead() {
     }
 }
 
+/// A batch the database refuses (a custom value of a field that does not
+/// exist: its foreign key) is refused whole with the constraint's error, on
+/// both backends: none of its leads stay, the lead stored before it does,
+/// and the store goes on storing and refusing as before (on SQLite the
+/// batch's rows go in through SQLite's C API on the writer connection,
+/// which must come back to the pool as it was).
+#[tokio::test]
+async fn a_refused_insert_stores_none_of_its_batch() {
+    use powerdial::leads::model::Contact;
+    use powerdial::leads::phone::PhoneE164;
+    for db in common::all_dbs("a_refused_insert_stores_none_of_its_batch").await {
+        let store = &db.store;
+        let lead = |name: &str, custom: Vec<(i64, CustomValue)>| ValidLead {
+            name: name.into(),
+            status: "Potential".into(),
+            created_ms: 1_790_000_000_000,
+            contacts: vec![Contact {
+                name: format!("{name} contact"),
+                phones: vec![PhoneE164::parse("415 555 0100", "US").unwrap()],
+                emails: Vec::new(),
+            }],
+            custom,
+            opportunities: Vec::new(),
+            do_not_call: false,
+        };
+        let bad = || vec![(999_999, CustomValue::Text("x".into()))];
+        store
+            .insert_leads(&[lead("Before", vec![])], 0)
+            .await
+            .unwrap();
+        let err = store
+            .insert_leads(&[lead("B1", vec![]), lead("B2", bad())], 0)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::Invalid(_)),
+            "{}: {err}",
+            db.backend
+        );
+        assert!(
+            err.to_string().contains("constraint refused"),
+            "{}: {err}",
+            db.backend
+        );
+        let after = store
+            .insert_leads(&[lead("After", vec![])], 0)
+            .await
+            .unwrap();
+        let again = store.insert_leads(&[lead("B3", bad())], 0).await;
+        assert!(
+            matches!(again, Err(StoreError::Invalid(_))),
+            "{}: {again:?}",
+            db.backend
+        );
+        let names: Vec<String> = store
+            .list_leads(None, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.name)
+            .collect();
+        assert_eq!(names, vec!["Before", "After"], "{}", db.backend);
+        let stored = store.get_leads(&after).await.unwrap();
+        assert_eq!(stored[0].contacts, lead("After", vec![]).contacts);
+        db.cleanup().await;
+    }
+}
+
 /// The bulk loader stores each batch all or none: a batch the database
 /// refuses (here a custom value of a field that does not exist) leaves the
 /// batches before and after it stored, on both backends (SQLite keeps

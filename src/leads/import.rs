@@ -770,12 +770,34 @@ struct Job {
 /// queue behind it, and the journal's bounded channel must not fill (the
 /// agent tasks would wait on it in the middle of a call). Half a second of
 /// lock holds a few thousand leads at the import's speed and keeps the
-/// dialer's writes at most that late.
-const SQLITE_COMMIT_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
+/// dialer's writes at most about that late: the age is checked between
+/// batches, so a writer beside the import waits up to this plus one
+/// batch's store time and the commit (a call-record writer every 20 ms
+/// beside a 100,000-lead import, `benches/import.rs --probe-ms`: max 1.1 s
+/// at 500 ms, 1.7 s at 1 s, 2.6 s at 2 s, in a debug build under load).
+pub const SQLITE_COMMIT_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// How an import runs, past its input: what the shipped import uses
+/// ([`ImportOptions::default`]) and what a benchmark may vary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImportOptions {
+    /// How long one SQLite transaction of the import stays open at most
+    /// ([`SQLITE_COMMIT_AFTER`]).
+    pub sqlite_commit_after: std::time::Duration,
+}
+
+impl Default for ImportOptions {
+    fn default() -> Self {
+        ImportOptions {
+            sqlite_commit_after: SQLITE_COMMIT_AFTER,
+        }
+    }
+}
 
 /// A storing lane: stores the batches it is given in order with one
 /// [`LeadLoader`], committing every [`SQLITE_COMMIT_ROWS`] leads, once its
-/// transaction is [`SQLITE_COMMIT_AFTER`] old, whenever no batch is waiting
+/// transaction is `commit_after` old ([`SQLITE_COMMIT_AFTER`] as shipped),
+/// whenever no batch is waiting
 /// (so a transaction is never held open while the input is read), and at
 /// the end.
 #[allow(clippy::disallowed_methods)] // a driver: the transaction's age.
@@ -783,6 +805,7 @@ async fn lane(
     store: Store,
     mut jobs: tokio::sync::mpsc::Receiver<Job>,
     now_ms: i64,
+    commit_after: std::time::Duration,
 ) -> Result<(), StoreError> {
     let mut loader = store.lead_loader();
     let mut opened: Option<std::time::Instant> = None;
@@ -802,7 +825,7 @@ async fn lane(
             }
         }
         if loader.pending() >= SQLITE_COMMIT_ROWS
-            || opened_at.elapsed() >= SQLITE_COMMIT_AFTER
+            || opened_at.elapsed() >= commit_after
             || jobs.is_empty()
         {
             if let Err(e) = loader.commit().await {
@@ -830,6 +853,29 @@ pub async fn import_csv<R>(
     reader: R,
     default_region: &str,
     now: DateTime<Utc>,
+    progress: impl FnMut(u64),
+) -> Result<ImportReport, ImportError>
+where
+    R: Read + Send + 'static,
+{
+    import_csv_with(
+        store,
+        reader,
+        default_region,
+        now,
+        ImportOptions::default(),
+        progress,
+    )
+    .await
+}
+
+/// [`import_csv`] with `options` instead of the shipped ones.
+pub async fn import_csv_with<R>(
+    store: &Store,
+    reader: R,
+    default_region: &str,
+    now: DateTime<Utc>,
+    options: ImportOptions,
     mut progress: impl FnMut(u64),
 ) -> Result<ImportReport, ImportError>
 where
@@ -844,7 +890,15 @@ where
     let lanes: Vec<_> = (0..store.bulk_lanes().max(1))
         .map(|_| {
             let (jobs_tx, jobs_rx) = tokio::sync::mpsc::channel(1);
-            (jobs_tx, tokio::spawn(lane(store.clone(), jobs_rx, now_ms)))
+            (
+                jobs_tx,
+                tokio::spawn(lane(
+                    store.clone(),
+                    jobs_rx,
+                    now_ms,
+                    options.sqlite_commit_after,
+                )),
+            )
         })
         .collect();
     let mut report = ImportReport::default();

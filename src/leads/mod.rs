@@ -9,7 +9,10 @@ pub mod phone;
 pub mod query;
 pub mod zone;
 
-pub use import::{import_csv, import_csv_file, ImportError, ImportReport, RowFailure};
+pub use import::{
+    import_csv, import_csv_file, import_csv_with, ImportError, ImportOptions, ImportReport,
+    RowFailure,
+};
 pub use model::{
     CallOutcome, CallRecord, Contact, CustomField, CustomFieldKind, CustomFieldSet, CustomValue,
     Lead, LeadPatch, NewCall, NewContact, NewCustomField, NewLead, NewOpportunity, NewSmartView,
