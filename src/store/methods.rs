@@ -202,8 +202,10 @@ pub(crate) fn finish_calls_sql(rows: usize) -> String {
 /// for `$4`, the number. The trunk is stored only when nothing forbids the
 /// call; `dnc_hit` returns the covering pattern (the number itself before
 /// the longest prefix; a prefix with a trailing `*`), `lead_dnc` the lead's
-/// flag when asked. The statement is atomic, so both answers come from
-/// the list and the lead as the insert saw them.
+/// flag when asked — both read again only for a record stored without a
+/// trunk (a call that goes out costs one lookup of the list). The statement
+/// is atomic, so the answers come from the list and the lead as the insert
+/// saw them.
 pub(crate) fn dial_insert_sql(columns: &str, candidates: usize) -> String {
     let covering = covering_sql(4, 14, candidates);
     format!(
@@ -214,9 +216,11 @@ pub(crate) fn dial_insert_sql(columns: &str, candidates: usize) -> String {
          OR ($13 AND EXISTS (SELECT 1 FROM leads WHERE id = $2 AND do_not_call <> 0)) \
          THEN NULL ELSE $11 END, $12) \
          RETURNING {columns}, \
+         CASE WHEN trunk IS NULL THEN \
          (SELECT CASE WHEN prefix THEN pattern || '*' ELSE pattern END {covering} \
-          ORDER BY prefix, length(pattern) DESC LIMIT 1) AS dnc_hit, \
-         (SELECT do_not_call FROM leads WHERE id = $2 AND $13) AS lead_dnc"
+          ORDER BY prefix, length(pattern) DESC LIMIT 1) END AS dnc_hit, \
+         CASE WHEN trunk IS NULL THEN \
+         (SELECT do_not_call FROM leads WHERE id = $2 AND $13) END AS lead_dnc"
     )
 }
 
