@@ -314,3 +314,163 @@ async fn lead_mark_and_agent_do_not_call() {
         db.cleanup().await;
     }
 }
+
+/// A dial's record insert asks the do-not-call list and the lead's mark in
+/// the same statement (SPEC §4): a covered number or a marked lead is
+/// stored without its trunk and the answer says which (the number itself
+/// before the longest covering prefix, as `Store::dnc_match` says); an
+/// entry added after one dial holds at the next. A manual call's single
+/// check reads the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dial_insert_asks_the_list_and_the_lead() {
+    use powerdial::leads::dnc::DncPattern;
+    use powerdial::leads::model::{NewCall, ValidLead};
+    for db in common::all_dbs("the_dial_insert_asks_the_list_and_the_lead").await {
+        let store = &db.store;
+        let lead = |name: &str, dnc: bool| ValidLead {
+            name: name.into(),
+            status: String::new(),
+            created_ms: 1_000,
+            contacts: vec![],
+            custom: vec![],
+            opportunities: vec![],
+            do_not_call: dnc,
+        };
+        let ids = store
+            .insert_leads(&[lead("free", false), lead("marked", true)], 1_000)
+            .await
+            .expect("leads");
+        let (free, marked) = (ids[0], ids[1]);
+        let call = |lead_id: i64, number: &str| NewCall {
+            session_id: None,
+            lead_id: Some(lead_id),
+            agent: Some("alice".into()),
+            number: number.into(),
+            started_ms: 2_000,
+            answered_ms: None,
+            ended_ms: None,
+            outcome: None,
+            sip_status: None,
+            ring_ms: None,
+            trunk: Some("main".into()),
+        };
+        let pattern = |p: &str| DncPattern::parse(p, "US").expect("pattern");
+
+        // Nothing listed: stored with its trunk.
+        let d = store
+            .insert_dial(&call(free, "+14155550100"), None, true)
+            .await
+            .expect("insert");
+        assert_eq!(d.record.trunk.as_deref(), Some("main"));
+        assert_eq!((d.dnc, d.lead_do_not_call), (None, false));
+        assert_eq!(d.record.number, "+14155550100");
+        assert_eq!(d.record.lead_id, Some(free));
+        assert_eq!(
+            store
+                .dnc_check("+14155550100", Some(free))
+                .await
+                .expect("check"),
+            (None, false)
+        );
+
+        // Added now, it holds at the next dial: the number itself before
+        // the longest prefix, which goes before a shorter one; a row whose
+        // text is a prefix of the number but not marked a prefix does not
+        // cover it.
+        store
+            .add_dnc(
+                &[
+                    (pattern("+1415*"), None),
+                    (pattern("+141555*"), None),
+                    (pattern("+14155550100"), None),
+                    // As a stored row would read (not a whole number).
+                    (DncPattern::from_stored("+1415555".into(), false), None),
+                ],
+                3_000,
+            )
+            .await
+            .expect("add");
+        let d = store
+            .insert_dial(&call(free, "+14155550100"), None, true)
+            .await
+            .expect("insert");
+        assert_eq!(d.record.trunk, None, "a listed number keeps no trunk");
+        assert_eq!(d.dnc, Some(pattern("+14155550100")));
+        assert_eq!(
+            store.dnc_match("+14155550100").await.expect("match"),
+            d.dnc,
+            "the same pattern as the list's own lookup"
+        );
+        let d = store
+            .insert_dial(&call(free, "+14155550111"), None, true)
+            .await
+            .expect("insert");
+        assert_eq!(
+            (d.record.trunk.as_deref(), d.dnc),
+            (None, Some(pattern("+141555*")))
+        );
+        let d = store
+            .insert_dial(&call(free, "+14165550111"), None, true)
+            .await
+            .expect("insert");
+        assert_eq!((d.record.trunk.as_deref(), d.dnc), (Some("main"), None));
+        assert_eq!(
+            store
+                .dnc_check("+14155550111", Some(free))
+                .await
+                .expect("check"),
+            (Some(pattern("+141555*")), false)
+        );
+
+        // The lead's mark, when asked; a listed number is reported as
+        // listed whatever the mark.
+        let d = store
+            .insert_dial(&call(marked, "+14165550111"), None, true)
+            .await
+            .expect("insert");
+        assert_eq!(d.record.trunk, None, "a marked lead keeps no trunk");
+        assert_eq!((d.dnc, d.lead_do_not_call), (None, true));
+        let d = store
+            .insert_dial(&call(marked, "+14165550111"), None, false)
+            .await
+            .expect("insert");
+        assert_eq!(
+            d.record.trunk.as_deref(),
+            Some("main"),
+            "not asked: the caller knew"
+        );
+        assert!(!d.lead_do_not_call);
+        let d = store
+            .insert_dial(&call(marked, "+14155550100"), None, true)
+            .await
+            .expect("insert");
+        assert_eq!(d.dnc, Some(pattern("+14155550100")));
+        assert_eq!(d.record.trunk, None);
+        assert_eq!(
+            store
+                .dnc_check("+14165550111", Some(marked))
+                .await
+                .expect("check"),
+            (None, true)
+        );
+        assert_eq!(
+            store.dnc_check("+14165550111", None).await.expect("check"),
+            (None, false)
+        );
+
+        // Every dial left its record, with the lead's last call moved.
+        let calls = store
+            .list_calls(
+                powerdial::store::CallFilter {
+                    session_id: None,
+                    lead_id: Some(free),
+                },
+                None,
+                100,
+            )
+            .await
+            .expect("calls");
+        assert_eq!(calls.len(), 4);
+        db.cleanup().await;
+    }
+}

@@ -1653,29 +1653,49 @@ impl AgentTask {
         }
         // R2 + R11: the E.164 number, when a trunk may dial it.
         let e164 = grant.as_ref().map(|g| g.e164.clone());
-        // SPEC §4: a number on the do-not-call list never reaches the wire;
-        // the list is asked at every dial, so an entry added on any
-        // instance holds on all of them.
-        let dnc = match &e164 {
-            Some(n) => self
-                .shared
-                .store
-                .dnc_match(n)
-                .await
-                .map_err(|e| CallEngineError::Store(e.to_string()))?,
-            None => None,
+        // A lead marked "do not call" is honoured like the list: its mark
+        // as the caller read it, or as stored.
+        let known_lead_dnc =
+            req.lead_id.is_some() && req.lead.as_ref().is_some_and(|l| l.do_not_call);
+        let ask_lead = req.lead_id.is_some() && req.lead.is_none();
+        let anchor = Anchor::now();
+        let mut new = NewCall {
+            session_id: req.session_id,
+            lead_id: req.lead_id,
+            agent: Some(self.name.clone()),
+            number: e164.clone().unwrap_or_else(|| req.number.clone()),
+            started_ms: epoch_ms(anchor.1),
+            answered_ms: None,
+            ended_ms: None,
+            outcome: None,
+            sip_status: None,
+            ring_ms: None,
+            trunk: grant
+                .as_ref()
+                .filter(|_| !known_lead_dnc)
+                .map(|g| self.shared.trunks.name(g.slot.id).to_string()),
         };
-        // A lead marked "do not call" is honoured like the list.
-        let lead_dnc = match (req.lead_id, &req.lead) {
-            (Some(_), _) if dnc.is_some() || e164.is_none() => false,
-            (Some(_), Some(l)) => l.do_not_call,
-            (Some(id), None) => self
+        // SPEC §4: a number on the do-not-call list never reaches the wire;
+        // the list is asked at every dial (in the record's insert, one
+        // statement), so an entry added on any instance holds on all of
+        // them.
+        let (record, dnc, lead_dnc) = if e164.is_some() {
+            let done = self
                 .shared
                 .store
-                .lead_do_not_call(id)
+                .insert_dial(&new, req.claim_id, ask_lead)
                 .await
-                .map_err(|e| CallEngineError::Store(e.to_string()))?,
-            _ => false,
+                .map_err(|e| CallEngineError::Store(e.to_string()))?;
+            let lead_dnc = done.dnc.is_none() && (known_lead_dnc || done.lead_do_not_call);
+            (done.record, done.dnc, lead_dnc)
+        } else {
+            new.trunk = None;
+            let inserted = match req.claim_id {
+                Some(claim) => self.shared.store.insert_claimed_call(&new, claim).await,
+                None => self.shared.store.insert_call(&new).await,
+            };
+            let record = inserted.map_err(|e| CallEngineError::Store(e.to_string()))?;
+            (record, None, false)
         };
         if let Some(p) = &dnc {
             crate::metrics::metrics().dnc_refused.inc();
@@ -1707,28 +1727,7 @@ impl AgentTask {
             .await;
         }
         let grant = grant.filter(|_| dnc.is_none() && !lead_dnc);
-        let number = e164.clone().filter(|_| grant.is_some());
-        let anchor = Anchor::now();
-        let new = NewCall {
-            session_id: req.session_id,
-            lead_id: req.lead_id,
-            agent: Some(self.name.clone()),
-            number: e164.unwrap_or_else(|| req.number.clone()),
-            started_ms: epoch_ms(anchor.1),
-            answered_ms: None,
-            ended_ms: None,
-            outcome: None,
-            sip_status: None,
-            ring_ms: None,
-            trunk: grant
-                .as_ref()
-                .map(|g| self.shared.trunks.name(g.slot.id).to_string()),
-        };
-        let inserted = match req.claim_id {
-            Some(claim) => self.shared.store.insert_claimed_call(&new, claim).await,
-            None => self.shared.store.insert_call(&new).await,
-        };
-        let record = inserted.map_err(|e| CallEngineError::Store(e.to_string()))?;
+        let number = e164.filter(|_| grant.is_some());
         let (Some(number), Some(grant)) = (number, grant) else {
             // R11: never on the wire.
             tracing::info!(agent = %self.name, number = %req.number, "number not dialable on the trunk: restricted");
@@ -1828,13 +1827,14 @@ impl AgentTask {
             return self.place_restricted(&req, anchor).await;
         };
         let number = grant.e164.clone();
-        if let Some(p) = self
+        // SPEC §4: the list and the lead's mark, asked in one statement.
+        let (dnc, lead_dnc) = self
             .shared
             .store
-            .dnc_match(&number)
+            .dnc_check(&number, req.lead_id)
             .await
-            .map_err(|e| CallEngineError::Store(e.to_string()))?
-        {
+            .map_err(|e| CallEngineError::Store(e.to_string()))?;
+        if let Some(p) = dnc {
             crate::metrics::metrics().dnc_refused.inc();
             tracing::info!(agent = %self.name, %number, pattern = %p, "manual call refused: on the do-not-call list");
             self.audit(
@@ -1846,25 +1846,17 @@ impl AgentTask {
             .await;
             return Err(CallEngineError::DoNotCall(p.to_string()));
         }
-        if let Some(id) = req.lead_id {
-            if self
-                .shared
-                .store
-                .lead_do_not_call(id)
-                .await
-                .map_err(|e| CallEngineError::Store(e.to_string()))?
-            {
-                crate::metrics::metrics().dnc_refused.inc();
-                tracing::info!(agent = %self.name, lead = id, "manual call refused: the lead is marked do not call");
-                self.audit(
-                    &req,
-                    AuditAction::Refused,
-                    AuditReason::LeadDoNotCall,
-                    "the lead is marked do not call".into(),
-                )
-                .await;
-                return Err(CallEngineError::LeadDoNotCall(id));
-            }
+        if let (Some(id), true) = (req.lead_id, lead_dnc) {
+            crate::metrics::metrics().dnc_refused.inc();
+            tracing::info!(agent = %self.name, lead = id, "manual call refused: the lead is marked do not call");
+            self.audit(
+                &req,
+                AuditAction::Refused,
+                AuditReason::LeadDoNotCall,
+                "the lead is marked do not call".into(),
+            )
+            .await;
+            return Err(CallEngineError::LeadDoNotCall(id));
         }
         self.retire_ending_agent_leg();
         if self

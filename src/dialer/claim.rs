@@ -25,64 +25,8 @@
 
 use super::queue::{LeadHistory, LeadId};
 use crate::leads::model::Lead;
+use crate::store::claims::{ClaimChecked, ClaimInsert, ClaimRelease, SessionLeadRow, CLAIM_ROWS};
 use crate::store::{Store, StoreError};
-
-/// Runs `$body` with `$p` bound to the backend's pool that `$pool` names
-/// (same SQL text for both: `$N` placeholders, `RETURNING` and
-/// `ON CONFLICT` mean the same).
-macro_rules! on_pool {
-    ($store:expr, $pool:ident, $p:ident => $body:expr) => {
-        match $store {
-            Store::Sqlite(s) => {
-                let $p = s.$pool();
-                $body
-            }
-            Store::Postgres(s) => {
-                let $p = s.$pool();
-                $body
-            }
-        }
-    };
-}
-pub(crate) use on_pool;
-
-/// [`on_pool`] for reads: the connection pool.
-macro_rules! with_pool {
-    ($store:expr, $p:ident => $body:expr) => {
-        $crate::dialer::claim::on_pool!($store, pool, $p => $body)
-    };
-}
-pub(crate) use with_pool;
-
-/// [`on_pool`] for a single-statement write: SQLite's one writer
-/// connection (see `SqliteStore::begin_write`), PostgreSQL's pool.
-macro_rules! with_write_pool {
-    ($store:expr, $p:ident => $body:expr) => {
-        $crate::dialer::claim::on_pool!($store, write_pool, $p => $body)
-    };
-}
-pub(crate) use with_write_pool;
-
-/// Runs `$body` with `$tx` bound to a write transaction of the backend
-/// (SQLite `BEGIN IMMEDIATE`, so the claim step is serialised at once).
-macro_rules! with_write_tx {
-    ($store:expr, $tx:ident => $body:expr) => {
-        match $store {
-            Store::Sqlite(s) => {
-                let mut $tx = s.begin_write().await?;
-                let r = $body;
-                $tx.commit().await?;
-                r
-            }
-            Store::Postgres(s) => {
-                let mut $tx = s.begin_write().await?;
-                let r = $body;
-                $tx.commit().await?;
-                r
-            }
-        }
-    };
-}
 
 /// A live claim on a lead held by this instance (R13): renew it while the
 /// call lasts, release it when the call ended.
@@ -174,128 +118,59 @@ pub async fn claim(store: &Store, req: &ClaimRequest<'_>) -> Result<ClaimResult,
     claim_checked(store, req).await
 }
 
-/// [`claim`]'s transaction: why a lead could not be claimed at once, or
-/// the claim after a lease that ran out was released.
+/// [`claim`]'s transaction ([`Store::claim_checked`]): why a lead could
+/// not be claimed at once, or the claim after a lease that ran out was
+/// released.
 async fn claim_checked(store: &Store, req: &ClaimRequest<'_>) -> Result<ClaimResult, ClaimError> {
-    let r: Result<ClaimResult, ClaimError> = with_write_tx!(store, tx => {
-        // The live claim (and when its lease ends), other sessions' and
-        // logged calls (R4 "by any session"; this session's own blocks are
-        // the queue's, which a reset erases, R14) and this session's answer
-        // (R5) in one statement: one round trip instead of three on the
-        // dial path.
-        let (live_until, last, answered): (Option<i64>, Option<i64>, Option<i64>) = sqlx::query_as(
-            "SELECT \
-             (SELECT expires_ms FROM lead_claims WHERE lead_id = $1 AND released_ms IS NULL), \
-             (SELECT MAX(started_ms) FROM calls \
-              WHERE lead_id = $1 AND (session_id IS NULL OR session_id <> $2)), \
-             (SELECT answered FROM session_leads WHERE session_id = $2 AND lead_id = $1)",
-        )
-        .bind(req.lead_id)
-        .bind(req.session_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        let live = match live_until {
-            Some(until) if until <= req.now_ms => {
-                // A lease that ran out belongs to a dead instance: release
-                // it, bumping the version so that instance's renew or
-                // release fails. (Rare: only then a second statement.)
-                sqlx::query(
-                    "UPDATE lead_claims SET released_ms = $2, version = version + 1 \
-                     WHERE lead_id = $1 AND released_ms IS NULL AND expires_ms <= $2",
-                )
-                .bind(req.lead_id)
-                .bind(req.now_ms)
-                .execute(&mut *tx)
-                .await?;
-                None
-            }
-            other => other,
-        };
-        if live.is_some() {
-            Ok(ClaimResult::Taken)
-        } else {
-            match last {
-                Some(at) if !req.reentered && req.block_ms > 0 && at > req.now_ms - req.block_ms => {
-                    Ok(ClaimResult::RecentlyCalled { at })
-                }
-                _ if !req.reentered && answered == Some(1) => Ok(ClaimResult::Answered),
-                _ => {
-                    let expires = req.now_ms.saturating_add(req.lease_ms);
-                    // The unique index settles a race with another instance:
-                    // the loser inserts nothing (and, in PostgreSQL, waits for
-                    // the winner's commit first).
-                    let row: Option<(i64, i64)> = sqlx::query_as(
-                        "INSERT INTO lead_claims \
-                         (lead_id, session_id, agent, instance, claimed_ms, expires_ms) \
-                         VALUES ($1, $2, $3, $4, $5, $6) \
-                         ON CONFLICT DO NOTHING RETURNING id, version",
-                    )
-                    .bind(req.lead_id)
-                    .bind(req.session_id)
-                    .bind(req.agent)
-                    .bind(req.instance)
-                    .bind(req.now_ms)
-                    .bind(expires)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    Ok(match row {
-                        Some((id, version)) => ClaimResult::Claimed(LeadClaim {
-                            id,
-                            lead_id: req.lead_id,
-                            version,
-                            expires_ms: expires,
-                        }),
-                        None => ClaimResult::Taken,
-                    })
-                }
-            }
-        }
-    });
-    r
+    let ins = insert_of(req);
+    Ok(match store.claim_checked(&ins).await? {
+        ClaimChecked::Claimed(id, version) => ClaimResult::Claimed(LeadClaim {
+            id,
+            lead_id: req.lead_id,
+            version,
+            expires_ms: ins.expires_ms,
+        }),
+        ClaimChecked::Taken => ClaimResult::Taken,
+        ClaimChecked::RecentlyCalled(at) => ClaimResult::RecentlyCalled { at },
+        ClaimChecked::Answered => ClaimResult::Answered,
+    })
+}
+
+/// The store's claim row of a request: the lease ends `lease_ms` after
+/// `now_ms`.
+fn insert_of<'a>(req: &ClaimRequest<'a>) -> ClaimInsert<'a> {
+    ClaimInsert {
+        lead_id: req.lead_id,
+        session_id: req.session_id,
+        agent: req.agent,
+        instance: req.instance,
+        now_ms: req.now_ms,
+        expires_ms: req.now_ms.saturating_add(req.lease_ms),
+        block_ms: req.block_ms,
+        reentered: req.reentered,
+    }
 }
 
 /// The claim as one statement, the common case on the dial path (SPEC §6
-/// call setup): inserts the claim when no claim is live on the lead and,
-/// unless it re-entered the view, it was neither called by another
-/// session within `block` (R4) nor answered in this session (R5) — the
-/// checks of [`claim`]'s transaction, as conditions of the insert. One
-/// round trip, committed on its own: SQLite's one write lock is held for
-/// one statement instead of four round trips. `None` when nothing was
-/// inserted; [`claim`]'s transaction then says why (and releases a lease
-/// that ran out).
+/// call setup; [`Store::claim_at_once`]): inserts the claim when no claim
+/// is live on the lead and, unless it re-entered the view, it was neither
+/// called by another session within `block` (R4) nor answered in this
+/// session (R5) — the checks of [`claim`]'s transaction, as conditions of
+/// the insert. One round trip, committed on its own: SQLite's one write
+/// lock is held for one statement instead of four round trips. `None` when
+/// nothing was inserted; [`claim`]'s transaction then says why (and
+/// releases a lease that ran out).
 async fn claim_at_once(
     store: &Store,
     req: &ClaimRequest<'_>,
 ) -> Result<Option<LeadClaim>, ClaimError> {
-    let expires = req.now_ms.saturating_add(req.lease_ms);
-    let row: Option<(i64, i64)> = with_write_pool!(store, p => sqlx::query_as(
-        "INSERT INTO lead_claims \
-         (lead_id, session_id, agent, instance, claimed_ms, expires_ms) \
-         SELECT $1, $2, $3, $4, $5, $6 \
-         WHERE NOT EXISTS (SELECT 1 FROM lead_claims WHERE lead_id = $1 AND released_ms IS NULL) \
-         AND ($7 OR (\
-           NOT EXISTS (SELECT 1 FROM session_leads \
-                       WHERE session_id = $2 AND lead_id = $1 AND answered = 1) \
-           AND ($8 <= 0 OR NOT EXISTS (SELECT 1 FROM calls \
-                WHERE lead_id = $1 AND (session_id IS NULL OR session_id <> $2) \
-                AND started_ms > $5 - $8)))) \
-         ON CONFLICT DO NOTHING RETURNING id, version",
-    )
-    .bind(req.lead_id)
-    .bind(req.session_id)
-    .bind(req.agent)
-    .bind(req.instance)
-    .bind(req.now_ms)
-    .bind(expires)
-    .bind(req.reentered)
-    .bind(req.block_ms)
-    .fetch_optional(p)
-    .await)?;
+    let ins = insert_of(req);
+    let row = store.claim_at_once(&ins).await?;
     Ok(row.map(|(id, version)| LeadClaim {
         id,
         lead_id: req.lead_id,
         version,
-        expires_ms: expires,
+        expires_ms: ins.expires_ms,
     }))
 }
 
@@ -309,15 +184,7 @@ pub async fn renew(
     lease_ms: i64,
 ) -> Result<LeadClaim, ClaimError> {
     let expires = now_ms.saturating_add(lease_ms);
-    let row: Option<i64> = with_write_pool!(store, p => sqlx::query_scalar(
-        "UPDATE lead_claims SET expires_ms = $3, version = version + 1 \
-         WHERE id = $1 AND version = $2 AND released_ms IS NULL RETURNING version",
-    )
-    .bind(claim.id)
-    .bind(claim.version)
-    .bind(expires)
-    .fetch_optional(p)
-    .await?);
+    let row = store.renew_claim(claim.id, claim.version, expires).await?;
     match row {
         Some(version) => Ok(LeadClaim {
             version,
@@ -333,12 +200,7 @@ pub async fn renew(
 
 /// Records the call placed under a claim (for the record and debugging).
 pub async fn attach_call(store: &Store, claim: &LeadClaim, call_id: i64) -> Result<(), ClaimError> {
-    with_write_pool!(store, p => sqlx::query("UPDATE lead_claims SET call_id = $2 WHERE id = $1")
-        .bind(claim.id)
-        .bind(call_id)
-        .execute(p)
-        .await
-        .map(|_| ())?);
+    store.attach_claim_call(claim.id, call_id).await?;
     Ok(())
 }
 
@@ -346,17 +208,8 @@ pub async fn attach_call(store: &Store, claim: &LeadClaim, call_id: i64) -> Resu
 /// Fails with [`ClaimError::Lost`] if the claim was no longer ours: the
 /// lease had expired and someone else may have taken the lead.
 pub async fn release(store: &Store, claim: &LeadClaim, now_ms: i64) -> Result<(), ClaimError> {
-    let n = with_write_pool!(store, p => sqlx::query(
-        "UPDATE lead_claims SET released_ms = $3, version = version + 1 \
-         WHERE id = $1 AND version = $2 AND released_ms IS NULL",
-    )
-    .bind(claim.id)
-    .bind(claim.version)
-    .bind(now_ms)
-    .execute(p)
-    .await?
-    .rows_affected());
-    if n == 1 {
+    let released = store.release_claim(claim.id, claim.version, now_ms).await?;
+    if released {
         Ok(())
     } else {
         Err(ClaimError::Lost {
@@ -380,44 +233,8 @@ pub struct CallEndWrite {
     pub now_ms: i64,
 }
 
-/// [`end_calls`]'s statements on `$tx`, a write transaction of either
-/// backend: every history in one multi-row upsert and every release in
-/// one multi-row update per [`END_ROWS`]; the ids released.
-macro_rules! write_ends {
-    ($tx:ident, $histories:expr, $releases:expr) => {{
-        for chunk in $histories.chunks(END_ROWS) {
-            let sql = save_histories_sql(chunk.len());
-            let mut q = sqlx::query(&sql);
-            for (session, lead, h) in chunk {
-                q = q
-                    .bind(*session)
-                    .bind(lead.0)
-                    .bind(i64::from(h.generation))
-                    .bind(i64::from(h.calls))
-                    .bind(i64::from(h.answered))
-                    .bind(h.blocked_until);
-            }
-            q.execute(&mut *$tx).await?;
-        }
-        let mut released: Vec<i64> = Vec::with_capacity($releases.len());
-        for chunk in $releases.chunks(END_ROWS) {
-            let sql = release_claims_sql(chunk.len());
-            let mut q = sqlx::query_scalar::<_, i64>(&sql);
-            for (c, now_ms) in chunk {
-                q = q.bind(c.id).bind(c.version).bind(*now_ms);
-            }
-            released.extend(q.fetch_all(&mut *$tx).await?);
-        }
-        released
-    }};
-}
-
 /// Calls' ends taken in one transaction at most.
 const END_BATCH: usize = 256;
-
-/// Claims one [`claims_sql`] statement takes at most (8 parameters each:
-/// under both backends' bounds).
-const CLAIM_ROWS: usize = 256;
 
 /// A claim asked of the session's writer ([`SessionWriter::claim`]).
 #[derive(Debug)]
@@ -451,7 +268,7 @@ enum Job {
 /// leads asked read by one statement, the ends in one transaction (group
 /// commit, no linger), in the order they were handed over, so two calls'
 /// records of one lead never overtake each other; then every claim queued
-/// meanwhile by one multi-row statement ([`claims_sql`]), which holds
+/// meanwhile by one multi-row statement ([`Store::session_round`]), which holds
 /// [`claim`]'s conditions for each row. On SQLite each statement is a
 /// hand-off to the connection's thread and back, and each return of a
 /// pooled connection one more: many agents' claims in one statement and
@@ -655,9 +472,11 @@ fn warn_lost(lost: &[LeadClaim]) {
 
 /// The round's leads read in one statement, its ends in one write
 /// transaction (the two statements of [`end_calls`]), then its claims in
-/// one statement, on one writer connection taken once. The leads, the
-/// ends' result (the claims found lost) and the claims' rows `(lead,
-/// agent, claim id, version)` come back apart: each fails on its own. `Err` only when no connection could be had.
+/// one statement, on one writer connection taken once
+/// ([`Store::session_round`]). The leads, the ends' result (the claims
+/// found lost) and the claims' rows `(lead, agent, claim id, version)`
+/// come back apart: each fails on its own. `Err` only when no connection
+/// could be had.
 #[allow(clippy::type_complexity)]
 async fn write_round(
     store: &Store,
@@ -673,94 +492,54 @@ async fn write_round(
     ),
     ClaimError,
 > {
-    macro_rules! round {
-        ($s:ident, $conn:ident, $begin:expr) => {{
-            let leads = if reads.is_empty() {
-                Ok(Vec::new())
-            } else {
-                $s.get_leads_on(&mut $conn, reads).await
-            };
-            let ended: Result<Vec<LeadClaim>, ClaimError> =
-                if histories.is_empty() && releases.is_empty() {
-                    Ok(Vec::new())
-                } else {
-                    async {
-                        let mut tx = $begin.await?;
-                        let released = write_ends!(tx, histories, releases);
-                        tx.commit().await?;
-                        Ok::<_, ClaimError>(lost_of(releases, &released))
-                    }
-                    .await
-                };
-            let claimed: Result<Vec<(i64, String, i64, i64)>, ClaimError> = if claims.is_empty() {
-                Ok(Vec::new())
-            } else {
-                let sql = claims_sql(claims.len());
-                let mut q = sqlx::query_as::<_, (i64, String, i64, i64)>(&sql);
-                for c in claims {
-                    q = q
-                        .bind(c.lead_id)
-                        .bind(c.session_id)
-                        .bind(c.agent.as_str())
-                        .bind(c.instance.as_str())
-                        .bind(c.now_ms)
-                        .bind(c.expires_ms)
-                        .bind(c.reentered)
-                        .bind(c.block_ms);
-                }
-                q.fetch_all(&mut *$conn).await.map_err(ClaimError::from)
-            };
-            Ok((leads, ended, claimed))
-        }};
-    }
-    match store {
-        Store::Sqlite(s) => {
-            let mut conn = s.write_pool().acquire().await?;
-            // BEGIN IMMEDIATE as `SqliteStore::begin_write`: the lock at
-            // once rather than an upgrade that fails with SQLITE_BUSY.
-            round!(
-                s,
-                conn,
-                sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE")
-            )
-        }
-        Store::Postgres(s) => {
-            let mut conn = s.write_pool().acquire().await?;
-            round!(s, conn, sqlx::Connection::begin(&mut *conn))
-        }
-    }
+    let rows = history_rows(histories);
+    let released = release_rows(releases);
+    let inserts: Vec<ClaimInsert<'_>> = claims
+        .iter()
+        .map(|c| ClaimInsert {
+            lead_id: c.lead_id,
+            session_id: c.session_id,
+            agent: &c.agent,
+            instance: &c.instance,
+            now_ms: c.now_ms,
+            expires_ms: c.expires_ms,
+            block_ms: c.block_ms,
+            reentered: c.reentered,
+        })
+        .collect();
+    let (leads, ended, claimed) = store
+        .session_round(reads, &rows, &released, &inserts)
+        .await?;
+    Ok((
+        leads,
+        ended
+            .map(|ids| lost_of(releases, &ids))
+            .map_err(ClaimError::from),
+        claimed.map_err(ClaimError::from),
+    ))
 }
 
-/// Claims of `rows` leads in one statement, each with [`claim_at_once`]'s
-/// conditions (no live claim on the lead; unless it re-entered the view,
-/// neither called by another session within its block, R4, nor answered
-/// in this session, R5). Each row binds `(lead, session, agent, instance,
-/// now, expires, reentered, block)`; the claims made come back as `(lead,
-/// agent, id, version)` in no particular order. Two rows of one lead: the
-/// unique index `lead_claims_live` lets one in.
-fn claims_sql(rows: usize) -> String {
-    let values = crate::store::methods::typed_row_placeholders(
-        rows,
-        &[
-            "BIGINT", "BIGINT", "TEXT", "TEXT", "BIGINT", "BIGINT", "BOOLEAN", "BIGINT",
-        ],
-    );
-    format!(
-        "WITH v (vlead, vsession, vagent, vinstance, vnow, vexpires, vreentered, vblock) \
-         AS (VALUES {values}) \
-         INSERT INTO lead_claims \
-         (lead_id, session_id, agent, instance, claimed_ms, expires_ms) \
-         SELECT vlead, vsession, vagent, vinstance, vnow, vexpires FROM v \
-         WHERE NOT EXISTS (SELECT 1 FROM lead_claims \
-                           WHERE lead_id = vlead AND released_ms IS NULL) \
-         AND (vreentered OR (\
-           NOT EXISTS (SELECT 1 FROM session_leads \
-                       WHERE session_id = vsession AND lead_id = vlead AND answered = 1) \
-           AND (vblock <= 0 OR NOT EXISTS (SELECT 1 FROM calls \
-                WHERE lead_id = vlead AND (session_id IS NULL OR session_id <> vsession) \
-                AND started_ms > vnow - vblock)))) \
-         ON CONFLICT DO NOTHING RETURNING lead_id, agent, id, version"
-    )
+/// The store's rows of the leads' histories.
+fn history_rows(histories: &[(i64, LeadId, LeadHistory)]) -> Vec<SessionLeadRow> {
+    histories
+        .iter()
+        .map(|(session, lead, h)| SessionLeadRow {
+            session_id: *session,
+            lead_id: lead.0,
+            generation: i64::from(h.generation),
+            calls: i64::from(h.calls),
+            answered: h.answered,
+            blocked_until: h.blocked_until,
+        })
+        .collect()
+}
+
+/// The store's rows of the claims' releases.
+fn release_rows(releases: &[(LeadClaim, i64)]) -> Vec<ClaimRelease> {
+    releases
+        .iter()
+        .map(|(c, now_ms)| (c.id, c.version, *now_ms))
+        .collect()
 }
 
 /// Stores a batch in one transaction; a batch the database refuses is
@@ -831,41 +610,10 @@ pub async fn end_calls(
     if histories.is_empty() && claims.is_empty() {
         return Ok(Vec::new());
     }
-    let released: Vec<i64> = with_write_tx!(store, tx => write_ends!(tx, histories, claims));
+    let released = store
+        .save_ends(&history_rows(&histories), &release_rows(&claims))
+        .await?;
     Ok(lost_of(&claims, &released))
-}
-
-/// Rows of one [`save_histories_sql`] or [`release_claims_sql`] statement
-/// (6 parameters each at most: under both backends' bounds).
-const END_ROWS: usize = 500;
-
-/// Upserts `rows` leads' records in a session in one statement
-/// (`record::save_history` with one row, [`end_calls`] with a batch); no
-/// two rows may name the same `(session, lead)` (PostgreSQL refuses to
-/// update a row twice in one statement).
-pub(crate) fn save_histories_sql(rows: usize) -> String {
-    format!(
-        "INSERT INTO session_leads \
-         (session_id, lead_id, generation, calls, answered, blocked_until_ms) VALUES {} \
-         ON CONFLICT (session_id, lead_id) DO UPDATE SET generation = excluded.generation, \
-         calls = excluded.calls, answered = excluded.answered, \
-         blocked_until_ms = excluded.blocked_until_ms",
-        crate::store::methods::row_placeholders(rows, 6)
-    )
-}
-
-/// Releases `rows` claims `(id, version, now_ms)` in one statement, each
-/// only at the version its holder knows and while live (R13, as
-/// [`release`]); returns the ids released.
-fn release_claims_sql(rows: usize) -> String {
-    let values =
-        crate::store::methods::typed_row_placeholders(rows, &["BIGINT", "BIGINT", "BIGINT"]);
-    format!(
-        "WITH v (vid, vversion, vnow) AS (VALUES {values}) \
-         UPDATE lead_claims SET released_ms = vnow, version = version + 1 \
-         FROM v WHERE lead_claims.id = vid AND lead_claims.version = vversion \
-         AND released_ms IS NULL RETURNING lead_claims.id"
-    )
 }
 
 /// A call's end in the session, in one write transaction instead of two
@@ -900,15 +648,7 @@ pub async fn release_instance(
     instance: &str,
     now_ms: i64,
 ) -> Result<u64, ClaimError> {
-    let n = with_write_pool!(store, p => sqlx::query(
-        "UPDATE lead_claims SET released_ms = $2, version = version + 1 \
-         WHERE instance = $1 AND released_ms IS NULL",
-    )
-    .bind(instance)
-    .bind(now_ms)
-    .execute(p)
-    .await?
-    .rows_affected());
+    let n = store.release_instance_claims(instance, now_ms).await?;
     Ok(n)
 }
 
@@ -919,13 +659,6 @@ pub async fn live_claims(
     session_id: i64,
     now_ms: i64,
 ) -> Result<Vec<i64>, ClaimError> {
-    let ids: Vec<i64> = with_pool!(store, p => sqlx::query_scalar(
-        "SELECT lead_id FROM lead_claims \
-         WHERE session_id = $1 AND released_ms IS NULL AND expires_ms > $2 ORDER BY lead_id",
-    )
-    .bind(session_id)
-    .bind(now_ms)
-    .fetch_all(p)
-    .await?);
+    let ids = store.live_claim_leads(session_id, now_ms).await?;
     Ok(ids)
 }

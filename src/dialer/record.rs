@@ -7,11 +7,11 @@
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::claim::{with_pool, with_write_pool};
 use super::hours::Window;
 use super::queue::{LeadHistory, LeadId};
 use crate::leads::model::rfc3339;
 use crate::media::amd::AmdMode;
+use crate::store::claims::{with_pool, with_write_pool};
 use crate::store::{Entity, Store, StoreError};
 
 /// A stored dialer session's settings.
@@ -363,7 +363,7 @@ pub async fn save_history(
     lead: LeadId,
     h: &LeadHistory,
 ) -> Result<(), StoreError> {
-    let sql = super::claim::save_histories_sql(1);
+    let sql = crate::store::claims::save_histories_sql(1);
     with_write_pool!(store, p => sqlx::query(&sql)
     .bind(session_id)
     .bind(lead.0)

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 
-use super::claim::with_pool;
+use crate::store::claims::with_pool;
 use crate::store::views::ViewError;
 use crate::store::{Store, StoreError};
 

@@ -192,6 +192,78 @@ pub(crate) fn finish_calls_sql(rows: usize) -> String {
     s
 }
 
+/// The dial's record insert with the do-not-call checks folded in (SPEC
+/// §4: the list is asked at every dial, in the shared database, so an
+/// entry added on any instance holds on all): one statement instead of a
+/// read, a second read for the lead's flag and the insert (SPEC §6 call
+/// setup rate). Binds `$1`–`$12` as `insert_call` does (`$11` the trunk,
+/// `$12` the R13 claim), `$13` whether to read the lead's flag, then the
+/// `candidates` pattern texts of [`crate::leads::dnc::DncPattern::candidates`]
+/// for `$4`, the number. The trunk is stored only when nothing forbids the
+/// call; `dnc_hit` returns the covering pattern (the number itself before
+/// the longest prefix; a prefix with a trailing `*`), `lead_dnc` the lead's
+/// flag when asked — both read again only for a record stored without a
+/// trunk (a call that goes out costs one lookup of the list). The statement
+/// is atomic, so the answers come from the list and the lead as the insert
+/// saw them.
+pub(crate) fn dial_insert_sql(columns: &str, candidates: usize) -> String {
+    let covering = covering_sql(4, 14, candidates);
+    format!(
+        "INSERT INTO calls (session_id, lead_id, agent, number, started_ms, answered_ms, \
+         ended_ms, outcome, sip_status, ring_ms, trunk, claim_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+         CASE WHEN EXISTS (SELECT 1 {covering}) \
+         OR ($13 AND EXISTS (SELECT 1 FROM leads WHERE id = $2 AND do_not_call <> 0)) \
+         THEN NULL ELSE $11 END, $12) \
+         RETURNING {columns}, \
+         CASE WHEN trunk IS NULL THEN \
+         (SELECT CASE WHEN prefix THEN pattern || '*' ELSE pattern END {covering} \
+          ORDER BY prefix, length(pattern) DESC LIMIT 1) END AS dnc_hit, \
+         CASE WHEN trunk IS NULL THEN \
+         (SELECT do_not_call FROM leads WHERE id = $2 AND $13) END AS lead_dnc"
+    )
+}
+
+/// The do-not-call pattern covering the number `$1` (`dnc_hit`, as in
+/// [`dial_insert_sql`]) and lead `$2`'s mark (`lead_dnc`, NULL for no
+/// lead) in one statement; `$3`… are the number's `candidates` pattern
+/// texts. A manual call asks it before it takes any resource (SPEC §4).
+pub(crate) fn dnc_check_sql(candidates: usize) -> String {
+    let covering = covering_sql(1, 3, candidates);
+    format!(
+        "SELECT (SELECT CASE WHEN prefix THEN pattern || '*' ELSE pattern END {covering} \
+         ORDER BY prefix, length(pattern) DESC LIMIT 1) AS dnc_hit, \
+         (SELECT do_not_call FROM leads WHERE id = $2) AS lead_dnc"
+    )
+}
+
+/// `FROM dnc WHERE …`: the rows covering the number `$number` among the
+/// `candidates` pattern texts bound from `$first` on (one primary-key
+/// lookup each; a row whose text is a shorter prefix of the number but
+/// not marked a prefix does not cover it).
+fn covering_sql(number: usize, first: usize, candidates: usize) -> String {
+    if candidates == 0 {
+        // No pattern text can cover an empty number.
+        return "FROM dnc WHERE 1 = 0".to_string();
+    }
+    let mut s = String::with_capacity(60 + candidates * 6);
+    s.push_str("FROM dnc WHERE pattern IN (");
+    push_numbered(&mut s, first, candidates);
+    s.push_str(") AND (prefix OR pattern = $");
+    s.push_str(&number.to_string());
+    s.push(')');
+    s
+}
+
+/// The pattern of [`dial_insert_sql`]'s `dnc_hit`: a trailing `*` marks a
+/// prefix (pattern texts are E.164 digits, never `*`).
+pub(crate) fn dnc_of_hit(hit: &str) -> crate::leads::dnc::DncPattern {
+    match hit.strip_suffix('*') {
+        Some(digits) => crate::leads::dnc::DncPattern::from_stored(digits.to_string(), true),
+        None => crate::leads::dnc::DncPattern::from_stored(hit.to_string(), false),
+    }
+}
+
 /// Binds a call's id and its `CallEnd` to [`FINISH_CALL_UPDATE`]'s
 /// placeholders, in their order.
 macro_rules! bind_call_end {
@@ -616,6 +688,84 @@ macro_rules! store_methods {
                         other => other,
                     })?;
                 call_from_row(&row)
+            }
+
+            /// [`Self::insert_call`] for a dial, with the do-not-call
+            /// checks of SPEC §4 in the same statement (see
+            /// [`crate::store::methods::dial_insert_sql`]): the record is
+            /// stored without its trunk when a pattern covers the number or
+            /// (`ask_lead`) the lead is marked do not call; which of them
+            /// held comes back with it.
+            pub(crate) async fn insert_dial(
+                &self,
+                c: &NewCall,
+                claim: Option<i64>,
+                ask_lead: bool,
+            ) -> Result<crate::store::DialInsert, StoreError> {
+                let candidates = crate::leads::dnc::DncPattern::candidates(&c.number);
+                let sql = crate::store::methods::dial_insert_sql(CALL_COLUMNS, candidates.len());
+                let mut q = sqlx::query(&sql)
+                    .bind(c.session_id)
+                    .bind(c.lead_id)
+                    .bind(c.agent.as_deref())
+                    .bind(&c.number)
+                    .bind(c.started_ms)
+                    .bind(c.answered_ms)
+                    .bind(c.ended_ms)
+                    .bind(c.outcome.map(|o| o.as_str()))
+                    .bind(c.sip_status.map(i32::from))
+                    .bind(c.ring_ms)
+                    .bind(c.trunk.as_deref())
+                    .bind(claim)
+                    .bind(ask_lead);
+                for cand in candidates {
+                    q = q.bind(cand);
+                }
+                let row = q
+                    .fetch_one(self.write_pool())
+                    .await
+                    .map_err(|e| match StoreError::from_sqlx(e, Entity::Call, "") {
+                        StoreError::Invalid(_) if c.lead_id.is_some() => StoreError::NotFound {
+                            entity: Entity::Lead,
+                            id: c.lead_id.unwrap_or_default().to_string(),
+                        },
+                        other => other,
+                    })?;
+                let dnc = row
+                    .try_get::<Option<String>, _>("dnc_hit")?
+                    .map(|hit| crate::store::methods::dnc_of_hit(&hit));
+                let lead_do_not_call = row
+                    .try_get::<Option<i64>, _>("lead_dnc")?
+                    .is_some_and(|f| f != 0);
+                Ok(crate::store::DialInsert {
+                    record: call_from_row(&row)?,
+                    dnc,
+                    lead_do_not_call,
+                })
+            }
+
+            /// The do-not-call pattern covering `e164` and whether lead
+            /// `lead_id` is marked do not call, in one statement
+            /// ([`crate::store::methods::dnc_check_sql`]).
+            pub(crate) async fn dnc_check(
+                &self,
+                e164: &str,
+                lead_id: Option<i64>,
+            ) -> Result<(Option<crate::leads::dnc::DncPattern>, bool), StoreError> {
+                let candidates = crate::leads::dnc::DncPattern::candidates(e164);
+                let sql = crate::store::methods::dnc_check_sql(candidates.len());
+                let mut q = sqlx::query(&sql).bind(e164).bind(lead_id);
+                for cand in candidates {
+                    q = q.bind(cand);
+                }
+                let row = q.fetch_one(self.pool()).await?;
+                let dnc = row
+                    .try_get::<Option<String>, _>("dnc_hit")?
+                    .map(|hit| crate::store::methods::dnc_of_hit(&hit));
+                let lead = row
+                    .try_get::<Option<i64>, _>("lead_dnc")?
+                    .is_some_and(|f| f != 0);
+                Ok((dnc, lead))
             }
 
             pub(crate) async fn finish_call(

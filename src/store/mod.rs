@@ -13,6 +13,7 @@ pub mod audit;
 mod bulk;
 pub mod call_writer;
 mod callback;
+pub mod claims;
 mod dnc;
 pub mod lead_notes;
 pub mod legs;
@@ -134,6 +135,18 @@ impl From<sqlx::Error> for StoreError {
             other => StoreError::Database(other),
         }
     }
+}
+
+/// What [`Store::insert_dial`] stored and found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DialInsert {
+    /// The call's record (no trunk when `dnc` or `lead_do_not_call`).
+    pub record: CallRecord,
+    /// The do-not-call pattern covering the number, if any.
+    pub dnc: Option<DncPattern>,
+    /// Whether the lead is marked "do not call" (asked only when
+    /// `ask_lead`; false for no such lead).
+    pub lead_do_not_call: bool,
 }
 
 /// Which call records [`Store::list_calls`] returns (`GET /api/v1/calls`).
@@ -331,6 +344,23 @@ impl Store {
         claim: i64,
     ) -> Result<CallRecord, StoreError> {
         dispatch!(self, s => s.insert_call(call, Some(claim)).await)
+    }
+
+    /// [`Store::insert_call`] for a dial (under the R13 claim `claim`, if
+    /// any), asking the do-not-call list (SPEC §4) and, when `ask_lead`,
+    /// the lead's "do not call" mark in the same statement: a number or
+    /// lead they forbid is stored without its trunk, and [`DialInsert`]
+    /// says which forbade it. The list is read at this dial in the shared
+    /// database, so an entry added on any instance holds on all of them;
+    /// one statement instead of two reads and the insert (SPEC §6 call
+    /// setup rate).
+    pub async fn insert_dial(
+        &self,
+        call: &NewCall,
+        claim: Option<i64>,
+        ask_lead: bool,
+    ) -> Result<DialInsert, StoreError> {
+        dispatch!(self, s => s.insert_dial(call, claim, ask_lead).await)
     }
 
     /// Records how a stored call ended (answer time, end, outcome, status).
@@ -594,6 +624,17 @@ impl Store {
     /// by another (R13's shared database).
     pub async fn dnc_match(&self, e164: &str) -> Result<Option<DncPattern>, StoreError> {
         dispatch!(self, s => dnc::matching(s.pool(), e164).await)
+    }
+
+    /// [`Store::dnc_match`] and [`Store::lead_do_not_call`] (false
+    /// without a lead) in one statement: a manual call asks both before
+    /// it takes any resource (SPEC §4).
+    pub async fn dnc_check(
+        &self,
+        e164: &str,
+        lead_id: Option<i64>,
+    ) -> Result<(Option<DncPattern>, bool), StoreError> {
+        dispatch!(self, s => s.dnc_check(e164, lead_id).await)
     }
 
     /// Saves a batch of the leg journal in one transaction (see
