@@ -23,6 +23,7 @@ use crate::media::relay::{MediaRelay, RelayConfig};
 use crate::sip::endpoint::{Endpoint, EndpointConfig, EndpointEvent};
 use crate::sip::handle::SipCommand;
 use crate::sip::handle::SipHandle;
+use crate::sip::parse_share::{Datagrams, ParseHelper};
 use crate::sip::registrar::Binding;
 use crate::sip::transaction::TimerConfig;
 use crate::sip::transport::{InboundSources, TransportError, TransportHandle, TransportLimits};
@@ -502,6 +503,8 @@ async fn sip_task(
     } = inbound;
     let mut routes: HashMap<String, mpsc::UnboundedSender<RoutedMessage>> = HashMap::new();
     let mut persisted = persist.persisted();
+    // The second core's share of the parsing (`sip::parse_share`).
+    let parser = ParseHelper::start();
     // Responses bound for UDP, sent together (`sendmmsg`) in the order the
     // core produced them.
     let mut udp_out: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
@@ -532,15 +535,33 @@ async fn sip_task(
                 let now = Instant::now();
                 let wall = SystemTime::now();
                 if let Some(u) = udp_in.as_mut() {
+                    // Read first, then parsed on two cores when there is
+                    // a batch (`sip::parse_share`), and handled here one
+                    // by one in arrival order.
+                    let mut batch = Datagrams::new(endpoint.max_message_size());
                     u.receive(BATCH, |peer, bytes| {
+                        let ahead = !endpoint.is_banned(peer.addr.ip(), now);
+                        batch.push(peer, bytes, ahead);
+                    });
+                    let batch = parser.share(batch);
+                    for i in 0..batch.len() {
+                        let Some(peer) = batch.peer(i) else { break };
                         // Routes first, before every message: a leg
                         // registers its Call-ID before its first message
                         // leaves, so no answer can overtake it (a response
                         // taken for a stray is lost, and the lead hears
                         // silence until a retransmission).
                         apply_routes(&mut endpoint, &mut routes, &mut route_changes);
-                        endpoint.handle_datagram(now, wall, peer, bytes);
-                    });
+                        // Counted against its source before it is read
+                        // (`sip::flood`), as `handle_datagram` does.
+                        if !endpoint.admit_datagram(now, wall, peer, batch.is_response(i)) {
+                            batch.skip(i);
+                            continue;
+                        }
+                        if let Some(inspected) = batch.take(i) {
+                            endpoint.handle_inspected(now, wall, peer, inspected);
+                        }
+                    }
                 }
                 // The streams' turn as well: a socket that stays readable
                 // must not hold TCP and TLS messages back (the select is

@@ -317,11 +317,53 @@ impl Endpoint {
     /// One message from the network: a UDP datagram or a TCP message cut
     /// by [`message::StreamFramer`] (RFC 3261 §18.2.1, SPEC §5).
     pub fn handle_datagram(&mut self, now: Instant, wall: SystemTime, peer: Peer, bytes: &[u8]) {
-        self.anchor = Some((now, wall));
-        if !self.admit(now, wall, peer, bytes) {
+        if !self.admit_datagram(now, wall, peer, bytes.starts_with(b"SIP/")) {
             return;
         }
-        match message::inspect(bytes, peer.transport, self.cfg.max_message_size) {
+        let inspected = message::inspect(bytes, peer.transport, self.cfg.max_message_size);
+        self.handle_inspected(now, wall, peer, inspected);
+    }
+
+    /// The first half of [`Self::handle_datagram`]: counts a message
+    /// against its source before anything is parsed (`sip::flood`);
+    /// false when it is to be dropped unparsed. `is_response` says
+    /// whether its octets start with `SIP/`. A driver that parses
+    /// elsewhere ([`message::inspect`] is pure) calls this, then
+    /// [`Self::handle_inspected`] with the verdict, message by message in
+    /// arrival order (DESIGN.md "Order and sharding").
+    pub fn admit_datagram(
+        &mut self,
+        now: Instant,
+        wall: SystemTime,
+        peer: Peer,
+        is_response: bool,
+    ) -> bool {
+        self.anchor = Some((now, wall));
+        self.admit(now, wall, peer, is_response)
+    }
+
+    /// Whether `ip` is banned at `now` (`sip::flood`): its messages will
+    /// be dropped by [`Self::admit_datagram`], so a driver need not parse
+    /// them ahead.
+    pub fn is_banned(&self, ip: IpAddr, now: Instant) -> bool {
+        self.sources.is_banned(ip, now)
+    }
+
+    /// The bound on a message's size ([`message::inspect`]'s `max_size`).
+    pub fn max_message_size(&self) -> usize {
+        self.cfg.max_message_size
+    }
+
+    /// The second half of [`Self::handle_datagram`]: a message admitted by
+    /// [`Self::admit_datagram`], as [`message::inspect`] judged it.
+    pub fn handle_inspected(
+        &mut self,
+        now: Instant,
+        wall: SystemTime,
+        peer: Peer,
+        inspected: Inspected,
+    ) {
+        match inspected {
             Inspected::Reject {
                 mut response,
                 reason,
@@ -422,9 +464,9 @@ impl Endpoint {
     /// Counts a message against its source (`sip::flood`); false when it
     /// is to be dropped. Responses are not counted (they answer our own
     /// requests) but a banned address's are dropped too.
-    fn admit(&mut self, now: Instant, wall: SystemTime, peer: Peer, bytes: &[u8]) -> bool {
+    fn admit(&mut self, now: Instant, wall: SystemTime, peer: Peer, is_response: bool) -> bool {
         let ip = peer.addr.ip();
-        if bytes.starts_with(b"SIP/") {
+        if is_response {
             return !self.sources.is_banned(ip, now);
         }
         let registrar = &self.registrar;

@@ -14,6 +14,7 @@ pub mod endpoint;
 pub mod flood;
 pub mod handle;
 pub mod message;
+pub mod parse_share;
 pub mod registrar;
 pub mod transaction;
 pub mod transport;
